@@ -1,0 +1,75 @@
+/**
+ * Error classes with stable names. Callers match on `err.name` (or `instanceof`), never on
+ * message text. Two families:
+ *
+ * - lifecycle / programmer / input errors: plain classes below;
+ * - errors about bytes that came from a peer: {@link ProtocolError}, which carries a `code`
+ *   and an `action` ('ignore' | 'reject') that the mesh feeds into peer scoring.
+ */
+
+/** Base class: every error zeromesh throws on purpose extends this. */
+export class ZeromeshError extends Error {
+  static override name = 'ZeromeshError'
+  /** Structured context for logs (never payload bytes, never secrets). */
+  readonly details: Record<string, unknown>
+
+  constructor (message: string, details: Record<string, unknown> = {}, options?: ErrorOptions) {
+    super(message, options)
+    this.name = (new.target as { name: string }).name
+    this.details = details
+  }
+}
+
+/** A caller passed a value outside the documented domain (bad k/m, bad block size, ...). */
+export class InvalidArgumentError extends ZeromeshError {
+  static override name = 'InvalidArgumentError'
+}
+
+/** A size cap from a limits module would be exceeded; raised before allocating. */
+export class LimitExceededError extends ZeromeshError {
+  static override name = 'LimitExceededError'
+  readonly limit: string
+  readonly value: number
+  readonly cap: number
+
+  constructor (limit: string, value: number, cap: number) {
+    super(`${limit} ${value} exceeds the cap of ${cap}`, { limit, value, cap })
+    this.limit = limit
+    this.value = value
+    this.cap = cap
+  }
+}
+
+/** An operation was cancelled through its AbortSignal. */
+export class AbortError extends ZeromeshError {
+  static override name = 'AbortError'
+  constructor (message = 'the operation was aborted', details: Record<string, unknown> = {}) {
+    super(message, details)
+  }
+}
+
+/** What the mesh should do about the peer that sent bad bytes. */
+export type ProtocolAction = 'ignore' | 'reject'
+
+/**
+ * Bytes from the network (or a file) that do not decode: malformed, truncated, oversize,
+ * corrupt, wrong dtype/shape, unknown type, stale. `code` is a stable machine-readable tag.
+ */
+export class ProtocolError extends ZeromeshError {
+  static override name = 'ProtocolError'
+  readonly code: string
+  readonly action: ProtocolAction
+
+  constructor (code: string, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject') {
+    super(message, { code, ...details })
+    this.code = code
+    this.action = action
+  }
+}
+
+/** Throws {@link AbortError} if the signal has fired. */
+export function throwIfAborted (signal?: AbortSignal): void {
+  if (signal?.aborted === true) {
+    throw new AbortError('the operation was aborted', { reason: String(signal.reason) })
+  }
+}

@@ -1,0 +1,17 @@
+/**
+ * core: clock, seeded rng, typed errors, limits, logger and metrics plumbing.
+ * Depends on nothing else in zeromesh.
+ */
+export { type Clock, type TimerId, RealClock, ManualClock, flushMicrotasks } from './clock.ts'
+export { Rng, type Seed, seedFromEnv } from './rng.ts'
+export {
+  ZeromeshError, InvalidArgumentError, LimitExceededError, AbortError, ProtocolError,
+  type ProtocolAction, throwIfAborted
+} from './errors.ts'
+export { checkCap, CORE_LIMITS } from './limits.ts'
+export { type Logger, type LogLevel, type LoggerInit, createLogger, silentLogger, componentLogger } from './log.ts'
+export {
+  type MetricsRegistry, type Counter, type Gauge, type Histogram,
+  createMetricsRegistry, defineCounter, defineGauge, defineHistogram
+} from './metrics.ts'
+export { VERSION } from './version.ts'

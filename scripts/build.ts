@@ -1,0 +1,9 @@
+// Emits dist/ (JavaScript with .ts import extensions rewritten to .js, plus .d.ts) for the
+// published package: Node will not strip types from files under node_modules.
+import { rmSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+rmSync(new URL('../dist', import.meta.url), { recursive: true, force: true })
+execFileSync(process.execPath, [fileURLToPath(import.meta.resolve('typescript/bin/tsc')), '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' })
