@@ -1,0 +1,44 @@
+import test from 'ava'
+import { execFile } from 'node:child_process'
+import { mkdtempSync, mkdirSync, symlinkSync, existsSync, rmSync, readdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { fileURLToPath } from 'node:url'
+import { VERSION } from '../../core/index.ts'
+import { createErasureCoder } from '../../codec/index.ts'
+
+const run = promisify(execFile)
+const root = fileURLToPath(new URL('../..', import.meta.url))
+
+// Node refuses to strip types under node_modules, so an installed zeromesh must run from the
+// dist/ that `prepack` builds. This packs the real tarball and runs its CLI from node_modules.
+test('the packed tarball installs as a dependency and its CLI runs --version', async t => {
+  const dir = mkdtempSync(join(tmpdir(), 'zeromesh-pack-'))
+  try {
+    const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
+    const { stdout } = await run(npm, ['pack', '--silent', '--pack-destination', dir], { cwd: root, maxBuffer: 16 * 1024 * 1024 })
+    const tarball = join(dir, stdout.trim().split('\n').pop()!)
+    t.true(existsSync(tarball), `npm pack wrote ${tarball}`)
+    const pkg = join(dir, 'app', 'node_modules', 'zeromesh')
+    mkdirSync(pkg, { recursive: true })
+    await run('tar', ['-xzf', tarball, '-C', pkg, '--strip-components=1'])
+    t.true(existsSync(join(pkg, 'dist', 'node', 'cli.js')), 'dist/ is in the tarball')
+    t.false(existsSync(join(pkg, 'node', 'cli.ts')), 'TypeScript sources are not shipped')
+    t.false(readdirSync(pkg).includes('test'), 'tests are not shipped')
+    // Dependencies resolve from the checkout's node_modules, as an install would provide them.
+    symlinkSync(join(root, 'node_modules'), join(pkg, 'node_modules'), 'dir')
+    const { stdout: version } = await run(process.execPath, [join(pkg, 'bin', 'zeromesh.js'), '--version'], { cwd: join(dir, 'app') })
+    t.is(version.trim(), VERSION)
+    // The built codec really works from dist (not just the version string).
+    const probe = `import { createErasureCoder, encodeTensorFrames } from ${JSON.stringify(join(pkg, 'dist', 'codec', 'index.js'))}
+      const c = createErasureCoder({ k: 2, m: 1 }); const p = c.encode([new Uint8Array([1]), new Uint8Array([2])])
+      const f = encodeTensorFrames({ dtype: 'u8', shape: [1], data: new Uint8Array([7]) })
+      console.log(p[0][0], f.length)`
+    const { stdout: out } = await run(process.execPath, ['--input-type=module', '-e', probe], { cwd: join(dir, 'app') })
+    const expected = createErasureCoder({ k: 2, m: 1 }).encode([new Uint8Array([1]), new Uint8Array([2])])[0]![0]
+    t.is(out.trim(), `${expected} 1`, 'dist computes what the sources compute')
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
