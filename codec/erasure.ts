@@ -37,7 +37,7 @@ export function validateErasureParams (k: number, m: number): void {
 }
 
 /** Checks a fragment list: count, equal non-zero sizes, caps. Returns the fragment size. */
-function checkFragments (frags: ReadonlyArray<Uint8Array | undefined>, count: number, k: number, m: number): number {
+export function checkFragments (frags: ReadonlyArray<Uint8Array | undefined>, count: number, k: number, m: number): number {
   if (frags.length !== count) throw new InvalidArgumentError(`expected ${count} fragments, got ${frags.length}`)
   let size = -1
   frags.forEach((f, i) => {
@@ -170,13 +170,4 @@ export function createWasmErasureCoder (init: { k: number, m: number }): Erasure
 }
 
 /** Names of the available erasure coders. */
-export type ErasureCoderName = 'wasm'
-
-/** Factory by name; the default is the wasm coder. */
-export function createErasureCoder (init: { k: number, m: number, impl?: ErasureCoderName }): ErasureCoder {
-  const impl = init.impl ?? 'wasm'
-  switch (impl) {
-    case 'wasm': return createWasmErasureCoder(init)
-    default: throw new InvalidArgumentError(`unknown erasure coder '${String(impl)}'`)
-  }
-}
+export type ErasureCoderName = 'wasm' | 'simd'

@@ -23,8 +23,10 @@ export {
 export { scanMsgpack } from './msgpack-scan.ts'
 export {
   type ErasureCoder, type ErasureCoderName, ErasureCoderError,
-  validateErasureParams, createWasmErasureCoder, createErasureCoder
+  validateErasureParams, createWasmErasureCoder
 } from './erasure.ts'
+export { createSimdErasureCoder, simdAvailable } from './erasure-simd.ts'
+export { createErasureCoder } from './erasure-factory.ts'
 export {
   FRAGMENT_MAGIC, FRAGMENT_VERSION, FRAGMENT_HEADER_BYTES, type StripeFragment, type StripeExpectation, type DecodedStripe,
   fragmentSize, encodeStripe, encodeFragment, decodeFragment, decodeStripe
