@@ -344,11 +344,13 @@ export function quantizedChunk (frame: DecodedFrame): Quantized {
 
 /**
  * Incremental frame decoder for byte streams. Buffers at most one frame (bounded by
- * maxBodyBytes + header) and yields each frame once its body checksum is verified. After an
- * error the reader is poisoned: a stream that sent one bad frame is not trusted again.
+ * maxBodyBytes + header, allocated once per frame after its header is verified) and yields each
+ * frame once its body checksum is verified. A frame that arrives whole inside one pushed chunk
+ * is returned as a view of that chunk (zero-copy), so callers must not reuse pushed buffers.
+ * After an error the reader is poisoned: a stream that sent one bad frame is not trusted again.
  */
 export class FrameReader {
-  private buf: Uint8Array
+  private buf: Uint8Array = new Uint8Array(frameHeaderBytes(CODEC_LIMITS.maxTensorRank))
   private len = 0
   private header: FrameHeader | undefined
   private failed: Error | undefined
@@ -357,43 +359,27 @@ export class FrameReader {
   constructor (limits: { maxBodyBytes?: number } = {}) {
     this.maxBodyBytes = limits.maxBodyBytes ?? CODEC_LIMITS.maxFrameBodyBytes
     checkCap('frame reader body cap', this.maxBodyBytes, CODEC_LIMITS.maxFrameBodyBytes)
-    this.buf = new Uint8Array(4096)
   }
 
   /** Bytes held waiting for the rest of a frame. */
   get buffered (): number { return this.len }
 
-  /** Feeds bytes; returns every frame completed by them (bodies are fresh copies). */
+  /** Feeds bytes; returns every frame completed by them. */
   push (chunk: Uint8Array): DecodedFrame[] {
     if (this.failed !== undefined) throw this.failed
     const out: DecodedFrame[] = []
     try {
       let pos = 0
       while (pos < chunk.length) {
-        const need = this.header === undefined
-          ? (this.len >= HEADER_PROBE_BYTES ? peekHeaderBytes(this.buf.subarray(0, this.len))! : HEADER_PROBE_BYTES)
-          : this.header.headerBytes + this.header.bodyBytes
-        const take = Math.min(need - this.len, chunk.length - pos)
-        this.ensure(this.len + take)
-        this.buf.set(chunk.subarray(pos, pos + take), this.len)
-        this.len += take
-        pos += take
-        if (this.len < need) continue
-        if (this.header === undefined) {
-          if (need === HEADER_PROBE_BYTES) {
-            // Validate magic, version and rank as soon as they are here.
-            peekHeaderBytes(this.buf.subarray(0, this.len))
+        if (this.len === 0) {
+          const whole = this.wholeFrameAt(chunk, pos)
+          if (whole !== undefined) {
+            out.push(whole)
+            pos += whole.header.headerBytes + whole.header.bodyBytes
             continue
           }
-          this.header = decodeFrameHeader(this.buf.subarray(0, this.len), { maxBodyBytes: this.maxBodyBytes })
-          if (this.header.bodyBytes > 0) continue
         }
-        const h = this.header
-        const body = this.buf.slice(h.headerBytes, h.headerBytes + h.bodyBytes)
-        verifyBody(h, body)
-        out.push({ header: h, body })
-        this.header = undefined
-        this.len = 0
+        pos = this.buffer(chunk, pos, out)
       }
     } catch (err) {
       this.failed = err as Error
@@ -408,13 +394,52 @@ export class FrameReader {
     if (this.len > 0) throw codecError(CodecErrorCode.FRAME_TRUNCATED, `stream ended inside a frame (${this.len} bytes buffered)`)
   }
 
-  private ensure (n: number): void {
-    if (n <= this.buf.length) return
-    // The header was validated before the body is buffered, so n is bounded by the cap.
-    checkCap('frame reader buffer', n, this.maxBodyBytes + frameHeaderBytes(CODEC_LIMITS.maxTensorRank))
-    const next = new Uint8Array(Math.min(Math.max(n, this.buf.length * 2), this.maxBodyBytes + frameHeaderBytes(CODEC_LIMITS.maxTensorRank)))
-    next.set(this.buf.subarray(0, this.len))
-    this.buf = next
+  /** The frame starting at `pos` if `chunk` holds all of it, verified, as a view. */
+  private wholeFrameAt (chunk: Uint8Array, pos: number): DecodedFrame | undefined {
+    const rest = chunk.subarray(pos)
+    const hb = peekHeaderBytes(rest)
+    if (hb === undefined || rest.length < hb) return undefined
+    const header = decodeFrameHeader(rest, { maxBodyBytes: this.maxBodyBytes })
+    if (rest.length < hb + header.bodyBytes) return undefined
+    const body = rest.subarray(hb, hb + header.bodyBytes)
+    verifyBody(header, body)
+    return { header, body }
+  }
+
+  /** Copies what the current partial frame still needs; returns the new position in `chunk`. */
+  private buffer (chunk: Uint8Array, pos: number, out: DecodedFrame[]): number {
+    const h = this.header
+    const need = h !== undefined
+      ? h.headerBytes + h.bodyBytes
+      : (this.len >= HEADER_PROBE_BYTES ? peekHeaderBytes(this.buf.subarray(0, this.len))! : HEADER_PROBE_BYTES)
+    const take = Math.min(need - this.len, chunk.length - pos)
+    this.buf.set(chunk.subarray(pos, pos + take), this.len)
+    this.len += take
+    pos += take
+    if (this.len < need) return pos
+    if (h === undefined) {
+      if (need === HEADER_PROBE_BYTES) {
+        // Validate magic, version and rank as soon as they are here.
+        peekHeaderBytes(this.buf.subarray(0, this.len))
+        return pos
+      }
+      const header = decodeFrameHeader(this.buf.subarray(0, this.len), { maxBodyBytes: this.maxBodyBytes })
+      this.header = header
+      // The header is verified and its body within the cap: now allocate the frame, once.
+      const frame = new Uint8Array(header.headerBytes + header.bodyBytes)
+      frame.set(this.buf.subarray(0, this.len))
+      this.buf = frame
+      if (header.bodyBytes > 0) return pos
+    }
+    const header = this.header!
+    const body = this.buf.subarray(header.headerBytes, header.headerBytes + header.bodyBytes)
+    verifyBody(header, body)
+    out.push({ header, body })
+    // The body now belongs to the caller; start the next frame in a fresh small buffer.
+    this.buf = new Uint8Array(frameHeaderBytes(CODEC_LIMITS.maxTensorRank))
+    this.header = undefined
+    this.len = 0
+    return pos
   }
 }
 

@@ -63,11 +63,10 @@ function nextDownF32 (x: number): number {
   return f32Bits[0]!
 }
 
-function roundHalfEven (v: number): number {
-  const r = Math.round(v)
-  // Math.round rounds .5 up; halfway cases go to the even neighbour instead.
-  return (r - v === 0.5 && (r & 1) !== 0) ? r - 1 : r
-}
+// Adding then subtracting 1.5 * 2^52 rounds a double of magnitude < 2^51 to an integer with
+// ties to even (the default IEEE rounding), without a call or a branch.
+const RNE = 6755399441055744
+const FLT_MAX = 3.4028234663852886e38
 
 /**
  * Quantizes `src`. Throws {@link NonFiniteError} (naming the first offending element and the
@@ -84,39 +83,50 @@ export function quantize (src: Float32Array, opts: QuantOptions, out?: Quantized
   if (q.bits !== bits || q.blockSize !== blockSize || q.length !== n || q.scales.length !== size.blocks || q.data.length !== size.dataBytes) {
     throw new InvalidArgumentError('output buffer does not match the quantization shape')
   }
-  checkFinite(src)
   const qmax = bits === 8 ? 127 : 7
   const data = q.data
-  if (bits === 4) data.fill(0)
+  const codes = new Int8Array(data.buffer, data.byteOffset, data.length)
+  const scales = q.scales
+  // First pass: every block's scale, and the finiteness check fused into the absmax scan.
   for (let b = 0, start = 0; start < n; b++, start += blockSize) {
     const end = Math.min(n, start + blockSize)
     let absmax = 0
+    let bad = false
     for (let i = start; i < end; i++) {
       const a = Math.abs(src[i]!)
       if (a > absmax) absmax = a
+      else if (a !== a) bad = true
     }
+    if (bad || absmax > FLT_MAX) throwNonFinite(src)
     let scale = Math.fround(absmax / qmax)
     if (scale === 0 && absmax > 0) scale = SMALLEST_F32
     // Near the f32 maximum, qmax * scale can round up to Infinity: step the scale down one ulp.
     if (Math.fround(qmax * scale) === Infinity) scale = nextDownF32(scale)
-    q.scales[b] = scale
-    if (bits === 8) {
+    scales[b] = scale
+  }
+  if (bits === 8) {
+    for (let b = 0, start = 0; start < n; b++, start += blockSize) {
+      const end = Math.min(n, start + blockSize)
+      const scale = scales[b]!
       if (scale === 0) {
-        data.fill(0, start, end)
+        codes.fill(0, start, end)
         continue
       }
       for (let i = start; i < end; i++) {
-        let v = roundHalfEven(Math.fround(src[i]! / scale))
-        if (v > 127) v = 127
-        else if (v < -127) v = -127
-        data[i] = v & 0xff
+        let v = (Math.fround(src[i]! / scale) + RNE) - RNE
+        v = v > 127 ? 127 : (v < -127 ? -127 : v)
+        codes[i] = v
       }
-    } else {
+    }
+  } else {
+    data.fill(0)
+    for (let b = 0, start = 0; start < n; b++, start += blockSize) {
+      const end = Math.min(n, start + blockSize)
+      const scale = scales[b]!
       if (scale === 0) continue
       for (let i = start; i < end; i++) {
-        let v = roundHalfEven(Math.fround(src[i]! / scale))
-        if (v > 7) v = 7
-        else if (v < -7) v = -7
+        let v = (Math.fround(src[i]! / scale) + RNE) - RNE
+        v = v > 7 ? 7 : (v < -7 ? -7 : v)
         data[i >> 1]! |= (v & 0xf) << ((i & 1) << 2)
       }
     }
@@ -124,7 +134,7 @@ export function quantize (src: Float32Array, opts: QuantOptions, out?: Quantized
   return q
 }
 
-function checkFinite (src: Float32Array): void {
+function throwNonFinite (src: Float32Array): never {
   let first = -1
   let count = 0
   for (let i = 0; i < src.length; i++) {
@@ -135,7 +145,7 @@ function checkFinite (src: Float32Array): void {
       count++
     }
   }
-  if (first >= 0) throw new NonFiniteError(first, src[first]!, count)
+  throw new NonFiniteError(first, src[first]!, count)
 }
 
 /**
@@ -170,7 +180,10 @@ export function dequantize (q: Quantized, out: Float32Array = new Float32Array(q
   return dequantizeImpl(q, out, false)
 }
 
-/** Adds the dequantized values into `acc` in f32: acc[i] = f32(acc[i] + f32(q[i] * scale)). */
+/**
+ * Adds the dequantized values into `acc` in f32: acc[i] = f32(acc[i] + f32(q[i] * scale)).
+ * (Stores into a Float32Array round to f32, which is the f32 addition.)
+ */
 export function dequantizeAccumulate (q: Quantized, acc: Float32Array): Float32Array {
   return dequantizeImpl(q, acc, true)
 }
@@ -180,21 +193,48 @@ function dequantizeImpl (q: Quantized, out: Float32Array, accumulate: boolean): 
   if (out.length !== q.length) throw new InvalidArgumentError(`output has ${out.length} elements, quantized vector has ${q.length}`)
   const { blockSize, data, scales } = q
   const n = q.length
+  const codes = new Int8Array(data.buffer, data.byteOffset, data.length)
   for (let b = 0, start = 0; start < n; b++, start += blockSize) {
     const end = Math.min(n, start + blockSize)
     const scale = scales[b]!
-    for (let i = start; i < end; i++) {
-      let v: number
-      if (q.bits === 8) {
-        v = (data[i]! << 24) >> 24
-        if (v === -128) badCode(i, v)
+    if (q.bits === 8) {
+      if (accumulate) {
+        for (let i = start; i < end; i++) {
+          const v = codes[i]!
+          if (v === -128) badCode(i, v)
+          out[i] = out[i]! + Math.fround(v * scale)
+        }
       } else {
-        const nib = (data[i >> 1]! >> ((i & 1) << 2)) & 0xf
-        if (nib === 8) badCode(i, -8)
-        v = (nib ^ 8) - 8
+        for (let i = start; i < end; i++) {
+          const v = codes[i]!
+          if (v === -128) badCode(i, v)
+          out[i] = v * scale
+        }
       }
-      const x = Math.fround(v * scale)
-      out[i] = accumulate ? Math.fround(out[i]! + x) : x
+    } else {
+      // Blocks are even-sized, so a block starts on a byte; an odd tail is handled alone.
+      const pairEnd = end - ((end - start) & 1)
+      for (let i = start; i < pairEnd; i += 2) {
+        const byte = data[i >> 1]!
+        const lo = byte & 0xf
+        const hi = byte >> 4
+        if (lo === 8 || hi === 8) badCode(lo === 8 ? i : i + 1, -8)
+        const x0 = Math.fround(((lo ^ 8) - 8) * scale)
+        const x1 = Math.fround(((hi ^ 8) - 8) * scale)
+        if (accumulate) {
+          out[i] = out[i]! + x0
+          out[i + 1] = out[i + 1]! + x1
+        } else {
+          out[i] = x0
+          out[i + 1] = x1
+        }
+      }
+      if (pairEnd < end) {
+        const nib = data[pairEnd >> 1]! & 0xf
+        if (nib === 8) badCode(pairEnd, -8)
+        const x = Math.fround(((nib ^ 8) - 8) * scale)
+        out[pairEnd] = accumulate ? out[pairEnd]! + x : x
+      }
     }
   }
   return out
