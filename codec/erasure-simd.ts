@@ -1,6 +1,5 @@
 import { InvalidArgumentError } from '../core/index.ts'
-import { type ErasureCoder, validateErasureParams, checkFragments } from './erasure.ts'
-import { TooFewFragmentsError } from './errors.ts'
+import { type ErasureCoder, validateErasureParams, checkEncodeInput, planReconstruct } from './erasure.ts'
 import { rsGeneratorMatrix, gfInvert, nibbleTable, type GfMatrix } from './gf256.ts'
 
 /**
@@ -204,8 +203,7 @@ export function createSimdErasureCoder (init: { k: number, m: number }): Erasure
     k,
     m,
     encode (data) {
-      const size = checkFragments(data, k, k, m)
-      if (data.some(d => d === undefined)) throw new InvalidArgumentError('every data fragment is needed to encode')
+      const size = checkEncodeInput(data, k, m)
       const P = align(size, SIMD_STRIDE)
       const mem = kern.reserve(slots + (k + m) * P)
       mem.set(tables, parityTables)
@@ -221,12 +219,7 @@ export function createSimdErasureCoder (init: { k: number, m: number }): Erasure
       return Array.from({ length: m }, (_, j) => mem.slice(slots + (k + j) * P, slots + (k + j) * P + size))
     },
     reconstruct (fragments) {
-      const size = checkFragments(fragments, k + m, k, m)
-      const present: number[] = []
-      const missing: number[] = []
-      fragments.forEach((f, i) => (f === undefined ? missing : present).push(i))
-      if (present.length < k) throw new TooFewFragmentsError(k, m, present, missing)
-      const lostData = missing.filter(i => i < k)
+      const { size, present, lostData } = planReconstruct(fragments, k, m)
       if (lostData.length === 0) return fragments.slice(0, k) as Uint8Array[]
       // Any k present fragments determine the data: invert their rows of the generator.
       const use = present.slice(0, k)

@@ -110,6 +110,26 @@ class WasmRs {
   }
 }
 
+/** Validates encode input (k equal, present, non-empty fragments); returns the fragment size. */
+export function checkEncodeInput (data: readonly Uint8Array[], k: number, m: number): number {
+  const size = checkFragments(data, k, k, m)
+  if (data.some(d => d === undefined)) throw new InvalidArgumentError('every data fragment is needed to encode')
+  return size
+}
+
+/**
+ * Validates reconstruct input. Returns the fragment size, the indices present and the data
+ * indices lost; throws {@link TooFewFragmentsError} when fewer than k are present.
+ */
+export function planReconstruct (fragments: ReadonlyArray<Uint8Array | undefined>, k: number, m: number): { size: number, present: number[], lostData: number[] } {
+  const size = checkFragments(fragments, k + m, k, m)
+  const present: number[] = []
+  const missing: number[] = []
+  fragments.forEach((f, i) => (f === undefined ? missing : present).push(i))
+  if (present.length < k) throw new TooFewFragmentsError(k, m, present, missing)
+  return { size, present, lostData: missing.filter(i => i < k) }
+}
+
 let shared: WasmRs | undefined
 function wasmRs (): WasmRs {
   if (shared === undefined) {
@@ -139,8 +159,7 @@ export function createWasmErasureCoder (init: { k: number, m: number }): Erasure
     k,
     m,
     encode (data) {
-      const size = checkFragments(data, k, k, m)
-      if (data.some(d => d === undefined)) throw new InvalidArgumentError('every data fragment is needed to encode')
+      const size = checkEncodeInput(data, k, m)
       const total = size * (k + m)
       const buf = rs.shards(total)
       data.forEach((d, i) => buf.set(d, i * size))
@@ -151,12 +170,8 @@ export function createWasmErasureCoder (init: { k: number, m: number }): Erasure
       return parity
     },
     reconstruct (fragments) {
-      const size = checkFragments(fragments, k + m, k, m)
-      const present: number[] = []
-      const missing: number[] = []
-      fragments.forEach((f, i) => (f === undefined ? missing : present).push(i))
-      if (present.length < k) throw new TooFewFragmentsError(k, m, present, missing)
-      if (missing.every(i => i >= k)) return fragments.slice(0, k) as Uint8Array[]
+      const { size, lostData } = planReconstruct(fragments, k, m)
+      if (lostData.length === 0) return fragments.slice(0, k) as Uint8Array[]
       const total = size * (k + m)
       const buf = rs.shards(total)
       fragments.forEach((f, i) => { if (f !== undefined) buf.set(f, i * size) })

@@ -1,18 +1,10 @@
 import test from 'ava'
 import { z } from 'zod'
 import { createEnvelopeCodec, scanMsgpack, CODEC_LIMITS } from '../../codec/index.ts'
-import { ProtocolError } from '../../core/index.ts'
+import { protocolCode } from '../helpers/bytes.ts'
 
 const codec = createEnvelopeCodec({ any: z.strictObject({ x: z.unknown() }) })
-const codeOf = (bytes: Uint8Array): string => {
-  try {
-    codec.decode(bytes)
-  } catch (err) {
-    if (err instanceof ProtocolError) return err.code
-    throw err
-  }
-  return 'ok'
-}
+const codeOf = (bytes: Uint8Array): string => protocolCode(() => codec.decode(bytes))
 const u8 = (...parts: Array<number | number[] | Uint8Array>): Uint8Array => new Uint8Array(parts.flatMap(p => (typeof p === 'number' ? [p] : Array.from(p))))
 // {v:1, t:'any', p:{x: <value>}} with the value's bytes spliced in.
 const wrap = (value: Uint8Array): Uint8Array => u8(0x83, 0xa1, 0x76, 0x01, 0xa1, 0x74, 0xa3, 0x61, 0x6e, 0x79, 0xa1, 0x70, 0x81, 0xa1, 0x78, value)

@@ -1,7 +1,7 @@
 import test from 'ava'
 import { encodeTensorFrames, concatFrame, decodeFrame, decodeFrameHeader, FrameReader, TensorAssembler, CODEC_LIMITS } from '../../codec/index.ts'
 import { ProtocolError, LimitExceededError } from '../../core/index.ts'
-import { forgeHeader } from '../helpers/frames.ts'
+import { forgeHeader } from '../helpers/bytes.ts'
 
 const frame = concatFrame(encodeTensorFrames({ dtype: 'u8', shape: [16], data: new Uint8Array(16) })[0]!)
 
