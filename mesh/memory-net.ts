@@ -1,0 +1,249 @@
+import { AbortError, InvalidArgumentError } from '../core/index.ts'
+import { ByteQueue } from './byte-queue.ts'
+import { checkChunkSize, checkGossipSize, checkName } from './checks.ts'
+import { NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError } from './errors.ts'
+import { MESH_LIMITS } from './limits.ts'
+import { Listeners } from './listeners.ts'
+import type { ByteStream, GossipHandler, PeerId, PeerInfo, PeerNet, PeerNetEvents, StreamHandler } from './peernet.ts'
+
+/**
+ * An in-process network of PeerNets for tests: every started peer is connected to every other
+ * unless killed or partitioned. Delivery is asynchronous (microtasks) and ordered per pair.
+ * It has no notion of time; the simulator's SimNet adds latency and bandwidth.
+ */
+export interface MemoryNetwork {
+  /** Creates a peer (not started). Ids must be unique. */
+  createPeer(info: PeerInfo): PeerNet
+  /** Crash-stops a peer: its links drop and its streams fail on the other side. */
+  kill(id: PeerId): void
+  /** Cuts every link between the two groups (both directions). */
+  partition(a: readonly PeerId[], b: readonly PeerId[]): void
+  /** Restores all cut links. */
+  heal(): void
+}
+
+interface Node {
+  info: PeerInfo
+  started: boolean
+  listeners: Listeners<PeerNetEvents>
+  handlers: Map<string, StreamHandler>
+  topics: Map<string, GossipHandler>
+  rejected: Map<PeerId, number>
+  streams: Set<MemoryStream>
+}
+
+class MemoryStream implements ByteStream {
+  readonly remote: PeerId
+  readonly protocol: string
+  readonly local: PeerId
+  inbound = new ByteQueue()
+  peer!: MemoryStream
+  private writeClosed = false
+  private aborted = false
+  private readonly onClose: (s: MemoryStream) => void
+
+  constructor (local: PeerId, remote: PeerId, protocol: string, onClose: (s: MemoryStream) => void) {
+    this.local = local
+    this.remote = remote
+    this.protocol = protocol
+    this.onClose = onClose
+  }
+
+  async write (chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+    checkChunkSize(chunk)
+    if (options.signal?.aborted === true) throw new AbortError('write aborted')
+    if (this.aborted) throw new StreamResetError('stream was aborted')
+    if (this.writeClosed) throw new InvalidArgumentError('write after end()')
+    const out = this.peer.inbound
+    if (out.closed) throw this.peer.failure() ?? new StreamResetError('the remote closed its side')
+    out.push(chunk)
+    await out.waitForRoom(MESH_LIMITS.maxStreamWriteBufferBytes, options.signal)
+  }
+
+  async end (): Promise<void> {
+    if (this.writeClosed || this.aborted) return
+    this.writeClosed = true
+    this.peer.inbound.end()
+    this.maybeDone()
+  }
+
+  abort (reason?: Error): void {
+    if (this.aborted) return
+    this.aborted = true
+    this.inbound.fail(reason ?? new AbortError('stream aborted locally'))
+    this.peer.inbound.fail(new StreamResetError(`stream reset by ${this.local}`))
+    this.peer.aborted = true
+    this.onClose(this)
+    this.onClose(this.peer)
+  }
+
+  /** Both sides lose the stream because a peer went away. */
+  gone (who: PeerId): void {
+    this.aborted = true
+    this.inbound.fail(new PeerGoneError(`peer ${who} went away mid-stream`, { peer: who, protocol: this.protocol }))
+  }
+
+  failure (): Error | undefined {
+    return this.aborted ? new StreamResetError('stream was reset') : undefined
+  }
+
+  private maybeDone (): void {
+    if (this.writeClosed && this.peer.writeClosed) {
+      this.onClose(this)
+      this.onClose(this.peer)
+    }
+  }
+
+  [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+    return this.inbound[Symbol.asyncIterator]()
+  }
+}
+
+/** Creates an empty in-memory network. */
+export function createMemoryNetwork (): MemoryNetwork {
+  const nodes = new Map<PeerId, Node>()
+  const cut = new Set<string>()
+  const key = (a: PeerId, b: PeerId): string => (a < b ? `${a}\n${b}` : `${b}\n${a}`)
+  const linked = (a: Node, b: Node): boolean => a !== b && a.started && b.started && !cut.has(key(a.info.id, b.info.id))
+
+  const dropLink = (a: Node, b: Node): void => {
+    for (const s of [...a.streams]) {
+      if (s.remote === b.info.id) {
+        s.gone(b.info.id)
+        s.peer.gone(a.info.id)
+        a.streams.delete(s)
+        b.streams.delete(s.peer)
+      }
+    }
+    queueMicrotask(() => {
+      a.listeners.emit('peer:disconnect', b.info.id)
+      b.listeners.emit('peer:disconnect', a.info.id)
+    })
+  }
+
+  const down = (n: Node): void => {
+    if (!n.started) return
+    const was = [...nodes.values()].filter(o => linked(n, o))
+    n.started = false
+    for (const o of was) dropLink(n, o)
+  }
+
+  return {
+    createPeer (info) {
+      if (nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
+      const node: Node = {
+        info: { id: info.id, labels: { ...info.labels } },
+        started: false,
+        listeners: new Listeners(),
+        handlers: new Map(),
+        topics: new Map(),
+        rejected: new Map(),
+        streams: new Set()
+      }
+      nodes.set(info.id, node)
+      const requireStarted = (): void => { if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`) }
+      const net: PeerNet = {
+        self: node.info,
+        async start () {
+          if (node.started) return
+          node.started = true
+          const others = [...nodes.values()].filter(o => linked(node, o))
+          queueMicrotask(() => {
+            for (const o of others) {
+              if (!linked(node, o)) continue
+              node.listeners.emit('peer:connect', o.info)
+              o.listeners.emit('peer:connect', node.info)
+            }
+          })
+        },
+        async stop () { down(node) },
+        peers () {
+          return [...nodes.values()].filter(o => linked(node, o)).map(o => o.info)
+        },
+        on (event, listener) { return node.listeners.on(event, listener) },
+        subscribe (topic, handler) {
+          checkName('topic', topic)
+          node.topics.set(topic, handler)
+          return () => { if (node.topics.get(topic) === handler) node.topics.delete(topic) }
+        },
+        async publish (topic, data) {
+          requireStarted()
+          checkName('topic', topic)
+          checkGossipSize(data)
+          for (const o of nodes.values()) {
+            if (!linked(node, o)) continue
+            const copy = data.slice()
+            queueMicrotask(() => {
+              const h = o.topics.get(topic)
+              if (h === undefined || !linked(node, o)) return
+              const msg = { topic, from: node.info.id, data: copy }
+              const verdict = h.validate?.(msg) ?? 'accept'
+              if (verdict === 'reject') o.rejected.set(node.info.id, (o.rejected.get(node.info.id) ?? 0) + 1)
+              if (verdict === 'accept') h.deliver(msg)
+            })
+          }
+        },
+        handle (protocol, handler) {
+          checkName('protocol', protocol)
+          node.handlers.set(protocol, handler)
+        },
+        unhandle (protocol) { node.handlers.delete(protocol) },
+        async open (peer, protocol, options = {}) {
+          requireStarted()
+          checkName('protocol', protocol)
+          if (options.signal?.aborted === true) throw new AbortError('open aborted')
+          const remote = nodes.get(peer)
+          if (remote === undefined || !linked(node, remote)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
+          const handler = remote.handlers.get(protocol)
+          if (handler === undefined) throw new ProtocolNotSupportedError(`peer ${peer} does not handle ${protocol}`, { peer, protocol })
+          const close = (s: MemoryStream): void => {
+            nodes.get(s.local)?.streams.delete(s)
+          }
+          const mine = new MemoryStream(node.info.id, peer, protocol, close)
+          const theirs = new MemoryStream(peer, node.info.id, protocol, close)
+          mine.peer = theirs
+          theirs.peer = mine
+          node.streams.add(mine)
+          remote.streams.add(theirs)
+          queueMicrotask(() => {
+            Promise.resolve()
+              .then(() => handler(theirs))
+              .catch((err: unknown) => theirs.abort(err instanceof Error ? err : new Error(String(err))))
+          })
+          return mine
+        },
+        rejectedFrom (peer) { return node.rejected.get(peer) ?? 0 }
+      }
+      return net
+    },
+    kill (id) {
+      const n = nodes.get(id)
+      if (n !== undefined) down(n)
+    },
+    partition (a, b) {
+      for (const x of a) {
+        for (const y of b) {
+          const nx = nodes.get(x)
+          const ny = nodes.get(y)
+          if (nx === undefined || ny === undefined || cut.has(key(x, y))) continue
+          const was = linked(nx, ny)
+          cut.add(key(x, y))
+          if (was) dropLink(nx, ny)
+        }
+      }
+    },
+    heal () {
+      const pairs = [...cut].map(k => k.split('\n') as [PeerId, PeerId])
+      cut.clear()
+      queueMicrotask(() => {
+        for (const [x, y] of pairs) {
+          const nx = nodes.get(x)
+          const ny = nodes.get(y)
+          if (nx === undefined || ny === undefined || !linked(nx, ny)) continue
+          nx.listeners.emit('peer:connect', ny.info)
+          ny.listeners.emit('peer:connect', nx.info)
+        }
+      })
+    }
+  }
+}
