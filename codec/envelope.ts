@@ -106,5 +106,5 @@ export function createEnvelopeCodec<S extends EnvelopeSchemas> (schemas: S, init
 
 /** Zod helper: a byte string of at most `max` bytes (msgpack bin decodes to a Uint8Array). */
 export function zBytes (max: number): z.ZodType<Uint8Array> {
-  return z.instanceof(Uint8Array).refine(b => b.length <= max, { message: `at most ${max} bytes` })
+  return z.custom<Uint8Array>(v => v instanceof Uint8Array, { message: 'expected bytes' }).refine(b => b.length <= max, { message: `at most ${max} bytes` })
 }

@@ -10,3 +10,7 @@ export { PeerGoneError, StreamResetError, ProtocolNotSupportedError, NotStartedE
 export { MESH_LIMITS } from './limits.ts'
 export { ByteQueue } from './byte-queue.ts'
 export { createMemoryNetwork, type MemoryNetwork } from './memory-net.ts'
+export { createLibp2pPeerNet, type Libp2pPeerNet, type Libp2pPeerNetInit } from './libp2p-net.ts'
+export { loadOrCreateIdentity, IdentityError, IDENTITY_FILE } from './identity.ts'
+export { deriveRunKeys, authProof, gossipTag, MIN_SECRET_BYTES } from './auth.ts'
+export { writeMessage, MessageReader } from './lp.ts'
