@@ -14,3 +14,8 @@ export { createLibp2pPeerNet, type Libp2pPeerNet, type Libp2pPeerNetInit } from 
 export { loadOrCreateIdentity, IdentityError, IDENTITY_FILE } from './identity.ts'
 export { deriveRunKeys, authProof, gossipTag, MIN_SECRET_BYTES } from './auth.ts'
 export { writeMessage, MessageReader } from './lp.ts'
+export { PhiDetector, phiOf, silenceFor, type PhiOptions } from './phi.ts'
+export {
+  createMembership, type Membership, type MembershipInit, type MembershipStatus, type MemberStatus,
+  type MembershipEvents, type Member, type View
+} from './membership.ts'

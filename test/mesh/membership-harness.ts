@@ -1,0 +1,94 @@
+import { ManualClock, Rng, silentLogger } from '../../core/index.ts'
+import { createMemoryNetwork, createMembership, type Membership, type MembershipInit, type MemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
+
+export interface SimNode { id: string, net: PeerNet, m: Membership }
+
+/**
+ * n memberships on an in-memory network under one ManualClock. Records every installed view
+ * so tests can check that no epoch ever had two different views.
+ */
+export class Cluster {
+  readonly clock = new ManualClock()
+  readonly hub: MemoryNetwork = createMemoryNetwork()
+  readonly nodes = new Map<string, SimNode>()
+  readonly installed = new Map<number, string>()
+  readonly violations: string[] = []
+  private readonly rng: Rng
+  private readonly init: MembershipInit
+  private readonly nets = new Map<string, PeerNet>()
+
+  constructor (n: number, seed: number, init: MembershipInit = {}) {
+    this.rng = Rng.fromSeed(seed)
+    this.init = { heartbeatMs: 100, ...init }
+    for (let i = 0; i < n; i++) this.add(`n${String(i).padStart(2, '0')}`)
+  }
+
+  add (id: string): SimNode {
+    const net = this.nets.get(id) ?? this.hub.createPeer({ id, labels: { zone: `z${this.nets.size % 3}`, host: id } })
+    this.nets.set(id, net)
+    const m = createMembership(this.init, { net, clock: this.clock, rng: this.rng.split(id), log: silentLogger() })
+    m.on('view', v => this.record(id, v))
+    const node = { id, net, m }
+    this.nodes.set(id, node)
+    return node
+  }
+
+  private record (by: string, v: View): void {
+    const key = v.members.map(m => m.id).join(',')
+    const prev = this.installed.get(v.epoch)
+    if (prev === undefined) this.installed.set(v.epoch, key)
+    else if (prev !== key) this.violations.push(`epoch ${v.epoch}: ${prev} vs ${key} (installed by ${by})`)
+  }
+
+  async startAll (): Promise<void> {
+    for (const n of this.nodes.values()) {
+      await n.net.start()
+      await n.m.start()
+    }
+  }
+
+  /** Crash-stop: no goodbye. */
+  kill (id: string): void {
+    this.hub.kill(id)
+    const n = this.nodes.get(id)!
+    // The process is gone: its timers must not run either.
+    void n.m.stop()
+  }
+
+  /** A fresh process on the same identity, with no memory of the old one. */
+  async restart (id: string): Promise<SimNode> {
+    const n = this.add(id)
+    await n.net.start()
+    await n.m.start()
+    return n
+  }
+
+  async run (ms: number): Promise<void> {
+    await this.clock.advanceAsync(ms)
+  }
+
+  /** Runs until `cond` holds, in heartbeat steps; returns the virtual ms it took, or throws after `limitMs`. */
+  async until (cond: () => boolean, limitMs: number, what: string): Promise<number> {
+    const t0 = this.clock.monotonic()
+    while (!cond()) {
+      if (this.clock.monotonic() - t0 > limitMs) throw new Error(`${what} did not happen within ${limitMs} virtual ms`)
+      await this.clock.advanceAsync(10)
+    }
+    return this.clock.monotonic() - t0
+  }
+
+  live (): SimNode[] {
+    return [...this.nodes.values()].filter(n => n.net.peers !== undefined && this.alive.has(n.id))
+  }
+
+  readonly alive = new Set<string>()
+
+  /** True if every node in `ids` has installed a view with exactly `ids` as members. */
+  agree (ids: string[]): boolean {
+    const want = [...ids].sort().join(',')
+    return ids.every(id => {
+      const v = this.nodes.get(id)!.m.view()
+      return v !== undefined && v.members.map(m => m.id).sort().join(',') === want
+    })
+  }
+}
