@@ -120,13 +120,21 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
     listeners.emit('peer:connect', { id, labels: peerLabels })
   }
 
+  /** An AbortSignal that fires after `ms` of the injected clock. */
+  const deadline = (ms: number): AbortSignal => {
+    const ac = new AbortController()
+    clock.setTimeout(() => ac.abort(new AuthenticationError('authentication timed out')), ms)
+    return ac.signal
+  }
+
   /** Dialer side of the handshake, on a connection we opened. */
   const authenticateOutbound = async (conn: Connection): Promise<void> => {
-    const signal = AbortSignal.any([AbortSignal.timeout(authTimeoutMs)])
+    const signal = deadline(authTimeoutMs)
     const raw = await conn.newStream(AUTH_PROTOCOL, { signal })
     const s = new Libp2pByteStream(raw, conn.remotePeer.toString(), AUTH_PROTOCOL)
     const reader = new MessageReader(s, AUTH_MAX_MESSAGE)
     try {
+      // Nonces come from the OS CSPRNG on purpose: a seeded Rng would make them predictable.
       const nonceD = new Uint8Array(randomBytes(AUTH_NONCE_BYTES))
       await writeMessage(s, authCodec.encode('hello', { nonce: nonceD, labels }), { signal })
       const reply = authCodec.decode(await required(reader.next(), signal))
@@ -147,9 +155,10 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
 
   /** Listener side of the handshake. */
   const authenticateInbound = async (raw: Stream, conn: Connection): Promise<void> => {
-    const signal = AbortSignal.timeout(authTimeoutMs)
+    const signal = deadline(authTimeoutMs)
     const s = new Libp2pByteStream(raw, conn.remotePeer.toString(), AUTH_PROTOCOL)
     const reader = new MessageReader(s, AUTH_MAX_MESSAGE)
+    let stage = 'waiting for its hello'
     try {
       const hello = authCodec.decode(await required(reader.next(), signal))
       if (hello.type !== 'hello' || hello.payload.nonce.length !== AUTH_NONCE_BYTES) throw new AuthenticationError('malformed hello')
@@ -157,6 +166,8 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       const nonceL = new Uint8Array(randomBytes(AUTH_NONCE_BYTES))
       const proof = authProof(keys.auth, 'listener', init.runId, self.id, conn.remotePeer.toString(), nonceD, nonceL)
       await writeMessage(s, authCodec.encode('proof', { nonce: nonceL, labels, proof }), { signal })
+      // A dialer without the secret finds our proof invalid and hangs up here.
+      stage = 'after our proof: it does not share the run secret, or it hung up'
       const reply = authCodec.decode(await required(reader.next(), signal))
       if (reply.type !== 'proof') throw new AuthenticationError('malformed proof')
       const expect = authProof(keys.auth, 'dialer', init.runId, conn.remotePeer.toString(), self.id, nonceD, nonceL)
@@ -166,7 +177,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       admit(conn.remotePeer, hello.payload.labels)
     } catch (err) {
       s.abort()
-      refuse(conn.remotePeer, describe(err))
+      refuse(conn.remotePeer, err instanceof AuthenticationError ? err.message : `handshake failed ${stage} (${describe(err)})`)
     }
   }
 

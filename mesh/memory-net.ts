@@ -4,7 +4,7 @@ import { checkChunkSize, checkGossipSize, checkName } from './checks.ts'
 import { NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError } from './errors.ts'
 import { MESH_LIMITS } from './limits.ts'
 import { Listeners } from './listeners.ts'
-import type { ByteStream, GossipHandler, PeerId, PeerInfo, PeerNet, PeerNetEvents, StreamHandler } from './peernet.ts'
+import type { ByteStream, GossipHandler, GossipMessage, GossipVerdict, PeerId, PeerInfo, PeerNet, PeerNetEvents, StreamHandler } from './peernet.ts'
 
 /**
  * An in-process network of PeerNets for tests: every started peer is connected to every other
@@ -20,6 +20,12 @@ export interface MemoryNetwork {
   partition(a: readonly PeerId[], b: readonly PeerId[]): void
   /** Restores all cut links. */
   heal(): void
+  /**
+   * Hands `msg` to `to`'s handler for its topic as if a relay had delivered it (any `from`):
+   * how tests replay captured messages or forge ones. Returns the validator's verdict, or
+   * undefined if `to` has no handler.
+   */
+  inject(to: PeerId, msg: GossipMessage): GossipVerdict | undefined
 }
 
 interface Node {
@@ -128,6 +134,16 @@ export function createMemoryNetwork (): MemoryNetwork {
     for (const o of was) dropLink(n, o)
   }
 
+  /** Validates and delivers one message at node `o`; 'reject' counts against the publisher. */
+  const offer = (o: Node, msg: GossipMessage): GossipVerdict | undefined => {
+    const h = o.topics.get(msg.topic)
+    if (h === undefined) return undefined
+    const verdict = h.validate?.(msg) ?? 'accept'
+    if (verdict === 'reject') o.rejected.set(msg.from, (o.rejected.get(msg.from) ?? 0) + 1)
+    if (verdict === 'accept') h.deliver(msg)
+    return verdict
+  }
+
   return {
     createPeer (info) {
       if (nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
@@ -174,12 +190,7 @@ export function createMemoryNetwork (): MemoryNetwork {
             if (!linked(node, o)) continue
             const copy = data.slice()
             queueMicrotask(() => {
-              const h = o.topics.get(topic)
-              if (h === undefined || !linked(node, o)) return
-              const msg = { topic, from: node.info.id, data: copy }
-              const verdict = h.validate?.(msg) ?? 'accept'
-              if (verdict === 'reject') o.rejected.set(node.info.id, (o.rejected.get(node.info.id) ?? 0) + 1)
-              if (verdict === 'accept') h.deliver(msg)
+              if (linked(node, o)) offer(o, { topic, from: node.info.id, data: copy })
             })
           }
         },
@@ -231,6 +242,10 @@ export function createMemoryNetwork (): MemoryNetwork {
           if (was) dropLink(nx, ny)
         }
       }
+    },
+    inject (to, msg) {
+      const o = nodes.get(to)
+      return o === undefined || !o.started ? undefined : offer(o, msg)
     },
     heal () {
       const pairs = [...cut].map(k => k.split('\n') as [PeerId, PeerId])
