@@ -183,9 +183,9 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     return p === undefined ? undefined : { id, zone: p.labels.zone, host: p.labels.host }
   }
 
-  const send = (type: Parameters<Codec['encode']>[0], payload: unknown): void => {
+  const send = (type: Parameters<Codec['encode']>[0], payload: unknown): Promise<void> => {
     const bytes = codec.encode(type, payload as never)
-    net.publish(type === 'hb' ? HB_TOPIC : VIEW_TOPIC, bytes).catch(err => log.debug({ err: String(err), type }, 'membership publish failed'))
+    return net.publish(type === 'hb' ? HB_TOPIC : VIEW_TOPIC, bytes).catch(err => log.debug({ err: String(err), type }, 'membership publish failed'))
   }
 
   const install = (v: View, why: string): void => {
@@ -246,7 +246,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       handleView(self(), { type, payload } as never)
       return
     }
-    send(type, payload)
+    void send(type, payload)
   }
 
   // --- proposer -------------------------------------------------------------------------
@@ -267,7 +267,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     }
     log.debug({ epoch, round: maxRound, acceptors: [...ids] }, 'proposing a view')
     const payload = { epoch, round: maxRound, ...(genesis === undefined ? {} : { genesis }) }
-    send('prepare', payload)
+    void send('prepare', payload)
     if (ids.has(self())) onPrepare(self(), payload)
   }
 
@@ -291,7 +291,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     pr.value = value
     pr.phase = 'accept'
     const payload = { epoch: pr.epoch, round: pr.ballot.round, view: value }
-    send('accept', payload)
+    void send('accept', payload)
     if (pr.acceptors.has(self())) onAccept(self(), payload)
   }
 
@@ -302,7 +302,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (pr.accepts.size < pr.quorum || pr.value === undefined) return
     const chosen = pr.value
     proposal = undefined
-    send('commit', { view: chosen })
+    void send('commit', { view: chosen })
     install(chosen, 'chosen by a quorum')
   }
 
@@ -334,7 +334,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const tick = (): void => {
     if (!running) return
     seq += 1
-    send('hb', { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: false })
+    void send('hb', { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: false })
     try {
       evaluate()
     } catch (err) {
@@ -412,7 +412,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     // Help a node that is behind: re-send the newest commit, at most once per heartbeat.
     if (view !== undefined && p.epoch < view.epoch && now() - lastCommitResend >= heartbeatMs && view.members.some(m => m.id === self())) {
       lastCommitResend = now()
-      send('commit', { view })
+      void send('commit', { view })
     }
   }
 
@@ -459,8 +459,8 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     async stop () {
       if (!running) return
       seq += 1
-      send('hb', { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: true })
       running = false
+      await send('hb', { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: true })
       if (timer !== undefined) clock.clearTimeout(timer)
       for (const u of unsubs) u()
     },

@@ -1,0 +1,100 @@
+import { mkdirSync } from 'node:fs'
+import { RealClock, Rng, VERSION, createLogger, type Logger } from '../core/index.ts'
+import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type Membership, type View } from '../mesh/index.ts'
+import { type StartConfig, readSecret, ConfigError } from './config.ts'
+import { serveControl } from './control.ts'
+
+export interface RunningNode {
+  stop(): Promise<void>
+  peerId: string
+  multiaddrs: string[]
+  membership: Membership
+}
+
+/** The status a node serves on its control socket. */
+export interface NodeStatus {
+  version: string
+  run: string
+  peerId: string
+  multiaddrs: string[]
+  uptimeS: number
+  membership: ReturnType<Membership['status']>
+}
+
+/**
+ * Starts one node: identity from the data dir, the libp2p PeerNet, membership, and the control
+ * socket. Prints its addresses and a join command, then a line per view change.
+ */
+export async function startNode (cfg: StartConfig, out: (line: string) => void, log: Logger = createLogger({ level: cfg.logLevel, name: cfg.run })): Promise<RunningNode> {
+  const secret = readSecret(cfg.secretFile)
+  try {
+    mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 })
+  } catch (err) {
+    throw new ConfigError(`cannot create data dir ${cfg.dataDir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  const clock = new RealClock()
+  const privateKey = await loadOrCreateIdentity(cfg.dataDir)
+  const net = createLibp2pPeerNet({
+    runId: cfg.run,
+    secret,
+    privateKey,
+    labels: { zone: cfg.zone, host: cfg.host },
+    listen: cfg.listen,
+    announce: cfg.announce,
+    bootstrap: cfg.bootstrap,
+    mdns: cfg.mdns,
+    announceIntervalMs: Math.max(200, cfg.heartbeatMs * 2)
+  }, { clock, log: log.child({ component: 'mesh:net' }) })
+  try {
+    await net.start()
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'EADDRINUSE' || /EADDRINUSE/.test(e.message)) throw new ConfigError(`cannot listen on ${cfg.listen.join(', ')}: the address is in use`)
+    if (e.code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test(e.message)) throw new ConfigError(`cannot listen on ${cfg.listen.join(', ')}: no such local address`)
+    throw err
+  }
+  const membership = createMembership({ heartbeatMs: cfg.heartbeatMs, expect: cfg.expect }, {
+    net, clock, rng: Rng.fromSeed(`${cfg.run}/${net.self.id}`), log: log.child({ component: 'mesh:membership' })
+  })
+  const startedAt = clock.monotonic()
+  const status = (): NodeStatus => ({
+    version: VERSION,
+    run: cfg.run,
+    peerId: net.self.id,
+    multiaddrs: net.multiaddrs(),
+    uptimeS: Math.round((clock.monotonic() - startedAt) / 1000),
+    membership: membership.status()
+  })
+  let server
+  try {
+    server = await serveControl(cfg.dataDir, status)
+  } catch (err) {
+    await net.stop()
+    throw err
+  }
+  membership.on('view', (v: View) => {
+    const rank = v.members.findIndex(m => m.id === net.self.id)
+    out(`view ${v.epoch}: ${v.members.length} member${v.members.length === 1 ? '' : 's'}${rank >= 0 ? `, this node is rank ${rank}` : ', this node is not a member'}`)
+  })
+  membership.on('paused', p => out(p ? 'lost contact with the majority of the view: paused' : 'majority restored'))
+  await membership.start()
+
+  const addrs = net.multiaddrs()
+  const dialable = addrs.filter(a => !a.includes('/ip4/0.0.0.0/'))
+  out(`zeromesh ${VERSION}: node ${net.self.id} in run ${cfg.run} (zone ${cfg.zone}, host ${cfg.host})`)
+  out(`data dir ${cfg.dataDir}`)
+  out('listening on:')
+  for (const a of addrs) out(`  ${a}`)
+  out('others join with:')
+  out(`  npx zeromesh start --run ${cfg.run} --secret-file <the same secret> --bootstrap ${dialable[0] ?? addrs[0] ?? '<this node\'s address>'}`)
+  return {
+    peerId: net.self.id,
+    multiaddrs: addrs,
+    membership,
+    async stop () {
+      await membership.stop()
+      await net.stop()
+      await new Promise<void>(resolve => server.close(() => resolve()))
+    }
+  }
+}

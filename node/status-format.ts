@@ -1,0 +1,24 @@
+import type { NodeStatus } from './start.ts'
+
+/** Renders a node's status as a short human table. */
+export function formatStatus (raw: unknown): string {
+  const s = raw as NodeStatus
+  const m = s.membership
+  const lines = [
+    `run ${s.run}: node ${s.peerId} (zeromesh ${s.version}, up ${s.uptimeS} s)`,
+    m.epoch === 0
+      ? `no view yet${m.joining.length > 0 ? ` (${m.joining.length} other node(s) waiting)` : ''}`
+      : `view ${m.epoch}: ${m.members.length} members, ${m.members.filter(x => x.live).length} live${m.paused ? ', PAUSED (no majority)' : ''}${m.member ? '' : ', this node is not a member'}`
+  ]
+  if (m.members.length > 0) {
+    const rows = [['rank', 'peer', 'zone', 'host', 'live', 'phi', 'last heartbeat']]
+    for (const x of m.members) {
+      rows.push([String(x.rank), x.id === s.peerId ? `${x.id} (this node)` : x.id, x.zone, x.host, x.live ? 'yes' : 'NO', x.id === s.peerId ? '-' : String(x.phi), x.id === s.peerId ? '-' : (x.lastHeartbeatAgeMs < 0 ? 'never' : `${x.lastHeartbeatAgeMs} ms ago`)])
+    }
+    const widths = rows[0]!.map((_, i) => Math.max(...rows.map(r => r[i]!.length)))
+    for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd())
+  }
+  if (m.joining.length > 0) lines.push(`joining: ${m.joining.join(', ')}`)
+  lines.push(`a crashed member is detected within ~${m.detectionBoundMs} ms`)
+  return lines.join('\n')
+}

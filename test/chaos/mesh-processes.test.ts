@@ -1,0 +1,77 @@
+import test from 'ava'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fetchStatus } from '../../node/control.ts'
+import type { NodeStatus } from '../../node/start.ts'
+import { zeromesh, waitFor, type Proc } from './helpers.ts'
+
+const HEARTBEAT_MS = 200
+
+async function status (dir: string): Promise<NodeStatus | undefined> {
+  try {
+    return await fetchStatus(dir, 1000) as NodeStatus
+  } catch {
+    return undefined
+  }
+}
+
+/** Every node in `dirs` reports one view whose members are exactly `ids`; returns its epoch. */
+async function agreed (dirs: string[], ids: string[]): Promise<number | undefined> {
+  const all = await Promise.all(dirs.map(status))
+  const want = [...ids].sort().join(',')
+  const epochs = new Set<number>()
+  for (const s of all) {
+    if (s === undefined) return undefined
+    if (s.membership.members.map(m => m.id).sort().join(',') !== want) return undefined
+    epochs.add(s.membership.epoch)
+  }
+  return epochs.size === 1 ? [...epochs][0] : undefined
+}
+
+test.serial('four processes form a view; a SIGKILLed node is removed within the detector bound and rejoins after a restart', async t => {
+  const root = mkdtempSync(join(tmpdir(), 'zm-chaos-'))
+  const secretFile = join(root, 'secret')
+  writeFileSync(secretFile, 'chaos test secret, long enough\n')
+  const dirs = [0, 1, 2, 3].map(i => join(root, `node${i}`))
+  const args = (i: number, bootstrap: string[]): string[] => [
+    'start', '--run', 'chaos', '--secret-file', secretFile, '--listen', '/ip4/127.0.0.1/tcp/0', '--data-dir', dirs[i]!,
+    '--zone', `z${i % 2}`, '--host', `h${i}`, '--expect', '4', '--heartbeat-ms', String(HEARTBEAT_MS),
+    ...bootstrap.flatMap(b => ['--bootstrap', b])
+  ]
+  const procs: Proc[] = []
+  try {
+    procs.push(zeromesh(args(0, [])))
+    const addr = await waitFor('the first node to print its address', 15_000, () => procs[0]!.out.find(l => l.trim().startsWith('/ip4/127.0.0.1/'))?.trim())
+    for (let i = 1; i < 4; i++) procs.push(zeromesh(args(i, [addr])))
+    const ids = await Promise.all(dirs.map(d => waitFor('a node to answer status', 15_000, async () => (await status(d))?.peerId)))
+    const e1 = await waitFor('one view with all four nodes', 20_000, () => agreed(dirs, ids))
+    t.log(`formed view ${e1}`)
+    await new Promise(resolve => setTimeout(resolve, 1000)) // let the detectors learn the rhythm
+
+    // The bound is derived from the detector: silence until phi crosses its threshold, plus one
+    // heartbeat for the proposer's tick and two for the Paxos rounds and the commit to spread,
+    // plus slack for four Node processes sharing two cores.
+    const s0 = (await status(dirs[0]!))!
+    const bound = s0.membership.detectionBoundMs + 3 * HEARTBEAT_MS + 3000
+    const t0 = performance.now()
+    procs[2]!.child.kill('SIGKILL')
+    const survivors = [0, 1, 3]
+    const e2 = await waitFor('the survivors to drop the killed node', bound, () => agreed(survivors.map(i => dirs[i]!), survivors.map(i => ids[i]!)))
+    const took = performance.now() - t0
+    t.log(`removed in ${Math.round(took)} ms (bound ${bound} ms = detector ${s0.membership.detectionBoundMs} + ${3 * HEARTBEAT_MS} + 3000 slack); view ${e2}`)
+    t.true(e2 > e1)
+    t.is(await procs[2]!.exited, null, 'it died of the signal')
+
+    procs[2] = zeromesh(args(2, [addr]))
+    const e3 = await waitFor('the restarted node to rejoin', 20_000, () => agreed(dirs, ids))
+    t.true(e3 > e2)
+    t.is((await status(dirs[2]!))!.peerId, ids[2]!, 'the identity survived the restart (key in the data dir)')
+    t.true(procs[2]!.out.some(l => /^view \d+: 4 members, this node is rank 3/.test(l)), 'the rejoined node took the last rank')
+  } finally {
+    for (const p of procs) p.child.kill('SIGTERM')
+    const codes = await Promise.all(procs.map(p => p.exited))
+    t.deepEqual(codes, [0, 0, 0, 0], 'every node stops cleanly on SIGTERM')
+    rmSync(root, { recursive: true, force: true })
+  }
+})
