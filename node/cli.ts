@@ -1,6 +1,6 @@
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util'
 import { VERSION, ZeromeshError } from '../core/index.ts'
-import { ConfigError, START_FLAG_OPTIONS, loadStartConfig } from './config.ts'
+import { ConfigError, START_FLAG_OPTIONS, defaultDataDir, loadStartConfig } from './config.ts'
 import { ControlError, fetchStatus } from './control.ts'
 import { formatStatus } from './status-format.ts'
 
@@ -69,7 +69,7 @@ const COMMANDS: Record<string, Command> = {
     ].join('\n'),
     run: async (args, io) => {
       const { values } = parseStrict(args, { 'data-dir': { type: 'string' }, run: { type: 'string' }, json: { type: 'boolean' } })
-      const dataDir = values['data-dir'] ?? (values.run !== undefined ? `${process.env['HOME'] ?? ''}/.zeromesh/${values.run}` : undefined)
+      const dataDir = values['data-dir'] ?? (values.run !== undefined ? defaultDataDir(values.run) : undefined)
       if (dataDir === undefined) throw new UsageError('status needs --data-dir <dir> or --run <id>')
       const status = await fetchStatus(dataDir)
       io.out(values.json === true ? JSON.stringify(status, null, 2) : formatStatus(status))

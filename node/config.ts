@@ -115,7 +115,12 @@ export function loadStartConfig (flags: Record<string, unknown>, env: Record<str
     throw new ConfigError(`${where} ${message}`)
   }
   const cfg = parsed.data
-  return { ...cfg, dataDir: resolve(cfg.dataDir ?? join(homedir(), '.zeromesh', cfg.run)) }
+  return { ...cfg, dataDir: resolve(cfg.dataDir ?? defaultDataDir(cfg.run)) }
+}
+
+/** Where a node of `run` keeps its identity and control socket unless told otherwise. */
+export function defaultDataDir (run: string): string {
+  return join(homedir(), '.zeromesh', run)
 }
 
 /** Reads the run secret: the file's bytes without one trailing newline, at least 16 bytes. */

@@ -32,6 +32,8 @@ test('malformed gossip: garbage, wrong types and bad fields are rejected, counte
     raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: [] } } }),
     raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: [{ id: 'a', zone: 'z', host: 'h' }, { id: 'a', zone: 'z', host: 'h' }] } } }),
     raw.pack({ v: 1, t: 'accept', p: { epoch: 2, round: 1, view: { epoch: 2, members: 'n00' } } }),
+    // limit: maxMembers (1024 by default)
+    raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: Array.from({ length: 1025 }, (_, i) => ({ id: `p${i}`, zone: 'z', host: 'h' })) } } }),
     ...Array.from({ length: 200 }, () => rng.fill(new Uint8Array(rng.int(1, 100))))
   ]
   const before = c.nodes.get(target)!.m.view()

@@ -95,6 +95,7 @@ export function peerNetSuite (impl: string, make: () => PeerNetHarness, timeoutM
     await t.throwsAsync(a!.publish('/t/big', new Uint8Array(MESH_LIMITS.maxGossipBytes + 1)), { name: 'LimitExceededError' })
     t.throws(() => a!.subscribe('', { deliver: () => {} }), { name: 'InvalidArgumentError' })
     t.throws(() => a!.handle('has space', () => {}), { name: 'InvalidArgumentError' })
+    t.throws(() => a!.handle('/' + 'x'.repeat(MESH_LIMITS.maxNameBytes), () => {}), { name: 'InvalidArgumentError' }, 'limit: maxNameBytes')
   })
 
   withNets('streams carry bytes exactly, both ways, with half-close', 2, async (t, [a, b]) => {
@@ -152,6 +153,7 @@ export function peerNetSuite (impl: string, make: () => PeerNetHarness, timeoutM
     let remote!: ByteStream
     const opened = new Promise<void>(resolve => b!.handle('/hold/1', s => { remote = s; resolve() }))
     const s = await a!.open(b!.self.id, '/hold/1')
+    await t.throwsAsync(s.write(new Uint8Array(MESH_LIMITS.maxStreamChunkBytes + 1)), { name: 'LimitExceededError' }, 'limit: maxStreamChunkBytes')
     await s.write(Uint8Array.of(1))
     await within(timeoutMs, 'the handler', opened)
     // A write blocked by backpressure rejects when its signal fires.
