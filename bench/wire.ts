@@ -1,5 +1,6 @@
-// Loopback throughput of one peer pair: libp2p PeerNet streams (noise or TLS, 1-4 streams)
-// against a raw Node TCP socket in the same run. Sender here, receiver in a child process so
+// Loopback throughput of one peer pair: PeerNet streams over libp2p (noise or TLS + yamux) and
+// over the bulk channel (native TLS-PSK), 1-4 streams, against a raw Node TCP socket in the
+// same run. Sender here, receiver in a child process so
 // each side has its own core. Bytes per measurement: BENCH_WIRE_MIB (default 512).
 import { spawn } from 'node:child_process'
 import { connect } from 'node:net'
@@ -49,14 +50,19 @@ async function rawTcp (port: number): Promise<number> {
 
 const results: Array<{ impl: string, seconds: number }> = []
 let rawSeconds = Infinity
-for (const encrypter of ['noise', 'tls'] as const) {
+const configs = [
+  { encrypter: 'noise' as const, bulk: false },
+  { encrypter: 'tls' as const, bulk: false },
+  { encrypter: 'tls' as const, bulk: true }
+]
+for (const { encrypter, bulk } of configs) {
   const rx = await receiver(encrypter)
   try {
     // Raw TCP is measured against each receiver process, and the best of the runs is the baseline.
     for (let i = 0; i < 3; i++) rawSeconds = Math.min(rawSeconds, await rawTcp(rx.info.tcpPort))
     const net = createLibp2pPeerNet({
       runId: 'bench', secret: new TextEncoder().encode('benchmark secret, long enough'), privateKey: await generateKeyPair('Ed25519'),
-      labels: { zone: 'z', host: 'sender' }, encrypters: [encrypter], bootstrap: [rx.info.multiaddr]
+      labels: { zone: 'z', host: 'sender' }, encrypters: [encrypter], bootstrap: [rx.info.multiaddr], bulk
     }, { clock: new RealClock(), log: silentLogger() })
     await net.start()
     const deadline = performance.now() + 15_000
@@ -73,7 +79,8 @@ for (const encrypter of ['noise', 'tls'] as const) {
         await s.end()
         await ack
       }))
-      results.push({ impl: `libp2p ${encrypter} + yamux, ${streams} stream${streams > 1 ? 's' : ''}`, seconds: (performance.now() - t0) / 1000 })
+      const via = bulk ? 'bulk channel (native TLS 1.3-PSK, AES-128-GCM)' : `libp2p ${encrypter} + yamux`
+      results.push({ impl: `PeerNet over ${via}, ${streams} stream${streams > 1 ? 's' : ''}`, seconds: (performance.now() - t0) / 1000 })
     }
     await net.stop()
   } finally {

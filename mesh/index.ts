@@ -19,3 +19,4 @@ export {
   createMembership, type Membership, type MembershipInit, type MembershipStatus, type MemberStatus,
   type MembershipEvents, type Member, type View
 } from './membership.ts'
+export { startBulkChannel, bulkKey, bulkSessionId, type BulkChannel } from './bulk.ts'

@@ -16,6 +16,7 @@ import { z } from 'zod'
 import { AbortError, InvalidArgumentError, type Clock, type Logger } from '../core/index.ts'
 import { createEnvelopeCodec, zBytes } from '../codec/index.ts'
 import { AUTH_NONCE_BYTES, authProof, deriveRunKeys, gossipTag, proofsEqual, type RunKeys } from './auth.ts'
+import { bulkKey, bulkSessionId, startBulkChannel, type BulkChannel } from './bulk.ts'
 import { ByteQueue } from './byte-queue.ts'
 import { checkChunkSize, checkGossipSize, checkName } from './checks.ts'
 import { AuthenticationError, NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError } from './errors.ts'
@@ -54,6 +55,11 @@ export interface Libp2pPeerNetInit {
    * peer id; TLS 1.3 (OpenSSL) moves bulk bytes faster than noise here (docs/PERFORMANCE.md).
    */
   encrypters?: Array<'tls' | 'noise'>
+  /**
+   * Carry `open()` streams on the bulk channel (native TLS-PSK connections beside libp2p,
+   * see bulk.ts) when the peer offers one; default true. libp2p streams remain the fallback.
+   */
+  bulk?: boolean
 }
 
 export interface Libp2pPeerNet extends PeerNet {
@@ -71,8 +77,8 @@ const TAG_BYTES = 32
 
 const labelsSchema = z.strictObject({ zone: z.string().min(1).max(64), host: z.string().min(1).max(253) })
 const authCodec = createEnvelopeCodec({
-  hello: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES), labels: labelsSchema }),
-  proof: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES).optional(), labels: labelsSchema.optional(), proof: zBytes(64) }),
+  hello: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES), labels: labelsSchema, bulkPort: z.int().min(1).max(65535).optional() }),
+  proof: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES).optional(), labels: labelsSchema.optional(), proof: zBytes(64), bulkPort: z.int().min(1).max(65535).optional() }),
   ok: z.strictObject({})
 }, { maxBytes: AUTH_MAX_MESSAGE })
 const announceCodec = createEnvelopeCodec({
@@ -98,6 +104,20 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
   const fullTopic = (t: string): string => `/zeromesh/${init.runId}/${t}`
   const fullProtocol = (p: string): string => `/zeromesh${p.startsWith('/') ? '' : '/'}${p}`
   let node: Libp2p<{ pubsub: GossipSub }> | undefined
+  let bulk: BulkChannel | undefined
+  /** Where and under which handshake session to reach each peer's bulk channel. */
+  const bulkPeers = new Map<PeerId, { host: string, port: number, session: string }>()
+  const bulkPortField = (): { bulkPort?: number } => (bulk === undefined ? {} : { bulkPort: bulk.port })
+
+  /** Remembers a peer's bulk endpoint and the key of this handshake. */
+  const learnBulk = (conn: Connection, port: number | undefined, dialer: PeerId, listener: PeerId, nonceD: Uint8Array, nonceL: Uint8Array): void => {
+    const host = ipOf(conn)
+    if (bulk === undefined || port === undefined || host === undefined) return
+    const peer = conn.remotePeer.toString()
+    const session = bulkSessionId(nonceD, nonceL)
+    bulk.addSession(peer, session, bulkKey(keys.auth, dialer, listener, nonceD, nonceL))
+    if (!bulkPeers.has(peer)) bulkPeers.set(peer, { host, port, session })
+  }
   let self!: PeerInfo
   let announceTimer: number | undefined
   let started = false
@@ -142,7 +162,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
     try {
       // Nonces come from the OS CSPRNG on purpose: a seeded Rng would make them predictable.
       const nonceD = new Uint8Array(randomBytes(AUTH_NONCE_BYTES))
-      await writeMessage(s, authCodec.encode('hello', { nonce: nonceD, labels }), { signal })
+      await writeMessage(s, authCodec.encode('hello', { nonce: nonceD, labels, ...bulkPortField() }), { signal })
       const reply = authCodec.decode(await required(reader.next(), signal))
       if (reply.type !== 'proof' || reply.payload.nonce?.length !== AUTH_NONCE_BYTES || reply.payload.labels === undefined) throw new AuthenticationError('malformed proof')
       const nonceL = reply.payload.nonce
@@ -152,6 +172,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       const ok = authCodec.decode(await required(reader.next(), signal))
       if (ok.type !== 'ok') throw new AuthenticationError('the listener did not accept our proof')
       await s.end()
+      learnBulk(conn, reply.payload.bulkPort, self.id, conn.remotePeer.toString(), nonceD, nonceL)
       admit(conn.remotePeer, reply.payload.labels)
     } catch (err) {
       s.abort()
@@ -171,7 +192,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       const nonceD = hello.payload.nonce
       const nonceL = new Uint8Array(randomBytes(AUTH_NONCE_BYTES))
       const proof = authProof(keys.auth, 'listener', init.runId, self.id, conn.remotePeer.toString(), nonceD, nonceL)
-      await writeMessage(s, authCodec.encode('proof', { nonce: nonceL, labels, proof }), { signal })
+      await writeMessage(s, authCodec.encode('proof', { nonce: nonceL, labels, proof, ...bulkPortField() }), { signal })
       // A dialer without the secret finds our proof invalid and hangs up here.
       stage = 'after our proof: it does not share the run secret, or it hung up'
       const reply = authCodec.decode(await required(reader.next(), signal))
@@ -180,6 +201,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       if (!proofsEqual(expect, reply.payload.proof)) throw new AuthenticationError('the dialer does not know the run secret')
       await writeMessage(s, authCodec.encode('ok', {}), { signal })
       await s.end()
+      learnBulk(conn, hello.payload.bulkPort, conn.remotePeer.toString(), self.id, nonceD, nonceL)
       admit(conn.remotePeer, hello.payload.labels)
     } catch (err) {
       s.abort()
@@ -330,12 +352,27 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       node.addEventListener('connection:open', evt => onConnectionOpen(evt.detail))
       node.addEventListener('peer:disconnect', evt => {
         const id = evt.detail.toString()
+        bulk?.dropPeer(id)
+        bulkPeers.delete(id)
         if (!authed.delete(id)) return
         for (const s of streams) if (s.remote === id) s.gone()
         listeners.emit('peer:disconnect', id)
       })
       node.services.pubsub.addEventListener('message', evt => onMessage(evt.detail))
       await node.start()
+      if (init.bulk !== false) {
+        const host = node.getMultiaddrs().flatMap(a => a.getComponents()).find(c => c.name === 'ip4' || c.name === 'ip6')?.value
+        const listenHost = (init.listen ?? ['/ip4/127.0.0.1/tcp/0'])[0]?.split('/')[2]
+        bulk = await startBulkChannel({
+          host: listenHost ?? host ?? '127.0.0.1',
+          self: self.id,
+          handler: protocol => {
+            const h = handlers.get(protocol)
+            return h === undefined ? undefined : (stream => h(stream))
+          },
+          log: log.child({ component: 'mesh:bulk' })
+        })
+      }
       started = true
       for (const [topic, handler] of topics) subscribeRaw(topic, handler)
       subscribeRaw(ANNOUNCE_TOPIC, {
@@ -358,6 +395,9 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       for (const s of streams) s.abort(new NotStartedError('the PeerNet stopped'))
       const n = node
       authed.clear()
+      bulkPeers.clear()
+      await bulk?.close()
+      bulk = undefined
       await n?.stop()
     },
     multiaddrs () {
@@ -393,6 +433,16 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       checkName('protocol', protocol)
       if (options.signal?.aborted === true) throw new AbortError('open aborted')
       if (!authed.has(peer)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
+      const via = bulkPeers.get(peer)
+      if (bulk !== undefined && via !== undefined) {
+        try {
+          return await bulk.open(peer, via.host, via.port, via.session, protocol, options.signal)
+        } catch (err) {
+          const name = (err as Error).name
+          if (name === 'ProtocolNotSupportedError' || name === 'AbortError') throw err
+          log.debug({ peer, protocol, err: describe(err) }, 'bulk channel unavailable; using a libp2p stream')
+        }
+      }
       let raw: Stream
       try {
         raw = await n.dialProtocol(peerIdFromString(peer), fullProtocol(protocol), { signal: options.signal })
@@ -428,6 +478,11 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
   }
 
   return net
+}
+
+/** The IP address of a connection's remote end, if it has one. */
+function ipOf (conn: Connection): string | undefined {
+  return conn.remoteAddr.getComponents().find(c => c.name === 'ip4' || c.name === 'ip6')?.value
 }
 
 function describe (err: unknown): string {

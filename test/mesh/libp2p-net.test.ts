@@ -8,7 +8,7 @@ import { peerNetSuite } from './peernet-compliance.ts'
 const SECRET = new TextEncoder().encode('a test secret that is long enough')
 
 /** Starts n libp2p PeerNets on loopback, all bootstrapping from the first. */
-export async function startLibp2pNets (n: number, opts: { secret?: Uint8Array, runId?: string } = {}): Promise<{ nets: Libp2pPeerNet[], dirs: string[] }> {
+export async function startLibp2pNets (n: number, opts: { secret?: Uint8Array, runId?: string, bulk?: boolean } = {}): Promise<{ nets: Libp2pPeerNet[], dirs: string[] }> {
   const clock = new RealClock()
   const log = silentLogger()
   const nets: Libp2pPeerNet[] = []
@@ -23,7 +23,8 @@ export async function startLibp2pNets (n: number, opts: { secret?: Uint8Array, r
       labels: { zone: `z${i % 2}`, host: `h${i}` },
       bootstrap: i === 0 ? [] : nets[0]!.multiaddrs().slice(0, 1),
       authTimeoutMs: 3000,
-      announceIntervalMs: 300
+      announceIntervalMs: 300,
+      bulk: opts.bulk ?? true
     }, { clock, log })
     await net.start()
     nets.push(net)
@@ -40,18 +41,22 @@ export async function allConnected (nets: PeerNet[], timeoutMs = 15_000): Promis
   }
 }
 
-peerNetSuite('libp2p', () => {
-  let started: { nets: Libp2pPeerNet[], dirs: string[] } | undefined
-  return {
-    async create (n) {
-      started = await startLibp2pNets(n)
-      await allConnected(started.nets)
-      return started.nets
-    },
-    async kill (net) { await net.stop() },
-    async close () {
-      await Promise.all(started?.nets.map(x => x.stop()) ?? [])
-      for (const d of started?.dirs ?? []) rmSync(d, { recursive: true, force: true })
+// Streams ride the bulk channel (native TLS-PSK) by default, libp2p streams when it is off:
+// both must behave the same.
+for (const bulk of [true, false]) {
+  peerNetSuite(bulk ? 'libp2p (bulk channel)' : 'libp2p (libp2p streams)', () => {
+    let started: { nets: Libp2pPeerNet[], dirs: string[] } | undefined
+    return {
+      async create (n) {
+        started = await startLibp2pNets(n, { bulk })
+        await allConnected(started.nets)
+        return started.nets
+      },
+      async kill (net) { await net.stop() },
+      async close () {
+        await Promise.all(started?.nets.map(x => x.stop()) ?? [])
+        for (const d of started?.dirs ?? []) rmSync(d, { recursive: true, force: true })
+      }
     }
-  }
-}, 15_000)
+  }, 15_000)
+}
