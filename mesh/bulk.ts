@@ -186,10 +186,11 @@ class SocketByteStream implements ByteStream {
   onFinish: () => void = () => {}
   private readonly socket: TLSSocket
   private readonly inbound = new ByteQueue()
-  // Bytes received but not yet framed: a list of chunks, so a large frame is copied once.
-  private readonly chunks: Uint8Array[] = []
-  private headOff = 0
-  private queued = 0
+  // Frame parsing state: a partial 4-byte header, and the body bytes still to come.
+  private readonly head = new Uint8Array(4)
+  private headLen = 0
+  private bodyLeft = 0
+  private firstBody: Uint8Array[] = []
   private paused = false
   private ended = false
   private failure: Error | undefined
@@ -231,45 +232,11 @@ class SocketByteStream implements ByteStream {
     return new Promise(resolve => { this.first = resolve })
   }
 
-  /** Takes `n` bytes off the front of the pending chunks (a view when they sit in one chunk). */
-  private take (n: number): Uint8Array {
-    const head = this.chunks[0]!
-    if (head.length - this.headOff >= n) {
-      const out = head.subarray(this.headOff, this.headOff + n)
-      this.headOff += n
-      if (this.headOff === head.length) { this.chunks.shift(); this.headOff = 0 }
-      this.queued -= n
-      return out
-    }
-    const out = new Uint8Array(n)
-    let filled = 0
-    while (filled < n) {
-      const c = this.chunks[0]!
-      const k = Math.min(n - filled, c.length - this.headOff)
-      out.set(c.subarray(this.headOff, this.headOff + k), filled)
-      filled += k
-      this.headOff += k
-      if (this.headOff === c.length) { this.chunks.shift(); this.headOff = 0 }
-    }
-    this.queued -= n
-    return out
-  }
-
-  /** The u32 at the front of the pending chunks, without consuming it. */
-  private peekLength (): number {
-    const head = this.chunks[0]!
-    if (head.length - this.headOff >= 4) return new DataView(head.buffer, head.byteOffset + this.headOff, 4).getUint32(0, true)
-    const b = new Uint8Array(4)
-    let filled = 0
-    for (let i = 0, off = this.headOff; filled < 4; i++, off = 0) {
-      const c = this.chunks[i]!
-      const k = Math.min(4 - filled, c.length - off)
-      b.set(c.subarray(off, off + k), filled)
-      filled += k
-    }
-    return new DataView(b.buffer).getUint32(0, true)
-  }
-
+  /**
+   * Parses frames as bytes arrive. Frame bodies are passed on as views of the received
+   * chunks (a byte stream has no message boundaries), so nothing is copied or reassembled;
+   * only the 4-byte headers and the first frame (the protocol name, <= 256 bytes) are.
+   */
   private onData (c: Buffer): void {
     let buf: Uint8Array = c
     if (this.raw !== undefined && buf.length > 0) {
@@ -278,13 +245,34 @@ class SocketByteStream implements ByteStream {
       r(buf[0]!)
       buf = buf.subarray(1)
     }
-    if (buf.length === 0) return
-    this.chunks.push(buf)
-    this.queued += buf.length
-    while (this.queued >= 4) {
-      const len = this.peekLength()
+    let pos = 0
+    while (pos < buf.length) {
+      if (this.bodyLeft > 0) {
+        const n = Math.min(this.bodyLeft, buf.length - pos)
+        const piece = buf.subarray(pos, pos + n)
+        pos += n
+        this.bodyLeft -= n
+        if (this.first !== undefined) {
+          this.firstBody.push(piece)
+          if (this.bodyLeft === 0) {
+            const f = this.first
+            this.first = undefined
+            f(Buffer.concat(this.firstBody))
+            this.firstBody = []
+          }
+        } else {
+          this.inbound.push(piece)
+        }
+        continue
+      }
+      const k = Math.min(4 - this.headLen, buf.length - pos)
+      this.head.set(buf.subarray(pos, pos + k), this.headLen)
+      this.headLen += k
+      pos += k
+      if (this.headLen < 4) break
+      this.headLen = 0
+      const len = new DataView(this.head.buffer).getUint32(0, true)
       if (len === END) {
-        this.take(4)
         this.ended = true
         this.inbound.end()
         continue
@@ -299,16 +287,12 @@ class SocketByteStream implements ByteStream {
         this.abort(new StreamResetError(`bulk frame of ${len} bytes exceeds ${cap}`))
         return
       }
-      if (this.queued < 4 + len) break
-      this.take(4)
-      const body = this.take(len)
-      if (this.first !== undefined) {
+      this.bodyLeft = len
+      if (len === 0 && this.first !== undefined) {
         const f = this.first
         this.first = undefined
-        f(body.slice())
-        continue
+        f(new Uint8Array(0))
       }
-      this.inbound.push(body)
     }
     if (!this.paused && this.inbound.bytes > READ_HIGH) {
       this.paused = true
