@@ -17,3 +17,10 @@ export function checkGossipSize (data: Uint8Array): void {
 export function checkChunkSize (chunk: Uint8Array): void {
   checkCap('stream write bytes', chunk.length, MESH_LIMITS.maxStreamChunkBytes)
 }
+
+/** Sets a key in a map about strangers, evicting the oldest entry beyond `cap` (maxTrackedPeers). */
+export function remember<V> (map: Map<string, V>, key: string, value: V, cap: number = MESH_LIMITS.maxTrackedPeers): void {
+  map.delete(key)
+  map.set(key, value)
+  if (map.size > cap) map.delete(map.keys().next().value!)
+}

@@ -18,7 +18,7 @@ import { createEnvelopeCodec, zBytes } from '../codec/index.ts'
 import { AUTH_NONCE_BYTES, authProof, deriveRunKeys, gossipTag, proofsEqual, type RunKeys } from './auth.ts'
 import { bulkKey, bulkSessionId, startBulkChannel, type BulkChannel } from './bulk.ts'
 import { ByteQueue } from './byte-queue.ts'
-import { checkChunkSize, checkGossipSize, checkName } from './checks.ts'
+import { checkChunkSize, checkGossipSize, checkName, remember } from './checks.ts'
 import { AuthenticationError, NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError } from './errors.ts'
 import { MESH_LIMITS } from './limits.ts'
 import { Listeners } from './listeners.ts'
@@ -134,7 +134,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
     const id = peer.toString()
     if (authed.has(id)) return
     log.debug({ peer: id, why }, 'peer failed run authentication; disconnecting')
-    denied.set(id, clock.monotonic() + denyMs)
+    remember(denied, id, clock.monotonic() + denyMs)
     void node?.hangUp(peer).catch(() => {})
   }
 
@@ -230,7 +230,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
     if (msg.type !== 'signed') return TopicValidatorResult.Reject
     const from = msg.from.toString()
     const count = (): TopicValidatorResult => {
-      rejected.set(from, (rejected.get(from) ?? 0) + 1)
+      remember(rejected, from, (rejected.get(from) ?? 0) + 1)
       return TopicValidatorResult.Reject
     }
     if (msg.data.length < TAG_BYTES || msg.data.length > MESH_LIMITS.maxGossipBytes + TAG_BYTES) return count()

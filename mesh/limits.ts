@@ -14,5 +14,7 @@ export const MESH_LIMITS = Object.freeze({
   /** Bytes an in-memory stream buffers for a reader that is not reading. */
   maxStreamReadBufferBytes: 8 * 1024 * 1024,
   /** Longest protocol or topic name. */
-  maxNameBytes: 256
+  maxNameBytes: 256,
+  /** Peers remembered in per-peer bookkeeping of strangers (refused peers, rejection counts); the oldest entry goes first. */
+  maxTrackedPeers: 10_000
 })

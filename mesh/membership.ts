@@ -384,13 +384,18 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     return last === undefined || p.inc > last.inc || (p.inc === last.inc && p.seq > last.seq)
   }
 
-  const validateHb = (from: PeerId, data: Uint8Array): GossipVerdict => {
-    let env
+  /** Decodes a membership message, or says what to do with bytes that do not decode. */
+  const decodeOr = (data: Uint8Array): ReturnType<Codec['decode']> | GossipVerdict => {
     try {
-      env = codec.decode(data)
+      return codec.decode(data)
     } catch (err) {
       return err instanceof ProtocolError ? err.action : 'reject'
     }
+  }
+
+  const validateHb = (from: PeerId, data: Uint8Array): GossipVerdict => {
+    const env = decodeOr(data)
+    if (typeof env === 'string') return env
     if (env.type !== 'hb') return 'reject'
     // (incarnation, seq) at or below the last one seen is a replay or a stale copy.
     return isNewer(from, env.payload) ? 'accept' : 'ignore'
@@ -416,18 +421,13 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     }
   }
 
-  const validateView = (from: PeerId, data: Uint8Array): GossipVerdict => {
-    let env
-    try {
-      env = codec.decode(data)
-    } catch (err) {
-      return err instanceof ProtocolError ? err.action : 'reject'
-    }
+  const validateView = (data: Uint8Array): GossipVerdict => {
+    const env = decodeOr(data)
+    if (typeof env === 'string') return env
     if (env.type === 'hb') return 'reject'
     // Stale: anything about an epoch this node has already passed.
     const epoch = env.type === 'commit' ? env.payload.view.epoch : env.payload.epoch
     if (view !== undefined && epoch <= view.epoch) return 'ignore'
-    void from
     return 'accept'
   }
 
@@ -451,7 +451,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       incarnation = Math.max(1, Math.floor(clock.now()))
       unsubs = [
         net.subscribe(HB_TOPIC, { validate: m => validateHb(m.from, m.data), deliver: m => onHeartbeat(m.from, m.data) }),
-        net.subscribe(VIEW_TOPIC, { validate: m => validateView(m.from, m.data), deliver: m => handleView(m.from, codec.decode(m.data)) }),
+        net.subscribe(VIEW_TOPIC, { validate: m => validateView(m.data), deliver: m => handleView(m.from, codec.decode(m.data)) }),
         net.on('peer:disconnect', () => { if (running) evaluate() })
       ]
       timer = clock.setTimeout(tick, 0)
