@@ -92,3 +92,16 @@ export class Cluster {
     })
   }
 }
+
+/** A cluster of `n` that has formed its first view and let the detectors learn the rhythm. */
+export async function formed (n: number, seed: number): Promise<Cluster> {
+  const c = new Cluster(n, seed, { expect: n })
+  await c.startAll()
+  await c.until(() => c.agree([...c.nodes.keys()]), 5000, 'formation')
+  await c.run(1000)
+  return c
+}
+
+/** The membership gossip topics. */
+export const HB_TOPIC = 'membership/hb'
+export const VIEW_TOPIC = 'membership/view'

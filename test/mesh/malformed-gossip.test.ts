@@ -1,0 +1,41 @@
+import test from 'ava'
+import { Packr } from 'msgpackr'
+import { formed, HB_TOPIC as HB, VIEW_TOPIC as VIEW } from './membership-harness.ts'
+import { seededRng } from '../helpers/seed.ts'
+
+// Hardening of the membership gossip against malformed gossip. Messages are injected as if a relay
+// delivered them, with any claimed sender (on libp2p the sender is also bound by the gossipsub
+// signature and the run tag: wrong-secret.test.ts).
+const raw = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true })
+
+test('malformed gossip: garbage, wrong types and bad fields are rejected, counted, and harmless', async t => {
+  const c = await formed(3, 11)
+  const { rng } = seededRng(t, 12)
+  const target = 'n01'
+  const bad: Uint8Array[] = [
+    new Uint8Array(0),
+    Uint8Array.of(0xc1),
+    raw.pack({ v: 1, t: 'hb', p: { inc: 1, seq: -1, epoch: 0, step: 0, sentAt: 0, leaving: false } }),
+    raw.pack({ v: 1, t: 'hb', p: { inc: 1, seq: 1, epoch: 0, step: 0, sentAt: 0, leaving: false, extra: 1 } }),
+    raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: [] } } }),
+    raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: [{ id: 'a', zone: 'z', host: 'h' }, { id: 'a', zone: 'z', host: 'h' }] } } }),
+    raw.pack({ v: 1, t: 'accept', p: { epoch: 2, round: 1, view: { epoch: 2, members: 'n00' } } }),
+    // limit: maxMembers (1024 by default)
+    raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: Array.from({ length: 1025 }, (_, i) => ({ id: `p${i}`, zone: 'z', host: 'h' })) } } }),
+    ...Array.from({ length: 200 }, () => rng.fill(new Uint8Array(rng.int(1, 100))))
+  ]
+  const before = c.nodes.get(target)!.m.view()
+  let rejected = 0
+  for (const data of bad) {
+    for (const topic of [HB, VIEW]) {
+      const verdict = c.hub.inject(target, { topic, from: 'n02', data })
+      t.not(verdict, 'accept', `accepted ${Buffer.from(data).toString('hex').slice(0, 40)} on ${topic}`)
+      if (verdict === 'reject') rejected++
+    }
+  }
+  t.is(c.nodes.get(target)!.net.rejectedFrom('n02'), rejected, 'every rejection counts against the sender')
+  t.true(rejected >= bad.length, 'malformed messages are rejected, not just ignored')
+  await c.run(1000)
+  t.is(c.nodes.get(target)!.m.view(), before, 'nothing changed')
+  t.deepEqual(c.violations, [])
+})
