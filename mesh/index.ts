@@ -20,3 +20,5 @@ export {
   type MembershipEvents, type Member, type View
 } from './membership.ts'
 export { startBulkChannel, bulkKey, bulkSessionId, type BulkChannel } from './bulk.ts'
+export { checkName, checkGossipSize, checkChunkSize, remember } from './checks.ts'
+export { Listeners } from './listeners.ts'

@@ -1,6 +1,6 @@
 import test from 'ava'
 import { MESH_LIMITS } from '../../mesh/index.ts'
-import { remember } from '../../mesh/checks.ts'
+import { remember } from '../../mesh/index.ts'
 
 test('maps about strangers stay bounded (limit: maxTrackedPeers), evicting the oldest', t => {
   const m = new Map<string, number>()

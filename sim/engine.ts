@@ -1,0 +1,145 @@
+import { createHash, type Hash } from 'node:crypto'
+import { AbortError, ManualClock, Rng, flushMicrotasks, type Clock, type TimerId } from '../core/index.ts'
+
+/**
+ * The discrete-event engine: one virtual clock (core's ManualClock, whose timers fire in
+ * (time, creation) order), one seeded Rng from which every random choice is split, and a
+ * trace. Protocol code runs unchanged on top; all its time comes from the clock and all
+ * randomness from the Rng, so the same seed and the same code give the same trace, byte for
+ * byte. The trace is hashed as it grows (SHA-256 over its lines) so long runs stay cheap.
+ */
+export class Simulation {
+  readonly clock: ManualClock
+  readonly rng: Rng
+  readonly seed: number
+  private readonly hash: Hash = createHash('sha256')
+  private lines = 0
+  private readonly keep: string[] | undefined
+
+  constructor (init: { seed: number, keepTrace?: boolean }) {
+    this.seed = init.seed
+    this.clock = new ManualClock({ startMs: 0, epochMs: 1_700_000_000_000 })
+    this.rng = Rng.fromSeed(init.seed)
+    this.keep = init.keepTrace === true ? [] : undefined
+  }
+
+  /** Simulated milliseconds since the start. */
+  now (): number { return this.clock.monotonic() }
+
+  /** Appends one event to the trace: `<time> <kind> k=v ...` with keys in the given order. */
+  trace (kind: string, fields: Record<string, string | number | boolean> = {}): void {
+    let line = `${this.now().toFixed(3)} ${kind}`
+    for (const [k, v] of Object.entries(fields)) line += ` ${k}=${String(v)}`
+    this.hash.update(line).update('\n')
+    this.lines++
+    this.keep?.push(line)
+  }
+
+  /** Number of trace events so far. */
+  get events (): number { return this.lines }
+
+  /** The kept trace lines (when constructed with keepTrace). */
+  traceLines (): readonly string[] { return this.keep ?? [] }
+
+  /** Hex SHA-256 of the trace so far (the hash object is copied, so tracing can go on). */
+  traceHash (): string {
+    return this.hash.copy().digest('hex')
+  }
+
+  /** Runs simulated time forward by `ms`, letting promise continuations run after every timer. */
+  async run (ms: number): Promise<void> {
+    await this.clock.advanceAsync(ms)
+  }
+
+  /** Runs until `cond()` holds, checking every `stepMs`; returns the simulated time taken, or undefined after `limitMs`. */
+  async until (cond: () => boolean, limitMs: number, stepMs = 10): Promise<number | undefined> {
+    const t0 = this.now()
+    while (!cond()) {
+      if (this.now() - t0 >= limitMs) return undefined
+      await this.clock.advanceAsync(stepMs)
+    }
+    return this.now() - t0
+  }
+
+  /**
+   * Lets simulated time flow on its own, as fast as the host allows: whenever the process is
+   * idle, jump to the next timer. For running code written against real time (the PeerNet
+   * compliance suite) on the simulator. Returns a function that stops it.
+   */
+  autoAdvance (): () => void {
+    let running = true
+    const pump = async (): Promise<void> => {
+      while (running) {
+        await flushMicrotasks()
+        if (!running) return
+        const next = this.clock.nextTimerAt()
+        if (next === undefined) {
+          await new Promise(resolve => setTimeout(resolve, 1))
+          continue
+        }
+        this.clock.runNext()
+      }
+    }
+    void pump()
+    return () => { running = false }
+  }
+}
+
+/**
+ * A node's view of the simulation clock. While the node is paused (a long GC, a frozen VM) its
+ * timers do not fire; they run, in order, when it resumes. Crashing a node drops its timers.
+ */
+export class NodeClock implements Clock {
+  private readonly base: Clock
+  private paused = false
+  private crashed = false
+  private readonly held: Array<() => void> = []
+  private readonly live = new Set<TimerId>()
+
+  constructor (base: Clock) {
+    this.base = base
+  }
+
+  now (): number { return this.base.now() }
+  monotonic (): number { return this.base.monotonic() }
+
+  setTimeout (fn: () => void, ms: number): TimerId {
+    const id: TimerId = this.base.setTimeout(() => {
+      this.live.delete(id)
+      if (this.crashed) return
+      if (this.paused) this.held.push(fn)
+      else fn()
+    }, ms)
+    this.live.add(id)
+    return id
+  }
+
+  clearTimeout (id: TimerId): void {
+    this.live.delete(id)
+    this.base.clearTimeout(id)
+  }
+
+  sleep (ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const id = this.setTimeout(resolve, ms)
+      options.signal?.addEventListener('abort', () => { this.clearTimeout(id); reject(new AbortError('sleep aborted')) }, { once: true })
+    })
+  }
+
+  pause (): void { this.paused = true }
+
+  resume (): void {
+    this.paused = false
+    for (const fn of this.held.splice(0)) fn()
+  }
+
+  /** Drops every pending timer for good (the process is gone). */
+  crash (): void {
+    this.crashed = true
+    this.held.length = 0
+    for (const id of this.live) this.base.clearTimeout(id)
+    this.live.clear()
+  }
+
+  get isPaused (): boolean { return this.paused }
+}

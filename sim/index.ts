@@ -1,0 +1,6 @@
+/**
+ * sim: the deterministic discrete-event engine and SimNet (a PeerNet over simulated links with
+ * faults). Protocol code from mesh/ runs on it unchanged. Never imported by production paths.
+ */
+export { Simulation, NodeClock } from './engine.ts'
+export { createSimNetwork, DEFAULT_TOPOLOGY, type SimNetwork, type LinkProfile, type Tier, type Topology } from './net.ts'

@@ -1,0 +1,432 @@
+import { AbortError, InvalidArgumentError, Rng } from '../core/index.ts'
+import {
+  ByteQueue, MESH_LIMITS, NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError, Listeners,
+  checkChunkSize, checkGossipSize, checkName,
+  type ByteStream, type GossipHandler, type GossipMessage, type PeerId, type PeerInfo, type PeerNet, type PeerNetEvents, type StreamHandler
+} from '../mesh/index.ts'
+import { NodeClock, type Simulation } from './engine.ts'
+
+/**
+ * SimNet: PeerNets over simulated links. Every pair of started, unpartitioned nodes is
+ * connected; what crosses a link takes latency + jitter + its size over the link's bandwidth
+ * (a directed link sends one thing at a time, so concurrent transfers share it in turn), and
+ * may be lost, duplicated or corrupted with the tier's probabilities. Tiers come from labels:
+ * same host, same zone, or across the WAN. Faults: crash, restart, pause/resume, partitions,
+ * slow nodes and degraded links. All randomness is split from the simulation's Rng, all time
+ * is the simulation's clock, and every delivery and fault is traced.
+ */
+export interface LinkProfile {
+  /** One-way latency (ms). */
+  latencyMs: number
+  /** Uniform extra delay in [0, jitterMs) per message; gossip may be reordered by it. */
+  jitterMs: number
+  /** Bytes per second a directed link carries. */
+  bandwidthBytesPerS: number
+  /** Probability that a gossip message is lost. */
+  loss: number
+  /** Probability that a gossip message is delivered twice. */
+  duplicate: number
+  /** Probability that a message or stream chunk has one byte flipped. */
+  corrupt: number
+}
+
+export type Tier = 'host' | 'zone' | 'wan'
+export type Topology = Record<Tier, LinkProfile>
+
+/** A datacentre-like default: 0.05 ms / 10 GB/s in a host, 0.5 ms / 1.25 GB/s in a zone, 30 ms / 125 MB/s across. */
+export const DEFAULT_TOPOLOGY: Topology = {
+  host: { latencyMs: 0.05, jitterMs: 0.01, bandwidthBytesPerS: 10e9, loss: 0, duplicate: 0, corrupt: 0 },
+  zone: { latencyMs: 0.5, jitterMs: 0.1, bandwidthBytesPerS: 1.25e9, loss: 0, duplicate: 0, corrupt: 0 },
+  wan: { latencyMs: 30, jitterMs: 5, bandwidthBytesPerS: 125e6, loss: 0, duplicate: 0, corrupt: 0 }
+}
+
+export interface SimNetwork {
+  /** Creates a node (not started). Its PeerNet and its Clock (pausable) are returned. */
+  createPeer(info: PeerInfo): { net: PeerNet, clock: NodeClock }
+  /** Crash-stop: the node's links, streams and timers are gone. */
+  crash(id: PeerId): void
+  /** Freezes a node: nothing it should receive or send moves, its timers wait. */
+  pause(id: PeerId): void
+  resume(id: PeerId): void
+  /** Cuts every link between different groups (ids absent from all groups are untouched). */
+  partition(groups: ReadonlyArray<readonly PeerId[]>): void
+  heal(): void
+  /** Multiplies a node's latency by `factor` and divides its bandwidth by it (1 = normal). */
+  slow(id: PeerId, factor: number): void
+  /** The same for one link (both directions). */
+  degrade(a: PeerId, b: PeerId, factor: number): void
+  /** Messages and bytes carried, per tier. */
+  stats(): Record<Tier, { messages: number, bytes: number }>
+}
+
+/** What the network needs of one end of a stream. */
+interface StreamEnd {
+  readonly remoteId: PeerId
+  readonly peer: StreamEnd
+  fail(err: Error): void
+}
+
+function aborted (signal?: AbortSignal): boolean {
+  return signal?.aborted === true
+}
+
+interface SimNode {
+  info: PeerInfo
+  clock: NodeClock
+  started: boolean
+  crashed: boolean
+  paused: boolean
+  slow: number
+  listeners: Listeners<PeerNetEvents>
+  handlers: Map<string, StreamHandler>
+  topics: Map<string, GossipHandler>
+  rejected: Map<PeerId, number>
+  streams: Set<StreamEnd>
+  /** Deliveries held while paused. */
+  held: Array<() => void>
+}
+
+/** Creates a simulated network on `sim`. */
+export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_TOPOLOGY): SimNetwork {
+  const nodes = new Map<PeerId, SimNode>()
+  const cut = new Set<string>()
+  const degraded = new Map<string, number>()
+  const busyUntil = new Map<string, number>()
+  const rng: Rng = sim.rng.split('simnet')
+  const stats: Record<Tier, { messages: number, bytes: number }> = { host: { messages: 0, bytes: 0 }, zone: { messages: 0, bytes: 0 }, wan: { messages: 0, bytes: 0 } }
+  const pair = (a: PeerId, b: PeerId): string => (a < b ? `${a}\n${b}` : `${b}\n${a}`)
+  const linked = (a: SimNode, b: SimNode): boolean => a !== b && a.started && b.started && !cut.has(pair(a.info.id, b.info.id))
+
+  const tierOf = (a: SimNode, b: SimNode): Tier =>
+    a.info.labels.host === b.info.labels.host ? 'host' : a.info.labels.zone === b.info.labels.zone ? 'zone' : 'wan'
+
+  /**
+   * When bytes sent now from a to b arrive: serialized behind earlier sends on the directed
+   * link, then latency and (if `jitter`) jitter. Returns undefined if the link drops it.
+   */
+  const arrival = (a: SimNode, b: SimNode, bytes: number, jitter: boolean): { at: number, tier: Tier, p: LinkProfile } => {
+    const tier = tierOf(a, b)
+    const p = topology[tier]
+    const factor = a.slow * b.slow * (degraded.get(pair(a.info.id, b.info.id)) ?? 1)
+    const key = `${a.info.id}>${b.info.id}`
+    const start = Math.max(sim.now(), busyUntil.get(key) ?? 0)
+    const done = start + (bytes / p.bandwidthBytesPerS) * 1000 * factor
+    busyUntil.set(key, done)
+    stats[tier].messages++
+    stats[tier].bytes += bytes
+    return { at: done + p.latencyMs * factor + (jitter ? rng.float() * p.jitterMs * factor : 0), tier, p }
+  }
+
+  /** Runs `fn` at simulated time `at` on node `to`, unless it crashed; held while it is paused. */
+  const deliverAt = (to: SimNode, at: number, fn: () => void): void => {
+    sim.clock.setTimeout(() => {
+      if (to.crashed || !to.started) return
+      if (to.paused) to.held.push(fn)
+      else fn()
+    }, Math.max(0, at - sim.now()))
+  }
+
+  const maybeCorrupt = (data: Uint8Array, p: LinkProfile): Uint8Array => {
+    if (p.corrupt <= 0 || data.length === 0 || !rng.bool(p.corrupt)) return data
+    const copy = data.slice()
+    copy[rng.int(0, copy.length)]! ^= 1 << rng.int(0, 8)
+    return copy
+  }
+
+  const offer = (to: SimNode, msg: GossipMessage): void => {
+    const h = to.topics.get(msg.topic)
+    if (h === undefined) return
+    const verdict = h.validate?.(msg) ?? 'accept'
+    sim.trace('gossip', { to: to.info.id, from: msg.from, topic: msg.topic, bytes: msg.data.length, verdict })
+    if (verdict === 'reject') to.rejected.set(msg.from, (to.rejected.get(msg.from) ?? 0) + 1)
+    if (verdict === 'accept') h.deliver(msg)
+  }
+
+  const announceLink = (a: SimNode, b: SimNode, up: boolean): void => {
+    const { at } = arrival(a, b, 0, false)
+    deliverAt(b, at, () => { if (up ? linked(a, b) : true) b.listeners.emit(up ? 'peer:connect' : 'peer:disconnect', up ? a.info : a.info.id) })
+    const back = arrival(b, a, 0, false)
+    deliverAt(a, back.at, () => { if (up ? linked(a, b) : true) a.listeners.emit(up ? 'peer:connect' : 'peer:disconnect', up ? b.info : b.info.id) })
+  }
+
+  /** Both ends of every stream between a and b fail; each side learns after a latency. */
+  const breakStreams = (a: SimNode, b: SimNode): void => {
+    for (const s of [...a.streams]) {
+      if (s.remoteId !== b.info.id) continue
+      const gone = (who: PeerId): PeerGoneError => new PeerGoneError(`peer ${who} went away mid-stream`, { peer: who })
+      const { at } = arrival(b, a, 0, false)
+      sim.clock.setTimeout(() => s.fail(gone(b.info.id)), Math.max(0, at - sim.now()))
+      const back = arrival(a, b, 0, false)
+      sim.clock.setTimeout(() => s.peer.fail(gone(a.info.id)), Math.max(0, back.at - sim.now()))
+      a.streams.delete(s)
+      b.streams.delete(s.peer)
+    }
+  }
+
+  const down = (n: SimNode): void => {
+    const was = [...nodes.values()].filter(o => linked(n, o))
+    n.started = false
+    for (const o of was) {
+      breakStreams(n, o)
+      announceLink(n, o, false)
+    }
+  }
+
+  class SimStream implements ByteStream {
+    readonly remote: PeerId
+    readonly protocol: string
+    readonly inbound = new ByteQueue()
+    peer!: SimStream
+    private readonly from: SimNode
+    private readonly to: () => SimNode
+    private inFlight = 0
+    private lastArrival = 0
+    private readonly roomWaiters: Array<() => void> = []
+    private closedWrite = false
+    private failed: Error | undefined
+
+    constructor (from: SimNode, to: () => SimNode, remote: PeerId, protocol: string) {
+      this.from = from
+      this.to = to
+      this.remote = remote
+      this.protocol = protocol
+    }
+
+    get remoteId (): PeerId { return this.remote }
+
+    fail (err: Error): void {
+      this.failed ??= err
+      this.inbound.fail(err)
+      for (const w of this.roomWaiters.splice(0)) w()
+    }
+
+    /** Sends bytes (or the end marker) in order: a stream is FIFO, so no jitter. */
+    private send (chunk: Uint8Array | 'end' | 'reset'): void {
+      const to = this.to()
+      const bytes = typeof chunk === 'string' ? 0 : chunk.length
+      const a = arrival(this.from, to, bytes, false)
+      const at = Math.max(a.at, this.lastArrival)
+      this.lastArrival = at
+      this.inFlight += bytes
+      const data = typeof chunk === 'string' ? chunk : maybeCorrupt(chunk, a.p)
+      deliverAt(to, at, () => {
+        this.inFlight -= bytes
+        for (const w of this.roomWaiters.splice(0)) w()
+        if (data === 'end') this.peer.inbound.end()
+        else if (data === 'reset') this.peer.fail(new StreamResetError(`stream reset by ${this.from.info.id}`))
+        else this.peer.inbound.push(data)
+      })
+    }
+
+    async write (chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+      checkChunkSize(chunk)
+      if (options.signal?.aborted === true) throw new AbortError('write aborted')
+      if (this.failed !== undefined) throw this.failed
+      if (this.closedWrite) throw new InvalidArgumentError('write after end()')
+      this.send(chunk)
+      const cap = MESH_LIMITS.maxStreamWriteBufferBytes
+      while (this.inFlight + this.peer.inbound.bytes > cap) {
+        if (this.failed !== undefined) throw this.failed
+        if (aborted(options.signal)) throw new AbortError('write aborted')
+        // Room appears when bytes land (inFlight falls) or, once what is in flight fits, when
+        // the reader reads. Each wait resolves only on such a change, never at once.
+        const waits: Array<Promise<unknown>> = [new Promise<void>(resolve => this.roomWaiters.push(resolve))]
+        if (this.inFlight < cap) waits.push(this.peer.inbound.waitForRoom(cap - this.inFlight, options.signal).catch(() => {}))
+        if (options.signal !== undefined) waits.push(new Promise<void>(resolve => options.signal!.addEventListener('abort', () => resolve(), { once: true })))
+        await Promise.race(waits)
+      }
+      if (this.failed !== undefined) throw this.failed
+      if (aborted(options.signal)) throw new AbortError('write aborted')
+    }
+
+    async end (): Promise<void> {
+      if (this.closedWrite || this.failed !== undefined) return
+      this.closedWrite = true
+      this.send('end')
+    }
+
+    abort (reason?: Error): void {
+      if (this.failed !== undefined) return
+      this.send('reset')
+      this.fail(reason ?? new AbortError('stream aborted locally'))
+      this.from.streams.delete(this)
+    }
+
+    [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+      return this.inbound[Symbol.asyncIterator]()
+    }
+  }
+
+  return {
+    createPeer (info) {
+      if (nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
+      const node: SimNode = {
+        info: { id: info.id, labels: { ...info.labels } },
+        clock: new NodeClock(sim.clock),
+        started: false,
+        crashed: false,
+        paused: false,
+        slow: 1,
+        listeners: new Listeners(),
+        handlers: new Map(),
+        topics: new Map(),
+        rejected: new Map(),
+        streams: new Set(),
+        held: []
+      }
+      nodes.set(info.id, node)
+      const requireStarted = (): void => { if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`) }
+      const net: PeerNet = {
+        self: node.info,
+        async start () {
+          if (node.started) return
+          if (node.crashed) {
+            // A restart: a fresh process on the same identity.
+            node.crashed = false
+            node.clock = new NodeClock(sim.clock)
+          }
+          node.started = true
+          sim.trace('start', { node: info.id })
+          for (const o of nodes.values()) if (linked(node, o)) announceLink(node, o, true)
+        },
+        async stop () {
+          if (!node.started) return
+          sim.trace('stop', { node: info.id })
+          down(node)
+        },
+        peers () {
+          return [...nodes.values()].filter(o => linked(node, o)).map(o => o.info)
+        },
+        on (event, listener) { return node.listeners.on(event, listener) },
+        subscribe (topic, handler) {
+          checkName('topic', topic)
+          node.topics.set(topic, handler)
+          return () => { if (node.topics.get(topic) === handler) node.topics.delete(topic) }
+        },
+        async publish (topic, data) {
+          requireStarted()
+          checkName('topic', topic)
+          checkGossipSize(data)
+          if (node.paused) return
+          for (const o of nodes.values()) {
+            if (!linked(node, o) || !o.topics.has(topic)) continue
+            const { at, p } = arrival(node, o, data.length, true)
+            if (p.loss > 0 && rng.bool(p.loss)) {
+              sim.trace('lost', { from: info.id, to: o.info.id, topic })
+              continue
+            }
+            const copies = p.duplicate > 0 && rng.bool(p.duplicate) ? 2 : 1
+            for (let c = 0; c < copies; c++) {
+              const payload = maybeCorrupt(data.slice(), p)
+              deliverAt(o, at + c * p.latencyMs, () => { if (linked(node, o)) offer(o, { topic, from: info.id, data: payload }) })
+            }
+          }
+        },
+        handle (protocol, handler) {
+          checkName('protocol', protocol)
+          node.handlers.set(protocol, handler)
+        },
+        unhandle (protocol) { node.handlers.delete(protocol) },
+        async open (peer, protocol, options = {}) {
+          requireStarted()
+          checkName('protocol', protocol)
+          if (options.signal?.aborted === true) throw new AbortError('open aborted')
+          const remote = nodes.get(peer)
+          if (remote === undefined || !linked(node, remote)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
+          // The request travels to the peer and the answer comes back: one round trip.
+          const there = arrival(node, remote, 0, false).at
+          const back = there - sim.now() + arrival(remote, node, 0, false).at - sim.now()
+          await new Promise<void>((resolve, reject) => {
+            const id = sim.clock.setTimeout(resolve, back)
+            options.signal?.addEventListener('abort', () => { sim.clock.clearTimeout(id); reject(new AbortError('open aborted')) }, { once: true })
+          })
+          if (!linked(node, remote)) throw new PeerGoneError(`peer ${peer} went away while opening`, { peer })
+          const handler = remote.handlers.get(protocol)
+          if (handler === undefined) throw new ProtocolNotSupportedError(`peer ${peer} does not handle ${protocol}`, { peer, protocol })
+          const mine = new SimStream(node, () => remote, peer, protocol)
+          const theirs = new SimStream(remote, () => node, info.id, protocol)
+          mine.peer = theirs
+          theirs.peer = mine
+          node.streams.add(mine)
+          remote.streams.add(theirs)
+          sim.trace('open', { from: info.id, to: peer, protocol })
+          Promise.resolve().then(() => handler(theirs)).catch((err: unknown) => theirs.abort(err instanceof Error ? err : new Error(String(err))))
+          return mine
+        },
+        rejectedFrom (peer) { return node.rejected.get(peer) ?? 0 }
+      }
+      return { net, get clock () { return node.clock } }
+    },
+    crash (id) {
+      const n = nodes.get(id)
+      if (n === undefined || n.crashed) return
+      sim.trace('crash', { node: id })
+      down(n)
+      n.crashed = true
+      n.paused = false
+      n.held.length = 0
+      n.clock.crash()
+      n.topics.clear()
+      n.handlers.clear()
+    },
+    pause (id) {
+      const n = nodes.get(id)
+      if (n === undefined || n.paused) return
+      sim.trace('pause', { node: id })
+      n.paused = true
+      n.clock.pause()
+    },
+    resume (id) {
+      const n = nodes.get(id)
+      if (n === undefined || !n.paused) return
+      sim.trace('resume', { node: id })
+      n.paused = false
+      n.clock.resume()
+      for (const fn of n.held.splice(0)) fn()
+    },
+    partition (groups) {
+      const group = new Map<PeerId, number>()
+      groups.forEach((g, i) => { for (const id of g) group.set(id, i) })
+      sim.trace('partition', { groups: groups.map(g => g.join(',')).join('|') })
+      for (const a of nodes.values()) {
+        for (const b of nodes.values()) {
+          if (a.info.id >= b.info.id) continue
+          const ga = group.get(a.info.id)
+          const gb = group.get(b.info.id)
+          if (ga === undefined || gb === undefined || ga === gb) continue
+          const was = linked(a, b)
+          cut.add(pair(a.info.id, b.info.id))
+          if (was) {
+            breakStreams(a, b)
+            announceLink(a, b, false)
+          }
+        }
+      }
+    },
+    heal () {
+      sim.trace('heal')
+      const pairs = [...cut]
+      cut.clear()
+      for (const k of pairs) {
+        const [x, y] = k.split('\n') as [PeerId, PeerId]
+        const a = nodes.get(x)
+        const b = nodes.get(y)
+        if (a !== undefined && b !== undefined && linked(a, b)) announceLink(a, b, true)
+      }
+    },
+    slow (id, factor) {
+      const n = nodes.get(id)
+      if (n === undefined || !(factor >= 1)) throw new InvalidArgumentError(`slow needs a known node and a factor >= 1, got ${id}, ${factor}`)
+      sim.trace('slow', { node: id, factor })
+      n.slow = factor
+    },
+    degrade (a, b, factor) {
+      if (!(factor >= 1)) throw new InvalidArgumentError(`degrade needs a factor >= 1, got ${factor}`)
+      sim.trace('degrade', { a, b, factor })
+      degraded.set(pair(a, b), factor)
+    },
+    stats () {
+      return { host: { ...stats.host }, zone: { ...stats.zone }, wan: { ...stats.wan } }
+    }
+  }
+}
