@@ -42,6 +42,12 @@ export interface MembershipInit {
   phaseTimeoutMs?: number
   /** Most members a view may have. Default 1024. */
   maxMembers?: number
+  /**
+   * Deliberately broken variants, only for tests that prove the safety checker can fail:
+   * `quorumOfOne` accepts a view with one acceptance, `ignoreMinority` proposes while paused.
+   * Never set outside such a test.
+   */
+  unsafe?: { quorumOfOne?: boolean, ignoreMinority?: boolean }
 }
 
 export interface MemberStatus extends Member {
@@ -258,7 +264,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       epoch,
       ballot: { round: maxRound, proposer: self() },
       acceptors: ids,
-      quorum: genesis !== undefined ? ids.size : Math.floor(ids.size / 2) + 1,
+      quorum: genesis !== undefined ? ids.size : (init.unsafe?.quorumOfOne === true ? 1 : Math.floor(ids.size / 2) + 1),
       phase: 'prepare',
       promises: new Map(),
       accepts: new Set(),
@@ -370,7 +376,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       log.info({ epoch: view.epoch, live: liveMembers.length, of: view.members.length }, paused ? 'lost the majority of the view: pausing' : 'majority restored')
       events.emit('paused', paused)
     }
-    if (!inView || paused) return
+    if (!inView || (paused && init.unsafe?.ignoreMinority !== true)) return
     if (liveMembers[0]?.id !== self()) return
     const want = desiredView(view.epoch + 1)
     if (want === undefined || sameMembers(want.members, view.members)) return

@@ -41,7 +41,10 @@ export const DEFAULT_TOPOLOGY: Topology = {
 }
 
 export interface SimNetwork {
-  /** Creates a node (not started). Its PeerNet and its Clock (pausable) are returned. */
+  /**
+   * Creates a node (not started). Returns its PeerNet and, through `clock`, the pausable clock
+   * of its current incarnation (read it again after a crash: a restart gets a fresh one).
+   */
   createPeer(info: PeerInfo): { net: PeerNet, clock: NodeClock }
   /** Crash-stop: the node's links, streams and timers are gone. */
   crash(id: PeerId): void
@@ -280,11 +283,8 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         self: node.info,
         async start () {
           if (node.started) return
-          if (node.crashed) {
-            // A restart: a fresh process on the same identity.
-            node.crashed = false
-            node.clock = new NodeClock(sim.clock)
-          }
+          // A restart is a fresh process on the same identity (its clock was replaced at the crash).
+          node.crashed = false
           node.started = true
           sim.trace('start', { node: info.id })
           for (const o of nodes.values()) if (linked(node, o)) announceLink(node, o, true)
@@ -366,6 +366,8 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       n.paused = false
       n.held.length = 0
       n.clock.crash()
+      // The next incarnation gets a fresh clock; the crashed one's timers never fire.
+      n.clock = new NodeClock(sim.clock)
       n.topics.clear()
       n.handlers.clear()
     },
