@@ -5,3 +5,4 @@
 export { Simulation, NodeClock } from './engine.ts'
 export { createSimNetwork, DEFAULT_TOPOLOGY, type SimNetwork, type LinkProfile, type Tier, type Topology } from './net.ts'
 export { randomMembershipRun, type RandomRunOptions, type RunResult } from './membership-run.ts'
+export { MembershipWorld, type WorldNode, type WorldInit, type ViewEvent } from './world.ts'
