@@ -32,7 +32,10 @@ export interface MembershipInit {
   heartbeatMs?: number
   /** phi threshold. Default 8. */
   phiThreshold?: number
-  /** Floor of the interval std dev used by the detector (ms). Default heartbeatMs / 5. */
+  /**
+   * Floor of the interval std dev used by the detector (ms). Default heartbeatMs / 2, so one
+   * or two lost heartbeats on a lossy WAN do not evict a member but three in a row do.
+   */
   minStdMs?: number
   /** Members needed before a genesis view forms. Default 1. */
   expect?: number
@@ -139,7 +142,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const { net, clock, rng, log } = components
   const heartbeatMs = init.heartbeatMs ?? 500
   const threshold = init.phiThreshold ?? 8
-  const minStdMs = init.minStdMs ?? heartbeatMs / 5
+  const minStdMs = init.minStdMs ?? heartbeatMs / 2
   const expect = init.expect ?? 1
   const formationMs = init.formationMs ?? 3 * heartbeatMs
   const phaseTimeoutMs = init.phaseTimeoutMs ?? 4 * heartbeatMs

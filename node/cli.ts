@@ -58,6 +58,49 @@ const COMMANDS: Record<string, Command> = {
       return 0
     }
   },
+  sim: {
+    summary: 'run a failure scenario on the deterministic simulator',
+    usage: [
+      'zeromesh sim <scenario.json> [--seed N] [--nodes N] [--report out.json] [--svg out.svg] [--quiet]',
+      '',
+      '  <scenario.json>   a scenario file (see sim/scenarios/ for examples)',
+      '  --seed N          override the scenario\'s seed (a run is reproduced exactly by its seed)',
+      '  --nodes N         override the node count',
+      '  --report <file>   write the full report as JSON',
+      '  --svg <file>      write a timeline of node states, views and faults',
+      '  --quiet           no progress bar',
+      '',
+      'Exit status 0 when every assertion of the scenario holds, 1 when one fails.'
+    ].join('\n'),
+    run: async (args, io) => {
+      const { values, positionals } = parseArgs({
+        args,
+        options: { seed: { type: 'string' }, nodes: { type: 'string' }, report: { type: 'string' }, svg: { type: 'string' }, quiet: { type: 'boolean' } },
+        strict: true,
+        allowPositionals: true
+      })
+      if (positionals.length !== 1) throw new UsageError('sim needs exactly one scenario file')
+      const int = (name: string, v: string | undefined, min: number): number | undefined => {
+        if (v === undefined) return undefined
+        const n = Number(v)
+        if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`--${name} must be an integer >= ${min}, got '${v}'`)
+        return n
+      }
+      const seed = int('seed', values.seed, 0)
+      const nodes = int('nodes', values.nodes, 1)
+      const { loadScenario, runScenario, formatReport, timelineSvg } = await import('../sim/index.ts')
+      const scenario = loadScenario(positionals[0]!)
+      const bar = values.quiet === true ? undefined : progressBar(process.stderr)
+      const report = await runScenario(scenario, { ...(seed === undefined ? {} : { seed }), ...(nodes === undefined ? {} : { nodes }), ...(bar === undefined ? {} : { progress: bar.update }) })
+      bar?.done()
+      io.out(formatReport(report))
+      const { writeFileSync } = await import('node:fs')
+      if (values.report !== undefined) writeFileSync(values.report, JSON.stringify(report, null, 2) + '\n')
+      if (values.svg !== undefined) writeFileSync(values.svg, timelineSvg(report))
+      if (!report.ok) io.out(`replay: npx zeromesh sim ${positionals[0]} --seed ${report.seed}${nodes === undefined ? '' : ` --nodes ${nodes}`}`)
+      return report.ok ? 0 : 1
+    }
+  },
   status: {
     summary: 'show the view and health seen by a running node',
     usage: [
@@ -92,6 +135,28 @@ function parseStrict<O extends ParseArgsOptionsConfig> (args: string[], options:
     return parseArgs({ args, options, strict: true, allowPositionals: false })
   } catch (err) {
     throw new UsageError((err as Error).message)
+  }
+}
+
+/** A one-line progress bar over simulated time on a terminal; plain percentages elsewhere. */
+function progressBar (stream: NodeJS.WriteStream): { update: (f: number) => void, done: () => void } {
+  let last = -1
+  return {
+    update (f: number) {
+      const pct = Math.floor(f * 100)
+      if (pct === last) return
+      if (stream.isTTY) {
+        const w = 30
+        const filled = Math.round(f * w)
+        stream.write(`\r[${'#'.repeat(filled)}${'.'.repeat(w - filled)}] ${String(pct).padStart(3)}% of simulated time`)
+      } else if (pct % 25 === 0) {
+        stream.write(`${pct}% of simulated time\n`)
+      }
+      last = pct
+    },
+    done () {
+      if (stream.isTTY) stream.write('\n')
+    }
   }
 }
 
@@ -134,15 +199,16 @@ export async function main (argv: string[], io: Io = { out: l => process.stdout.
     }
     return await cmd.run(rest, io)
   } catch (err) {
-    if (err instanceof UsageError || err instanceof ConfigError) {
-      io.err(`zeromesh: ${err.message}`)
+    const e = err as Error & { code?: string }
+    // Usage errors: bad commands, flags, configuration and scenario files. One line, exit 2.
+    if (err instanceof UsageError || err instanceof ConfigError || e.name === 'ScenarioError' || e.code?.startsWith('ERR_PARSE_ARGS') === true) {
+      io.err(`zeromesh: ${e.message}`)
       return 2
     }
     if (err instanceof ControlError || err instanceof ZeromeshError) {
       io.err(`zeromesh: ${err.message}`)
       return 1
     }
-    const e = err as Error
     io.err(`zeromesh: ${e.name}: ${e.message}`)
     return 1
   }

@@ -26,7 +26,11 @@ export interface LinkProfile {
   loss: number
   /** Probability that a gossip message is delivered twice. */
   duplicate: number
-  /** Probability that a message or stream chunk has one byte flipped. */
+  /**
+   * Probability that a message or stream chunk has one byte flipped. Gossip is signed on the
+   * real transport, so a corrupted gossip message is dropped as a signature failure; stream
+   * bytes reach the application, whose frames and fragments carry checksums.
+   */
   corrupt: number
 }
 
@@ -317,7 +321,16 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
             }
             const copies = p.duplicate > 0 && rng.bool(p.duplicate) ? 2 : 1
             for (let c = 0; c < copies; c++) {
-              const payload = maybeCorrupt(data.slice(), p)
+              // Gossip is signed on the real transport: a corrupted message fails its signature
+              // there and is dropped (and counted against the sender), never handed to code.
+              if (p.corrupt > 0 && rng.bool(p.corrupt)) {
+                deliverAt(o, at + c * p.latencyMs, () => {
+                  sim.trace('gossip-corrupt', { to: o.info.id, from: info.id, topic })
+                  o.rejected.set(info.id, (o.rejected.get(info.id) ?? 0) + 1)
+                })
+                continue
+              }
+              const payload = data.slice()
               deliverAt(o, at + c * p.latencyMs, () => { if (linked(node, o)) offer(o, { topic, from: info.id, data: payload }) })
             }
           }

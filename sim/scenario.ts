@@ -1,0 +1,323 @@
+import { readFileSync } from 'node:fs'
+import { z } from 'zod'
+import { ZeromeshError } from '../core/index.ts'
+import { DEFAULT_TOPOLOGY, type LinkProfile, type Tier, type Topology } from './net.ts'
+import { MembershipWorld } from './world.ts'
+
+/**
+ * Scenario files: JSON with a strict schema (unknown keys are errors, and errors name the
+ * field). A scenario gives the topology, node count, membership settings, a fault schedule
+ * and/or random fault rates, a duration, and assertions. `runScenario` plays it on the
+ * membership workload and returns a report.
+ */
+
+/** A scenario file that does not validate: the message names the field and why. */
+export class ScenarioError extends ZeromeshError {
+  static override name = 'ScenarioError'
+}
+
+const nodeRef = z.string().regex(/^n\d{3}$/, 'node ids look like n000, n001, ...')
+const linkProfile = z.strictObject({
+  latencyMs: z.number().min(0).max(60_000),
+  jitterMs: z.number().min(0).max(60_000),
+  bandwidthBytesPerS: z.number().positive(),
+  loss: z.number().min(0).max(1),
+  duplicate: z.number().min(0).max(1),
+  corrupt: z.number().min(0).max(1)
+}).partial()
+const at = z.number().min(0)
+const groups = z.array(z.array(z.string().min(1)).min(1)).min(2)
+
+const fault = z.union([
+  z.strictObject({ at, crash: nodeRef }),
+  z.strictObject({ at, restart: nodeRef }),
+  z.strictObject({ at, pause: nodeRef, forMs: z.number().positive().optional() }),
+  z.strictObject({ at, resume: nodeRef }),
+  z.strictObject({ at, partition: groups }),
+  z.strictObject({ at, heal: z.literal(true) }),
+  z.strictObject({ at, slow: nodeRef, factor: z.number().min(1) }),
+  z.strictObject({ at, degrade: z.tuple([nodeRef, nodeRef]), factor: z.number().min(1) }),
+  z.strictObject({ at, tier: z.enum(['host', 'zone', 'wan']), profile: linkProfile }),
+  z.strictObject({ at, crashZone: z.string().min(1) })
+])
+
+export const scenarioSchema = z.strictObject({
+  name: z.string().min(1).max(100),
+  description: z.string().max(2000).optional(),
+  seed: z.int().nonnegative().default(1),
+  nodes: z.int().min(1).max(5000),
+  zones: z.int().min(1).max(1000).default(3),
+  durationMs: z.number().positive().max(24 * 3600_000),
+  topology: z.strictObject({ host: linkProfile, zone: linkProfile, wan: linkProfile }).partial().optional(),
+  membership: z.strictObject({
+    heartbeatMs: z.number().positive().optional(),
+    phiThreshold: z.number().positive().optional(),
+    expect: z.int().min(1).optional()
+  }).optional(),
+  faults: z.array(fault).max(10_000).default([]),
+  random: z.strictObject({
+    /** Mean faults per simulated second, by kind. */
+    crashPerS: z.number().min(0).default(0),
+    partitionPerS: z.number().min(0).default(0),
+    pausePerS: z.number().min(0).default(0),
+    /** How long random partitions and pauses last (ms). */
+    faultMs: z.number().positive().default(2000),
+    /** Most nodes down at once (default: a minority). */
+    maxDown: z.int().min(0).optional()
+  }).optional(),
+  assertions: z.strictObject({
+    safety: z.boolean().default(true),
+    /** After the last fault is healed (or at the end), one view with every up node within this (ms). */
+    convergeWithinMs: z.number().positive().optional(),
+    /** Each crash must be out of every live node's view within this (ms). */
+    detectWithinMs: z.number().positive().optional()
+  }).default({ safety: true })
+})
+
+export type Scenario = z.output<typeof scenarioSchema>
+export type Fault = z.output<typeof fault>
+
+/** Parses and validates a scenario object; errors name the field. */
+export function parseScenario (raw: unknown, source = 'scenario'): Scenario {
+  const r = scenarioSchema.safeParse(raw)
+  if (!r.success) {
+    const issue = r.error.issues[0]!
+    const where = issue.path.length === 0 ? '(top level)' : issue.path.join('.')
+    throw new ScenarioError(`${source}: ${where}: ${issue.message}`)
+  }
+  const s = r.data
+  for (const [i, f] of s.faults.entries()) {
+    for (const id of faultNodes(f)) {
+      if (Number(id.slice(1)) >= s.nodes) throw new ScenarioError(`${source}: faults.${i}: node ${id} does not exist (nodes: ${s.nodes})`)
+    }
+    if (f.at > s.durationMs) throw new ScenarioError(`${source}: faults.${i}.at: ${f.at} is after durationMs ${s.durationMs}`)
+  }
+  return s
+}
+
+/** Reads a scenario file. */
+export function loadScenario (path: string): Scenario {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ScenarioError(`cannot read scenario ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (err) {
+    throw new ScenarioError(`${path} is not valid JSON: ${(err as Error).message}`)
+  }
+  return parseScenario(raw, path)
+}
+
+function faultNodes (f: Fault): string[] {
+  if ('crash' in f) return [f.crash]
+  if ('restart' in f) return [f.restart]
+  if ('pause' in f) return [f.pause]
+  if ('resume' in f) return [f.resume]
+  if ('slow' in f) return [f.slow]
+  if ('degrade' in f) return [...f.degrade]
+  return []
+}
+
+/** What happened to one crash: when each live node's view dropped the crashed node. */
+export interface FaultReport {
+  at: number
+  fault: string
+  /** For crashes: simulated ms until the first view without the node was installed anywhere. */
+  firstViewChangeMs?: number
+  /** For crashes: ms until every node that stayed up had such a view. */
+  allViewsChangedMs?: number
+}
+
+export interface ScenarioReport {
+  scenario: string
+  seed: number
+  nodes: number
+  durationMs: number
+  traceHash: string
+  events: number
+  faults: FaultReport[]
+  views: Array<{ at: number, node: string, epoch: number, members: number }>
+  maxEpoch: number
+  tiers: Record<Tier, { messages: number, bytes: number }>
+  invariants: {
+    safety: { ok: boolean, violations: string[] }
+    liveness: { ok: boolean, convergedAfterMs: number | undefined, limitMs: number | undefined }
+    detection: { ok: boolean, worstMs: number | undefined, limitMs: number | undefined }
+  }
+  ok: boolean
+  /** Node states over time, for the timeline. */
+  timeline: Array<{ at: number, node: string, state: 'up' | 'down' | 'paused' }>
+}
+
+function mergeTopology (t: Scenario['topology']): Topology {
+  const out = { ...DEFAULT_TOPOLOGY }
+  for (const tier of ['host', 'zone', 'wan'] as const) out[tier] = { ...DEFAULT_TOPOLOGY[tier], ...(t?.[tier] ?? {}) } as LinkProfile
+  return out
+}
+
+function describeFault (f: Fault): string {
+  const { at: _at, ...rest } = f
+  return JSON.stringify(rest)
+}
+
+/**
+ * Plays a scenario. `progress(fraction)` is called as simulated time advances. Overrides let
+ * the CLI change the seed or the node count.
+ */
+export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: number, progress?: (f: number) => void } = {}): Promise<ScenarioReport> {
+  const seed = opts.seed ?? s.seed
+  const nodes = opts.nodes ?? s.nodes
+  const topology = mergeTopology(s.topology)
+  const w = new MembershipWorld({ seed, nodes, zones: s.zones, topology, membership: { ...s.membership, expect: s.membership?.expect ?? nodes } })
+  const { sim, net } = w
+  const timeline: ScenarioReport['timeline'] = []
+  const mark = (node: string, state: 'up' | 'down' | 'paused'): void => { timeline.push({ at: sim.now(), node, state }) }
+  await w.bootAll()
+  for (const id of w.ids) mark(id, 'up')
+  const t0 = sim.now()
+
+  // The schedule: listed faults plus random ones drawn from the seed.
+  type Planned = { at: number, f: Fault }
+  const plan: Planned[] = s.faults.filter(f => faultNodes(f).every(id => Number(id.slice(1)) < nodes)).map(f => ({ at: f.at, f }))
+  if (s.random !== undefined) {
+    const rng = sim.rng.split('random-faults')
+    const draw = (perS: number, make: (t: number) => Fault[]): void => {
+      if (perS <= 0) return
+      for (let t = 0; ;) {
+        t += -Math.log(1 - rng.float()) / perS * 1000
+        if (t >= s.durationMs) break
+        plan.push(...make(t).map(f => ({ at: f.at, f })))
+      }
+    }
+    const id = (): string => `n${String(rng.int(0, nodes)).padStart(3, '0')}`
+    draw(s.random.crashPerS, t => { const n = id(); return [{ at: t, crash: n }, { at: Math.min(s.durationMs, t + s.random!.faultMs), restart: n }] })
+    draw(s.random.pausePerS, t => { const n = id(); return [{ at: t, pause: n, forMs: s.random!.faultMs }] })
+    draw(s.random.partitionPerS, t => {
+      const ids = rng.shuffle(w.ids)
+      const cut = rng.int(1, Math.max(2, Math.floor(nodes / 2) + 1))
+      return [{ at: t, partition: [ids.slice(0, cut), ids.slice(cut)] }, { at: Math.min(s.durationMs, t + s.random!.faultMs), heal: true as const }]
+    })
+  }
+  plan.sort((a, b) => a.at - b.at)
+  const maxDown = s.random?.maxDown ?? Math.floor((nodes - 1) / 2)
+
+  const reports: FaultReport[] = []
+  const pendingCrashes: Array<{ report: FaultReport, node: string, at: number }> = []
+  const apply = async (f: Fault): Promise<void> => {
+    const report: FaultReport = { at: sim.now() - t0, fault: describeFault(f) }
+    if ('crash' in f) {
+      const n = w.node(f.crash)
+      if (n.state === 'down' || w.nodes.filter(x => x.state === 'down').length >= maxDown) return
+      w.crash(f.crash)
+      mark(f.crash, 'down')
+      pendingCrashes.push({ report, node: f.crash, at: sim.now() })
+    } else if ('restart' in f) {
+      const n = w.node(f.restart)
+      if (n.state !== 'down') return
+      await w.boot(n)
+      mark(f.restart, 'up')
+    } else if ('pause' in f) {
+      if (w.node(f.pause).state !== 'up') return
+      w.pause(f.pause)
+      mark(f.pause, 'paused')
+      if (f.forMs !== undefined) {
+        const id = f.pause
+        sim.clock.setTimeout(() => { if (w.node(id).state === 'paused') { w.resume(id); mark(id, 'up') } }, f.forMs)
+      }
+    } else if ('resume' in f) {
+      if (w.node(f.resume).state !== 'paused') return
+      w.resume(f.resume)
+      mark(f.resume, 'up')
+    } else if ('partition' in f) {
+      const expand = (g: string[]): string[] => g.flatMap(x => (x === '*' ? [] : w.nodes.filter(n => n.id === x || n.zone === x).map(n => n.id)))
+      const listed = new Set(f.partition.flatMap(expand))
+      const resolved = f.partition.map(g => (g.includes('*') ? [...expand(g), ...w.ids.filter(id => !listed.has(id))] : expand(g)))
+      net.partition(resolved)
+    } else if ('heal' in f) {
+      net.heal()
+    } else if ('slow' in f) {
+      net.slow(f.slow, f.factor)
+    } else if ('degrade' in f) {
+      net.degrade(f.degrade[0], f.degrade[1], f.factor)
+    } else if ('profile' in f) {
+      Object.assign(topology[f.tier], f.profile)
+    } else if ('crashZone' in f) {
+      for (const n of w.nodes) {
+        if (n.zone !== f.crashZone || n.state === 'down') continue
+        w.crash(n.id)
+        mark(n.id, 'down')
+        pendingCrashes.push({ report: { ...report, fault: `crash ${n.id} (zone ${f.crashZone})` }, node: n.id, at: sim.now() })
+      }
+      reports.push(report)
+      return
+    }
+    reports.push(report)
+  }
+
+  /** Updates detection figures: has every up node dropped each crashed node yet? */
+  const checkDetections = (): void => {
+    for (const p of pendingCrashes) {
+      if (p.report.allViewsChangedMs !== undefined) continue
+      const dropped = w.views.find(v => v.at >= p.at && !v.members.includes(p.node))
+      if (dropped !== undefined && p.report.firstViewChangeMs === undefined) p.report.firstViewChangeMs = dropped.at - p.at
+      const up = w.nodes.filter(n => n.state === 'up')
+      if (w.node(p.node).state === 'down' && up.every(n => n.m?.view() !== undefined && !n.m.view()!.members.some(m => m.id === p.node))) {
+        p.report.allViewsChangedMs = sim.now() - p.at
+      }
+    }
+  }
+
+  const step = Math.max(10, Math.min(500, s.durationMs / 200))
+  let next = 0
+  while (sim.now() - t0 < s.durationMs) {
+    while (next < plan.length && plan[next]!.at <= sim.now() - t0) await apply(plan[next++]!.f)
+    const until = Math.min(s.durationMs, next < plan.length ? plan[next]!.at : Infinity, sim.now() - t0 + step)
+    await sim.run(Math.max(1, until - (sim.now() - t0)))
+    checkDetections()
+    opts.progress?.(Math.min(1, (sim.now() - t0) / s.durationMs))
+    if (w.violations.length > 0) break
+  }
+  const limit = s.assertions.convergeWithinMs
+  const convergedAfterMs = await sim.until(() => w.converged(), limit ?? 0, 10)
+  checkDetections()
+  const worst = pendingCrashes.reduce<number | undefined>((a, p) => (p.report.allViewsChangedMs === undefined ? a : Math.max(a ?? 0, p.report.allViewsChangedMs)), undefined)
+  const detectLimit = s.assertions.detectWithinMs
+  const detectionOk = detectLimit === undefined || pendingCrashes.every(p => w.node(p.node).state !== 'down' || (p.report.allViewsChangedMs !== undefined && p.report.allViewsChangedMs <= detectLimit))
+  const safetyOk = !s.assertions.safety || w.violations.length === 0
+  const livenessOk = limit === undefined || convergedAfterMs !== undefined
+  return {
+    scenario: s.name,
+    seed,
+    nodes,
+    durationMs: s.durationMs,
+    traceHash: sim.traceHash(),
+    events: sim.events,
+    faults: reports,
+    views: dedupeViews(w.views),
+    maxEpoch: w.maxEpoch,
+    tiers: net.stats(),
+    invariants: {
+      safety: { ok: w.violations.length === 0, violations: w.violations },
+      liveness: { ok: livenessOk, convergedAfterMs, limitMs: limit },
+      detection: { ok: detectionOk, worstMs: worst, limitMs: detectLimit }
+    },
+    ok: safetyOk && livenessOk && detectionOk,
+    timeline
+  }
+}
+
+/** The first installation of each epoch (others install the same view later). */
+function dedupeViews (views: ReadonlyArray<{ at: number, node: string, epoch: number, members: string[] }>): ScenarioReport['views'] {
+  const seen = new Set<number>()
+  const out: ScenarioReport['views'] = []
+  for (const v of views) {
+    if (seen.has(v.epoch)) continue
+    seen.add(v.epoch)
+    out.push({ at: v.at, node: v.node, epoch: v.epoch, members: v.members.length })
+  }
+  return out
+}

@@ -1,0 +1,83 @@
+import test from 'ava'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { loadScenario, parseScenario, runScenario, ScenarioError } from '../../sim/index.ts'
+import { main } from '../../node/cli.ts'
+
+const dir = fileURLToPath(new URL('../../sim/scenarios/', import.meta.url))
+const shipped = readdirSync(dir).filter(f => f.endsWith('.json')).sort()
+
+test('the shipped scenarios are the four named in the issue', t => {
+  t.deepEqual(shipped, ['flapping-link.json', 'rolling-crashes.json', 'split-brain.json', 'zone-loss.json'])
+})
+
+for (const file of shipped) {
+  test(`scenario ${file} passes its assertions`, async t => {
+    const r = await runScenario(loadScenario(join(dir, file)))
+    t.deepEqual(r.invariants.safety.violations, [])
+    t.true(r.invariants.liveness.ok, `liveness: ${JSON.stringify(r.invariants.liveness)}`)
+    t.true(r.invariants.detection.ok, `detection: ${JSON.stringify(r.invariants.detection)}`)
+    t.true(r.ok)
+    t.true(r.maxEpoch >= 1)
+    t.true(r.tiers.wan.messages + r.tiers.zone.messages > 0)
+  })
+}
+
+test('a scenario replays exactly from its seed; another seed differs', async t => {
+  const s = loadScenario(join(dir, 'zone-loss.json'))
+  const a = await runScenario(s)
+  const b = await runScenario(s)
+  const c = await runScenario(s, { seed: 99 })
+  t.is(a.traceHash, b.traceHash)
+  t.not(a.traceHash, c.traceHash)
+})
+
+test('invalid scenarios name the field and the reason', t => {
+  const base = { name: 'x', nodes: 4, durationMs: 1000 }
+  const cases: Array<[unknown, RegExp]> = [
+    [{ ...base, colour: 'red' }, /\(top level\): Unrecognized key: "colour"/],
+    [{ ...base, nodes: 0 }, /nodes: /],
+    [{ name: 'x', nodes: 4 }, /durationMs: /],
+    [{ ...base, faults: [{ at: 10, crash: 'node7' }] }, /faults\.0/],
+    [{ ...base, faults: [{ at: 10, crash: 'n009' }] }, /faults\.0: node n009 does not exist/],
+    [{ ...base, faults: [{ at: 5000, heal: true }] }, /faults\.0\.at: 5000 is after durationMs/],
+    [{ ...base, topology: { wan: { loss: 2 } } }, /topology\.wan\.loss/],
+    [{ ...base, assertions: { safety: 'yes' } }, /assertions\.safety/]
+  ]
+  for (const [raw, pattern] of cases) {
+    const err = t.throws(() => parseScenario(raw, 'test.json'), { instanceOf: ScenarioError })
+    t.regex(err.message, pattern)
+    t.regex(err.message, /^test\.json: /)
+  }
+})
+
+test('zeromesh sim writes the report and the timeline, and exits by the assertions', async t => {
+  const tmp = mkdtempSync(join(tmpdir(), 'zm-sim-'))
+  try {
+    const out: string[] = []
+    const err: string[] = []
+    const io = { out: (l: string) => out.push(l), err: (l: string) => err.push(l) }
+    const report = join(tmp, 'r.json')
+    const svg = join(tmp, 't.svg')
+    t.is(await main(['sim', join(dir, 'split-brain.json'), '--report', report, '--svg', svg, '--quiet', '--seed', '5'], io), 0)
+    const r = JSON.parse(readFileSync(report, 'utf8'))
+    t.is(r.seed, 5)
+    t.true(r.ok)
+    t.regex(readFileSync(svg, 'utf8'), /^<svg [^>]*>[\s\S]*<\/svg>$/)
+    t.true(out.some(l => l.includes('result: PASS')))
+    // A scenario whose assertion cannot hold: detection within 1 ms.
+    const strict = join(tmp, 'strict.json')
+    writeFileSync(strict, JSON.stringify({ name: 'strict', nodes: 5, durationMs: 3000, faults: [{ at: 1000, crash: 'n001' }], assertions: { detectWithinMs: 1 } }))
+    out.length = 0
+    t.is(await main(['sim', strict, '--quiet'], io), 1)
+    t.true(out.some(l => /^replay: npx zeromesh sim .*strict\.json --seed 1$/.test(l)))
+    t.is(await main(['sim'], io), 2)
+    t.is(await main(['sim', strict, '--seed', 'x'], io), 2)
+    t.is(await main(['sim', join(tmp, 'missing.json')], io), 2)
+    t.regex(err.at(-1)!, /cannot read scenario/)
+  } finally {
+    rmSync(tmp, { recursive: true, force: true })
+  }
+})
