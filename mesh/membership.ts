@@ -393,10 +393,18 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     return last === undefined || p.inc > last.inc || (p.inc === last.inc && p.seq > last.seq)
   }
 
+  // Validation and delivery see the same bytes: decode them once.
+  const decoded = new WeakMap<Uint8Array, ReturnType<Codec['decode']>>()
+  const decode = (data: Uint8Array): ReturnType<Codec['decode']> => {
+    let env = decoded.get(data)
+    if (env === undefined) decoded.set(data, env = codec.decode(data))
+    return env
+  }
+
   /** Decodes a membership message, or says what to do with bytes that do not decode. */
   const decodeOr = (data: Uint8Array): ReturnType<Codec['decode']> | GossipVerdict => {
     try {
-      return codec.decode(data)
+      return decode(data)
     } catch (err) {
       return err instanceof ProtocolError ? err.action : 'reject'
     }
@@ -411,7 +419,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   }
 
   const onHeartbeat = (from: PeerId, data: Uint8Array): void => {
-    const env = codec.decode(data)
+    const env = decode(data)
     if (env.type !== 'hb') return
     const p = env.payload
     if (!isNewer(from, p)) return
@@ -460,7 +468,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       incarnation = Math.max(1, Math.floor(clock.now()))
       unsubs = [
         net.subscribe(HB_TOPIC, { validate: m => validateHb(m.from, m.data), deliver: m => onHeartbeat(m.from, m.data) }),
-        net.subscribe(VIEW_TOPIC, { validate: m => validateView(m.data), deliver: m => handleView(m.from, codec.decode(m.data)) }),
+        net.subscribe(VIEW_TOPIC, { validate: m => validateView(m.data), deliver: m => handleView(m.from, decode(m.data)) }),
         net.on('peer:disconnect', () => { if (running) evaluate() })
       ]
       timer = clock.setTimeout(tick, 0)
