@@ -74,6 +74,8 @@ export class Simulation {
         if (!running) return
         const next = this.clock.nextTimerAt()
         if (next === undefined) {
+          // Nothing is scheduled in simulated time: wait a real millisecond for the code under
+          // test (which runs on real time in this mode) to schedule something.
           await new Promise(resolve => setTimeout(resolve, 1))
           continue
         }
