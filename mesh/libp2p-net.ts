@@ -359,19 +359,22 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
         listeners.emit('peer:disconnect', id)
       })
       node.services.pubsub.addEventListener('message', evt => onMessage(evt.detail))
-      await node.start()
+      // The bulk channel listens before libp2p does, so every handshake can offer its port.
       if (init.bulk !== false) {
-        const host = node.getMultiaddrs().flatMap(a => a.getComponents()).find(c => c.name === 'ip4' || c.name === 'ip6')?.value
         const listenHost = (init.listen ?? ['/ip4/127.0.0.1/tcp/0'])[0]?.split('/')[2]
         bulk = await startBulkChannel({
-          host: listenHost ?? host ?? '127.0.0.1',
+          host: listenHost === undefined || listenHost === '' ? '127.0.0.1' : listenHost,
           self: self.id,
-          handler: protocol => {
-            const h = handlers.get(protocol)
-            return h === undefined ? undefined : (stream => h(stream))
-          },
+          handler: protocol => handlers.get(protocol),
           log: log.child({ component: 'mesh:bulk' })
         })
+      }
+      try {
+        await node.start()
+      } catch (err) {
+        await bulk?.close()
+        bulk = undefined
+        throw err
       }
       started = true
       for (const [topic, handler] of topics) subscribeRaw(topic, handler)
