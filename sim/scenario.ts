@@ -38,7 +38,8 @@ const fault = z.union([
   z.strictObject({ at, slow: nodeRef, factor: z.number().min(1) }),
   z.strictObject({ at, degrade: z.tuple([nodeRef, nodeRef]), factor: z.number().min(1) }),
   z.strictObject({ at, tier: z.enum(['host', 'zone', 'wan']), profile: linkProfile }),
-  z.strictObject({ at, crashZone: z.string().min(1) })
+  z.strictObject({ at, crashZone: z.string().min(1) }),
+  z.strictObject({ at, byzantine: nodeRef, forMs: z.number().positive() })
 ])
 
 export const scenarioSchema = z.strictObject({
@@ -119,6 +120,7 @@ function faultNodes (f: Fault): string[] {
   if ('resume' in f) return [f.resume]
   if ('slow' in f) return [f.slow]
   if ('degrade' in f) return [...f.degrade]
+  if ('byzantine' in f) return [f.byzantine]
   return []
 }
 
@@ -245,6 +247,9 @@ export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: n
       net.degrade(f.degrade[0], f.degrade[1], f.factor)
     } else if ('profile' in f) {
       Object.assign(topology[f.tier], f.profile)
+    } else if ('byzantine' in f) {
+      if (w.node(f.byzantine).state !== 'up') return
+      w.byzantine(f.byzantine, f.forMs)
     } else if ('crashZone' in f) {
       for (const n of w.nodes) {
         if (n.zone !== f.crashZone || n.state === 'down') continue

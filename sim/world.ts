@@ -1,3 +1,4 @@
+import { Packr } from 'msgpackr'
 import { silentLogger } from '../core/index.ts'
 import { createMembership, type Membership, type MembershipInit, type PeerNet, type View } from '../mesh/index.ts'
 import { Simulation, type NodeClock } from './engine.ts'
@@ -94,6 +95,36 @@ export class MembershipWorld {
     this.net.resume(id)
     const n = this.node(id)
     if (n.state === 'paused') n.state = 'up'
+  }
+
+  /**
+   * Makes a node a byzantine sender for `forMs`: beside its honest membership it publishes, every
+   * heartbeat period, well-formed lies a crash-fault protocol must survive: heartbeats of a
+   * stale incarnation claiming a far-future epoch (ignored as stale), prepares with huge rounds
+   * for the next epoch (acceptors then refuse the honest proposer until it outbids them), nacks
+   * to others' ballots, and malformed bytes. Forged commits, and heartbeats from a future
+   * incarnation (which would lock the liar's own honest heartbeats out), are outside the model:
+   * members are trusted not to forge decisions or identities.
+   */
+  byzantine (id: string, forMs: number): void {
+    const n = this.node(id)
+    const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true })
+    const rng = this.sim.rng.split(`byzantine/${id}`)
+    const until = this.sim.now() + forMs
+    const hb = this.init.heartbeatMs ?? 500
+    let seq = 0
+    this.sim.trace('byzantine', { node: id, forMs })
+    const lie = (): void => {
+      if (n.state !== 'up' || this.sim.now() >= until) return
+      const epoch = n.m?.view()?.epoch ?? 0
+      const send = (topic: string, t: string, p: unknown): void => { void n.net.publish(topic, packr.pack({ v: 1, t, p })).catch(() => {}) }
+      send('membership/hb', 'hb', { inc: 1, seq: ++seq, epoch: epoch + 1000, step: 0, sentAt: 0, leaving: false })
+      send('membership/view', 'prepare', { epoch: epoch + 1, round: 1_000_000 + rng.int(0, 1000) })
+      send('membership/view', 'nack', { epoch: epoch + 1, round: rng.int(0, 100), proposer: this.ids[0]!, promisedRound: rng.int(0, 2_000_000) })
+      void n.net.publish('membership/view', rng.fill(new Uint8Array(rng.int(1, 64)))).catch(() => {})
+      n.handle.clock.setTimeout(lie, hb)
+    }
+    lie()
   }
 
   /** True if every node that is up has installed one view whose members are exactly the up nodes. */

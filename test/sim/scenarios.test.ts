@@ -9,8 +9,8 @@ import { main } from '../../node/cli.ts'
 const dir = fileURLToPath(new URL('../../sim/scenarios/', import.meta.url))
 const shipped = readdirSync(dir).filter(f => f.endsWith('.json')).sort()
 
-test('the shipped scenarios are the four named in the issue', t => {
-  t.deepEqual(shipped, ['flapping-link.json', 'rolling-crashes.json', 'split-brain.json', 'zone-loss.json'])
+test('the shipped scenarios include the four named in the issue and a byzantine sender', t => {
+  t.deepEqual(shipped, ['byzantine-liar.json', 'flapping-link.json', 'rolling-crashes.json', 'split-brain.json', 'zone-loss.json'])
 })
 
 for (const file of shipped) {
