@@ -431,10 +431,15 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     let d = detectors.get(from)
     if (d === undefined) detectors.set(from, d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs }))
     d.heartbeat(now())
-    // Help a node that is behind: re-send the newest commit, at most once per heartbeat.
-    if (view !== undefined && p.epoch < view.epoch && now() - lastCommitResend >= heartbeatMs && view.members.some(m => m.id === self())) {
-      lastCommitResend = now()
-      void send('commit', { view })
+    // Help a node that is behind: the lowest-ranked live member re-sends the newest commit, at
+    // most once per heartbeat (if every member did, N members would each gossip an N-member
+    // view to N nodes per heartbeat while anyone lags).
+    if (view !== undefined && p.epoch < view.epoch && now() - lastCommitResend >= heartbeatMs) {
+      const conn = connected()
+      if (view.members.find(m => isLive(m.id, conn))?.id === self()) {
+        lastCommitResend = now()
+        void send('commit', { view })
+      }
     }
   }
 
