@@ -13,6 +13,9 @@ export class Simulation {
   readonly rng: Rng
   readonly seed: number
   private readonly hash: Hash = createHash('sha256')
+  // Lines waiting to be hashed: one update per ~64 KiB instead of one per event (the digest of
+  // the concatenation is the same).
+  private pending = ''
   private lines = 0
   private readonly keep: string[] | undefined
 
@@ -30,7 +33,11 @@ export class Simulation {
   trace (kind: string, fields: Record<string, string | number | boolean> = {}): void {
     let line = `${this.now().toFixed(3)} ${kind}`
     for (const [k, v] of Object.entries(fields)) line += ` ${k}=${String(v)}`
-    this.hash.update(line).update('\n')
+    this.pending += line + '\n'
+    if (this.pending.length > 65536) {
+      this.hash.update(this.pending)
+      this.pending = ''
+    }
     this.lines++
     this.keep?.push(line)
   }
@@ -43,6 +50,8 @@ export class Simulation {
 
   /** Hex SHA-256 of the trace so far (the hash object is copied, so tracing can go on). */
   traceHash (): string {
+    this.hash.update(this.pending)
+    this.pending = ''
     return this.hash.copy().digest('hex')
   }
 
