@@ -81,10 +81,13 @@ export class ManualClock implements Clock {
   private nextId = 1
   private readonly heap: ManualTimer[] = []
   private readonly live = new Set<number>()
+  private readonly maxTimers: number
 
-  constructor (init: { startMs?: number, epochMs?: number } = {}) {
+  /** `maxTimers` caps pending timers (default CORE_LIMITS.maxManualTimers); the simulator raises it. */
+  constructor (init: { startMs?: number, epochMs?: number, maxTimers?: number } = {}) {
     this.t = init.startMs ?? 0
     this.epochMs = init.epochMs ?? 1_700_000_000_000
+    this.maxTimers = init.maxTimers ?? CORE_LIMITS.maxManualTimers
   }
 
   now (): number { return this.epochMs + this.t }
@@ -95,7 +98,7 @@ export class ManualClock implements Clock {
 
   setTimeout (fn: () => void, ms: number): TimerId {
     if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
-    checkCap('manual clock timers', this.live.size + 1, CORE_LIMITS.maxManualTimers)
+    checkCap('manual clock timers', this.live.size + 1, this.maxTimers)
     const id = this.nextId++
     this.push({ at: this.t + Math.max(0, ms), seq: this.seq++, id, fn })
     this.live.add(id)

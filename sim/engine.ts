@@ -19,9 +19,13 @@ export class Simulation {
   private lines = 0
   private readonly keep: string[] | undefined
 
-  constructor (init: { seed: number, keepTrace?: boolean }) {
+  /**
+   * `maxEvents` caps the events pending at once (each message in flight is one): default
+   * 20 million, about 2 GB of heap; a 1000-node all-to-all heartbeat round needs 1 million.
+   */
+  constructor (init: { seed: number, keepTrace?: boolean, maxEvents?: number }) {
     this.seed = init.seed
-    this.clock = new ManualClock({ startMs: 0, epochMs: 1_700_000_000_000 })
+    this.clock = new ManualClock({ startMs: 0, epochMs: 1_700_000_000_000, maxTimers: init.maxEvents ?? 20_000_000 })
     this.rng = Rng.fromSeed(init.seed)
     this.keep = init.keepTrace === true ? [] : undefined
   }

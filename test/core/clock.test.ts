@@ -77,3 +77,11 @@ test('manual clock timer count is capped (limit: maxManualTimers)', t => {
   const err = t.throws(() => clock.setTimeout(() => {}, 1))
   t.true(err instanceof LimitExceededError)
 })
+
+test('a manual clock can carry its own timer cap', t => {
+  const clock = new ManualClock({ maxTimers: 3 })
+  for (let i = 0; i < 3; i++) clock.setTimeout(() => {}, i)
+  t.throws(() => clock.setTimeout(() => {}, 1), { instanceOf: LimitExceededError })
+  clock.advance(10)
+  t.notThrows(() => clock.setTimeout(() => {}, 1), 'fired timers free their slots')
+})
