@@ -117,6 +117,14 @@ function makeCodec (maxMembers: number) {
 
 type Codec = ReturnType<typeof makeCodec>
 
+/** Decoded messages by buffer, shared by memberships with the same limits (one codec shape). */
+const decodeCaches = new Map<number, WeakMap<Uint8Array, ReturnType<Codec['decode']>>>()
+function sharedDecodeCache (maxMembers: number): WeakMap<Uint8Array, ReturnType<Codec['decode']>> {
+  let cache = decodeCaches.get(maxMembers)
+  if (cache === undefined) decodeCaches.set(maxMembers, cache = new WeakMap())
+  return cache
+}
+
 interface Ballot { round: number, proposer: PeerId }
 const cmp = (a: Ballot, b: Ballot): number => a.round - b.round || (a.proposer < b.proposer ? -1 : a.proposer > b.proposer ? 1 : 0)
 
@@ -393,8 +401,9 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     return last === undefined || p.inc > last.inc || (p.inc === last.inc && p.seq > last.seq)
   }
 
-  // Validation and delivery see the same bytes: decode them once.
-  const decoded = new WeakMap<Uint8Array, ReturnType<Codec['decode']>>()
+  // Validation and delivery see the same bytes, and in-process networks hand one buffer to
+  // every receiver: decode each buffer once (decoded messages are never mutated).
+  const decoded = sharedDecodeCache(maxMembers)
   const decode = (data: Uint8Array): ReturnType<Codec['decode']> => {
     let env = decoded.get(data)
     if (env === undefined) decoded.set(data, env = codec.decode(data))

@@ -312,6 +312,9 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           checkName('topic', topic)
           checkGossipSize(data)
           if (node.paused) return
+          // One copy for all receivers (they must not mutate what they are handed), so a
+          // receiver-side decode cache keyed by the bytes serves every node.
+          const payload = data.slice()
           for (const o of nodes.values()) {
             if (!linked(node, o) || !o.topics.has(topic)) continue
             const { at, p } = arrival(node, o, data.length, true)
@@ -330,7 +333,6 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
                 })
                 continue
               }
-              const payload = data.slice()
               deliverAt(o, at + c * p.latencyMs, () => { if (linked(node, o)) offer(o, { topic, from: info.id, data: payload }) })
             }
           }
