@@ -144,7 +144,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     const h = to.topics.get(msg.topic)
     if (h === undefined) return
     const verdict = h.validate?.(msg) ?? 'accept'
-    sim.trace('gossip', { to: to.info.id, from: msg.from, topic: msg.topic, bytes: msg.data.length, verdict })
+    sim.traceRaw(`gossip to=${to.info.id} from=${msg.from} topic=${msg.topic} bytes=${msg.data.length} verdict=${verdict}`)
     if (verdict === 'reject') to.rejected.set(msg.from, (to.rejected.get(msg.from) ?? 0) + 1)
     if (verdict === 'accept') h.deliver(msg)
   }
