@@ -21,7 +21,11 @@ export interface Clock {
   sleep(ms: number, options?: { signal?: AbortSignal }): Promise<void>
 }
 
-function sleepOn (clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+/**
+ * `sleep` for any Clock: resolves after `ms` of that clock, rejects with AbortError as soon as
+ * `signal` fires (and clears its timer). Clock implementations outside core/ use it too.
+ */
+export function sleepOn (clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted === true) return Promise.reject(new AbortError('sleep aborted'))
   return new Promise((resolve, reject) => {
     const onAbort = (): void => {

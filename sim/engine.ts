@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto'
-import { AbortError, ManualClock, Rng, flushMicrotasks, type Clock, type TimerId } from '../core/index.ts'
+import { ManualClock, Rng, flushMicrotasks, sleepOn, type Clock, type TimerId } from '../core/index.ts'
 
 /**
  * The discrete-event engine: one virtual clock (core's ManualClock, whose timers fire in
@@ -141,10 +141,7 @@ export class NodeClock implements Clock {
   }
 
   sleep (ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const id = this.setTimeout(resolve, ms)
-      options.signal?.addEventListener('abort', () => { this.clearTimeout(id); reject(new AbortError('sleep aborted')) }, { once: true })
-    })
+    return sleepOn(this, ms, options.signal)
   }
 
   pause (): void { this.paused = true }

@@ -68,7 +68,7 @@ export interface SimNetwork {
 
 /** What the network needs of one end of a stream. */
 interface StreamEnd {
-  readonly remoteId: PeerId
+  readonly remote: PeerId
   readonly peer: StreamEnd
   fail(err: Error): void
 }
@@ -159,7 +159,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   /** Both ends of every stream between a and b fail; each side learns after a latency. */
   const breakStreams = (a: SimNode, b: SimNode): void => {
     for (const s of [...a.streams]) {
-      if (s.remoteId !== b.info.id) continue
+      if (s.remote !== b.info.id) continue
       const gone = (who: PeerId): PeerGoneError => new PeerGoneError(`peer ${who} went away mid-stream`, { peer: who })
       const { at } = arrival(b, a, 0, false)
       sim.clock.setTimeout(() => s.fail(gone(b.info.id)), Math.max(0, at - sim.now()))
@@ -198,8 +198,6 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       this.remote = remote
       this.protocol = protocol
     }
-
-    get remoteId (): PeerId { return this.remote }
 
     fail (err: Error): void {
       this.failed ??= err

@@ -77,12 +77,6 @@ export class Cluster {
     return this.clock.monotonic() - t0
   }
 
-  live (): SimNode[] {
-    return [...this.nodes.values()].filter(n => n.net.peers !== undefined && this.alive.has(n.id))
-  }
-
-  readonly alive = new Set<string>()
-
   /** True if every node in `ids` has installed a view with exactly `ids` as members. */
   agree (ids: string[]): boolean {
     const want = [...ids].sort().join(',')
