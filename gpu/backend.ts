@@ -1,0 +1,156 @@
+/**
+ * The Backend interface: the only way the trainer touches tensors.
+ *
+ * Two implementations pass the same op-level tests: `cpu` (plain TypeScript over typed arrays,
+ * the reference, used by CI and CPU-only workers) and `cuda` (koffi → CUDA driver API, NVRTC
+ * kernels, cuBLAS(Lt) GEMMs). CUDA results are checked against CPU with a stated tolerance,
+ * llm.c-style (exact for the quantizers).
+ *
+ * Conventions (all ops):
+ * - Tensors are dense, row-major, contiguous. `shape` is informative; ops take explicit sizes
+ *   where the layout is not implied (B, T, C, number of heads, ...).
+ * - Activations use the llm.c layout: `[B, T, C]`; linear weights are `[OC, C]` and
+ *   `matmulForward` computes `out = inp @ weightᵀ + bias`.
+ * - "acc" parameters are accumulated into (`+=`), everything else is overwritten. Gradients
+ *   of parameters always accumulate, so micro-batches can be summed without extra kernels.
+ * - Ops on one backend run in issue order on its default stream; `read` and `synchronize`
+ *   wait for everything issued before them.
+ * - Every op validates dtypes and sizes before touching memory and throws
+ *   `InvalidArgumentError` naming the op and the argument on a mismatch.
+ * - Compute dtype: `f32` everywhere on CPU; the CUDA backend also runs the activation ops and
+ *   GEMMs in `bf16` (f32 accumulation). Master weights, optimizer state, layernorm statistics,
+ *   losses and attention log-sum-exp rows are always `f32`.
+ */
+
+export type TensorDType = 'f32' | 'bf16' | 'i32' | 'u8'
+
+export const TENSOR_DTYPE_BYTES: Readonly<Record<TensorDType, number>> = Object.freeze({ f32: 4, bf16: 2, i32: 4, u8: 1 })
+
+/** A device tensor (or a view into one). Opaque outside its backend. */
+export interface Tensor {
+  readonly dtype: TensorDType
+  readonly shape: readonly number[]
+  /** Number of elements (product of shape). */
+  readonly length: number
+}
+
+/** Host typed array matching a dtype: f32 → Float32Array, bf16 → Uint16Array (raw bits), i32 → Int32Array, u8 → Uint8Array. */
+export type HostArray = Float32Array | Uint16Array | Int32Array | Uint8Array
+
+export interface AdamWParams {
+  lr: number
+  beta1: number
+  beta2: number
+  eps: number
+  weightDecay: number
+  /** 1-based step number used for bias correction. */
+  step: number
+  /** Gradients are multiplied by this before use (loss scaling / clipping / averaging). */
+  gradScale: number
+}
+
+export interface GemmParams {
+  /** Row-major C[m, n] = alpha * op(A)[m, k] · op(B)[k, n] + beta * C. */
+  a: Tensor
+  b: Tensor
+  c: Tensor
+  m: number
+  n: number
+  k: number
+  /** op(A) = Aᵀ when set; A is stored [k, m] then. */
+  transA?: boolean
+  /** op(B) = Bᵀ when set; B is stored [n, k] then. */
+  transB?: boolean
+  alpha?: number
+  beta?: number
+  /** Batched: `batch` independent products, consecutive matrices `stride*` elements apart. */
+  batch?: number
+  strideA?: number
+  strideB?: number
+  strideC?: number
+}
+
+export interface Backend {
+  readonly kind: 'cpu' | 'cuda'
+  /** One line for logs and `zeromesh doctor`: device name, memory, versions. */
+  readonly description: string
+
+  // ---- memory -------------------------------------------------------------------------------
+  /** Allocates a zero-filled tensor. Throws LimitExceededError / a typed OOM error, never crashes. */
+  alloc (dtype: TensorDType, shape: readonly number[]): Tensor
+  /** A view of `shape` elements starting at element `offset` of `base`; shares memory, same dtype. */
+  view (base: Tensor, offset: number, shape: readonly number[]): Tensor
+  /** Releases an allocation (views: no-op). Using a freed tensor is a programmer error. */
+  free (t: Tensor): void
+  /** Copies host data into `t` starting at element `offset` (default 0). */
+  write (t: Tensor, src: HostArray, offset?: number): void
+  /** Copies `t` to a new host array (waits for pending work). */
+  read (t: Tensor): HostArray
+  fill (t: Tensor, value: number): void
+  /** dst = src (same dtype and length). */
+  copy (dst: Tensor, src: Tensor): void
+  /** Waits for all issued work. */
+  synchronize (): void
+  /** Frees everything; the backend is unusable afterwards. */
+  dispose (): void
+
+  // ---- generic math -------------------------------------------------------------------------
+  gemm (p: GemmParams): void
+  /** dst(acc) += src, same dtype and length. */
+  add (dst: Tensor, src: Tensor): void
+  /** out = a + b (residual forward). */
+  residualForward (out: Tensor, a: Tensor, b: Tensor): void
+  /** t *= s. */
+  scale (t: Tensor, s: number): void
+  /** Σ t² in f64 on CPU / f32 tree reduction on CUDA (for gradient-norm clipping). */
+  sumSquares (t: Tensor): number
+  /** f32 ↔ bf16 (round to nearest even). Same length. */
+  cast (dst: Tensor, src: Tensor): void
+
+  // ---- GPT ops (llm.c semantics) -------------------------------------------------------------
+  /** out[B,T,C] = wte[tokens[b,t]] + wpe[t]. tokens: i32[B*T]. */
+  encoderForward (out: Tensor, tokens: Tensor, wte: Tensor, wpe: Tensor, B: number, T: number, C: number): void
+  /** dwte(acc), dwpe(acc) from dout[B,T,C]. */
+  encoderBackward (dwte: Tensor, dwpe: Tensor, dout: Tensor, tokens: Tensor, B: number, T: number, C: number): void
+  /** out = (inp - mean) * rstd * weight + bias over the last dim C; mean, rstd: f32[N]. */
+  layernormForward (out: Tensor, mean: Tensor, rstd: Tensor, inp: Tensor, weight: Tensor, bias: Tensor, N: number, C: number): void
+  /** dinp(acc), dweight(acc), dbias(acc). */
+  layernormBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor, dout: Tensor, inp: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, N: number, C: number): void
+  /** out[N,OC] = inp[N,C] @ weight[OC,C]ᵀ + bias[OC] (bias may be null). */
+  matmulForward (out: Tensor, inp: Tensor, weight: Tensor, bias: Tensor | null, N: number, C: number, OC: number): void
+  /** dinp (overwritten) = dout @ weight; dweight(acc) += doutᵀ @ inp; dbias(acc) += Σ dout. */
+  matmulBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor | null, dout: Tensor, inp: Tensor, weight: Tensor, N: number, C: number, OC: number): void
+  /** GELU, tanh approximation (GPT-2). */
+  geluForward (out: Tensor, inp: Tensor): void
+  /** dinp (overwritten) = gelu'(inp) * dout. */
+  geluBackward (dinp: Tensor, inp: Tensor, dout: Tensor): void
+  /**
+   * Causal multi-head self-attention. qkv[B,T,3C] holds q, k, v concatenated per token
+   * (heads of size C/NH inside each); out[B,T,C]; lse: f32[B,NH,T] receives each query row's
+   * log-sum-exp of its scaled scores (the backward recomputes probabilities from it).
+   */
+  attentionForward (out: Tensor, lse: Tensor, qkv: Tensor, B: number, T: number, C: number, NH: number): void
+  /** dqkv (overwritten) from dout, given the forward's qkv, out and lse. */
+  attentionBackward (dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, B: number, T: number, C: number, NH: number): void
+  /**
+   * Fused softmax + cross-entropy over logits[N, Vp] using the first V columns (Vp ≥ V is the
+   * padded row stride). losses: f32[N]. If `dlogits` is given (it may alias `logits`), writes
+   * (softmax - onehot(target)) * dlossScale into its first V columns and 0 into the padding.
+   * targets: i32[N]; a target outside [0, V) is an error the op reports, not undefined behaviour.
+   */
+  crossEntropy (losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, N: number, V: number, Vp: number, dlossScale: number): void
+  /**
+   * Fused AdamW on f32 params/grads/m/v (same length). If `paramsLowp` (bf16) is given, it
+   * receives the updated params cast to bf16 in the same pass.
+   */
+  adamw (params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void
+
+  // ---- collectives' quantizers (codec/quant.ts format, byte-identical) -----------------------
+  /**
+   * Blockwise absmax quantization of src (f32). scales: f32[ceil(n/blockSize)]; codes: u8
+   * [n] for int8 (two's complement) or [ceil(n/2)] for int4 (low nibble first).
+   */
+  quantize (codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void
+  /** dst (f32) = dequantized codes; with `accumulate`, dst += dequantized. */
+  dequantize (dst: Tensor, codes: Tensor, scales: Tensor, bits: 8 | 4, blockSize: number, accumulate: boolean): void
+}
