@@ -1,3 +1,4 @@
+import { promiseHooks } from 'node:v8'
 import { AbortError, InvalidArgumentError } from './errors.ts'
 import { CORE_LIMITS, checkCap } from './limits.ts'
 
@@ -151,12 +152,21 @@ export class ManualClock implements Clock {
   async advanceAsync (ms: number): Promise<void> {
     if (!(ms >= 0)) throw new InvalidArgumentError(`cannot advance a clock by ${ms} ms`)
     const target = this.t + ms
-    await flushMicrotasks()
-    for (;;) {
-      const at = this.nextTimerAt()
-      if (at === undefined || at > target) break
-      this.runNext()
+    const stop = watchPromises()
+    try {
       await flushMicrotasks()
+      for (;;) {
+        const at = this.nextTimerAt()
+        if (at === undefined || at > target) break
+        const before = promiseActivity
+        this.runNext()
+        // A continuation can only be queued by creating or settling a promise: when the timer
+        // did neither, there is nothing to flush (a macrotask hop per timer is the main cost of
+        // a large simulation). Timer callbacks must not call queueMicrotask directly.
+        if (promiseActivity !== before) await flushMicrotasks()
+      }
+    } finally {
+      stop()
     }
     this.t = target
   }
@@ -199,6 +209,22 @@ export class ManualClock implements Clock {
       i = m
     }
     return top
+  }
+}
+
+// Counts promise creations and settlements while some advanceAsync runs (v8 promise hooks).
+let promiseActivity = 0
+let watchers = 0
+let unhook: (() => void) | undefined
+function watchPromises (): () => void {
+  if (watchers++ === 0) {
+    const bump = (): void => { promiseActivity++ }
+    const offInit = promiseHooks.onInit(bump)
+    const offSettled = promiseHooks.onSettled(bump)
+    unhook = () => { offInit(); offSettled() }
+  }
+  return () => {
+    if (--watchers === 0) unhook?.()
   }
 }
 

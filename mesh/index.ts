@@ -17,7 +17,8 @@ export { writeMessage, MessageReader } from './lp.ts'
 export { PhiDetector, phiOf, silenceFor, type PhiOptions } from './phi.ts'
 export {
   createMembership, type Membership, type MembershipInit, type MembershipStatus, type MemberStatus,
-  type MembershipEvents, type Member, type View
+  type MembershipEvents, type Member, type View,
+  type MembershipDurableState, type Heartbeat, encodeHeartbeat, decodeHeartbeat
 } from './membership.ts'
 export { startBulkChannel, bulkKey, bulkSessionId, type BulkChannel } from './bulk.ts'
 export { checkName, checkGossipSize, checkChunkSize, remember } from './checks.ts'

@@ -74,6 +74,9 @@ const ANNOUNCE_TOPIC = '__addrs'
 /** Unread bytes at which a stream stops granting the sender window, and resumes below half. */
 const READ_HIGH = MESH_LIMITS.maxStreamReadBufferBytes
 const TAG_BYTES = 32
+// Direct messages (PeerNet.send) travel on one long-lived stream per peer and direction, each
+// message a length-prefixed topic then a length-prefixed body. Reserved names start with '__'.
+const DIRECT_PROTOCOL = '__direct'
 
 const labelsSchema = z.strictObject({ zone: z.string().min(1).max(64), host: z.string().min(1).max(253) })
 const authCodec = createEnvelopeCodec({
@@ -101,6 +104,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
   const handlers = new Map<string, StreamHandler>()
   const rejected = new Map<PeerId, number>()
   const streams = new Set<Libp2pByteStream>()
+  const directOut = new Map<PeerId, { stream: Promise<ByteStream>, busy: boolean }>()
   const fullTopic = (t: string): string => `/zeromesh/${init.runId}/${t}`
   const fullProtocol = (p: string): string => `/zeromesh${p.startsWith('/') ? '' : '/'}${p}`
   let node: Libp2p<{ pubsub: GossipSub }> | undefined
@@ -263,6 +267,36 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
     }
   }
 
+  /** Inbound direct messages: validated and delivered like gossip from the stream's peer. */
+  const onDirect = async (stream: ByteStream): Promise<void> => {
+    const reader = new MessageReader(stream, MESH_LIMITS.maxGossipBytes)
+    for (;;) {
+      const topicBytes = await reader.next()
+      if (topicBytes === undefined) return
+      const data = await reader.next()
+      if (data === undefined) return
+      const topic = new TextDecoder().decode(topicBytes)
+      const handler = topic.startsWith('__') ? undefined : topics.get(topic)
+      if (handler === undefined) continue
+      const msg = { topic, from: stream.remote, data }
+      let verdict
+      try {
+        verdict = handler.validate?.(msg) ?? 'accept'
+      } catch (err) {
+        log.debug({ err: describe(err), topic, from: stream.remote }, 'direct message validator threw; rejecting')
+        verdict = 'reject' as const
+      }
+      if (verdict === 'reject') remember(rejected, stream.remote, (rejected.get(stream.remote) ?? 0) + 1)
+      if (verdict !== 'accept') continue
+      try {
+        handler.deliver(msg)
+      } catch (err) {
+        log.error({ err: describe(err), topic }, 'direct message handler threw')
+      }
+    }
+  }
+  handlers.set(DIRECT_PROTOCOL, onDirect)
+
   const requireStarted = (): Libp2p<{ pubsub: GossipSub }> => {
     if (!started || node === undefined) throw new NotStartedError('the libp2p PeerNet is not started')
     return node
@@ -354,6 +388,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
         const id = evt.detail.toString()
         bulk?.dropPeer(id)
         bulkPeers.delete(id)
+        directOut.delete(id)
         if (!authed.delete(id)) return
         for (const s of streams) if (s.remote === id) s.gone()
         listeners.emit('peer:disconnect', id)
@@ -398,6 +433,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       for (const s of streams) s.abort(new NotStartedError('the PeerNet stopped'))
       const n = node
       authed.clear()
+      directOut.clear()
       bulkPeers.clear()
       await bulk?.close()
       bulk = undefined
@@ -422,8 +458,37 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       checkGossipSize(data)
       await publishRaw(topic, data)
     },
+    async send (peer, topic, data) {
+      requireStarted()
+      checkName('topic', topic)
+      checkGossipSize(data)
+      if (peer === self.id || !authed.has(peer)) return
+      let out = directOut.get(peer)
+      if (out === undefined) {
+        const stream = net.open(peer, DIRECT_PROTOCOL)
+        out = { stream, busy: false }
+        directOut.set(peer, out)
+        stream.catch(() => { if (directOut.get(peer)?.stream === stream) directOut.delete(peer) })
+      }
+      // Datagram semantics: a message that would queue behind a blocked one is dropped.
+      if (out.busy) return
+      const entry = out
+      entry.busy = true
+      try {
+        const s = await entry.stream
+        await writeMessage(s, new TextEncoder().encode(topic))
+        await writeMessage(s, data)
+      } catch (err) {
+        log.debug({ peer, topic, err: describe(err) }, 'direct message lost')
+        if (directOut.get(peer) === entry) directOut.delete(peer)
+        void entry.stream.then(s => s.abort(), () => {})
+      } finally {
+        entry.busy = false
+      }
+    },
     handle (protocol, handler) {
       checkName('protocol', protocol)
+      if (protocol.startsWith('__')) throw new InvalidArgumentError('protocols starting with __ are reserved')
       handlers.set(protocol, handler)
       if (node !== undefined) void registerHandler(protocol, handler)
     },

@@ -8,16 +8,28 @@ import type { GossipVerdict, PeerId, PeerNet } from './peernet.ts'
 /**
  * Membership without a coordinator (DESIGN §5).
  *
- * - Every node gossips a heartbeat each `heartbeatMs`; a phi-accrual detector per peer turns
- *   silence into suspicion, with timeouts that follow the observed intervals.
+ * - Heartbeats, O(N) per period rather than all-to-all: every member sends its heartbeat each
+ *   `heartbeatMs` straight to its **leader** (the lowest-ranked member it does not know to be
+ *   dead), and a node that is its own leader gossips its heartbeat to everyone. So the leader
+ *   hears every member, every member hears the leader, and a phi-accrual detector per watched
+ *   peer turns silence into suspicion with timeouts that follow the observed intervals.
+ *   Nodes outside a view (joiners) gossip their heartbeats so the leader sees them; before the
+ *   first view, nodes rank each other by id.
+ * - A node starts watching a peer it has not heard from with a *primed* detector (as if a
+ *   heartbeat had just arrived), so a peer gets one detection period to show up. When a node's
+ *   leader dies it re-primes the quiet members ranked below it, so the next leader is whoever
+ *   is alive and gossiping, not the first node that noticed; a node that becomes leader primes
+ *   every member ranked after it, so members have a detection period to redirect their
+ *   heartbeats before it judges them.
  * - A **view** is (epoch, ordered members); a member's rank is its index. Choosing the view of
  *   epoch e+1 is one instance of single-decree Paxos whose acceptors are the members of view e:
  *   a value is chosen once a majority of them accept it, and any later proposer for the same
  *   epoch learns it from the promises and must re-propose it. So no two different views ever
  *   carry the same epoch, and a minority (fewer than a majority of the previous view) can never
  *   install one: it pauses.
- * - The proposer is the lowest-ranked member that the node itself considers live; if two nodes
- *   disagree about that, Paxos ballots (round, proposer id) settle it.
+ * - The proposer is the leader; if two nodes both believe they lead, Paxos ballots
+ *   (round, proposer id) settle it. Members learn whether the view has lost its majority from
+ *   the leader's heartbeat.
  * - Genesis (epoch 1, no previous view): the node with the lowest id among the view-less live
  *   nodes proposes all of them once at least `expect` are present; every proposed member must
  *   accept. With `expect` above half the nodes started, two disjoint genesis views cannot form.
@@ -51,6 +63,8 @@ export interface MembershipInit {
    * Never set outside such a test.
    */
   unsafe?: { quorumOfOne?: boolean, ignoreMinority?: boolean }
+  /** State from a previous incarnation (restart with state); see {@link MembershipDurableState}. */
+  restore?: MembershipDurableState
 }
 
 export interface MemberStatus extends Member {
@@ -59,6 +73,11 @@ export interface MemberStatus extends Member {
   phi: number
   /** Milliseconds since the last heartbeat from this member (0 for self; -1 if none yet). */
   lastHeartbeatAgeMs: number
+  /**
+   * Whether this node watches the member itself. Only the leader watches every member; other
+   * nodes watch their leader and report the rest as live unless they know otherwise.
+   */
+  monitored: boolean
 }
 
 export interface MembershipStatus {
@@ -71,6 +90,8 @@ export interface MembershipStatus {
   member: boolean
   /** Live peers that are not members yet. */
   joining: PeerId[]
+  /** The member this node sends its heartbeats to (itself when it leads); undefined outside a view. */
+  leader: PeerId | undefined
   /** How long (ms) a crashed member stays undetected at most, from the current statistics. */
   detectionBoundMs: number
 }
@@ -78,6 +99,20 @@ export interface MembershipStatus {
 export interface MembershipEvents {
   view: View
   paused: boolean
+  /** This node, as an acceptor, accepted `view` for its epoch (for safety checkers and logs). */
+  accepted: View
+}
+
+/**
+ * What a node must keep across a restart to stay a safe acceptor: its view and its Paxos
+ * acceptor state (promised and accepted ballots). A node restarted with its view but without
+ * the acceptor state could accept two different values for one epoch. Write it to stable
+ * storage before answering a prepare or accept (the simulator models that write-through).
+ */
+export interface MembershipDurableState {
+  view: View
+  acceptor: { epoch: number, promised?: { round: number, proposer: PeerId }, accepted?: { ballot: { round: number, proposer: PeerId }, view: View } }
+  maxRound: number
 }
 
 export interface Membership {
@@ -89,6 +124,8 @@ export interface Membership {
   on<E extends keyof MembershipEvents>(event: E, listener: (d: MembershipEvents[E]) => void): () => void
   /** The step this node reports in its heartbeat (set by the trainer). */
   setStep(step: number): void
+  /** What to persist for a restart with state (undefined before the first view). */
+  durableState(): MembershipDurableState | undefined
 }
 
 const HB_TOPIC = 'membership/hb'
@@ -105,7 +142,6 @@ function viewSchema (maxMembers: number): z.ZodType<View> {
 function makeCodec (maxMembers: number) {
   const view = viewSchema(maxMembers)
   return createEnvelopeCodec({
-    hb: z.strictObject({ inc: u53, seq: u53, epoch: u53, step: u53, sentAt: z.number().finite(), leaving: z.boolean() }),
     prepare: z.strictObject({ epoch: u53.min(1), round: u53, genesis: z.array(memberSchema).max(maxMembers).optional() }),
     promise: z.strictObject({ epoch: u53, round: u53, proposer: peerIdSchema, acceptedRound: u53.optional(), acceptedBy: peerIdSchema.optional(), accepted: view.optional() }),
     nack: z.strictObject({ epoch: u53, round: u53, proposer: peerIdSchema, promisedRound: u53 }),
@@ -116,6 +152,50 @@ function makeCodec (maxMembers: number) {
 }
 
 type Codec = ReturnType<typeof makeCodec>
+
+/**
+ * Heartbeats are the most frequent message (N per period), so they skip the envelope codec:
+ * a fixed 44-byte record, 'H', version 1, flags (bit 0 leaving, bit 1 paused), a zero byte,
+ * then inc, seq, epoch, step and sentAt as little-endian f64 (the integers must be safe
+ * non-negative integers, sentAt finite).
+ */
+export interface Heartbeat { inc: number, seq: number, epoch: number, step: number, sentAt: number, leaving: boolean, paused: boolean }
+const HB_BYTES = 44
+const HB_MAGIC = 0x48
+
+export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
+  const out = new Uint8Array(HB_BYTES)
+  const dv = new DataView(out.buffer)
+  out[0] = HB_MAGIC
+  out[1] = 1
+  out[2] = (hb.leaving ? 1 : 0) | (hb.paused ? 2 : 0)
+  dv.setFloat64(4, hb.inc, true)
+  dv.setFloat64(12, hb.seq, true)
+  dv.setFloat64(20, hb.epoch, true)
+  dv.setFloat64(28, hb.step, true)
+  dv.setFloat64(36, hb.sentAt, true)
+  return out
+}
+
+/** Decodes a heartbeat; ProtocolError (action 'reject') for anything malformed. */
+export function decodeHeartbeat (data: Uint8Array): Heartbeat {
+  const bad = (why: string): ProtocolError => new ProtocolError('MALFORMED_HEARTBEAT', `malformed heartbeat: ${why}`)
+  if (data.length !== HB_BYTES) throw bad(`${data.length} bytes, want ${HB_BYTES}`)
+  if (data[0] !== HB_MAGIC || data[1] !== 1) throw bad('wrong magic or version')
+  if (data[2]! > 3 || data[3] !== 0) throw bad('unknown flags')
+  const dv = new DataView(data.buffer, data.byteOffset, HB_BYTES)
+  const int = (at: number, name: string): number => {
+    const v = dv.getFloat64(at, true)
+    if (!Number.isSafeInteger(v) || v < 0) throw bad(`${name} is not a non-negative integer`)
+    return v
+  }
+  const sentAt = dv.getFloat64(36, true)
+  if (!Number.isFinite(sentAt)) throw bad('sentAt is not finite')
+  return { inc: int(4, 'inc'), seq: int(12, 'seq'), epoch: int(20, 'epoch'), step: int(28, 'step'), sentAt, leaving: (data[2]! & 1) !== 0, paused: (data[2]! & 2) !== 0 }
+}
+
+/** Decoded heartbeats by buffer, shared by every membership in the process. */
+const hbCache = new WeakMap<Uint8Array, Heartbeat>()
 
 /** Decoded messages by buffer, shared by memberships with the same limits (one codec shape). */
 const decodeCaches = new Map<number, WeakMap<Uint8Array, ReturnType<Codec['decode']>>>()
@@ -175,7 +255,18 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const lastSeq = new Map<PeerId, { inc: number, seq: number }>()
   let incarnation = 0
   const detectors = new Map<PeerId, PhiDetector>()
+  // Detectors started without a heartbeat (see prime); a real heartbeat replaces them.
+  const primed = new Set<PeerId>()
   const peerEpoch = new Map<PeerId, number>()
+  const peerPaused = new Map<PeerId, boolean>()
+  let maxPeerEpoch = 0
+  // Connected peers and their labels, kept from connect/disconnect events (not rescanned per tick).
+  const conn = new Map<PeerId, Member>()
+  let sortedIds: PeerId[] | undefined
+  let leader: PeerId | undefined
+  // Derived from the view when it is installed (per-tick code must not rescan N members).
+  let inView = false
+  let viewOrder: PeerId[] | undefined
   const leaving = new Set<PeerId>()
   // Acceptor state for epoch (view?.epoch ?? 0) + 1.
   let acc: { epoch: number, promised?: Ballot, accepted?: { ballot: Ballot, view: View } } = { epoch: 1 }
@@ -186,28 +277,99 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
 
   const now = (): number => clock.monotonic()
   const nextEpoch = (): number => (view?.epoch ?? 0) + 1
-  const connected = (): Set<PeerId> => new Set(net.peers().map(p => p.id))
+  const connect = (id: PeerId, labels: { zone: string, host: string }): void => {
+    if (id === self()) return
+    if (!conn.has(id)) sortedIds = undefined
+    conn.set(id, { id, zone: labels.zone, host: labels.host })
+  }
+  const disconnect = (id: PeerId): void => {
+    if (conn.delete(id)) sortedIds = undefined
+  }
 
-  const isLive = (id: PeerId, conn: Set<PeerId>): boolean => {
+  /** Heard from (or primed) recently, connected, not leaving. Self is always live. */
+  const isLive = (id: PeerId): boolean => {
     if (id === self()) return true
     const d = detectors.get(id)
     return conn.has(id) && d !== undefined && d.lastAt !== undefined && !d.suspect(now()) && !leaving.has(id)
   }
+  /** Live on the evidence of a real heartbeat (not only a primed detector). */
+  const heardLive = (id: PeerId): boolean => isLive(id) && !primed.has(id)
+  const knownDead = (id: PeerId): boolean => id !== self() && detectors.has(id) && !isLive(id)
 
-  const labelsOf = (id: PeerId): Member | undefined => {
-    if (id === self()) return selfMember()
-    const p = net.peers().find(x => x.id === id)
-    return p === undefined ? undefined : { id, zone: p.labels.zone, host: p.labels.host }
+  const labelsOf = (id: PeerId): Member | undefined => (id === self() ? selfMember() : conn.get(id))
+
+  /** Starts watching `id` as if it had just sent a heartbeat: it has one detection period to show up. */
+  const prime = (id: PeerId): void => {
+    const d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs })
+    d.heartbeat(now())
+    detectors.set(id, d)
+    primed.add(id)
   }
 
-  const send = (type: Parameters<Codec['encode']>[0], payload: unknown): Promise<void> => {
-    const bytes = codec.encode(type, payload as never)
-    return net.publish(type === 'hb' ? HB_TOPIC : VIEW_TOPIC, bytes).catch(err => log.debug({ err: String(err), type }, 'membership publish failed'))
+  /**
+   * The ranking a node's leader comes from: the view's members when this node is one; every
+   * connected node by id before any view exists; none for a node outside an existing view
+   * (it gossips its heartbeats so the leader finds it).
+   */
+  const order = (): readonly PeerId[] | undefined => {
+    if (view !== undefined) return viewOrder
+    if (maxPeerEpoch > 0) return undefined
+    sortedIds ??= [self(), ...conn.keys()].sort()
+    return sortedIds
+  }
+
+  const updateLeader = (): void => {
+    const ord = order()
+    if (ord === undefined) {
+      leader = undefined
+      return
+    }
+    const me = self()
+    const prev = leader
+    // The leader died: members below me that were quiet only because they were not leading
+    // get another detection period, so I follow whoever takes over instead of jumping ahead.
+    if (prev !== undefined && prev !== me && knownDead(prev)) {
+      for (const id of ord) {
+        if (id === me) break
+        if (id !== prev && primed.has(id) && conn.has(id)) prime(id)
+      }
+    }
+    let next = me
+    for (const id of ord) {
+      if (id === me) break
+      if (!conn.has(id) || leaving.has(id)) continue
+      if (!detectors.has(id)) prime(id)
+      if (isLive(id)) {
+        next = id
+        break
+      }
+    }
+    if (next === me && prev !== me) {
+      // Taking over: everyone after me gets a detection period to redirect its heartbeats.
+      let after = false
+      for (const id of ord) {
+        if (after && conn.has(id)) {
+          const d = detectors.get(id)
+          if (d === undefined || primed.has(id) || d.suspect(now())) prime(id)
+        }
+        if (id === me) after = true
+      }
+    }
+    leader = next
+  }
+
+  const send = (type: Parameters<Codec['encode']>[0] | 'hb', payload: unknown, to?: PeerId): Promise<void> => {
+    const bytes = type === 'hb' ? encodeHeartbeat(payload as Heartbeat) : codec.encode(type, payload as never)
+    const topic = type === 'hb' ? HB_TOPIC : VIEW_TOPIC
+    return (to === undefined ? net.publish(topic, bytes) : net.send(to, topic, bytes))
+      .catch(err => log.debug({ err: String(err), type }, 'membership send failed'))
   }
 
   const install = (v: View, why: string): void => {
     if (view !== undefined && v.epoch <= view.epoch) return
     view = { epoch: v.epoch, members: v.members.map(m => ({ ...m })) }
+    inView = view.members.some(m => m.id === self())
+    viewOrder = inView ? view.members.map(m => m.id) : undefined
     acc = { epoch: view.epoch + 1 }
     if (proposal !== undefined && proposal.epoch <= view.epoch) proposal = undefined
     log.info({ epoch: view.epoch, members: view.members.map(m => m.id), why }, 'view installed')
@@ -220,7 +382,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const eligible = (epoch: number, genesis?: Member[]): boolean => {
     if (epoch !== nextEpoch()) return false
     if (view === undefined) return epoch === 1 && genesis !== undefined && genesis.some(m => m.id === self())
-    return view.members.some(m => m.id === self())
+    return inView
   }
 
   const onPrepare = (from: PeerId, p: { epoch: number, round: number, genesis?: Member[] }): void => {
@@ -254,16 +416,17 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     }
     acc.promised = b
     acc.accepted = { ballot: b, view: p.view }
+    events.emit('accepted', p.view)
     reply(from, 'accepted', { epoch: p.epoch, round: p.round, proposer: from })
   }
 
-  /** Replies go by gossip too (small groups; flood publish); to myself they are handled inline. */
+  /** Replies go straight to the proposer (gossiping them would cost N² deliveries per phase); to myself they are handled inline. */
   const reply = (to: PeerId, type: 'promise' | 'nack' | 'accepted', payload: Record<string, unknown>): void => {
     if (to === self()) {
       handleView(self(), { type, payload } as never)
       return
     }
-    void send(type, payload)
+    void send(type, payload, to)
   }
 
   // --- proposer -------------------------------------------------------------------------
@@ -335,10 +498,9 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   /** The view this node would like next: live members in rank order, then live joiners by id. */
   const desiredView = (epoch: number): View | undefined => {
     if (view === undefined) return undefined
-    const conn = connected()
-    const members = view.members.filter(m => isLive(m.id, conn))
+    const members = view.members.filter(m => isLive(m.id))
     const known = new Set(view.members.map(m => m.id))
-    const joiners = [...conn].filter(id => !known.has(id) && isLive(id, conn)).sort()
+    const joiners = [...conn.keys()].filter(id => !known.has(id) && heardLive(id)).sort()
     for (const id of joiners) {
       const m = labelsOf(id)
       if (m !== undefined && members.length < maxMembers) members.push(m)
@@ -350,45 +512,49 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
 
   const tick = (): void => {
     if (!running) return
-    seq += 1
-    void send('hb', { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: false })
     try {
       evaluate()
     } catch (err) {
       log.error({ err: String(err) }, 'membership evaluation failed')
     }
+    seq += 1
+    const hb = { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: false, paused }
+    void send('hb', hb, leader === undefined || leader === self() ? undefined : leader)
     timer = clock.setTimeout(tick, heartbeatMs)
   }
 
   const evaluate = (): void => {
-    const conn = connected()
     const t = now()
+    updateLeader()
     if (proposal !== undefined && t - proposal.startedAt > phaseTimeoutMs) {
       log.debug({ epoch: proposal.epoch, round: proposal.ballot.round, phase: proposal.phase }, 'proposal timed out')
       proposal = undefined
       retryAt = t + rng.float() * heartbeatMs
     }
     if (view === undefined) {
-      const viewless = [...conn].filter(id => isLive(id, conn) && (peerEpoch.get(id) ?? 0) === 0)
-      const someoneHasView = [...conn].some(id => (peerEpoch.get(id) ?? 0) > 0)
-      const group = [self(), ...viewless].sort()
-      if (!someoneHasView && group[0] === self() && group.length >= expect && t - startedAt >= formationMs && proposal === undefined && t >= retryAt) {
+      if (leader !== self() || maxPeerEpoch > 0 || t - startedAt < formationMs || proposal !== undefined || t < retryAt) return
+      const group = [self(), ...[...conn.keys()].filter(id => heardLive(id) && (peerEpoch.get(id) ?? 0) === 0)].sort()
+      if (group.length >= expect) {
         const genesis = group.flatMap(id => labelsOf(id) ?? [])
         propose(1, genesis, genesis)
       }
       return
     }
-    const inView = view.members.some(m => m.id === self())
-    const liveMembers = view.members.filter(m => isLive(m.id, conn))
-    const majority = Math.floor(view.members.length / 2) + 1
-    const nowPaused = inView && liveMembers.length < majority
+    let nowPaused = false
+    let liveCount = 0
+    if (inView && leader === self()) {
+      for (const m of view.members) if (isLive(m.id)) liveCount++
+      nowPaused = liveCount < Math.floor(view.members.length / 2) + 1
+    } else if (inView && leader !== undefined) {
+      nowPaused = peerPaused.get(leader) === true
+    }
     if (nowPaused !== paused) {
       paused = nowPaused
-      log.info({ epoch: view.epoch, live: liveMembers.length, of: view.members.length }, paused ? 'lost the majority of the view: pausing' : 'majority restored')
+      log.info({ epoch: view.epoch, leader, of: view.members.length }, paused ? 'lost the majority of the view: pausing' : 'majority restored')
       events.emit('paused', paused)
     }
     if (!inView || (paused && init.unsafe?.ignoreMinority !== true)) return
-    if (liveMembers[0]?.id !== self()) return
+    if (leader !== self()) return
     const want = desiredView(view.epoch + 1)
     if (want === undefined || sameMembers(want.members, view.members)) return
     if (proposal === undefined && t >= retryAt) propose(view.epoch + 1, view.members)
@@ -419,43 +585,48 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     }
   }
 
+  const heartbeatOf = (data: Uint8Array): Heartbeat => {
+    let hb = hbCache.get(data)
+    if (hb === undefined) hbCache.set(data, hb = decodeHeartbeat(data))
+    return hb
+  }
+
   const validateHb = (from: PeerId, data: Uint8Array): GossipVerdict => {
-    const env = decodeOr(data)
-    if (typeof env === 'string') return env
-    if (env.type !== 'hb') return 'reject'
+    let hb: Heartbeat
+    try {
+      hb = heartbeatOf(data)
+    } catch {
+      return 'reject'
+    }
     // (incarnation, seq) at or below the last one seen is a replay or a stale copy.
-    return isNewer(from, env.payload) ? 'accept' : 'ignore'
+    return isNewer(from, hb) ? 'accept' : 'ignore'
   }
 
   const onHeartbeat = (from: PeerId, data: Uint8Array): void => {
-    const env = decode(data)
-    if (env.type !== 'hb') return
-    const p = env.payload
+    const p = heartbeatOf(data)
     if (!isNewer(from, p)) return
-    if (lastSeq.get(from)?.inc !== p.inc) detectors.delete(from)
+    if (lastSeq.get(from)?.inc !== p.inc || primed.delete(from)) detectors.delete(from)
     lastSeq.set(from, { inc: p.inc, seq: p.seq })
     peerEpoch.set(from, p.epoch)
+    peerPaused.set(from, p.paused)
+    if (p.epoch > maxPeerEpoch) maxPeerEpoch = p.epoch
     if (p.leaving) leaving.add(from)
     else leaving.delete(from)
     let d = detectors.get(from)
     if (d === undefined) detectors.set(from, d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs }))
     d.heartbeat(now())
-    // Help a node that is behind: the lowest-ranked live member re-sends the newest commit, at
-    // most once per heartbeat (if every member did, N members would each gossip an N-member
-    // view to N nodes per heartbeat while anyone lags).
-    if (view !== undefined && p.epoch < view.epoch && now() - lastCommitResend >= heartbeatMs) {
-      const conn = connected()
-      if (view.members.find(m => isLive(m.id, conn))?.id === self()) {
-        lastCommitResend = now()
-        void send('commit', { view })
-      }
+    // Help a node that is behind: the leader re-sends the newest commit, at most once per
+    // heartbeat (if every member did, N members would each gossip an N-member view to N nodes
+    // per heartbeat while anyone lags).
+    if (view !== undefined && p.epoch < view.epoch && leader === self() && now() - lastCommitResend >= heartbeatMs) {
+      lastCommitResend = now()
+      void send('commit', { view })
     }
   }
 
   const validateView = (data: Uint8Array): GossipVerdict => {
     const env = decodeOr(data)
     if (typeof env === 'string') return env
-    if (env.type === 'hb') return 'reject'
     // Stale: anything about an epoch this node has already passed.
     const epoch = env.type === 'commit' ? env.payload.view.epoch : env.payload.epoch
     if (view !== undefined && epoch <= view.epoch) return 'ignore'
@@ -480,33 +651,46 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       running = true
       startedAt = now()
       incarnation = Math.max(1, Math.floor(clock.now()))
+      if (init.restore !== undefined && view === undefined) {
+        const r = structuredClone(init.restore)
+        install(r.view, 'restored from a previous incarnation')
+        if (r.acceptor.epoch === r.view.epoch + 1) acc = r.acceptor
+        maxRound = Math.max(maxRound, r.maxRound)
+      }
       unsubs = [
         net.subscribe(HB_TOPIC, { validate: m => validateHb(m.from, m.data), deliver: m => onHeartbeat(m.from, m.data) }),
         net.subscribe(VIEW_TOPIC, { validate: m => validateView(m.data), deliver: m => handleView(m.from, decode(m.data)) }),
-        net.on('peer:disconnect', () => { if (running) evaluate() })
+        net.on('peer:connect', info => connect(info.id, info.labels)),
+        net.on('peer:disconnect', id => {
+          disconnect(id)
+          if (running) evaluate()
+        })
       ]
+      for (const p of net.peers()) connect(p.id, p.labels)
       timer = clock.setTimeout(tick, 0)
     },
     async stop () {
       if (!running) return
       seq += 1
       running = false
-      await send('hb', { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: true })
+      await send('hb', { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: true, paused })
       if (timer !== undefined) clock.clearTimeout(timer)
       for (const u of unsubs) u()
     },
     view: () => view,
     status () {
-      const conn = connected()
       const t = now()
+      const leading = leader === self()
       const members = (view?.members ?? []).map((m, rank) => {
         const d = detectors.get(m.id)
+        const monitored = m.id === self() || leading || (d !== undefined && !primed.has(m.id))
         return {
           ...m,
           rank,
-          live: isLive(m.id, conn),
-          phi: m.id === self() ? 0 : Number((d?.phi(t) ?? Infinity).toFixed(2)),
-          lastHeartbeatAgeMs: m.id === self() ? 0 : (d?.lastAt === undefined ? -1 : Math.round(t - d.lastAt))
+          live: monitored ? isLive(m.id) : conn.has(m.id) && !leaving.has(m.id),
+          phi: m.id === self() || !monitored ? 0 : Number((d?.phi(t) ?? Infinity).toFixed(2)),
+          lastHeartbeatAgeMs: m.id === self() ? 0 : (d?.lastAt === undefined || primed.has(m.id) ? -1 : Math.round(t - d.lastAt)),
+          monitored
         }
       })
       const known = new Set(members.map(m => m.id))
@@ -517,11 +701,16 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
         members,
         paused,
         member: known.has(self()),
-        joining: [...conn].filter(id => !known.has(id) && isLive(id, conn)).sort(),
+        joining: [...conn.keys()].filter(id => !known.has(id) && heardLive(id)).sort(),
+        leader,
         detectionBoundMs: Math.ceil(Math.max(worst, silenceFor(threshold, heartbeatMs, minStdMs)))
       }
     },
     on: (event, listener) => events.on(event, listener),
-    setStep (s: number) { step = s }
+    setStep (s: number) { step = s },
+    durableState () {
+      if (view === undefined) return undefined
+      return structuredClone({ view, acceptor: acc, maxRound })
+    }
   }
 }

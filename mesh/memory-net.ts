@@ -194,6 +194,17 @@ export function createMemoryNetwork (): MemoryNetwork {
             })
           }
         },
+        async send (peer, topic, data) {
+          requireStarted()
+          checkName('topic', topic)
+          checkGossipSize(data)
+          const o = nodes.get(peer)
+          if (o === undefined || !linked(node, o)) return
+          const copy = data.slice()
+          queueMicrotask(() => {
+            if (linked(node, o)) offer(o, { topic, from: node.info.id, data: copy })
+          })
+        },
         handle (protocol, handler) {
           checkName('protocol', protocol)
           node.handlers.set(protocol, handler)

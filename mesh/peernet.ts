@@ -81,6 +81,13 @@ export interface PeerNet {
   subscribe(topic: string, handler: GossipHandler): () => void
   /** Publishes to every subscribed peer (not to self). Data over maxGossipBytes is refused. */
   publish(topic: string, data: Uint8Array): Promise<void>
+  /**
+   * Sends one small message straight to `peer`, where the topic's handler validates and
+   * delivers it exactly like gossip; nobody else sees it. Best effort, like gossip: it may be
+   * lost (peer gone, link cut, the peer not subscribed) without an error. Data over
+   * maxGossipBytes is refused; sending to oneself is a no-op.
+   */
+  send(peer: PeerId, topic: string, data: Uint8Array): Promise<void>
   /** Accepts inbound streams for `protocol`. One handler per protocol. */
   handle(protocol: string, handler: StreamHandler): void
   unhandle(protocol: string): void

@@ -61,8 +61,9 @@ export async function randomMembershipRun (seed: number, opts: RandomRunOptions)
       faults.push(`crash ${id}`)
     } else if (action === 1 && down.length > 0) {
       const id = rng.pick(down)
-      await w.boot(w.node(id))
-      faults.push(`restart ${id}`)
+      const keepState = rng.bool(0.5)
+      await w.boot(w.node(id), { keepState })
+      faults.push(`restart ${id} ${keepState ? 'with' : 'without'} state`)
     } else if (action === 2) {
       const shuffled = rng.shuffle([...all])
       const cut = rng.int(1, Math.max(2, Math.floor(all.length / 2) + 1))

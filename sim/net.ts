@@ -91,6 +91,8 @@ interface SimNode {
   streams: Set<StreamEnd>
   /** Deliveries held while paused. */
   held: Array<() => void>
+  /** When the directed link from this node to each other node is free again (simulated ms). */
+  busyUntil: Map<SimNode, number>
 }
 
 /** Creates a simulated network on `sim`. */
@@ -98,11 +100,10 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   const nodes = new Map<PeerId, SimNode>()
   const cut = new Set<string>()
   const degraded = new Map<string, number>()
-  const busyUntil = new Map<string, number>()
   const rng: Rng = sim.rng.split('simnet')
   const stats: Record<Tier, { messages: number, bytes: number }> = { host: { messages: 0, bytes: 0 }, zone: { messages: 0, bytes: 0 }, wan: { messages: 0, bytes: 0 } }
   const pair = (a: PeerId, b: PeerId): string => (a < b ? `${a}\n${b}` : `${b}\n${a}`)
-  const linked = (a: SimNode, b: SimNode): boolean => a !== b && a.started && b.started && !cut.has(pair(a.info.id, b.info.id))
+  const linked = (a: SimNode, b: SimNode): boolean => a !== b && a.started && b.started && (cut.size === 0 || !cut.has(pair(a.info.id, b.info.id)))
 
   const tierOf = (a: SimNode, b: SimNode): Tier =>
     a.info.labels.host === b.info.labels.host ? 'host' : a.info.labels.zone === b.info.labels.zone ? 'zone' : 'wan'
@@ -114,11 +115,10 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   const arrival = (a: SimNode, b: SimNode, bytes: number, jitter: boolean): { at: number, tier: Tier, p: LinkProfile } => {
     const tier = tierOf(a, b)
     const p = topology[tier]
-    const factor = a.slow * b.slow * (degraded.get(pair(a.info.id, b.info.id)) ?? 1)
-    const key = `${a.info.id}>${b.info.id}`
-    const start = Math.max(sim.now(), busyUntil.get(key) ?? 0)
+    const factor = a.slow * b.slow * (degraded.size === 0 ? 1 : (degraded.get(pair(a.info.id, b.info.id)) ?? 1))
+    const start = Math.max(sim.now(), a.busyUntil.get(b) ?? 0)
     const done = start + (bytes / p.bandwidthBytesPerS) * 1000 * factor
-    busyUntil.set(key, done)
+    a.busyUntil.set(b, done)
     stats[tier].messages++
     stats[tier].bytes += bytes
     return { at: done + p.latencyMs * factor + (jitter ? rng.float() * p.jitterMs * factor : 0), tier, p }
@@ -149,6 +149,41 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     if (verdict === 'accept') h.deliver(msg)
   }
 
+  /** Gossip or a direct message from `node` to `o`: loss, duplication, corruption, delivery. */
+  const transmit = (node: SimNode, o: SimNode, topic: string, payload: Uint8Array): void => {
+    const from = node.info.id
+    const { at, p } = arrival(node, o, payload.length, true)
+    if (p.loss > 0 && rng.bool(p.loss)) {
+      sim.trace('lost', { from, to: o.info.id, topic })
+      return
+    }
+    const copies = p.duplicate > 0 && rng.bool(p.duplicate) ? 2 : 1
+    for (let c = 0; c < copies; c++) {
+      // Gossip is signed on the real transport: a corrupted message fails its signature
+      // there and is dropped (and counted against the sender), never handed to code.
+      if (p.corrupt > 0 && rng.bool(p.corrupt)) {
+        deliverAt(o, at + c * p.latencyMs, () => {
+          sim.trace('gossip-corrupt', { to: o.info.id, from, topic })
+          o.rejected.set(from, (o.rejected.get(from) ?? 0) + 1)
+        })
+        continue
+      }
+      deliverAt(o, at + c * p.latencyMs, () => { if (linked(node, o)) offer(o, { topic, from, data: payload }) })
+    }
+  }
+
+  // Who each node is linked to, recomputed only after a link changes (start, stop, crash,
+  // partition, heal): publish and peers() at 1000 nodes must not rescan every node each time.
+  let linkEpoch = 0
+  const linkCache = new Map<SimNode, { epoch: number, peers: SimNode[] }>()
+  const linkedPeers = (node: SimNode): SimNode[] => {
+    const c = linkCache.get(node)
+    if (c !== undefined && c.epoch === linkEpoch) return c.peers
+    const peers = [...nodes.values()].filter(o => linked(node, o))
+    linkCache.set(node, { epoch: linkEpoch, peers })
+    return peers
+  }
+
   const announceLink = (a: SimNode, b: SimNode, up: boolean): void => {
     const { at } = arrival(a, b, 0, false)
     deliverAt(b, at, () => { if (up ? linked(a, b) : true) b.listeners.emit(up ? 'peer:connect' : 'peer:disconnect', up ? a.info : a.info.id) })
@@ -173,6 +208,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   const down = (n: SimNode): void => {
     const was = [...nodes.values()].filter(o => linked(n, o))
     n.started = false
+    linkEpoch++
     for (const o of was) {
       breakStreams(n, o)
       announceLink(n, o, false)
@@ -277,7 +313,8 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         topics: new Map(),
         rejected: new Map(),
         streams: new Set(),
-        held: []
+        held: [],
+        busyUntil: new Map()
       }
       nodes.set(info.id, node)
       const requireStarted = (): void => { if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`) }
@@ -288,6 +325,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           // A restart is a fresh process on the same identity (its clock was replaced at the crash).
           node.crashed = false
           node.started = true
+          linkEpoch++
           sim.trace('start', { node: info.id })
           for (const o of nodes.values()) if (linked(node, o)) announceLink(node, o, true)
         },
@@ -297,7 +335,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           down(node)
         },
         peers () {
-          return [...nodes.values()].filter(o => linked(node, o)).map(o => o.info)
+          return linkedPeers(node).map(o => o.info)
         },
         on (event, listener) { return node.listeners.on(event, listener) },
         subscribe (topic, handler) {
@@ -313,27 +351,16 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           // One copy for all receivers (they must not mutate what they are handed), so a
           // receiver-side decode cache keyed by the bytes serves every node.
           const payload = data.slice()
-          for (const o of nodes.values()) {
-            if (!linked(node, o) || !o.topics.has(topic)) continue
-            const { at, p } = arrival(node, o, data.length, true)
-            if (p.loss > 0 && rng.bool(p.loss)) {
-              sim.trace('lost', { from: info.id, to: o.info.id, topic })
-              continue
-            }
-            const copies = p.duplicate > 0 && rng.bool(p.duplicate) ? 2 : 1
-            for (let c = 0; c < copies; c++) {
-              // Gossip is signed on the real transport: a corrupted message fails its signature
-              // there and is dropped (and counted against the sender), never handed to code.
-              if (p.corrupt > 0 && rng.bool(p.corrupt)) {
-                deliverAt(o, at + c * p.latencyMs, () => {
-                  sim.trace('gossip-corrupt', { to: o.info.id, from: info.id, topic })
-                  o.rejected.set(info.id, (o.rejected.get(info.id) ?? 0) + 1)
-                })
-                continue
-              }
-              deliverAt(o, at + c * p.latencyMs, () => { if (linked(node, o)) offer(o, { topic, from: info.id, data: payload }) })
-            }
-          }
+          for (const o of linkedPeers(node)) if (o.topics.has(topic)) transmit(node, o, topic, payload)
+        },
+        async send (peer, topic, data) {
+          requireStarted()
+          checkName('topic', topic)
+          checkGossipSize(data)
+          if (node.paused) return
+          const o = nodes.get(peer)
+          if (o === undefined || !linked(node, o) || !o.topics.has(topic)) return
+          transmit(node, o, topic, data.slice())
         },
         handle (protocol, handler) {
           checkName('protocol', protocol)
@@ -411,6 +438,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           if (ga === undefined || gb === undefined || ga === gb) continue
           const was = linked(a, b)
           cut.add(pair(a.info.id, b.info.id))
+          linkEpoch++
           if (was) {
             breakStreams(a, b)
             announceLink(a, b, false)
@@ -422,6 +450,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       sim.trace('heal')
       const pairs = [...cut]
       cut.clear()
+      linkEpoch++
       for (const k of pairs) {
         const [x, y] = k.split('\n') as [PeerId, PeerId]
         const a = nodes.get(x)

@@ -30,7 +30,7 @@ const groups = z.array(z.array(z.string().min(1)).min(1)).min(2)
 
 const fault = z.union([
   z.strictObject({ at, crash: nodeRef }),
-  z.strictObject({ at, restart: nodeRef }),
+  z.strictObject({ at, restart: nodeRef, state: z.enum(['fresh', 'kept']).default('fresh') }),
   z.strictObject({ at, pause: nodeRef, forMs: z.number().positive().optional() }),
   z.strictObject({ at, resume: nodeRef }),
   z.strictObject({ at, partition: groups }),
@@ -196,7 +196,11 @@ export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: n
       }
     }
     const id = (): string => `n${String(rng.int(0, nodes)).padStart(3, '0')}`
-    draw(s.random.crashPerS, t => { const n = id(); return [{ at: t, crash: n }, { at: Math.min(s.durationMs, t + s.random!.faultMs), restart: n }] })
+    draw(s.random.crashPerS, t => {
+      const n = id()
+      const state = rng.bool(0.5) ? 'kept' as const : 'fresh' as const
+      return [{ at: t, crash: n }, { at: Math.min(s.durationMs, t + s.random!.faultMs), restart: n, state }]
+    })
     draw(s.random.pausePerS, t => { const n = id(); return [{ at: t, pause: n, forMs: s.random!.faultMs }] })
     draw(s.random.partitionPerS, t => {
       const ids = rng.shuffle(w.ids)
@@ -220,7 +224,7 @@ export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: n
     } else if ('restart' in f) {
       const n = w.node(f.restart)
       if (n.state !== 'down') return
-      await w.boot(n)
+      await w.boot(n, { keepState: f.state === 'kept' })
       mark(f.restart, 'up')
     } else if ('pause' in f) {
       if (w.node(f.pause).state !== 'up') return

@@ -1,6 +1,6 @@
 import { Packr } from 'msgpackr'
 import { silentLogger } from '../core/index.ts'
-import { createMembership, type Membership, type MembershipInit, type PeerNet, type View } from '../mesh/index.ts'
+import { createMembership, encodeHeartbeat, type Membership, type MembershipDurableState, type MembershipInit, type PeerNet, type View } from '../mesh/index.ts'
 import { Simulation, type NodeClock } from './engine.ts'
 import { createSimNetwork, DEFAULT_TOPOLOGY, type SimNetwork, type Topology } from './net.ts'
 
@@ -13,6 +13,8 @@ export interface WorldNode {
   handle: { net: PeerNet, readonly clock: NodeClock }
   m: Membership | undefined
   state: 'up' | 'down' | 'paused'
+  /** What the node had persisted when it last went down (restart with state reads it). */
+  durable: MembershipDurableState | undefined
 }
 
 /** A view installation seen anywhere, for reports and timelines. */
@@ -29,8 +31,12 @@ export interface WorldInit {
 
 /**
  * The membership workload on SimNet that random runs and scenarios share: it boots the real
- * membership code on every node, restarts crashed nodes with fresh state, and checks safety
- * on every view installed (two different views with one epoch is a violation).
+ * membership code on every node, restarts crashed nodes (with fresh state, or with the state
+ * they had persisted), and checks safety on every view installed:
+ * - agreement: two different views with one epoch is a violation;
+ * - quorum: a view of epoch e may be installed only once a majority of the members of view
+ *   e-1 (every member, for the genesis view) accepted it as acceptors; a view that a minority
+ *   installed on its own is a violation.
  */
 export class MembershipWorld {
   readonly sim: Simulation
@@ -39,6 +45,8 @@ export class MembershipWorld {
   readonly views: ViewEvent[] = []
   readonly violations: string[] = []
   private readonly installed = new Map<number, string>()
+  /** Acceptors that accepted each (epoch, member list). */
+  private readonly acceptedBy = new Map<string, Set<string>>()
   private readonly init: MembershipInit
   private incarnations = 0
 
@@ -52,7 +60,7 @@ export class MembershipWorld {
       const zone = `z${i % zones}`
       const host = `h${i}`
       const handle = this.net.createPeer({ id, labels: { zone, host } })
-      this.nodes.push({ id, zone, host, net: handle.net, handle, m: undefined, state: 'down' })
+      this.nodes.push({ id, zone, host, net: handle.net, handle, m: undefined, state: 'down', durable: undefined })
     }
   }
 
@@ -64,12 +72,23 @@ export class MembershipWorld {
     return n
   }
 
-  /** Starts (or restarts with fresh state) a node's PeerNet and membership. */
-  async boot (n: WorldNode): Promise<void> {
-    const m = createMembership(this.init, {
+  /**
+   * Starts a node's PeerNet and membership: fresh, or (`keepState`) with the view and acceptor
+   * state it had persisted when it went down, as a node restarted from its data dir would.
+   */
+  async boot (n: WorldNode, opts: { keepState?: boolean } = {}): Promise<void> {
+    const restore = opts.keepState === true ? n.durable : undefined
+    this.sim.trace('boot', { node: n.id, state: restore === undefined ? 'fresh' : 'kept' })
+    const m = createMembership({ ...this.init, ...(restore === undefined ? {} : { restore }) }, {
       net: n.net, clock: n.handle.clock, rng: this.sim.rng.split(`m/${n.id}/${this.incarnations++}`), log: silentLogger()
     })
     m.on('view', (v: View) => this.record(n.id, v))
+    m.on('accepted', (v: View) => {
+      const key = `${v.epoch}:${v.members.map(x => x.id).join(',')}`
+      let set = this.acceptedBy.get(key)
+      if (set === undefined) this.acceptedBy.set(key, set = new Set())
+      set.add(n.id)
+    })
     n.m = m
     n.state = 'up'
     await n.net.start()
@@ -82,6 +101,9 @@ export class MembershipWorld {
 
   crash (id: string): void {
     const n = this.node(id)
+    // Membership persists its durable state before every answer (write-through), so what it
+    // holds at the crash is what a restart with state finds on disk.
+    n.durable = n.m?.durableState() ?? n.durable
     this.net.crash(id)
     n.state = 'down'
   }
@@ -118,7 +140,7 @@ export class MembershipWorld {
       if (n.state !== 'up' || this.sim.now() >= until) return
       const epoch = n.m?.view()?.epoch ?? 0
       const send = (topic: string, t: string, p: unknown): void => { void n.net.publish(topic, packr.pack({ v: 1, t, p })).catch(() => {}) }
-      send('membership/hb', 'hb', { inc: 1, seq: ++seq, epoch: epoch + 1000, step: 0, sentAt: 0, leaving: false })
+      void n.net.publish('membership/hb', encodeHeartbeat({ inc: 1, seq: ++seq, epoch: epoch + 1000, step: 0, sentAt: 0, leaving: false, paused: false })).catch(() => {})
       send('membership/view', 'prepare', { epoch: epoch + 1, round: 1_000_000 + rng.int(0, 1000) })
       send('membership/view', 'nack', { epoch: epoch + 1, round: rng.int(0, 100), proposer: this.ids[0]!, promisedRound: rng.int(0, 2_000_000) })
       void n.net.publish('membership/view', rng.fill(new Uint8Array(rng.int(1, 64)))).catch(() => {})
@@ -147,5 +169,13 @@ export class MembershipWorld {
     const prev = this.installed.get(v.epoch)
     if (prev === undefined) this.installed.set(v.epoch, key)
     else if (prev !== key) this.violations.push(`epoch ${v.epoch}: [${prev}] and [${key}] (seed ${this.sim.seed})`)
+    // Quorum: acceptors of epoch e are the members of view e-1 (the genesis members for e = 1).
+    const acceptors = v.epoch === 1 ? members : this.installed.get(v.epoch - 1)?.split(',')
+    const accepted = this.acceptedBy.get(`${v.epoch}:${key}`)
+    const yes = acceptors === undefined ? 0 : acceptors.filter(a => accepted?.has(a) === true).length
+    const need = acceptors === undefined ? 1 : v.epoch === 1 ? acceptors.length : Math.floor(acceptors.length / 2) + 1
+    if (yes < need) {
+      this.violations.push(`epoch ${v.epoch} installed at ${node} with ${yes} of ${acceptors?.length ?? '?'} acceptors, needs ${need} (seed ${this.sim.seed})`)
+    }
   }
 }

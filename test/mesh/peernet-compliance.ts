@@ -91,6 +91,26 @@ export function peerNetSuite (impl: string, make: () => PeerNetHarness, timeoutM
     t.is(b!.rejectedFrom('nobody'), 0)
   })
 
+  withNets('send reaches only its target, through the validator', 3, async (t, [a, b, c]) => {
+    const got: string[] = []
+    const atC: string[] = []
+    b!.subscribe('/t/d', {
+      validate: m => (m.data[0] === 0xff ? 'reject' : 'accept'),
+      deliver: m => got.push(`${m.from}:${m.data[0]}`)
+    })
+    c!.subscribe('/t/d', { deliver: m => atC.push(String(m.data[0])) })
+    const sent = [1, 2, 0xff, 3]
+    for (const v of sent) await a!.send(b!.self.id, '/t/d', Uint8Array.of(v))
+    await within(timeoutMs, 'direct messages', (async () => { while (got.length < 3) await new Promise(resolve => setTimeout(resolve, 5)) })())
+    await new Promise(resolve => setTimeout(resolve, 50))
+    t.deepEqual(got.sort(), [1, 2, 3].map(v => `${a!.self.id}:${v}`))
+    t.deepEqual(atC, [], 'nobody else sees a direct message')
+    t.true(b!.rejectedFrom(a!.self.id) >= 1, 'a rejected direct message counts against its sender')
+    await t.notThrowsAsync(a!.send('nobody', '/t/d', Uint8Array.of(1)), 'an unknown peer is a silent loss')
+    await t.notThrowsAsync(a!.send(a!.self.id, '/t/d', Uint8Array.of(1)), 'sending to oneself is a no-op')
+    await t.throwsAsync(a!.send(b!.self.id, '/t/d', new Uint8Array(MESH_LIMITS.maxGossipBytes + 1)), { name: 'LimitExceededError' })
+  })
+
   withNets('oversize gossip and bad names are refused locally', 2, async (t, [a]) => {
     await t.throwsAsync(a!.publish('/t/big', new Uint8Array(MESH_LIMITS.maxGossipBytes + 1)), { name: 'LimitExceededError' })
     t.throws(() => a!.subscribe('', { deliver: () => {} }), { name: 'InvalidArgumentError' })
