@@ -1,0 +1,46 @@
+/**
+ * gpu: the Backend interface (tensors, transfers, the op set a GPT needs), the CPU reference
+ * backend, the CUDA backend (loaded on demand) and the GPT model written against Backend.
+ * Depends on core/ and, for the quantizers' shared format, codec/.
+ */
+import type { Backend } from './backend.ts'
+import { BackendUnavailableError } from './errors.ts'
+import { CpuBackend } from './cpu.ts'
+
+export {
+  type Backend, type Tensor, type TensorDType, type HostArray, type AdamWParams, type GemmParams,
+  TENSOR_DTYPE_BYTES
+} from './backend.ts'
+export { BackendUnavailableError, DeviceError, KernelCompileError, DeviceOutOfMemoryError } from './errors.ts'
+export { CpuBackend, type CpuBackendInit, CPU_LIMITS, f32ToBf16, bf16ToF32 } from './cpu.ts'
+export {
+  Gpt, type GptConfig, type GptOptions, type GptUpdateParams, type GptLayout, type GptTensorInfo, type GptPresetName,
+  GPT_PRESETS, gptLayout, initGptParams, validateGptConfig
+} from './gpt.ts'
+
+/** Which backend {@link createBackend} builds. */
+export type BackendKind = 'cpu' | 'cuda'
+
+/**
+ * Creates a backend. `cuda` is imported lazily (koffi and the CUDA libraries are only touched
+ * then) and fails with {@link BackendUnavailableError} where it cannot run.
+ */
+export async function createBackend (kind: BackendKind): Promise<Backend> {
+  if (kind === 'cpu') return new CpuBackend()
+  if (kind !== 'cuda') throw new BackendUnavailableError(`unknown backend kind '${String(kind)}'`)
+  // The specifier is computed so that this file type-checks before gpu/cuda/ exists, and so
+  // the same code works from sources (.ts) and from the built dist/ (.js).
+  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
+  const specifier = `./cuda/index${ext}`
+  let mod: { createCudaBackend?: () => Backend | Promise<Backend> }
+  try {
+    mod = await import(specifier) as typeof mod
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
+      throw new BackendUnavailableError(`the cuda backend could not be loaded: ${(err as Error).message}`, {}, { cause: err })
+    }
+    throw err
+  }
+  if (typeof mod.createCudaBackend !== 'function') throw new BackendUnavailableError('gpu/cuda does not export createCudaBackend')
+  return await mod.createCudaBackend()
+}
