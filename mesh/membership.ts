@@ -179,23 +179,28 @@ export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
 
 /** Decodes a heartbeat; ProtocolError (action 'reject') for anything malformed. */
 export function decodeHeartbeat (data: Uint8Array): Heartbeat {
-  const bad = (why: string): ProtocolError => new ProtocolError('MALFORMED_HEARTBEAT', `malformed heartbeat: ${why}`)
-  if (data.length !== HB_BYTES) throw bad(`${data.length} bytes, want ${HB_BYTES}`)
-  if (data[0] !== HB_MAGIC || data[1] !== 1) throw bad('wrong magic or version')
-  if (data[2]! > 3 || data[3] !== 0) throw bad('unknown flags')
+  if (data.length !== HB_BYTES) throw badHeartbeat(`${data.length} bytes, want ${HB_BYTES}`)
+  if (data[0] !== HB_MAGIC || data[1] !== 1) throw badHeartbeat('wrong magic or version')
+  const flags = data[2]!
+  if (flags > 3 || data[3] !== 0) throw badHeartbeat('unknown flags')
   const dv = new DataView(data.buffer, data.byteOffset, HB_BYTES)
-  const int = (at: number, name: string): number => {
-    const v = dv.getFloat64(at, true)
-    if (!Number.isSafeInteger(v) || v < 0) throw bad(`${name} is not a non-negative integer`)
-    return v
-  }
+  const inc = dv.getFloat64(4, true)
+  const seq = dv.getFloat64(12, true)
+  const epoch = dv.getFloat64(20, true)
+  const step = dv.getFloat64(28, true)
   const sentAt = dv.getFloat64(36, true)
-  if (!Number.isFinite(sentAt)) throw bad('sentAt is not finite')
-  return { inc: int(4, 'inc'), seq: int(12, 'seq'), epoch: int(20, 'epoch'), step: int(28, 'step'), sentAt, leaving: (data[2]! & 1) !== 0, paused: (data[2]! & 2) !== 0 }
+  if (!isCount(inc) || !isCount(seq) || !isCount(epoch) || !isCount(step)) throw badHeartbeat('inc, seq, epoch and step must be non-negative integers')
+  if (!Number.isFinite(sentAt)) throw badHeartbeat('sentAt is not finite')
+  return { inc, seq, epoch, step, sentAt, leaving: (flags & 1) !== 0, paused: (flags & 2) !== 0 }
 }
 
-/** Decoded heartbeats by buffer, shared by every membership in the process. */
-const hbCache = new WeakMap<Uint8Array, Heartbeat>()
+const isCount = (v: number): boolean => Number.isSafeInteger(v) && v >= 0
+const badHeartbeat = (why: string): ProtocolError => new ProtocolError('MALFORMED_HEARTBEAT', `malformed heartbeat: ${why}`)
+
+// The last heartbeat decoded (validation and delivery see the same buffer back to back, and an
+// in-process network hands one gossip buffer to every receiver).
+let lastHbBytes: Uint8Array | undefined
+let lastHb: Heartbeat | undefined
 
 /** Decoded messages by buffer, shared by memberships with the same limits (one codec shape). */
 const decodeCaches = new Map<number, WeakMap<Uint8Array, ReturnType<Codec['decode']>>>()
@@ -586,8 +591,10 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   }
 
   const heartbeatOf = (data: Uint8Array): Heartbeat => {
-    let hb = hbCache.get(data)
-    if (hb === undefined) hbCache.set(data, hb = decodeHeartbeat(data))
+    if (data === lastHbBytes && lastHb !== undefined) return lastHb
+    const hb = decodeHeartbeat(data)
+    lastHbBytes = data
+    lastHb = hb
     return hb
   }
 

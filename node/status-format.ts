@@ -13,12 +13,15 @@ export function formatStatus (raw: unknown): string {
   if (m.members.length > 0) {
     const rows = [['rank', 'peer', 'zone', 'host', 'live', 'phi', 'last heartbeat']]
     for (const x of m.members) {
-      rows.push([String(x.rank), x.id === s.peerId ? `${x.id} (this node)` : x.id, x.zone, x.host, x.live ? 'yes' : 'NO', x.id === s.peerId ? '-' : String(x.phi), x.id === s.peerId ? '-' : (x.lastHeartbeatAgeMs < 0 ? 'never' : `${x.lastHeartbeatAgeMs} ms ago`)])
+      const name = `${x.id}${x.id === s.peerId ? ' (this node)' : ''}${x.id === m.leader ? ' (leader)' : ''}`
+      const watched = x.id !== s.peerId && x.monitored
+      rows.push([String(x.rank), name, x.zone, x.host, x.live ? 'yes' : 'NO', watched ? String(x.phi) : '-', !watched ? '-' : (x.lastHeartbeatAgeMs < 0 ? 'never' : `${x.lastHeartbeatAgeMs} ms ago`)])
     }
     const widths = rows[0]!.map((_, i) => Math.max(...rows.map(r => r[i]!.length)))
     for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd())
   }
   if (m.joining.length > 0) lines.push(`joining: ${m.joining.join(', ')}`)
+  if (m.leader !== undefined && m.leader !== s.peerId) lines.push('members report to the leader, which watches them all; this node watches the leader')
   lines.push(`a crashed member is detected within ~${m.detectionBoundMs} ms`)
   return lines.join('\n')
 }
