@@ -18,6 +18,42 @@ export {
   GPT_PRESETS, gptLayout, initGptParams, validateGptConfig
 } from './gpt.ts'
 
+/** What `zeromesh doctor` reports about CUDA: the device and library versions, or why not. */
+export type CudaProbeResult =
+  | { ok: true, device: string, computeCapability: string, memoryBytes: number, driverVersion: string, cudaVersion: string, nvrtcVersion: string, cublasVersion: string }
+  | { ok: false, reason: string }
+
+/** Probes the CUDA driver, device, NVRTC and cuBLAS without keeping anything open. Never throws. */
+export async function probeCuda (): Promise<CudaProbeResult> {
+  try {
+    const mod = await importCuda()
+    if (typeof mod.probeCuda !== 'function') return { ok: false, reason: 'gpu/cuda does not export probeCuda' }
+    return await mod.probeCuda()
+  } catch (err) {
+    return { ok: false, reason: (err as Error).message }
+  }
+}
+
+interface CudaModule {
+  createCudaBackend?: () => Backend | Promise<Backend>
+  probeCuda?: () => Promise<CudaProbeResult>
+}
+
+async function importCuda (): Promise<CudaModule> {
+  // The specifier is computed so that the same code works from sources (.ts) and from the
+  // built dist/ (.js).
+  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
+  const specifier = `./cuda/index${ext}`
+  try {
+    return await import(specifier) as CudaModule
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
+      throw new BackendUnavailableError(`the cuda backend could not be loaded: ${(err as Error).message}`, {}, { cause: err })
+    }
+    throw err
+  }
+}
+
 /** Which backend {@link createBackend} builds. */
 export type BackendKind = 'cpu' | 'cuda'
 
@@ -28,19 +64,7 @@ export type BackendKind = 'cpu' | 'cuda'
 export async function createBackend (kind: BackendKind): Promise<Backend> {
   if (kind === 'cpu') return new CpuBackend()
   if (kind !== 'cuda') throw new BackendUnavailableError(`unknown backend kind '${String(kind)}'`)
-  // The specifier is computed so that this file type-checks before gpu/cuda/ exists, and so
-  // the same code works from sources (.ts) and from the built dist/ (.js).
-  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
-  const specifier = `./cuda/index${ext}`
-  let mod: { createCudaBackend?: () => Backend | Promise<Backend> }
-  try {
-    mod = await import(specifier) as typeof mod
-  } catch (err) {
-    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
-      throw new BackendUnavailableError(`the cuda backend could not be loaded: ${(err as Error).message}`, {}, { cause: err })
-    }
-    throw err
-  }
+  const mod = await importCuda()
   if (typeof mod.createCudaBackend !== 'function') throw new BackendUnavailableError('gpu/cuda does not export createCudaBackend')
   return await mod.createCudaBackend()
 }

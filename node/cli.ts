@@ -101,6 +101,48 @@ const COMMANDS: Record<string, Command> = {
       return report.ok ? 0 : 1
     }
   },
+  doctor: {
+    summary: 'check this host before it joins a run (Node, CPU/GPU backends, memory, disk, ports, peers)',
+    usage: [
+      'zeromesh doctor [--device cpu|cuda] [--data-dir <dir>] [--listen <addr>] [--bootstrap <addr>]... [--snapshot-gib N] [--json]',
+      '',
+      '  --device cpu|cuda   the backend this node will use; with cuda an unavailable GPU fails (default cpu)',
+      '  --data-dir <dir>    must be writable (default ~/.zeromesh/doctor)',
+      '  --listen <addr>     a listen multiaddr whose TCP port must be free',
+      '  --bootstrap <addr>  a peer to reach by TCP; repeat for several',
+      '  --snapshot-gib N    memory to hold peers\' snapshot fragments (default 1)',
+      '  --json              print the checks as JSON',
+      '',
+      'One line per check (ok / warn / fail) and a verdict. Exit status 1 if any check fails.'
+    ].join('\n'),
+    run: async (args, io) => {
+      const { values } = parseStrict(args, {
+        device: { type: 'string' },
+        'data-dir': { type: 'string' },
+        listen: { type: 'string' },
+        bootstrap: { type: 'string', multiple: true },
+        'snapshot-gib': { type: 'string' },
+        json: { type: 'boolean' }
+      })
+      const device = values.device ?? 'cpu'
+      if (device !== 'cpu' && device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got '${device}'`)
+      const gibs = Number(values['snapshot-gib'] ?? 1)
+      if (!(gibs >= 0 && gibs <= 4096)) throw new UsageError(`--snapshot-gib must be a number in [0, 4096], got '${values['snapshot-gib']}'`)
+      const { runDoctor, verdict, formatCheck } = await import('./doctor.ts')
+      const json = values.json === true
+      const results = await runDoctor({
+        device,
+        dataDir: values['data-dir'] ?? defaultDataDir('doctor'),
+        ...(values.listen === undefined ? {} : { listen: values.listen }),
+        bootstrap: values.bootstrap ?? [],
+        snapshotBytes: gibs * 2 ** 30,
+        timeoutMs: 3000
+      }, r => { if (!json) io.out(formatCheck(r)) })
+      const v = verdict(results)
+      io.out(json ? JSON.stringify({ ok: v.ok, verdict: v.line, checks: results }, null, 2) : v.line)
+      return v.ok ? 0 : 1
+    }
+  },
   status: {
     summary: 'show the view and health seen by a running node',
     usage: [

@@ -48,3 +48,27 @@ test('the bin launcher runs from source under Node 24', async t => {
   t.is((bad as { code: number }).code, 2)
   t.regex((bad as { stderr: string }).stderr, /unknown command 'nope'/)
 })
+
+test('doctor prints one line per check and a verdict; it says plainly why CUDA is unavailable', async t => {
+  const { mkdtempSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const dir = mkdtempSync(join(tmpdir(), 'zm-doctor-'))
+  const r = await capture(['doctor', '--data-dir', dir, '--listen', '/ip4/127.0.0.1/tcp/0'])
+  const names = r.out.slice(0, -1).map(l => l.split(/\s+/)[1])
+  t.deepEqual(names, ['node', 'cpu', 'gpu', 'memory', 'data-dir', 'port', 'clock'])
+  const gpu = r.out.find(l => / gpu /.test(l))!
+  t.log(gpu)
+  t.regex(gpu, /^(ok {4}gpu +\S.*CUDA \S+, NVRTC \S+|warn  gpu +CUDA unavailable: .+)/)
+  t.is(r.code, 0, r.out.join('\n'))
+  t.regex(r.out.at(-1)!, /^ready/)
+  // A node that must use CUDA fails where there is none.
+  const cuda = await capture(['doctor', '--data-dir', dir, '--device', 'cuda'])
+  t.is(cuda.code, gpu.startsWith('ok') ? 0 : 1)
+  // Bad flags are usage errors; an unreachable bootstrap peer fails the verdict.
+  t.is((await capture(['doctor', '--device', 'tpu'])).code, 2)
+  const down = await capture(['doctor', '--data-dir', dir, '--bootstrap', '/ip4/127.0.0.1/tcp/1/p2p/x'])
+  t.is(down.code, 1)
+  t.regex(down.out.find(l => / bootstrap /.test(l))!, /^fail .*unreachable/)
+  t.regex(down.out.at(-1)!, /^not ready: bootstrap failed/)
+})
