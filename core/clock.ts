@@ -99,7 +99,9 @@ export class ManualClock implements Clock {
   monotonic (): number { return this.t }
 
   /** Number of timers waiting to fire. */
-  get pending (): number { return this.live.size }
+  get pending (): number { return this.live.size + this.fixed }
+  // Timers scheduled with `schedule` (never cancelled): counted, not tracked by id.
+  private fixed = 0
 
   setTimeout (fn: () => void, ms: number): TimerId {
     if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
@@ -111,6 +113,17 @@ export class ManualClock implements Clock {
   }
 
   clearTimeout (id: TimerId): void { this.live.delete(id) }
+
+  /**
+   * Like setTimeout for a timer that will never be cancelled (a message in flight): no id to
+   * track, which matters when a simulation schedules millions of them.
+   */
+  schedule (fn: () => void, ms: number): void {
+    if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
+    checkCap('manual clock timers', this.live.size + this.fixed + 1, this.maxTimers)
+    this.push({ at: this.t + Math.max(0, ms), seq: this.seq++, id: -1, fn })
+    this.fixed++
+  }
 
   sleep (ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
     return sleepOn(this, ms, options.signal)
@@ -127,7 +140,8 @@ export class ManualClock implements Clock {
     this.dropCancelled()
     const timer = this.pop()
     if (timer === undefined) return false
-    this.live.delete(timer.id)
+    if (timer.id < 0) this.fixed--
+    else this.live.delete(timer.id)
     this.t = Math.max(this.t, timer.at)
     timer.fn()
     return true
@@ -174,7 +188,7 @@ export class ManualClock implements Clock {
   }
 
   private dropCancelled (): void {
-    while (this.heap.length > 0 && !this.live.has(this.heap[0]!.id)) this.pop()
+    while (this.heap.length > 0 && this.heap[0]!.id >= 0 && !this.live.has(this.heap[0]!.id)) this.pop()
   }
 
   private less (a: ManualTimer, b: ManualTimer): boolean {

@@ -559,10 +559,12 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       events.emit('paused', paused)
     }
     if (!inView || (paused && init.unsafe?.ignoreMinority !== true)) return
-    if (leader !== self()) return
+    if (leader !== self() || proposal !== undefined || t < retryAt) return
+    // Every member live and every connected peer a member: nothing to change (skips an O(N) pass).
+    if (liveCount === view.members.length && conn.size + 1 === view.members.length) return
     const want = desiredView(view.epoch + 1)
     if (want === undefined || sameMembers(want.members, view.members)) return
-    if (proposal === undefined && t >= retryAt) propose(view.epoch + 1, view.members)
+    propose(view.epoch + 1, view.members)
   }
 
   // --- receiving ------------------------------------------------------------------------

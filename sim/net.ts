@@ -126,7 +126,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
 
   /** Runs `fn` at simulated time `at` on node `to`, unless it crashed; held while it is paused. */
   const deliverAt = (to: SimNode, at: number, fn: () => void): void => {
-    sim.clock.setTimeout(() => {
+    sim.clock.schedule(() => {
       if (to.crashed || !to.started) return
       if (to.paused) to.held.push(fn)
       else fn()
