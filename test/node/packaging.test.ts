@@ -27,6 +27,7 @@ test('the packed tarball installs as a dependency and its CLI runs --version', a
     t.false(existsSync(join(pkg, 'node', 'cli.ts')), 'TypeScript sources are not shipped')
     t.false(readdirSync(pkg).includes('test'), 'tests are not shipped')
     t.true(existsSync(join(pkg, 'sim', 'scenarios', 'split-brain.json')), 'example scenarios are shipped')
+    t.true(existsSync(join(pkg, 'dist', 'gpu', 'cuda', 'kernels', 'attention.cu')), 'CUDA kernel sources are shipped beside the compiled backend')
     // Dependencies resolve from the checkout's node_modules, as an install would provide them.
     symlinkSync(join(root, 'node_modules'), join(pkg, 'node_modules'), 'dir')
     const { stdout: version } = await run(process.execPath, [join(pkg, 'bin', 'zeromesh.js'), '--version'], { cwd: join(dir, 'app') })
