@@ -1,0 +1,149 @@
+import { AbortError, checkCap } from '../core/index.ts'
+import { SNAPSHOT_LIMITS } from './limits.ts'
+import { sealState, stateBytes, writeState, type RankState } from './state.ts'
+
+/** How one capture ended. Never rejects: a trainer may ignore it. */
+export type CaptureOutcome<R> =
+  | { status: 'placed', step: number, result: R }
+  | { status: 'superseded', step: number, by: number }
+  | { status: 'failed', step: number, error: Error }
+
+export interface CaptureTicket<R> {
+  step: number
+  /** Settles when this capture is placed, superseded by a newer one, or failed. */
+  done: Promise<CaptureOutcome<R>>
+}
+
+/**
+ * Double-buffered, asynchronous capture.
+ *
+ * Contract for the trainer: call `capture(state)` after step `state.step` has **committed**
+ * (DESIGN §4 step 6) and before the next optimizer update touches the buffers. `capture`
+ * copies the state synchronously into one of two buffers and returns at once; when it returns
+ * the trainer may overwrite weights / moments / rng freely. It never waits for an earlier
+ * snapshot: one buffer may be placing while the other takes the new copy. If a copy is still
+ * queued (not yet placing) when the next capture comes, the queued one is *superseded* (its
+ * ticket settles with `superseded`) and the newer step is placed instead, so placement falls
+ * behind by at most one snapshot and memory stays at two buffers. Every snapshot is the bytes
+ * of exactly one `capture` call: a buffer being placed is never written.
+ *
+ * The checksum pass and the erasure coding run in `place`, after `capture` returned; they
+ * share the event loop with the trainer (no worker thread yet), which is the step-time
+ * overhead bench/snapshot.ts measures.
+ */
+export interface Capturer<R> {
+  capture(state: RankState): CaptureTicket<R>
+  /**
+   * Places the newest placed copy again (after a view change: re-stripe under the new
+   * epoch), unless a newer capture is already queued, which will be placed under the new view
+   * anyway. Returns its ticket, or undefined when there is nothing to re-place.
+   */
+  requeue(): CaptureTicket<R> | undefined
+  /** Waits until nothing is queued or placing. */
+  idle(): Promise<void>
+  /** The sealed bytes of the newest placed capture (while no newer capture reuses its buffer). */
+  retained(): { step: number, bytes: Uint8Array } | undefined
+  /** Aborts the placement in flight; queued captures settle as failed. */
+  stop(): void
+}
+
+type SlotState = 'free' | 'pending' | 'placing' | 'retained'
+
+interface Slot<R> {
+  buf: Uint8Array
+  bytes: Uint8Array | undefined
+  state: SlotState
+  step: number
+  settle: ((o: CaptureOutcome<R>) => void) | undefined
+}
+
+/** Creates a capturer over `place` (the snapshot service's placement of sealed state bytes). */
+export function createCapturer<R> (place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>): Capturer<R> {
+  const slots: Array<Slot<R>> = [0, 1].map(() => ({ buf: new Uint8Array(0), bytes: undefined, state: 'free' as SlotState, step: -1, settle: undefined }))
+  const ctl = new AbortController()
+  let pumping: Promise<void> | undefined
+  let stopped = false
+
+  const ticket = (slot: Slot<R>): CaptureTicket<R> => {
+    const done = new Promise<CaptureOutcome<R>>(resolve => { slot.settle = resolve })
+    return { step: slot.step, done }
+  }
+
+  const pump = async (): Promise<void> => {
+    for (;;) {
+      const slot = slots.find(s => s.state === 'pending')
+      if (slot === undefined || stopped) return
+      slot.state = 'placing'
+      const settle = slot.settle!
+      slot.settle = undefined
+      // Let the trainer's code after capture() run before the checksum and coding passes.
+      await Promise.resolve()
+      try {
+        sealState(slot.bytes!)
+        const result = await place(slot.bytes!, ctl.signal)
+        for (const s of slots) if (s !== slot && s.state === 'retained') s.state = 'free'
+        slot.state = 'retained'
+        settle({ status: 'placed', step: slot.step, result })
+      } catch (err) {
+        slot.state = 'free'
+        slot.bytes = undefined
+        settle({ status: 'failed', step: slot.step, error: err instanceof Error ? err : new Error(String(err)) })
+      }
+    }
+  }
+
+  const kick = (): void => {
+    if (pumping !== undefined) return
+    pumping = pump().finally(() => {
+      pumping = undefined
+      // A capture or requeue that arrived after the loop's last look must not be stranded.
+      if (!stopped && slots.some(s => s.state === 'pending')) kick()
+    })
+  }
+
+  return {
+    capture (state) {
+      const need = stateBytes(state)
+      checkCap('snapshot state bytes', need, SNAPSHOT_LIMITS.maxStateBytes)
+      const slot = slots.find(s => s.state === 'pending') ?? slots.find(s => s.state === 'free') ?? slots.find(s => s.state === 'retained')!
+      if (slot.state === 'pending') slot.settle?.({ status: 'superseded', step: slot.step, by: state.step })
+      if (slot.buf.length < need) slot.buf = new Uint8Array(need)
+      slot.bytes = writeState(state, slot.buf)
+      slot.step = state.step
+      slot.state = 'pending'
+      const t = ticket(slot)
+      kick()
+      return t
+    },
+
+    requeue () {
+      if (slots.some(s => s.state === 'pending')) return undefined
+      const slot = slots.find(s => s.state === 'retained')
+      if (slot === undefined) return undefined
+      slot.state = 'pending'
+      const t = ticket(slot)
+      kick()
+      return t
+    },
+
+    async idle () {
+      while (pumping !== undefined) await pumping
+    },
+
+    retained () {
+      const s = slots.find(x => x.state === 'retained')
+      return s === undefined ? undefined : { step: s.step, bytes: s.bytes! }
+    },
+
+    stop () {
+      stopped = true
+      ctl.abort()
+      for (const s of slots) {
+        if (s.state === 'pending') {
+          s.settle?.({ status: 'failed', step: s.step, error: new AbortError('snapshot capture stopped') })
+          s.state = 'free'
+        }
+      }
+    }
+  }
+}

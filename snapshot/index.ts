@@ -1,0 +1,35 @@
+/**
+ * snapshot: erasure-coded in-memory snapshots of every rank's state on its peers. Capture
+ * (double-buffered, asynchronous), stripe and place (k data + m parity fragments on k + m
+ * distinct peers, hosts then zones spread), hold (a capped FragmentStore per node), recover
+ * (any k valid fragments in parallel, swarm-style, from every holder), re-stripe after a view
+ * change, a disk tier, and safetensors export. Depends on core/, codec/ and mesh/.
+ */
+export { SNAPSHOT_LIMITS, type SnapshotLimits } from './limits.ts'
+export {
+  SnapshotErrorCode, type SnapshotErrorCodeT, PlacementError, PlacementFailedError, StoreFullError, UnrecoverableError,
+  NoSnapshotError, TransferTimeoutError
+} from './errors.ts'
+export {
+  type RankState, type StateHeader, STATE_MAGIC, STATE_VERSION, STATE_HEADER_BYTES,
+  stateBytes, writeState, sealState, encodeState, readStateHeader, verifyState, decodeState
+} from './state.ts'
+export { validateStripeParams, placeStripe } from './placement.ts'
+export {
+  type FragmentLabel, type SnapshotFragment, type StripeInit, type AssembleReport, LABEL_MAGIC, LABEL_VERSION,
+  encodeLabel, decodeLabel, stripeState, assembleState, fragmentDigest, verifyFragment, segmentSizes
+} from './fragment.ts'
+export { type Manifest, MANIFEST_TOPIC, encodeManifest, decodeManifest } from './manifest.ts'
+export {
+  type FragmentStore, type FragmentStoreInit, type HeldFragment, type RecoveryPoint, type Reservation, type StoreStats,
+  createFragmentStore
+} from './store.ts'
+export { type Capturer, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
+export {
+  PUT_PROTOCOL, FETCH_PROTOCOL, type SnapshotService, type SnapshotServiceInit, type SnapshotDeps, type PlaceResult,
+  type RecoverRequest, type Recovered, type RecoveryReport, createSnapshotService
+} from './service.ts'
+export { STATE_FILE, persistState, loadState, writeFileDurable } from './disk.ts'
+export {
+  type TensorLayout, MAX_SAFETENSORS_HEADER_BYTES, shardLength, shardOf, assembleFlat, encodeSafetensors, exportSafetensors
+} from './safetensors.ts'

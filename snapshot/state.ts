@@ -1,0 +1,200 @@
+import { checkCap, InvalidArgumentError } from '../core/index.ts'
+import { checksum64 } from '../codec/index.ts'
+import { snapshotError, SnapshotErrorCode } from './errors.ts'
+import { SNAPSHOT_LIMITS } from './limits.ts'
+
+/**
+ * One rank's training state: what a snapshot captures and a recovery returns. `weights`,
+ * `adamM` and `adamV` are the rank's shard of the flat f32 master buffer and of the AdamW
+ * moments (same length); `rng` is opaque to this layer (e.g. the bytes of core's
+ * `Rng.state()`).
+ */
+export interface RankState {
+  rank: number
+  worldSize: number
+  /** View epoch the state was taken under. */
+  epoch: number
+  /** The committed step this state is the result of (also the snapshot's version). */
+  step: number
+  /** Position in the data stream (samples or batches consumed; the trainer's unit). */
+  dataCursor: number
+  weights: Float32Array
+  adamM: Float32Array
+  adamV: Float32Array
+  rng: Uint8Array
+}
+
+/**
+ * Serialized layout (little-endian):
+ *
+ *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (0)   6 u16 reserved (0)
+ *    8 u32 rank          12 u32 world size
+ *   16 u64 epoch         24 u64 step
+ *   32 u64 data cursor   40 u64 elements n (of each of weights, m, v)
+ *   48 u32 rng bytes     52 u32 reserved (0)
+ *   56 u64 checksum: xxh64 of the whole serialization with these 8 bytes zero
+ *   64 rng bytes, zero-padded to a multiple of 8
+ *      weights (n f32), adam m (n f32), adam v (n f32)
+ */
+export const STATE_MAGIC = 0x53534d5a
+export const STATE_VERSION = 1
+export const STATE_HEADER_BYTES = 64
+
+const pad8 = (n: number): number => (n + 7) & ~7
+
+/** Bytes `state` serializes to. Checks the caps and that the three buffers agree. */
+export function stateBytes (state: RankState): number {
+  const n = state.weights.length
+  if (state.adamM.length !== n || state.adamV.length !== n) {
+    throw new InvalidArgumentError(`weights, adamM and adamV must have one length, got ${n}, ${state.adamM.length}, ${state.adamV.length}`)
+  }
+  for (const key of ['rank', 'worldSize', 'epoch', 'step', 'dataCursor'] as const) {
+    const v = state[key]
+    if (!Number.isSafeInteger(v) || v < 0) throw new InvalidArgumentError(`state.${key} must be a non-negative safe integer, got ${v}`)
+  }
+  if (state.worldSize < 1 || state.rank >= state.worldSize || state.worldSize > 0xffffffff) {
+    throw new InvalidArgumentError(`rank ${state.rank} is not in a world of ${state.worldSize}`)
+  }
+  checkCap('snapshot rng bytes', state.rng.length, SNAPSHOT_LIMITS.maxRngBytes)
+  const total = STATE_HEADER_BYTES + pad8(state.rng.length) + 12 * n
+  checkCap('snapshot state bytes', total, SNAPSHOT_LIMITS.maxStateBytes)
+  return total
+}
+
+/**
+ * Serializes `state` into `into` when it has room (else a new buffer) without the checksum:
+ * the synchronous copy a capture makes. {@link sealState} adds the checksum later, off the
+ * trainer's path. Returns the exact-length view.
+ */
+export function writeState (state: RankState, into?: Uint8Array): Uint8Array {
+  const total = stateBytes(state)
+  const out = into !== undefined && into.length >= total ? into.subarray(0, total) : new Uint8Array(total)
+  const v = new DataView(out.buffer, out.byteOffset, STATE_HEADER_BYTES)
+  const n = state.weights.length
+  v.setUint32(0, STATE_MAGIC, true)
+  v.setUint8(4, STATE_VERSION)
+  v.setUint8(5, 0)
+  v.setUint16(6, 0, true)
+  v.setUint32(8, state.rank, true)
+  v.setUint32(12, state.worldSize, true)
+  v.setBigUint64(16, BigInt(state.epoch), true)
+  v.setBigUint64(24, BigInt(state.step), true)
+  v.setBigUint64(32, BigInt(state.dataCursor), true)
+  v.setBigUint64(40, BigInt(n), true)
+  v.setUint32(48, state.rng.length, true)
+  v.setUint32(52, 0, true)
+  v.setBigUint64(56, 0n, true)
+  let o = STATE_HEADER_BYTES
+  out.set(state.rng, o)
+  out.fill(0, o + state.rng.length, o + pad8(state.rng.length))
+  o += pad8(state.rng.length)
+  for (const arr of [state.weights, state.adamM, state.adamV]) {
+    out.set(new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength), o)
+    o += arr.byteLength
+  }
+  return out
+}
+
+function wholeChecksum (bytes: Uint8Array): bigint {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
+  const saved = v.getBigUint64(56, true)
+  v.setBigUint64(56, 0n, true)
+  const sum = checksum64(bytes)
+  v.setBigUint64(56, saved, true)
+  return sum
+}
+
+/** Writes the whole-state checksum into a serialization from {@link writeState}; returns it. */
+export function sealState (bytes: Uint8Array): bigint {
+  const sum = wholeChecksum(bytes)
+  new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES).setBigUint64(56, sum, true)
+  return sum
+}
+
+/** Serializes and seals `state` into a new buffer. */
+export function encodeState (state: RankState): Uint8Array {
+  const out = writeState(state)
+  sealState(out)
+  return out
+}
+
+/** Header fields of a serialized state, checked against the buffer length (no checksum pass). */
+export interface StateHeader {
+  rank: number
+  worldSize: number
+  epoch: number
+  step: number
+  dataCursor: number
+  elements: number
+  rngBytes: number
+  checksum: bigint
+}
+
+/**
+ * Reads and checks the header of a serialized state: magic, version, reserved fields, and that
+ * the lengths add up to exactly `bytes.length`. Throws STATE_MALFORMED.
+ */
+export function readStateHeader (bytes: Uint8Array): StateHeader {
+  const bad = (why: string): never => { throw snapshotError(SnapshotErrorCode.STATE_MALFORMED, `bad snapshot state: ${why}`) }
+  if (bytes.length < STATE_HEADER_BYTES) bad(`${bytes.length} bytes is shorter than the header`)
+  const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
+  if (v.getUint32(0, true) !== STATE_MAGIC) bad('bad magic')
+  if (v.getUint8(4) !== STATE_VERSION) bad(`unsupported version ${v.getUint8(4)}`)
+  if (v.getUint8(5) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0) bad('reserved fields are not zero')
+  const big = (o: number): number => {
+    const x = v.getBigUint64(o, true)
+    if (x > BigInt(Number.MAX_SAFE_INTEGER)) bad(`field at ${o} is over 2^53`)
+    return Number(x)
+  }
+  const h: StateHeader = {
+    rank: v.getUint32(8, true),
+    worldSize: v.getUint32(12, true),
+    epoch: big(16),
+    step: big(24),
+    dataCursor: big(32),
+    elements: big(40),
+    rngBytes: v.getUint32(48, true),
+    checksum: v.getBigUint64(56, true)
+  }
+  if (h.worldSize < 1 || h.rank >= h.worldSize) bad(`rank ${h.rank} is not in a world of ${h.worldSize}`)
+  if (h.rngBytes > SNAPSHOT_LIMITS.maxRngBytes) bad(`rng of ${h.rngBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxRngBytes}`)
+  const want = STATE_HEADER_BYTES + pad8(h.rngBytes) + 12 * h.elements
+  if (want !== bytes.length) bad(`header describes ${want} bytes, got ${bytes.length}`)
+  return h
+}
+
+/** Checks the whole-state checksum; throws STATE_CHECKSUM. Returns the header. */
+export function verifyState (bytes: Uint8Array): StateHeader {
+  const h = readStateHeader(bytes)
+  if (wholeChecksum(bytes) !== h.checksum) throw snapshotError(SnapshotErrorCode.STATE_CHECKSUM, 'snapshot state checksum mismatch', { step: h.step, rank: h.rank })
+  return h
+}
+
+/**
+ * Verifies and decodes a serialized state. The f32 buffers are views into `bytes` when it is
+ * 4-byte aligned, else copies. Throws STATE_MALFORMED / STATE_CHECKSUM.
+ */
+export function decodeState (bytes: Uint8Array): RankState {
+  const h = verifyState(bytes)
+  let o = STATE_HEADER_BYTES
+  const rng = bytes.slice(o, o + h.rngBytes)
+  o += pad8(h.rngBytes)
+  const f32 = (at: number): Float32Array => {
+    const off = bytes.byteOffset + at
+    return off % 4 === 0
+      ? new Float32Array(bytes.buffer, off, h.elements)
+      : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
+  }
+  const n4 = 4 * h.elements
+  return {
+    rank: h.rank,
+    worldSize: h.worldSize,
+    epoch: h.epoch,
+    step: h.step,
+    dataCursor: h.dataCursor,
+    rng,
+    weights: f32(o),
+    adamM: f32(o + n4),
+    adamV: f32(o + 2 * n4)
+  }
+}
