@@ -23,3 +23,10 @@ export {
 export { startBulkChannel, bulkKey, bulkSessionId, type BulkChannel } from './bulk.ts'
 export { checkName, checkGossipSize, checkChunkSize, remember } from './checks.ts'
 export { Listeners } from './listeners.ts'
+export {
+  createCollective, createZeroComm, createErrorFeedback, CollectiveError, COLLECTIVE_LIMITS, COLLECTIVE_DEFAULTS,
+  shardRange, linkTier, buildHierarchy, ringOrder, relayOf, F32_WIRE, BF16_WIRE,
+  type Collective, type CollectiveInit, type CallOptions, type CollectiveResult, type CollectiveStats, type CollectiveFailure,
+  type Scope, type OpOptions, type GatherOptions, type ReduceOptions, type HierReduceOptions, type TierBytes, type ErrorFeedback,
+  type ZeroComm, type ZeroOptions, type GatherPass, type Wire, type Range, type LinkTier, type TierKey, type Hierarchy
+} from './collective/index.ts'

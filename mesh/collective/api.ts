@@ -1,0 +1,185 @@
+import { InvalidArgumentError, checkCap } from '../../core/index.ts'
+import type { View } from '../membership.ts'
+import { CollectiveCore, type CallOptions, type CollectiveInit, type CollectiveResult, type CollectiveStats } from './collective.ts'
+import { hierReduceScatter, type ErrorFeedback } from './hier.ts'
+import { COLLECTIVE_LIMITS } from './limits.ts'
+import { ringAllGather, ringReduceScatter, type RingPlan } from './ring.ts'
+import { shardRange, type Hierarchy, type Range, type TierKey } from './topology.ts'
+import { F32_WIRE, validateWire, type Wire } from './wire.ts'
+
+/** Where a call runs: every member, or each group of members sharing a tier label (all groups at once). */
+export type Scope = 'all' | TierKey
+
+export interface OpOptions extends CallOptions {
+  /** Name the call is accounted under (stats, metrics). Default: the operation's name. */
+  label?: string
+}
+
+export interface GatherOptions extends OpOptions {
+  /** How f32 shards travel (f32, bf16, or int8/int4 blockwise). Default f32. Ignored for Uint16Array (raw bf16) input. */
+  wire?: Wire
+  scope?: Scope
+}
+
+export interface ReduceOptions extends OpOptions {
+  /** f32 (exact) or bf16 (partials rounded per hop). Default f32. */
+  wire?: Wire
+  scope?: Scope
+}
+
+export interface HierReduceOptions extends OpOptions {
+  /** f32 (exact) or int8/int4 blockwise (qgZ). Default f32. */
+  wire?: Wire
+  /** Keeps quantization residuals locally and adds them to the next call's values. */
+  errorFeedback?: ErrorFeedback
+}
+
+/**
+ * Collectives over one view. Every member calls the same operations in the same order
+ * (SPMD); calls on one instance run one at a time, in call order. Shards follow
+ * {@link shardRange}: with scope 'all', rank r owns range r of P; with a tier scope, the
+ * member at index i of its group (ascending rank) owns range i of the group size.
+ */
+export interface Collective {
+  readonly view: View
+  readonly rank: number
+  readonly size: number
+  readonly hierarchy: Hierarchy
+  /** Ranks in ring order (tier groups contiguous). */
+  readonly ring: readonly number[]
+  start(): Promise<void>
+  stop(): Promise<void>
+  /** This rank's shard of `length` elements in `scope` (default 'all'). */
+  shardOf(length: number, scope?: Scope): Range
+  /** Ranks (ascending) of this node's group in `scope`. */
+  group(scope: Scope): readonly number[]
+  /** Ring all-gather: `mine` is this rank's shard; every member gets all `length` elements. */
+  allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
+  allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
+  /** Ring reduce-scatter: `x` is this rank's whole vector; returns the sum of everyone's shard of this rank. */
+  reduceScatter(x: Float32Array, opts?: ReduceOptions): Promise<CollectiveResult<Float32Array>>
+  /** Reduce-scatter then all-gather (f32) on the ring: every member gets the same sums. */
+  allReduce(x: Float32Array, opts?: ReduceOptions): Promise<CollectiveResult<Float32Array>>
+  /** Hierarchical all-to-all reduce-scatter over the tiers (qgZ when the wire is quantized). */
+  hierReduceScatter(x: Float32Array, opts?: HierReduceOptions): Promise<CollectiveResult<Float32Array>>
+  stats(): CollectiveStats
+}
+
+function checkLength (length: number): void {
+  if (!Number.isSafeInteger(length) || length < 0) throw new InvalidArgumentError(`length must be a non-negative integer, got ${length}`)
+  checkCap('collective elements', length, COLLECTIVE_LIMITS.maxElements)
+}
+
+/** Creates a collective for `init.view` on `init.net` (call start() on every member). */
+export function createCollective (init: CollectiveInit): Collective {
+  const core = new CollectiveCore(init)
+  const group = (scope: Scope): readonly number[] => core.scopeGroup(scope)
+  const shardOf = (length: number, scope: Scope = 'all'): Range => {
+    const g = group(scope)
+    return shardRange(length, g.length, g.indexOf(core.rank))
+  }
+  const ringPlan = (length: number, scope: Scope, phase: number): RingPlan => {
+    const g = group(scope)
+    const inGroup = new Set(g)
+    const ring = core.ring.filter(r => inGroup.has(r))
+    return {
+      ring,
+      pos: ring.indexOf(core.rank),
+      part: j => shardRange(length, g.length, g.indexOf(ring[j]!)),
+      chunkBytes: core.chunkBytes,
+      phase
+    }
+  }
+
+  function allGather (mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
+  function allGather (mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
+  function allGather (mine: Float32Array | Uint16Array, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<Float32Array | Uint16Array>> {
+    checkLength(length)
+    const scope = opts.scope ?? 'all'
+    const want = shardOf(length, scope).length
+    if (mine.length !== want) throw new InvalidArgumentError(`this rank's shard of ${length} elements has ${want} elements, got ${mine.length}`)
+    const wire = opts.wire ?? F32_WIRE
+    validateWire(wire)
+    const plan = ringPlan(length, scope, 0)
+    if (mine instanceof Uint16Array) {
+      const out = new Uint16Array(length)
+      return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
+        const go = ringAllGather(op, plan, { kind: 'raw16', mine, out })
+        op.ready()
+        await go()
+        return out
+      })
+    }
+    const out = new Float32Array(length)
+    return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
+      const go = ringAllGather(op, plan, { kind: 'f32', wire, mine, out })
+      op.ready()
+      await go()
+      return out
+    })
+  }
+
+  const reduceWire = (w: Wire | undefined): Wire => {
+    const wire = w ?? F32_WIRE
+    validateWire(wire)
+    if (wire.kind === 'quant') throw new InvalidArgumentError('the ring reduce-scatter carries f32 or bf16 partial sums; use hierReduceScatter for quantized gradients')
+    return wire
+  }
+
+  return {
+    view: core.view,
+    rank: core.rank,
+    size: core.size,
+    hierarchy: core.hierarchy,
+    ring: core.ring,
+    start: () => core.start(),
+    stop: () => core.stop(),
+    shardOf,
+    group,
+    allGather,
+    reduceScatter (x, opts = {}) {
+      checkLength(x.length)
+      const wire = reduceWire(opts.wire)
+      const scope = opts.scope ?? 'all'
+      const plan = ringPlan(x.length, scope, 0)
+      const out = new Float32Array(shardOf(x.length, scope).length)
+      return core.run('reduceScatter', opts.label ?? 'reduce_scatter', opts, async op => {
+        const go = ringReduceScatter(op, plan, wire, x, out)
+        op.ready()
+        await go()
+        return out
+      })
+    },
+    allReduce (x, opts = {}) {
+      checkLength(x.length)
+      const wire = reduceWire(opts.wire)
+      const scope = opts.scope ?? 'all'
+      const rs = ringPlan(x.length, scope, 0)
+      const ag = ringPlan(x.length, scope, 1)
+      const shard = new Float32Array(shardOf(x.length, scope).length)
+      const out = new Float32Array(x.length)
+      return core.run('allReduce', opts.label ?? 'all_reduce', opts, async op => {
+        const reduce = ringReduceScatter(op, rs, wire, x, shard)
+        const gather = ringAllGather(op, ag, { kind: 'f32', wire: F32_WIRE, mine: shard, out })
+        op.ready()
+        await reduce()
+        await gather()
+        return out
+      })
+    },
+    hierReduceScatter (x, opts = {}) {
+      checkLength(x.length)
+      const wire = opts.wire ?? F32_WIRE
+      validateWire(wire)
+      if (wire.kind === 'bf16') throw new InvalidArgumentError('hierReduceScatter carries f32 or quantized partial sums')
+      const out = new Float32Array(shardOf(x.length).length)
+      return core.run('hierReduceScatter', opts.label ?? 'hier_reduce_scatter', opts, async op => {
+        const go = hierReduceScatter(op, core.hierarchy, x.length, wire, core.chunkBytes, x, out, opts.errorFeedback)
+        op.ready()
+        await go()
+        return out
+      })
+    },
+    stats: () => core.stats()
+  }
+}

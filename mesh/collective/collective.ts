@@ -1,0 +1,554 @@
+import {
+  AbortError, InvalidArgumentError, ProtocolError, checkCap, defineCounter,
+  type Clock, type Counter, type Logger, type MetricsRegistry
+} from '../../core/index.ts'
+import { checkName } from '../checks.ts'
+import type { View } from '../membership.ts'
+import type { ByteStream, PeerId, PeerNet } from '../peernet.ts'
+import { CollectiveError, type CollectiveFailure } from './errors.ts'
+import { COLLECTIVE_DEFAULTS, COLLECTIVE_LIMITS } from './limits.ts'
+import { MessageParser, OP_KINDS, encodeMessage, type Message, type OpKind } from './message.ts'
+import { Mailbox, zeroTierBytes, type OpApi, type Payload, type TierBytes } from './op.ts'
+import { buildHierarchy, linkTier, ringOrder, shardRange, type Hierarchy, type LinkTier, type Range, type TierKey } from './topology.ts'
+
+export interface CollectiveInit {
+  net: PeerNet
+  view: View
+  clock: Clock
+  /** Namespace of the stream protocol, so several instances can share a PeerNet. Default 'main'. */
+  name?: string
+  /** Payload bytes per pipelined message. Default 1 MiB, at most COLLECTIVE_LIMITS.maxChunkBytes. */
+  chunkBytes?: number
+  /**
+   * No-progress bound (ms): a call that neither receives nor sends anything for this long
+   * fails with reason 'timeout'. Pass a function to follow the failure detector (e.g.
+   * `() => membership.status().detectionBoundMs + allowance`). Default 10 s.
+   */
+  timeoutMs?: number | (() => number)
+  /** Label keys of the tiers, innermost first (e.g. ['host', 'zone']). Default ['zone']. */
+  tiers?: readonly TierKey[]
+  metrics?: MetricsRegistry
+  log?: Logger
+}
+
+export interface CallOptions {
+  /** Training step the call belongs to; messages of another step are protocol errors. Default 0. */
+  step?: number
+  signal?: AbortSignal
+}
+
+/** A completed call: the data and the bytes this node sent for it, per tier. */
+export interface CollectiveResult<T> {
+  data: T
+  op: string
+  bytes: TierBytes
+}
+
+export interface CollectiveStats {
+  /** Per operation label: completed calls and bytes sent per tier. */
+  ops: Record<string, { calls: number, bytes: TierBytes }>
+  /** Messages of operations that had already finished, dropped. */
+  staleDropped: number
+  failure: CollectiveError | undefined
+}
+
+interface OpRun {
+  seq: number
+  kind: OpKind
+  label: string
+  step: number
+  ctrl: AbortController
+  bytes: TierBytes
+  boxes: Map<number, Mailbox>
+  failure: CollectiveError | undefined
+  failed: Promise<never>
+  rejectFailed: (err: Error) => void
+  waiting: Map<number, number>
+  lastProgress: number
+  timer: number | undefined
+  localAbort: boolean
+}
+
+interface Pending { msgs: Message[], bytes: number, wake: Array<() => void> }
+
+/** Failure notice: u32 operation sequence number, u8 reason (index in REASON_NAMES). */
+const NOTICE_BYTES = 5
+const REASON_NAMES: readonly CollectiveFailure[] = ['peer-gone', 'timeout', 'protocol', 'aborted', 'closed']
+
+const boxKey = (src: number, phase: number): number => src * 256 + phase
+
+/**
+ * The transport and lifecycle of collectives over one view: a long-lived stream to each peer
+ * (opened on first use), per-peer readers that route checked messages to the running
+ * operation, operations run one at a time in call order (every member calls the same
+ * operations in the same order), byte accounting per tier, and failure handling.
+ *
+ * Failure: a member's disconnect, a broken or reset stream, bytes that do not decode or fit
+ * the operation, no progress within `timeoutMs`, the caller's abort or stop() fail the
+ * running call with a {@link CollectiveError} and poison the instance. Poisoning resets every
+ * stream, so each other member's call fails at once too (it sees its stream to this node
+ * reset) instead of waiting for its own timeout: a failure anywhere reaches every survivor
+ * within the timeout bound plus a few link latencies. Later calls reject at once.
+ */
+export class CollectiveCore {
+  readonly net: PeerNet
+  readonly view: View
+  readonly clock: Clock
+  readonly rank: number
+  readonly size: number
+  readonly chunkBytes: number
+  readonly tiers: readonly TierKey[]
+  readonly hierarchy: Hierarchy
+  /** Ranks in ring order (tier groups contiguous). */
+  readonly ring: readonly number[]
+  readonly protocol: string
+  /** Topic of the failure notices (direct messages). */
+  readonly noticeTopic: string
+  private readonly timeout: () => number
+  private readonly log: Logger | undefined
+  private readonly rankOf = new Map<PeerId, number>()
+  private readonly tierTo: LinkTier[]
+  private readonly life = new AbortController()
+  private readonly outbound = new Map<number, Promise<ByteStream>>()
+  private readonly outStreams = new Set<ByteStream>()
+  private readonly chains = new Map<number, Promise<void>>()
+  private readonly inbound = new Map<number, ByteStream>()
+  private readonly ended = new Set<number>()
+  private readonly pending = new Map<number, Pending>()
+  private readonly totals = new Map<string, { calls: number, bytes: TierBytes }>()
+  private readonly sentBytes: Counter<'op' | 'tier'> | undefined
+  private readonly failures: Counter<'reason'> | undefined
+  private unsubscribe: (() => void) | undefined
+  private unsubscribeNotices: (() => void) | undefined
+  private tail: Promise<unknown> = Promise.resolve()
+  private nextSeq = 0
+  private lastStarted = -1
+  private active: OpRun | undefined
+  private failure: CollectiveError | undefined
+  private started = false
+  private stopped = false
+  private staleDropped = 0
+
+  constructor (init: CollectiveInit) {
+    const { net, view } = init
+    this.net = net
+    this.view = view
+    this.clock = init.clock
+    this.log = init.log
+    const members = view.members
+    if (members.length < 1) throw new InvalidArgumentError('a collective needs a view with at least one member')
+    checkCap('collective group size', members.length, COLLECTIVE_LIMITS.maxGroupSize)
+    if (!Number.isSafeInteger(view.epoch) || view.epoch < 0 || view.epoch > 0xffffffff) throw new InvalidArgumentError(`view epoch must be a u32, got ${view.epoch}`)
+    members.forEach((m, r) => {
+      if (this.rankOf.has(m.id)) throw new InvalidArgumentError(`member ${m.id} appears twice in the view`)
+      this.rankOf.set(m.id, r)
+    })
+    const rank = this.rankOf.get(net.self.id)
+    if (rank === undefined) throw new InvalidArgumentError(`this node (${net.self.id}) is not a member of view ${view.epoch}`)
+    this.rank = rank
+    this.size = members.length
+    const chunkBytes = init.chunkBytes ?? COLLECTIVE_DEFAULTS.chunkBytes
+    if (!Number.isSafeInteger(chunkBytes) || chunkBytes < COLLECTIVE_LIMITS.minChunkBytes || chunkBytes > COLLECTIVE_LIMITS.maxChunkBytes) {
+      throw new InvalidArgumentError(`chunkBytes must be an integer in [${COLLECTIVE_LIMITS.minChunkBytes}, ${COLLECTIVE_LIMITS.maxChunkBytes}], got ${chunkBytes}`)
+    }
+    this.chunkBytes = chunkBytes
+    const t = init.timeoutMs ?? COLLECTIVE_DEFAULTS.timeoutMs
+    this.timeout = typeof t === 'function' ? t : () => t
+    if (typeof t === 'number' && !(t > 0 && Number.isFinite(t))) throw new InvalidArgumentError(`timeoutMs must be a positive finite number, got ${t}`)
+    const tiers = init.tiers ?? ['zone']
+    checkCap('collective tiers', tiers.length, COLLECTIVE_LIMITS.maxTiers)
+    for (const k of tiers) if (k !== 'zone' && k !== 'host') throw new InvalidArgumentError(`unknown tier key ${String(k)}`)
+    this.tiers = [...tiers]
+    this.hierarchy = buildHierarchy(members, this.tiers)
+    this.ring = ringOrder(this.hierarchy)
+    const me = members[rank]!
+    this.tierTo = members.map(m => linkTier(me, m))
+    const name = init.name ?? 'main'
+    this.protocol = `/zeromesh/collective/1/${name}/${view.epoch}`
+    checkName('protocol', this.protocol)
+    this.noticeTopic = `${this.protocol}/failed`
+    checkName('topic', this.noticeTopic)
+    if (init.metrics !== undefined) {
+      const reg = init.metrics
+      this.sentBytes = (reg.getSingleMetric('zeromesh_collective_sent_bytes_total') as Counter<'op' | 'tier'> | undefined) ??
+        defineCounter(reg, { name: 'zeromesh_collective_sent_bytes_total', help: 'Bytes sent by collectives (headers included)', labelNames: ['op', 'tier'] })
+      this.failures = (reg.getSingleMetric('zeromesh_collective_failures_total') as Counter<'reason'> | undefined) ??
+        defineCounter(reg, { name: 'zeromesh_collective_failures_total', help: 'Collective calls failed', labelNames: ['reason'] })
+    }
+  }
+
+  /** Registers the stream handler and watches members' disconnects. */
+  async start (): Promise<void> {
+    if (this.started) return
+    if (this.stopped) throw new InvalidArgumentError('a stopped collective cannot be restarted; create a new one')
+    this.started = true
+    this.net.handle(this.protocol, stream => { this.accept(stream) })
+    // A member whose call failed tells the others straight away: streams it never opened
+    // cannot carry a reset, and waiting for the timeout would be slow.
+    this.unsubscribeNotices = this.net.subscribe(this.noticeTopic, {
+      validate: msg => {
+        const r = this.rankOf.get(msg.from)
+        return r !== undefined && r !== this.rank && msg.data.length === NOTICE_BYTES ? 'accept' : 'reject'
+      },
+      deliver: msg => {
+        // The root cause travels on (a member that saw a crash or a stall), blamed on the sender.
+        const theirs = REASON_NAMES[msg.data[4]!] ?? 'aborted'
+        this.fail(theirs === 'closed' ? 'aborted' : theirs, this.rankOf.get(msg.from), `member ${msg.from} failed (${theirs})`)
+      }
+    })
+    this.unsubscribe = this.net.on('peer:disconnect', id => {
+      const r = this.rankOf.get(id)
+      if (r !== undefined && r !== this.rank) this.fail('peer-gone', r, `member ${id} disconnected`)
+    })
+  }
+
+  /**
+   * Stops: a running call fails with reason 'closed'; when idle, outbound streams are ended
+   * cleanly (peers finishing their last call still get every byte) and inbound ones reset.
+   */
+  async stop (): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    this.unsubscribe?.()
+    try {
+      this.unsubscribeNotices?.()
+      this.net.unhandle(this.protocol)
+    } catch {
+      // The PeerNet was stopped first: its handlers are gone with it.
+    }
+    if (this.active !== undefined) this.fail('closed', undefined, 'the collective was stopped')
+    const ends: Array<Promise<unknown>> = []
+    for (const s of this.outStreams) ends.push(this.failure === undefined ? s.end().catch(() => {}) : Promise.resolve(s.abort()))
+    for (const s of this.inbound.values()) s.abort(new AbortError('collective stopped'))
+    this.life.abort(new AbortError('collective stopped'))
+    for (const p of this.pending.values()) for (const w of p.wake.splice(0)) w()
+    await Promise.all(ends)
+  }
+
+  /** Bytes of `length` elements this rank owns (the ZeRO shard of rank r is range r). */
+  shardOf (length: number): Range {
+    return shardRange(length, this.size, this.rank)
+  }
+
+  /** The group (ranks ascending) sharing this node's `scope` label and every outer tier label. */
+  scopeGroup (scope: 'all' | TierKey): readonly number[] {
+    if (scope === 'all') return this.hierarchy.top.members
+    const i = this.tiers.indexOf(scope)
+    if (i < 0) throw new InvalidArgumentError(`scope ${scope} is not one of the tiers [${this.tiers.join(', ')}]`)
+    const keys = this.tiers.slice(i)
+    const me = this.view.members[this.rank]!
+    const out: number[] = []
+    this.view.members.forEach((m, r) => { if (keys.every(k => m[k] === me[k])) out.push(r) })
+    return out
+  }
+
+  stats (): CollectiveStats {
+    const ops: CollectiveStats['ops'] = {}
+    for (const [k, v] of this.totals) ops[k] = { calls: v.calls, bytes: { ...v.bytes } }
+    return { ops, staleDropped: this.staleDropped, failure: this.failure }
+  }
+
+  /**
+   * Runs one operation after the previous ones (calls are ordered by when they are made).
+   * `algo` declares its expected messages, calls ready(), and does the work.
+   */
+  run<T> (kind: OpKind, label: string, opts: CallOptions, algo: (op: OpApi) => Promise<T>): Promise<CollectiveResult<T>> {
+    const step = opts.step ?? 0
+    if (!Number.isSafeInteger(step) || step < 0) throw new InvalidArgumentError(`step must be a non-negative safe integer, got ${step}`)
+    const seq = this.nextSeq++
+    const result = this.tail.then(() => this.execute(seq, kind, label, step, opts.signal, algo))
+    this.tail = result.catch(() => {})
+    return result
+  }
+
+  private async execute<T> (seq: number, kind: OpKind, label: string, step: number, signal: AbortSignal | undefined, algo: (op: OpApi) => Promise<T>): Promise<CollectiveResult<T>> {
+    const ctx = { op: label, step }
+    if (!this.started || this.stopped) throw new CollectiveError('closed', `collective ${this.stopped ? 'stopped' : 'not started'}`, ctx)
+    if (this.failure !== undefined) {
+      throw new CollectiveError(this.failure.reason, `collective already failed: ${this.failure.message}`, { ...ctx, peer: this.failure.peer }, { cause: this.failure })
+    }
+    if (signal?.aborted === true) throw new AbortError('collective call aborted before it started', { op: label, step })
+    let rejectFailed!: (err: Error) => void
+    const failed = new Promise<never>((_resolve, reject) => { rejectFailed = reject })
+    failed.catch(() => {})
+    const op: OpRun = {
+      seq, kind, label, step,
+      ctrl: new AbortController(),
+      bytes: zeroTierBytes(),
+      boxes: new Map(),
+      failure: undefined,
+      failed,
+      rejectFailed,
+      waiting: new Map(),
+      lastProgress: this.clock.monotonic(),
+      timer: undefined,
+      localAbort: false
+    }
+    this.active = op
+    this.lastStarted = seq
+    const onAbort = (): void => {
+      op.localAbort = true
+      this.fail('aborted', this.rank, 'aborted by the caller')
+    }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    this.armWatchdog(op, this.timeout())
+    try {
+      const data = await Promise.race([algo(this.api(op)), op.failed])
+      const t = this.totals.get(label) ?? { calls: 0, bytes: zeroTierBytes() }
+      t.calls++
+      for (const k of ['host', 'zone', 'wan'] as const) t.bytes[k] += op.bytes[k]
+      this.totals.set(label, t)
+      return { data, op: label, bytes: op.bytes }
+    } catch (err) {
+      if (op.localAbort) throw new AbortError('collective call aborted', { op: label, step })
+      if (op.failure === undefined) {
+        // A local error (bad input, a non-finite gradient): the caller gets it as it is, and
+        // the members waiting on this node are released by the reset streams.
+        this.fail('aborted', this.rank, `failed locally: ${(err as Error).message}`, err)
+        throw err
+      }
+      throw op.failure
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+      if (op.timer !== undefined) this.clock.clearTimeout(op.timer)
+      for (const b of op.boxes.values()) b.failAll(op.failure ?? new AbortError('operation over'))
+      this.active = undefined
+    }
+  }
+
+  private api (op: OpRun): OpApi {
+    return {
+      self: this.rank,
+      expect: (src, phase, count) => {
+        if (count <= 0) return
+        if (src === this.rank || src < 0 || src >= this.size) throw new InvalidArgumentError(`cannot expect messages from rank ${src}`)
+        const k = boxKey(src, phase)
+        if (op.boxes.has(k)) throw new InvalidArgumentError(`messages from rank ${src} in phase ${phase} declared twice`)
+        op.boxes.set(k, new Mailbox(count))
+      },
+      ready: () => { this.drainPending(op) },
+      send: (dst, phase, index, payload) => this.send(op, dst, phase, index, payload),
+      recv: async (src, phase, index) => {
+        const box = op.boxes.get(boxKey(src, phase))
+        if (box === undefined) throw new InvalidArgumentError(`no messages from rank ${src} in phase ${phase} were declared`)
+        if (this.ended.has(src) && box.next <= index && !box.has(index)) {
+          this.fail('peer-gone', src, `member ${this.view.members[src]!.id} ended its stream`)
+        }
+        op.waiting.set(src, (op.waiting.get(src) ?? 0) + 1)
+        try {
+          return await Promise.race([box.take(index), op.failed])
+        } finally {
+          const n = op.waiting.get(src)! - 1
+          if (n === 0) op.waiting.delete(src)
+          else op.waiting.set(src, n)
+        }
+      },
+      check: (src, fn) => {
+        try {
+          fn()
+        } catch (err) {
+          if (err instanceof ProtocolError) this.fail('protocol', src, err.message, err)
+          throw op.failure ?? err
+        }
+      },
+      guard: p => Promise.race([p, op.failed])
+    }
+  }
+
+  private async send (op: OpRun, dst: number, phase: number, index: number, p: Payload): Promise<void> {
+    if (op.failure !== undefined) throw op.failure
+    const bytes = encodeMessage({
+      kind: OP_KINDS[op.kind], phase, encoding: p.encoding, epoch: this.view.epoch, op: op.seq, step: op.step,
+      src: this.rank, index, elements: p.elements, blockSize: p.blockSize, bodyChecksum: p.checksum
+    }, p.body)
+    const prev = this.chains.get(dst) ?? Promise.resolve()
+    const write = prev.then(async () => {
+      const s = await this.openTo(dst)
+      await s.write(bytes, { signal: op.ctrl.signal })
+    })
+    this.chains.set(dst, write.catch(() => {}))
+    op.waiting.set(dst, (op.waiting.get(dst) ?? 0) + 1)
+    try {
+      await Promise.race([write, op.failed])
+    } catch (err) {
+      if (op.failure === undefined) this.fail('peer-gone', dst, `sending to ${this.view.members[dst]!.id} failed: ${(err as Error).message}`, err)
+      throw op.failure ?? err
+    } finally {
+      const n = op.waiting.get(dst)! - 1
+      if (n === 0) op.waiting.delete(dst)
+      else op.waiting.set(dst, n)
+    }
+    const tier = this.tierTo[dst]!
+    op.bytes[tier] += bytes.length
+    this.sentBytes?.inc({ op: op.label, tier }, bytes.length)
+    op.lastProgress = this.clock.monotonic()
+  }
+
+  /** The stream to `dst`, opened once; retried while the peer has not registered the protocol yet. */
+  private openTo (dst: number): Promise<ByteStream> {
+    let p = this.outbound.get(dst)
+    if (p !== undefined) return p
+    const id = this.view.members[dst]!.id
+    p = (async () => {
+      let delay: number = COLLECTIVE_DEFAULTS.openRetryMs
+      for (;;) {
+        try {
+          const s = await this.net.open(id, this.protocol, { signal: this.life.signal })
+          if (this.life.signal.aborted) {
+            s.abort()
+            throw new AbortError('collective stopped')
+          }
+          this.outStreams.add(s)
+          return s
+        } catch (err) {
+          // The peer may not have built its instance for this view yet: wait for it, bounded
+          // by the operation's no-progress timeout.
+          if ((err as Error).name !== 'ProtocolNotSupportedError' || this.life.signal.aborted) throw err
+          await this.clock.sleep(delay, { signal: this.life.signal })
+          delay = Math.min(delay * 2, 250)
+        }
+      }
+    })()
+    p.catch(() => {})
+    this.outbound.set(dst, p)
+    return p
+  }
+
+  private accept (stream: ByteStream): void {
+    const src = this.rankOf.get(stream.remote)
+    if (src === undefined || src === this.rank || this.stopped || this.failure !== undefined) {
+      stream.abort(new ProtocolError('COLLECTIVE_NOT_MEMBER', `stream from ${stream.remote}, not a member of view ${this.view.epoch}`))
+      return
+    }
+    if (this.inbound.has(src)) {
+      stream.abort(new ProtocolError('COLLECTIVE_DUPLICATE_STREAM', `second stream from ${stream.remote}`))
+      this.fail('protocol', src, `member ${stream.remote} opened a second stream`)
+      return
+    }
+    this.inbound.set(src, stream)
+    void this.readLoop(src, stream)
+  }
+
+  private async readLoop (src: number, stream: ByteStream): Promise<void> {
+    const parser = new MessageParser()
+    try {
+      for await (const chunk of stream) {
+        if (this.stopped || this.failure !== undefined) return
+        for (const m of parser.push(chunk)) this.route(src, m)
+        const p = this.pending.get(src)
+        while (p !== undefined && p.bytes > COLLECTIVE_LIMITS.maxPendingBytesPerPeer && !this.stopped && this.failure === undefined) {
+          await new Promise<void>(resolve => p.wake.push(resolve))
+        }
+      }
+      parser.end()
+      this.ended.add(src)
+      const op = this.active
+      if (op !== undefined && [...op.boxes].some(([k, b]) => Math.floor(k / 256) === src && b.open)) {
+        this.fail('peer-gone', src, `member ${stream.remote} ended its stream mid-operation`)
+      }
+    } catch (err) {
+      if (this.stopped || this.failure !== undefined) return
+      if (err instanceof ProtocolError) {
+        stream.abort(err)
+        this.fail('protocol', src, `bad bytes from ${stream.remote}: ${err.message}`, err)
+      } else {
+        this.fail('peer-gone', src, `stream from ${stream.remote} failed: ${(err as Error).message}`, err)
+      }
+    }
+  }
+
+  private route (src: number, m: Message): void {
+    const h = m.header
+    if (h.epoch !== this.view.epoch) throw new ProtocolError('COLLECTIVE_WRONG_EPOCH', `message of epoch ${h.epoch} on the stream of epoch ${this.view.epoch}`, { epoch: h.epoch })
+    if (h.src !== src) throw new ProtocolError('COLLECTIVE_WRONG_SOURCE', `message claims rank ${h.src} on the stream of rank ${src}`, { claimed: h.src })
+    const op = this.active
+    if (op !== undefined && h.op === op.seq) {
+      this.deliver(op, src, m)
+      return
+    }
+    if (h.op > this.lastStarted) {
+      if (h.op - this.lastStarted > COLLECTIVE_LIMITS.maxOpsAhead) throw new ProtocolError('COLLECTIVE_TOO_FAR_AHEAD', `message of operation ${h.op} while at ${this.lastStarted}`)
+      let p = this.pending.get(src)
+      if (p === undefined) this.pending.set(src, p = { msgs: [], bytes: 0, wake: [] })
+      p.msgs.push(m)
+      p.bytes += m.body.length + COLLECTIVE_LIMITS.headerBytes
+      return
+    }
+    this.staleDropped++
+  }
+
+  private deliver (op: OpRun, src: number, m: Message): void {
+    const h = m.header
+    if (h.kind !== OP_KINDS[op.kind]) throw new ProtocolError('COLLECTIVE_WRONG_OP', `message of operation kind ${h.kind} during ${op.kind}`, { kind: h.kind })
+    if (h.step !== op.step) throw new ProtocolError('COLLECTIVE_WRONG_STEP', `message of step ${h.step} during step ${op.step}`, { step: h.step })
+    const box = op.boxes.get(boxKey(src, h.phase))
+    if (box === undefined) throw new ProtocolError('COLLECTIVE_UNEXPECTED', `no messages expected from rank ${src} in phase ${h.phase}`, { phase: h.phase })
+    box.put(m)
+    op.lastProgress = this.clock.monotonic()
+  }
+
+  private drainPending (op: OpRun): void {
+    for (const [src, p] of this.pending) {
+      let i = 0
+      try {
+        while (i < p.msgs.length && p.msgs[i]!.header.op <= op.seq) {
+          const m = p.msgs[i++]!
+          p.bytes -= m.body.length + COLLECTIVE_LIMITS.headerBytes
+          if (m.header.op === op.seq) this.deliver(op, src, m)
+          else this.staleDropped++
+        }
+      } catch (err) {
+        this.fail('protocol', src, (err as Error).message, err)
+        return
+      } finally {
+        p.msgs.splice(0, i)
+        if (p.bytes <= COLLECTIVE_LIMITS.maxPendingBytesPerPeer) for (const w of p.wake.splice(0)) w()
+      }
+    }
+  }
+
+  private armWatchdog (op: OpRun, ms: number): void {
+    op.timer = this.clock.setTimeout(() => {
+      op.timer = undefined
+      if (this.active !== op || op.failure !== undefined) return
+      const limit = this.timeout()
+      const idle = this.clock.monotonic() - op.lastProgress
+      // Sub-millisecond remainders are float noise (re-arming them could spin at one instant).
+      if (limit - idle >= 1) {
+        this.armWatchdog(op, limit - idle)
+        return
+      }
+      const stalled = op.waiting.keys().next().value
+      this.fail('timeout', stalled, `no progress for ${Math.round(idle)} ms${stalled !== undefined ? ` waiting on ${this.view.members[stalled]!.id}` : ''}`)
+    }, ms)
+  }
+
+  /** Records the first failure, fails the running call and resets every stream. */
+  fail (reason: CollectiveFailure, peerRank: number | undefined, message: string, cause?: unknown): void {
+    if (this.failure !== undefined) return
+    const op = this.active
+    const peer = peerRank === undefined ? undefined : this.view.members[peerRank]?.id
+    const err = new CollectiveError(reason, `${op?.label ?? 'collective'} (step ${op?.step ?? '-'}): ${message}`,
+      { op: op?.label ?? 'idle', step: op?.step ?? -1, peer }, cause === undefined ? undefined : { cause })
+    this.failure = err
+    this.failures?.inc({ reason })
+    this.log?.debug({ reason, op: err.op, step: err.step, peer }, 'collective failed')
+    if (op !== undefined) {
+      op.failure = err
+      op.rejectFailed(err)
+      op.ctrl.abort(err)
+    }
+    this.life.abort(err)
+    if (this.started) {
+      const notice = new Uint8Array(NOTICE_BYTES)
+      new DataView(notice.buffer).setUint32(0, Math.max(0, this.lastStarted), true)
+      notice[4] = REASON_NAMES.indexOf(reason)
+      for (const m of this.view.members) {
+        if (m.id !== this.net.self.id) this.net.send(m.id, this.noticeTopic, notice).catch(() => {})
+      }
+    }
+    for (const s of this.outStreams) s.abort(err)
+    for (const s of this.inbound.values()) s.abort(err)
+    for (const p of this.pending.values()) for (const w of p.wake.splice(0)) w()
+  }
+}

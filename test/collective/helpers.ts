@@ -1,0 +1,163 @@
+import { RealClock, type Clock, type Rng } from '../../core/index.ts'
+import { createMemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
+import {
+  createCollective, shardRange, toBf16, fromBf16, relayOf, roundTrip,
+  type Collective, type CollectiveInit, type Group as TierGroup, type Hierarchy, type Wire
+} from '../../mesh/collective/index.ts'
+import { Simulation, createSimNetwork, type SimNetwork, type Topology } from '../../sim/index.ts'
+
+/** Zone of rank r when P ranks are spread over Z zones in contiguous blocks (z0 z0 z1 z1 ...). */
+export function zoneOf (r: number, P: number, Z: number): string {
+  return `z${Math.floor(r * Z / P)}`
+}
+
+/** Views whose rank order interleaves zones (z0 z1 z0 z1 ...), to exercise the ring order. */
+export function interleavedZone (r: number, _P: number, Z: number): string {
+  return `z${r % Z}`
+}
+
+export interface Group {
+  nets: PeerNet[]
+  clocks: Clock[]
+  view: View
+  colls: Collective[]
+  stop(): Promise<void>
+}
+
+type CollOpts = Omit<CollectiveInit, 'net' | 'view' | 'clock'>
+
+function viewOf (nets: PeerNet[], epoch = 1): View {
+  return { epoch, members: nets.map(n => ({ id: n.self.id, zone: n.self.labels.zone, host: n.self.labels.host })) }
+}
+
+async function startColls (nets: PeerNet[], clocks: Clock[], view: View, opts: CollOpts): Promise<Collective[]> {
+  const colls = nets.map((net, i) => createCollective({ net, view, clock: clocks[i]!, ...opts }))
+  await Promise.all(colls.map(c => c.start()))
+  return colls
+}
+
+/** P members on an in-memory network (real clock; nothing waits on it unless a call stalls). */
+export async function memoryGroup (P: number, zone: (r: number) => string, opts: CollOpts = {}, host: (r: number) => string = r => `h${r}`): Promise<Group> {
+  const hub = createMemoryNetwork()
+  const nets = Array.from({ length: P }, (_, i) => hub.createPeer({ id: `m${String(i).padStart(2, '0')}`, labels: { zone: zone(i), host: host(i) } }))
+  await Promise.all(nets.map(n => n.start()))
+  const clock = new RealClock()
+  const clocks = nets.map(() => clock)
+  const view = viewOf(nets)
+  const colls = await startColls(nets, clocks, view, opts)
+  return {
+    nets, clocks, view, colls,
+    async stop () {
+      await Promise.all(colls.map(c => c.stop()))
+      await Promise.all(nets.map(n => n.stop()))
+    }
+  }
+}
+
+export interface SimGroup extends Group {
+  sim: Simulation
+  simnet: SimNetwork
+  /** Runs simulated time until `p` settles (or `limitMs` of simulated time passes). */
+  settle<T>(p: Promise<T>, limitMs?: number): Promise<T>
+}
+
+/** P members on SimNet, driven by `sim.run` (virtual time). */
+export async function simGroup (seed: number, P: number, zone: (r: number) => string, opts: CollOpts = {}, topology?: Topology): Promise<SimGroup> {
+  const sim = new Simulation({ seed })
+  const simnet = createSimNetwork(sim, topology)
+  const peers = Array.from({ length: P }, (_, i) => simnet.createPeer({ id: `s${String(i).padStart(2, '0')}`, labels: { zone: zone(i), host: `h${i}` } }))
+  const nets = peers.map(p => p.net)
+  await Promise.all(nets.map(n => n.start()))
+  await sim.run(100)
+  const clocks = peers.map(p => p.clock)
+  const view = viewOf(nets)
+  const colls = await startColls(nets, clocks, view, opts)
+  const settle = async <T>(p: Promise<T>, limitMs = 600_000): Promise<T> => {
+    let done = false
+    p.then(() => { done = true }, () => { done = true })
+    await sim.until(() => done, limitMs, 5)
+    if (!done) throw new Error(`still pending after ${limitMs} ms of simulated time`)
+    return await p
+  }
+  return {
+    nets, clocks, view, colls, sim, simnet, settle,
+    async stop () {
+      await Promise.all(colls.map(c => c.stop()))
+      await Promise.all(nets.map(n => n.stop()))
+      await sim.run(100)
+    }
+  }
+}
+
+export function randomVec (rng: Rng, n: number, scale = 1): Float32Array {
+  const out = new Float32Array(n)
+  for (let i = 0; i < n; i++) out[i] = (rng.float() * 2 - 1) * scale
+  return out
+}
+
+/**
+ * Serial reference of the ring reduce-scatter order: the shard owned by ring position j is
+ * ((x[j+1] + x[j+2]) + ...) + x[j], partials rounded to bf16 before each hop when `bf16`.
+ */
+export function serialRingReduce (xs: Float32Array[], ring: readonly number[], n: number, bf16 = false): Float32Array {
+  const P = xs.length
+  const out = new Float32Array(n)
+  const Q = ring.length
+  const acc = new Float32Array(1)
+  for (let j = 0; j < Q; j++) {
+    const r = shardRange(n, P, ring[j]!)
+    for (let e = r.start; e < r.start + r.length; e++) {
+      acc[0] = xs[ring[(j + 1) % Q]!]![e]!
+      for (let k = 2; k <= Q; k++) {
+        const prev: number = bf16 ? fromBf16(toBf16(acc[0]!)) : acc[0]!
+        acc[0] = prev + xs[ring[(j + k) % Q]!]![e]!
+      }
+      out[e] = acc[0]!
+    }
+  }
+  return out
+}
+
+/** Bitwise equality of two f32 vectors; returns the first differing index or -1. */
+export function firstDiff (a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) return -2
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length)
+  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length)
+  for (let i = 0; i < ua.length; i++) if (ua[i] !== ub[i]) return i
+  return -1
+}
+
+/**
+ * Serial reference of the hierarchical reduce-scatter, written from its documented order:
+ * at every level, the subgroups' partial sums (subgroups ordered by lowest rank) are summed
+ * left to right in f32, the first assigned. A hop between different relays goes through the
+ * wire (`roundTrip`); a partial that stays on its relay does not.
+ */
+export function serialHierReduce (xs: Float32Array[], h: Hierarchy, n: number, wire: Wire): Float32Array {
+  const P = xs.length
+  const out = new Float32Array(n)
+  for (let d = 0; d < P; d++) {
+    const r = shardRange(n, P, d)
+    const value = (g: TierGroup): Float32Array => {
+      if (g.level === 0) return xs[g.members[0]!]!.slice(r.start, r.start + r.length)
+      const relay = relayOf(h, g, d)
+      const acc = new Float32Array(r.length)
+      g.subgroups.forEach((sub, k) => {
+        const v0 = value(sub)
+        const v = relayOf(h, sub, d) === relay ? v0 : roundTrip(wire, v0)
+        if (k === 0) acc.set(v)
+        else for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + v[i]!
+      })
+      return acc
+    }
+    out.set(value(h.top), r.start)
+  }
+  return out
+}
+
+/** Exact (f64) sum of the vectors, for error bounds. */
+export function exactSum (xs: Float32Array[], n: number): Float64Array {
+  const out = new Float64Array(n)
+  for (const x of xs) for (let i = 0; i < n; i++) out[i]! += x[i]!
+  return out
+}
