@@ -60,6 +60,12 @@ export interface Libp2pPeerNetInit {
    * see bulk.ts) when the peer offers one; default true. libp2p streams remain the fallback.
    */
   bulk?: boolean
+  /**
+   * Which protocols may ride the bulk channel (default: all). The snapshot protocols stay on
+   * libp2p streams for now: their request/reply exchanges stall on the bulk channel (a known
+   * bug, docs/LIMITS.md).
+   */
+  bulkProtocol?: (protocol: string) => boolean
 }
 
 export interface Libp2pPeerNet extends PeerNet {
@@ -501,7 +507,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       checkName('protocol', protocol)
       if (options.signal?.aborted === true) throw new AbortError('open aborted')
       if (!authed.has(peer)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
-      const via = bulkPeers.get(peer)
+      const via = init.bulkProtocol === undefined || init.bulkProtocol(protocol) ? bulkPeers.get(peer) : undefined
       if (bulk !== undefined && via !== undefined) {
         try {
           return await bulk.open(peer, via.host, via.port, via.session, protocol, options.signal)
@@ -613,7 +619,8 @@ class Libp2pByteStream implements ByteStream {
     this.protocol = protocol
     raw.addEventListener('message', evt => {
       const d = evt.data
-      this.inbound.push(d instanceof Uint8Array ? d : d.subarray())
+      // A copy: the transport may hand out views into buffers it reuses, and readers keep chunks.
+      this.inbound.push(d.slice())
       if (!this.paused && this.inbound.bytes > READ_HIGH && raw.readStatus === 'readable') {
         this.paused = true
         raw.pause()

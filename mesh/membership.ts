@@ -253,6 +253,11 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   let step = 0
   let startedAt = 0
   let timer: number | undefined
+  // Local pause detection (Cassandra's habit): when this node's own tick comes late, its event
+  // loop or VM was stalled, and the silence it sees from peers is its own. It judges nobody
+  // until `graceUntil`, so a stalled node does not evict the healthy ones.
+  let lastTickAt: number | undefined
+  let graceUntil = -Infinity
   let running = false
   let paused = false
   let lastCommitResend = -Infinity
@@ -295,7 +300,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const isLive = (id: PeerId): boolean => {
     if (id === self()) return true
     const d = detectors.get(id)
-    return conn.has(id) && d !== undefined && d.lastAt !== undefined && !d.suspect(now()) && !leaving.has(id)
+    return conn.has(id) && d !== undefined && d.lastAt !== undefined && (now() < graceUntil || !d.suspect(now())) && !leaving.has(id)
   }
   /** Live on the evidence of a real heartbeat (not only a primed detector). */
   const heardLive = (id: PeerId): boolean => isLive(id) && !primed.has(id)
@@ -522,6 +527,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     } catch (err) {
       log.error({ err: String(err) }, 'membership evaluation failed')
     }
+    lastTickAt = now()
     seq += 1
     const hb = { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: false, paused }
     void send('hb', hb, leader === undefined || leader === self() ? undefined : leader)
@@ -530,6 +536,12 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
 
   const evaluate = (): void => {
     const t = now()
+    // A tick overdue by more than a period means this node's loop was stalled (evaluate also
+    // runs from a disconnect event, which can be the first thing to run after the stall).
+    if (lastTickAt !== undefined && t - lastTickAt > 2 * heartbeatMs && graceUntil < t) {
+      graceUntil = t + 2 * heartbeatMs
+      log.warn({ lateMs: Math.round(t - lastTickAt - heartbeatMs) }, 'this node was stalled: suspecting nobody for two heartbeats')
+    }
     updateLeader()
     if (proposal !== undefined && t - proposal.startedAt > phaseTimeoutMs) {
       log.debug({ epoch: proposal.epoch, round: proposal.ballot.round, phase: proposal.phase }, 'proposal timed out')

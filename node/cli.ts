@@ -41,6 +41,17 @@ const COMMANDS: Record<string, Command> = {
       '  --heartbeat-ms <ms>    heartbeat period (default 500)',
       '  --mdns                 discover peers on the LAN',
       '  --log-level <level>    structured logs on stderr (default warn)',
+      '',
+      'training (with --train; the first --world-size members train, the rest are spares):',
+      '  --device cpu|cuda      backend (default cpu)                           ZEROMESH_DEVICE',
+      '  --model <name>         mini | small | gpt2-124m (default mini)',
+      '  --data <file>          text or llm.c .bin tokens (default: the Brown Corpus)',
+      '  --steps <n>            steps to train (default 200)',
+      '  --world-size <n>       training ranks (default --expect)',
+      '  --batch <n> --seq <n>  sequences per rank per step and their length (default 4, 64)',
+      '  --lr <x> --seed <n>    AdamW learning rate (default 0.003) and run seed (default 1)',
+      '  --zeropp               ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)',
+      '  --exit-when-done       leave the run and exit once training ends',
       '  --config <file.json>   the same settings as JSON (flags > env > file > defaults)'
     ].join('\n'),
     run: async (args, io) => {
@@ -48,14 +59,87 @@ const COMMANDS: Record<string, Command> = {
       const cfg = loadStartConfig(values)
       const { startNode } = await import('./start.ts')
       const node = await startNode(cfg, io.out)
+      let code = 0
       await new Promise<void>(resolve => {
         const stop = (): void => { resolve() }
         process.once('SIGINT', stop)
         process.once('SIGTERM', stop)
+        if (cfg.exitWhenDone && node.training !== undefined) {
+          // A spare stays in the run (it may be needed) until it is told to stop.
+          node.training.then(s => { if (s.role !== 'spare') resolve() }, () => { code = 1; resolve() })
+        }
       })
       io.out('stopping: leaving the run')
       await node.stop()
-      return 0
+      return code
+    }
+  },
+  up: {
+    summary: 'train on a local mesh of worker processes (the main job): progress, and node loss with --kill-at',
+    usage: [
+      'zeromesh up [--nodes 4] [--spares 1] [--device cpu|cuda] [--steps N] [--kill-at STEP] [flags]',
+      '',
+      '  --nodes <n>        training ranks, one process each (default 4)',
+      '  --spares <n>       extra processes that stand by to replace a rank (default 1)',
+      '  --device cpu|cuda  backend (default cpu)',
+      '  --steps <n>        steps to train (default 100)',
+      '  --kill-at <step>   SIGKILL a training worker once the run reaches this step',
+      '  --model <name>     mini | small | gpt2-124m (default mini)',
+      '  --data <file>      text or llm.c .bin tokens (default: the Brown Corpus)',
+      '  --zeropp           ZeRO++ instead of flat ZeRO-3',
+      '  --batch <n>        sequences per rank per step (default 4)',
+      '  --seq <n>          sequence length (default 64)',
+      '  --seed <n>         run seed (default 1)',
+      '  --timeout <s>      give up after this many seconds (default 1800)',
+      '  --keep             keep the run directory with the worker logs'
+    ].join('\n'),
+    run: async (args, io) => {
+      const { values } = parseStrict(args, {
+        nodes: { type: 'string' },
+        spares: { type: 'string' },
+        device: { type: 'string' },
+        steps: { type: 'string' },
+        'kill-at': { type: 'string' },
+        model: { type: 'string' },
+        data: { type: 'string' },
+        zeropp: { type: 'boolean' },
+        batch: { type: 'string' },
+        seq: { type: 'string' },
+        seed: { type: 'string' },
+        timeout: { type: 'string' },
+        keep: { type: 'boolean' }
+      })
+      const int = (name: string, v: string | undefined, dflt: number, min: number, max: number): number => {
+        if (v === undefined) return dflt
+        const n = Number(v)
+        if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer in [${min}, ${max}], got '${v}'`)
+        return n
+      }
+      const device = values.device ?? 'cpu'
+      if (device !== 'cpu' && device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got '${device}'`)
+      const model = values.model ?? 'mini'
+      if (!['mini', 'small', 'gpt2-124m'].includes(model)) throw new UsageError(`--model must be mini, small or gpt2-124m, got '${model}'`)
+      const steps = int('steps', values.steps, 100, 1, 10_000_000)
+      const killAt = values['kill-at'] === undefined ? undefined : int('kill-at', values['kill-at'], 0, 1, steps - 1)
+      const { up } = await import('./up.ts')
+      const tty = process.stderr.isTTY === true
+      return await up({
+        nodes: int('nodes', values.nodes, 4, 1, 64),
+        spares: int('spares', values.spares, 1, 0, 16),
+        device,
+        steps,
+        killAt,
+        model,
+        data: values.data,
+        zeropp: values.zeropp === true,
+        seed: int('seed', values.seed, 1, 0, 2 ** 31),
+        batch: int('batch', values.batch, 4, 1, 4096),
+        seq: int('seq', values.seq, 64, 2, 1024),
+        timeoutMs: int('timeout', values.timeout, 1800, 1, 7 * 86400) * 1000,
+        keep: values.keep === true,
+        out: io.out,
+        ...(tty ? { progress: (l: string) => process.stderr.write(`\r${l.padEnd(100)}`) } : {})
+      })
     }
   },
   sim: {

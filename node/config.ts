@@ -37,13 +37,27 @@ export const startSchema = z.strictObject({
   expect: z.int().min(1).max(1024).default(1),
   heartbeatMs: z.int().min(20).max(60_000).default(500),
   mdns: z.boolean().default(false),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn')
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'),
+  // Training (all optional: without --train the node only joins the mesh).
+  train: z.boolean().default(false),
+  device: z.enum(['cpu', 'cuda']).default('cpu'),
+  model: z.enum(['mini', 'small', 'gpt2-124m']).default('mini'),
+  data: z.string().min(1).optional(),
+  steps: z.int().min(0).max(10_000_000).default(200),
+  worldSize: z.int().min(1).max(1024).optional(),
+  batch: z.int().min(1).max(4096).default(4),
+  seq: z.int().min(2).max(1024).default(64),
+  lr: z.number().positive().max(1).default(3e-3),
+  seed: z.int().min(0).default(1),
+  zeropp: z.boolean().default(false),
+  snapshot: z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'),
+  exitWhenDone: z.boolean().default(false)
 })
 
 export type StartConfig = z.output<typeof startSchema> & { dataDir: string }
 
 /** Flag name (kebab-case) -> schema key, with how to parse the string. */
-const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'string' | 'list' | 'int' | 'bool' }> = {
+const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'string' | 'list' | 'int' | 'number' | 'bool' }> = {
   run: { key: 'run', kind: 'string' },
   'secret-file': { key: 'secretFile', kind: 'string' },
   bootstrap: { key: 'bootstrap', kind: 'list' },
@@ -55,7 +69,20 @@ const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'str
   expect: { key: 'expect', kind: 'int' },
   'heartbeat-ms': { key: 'heartbeatMs', kind: 'int' },
   mdns: { key: 'mdns', kind: 'bool' },
-  'log-level': { key: 'logLevel', kind: 'string' }
+  'log-level': { key: 'logLevel', kind: 'string' },
+  train: { key: 'train', kind: 'bool' },
+  device: { key: 'device', kind: 'string' },
+  model: { key: 'model', kind: 'string' },
+  data: { key: 'data', kind: 'string' },
+  steps: { key: 'steps', kind: 'int' },
+  'world-size': { key: 'worldSize', kind: 'int' },
+  batch: { key: 'batch', kind: 'int' },
+  seq: { key: 'seq', kind: 'int' },
+  lr: { key: 'lr', kind: 'number' },
+  seed: { key: 'seed', kind: 'int' },
+  zeropp: { key: 'zeropp', kind: 'bool' },
+  snapshot: { key: 'snapshot', kind: 'string' },
+  'exit-when-done': { key: 'exitWhenDone', kind: 'bool' }
 }
 
 /** parseArgs options for `start`: every flag above plus --config. */
@@ -68,6 +95,11 @@ function convert (name: string, kind: string, raw: unknown): unknown {
   if (kind === 'int') {
     const n = Number(raw)
     if (!Number.isInteger(n)) throw new ConfigError(`${name} must be an integer, got '${String(raw)}'`)
+    return n
+  }
+  if (kind === 'number') {
+    const n = Number(raw)
+    if (!Number.isFinite(n)) throw new ConfigError(`${name} must be a number, got '${String(raw)}'`)
     return n
   }
   if (kind === 'bool') return raw === true || raw === 'true' || raw === '1'

@@ -3,12 +3,22 @@ import { RealClock, Rng, VERSION, createLogger, type Logger } from '../core/inde
 import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type Membership, type View } from '../mesh/index.ts'
 import { type StartConfig, readSecret, ConfigError } from './config.ts'
 import { serveControl } from './control.ts'
+import { loadCorpus } from './data.ts'
+import { Trainer, trainingModel, type TrainStatus } from './trainer.ts'
+
+/** `--snapshot k+m` (validated by the config schema). */
+function parseSnapshot (spec: string): { k: number, m: number } {
+  const [k, m] = spec.split('+').map(Number) as [number, number]
+  return { k, m }
+}
 
 export interface RunningNode {
   stop(): Promise<void>
   peerId: string
   multiaddrs: string[]
   membership: Membership
+  /** With --train: resolves when this node's part of the training ends (done, or spare). */
+  training: Promise<TrainStatus> | undefined
 }
 
 /** The status a node serves on its control socket. */
@@ -19,6 +29,7 @@ export interface NodeStatus {
   multiaddrs: string[]
   uptimeS: number
   membership: ReturnType<Membership['status']>
+  training: TrainStatus | undefined
 }
 
 /**
@@ -43,7 +54,8 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
     announce: cfg.announce,
     bootstrap: cfg.bootstrap,
     mdns: cfg.mdns,
-    announceIntervalMs: Math.max(200, cfg.heartbeatMs * 2)
+    announceIntervalMs: Math.max(200, cfg.heartbeatMs * 2),
+    bulkProtocol: p => !p.startsWith('/zeromesh/snapshot/')
   }, { clock, log: log.child({ component: 'mesh:net' }) })
   try {
     await net.start()
@@ -56,6 +68,38 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
   const membership = createMembership({ heartbeatMs: cfg.heartbeatMs, expect: cfg.expect }, {
     net, clock, rng: Rng.fromSeed(`${cfg.run}/${net.self.id}`), log: log.child({ component: 'mesh:membership' })
   })
+  let trainer: Trainer | undefined
+  if (cfg.train) {
+    const corpus = loadCorpus(cfg.data)
+    const model = trainingModel(cfg.model, corpus.vocabSize)
+    const { createBackend } = await import('../gpu/index.ts')
+    const backend = await createBackend(cfg.device)
+    const every = Math.max(1, Math.floor(cfg.steps / 20))
+    trainer = new Trainer({
+      backend,
+      net,
+      membership,
+      clock,
+      log: log.child({ component: 'train' }),
+      corpus,
+      onStep: s => {
+        if (s.step % every === 0 || s.step === s.steps) out(`step ${s.step}/${s.steps} loss ${s.loss?.toFixed(4)} (rank ${s.rank} of ${s.worldSize}, ${Math.round(s.tokensPerS ?? 0)} tokens/s)`)
+      }
+    }, {
+      model,
+      B: cfg.batch,
+      T: Math.min(cfg.seq, model.maxT),
+      steps: cfg.steps,
+      lr: cfg.lr,
+      weightDecay: 0.1,
+      seed: cfg.seed,
+      worldSize: cfg.worldSize ?? cfg.expect,
+      zeroPP: cfg.zeropp,
+      dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
+      snapshot: cfg.snapshot === 'off' ? undefined : parseSnapshot(cfg.snapshot)
+    })
+    out(`training ${cfg.model} (${corpus.source}, vocabulary ${corpus.vocabSize}) on ${backend.description}`)
+  }
   const startedAt = clock.monotonic()
   const status = (): NodeStatus => ({
     version: VERSION,
@@ -63,7 +107,8 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
     peerId: net.self.id,
     multiaddrs: net.multiaddrs(),
     uptimeS: Math.round((clock.monotonic() - startedAt) / 1000),
-    membership: membership.status()
+    membership: membership.status(),
+    training: trainer?.status()
   })
   let server
   try {
@@ -87,10 +132,13 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
   for (const a of addrs) out(`  ${a}`)
   out('others join with:')
   out(`  npx zeromesh start --run ${cfg.run} --secret-file <the same secret> --bootstrap ${dialable[0] ?? addrs[0] ?? '<this node\'s address>'}`)
+  const training = trainer?.run()
+  training?.then(s => out(s.role === 'spare' ? 'spare: not needed by this run' : `training done: ${s.step} steps, loss ${s.loss?.toFixed(4)}`), (err: unknown) => out(`training failed: ${err instanceof Error ? err.message : String(err)}`))
   return {
     peerId: net.self.id,
     multiaddrs: addrs,
     membership,
+    training,
     async stop () {
       await membership.stop()
       await net.stop()
