@@ -4,6 +4,7 @@ import {
   quantizedSize, validateQuantOptions, type Quantized
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
+import { checkFinite, checkInt, fail, shapeLength } from './validate.ts'
 
 /**
  * The CPU reference backend: plain TypeScript over typed arrays, llm.c semantics.
@@ -84,30 +85,6 @@ export function bf16ToF32 (bits: number): number {
 
 // ---- validation helpers -------------------------------------------------------------------
 
-function fail (op: string, msg: string): never {
-  throw new InvalidArgumentError(`${op}: ${msg}`, { op })
-}
-
-function checkInt (op: string, name: string, v: number, min = 1): void {
-  if (!Number.isSafeInteger(v) || v < min) fail(op, `${name} must be an integer >= ${min}, got ${v}`)
-}
-
-function checkFinite (op: string, name: string, v: number): void {
-  if (typeof v !== 'number' || !Number.isFinite(v)) fail(op, `${name} must be a finite number, got ${String(v)}`)
-}
-
-function shapeLength (op: string, shape: readonly number[]): number {
-  if (!Array.isArray(shape)) fail(op, 'shape must be an array of integers')
-  checkCap('tensor rank', shape.length, CPU_LIMITS.maxRank)
-  let n = 1
-  for (let i = 0; i < shape.length; i++) {
-    const d = shape[i]!
-    if (!Number.isSafeInteger(d) || d < 0) fail(op, `shape[${i}] must be a non-negative integer, got ${d}`)
-    n *= d
-  }
-  if (!Number.isSafeInteger(n)) fail(op, `shape ${JSON.stringify(shape)} has too many elements`)
-  return n
-}
 
 const GELU_SCALE = Math.sqrt(2 / Math.PI)
 const LN_EPS = 1e-5
@@ -162,7 +139,7 @@ export class CpuBackend implements Backend {
   alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
     const bytesPer = dtypeBytes('alloc', dtype)
-    const n = shapeLength('alloc', shape)
+    const n = shapeLength('alloc', shape, CPU_LIMITS.maxRank)
     const bytes = n * bytesPer
     checkCap('cpu tensor bytes', bytes, this.maxTensorBytes)
     checkCap('cpu backend total bytes', this.liveBytes + bytes, this.maxTotalBytes)
@@ -186,7 +163,7 @@ export class CpuBackend implements Backend {
   view (base: Tensor, offset: number, shape: readonly number[]): Tensor {
     this.live_('view')
     const b = this.arg('view', 'base', base, ['f32', 'bf16', 'i32', 'u8'])
-    const n = shapeLength('view', shape)
+    const n = shapeLength('view', shape, CPU_LIMITS.maxRank)
     checkInt('view', 'offset', offset, 0)
     if (offset + n > b.length) fail('view', `offset ${offset} + ${n} elements exceeds the base's ${b.length}`)
     return new CpuTensor(this, b.dtype, shape, b.data.subarray(offset, offset + n), b.alloc, true)

@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util'
-import { VERSION, ZeromeshError } from '../core/index.ts'
+import { RealClock, VERSION, ZeromeshError } from '../core/index.ts'
 import { ConfigError, START_FLAG_OPTIONS, defaultDataDir, loadStartConfig } from './config.ts'
 import { ControlError, fetchStatus } from './control.ts'
 import { formatStatus } from './status-format.ts'
@@ -60,17 +60,36 @@ const COMMANDS: Record<string, Command> = {
       const { startNode } = await import('./start.ts')
       const node = await startNode(cfg, io.out)
       let code = 0
+      let leaving = false
       await new Promise<void>(resolve => {
-        const stop = (): void => { resolve() }
+        const stop = (): void => { leaving = true; resolve() }
         process.once('SIGINT', stop)
         process.once('SIGTERM', stop)
+        // Started by `zeromesh up`: leave when the parent goes away (this process is re-parented).
+        if (process.env['ZEROMESH_EXIT_WITH_PARENT'] === '1') {
+          const parent = process.ppid
+          const clock = new RealClock()
+          const watch = (): void => {
+            if (leaving) return
+            if (process.ppid !== parent) stop()
+            else clock.setTimeout(watch, 500)
+          }
+          watch()
+        }
         if (cfg.exitWhenDone && node.training !== undefined) {
           // A spare stays in the run (it may be needed) until it is told to stop.
-          node.training.then(s => { if (s.role !== 'spare') resolve() }, () => { code = 1; resolve() })
+          node.training.then(s => { if (s.role !== 'spare') stop() }, () => { code = 1; stop() })
         }
       })
       io.out('stopping: leaving the run')
-      await node.stop()
+      // A clean leave takes well under a second; a transport stuck on a dead peer must not
+      // keep the process alive (and orphaned, under `zeromesh up`).
+      const clock = new RealClock()
+      const stopped = await Promise.race([node.stop().then(() => true), clock.sleep(5000).then(() => false)])
+      if (!stopped) {
+        io.err('zeromesh: the node did not stop within 5 s; exiting anyway')
+        process.exit(code)
+      }
       return code
     }
   },

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { createWriteStream, mkdtempSync, rmSync, writeFileSync, type WriteStream } from 'node:fs'
+import { closeSync, createWriteStream, mkdtempSync, openSync, rmSync, writeFileSync, type WriteStream } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -73,7 +73,13 @@ export async function up (o: UpOptions): Promise<number> {
       ...(o.zeropp ? ['--zeropp'] : []), ...(o.data === undefined ? [] : ['--data', o.data]),
       ...(bootstrap === undefined ? [] : ['--bootstrap', bootstrap])
     ]
-    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    // A worker leaves when it is re-parented (ZEROMESH_EXIT_WITH_PARENT): when `up` dies,
+    // however it dies, no worker is orphaned.
+    // Structured logs (stderr) go to a file: a log write must never block on a pipe whose
+    // reader is gone.
+    const errFd = openSync(join(dir, `${name}.log`), 'a')
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', errFd], env: { ...process.env, ZEROMESH_EXIT_WITH_PARENT: '1' } })
+    closeSync(errFd)
     const w: Worker = { name, dataDir, proc, lines: [], exit: new Promise(resolve => proc.once('exit', code => { w.exited = true; resolve(code) })), exited: false, killed: false, status: undefined }
     let buf = ''
     proc.stdout!.on('data', (d: Buffer) => {
@@ -86,7 +92,6 @@ export async function up (o: UpOptions): Promise<number> {
         log.write(`${name}: ${line}\n`)
       }
     })
-    proc.stderr!.on('data', (d: Buffer) => log.write(`${name} (stderr): ${d.toString()}`))
     workers.push(w)
     return w
   }
@@ -111,6 +116,7 @@ export async function up (o: UpOptions): Promise<number> {
 
   const onSignal = (): void => { void stopAll().then(() => process.exit(130)) }
   process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
   let ok = false
   try {
     const first = spawnWorker(0, undefined)
@@ -170,7 +176,7 @@ export async function up (o: UpOptions): Promise<number> {
     const failed = workers.filter(w => !w.killed && w.exited && w.proc.exitCode !== 0)
     if (failed.length > 0) {
       for (const w of failed) o.out(`${w.name} failed: ${w.lines.filter(l => /failed/.test(l)).at(-1) ?? `exit ${w.proc.exitCode}`}`)
-      o.out(`logs: ${join(dir, 'workers.log')}`)
+      o.out(`logs: ${join(dir, 'workers.log')} (progress) and ${join(dir, 'w*.log')} (structured logs)`)
       return 1
     }
     const done = workers.map(w => w.lines.find(l => l.startsWith('training done:'))).filter(x => x !== undefined)
@@ -182,6 +188,7 @@ export async function up (o: UpOptions): Promise<number> {
     return 0
   } finally {
     process.removeListener('SIGINT', onSignal)
+    process.removeListener('SIGTERM', onSignal)
     await stopAll()
     // Logs stay when something went wrong (the messages above name the file).
     if (ok && !o.keep) rmSync(dir, { recursive: true, force: true })

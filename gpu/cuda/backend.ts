@@ -6,6 +6,7 @@ import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
+import { checkFinite, checkInt, fail, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -138,27 +139,6 @@ const FAMILIES: Record<string, { opts: CompileOptions, kernels: Record<string, s
   }
 }
 
-function fail (op: string, msg: string): never {
-  throw new InvalidArgumentError(`${op}: ${msg}`, { op })
-}
-function checkInt (op: string, name: string, v: number, min = 1): void {
-  if (!Number.isSafeInteger(v) || v < min) fail(op, `${name} must be an integer >= ${min}, got ${v}`)
-}
-function checkFinite (op: string, name: string, v: number): void {
-  if (typeof v !== 'number' || !Number.isFinite(v)) fail(op, `${name} must be a finite number, got ${String(v)}`)
-}
-function shapeLength (op: string, shape: readonly number[]): number {
-  if (!Array.isArray(shape)) fail(op, 'shape must be an array of integers')
-  checkCap('tensor rank', shape.length, CUDA_LIMITS.maxRank)
-  let n = 1
-  for (let i = 0; i < shape.length; i++) {
-    const d = shape[i]!
-    if (!Number.isSafeInteger(d) || d < 0) fail(op, `shape[${i}] must be a non-negative integer, got ${d}`)
-    n *= d
-  }
-  if (!Number.isSafeInteger(n)) fail(op, `shape ${JSON.stringify(shape)} has too many elements`)
-  return n
-}
 function isHostOf (src: unknown, dtype: TensorDType): boolean {
   switch (dtype) {
     case 'f32': return src instanceof Float32Array
@@ -353,7 +333,7 @@ export class CudaBackend implements Backend {
   alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
     if (!ALL.includes(dtype)) fail('alloc', `unknown dtype ${String(dtype)}`)
-    const n = shapeLength('alloc', shape)
+    const n = shapeLength('alloc', shape, CUDA_LIMITS.maxRank)
     const bytes = n * BYTES[dtype]
     checkCap('cuda tensor bytes', bytes, CUDA_LIMITS.maxTensorBytes)
     if (bytes === 0) return new CudaTensor(this, dtype, shape, 0, 0, null, false)
@@ -365,7 +345,7 @@ export class CudaBackend implements Backend {
   view (base: Tensor, offset: number, shape: readonly number[]): Tensor {
     this.live_('view')
     const b = this.arg('view', 'base', base, ALL)
-    const n = shapeLength('view', shape)
+    const n = shapeLength('view', shape, CUDA_LIMITS.maxRank)
     checkInt('view', 'offset', offset, 0)
     if (offset + n > b.length) fail('view', `offset ${offset} + ${n} elements exceeds the base's ${b.length}`)
     return new CudaTensor(this, b.dtype, shape, n, b.ptr + offset * BYTES[b.dtype], b.block, true)

@@ -1,0 +1,28 @@
+import { InvalidArgumentError, checkCap } from '../core/index.ts'
+
+/** Argument checks shared by the backends: each throws InvalidArgumentError naming the op. */
+export function fail (op: string, msg: string): never {
+  throw new InvalidArgumentError(`${op}: ${msg}`, { op })
+}
+
+export function checkInt (op: string, name: string, v: number, min = 1): void {
+  if (!Number.isSafeInteger(v) || v < min) fail(op, `${name} must be an integer >= ${min}, got ${v}`)
+}
+
+export function checkFinite (op: string, name: string, v: number): void {
+  if (typeof v !== 'number' || !Number.isFinite(v)) fail(op, `${name} must be a finite number, got ${String(v)}`)
+}
+
+/** Elements of `shape`, checking its rank against `maxRank` and each dimension. */
+export function shapeLength (op: string, shape: readonly number[], maxRank: number): number {
+  if (!Array.isArray(shape)) fail(op, 'shape must be an array of integers')
+  checkCap('tensor rank', shape.length, maxRank)
+  let n = 1
+  for (let i = 0; i < shape.length; i++) {
+    const d = shape[i]!
+    if (!Number.isSafeInteger(d) || d < 0) fail(op, `shape[${i}] must be a non-negative integer, got ${d}`)
+    n *= d
+  }
+  if (!Number.isSafeInteger(n)) fail(op, `shape ${JSON.stringify(shape)} has too many elements`)
+  return n
+}
