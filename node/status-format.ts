@@ -21,6 +21,14 @@ export function formatStatus (raw: unknown): string {
     for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd())
   }
   if (m.joining.length > 0) lines.push(`joining: ${m.joining.join(', ')}`)
+  const t = s.training
+  if (t !== undefined) {
+    const who = t.role === 'rank' || t.role === 'done' ? `rank ${t.rank} of ${t.worldSize}` : t.role
+    const loss = t.loss === undefined ? '' : `, loss ${t.loss.toFixed(4)}`
+    const speed = t.tokensPerS === undefined ? '' : `, ${Math.round(t.tokensPerS)} tokens/s`
+    const snap = t.snapshotStep === undefined ? '' : `, snapshot at step ${t.snapshotStep}`
+    lines.push(`training: ${who}, step ${t.step}/${t.steps}${loss}${speed}${snap}${t.recoveries.length > 0 ? `, ${t.recoveries.length} recovery(ies)` : ''}${t.error === undefined ? '' : `; failed: ${t.error}`}`)
+  }
   if (m.leader !== undefined && m.leader !== s.peerId) lines.push('members report to the leader, which watches them all; this node watches the leader')
   lines.push(`a crashed member is detected within ~${m.detectionBoundMs} ms`)
   return lines.join('\n')
