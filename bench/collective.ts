@@ -131,3 +131,21 @@ for (const zones of [2, 4]) {
     await Promise.all(nets.map(x => x.stop()))
   }
 }
+
+// (c) Real processes on loopback: 3 worker processes (libp2p nodes, bulk channel on), ring
+// all-gather and reduce-scatter of a 64 MiB f32 vector; throughput per rank in bytes of the
+// whole vector per second (compare with the raw TCP and bulk-channel figures of
+// `npm run bench -- wire`). Results are checked against each other (every rank's all-gather
+// must be the same bytes). BENCH_COLLECTIVE_PROCS=0 skips it.
+if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0') {
+  const { runWorkers } = await import('./_collective-procs.ts')
+  const elements = Number(process.env['BENCH_COLLECTIVE_PROC_ELEMENTS'] ?? 16 * 1024 * 1024)
+  const res = await runWorkers(3, elements, 3, 1)
+  const same = res.every(r => r.allGather === res[0]!.allGather)
+  for (const r of res) {
+    process.stdout.write(JSON.stringify({
+      bench: 'collective.processes', ranks: 3, rank: r.rank, elements, vector_mib: elements * 4 / 2 ** 20,
+      all_gather_mb_s: r.allGatherMBps, reduce_scatter_mb_s: r.reduceScatterMBps, all_gather_results_identical: same
+    }) + '\n')
+  }
+}
