@@ -51,6 +51,7 @@ const COMMANDS: Record<string, Command> = {
       '  --batch <n> --seq <n>  sequences per rank per step and their length (default 4, 64)',
       '  --lr <x> --seed <n>    AdamW learning rate (default 0.003) and run seed (default 1)',
       '  --zeropp               ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)',
+      '  --snapshot k+m|off     erasure-coded snapshot of every rank after every step (default 2+1)',
       '  --exit-when-done       leave the run and exit once training ends',
       '  --config <file.json>   the same settings as JSON (flags > env > file > defaults)'
     ].join('\n'),
