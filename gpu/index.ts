@@ -4,6 +4,8 @@
  * Depends on core/ and, for the quantizers' shared format, codec/.
  */
 import type { Backend } from './backend.ts'
+// Type only (erased): importing the CUDA module's types loads no library.
+import type { CudaProbe } from './cuda/index.ts'
 import { BackendUnavailableError } from './errors.ts'
 import { CpuBackend } from './cpu.ts'
 
@@ -19,9 +21,7 @@ export {
 } from './gpt.ts'
 
 /** What `zeromesh doctor` reports about CUDA: the device and library versions, or why not. */
-export type CudaProbeResult =
-  | { ok: true, device: string, computeCapability: string, memoryBytes: number, driverVersion: string, cudaVersion: string, nvrtcVersion: string, cublasVersion: string }
-  | { ok: false, reason: string }
+export type CudaProbeResult = CudaProbe
 
 /** Probes the CUDA driver, device, NVRTC and cuBLAS without keeping anything open. Never throws. */
 export async function probeCuda (): Promise<CudaProbeResult> {

@@ -1,7 +1,7 @@
 import { AbortError, InvalidArgumentError, ZeromeshError, type Clock, type Logger } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
-import { createSnapshotService, type RankState, type SnapshotService } from '../snapshot/index.ts'
+import { TransferTimeoutError, UnrecoverableError, createSnapshotService, type RankState, type SnapshotService } from '../snapshot/index.ts'
 import { CollectiveError, createCollective, createZeroComm, shardRange, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
 import { batchFor, type Corpus } from './data.ts'
 
@@ -193,7 +193,7 @@ export class Trainer {
           // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
           const next = await this.waitForView(v => this.runDone || (v.epoch > epoch && roster.some(m => !v.members.some(x => x.id === m.id))), signal)
           if (this.runDone) return this.status()
-          const change = await this.replan(roster, next)
+          const change = this.replan(roster, next)
           roster = change.roster
           epoch = next.epoch
           state = undefined
@@ -212,7 +212,7 @@ export class Trainer {
           if (!(err instanceof SessionInterrupted) || this.cfg.snapshot === undefined || attempt >= 8) throw err
           log.warn({ err: err.message, step: this.st.step }, 'training step failed: recovering')
           const next = await this.waitForView(v => v.epoch > epoch && roster.some(m => !v.members.some(x => x.id === m.id)), signal)
-          const change = await this.replan(roster, next)
+          const change = this.replan(roster, next)
           roster = change.roster
           epoch = next.epoch
           state = undefined
@@ -232,7 +232,7 @@ export class Trainer {
   }
 
   /** Lost ranks are replaced by spares in view order; with too few spares the run shrinks. */
-  private async replan (roster: Member[], view: View): Promise<{ roster: Member[], lost: number[], mode: 'replace' | 'shrink' }> {
+  private replan (roster: Member[], view: View): { roster: Member[], lost: number[], mode: 'replace' | 'shrink' } {
     const inView = new Set(view.members.map(m => m.id))
     const onRoster = new Set(roster.map(m => m.id))
     const spares = view.members.filter(m => !onRoster.has(m.id))
@@ -305,7 +305,7 @@ export class Trainer {
     const opt = new CpuBackend()
     const model = new Gpt(backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed })
     const fail = (err: unknown): never => {
-      if (err instanceof CollectiveError || (err instanceof Error && err.name === 'UnrecoverableError') || (err instanceof Error && err.name === 'TransferTimeoutError')) {
+      if (err instanceof CollectiveError || err instanceof UnrecoverableError || err instanceof TransferTimeoutError) {
         throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${err.message}`)
       }
       throw err
