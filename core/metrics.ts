@@ -11,8 +11,8 @@ export type Counter<L extends string = string> = client.Counter<L>
 export type Gauge<L extends string = string> = client.Gauge<L>
 export type Histogram<L extends string = string> = client.Histogram<L>
 
-/** Unit suffixes a metric name must end with (CONVENTIONS: units in names). */
-const UNIT_SUFFIXES = ['_total', '_seconds', '_bytes', '_ratio', '_info', '_count', '_elements', '_steps', '_peers', '_fragments']
+/** Unit suffixes a metric name must end with (CONVENTIONS: units in names; `_nats` for a cross-entropy loss). */
+const UNIT_SUFFIXES = ['_total', '_seconds', '_bytes', '_ratio', '_info', '_count', '_elements', '_steps', '_peers', '_fragments', '_nats']
 const NAME_RE = /^zeromesh_[a-z][a-z0-9_]*$/
 
 /** A fresh registry for one node. */
@@ -26,18 +26,24 @@ function checkName (name: string): void {
   }
 }
 
-interface MetricInit<L extends string> { name: string, help: string, labelNames?: readonly L[] }
+interface MetricInit<L extends string> {
+  name: string
+  help: string
+  labelNames?: readonly L[]
+  /** Called before every scrape: a metric that mirrors a value owned elsewhere sets it here. */
+  collect?: () => void
+}
 
 /** Registers a counter (name checked for prefix and unit suffix). */
 export function defineCounter<L extends string = string> (registry: MetricsRegistry, init: MetricInit<L>): Counter<L> {
   checkName(init.name)
-  return new client.Counter<L>({ name: init.name, help: init.help, labelNames: init.labelNames ?? [], registers: [registry] })
+  return new client.Counter<L>({ name: init.name, help: init.help, labelNames: init.labelNames ?? [], registers: [registry], ...(init.collect === undefined ? {} : { collect: init.collect }) })
 }
 
 /** Registers a gauge (name checked for prefix and unit suffix). */
 export function defineGauge<L extends string = string> (registry: MetricsRegistry, init: MetricInit<L>): Gauge<L> {
   checkName(init.name)
-  return new client.Gauge<L>({ name: init.name, help: init.help, labelNames: init.labelNames ?? [], registers: [registry] })
+  return new client.Gauge<L>({ name: init.name, help: init.help, labelNames: init.labelNames ?? [], registers: [registry], ...(init.collect === undefined ? {} : { collect: init.collect }) })
 }
 
 /** Registers a histogram (name checked for prefix and unit suffix). */

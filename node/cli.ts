@@ -41,6 +41,9 @@ const COMMANDS: Record<string, Command> = {
       '  --heartbeat-ms <ms>    heartbeat period (default 500)',
       '  --mdns                 discover peers on the LAN',
       '  --log-level <level>    structured logs on stderr (default warn)',
+      '  --metrics-listen <host:port>',
+      '                         serve Prometheus metrics at http://<host:port>/metrics (default',
+      '                         off; e.g. 127.0.0.1:9464; port 0 picks a free one)',
       '',
       'training (with --train; the first --world-size members train, the rest are spares):',
       '  --device cpu|cuda      backend (default cpu)                           ZEROMESH_DEVICE',
@@ -52,6 +55,9 @@ const COMMANDS: Record<string, Command> = {
       '  --lr <x> --seed <n>    AdamW learning rate (default 0.003) and run seed (default 1)',
       '  --zeropp               ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)',
       '  --snapshot k+m|off     erasure-coded snapshot of every rank after every step (default 2+1)',
+      '  --disk-every <n>       write this rank\'s state to <data dir>/train every n steps',
+      '                         (default 10; 0: never); `zeromesh export` reads these files',
+      '  --resume               continue from the newest step every rank has on disk',
       '  --exit-when-done       leave the run and exit once training ends',
       '  --config <file.json>   the same settings as JSON (flags > env > file > defaults)'
     ].join('\n'),
@@ -160,6 +166,55 @@ const COMMANDS: Record<string, Command> = {
         out: io.out,
         ...(tty ? { progress: (l: string) => process.stderr.write(`\r${l.padEnd(100)}`) } : {})
       })
+    }
+  },
+  export: {
+    summary: 'write the trained model as safetensors, from the training nodes\' disk tiers',
+    usage: [
+      'zeromesh export --out <file.safetensors> --data-dir <dir> [--data-dir <dir>]... [flags]',
+      '',
+      '  --out <file>       the safetensors file to write (replaced atomically)',
+      '  --data-dir <dir>   a training node\'s data dir (or its train/ folder); repeat until every',
+      '                     rank is covered: each node writes only the ranks it held',
+      '  --model <name>     mini | small | gpt2-124m: what the run trained (default mini)',
+      '  --data <file>      the run\'s --data, for the vocabulary (default: the Brown Corpus)',
+      '  --step <n>         export this step (default: the newest step every rank has)',
+      '',
+      'Reads <data dir>/train/step-*.zms (written every --disk-every steps by `zeromesh start',
+      '--train`), verifies every file, joins the ranks\' weight shards and writes F32 tensors',
+      'named as in the GPT layout (wte, wpe, h.<layer>.<tensor>, lnfw, lnfb) with the step, world',
+      'size and model shape in __metadata__. Exit status 1 when the dirs lack a rank or a file',
+      'is damaged, 2 for bad flags.'
+    ].join('\n'),
+    run: async (args, io) => {
+      const { values } = parseStrict(args, {
+        out: { type: 'string' },
+        'data-dir': { type: 'string', multiple: true },
+        model: { type: 'string' },
+        data: { type: 'string' },
+        step: { type: 'string' }
+      })
+      if (values.out === undefined || values.out === '') throw new UsageError('export needs --out <file.safetensors>')
+      const dirs = values['data-dir'] ?? []
+      if (dirs.length === 0) throw new UsageError('export needs --data-dir <dir> (repeat it for every training node)')
+      const { EXPORT_LIMITS, exportModel, formatExport } = await import('./export.ts')
+      if (dirs.length > EXPORT_LIMITS.maxDataDirs) throw new UsageError(`export takes at most ${EXPORT_LIMITS.maxDataDirs} --data-dir, got ${dirs.length}`)
+      const model = values.model ?? 'mini'
+      if (model !== 'mini' && model !== 'small' && model !== 'gpt2-124m') throw new UsageError(`--model must be mini, small or gpt2-124m, got '${model}'`)
+      let step: number | undefined
+      if (values.step !== undefined) {
+        step = Number(values.step)
+        if (values.step.trim() === '' || !Number.isSafeInteger(step) || step < 0) throw new UsageError(`--step must be an integer >= 0, got '${values.step}'`)
+      }
+      const result = await exportModel({
+        out: values.out,
+        dataDirs: dirs,
+        model,
+        ...(values.data === undefined ? {} : { data: values.data }),
+        ...(step === undefined ? {} : { step })
+      })
+      for (const line of formatExport(result)) io.out(line)
+      return 0
     }
   },
   sim: {

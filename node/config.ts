@@ -25,6 +25,30 @@ const multiaddrString = z.string().superRefine((s, ctx) => {
   }
 })
 
+/** A TCP `host:port` (`[v6]:port` for IPv6; port 0 picks a free one), parsed. */
+export interface HostPort { host: string, port: number }
+
+/**
+ * Parses `host:port`, `[ipv6]:port` or `:port` (all interfaces). Undefined when malformed:
+ * the host is a name, IPv4 or bracketed IPv6 address; the port 0-65535.
+ */
+export function parseHostPort (s: string): HostPort | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9][A-Za-z0-9.-]{0,252})?):(\d{1,5})$/.exec(s)
+  if (m === null) return undefined
+  const port = Number(m[3])
+  if (port > 65535) return undefined
+  return { host: m[1] ?? m[2] ?? '0.0.0.0', port }
+}
+
+const hostPort = z.string().transform((s, ctx) => {
+  const hp = parseHostPort(s)
+  if (hp === undefined) {
+    ctx.addIssue({ code: 'custom', message: `must be host:port (e.g. 127.0.0.1:9464, [::1]:9464 or :9464), got '${s}'` })
+    return z.NEVER
+  }
+  return hp
+})
+
 export const startSchema = z.strictObject({
   run: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'run ids are 1-64 of [A-Za-z0-9._-]'),
   secretFile: z.string().min(1),
@@ -38,6 +62,8 @@ export const startSchema = z.strictObject({
   heartbeatMs: z.int().min(20).max(60_000).default(500),
   mdns: z.boolean().default(false),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'),
+  /** Serve Prometheus metrics at http://<host:port>/metrics (default off). */
+  metricsListen: hostPort.optional(),
   // Training (all optional: without --train the node only joins the mesh).
   train: z.boolean().default(false),
   device: z.enum(['cpu', 'cuda']).default('cpu'),
@@ -51,7 +77,13 @@ export const startSchema = z.strictObject({
   seed: z.int().min(0).default(1),
   zeropp: z.boolean().default(false),
   snapshot: z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'),
+  /** Disk tier: persist this rank's state every N committed steps (0: never). */
+  diskEvery: z.int().min(0).max(10_000_000).default(10),
+  /** Start from the newest step every rank has in its disk tier. */
+  resume: z.boolean().default(false),
   exitWhenDone: z.boolean().default(false)
+}).superRefine((c, ctx) => {
+  if (c.resume && !c.train) ctx.addIssue({ code: 'custom', path: ['resume'], message: 'needs --train (it resumes training from the disk tier)' })
 })
 
 export type StartConfig = z.output<typeof startSchema> & { dataDir: string }
@@ -70,6 +102,7 @@ const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'str
   'heartbeat-ms': { key: 'heartbeatMs', kind: 'int' },
   mdns: { key: 'mdns', kind: 'bool' },
   'log-level': { key: 'logLevel', kind: 'string' },
+  'metrics-listen': { key: 'metricsListen', kind: 'string' },
   train: { key: 'train', kind: 'bool' },
   device: { key: 'device', kind: 'string' },
   model: { key: 'model', kind: 'string' },
@@ -82,6 +115,8 @@ const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'str
   seed: { key: 'seed', kind: 'int' },
   zeropp: { key: 'zeropp', kind: 'bool' },
   snapshot: { key: 'snapshot', kind: 'string' },
+  'disk-every': { key: 'diskEvery', kind: 'int' },
+  resume: { key: 'resume', kind: 'bool' },
   'exit-when-done': { key: 'exitWhenDone', kind: 'bool' }
 }
 

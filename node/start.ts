@@ -1,9 +1,11 @@
 import { mkdirSync } from 'node:fs'
-import { RealClock, Rng, VERSION, createLogger, type Logger } from '../core/index.ts'
+import { RealClock, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type Membership, type View } from '../mesh/index.ts'
 import { type StartConfig, readSecret, ConfigError } from './config.ts'
 import { serveControl } from './control.ts'
 import { loadCorpus } from './data.ts'
+import { diskDir } from './disk-tier.ts'
+import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
 import { Trainer, trainingModel, type TrainStatus } from './trainer.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
@@ -17,6 +19,10 @@ export interface RunningNode {
   peerId: string
   multiaddrs: string[]
   membership: Membership
+  /** This node's metrics (served at `metricsUrl` with --metrics-listen). */
+  metrics: MetricsRegistry
+  /** `http://host:port/metrics` with --metrics-listen. */
+  metricsUrl: string | undefined
   /** With --train: resolves when this node's part of the training ends (done, or spare). */
   training: Promise<TrainStatus> | undefined
 }
@@ -43,7 +49,32 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
   } catch (err) {
     throw new ConfigError(`cannot create data dir ${cfg.dataDir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
+  // What has started so far, stopped in reverse if a later step fails.
+  const undo: Array<() => Promise<void>> = []
+  const unwind = async (): Promise<void> => {
+    for (const f of undo.reverse()) await f().catch(() => {})
+  }
+  try {
+    return await startParts(cfg, out, log, secret, undo)
+  } catch (err) {
+    await unwind()
+    throw err
+  }
+}
+
+async function startParts (cfg: StartConfig, out: (line: string) => void, log: Logger, secret: Uint8Array, undo: Array<() => Promise<void>>): Promise<RunningNode> {
   const clock = new RealClock()
+  // One registry per node. The PeerNet and membership take no `metrics` option; the trainer's
+  // collectives and snapshot service do, but the trainer builds them without one, so training
+  // figures are read from its status when scraped (defineNodeMetrics).
+  const metrics = createMetricsRegistry()
+  // Bound first, so a metrics port in use fails before the node joins the mesh.
+  let metricsServer: MetricsServer | undefined
+  if (cfg.metricsListen !== undefined) {
+    const server = await serveMetrics(cfg.metricsListen, metrics)
+    metricsServer = server
+    undo.push(() => server.close())
+  }
   const privateKey = await loadOrCreateIdentity(cfg.dataDir)
   const net = createLibp2pPeerNet({
     runId: cfg.run,
@@ -65,30 +96,35 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
     if (e.code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test(e.message)) throw new ConfigError(`cannot listen on ${cfg.listen.join(', ')}: no such local address`)
     throw err
   }
+  undo.push(() => net.stop())
   const membership = createMembership({ heartbeatMs: cfg.heartbeatMs, expect: cfg.expect }, {
     net, clock, rng: Rng.fromSeed(`${cfg.run}/${net.self.id}`), log: log.child({ component: 'mesh:membership' })
   })
   let trainer: Trainer | undefined
+  let observer: StepObserver = { step () {} }
   if (cfg.train) {
     const corpus = loadCorpus(cfg.data)
     const model = trainingModel(cfg.model, corpus.vocabSize)
     const { createBackend } = await import('../gpu/index.ts')
     const backend = await createBackend(cfg.device)
     const every = Math.max(1, Math.floor(cfg.steps / 20))
+    const T = Math.min(cfg.seq, model.maxT)
     trainer = new Trainer({
       backend,
       net,
       membership,
       clock,
       log: log.child({ component: 'train' }),
+      metrics,
       corpus,
       onStep: s => {
+        observer.step(s, s.worldSize * cfg.batch * T)
         if (s.step % every === 0 || s.step === s.steps) out(`step ${s.step}/${s.steps} loss ${s.loss?.toFixed(4)} (rank ${s.rank} of ${s.worldSize}, ${Math.round(s.tokensPerS ?? 0)} tokens/s)`)
       }
     }, {
       model,
       B: cfg.batch,
-      T: Math.min(cfg.seq, model.maxT),
+      T,
       steps: cfg.steps,
       lr: cfg.lr,
       weightDecay: 0.1,
@@ -96,10 +132,13 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
       worldSize: cfg.worldSize ?? cfg.expect,
       zeroPP: cfg.zeropp,
       dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
-      snapshot: cfg.snapshot === 'off' ? undefined : parseSnapshot(cfg.snapshot)
+      snapshot: cfg.snapshot === 'off' ? undefined : parseSnapshot(cfg.snapshot),
+      disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
     })
     out(`training ${cfg.model} (${corpus.source}, vocabulary ${corpus.vocabSize}) on ${backend.description}`)
   }
+  const t = trainer
+  observer = defineNodeMetrics(metrics, { membership, ...(t === undefined ? {} : { training: () => t.status() }) })
   const startedAt = clock.monotonic()
   const status = (): NodeStatus => ({
     version: VERSION,
@@ -110,13 +149,8 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
     membership: membership.status(),
     training: trainer?.status()
   })
-  let server
-  try {
-    server = await serveControl(cfg.dataDir, status)
-  } catch (err) {
-    await net.stop()
-    throw err
-  }
+  const server = await serveControl(cfg.dataDir, status)
+  undo.push(() => new Promise<void>(resolve => server.close(() => resolve())))
   membership.on('view', (v: View) => {
     const rank = v.members.findIndex(m => m.id === net.self.id)
     out(`view ${v.epoch}: ${v.members.length} member${v.members.length === 1 ? '' : 's'}${rank >= 0 ? `, this node is rank ${rank}` : ', this node is not a member'}`)
@@ -128,6 +162,7 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
   const dialable = addrs.filter(a => !a.includes('/ip4/0.0.0.0/'))
   out(`zeromesh ${VERSION}: node ${net.self.id} in run ${cfg.run} (zone ${cfg.zone}, host ${cfg.host})`)
   out(`data dir ${cfg.dataDir}`)
+  if (metricsServer !== undefined) out(`metrics on ${metricsServer.url}`)
   out('listening on:')
   for (const a of addrs) out(`  ${a}`)
   out('others join with:')
@@ -138,8 +173,11 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
     peerId: net.self.id,
     multiaddrs: addrs,
     membership,
+    metrics,
+    metricsUrl: metricsServer?.url,
     training,
     async stop () {
+      await metricsServer?.close()
       await membership.stop()
       await net.stop()
       await new Promise<void>(resolve => server.close(() => resolve()))

@@ -1,7 +1,8 @@
-import { AbortError, InvalidArgumentError, ZeromeshError, type Clock, type Logger } from '../core/index.ts'
+import { AbortError, InvalidArgumentError, ZeromeshError, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
-import { TransferTimeoutError, UnrecoverableError, createSnapshotService, type RankState, type SnapshotService } from '../snapshot/index.ts'
+import { TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
+import { diskSteps, loadDiskState, persistDiskState } from './disk-tier.ts'
 import { CollectiveError, createCollective, createZeroComm, shardRange, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
 import { batchFor, type Corpus } from './data.ts'
 
@@ -36,6 +37,13 @@ export interface TrainConfig {
   dtype: 'f32' | 'bf16'
   /** Erasure-coded snapshot of every rank after every step: k data + m parity fragments. */
   snapshot: { k: number, m: number } | undefined
+  /**
+   * Disk tier (node/disk-tier.ts): persist this rank's state to `dir` every `every` committed
+   * steps (0: never), and with `resume` start from the newest step every rank has on disk.
+   */
+  disk?: { dir: string, every: number, resume: boolean }
+  /** How long a rank left in a minority of the view waits for the majority (default 5 min). */
+  minorityWaitMs?: number
 }
 
 export interface TrainStatus {
@@ -57,6 +65,10 @@ export interface TrainStatus {
   snapshotStep: number | undefined
   /** Recoveries this node took part in, newest last. */
   recoveries: Array<{ mode: 'replace' | 'shrink', lost: number[], fromStep: number, ms: number }>
+  /** Steps retried with the same ranks after a failure that lost nobody (a stall, a reset stream). */
+  retries: number
+  /** The disk tier step this run resumed from (--resume). */
+  resumedFrom?: number
   error?: string
 }
 
@@ -85,6 +97,8 @@ export interface TrainerDeps {
   clock: Clock
   log: Logger
   corpus: Corpus
+  /** The node's metrics registry: the snapshot service registers its metrics here. */
+  metrics?: MetricsRegistry
   /** Called after every committed step (progress lines, metrics). */
   onStep?: (s: TrainStatus) => void
 }
@@ -130,7 +144,23 @@ const DONE_TOPIC = 'train/done'
 interface ShardState { step: number, master: Float32Array, m: Float32Array, v: Float32Array }
 
 /** Why a training session ended early. */
-class SessionInterrupted extends Error {}
+class SessionInterrupted extends Error {
+  /** Set when a snapshot needed for recovery could not be decoded. */
+  readonly unrecoverable: UnrecoverableError | undefined
+  constructor (message: string, unrecoverable?: UnrecoverableError) {
+    super(message)
+    this.unrecoverable = unrecoverable
+  }
+}
+
+/** Recovery attempts (view changes or retries) a rank makes before it gives up. */
+const MAX_ATTEMPTS = 8
+/** After a failed step, how long past the detector's bound a view change may take to arrive. */
+const RETRY_SLACK_MS = 2000
+/** How long a rank in a minority waits for the majority before it fails. */
+const DEFAULT_MINORITY_WAIT_MS = 300_000
+/** Disk tier files each member offers on --resume (the newest ones). */
+const DISK_SLOTS = 2
 
 export class Trainer {
   private readonly deps: TrainerDeps
@@ -140,15 +170,28 @@ export class Trainer {
   private readonly sent = { host: 0, zone: 0, wan: 0 }
   private snapshots: SnapshotService | undefined
   private unsubs: Array<() => void> = []
+  private firstFull: View | undefined
 
   constructor (deps: TrainerDeps, cfg: TrainConfig) {
     validateTrainConfig(cfg, deps.corpus)
     this.deps = deps
     this.cfg = cfg
     this.layout = gptLayout(cfg.model)
+    const full = (v: View | undefined): boolean => v !== undefined && v.members.length >= cfg.worldSize
+    const now = deps.membership.view()
+    if (full(now)) this.firstFull = now
+    else {
+      const off = deps.membership.on('view', v => {
+        if (this.firstFull === undefined && full(v)) {
+          this.firstFull = v
+          off()
+        }
+      })
+      this.unsubs.push(off)
+    }
     this.st = {
       role: 'waiting', rank: undefined, worldSize: cfg.worldSize, step: 0, steps: cfg.steps, loss: undefined, evalLoss: undefined, tokensPerS: undefined,
-      epoch: 0, bytes: this.sent, snapshotStep: undefined, recoveries: []
+      epoch: 0, bytes: this.sent, snapshotStep: undefined, recoveries: [], retries: 0
     }
   }
 
@@ -164,13 +207,19 @@ export class Trainer {
   async run (signal?: AbortSignal): Promise<TrainStatus> {
     const { net, clock, membership, log } = this.deps
     try {
-      const first = await this.waitForView(v => v.members.length >= this.cfg.worldSize, signal)
+      // The first view with enough members, as installed (recorded from construction on):
+      // polling the current view instead could see a later one after a false suspicion, and
+      // nodes would then disagree on the roster.
+      const first = this.firstFull ?? await this.waitForView(v => v.members.length >= this.cfg.worldSize, signal)
       // The roster maps logical ranks to nodes; it starts as the first P members of the first
       // full view and changes only by replacing or dropping lost ranks.
       let roster: Member[] = first.members.slice(0, this.cfg.worldSize)
       let epoch = first.epoch
       if (this.cfg.snapshot !== undefined) {
-        this.snapshots = createSnapshotService({ k: this.cfg.snapshot.k, m: this.cfg.snapshot.m, idleTimeoutMs: 10_000 }, { net, clock, log: log.child({ component: 'snapshot' }) })
+        // No re-stripe on a view change: it would move the holders' recovery point past the
+        // version a recovery still needs (the lost ranks' newest); the trainer re-captures at
+        // the next commit under the new view anyway.
+        this.snapshots = createSnapshotService({ k: this.cfg.snapshot.k, m: this.cfg.snapshot.m, idleTimeoutMs: 10_000, autoRestripe: false }, { net, clock, log: log.child({ component: 'snapshot' }), ...(this.deps.metrics === undefined ? {} : { metrics: this.deps.metrics }) })
         await this.snapshots.start()
         this.snapshots.setView(first)
         this.unsubs.push(membership.on('view', v => this.snapshots?.setView(v)))
@@ -182,6 +231,11 @@ export class Trainer {
         deliver: msg => { if (roster.some(m => m.id === msg.from)) this.runDone = true }
       }))
       let state: ShardState | undefined
+      // Sessions under one roster are numbered, so a retry never mixes with the messages of the
+      // attempt before it (every rank fails an attempt, so every rank counts the same).
+      let round = 0
+      let unrecoverable = 0
+      if (this.cfg.disk?.resume === true) this.pending = { mode: 'resume', lost: [], oldRoster: roster }
       for (let attempt = 0; ; attempt++) {
         const rank = roster.findIndex(m => m.id === net.self.id)
         this.st.epoch = epoch
@@ -193,28 +247,45 @@ export class Trainer {
           // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
           const next = await this.waitForView(v => this.runDone || (v.epoch > epoch && roster.some(m => !v.members.some(x => x.id === m.id))), signal)
           if (this.runDone) return this.status()
-          const change = this.replan(roster, next)
+          const change = this.replan(this.pending?.oldRoster ?? roster, next)
           roster = change.roster
           epoch = next.epoch
+          round = 0
           state = undefined
           continue
         }
         this.st.role = 'rank'
         this.st.rank = rank
         try {
-          await this.session(roster, epoch, rank, state, signal)
+          await this.session(roster, epoch, round, rank, state, signal)
           const done = new Uint8Array(4)
           new DataView(done.buffer).setUint32(0, this.st.step, true)
           await net.publish(DONE_TOPIC, done).catch(() => {})
           this.st.role = 'done'
           return this.status()
         } catch (err) {
-          if (!(err instanceof SessionInterrupted) || this.cfg.snapshot === undefined || attempt >= 8) throw err
+          if (!(err instanceof SessionInterrupted) || this.cfg.snapshot === undefined) throw err
+          // The same snapshot twice out of reach: more holders are gone than the code tolerates.
+          unrecoverable = err.unrecoverable === undefined ? 0 : unrecoverable + 1
+          if (unrecoverable >= 2 || attempt >= MAX_ATTEMPTS) throw this.giveUp(err)
           log.warn({ err: err.message, step: this.st.step }, 'training step failed: recovering')
-          const next = await this.waitForView(v => v.epoch > epoch && roster.some(m => !v.members.some(x => x.id === m.id)), signal)
-          const change = this.replan(roster, next)
-          roster = change.roster
-          epoch = next.epoch
+          // A recovery that did not finish is planned again against the roster whose
+          // snapshots hold the state, so every rank reaches the same plan whichever views it saw.
+          const committed = this.pending?.oldRoster ?? roster
+          const next = await this.afterFailure(roster, epoch, signal)
+          if (next === undefined) {
+            // Nobody was lost (a stall, a reset stream): the same ranks roll back to the newest
+            // snapshot they all have and run the step again (or redo the unfinished recovery).
+            round++
+            this.st.retries++
+            this.pending ??= { mode: 'replace', lost: [], oldRoster: roster }
+            log.warn({ round, epoch }, 'no training member was lost: retrying from the newest common snapshot')
+          } else {
+            const change = this.replan(committed, next)
+            roster = change.roster
+            epoch = next.epoch
+            round = 0
+          }
           state = undefined
         }
       }
@@ -254,7 +325,63 @@ export class Trainer {
   /** This rank's master weights after the last step (tests compare runs bit for bit). */
   finalShard: { start: number, data: Float32Array } | undefined
 
-  private pending: { mode: 'replace' | 'shrink', lost: number[], oldRoster: Member[] } | undefined
+  private pending: { mode: 'replace' | 'shrink' | 'resume', lost: number[], oldRoster: Member[] } | undefined
+
+  /**
+   * After a failed session: the view that dropped a training member (replace or shrink), or
+   * undefined when none came within the detector's bound plus slack (a transient failure:
+   * retry with the same ranks). A node left in a minority waits for the majority up to
+   * `minorityWaitMs`, then fails with a clear error instead of waiting forever.
+   */
+  private async afterFailure (roster: Member[], epoch: number, signal?: AbortSignal): Promise<View | undefined> {
+    const { membership, clock, log } = this.deps
+    const lost = (v: View): boolean => v.epoch > epoch && roster.some(m => !v.members.some(x => x.id === m.id))
+    let deadline = clock.monotonic() + membership.status().detectionBoundMs + RETRY_SLACK_MS
+    let pausedSince: number | undefined
+    for (;;) {
+      if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
+      const v = membership.view()
+      if (v !== undefined && lost(v)) return v
+      const st = membership.status()
+      const now = clock.monotonic()
+      if (st.paused) {
+        if (pausedSince === undefined) {
+          pausedSince = now
+          log.warn({ live: st.members.filter(m => m.live).length, members: st.members.length }, 'this node is in a minority of the view: training waits for the majority')
+        }
+        const limit = this.cfg.minorityWaitMs ?? DEFAULT_MINORITY_WAIT_MS
+        if (now - pausedSince > limit) {
+          throw new TrainingError(`this node has been in a minority of view ${st.epoch} for ${Math.round(limit / 1000)} s ` +
+            `(${st.members.filter(m => m.live).length} of ${st.members.length} members reachable): training cannot go on safely. ` +
+            'Restart the nodes with --resume to continue from the disk tier' + this.diskHint())
+        }
+      } else if (pausedSince !== undefined) {
+        pausedSince = undefined
+        deadline = now + st.detectionBoundMs + RETRY_SLACK_MS
+      }
+      if (pausedSince === undefined && now > deadline) return undefined
+      await clock.sleep(50, signal === undefined ? {} : { signal })
+    }
+  }
+
+  /** The error a rank ends with when its snapshots cannot bring the run back. */
+  private giveUp (err: SessionInterrupted): Error {
+    if (err.unrecoverable === undefined) return new TrainingError(`training gave up after ${MAX_ATTEMPTS} recovery attempts; the last: ${err.message}`)
+    const u = err.unrecoverable
+    return new TrainingError(`${u.message}: more holders of rank ${u.rank}'s snapshot are gone than the erasure code tolerates (m = ${u.m}). ` +
+      'Restart the nodes with --resume to continue from the disk tier' + this.diskHint())
+  }
+
+  private diskHint (): string {
+    const d = this.cfg.disk
+    if (d === undefined || d.every === 0) return ' (the disk tier is off here: --disk-every N turns it on)'
+    return this.diskStep === undefined ? ` (no step persisted yet; every ${d.every} steps)` : ` (newest step on this node's disk: ${this.diskStep})`
+  }
+
+  private diskStep: number | undefined
+  /** The step the current roster began training from (agreed: every rank starts from the same state). */
+  private rosterStart = 0
+  private diskWrites: Promise<void> = Promise.resolve()
 
   private async waitForView (ok: (v: View) => boolean, signal?: AbortSignal): Promise<View> {
     const { membership, clock } = this.deps
@@ -285,7 +412,7 @@ export class Trainer {
    * After a recovery (`this.pending`), first agrees on the recovery point with the other ranks
    * and loads every needed shard state from the erasure-coded snapshots.
    */
-  private async session (roster: Member[], epoch: number, rank: number, initial: ShardState | undefined, signal?: AbortSignal): Promise<void> {
+  private async session (roster: Member[], epoch: number, round: number, rank: number, initial: ShardState | undefined, signal?: AbortSignal): Promise<void> {
     const { backend, net, clock, log, corpus, membership } = this.deps
     const cfg = this.cfg
     const P = roster.length
@@ -294,7 +421,7 @@ export class Trainer {
       net,
       view: { epoch, members: roster },
       clock,
-      name: `train-${epoch}`,
+      name: `train-${epoch}.${round}`,
       timeoutMs: () => membership.status().detectionBoundMs + 5000,
       log: log.child({ component: 'mesh:collective' })
     })
@@ -306,7 +433,7 @@ export class Trainer {
     const model = new Gpt(backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed })
     const fail = (err: unknown): never => {
       if (err instanceof CollectiveError || err instanceof UnrecoverableError || err instanceof TransferTimeoutError) {
-        throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${err.message}`)
+        throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${err.message}`, err instanceof UnrecoverableError ? err : undefined)
       }
       throw err
     }
@@ -337,6 +464,7 @@ export class Trainer {
       }
       const at = (step: number): { step: number, signal?: AbortSignal } => (signal === undefined ? { step } : { step, signal })
       this.st.step = state.step
+      this.rosterStart = state.step
       for (let s = state.step; s < cfg.steps; s++) {
         const t0 = clock.monotonic()
         const own = opt.read(master) as Float32Array
@@ -366,9 +494,22 @@ export class Trainer {
         this.st.loss = mean.data[0]! / P
         this.st.tokensPerS = dt > 0 ? (P * cfg.B * cfg.T) / (dt / 1000) : undefined
         membership.setStep(s + 1)
-        if (this.snapshots !== undefined) {
-          const ticket = this.snapshots.capture(this.rankState(rank, P, epoch, s + 1, opt.read(master) as Float32Array, opt.read(m) as Float32Array, opt.read(v) as Float32Array))
-          void ticket.done.then(o => { if (o.status === 'placed') this.st.snapshotStep = Math.max(this.st.snapshotStep ?? 0, o.step) })
+        const disk = cfg.disk !== undefined && cfg.disk.every > 0 && (s + 1) % cfg.disk.every === 0 ? cfg.disk : undefined
+        if (this.snapshots !== undefined || disk !== undefined) {
+          const st = this.rankState(rank, P, epoch, s + 1, opt.read(master) as Float32Array, opt.read(m) as Float32Array, opt.read(v) as Float32Array)
+          if (this.snapshots !== undefined) {
+            const ticket = this.snapshots.capture(st)
+            void ticket.done.then(o => { if (o.status === 'placed') this.st.snapshotStep = Math.max(this.st.snapshotStep ?? 0, o.step) })
+          }
+          // The disk tier writes in the background, one file after another; the session waits
+          // for the last write before it ends.
+          if (disk !== undefined) {
+            const sealed = encodeState(st)
+            this.diskWrites = this.diskWrites.then(async () => {
+              await persistDiskState(disk.dir, s + 1, sealed)
+              this.diskStep = s + 1
+            }).catch((err: unknown) => { log.warn({ err: (err as Error).message, step: s + 1 }, 'disk tier: persisting the state failed') })
+          }
         }
         this.deps.onStep?.(this.status())
       }
@@ -381,6 +522,7 @@ export class Trainer {
       this.st.evalLoss = model.forward(evalBatch.inputs, evalBatch.targets)
       // The last snapshot lands before this rank leaves, so the others can still recover it.
       await this.snapshots?.idle()
+      await this.diskWrites
     } finally {
       model.dispose()
       opt.dispose()
@@ -400,53 +542,151 @@ export class Trainer {
   }
 
   /**
-   * After a lost rank: agree on the recovery point (the newest step every old rank's snapshot
-   * reached, as the minimum over what each new rank knows), then load state from the snapshots.
+   * After a lost rank (or a failed attempt): agree on the recovery point, then load state from
+   * the snapshots. Each rank knows the newest complete snapshot of some owners (manifests are
+   * gossiped, so a rank may lag); knowledge is exchanged, the newest version anyone knows is
+   * taken per owner (a manifest means every holder has it), and the recovery point is the
+   * oldest of those: the newest step every old rank's snapshot reached. Holders never drop
+   * that version (they keep everything from the newest version common to all owners).
    * Replace: each rank loads the state its logical rank had. Shrink: each rank rebuilds the
-   * full flat state from every old rank's snapshot and takes its new shard.
+   * full flat state from every old rank's snapshot and takes its new shard. Resume: the same
+   * from the disk tier instead of the peers.
    */
   private async recover (collective: Collective, roster: Member[], rank: number, shard: { start: number, length: number }, signal?: AbortSignal): Promise<ShardState> {
-    const svc = this.snapshots!
     const plan = this.pending!
-    const { clock, log } = this.deps
+    if (plan.mode === 'resume') return await this.resume(collective, roster, shard, signal)
+    const svc = this.snapshots!
+    const { clock, log, net } = this.deps
     const t0 = clock.monotonic()
     const old = plan.oldRoster
-    // Let the last manifests arrive (they are gossiped as placements finish).
-    await clock.sleep(500, signal === undefined ? {} : { signal })
-    const newest = (owner: PeerId): number => svc.manifests(owner)[0]?.version ?? 0
-    const mine = Math.min(...old.map(m => newest(m.id)))
-    const all = await collective.allGather(Float32Array.of(mine), roster.length, { step: 0, label: 'recovery_point', ...(signal === undefined ? {} : { signal }) })
-    const rp = Math.min(...all.data)
-    const record = (lost: number[]): void => {
-      this.st.recoveries.push({ mode: plan.mode, lost, fromStep: rp, ms: Math.round(clock.monotonic() - t0) })
+    const opts = signal === undefined ? {} : { signal }
+    const known = Float32Array.from(old, m => {
+      const heard = svc.manifests(m.id)[0]?.version ?? 0
+      return m.id === net.self.id ? Math.max(heard, svc.retained()?.step ?? 0) : heard
+    })
+    const all = await collective.allGather(known, roster.length * old.length, { step: 0, label: 'recovery_point', ...opts })
+    const best = old.map((_, i) => {
+      let v = 0
+      for (let r = 0; r < roster.length; r++) v = Math.max(v, all.data[r * old.length + i]!)
+      return v
+    })
+    const rp = Math.min(...best)
+    if (rp < this.rosterStart) {
+      // An owner of this roster never placed a snapshot of its own: the state of the step
+      // this roster started from is gone with it. Never fall back to a fresh start silently.
+      throw new TrainingError(`rank(s) ${old.map((m, i) => (best[i]! < this.rosterStart ? i : -1)).filter(i => i >= 0).join(', ')} were lost before placing a snapshot ` +
+        `since step ${this.rosterStart}, where this roster began: the state is not recoverable from peers. Restart the nodes with --resume to continue from the disk tier` + this.diskHint())
+    }
+    const record = (): void => {
+      if (plan.lost.length > 0) this.st.recoveries.push({ mode: plan.mode as 'replace' | 'shrink', lost: plan.lost, fromStep: rp, ms: Math.round(clock.monotonic() - t0) })
     }
     if (rp === 0) {
-      record(plan.lost)
+      record()
       return this.freshShard(shard.start, shard.length)
     }
-    const fetch = async (owner: PeerId): Promise<RankState> => (await svc.recover({ owner, version: rp }, signal === undefined ? {} : { signal })).state
+    const fetch = async (owner: PeerId): Promise<RankState> => (await svc.recover({ owner, version: rp }, opts)).state
     if (plan.mode === 'replace') {
       const st = await fetch(old[rank]!.id)
       log.info({ rank, step: rp, from: old[rank]!.id }, 'loaded rank state from the snapshot')
-      record(plan.lost)
+      record()
       return { step: rp, master: st.weights.slice(), m: st.adamM.slice(), v: st.adamV.slice() }
     }
     // Shrink: the full flat state from every old rank's shard, then this rank's new shard.
-    const N = this.layout.length
-    const full = { master: new Float32Array(N), m: new Float32Array(N), v: new Float32Array(N) }
     const states = await Promise.all(old.map(mb => fetch(mb.id)))
-    states.forEach((st, r) => {
-      const at = shardRange(N, old.length, r).start
-      full.master.set(st.weights, at)
-      full.m.set(st.adamM, at)
-      full.v.set(st.adamV, at)
-    })
-    record(plan.lost)
-    const cut = (a: Float32Array): Float32Array => {
+    record()
+    return this.cutShard(states, rp, shard)
+  }
+
+  /** The shard `shard` of the full flat state assembled from every old rank's state (in rank order). */
+  private cutShard (states: readonly RankState[], step: number, shard: { start: number, length: number }): ShardState {
+    const N = this.layout.length
+    const cut = (pick: (st: RankState) => Float32Array): Float32Array => {
       const out = new Float32Array(shard.length)
-      out.set(a.subarray(shard.start, Math.min(a.length, shard.start + shard.length)))
+      const end = Math.min(N, shard.start + shard.length)
+      states.forEach((st, r) => {
+        const at = shardRange(N, states.length, r).start
+        const a = Math.max(at, shard.start)
+        const b = Math.min(at + st.weights.length, end)
+        if (a < b) out.set(pick(st).subarray(a - at, b - at), a - shard.start)
+      })
       return out
     }
-    return { step: rp, master: cut(full.master), m: cut(full.m), v: cut(full.v) }
+    return { step, master: cut(st => st.weights), m: cut(st => st.adamM), v: cut(st => st.adamV) }
+  }
+
+  /**
+   * `--resume`: every training member reads its disk tier, they agree on the newest step for
+   * which some member holds the file of every old rank, exchange those states and each takes
+   * its shard (the world size may differ from the run that wrote them).
+   */
+  private async resume (collective: Collective, roster: Member[], shard: { start: number, length: number }, signal?: AbortSignal): Promise<ShardState> {
+    const { log, clock } = this.deps
+    const t0 = clock.monotonic()
+    const dir = this.cfg.disk!.dir
+    const opts = signal === undefined ? {} : { signal }
+    // Per member: up to DISK_SLOTS (step, rank, world size) triples of the files it has.
+    const mine = new Float32Array(DISK_SLOTS * 3).fill(-1)
+    const steps = (await diskSteps(dir)).slice(0, DISK_SLOTS)
+    const held = new Map<number, RankState>()
+    for (const [i, step] of steps.entries()) {
+      const st = await loadDiskState(dir, step)
+      if (st === undefined) continue
+      held.set(step, st)
+      mine.set([step, st.rank, st.worldSize], i * 3)
+    }
+    const P = roster.length
+    const all = (await collective.allGather(mine, P * mine.length, { step: 0, label: 'resume_index', ...opts })).data
+    // For each step, which old ranks some member holds (and which member).
+    const byStep = new Map<number, { worldSize: number, from: Map<number, number> }>()
+    for (let r = 0; r < P; r++) {
+      for (let i = 0; i < DISK_SLOTS; i++) {
+        const [step, oldRank, ws] = [all[(r * DISK_SLOTS + i) * 3]!, all[(r * DISK_SLOTS + i) * 3 + 1]!, all[(r * DISK_SLOTS + i) * 3 + 2]!]
+        if (step < 0) continue
+        let e = byStep.get(step)
+        if (e === undefined) byStep.set(step, e = { worldSize: ws, from: new Map() })
+        if (e.worldSize !== ws) throw new TrainingError(`--resume: the disk tier files of step ${step} disagree on the world size (${e.worldSize} and ${ws})`)
+        if (!e.from.has(oldRank)) e.from.set(oldRank, r)
+      }
+    }
+    const usable = [...byStep.entries()].filter(([, e]) => e.from.size === e.worldSize).map(([step]) => step).sort((a, b) => b - a)
+    if (usable.length === 0) {
+      const seen = [...byStep.entries()].map(([step, e]) => `step ${step}: ranks ${[...e.from.keys()].sort((a, b) => a - b).join(',')} of ${e.worldSize}`)
+      throw new TrainingError(`--resume: no step has every rank's state on the training members' disks (${seen.length === 0 ? 'no disk tier files at all' : seen.join('; ')})`)
+    }
+    const step = usable[0]!
+    const e = byStep.get(step)!
+    const oldP = e.worldSize
+    // Every member contributes the old ranks it was chosen for, in a fixed-size slot per old rank.
+    const N = this.layout.length
+    const L = shardRange(N, oldP, 0).length
+    const self = roster.findIndex(m => m.id === this.deps.net.self.id)
+    const mineOld = [...e.from.entries()].filter(([, r]) => r === self).map(([o]) => o)
+    const slots = Math.max(...[...Array(P).keys()].map(r => [...e.from.values()].filter(x => x === r).length))
+    const per = slots * (1 + 3 * L)
+    const buf = new Float32Array(per).fill(-1)
+    mineOld.forEach((o, j) => {
+      const st = held.get(step)!
+      if (st.rank !== o) throw new TrainingError(`--resume: internal: expected rank ${o}'s file, read rank ${st.rank}'s`)
+      const at = j * (1 + 3 * L)
+      buf[at] = o
+      buf.set(st.weights, at + 1)
+      buf.set(st.adamM, at + 1 + L)
+      buf.set(st.adamV, at + 1 + 2 * L)
+    })
+    const got = (await collective.allGather(buf, P * per, { step: 0, label: 'resume_state', ...opts })).data
+    const states: RankState[] = new Array(oldP)
+    for (let r = 0; r < P; r++) {
+      for (let j = 0; j < slots; j++) {
+        const at = r * per + j * (1 + 3 * L)
+        const o = got[at]!
+        if (o < 0) continue
+        const len = shardRange(N, oldP, o).length
+        const part = (k: number): Float32Array => got.slice(at + 1 + k * L, at + 1 + k * L + len)
+        states[o] = { rank: o, worldSize: oldP, epoch: 0, step, dataCursor: step, weights: part(0), adamM: part(1), adamV: part(2), rng: new Uint8Array(0) }
+      }
+    }
+    log.info({ step, oldWorldSize: oldP, worldSize: P, ms: Math.round(clock.monotonic() - t0) }, 'resumed from the disk tier')
+    this.st.resumedFrom = step
+    return this.cutShard(states, step, shard)
   }
 }

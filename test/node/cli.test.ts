@@ -72,3 +72,68 @@ test('doctor prints one line per check and a verdict; it says plainly why CUDA i
   t.regex(down.out.find(l => / bootstrap /.test(l))!, /^fail .*unreachable/)
   t.regex(down.out.at(-1)!, /^not ready: bootstrap failed/)
 })
+
+test('start --help lists the metrics and disk-tier flags; export --help explains the command', async t => {
+  const start = await capture(['start', '--help'])
+  t.is(start.code, 0)
+  for (const flag of ['--metrics-listen <host:port>', '--disk-every <n>', '--resume']) t.true(start.out[0]!.includes(flag), flag)
+  const exp = await capture(['export', '--help'])
+  t.is(exp.code, 0)
+  t.regex(exp.out[0]!, /^zeromesh export --out <file\.safetensors> --data-dir <dir>/)
+  for (const flag of ['--model <name>', '--data <file>', '--step <n>']) t.true(exp.out[0]!.includes(flag), flag)
+  t.regex((await capture(['--help'])).out[0]!, /\n {2}export +write the trained model as safetensors/)
+})
+
+test('--metrics-listen, --disk-every and --resume are validated by the start schema', async t => {
+  const { loadStartConfig } = await import('../../node/config.ts')
+  const base = { run: 'r', 'secret-file': '/nonexistent' }
+  const cfg = loadStartConfig(base, {})
+  t.is(cfg.metricsListen, undefined)
+  t.is(cfg.diskEvery, 10)
+  t.false(cfg.resume)
+  t.deepEqual(loadStartConfig({ ...base, 'metrics-listen': '127.0.0.1:9464' }, {}).metricsListen, { host: '127.0.0.1', port: 9464 })
+  t.deepEqual(loadStartConfig({ ...base, 'metrics-listen': '[::1]:0' }, {}).metricsListen, { host: '::1', port: 0 })
+  t.deepEqual(loadStartConfig({ ...base, 'metrics-listen': ':9464' }, {}).metricsListen, { host: '0.0.0.0', port: 9464 })
+  t.deepEqual(loadStartConfig(base, { ZEROMESH_METRICS_LISTEN: 'localhost:9000', ZEROMESH_DISK_EVERY: '0' }).metricsListen, { host: 'localhost', port: 9000 })
+  t.is(loadStartConfig({ ...base, train: true, resume: true, 'disk-every': '25' }, {}).diskEvery, 25)
+  for (const [flags, pattern] of [
+    [{ 'metrics-listen': '9464' }, /^--metrics-listen must be host:port \(e\.g\. 127\.0\.0\.1:9464, \[::1\]:9464 or :9464\), got '9464'$/],
+    [{ 'metrics-listen': '127.0.0.1:70000' }, /^--metrics-listen must be host:port/],
+    [{ 'metrics-listen': '::1:9464' }, /^--metrics-listen must be host:port/],
+    [{ 'metrics-listen': 'http://127.0.0.1:9464/metrics' }, /^--metrics-listen must be host:port/],
+    [{ 'disk-every': '-1' }, /^--disk-every /],
+    [{ 'disk-every': '2.5' }, /^--disk-every must be an integer/],
+    [{ resume: true }, /^--resume needs --train/]
+  ] as Array<[Record<string, unknown>, RegExp]>) {
+    t.throws(() => loadStartConfig({ ...base, ...flags }, {}), { name: 'ConfigError', message: pattern }, JSON.stringify(flags))
+  }
+  // On the command line: one line, exit 2.
+  const r = await capture(['start', '--run', 'r', '--secret-file', '/nonexistent', '--metrics-listen', 'nope'])
+  t.is(r.code, 2)
+  t.deepEqual(r.err, ['zeromesh: --metrics-listen must be host:port (e.g. 127.0.0.1:9464, [::1]:9464 or :9464), got \'nope\''])
+})
+
+test('export: bad flags exit 2, a data dir without disk-tier files exits 1, one line each', async t => {
+  const { mkdtempSync, rmSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const dir = mkdtempSync(join(tmpdir(), 'zm-cli-export-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const out = join(dir, 'model.safetensors')
+  for (const [argv, pattern] of [
+    [['export', '--data-dir', dir], /^zeromesh: export needs --out/],
+    [['export', '--out', out], /^zeromesh: export needs --data-dir/],
+    [['export', '--out', out, '--data-dir', dir, '--step', 'x'], /^zeromesh: --step must be an integer >= 0, got 'x'$/],
+    [['export', '--out', out, '--data-dir', dir, '--model', 'gpt5'], /^zeromesh: --model must be mini, small or gpt2-124m/],
+    [['export', '--out', out, '--data-dir', dir, 'extra'], /^zeromesh: Unexpected argument 'extra'/]
+  ] as Array<[string[], RegExp]>) {
+    const r = await capture(argv)
+    t.is(r.code, 2, argv.join(' '))
+    t.is(r.err.length, 1)
+    t.regex(r.err[0]!, pattern)
+  }
+  const none = await capture(['export', '--out', out, '--data-dir', dir])
+  t.is(none.code, 1)
+  t.is(none.err.length, 1)
+  t.regex(none.err[0]!, /^zeromesh: no disk-tier state files \(train\/step-\*\.zms\) in /)
+})

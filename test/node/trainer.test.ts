@@ -1,74 +1,11 @@
 import test from 'ava'
-import { RealClock, Rng, silentLogger } from '../../core/index.ts'
-import { createMemoryNetwork, createMembership } from '../../mesh/index.ts'
-import { CpuBackend, gptLayout } from '../../gpu/index.ts'
-import { Trainer, decaySegments, trainingModel, type TrainConfig, type TrainStatus } from '../../node/trainer.ts'
-import type { Corpus } from '../../node/data.ts'
+import { gptLayout } from '../../gpu/index.ts'
+import { decaySegments, type TrainConfig, type TrainStatus } from '../../node/trainer.ts'
 import { seededRng } from '../helpers/seed.ts'
+import { base, model, ok, trainMesh as trainMeshAll, type MeshOptions, type MeshRun } from '../helpers/train-mesh.ts'
 
-// A small repetitive corpus, so a tiny model learns visibly in a few dozen steps.
-function corpus (): Corpus {
-  const text = Buffer.from('the quick brown fox jumps over the lazy dog. '.repeat(400))
-  const ids = new Uint16Array(text.length)
-  ids.set(text)
-  return { source: 'test', vocabSize: 256, train: ids, val: ids.subarray(0, 100) }
-}
-
-interface MeshRun { statuses: TrainStatus[], params: Float32Array }
-
-/** n in-process workers on a memory network; `kill` crashes one rank's node at a step. */
-async function trainMesh (n: number, cfg: TrainConfig, opts: { zones?: number, kill?: { rank: number, atStep: number } } = {}): Promise<MeshRun> {
-  const zones = opts.zones ?? 2
-  const hub = createMemoryNetwork()
-  const clock = new RealClock()
-  const nodes = Array.from({ length: n }, (_, i) => {
-    const net = hub.createPeer({ id: `w${i}`, labels: { zone: `z${i % zones}`, host: `h${i}` } })
-    const membership = createMembership({ heartbeatMs: 200, expect: n }, { net, clock, rng: Rng.fromSeed(i), log: silentLogger() })
-    return { net, membership, ctrl: new AbortController(), killed: false }
-  })
-  for (const x of nodes) {
-    await x.net.start()
-    await x.membership.start()
-  }
-  const c = corpus()
-  const trainers = nodes.map((x, i) => new Trainer({
-    backend: new CpuBackend(),
-    net: x.net,
-    membership: x.membership,
-    clock,
-    log: silentLogger(),
-    corpus: c,
-    onStep: s => {
-      if (opts.kill !== undefined && s.rank === opts.kill.rank && s.step === opts.kill.atStep && !nodes.some(n => n.killed)) {
-        nodes[i]!.killed = true
-        hub.kill(x.net.self.id)
-        x.ctrl.abort()
-        void x.membership.stop()
-      }
-    }
-  }, cfg))
-  const runs = trainers.map((t, i) => t.run(nodes[i]!.ctrl.signal))
-  try {
-    const settled = await Promise.allSettled(runs.map((r, i) => r.then(s => {
-      // Once every live rank is done, the spares are told to stop.
-      if (s.role === 'done' && trainers.every((t, j) => nodes[j]!.killed || t.status().role !== 'rank')) for (const x of nodes) x.ctrl.abort()
-      return s
-    })))
-    const statuses = settled.flatMap((r, i) => (nodes[i]!.killed ? [] : r.status === 'fulfilled' ? [r.value] : (() => { throw r.reason })()))
-    const N = gptLayout(cfg.model).length
-    const params = new Float32Array(N)
-    trainers.forEach((t, i) => { if (!nodes[i]!.killed && t.finalShard !== undefined) params.set(t.finalShard.data, t.finalShard.start) })
-    return { statuses, params }
-  } finally {
-    for (const x of nodes) {
-      if (!x.killed) await x.membership.stop()
-      await x.net.stop()
-    }
-  }
-}
-
-const model = trainingModel('mini', 256)
-const base: TrainConfig = { model: { ...model, maxT: 16 }, B: 2, T: 16, steps: 30, lr: 1e-2, weightDecay: 0, seed: 5, worldSize: 4, zeroPP: false, dtype: 'f32', snapshot: undefined }
+/** A run whose every surviving node must succeed. */
+const trainMesh = async (n: number, cfg: TrainConfig, opts?: MeshOptions): Promise<MeshRun> => ok(await trainMeshAll(n, cfg, opts))
 
 test('four ranks train a GPT with flat ZeRO-3 on an in-memory mesh: loss falls, all ranks agree', async t => {
   const first = await trainMesh(4, { ...base, steps: 1 })

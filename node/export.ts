@@ -1,0 +1,219 @@
+import { statSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { VERSION, ZeromeshError, checkCap, throwIfAborted } from '../core/index.ts'
+import { gptLayout, type GptLayout } from '../gpu/index.ts'
+import { shardRange } from '../mesh/collective/index.ts'
+import { encodeSafetensors, writeFileDurable, type RankState } from '../snapshot/index.ts'
+import { loadCorpus } from './data.ts'
+import { diskDir, diskSteps, loadDiskState } from './disk-tier.ts'
+import { TRAIN_MODELS, trainingModel, type TrainModelName } from './trainer.ts'
+
+/**
+ * `zeromesh export`: the full model of a run as safetensors, from the trainer's disk tier.
+ *
+ * Each training node's data dir holds `train/step-<step>.zms` files, each one rank's sealed
+ * state (its slice of the flat f32 master weights; see node/disk-tier.ts). Given the data dirs
+ * of the run's nodes (their union must hold every rank), this picks the newest step (or
+ * `step`) for which every rank 0..P-1 of one world size P is present, checks each slice against
+ * the ZeRO split the trainer used (`shardRange(N, P, r)`, N the chosen model's parameter
+ * count), joins them into the flat buffer, and writes it with the GPT layout's tensor names.
+ * Every file read is verified (checksum, header, lengths) before use; anything missing,
+ * inconsistent or damaged is an {@link ExportError} that says what and where.
+ */
+
+/** Caps of `zeromesh export` (docs/LIMITS.md). */
+export const EXPORT_LIMITS = Object.freeze({
+  /** `--data-dir` values (one per node; ranks are at most the schema's 1024 world size). */
+  maxDataDirs: 1024
+})
+
+/** The export cannot be made from what the data dirs hold. One line on the CLI, exit 1. */
+export class ExportError extends ZeromeshError {
+  static override name = 'ExportError'
+}
+
+export interface ExportOptions {
+  /** The safetensors file to write (atomically: temp file, fsync, rename). */
+  out: string
+  /** Data dirs of the run's nodes, or their `train/` folders. */
+  dataDirs: readonly string[]
+  /** The model shape the run trained (`--model`). */
+  model: TrainModelName
+  /** The training data (`--data`), for the vocabulary size; the default corpus when absent. */
+  data?: string
+  /** Export this step instead of the newest complete one. */
+  step?: number
+  signal?: AbortSignal
+}
+
+export interface ExportResult {
+  path: string
+  step: number
+  worldSize: number
+  model: TrainModelName
+  tensors: number
+  parameters: number
+  /** Size of the written file. */
+  bytes: number
+  /** Newer steps passed over because ranks were missing (newest first), e.g. "step 20 lacks rank 1 of 3". */
+  skipped: string[]
+}
+
+/** One state file found: where, and its step (from the name; the contents are checked on load). */
+interface Found { dir: string, step: number }
+
+/** Reads the disk tiers, assembles the newest complete step and writes the safetensors file. */
+export async function exportModel (opts: ExportOptions): Promise<ExportResult> {
+  if (opts.dataDirs.length === 0) throw new ExportError('export needs at least one --data-dir')
+  checkCap('export data dirs', opts.dataDirs.length, EXPORT_LIMITS.maxDataDirs)
+  const out = resolve(opts.out)
+  const outDir = dirname(out)
+  if (!isDir(outDir)) throw new ExportError(`cannot write ${out}: ${outDir} is not a directory`)
+  const found: Found[] = []
+  for (const given of opts.dataDirs) {
+    throwIfAborted(opts.signal)
+    const dir = resolve(given)
+    if (!isDir(dir)) throw new ExportError(`data dir ${dir} does not exist`)
+    // A node's data dir, or its train/ folder itself.
+    let tier = diskDir(dir)
+    let steps = await diskSteps(tier)
+    if (steps.length === 0) {
+      steps = await diskSteps(dir)
+      tier = dir
+    }
+    for (const step of steps) found.push({ dir: tier, step })
+  }
+  if (found.length === 0) {
+    throw new ExportError(`no disk-tier state files (train/step-*.zms) in ${opts.dataDirs.map(d => resolve(d)).join(', ')}; training nodes write them every --disk-every steps`)
+  }
+  const steps = [...new Set(found.map(f => f.step))].sort((a, b) => b - a)
+  if (opts.step !== undefined && !steps.includes(opts.step)) {
+    throw new ExportError(`no state files of step ${opts.step}; the data dirs hold step${steps.length === 1 ? '' : 's'} ${steps.join(', ')}`)
+  }
+  // The layout before any state is read: it bounds what is kept (every slice is checked against it).
+  const corpus = loadCorpus(opts.data)
+  const config = trainingModel(opts.model, corpus.vocabSize)
+  const layout = gptLayout(config)
+  const skipped: string[] = []
+  for (const step of opts.step !== undefined ? [opts.step] : steps) {
+    const got = await loadStep(found.filter(f => f.step === step), step, layout, corpus.vocabSize, opts.signal)
+    if (got.missing.length > 0) {
+      skipped.push(`step ${step} lacks rank${got.missing.length === 1 ? '' : 's'} ${list(got.missing)} of ${got.worldSize}`)
+      continue
+    }
+    const metadata: Record<string, string> = {
+      format: 'zeromesh',
+      producer: `zeromesh ${VERSION}`,
+      model: opts.model,
+      step: String(step),
+      world_size: String(got.worldSize),
+      vocab_size: String(config.vocabSize),
+      padded_vocab_size: String(config.paddedVocabSize),
+      n_layer: String(config.nLayer),
+      n_head: String(config.nHead),
+      n_embd: String(config.C),
+      max_t: String(config.maxT),
+      data: corpus.source
+    }
+    const parts = encodeSafetensors(got.flat, {
+      length: layout.length,
+      tensors: layout.tensors.map(t => ({ name: t.name, offset: t.offset, shape: t.shape }))
+    }, metadata)
+    try {
+      await writeFileDurable(out, parts, outDir)
+    } catch (err) {
+      throw new ExportError(`cannot write ${out}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+    return {
+      path: out,
+      step,
+      worldSize: got.worldSize,
+      model: opts.model,
+      tensors: layout.tensors.length,
+      parameters: layout.length,
+      bytes: parts.reduce((a, p) => a + p.length, 0),
+      skipped
+    }
+  }
+  const hint = ' (each rank is written by the node that held it: pass every node\'s --data-dir)'
+  throw new ExportError(`no step has the state of every rank: ${skipped.join('; ')}${hint}`)
+}
+
+/**
+ * Loads every file of `step` into one flat buffer. All must agree on the world size; each
+ * rank's slice must have the length the trainer's split gives it, and a rank found twice must
+ * hold the same values.
+ */
+async function loadStep (files: readonly Found[], step: number, layout: GptLayout, vocabSize: number, signal?: AbortSignal): Promise<{ worldSize: number, flat: Float32Array, missing: number[] }> {
+  const flat = new Float32Array(layout.length)
+  let world: { P: number, dir: string } | undefined
+  let from: Array<string | undefined> = []
+  for (const f of files) {
+    throwIfAborted(signal)
+    const where = `the state of step ${step} in ${f.dir}`
+    let state: RankState | undefined
+    try {
+      state = await loadDiskState(f.dir, step)
+    } catch (err) {
+      throw new ExportError(`${where} is damaged: ${(err as Error).message}`)
+    }
+    if (state === undefined) throw new ExportError(`${where} disappeared while it was read`)
+    if (state.step !== step) throw new ExportError(`${where} is a file of step ${state.step}: it was renamed or copied over`)
+    if (world === undefined) {
+      world = { P: state.worldSize, dir: f.dir }
+      from = new Array<string | undefined>(state.worldSize).fill(undefined)
+    } else if (state.worldSize !== world.P) {
+      throw new ExportError(`step ${step} mixes world sizes: ${world.P} in ${world.dir}, ${state.worldSize} in ${f.dir} (the run changed size; leave out the stale data dirs or pick another --step)`)
+    }
+    const range = shardRange(layout.length, state.worldSize, state.rank)
+    if (state.weights.length !== range.length) {
+      throw new ExportError(`${where}: rank ${state.rank} of ${state.worldSize} holds ${state.weights.length} parameters, but this model's split gives it ${range.length}${suggestModel(state, vocabSize)}`)
+    }
+    const slot = flat.subarray(range.start, range.start + range.length)
+    const prev = from[state.rank]
+    if (prev !== undefined) {
+      if (!sameBits(slot, state.weights)) throw new ExportError(`rank ${state.rank} of step ${step} differs between ${prev} and ${f.dir}`)
+      continue
+    }
+    slot.set(state.weights)
+    from[state.rank] = f.dir
+  }
+  const missing = from.map((d, r) => (d === undefined ? r : -1)).filter(r => r >= 0)
+  return { worldSize: world?.P ?? 0, flat, missing }
+}
+
+/** Which `--model` the slice fits with this vocabulary, as a hint; a generic one when none does. */
+function suggestModel (state: RankState, vocabSize: number): string {
+  for (const name of Object.keys(TRAIN_MODELS) as TrainModelName[]) {
+    const n = gptLayout(trainingModel(name, vocabSize)).length
+    if (shardRange(n, state.worldSize, state.rank).length === state.weights.length) return ` (--model ${name} fits it)`
+  }
+  return ' (pass the --model and --data the run trained with)'
+}
+
+function sameBits (a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length)
+  const y = new Uint32Array(b.buffer, b.byteOffset, b.length)
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false
+  return true
+}
+
+function isDir (p: string): boolean {
+  try {
+    return statSync(p).isDirectory()
+  } catch {
+    return false
+  }
+}
+
+/** "0, 2 and 5", shortened past a dozen. */
+function list (xs: readonly number[]): string {
+  const shown = xs.length > 12 ? [...xs.slice(0, 12).map(String), `${xs.length - 12} more`] : xs.map(String)
+  return shown.length === 1 ? shown[0]! : `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)!}`
+}
+
+/** The lines `zeromesh export` prints: a note per newer incomplete step, then the summary. */
+export function formatExport (r: ExportResult): string[] {
+  return [...r.skipped.map(s => `note: ${s}; exporting an older step`), `exported step ${r.step} of ${r.model} (${r.worldSize} rank${r.worldSize === 1 ? '' : 's'}): ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${r.bytes.toLocaleString('en-US')} bytes to ${r.path}`]
+}

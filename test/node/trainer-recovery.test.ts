@@ -1,0 +1,130 @@
+import test from 'ava'
+import { mkdtempSync, rmSync, readdirSync, unlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { placeStripe } from '../../snapshot/index.ts'
+import { TrainingError, type TrainConfig } from '../../node/trainer.ts'
+import { diskDir } from '../../node/disk-tier.ts'
+import { base, ok, trainMesh, type MeshControl } from '../helpers/train-mesh.ts'
+
+// Recovery beyond one lost rank: m ranks at once, m+1 lost holders, a transient stall with no
+// view change, a minority, and the disk tier (restart from it, and resume under another world
+// size). Each runs real membership and real snapshot services on an in-memory mesh.
+
+const same = (a: Float32Array, b: Float32Array): boolean => Buffer.compare(Buffer.from(a.buffer), Buffer.from(b.buffer)) === 0
+
+test('kill m ranks at once (k=2, m=2): two spares take both ranks from the snapshots, bit-identically', async t => {
+  const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 2 } }
+  const clean = ok(await trainMesh(6, cfg))
+  const nodeOfRank = new Map<number, number>()
+  const hurt = ok(await trainMesh(6, cfg, {
+    onStep: (ctl, i, s) => {
+      if (s.rank !== undefined) nodeOfRank.set(s.rank, i)
+      if (s.rank === 1 && s.step === 5 && !ctl.nodes.some(n => n.killed)) ctl.kill([i, nodeOfRank.get(2)!])
+    }
+  }))
+  const ranks = hurt.statuses.filter(s => s.role === 'done')
+  t.is(ranks.length, 4)
+  const rec = ranks.flatMap(s => s.recoveries)
+  t.true(rec.length > 0 && rec.every(r => r.mode === 'replace' && r.lost.length === 2), JSON.stringify(rec))
+  t.log(`lost ranks ${rec[0]!.lost.join(', ')} at once; back to step ${rec[0]!.fromStep} in ${rec[0]!.ms} ms`)
+  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kills')
+})
+
+test('m+1 lost holders: every survivor fails with a clear unrecoverable error, and a restart with --resume finishes from the disk tier', async t => {
+  const root = mkdtempSync(join(tmpdir(), 'zm-mplus1-'))
+  try {
+    // 7 ranks, k=2, m=1: kill rank 3's node and two of its three holders (4 of 7 stay: a majority).
+    const cfg: TrainConfig = { ...base, worldSize: 7, steps: 8, snapshot: { k: 2, m: 1 }, minorityWaitMs: 5000 }
+    const disk = (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 2, resume: false } })
+    let victims: string[] = []
+    const hurt = await trainMesh(7, cfg, {
+      configOf: disk,
+      onStep: (ctl: MeshControl, i, s) => {
+        if (s.rank !== 3 || s.step !== 4 || victims.length > 0) return
+        const view = ctl.nodes[i]!.membership.view()!
+        const owner = view.members.findIndex(m => m.id === ctl.nodes[i]!.net.self.id)
+        victims = [ctl.nodes[i]!.net.self.id, ...placeStripe(view, owner, 2, 1).slice(0, 2)]
+        ctl.kill(victims.map(id => ctl.nodes.findIndex(n => n.net.self.id === id)))
+      }
+    })
+    t.is(victims.length, 3)
+    t.is(hurt.statuses.length, 0, 'no survivor claims success')
+    t.is(hurt.errors.length, 4)
+    for (const e of hurt.errors) {
+      t.true(e instanceof TrainingError, String(e))
+      t.regex(e.message, /unrecoverable/)
+      t.regex(e.message, /--resume/)
+    }
+    t.log(hurt.errors[0]!.message)
+    // The whole mesh restarts on the same data dirs (the killed nodes' disks survived).
+    const resumed = ok(await trainMesh(7, { ...cfg, minorityWaitMs: undefined }, { configOf: i => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 2, resume: true } }) }))
+    const done = resumed.statuses.filter(s => s.role === 'done')
+    t.is(done.length, 7)
+    t.true(done.every(s => s.resumedFrom !== undefined && s.resumedFrom >= 2 && s.step === 8), JSON.stringify(done.map(s => [s.resumedFrom, s.step])))
+    t.log(`resumed from step ${done[0]!.resumedFrom} of the disk tier, finished at step 8, loss ${done[0]!.loss!.toFixed(4)}`)
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
+})
+
+test('a transient stall with no view change: the ranks retry from the newest common snapshot, bit-identically', async t => {
+  const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 1 } }
+  const clean = ok(await trainMesh(4, cfg))
+  let cut = false
+  const hurt = ok(await trainMesh(4, cfg, {
+    onStep: (ctl, _i, s) => {
+      if (s.rank !== 0 || s.step !== 5 || cut) return
+      cut = true
+      // Two non-leader members lose each other for a moment: their collective streams break,
+      // but every heartbeat still reaches the leader, so no view change follows.
+      ctl.hub.partition(['w2'], ['w3'])
+      setTimeout(() => ctl.hub.heal(), 200)
+    }
+  }))
+  const ranks = hurt.statuses.filter(s => s.role === 'done')
+  t.is(ranks.length, 4)
+  t.true(ranks.every(s => s.recoveries.length === 0 && s.epoch === clean.statuses[0]!.epoch), 'no view change, no recovery')
+  t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
+  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the stall')
+})
+
+test('a rank left in a minority fails with a clear error after minorityWaitMs instead of waiting forever', async t => {
+  const cfg: TrainConfig = { ...base, steps: 30, snapshot: { k: 1, m: 1 }, minorityWaitMs: 2000 }
+  const res = await trainMesh(4, cfg, {
+    onStep: (ctl, i, s) => {
+      if (s.rank === 0 && s.step === 3 && !ctl.nodes.some(n => n.killed)) ctl.kill([0, 1, 2, 3].filter(j => j !== i).slice(0, 2))
+    }
+  })
+  t.is(res.errors.length, 2)
+  for (const e of res.errors) {
+    t.true(e instanceof TrainingError, String(e))
+    t.regex(e.message, /minority/)
+  }
+  t.log(res.errors[0]!.message)
+})
+
+test('disk tier: a resumed run is bit-identical to an uninterrupted one, and can resume under another world size', async t => {
+  const root = mkdtempSync(join(tmpdir(), 'zm-resume-'))
+  try {
+    const cfg: TrainConfig = { ...base, worldSize: 3, steps: 8 }
+    const disk = (resume: boolean) => (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
+    const full = ok(await trainMesh(3, cfg, { configOf: disk(false) }))
+    for (let i = 0; i < 3; i++) t.deepEqual(readdirSync(diskDir(join(root, `w${i}`))).sort(), ['step-00000003.zms', 'step-00000006.zms'])
+    // Drop step 6 on one node: the newest step every rank has is 3.
+    unlinkSync(join(diskDir(join(root, 'w1')), 'step-00000006.zms'))
+    const again = ok(await trainMesh(3, cfg, { configOf: disk(true) }))
+    t.true(again.statuses.every(s => s.resumedFrom === 3))
+    t.true(same(again.params, full.params), 'resumed from step 3: bit-identical final weights')
+    // Four ranks (the fourth with an empty disk) resume the three ranks' state, re-partitioned.
+    const four = ok(await trainMesh(4, { ...cfg, worldSize: 4, steps: 10 }, { configOf: disk(true) }))
+    t.true(four.statuses.every(s => s.resumedFrom === 6 && s.step === 10), JSON.stringify(four.statuses.map(s => [s.resumedFrom, s.step])))
+    t.true(four.statuses[0]!.loss! < full.statuses[0]!.loss! * 1.05)
+    // Nothing to resume: a clear error, not a fresh start.
+    const empty = await trainMesh(2, { ...cfg, worldSize: 2 }, { configOf: i => ({ disk: { dir: join(root, 'none', `w${i}`), every: 3, resume: true } }) })
+    t.is(empty.errors.length, 2)
+    t.regex(empty.errors[0]!.message, /no disk tier files at all/)
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
+})
