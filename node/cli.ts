@@ -222,7 +222,8 @@ const COMMANDS: Record<string, Command> = {
     usage: [
       'zeromesh sim <scenario.json> [--seed N] [--nodes N] [--report out.json] [--svg out.svg] [--quiet]',
       '',
-      '  <scenario.json>   a scenario file (see sim/scenarios/ for examples)',
+      '  <scenario.json>   a scenario file (see sim/scenarios/ for examples); with "workload": "train"',
+      '                    the real trainer runs on every simulated node with a compute cost model',
       '  --seed N          override the scenario\'s seed (a run is reproduced exactly by its seed)',
       '  --nodes N         override the node count',
       '  --report <file>   write the full report as JSON',
@@ -248,6 +249,19 @@ const COMMANDS: Record<string, Command> = {
       const seed = int('seed', values.seed, 0)
       const nodes = int('nodes', values.nodes, 1)
       const { loadScenario, runScenario, formatReport, timelineSvg } = await import('../sim/index.ts')
+      const { readTrainScenario, runTrainScenario, formatTrainReport } = await import('../sim/train-run.ts')
+      const train = readTrainScenario(positionals[0]!)
+      if (train !== undefined) {
+        // The training workload: the real trainer on every simulated node (see sim/train-run.ts).
+        if (values.svg !== undefined) throw new UsageError('--svg draws membership timelines; training scenarios have no timeline yet')
+        const tbar = values.quiet === true ? undefined : progressBar(process.stderr, 'of the training steps')
+        const r = await runTrainScenario(train, { ...(seed === undefined ? {} : { seed }), ...(nodes === undefined ? {} : { nodes }), ...(tbar === undefined ? {} : { progress: tbar.update }) })
+        tbar?.done()
+        io.out(formatTrainReport(r))
+        if (values.report !== undefined) (await import('node:fs')).writeFileSync(values.report, JSON.stringify(r, null, 2) + '\n')
+        if (!r.ok) io.out(`replay: npx zeromesh sim ${positionals[0]} --seed ${r.seed}${nodes === undefined ? '' : ` --nodes ${nodes}`}`)
+        return r.ok ? 0 : 1
+      }
       const scenario = loadScenario(positionals[0]!)
       const bar = values.quiet === true ? undefined : progressBar(process.stderr)
       const report = await runScenario(scenario, { ...(seed === undefined ? {} : { seed }), ...(nodes === undefined ? {} : { nodes }), ...(bar === undefined ? {} : { progress: bar.update }) })
@@ -339,8 +353,8 @@ function parseStrict<O extends ParseArgsOptionsConfig> (args: string[], options:
   }
 }
 
-/** A one-line progress bar over simulated time on a terminal; plain percentages elsewhere. */
-function progressBar (stream: NodeJS.WriteStream): { update: (f: number) => void, done: () => void } {
+/** A one-line progress bar (over simulated time, or steps) on a terminal; plain percentages elsewhere. */
+function progressBar (stream: NodeJS.WriteStream, what = 'of simulated time'): { update: (f: number) => void, done: () => void } {
   let last = -1
   return {
     update (f: number) {
@@ -349,9 +363,9 @@ function progressBar (stream: NodeJS.WriteStream): { update: (f: number) => void
       if (stream.isTTY) {
         const w = 30
         const filled = Math.round(f * w)
-        stream.write(`\r[${'#'.repeat(filled)}${'.'.repeat(w - filled)}] ${String(pct).padStart(3)}% of simulated time`)
+        stream.write(`\r[${'#'.repeat(filled)}${'.'.repeat(w - filled)}] ${String(pct).padStart(3)}% ${what}`)
       } else if (pct % 25 === 0) {
-        stream.write(`${pct}% of simulated time\n`)
+        stream.write(`${pct}% ${what}\n`)
       }
       last = pct
     },

@@ -99,6 +99,12 @@ export interface TrainerDeps {
   corpus: Corpus
   /** The node's metrics registry: the snapshot service registers its metrics here. */
   metrics?: MetricsRegistry
+  /**
+   * Simulated compute (the simulator's cost model): after this rank's forward and backward,
+   * the trainer sleeps this many ms on its clock, so virtual time reflects the GPU work the
+   * CPU reference did in no virtual time. Absent on real nodes.
+   */
+  computeMs?: (tokens: number) => number
   /** Called after every committed step (progress lines, metrics). */
   onStep?: (s: TrainStatus) => void
 }
@@ -264,7 +270,8 @@ export class Trainer {
           this.st.role = 'done'
           return this.status()
         } catch (err) {
-          if (!(err instanceof SessionInterrupted) || this.cfg.snapshot === undefined) throw err
+          if (!(err instanceof SessionInterrupted)) throw err
+          if (this.cfg.snapshot === undefined) throw new TrainingError(`${err.message}; snapshots are off (--snapshot off), so a lost or stalled rank ends the run`)
           // The same snapshot twice out of reach: more holders are gone than the code tolerates.
           unrecoverable = err.unrecoverable === undefined ? 0 : unrecoverable + 1
           if (unrecoverable >= 2 || attempt >= MAX_ATTEMPTS) throw this.giveUp(err)
@@ -478,6 +485,8 @@ export class Trainer {
         account(bwd.bytes)
         model.setParams(bwd.data)
         model.backward()
+        const modelled = this.deps.computeMs?.(cfg.B * cfg.T)
+        if (modelled !== undefined && modelled > 0) await clock.sleep(modelled, signal === undefined ? {} : { signal })
         const red = await zero.reduceGradients('model', model.getGrads(), at(s)).catch(fail)
         account(red.bytes)
         opt.write(grad, red.data)
