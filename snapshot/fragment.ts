@@ -201,6 +201,45 @@ export interface StripeInit {
  * state's step; the state checksum is the one in its header.
  */
 export function stripeState (state: Uint8Array, init: StripeInit): SnapshotFragment[] {
+  return runSync(stripeWork(state, init))
+}
+
+/**
+ * {@link stripeState} that gives the event loop back every {@link PAUSE_EVERY_BYTES} of state
+ * (`pause`, e.g. a zero-delay sleep on the node's clock), so heartbeats and transfers keep
+ * flowing while a large state is encoded: a 1 GiB state coded in one call blocks for seconds,
+ * long enough for the failure detector to evict the owner.
+ */
+export async function stripeStateAsync (state: Uint8Array, init: StripeInit, pause: () => Promise<void>): Promise<SnapshotFragment[]> {
+  return await runPaused(stripeWork(state, init), pause)
+}
+
+/** State bytes coded or decoded between two pauses of the async variants. */
+export const PAUSE_EVERY_BYTES = 4 * 1024 * 1024
+
+// The coding loops are generators that yield the bytes of each segment done, so one body
+// serves the synchronous functions and the ones that pause.
+function runSync<T> (g: Generator<number, T>): T {
+  let r = g.next()
+  while (r.done !== true) r = g.next()
+  return r.value
+}
+
+async function runPaused<T> (g: Generator<number, T>, pause: () => Promise<void>): Promise<T> {
+  let since = 0
+  let r = g.next()
+  while (r.done !== true) {
+    since += r.value
+    if (since >= PAUSE_EVERY_BYTES) {
+      since = 0
+      await pause()
+    }
+    r = g.next()
+  }
+  return r.value
+}
+
+function * stripeWork (state: Uint8Array, init: StripeInit): Generator<number, SnapshotFragment[]> {
   const h = readStateHeader(state)
   const { k, m } = init.coder
   const segmentBytes = init.segmentBytes ?? SNAPSHOT_LIMITS.segmentBytes
@@ -212,6 +251,7 @@ export function stripeState (state: Uint8Array, init: StripeInit): SnapshotFragm
     const frags = encodeStripe(state.subarray(o, o + size), init.coder)
     frags.forEach((f, i) => perIndex[i]!.push(encodeFragment(f)))
     o += size
+    yield size
   }
   const bodyBytes = perIndex[0]!.reduce((a, b) => a + b.length, 0)
   return perIndex.map((segments, index) => ({
@@ -248,6 +288,15 @@ export interface AssembleReport {
  * TooFewFragmentsError (codec) or a STATE_* ProtocolError.
  */
 export function assembleState (frags: readonly SnapshotFragment[], coder: ErasureCoder): { state: Uint8Array, report: AssembleReport } {
+  return runSync(assembleWork(frags, coder))
+}
+
+/** {@link assembleState} that pauses every {@link PAUSE_EVERY_BYTES} (see {@link stripeStateAsync}). */
+export async function assembleStateAsync (frags: readonly SnapshotFragment[], coder: ErasureCoder, pause: () => Promise<void>): Promise<{ state: Uint8Array, report: AssembleReport }> {
+  return await runPaused(assembleWork(frags, coder), pause)
+}
+
+function * assembleWork (frags: readonly SnapshotFragment[], coder: ErasureCoder): Generator<number, { state: Uint8Array, report: AssembleReport }> {
   const first = frags[0]
   if (first === undefined) throw new TooFewFragmentsError(coder.k, coder.m, [], Array.from({ length: coder.k + coder.m }, (_, i) => i))
   const l = first.label
@@ -263,6 +312,7 @@ export function assembleState (frags: readonly SnapshotFragment[], coder: Erasur
     for (const i of dec.used) used.add(i)
     out.set(dec.payload, o)
     o += sizes[s]!
+    yield sizes[s]!
   }
   const h = verifyState(out)
   if (h.checksum !== l.stateChecksum || h.step !== l.version) {

@@ -17,7 +17,7 @@ export {
 export { validateStripeParams, placeStripe } from './placement.ts'
 export {
   type FragmentLabel, type SnapshotFragment, type StripeInit, type AssembleReport, LABEL_MAGIC, LABEL_VERSION,
-  encodeLabel, decodeLabel, stripeState, assembleState, fragmentDigest, verifyFragment, segmentSizes
+  encodeLabel, decodeLabel, stripeState, stripeStateAsync, assembleState, assembleStateAsync, PAUSE_EVERY_BYTES, fragmentDigest, verifyFragment, segmentSizes
 } from './fragment.ts'
 export { type Manifest, MANIFEST_TOPIC, encodeManifest, decodeManifest } from './manifest.ts'
 export {

@@ -9,7 +9,7 @@ import {
   NoSnapshotError, PlacementFailedError, snapshotError, SnapshotErrorCode, StoreFullError, TransferTimeoutError, UnrecoverableError
 } from './errors.ts'
 import {
-  assembleState, decodeLabel, encodeLabel, fragmentDigest, LABEL_HEAD_BYTES, labelLength, segmentFrameSizes, stripeState, verifyFragment,
+  assembleStateAsync, decodeLabel, encodeLabel, fragmentDigest, LABEL_HEAD_BYTES, labelLength, segmentFrameSizes, stripeStateAsync, verifyFragment,
   type FragmentLabel, type SnapshotFragment
 } from './fragment.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
@@ -132,6 +132,9 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
   const segmentBytes = init.segmentBytes ?? SNAPSHOT_LIMITS.segmentBytes
   if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 1 || segmentBytes > 0xffffffff) throw new InvalidArgumentError(`segmentBytes must be an integer in [1, 2^32), got ${segmentBytes}`)
   const idleMs = init.idleTimeoutMs ?? SNAPSHOT_LIMITS.defaultIdleTimeoutMs
+  // Coding a large state gives the event loop back every few MiB (a zero-delay sleep on the
+  // node's clock: a macrotask on real time, an ordered timer in the simulator).
+  const breathe = (): Promise<void> => clock.sleep(0)
   const putRetries = init.putRetries ?? SNAPSHOT_LIMITS.defaultPutRetries
   const putRetryMs = init.putRetryMs ?? SNAPSHOT_LIMITS.defaultPutRetryMs
   const coders = new Map<string, ErasureCoder>()
@@ -356,7 +359,8 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
     const rank = v.members.findIndex(x => x.id === self)
     if (rank < 0) throw new InvalidArgumentError(`${self} is not a member of view ${v.epoch}`)
     const coder = coderFor(k, m)
-    const frags = stripeState(sealed, { owner: self, rank, epoch: v.epoch, coder, segmentBytes })
+    const frags = await stripeStateAsync(sealed, { owner: self, rank, epoch: v.epoch, coder, segmentBytes }, breathe)
+    throwIfAborted(signal)
     const holders = placeStripe(v, rank, k, m)
     const results = await Promise.allSettled(frags.map((f, i) => put(holders[i]!, f, signal)))
     throwIfAborted(signal)
@@ -579,9 +583,9 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
       throw new UnrecoverableError({ owner: plan.owner, rank: plan.rank, version: plan.version, k: plan.k, m: plan.m, missing: report.missing.map(x => x.index), corrupt: report.corrupt.map(x => x.index) })
     }
     const entries = [...got.entries()].sort((a, b) => a[0] - b[0]).slice(0, plan.k)
-    let assembled: ReturnType<typeof assembleState>
+    let assembled: Awaited<ReturnType<typeof assembleStateAsync>>
     try {
-      assembled = assembleState(entries.map(([, v]) => v.f), coder)
+      assembled = await assembleStateAsync(entries.map(([, v]) => v.f), coder, breathe)
     } catch (err) {
       if (err instanceof TooFewFragmentsError) {
         throw new UnrecoverableError({ owner: plan.owner, rank: plan.rank, version: plan.version, k: plan.k, m: plan.m, missing: err.missing, corrupt: err.corrupt })
