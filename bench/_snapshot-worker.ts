@@ -11,6 +11,7 @@ import { RealClock, Rng, silentLogger } from '../core/index.ts'
 import { checksum64 } from '../codec/index.ts'
 import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type ByteStream, type View } from '../mesh/index.ts'
 import { createSnapshotService, type RankState } from '../snapshot/index.ts'
+import { stepLoop } from './_snapshot-step.ts'
 
 /** The single-donor baseline: one stream carrying the whole state's bytes. */
 const BLOB_LIBP2P = '/bench/blob-libp2p/1'
@@ -114,29 +115,7 @@ const maxLagMs = (): number => Math.round(lagMax)
 // ---- step-time overhead: a CPU AdamW-like loop with and without a capture every step ----
 async function stepOverhead (n: number, steps: number): Promise<Record<string, number>> {
   const st: RankState = { rank: 1, worldSize: Number(N), epoch: 1, step: 0, dataCursor: 0, weights: new Float32Array(n), adamM: new Float32Array(n), adamV: new Float32Array(n), rng: new Uint8Array(32) }
-  const g = new Float32Array(n).fill(0.001)
-  const step = (): void => {
-    const w = st.weights
-    const mm = st.adamM
-    const vv = st.adamV
-    for (let i = 0; i < n; i++) {
-      const gi = g[i]!
-      mm[i] = 0.9 * mm[i]! + 0.1 * gi
-      vv[i] = 0.999 * vv[i]! + 0.001 * gi * gi
-      w[i] = w[i]! - 1e-3 * (mm[i]! / (Math.sqrt(vv[i]!) + 1e-8) + 0.01 * w[i]!)
-    }
-    st.step++
-  }
-  const run = async (every: number): Promise<number> => {
-    const t0 = performance.now()
-    for (let s = 0; s < steps; s++) {
-      step()
-      if (every > 0 && st.step % every === 0) svc.capture(st)
-      await new Promise(resolve => setImmediate(resolve))
-    }
-    await svc.idle()
-    return (performance.now() - t0) / 1000 / steps
-  }
+  const run = stepLoop(svc, st, steps)
   await run(0)
   const base = await run(0)
   const every1 = await run(1)

@@ -10,6 +10,7 @@ import { RealClock, Rng } from '../core/index.ts'
 import { createMemoryNetwork, type View } from '../mesh/index.ts'
 import { createSnapshotService, placeStripe, type RankState, type SnapshotService } from '../snapshot/index.ts'
 import { report } from './harness.ts'
+import { stepLoop } from './_snapshot-step.ts'
 
 const MiB = 1024 * 1024
 const sizes = (process.env['BENCH_SNAPSHOT_MIB'] ?? '256,1024').split(',').map(Number)
@@ -77,29 +78,7 @@ for (const mib of sizes) {
   const { services, close } = await mesh()
   const svc = services[0]!
   const st: RankState = { rank: 0, worldSize: P, epoch: 1, step: 0, dataCursor: 0, weights: new Float32Array(n), adamM: new Float32Array(n), adamV: new Float32Array(n), rng: new Uint8Array(32) }
-  const g = new Float32Array(n).fill(0.001)
-  const step = (): void => {
-    const w = st.weights
-    const mm = st.adamM
-    const vv = st.adamV
-    for (let i = 0; i < n; i++) {
-      const gi = g[i]!
-      mm[i] = 0.9 * mm[i]! + 0.1 * gi
-      vv[i] = 0.999 * vv[i]! + 0.001 * gi * gi
-      w[i] = w[i]! - 1e-3 * (mm[i]! / (Math.sqrt(vv[i]!) + 1e-8) + 0.01 * w[i]!)
-    }
-    st.step++
-  }
-  const run = async (every: number): Promise<number> => {
-    const t0 = performance.now()
-    for (let s = 0; s < steps; s++) {
-      step()
-      if (every > 0 && st.step % every === 0) svc.capture(st)
-      await new Promise(resolve => setImmediate(resolve))
-    }
-    await svc.idle()
-    return (performance.now() - t0) / 1000 / steps
-  }
+  const run = stepLoop(svc, st, steps)
   await run(0)
   const base = await run(0)
   const stateB = 12 * n + 96
