@@ -4,7 +4,10 @@
 // time of the whole span. The target: 1000 nodes x 1 simulated hour in under 60 s.
 //
 // Knobs: BENCH_SIM_NODES (default 1000; a comma list runs several), BENCH_SIM_SECONDS
-// (default 3600), BENCH_SIM_HB_MS (heartbeat period, default 1000).
+// (default 3600), BENCH_SIM_HB_MS (heartbeat period, default 1000). The line also carries the
+// process's CPU seconds over the measured span and the 1-minute load average at its end, for
+// runs on a machine that other jobs share.
+import { loadavg } from 'node:os'
 import { MembershipWorld } from '../sim/index.ts'
 
 const sizes = (process.env['BENCH_SIM_NODES'] ?? '1000').split(',').map(Number)
@@ -17,6 +20,7 @@ for (const nodes of sizes) {
   await w.bootAll()
   const formed = await w.sim.until(() => w.converged(), 60_000, 100)
   const tForm = performance.now()
+  const cpu0 = process.cpuUsage()
   const e0 = w.sim.events
   const s0 = w.sim.now()
   const span = simSeconds * 1000
@@ -38,6 +42,7 @@ for (const nodes of sizes) {
   }
   await w.sim.run(s0 + span - w.sim.now())
   const wall = (performance.now() - tForm) / 1000
+  const cpu = process.cpuUsage(cpu0)
   const simulated = (w.sim.now() - s0) / 1000
   const events = w.sim.events - e0
   const line = {
@@ -49,6 +54,10 @@ for (const nodes of sizes) {
     formation_wall_s: Number(((tForm - t0) / 1000).toPrecision(3)),
     simulated_s: simulated,
     wall_s: Number(wall.toPrecision(3)),
+    // CPU time of this process over the same span (user + system, all its threads): the wall
+    // time on a machine shared with other work is this or more.
+    cpu_s: Number(((cpu.user + cpu.system) / 1e6).toPrecision(3)),
+    load_avg_1m: Number(loadavg()[0]!.toFixed(2)),
     total_wall_s: Number(((performance.now() - t0) / 1000).toPrecision(3)),
     events,
     events_per_s: Math.round(events / wall),

@@ -72,7 +72,29 @@ export class RealClock implements Clock {
   }
 }
 
-interface ManualTimer { at: number, seq: number, id: number, fn: () => void }
+/**
+ * One entry on a {@link ManualClock}'s queue. The clock fires it by calling `fire()`; a
+ * simulator that schedules millions of events subclasses it and passes the instance to
+ * {@link ManualClock.scheduleEvent}, so an event costs one object instead of a closure plus
+ * an entry. `at`, `seq` and `id` belong to the clock.
+ */
+export class ClockEvent {
+  at = 0
+  seq = 0
+  /** The TimerId of a cancellable timer; -1 for one that can never be cancelled. */
+  id = -1
+  fire (): void {}
+}
+
+class FnTimer extends ClockEvent {
+  readonly fn: () => void
+  constructor (fn: () => void) {
+    super()
+    this.fn = fn
+  }
+
+  override fire (): void { this.fn() }
+}
 
 /**
  * Virtual time for tests and the simulator. Time stands still until {@link advance} or
@@ -84,7 +106,12 @@ export class ManualClock implements Clock {
   private readonly epochMs: number
   private seq = 0
   private nextId = 1
-  private readonly heap: ManualTimer[] = []
+  // A binary min-heap on (at, seq), kept as parallel arrays: the keys in typed arrays, so a
+  // sift compares numbers in a few contiguous cache lines instead of loading each event object.
+  private events: Array<ClockEvent | undefined> = []
+  private ats = new Float64Array(1024)
+  private seqs = new Float64Array(1024)
+  private size = 0
   private readonly live = new Set<number>()
   private readonly maxTimers: number
 
@@ -104,10 +131,16 @@ export class ManualClock implements Clock {
   private fixed = 0
 
   setTimeout (fn: () => void, ms: number): TimerId {
+    return this.setTimeoutEvent(new FnTimer(fn), ms)
+  }
+
+  /** Like {@link setTimeout} for an event object (see {@link ClockEvent}): `ev.fire()` runs `ms` from now unless cleared. */
+  setTimeoutEvent (ev: ClockEvent, ms: number): TimerId {
     if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
     checkCap('manual clock timers', this.live.size + 1, this.maxTimers)
     const id = this.nextId++
-    this.push({ at: this.t + Math.max(0, ms), seq: this.seq++, id, fn })
+    ev.id = id
+    this.push(ev, ms)
     this.live.add(id)
     return id
   }
@@ -119,9 +152,15 @@ export class ManualClock implements Clock {
    * track, which matters when a simulation schedules millions of them.
    */
   schedule (fn: () => void, ms: number): void {
+    this.scheduleEvent(new FnTimer(fn), ms)
+  }
+
+  /** Like {@link schedule} for an event object: `ev.fire()` runs `ms` from now. Schedule each object once. */
+  scheduleEvent (ev: ClockEvent, ms: number): void {
     if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
-    checkCap('manual clock timers', this.live.size + this.fixed + 1, this.maxTimers)
-    this.push({ at: this.t + Math.max(0, ms), seq: this.seq++, id: -1, fn })
+    if (this.live.size + this.fixed >= this.maxTimers) checkCap('manual clock timers', this.live.size + this.fixed + 1, this.maxTimers)
+    ev.id = -1
+    this.push(ev, ms)
     this.fixed++
   }
 
@@ -132,18 +171,18 @@ export class ManualClock implements Clock {
   /** Due time of the earliest live timer, or undefined. */
   nextTimerAt (): number | undefined {
     this.dropCancelled()
-    return this.heap[0]?.at
+    return this.size > 0 ? this.ats[0] : undefined
   }
 
   /** Fires the earliest live timer (moving time to it). Returns false if none is left. */
   runNext (): boolean {
     this.dropCancelled()
+    if (this.size === 0) return false
     const timer = this.pop()
-    if (timer === undefined) return false
     if (timer.id < 0) this.fixed--
     else this.live.delete(timer.id)
-    this.t = Math.max(this.t, timer.at)
-    timer.fn()
+    if (timer.at > this.t) this.t = timer.at
+    timer.fire()
     return true
   }
 
@@ -171,8 +210,8 @@ export class ManualClock implements Clock {
       await flushMicrotasks()
       const own = await calibrateAwait()
       for (;;) {
-        const at = this.nextTimerAt()
-        if (at === undefined || at > target) break
+        this.dropCancelled()
+        if (this.size === 0 || this.ats[0]! > target) break
         const before = promiseActivity
         this.runNext()
         // A continuation can only be queued by creating or settling a promise: when the timer
@@ -188,42 +227,79 @@ export class ManualClock implements Clock {
   }
 
   private dropCancelled (): void {
-    while (this.heap.length > 0 && this.heap[0]!.id >= 0 && !this.live.has(this.heap[0]!.id)) this.pop()
+    while (this.size > 0) {
+      const id = this.events[0]!.id
+      if (id < 0 || this.live.has(id)) return
+      this.pop()
+    }
   }
 
-  private less (a: ManualTimer, b: ManualTimer): boolean {
-    return a.at < b.at || (a.at === b.at && a.seq < b.seq)
-  }
-
-  private push (timer: ManualTimer): void {
-    const h = this.heap
-    h.push(timer)
-    let i = h.length - 1
+  private push (ev: ClockEvent, ms: number): void {
+    const at = this.t + (ms > 0 ? ms : 0)
+    const seq = this.seq++
+    ev.at = at
+    ev.seq = seq
+    if (this.size === this.ats.length) {
+      const ats = new Float64Array(this.size * 2)
+      ats.set(this.ats)
+      this.ats = ats
+      const seqs = new Float64Array(this.size * 2)
+      seqs.set(this.seqs)
+      this.seqs = seqs
+    }
+    const ats = this.ats
+    const seqs = this.seqs
+    const evs = this.events
+    // Sift a hole up from the end, then drop the event into it.
+    let i = this.size++
     while (i > 0) {
       const p = (i - 1) >> 1
-      if (!this.less(h[i]!, h[p]!)) break
-      ;[h[i], h[p]] = [h[p]!, h[i]!]
+      const pa = ats[p]!
+      if (pa < at || (pa === at && seqs[p]! < seq)) break
+      ats[i] = pa
+      seqs[i] = seqs[p]!
+      evs[i] = evs[p]
       i = p
     }
+    ats[i] = at
+    seqs[i] = seq
+    evs[i] = ev
   }
 
-  private pop (): ManualTimer | undefined {
-    const h = this.heap
-    const top = h[0]
-    const last = h.pop()
-    if (top === undefined || last === undefined || h.length === 0) return top
-    h[0] = last
+  /** Removes and returns the earliest event; the heap must not be empty. */
+  private pop (): ClockEvent {
+    const ats = this.ats
+    const seqs = this.seqs
+    const evs = this.events
+    const top = evs[0]!
+    const n = --this.size
+    const last = evs[n]!
+    evs[n] = undefined
+    if (n === 0) return top
+    // Sift a hole down from the root, then drop the last event into it.
+    const at = ats[n]!
+    const seq = seqs[n]!
     let i = 0
     for (;;) {
-      const l = 2 * i + 1
-      const r = l + 1
-      let m = i
-      if (l < h.length && this.less(h[l]!, h[m]!)) m = l
-      if (r < h.length && this.less(h[r]!, h[m]!)) m = r
-      if (m === i) break
-      ;[h[i], h[m]] = [h[m]!, h[i]!]
-      i = m
+      let c = 2 * i + 1
+      if (c >= n) break
+      let ca = ats[c]!
+      if (c + 1 < n) {
+        const da = ats[c + 1]!
+        if (da < ca || (da === ca && seqs[c + 1]! < seqs[c]!)) {
+          c++
+          ca = da
+        }
+      }
+      if (at < ca || (at === ca && seq < seqs[c]!)) break
+      ats[i] = ca
+      seqs[i] = seqs[c]!
+      evs[i] = evs[c]
+      i = c
     }
+    ats[i] = at
+    seqs[i] = seq
+    evs[i] = last
     return top
   }
 }

@@ -163,17 +163,33 @@ export interface Heartbeat { inc: number, seq: number, epoch: number, step: numb
 const HB_BYTES = 44
 const HB_MAGIC = 0x48
 
+// The five f64 fields go through one scratch buffer (no DataView per heartbeat: heartbeats are
+// encoded and decoded millions of times in a large simulation). Float64Array is host-endian;
+// on a big-endian host the fields go through a DataView instead.
+const hbFields = new Float64Array(5)
+const hbFieldBytes = new Uint8Array(hbFields.buffer)
+const hostLittleEndian = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1
+const hbView = new DataView(hbFields.buffer)
+
 export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
   const out = new Uint8Array(HB_BYTES)
-  const dv = new DataView(out.buffer)
   out[0] = HB_MAGIC
   out[1] = 1
   out[2] = (hb.leaving ? 1 : 0) | (hb.paused ? 2 : 0)
-  dv.setFloat64(4, hb.inc, true)
-  dv.setFloat64(12, hb.seq, true)
-  dv.setFloat64(20, hb.epoch, true)
-  dv.setFloat64(28, hb.step, true)
-  dv.setFloat64(36, hb.sentAt, true)
+  if (hostLittleEndian) {
+    hbFields[0] = hb.inc
+    hbFields[1] = hb.seq
+    hbFields[2] = hb.epoch
+    hbFields[3] = hb.step
+    hbFields[4] = hb.sentAt
+  } else {
+    hbView.setFloat64(0, hb.inc, true)
+    hbView.setFloat64(8, hb.seq, true)
+    hbView.setFloat64(16, hb.epoch, true)
+    hbView.setFloat64(24, hb.step, true)
+    hbView.setFloat64(32, hb.sentAt, true)
+  }
+  out.set(hbFieldBytes, 4)
   return out
 }
 
@@ -183,12 +199,13 @@ export function decodeHeartbeat (data: Uint8Array): Heartbeat {
   if (data[0] !== HB_MAGIC || data[1] !== 1) throw badHeartbeat('wrong magic or version')
   const flags = data[2]!
   if (flags > 3 || data[3] !== 0) throw badHeartbeat('unknown flags')
-  const dv = new DataView(data.buffer, data.byteOffset, HB_BYTES)
-  const inc = dv.getFloat64(4, true)
-  const seq = dv.getFloat64(12, true)
-  const epoch = dv.getFloat64(20, true)
-  const step = dv.getFloat64(28, true)
-  const sentAt = dv.getFloat64(36, true)
+  for (let i = 0; i < 40; i++) hbFieldBytes[i] = data[4 + i]!
+  const le = hostLittleEndian
+  const inc = le ? hbFields[0]! : hbView.getFloat64(0, true)
+  const seq = le ? hbFields[1]! : hbView.getFloat64(8, true)
+  const epoch = le ? hbFields[2]! : hbView.getFloat64(16, true)
+  const step = le ? hbFields[3]! : hbView.getFloat64(24, true)
+  const sentAt = le ? hbFields[4]! : hbView.getFloat64(32, true)
   if (!isCount(inc) || !isCount(seq) || !isCount(epoch) || !isCount(step)) throw badHeartbeat('inc, seq, epoch and step must be non-negative integers')
   if (!Number.isFinite(sentAt)) throw badHeartbeat('sentAt is not finite')
   return { inc, seq, epoch, step, sentAt, leaving: (flags & 1) !== 0, paused: (flags & 2) !== 0 }
@@ -226,6 +243,47 @@ interface Proposal {
   startedAt: number
 }
 
+/** A frozen member list with its ids in rank order and each id's rank (see install). */
+interface SharedMembers { members: Member[], ids: PeerId[], rank: Map<PeerId, number> }
+const sharedLists = new WeakMap<readonly Member[], SharedMembers>()
+function sharedMembers (list: Member[]): SharedMembers {
+  let s = sharedLists.get(list)
+  if (s === undefined) {
+    const members = Object.freeze(list.map(m => Object.freeze({ id: m.id, zone: m.zone, host: m.host }))) as Member[]
+    const ids = members.map(m => m.id)
+    s = { members, ids, rank: new Map(ids.map((id, i) => [id, i])) }
+    sharedLists.set(list, s)
+    sharedLists.set(members, s)
+  }
+  return s
+}
+
+/** What a node knows about one peer. */
+interface PeerState {
+  readonly id: PeerId
+  /** Its labels while connected; undefined while not. */
+  conn: Member | undefined
+  /** Its failure detector once watched (primed or heard from). */
+  detector: PhiDetector | undefined
+  /** The detector was started without a heartbeat (see prime); a real heartbeat replaces it. */
+  primed: boolean
+  /** Its newest heartbeat announced a graceful leave. */
+  leaving: boolean
+  /**
+   * From its newest heartbeat (once `heard`): (incarnation, seq) (a restart starts a new,
+   * later incarnation), its epoch, and whether it reported the view paused.
+   */
+  heard: boolean
+  inc: number
+  seq: number
+  epoch: number
+  reportsPaused: boolean
+}
+
+function newPeerState (id: PeerId): PeerState {
+  return { id, conn: undefined, detector: undefined, primed: false, leaving: false, heard: false, inc: 0, seq: 0, epoch: 0, reportsPaused: false }
+}
+
 function sameMembers (a: Member[], b: Member[]): boolean {
   return a.length === b.length && a.every((m, i) => m.id === b[i]!.id)
 }
@@ -261,23 +319,27 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   let running = false
   let paused = false
   let lastCommitResend = -Infinity
-  // Last (incarnation, seq) per peer: a restart starts a new, later incarnation.
-  const lastSeq = new Map<PeerId, { inc: number, seq: number }>()
   let incarnation = 0
-  const detectors = new Map<PeerId, PhiDetector>()
-  // Detectors started without a heartbeat (see prime); a real heartbeat replaces them.
-  const primed = new Set<PeerId>()
-  const peerEpoch = new Map<PeerId, number>()
-  const peerPaused = new Map<PeerId, boolean>()
+  // Everything this node knows about each peer, in one record per peer (see PeerState): a
+  // heartbeat or a liveness check costs one lookup, and at 1000 nodes one cache miss instead
+  // of one per map. Records are kept once made (like the (incarnation, seq) they hold).
+  const peers = new Map<PeerId, PeerState>()
+  const peerState = (id: PeerId): PeerState => {
+    let r = peers.get(id)
+    if (r === undefined) peers.set(id, r = newPeerState(id))
+    return r
+  }
+  // Connected peers (records with `conn` set), kept from connect/disconnect events.
+  let connCount = 0
   let maxPeerEpoch = 0
-  // Connected peers and their labels, kept from connect/disconnect events (not rescanned per tick).
-  const conn = new Map<PeerId, Member>()
   let sortedIds: PeerId[] | undefined
   let leader: PeerId | undefined
-  // Derived from the view when it is installed (per-tick code must not rescan N members).
+  // Derived from the view when it is installed (per-tick code must not rescan N members or
+  // look each one up): the member ids in rank order and their records (undefined for self).
   let inView = false
   let viewOrder: PeerId[] | undefined
-  const leaving = new Set<PeerId>()
+  // (Made on first use: only a leader needs them.)
+  let viewPeers: Array<PeerState | undefined> | undefined
   // Acceptor state for epoch (view?.epoch ?? 0) + 1.
   let acc: { epoch: number, promised?: Ballot, accepted?: { ballot: Ballot, view: View } } = { epoch: 1 }
   let proposal: Proposal | undefined
@@ -289,31 +351,54 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const nextEpoch = (): number => (view?.epoch ?? 0) + 1
   const connect = (id: PeerId, labels: { zone: string, host: string }): void => {
     if (id === self()) return
-    if (!conn.has(id)) sortedIds = undefined
-    conn.set(id, { id, zone: labels.zone, host: labels.host })
+    const r = peerState(id)
+    if (r.conn === undefined) {
+      sortedIds = undefined
+      connCount++
+    }
+    r.conn = { id, zone: labels.zone, host: labels.host }
   }
   const disconnect = (id: PeerId): void => {
-    if (conn.delete(id)) sortedIds = undefined
+    const r = peers.get(id)
+    if (r?.conn === undefined) return
+    r.conn = undefined
+    connCount--
+    sortedIds = undefined
+  }
+  const isConnected = (id: PeerId): boolean => peers.get(id)?.conn !== undefined
+  /** Connected peer ids (in no particular order: every caller sorts or counts). */
+  const connectedIds = (): PeerId[] => {
+    const ids: PeerId[] = []
+    for (const r of peers.values()) if (r.conn !== undefined) ids.push(r.id)
+    return ids
   }
 
   /** Heard from (or primed) recently, connected, not leaving. Self is always live. */
-  const isLive = (id: PeerId): boolean => {
-    if (id === self()) return true
-    const d = detectors.get(id)
-    return conn.has(id) && d !== undefined && d.lastAt !== undefined && (now() < graceUntil || !d.suspect(now())) && !leaving.has(id)
+  const isLive = (id: PeerId): boolean => id === self() || liveAt(peers.get(id), now())
+  /** The same for a peer's record (never self's) at time t. */
+  const liveAt = (r: PeerState | undefined, t: number): boolean => {
+    if (r === undefined) return false
+    const d = r.detector
+    if (d === undefined || d.lastAt === undefined || r.conn === undefined || r.leaving) return false
+    return t < graceUntil || !d.suspect(t)
   }
   /** Live on the evidence of a real heartbeat (not only a primed detector). */
-  const heardLive = (id: PeerId): boolean => isLive(id) && !primed.has(id)
-  const knownDead = (id: PeerId): boolean => id !== self() && detectors.has(id) && !isLive(id)
+  const heardLive = (id: PeerId): boolean => isLive(id) && peers.get(id)?.primed !== true
+  const knownDead = (id: PeerId): boolean => {
+    if (id === self()) return false
+    const r = peers.get(id)
+    return r?.detector !== undefined && !liveAt(r, now())
+  }
 
-  const labelsOf = (id: PeerId): Member | undefined => (id === self() ? selfMember() : conn.get(id))
+  const labelsOf = (id: PeerId): Member | undefined => (id === self() ? selfMember() : peers.get(id)?.conn)
 
   /** Starts watching `id` as if it had just sent a heartbeat: it has one detection period to show up. */
   const prime = (id: PeerId): void => {
     const d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs })
     d.heartbeat(now())
-    detectors.set(id, d)
-    primed.add(id)
+    const r = peerState(id)
+    r.detector = d
+    r.primed = true
   }
 
   /**
@@ -324,9 +409,22 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const order = (): readonly PeerId[] | undefined => {
     if (view !== undefined) return viewOrder
     if (maxPeerEpoch > 0) return undefined
-    sortedIds ??= [self(), ...conn.keys()].sort()
+    sortedIds ??= [self(), ...connectedIds()].sort()
     return sortedIds
   }
+
+  /** The records of the view's members in rank order (undefined for self), made on first use. */
+  const rankRecords = (v: View): Array<PeerState | undefined> => {
+    const me = self()
+    return (viewPeers ??= v.members.map(m => (m.id === me ? undefined : peerState(m.id))))
+  }
+  /**
+   * The record of `ord[i]` (or undefined if there is none yet): past the first ranks of the
+   * view's order it comes from rankRecords, since a node whose leader died scans every rank
+   * above its own each tick, and a lookup per rank per node per tick adds up at 1000 nodes.
+   */
+  const recordAt = (ord: readonly PeerId[], i: number): PeerState | undefined =>
+    (i >= 2 && ord === viewOrder && view !== undefined ? rankRecords(view)[i] : peers.get(ord[i]!))
 
   const updateLeader = (): void => {
     const ord = order()
@@ -338,18 +436,23 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     const prev = leader
     // The leader died: members below me that were quiet only because they were not leading
     // get another detection period, so I follow whoever takes over instead of jumping ahead.
+    // (Indexed loops: this runs every tick on every node.)
     if (prev !== undefined && prev !== me && knownDead(prev)) {
-      for (const id of ord) {
+      for (let i = 0; i < ord.length; i++) {
+        const id = ord[i]!
         if (id === me) break
-        if (id !== prev && primed.has(id) && conn.has(id)) prime(id)
+        const r = recordAt(ord, i)
+        if (id !== prev && r !== undefined && r.primed && r.conn !== undefined) prime(id)
       }
     }
     let next = me
-    for (const id of ord) {
+    for (let i = 0; i < ord.length; i++) {
+      const id = ord[i]!
       if (id === me) break
-      if (!conn.has(id) || leaving.has(id)) continue
-      if (!detectors.has(id)) prime(id)
-      if (isLive(id)) {
+      const r = recordAt(ord, i)
+      if (r?.conn === undefined || r.leaving) continue
+      if (r.detector === undefined) prime(id)
+      if (liveAt(r, now())) {
         next = id
         break
       }
@@ -357,10 +460,12 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (next === me && prev !== me) {
       // Taking over: everyone after me gets a detection period to redirect its heartbeats.
       let after = false
-      for (const id of ord) {
-        if (after && conn.has(id)) {
-          const d = detectors.get(id)
-          if (d === undefined || primed.has(id) || d.suspect(now())) prime(id)
+      for (let i = 0; i < ord.length; i++) {
+        const id = ord[i]!
+        const r = recordAt(ord, i)
+        if (after && r?.conn !== undefined) {
+          const d = r.detector
+          if (d === undefined || r.primed || d.suspect(now())) prime(id)
         }
         if (id === me) after = true
       }
@@ -372,17 +477,23 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     const bytes = type === 'hb' ? encodeHeartbeat(payload as Heartbeat) : codec.encode(type, payload as never)
     const topic = type === 'hb' ? HB_TOPIC : VIEW_TOPIC
     return (to === undefined ? net.publish(topic, bytes) : net.send(to, topic, bytes))
-      .catch(err => log.debug({ err: String(err), type }, 'membership send failed'))
+      .catch(type === 'hb' ? hbSendFailed : (err: unknown) => { log.debug({ err: String(err), type }, 'membership send failed') })
   }
+  const hbSendFailed = (err: unknown): void => { log.debug({ err: String(err), type: 'hb' }, 'membership send failed') }
 
   const install = (v: View, why: string): void => {
     if (view !== undefined && v.epoch <= view.epoch) return
-    view = { epoch: v.epoch, members: v.members.map(m => ({ ...m })) }
-    inView = view.members.some(m => m.id === self())
-    viewOrder = inView ? view.members.map(m => m.id) : undefined
+    // The member list is frozen and shared, not copied: in one process (a simulation, where
+    // every node decodes one commit buffer) 1000 nodes installing a 1000-member view would
+    // otherwise copy a million members, and derive ids and ranks a thousand times.
+    const shared = sharedMembers(v.members)
+    view = { epoch: v.epoch, members: shared.members }
+    inView = shared.rank.has(self())
+    viewOrder = inView ? shared.ids : undefined
+    viewPeers = undefined
     acc = { epoch: view.epoch + 1 }
     if (proposal !== undefined && proposal.epoch <= view.epoch) proposal = undefined
-    log.info({ epoch: view.epoch, members: view.members.map(m => m.id), why }, 'view installed')
+    if (log.isLevelEnabled('info')) log.info({ epoch: view.epoch, members: view.members.map(m => m.id), why }, 'view installed')
     events.emit('view', view)
   }
 
@@ -510,7 +621,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (view === undefined) return undefined
     const members = view.members.filter(m => isLive(m.id))
     const known = new Set(view.members.map(m => m.id))
-    const joiners = [...conn.keys()].filter(id => !known.has(id) && heardLive(id)).sort()
+    const joiners = connectedIds().filter(id => !known.has(id) && heardLive(id)).sort()
     for (const id of joiners) {
       const m = labelsOf(id)
       if (m !== undefined && members.length < maxMembers) members.push(m)
@@ -550,7 +661,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     }
     if (view === undefined) {
       if (leader !== self() || maxPeerEpoch > 0 || t - startedAt < formationMs || proposal !== undefined || t < retryAt) return
-      const group = [self(), ...[...conn.keys()].filter(id => heardLive(id) && (peerEpoch.get(id) ?? 0) === 0)].sort()
+      const group = [self(), ...connectedIds().filter(id => heardLive(id) && (peers.get(id)?.epoch ?? 0) === 0)].sort()
       if (group.length >= expect) {
         const genesis = group.flatMap(id => labelsOf(id) ?? [])
         propose(1, genesis, genesis)
@@ -560,10 +671,14 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     let nowPaused = false
     let liveCount = 0
     if (inView && leader === self()) {
-      for (const m of view.members) if (isLive(m.id)) liveCount++
+      const recs = rankRecords(view)
+      for (let i = 0; i < recs.length; i++) {
+        const r = recs[i]
+        if (r === undefined || liveAt(r, t)) liveCount++
+      }
       nowPaused = liveCount < Math.floor(view.members.length / 2) + 1
     } else if (inView && leader !== undefined) {
-      nowPaused = peerPaused.get(leader) === true
+      nowPaused = peers.get(leader)?.reportsPaused === true
     }
     if (nowPaused !== paused) {
       paused = nowPaused
@@ -573,7 +688,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (!inView || (paused && init.unsafe?.ignoreMinority !== true)) return
     if (leader !== self() || proposal !== undefined || t < retryAt) return
     // Every member live and every connected peer a member: nothing to change (skips an O(N) pass).
-    if (liveCount === view.members.length && conn.size + 1 === view.members.length) return
+    if (liveCount === view.members.length && connCount + 1 === view.members.length) return
     const want = desiredView(view.epoch + 1)
     if (want === undefined || sameMembers(want.members, view.members)) return
     propose(view.epoch + 1, view.members)
@@ -582,8 +697,8 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   // --- receiving ------------------------------------------------------------------------
 
   const isNewer = (from: PeerId, p: { inc: number, seq: number }): boolean => {
-    const last = lastSeq.get(from)
-    return last === undefined || p.inc > last.inc || (p.inc === last.inc && p.seq > last.seq)
+    const r = peers.get(from)
+    return r === undefined || !r.heard || p.inc > r.inc || (p.inc === r.inc && p.seq > r.seq)
   }
 
   // Validation and delivery see the same bytes, and in-process networks hand one buffer to
@@ -625,16 +740,25 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
 
   const onHeartbeat = (from: PeerId, data: Uint8Array): void => {
     const p = heartbeatOf(data)
-    if (!isNewer(from, p)) return
-    if (lastSeq.get(from)?.inc !== p.inc || primed.delete(from)) detectors.delete(from)
-    lastSeq.set(from, { inc: p.inc, seq: p.seq })
-    peerEpoch.set(from, p.epoch)
-    peerPaused.set(from, p.paused)
+    const r = peerState(from)
+    if (!(!r.heard || p.inc > r.inc || (p.inc === r.inc && p.seq > r.seq))) return
+    // A new incarnation, or the first real heartbeat of one after priming, starts a fresh
+    // detector (a primed peer stays primed through the first heartbeat of a new incarnation).
+    if (!r.heard || r.inc !== p.inc) {
+      r.detector = undefined
+    } else if (r.primed) {
+      r.primed = false
+      r.detector = undefined
+    }
+    r.heard = true
+    r.inc = p.inc
+    r.seq = p.seq
+    r.epoch = p.epoch
+    r.reportsPaused = p.paused
     if (p.epoch > maxPeerEpoch) maxPeerEpoch = p.epoch
-    if (p.leaving) leaving.add(from)
-    else leaving.delete(from)
-    let d = detectors.get(from)
-    if (d === undefined) detectors.set(from, d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs }))
+    r.leaving = p.leaving
+    let d = r.detector
+    if (d === undefined) r.detector = d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs })
     d.heartbeat(now())
     // Help a node that is behind: the leader re-sends the newest commit, at most once per
     // heartbeat (if every member did, N members would each gossip an N-member view to N nodes
@@ -703,26 +827,29 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       const t = now()
       const leading = leader === self()
       const members = (view?.members ?? []).map((m, rank) => {
-        const d = detectors.get(m.id)
-        const monitored = m.id === self() || leading || (d !== undefined && !primed.has(m.id))
+        const r = peers.get(m.id)
+        const d = r?.detector
+        const primed = r?.primed === true
+        const monitored = m.id === self() || leading || (d !== undefined && !primed)
         return {
           ...m,
           rank,
-          live: monitored ? isLive(m.id) : conn.has(m.id) && !leaving.has(m.id),
+          live: monitored ? isLive(m.id) : r?.conn !== undefined && !r.leaving,
           phi: m.id === self() || !monitored ? 0 : Number((d?.phi(t) ?? Infinity).toFixed(2)),
-          lastHeartbeatAgeMs: m.id === self() ? 0 : (d?.lastAt === undefined || primed.has(m.id) ? -1 : Math.round(t - d.lastAt)),
+          lastHeartbeatAgeMs: m.id === self() ? 0 : (d?.lastAt === undefined || primed ? -1 : Math.round(t - d.lastAt)),
           monitored
         }
       })
       const known = new Set(members.map(m => m.id))
-      const worst = Math.max(heartbeatMs, ...[...detectors.values()].map(d => d.silenceToSuspectMs()))
+      let worst = heartbeatMs
+      for (const r of peers.values()) if (r.detector !== undefined) worst = Math.max(worst, r.detector.silenceToSuspectMs())
       return {
         self: self(),
         epoch: view?.epoch ?? 0,
         members,
         paused,
         member: known.has(self()),
-        joining: [...conn.keys()].filter(id => !known.has(id) && heardLive(id)).sort(),
+        joining: connectedIds().filter(id => !known.has(id) && heardLive(id)).sort(),
         leader,
         detectionBoundMs: Math.ceil(Math.max(worst, silenceFor(threshold, heartbeatMs, minStdMs)))
       }

@@ -1,23 +1,39 @@
 import { createHash, type Hash } from 'node:crypto'
 import { ManualClock, Rng, flushMicrotasks, sleepOn, type Clock, type TimerId } from '../core/index.ts'
+import { ClockEvent } from '../core/clock.ts'
+
+/** Formats a compact trace record's four fields as the text after `<time> ` (see {@link Simulation.recordKind}). */
+export type RecordFormat = (a: number, b: number, c: number, d: number) => string
+
+// The trace is hashed as binary records, written into one buffer and hashed a buffer at a
+// time (a record is 8-byte aligned: f64 time, u32 kind, then the kind's payload).
+const TRACE_BUFFER_BYTES = 1 << 16
+const TEXT_KIND = 0
 
 /**
  * The discrete-event engine: one virtual clock (core's ManualClock, whose timers fire in
  * (time, creation) order), one seeded Rng from which every random choice is split, and a
  * trace. Protocol code runs unchanged on top; all its time comes from the clock and all
  * randomness from the Rng, so the same seed and the same code give the same trace, byte for
- * byte. The trace is hashed as it grows (SHA-256 over its lines) so long runs stay cheap.
+ * byte. The trace is hashed as it grows (SHA-256) so long runs stay cheap: each event is a
+ * binary record (its time as a float64, a kind, and either four integers, for the hot
+ * events a caller registered with {@link recordKind}, or the UTF-8 text of the line), so the
+ * hot path builds no strings. With `keepTrace` every event is also kept as a text line,
+ * `<time> <text>` with the time to 3 decimals.
  */
 export class Simulation {
   readonly clock: ManualClock
   readonly rng: Rng
   readonly seed: number
   private readonly hash: Hash = createHash('sha256')
-  // Lines waiting to be hashed: one update per ~64 KiB instead of one per event (the digest of
-  // the concatenation is the same).
-  private pending = ''
+  private readonly buf = Buffer.alloc(TRACE_BUFFER_BYTES)
+  private readonly f64 = new Float64Array(this.buf.buffer, this.buf.byteOffset, TRACE_BUFFER_BYTES / 8)
+  private readonly u32 = new Uint32Array(this.buf.buffer, this.buf.byteOffset, TRACE_BUFFER_BYTES / 4)
+  // Bytes of `buf` in use (always a multiple of 8).
+  private used = 0
   private lines = 0
   private readonly keep: string[] | undefined
+  private readonly formats: RecordFormat[] = []
 
   /**
    * `maxEvents` caps the events pending at once (each message in flight is one): default
@@ -40,16 +56,66 @@ export class Simulation {
     this.traceRaw(line)
   }
 
-  /** Appends `<time> <text>` to the trace; for hot paths that format their own line. */
+  /** Appends `<time> <text>` to the trace. */
   traceRaw (text: string): void {
-    const line = `${this.now().toFixed(3)} ${text}`
-    this.keep?.push(line)
-    this.pending += line + '\n'
-    if (this.pending.length > 65536) {
-      this.hash.update(this.pending)
-      this.pending = ''
+    const t = this.now()
+    this.keep?.push(`${t.toFixed(3)} ${text}`)
+    const bytes = Buffer.byteLength(text)
+    const size = 16 + ((bytes + 7) & ~7)
+    if (this.used + size > TRACE_BUFFER_BYTES) this.flush()
+    const at = this.used
+    if (size > TRACE_BUFFER_BYTES) {
+      // A line longer than the buffer is hashed on its own (same bytes as if it had fit).
+      const rec = Buffer.alloc(size)
+      rec.writeDoubleLE(t, 0)
+      rec.writeUInt32LE(TEXT_KIND, 8)
+      rec.writeUInt32LE(bytes, 12)
+      rec.write(text, 16)
+      this.hash.update(rec)
+    } else {
+      this.f64[at >> 3] = t
+      this.u32[(at >> 2) + 2] = TEXT_KIND
+      this.u32[(at >> 2) + 3] = bytes
+      this.buf.write(text, at + 16)
+      this.buf.fill(0, at + 16 + bytes, at + size)
+      this.used = at + size
     }
     this.lines++
+  }
+
+  /**
+   * Registers a compact record kind for a hot path: {@link record} then traces an event as
+   * four unsigned 32-bit integers, and `format` turns them into the event's text (called only
+   * when the trace is kept). Register kinds in a deterministic order (at construction).
+   */
+  recordKind (format: RecordFormat): number {
+    this.formats.push(format)
+    return this.formats.length
+  }
+
+  /** Appends a compact event of a kind from {@link recordKind}; the fields are integers in [0, 2^32). */
+  record (kind: number, a: number, b: number, c: number, d: number): void {
+    const t = this.now()
+    if (this.keep !== undefined) this.keep.push(`${t.toFixed(3)} ${this.formats[kind - 1]!(a, b, c, d)}`)
+    if (this.used + 32 > TRACE_BUFFER_BYTES) this.flush()
+    const at = this.used
+    this.f64[at >> 3] = t
+    const w = at >> 2
+    const u = this.u32
+    u[w + 2] = kind
+    u[w + 3] = a
+    u[w + 4] = b
+    u[w + 5] = c
+    u[w + 6] = d
+    u[w + 7] = 0
+    this.used = at + 32
+    this.lines++
+  }
+
+  private flush (): void {
+    if (this.used === 0) return
+    this.hash.update(this.buf.subarray(0, this.used))
+    this.used = 0
   }
 
   /** Number of trace events so far. */
@@ -58,10 +124,9 @@ export class Simulation {
   /** The kept trace lines (when constructed with keepTrace). */
   traceLines (): readonly string[] { return this.keep ?? [] }
 
-  /** Hex SHA-256 of the trace so far (the hash object is copied, so tracing can go on). */
+  /** Hex SHA-256 of the trace records so far (the hash object is copied, so tracing can go on). */
   traceHash (): string {
-    this.hash.update(this.pending)
-    this.pending = ''
+    this.flush()
     return this.hash.copy().digest('hex')
   }
 
@@ -111,12 +176,12 @@ export class Simulation {
  * timers do not fire; they run, in order, when it resumes. Crashing a node drops its timers.
  */
 export class NodeClock implements Clock {
-  private readonly base: Clock
+  private readonly base: ManualClock
   private paused = false
   private crashed = false
   private readonly held: Array<() => void> = []
 
-  constructor (base: Clock) {
+  constructor (base: ManualClock) {
     this.base = base
   }
 
@@ -126,11 +191,14 @@ export class NodeClock implements Clock {
   // A crashed clock's timers stay on the shared heap until due and then do nothing (tracking
   // each timer to cancel it at the crash cost more than it saved, at 1000 nodes).
   setTimeout (fn: () => void, ms: number): TimerId {
-    return this.base.setTimeout(() => {
-      if (this.crashed) return
-      if (this.paused) this.held.push(fn)
-      else fn()
-    }, ms)
+    return this.base.setTimeoutEvent(new NodeTimer(this, fn), ms)
+  }
+
+  /** Runs a due timer: dropped after a crash, held while paused. */
+  fireTimer (fn: () => void): void {
+    if (this.crashed) return
+    if (this.paused) this.held.push(fn)
+    else fn()
   }
 
   clearTimeout (id: TimerId): void {
@@ -155,4 +223,17 @@ export class NodeClock implements Clock {
   }
 
   get isPaused (): boolean { return this.paused }
+}
+
+/** A NodeClock timer on the shared clock: one object, no wrapping closure. */
+class NodeTimer extends ClockEvent {
+  private readonly owner: NodeClock
+  private readonly fn: () => void
+  constructor (owner: NodeClock, fn: () => void) {
+    super()
+    this.owner = owner
+    this.fn = fn
+  }
+
+  override fire (): void { this.owner.fireTimer(this.fn) }
 }

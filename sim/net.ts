@@ -2,8 +2,9 @@ import { AbortError, InvalidArgumentError, Rng } from '../core/index.ts'
 import {
   ByteQueue, MESH_LIMITS, NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError, Listeners,
   checkChunkSize, checkGossipSize, checkName,
-  type ByteStream, type GossipHandler, type GossipMessage, type PeerId, type PeerInfo, type PeerNet, type PeerNetEvents, type StreamHandler
+  type ByteStream, type GossipHandler, type GossipMessage, type GossipVerdict, type PeerId, type PeerInfo, type PeerNet, type PeerNetEvents, type StreamHandler
 } from '../mesh/index.ts'
+import { ClockEvent } from '../core/clock.ts'
 import { NodeClock, type Simulation } from './engine.ts'
 
 /**
@@ -73,12 +74,19 @@ interface StreamEnd {
   fail(err: Error): void
 }
 
+const DONE: Promise<void> = Promise.resolve()
+
 function aborted (signal?: AbortSignal): boolean {
   return signal?.aborted === true
 }
 
 interface SimNode {
   info: PeerInfo
+  /** Creation order: indexes per-link arrays and names the node in compact trace records. */
+  index: number
+  /** Interned host and zone labels (tiers compare integers). */
+  hostId: number
+  zoneId: number
   clock: NodeClock
   started: boolean
   crashed: boolean
@@ -86,42 +94,87 @@ interface SimNode {
   slow: number
   listeners: Listeners<PeerNetEvents>
   handlers: Map<string, StreamHandler>
-  topics: Map<string, GossipHandler>
   rejected: Map<PeerId, number>
   streams: Set<StreamEnd>
   /** Deliveries held while paused. */
   held: Array<() => void>
-  /** When the directed link from this node to each other node is free again (simulated ms). */
-  busyUntil: Map<SimNode, number>
+  /** When the directed link from this node to each other node is free again (simulated ms), by the other's index. */
+  busyUntil: number[]
 }
+
+const TIERS: readonly Tier[] = ['host', 'zone', 'wan']
+const VERDICTS: readonly GossipVerdict[] = ['accept', 'reject', 'ignore']
+// Link keys for cut and degraded links: lower index * LINK_KEY + higher index.
+const LINK_KEY = 2 ** 26
 
 /** Creates a simulated network on `sim`. */
 export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_TOPOLOGY): SimNetwork {
   const nodes = new Map<PeerId, SimNode>()
-  const cut = new Set<string>()
-  const degraded = new Map<string, number>()
+  const byIndex: SimNode[] = []
+  // Gossip handlers per topic, by node: one shared table per topic (a publish to 1000 peers
+  // checks each for a subscription, and a per-node map would be one cold lookup per peer).
+  const subscribers = new Map<string, Map<SimNode, GossipHandler>>()
+  const labelIds = new Map<string, number>()
+  const labelId = (kind: string, label: string): number => {
+    const key = `${kind}\n${label}`
+    let id = labelIds.get(key)
+    if (id === undefined) labelIds.set(key, id = labelIds.size)
+    return id
+  }
+  const cut = new Set<number>()
+  const degraded = new Map<number, number>()
   const rng: Rng = sim.rng.split('simnet')
-  const stats: Record<Tier, { messages: number, bytes: number }> = { host: { messages: 0, bytes: 0 }, zone: { messages: 0, bytes: 0 }, wan: { messages: 0, bytes: 0 } }
-  const pair = (a: PeerId, b: PeerId): string => (a < b ? `${a}\n${b}` : `${b}\n${a}`)
-  const linked = (a: SimNode, b: SimNode): boolean => a !== b && a.started && b.started && (cut.size === 0 || !cut.has(pair(a.info.id, b.info.id)))
+  const profiles: LinkProfile[] = TIERS.map(t => topology[t])
+  const tierMessages = [0, 0, 0]
+  const tierBytes = [0, 0, 0]
+  const linkKey = (a: SimNode, b: SimNode): number => (a.index < b.index ? a.index * LINK_KEY + b.index : b.index * LINK_KEY + a.index)
+  const linked = (a: SimNode, b: SimNode): boolean => a !== b && a.started && b.started && (cut.size === 0 || !cut.has(linkKey(a, b)))
 
-  const tierOf = (a: SimNode, b: SimNode): Tier =>
-    a.info.labels.host === b.info.labels.host ? 'host' : a.info.labels.zone === b.info.labels.zone ? 'zone' : 'wan'
+  /** 0 host, 1 zone, 2 wan (an index into TIERS and profiles). */
+  const tierOf = (a: SimNode, b: SimNode): number => (a.hostId === b.hostId ? 0 : a.zoneId === b.zoneId ? 1 : 2)
+
+  // Gossip deliveries are traced as compact records (node indices, topic and verdict codes).
+  const topicCodes = new Map<string, number>()
+  const topicNames: string[] = []
+  const topicCode = (topic: string): number => {
+    let c = topicCodes.get(topic)
+    if (c === undefined) {
+      c = topicNames.length
+      topicCodes.set(topic, c)
+      topicNames.push(topic)
+    }
+    return c
+  }
+  const GOSSIP = sim.recordKind((to, from, tv, bytes) =>
+    `gossip to=${byIndex[to]!.info.id} from=${byIndex[from]!.info.id} topic=${topicNames[tv >>> 2]!} bytes=${bytes} verdict=${VERDICTS[tv & 3]!}`)
+  // Topic names already checked (checkName runs a regular expression).
+  const checkedTopics = new Set<string>()
+  const checkTopic = (topic: string): void => {
+    if (checkedTopics.has(topic)) return
+    checkName('topic', topic)
+    checkedTopics.add(topic)
+  }
 
   /**
-   * When bytes sent now from a to b arrive: serialized behind earlier sends on the directed
-   * link, then latency and (if `jitter`) jitter. Returns undefined if the link drops it.
+   * When bytes sent now from a to b over tier `tier` arrive: serialized behind earlier sends
+   * on the directed link, then latency and (if `jitter`) jitter.
    */
-  const arrival = (a: SimNode, b: SimNode, bytes: number, jitter: boolean): { at: number, tier: Tier, p: LinkProfile } => {
-    const tier = tierOf(a, b)
-    const p = topology[tier]
-    const factor = a.slow * b.slow * (degraded.size === 0 ? 1 : (degraded.get(pair(a.info.id, b.info.id)) ?? 1))
-    const start = Math.max(sim.now(), a.busyUntil.get(b) ?? 0)
+  const arrivalAt = (a: SimNode, b: SimNode, tier: number, bytes: number, jitter: boolean): number => {
+    const p = profiles[tier]!
+    const factor = a.slow * b.slow * (degraded.size === 0 ? 1 : (degraded.get(linkKey(a, b)) ?? 1))
+    const now = sim.now()
+    const busy = a.busyUntil[b.index]
+    const start = busy !== undefined && busy > now ? busy : now
     const done = start + (bytes / p.bandwidthBytesPerS) * 1000 * factor
-    a.busyUntil.set(b, done)
-    stats[tier].messages++
-    stats[tier].bytes += bytes
-    return { at: done + p.latencyMs * factor + (jitter ? rng.float() * p.jitterMs * factor : 0), tier, p }
+    a.busyUntil[b.index] = done
+    tierMessages[tier]!++
+    tierBytes[tier]! += bytes
+    return done + p.latencyMs * factor + (jitter ? rng.float() * p.jitterMs * factor : 0)
+  }
+
+  const arrival = (a: SimNode, b: SimNode, bytes: number, jitter: boolean): { at: number, p: LinkProfile } => {
+    const tier = tierOf(a, b)
+    return { at: arrivalAt(a, b, tier, bytes, jitter), p: profiles[tier]! }
   }
 
   /** Runs `fn` at simulated time `at` on node `to`, unless it crashed; held while it is paused. */
@@ -133,6 +186,32 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     }, Math.max(0, at - sim.now()))
   }
 
+  /** A gossip or direct message in flight: one object per delivery (no closures). */
+  class GossipDelivery extends ClockEvent {
+    readonly node: SimNode
+    readonly o: SimNode
+    readonly topic: string
+    readonly payload: Uint8Array
+    constructor (node: SimNode, o: SimNode, topic: string, payload: Uint8Array) {
+      super()
+      this.node = node
+      this.o = o
+      this.topic = topic
+      this.payload = payload
+    }
+
+    override fire (): void {
+      const o = this.o
+      if (o.crashed || !o.started) return
+      if (o.paused) o.held.push(() => { this.deliver() })
+      else this.deliver()
+    }
+
+    deliver (): void {
+      if (linked(this.node, this.o)) offer(this.o, this.node, this.topic, this.payload)
+    }
+  }
+
   const maybeCorrupt = (data: Uint8Array, p: LinkProfile): Uint8Array => {
     if (p.corrupt <= 0 || data.length === 0 || !rng.bool(p.corrupt)) return data
     const copy = data.slice()
@@ -140,21 +219,25 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     return copy
   }
 
-  const offer = (to: SimNode, msg: GossipMessage): void => {
-    const h = to.topics.get(msg.topic)
+  const offer = (to: SimNode, fromNode: SimNode, topic: string, data: Uint8Array): void => {
+    const h = subscribers.get(topic)?.get(to)
     if (h === undefined) return
+    const from = fromNode.info.id
+    const msg: GossipMessage = { topic, from, data }
     const verdict = h.validate?.(msg) ?? 'accept'
-    sim.traceRaw(`gossip to=${to.info.id} from=${msg.from} topic=${msg.topic} bytes=${msg.data.length} verdict=${verdict}`)
-    if (verdict === 'reject') to.rejected.set(msg.from, (to.rejected.get(msg.from) ?? 0) + 1)
-    if (verdict === 'accept') h.deliver(msg)
+    const v = verdict === 'accept' ? 0 : verdict === 'reject' ? 1 : 2
+    sim.record(GOSSIP, to.index, fromNode.index, topicCode(topic) * 4 + v, data.length)
+    if (v === 1) to.rejected.set(from, (to.rejected.get(from) ?? 0) + 1)
+    if (v === 0) h.deliver(msg)
   }
 
   /** Gossip or a direct message from `node` to `o`: loss, duplication, corruption, delivery. */
   const transmit = (node: SimNode, o: SimNode, topic: string, payload: Uint8Array): void => {
-    const from = node.info.id
-    const { at, p } = arrival(node, o, payload.length, true)
+    const tier = tierOf(node, o)
+    const p = profiles[tier]!
+    const at = arrivalAt(node, o, tier, payload.length, true)
     if (p.loss > 0 && rng.bool(p.loss)) {
-      sim.trace('lost', { from, to: o.info.id, topic })
+      sim.trace('lost', { from: node.info.id, to: o.info.id, topic })
       return
     }
     const copies = p.duplicate > 0 && rng.bool(p.duplicate) ? 2 : 1
@@ -162,13 +245,14 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       // Gossip is signed on the real transport: a corrupted message fails its signature
       // there and is dropped (and counted against the sender), never handed to code.
       if (p.corrupt > 0 && rng.bool(p.corrupt)) {
+        const from = node.info.id
         deliverAt(o, at + c * p.latencyMs, () => {
           sim.trace('gossip-corrupt', { to: o.info.id, from, topic })
           o.rejected.set(from, (o.rejected.get(from) ?? 0) + 1)
         })
         continue
       }
-      deliverAt(o, at + c * p.latencyMs, () => { if (linked(node, o)) offer(o, { topic, from, data: payload }) })
+      sim.clock.scheduleEvent(new GossipDelivery(node, o, topic, payload), Math.max(0, at + c * p.latencyMs - sim.now()))
     }
   }
 
@@ -179,7 +263,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   const linkedPeers = (node: SimNode): SimNode[] => {
     const c = linkCache.get(node)
     if (c !== undefined && c.epoch === linkEpoch) return c.peers
-    const peers = [...nodes.values()].filter(o => linked(node, o))
+    const peers = byIndex.filter(o => linked(node, o))
     linkCache.set(node, { epoch: linkEpoch, peers })
     return peers
   }
@@ -303,6 +387,9 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       if (nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
       const node: SimNode = {
         info: { id: info.id, labels: { ...info.labels } },
+        index: byIndex.length,
+        hostId: labelId('host', info.labels.host),
+        zoneId: labelId('zone', info.labels.zone),
         clock: new NodeClock(sim.clock),
         started: false,
         crashed: false,
@@ -310,13 +397,13 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         slow: 1,
         listeners: new Listeners(),
         handlers: new Map(),
-        topics: new Map(),
         rejected: new Map(),
         streams: new Set(),
         held: [],
-        busyUntil: new Map()
+        busyUntil: []
       }
       nodes.set(info.id, node)
+      byIndex.push(node)
       const requireStarted = (): void => { if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`) }
       const net: PeerNet = {
         self: node.info,
@@ -340,27 +427,44 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         on (event, listener) { return node.listeners.on(event, listener) },
         subscribe (topic, handler) {
           checkName('topic', topic)
-          node.topics.set(topic, handler)
-          return () => { if (node.topics.get(topic) === handler) node.topics.delete(topic) }
+          let subs = subscribers.get(topic)
+          if (subs === undefined) subscribers.set(topic, subs = new Map())
+          subs.set(node, handler)
+          const mine = subs
+          return () => { if (mine.get(node) === handler) mine.delete(node) }
         },
-        async publish (topic, data) {
-          requireStarted()
-          checkName('topic', topic)
-          checkGossipSize(data)
-          if (node.paused) return
+        // publish and send do their work synchronously and return a settled promise without
+        // making a new one (each promise costs the simulator a microtask drain).
+        publish (topic, data) {
+          try {
+            requireStarted()
+            checkTopic(topic)
+            checkGossipSize(data)
+          } catch (err) {
+            return Promise.reject(err)
+          }
+          if (node.paused) return DONE
           // One copy for all receivers (they must not mutate what they are handed), so a
           // receiver-side decode cache keyed by the bytes serves every node.
           const payload = data.slice()
-          for (const o of linkedPeers(node)) if (o.topics.has(topic)) transmit(node, o, topic, payload)
+          const subs = subscribers.get(topic)
+          if (subs === undefined) return DONE
+          for (const o of linkedPeers(node)) if (subs.has(o)) transmit(node, o, topic, payload)
+          return DONE
         },
-        async send (peer, topic, data) {
-          requireStarted()
-          checkName('topic', topic)
-          checkGossipSize(data)
-          if (node.paused) return
+        send (peer, topic, data) {
+          try {
+            requireStarted()
+            checkTopic(topic)
+            checkGossipSize(data)
+          } catch (err) {
+            return Promise.reject(err)
+          }
+          if (node.paused) return DONE
           const o = nodes.get(peer)
-          if (o === undefined || !linked(node, o) || !o.topics.has(topic)) return
+          if (o === undefined || !linked(node, o) || subscribers.get(topic)?.has(o) !== true) return DONE
           transmit(node, o, topic, data.slice())
+          return DONE
         },
         handle (protocol, handler) {
           checkName('protocol', protocol)
@@ -408,7 +512,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       n.clock.crash()
       // The next incarnation gets a fresh clock; the crashed one's timers never fire.
       n.clock = new NodeClock(sim.clock)
-      n.topics.clear()
+      for (const subs of subscribers.values()) subs.delete(n)
       n.handlers.clear()
     },
     pause (id) {
@@ -437,7 +541,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           const gb = group.get(b.info.id)
           if (ga === undefined || gb === undefined || ga === gb) continue
           const was = linked(a, b)
-          cut.add(pair(a.info.id, b.info.id))
+          cut.add(linkKey(a, b))
           linkEpoch++
           if (was) {
             breakStreams(a, b)
@@ -452,10 +556,9 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       cut.clear()
       linkEpoch++
       for (const k of pairs) {
-        const [x, y] = k.split('\n') as [PeerId, PeerId]
-        const a = nodes.get(x)
-        const b = nodes.get(y)
-        if (a !== undefined && b !== undefined && linked(a, b)) announceLink(a, b, true)
+        const a = byIndex[Math.floor(k / LINK_KEY)]!
+        const b = byIndex[k % LINK_KEY]!
+        if (linked(a, b)) announceLink(a, b, true)
       }
     },
     slow (id, factor) {
@@ -466,11 +569,18 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     },
     degrade (a, b, factor) {
       if (!(factor >= 1)) throw new InvalidArgumentError(`degrade needs a factor >= 1, got ${factor}`)
+      const x = nodes.get(a)
+      const y = nodes.get(b)
+      if (x === undefined || y === undefined) throw new InvalidArgumentError(`degrade needs two known nodes, got ${a}, ${b}`)
       sim.trace('degrade', { a, b, factor })
-      degraded.set(pair(a, b), factor)
+      degraded.set(linkKey(x, y), factor)
     },
     stats () {
-      return { host: { ...stats.host }, zone: { ...stats.zone }, wan: { ...stats.wan } }
+      return {
+        host: { messages: tierMessages[0]!, bytes: tierBytes[0]! },
+        zone: { messages: tierMessages[1]!, bytes: tierBytes[1]! },
+        wan: { messages: tierMessages[2]!, bytes: tierBytes[2]! }
+      }
     }
   }
 }

@@ -17,6 +17,9 @@ export interface WorldNode {
   durable: MembershipDurableState | undefined
 }
 
+/** One epoch's member list as ids and their comma-joined key (one object per distinct list per epoch). */
+interface MemberList { epoch: number, ids: string[], key: string }
+
 /** A view installation seen anywhere, for reports and timelines. */
 export interface ViewEvent { at: number, node: string, epoch: number, members: string[] }
 
@@ -45,10 +48,17 @@ export class MembershipWorld {
   readonly views: ViewEvent[] = []
   readonly violations: string[] = []
   private readonly installed = new Map<number, string>()
-  /** Acceptors that accepted each (epoch, member list). */
-  private readonly acceptedBy = new Map<string, Set<string>>()
+  /** Acceptors that accepted each (epoch, member list), keyed by that list's entry in `lists`. */
+  private readonly acceptedBy = new Map<MemberList, Set<string>>()
   private readonly init: MembershipInit
   private incarnations = 0
+  // Member lists seen per epoch, with their joined key: a view change at 1000 nodes installs
+  // and accepts the same list 1000 times, and each must not cost an O(N) join and split.
+  private readonly lists = new Map<number, MemberList[]>()
+  private readonly listOf = new WeakMap<View | View['members'], MemberList>()
+  // (epoch, member list) pairs whose quorum check has passed (more acceptances can only keep it passed).
+  private readonly quorate = new Set<MemberList>()
+  private readonly acceptorLists = new Map<number, string[]>()
 
   constructor (init: WorldInit) {
     this.sim = new Simulation({ seed: init.seed, keepTrace: init.keepTrace })
@@ -84,9 +94,9 @@ export class MembershipWorld {
     })
     m.on('view', (v: View) => this.record(n.id, v))
     m.on('accepted', (v: View) => {
-      const key = `${v.epoch}:${v.members.map(x => x.id).join(',')}`
-      let set = this.acceptedBy.get(key)
-      if (set === undefined) this.acceptedBy.set(key, set = new Set())
+      const list = this.members(v)
+      let set = this.acceptedBy.get(list)
+      if (set === undefined) this.acceptedBy.set(list, set = new Set())
       set.add(n.id)
     })
     n.m = m
@@ -161,21 +171,50 @@ export class MembershipWorld {
     return this.views.reduce((a, v) => Math.max(a, v.epoch), 0)
   }
 
+  /** The member ids of `v` and their comma-joined key, shared by every equal list of one epoch. */
+  private members (v: View): MemberList {
+    const known = this.listOf.get(v) ?? this.listOf.get(v.members)
+    if (known !== undefined && known.epoch === v.epoch) return known
+    let seen = this.lists.get(v.epoch)
+    if (seen === undefined) this.lists.set(v.epoch, seen = [])
+    let found = seen.find(l => l.ids.length === v.members.length && v.members.every((m, i) => m.id === l.ids[i]))
+    if (found === undefined) {
+      const ids = v.members.map(x => x.id)
+      seen.push(found = { epoch: v.epoch, ids, key: ids.join(',') })
+    }
+    this.listOf.set(v, found)
+    this.listOf.set(v.members, found)
+    return found
+  }
+
   private record (node: string, v: View): void {
-    const members = v.members.map(x => x.id)
-    const key = members.join(',')
+    const list = this.members(v)
+    const { ids: members, key } = list
     this.sim.trace('view', { node, epoch: v.epoch, members: key })
     this.views.push({ at: this.sim.now(), node, epoch: v.epoch, members })
     const prev = this.installed.get(v.epoch)
     if (prev === undefined) this.installed.set(v.epoch, key)
     else if (prev !== key) this.violations.push(`epoch ${v.epoch}: [${prev}] and [${key}] (seed ${this.sim.seed})`)
     // Quorum: acceptors of epoch e are the members of view e-1 (the genesis members for e = 1).
-    const acceptors = v.epoch === 1 ? members : this.installed.get(v.epoch - 1)?.split(',')
-    const accepted = this.acceptedBy.get(`${v.epoch}:${key}`)
+    if (this.quorate.has(list)) return
+    const acceptors = v.epoch === 1 ? members : this.acceptorsOf(v.epoch)
+    const accepted = this.acceptedBy.get(list)
     const yes = acceptors === undefined ? 0 : acceptors.filter(a => accepted?.has(a) === true).length
     const need = acceptors === undefined ? 1 : v.epoch === 1 ? acceptors.length : Math.floor(acceptors.length / 2) + 1
     if (yes < need) {
       this.violations.push(`epoch ${v.epoch} installed at ${node} with ${yes} of ${acceptors?.length ?? '?'} acceptors, needs ${need} (seed ${this.sim.seed})`)
+    } else {
+      this.quorate.add(list)
     }
+  }
+
+  /** The acceptors of epoch e > 1: the members of the view installed for e - 1 (which never changes once installed). */
+  private acceptorsOf (epoch: number): string[] | undefined {
+    let list = this.acceptorLists.get(epoch)
+    if (list === undefined) {
+      list = this.installed.get(epoch - 1)?.split(',')
+      if (list !== undefined) this.acceptorLists.set(epoch, list)
+    }
+    return list
   }
 }
