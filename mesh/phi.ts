@@ -25,7 +25,10 @@ export class PhiDetector {
   private readonly minStd: number
   private readonly pause: number
   private readonly window: number
-  private readonly intervals: number[] = []
+  // The interval window as a ring (one is pushed and the oldest dropped on every heartbeat).
+  private readonly intervals: Float64Array
+  private head = 0
+  private count = 0
   private sum = 0
   private sumSq = 0
   private last: number | undefined
@@ -39,6 +42,7 @@ export class PhiDetector {
       throw new InvalidArgumentError('phi detector needs a positive first interval, threshold and min std, and a window of at least 2')
     }
     // Seed with the expected period so the first heartbeats do not make a hair trigger.
+    this.intervals = new Float64Array(this.window)
     this.add(opts.firstIntervalMs)
     this.add(opts.firstIntervalMs)
   }
@@ -68,24 +72,29 @@ export class PhiDetector {
     return silenceFor(this.threshold, this.mean() + this.pause, this.std())
   }
 
-  mean (): number { return this.sum / this.intervals.length }
+  mean (): number { return this.sum / this.count }
 
   std (): number {
-    const n = this.intervals.length
+    const n = this.count
     const m = this.sum / n
     return Math.max(this.minStd, Math.sqrt(Math.max(0, this.sumSq / n - m * m)))
   }
 
   private add (interval: number): void {
-    this.intervals.push(interval)
     this.sum += interval
     this.sumSq += interval * interval
-    if (this.intervals.length > this.window) {
-      const old = this.intervals.shift()!
-      this.sum -= old
-      this.sumSq -= old * old
+    if (this.count < this.window) {
+      this.intervals[(this.head + this.count) % this.window] = interval
+      this.count++
+      return
     }
+    const old = this.intervals[this.head]!
+    this.intervals[this.head] = interval
+    this.head = (this.head + 1) % this.window
+    this.sum -= old
+    this.sumSq -= old * old
   }
+
 }
 
 /** phi for a silence of `elapsed` given mean and std (logistic approximation of the normal tail). */
