@@ -165,6 +165,8 @@ const MAX_ATTEMPTS = 8
 const RETRY_SLACK_MS = 2000
 /** How long a rank in a minority waits for the majority before it fails. */
 const DEFAULT_MINORITY_WAIT_MS = 300_000
+/** Installed views a trainer queues before it consumes them (the oldest are dropped beyond). */
+const MAX_QUEUED_VIEWS = 1024
 /** Disk tier files each member offers on --resume (the newest ones). */
 const DISK_SLOTS = 2
 
@@ -177,24 +179,26 @@ export class Trainer {
   private snapshots: SnapshotService | undefined
   private unsubs: Array<() => void> = []
   private firstFull: View | undefined
+  private readonly viewQueue: View[] = []
+  private seenEpoch = 0
+  private lastView: View | undefined
 
   constructor (deps: TrainerDeps, cfg: TrainConfig) {
     validateTrainConfig(cfg, deps.corpus)
     this.deps = deps
     this.cfg = cfg
     this.layout = gptLayout(cfg.model)
+    // Every view installed from now on is queued and consumed in order: a roster changes by
+    // each view that drops one of its members, so every node must see the same sequence (the
+    // current view alone can hide a member that was dropped and re-admitted in between).
     const full = (v: View | undefined): boolean => v !== undefined && v.members.length >= cfg.worldSize
     const now = deps.membership.view()
     if (full(now)) this.firstFull = now
-    else {
-      const off = deps.membership.on('view', v => {
-        if (this.firstFull === undefined && full(v)) {
-          this.firstFull = v
-          off()
-        }
-      })
-      this.unsubs.push(off)
-    }
+    this.unsubs.push(deps.membership.on('view', v => {
+      if (this.firstFull === undefined && full(v)) this.firstFull = v
+      this.viewQueue.push(v)
+      if (this.viewQueue.length > MAX_QUEUED_VIEWS) this.viewQueue.shift()
+    }))
     this.st = {
       role: 'waiting', rank: undefined, worldSize: cfg.worldSize, step: 0, steps: cfg.steps, loss: undefined, evalLoss: undefined, tokensPerS: undefined,
       epoch: 0, bytes: this.sent, snapshotStep: undefined, recoveries: [], retries: 0
@@ -221,7 +225,14 @@ export class Trainer {
       // full view and changes only by replacing or dropping lost ranks.
       let roster: Member[] = first.members.slice(0, this.cfg.worldSize)
       let epoch = first.epoch
+      this.seenEpoch = first.epoch
+      this.lastView = first
       if (this.cfg.snapshot !== undefined) {
+        const { k, m } = this.cfg.snapshot
+        if (k + m > first.members.length - 1) {
+          throw new TrainingError(`--snapshot ${k}+${m} places ${k + m} fragments on as many other nodes, but the mesh has ${first.members.length} ` +
+            `(${first.members.length - 1} besides each rank): use a smaller k+m, add nodes, or --snapshot off`)
+        }
         // No re-stripe on a view change: it would move the holders' recovery point past the
         // version a recovery still needs (the lost ranks' newest); the trainer re-captures at
         // the next commit under the new view anyway.
@@ -251,9 +262,13 @@ export class Trainer {
           this.st.rank = undefined
           // A spare waits until a view drops a rank it can take, or the run ends.
           // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
-          const next = await this.waitForView(v => this.runDone || (v.epoch > epoch && roster.some(m => !v.members.some(x => x.id === m.id))), signal)
-          if (this.runDone) return this.status()
-          const change = this.replan(this.pending?.oldRoster ?? roster, next)
+          let next: View | undefined
+          while ((next = this.nextLoss(roster)) === undefined && !this.runDone) {
+            if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
+            await clock.sleep(50, signal === undefined ? {} : { signal })
+          }
+          if (next === undefined) return this.status()
+          const change = this.replan(roster, next)
           roster = change.roster
           epoch = next.epoch
           round = 0
@@ -276,10 +291,7 @@ export class Trainer {
           unrecoverable = err.unrecoverable === undefined ? 0 : unrecoverable + 1
           if (unrecoverable >= 2 || attempt >= MAX_ATTEMPTS) throw this.giveUp(err)
           log.warn({ err: err.message, step: this.st.step }, 'training step failed: recovering')
-          // A recovery that did not finish is planned again against the roster whose
-          // snapshots hold the state, so every rank reaches the same plan whichever views it saw.
-          const committed = this.pending?.oldRoster ?? roster
-          const next = await this.afterFailure(roster, epoch, signal)
+          const next = await this.afterFailure(roster, signal)
           if (next === undefined) {
             // Nobody was lost (a stall, a reset stream): the same ranks roll back to the newest
             // snapshot they all have and run the step again (or redo the unfinished recovery).
@@ -288,7 +300,7 @@ export class Trainer {
             this.pending ??= { mode: 'replace', lost: [], oldRoster: roster }
             log.warn({ round, epoch }, 'no training member was lost: retrying from the newest common snapshot')
           } else {
-            const change = this.replan(committed, next)
+            const change = this.replan(roster, next)
             roster = change.roster
             epoch = next.epoch
             round = 0
@@ -309,22 +321,76 @@ export class Trainer {
     }
   }
 
-  /** Lost ranks are replaced by spares in view order; with too few spares the run shrinks. */
+  /**
+   * The first queued view (in installation order, newer than any seen) that drops a member of
+   * `roster`; views that only add members are consumed on the way. Undefined when none is queued.
+   */
+  private nextLoss (roster: Member[]): View | undefined {
+    return this.scanLoss(roster, true)
+  }
+
+  /** {@link nextLoss} without consuming (`consume` false): is a breaking view queued? */
+  private scanLoss (roster: Member[], consume: boolean): View | undefined {
+    let seen = this.seenEpoch
+    let last = this.lastView
+    let found: View | undefined
+    let i = 0
+    for (; i < this.viewQueue.length && found === undefined; i++) {
+      const v = this.viewQueue[i]!
+      if (v.epoch <= seen) continue
+      seen = v.epoch
+      // Members keep their order from view to view (removals close up, joiners are appended),
+      // so a member that moved relative to the others was dropped and re-admitted in views
+      // this node did not see: it counts as lost, as it did for the nodes that saw them.
+      const back = last === undefined ? new Set<PeerId>() : readmitted(last, v)
+      last = v
+      const eff = back.size === 0 ? v : { epoch: v.epoch, members: v.members.filter(m => !back.has(m.id)) }
+      if (roster.some(m => !eff.members.some(x => x.id === m.id))) found = eff
+    }
+    if (consume) {
+      this.viewQueue.splice(0, i)
+      this.seenEpoch = seen
+      this.lastView = last
+    }
+    return found
+  }
+
+
+
+  /**
+   * Lost ranks are replaced by spares in view order; with too few spares the run shrinks.
+   * Applied to every breaking view in order. While a recovery has not finished, the plan stays
+   * relative to the roster whose snapshots hold the state (`pending.oldRoster`): a replace that
+   * keeps every position loads each logical rank's own state; anything else rebuilds the full
+   * state and re-partitions it (shrink), which is right for any new roster.
+   */
   private replan (roster: Member[], view: View): { roster: Member[], lost: number[], mode: 'replace' | 'shrink' } {
     const inView = new Set(view.members.map(m => m.id))
     const onRoster = new Set(roster.map(m => m.id))
     const spares = view.members.filter(m => !onRoster.has(m.id))
     const lost = roster.map((m, r) => (inView.has(m.id) ? -1 : r)).filter(r => r >= 0)
+    let out: Member[]
+    let mode: 'replace' | 'shrink'
     if (spares.length >= lost.length) {
       // A replacement takes the lost rank's place in the ring (its labels too), so the
       // reduction order, and with it every bit of the result, stays what it was.
       let next = 0
-      const out = roster.map(m => (inView.has(m.id) ? m : { ...m, id: spares[next++]!.id }))
-      this.pending = { mode: 'replace', lost, oldRoster: roster }
-      return { roster: out, lost, mode: 'replace' }
+      out = roster.map(m => (inView.has(m.id) ? m : { ...m, id: spares[next++]!.id }))
+      mode = 'replace'
+    } else {
+      out = roster.filter(m => inView.has(m.id))
+      mode = 'shrink'
     }
-    this.pending = { mode: 'shrink', lost, oldRoster: roster }
-    return { roster: roster.filter(m => inView.has(m.id)), lost, mode: 'shrink' }
+    const prev = this.pending
+    const oldRoster = prev?.oldRoster ?? roster
+    const held = new Set(out.map(m => m.id))
+    const lostOld = oldRoster.map((m, r) => (held.has(m.id) ? -1 : r)).filter(r => r >= 0)
+    if (prev?.mode === 'resume') this.pending = { mode: 'resume', lost: lostOld, oldRoster }
+    else {
+      const keepsPlaces = prev === undefined ? mode === 'replace' : prev.mode === 'replace' && mode === 'replace' && out.length === oldRoster.length
+      this.pending = { mode: keepsPlaces ? 'replace' : 'shrink', lost: lostOld, oldRoster }
+    }
+    return { roster: out, lost, mode }
   }
 
   private runDone = false
@@ -340,15 +406,14 @@ export class Trainer {
    * retry with the same ranks). A node left in a minority waits for the majority up to
    * `minorityWaitMs`, then fails with a clear error instead of waiting forever.
    */
-  private async afterFailure (roster: Member[], epoch: number, signal?: AbortSignal): Promise<View | undefined> {
+  private async afterFailure (roster: Member[], signal?: AbortSignal): Promise<View | undefined> {
     const { membership, clock, log } = this.deps
-    const lost = (v: View): boolean => v.epoch > epoch && roster.some(m => !v.members.some(x => x.id === m.id))
     let deadline = clock.monotonic() + membership.status().detectionBoundMs + RETRY_SLACK_MS
     let pausedSince: number | undefined
     for (;;) {
       if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
-      const v = membership.view()
-      if (v !== undefined && lost(v)) return v
+      const v = this.nextLoss(roster)
+      if (v !== undefined) return v
       const st = membership.status()
       const now = clock.monotonic()
       if (st.paused) {
@@ -473,6 +538,10 @@ export class Trainer {
       this.st.step = state.step
       this.rosterStart = state.step
       for (let s = state.step; s < cfg.steps; s++) {
+        // A view that dropped a member of this roster (even one whose collectives still work:
+        // a false suspicion) ends the session, so every rank replans as the spares do.
+        const dropped = this.scanLoss(roster, false)
+        if (dropped !== undefined) throw new SessionInterrupted(`view ${dropped.epoch} dropped a training member before step ${s + 1}`)
         const t0 = clock.monotonic()
         const own = opt.read(master) as Float32Array
         const fwd = await zero.gatherWeights('model', own, N, 'forward', at(s)).catch(fail)
@@ -698,4 +767,26 @@ export class Trainer {
     this.st.resumedFrom = step
     return this.cutShard(states, step, shard)
   }
+}
+
+/**
+ * Members of both views whose order changed from `prev` to `next`: those outside the longest
+ * run of common members that keeps its order (they were dropped and appended again).
+ */
+export function readmitted (prev: View, next: View): Set<PeerId> {
+  const inNext = new Set(next.members.map(m => m.id))
+  const inPrev = new Set(prev.members.map(m => m.id))
+  const a = prev.members.map(m => m.id).filter(id => inNext.has(id))
+  const b = next.members.map(m => m.id).filter(id => inPrev.has(id))
+  if (a.length === b.length && a.every((id, i) => id === b[i])) return new Set()
+  // Longest common subsequence (views are at most a few thousand members and change rarely).
+  const n = a.length
+  const L = Array.from({ length: n + 1 }, () => new Uint16Array(n + 1))
+  for (let i = n - 1; i >= 0; i--) for (let j = n - 1; j >= 0; j--) L[i]![j] = a[i] === b[j] ? L[i + 1]![j + 1]! + 1 : Math.max(L[i + 1]![j]!, L[i]![j + 1]!)
+  const kept = new Set<PeerId>()
+  for (let i = 0, j = 0; i < n && j < n;) {
+    if (a[i] === b[j]) { kept.add(a[i]!); i++; j++ } else if (L[i + 1]![j]! >= L[i]![j + 1]!) i++
+    else j++
+  }
+  return new Set(a.filter(id => !kept.has(id)))
 }

@@ -95,6 +95,14 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
     }
   }, { ...cfg, ...opts.configOf?.(i) }))
   const runs = trainers.map((t, i) => t.run(nodes[i]!.ctrl.signal))
+  // Once no live node is a rank any more, the spares are told the run is over (as `zeromesh
+  // up` stops them): a spare that missed the ranks' done message would otherwise wait on.
+  const reaper = setInterval(() => {
+    const roles = trainers.filter((_, j) => !nodes[j]!.killed).map(t => t.status().role)
+    if (roles.includes('done') && roles.every(r => r === 'done' || r === 'spare' || r === 'failed')) {
+      for (const [j, x] of nodes.entries()) if (trainers[j]!.status().role === 'spare') x.ctrl.abort()
+    }
+  }, 100)
   try {
     const settled = await Promise.allSettled(runs.map((r, i) => r.then(s => {
       // Once every live rank is done, the spares are told to stop.
@@ -117,6 +125,7 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
     trainers.forEach((t, i) => { if (!nodes[i]!.killed && t.finalShard !== undefined) params.set(t.finalShard.data, t.finalShard.start) })
     return { statuses, errors, params }
   } finally {
+    clearInterval(reaper)
     for (const x of nodes) {
       if (!x.killed) await x.membership.stop()
       await x.net.stop()

@@ -128,3 +128,28 @@ test('disk tier: a resumed run is bit-identical to an uninterrupted one, and can
     rmSync(root, { recursive: true, force: true })
   }
 })
+
+test('snapshots that cannot be placed on this mesh are refused at the start with a clear error', async t => {
+  const res = await trainMesh(3, { ...base, worldSize: 3, steps: 3, snapshot: { k: 2, m: 1 } })
+  t.is(res.errors.length, 3)
+  for (const e of res.errors) t.regex(e.message, /--snapshot 2\+1 places 3 fragments on as many other nodes, but the mesh has 3/)
+})
+
+test('a rank cut off long enough to be dropped, then re-admitted, becomes a spare; its place is taken and the result is bit-identical', async t => {
+  const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 1 } }
+  const clean = ok(await trainMesh(5, cfg))
+  let cut = false
+  const hurt = ok(await trainMesh(5, cfg, {
+    onStep: (ctl, i, s) => {
+      if (s.rank !== 2 || s.step !== 4 || cut) return
+      cut = true
+      const me = ctl.nodes[i]!.net.self.id
+      ctl.hub.partition([me], ctl.nodes.map(n => n.net.self.id).filter(id => id !== me))
+      setTimeout(() => ctl.hub.heal(), 4000)
+    }
+  }))
+  const done = hurt.statuses.filter(s => s.role === 'done')
+  t.is(done.length, 4)
+  t.true(hurt.statuses.some(s => s.role === 'spare'), JSON.stringify(hurt.statuses.map(s => s.role)))
+  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the cut')
+})
