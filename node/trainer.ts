@@ -1,7 +1,7 @@
 import { AbortError, InvalidArgumentError, ZeromeshError, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
-import { TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
+import { SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
 import { diskSteps, loadDiskState, persistDiskState } from './disk-tier.ts'
 import { CollectiveError, createCollective, createZeroComm, shardRange, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
 import { batchFor, type Corpus } from './data.ts'
@@ -638,17 +638,33 @@ export class Trainer {
     const t0 = clock.monotonic()
     const old = plan.oldRoster
     const opts = signal === undefined ? {} : { signal }
-    const known = Float32Array.from(old, m => {
-      const heard = svc.manifests(m.id)[0]?.version ?? 0
-      return m.id === net.self.id ? Math.max(heard, svc.retained()?.step ?? 0) : heard
+    // Per old rank, the newest complete versions this node knows of (captures can be
+    // superseded, so owners skip different steps: the point must be one every owner placed).
+    const K = SNAPSHOT_LIMITS.maxManifestsPerOwner
+    const known = new Float32Array(old.length * K).fill(-1)
+    old.forEach((m, i) => {
+      const vs = svc.manifests(m.id).map(x => x.version)
+      if (m.id === net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
+      ;[...new Set(vs)].sort((a, b) => b - a).slice(0, K).forEach((v, j) => { known[i * K + j] = v })
     })
-    const all = await collective.allGather(known, roster.length * old.length, { step: 0, label: 'recovery_point', ...opts })
-    const best = old.map((_, i) => {
-      let v = 0
-      for (let r = 0; r < roster.length; r++) v = Math.max(v, all.data[r * old.length + i]!)
-      return v
+    const all = await collective.allGather(known, roster.length * known.length, { step: 0, label: 'recovery_point', ...opts })
+    const sets = old.map((_, i) => {
+      const set = new Set<number>()
+      for (let r = 0; r < roster.length; r++) {
+        for (let j = 0; j < K; j++) {
+          const v = all.data[r * known.length + i * K + j]!
+          if (v >= 0) set.add(v)
+        }
+      }
+      return set
     })
-    const rp = Math.min(...best)
+    const best = sets.map(set => Math.max(0, ...set))
+    const common = [...sets[0]!].filter(v => sets.every(set => set.has(v)))
+    if (common.length === 0 && best.some(v => v > 0)) {
+      throw new TrainingError(`no snapshot step is known complete for every rank (newest per rank: ${best.join(', ')}; captures were superseded at different steps): ` +
+        'the state cannot be put together from peers. Restart the nodes with --resume to continue from the disk tier' + this.diskHint())
+    }
+    const rp = Math.max(0, ...common)
     if (rp < this.rosterStart) {
       // An owner of this roster never placed a snapshot of its own: the state of the step
       // this roster started from is gone with it. Never fall back to a fresh start silently.

@@ -207,7 +207,10 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
     if (v === undefined) return
     let common: Set<number> | undefined
     for (const mem of v.members) {
-      const versions = new Set((manifests.get(mem.id) ?? []).filter(x => x.epoch === v.epoch).map(x => x.version))
+      // A member that never placed a snapshot (a spare) holds no state to protect.
+      const all = manifests.get(mem.id)
+      if (all === undefined || all.length === 0) continue
+      const versions = new Set(all.filter(x => x.epoch === v.epoch).map(x => x.version))
       common = common === undefined ? versions : new Set([...common].filter(x => versions.has(x)))
       if (common.size === 0) return
     }
