@@ -286,6 +286,13 @@ export class Trainer {
           return this.status()
         } catch (err) {
           if (!(err instanceof SessionInterrupted)) throw err
+          if (this.st.step >= this.cfg.steps && this.finalShard !== undefined) {
+            // Every step is committed; only the held-out evaluation's gather failed (a rank
+            // that finished first left while its last bytes were in flight). Training is done.
+            log.warn({ err: err.message }, 'the final evaluation gather failed: training is complete, the held-out loss is not reported')
+            this.st.role = 'done'
+            return this.status()
+          }
           if (this.cfg.snapshot === undefined) throw new TrainingError(`${err.message}; snapshots are off (--snapshot off), so a lost or stalled rank ends the run`)
           // The same snapshot twice out of reach: more holders are gone than the code tolerates.
           unrecoverable = err.unrecoverable === undefined ? 0 : unrecoverable + 1
