@@ -168,7 +168,7 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
   out('others join with:')
   out(`  npx zeromesh start --run ${cfg.run} --secret-file <the same secret> --bootstrap ${dialable[0] ?? addrs[0] ?? '<this node\'s address>'}`)
   const training = trainer?.run()
-  training?.then(s => out(s.role === 'spare' ? 'spare: not needed by this run' : `training done: ${s.step} steps, loss ${s.loss?.toFixed(4)}`), (err: unknown) => out(`training failed: ${err instanceof Error ? err.message : String(err)}`))
+  training?.then(s => out(s.role === 'spare' ? 'spare: not needed by this run' : `training done: ${s.step} steps, loss ${s.loss?.toFixed(4)}${s.evalLoss === undefined ? '' : `, held-out loss ${s.evalLoss.toFixed(4)}`}`), (err: unknown) => out(`training failed: ${err instanceof Error ? err.message : String(err)}`))
   return {
     peerId: net.self.id,
     multiaddrs: addrs,

@@ -274,8 +274,10 @@ export async function up (o: UpOptions): Promise<number> {
     }
     const done = workers.map(w => w.lines.find(l => l.startsWith('training done:'))).filter(x => x !== undefined)
     o.out(done[0] ?? 'training done')
-    const evalLoss = workers.map(w => w.status?.training?.evalLoss).find(x => x !== undefined)
-    if (evalLoss !== undefined) o.out(`held-out loss of the final weights: ${evalLoss.toFixed(4)}`)
+    // A rank prints its held-out loss when it is done (its status holds it only until it exits).
+    const printed = workers.flatMap(w => w.lines.map(l => /^training done: .*, held-out loss (\d+\.\d+)$/.exec(l)?.[1]).filter(x => x !== undefined))[0]
+    const evalLoss = printed ?? workers.map(w => w.status?.training?.evalLoss).find(x => x !== undefined)?.toFixed(4)
+    if (evalLoss !== undefined) o.out(`held-out loss of the final weights: ${evalLoss}`)
     o.out(`${Math.round((clock.monotonic() - started) / 100) / 10} s for ${o.steps} steps on ${o.nodes} ranks`)
     ok = true
     return 0
