@@ -405,6 +405,17 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       nodes.set(info.id, node)
       byIndex.push(node)
       const requireStarted = (): void => { if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`) }
+      /** A refused or paused publish/send settles here (undefined: go on and transmit). */
+      const precheck = (topic: string, data: Uint8Array): Promise<void> | undefined => {
+        try {
+          requireStarted()
+          checkTopic(topic)
+          checkGossipSize(data)
+        } catch (err) {
+          return Promise.reject(err)
+        }
+        return node.paused ? DONE : undefined
+      }
       const net: PeerNet = {
         self: node.info,
         async start () {
@@ -436,14 +447,8 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         // publish and send do their work synchronously and return a settled promise without
         // making a new one (each promise costs the simulator a microtask drain).
         publish (topic, data) {
-          try {
-            requireStarted()
-            checkTopic(topic)
-            checkGossipSize(data)
-          } catch (err) {
-            return Promise.reject(err)
-          }
-          if (node.paused) return DONE
+          const early = precheck(topic, data)
+          if (early !== undefined) return early
           // One copy for all receivers (they must not mutate what they are handed), so a
           // receiver-side decode cache keyed by the bytes serves every node.
           const payload = data.slice()
@@ -453,14 +458,8 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           return DONE
         },
         send (peer, topic, data) {
-          try {
-            requireStarted()
-            checkTopic(topic)
-            checkGossipSize(data)
-          } catch (err) {
-            return Promise.reject(err)
-          }
-          if (node.paused) return DONE
+          const early = precheck(topic, data)
+          if (early !== undefined) return early
           const o = nodes.get(peer)
           if (o === undefined || !linked(node, o) || subscribers.get(topic)?.has(o) !== true) return DONE
           transmit(node, o, topic, data.slice())
