@@ -757,34 +757,29 @@ export class Trainer {
     const step = usable[0]!
     const e = byStep.get(step)!
     const oldP = e.worldSize
-    // Every member contributes the old ranks it was chosen for, in a fixed-size slot per old rank.
+    // A data dir holds one file per step, so each member contributes at most one old rank:
+    // a fixed-size slot (old rank or -1, then weights, m, v) per member.
     const N = this.layout.length
     const L = shardRange(N, oldP, 0).length
     const self = roster.findIndex(m => m.id === this.deps.net.self.id)
-    const mineOld = [...e.from.entries()].filter(([, r]) => r === self).map(([o]) => o)
-    const slots = Math.max(...[...Array(P).keys()].map(r => [...e.from.values()].filter(x => x === r).length))
-    const per = slots * (1 + 3 * L)
+    const per = 1 + 3 * L
     const buf = new Float32Array(per).fill(-1)
-    mineOld.forEach((o, j) => {
-      const st = held.get(step)!
-      if (st.rank !== o) throw new TrainingError(`--resume: internal: expected rank ${o}'s file, read rank ${st.rank}'s`)
-      const at = j * (1 + 3 * L)
-      buf[at] = o
-      buf.set(st.weights, at + 1)
-      buf.set(st.adamM, at + 1 + L)
-      buf.set(st.adamV, at + 1 + 2 * L)
-    })
+    const own = held.get(step)
+    if (own !== undefined && e.from.get(own.rank) === self) {
+      buf[0] = own.rank
+      buf.set(own.weights, 1)
+      buf.set(own.adamM, 1 + L)
+      buf.set(own.adamV, 1 + 2 * L)
+    }
     const got = (await collective.allGather(buf, P * per, { step: 0, label: 'resume_state', ...opts })).data
     const states: RankState[] = new Array(oldP)
     for (let r = 0; r < P; r++) {
-      for (let j = 0; j < slots; j++) {
-        const at = r * per + j * (1 + 3 * L)
-        const o = got[at]!
-        if (o < 0) continue
-        const len = shardRange(N, oldP, o).length
-        const part = (k: number): Float32Array => got.slice(at + 1 + k * L, at + 1 + k * L + len)
-        states[o] = { rank: o, worldSize: oldP, epoch: 0, step, dataCursor: step, weights: part(0), adamM: part(1), adamV: part(2), rng: new Uint8Array(0) }
-      }
+      const at = r * per
+      const o = got[at]!
+      if (o < 0) continue
+      const len = shardRange(N, oldP, o).length
+      const part = (k: number): Float32Array => got.slice(at + 1 + k * L, at + 1 + k * L + len)
+      states[o] = { rank: o, worldSize: oldP, epoch: 0, step, dataCursor: step, weights: part(0), adamM: part(1), adamV: part(2), rng: new Uint8Array(0) }
     }
     log.info({ step, oldWorldSize: oldP, worldSize: P, ms: Math.round(clock.monotonic() - t0) }, 'resumed from the disk tier')
     this.st.resumedFrom = step

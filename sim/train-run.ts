@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { z } from 'zod'
 import { silentLogger } from '../core/index.ts'
-import { CpuBackend } from '../gpu/index.ts'
+import { CpuBackend, gptLayout } from '../gpu/index.ts'
 import type { MembershipInit } from '../mesh/index.ts'
 import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../node/trainer.ts'
 import type { Corpus } from '../node/data.ts'
@@ -121,7 +121,7 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     dtype: 'f32',
     snapshot: o.snapshot === null ? undefined : (o.snapshot ?? { k: 2, m: 1 })
   }
-  const params = 6 * countParams(model)
+  const params = 6 * gptLayout(model).length
   const flops = o.flopsPerS ?? 1e12
   const pending = [...kills]
   const crashed = new Set<string>()
@@ -205,9 +205,6 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
   }
 }
 
-function countParams (m: { C: number, nLayer: number, paddedVocabSize: number, maxT: number }): number {
-  return m.paddedVocabSize * m.C + m.maxT * m.C + m.nLayer * 12 * m.C * m.C
-}
 
 /**
  * A training scenario file: `"workload": "train"` plus the run's shape and its crashes.
