@@ -1,7 +1,7 @@
 import { AbortError, InvalidArgumentError, ZeromeshError, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
-import { SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
+import { NoSnapshotError, SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
 import { diskSteps, loadDiskState, persistDiskState } from './disk-tier.ts'
 import { CollectiveError, createCollective, createZeroComm, shardRange, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
 import { batchFor, type Corpus } from './data.ts'
@@ -510,15 +510,23 @@ export class Trainer {
     const shard = zero.shardOf(N)
     const opt = new CpuBackend()
     const model = new Gpt(backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed })
+    // Work between collective calls (loading snapshots) ends when the collective is poisoned:
+    // when another rank gives up, this one does too, at once, and all retry together.
+    const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
     const fail = (err: unknown): never => {
-      if (err instanceof CollectiveError || err instanceof UnrecoverableError || err instanceof TransferTimeoutError) {
+      if (err instanceof SessionInterrupted) throw err
+      if (err instanceof CollectiveError || err instanceof UnrecoverableError || err instanceof TransferTimeoutError || err instanceof NoSnapshotError) {
         throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${err.message}`, err instanceof UnrecoverableError ? err : undefined)
+      }
+      if (signal?.aborted !== true && collective.failed.aborted) {
+        const why = collective.failed.reason
+        throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${why instanceof Error ? why.message : String(why)}`)
       }
       throw err
     }
     try {
       let state = initial
-      if (state === undefined && this.pending !== undefined) state = await this.recover(collective, roster, rank, shard, signal).catch(fail)
+      if (state === undefined && this.pending !== undefined) state = await this.recover(collective, roster, rank, shard, work).catch(fail)
       state ??= this.freshShard(shard.start, shard.length)
       this.pending = undefined
       const master = opt.alloc('f32', [shard.length])
@@ -608,6 +616,11 @@ export class Trainer {
       // The last snapshot lands before this rank leaves, so the others can still recover it.
       await this.snapshots?.idle()
       await this.diskWrites
+    } catch (err) {
+      // Whatever ended this rank's session ends the others' at once (a failure notice), so
+      // every rank replans or retries at about the same time.
+      collective.abort(`rank ${rank} gave up: ${err instanceof Error ? err.message : String(err)}`)
+      throw err
     } finally {
       model.dispose()
       opt.dispose()

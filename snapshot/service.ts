@@ -175,6 +175,20 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
       timedOut: () => fired
     }
   }
+  // Opening a stream is bounded too: a dial to a peer that died without closing its
+  // connection can otherwise wait for the transport's own timeout, or forever.
+  const openWithin = async (peer: PeerId, protocol: string, signal: AbortSignal, what: string): Promise<ByteStream> => {
+    const ctl = new AbortController()
+    const id = clock.setTimeout(() => ctl.abort(new TransferTimeoutError(`${what}: opening a stream made no progress for ${idleMs} ms`)), idleMs)
+    try {
+      return await net.open(peer, protocol, { signal: AbortSignal.any([signal, ctl.signal]) })
+    } catch (err) {
+      if (ctl.signal.aborted && !signal.aborted) throw ctl.signal.reason as Error
+      throw err
+    } finally {
+      clock.clearTimeout(id)
+    }
+  }
   const onAbort = (signal: AbortSignal, stream: ByteStream): () => void => {
     const fn = (): void => stream.abort(new AbortError('snapshot transfer aborted'))
     signal.addEventListener('abort', fn, { once: true })
@@ -312,7 +326,7 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
 
   // ---- owner side: put one fragment ----
   const putOnce = async (holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<'stored' | 'duplicate'> => {
-    const stream = await net.open(holder, PUT_PROTOCOL, { signal })
+    const stream = await openWithin(holder, PUT_PROTOCOL, signal, `put to ${holder}`)
     const dog = watchdog(stream, `put to ${holder}`)
     const off = onAbort(signal, stream)
     try {
@@ -406,7 +420,7 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
 
   const listRemote = async (peer: PeerId, owner: PeerId, signal: AbortSignal): Promise<FragmentLabel[]> => {
     if (peer === self) return store.list(owner)
-    const stream = await net.open(peer, FETCH_PROTOCOL, { signal })
+    const stream = await openWithin(peer, FETCH_PROTOCOL, signal, `list at ${peer}`)
     const dog = watchdog(stream, `list from ${peer}`)
     const off = onAbort(signal, stream)
     try {
@@ -490,7 +504,7 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
       if (f === undefined) throw snapshotError(SnapshotErrorCode.NOT_FOUND, `fragment ${index} not held locally`, {}, 'ignore')
       return check({ label: f.label, segments: f.segments })
     }
-    const stream = await net.open(holder, FETCH_PROTOCOL, { signal })
+    const stream = await openWithin(holder, FETCH_PROTOCOL, signal, `fetch from ${holder}`)
     const dog = watchdog(stream, `fetch from ${holder}`)
     const off = onAbort(signal, stream)
     try {

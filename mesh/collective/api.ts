@@ -49,6 +49,18 @@ export interface Collective {
   readonly ring: readonly number[]
   start(): Promise<void>
   stop(): Promise<void>
+  /**
+   * Aborted when this instance is poisoned: its own call failed, a member's failure notice
+   * arrived, a member disconnected, abort() or stop() was called. Work done between calls
+   * (loading a snapshot, say) listens to it, so it ends when the others give up.
+   */
+  readonly failed: AbortSignal
+  /**
+   * Poisons the instance from outside a call (work between calls failed): a running call
+   * fails, and every other member is told at once, so their calls fail too instead of
+   * waiting for the timeout. A no-op after the first failure.
+   */
+  abort(message: string): void
   /** This rank's shard of `length` elements in `scope` (default 'all'). */
   shardOf(length: number, scope?: Scope): Range
   /** Ranks (ascending) of this node's group in `scope`. */
@@ -134,6 +146,8 @@ export function createCollective (init: CollectiveInit): Collective {
     ring: core.ring,
     start: () => core.start(),
     stop: () => core.stop(),
+    failed: core.failed,
+    abort: message => { core.fail('aborted', undefined, message) },
     shardOf,
     group,
     allGather,

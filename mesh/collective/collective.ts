@@ -225,6 +225,11 @@ export class CollectiveCore {
     await Promise.all(ends)
   }
 
+  /** Aborted (reason: the first failure, or an AbortError after stop()) when the instance is poisoned. */
+  get failed (): AbortSignal {
+    return this.life.signal
+  }
+
   /** Bytes of `length` elements this rank owns (the ZeRO shard of rank r is range r). */
   shardOf (length: number): Range {
     return shardRange(length, this.size, this.rank)

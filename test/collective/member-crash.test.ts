@@ -140,3 +140,31 @@ test('an AbortSignal stops the caller with AbortError and releases the others wi
     await g.stop()
   }
 })
+
+test('abort() between calls: the others\' running calls fail at once (not after the timeout) and every member\'s failed signal fires', async t => {
+  const P = 4
+  const g = await simGroup(9, P, r => zoneOf(r, P, 2), { chunkBytes: 16 * 1024, timeoutMs: TIMEOUT_MS })
+  try {
+    const n = 50_000
+    // Rank 2 is busy elsewhere (say, loading a snapshot) and never makes the call; it gives up.
+    const started = g.sim.now()
+    const calls = g.colls.map((c, r) => (r === 2 ? Promise.resolve('idle') : c.allGather(new Float32Array(c.shardOf(n).length), n, { step: 3, label: 'recovery_point' }).then(() => 'ok', (e: unknown) => e)))
+    await g.sim.run(50)
+    t.false(g.colls[0]!.failed.aborted)
+    g.colls[2]!.abort('rank 2 gave up: the snapshot fetch failed')
+    t.true(g.colls[2]!.failed.aborted)
+    const results = await g.settle(Promise.all(calls), 1000)
+    const took = g.sim.now() - started
+    t.true(took < TIMEOUT_MS, `settled in ${took} simulated ms, before the ${TIMEOUT_MS} ms timeout`)
+    for (const r of [0, 1, 3]) {
+      t.true(results[r] instanceof CollectiveError, String(results[r]))
+      t.is((results[r] as CollectiveError).reason, 'aborted')
+      t.true(g.colls[r]!.failed.aborted, `rank ${r}'s failed signal fired`)
+    }
+    // A poisoned instance refuses later calls at once; a second abort() is a no-op.
+    g.colls[2]!.abort('again')
+    await t.throwsAsync(g.colls[2]!.allGather(new Float32Array(0), 0), { instanceOf: CollectiveError })
+  } finally {
+    await g.stop()
+  }
+})

@@ -47,6 +47,8 @@ export interface MeshOptions {
   onStep?: (ctl: MeshControl, i: number, s: TrainStatus) => void
   /** Per-node trainer config changes (e.g. a disk dir). */
   configOf?: (i: number) => Partial<TrainConfig>
+  /** What node i's trainer sees as its PeerNet (fault injection on one node's calls). */
+  wrapNet?: (i: number, net: PeerNet) => PeerNet
 }
 
 /** n in-process workers on a memory network, each with real membership and a Trainer. */
@@ -81,7 +83,7 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
   let killedOnce = false
   const trainers = nodes.map((x, i) => new Trainer({
     backend: new CpuBackend(),
-    net: x.net,
+    net: opts.wrapNet?.(i, x.net) ?? x.net,
     membership: x.membership,
     clock,
     log: logFor(i),

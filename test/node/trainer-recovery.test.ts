@@ -89,6 +89,36 @@ test('a transient stall with no view change: the ranks retry from the newest com
   t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the stall')
 })
 
+test('a spare whose snapshot fetch hangs (a dial that never completes) is released when the others give up; all retry together, bit-identically', async t => {
+  const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
+  const clean = ok(await trainMesh(5, cfg))
+  let hung = 0
+  const hurt = ok(await trainMesh(5, cfg, {
+    kill: { rank: 1, atStep: 4 },
+    // The spare (node 4): its first dial for a snapshot fragment never completes, however
+    // long it waits, until its signal aborts it.
+    wrapNet: (i, net) => (i !== 4
+      ? net
+      : new Proxy(net, {
+        get (target, prop, recv) {
+          if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
+          return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
+            if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || hung > 0) return await target.open(peer, protocol, o)
+            hung++
+            return await new Promise((_resolve, reject) => {
+              o.signal?.addEventListener('abort', () => reject(new Error('dial aborted')), { once: true })
+            })
+          }
+        }
+      }))
+  }))
+  t.is(hung, 1, 'the hanging dial was made')
+  const ranks = hurt.statuses.filter(s => s.role === 'done')
+  t.is(ranks.length, 4)
+  t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
+  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kill')
+})
+
 test('a rank left in a minority fails with a clear error after minorityWaitMs instead of waiting forever', async t => {
   const cfg: TrainConfig = { ...base, steps: 30, snapshot: { k: 1, m: 1 }, minorityWaitMs: 2000 }
   const res = await trainMesh(4, cfg, {
