@@ -73,3 +73,36 @@ export function throwIfAborted (signal?: AbortSignal): void {
     throw new AbortError('the operation was aborted', { reason: String(signal.reason) })
   }
 }
+
+/**
+ * `work`, settled by `signal` at once (AbortError) even when the work itself does not listen
+ * to it (a dial can wait in a transport's queues past its signal); a value the work yields
+ * after that is handed to `dispose` (close the stream nobody will use).
+ */
+export function settleOnAbort<T> (signal: AbortSignal | undefined, work: Promise<T>, dispose: (value: T) => void): Promise<T> {
+  if (signal === undefined) return work
+  return new Promise<T>((resolve, reject) => {
+    let settled = false
+    const onAbort = (): void => {
+      if (settled) return
+      settled = true
+      reject(new AbortError('the operation was aborted', { reason: String(signal.reason) }))
+    }
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+    work.then(value => {
+      signal.removeEventListener('abort', onAbort)
+      if (settled) dispose(value)
+      else {
+        settled = true
+        resolve(value)
+      }
+    }, (err: unknown) => {
+      signal.removeEventListener('abort', onAbort)
+      if (!settled) {
+        settled = true
+        reject(err)
+      }
+    })
+  })
+}

@@ -6,7 +6,7 @@ export { type Clock, type TimerId, RealClock, ManualClock, flushMicrotasks, slee
 export { Rng, type Seed, seedFromEnv } from './rng.ts'
 export {
   ZeromeshError, InvalidArgumentError, LimitExceededError, AbortError, ProtocolError,
-  type ProtocolAction, throwIfAborted
+  type ProtocolAction, throwIfAborted, settleOnAbort
 } from './errors.ts'
 export { checkCap, CORE_LIMITS } from './limits.ts'
 export { type Logger, type LogLevel, type LoggerInit, createLogger, silentLogger, componentLogger } from './log.ts'

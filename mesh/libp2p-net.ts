@@ -13,7 +13,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Connection, PeerId as Libp2pPeerId, PrivateKey, Stream } from '@libp2p/interface'
 import { z } from 'zod'
-import { AbortError, InvalidArgumentError, type Clock, type Logger } from '../core/index.ts'
+import { AbortError, InvalidArgumentError, settleOnAbort, type Clock, type Logger } from '../core/index.ts'
 import { createEnvelopeCodec, zBytes } from '../codec/index.ts'
 import { AUTH_NONCE_BYTES, authProof, deriveRunKeys, gossipTag, proofsEqual, type RunKeys } from './auth.ts'
 import { bulkKey, bulkSessionId, startBulkChannel, type BulkChannel } from './bulk.ts'
@@ -510,7 +510,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       const via = init.bulkProtocol === undefined || init.bulkProtocol(protocol) ? bulkPeers.get(peer) : undefined
       if (bulk !== undefined && via !== undefined) {
         try {
-          return await bulk.open(peer, via.host, via.port, via.session, protocol, options.signal)
+          return await settleOnAbort(options.signal, bulk.open(peer, via.host, via.port, via.session, protocol, options.signal), st => st.abort(new AbortError('open abandoned')))
         } catch (err) {
           const name = (err as Error).name
           if (name === 'ProtocolNotSupportedError' || name === 'AbortError') throw err
@@ -519,7 +519,7 @@ export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { cloc
       }
       let raw: Stream
       try {
-        raw = await n.dialProtocol(peerIdFromString(peer), fullProtocol(protocol), { signal: options.signal })
+        raw = await settleOnAbort(options.signal, n.dialProtocol(peerIdFromString(peer), fullProtocol(protocol), { signal: options.signal }), s => s.abort(new AbortError('open abandoned')))
       } catch (err) {
         throw mapOpenError(err, peer, protocol, options.signal)
       }

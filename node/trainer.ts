@@ -163,6 +163,10 @@ class SessionInterrupted extends Error {
 const MAX_ATTEMPTS = 8
 /** After a failed step, how long past the detector's bound a view change may take to arrive. */
 const RETRY_SLACK_MS = 2000
+/** Snapshot transfers' idle timeout in the trainer. */
+const SNAPSHOT_IDLE_MS = 10_000
+/** Extra collective timeout until a session's first step commits (see the session). */
+const SETTLE_GRACE_MS = SNAPSHOT_IDLE_MS + 5000
 /** How long a rank in a minority waits for the majority before it fails. */
 const DEFAULT_MINORITY_WAIT_MS = 300_000
 /** Installed views a trainer queues before it consumes them (the oldest are dropped beyond). */
@@ -236,7 +240,7 @@ export class Trainer {
         // No re-stripe on a view change: it would move the holders' recovery point past the
         // version a recovery still needs (the lost ranks' newest); the trainer re-captures at
         // the next commit under the new view anyway.
-        this.snapshots = createSnapshotService({ k: this.cfg.snapshot.k, m: this.cfg.snapshot.m, idleTimeoutMs: 10_000, autoRestripe: false }, { net, clock, log: log.child({ component: 'snapshot' }), ...(this.deps.metrics === undefined ? {} : { metrics: this.deps.metrics }) })
+        this.snapshots = createSnapshotService({ k: this.cfg.snapshot.k, m: this.cfg.snapshot.m, idleTimeoutMs: SNAPSHOT_IDLE_MS, autoRestripe: false }, { net, clock, log: log.child({ component: 'snapshot' }), ...(this.deps.metrics === undefined ? {} : { metrics: this.deps.metrics }) })
         await this.snapshots.start()
         this.snapshots.setView(first)
         this.unsubs.push(membership.on('view', v => this.snapshots?.setView(v)))
@@ -496,12 +500,16 @@ export class Trainer {
     const cfg = this.cfg
     const P = roster.length
     await this.waitForConnections(roster, signal)
+    let settling = true
     const collective: Collective = createCollective({
       net,
       view: { epoch, members: roster },
       clock,
       name: `train-${epoch}.${round}`,
-      timeoutMs: () => membership.status().detectionBoundMs + 5000,
+      // Until the session's first step commits, ranks may wait on one that is still loading
+      // a snapshot (a stalled holder costs it one idle timeout before it turns to parity) or
+      // compiling kernels: a longer bound, so a slow start is not mistaken for a failure.
+      timeoutMs: () => membership.status().detectionBoundMs + 5000 + (settling ? SETTLE_GRACE_MS : 0),
       log: log.child({ component: 'mesh:collective' })
     })
     const zero: ZeroComm = createZeroComm(collective, cfg.zeroPP ? { qwZ: true, hpZ: true, qgZ: true } : {})
@@ -583,6 +591,7 @@ export class Trainer {
         const mean = await collective.allReduce(Float32Array.of(loss), { ...at(s), label: 'loss' }).catch(fail)
         account(mean.bytes)
         const dt = clock.monotonic() - t0
+        settling = false
         this.st.step = s + 1
         this.st.loss = mean.data[0]! / P
         this.st.tokensPerS = dt > 0 ? (P * cfg.B * cfg.T) / (dt / 1000) : undefined

@@ -1,5 +1,5 @@
 import {
-  AbortError, InvalidArgumentError, ProtocolError, throwIfAborted, checkCap,
+  AbortError, InvalidArgumentError, ProtocolError, throwIfAborted, settleOnAbort, checkCap,
   defineCounter, type Clock, type Counter, type Logger, type MetricsRegistry
 } from '../core/index.ts'
 import { createErasureCoder, TooFewFragmentsError, type ErasureCoder, type ErasureCoderName } from '../codec/index.ts'
@@ -181,7 +181,8 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
     const ctl = new AbortController()
     const id = clock.setTimeout(() => ctl.abort(new TransferTimeoutError(`${what}: opening a stream made no progress for ${idleMs} ms`)), idleMs)
     try {
-      return await net.open(peer, protocol, { signal: AbortSignal.any([signal, ctl.signal]) })
+      const both = AbortSignal.any([signal, ctl.signal])
+      return await settleOnAbort(both, net.open(peer, protocol, { signal: both }), st => st.abort())
     } catch (err) {
       if (ctl.signal.aborted && !signal.aborted) throw ctl.signal.reason as Error
       throw err

@@ -89,14 +89,14 @@ test('a transient stall with no view change: the ranks retry from the newest com
   t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the stall')
 })
 
-test('a spare whose snapshot fetch hangs (a dial that never completes) is released when the others give up; all retry together, bit-identically', async t => {
+test('a spare whose snapshot dial never completes (deaf to its signal) gives up on it, and the run goes on bit-identically', async t => {
   const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
   const clean = ok(await trainMesh(5, cfg))
   let hung = 0
   const hurt = ok(await trainMesh(5, cfg, {
     kill: { rank: 1, atStep: 4 },
-    // The spare (node 4): its first dial for a snapshot fragment never completes, however
-    // long it waits, until its signal aborts it.
+    // The spare (node 4): its first dial for a snapshot fragment never completes, and does
+    // not listen to its signal either (as a dial stuck in a transport's queue).
     wrapNet: (i, net) => (i !== 4
       ? net
       : new Proxy(net, {
@@ -105,9 +105,7 @@ test('a spare whose snapshot fetch hangs (a dial that never completes) is releas
           return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
             if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || hung > 0) return await target.open(peer, protocol, o)
             hung++
-            return await new Promise((_resolve, reject) => {
-              o.signal?.addEventListener('abort', () => reject(new Error('dial aborted')), { once: true })
-            })
+            return await new Promise(() => {})
           }
         }
       }))
@@ -115,7 +113,11 @@ test('a spare whose snapshot fetch hangs (a dial that never completes) is releas
   t.is(hung, 1, 'the hanging dial was made')
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
-  t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
+  // The dial is abandoned after the snapshot idle timeout and the fragment comes from its
+  // parity holder; the other ranks wait (their first step after a recovery has the grace).
+  const rec = ranks.flatMap(s => s.recoveries)
+  t.true(rec.length > 0 && rec.every(r => r.mode === 'replace'), JSON.stringify(rec))
+  t.log(`recovered from step ${rec[0]!.fromStep}; retries ${ranks.map(s => s.retries).join(',')}`)
   t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kill')
 })
 
