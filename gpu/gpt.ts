@@ -144,12 +144,48 @@ export interface GptOptions {
   T: number
   /** Activation / working-weight dtype. `bf16` needs a backend that computes in bf16 (cuda). */
   dtype: 'f32' | 'bf16'
-  /** Initialises the parameters with {@link initGptParams}. */
+  /** Initialises the parameters with {@link initGptParams} (full mode only). */
   seed: Seed
+  /**
+   * `full` (default): the model holds every parameter, its gradient and AdamW state.
+   * `stream`: it holds only the embeddings, the final layernorm and two block slots (weights
+   * and gradients); {@link Gpt.forwardStreamed} and {@link Gpt.backwardStreamed} ask their
+   * caller for each bucket's weights as they reach it and hand back each bucket's gradient
+   * as soon as it is complete (ZeRO-3: the mesh gathers one bucket at a time).
+   */
+  params?: 'full' | 'stream'
 }
 
-/** AdamW settings for {@link Gpt.update}
-omitted fields take llm.c's defaults. */
+/** A contiguous range [start, end) of the flat layout that the mesh gathers as one. */
+export interface GptBucket {
+  name: string
+  start: number
+  end: number
+}
+
+/**
+ * The buckets of a layout, in forward order: `emb` (wte, wpe), one per block (`h.<l>`), then
+ * `lnf`. Bucket j+1 is block j.
+ */
+export function gptBuckets (layout: GptLayout): GptBucket[] {
+  const first = layout.layers[0]!.start
+  const last = layout.layers.at(-1)!.end
+  return [
+    { name: 'emb', start: 0, end: first },
+    ...layout.layers.map((r, l) => ({ name: `h.${l}`, start: r.start, end: r.end })),
+    { name: 'lnf', start: last, end: layout.length }
+  ]
+}
+
+/** What a streamed pass asks of its caller. */
+export interface GptStream {
+  /** The f32 weights of bucket j ({@link gptBuckets}), its whole range, needed now. */
+  load(j: number): Promise<Float32Array>
+  /** Bucket j's gradient is complete (a copy: the caller's to keep). Backward only. */
+  grad?(j: number, g: Float32Array): void
+}
+
+/** AdamW settings for {@link Gpt.update}; omitted fields take llm.c's defaults. */
 export interface GptUpdateParams {
   lr: number
   step: number
@@ -182,11 +218,32 @@ interface LayerActs {
   fch: Tensor, fchGelu: Tensor, fcproj: Tensor, residual3: Tensor
 }
 
+/** The full-mode buffers: every parameter (f32 master, bf16 copy), gradient and AdamW moment. */
+interface FullState {
+  params: Tensor
+  grads: Tensor
+  m: Tensor
+  v: Tensor
+  lowp: Tensor | null
+  /** Maximal runs of consecutive tensors with the same weight-decay flag: one AdamW call each. */
+  runs: Array<{ params: Tensor, grads: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, decay: boolean }>
+}
+
+/** A stream-mode weight buffer for one bucket range: f32 (what the mesh delivers) and the bf16 copy the ops read. */
+interface Slot {
+  bucket: GptBucket
+  f32: Tensor
+  lowp: Tensor | null
+  grad: Tensor
+}
+
+/** Yielded by the shared pass code: a bucket's weights are needed, or its gradient is complete. */
+type PassEvent = { load: number } | { grad: number }
+
 /**
- * The model on one backend. Allocates everything once in the constructor: the f32 master
- * params, f32 grads, AdamW m and v (all flat, {@link gptLayout} order), a bf16 working copy of
- * the params when `dtype` is bf16, the activations of every layer (kept for the backward) and
- * the activation gradients (reused across layers). Nothing is allocated per step.
+ * The model on one backend. Allocates everything once in the constructor: the parameters
+ * (see {@link GptOptions.params}), the activations of every layer (kept for the backward)
+ * and the activation gradients (reused across layers). Nothing is allocated per step.
  *
  * dtype rules: activations, activation gradients and the weights the ops read are in `dtype`;
  * parameter gradients, layernorm mean/rstd, attention lse and per-token losses are f32.
@@ -195,21 +252,20 @@ export class Gpt {
   readonly backend: Backend
   readonly config: Readonly<GptConfig>
   readonly layout: GptLayout
+  readonly buckets: readonly GptBucket[]
   readonly B: number
   readonly T: number
   readonly dtype: 'f32' | 'bf16'
-  /** Flat f32 master parameters. */
-  readonly params: Tensor
-  /** Flat f32 parameter gradients (accumulated by backward; cleared by zeroGrad). */
-  readonly grads: Tensor
-  /** AdamW first and second moments (flat f32). */
-  readonly m: Tensor
-  readonly v: Tensor
-  /** The bf16 copy the ops read when dtype is bf16, else null. */
-  readonly paramsLowp: Tensor | null
+  readonly mode: 'full' | 'stream'
 
+  private readonly full: FullState | null
+  /** Stream mode: emb, lnf and two block slots. */
+  private readonly slots: { emb: Slot, lnf: Slot, blocks: [Slot, Slot] } | null
+  /** Weights the ops read: embeddings and final layernorm, and each block (full mode) or slot. */
   private readonly w: ModelParams
   private readonly g: ModelParams
+  private readonly slotW: LayerParams[] = []
+  private readonly slotG: LayerParams[] = []
   private readonly acts: LayerActs[]
   private readonly encoded: Tensor
   private readonly lnf: Tensor
@@ -225,27 +281,30 @@ export class Gpt {
   private readonly dqkv: Tensor
   private readonly dfchGelu: Tensor
   private readonly dfch: Tensor
-  /** [start, end, decay] runs of the flat buffer for AdamW. */
-  private readonly decayRuns: Array<{ params: Tensor, grads: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, decay: boolean }>
   private readonly owned: Tensor[] = []
   private readonly hostTokens: Int32Array
   /** Set by forward with targets: logits then hold dloss/dlogits, ready for backward. */
   private haveGrad = false
+  private busy = false
   private disposed = false
 
   constructor (backend: Backend, config: GptConfig, opts: GptOptions) {
     validateGptConfig(config)
     const { B, T, dtype } = opts
+    const mode = opts.params ?? 'full'
     if (!Number.isSafeInteger(B) || B < 1) throw new InvalidArgumentError(`gpt: B must be a positive integer, got ${B}`)
     if (!Number.isSafeInteger(T) || T < 1 || T > config.maxT) throw new InvalidArgumentError(`gpt: T must be an integer in [1, ${config.maxT}], got ${T}`)
     if (dtype !== 'f32' && dtype !== 'bf16') throw new InvalidArgumentError(`gpt: dtype must be 'f32' or 'bf16', got ${String(dtype)}`)
     if (dtype === 'bf16' && backend.kind === 'cpu') throw new InvalidArgumentError('gpt: the cpu backend computes in f32 only; use dtype f32')
+    if (mode !== 'full' && mode !== 'stream') throw new InvalidArgumentError(`gpt: params must be 'full' or 'stream', got ${String(mode)}`)
     this.backend = backend
     this.config = Object.freeze({ ...config })
     this.layout = gptLayout(config)
+    this.buckets = Object.freeze(gptBuckets(this.layout))
     this.B = B
     this.T = T
     this.dtype = dtype
+    this.mode = mode
     this.hostTokens = new Int32Array(B * T)
 
     const be = backend
@@ -255,15 +314,33 @@ export class Gpt {
       return t
     }
     try {
-      const P = this.layout.length
-      this.params = alloc('f32', [P])
-      this.grads = alloc('f32', [P])
-      this.m = alloc('f32', [P])
-      this.v = alloc('f32', [P])
-      this.paramsLowp = dtype === 'bf16' ? alloc('bf16', [P]) : null
-      this.w = this.paramViews(this.paramsLowp ?? this.params)
-      this.g = this.paramViews(this.grads)
-      this.decayRuns = this.buildRuns()
+      if (mode === 'full') {
+        const P = this.layout.length
+        const params = alloc('f32', [P])
+        const grads = alloc('f32', [P])
+        const lowp = dtype === 'bf16' ? alloc('bf16', [P]) : null
+        this.full = { params, grads, m: alloc('f32', [P]), v: alloc('f32', [P]), lowp, runs: [] }
+        this.full.runs = this.buildRuns(this.full)
+        this.slots = null
+        this.w = this.paramViews(lowp ?? params)
+        this.g = this.paramViews(grads)
+      } else {
+        const slot = (bucket: GptBucket): Slot => {
+          const n = bucket.end - bucket.start
+          return { bucket, f32: alloc('f32', [n]), lowp: dtype === 'bf16' ? alloc('bf16', [n]) : null, grad: alloc('f32', [n]) }
+        }
+        const b = this.buckets
+        const block = b[1]!
+        this.slots = { emb: slot(b[0]!), lnf: slot(b.at(-1)!), blocks: [slot(block), slot(block)] }
+        this.full = null
+        const { emb, lnf } = this.slots
+        this.w = this.edgeViews(emb.lowp ?? emb.f32, lnf.lowp ?? lnf.f32)
+        this.g = this.edgeViews(emb.grad, lnf.grad)
+        for (const s of this.slots.blocks) {
+          this.slotW.push(this.blockViews(s.lowp ?? s.f32, 0, block.start))
+          this.slotG.push(this.blockViews(s.grad, 0, block.start))
+        }
+      }
 
       const { C, nLayer, nHead, paddedVocabSize: Vp } = config
       const N = B * T
@@ -307,28 +384,53 @@ export class Gpt {
       for (const t of this.owned) be.free(t)
       throw err
     }
-    this.setParams(initGptParams(config, opts.seed))
+    if (mode === 'full') this.setParams(initGptParams(config, opts.seed))
   }
 
+  /**
+   * Bytes this model holds for parameters and their gradients (and, in full mode, AdamW
+   * state): what ZeRO-3's stream mode keeps near the buckets in flight.
+   */
+  paramBytes (): number {
+    const size = (t: Tensor): number => t.length * (t.dtype === 'bf16' ? 2 : 4)
+    if (this.full !== null) {
+      const f = this.full
+      return size(f.params) + size(f.grads) + size(f.m) + size(f.v) + (f.lowp === null ? 0 : size(f.lowp))
+    }
+    const s = this.slots!
+    return [s.emb, s.lnf, ...s.blocks].reduce((sum, x) => sum + size(x.f32) + size(x.grad) + (x.lowp === null ? 0 : size(x.lowp)), 0)
+  }
+
+  /** A view of the named tensor in `flat`, whose element 0 is layout offset `base`. */
+  private tensor (flat: Tensor, name: string, base: number): Tensor {
+    const t = this.layout.tensors.find(x => x.name === name)!
+    return this.backend.view(flat, t.offset - base, t.shape)
+  }
+
+  /** Views of every tensor in `flat` (the whole flat layout). */
   private paramViews (flat: Tensor): ModelParams {
-    const be = this.backend
-    const byName = new Map(this.layout.tensors.map(t => [t.name, t]))
-    const get = (name: string): Tensor => {
-      const t = byName.get(name)!
-      return be.view(flat, t.offset, t.shape)
-    }
     const layers: LayerParams[] = []
-    for (let l = 0; l < this.config.nLayer; l++) {
-      const p: Partial<LayerParams> = {}
-      for (const name of LAYER_TENSORS) p[name] = get(`h.${l}.${name}`)
-      layers.push(p as LayerParams)
-    }
-    return { wte: get('wte'), wpe: get('wpe'), layers, lnfw: get('lnfw'), lnfb: get('lnfb') }
+    for (let l = 0; l < this.config.nLayer; l++) layers.push(this.blockViews(flat, l, 0))
+    const v = (name: string): Tensor => this.tensor(flat, name, 0)
+    return { wte: v('wte'), wpe: v('wpe'), layers, lnfw: v('lnfw'), lnfb: v('lnfb') }
   }
 
-  /** Maximal runs of consecutive tensors with the same weight-decay flag: one AdamW call each. */
-  private buildRuns (): Gpt['decayRuns'] {
-    const runs: Gpt['decayRuns'] = []
+  /** Stream mode: the embeddings and final layernorm in their own buffers (no blocks). */
+  private edgeViews (emb: Tensor, lnf: Tensor): ModelParams {
+    const e = this.buckets[0]!.start
+    const f = this.buckets.at(-1)!.start
+    return { wte: this.tensor(emb, 'wte', e), wpe: this.tensor(emb, 'wpe', e), layers: [], lnfw: this.tensor(lnf, 'lnfw', f), lnfb: this.tensor(lnf, 'lnfb', f) }
+  }
+
+  /** Views of block `l`'s tensors in `flat`, whose element 0 is layout offset `base`. */
+  private blockViews (flat: Tensor, l: number, base: number): LayerParams {
+    const p: Partial<LayerParams> = {}
+    for (const name of LAYER_TENSORS) p[name] = this.tensor(flat, `h.${l}.${name}`, base)
+    return p as LayerParams
+  }
+
+  private buildRuns (f: FullState): FullState['runs'] {
+    const runs: FullState['runs'] = []
     const be = this.backend
     let start = 0
     let decay = this.layout.tensors[0]!.decay
@@ -336,11 +438,11 @@ export class Gpt {
       if (end === start) return
       const n = end - start
       runs.push({
-        params: be.view(this.params, start, [n]),
-        grads: be.view(this.grads, start, [n]),
-        m: be.view(this.m, start, [n]),
-        v: be.view(this.v, start, [n]),
-        lowp: this.paramsLowp === null ? null : be.view(this.paramsLowp, start, [n]),
+        params: be.view(f.params, start, [n]),
+        grads: be.view(f.grads, start, [n]),
+        m: be.view(f.m, start, [n]),
+        v: be.view(f.v, start, [n]),
+        lowp: f.lowp === null ? null : be.view(f.lowp, start, [n]),
         decay
       })
     }
@@ -357,29 +459,128 @@ export class Gpt {
 
   private live (op: string): void {
     if (this.disposed) throw new InvalidArgumentError(`gpt.${op}: the model has been disposed`)
+    if (this.busy) throw new InvalidArgumentError(`gpt.${op}: a streamed pass is still running`)
+  }
+
+  private needFull (op: string): FullState {
+    this.live(op)
+    if (this.full === null) throw new InvalidArgumentError(`gpt.${op}: a streamed model (params 'stream') holds no full parameters; use forwardStreamed / backwardStreamed`)
+    return this.full
+  }
+
+  private needStream (op: string): NonNullable<Gpt['slots']> {
+    this.live(op)
+    if (this.slots === null) throw new InvalidArgumentError(`gpt.${op}: needs a model created with params 'stream'`)
+    return this.slots
+  }
+
+  /** Block l's weights (full mode: in place; stream mode: its slot) and gradients. */
+  private blockW (l: number): LayerParams {
+    return this.full !== null ? this.w.layers[l]! : this.slotW[l % 2]!
+  }
+
+  private blockG (l: number): LayerParams {
+    return this.full !== null ? this.g.layers[l]! : this.slotG[l % 2]!
   }
 
   /**
    * Runs the model on `tokens` (i32[B·T], each in [0, vocabSize)). With `targets` it returns
    * the mean cross-entropy loss and leaves dloss/dlogits (scaled by 1/(B·T)) in the logits
-   * buffer for {@link backward}
-   without, it returns NaN.
+   * buffer for {@link backward}; without, it returns NaN.
    */
   forward (tokens: Int32Array, targets: Int32Array | null): number {
-    this.live('forward')
+    this.needFull('forward')
+    const pass = this.forwardPass(tokens, targets)
+    for (let e = pass.next(); ; e = pass.next()) if (e.done === true) return e.value
+  }
+
+  /** {@link forward} of a streamed model: asks `stream.load` for each bucket's weights in turn. */
+  async forwardStreamed (tokens: Int32Array, targets: Int32Array | null, stream: GptStream): Promise<number> {
+    this.needStream('forwardStreamed')
+    const pass = this.forwardPass(tokens, targets)
+    this.busy = true
+    try {
+      for (let e = pass.next(); ; e = pass.next()) {
+        if (e.done === true) return e.value
+        if ('load' in e.value) await this.fill(e.value.load, stream)
+      }
+    } finally {
+      this.busy = false
+    }
+  }
+
+  /** Accumulates d(mean loss)/d(params) into the gradients. Needs a forward with targets first. */
+  backward (): void {
+    this.needFull('backward')
+    const pass = this.backwardPass()
+    for (let e = pass.next(); e.done !== true; e = pass.next());
+  }
+
+  /**
+   * {@link backward} of a streamed model: asks `stream.load` for each block's weights again
+   * (last to first; the embeddings and final layernorm stay from the forward) and hands each
+   * bucket's gradient to `stream.grad` as soon as it is complete: lnf, the blocks from the
+   * last, then emb.
+   */
+  async backwardStreamed (stream: GptStream): Promise<void> {
+    const s = this.needStream('backwardStreamed')
+    if (!this.haveGrad) throw new InvalidArgumentError('gpt.backwardStreamed: call forwardStreamed with targets first')
+    const be = this.backend
+    be.fill(s.emb.grad, 0)
+    be.fill(s.lnf.grad, 0)
+    const pass = this.backwardPass()
+    this.busy = true
+    try {
+      for (let e = pass.next(); e.done !== true; e = pass.next()) {
+        if ('load' in e.value) {
+          await this.fill(e.value.load, stream)
+          be.fill(s.blocks[(e.value.load - 1) % 2]!.grad, 0)
+        } else {
+          stream.grad?.(e.value.grad, be.read(this.slotOf(e.value.grad).grad) as Float32Array)
+        }
+      }
+    } finally {
+      this.busy = false
+    }
+  }
+
+  private slotOf (j: number): Slot {
+    const s = this.slots!
+    if (j === 0) return s.emb
+    if (j === this.buckets.length - 1) return s.lnf
+    return s.blocks[(j - 1) % 2]!
+  }
+
+  /** Stream mode: puts bucket j's weights (from the caller) into its slot. */
+  private async fill (j: number, stream: GptStream): Promise<void> {
+    const slot = this.slotOf(j)
+    const b = this.buckets[j]!
+    const data = await stream.load(j)
+    if (!(data instanceof Float32Array) || data.length !== b.end - b.start) {
+      throw new InvalidArgumentError(`gpt: bucket ${b.name} needs a Float32Array of ${b.end - b.start} weights, got ${data instanceof Float32Array ? data.length : typeof data}`)
+    }
+    this.backend.write(slot.f32, data)
+    if (slot.lowp !== null) this.backend.cast(slot.lowp, slot.f32)
+  }
+
+  /** The forward ops, shared by both modes; yields before each bucket's weights are read. */
+  private * forwardPass (tokens: Int32Array, targets: Int32Array | null): Generator<PassEvent, number> {
     const { B, T } = this
     const { C, nLayer, nHead: NH, vocabSize: V, paddedVocabSize: Vp } = this.config
     const N = B * T
     this.checkIds('tokens', tokens)
     if (targets !== null) this.checkIds('targets', targets)
     const be = this.backend
+    this.haveGrad = false
     this.hostTokens.set(tokens)
     be.write(this.tokens, tokens)
     const w = this.w
+    yield { load: 0 }
     be.encoderForward(this.encoded, this.tokens, w.wte, w.wpe, B, T, C)
     let residual = this.encoded
     for (let l = 0; l < nLayer; l++) {
-      const p = w.layers[l]!
+      yield { load: 1 + l }
+      const p = this.blockW(l)
       const a = this.acts[l]!
       be.layernormForward(a.ln1, a.ln1Mean, a.ln1Rstd, residual, p.ln1w, p.ln1b, N, C)
       be.matmulForward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C)
@@ -393,9 +594,9 @@ export class Gpt {
       be.residualForward(a.residual3, a.residual2, a.fcproj)
       residual = a.residual3
     }
+    yield { load: nLayer + 1 }
     be.layernormForward(this.lnf, this.lnfMean, this.lnfRstd, residual, w.lnfw, w.lnfb, N, C)
     be.matmulForward(this.logits, this.lnf, w.wte, null, N, C, Vp)
-    this.haveGrad = false
     if (targets === null) return NaN
     be.write(this.targets, targets)
     // Fused: losses and dlogits (in place of the logits) in one pass.
@@ -417,9 +618,8 @@ export class Gpt {
     }
   }
 
-  /** Accumulates d(mean loss)/d(params) into {@link grads}. Needs a forward with targets first. */
-  backward (): void {
-    this.live('backward')
+  /** The backward ops, shared by both modes; yields before a block's weights are read and after a bucket's gradient is complete. */
+  private * backwardPass (): Generator<PassEvent, void> {
     if (!this.haveGrad) throw new InvalidArgumentError('gpt.backward: call forward with targets first')
     this.haveGrad = false
     const be = this.backend
@@ -432,9 +632,11 @@ export class Gpt {
     be.matmulBackward(this.dln, g.wte, null, this.logits, this.lnf, w.wte, N, C, Vp)
     be.fill(this.dresidual, 0)
     be.layernormBackward(this.dresidual, g.lnfw, g.lnfb, this.dln, lastResidual, w.lnfw, this.lnfMean, this.lnfRstd, N, C)
+    yield { grad: nLayer + 1 }
     for (let l = nLayer - 1; l >= 0; l--) {
-      const p = w.layers[l]!
-      const dp = g.layers[l]!
+      yield { load: 1 + l }
+      const p = this.blockW(l)
+      const dp = this.blockG(l)
       const a = this.acts[l]!
       const residual = l === 0 ? this.encoded : this.acts[l - 1]!.residual3
       // residual3 = residual2 + fcproj: dresidual is the gradient of both.
@@ -447,19 +649,21 @@ export class Gpt {
       be.attentionBackward(this.dqkv, this.datty, a.qkv, a.atty, a.lse, B, T, C, NH)
       be.matmulBackward(this.dln, dp.qkvw, dp.qkvb, this.dqkv, a.ln1, p.qkvw, N, C, 3 * C)
       be.layernormBackward(this.dresidual, dp.ln1w, dp.ln1b, this.dln, residual, p.ln1w, a.ln1Mean, a.ln1Rstd, N, C)
+      yield { grad: 1 + l }
     }
     be.encoderBackward(g.wte, g.wpe, this.dresidual, this.tokens, B, T, C)
+    yield { grad: 0 }
   }
 
-  /** Clears the gradients. */
+  /** Clears the gradients (full mode; a streamed backward clears its own). */
   zeroGrad (): void {
     this.live('zeroGrad')
-    this.backend.fill(this.grads, 0)
+    if (this.full !== null) this.backend.fill(this.full.grads, 0)
   }
 
   /** One fused AdamW step over the flat buffers (and the bf16 copy, when there is one). */
   update (hp: GptUpdateParams): void {
-    this.live('update')
+    const f = this.needFull('update')
     const base: AdamWParams = {
       lr: hp.lr,
       beta1: hp.beta1 ?? 0.9,
@@ -472,31 +676,28 @@ export class Gpt {
     const wd = hp.weightDecay ?? 0
     const plain = { ...base, weightDecay: 0 }
     const decayed = { ...base, weightDecay: wd }
-    for (const r of this.decayRuns) this.backend.adamw(r.params, r.grads, r.m, r.v, r.decay ? decayed : plain, r.lowp)
+    for (const r of f.runs) this.backend.adamw(r.params, r.grads, r.m, r.v, r.decay ? decayed : plain, r.lowp)
   }
 
   /** Replaces the master params (and refreshes the bf16 copy). */
   setParams (src: Float32Array): void {
-    this.live('setParams')
+    const f = this.needFull('setParams')
     if (!(src instanceof Float32Array) || src.length !== this.layout.length) {
       throw new InvalidArgumentError(`gpt.setParams: expected a Float32Array of ${this.layout.length} elements`)
     }
-    this.backend.write(this.params, src)
-    if (this.paramsLowp !== null) this.backend.cast(this.paramsLowp, this.params)
+    this.backend.write(f.params, src)
+    if (f.lowp !== null) this.backend.cast(f.lowp, f.params)
   }
 
   getParams (): Float32Array {
-    this.live('getParams')
-    return this.backend.read(this.params) as Float32Array
+    return this.backend.read(this.needFull('getParams').params) as Float32Array
   }
 
   getGrads (): Float32Array {
-    this.live('getGrads')
-    return this.backend.read(this.grads) as Float32Array
+    return this.backend.read(this.needFull('getGrads').grads) as Float32Array
   }
 
-  /** Frees every buffer the model allocated
-  the model is unusable afterwards. */
+  /** Frees every buffer the model allocated; the model is unusable afterwards. */
   dispose (): void {
     if (this.disposed) return
     this.disposed = true

@@ -16,7 +16,7 @@ export {
 export { BackendUnavailableError, DeviceError, KernelCompileError, DeviceOutOfMemoryError } from './errors.ts'
 export { CpuBackend, type CpuBackendInit, CPU_LIMITS, f32ToBf16, bf16ToF32 } from './cpu.ts'
 export {
-  Gpt, type GptConfig, type GptOptions, type GptUpdateParams, type GptLayout, type GptTensorInfo, type GptPresetName,
+  Gpt, gptBuckets, type GptBucket, type GptStream, type GptConfig, type GptOptions, type GptUpdateParams, type GptLayout, type GptTensorInfo, type GptPresetName,
   GPT_PRESETS, gptLayout, initGptParams, validateGptConfig
 } from './gpt.ts'
 

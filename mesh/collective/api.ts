@@ -4,7 +4,7 @@ import { CollectiveCore, type CallOptions, type CollectiveInit, type CollectiveR
 import { hierReduceScatter, type ErrorFeedback } from './hier.ts'
 import { COLLECTIVE_LIMITS } from './limits.ts'
 import { ringAllGather, ringReduceScatter, type RingPlan } from './ring.ts'
-import { shardRange, type Hierarchy, type Range, type TierKey } from './topology.ts'
+import { shardRange, windowRange, type Hierarchy, type Range, type TierKey } from './topology.ts'
 import { F32_WIRE, validateWire, type Wire } from './wire.ts'
 
 /** Where a call runs: every member, or each group of members sharing a tier label (all groups at once). */
@@ -13,6 +13,18 @@ export type Scope = 'all' | TierKey
 export interface OpOptions extends CallOptions {
   /** Name the call is accounted under (stats, metrics). Default: the operation's name. */
   label?: string
+  /**
+   * The call covers the elements [offset, offset + length) of a vector of `total` elements
+   * that is sharded by {@link shardRange} over all members (a bucket of a flat model): each
+   * rank's part is its shard's intersection with the window ({@link Collective.windowOf}),
+   * possibly empty. Scope 'all' only.
+   */
+  window?: Window
+}
+
+export interface Window {
+  offset: number
+  total: number
 }
 
 export interface GatherOptions extends OpOptions {
@@ -63,6 +75,8 @@ export interface Collective {
   abort(message: string): void
   /** This rank's shard of `length` elements in `scope` (default 'all'). */
   shardOf(length: number, scope?: Scope): Range
+  /** This rank's part of a window of `length` elements (see {@link OpOptions.window}), relative to the window. */
+  windowOf(length: number, window: Window): Range
   /** Ranks (ascending) of this node's group in `scope`. */
   group(scope: Scope): readonly number[]
   /** Ring all-gather: `mine` is this rank's shard; every member gets all `length` elements. */
@@ -90,14 +104,33 @@ export function createCollective (init: CollectiveInit): Collective {
     const g = group(scope)
     return shardRange(length, g.length, g.indexOf(core.rank))
   }
-  const ringPlan = (length: number, scope: Scope, phase: number): RingPlan => {
+  const checkWindow = (length: number, scope: Scope, w: Window | undefined): void => {
+    if (w === undefined) return
+    if (scope !== 'all') throw new InvalidArgumentError(`a window needs scope 'all', got ${scope}`)
+    if (!Number.isSafeInteger(w.total) || !Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset + length > w.total) {
+      throw new InvalidArgumentError(`window [${w.offset}, ${w.offset + length}) is not inside a vector of ${w.total} elements`)
+    }
+    checkCap('collective elements', w.total, COLLECTIVE_LIMITS.maxElements)
+  }
+  const windowOf = (length: number, w: Window): Range => {
+    checkWindow(length, 'all', w)
+    return windowRange(w.total, core.size, core.rank, w.offset, length)
+  }
+  /** Rank r's part of a call over `length` elements: its shard, or its part of the window. */
+  const partOf = (length: number, scope: Scope, w: Window | undefined): (r: number) => Range => {
+    if (w !== undefined) return r => windowRange(w.total, core.size, r, w.offset, length)
+    const g = group(scope)
+    return r => shardRange(length, g.length, g.indexOf(r))
+  }
+  const ringPlan = (length: number, scope: Scope, phase: number, w?: Window): RingPlan => {
     const g = group(scope)
     const inGroup = new Set(g)
     const ring = core.ring.filter(r => inGroup.has(r))
+    const part = partOf(length, scope, w)
     return {
       ring,
       pos: ring.indexOf(core.rank),
-      part: j => shardRange(length, g.length, g.indexOf(ring[j]!)),
+      part: j => part(ring[j]!),
       chunkBytes: core.chunkBytes,
       phase
     }
@@ -108,11 +141,12 @@ export function createCollective (init: CollectiveInit): Collective {
   function allGather (mine: Float32Array | Uint16Array, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<Float32Array | Uint16Array>> {
     checkLength(length)
     const scope = opts.scope ?? 'all'
-    const want = shardOf(length, scope).length
+    checkWindow(length, scope, opts.window)
+    const want = partOf(length, scope, opts.window)(core.rank).length
     if (mine.length !== want) throw new InvalidArgumentError(`this rank's shard of ${length} elements has ${want} elements, got ${mine.length}`)
     const wire = opts.wire ?? F32_WIRE
     validateWire(wire)
-    const plan = ringPlan(length, scope, 0)
+    const plan = ringPlan(length, scope, 0, opts.window)
     if (mine instanceof Uint16Array) {
       const out = new Uint16Array(length)
       return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
@@ -149,14 +183,16 @@ export function createCollective (init: CollectiveInit): Collective {
     failed: core.failed,
     abort: message => { core.fail('aborted', undefined, message) },
     shardOf,
+    windowOf,
     group,
     allGather,
     reduceScatter (x, opts = {}) {
       checkLength(x.length)
       const wire = reduceWire(opts.wire)
       const scope = opts.scope ?? 'all'
-      const plan = ringPlan(x.length, scope, 0)
-      const out = new Float32Array(shardOf(x.length, scope).length)
+      checkWindow(x.length, scope, opts.window)
+      const plan = ringPlan(x.length, scope, 0, opts.window)
+      const out = new Float32Array(partOf(x.length, scope, opts.window)(core.rank).length)
       return core.run('reduceScatter', opts.label ?? 'reduce_scatter', opts, async op => {
         const go = ringReduceScatter(op, plan, wire, x, out)
         op.ready()
@@ -168,9 +204,10 @@ export function createCollective (init: CollectiveInit): Collective {
       checkLength(x.length)
       const wire = reduceWire(opts.wire)
       const scope = opts.scope ?? 'all'
-      const rs = ringPlan(x.length, scope, 0)
-      const ag = ringPlan(x.length, scope, 1)
-      const shard = new Float32Array(shardOf(x.length, scope).length)
+      checkWindow(x.length, scope, opts.window)
+      const rs = ringPlan(x.length, scope, 0, opts.window)
+      const ag = ringPlan(x.length, scope, 1, opts.window)
+      const shard = new Float32Array(partOf(x.length, scope, opts.window)(core.rank).length)
       const out = new Float32Array(x.length)
       return core.run('allReduce', opts.label ?? 'all_reduce', opts, async op => {
         const reduce = ringReduceScatter(op, rs, wire, x, shard)
@@ -186,9 +223,11 @@ export function createCollective (init: CollectiveInit): Collective {
       const wire = opts.wire ?? F32_WIRE
       validateWire(wire)
       if (wire.kind === 'bf16') throw new InvalidArgumentError('hierReduceScatter carries f32 or quantized partial sums')
-      const out = new Float32Array(shardOf(x.length).length)
+      checkWindow(x.length, 'all', opts.window)
+      const part = partOf(x.length, 'all', opts.window)
+      const out = new Float32Array(part(core.rank).length)
       return core.run('hierReduceScatter', opts.label ?? 'hier_reduce_scatter', opts, async op => {
-        const go = hierReduceScatter(op, core.hierarchy, x.length, wire, core.chunkBytes, x, out, opts.errorFeedback)
+        const go = hierReduceScatter(op, core.hierarchy, x.length, wire, core.chunkBytes, x, out, opts.errorFeedback, part)
         op.ready()
         await go()
         return out

@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from '../../core/index.ts'
 import { Slots, type OpApi, type Payload } from './op.ts'
 import { chunksOf } from './ring.ts'
-import { relayOf, shardRange, type Hierarchy } from './topology.ts'
+import { relayOf, shardRange, type Hierarchy, type Range } from './topology.ts'
 import { blockSizeOf, checkBody, chunkElementsOf, decodeBody, encodeBody, encodingOf, type Wire } from './wire.ts'
 
 /**
@@ -27,7 +27,8 @@ function residualFor (ef: ErrorFeedback, level: number, n: number): Float32Array
 
 /**
  * Hierarchical reduce-scatter as an all-to-all per tier level (ZeRO++ qgZ generalised to any
- * number of nested tiers). Rank d ends with the sum of everyone's shard d (global partition).
+ * number of nested tiers). Rank d ends with the sum of everyone's shard d (global partition,
+ * or `part(d)` when given: any split of [0, n) into ranges in rank order, empty ones allowed).
  *
  * Level 1 (innermost groups, e.g. a zone): every member sends its slice for destination d to
  * the group's relay for d (see `relayOf`), which reduces them. Level l: the relays of the
@@ -41,12 +42,12 @@ function residualFor (ef: ErrorFeedback, level: number, n: number): Float32Array
  * input assigned (not added to zero). So the result is a tree of sums following the tiers,
  * e.g. for zones: sum over zones (in order) of (sum over the zone's ranks in rank order).
  */
-export function hierReduceScatter (op: OpApi, h: Hierarchy, n: number, wire: Wire, chunkBytes: number, x: Float32Array, out: Float32Array, ef?: ErrorFeedback): () => Promise<void> {
+export function hierReduceScatter (op: OpApi, h: Hierarchy, n: number, wire: Wire, chunkBytes: number, x: Float32Array, out: Float32Array, ef?: ErrorFeedback, part?: (d: number) => Range): () => Promise<void> {
   const self = op.self
   const P = h.groupOf[0]!.length
   const T = h.levels.length - 1
   const per = chunkElementsOf(wire, chunkBytes)
-  const ranges = Array.from({ length: P }, (_, d) => shardRange(n, P, d))
+  const ranges = Array.from({ length: P }, (_, d) => part?.(d) ?? shardRange(n, P, d))
   const chunks = ranges.map(r => chunksOf(r.length, per))
   // Who sends what to whom, per level; lists are in ascending d so both ends agree on indices.
   const sends: Array<Map<number, number[]>> = []

@@ -21,6 +21,17 @@ export function shardRange (n: number, parts: number, index: number): Range {
   return { start: index * base + Math.min(index, extra), length: base + (index < extra ? 1 : 0) }
 }
 
+/**
+ * Rank `index`'s part of the window [offset, offset + length) of a vector of `total` elements
+ * sharded by {@link shardRange}: the intersection, relative to the window (maybe empty).
+ */
+export function windowRange (total: number, parts: number, index: number, offset: number, length: number): Range {
+  const r = shardRange(total, parts, index)
+  const a = Math.min(Math.max(r.start, offset), offset + length)
+  const b = Math.max(Math.min(r.start + r.length, offset + length), a)
+  return { start: a - offset, length: b - a }
+}
+
 /** The network tier a link between two labelled peers crosses (SimNet's rule). */
 export type LinkTier = 'host' | 'zone' | 'wan'
 

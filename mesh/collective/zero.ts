@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from '../../core/index.ts'
-import type { Collective, Scope } from './api.ts'
+import type { Collective, Scope, Window } from './api.ts'
 import type { CallOptions, CollectiveResult } from './collective.ts'
 import { createErrorFeedback, type ErrorFeedback } from './hier.ts'
 import { COLLECTIVE_DEFAULTS } from './limits.ts'
@@ -35,14 +35,22 @@ export interface ZeroOptions {
 
 export type GatherPass = 'forward' | 'backward'
 
+export interface ZeroCallOptions extends CallOptions {
+  window?: Window
+}
+
 export interface ZeroComm {
   readonly collective: Collective
   /** This rank's shard (primary partition) of a bucket of `length` elements. */
   shardOf(length: number): Range
-  /** Gathers a bucket's weights from the primary shards (forward) or, with hpZ, the secondary ones (backward). */
-  gatherWeights(bucket: string, shard: Float32Array, length: number, pass: GatherPass, opts?: CallOptions): Promise<CollectiveResult<Float32Array>>
-  /** Sums every rank's gradient of a bucket; returns this rank's shard of the sum. */
-  reduceGradients(bucket: string, grads: Float32Array, opts?: CallOptions): Promise<CollectiveResult<Float32Array>>
+  /**
+   * Gathers a bucket's weights from the primary shards (forward) or, with hpZ, the secondary
+   * ones (backward). With `window`, the bucket is that window of one flat vector sharded over
+   * the ranks, and `shard` is this rank's part of it ({@link Collective.windowOf}).
+   */
+  gatherWeights(bucket: string, shard: Float32Array, length: number, pass: GatherPass, opts?: ZeroCallOptions): Promise<CollectiveResult<Float32Array>>
+  /** Sums every rank's gradient of a bucket; returns this rank's shard (or part of the window) of the sum. */
+  reduceGradients(bucket: string, grads: Float32Array, opts?: ZeroCallOptions): Promise<CollectiveResult<Float32Array>>
   /** Bytes sent per operation label and tier since creation. */
   bytes(): Record<string, TierBytes>
   /** Drops hpZ secondary shards and error-feedback residuals (e.g. before a new view). */
@@ -80,7 +88,9 @@ export function createZeroComm (collective: Collective, options: ZeroOptions = {
       if (pass === 'backward' && hpZ !== undefined) {
         const sec = secondary.get(bucket)
         if (sec === undefined || sec.length !== length) throw new InvalidArgumentError(`hpZ: no forward gather of bucket ${bucket} (${length} elements) to gather the backward from`)
-        return account(await collective.allGather(sec.data, length, { ...opts, scope: hpzScope, wire: F32_WIRE, label: 'hpz_gather' }))
+        // The secondary partition splits the bucket evenly inside the tier: no window.
+        const { window: _primary, ...call } = opts
+        return account(await collective.allGather(sec.data, length, { ...call, scope: hpzScope, wire: F32_WIRE, label: 'hpz_gather' }))
       }
       const label = qwZ !== undefined ? 'qwz_gather' : (pass === 'forward' ? 'weight_gather' : 'weight_gather_bwd')
       const res = account(await collective.allGather(shard, length, { ...opts, wire: weightWire, label }))

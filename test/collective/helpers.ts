@@ -2,7 +2,7 @@ import { RealClock, type Clock, type Rng } from '../../core/index.ts'
 import { createMemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
 import {
   createCollective, shardRange, toBf16, fromBf16, relayOf, roundTrip,
-  type Collective, type CollectiveInit, type Group as TierGroup, type Hierarchy, type Wire
+  type Collective, type CollectiveInit, type Group as TierGroup, type Hierarchy, type Range, type Wire
 } from '../../mesh/collective/index.ts'
 import { Simulation, createSimNetwork, type SimNetwork, type Topology } from '../../sim/index.ts'
 
@@ -133,11 +133,11 @@ export function firstDiff (a: Float32Array, b: Float32Array): number {
  * left to right in f32, the first assigned. A hop between different relays goes through the
  * wire (`roundTrip`); a partial that stays on its relay does not.
  */
-export function serialHierReduce (xs: Float32Array[], h: Hierarchy, n: number, wire: Wire): Float32Array {
+export function serialHierReduce (xs: Float32Array[], h: Hierarchy, n: number, wire: Wire, parts?: readonly Range[]): Float32Array {
   const P = xs.length
   const out = new Float32Array(n)
   for (let d = 0; d < P; d++) {
-    const r = shardRange(n, P, d)
+    const r = parts?.[d] ?? shardRange(n, P, d)
     const value = (g: TierGroup): Float32Array => {
       if (g.level === 0) return xs[g.members[0]!]!.slice(r.start, r.start + r.length)
       const relay = relayOf(h, g, d)

@@ -1,6 +1,6 @@
 import test from 'ava'
 import { Rng } from '../../core/index.ts'
-import { CpuBackend, Gpt, GPT_PRESETS, gptLayout, initGptParams, type GptConfig } from '../../gpu/index.ts'
+import { CpuBackend, Gpt, GPT_PRESETS, gptBuckets, gptLayout, initGptParams, type GptConfig } from '../../gpu/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 
 /** A fixed batch of random token sequences: targets are the inputs shifted by one. */
@@ -172,4 +172,55 @@ test('model misuse is refused: bf16 on cpu, bad token ids, backward before forwa
   t.is(model.getParams()[5], 0.5)
   model.dispose()
   t.throws(() => model.forward(Int32Array.of(0, 1, 2, 3), null), { name: 'InvalidArgumentError', message: /disposed/ })
+})
+
+test('stream mode: the same loss and gradients as full mode, holding only the edge buckets and two block slots', async t => {
+  const cfg: GptConfig = { vocabSize: 64, paddedVocabSize: 64, maxT: 8, nLayer: 3, nHead: 2, C: 16 }
+  const B = 2
+  const T = 8
+  const be = new CpuBackend()
+  const full = new Gpt(be, cfg, { B, T, dtype: 'f32', seed: 9 })
+  const stream = new Gpt(be, cfg, { B, T, dtype: 'f32', seed: 9, params: 'stream' })
+  const { tokens, targets } = batch(Rng.fromSeed(9).split('batch'), B, T, cfg.vocabSize)
+  const params = initGptParams(cfg, 9)
+  const buckets = gptBuckets(full.layout)
+  t.deepEqual(buckets.map(b => b.name), ['emb', 'h.0', 'h.1', 'h.2', 'lnf'])
+  t.is(buckets.at(-1)!.end, full.layout.length)
+  full.zeroGrad()
+  const want = full.forward(tokens, targets)
+  full.backward()
+  const wantGrads = full.getGrads()
+  const loads: string[] = []
+  const grads = new Float32Array(full.layout.length)
+  const got: string[] = []
+  const io = {
+    load: async (j: number): Promise<Float32Array> => {
+      loads.push(buckets[j]!.name)
+      await Promise.resolve()
+      return params.slice(buckets[j]!.start, buckets[j]!.end)
+    },
+    grad: (j: number, g: Float32Array): void => {
+      got.push(buckets[j]!.name)
+      grads.set(g, buckets[j]!.start)
+    }
+  }
+  const loss = await stream.forwardStreamed(tokens, targets, io)
+  t.is(loss, want, 'the same loss, bit for bit')
+  await stream.backwardStreamed(io)
+  t.deepEqual(loads, ['emb', 'h.0', 'h.1', 'h.2', 'lnf', 'h.2', 'h.1', 'h.0'], 'forward loads every bucket; backward reloads the blocks only')
+  t.deepEqual(got, ['lnf', 'h.2', 'h.1', 'h.0', 'emb'], 'gradients are handed back as each bucket completes')
+  t.deepEqual(grads, wantGrads, 'the same gradients, bit for bit')
+  // Memory: edge buckets and two block slots (weights and gradients) instead of the whole model with AdamW state.
+  const block = buckets[1]!.end - buckets[1]!.start
+  const edges = (buckets[0]!.end - buckets[0]!.start) + (buckets[4]!.end - buckets[4]!.start)
+  t.is(stream.paramBytes(), (edges + 2 * block) * 2 * 4)
+  t.is(full.paramBytes(), full.layout.length * 4 * 4)
+  // Misuse: full-mode calls on a streamed model, a wrong bucket length, a streamed call on a full model.
+  t.throws(() => stream.forward(tokens, targets), { name: 'InvalidArgumentError', message: /streamed/ })
+  t.throws(() => stream.getParams(), { name: 'InvalidArgumentError', message: /streamed/ })
+  await t.throwsAsync(stream.forwardStreamed(tokens, targets, { load: async () => new Float32Array(3) }), { name: 'InvalidArgumentError', message: /bucket emb/ })
+  await t.throwsAsync(full.forwardStreamed(tokens, targets, io), { name: 'InvalidArgumentError', message: /stream/ })
+  full.dispose()
+  stream.dispose()
+  t.is(be.allocatedBytes, 0)
 })
