@@ -6,7 +6,7 @@ import { serveControl } from './control.ts'
 import { loadCorpus } from './data.ts'
 import { diskDir } from './disk-tier.ts'
 import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
-import { Trainer, trainingModel, type TrainStatus } from './trainer.ts'
+import { Trainer, formatParamMemory, trainingModel, type TrainStatus } from './trainer.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot (spec: string): { k: number, m: number } {
@@ -168,7 +168,14 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
   out('others join with:')
   out(`  npx zeromesh start --run ${cfg.run} --secret-file <the same secret> --bootstrap ${dialable[0] ?? addrs[0] ?? '<this node\'s address>'}`)
   const training = trainer?.run()
-  training?.then(s => out(s.role === 'spare' ? 'spare: not needed by this run' : `training done: ${s.step} steps, loss ${s.loss?.toFixed(4)}${s.evalLoss === undefined ? '' : `, held-out loss ${s.evalLoss.toFixed(4)}`}`), (err: unknown) => out(`training failed: ${err instanceof Error ? err.message : String(err)}`))
+  training?.then(s => {
+    if (s.role === 'spare') {
+      out('spare: not needed by this run')
+      return
+    }
+    if (s.memory !== undefined) out(formatParamMemory(s.memory))
+    out(`training done: ${s.step} steps, loss ${s.loss?.toFixed(4)}${s.evalLoss === undefined ? '' : `, held-out loss ${s.evalLoss.toFixed(4)}`}`)
+  }, (err: unknown) => out(`training failed: ${err instanceof Error ? err.message : String(err)}`))
   return {
     peerId: net.self.id,
     multiaddrs: addrs,

@@ -1,5 +1,5 @@
 import { AbortError, InvalidArgumentError, ZeromeshError, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
-import { CpuBackend, GPT_PRESETS, Gpt, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
+import { CpuBackend, GPT_PRESETS, Gpt, gptBuckets, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
 import { NoSnapshotError, SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
 import { diskSteps, loadDiskState, persistDiskState } from './disk-tier.ts'
@@ -69,7 +69,33 @@ export interface TrainStatus {
   retries: number
   /** The disk tier step this run resumed from (--resume). */
   resumedFrom?: number
+  /** Parameter memory of this rank (bytes), measured by the trainer; see {@link ParamMemory}. */
+  memory?: ParamMemory
   error?: string
+}
+
+/**
+ * What a rank holds for the parameters. ZeRO-3 keeps it near Ψ/P plus the buckets in flight:
+ * `shard` is the owned state (f32 master weights, their gradient, AdamW m and v: 4 × Ψ/P
+ * elements); `model` the streamed model's buffers (the embeddings and final layernorm, two
+ * block slots, each with its gradient, plus their bf16 copies); `inFlightPeak` the most bytes
+ * of gathered weights and gradient copies alive at once (prefetched buckets, reductions
+ * not yet sent). `full` is what one replica of the model with its gradient and AdamW state
+ * takes (16 bytes per parameter), for comparison.
+ */
+export interface ParamMemory {
+  shard: number
+  model: number
+  inFlightPeak: number
+  full: number
+}
+
+/** One line for people: what a rank holds for the parameters against a full replica. */
+export function formatParamMemory (m: ParamMemory): string {
+  const mib = (b: number): string => (b / 2 ** 20).toFixed(b < 2 ** 20 ? 3 : 1)
+  const total = m.shard + m.model + m.inFlightPeak
+  return `parameter memory per rank ${mib(total)} MiB (owned shard ${mib(m.shard)} + streamed model ${mib(m.model)} + peak in flight ${mib(m.inFlightPeak)}), ` +
+    `${(100 * total / m.full).toFixed(0)}% of a full replica's ${mib(m.full)} MiB`
 }
 
 /** Model shapes `--model` names; the vocabulary comes from the data. */
@@ -517,7 +543,59 @@ export class Trainer {
     const N = this.layout.length
     const shard = zero.shardOf(N)
     const opt = new CpuBackend()
-    const model = new Gpt(backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed })
+    const account = (b: { host: number, zone: number, wan: number }): void => {
+      this.sent.host += b.host
+      this.sent.zone += b.zone
+      this.sent.wan += b.wan
+    }
+    // ZeRO-3: the model holds two block slots; each bucket is gathered when the pass reaches
+    // it (the next one prefetched) and its gradient reduced as soon as it is complete.
+    const model = new Gpt(backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed, params: 'stream' })
+    const buckets = gptBuckets(this.layout)
+    const windows = buckets.map(b => {
+      const window = { offset: b.start, total: N }
+      const part = collective.windowOf(b.end - b.start, window)
+      // Where this rank's part of the bucket sits in its shard (often nowhere: an empty part).
+      return { window, length: b.end - b.start, at: part.length === 0 ? 0 : b.start + part.start - shard.start, n: part.length }
+    })
+    let live = 0
+    const mem: ParamMemory = { shard: 4 * shard.length * 4, model: model.paramBytes(), inFlightPeak: 0, full: 16 * N }
+    const hold = (bytes: number): void => {
+      live += bytes
+      if (live > mem.inFlightPeak) mem.inFlightPeak = live
+    }
+    this.st.memory = mem
+    /**
+     * Serves a pass's bucket requests in `order`, each gather issued when the one before it
+     * is asked for (one bucket prefetched). Every rank issues the same calls in the same order.
+     */
+    const streamer = (order: number[], gather: (j: number) => Promise<{ data: Float32Array, bytes: { host: number, zone: number, wan: number } }>): { load: (j: number) => Promise<Float32Array> } => {
+      const started = new Map<number, Promise<Float32Array>>()
+      const start = (j: number): void => {
+        if (started.has(j)) return
+        const p = gather(j).then(r => {
+          account(r.bytes)
+          hold(r.data.byteLength)
+          return r.data
+        })
+        p.catch(() => {}) // awaited by load(); a pass that fails first leaves it unread
+        started.set(j, p)
+      }
+      return {
+        load: async (j: number) => {
+          start(j)
+          const next = order[order.indexOf(j) + 1]
+          if (next !== undefined) start(next)
+          const data = await started.get(j)!
+          started.delete(j)
+          // The model copies it into its slot at once; the array is garbage afterwards.
+          queueMicrotask(() => { live -= data.byteLength })
+          return data
+        }
+      }
+    }
+    const forwardOrder = buckets.map((_, j) => j)
+    const backwardOrder = buckets.map((_, j) => j).slice(1, -1).reverse()
     // Work between collective calls (loading snapshots) ends when the collective is poisoned:
     // when another rank gives up, this one does too, at once, and all retry together.
     const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
@@ -552,11 +630,6 @@ export class Trainer {
         m: opt.view(m, x.start - shard.start, [x.length]),
         v: opt.view(v, x.start - shard.start, [x.length])
       }))
-      const account = (b: { host: number, zone: number, wan: number }): void => {
-        this.sent.host += b.host
-        this.sent.zone += b.zone
-        this.sent.wan += b.wan
-      }
       const at = (step: number): { step: number, signal?: AbortSignal } => (signal === undefined ? { step } : { step, signal })
       this.st.step = state.step
       this.rosterStart = state.step
@@ -567,21 +640,32 @@ export class Trainer {
         if (dropped !== undefined) throw new SessionInterrupted(`view ${dropped.epoch} dropped a training member before step ${s + 1}`)
         const t0 = clock.monotonic()
         const own = opt.read(master) as Float32Array
-        const fwd = await zero.gatherWeights('model', own, N, 'forward', at(s)).catch(fail)
-        account(fwd.bytes)
-        model.setParams(fwd.data)
+        const mine = (j: number): Float32Array => own.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n)
+        const weights = (pass: 'forward' | 'backward') => (j: number) => zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, { window: windows[j]!.window, ...at(s) })
         const batch = batchFor(corpus.train, cfg.seed, s, rank, cfg.B, cfg.T)
-        model.zeroGrad()
-        const loss = model.forward(batch.inputs, batch.targets)
-        const bwd = await zero.gatherWeights('model', own, N, 'backward', at(s)).catch(fail)
-        account(bwd.bytes)
-        model.setParams(bwd.data)
-        model.backward()
+        const fwd = streamer(forwardOrder, weights('forward'))
+        const loss = await model.forwardStreamed(batch.inputs, batch.targets, fwd).catch(fail)
         const modelled = this.deps.computeMs?.(cfg.B * cfg.T)
         if (modelled !== undefined && modelled > 0) await clock.sleep(modelled, signal === undefined ? {} : { signal })
-        const red = await zero.reduceGradients('model', model.getGrads(), at(s)).catch(fail)
-        account(red.bytes)
-        opt.write(grad, red.data)
+        const sums = new Float32Array(shard.length)
+        const reductions: Array<Promise<void>> = []
+        const bwd = streamer(backwardOrder, weights('backward'))
+        await model.backwardStreamed({
+          load: bwd.load,
+          grad: (j, g) => {
+            hold(g.byteLength)
+            const w = windows[j]!
+            const r = zero.reduceGradients(buckets[j]!.name, g, { window: w.window, ...at(s) }).then(res => {
+              live -= g.byteLength
+              account(res.bytes)
+              sums.set(res.data, w.at)
+            })
+            r.catch(() => {})
+            reductions.push(r)
+          }
+        }).catch(fail)
+        await Promise.all(reductions).catch(fail)
+        opt.write(grad, sums)
         for (const x of views) {
           opt.adamw(x.p, x.g, x.m, x.v, {
             lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / P
@@ -616,12 +700,12 @@ export class Trainer {
         this.deps.onStep?.(this.status())
       }
       this.finalShard = { start: shard.start, data: opt.read(master) as Float32Array }
-      // The final weights in full (f32, whatever the training wire) on a fixed held-out batch.
-      const fin = await collective.allGather(this.finalShard.data, N, { ...at(cfg.steps), label: 'final_gather' }).catch(fail)
-      model.setParams(fin.data)
+      // The final weights (f32, whatever the training wire), bucket by bucket, on a fixed held-out batch.
+      const final = this.finalShard.data
       const held = corpus.val.length > cfg.T + 1 ? corpus.val : corpus.train
       const evalBatch = batchFor(held, cfg.seed, 0, 0, cfg.B, cfg.T)
-      this.st.evalLoss = model.forward(evalBatch.inputs, evalBatch.targets)
+      const fin = streamer(forwardOrder, j => collective.allGather(final.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n), windows[j]!.length, { window: windows[j]!.window, ...at(cfg.steps), label: 'final_gather' }))
+      this.st.evalLoss = await model.forwardStreamed(evalBatch.inputs, evalBatch.targets, fin).catch(fail)
       // The last snapshot lands before this rank leaves, so the others can still recover it.
       await this.snapshots?.idle()
       await this.diskWrites

@@ -278,6 +278,8 @@ export async function up (o: UpOptions): Promise<number> {
     const printed = workers.flatMap(w => w.lines.map(l => /^training done: .*, held-out loss (\d+\.\d+)$/.exec(l)?.[1]).filter(x => x !== undefined))[0]
     const evalLoss = printed ?? workers.map(w => w.status?.training?.evalLoss).find(x => x !== undefined)?.toFixed(4)
     if (evalLoss !== undefined) o.out(`held-out loss of the final weights: ${evalLoss}`)
+    const memory = workers.map(w => w.lines.find(l => l.startsWith('parameter memory per rank'))).find(x => x !== undefined)
+    if (memory !== undefined) o.out(memory)
     o.out(`${Math.round((clock.monotonic() - started) / 100) / 10} s for ${o.steps} steps on ${o.nodes} ranks`)
     ok = true
     return 0
