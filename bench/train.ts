@@ -144,7 +144,8 @@ for (let rep = 0; rep < REPEATS; rep++) {
       ranks: NODES, spares: 1, model: 'mini', batch: BATCH, seq: SEQ, steps: STEPS, warmup: WARMUP,
       fit_steps: `${fit.from}-${fit.to}`, fit_polls: fit.polls, ...(attempts > 1 ? { attempt: attempts } : {}),
       tokens_per_s: Math.round(m.tokensPerS), step_ms: r4(m.stepMs), trainer_tokens_per_s: Math.round(trainer),
-      wall_s: r4(r.wallS), load_before: before, load_after: after
+      wall_s: r4(r.wallS), load_before: before, load_after: after,
+      param_memory: r.lines.find(l => l.startsWith('parameter memory per rank'))
     }) + '\n')
   }
 }
@@ -192,7 +193,8 @@ if (process.env['BENCH_TRAIN_KILL'] !== '0') {
       detection_view_change_s: s(k.viewChangeMs), recovery_s: s(k.recoveryMs),
       rest_s: k.viewChangeMs === undefined ? undefined : s(k.nextCommitMs - k.viewChangeMs - k.recoveryMs),
       goal_s: 10, bit_identical_checked_by: 'test/chaos/processes.test.ts',
-      wall_s: r4(r.wallS), load_before: before, load_after: after
+      wall_s: r4(r.wallS), load_before: before, load_after: after,
+      param_memory: r.lines.find(l => l.startsWith('parameter memory per rank'))
     }) + '\n')
   }
 }
