@@ -51,6 +51,7 @@ const COMMANDS: Record<string, Command> = {
       '  --data <file>          text or llm.c .bin tokens (default: the Brown Corpus)',
       '  --steps <n>            steps to train (default 200)',
       '  --world-size <n>       training ranks (default --expect)',
+      '  --max-world-size <n>   grow the run up to n ranks as nodes join, at a step boundary (default: never grow)',
       '  --batch <n> --seq <n>  sequences per rank per step and their length (default 4, 64)',
       '  --lr <x> --seed <n>    AdamW learning rate (default 0.003) and run seed (default 1)',
       '  --zeropp               ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)',

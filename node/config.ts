@@ -71,6 +71,8 @@ export const startSchema = z.strictObject({
   data: z.string().min(1).optional(),
   steps: z.int().min(0).max(10_000_000).default(200),
   worldSize: z.int().min(1).max(1024).optional(),
+  /** Grow the run up to this many ranks as nodes join (default: the world size, never). */
+  maxWorldSize: z.int().min(1).max(1024).optional(),
   batch: z.int().min(1).max(4096).default(4),
   seq: z.int().min(2).max(1024).default(64),
   lr: z.number().positive().max(1).default(3e-3),
@@ -84,6 +86,8 @@ export const startSchema = z.strictObject({
   exitWhenDone: z.boolean().default(false)
 }).superRefine((c, ctx) => {
   if (c.resume && !c.train) ctx.addIssue({ code: 'custom', path: ['resume'], message: 'needs --train (it resumes training from the disk tier)' })
+  const ws = c.worldSize ?? c.expect
+  if (c.maxWorldSize !== undefined && c.maxWorldSize < ws) ctx.addIssue({ code: 'custom', path: ['maxWorldSize'], message: `must be at least the world size (${ws})` })
 })
 
 export type StartConfig = z.output<typeof startSchema> & { dataDir: string }
@@ -109,6 +113,7 @@ const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'str
   data: { key: 'data', kind: 'string' },
   steps: { key: 'steps', kind: 'int' },
   'world-size': { key: 'worldSize', kind: 'int' },
+  'max-world-size': { key: 'maxWorldSize', kind: 'int' },
   batch: { key: 'batch', kind: 'int' },
   seq: { key: 'seq', kind: 'int' },
   lr: { key: 'lr', kind: 'number' },

@@ -130,6 +130,7 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
       weightDecay: 0.1,
       seed: cfg.seed,
       worldSize: cfg.worldSize ?? cfg.expect,
+      ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
       zeroPP: cfg.zeropp,
       dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
       snapshot: cfg.snapshot === 'off' ? undefined : parseSnapshot(cfg.snapshot),

@@ -1,9 +1,9 @@
-import { AbortError, InvalidArgumentError, ZeromeshError, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
+import { AbortError, InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptBuckets, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
 import { NoSnapshotError, SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
 import { diskSteps, loadDiskState, persistDiskState } from './disk-tier.ts'
-import { CollectiveError, createCollective, createZeroComm, shardRange, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
+import { COLLECTIVE_LIMITS, CollectiveError, createCollective, createZeroComm, shardRange, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
 import { batchFor, type Corpus } from './data.ts'
 
 /**
@@ -44,6 +44,11 @@ export interface TrainConfig {
   disk?: { dir: string, every: number, resume: boolean }
   /** How long a rank left in a minority of the view waits for the majority (default 5 min). */
   minorityWaitMs?: number
+  /**
+   * Grow the run up to this many ranks (default: worldSize, never): nodes that join the mesh
+   * while it trains become ranks at the next step boundary every rank agrees on.
+   */
+  maxWorldSize?: number
 }
 
 export interface TrainStatus {
@@ -69,6 +74,8 @@ export interface TrainStatus {
   retries: number
   /** The disk tier step this run resumed from (--resume). */
   resumedFrom?: number
+  /** Times the run grew (late joiners became ranks), newest last. */
+  growths: Array<{ from: number, to: number, atStep: number }>
   /** Parameter memory of this rank (bytes), measured by the trainer; see {@link ParamMemory}. */
   memory?: ParamMemory
   error?: string
@@ -143,6 +150,10 @@ export function validateTrainConfig (cfg: TrainConfig, corpus: Corpus): void {
   int('T', cfg.T, 1)
   int('steps', cfg.steps, 0)
   int('worldSize', cfg.worldSize, 1)
+  if (cfg.maxWorldSize !== undefined) {
+    int('maxWorldSize', cfg.maxWorldSize, cfg.worldSize)
+    checkCap('maxWorldSize', cfg.maxWorldSize, COLLECTIVE_LIMITS.maxGroupSize)
+  }
   if (cfg.T > cfg.model.maxT) throw new InvalidArgumentError(`T ${cfg.T} exceeds the model's context of ${cfg.model.maxT}`)
   if (corpus.vocabSize > cfg.model.vocabSize) {
     throw new InvalidArgumentError(`the data has ${corpus.vocabSize} token ids but the model's vocabulary is ${cfg.model.vocabSize}`)
@@ -171,6 +182,29 @@ export function decaySegments (layout: GptLayout, start: number, length: number)
 
 
 const DONE_TOPIC = 'train/done'
+/** Ranks tell spares the run grows: u32 view epoch, u32 ranks added, u32 step (little-endian). */
+const GROW_TOPIC = 'train/grow'
+/** Installed views kept by epoch (a growth names one; spares may have consumed it already). */
+const RECENT_VIEWS = 64
+
+/** Every rank agreed to grow the run with the joiners of view `epoch` after `step` committed. */
+class SessionGrow extends Error {
+  readonly epoch: number
+  readonly count: number
+  readonly step: number
+  constructor (epoch: number, count: number, step: number) {
+    super(`growing by ${count} rank(s) from view ${epoch} after step ${step}`)
+    this.epoch = epoch
+    this.count = count
+    this.step = step
+  }
+}
+
+/** The roster grown by the first `count` members of `view` that are not on it (view order). */
+function grownRoster (roster: Member[], view: View, count: number): Member[] {
+  const on = new Set(roster.map(m => m.id))
+  return [...roster, ...view.members.filter(m => !on.has(m.id)).slice(0, count)]
+}
 
 /** One rank's optimizer state between sessions: the f32 master shard and AdamW moments. */
 interface ShardState { step: number, master: Float32Array, m: Float32Array, v: Float32Array }
@@ -210,6 +244,13 @@ export class Trainer {
   private unsubs: Array<() => void> = []
   private firstFull: View | undefined
   private readonly viewQueue: View[] = []
+  private readonly recentViews = new Map<number, View>()
+  /** The newest growth the ranks announced (spares apply it to their roster). */
+  private growTo: { epoch: number, count: number, step: number } | undefined
+  /** This rank's state when the run grew (handed to the new ranks in the next session). */
+  private growState: { rank: number, state: ShardState } | undefined
+  /** The step of the last growth applied here (later announcements of it are stale). */
+  private lastGrowStep = -1
   private seenEpoch = 0
   private lastView: View | undefined
 
@@ -226,17 +267,19 @@ export class Trainer {
     if (full(now)) this.firstFull = now
     this.unsubs.push(deps.membership.on('view', v => {
       if (this.firstFull === undefined && full(v)) this.firstFull = v
+      this.recentViews.set(v.epoch, v)
+      if (this.recentViews.size > RECENT_VIEWS) this.recentViews.delete(this.recentViews.keys().next().value!)
       this.viewQueue.push(v)
       if (this.viewQueue.length > MAX_QUEUED_VIEWS) this.viewQueue.shift()
     }))
     this.st = {
       role: 'waiting', rank: undefined, worldSize: cfg.worldSize, step: 0, steps: cfg.steps, loss: undefined, evalLoss: undefined, tokensPerS: undefined,
-      epoch: 0, bytes: this.sent, snapshotStep: undefined, recoveries: [], retries: 0
+      epoch: 0, bytes: this.sent, snapshotStep: undefined, recoveries: [], retries: 0, growths: []
     }
   }
 
   status (): TrainStatus {
-    return { ...this.st, bytes: { ...this.sent }, recoveries: [...this.st.recoveries] }
+    return { ...this.st, bytes: { ...this.sent }, recoveries: [...this.st.recoveries], growths: [...this.st.growths] }
   }
 
   /**
@@ -277,6 +320,15 @@ export class Trainer {
         validate: msg => (msg.data.length === 4 ? 'accept' : 'reject'),
         deliver: msg => { if (roster.some(m => m.id === msg.from)) this.runDone = true }
       }))
+      this.unsubs.push(net.subscribe(GROW_TOPIC, {
+        validate: msg => (msg.data.length === 12 ? 'accept' : 'reject'),
+        deliver: msg => {
+          if (!roster.some(m => m.id === msg.from)) return
+          const d = new DataView(msg.data.buffer, msg.data.byteOffset, 12)
+          const g = { epoch: d.getUint32(0, true), count: d.getUint32(4, true), step: d.getUint32(8, true) }
+          if (g.count > 0 && g.step > this.lastGrowStep && g.epoch > (this.growTo?.epoch ?? 0)) this.growTo = g
+        }
+      }))
       let state: ShardState | undefined
       // Sessions under one roster are numbered, so a retry never mixes with the messages of the
       // attempt before it (every rank fails an attempt, so every rank counts the same).
@@ -293,9 +345,25 @@ export class Trainer {
           // A spare waits until a view drops a rank it can take, or the run ends.
           // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
           let next: View | undefined
-          while ((next = this.nextLoss(roster)) === undefined && !this.runDone) {
+          let grow: View | undefined
+          while ((next = this.nextLoss(roster)) === undefined && !this.runDone && (grow = this.pendingGrowth(roster)) === undefined) {
             if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
             await clock.sleep(50, signal === undefined ? {} : { signal })
+          }
+          if (grow !== undefined && next === undefined) {
+            // The ranks grew the run: the roster grows alike here, and this node may be on it.
+            const g = this.growTo!
+            this.growTo = undefined
+            this.lastGrowStep = g.step
+            const old = roster
+            roster = grownRoster(roster, grow, g.count)
+            this.st.growths.push({ from: old.length, to: roster.length, atStep: g.step })
+            this.consumeThrough(grow)
+            this.pending = { mode: 'grow', lost: [], oldRoster: old }
+            epoch = grow.epoch
+            round = 0
+            state = undefined
+            continue
           }
           if (next === undefined) return this.status()
           const change = this.replan(roster, next)
@@ -315,6 +383,22 @@ export class Trainer {
           this.st.role = 'done'
           return this.status()
         } catch (err) {
+          if (err instanceof SessionGrow) {
+            const v = this.recentViews.get(err.epoch)
+            if (v === undefined) throw new TrainingError(`view ${err.epoch} that the run grows with is no longer known here`)
+            this.lastGrowStep = err.step
+            this.growTo = undefined
+            const old = roster
+            roster = grownRoster(roster, v, err.count)
+            this.consumeThrough(v)
+            this.pending = { mode: 'grow', lost: [], oldRoster: old }
+            this.st.growths.push({ from: old.length, to: roster.length, atStep: err.step })
+            log.info({ from: old.length, to: roster.length, step: err.step, epoch: err.epoch }, 'the run grows: late joiners become ranks')
+            epoch = err.epoch
+            round = 0
+            state = undefined
+            continue
+          }
           if (!(err instanceof SessionInterrupted)) throw err
           if (this.st.step >= this.cfg.steps && this.finalShard !== undefined) {
             // Every step is committed; only the held-out evaluation's gather failed (a rank
@@ -364,6 +448,39 @@ export class Trainer {
    */
   private nextLoss (roster: Member[]): View | undefined {
     return this.scanLoss(roster, true)
+  }
+
+  /** The view of an announced growth once this node has it (spares), else undefined. */
+  private pendingGrowth (roster: Member[]): View | undefined {
+    const g = this.growTo
+    if (g === undefined || roster.length + g.count > (this.cfg.maxWorldSize ?? this.cfg.worldSize)) return undefined
+    return this.recentViews.get(g.epoch)
+  }
+
+  /** Marks every queued view up to `v` (inclusive) as seen. */
+  private consumeThrough (v: View): void {
+    let i = 0
+    while (i < this.viewQueue.length && this.viewQueue[i]!.epoch <= v.epoch) i++
+    this.viewQueue.splice(0, i)
+    if (v.epoch > this.seenEpoch) {
+      this.seenEpoch = v.epoch
+      this.lastView = v
+    }
+  }
+
+  /**
+   * What this rank proposes for growth after a step: the newest installed view, when it keeps
+   * every roster member (no loss is queued) and holds members beyond the roster, and how many
+   * of them fit under maxWorldSize.
+   */
+  private growCandidate (roster: Member[]): { epoch: number, count: number } | undefined {
+    const max = this.cfg.maxWorldSize ?? this.cfg.worldSize
+    if (roster.length >= max || this.scanLoss(roster, false) !== undefined) return undefined
+    const v = this.deps.membership.view()
+    if (v === undefined || v.epoch < this.seenEpoch || !this.recentViews.has(v.epoch)) return undefined
+    if (!roster.every(m => v.members.some(x => x.id === m.id))) return undefined
+    const count = Math.min(v.members.length - roster.length, max - roster.length)
+    return count > 0 ? { epoch: v.epoch, count } : undefined
   }
 
   /** {@link nextLoss} without consuming (`consume` false): is a breaking view queued? */
@@ -423,7 +540,12 @@ export class Trainer {
     const held = new Set(out.map(m => m.id))
     const lostOld = oldRoster.map((m, r) => (held.has(m.id) ? -1 : r)).filter(r => r >= 0)
     if (prev?.mode === 'resume') this.pending = { mode: 'resume', lost: lostOld, oldRoster }
-    else {
+    else if (prev?.mode === 'grow') {
+      // A member was lost before the grown run exchanged its state: rebuild it from the old
+      // ranks' snapshots and re-partition for whatever roster this is.
+      this.growState = undefined
+      this.pending = { mode: 'shrink', lost: lostOld, oldRoster }
+    } else {
       const keepsPlaces = prev === undefined ? mode === 'replace' : prev.mode === 'replace' && mode === 'replace' && out.length === oldRoster.length
       this.pending = { mode: keepsPlaces ? 'replace' : 'shrink', lost: lostOld, oldRoster }
     }
@@ -435,7 +557,7 @@ export class Trainer {
   /** This rank's master weights after the last step (tests compare runs bit for bit). */
   finalShard: { start: number, data: Float32Array } | undefined
 
-  private pending: { mode: 'replace' | 'shrink' | 'resume', lost: number[], oldRoster: Member[] } | undefined
+  private pending: { mode: 'replace' | 'shrink' | 'resume' | 'grow', lost: number[], oldRoster: Member[] } | undefined
 
   /**
    * After a failed session: the view that dropped a training member (replace or shrink), or
@@ -542,6 +664,7 @@ export class Trainer {
     await collective.start()
     const N = this.layout.length
     const shard = zero.shardOf(N)
+    const growable = (cfg.maxWorldSize ?? cfg.worldSize) > P
     const opt = new CpuBackend()
     const account = (b: { host: number, zone: number, wan: number }): void => {
       this.sent.host += b.host
@@ -698,6 +821,25 @@ export class Trainer {
           }
         }
         this.deps.onStep?.(this.status())
+        if (growable && s + 1 < cfg.steps) {
+          // Grow only when every rank names the same view (views reach ranks at different
+          // times; they agree at some later step boundary).
+          const cand = this.growCandidate(roster)
+          const all = (await collective.allGather(Float32Array.of(cand?.epoch ?? 0, cand?.count ?? 0), 2 * P, { ...at(s + 1), label: 'grow_check' }).catch(fail)).data
+          let agreed = all[0]! > 0
+          for (let r = 1; r < P && agreed; r++) agreed = all[2 * r] === all[0] && all[2 * r + 1] === all[1]
+          if (agreed) {
+            const st: ShardState = { step: s + 1, master: (opt.read(master) as Float32Array).slice(), m: (opt.read(m) as Float32Array).slice(), v: (opt.read(v) as Float32Array).slice() }
+            this.growState = { rank, state: st }
+            const msg = new Uint8Array(12)
+            const d = new DataView(msg.buffer)
+            d.setUint32(0, all[0]!, true)
+            d.setUint32(4, all[1]!, true)
+            d.setUint32(8, s + 1, true)
+            await net.publish(GROW_TOPIC, msg).catch(() => {})
+            throw new SessionGrow(all[0]!, all[1]!, s + 1)
+          }
+        }
       }
       this.finalShard = { start: shard.start, data: opt.read(master) as Float32Array }
       // The final weights (f32, whatever the training wire), bucket by bucket, on a fixed held-out batch.
@@ -711,8 +853,9 @@ export class Trainer {
       await this.diskWrites
     } catch (err) {
       // Whatever ended this rank's session ends the others' at once (a failure notice), so
-      // every rank replans or retries at about the same time.
-      collective.abort(`rank ${rank} gave up: ${err instanceof Error ? err.message : String(err)}`)
+      // every rank replans or retries at about the same time. (A growth is agreed by all:
+      // the others end their sessions on their own, after the same all-gather.)
+      if (!(err instanceof SessionGrow)) collective.abort(`rank ${rank} gave up: ${err instanceof Error ? err.message : String(err)}`)
       throw err
     } finally {
       model.dispose()
@@ -746,6 +889,7 @@ export class Trainer {
   private async recover (collective: Collective, roster: Member[], rank: number, shard: { start: number, length: number }, signal?: AbortSignal): Promise<ShardState> {
     const plan = this.pending!
     if (plan.mode === 'resume') return await this.resume(collective, roster, shard, signal)
+    if (plan.mode === 'grow') return await this.growExchange(collective, roster, shard, signal)
     const svc = this.snapshots!
     const { clock, log, net } = this.deps
     const t0 = clock.monotonic()
@@ -863,32 +1007,60 @@ export class Trainer {
     const step = usable[0]!
     const e = byStep.get(step)!
     const oldP = e.worldSize
-    // A data dir holds one file per step, so each member contributes at most one old rank:
-    // a fixed-size slot (old rank or -1, then weights, m, v) per member.
+    // A data dir holds one file per step, so each member contributes at most one old rank.
+    const self = roster.findIndex(m => m.id === this.deps.net.self.id)
+    const own = held.get(step)
+    const states = await this.exchangeStates(collective, roster, own !== undefined && e.from.get(own.rank) === self ? own : undefined, oldP, 'resume_state', opts)
+    log.info({ step, oldWorldSize: oldP, worldSize: P, ms: Math.round(clock.monotonic() - t0) }, 'resumed from the disk tier')
+    this.st.resumedFrom = step
+    return this.cutShard(states.states, step, shard)
+  }
+
+  /**
+   * Hands old ranks' states to a new roster: each member puts the old rank state it holds
+   * (or nothing) into a fixed-size slot (old rank, step, weights, m, v), one all-gather, and
+   * every member gets every old rank's state. Every old rank must be held by some member.
+   */
+  private async exchangeStates (collective: Collective, roster: Member[], own: RankState | undefined, oldP: number, label: string, opts: { signal?: AbortSignal }): Promise<{ states: RankState[], step: number }> {
     const N = this.layout.length
     const L = shardRange(N, oldP, 0).length
-    const self = roster.findIndex(m => m.id === this.deps.net.self.id)
-    const per = 1 + 3 * L
+    const P = roster.length
+    const per = 2 + 3 * L
     const buf = new Float32Array(per).fill(-1)
-    const own = held.get(step)
-    if (own !== undefined && e.from.get(own.rank) === self) {
+    if (own !== undefined) {
       buf[0] = own.rank
-      buf.set(own.weights, 1)
-      buf.set(own.adamM, 1 + L)
-      buf.set(own.adamV, 1 + 2 * L)
+      buf[1] = own.step
+      buf.set(own.weights, 2)
+      buf.set(own.adamM, 2 + L)
+      buf.set(own.adamV, 2 + 2 * L)
     }
-    const got = (await collective.allGather(buf, P * per, { step: 0, label: 'resume_state', ...opts })).data
+    const got = (await collective.allGather(buf, P * per, { step: 0, label, ...opts })).data
     const states: RankState[] = new Array(oldP)
+    let step = -1
     for (let r = 0; r < P; r++) {
       const at = r * per
       const o = got[at]!
       if (o < 0) continue
+      if (!Number.isInteger(o) || o >= oldP || (step >= 0 && got[at + 1] !== step)) throw new TrainingError(`${label}: member ${r} offers old rank ${o} at step ${got[at + 1]}, which does not fit the other states`)
+      step = got[at + 1]!
       const len = shardRange(N, oldP, o).length
-      const part = (k: number): Float32Array => got.slice(at + 1 + k * L, at + 1 + k * L + len)
+      const part = (k: number): Float32Array => got.slice(at + 2 + k * L, at + 2 + k * L + len)
       states[o] = { rank: o, worldSize: oldP, epoch: 0, step, dataCursor: step, weights: part(0), adamM: part(1), adamV: part(2), rng: new Uint8Array(0) }
     }
-    log.info({ step, oldWorldSize: oldP, worldSize: P, ms: Math.round(clock.monotonic() - t0) }, 'resumed from the disk tier')
-    this.st.resumedFrom = step
+    const missing = Array.from({ length: oldP }, (_, i) => i).filter(i => states[i] === undefined)
+    if (missing.length > 0) throw new TrainingError(`${label}: no member holds the state of old rank(s) ${missing.join(', ')}`)
+    return { states, step }
+  }
+
+  /** The run grew: the old ranks hand their states (kept from the step it grew at) to the new roster. */
+  private async growExchange (collective: Collective, roster: Member[], shard: { start: number, length: number }, signal?: AbortSignal): Promise<ShardState> {
+    const plan = this.pending!
+    const g = this.growState
+    const own = g === undefined
+      ? undefined
+      : { rank: g.rank, worldSize: plan.oldRoster.length, epoch: 0, step: g.state.step, dataCursor: g.state.step, weights: g.state.master, adamM: g.state.m, adamV: g.state.v, rng: new Uint8Array(0) }
+    const { states, step } = await this.exchangeStates(collective, roster, own, plan.oldRoster.length, 'grow_state', signal === undefined ? {} : { signal })
+    this.growState = undefined
     return this.cutShard(states, step, shard)
   }
 }

@@ -49,21 +49,44 @@ export interface MeshOptions {
   configOf?: (i: number) => Partial<TrainConfig>
   /** What node i's trainer sees as its PeerNet (fault injection on one node's calls). */
   wrapNet?: (i: number, net: PeerNet) => PeerNet
+  /** The last `count` nodes start only when some rank commits `atStep` (late joiners). */
+  late?: { count: number, atStep: number }
+  /**
+   * Modelled compute per step (ms, slept on the clock). The memory network delivers in
+   * microtasks, so without it a run never yields to timers and heartbeats wait until it ends.
+   */
+  computeMs?: number
 }
 
 /** n in-process workers on a memory network, each with real membership and a Trainer. */
 export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions = {}): Promise<MeshRun> {
   const zones = opts.zones ?? 2
+  const late = opts.late?.count ?? 0
   const hub = createMemoryNetwork()
   const clock = new RealClock()
   const nodes: MeshNode[] = Array.from({ length: n }, (_, i) => {
     const net = hub.createPeer({ id: `w${i}`, labels: { zone: `z${i % zones}`, host: `h${i}` } })
-    const membership = createMembership({ heartbeatMs: 200, expect: n }, { net, clock, rng: Rng.fromSeed(i), log: silentLogger() })
+    const membership = createMembership({ heartbeatMs: 200, expect: n - late }, { net, clock, rng: Rng.fromSeed(i), log: silentLogger() })
     return { net, membership, ctrl: new AbortController(), killed: false }
   })
-  for (const x of nodes) {
+  const isLate = (i: number): boolean => i >= n - late
+  for (const x of nodes.filter((_, i) => !isLate(i))) {
     await x.net.start()
     await x.membership.start()
+  }
+  let joined: () => void = () => {}
+  const joining = new Promise<void>(resolve => { joined = resolve })
+  let lateStarted = false
+  const startLate = (): void => {
+    if (lateStarted) return
+    lateStarted = true
+    void (async () => {
+      for (const x of nodes.filter((_, i) => isLate(i))) {
+        await x.net.start()
+        await x.membership.start()
+      }
+      joined()
+    })()
   }
   const ctl: MeshControl = {
     hub,
@@ -88,7 +111,9 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
     clock,
     log: logFor(i),
     corpus: c,
+    ...(opts.computeMs === undefined ? {} : { computeMs: () => opts.computeMs! }),
     onStep: s => {
+      if (opts.late !== undefined && s.rank !== undefined && s.step >= opts.late.atStep) startLate()
       if (opts.kill !== undefined && s.rank === opts.kill.rank && s.step === opts.kill.atStep && !killedOnce) {
         killedOnce = true
         ctl.kill([i])
@@ -96,7 +121,7 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
       opts.onStep?.(ctl, i, s)
     }
   }, { ...cfg, ...opts.configOf?.(i) }))
-  const runs = trainers.map((t, i) => t.run(nodes[i]!.ctrl.signal))
+  const runs = trainers.map((t, i) => (isLate(i) ? joining.then(() => t.run(nodes[i]!.ctrl.signal)) : t.run(nodes[i]!.ctrl.signal)))
   // Once no live node is a rank any more, the spares are told the run is over (as `zeromesh
   // up` stops them): a spare that missed the ranks' done message would otherwise wait on.
   const reaper = setInterval(() => {
@@ -128,7 +153,8 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
     return { statuses, errors, params }
   } finally {
     clearInterval(reaper)
-    for (const x of nodes) {
+    for (const [i, x] of nodes.entries()) {
+      if (isLate(i) && !lateStarted) continue
       if (!x.killed) await x.membership.stop()
       await x.net.stop()
     }

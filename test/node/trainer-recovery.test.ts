@@ -185,3 +185,22 @@ test('a rank cut off long enough to be dropped, then re-admitted, becomes a spar
   t.true(hurt.statuses.some(s => s.role === 'spare'), JSON.stringify(hurt.statuses.map(s => s.role)))
   t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the cut')
 })
+
+test('late joiners grow the run at a step boundary (maxWorldSize): every node agrees on when, the new rank gets its shard, all finish together', async t => {
+  const cfg: TrainConfig = { ...base, steps: 16, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }
+  // (computeMs: each step yields to timers, so the joiner's heartbeats reach the leader mid-run.)
+  const run = ok(await trainMesh(4, cfg, { late: { count: 1, atStep: 3 }, computeMs: 30 }))
+  const done = run.statuses.filter(s => s.role === 'done')
+  t.is(done.length, 4, 'the late joiner trains too')
+  t.true(done.every(s => s.worldSize === 4 && s.step === 16), done.map(s => `${s.worldSize}/${s.step}`).join(' '))
+  const growths = done.map(s => s.growths)
+  t.true(growths.every(g => g.length === 1 && g[0]!.from === 3 && g[0]!.to === 4), JSON.stringify(growths))
+  const at = growths[0]![0]!.atStep
+  t.true(growths.every(g => g[0]!.atStep === at), 'every node grew after the same step')
+  t.true(new Set(done.map(s => s.evalLoss)).size === 1, 'every rank scores the same final weights')
+  t.true(done[0]!.loss! < 4.5, `loss ${done[0]!.loss}`)
+  t.log(`grew from 3 to 4 ranks after step ${at}; held-out loss ${done[0]!.evalLoss!.toFixed(4)}`)
+  // With maxWorldSize at the world size (the default), the same late joiner stays a spare.
+  const fixed = ok(await trainMesh(4, { ...cfg, maxWorldSize: undefined }, { late: { count: 1, atStep: 3 }, computeMs: 30 }))
+  t.deepEqual(fixed.statuses.map(s => s.role).sort(), ['done', 'done', 'done', 'spare'])
+})
