@@ -74,6 +74,8 @@ export interface TrainStatus {
   retries: number
   /** The disk tier step this run resumed from (--resume). */
   resumedFrom?: number
+  /** What this node is doing now, in a few words (for status and for diagnosing a stuck run). */
+  phase: string
   /** Times the run grew (late joiners became ranks), newest last. */
   growths: Array<{ from: number, to: number, atStep: number }>
   /** Parameter memory of this rank (bytes), measured by the trainer; see {@link ParamMemory}. */
@@ -274,7 +276,7 @@ export class Trainer {
     }))
     this.st = {
       role: 'waiting', rank: undefined, worldSize: cfg.worldSize, step: 0, steps: cfg.steps, loss: undefined, evalLoss: undefined, tokensPerS: undefined,
-      epoch: 0, bytes: this.sent, snapshotStep: undefined, recoveries: [], retries: 0, growths: []
+      epoch: 0, bytes: this.sent, snapshotStep: undefined, recoveries: [], retries: 0, growths: [], phase: 'waiting for the first full view'
     }
   }
 
@@ -342,6 +344,7 @@ export class Trainer {
         if (rank < 0) {
           this.st.role = 'spare'
           this.st.rank = undefined
+          this.st.phase = 'spare: waiting for a lost rank or the end of the run'
           // A spare waits until a view drops a rank it can take, or the run ends.
           // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
           let next: View | undefined
@@ -412,6 +415,7 @@ export class Trainer {
           unrecoverable = err.unrecoverable === undefined ? 0 : unrecoverable + 1
           if (unrecoverable >= 2 || attempt >= MAX_ATTEMPTS) throw this.giveUp(err)
           log.warn({ err: err.message, step: this.st.step }, 'training step failed: recovering')
+          this.st.phase = `after a failure: waiting for a view change (${err.message})`
           const next = await this.afterFailure(roster, signal)
           if (next === undefined) {
             // Nobody was lost (a stall, a reset stream): the same ranks roll back to the newest
@@ -647,6 +651,7 @@ export class Trainer {
     const { backend, net, clock, log, corpus, membership } = this.deps
     const cfg = this.cfg
     const P = roster.length
+    this.st.phase = `session train-${epoch}.${round}: connecting to ${P - 1} other rank(s)`
     await this.waitForConnections(roster, signal)
     let settling = true
     const collective: Collective = createCollective({
@@ -762,6 +767,7 @@ export class Trainer {
         const dropped = this.scanLoss(roster, false)
         if (dropped !== undefined) throw new SessionInterrupted(`view ${dropped.epoch} dropped a training member before step ${s + 1}`)
         const t0 = clock.monotonic()
+        this.st.phase = `step ${s + 1}: forward`
         const own = opt.read(master) as Float32Array
         const mine = (j: number): Float32Array => own.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n)
         const weights = (pass: 'forward' | 'backward') => (j: number) => zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, { window: windows[j]!.window, ...at(s) })
@@ -770,6 +776,7 @@ export class Trainer {
         const loss = await model.forwardStreamed(batch.inputs, batch.targets, fwd).catch(fail)
         const modelled = this.deps.computeMs?.(cfg.B * cfg.T)
         if (modelled !== undefined && modelled > 0) await clock.sleep(modelled, signal === undefined ? {} : { signal })
+        this.st.phase = `step ${s + 1}: backward`
         const sums = new Float32Array(shard.length)
         const reductions: Array<Promise<void>> = []
         const bwd = streamer(backwardOrder, weights('backward'))
@@ -787,6 +794,7 @@ export class Trainer {
             reductions.push(r)
           }
         }).catch(fail)
+        this.st.phase = `step ${s + 1}: gradient reduction`
         await Promise.all(reductions).catch(fail)
         opt.write(grad, sums)
         for (const x of views) {
@@ -794,6 +802,7 @@ export class Trainer {
             lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / P
           })
         }
+        this.st.phase = `step ${s + 1}: commit`
         // When the loss all-reduce returns, every rank has finished step s: it is committed.
         const mean = await collective.allReduce(Float32Array.of(loss), { ...at(s), label: 'loss' }).catch(fail)
         account(mean.bytes)
@@ -846,6 +855,7 @@ export class Trainer {
       const final = this.finalShard.data
       const held = corpus.val.length > cfg.T + 1 ? corpus.val : corpus.train
       const evalBatch = batchFor(held, cfg.seed, 0, 0, cfg.B, cfg.T)
+      this.st.phase = 'evaluating the final weights'
       const fin = streamer(forwardOrder, j => collective.allGather(final.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n), windows[j]!.length, { window: windows[j]!.window, ...at(cfg.steps), label: 'final_gather' }))
       this.st.evalLoss = await model.forwardStreamed(evalBatch.inputs, evalBatch.targets, fin).catch(fail)
       // The last snapshot lands before this rank leaves, so the others can still recover it.
@@ -904,6 +914,7 @@ export class Trainer {
       if (m.id === net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
       ;[...new Set(vs)].sort((a, b) => b - a).slice(0, K).forEach((v, j) => { known[i * K + j] = v })
     })
+    this.st.phase = 'recovery: agreeing on the recovery point'
     const all = await collective.allGather(known, roster.length * known.length, { step: 0, label: 'recovery_point', ...opts })
     const sets = old.map((_, i) => {
       const set = new Set<number>()
@@ -935,7 +946,10 @@ export class Trainer {
       record()
       return this.freshShard(shard.start, shard.length)
     }
-    const fetch = async (owner: PeerId): Promise<RankState> => (await svc.recover({ owner, version: rp }, opts)).state
+    const fetch = async (owner: PeerId): Promise<RankState> => {
+      this.st.phase = `recovery: loading ${owner}'s snapshot of step ${rp}`
+      return (await svc.recover({ owner, version: rp }, opts)).state
+    }
     if (plan.mode === 'replace') {
       const st = await fetch(old[rank]!.id)
       log.info({ rank, step: rp, from: old[rank]!.id }, 'loaded rank state from the snapshot')

@@ -264,11 +264,22 @@ export async function up (o: UpOptions): Promise<number> {
       const rankWorkers = workers.filter(w => w.status?.training?.role !== 'spare' && !w.killed)
       if (rankWorkers.length > 0 && rankWorkers.every(w => w.exited)) break
       if (workers.filter(w => !w.killed).some(w => w.exited && w.proc.exitCode !== 0)) break
-      if (clock.monotonic() - started > o.timeoutMs) throw new UpError(`the run did not finish within ${Math.round(o.timeoutMs / 1000)} s (logs in ${dir})`)
+      if (clock.monotonic() - started > o.timeoutMs) {
+        phases()
+        throw new UpError(`the run did not finish within ${Math.round(o.timeoutMs / 1000)} s (logs in ${dir})`)
+      }
     }
     const failed = workers.filter(w => !w.killed && w.exited && w.proc.exitCode !== 0)
+    /** What each worker was doing at the last poll (a stuck worker says where it is stuck). */
+    function phases (): void {
+      for (const w of workers.filter(x => !x.killed)) {
+        const tr = w.status?.training
+        if (tr !== undefined) o.out(`  ${w.name} (${tr.role}${tr.rank === undefined ? '' : ` ${tr.rank}`}, step ${tr.step}): ${tr.phase}`)
+      }
+    }
     if (failed.length > 0) {
       for (const w of failed) o.out(`${w.name} failed: ${w.lines.filter(l => /failed/.test(l)).at(-1) ?? `exit ${w.proc.exitCode}`}`)
+      phases()
       o.out(`logs: ${join(dir, 'workers.log')} (progress) and ${join(dir, 'w*.log')} (structured logs)`)
       return 1
     }
