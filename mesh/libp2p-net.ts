@@ -612,6 +612,8 @@ class Libp2pByteStream implements ByteStream {
   private paused = false
   private remoteEnded = false
   private failure: Error | undefined
+  /** Aborted on the first failure: a pending end() settles with it (libp2p's close may not). */
+  private readonly failed = new AbortController()
 
   constructor (raw: Stream, remote: PeerId, protocol: string) {
     this.raw = raw
@@ -647,6 +649,7 @@ class Libp2pByteStream implements ByteStream {
   private fail (err: Error): void {
     this.failure ??= err
     this.inbound.fail(err)
+    this.failed.abort(err)
   }
 
   async write (chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
@@ -668,8 +671,9 @@ class Libp2pByteStream implements ByteStream {
 
   async end (options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.failure !== undefined) return
+    const until = options.signal === undefined ? this.failed.signal : AbortSignal.any([options.signal, this.failed.signal])
     try {
-      await this.raw.close(options)
+      await settleOnAbort(until, this.raw.close(options), () => {})
     } catch (err) {
       throw this.failure ?? new StreamResetError(describe(err))
     }

@@ -1,4 +1,4 @@
-import { AbortError, InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
+import { AbortError, InvalidArgumentError, ZeromeshError, checkCap, settleOnAbort, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptBuckets, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
 import { NoSnapshotError, SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
@@ -740,7 +740,14 @@ export class Trainer {
     }
     try {
       let state = initial
-      if (state === undefined && this.pending !== undefined) state = await this.recover(collective, roster, rank, shard, work).catch(fail)
+      if (state === undefined && this.pending !== undefined) {
+        // The load settles when `work` aborts even if something inside it no longer listens
+        // (a transfer wedged below our timeouts): this rank then fails and retries with the others.
+        state = await settleOnAbort(work, this.recover(collective, roster, rank, shard, work), () => {}).catch((err: unknown) => {
+          if (work.aborted) log.warn({ phase: this.st.phase, err: err instanceof Error ? err.message : String(err) }, 'recovery abandoned: the other ranks gave up on this one')
+          return fail(err)
+        })
+      }
       state ??= this.freshShard(shard.start, shard.length)
       this.pending = undefined
       const master = opt.alloc('f32', [shard.length])

@@ -121,6 +121,40 @@ test('a spare whose snapshot dial never completes (deaf to its signal) gives up 
   t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kill')
 })
 
+test('a spare whose snapshot transfer wedges (a stream whose end never settles, deaf to aborts) is released when the others give up; all retry, bit-identically', async t => {
+  const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
+  const clean = ok(await trainMesh(5, cfg))
+  let wedged = 0
+  const hurt = ok(await trainMesh(5, cfg, {
+    kill: { rank: 1, atStep: 4 },
+    wrapNet: (i, net) => (i !== 4
+      ? net
+      : new Proxy(net, {
+        get (target, prop, recv) {
+          if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
+          return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
+            const stream = await target.open(peer, protocol, o)
+            if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || wedged > 0) return stream
+            wedged++
+            // The first fetch's stream never finishes ending its write side, whatever happens to it.
+            return new Proxy(stream, {
+              get (s, p, r) {
+                if (p === 'end') return async () => await new Promise(() => {})
+                const v = Reflect.get(s, p, r) as unknown
+                return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(s) : v
+              }
+            })
+          }
+        }
+      }))
+  }))
+  t.is(wedged, 1, 'the wedged transfer was made')
+  const ranks = hurt.statuses.filter(s => s.role === 'done')
+  t.is(ranks.length, 4)
+  t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
+  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kill')
+})
+
 test('a rank left in a minority fails with a clear error after minorityWaitMs instead of waiting forever', async t => {
   const cfg: TrainConfig = { ...base, steps: 30, snapshot: { k: 1, m: 1 }, minorityWaitMs: 2000 }
   const res = await trainMesh(4, cfg, {
