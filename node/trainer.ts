@@ -213,9 +213,12 @@ interface ShardState { step: number, master: Float32Array, m: Float32Array, v: F
 
 /** Why a training session ended early. */
 class SessionInterrupted extends Error {
-  /** Set when a snapshot needed for recovery could not be decoded. */
-  readonly unrecoverable: UnrecoverableError | undefined
-  constructor (message: string, unrecoverable?: UnrecoverableError) {
+  /**
+   * Set when a snapshot needed for recovery could not be decoded: here (the error), or on
+   * another rank, which said so in its failure notice (its peer id).
+   */
+  readonly unrecoverable: UnrecoverableError | { reportedBy: string } | undefined
+  constructor (message: string, unrecoverable?: UnrecoverableError | { reportedBy: string }) {
     super(message)
     this.unrecoverable = unrecoverable
   }
@@ -247,6 +250,8 @@ export class Trainer {
   private firstFull: View | undefined
   private readonly viewQueue: View[] = []
   private readonly recentViews = new Map<number, View>()
+  /** Every node that was on a roster this node used. */
+  private readonly rostered = new Set<PeerId>()
   /** The newest growth the ranks announced (spares apply it to their roster). */
   private growTo: { epoch: number, count: number, step: number } | undefined
   /** This rank's state when the run grew (handed to the new ranks in the next session). */
@@ -299,6 +304,7 @@ export class Trainer {
       // The roster maps logical ranks to nodes; it starts as the first P members of the first
       // full view and changes only by replacing or dropping lost ranks.
       let roster: Member[] = first.members.slice(0, this.cfg.worldSize)
+      for (const m of roster) this.rostered.add(m.id)
       let epoch = first.epoch
       this.seenEpoch = first.epoch
       this.lastView = first
@@ -320,7 +326,9 @@ export class Trainer {
       // leaving after the last step for lost ones).
       this.unsubs.push(net.subscribe(DONE_TOPIC, {
         validate: msg => (msg.data.length === 4 ? 'accept' : 'reject'),
-        deliver: msg => { if (roster.some(m => m.id === msg.from)) this.runDone = true }
+        // (From any node that was ever a rank here: a spare that read a finished rank's
+        // departure as a loss has already replaced it on its roster.)
+        deliver: msg => { if (this.rostered.has(msg.from)) this.runDone = true }
       }))
       this.unsubs.push(net.subscribe(GROW_TOPIC, {
         validate: msg => (msg.data.length === 12 ? 'accept' : 'reject'),
@@ -360,6 +368,7 @@ export class Trainer {
             this.lastGrowStep = g.step
             const old = roster
             roster = grownRoster(roster, grow, g.count)
+            for (const m of roster) this.rostered.add(m.id)
             this.st.growths.push({ from: old.length, to: roster.length, atStep: g.step })
             this.consumeThrough(grow)
             this.pending = { mode: 'grow', lost: [], oldRoster: old }
@@ -371,6 +380,7 @@ export class Trainer {
           if (next === undefined) return this.status()
           const change = this.replan(roster, next)
           roster = change.roster
+          for (const m of roster) this.rostered.add(m.id)
           epoch = next.epoch
           round = 0
           state = undefined
@@ -386,6 +396,15 @@ export class Trainer {
           this.st.role = 'done'
           return this.status()
         } catch (err) {
+          if (this.runDone && this.finalShard === undefined) {
+            // Another rank announced the end of the run (every step committed) and this node
+            // never finished a roster's last step: it was a spare (or was replaced) that read
+            // finished ranks leaving as lost ones. The run does not need it.
+            log.info({ err: err instanceof Error ? err.message : String(err) }, 'the run finished without this node')
+            this.st.role = 'spare'
+            this.st.phase = 'the run finished without this node'
+            return this.status()
+          }
           if (err instanceof SessionGrow) {
             const v = this.recentViews.get(err.epoch)
             if (v === undefined) throw new TrainingError(`view ${err.epoch} that the run grows with is no longer known here`)
@@ -393,6 +412,7 @@ export class Trainer {
             this.growTo = undefined
             const old = roster
             roster = grownRoster(roster, v, err.count)
+            for (const m of roster) this.rostered.add(m.id)
             this.consumeThrough(v)
             this.pending = { mode: 'grow', lost: [], oldRoster: old }
             this.st.growths.push({ from: old.length, to: roster.length, atStep: err.step })
@@ -427,6 +447,8 @@ export class Trainer {
           } else {
             const change = this.replan(roster, next)
             roster = change.roster
+            for (const m of roster) this.rostered.add(m.id)
+          for (const m of roster) this.rostered.add(m.id)
             epoch = next.epoch
             round = 0
           }
@@ -603,6 +625,10 @@ export class Trainer {
   private giveUp (err: SessionInterrupted): Error {
     if (err.unrecoverable === undefined) return new TrainingError(`training gave up after ${MAX_ATTEMPTS} recovery attempts; the last: ${err.message}`)
     const u = err.unrecoverable
+    if (!(u instanceof UnrecoverableError)) {
+      return new TrainingError(`${err.message}: ${u.reportedBy} found a snapshot this recovery needs unrecoverable (more of its holders are gone than the erasure code tolerates). ` +
+        'Restart the nodes with --resume to continue from the disk tier' + this.diskHint())
+    }
     return new TrainingError(`${u.message}: more holders of rank ${u.rank}'s snapshot are gone than the erasure code tolerates (m = ${u.m}). ` +
       'Restart the nodes with --resume to continue from the disk tier' + this.diskHint())
   }
@@ -637,6 +663,9 @@ export class Trainer {
       const have = new Set(net.peers().map(p => p.id))
       const missing = want.filter(id => !have.has(id))
       if (missing.length === 0) return
+      // The ranks finished while this node (a spare that read their departure as a loss) was
+      // getting ready to take a rank: nothing is left to take.
+      if (this.runDone) throw new TrainingError('the run finished while this node was joining its ranks')
       if (clock.monotonic() > limit) throw new TrainingError(`not connected to ${missing.length} training member(s), e.g. ${missing[0]}`)
       await clock.sleep(50, signal === undefined ? {} : { signal })
     }
@@ -727,14 +756,18 @@ export class Trainer {
     // Work between collective calls (loading snapshots) ends when the collective is poisoned:
     // when another rank gives up, this one does too, at once, and all retry together.
     const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
+    // A rank that finds a snapshot unrecoverable says so in its failure notice, so every rank
+    // counts the attempt as unrecoverable (not only the ones that loaded that snapshot).
+    const remote = (e: unknown): { reportedBy: string } | undefined =>
+      (e instanceof CollectiveError && e.reason === 'unrecoverable' ? { reportedBy: e.peer ?? 'another rank' } : undefined)
     const fail = (err: unknown): never => {
       if (err instanceof SessionInterrupted) throw err
       if (err instanceof CollectiveError || err instanceof UnrecoverableError || err instanceof TransferTimeoutError || err instanceof NoSnapshotError) {
-        throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${err.message}`, err instanceof UnrecoverableError ? err : undefined)
+        throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${err.message}`, err instanceof UnrecoverableError ? err : remote(err))
       }
       if (signal?.aborted !== true && collective.failed.aborted) {
-        const why = collective.failed.reason
-        throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${why instanceof Error ? why.message : String(why)}`)
+        const why: unknown = collective.failed.reason
+        throw new SessionInterrupted(`step ${this.st.step + 1} under view ${epoch} failed: ${why instanceof Error ? why.message : String(why)}`, remote(why))
       }
       throw err
     }
@@ -872,7 +905,10 @@ export class Trainer {
       // Whatever ended this rank's session ends the others' at once (a failure notice), so
       // every rank replans or retries at about the same time. (A growth is agreed by all:
       // the others end their sessions on their own, after the same all-gather.)
-      if (!(err instanceof SessionGrow)) collective.abort(`rank ${rank} gave up: ${err instanceof Error ? err.message : String(err)}`)
+      if (!(err instanceof SessionGrow)) {
+        const lost = err instanceof SessionInterrupted && err.unrecoverable instanceof UnrecoverableError
+        collective.abort(`rank ${rank} gave up: ${err instanceof Error ? err.message : String(err)}`, lost ? 'unrecoverable' : 'aborted')
+      }
       throw err
     } finally {
       model.dispose()
@@ -957,16 +993,30 @@ export class Trainer {
       this.st.phase = `recovery: loading ${owner}'s snapshot of step ${rp}`
       return (await svc.recover({ owner, version: rp }, opts)).state
     }
+    // Every rank says whether its load found a snapshot unrecoverable before any goes on, so
+    // all count the attempt alike (a rank that gave up first would otherwise cut the others'
+    // loads short, and they would not know why).
+    let loaded: RankState[] | undefined
+    let lost: UnrecoverableError | undefined
+    try {
+      loaded = plan.mode === 'replace' ? [await fetch(old[rank]!.id)] : await Promise.all(old.map(mb => fetch(mb.id)))
+    } catch (err) {
+      if (!(err instanceof UnrecoverableError)) throw err
+      lost = err
+    }
+    this.st.phase = 'recovery: comparing the loads'
+    const verdict = (await collective.allGather(Float32Array.of(lost === undefined ? 0 : 1), roster.length, { step: 0, label: 'recovery_verdict', ...opts })).data
+    const reporter = verdict.findIndex(x => x !== 0)
+    if (lost !== undefined) throw lost
+    if (reporter >= 0) throw new SessionInterrupted(`recovery from step ${rp} failed: rank ${reporter} (${roster[reporter]!.id}) found a snapshot unrecoverable`, { reportedBy: `rank ${reporter} (${roster[reporter]!.id})` })
+    record()
     if (plan.mode === 'replace') {
-      const st = await fetch(old[rank]!.id)
+      const st = loaded![0]!
       log.info({ rank, step: rp, from: old[rank]!.id }, 'loaded rank state from the snapshot')
-      record()
       return { step: rp, master: st.weights.slice(), m: st.adamM.slice(), v: st.adamV.slice() }
     }
     // Shrink: the full flat state from every old rank's shard, then this rank's new shard.
-    const states = await Promise.all(old.map(mb => fetch(mb.id)))
-    record()
-    return this.cutShard(states, rp, shard)
+    return this.cutShard(loaded!, rp, shard)
   }
 
   /** The shard `shard` of the full flat state assembled from every old rank's state (in rank order). */

@@ -69,10 +69,10 @@ export interface Collective {
   readonly failed: AbortSignal
   /**
    * Poisons the instance from outside a call (work between calls failed): a running call
-   * fails, and every other member is told at once, so their calls fail too instead of
-   * waiting for the timeout. A no-op after the first failure.
+   * fails, and every other member is told at once (with `reason`, default 'aborted'), so
+   * their calls fail too instead of waiting for the timeout. A no-op after the first failure.
    */
-  abort(message: string): void
+  abort(message: string, reason?: 'aborted' | 'unrecoverable'): void
   /** This rank's shard of `length` elements in `scope` (default 'all'). */
   shardOf(length: number, scope?: Scope): Range
   /** This rank's part of a window of `length` elements (see {@link OpOptions.window}), relative to the window. */
@@ -181,7 +181,7 @@ export function createCollective (init: CollectiveInit): Collective {
     start: () => core.start(),
     stop: () => core.stop(),
     failed: core.failed,
-    abort: message => { core.fail('aborted', undefined, message) },
+    abort: (message, reason = 'aborted') => { core.fail(reason, undefined, message) },
     shardOf,
     windowOf,
     group,

@@ -73,7 +73,7 @@ interface Pending { msgs: Message[], bytes: number, wake: Array<() => void> }
 
 /** Failure notice: u32 operation sequence number, u8 reason (index in REASON_NAMES). */
 const NOTICE_BYTES = 5
-const REASON_NAMES: readonly CollectiveFailure[] = ['peer-gone', 'timeout', 'protocol', 'aborted', 'closed']
+const REASON_NAMES: readonly CollectiveFailure[] = ['peer-gone', 'timeout', 'protocol', 'aborted', 'closed', 'unrecoverable']
 
 const boxKey = (src: number, phase: number): number => src * 256 + phase
 

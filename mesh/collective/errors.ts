@@ -13,6 +13,11 @@ export type CollectiveFailure =
   | 'aborted'
   /** The collective was stopped. */
   | 'closed'
+  /**
+   * A member gave up on work between calls because state it needed cannot be recovered (the
+   * trainer's snapshot loads); the caller decides what that means.
+   */
+  | 'unrecoverable'
 
 /**
  * A collective call that did not complete. Every surviving member of the view rejects with

@@ -5,11 +5,36 @@ import { join } from 'node:path'
 import { placeStripe } from '../../snapshot/index.ts'
 import { TrainingError, type TrainConfig } from '../../node/trainer.ts'
 import { diskDir } from '../../node/disk-tier.ts'
-import { base, ok, trainMesh, type MeshControl } from '../helpers/train-mesh.ts'
+import { base, ok, trainMesh, type MeshControl, type MeshOptions } from '../helpers/train-mesh.ts'
+import type { ByteStream } from '../../mesh/index.ts'
 
 // Recovery beyond one lost rank: m ranks at once, m+1 lost holders, a transient stall with no
 // view change, a minority, and the disk tier (restart from it, and resume under another world
 // size). Each runs real membership and real snapshot services on an in-memory mesh.
+
+/**
+ * Fault injection on node `node`'s snapshot fetches: the first one goes through `first`
+ * (given the real open), the others are untouched.
+ */
+function firstFetch (node: number, first: (open: () => Promise<ByteStream>) => Promise<ByteStream>): { wrapNet: NonNullable<MeshOptions['wrapNet']>, count: () => number } {
+  let n = 0
+  return {
+    count: () => n,
+    wrapNet: (i, net) => (i !== node
+      ? net
+      : new Proxy(net, {
+        get (target, prop, recv) {
+          if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
+          return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
+            const open = (): Promise<ByteStream> => target.open(peer, protocol, o)
+            if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || n > 0) return await open()
+            n++
+            return await first(open)
+          }
+        }
+      }))
+  }
+}
 
 const same = (a: Float32Array, b: Float32Array): boolean => Buffer.compare(Buffer.from(a.buffer), Buffer.from(b.buffer)) === 0
 
@@ -92,25 +117,11 @@ test('a transient stall with no view change: the ranks retry from the newest com
 test('a spare whose snapshot dial never completes (deaf to its signal) gives up on it, and the run goes on bit-identically', async t => {
   const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
   const clean = ok(await trainMesh(5, cfg))
-  let hung = 0
-  const hurt = ok(await trainMesh(5, cfg, {
-    kill: { rank: 1, atStep: 4 },
-    // The spare (node 4): its first dial for a snapshot fragment never completes, and does
-    // not listen to its signal either (as a dial stuck in a transport's queue).
-    wrapNet: (i, net) => (i !== 4
-      ? net
-      : new Proxy(net, {
-        get (target, prop, recv) {
-          if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
-          return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
-            if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || hung > 0) return await target.open(peer, protocol, o)
-            hung++
-            return await new Promise(() => {})
-          }
-        }
-      }))
-  }))
-  t.is(hung, 1, 'the hanging dial was made')
+  // The spare (node 4): its first dial for a snapshot fragment never completes, and does
+  // not listen to its signal either (as a dial stuck in a transport's queue).
+  const hook = firstFetch(4, async () => await new Promise<ByteStream>(() => {}))
+  const hurt = ok(await trainMesh(5, cfg, { kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
+  t.is(hook.count(), 1, 'the hanging dial was made')
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
   // The dial is abandoned after the snapshot idle timeout and the fragment comes from its
@@ -124,31 +135,19 @@ test('a spare whose snapshot dial never completes (deaf to its signal) gives up 
 test('a spare whose snapshot transfer wedges (a stream whose end never settles, deaf to aborts) is released when the others give up; all retry, bit-identically', async t => {
   const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
   const clean = ok(await trainMesh(5, cfg))
-  let wedged = 0
-  const hurt = ok(await trainMesh(5, cfg, {
-    kill: { rank: 1, atStep: 4 },
-    wrapNet: (i, net) => (i !== 4
-      ? net
-      : new Proxy(net, {
-        get (target, prop, recv) {
-          if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
-          return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
-            const stream = await target.open(peer, protocol, o)
-            if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || wedged > 0) return stream
-            wedged++
-            // The first fetch's stream never finishes ending its write side, whatever happens to it.
-            return new Proxy(stream, {
-              get (s, p, r) {
-                if (p === 'end') return async () => await new Promise(() => {})
-                const v = Reflect.get(s, p, r) as unknown
-                return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(s) : v
-              }
-            })
-          }
-        }
-      }))
-  }))
-  t.is(wedged, 1, 'the wedged transfer was made')
+  // The spare's first fetch stream never finishes ending its write side, whatever happens to it.
+  const hook = firstFetch(4, async open => {
+    const stream = await open()
+    return new Proxy(stream, {
+      get (target, prop, recv) {
+        if (prop === 'end') return async () => await new Promise(() => {})
+        const v = Reflect.get(target, prop, recv) as unknown
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+      }
+    })
+  })
+  const hurt = ok(await trainMesh(5, cfg, { kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
+  t.is(hook.count(), 1, 'the wedged transfer was made')
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
   t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
