@@ -186,6 +186,12 @@ export function decaySegments (layout: GptLayout, start: number, length: number)
 const DONE_TOPIC = 'train/done'
 /** Ranks tell spares the run grows: u32 view epoch, u32 ranks added, u32 step (little-endian). */
 const GROW_TOPIC = 'train/grow'
+/**
+ * Rank 0 announces the roster to nodes that joined late (they cannot derive it: ranks may have
+ * been replaced before they came): JSON { epoch, members: [{ id, zone, host }] }, with the
+ * labels the roster uses (a replacement keeps the lost rank's place in the ring, labels too).
+ */
+const ROSTER_TOPIC = 'train/roster'
 /** Installed views kept by epoch (a growth names one; spares may have consumed it already). */
 const RECENT_VIEWS = 64
 
@@ -200,6 +206,28 @@ class SessionGrow extends Error {
     this.count = count
     this.step = step
   }
+}
+
+/** A roster announcement, or undefined for anything malformed (checked before it is used). */
+function rosterOf (data: Uint8Array): { epoch: number, members: Member[] } | undefined {
+  if (data.length > 256 * 1024) return undefined
+  let v: unknown
+  try {
+    v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(data))
+  } catch {
+    return undefined
+  }
+  if (typeof v !== 'object' || v === null) return undefined
+  const { epoch, members } = v as { epoch?: unknown, members?: unknown }
+  if (!Number.isSafeInteger(epoch) || (epoch as number) < 0 || !Array.isArray(members) || members.length < 1 || members.length > COLLECTIVE_LIMITS.maxGroupSize) return undefined
+  const out: Member[] = []
+  for (const m of members as unknown[]) {
+    const { id, zone, host } = (typeof m === 'object' && m !== null ? m : {}) as Record<string, unknown>
+    if (typeof id !== 'string' || typeof zone !== 'string' || typeof host !== 'string' || id.length > 128 || zone.length > 128 || host.length > 128) return undefined
+    out.push({ id, zone, host })
+  }
+  if (new Set(out.map(m => m.id)).size !== out.length) return undefined
+  return { epoch: epoch as number, members: out }
 }
 
 /** The roster grown by the first `count` members of `view` that are not on it (view order). */
@@ -250,6 +278,10 @@ export class Trainer {
   private firstFull: View | undefined
   private readonly viewQueue: View[] = []
   private readonly recentViews = new Map<number, View>()
+  /** The newest roster rank 0 announced (spares that joined late adopt it). */
+  private announced: { epoch: number, members: Member[] } | undefined
+  /** The view epoch rank 0 last announced the roster at. */
+  private announcedAt = -1
   /** Every node that was on a roster this node used. */
   private readonly rostered = new Set<PeerId>()
   /** The newest growth the ranks announced (spares apply it to their roster). */
@@ -306,6 +338,8 @@ export class Trainer {
       let roster: Member[] = first.members.slice(0, this.cfg.worldSize)
       for (const m of roster) this.rostered.add(m.id)
       let epoch = first.epoch
+      // True while the roster is the one derived from the first full view (see adopt below).
+      let derived = true
       this.seenEpoch = first.epoch
       this.lastView = first
       if (this.cfg.snapshot !== undefined) {
@@ -329,6 +363,15 @@ export class Trainer {
         // (From any node that was ever a rank here: a spare that read a finished rank's
         // departure as a loss has already replaced it on its roster.)
         deliver: msg => { if (this.rostered.has(msg.from)) this.runDone = true }
+      }))
+      this.unsubs.push(net.subscribe(ROSTER_TOPIC, {
+        validate: msg => (rosterOf(msg.data) === undefined ? 'reject' : 'accept'),
+        deliver: msg => {
+          const a = rosterOf(msg.data)
+          // Only a rank speaks for its own roster.
+          if (a === undefined || !a.members.some(m => m.id === msg.from)) return
+          if (a.epoch >= (this.announced?.epoch ?? 0)) this.announced = a
+        }
       }))
       this.unsubs.push(net.subscribe(GROW_TOPIC, {
         validate: msg => (msg.data.length === 12 ? 'accept' : 'reject'),
@@ -357,9 +400,23 @@ export class Trainer {
           // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
           let next: View | undefined
           let grow: View | undefined
+          const adopt = (): void => {
+            // A roster derived from the first view this node saw is only a guess for a node
+            // that joined late: the ranks' announcement replaces it (or a newer one does).
+            const a = this.announced
+            const key = (ms: Member[]): string => ms.map(m => `${m.id}/${m.zone}/${m.host}`).join()
+            if (a === undefined || (!derived && a.epoch <= epoch) || key(a.members) === key(roster)) return
+            roster = a.members
+            for (const m of roster) this.rostered.add(m.id)
+            epoch = Math.max(epoch, a.epoch)
+            derived = false
+            log.info({ epoch: a.epoch, ranks: roster.length }, 'adopted the roster the ranks announced')
+          }
+          adopt()
           while ((next = this.nextLoss(roster)) === undefined && !this.runDone && (grow = this.pendingGrowth(roster)) === undefined) {
             if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
             await clock.sleep(50, signal === undefined ? {} : { signal })
+            adopt()
           }
           if (grow !== undefined && next === undefined) {
             // The ranks grew the run: the roster grows alike here, and this node may be on it.
@@ -369,6 +426,7 @@ export class Trainer {
             const old = roster
             roster = grownRoster(roster, grow, g.count)
             for (const m of roster) this.rostered.add(m.id)
+            derived = false
             this.st.growths.push({ from: old.length, to: roster.length, atStep: g.step })
             this.consumeThrough(grow)
             this.pending = { mode: 'grow', lost: [], oldRoster: old }
@@ -381,6 +439,7 @@ export class Trainer {
           const change = this.replan(roster, next)
           roster = change.roster
           for (const m of roster) this.rostered.add(m.id)
+          derived = false
           epoch = next.epoch
           round = 0
           state = undefined
@@ -413,6 +472,7 @@ export class Trainer {
             const old = roster
             roster = grownRoster(roster, v, err.count)
             for (const m of roster) this.rostered.add(m.id)
+            derived = false
             this.consumeThrough(v)
             this.pending = { mode: 'grow', lost: [], oldRoster: old }
             this.st.growths.push({ from: old.length, to: roster.length, atStep: err.step })
@@ -448,6 +508,7 @@ export class Trainer {
             const change = this.replan(roster, next)
             roster = change.roster
             for (const m of roster) this.rostered.add(m.id)
+            derived = false
           for (const m of roster) this.rostered.add(m.id)
             epoch = next.epoch
             round = 0
@@ -870,6 +931,13 @@ export class Trainer {
           }
         }
         this.deps.onStep?.(this.status())
+        const now = membership.view()
+        if (rank === 0 && now !== undefined && now.epoch !== this.announcedAt && now.members.some(x => !roster.some(r => r.id === x.id))) {
+          // Nodes beyond the roster (spares, late joiners) learn it from rank 0, once per view.
+          this.announcedAt = now.epoch
+          const msg = new TextEncoder().encode(JSON.stringify({ epoch, members: roster.map(r => ({ id: r.id, zone: r.zone, host: r.host })) }))
+          void net.publish(ROSTER_TOPIC, msg).catch(() => {})
+        }
         if (growable && s + 1 < cfg.steps) {
           // Grow only when every rank names the same view (views reach ranks at different
           // times; they agree at some later step boundary).

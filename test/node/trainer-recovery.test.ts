@@ -237,3 +237,31 @@ test('late joiners grow the run at a step boundary (maxWorldSize): every node ag
   const fixed = ok(await trainMesh(4, { ...cfg, maxWorldSize: undefined }, { late: { count: 1, atStep: 3 }, computeMs: 30 }))
   t.deepEqual(fixed.statuses.map(s => s.role).sort(), ['done', 'done', 'done', 'spare'])
 })
+
+test('a node that joins after a rank was replaced adopts the roster rank 0 announces, and can replace the next lost rank, bit-identically', async t => {
+  const cfg: TrainConfig = { ...base, steps: 14, snapshot: { k: 1, m: 1 } }
+  const clean = ok(await trainMesh(5, cfg, { computeMs: 30 }))
+  const nodeOfRank = new Map<number, number>()
+  const kills: number[] = []
+  const hurt = ok(await trainMesh(6, cfg, {
+    computeMs: 30,
+    late: { count: 1, atStep: 5 },
+    onStep: (ctl, i, s) => {
+      if (s.rank !== undefined) nodeOfRank.set(s.rank, i)
+      // Rank 1 dies at step 3 (the first spare takes it); rank 2 dies at step 9, after the
+      // late node joined: only it can take the place, with the roster the ranks have.
+      const at = kills.length === 0 ? 3 : kills.length === 1 ? 9 : -1
+      const victim = kills.length === 0 ? 1 : 2
+      if (s.rank === victim && s.step === at) {
+        kills.push(i)
+        ctl.kill([i])
+      }
+    }
+  }))
+  t.is(kills.length, 2, 'both kills happened')
+  const done = hurt.statuses.filter(s => s.role === 'done')
+  t.is(done.length, 4)
+  const rec = done.flatMap(s => s.recoveries)
+  t.true(rec.some(r => r.lost.includes(2)) && rec.every(r => r.mode === 'replace'), JSON.stringify(rec))
+  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kills')
+})
