@@ -28,6 +28,7 @@ export function formatStatus (raw: unknown): string {
     const speed = t.tokensPerS === undefined ? '' : `, ${Math.round(t.tokensPerS)} tokens/s`
     const snap = t.snapshotStep === undefined ? '' : `, snapshot at step ${t.snapshotStep}`
     lines.push(`training: ${who}, step ${t.step}/${t.steps}${loss}${speed}${snap}${t.recoveries.length > 0 ? `, ${t.recoveries.length} recovery(ies)` : ''}${t.error === undefined ? '' : `; failed: ${t.error}`}`)
+    if (t.phase !== undefined && t.phase !== '') lines.push(`now: ${t.phase}`)
   }
   if (m.leader !== undefined && m.leader !== s.peerId) lines.push('members report to the leader, which watches them all; this node watches the leader')
   lines.push(`a crashed member is detected within ~${m.detectionBoundMs} ms`)

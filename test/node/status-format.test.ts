@@ -11,10 +11,11 @@ test('status shows the view, the leader and training progress', t => {
     multiaddrs: [],
     uptimeS: 5,
     membership: { self: 'b', epoch: 2, members: [member('a', 0), member('b', 1)], paused: false, member: true, joining: [], leader: 'a', detectionBoundMs: 900 },
-    training: { role: 'rank', rank: 1, worldSize: 2, step: 7, steps: 20, loss: 3.5, evalLoss: undefined, tokensPerS: 1234.5, epoch: 2, bytes: { host: 0, zone: 1, wan: 2 }, snapshotStep: 6, recoveries: [] }
+    training: { role: 'rank', rank: 1, worldSize: 2, step: 7, steps: 20, loss: 3.5, evalLoss: undefined, tokensPerS: 1234.5, epoch: 2, bytes: { host: 0, zone: 1, wan: 2 }, snapshotStep: 6, recoveries: [], retries: 0, growths: [], phase: 'step 8: backward' }
   })
   t.log(text)
   t.regex(text, /view 2: 2 members, 2 live/)
   t.regex(text, /a \(leader\)/)
   t.regex(text, /training: rank 1 of 2, step 7\/20, loss 3\.5000, 1235 tokens\/s, snapshot at step 6/)
+  t.regex(text, /now: step 8: backward/)
 })
