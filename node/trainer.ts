@@ -192,6 +192,10 @@ const GROW_TOPIC = 'train/grow'
  * labels the roster uses (a replacement keeps the lost rank's place in the ring, labels too).
  */
 const ROSTER_TOPIC = 'train/roster'
+/** How often rank 0 repeats the roster while nodes beyond it are in the view. */
+const ROSTER_EVERY_MS = 1000
+/** How often old ranks repeat a growth announcement while the grown run exchanges state. */
+const GROW_EVERY_MS = 500
 /** Installed views kept by epoch (a growth names one; spares may have consumed it already). */
 const RECENT_VIEWS = 64
 
@@ -280,14 +284,16 @@ export class Trainer {
   private readonly recentViews = new Map<number, View>()
   /** The newest roster rank 0 announced (spares that joined late adopt it). */
   private announced: { epoch: number, members: Member[] } | undefined
-  /** The view epoch rank 0 last announced the roster at. */
-  private announcedAt = -1
+  /** When rank 0 last announced the roster (monotonic ms). */
+  private announcedAt = -Infinity
   /** Every node that was on a roster this node used. */
   private readonly rostered = new Set<PeerId>()
   /** The newest growth the ranks announced (spares apply it to their roster). */
   private growTo: { epoch: number, count: number, step: number } | undefined
   /** This rank's state when the run grew (handed to the new ranks in the next session). */
   private growState: { rank: number, state: ShardState } | undefined
+  /** This rank's growth announcement, repeated while the grown run exchanges state. */
+  private growMsg: Uint8Array | undefined
   /** The step of the last growth applied here (later announcements of it are stale). */
   private lastGrowStep = -1
   private seenEpoch = 0
@@ -329,6 +335,34 @@ export class Trainer {
   async run (signal?: AbortSignal): Promise<TrainStatus> {
     const { net, clock, membership, log } = this.deps
     try {
+      // Subscribed first: a node that joins late must not miss an announcement made while it
+      // waits for its first view or starts its snapshot service.
+      // Ranks announce the end of the run, so spares stop waiting (and do not mistake ranks
+      // leaving after the last step for lost ones).
+      this.unsubs.push(net.subscribe(DONE_TOPIC, {
+        validate: msg => (msg.data.length === 4 ? 'accept' : 'reject'),
+        // (From any node that was ever a rank here: a spare that read a finished rank's
+        // departure as a loss has already replaced it on its roster.)
+        deliver: msg => { if (this.rostered.has(msg.from)) this.runDone = true }
+      }))
+      this.unsubs.push(net.subscribe(ROSTER_TOPIC, {
+        validate: msg => (rosterOf(msg.data) === undefined ? 'reject' : 'accept'),
+        deliver: msg => {
+          const a = rosterOf(msg.data)
+          // Only a rank speaks for its own roster.
+          if (a === undefined || !a.members.some(m => m.id === msg.from)) return
+          if (a.epoch >= (this.announced?.epoch ?? 0)) this.announced = a
+        }
+      }))
+      this.unsubs.push(net.subscribe(GROW_TOPIC, {
+        validate: msg => (msg.data.length === 12 ? 'accept' : 'reject'),
+        deliver: msg => {
+          if (!this.rostered.has(msg.from)) return
+          const d = new DataView(msg.data.buffer, msg.data.byteOffset, 12)
+          const g = { epoch: d.getUint32(0, true), count: d.getUint32(4, true), step: d.getUint32(8, true) }
+          if (g.count > 0 && g.step > this.lastGrowStep && g.epoch > (this.growTo?.epoch ?? 0)) this.growTo = g
+        }
+      }))
       // The first view with enough members, as installed (recorded from construction on):
       // polling the current view instead could see a later one after a false suspicion, and
       // nodes would then disagree on the roster.
@@ -356,32 +390,6 @@ export class Trainer {
         this.snapshots.setView(first)
         this.unsubs.push(membership.on('view', v => this.snapshots?.setView(v)))
       }
-      // Ranks announce the end of the run, so spares stop waiting (and do not mistake ranks
-      // leaving after the last step for lost ones).
-      this.unsubs.push(net.subscribe(DONE_TOPIC, {
-        validate: msg => (msg.data.length === 4 ? 'accept' : 'reject'),
-        // (From any node that was ever a rank here: a spare that read a finished rank's
-        // departure as a loss has already replaced it on its roster.)
-        deliver: msg => { if (this.rostered.has(msg.from)) this.runDone = true }
-      }))
-      this.unsubs.push(net.subscribe(ROSTER_TOPIC, {
-        validate: msg => (rosterOf(msg.data) === undefined ? 'reject' : 'accept'),
-        deliver: msg => {
-          const a = rosterOf(msg.data)
-          // Only a rank speaks for its own roster.
-          if (a === undefined || !a.members.some(m => m.id === msg.from)) return
-          if (a.epoch >= (this.announced?.epoch ?? 0)) this.announced = a
-        }
-      }))
-      this.unsubs.push(net.subscribe(GROW_TOPIC, {
-        validate: msg => (msg.data.length === 12 ? 'accept' : 'reject'),
-        deliver: msg => {
-          if (!roster.some(m => m.id === msg.from)) return
-          const d = new DataView(msg.data.buffer, msg.data.byteOffset, 12)
-          const g = { epoch: d.getUint32(0, true), count: d.getUint32(4, true), step: d.getUint32(8, true) }
-          if (g.count > 0 && g.step > this.lastGrowStep && g.epoch > (this.growTo?.epoch ?? 0)) this.growTo = g
-        }
-      }))
       let state: ShardState | undefined
       // Sessions under one roster are numbered, so a retry never mixes with the messages of the
       // attempt before it (every rank fails an attempt, so every rank counts the same).
@@ -727,7 +735,10 @@ export class Trainer {
       // The ranks finished while this node (a spare that read their departure as a loss) was
       // getting ready to take a rank: nothing is left to take.
       if (this.runDone) throw new TrainingError('the run finished while this node was joining its ranks')
-      if (clock.monotonic() > limit) throw new TrainingError(`not connected to ${missing.length} training member(s), e.g. ${missing[0]}`)
+      // Unreachable members: the failure path waits for the view to drop them (or, in a
+      // minority, for the majority), as after any failed step.
+      if (membership.status().paused) throw new SessionInterrupted(`not connected to ${missing.length} training member(s), e.g. ${missing[0]}, and this node is in a minority of the view`)
+      if (clock.monotonic() > limit) throw new SessionInterrupted(`not connected to ${missing.length} training member(s), e.g. ${missing[0]}`)
       await clock.sleep(50, signal === undefined ? {} : { signal })
     }
   }
@@ -932,9 +943,10 @@ export class Trainer {
         }
         this.deps.onStep?.(this.status())
         const now = membership.view()
-        if (rank === 0 && now !== undefined && now.epoch !== this.announcedAt && now.members.some(x => !roster.some(r => r.id === x.id))) {
-          // Nodes beyond the roster (spares, late joiners) learn it from rank 0, once per view.
-          this.announcedAt = now.epoch
+        if (rank === 0 && now !== undefined && clock.monotonic() - this.announcedAt >= ROSTER_EVERY_MS && now.members.some(x => !roster.some(r => r.id === x.id))) {
+          // Nodes beyond the roster (spares, late joiners) learn it from rank 0, again every
+          // ROSTER_EVERY_MS (a joiner may subscribe after an announcement).
+          this.announcedAt = clock.monotonic()
           const msg = new TextEncoder().encode(JSON.stringify({ epoch, members: roster.map(r => ({ id: r.id, zone: r.zone, host: r.host })) }))
           void net.publish(ROSTER_TOPIC, msg).catch(() => {})
         }
@@ -953,6 +965,7 @@ export class Trainer {
             d.setUint32(0, all[0]!, true)
             d.setUint32(4, all[1]!, true)
             d.setUint32(8, s + 1, true)
+            this.growMsg = msg
             await net.publish(GROW_TOPIC, msg).catch(() => {})
             throw new SessionGrow(all[0]!, all[1]!, s + 1)
           }
@@ -1198,9 +1211,25 @@ export class Trainer {
     const own = g === undefined
       ? undefined
       : { rank: g.rank, worldSize: plan.oldRoster.length, epoch: 0, step: g.state.step, dataCursor: g.state.step, weights: g.state.master, adamM: g.state.m, adamV: g.state.v, rng: new Uint8Array(0) }
-    const { states, step } = await this.exchangeStates(collective, roster, own, plan.oldRoster.length, 'grow_state', signal === undefined ? {} : { signal })
-    this.growState = undefined
-    return this.cutShard(states, step, shard)
+    // The joiners may have missed the announcement (it is gossip): repeat it until the
+    // exchange, which needs them, is over.
+    const msg = this.growMsg
+    let repeating = g !== undefined && msg !== undefined
+    const repeat = async (): Promise<void> => {
+      while (repeating) {
+        await this.deps.clock.sleep(GROW_EVERY_MS)
+        if (repeating) await this.deps.net.publish(GROW_TOPIC, msg!).catch(() => {})
+      }
+    }
+    if (repeating) void repeat()
+    try {
+      const { states, step } = await this.exchangeStates(collective, roster, own, plan.oldRoster.length, 'grow_state', signal === undefined ? {} : { signal })
+      this.growState = undefined
+      this.growMsg = undefined
+      return this.cutShard(states, step, shard)
+    } finally {
+      repeating = false
+    }
   }
 }
 
