@@ -84,7 +84,7 @@ test('start --help lists the metrics and disk-tier flags; export --help explains
   t.regex((await capture(['--help'])).out[0]!, /\n {2}export +write the trained model as safetensors/)
 })
 
-test('--metrics-listen, --disk-every and --resume are validated by the start schema', async t => {
+test('--metrics-listen, --disk-every, --resume and --max-world-size are validated by the start schema', async t => {
   const { loadStartConfig } = await import('../../node/config.ts')
   const base = { run: 'r', 'secret-file': '/nonexistent' }
   const cfg = loadStartConfig(base, {})
@@ -96,6 +96,7 @@ test('--metrics-listen, --disk-every and --resume are validated by the start sch
   t.deepEqual(loadStartConfig({ ...base, 'metrics-listen': ':9464' }, {}).metricsListen, { host: '0.0.0.0', port: 9464 })
   t.deepEqual(loadStartConfig(base, { ZEROMESH_METRICS_LISTEN: 'localhost:9000', ZEROMESH_DISK_EVERY: '0' }).metricsListen, { host: 'localhost', port: 9000 })
   t.is(loadStartConfig({ ...base, train: true, resume: true, 'disk-every': '25' }, {}).diskEvery, 25)
+  t.is(loadStartConfig({ ...base, train: true, 'world-size': '2', 'max-world-size': '6' }, {}).maxWorldSize, 6)
   for (const [flags, pattern] of [
     [{ 'metrics-listen': '9464' }, /^--metrics-listen must be host:port \(e\.g\. 127\.0\.0\.1:9464, \[::1\]:9464 or :9464\), got '9464'$/],
     [{ 'metrics-listen': '127.0.0.1:70000' }, /^--metrics-listen must be host:port/],
@@ -103,7 +104,9 @@ test('--metrics-listen, --disk-every and --resume are validated by the start sch
     [{ 'metrics-listen': 'http://127.0.0.1:9464/metrics' }, /^--metrics-listen must be host:port/],
     [{ 'disk-every': '-1' }, /^--disk-every /],
     [{ 'disk-every': '2.5' }, /^--disk-every must be an integer/],
-    [{ resume: true }, /^--resume needs --train/]
+    [{ resume: true }, /^--resume needs --train/],
+    [{ train: true, expect: '4', 'max-world-size': '3' }, /^--max-world-size must be at least the world size \(4\)$/],
+    [{ 'max-world-size': '0' }, /^--max-world-size /]
   ] as Array<[Record<string, unknown>, RegExp]>) {
     t.throws(() => loadStartConfig({ ...base, ...flags }, {}), { name: 'ConfigError', message: pattern }, JSON.stringify(flags))
   }
