@@ -1,4 +1,4 @@
-import { AbortError, InvalidArgumentError, ZeromeshError, checkCap, settleOnAbort, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
+import { AbortError, InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptBuckets, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
 import { NoSnapshotError, SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
@@ -846,9 +846,9 @@ export class Trainer {
     try {
       let state = initial
       if (state === undefined && this.pending !== undefined) {
-        // The load settles when `work` aborts even if something inside it no longer listens
-        // (a transfer wedged below our timeouts): this rank then fails and retries with the others.
-        state = await settleOnAbort(work, this.recover(collective, roster, rank, shard, work), () => {}).catch((err: unknown) => {
+        // The load ends when `work` aborts (the snapshot service's recoveries settle on their
+        // signal even with a transfer wedged inside): this rank then fails and retries with the others.
+        state = await this.recover(collective, roster, rank, shard, work).catch((err: unknown) => {
           if (work.aborted) log.warn({ phase: this.st.phase, err: err instanceof Error ? err.message : String(err) }, 'recovery abandoned: the other ranks gave up on this one')
           return fail(err)
         })
@@ -943,7 +943,7 @@ export class Trainer {
         }
         this.deps.onStep?.(this.status())
         const now = membership.view()
-        if (rank === 0 && now !== undefined && clock.monotonic() - this.announcedAt >= ROSTER_EVERY_MS && now.members.some(x => !roster.some(r => r.id === x.id))) {
+        if (rank === 0 && now !== undefined && now.members.length > roster.length && clock.monotonic() - this.announcedAt >= ROSTER_EVERY_MS) {
           // Nodes beyond the roster (spares, late joiners) learn it from rank 0, again every
           // ROSTER_EVERY_MS (a joiner may subscribe after an announcement).
           this.announcedAt = clock.monotonic()

@@ -533,8 +533,13 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
     }
   }
 
-  const recover = async (req: RecoverRequest, options: { signal?: AbortSignal } = {}): Promise<Recovered> => {
+  // A recovery settles when its signal fires even if a transfer inside it stopped listening
+  // (wedged below the idle timeouts): callers can always give up on it.
+  const recover = (req: RecoverRequest, options: { signal?: AbortSignal } = {}): Promise<Recovered> => {
     const outer = options.signal === undefined ? stopCtl.signal : AbortSignal.any([options.signal, stopCtl.signal])
+    return settleOnAbort(outer, recoverUnder(req, outer), () => {})
+  }
+  const recoverUnder = async (req: RecoverRequest, outer: AbortSignal): Promise<Recovered> => {
     throwIfAborted(outer)
     const plan = await planFor(req, outer)
     const coder = coderFor(plan.k, plan.m)
