@@ -33,8 +33,8 @@ const net = createLibp2pPeerNet({
   listen: ['/ip4/127.0.0.1/tcp/0'],
   bootstrap: bootstrap === undefined ? [] : [bootstrap],
   announceIntervalMs: Math.max(200, heartbeatMs * 2),
-  // As node/start.ts: snapshot streams stay on libp2p (docs/LIMITS.md); so does the libp2p baseline.
-  bulkProtocol: p => !p.startsWith('/zeromesh/snapshot/') && p !== BLOB_LIBP2P
+  // Every stream rides the bulk channel, as in node/start.ts, except the libp2p baseline's.
+  bulkProtocol: p => p !== BLOB_LIBP2P
 }, { clock, log: silentLogger() })
 await net.start()
 const membership = createMembership({ heartbeatMs, expect: Number(N) }, { net, clock, rng: Rng.fromSeed(`snapshot-procs/${net.self.id}`), log: silentLogger() })

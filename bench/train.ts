@@ -11,6 +11,10 @@
 //     snapshot capture that follows), the median of the polls.
 // (b) the same, flat ZeRO-3 with `--snapshot off`: the baseline for the snapshot overhead per
 //     step (goal <= 3%): `snapshot_overhead_pct` = step time with 2+1 over step time without.
+//     The 5 processes share 2 cores, so a step's wall time is about the CPU time all of them
+//     spend on it divided by 2, and it moves 25-50% with the machine's load between runs.
+//     `cpu_ms_per_step` (CPU time of every worker, spare included, over the steady-state steps,
+//     from their status) moves far less, and `snapshot_overhead_cpu_pct` compares that.
 // (c) `train.kill`: `up --kill-at BENCH_TRAIN_KILL_AT` on a BENCH_TRAIN_KILL_STEPS-step run
 //     (at most 39 steps, so every worker prints a line per step and the commit is stamped on
 //     arrival, not seen by a poll): SIGKILL of rank 1 to the next committed step (goal <= 10 s),
@@ -18,7 +22,7 @@
 //     recovery (the trainer's: recovery point + loading from the snapshots) and the rest (new
 //     collective session, re-running the step).
 //
-// The configurations of (a) and (b) run interleaved BENCH_TRAIN_REPEATS times (default 1), so
+// The configurations of (a) and (b) run interleaved BENCH_TRAIN_REPEATS times (default 3), so
 // a change in the machine's load hits them alike; each line carries the load average
 // (os.loadavg, 1 minute) before and after. BENCH_TRAIN_CONFIGS (comma-separated names) and
 // BENCH_TRAIN_KILL=0 pick parts. A run that fails (or exceeds BENCH_TRAIN_TIMEOUT_S, default
@@ -38,7 +42,7 @@ const STEPS = env('BENCH_TRAIN_STEPS', 40)
 const WARMUP = env('BENCH_TRAIN_WARMUP', 8)
 const BATCH = env('BENCH_TRAIN_BATCH', 4)
 const SEQ = env('BENCH_TRAIN_SEQ', 64)
-const REPEATS = env('BENCH_TRAIN_REPEATS', 1)
+const REPEATS = env('BENCH_TRAIN_REPEATS', 3)
 const POLL_MS = env('BENCH_TRAIN_POLL_MS', 200)
 const KILL_STEPS = env('BENCH_TRAIN_KILL_STEPS', 30)
 const KILL_AT = env('BENCH_TRAIN_KILL_AT', 10)
@@ -97,6 +101,18 @@ async function runUp (label: string, c: { zeropp: boolean, snapshot: string, ste
   return { code, polls, kill, lines, wallS: (performance.now() - t0) / 1000 }
 }
 
+/**
+ * CPU ms of all workers per committed step over the steady state: from the first poll at or
+ * past the warm-up to the last poll before the final step (the final evaluation is not a step).
+ */
+function cpuPerStep (polls: UpPoll[]): number {
+  const ss = polls.filter(p => p.step >= WARMUP && p.step < STEPS)
+  const a = ss[0]
+  const b = ss.at(-1)
+  if (a === undefined || b === undefined || b.step <= a.step) throw new Error('too few steady-state polls for the CPU figure: raise BENCH_TRAIN_STEPS')
+  return (b.cpuMs - a.cpuMs) / (b.step - a.step)
+}
+
 /** Committed steps per second: least squares of step against time over the steady-state polls. */
 function stepsPerSecond (polls: UpPoll[]): { rate: number, from: number, to: number, polls: number } {
   const ss = polls.filter(p => p.step >= WARMUP && p.step < STEPS)
@@ -117,7 +133,7 @@ process.stderr.write(`bench train: ${NODES} ranks + 1 spare, mini model, batch $
   `${STEPS} steps (first ${WARMUP} skipped), configs ${CONFIGS.map(c => c.name).join(', ')} x ${REPEATS}; load ${loadavg().map(x => x.toFixed(2)).join(' ')}\n`)
 
 let failed = false
-const results = new Map<string, Array<{ stepMs: number, tokensPerS: number, trainer: number }>>()
+const results = new Map<string, Array<{ stepMs: number, tokensPerS: number, trainer: number, cpuMs: number }>>()
 for (let rep = 0; rep < REPEATS; rep++) {
   for (const c of CONFIGS) {
     const before = load1()
@@ -137,13 +153,13 @@ for (let rep = 0; rep < REPEATS; rep++) {
     const after = load1()
     const fit = stepsPerSecond(r.polls)
     const trainer = median(r.polls.filter(p => p.step >= WARMUP && p.step < STEPS && p.tokensPerS !== undefined).map(p => p.tokensPerS!))
-    const m = { stepMs: 1000 / fit.rate, tokensPerS: fit.rate * TOKENS_PER_STEP, trainer }
+    const m = { stepMs: 1000 / fit.rate, tokensPerS: fit.rate * TOKENS_PER_STEP, trainer, cpuMs: cpuPerStep(r.polls) }
     results.set(c.name, [...(results.get(c.name) ?? []), m])
     process.stdout.write(JSON.stringify({
       bench: 'train.throughput', impl: c.name, repeat: rep + 1, zeropp: c.zeropp, snapshot: c.snapshot,
       ranks: NODES, spares: 1, model: 'mini', batch: BATCH, seq: SEQ, steps: STEPS, warmup: WARMUP,
       fit_steps: `${fit.from}-${fit.to}`, fit_polls: fit.polls, ...(attempts > 1 ? { attempt: attempts } : {}),
-      tokens_per_s: Math.round(m.tokensPerS), step_ms: r4(m.stepMs), trainer_tokens_per_s: Math.round(trainer),
+      tokens_per_s: Math.round(m.tokensPerS), step_ms: r4(m.stepMs), trainer_tokens_per_s: Math.round(trainer), cpu_ms_per_step: r4(m.cpuMs),
       wall_s: r4(r.wallS), load_before: before, load_after: after,
       param_memory: r.lines.find(l => l.startsWith('parameter memory per rank'))
     }) + '\n')
@@ -151,10 +167,10 @@ for (let rep = 0; rep < REPEATS; rep++) {
 }
 
 // Same-run comparisons on the medians over repeats.
-const med = (name: string): { stepMs: number, tokensPerS: number, trainer: number } | undefined => {
+const med = (name: string): { stepMs: number, tokensPerS: number, trainer: number, cpuMs: number } | undefined => {
   const xs = results.get(name)
   if (xs === undefined || xs.length === 0) return undefined
-  return { stepMs: median(xs.map(x => x.stepMs)), tokensPerS: median(xs.map(x => x.tokensPerS)), trainer: median(xs.map(x => x.trainer)) }
+  return { stepMs: median(xs.map(x => x.stepMs)), tokensPerS: median(xs.map(x => x.tokensPerS)), trainer: median(xs.map(x => x.trainer)), cpuMs: median(xs.map(x => x.cpuMs)) }
 }
 const flat = med('zero3')
 const pp = med('zero++')
@@ -171,6 +187,8 @@ if (flat !== undefined && off !== undefined) {
     bench: 'train.snapshot_overhead', impl: 'zero3 (snapshot 2+1)', baseline: 'zero3-nosnap (snapshot off)', repeats: REPEATS,
     step_ms: r4(flat.stepMs), baseline_step_ms: r4(off.stepMs),
     snapshot_overhead_pct: r4((flat.stepMs / off.stepMs - 1) * 100),
+    cpu_ms_per_step: r4(flat.cpuMs), baseline_cpu_ms_per_step: r4(off.cpuMs),
+    snapshot_overhead_cpu_pct: r4((flat.cpuMs / off.cpuMs - 1) * 100),
     trainer_step_ms: r4(TOKENS_PER_STEP / flat.trainer * 1000), baseline_trainer_step_ms: r4(TOKENS_PER_STEP / off.trainer * 1000),
     goal_pct: 3
   }) + '\n')

@@ -93,6 +93,12 @@ export interface Backend {
   synchronize (): void
   /** Frees everything; the backend is unusable afterwards. */
   dispose (): void
+  /**
+   * Prepares every kernel now (CUDA: NVRTC compile or cubin-cache load, which blocks the thread
+   * for seconds on a cold cache) instead of on first use. Call it before joining a mesh, so a
+   * compile never stalls heartbeats. The CPU backend has nothing to prepare.
+   */
+  warmup (): void
 
   // ---- generic math -------------------------------------------------------------------------
   gemm (p: GemmParams): void

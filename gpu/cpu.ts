@@ -223,6 +223,10 @@ export class CpuBackend implements Backend {
     this.live_('synchronize')
   }
 
+  warmup (): void {
+    this.live_('warmup') // no kernels to prepare
+  }
+
   dispose (): void {
     for (const a of this.live) a.freed = true
     this.live.clear()

@@ -238,7 +238,11 @@ class SocketByteStream implements ByteStream {
    * only the 4-byte headers and the first frame (the protocol name, <= 256 bytes) are.
    */
   private onData (c: Buffer): void {
-    let buf: Uint8Array = c
+    // Consumers get plain Uint8Array views, as from every other ByteStream: a Buffer's
+    // slice() is a view, not a copy, and a Buffer's .buffer is the pool it was cut from, so
+    // code that copies a chunk with slice() to read it through .buffer would read other bytes
+    // (that is how snapshot request/reply exchanges used to stall on this channel).
+    let buf = new Uint8Array(c.buffer, c.byteOffset, c.length)
     if (this.raw !== undefined && buf.length > 0) {
       const r = this.raw
       this.raw = undefined

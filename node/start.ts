@@ -28,12 +28,20 @@ export interface RunningNode {
 }
 
 /** The status a node serves on its control socket. */
+/** CPU time of this process so far (user + system), ms. */
+function cpuMs (): number {
+  const u = process.cpuUsage()
+  return Math.round((u.user + u.system) / 1000)
+}
+
 export interface NodeStatus {
   version: string
   run: string
   peerId: string
   multiaddrs: string[]
   uptimeS: number
+  /** CPU time this process has used (user + system), ms: benchmarks compare it across runs. */
+  cpuMs: number
   membership: ReturnType<Membership['status']>
   training: TrainStatus | undefined
 }
@@ -85,8 +93,7 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
     announce: cfg.announce,
     bootstrap: cfg.bootstrap,
     mdns: cfg.mdns,
-    announceIntervalMs: Math.max(200, cfg.heartbeatMs * 2),
-    bulkProtocol: p => !p.startsWith('/zeromesh/snapshot/')
+    announceIntervalMs: Math.max(200, cfg.heartbeatMs * 2)
   }, { clock, log: log.child({ component: 'mesh:net' }) })
   try {
     await net.start()
@@ -107,6 +114,12 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
     const model = trainingModel(cfg.model, corpus.vocabSize)
     const { createBackend } = await import('../gpu/index.ts')
     const backend = await createBackend(cfg.device)
+    // Before membership starts: a cold NVRTC compile blocks this thread for seconds, which
+    // peers would read as a dead node (seen on a fresh GPU host: the worker was dropped and
+    // replaced from the snapshots at step 0).
+    const t0 = performance.now()
+    backend.warmup()
+    if (cfg.device === 'cuda') out(`kernels ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
     const every = Math.max(1, Math.floor(cfg.steps / 20))
     const T = Math.min(cfg.seq, model.maxT)
     trainer = new Trainer({
@@ -147,6 +160,7 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
     peerId: net.self.id,
     multiaddrs: net.multiaddrs(),
     uptimeS: Math.round((clock.monotonic() - startedAt) / 1000),
+    cpuMs: cpuMs(),
     membership: membership.status(),
     training: trainer?.status()
   })

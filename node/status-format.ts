@@ -5,7 +5,7 @@ export function formatStatus (raw: unknown): string {
   const s = raw as NodeStatus
   const m = s.membership
   const lines = [
-    `run ${s.run}: node ${s.peerId} (zeromesh ${s.version}, up ${s.uptimeS} s)`,
+    `run ${s.run}: node ${s.peerId} (zeromesh ${s.version}, up ${s.uptimeS} s, cpu ${(s.cpuMs / 1000).toFixed(1)} s)`,
     m.epoch === 0
       ? `no view yet${m.joining.length > 0 ? ` (${m.joining.length} other node(s) waiting)` : ''}`
       : `view ${m.epoch}: ${m.members.length} members, ${m.members.filter(x => x.live).length} live${m.paused ? ', PAUSED (no majority)' : ''}${m.member ? '' : ', this node is not a member'}`

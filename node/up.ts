@@ -51,6 +51,8 @@ export interface UpPoll {
   /** Rank 0's own figure for its last step (tokens of all ranks / that step's time). */
   tokensPerS: number | undefined
   ranks: number
+  /** CPU ms used so far by every worker (the last status of each, killed ones included). */
+  cpuMs: number
 }
 
 /** What followed the `--kill-at` SIGKILL, up to the first step committed after the recovery. */
@@ -214,18 +216,20 @@ export async function up (o: UpOptions): Promise<number> {
       }))
       const live = workers.filter(w => !w.killed)
       const ranks = live.filter(w => w.status?.training?.role === 'rank' || w.status?.training?.role === 'done')
+      // Counted by rank number: a dropped worker's last status can still claim the rank that
+      // another node has taken since.
       const spares = live.filter(w => w.status?.training?.role === 'spare').length
       const step = ranks.length === 0 ? 0 : Math.min(...ranks.map(w => w.status!.training!.step))
       const lead = ranks.find(w => w.status?.training?.rank === 0)?.status
       const t = lead?.training
       const epoch = Math.max(0, ...workers.map(w => w.status?.membership.epoch ?? 0))
-      const line = `step ${step}/${o.steps}  loss ${t?.loss?.toFixed(4) ?? '-'}  ${t?.tokensPerS === undefined ? '-' : Math.round(t.tokensPerS)} tokens/s  view ${epoch} (${ranks.length} ranks, ${spares} spare)`
+      const line = `step ${step}/${o.steps}  loss ${t?.loss?.toFixed(4) ?? '-'}  ${t?.tokensPerS === undefined ? '-' : Math.round(t.tokensPerS)} tokens/s  view ${epoch} (${new Set(ranks.map(w => w.status!.training!.rank)).size} ranks, ${spares} spare)`
       if (line !== lastLine) {
         say(line)
         lastLine = line
       }
       lastStep = step >= o.steps
-      o.onPoll?.({ ms: clock.monotonic() - started, step, tokensPerS: t?.tokensPerS, ranks: ranks.length })
+      o.onPoll?.({ ms: clock.monotonic() - started, step, tokensPerS: t?.tokensPerS, ranks: ranks.length, cpuMs: workers.reduce((a, w) => a + (w.status?.cpuMs ?? 0), 0) })
       for (const w of workers) {
         for (const r of w.status?.training?.recoveries ?? []) {
           const key = `${r.mode}/${r.lost.join(',')}/${r.fromStep}`

@@ -17,7 +17,7 @@ import { decodeManifest, encodeManifest, MANIFEST_TOPIC, type Manifest } from '.
 import { placeStripe, validateStripeParams } from './placement.ts'
 import { decodeState, type RankState } from './state.ts'
 import { createFragmentStore, type FragmentStore, type RecoveryPoint } from './store.ts'
-import { encodeReply, encodeRequest, Op, readReply, readRequest, Status, StreamReader, writeAll } from './wire.ts'
+import { encodeReply, encodeRequest, Op, readReply, readRequest, Status, StreamReader, u16le, writeAll } from './wire.ts'
 
 /** Stream protocol: an owner pushes one fragment to its holder. */
 export const PUT_PROTOCOL = '/zeromesh/snapshot/put/1.0.0'
@@ -430,7 +430,7 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
       await stream.end()
       const reply = await readReply(reader)
       if (reply.status !== Status.OK) throw replyError(reply, peer)
-      const n = new DataView((await reader.read(2, 'list count')).slice().buffer).getUint16(0, true)
+      const n = u16le(await reader.read(2, 'list count'))
       checkCap('snapshot list entries', n, SNAPSHOT_LIMITS.maxListEntries)
       const out: FragmentLabel[] = []
       for (let i = 0; i < n; i++) {

@@ -60,6 +60,14 @@ export async function writeAll (stream: ByteStream, bytes: Uint8Array, signal?: 
   }
 }
 
+/**
+ * A little-endian u16 at the start of `b`. Reads through byteOffset: a chunk from a stream
+ * can be a view into a larger buffer (a Node Buffer's pool, a received packet).
+ */
+export function u16le (b: Uint8Array): number {
+  return b[0]! | (b[1]! << 8)
+}
+
 /** Reply status bytes on snapshot streams. */
 export const Status = Object.freeze({ OK: 0, DUPLICATE: 1, ERROR: 2 } as const)
 
@@ -86,7 +94,7 @@ export async function readReply (r: StreamReader): Promise<Reply> {
   const status = head[0]!
   if (status > Status.ERROR) throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, `unknown reply status ${status}`)
   const code = asciiDec.decode(await r.read(head[1]!, 'reply code'))
-  const len = new DataView((await r.read(2, 'reply length')).slice().buffer).getUint16(0, true)
+  const len = u16le(await r.read(2, 'reply length'))
   checkCap('snapshot reply bytes', len, SNAPSHOT_LIMITS.maxControlBytes)
   const message = asciiDec.decode(await r.read(len, 'reply message'))
   return { status, code, message }
@@ -119,8 +127,8 @@ export function encodeRequest (op: number, owner: string, version = 0, epoch = 0
 export interface Request { op: number, owner: string, version: number, epoch: number, index: number }
 
 export async function readRequest (r: StreamReader): Promise<Request> {
-  const head = (await r.read(20, 'request')).slice()
-  const v = new DataView(head.buffer)
+  const head = await r.read(20, 'request')
+  const v = new DataView(head.buffer, head.byteOffset, head.byteLength)
   const op = v.getUint8(0)
   if (op !== Op.GET && op !== Op.LIST) throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, `unknown op ${op}`)
   const version = v.getBigUint64(1, true)

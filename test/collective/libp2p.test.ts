@@ -1,42 +1,15 @@
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import test from 'ava'
-import { RealClock, silentLogger } from '../../core/index.ts'
-import { createLibp2pPeerNet, loadOrCreateIdentity, type Libp2pPeerNet } from '../../mesh/index.ts'
+import { RealClock } from '../../core/index.ts'
+import type { Libp2pPeerNet } from '../../mesh/index.ts'
 import { CollectiveError, createCollective, shardRange, type Collective, type Wire } from '../../mesh/collective/index.ts'
+import { allConnected, startLibp2pNets } from '../helpers/libp2p.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { firstDiff, randomVec, serialHierReduce, serialRingReduce } from './helpers.ts'
 
-const SECRET = new TextEncoder().encode('a test secret that is long enough')
-
-/** n real libp2p nodes in this process on loopback (bulk channel on), zones z0 z1 z0 ... */
-async function startNets (n: number, bulk: boolean): Promise<{ nets: Libp2pPeerNet[], dirs: string[] }> {
-  const clock = new RealClock()
-  const nets: Libp2pPeerNet[] = []
-  const dirs: string[] = []
-  for (let i = 0; i < n; i++) {
-    const dir = mkdtempSync(join(tmpdir(), 'zm-coll-'))
-    dirs.push(dir)
-    const net = createLibp2pPeerNet({
-      runId: 'collective-test', secret: SECRET, privateKey: await loadOrCreateIdentity(dir),
-      labels: { zone: `z${i % 2}`, host: `h${i}` },
-      bootstrap: i === 0 ? [] : nets[0]!.multiaddrs().slice(0, 1),
-      authTimeoutMs: 3000, announceIntervalMs: 300, bulk
-    }, { clock, log: silentLogger() })
-    await net.start()
-    nets.push(net)
-  }
-  const deadline = performance.now() + 15_000
-  while (!nets.every(x => x.peers().length === n - 1)) {
-    if (performance.now() > deadline) throw new Error('libp2p nets did not connect')
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  return { nets, dirs }
-}
-
 async function withColls (bulk: boolean, body: (colls: Collective[], nets: Libp2pPeerNet[]) => Promise<void>): Promise<void> {
-  const { nets, dirs } = await startNets(3, bulk)
+  const started = await startLibp2pNets(3, { bulk, runId: 'collective-test' })
+  const nets = started.nets
+  await allConnected(nets)
   const view = { epoch: 1, members: nets.map(n => ({ id: n.self.id, zone: n.self.labels.zone, host: n.self.labels.host })) }
   const clock = new RealClock()
   const colls = nets.map(net => createCollective({ net, view, clock, chunkBytes: 256 * 1024, timeoutMs: 5000 }))
@@ -45,8 +18,7 @@ async function withColls (bulk: boolean, body: (colls: Collective[], nets: Libp2
     await body(colls, nets)
   } finally {
     await Promise.all(colls.map(c => c.stop()))
-    await Promise.all(nets.map(n => n.stop()))
-    for (const d of dirs) rmSync(d, { recursive: true, force: true })
+    await started.close()
   }
 }
 

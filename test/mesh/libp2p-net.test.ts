@@ -1,51 +1,11 @@
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { RealClock, silentLogger } from '../../core/index.ts'
-import { createLibp2pPeerNet, loadOrCreateIdentity, type Libp2pPeerNet, type PeerNet } from '../../mesh/index.ts'
+import { allConnected, startLibp2pNets, type Libp2pNets } from '../helpers/libp2p.ts'
 import { peerNetSuite } from './peernet-compliance.ts'
-
-const SECRET = new TextEncoder().encode('a test secret that is long enough')
-
-/** Starts n libp2p PeerNets on loopback, all bootstrapping from the first. */
-export async function startLibp2pNets (n: number, opts: { secret?: Uint8Array, runId?: string, bulk?: boolean } = {}): Promise<{ nets: Libp2pPeerNet[], dirs: string[] }> {
-  const clock = new RealClock()
-  const log = silentLogger()
-  const nets: Libp2pPeerNet[] = []
-  const dirs: string[] = []
-  for (let i = 0; i < n; i++) {
-    const dir = mkdtempSync(join(tmpdir(), 'zm-net-'))
-    dirs.push(dir)
-    const net = createLibp2pPeerNet({
-      runId: opts.runId ?? 'test-run',
-      secret: opts.secret ?? SECRET,
-      privateKey: await loadOrCreateIdentity(dir),
-      labels: { zone: `z${i % 2}`, host: `h${i}` },
-      bootstrap: i === 0 ? [] : nets[0]!.multiaddrs().slice(0, 1),
-      authTimeoutMs: 3000,
-      announceIntervalMs: 300,
-      bulk: opts.bulk ?? true
-    }, { clock, log })
-    await net.start()
-    nets.push(net)
-  }
-  return { nets, dirs }
-}
-
-/** Resolves once every net sees every other one. */
-export async function allConnected (nets: PeerNet[], timeoutMs = 15_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs
-  while (!nets.every(x => x.peers().length === nets.length - 1)) {
-    if (performance.now() > deadline) throw new Error(`nets did not connect: ${nets.map(x => x.peers().length).join(',')}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
 
 // Streams ride the bulk channel (native TLS-PSK) by default, libp2p streams when it is off:
 // both must behave the same.
 for (const bulk of [true, false]) {
   peerNetSuite(bulk ? 'libp2p (bulk channel)' : 'libp2p (libp2p streams)', () => {
-    let started: { nets: Libp2pPeerNet[], dirs: string[] } | undefined
+    let started: Libp2pNets | undefined
     return {
       async create (n) {
         started = await startLibp2pNets(n, { bulk })
@@ -54,8 +14,7 @@ for (const bulk of [true, false]) {
       },
       async kill (net) { await net.stop() },
       async close () {
-        await Promise.all(started?.nets.map(x => x.stop()) ?? [])
-        for (const d of started?.dirs ?? []) rmSync(d, { recursive: true, force: true })
+        await started?.close()
       }
     }
   }, 15_000)

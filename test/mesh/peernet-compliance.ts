@@ -138,6 +138,32 @@ export function peerNetSuite (impl: string, make: () => PeerNetHarness, timeoutM
     t.true(Buffer.from(got).equals(Buffer.from(payload)))
   })
 
+  // Readers copy a chunk with slice() and read it through .buffer (snapshot/wire.ts did):
+  // a Node Buffer's slice() is a view and its .buffer the pool it was cut from, which made
+  // snapshot replies parse as garbage on the bulk channel and its puts stall.
+  withNets('received chunks are plain Uint8Arrays: slice() copies', 2, async (t, [a, b]) => {
+    const chunks: Uint8Array[] = []
+    const got = new Promise<void>(resolve => {
+      b!.handle('/chunks/1', async s => {
+        for await (const c of s) chunks.push(c)
+        resolve()
+      })
+    })
+    const s = await a!.open(b!.self.id, '/chunks/1')
+    await s.write(Uint8Array.of(1, 2, 3, 4))
+    await s.write(Uint8Array.of(5, 6))
+    await s.end()
+    await within(timeoutMs, 'the chunks', got)
+    t.true(chunks.length > 0)
+    for (const c of chunks) {
+      t.false(Buffer.isBuffer(c), 'a chunk is not a Node Buffer')
+      const copy = c.slice()
+      t.is(copy.buffer.byteLength, c.length, 'slice() is a copy with its own buffer')
+      t.deepEqual([...copy], [...c])
+    }
+    t.deepEqual([...Buffer.concat(chunks)], [1, 2, 3, 4, 5, 6])
+  })
+
   withNets('a writer to a reader that does not read is held back (bounded buffering)', 2, async (t, [a, b]) => {
     let release!: () => void
     const gate = new Promise<void>(resolve => { release = resolve })
