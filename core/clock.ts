@@ -106,12 +106,18 @@ export class ManualClock implements Clock {
   private readonly epochMs: number
   private seq = 0
   private nextId = 1
-  // A binary min-heap on (at, seq), kept as parallel arrays: the keys in typed arrays, so a
-  // sift compares numbers in a few contiguous cache lines instead of loading each event object.
-  private events: Array<ClockEvent | undefined> = []
+  // A binary min-heap on (at, seq), kept as parallel typed arrays (keys and pool slots), so a
+  // sift compares and moves numbers in a few contiguous cache lines instead of loading event
+  // objects. The events sit in `pool` by slot and never move while pending: moving object
+  // references up and down the heap cost a GC write barrier per move.
   private ats = new Float64Array(1024)
   private seqs = new Float64Array(1024)
+  private slots = new Int32Array(1024)
   private size = 0
+  private readonly pool: Array<ClockEvent | undefined> = []
+  // Free pool slots (a stack: the slot freed last is reused first, while it is still cached).
+  private free = new Int32Array(1024)
+  private freeCount = 0
   private readonly live = new Set<number>()
   private readonly maxTimers: number
 
@@ -137,7 +143,7 @@ export class ManualClock implements Clock {
   /** Like {@link setTimeout} for an event object (see {@link ClockEvent}): `ev.fire()` runs `ms` from now unless cleared. */
   setTimeoutEvent (ev: ClockEvent, ms: number): TimerId {
     if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
-    checkCap('manual clock timers', this.live.size + 1, this.maxTimers)
+    if (!(this.live.size < this.maxTimers)) checkCap('manual clock timers', this.live.size + 1, this.maxTimers)
     const id = this.nextId++
     ev.id = id
     this.push(ev, ms)
@@ -178,12 +184,17 @@ export class ManualClock implements Clock {
   runNext (): boolean {
     this.dropCancelled()
     if (this.size === 0) return false
+    this.fireTop()
+    return true
+  }
+
+  /** Pops and fires the earliest timer (live: dropCancelled ran), moving time to it. */
+  private fireTop (): void {
     const timer = this.pop()
     if (timer.id < 0) this.fixed--
     else this.live.delete(timer.id)
     if (timer.at > this.t) this.t = timer.at
     timer.fire()
-    return true
   }
 
   /** Moves time forward by `ms`, firing every timer that falls due on the way, in order. */
@@ -213,7 +224,7 @@ export class ManualClock implements Clock {
         this.dropCancelled()
         if (this.size === 0 || this.ats[0]! > target) break
         const before = promiseActivity
-        this.runNext()
+        this.fireTop()
         // A continuation can only be queued by creating or settling a promise: when the timer
         // did neither, there is nothing to flush. Otherwise hop through the microtask queue
         // until a hop sees no promise activity but its own (a macrotask hop per timer was the
@@ -228,7 +239,7 @@ export class ManualClock implements Clock {
 
   private dropCancelled (): void {
     while (this.size > 0) {
-      const id = this.events[0]!.id
+      const id = this.pool[this.slots[0]!]!.id
       if (id < 0 || this.live.has(id)) return
       this.pop()
     }
@@ -239,17 +250,12 @@ export class ManualClock implements Clock {
     const seq = this.seq++
     ev.at = at
     ev.seq = seq
-    if (this.size === this.ats.length) {
-      const ats = new Float64Array(this.size * 2)
-      ats.set(this.ats)
-      this.ats = ats
-      const seqs = new Float64Array(this.size * 2)
-      seqs.set(this.seqs)
-      this.seqs = seqs
-    }
+    if (this.size === this.ats.length) this.grow()
+    const slot = this.freeCount > 0 ? this.free[--this.freeCount]! : this.pool.length
+    this.pool[slot] = ev
     const ats = this.ats
     const seqs = this.seqs
-    const evs = this.events
+    const slots = this.slots
     // Sift a hole up from the end, then drop the event into it.
     let i = this.size++
     while (i > 0) {
@@ -258,23 +264,41 @@ export class ManualClock implements Clock {
       if (pa < at || (pa === at && seqs[p]! < seq)) break
       ats[i] = pa
       seqs[i] = seqs[p]!
-      evs[i] = evs[p]
+      slots[i] = slots[p]!
       i = p
     }
     ats[i] = at
     seqs[i] = seq
-    evs[i] = ev
+    slots[i] = slot
+  }
+
+  private grow (): void {
+    const n = this.size * 2
+    const ats = new Float64Array(n)
+    ats.set(this.ats)
+    this.ats = ats
+    const seqs = new Float64Array(n)
+    seqs.set(this.seqs)
+    this.seqs = seqs
+    const slots = new Int32Array(n)
+    slots.set(this.slots)
+    this.slots = slots
+    const free = new Int32Array(n)
+    free.set(this.free)
+    this.free = free
   }
 
   /** Removes and returns the earliest event; the heap must not be empty. */
   private pop (): ClockEvent {
     const ats = this.ats
     const seqs = this.seqs
-    const evs = this.events
-    const top = evs[0]!
+    const slots = this.slots
+    const topSlot = slots[0]!
+    const top = this.pool[topSlot]!
+    this.pool[topSlot] = undefined
+    this.free[this.freeCount++] = topSlot
     const n = --this.size
-    const last = evs[n]!
-    evs[n] = undefined
+    const last = slots[n]!
     if (n === 0) return top
     // Sift a hole down from the root, then drop the last event into it.
     const at = ats[n]!
@@ -294,12 +318,12 @@ export class ManualClock implements Clock {
       if (at < ca || (at === ca && seq < seqs[c]!)) break
       ats[i] = ca
       seqs[i] = seqs[c]!
-      evs[i] = evs[c]
+      slots[i] = slots[c]!
       i = c
     }
     ats[i] = at
     seqs[i] = seq
-    evs[i] = last
+    slots[i] = last
     return top
   }
 }

@@ -172,22 +172,27 @@ const hostLittleEndian = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1
 const hbView = new DataView(hbFields.buffer)
 
 export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
+  return encodeHeartbeatFields(hb.inc, hb.seq, hb.epoch, hb.step, hb.sentAt, hb.leaving, hb.paused)
+}
+
+/** {@link encodeHeartbeat} from the fields (a node's tick makes no Heartbeat object). */
+function encodeHeartbeatFields (inc: number, seq: number, epoch: number, step: number, sentAt: number, leaving: boolean, paused: boolean): Uint8Array {
   const out = new Uint8Array(HB_BYTES)
   out[0] = HB_MAGIC
   out[1] = 1
-  out[2] = (hb.leaving ? 1 : 0) | (hb.paused ? 2 : 0)
+  out[2] = (leaving ? 1 : 0) | (paused ? 2 : 0)
   if (hostLittleEndian) {
-    hbFields[0] = hb.inc
-    hbFields[1] = hb.seq
-    hbFields[2] = hb.epoch
-    hbFields[3] = hb.step
-    hbFields[4] = hb.sentAt
+    hbFields[0] = inc
+    hbFields[1] = seq
+    hbFields[2] = epoch
+    hbFields[3] = step
+    hbFields[4] = sentAt
   } else {
-    hbView.setFloat64(0, hb.inc, true)
-    hbView.setFloat64(8, hb.seq, true)
-    hbView.setFloat64(16, hb.epoch, true)
-    hbView.setFloat64(24, hb.step, true)
-    hbView.setFloat64(32, hb.sentAt, true)
+    hbView.setFloat64(0, inc, true)
+    hbView.setFloat64(8, seq, true)
+    hbView.setFloat64(16, epoch, true)
+    hbView.setFloat64(24, step, true)
+    hbView.setFloat64(32, sentAt, true)
   }
   out.set(hbFieldBytes, 4)
   return out
@@ -214,10 +219,20 @@ export function decodeHeartbeat (data: Uint8Array): Heartbeat {
 const isCount = (v: number): boolean => Number.isSafeInteger(v) && v >= 0
 const badHeartbeat = (why: string): ProtocolError => new ProtocolError('MALFORMED_HEARTBEAT', `malformed heartbeat: ${why}`)
 
+// The last promise a send got back from a network that has since fulfilled (see post).
+let fulfilledSend: Promise<void> | undefined
+
 // The last heartbeat decoded (validation and delivery see the same buffer back to back, and an
 // in-process network hands one gossip buffer to every receiver).
 let lastHbBytes: Uint8Array | undefined
 let lastHb: Heartbeat | undefined
+function heartbeatOf (data: Uint8Array): Heartbeat {
+  if (data === lastHbBytes && lastHb !== undefined) return lastHb
+  const hb = decodeHeartbeat(data)
+  lastHbBytes = data
+  lastHb = hb
+  return hb
+}
 
 /** Decoded messages by buffer, shared by memberships with the same limits (one codec shape). */
 const decodeCaches = new Map<number, WeakMap<Uint8Array, ReturnType<Codec['decode']>>>()
@@ -280,6 +295,18 @@ interface PeerState {
   reportsPaused: boolean
 }
 
+/**
+ * Whether a peer's record (never self's) says it is live at time t: heard from (or primed)
+ * recently, connected, not leaving; before `graceUntil` nobody is suspected. (A module
+ * function, not a closure per node: it runs for every member on every leader tick.)
+ */
+function liveAt (r: PeerState | undefined, t: number, graceUntil: number): boolean {
+  if (r === undefined) return false
+  const d = r.detector
+  if (d === undefined || d.lastAt === undefined || r.conn === undefined || r.leaving) return false
+  return t < graceUntil || !d.suspect(t)
+}
+
 function newPeerState (id: PeerId): PeerState {
   return { id, conn: undefined, detector: undefined, primed: false, leaving: false, heard: false, inc: 0, seq: 0, epoch: 0, reportsPaused: false }
 }
@@ -324,8 +351,21 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   // heartbeat or a liveness check costs one lookup, and at 1000 nodes one cache miss instead
   // of one per map. Records are kept once made (like the (incarnation, seq) they hold).
   const peers = new Map<PeerId, PeerState>()
+  // The record looked up last: a member hears from, checks and heartbeats to one peer (its
+  // leader) several times per tick, so most lookups repeat the previous one.
+  let lastId: PeerId | undefined
+  let lastRecord: PeerState | undefined
+  const record = (id: PeerId): PeerState | undefined => {
+    if (id === lastId) return lastRecord
+    const r = peers.get(id)
+    if (r !== undefined) {
+      lastId = id
+      lastRecord = r
+    }
+    return r
+  }
   const peerState = (id: PeerId): PeerState => {
-    let r = peers.get(id)
+    let r = record(id)
     if (r === undefined) peers.set(id, r = newPeerState(id))
     return r
   }
@@ -347,7 +387,8 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   let retryAt = 0
   let unsubs: Array<() => void> = []
 
-  const now = (): number => clock.monotonic()
+  // (Time is read as clock.monotonic() in place: a helper closure per node is one more cold
+  // object per call when a simulation runs 1000 nodes.)
   const nextEpoch = (): number => (view?.epoch ?? 0) + 1
   const connect = (id: PeerId, labels: { zone: string, host: string }): void => {
     if (id === self()) return
@@ -359,13 +400,13 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     r.conn = { id, zone: labels.zone, host: labels.host }
   }
   const disconnect = (id: PeerId): void => {
-    const r = peers.get(id)
+    const r = record(id)
     if (r?.conn === undefined) return
     r.conn = undefined
     connCount--
     sortedIds = undefined
   }
-  const isConnected = (id: PeerId): boolean => peers.get(id)?.conn !== undefined
+  const isConnected = (id: PeerId): boolean => record(id)?.conn !== undefined
   /** Connected peer ids (in no particular order: every caller sorts or counts). */
   const connectedIds = (): PeerId[] => {
     const ids: PeerId[] = []
@@ -374,28 +415,21 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   }
 
   /** Heard from (or primed) recently, connected, not leaving. Self is always live. */
-  const isLive = (id: PeerId): boolean => id === self() || liveAt(peers.get(id), now())
-  /** The same for a peer's record (never self's) at time t. */
-  const liveAt = (r: PeerState | undefined, t: number): boolean => {
-    if (r === undefined) return false
-    const d = r.detector
-    if (d === undefined || d.lastAt === undefined || r.conn === undefined || r.leaving) return false
-    return t < graceUntil || !d.suspect(t)
-  }
+  const isLive = (id: PeerId): boolean => id === self() || liveAt(record(id), clock.monotonic(), graceUntil)
   /** Live on the evidence of a real heartbeat (not only a primed detector). */
-  const heardLive = (id: PeerId): boolean => isLive(id) && peers.get(id)?.primed !== true
+  const heardLive = (id: PeerId): boolean => isLive(id) && record(id)?.primed !== true
   const knownDead = (id: PeerId): boolean => {
     if (id === self()) return false
-    const r = peers.get(id)
-    return r?.detector !== undefined && !liveAt(r, now())
+    const r = record(id)
+    return r?.detector !== undefined && !liveAt(r, clock.monotonic(), graceUntil)
   }
 
-  const labelsOf = (id: PeerId): Member | undefined => (id === self() ? selfMember() : peers.get(id)?.conn)
+  const labelsOf = (id: PeerId): Member | undefined => (id === self() ? selfMember() : record(id)?.conn)
 
   /** Starts watching `id` as if it had just sent a heartbeat: it has one detection period to show up. */
   const prime = (id: PeerId): void => {
     const d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs })
-    d.heartbeat(now())
+    d.heartbeat(clock.monotonic())
     const r = peerState(id)
     r.detector = d
     r.primed = true
@@ -424,7 +458,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
    * above its own each tick, and a lookup per rank per node per tick adds up at 1000 nodes.
    */
   const recordAt = (ord: readonly PeerId[], i: number): PeerState | undefined =>
-    (i >= 2 && ord === viewOrder && view !== undefined ? rankRecords(view)[i] : peers.get(ord[i]!))
+    (i >= 2 && ord === viewOrder && view !== undefined ? rankRecords(view)[i] : record(ord[i]!))
 
   const updateLeader = (): void => {
     const ord = order()
@@ -452,7 +486,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       const r = recordAt(ord, i)
       if (r?.conn === undefined || r.leaving) continue
       if (r.detector === undefined) prime(id)
-      if (liveAt(r, now())) {
+      if (liveAt(r, clock.monotonic(), graceUntil)) {
         next = id
         break
       }
@@ -465,7 +499,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
         const r = recordAt(ord, i)
         if (after && r?.conn !== undefined) {
           const d = r.detector
-          if (d === undefined || r.primed || d.suspect(now())) prime(id)
+          if (d === undefined || r.primed || d.suspect(clock.monotonic())) prime(id)
         }
         if (id === me) after = true
       }
@@ -473,13 +507,28 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     leader = next
   }
 
-  const send = (type: Parameters<Codec['encode']>[0] | 'hb', payload: unknown, to?: PeerId): Promise<void> => {
+  const transmit = (type: Parameters<Codec['encode']>[0] | 'hb', payload: unknown, to?: PeerId): Promise<void> => {
     const bytes = type === 'hb' ? encodeHeartbeat(payload as Heartbeat) : codec.encode(type, payload as never)
-    const topic = type === 'hb' ? HB_TOPIC : VIEW_TOPIC
-    return (to === undefined ? net.publish(topic, bytes) : net.send(to, topic, bytes))
-      .catch(type === 'hb' ? hbSendFailed : (err: unknown) => { log.debug({ err: String(err), type }, 'membership send failed') })
+    return transmitBytes(type === 'hb' ? HB_TOPIC : VIEW_TOPIC, bytes, to)
   }
-  const hbSendFailed = (err: unknown): void => { log.debug({ err: String(err), type: 'hb' }, 'membership send failed') }
+  const transmitBytes = (topic: string, bytes: Uint8Array, to: PeerId | undefined): Promise<void> =>
+    (to === undefined ? net.publish(topic, bytes) : net.send(to, topic, bytes))
+  const failed = (type: string): ((err: unknown) => void) => (err: unknown): void => { log.debug({ err: String(err), type }, 'membership send failed') }
+  const hbSendFailed = failed('hb')
+  /** Sends and waits for the network to take it; a failure is logged, never thrown. */
+  const send = (type: Parameters<Codec['encode']>[0] | 'hb', payload: unknown, to?: PeerId): Promise<void> =>
+    transmit(type, payload, to).catch(type === 'hb' ? hbSendFailed : failed(type))
+  /**
+   * Sends without waiting (heartbeats, Paxos messages). A promise the network handed back
+   * before and that has fulfilled cannot fail: it needs no handler, so a network that answers
+   * every send with one settled promise (SimNet) costs no promise per heartbeat.
+   */
+  const post = (type: Parameters<Codec['encode']>[0] | 'hb', payload: unknown, to?: PeerId): void => {
+    forget(transmit(type, payload, to), type)
+  }
+  const forget = (p: Promise<void>, type: string): void => {
+    if (p !== fulfilledSend) p.then(() => { fulfilledSend = p }, type === 'hb' ? hbSendFailed : failed(type))
+  }
 
   const install = (v: View, why: string): void => {
     if (view !== undefined && v.epoch <= view.epoch) return
@@ -547,7 +596,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       handleView(self(), { type, payload } as never)
       return
     }
-    void send(type, payload, to)
+    post(type, payload, to)
   }
 
   // --- proposer -------------------------------------------------------------------------
@@ -564,11 +613,11 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       promises: new Map(),
       accepts: new Set(),
       ...(genesis === undefined ? {} : { genesis }),
-      startedAt: now()
+      startedAt: clock.monotonic()
     }
     log.debug({ epoch, round: maxRound, acceptors: [...ids] }, 'proposing a view')
     const payload = { epoch, round: maxRound, ...(genesis === undefined ? {} : { genesis }) }
-    void send('prepare', payload)
+    post('prepare', payload)
     if (ids.has(self())) onPrepare(self(), payload)
   }
 
@@ -592,7 +641,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     pr.value = value
     pr.phase = 'accept'
     const payload = { epoch: pr.epoch, round: pr.ballot.round, view: value }
-    void send('accept', payload)
+    post('accept', payload)
     if (pr.acceptors.has(self())) onAccept(self(), payload)
   }
 
@@ -603,7 +652,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (pr.accepts.size < pr.quorum || pr.value === undefined) return
     const chosen = pr.value
     proposal = undefined
-    void send('commit', { view: chosen })
+    post('commit', { view: chosen })
     install(chosen, 'chosen by a quorum')
   }
 
@@ -613,7 +662,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (pr === undefined || p.proposer !== self() || p.epoch !== pr.epoch || p.round !== pr.ballot.round) return
     proposal = undefined
     // Back off a random fraction of a phase so duelling proposers stop colliding.
-    retryAt = now() + rng.float() * phaseTimeoutMs
+    retryAt = clock.monotonic() + rng.float() * phaseTimeoutMs
   }
 
   /** The view this node would like next: live members in rank order, then live joiners by id. */
@@ -638,15 +687,15 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     } catch (err) {
       log.error({ err: String(err) }, 'membership evaluation failed')
     }
-    lastTickAt = now()
+    lastTickAt = clock.monotonic()
     seq += 1
-    const hb = { inc: incarnation, seq, epoch: view?.epoch ?? 0, step, sentAt: clock.now(), leaving: false, paused }
-    void send('hb', hb, leader === undefined || leader === self() ? undefined : leader)
+    const bytes = encodeHeartbeatFields(incarnation, seq, view?.epoch ?? 0, step, clock.now(), false, paused)
+    forget(transmitBytes(HB_TOPIC, bytes, leader === undefined || leader === self() ? undefined : leader), 'hb')
     timer = clock.setTimeout(tick, heartbeatMs)
   }
 
   const evaluate = (): void => {
-    const t = now()
+    const t = clock.monotonic()
     // A tick overdue by more than a period means this node's loop was stalled (evaluate also
     // runs from a disconnect event, which can be the first thing to run after the stall).
     if (lastTickAt !== undefined && t - lastTickAt > 2 * heartbeatMs && graceUntil < t) {
@@ -661,7 +710,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     }
     if (view === undefined) {
       if (leader !== self() || maxPeerEpoch > 0 || t - startedAt < formationMs || proposal !== undefined || t < retryAt) return
-      const group = [self(), ...connectedIds().filter(id => heardLive(id) && (peers.get(id)?.epoch ?? 0) === 0)].sort()
+      const group = [self(), ...connectedIds().filter(id => heardLive(id) && (record(id)?.epoch ?? 0) === 0)].sort()
       if (group.length >= expect) {
         const genesis = group.flatMap(id => labelsOf(id) ?? [])
         propose(1, genesis, genesis)
@@ -674,11 +723,11 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
       const recs = rankRecords(view)
       for (let i = 0; i < recs.length; i++) {
         const r = recs[i]
-        if (r === undefined || liveAt(r, t)) liveCount++
+        if (r === undefined || liveAt(r, t, graceUntil)) liveCount++
       }
       nowPaused = liveCount < Math.floor(view.members.length / 2) + 1
     } else if (inView && leader !== undefined) {
-      nowPaused = peers.get(leader)?.reportsPaused === true
+      nowPaused = record(leader)?.reportsPaused === true
     }
     if (nowPaused !== paused) {
       paused = nowPaused
@@ -695,11 +744,6 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   }
 
   // --- receiving ------------------------------------------------------------------------
-
-  const isNewer = (from: PeerId, p: { inc: number, seq: number }): boolean => {
-    const r = peers.get(from)
-    return r === undefined || !r.heard || p.inc > r.inc || (p.inc === r.inc && p.seq > r.seq)
-  }
 
   // Validation and delivery see the same bytes, and in-process networks hand one buffer to
   // every receiver: decode each buffer once (decoded messages are never mutated).
@@ -719,28 +763,21 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     }
   }
 
-  const heartbeatOf = (data: Uint8Array): Heartbeat => {
-    if (data === lastHbBytes && lastHb !== undefined) return lastHb
-    const hb = decodeHeartbeat(data)
-    lastHbBytes = data
-    lastHb = hb
-    return hb
-  }
-
-  const validateHb = (from: PeerId, data: Uint8Array): GossipVerdict => {
+  const validateHb = (m: { from: PeerId, data: Uint8Array }): GossipVerdict => {
     let hb: Heartbeat
     try {
-      hb = heartbeatOf(data)
+      hb = heartbeatOf(m.data)
     } catch {
       return 'reject'
     }
     // (incarnation, seq) at or below the last one seen is a replay or a stale copy.
-    return isNewer(from, hb) ? 'accept' : 'ignore'
+    const r = record(m.from)
+    return r === undefined || !r.heard || hb.inc > r.inc || (hb.inc === r.inc && hb.seq > r.seq) ? 'accept' : 'ignore'
   }
 
-  const onHeartbeat = (from: PeerId, data: Uint8Array): void => {
-    const p = heartbeatOf(data)
-    const r = peerState(from)
+  const onHeartbeat = (m: { from: PeerId, data: Uint8Array }): void => {
+    const p = heartbeatOf(m.data)
+    const r = peerState(m.from)
     if (!(!r.heard || p.inc > r.inc || (p.inc === r.inc && p.seq > r.seq))) return
     // A new incarnation, or the first real heartbeat of one after priming, starts a fresh
     // detector (a primed peer stays primed through the first heartbeat of a new incarnation).
@@ -759,13 +796,13 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     r.leaving = p.leaving
     let d = r.detector
     if (d === undefined) r.detector = d = new PhiDetector({ threshold, minStdMs, firstIntervalMs: heartbeatMs })
-    d.heartbeat(now())
+    d.heartbeat(clock.monotonic())
     // Help a node that is behind: the leader re-sends the newest commit, at most once per
     // heartbeat (if every member did, N members would each gossip an N-member view to N nodes
     // per heartbeat while anyone lags).
-    if (view !== undefined && p.epoch < view.epoch && leader === self() && now() - lastCommitResend >= heartbeatMs) {
-      lastCommitResend = now()
-      void send('commit', { view })
+    if (view !== undefined && p.epoch < view.epoch && leader === self() && clock.monotonic() - lastCommitResend >= heartbeatMs) {
+      lastCommitResend = clock.monotonic()
+      post('commit', { view })
     }
   }
 
@@ -794,7 +831,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     async start () {
       if (running) return
       running = true
-      startedAt = now()
+      startedAt = clock.monotonic()
       incarnation = Math.max(1, Math.floor(clock.now()))
       if (init.restore !== undefined && view === undefined) {
         const r = structuredClone(init.restore)
@@ -803,7 +840,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
         maxRound = Math.max(maxRound, r.maxRound)
       }
       unsubs = [
-        net.subscribe(HB_TOPIC, { validate: m => validateHb(m.from, m.data), deliver: m => onHeartbeat(m.from, m.data) }),
+        net.subscribe(HB_TOPIC, { validate: validateHb, deliver: onHeartbeat }),
         net.subscribe(VIEW_TOPIC, { validate: m => validateView(m.data), deliver: m => handleView(m.from, decode(m.data)) }),
         net.on('peer:connect', info => connect(info.id, info.labels)),
         net.on('peer:disconnect', id => {
@@ -824,10 +861,10 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     },
     view: () => view,
     status () {
-      const t = now()
+      const t = clock.monotonic()
       const leading = leader === self()
       const members = (view?.members ?? []).map((m, rank) => {
-        const r = peers.get(m.id)
+        const r = record(m.id)
         const d = r?.detector
         const primed = r?.primed === true
         const monitored = m.id === self() || leading || (d !== undefined && !primed)

@@ -111,9 +111,10 @@ const LINK_KEY = 2 ** 26
 export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_TOPOLOGY): SimNetwork {
   const nodes = new Map<PeerId, SimNode>()
   const byIndex: SimNode[] = []
-  // Gossip handlers per topic, by node: one shared table per topic (a publish to 1000 peers
-  // checks each for a subscription, and a per-node map would be one cold lookup per peer).
-  const subscribers = new Map<string, Map<SimNode, GossipHandler>>()
+  // Gossip handlers per topic, by node index: one shared table per topic (a publish to 1000
+  // peers checks each for a subscription, and a per-node map would be one cold lookup per
+  // peer; an array indexed by node is a load where a map keyed by node was a hash probe).
+  const subscribers = new Map<string, Array<GossipHandler | undefined>>()
   const labelIds = new Map<string, number>()
   const labelId = (kind: string, label: string): number => {
     const key = `${kind}\n${label}`
@@ -153,6 +154,25 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     if (checkedTopics.has(topic)) return
     checkName('topic', topic)
     checkedTopics.add(topic)
+  }
+
+  const requireStartedNode = (node: SimNode): void => {
+    if (!node.started) throw new NotStartedError(`peer ${node.info.id} is not started`)
+  }
+  /**
+   * A refused or paused publish/send settles here (undefined: go on and transmit). Shared by
+   * all nodes, like the other per-message helpers: a closure per node is one more cold object
+   * per message at 1000 nodes.
+   */
+  const precheck = (node: SimNode, topic: string, data: Uint8Array): Promise<void> | undefined => {
+    try {
+      requireStartedNode(node)
+      checkTopic(topic)
+      checkGossipSize(data)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return node.paused ? DONE : undefined
   }
 
   /**
@@ -220,7 +240,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   }
 
   const offer = (to: SimNode, fromNode: SimNode, topic: string, data: Uint8Array): void => {
-    const h = subscribers.get(topic)?.get(to)
+    const h = subscribers.get(topic)?.[to.index]
     if (h === undefined) return
     const from = fromNode.info.id
     const msg: GossipMessage = { topic, from, data }
@@ -404,18 +424,6 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       }
       nodes.set(info.id, node)
       byIndex.push(node)
-      const requireStarted = (): void => { if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`) }
-      /** A refused or paused publish/send settles here (undefined: go on and transmit). */
-      const precheck = (topic: string, data: Uint8Array): Promise<void> | undefined => {
-        try {
-          requireStarted()
-          checkTopic(topic)
-          checkGossipSize(data)
-        } catch (err) {
-          return Promise.reject(err)
-        }
-        return node.paused ? DONE : undefined
-      }
       const net: PeerNet = {
         self: node.info,
         async start () {
@@ -439,29 +447,29 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         subscribe (topic, handler) {
           checkName('topic', topic)
           let subs = subscribers.get(topic)
-          if (subs === undefined) subscribers.set(topic, subs = new Map())
-          subs.set(node, handler)
+          if (subs === undefined) subscribers.set(topic, subs = [])
+          subs[node.index] = handler
           const mine = subs
-          return () => { if (mine.get(node) === handler) mine.delete(node) }
+          return () => { if (mine[node.index] === handler) mine[node.index] = undefined }
         },
         // publish and send do their work synchronously and return a settled promise without
         // making a new one (each promise costs the simulator a microtask drain).
         publish (topic, data) {
-          const early = precheck(topic, data)
+          const early = precheck(node, topic, data)
           if (early !== undefined) return early
           // One copy for all receivers (they must not mutate what they are handed), so a
           // receiver-side decode cache keyed by the bytes serves every node.
           const payload = data.slice()
           const subs = subscribers.get(topic)
           if (subs === undefined) return DONE
-          for (const o of linkedPeers(node)) if (subs.has(o)) transmit(node, o, topic, payload)
+          for (const o of linkedPeers(node)) if (subs[o.index] !== undefined) transmit(node, o, topic, payload)
           return DONE
         },
         send (peer, topic, data) {
-          const early = precheck(topic, data)
+          const early = precheck(node, topic, data)
           if (early !== undefined) return early
           const o = nodes.get(peer)
-          if (o === undefined || !linked(node, o) || subscribers.get(topic)?.has(o) !== true) return DONE
+          if (o === undefined || !linked(node, o) || subscribers.get(topic)?.[o.index] === undefined) return DONE
           transmit(node, o, topic, data.slice())
           return DONE
         },
@@ -471,7 +479,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         },
         unhandle (protocol) { node.handlers.delete(protocol) },
         async open (peer, protocol, options = {}) {
-          requireStarted()
+          requireStartedNode(node)
           checkName('protocol', protocol)
           if (options.signal?.aborted === true) throw new AbortError('open aborted')
           const remote = nodes.get(peer)
@@ -511,7 +519,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       n.clock.crash()
       // The next incarnation gets a fresh clock; the crashed one's timers never fire.
       n.clock = new NodeClock(sim.clock)
-      for (const subs of subscribers.values()) subs.delete(n)
+      for (const subs of subscribers.values()) subs[n.index] = undefined
       n.handlers.clear()
     },
     pause (id) {
