@@ -56,6 +56,8 @@ const COMMANDS: Record<string, Command> = {
       '  --lr <x> --seed <n>    AdamW learning rate (default 0.003) and run seed (default 1)',
       '  --zeropp               ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)',
       '  --snapshot k+m|off     erasure-coded snapshot of every rank after every step (default 2+1)',
+      '  --snapshot-every <n>   snapshot every n steps instead (default 1): a loss then re-runs up to',
+      '                         n-1 more steps, for less snapshot traffic',
       '  --disk-every <n>       write this rank\'s state to <data dir>/train every n steps',
       '                         (default 10; 0: never); `zeromesh export` reads these files',
       '  --resume               continue from the newest step every rank has on disk',

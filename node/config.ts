@@ -79,6 +79,8 @@ export const startSchema = z.strictObject({
   seed: z.int().min(0).default(1),
   zeropp: z.boolean().default(false),
   snapshot: z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'),
+  /** Erasure-coded snapshots every N committed steps (and the first step of every session). */
+  snapshotEvery: z.int().min(1).max(10_000_000).default(1),
   /** Disk tier: persist this rank's state every N committed steps (0: never). */
   diskEvery: z.int().min(0).max(10_000_000).default(10),
   /** Start from the newest step every rank has in its disk tier. */
@@ -120,6 +122,7 @@ const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'str
   seed: { key: 'seed', kind: 'int' },
   zeropp: { key: 'zeropp', kind: 'bool' },
   snapshot: { key: 'snapshot', kind: 'string' },
+  'snapshot-every': { key: 'snapshotEvery', kind: 'int' },
   'disk-every': { key: 'diskEvery', kind: 'int' },
   resume: { key: 'resume', kind: 'bool' },
   'exit-when-done': { key: 'exitWhenDone', kind: 'bool' }

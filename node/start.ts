@@ -146,7 +146,7 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
       ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
       zeroPP: cfg.zeropp,
       dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
-      snapshot: cfg.snapshot === 'off' ? undefined : parseSnapshot(cfg.snapshot),
+      snapshot: cfg.snapshot === 'off' ? undefined : { ...parseSnapshot(cfg.snapshot), every: cfg.snapshotEvery },
       disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
     })
     out(`training ${cfg.model} (${corpus.source}, vocabulary ${corpus.vocabSize}) on ${backend.description}`)

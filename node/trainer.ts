@@ -35,8 +35,12 @@ export interface TrainConfig {
   /** ZeRO++ (qwZ + hpZ + qgZ) instead of flat ZeRO-3. */
   zeroPP: boolean
   dtype: 'f32' | 'bf16'
-  /** Erasure-coded snapshot of every rank after every step: k data + m parity fragments. */
-  snapshot: { k: number, m: number } | undefined
+  /**
+   * Erasure-coded snapshot of every rank: k data + m parity fragments, after every `every`-th
+   * committed step (default 1) and after the first step of every session, so a roster always
+   * has a snapshot of its own to roll back to.
+   */
+  snapshot: { k: number, m: number, every?: number } | undefined
   /**
    * Disk tier (node/disk-tier.ts): persist this rank's state to `dir` every `every` committed
    * steps (0: never), and with `resume` start from the newest step every rank has on disk.
@@ -925,9 +929,12 @@ export class Trainer {
         this.st.tokensPerS = dt > 0 ? (P * cfg.B * cfg.T) / (dt / 1000) : undefined
         membership.setStep(s + 1)
         const disk = cfg.disk !== undefined && cfg.disk.every > 0 && (s + 1) % cfg.disk.every === 0 ? cfg.disk : undefined
-        if (this.snapshots !== undefined || disk !== undefined) {
+        // The first step of a session is always captured (a roster's own recovery point), and
+        // the last one (the state the run ends with).
+        const snap = this.snapshots !== undefined && ((s + 1) % (cfg.snapshot?.every ?? 1) === 0 || s === this.rosterStart || s + 1 === cfg.steps)
+        if (snap || disk !== undefined) {
           const st = this.rankState(rank, P, epoch, s + 1, opt.read(master) as Float32Array, opt.read(m) as Float32Array, opt.read(v) as Float32Array)
-          if (this.snapshots !== undefined) {
+          if (snap && this.snapshots !== undefined) {
             const ticket = this.snapshots.capture(st)
             void ticket.done.then(o => { if (o.status === 'placed') this.st.snapshotStep = Math.max(this.st.snapshotStep ?? 0, o.step) })
           }

@@ -369,6 +369,15 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
     }
   }
 
+  // A manifest goes to every connected peer as a direct message (the mesh is a full mesh)
+  // rather than through gossipsub: a gossip message is signed and each receiver verifies it,
+  // which at one manifest per rank per step cost more CPU than placing the fragments
+  // (docs/PERFORMANCE.md). Receivers check the same thing: the sender is the owner. A peer
+  // that misses it (not connected yet) asks holders with LIST when it needs the state.
+  const announceManifest = async (bytes: Uint8Array): Promise<void> => {
+    await Promise.allSettled(net.peers().map(p => net.send(p.id, MANIFEST_TOPIC, bytes)))
+  }
+
   const place = async (sealed: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<PlaceResult> => {
     const signal = options.signal === undefined ? stopCtl.signal : AbortSignal.any([options.signal, stopCtl.signal])
     throwIfAborted(signal)
@@ -401,7 +410,7 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
       digests: frags.map(f => fragmentDigest(f.segments))
     }
     applyManifest(manifest)
-    await net.publish(MANIFEST_TOPIC, encodeManifest(manifest))
+    await announceManifest(encodeManifest(manifest))
     return { manifest, duplicates: results.filter(r => r.status === 'fulfilled' && r.value === 'duplicate').length }
   }
 

@@ -76,7 +76,7 @@ test('doctor prints one line per check and a verdict; it says plainly why CUDA i
 test('start --help lists the metrics and disk-tier flags; export --help explains the command', async t => {
   const start = await capture(['start', '--help'])
   t.is(start.code, 0)
-  for (const flag of ['--metrics-listen <host:port>', '--disk-every <n>', '--resume']) t.true(start.out[0]!.includes(flag), flag)
+  for (const flag of ['--metrics-listen <host:port>', '--disk-every <n>', '--snapshot-every <n>', '--resume']) t.true(start.out[0]!.includes(flag), flag)
   const exp = await capture(['export', '--help'])
   t.is(exp.code, 0)
   t.regex(exp.out[0]!, /^zeromesh export --out <file\.safetensors> --data-dir <dir>/)
@@ -84,12 +84,14 @@ test('start --help lists the metrics and disk-tier flags; export --help explains
   t.regex((await capture(['--help'])).out[0]!, /\n {2}export +write the trained model as safetensors/)
 })
 
-test('--metrics-listen, --disk-every, --resume and --max-world-size are validated by the start schema', async t => {
+test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world-size are validated by the start schema', async t => {
   const { loadStartConfig } = await import('../../node/config.ts')
   const base = { run: 'r', 'secret-file': '/nonexistent' }
   const cfg = loadStartConfig(base, {})
   t.is(cfg.metricsListen, undefined)
   t.is(cfg.diskEvery, 10)
+  t.is(cfg.snapshotEvery, 1)
+  t.is(loadStartConfig({ ...base, 'snapshot-every': '10' }, {}).snapshotEvery, 10)
   t.false(cfg.resume)
   t.deepEqual(loadStartConfig({ ...base, 'metrics-listen': '127.0.0.1:9464' }, {}).metricsListen, { host: '127.0.0.1', port: 9464 })
   t.deepEqual(loadStartConfig({ ...base, 'metrics-listen': '[::1]:0' }, {}).metricsListen, { host: '::1', port: 0 })
@@ -104,6 +106,7 @@ test('--metrics-listen, --disk-every, --resume and --max-world-size are validate
     [{ 'metrics-listen': 'http://127.0.0.1:9464/metrics' }, /^--metrics-listen must be host:port/],
     [{ 'disk-every': '-1' }, /^--disk-every /],
     [{ 'disk-every': '2.5' }, /^--disk-every must be an integer/],
+    [{ 'snapshot-every': '0' }, /^--snapshot-every /],
     [{ resume: true }, /^--resume needs --train/],
     [{ train: true, expect: '4', 'max-world-size': '3' }, /^--max-world-size must be at least the world size \(4\)$/],
     [{ 'max-world-size': '0' }, /^--max-world-size /]

@@ -47,6 +47,20 @@ test('replace: a rank killed mid-run is taken over by the spare from the erasure
   t.is(Buffer.compare(Buffer.from(hurt.params.buffer), Buffer.from(clean.params.buffer)), 0, 'final weights are bit-identical to the run without the kill')
 })
 
+test('snapshots every 4 steps: a rank killed between snapshots rolls back further and still ends bit-identical', async t => {
+  const cfg: TrainConfig = { ...base, steps: 12, snapshot: { k: 2, m: 1, every: 4 } }
+  const clean = await trainMesh(5, { ...cfg, snapshot: { k: 2, m: 1 } })
+  const hurt = await trainMesh(5, cfg, { kill: { rank: 1, atStep: 7 } })
+  const ranks = hurt.statuses.filter(s => s.role === 'done')
+  t.is(ranks.length, 4)
+  const rec = ranks.flatMap(s => s.recoveries)
+  t.true(rec.length > 0 && rec.every(r => r.mode === 'replace'), JSON.stringify(rec))
+  // Snapshots exist after steps 1 (the session's first), 4, 8 and 12 only.
+  t.log(`killed at step 7, recovered from step ${rec[0]!.fromStep}`)
+  t.true([1, 4].includes(rec[0]!.fromStep), `rolled back to step ${rec[0]!.fromStep}`)
+  t.is(Buffer.compare(Buffer.from(hurt.params.buffer), Buffer.from(clean.params.buffer)), 0, 'final weights are bit-identical to the run snapshotting every step, without the kill')
+})
+
 test('shrink: with no spare, the survivors rebuild the lost shard from the snapshots and finish; eval loss within 1%', async t => {
   const cfg: TrainConfig = { ...base, steps: 16, snapshot: { k: 2, m: 1 } }
   const clean = await trainMesh(4, cfg)
