@@ -61,8 +61,8 @@ export async function writeAll (stream: ByteStream, bytes: Uint8Array, signal?: 
 }
 
 /**
- * A little-endian u16 at the start of `b`. Reads through byteOffset: a chunk from a stream
- * can be a view into a larger buffer (a Node Buffer's pool, a received packet).
+ * A little-endian u16 at the start of `b`, read by index: a chunk from a stream can be a view
+ * into a larger buffer (a received packet), so its `.buffer` is not where its bytes start.
  */
 export function u16le (b: Uint8Array): number {
   return b[0]! | (b[1]! << 8)
