@@ -1,7 +1,11 @@
 // Simulator throughput: the real membership code on N simulated nodes for a simulated span
 // with a few faults (a member crash, a leader crash, restarts with and without state, a
 // zone cut off and healed). Prints events/s, simulated seconds per wall second and the wall
-// time of the whole span. The issue's target: 1000 nodes x 1 simulated hour in under 60 s.
+// time of the whole span. The issue's target: 1000 nodes x 1 simulated hour in under 60 s,
+// counted from the world's construction: formation (every node connecting to every other and
+// agreeing on the first view) is part of the run, so `total_wall_s_per_sim_hour` (formation
+// plus the span, the span scaled to an hour when it is shorter) is the figure the target
+// compares; `span_wall_s_per_sim_hour` leaves formation out.
 //
 // Knobs: BENCH_SIM_NODES (default 1000; a comma list runs several), BENCH_SIM_SECONDS
 // (default 3600), BENCH_SIM_HB_MS (heartbeat period, default 1000). The line also carries the
@@ -15,12 +19,14 @@ const simSeconds = Number(process.env['BENCH_SIM_SECONDS'] ?? 3600)
 const heartbeatMs = Number(process.env['BENCH_SIM_HB_MS'] ?? 1000)
 for (const nodes of sizes) {
   const zones = 10
-  const w = new MembershipWorld({ seed: 1, nodes, zones, membership: { heartbeatMs } })
   const t0 = performance.now()
+  const cpuStart = process.cpuUsage()
+  const w = new MembershipWorld({ seed: 1, nodes, zones, membership: { heartbeatMs } })
   await w.bootAll()
   const formed = await w.sim.until(() => w.converged(), 60_000, 100)
   const tForm = performance.now()
   const cpu0 = process.cpuUsage()
+  const formCpu = process.cpuUsage(cpuStart)
   const e0 = w.sim.events
   const s0 = w.sim.now()
   const span = simSeconds * 1000
@@ -43,6 +49,7 @@ for (const nodes of sizes) {
   await w.sim.run(s0 + span - w.sim.now())
   const wall = (performance.now() - tForm) / 1000
   const cpu = process.cpuUsage(cpu0)
+  const formWall = (tForm - t0) / 1000
   const simulated = (w.sim.now() - s0) / 1000
   const events = w.sim.events - e0
   const line = {
@@ -51,7 +58,8 @@ for (const nodes of sizes) {
     heartbeat_ms: heartbeatMs,
     faults: applied,
     formation_sim_ms: formed ?? null,
-    formation_wall_s: Number(((tForm - t0) / 1000).toPrecision(3)),
+    formation_wall_s: Number(formWall.toPrecision(3)),
+    formation_cpu_s: Number(((formCpu.user + formCpu.system) / 1e6).toPrecision(3)),
     simulated_s: simulated,
     wall_s: Number(wall.toPrecision(3)),
     // CPU time of this process over the same span (user + system, all its threads): the wall
@@ -59,13 +67,18 @@ for (const nodes of sizes) {
     cpu_s: Number(((cpu.user + cpu.system) / 1e6).toPrecision(3)),
     load_avg_1m: Number(loadavg()[0]!.toFixed(2)),
     total_wall_s: Number(((performance.now() - t0) / 1000).toPrecision(3)),
+    total_cpu_s: Number(((formCpu.user + formCpu.system + cpu.user + cpu.system) / 1e6).toPrecision(3)),
     events,
     events_per_s: Math.round(events / wall),
     sim_s_per_wall_s: Number((simulated / wall).toPrecision(3)),
-    wall_s_per_sim_hour: Math.round(3600 * wall / simulated),
+    span_wall_s_per_sim_hour: Math.round(3600 * wall / simulated),
+    total_wall_s_per_sim_hour: Math.round(formWall + 3600 * wall / simulated),
     target_wall_s_per_sim_hour: nodes === 1000 ? 60 : null,
+    meets_target: nodes === 1000 ? formWall + 3600 * wall / simulated < 60 : null,
     converged_at_end: w.converged(),
     violations: w.violations.length,
+    // (Same seed and code, same hash: a change that should alter no ordering can be checked.)
+    trace_hash: w.sim.traceHash().slice(0, 16),
     heap_mib: Math.round(process.memoryUsage().heapUsed / 1024 / 1024)
   }
   process.stdout.write(JSON.stringify(line) + '\n')

@@ -153,6 +153,16 @@ function makeCodec (maxMembers: number) {
 
 type Codec = ReturnType<typeof makeCodec>
 
+// One codec per member cap, shared by the memberships in a process: its schemas are immutable
+// and encoding keeps no state, and building them (zod) was the largest cost of starting a
+// node when a simulation starts 1000.
+const codecs = new Map<number, Codec>()
+function sharedCodec (maxMembers: number): Codec {
+  let codec = codecs.get(maxMembers)
+  if (codec === undefined) codecs.set(maxMembers, codec = makeCodec(maxMembers))
+  return codec
+}
+
 /**
  * Heartbeats are the most frequent message (N per period), so they skip the envelope codec:
  * a fixed 44-byte record, 'H', version 1, flags (bit 0 leaving, bit 1 paused), a zero byte,
@@ -293,6 +303,8 @@ interface PeerState {
   seq: number
   epoch: number
   reportsPaused: boolean
+  /** Its index in the node's list of connected ids while connected; -1 while not. */
+  connAt: number
 }
 
 /**
@@ -308,7 +320,18 @@ function liveAt (r: PeerState | undefined, t: number, graceUntil: number): boole
 }
 
 function newPeerState (id: PeerId): PeerState {
-  return { id, conn: undefined, detector: undefined, primed: false, leaving: false, heard: false, inc: 0, seq: 0, epoch: 0, reportsPaused: false }
+  return { id, conn: undefined, detector: undefined, primed: false, leaving: false, heard: false, inc: 0, seq: 0, epoch: 0, reportsPaused: false, connAt: -1 }
+}
+
+/** Two sorted lists of distinct ids as one, in the order `[...a, ...b].sort()` would give. */
+function mergeSorted (a: readonly PeerId[], b: readonly PeerId[]): PeerId[] {
+  const out: PeerId[] = []
+  let i = 0
+  let j = 0
+  while (i < a.length && j < b.length) out.push(a[i]! < b[j]! ? a[i++]! : b[j++]!)
+  while (i < a.length) out.push(a[i++]!)
+  while (j < b.length) out.push(b[j++]!)
+  return out
 }
 
 function sameMembers (a: Member[], b: Member[]): boolean {
@@ -328,7 +351,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   if (!(heartbeatMs > 0) || !Number.isInteger(expect) || expect < 1 || expect > maxMembers) {
     throw new InvalidArgumentError('membership needs heartbeatMs > 0 and 1 <= expect <= maxMembers')
   }
-  const codec: Codec = makeCodec(maxMembers)
+  const codec: Codec = sharedCodec(maxMembers)
   const events = new Listeners<MembershipEvents>(err => log.error({ err }, 'membership listener failed'))
   const self = (): PeerId => net.self.id
   const selfMember = (): Member => ({ id: self(), zone: net.self.labels.zone, host: net.self.labels.host })
@@ -369,10 +392,15 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (r === undefined) peers.set(id, r = newPeerState(id))
     return r
   }
-  // Connected peers (records with `conn` set), kept from connect/disconnect events.
-  let connCount = 0
+  // Connected peers (records with `conn` set), kept from connect/disconnect events, as a list
+  // (a disconnect moves the last id into the gap): formation sorts or filters the connected
+  // ids on every tick, and walking 1000 records of a map for them was its top cost.
+  const connIds: PeerId[] = []
   let maxPeerEpoch = 0
+  // [self, ...connected] sorted, and the ids connected since (merged in on the next use: while
+  // 1000 nodes connect to each other, re-sorting everything at every tick was quadratic).
   let sortedIds: PeerId[] | undefined
+  const unsorted: PeerId[] = []
   let leader: PeerId | undefined
   // Derived from the view when it is installed (per-tick code must not rescan N members or
   // look each one up): the member ids in rank order and their records (undefined for self).
@@ -393,9 +421,14 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const connect = (id: PeerId, labels: { zone: string, host: string }): void => {
     if (id === self()) return
     const r = peerState(id)
-    if (r.conn === undefined) {
-      sortedIds = undefined
-      connCount++
+    const c = r.conn
+    if (c === undefined) {
+      r.connAt = connIds.length
+      connIds.push(id)
+      if (sortedIds !== undefined) unsorted.push(id)
+    } else if (c.zone === labels.zone && c.host === labels.host) {
+      // (The same labels again, as a peer announced both ways: the record keeps its object.)
+      return
     }
     r.conn = { id, zone: labels.zone, host: labels.host }
   }
@@ -403,16 +436,18 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     const r = record(id)
     if (r?.conn === undefined) return
     r.conn = undefined
-    connCount--
+    const last = connIds.pop()!
+    if (last !== id) {
+      connIds[r.connAt] = last
+      record(last)!.connAt = r.connAt
+    }
+    r.connAt = -1
     sortedIds = undefined
+    unsorted.length = 0
   }
   const isConnected = (id: PeerId): boolean => record(id)?.conn !== undefined
-  /** Connected peer ids (in no particular order: every caller sorts or counts). */
-  const connectedIds = (): PeerId[] => {
-    const ids: PeerId[] = []
-    for (const r of peers.values()) if (r.conn !== undefined) ids.push(r.id)
-    return ids
-  }
+  /** Connected peer ids, in no particular order (every caller sorts or counts); not to be changed. */
+  const connectedIds = (): readonly PeerId[] => connIds
 
   /** Heard from (or primed) recently, connected, not leaving. Self is always live. */
   const isLive = (id: PeerId): boolean => id === self() || liveAt(record(id), clock.monotonic(), graceUntil)
@@ -443,7 +478,13 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
   const order = (): readonly PeerId[] | undefined => {
     if (view !== undefined) return viewOrder
     if (maxPeerEpoch > 0) return undefined
-    sortedIds ??= [self(), ...connectedIds()].sort()
+    if (sortedIds === undefined) {
+      sortedIds = [self(), ...connIds].sort()
+      unsorted.length = 0
+    } else if (unsorted.length > 0) {
+      sortedIds = mergeSorted(sortedIds, unsorted.sort())
+      unsorted.length = 0
+    }
     return sortedIds
   }
 
@@ -737,7 +778,7 @@ export function createMembership (init: MembershipInit, components: { net: PeerN
     if (!inView || (paused && init.unsafe?.ignoreMinority !== true)) return
     if (leader !== self() || proposal !== undefined || t < retryAt) return
     // Every member live and every connected peer a member: nothing to change (skips an O(N) pass).
-    if (liveCount === view.members.length && connCount + 1 === view.members.length) return
+    if (liveCount === view.members.length && connIds.length + 1 === view.members.length) return
     const want = desiredView(view.epoch + 1)
     if (want === undefined || sameMembers(want.members, view.members)) return
     propose(view.epoch + 1, view.members)

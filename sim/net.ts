@@ -288,11 +288,39 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     return peers
   }
 
+  /**
+   * `to` learns that its link to `peer` came up (if it still is) or went down: one object per
+   * announcement, no closures (1000 nodes starting announce half a million links both ways).
+   */
+  class LinkEvent extends ClockEvent {
+    readonly to: SimNode
+    readonly peer: SimNode
+    readonly up: boolean
+    constructor (to: SimNode, peer: SimNode, up: boolean) {
+      super()
+      this.to = to
+      this.peer = peer
+      this.up = up
+    }
+
+    override fire (): void {
+      const to = this.to
+      if (to.crashed || !to.started) return
+      if (to.paused) to.held.push(() => { this.announce() })
+      else this.announce()
+    }
+
+    announce (): void {
+      if (!this.up) this.to.listeners.emit('peer:disconnect', this.peer.info.id)
+      else if (linked(this.peer, this.to)) this.to.listeners.emit('peer:connect', this.peer.info)
+    }
+  }
+
   const announceLink = (a: SimNode, b: SimNode, up: boolean): void => {
-    const { at } = arrival(a, b, 0, false)
-    deliverAt(b, at, () => { if (up ? linked(a, b) : true) b.listeners.emit(up ? 'peer:connect' : 'peer:disconnect', up ? a.info : a.info.id) })
-    const back = arrival(b, a, 0, false)
-    deliverAt(a, back.at, () => { if (up ? linked(a, b) : true) a.listeners.emit(up ? 'peer:connect' : 'peer:disconnect', up ? b.info : b.info.id) })
+    const at = arrivalAt(a, b, tierOf(a, b), 0, false)
+    sim.clock.scheduleEvent(new LinkEvent(b, a, up), Math.max(0, at - sim.now()))
+    const back = arrivalAt(b, a, tierOf(b, a), 0, false)
+    sim.clock.scheduleEvent(new LinkEvent(a, b, up), Math.max(0, back - sim.now()))
   }
 
   /** Both ends of every stream between a and b fail; each side learns after a latency. */
