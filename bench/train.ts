@@ -14,7 +14,9 @@
 //     The 5 processes share 2 cores, so a step's wall time is about the CPU time all of them
 //     spend on it divided by 2, and it moves 25-50% with the machine's load between runs.
 //     `cpu_ms_per_step` (CPU time of every worker, spare included, over the steady-state steps,
-//     from their status) moves far less, and `snapshot_overhead_cpu_pct` compares that.
+//     from their status) moves far less, and `snapshot_overhead_cpu_pct` compares that. A
+//     fourth configuration snapshots every 10 steps (`--snapshot-every 10`) against the same
+//     baseline.
 // (c) `train.kill`: `up --kill-at BENCH_TRAIN_KILL_AT` on a BENCH_TRAIN_KILL_STEPS-step run
 //     (at most 39 steps, so every worker prints a line per step and the commit is stamped on
 //     arrival, not seen by a poll): SIGKILL of rank 1 to the next committed step (goal <= 10 s),
@@ -50,11 +52,12 @@ const TIMEOUT_S = env('BENCH_TRAIN_TIMEOUT_S', 300)
 if (WARMUP + 5 > STEPS) throw new Error(`BENCH_TRAIN_STEPS (${STEPS}) must exceed BENCH_TRAIN_WARMUP (${WARMUP}) by at least 5`)
 const TOKENS_PER_STEP = NODES * BATCH * SEQ
 
-interface Config { name: string, zeropp: boolean, snapshot: string }
+interface Config { name: string, zeropp: boolean, snapshot: string, every?: number }
 const ALL: Config[] = [
   { name: 'zero3', zeropp: false, snapshot: '2+1' },
   { name: 'zero++', zeropp: true, snapshot: '2+1' },
-  { name: 'zero3-nosnap', zeropp: false, snapshot: 'off' }
+  { name: 'zero3-nosnap', zeropp: false, snapshot: 'off' },
+  { name: 'zero3-every10', zeropp: false, snapshot: '2+1', every: 10 }
 ]
 const pick = process.env['BENCH_TRAIN_CONFIGS']?.split(',').map(s => s.trim()).filter(s => s.length > 0)
 const CONFIGS = pick === undefined ? ALL : ALL.filter(c => pick.includes(c.name))
@@ -68,7 +71,7 @@ const median = (xs: number[]): number => {
 
 interface Run { code: number, polls: UpPoll[], kill: UpKillReport | undefined, lines: string[], wallS: number }
 
-async function runUp (label: string, c: { zeropp: boolean, snapshot: string, steps: number, killAt?: number }): Promise<Run> {
+async function runUp (label: string, c: { zeropp: boolean, snapshot: string, every?: number, steps: number, killAt?: number }): Promise<Run> {
   const polls: UpPoll[] = []
   const lines: string[] = []
   let kill: UpKillReport | undefined
@@ -88,6 +91,7 @@ async function runUp (label: string, c: { zeropp: boolean, snapshot: string, ste
     timeoutMs: TIMEOUT_S * 1000,
     keep: false,
     snapshot: c.snapshot,
+    ...(c.every === undefined ? {} : { snapshotEvery: c.every }),
     pollMs: POLL_MS,
     out: l => { lines.push(l); process.stderr.write(`  [${label}] ${l}\n`) },
     progress: () => {},
@@ -137,13 +141,13 @@ const results = new Map<string, Array<{ stepMs: number, tokensPerS: number, trai
 for (let rep = 0; rep < REPEATS; rep++) {
   for (const c of CONFIGS) {
     const before = load1()
-    let r = await runUp(`${c.name}#${rep + 1}`, { zeropp: c.zeropp, snapshot: c.snapshot, steps: STEPS })
+    let r = await runUp(`${c.name}#${rep + 1}`, { zeropp: c.zeropp, snapshot: c.snapshot, every: c.every, steps: STEPS })
     let attempts = 1
     if (r.code !== 0) {
       // Reported, then run once more: a failed run says nothing about throughput.
       failed = true
       process.stdout.write(JSON.stringify({ bench: 'train.throughput', impl: c.name, repeat: rep + 1, attempt: 1, error: `zeromesh up exited ${r.code}`, last: r.lines.slice(-3) }) + '\n')
-      r = await runUp(`${c.name}#${rep + 1} (again)`, { zeropp: c.zeropp, snapshot: c.snapshot, steps: STEPS })
+      r = await runUp(`${c.name}#${rep + 1} (again)`, { zeropp: c.zeropp, snapshot: c.snapshot, every: c.every, steps: STEPS })
       attempts = 2
       if (r.code !== 0) {
         process.stdout.write(JSON.stringify({ bench: 'train.throughput', impl: c.name, repeat: rep + 1, attempt: 2, error: `zeromesh up exited ${r.code}`, last: r.lines.slice(-3) }) + '\n')
@@ -159,6 +163,7 @@ for (let rep = 0; rep < REPEATS; rep++) {
       bench: 'train.throughput', impl: c.name, repeat: rep + 1, zeropp: c.zeropp, snapshot: c.snapshot,
       ranks: NODES, spares: 1, model: 'mini', batch: BATCH, seq: SEQ, steps: STEPS, warmup: WARMUP,
       fit_steps: `${fit.from}-${fit.to}`, fit_polls: fit.polls, ...(attempts > 1 ? { attempt: attempts } : {}),
+      ...(c.every === undefined ? {} : { snapshot_every: c.every }),
       tokens_per_s: Math.round(m.tokensPerS), step_ms: r4(m.stepMs), trainer_tokens_per_s: Math.round(trainer), cpu_ms_per_step: r4(m.cpuMs),
       wall_s: r4(r.wallS), load_before: before, load_after: after,
       param_memory: r.lines.find(l => l.startsWith('parameter memory per rank'))
@@ -180,6 +185,17 @@ if (flat !== undefined && pp !== undefined) {
     bench: 'train.zeropp', impl: 'zero++', baseline: 'zero3', repeats: REPEATS,
     tokens_per_s: Math.round(pp.tokensPerS), baseline_tokens_per_s: Math.round(flat.tokensPerS),
     ratio: r4(pp.tokensPerS / flat.tokensPerS), trainer_ratio: r4(pp.trainer / flat.trainer)
+  }) + '\n')
+}
+const every10 = med('zero3-every10')
+if (every10 !== undefined && off !== undefined) {
+  process.stdout.write(JSON.stringify({
+    bench: 'train.snapshot_overhead', impl: 'zero3 (snapshot 2+1 every 10 steps)', baseline: 'zero3-nosnap (snapshot off)', repeats: REPEATS,
+    step_ms: r4(every10.stepMs), baseline_step_ms: r4(off.stepMs),
+    snapshot_overhead_pct: r4((every10.stepMs / off.stepMs - 1) * 100),
+    cpu_ms_per_step: r4(every10.cpuMs), baseline_cpu_ms_per_step: r4(off.cpuMs),
+    snapshot_overhead_cpu_pct: r4((every10.cpuMs / off.cpuMs - 1) * 100),
+    goal_pct: 3
   }) + '\n')
 }
 if (flat !== undefined && off !== undefined) {

@@ -34,6 +34,8 @@ export interface UpOptions {
   progress?: (line: string) => void
   /** `--snapshot` for the workers: `k+m` or `off` (default: the workers' default, 2+1). */
   snapshot?: string
+  /** `--snapshot-every` for the workers (default: theirs, every step). */
+  snapshotEvery?: number
   /** How often the workers' status is polled, in ms (default 300). */
   pollMs?: number
   /** Called after every status poll (benchmarks: bench/train.ts). */
@@ -122,7 +124,8 @@ export async function up (o: UpOptions): Promise<number> {
       '--data-dir', dataDir, '--zone', `z${i % 2}`, '--host', name, '--expect', String(total), '--heartbeat-ms', '300',
       '--train', '--world-size', String(o.nodes), '--steps', String(o.steps), '--device', o.device, '--model', o.model,
       '--seed', String(o.seed), '--batch', String(o.batch), '--seq', String(o.seq), '--exit-when-done',
-      ...(o.zeropp ? ['--zeropp'] : []), ...(snapshot === undefined ? [] : ['--snapshot', snapshot]), ...(o.data === undefined ? [] : ['--data', o.data]),
+      ...(o.zeropp ? ['--zeropp'] : []), ...(snapshot === undefined ? [] : ['--snapshot', snapshot]),
+      ...(o.snapshotEvery === undefined ? [] : ['--snapshot-every', String(o.snapshotEvery)]), ...(o.data === undefined ? [] : ['--data', o.data]),
       ...(bootstrap === undefined ? [] : ['--bootstrap', bootstrap])
     ]
     // A worker leaves when it is re-parented (ZEROMESH_EXIT_WITH_PARENT): when `up` dies,
