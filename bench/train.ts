@@ -187,27 +187,25 @@ if (flat !== undefined && pp !== undefined) {
     ratio: r4(pp.tokensPerS / flat.tokensPerS), trainer_ratio: r4(pp.trainer / flat.trainer)
   }) + '\n')
 }
-const every10 = med('zero3-every10')
-if (every10 !== undefined && off !== undefined) {
+type Medians = NonNullable<ReturnType<typeof med>>
+/** One `train.snapshot_overhead` line: a snapshot configuration against `--snapshot off`. */
+const overhead = (impl: string, x: Medians, off: Medians, extra: Record<string, number> = {}): void => {
   process.stdout.write(JSON.stringify({
-    bench: 'train.snapshot_overhead', impl: 'zero3 (snapshot 2+1 every 10 steps)', baseline: 'zero3-nosnap (snapshot off)', repeats: REPEATS,
-    step_ms: r4(every10.stepMs), baseline_step_ms: r4(off.stepMs),
-    snapshot_overhead_pct: r4((every10.stepMs / off.stepMs - 1) * 100),
-    cpu_ms_per_step: r4(every10.cpuMs), baseline_cpu_ms_per_step: r4(off.cpuMs),
-    snapshot_overhead_cpu_pct: r4((every10.cpuMs / off.cpuMs - 1) * 100),
+    bench: 'train.snapshot_overhead', impl, baseline: 'zero3-nosnap (snapshot off)', repeats: REPEATS,
+    step_ms: r4(x.stepMs), baseline_step_ms: r4(off.stepMs),
+    snapshot_overhead_pct: r4((x.stepMs / off.stepMs - 1) * 100),
+    cpu_ms_per_step: r4(x.cpuMs), baseline_cpu_ms_per_step: r4(off.cpuMs),
+    snapshot_overhead_cpu_pct: r4((x.cpuMs / off.cpuMs - 1) * 100),
+    ...extra,
     goal_pct: 3
   }) + '\n')
 }
+const every10 = med('zero3-every10')
+if (every10 !== undefined && off !== undefined) overhead('zero3 (snapshot 2+1 every 10 steps)', every10, off)
 if (flat !== undefined && off !== undefined) {
-  process.stdout.write(JSON.stringify({
-    bench: 'train.snapshot_overhead', impl: 'zero3 (snapshot 2+1)', baseline: 'zero3-nosnap (snapshot off)', repeats: REPEATS,
-    step_ms: r4(flat.stepMs), baseline_step_ms: r4(off.stepMs),
-    snapshot_overhead_pct: r4((flat.stepMs / off.stepMs - 1) * 100),
-    cpu_ms_per_step: r4(flat.cpuMs), baseline_cpu_ms_per_step: r4(off.cpuMs),
-    snapshot_overhead_cpu_pct: r4((flat.cpuMs / off.cpuMs - 1) * 100),
-    trainer_step_ms: r4(TOKENS_PER_STEP / flat.trainer * 1000), baseline_trainer_step_ms: r4(TOKENS_PER_STEP / off.trainer * 1000),
-    goal_pct: 3
-  }) + '\n')
+  overhead('zero3 (snapshot 2+1)', flat, off, {
+    trainer_step_ms: r4(TOKENS_PER_STEP / flat.trainer * 1000), baseline_trainer_step_ms: r4(TOKENS_PER_STEP / off.trainer * 1000)
+  })
 }
 
 if (process.env['BENCH_TRAIN_KILL'] !== '0') {
