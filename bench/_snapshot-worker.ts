@@ -1,8 +1,8 @@
 // One process of `npm run bench -- snapshot-procs` (bench/snapshot-procs.ts): a libp2p node on
-// loopback configured as `zeromesh start` configures one (TLS + yamux, bulk channel on except
-// for the snapshot protocols, membership with phi-accrual detection and Paxos views), with a
-// snapshot service on the membership's views. It prints JSON event lines on stdout and takes
-// JSON command lines on stdin; it exits when stdin closes (so it never outlives the parent).
+// loopback configured as `zeromesh start` configures one (TLS + yamux, bulk channel on for
+// every protocol but the libp2p baseline's, membership with phi-accrual detection and Paxos
+// views), with a snapshot service on the membership's views. It prints JSON event lines on
+// stdout and takes JSON command lines on stdin; it exits when stdin closes (so it never outlives the parent).
 // Usage:
 //   node bench/_snapshot-worker.ts <index> <N> <secretFile> <dataDir> <k> <m> <heartbeatMs> [bootstrap]
 import { readFileSync } from 'node:fs'

@@ -45,6 +45,7 @@ emit({ bench: 'gpu.compile', ms: r4(performance.now() - t0), ...be.compileStats 
   const copyS = timeOp(() => be.copyBytes(dst, src, n * 4))
   const copyGbps = (2 * n * 4) / copyS / 1e9
   emit({ bench: 'gpu.memcpy_dtod', bytes: n * 4, seconds: r4(copyS), gbps: r4(copyGbps), note: 'read + write bytes per second' })
+  for (const k of ['quant_fast', 'dequant_fast']) emit({ bench: 'gpu.kernel', kernel: k, ...be.kernelInfo(k) })
   for (const bits of [8, 4] as const) {
     for (const blockSize of [256, 2048]) {
       const blocks = Math.ceil(n / blockSize)

@@ -8,8 +8,8 @@
 //   snapshot.procs.place     capture + checksum + encode + push of k+m fragments to their holders
 //   snapshot.procs.baseline  the same bytes from ONE donor over ONE stream into one buffer, plus
 //                            xxh64 (what a replica fetch from one peer costs: hivemind, torchft),
-//                            over a libp2p stream (TLS + yamux, the transport snapshots use) and
-//                            over the bulk channel
+//                            over a libp2p stream (TLS + yamux) and over the bulk channel (native
+//                            TLS 1.3-PSK, the transport snapshot fragments use, as in `zeromesh start`)
 //   snapshot.procs.recover   the owner is SIGKILLed; from the kill until the spare (the member
 //                            holding no fragment) sees a view without it (detection: phi-accrual
 //                            + Paxos view change), then svc.recover (k fetches in parallel from
@@ -195,7 +195,7 @@ async function runSize (mib: number, withSteps: boolean): Promise<void> {
     const viewChanged = Number(placed['epoch']) !== view.epoch
     spare = workers.find(w => w !== owner && !holders.includes(w.id))!
     report({ bench: 'snapshot.procs.capture', impl: 'memcpy into buffer (owner process)', ...common, bytes: stateB, seconds: Number(placed['captureMs']) / 1000 })
-    report({ bench: 'snapshot.procs.place', impl: `capture + checksum + RS encode + push to ${k + m} holder processes (libp2p TLS + yamux)`, ...common, bytes: stateB, seconds: Number(placed['placeMs']) / 1000, attempts: placed['attempts'], failures: placed['failures'], placedUnderEpoch: placed['epoch'], genesisEpoch: view.epoch, viewChanged, ownerLongestStallMs: placed['maxLagMs'], detectionBoundMs: placed['detectionBoundMs'], load: load() })
+    report({ bench: 'snapshot.procs.place', impl: `capture + checksum + RS encode + push to ${k + m} holder processes (bulk channel, native TLS 1.3-PSK)`, ...common, bytes: stateB, seconds: Number(placed['placeMs']) / 1000, attempts: placed['attempts'], failures: placed['failures'], placedUnderEpoch: placed['epoch'], genesisEpoch: view.epoch, viewChanged, ownerLongestStallMs: placed['maxLagMs'], detectionBoundMs: placed['detectionBoundMs'], load: load() })
 
     // The spare holds no fragment: it must fetch all k over the network.
     send(spare, { cmd: 'arm', owner: owner.id, victim: owner.id, bytes: stateB, version, tag: 'owner' })

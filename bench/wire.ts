@@ -2,12 +2,10 @@
 // over the bulk channel (native TLS-PSK), 1-4 streams, against a raw Node TCP socket in the
 // same run. Sender here, receiver in a child process so
 // each side has its own core. Bytes per measurement: BENCH_WIRE_MIB (default 512).
-import { spawn } from 'node:child_process'
-import { connect } from 'node:net'
-import { fileURLToPath } from 'node:url'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { RealClock, silentLogger } from '../core/index.ts'
 import { createLibp2pPeerNet } from '../mesh/index.ts'
+import { rawTcpSeconds, startWireReceiver } from './_wire-raw.ts'
 
 const MiB = 1024 * 1024
 const total = Number(process.env['BENCH_WIRE_MIB'] ?? 512) * MiB
@@ -15,37 +13,6 @@ const chunk = new Uint8Array(MiB).map((_, i) => i * 7)
 
 function line (r: Record<string, unknown>): void {
   process.stdout.write(JSON.stringify(r) + '\n')
-}
-
-async function receiver (encrypter: string): Promise<{ info: { multiaddr: string, tcpPort: number }, kill: () => void }> {
-  const child = spawn(process.execPath, [fileURLToPath(new URL('./_wire-receiver.ts', import.meta.url)), encrypter], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const info = await new Promise<{ multiaddr: string, tcpPort: number }>((resolve, reject) => {
-    let buf = ''
-    child.stdout.on('data', (c: Buffer) => {
-      buf += c.toString()
-      if (buf.includes('\n')) resolve(JSON.parse(buf.split('\n')[0]!))
-    })
-    child.on('exit', code => reject(new Error(`receiver exited with ${code}`)))
-  })
-  return { info, kill: () => child.kill('SIGKILL') }
-}
-
-async function rawTcp (port: number): Promise<number> {
-  const sock = connect(port, '127.0.0.1')
-  await new Promise<void>(resolve => sock.once('connect', () => resolve()))
-  sock.setNoDelay(true)
-  const done = new Promise<void>(resolve => sock.once('data', () => resolve()))
-  const t0 = performance.now()
-  const head = Buffer.alloc(8)
-  head.writeBigUInt64LE(BigInt(total))
-  sock.write(head)
-  for (let sent = 0; sent < total; sent += chunk.length) {
-    if (!sock.write(chunk)) await new Promise(resolve => sock.once('drain', resolve))
-  }
-  await done
-  const s = (performance.now() - t0) / 1000
-  sock.destroy()
-  return s
 }
 
 const results: Array<{ impl: string, seconds: number }> = []
@@ -56,10 +23,10 @@ const configs = [
   { encrypter: 'tls' as const, bulk: true }
 ]
 for (const { encrypter, bulk } of configs) {
-  const rx = await receiver(encrypter)
+  const rx = await startWireReceiver(encrypter)
   try {
     // Raw TCP is measured against each receiver process, and the best of the runs is the baseline.
-    for (let i = 0; i < 3; i++) rawSeconds = Math.min(rawSeconds, await rawTcp(rx.info.tcpPort))
+    for (let i = 0; i < 3; i++) rawSeconds = Math.min(rawSeconds, await rawTcpSeconds(rx.info.tcpPort, total, chunk))
     const net = createLibp2pPeerNet({
       runId: 'bench', secret: new TextEncoder().encode('benchmark secret, long enough'), privateKey: await generateKeyPair('Ed25519'),
       labels: { zone: 'z', host: 'sender' }, encrypters: [encrypter], bootstrap: [rx.info.multiaddr], bulk

@@ -69,6 +69,16 @@ class Kernel {
     }
   }
 
+  /** Registers per thread and local (spilled) bytes per thread, as the driver reports them. */
+  info (): { registers: number, localBytes: number } {
+    const get = (attr: number): number => {
+      const out = [0]
+      checkCu(this.libs, `cuFuncGetAttribute(${this.name})`, this.libs.cu.cuFuncGetAttribute(out, attr, this.fn))
+      return out[0]!
+    }
+    return { registers: get(4), localBytes: get(3) } // CU_FUNC_ATTRIBUTE_NUM_REGS, _LOCAL_SIZE_BYTES
+  }
+
   launch (stream: Handle, gx: number, gy: number, bx: number, by: number, smem: number, args: readonly number[]): void {
     const t = this.types
     for (let i = 0; i < t.length; i++) {
@@ -265,6 +275,12 @@ export class CudaBackend implements Backend {
       return kern
     }
     throw new Error(`unknown kernel ${name}`)
+  }
+
+  /** A kernel's resource use (compiles its family if needed): for benchmarks and tuning. */
+  kernelInfo (name: string): { registers: number, localBytes: number } {
+    this.live_('kernelInfo')
+    return this.k(name).info()
   }
 
   /** Compiles every kernel family now (otherwise each compiles on first use). */

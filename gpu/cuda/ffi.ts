@@ -52,6 +52,7 @@ export interface DriverApi {
   cuModuleUnload: Fn
   cuModuleGetFunction: Fn
   cuFuncSetAttribute: Fn
+  cuFuncGetAttribute: Fn
   cuLaunchKernel: Fn
   cuStreamCreate: Fn
   cuStreamDestroy: Fn
@@ -175,6 +176,7 @@ export function loadCuda (): CudaLibs {
       cuModuleUnload: f('int cuModuleUnload(void*)'),
       cuModuleGetFunction: f('int cuModuleGetFunction(_Out_ void**, void*, const char*)'),
       cuFuncSetAttribute: f('int cuFuncSetAttribute(void*, int, int)'),
+      cuFuncGetAttribute: f('int cuFuncGetAttribute(_Out_ int*, int, void*)'),
       cuLaunchKernel: f('int cuLaunchKernel(void*, uint32, uint32, uint32, uint32, uint32, uint32, uint32, void*, void**, void**)'),
       cuStreamCreate: f('int cuStreamCreate(_Out_ void**, uint32)'),
       cuStreamDestroy: f('int cuStreamDestroy_v2(void*)'),

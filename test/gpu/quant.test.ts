@@ -11,6 +11,10 @@ function special (n: number, seed: number): Float32Array {
   for (let i = 64; i < Math.min(n, 128); i++) x[i] = (i % 2 === 0 ? 1 : -1) * 1e-44
   for (let i = 128; i < Math.min(n, 192); i++) x[i] = (i % 3 === 0 ? -1 : 1) * 3.4e38
   for (let i = 192; i < Math.min(n, 256); i++) x[i] = (i - 224) * 0.5
+  // Exact halves of the scale (ties, rounded to even), where the kernels' reciprocal shortcut
+  // must fall back to the exact division: absmax 127 gives scale 1 for int8, 7 for int4.
+  for (let i = 256; i < Math.min(n, 320); i++) x[i] = i === 256 ? 127 : (i - 288) + 0.5
+  for (let i = 320; i < Math.min(n, 384); i++) x[i] = i === 320 ? 7 : (i % 14) - 7 + 0.5
   return x
 }
 

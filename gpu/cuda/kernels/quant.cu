@@ -3,10 +3,12 @@
 // without fast-math, so denormal scales survive. Non-finite inputs and out-of-range codes are
 // reported through the flags buffer (first index and count), never smeared into a scale.
 //
-// Fast path (blockSize % 4 == 0, aligned pointers): a group of TPB threads owns one quant block
+// Fast path (blockSize % 4 == 0, aligned pointers): a group of tpb threads owns one quant block
 // and keeps it in registers (≤ 4 float4 per thread), so the source is read exactly once.
+// (Two float4 per thread at 32 registers was tried: it spilled and was 2-6% slower.)
 
 #define Q_MAXU 4
+
 
 __device__ __forceinline__ float q_scale(float absmax, float qmax) {
   float scale = __fdiv_rn(absmax, qmax);
@@ -20,17 +22,20 @@ __device__ __forceinline__ int q_code(float x, float scale, float qmax) {
   v = fminf(fmaxf(v, -qmax), qmax);
   return (int)v;
 }
-// The same code without a division in the common case. y = x · (1/scale) is within ~2^-22
-// (relative) of x / scale, and |y| ≲ 128, so it is off by < 3.1e-5 absolute; rounding can only
-// disagree with rintf(fl(x / scale)) when y lies that close to a half-integer. Those elements
-// (and scales whose reciprocal overflows: inv == inf) take the exact __fdiv_rn path.
+// Out of line: inlined at each of a thread's 16 call sites, the exact division's register use
+// set the fast kernel's occupancy, though it runs for a handful of elements per million.
+__device__ __noinline__ int q_code_exact(float x, float scale, float qmax) { return q_code(x, scale, qmax); }
+// The same code without a division in the common case, for a block whose scale is non-zero,
+// whose reciprocal `inv` is finite and whose inputs are all finite (the caller checks those
+// once per block and takes q_code otherwise). y = x · inv is within ~2^-22 (relative) of
+// x / scale, and |y| ≲ 128, so it is off by < 3.1e-5 absolute; rounding can only disagree
+// with rintf(fl(x / scale)) when y lies that close to a half-integer, i.e. when its distance
+// to the nearest integer is ≥ 0.5 - 6.2e-5. Those elements take the exact __fdiv_rn path.
 __device__ __forceinline__ int q_code_fast(float x, float scale, float inv, float qmax) {
-  if (scale == 0.0f) return 0;
   float y = x * inv;
-  float d = fabsf(y - truncf(y));
-  if (!(fabsf(d - 0.5f) > 6.2e-5f) || !f_isfinite(y)) return q_code(x, scale, qmax);
-  float v = fminf(fmaxf(rintf(y), -qmax), qmax);
-  return (int)v;
+  float r = rintf(y);
+  if (fabsf(y - r) >= 0.5f - 6.2e-5f) return q_code_exact(x, scale, qmax);
+  return (int)fminf(fmaxf(r, -qmax), qmax);
 }
 __device__ __forceinline__ void q_check(float x, u64 idx, u64* flags) {
   if (!f_isfinite(x)) {
@@ -38,8 +43,10 @@ __device__ __forceinline__ void q_check(float x, u64 idx, u64* flags) {
     atomicAdd(flags + FLAG_QUANT_COUNT, 1ull);
   }
 }
+// Out of line for the fast kernel, where it sits in a rarely taken branch.
+__device__ __noinline__ void q_report(float x, u64 idx, u64* flags) { q_check(x, idx, flags); }
 
-extern "C" __global__ void quant_fast(const float* __restrict__ src, unsigned char* __restrict__ codes, float* __restrict__ scales,
+extern "C" __global__ void __launch_bounds__(256, 4) quant_fast(const float* __restrict__ src, unsigned char* __restrict__ codes, float* __restrict__ scales,
     i64 n, int bs, int bits, int tpb, u64* flags) {
   __shared__ float red[32];
   const float qmax = bits == 8 ? 127.0f : 7.0f;
@@ -68,24 +75,30 @@ extern "C" __global__ void quant_fast(const float* __restrict__ src, unsigned ch
     }
     vals[k] = v;
   }
-  float absmax = 0.0f;
-  unsigned expAnd = 0;  // an all-ones exponent marks NaN / Inf
+  // |x| as bits: for non-negative floats the order of the bit patterns is the order of the
+  // values, and NaN / Inf (all-ones exponent) sort above every finite value, so one integer max
+  // per element finds the block's absmax and whether it holds a non-finite input.
+  unsigned amax = 0;
 #pragma unroll
   for (int k = 0; k < Q_MAXU; k++) {
     float4 v = vals[k];
-    absmax = fmaxf(absmax, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
-    unsigned m = 0x7f800000u;
-    expAnd |= ((__float_as_uint(v.x) & m) == m) | ((__float_as_uint(v.y) & m) == m) | ((__float_as_uint(v.z) & m) == m) | ((__float_as_uint(v.w) & m) == m);
+    amax = max(amax, max(max(__float_as_uint(v.x) & 0x7fffffffu, __float_as_uint(v.y) & 0x7fffffffu),
+                         max(__float_as_uint(v.z) & 0x7fffffffu, __float_as_uint(v.w) & 0x7fffffffu)));
   }
-  if (expAnd) {
+  float absmax = __uint_as_float(amax);
+  bool nonFinite = amax >= 0x7f800000u;
+  if (nonFinite) {
+    // Rare: report each non-finite input, and take the absmax as fmaxf does (NaN ignored).
+    absmax = 0.0f;
 #pragma unroll
     for (int k = 0; k < Q_MAXU; k++) {
       i64 e = start + 4 * (i64)(t + k * tpb);
       float4 v = vals[k];
-      if (!f_isfinite(v.x)) q_check(v.x, e, flags);
-      if (!f_isfinite(v.y)) q_check(v.y, e + 1, flags);
-      if (!f_isfinite(v.z)) q_check(v.z, e + 2, flags);
-      if (!f_isfinite(v.w)) q_check(v.w, e + 3, flags);
+      absmax = fmaxf(absmax, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+      if (!f_isfinite(v.x)) q_report(v.x, e, flags);
+      if (!f_isfinite(v.y)) q_report(v.y, e + 1, flags);
+      if (!f_isfinite(v.z)) q_report(v.z, e + 2, flags);
+      if (!f_isfinite(v.w)) q_report(v.w, e + 3, flags);
     }
   }
   // Group max: shuffles inside a warp, shared memory across the warps of a group.
@@ -102,6 +115,10 @@ extern "C" __global__ void quant_fast(const float* __restrict__ src, unsigned ch
   float scale = q_scale(absmax, qmax);
   float inv = __frcp_rn(scale);
   if (t == 0) scales[qb] = scale;
+  // Exact codes (q_code) for a thread holding a non-finite input, and for a whole group whose
+  // scale is zero, whose reciprocal overflows or whose absmax is Inf; finite inputs under a
+  // usable scale take the fast path, whose result is the same.
+  bool exact = scale == 0.0f || !f_isfinite(inv) || !f_isfinite(absmax) || nonFinite;
 #pragma unroll
   for (int k = 0; k < Q_MAXU; k++) {
     int u = t + k * tpb;
@@ -109,7 +126,12 @@ extern "C" __global__ void quant_fast(const float* __restrict__ src, unsigned ch
     i64 e = start + 4 * (i64)u;
     if (e >= n) break;
     float4 v = vals[k];
-    int q0 = q_code_fast(v.x, scale, inv, qmax), q1 = q_code_fast(v.y, scale, inv, qmax), q2 = q_code_fast(v.z, scale, inv, qmax), q3 = q_code_fast(v.w, scale, inv, qmax);
+    int q0, q1, q2, q3;
+    if (exact) {
+      q0 = q_code_exact(v.x, scale, qmax); q1 = q_code_exact(v.y, scale, qmax); q2 = q_code_exact(v.z, scale, qmax); q3 = q_code_exact(v.w, scale, qmax);
+    } else {
+      q0 = q_code_fast(v.x, scale, inv, qmax); q1 = q_code_fast(v.y, scale, inv, qmax); q2 = q_code_fast(v.z, scale, inv, qmax); q3 = q_code_fast(v.w, scale, inv, qmax);
+    }
     if (bits == 8) {
       unsigned word = (unsigned)(q0 & 0xff) | ((unsigned)(q1 & 0xff) << 8) | ((unsigned)(q2 & 0xff) << 16) | ((unsigned)(q3 & 0xff) << 24);
       if (e + 4 <= n) {
