@@ -20,7 +20,7 @@ export {
   type MembershipEvents, type Member, type View,
   type MembershipDurableState, type Heartbeat, encodeHeartbeat, decodeHeartbeat
 } from './membership.ts'
-export { startBulkChannel, bulkKey, bulkSessionId, type BulkChannel } from './bulk.ts'
+export { startBulkChannel, bulkKey, bulkSessionId, BULK_IDLE_PER_SESSION, BULK_CLIENT_IDLE_MS, type BulkChannel } from './bulk.ts'
 export { checkName, checkGossipSize, checkChunkSize, remember } from './checks.ts'
 export { Listeners } from './listeners.ts'
 export {

@@ -61,9 +61,8 @@ export interface Libp2pPeerNetInit {
    */
   bulk?: boolean
   /**
-   * Which protocols may ride the bulk channel (default: all). The snapshot protocols stay on
-   * libp2p streams for now: their request/reply exchanges stall on the bulk channel (a known
-   * bug, docs/LIMITS.md).
+   * Which protocols may ride the bulk channel (default: all; benches use it to measure a
+   * protocol on libp2p streams beside the bulk channel).
    */
   bulkProtocol?: (protocol: string) => boolean
 }

@@ -21,7 +21,8 @@ export interface CollectiveInit {
   chunkBytes?: number
   /**
    * No-progress bound (ms): a call that neither receives nor sends anything for this long
-   * fails with reason 'timeout'. Pass a function to follow the failure detector (e.g.
+   * fails with reason 'timeout' (`COLLECTIVE_DEFAULTS.noticeGraceMs` later, once it has heard
+   * which member stalled first). Pass a function to follow the failure detector (e.g.
    * `() => membership.status().detectionBoundMs + allowance`). Default 10 s.
    */
   timeoutMs?: number | (() => number)
@@ -71,11 +72,18 @@ interface OpRun {
 
 interface Pending { msgs: Message[], bytes: number, wake: Array<() => void> }
 
-/** Failure notice: u32 operation sequence number, u8 reason (index in REASON_NAMES). */
-const NOTICE_BYTES = 5
+/**
+ * Failure notice: u32 operation sequence number, u8 reason (index in REASON_NAMES), u32 rank
+ * of the member the failure started on (NO_RANK: none named, blame the sender).
+ */
+const NOTICE_BYTES = 9
+const NO_RANK = 0xffffffff
 const REASON_NAMES: readonly CollectiveFailure[] = ['peer-gone', 'timeout', 'protocol', 'aborted', 'closed', 'unrecoverable']
 
 const boxKey = (src: number, phase: number): number => src * 256 + phase
+
+/** A stream the remote reset on purpose (it failed and poisoned its instance), as opposed to one that broke. */
+const isReset = (err: unknown): boolean => (err as Error | undefined)?.name === 'StreamResetError'
 
 /**
  * The transport and lifecycle of collectives over one view: a long-lived stream to each peer
@@ -85,10 +93,11 @@ const boxKey = (src: number, phase: number): number => src * 256 + phase
  *
  * Failure: a member's disconnect, a broken or reset stream, bytes that do not decode or fit
  * the operation, no progress within `timeoutMs`, the caller's abort or stop() fail the
- * running call with a {@link CollectiveError} and poison the instance. Poisoning resets every
- * stream, so each other member's call fails at once too (it sees its stream to this node
- * reset) instead of waiting for its own timeout: a failure anywhere reaches every survivor
- * within the timeout bound plus a few link latencies. Later calls reject at once.
+ * running call with a {@link CollectiveError} and poison the instance. Poisoning sends a
+ * failure notice naming where the failure started and resets every stream, so each other
+ * member's call fails at once too instead of waiting for its own timeout, and reports the same
+ * origin: a failure anywhere reaches every survivor within the timeout bound plus
+ * `noticeGraceMs` and a few link latencies. Later calls reject at once.
  */
 export class CollectiveCore {
   readonly net: PeerNet
@@ -120,6 +129,10 @@ export class CollectiveCore {
   private readonly failures: Counter<'reason'> | undefined
   private unsubscribe: (() => void) | undefined
   private unsubscribeNotices: (() => void) | undefined
+  /** Pending verdict on a stream a member reset (see peerReset). */
+  private resetTimer: number | undefined
+  /** Deciding who stalled, after a no-progress timeout here or elsewhere (see suspectStall). */
+  private stall: { timer: number, start: number, waitedOn: Map<number, number>, message: string } | undefined
   private tail: Promise<unknown> = Promise.resolve()
   private nextSeq = 0
   private lastStarted = -1
@@ -188,12 +201,21 @@ export class CollectiveCore {
     this.unsubscribeNotices = this.net.subscribe(this.noticeTopic, {
       validate: msg => {
         const r = this.rankOf.get(msg.from)
-        return r !== undefined && r !== this.rank && msg.data.length === NOTICE_BYTES ? 'accept' : 'reject'
+        if (r === undefined || r === this.rank || msg.data.length !== NOTICE_BYTES) return 'reject'
+        const origin = new DataView(msg.data.buffer, msg.data.byteOffset, NOTICE_BYTES).getUint32(5, true)
+        return origin === NO_RANK || origin < this.size ? 'accept' : 'reject'
       },
       deliver: msg => {
-        // The root cause travels on (a member that saw a crash or a stall), blamed on the sender.
+        // The root cause travels on: the reason and the member the failure started on (the
+        // one that stalled or crashed, as the member that first saw it named it), so every
+        // survivor reports the same culprit, not the messenger. No culprit: the sender.
         const theirs = REASON_NAMES[msg.data[4]!] ?? 'aborted'
-        this.fail(theirs === 'closed' ? 'aborted' : theirs, this.rankOf.get(msg.from), `member ${msg.from} failed (${theirs})`)
+        const origin = new DataView(msg.data.buffer, msg.data.byteOffset, NOTICE_BYTES).getUint32(5, true)
+        const sender = this.rankOf.get(msg.from)!
+        const blamed = origin === NO_RANK ? sender : origin
+        const via = blamed === sender ? '' : `, started on ${this.view.members[blamed]!.id}`
+        if (theirs === 'timeout') this.suspectStall(sender, blamed, `member ${msg.from} timed out (waiting on ${this.view.members[blamed]!.id})`)
+        else this.fail(theirs === 'closed' ? 'aborted' : theirs, blamed, `member ${msg.from} failed (${theirs}${via})`)
       }
     })
     this.unsubscribe = this.net.on('peer:disconnect', id => {
@@ -217,6 +239,7 @@ export class CollectiveCore {
       // The PeerNet was stopped first: its handlers are gone with it.
     }
     if (this.active !== undefined) this.fail('closed', undefined, 'the collective was stopped')
+    this.clearVerdictTimers()
     const ends: Array<Promise<unknown>> = []
     for (const s of this.outStreams) ends.push(this.failure === undefined ? s.end().catch(() => {}) : Promise.resolve(s.abort()))
     for (const s of this.inbound.values()) s.abort(new AbortError('collective stopped'))
@@ -376,7 +399,15 @@ export class CollectiveCore {
     try {
       await Promise.race([write, op.failed])
     } catch (err) {
-      if (op.failure === undefined) this.fail('peer-gone', dst, `sending to ${this.view.members[dst]!.id} failed: ${(err as Error).message}`, err)
+      if (op.failure === undefined) {
+        const why = `sending to ${this.view.members[dst]!.id} failed: ${(err as Error).message}`
+        if (isReset(err)) {
+          this.peerReset(dst, why, err)
+          await op.failed.catch(() => {})
+        } else {
+          this.fail('peer-gone', dst, why, err)
+        }
+      }
       throw op.failure ?? err
     } finally {
       const n = op.waiting.get(dst)! - 1
@@ -456,10 +487,26 @@ export class CollectiveCore {
       if (err instanceof ProtocolError) {
         stream.abort(err)
         this.fail('protocol', src, `bad bytes from ${stream.remote}: ${err.message}`, err)
+      } else if (isReset(err)) {
+        this.peerReset(src, `${stream.remote} reset its stream: ${(err as Error).message}`, err)
       } else {
         this.fail('peer-gone', src, `stream from ${stream.remote} failed: ${(err as Error).message}`, err)
       }
     }
+  }
+
+  /**
+   * A member reset its stream to or from this node: it failed, and it sent its failure notice
+   * (with the root cause) before resetting, but the two travel separately and the reset may
+   * come first. Wait up to `noticeGraceMs` for the notice (or any other verdict: a disconnect,
+   * the watchdog) so this node reports where the failure started; then blame the resetter.
+   */
+  private peerReset (rank: number, message: string, cause: unknown): void {
+    if (this.failure !== undefined || this.resetTimer !== undefined) return
+    this.resetTimer = this.clock.setTimeout(() => {
+      this.resetTimer = undefined
+      this.fail('peer-gone', rank, message, cause)
+    }, COLLECTIVE_DEFAULTS.noticeGraceMs)
   }
 
   private route (src: number, m: Message): void {
@@ -523,9 +570,61 @@ export class CollectiveCore {
         this.armWatchdog(op, limit - idle)
         return
       }
-      const stalled = op.waiting.keys().next().value
-      this.fail('timeout', stalled, `no progress for ${Math.round(idle)} ms${stalled !== undefined ? ` waiting on ${this.view.members[stalled]!.id}` : ''}`)
+      const stalled: number | undefined = op.waiting.keys().next().value
+      const message = `no progress for ${Math.round(idle)} ms${stalled !== undefined ? ` waiting on ${this.view.members[stalled]!.id}` : ''}`
+      if (stalled === undefined) this.fail('timeout', undefined, message)
+      else this.suspectStall(this.rank, stalled, message)
     }, ms)
+  }
+
+  /**
+   * `reporter` (this node or, by its notice, another member) made no progress waiting on
+   * `waitedOn`. That member may be the one that stalled, or itself be starved by it (on a ring
+   * every member downstream of a stall starves, and a starved member's watchdog can fire before
+   * the news from upstream arrives). So a timeout is told to every member at once, and each
+   * waits `noticeGraceMs` to hear the others' before failing: it then follows the chain of
+   * "X timed out waiting on Y" to a member that did not report one, the one that stalled.
+   */
+  private suspectStall (reporter: number, waitedOn: number, message: string): void {
+    if (this.failure !== undefined) return
+    if (reporter === this.rank) this.notify('timeout', waitedOn)
+    if (this.stall === undefined) {
+      const timer = this.clock.setTimeout(() => {
+        const st = this.stall!
+        this.stall = undefined
+        let r = st.start
+        const seen = new Set<number>([r])
+        for (let next = st.waitedOn.get(r); next !== undefined && !seen.has(next); next = st.waitedOn.get(r)) {
+          r = next
+          seen.add(r)
+        }
+        const culprit = r === st.start ? '' : `; ${this.view.members[r]!.id} stalled first`
+        this.fail('timeout', r, `${st.message}${culprit}`)
+      }, COLLECTIVE_DEFAULTS.noticeGraceMs)
+      this.stall = { timer, start: waitedOn, waitedOn: new Map(), message }
+    }
+    // First word wins: a member's later notice relays the verdict it reached.
+    if (!this.stall.waitedOn.has(reporter)) this.stall.waitedOn.set(reporter, waitedOn)
+  }
+
+  private clearVerdictTimers (): void {
+    if (this.resetTimer !== undefined) this.clock.clearTimeout(this.resetTimer)
+    this.resetTimer = undefined
+    if (this.stall !== undefined) this.clock.clearTimeout(this.stall.timer)
+    this.stall = undefined
+  }
+
+  /** Tells every other member that this instance failed, why, and on whom (`peerRank`). */
+  private notify (reason: CollectiveFailure, peerRank: number | undefined): void {
+    if (!this.started) return
+    const notice = new Uint8Array(NOTICE_BYTES)
+    const dv = new DataView(notice.buffer)
+    dv.setUint32(0, Math.max(0, this.lastStarted), true)
+    notice[4] = REASON_NAMES.indexOf(reason)
+    dv.setUint32(5, peerRank ?? NO_RANK, true)
+    for (const m of this.view.members) {
+      if (m.id !== this.net.self.id) this.net.send(m.id, this.noticeTopic, notice).catch(() => {})
+    }
   }
 
   /** Records the first failure, fails the running call and resets every stream. */
@@ -536,6 +635,7 @@ export class CollectiveCore {
     const err = new CollectiveError(reason, `${op?.label ?? 'collective'} (step ${op?.step ?? '-'}): ${message}`,
       { op: op?.label ?? 'idle', step: op?.step ?? -1, peer }, cause === undefined ? undefined : { cause })
     this.failure = err
+    this.clearVerdictTimers()
     this.failures?.inc({ reason })
     this.log?.debug({ reason, op: err.op, step: err.step, peer }, 'collective failed')
     if (op !== undefined) {
@@ -544,14 +644,7 @@ export class CollectiveCore {
       op.ctrl.abort(err)
     }
     this.life.abort(err)
-    if (this.started) {
-      const notice = new Uint8Array(NOTICE_BYTES)
-      new DataView(notice.buffer).setUint32(0, Math.max(0, this.lastStarted), true)
-      notice[4] = REASON_NAMES.indexOf(reason)
-      for (const m of this.view.members) {
-        if (m.id !== this.net.self.id) this.net.send(m.id, this.noticeTopic, notice).catch(() => {})
-      }
-    }
+    this.notify(reason, peerRank)
     for (const s of this.outStreams) s.abort(err)
     for (const s of this.inbound.values()) s.abort(err)
     for (const p of this.pending.values()) for (const w of p.wake.splice(0)) w()

@@ -22,7 +22,10 @@ export type CollectiveFailure =
 /**
  * A collective call that did not complete. Every surviving member of the view rejects with
  * one of these (never a partial result); the instance is then poisoned, and the caller
- * builds a new one for the next view. `peer` names the member the failure was observed on.
+ * builds a new one for the next view. `reason` and `peer` say where the failure started, as
+ * far as anyone saw it: the member this node saw fail (stall, disconnect, bad bytes), or the
+ * one named in the failure notice of the member that saw it first (that member itself when
+ * it named none: it aborted, or gave up as unrecoverable).
  */
 export class CollectiveError extends ZeromeshError {
   static override name = 'CollectiveError'

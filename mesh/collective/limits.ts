@@ -45,6 +45,14 @@ export const COLLECTIVE_DEFAULTS = Object.freeze({
   weightBlockSize: 4096,
   /** qgZ gradient block (elements): smaller blocks bound int4 error more tightly. */
   gradBlockSize: 512,
+  /**
+   * How long (ms) a member listens for failure notices before it settles on who failed, so
+   * every survivor names where a failure started, not a member that passed it on: after its
+   * stream was reset (the resetter's notice, sent first, travels on another path), and after
+   * a no-progress timeout (here or announced by another member: on a ring every member
+   * downstream of a stall times out, and the chain of "timed out waiting on" leads to it).
+   */
+  noticeGraceMs: 250,
   /** First retry delay (ms) when a peer has not registered the protocol yet. */
   openRetryMs: 5
 })

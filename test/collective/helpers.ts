@@ -1,7 +1,7 @@
 import { RealClock, type Clock, type Rng } from '../../core/index.ts'
 import { createMemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
 import {
-  createCollective, shardRange, toBf16, fromBf16, relayOf, roundTrip,
+  createCollective, shardRange, relayOf, roundTrip,
   type Collective, type CollectiveInit, type Group as TierGroup, type Hierarchy, type Range, type Wire
 } from '../../mesh/collective/index.ts'
 import { Simulation, createSimNetwork, type SimNetwork, type Topology } from '../../sim/index.ts'
@@ -95,9 +95,35 @@ export function randomVec (rng: Rng, n: number, scale = 1): Float32Array {
   return out
 }
 
+const f32Box = new Float32Array(1)
+const u32Box = new Uint32Array(f32Box.buffer)
+const f32OfBits = (b: number): number => { u32Box[0] = b >>> 0; return f32Box[0]! }
+
+/**
+ * bf16 rounding written independently of mesh/collective/wire.ts (which adds a bias to the
+ * bits): the two bf16 neighbours of x are compared by their distance to x, computed exactly
+ * in f64; a tie goes to the even one; past the largest bf16, halfway to 2^128 rounds to
+ * infinity (IEEE overflow). Returns the f32 value of the rounded bf16 (NaN stays NaN).
+ */
+export function bf16Round (x: number): number {
+  f32Box[0] = x
+  const bits = u32Box[0]!
+  const v = f32Box[0]!
+  if (Number.isNaN(v) || !Number.isFinite(v)) return v
+  const lo = (bits & 0xffff0000) >>> 0
+  if (lo === bits) return v
+  const hi = (lo + 0x10000) >>> 0
+  const mag = (b: number): number => ((b & 0x7f800000) === 0x7f800000 ? 2 ** 128 : Math.abs(f32OfBits(b)))
+  const dlo = Math.abs(v) - mag(lo)
+  const dhi = mag(hi) - Math.abs(v)
+  const pick = dlo < dhi ? lo : dhi < dlo ? hi : ((lo >>> 16) & 1) === 0 ? lo : hi
+  return f32OfBits(pick)
+}
+
 /**
  * Serial reference of the ring reduce-scatter order: the shard owned by ring position j is
- * ((x[j+1] + x[j+2]) + ...) + x[j], partials rounded to bf16 before each hop when `bf16`.
+ * ((x[j+1] + x[j+2]) + ...) + x[j], in f32, the partial rounded to bf16 ({@link bf16Round})
+ * before each hop when `bf16` (the first hop carries x[j+1] itself, rounded).
  */
 export function serialRingReduce (xs: Float32Array[], ring: readonly number[], n: number, bf16 = false): Float32Array {
   const P = xs.length
@@ -109,7 +135,7 @@ export function serialRingReduce (xs: Float32Array[], ring: readonly number[], n
     for (let e = r.start; e < r.start + r.length; e++) {
       acc[0] = xs[ring[(j + 1) % Q]!]![e]!
       for (let k = 2; k <= Q; k++) {
-        const prev: number = bf16 ? fromBf16(toBf16(acc[0]!)) : acc[0]!
+        const prev: number = bf16 ? bf16Round(acc[0]!) : acc[0]!
         acc[0] = prev + xs[ring[(j + k) % Q]!]![e]!
       }
       out[e] = acc[0]!
@@ -128,14 +154,33 @@ export function firstDiff (a: Float32Array, b: Float32Array): number {
 }
 
 /**
+ * Residuals of a serial error-feedback model: per sending rank and tier level, one f32 per
+ * element of the whole vector (the same state each rank's ErrorFeedback holds).
+ */
+export type SerialFeedback = Map<string, Float32Array>
+
+/**
  * Serial reference of the hierarchical reduce-scatter, written from its documented order:
  * at every level, the subgroups' partial sums (subgroups ordered by lowest rank) are summed
  * left to right in f32, the first assigned. A hop between different relays goes through the
- * wire (`roundTrip`); a partial that stays on its relay does not.
+ * wire (`roundTrip`); a partial that stays on its relay does not. With `feedback` (quantized
+ * wires only), the sender adds its residual for (level, element) before encoding and keeps
+ * what the round trip dropped, as documented for ErrorFeedback.
  */
-export function serialHierReduce (xs: Float32Array[], h: Hierarchy, n: number, wire: Wire, parts?: readonly Range[]): Float32Array {
+export function serialHierReduce (xs: Float32Array[], h: Hierarchy, n: number, wire: Wire, parts?: readonly Range[], feedback?: SerialFeedback): Float32Array {
   const P = xs.length
   const out = new Float32Array(n)
+  const send = (v0: Float32Array, sender: number, level: number, start: number): Float32Array => {
+    if (feedback === undefined || wire.kind !== 'quant') return roundTrip(wire, v0)
+    const key = `${sender}/${level}`
+    let res = feedback.get(key)
+    if (res === undefined) feedback.set(key, res = new Float32Array(n))
+    const src = new Float32Array(v0.length)
+    for (let i = 0; i < src.length; i++) src[i] = v0[i]! + res[start + i]!
+    const back = roundTrip(wire, src)
+    for (let i = 0; i < src.length; i++) res[start + i] = src[i]! - back[i]!
+    return back
+  }
   for (let d = 0; d < P; d++) {
     const r = parts?.[d] ?? shardRange(n, P, d)
     const value = (g: TierGroup): Float32Array => {
@@ -144,7 +189,8 @@ export function serialHierReduce (xs: Float32Array[], h: Hierarchy, n: number, w
       const acc = new Float32Array(r.length)
       g.subgroups.forEach((sub, k) => {
         const v0 = value(sub)
-        const v = relayOf(h, sub, d) === relay ? v0 : roundTrip(wire, v0)
+        const from = relayOf(h, sub, d)
+        const v = from === relay ? v0 : send(v0, from, g.level, r.start)
         if (k === 0) acc.set(v)
         else for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + v[i]!
       })
@@ -160,4 +206,15 @@ export function exactSum (xs: Float32Array[], n: number): Float64Array {
   const out = new Float64Array(n)
   for (const x of xs) for (let i = 0; i < n; i++) out[i]! += x[i]!
   return out
+}
+
+/**
+ * The stated error bound of a quantized hierarchical reduce-scatter over P ranks in Z zones
+ * with inputs in [-scale, scale]: each quantized hop errs by at most half a block scale
+ * (absmax / qmax / 2) plus f32 rounding; at most P rank hops and Z zone partials, each partial
+ * at most P * scale in magnitude.
+ */
+export function hierQuantBound (P: number, Z: number, bits: 4 | 8, scale = 1): number {
+  const qmax = bits === 8 ? 127 : 7
+  return (P + Z * P) * scale / (2 * qmax) * 1.001 + 1e-5
 }

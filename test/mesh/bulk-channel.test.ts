@@ -1,7 +1,7 @@
 import test from 'ava'
 import { randomBytes } from 'node:crypto'
 import { silentLogger } from '../../core/index.ts'
-import { startBulkChannel, bulkKey, bulkSessionId, MESH_LIMITS, type ByteStream, type StreamHandler } from '../../mesh/index.ts'
+import { startBulkChannel, bulkKey, bulkSessionId, BULK_IDLE_PER_SESSION, MESH_LIMITS, type ByteStream, type StreamHandler } from '../../mesh/index.ts'
 
 const auth = new Uint8Array(32).fill(9)
 const nD = new Uint8Array(randomBytes(32))
@@ -83,6 +83,107 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
     await write.catch(() => {})
     const mine = await t.throwsAsync((async () => { for await (const c of s) void c })())
     t.is(mine.name, 'StreamResetError', 'the sender learns of the reset')
+  } finally {
+    await close()
+  }
+})
+
+// ---- connection reuse ----
+
+const echo: StreamHandler = async s => { for await (const c of s) await s.write(c); await s.end() }
+
+/** One request/response exchange on a fresh stream: write `data`, end, read the echo. */
+async function exchange (s: ByteStream, data: Uint8Array): Promise<Buffer> {
+  const parts: Uint8Array[] = []
+  const reading = (async () => { for await (const c of s) parts.push(c) })()
+  await s.write(data)
+  await s.end()
+  await reading
+  return Buffer.concat(parts)
+}
+
+test('streams that end both ways hand their connection to the next stream', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    for (let i = 0; i < 10; i++) {
+      const data = new Uint8Array(randomBytes(1000 + i * 977))
+      const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+      t.true((await exchange(s, data)).equals(data), `stream ${i}`)
+    }
+    t.deepEqual(a.stats(), { dials: 1, reused: 9, idle: 1 })
+  } finally {
+    await close()
+  }
+})
+
+test('a late abort of a finished stream does not touch the stream that reuses its connection', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    const first = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    await exchange(first, Uint8Array.of(1, 2, 3))
+    const second = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    first.abort(new Error('late'))
+    const data = new Uint8Array(randomBytes(200_000))
+    t.true((await exchange(second, data)).equals(data))
+    t.is(a.stats().reused, 1)
+  } finally {
+    await close()
+  }
+})
+
+test('an aborted or reset stream closes its connection instead of pooling it', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo, '/reset/1': async s => { s.abort() } })
+  try {
+    const s1 = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    await s1.write(Uint8Array.of(1))
+    s1.abort()
+    const s2 = await a.open('B', '127.0.0.1', b.port, session, '/reset/1')
+    await t.throwsAsync((async () => { for await (const c of s2) void c })(), { name: 'StreamResetError' })
+    const s3 = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    t.true((await exchange(s3, Uint8Array.of(7))).equals(Buffer.of(7)))
+    t.deepEqual(a.stats(), { dials: 3, reused: 0, idle: 1 })
+  } finally {
+    await close()
+  }
+})
+
+test(`at most ${BULK_IDLE_PER_SESSION} idle connections are kept per peer session`, async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    const n = BULK_IDLE_PER_SESSION + 3
+    const streams = await Promise.all(Array.from({ length: n }, () => a.open('B', '127.0.0.1', b.port, session, '/echo/1')))
+    await Promise.all(streams.map((s, i) => exchange(s, Uint8Array.of(i))))
+    t.deepEqual(a.stats(), { dials: n, reused: 0, idle: BULK_IDLE_PER_SESSION })
+  } finally {
+    await close()
+  }
+})
+
+test('a pooled connection the listener dropped is replaced by a fresh dial, and the open succeeds', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    await exchange(await a.open('B', '127.0.0.1', b.port, session, '/echo/1'), Uint8Array.of(1))
+    t.is(a.stats().idle, 1)
+    // The listener forgets A (closing A's connections) and learns the session again before
+    // A's side has seen the close: A's pooled connection is dead when A picks it.
+    b.dropPeer('A')
+    b.addSession('A', session, key)
+    const data = new Uint8Array(randomBytes(50_000))
+    t.true((await exchange(await a.open('B', '127.0.0.1', b.port, session, '/echo/1'), data)).equals(data))
+    t.is(a.stats().dials, 2)
+  } finally {
+    await close()
+  }
+})
+
+test('dropping a peer closes its idle pooled connections', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    await exchange(await a.open('B', '127.0.0.1', b.port, session, '/echo/1'), Uint8Array.of(1))
+    t.is(a.stats().idle, 1)
+    a.dropPeer('B')
+    for (let i = 0; i < 50 && a.stats().idle > 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+    t.is(a.stats().idle, 0)
   } finally {
     await close()
   }
