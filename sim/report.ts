@@ -25,7 +25,8 @@ export function formatReport (r: ScenarioReport): string {
   return lines.join('\n')
 }
 
-function formatBytes (n: number): string {
+/** Bytes for people: B, KiB, MiB or GiB. */
+export function formatBytes (n: number): string {
   if (n < 1024) return `${n} B`
   if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`
   if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`

@@ -1,12 +1,14 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { z } from 'zod'
-import { silentLogger } from '../core/index.ts'
-import { CpuBackend, gptLayout } from '../gpu/index.ts'
-import type { MembershipInit } from '../mesh/index.ts'
+import { InvalidArgumentError, Rng, silentLogger } from '../core/index.ts'
+import { CpuBackend, Gpt, GPT_PRESETS, gptLayout, type GptConfig } from '../gpu/index.ts'
+import { decodeHeader, ENCODINGS, OP_KINDS } from '../mesh/collective/index.ts'
+import type { MembershipInit, PeerNet } from '../mesh/index.ts'
 import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../node/trainer.ts'
 import type { Corpus } from '../node/data.ts'
 import type { Topology } from './net.ts'
+import { formatBytes } from './report.ts'
 import { ScenarioError } from './scenario.ts'
 import { MembershipWorld } from './world.ts'
 
@@ -23,7 +25,10 @@ import { MembershipWorld } from './world.ts'
  * - the ranks agree: one mean loss and one held-out loss across them;
  * - with a reference (`reference: true`), the final weights are bit-identical to the same run
  *   without faults when every lost rank was replaced by a spare (with a shrink, the held-out
- *   loss is within 1%).
+ *   loss is within 1%);
+ * - with `compareZeroPP`, the same job runs as flat ZeRO-3 and as ZeRO++ (qwZ + hpZ + qgZ):
+ *   the ZeRO++ held-out loss is within 1% of the flat one and no backward weight bytes
+ *   cross zones (hpZ).
  */
 export interface TrainRunOptions {
   seed: number
@@ -35,6 +40,8 @@ export interface TrainRunOptions {
   /** Tokens per rank and step: batch x sequence. Defaults 2 x 16. */
   batch?: number
   seq?: number
+  /** AdamW learning rate. Default 1e-2. */
+  lr?: number
   zeroPP?: boolean
   /** Erasure-coded snapshots (k data + m parity), default 2+1; undefined turns them off. */
   snapshot?: { k: number, m: number } | null
@@ -47,6 +54,19 @@ export interface TrainRunOptions {
   kills?: Array<{ rank: number, atStep: number }>
   /** Run the same configuration without faults too and compare (the bit-identity invariant). */
   reference?: boolean
+  /**
+   * Run the job twice, as flat ZeRO-3 and as ZeRO++ (`zeroPP` is then ignored), and compare
+   * the held-out losses. Needs no kills (the comparison is of the algorithms, not recoveries).
+   */
+  compareZeroPP?: boolean
+  /** Model shape: `mini` (the `zeromesh up` default, ~0.1 M parameters) or `tiny` (GPT_PRESETS.tiny, ~30 k). */
+  model?: SimModel
+  /**
+   * Training text: `text` (a repeated sentence the model learns by heart; held-out = training)
+   * or `bigram` (a seeded noisy bigram language with a separate held-out stream: its loss has
+   * a floor, ~1.8 nats, so a relative comparison of losses means something).
+   */
+  data?: SimData
   membership?: MembershipInit
   topology?: Topology
   /** Simulated time limit (ms). Default 30 min. */
@@ -72,19 +92,85 @@ export interface TrainRunResult {
   stepMs: number | undefined
   /** The reference run's figures, when asked for. */
   reference?: { weightsHash: string | undefined, evalLoss: number | undefined, simMs: number }
+  /** With `compareZeroPP`: both runs side by side (the figures above are the ZeRO++ run's). */
+  zeroPP?: ZeroPPComparison
 }
 
-// A small repetitive text, so the tiny model learns visibly in few steps without files.
-function simCorpus (): Corpus {
+export type SimModel = 'mini' | 'tiny'
+export type SimData = 'text' | 'bigram'
+
+/** Bound on |ZeRO++ - flat| / flat of the held-out loss (DeepSpeed's own test allows 10%). */
+export const ZERO_PP_LOSS_TOLERANCE = 0.01
+
+/** One run of a ZeRO++ comparison. */
+export interface ComparedRun {
+  traceHash: string
+  events: number
+  simMs: number
+  stepMs: number | undefined
+  loss: number | undefined
+  /** The trainer's held-out loss: one B x T batch. */
+  evalLoss: number | undefined
+  /** Mean loss of the final weights over the whole held-out stream (what is compared). */
+  heldOutLoss: number | undefined
+  weightsHash: string | undefined
+  /** Bytes the ranks sent, per tier, summed over the ranks (trainer status). */
+  sentBytes: { host: number, zone: number, wan: number }
+  /**
+   * Collective bytes sent across zones during the training steps (the final evaluation's
+   * gather left out), by operation and wire encoding as the message headers give them:
+   * `allGather/q8` is qwZ's forward, `hierReduceScatter/q4` qgZ, `allGather/f32` flat
+   * ZeRO-3's forward and backward weight gathers (or hpZ's, were they to cross zones).
+   */
+  crossZoneBytes: Record<string, number>
+}
+
+export interface ZeroPPComparison {
+  flat: ComparedRun
+  zeroPP: ComparedRun
+  /** |ZeRO++ - flat| / flat of `heldOutLoss`; undefined when a run has none. */
+  heldOutLossRelDiff: number | undefined
+  limit: number
+  /**
+   * ZeRO++ weight-gather bytes across zones during the training steps that are not qwZ's
+   * int8 forward gather: the backward's (hpZ keeps it inside the zone, so 0).
+   */
+  backwardWeightCrossZoneBytes: number
+}
+
+// `text`: a small repetitive text, so the model learns visibly in few steps without files.
+function simCorpus (data: SimData, seed: number): Corpus {
+  if (data === 'bigram') return bigramCorpus(seed)
   const text = Buffer.from('the quick brown fox jumps over the lazy dog. '.repeat(200))
   const ids = new Uint16Array(text.length)
   ids.set(text)
   return { source: 'simulator text', vocabSize: 256, train: ids, val: ids.subarray(0, 200) }
 }
 
+const BIGRAM_VOCAB = 64
+/**
+ * A noisy bigram language (as in test/collective/zero-training.test.ts): the next token is
+ * (5 x prev + 3) mod V, or a uniformly random one with probability 0.3. Training and held-out
+ * streams are drawn separately from the seed.
+ */
+function bigramCorpus (seed: number): Corpus {
+  const stream = (name: string, n: number): Uint16Array => {
+    const rng = Rng.fromSeed(seed).split(`sim-bigram/${name}`)
+    const out = new Uint16Array(n)
+    let x = rng.int(0, BIGRAM_VOCAB)
+    for (let i = 0; i < n; i++) {
+      out[i] = x
+      x = rng.bool(0.3) ? rng.int(0, BIGRAM_VOCAB) : (5 * x + 3) % BIGRAM_VOCAB
+    }
+    return out
+  }
+  return { source: 'simulator noisy bigrams', vocabSize: BIGRAM_VOCAB, train: stream('train', 1 << 18), val: stream('val', 1 << 12) }
+}
+
 /** Runs the training workload once; deterministic in (options, code). */
 export async function trainRun (o: TrainRunOptions): Promise<TrainRunResult> {
-  const main = await once(o, o.kills ?? [], o.progress)
+  if (o.compareZeroPP === true) return compareZeroPP(o)
+  const { heldOutLoss: _h, sentBytes: _s, crossZoneBytes: _c, ...main } = await once(o, o.kills ?? [], o.progress)
   if (o.reference !== true) return main
   const ref = await once(o, [])
   main.reference = { weightsHash: ref.weightsHash, evalLoss: ref.evalLoss, simMs: ref.simMs }
@@ -97,7 +183,127 @@ export async function trainRun (o: TrainRunOptions): Promise<TrainRunResult> {
   return main
 }
 
-async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: number }>, progress?: (f: number) => void): Promise<TrainRunResult> {
+/**
+ * The same job as flat ZeRO-3 and as ZeRO++ (qwZ int8 weights, hpZ secondary partition per
+ * zone, qgZ int4 gradients): one seed, one data, one model. The result carries the ZeRO++
+ * run's figures and both runs under `zeroPP`; the comparison's invariants join the violations.
+ */
+async function compareZeroPP (o: TrainRunOptions): Promise<TrainRunResult> {
+  if ((o.kills ?? []).length > 0) throw new InvalidArgumentError('compareZeroPP compares the algorithms without faults: leave kills out')
+  const p = o.progress
+  const flat = await once({ ...o, zeroPP: false }, [], p === undefined ? undefined : f => { p(f / 2) }, true)
+  const zpp = await once({ ...o, zeroPP: true }, [], p === undefined ? undefined : f => { p(0.5 + f / 2) }, true)
+  const figures = (r: typeof flat): ComparedRun => ({
+    traceHash: r.traceHash,
+    events: r.events,
+    simMs: r.simMs,
+    stepMs: r.stepMs,
+    loss: r.loss,
+    evalLoss: r.evalLoss,
+    heldOutLoss: r.heldOutLoss,
+    weightsHash: r.weightsHash,
+    sentBytes: r.sentBytes,
+    crossZoneBytes: r.crossZoneBytes
+  })
+  const rel = flat.heldOutLoss !== undefined && zpp.heldOutLoss !== undefined ? Math.abs(zpp.heldOutLoss - flat.heldOutLoss) / flat.heldOutLoss : undefined
+  // Every weight gather of the ZeRO++ run that is not qwZ's int8 forward one is a backward one.
+  const backward = Object.entries(zpp.crossZoneBytes).reduce((a, [k, b]) => a + (k.startsWith('allGather/') && k !== 'allGather/q8' ? b : 0), 0)
+  const { heldOutLoss: _h, sentBytes: _s, crossZoneBytes: _c, ...main } = zpp
+  main.violations = [...flat.violations.map(v => `flat ZeRO-3 run: ${v}`), ...zpp.violations.map(v => `ZeRO++ run: ${v}`)]
+  if (rel === undefined) main.violations.push('a run ended without a held-out loss: nothing to compare')
+  else if (!(rel <= ZERO_PP_LOSS_TOLERANCE)) {
+    main.violations.push(`ZeRO++ held-out loss ${zpp.heldOutLoss!.toFixed(4)} is ${(100 * rel).toFixed(2)}% from flat ZeRO-3's ${flat.heldOutLoss!.toFixed(4)} (limit ${100 * ZERO_PP_LOSS_TOLERANCE}%)`)
+  }
+  if (backward > 0) main.violations.push(`${backward} backward weight bytes crossed zones with hpZ (expected none)`)
+  main.zeroPP = { flat: figures(flat), zeroPP: figures(zpp), heldOutLossRelDiff: rel, limit: ZERO_PP_LOSS_TOLERANCE, backwardWeightCrossZoneBytes: backward }
+  return main
+}
+
+// Collective streams (mesh/collective/collective.ts names them /zeromesh/collective/1/<name>/<epoch>).
+const COLLECTIVE_PROTOCOL = '/zeromesh/collective/'
+const KIND_NAMES = new Map<number, string>(Object.entries(OP_KINDS).map(([k, v]) => [v, k]))
+const ENCODING_NAMES = new Map<number, string>(Object.entries(ENCODINGS).map(([k, v]) => [v, k]))
+
+/**
+ * Counts the collective bytes `net` sends to other zones during training steps (header step
+ * below `steps`), by operation kind and wire encoding read from each message's header (one
+ * message per write). The stream's write is wrapped in the turn the open resolves, before
+ * the caller sees the stream, so tapping adds no step to the run's schedule.
+ */
+function tapCrossZone (net: PeerNet, zoneOf: ReadonlyMap<string, string>, steps: number, into: Record<string, number>): PeerNet {
+  const mine = zoneOf.get(net.self.id)
+  const count = (chunk: Uint8Array): void => {
+    let key = 'unparsed'
+    try {
+      const h = decodeHeader(chunk)
+      if (h.step >= steps) return // the final evaluation's gather
+      key = `${KIND_NAMES.get(h.kind) ?? h.kind}/${ENCODING_NAMES.get(h.encoding) ?? h.encoding}`
+    } catch {}
+    into[key] = (into[key] ?? 0) + chunk.length
+  }
+  const open: PeerNet['open'] = (peer, protocol, options) => {
+    const p = net.open(peer, protocol, options)
+    if (!protocol.startsWith(COLLECTIVE_PROTOCOL) || zoneOf.get(peer) === mine) return p
+    void p.then(s => {
+      const write = s.write.bind(s)
+      s.write = (chunk, opts) => { count(chunk); return write(chunk, opts) }
+    }, () => {})
+    return p
+  }
+  return new Proxy(net, { get: (t, k) => (k === 'open' ? open : Reflect.get(t, k)) })
+}
+
+interface OnceResult extends TrainRunResult {
+  heldOutLoss: number | undefined
+  sentBytes: ComparedRun['sentBytes']
+  crossZoneBytes: Record<string, number>
+}
+
+const HELD_OUT_BATCH = 16
+
+/**
+ * Mean loss of the final weights (the ranks' f32 master shards, in order) over the held-out
+ * stream cut into windows of T + 1 tokens, HELD_OUT_BATCH windows a batch (whole batches only).
+ * The trainer's own figure is one B x T batch: too few tokens to compare runs to 1%.
+ */
+function heldOutLoss (config: GptConfig, T: number, shards: ReadonlyArray<{ start: number, data: Float32Array }>, val: Uint16Array): number | undefined {
+  const n = gptLayout(config).length
+  const params = new Float32Array(n)
+  let at = 0
+  for (const s of shards) {
+    if (s.start !== at) return undefined // a gap: not every shard came back
+    params.set(s.data.subarray(0, Math.max(0, Math.min(s.data.length, n - at))), at)
+    at += s.data.length
+  }
+  if (at < n) return undefined
+  const windows = Math.floor((val.length - 1) / T)
+  const B = Math.min(HELD_OUT_BATCH, windows)
+  const batches = Math.floor(windows / B)
+  if (batches === 0) return undefined
+  const model = new Gpt(new CpuBackend(), config, { B, T, dtype: 'f32', seed: 0 })
+  try {
+    model.setParams(params)
+    const inputs = new Int32Array(B * T)
+    const targets = new Int32Array(B * T)
+    let sum = 0
+    for (let k = 0; k < batches; k++) {
+      for (let b = 0; b < B; b++) {
+        const off = (k * B + b) * T
+        for (let t = 0; t < T; t++) {
+          inputs[b * T + t] = val[off + t]!
+          targets[b * T + t] = val[off + t + 1]!
+        }
+      }
+      sum += model.forward(inputs, targets)
+    }
+    return sum / batches
+  } finally {
+    model.dispose()
+  }
+}
+
+/** One run; `compare` adds the figures a ZeRO++ comparison needs (cross-zone tap, held-out loss). */
+async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
   const w = new MembershipWorld({
     seed: o.seed,
     nodes: o.nodes,
@@ -106,14 +312,15 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     membership: { heartbeatMs: 100, ...o.membership }
   })
   const { sim } = w
-  const corpus = simCorpus()
-  const model = { ...trainingModel('mini', corpus.vocabSize), maxT: Math.max(16, o.seq ?? 16) }
+  const corpus = simCorpus(o.data ?? 'text', o.seed)
+  const { nLayer, nHead, C } = GPT_PRESETS.tiny
+  const model = { ...trainingModel('mini', corpus.vocabSize), ...(o.model === 'tiny' ? { nLayer, nHead, C } : {}), maxT: Math.max(16, o.seq ?? 16) }
   const cfg: TrainConfig = {
     model,
     B: o.batch ?? 2,
     T: o.seq ?? 16,
     steps: o.steps,
-    lr: 1e-2,
+    lr: o.lr ?? 1e-2,
     weightDecay: 0,
     seed: o.seed,
     worldSize: o.worldSize,
@@ -127,6 +334,8 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
   const crashed = new Set<string>()
   const ctrls = new Map<string, AbortController>()
   const trainers: Array<{ id: string, trainer: Trainer, done: Promise<TrainStatus | Error> }> = []
+  const crossZoneBytes: Record<string, number> = {}
+  const zoneOf = new Map(w.nodes.map(n => [n.id, n.zone]))
   const t0 = sim.now()
   // Trainers are built before membership starts, as `zeromesh start` does, so each sees the
   // first full view as installed.
@@ -136,7 +345,7 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     const boot = w.boot(n)
     const trainer = new Trainer({
       backend: new CpuBackend(),
-      net: n.net,
+      net: compare ? tapCrossZone(n.net, zoneOf, o.steps, crossZoneBytes) : n.net,
       membership: n.m!,
       clock: n.handle.clock,
       log: silentLogger(),
@@ -183,11 +392,13 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
   if (new Set(ranks.map(r => r.loss)).size > 1) violations.push(`ranks disagree on the loss: ${ranks.map(r => r.loss).join(', ')}`)
   if (new Set(ranks.map(r => r.evalLoss)).size > 1) violations.push(`ranks disagree on the held-out loss: ${ranks.map(r => r.evalLoss).join(', ')}`)
   let weightsHash: string | undefined
+  let heldOut: number | undefined
   if (ranks.length > 0) {
     const shards = live.map(t => t.trainer.finalShard).filter(x => x !== undefined).sort((a, b) => a.start - b.start)
     const h = createHash('sha256')
     for (const s of shards) h.update(new Uint8Array(s.data.buffer, s.data.byteOffset, s.data.byteLength))
     weightsHash = h.digest('hex')
+    if (compare) heldOut = heldOutLoss(model, cfg.T, shards, corpus.val)
   }
   const recoveries = ranks.flatMap(r => r.recoveries).filter((r, i, a) => a.findIndex(x => x.fromStep === r.fromStep && x.mode === r.mode) === i)
   return {
@@ -201,7 +412,10 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     evalLoss: ranks[0]?.evalLoss,
     weightsHash,
     recoveries,
-    stepMs: ranks.length > 0 ? simMs / o.steps : undefined
+    stepMs: ranks.length > 0 ? simMs / o.steps : undefined,
+    heldOutLoss: heldOut,
+    sentBytes: ranks.reduce((a, r) => ({ host: a.host + r.bytes.host, zone: a.zone + r.bytes.zone, wan: a.wan + r.bytes.wan }), { host: 0, zone: 0, wan: 0 }),
+    crossZoneBytes: Object.fromEntries(Object.entries(crossZoneBytes).sort(([a], [b]) => (a < b ? -1 : 1)))
   }
 }
 
@@ -222,6 +436,14 @@ export const trainScenarioSchema = z.strictObject({
   batch: z.int().min(1).max(64).default(2),
   seq: z.int().min(2).max(64).default(16),
   zeropp: z.boolean().default(false),
+  /**
+   * Run the job as flat ZeRO-3 and as ZeRO++ (qwZ + hpZ + qgZ) and hold the ZeRO++ held-out
+   * loss within 1% of the flat one. Without faults (so no reference run), over two or more zones.
+   */
+  compareZeropp: z.boolean().default(false),
+  model: z.enum(['mini', 'tiny']).default('mini'),
+  data: z.enum(['text', 'bigram']).default('text'),
+  lr: z.number().positive().max(1).default(1e-2),
   snapshot: z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'),
   flopsPerS: z.number().positive().default(1e12),
   heartbeatMs: z.number().positive().max(60_000).default(100),
@@ -230,6 +452,11 @@ export const trainScenarioSchema = z.strictObject({
   limitMs: z.number().positive().max(24 * 3600_000).default(30 * 60_000)
 }).superRefine((s, ctx) => {
   if (s.worldSize > s.nodes) ctx.addIssue({ code: 'custom', path: ['worldSize'], message: `is ${s.worldSize}, more than the ${s.nodes} nodes` })
+  if (s.compareZeropp) {
+    if (s.zeropp) ctx.addIssue({ code: 'custom', path: ['zeropp'], message: 'compareZeropp runs both flat ZeRO-3 and ZeRO++; leave zeropp out' })
+    if (s.kills.length > 0) ctx.addIssue({ code: 'custom', path: ['kills'], message: 'compareZeropp compares the algorithms without faults; leave kills out' })
+    if (s.zones < 2) ctx.addIssue({ code: 'custom', path: ['zones'], message: `is ${s.zones}; compareZeropp needs 2 or more, so hpZ and qgZ have zones to keep traffic in` })
+  }
   for (const [i, k] of s.kills.entries()) {
     if (k.rank >= s.worldSize) ctx.addIssue({ code: 'custom', path: ['kills', i, 'rank'], message: `rank ${k.rank} does not exist (worldSize ${s.worldSize})` })
     if (k.atStep >= s.steps) ctx.addIssue({ code: 'custom', path: ['kills', i, 'atStep'], message: `step ${k.atStep} is not before the last step (${s.steps})` })
@@ -275,6 +502,10 @@ export async function runTrainScenario (s: TrainScenario, opts: { seed?: number,
     batch: s.batch,
     seq: s.seq,
     zeroPP: s.zeropp,
+    compareZeroPP: s.compareZeropp,
+    model: s.model,
+    data: s.data,
+    lr: s.lr,
     snapshot,
     flopsPerS: s.flopsPerS,
     kills: s.kills,
@@ -294,11 +525,22 @@ export function formatTrainReport (r: TrainRunResult & { scenario: string, ok: b
     `steps: ${r.steps}, loss ${r.loss?.toFixed(4) ?? '-'}, held-out loss ${r.evalLoss?.toFixed(4) ?? '-'}, ${r.stepMs?.toFixed(0) ?? '-'} simulated ms per step`
   ]
   for (const x of r.recoveries) lines.push(`recovery: ${x.mode} of rank ${x.lost.join(', ')} from step ${x.fromStep} (${x.ms} simulated ms)`)
+  const z = r.zeroPP
+  if (z !== undefined) {
+    const crossed = (c: ComparedRun): string => Object.entries(c.crossZoneBytes).map(([k, b]) => `${k} ${formatBytes(b)}`).join(', ') || 'none'
+    const run = (name: string, c: ComparedRun): string =>
+      `  ${name.padEnd(11)} loss ${c.loss?.toFixed(4) ?? '-'}, held-out loss ${c.heldOutLoss?.toFixed(4) ?? '-'} (one batch: ${c.evalLoss?.toFixed(4) ?? '-'}), ` +
+      `${(c.simMs / 1000).toFixed(1)} s simulated, trace ${c.traceHash.slice(0, 16)}; across zones: ${crossed(c)}`
+    lines.push('ZeRO++ (qwZ int8 weights, hpZ, qgZ int4 gradients) against flat ZeRO-3, same job and seed (the figures above are the ZeRO++ run\'s):')
+    lines.push(run('flat ZeRO-3', z.flat), run('ZeRO++', z.zeroPP))
+    lines.push(`  held-out loss difference ${z.heldOutLossRelDiff === undefined ? '-' : `${(100 * z.heldOutLossRelDiff).toFixed(3)}%`} (limit ${100 * z.limit}%); ` +
+      `backward weight bytes across zones with hpZ: ${z.backwardWeightCrossZoneBytes}`)
+  }
   if (r.reference !== undefined) {
     lines.push(`reference run without faults: ${(r.reference.simMs / 1000).toFixed(1)} s simulated, held-out loss ${r.reference.evalLoss?.toFixed(4) ?? '-'}, ` +
       `final weights ${r.reference.weightsHash === r.weightsHash ? 'bit-identical' : 'differ'}`)
   }
-  lines.push(r.ok ? 'invariants: ok (membership safety, every rank finished, ranks agree' + (r.reference !== undefined ? ', matches the reference' : '') + ')' : 'invariants: VIOLATED')
+  lines.push(r.ok ? 'invariants: ok (membership safety, every rank finished, ranks agree' + (r.reference !== undefined ? ', matches the reference' : '') + (z !== undefined ? `, ZeRO++ within ${100 * z.limit}% of flat ZeRO-3` : '') + ')' : 'invariants: VIOLATED')
   for (const v of r.violations) lines.push(`  - ${v}`)
   lines.push(r.ok ? 'result: PASS' : 'result: FAIL')
   return lines.join('\n')
