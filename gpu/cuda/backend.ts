@@ -814,7 +814,8 @@ export class CudaBackend implements Backend {
     const fast = blockSize % 4 === 0 && tpb <= 256 && aligned(x.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
     if (fast) {
       const groups = 256 / tpb
-      this.launch('quant_fast', cdiv(nblocks, groups), 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, tpb, this.flags.ptr])
+      // Grid-stride over quant blocks: 3 CTAs per SM (the kernel's launch bound).
+      this.launch('quant_fast', Math.min(cdiv(nblocks, groups), this.sm * 3), 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, tpb, this.flags.ptr])
     } else {
       this.launch('quant_generic', nblocks, 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, this.flags.ptr])
     }
