@@ -39,7 +39,8 @@ export interface WorkerGroup {
 
 /**
  * Spawns P workers with `config` (index 0 first; the others bootstrap from its address).
- * Resolves once every worker printed its address; on any failure every child is killed.
+ * Resolves once worker 0 printed its address and the others were started (they bootstrap from
+ * it); on any failure every child is killed.
  */
 export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index' | 'P' | 'secretFile' | 'dataDir' | 'bootstrap'>, opts: { startMs?: number } = {}): Promise<WorkerGroup> {
   const startMs = opts.startMs ?? 30_000
