@@ -93,7 +93,9 @@ for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
         t.is(e['op'], LABEL[op], `${who}: op`)
         t.is(e['step'], step, `${who}: step`)
         t.true(['peer-gone', 'timeout'].includes(e['reason'] as string), `${who}: reason ${String(e['reason'])}`)
-        t.true(ids.includes(e['peer'] as string), `${who}: names a member (${String(e['peer'])})`)
+        // Every survivor names the killed member, not a survivor that passed the failure on
+        // (failure notices carry the origin; a reset waits noticeGraceMs for the notice).
+        t.is(e['peer'], victimId, `${who}: blames the killed member (${String(e['peer'])}: "${String(e['message'])}")`)
         const sinceKill = Number(e['atMs']) - killedAt
         // Rejected after the kill: the kill landed mid-operation (nobody had settled yet).
         t.true(sinceKill > 0, `${who} rejected ${Math.round(sinceKill)} ms after the kill: ${JSON.stringify(e)}`)

@@ -73,6 +73,8 @@ async function faultRun (seed: number, op: Op, fault: 'crash' | 'pause', stats =
       if (e.name !== 'CollectiveError' || e.op !== LABEL[op] || e.step !== step) return `rank ${r}: wrong error context ${e.op}/${e.step}`
       if (!['peer-gone', 'timeout'].includes(e.reason)) return `rank ${r}: reason ${e.reason}`
       if (e.peer === undefined) return `rank ${r}: no peer named`
+      // Every survivor names the member that failed, not one that passed the failure on.
+      if (e.peer !== g.nets[victim]!.self.id) return `rank ${r} blamed ${e.peer}, not the ${fault === 'crash' ? 'crashed' : 'paused'} member ${g.nets[victim]!.self.id} (${e.reason}: ${e.message})`
       // Bound: the no-progress timeout plus a few link latencies (the cascade of resets).
       if (o.at - t0 > TIMEOUT_MS + 500) return `rank ${r} rejected ${o.at - t0} ms after the ${fault}, over the bound`
       if (fault === 'crash' && o.at - t0 > 500) return `rank ${r} took ${o.at - t0} ms to notice a crash`
