@@ -99,12 +99,14 @@ export async function startBulkChannel (init: BulkChannelInit): Promise<BulkChan
     }
     return c
   }
-  const unpool = (session: string, c: BulkConn): void => {
+  /** Removes `c` (default: the newest) from the session's idle connections and returns it. */
+  const unpool = (session: string, c?: BulkConn): BulkConn | undefined => {
     const list = idle.get(session)
-    if (list === undefined) return
-    const i = list.indexOf(c)
-    if (i >= 0) list.splice(i, 1)
+    if (list === undefined) return undefined
+    const i = c === undefined ? list.length - 1 : list.indexOf(c)
+    const taken = i >= 0 ? list.splice(i, 1)[0] : undefined
     if (list.length === 0) idle.delete(session)
+    return taken
   }
 
   /** Listener side: wait for the next stream's protocol name on `conn`, then serve it. */
@@ -207,8 +209,7 @@ export async function startBulkChannel (init: BulkChannelInit): Promise<BulkChan
       if (entry === undefined || entry.peer !== peer) throw new InvalidArgumentError(`no bulk session ${session} with ${peer}`)
       if (signal?.aborted === true) throw new AbortError('open aborted')
       for (;;) {
-        const pooled = idle.get(session)?.pop()
-        if (pooled !== undefined) unpool(session, pooled)
+        const pooled = unpool(session)
         const conn = pooled ?? await dial(peer, host, port, session, entry.key, signal)
         conn.socket.setTimeout(0)
         try {

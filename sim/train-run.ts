@@ -4,6 +4,7 @@ import { z } from 'zod'
 import { InvalidArgumentError, Rng, silentLogger } from '../core/index.ts'
 import { CpuBackend, Gpt, GPT_PRESETS, gptLayout, type GptConfig } from '../gpu/index.ts'
 import { decodeHeader, ENCODINGS, OP_KINDS } from '../mesh/collective/index.ts'
+import { assembleFlat } from '../snapshot/index.ts'
 import type { MembershipInit, PeerNet } from '../mesh/index.ts'
 import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../node/trainer.ts'
 import type { Corpus } from '../node/data.ts'
@@ -268,14 +269,13 @@ const HELD_OUT_BATCH = 16
  */
 function heldOutLoss (config: GptConfig, T: number, shards: ReadonlyArray<{ start: number, data: Float32Array }>, val: Uint16Array): number | undefined {
   const n = gptLayout(config).length
-  const params = new Float32Array(n)
-  let at = 0
-  for (const s of shards) {
-    if (s.start !== at) return undefined // a gap: not every shard came back
-    params.set(s.data.subarray(0, Math.max(0, Math.min(s.data.length, n - at))), at)
-    at += s.data.length
+  let params: Float32Array
+  try {
+    params = assembleFlat(shards.map(s => s.data), n)
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) return undefined // not every shard came back
+    throw err
   }
-  if (at < n) return undefined
   const windows = Math.floor((val.length - 1) / T)
   const B = Math.min(HELD_OUT_BATCH, windows)
   const batches = Math.floor(windows / B)

@@ -3,6 +3,7 @@ import {
   type Clock, type Counter, type Logger, type MetricsRegistry
 } from '../../core/index.ts'
 import { checkName } from '../checks.ts'
+import { StreamResetError } from '../errors.ts'
 import type { View } from '../membership.ts'
 import type { ByteStream, PeerId, PeerNet } from '../peernet.ts'
 import { CollectiveError, type CollectiveFailure } from './errors.ts'
@@ -82,8 +83,6 @@ const REASON_NAMES: readonly CollectiveFailure[] = ['peer-gone', 'timeout', 'pro
 
 const boxKey = (src: number, phase: number): number => src * 256 + phase
 
-/** A stream the remote reset on purpose (it failed and poisoned its instance), as opposed to one that broke. */
-const isReset = (err: unknown): boolean => (err as Error | undefined)?.name === 'StreamResetError'
 
 /**
  * The transport and lifecycle of collectives over one view: a long-lived stream to each peer
@@ -401,7 +400,7 @@ export class CollectiveCore {
     } catch (err) {
       if (op.failure === undefined) {
         const why = `sending to ${this.view.members[dst]!.id} failed: ${(err as Error).message}`
-        if (isReset(err)) {
+        if (err instanceof StreamResetError) {
           this.peerReset(dst, why, err)
           await op.failed.catch(() => {})
         } else {
@@ -487,7 +486,7 @@ export class CollectiveCore {
       if (err instanceof ProtocolError) {
         stream.abort(err)
         this.fail('protocol', src, `bad bytes from ${stream.remote}: ${err.message}`, err)
-      } else if (isReset(err)) {
+      } else if (err instanceof StreamResetError) {
         this.peerReset(src, `${stream.remote} reset its stream: ${(err as Error).message}`, err)
       } else {
         this.fail('peer-gone', src, `stream from ${stream.remote} failed: ${(err as Error).message}`, err)
