@@ -5,12 +5,13 @@
 //     for a model of BENCH_COLL_ELEMENTS parameters (default 4M), 8 ranks in 2 and in 4 zones.
 //     Flat ZeRO-3 is measured with 16-bit weights and gradients on the wire (bf16, the paper's
 //     3M per rank) and with f32 gradients (what this trainer's f32 gradients would move).
-//     The issue requires ratio >= 4.0 against the 16-bit baseline.
+//     Required: ratio >= 4.0 against the 16-bit baseline.
 // (b) `collective.step_time`: the same step on SimNet, 2 zones x 4 ranks, 10 Gbit/s and
 //     0.1 ms inside a zone, 1 Gbit/s and 20 ms between zones (BENCH_COLL_SIM_ELEMENTS, default
 //     8M): simulated communication time per step (compute not modelled). Goal: >= 2.5x.
-//     The step after a warm-up step is reported (streams already open). SimNet models each directed peer-to-peer link separately (no shared uplink), so an
-//     all-to-all across zones gets one 1 Gbit/s link per peer pair. Chunk size
+//     The step after a warm-up step is reported (streams already open). SimNet models each
+//     directed peer-to-peer link separately (no shared uplink), so an all-to-all across zones
+//     gets one 1 Gbit/s link per peer pair. Chunk size
 //     BENCH_COLL_CHUNK_BYTES (default 256 KiB, so 1-4 MB shards pipeline across hops).
 import { RealClock } from '../core/index.ts'
 import { createMemoryNetwork, type PeerNet, type View } from '../mesh/index.ts'
@@ -80,7 +81,7 @@ for (const zones of [2, 4]) {
       wan_bytes_per_step_per_op: Object.fromEntries(Object.entries(r.perOp).map(([k, v]) => [k, v.wan])),
       zone_bytes_per_step: r.bytes.zone + r.bytes.host,
       ...(name === 'zero++' ? {} : { baseline_for: 'zero++', ratio: Number((r.bytes.wan / pp).toFixed(3)) }),
-      // The issue's requirement is stated against the 16-bit ZeRO-3 baseline.
+      // The required ratio is stated against the 16-bit ZeRO-3 baseline.
       ...(name === 'zero3-bf16' ? { required_ratio: REQUIRED_BYTES_RATIO, meets_required: r.bytes.wan / pp >= REQUIRED_BYTES_RATIO } : {})
     }) + '\n')
   }

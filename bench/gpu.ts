@@ -1,8 +1,9 @@
 // GPU benchmark (CUDA backend): GPT-2 124M training throughput (B=16, T=1024, bf16 activations,
 // f32 master weights, AdamW) and the quantizers' bandwidth against a device-to-device copy.
-// One JSON object per line on stdout, and in $OUT/gpu.jsonl when $OUT is set. Run it in the
-// same device command as shared/device/pytorch_gpt2_baseline.py: pass that script's output file
-// as $BASELINE_JSONL to get the ratio to PyTorch eager / torch.compile in the same run.
+// One JSON object per line on stdout, and in $OUT/gpu.jsonl when $OUT is set. For the ratio to
+// PyTorch eager / torch.compile in the same run, run a PyTorch GPT-2 124M baseline in the same
+// device job and pass its JSON lines as $BASELINE_JSONL: lines with anchor 'pytorch-gpt2-124m',
+// tokens_per_s and compile (true for torch.compile) are read.
 //
 // FLOPs per token (the baseline script's formula, so MFU and TFLOP/s compare like for like):
 //   6·N_params + 12·L·C·T   (weights fwd+bwd, plus QKᵀ and PV fwd+bwd without the causal half)

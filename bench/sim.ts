@@ -1,7 +1,7 @@
 // Simulator throughput: the real membership code on N simulated nodes for a simulated span
 // with a few faults (a member crash, a leader crash, restarts with and without state, a
 // zone cut off and healed). Prints events/s, simulated seconds per wall second and the wall
-// time of the whole span. The issue's target: 1000 nodes x 1 simulated hour in under 60 s,
+// time of the whole span. The target: 1000 nodes x 1 simulated hour in under 60 s,
 // counted from the world's construction: formation (every node connecting to every other and
 // agreeing on the first view) is part of the run, so `total_wall_s_per_sim_hour` (formation
 // plus the span, the span scaled to an hour when it is shorter) is the figure the target

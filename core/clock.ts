@@ -110,7 +110,7 @@ export class ManualClock implements Clock {
   private nextId = 1
   // A binary min-heap on (at, seq), kept as parallel arrays: the keys in typed arrays, so a
   // sift compares numbers in a few contiguous cache lines instead of loading each event object.
-  // (Moving pool slot numbers instead of event references, to spare the GC write barrier, was
+  // (Moving pool slot numbers instead of event references, to spare the GC write barrier, is
   // slower in the 1000-node simulation: one more indirection per event.)
   private events: Array<ClockEvent | undefined> = []
   private ats = new Float64Array(1024)
@@ -241,8 +241,8 @@ export class ManualClock implements Clock {
         this.fireTop()
         // A continuation can only be queued by creating or settling a promise: when the timer
         // did neither, there is nothing to flush. Otherwise hop through the microtask queue
-        // until a hop sees no promise activity but its own (a macrotask hop per timer was the
-        // main cost of a large simulation). Timer callbacks must not call queueMicrotask.
+        // until a hop sees no promise activity but its own (a macrotask hop per timer would
+        // be the main cost of a large simulation). Timer callbacks must not call queueMicrotask.
         if (promiseActivity !== before) await drainMicrotasks(own)
       }
     } finally {

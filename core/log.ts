@@ -1,7 +1,7 @@
 import { pino, type Logger as PinoLogger, type DestinationStream } from 'pino'
 
 /**
- * Structured logger. We use pino: JSON lines with context in objects (the lodestar rule),
+ * Structured logger. We use pino: JSON lines with context in objects rather than in message text,
  * child loggers for per-component namespaces, built-in redaction so run secrets never reach a
  * log, and the lowest overhead of the Node loggers when a level is disabled.
  */

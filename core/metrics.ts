@@ -11,7 +11,7 @@ export type Counter<L extends string = string> = client.Counter<L>
 export type Gauge<L extends string = string> = client.Gauge<L>
 export type Histogram<L extends string = string> = client.Histogram<L>
 
-/** Unit suffixes a metric name must end with (CONVENTIONS: units in names; `_nats` for a cross-entropy loss). */
+/** Unit suffixes a metric name must end with (the unit is part of the name, as Prometheus recommends; `_nats` for a cross-entropy loss). */
 const UNIT_SUFFIXES = ['_total', '_seconds', '_bytes', '_ratio', '_info', '_count', '_elements', '_steps', '_peers', '_fragments', '_nats']
 const NAME_RE = /^zeromesh_[a-z][a-z0-9_]*$/
 

@@ -4,8 +4,8 @@ import type { AdamWParams, Backend, Tensor } from './backend.ts'
 /**
  * A GPT-2 style decoder-only transformer written only against the {@link Backend} interface,
  * so the same code trains on the CPU reference and on CUDA (llm.c's train_gpt2 structure).
- * It lives in gpu/ because it is pure Backend code that tests and bench/gpu.ts need without
- * the CLI layer of node/.
+ * It lives in gpu/ because it is pure Backend code: tests and bench/gpu.ts use it without the
+ * mesh or the trainer.
  */
 
 /** Model shape. `paddedVocabSize` (≥ vocabSize) is the row count of wte and the logits' row stride. */
