@@ -85,8 +85,7 @@ export function validateGptConfig (config: GptConfig): void {
 /**
  * The flat layout, per-layer contiguous: `wte [Vp, C]`, `wpe [maxT, C]`, then for each block
  * its 12 tensors in llm.c's order, then `lnfw`, `lnfb`. (llm.c groups by tensor type across
- * layers
- we keep each block contiguous so the mesh can shard buckets of whole layers.) The
+ * layers; we keep each block contiguous so the mesh can shard buckets of whole layers.) The
  * lm head is tied to wte, so it has no tensor of its own. Every offset is a multiple of C.
  */
 export function gptLayout (config: GptConfig): GptLayout {
