@@ -7,8 +7,7 @@ import type { Backend, Tensor } from '../../gpu/index.ts'
  *
  * The scalar checked is L = Σ w·out (f64 on the host, w random), so the analytic gradient of an
  * input is what the op's backward returns for dout = w. Each probed coordinate x is moved to
- * f32(x ± eps)
- the quotient divides by the actual (f32) step, not by 2·eps.
+ * f32(x ± eps); the quotient divides by the actual (f32) step, not by 2·eps.
  */
 export interface FdInput {
   name: string
@@ -33,8 +32,7 @@ export function dot64 (w: ArrayLike<number>, x: ArrayLike<number>): number {
   return s
 }
 
-/** Compares analytic against numeric gradients
-reports the worst coordinate per input. */
+/** Compares analytic against numeric gradients; reports the worst coordinate per input. */
 export function checkGradients (
   t: ExecutionContext, be: Backend, rng: Rng, inputs: FdInput[], loss: () => number, opts: FdOptions
 ): void {
@@ -71,8 +69,7 @@ export function checkGradients (
   }
 }
 
-/** Max |a - b| / (atol + rtol |b|) over all elements
-<= 1 means within tolerance. */
+/** Max |a - b| / (atol + rtol |b|) over all elements; <= 1 means within tolerance. */
 export function closeness (a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number): { ratio: number, at: number } {
   let ratio = 0
   let at = -1

@@ -119,8 +119,7 @@ test('whole-model gradient matches central finite differences on the largest-gra
   t.is(model.forward(tokens, targets), loss0)
 })
 
-/** Trains the tiny model on one fixed batch
-returns the losses and the final params. */
+/** Trains the tiny model on one fixed batch; returns the losses and the final params. */
 function overfit (seed: number, steps: number): { losses: number[], params: Float32Array, bytesAfterDispose: number } {
   const cfg = GPT_PRESETS.tiny
   const B = 4
