@@ -18,7 +18,7 @@ export interface CaptureTicket<R> {
  * Double-buffered, asynchronous capture.
  *
  * Contract for the trainer: call `capture(state)` after step `state.step` has **committed**
- * (DESIGN §4 step 6) and before the next optimizer update touches the buffers. `capture`
+ * and before the next optimizer update touches the buffers. `capture`
  * copies the state synchronously into one of two buffers and returns at once; when it returns
  * the trainer may overwrite weights / moments / rng freely. It never waits for an earlier
  * snapshot: one buffer may be placing while the other takes the new copy. If a copy is still
@@ -28,7 +28,7 @@ export interface CaptureTicket<R> {
  * of exactly one `capture` call: a buffer being placed is never written.
  *
  * The checksum pass and the erasure coding run in `place`, after `capture` returned; they
- * share the event loop with the trainer (no worker thread yet), which is the step-time
+ * share the event loop with the trainer (no worker thread), which is the step-time
  * overhead bench/snapshot.ts measures.
  */
 export interface Capturer<R> {

@@ -1,9 +1,8 @@
-import { checkCap } from '../core/index.ts'
+import { checkCap, ProtocolError } from '../core/index.ts'
 import {
   checksum64, decodeFragment, decodeStripe, encodeFragment, encodeStripe, fragmentSize, FRAGMENT_HEADER_BYTES,
   TooFewFragmentsError, type ErasureCoder
 } from '../codec/index.ts'
-import { ProtocolError } from '../core/index.ts'
 import { snapshotError, SnapshotErrorCode } from './errors.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
 import { readStateHeader, verifyState } from './state.ts'
@@ -29,6 +28,7 @@ export const LABEL_VERSION = 1
 /** Fixed part of a label, before the owner id. */
 export const LABEL_HEAD_BYTES = 64
 
+/** A decoded label (fields as in the layout above). */
 export interface FragmentLabel {
   owner: string
   rank: number
@@ -59,8 +59,8 @@ export function segmentSizes (stateBytes: number, segmentBytes: number): number[
   return Array.from({ length: count }, (_, s) => Math.min(segmentBytes, stateBytes - s * segmentBytes))
 }
 
-/** Encoded bytes of segment `s` (ZMFG header + fragment) for a label. */
-function segmentFrameBytes (label: Pick<FragmentLabel, 'stateBytes' | 'segmentBytes' | 'k'>, payload: number): number {
+/** Encoded bytes (ZMFG header + fragment) of one segment of `payload` bytes under a label's k. */
+function segmentFrameBytes (label: Pick<FragmentLabel, 'k'>, payload: number): number {
   return FRAGMENT_HEADER_BYTES + fragmentSize(payload, label.k)
 }
 
@@ -69,6 +69,7 @@ export function segmentFrameSizes (label: FragmentLabel): number[] {
   return segmentSizes(label.stateBytes, label.segmentBytes).map(p => segmentFrameBytes(label, p))
 }
 
+/** Encodes a label (layout above), its checksum included. */
 export function encodeLabel (l: FragmentLabel): Uint8Array {
   const id = utf8.encode(l.owner)
   checkCap('snapshot owner id bytes', id.length, SNAPSHOT_LIMITS.maxPeerIdBytes)
@@ -188,6 +189,7 @@ export function fragmentDigest (segments: readonly Uint8Array[]): bigint {
   return checksum64(heads)
 }
 
+/** Who a stripe belongs to, and how it is coded and cut. */
 export interface StripeInit {
   owner: string
   rank: number

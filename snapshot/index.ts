@@ -25,10 +25,10 @@ export {
   createFragmentStore
 } from './store.ts'
 export { type Capturer, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
-export {
-  PUT_PROTOCOL, FETCH_PROTOCOL, type SnapshotService, type SnapshotServiceInit, type SnapshotDeps, type PlaceResult,
-  type RecoverRequest, type Recovered, type RecoveryReport, createSnapshotService
-} from './service.ts'
+export { PUT_PROTOCOL, FETCH_PROTOCOL } from './wire.ts'
+export { type SnapshotService, type SnapshotServiceInit, type SnapshotDeps, createSnapshotService } from './service.ts'
+export { type PlaceResult } from './placer.ts'
+export { type RecoverRequest, type Recovered, type RecoveryReport } from './recovery.ts'
 export { STATE_FILE, persistState, loadState, writeFileDurable } from './disk.ts'
 export {
   type TensorLayout, MAX_SAFETENSORS_HEADER_BYTES, shardLength, shardOf, assembleFlat, encodeSafetensors, exportSafetensors

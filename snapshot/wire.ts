@@ -4,6 +4,20 @@ import { snapshotError, SnapshotErrorCode } from './errors.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
 
 /**
+ * Stream protocol: an owner pushes one fragment to its holder. The owner writes the label; the
+ * holder replies (OK, DUPLICATE: nothing more to send, or ERROR); on OK the owner writes one
+ * ZMFG frame per segment and ends its side; the holder replies again once the body is verified
+ * and stored.
+ */
+export const PUT_PROTOCOL = '/zeromesh/snapshot/put/1.0.0'
+/**
+ * Stream protocol: fetch one fragment (GET: a reply, the label, the segment frames) or the
+ * labels held for an owner (LIST: a reply, a u16 count, the labels). The client writes one
+ * request and ends its side.
+ */
+export const FETCH_PROTOCOL = '/zeromesh/snapshot/fetch/1.0.0'
+
+/**
  * Exact-length reads from a ByteStream. The caller checks a cap before asking for n bytes; a
  * stream that ends early is a REQUEST_MALFORMED ProtocolError (truncated).
  */
@@ -68,6 +82,13 @@ export function u16le (b: Uint8Array): number {
   return b[0]! | (b[1]! << 8)
 }
 
+/** A little-endian u16 (the entry count of a LIST reply). */
+export function encodeCount (n: number): Uint8Array {
+  const out = new Uint8Array(2)
+  new DataView(out.buffer).setUint16(0, n, true)
+  return out
+}
+
 /** Reply status bytes on snapshot streams. */
 export const Status = Object.freeze({ OK: 0, DUPLICATE: 1, ERROR: 2 } as const)
 
@@ -87,8 +108,10 @@ export function encodeReply (status: number, code = '', message = ''): Uint8Arra
   return out
 }
 
+/** A decoded reply (code and message are empty unless the status is ERROR). */
 export interface Reply { status: number, code: string, message: string }
 
+/** Reads one reply: an unknown status is REQUEST_MALFORMED, a message over maxControlBytes fails its cap check. */
 export async function readReply (r: StreamReader): Promise<Reply> {
   const head = await r.read(2, 'reply')
   const status = head[0]!
@@ -124,8 +147,10 @@ export function encodeRequest (op: number, owner: string, version = 0, epoch = 0
   return out
 }
 
+/** A decoded fetch request. */
 export interface Request { op: number, owner: string, version: number, epoch: number, index: number }
 
+/** Reads one request, checking the op, the 2^53 range of version and epoch, and the owner id cap. */
 export async function readRequest (r: StreamReader): Promise<Request> {
   const head = await r.read(20, 'request')
   const v = new DataView(head.buffer, head.byteOffset, head.byteLength)

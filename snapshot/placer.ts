@@ -1,0 +1,187 @@
+import {
+  InvalidArgumentError, ProtocolError, throwIfAborted, defineCounter, type Clock, type Counter, type Logger, type MetricsRegistry
+} from '../core/index.ts'
+import type { ErasureCoder } from '../codec/index.ts'
+import type { PeerId, View } from '../mesh/index.ts'
+import { createCapturer, type CaptureTicket } from './capture.ts'
+import { PlacementFailedError, SnapshotErrorCode, TransferTimeoutError } from './errors.ts'
+import { encodeLabel, fragmentDigest, stripeStateAsync, type SnapshotFragment } from './fragment.ts'
+import type { Manifest } from './manifest.ts'
+import { placeStripe } from './placement.ts'
+import type { RankState } from './state.ts'
+import { abortOnSignal, replyError, type Transfers } from './transfer.ts'
+import { PUT_PROTOCOL, readReply, Status, StreamReader, writeAll } from './wire.ts'
+
+/** A placed stripe. */
+export interface PlaceResult {
+  manifest: Manifest
+  /** Holders that already had their fragment (a retried put). */
+  duplicates: number
+}
+
+/** How a placer stripes and pushes (validated by the service). */
+export interface PlacerInit {
+  k: number
+  m: number
+  segmentBytes: number
+  /** FUTURE_EPOCH retries of a put, and the wait between them (ms). */
+  putRetries: number
+  putRetryMs: number
+}
+
+/** What a placer uses. */
+export interface PlacerDeps {
+  self: PeerId
+  /** The view placements are made under (rank, epoch, holders). */
+  view: () => View | undefined
+  transfers: Pick<Transfers, 'open' | 'watchdog' | 'idleMs'>
+  clock: Pick<Clock, 'sleep'>
+  /** The coder for (k, m), shared with recovery. */
+  coderFor: (k: number, m: number) => ErasureCoder
+  /** Gives the event loop back while a large state is coded. */
+  breathe: () => Promise<void>
+  /** Records and announces a placed stripe's manifest; placement waits for it. */
+  publish: (mf: Manifest) => Promise<void>
+  /** Aborted when the service stops: ends every placement in flight. */
+  signal: AbortSignal
+  log?: Logger
+  metrics?: MetricsRegistry
+}
+
+/**
+ * The sender side of snapshots: captures a rank's state (double-buffered, see capture.ts),
+ * stripes it into k + m fragments, pushes fragment i to the i-th holder of the rank's placement
+ * (PUT_PROTOCOL, FUTURE_EPOCH refusals retried) and publishes the manifest once every holder
+ * has its fragment.
+ */
+export interface Placer {
+  capture(state: RankState): CaptureTicket<PlaceResult>
+  /** Re-places the newest own snapshot under the current view. */
+  restripe(): CaptureTicket<PlaceResult> | undefined
+  /** Waits until no capture is queued or placing. */
+  idle(): Promise<void>
+  /** Newest own placed snapshot (sealed bytes). */
+  retained(): { step: number, bytes: Uint8Array } | undefined
+  /** Stripes and places sealed state bytes now under the current view. */
+  place(sealed: Uint8Array, options?: { signal?: AbortSignal }): Promise<PlaceResult>
+  /** Stops capturing: the placement in flight is aborted, queued captures settle as failed. */
+  stop(): void
+}
+
+type PutOutcome = 'stored' | 'duplicate'
+
+interface PutContext {
+  transfers: PlacerDeps['transfers']
+  clock: PlacerDeps['clock']
+  retries: number
+  retryMs: number
+  placed: Counter | undefined
+}
+
+/** Creates the placer of one node. */
+export function createPlacer (init: PlacerInit, deps: PlacerDeps): Placer {
+  const { self, log } = deps
+  const { k, m } = init
+  const ctx: PutContext = {
+    transfers: deps.transfers,
+    clock: deps.clock,
+    retries: init.putRetries,
+    retryMs: init.putRetryMs,
+    placed: deps.metrics === undefined ? undefined : defineCounter(deps.metrics, { name: 'zeromesh_snapshot_placed_bytes_total', help: 'Fragment bytes pushed to holders' })
+  }
+
+  const place = async (sealed: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<PlaceResult> => {
+    const signal = options.signal === undefined ? deps.signal : AbortSignal.any([options.signal, deps.signal])
+    throwIfAborted(signal)
+    const v = deps.view()
+    if (v === undefined) throw new InvalidArgumentError('no view installed: cannot place a snapshot')
+    const rank = v.members.findIndex(x => x.id === self)
+    if (rank < 0) throw new InvalidArgumentError(`${self} is not a member of view ${v.epoch}`)
+    const coder = deps.coderFor(k, m)
+    const frags = await stripeStateAsync(sealed, { owner: self, rank, epoch: v.epoch, coder, segmentBytes: init.segmentBytes }, deps.breathe)
+    throwIfAborted(signal)
+    const holders = placeStripe(v, rank, k, m)
+    const results = await Promise.allSettled(frags.map((f, i) => put(ctx, holders[i]!, f, signal)))
+    throwIfAborted(signal)
+    const failed = failures(results, holders)
+    const l = frags[0]!.label
+    if (failed.length > 0) {
+      log?.warn({ version: l.version, epoch: v.epoch, failed: failed.length }, 'snapshot placement incomplete')
+      throw new PlacementFailedError(self, l.version, failed)
+    }
+    const manifest: Manifest = {
+      owner: self,
+      rank,
+      epoch: v.epoch,
+      version: l.version,
+      k,
+      m,
+      stateBytes: l.stateBytes,
+      stateChecksum: l.stateChecksum,
+      holders,
+      digests: frags.map(f => fragmentDigest(f.segments))
+    }
+    await deps.publish(manifest)
+    return { manifest, duplicates: results.filter(r => r.status === 'fulfilled' && r.value === 'duplicate').length }
+  }
+
+  const capturer = createCapturer<PlaceResult>((sealed, signal) => place(sealed, { signal }))
+  return {
+    capture: state => capturer.capture(state),
+    restripe: () => capturer.requeue(),
+    idle: () => capturer.idle(),
+    retained: () => capturer.retained(),
+    place,
+    stop: () => capturer.stop()
+  }
+}
+
+/** The puts that failed, by fragment index. */
+function failures (results: Array<PromiseSettledResult<PutOutcome>>, holders: readonly PeerId[]): Array<{ index: number, holder: PeerId, reason: string }> {
+  return results.flatMap((r, i) => r.status === 'rejected' ? [{ index: i, holder: holders[i]!, reason: (r.reason as Error).name + ': ' + (r.reason as Error).message }] : [])
+}
+
+/** Pushes one fragment, retrying while the holder has not installed the view yet (FUTURE_EPOCH). */
+async function put (ctx: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await putOnce(ctx, holder, f, signal)
+    } catch (err) {
+      if (!(err instanceof ProtocolError) || err.code !== SnapshotErrorCode.FUTURE_EPOCH || attempt >= ctx.retries) throw err
+      await ctx.clock.sleep(ctx.retryMs, { signal })
+    }
+  }
+}
+
+/** One PUT exchange (see PUT_PROTOCOL). */
+async function putOnce ({ transfers, placed }: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
+  const stream = await transfers.open(holder, PUT_PROTOCOL, signal, `put to ${holder}`)
+  const dog = transfers.watchdog(stream, `put to ${holder}`)
+  const off = abortOnSignal(signal, stream)
+  try {
+    const reader = new StreamReader(stream, dog.poke)
+    await stream.write(encodeLabel(f.label), { signal })
+    const first = await readReply(reader)
+    if (first.status === Status.ERROR) throw replyError(first, holder)
+    if (first.status === Status.DUPLICATE) {
+      await stream.end()
+      return 'duplicate'
+    }
+    for (const seg of f.segments) {
+      await writeAll(stream, seg, signal)
+      dog.poke()
+    }
+    await stream.end()
+    const last = await readReply(reader)
+    if (last.status === Status.ERROR) throw replyError(last, holder)
+    placed?.inc(f.label.bodyBytes)
+    return 'stored'
+  } catch (err) {
+    stream.abort(err as Error)
+    if (dog.timedOut()) throw new TransferTimeoutError(`put to ${holder} made no progress for ${transfers.idleMs} ms`)
+    throw err
+  } finally {
+    dog.done()
+    off()
+  }
+}
