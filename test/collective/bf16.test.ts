@@ -1,6 +1,7 @@
 import test from 'ava'
 import type { Rng } from '../../core/index.ts'
-import { BF16_WIRE, COLLECTIVE_LIMITS, chunkElementsOf, shardRange, toBf16, type CollectiveResult } from '../../mesh/collective/index.ts'
+import { shardRange } from '../../core/index.ts'
+import { BF16_WIRE, COLLECTIVE_LIMITS, chunkElementsOf, toBf16, type CollectiveResult } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { bf16Round, firstDiff, interleavedZone, serialRingReduce, simGroup, zoneOf } from './helpers.ts'
 
