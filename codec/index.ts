@@ -5,7 +5,7 @@
 export { CODEC_LIMITS, type CodecLimits } from './limits.ts'
 export { CodecErrorCode, type CodecErrorCodeT, NonFiniteError, TooFewFragmentsError } from './errors.ts'
 export { checksum64 } from './checksum.ts'
-export { type DType, DTYPE_CODES, DTYPE_BITS, dtypeFromCode, isDType, byteLength, shapeElements } from './dtype.ts'
+export { type DType, DTYPE_CODES, DTYPE_BITS, dtypeFromCode, isDType, byteLength, shapeElements, f32ToBf16, bf16ToF32 } from './dtype.ts'
 export {
   type QuantBits, type Quantized, type QuantOptions,
   quantize, dequantize, dequantizeAccumulate, quantizedSize, validateQuantOptions, validateQuantized
