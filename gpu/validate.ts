@@ -1,4 +1,5 @@
 import { InvalidArgumentError, checkCap } from '../core/index.ts'
+import type { TensorDType } from './backend.ts'
 
 /** Argument checks shared by the backends: each throws InvalidArgumentError naming the op. */
 export function fail (op: string, msg: string): never {
@@ -25,4 +26,14 @@ export function shapeLength (op: string, shape: readonly number[], maxRank: numb
   }
   if (!Number.isSafeInteger(n)) fail(op, `shape ${JSON.stringify(shape)} has too many elements`)
   return n
+}
+
+/** True when `src` is the host array type of `dtype` (backend.ts's HostArray: bf16 as raw Uint16 bits). */
+export function isHostOf (src: unknown, dtype: TensorDType): boolean {
+  switch (dtype) {
+    case 'f32': return src instanceof Float32Array
+    case 'bf16': return src instanceof Uint16Array
+    case 'i32': return src instanceof Int32Array
+    case 'u8': return src instanceof Uint8Array
+  }
 }

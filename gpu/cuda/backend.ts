@@ -1,12 +1,12 @@
 import { InvalidArgumentError, ProtocolError, checkCap } from '../../core/index.ts'
-import { NonFiniteError, CodecErrorCode, validateQuantOptions, quantizedSize } from '../../codec/index.ts'
+import { NonFiniteError, CodecErrorCode, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
-import { checkFinite, checkInt, fail, shapeLength } from '../validate.ts'
+import { checkFinite, checkInt, fail, isHostOf, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -149,25 +149,11 @@ const FAMILIES: Record<string, { opts: CompileOptions, kernels: Record<string, s
   }
 }
 
-function isHostOf (src: unknown, dtype: TensorDType): boolean {
-  switch (dtype) {
-    case 'f32': return src instanceof Float32Array
-    case 'bf16': return src instanceof Uint16Array
-    case 'i32': return src instanceof Int32Array
-    case 'u8': return src instanceof Uint8Array
-  }
-}
 const f32Scratch = new Float32Array(1)
 const u32Scratch = new Uint32Array(f32Scratch.buffer)
 function f32Bits (x: number): number {
   f32Scratch[0] = x
   return u32Scratch[0]!
-}
-function bf16Bits (x: number): number {
-  f32Scratch[0] = x
-  const bits = u32Scratch[0]!
-  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff
-  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff
 }
 const aligned = (p: number, n: number): boolean => p % n === 0
 const cdiv = (a: number, b: number): number => Math.ceil(a / b)
@@ -408,7 +394,7 @@ export class CudaBackend implements Backend {
     const cu = this.libs.cu
     switch (x.dtype) {
       case 'f32': checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, f32Bits(value), x.length, this.stream)); break
-      case 'bf16': checkCu(this.libs, 'cuMemsetD16Async', cu.cuMemsetD16Async(x.ptr, bf16Bits(value), x.length, this.stream)); break
+      case 'bf16': checkCu(this.libs, 'cuMemsetD16Async', cu.cuMemsetD16Async(x.ptr, f32ToBf16(value), x.length, this.stream)); break
       case 'i32':
         if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) fail('fill', `value ${value} is not an i32`)
         checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, value >>> 0, x.length, this.stream)); break

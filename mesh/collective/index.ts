@@ -10,5 +10,5 @@ export { MESSAGE_MAGIC, MESSAGE_VERSION, OP_KINDS, ENCODINGS, encodeMessage, dec
 export type { TierBytes } from './op.ts'
 export { createErrorFeedback, type ErrorFeedback } from './hier.ts'
 export { windowRange, linkTier, buildHierarchy, ringOrder, relayOf, type LinkTier, type TierKey, type Group, type Hierarchy } from './topology.ts'
-export { type Wire, F32_WIRE, BF16_WIRE, toBf16, fromBf16, roundTrip, chunkElementsOf } from './wire.ts'
+export { type Wire, F32_WIRE, BF16_WIRE, roundTrip, chunkElementsOf } from './wire.ts'
 export { createZeroComm, type ZeroComm, type ZeroOptions, type ZeroCallOptions, type GatherPass } from './zero.ts'
