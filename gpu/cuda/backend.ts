@@ -1,5 +1,5 @@
-import { InvalidArgumentError, ProtocolError, checkCap } from '../../core/index.ts'
-import { NonFiniteError, CodecErrorCode, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
+import { InvalidArgumentError, checkCap } from '../../core/index.ts'
+import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
@@ -327,7 +327,7 @@ export class CudaBackend implements Backend {
       u32Scratch[0] = nf.value >>> 0
       throw new NonFiniteError(nf.index, f32Scratch[0]!, Number(f[3]!))
     }
-    if (dq !== null) throw new ProtocolError(CodecErrorCode.QUANT_INVALID, `code ${dq.value} at element ${dq.index} is outside the symmetric range`, { count: Number(f[5]!) })
+    if (dq !== null) throw codecError(CodecErrorCode.QUANT_INVALID, `code ${dq.value} at element ${dq.index} is outside the symmetric range`, { count: Number(f[5]!) })
   }
 
   // ---- memory -------------------------------------------------------------------------------
