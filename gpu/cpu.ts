@@ -4,7 +4,7 @@ import {
   quantizedSize, validateQuantOptions, f32ToBf16, bf16ToF32, type Quantized
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
-import { checkFinite, checkInt, fail, isHostOf, shapeLength } from './validate.ts'
+import { checkFinite, checkInt, dtypeBytes, fail, isHostOf, shapeLength } from './validate.ts'
 
 /**
  * The CPU reference backend: plain TypeScript over typed arrays, llm.c semantics.
@@ -756,15 +756,6 @@ export class CpuBackend implements Backend {
     const q = this.quantView(op, codes, scales, d.length, bits, blockSize)
     if (accumulate) codecDequantizeAccumulate(q, d)
     else codecDequantize(q, d)
-  }
-}
-
-function dtypeBytes (op: string, dtype: TensorDType): number {
-  switch (dtype) {
-    case 'f32': case 'i32': return 4
-    case 'bf16': return 2
-    case 'u8': return 1
-    default: return fail(op, `unknown dtype ${String(dtype)}`)
   }
 }
 

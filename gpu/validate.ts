@@ -1,5 +1,5 @@
 import { InvalidArgumentError, checkCap } from '../core/index.ts'
-import type { TensorDType } from './backend.ts'
+import { TENSOR_DTYPE_BYTES, type TensorDType } from './backend.ts'
 
 /** Argument checks shared by the backends: each throws InvalidArgumentError naming the op. */
 export function fail (op: string, msg: string): never {
@@ -36,4 +36,10 @@ export function isHostOf (src: unknown, dtype: TensorDType): boolean {
     case 'i32': return src instanceof Int32Array
     case 'u8': return src instanceof Uint8Array
   }
+}
+
+/** Bytes per element of `dtype`; fails naming `op` when `dtype` is not a TensorDType. */
+export function dtypeBytes (op: string, dtype: TensorDType): number {
+  if (!Object.hasOwn(TENSOR_DTYPE_BYTES, dtype)) fail(op, `unknown dtype ${String(dtype)}`)
+  return TENSOR_DTYPE_BYTES[dtype]
 }

@@ -1,12 +1,12 @@
 import { InvalidArgumentError, checkCap } from '../../core/index.ts'
 import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
-import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from '../backend.ts'
+import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type GemmParams, type HostArray, type Tensor, type TensorDType } from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
-import { checkFinite, checkInt, fail, isHostOf, shapeLength } from '../validate.ts'
+import { checkFinite, checkInt, dtypeBytes, fail, isHostOf, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -20,7 +20,6 @@ import { checkFinite, checkInt, fail, isHostOf, shapeLength } from '../validate.
 
 const ALL: readonly TensorDType[] = ['f32', 'bf16', 'i32', 'u8']
 const FLOAT: readonly TensorDType[] = ['f32', 'bf16']
-const BYTES: Record<TensorDType, number> = { f32: 4, bf16: 2, i32: 4, u8: 1 }
 const FLAG_SLOTS = 8
 const NO_FLAG = 0xffffffffffffffffn
 
@@ -43,7 +42,7 @@ class CudaTensor implements Tensor {
     this.isView = isView
   }
 
-  get bytes (): number { return this.length * BYTES[this.dtype] }
+  get bytes (): number { return this.length * TENSOR_DTYPE_BYTES[this.dtype] }
 }
 
 /** A compiled kernel with reusable argument slots (cuLaunchKernel copies them at launch). */
@@ -334,9 +333,9 @@ export class CudaBackend implements Backend {
 
   alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
-    if (!ALL.includes(dtype)) fail('alloc', `unknown dtype ${String(dtype)}`)
+    const bytesPer = dtypeBytes('alloc', dtype)
     const n = shapeLength('alloc', shape, CUDA_LIMITS.maxRank)
-    const bytes = n * BYTES[dtype]
+    const bytes = n * bytesPer
     checkCap('cuda tensor bytes', bytes, CUDA_LIMITS.maxTensorBytes)
     if (bytes === 0) return new CudaTensor(this, dtype, shape, 0, 0, null, false)
     const block = this.allocator.alloc(bytes)
@@ -350,7 +349,7 @@ export class CudaBackend implements Backend {
     const n = shapeLength('view', shape, CUDA_LIMITS.maxRank)
     checkInt('view', 'offset', offset, 0)
     if (offset + n > b.length) fail('view', `offset ${offset} + ${n} elements exceeds the base's ${b.length}`)
-    return new CudaTensor(this, b.dtype, shape, n, b.ptr + offset * BYTES[b.dtype], b.block, true)
+    return new CudaTensor(this, b.dtype, shape, n, b.ptr + offset * TENSOR_DTYPE_BYTES[b.dtype], b.block, true)
   }
 
   free (t: Tensor): void {
@@ -367,7 +366,7 @@ export class CudaBackend implements Backend {
     checkInt('write', 'offset', offset, 0)
     if (offset + src.length > x.length) fail('write', `offset ${offset} + ${src.length} elements exceeds the tensor's ${x.length}`)
     if (src.length === 0) return
-    checkCu(this.libs, 'cuMemcpyHtoD_v2', this.libs.cu.cuMemcpyHtoD(x.ptr + offset * BYTES[x.dtype], src, src.byteLength))
+    checkCu(this.libs, 'cuMemcpyHtoD_v2', this.libs.cu.cuMemcpyHtoD(x.ptr + offset * TENSOR_DTYPE_BYTES[x.dtype], src, src.byteLength))
   }
 
   read (t: Tensor): HostArray {
