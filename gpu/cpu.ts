@@ -4,7 +4,7 @@ import {
   quantizedSize, validateQuantOptions, f32ToBf16, bf16ToF32, type Quantized
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
-import { checkFinite, checkInt, dtypeBytes, fail, isHostOf, shapeLength } from './validate.ts'
+import { allocSize, checkFinite, checkInt, fail, isHostOf, shapeLength } from './validate.ts'
 
 /**
  * The CPU reference backend: plain TypeScript over typed arrays, llm.c semantics.
@@ -117,10 +117,7 @@ export class CpuBackend implements Backend {
 
   alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
-    const bytesPer = dtypeBytes('alloc', dtype)
-    const n = shapeLength('alloc', shape, CPU_LIMITS.maxRank)
-    const bytes = n * bytesPer
-    checkCap('cpu tensor bytes', bytes, this.maxTensorBytes)
+    const { n, bytes } = allocSize(dtype, shape, CPU_LIMITS.maxRank, 'cpu tensor bytes', this.maxTensorBytes)
     checkCap('cpu backend total bytes', this.liveBytes + bytes, this.maxTotalBytes)
     let data: Storage
     switch (dtype) {

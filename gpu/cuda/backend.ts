@@ -6,7 +6,7 @@ import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
-import { checkFinite, checkInt, dtypeBytes, fail, isHostOf, shapeLength } from '../validate.ts'
+import { allocSize, checkFinite, checkInt, fail, isHostOf, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -333,10 +333,7 @@ export class CudaBackend implements Backend {
 
   alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
-    const bytesPer = dtypeBytes('alloc', dtype)
-    const n = shapeLength('alloc', shape, CUDA_LIMITS.maxRank)
-    const bytes = n * bytesPer
-    checkCap('cuda tensor bytes', bytes, CUDA_LIMITS.maxTensorBytes)
+    const { n, bytes } = allocSize(dtype, shape, CUDA_LIMITS.maxRank, 'cuda tensor bytes', CUDA_LIMITS.maxTensorBytes)
     if (bytes === 0) return new CudaTensor(this, dtype, shape, 0, 0, null, false)
     const block = this.allocator.alloc(bytes)
     checkCu(this.libs, 'cuMemsetD8Async', this.libs.cu.cuMemsetD8Async(block.ptr, 0, bytes, this.stream))
