@@ -4,9 +4,9 @@ import type { PeerLabels } from '../peernet.ts'
 
 /**
  * Placement arithmetic shared by every collective: windows of the shard layout (core's
- * shardRange), tiers of a link, the nested
- * groups of a view (by label keys such as zone or host), the ring order and the relays of the
- * hierarchical reduce-scatter. Pure functions of the view, so every member computes the same.
+ * shardRange), tiers of a link, the nested groups of a view (by label keys such as zone or
+ * host), the ring order and the relays of the hierarchical reduce-scatter. Pure functions of
+ * the view, so every member computes the same.
  */
 
 /**
