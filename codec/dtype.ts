@@ -43,3 +43,27 @@ export function shapeElements (shape: readonly number[]): number {
   }
   return n
 }
+
+// One f32 in two views: how a value's bits are read and written without allocating.
+const f32Scratch = new Float32Array(1)
+const u32Scratch = new Uint32Array(f32Scratch.buffer)
+
+/**
+ * f32 → bf16 bits (the upper 16 bits of the f32), rounded to nearest, ties to even; `x` is
+ * first rounded to f32. Overflow rounds to ±Inf. A NaN stays a NaN with its sign: the quiet bit
+ * is set, so a NaN whose payload lies only in the dropped half cannot turn into ±Inf. The one
+ * conversion of the tree: the CPU backend's cast and fill, the CUDA backend's fill, the bf16
+ * collective wire.
+ */
+export function f32ToBf16 (x: number): number {
+  f32Scratch[0] = x
+  const bits = u32Scratch[0]!
+  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff
+  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff
+}
+
+/** bf16 bits → the f32 value (exact: bf16 is the upper half of an f32). */
+export function bf16ToF32 (bits: number): number {
+  u32Scratch[0] = (bits & 0xffff) << 16
+  return f32Scratch[0]!
+}

@@ -1,6 +1,6 @@
-import { ProtocolError, ZeromeshError, type ProtocolAction } from '../core/index.ts'
+import { ZeromeshError, protocolError, type ProtocolErrorFactory } from '../core/index.ts'
 
-/** Stable codes carried by {@link ProtocolError}s raised in codec/. */
+/** Stable codes carried by the ProtocolErrors raised in codec/. */
 export const CodecErrorCode = Object.freeze({
   ENVELOPE_TOO_LARGE: 'ENVELOPE_TOO_LARGE',
   ENVELOPE_MALFORMED: 'ENVELOPE_MALFORMED',
@@ -28,10 +28,8 @@ export const CodecErrorCode = Object.freeze({
 
 export type CodecErrorCodeT = typeof CodecErrorCode[keyof typeof CodecErrorCode]
 
-/** Shorthand for a codec protocol error. */
-export function codecError (code: CodecErrorCodeT, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject'): ProtocolError {
-  return new ProtocolError(code, message, details, action)
-}
+/** A codec protocol error: core's {@link protocolError}, typed to {@link CodecErrorCode}. */
+export const codecError: ProtocolErrorFactory<CodecErrorCodeT> = protocolError
 
 /**
  * Quantization input held NaN or ±Inf. Reported, never smeared into a block scale: a gradient

@@ -3,9 +3,9 @@
  * quantization (int8 / int4), erasure coding and checksummed stripes. Depends on core/.
  */
 export { CODEC_LIMITS, type CodecLimits } from './limits.ts'
-export { CodecErrorCode, type CodecErrorCodeT, NonFiniteError, TooFewFragmentsError } from './errors.ts'
+export { CodecErrorCode, type CodecErrorCodeT, codecError, NonFiniteError, TooFewFragmentsError } from './errors.ts'
 export { checksum64 } from './checksum.ts'
-export { type DType, DTYPE_CODES, DTYPE_BITS, dtypeFromCode, isDType, byteLength, shapeElements } from './dtype.ts'
+export { type DType, DTYPE_CODES, DTYPE_BITS, dtypeFromCode, isDType, byteLength, shapeElements, f32ToBf16, bf16ToF32 } from './dtype.ts'
 export {
   type QuantBits, type Quantized, type QuantOptions,
   quantize, dequantize, dequantizeAccumulate, quantizedSize, validateQuantOptions, validateQuantized

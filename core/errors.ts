@@ -67,6 +67,18 @@ export class ProtocolError extends ZeromeshError {
   }
 }
 
+/** Builds a {@link ProtocolError} whose code is one of `C` (a layer's table of codes). */
+export type ProtocolErrorFactory<C extends string> = (code: C, message: string, details?: Record<string, unknown>, action?: ProtocolAction) => ProtocolError
+
+/**
+ * The protocol-error factory: a {@link ProtocolError} with `code`, `details` for logs and the
+ * `action` for peer scoring ('reject' unless said otherwise). Each layer types it to its own
+ * codes (codec's `codecError`, snapshot's `snapshotError` are this function).
+ */
+export function protocolError (code: string, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject'): ProtocolError {
+  return new ProtocolError(code, message, details, action)
+}
+
 /** Throws {@link AbortError} if the signal has fired. */
 export function throwIfAborted (signal?: AbortSignal): void {
   if (signal?.aborted === true) {

@@ -1,10 +1,10 @@
 import { InvalidArgumentError, checkCap } from '../core/index.ts'
 import {
   quantize as codecQuantize, dequantize as codecDequantize, dequantizeAccumulate as codecDequantizeAccumulate,
-  quantizedSize, validateQuantOptions, type Quantized
+  quantizedSize, validateQuantOptions, f32ToBf16, bf16ToF32, type Quantized
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
-import { checkFinite, checkInt, fail, shapeLength } from './validate.ts'
+import { allocSize, checkFinite, checkInt, fail, isHostOf, shapeLength } from './validate.ts'
 
 /**
  * The CPU reference backend: plain TypeScript over typed arrays, llm.c semantics.
@@ -63,28 +63,7 @@ class CpuTensor implements Tensor {
   }
 }
 
-// ---- bf16 ---------------------------------------------------------------------------------
-
-const f32Scratch = new Float32Array(1)
-const u32Scratch = new Uint32Array(f32Scratch.buffer)
-
-/** f32 → bf16 bits, round to nearest even
-NaN stays a (quiet) NaN with its sign. */
-export function f32ToBf16 (x: number): number {
-  f32Scratch[0] = x
-  const bits = u32Scratch[0]!
-  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff
-  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff
-}
-
-/** bf16 bits → f32 value (exact). */
-export function bf16ToF32 (bits: number): number {
-  u32Scratch[0] = (bits & 0xffff) << 16
-  return f32Scratch[0]!
-}
-
 // ---- validation helpers -------------------------------------------------------------------
-
 
 const GELU_SCALE = Math.sqrt(2 / Math.PI)
 const LN_EPS = 1e-5
@@ -138,10 +117,7 @@ export class CpuBackend implements Backend {
 
   alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
-    const bytesPer = dtypeBytes('alloc', dtype)
-    const n = shapeLength('alloc', shape, CPU_LIMITS.maxRank)
-    const bytes = n * bytesPer
-    checkCap('cpu tensor bytes', bytes, this.maxTensorBytes)
+    const { n, bytes } = allocSize(dtype, shape, CPU_LIMITS.maxRank, 'cpu tensor bytes', this.maxTensorBytes)
     checkCap('cpu backend total bytes', this.liveBytes + bytes, this.maxTotalBytes)
     let data: Storage
     switch (dtype) {
@@ -780,30 +756,12 @@ export class CpuBackend implements Backend {
   }
 }
 
-function dtypeBytes (op: string, dtype: TensorDType): number {
-  switch (dtype) {
-    case 'f32': case 'i32': return 4
-    case 'bf16': return 2
-    case 'u8': return 1
-    default: return fail(op, `unknown dtype ${String(dtype)}`)
-  }
-}
-
 function hostTypeName (dtype: TensorDType): string {
   switch (dtype) {
     case 'f32': return 'Float32Array'
     case 'bf16': return 'Uint16Array'
     case 'i32': return 'Int32Array'
     case 'u8': return 'Uint8Array'
-  }
-}
-
-function isHostOf (src: unknown, dtype: TensorDType): boolean {
-  switch (dtype) {
-    case 'f32': return src instanceof Float32Array
-    case 'bf16': return src instanceof Uint16Array
-    case 'i32': return src instanceof Int32Array
-    case 'u8': return src instanceof Uint8Array
   }
 }
 

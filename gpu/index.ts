@@ -14,7 +14,7 @@ export {
   TENSOR_DTYPE_BYTES
 } from './backend.ts'
 export { BackendUnavailableError, DeviceError, KernelCompileError, DeviceOutOfMemoryError } from './errors.ts'
-export { CpuBackend, type CpuBackendInit, CPU_LIMITS, f32ToBf16, bf16ToF32 } from './cpu.ts'
+export { CpuBackend, type CpuBackendInit, CPU_LIMITS } from './cpu.ts'
 export {
   Gpt, gptBuckets, type GptBucket, type GptStream, type GptConfig, type GptOptions, type GptUpdateParams, type GptLayout, type GptTensorInfo, type GptPresetName,
   GPT_PRESETS, gptLayout, initGptParams, validateGptConfig

@@ -25,8 +25,8 @@ export { checkName, checkGossipSize, checkChunkSize, remember } from './checks.t
 export { Listeners } from './listeners.ts'
 export {
   createCollective, createZeroComm, createErrorFeedback, CollectiveError, COLLECTIVE_LIMITS, COLLECTIVE_DEFAULTS,
-  shardRange, linkTier, buildHierarchy, ringOrder, relayOf, F32_WIRE, BF16_WIRE,
+  linkTier, buildHierarchy, ringOrder, relayOf, F32_WIRE, BF16_WIRE,
   type Collective, type CollectiveInit, type CallOptions, type CollectiveResult, type CollectiveStats, type CollectiveFailure,
   type Scope, type OpOptions, type GatherOptions, type ReduceOptions, type HierReduceOptions, type TierBytes, type ErrorFeedback,
-  type ZeroComm, type ZeroOptions, type GatherPass, type Wire, type Range, type LinkTier, type TierKey, type Hierarchy
+  type ZeroComm, type ZeroOptions, type GatherPass, type Wire, type LinkTier, type TierKey, type Hierarchy
 } from './collective/index.ts'

@@ -1,9 +1,9 @@
-import { AbortError, InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
+import { AbortError, InvalidArgumentError, ZeromeshError, checkCap, shardRange, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { CpuBackend, GPT_PRESETS, Gpt, gptBuckets, gptLayout, initGptParams, type Backend, type GptConfig, type GptLayout } from '../gpu/index.ts'
 import type { Member, Membership, PeerNet, PeerId, View } from '../mesh/index.ts'
 import { NoSnapshotError, SNAPSHOT_LIMITS, TransferTimeoutError, UnrecoverableError, createSnapshotService, encodeState, type RankState, type SnapshotService } from '../snapshot/index.ts'
 import { diskSteps, loadDiskState, persistDiskState } from './disk-tier.ts'
-import { COLLECTIVE_LIMITS, CollectiveError, createCollective, createZeroComm, shardRange, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
+import { COLLECTIVE_LIMITS, CollectiveError, createCollective, createZeroComm, type Collective, type ZeroComm } from '../mesh/collective/index.ts'
 import { batchFor, type Corpus } from './data.ts'
 
 /**

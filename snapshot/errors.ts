@@ -1,6 +1,6 @@
-import { InvalidArgumentError, ProtocolError, ZeromeshError, type ProtocolAction } from '../core/index.ts'
+import { InvalidArgumentError, ZeromeshError, protocolError, type ProtocolErrorFactory } from '../core/index.ts'
 
-/** Stable codes carried by {@link ProtocolError}s raised in snapshot/. */
+/** Stable codes carried by the ProtocolErrors raised in snapshot/. */
 export const SnapshotErrorCode = Object.freeze({
   /** A serialized state (from a peer or a file) is too short, has a bad magic/version, or lengths that do not add up. */
   STATE_MALFORMED: 'STATE_MALFORMED',
@@ -32,10 +32,8 @@ export const SnapshotErrorCode = Object.freeze({
 
 export type SnapshotErrorCodeT = typeof SnapshotErrorCode[keyof typeof SnapshotErrorCode]
 
-/** Shorthand for a snapshot protocol error. */
-export function snapshotError (code: SnapshotErrorCodeT, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject'): ProtocolError {
-  return new ProtocolError(code, message, details, action)
-}
+/** A snapshot protocol error: core's {@link protocolError}, typed to {@link SnapshotErrorCode}. */
+export const snapshotError: ProtocolErrorFactory<SnapshotErrorCodeT> = protocolError
 
 /** k and m do not fit the view (k + m distinct holders other than the owner are needed). */
 export class PlacementError extends InvalidArgumentError {

@@ -31,5 +31,5 @@ export { type PlaceResult } from './placer.ts'
 export { type RecoverRequest, type Recovered, type RecoveryReport } from './recovery.ts'
 export { STATE_FILE, persistState, loadState, writeFileDurable } from './disk.ts'
 export {
-  type TensorLayout, MAX_SAFETENSORS_HEADER_BYTES, shardLength, shardOf, assembleFlat, encodeSafetensors, exportSafetensors
+  type TensorLayout, MAX_SAFETENSORS_HEADER_BYTES, encodeSafetensors, exportSafetensors
 } from './safetensors.ts'

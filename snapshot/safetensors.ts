@@ -1,5 +1,5 @@
 import { dirname } from 'node:path'
-import { checkCap, InvalidArgumentError } from '../core/index.ts'
+import { assembleFlat, checkCap, InvalidArgumentError } from '../core/index.ts'
 import { writeFileDurable } from './disk.ts'
 
 /**
@@ -9,40 +9,13 @@ import { writeFileDurable } from './disk.ts'
  * spaces so the data starts 8-byte aligned), then the tensors' bytes, little-endian, back to
  * back in layout order.
  *
- * Sharding (DESIGN §4): the flat f32 parameter buffer of `length` elements is padded with
- * zeros to P·S elements, S = ceil(length / P), and rank r holds elements [r·S, (r+1)·S). The
- * padding is at the end of the last shards and is dropped on export.
+ * The ranks' shards follow core's shard layout (`shardRange`: balanced, no padding) and
+ * are joined with its {@link assembleFlat}.
  */
 export interface TensorLayout {
   tensors: ReadonlyArray<{ name: string, offset: number, shape: readonly number[] }>
-  /** Elements of the flat buffer (unpadded). */
+  /** Elements of the flat buffer. */
   length: number
-}
-
-/** Elements per shard for a flat buffer of `length` over `P` ranks (the buffer is padded to P × this). */
-export function shardLength (length: number, P: number): number {
-  if (!Number.isSafeInteger(length) || length < 0 || !Number.isSafeInteger(P) || P < 1) throw new InvalidArgumentError(`bad shard geometry: length ${length}, P ${P}`)
-  return Math.ceil(length / P)
-}
-
-/** Rank r's shard of a flat buffer (zero-padded past the end). */
-export function shardOf (flat: Float32Array, r: number, P: number): Float32Array {
-  const S = shardLength(flat.length, P)
-  const out = new Float32Array(S)
-  out.set(flat.subarray(Math.min(flat.length, r * S), Math.min(flat.length, (r + 1) * S)))
-  return out
-}
-
-/** Concatenates shards (in rank order) back into the unpadded flat buffer; checks every length. */
-export function assembleFlat (shards: readonly Float32Array[], length: number): Float32Array {
-  const P = shards.length
-  const S = shardLength(length, P)
-  shards.forEach((s, r) => {
-    if (s.length !== S) throw new InvalidArgumentError(`shard ${r} has ${s.length} elements, expected ${S} (${length} over ${P} ranks)`)
-  })
-  const out = new Float32Array(length)
-  shards.forEach((s, r) => out.set(s.subarray(0, Math.max(0, Math.min(S, length - r * S))), r * S))
-  return out
 }
 
 function checkLayout (layout: TensorLayout): void {

@@ -1,12 +1,12 @@
-import { InvalidArgumentError, ProtocolError, checkCap } from '../../core/index.ts'
-import { NonFiniteError, CodecErrorCode, validateQuantOptions, quantizedSize } from '../../codec/index.ts'
-import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from '../backend.ts'
+import { InvalidArgumentError, checkCap } from '../../core/index.ts'
+import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
+import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type GemmParams, type HostArray, type Tensor, type TensorDType } from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
-import { checkFinite, checkInt, fail, shapeLength } from '../validate.ts'
+import { allocSize, checkFinite, checkInt, fail, isHostOf, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -20,7 +20,6 @@ import { checkFinite, checkInt, fail, shapeLength } from '../validate.ts'
 
 const ALL: readonly TensorDType[] = ['f32', 'bf16', 'i32', 'u8']
 const FLOAT: readonly TensorDType[] = ['f32', 'bf16']
-const BYTES: Record<TensorDType, number> = { f32: 4, bf16: 2, i32: 4, u8: 1 }
 const FLAG_SLOTS = 8
 const NO_FLAG = 0xffffffffffffffffn
 
@@ -43,7 +42,7 @@ class CudaTensor implements Tensor {
     this.isView = isView
   }
 
-  get bytes (): number { return this.length * BYTES[this.dtype] }
+  get bytes (): number { return this.length * TENSOR_DTYPE_BYTES[this.dtype] }
 }
 
 /** A compiled kernel with reusable argument slots (cuLaunchKernel copies them at launch). */
@@ -149,25 +148,11 @@ const FAMILIES: Record<string, { opts: CompileOptions, kernels: Record<string, s
   }
 }
 
-function isHostOf (src: unknown, dtype: TensorDType): boolean {
-  switch (dtype) {
-    case 'f32': return src instanceof Float32Array
-    case 'bf16': return src instanceof Uint16Array
-    case 'i32': return src instanceof Int32Array
-    case 'u8': return src instanceof Uint8Array
-  }
-}
 const f32Scratch = new Float32Array(1)
 const u32Scratch = new Uint32Array(f32Scratch.buffer)
 function f32Bits (x: number): number {
   f32Scratch[0] = x
   return u32Scratch[0]!
-}
-function bf16Bits (x: number): number {
-  f32Scratch[0] = x
-  const bits = u32Scratch[0]!
-  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff
-  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff
 }
 const aligned = (p: number, n: number): boolean => p % n === 0
 const cdiv = (a: number, b: number): number => Math.ceil(a / b)
@@ -341,17 +326,14 @@ export class CudaBackend implements Backend {
       u32Scratch[0] = nf.value >>> 0
       throw new NonFiniteError(nf.index, f32Scratch[0]!, Number(f[3]!))
     }
-    if (dq !== null) throw new ProtocolError(CodecErrorCode.QUANT_INVALID, `code ${dq.value} at element ${dq.index} is outside the symmetric range`, { count: Number(f[5]!) })
+    if (dq !== null) throw codecError(CodecErrorCode.QUANT_INVALID, `code ${dq.value} at element ${dq.index} is outside the symmetric range`, { count: Number(f[5]!) })
   }
 
   // ---- memory -------------------------------------------------------------------------------
 
   alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
-    if (!ALL.includes(dtype)) fail('alloc', `unknown dtype ${String(dtype)}`)
-    const n = shapeLength('alloc', shape, CUDA_LIMITS.maxRank)
-    const bytes = n * BYTES[dtype]
-    checkCap('cuda tensor bytes', bytes, CUDA_LIMITS.maxTensorBytes)
+    const { n, bytes } = allocSize(dtype, shape, CUDA_LIMITS.maxRank, 'cuda tensor bytes', CUDA_LIMITS.maxTensorBytes)
     if (bytes === 0) return new CudaTensor(this, dtype, shape, 0, 0, null, false)
     const block = this.allocator.alloc(bytes)
     checkCu(this.libs, 'cuMemsetD8Async', this.libs.cu.cuMemsetD8Async(block.ptr, 0, bytes, this.stream))
@@ -364,7 +346,7 @@ export class CudaBackend implements Backend {
     const n = shapeLength('view', shape, CUDA_LIMITS.maxRank)
     checkInt('view', 'offset', offset, 0)
     if (offset + n > b.length) fail('view', `offset ${offset} + ${n} elements exceeds the base's ${b.length}`)
-    return new CudaTensor(this, b.dtype, shape, n, b.ptr + offset * BYTES[b.dtype], b.block, true)
+    return new CudaTensor(this, b.dtype, shape, n, b.ptr + offset * TENSOR_DTYPE_BYTES[b.dtype], b.block, true)
   }
 
   free (t: Tensor): void {
@@ -381,7 +363,7 @@ export class CudaBackend implements Backend {
     checkInt('write', 'offset', offset, 0)
     if (offset + src.length > x.length) fail('write', `offset ${offset} + ${src.length} elements exceeds the tensor's ${x.length}`)
     if (src.length === 0) return
-    checkCu(this.libs, 'cuMemcpyHtoD_v2', this.libs.cu.cuMemcpyHtoD(x.ptr + offset * BYTES[x.dtype], src, src.byteLength))
+    checkCu(this.libs, 'cuMemcpyHtoD_v2', this.libs.cu.cuMemcpyHtoD(x.ptr + offset * TENSOR_DTYPE_BYTES[x.dtype], src, src.byteLength))
   }
 
   read (t: Tensor): HostArray {
@@ -408,7 +390,7 @@ export class CudaBackend implements Backend {
     const cu = this.libs.cu
     switch (x.dtype) {
       case 'f32': checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, f32Bits(value), x.length, this.stream)); break
-      case 'bf16': checkCu(this.libs, 'cuMemsetD16Async', cu.cuMemsetD16Async(x.ptr, bf16Bits(value), x.length, this.stream)); break
+      case 'bf16': checkCu(this.libs, 'cuMemsetD16Async', cu.cuMemsetD16Async(x.ptr, f32ToBf16(value), x.length, this.stream)); break
       case 'i32':
         if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) fail('fill', `value ${value} is not an i32`)
         checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, value >>> 0, x.length, this.stream)); break

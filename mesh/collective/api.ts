@@ -1,10 +1,10 @@
-import { InvalidArgumentError, checkCap } from '../../core/index.ts'
+import { InvalidArgumentError, checkCap, shardRange, type Range } from '../../core/index.ts'
 import type { View } from '../membership.ts'
 import { CollectiveCore, type CallOptions, type CollectiveInit, type CollectiveResult, type CollectiveStats } from './collective.ts'
 import { hierReduceScatter, type ErrorFeedback } from './hier.ts'
 import { COLLECTIVE_LIMITS } from './limits.ts'
 import { ringAllGather, ringReduceScatter, type RingPlan } from './ring.ts'
-import { shardRange, windowRange, type Hierarchy, type Range, type TierKey } from './topology.ts'
+import { windowRange, type Hierarchy, type TierKey } from './topology.ts'
 import { F32_WIRE, validateWire, type Wire } from './wire.ts'
 
 /** Where a call runs: every member, or each group of members sharing a tier label (all groups at once). */

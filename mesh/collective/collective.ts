@@ -1,6 +1,6 @@
 import {
-  AbortError, InvalidArgumentError, ProtocolError, checkCap, defineCounter,
-  type Clock, type Counter, type Logger, type MetricsRegistry
+  AbortError, InvalidArgumentError, ProtocolError, checkCap, defineCounter, shardRange,
+  type Clock, type Counter, type Logger, type MetricsRegistry, type Range
 } from '../../core/index.ts'
 import { checkName } from '../checks.ts'
 import { StreamResetError } from '../errors.ts'
@@ -10,7 +10,7 @@ import { CollectiveError, type CollectiveFailure } from './errors.ts'
 import { COLLECTIVE_DEFAULTS, COLLECTIVE_LIMITS } from './limits.ts'
 import { MessageParser, OP_KINDS, encodeMessage, type Message, type OpKind } from './message.ts'
 import { Mailbox, zeroTierBytes, type OpApi, type Payload, type TierBytes } from './op.ts'
-import { buildHierarchy, linkTier, ringOrder, shardRange, type Hierarchy, type LinkTier, type Range, type TierKey } from './topology.ts'
+import { buildHierarchy, linkTier, ringOrder, type Hierarchy, type LinkTier, type TierKey } from './topology.ts'
 
 export interface CollectiveInit {
   net: PeerNet

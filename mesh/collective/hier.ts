@@ -1,7 +1,7 @@
-import { InvalidArgumentError } from '../../core/index.ts'
+import { InvalidArgumentError, shardRange, type Range } from '../../core/index.ts'
 import { Slots, type OpApi, type Payload } from './op.ts'
 import { chunksOf } from './ring.ts'
-import { relayOf, shardRange, type Hierarchy, type Range } from './topology.ts'
+import { relayOf, type Hierarchy } from './topology.ts'
 import { blockSizeOf, checkBody, chunkElementsOf, decodeBody, encodeBody, encodingOf, type Wire } from './wire.ts'
 
 /**

@@ -1,4 +1,4 @@
-import { ProtocolError, checkCap } from '../../core/index.ts'
+import { checkCap, protocolError } from '../../core/index.ts'
 import { checksum64 } from '../../codec/index.ts'
 import { COLLECTIVE_LIMITS } from './limits.ts'
 
@@ -79,21 +79,17 @@ export function encodeMessage (h: Omit<MessageHeader, 'bodyBytes' | 'bodyChecksu
   return out
 }
 
-function bad (code: string, message: string, details: Record<string, unknown> = {}): ProtocolError {
-  return new ProtocolError(code, message, details)
-}
-
 /** Decodes and checks a header (checksum first, then magic, version, reserved, body cap). */
 export function decodeHeader (bytes: Uint8Array): MessageHeader {
-  if (bytes.length < HEADER) throw bad('COLLECTIVE_TRUNCATED', `collective header needs ${HEADER} bytes, got ${bytes.length}`)
+  if (bytes.length < HEADER) throw protocolError('COLLECTIVE_TRUNCATED', `collective header needs ${HEADER} bytes, got ${bytes.length}`)
   const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER)
-  if (v.getUint32(0, true) !== MESSAGE_MAGIC) throw bad('COLLECTIVE_BAD_MAGIC', 'not a collective message (bad magic)')
-  if (v.getBigUint64(56, true) !== checksum64(bytes.subarray(0, 56))) throw bad('COLLECTIVE_HEADER_CHECKSUM', 'collective header checksum mismatch')
+  if (v.getUint32(0, true) !== MESSAGE_MAGIC) throw protocolError('COLLECTIVE_BAD_MAGIC', 'not a collective message (bad magic)')
+  if (v.getBigUint64(56, true) !== checksum64(bytes.subarray(0, 56))) throw protocolError('COLLECTIVE_HEADER_CHECKSUM', 'collective header checksum mismatch')
   const version = v.getUint8(4)
-  if (version !== MESSAGE_VERSION) throw bad('COLLECTIVE_BAD_VERSION', `unsupported collective message version ${version}`, { version })
-  if (v.getUint32(44, true) !== 0) throw bad('COLLECTIVE_BAD_HEADER', 'reserved header field is not zero')
+  if (version !== MESSAGE_VERSION) throw protocolError('COLLECTIVE_BAD_VERSION', `unsupported collective message version ${version}`, { version })
+  if (v.getUint32(44, true) !== 0) throw protocolError('COLLECTIVE_BAD_HEADER', 'reserved header field is not zero')
   const step = v.getBigUint64(16, true)
-  if (step > BigInt(Number.MAX_SAFE_INTEGER)) throw bad('COLLECTIVE_BAD_HEADER', `step ${step} is too large`)
+  if (step > BigInt(Number.MAX_SAFE_INTEGER)) throw protocolError('COLLECTIVE_BAD_HEADER', `step ${step} is too large`)
   const h: MessageHeader = {
     kind: v.getUint8(5),
     phase: v.getUint8(6),
@@ -109,7 +105,7 @@ export function decodeHeader (bytes: Uint8Array): MessageHeader {
     bodyChecksum: v.getBigUint64(48, true)
   }
   if (h.bodyBytes > COLLECTIVE_LIMITS.maxMessageBodyBytes) {
-    throw bad('COLLECTIVE_TOO_LARGE', `collective body of ${h.bodyBytes} bytes exceeds the cap of ${COLLECTIVE_LIMITS.maxMessageBodyBytes}`, { bodyBytes: h.bodyBytes })
+    throw protocolError('COLLECTIVE_TOO_LARGE', `collective body of ${h.bodyBytes} bytes exceeds the cap of ${COLLECTIVE_LIMITS.maxMessageBodyBytes}`, { bodyBytes: h.bodyBytes })
   }
   return h
 }
@@ -176,7 +172,7 @@ export class MessageParser {
   /** Throws if the stream ended inside a message. */
   end (): void {
     if (this.failed !== undefined) throw this.failed
-    if (this.header !== undefined || this.headLen > 0) throw bad('COLLECTIVE_TRUNCATED', 'stream ended inside a collective message')
+    if (this.header !== undefined || this.headLen > 0) throw protocolError('COLLECTIVE_TRUNCATED', 'stream ended inside a collective message')
   }
 
   private begin (header: MessageHeader): void {
@@ -196,6 +192,6 @@ export class MessageParser {
 }
 
 function finish (header: MessageHeader, body: Uint8Array): Message {
-  if (checksum64(body) !== header.bodyChecksum) throw bad('COLLECTIVE_BODY_CHECKSUM', 'collective body checksum mismatch', { op: header.op, index: header.index })
+  if (checksum64(body) !== header.bodyChecksum) throw protocolError('COLLECTIVE_BODY_CHECKSUM', 'collective body checksum mismatch', { op: header.op, index: header.index })
   return { header, body }
 }

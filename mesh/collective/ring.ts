@@ -1,6 +1,6 @@
+import type { Range } from '../../core/index.ts'
 import { ENCODINGS } from './message.ts'
 import { Slots, type OpApi, type Payload } from './op.ts'
-import type { Range } from './topology.ts'
 import { blockSizeOf, checkBody, chunkElementsOf, decodeBody, encodeBody, encodingOf, type Wire } from './wire.ts'
 
 /**

@@ -1,25 +1,13 @@
-import { InvalidArgumentError } from '../../core/index.ts'
+import { InvalidArgumentError, shardRange, type Range } from '../../core/index.ts'
 import type { Member } from '../membership.ts'
 import type { PeerLabels } from '../peernet.ts'
 
 /**
- * Placement arithmetic shared by every collective: shard ranges, tiers of a link, the nested
- * groups of a view (by label keys such as zone or host), the ring order and the relays of the
- * hierarchical reduce-scatter. Pure functions of the view, so every member computes the same.
+ * Placement arithmetic shared by every collective: windows of the shard layout (core's
+ * shardRange), tiers of a link, the nested groups of a view (by label keys such as zone or
+ * host), the ring order and the relays of the hierarchical reduce-scatter. Pure functions of
+ * the view, so every member computes the same.
  */
-
-/** A contiguous element range. */
-export interface Range { start: number, length: number }
-
-/**
- * Shard `index` of `n` elements split `parts` ways: the first n % parts shards hold one
- * element more, so lengths differ by at most one (zero-length shards when n < parts).
- */
-export function shardRange (n: number, parts: number, index: number): Range {
-  const base = Math.floor(n / parts)
-  const extra = n % parts
-  return { start: index * base + Math.min(index, extra), length: base + (index < extra ? 1 : 0) }
-}
 
 /**
  * Rank `index`'s part of the window [offset, offset + length) of a vector of `total` elements

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, ProtocolError } from '../../core/index.ts'
-import { dequantize, dequantizeAccumulate, quantize, quantizedSize, validateQuantOptions, type QuantBits, type Quantized } from '../../codec/index.ts'
+import { bf16ToF32, dequantize, dequantizeAccumulate, f32ToBf16, quantize, quantizedSize, validateQuantOptions, type QuantBits, type Quantized } from '../../codec/index.ts'
 import { ENCODINGS, type EncodingCode, type MessageHeader } from './message.ts'
 
 /**
@@ -52,29 +52,12 @@ export function chunkElementsOf (w: Wire, chunkBytes: number): number {
   return Math.max(1, Math.floor(chunkBytes / blockBytes)) * w.blockSize
 }
 
-const f32 = new Float32Array(1)
-const u32 = new Uint32Array(f32.buffer)
-
-/** f32 -> bf16 bits, round to nearest even (NaN stays a quiet NaN). */
-export function toBf16 (x: number): number {
-  f32[0] = x
-  const b = u32[0]!
-  if ((b & 0x7f800000) === 0x7f800000 && (b & 0x7fffff) !== 0) return ((b >>> 16) | 0x40) & 0xffff
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff
-}
-
-/** bf16 bits -> f32 value. */
-export function fromBf16 (h: number): number {
-  u32[0] = h << 16
-  return f32[0]!
-}
-
 /** Encodes `src` as a message body. */
 export function encodeBody (w: Wire, src: Float32Array): Uint8Array {
   if (w.kind === 'f32') return new Uint8Array(src.slice().buffer)
   if (w.kind === 'bf16') {
     const out = new Uint16Array(src.length)
-    for (let i = 0; i < src.length; i++) out[i] = toBf16(src[i]!)
+    for (let i = 0; i < src.length; i++) out[i] = f32ToBf16(src[i]!)
     return new Uint8Array(out.buffer)
   }
   const { blocks } = quantizedSize(src.length, w)
@@ -121,7 +104,7 @@ export function decodeBody (w: Wire, body: Uint8Array, out: Float32Array, accumu
     const v = new Uint16Array(b.buffer, b.byteOffset, n)
     const o32 = new Uint32Array(out.buffer, out.byteOffset, n)
     if (!accumulate) for (let i = 0; i < n; i++) o32[i] = v[i]! << 16
-    else for (let i = 0; i < n; i++) out[i] = out[i]! + fromBf16(v[i]!)
+    else for (let i = 0; i < n; i++) out[i] = out[i]! + bf16ToF32(v[i]!)
     return
   }
   const { blocks } = quantizedSize(n, w)

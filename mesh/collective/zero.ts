@@ -1,10 +1,10 @@
-import { InvalidArgumentError } from '../../core/index.ts'
+import { InvalidArgumentError, type Range } from '../../core/index.ts'
 import type { Collective, Scope, Window } from './api.ts'
 import type { CallOptions, CollectiveResult } from './collective.ts'
 import { createErrorFeedback, type ErrorFeedback } from './hier.ts'
 import { COLLECTIVE_DEFAULTS } from './limits.ts'
 import { zeroTierBytes, type TierBytes } from './op.ts'
-import type { Range, TierKey } from './topology.ts'
+import type { TierKey } from './topology.ts'
 import { BF16_WIRE, F32_WIRE, validateWire, type Wire } from './wire.ts'
 
 /**

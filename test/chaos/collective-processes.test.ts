@@ -1,7 +1,6 @@
 import test from 'ava'
-import { Rng } from '../../core/index.ts'
+import { Rng, shardRange } from '../../core/index.ts'
 import { checksum64 } from '../../codec/index.ts'
-import { shardRange } from '../../mesh/collective/index.ts'
 import { serialRingReduce } from '../collective/helpers.ts'
 import { runWorkers, startWorkers, type FaultOp } from '../../bench/_collective-procs.ts'
 

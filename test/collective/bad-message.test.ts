@@ -1,8 +1,8 @@
 import test from 'ava'
-import { RealClock } from '../../core/index.ts'
+import { RealClock, shardRange } from '../../core/index.ts'
 import { createMemoryNetwork, type ByteStream, type PeerNet } from '../../mesh/index.ts'
 import {
-  COLLECTIVE_LIMITS, CollectiveError, ENCODINGS, OP_KINDS, MessageParser, createCollective, encodeMessage, shardRange,
+  COLLECTIVE_LIMITS, CollectiveError, ENCODINGS, OP_KINDS, MessageParser, createCollective, encodeMessage,
   type Collective, type MessageHeader
 } from '../../mesh/collective/index.ts'
 

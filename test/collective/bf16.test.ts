@@ -1,12 +1,13 @@
 import test from 'ava'
-import type { Rng } from '../../core/index.ts'
-import { BF16_WIRE, COLLECTIVE_LIMITS, chunkElementsOf, shardRange, toBf16, type CollectiveResult } from '../../mesh/collective/index.ts'
+import { shardRange, type Rng } from '../../core/index.ts'
+import { f32ToBf16 } from '../../codec/index.ts'
+import { BF16_WIRE, COLLECTIVE_LIMITS, chunkElementsOf, type CollectiveResult } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { bf16Round, firstDiff, interleavedZone, serialRingReduce, simGroup, zoneOf } from './helpers.ts'
 
 // bf16 payloads on the ring: f32 vectors sent with the bf16 wire (rounded to nearest even,
 // as wire.ts documents) and raw bf16 words (Uint16Array) passed through. The reference rounds
-// with helpers' bf16Round, written independently of wire.ts's bias trick.
+// with helpers' bf16Round, written independently of codec's f32ToBf16 (a bias trick).
 
 const CHUNK_BYTES = 64
 
@@ -43,7 +44,7 @@ function ringBytes (n: number, P: number, per: number, bytesPerElement: number):
 
 const sent = (rs: Array<CollectiveResult<unknown>>): number => rs.reduce((a, r) => a + r.bytes.host + r.bytes.zone + r.bytes.wan, 0)
 
-test('bf16Round (the reference) rounds to nearest even, independently of wire.ts, and agrees with toBf16', t => {
+test('bf16Round (the reference) rounds to nearest even, independently of the wire, and agrees with f32ToBf16', t => {
   // Hand-checked cases: 1 + 2^-8 is a tie between 1 and 1 + 2^-7 (even: 1); 1 + 3 * 2^-8 a tie going up.
   t.is(bf16Round(1 + 2 ** -8), 1)
   t.is(bf16Round(1 + 3 * 2 ** -8), 1 + 2 ** -6)
@@ -58,8 +59,8 @@ test('bf16Round (the reference) rounds to nearest even, independently of wire.ts
   const xs = bf16Hard(rng, 20_000)
   for (let i = 0; i < xs.length; i++) {
     const want = bf16Round(xs[i]!)
-    u32[0] = toBf16(xs[i]!) << 16
-    if (!Object.is(f32[0]!, want)) t.fail(`toBf16(${xs[i]}) = ${f32[0]}, nearest even is ${want}`)
+    u32[0] = f32ToBf16(xs[i]!) << 16
+    if (!Object.is(f32[0]!, want)) t.fail(`f32ToBf16(${xs[i]}) = ${f32[0]}, nearest even is ${want}`)
   }
   t.pass()
 })

@@ -1,5 +1,6 @@
 import test from 'ava'
-import { createErrorFeedback, createZeroComm, shardRange, type ErrorFeedback, type Wire } from '../../mesh/collective/index.ts'
+import { shardRange } from '../../core/index.ts'
+import { createErrorFeedback, createZeroComm, type ErrorFeedback, type Wire } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { exactSum, firstDiff, hierQuantBound, interleavedZone, randomVec, serialHierReduce, simGroup, zoneOf, type SerialFeedback } from './helpers.ts'
 

@@ -1,8 +1,8 @@
-import { RealClock, type Clock, type Rng } from '../../core/index.ts'
+import { RealClock, shardRange, type Clock, type Range, type Rng } from '../../core/index.ts'
 import { createMemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
 import {
-  createCollective, shardRange, relayOf, roundTrip,
-  type Collective, type CollectiveInit, type Group as TierGroup, type Hierarchy, type Range, type Wire
+  createCollective, relayOf, roundTrip,
+  type Collective, type CollectiveInit, type Group as TierGroup, type Hierarchy, type Wire
 } from '../../mesh/collective/index.ts'
 import { Simulation, createSimNetwork, type SimNetwork, type Topology } from '../../sim/index.ts'
 

@@ -1,5 +1,6 @@
 import test from 'ava'
-import { shardRange, roundTrip, type Wire } from '../../mesh/collective/index.ts'
+import { shardRange } from '../../core/index.ts'
+import { roundTrip, type Wire } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { exactSum, firstDiff, interleavedZone, memoryGroup, randomVec, serialHierReduce, simGroup, zoneOf } from './helpers.ts'
 

@@ -1,5 +1,5 @@
 import test from 'ava'
-import { shardRange } from '../../mesh/collective/index.ts'
+import { shardRange } from '../../core/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { firstDiff, interleavedZone, memoryGroup, randomVec, serialRingReduce, simGroup, zoneOf } from './helpers.ts'
 

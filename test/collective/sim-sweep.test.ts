@@ -1,6 +1,7 @@
 import test, { type ExecutionContext } from 'ava'
 import type { Rng } from '../../core/index.ts'
-import { createZeroComm, roundTrip, shardRange, type Wire } from '../../mesh/collective/index.ts'
+import { shardRange } from '../../core/index.ts'
+import { createZeroComm, roundTrip, type Wire } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import {
   exactSum, firstDiff, hierQuantBound, interleavedZone, randomVec, serialHierReduce, serialRingReduce, simGroup, zoneOf,

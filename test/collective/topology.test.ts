@@ -1,5 +1,6 @@
 import test from 'ava'
-import { buildHierarchy, relayOf, ringOrder, shardRange, createZeroComm, linkTier } from '../../mesh/collective/index.ts'
+import { shardRange } from '../../core/index.ts'
+import { buildHierarchy, relayOf, ringOrder, createZeroComm, linkTier } from '../../mesh/collective/index.ts'
 import { memoryGroup, zoneOf } from './helpers.ts'
 
 test('shardRange tiles any length with shards differing by at most one (zero-length shards when n < parts)', t => {

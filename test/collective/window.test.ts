@@ -1,5 +1,6 @@
 import test from 'ava'
-import { createErrorFeedback, shardRange, windowRange, type Wire } from '../../mesh/collective/index.ts'
+import { shardRange } from '../../core/index.ts'
+import { createErrorFeedback, windowRange, type Wire } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { firstDiff, memoryGroup, randomVec, serialHierReduce, serialRingReduce, zoneOf } from './helpers.ts'
 

@@ -1,5 +1,6 @@
 import test from 'ava'
-import { CpuBackend, f32ToBf16, bf16ToF32 } from '../../gpu/index.ts'
+import { bf16ToF32, f32ToBf16 } from '../../codec/index.ts'
+import { CpuBackend } from '../../gpu/index.ts'
 import { seededRng, randomF32 } from '../helpers/seed.ts'
 import { checkGradients, closeness, dot64, upload, uploadI32, readF32 } from './fd.ts'
 

@@ -3,7 +3,8 @@
 import test, { type ExecutionContext } from 'ava'
 import type { Backend, Tensor } from '../../gpu/backend.ts'
 import type { CudaBackend } from '../../gpu/cuda/index.ts'
-import { CpuBackend, f32ToBf16, bf16ToF32 } from '../../gpu/cpu.ts'
+import { bf16ToF32, f32ToBf16 } from '../../codec/index.ts'
+import { CpuBackend } from '../../gpu/cpu.ts'
 
 let cuda: CudaBackend | null = null
 let reason = ''

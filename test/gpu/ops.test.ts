@@ -1,7 +1,7 @@
 // Every CUDA op against the CPU reference (gpu/cpu.ts). Tolerances: f32 ops rtol 1e-4 (GEMMs run
 // in true f32, no TF32); bf16 ops compare against the CPU on the same bf16-rounded inputs with
 // rtol 2e-2 plus an atol of 1e-2 × the output's scale (one bf16 rounding of the output is 2^-8).
-import { bf16ToF32, f32ToBf16 } from '../../gpu/cpu.ts'
+import { bf16ToF32, f32ToBf16 } from '../../codec/index.ts'
 import type { Backend, Tensor } from '../../gpu/backend.ts'
 import { absMax, close, cpu, down, gpuTest, rand, roundBf16, up } from './_cuda.ts'
 
