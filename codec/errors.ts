@@ -1,35 +1,34 @@
-import { ZeromeshError, protocolError, type ProtocolErrorFactory } from '../core/index.ts'
+import { ZeromeshError, protocolCodes } from '../core/index.ts'
 
-/** Stable codes carried by the ProtocolErrors raised in codec/. */
-export const CodecErrorCode = Object.freeze({
-  ENVELOPE_TOO_LARGE: 'ENVELOPE_TOO_LARGE',
-  ENVELOPE_MALFORMED: 'ENVELOPE_MALFORMED',
-  ENVELOPE_VERSION: 'ENVELOPE_VERSION',
-  ENVELOPE_UNKNOWN_TYPE: 'ENVELOPE_UNKNOWN_TYPE',
-  ENVELOPE_SCHEMA: 'ENVELOPE_SCHEMA',
-  FRAME_TRUNCATED: 'FRAME_TRUNCATED',
-  FRAME_TOO_LARGE: 'FRAME_TOO_LARGE',
-  FRAME_BAD_MAGIC: 'FRAME_BAD_MAGIC',
-  FRAME_BAD_VERSION: 'FRAME_BAD_VERSION',
-  FRAME_BAD_HEADER: 'FRAME_BAD_HEADER',
-  FRAME_HEADER_CHECKSUM: 'FRAME_HEADER_CHECKSUM',
-  FRAME_BODY_CHECKSUM: 'FRAME_BODY_CHECKSUM',
-  FRAME_TRAILING_BYTES: 'FRAME_TRAILING_BYTES',
-  DTYPE_UNKNOWN: 'DTYPE_UNKNOWN',
-  DTYPE_MISMATCH: 'DTYPE_MISMATCH',
-  SHAPE_MISMATCH: 'SHAPE_MISMATCH',
-  LENGTH_MISMATCH: 'LENGTH_MISMATCH',
-  CHUNK_MISMATCH: 'CHUNK_MISMATCH',
-  QUANT_INVALID: 'QUANT_INVALID',
-  FRAGMENT_MALFORMED: 'FRAGMENT_MALFORMED',
-  FRAGMENT_CHECKSUM: 'FRAGMENT_CHECKSUM',
-  FRAGMENT_MISMATCH: 'FRAGMENT_MISMATCH'
-} as const)
-
-export type CodecErrorCodeT = typeof CodecErrorCode[keyof typeof CodecErrorCode]
-
-/** A codec protocol error: core's {@link protocolError}, typed to {@link CodecErrorCode}. */
-export const codecError: ProtocolErrorFactory<CodecErrorCodeT> = protocolError
+/**
+ * Stable codes carried by the ProtocolErrors raised in codec/ (`CodecErrorCode.X === 'X'`), and
+ * `codecError`, core's protocolError typed to them.
+ */
+export const { codes: CodecErrorCode, error: codecError } = protocolCodes([
+  'ENVELOPE_TOO_LARGE',
+  'ENVELOPE_MALFORMED',
+  'ENVELOPE_VERSION',
+  'ENVELOPE_UNKNOWN_TYPE',
+  'ENVELOPE_SCHEMA',
+  'FRAME_TRUNCATED',
+  'FRAME_TOO_LARGE',
+  'FRAME_BAD_MAGIC',
+  'FRAME_BAD_VERSION',
+  'FRAME_BAD_HEADER',
+  'FRAME_HEADER_CHECKSUM',
+  'FRAME_BODY_CHECKSUM',
+  'FRAME_TRAILING_BYTES',
+  'DTYPE_UNKNOWN',
+  'DTYPE_MISMATCH',
+  'SHAPE_MISMATCH',
+  'LENGTH_MISMATCH',
+  'CHUNK_MISMATCH',
+  'QUANT_INVALID',
+  'FRAGMENT_MALFORMED',
+  'FRAGMENT_CHECKSUM',
+  'FRAGMENT_MISMATCH'
+])
+export type CodecErrorCodeT = keyof typeof CodecErrorCode
 
 /**
  * Quantization input held NaN or ±Inf. Reported, never smeared into a block scale: a gradient

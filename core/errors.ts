@@ -79,6 +79,15 @@ export function protocolError (code: string, message: string, details: Record<st
   return new ProtocolError(code, message, details, action)
 }
 
+/**
+ * A layer's protocol-error codes declared once: `codes` maps each code to itself (so call sites
+ * write `CodecErrorCode.FRAME_TRUNCATED`), and `error` is {@link protocolError} typed to them.
+ */
+export function protocolCodes<const C extends string> (names: readonly C[]): { codes: Readonly<{ [K in C]: K }>, error: ProtocolErrorFactory<C> } {
+  const codes = Object.fromEntries(names.map(n => [n, n])) as { [K in C]: K }
+  return { codes: Object.freeze(codes), error: protocolError }
+}
+
 /** Throws {@link AbortError} if the signal has fired. */
 export function throwIfAborted (signal?: AbortSignal): void {
   if (signal?.aborted === true) {

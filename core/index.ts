@@ -8,7 +8,7 @@ export {
   ZeromeshError, InvalidArgumentError, LimitExceededError, AbortError, ProtocolError,
   type ProtocolAction, throwIfAborted, settleOnAbort
 } from './errors.ts'
-export { protocolError, type ProtocolErrorFactory } from './errors.ts'
+export { protocolError, protocolCodes, type ProtocolErrorFactory } from './errors.ts'
 export { checkCap, CORE_LIMITS } from './limits.ts'
 export { type Range, shardRange, assembleFlat } from './shard.ts'
 export { type Logger, type LogLevel, type LoggerInit, createLogger, silentLogger, componentLogger } from './log.ts'

@@ -1,39 +1,38 @@
-import { InvalidArgumentError, ZeromeshError, protocolError, type ProtocolErrorFactory } from '../core/index.ts'
+import { InvalidArgumentError, ZeromeshError, protocolCodes } from '../core/index.ts'
 
-/** Stable codes carried by the ProtocolErrors raised in snapshot/. */
-export const SnapshotErrorCode = Object.freeze({
-  /** A serialized state (from a peer or a file) is too short, has a bad magic/version, or lengths that do not add up. */
-  STATE_MALFORMED: 'STATE_MALFORMED',
-  /** The whole-state checksum does not match. */
-  STATE_CHECKSUM: 'STATE_CHECKSUM',
-  /** A fragment label (owner, version, index, k, m, epoch) is malformed or fails its checksum. */
-  LABEL_MALFORMED: 'LABEL_MALFORMED',
-  /** A fragment's body fails its segment checks (ZMFG header/body checksums, k/m/index mismatch). */
-  FRAGMENT_CORRUPT: 'FRAGMENT_CORRUPT',
-  /** The fragment's bytes do not hash to what the manifest says. */
-  FRAGMENT_HASH: 'FRAGMENT_HASH',
-  /** A put labelled with an epoch older than the holder's view. */
-  STALE_EPOCH: 'STALE_EPOCH',
-  /** A put labelled with an epoch the holder has not installed yet (the sender retries). */
-  FUTURE_EPOCH: 'FUTURE_EPOCH',
-  /** A put of a version older than the one the holder must keep for that owner. */
-  STALE_VERSION: 'STALE_VERSION',
-  /** The placement of that (view, owner, k, m) does not put this fragment index on this holder. */
-  MISDIRECTED: 'MISDIRECTED',
-  /** Same (owner, epoch, version, index) already held with different bytes (the first is kept). */
-  DUPLICATE_CONFLICT: 'DUPLICATE_CONFLICT',
-  /** The holder's store is at its memory cap. */
-  STORE_FULL: 'STORE_FULL',
-  /** The holder does not have the fragment asked for. */
-  NOT_FOUND: 'NOT_FOUND',
-  /** A request or reply on a snapshot stream is malformed or over a cap. */
-  REQUEST_MALFORMED: 'REQUEST_MALFORMED'
-} as const)
-
-export type SnapshotErrorCodeT = typeof SnapshotErrorCode[keyof typeof SnapshotErrorCode]
-
-/** A snapshot protocol error: core's {@link protocolError}, typed to {@link SnapshotErrorCode}. */
-export const snapshotError: ProtocolErrorFactory<SnapshotErrorCodeT> = protocolError
+/**
+ * Stable codes carried by the ProtocolErrors raised in snapshot/ (`SnapshotErrorCode.X === 'X'`), and
+ * `snapshotError`, core's protocolError typed to them.
+ */
+export const { codes: SnapshotErrorCode, error: snapshotError } = protocolCodes([
+  // A serialized state (from a peer or a file) is too short, has a bad magic/version, or lengths that do not add up.
+  'STATE_MALFORMED',
+  // The whole-state checksum does not match.
+  'STATE_CHECKSUM',
+  // A fragment label (owner, version, index, k, m, epoch) is malformed or fails its checksum.
+  'LABEL_MALFORMED',
+  // A fragment's body fails its segment checks (ZMFG header/body checksums, k/m/index mismatch).
+  'FRAGMENT_CORRUPT',
+  // The fragment's bytes do not hash to what the manifest says.
+  'FRAGMENT_HASH',
+  // A put labelled with an epoch older than the holder's view.
+  'STALE_EPOCH',
+  // A put labelled with an epoch the holder has not installed yet (the sender retries).
+  'FUTURE_EPOCH',
+  // A put of a version older than the one the holder must keep for that owner.
+  'STALE_VERSION',
+  // The placement of that (view, owner, k, m) does not put this fragment index on this holder.
+  'MISDIRECTED',
+  // Same (owner, epoch, version, index) already held with different bytes (the first is kept).
+  'DUPLICATE_CONFLICT',
+  // The holder's store is at its memory cap.
+  'STORE_FULL',
+  // The holder does not have the fragment asked for.
+  'NOT_FOUND',
+  // A request or reply on a snapshot stream is malformed or over a cap.
+  'REQUEST_MALFORMED'
+])
+export type SnapshotErrorCodeT = keyof typeof SnapshotErrorCode
 
 /** k and m do not fit the view (k + m distinct holders other than the owner are needed). */
 export class PlacementError extends InvalidArgumentError {
