@@ -2,7 +2,7 @@
  * core: clock, seeded rng, typed errors, limits, logger and metrics plumbing.
  * Depends on nothing else in zeromesh.
  */
-export { type Clock, type TimerId, RealClock, ManualClock, flushMicrotasks, sleepOn } from './clock.ts'
+export { type Clock, type TimerId, RealClock, ManualClock, ClockEvent, flushMicrotasks, sleepOn } from './clock.ts'
 export { Rng, type Seed, seedFromEnv } from './rng.ts'
 export {
   ZeromeshError, InvalidArgumentError, LimitExceededError, AbortError, ProtocolError,

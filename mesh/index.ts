@@ -17,9 +17,10 @@ export { writeMessage, MessageReader } from './lp.ts'
 export { PhiDetector, phiOf, silenceFor, type PhiOptions } from './phi.ts'
 export {
   createMembership, type Membership, type MembershipInit, type MembershipStatus, type MemberStatus,
-  type MembershipEvents, type Member, type View,
-  type MembershipDurableState, type Heartbeat, encodeHeartbeat, decodeHeartbeat
-} from './membership.ts'
+  type MembershipEvents, type Member, type View, type MembershipComponents,
+  type MembershipDurableState, type Heartbeat, encodeHeartbeat, decodeHeartbeat,
+  createMembershipShared, type MembershipShared
+} from './membership/index.ts'
 export { startBulkChannel, bulkKey, bulkSessionId, BULK_IDLE_PER_SESSION, BULK_CLIENT_IDLE_MS, type BulkChannel } from './bulk.ts'
 export { checkName, checkGossipSize, checkChunkSize, remember } from './checks.ts'
 export { Listeners } from './listeners.ts'

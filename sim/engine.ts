@@ -1,6 +1,5 @@
 import { createHash, type Hash } from 'node:crypto'
-import { ManualClock, Rng, flushMicrotasks, sleepOn, type Clock, type TimerId } from '../core/index.ts'
-import { ClockEvent } from '../core/clock.ts'
+import { ClockEvent, ManualClock, Rng, flushMicrotasks, sleepOn, type Clock, type TimerId } from '../core/index.ts'
 
 /** Formats a compact trace record's four fields as the text after `<time> ` (see {@link Simulation.recordKind}). */
 export type RecordFormat = (a: number, b: number, c: number, d: number) => string

@@ -1,10 +1,9 @@
-import { AbortError, InvalidArgumentError, Rng } from '../core/index.ts'
+import { AbortError, ClockEvent, InvalidArgumentError, Rng } from '../core/index.ts'
 import {
   ByteQueue, MESH_LIMITS, NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError, Listeners,
   checkChunkSize, checkGossipSize, checkName,
   type ByteStream, type GossipHandler, type GossipMessage, type GossipVerdict, type PeerId, type PeerInfo, type PeerNet, type PeerNetEvents, type StreamHandler
 } from '../mesh/index.ts'
-import { ClockEvent } from '../core/clock.ts'
 import { NodeClock, type Simulation } from './engine.ts'
 
 /**

@@ -166,27 +166,31 @@ function describeFault (f: Fault): string {
   return JSON.stringify(rest)
 }
 
-/**
- * Plays a scenario. `progress(fraction)` is called as simulated time advances. Overrides let
- * the CLI change the seed or the node count.
- */
-export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: number, progress?: (f: number) => void } = {}): Promise<ScenarioReport> {
-  const seed = opts.seed ?? s.seed
-  const nodes = opts.nodes ?? s.nodes
-  const topology = mergeTopology(s.topology)
-  const w = new MembershipWorld({ seed, nodes, zones: s.zones, topology, membership: { ...s.membership, expect: s.membership?.expect ?? nodes } })
-  const { sim, net } = w
-  const timeline: ScenarioReport['timeline'] = []
-  const mark = (node: string, state: 'up' | 'down' | 'paused'): void => { timeline.push({ at: sim.now(), node, state }) }
-  await w.bootAll()
-  for (const id of w.ids) mark(id, 'up')
-  const t0 = sim.now()
+/** A fault at its time from the start of the run. */
+interface Planned { at: number, f: Fault }
 
-  // The schedule: listed faults plus random ones drawn from the seed.
-  type Planned = { at: number, f: Fault }
+/** A crash whose detection is being timed. */
+interface PendingCrash { report: FaultReport, node: string, at: number }
+
+/** What playing faults on a world needs and records. */
+interface Play {
+  w: MembershipWorld
+  topology: Topology
+  t0: number
+  maxDown: number
+  reports: FaultReport[]
+  pendingCrashes: PendingCrash[]
+  timeline: ScenarioReport['timeline']
+}
+
+const mark = (p: Play, node: string, state: 'up' | 'down' | 'paused'): void => { p.timeline.push({ at: p.w.sim.now(), node, state }) }
+
+/** The schedule: listed faults plus random ones drawn from the seed, in time order. */
+function planFaults (s: Scenario, w: MembershipWorld, nodes: number): Planned[] {
   const plan: Planned[] = s.faults.filter(f => faultNodes(f).every(id => Number(id.slice(1)) < nodes)).map(f => ({ at: f.at, f }))
-  if (s.random !== undefined) {
-    const rng = sim.rng.split('random-faults')
+  const random = s.random
+  if (random !== undefined) {
+    const rng = w.sim.rng.split('random-faults')
     const draw = (perS: number, make: (t: number) => Fault[]): void => {
       if (perS <= 0) return
       for (let t = 0; ;) {
@@ -196,106 +200,145 @@ export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: n
       }
     }
     const id = (): string => `n${String(rng.int(0, nodes)).padStart(3, '0')}`
-    draw(s.random.crashPerS, t => {
+    draw(random.crashPerS, t => {
       const n = id()
       const state = rng.bool(0.5) ? 'kept' as const : 'fresh' as const
-      return [{ at: t, crash: n }, { at: Math.min(s.durationMs, t + s.random!.faultMs), restart: n, state }]
+      return [{ at: t, crash: n }, { at: Math.min(s.durationMs, t + random.faultMs), restart: n, state }]
     })
-    draw(s.random.pausePerS, t => { const n = id(); return [{ at: t, pause: n, forMs: s.random!.faultMs }] })
-    draw(s.random.partitionPerS, t => {
+    draw(random.pausePerS, t => { const n = id(); return [{ at: t, pause: n, forMs: random.faultMs }] })
+    draw(random.partitionPerS, t => {
       const ids = rng.shuffle(w.ids)
       const cut = rng.int(1, Math.max(2, Math.floor(nodes / 2) + 1))
-      return [{ at: t, partition: [ids.slice(0, cut), ids.slice(cut)] }, { at: Math.min(s.durationMs, t + s.random!.faultMs), heal: true as const }]
+      return [{ at: t, partition: [ids.slice(0, cut), ids.slice(cut)] }, { at: Math.min(s.durationMs, t + random.faultMs), heal: true as const }]
     })
   }
   plan.sort((a, b) => a.at - b.at)
-  const maxDown = s.random?.maxDown ?? Math.floor((nodes - 1) / 2)
+  return plan
+}
 
-  const reports: FaultReport[] = []
-  const pendingCrashes: Array<{ report: FaultReport, node: string, at: number }> = []
-  const apply = async (f: Fault): Promise<void> => {
-    const report: FaultReport = { at: sim.now() - t0, fault: describeFault(f) }
-    if ('crash' in f) {
-      const n = w.node(f.crash)
-      if (n.state === 'down' || w.nodes.filter(x => x.state === 'down').length >= maxDown) return
-      w.crash(f.crash)
-      mark(f.crash, 'down')
-      pendingCrashes.push({ report, node: f.crash, at: sim.now() })
-    } else if ('restart' in f) {
-      const n = w.node(f.restart)
-      if (n.state !== 'down') return
-      await w.boot(n, { keepState: f.state === 'kept' })
-      mark(f.restart, 'up')
-    } else if ('pause' in f) {
-      if (w.node(f.pause).state !== 'up') return
-      w.pause(f.pause)
-      mark(f.pause, 'paused')
-      if (f.forMs !== undefined) {
-        const id = f.pause
-        sim.clock.setTimeout(() => { if (w.node(id).state === 'paused') { w.resume(id); mark(id, 'up') } }, f.forMs)
-      }
-    } else if ('resume' in f) {
-      if (w.node(f.resume).state !== 'paused') return
-      w.resume(f.resume)
-      mark(f.resume, 'up')
-    } else if ('partition' in f) {
-      const expand = (g: string[]): string[] => g.flatMap(x => (x === '*' ? [] : w.nodes.filter(n => n.id === x || n.zone === x).map(n => n.id)))
-      const listed = new Set(f.partition.flatMap(expand))
-      const resolved = f.partition.map(g => (g.includes('*') ? [...expand(g), ...w.ids.filter(id => !listed.has(id))] : expand(g)))
-      net.partition(resolved)
-    } else if ('heal' in f) {
-      net.heal()
-    } else if ('slow' in f) {
-      net.slow(f.slow, f.factor)
-    } else if ('degrade' in f) {
-      net.degrade(f.degrade[0], f.degrade[1], f.factor)
-    } else if ('profile' in f) {
-      Object.assign(topology[f.tier], f.profile)
-    } else if ('byzantine' in f) {
-      if (w.node(f.byzantine).state !== 'up') return
-      w.byzantine(f.byzantine, f.forMs)
-    } else if ('crashZone' in f) {
-      for (const n of w.nodes) {
-        if (n.zone !== f.crashZone || n.state === 'down') continue
-        w.crash(n.id)
-        mark(n.id, 'down')
-        pendingCrashes.push({ report: { ...report, fault: `crash ${n.id} (zone ${f.crashZone})` }, node: n.id, at: sim.now() })
-      }
-      reports.push(report)
-      return
+/** Applies a fault that changes a node (crash, restart, pause, resume, byzantine, zone crash); false if `f` is of another kind. */
+async function applyNodeFault (p: Play, f: Fault, report: FaultReport): Promise<boolean> {
+  const { w } = p
+  if ('crash' in f) {
+    const n = w.node(f.crash)
+    if (n.state === 'down' || w.nodes.filter(x => x.state === 'down').length >= p.maxDown) return true
+    w.crash(f.crash)
+    mark(p, f.crash, 'down')
+    p.pendingCrashes.push({ report, node: f.crash, at: w.sim.now() })
+  } else if ('restart' in f) {
+    const n = w.node(f.restart)
+    if (n.state !== 'down') return true
+    await w.boot(n, { keepState: f.state === 'kept' })
+    mark(p, f.restart, 'up')
+  } else if ('pause' in f) {
+    if (w.node(f.pause).state !== 'up') return true
+    w.pause(f.pause)
+    mark(p, f.pause, 'paused')
+    if (f.forMs !== undefined) {
+      const id = f.pause
+      w.sim.clock.setTimeout(() => { if (w.node(id).state === 'paused') { w.resume(id); mark(p, id, 'up') } }, f.forMs)
     }
-    reports.push(report)
+  } else if ('resume' in f) {
+    if (w.node(f.resume).state !== 'paused') return true
+    w.resume(f.resume)
+    mark(p, f.resume, 'up')
+  } else if ('byzantine' in f) {
+    if (w.node(f.byzantine).state !== 'up') return true
+    w.byzantine(f.byzantine, f.forMs)
+  } else if ('crashZone' in f) {
+    for (const n of w.nodes) {
+      if (n.zone !== f.crashZone || n.state === 'down') continue
+      w.crash(n.id)
+      mark(p, n.id, 'down')
+      p.pendingCrashes.push({ report: { ...report, fault: `crash ${n.id} (zone ${f.crashZone})` }, node: n.id, at: w.sim.now() })
+    }
+  } else {
+    return false
   }
+  // (A refused node fault returned above without a report.)
+  p.reports.push(report)
+  return true
+}
 
-  /** Updates detection figures: has every up node dropped each crashed node yet? */
-  const checkDetections = (): void => {
-    for (const p of pendingCrashes) {
-      if (p.report.allViewsChangedMs !== undefined) continue
-      const dropped = w.views.find(v => v.at >= p.at && !v.members.includes(p.node))
-      if (dropped !== undefined && p.report.firstViewChangeMs === undefined) p.report.firstViewChangeMs = dropped.at - p.at
-      const up = w.nodes.filter(n => n.state === 'up')
-      if (w.node(p.node).state === 'down' && up.every(n => n.m?.view() !== undefined && !n.m.view()!.members.some(m => m.id === p.node))) {
-        p.report.allViewsChangedMs = sim.now() - p.at
-      }
+/** Applies a fault to the network (partition, heal, slow, degrade, a tier's profile). */
+function applyNetFault (p: Play, f: Fault): void {
+  const { w } = p
+  if ('partition' in f) {
+    const expand = (g: string[]): string[] => g.flatMap(x => (x === '*' ? [] : w.nodes.filter(n => n.id === x || n.zone === x).map(n => n.id)))
+    const listed = new Set(f.partition.flatMap(expand))
+    const resolved = f.partition.map(g => (g.includes('*') ? [...expand(g), ...w.ids.filter(id => !listed.has(id))] : expand(g)))
+    w.net.partition(resolved)
+  } else if ('heal' in f) {
+    w.net.heal()
+  } else if ('slow' in f) {
+    w.net.slow(f.slow, f.factor)
+  } else if ('degrade' in f) {
+    w.net.degrade(f.degrade[0], f.degrade[1], f.factor)
+  } else if ('profile' in f) {
+    Object.assign(p.topology[f.tier], f.profile)
+  }
+}
+
+async function applyFault (p: Play, f: Fault): Promise<void> {
+  const report: FaultReport = { at: p.w.sim.now() - p.t0, fault: describeFault(f) }
+  if (await applyNodeFault(p, f, report)) return
+  applyNetFault(p, f)
+  p.reports.push(report)
+}
+
+/** Updates detection figures: has every up node dropped each crashed node yet? */
+function checkDetections (p: Play): void {
+  const { w } = p
+  for (const c of p.pendingCrashes) {
+    if (c.report.allViewsChangedMs !== undefined) continue
+    const dropped = w.views.find(v => v.at >= c.at && !v.members.includes(c.node))
+    if (dropped !== undefined && c.report.firstViewChangeMs === undefined) c.report.firstViewChangeMs = dropped.at - c.at
+    const up = w.nodes.filter(n => n.state === 'up')
+    if (w.node(c.node).state === 'down' && up.every(n => n.m?.view() !== undefined && !n.m.view()!.members.some(m => m.id === c.node))) {
+      c.report.allViewsChangedMs = w.sim.now() - c.at
     }
   }
+}
 
+/**
+ * Plays a scenario. `progress(fraction)` is called as simulated time advances. Overrides let
+ * the CLI change the seed or the node count.
+ */
+export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: number, progress?: (f: number) => void } = {}): Promise<ScenarioReport> {
+  const seed = opts.seed ?? s.seed
+  const nodes = opts.nodes ?? s.nodes
+  const topology = mergeTopology(s.topology)
+  const w = new MembershipWorld({ seed, nodes, zones: s.zones, topology, membership: { ...s.membership, expect: s.membership?.expect ?? nodes } })
+  const { sim } = w
+  const p: Play = { w, topology, t0: 0, maxDown: 0, reports: [], pendingCrashes: [], timeline: [] }
+  await w.bootAll()
+  for (const id of w.ids) mark(p, id, 'up')
+  p.t0 = sim.now()
+  const plan = planFaults(s, w, nodes)
+  p.maxDown = s.random?.maxDown ?? Math.floor((nodes - 1) / 2)
+  const t0 = p.t0
   const step = Math.max(10, Math.min(500, s.durationMs / 200))
   let next = 0
   while (sim.now() - t0 < s.durationMs) {
-    while (next < plan.length && plan[next]!.at <= sim.now() - t0) await apply(plan[next++]!.f)
+    while (next < plan.length && plan[next]!.at <= sim.now() - t0) await applyFault(p, plan[next++]!.f)
     const until = Math.min(s.durationMs, next < plan.length ? plan[next]!.at : Infinity, sim.now() - t0 + step)
     await sim.run(Math.max(1, until - (sim.now() - t0)))
-    checkDetections()
+    checkDetections(p)
     opts.progress?.(Math.min(1, (sim.now() - t0) / s.durationMs))
     if (w.violations.length > 0) break
   }
+  const convergedAfterMs = await sim.until(() => w.converged(), s.assertions.convergeWithinMs ?? 0, 10)
+  checkDetections(p)
+  return reportOf(s, p, seed, nodes, convergedAfterMs)
+}
+
+/** The report of a played scenario: what happened and whether its assertions held. */
+function reportOf (s: Scenario, p: Play, seed: number, nodes: number, convergedAfterMs: number | undefined): ScenarioReport {
+  const { w, pendingCrashes } = p
   const limit = s.assertions.convergeWithinMs
-  const convergedAfterMs = await sim.until(() => w.converged(), limit ?? 0, 10)
-  checkDetections()
-  const worst = pendingCrashes.reduce<number | undefined>((a, p) => (p.report.allViewsChangedMs === undefined ? a : Math.max(a ?? 0, p.report.allViewsChangedMs)), undefined)
+  const worst = pendingCrashes.reduce<number | undefined>((a, c) => (c.report.allViewsChangedMs === undefined ? a : Math.max(a ?? 0, c.report.allViewsChangedMs)), undefined)
   const detectLimit = s.assertions.detectWithinMs
-  const detectionOk = detectLimit === undefined || pendingCrashes.every(p => w.node(p.node).state !== 'down' || (p.report.allViewsChangedMs !== undefined && p.report.allViewsChangedMs <= detectLimit))
+  const detectionOk = detectLimit === undefined || pendingCrashes.every(c => w.node(c.node).state !== 'down' || (c.report.allViewsChangedMs !== undefined && c.report.allViewsChangedMs <= detectLimit))
   const safetyOk = !s.assertions.safety || w.violations.length === 0
   const livenessOk = limit === undefined || convergedAfterMs !== undefined
   return {
@@ -303,19 +346,19 @@ export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: n
     seed,
     nodes,
     durationMs: s.durationMs,
-    traceHash: sim.traceHash(),
-    events: sim.events,
-    faults: reports,
+    traceHash: w.sim.traceHash(),
+    events: w.sim.events,
+    faults: p.reports,
     views: dedupeViews(w.views),
     maxEpoch: w.maxEpoch,
-    tiers: net.stats(),
+    tiers: w.net.stats(),
     invariants: {
       safety: { ok: w.violations.length === 0, violations: w.violations },
       liveness: { ok: livenessOk, convergedAfterMs, limitMs: limit },
       detection: { ok: detectionOk, worstMs: worst, limitMs: detectLimit }
     },
     ok: safetyOk && livenessOk && detectionOk,
-    timeline
+    timeline: p.timeline
   }
 }
 

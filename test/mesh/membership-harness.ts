@@ -1,5 +1,5 @@
 import { ManualClock, Rng, silentLogger } from '../../core/index.ts'
-import { createMemoryNetwork, createMembership, type Membership, type MembershipInit, type MemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
+import { createMemoryNetwork, createMembership, createMembershipShared, type Membership, type MembershipInit, type MemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
 
 export interface SimNode { id: string, net: PeerNet, m: Membership }
 
@@ -16,6 +16,8 @@ export class Cluster {
   private readonly rng: Rng
   private readonly init: MembershipInit
   private readonly nets = new Map<string, PeerNet>()
+  // The memberships of one cluster share their caches, as a simulated world's do.
+  private readonly shared = createMembershipShared()
 
   constructor (n: number, seed: number, init: MembershipInit = {}) {
     this.rng = Rng.fromSeed(seed)
@@ -26,7 +28,7 @@ export class Cluster {
   add (id: string): SimNode {
     const net = this.nets.get(id) ?? this.hub.createPeer({ id, labels: { zone: `z${this.nets.size % 3}`, host: id } })
     this.nets.set(id, net)
-    const m = createMembership(this.init, { net, clock: this.clock, rng: this.rng.split(id), log: silentLogger() })
+    const m = createMembership(this.init, { net, clock: this.clock, rng: this.rng.split(id), log: silentLogger(), shared: this.shared })
     m.on('view', v => this.record(id, v))
     const node = { id, net, m }
     this.nodes.set(id, node)

@@ -1,0 +1,12 @@
+/**
+ * Membership: heartbeats, failure detection, leaders and Paxos-chosen views (see
+ * membership.ts for the protocol; each part is a file of its own).
+ */
+export { createMembership, type MembershipComponents } from './membership.ts'
+export { createMembershipShared, type MembershipShared } from './shared.ts'
+export { encodeHeartbeat, decodeHeartbeat, HeartbeatCodec, HB_BYTES, type Heartbeat } from './heartbeat-codec.ts'
+export { createViewCodec, HB_TOPIC, VIEW_TOPIC, type ViewCodec, type ViewEnvelope } from './view-codec.ts'
+export type {
+  Membership, MembershipInit, MembershipStatus, MemberStatus, MembershipEvents, Member, View, MembershipDurableState,
+  AcceptorState, Ballot
+} from './types.ts'
