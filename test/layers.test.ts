@@ -79,6 +79,7 @@ test('every form of import is found, with its line; comments, strings, templates
     "// import k from '../k.ts'",
     "/* export * from '../l.ts' */",
     "const m = 'import n from \"../n.ts\"'",
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the text of a template literal under test
     "const o = `import p from '../p.ts' ${ { q: 1 }.q } export * from '../r.ts'`",
     "const s = /'/g.test(x) ? 1 : 2 / 3",
     "const u = { import: 1 }.import; export { u }",
