@@ -2,7 +2,7 @@ import test from 'ava'
 import { Rng, shardRange } from '../../core/index.ts'
 import { checksum64 } from '../../codec/index.ts'
 import { serialRingReduce } from '../collective/helpers.ts'
-import { runWorkers, startWorkers, type FaultOp } from '../../bench/_collective-procs.ts'
+import { runWorkers, startWorkers, type FaultOp } from '../helpers/collective-procs.ts'
 
 const vec = (seed: number, r: number, n: number): Float32Array => {
   const rng = Rng.fromSeed(seed).split(`x${r}`)
@@ -16,7 +16,7 @@ test.serial('collectives across 3 real processes (libp2p on loopback, bulk chann
   const P = 3
   const n = 100_003
   const seed = 9
-  const res = await runWorkers(P, n, 1, seed, { ms: 60_000 })
+  const res = await runWorkers(P, n, seed, { ms: 60_000 })
   const xs = Array.from({ length: P }, (_, r) => vec(seed, r, n))
   const ref = serialRingReduce(xs, res[0]!.ring, n)
   for (const r of res) {
@@ -28,7 +28,7 @@ test.serial('collectives across 3 real processes (libp2p on loopback, bulk chann
   }
 })
 
-// A member SIGKILLed mid-operation, on real processes (issue 6; the SimNet version with many
+// A member SIGKILLed mid-operation, on real processes (the SimNet version with many
 // seeds is test/collective/member-crash.test.ts). 4 workers in 2 zones (z0: workers 0 and 2,
 // z1: 1 and 3), each a libp2p node on loopback with the bulk channel on, as node/start.ts runs
 // it. The vector is large and the chunks small, so the call runs for seconds; the

@@ -20,14 +20,3 @@ export function zeromesh (args: string[]): Proc {
   const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
   return { child, out, exited }
 }
-
-/** Polls `cond` every 100 ms until it returns a value other than undefined, or throws after `ms`. */
-export async function waitFor<T> (what: string, ms: number, cond: () => Promise<T | undefined> | T | undefined): Promise<T> {
-  const deadline = performance.now() + ms
-  for (;;) {
-    const v = await cond()
-    if (v !== undefined) return v
-    if (performance.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
-}

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fetchStatus } from '../../node/control.ts'
 import type { NodeStatus } from '../../node/start.ts'
-import { zeromesh, waitFor, type Proc } from './helpers.ts'
+import { zeromesh, type Proc } from './helpers.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 const HEARTBEAT_MS = 200
 
@@ -31,6 +32,15 @@ async function agreed (dirs: string[], ids: string[]): Promise<number | undefine
   return epochs.size === 1 ? [...epochs][0] : undefined
 }
 
+/** True once, on every node that leads, every other member's last heartbeat was heard (age >= 0); else undefined. */
+async function heard (dirs: string[]): Promise<true | undefined> {
+  const all = await Promise.all(dirs.map(status))
+  if (all.some(s => s === undefined)) return undefined
+  const leaders = all.filter(s => s!.membership.leader === s!.membership.self)
+  if (leaders.length === 0) return undefined
+  return leaders.every(s => s!.membership.members.every(m => m.id === s!.membership.self || m.lastHeartbeatAgeMs >= 0)) ? true : undefined
+}
+
 test.serial('four processes form a view; a SIGKILLed node is removed within the detector bound and rejoins after a restart', async t => {
   const root = mkdtempSync(join(tmpdir(), 'zm-chaos-'))
   const secretFile = join(root, 'secret')
@@ -49,7 +59,9 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
     const ids = await Promise.all(dirs.map(d => waitFor('a node to answer status', 15_000, async () => (await status(d))?.peerId)))
     const e1 = await waitFor('one view with all four nodes', 20_000, () => agreed(dirs, ids))
     t.log(`formed view ${e1}`)
-    await new Promise(resolve => setTimeout(resolve, 1000)) // let the detectors learn the rhythm
+    // The detectors have the rhythm: every node's leader has heard real heartbeats (not only the
+    // primed estimate) from every other member, so the bound below comes from measured intervals.
+    await waitFor('the leaders to hear every member\'s heartbeats', 10_000, () => heard(dirs))
 
     // The bound is derived from the detector: silence until phi crosses its threshold, plus one
     // heartbeat for the proposer's tick and two for the Paxos rounds and the commit to spread,

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RealClock, silentLogger } from '../../core/index.ts'
 import { createLibp2pPeerNet, loadOrCreateIdentity, type Libp2pPeerNet, type PeerNet } from '../../mesh/index.ts'
+import { waitFor } from './wait.ts'
 
 const SECRET = new TextEncoder().encode('a test secret that is long enough')
 
@@ -50,9 +51,9 @@ export async function startLibp2pNets (n: number, opts: { secret?: Uint8Array, r
 
 /** Resolves once every net sees every other one. */
 export async function allConnected (nets: PeerNet[], timeoutMs = 15_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs
-  while (!nets.every(x => x.peers().length === nets.length - 1)) {
-    if (performance.now() > deadline) throw new Error(`nets did not connect: ${nets.map(x => x.peers().length).join(',')}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
+  try {
+    await waitFor('every net to see every other one', timeoutMs, () => (nets.every(x => x.peers().length === nets.length - 1) ? true : undefined), 50)
+  } catch (err) {
+    throw new Error(`nets did not connect: ${nets.map(x => x.peers().length).join(',')} peers`, { cause: err })
   }
 }

@@ -51,6 +51,11 @@ test('malformed gossip: garbage, wrong types and bad fields are rejected, counte
     }
   }
   t.is(c.nodes.get(target)!.net.rejectedFrom('n02'), rejected, 'every rejection counts against the sender')
+  // The positive control: the heartbeat the edits start from, unedited, is not rejected (each
+  // rejection above is the edit's doing) and costs the sender nothing.
+  const control = c.hub.inject(target, { topic: HB, from: 'n02', data: badHeartbeat(() => {}) })
+  t.not(control, 'reject', 'the unedited heartbeat is not rejected')
+  t.is(c.nodes.get(target)!.net.rejectedFrom('n02'), rejected, 'and is not counted against the sender')
   t.true(rejected >= bad.length, 'malformed messages are rejected, not just ignored')
   await c.run(1000)
   t.is(c.nodes.get(target)!.m.view(), before, 'nothing changed')

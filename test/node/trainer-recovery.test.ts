@@ -1,22 +1,34 @@
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { mkdtempSync, rmSync, readdirSync, unlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { seedFromEnv } from '../../core/index.ts'
 import { placeStripe } from '../../snapshot/index.ts'
 import { TrainingError, type TrainConfig } from '../../node/trainer.ts'
 import { diskDir } from '../../node/disk-tier.ts'
-import { base, ok, trainMesh, type MeshControl, type MeshOptions } from '../helpers/train-mesh.ts'
+import { base, ok, trainMesh, type MeshControl } from '../helpers/train-mesh.ts'
+import { simOk, simTrain, type SimTrainOptions } from '../helpers/sim-train.ts'
 import type { ByteStream } from '../../mesh/index.ts'
 
 // Recovery beyond one lost rank: m ranks at once, m+1 lost holders, a transient stall with no
-// view change, a minority, and the disk tier (restart from it, and resume under another world
-// size). Each runs real membership and real snapshot services on an in-memory mesh.
+// view change, a minority, late joiners, and the disk tier (restart from it, and resume under
+// another world size). Faults that depend on timing (partitions healed after a delay, a
+// minority's wait, late joiners) run on the simulator: real membership, snapshot service and
+// trainer on SimNet under one virtual clock, deterministic in the seed; they run one at a time
+// (each keeps a core busy). The disk-tier cases write real files and run on an in-memory mesh.
+
+/** The seed of a simulated case (ZEROMESH_SEED overrides it), logged with the command that replays it. */
+function seedOf (t: ExecutionContext, fallback: number): number {
+  const seed = seedFromEnv(fallback)
+  t.log(`seed ${seed}; replay: ZEROMESH_SEED=${seed} npx ava test/node/trainer-recovery.test.ts --match '${t.title}'`)
+  return seed
+}
 
 /**
  * Fault injection on node `node`'s snapshot fetches: the first one goes through `first`
  * (given the real open), the others are untouched.
  */
-function firstFetch (node: number, first: (open: () => Promise<ByteStream>) => Promise<ByteStream>): { wrapNet: NonNullable<MeshOptions['wrapNet']>, count: () => number } {
+function firstFetch (node: number, first: (open: () => Promise<ByteStream>) => Promise<ByteStream>): { wrapNet: NonNullable<SimTrainOptions['wrapNet']>, count: () => number } {
   let n = 0
   return {
     count: () => n,
@@ -38,11 +50,13 @@ function firstFetch (node: number, first: (open: () => Promise<ByteStream>) => P
 
 const same = (a: Float32Array, b: Float32Array): boolean => Buffer.compare(Buffer.from(a.buffer), Buffer.from(b.buffer)) === 0
 
-test('kill m ranks at once (k=2, m=2): two spares take both ranks from the snapshots, bit-identically', async t => {
+test.serial('kill m ranks at once (k=2, m=2): two spares take both ranks from the snapshots, bit-identically', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 2 } }
-  const clean = ok(await trainMesh(6, cfg))
+  const clean = simOk(await simTrain(6, cfg, { seed }))
   const nodeOfRank = new Map<number, number>()
-  const hurt = ok(await trainMesh(6, cfg, {
+  const hurt = simOk(await simTrain(6, cfg, {
+    seed,
     onStep: (ctl, i, s) => {
       if (s.rank !== undefined) nodeOfRank.set(s.rank, i)
       if (s.rank === 1 && s.step === 5 && !ctl.nodes.some(n => n.killed)) ctl.kill([i, nodeOfRank.get(2)!])
@@ -52,8 +66,8 @@ test('kill m ranks at once (k=2, m=2): two spares take both ranks from the snaps
   t.is(ranks.length, 4)
   const rec = ranks.flatMap(s => s.recoveries)
   t.true(rec.length > 0 && rec.every(r => r.mode === 'replace' && r.lost.length === 2), JSON.stringify(rec))
-  t.log(`lost ranks ${rec[0]!.lost.join(', ')} at once; back to step ${rec[0]!.fromStep} in ${rec[0]!.ms} ms`)
-  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kills')
+  t.log(`lost ranks ${rec[0]!.lost.join(', ')} at once; back to step ${rec[0]!.fromStep} in ${rec[0]!.ms} simulated ms`)
+  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kills')
 })
 
 test('m+1 lost holders: every survivor fails with a clear unrecoverable error, and a restart with --resume finishes from the disk tier', async t => {
@@ -93,34 +107,40 @@ test('m+1 lost holders: every survivor fails with a clear unrecoverable error, a
   }
 })
 
-test('a transient stall with no view change: the ranks retry from the newest common snapshot, bit-identically', async t => {
+test.serial('a transient stall with no view change: the ranks retry from the newest common snapshot, bit-identically', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 1 } }
-  const clean = ok(await trainMesh(4, cfg))
+  const clean = simOk(await simTrain(4, cfg, { seed }))
   let cut = false
-  const hurt = ok(await trainMesh(4, cfg, {
+  const hurt = simOk(await simTrain(4, cfg, {
+    seed,
     onStep: (ctl, _i, s) => {
       if (s.rank !== 0 || s.step !== 5 || cut) return
       cut = true
       // Two non-leader members lose each other for a moment: their collective streams break,
       // but every heartbeat still reaches the leader, so no view change follows.
-      ctl.hub.partition(['w2'], ['w3'])
-      setTimeout(() => ctl.hub.heal(), 200)
+      ctl.partition([ctl.nodes[2]!.id], [ctl.nodes[3]!.id])
+      ctl.after(200, () => { ctl.heal() })
     }
   }))
+  t.true(cut, 'the partition happened')
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
   t.true(ranks.every(s => s.recoveries.length === 0 && s.epoch === clean.statuses[0]!.epoch), 'no view change, no recovery')
   t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
-  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the stall')
+  // Positive control: the run without the stall did not retry.
+  t.true(clean.statuses.every(s => s.retries === 0), `clean retries: ${clean.statuses.map(s => s.retries).join(',')}`)
+  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the stall')
 })
 
-test('a spare whose snapshot dial never completes (deaf to its signal) gives up on it, and the run goes on bit-identically', async t => {
+test.serial('a spare whose snapshot dial never completes (deaf to its signal) gives up on it, and the run goes on bit-identically', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
-  const clean = ok(await trainMesh(5, cfg))
+  const clean = simOk(await simTrain(5, cfg, { seed }))
   // The spare (node 4): its first dial for a snapshot fragment never completes, and does
   // not listen to its signal either (as a dial stuck in a transport's queue).
   const hook = firstFetch(4, async () => await new Promise<ByteStream>(() => {}))
-  const hurt = ok(await trainMesh(5, cfg, { kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
+  const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
   t.is(hook.count(), 1, 'the hanging dial was made')
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
@@ -129,12 +149,13 @@ test('a spare whose snapshot dial never completes (deaf to its signal) gives up 
   const rec = ranks.flatMap(s => s.recoveries)
   t.true(rec.length > 0 && rec.every(r => r.mode === 'replace'), JSON.stringify(rec))
   t.log(`recovered from step ${rec[0]!.fromStep}; retries ${ranks.map(s => s.retries).join(',')}`)
-  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kill')
+  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
 })
 
-test('a spare whose snapshot transfer wedges (a stream whose end never settles, deaf to aborts) is released when the others give up; all retry, bit-identically', async t => {
+test.serial('a spare whose snapshot transfer wedges (a stream whose end never settles, deaf to aborts) is released when the others give up; all retry, bit-identically', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
-  const clean = ok(await trainMesh(5, cfg))
+  const clean = simOk(await simTrain(5, cfg, { seed }))
   // The spare's first fetch stream never finishes ending its write side, whatever happens to it.
   const hook = firstFetch(4, async open => {
     const stream = await open()
@@ -146,27 +167,33 @@ test('a spare whose snapshot transfer wedges (a stream whose end never settles, 
       }
     })
   })
-  const hurt = ok(await trainMesh(5, cfg, { kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
+  const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
   t.is(hook.count(), 1, 'the wedged transfer was made')
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
   t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
-  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kill')
+  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
 })
 
-test('a rank left in a minority fails with a clear error after minorityWaitMs instead of waiting forever', async t => {
+test.serial('a rank left in a minority fails with a clear error after minorityWaitMs instead of waiting forever', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 30, snapshot: { k: 1, m: 1 }, minorityWaitMs: 2000 }
-  const res = await trainMesh(4, cfg, {
+  const minority = (lose: number) => async () => await simTrain(4, cfg, {
+    seed,
     onStep: (ctl, i, s) => {
-      if (s.rank === 0 && s.step === 3 && !ctl.nodes.some(n => n.killed)) ctl.kill([0, 1, 2, 3].filter(j => j !== i).slice(0, 2))
+      if (s.rank === 0 && s.step === 3 && !ctl.nodes.some(n => n.killed)) ctl.kill([0, 1, 2, 3].filter(j => j !== i).slice(0, lose))
     }
   })
+  const res = await minority(2)()
   t.is(res.errors.length, 2)
   for (const e of res.errors) {
     t.true(e instanceof TrainingError, String(e))
     t.regex(e.message, /minority/)
   }
   t.log(res.errors[0]!.message)
+  // Positive control: losing one of four leaves a majority, and the same run recovers and finishes.
+  const majority = simOk(await minority(1)())
+  t.is(majority.statuses.filter(s => s.role === 'done').length, 3)
 })
 
 test('disk tier: a resumed run is bit-identical to an uninterrupted one, and can resume under another world size', async t => {
@@ -194,35 +221,42 @@ test('disk tier: a resumed run is bit-identical to an uninterrupted one, and can
   }
 })
 
-test('snapshots that cannot be placed on this mesh are refused at the start with a clear error', async t => {
-  const res = await trainMesh(3, { ...base, worldSize: 3, steps: 3, snapshot: { k: 2, m: 1 } })
+test.serial('snapshots that cannot be placed on this mesh are refused at the start with a clear error', async t => {
+  const seed = seedOf(t, 5)
+  const res = await simTrain(3, { ...base, worldSize: 3, steps: 3, snapshot: { k: 2, m: 1 } }, { seed })
   t.is(res.errors.length, 3)
   for (const e of res.errors) t.regex(e.message, /--snapshot 2\+1 places 3 fragments on as many other nodes, but the mesh has 3/)
+  // Positive control: one more node makes room for the three fragments, and the same run trains.
+  const roomy = simOk(await simTrain(4, { ...base, worldSize: 3, steps: 3, snapshot: { k: 2, m: 1 } }, { seed }))
+  t.is(roomy.statuses.filter(s => s.role === 'done').length, 3)
 })
 
-test('a rank cut off long enough to be dropped, then re-admitted, becomes a spare; its place is taken and the result is bit-identical', async t => {
+test.serial('a rank cut off long enough to be dropped, then re-admitted, becomes a spare; its place is taken and the result is bit-identical', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 1 } }
-  const clean = ok(await trainMesh(5, cfg))
+  const clean = simOk(await simTrain(5, cfg, { seed }))
   let cut = false
-  const hurt = ok(await trainMesh(5, cfg, {
+  const hurt = simOk(await simTrain(5, cfg, {
+    seed,
     onStep: (ctl, i, s) => {
       if (s.rank !== 2 || s.step !== 4 || cut) return
       cut = true
-      const me = ctl.nodes[i]!.net.self.id
-      ctl.hub.partition([me], ctl.nodes.map(n => n.net.self.id).filter(id => id !== me))
-      setTimeout(() => ctl.hub.heal(), 4000)
+      const me = ctl.nodes[i]!.id
+      ctl.partition([me], ctl.nodes.map(n => n.id).filter(id => id !== me))
+      ctl.after(4000, () => { ctl.heal() })
     }
   }))
   const done = hurt.statuses.filter(s => s.role === 'done')
   t.is(done.length, 4)
   t.true(hurt.statuses.some(s => s.role === 'spare'), JSON.stringify(hurt.statuses.map(s => s.role)))
-  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the cut')
+  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the cut')
 })
 
-test('late joiners grow the run at a step boundary (maxWorldSize): every node agrees on when, the new rank gets its shard, all finish together', async t => {
+test.serial('late joiners grow the run at a step boundary (maxWorldSize): every node agrees on when, the new rank gets its shard, all finish together', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 16, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }
-  // (computeMs: each step yields to timers, so the joiner's heartbeats reach the leader mid-run.)
-  const run = ok(await trainMesh(4, cfg, { late: { count: 1, atStep: 3 }, computeMs: 30 }))
+  // (computeMs: each step takes simulated time, so the joiner's heartbeats reach the leader mid-run.)
+  const run = simOk(await simTrain(4, cfg, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 }))
   const done = run.statuses.filter(s => s.role === 'done')
   t.is(done.length, 4, 'the late joiner trains too')
   t.true(done.every(s => s.worldSize === 4 && s.step === 16), done.map(s => `${s.worldSize}/${s.step}`).join(' '))
@@ -234,16 +268,18 @@ test('late joiners grow the run at a step boundary (maxWorldSize): every node ag
   t.true(done[0]!.loss! < 4.5, `loss ${done[0]!.loss}`)
   t.log(`grew from 3 to 4 ranks after step ${at}; held-out loss ${done[0]!.evalLoss!.toFixed(4)}`)
   // With maxWorldSize at the world size (the default), the same late joiner stays a spare.
-  const fixed = ok(await trainMesh(4, { ...cfg, maxWorldSize: undefined }, { late: { count: 1, atStep: 3 }, computeMs: 30 }))
+  const fixed = simOk(await simTrain(4, { ...cfg, maxWorldSize: undefined }, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 }))
   t.deepEqual(fixed.statuses.map(s => s.role).sort(), ['done', 'done', 'done', 'spare'])
 })
 
-test('a node that joins after a rank was replaced adopts the roster rank 0 announces, and can replace the next lost rank, bit-identically', async t => {
+test.serial('a node that joins after a rank was replaced adopts the roster rank 0 announces, and can replace the next lost rank, bit-identically', async t => {
+  const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 14, snapshot: { k: 1, m: 1 } }
-  const clean = ok(await trainMesh(5, cfg, { computeMs: 30 }))
+  const clean = simOk(await simTrain(5, cfg, { seed, computeMs: 30 }))
   const nodeOfRank = new Map<number, number>()
   const kills: number[] = []
-  const hurt = ok(await trainMesh(6, cfg, {
+  const hurt = simOk(await simTrain(6, cfg, {
+    seed,
     computeMs: 30,
     late: { count: 1, atStep: 5 },
     onStep: (ctl, i, s) => {
@@ -263,5 +299,5 @@ test('a node that joins after a rank was replaced adopts the roster rank 0 annou
   t.is(done.length, 4)
   const rec = done.flatMap(s => s.recoveries)
   t.true(rec.some(r => r.lost.includes(2)) && rec.every(r => r.mode === 'replace'), JSON.stringify(rec))
-  t.true(same(hurt.params, clean.params), 'final weights are bit-identical to the run without the kills')
+  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kills')
 })
