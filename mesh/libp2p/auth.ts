@@ -1,5 +1,5 @@
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto'
-import { InvalidArgumentError } from '../core/index.ts'
+import { InvalidArgumentError } from '../../core/index.ts'
 
 /**
  * Run isolation. Noise already proves each side's peer id; on top of it both sides prove that
