@@ -8,9 +8,10 @@ import type { ByteStream, PeerId, PeerLabels } from '../peernet.ts'
 import { describe } from './errors.ts'
 
 /**
- * Run isolation. Noise already proves each side's peer id; on top of it both sides prove that
- * they know the run secret with a challenge-response bound to both peer ids, both fresh
- * nonces, the run id and the role (so a proof cannot be reflected or replayed):
+ * Run isolation. The connection's encryption (TLS or noise) already proves each side's peer
+ * id; on top of it both sides prove that they know the run secret with a challenge-response
+ * bound to both peer ids, both fresh nonces, the run id and the role (so a proof cannot be
+ * reflected or replayed):
  *
  *   dialer   -> listener : hello  { nonceD, labels, bulkPort? }
  *   listener -> dialer   : proof  { nonceL, labels, HMAC(k, "listener" | run | idL | idD | nonceD | nonceL), bulkPort? }
@@ -21,13 +22,16 @@ import { describe } from './errors.ts'
  * key from the same secret (info "zeromesh gossip v1") to tag every message.
  *
  * Each message is a length-prefixed (lp.ts) envelope of at most AUTH_MAX_MESSAGE bytes on the
- * stream AUTH_PROTOCOL. bulkPort is where the sender's bulk channel (bulk.ts) listens; the two
- * nonces also key that channel. Noise and the challenge-response cover the handshake; the
- * caller bounds its time with the signal it passes.
+ * stream AUTH_PROTOCOL. bulkPort is where the sender's bulk channel (../bulk.ts) listens; the
+ * two nonces also key that channel. The handshake runs on any ByteStream; the caller bounds
+ * its time with the signal it passes.
  */
+/** Bytes of each side's fresh nonce. */
 export const AUTH_NONCE_BYTES = 32
+/** The shortest run secret accepted. */
 export const MIN_SECRET_BYTES = 16
 
+/** The two keys a run secret yields: one for handshake proofs, one for gossip tags. */
 export interface RunKeys {
   auth: Uint8Array
   gossip: Uint8Array

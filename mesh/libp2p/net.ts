@@ -17,10 +17,11 @@ import { OpenStreams } from './stream-adapter.ts'
 import { TopicTable } from './topics.ts'
 
 /**
- * PeerNet over libp2p 3: TCP + noise + yamux, gossipsub for control messages, direct streams
- * for bulk bytes, bootstrap and mDNS discovery, and run isolation by a secret-keyed
- * challenge-response on top of noise (see auth.ts): peers that fail it are disconnected and
- * refused for a while, their streams are refused, and gossip without a valid run tag is rejected.
+ * PeerNet over libp2p 3: TCP + TLS or noise + yamux, gossipsub for control messages, direct
+ * streams (or the bulk channel) for bulk bytes, bootstrap and mDNS discovery, and run
+ * isolation by a secret-keyed challenge-response on top of the encrypted connection (see
+ * auth.ts): peers that fail it are disconnected and refused for a while, their streams are
+ * refused, and gossip without a valid run tag is rejected.
  */
 export interface Libp2pPeerNetInit {
   runId: string
@@ -58,6 +59,7 @@ export interface Libp2pPeerNetInit {
   bulkProtocol?: (protocol: string) => boolean
 }
 
+/** A PeerNet on libp2p, which can also tell the addresses it listens on. */
 export interface Libp2pPeerNet extends PeerNet {
   /** The addresses others can dial, each ending in /p2p/<id>. */
   multiaddrs(): string[]
