@@ -139,7 +139,7 @@ export class BulkConn {
     // Consumers get plain Uint8Array views, as from every other ByteStream: a Buffer's
     // slice() is a view, not a copy, and a Buffer's .buffer is the pool it was cut from, so
     // code that copies a chunk with slice() to read it through .buffer would read other bytes
-    // (that is how snapshot request/reply exchanges used to stall on this channel).
+    // (a request/reply exchange then waits for a message that never parses).
     const buf = new Uint8Array(c.buffer, c.byteOffset, c.length)
     let pos = 0
     while (pos < buf.length) {
