@@ -12,6 +12,13 @@ export async function writeMessage (stream: ByteStream, bytes: Uint8Array, optio
   await stream.write(out, options)
 }
 
+/** `n` as 4 little-endian bytes: the length prefix here, and the same framing in auth's MACs and the bulk channel. */
+export function u32le (n: number): Uint8Array {
+  const b = new Uint8Array(4)
+  new DataView(b.buffer).setUint32(0, n, true)
+  return b
+}
+
 /** Reads length-prefixed messages of at most `maxBytes` each from a stream. */
 export class MessageReader {
   private readonly it: AsyncIterator<Uint8Array>
