@@ -15,10 +15,10 @@
 // It does not exit on a rejection; the parent ends it.
 import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { RealClock, Rng, silentLogger } from '../../core/index.ts'
+import { RealClock, Rng, shardRange, silentLogger } from '../../core/index.ts'
 import { checksum64 } from '../../codec/index.ts'
 import { createLibp2pPeerNet, loadOrCreateIdentity, type ByteStream, type PeerNet } from '../../mesh/index.ts'
-import { CollectiveError, createCollective, shardRange, type Collective, type CollectiveResult } from '../../mesh/collective/index.ts'
+import { CollectiveError, createCollective, type Collective, type CollectiveResult } from '../../mesh/collective/index.ts'
 
 /** The one command-line argument (JSON). */
 export interface WorkerConfig {
