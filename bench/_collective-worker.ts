@@ -17,8 +17,7 @@ import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { RealClock, Rng, silentLogger, shardRange } from '../core/index.ts'
 import { checksum64 } from '../codec/index.ts'
-import { createLibp2pPeerNet, loadOrCreateIdentity, type ByteStream, type PeerNet } from '../mesh/index.ts'
-import { CollectiveError, createCollective, type Collective, type CollectiveResult } from '../mesh/collective/index.ts'
+import { createLibp2pPeerNet, loadOrCreateIdentity, CollectiveError, createCollective, type ByteStream, type PeerNet, type Collective, type CollectiveResult } from '../mesh/index.ts'
 
 /** The one command-line argument (JSON). */
 export interface WorkerConfig {

@@ -14,8 +14,7 @@
 //     gets one 1 Gbit/s link per peer pair. Chunk size
 //     BENCH_COLL_CHUNK_BYTES (default 256 KiB, so 1-4 MB shards pipeline across hops).
 import { RealClock } from '../core/index.ts'
-import { createMemoryNetwork, type PeerNet, type View } from '../mesh/index.ts'
-import { createCollective, createZeroComm, type Collective, type ZeroOptions, type TierBytes } from '../mesh/collective/index.ts'
+import { createMemoryNetwork, createCollective, createZeroComm, type PeerNet, type View, type Collective, type ZeroOptions, type TierBytes } from '../mesh/index.ts'
 import { Simulation, createSimNetwork, type Topology } from '../sim/index.ts'
 
 const M = Number(process.env['BENCH_COLL_ELEMENTS'] ?? 4_000_000)

@@ -10,9 +10,7 @@
 // MFU divides by the H200's dense bf16 peak, 989 TFLOP/s.
 import { appendFileSync, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { createCudaBackend } from '../gpu/cuda/index.ts'
-import { Gpt, GPT_PRESETS, type GptConfig } from '../gpu/gpt.ts'
-import type { Backend } from '../gpu/backend.ts'
+import { createBackend, Gpt, GPT_PRESETS, type Backend, type CudaBackend, type GptConfig } from '../gpu/index.ts'
 
 const PEAK_BF16_FLOPS = 989e12
 const out = process.env['OUT']
@@ -23,7 +21,7 @@ const emit = (line: Record<string, unknown>): void => {
 }
 const r4 = (x: number): number => Number(x.toPrecision(4))
 
-const be = await createCudaBackend()
+const be = await createBackend('cuda') as CudaBackend
 emit({ bench: 'gpu.device', description: be.description })
 
 const t0 = performance.now()

@@ -20,6 +20,9 @@ export {
   GPT_PRESETS, gptLayout, initGptParams, validateGptConfig
 } from './gpt.ts'
 
+/** The CUDA backend's own type (erased: importing it loads no library); {@link createBackend} builds one. */
+export type { CudaBackend } from './cuda/index.ts'
+
 /** What `zeromesh doctor` reports about CUDA: the device and library versions, or why not. */
 export type CudaProbeResult = CudaProbe
 

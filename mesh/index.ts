@@ -1,6 +1,6 @@
 /**
- * mesh: PeerNet (the interface protocol code talks to), its implementations, and (with the
- * membership issue) views and collectives. Depends on core/ and codec/.
+ * mesh: PeerNet (the interface protocol code talks to), its implementations (libp2p with the
+ * bulk channel, in memory), membership and views, and the collectives. Depends on core/ and codec/.
  */
 export type {
   PeerId, PeerLabels, PeerInfo, GossipVerdict, GossipMessage, GossipHandler, ByteStream, StreamHandler,

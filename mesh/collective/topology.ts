@@ -1,5 +1,5 @@
 import { InvalidArgumentError, shardRange, type Range } from '../../core/index.ts'
-import type { Member } from '../membership.ts'
+import type { Member } from '../membership/index.ts'
 import type { PeerLabels } from '../peernet.ts'
 
 /**
