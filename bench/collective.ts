@@ -151,7 +151,7 @@ for (const zones of [2, 4]) {
 // socket to a receiver process, best of 3 sends of 256 MiB). Results are checked against each
 // other (every rank's all-gather must be the same bytes). BENCH_COLLECTIVE_PROCS=0 skips it.
 if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0') {
-  const { runWorkers } = await import('./_collective-procs.ts')
+  const { runWorkers } = await import('../test/helpers/collective-procs.ts')
   const { rawTcpSeconds, startWireReceiver } = await import('./_wire-raw.ts')
   const rawBytes = 256 * 2 ** 20
   const rx = await startWireReceiver('noise')
@@ -165,13 +165,13 @@ if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0') {
   const rawMBps = rawBytes / rawS / 1e6
   process.stdout.write(JSON.stringify({ bench: 'collective.processes', impl: 'raw Node TCP, one socket (baseline)', bytes: rawBytes, mb_s: Number(rawMBps.toFixed(1)) }) + '\n')
   const elements = Number(process.env['BENCH_COLLECTIVE_PROC_ELEMENTS'] ?? 16 * 1024 * 1024)
-  const res = await runWorkers(3, elements, 3, 1)
+  const res = await runWorkers(3, elements, 1, { rounds: 3 })
   const same = res.every(r => r.allGather === res[0]!.allGather)
   for (const r of res) {
     process.stdout.write(JSON.stringify({
       bench: 'collective.processes', ranks: 3, rank: r.rank, elements, vector_mib: elements * 4 / 2 ** 20,
       all_gather_mb_s: r.allGatherMBps, reduce_scatter_mb_s: r.reduceScatterMBps, all_gather_results_identical: same,
-      baseline: 'raw Node TCP', all_gather_ratio: Number((r.allGatherMBps / rawMBps).toFixed(3)), reduce_scatter_ratio: Number((r.reduceScatterMBps / rawMBps).toFixed(3))
+      baseline: 'raw Node TCP', all_gather_ratio: Number((r.allGatherMBps! / rawMBps).toFixed(3)), reduce_scatter_ratio: Number((r.reduceScatterMBps! / rawMBps).toFixed(3))
     }) + '\n')
   }
 }

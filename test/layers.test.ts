@@ -43,6 +43,8 @@ test('a test importing bench breaks the bench rule', breaks, 'test/chaos/collect
 test('cli importing bench breaks the bench rule', breaks, 'cli/up.ts', '../bench/index.ts', 'bench')
 test('bench importing itself keeps it', keeps, 'bench/collective.ts', './_collective-procs.ts')
 test('bench importing cli keeps it', keeps, 'bench/train.ts', '../cli/index.ts')
+test('bench reusing a test harness keeps it', keeps, 'bench/collective.ts', '../test/helpers/collective-procs.ts')
+test('bench importing a test file breaks the outside rule', breaks, 'bench/collective.ts', '../test/mesh/lp.test.ts', 'outside')
 // Cross-folder imports go through the top-level index.ts.
 test('sim importing core/clock.ts goes past the index', breaks, 'sim/net.ts', '../core/clock.ts', 'index-only')
 test('node importing mesh/collective/index.ts goes past the top-level index', breaks, 'node/trainer.ts', '../mesh/collective/index.ts', 'index-only')

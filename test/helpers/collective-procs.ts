@@ -1,6 +1,6 @@
 // Starts P collective worker processes (test/helpers/collective-worker.ts): real libp2p nodes on
-// loopback, for test/chaos/collective-processes.test.ts. (bench/collective.ts has its own
-// workers: tests never import bench/ and nothing in the source tree imports test/.)
+// loopback, for test/chaos/collective-processes.test.ts and `npm run bench -- collective` (bench/
+// may use test/helpers/; tests never import bench/).
 // Every child is SIGKILLed on every exit path (WorkerGroup.kill); workers also exit when
 // their stdin closes, so none outlives the parent.
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -12,8 +12,11 @@ import type { WorkerConfig } from './collective-worker.ts'
 
 export type { FaultOp, WorkerConfig } from './collective-worker.ts'
 
-/** What a worker in check mode reports: its rank, the ring, the transports its streams used and checksums of its results. */
-export interface WorkerResult { rank: number, ring: number[], transports: string[], allGather: string, reduceScatter: string, allReduce: string }
+/**
+ * What a worker in check mode reports: its rank, the ring, the transports its streams used and
+ * checksums of its results; with timed rounds also the throughput (MB/s of the whole vector).
+ */
+export interface WorkerResult { rank: number, ring: number[], transports: string[], allGather: string, reduceScatter: string, allReduce: string, allGatherMBps?: number, reduceScatterMBps?: number }
 
 /** One JSON line a worker printed (`ev` names it), or `{ ev: 'addr', addr }` for its ADDR line. */
 export type WorkerEvent = { ev: string } & Record<string, unknown>
@@ -129,9 +132,9 @@ export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index
 }
 
 /** Starts P worker processes in check mode and collects their results; kills them all if any fails. */
-export async function runWorkers (P: number, elements: number, seed: number, opts: { ms?: number } = {}): Promise<WorkerResult[]> {
+export async function runWorkers (P: number, elements: number, seed: number, opts: { ms?: number, rounds?: number } = {}): Promise<WorkerResult[]> {
   const ms = opts.ms ?? 10 * 60_000
-  const g = await startWorkers(P, { mode: 'check', elements, seed })
+  const g = await startWorkers(P, { mode: 'check', elements, seed, rounds: opts.rounds })
   try {
     // Every rank has its results once every rank printed them: nobody needs the others' bytes any more.
     const results = await Promise.all(g.workers.map(w => w.next('its result', ms, e => e.ev === 'result')))

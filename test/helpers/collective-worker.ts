@@ -5,7 +5,8 @@
 // then JSON lines (one event each). It exits when its stdin closes, so it never outlives the parent.
 //
 // mode 'check': runs all-gather, reduce-scatter and all-reduce on seeded data and prints one
-// `result` line: checksums of its results (the parent checks them against serial references);
+// `result` line: checksums of its results (the parent checks them against serial references)
+// and, with `rounds` (`npm run bench -- collective`), the throughput of that many timed rounds;
 // then stays up until the parent ends it.
 //
 // mode 'fault': prepares one call (`op` at `step`), prints `ready`, waits for `{"cmd":"go"}` on
@@ -30,6 +31,8 @@ export interface WorkerConfig {
   seed: number
   bootstrap?: string
   mode: 'check' | 'fault'
+  /** check: timed all-gather and reduce-scatter rounds after the checked ones (benchmarks; default 0). */
+  rounds?: number
   /** fault: the call to make. */
   op?: FaultOp
   step?: number
@@ -131,10 +134,24 @@ else await fault(cfg.op!, cfg.step ?? 1)
 async function check (): Promise<void> {
   const mine = vec(rank)
   const s = shardRange(n, coll.size, rank)
-  const ag = (await coll.allGather(vec(0).slice(s.start, s.start + s.length), n, { step: 0 })).data
-  const rs = (await coll.reduceScatter(mine, { step: 1000 })).data
+  const gather = async (step: number): Promise<Float32Array> => (await coll.allGather(vec(0).slice(s.start, s.start + s.length), n, { step })).data
+  const scatter = async (step: number): Promise<Float32Array> => (await coll.reduceScatter(mine, { step: 1000 + step })).data
+  const ag = await gather(0)
+  const rs = await scatter(0)
   const ar = (await coll.allReduce(mine, { step: 5000 })).data
-  emit({ ev: 'result', rank, ring: coll.ring, transports: [...transports], allGather: hex(ag), reduceScatter: hex(rs), allReduce: hex(ar) })
+  const rounds = cfg.rounds ?? 0
+  const speed: { allGatherMBps?: number, reduceScatterMBps?: number } = {}
+  if (rounds > 0) {
+    // Bytes of the whole vector per second per rank: a ring moves (P-1)/P of it through each rank.
+    const mbps = async (op: (step: number) => Promise<unknown>): Promise<number> => {
+      const t0 = performance.now()
+      for (let i = 1; i <= rounds; i++) await op(i)
+      return Math.round(n * 4 / ((performance.now() - t0) / 1000 / rounds) / 1e6)
+    }
+    speed.allGatherMBps = await mbps(gather)
+    speed.reduceScatterMBps = await mbps(scatter)
+  }
+  emit({ ev: 'result', rank, ring: coll.ring, transports: [...transports], allGather: hex(ag), reduceScatter: hex(rs), allReduce: hex(ar), ...speed })
   // Slower ranks may still need our bytes: stay up until the parent, which has every result, closes our stdin.
 }
 

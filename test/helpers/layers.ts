@@ -34,6 +34,12 @@ export const ENTRY_FOLDERS: Readonly<Record<string, { readonly mayImport: readon
   scripts: { mayImport: ['cli'], internals: false }
 }
 
+/**
+ * What bench/ may take from test/: the process harnesses under test/helpers/ (e.g. the collective
+ * worker processes), so a benchmark and a test drive the same workers instead of two copies.
+ */
+export const BENCH_MAY_USE = 'test/helpers/'
+
 /** The folders whose files the layer test reads (bin holds JavaScript). */
 export const SCANNED_FOLDERS: readonly string[] = [...Object.keys(SOURCE_LAYERS), ...Object.keys(ENTRY_FOLDERS)]
 
@@ -195,6 +201,7 @@ function judge (from: string, target: string): { rule: LayerRule, message: strin
   const to = topFolder(target)
   if (to === from) return undefined
   if (to === 'bench') return { rule: 'bench', message: `nothing outside bench/ imports bench/ (${target})` }
+  if (from === 'bench' && target.startsWith(BENCH_MAY_USE)) return undefined
   const entry = ENTRY_FOLDERS[from]
   const allowed = entry?.mayImport ?? SOURCE_LAYERS[from] ?? []
   if (to === undefined || (SOURCE_LAYERS[to] === undefined && !allowed.includes(to))) {
