@@ -30,7 +30,7 @@
 // BENCH_TRAIN_KILL=0 pick parts. A run that fails (or exceeds BENCH_TRAIN_TIMEOUT_S, default
 // 300) is reported as an error line, the bench exits 1, and a throughput run is tried once more.
 import { loadavg } from 'node:os'
-import { up, type UpKillReport, type UpPoll } from '../node/up.ts'
+import { up, type UpKillReport, type UpPoll } from '../cli/index.ts'
 
 const env = (name: string, dflt: number): number => {
   const v = process.env[name]

@@ -2,7 +2,7 @@ import test from 'ava'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
-import { main } from '../../node/cli.ts'
+import { main } from '../../cli/main.ts'
 import { VERSION } from '../../core/index.ts'
 
 const run = promisify(execFile)
@@ -85,7 +85,7 @@ test('start --help lists the metrics and disk-tier flags; export --help explains
 })
 
 test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world-size are validated by the start schema', async t => {
-  const { loadStartConfig } = await import('../../node/config.ts')
+  const { loadStartConfig } = await import('../../cli/start.ts')
   const base = { run: 'r', 'secret-file': '/nonexistent' }
   const cfg = loadStartConfig(base, {})
   t.is(cfg.metricsListen, undefined)
