@@ -1,5 +1,5 @@
 // Training end to end: `zeromesh up`'s mesh of real `zeromesh start --train` worker processes
-// on loopback (node/up.ts: 4 ranks + 1 spare, CPU backend, the default `mini` model on the
+// on loopback (cli/up/run.ts: 4 ranks + 1 spare, CPU backend, the default `mini` model on the
 // Brown Corpus), the same steps / batch / sequence length in every configuration.
 //
 // (a) `train.throughput`: tokens/s in steady state (the first BENCH_TRAIN_WARMUP steps are

@@ -72,7 +72,7 @@ export interface WorkerPlan {
 export interface WorkerSinks {
   clock: RealClock
   /** workers.log: every worker's human lines, prefixed with its name. */
-  log: WriteStream
+  log: Pick<WriteStream, 'write'>
   /** Whether `view` and `step` events are stamped (from the kill until its report). */
   stamping: () => boolean
   /** A line `up` shows (a malformed event line, once per worker). */
@@ -123,18 +123,26 @@ export function spawnWorker (p: WorkerPlan, sinks: WorkerSinks, i: number, boots
     status: undefined,
     afterKill: []
   }
+  readLines(proc, eventLines(w, sinks, join(p.dir, 'workers.log')))
+  return w
+}
+
+/**
+ * Handles the stdout lines of worker `w`: each is parsed as a node event and recorded; a line
+ * that is not one goes to the log, and the first of them is also said once (never thrown).
+ */
+export function eventLines (w: Worker, sinks: WorkerSinks, logPath: string): (line: string) => void {
   let malformed = false
-  readLines(proc, line => {
+  return line => {
     const parsed = parseNodeEvent(line)
-    if (!parsed.ok) {
-      sinks.log.write(`${name}: not an event (${parsed.error}): ${line.slice(0, 200)}\n`)
-      if (!malformed) sinks.say(`${name}: ignored an output line that is not a node event (${parsed.error}); more in ${join(p.dir, 'workers.log')}`)
-      malformed = true
+    if (parsed.ok) {
+      onEvent(w, parsed.event, sinks)
       return
     }
-    onEvent(w, parsed.event, sinks)
-  })
-  return w
+    sinks.log.write(`${w.name}: not an event (${parsed.error}): ${line.slice(0, 200)}\n`)
+    if (!malformed) sinks.say(`${w.name}: ignored an output line that is not a node event (${parsed.error}); more in ${logPath}`)
+    malformed = true
+  }
 }
 
 /** Records one event of `w`: kept where `up` reads it, stamped after the kill, rendered into the log. */
@@ -188,7 +196,7 @@ export async function waitForAddress (w: Worker, clock: RealClock, ms: number): 
 }
 
 /** SIGTERM to every worker, SIGKILL to those still there after 5 s; closes the log. */
-export async function stopAll (workers: Worker[], clock: RealClock, log: WriteStream): Promise<void> {
+export async function stopAll (workers: Worker[], clock: RealClock, log: Pick<WriteStream, 'end'>): Promise<void> {
   for (const w of workers) if (!w.exited) w.proc.kill('SIGTERM')
   const deadline = clock.sleep(5000).then(() => { for (const w of workers) if (!w.exited) w.proc.kill('SIGKILL') })
   await Promise.race([Promise.all(workers.map(w => w.exit)), deadline])
