@@ -15,6 +15,7 @@ function parseSnapshot (spec: string): { k: number, m: number } {
   return { k, m }
 }
 
+/** A started node: its identity and parts, and `stop` to leave the run. */
 export interface RunningNode {
   stop(): Promise<void>
   peerId: string
