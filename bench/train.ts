@@ -1,5 +1,5 @@
 // Training end to end: `zeromesh up`'s mesh of real `zeromesh start --train` worker processes
-// on loopback (node/up.ts: 4 ranks + 1 spare, CPU backend, the default `mini` model on the
+// on loopback (cli/up/run.ts: 4 ranks + 1 spare, CPU backend, the default `mini` model on the
 // Brown Corpus), the same steps / batch / sequence length in every configuration.
 //
 // (a) `train.throughput`: tokens/s in steady state (the first BENCH_TRAIN_WARMUP steps are
@@ -30,7 +30,7 @@
 // BENCH_TRAIN_KILL=0 pick parts. A run that fails (or exceeds BENCH_TRAIN_TIMEOUT_S, default
 // 300) is reported as an error line, the bench exits 1, and a throughput run is tried once more.
 import { loadavg } from 'node:os'
-import { up, type UpKillReport, type UpPoll } from '../node/up.ts'
+import { up, type UpKillReport, type UpPoll } from '../cli/index.ts'
 
 const env = (name: string, dflt: number): number => {
   const v = process.env[name]

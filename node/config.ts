@@ -1,15 +1,16 @@
 import { readFileSync } from 'node:fs'
 import { homedir, hostname } from 'node:os'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 import { ZeromeshError } from '../core/index.ts'
 import { MIN_SECRET_BYTES } from '../mesh/index.ts'
+import { option, shapeOf } from './options.ts'
 
 /**
- * One strict schema for a node's configuration, fed by (highest first) command-line flags,
- * ZEROMESH_* environment variables, a JSON config file (`--config`), and the defaults below.
- * Unknown keys are errors at every level.
+ * A node's configuration: one spec of its options, the strict schema built from it, and the
+ * helpers the node needs at start-up. The command line fills it (highest first) from flags,
+ * ZEROMESH_* environment variables, a JSON `--config` file and the defaults here (cli/start.ts).
  */
 
 /** A configuration problem the user must fix: printed as one line, exit code 2. */
@@ -49,149 +50,59 @@ const hostPort = z.string().transform((s, ctx) => {
   return hp
 })
 
-export const startSchema = z.strictObject({
-  run: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'run ids are 1-64 of [A-Za-z0-9._-]'),
-  secretFile: z.string().min(1),
-  bootstrap: z.array(multiaddrString).max(64).default([]),
-  listen: z.array(multiaddrString).min(1).max(16).default(['/ip4/0.0.0.0/tcp/0']),
-  announce: z.array(multiaddrString).max(16).default([]),
-  zone: z.string().min(1).max(64).default('default'),
-  host: z.string().min(1).max(253).default(hostname()),
-  dataDir: z.string().min(1).optional(),
-  expect: z.int().min(1).max(1024).default(1),
-  heartbeatMs: z.int().min(20).max(60_000).default(500),
-  mdns: z.boolean().default(false),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'),
-  /** Serve Prometheus metrics at http://<host:port>/metrics (default off). */
-  metricsListen: hostPort.optional(),
-  // Training (all optional: without --train the node only joins the mesh).
-  train: z.boolean().default(false),
-  device: z.enum(['cpu', 'cuda']).default('cpu'),
-  model: z.enum(['mini', 'small', 'gpt2-124m']).default('mini'),
-  data: z.string().min(1).optional(),
-  steps: z.int().min(0).max(10_000_000).default(200),
-  worldSize: z.int().min(1).max(1024).optional(),
-  /** Grow the run up to this many ranks as nodes join (default: the world size, never). */
-  maxWorldSize: z.int().min(1).max(1024).optional(),
-  batch: z.int().min(1).max(4096).default(4),
-  seq: z.int().min(2).max(1024).default(64),
-  lr: z.number().positive().max(1).default(3e-3),
-  seed: z.int().min(0).default(1),
-  zeropp: z.boolean().default(false),
-  snapshot: z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'),
-  /** Erasure-coded snapshots every N committed steps (and the first step of every session). */
-  snapshotEvery: z.int().min(1).max(10_000_000).default(1),
-  /** Disk tier: persist this rank's state every N committed steps (0: never). */
-  diskEvery: z.int().min(0).max(10_000_000).default(10),
-  /** Start from the newest step every rank has in its disk tier. */
-  resume: z.boolean().default(false),
-  exitWhenDone: z.boolean().default(false)
-}).superRefine((c, ctx) => {
+/** The default listen address: every interface, a free port. */
+const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/0'
+const TRAINING = 'training (with --train; the first --world-size members train, the rest are spares):'
+
+/**
+ * Every option of a node (`zeromesh start`): flags, ZEROMESH_* variables and `--config` keys
+ * all come from this table (node/options.ts), and so does `zeromesh start --help`.
+ */
+export const START_OPTIONS = {
+  run: option(z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'run ids are 1-64 of [A-Za-z0-9._-]'), { arg: '<id>', help: 'run id (1-64 of A-Z a-z 0-9 . _ -)' }),
+  secretFile: option(z.string().min(1), { arg: '<file>', help: 'file holding the run secret (>= 16 bytes)' }),
+  bootstrap: option(z.array(multiaddrString).max(64).default([]), { arg: '<addr>', help: 'a member\'s multiaddr ending in /p2p/<id>; repeat the flag (comma-separated in the environment)' }),
+  listen: option(z.array(multiaddrString).min(1).max(16).default([DEFAULT_LISTEN]), { arg: '<addr>', help: 'listen multiaddr; repeat for several' }),
+  announce: option(z.array(multiaddrString).max(16).default([]), { arg: '<addr>', help: 'address to announce instead of the listen addresses (NAT, public IP)' }),
+  zone: option(z.string().min(1).max(64).default('default'), { arg: '<name>', help: 'failure/bandwidth domain' }),
+  host: option(z.string().min(1).max(253).default(hostname()), { arg: '<name>', help: 'machine name', defaultText: 'the hostname' }),
+  dataDir: option(z.string().min(1).optional(), { arg: '<dir>', help: 'identity key, control socket and disk tier', defaultText: '~/.zeromesh/<run>' }),
+  expect: option(z.int().min(1).max(1024).default(1), { arg: '<n>', help: 'nodes needed before the first view forms; set it above half the nodes you start so two first views cannot form' }),
+  heartbeatMs: option(z.int().min(20).max(60_000).default(500), { arg: '<ms>', help: 'heartbeat period' }),
+  mdns: option(z.boolean().default(false), { help: 'discover peers on the LAN' }),
+  logLevel: option(z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'), { arg: '<level>', help: 'structured logs on stderr' }),
+  metricsListen: option(hostPort.optional(), { arg: '<host:port>', help: 'serve Prometheus metrics at http://<host:port>/metrics (e.g. 127.0.0.1:9464; port 0 picks a free one)', defaultText: 'off' }),
+  train: option(z.boolean().default(false), { help: 'train (without it the node only joins the mesh)', section: TRAINING }),
+  device: option(z.enum(['cpu', 'cuda']).default('cpu'), { arg: '<device>', help: 'backend' }),
+  model: option(z.enum(['mini', 'small', 'gpt2-124m']).default('mini'), { arg: '<name>', help: 'model shape' }),
+  data: option(z.string().min(1).optional(), { arg: '<file>', help: 'text or llm.c .bin tokens', defaultText: 'the Brown Corpus' }),
+  steps: option(z.int().min(0).max(10_000_000).default(200), { arg: '<n>', help: 'steps to train' }),
+  worldSize: option(z.int().min(1).max(1024).optional(), { arg: '<n>', help: 'training ranks', defaultText: '--expect' }),
+  maxWorldSize: option(z.int().min(1).max(1024).optional(), { arg: '<n>', help: 'grow the run up to n ranks as nodes join, at a step boundary', defaultText: 'never grow' }),
+  batch: option(z.int().min(1).max(4096).default(4), { arg: '<n>', help: 'sequences per rank per step' }),
+  seq: option(z.int().min(2).max(1024).default(64), { arg: '<n>', help: 'sequence length' }),
+  lr: option(z.number().positive().max(1).default(3e-3), { arg: '<x>', help: 'AdamW learning rate' }),
+  seed: option(z.int().min(0).default(1), { arg: '<n>', help: 'run seed' }),
+  zeropp: option(z.boolean().default(false), { help: 'ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)' }),
+  snapshot: option(z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'), { arg: '<k+m|off>', help: 'erasure-coded snapshot of every rank: k data and m parity fragments' }),
+  snapshotEvery: option(z.int().min(1).max(10_000_000).default(1), { arg: '<n>', help: 'snapshot every n committed steps (and the first step of every session): a loss then re-runs up to n-1 more steps, for less snapshot traffic' }),
+  diskEvery: option(z.int().min(0).max(10_000_000).default(10), { arg: '<n>', help: 'write this rank\'s state to <data dir>/train every n steps (0: never); `zeromesh export` reads these files' }),
+  resume: option(z.boolean().default(false), { help: 'continue from the newest step every rank has on disk' }),
+  exitWhenDone: option(z.boolean().default(false), { help: 'leave the run and exit once training ends' })
+}
+
+/** The rules between options that no single option's schema can check. */
+function checkStart (c: { resume: boolean, train: boolean, worldSize?: number | undefined, expect: number, maxWorldSize?: number | undefined }, ctx: z.RefinementCtx): void {
   if (c.resume && !c.train) ctx.addIssue({ code: 'custom', path: ['resume'], message: 'needs --train (it resumes training from the disk tier)' })
   const ws = c.worldSize ?? c.expect
   if (c.maxWorldSize !== undefined && c.maxWorldSize < ws) ctx.addIssue({ code: 'custom', path: ['maxWorldSize'], message: `must be at least the world size (${ws})` })
-})
+}
 
+/** One strict schema for a node's configuration (unknown keys are errors). */
+export const startSchema = z.strictObject(shapeOf(START_OPTIONS)).superRefine(checkStart)
+
+/** A validated node configuration, its data dir resolved. */
 export type StartConfig = z.output<typeof startSchema> & { dataDir: string }
-
-/** Flag name (kebab-case) -> schema key, with how to parse the string. */
-const FLAGS: Record<string, { key: keyof z.input<typeof startSchema>, kind: 'string' | 'list' | 'int' | 'number' | 'bool' }> = {
-  run: { key: 'run', kind: 'string' },
-  'secret-file': { key: 'secretFile', kind: 'string' },
-  bootstrap: { key: 'bootstrap', kind: 'list' },
-  listen: { key: 'listen', kind: 'list' },
-  announce: { key: 'announce', kind: 'list' },
-  zone: { key: 'zone', kind: 'string' },
-  host: { key: 'host', kind: 'string' },
-  'data-dir': { key: 'dataDir', kind: 'string' },
-  expect: { key: 'expect', kind: 'int' },
-  'heartbeat-ms': { key: 'heartbeatMs', kind: 'int' },
-  mdns: { key: 'mdns', kind: 'bool' },
-  'log-level': { key: 'logLevel', kind: 'string' },
-  'metrics-listen': { key: 'metricsListen', kind: 'string' },
-  train: { key: 'train', kind: 'bool' },
-  device: { key: 'device', kind: 'string' },
-  model: { key: 'model', kind: 'string' },
-  data: { key: 'data', kind: 'string' },
-  steps: { key: 'steps', kind: 'int' },
-  'world-size': { key: 'worldSize', kind: 'int' },
-  'max-world-size': { key: 'maxWorldSize', kind: 'int' },
-  batch: { key: 'batch', kind: 'int' },
-  seq: { key: 'seq', kind: 'int' },
-  lr: { key: 'lr', kind: 'number' },
-  seed: { key: 'seed', kind: 'int' },
-  zeropp: { key: 'zeropp', kind: 'bool' },
-  snapshot: { key: 'snapshot', kind: 'string' },
-  'snapshot-every': { key: 'snapshotEvery', kind: 'int' },
-  'disk-every': { key: 'diskEvery', kind: 'int' },
-  resume: { key: 'resume', kind: 'bool' },
-  'exit-when-done': { key: 'exitWhenDone', kind: 'bool' }
-}
-
-/** parseArgs options for `start`: every flag above plus --config. */
-export const START_FLAG_OPTIONS = {
-  ...Object.fromEntries(Object.entries(FLAGS).map(([name, f]) => [name, { type: f.kind === 'bool' ? 'boolean' as const : 'string' as const, multiple: f.kind === 'list' }])),
-  config: { type: 'string' as const }
-}
-
-function convert (name: string, kind: string, raw: unknown): unknown {
-  if (kind === 'int') {
-    const n = Number(raw)
-    if (!Number.isInteger(n)) throw new ConfigError(`${name} must be an integer, got '${String(raw)}'`)
-    return n
-  }
-  if (kind === 'number') {
-    const n = Number(raw)
-    if (!Number.isFinite(n)) throw new ConfigError(`${name} must be a number, got '${String(raw)}'`)
-    return n
-  }
-  if (kind === 'bool') return raw === true || raw === 'true' || raw === '1'
-  if (kind === 'list') return (Array.isArray(raw) ? raw : String(raw).split(',')).map(s => String(s).trim()).filter(s => s.length > 0)
-  return raw
-}
-
-/**
- * Builds and validates the `start` configuration. `flags` come from parseArgs; `env` is
- * process.env (ZEROMESH_RUN, ZEROMESH_SECRET_FILE, ZEROMESH_BOOTSTRAP=a,b, ...).
- */
-export function loadStartConfig (flags: Record<string, unknown>, env: Record<string, string | undefined> = process.env): StartConfig {
-  let fromFile: Record<string, unknown> = {}
-  const file = (flags['config'] as string | undefined) ?? env['ZEROMESH_CONFIG']
-  if (file !== undefined) {
-    let text: string
-    try {
-      text = readFileSync(file, 'utf8')
-    } catch (err) {
-      throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
-    }
-    try {
-      const parsed: unknown = JSON.parse(text)
-      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not a JSON object')
-      fromFile = parsed as Record<string, unknown>
-    } catch (err) {
-      throw new ConfigError(`config file ${file} is not valid JSON: ${(err as Error).message}`)
-    }
-  }
-  const fromEnv: Record<string, unknown> = {}
-  const fromFlags: Record<string, unknown> = {}
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const envName = `ZEROMESH_${name.toUpperCase().replaceAll('-', '_')}`
-    if (env[envName] !== undefined && env[envName] !== '') fromEnv[f.key] = convert(envName, f.kind, env[envName])
-    if (flags[name] !== undefined) fromFlags[f.key] = convert(`--${name}`, f.kind, flags[name])
-  }
-  const merged = { ...fromFile, ...fromEnv, ...fromFlags }
-  const parsed = startSchema.safeParse(merged)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    const key = issue.path[0]
-    const flag = Object.entries(FLAGS).find(([, f]) => f.key === key)?.[0]
-    const where = flag !== undefined ? `--${flag}` : String(key ?? 'config')
-    const message = issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message
-    throw new ConfigError(`${where} ${message}`)
-  }
-  const cfg = parsed.data
-  return { ...cfg, dataDir: resolve(cfg.dataDir ?? defaultDataDir(cfg.run)) }
-}
 
 /** Where a node of `run` keeps its identity and control socket unless told otherwise. */
 export function defaultDataDir (run: string): string {

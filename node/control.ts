@@ -5,8 +5,8 @@ import { ZeromeshError } from '../core/index.ts'
 
 /**
  * The local control socket of a running node: `<data dir>/zeromesh.sock`, HTTP over a Unix
- * socket (only users who can open the data dir can talk to it). `zeromesh status` reads
- * GET /status from it.
+ * socket (only users who can open the data dir can talk to it). `zeromesh status` and
+ * `zeromesh up` read GET /status from it.
  */
 export const CONTROL_SOCKET = 'zeromesh.sock'
 const MAX_RESPONSE_BYTES = 4 * 1024 * 1024

@@ -1,12 +1,13 @@
 import { mkdirSync } from 'node:fs'
 import { RealClock, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
-import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type Membership, type View } from '../mesh/index.ts'
+import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type Libp2pPeerNet, type Membership, type View } from '../mesh/index.ts'
 import { type StartConfig, readSecret, ConfigError } from './config.ts'
 import { serveControl } from './control.ts'
 import { loadCorpus } from './data.ts'
 import { diskDir } from './disk-tier.ts'
 import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
-import { Trainer, formatParamMemory, trainingModel, type TrainStatus } from './trainer.ts'
+import type { NodeEvent } from './events.ts'
+import { Trainer, trainingModel, type TrainStatus } from './trainer.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot (spec: string): { k: number, m: number } {
@@ -14,6 +15,7 @@ function parseSnapshot (spec: string): { k: number, m: number } {
   return { k, m }
 }
 
+/** A started node: its identity and parts, and `stop` to leave the run. */
 export interface RunningNode {
   stop(): Promise<void>
   peerId: string
@@ -27,13 +29,13 @@ export interface RunningNode {
   training: Promise<TrainStatus> | undefined
 }
 
-/** The status a node serves on its control socket. */
 /** CPU time of this process so far (user + system), ms. */
 function cpuMs (): number {
   const u = process.cpuUsage()
   return Math.round((u.user + u.system) / 1000)
 }
 
+/** The status a node serves on its control socket. */
 export interface NodeStatus {
   version: string
   run: string
@@ -46,11 +48,15 @@ export interface NodeStatus {
   training: TrainStatus | undefined
 }
 
+/** Receives a node's events (node/events.ts) as they happen. */
+export type EmitEvent = (e: NodeEvent) => void
+
 /**
- * Starts one node: identity from the data dir, the libp2p PeerNet, membership, and the control
- * socket. Prints its addresses and a join command, then a line per view change.
+ * Starts one node: identity from the data dir, the libp2p PeerNet, membership, the control
+ * socket and, with --train, the trainer. Reports its start-up (addresses included), every view
+ * change and the training's progress through `emit`.
  */
-export async function startNode (cfg: StartConfig, out: (line: string) => void, log: Logger = createLogger({ level: cfg.logLevel, name: cfg.run })): Promise<RunningNode> {
+export async function startNode (cfg: StartConfig, emit: EmitEvent, log: Logger = createLogger({ level: cfg.logLevel, name: cfg.run })): Promise<RunningNode> {
   const secret = readSecret(cfg.secretFile)
   try {
     mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 })
@@ -63,14 +69,14 @@ export async function startNode (cfg: StartConfig, out: (line: string) => void, 
     for (const f of undo.reverse()) await f().catch(() => {})
   }
   try {
-    return await startParts(cfg, out, log, secret, undo)
+    return await startParts(cfg, emit, log, secret, undo)
   } catch (err) {
     await unwind()
     throw err
   }
 }
 
-async function startParts (cfg: StartConfig, out: (line: string) => void, log: Logger, secret: Uint8Array, undo: Array<() => Promise<void>>): Promise<RunningNode> {
+async function startParts (cfg: StartConfig, emit: EmitEvent, log: Logger, secret: Uint8Array, undo: Array<() => Promise<void>>): Promise<RunningNode> {
   const clock = new RealClock()
   // One registry per node. The PeerNet and membership take no `metrics` option; the trainer's
   // collectives and snapshot service do, but the trainer builds them without one, so training
@@ -83,6 +89,66 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
     metricsServer = server
     undo.push(() => server.close())
   }
+  const net = await startNet(cfg, secret, clock, log)
+  undo.push(() => net.stop())
+  const membership = createMembership({ heartbeatMs: cfg.heartbeatMs, expect: cfg.expect }, {
+    net, clock, rng: Rng.fromSeed(`${cfg.run}/${net.self.id}`), log: log.child({ component: 'mesh:membership' })
+  })
+  let observer: StepObserver = { step () {} }
+  const trainer = cfg.train ? await createTrainer(cfg, { net, membership, clock, log, metrics }, emit, (s, tokens) => observer.step(s, tokens)) : undefined
+  observer = defineNodeMetrics(metrics, { membership, ...(trainer === undefined ? {} : { training: () => trainer.status() }) })
+  const startedAt = clock.monotonic()
+  const status = (): NodeStatus => ({
+    version: VERSION,
+    run: cfg.run,
+    peerId: net.self.id,
+    multiaddrs: net.multiaddrs(),
+    uptimeS: Math.round((clock.monotonic() - startedAt) / 1000),
+    cpuMs: cpuMs(),
+    membership: membership.status(),
+    training: trainer?.status()
+  })
+  const server = await serveControl(cfg.dataDir, status)
+  undo.push(() => new Promise<void>(resolve => server.close(() => resolve())))
+  membership.on('view', (v: View) => {
+    const rank = v.members.findIndex(m => m.id === net.self.id)
+    emit({ type: 'view', epoch: v.epoch, members: v.members.length, ...(rank >= 0 ? { rank } : {}) })
+  })
+  membership.on('paused', p => emit({ type: 'paused', paused: p }))
+  await membership.start()
+
+  const addrs = net.multiaddrs()
+  emit({
+    type: 'started',
+    version: VERSION,
+    peerId: net.self.id,
+    run: cfg.run,
+    zone: cfg.zone,
+    host: cfg.host,
+    dataDir: cfg.dataDir,
+    ...(metricsServer === undefined ? {} : { metricsUrl: metricsServer.url }),
+    multiaddrs: addrs
+  })
+  const training = trainer?.run()
+  if (training !== undefined) reportEnd(training, emit)
+  return {
+    peerId: net.self.id,
+    multiaddrs: addrs,
+    membership,
+    metrics,
+    metricsUrl: metricsServer?.url,
+    training,
+    async stop () {
+      await metricsServer?.close()
+      await membership.stop()
+      await net.stop()
+      await new Promise<void>(resolve => server.close(() => resolve()))
+    }
+  }
+}
+
+/** The libp2p PeerNet of this node, started; a listen address in use is a {@link ConfigError}. */
+async function startNet (cfg: StartConfig, secret: Uint8Array, clock: RealClock, log: Logger): Promise<Libp2pPeerNet> {
   const privateKey = await loadOrCreateIdentity(cfg.dataDir)
   const net = createLibp2pPeerNet({
     runId: cfg.run,
@@ -103,106 +169,78 @@ async function startParts (cfg: StartConfig, out: (line: string) => void, log: L
     if (e.code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test(e.message)) throw new ConfigError(`cannot listen on ${cfg.listen.join(', ')}: no such local address`)
     throw err
   }
-  undo.push(() => net.stop())
-  const membership = createMembership({ heartbeatMs: cfg.heartbeatMs, expect: cfg.expect }, {
-    net, clock, rng: Rng.fromSeed(`${cfg.run}/${net.self.id}`), log: log.child({ component: 'mesh:membership' })
-  })
-  let trainer: Trainer | undefined
-  let observer: StepObserver = { step () {} }
-  if (cfg.train) {
-    const corpus = loadCorpus(cfg.data)
-    const model = trainingModel(cfg.model, corpus.vocabSize)
-    const { createBackend } = await import('../gpu/index.ts')
-    const backend = await createBackend(cfg.device)
-    // Before membership starts: a cold NVRTC compile blocks this thread for seconds, which
-    // peers would read as a dead node (seen on a fresh GPU host: the worker was dropped and
-    // replaced from the snapshots at step 0).
-    const t0 = performance.now()
-    backend.warmup()
-    if (cfg.device === 'cuda') out(`kernels ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
-    const every = Math.max(1, Math.floor(cfg.steps / 20))
-    const T = Math.min(cfg.seq, model.maxT)
-    trainer = new Trainer({
-      backend,
-      net,
-      membership,
-      clock,
-      log: log.child({ component: 'train' }),
-      metrics,
-      corpus,
-      onStep: s => {
-        observer.step(s, s.worldSize * cfg.batch * T)
-        if (s.step % every === 0 || s.step === s.steps) out(`step ${s.step}/${s.steps} loss ${s.loss?.toFixed(4)} (rank ${s.rank} of ${s.worldSize}, ${Math.round(s.tokensPerS ?? 0)} tokens/s)`)
-      }
-    }, {
-      model,
-      B: cfg.batch,
-      T,
-      steps: cfg.steps,
-      lr: cfg.lr,
-      weightDecay: 0.1,
-      seed: cfg.seed,
-      worldSize: cfg.worldSize ?? cfg.expect,
-      ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
-      zeroPP: cfg.zeropp,
-      dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
-      snapshot: cfg.snapshot === 'off' ? undefined : { ...parseSnapshot(cfg.snapshot), every: cfg.snapshotEvery },
-      disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
-    })
-    out(`training ${cfg.model} (${corpus.source}, vocabulary ${corpus.vocabSize}) on ${backend.description}`)
-  }
-  const t = trainer
-  observer = defineNodeMetrics(metrics, { membership, ...(t === undefined ? {} : { training: () => t.status() }) })
-  const startedAt = clock.monotonic()
-  const status = (): NodeStatus => ({
-    version: VERSION,
-    run: cfg.run,
-    peerId: net.self.id,
-    multiaddrs: net.multiaddrs(),
-    uptimeS: Math.round((clock.monotonic() - startedAt) / 1000),
-    cpuMs: cpuMs(),
-    membership: membership.status(),
-    training: trainer?.status()
-  })
-  const server = await serveControl(cfg.dataDir, status)
-  undo.push(() => new Promise<void>(resolve => server.close(() => resolve())))
-  membership.on('view', (v: View) => {
-    const rank = v.members.findIndex(m => m.id === net.self.id)
-    out(`view ${v.epoch}: ${v.members.length} member${v.members.length === 1 ? '' : 's'}${rank >= 0 ? `, this node is rank ${rank}` : ', this node is not a member'}`)
-  })
-  membership.on('paused', p => out(p ? 'lost contact with the majority of the view: paused' : 'majority restored'))
-  await membership.start()
+  return net
+}
 
-  const addrs = net.multiaddrs()
-  const dialable = addrs.filter(a => !a.includes('/ip4/0.0.0.0/'))
-  out(`zeromesh ${VERSION}: node ${net.self.id} in run ${cfg.run} (zone ${cfg.zone}, host ${cfg.host})`)
-  out(`data dir ${cfg.dataDir}`)
-  if (metricsServer !== undefined) out(`metrics on ${metricsServer.url}`)
-  out('listening on:')
-  for (const a of addrs) out(`  ${a}`)
-  out('others join with:')
-  out(`  npx zeromesh start --run ${cfg.run} --secret-file <the same secret> --bootstrap ${dialable[0] ?? addrs[0] ?? '<this node\'s address>'}`)
-  const training = trainer?.run()
-  training?.then(s => {
+/** What the trainer of a node is built on. */
+interface TrainerParts { net: Libp2pPeerNet, membership: Membership, clock: RealClock, log: Logger, metrics: MetricsRegistry }
+
+/**
+ * The trainer of a `--train` node, its backend warmed up. Emits a `step` event per committed
+ * step, preceded by a `recovery` event for each recovery recorded since the last one.
+ */
+async function createTrainer (cfg: StartConfig, parts: TrainerParts, emit: EmitEvent, observe: (s: TrainStatus, tokens: number) => void): Promise<Trainer> {
+  const corpus = loadCorpus(cfg.data)
+  const model = trainingModel(cfg.model, corpus.vocabSize)
+  const { createBackend } = await import('../gpu/index.ts')
+  const backend = await createBackend(cfg.device)
+  // Before membership starts: a cold NVRTC compile blocks this thread for seconds, which
+  // peers would read as a dead node (seen on a fresh GPU host: the worker was dropped and
+  // replaced from the snapshots at step 0).
+  const t0 = performance.now()
+  backend.warmup()
+  if (cfg.device === 'cuda') emit({ type: 'kernels', seconds: (performance.now() - t0) / 1000 })
+  const T = Math.min(cfg.seq, model.maxT)
+  const recoveries = recoveryReporter(emit)
+  const trainer = new Trainer({
+    backend,
+    net: parts.net,
+    membership: parts.membership,
+    clock: parts.clock,
+    log: parts.log.child({ component: 'train' }),
+    metrics: parts.metrics,
+    corpus,
+    onStep: s => {
+      observe(s, s.worldSize * cfg.batch * T)
+      recoveries(s)
+      emit({ type: 'step', step: s.step, steps: s.steps, loss: s.loss, ...(s.rank === undefined ? {} : { rank: s.rank }), worldSize: s.worldSize, tokensPerS: s.tokensPerS })
+    }
+  }, {
+    model,
+    B: cfg.batch,
+    T,
+    steps: cfg.steps,
+    lr: cfg.lr,
+    weightDecay: 0.1,
+    seed: cfg.seed,
+    worldSize: cfg.worldSize ?? cfg.expect,
+    ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
+    zeroPP: cfg.zeropp,
+    dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
+    snapshot: cfg.snapshot === 'off' ? undefined : { ...parseSnapshot(cfg.snapshot), every: cfg.snapshotEvery },
+    disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
+  })
+  emit({ type: 'training', model: cfg.model, source: corpus.source, vocabSize: corpus.vocabSize, backend: backend.description })
+  return trainer
+}
+
+/** Emits the recoveries in a trainer status that were not emitted before (they only grow). */
+function recoveryReporter (emit: EmitEvent): (s: TrainStatus) => void {
+  let emitted = 0
+  return s => {
+    for (const r of s.recoveries.slice(emitted)) emit({ type: 'recovery', mode: r.mode, lost: r.lost, fromStep: r.fromStep, ms: r.ms, worldSize: s.worldSize })
+    emitted = s.recoveries.length
+  }
+}
+
+/** Emits how this node's part of the training ended: spare, or memory and done, or failed. */
+function reportEnd (training: Promise<TrainStatus>, emit: EmitEvent): void {
+  training.then(s => {
     if (s.role === 'spare') {
-      out('spare: not needed by this run')
+      emit({ type: 'spare' })
       return
     }
-    if (s.memory !== undefined) out(formatParamMemory(s.memory))
-    out(`training done: ${s.step} steps, loss ${s.loss?.toFixed(4)}${s.evalLoss === undefined ? '' : `, held-out loss ${s.evalLoss.toFixed(4)}`}`)
-  }, (err: unknown) => out(`training failed: ${err instanceof Error ? err.message : String(err)}`))
-  return {
-    peerId: net.self.id,
-    multiaddrs: addrs,
-    membership,
-    metrics,
-    metricsUrl: metricsServer?.url,
-    training,
-    async stop () {
-      await metricsServer?.close()
-      await membership.stop()
-      await net.stop()
-      await new Promise<void>(resolve => server.close(() => resolve()))
-    }
-  }
+    if (s.memory !== undefined) emit({ type: 'memory', ...s.memory })
+    emit({ type: 'done', step: s.step, loss: s.loss, evalLoss: s.evalLoss })
+  }, (err: unknown) => emit({ type: 'failed', message: err instanceof Error ? err.message : String(err) }))
 }

@@ -8,3 +8,4 @@ export { randomMembershipRun, type RandomRunOptions, type RunResult } from './me
 export { MembershipWorld, type WorldNode, type WorldInit, type ViewEvent } from './world.ts'
 export { scenarioSchema, parseScenario, loadScenario, runScenario, ScenarioError, type Scenario, type ScenarioReport, type FaultReport } from './scenario.ts'
 export { formatReport, timelineSvg } from './report.ts'
+export { readTrainScenario, runTrainScenario, formatTrainReport } from './train-run.ts'

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fetchStatus } from '../../node/control.ts'
 import type { NodeStatus } from '../../node/start.ts'
+import { parseNodeEvent, type NodeEvent } from '../../node/events.ts'
 import { zeromesh, type Proc } from './helpers.ts'
 import { waitFor } from '../helpers/wait.ts'
 
@@ -49,12 +50,14 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
   const args = (i: number, bootstrap: string[]): string[] => [
     'start', '--run', 'chaos', '--secret-file', secretFile, '--listen', '/ip4/127.0.0.1/tcp/0', '--data-dir', dirs[i]!,
     '--zone', `z${i % 2}`, '--host', `h${i}`, '--expect', '4', '--heartbeat-ms', String(HEARTBEAT_MS),
-    ...bootstrap.flatMap(b => ['--bootstrap', b])
+    '--events', 'jsonl', ...bootstrap.flatMap(b => ['--bootstrap', b])
   ]
+  // The nodes' stdout is their events, one JSON object per line.
+  const events = (p: Proc): NodeEvent[] => p.out.map(parseNodeEvent).flatMap(r => r.ok ? [r.event] : [])
   const procs: Proc[] = []
   try {
     procs.push(zeromesh(args(0, [])))
-    const addr = await waitFor('the first node to print its address', 15_000, () => procs[0]!.out.find(l => l.trim().startsWith('/ip4/127.0.0.1/'))?.trim())
+    const addr = await waitFor('the first node to report its address', 15_000, () => events(procs[0]!).flatMap(e => e.type === 'started' ? e.multiaddrs : []).find(a => a.startsWith('/ip4/127.0.0.1/')))
     for (let i = 1; i < 4; i++) procs.push(zeromesh(args(i, [addr])))
     const ids = await Promise.all(dirs.map(d => waitFor('a node to answer status', 15_000, async () => (await status(d))?.peerId)))
     const e1 = await waitFor('one view with all four nodes', 20_000, () => agreed(dirs, ids))
@@ -81,7 +84,7 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
     const e3 = await waitFor('the restarted node to rejoin', 20_000, () => agreed(dirs, ids))
     t.true(e3 > e2)
     t.is((await status(dirs[2]!))!.peerId, ids[2]!, 'the identity survived the restart (key in the data dir)')
-    t.true(procs[2]!.out.some(l => /^view \d+: 4 members, this node is rank 3/.test(l)), 'the rejoined node took the last rank')
+    t.true(events(procs[2]!).some(e => e.type === 'view' && e.members === 4 && e.rank === 3), 'the rejoined node took the last rank')
   } finally {
     for (const p of procs) p.child.kill('SIGTERM')
     const codes = await Promise.all(procs.map(p => p.exited))

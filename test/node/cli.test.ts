@@ -2,7 +2,7 @@ import test from 'ava'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
-import { main } from '../../node/cli.ts'
+import { main } from '../../cli/main.ts'
 import { VERSION } from '../../core/index.ts'
 
 const run = promisify(execFile)
@@ -84,8 +84,41 @@ test('start --help lists the metrics and disk-tier flags; export --help explains
   t.regex((await capture(['--help'])).out[0]!, /\n {2}export +write the trained model as safetensors/)
 })
 
+test('every option of every command is in its help, from the one spec: flag, default and (for start) its ZEROMESH_* name', async t => {
+  const { START_OPTIONS } = await import('../../node/config.ts')
+  const { START_CLI_OPTIONS } = await import('../../cli/start.ts')
+  const { UP_OPTIONS } = await import('../../cli/up/command.ts')
+  const { EXPORT_OPTIONS } = await import('../../cli/export/command.ts')
+  const { DOCTOR_OPTIONS } = await import('../../cli/doctor/command.ts')
+  const { SIM_OPTIONS } = await import('../../cli/sim.ts')
+  const { STATUS_OPTIONS } = await import('../../cli/status.ts')
+  const { flagOf, envOf } = await import('../../cli/flags.ts')
+  for (const [cmd, specs, env] of [
+    ['start', [START_OPTIONS, START_CLI_OPTIONS], true], ['up', [UP_OPTIONS], false], ['export', [EXPORT_OPTIONS], false],
+    ['doctor', [DOCTOR_OPTIONS], false], ['sim', [SIM_OPTIONS], false], ['status', [STATUS_OPTIONS], false]
+  ] as Array<[string, Array<Record<string, { help: string }>>, boolean]>) {
+    const text = (await capture([cmd, '--help'])).out[0]!.replace(/\s+/g, ' ')
+    for (const spec of specs) {
+      for (const [key, o] of Object.entries(spec)) {
+        t.true(text.includes(`--${flagOf(key)}`), `${cmd} --${flagOf(key)}`)
+        t.true(text.includes(o.help.split(' ').slice(0, 4).join(' ')), `${cmd} --${flagOf(key)} description`)
+        t.is(text.includes(envOf(key)), env, `${cmd} ${envOf(key)}`)
+      }
+    }
+  }
+  const start = (await capture(['start', '--help'])).out[0]!.replace(/\s+/g, ' ')
+  for (const dflt of ['default 500; ZEROMESH_HEARTBEAT_MS', 'default 2+1; ZEROMESH_SNAPSHOT', 'required; ZEROMESH_RUN', 'default /ip4/0.0.0.0/tcp/0; ZEROMESH_LISTEN']) t.true(start.includes(dflt), dflt)
+  const up = (await capture(['up', '--help'])).out[0]!.replace(/\s+/g, ' ')
+  for (const dflt of ['--nodes <n> training ranks, one process each (default 4)', '--steps <n> steps to train (default 100)', '(mini, small or gpt2-124m; default mini)']) t.true(up.includes(dflt), dflt)
+  // A variable is read as the flag would be, and named in its error.
+  const { loadStartConfig } = await import('../../cli/start.ts')
+  t.is(loadStartConfig({ run: 'r', 'secret-file': '/x' }, { ZEROMESH_HEARTBEAT_MS: '250', ZEROMESH_MDNS: 'true' }).heartbeatMs, 250)
+  t.throws(() => loadStartConfig({ run: 'r', 'secret-file': '/x' }, { ZEROMESH_HEARTBEAT_MS: 'soon' }), { name: 'ConfigError', message: /^ZEROMESH_HEARTBEAT_MS must be an integer in \[20, 60000\], got 'soon'$/ })
+  t.throws(() => loadStartConfig({ run: 'r', 'secret-file': '/x', events: 'xml' }, {}), { name: 'ConfigError', message: /^--events must be text or jsonl, got 'xml'$/ })
+})
+
 test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world-size are validated by the start schema', async t => {
-  const { loadStartConfig } = await import('../../node/config.ts')
+  const { loadStartConfig } = await import('../../cli/start.ts')
   const base = { run: 'r', 'secret-file': '/nonexistent' }
   const cfg = loadStartConfig(base, {})
   t.is(cfg.metricsListen, undefined)

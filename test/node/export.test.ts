@@ -5,9 +5,9 @@ import { join } from 'node:path'
 import { Rng, shardRange } from '../../core/index.ts'
 import { gptLayout } from '../../gpu/index.ts'
 import { encodeState } from '../../snapshot/index.ts'
-import { main } from '../../node/cli.ts'
+import { main } from '../../cli/main.ts'
 import { diskDir, persistDiskState } from '../../node/disk-tier.ts'
-import { EXPORT_LIMITS, exportModel } from '../../node/export.ts'
+import { EXPORT_LIMITS, exportModel } from '../../cli/export/model.ts'
 import { trainingModel } from '../../node/trainer.ts'
 
 const root = mkdtempSync(join(tmpdir(), 'zm-export-'))

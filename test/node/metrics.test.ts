@@ -5,10 +5,11 @@ import { connect, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMetricsRegistry } from '../../core/index.ts'
-import { main } from '../../node/cli.ts'
-import { loadStartConfig } from '../../node/config.ts'
+import { main } from '../../cli/main.ts'
+import { loadStartConfig } from '../../cli/start.ts'
 import { METRICS_HTTP_LIMITS, defineNodeMetrics, serveMetrics, type TrainFigures } from '../../node/metrics-http.ts'
 import { startNode } from '../../node/start.ts'
+import type { NodeEvent } from '../../node/events.ts'
 
 const dir = mkdtempSync(join(tmpdir(), 'zm-metrics-'))
 const secret = join(dir, 'secret')
@@ -97,13 +98,13 @@ test('a training node serves Prometheus metrics on --metrics-listen; other paths
     'disk-every': '0',
     data: dataFile
   }, {})
-  const lines: string[] = []
-  const node = await startNode(cfg, l => lines.push(l))
+  const events: NodeEvent[] = []
+  const node = await startNode(cfg, e => events.push(e))
   let stopped = false
   t.teardown(async () => { if (!stopped) await node.stop() })
   const url = node.metricsUrl!
   t.regex(url, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/)
-  t.true(lines.includes(`metrics on ${url}`), lines.join('\n'))
+  t.is(events.find(e => e.type === 'started')?.metricsUrl, url, JSON.stringify(events))
 
   const done = await node.training!
   t.is(done.step, 3)

@@ -3,8 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { main } from '../../node/cli.ts'
-import { loadStartConfig } from '../../node/config.ts'
+import { main } from '../../cli/main.ts'
+import { loadStartConfig } from '../../cli/start.ts'
 
 async function run (argv: string[], env?: Record<string, string>): Promise<{ code: number, err: string[], out: string[] }> {
   const err: string[] = []

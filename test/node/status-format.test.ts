@@ -1,5 +1,5 @@
 import test from 'ava'
-import { formatStatus } from '../../node/status-format.ts'
+import { formatStatus } from '../../cli/status-format.ts'
 
 const member = (id: string, rank: number) => ({ id, zone: 'z0', host: id, rank, live: true, phi: 0.4, lastHeartbeatAgeMs: 120, monitored: rank === 0 })
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { loadScenario, parseScenario, runScenario, ScenarioError } from '../../sim/index.ts'
-import { main } from '../../node/cli.ts'
+import { main } from '../../cli/main.ts'
 
 const dir = fileURLToPath(new URL('../../sim/scenarios/', import.meta.url))
 const shipped = readdirSync(dir).filter(f => f.endsWith('.json')).sort()

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ScenarioError } from '../../sim/index.ts'
 import { parseTrainScenario, trainRun } from '../../sim/train-run.ts'
-import { main } from '../../node/cli.ts'
+import { main } from '../../cli/main.ts'
 import { seededRng } from '../helpers/seed.ts'
 
 // The real Trainer (collectives, snapshots, recovery) on simulated nodes over SimNet and the

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { seedFromEnv } from '../../core/index.ts'
 import { ScenarioError } from '../../sim/index.ts'
 import { parseTrainScenario, readTrainScenario, trainRun, type TrainRunResult } from '../../sim/train-run.ts'
-import { main } from '../../node/cli.ts'
+import { main } from '../../cli/main.ts'
 
 // Issue 6: a tiny model trained a few hundred steps with flat ZeRO-3 and with ZeRO++ on the
 // simulator (the real Trainer on every node, over SimNet); the ZeRO++ held-out loss within 1%

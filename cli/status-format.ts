@@ -1,4 +1,4 @@
-import type { NodeStatus } from './start.ts'
+import type { NodeStatus } from '../node/index.ts'
 
 /** Renders a node's status as a short human table. */
 export function formatStatus (raw: unknown): string {

@@ -1,11 +1,9 @@
 import { statSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
-import { VERSION, ZeromeshError, checkCap, shardRange, throwIfAborted } from '../core/index.ts'
-import { gptLayout, type GptLayout } from '../gpu/index.ts'
-import { encodeSafetensors, writeFileDurable, type RankState } from '../snapshot/index.ts'
-import { loadCorpus } from './data.ts'
-import { diskDir, diskSteps, loadDiskState } from './disk-tier.ts'
-import { TRAIN_MODELS, trainingModel, type TrainModelName } from './trainer.ts'
+import { VERSION, ZeromeshError, checkCap, shardRange, throwIfAborted } from '../../core/index.ts'
+import { gptLayout, type GptLayout } from '../../gpu/index.ts'
+import { encodeSafetensors, writeFileDurable, type RankState } from '../../snapshot/index.ts'
+import { TRAIN_MODELS, diskDir, diskSteps, loadCorpus, loadDiskState, trainingModel, type TrainModelName } from '../../node/index.ts'
 
 /**
  * `zeromesh export`: the full model of a run as safetensors, from the trainer's disk tier.

@@ -2,8 +2,8 @@ import { mkdirSync, openSync, fsyncSync, writeSync, closeSync, renameSync, unlin
 import { createServer, connect } from 'node:net'
 import { freemem, totalmem } from 'node:os'
 import { join } from 'node:path'
-import { RealClock } from '../core/index.ts'
-import { CpuBackend, probeCuda } from '../gpu/index.ts'
+import { RealClock } from '../../core/index.ts'
+import { CpuBackend, probeCuda } from '../../gpu/index.ts'
 
 /**
  * `zeromesh doctor`: checks a host before it joins a run, one line per check and a verdict.

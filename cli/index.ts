@@ -1,0 +1,12 @@
+/**
+ * cli: the `zeromesh` commands (start, up, status, sim, doctor, export), their flags, help and
+ * human output. The top layer: it drives node/ and sim/ and nothing imports it but bench/.
+ */
+export { main } from './main.ts'
+export { UsageError } from './flags.ts'
+export { up, UpError, type UpOptions, type UpPoll, type UpKillReport } from './up/run.ts'
+export { loadStartConfig } from './start.ts'
+export { EXPORT_LIMITS, ExportError, exportModel, formatExport, type ExportOptions, type ExportResult } from './export/model.ts'
+export { runDoctor, verdict, formatCheck, type CheckResult, type CheckLevel, type DoctorOptions } from './doctor/checks.ts'
+export { formatStatus } from './status-format.ts'
+export { renderNodeEvent } from './render.ts'

@@ -1,0 +1,56 @@
+import { z } from 'zod'
+import { START_OPTIONS, option, shapeOf } from '../../node/index.ts'
+import { usageText, type Command } from '../command.ts'
+import { parseCommandLine, readOptions } from '../flags.ts'
+
+/** The options of `zeromesh up`; those it passes on to its workers are the node's own. */
+export const UP_OPTIONS = {
+  nodes: option(z.int().min(1).max(64).default(4), { arg: '<n>', help: 'training ranks, one process each' }),
+  spares: option(z.int().min(0).max(16).default(1), { arg: '<n>', help: 'extra processes that stand by to replace a rank' }),
+  device: START_OPTIONS.device,
+  steps: option(z.int().min(1).max(10_000_000).default(100), { arg: '<n>', help: 'steps to train' }),
+  killAt: option(z.int().min(1).optional(), { arg: '<step>', help: 'SIGKILL a training worker once the run reaches this step (below --steps)' }),
+  model: START_OPTIONS.model,
+  data: START_OPTIONS.data,
+  zeropp: option(START_OPTIONS.zeropp.schema, { help: 'ZeRO++ instead of flat ZeRO-3' }),
+  snapshotEvery: option(START_OPTIONS.snapshotEvery.schema.unwrap().optional(), { arg: '<n>', help: 'erasure-coded snapshots every n steps instead of every step', defaultText: '1' }),
+  batch: START_OPTIONS.batch,
+  seq: START_OPTIONS.seq,
+  seed: START_OPTIONS.seed,
+  timeout: option(z.int().min(1).max(7 * 86400).default(1800), { arg: '<s>', help: 'give up after this many seconds' }),
+  keep: option(z.boolean().default(false), { help: 'keep the run directory with the worker logs' })
+}
+
+const upSchema = z.strictObject(shapeOf(UP_OPTIONS)).superRefine((c, ctx) => {
+  if (c.killAt !== undefined && c.killAt >= c.steps) ctx.addIssue({ code: 'custom', path: ['killAt'], message: `must be an integer in [1, ${c.steps - 1}], got '${c.killAt}'` })
+})
+
+/** `zeromesh up`. */
+export const upCommand: Command = {
+  summary: 'train on a local mesh of worker processes (the main job): progress, and node loss with --kill-at',
+  usage: () => usageText('zeromesh up [--nodes 4] [--spares 1] [--device cpu|cuda] [--steps N] [--kill-at STEP] [flags]', [UP_OPTIONS]),
+  run: async (args, io) => {
+    const { values } = parseCommandLine(args, [UP_OPTIONS])
+    const o = readOptions(UP_OPTIONS, upSchema, values)
+    const { up } = await import('./run.ts')
+    const tty = process.stderr.isTTY === true
+    return await up({
+      nodes: o.nodes,
+      spares: o.spares,
+      device: o.device,
+      steps: o.steps,
+      killAt: o.killAt,
+      ...(o.snapshotEvery === undefined ? {} : { snapshotEvery: o.snapshotEvery }),
+      model: o.model,
+      data: o.data,
+      zeropp: o.zeropp,
+      seed: o.seed,
+      batch: o.batch,
+      seq: o.seq,
+      timeoutMs: o.timeout * 1000,
+      keep: o.keep,
+      out: io.out,
+      ...(tty ? { progress: (l: string) => process.stderr.write(`\r${l.padEnd(100)}`) } : {})
+    })
+  }
+}
