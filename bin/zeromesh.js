@@ -4,8 +4,8 @@
 // only the built dist/ ships, it runs the emitted JavaScript.
 import { existsSync } from 'node:fs'
 
-const source = new URL('../cli/main.ts', import.meta.url)
-const built = new URL('../dist/cli/main.js', import.meta.url)
+const source = new URL('../cli/index.ts', import.meta.url)
+const built = new URL('../dist/cli/index.js', import.meta.url)
 const useSource = existsSync(source)
 
 if (useSource && !process.features.typescript) {
