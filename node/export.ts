@@ -6,7 +6,7 @@ import { shardRange } from '../mesh/collective/index.ts'
 import { encodeSafetensors, writeFileDurable, type RankState } from '../snapshot/index.ts'
 import { loadCorpus } from './data.ts'
 import { diskDir, diskSteps, loadDiskState } from './disk-tier.ts'
-import { TRAIN_MODELS, trainingModel, type TrainModelName } from './trainer.ts'
+import { TRAIN_MODELS, trainingModel, type TrainModelName } from './train/config.ts'
 
 /**
  * `zeromesh export`: the full model of a run as safetensors, from the trainer's disk tier.

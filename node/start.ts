@@ -6,7 +6,8 @@ import { serveControl } from './control.ts'
 import { loadCorpus } from './data.ts'
 import { diskDir } from './disk-tier.ts'
 import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
-import { Trainer, formatParamMemory, trainingModel, type TrainStatus } from './trainer.ts'
+import { Trainer } from './train/trainer.ts'
+import { formatParamMemory, trainingModel, type TrainStatus } from './train/config.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot (spec: string): { k: number, m: number } {

@@ -3,11 +3,9 @@ import { readFileSync } from 'node:fs'
 import { z } from 'zod'
 import { InvalidArgumentError, Rng, silentLogger } from '../core/index.ts'
 import { CpuBackend, Gpt, GPT_PRESETS, gptLayout, type GptConfig } from '../gpu/index.ts'
-import { decodeHeader, ENCODINGS, OP_KINDS } from '../mesh/collective/index.ts'
 import { assembleFlat } from '../snapshot/index.ts'
-import type { MembershipInit, PeerNet } from '../mesh/index.ts'
-import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../node/trainer.ts'
-import type { Corpus } from '../node/data.ts'
+import type { CollectiveSent, MembershipInit } from '../mesh/index.ts'
+import { createTrainingWorkload, trainingModel, type Corpus, type TrainConfig, type TrainingWorkload, type TrainStatus } from '../node/index.ts'
 import type { Topology } from './net.ts'
 import { formatBytes } from './report.ts'
 import { ScenarioError } from './scenario.ts'
@@ -220,40 +218,6 @@ async function compareZeroPP (o: TrainRunOptions): Promise<TrainRunResult> {
   return main
 }
 
-// Collective streams (mesh/collective/collective.ts names them /zeromesh/collective/1/<name>/<epoch>).
-const COLLECTIVE_PROTOCOL = '/zeromesh/collective/'
-const KIND_NAMES = new Map<number, string>(Object.entries(OP_KINDS).map(([k, v]) => [v, k]))
-const ENCODING_NAMES = new Map<number, string>(Object.entries(ENCODINGS).map(([k, v]) => [v, k]))
-
-/**
- * Counts the collective bytes `net` sends to other zones during training steps (header step
- * below `steps`), by operation kind and wire encoding read from each message's header (one
- * message per write). The stream's write is wrapped in the turn the open resolves, before
- * the caller sees the stream, so tapping adds no step to the run's schedule.
- */
-function tapCrossZone (net: PeerNet, zoneOf: ReadonlyMap<string, string>, steps: number, into: Record<string, number>): PeerNet {
-  const mine = zoneOf.get(net.self.id)
-  const count = (chunk: Uint8Array): void => {
-    let key = 'unparsed'
-    try {
-      const h = decodeHeader(chunk)
-      if (h.step >= steps) return // the final evaluation's gather
-      key = `${KIND_NAMES.get(h.kind) ?? h.kind}/${ENCODING_NAMES.get(h.encoding) ?? h.encoding}`
-    } catch {}
-    into[key] = (into[key] ?? 0) + chunk.length
-  }
-  const open: PeerNet['open'] = (peer, protocol, options) => {
-    const p = net.open(peer, protocol, options)
-    if (!protocol.startsWith(COLLECTIVE_PROTOCOL) || zoneOf.get(peer) === mine) return p
-    void p.then(s => {
-      const write = s.write.bind(s)
-      s.write = (chunk, opts) => { count(chunk); return write(chunk, opts) }
-    }, () => {})
-    return p
-  }
-  return new Proxy(net, { get: (t, k) => (k === 'open' ? open : Reflect.get(t, k)) })
-}
-
 interface OnceResult extends TrainRunResult {
   heldOutLoss: number | undefined
   sentBytes: ComparedRun['sentBytes']
@@ -333,9 +297,15 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
   const pending = [...kills]
   const crashed = new Set<string>()
   const ctrls = new Map<string, AbortController>()
-  const trainers: Array<{ id: string, trainer: Trainer, done: Promise<TrainStatus | Error> }> = []
+  const trainers: Array<{ id: string, trainer: TrainingWorkload, done: Promise<TrainStatus | Error> }> = []
   const crossZoneBytes: Record<string, number> = {}
-  const zoneOf = new Map(w.nodes.map(n => [n.id, n.zone]))
+  // Collective bytes sent across zones during the training steps (the final evaluation's
+  // gather, at step `steps`, left out), by operation kind and body encoding.
+  const countCrossZone = (m: CollectiveSent): void => {
+    if (m.tier !== 'wan' || m.step >= o.steps) return
+    const key = `${m.op}/${m.encoding}`
+    crossZoneBytes[key] = (crossZoneBytes[key] ?? 0) + m.bytes
+  }
   const t0 = sim.now()
   // Trainers are built before membership starts, as `zeromesh start` does, so each sees the
   // first full view as installed.
@@ -343,9 +313,10 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     const ctrl = new AbortController()
     ctrls.set(n.id, ctrl)
     const boot = w.boot(n)
-    const trainer = new Trainer({
+    const trainer = createTrainingWorkload({
       backend: new CpuBackend(),
-      net: compare ? tapCrossZone(n.net, zoneOf, o.steps, crossZoneBytes) : n.net,
+      net: n.net,
+      ...(compare ? { onCollectiveSent: countCrossZone } : {}),
       membership: n.m!,
       clock: n.handle.clock,
       log: silentLogger(),

@@ -9,7 +9,7 @@ import { encodeState } from '../../snapshot/index.ts'
 import { main } from '../../node/cli.ts'
 import { diskDir, persistDiskState } from '../../node/disk-tier.ts'
 import { EXPORT_LIMITS, exportModel } from '../../node/export.ts'
-import { trainingModel } from '../../node/trainer.ts'
+import { trainingModel } from '../../node/index.ts'
 
 const root = mkdtempSync(join(tmpdir(), 'zm-export-'))
 test.after.always(() => rmSync(root, { recursive: true, force: true }))
