@@ -35,25 +35,25 @@ export function cutShard (env: TrainerEnv, states: readonly RankState[], step: n
 }
 
 /**
- * The recovery point: each rank knows the newest complete snapshot of some owners (manifests
- * are gossiped, so a rank may lag); knowledge is exchanged, and the point is the newest step
- * every old rank's snapshot reached (a manifest means every holder has it; holders keep
- * everything from the newest version common to all owners).
+ * Per old rank, the newest complete snapshot versions this node knows of (manifests are
+ * gossiped, so a rank may lag; captures can be superseded, so owners skip different steps:
+ * the recovery point must be one every owner placed).
  */
-async function agreeRecoveryPoint (env: TrainerEnv, rs: RunState, collective: Collective, roster: Member[], old: Member[], opts: { signal?: AbortSignal }): Promise<number> {
+function knownVersions (env: TrainerEnv, rs: RunState, old: Member[], K: number): Float32Array {
   const svc = rs.snapshots!
-  const K = SNAPSHOT_LIMITS.maxManifestsPerOwner
-  // Per old rank, the newest complete versions this node knows of (captures can be
-  // superseded, so owners skip different steps: the point must be one every owner placed).
-  const known = old.map(m => {
+  return recoveryPoint.encode(old.map(m => {
     const vs = svc.manifests(m.id).map(x => x.version)
     if (m.id === env.deps.net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
     return [...new Set(vs)].sort((a, b) => b - a).slice(0, K)
-  })
-  const mine = recoveryPoint.encode(known, K)
-  rs.st.phase = 'recovery: agreeing on the recovery point'
-  const all = await collective.allGather(mine, roster.length * mine.length, { step: 0, label: recoveryPoint.label, ...opts })
-  const sets = recoveryPoint.decode(all.data, roster.length, old.length, K)
+  }), K)
+}
+
+/**
+ * The recovery point from every rank's knowledge: per owner, the versions anyone knows (a
+ * manifest means every holder has it); the point is the newest step every old rank's
+ * snapshot reached (holders keep everything from the newest version common to all owners).
+ */
+function recoveryPointOf (env: TrainerEnv, rs: RunState, sets: Array<Set<number>>, old: Member[]): number {
   const best = sets.map(set => Math.max(0, ...set))
   const common = [...sets[0]!].filter(v => sets.every(set => set.has(v)))
   if (common.length === 0 && best.some(v => v > 0)) {
@@ -86,7 +86,11 @@ export async function recover (env: TrainerEnv, rs: RunState, collective: Collec
   const t0 = clock.monotonic()
   const old = plan.oldRoster
   const opts = signal === undefined ? {} : { signal }
-  const rp = await agreeRecoveryPoint(env, rs, collective, roster, old, opts)
+  const K = SNAPSHOT_LIMITS.maxManifestsPerOwner
+  const known = knownVersions(env, rs, old, K)
+  rs.st.phase = 'recovery: agreeing on the recovery point'
+  const all = await collective.allGather(known, roster.length * known.length, { step: 0, label: recoveryPoint.label, ...opts })
+  const rp = recoveryPointOf(env, rs, recoveryPoint.decode(all.data, roster.length, old.length, K), old)
   const record = (): void => {
     if (plan.lost.length > 0) rs.st.recoveries.push({ mode: plan.mode as 'replace' | 'shrink', lost: plan.lost, fromStep: rp, ms: Math.round(clock.monotonic() - t0) })
   }

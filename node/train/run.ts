@@ -1,12 +1,12 @@
 import { AbortError } from '../../core/index.ts'
 import type { Member, View } from '../../mesh/index.ts'
-import { UnrecoverableError, createSnapshotService } from '../../snapshot/index.ts'
+import { UnrecoverableError, createSnapshotService, type SnapshotService } from '../../snapshot/index.ts'
 import { TrainingError, type ShardState } from './config.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { diskHint } from './persist.ts'
 import type { RoleEvent } from './role.ts'
 import { grownRoster, replan, type Growth } from './roster.ts'
-import { runSession } from './session.ts'
+import type { SessionOutcome } from './session.ts'
 import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
 
 /** Ranks announce the end of the run: u32 step (little-endian). */
@@ -45,35 +45,37 @@ export function placed (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
 }
 
 /**
- * Waiting: the first view with enough members, as installed (recorded from construction on):
- * polling the current view instead could see a later one after a false suspicion, and nodes
- * would then disagree on the roster. The roster is its first `worldSize` members.
+ * Waiting: starts the snapshot service for the first full view (the roster's first
+ * `worldSize` members), so every rank can place its snapshots from the first step.
  */
-export async function waiting (env: TrainerEnv, rs: RunState, signal?: AbortSignal): Promise<Cursor> {
+export function snapshotServiceFor (env: TrainerEnv, first: View): SnapshotService | undefined {
   const { cfg, deps } = env
-  const { net, clock, membership, log } = deps
-  const first = rs.views.firstFull ?? await waitForView(env, v => v.members.length >= cfg.worldSize, signal)
-  const roster = first.members.slice(0, cfg.worldSize)
+  if (cfg.snapshot === undefined) return undefined
+  const { k, m } = cfg.snapshot
+  if (k + m > first.members.length - 1) {
+    throw new TrainingError(`--snapshot ${k}+${m} places ${k + m} fragments on as many other nodes, but the mesh has ${first.members.length} ` +
+      `(${first.members.length - 1} besides each rank): use a smaller k+m, add nodes, or --snapshot off`)
+  }
+  // No re-stripe on a view change: it would move the holders' recovery point past the
+  // version a recovery still needs (the lost ranks' newest); the trainer re-captures at
+  // the next commit under the new view anyway.
+  return createSnapshotService({ k, m, idleTimeoutMs: TRAIN_LIMITS.snapshotIdleMs, autoRestripe: false }, { net: deps.net, clock: deps.clock, log: deps.log.child({ component: 'snapshot' }), ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }) })
+}
+
+/**
+ * The roster of the first view with enough members, as installed (recorded from construction
+ * on): polling the current view instead could see a later one after a false suspicion, and
+ * nodes would then disagree on the roster. The roster is its first `worldSize` members.
+ */
+export function firstRoster (env: TrainerEnv, rs: RunState, first: View): Cursor {
+  const roster = first.members.slice(0, env.cfg.worldSize)
   rs.views.admit(roster)
   rs.views.begin(first)
-  if (cfg.snapshot !== undefined) {
-    const { k, m } = cfg.snapshot
-    if (k + m > first.members.length - 1) {
-      throw new TrainingError(`--snapshot ${k}+${m} places ${k + m} fragments on as many other nodes, but the mesh has ${first.members.length} ` +
-        `(${first.members.length - 1} besides each rank): use a smaller k+m, add nodes, or --snapshot off`)
-    }
-    // No re-stripe on a view change: it would move the holders' recovery point past the
-    // version a recovery still needs (the lost ranks' newest); the trainer re-captures at
-    // the next commit under the new view anyway.
-    rs.snapshots = createSnapshotService({ k, m, idleTimeoutMs: TRAIN_LIMITS.snapshotIdleMs, autoRestripe: false }, { net, clock, log: log.child({ component: 'snapshot' }), ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }) })
-    await rs.snapshots.start()
-    rs.snapshots.setView(first)
-  }
-  if (cfg.disk?.resume === true) rs.plan = { mode: 'resume', lost: [], oldRoster: roster }
   return { roster, epoch: first.epoch, derived: true, round: 0, initial: undefined, unrecoverable: 0, attempt: -1, growth: undefined, failure: undefined }
 }
 
-async function waitForView (env: TrainerEnv, ok: (v: View) => boolean, signal?: AbortSignal): Promise<View> {
+/** The first view with `worldSize` members (the one recorded at installation, else the current one once it has them). */
+export async function waitForView (env: TrainerEnv, ok: (v: View) => boolean, signal?: AbortSignal): Promise<View> {
   const { membership, clock } = env.deps
   for (;;) {
     if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
@@ -107,33 +109,33 @@ function applyLoss (rs: RunState, c: Cursor, next: View): void {
   c.round = 0
 }
 
-/**
- * Spare: waits until a view drops a rank it can take, the ranks grow the run, or the run
- * ends. (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
- */
-export async function spare (env: TrainerEnv, rs: RunState, c: Cursor, signal?: AbortSignal): Promise<RoleEvent> {
-  const { cfg, deps } = env
-  const max = cfg.maxWorldSize ?? cfg.worldSize
+/** Spare: status says so while it waits. */
+export function enterSpare (rs: RunState): void {
   rs.st.role = 'spare'
   rs.st.rank = undefined
   rs.st.phase = 'spare: waiting for a lost rank or the end of the run'
-  let next: View | undefined
-  let grow: View | undefined
+}
+
+/**
+ * Spare, polled: takes the ranks' roster announcement, then reports a view that dropped a
+ * rank (the roster is replanned; this node may be on it), a growth this node can apply, or
+ * the end of the run; undefined while none has come.
+ */
+export function spareCheck (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent | undefined {
+  const { cfg } = env
   adopt(env, rs, c)
-  while ((next = rs.views.nextLoss(c.roster)) === undefined && !rs.gossip.runDone && (grow = rs.views.pendingGrowth(c.roster, rs.grow.to, max)) === undefined) {
-    if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
-    await deps.clock.sleep(TRAIN_LIMITS.pollMs, signal === undefined ? {} : { signal })
-    adopt(env, rs, c)
+  const next = rs.views.nextLoss(c.roster)
+  if (next !== undefined) {
+    applyLoss(rs, c, next)
+    c.initial = undefined
+    return placed(env, rs, c)
   }
-  if (grow !== undefined && next === undefined) {
-    // The ranks grew the run: the roster grows alike here, and this node may be on it.
-    c.growth = { ...rs.grow.to!, view: grow, agreedHere: false }
-    return { type: 'grow' }
-  }
-  if (next === undefined) return { type: 'finished' }
-  applyLoss(rs, c, next)
-  c.initial = undefined
-  return placed(env, rs, c)
+  if (rs.gossip.runDone) return { type: 'finished' }
+  const grow = rs.views.pendingGrowth(c.roster, rs.grow.to, cfg.maxWorldSize ?? cfg.worldSize)
+  if (grow === undefined) return undefined
+  // The ranks grew the run: the roster grows alike here, and this node may be on it.
+  c.growth = { ...rs.grow.to!, view: grow, agreedHere: false }
+  return { type: 'grow' }
 }
 
 /** The run needs this node no more: the ranks finished while it was a spare (or was replaced). */
@@ -144,42 +146,47 @@ function finishedWithout (env: TrainerEnv, rs: RunState, err?: unknown): RoleEve
   return { type: 'finished' }
 }
 
-/** Rank: trains a session under the roster; reports how it ended. */
-export async function rank (env: TrainerEnv, rs: RunState, c: Cursor, signal?: AbortSignal): Promise<RoleEvent> {
-  const { deps, cfg } = env
-  const r = c.roster.findIndex(m => m.id === deps.net.self.id)
+/** Rank: status says so; returns this node's rank on the roster. */
+export function enterRank (env: TrainerEnv, rs: RunState, c: Cursor): number {
+  const r = c.roster.findIndex(m => m.id === env.deps.net.self.id)
   rs.st.role = 'rank'
   rs.st.rank = r
-  let outcome
-  try {
-    outcome = await runSession(env, rs, c.roster, c.epoch, c.round, r, c.initial, signal)
-  } catch (err) {
-    // Another rank announced the end of the run (every step committed) and this node never
-    // finished a roster's last step: it was a spare (or was replaced) that read finished
-    // ranks leaving as lost ones. The run does not need it.
-    if (rs.gossip.runDone && rs.finalShard === undefined) return finishedWithout(env, rs, err)
-    if (!(err instanceof SessionInterrupted)) throw err
-    if (rs.st.step >= cfg.steps && rs.finalShard !== undefined) {
-      // Every step is committed; only the held-out evaluation's gather failed (a rank
-      // that finished first left while its last bytes were in flight). Training is done.
-      deps.log.warn({ err: err.message }, 'the final evaluation gather failed: training is complete, the held-out loss is not reported')
-      rs.st.role = 'done'
-      return { type: 'finished' }
-    }
-    if (cfg.snapshot === undefined) throw new TrainingError(`${err.message}; snapshots are off (--snapshot off), so a lost or stalled rank ends the run`)
-    // The same snapshot twice out of reach: more holders are gone than the code tolerates.
-    c.unrecoverable = err.unrecoverable === undefined ? 0 : c.unrecoverable + 1
-    if (c.unrecoverable >= 2 || c.attempt >= TRAIN_LIMITS.maxAttempts) throw giveUp(env, rs, err)
-    c.failure = err
-    return { type: 'interrupted' }
-  }
+  return r
+}
+
+/** Rank: the session ended without failing (every step trained, or the ranks agreed to grow). */
+export function rankEnded (env: TrainerEnv, rs: RunState, c: Cursor, outcome: SessionOutcome): RoleEvent {
   if (outcome.kind === 'finished') {
     rs.st.role = 'done'
     return { type: 'finished', announce: true }
   }
-  if (rs.gossip.runDone && rs.finalShard === undefined) return finishedWithout(env, rs, new Error(`growing by ${outcome.growth.count} rank(s) from view ${outcome.growth.epoch} after step ${outcome.growth.step}`))
-  c.growth = { ...outcome.growth, view: undefined, agreedHere: true }
+  const g = outcome.growth
+  if (rs.gossip.runDone && rs.finalShard === undefined) return finishedWithout(env, rs, new Error(`growing by ${g.count} rank(s) from view ${g.epoch} after step ${g.step}`))
+  c.growth = { ...g, view: undefined, agreedHere: true }
   return { type: 'grow' }
+}
+
+/** Rank: the session failed. A recoverable failure moves to retry; anything else is thrown. */
+export function rankFailed (env: TrainerEnv, rs: RunState, c: Cursor, err: unknown): RoleEvent {
+  const { deps, cfg } = env
+  // Another rank announced the end of the run (every step committed) and this node never
+  // finished a roster's last step: it was a spare (or was replaced) that read finished
+  // ranks leaving as lost ones. The run does not need it.
+  if (rs.gossip.runDone && rs.finalShard === undefined) return finishedWithout(env, rs, err)
+  if (!(err instanceof SessionInterrupted)) throw err
+  if (rs.st.step >= cfg.steps && rs.finalShard !== undefined) {
+    // Every step is committed; only the held-out evaluation's gather failed (a rank
+    // that finished first left while its last bytes were in flight). Training is done.
+    deps.log.warn({ err: err.message }, 'the final evaluation gather failed: training is complete, the held-out loss is not reported')
+    rs.st.role = 'done'
+    return { type: 'finished' }
+  }
+  if (cfg.snapshot === undefined) throw new TrainingError(`${err.message}; snapshots are off (--snapshot off), so a lost or stalled rank ends the run`)
+  // The same snapshot twice out of reach: more holders are gone than the code tolerates.
+  c.unrecoverable = err.unrecoverable === undefined ? 0 : c.unrecoverable + 1
+  if (c.unrecoverable >= 2 || c.attempt >= TRAIN_LIMITS.maxAttempts) throw giveUp(env, rs, err)
+  c.failure = err
+  return { type: 'interrupted' }
 }
 
 /** Grow: the roster takes the growth's joiners, and the old ranks hand their state over in the next session. */
@@ -204,23 +211,26 @@ export function grow (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
   return placed(env, rs, c)
 }
 
-/**
- * Retry: after a failed session, waits for the view that dropped a training member and
- * replans, or (nobody was lost: a stall, a reset stream) runs the same roster again from the
- * newest snapshot they all have.
- */
-export async function retry (env: TrainerEnv, rs: RunState, c: Cursor, signal?: AbortSignal): Promise<RoleEvent> {
-  const { log } = env.deps
+/** Retry: status says why; returns the failure to recover from. */
+export function enterRetry (env: TrainerEnv, rs: RunState, c: Cursor): SessionInterrupted {
   const err = c.failure!
   c.failure = undefined
-  log.warn({ err: err.message, step: rs.st.step }, 'training step failed: recovering')
+  env.deps.log.warn({ err: err.message, step: rs.st.step }, 'training step failed: recovering')
   rs.st.phase = `after a failure: waiting for a view change (${err.message})`
-  const next = await afterFailure(env, rs, c.roster, signal)
+  return err
+}
+
+/**
+ * Retry, after {@link afterFailure}: replans after the view that dropped a training member,
+ * or (nobody was lost: a stall, a reset stream) runs the same roster again from the newest
+ * snapshot they all have.
+ */
+export function retried (env: TrainerEnv, rs: RunState, c: Cursor, next: View | undefined): RoleEvent {
   if (next === undefined) {
     c.round++
     rs.st.retries++
     rs.plan ??= { mode: 'replace', lost: [], oldRoster: c.roster }
-    log.warn({ round: c.round, epoch: c.epoch }, 'no training member was lost: retrying from the newest common snapshot')
+    env.deps.log.warn({ round: c.round, epoch: c.epoch }, 'no training member was lost: retrying from the newest common snapshot')
   } else {
     applyLoss(rs, c, next)
   }
@@ -234,7 +244,7 @@ export async function retry (env: TrainerEnv, rs: RunState, c: Cursor, signal?: 
  * retry with the same ranks). A node left in a minority waits for the majority up to
  * `minorityWaitMs`, then fails with a clear error instead of waiting forever.
  */
-async function afterFailure (env: TrainerEnv, rs: RunState, roster: Member[], signal?: AbortSignal): Promise<View | undefined> {
+export async function afterFailure (env: TrainerEnv, rs: RunState, roster: Member[], signal?: AbortSignal): Promise<View | undefined> {
   const { membership, clock, log } = env.deps
   let deadline = clock.monotonic() + membership.status().detectionBoundMs + TRAIN_LIMITS.retrySlackMs
   let pausedSince: number | undefined

@@ -2,14 +2,15 @@ import { CpuBackend, Gpt, gptBuckets } from '../../gpu/index.ts'
 import { CollectiveError, createCollective, createZeroComm, type Collective, type Member } from '../../mesh/index.ts'
 import { NoSnapshotError, TransferTimeoutError, UnrecoverableError } from '../../snapshot/index.ts'
 import { TrainingError, type ShardState } from './config.ts'
-import { agreeGrowth } from './grow.ts'
+import { GROW_TOPIC, agreedGrowth, growProposal } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { saveCommitted } from './persist.ts'
 import { freshShard, recover } from './recovery.ts'
 import { encodeRoster, type Growth } from './roster.ts'
-import { evaluateFinal } from './evaluate.ts'
+import { finalEvaluation } from './evaluate.ts'
+import { growCheck } from './messages.ts'
 import { SessionInterrupted, statusOf, type RunState, type TrainerEnv } from './state.ts'
-import { bucketWindows, shardTensors, trainStep, type SessionParts, type ShardTensors } from './step.ts'
+import { applyAdamW, backwardPass, bucketWindows, callAt, commitStep, forwardPass, shardTensors, type SessionParts, type ShardTensors } from './step.ts'
 import { ParamAccounting } from './streamer.ts'
 
 /**
@@ -65,15 +66,10 @@ function failureOf (rs: RunState, collective: Collective, epoch: number, signal?
   }
 }
 
-/** Connects to the roster and builds what its steps run on: the collectives, the streamed model, the accounting. */
-async function openSession (env: TrainerEnv, rs: RunState, roster: Member[], epoch: number, round: number, rank: number, signal?: AbortSignal): Promise<SessionParts> {
-  const { deps, cfg, layout } = env
-  const { net, clock, log, membership } = deps
-  const P = roster.length
-  rs.st.phase = `session train-${epoch}.${round}: connecting to ${P - 1} other rank(s)`
-  await waitForConnections(env, rs, roster, signal)
-  const parts = { settling: true } as SessionParts
-  const collective = createCollective({
+/** The collectives of a session under `roster` (not started yet). */
+function sessionCollective (env: TrainerEnv, parts: { settling: boolean }, roster: Member[], epoch: number, round: number): Collective {
+  const { net, clock, log, membership, onCollectiveSent } = env.deps
+  return createCollective({
     net,
     view: { epoch, members: roster },
     clock,
@@ -83,10 +79,14 @@ async function openSession (env: TrainerEnv, rs: RunState, roster: Member[], epo
     // compiling kernels: a longer bound, so a slow start is not mistaken for a failure.
     timeoutMs: () => membership.status().detectionBoundMs + TRAIN_LIMITS.collectiveSlackMs + (parts.settling ? TRAIN_LIMITS.settleGraceMs : 0),
     log: log.child({ component: 'mesh:collective' }),
-    ...(deps.onCollectiveSent === undefined ? {} : { onSent: deps.onCollectiveSent })
+    ...(onCollectiveSent === undefined ? {} : { onSent: onCollectiveSent })
   })
+}
+
+/** What a started session's steps run on: the streamed model, its buckets, the accounting. */
+function sessionParts (env: TrainerEnv, rs: RunState, parts: { settling: boolean }, collective: Collective, roster: Member[], epoch: number, rank: number, signal?: AbortSignal): SessionParts {
+  const { deps, cfg, layout } = env
   const zero = createZeroComm(collective, cfg.zeroPP ? { qwZ: true, hpZ: true, qgZ: true } : {})
-  await collective.start()
   const N = layout.length
   const shard = zero.shardOf(N)
   const opt = new CpuBackend()
@@ -97,7 +97,7 @@ async function openSession (env: TrainerEnv, rs: RunState, roster: Member[], epo
   const acct = new ParamAccounting({ shard: 4 * shard.length * 4, model: model.paramBytes(), inFlightPeak: 0, full: 16 * N }, rs.sent)
   rs.st.memory = acct.memory
   return Object.assign(parts, {
-    env, rs, roster, epoch, rank, P, collective, zero, shard, model, opt, buckets, acct, signal,
+    env, rs, roster, epoch, rank, P: roster.length, collective, zero, shard, model, opt, buckets, acct, signal,
     windows: bucketWindows(collective, buckets, shard, N),
     forwardOrder: buckets.map((_, j) => j),
     backwardOrder: buckets.map((_, j) => j).slice(1, -1).reverse(),
@@ -117,49 +117,31 @@ function announceRoster (p: SessionParts): void {
   }
 }
 
-/** Steps from `state` to the last one (or to an agreed growth); then the final evaluation. */
-async function trainSteps (p: SessionParts, state: ShardState): Promise<SessionOutcome> {
-  const { env, rs, opt } = p
-  const { cfg, deps } = env
-  const t: ShardTensors = shardTensors(p, state)
-  const growable = (cfg.maxWorldSize ?? cfg.worldSize) > p.P
-  rs.st.step = state.step
-  rs.rosterStart = state.step
-  for (let s = state.step; s < cfg.steps; s++) {
-    // A view that dropped a member of this roster (even one whose collectives still work:
-    // a false suspicion) ends the session, so every rank replans as the spares do.
-    const dropped = rs.views.scanLoss(p.roster, false)
-    if (dropped !== undefined) throw new SessionInterrupted(`view ${dropped.epoch} dropped a training member before step ${s + 1}`)
-    const { lossSum, ms } = await trainStep(p, t, s)
-    p.settling = false
-    rs.st.step = s + 1
-    rs.st.loss = lossSum / p.P
-    rs.st.tokensPerS = ms > 0 ? (p.P * cfg.B * cfg.T) / (ms / 1000) : undefined
-    deps.membership.setStep(s + 1)
-    saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, () => [opt.read(t.master) as Float32Array, opt.read(t.m) as Float32Array, opt.read(t.v) as Float32Array])
-    deps.onStep?.(statusOf(rs))
-    announceRoster(p)
-    if (growable && s + 1 < cfg.steps) {
-      const growth = await agreeGrowth(p, t, s)
-      if (growth !== undefined) return { kind: 'grow', growth }
-    }
-  }
-  rs.finalShard = { start: p.shard.start, data: opt.read(t.master) as Float32Array }
-  rs.st.evalLoss = await evaluateFinal(p, rs.finalShard.data)
-  // The last snapshot lands before this rank leaves, so the others can still recover it.
-  await rs.snapshots?.idle()
-  await rs.disk.writes
-  return { kind: 'finished' }
+/** After step s committed: snapshot and disk tier, progress, the roster for late joiners. */
+function afterCommit (p: SessionParts, t: ShardTensors, s: number): void {
+  const { opt, env, rs } = p
+  saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, () => [opt.read(t.master) as Float32Array, opt.read(t.m) as Float32Array, opt.read(t.v) as Float32Array])
+  env.deps.onStep?.(statusOf(rs))
+  announceRoster(p)
 }
 
 /**
  * Trains from `initial` (or from the seed's initial weights) to the last step under one
  * roster. After a recovery (`rs.plan`), first agrees on the recovery point with the other
  * ranks and loads every needed shard state (snapshots, disk tier, or the old ranks' handoff).
+ * The step (step.ts) is written as synchronous parts around this loop's awaits: the
+ * simulator's schedule depends on where the awaits are.
  */
 export async function runSession (env: TrainerEnv, rs: RunState, roster: Member[], epoch: number, round: number, rank: number, initial: ShardState | undefined, signal?: AbortSignal): Promise<SessionOutcome> {
-  const p = await openSession(env, rs, roster, epoch, round, rank, signal)
-  const { collective } = p
+  const { cfg, deps } = env
+  rs.st.phase = `session train-${epoch}.${round}: connecting to ${roster.length - 1} other rank(s)`
+  await waitForConnections(env, rs, roster, signal)
+  const parts = { settling: true }
+  const collective = sessionCollective(env, parts, roster, epoch, round)
+  await collective.start()
+  const p = sessionParts(env, rs, parts, collective, roster, epoch, rank, signal)
+  const { fail, model } = p
+  const growable = (cfg.maxWorldSize ?? cfg.worldSize) > p.P
   // Work between collective calls (loading snapshots) ends when the collective is poisoned:
   // when another rank gives up, this one does too, at once, and all retry together.
   const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
@@ -169,13 +151,52 @@ export async function runSession (env: TrainerEnv, rs: RunState, roster: Member[
       // The load ends when `work` aborts (the snapshot service's recoveries settle on their
       // signal even with a transfer wedged inside): this rank then fails and retries with the others.
       state = await recover(env, rs, collective, roster, rank, p.shard, work).catch((err: unknown) => {
-        if (work.aborted) env.deps.log.warn({ phase: rs.st.phase, err: err instanceof Error ? err.message : String(err) }, 'recovery abandoned: the other ranks gave up on this one')
-        return p.fail(err)
+        if (work.aborted) deps.log.warn({ phase: rs.st.phase, err: err instanceof Error ? err.message : String(err) }, 'recovery abandoned: the other ranks gave up on this one')
+        return fail(err)
       })
     }
     state ??= freshShard(env, p.shard.start, p.shard.length)
     rs.plan = undefined
-    return await trainSteps(p, state)
+    const t = shardTensors(p, state)
+    rs.st.step = state.step
+    rs.rosterStart = state.step
+    for (let s = state.step; s < cfg.steps; s++) {
+      // A view that dropped a member of this roster (even one whose collectives still work:
+      // a false suspicion) ends the session, so every rank replans as the spares do.
+      const dropped = rs.views.scanLoss(roster, false)
+      if (dropped !== undefined) throw new SessionInterrupted(`view ${dropped.epoch} dropped a training member before step ${s + 1}`)
+      const t0 = deps.clock.monotonic()
+      const fwd = forwardPass(p, t, s)
+      const loss = await model.forwardStreamed(fwd.batch.inputs, fwd.batch.targets, fwd.stream).catch(fail)
+      const modelled = deps.computeMs?.(cfg.B * cfg.T)
+      if (modelled !== undefined && modelled > 0) await deps.clock.sleep(modelled, signal === undefined ? {} : { signal })
+      const bwd = backwardPass(p, t, s)
+      await model.backwardStreamed(bwd.stream).catch(fail)
+      rs.st.phase = `step ${s + 1}: gradient reduction`
+      await Promise.all(bwd.reductions).catch(fail)
+      applyAdamW(p, t, bwd.sums, s)
+      rs.st.phase = `step ${s + 1}: commit`
+      // When the loss all-reduce returns, every rank has finished step s: it is committed.
+      const mean = await collective.allReduce(Float32Array.of(loss), { ...callAt(p, s), label: 'loss' }).catch(fail)
+      p.acct.account(mean.bytes)
+      commitStep(p, s, mean.data[0]!, deps.clock.monotonic() - t0)
+      afterCommit(p, t, s)
+      if (growable && s + 1 < cfg.steps) {
+        const all = (await collective.allGather(growProposal(p), 2 * p.P, { ...callAt(p, s + 1), label: growCheck.label }).catch(fail)).data
+        const agreed = agreedGrowth(p, t, all, s)
+        if (agreed !== undefined) {
+          await deps.net.publish(GROW_TOPIC, agreed.msg).catch(() => {})
+          return { kind: 'grow', growth: agreed.growth }
+        }
+      }
+    }
+    rs.finalShard = { start: p.shard.start, data: p.opt.read(t.master) as Float32Array }
+    const ev = finalEvaluation(p, rs.finalShard.data)
+    rs.st.evalLoss = await model.forwardStreamed(ev.batch.inputs, ev.batch.targets, ev.stream).catch(fail)
+    // The last snapshot lands before this rank leaves, so the others can still recover it.
+    await rs.snapshots?.idle()
+    await rs.disk.writes
+    return { kind: 'finished' }
   } catch (err) {
     // Whatever ended this rank's session ends the others' at once (a failure notice), so
     // every rank replans or retries at about the same time. (A growth is agreed by all:
@@ -184,7 +205,7 @@ export async function runSession (env: TrainerEnv, rs: RunState, roster: Member[
     collective.abort(`rank ${rank} gave up: ${err instanceof Error ? err.message : String(err)}`, lost ? 'unrecoverable' : 'aborted')
     throw err
   } finally {
-    p.model.dispose()
+    model.dispose()
     p.opt.dispose()
     await collective.stop()
   }

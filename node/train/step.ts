@@ -1,8 +1,8 @@
-import type { CpuBackend, Gpt, GptBucket, Tensor } from '../../gpu/index.ts'
+import type { CpuBackend, Gpt, GptBucket, GptStream, Tensor } from '../../gpu/index.ts'
 import type { Collective, Member, ZeroComm } from '../../mesh/index.ts'
-import { batchFor } from '../data.ts'
+import { batchFor, type Batch } from '../data.ts'
 import { decaySegments, type ShardRange, type ShardState } from './config.ts'
-import { streamBuckets, type ParamAccounting } from './streamer.ts'
+import { streamBuckets, type BucketStream, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
 
 /** Where bucket j sits: its window of the flat vector, and this rank's part of it in its shard. */
@@ -84,30 +84,34 @@ export function shardTensors (p: SessionParts, state: ShardState): ShardTensors 
   return { master, grad, m, v, segments }
 }
 
-/**
- * Step s: gather each bucket and run the forward, gather again and run the backward while
- * each bucket's gradient is reduce-scattered, AdamW on the shard, and the loss all-reduce
- * that commits the step. Returns the summed loss and the step's duration (ms).
- */
-export async function trainStep (p: SessionParts, t: ShardTensors, s: number): Promise<{ lossSum: number, ms: number }> {
-  const { env, rs, zero, opt, buckets, windows, acct, fail, P } = p
-  const { cfg, deps } = env
-  const { clock } = deps
-  const t0 = clock.monotonic()
-  rs.st.phase = `step ${s + 1}: forward`
+/** The weight gathers of one pass of step s, one bucket at a time. */
+function weightGathers (p: SessionParts, t: ShardTensors, s: number, pass: 'forward' | 'backward'): (j: number) => ReturnType<ZeroComm['gatherWeights']> {
+  const { zero, opt, buckets, windows } = p
   const own = opt.read(t.master) as Float32Array
   const mine = (j: number): Float32Array => own.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n)
-  const weights = (pass: 'forward' | 'backward') => (j: number) => zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, { window: windows[j]!.window, ...callAt(p, s) })
+  return j => zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, { window: windows[j]!.window, ...callAt(p, s) })
+}
+
+/** Step s's forward: this rank's batch and the stream of gathered buckets. */
+export function forwardPass (p: SessionParts, t: ShardTensors, s: number): { batch: Batch, stream: BucketStream } {
+  const { cfg, deps } = p.env
+  p.rs.st.phase = `step ${s + 1}: forward`
+  const gather = weightGathers(p, t, s, 'forward')
   const batch = batchFor(deps.corpus.train, cfg.seed, s, p.rank, cfg.B, cfg.T)
-  const fwd = streamBuckets(p.forwardOrder, weights('forward'), acct)
-  const loss = await p.model.forwardStreamed(batch.inputs, batch.targets, fwd).catch(fail)
-  const modelled = deps.computeMs?.(cfg.B * cfg.T)
-  if (modelled !== undefined && modelled > 0) await clock.sleep(modelled, p.signal === undefined ? {} : { signal: p.signal })
-  rs.st.phase = `step ${s + 1}: backward`
+  return { batch, stream: streamBuckets(p.forwardOrder, gather, p.acct) }
+}
+
+/**
+ * Step s's backward: the stream of gathered buckets, and each bucket's gradient reduce-scattered
+ * as soon as it is complete (`reductions`), summed into `sums` (this rank's shard).
+ */
+export function backwardPass (p: SessionParts, t: ShardTensors, s: number): { stream: GptStream, reductions: Array<Promise<void>>, sums: Float32Array } {
+  const { zero, buckets, windows, acct } = p
+  p.rs.st.phase = `step ${s + 1}: backward`
   const sums = new Float32Array(p.shard.length)
   const reductions: Array<Promise<void>> = []
-  const bwd = streamBuckets(p.backwardOrder, weights('backward'), acct)
-  await p.model.backwardStreamed({
+  const bwd = streamBuckets(p.backwardOrder, weightGathers(p, t, s, 'backward'), acct)
+  const stream: GptStream = {
     load: bwd.load,
     grad: (j, g) => {
       acct.hold(g.byteLength)
@@ -120,18 +124,29 @@ export async function trainStep (p: SessionParts, t: ShardTensors, s: number): P
       r.catch(() => {})
       reductions.push(r)
     }
-  }).catch(fail)
-  rs.st.phase = `step ${s + 1}: gradient reduction`
-  await Promise.all(reductions).catch(fail)
+  }
+  return { stream, reductions, sums }
+}
+
+/** AdamW on the shard with the summed gradient (divided by P; decay on matrices and embeddings only). */
+export function applyAdamW (p: SessionParts, t: ShardTensors, sums: Float32Array, s: number): void {
+  const { opt } = p
+  const { cfg } = p.env
   opt.write(t.grad, sums)
   for (const x of t.segments) {
     opt.adamw(x.p, x.g, x.m, x.v, {
-      lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / P
+      lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / p.P
     })
   }
-  rs.st.phase = `step ${s + 1}: commit`
-  // When the loss all-reduce returns, every rank has finished step s: it is committed.
-  const mean = await p.collective.allReduce(Float32Array.of(loss), { ...callAt(p, s), label: 'loss' }).catch(fail)
-  acct.account(mean.bytes)
-  return { lossSum: mean.data[0]!, ms: clock.monotonic() - t0 }
+}
+
+/** Step s committed (the loss all-reduce returned `lossSum`): status, throughput, the membership's step. */
+export function commitStep (p: SessionParts, s: number, lossSum: number, ms: number): void {
+  const { cfg, deps } = p.env
+  const st = p.rs.st
+  p.settling = false
+  st.step = s + 1
+  st.loss = lossSum / p.P
+  st.tokensPerS = ms > 0 ? (p.P * cfg.B * cfg.T) / (ms / 1000) : undefined
+  deps.membership.setStep(s + 1)
 }

@@ -1,12 +1,13 @@
-import { InvalidArgumentError } from '../../core/index.ts'
+import { AbortError, InvalidArgumentError } from '../../core/index.ts'
 import { gptLayout } from '../../gpu/index.ts'
 import { validateTrainConfig, type TrainConfig, type TrainStatus, type TrainerDeps } from './config.ts'
 import { doneMessage, growMessage } from './messages.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { nextRole, type Role, type RoleEvent } from './role.ts'
 import { ViewQueue, rosterOf } from './roster.ts'
-import { DONE_TOPIC, grow, placed, rank, retry, spare, waiting, type Cursor } from './run.ts'
-import { ROSTER_TOPIC } from './session.ts'
+import { DONE_TOPIC, afterFailure, enterRank, enterRetry, enterSpare, firstRoster, grow, placed, rankEnded, rankFailed, retried, snapshotServiceFor, spareCheck, waitForView, type Cursor } from './run.ts'
+import { TRAIN_LIMITS } from './limits.ts'
+import { ROSTER_TOPIC, runSession } from './session.ts'
 import { statusOf, type RunState, type TrainerEnv } from './state.ts'
 
 /**
@@ -56,24 +57,57 @@ export class Trainer {
    * Waits for a view with `worldSize` members, then trains to `steps`, recovering from lost
    * ranks on the way. Resolves when this node's part is over: training done, or (a spare)
    * the run finished without needing it.
+   *
+   * The roles follow role.ts; the handlers (run.ts) are synchronous steps around the few
+   * awaits below, which stay in this loop: the simulator drains promise continuations by
+   * watching promise activity, so an extra async hop would move its schedule.
    */
   async run (signal?: AbortSignal): Promise<TrainStatus> {
     const { env, rs } = this
+    const { deps } = env
     try {
       // Subscribed first: a node that joins late must not miss an announcement made while it
       // waits for its first view or starts its snapshot service.
       this.subscribeGossip()
-      const c = await waiting(env, rs, signal)
-      if (rs.snapshots !== undefined) this.unsubs.push(env.deps.membership.on('view', v => rs.snapshots?.setView(v)))
+      const first = rs.views.firstFull ?? await waitForView(env, v => v.members.length >= env.cfg.worldSize, signal)
+      const c = firstRoster(env, rs, first)
+      rs.snapshots = snapshotServiceFor(env, first)
+      if (rs.snapshots !== undefined) {
+        await rs.snapshots.start()
+        rs.snapshots.setView(first)
+        this.unsubs.push(deps.membership.on('view', v => rs.snapshots?.setView(v)))
+      }
+      if (env.cfg.disk?.resume === true) rs.plan = { mode: 'resume', lost: [], oldRoster: c.roster }
       let role: Role = 'waiting'
       let event: RoleEvent = placed(env, rs, c)
       for (;;) {
         role = nextRole(role, event)
-        // Awaited in this loop, not in a helper: the simulator drains promise continuations
-        // by watching promise activity, so an extra async hop here moves the schedule.
-        if (event.type === 'finished' && event.announce === true) await env.deps.net.publish(DONE_TOPIC, doneMessage.encode(rs.st.step)).catch(() => {})
+        if (event.type === 'finished' && event.announce === true) await deps.net.publish(DONE_TOPIC, doneMessage.encode(rs.st.step)).catch(() => {})
         if (role === 'end') return this.status()
-        event = await this.act(role, c, signal)
+        if (role === 'spare') {
+          // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
+          enterSpare(rs)
+          let next: RoleEvent | undefined
+          while ((next = spareCheck(env, rs, c)) === undefined) {
+            if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
+            await deps.clock.sleep(TRAIN_LIMITS.pollMs, signal === undefined ? {} : { signal })
+          }
+          event = next
+        } else if (role === 'rank') {
+          const r = enterRank(env, rs, c)
+          try {
+            event = rankEnded(env, rs, c, await runSession(env, rs, c.roster, c.epoch, c.round, r, c.initial, signal))
+          } catch (err) {
+            event = rankFailed(env, rs, c, err)
+          }
+        } else if (role === 'retry') {
+          enterRetry(env, rs, c)
+          event = retried(env, rs, c, await afterFailure(env, rs, c.roster, signal))
+        } else if (role === 'grow') {
+          event = grow(env, rs, c)
+        } else {
+          throw new InvalidArgumentError(`trainer role ${role} has no handler`)
+        }
       }
     } catch (err) {
       // A spare told to stop (the run is over) ends quietly.
@@ -85,18 +119,6 @@ export class Trainer {
       for (const u of this.unsubs) u()
       this.unsubs = []
       await rs.snapshots?.stop()
-    }
-  }
-
-  /** Runs one role's handler. */
-  private act (role: Role, c: Cursor, signal?: AbortSignal): RoleEvent | Promise<RoleEvent> {
-    const { env, rs } = this
-    switch (role) {
-      case 'spare': return spare(env, rs, c, signal)
-      case 'rank': return rank(env, rs, c, signal)
-      case 'retry': return retry(env, rs, c, signal)
-      case 'grow': return grow(env, rs, c)
-      default: throw new InvalidArgumentError(`trainer role ${role} has no handler`)
     }
   }
 
