@@ -117,7 +117,8 @@ export interface ComparedRun {
   sentBytes: { host: number, zone: number, wan: number }
   /**
    * Collective bytes sent across zones during the training steps (the final evaluation's
-   * gather left out), by operation and wire encoding as the message headers give them:
+   * gather left out), by operation and wire encoding as the collective reports each message
+   * it sends (`onCollectiveSent`), headers included:
    * `allGather/q8` is qwZ's forward, `hierReduceScatter/q4` qgZ, `allGather/f32` flat
    * ZeRO-3's forward and backward weight gathers (or hpZ's, were they to cross zones).
    */
@@ -266,20 +267,11 @@ function heldOutLoss (config: GptConfig, T: number, shards: ReadonlyArray<{ star
   }
 }
 
-/** One run; `compare` adds the figures a ZeRO++ comparison needs (cross-zone tap, held-out loss). */
-async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
-  const w = new MembershipWorld({
-    seed: o.seed,
-    nodes: o.nodes,
-    zones: o.zones ?? 2,
-    ...(o.topology === undefined ? {} : { topology: o.topology }),
-    membership: { heartbeatMs: 100, ...o.membership }
-  })
-  const { sim } = w
-  const corpus = simCorpus(o.data ?? 'text', o.seed)
+/** The trainer configuration of a simulated run: the `mini` shape (or `tiny`'s layers) over the run's vocabulary. */
+function simTrainConfig (o: TrainRunOptions, corpus: Corpus): TrainConfig {
   const { nLayer, nHead, C } = GPT_PRESETS.tiny
   const model = { ...trainingModel('mini', corpus.vocabSize), ...(o.model === 'tiny' ? { nLayer, nHead, C } : {}), maxT: Math.max(16, o.seq ?? 16) }
-  const cfg: TrainConfig = {
+  return {
     model,
     B: o.batch ?? 2,
     T: o.seq ?? 16,
@@ -292,6 +284,47 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     dtype: 'f32',
     snapshot: o.snapshot === null ? undefined : (o.snapshot ?? { k: 2, m: 1 })
   }
+}
+
+/** The ranks that finished; a live node that did not finish, or failed, is a violation. */
+function finishedRanks (o: TrainRunOptions, live: ReadonlyArray<{ id: string, trainer: TrainingWorkload }>, settled: ReadonlyMap<string, TrainStatus | Error>, limit: number, violations: string[]): TrainStatus[] {
+  const ranks: TrainStatus[] = []
+  for (const t of live) {
+    const r = settled.get(t.id)
+    if (r === undefined) violations.push(`${t.id} did not finish within ${limit / 1000} simulated s (role ${t.trainer.status().role}, step ${t.trainer.status().step})`)
+    else if (r instanceof Error) violations.push(`${t.id} failed: ${r.message}`)
+    else if (r.role === 'done') ranks.push(r)
+  }
+  if (ranks.length !== Math.min(o.worldSize, live.length) && !ranks.some(r => r.recoveries.some(x => x.mode === 'shrink'))) {
+    violations.push(`${ranks.length} ranks finished, expected ${o.worldSize}`)
+  }
+  for (const r of ranks) if (r.step !== o.steps) violations.push(`rank ${r.rank} stopped at step ${r.step} of ${o.steps}`)
+  if (new Set(ranks.map(r => r.loss)).size > 1) violations.push(`ranks disagree on the loss: ${ranks.map(r => r.loss).join(', ')}`)
+  if (new Set(ranks.map(r => r.evalLoss)).size > 1) violations.push(`ranks disagree on the held-out loss: ${ranks.map(r => r.evalLoss).join(', ')}`)
+  return ranks
+}
+
+/** SHA-256 of the final weights (the live nodes' shards in order), and with `heldOut` their loss over the held-out stream. */
+function finalWeights (live: ReadonlyArray<{ trainer: TrainingWorkload }>, heldOut?: { cfg: TrainConfig, val: Uint16Array }): { weightsHash: string, heldOut: number | undefined } {
+  const shards = live.map(t => t.trainer.finalShard).filter(x => x !== undefined).sort((a, b) => a.start - b.start)
+  const h = createHash('sha256')
+  for (const s of shards) h.update(new Uint8Array(s.data.buffer, s.data.byteOffset, s.data.byteLength))
+  return { weightsHash: h.digest('hex'), heldOut: heldOut === undefined ? undefined : heldOutLoss(heldOut.cfg.model, heldOut.cfg.T, shards, heldOut.val) }
+}
+
+/** One run; `compare` adds the figures a ZeRO++ comparison needs (cross-zone bytes, held-out loss). */
+async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
+  const w = new MembershipWorld({
+    seed: o.seed,
+    nodes: o.nodes,
+    zones: o.zones ?? 2,
+    ...(o.topology === undefined ? {} : { topology: o.topology }),
+    membership: { heartbeatMs: 100, ...o.membership }
+  })
+  const { sim } = w
+  const corpus = simCorpus(o.data ?? 'text', o.seed)
+  const cfg = simTrainConfig(o, corpus)
+  const { model } = cfg
   const params = 6 * gptLayout(model).length
   const flops = o.flopsPerS ?? 1e12
   const pending = [...kills]
@@ -349,28 +382,8 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
 
   const violations = [...w.violations]
   const live = trainers.filter(t => !crashed.has(t.id))
-  const ranks: TrainStatus[] = []
-  for (const t of live) {
-    const r = settled.get(t.id)
-    if (r === undefined) violations.push(`${t.id} did not finish within ${limit / 1000} simulated s (role ${t.trainer.status().role}, step ${t.trainer.status().step})`)
-    else if (r instanceof Error) violations.push(`${t.id} failed: ${r.message}`)
-    else if (r.role === 'done') ranks.push(r)
-  }
-  if (ranks.length !== Math.min(o.worldSize, live.length) && !ranks.some(r => r.recoveries.some(x => x.mode === 'shrink'))) {
-    violations.push(`${ranks.length} ranks finished, expected ${o.worldSize}`)
-  }
-  for (const r of ranks) if (r.step !== o.steps) violations.push(`rank ${r.rank} stopped at step ${r.step} of ${o.steps}`)
-  if (new Set(ranks.map(r => r.loss)).size > 1) violations.push(`ranks disagree on the loss: ${ranks.map(r => r.loss).join(', ')}`)
-  if (new Set(ranks.map(r => r.evalLoss)).size > 1) violations.push(`ranks disagree on the held-out loss: ${ranks.map(r => r.evalLoss).join(', ')}`)
-  let weightsHash: string | undefined
-  let heldOut: number | undefined
-  if (ranks.length > 0) {
-    const shards = live.map(t => t.trainer.finalShard).filter(x => x !== undefined).sort((a, b) => a.start - b.start)
-    const h = createHash('sha256')
-    for (const s of shards) h.update(new Uint8Array(s.data.buffer, s.data.byteOffset, s.data.byteLength))
-    weightsHash = h.digest('hex')
-    if (compare) heldOut = heldOutLoss(model, cfg.T, shards, corpus.val)
-  }
+  const ranks = finishedRanks(o, live, settled, limit, violations)
+  const { weightsHash, heldOut } = ranks.length > 0 ? finalWeights(live, compare ? { cfg, val: corpus.val } : undefined) : { weightsHash: undefined, heldOut: undefined }
   const recoveries = ranks.flatMap(r => r.recoveries).filter((r, i, a) => a.findIndex(x => x.fromStep === r.fromStep && x.mode === r.mode) === i)
   return {
     seed: o.seed,
