@@ -1,4 +1,5 @@
 import { COLLECTIVE_LIMITS } from '../../mesh/index.ts'
+import { DISK_KEEP } from '../disk-tier.ts'
 
 /**
  * Every cap and timing constant of the trainer (docs/LIMITS.md, "node: trainer"). Caps bound
@@ -21,8 +22,8 @@ export const TRAIN_LIMITS = Object.freeze({
   maxQueuedViews: 1024,
   /** Installed views kept by epoch (a growth names one; spares may have consumed it already). */
   recentViews: 64,
-  /** Disk tier files each member offers on --resume (the newest ones). */
-  diskSlots: 2,
+  /** Disk tier files each member offers on --resume: the newest ones, as many as the disk tier keeps. */
+  diskSlots: DISK_KEEP,
   /** How often rank 0 repeats the roster while nodes beyond it are in the view (ms). */
   rosterEveryMs: 1000,
   /** How often old ranks repeat a growth announcement while the grown run exchanges state (ms). */
