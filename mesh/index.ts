@@ -31,3 +31,4 @@ export {
   type Scope, type OpOptions, type GatherOptions, type ReduceOptions, type HierReduceOptions, type TierBytes, type ErrorFeedback,
   type ZeroComm, type ZeroOptions, type GatherPass, type Wire, type LinkTier, type TierKey, type Hierarchy
 } from './collective/index.ts'
+export type { CollectiveSent, EncodingName } from './collective/collective.ts'

@@ -1,14 +1,21 @@
 /**
- * node: the worker, what runs one zeromesh node: the trainer, its data and disk tier, and the
- * composition `zeromesh start` runs (node/start.ts: mesh, membership, control socket, metrics
- * server, trainer), with the node's option spec and the events it reports. Depends on core/,
- * codec/, gpu/, mesh/ and snapshot/.
+ * node: the worker, what runs one zeromesh node: the trainer (node/train/), its data and disk
+ * tier, and the composition `zeromesh start` runs (node/start.ts: mesh, membership, control
+ * socket, metrics server, trainer), with the node's option spec and the events it reports.
+ * Depends on core/, codec/, gpu/, mesh/ and snapshot/; other folders import node/ only from here.
  */
 export { option, shapeOf, type OptionSpec, type OptionsSpec } from './options.ts'
 export { START_OPTIONS, startSchema, ConfigError, defaultDataDir, type StartConfig } from './config.ts'
 export { NODE_EVENT_LIMITS, encodeNodeEvent, parseNodeEvent, type NodeEvent } from './events.ts'
 export { startNode, type RunningNode, type NodeStatus, type EmitEvent } from './start.ts'
 export { ControlError, fetchStatus } from './control.ts'
-export { loadCorpus } from './data.ts'
-export { diskDir, diskSteps, loadDiskState } from './disk-tier.ts'
-export { TRAIN_MODELS, trainingModel, formatParamMemory, type TrainModelName } from './trainer.ts'
+export { Trainer } from './train/trainer.ts'
+export { createTrainingWorkload, type TrainingWorkload } from './train/workload.ts'
+export {
+  TrainingError, TRAIN_MODELS, trainingModel, formatParamMemory, validateTrainConfig, decaySegments,
+  type TrainConfig, type TrainStatus, type TrainerDeps, type ParamMemory, type TrainModelName, type Segment
+} from './train/config.ts'
+export { TRAIN_LIMITS } from './train/limits.ts'
+export { TrainMessageError } from './train/messages.ts'
+export { DataError, DATA_LIMITS, loadCorpus, batchFor, untag, type Corpus, type Batch } from './data.ts'
+export { DISK_DIR, DISK_KEEP, diskDir, diskSteps, persistDiskState, loadDiskState } from './disk-tier.ts'

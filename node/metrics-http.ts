@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import { defineCounter, defineGauge, defineHistogram, type Counter, type Gauge, type MetricsRegistry } from '../core/index.ts'
 import type { Membership } from '../mesh/index.ts'
 import { ConfigError, type HostPort } from './config.ts'
-import type { TrainStatus } from './trainer.ts'
+import type { TrainStatus } from './train/config.ts'
 
 /**
  * A node's Prometheus endpoint (`zeromesh start --metrics-listen host:port`): plain HTTP,

@@ -7,7 +7,8 @@ import { loadCorpus } from './data.ts'
 import { diskDir } from './disk-tier.ts'
 import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
 import type { NodeEvent } from './events.ts'
-import { Trainer, trainingModel, type TrainStatus } from './trainer.ts'
+import { Trainer } from './train/trainer.ts'
+import { formatParamMemory, trainingModel, type TrainStatus } from './train/config.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot (spec: string): { k: number, m: number } {

@@ -3,10 +3,8 @@ import { readFileSync } from 'node:fs'
 import { z } from 'zod'
 import { InvalidArgumentError, Rng, assembleFlat, silentLogger } from '../core/index.ts'
 import { CpuBackend, Gpt, GPT_PRESETS, gptLayout, type GptConfig } from '../gpu/index.ts'
-import { decodeHeader, ENCODINGS, OP_KINDS } from '../mesh/collective/index.ts'
-import type { MembershipInit, PeerNet } from '../mesh/index.ts'
-import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../node/trainer.ts'
-import type { Corpus } from '../node/data.ts'
+import type { CollectiveSent, MembershipInit } from '../mesh/index.ts'
+import { createTrainingWorkload, trainingModel, type Corpus, type TrainConfig, type TrainingWorkload, type TrainStatus } from '../node/index.ts'
 import type { Topology } from './net.ts'
 import { formatBytes } from './report.ts'
 import { ScenarioError } from './scenario.ts'
@@ -118,7 +116,8 @@ export interface ComparedRun {
   sentBytes: { host: number, zone: number, wan: number }
   /**
    * Collective bytes sent across zones during the training steps (the final evaluation's
-   * gather left out), by operation and wire encoding as the message headers give them:
+   * gather left out), by operation and wire encoding as the collective reports each message
+   * it sends (`onCollectiveSent`), headers included:
    * `allGather/q8` is qwZ's forward, `hierReduceScatter/q4` qgZ, `allGather/f32` flat
    * ZeRO-3's forward and backward weight gathers (or hpZ's, were they to cross zones).
    */
@@ -219,40 +218,6 @@ async function compareZeroPP (o: TrainRunOptions): Promise<TrainRunResult> {
   return main
 }
 
-// Collective streams (mesh/collective/collective.ts names them /zeromesh/collective/1/<name>/<epoch>).
-const COLLECTIVE_PROTOCOL = '/zeromesh/collective/'
-const KIND_NAMES = new Map<number, string>(Object.entries(OP_KINDS).map(([k, v]) => [v, k]))
-const ENCODING_NAMES = new Map<number, string>(Object.entries(ENCODINGS).map(([k, v]) => [v, k]))
-
-/**
- * Counts the collective bytes `net` sends to other zones during training steps (header step
- * below `steps`), by operation kind and wire encoding read from each message's header (one
- * message per write). The stream's write is wrapped in the turn the open resolves, before
- * the caller sees the stream, so tapping adds no step to the run's schedule.
- */
-function tapCrossZone (net: PeerNet, zoneOf: ReadonlyMap<string, string>, steps: number, into: Record<string, number>): PeerNet {
-  const mine = zoneOf.get(net.self.id)
-  const count = (chunk: Uint8Array): void => {
-    let key = 'unparsed'
-    try {
-      const h = decodeHeader(chunk)
-      if (h.step >= steps) return // the final evaluation's gather
-      key = `${KIND_NAMES.get(h.kind) ?? h.kind}/${ENCODING_NAMES.get(h.encoding) ?? h.encoding}`
-    } catch {}
-    into[key] = (into[key] ?? 0) + chunk.length
-  }
-  const open: PeerNet['open'] = (peer, protocol, options) => {
-    const p = net.open(peer, protocol, options)
-    if (!protocol.startsWith(COLLECTIVE_PROTOCOL) || zoneOf.get(peer) === mine) return p
-    void p.then(s => {
-      const write = s.write.bind(s)
-      s.write = (chunk, opts) => { count(chunk); return write(chunk, opts) }
-    }, () => {})
-    return p
-  }
-  return new Proxy(net, { get: (t, k) => (k === 'open' ? open : Reflect.get(t, k)) })
-}
-
 interface OnceResult extends TrainRunResult {
   heldOutLoss: number | undefined
   sentBytes: ComparedRun['sentBytes']
@@ -301,20 +266,11 @@ function heldOutLoss (config: GptConfig, T: number, shards: ReadonlyArray<{ star
   }
 }
 
-/** One run; `compare` adds the figures a ZeRO++ comparison needs (cross-zone tap, held-out loss). */
-async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
-  const w = new MembershipWorld({
-    seed: o.seed,
-    nodes: o.nodes,
-    zones: o.zones ?? 2,
-    ...(o.topology === undefined ? {} : { topology: o.topology }),
-    membership: { heartbeatMs: 100, ...o.membership }
-  })
-  const { sim } = w
-  const corpus = simCorpus(o.data ?? 'text', o.seed)
+/** The trainer configuration of a simulated run: the `mini` shape (or `tiny`'s layers) over the run's vocabulary. */
+function simTrainConfig (o: TrainRunOptions, corpus: Corpus): TrainConfig {
   const { nLayer, nHead, C } = GPT_PRESETS.tiny
   const model = { ...trainingModel('mini', corpus.vocabSize), ...(o.model === 'tiny' ? { nLayer, nHead, C } : {}), maxT: Math.max(16, o.seq ?? 16) }
-  const cfg: TrainConfig = {
+  return {
     model,
     B: o.batch ?? 2,
     T: o.seq ?? 16,
@@ -327,14 +283,61 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     dtype: 'f32',
     snapshot: o.snapshot === null ? undefined : (o.snapshot ?? { k: 2, m: 1 })
   }
+}
+
+/** The ranks that finished; a live node that did not finish, or failed, is a violation. */
+function finishedRanks (o: TrainRunOptions, live: ReadonlyArray<{ id: string, trainer: TrainingWorkload }>, settled: ReadonlyMap<string, TrainStatus | Error>, limit: number, violations: string[]): TrainStatus[] {
+  const ranks: TrainStatus[] = []
+  for (const t of live) {
+    const r = settled.get(t.id)
+    if (r === undefined) violations.push(`${t.id} did not finish within ${limit / 1000} simulated s (role ${t.trainer.status().role}, step ${t.trainer.status().step})`)
+    else if (r instanceof Error) violations.push(`${t.id} failed: ${r.message}`)
+    else if (r.role === 'done') ranks.push(r)
+  }
+  if (ranks.length !== Math.min(o.worldSize, live.length) && !ranks.some(r => r.recoveries.some(x => x.mode === 'shrink'))) {
+    violations.push(`${ranks.length} ranks finished, expected ${o.worldSize}`)
+  }
+  for (const r of ranks) if (r.step !== o.steps) violations.push(`rank ${r.rank} stopped at step ${r.step} of ${o.steps}`)
+  if (new Set(ranks.map(r => r.loss)).size > 1) violations.push(`ranks disagree on the loss: ${ranks.map(r => r.loss).join(', ')}`)
+  if (new Set(ranks.map(r => r.evalLoss)).size > 1) violations.push(`ranks disagree on the held-out loss: ${ranks.map(r => r.evalLoss).join(', ')}`)
+  return ranks
+}
+
+/** SHA-256 of the final weights (the live nodes' shards in order), and with `heldOut` their loss over the held-out stream. */
+function finalWeights (live: ReadonlyArray<{ trainer: TrainingWorkload }>, heldOut?: { cfg: TrainConfig, val: Uint16Array }): { weightsHash: string, heldOut: number | undefined } {
+  const shards = live.map(t => t.trainer.finalShard).filter(x => x !== undefined).sort((a, b) => a.start - b.start)
+  const h = createHash('sha256')
+  for (const s of shards) h.update(new Uint8Array(s.data.buffer, s.data.byteOffset, s.data.byteLength))
+  return { weightsHash: h.digest('hex'), heldOut: heldOut === undefined ? undefined : heldOutLoss(heldOut.cfg.model, heldOut.cfg.T, shards, heldOut.val) }
+}
+
+/** One run; `compare` adds the figures a ZeRO++ comparison needs (cross-zone bytes, held-out loss). */
+async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
+  const w = new MembershipWorld({
+    seed: o.seed,
+    nodes: o.nodes,
+    zones: o.zones ?? 2,
+    ...(o.topology === undefined ? {} : { topology: o.topology }),
+    membership: { heartbeatMs: 100, ...o.membership }
+  })
+  const { sim } = w
+  const corpus = simCorpus(o.data ?? 'text', o.seed)
+  const cfg = simTrainConfig(o, corpus)
+  const { model } = cfg
   const params = 6 * gptLayout(model).length
   const flops = o.flopsPerS ?? 1e12
   const pending = [...kills]
   const crashed = new Set<string>()
   const ctrls = new Map<string, AbortController>()
-  const trainers: Array<{ id: string, trainer: Trainer, done: Promise<TrainStatus | Error> }> = []
+  const trainers: Array<{ id: string, trainer: TrainingWorkload, done: Promise<TrainStatus | Error> }> = []
   const crossZoneBytes: Record<string, number> = {}
-  const zoneOf = new Map(w.nodes.map(n => [n.id, n.zone]))
+  // Collective bytes sent across zones during the training steps (the final evaluation's
+  // gather, at step `steps`, left out), by operation kind and body encoding.
+  const countCrossZone = (m: CollectiveSent): void => {
+    if (m.tier !== 'wan' || m.step >= o.steps) return
+    const key = `${m.op}/${m.encoding}`
+    crossZoneBytes[key] = (crossZoneBytes[key] ?? 0) + m.bytes
+  }
   const t0 = sim.now()
   // Trainers are built before membership starts, as `zeromesh start` does, so each sees the
   // first full view as installed.
@@ -342,9 +345,10 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     const ctrl = new AbortController()
     ctrls.set(n.id, ctrl)
     const boot = w.boot(n)
-    const trainer = new Trainer({
+    const trainer = createTrainingWorkload({
       backend: new CpuBackend(),
-      net: compare ? tapCrossZone(n.net, zoneOf, o.steps, crossZoneBytes) : n.net,
+      net: n.net,
+      ...(compare ? { onCollectiveSent: countCrossZone } : {}),
       membership: n.m!,
       clock: n.handle.clock,
       log: silentLogger(),
@@ -377,28 +381,8 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
 
   const violations = [...w.violations]
   const live = trainers.filter(t => !crashed.has(t.id))
-  const ranks: TrainStatus[] = []
-  for (const t of live) {
-    const r = settled.get(t.id)
-    if (r === undefined) violations.push(`${t.id} did not finish within ${limit / 1000} simulated s (role ${t.trainer.status().role}, step ${t.trainer.status().step})`)
-    else if (r instanceof Error) violations.push(`${t.id} failed: ${r.message}`)
-    else if (r.role === 'done') ranks.push(r)
-  }
-  if (ranks.length !== Math.min(o.worldSize, live.length) && !ranks.some(r => r.recoveries.some(x => x.mode === 'shrink'))) {
-    violations.push(`${ranks.length} ranks finished, expected ${o.worldSize}`)
-  }
-  for (const r of ranks) if (r.step !== o.steps) violations.push(`rank ${r.rank} stopped at step ${r.step} of ${o.steps}`)
-  if (new Set(ranks.map(r => r.loss)).size > 1) violations.push(`ranks disagree on the loss: ${ranks.map(r => r.loss).join(', ')}`)
-  if (new Set(ranks.map(r => r.evalLoss)).size > 1) violations.push(`ranks disagree on the held-out loss: ${ranks.map(r => r.evalLoss).join(', ')}`)
-  let weightsHash: string | undefined
-  let heldOut: number | undefined
-  if (ranks.length > 0) {
-    const shards = live.map(t => t.trainer.finalShard).filter(x => x !== undefined).sort((a, b) => a.start - b.start)
-    const h = createHash('sha256')
-    for (const s of shards) h.update(new Uint8Array(s.data.buffer, s.data.byteOffset, s.data.byteLength))
-    weightsHash = h.digest('hex')
-    if (compare) heldOut = heldOutLoss(model, cfg.T, shards, corpus.val)
-  }
+  const ranks = finishedRanks(o, live, settled, limit, violations)
+  const { weightsHash, heldOut } = ranks.length > 0 ? finalWeights(live, compare ? { cfg, val: corpus.val } : undefined) : { weightsHash: undefined, heldOut: undefined }
   const recoveries = ranks.flatMap(r => r.recoveries).filter((r, i, a) => a.findIndex(x => x.fromStep === r.fromStep && x.mode === r.mode) === i)
   return {
     seed: o.seed,

@@ -8,7 +8,7 @@ import type { View } from '../membership.ts'
 import type { ByteStream, PeerId, PeerNet } from '../peernet.ts'
 import { CollectiveError, type CollectiveFailure } from './errors.ts'
 import { COLLECTIVE_DEFAULTS, COLLECTIVE_LIMITS } from './limits.ts'
-import { MessageParser, OP_KINDS, encodeMessage, type Message, type OpKind } from './message.ts'
+import { ENCODINGS, MessageParser, OP_KINDS, encodeMessage, type Message, type OpKind } from './message.ts'
 import { Mailbox, zeroTierBytes, type OpApi, type Payload, type TierBytes } from './op.ts'
 import { buildHierarchy, linkTier, ringOrder, type Hierarchy, type LinkTier, type TierKey } from './topology.ts'
 
@@ -31,6 +31,25 @@ export interface CollectiveInit {
   tiers?: readonly TierKey[]
   metrics?: MetricsRegistry
   log?: Logger
+  /**
+   * Called for every message as it is handed to its stream (before the write completes):
+   * the per-operation, per-tier byte counts a caller keeps (the simulator's cross-zone
+   * figures). Synchronous and side-effect free for the collective.
+   */
+  onSent?: (sent: CollectiveSent) => void
+}
+
+/** Body encoding names, as {@link ENCODINGS} numbers them. */
+export type EncodingName = keyof typeof ENCODINGS
+const ENCODING_NAMES = new Map<number, EncodingName>(Object.entries(ENCODINGS).map(([k, v]) => [v, k as EncodingName]))
+
+/** One collective message this node sent: operation kind, body encoding, training step, link tier and bytes (header included). */
+export interface CollectiveSent {
+  op: OpKind
+  encoding: EncodingName
+  step: number
+  tier: LinkTier
+  bytes: number
 }
 
 export interface CallOptions {
@@ -114,6 +133,7 @@ export class CollectiveCore {
   readonly noticeTopic: string
   private readonly timeout: () => number
   private readonly log: Logger | undefined
+  private readonly onSent: ((sent: CollectiveSent) => void) | undefined
   private readonly rankOf = new Map<PeerId, number>()
   private readonly tierTo: LinkTier[]
   private readonly life = new AbortController()
@@ -147,6 +167,7 @@ export class CollectiveCore {
     this.view = view
     this.clock = init.clock
     this.log = init.log
+    this.onSent = init.onSent
     const members = view.members
     if (members.length < 1) throw new InvalidArgumentError('a collective needs a view with at least one member')
     checkCap('collective group size', members.length, COLLECTIVE_LIMITS.maxGroupSize)
@@ -391,6 +412,7 @@ export class CollectiveCore {
     const prev = this.chains.get(dst) ?? Promise.resolve()
     const write = prev.then(async () => {
       const s = await this.openTo(dst)
+      this.onSent?.({ op: op.kind, encoding: ENCODING_NAMES.get(p.encoding)!, step: op.step, tier: this.tierTo[dst]!, bytes: bytes.length })
       await s.write(bytes, { signal: op.ctrl.signal })
     })
     this.chains.set(dst, write.catch(() => {}))

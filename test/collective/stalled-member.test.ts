@@ -7,12 +7,12 @@ import { firstDiff } from './helpers.ts'
 
 // A member stalls mid all-gather: it stops sending (and reading) but stays connected, so no
 // disconnect or reset tells anyone; only the no-progress watchdog can. Its bound comes from
-// the failure detector, as in node/trainer.ts: the real membership's `detectionBoundMs` plus
+// the failure detector, as in the trainer (node/train/): the real membership's `detectionBoundMs` plus
 // a transfer allowance. Every survivor must reject with a typed CollectiveError naming the
 // operation, the step and the stalled member (not a starved survivor that passed the news
 // on), within that bound (+ slack), and none may hang.
 
-/** node/trainer.ts adds this to the detector's bound (outside a session's settling phase). */
+/** The trainer (node/train/) adds this to the detector's bound (outside a session's settling phase). */
 const TRANSFER_ALLOWANCE_MS = 5000
 /**
  * What a survivor may take beyond the watchdog: the wait for the others' timeout notices

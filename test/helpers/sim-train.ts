@@ -8,7 +8,7 @@ import { silentLogger } from '../../core/index.ts'
 import { CpuBackend } from '../../gpu/index.ts'
 import type { Membership, PeerNet } from '../../mesh/index.ts'
 import { MembershipWorld } from '../../sim/index.ts'
-import { Trainer, type TrainConfig, type TrainStatus } from '../../node/trainer.ts'
+import { Trainer, type TrainConfig, type TrainStatus } from '../../node/index.ts'
 import { corpus } from './train-mesh.ts'
 
 /** One simulated node as a hook sees it. */

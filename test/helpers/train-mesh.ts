@@ -1,8 +1,8 @@
 import { RealClock, Rng, createLogger, silentLogger, type Logger } from '../../core/index.ts'
 import { createMemoryNetwork, createMembership, type Membership, type MemoryNetwork, type PeerNet } from '../../mesh/index.ts'
 import { CpuBackend, gptLayout } from '../../gpu/index.ts'
-import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../../node/trainer.ts'
-import type { Corpus } from '../../node/data.ts'
+import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../../node/index.ts'
+import type { Corpus } from '../../node/index.ts'
 
 // A small repetitive corpus, so a tiny model learns visibly in a few dozen steps.
 export function corpus (): Corpus {

@@ -8,7 +8,7 @@ import { encodeState } from '../../snapshot/index.ts'
 import { main } from '../../cli/main.ts'
 import { diskDir, persistDiskState } from '../../node/disk-tier.ts'
 import { EXPORT_LIMITS, exportModel } from '../../cli/export/model.ts'
-import { trainingModel } from '../../node/trainer.ts'
+import { trainingModel } from '../../node/index.ts'
 
 const root = mkdtempSync(join(tmpdir(), 'zm-export-'))
 test.after.always(() => rmSync(root, { recursive: true, force: true }))

@@ -1,6 +1,6 @@
 import test from 'ava'
 import { gptLayout } from '../../gpu/index.ts'
-import { decaySegments, type TrainConfig, type TrainStatus } from '../../node/trainer.ts'
+import { decaySegments, type TrainConfig, type TrainStatus } from '../../node/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { base, model, ok, trainMesh as trainMeshAll, type MeshOptions, type MeshRun } from '../helpers/train-mesh.ts'
 

@@ -1,0 +1,199 @@
+import { InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../../core/index.ts'
+import { GPT_PRESETS, type Backend, type GptConfig, type GptLayout } from '../../gpu/index.ts'
+import { COLLECTIVE_LIMITS, type CollectiveSent, type Membership, type PeerNet } from '../../mesh/index.ts'
+import type { Corpus } from '../data.ts'
+
+/**
+ * What a trainer runs: ZeRO-3 data parallelism over the first `worldSize` members of the
+ * view; the rest are spares.
+ *
+ * Per step s, on rank r of P:
+ * 1. gather the weights from every rank's f32 master shard (flat ZeRO-3, or qwZ: int8 blocks);
+ * 2. forward on this rank's batch, a pure function of (seed, s, r);
+ * 3. gather again for the backward (hpZ: from the zone's secondary partition only) and run it;
+ * 4. reduce-scatter the gradients (flat, or qgZ: the hierarchical int4 all-to-all), so rank r
+ *    holds the summed gradient of its shard; divide by P;
+ * 5. AdamW on the shard (decay on matrices and embeddings only);
+ * 6. all-reduce the loss: when it returns, every rank finished step s, which commits it.
+ */
+export interface TrainConfig {
+  model: GptConfig
+  B: number
+  T: number
+  steps: number
+  lr: number
+  weightDecay: number
+  seed: number
+  /** Ranks that train; members beyond them are spares. */
+  worldSize: number
+  /** ZeRO++ (qwZ + hpZ + qgZ) instead of flat ZeRO-3. */
+  zeroPP: boolean
+  dtype: 'f32' | 'bf16'
+  /**
+   * Erasure-coded snapshot of every rank: k data + m parity fragments, after every `every`-th
+   * committed step (default 1) and after the first step of every session, so a roster always
+   * has a snapshot of its own to roll back to.
+   */
+  snapshot: { k: number, m: number, every?: number } | undefined
+  /**
+   * Disk tier (node/disk-tier.ts): persist this rank's state to `dir` every `every` committed
+   * steps (0: never), and with `resume` start from the newest step every rank has on disk.
+   */
+  disk?: { dir: string, every: number, resume: boolean }
+  /** How long a rank left in a minority of the view waits for the majority (default 5 min). */
+  minorityWaitMs?: number
+  /**
+   * Grow the run up to this many ranks (default: worldSize, never): nodes that join the mesh
+   * while it trains become ranks at the next step boundary every rank agrees on.
+   */
+  maxWorldSize?: number
+}
+
+/** A trainer's state for status output, metrics and tests. */
+export interface TrainStatus {
+  role: 'waiting' | 'rank' | 'spare' | 'done' | 'failed'
+  rank: number | undefined
+  worldSize: number
+  /** Steps committed so far. */
+  step: number
+  steps: number
+  /** Mean loss over the ranks at the last committed step. */
+  loss: number | undefined
+  /** Loss of the final weights on a fixed held-out batch (set when training completes). */
+  evalLoss: number | undefined
+  tokensPerS: number | undefined
+  epoch: number
+  /** Bytes this node sent, per tier, since training began. */
+  bytes: { host: number, zone: number, wan: number }
+  /** Newest step of this rank's snapshot placed on its peers. */
+  snapshotStep: number | undefined
+  /** Recoveries this node took part in, newest last. */
+  recoveries: Array<{ mode: 'replace' | 'shrink', lost: number[], fromStep: number, ms: number }>
+  /** Steps retried with the same ranks after a failure that lost nobody (a stall, a reset stream). */
+  retries: number
+  /** The disk tier step this run resumed from (--resume). */
+  resumedFrom?: number
+  /** What this node is doing now, in a few words (for status and for diagnosing a stuck run). */
+  phase: string
+  /** Times the run grew (late joiners became ranks), newest last. */
+  growths: Array<{ from: number, to: number, atStep: number }>
+  /** Parameter memory of this rank (bytes), measured by the trainer; see {@link ParamMemory}. */
+  memory?: ParamMemory
+  error?: string
+}
+
+/**
+ * What a rank holds for the parameters. ZeRO-3 keeps it near Ψ/P plus the buckets in flight:
+ * `shard` is the owned state (f32 master weights, their gradient, AdamW m and v: 4 × Ψ/P
+ * elements); `model` the streamed model's buffers (the embeddings and final layernorm, two
+ * block slots, each with its gradient, plus their bf16 copies); `inFlightPeak` the most bytes
+ * of gathered weights and gradient copies alive at once (prefetched buckets, reductions
+ * not yet sent). `full` is what one replica of the model with its gradient and AdamW state
+ * takes (16 bytes per parameter), for comparison.
+ */
+export interface ParamMemory {
+  shard: number
+  model: number
+  inFlightPeak: number
+  full: number
+}
+
+/** One line for people: what a rank holds for the parameters against a full replica. */
+export function formatParamMemory (m: ParamMemory): string {
+  const mib = (b: number): string => (b / 2 ** 20).toFixed(b < 2 ** 20 ? 3 : 1)
+  const total = m.shard + m.model + m.inFlightPeak
+  return `parameter memory per rank ${mib(total)} MiB (owned shard ${mib(m.shard)} + streamed model ${mib(m.model)} + peak in flight ${mib(m.inFlightPeak)}), ` +
+    `${(100 * total / m.full).toFixed(0)}% of a full replica's ${mib(m.full)} MiB`
+}
+
+type Shape = Pick<GptConfig, 'maxT' | 'nLayer' | 'nHead' | 'C'>
+const shapeOf = (c: Readonly<GptConfig>): Shape => ({ maxT: c.maxT, nLayer: c.nLayer, nHead: c.nHead, C: c.C })
+
+/**
+ * Model shapes `--model` names; the vocabulary comes from the data. `small` and `gpt2-124m`
+ * are gpu/'s {@link GPT_PRESETS} shapes; `mini` exists only for training demos.
+ */
+export const TRAIN_MODELS = Object.freeze({
+  /** ~0.1 M parameters: trains visibly on a CPU in seconds (the `zeromesh up` default). */
+  mini: { maxT: 64, nLayer: 2, nHead: 4, C: 64 },
+  small: shapeOf(GPT_PRESETS.small),
+  'gpt2-124m': shapeOf(GPT_PRESETS['gpt2-124m'])
+})
+export type TrainModelName = keyof typeof TRAIN_MODELS
+
+/** The GPT config of a named shape for a vocabulary (padded to a multiple of 64 for the kernels). */
+export function trainingModel (name: TrainModelName, vocabSize: number): GptConfig {
+  return { ...TRAIN_MODELS[name], vocabSize, paddedVocabSize: Math.ceil(vocabSize / 64) * 64 }
+}
+
+/** Training cannot go on (a configuration the mesh cannot hold, state that cannot be recovered). */
+export class TrainingError extends ZeromeshError {
+  static override name = 'TrainingError'
+}
+
+/** What a trainer is given to run. */
+export interface TrainerDeps {
+  backend: Backend
+  net: PeerNet
+  membership: Membership
+  clock: Clock
+  log: Logger
+  corpus: Corpus
+  /** The node's metrics registry: the snapshot service registers its metrics here. */
+  metrics?: MetricsRegistry
+  /**
+   * Simulated compute (the simulator's cost model): after this rank's forward and backward,
+   * the trainer sleeps this many ms on its clock, so virtual time reflects the GPU work the
+   * CPU reference did in no virtual time. Absent on real nodes.
+   */
+  computeMs?: (tokens: number) => number
+  /** Called after every committed step (progress lines, metrics). */
+  onStep?: (s: TrainStatus) => void
+  /** Called for every collective message this node sends (the simulator's per-op byte counts). */
+  onCollectiveSent?: (sent: CollectiveSent) => void
+}
+
+/** Checks a configuration against the data before anything starts. */
+export function validateTrainConfig (cfg: TrainConfig, corpus: Corpus): void {
+  const int = (name: string, v: number, min: number): void => {
+    if (!Number.isSafeInteger(v) || v < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got ${v}`)
+  }
+  int('B', cfg.B, 1)
+  int('T', cfg.T, 1)
+  int('steps', cfg.steps, 0)
+  int('worldSize', cfg.worldSize, 1)
+  if (cfg.maxWorldSize !== undefined) {
+    int('maxWorldSize', cfg.maxWorldSize, cfg.worldSize)
+    checkCap('maxWorldSize', cfg.maxWorldSize, COLLECTIVE_LIMITS.maxGroupSize)
+  }
+  if (cfg.T > cfg.model.maxT) throw new InvalidArgumentError(`T ${cfg.T} exceeds the model's context of ${cfg.model.maxT}`)
+  if (corpus.vocabSize > cfg.model.vocabSize) {
+    throw new InvalidArgumentError(`the data has ${corpus.vocabSize} token ids but the model's vocabulary is ${cfg.model.vocabSize}`)
+  }
+  if (!(cfg.lr > 0) || !(cfg.weightDecay >= 0)) throw new InvalidArgumentError('lr must be > 0 and weightDecay >= 0')
+}
+
+/** A contiguous run of the flat buffer that AdamW treats alike (decayed or not). */
+export interface Segment { start: number, length: number, decay: boolean }
+
+/** The decay segments of the flat range [start, start + length). */
+export function decaySegments (layout: GptLayout, start: number, length: number): Segment[] {
+  const out: Segment[] = []
+  const end = start + length
+  for (const t of layout.tensors) {
+    const a = Math.max(start, t.offset)
+    const b = Math.min(end, t.offset + t.length)
+    if (a >= b) continue
+    const last = out.at(-1)
+    if (last !== undefined && last.decay === t.decay && last.start + last.length === a) last.length += b - a
+    else out.push({ start: a, length: b - a, decay: t.decay })
+  }
+  // Padding past the last tensor (shards round up) is left alone: its gradient is always 0.
+  return out
+}
+
+/** One rank's optimizer state between sessions: the f32 master shard and AdamW moments. */
+export interface ShardState { step: number, master: Float32Array, m: Float32Array, v: Float32Array }
+
+/** A half-open range of the flat parameter buffer that one rank owns. */
+export interface ShardRange { start: number, length: number }

@@ -1,0 +1,34 @@
+import type { ShardState } from './config.ts'
+import { growCheck, growMessage } from './messages.ts'
+import type { Growth } from './roster.ts'
+import type { SessionParts, ShardTensors } from './step.ts'
+
+/** Ranks tell spares the run grows: u32 view epoch, u32 ranks added, u32 step (little-endian). */
+export const GROW_TOPIC = 'train/grow'
+
+/**
+ * After step s commits (not the last), this rank's growth proposal: the newest view's joiners.
+ * The run grows only when every rank names the same view (views reach ranks at different
+ * times; they agree at some later step boundary).
+ */
+export function growProposal (p: SessionParts): Float32Array {
+  const { env, rs, roster } = p
+  return growCheck.encode(rs.views.growCandidate(roster, env.cfg.maxWorldSize ?? env.cfg.worldSize, env.deps.membership.view()))
+}
+
+/**
+ * Every rank's proposals (the `grow_check` all-gather): on agreement, this rank keeps its
+ * state for the new ranks and its announcement for the spares, and returns the growth.
+ */
+export function agreedGrowth (p: SessionParts, t: ShardTensors, all: Float32Array, s: number): { growth: Growth, msg: Uint8Array } | undefined {
+  const proposals = growCheck.decode(all, p.P)
+  const first = proposals[0]!
+  if (!(first.epoch > 0 && proposals.every(x => x.epoch === first.epoch && x.count === first.count))) return undefined
+  const read = (x: typeof t.master): Float32Array => (p.opt.read(x) as Float32Array).slice()
+  const state: ShardState = { step: s + 1, master: read(t.master), m: read(t.m), v: read(t.v) }
+  p.rs.grow.handoff = { rank: p.rank, state }
+  const growth = { epoch: first.epoch, count: first.count, step: s + 1 }
+  const msg = growMessage.encode(growth)
+  p.rs.grow.msg = msg
+  return { growth, msg }
+}

@@ -1,0 +1,200 @@
+import { ProtocolError } from '../../core/index.ts'
+import { TRAIN_LIMITS } from './limits.ts'
+
+/**
+ * The trainer's protocol messages, each with one schema read and written here only.
+ *
+ * All-gather records travel as f32 words (the collectives' f32 wire): a rank contributes a
+ * fixed number of words per message, so the bytes on the wire (and the simulator's timing,
+ * which depends on them) are those of the layout below. Integers are written as f32 and must
+ * be exact in f32 (below 2^24); decoding checks the length, integrality and range of every
+ * word and throws {@link TrainMessageError} otherwise.
+ *
+ *   grow_check        2 words per rank: view epoch, ranks to add (0, 0: no proposal)
+ *   recovery_point    K words per old rank (K = snapshot manifests per owner): known versions, -1 for none
+ *   recovery_verdict  1 word per rank: 1 when its snapshot load found one unrecoverable, else 0
+ *   resume_index      DISK_SLOTS x (step, old rank, old world size) per rank, -1 x 3 for an empty slot
+ *   *_state           2 + 3L words per rank: old rank, step, then weights, AdamW m, v (L each); all -1 when it holds none
+ *
+ * Gossip messages are little-endian u32 records: `train/done` (step), `train/grow` (epoch,
+ * count, step); `train/roster` is JSON (roster.ts).
+ */
+
+/** A trainer message that does not decode: wrong length, a non-integer or out-of-range field. */
+export class TrainMessageError extends ProtocolError {
+  static override name = 'TrainMessageError'
+}
+
+const MAX = TRAIN_LIMITS.maxRecordInteger
+
+/** Reads word `i` of `words` as an integer in [min, MAX). */
+function intAt (label: string, words: Float32Array, i: number, min: number): number {
+  const v = words[i]!
+  if (!Number.isInteger(v) || v < min || v >= MAX) {
+    throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `${label}: word ${i} is ${v}, not an integer in [${min}, ${MAX})`, { label, index: i })
+  }
+  return v
+}
+
+/** Writes an integer that must be exact in f32. */
+function word (label: string, v: number, min: number): number {
+  if (!Number.isInteger(v) || v < min || v >= MAX) {
+    throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `${label}: ${v} is not an integer in [${min}, ${MAX})`, { label })
+  }
+  return v
+}
+
+function checkLength (label: string, words: Float32Array, want: number): void {
+  if (words.length !== want) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `${label}: ${words.length} words, expected ${want}`, { label })
+}
+
+/** A rank's growth proposal after a step: the view to grow with and how many of its joiners. */
+export interface GrowProposal { epoch: number, count: number }
+
+/** `grow_check`: every rank's growth proposal. */
+export const growCheck = {
+  label: 'grow_check',
+  words: 2,
+  encode (p: GrowProposal | undefined): Float32Array {
+    return Float32Array.of(word('grow_check', p?.epoch ?? 0, 0), word('grow_check', p?.count ?? 0, 0))
+  },
+  decode (all: Float32Array, P: number): GrowProposal[] {
+    checkLength('grow_check', all, 2 * P)
+    return Array.from({ length: P }, (_, r) => ({ epoch: intAt('grow_check', all, 2 * r, 0), count: intAt('grow_check', all, 2 * r + 1, 0) }))
+  }
+}
+
+/** `recovery_point`: per old rank, the newest complete snapshot versions a rank knows (K slots, -1 for none). */
+export const recoveryPoint = {
+  label: 'recovery_point',
+  encode (known: ReadonlyArray<readonly number[]>, K: number): Float32Array {
+    const out = new Float32Array(known.length * K).fill(-1)
+    known.forEach((vs, i) => vs.slice(0, K).forEach((v, j) => { out[i * K + j] = word('recovery_point', v, 0) }))
+    return out
+  },
+  /** Per old rank, the versions any rank knows. */
+  decode (all: Float32Array, P: number, oldP: number, K: number): Array<Set<number>> {
+    checkLength('recovery_point', all, P * oldP * K)
+    const sets = Array.from({ length: oldP }, () => new Set<number>())
+    for (let i = 0; i < oldP; i++) {
+      for (let r = 0; r < P; r++) {
+        for (let j = 0; j < K; j++) {
+          const v = intAt('recovery_point', all, r * oldP * K + i * K + j, -1)
+          if (v >= 0) sets[i]!.add(v)
+        }
+      }
+    }
+    return sets
+  }
+}
+
+/** `recovery_verdict`: whether each rank's snapshot load found one unrecoverable. */
+export const recoveryVerdict = {
+  label: 'recovery_verdict',
+  encode (unrecoverable: boolean): Float32Array {
+    return Float32Array.of(unrecoverable ? 1 : 0)
+  },
+  /** The first rank that reported an unrecoverable snapshot, or -1. */
+  decode (all: Float32Array, P: number): number {
+    checkLength('recovery_verdict', all, P)
+    for (let r = 0; r < P; r++) {
+      const v = all[r]!
+      if (v !== 0 && v !== 1) throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `recovery_verdict: rank ${r} sent ${v}, not 0 or 1`, { label: 'recovery_verdict', index: r })
+    }
+    return all.findIndex(x => x !== 0)
+  }
+}
+
+/** One disk tier file a member holds: the step, and the rank and world size that wrote it. */
+export interface DiskFile { step: number, rank: number, worldSize: number }
+
+/** `resume_index`: the disk tier files each member holds, DISK_SLOTS slots. */
+export const resumeIndex = {
+  label: 'resume_index',
+  slots: TRAIN_LIMITS.diskSlots,
+  encode (files: ReadonlyArray<DiskFile | undefined>): Float32Array {
+    const S = TRAIN_LIMITS.diskSlots
+    if (files.length > S) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `resume_index: ${files.length} files, at most ${S}`)
+    const out = new Float32Array(S * 3).fill(-1)
+    files.forEach((f, i) => {
+      if (f !== undefined) out.set([word('resume_index', f.step, 0), word('resume_index', f.rank, 0), word('resume_index', f.worldSize, 1)], i * 3)
+    })
+    return out
+  },
+  /** Per member (index), the files it offers. */
+  decode (all: Float32Array, P: number): DiskFile[][] {
+    const S = TRAIN_LIMITS.diskSlots
+    checkLength('resume_index', all, P * S * 3)
+    return Array.from({ length: P }, (_, r) => {
+      const out: DiskFile[] = []
+      for (let i = 0; i < S; i++) {
+        const at = (r * S + i) * 3
+        const step = intAt('resume_index', all, at, -1)
+        if (step < 0) continue
+        out.push({ step, rank: intAt('resume_index', all, at + 1, 0), worldSize: intAt('resume_index', all, at + 2, 1) })
+      }
+      return out
+    })
+  }
+}
+
+/** An old rank's optimizer state as handed to a new roster. */
+export interface OfferedState { rank: number, step: number, weights: Float32Array, adamM: Float32Array, adamV: Float32Array }
+
+/** `resume_state` / `grow_state`: one slot per member of (old rank, step, weights, m, v), L elements each. */
+export const stateSlot = {
+  header: 2,
+  words: (L: number): number => 2 + 3 * L,
+  encode (label: string, own: OfferedState | undefined, L: number): Float32Array {
+    const buf = new Float32Array(2 + 3 * L).fill(-1)
+    if (own !== undefined) {
+      buf[0] = word(label, own.rank, 0)
+      buf[1] = word(label, own.step, 0)
+      buf.set(own.weights, 2)
+      buf.set(own.adamM, 2 + L)
+      buf.set(own.adamV, 2 + 2 * L)
+    }
+    return buf
+  },
+  /**
+   * Member `r`'s slot: undefined when it offers none, else its old rank and step and a
+   * reader of its three vectors (the first `len` elements of each).
+   */
+  decode (label: string, all: Float32Array, P: number, L: number, r: number): { rank: number, step: number, part: (k: number, len: number) => Float32Array } | undefined {
+    const per = 2 + 3 * L
+    checkLength(label, all, P * per)
+    const at = r * per
+    const rank = intAt(label, all, at, -1)
+    if (rank < 0) return undefined
+    const step = intAt(label, all, at + 1, 0)
+    return { rank, step, part: (k, len) => all.slice(at + 2 + k * L, at + 2 + k * L + Math.min(len, L)) }
+  }
+}
+
+/** `train/done`: the step the run finished at (u32). */
+export const doneMessage = {
+  bytes: 4,
+  encode (step: number): Uint8Array {
+    const out = new Uint8Array(4)
+    new DataView(out.buffer).setUint32(0, step, true)
+    return out
+  }
+}
+
+/** `train/grow`: the ranks grow the run by `count` joiners of view `epoch` after `step` (three u32). */
+export const growMessage = {
+  bytes: 12,
+  encode (g: { epoch: number, count: number, step: number }): Uint8Array {
+    const msg = new Uint8Array(12)
+    const d = new DataView(msg.buffer)
+    d.setUint32(0, g.epoch, true)
+    d.setUint32(4, g.count, true)
+    d.setUint32(8, g.step, true)
+    return msg
+  },
+  decode (data: Uint8Array): { epoch: number, count: number, step: number } {
+    if (data.length !== 12) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `train/grow: ${data.length} bytes, expected 12`)
+    const d = new DataView(data.buffer, data.byteOffset, 12)
+    return { epoch: d.getUint32(0, true), count: d.getUint32(4, true), step: d.getUint32(8, true) }
+  }
+}
