@@ -6,7 +6,7 @@ import type { RankState, SnapshotService } from '../snapshot/index.ts'
  * awaits its collectives), and `svc.capture()` every `every` steps (0: never). Returns seconds
  * per step, after the last placement has settled.
  */
-export function stepLoop (svc: SnapshotService, st: RankState, steps: number): (every: number) => Promise<number> {
+export function stepLoop(svc: SnapshotService, st: RankState, steps: number): (every: number) => Promise<number> {
   const n = st.weights.length
   const g = new Float32Array(n).fill(0.001)
   const step = (): void => {

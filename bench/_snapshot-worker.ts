@@ -23,19 +23,24 @@ const m = Number(mS)
 const heartbeatMs = Number(hbS)
 const MiB = 1024 * 1024
 const clock = new RealClock()
-const emit = (ev: Record<string, unknown>): void => { process.stdout.write(JSON.stringify({ ...ev, worker: Number(index), at: Date.now() }) + '\n') }
+const emit = (ev: Record<string, unknown>): void => {
+  process.stdout.write(JSON.stringify({ ...ev, worker: Number(index), at: Date.now() }) + '\n')
+}
 
-const net = createLibp2pPeerNet({
-  runId: 'snapshot-procs',
-  secret: readFileSync(secretFile!),
-  privateKey: await loadOrCreateIdentity(dataDir!),
-  labels: { zone: `z${Number(index) % 2}`, host: `h${index}` },
-  listen: ['/ip4/127.0.0.1/tcp/0'],
-  bootstrap: bootstrap === undefined ? [] : [bootstrap],
-  announceIntervalMs: Math.max(200, heartbeatMs * 2),
-  // Every stream rides the bulk channel, as in node/start.ts, except the libp2p baseline's.
-  bulkProtocol: p => p !== BLOB_LIBP2P
-}, { clock, log: silentLogger() })
+const net = createLibp2pPeerNet(
+  {
+    runId: 'snapshot-procs',
+    secret: readFileSync(secretFile!),
+    privateKey: await loadOrCreateIdentity(dataDir!),
+    labels: { zone: `z${Number(index) % 2}`, host: `h${index}` },
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    bootstrap: bootstrap === undefined ? [] : [bootstrap],
+    announceIntervalMs: Math.max(200, heartbeatMs * 2),
+    // Every stream rides the bulk channel, as in node/start.ts, except the libp2p baseline's.
+    bulkProtocol: p => p !== BLOB_LIBP2P
+  },
+  { clock, log: silentLogger() }
+)
 await net.start()
 const membership = createMembership({ heartbeatMs, expect: Number(N) }, { net, clock, rng: Rng.fromSeed(`snapshot-procs/${net.self.id}`), log: silentLogger() })
 // Idle timeout as the trainer's (10 s) would abandon holders on a loaded 2-core box; 30 s as bench/snapshot.ts.
@@ -64,7 +69,7 @@ net.handle(BLOB_LIBP2P, serveBlob)
 net.handle(BLOB_BULK, serveBlob)
 
 /** Fetches `bytes` from `donor` over one stream into one buffer, then checksums it. */
-const fetchBlob = async (donor: string, bytes: number, protocol: string): Promise<{ transferMs: number, checksumMs: number }> => {
+const fetchBlob = async (donor: string, bytes: number, protocol: string): Promise<{ transferMs: number; checksumMs: number }> => {
   const t0 = performance.now()
   const s = await net.open(donor, protocol)
   const req = Buffer.alloc(8)
@@ -85,7 +90,7 @@ const fetchBlob = async (donor: string, bytes: number, protocol: string): Promis
 
 // ---- synthetic rank state (as bench/snapshot.ts), filled in slices so that building it never
 // blocks this process's heartbeats for long (the bench must not cause the stalls it measures) ----
-async function stateOf (bytes: number, step: number, worldSize: number): Promise<RankState> {
+async function stateOf(bytes: number, step: number, worldSize: number): Promise<RankState> {
   const n = Math.floor((bytes - 64 - 32) / 12)
   const fill = async (seed: number): Promise<Float32Array> => {
     const a = new Float32Array(n)
@@ -109,12 +114,26 @@ setInterval(() => {
   lagMax = Math.max(lagMax, t - lagLast - 20)
   lagLast = t
 }, 20).unref()
-const lag = { reset: (): void => { lagMax = 0 } }
+const lag = {
+  reset: (): void => {
+    lagMax = 0
+  }
+}
 const maxLagMs = (): number => Math.round(lagMax)
 
 // ---- step-time overhead: a CPU AdamW-like loop with and without a capture every step ----
-async function stepOverhead (n: number, steps: number): Promise<Record<string, number>> {
-  const st: RankState = { rank: 1, worldSize: Number(N), epoch: 1, step: 0, dataCursor: 0, weights: new Float32Array(n), adamM: new Float32Array(n), adamV: new Float32Array(n), rng: new Uint8Array(32) }
+async function stepOverhead(n: number, steps: number): Promise<Record<string, number>> {
+  const st: RankState = {
+    rank: 1,
+    worldSize: Number(N),
+    epoch: 1,
+    step: 0,
+    dataCursor: 0,
+    weights: new Float32Array(n),
+    adamM: new Float32Array(n),
+    adamV: new Float32Array(n),
+    rng: new Uint8Array(32)
+  }
   const run = stepLoop(svc, st, steps)
   await run(0)
   const base = await run(0)
@@ -124,7 +143,7 @@ async function stepOverhead (n: number, steps: number): Promise<Record<string, n
 }
 
 // ---- recovery, armed by the parent and started by the first view without the victim ----
-let armed: { owner: string, victim: string, afterEpoch: number, bytes: number, version: number, tag: string } | undefined
+let armed: { owner: string; victim: string; afterEpoch: number; bytes: number; version: number; tag: string } | undefined
 let recovering = false
 const onView = (v: View): void => {
   svc.setView(v)
@@ -145,7 +164,21 @@ const onView = (v: View): void => {
       const used = r.used.map(x => x.index)
       const missing = r.missing.map(x => x.index)
       rec = undefined
-      emit({ ev: 'recovered', tag: a.tag, epoch: v.epoch, viewAt, recoverMs: ms, maxLagMs: maxLagMs(), viewAfter: membership.view()?.epoch, memberAfter: membership.status().member, ok, used, missing, corrupt: r.corrupt.length, source: r.source })
+      emit({
+        ev: 'recovered',
+        tag: a.tag,
+        epoch: v.epoch,
+        viewAt,
+        recoverMs: ms,
+        maxLagMs: maxLagMs(),
+        viewAfter: membership.view()?.epoch,
+        memberAfter: membership.status().member,
+        ok,
+        used,
+        missing,
+        corrupt: r.corrupt.length,
+        source: r.source
+      })
     } catch (err) {
       emit({ ev: 'error', tag: a.tag, message: `recover: ${(err as Error).name}: ${(err as Error).message}` })
     } finally {
@@ -159,7 +192,10 @@ await membership.start()
 emit({ ev: 'ready', id: net.self.id, addr: net.multiaddrs()[0] })
 
 // ---- commands from the parent, one JSON object per line ----
-interface Command { cmd: string, [k: string]: unknown }
+interface Command {
+  cmd: string
+  [k: string]: unknown
+}
 const handle = async (c: Command): Promise<void> => {
   switch (c.cmd) {
     case 'steps': {
@@ -181,10 +217,25 @@ const handle = async (c: Command): Promise<void> => {
         const t2 = performance.now()
         if (out.status === 'placed') {
           state = undefined
-          emit({ ev: 'placed', attempts: attempt, failures, maxLagMs: maxLagMs(), detectionBoundMs: membership.status().detectionBoundMs, captureMs: t1 - t0, placeMs: t2 - t0, stateBytes: out.result.manifest.stateBytes, holders: out.result.manifest.holders, epoch: out.result.manifest.epoch, version: out.result.manifest.version, heldBytes: svc.store.stats().usedBytes })
+          emit({
+            ev: 'placed',
+            attempts: attempt,
+            failures,
+            maxLagMs: maxLagMs(),
+            detectionBoundMs: membership.status().detectionBoundMs,
+            captureMs: t1 - t0,
+            placeMs: t2 - t0,
+            stateBytes: out.result.manifest.stateBytes,
+            holders: out.result.manifest.holders,
+            epoch: out.result.manifest.epoch,
+            version: out.result.manifest.version,
+            heldBytes: svc.store.stats().usedBytes
+          })
           return
         }
-        failures.push(`${out.status === 'failed' ? out.error.message.slice(0, 300) : out.status} (longest stall ${maxLagMs()} ms, view ${membership.view()?.epoch})`)
+        failures.push(
+          `${out.status === 'failed' ? out.error.message.slice(0, 300) : out.status} (longest stall ${maxLagMs()} ms, view ${membership.view()?.epoch})`
+        )
         if (attempt >= 4) throw new Error(`placement failed ${attempt} times: ${failures.join(' | ')}`)
         // Before trying again, wait (up to 30 s) until this node is a member of the current view
         // and connected to every other member again.
@@ -207,12 +258,25 @@ const handle = async (c: Command): Promise<void> => {
       // Wait for the owner's manifest (gossip), as a spare would have it before any failure.
       const deadline = performance.now() + 20_000
       while (svc.manifests(owner).length === 0 && performance.now() < deadline) await clock.sleep(50)
-      armed = { owner, victim: String(c['victim'] ?? owner), afterEpoch: membership.view()?.epoch ?? 0, bytes: Number(c['bytes']), version: Number(c['version']), tag: String(c['tag']) }
+      armed = {
+        owner,
+        victim: String(c['victim'] ?? owner),
+        afterEpoch: membership.view()?.epoch ?? 0,
+        bytes: Number(c['bytes']),
+        version: Number(c['version']),
+        tag: String(c['tag'])
+      }
       emit({ ev: 'armed', manifests: svc.manifests(owner).length, held: svc.store.stats().usedBytes })
       return
     }
     case 'stats': {
-      emit({ ev: 'stats', heldBytes: svc.store.stats().usedBytes, rss: process.memoryUsage().rss, epoch: membership.view()?.epoch, detectionBoundMs: membership.status().detectionBoundMs })
+      emit({
+        ev: 'stats',
+        heldBytes: svc.store.stats().usedBytes,
+        rss: process.memoryUsage().rss,
+        epoch: membership.view()?.epoch,
+        detectionBoundMs: membership.status().detectionBoundMs
+      })
       return
     }
     default:

@@ -5,14 +5,14 @@ import { connect } from 'node:net'
 import { fileURLToPath } from 'node:url'
 
 export interface WireReceiver {
-  info: { multiaddr: string, tcpPort: number }
+  info: { multiaddr: string; tcpPort: number }
   kill: () => void
 }
 
 /** Starts bench/_wire-receiver.ts in a child process and waits for its addresses. */
-export async function startWireReceiver (encrypter: 'noise' | 'tls'): Promise<WireReceiver> {
+export async function startWireReceiver(encrypter: 'noise' | 'tls'): Promise<WireReceiver> {
   const child = spawn(process.execPath, [fileURLToPath(new URL('./_wire-receiver.ts', import.meta.url)), encrypter], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const info = await new Promise<{ multiaddr: string, tcpPort: number }>((resolve, reject) => {
+  const info = await new Promise<{ multiaddr: string; tcpPort: number }>((resolve, reject) => {
     let buf = ''
     child.stdout.on('data', (c: Buffer) => {
       buf += c.toString()
@@ -24,7 +24,7 @@ export async function startWireReceiver (encrypter: 'noise' | 'tls'): Promise<Wi
 }
 
 /** Seconds to send `total` bytes (in `chunk`s) over one raw TCP socket, until the receiver acks. */
-export async function rawTcpSeconds (port: number, total: number, chunk: Uint8Array): Promise<number> {
+export async function rawTcpSeconds(port: number, total: number, chunk: Uint8Array): Promise<number> {
   const sock = connect(port, '127.0.0.1')
   await new Promise<void>(resolve => sock.once('connect', () => resolve()))
   sock.setNoDelay(true)

@@ -6,10 +6,17 @@ import { RealClock, silentLogger } from '../core/index.ts'
 import { createLibp2pPeerNet } from '../mesh/index.ts'
 
 const encrypter = process.argv[2] === 'tls' ? 'tls' : 'noise'
-const net = createLibp2pPeerNet({
-  runId: 'bench', secret: new TextEncoder().encode('benchmark secret, long enough'), privateKey: await generateKeyPair('Ed25519'),
-  labels: { zone: 'z', host: 'receiver' }, encrypters: [encrypter], listen: ['/ip4/127.0.0.1/tcp/0']
-}, { clock: new RealClock(), log: silentLogger() })
+const net = createLibp2pPeerNet(
+  {
+    runId: 'bench',
+    secret: new TextEncoder().encode('benchmark secret, long enough'),
+    privateKey: await generateKeyPair('Ed25519'),
+    labels: { zone: 'z', host: 'receiver' },
+    encrypters: [encrypter],
+    listen: ['/ip4/127.0.0.1/tcp/0']
+  },
+  { clock: new RealClock(), log: silentLogger() }
+)
 net.handle('/sink/1', async s => {
   for await (const c of s) void c
   await s.write(Uint8Array.of(1))

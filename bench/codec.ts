@@ -6,8 +6,15 @@ import { xxh64 } from '@node-rs/xxhash'
 import { Packr } from 'msgpackr'
 import { z } from 'zod'
 import {
-  checksum64, encodeTensorFrames, decodeFrame, concatFrame, FrameReader, quantize, dequantize,
-  dequantizeAccumulate, createEnvelopeCodec
+  checksum64,
+  encodeTensorFrames,
+  decodeFrame,
+  concatFrame,
+  FrameReader,
+  quantize,
+  dequantize,
+  dequantizeAccumulate,
+  createEnvelopeCodec
 } from '../codec/index.ts'
 import { timeIt, report, filled } from './harness.ts'
 
@@ -35,19 +42,52 @@ for (const size of [4096, MiB, 4 * MiB]) {
   const memcpy = { impl: 'memcpy', seconds: timeIt(() => copy.set(data), { runs: 3 }) }
   report({ bench: 'frame', impl: 'memcpy', bytes: size, seconds: memcpy.seconds })
   const tensor = { dtype: 'f32' as const, shape: [size / 4], data }
-  report({ bench: 'frame.encode', impl: 'zeromesh (header + xxh64, zero-copy body)', bytes: size, seconds: timeIt(() => encodeTensorFrames(tensor), { runs: 3 }) }, memcpy)
+  report(
+    { bench: 'frame.encode', impl: 'zeromesh (header + xxh64, zero-copy body)', bytes: size, seconds: timeIt(() => encodeTensorFrames(tensor), { runs: 3 }) },
+    memcpy
+  )
   const wire = encodeTensorFrames(tensor).map(concatFrame)
-  report({ bench: 'frame.decode', impl: 'zeromesh decodeFrame (verify, view)', bytes: size, seconds: timeIt(() => { for (const f of wire) decodeFrame(f) }, { runs: 3 }) }, memcpy)
+  report(
+    {
+      bench: 'frame.decode',
+      impl: 'zeromesh decodeFrame (verify, view)',
+      bytes: size,
+      seconds: timeIt(
+        () => {
+          for (const f of wire) decodeFrame(f)
+        },
+        { runs: 3 }
+      )
+    },
+    memcpy
+  )
   const reader = new FrameReader()
   const stream = Buffer.concat(wire)
-  report({ bench: 'frame.stream', impl: 'zeromesh FrameReader (64 KiB pieces, copy, verify)', bytes: size, seconds: timeIt(() => {
-    for (let p = 0; p < stream.length; p += 65536) reader.push(stream.subarray(p, p + 65536))
-  }, { runs: 3 }) }, memcpy)
+  report(
+    {
+      bench: 'frame.stream',
+      impl: 'zeromesh FrameReader (64 KiB pieces, copy, verify)',
+      bytes: size,
+      seconds: timeIt(
+        () => {
+          for (let p = 0; p < stream.length; p += 65536) reader.push(stream.subarray(p, p + 65536))
+        },
+        { runs: 3 }
+      )
+    },
+    memcpy
+  )
   const packr = new Packr({ useRecords: false })
   const f4 = new Float32Array(data.buffer, 0, MiB)
   const f16 = new Float32Array(data.buffer, 0, 4 * MiB)
-  report({ bench: 'msgpackr.pack', impl: 'msgpackr Float32Array 4 MiB', bytes: 4 * MiB, seconds: timeIt(() => packr.pack(f4)) }, { impl: 'memcpy', seconds: memcpy.seconds / 16 })
-  report({ bench: 'msgpackr.pack', impl: 'msgpackr Float32Array 16 MiB', bytes: 16 * MiB, seconds: timeIt(() => packr.pack(f16), { runs: 3 }) }, { impl: 'memcpy', seconds: memcpy.seconds / 4 })
+  report(
+    { bench: 'msgpackr.pack', impl: 'msgpackr Float32Array 4 MiB', bytes: 4 * MiB, seconds: timeIt(() => packr.pack(f4)) },
+    { impl: 'memcpy', seconds: memcpy.seconds / 16 }
+  )
+  report(
+    { bench: 'msgpackr.pack', impl: 'msgpackr Float32Array 16 MiB', bytes: 16 * MiB, seconds: timeIt(() => packr.pack(f16), { runs: 3 }) },
+    { impl: 'memcpy', seconds: memcpy.seconds / 4 }
+  )
 }
 
 // --- quantization: bytes are the f32 input; baseline a JS f32 scale-and-copy loop ---
@@ -57,7 +97,12 @@ for (const size of [4096, MiB, 4 * MiB]) {
   const bytes = filled(n, 7)
   for (let i = 0; i < n; i++) src[i] = (bytes[i]! - 128) / 17
   const out = new Float32Array(n)
-  const loop = { impl: 'js f32 scale loop', seconds: timeIt(() => { for (let i = 0; i < n; i++) out[i] = Math.fround(src[i]! * 0.5) }) }
+  const loop = {
+    impl: 'js f32 scale loop',
+    seconds: timeIt(() => {
+      for (let i = 0; i < n; i++) out[i] = Math.fround(src[i]! * 0.5)
+    })
+  }
   report({ bench: 'quant', impl: 'js f32 scale loop', bytes: n * 4, seconds: loop.seconds })
   for (const bits of [8, 4] as const) {
     for (const blockSize of [256, 4096]) {

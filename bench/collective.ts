@@ -14,7 +14,16 @@
 //     gets one 1 Gbit/s link per peer pair. Chunk size
 //     BENCH_COLL_CHUNK_BYTES (default 256 KiB, so 1-4 MB shards pipeline across hops).
 import { RealClock } from '../core/index.ts'
-import { createMemoryNetwork, createCollective, createZeroComm, type PeerNet, type View, type Collective, type ZeroOptions, type TierBytes } from '../mesh/index.ts'
+import {
+  createMemoryNetwork,
+  createCollective,
+  createZeroComm,
+  type PeerNet,
+  type View,
+  type Collective,
+  type ZeroOptions,
+  type TierBytes
+} from '../mesh/index.ts'
 import { Simulation, createSimNetwork, type Topology } from '../sim/index.ts'
 
 const M = Number(process.env['BENCH_COLL_ELEMENTS'] ?? 4_000_000)
@@ -30,17 +39,28 @@ const CONFIGS: Record<string, ZeroOptions> = {
   'zero++': { qwZ: true, hpZ: true, qgZ: true }
 }
 
-function viewOf (nets: PeerNet[]): View {
+function viewOf(nets: PeerNet[]): View {
   return { epoch: 1, members: nets.map(n => ({ id: n.self.id, zone: n.self.labels.zone, host: n.self.labels.host })) }
 }
 
 /** One training step's communication on every rank; returns bytes per tier summed over ranks. */
-async function step (colls: Collective[], options: ZeroOptions, n: number, drive?: (p: Promise<unknown>) => Promise<number>): Promise<{ bytes: TierBytes, perOp: Record<string, TierBytes>, phaseMs: number[] }> {
+async function step(
+  colls: Collective[],
+  options: ZeroOptions,
+  n: number,
+  drive?: (p: Promise<unknown>) => Promise<number>
+): Promise<{ bytes: TierBytes; perOp: Record<string, TierBytes>; phaseMs: number[] }> {
   const zs = colls.map(c => createZeroComm(c, options))
-  const shards = zs.map(z => { const s = z.shardOf(n); return new Float32Array(s.length).fill(0.01) })
+  const shards = zs.map(z => {
+    const s = z.shardOf(n)
+    return new Float32Array(s.length).fill(0.01)
+  })
   const grads = new Float32Array(n).fill(0.001)
   const phaseMs: number[] = []
-  const run = async (p: Promise<unknown>): Promise<void> => { if (drive !== undefined) phaseMs.push(await drive(p)); else await p }
+  const run = async (p: Promise<unknown>): Promise<void> => {
+    if (drive !== undefined) phaseMs.push(await drive(p))
+    else await p
+  }
   await run(Promise.all(zs.map((z, r) => z.gatherWeights('model', shards[r]!, n, 'forward', { step: 1 }))))
   await run(Promise.all(zs.map((z, r) => z.gatherWeights('model', shards[r]!, n, 'backward', { step: 1 }))))
   await run(Promise.all(zs.map(z => z.reduceGradients('model', grads, { step: 1 }))))
@@ -48,8 +68,11 @@ async function step (colls: Collective[], options: ZeroOptions, n: number, drive
   const perOp: Record<string, TierBytes> = {}
   for (const z of zs) {
     for (const [op, b] of Object.entries(z.bytes())) {
-      const t = perOp[op] ??= { host: 0, zone: 0, wan: 0 }
-      for (const k of ['host', 'zone', 'wan'] as const) { t[k] += b[k]; bytes[k] += b[k] }
+      const t = (perOp[op] ??= { host: 0, zone: 0, wan: 0 })
+      for (const k of ['host', 'zone', 'wan'] as const) {
+        t[k] += b[k]
+        bytes[k] += b[k]
+      }
     }
   }
   return { bytes, perOp, phaseMs }
@@ -58,10 +81,10 @@ async function step (colls: Collective[], options: ZeroOptions, n: number, drive
 // (a) exact cross-zone bytes
 for (const zones of [2, 4]) {
   const P = 8
-  const results: Record<string, { bytes: TierBytes, perOp: Record<string, TierBytes>, phaseMs: number[] }> = {}
+  const results: Record<string, { bytes: TierBytes; perOp: Record<string, TierBytes>; phaseMs: number[] }> = {}
   for (const [name, options] of Object.entries(CONFIGS)) {
     const hub = createMemoryNetwork()
-    const nets = Array.from({ length: P }, (_, i) => hub.createPeer({ id: `n${i}`, labels: { zone: `z${Math.floor(i * zones / P)}`, host: `h${i}` } }))
+    const nets = Array.from({ length: P }, (_, i) => hub.createPeer({ id: `n${i}`, labels: { zone: `z${Math.floor((i * zones) / P)}`, host: `h${i}` } }))
     await Promise.all(nets.map(x => x.start()))
     const view = viewOf(nets)
     const clock = new RealClock()
@@ -73,16 +96,22 @@ for (const zones of [2, 4]) {
   }
   const pp = results['zero++']!.bytes.wan
   for (const [name, r] of Object.entries(results)) {
-    process.stdout.write(JSON.stringify({
-      bench: 'collective.bytes', impl: name, ranks: P, zones, elements: M,
-      wan_bytes_per_step: r.bytes.wan,
-      wan_bytes_per_rank_per_step: Math.round(r.bytes.wan / P),
-      wan_bytes_per_step_per_op: Object.fromEntries(Object.entries(r.perOp).map(([k, v]) => [k, v.wan])),
-      zone_bytes_per_step: r.bytes.zone + r.bytes.host,
-      ...(name === 'zero++' ? {} : { baseline_for: 'zero++', ratio: Number((r.bytes.wan / pp).toFixed(3)) }),
-      // The required ratio is stated against the 16-bit ZeRO-3 baseline.
-      ...(name === 'zero3-bf16' ? { required_ratio: REQUIRED_BYTES_RATIO, meets_required: r.bytes.wan / pp >= REQUIRED_BYTES_RATIO } : {})
-    }) + '\n')
+    process.stdout.write(
+      JSON.stringify({
+        bench: 'collective.bytes',
+        impl: name,
+        ranks: P,
+        zones,
+        elements: M,
+        wan_bytes_per_step: r.bytes.wan,
+        wan_bytes_per_rank_per_step: Math.round(r.bytes.wan / P),
+        wan_bytes_per_step_per_op: Object.fromEntries(Object.entries(r.perOp).map(([k, v]) => [k, v.wan])),
+        zone_bytes_per_step: r.bytes.zone + r.bytes.host,
+        ...(name === 'zero++' ? {} : { baseline_for: 'zero++', ratio: Number((r.bytes.wan / pp).toFixed(3)) }),
+        // The required ratio is stated against the 16-bit ZeRO-3 baseline.
+        ...(name === 'zero3-bf16' ? { required_ratio: REQUIRED_BYTES_RATIO, meets_required: r.bytes.wan / pp >= REQUIRED_BYTES_RATIO } : {})
+      }) + '\n'
+    )
   }
 }
 
@@ -98,7 +127,7 @@ for (const zones of [2, 4]) {
   for (const name of ['zero3-bf16', 'zero3-bf16w-f32g', 'zero++']) {
     const sim = new Simulation({ seed: 1 })
     const simnet = createSimNetwork(sim, topology)
-    const peers = Array.from({ length: P }, (_, i) => simnet.createPeer({ id: `s${i}`, labels: { zone: `z${Math.floor(i * 2 / P)}`, host: `h${i}` } }))
+    const peers = Array.from({ length: P }, (_, i) => simnet.createPeer({ id: `s${i}`, labels: { zone: `z${Math.floor((i * 2) / P)}`, host: `h${i}` } }))
     const nets = peers.map(p => p.net)
     await Promise.all(nets.map(x => x.start()))
     await sim.run(100)
@@ -110,7 +139,15 @@ for (const zones of [2, 4]) {
       let done = false
       const start = sim.now()
       let end = start
-      p.then(() => { done = true; end = sim.now() }, () => { done = true })
+      p.then(
+        () => {
+          done = true
+          end = sim.now()
+        },
+        () => {
+          done = true
+        }
+      )
       await sim.until(() => done, 600_000, 1)
       await p
       return end - start
@@ -122,23 +159,31 @@ for (const zones of [2, 4]) {
     const r = await step(colls, CONFIGS[name]!, SIM_M, drive)
     const simMs = sim.now() - t0
     times[name] = simMs
-    process.stdout.write(JSON.stringify({
-      bench: 'collective.step_time', impl: name, ranks: P, zones: 2, elements: SIM_M,
-      inside_gbit_s: 10, between_gbit_s: 1, between_latency_ms: 20,
-      chunk_bytes: SIM_CHUNK,
-      sim_step_ms: Number(simMs.toFixed(1)),
-      sim_ms_forward_gather_backward_gather_grad_reduce: r.phaseMs.map(x => Number(x.toFixed(1))),
-      wan_bytes_per_step: r.bytes.wan,
-      wall_s: Number(((performance.now() - w0) / 1000).toFixed(2)),
-      ...(name !== 'zero++'
-        ? {}
-        : {
-            speedup_vs_zero3_bf16: Number((times['zero3-bf16']! / simMs).toFixed(2)),
-            speedup_vs_zero3_f32_grads: Number((times['zero3-bf16w-f32g']! / simMs).toFixed(2)),
-            goal_speedup: GOAL_SPEEDUP,
-            meets_goal: times['zero3-bf16']! / simMs >= GOAL_SPEEDUP
-          })
-    }) + '\n')
+    process.stdout.write(
+      JSON.stringify({
+        bench: 'collective.step_time',
+        impl: name,
+        ranks: P,
+        zones: 2,
+        elements: SIM_M,
+        inside_gbit_s: 10,
+        between_gbit_s: 1,
+        between_latency_ms: 20,
+        chunk_bytes: SIM_CHUNK,
+        sim_step_ms: Number(simMs.toFixed(1)),
+        sim_ms_forward_gather_backward_gather_grad_reduce: r.phaseMs.map(x => Number(x.toFixed(1))),
+        wan_bytes_per_step: r.bytes.wan,
+        wall_s: Number(((performance.now() - w0) / 1000).toFixed(2)),
+        ...(name !== 'zero++'
+          ? {}
+          : {
+              speedup_vs_zero3_bf16: Number((times['zero3-bf16']! / simMs).toFixed(2)),
+              speedup_vs_zero3_f32_grads: Number((times['zero3-bf16w-f32g']! / simMs).toFixed(2)),
+              goal_speedup: GOAL_SPEEDUP,
+              meets_goal: times['zero3-bf16']! / simMs >= GOAL_SPEEDUP
+            })
+      }) + '\n'
+    )
     await Promise.all(colls.map(c => c.stop()))
     await Promise.all(nets.map(x => x.stop()))
   }
@@ -163,15 +208,27 @@ if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0') {
     rx.kill()
   }
   const rawMBps = rawBytes / rawS / 1e6
-  process.stdout.write(JSON.stringify({ bench: 'collective.processes', impl: 'raw Node TCP, one socket (baseline)', bytes: rawBytes, mb_s: Number(rawMBps.toFixed(1)) }) + '\n')
+  process.stdout.write(
+    JSON.stringify({ bench: 'collective.processes', impl: 'raw Node TCP, one socket (baseline)', bytes: rawBytes, mb_s: Number(rawMBps.toFixed(1)) }) + '\n'
+  )
   const elements = Number(process.env['BENCH_COLLECTIVE_PROC_ELEMENTS'] ?? 16 * 1024 * 1024)
   const res = await runWorkers(3, elements, 1, { rounds: 3 })
   const same = res.every(r => r.allGather === res[0]!.allGather)
   for (const r of res) {
-    process.stdout.write(JSON.stringify({
-      bench: 'collective.processes', ranks: 3, rank: r.rank, elements, vector_mib: elements * 4 / 2 ** 20,
-      all_gather_mb_s: r.allGatherMBps, reduce_scatter_mb_s: r.reduceScatterMBps, all_gather_results_identical: same,
-      baseline: 'raw Node TCP', all_gather_ratio: Number((r.allGatherMBps! / rawMBps).toFixed(3)), reduce_scatter_ratio: Number((r.reduceScatterMBps! / rawMBps).toFixed(3))
-    }) + '\n')
+    process.stdout.write(
+      JSON.stringify({
+        bench: 'collective.processes',
+        ranks: 3,
+        rank: r.rank,
+        elements,
+        vector_mib: (elements * 4) / 2 ** 20,
+        all_gather_mb_s: r.allGatherMBps,
+        reduce_scatter_mb_s: r.reduceScatterMBps,
+        all_gather_results_identical: same,
+        baseline: 'raw Node TCP',
+        all_gather_ratio: Number((r.allGatherMBps! / rawMBps).toFixed(3)),
+        reduce_scatter_ratio: Number((r.reduceScatterMBps! / rawMBps).toFixed(3))
+      }) + '\n'
+    )
   }
 }

@@ -14,16 +14,26 @@ const impls: ErasureCoderName[] = ['wasm', 'simd']
 const require = createRequire(import.meta.url)
 const wrapper = ReedSolomonErasure.fromBytes(readFileSync(require.resolve('@subspace/reed-solomon-erasure.wasm/dist/reed_solomon_erasure_bg.wasm')))
 
-for (const [k, m] of [[4, 2], [8, 4], [10, 4]] as const) {
+for (const [k, m] of [
+  [4, 2],
+  [8, 4],
+  [10, 4]
+] as const) {
   const data = Array.from({ length: k }, (_, i) => filled(size, i + 1))
   const bytes = k * size
   const stripe = new Uint8Array((k + m) * size)
   const memcpy = { impl: 'memcpy', seconds: timeIt(() => data.forEach((d, i) => stripe.set(d, i * size))) }
   report({ bench: 'erasure.copy', impl: 'memcpy', k, m, fragment: size, bytes, seconds: memcpy.seconds })
-  const pkg = { impl: 'package JS wrapper', seconds: timeIt(() => { data.forEach((d, i) => stripe.set(d, i * size)); wrapper.encode(stripe, k, m) }) }
+  const pkg = {
+    impl: 'package JS wrapper',
+    seconds: timeIt(() => {
+      data.forEach((d, i) => stripe.set(d, i * size))
+      wrapper.encode(stripe, k, m)
+    })
+  }
   report({ bench: 'erasure.encode', impl: pkg.impl, k, m, fragment: size, bytes, seconds: pkg.seconds }, memcpy)
   // The wasm coder (our binding of the same module) is the baseline the others are measured against.
-  let base: { encode: { impl: string, seconds: number }, reconstruct: { impl: string, seconds: number } } | undefined
+  let base: { encode: { impl: string; seconds: number }; reconstruct: { impl: string; seconds: number } } | undefined
   for (const impl of impls) {
     const coder = createErasureCoder({ k, m, impl })
     const parity = coder.encode(data)

@@ -21,7 +21,7 @@ const emit = (line: Record<string, unknown>): void => {
 }
 const r4 = (x: number): number => Number(x.toPrecision(4))
 
-const be = await createBackend('cuda') as CudaBackend
+const be = (await createBackend('cuda')) as CudaBackend
 emit({ bench: 'gpu.device', description: be.description })
 
 const t0 = performance.now()
@@ -39,7 +39,13 @@ emit({ bench: 'gpu.compile', ms: r4(performance.now() - t0), ...be.compileStats 
   const reps = 10
   const timeOp = (fn: () => void): number => {
     fn()
-    return be.timeMs(() => { for (let i = 0; i < reps; i++) fn() }) / reps / 1000
+    return (
+      be.timeMs(() => {
+        for (let i = 0; i < reps; i++) fn()
+      }) /
+      reps /
+      1000
+    )
   }
   const copyS = timeOp(() => be.copyBytes(dst, src, n * 4))
   const copyGbps = (2 * n * 4) / copyS / 1e9
@@ -53,17 +59,38 @@ emit({ bench: 'gpu.compile', ms: r4(performance.now() - t0), ...be.compileStats 
       const scales = be.alloc('f32', [blocks])
       const moved = n * 4 + codeBytes + blocks * 4
       const qs = timeOp(() => be.quantize(codes, scales, src, bits, blockSize))
-      emit({ bench: 'gpu.quantize', bits, blockSize, elements: n, bytes: moved, seconds: r4(qs), gbps: r4(moved / qs / 1e9), fractionOfCopy: r4(moved / qs / 1e9 / copyGbps) })
+      emit({
+        bench: 'gpu.quantize',
+        bits,
+        blockSize,
+        elements: n,
+        bytes: moved,
+        seconds: r4(qs),
+        gbps: r4(moved / qs / 1e9),
+        fractionOfCopy: r4(moved / qs / 1e9 / copyGbps)
+      })
       for (const accumulate of [false, true]) {
         const dmoved = n * 4 * (accumulate ? 2 : 1) + codeBytes + blocks * 4
         const ds = timeOp(() => be.dequantize(dst, codes, scales, bits, blockSize, accumulate))
-        emit({ bench: 'gpu.dequantize', bits, blockSize, accumulate, elements: n, bytes: dmoved, seconds: r4(ds), gbps: r4(dmoved / ds / 1e9), fractionOfCopy: r4(dmoved / ds / 1e9 / copyGbps) })
+        emit({
+          bench: 'gpu.dequantize',
+          bits,
+          blockSize,
+          accumulate,
+          elements: n,
+          bytes: dmoved,
+          seconds: r4(ds),
+          gbps: r4(dmoved / ds / 1e9),
+          fractionOfCopy: r4(dmoved / ds / 1e9 / copyGbps)
+        })
       }
-      be.free(codes); be.free(scales)
+      be.free(codes)
+      be.free(scales)
     }
   }
   be.synchronize()
-  be.free(src); be.free(dst)
+  be.free(src)
+  be.free(dst)
 }
 
 // ---- GPT-2 124M training step ----------------------------------------------------------------
@@ -94,28 +121,43 @@ emit({ bench: 'gpu.compile', ms: r4(performance.now() - t0), ...be.compileStats 
   for (let i = 0; i < 5; i++) trainStep()
   be.synchronize()
   // Phase breakdown of one step, on device time.
-  const fwd = be.timeMs(() => { model.zeroGrad(); loss = model.forward(x, y) })
+  const fwd = be.timeMs(() => {
+    model.zeroGrad()
+    loss = model.forward(x, y)
+  })
   const bwd = be.timeMs(() => model.backward())
-  const upd = be.timeMs(() => { step++; model.update({ lr: 3e-4, step, weightDecay: 0.1 }) })
+  const upd = be.timeMs(() => {
+    step++
+    model.update({ lr: 3e-4, step, weightDecay: 0.1 })
+  })
   emit({ bench: 'gpu.gpt2_124m.phases', fwd_ms: r4(fwd), bwd_ms: r4(bwd), adamw_ms: r4(upd) })
   if (process.env['GPU_BENCH_PROFILE'] === '1') profileStep(cfg, B, T, x, y)
   const t1 = performance.now()
   for (let i = 0; i < steps; i++) trainStep()
   be.synchronize()
   const dt = (performance.now() - t1) / 1000 / steps
-  const tokPerS = B * T / dt
+  const tokPerS = (B * T) / dt
   const flopsPerToken = 6 * nParams + 12 * cfg.nLayer * cfg.C * T
   const line: Record<string, unknown> = {
-    bench: 'gpu.gpt2_124m.train', impl: 'zeromesh-cuda', dtype: 'bf16', B, T, params: nParams, steps,
-    step_ms: r4(dt * 1000), tokens_per_s: Math.round(tokPerS), tflops: r4(flopsPerToken * tokPerS / 1e12),
-    mfu: r4(flopsPerToken * tokPerS / PEAK_BF16_FLOPS), loss: r4(loss),
+    bench: 'gpu.gpt2_124m.train',
+    impl: 'zeromesh-cuda',
+    dtype: 'bf16',
+    B,
+    T,
+    params: nParams,
+    steps,
+    step_ms: r4(dt * 1000),
+    tokens_per_s: Math.round(tokPerS),
+    tflops: r4((flopsPerToken * tokPerS) / 1e12),
+    mfu: r4((flopsPerToken * tokPerS) / PEAK_BF16_FLOPS),
+    loss: r4(loss),
     flops_per_token: 'flops/token = 6*N_params + 12*L*C*T'
   }
   const basePath = process.env['BASELINE_JSONL']
   if (basePath !== undefined && existsSync(basePath)) {
     for (const l of readFileSync(basePath, 'utf8').split('\n')) {
       if (!l.startsWith('{')) continue
-      const b = JSON.parse(l) as { anchor?: string, compile?: boolean, tokens_per_s?: number }
+      const b = JSON.parse(l) as { anchor?: string; compile?: boolean; tokens_per_s?: number }
       if (b.anchor !== 'pytorch-gpt2-124m' || b.tokens_per_s === undefined) continue
       line[b.compile === true ? 'vs_torch_compile' : 'vs_torch_eager'] = r4(tokPerS / b.tokens_per_s)
       line[b.compile === true ? 'torch_compile_tokens_per_s' : 'torch_eager_tokens_per_s'] = b.tokens_per_s
@@ -131,31 +173,41 @@ be.dispose()
  * device events (each call is synchronized, so small ops include launch latency), aggregated
  * per op and size, biggest first.
  */
-function profileStep (cfg: GptConfig, B: number, T: number, x: Int32Array, y: Int32Array): void {
+function profileStep(cfg: GptConfig, B: number, T: number, x: Int32Array, y: Int32Array): void {
   const skip = new Set(['alloc', 'view', 'free', 'timeMs', 'kind', 'description'])
-  const totals = new Map<string, { ms: number, calls: number }>()
+  const totals = new Map<string, { ms: number; calls: number }>()
   const proxy = new Proxy(be, {
-    get (target, prop, recv) {
+    get(target, prop, recv) {
       const v = Reflect.get(target, prop, recv) as unknown
-      if (typeof v !== 'function' || typeof prop !== 'string' || skip.has(prop)) return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+      if (typeof v !== 'function' || typeof prop !== 'string' || skip.has(prop))
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
       return (...args: unknown[]) => {
         let ret: unknown
-        const ms = target.timeMs(() => { ret = (v as (...a: unknown[]) => unknown).apply(target, args) })
+        const ms = target.timeMs(() => {
+          ret = (v as (...a: unknown[]) => unknown).apply(target, args)
+        })
         const key = `${prop}(${args.filter(a => typeof a === 'number').join(',')})`
         const e = totals.get(key) ?? { ms: 0, calls: 0 }
-        e.ms += ms; e.calls++
+        e.ms += ms
+        e.calls++
         totals.set(key, e)
         return ret
       }
     }
   }) as unknown as Backend
   const m = new Gpt(proxy, cfg, { B, T, dtype: 'bf16', seed: 1 })
-  m.zeroGrad(); m.forward(x, y); m.backward(); m.update({ lr: 3e-4, step: 1, weightDecay: 0.1 })
+  m.zeroGrad()
+  m.forward(x, y)
+  m.backward()
+  m.update({ lr: 3e-4, step: 1, weightDecay: 0.1 })
   totals.clear()
-  m.zeroGrad(); m.forward(x, y); m.backward(); m.update({ lr: 3e-4, step: 2, weightDecay: 0.1 })
+  m.zeroGrad()
+  m.forward(x, y)
+  m.backward()
+  m.update({ lr: 3e-4, step: 2, weightDecay: 0.1 })
   const rows = [...totals.entries()].sort((a, b) => b[1].ms - a[1].ms)
   const total = rows.reduce((s, r) => s + r[1].ms, 0)
   emit({ bench: 'gpu.gpt2_124m.profile_total', ms: r4(total) })
-  for (const [op, e] of rows.slice(0, 30)) emit({ bench: 'gpu.gpt2_124m.profile', op, calls: e.calls, ms: r4(e.ms), us_per_call: r4(e.ms * 1000 / e.calls) })
+  for (const [op, e] of rows.slice(0, 30)) emit({ bench: 'gpu.gpt2_124m.profile', op, calls: e.calls, ms: r4(e.ms), us_per_call: r4((e.ms * 1000) / e.calls) })
   m.dispose()
 }

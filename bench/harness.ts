@@ -2,7 +2,7 @@
 // per line on stdout. Figures are only comparable to a baseline measured in the same run.
 
 /** Runs `fn` repeatedly for about `seconds`, `runs` times; returns the median seconds per call. */
-export function timeIt (fn: () => void, opts: { seconds?: number, runs?: number } = {}): number {
+export function timeIt(fn: () => void, opts: { seconds?: number; runs?: number } = {}): number {
   const budget = (opts.seconds ?? Number(process.env['BENCH_SECONDS'] ?? 0.4)) * 1000
   const runs = opts.runs ?? 5
   fn() // warm-up (JIT, caches, lazy allocation)
@@ -33,7 +33,7 @@ export interface Result {
 }
 
 /** Prints one result line with GB/s (10^9 bytes/s) and, when given, the ratio to a baseline. */
-export function report (r: Result, baseline?: { impl: string, seconds: number }): void {
+export function report(r: Result, baseline?: { impl: string; seconds: number }): void {
   const line: Record<string, unknown> = { ...r, gbps: round(r.bytes / r.seconds / 1e9) }
   line['seconds'] = Number(r.seconds.toPrecision(4))
   if (baseline !== undefined) {
@@ -43,16 +43,18 @@ export function report (r: Result, baseline?: { impl: string, seconds: number })
   process.stdout.write(JSON.stringify(line) + '\n')
 }
 
-function round (x: number): number {
+function round(x: number): number {
   return Number(x.toPrecision(4))
 }
 
 /** Deterministic filler (benchmarks need no randomness quality, only non-trivial bytes). */
-export function filled (n: number, seed = 1): Uint8Array {
+export function filled(n: number, seed = 1): Uint8Array {
   const out = new Uint8Array(n)
   let x = seed >>> 0 || 1
   for (let i = 0; i < n; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5
+    x ^= x << 13
+    x ^= x >>> 17
+    x ^= x << 5
     out[i] = x
   }
   return out

@@ -35,7 +35,13 @@ for (const nodes of sizes) {
   const faults: Array<[number, () => Promise<void> | void, string]> = [
     [0.1, () => w.crash(member), `crash ${member}`],
     [0.2, () => w.crash(leader()), 'crash the leader'],
-    [0.3, async () => { for (const n of w.nodes.filter(x => x.state === 'down')) await w.boot(n, { keepState: n.id === member }) }, 'restart both (one with state)'],
+    [
+      0.3,
+      async () => {
+        for (const n of w.nodes.filter(x => x.state === 'down')) await w.boot(n, { keepState: n.id === member })
+      },
+      'restart both (one with state)'
+    ],
     [0.5, () => w.net.partition([w.nodes.filter(n => n.zone === 'z3').map(n => n.id), w.nodes.filter(n => n.zone !== 'z3').map(n => n.id)]), 'cut zone z3 off'],
     [0.5 + 60_000 / span, () => w.net.heal(), 'heal']
   ]
@@ -71,10 +77,10 @@ for (const nodes of sizes) {
     events,
     events_per_s: Math.round(events / wall),
     sim_s_per_wall_s: Number((simulated / wall).toPrecision(3)),
-    span_wall_s_per_sim_hour: Math.round(3600 * wall / simulated),
-    total_wall_s_per_sim_hour: Math.round(formWall + 3600 * wall / simulated),
+    span_wall_s_per_sim_hour: Math.round((3600 * wall) / simulated),
+    total_wall_s_per_sim_hour: Math.round(formWall + (3600 * wall) / simulated),
     target_wall_s_per_sim_hour: nodes === 1000 ? 60 : null,
-    meets_target: nodes === 1000 ? formWall + 3600 * wall / simulated < 60 : null,
+    meets_target: nodes === 1000 ? formWall + (3600 * wall) / simulated < 60 : null,
     converged_at_end: w.converged(),
     violations: w.violations.length,
     // (Same seed and code, same hash: a change that should alter no ordering can be checked.)

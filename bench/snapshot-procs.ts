@@ -68,12 +68,12 @@ const overall = setTimeout(() => {
   process.exit(1)
 }, timeoutS * 1000)
 
-type Ev = Record<string, unknown> & { ev: string, worker: number, at: number }
+type Ev = Record<string, unknown> & { ev: string; worker: number; at: number }
 interface Worker {
   index: number
   child: ChildProcess
   events: Ev[]
-  waiters: Array<{ pred: (e: Ev) => boolean, resolve: (e: Ev) => void, reject: (err: Error) => void }>
+  waiters: Array<{ pred: (e: Ev) => boolean; resolve: (e: Ev) => void; reject: (err: Error) => void }>
   failed: Error | undefined
   /** Set when the bench kills it on purpose. */
   killed: boolean
@@ -88,18 +88,44 @@ const fail = (w: Worker, err: Error): void => {
   for (const x of w.waiters.splice(0)) x.reject(err)
 }
 
-function startWorker (index: number, secret: string, dir: string, bootstrap?: string): Worker {
-  const child = spawn(process.execPath, [workerPath, String(index), String(N), secret, join(dir, `w${index}`), String(k), String(m), String(heartbeatMs), ...(bootstrap === undefined ? [] : [bootstrap])], { stdio: ['pipe', 'pipe', 'inherit'] })
+function startWorker(index: number, secret: string, dir: string, bootstrap?: string): Worker {
+  const child = spawn(
+    process.execPath,
+    [
+      workerPath,
+      String(index),
+      String(N),
+      secret,
+      join(dir, `w${index}`),
+      String(k),
+      String(m),
+      String(heartbeatMs),
+      ...(bootstrap === undefined ? [] : [bootstrap])
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] }
+  )
   children.add(child)
-  const w: Worker = { index, child, events: [], waiters: [], failed: undefined, killed: false, id: '', lastView: undefined, exited: undefined as unknown as Promise<void> }
-  w.exited = new Promise<void>(resolve => child.once('exit', (code, signal) => {
-    children.delete(child)
-    if (!w.killed) {
-      process.stderr.write(`snapshot-procs: worker ${index} exited unexpectedly (code ${code}, signal ${signal})\n`)
-      fail(w, new Error(`worker ${index} exited (code ${code}, signal ${signal})`))
-    }
-    resolve()
-  }))
+  const w: Worker = {
+    index,
+    child,
+    events: [],
+    waiters: [],
+    failed: undefined,
+    killed: false,
+    id: '',
+    lastView: undefined,
+    exited: undefined as unknown as Promise<void>
+  }
+  w.exited = new Promise<void>(resolve =>
+    child.once('exit', (code, signal) => {
+      children.delete(child)
+      if (!w.killed) {
+        process.stderr.write(`snapshot-procs: worker ${index} exited unexpectedly (code ${code}, signal ${signal})\n`)
+        fail(w, new Error(`worker ${index} exited (code ${code}, signal ${signal})`))
+      }
+      resolve()
+    })
+  )
   let buf = ''
   child.stdout!.on('data', (d: Buffer) => {
     buf += d.toString()
@@ -124,7 +150,7 @@ function startWorker (index: number, secret: string, dir: string, bootstrap?: st
 }
 
 /** The first event (already received or to come) matching `pred`, consumed; rejects after `ms`. */
-function waitEvent (w: Worker, what: string, ms: number, pred: (e: Ev) => boolean): Promise<Ev> {
+function waitEvent(w: Worker, what: string, ms: number, pred: (e: Ev) => boolean): Promise<Ev> {
   const i = w.events.findIndex(pred)
   if (i >= 0) return Promise.resolve(w.events.splice(i, 1)[0]!)
   if (w.failed !== undefined) return Promise.reject(w.failed)
@@ -136,19 +162,27 @@ function waitEvent (w: Worker, what: string, ms: number, pred: (e: Ev) => boolea
     }, ms)
     const entry = {
       pred,
-      resolve: (e: Ev) => { clearTimeout(timer); resolve(e) },
-      reject: (err: Error) => { clearTimeout(timer); reject(err) }
+      resolve: (e: Ev) => {
+        clearTimeout(timer)
+        resolve(e)
+      },
+      reject: (err: Error) => {
+        clearTimeout(timer)
+        reject(err)
+      }
     }
     w.waiters.push(entry)
   })
 }
 
-const send = (w: Worker, cmd: Record<string, unknown>): void => { w.child.stdin!.write(JSON.stringify(cmd) + '\n') }
+const send = (w: Worker, cmd: Record<string, unknown>): void => {
+  w.child.stdin!.write(JSON.stringify(cmd) + '\n')
+}
 
 const load = (): number[] => loadavg().map(x => Number(x.toFixed(2)))
 const r4 = (x: number): number => Number(x.toPrecision(4))
 
-async function runSize (mib: number, withSteps: boolean): Promise<void> {
+async function runSize(mib: number, withSteps: boolean): Promise<void> {
   const bytes = mib * MiB
   const dir = mkdtempSync(join(tmpdir(), 'zm-sp-'))
   const secret = join(dir, 'secret')
@@ -162,27 +196,52 @@ async function runSize (mib: number, withSteps: boolean): Promise<void> {
     for (let i = 1; i < N; i++) workers.push(startWorker(i, secret, dir, String(first['addr'])))
     for (const w of workers.slice(1)) w.id = String((await waitEvent(w, 'ready', 60_000, e => e.ev === 'ready'))['id'])
     // Genesis: every worker installs a view of all N.
-    const views = await Promise.all(workers.map(w => waitEvent(w, 'a view of all workers', 60_000, e => e.ev === 'view' && (e['members'] as unknown[]).length === N)))
+    const views = await Promise.all(
+      workers.map(w => waitEvent(w, 'a view of all workers', 60_000, e => e.ev === 'view' && (e['members'] as unknown[]).length === N))
+    )
     const view: View = { epoch: Number(views[0]!['epoch']), members: views[0]!['members'] as View['members'] }
     const byId = new Map(workers.map(w => [w.id, w]))
     const owner = byId.get(view.members[ownerRank]!.id)!
     const planned = placeStripe(view, ownerRank, k, m)
     let spare = workers.find(w => w !== owner && !planned.includes(w.id))!
     const formS = (performance.now() - t0) / 1000
-    process.stderr.write(`snapshot-procs ${mib} MiB: ${N} workers in view ${view.epoch} after ${formS.toFixed(1)} s; owner worker ${owner.index} (rank ${ownerRank}), planned spare worker ${spare.index}, load ${load().join(' ')}, free ${(freemem() / 2 ** 30).toFixed(1)} GiB\n`)
+    process.stderr.write(
+      `snapshot-procs ${mib} MiB: ${N} workers in view ${view.epoch} after ${formS.toFixed(1)} s; owner worker ${owner.index} (rank ${ownerRank}), planned spare worker ${spare.index}, load ${load().join(' ')}, free ${(freemem() / 2 ** 30).toFixed(1)} GiB\n`
+    )
     const common = { k, m, processes: N, heartbeatMs }
 
     if (withSteps && stepElements > 0) {
       send(owner, { cmd: 'steps', elements: stepElements, steps })
       const s = await waitEvent(owner, 'steps', 600_000, e => e.ev === 'steps')
       const base = Number(s['baseSecondsPerStep'])
-      for (const [every, key] of [[1, 'every1SecondsPerStep'], [10, 'every10SecondsPerStep']] as const) {
+      for (const [every, key] of [
+        [1, 'every1SecondsPerStep'],
+        [10, 'every10SecondsPerStep']
+      ] as const) {
         const x = Number(s[key])
-        process.stdout.write(JSON.stringify({ bench: 'snapshot.procs.steps', impl: `capture every ${every} step(s), libp2p placement to ${k + m} holder processes`, ...common, stateBytes: s['stateBytes'], steps, baselineSecondsPerStep: r4(base), secondsPerStep: r4(x), overhead: Number((x / base - 1).toPrecision(3)), load: load() }) + '\n')
+        process.stdout.write(
+          JSON.stringify({
+            bench: 'snapshot.procs.steps',
+            impl: `capture every ${every} step(s), libp2p placement to ${k + m} holder processes`,
+            ...common,
+            stateBytes: s['stateBytes'],
+            steps,
+            baselineSecondsPerStep: r4(base),
+            secondsPerStep: r4(x),
+            overhead: Number((x / base - 1).toPrecision(3)),
+            load: load()
+          }) + '\n'
+        )
       }
     }
 
-    const statsAll = (): Promise<Ev[]> => Promise.all(workers.map(w => { send(w, { cmd: 'stats' }); return waitEvent(w, 'stats', 60_000, e => e.ev === 'stats') }))
+    const statsAll = (): Promise<Ev[]> =>
+      Promise.all(
+        workers.map(w => {
+          send(w, { cmd: 'stats' })
+          return waitEvent(w, 'stats', 60_000, e => e.ev === 'stats')
+        })
+      )
     const heldBefore = (await statsAll()).reduce((a, s) => a + Number(s['heldBytes']), 0)
     // Capture and place a state of `bytes`, at a step above any the step loop reached.
     const version = 1_000_000
@@ -194,8 +253,28 @@ async function runSize (mib: number, withSteps: boolean): Promise<void> {
     const holders = placed['holders'] as string[]
     const viewChanged = Number(placed['epoch']) !== view.epoch
     spare = workers.find(w => w !== owner && !holders.includes(w.id))!
-    report({ bench: 'snapshot.procs.capture', impl: 'memcpy into buffer (owner process)', ...common, bytes: stateB, seconds: Number(placed['captureMs']) / 1000 })
-    report({ bench: 'snapshot.procs.place', impl: `capture + checksum + RS encode + push to ${k + m} holder processes (bulk channel, native TLS 1.3-PSK)`, ...common, bytes: stateB, seconds: Number(placed['placeMs']) / 1000, attempts: placed['attempts'], failures: placed['failures'], placedUnderEpoch: placed['epoch'], genesisEpoch: view.epoch, viewChanged, ownerLongestStallMs: placed['maxLagMs'], detectionBoundMs: placed['detectionBoundMs'], load: load() })
+    report({
+      bench: 'snapshot.procs.capture',
+      impl: 'memcpy into buffer (owner process)',
+      ...common,
+      bytes: stateB,
+      seconds: Number(placed['captureMs']) / 1000
+    })
+    report({
+      bench: 'snapshot.procs.place',
+      impl: `capture + checksum + RS encode + push to ${k + m} holder processes (bulk channel, native TLS 1.3-PSK)`,
+      ...common,
+      bytes: stateB,
+      seconds: Number(placed['placeMs']) / 1000,
+      attempts: placed['attempts'],
+      failures: placed['failures'],
+      placedUnderEpoch: placed['epoch'],
+      genesisEpoch: view.epoch,
+      viewChanged,
+      ownerLongestStallMs: placed['maxLagMs'],
+      detectionBoundMs: placed['detectionBoundMs'],
+      load: load()
+    })
 
     // The spare holds no fragment: it must fetch all k over the network.
     send(spare, { cmd: 'arm', owner: owner.id, victim: owner.id, bytes: stateB, version, tag: 'owner' })
@@ -206,7 +285,18 @@ async function runSize (mib: number, withSteps: boolean): Promise<void> {
     // Fragments of this snapshot only (the step loop's snapshots are held too).
     const held = stats.reduce((a, s) => a + Number(s['heldBytes']), 0) - heldBefore
     const rssGiB = stats.reduce((a, s) => a + Number(s['rss']), 0) / 2 ** 30
-    process.stdout.write(JSON.stringify({ bench: 'snapshot.procs.memory', ...common, bytes: stateB, heldBytes: held, overhead: r4(held / stateB), rssGiBAllProcesses: r4(rssGiB), detectionBoundMs: stats.map(s => s['detectionBoundMs']), epochs: stats.map(s => s['epoch']) }) + '\n')
+    process.stdout.write(
+      JSON.stringify({
+        bench: 'snapshot.procs.memory',
+        ...common,
+        bytes: stateB,
+        heldBytes: held,
+        overhead: r4(held / stateB),
+        rssGiBAllProcesses: r4(rssGiB),
+        detectionBoundMs: stats.map(s => s['detectionBoundMs']),
+        epochs: stats.map(s => s['epoch'])
+      }) + '\n'
+    )
 
     // Baselines: the same bytes from one donor (a holder, alive throughout) over one stream.
     const donor = byId.get(holders[1]!)!
@@ -216,12 +306,36 @@ async function runSize (mib: number, withSteps: boolean): Promise<void> {
       const b = await waitEvent(spare, `baseline ${via}`, 600_000, e => e.ev === 'baseline')
       const s = (Number(b['transferMs']) + Number(b['checksumMs'])) / 1000
       baselines[via] = s
-      report({ bench: 'snapshot.procs.baseline', impl: via === 'libp2p' ? 'one donor, one libp2p stream (TLS + yamux) into one buffer + xxh64' : 'one donor, one bulk-channel stream (native TLS 1.3-PSK) into one buffer + xxh64', ...common, bytes: stateB, seconds: s, transferMs: Math.round(Number(b['transferMs'])), checksumMs: Math.round(Number(b['checksumMs'])) })
+      report({
+        bench: 'snapshot.procs.baseline',
+        impl:
+          via === 'libp2p'
+            ? 'one donor, one libp2p stream (TLS + yamux) into one buffer + xxh64'
+            : 'one donor, one bulk-channel stream (native TLS 1.3-PSK) into one buffer + xxh64',
+        ...common,
+        bytes: stateB,
+        seconds: s,
+        transferMs: Math.round(Number(b['transferMs'])),
+        checksumMs: Math.round(Number(b['checksumMs']))
+      })
     }
     const baseline = { impl: 'one donor, one libp2p stream', seconds: baselines['libp2p']! }
 
     // Kill the owner; the spare recovers on the first view without it.
-    const kill = async (victim: Worker, tag: string, signal: 'SIGKILL' | 'SIGSTOP'): Promise<{ leader: string | undefined, epochAtKill: number | undefined, detectionMs: number, firstViewMs: number, recoverMs: number, totalMs: number, ev: Ev, loadAtKill: number[] }> => {
+    const kill = async (
+      victim: Worker,
+      tag: string,
+      signal: 'SIGKILL' | 'SIGSTOP'
+    ): Promise<{
+      leader: string | undefined
+      epochAtKill: number | undefined
+      detectionMs: number
+      firstViewMs: number
+      recoverMs: number
+      totalMs: number
+      ev: Ev
+      loadAtKill: number[]
+    }> => {
       const loadAtKill = load()
       const leader = spare.lastView?.members[0]?.id
       const epochAtKill = spare.lastView?.epoch
@@ -232,17 +346,49 @@ async function runSize (mib: number, withSteps: boolean): Promise<void> {
       if (ev['ok'] !== true) throw new Error(`recovered state does not match (${tag}): ${JSON.stringify(ev)}`)
       // When the first survivor (usually the leader) saw the view without the victim.
       const survivors = workers.filter(w => !w.killed)
-      const firsts = await Promise.all(survivors.map(w => waitEvent(w, 'a view without the victim', 60_000, e => e.ev === 'view' && Number(e['epoch']) > (epochAtKill ?? 0) && !(e['members'] as View['members']).some(x => x.id === victim.id)).then(e => e.at, () => Infinity)))
+      const firsts = await Promise.all(
+        survivors.map(w =>
+          waitEvent(
+            w,
+            'a view without the victim',
+            60_000,
+            e => e.ev === 'view' && Number(e['epoch']) > (epochAtKill ?? 0) && !(e['members'] as View['members']).some(x => x.id === victim.id)
+          ).then(
+            e => e.at,
+            () => Infinity
+          )
+        )
+      )
       const viewAt = Number(ev['viewAt'])
-      return { leader, epochAtKill, detectionMs: viewAt - tKill, firstViewMs: Math.min(...firsts) - tKill, recoverMs: Number(ev['recoverMs']), totalMs: Number(ev.at) - tKill, ev, loadAtKill }
+      return {
+        leader,
+        epochAtKill,
+        detectionMs: viewAt - tKill,
+        firstViewMs: Math.min(...firsts) - tKill,
+        recoverMs: Number(ev['recoverMs']),
+        totalMs: Number(ev.at) - tKill,
+        ev,
+        loadAtKill
+      }
     }
-    const scenarios: Array<{ tag: string, victim: Worker, signal: 'SIGKILL' | 'SIGSTOP', what: string }> = [
+    const scenarios: Array<{ tag: string; victim: Worker; signal: 'SIGKILL' | 'SIGSTOP'; what: string }> = [
       { tag: 'owner', victim: owner, signal: 'SIGKILL', what: `owner SIGKILLed (all ${k} data fragments fetched, no decode work)` },
-      { tag: 'holder0', victim: byId.get(holders[0]!)!, signal: 'SIGKILL', what: 'then the holder of data fragment 0 SIGKILLed (a parity fragment fetched and decoded)' }
+      {
+        tag: 'holder0',
+        victim: byId.get(holders[0]!)!,
+        signal: 'SIGKILL',
+        what: 'then the holder of data fragment 0 SIGKILLed (a parity fragment fetched and decoded)'
+      }
     ]
     // A stopped process keeps its TCP connections open, as a dead machine or a partition does:
     // only the phi-accrual detector can find it, and its fetch stalls until k others arrive.
-    if (m >= 2) scenarios.push({ tag: 'holder1', victim: byId.get(holders[1]!)!, signal: 'SIGSTOP', what: 'then the holder of data fragment 1 SIGSTOPped (silent: phi-accrual detection; its fetch stalls, parity decoded)' })
+    if (m >= 2)
+      scenarios.push({
+        tag: 'holder1',
+        victim: byId.get(holders[1]!)!,
+        signal: 'SIGSTOP',
+        what: 'then the holder of data fragment 1 SIGSTOPped (silent: phi-accrual detection; its fetch stalls, parity decoded)'
+      })
     for (const sc of scenarios) {
       if (sc.tag !== 'owner') {
         send(spare, { cmd: 'arm', owner: owner.id, victim: sc.victim.id, bytes: stateB, version, tag: sc.tag })
@@ -250,9 +396,31 @@ async function runSize (mib: number, withSteps: boolean): Promise<void> {
       }
       const r = await kill(sc.victim, sc.tag, sc.signal)
       const used = r.ev['used'] as number[]
-      if ((sc.tag === 'holder0' && used.includes(0)) || (sc.tag === 'holder1' && used.includes(1))) throw new Error(`a lost fragment was used: ${JSON.stringify(used)}`)
-      const detail = { ...common, signal: sc.signal, victimWasLeader: sc.victim.id === r.leader, epochAtKill: r.epochAtKill, recoveredUnderEpoch: r.ev['epoch'], used, missing: r.ev['missing'], source: r.ev['source'], spareLongestStallMs: r.ev['maxLagMs'], spareStillMember: r.ev['memberAfter'], loadAtKill: r.loadAtKill }
-      report({ bench: 'snapshot.procs.recover.transfer', impl: `${sc.what}: fetch k in parallel + decode + verify`, ...detail, bytes: stateB, seconds: r.recoverMs / 1000 }, baseline)
+      if ((sc.tag === 'holder0' && used.includes(0)) || (sc.tag === 'holder1' && used.includes(1)))
+        throw new Error(`a lost fragment was used: ${JSON.stringify(used)}`)
+      const detail = {
+        ...common,
+        signal: sc.signal,
+        victimWasLeader: sc.victim.id === r.leader,
+        epochAtKill: r.epochAtKill,
+        recoveredUnderEpoch: r.ev['epoch'],
+        used,
+        missing: r.ev['missing'],
+        source: r.ev['source'],
+        spareLongestStallMs: r.ev['maxLagMs'],
+        spareStillMember: r.ev['memberAfter'],
+        loadAtKill: r.loadAtKill
+      }
+      report(
+        {
+          bench: 'snapshot.procs.recover.transfer',
+          impl: `${sc.what}: fetch k in parallel + decode + verify`,
+          ...detail,
+          bytes: stateB,
+          seconds: r.recoverMs / 1000
+        },
+        baseline
+      )
       report({
         bench: 'snapshot.procs.recover.total',
         impl: `${sc.what}: kill -> view change -> recovered`,
@@ -287,7 +455,18 @@ try {
     } catch (err) {
       // One size failing (e.g. the owner evicted while it encodes) must not hide the others.
       failed++
-      process.stdout.write(JSON.stringify({ bench: 'snapshot.procs.error', k, m, processes: N, heartbeatMs, bytes: mib * MiB, error: (err as Error).message.slice(0, 2000), load: load() }) + '\n')
+      process.stdout.write(
+        JSON.stringify({
+          bench: 'snapshot.procs.error',
+          k,
+          m,
+          processes: N,
+          heartbeatMs,
+          bytes: mib * MiB,
+          error: (err as Error).message.slice(0, 2000),
+          load: load()
+        }) + '\n'
+      )
     }
   }
 } finally {

@@ -18,7 +18,7 @@ const k = Number(process.env['BENCH_SNAPSHOT_K'] ?? 4)
 const m = Number(process.env['BENCH_SNAPSHOT_M'] ?? 2)
 const P = k + m + 2
 
-function stateOf (bytes: number, step: number): RankState {
+function stateOf(bytes: number, step: number): RankState {
   const n = Math.floor((bytes - 64 - 32) / 12)
   const fill = (seed: number): Float32Array => {
     const a = new Float32Array(n)
@@ -29,7 +29,7 @@ function stateOf (bytes: number, step: number): RankState {
   return { rank: 0, worldSize: P, epoch: 1, step, dataCursor: step, weights: fill(1), adamM: fill(2), adamV: fill(3), rng: new Uint8Array(32) }
 }
 
-async function mesh (): Promise<{ services: SnapshotService[], kill: (id: string) => void, view: View, close: () => Promise<void> }> {
+async function mesh(): Promise<{ services: SnapshotService[]; kill: (id: string) => void; view: View; close: () => Promise<void> }> {
   const hub = createMemoryNetwork()
   const clock = new RealClock()
   const members = Array.from({ length: P }, (_, i) => ({ id: `p${i}`, zone: `z${i % 2}`, host: `h${i}` }))
@@ -39,7 +39,15 @@ async function mesh (): Promise<{ services: SnapshotService[], kill: (id: string
   await Promise.all(services.map(s => s.start()))
   const view = { epoch: 1, members }
   for (const s of services) s.setView(view)
-  return { services, kill: id => hub.kill(id), view, close: async () => { await Promise.all(services.map(s => s.stop())); await Promise.all(nets.map(x => x.stop())) } }
+  return {
+    services,
+    kill: id => hub.kill(id),
+    view,
+    close: async () => {
+      await Promise.all(services.map(s => s.stop()))
+      await Promise.all(nets.map(x => x.stop()))
+    }
+  }
 }
 
 for (const mib of sizes) {
@@ -56,7 +64,18 @@ for (const mib of sizes) {
   report({ bench: 'snapshot.capture', impl: 'memcpy into buffer', k, m, bytes, seconds: (t1 - t0) / 1000 })
   report({ bench: 'snapshot.place', impl: 'memory-net', k, m, bytes, seconds: (t2 - t0) / 1000 })
   const held = services.reduce((a, s) => a + s.store.stats().usedBytes, 0)
-  process.stdout.write(JSON.stringify({ bench: 'snapshot.memory', k, m, bytes, heldBytes: held, overhead: Number((held / bytes).toPrecision(4)), replication2x: 2, ratio: Number((2 / (held / bytes)).toPrecision(4)) }) + '\n')
+  process.stdout.write(
+    JSON.stringify({
+      bench: 'snapshot.memory',
+      k,
+      m,
+      bytes,
+      heldBytes: held,
+      overhead: Number((held / bytes).toPrecision(4)),
+      replication2x: 2,
+      ratio: Number((2 / (held / bytes)).toPrecision(4))
+    }) + '\n'
+  )
   // Lose the owner and the holder of data fragment 0 (so a parity fragment must be decoded).
   kill('p0')
   kill(placeStripe(view, 0, k, m)[0]!)
@@ -77,14 +96,36 @@ for (const mib of sizes) {
   const steps = Number(process.env['BENCH_SNAPSHOT_STEPS'] ?? 30)
   const { services, close } = await mesh()
   const svc = services[0]!
-  const st: RankState = { rank: 0, worldSize: P, epoch: 1, step: 0, dataCursor: 0, weights: new Float32Array(n), adamM: new Float32Array(n), adamV: new Float32Array(n), rng: new Uint8Array(32) }
+  const st: RankState = {
+    rank: 0,
+    worldSize: P,
+    epoch: 1,
+    step: 0,
+    dataCursor: 0,
+    weights: new Float32Array(n),
+    adamM: new Float32Array(n),
+    adamV: new Float32Array(n),
+    rng: new Uint8Array(32)
+  }
   const run = stepLoop(svc, st, steps)
   await run(0)
   const base = await run(0)
   const stateB = 12 * n + 96
   for (const every of [1, 10]) {
     const withSnap = await run(every)
-    process.stdout.write(JSON.stringify({ bench: 'snapshot.step', impl: `capture every ${every} step(s)`, k, m, stateBytes: stateB, steps, baselineSecondsPerStep: Number(base.toPrecision(4)), secondsPerStep: Number(withSnap.toPrecision(4)), overhead: Number((withSnap / base - 1).toPrecision(3)) }) + '\n')
+    process.stdout.write(
+      JSON.stringify({
+        bench: 'snapshot.step',
+        impl: `capture every ${every} step(s)`,
+        k,
+        m,
+        stateBytes: stateB,
+        steps,
+        baselineSecondsPerStep: Number(base.toPrecision(4)),
+        secondsPerStep: Number(withSnap.toPrecision(4)),
+        overhead: Number((withSnap / base - 1).toPrecision(3))
+      }) + '\n'
+    )
   }
   await close()
 }

@@ -9,8 +9,10 @@ const built = new URL('../dist/cli/index.js', import.meta.url)
 const useSource = existsSync(source)
 
 if (useSource && !process.features.typescript) {
-  process.stderr.write(`zeromesh: Node ${process.versions.node} cannot run TypeScript sources; ` +
-    'run it through npm (npx zeromesh, npm start), which uses the Node 24 the package depends on\n')
+  process.stderr.write(
+    `zeromesh: Node ${process.versions.node} cannot run TypeScript sources; ` +
+      'run it through npm (npx zeromesh, npm start), which uses the Node 24 the package depends on\n'
+  )
   process.exit(1)
 }
 const { main } = await import((useSource ? source : built).href)

@@ -2,7 +2,10 @@ import type { OptionsSpec } from '../node/index.ts'
 import { optionsHelp } from './flags.ts'
 
 /** Where a command writes: lines for stdout and for stderr. */
-export interface Io { out: (line: string) => void, err: (line: string) => void }
+export interface Io {
+  out: (line: string) => void
+  err: (line: string) => void
+}
 
 /** One `zeromesh` command. */
 export interface Command {
@@ -15,7 +18,7 @@ export interface Command {
 }
 
 /** A command's help: `synopsis`, the flags of each spec (with their ZEROMESH_* names when `env`), then `notes`. */
-export function usageText (synopsis: string, specs: readonly OptionsSpec[], opts: { env?: boolean, notes?: readonly string[] } = {}): string {
+export function usageText(synopsis: string, specs: readonly OptionsSpec[], opts: { env?: boolean; notes?: readonly string[] } = {}): string {
   const flags = specs.flatMap(s => optionsHelp(s, opts.env === true))
   return [synopsis, ...(flags.length === 0 ? [] : ['', ...flags]), ...(opts.notes === undefined ? [] : ['', ...opts.notes])].join('\n')
 }

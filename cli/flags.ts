@@ -16,12 +16,12 @@ export class UsageError extends ZeromeshError {
 }
 
 /** The flag of a schema key, without dashes: `secretFile` -> `secret-file`. */
-export function flagOf (key: string): string {
+export function flagOf(key: string): string {
   return key.replace(/[A-Z]/g, c => `-${c.toLowerCase()}`)
 }
 
 /** The environment variable of a schema key: `secretFile` -> `ZEROMESH_SECRET_FILE`. */
-export function envOf (key: string): string {
+export function envOf(key: string): string {
   return `ZEROMESH_${flagOf(key).toUpperCase().replaceAll('-', '_')}`
 }
 
@@ -39,11 +39,17 @@ interface Described {
   choices?: readonly string[]
 }
 
-interface Def { type: string, innerType?: z.ZodType, in?: z.ZodType, defaultValue?: unknown, entries?: Record<string, string> }
+interface Def {
+  type: string
+  innerType?: z.ZodType
+  in?: z.ZodType
+  defaultValue?: unknown
+  entries?: Record<string, string>
+}
 const defOf = (s: z.ZodType): Def => (s as unknown as { def: Def }).def
 
 /** Reads kind, default, range and choices off an option's zod schema. */
-function describe (o: OptionSpec): Described {
+function describe(o: OptionSpec): Described {
   let s = o.schema
   let dflt: unknown
   for (;;) {
@@ -59,15 +65,21 @@ function describe (o: OptionSpec): Described {
   if (type === 'boolean') return { kind: 'bool', dflt, required }
   if (type === 'enum') return { kind: 'string', dflt, required, choices: Object.values(defOf(s).entries ?? {}) }
   if (type !== 'number') return { kind: 'string', dflt, required }
-  const n = s as unknown as { format: string | null, minValue: number | null, maxValue: number | null }
-  const bound = (v: number | null): number | undefined => v === null || Math.abs(v) >= Number.MAX_SAFE_INTEGER ? undefined : v
+  const n = s as unknown as { format: string | null; minValue: number | null; maxValue: number | null }
+  const bound = (v: number | null): number | undefined => (v === null || Math.abs(v) >= Number.MAX_SAFE_INTEGER ? undefined : v)
   const min = bound(n.minValue)
   const max = bound(n.maxValue)
-  return { kind: n.format === 'safeint' || n.format === 'int32' ? 'int' : 'number', dflt, required, ...(min === undefined ? {} : { min }), ...(max === undefined ? {} : { max }) }
+  return {
+    kind: n.format === 'safeint' || n.format === 'int32' ? 'int' : 'number',
+    dflt,
+    required,
+    ...(min === undefined ? {} : { min }),
+    ...(max === undefined ? {} : { max })
+  }
 }
 
 /** `an integer in [1, 64]`, `cpu or cuda`: what a value must be, for messages. */
-function expected (d: Described): string {
+function expected(d: Described): string {
   if (d.choices !== undefined) return d.choices.length < 2 ? d.choices.join('') : `${d.choices.slice(0, -1).join(', ')} or ${d.choices.at(-1)}`
   const what = d.kind === 'int' ? 'an integer' : 'a number'
   if (d.min !== undefined && d.max !== undefined) return `${what} in [${d.min}, ${d.max}]`
@@ -77,7 +89,7 @@ function expected (d: Described): string {
 }
 
 /** The parseArgs options of some specs (each key as its flag). */
-function parseOptions (specs: readonly OptionsSpec[]): ParseArgsOptionsConfig {
+function parseOptions(specs: readonly OptionsSpec[]): ParseArgsOptionsConfig {
   const options: ParseArgsOptionsConfig = {}
   for (const spec of specs) {
     for (const [key, o] of Object.entries(spec)) {
@@ -89,10 +101,13 @@ function parseOptions (specs: readonly OptionsSpec[]): ParseArgsOptionsConfig {
 }
 
 /** Parsed command line: flag values by flag name, and positionals when the command takes them. */
-export interface CommandLine { values: Record<string, unknown>, positionals: string[] }
+export interface CommandLine {
+  values: Record<string, unknown>
+  positionals: string[]
+}
 
 /** Parses `args` strictly against the flags of `specs`; anything unknown is a {@link UsageError}. */
-export function parseCommandLine (args: string[], specs: readonly OptionsSpec[], allowPositionals = false): CommandLine {
+export function parseCommandLine(args: string[], specs: readonly OptionsSpec[], allowPositionals = false): CommandLine {
   try {
     const { values, positionals } = parseArgs({ args, options: parseOptions(specs), strict: true, allowPositionals })
     return { values, positionals }
@@ -102,10 +117,11 @@ export function parseCommandLine (args: string[], specs: readonly OptionsSpec[],
 }
 
 /** A flag's or variable's value as the schema's type; `source` names it in the error. */
-function convert (source: string, d: Described, raw: unknown): unknown {
+function convert(source: string, d: Described, raw: unknown): unknown {
   if (d.kind === 'int' || d.kind === 'number') {
     const n = Number(raw)
-    if (String(raw).trim() === '' || (d.kind === 'int' ? !Number.isInteger(n) : !Number.isFinite(n))) throw new ConfigError(`${source} must be ${expected(d)}, got '${String(raw)}'`)
+    if (String(raw).trim() === '' || (d.kind === 'int' ? !Number.isInteger(n) : !Number.isFinite(n)))
+      throw new ConfigError(`${source} must be ${expected(d)}, got '${String(raw)}'`)
     return n
   }
   if (d.kind === 'bool') return raw === true || raw === 'true' || raw === '1'
@@ -114,14 +130,17 @@ function convert (source: string, d: Described, raw: unknown): unknown {
 }
 
 /** Where option values come from besides the flags, lowest first: a config file, then the environment. */
-export interface Sources { file?: Record<string, unknown>, env?: Record<string, string | undefined> }
+export interface Sources {
+  file?: Record<string, unknown>
+  env?: Record<string, string | undefined>
+}
 
 /**
  * Validates the options of `spec` with `schema`: the flags (parseArgs values) over the ZEROMESH_*
  * variables of `sources.env` over the keys of `sources.file` over the schema's defaults. The
  * first problem is a {@link ConfigError} of one line that names the flag.
  */
-export function readOptions<S extends z.ZodType> (spec: OptionsSpec, schema: S, flags: Record<string, unknown>, sources: Sources = {}): z.output<S> {
+export function readOptions<S extends z.ZodType>(spec: OptionsSpec, schema: S, flags: Record<string, unknown>, sources: Sources = {}): z.output<S> {
   const fromEnv: Record<string, unknown> = {}
   const fromFlags: Record<string, unknown> = {}
   for (const [key, o] of Object.entries(spec)) {
@@ -137,11 +156,13 @@ export function readOptions<S extends z.ZodType> (spec: OptionsSpec, schema: S, 
 }
 
 /** One line for a schema issue, naming the flag. */
-function issueLine (issue: z.core.$ZodIssue, spec: OptionsSpec): string {
+function issueLine(issue: z.core.$ZodIssue, spec: OptionsSpec): string {
   const key = issue.path[0]
   const o = typeof key === 'string' && Object.hasOwn(spec, key) ? spec[key] : undefined
   if (o === undefined || typeof key !== 'string') {
-    return issue.code === 'unrecognized_keys' ? `unknown setting${issue.keys.length === 1 ? '' : 's'} ${issue.keys.map(k => `'${k}'`).join(', ')} in the config file` : `config: ${issue.message}`
+    return issue.code === 'unrecognized_keys'
+      ? `unknown setting${issue.keys.length === 1 ? '' : 's'} ${issue.keys.map(k => `'${k}'`).join(', ')} in the config file`
+      : `config: ${issue.message}`
   }
   const flag = `--${flagOf(key)}`
   const d = describe(o)
@@ -149,14 +170,16 @@ function issueLine (issue: z.core.$ZodIssue, spec: OptionsSpec): string {
   const atOption = issue.path.length === 1
   if (atOption && issue.code === 'invalid_type' && input === undefined) return o.required ?? `${flag} is required`
   if (atOption && issue.code === 'too_small' && (issue.origin === 'string' || issue.origin === 'array')) return o.required ?? `${flag} ${issue.message}`
-  if (atOption && issue.code === 'too_big' && issue.origin === 'array') return `at most ${String(issue.maximum)} ${flag}, got ${Array.isArray(input) ? input.length : '?'}`
+  if (atOption && issue.code === 'too_big' && issue.origin === 'array')
+    return `at most ${String(issue.maximum)} ${flag}, got ${Array.isArray(input) ? input.length : '?'}`
   const numeric = d.kind === 'int' && (issue.code === 'too_small' || issue.code === 'too_big')
-  if (atOption && (numeric || issue.code === 'invalid_type' || (issue.code === 'invalid_value' && d.choices !== undefined))) return `${flag} must be ${expected(d)}, got '${String(input)}'`
+  if (atOption && (numeric || issue.code === 'invalid_type' || (issue.code === 'invalid_value' && d.choices !== undefined)))
+    return `${flag} must be ${expected(d)}, got '${String(input)}'`
   return `${flag} ${issue.message}`
 }
 
 /** Reads a `--config` file: one JSON object whose keys are the options' schema keys. */
-export function readConfigFile (file: string): Record<string, unknown> {
+export function readConfigFile(file: string): Record<string, unknown> {
   let text: string
   try {
     text = readFileSync(file, 'utf8')
@@ -175,7 +198,7 @@ export function readConfigFile (file: string): Record<string, unknown> {
 const HELP_WIDTH = 100
 
 /** A default as help shows it; undefined when there is nothing worth saying (off switches, empty lists). */
-function shownDefault (o: OptionSpec, d: Described): string | undefined {
+function shownDefault(o: OptionSpec, d: Described): string | undefined {
   if (o.defaultText !== undefined) return o.defaultText
   if (d.dflt === undefined || d.dflt === false) return undefined
   if (Array.isArray(d.dflt)) return d.dflt.length === 0 ? undefined : d.dflt.join(',')
@@ -186,7 +209,7 @@ function shownDefault (o: OptionSpec, d: Described): string | undefined {
  * Help lines for every option of `spec`: flag, placeholder, what it does, its default (or that
  * it is required) and, with `env`, its ZEROMESH_* variable. Sections start with their heading.
  */
-export function optionsHelp (spec: OptionsSpec, env = false): string[] {
+export function optionsHelp(spec: OptionsSpec, env = false): string[] {
   const entries = Object.entries(spec).map(([key, o]) => {
     const d = describe(o)
     const arg = o.arg ?? d.choices?.join('|')
@@ -211,7 +234,7 @@ export function optionsHelp (spec: OptionsSpec, env = false): string[] {
 }
 
 /** Splits `text` into lines of at most `width` characters at spaces (a longer word stays whole). */
-function wrap (text: string, width: number): string[] {
+function wrap(text: string, width: number): string[] {
   const lines: string[] = []
   let line = ''
   for (const word of text.split(' ')) {

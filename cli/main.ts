@@ -34,7 +34,7 @@ const COMMANDS: Record<string, Command> = {
   version: versionCommand
 }
 
-function help (): string {
+function help(): string {
   const width = Math.max(...Object.keys(COMMANDS).map(c => c.length))
   return [
     `zeromesh ${VERSION}: a fault-tolerant training mesh`,
@@ -51,7 +51,7 @@ function help (): string {
 }
 
 /** The exit code and the line for an error that ended a command. */
-function failure (err: unknown): { code: number, line: string } {
+function failure(err: unknown): { code: number; line: string } {
   const e = err as Error & { code?: string }
   // Usage errors: bad commands, flags, configuration and scenario files. One line, exit 2.
   if (err instanceof UsageError || err instanceof ConfigError || e.name === 'ScenarioError' || e.code?.startsWith('ERR_PARSE_ARGS') === true) {
@@ -62,7 +62,7 @@ function failure (err: unknown): { code: number, line: string } {
 }
 
 /** Runs the CLI with `argv` (without node and script); returns the exit code. */
-export async function main (argv: string[], io: Io = { out: l => process.stdout.write(l + '\n'), err: l => process.stderr.write(l + '\n') }): Promise<number> {
+export async function main(argv: string[], io: Io = { out: l => process.stdout.write(l + '\n'), err: l => process.stderr.write(l + '\n') }): Promise<number> {
   try {
     const [first, ...rest] = argv
     if (first === undefined || first === '--help' || first === '-h' || first === 'help') {

@@ -1,8 +1,8 @@
 /** A one-line progress bar (over simulated time, or steps) on a terminal; plain percentages elsewhere. */
-export function progressBar (stream: NodeJS.WriteStream, what = 'of simulated time'): { update: (f: number) => void, done: () => void } {
+export function progressBar(stream: NodeJS.WriteStream, what = 'of simulated time'): { update: (f: number) => void; done: () => void } {
   let last = -1
   return {
-    update (f: number) {
+    update(f: number) {
       const pct = Math.floor(f * 100)
       if (pct === last) return
       if (stream.isTTY) {
@@ -14,7 +14,7 @@ export function progressBar (stream: NodeJS.WriteStream, what = 'of simulated ti
       }
       last = pct
     },
-    done () {
+    done() {
       if (stream.isTTY) stream.write('\n')
     }
   }

@@ -1,7 +1,18 @@
 import { resolve } from 'node:path'
 import { z } from 'zod'
 import { RealClock } from '../core/index.ts'
-import { START_OPTIONS, defaultDataDir, encodeNodeEvent, option, shapeOf, startNode, startSchema, type EmitEvent, type RunningNode, type StartConfig } from '../node/index.ts'
+import {
+  START_OPTIONS,
+  defaultDataDir,
+  encodeNodeEvent,
+  option,
+  shapeOf,
+  startNode,
+  startSchema,
+  type EmitEvent,
+  type RunningNode,
+  type StartConfig
+} from '../node/index.ts'
 import type { Command, Io } from './command.ts'
 import { usageText } from './command.ts'
 import { parseCommandLine, readConfigFile, readOptions } from './flags.ts'
@@ -25,7 +36,7 @@ export const START_CLI_OPTIONS = {
 const startCliSchema = z.strictObject(shapeOf(START_CLI_OPTIONS))
 
 /** The node's configuration and the command's own settings. */
-function loadStart (flags: Record<string, unknown>, env: Record<string, string | undefined>): { cfg: StartConfig, events: 'text' | 'jsonl' } {
+function loadStart(flags: Record<string, unknown>, env: Record<string, string | undefined>): { cfg: StartConfig; events: 'text' | 'jsonl' } {
   const own = readOptions(START_CLI_OPTIONS, startCliSchema, flags, { env })
   const file = own.config === undefined ? undefined : readConfigFile(own.config)
   const cfg = readOptions(START_OPTIONS, startSchema, flags, { env, ...(file === undefined ? {} : { file }) })
@@ -37,25 +48,30 @@ function loadStart (flags: Record<string, unknown>, env: Record<string, string |
  * `env` is process.env (ZEROMESH_RUN, ZEROMESH_SECRET_FILE, ZEROMESH_BOOTSTRAP=a,b, ...);
  * ZEROMESH_CONFIG or `--config` names a JSON file. A problem is a ConfigError of one line.
  */
-export function loadStartConfig (flags: Record<string, unknown>, env: Record<string, string | undefined> = process.env): StartConfig {
+export function loadStartConfig(flags: Record<string, unknown>, env: Record<string, string | undefined> = process.env): StartConfig {
   return loadStart(flags, env).cfg
 }
 
 /** The events of a node as `--events` asks: JSON lines, or the rendered human lines. */
-function printer (events: 'text' | 'jsonl', io: Io): EmitEvent {
+function printer(events: 'text' | 'jsonl', io: Io): EmitEvent {
   return events === 'jsonl'
     ? e => io.out(encodeNodeEvent(e))
-    : e => { for (const line of renderNodeEvent(e)) io.out(line) }
+    : e => {
+        for (const line of renderNodeEvent(e)) io.out(line)
+      }
 }
 
 /**
  * Resolves when the node should leave: SIGINT or SIGTERM, the parent gone (under `zeromesh up`),
  * or with --exit-when-done the end of its training. The exit code is 1 when training failed.
  */
-function untilLeave (cfg: StartConfig, node: RunningNode): Promise<number> {
+function untilLeave(cfg: StartConfig, node: RunningNode): Promise<number> {
   let leaving = false
   return new Promise<number>(resolve => {
-    const stop = (code: number): void => { leaving = true; resolve(code) }
+    const stop = (code: number): void => {
+      leaving = true
+      resolve(code)
+    }
     process.once('SIGINT', () => stop(0))
     process.once('SIGTERM', () => stop(0))
     // Started by `zeromesh up`: leave when the parent goes away (this process is re-parented).
@@ -71,7 +87,12 @@ function untilLeave (cfg: StartConfig, node: RunningNode): Promise<number> {
     }
     if (cfg.exitWhenDone && node.training !== undefined) {
       // A spare stays in the run (it may be needed) until it is told to stop.
-      node.training.then(s => { if (s.role !== 'spare') stop(0) }, () => stop(1))
+      node.training.then(
+        s => {
+          if (s.role !== 'spare') stop(0)
+        },
+        () => stop(1)
+      )
     }
   })
 }
@@ -79,7 +100,8 @@ function untilLeave (cfg: StartConfig, node: RunningNode): Promise<number> {
 /** `zeromesh start`. */
 export const startCommand: Command = {
   summary: 'start a node and join (or begin) a run',
-  usage: () => usageText('zeromesh start --run <id> --secret-file <file> [--bootstrap <multiaddr>]... [flags]', [START_OPTIONS, START_CLI_OPTIONS], { env: true }),
+  usage: () =>
+    usageText('zeromesh start --run <id> --secret-file <file> [--bootstrap <multiaddr>]... [flags]', [START_OPTIONS, START_CLI_OPTIONS], { env: true }),
   run: async (args, io) => {
     const { values } = parseCommandLine(args, [START_OPTIONS, START_CLI_OPTIONS])
     const { cfg, events } = loadStart(values, process.env)

@@ -1,7 +1,7 @@
 import type { NodeStatus } from '../node/index.ts'
 
 /** Renders a node's status as a short human table. */
-export function formatStatus (raw: unknown): string {
+export function formatStatus(raw: unknown): string {
   const s = raw as NodeStatus
   const m = s.membership
   const lines = [
@@ -15,10 +15,24 @@ export function formatStatus (raw: unknown): string {
     for (const x of m.members) {
       const name = `${x.id}${x.id === s.peerId ? ' (this node)' : ''}${x.id === m.leader ? ' (leader)' : ''}`
       const watched = x.id !== s.peerId && x.monitored
-      rows.push([String(x.rank), name, x.zone, x.host, x.live ? 'yes' : 'NO', watched ? String(x.phi) : '-', !watched ? '-' : (x.lastHeartbeatAgeMs < 0 ? 'never' : `${x.lastHeartbeatAgeMs} ms ago`)])
+      rows.push([
+        String(x.rank),
+        name,
+        x.zone,
+        x.host,
+        x.live ? 'yes' : 'NO',
+        watched ? String(x.phi) : '-',
+        !watched ? '-' : x.lastHeartbeatAgeMs < 0 ? 'never' : `${x.lastHeartbeatAgeMs} ms ago`
+      ])
     }
     const widths = rows[0]!.map((_, i) => Math.max(...rows.map(r => r[i]!.length)))
-    for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd())
+    for (const r of rows)
+      lines.push(
+        r
+          .map((c, i) => c.padEnd(widths[i]!))
+          .join('  ')
+          .trimEnd()
+      )
   }
   if (m.joining.length > 0) lines.push(`joining: ${m.joining.join(', ')}`)
   const t = s.training
@@ -27,7 +41,9 @@ export function formatStatus (raw: unknown): string {
     const loss = t.loss === undefined ? '' : `, loss ${t.loss.toFixed(4)}`
     const speed = t.tokensPerS === undefined ? '' : `, ${Math.round(t.tokensPerS)} tokens/s`
     const snap = t.snapshotStep === undefined ? '' : `, snapshot at step ${t.snapshotStep}`
-    lines.push(`training: ${who}, step ${t.step}/${t.steps}${loss}${speed}${snap}${t.recoveries.length > 0 ? `, ${t.recoveries.length} recovery(ies)` : ''}${t.error === undefined ? '' : `; failed: ${t.error}`}`)
+    lines.push(
+      `training: ${who}, step ${t.step}/${t.steps}${loss}${speed}${snap}${t.recoveries.length > 0 ? `, ${t.recoveries.length} recovery(ies)` : ''}${t.error === undefined ? '' : `; failed: ${t.error}`}`
+    )
     if (t.phase !== undefined && t.phase !== '') lines.push(`now: ${t.phase}`)
   }
   if (m.leader !== undefined && m.leader !== s.peerId) lines.push('members report to the leader, which watches them all; this node watches the leader')

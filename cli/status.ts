@@ -6,7 +6,7 @@ import { formatStatus } from './status-format.ts'
 
 /** The options of `zeromesh status`. */
 export const STATUS_OPTIONS = {
-  dataDir: option(z.string().min(1).optional(), { arg: '<dir>', help: 'the node\'s data dir', defaultText: '~/.zeromesh/<run>' }),
+  dataDir: option(z.string().min(1).optional(), { arg: '<dir>', help: "the node's data dir", defaultText: '~/.zeromesh/<run>' }),
   run: option(START_OPTIONS.run.schema.optional(), { arg: '<id>', help: 'run id, to find the default data dir' }),
   json: option(z.boolean().default(false), { help: 'print the raw status object' })
 }

@@ -7,16 +7,16 @@ import { xxh64 } from '@node-rs/xxhash'
  * SHA-256. It detects accidental corruption; it is not a MAC (authentication is the
  * transport's job).
  */
-export function checksum64 (bytes: Uint8Array): bigint {
+export function checksum64(bytes: Uint8Array): bigint {
   return xxh64(bytes)
 }
 
 /** Writes a 64-bit checksum little-endian at `offset`. */
-export function writeChecksum (view: DataView, offset: number, sum: bigint): void {
+export function writeChecksum(view: DataView, offset: number, sum: bigint): void {
   view.setBigUint64(offset, sum, true)
 }
 
 /** Reads a 64-bit little-endian checksum at `offset`. */
-export function readChecksum (view: DataView, offset: number): bigint {
+export function readChecksum(view: DataView, offset: number): bigint {
   return view.getBigUint64(offset, true)
 }

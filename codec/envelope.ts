@@ -20,7 +20,7 @@ export type EnvelopeSchemas = Record<string, z.ZodObject>
 
 /** A decoded envelope: discriminated by `type`. */
 export type Envelope<S extends EnvelopeSchemas> = {
-  [T in keyof S & string]: { type: T, payload: z.output<S[T]> }
+  [T in keyof S & string]: { type: T; payload: z.output<S[T]> }
 }[keyof S & string]
 
 export interface EnvelopeCodec<S extends EnvelopeSchemas> {
@@ -39,7 +39,7 @@ export interface EnvelopeCodecInit {
 
 const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, bundleStrings: false, variableMapSize: true })
 
-function isStrict (schema: z.ZodObject): boolean {
+function isStrict(schema: z.ZodObject): boolean {
   return schema._zod.def.catchall?._zod.def.type === 'never'
 }
 
@@ -47,7 +47,7 @@ function isStrict (schema: z.ZodObject): boolean {
  * Builds a codec for a fixed set of message types. Each schema must be a `z.strictObject`
  * (so unknown keys are rejected); anything else is a programmer error.
  */
-export function createEnvelopeCodec<S extends EnvelopeSchemas> (schemas: S, init: EnvelopeCodecInit = {}): EnvelopeCodec<S> {
+export function createEnvelopeCodec<S extends EnvelopeSchemas>(schemas: S, init: EnvelopeCodecInit = {}): EnvelopeCodec<S> {
   const maxBytes = init.maxBytes ?? CODEC_LIMITS.maxEnvelopeBytes
   if (!Number.isSafeInteger(maxBytes) || maxBytes < 16 || maxBytes > CODEC_LIMITS.maxEnvelopeBytes) {
     throw new InvalidArgumentError(`envelope maxBytes must be in [16, ${CODEC_LIMITS.maxEnvelopeBytes}], got ${maxBytes}`)
@@ -59,7 +59,7 @@ export function createEnvelopeCodec<S extends EnvelopeSchemas> (schemas: S, init
 
   return {
     types,
-    encode (type, payload) {
+    encode(type, payload) {
       const schema = schemas[type]
       if (schema === undefined) throw new InvalidArgumentError(`unknown envelope type '${type}'`)
       const checked = schema.safeParse(payload)
@@ -68,9 +68,12 @@ export function createEnvelopeCodec<S extends EnvelopeSchemas> (schemas: S, init
       checkCap(`envelope '${type}' bytes`, bytes.length, maxBytes)
       return bytes
     },
-    decode (bytes) {
+    decode(bytes) {
       if (bytes.length > maxBytes) {
-        throw codecError(CodecErrorCode.ENVELOPE_TOO_LARGE, `envelope of ${bytes.length} bytes exceeds the cap of ${maxBytes}`, { bytes: bytes.length, cap: maxBytes })
+        throw codecError(CodecErrorCode.ENVELOPE_TOO_LARGE, `envelope of ${bytes.length} bytes exceeds the cap of ${maxBytes}`, {
+          bytes: bytes.length,
+          cap: maxBytes
+        })
       }
       scanMsgpack(bytes, { maxDepth: CODEC_LIMITS.maxEnvelopeDepth, maxItems: CODEC_LIMITS.maxEnvelopeItems })
       let raw: unknown
@@ -97,7 +100,11 @@ export function createEnvelopeCodec<S extends EnvelopeSchemas> (schemas: S, init
       const parsed = schemas[type]!.safeParse(obj.p)
       if (!parsed.success) {
         const issue = parsed.error.issues[0]
-        throw codecError(CodecErrorCode.ENVELOPE_SCHEMA, `envelope '${type}' payload invalid at '${issue?.path.join('.') ?? ''}': ${issue?.message ?? 'invalid'}`, { type })
+        throw codecError(
+          CodecErrorCode.ENVELOPE_SCHEMA,
+          `envelope '${type}' payload invalid at '${issue?.path.join('.') ?? ''}': ${issue?.message ?? 'invalid'}`,
+          { type }
+        )
       }
       return { type, payload: parsed.data } as Envelope<S>
     }
@@ -105,6 +112,6 @@ export function createEnvelopeCodec<S extends EnvelopeSchemas> (schemas: S, init
 }
 
 /** Zod helper: a byte string of at most `max` bytes (msgpack bin decodes to a Uint8Array). */
-export function zBytes (max: number): z.ZodType<Uint8Array> {
+export function zBytes(max: number): z.ZodType<Uint8Array> {
   return z.custom<Uint8Array>(v => v instanceof Uint8Array, { message: 'expected bytes' }).refine(b => b.length <= max, { message: `at most ${max} bytes` })
 }

@@ -6,11 +6,14 @@ import { createSimdErasureCoder, simdAvailable } from './erasure-simd.ts'
  * Factory by name. The default is 'simd' where the runtime has WebAssembly SIMD (Node >= 16
  * does), else 'wasm'; both produce identical fragments, so peers may use either.
  */
-export function createErasureCoder (init: { k: number, m: number, impl?: ErasureCoderName }): ErasureCoder {
+export function createErasureCoder(init: { k: number; m: number; impl?: ErasureCoderName }): ErasureCoder {
   const impl = init.impl ?? (simdAvailable() ? 'simd' : 'wasm')
   switch (impl) {
-    case 'simd': return createSimdErasureCoder(init)
-    case 'wasm': return createWasmErasureCoder(init)
-    default: throw new InvalidArgumentError(`unknown erasure coder '${String(impl)}'`)
+    case 'simd':
+      return createSimdErasureCoder(init)
+    case 'wasm':
+      return createWasmErasureCoder(init)
+    default:
+      throw new InvalidArgumentError(`unknown erasure coder '${String(impl)}'`)
   }
 }

@@ -17,7 +17,7 @@ import { rsGeneratorMatrix, gfInvert, nibbleTable, type GfMatrix } from './gf256
 
 // --- a tiny wasm assembler: just what the kernel needs -------------------------------------
 
-function uleb (n: number): number[] {
+function uleb(n: number): number[] {
   const out: number[] = []
   do {
     let b = n & 0x7f
@@ -28,7 +28,7 @@ function uleb (n: number): number[] {
   return out
 }
 
-function sleb (n: number): number[] {
+function sleb(n: number): number[] {
   const out: number[] = []
   for (;;) {
     const b = n & 0x7f
@@ -49,16 +49,26 @@ const str = (s: string): number[] => [...uleb(s.length), ...Array.from(Buffer.fr
 const I32 = 0x7f
 const V128 = 0x7b
 const op = {
-  block: [0x02, 0x40], loop: [0x03, 0x40], end: [0x0b],
-  br: (d: number) => [0x0c, ...uleb(d)], brIf: (d: number) => [0x0d, ...uleb(d)],
-  get: (i: number) => [0x20, ...uleb(i)], set: (i: number) => [0x21, ...uleb(i)],
-  i32: (n: number) => [0x41, ...sleb(n)], add: [0x6a], geU: [0x4f],
+  block: [0x02, 0x40],
+  loop: [0x03, 0x40],
+  end: [0x0b],
+  br: (d: number) => [0x0c, ...uleb(d)],
+  brIf: (d: number) => [0x0d, ...uleb(d)],
+  get: (i: number) => [0x20, ...uleb(i)],
+  set: (i: number) => [0x21, ...uleb(i)],
+  i32: (n: number) => [0x41, ...sleb(n)],
+  add: [0x6a],
+  geU: [0x4f],
   load32: [0x28, 0x02, 0x00],
   vload: (offset: number) => [0xfd, ...uleb(0x00), 0x00, ...uleb(offset)],
   vstore: (offset: number) => [0xfd, ...uleb(0x0b), 0x00, ...uleb(offset)],
   vzero: [0xfd, ...uleb(0x0c), ...new Array(16).fill(0)],
-  swizzle: [0xfd, ...uleb(0x0e)], relaxedSwizzle: [0xfd, ...uleb(0x100)], splat8: [0xfd, ...uleb(0x0f)],
-  and: [0xfd, ...uleb(0x4e)], xor: [0xfd, ...uleb(0x51)], shrU8: [0xfd, ...uleb(0x6d)]
+  swizzle: [0xfd, ...uleb(0x0e)],
+  relaxedSwizzle: [0xfd, ...uleb(0x100)],
+  splat8: [0xfd, ...uleb(0x0f)],
+  and: [0xfd, ...uleb(0x4e)],
+  xor: [0xfd, ...uleb(0x51)],
+  shrU8: [0xfd, ...uleb(0x6d)]
 }
 
 /** Lanes of 16 bytes processed per loop iteration. */
@@ -66,56 +76,105 @@ const UNROLL = 4
 /** Bytes per iteration; lengths handed to the kernel are multiples of this. */
 export const SIMD_STRIDE = 16 * UNROLL
 
-function assembleKernel (relaxed: boolean): Uint8Array {
+function assembleKernel(relaxed: boolean): Uint8Array {
   const swizzle = relaxed ? op.relaxedSwizzle : op.swizzle
   // params: 0 dst, 1 srcs, 2 tables, 3 n, 4 len
   // i32 locals: 5 off, 6 i, 7 tp, 8 sp, 9 src
   // v128 locals: 10 mask, 11 lo, 12 hi, 13 x, 14.. acc[u]
   const [DST, SRCS, TABLES, N, LEN, OFF, I, TP, SP, SRC, MASK, LO, HI, X] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
   const ACC = (u: number): number => 14 + u
-  const body: number[] = [
-    ...op.i32(15), ...op.splat8, ...op.set(MASK),
-    ...op.block, ...op.loop,
-    ...op.get(OFF), ...op.get(LEN), ...op.geU, ...op.brIf(1)
-  ]
+  const body: number[] = [...op.i32(15), ...op.splat8, ...op.set(MASK), ...op.block, ...op.loop, ...op.get(OFF), ...op.get(LEN), ...op.geU, ...op.brIf(1)]
   for (let u = 0; u < UNROLL; u++) body.push(...op.vzero, ...op.set(ACC(u)))
   body.push(
-    ...op.i32(0), ...op.set(I), ...op.get(TABLES), ...op.set(TP), ...op.get(SRCS), ...op.set(SP),
-    ...op.block, ...op.loop,
-    ...op.get(I), ...op.get(N), ...op.geU, ...op.brIf(1),
-    ...op.get(SP), ...op.load32, ...op.get(OFF), ...op.add, ...op.set(SRC),
-    ...op.get(TP), ...op.vload(0), ...op.set(LO),
-    ...op.get(TP), ...op.vload(16), ...op.set(HI)
+    ...op.i32(0),
+    ...op.set(I),
+    ...op.get(TABLES),
+    ...op.set(TP),
+    ...op.get(SRCS),
+    ...op.set(SP),
+    ...op.block,
+    ...op.loop,
+    ...op.get(I),
+    ...op.get(N),
+    ...op.geU,
+    ...op.brIf(1),
+    ...op.get(SP),
+    ...op.load32,
+    ...op.get(OFF),
+    ...op.add,
+    ...op.set(SRC),
+    ...op.get(TP),
+    ...op.vload(0),
+    ...op.set(LO),
+    ...op.get(TP),
+    ...op.vload(16),
+    ...op.set(HI)
   )
   for (let u = 0; u < UNROLL; u++) {
     body.push(
-      ...op.get(SRC), ...op.vload(16 * u), ...op.set(X),
+      ...op.get(SRC),
+      ...op.vload(16 * u),
+      ...op.set(X),
       ...op.get(ACC(u)),
-      ...op.get(LO), ...op.get(X), ...op.get(MASK), ...op.and, ...swizzle, ...op.xor,
-      ...op.get(HI), ...op.get(X), ...op.i32(4), ...op.shrU8, ...swizzle, ...op.xor,
+      ...op.get(LO),
+      ...op.get(X),
+      ...op.get(MASK),
+      ...op.and,
+      ...swizzle,
+      ...op.xor,
+      ...op.get(HI),
+      ...op.get(X),
+      ...op.i32(4),
+      ...op.shrU8,
+      ...swizzle,
+      ...op.xor,
       ...op.set(ACC(u))
     )
   }
   body.push(
-    ...op.get(I), ...op.i32(1), ...op.add, ...op.set(I),
-    ...op.get(TP), ...op.i32(32), ...op.add, ...op.set(TP),
-    ...op.get(SP), ...op.i32(4), ...op.add, ...op.set(SP),
-    ...op.br(0), ...op.end, ...op.end
+    ...op.get(I),
+    ...op.i32(1),
+    ...op.add,
+    ...op.set(I),
+    ...op.get(TP),
+    ...op.i32(32),
+    ...op.add,
+    ...op.set(TP),
+    ...op.get(SP),
+    ...op.i32(4),
+    ...op.add,
+    ...op.set(SP),
+    ...op.br(0),
+    ...op.end,
+    ...op.end
   )
   for (let u = 0; u < UNROLL; u++) body.push(...op.get(DST), ...op.get(OFF), ...op.add, ...op.get(ACC(u)), ...op.vstore(16 * u))
-  body.push(
-    ...op.get(OFF), ...op.i32(SIMD_STRIDE), ...op.add, ...op.set(OFF),
-    ...op.br(0), ...op.end, ...op.end, ...op.end
-  )
-  const locals = vec([[...uleb(5), I32], [...uleb(4 + UNROLL), V128]])
+  body.push(...op.get(OFF), ...op.i32(SIMD_STRIDE), ...op.add, ...op.set(OFF), ...op.br(0), ...op.end, ...op.end, ...op.end)
+  const locals = vec([
+    [...uleb(5), I32],
+    [...uleb(4 + UNROLL), V128]
+  ])
   const func = [...locals, ...body]
   void DST
   return Uint8Array.from([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00,
     ...section(1, vec([[0x60, ...vec([[I32], [I32], [I32], [I32], [I32]]), 0x00]])),
     ...section(3, vec([[0x00]])),
     ...section(5, vec([[0x00, 0x01]])),
-    ...section(7, vec([[...str('memory'), 0x02, 0x00], [...str('mac'), 0x00, 0x00]])),
+    ...section(
+      7,
+      vec([
+        [...str('memory'), 0x02, 0x00],
+        [...str('mac'), 0x00, 0x00]
+      ])
+    ),
     ...section(10, vec([[...uleb(func.length), ...func]]))
   ])
 }
@@ -128,7 +187,7 @@ declare const WebAssembly: {
 }
 
 interface KernelExports {
-  memory: { buffer: ArrayBuffer, grow: (pages: number) => number }
+  memory: { buffer: ArrayBuffer; grow: (pages: number) => number }
   mac(dst: number, srcs: number, tables: number, n: number, len: number): void
 }
 
@@ -138,7 +197,7 @@ class Kernel {
   /** Whether the kernel uses relaxed swizzle (a bare PSHUFB on x86). */
   readonly relaxed: boolean
 
-  constructor () {
+  constructor() {
     // Relaxed swizzle skips the fix-up V8 adds for out-of-range indices; ours are always
     // 0..15 (masked nibbles), where relaxed and plain swizzle are defined to agree.
     let bytes = assembleKernel(true)
@@ -149,7 +208,7 @@ class Kernel {
   }
 
   /** Makes sure linear memory holds `bytes`; returns a fresh view (growing detaches old ones). */
-  reserve (bytes: number): Uint8Array {
+  reserve(bytes: number): Uint8Array {
     const have = this.e.memory.buffer.byteLength
     if (bytes > have) this.e.memory.grow(Math.ceil((bytes - have) / 65536))
     return new Uint8Array(this.e.memory.buffer)
@@ -159,7 +218,7 @@ class Kernel {
 let kernel: Kernel | undefined
 
 /** True if this runtime can run the SIMD coder. */
-export function simdAvailable (): boolean {
+export function simdAvailable(): boolean {
   try {
     kernel ??= new Kernel()
     return true
@@ -175,7 +234,7 @@ const BLOCK = 16 * 1024
  * Creates the SIMD Reed-Solomon coder (see the file comment). Throws InvalidArgumentError if
  * the runtime has no WebAssembly SIMD.
  */
-export function createSimdErasureCoder (init: { k: number, m: number }): ErasureCoder {
+export function createSimdErasureCoder(init: { k: number; m: number }): ErasureCoder {
   const { k, m } = init
   validateErasureParams(k, m)
   kernel ??= new Kernel()
@@ -202,7 +261,7 @@ export function createSimdErasureCoder (init: { k: number, m: number }): Erasure
     name: 'simd',
     k,
     m,
-    encode (data) {
+    encode(data) {
       const size = checkEncodeInput(data, k, m)
       const P = align(size, SIMD_STRIDE)
       const mem = kern.reserve(slots + (k + m) * P)
@@ -218,7 +277,7 @@ export function createSimdErasureCoder (init: { k: number, m: number }): Erasure
       }
       return Array.from({ length: m }, (_, j) => mem.slice(slots + (k + j) * P, slots + (k + j) * P + size))
     },
-    reconstruct (fragments) {
+    reconstruct(fragments) {
       const { size, present, lostData } = planReconstruct(fragments, k, m)
       if (lostData.length === 0) return fragments.slice(0, k) as Uint8Array[]
       // Any k present fragments determine the data: invert their rows of the generator.
@@ -240,6 +299,6 @@ export function createSimdErasureCoder (init: { k: number, m: number }): Erasure
   }
 }
 
-function align (n: number, to: number): number {
+function align(n: number, to: number): number {
   return Math.ceil(n / to) * to
 }

@@ -30,14 +30,14 @@ export class ErasureCoderError extends ZeromeshError {
 }
 
 /** Validates (k, m): k >= 1, m >= 1, k + m <= 255. */
-export function validateErasureParams (k: number, m: number): void {
+export function validateErasureParams(k: number, m: number): void {
   if (!Number.isSafeInteger(k) || k < 1) throw new InvalidArgumentError(`k must be an integer >= 1, got ${k}`)
   if (!Number.isSafeInteger(m) || m < 1) throw new InvalidArgumentError(`m must be an integer >= 1, got ${m}`)
   if (k + m > CODEC_LIMITS.maxErasureTotal) throw new InvalidArgumentError(`k + m must be <= ${CODEC_LIMITS.maxErasureTotal}, got ${k} + ${m}`)
 }
 
 /** Checks a fragment list: count, equal non-zero sizes, caps. Returns the fragment size. */
-export function checkFragments (frags: ReadonlyArray<Uint8Array | undefined>, count: number, k: number, m: number): number {
+export function checkFragments(frags: ReadonlyArray<Uint8Array | undefined>, count: number, k: number, m: number): number {
   if (frags.length !== count) throw new InvalidArgumentError(`expected ${count} fragments, got ${frags.length}`)
   let size = -1
   frags.forEach((f, i) => {
@@ -84,12 +84,12 @@ class WasmRs {
   private ptr = 0
   private cap = 0
 
-  constructor (bytes: Uint8Array) {
+  constructor(bytes: Uint8Array) {
     this.e = new WebAssembly.Instance(new WebAssembly.Module(bytes)).exports as unknown as RsExports
   }
 
   /** The shard buffer (at least n bytes) as a view; valid until the next call that allocates. */
-  shards (n: number): Uint8Array {
+  shards(n: number): Uint8Array {
     if (n > this.cap) {
       if (this.cap > 0) this.e.__wbindgen_free(this.ptr, this.cap)
       this.ptr = this.e.__wbindgen_malloc(n)
@@ -98,11 +98,11 @@ class WasmRs {
     return new Uint8Array(this.e.memory.buffer, this.ptr, n)
   }
 
-  encode (len: number, k: number, m: number): number {
+  encode(len: number, k: number, m: number): number {
     return this.e.encode(this.ptr, len, k, m)
   }
 
-  reconstruct (len: number, k: number, m: number, present: readonly boolean[]): number {
+  reconstruct(len: number, k: number, m: number, present: readonly boolean[]): number {
     // Ownership of this buffer passes to Rust, which frees it: we must not.
     const ap = this.e.__wbindgen_malloc(present.length)
     new Uint8Array(this.e.memory.buffer, ap, present.length).set(present.map(p => (p ? 1 : 0)))
@@ -111,7 +111,7 @@ class WasmRs {
 }
 
 /** Validates encode input (k equal, present, non-empty fragments); returns the fragment size. */
-export function checkEncodeInput (data: readonly Uint8Array[], k: number, m: number): number {
+export function checkEncodeInput(data: readonly Uint8Array[], k: number, m: number): number {
   const size = checkFragments(data, k, k, m)
   if (data.some(d => d === undefined)) throw new InvalidArgumentError('every data fragment is needed to encode')
   return size
@@ -121,7 +121,11 @@ export function checkEncodeInput (data: readonly Uint8Array[], k: number, m: num
  * Validates reconstruct input. Returns the fragment size, the indices present and the data
  * indices lost; throws {@link TooFewFragmentsError} when fewer than k are present.
  */
-export function planReconstruct (fragments: ReadonlyArray<Uint8Array | undefined>, k: number, m: number): { size: number, present: number[], lostData: number[] } {
+export function planReconstruct(
+  fragments: ReadonlyArray<Uint8Array | undefined>,
+  k: number,
+  m: number
+): { size: number; present: number[]; lostData: number[] } {
   const size = checkFragments(fragments, k + m, k, m)
   const present: number[] = []
   const missing: number[] = []
@@ -131,7 +135,7 @@ export function planReconstruct (fragments: ReadonlyArray<Uint8Array | undefined
 }
 
 let shared: WasmRs | undefined
-function wasmRs (): WasmRs {
+function wasmRs(): WasmRs {
   if (shared === undefined) {
     const require = createRequire(import.meta.url)
     const pkg = dirname(require.resolve('@subspace/reed-solomon-erasure.wasm/package.json'))
@@ -147,7 +151,7 @@ const RS_OK = 0
  * Reed-Solomon over GF(2^8) from `@subspace/reed-solomon-erasure.wasm` (the Rust
  * reed-solomon-erasure crate compiled to wasm, no SIMD).
  */
-export function createWasmErasureCoder (init: { k: number, m: number }): ErasureCoder {
+export function createWasmErasureCoder(init: { k: number; m: number }): ErasureCoder {
   const { k, m } = init
   validateErasureParams(k, m)
   const rs = wasmRs()
@@ -158,7 +162,7 @@ export function createWasmErasureCoder (init: { k: number, m: number }): Erasure
     name: 'wasm',
     k,
     m,
-    encode (data) {
+    encode(data) {
       const size = checkEncodeInput(data, k, m)
       const total = size * (k + m)
       const buf = rs.shards(total)
@@ -169,13 +173,23 @@ export function createWasmErasureCoder (init: { k: number, m: number }): Erasure
       for (let j = 0; j < m; j++) parity.push(view.slice((k + j) * size, (k + j + 1) * size))
       return parity
     },
-    reconstruct (fragments) {
+    reconstruct(fragments) {
       const { size, lostData } = planReconstruct(fragments, k, m)
       if (lostData.length === 0) return fragments.slice(0, k) as Uint8Array[]
       const total = size * (k + m)
       const buf = rs.shards(total)
-      fragments.forEach((f, i) => { if (f !== undefined) buf.set(f, i * size) })
-      status(rs.reconstruct(total, k, m, fragments.map(f => f !== undefined)), 'reconstruct')
+      fragments.forEach((f, i) => {
+        if (f !== undefined) buf.set(f, i * size)
+      })
+      status(
+        rs.reconstruct(
+          total,
+          k,
+          m,
+          fragments.map(f => f !== undefined)
+        ),
+        'reconstruct'
+      )
       const view = rs.shards(total)
       const out: Uint8Array[] = []
       for (let i = 0; i < k; i++) out.push(fragments[i] ?? view.slice(i * size, (i + 1) * size))

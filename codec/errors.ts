@@ -40,7 +40,7 @@ export class NonFiniteError extends ZeromeshError {
   readonly value: number
   readonly count: number
 
-  constructor (index: number, value: number, count: number) {
+  constructor(index: number, value: number, count: number) {
     super(`non-finite value ${value} at element ${index} (${count} non-finite in total)`, { index, value, count })
     this.index = index
     this.value = value
@@ -60,9 +60,12 @@ export class TooFewFragmentsError extends ZeromeshError {
   readonly missing: number[]
   readonly corrupt: number[]
 
-  constructor (k: number, m: number, present: number[], missing: number[], corrupt: number[] = []) {
-    super(`need ${k} of ${k + m} fragments, have ${present.length}: missing [${missing.join(', ')}]` +
-      (corrupt.length > 0 ? `, corrupt [${corrupt.join(', ')}]` : ''), { k, m, present, missing, corrupt })
+  constructor(k: number, m: number, present: number[], missing: number[], corrupt: number[] = []) {
+    super(
+      `need ${k} of ${k + m} fragments, have ${present.length}: missing [${missing.join(', ')}]` +
+        (corrupt.length > 0 ? `, corrupt [${corrupt.join(', ')}]` : ''),
+      { k, m, present, missing, corrupt }
+    )
     this.k = k
     this.m = m
     this.present = present

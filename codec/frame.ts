@@ -61,10 +61,16 @@ export interface FrameHeader {
 }
 
 /** One frame: header bytes and body bytes kept apart so writers need not concatenate. */
-export interface Frame { header: Uint8Array, body: Uint8Array }
+export interface Frame {
+  header: Uint8Array
+  body: Uint8Array
+}
 
 /** A decoded frame: its header and a view of its (checksum-verified) body. */
-export interface DecodedFrame { header: FrameHeader, body: Uint8Array }
+export interface DecodedFrame {
+  header: FrameHeader
+  body: Uint8Array
+}
 
 export interface EncodeFrameOptions {
   /** Opaque tag copied into every frame. */
@@ -74,11 +80,11 @@ export interface EncodeFrameOptions {
 }
 
 /** Header size for a rank. */
-export function frameHeaderBytes (rank: number): number {
+export function frameHeaderBytes(rank: number): number {
   return FRAME_FIXED_BYTES + 8 * rank + 8
 }
 
-function writeHeader (h: Omit<FrameHeader, 'headerBytes' | 'version' | 'chunkElements'>): Uint8Array {
+function writeHeader(h: Omit<FrameHeader, 'headerBytes' | 'version' | 'chunkElements'>): Uint8Array {
   const bytes = new Uint8Array(frameHeaderBytes(h.shape.length))
   const v = new DataView(bytes.buffer)
   v.setUint32(0, FRAME_MAGIC, true)
@@ -100,11 +106,11 @@ function writeHeader (h: Omit<FrameHeader, 'headerBytes' | 'version' | 'chunkEle
   return bytes
 }
 
-function checkTag (tag: number): void {
+function checkTag(tag: number): void {
   if (!Number.isInteger(tag) || tag < 0 || tag > 0xffffffff) throw new InvalidArgumentError(`frame tag must be a u32, got ${tag}`)
 }
 
-function maxBody (opts: EncodeFrameOptions): number {
+function maxBody(opts: EncodeFrameOptions): number {
   const cap = opts.maxBodyBytes ?? CODEC_LIMITS.maxFrameBodyBytes
   if (!Number.isSafeInteger(cap) || cap < 8 || cap > CODEC_LIMITS.maxFrameBodyBytes) {
     throw new InvalidArgumentError(`maxBodyBytes must be in [8, ${CODEC_LIMITS.maxFrameBodyBytes}], got ${cap}`)
@@ -112,7 +118,7 @@ function maxBody (opts: EncodeFrameOptions): number {
   return cap
 }
 
-function checkShape (shape: readonly number[]): number {
+function checkShape(shape: readonly number[]): number {
   if (shape.length > CODEC_LIMITS.maxTensorRank) throw new InvalidArgumentError(`rank ${shape.length} exceeds ${CODEC_LIMITS.maxTensorRank}`)
   return shapeElements(shape)
 }
@@ -121,7 +127,7 @@ function checkShape (shape: readonly number[]): number {
  * Cuts a dense tensor into frames of at most `maxBodyBytes` body each (at least one frame, even
  * for zero elements). Bodies are views into `t.data`: nothing is copied.
  */
-export function encodeTensorFrames (t: TensorView, opts: EncodeFrameOptions = {}): Frame[] {
+export function encodeTensorFrames(t: TensorView, opts: EncodeFrameOptions = {}): Frame[] {
   const tag = opts.tag ?? 0
   checkTag(tag)
   if (!Object.hasOwn(DTYPE_CODES, t.dtype)) throw new InvalidArgumentError(`unknown dtype ${String(t.dtype)}`)
@@ -131,7 +137,7 @@ export function encodeTensorFrames (t: TensorView, opts: EncodeFrameOptions = {}
     throw new InvalidArgumentError(`${t.dtype}[${t.shape.join(', ')}] needs ${expected} bytes, got ${t.data.length}`)
   }
   // Elements per chunk: whole bytes, and even for i4 so no byte is split between chunks.
-  let perChunk = Math.floor(maxBody(opts) * 8 / DTYPE_BITS[t.dtype])
+  let perChunk = Math.floor((maxBody(opts) * 8) / DTYPE_BITS[t.dtype])
   if (t.dtype === 'i4') perChunk -= perChunk % 2
   const chunkCount = Math.max(1, Math.ceil(total / perChunk))
   checkCap('chunks per tensor', chunkCount, CODEC_LIMITS.maxChunksPerTensor)
@@ -142,8 +148,17 @@ export function encodeTensorFrames (t: TensorView, opts: EncodeFrameOptions = {}
     const start = byteLength(t.dtype, off)
     const body = t.data.subarray(start, start + byteLength(t.dtype, count))
     const header = writeHeader({
-      dtype: t.dtype, shape: [...t.shape], quantized: false, blockSize: 0, tag, chunkIndex: c, chunkCount,
-      elementOffset: off, elementCount: count, bodyBytes: body.length, bodyChecksum: checksum64(body)
+      dtype: t.dtype,
+      shape: [...t.shape],
+      quantized: false,
+      blockSize: 0,
+      tag,
+      chunkIndex: c,
+      chunkCount,
+      elementOffset: off,
+      elementCount: count,
+      bodyBytes: body.length,
+      bodyChecksum: checksum64(body)
     })
     frames.push({ header, body })
   }
@@ -154,7 +169,7 @@ export function encodeTensorFrames (t: TensorView, opts: EncodeFrameOptions = {}
  * Cuts a quantized vector into frames; each chunk holds whole blocks (its scales, then its
  * codes). `shape` describes the logical tensor (default: a vector).
  */
-export function encodeQuantizedFrames (q: Quantized, opts: EncodeFrameOptions & { shape?: readonly number[] } = {}): Frame[] {
+export function encodeQuantizedFrames(q: Quantized, opts: EncodeFrameOptions & { shape?: readonly number[] } = {}): Frame[] {
   const tag = opts.tag ?? 0
   checkTag(tag)
   validateQuantOptions(q)
@@ -181,8 +196,17 @@ export function encodeQuantizedFrames (q: Quantized, opts: EncodeFrameOptions & 
     body.set(new Uint8Array(q.scales.buffer, q.scales.byteOffset + b0 * 4, nb * 4), 0)
     body.set(codes, nb * 4)
     const header = writeHeader({
-      dtype, shape: [...shape], quantized: true, blockSize: q.blockSize, tag, chunkIndex: c, chunkCount,
-      elementOffset: off, elementCount: count, bodyBytes: body.length, bodyChecksum: checksum64(body)
+      dtype,
+      shape: [...shape],
+      quantized: true,
+      blockSize: q.blockSize,
+      tag,
+      chunkIndex: c,
+      chunkCount,
+      elementOffset: off,
+      elementCount: count,
+      bodyBytes: body.length,
+      bodyChecksum: checksum64(body)
     })
     frames.push({ header, body })
   }
@@ -190,7 +214,7 @@ export function encodeQuantizedFrames (q: Quantized, opts: EncodeFrameOptions & 
 }
 
 /** Header + body in one buffer (for transports that want one write). */
-export function concatFrame (f: Frame): Uint8Array {
+export function concatFrame(f: Frame): Uint8Array {
   const out = new Uint8Array(f.header.length + f.body.length)
   out.set(f.header, 0)
   out.set(f.body, f.header.length)
@@ -204,7 +228,7 @@ const HEADER_PROBE_BYTES = 8
  * Length of the header that starts `bytes`, once at least 8 bytes are present (else
  * undefined). Validates magic, version and rank first, so garbage is refused after 8 bytes.
  */
-export function peekHeaderBytes (bytes: Uint8Array): number | undefined {
+export function peekHeaderBytes(bytes: Uint8Array): number | undefined {
   if (bytes.length < HEADER_PROBE_BYTES) return undefined
   const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER_PROBE_BYTES)
   if (v.getUint32(0, true) !== FRAME_MAGIC) throw codecError(CodecErrorCode.FRAME_BAD_MAGIC, 'not a tensor frame (bad magic)')
@@ -215,7 +239,7 @@ export function peekHeaderBytes (bytes: Uint8Array): number | undefined {
   return frameHeaderBytes(rank)
 }
 
-function u64 (v: DataView, off: number, what: string): number {
+function u64(v: DataView, off: number, what: string): number {
   const x = v.getBigUint64(off, true)
   if (x > BigInt(Number.MAX_SAFE_INTEGER)) throw codecError(CodecErrorCode.FRAME_BAD_HEADER, `${what} ${x} is too large`)
   return Number(x)
@@ -225,7 +249,7 @@ function u64 (v: DataView, off: number, what: string): number {
  * Decodes and validates a header (checksum first, then every field and their agreement).
  * `bytes` must start with the header; anything after it is ignored here.
  */
-export function decodeFrameHeader (bytes: Uint8Array, limits: { maxBodyBytes?: number } = {}): FrameHeader {
+export function decodeFrameHeader(bytes: Uint8Array, limits: { maxBodyBytes?: number } = {}): FrameHeader {
   const headerBytes = peekHeaderBytes(bytes)
   if (headerBytes === undefined || bytes.length < headerBytes) {
     throw codecError(CodecErrorCode.FRAME_TRUNCATED, `frame header truncated: have ${bytes.length} bytes, need ${headerBytes ?? HEADER_PROBE_BYTES}`)
@@ -249,7 +273,10 @@ export function decodeFrameHeader (bytes: Uint8Array, limits: { maxBodyBytes?: n
     if (!Number.isSafeInteger(total)) throw codecError(CodecErrorCode.FRAME_BAD_HEADER, `shape [${shape.join(', ')}] overflows`)
   }
   const h: FrameHeader = {
-    version: v.getUint8(4), dtype, shape, quantized,
+    version: v.getUint8(4),
+    dtype,
+    shape,
+    quantized,
     tag: v.getUint32(8, true),
     chunkIndex: v.getUint32(12, true),
     chunkCount: v.getUint32(16, true),
@@ -262,7 +289,8 @@ export function decodeFrameHeader (bytes: Uint8Array, limits: { maxBodyBytes?: n
     chunkElements: 0
   }
   const cap = limits.maxBodyBytes ?? CODEC_LIMITS.maxFrameBodyBytes
-  if (h.bodyBytes > cap) throw codecError(CodecErrorCode.FRAME_TOO_LARGE, `frame body of ${h.bodyBytes} bytes exceeds the cap of ${cap}`, { bodyBytes: h.bodyBytes, cap })
+  if (h.bodyBytes > cap)
+    throw codecError(CodecErrorCode.FRAME_TOO_LARGE, `frame body of ${h.bodyBytes} bytes exceeds the cap of ${cap}`, { bodyBytes: h.bodyBytes, cap })
   if (h.chunkCount < 1 || h.chunkIndex >= h.chunkCount || h.chunkCount > CODEC_LIMITS.maxChunksPerTensor) {
     throw codecError(CodecErrorCode.CHUNK_MISMATCH, `chunk ${h.chunkIndex} of ${h.chunkCount} is not valid`)
   }
@@ -276,7 +304,8 @@ export function decodeFrameHeader (bytes: Uint8Array, limits: { maxBodyBytes?: n
     } catch (err) {
       throw codecError(CodecErrorCode.QUANT_INVALID, (err as Error).message)
     }
-    if (h.elementOffset % h.blockSize !== 0) throw codecError(CodecErrorCode.CHUNK_MISMATCH, `quantized chunk offset ${h.elementOffset} is not on a block boundary`)
+    if (h.elementOffset % h.blockSize !== 0)
+      throw codecError(CodecErrorCode.CHUNK_MISMATCH, `quantized chunk offset ${h.elementOffset} is not on a block boundary`)
     const s = quantizedSize(h.elementCount, opts)
     expectedBody = s.scaleBytes + s.dataBytes
   } else {
@@ -285,7 +314,10 @@ export function decodeFrameHeader (bytes: Uint8Array, limits: { maxBodyBytes?: n
     expectedBody = byteLength(dtype, h.elementCount)
   }
   if (h.bodyBytes !== expectedBody) {
-    throw codecError(CodecErrorCode.LENGTH_MISMATCH, `${h.elementCount} ${quantized ? 'quantized ' : ''}${dtype} elements need ${expectedBody} body bytes, header says ${h.bodyBytes}`)
+    throw codecError(
+      CodecErrorCode.LENGTH_MISMATCH,
+      `${h.elementCount} ${quantized ? 'quantized ' : ''}${dtype} elements need ${expectedBody} body bytes, header says ${h.bodyBytes}`
+    )
   }
   return h
 }
@@ -294,7 +326,7 @@ export function decodeFrameHeader (bytes: Uint8Array, limits: { maxBodyBytes?: n
  * Decodes one complete frame held in `bytes` (header immediately followed by body, nothing
  * after). Verifies the body checksum. The returned body is a view into `bytes`.
  */
-export function decodeFrame (bytes: Uint8Array, limits: { maxBodyBytes?: number } = {}): DecodedFrame {
+export function decodeFrame(bytes: Uint8Array, limits: { maxBodyBytes?: number } = {}): DecodedFrame {
   const header = decodeFrameHeader(bytes, limits)
   const need = header.headerBytes + header.bodyBytes
   if (bytes.length < need) throw codecError(CodecErrorCode.FRAME_TRUNCATED, `frame truncated: have ${bytes.length} bytes, need ${need}`)
@@ -309,28 +341,36 @@ export function decodeFrame (bytes: Uint8Array, limits: { maxBodyBytes?: number 
  * at i * P. Each frame proves its own place, so an assembler needs no overlap search: equal P
  * and distinct indices mean the chunks tile the tensor exactly. Returns P.
  */
-function checkChunkLayout (h: FrameHeader, total: number): number {
+function checkChunkLayout(h: FrameHeader, total: number): number {
   const last = h.chunkCount - 1
   let p: number
   if (last === 0) p = total
   else if (h.chunkIndex < last) p = h.elementCount
   else p = h.elementOffset / last
-  const ok = h.chunkCount === 1
-    ? h.elementOffset === 0 && h.elementCount === total
-    : Number.isSafeInteger(p) && p >= 1 && h.elementOffset === h.chunkIndex * p &&
-      Math.ceil(total / p) === h.chunkCount && h.elementCount === Math.min(p, total - h.elementOffset)
+  const ok =
+    h.chunkCount === 1
+      ? h.elementOffset === 0 && h.elementCount === total
+      : Number.isSafeInteger(p) &&
+        p >= 1 &&
+        h.elementOffset === h.chunkIndex * p &&
+        Math.ceil(total / p) === h.chunkCount &&
+        h.elementCount === Math.min(p, total - h.elementOffset)
   if (!ok) {
-    throw codecError(CodecErrorCode.CHUNK_MISMATCH, `chunk ${h.chunkIndex} of ${h.chunkCount} at [${h.elementOffset}, +${h.elementCount}) does not tile a tensor of ${total} elements`)
+    throw codecError(
+      CodecErrorCode.CHUNK_MISMATCH,
+      `chunk ${h.chunkIndex} of ${h.chunkCount} at [${h.elementOffset}, +${h.elementCount}) does not tile a tensor of ${total} elements`
+    )
   }
   return p
 }
 
-function verifyBody (header: FrameHeader, body: Uint8Array): void {
-  if (checksum64(body) !== header.bodyChecksum) throw codecError(CodecErrorCode.FRAME_BODY_CHECKSUM, 'frame body checksum mismatch', { tag: header.tag, chunk: header.chunkIndex })
+function verifyBody(header: FrameHeader, body: Uint8Array): void {
+  if (checksum64(body) !== header.bodyChecksum)
+    throw codecError(CodecErrorCode.FRAME_BODY_CHECKSUM, 'frame body checksum mismatch', { tag: header.tag, chunk: header.chunkIndex })
 }
 
 /** Views a quantized frame's body as a {@link Quantized} chunk (scales copied to align them). */
-export function quantizedChunk (frame: DecodedFrame): Quantized {
+export function quantizedChunk(frame: DecodedFrame): Quantized {
   const h = frame.header
   if (!h.quantized) throw codecError(CodecErrorCode.DTYPE_MISMATCH, 'frame is not quantized')
   const opts = { bits: (h.dtype === 'i8' ? 8 : 4) as QuantBits, blockSize: h.blockSize }
@@ -356,16 +396,18 @@ export class FrameReader {
   private failed: Error | undefined
   private readonly maxBodyBytes: number
 
-  constructor (limits: { maxBodyBytes?: number } = {}) {
+  constructor(limits: { maxBodyBytes?: number } = {}) {
     this.maxBodyBytes = limits.maxBodyBytes ?? CODEC_LIMITS.maxFrameBodyBytes
     checkCap('frame reader body cap', this.maxBodyBytes, CODEC_LIMITS.maxFrameBodyBytes)
   }
 
   /** Bytes held waiting for the rest of a frame. */
-  get buffered (): number { return this.len }
+  get buffered(): number {
+    return this.len
+  }
 
   /** Feeds bytes; returns every frame completed by them. */
-  push (chunk: Uint8Array): DecodedFrame[] {
+  push(chunk: Uint8Array): DecodedFrame[] {
     if (this.failed !== undefined) throw this.failed
     const out: DecodedFrame[] = []
     try {
@@ -389,13 +431,13 @@ export class FrameReader {
   }
 
   /** Throws FRAME_TRUNCATED if the stream ended inside a frame. */
-  end (): void {
+  end(): void {
     if (this.failed !== undefined) throw this.failed
     if (this.len > 0) throw codecError(CodecErrorCode.FRAME_TRUNCATED, `stream ended inside a frame (${this.len} bytes buffered)`)
   }
 
   /** The frame starting at `pos` if `chunk` holds all of it, verified, as a view. */
-  private wholeFrameAt (chunk: Uint8Array, pos: number): DecodedFrame | undefined {
+  private wholeFrameAt(chunk: Uint8Array, pos: number): DecodedFrame | undefined {
     const rest = chunk.subarray(pos)
     const hb = peekHeaderBytes(rest)
     if (hb === undefined || rest.length < hb) return undefined
@@ -407,11 +449,10 @@ export class FrameReader {
   }
 
   /** Copies what the current partial frame still needs; returns the new position in `chunk`. */
-  private buffer (chunk: Uint8Array, pos: number, out: DecodedFrame[]): number {
+  private buffer(chunk: Uint8Array, pos: number, out: DecodedFrame[]): number {
     const h = this.header
-    const need = h !== undefined
-      ? h.headerBytes + h.bodyBytes
-      : (this.len >= HEADER_PROBE_BYTES ? peekHeaderBytes(this.buf.subarray(0, this.len))! : HEADER_PROBE_BYTES)
+    const need =
+      h !== undefined ? h.headerBytes + h.bodyBytes : this.len >= HEADER_PROBE_BYTES ? peekHeaderBytes(this.buf.subarray(0, this.len))! : HEADER_PROBE_BYTES
     const take = Math.min(need - this.len, chunk.length - pos)
     this.buf.set(chunk.subarray(pos, pos + take), this.len)
     this.len += take
@@ -464,12 +505,12 @@ export class TensorAssembler {
   private first: FrameHeader | undefined
   private readonly seen = new Set<number>()
 
-  constructor (init: AssemblerInit = {}) {
+  constructor(init: AssemblerInit = {}) {
     this.init = init
   }
 
   /** Adds one decoded frame; returns the tensor when the last chunk arrives. */
-  add (frame: DecodedFrame): TensorView | undefined {
+  add(frame: DecodedFrame): TensorView | undefined {
     const h = frame.header
     if (h.quantized) throw codecError(CodecErrorCode.DTYPE_MISMATCH, 'TensorAssembler takes dense frames; use quantizedChunk for quantized ones')
     const want = this.first ?? this.init
@@ -477,7 +518,10 @@ export class TensorAssembler {
       throw codecError(CodecErrorCode.DTYPE_MISMATCH, `expected dtype ${want.dtype}, frame has ${h.dtype}`, { expected: want.dtype, got: h.dtype })
     }
     if (want.shape !== undefined && (want.shape.length !== h.shape.length || want.shape.some((d, i) => d !== h.shape[i]))) {
-      throw codecError(CodecErrorCode.SHAPE_MISMATCH, `expected shape [${want.shape.join(', ')}], frame has [${h.shape.join(', ')}]`, { expected: want.shape, got: h.shape })
+      throw codecError(CodecErrorCode.SHAPE_MISMATCH, `expected shape [${want.shape.join(', ')}], frame has [${h.shape.join(', ')}]`, {
+        expected: want.shape,
+        got: h.shape
+      })
     }
     if (want.tag !== undefined && want.tag !== h.tag) throw codecError(CodecErrorCode.CHUNK_MISMATCH, `expected tag ${want.tag}, frame has ${h.tag}`)
     if (this.first !== undefined && (this.first.chunkCount !== h.chunkCount || this.first.chunkElements !== h.chunkElements)) {

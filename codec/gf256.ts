@@ -21,18 +21,18 @@ const LOG = new Uint8Array(256)
 }
 
 /** a * b in GF(2^8). */
-export function gfMul (a: number, b: number): number {
+export function gfMul(a: number, b: number): number {
   return a === 0 || b === 0 ? 0 : EXP[LOG[a]! + LOG[b]!]!
 }
 
 /** a^n in GF(2^8), with 0^0 = 1. */
-export function gfPow (a: number, n: number): number {
+export function gfPow(a: number, n: number): number {
   if (n === 0) return 1
   if (a === 0) return 0
   return EXP[(LOG[a]! * n) % 255]!
 }
 
-function gfInv (a: number): number {
+function gfInv(a: number): number {
   if (a === 0) throw new InvalidArgumentError('zero has no inverse in GF(2^8)')
   return EXP[255 - LOG[a]!]!
 }
@@ -41,10 +41,14 @@ function gfInv (a: number): number {
 export type GfMatrix = Uint8Array[]
 
 /** Inverts a square matrix by Gauss-Jordan elimination; throws if it is singular. */
-export function gfInvert (a: GfMatrix): GfMatrix {
+export function gfInvert(a: GfMatrix): GfMatrix {
   const n = a.length
   const m = a.map(r => Uint8Array.from(r))
-  const inv = Array.from({ length: n }, (_, i) => { const r = new Uint8Array(n); r[i] = 1; return r })
+  const inv = Array.from({ length: n }, (_, i) => {
+    const r = new Uint8Array(n)
+    r[i] = 1
+    return r
+  })
   for (let col = 0; col < n; col++) {
     let pivot = col
     while (pivot < n && m[pivot]![col] === 0) pivot++
@@ -69,7 +73,7 @@ export function gfInvert (a: GfMatrix): GfMatrix {
 }
 
 /** a (r x n) times b (n x c). */
-export function gfMatMul (a: GfMatrix, b: GfMatrix): GfMatrix {
+export function gfMatMul(a: GfMatrix, b: GfMatrix): GfMatrix {
   const cols = b[0]?.length ?? 0
   return a.map(row => {
     const out = new Uint8Array(cols)
@@ -83,13 +87,13 @@ export function gfMatMul (a: GfMatrix, b: GfMatrix): GfMatrix {
 }
 
 /** The systematic (k+m) x k generator matrix; rows k.. are the parity coefficients. */
-export function rsGeneratorMatrix (k: number, m: number): GfMatrix {
+export function rsGeneratorMatrix(k: number, m: number): GfMatrix {
   const v = Array.from({ length: k + m }, (_, r) => Uint8Array.from({ length: k }, (_, c) => gfPow(r, c)))
   return gfMatMul(v, gfInvert(v.slice(0, k)))
 }
 
 /** The 32-byte nibble table of a coefficient: c*x for x < 16, then c*(x << 4). */
-export function nibbleTable (c: number, out: Uint8Array, at: number): void {
+export function nibbleTable(c: number, out: Uint8Array, at: number): void {
   for (let x = 0; x < 16; x++) {
     out[at + x] = gfMul(c, x)
     out[at + 16 + x] = gfMul(c, x << 4)

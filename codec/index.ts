@@ -7,27 +7,65 @@ export { CodecErrorCode, type CodecErrorCodeT, codecError, NonFiniteError, TooFe
 export { checksum64 } from './checksum.ts'
 export { type DType, DTYPE_CODES, DTYPE_BITS, dtypeFromCode, isDType, byteLength, shapeElements, f32ToBf16, bf16ToF32 } from './dtype.ts'
 export {
-  type QuantBits, type Quantized, type QuantOptions,
-  quantize, dequantize, dequantizeAccumulate, quantizedSize, validateQuantOptions, validateQuantized
+  type QuantBits,
+  type Quantized,
+  type QuantOptions,
+  quantize,
+  dequantize,
+  dequantizeAccumulate,
+  quantizedSize,
+  validateQuantOptions,
+  validateQuantized
 } from './quant.ts'
 export {
-  FRAME_MAGIC, FRAME_VERSION, type TensorView, type FrameHeader, type Frame, type DecodedFrame,
-  type EncodeFrameOptions, type AssemblerInit,
-  encodeTensorFrames, encodeQuantizedFrames, concatFrame, frameHeaderBytes, peekHeaderBytes,
-  decodeFrameHeader, decodeFrame, quantizedChunk, FrameReader, TensorAssembler
+  FRAME_MAGIC,
+  FRAME_VERSION,
+  type TensorView,
+  type FrameHeader,
+  type Frame,
+  type DecodedFrame,
+  type EncodeFrameOptions,
+  type AssemblerInit,
+  encodeTensorFrames,
+  encodeQuantizedFrames,
+  concatFrame,
+  frameHeaderBytes,
+  peekHeaderBytes,
+  decodeFrameHeader,
+  decodeFrame,
+  quantizedChunk,
+  FrameReader,
+  TensorAssembler
 } from './frame.ts'
 export {
-  ENVELOPE_VERSION, type EnvelopeSchemas, type Envelope, type EnvelopeCodec, type EnvelopeCodecInit,
-  createEnvelopeCodec, zBytes
+  ENVELOPE_VERSION,
+  type EnvelopeSchemas,
+  type Envelope,
+  type EnvelopeCodec,
+  type EnvelopeCodecInit,
+  createEnvelopeCodec,
+  zBytes
 } from './envelope.ts'
 export { scanMsgpack } from './msgpack-scan.ts'
 export {
-  type ErasureCoder, type ErasureCoderName, ErasureCoderError,
-  validateErasureParams, createWasmErasureCoder
+  type ErasureCoder,
+  type ErasureCoderName,
+  ErasureCoderError,
+  validateErasureParams,
+  createWasmErasureCoder
 } from './erasure.ts'
 export { createSimdErasureCoder, simdAvailable } from './erasure-simd.ts'
 export { createErasureCoder } from './erasure-factory.ts'
 export {
-  FRAGMENT_MAGIC, FRAGMENT_VERSION, FRAGMENT_HEADER_BYTES, type StripeFragment, type StripeExpectation, type DecodedStripe,
-  fragmentSize, encodeStripe, encodeFragment, decodeFragment, decodeStripe
+  FRAGMENT_MAGIC,
+  FRAGMENT_VERSION,
+  FRAGMENT_HEADER_BYTES,
+  type StripeFragment,
+  type StripeExpectation,
+  type DecodedStripe,
+  fragmentSize,
+  encodeStripe,
+  encodeFragment,
+  decodeFragment,
+  decodeStripe
 } from './stripe.ts'

@@ -12,7 +12,7 @@ import { codecError, CodecErrorCode } from './errors.ts'
  * - map keys that are not strings, and the key `__proto__`;
  * - trailing bytes after the one top-level value.
  */
-export function scanMsgpack (bytes: Uint8Array, limits: { maxDepth: number, maxItems: number }): void {
+export function scanMsgpack(bytes: Uint8Array, limits: { maxDepth: number; maxItems: number }): void {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const n = bytes.length
   // Parallel stacks: items left in each open container, and whether it is a map.
@@ -21,8 +21,12 @@ export function scanMsgpack (bytes: Uint8Array, limits: { maxDepth: number, maxI
   let pos = 0
   let items = 0
   let values = 0
-  const fail = (why: string): never => { throw codecError(CodecErrorCode.ENVELOPE_MALFORMED, `malformed envelope at byte ${pos}: ${why}`) }
-  const need = (k: number): void => { if (pos + k > n) fail('truncated') }
+  const fail = (why: string): never => {
+    throw codecError(CodecErrorCode.ENVELOPE_MALFORMED, `malformed envelope at byte ${pos}: ${why}`)
+  }
+  const need = (k: number): void => {
+    if (pos + k > n) fail('truncated')
+  }
 
   const open = (count: number, map: boolean): void => {
     const slots = map ? count * 2 : count
@@ -46,29 +50,94 @@ export function scanMsgpack (bytes: Uint8Array, limits: { maxDepth: number, maxI
     need(1)
     const b = bytes[pos++]!
     let strLen = -1
-    if (b <= 0x7f || b >= 0xe0) { /* fixint */ } else if (b <= 0x8f) open(b & 0x0f, true)
+    if (b <= 0x7f || b >= 0xe0) {
+      /* fixint */
+    } else if (b <= 0x8f) open(b & 0x0f, true)
     else if (b <= 0x9f) open(b & 0x0f, false)
     else if (b <= 0xbf) strLen = b & 0x1f
     else {
       switch (b) {
-        case 0xc0: case 0xc2: case 0xc3: break
-        case 0xc4: need(1); pos += 1 + skipLen(v.getUint8(pos)); break
-        case 0xc5: need(2); pos += 2 + skipLen(v.getUint16(pos)); break
-        case 0xc6: need(4); pos += 4 + skipLen(v.getUint32(pos)); break
-        case 0xca: need(4); pos += 4; break
-        case 0xcb: need(8); pos += 8; break
-        case 0xcc: case 0xd0: need(1); pos += 1; break
-        case 0xcd: case 0xd1: need(2); pos += 2; break
-        case 0xce: case 0xd2: need(4); pos += 4; break
-        case 0xcf: case 0xd3: need(8); pos += 8; break
-        case 0xd9: need(1); strLen = v.getUint8(pos); pos += 1; break
-        case 0xda: need(2); strLen = v.getUint16(pos); pos += 2; break
-        case 0xdb: need(4); strLen = v.getUint32(pos); pos += 4; break
-        case 0xdc: need(2); pos += 2; open(v.getUint16(pos - 2), false); break
-        case 0xdd: need(4); pos += 4; open(v.getUint32(pos - 4), false); break
-        case 0xde: need(2); pos += 2; open(v.getUint16(pos - 2), true); break
-        case 0xdf: need(4); pos += 4; open(v.getUint32(pos - 4), true); break
-        default: fail(`type byte 0x${b.toString(16)} is not allowed (ext or reserved)`)
+        case 0xc0:
+        case 0xc2:
+        case 0xc3:
+          break
+        case 0xc4:
+          need(1)
+          pos += 1 + skipLen(v.getUint8(pos))
+          break
+        case 0xc5:
+          need(2)
+          pos += 2 + skipLen(v.getUint16(pos))
+          break
+        case 0xc6:
+          need(4)
+          pos += 4 + skipLen(v.getUint32(pos))
+          break
+        case 0xca:
+          need(4)
+          pos += 4
+          break
+        case 0xcb:
+          need(8)
+          pos += 8
+          break
+        case 0xcc:
+        case 0xd0:
+          need(1)
+          pos += 1
+          break
+        case 0xcd:
+        case 0xd1:
+          need(2)
+          pos += 2
+          break
+        case 0xce:
+        case 0xd2:
+          need(4)
+          pos += 4
+          break
+        case 0xcf:
+        case 0xd3:
+          need(8)
+          pos += 8
+          break
+        case 0xd9:
+          need(1)
+          strLen = v.getUint8(pos)
+          pos += 1
+          break
+        case 0xda:
+          need(2)
+          strLen = v.getUint16(pos)
+          pos += 2
+          break
+        case 0xdb:
+          need(4)
+          strLen = v.getUint32(pos)
+          pos += 4
+          break
+        case 0xdc:
+          need(2)
+          pos += 2
+          open(v.getUint16(pos - 2), false)
+          break
+        case 0xdd:
+          need(4)
+          pos += 4
+          open(v.getUint32(pos - 4), false)
+          break
+        case 0xde:
+          need(2)
+          pos += 2
+          open(v.getUint16(pos - 2), true)
+          break
+        case 0xdf:
+          need(4)
+          pos += 4
+          open(v.getUint32(pos - 4), true)
+          break
+        default:
+          fail(`type byte 0x${b.toString(16)} is not allowed (ext or reserved)`)
       }
     }
     if (strLen >= 0) {
@@ -85,16 +154,19 @@ export function scanMsgpack (bytes: Uint8Array, limits: { maxDepth: number, maxI
     }
     if (pos > n) fail('truncated')
   } while (left.length > 0)
-  if (pos !== n) { pos = n; fail('trailing bytes after the envelope') }
+  if (pos !== n) {
+    pos = n
+    fail('trailing bytes after the envelope')
+  }
 
-  function skipLen (len: number): number {
+  function skipLen(len: number): number {
     if (len > n - pos) fail(`binary claims ${len} bytes with ${n - pos} left`)
     return len
   }
 }
 
 const PROTO = [0x5f, 0x5f, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x5f, 0x5f]
-function isProto (bytes: Uint8Array, at: number): boolean {
+function isProto(bytes: Uint8Array, at: number): boolean {
   for (let i = 0; i < 9; i++) if (bytes[at + i] !== PROTO[i]) return false
   return true
 }

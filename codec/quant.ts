@@ -35,12 +35,15 @@ export interface Quantized {
   data: Uint8Array
 }
 
-export interface QuantOptions { bits: QuantBits, blockSize: number }
+export interface QuantOptions {
+  bits: QuantBits
+  blockSize: number
+}
 
 const SMALLEST_F32 = 1.401298464324817e-45
 
 /** Checks bits and block size; int4 blocks must be even so chunk boundaries fall on bytes. */
-export function validateQuantOptions (opts: QuantOptions): void {
+export function validateQuantOptions(opts: QuantOptions): void {
   if (opts.bits !== 8 && opts.bits !== 4) throw new InvalidArgumentError(`quantization bits must be 8 or 4, got ${String(opts.bits)}`)
   const bs = opts.blockSize
   if (!Number.isSafeInteger(bs) || bs < 1 || bs > CODEC_LIMITS.maxQuantBlockSize) {
@@ -50,14 +53,14 @@ export function validateQuantOptions (opts: QuantOptions): void {
 }
 
 /** Bytes of scales and codes for `length` elements. */
-export function quantizedSize (length: number, opts: QuantOptions): { blocks: number, scaleBytes: number, dataBytes: number } {
+export function quantizedSize(length: number, opts: QuantOptions): { blocks: number; scaleBytes: number; dataBytes: number } {
   const blocks = Math.ceil(length / opts.blockSize)
   return { blocks, scaleBytes: blocks * 4, dataBytes: opts.bits === 8 ? length : Math.ceil(length / 2) }
 }
 
 const f32Bits = new Float32Array(1)
 const u32Bits = new Uint32Array(f32Bits.buffer)
-function nextDownF32 (x: number): number {
+function nextDownF32(x: number): number {
   f32Bits[0] = x
   u32Bits[0]! -= 1
   return f32Bits[0]!
@@ -72,13 +75,17 @@ const FLT_MAX = 3.4028234663852886e38
  * Quantizes `src`. Throws {@link NonFiniteError} (naming the first offending element and the
  * count) if any element is NaN or ±Inf. `out` may be passed to avoid allocating.
  */
-export function quantize (src: Float32Array, opts: QuantOptions, out?: Quantized): Quantized {
+export function quantize(src: Float32Array, opts: QuantOptions, out?: Quantized): Quantized {
   validateQuantOptions(opts)
   const { bits, blockSize } = opts
   const n = src.length
   const size = quantizedSize(n, opts)
   const q: Quantized = out ?? {
-    bits, blockSize, length: n, scales: new Float32Array(size.blocks), data: new Uint8Array(size.dataBytes)
+    bits,
+    blockSize,
+    length: n,
+    scales: new Float32Array(size.blocks),
+    data: new Uint8Array(size.dataBytes)
   }
   if (q.bits !== bits || q.blockSize !== blockSize || q.length !== n || q.scales.length !== size.blocks || q.data.length !== size.dataBytes) {
     throw new InvalidArgumentError('output buffer does not match the quantization shape')
@@ -113,8 +120,8 @@ export function quantize (src: Float32Array, opts: QuantOptions, out?: Quantized
         continue
       }
       for (let i = start; i < end; i++) {
-        let v = (Math.fround(src[i]! / scale) + RNE) - RNE
-        v = v > 127 ? 127 : (v < -127 ? -127 : v)
+        let v = Math.fround(src[i]! / scale) + RNE - RNE
+        v = v > 127 ? 127 : v < -127 ? -127 : v
         codes[i] = v
       }
     }
@@ -125,8 +132,8 @@ export function quantize (src: Float32Array, opts: QuantOptions, out?: Quantized
       const scale = scales[b]!
       if (scale === 0) continue
       for (let i = start; i < end; i++) {
-        let v = (Math.fround(src[i]! / scale) + RNE) - RNE
-        v = v > 7 ? 7 : (v < -7 ? -7 : v)
+        let v = Math.fround(src[i]! / scale) + RNE - RNE
+        v = v > 7 ? 7 : v < -7 ? -7 : v
         data[i >> 1]! |= (v & 0xf) << ((i & 1) << 2)
       }
     }
@@ -134,7 +141,7 @@ export function quantize (src: Float32Array, opts: QuantOptions, out?: Quantized
   return q
 }
 
-function throwNonFinite (src: Float32Array): never {
+function throwNonFinite(src: Float32Array): never {
   let first = -1
   let count = 0
   for (let i = 0; i < src.length; i++) {
@@ -152,7 +159,7 @@ function throwNonFinite (src: Float32Array): never {
  * Checks a Quantized that came from the network: lengths agree, scales are finite and >= 0.
  * Throws a ProtocolError (QUANT_INVALID) otherwise. Codes are checked during dequantization.
  */
-export function validateQuantized (q: Quantized): void {
+export function validateQuantized(q: Quantized): void {
   try {
     validateQuantOptions(q)
   } catch (err) {
@@ -160,23 +167,26 @@ export function validateQuantized (q: Quantized): void {
   }
   const size = quantizedSize(q.length, q)
   if (q.scales.length !== size.blocks || q.data.length !== size.dataBytes) {
-    throw codecError(CodecErrorCode.QUANT_INVALID, `quantized vector of ${q.length} elements needs ${size.blocks} scales and ${size.dataBytes} bytes, got ${q.scales.length} and ${q.data.length}`)
+    throw codecError(
+      CodecErrorCode.QUANT_INVALID,
+      `quantized vector of ${q.length} elements needs ${size.blocks} scales and ${size.dataBytes} bytes, got ${q.scales.length} and ${q.data.length}`
+    )
   }
   for (let b = 0; b < q.scales.length; b++) {
     const s = q.scales[b]!
     if (!(s >= 0) || s === Infinity) throw codecError(CodecErrorCode.QUANT_INVALID, `scale ${s} of block ${b} is not a finite non-negative number`)
   }
-  if (q.bits === 4 && (q.length & 1) === 1 && q.data.length > 0 && (q.data[q.data.length - 1]! >> 4) !== 0) {
+  if (q.bits === 4 && (q.length & 1) === 1 && q.data.length > 0 && q.data[q.data.length - 1]! >> 4 !== 0) {
     throw codecError(CodecErrorCode.QUANT_INVALID, 'padding nibble of an odd-length int4 vector is not zero')
   }
 }
 
-function badCode (i: number, code: number): never {
+function badCode(i: number, code: number): never {
   throw codecError(CodecErrorCode.QUANT_INVALID, `code ${code} at element ${i} is outside the symmetric range`)
 }
 
 /** Writes the dequantized values into `out` (length q.length) and returns it. */
-export function dequantize (q: Quantized, out: Float32Array = new Float32Array(q.length)): Float32Array {
+export function dequantize(q: Quantized, out: Float32Array = new Float32Array(q.length)): Float32Array {
   return dequantizeImpl(q, out, false)
 }
 
@@ -184,11 +194,11 @@ export function dequantize (q: Quantized, out: Float32Array = new Float32Array(q
  * Adds the dequantized values into `acc` in f32: acc[i] = f32(acc[i] + f32(q[i] * scale)).
  * (Stores into a Float32Array round to f32, which is the f32 addition.)
  */
-export function dequantizeAccumulate (q: Quantized, acc: Float32Array): Float32Array {
+export function dequantizeAccumulate(q: Quantized, acc: Float32Array): Float32Array {
   return dequantizeImpl(q, acc, true)
 }
 
-function dequantizeImpl (q: Quantized, out: Float32Array, accumulate: boolean): Float32Array {
+function dequantizeImpl(q: Quantized, out: Float32Array, accumulate: boolean): Float32Array {
   validateQuantized(q)
   if (out.length !== q.length) throw new InvalidArgumentError(`output has ${out.length} elements, quantized vector has ${q.length}`)
   const { blockSize, data, scales } = q

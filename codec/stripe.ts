@@ -1,6 +1,6 @@
 import { InvalidArgumentError, ProtocolError } from '../core/index.ts'
 import { checksum64 } from './checksum.ts'
-import { type ErasureCoder } from './erasure.ts'
+import type { ErasureCoder } from './erasure.ts'
 import { codecError, CodecErrorCode, TooFewFragmentsError } from './errors.ts'
 import { CODEC_LIMITS } from './limits.ts'
 
@@ -31,15 +31,16 @@ export interface StripeFragment {
 }
 
 /** Fragment size for a payload: ceil(bytes / k), at least 1 (the coder refuses empty fragments). */
-export function fragmentSize (payloadBytes: number, k: number): number {
+export function fragmentSize(payloadBytes: number, k: number): number {
   return Math.max(1, Math.ceil(payloadBytes / k))
 }
 
 /** Cuts `payload` into k + m fragments with `coder`. */
-export function encodeStripe (payload: Uint8Array, coder: ErasureCoder): StripeFragment[] {
+export function encodeStripe(payload: Uint8Array, coder: ErasureCoder): StripeFragment[] {
   const { k, m } = coder
   const size = fragmentSize(payload.length, k)
-  if (size > CODEC_LIMITS.maxFragmentBytes) throw new InvalidArgumentError(`payload of ${payload.length} bytes needs ${size}-byte fragments, over the cap of ${CODEC_LIMITS.maxFragmentBytes}`)
+  if (size > CODEC_LIMITS.maxFragmentBytes)
+    throw new InvalidArgumentError(`payload of ${payload.length} bytes needs ${size}-byte fragments, over the cap of ${CODEC_LIMITS.maxFragmentBytes}`)
   const padded = new Uint8Array(size * k)
   padded.set(payload)
   const data: Uint8Array[] = []
@@ -50,7 +51,7 @@ export function encodeStripe (payload: Uint8Array, coder: ErasureCoder): StripeF
 }
 
 /** Serializes one fragment (header + body). */
-export function encodeFragment (f: StripeFragment): Uint8Array {
+export function encodeFragment(f: StripeFragment): Uint8Array {
   const out = new Uint8Array(FRAGMENT_HEADER_BYTES + f.data.length)
   const v = new DataView(out.buffer)
   v.setUint32(0, FRAGMENT_MAGIC, true)
@@ -80,8 +81,11 @@ export interface StripeExpectation {
  * Decodes one fragment, checking header checksum, fields, caps and body checksum in that
  * order. Throws a ProtocolError (FRAGMENT_*) on any problem. The body is a view into `bytes`.
  */
-export function decodeFragment (bytes: Uint8Array, expect: StripeExpectation = {}): StripeFragment {
-  const bad = (code: typeof CodecErrorCode.FRAGMENT_MALFORMED | typeof CodecErrorCode.FRAGMENT_CHECKSUM | typeof CodecErrorCode.FRAGMENT_MISMATCH, why: string): never => {
+export function decodeFragment(bytes: Uint8Array, expect: StripeExpectation = {}): StripeFragment {
+  const bad = (
+    code: typeof CodecErrorCode.FRAGMENT_MALFORMED | typeof CodecErrorCode.FRAGMENT_CHECKSUM | typeof CodecErrorCode.FRAGMENT_MISMATCH,
+    why: string
+  ): never => {
     throw codecError(code, `bad fragment: ${why}`)
   }
   if (bytes.length < FRAGMENT_HEADER_BYTES) bad(CodecErrorCode.FRAGMENT_MALFORMED, `${bytes.length} bytes is shorter than a header`)
@@ -94,13 +98,17 @@ export function decodeFragment (bytes: Uint8Array, expect: StripeExpectation = {
   const index = v.getUint8(7)
   const payloadBig = v.getBigUint64(8, true)
   const size = v.getUint32(16, true)
-  if (k < 1 || m < 1 || k + m > CODEC_LIMITS.maxErasureTotal || index >= k + m) bad(CodecErrorCode.FRAGMENT_MALFORMED, `k=${k} m=${m} index=${index} is not valid`)
+  if (k < 1 || m < 1 || k + m > CODEC_LIMITS.maxErasureTotal || index >= k + m)
+    bad(CodecErrorCode.FRAGMENT_MALFORMED, `k=${k} m=${m} index=${index} is not valid`)
   if (v.getUint32(20, true) !== 0) bad(CodecErrorCode.FRAGMENT_MALFORMED, 'reserved field is not zero')
-  if (size > CODEC_LIMITS.maxFragmentBytes) bad(CodecErrorCode.FRAGMENT_MALFORMED, `fragment of ${size} bytes exceeds the cap of ${CODEC_LIMITS.maxFragmentBytes}`)
+  if (size > CODEC_LIMITS.maxFragmentBytes)
+    bad(CodecErrorCode.FRAGMENT_MALFORMED, `fragment of ${size} bytes exceeds the cap of ${CODEC_LIMITS.maxFragmentBytes}`)
   if (payloadBig > BigInt(size) * BigInt(k)) bad(CodecErrorCode.FRAGMENT_MALFORMED, `payload of ${payloadBig} bytes does not fit ${k} fragments of ${size}`)
   const payloadBytes = Number(payloadBig)
-  if (size !== fragmentSize(payloadBytes, k)) bad(CodecErrorCode.FRAGMENT_MALFORMED, `fragment size ${size} does not match a ${payloadBytes}-byte payload over k=${k}`)
-  if (bytes.length !== FRAGMENT_HEADER_BYTES + size) bad(CodecErrorCode.FRAGMENT_MALFORMED, `expected ${FRAGMENT_HEADER_BYTES + size} bytes, got ${bytes.length}`)
+  if (size !== fragmentSize(payloadBytes, k))
+    bad(CodecErrorCode.FRAGMENT_MALFORMED, `fragment size ${size} does not match a ${payloadBytes}-byte payload over k=${k}`)
+  if (bytes.length !== FRAGMENT_HEADER_BYTES + size)
+    bad(CodecErrorCode.FRAGMENT_MALFORMED, `expected ${FRAGMENT_HEADER_BYTES + size} bytes, got ${bytes.length}`)
   const f: StripeFragment = { index, k, m, payloadBytes, payloadChecksum: v.getBigUint64(24, true), data: bytes.subarray(FRAGMENT_HEADER_BYTES) }
   for (const key of ['k', 'm', 'index', 'payloadBytes', 'payloadChecksum'] as const) {
     if (expect[key] !== undefined && expect[key] !== f[key]) bad(CodecErrorCode.FRAGMENT_MISMATCH, `${key} is ${f[key]}, expected ${expect[key]}`)
@@ -115,7 +123,7 @@ export interface DecodedStripe {
   /** Fragment indices whose bytes were used. */
   used: number[]
   /** Fragments rejected (treated as erasures): position in the input, index if known, reason. */
-  rejected: Array<{ position: number, index: number | undefined, error: ProtocolError }>
+  rejected: Array<{ position: number; index: number | undefined; error: ProtocolError }>
 }
 
 /**
@@ -125,7 +133,7 @@ export interface DecodedStripe {
  * {@link TooFewFragmentsError} when fewer than k remain, and a FRAGMENT_CHECKSUM ProtocolError
  * when the rebuilt payload does not match its checksum (a well-formed lie).
  */
-export function decodeStripe (encoded: readonly Uint8Array[], coder: ErasureCoder, expect: StripeExpectation = {}): DecodedStripe {
+export function decodeStripe(encoded: readonly Uint8Array[], coder: ErasureCoder, expect: StripeExpectation = {}): DecodedStripe {
   const { k, m } = coder
   const want: StripeExpectation = { ...expect, k, m }
   const slots: Array<Uint8Array | undefined> = new Array(k + m).fill(undefined)
@@ -148,7 +156,13 @@ export function decodeStripe (encoded: readonly Uint8Array[], coder: ErasureCode
   const used = slots.flatMap((s, i) => (s === undefined ? [] : [i]))
   if (used.length < k) {
     const corrupt = rejected.flatMap(r => (r.index === undefined || used.includes(r.index) ? [] : [r.index]))
-    throw new TooFewFragmentsError(k, m, used, slots.flatMap((s, i) => (s === undefined ? [i] : [])), [...new Set(corrupt)])
+    throw new TooFewFragmentsError(
+      k,
+      m,
+      used,
+      slots.flatMap((s, i) => (s === undefined ? [i] : [])),
+      [...new Set(corrupt)]
+    )
   }
   const data = coder.reconstruct(slots)
   const size = data[0]!.length

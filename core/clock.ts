@@ -26,7 +26,7 @@ export interface Clock {
  * `sleep` for any Clock: resolves after `ms` of that clock, rejects with AbortError as soon as
  * `signal` fires (and clears its timer). Clock implementations outside core/ use it too.
  */
-export function sleepOn (clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+export function sleepOn(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted === true) return Promise.reject(new AbortError('sleep aborted'))
   return new Promise((resolve, reject) => {
     const onAbort = (): void => {
@@ -46,20 +46,27 @@ export class RealClock implements Clock {
   private readonly timers = new Map<number, ReturnType<typeof globalThis.setTimeout>>()
   private nextId = 1
 
-  now (): number { return Date.now() }
-  monotonic (): number { return performance.now() }
+  now(): number {
+    return Date.now()
+  }
+  monotonic(): number {
+    return performance.now()
+  }
 
-  setTimeout (fn: () => void, ms: number): TimerId {
+  setTimeout(fn: () => void, ms: number): TimerId {
     const id = this.nextId++
-    const handle = globalThis.setTimeout(() => {
-      this.timers.delete(id)
-      fn()
-    }, Math.max(0, ms))
+    const handle = globalThis.setTimeout(
+      () => {
+        this.timers.delete(id)
+        fn()
+      },
+      Math.max(0, ms)
+    )
     this.timers.set(id, handle)
     return id
   }
 
-  clearTimeout (id: TimerId): void {
+  clearTimeout(id: TimerId): void {
     const handle = this.timers.get(id)
     if (handle !== undefined) {
       globalThis.clearTimeout(handle)
@@ -67,7 +74,7 @@ export class RealClock implements Clock {
     }
   }
 
-  sleep (ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
+  sleep(ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
     return sleepOn(this, ms, options.signal)
   }
 }
@@ -85,17 +92,19 @@ export class ClockEvent {
   id = -1
   /** The event due right after this one, chained to it instead of queued (see ManualClock.scheduleEvent). */
   next: ClockEvent | undefined = undefined
-  fire (): void {}
+  fire(): void {}
 }
 
 class FnTimer extends ClockEvent {
   readonly fn: () => void
-  constructor (fn: () => void) {
+  constructor(fn: () => void) {
     super()
     this.fn = fn
   }
 
-  override fire (): void { this.fn() }
+  override fire(): void {
+    this.fn()
+  }
 }
 
 /**
@@ -124,26 +133,32 @@ export class ManualClock implements Clock {
   private readonly maxTimers: number
 
   /** `maxTimers` caps pending timers (default CORE_LIMITS.maxManualTimers); the simulator raises it. */
-  constructor (init: { startMs?: number, epochMs?: number, maxTimers?: number } = {}) {
+  constructor(init: { startMs?: number; epochMs?: number; maxTimers?: number } = {}) {
     this.t = init.startMs ?? 0
     this.epochMs = init.epochMs ?? 1_700_000_000_000
     this.maxTimers = init.maxTimers ?? CORE_LIMITS.maxManualTimers
   }
 
-  now (): number { return this.epochMs + this.t }
-  monotonic (): number { return this.t }
+  now(): number {
+    return this.epochMs + this.t
+  }
+  monotonic(): number {
+    return this.t
+  }
 
   /** Number of timers waiting to fire. */
-  get pending (): number { return this.live.size + this.fixed }
+  get pending(): number {
+    return this.live.size + this.fixed
+  }
   // Timers scheduled with `schedule` (never cancelled): counted, not tracked by id.
   private fixed = 0
 
-  setTimeout (fn: () => void, ms: number): TimerId {
+  setTimeout(fn: () => void, ms: number): TimerId {
     return this.setTimeoutEvent(new FnTimer(fn), ms)
   }
 
   /** Like {@link setTimeout} for an event object (see {@link ClockEvent}): `ev.fire()` runs `ms` from now unless cleared. */
-  setTimeoutEvent (ev: ClockEvent, ms: number): TimerId {
+  setTimeoutEvent(ev: ClockEvent, ms: number): TimerId {
     if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
     if (!(this.live.size < this.maxTimers)) checkCap('manual clock timers', this.live.size + 1, this.maxTimers)
     const id = this.nextId++
@@ -154,18 +169,20 @@ export class ManualClock implements Clock {
     return id
   }
 
-  clearTimeout (id: TimerId): void { this.live.delete(id) }
+  clearTimeout(id: TimerId): void {
+    this.live.delete(id)
+  }
 
   /**
    * Like setTimeout for a timer that will never be cancelled (a message in flight): no id to
    * track, which matters when a simulation schedules millions of them.
    */
-  schedule (fn: () => void, ms: number): void {
+  schedule(fn: () => void, ms: number): void {
     this.scheduleEvent(new FnTimer(fn), ms)
   }
 
   /** Like {@link schedule} for an event object: `ev.fire()` runs `ms` from now. Schedule each object once. */
-  scheduleEvent (ev: ClockEvent, ms: number): void {
+  scheduleEvent(ev: ClockEvent, ms: number): void {
     if (!Number.isFinite(ms)) throw new InvalidArgumentError(`timer delay must be finite, got ${ms}`)
     if (this.live.size + this.fixed >= this.maxTimers) checkCap('manual clock timers', this.live.size + this.fixed + 1, this.maxTimers)
     ev.id = -1
@@ -184,18 +201,18 @@ export class ManualClock implements Clock {
     this.fixed++
   }
 
-  sleep (ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
+  sleep(ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
     return sleepOn(this, ms, options.signal)
   }
 
   /** Due time of the earliest live timer, or undefined. */
-  nextTimerAt (): number | undefined {
+  nextTimerAt(): number | undefined {
     this.dropCancelled()
     return this.size > 0 ? this.ats[0] : undefined
   }
 
   /** Fires the earliest live timer (moving time to it). Returns false if none is left. */
-  runNext (): boolean {
+  runNext(): boolean {
     this.dropCancelled()
     if (this.size === 0) return false
     this.fireTop()
@@ -203,7 +220,7 @@ export class ManualClock implements Clock {
   }
 
   /** Pops and fires the earliest timer (live: dropCancelled ran), moving time to it. */
-  private fireTop (): void {
+  private fireTop(): void {
     const timer = this.pop()
     if (timer.id < 0) this.fixed--
     else this.live.delete(timer.id)
@@ -212,7 +229,7 @@ export class ManualClock implements Clock {
   }
 
   /** Moves time forward by `ms`, firing every timer that falls due on the way, in order. */
-  advance (ms: number): void {
+  advance(ms: number): void {
     if (!(ms >= 0)) throw new InvalidArgumentError(`cannot advance a clock by ${ms} ms`)
     const target = this.t + ms
     for (;;) {
@@ -227,7 +244,7 @@ export class ManualClock implements Clock {
    * Like {@link advance}, but lets promise continuations run after every timer, so code that
    * awaits `sleep()` in a loop makes progress within one call.
    */
-  async advanceAsync (ms: number): Promise<void> {
+  async advanceAsync(ms: number): Promise<void> {
     if (!(ms >= 0)) throw new InvalidArgumentError(`cannot advance a clock by ${ms} ms`)
     const target = this.t + ms
     const stop = watchPromises()
@@ -251,7 +268,7 @@ export class ManualClock implements Clock {
     this.t = target
   }
 
-  private dropCancelled (): void {
+  private dropCancelled(): void {
     while (this.size > 0) {
       const id = this.events[0]!.id
       if (id < 0 || this.live.has(id)) return
@@ -259,7 +276,7 @@ export class ManualClock implements Clock {
     }
   }
 
-  private push (ev: ClockEvent, ms: number): void {
+  private push(ev: ClockEvent, ms: number): void {
     const at = this.t + (ms > 0 ? ms : 0)
     const seq = this.seq++
     ev.at = at
@@ -284,7 +301,7 @@ export class ManualClock implements Clock {
     evs[i] = ev
   }
 
-  private grow (): void {
+  private grow(): void {
     const n = this.size * 2
     const ats = new Float64Array(n)
     ats.set(this.ats)
@@ -295,7 +312,7 @@ export class ManualClock implements Clock {
   }
 
   /** Removes and returns the earliest event; the heap must not be empty. */
-  private pop (): ClockEvent {
+  private pop(): ClockEvent {
     const ats = this.ats
     const seqs = this.seqs
     const evs = this.events
@@ -346,12 +363,17 @@ export class ManualClock implements Clock {
 let promiseActivity = 0
 let watchers = 0
 let unhook: (() => void) | undefined
-function watchPromises (): () => void {
+function watchPromises(): () => void {
   if (watchers++ === 0) {
-    const bump = (): void => { promiseActivity++ }
+    const bump = (): void => {
+      promiseActivity++
+    }
     const offInit = promiseHooks.onInit(bump)
     const offSettled = promiseHooks.onSettled(bump)
-    unhook = () => { offInit(); offSettled() }
+    unhook = () => {
+      offInit()
+      offSettled()
+    }
   }
   return () => {
     if (--watchers === 0) unhook?.()
@@ -359,7 +381,7 @@ function watchPromises (): () => void {
 }
 
 /** Promise events one bare `await` causes by itself (measured with an empty microtask queue). */
-async function calibrateAwait (): Promise<number> {
+async function calibrateAwait(): Promise<number> {
   const before = promiseActivity
   await undefined
   return promiseActivity - before
@@ -369,7 +391,7 @@ async function calibrateAwait (): Promise<number> {
  * Awaits microtask hops until one sees no promise activity besides its own: the queue (FIFO)
  * then held nothing that could still queue a continuation. Falls back to a macrotask hop.
  */
-async function drainMicrotasks (own: number): Promise<void> {
+async function drainMicrotasks(own: number): Promise<void> {
   for (let i = 0; i < 10_000; i++) {
     const before = promiseActivity
     await undefined
@@ -379,6 +401,6 @@ async function drainMicrotasks (own: number): Promise<void> {
 }
 
 /** Resolves after all currently queued promise continuations (and their follow-ups) ran. */
-export function flushMicrotasks (): Promise<void> {
+export function flushMicrotasks(): Promise<void> {
   return new Promise(resolve => setImmediate(resolve))
 }

@@ -13,7 +13,7 @@ export class ZeromeshError extends Error {
   /** Structured context for logs (never payload bytes, never secrets). */
   readonly details: Record<string, unknown>
 
-  constructor (message: string, details: Record<string, unknown> = {}, options?: ErrorOptions) {
+  constructor(message: string, details: Record<string, unknown> = {}, options?: ErrorOptions) {
     super(message, options)
     this.name = (new.target as { name: string }).name
     this.details = details
@@ -32,7 +32,7 @@ export class LimitExceededError extends ZeromeshError {
   readonly value: number
   readonly cap: number
 
-  constructor (limit: string, value: number, cap: number) {
+  constructor(limit: string, value: number, cap: number) {
     super(`${limit} ${value} exceeds the cap of ${cap}`, { limit, value, cap })
     this.limit = limit
     this.value = value
@@ -43,7 +43,7 @@ export class LimitExceededError extends ZeromeshError {
 /** An operation was cancelled through its AbortSignal. */
 export class AbortError extends ZeromeshError {
   static override name = 'AbortError'
-  constructor (message = 'the operation was aborted', details: Record<string, unknown> = {}) {
+  constructor(message = 'the operation was aborted', details: Record<string, unknown> = {}) {
     super(message, details)
   }
 }
@@ -60,7 +60,7 @@ export class ProtocolError extends ZeromeshError {
   readonly code: string
   readonly action: ProtocolAction
 
-  constructor (code: string, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject') {
+  constructor(code: string, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject') {
     super(message, { code, ...details })
     this.code = code
     this.action = action
@@ -75,7 +75,7 @@ export type ProtocolErrorFactory<C extends string> = (code: C, message: string, 
  * `action` for peer scoring ('reject' unless said otherwise). Each layer types it to its own
  * codes (codec's `codecError`, snapshot's `snapshotError` are this function).
  */
-export function protocolError (code: string, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject'): ProtocolError {
+export function protocolError(code: string, message: string, details: Record<string, unknown> = {}, action: ProtocolAction = 'reject'): ProtocolError {
   return new ProtocolError(code, message, details, action)
 }
 
@@ -83,13 +83,13 @@ export function protocolError (code: string, message: string, details: Record<st
  * A layer's protocol-error codes declared once: `codes` maps each code to itself (so call sites
  * write `CodecErrorCode.FRAME_TRUNCATED`), and `error` is {@link protocolError} typed to them.
  */
-export function protocolCodes<const C extends string> (names: readonly C[]): { codes: Readonly<{ [K in C]: K }>, error: ProtocolErrorFactory<C> } {
+export function protocolCodes<const C extends string>(names: readonly C[]): { codes: Readonly<{ [K in C]: K }>; error: ProtocolErrorFactory<C> } {
   const codes = Object.fromEntries(names.map(n => [n, n])) as { [K in C]: K }
   return { codes: Object.freeze(codes), error: protocolError }
 }
 
 /** Throws {@link AbortError} if the signal has fired. */
-export function throwIfAborted (signal?: AbortSignal): void {
+export function throwIfAborted(signal?: AbortSignal): void {
   if (signal?.aborted === true) {
     throw new AbortError('the operation was aborted', { reason: String(signal.reason) })
   }
@@ -100,7 +100,7 @@ export function throwIfAborted (signal?: AbortSignal): void {
  * to it (a dial can wait in a transport's queues past its signal); a value the work yields
  * after that is handed to `dispose` (close the stream nobody will use).
  */
-export function settleOnAbort<T> (signal: AbortSignal | undefined, work: Promise<T>, dispose: (value: T) => void): Promise<T> {
+export function settleOnAbort<T>(signal: AbortSignal | undefined, work: Promise<T>, dispose: (value: T) => void): Promise<T> {
   if (signal === undefined) return work
   return new Promise<T>((resolve, reject) => {
     let settled = false
@@ -111,19 +111,22 @@ export function settleOnAbort<T> (signal: AbortSignal | undefined, work: Promise
     }
     if (signal.aborted) onAbort()
     else signal.addEventListener('abort', onAbort, { once: true })
-    work.then(value => {
-      signal.removeEventListener('abort', onAbort)
-      if (settled) dispose(value)
-      else {
-        settled = true
-        resolve(value)
+    work.then(
+      value => {
+        signal.removeEventListener('abort', onAbort)
+        if (settled) dispose(value)
+        else {
+          settled = true
+          resolve(value)
+        }
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        if (!settled) {
+          settled = true
+          reject(err)
+        }
       }
-    }, (err: unknown) => {
-      signal.removeEventListener('abort', onAbort)
-      if (!settled) {
-        settled = true
-        reject(err)
-      }
-    })
+    )
   })
 }

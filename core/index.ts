@@ -5,15 +5,27 @@
 export { type Clock, type TimerId, RealClock, ManualClock, ClockEvent, flushMicrotasks, sleepOn } from './clock.ts'
 export { Rng, type Seed, seedFromEnv } from './rng.ts'
 export {
-  ZeromeshError, InvalidArgumentError, LimitExceededError, AbortError, ProtocolError,
-  type ProtocolAction, throwIfAborted, settleOnAbort
+  ZeromeshError,
+  InvalidArgumentError,
+  LimitExceededError,
+  AbortError,
+  ProtocolError,
+  type ProtocolAction,
+  throwIfAborted,
+  settleOnAbort
 } from './errors.ts'
 export { protocolError, protocolCodes, type ProtocolErrorFactory } from './errors.ts'
 export { checkCap, CORE_LIMITS } from './limits.ts'
 export { type Range, shardRange, assembleFlat } from './shard.ts'
 export { type Logger, type LogLevel, type LoggerInit, createLogger, silentLogger, componentLogger } from './log.ts'
 export {
-  type MetricsRegistry, type Counter, type Gauge, type Histogram,
-  createMetricsRegistry, defineCounter, defineGauge, defineHistogram
+  type MetricsRegistry,
+  type Counter,
+  type Gauge,
+  type Histogram,
+  createMetricsRegistry,
+  defineCounter,
+  defineGauge,
+  defineHistogram
 } from './metrics.ts'
 export { VERSION } from './version.ts'

@@ -4,7 +4,7 @@ import { LimitExceededError } from './errors.ts'
  * Throws {@link LimitExceededError} when `value` is above `cap`. Call it *before* allocating
  * anything sized by `value`: this is how every decoder and queue stays bounded.
  */
-export function checkCap (limit: string, value: number, cap: number): void {
+export function checkCap(limit: string, value: number, cap: number): void {
   if (!(value <= cap)) throw new LimitExceededError(limit, value, cap)
 }
 

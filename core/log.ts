@@ -22,7 +22,7 @@ export interface LoggerInit {
 const REDACT = ['secret', 'runSecret', 'privateKey', '*.secret', '*.runSecret', '*.privateKey']
 
 /** Creates the root logger of a process. */
-export function createLogger (init: LoggerInit = {}): Logger {
+export function createLogger(init: LoggerInit = {}): Logger {
   const options = {
     level: init.level ?? 'info',
     base: init.name === undefined ? {} : { node: init.name },
@@ -32,11 +32,11 @@ export function createLogger (init: LoggerInit = {}): Logger {
 }
 
 /** A logger that writes nothing (tests, benchmarks). */
-export function silentLogger (): Logger {
+export function silentLogger(): Logger {
   return pino({ level: 'silent' })
 }
 
 /** Per-component child logger: `componentLogger(log, 'mesh:gossip')`. */
-export function componentLogger (parent: Logger, component: string): Logger {
+export function componentLogger(parent: Logger, component: string): Logger {
   return parent.child({ component })
 }

@@ -16,11 +16,11 @@ const UNIT_SUFFIXES = ['_total', '_seconds', '_bytes', '_ratio', '_info', '_coun
 const NAME_RE = /^zeromesh_[a-z][a-z0-9_]*$/
 
 /** A fresh registry for one node. */
-export function createMetricsRegistry (): MetricsRegistry {
+export function createMetricsRegistry(): MetricsRegistry {
   return new client.Registry()
 }
 
-function checkName (name: string): void {
+function checkName(name: string): void {
   if (!NAME_RE.test(name) || !UNIT_SUFFIXES.some(s => name.endsWith(s))) {
     throw new InvalidArgumentError(`metric name '${name}' must match ${NAME_RE} and end in one of ${UNIT_SUFFIXES.join(', ')}`)
   }
@@ -35,19 +35,31 @@ interface MetricInit<L extends string> {
 }
 
 /** Registers a counter (name checked for prefix and unit suffix). */
-export function defineCounter<L extends string = string> (registry: MetricsRegistry, init: MetricInit<L>): Counter<L> {
+export function defineCounter<L extends string = string>(registry: MetricsRegistry, init: MetricInit<L>): Counter<L> {
   checkName(init.name)
-  return new client.Counter<L>({ name: init.name, help: init.help, labelNames: init.labelNames ?? [], registers: [registry], ...(init.collect === undefined ? {} : { collect: init.collect }) })
+  return new client.Counter<L>({
+    name: init.name,
+    help: init.help,
+    labelNames: init.labelNames ?? [],
+    registers: [registry],
+    ...(init.collect === undefined ? {} : { collect: init.collect })
+  })
 }
 
 /** Registers a gauge (name checked for prefix and unit suffix). */
-export function defineGauge<L extends string = string> (registry: MetricsRegistry, init: MetricInit<L>): Gauge<L> {
+export function defineGauge<L extends string = string>(registry: MetricsRegistry, init: MetricInit<L>): Gauge<L> {
   checkName(init.name)
-  return new client.Gauge<L>({ name: init.name, help: init.help, labelNames: init.labelNames ?? [], registers: [registry], ...(init.collect === undefined ? {} : { collect: init.collect }) })
+  return new client.Gauge<L>({
+    name: init.name,
+    help: init.help,
+    labelNames: init.labelNames ?? [],
+    registers: [registry],
+    ...(init.collect === undefined ? {} : { collect: init.collect })
+  })
 }
 
 /** Registers a histogram (name checked for prefix and unit suffix). */
-export function defineHistogram<L extends string = string> (registry: MetricsRegistry, init: MetricInit<L> & { buckets?: number[] }): Histogram<L> {
+export function defineHistogram<L extends string = string>(registry: MetricsRegistry, init: MetricInit<L> & { buckets?: number[] }): Histogram<L> {
   checkName(init.name)
   return new client.Histogram<L>({
     name: init.name,

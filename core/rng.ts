@@ -7,7 +7,7 @@ export type Seed = number | string
 const encoder = new TextEncoder()
 
 // splitmix32 finaliser: turns correlated inputs into independent-looking 32-bit words.
-function mix32 (x: number): number {
+function mix32(x: number): number {
   x = (x + 0x9e3779b9) | 0
   x = Math.imul(x ^ (x >>> 16), 0x85ebca6b)
   x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35)
@@ -15,7 +15,7 @@ function mix32 (x: number): number {
 }
 
 /** Expands (key words, label bytes) into four well-mixed, not-all-zero state words. */
-function deriveKey (parent: ArrayLike<number>, label: Uint8Array): Uint32Array {
+function deriveKey(parent: ArrayLike<number>, label: Uint8Array): Uint32Array {
   let h = 0x811c9dc5
   for (let i = 0; i < parent.length; i++) h = mix32(h ^ (parent[i]! >>> 0))
   h = mix32(h ^ label.length)
@@ -29,7 +29,7 @@ function deriveKey (parent: ArrayLike<number>, label: Uint8Array): Uint32Array {
   return out
 }
 
-function seedWords (seed: Seed): Uint32Array {
+function seedWords(seed: Seed): Uint32Array {
   if (typeof seed === 'string') return deriveKey([0x5eed], encoder.encode(seed))
   if (!Number.isSafeInteger(seed) || seed < 0) {
     throw new InvalidArgumentError(`seed must be a non-negative safe integer or a string, got ${seed}`)
@@ -48,18 +48,18 @@ export class Rng {
   private readonly s: Uint32Array
   private spareNormal: number | undefined
 
-  private constructor (key: Uint32Array, state?: Uint32Array) {
+  private constructor(key: Uint32Array, state?: Uint32Array) {
     this.key = key
     this.s = state ?? Uint32Array.from(key)
   }
 
   /** A generator from a seed; the same seed always gives the same stream. */
-  static fromSeed (seed: Seed): Rng {
+  static fromSeed(seed: Seed): Rng {
     return new Rng(seedWords(seed))
   }
 
   /** Restores a generator saved with {@link state} (e.g. from a snapshot). */
-  static fromState (saved: ArrayLike<number>): Rng {
+  static fromState(saved: ArrayLike<number>): Rng {
     if (saved.length !== 8) throw new InvalidArgumentError(`rng state must have 8 words, got ${saved.length}`)
     const key = Uint32Array.from(Array.from(saved).slice(0, 4))
     const s = Uint32Array.from(Array.from(saved).slice(4, 8))
@@ -68,14 +68,14 @@ export class Rng {
   }
 
   /** Independent child generator named by `label` (e.g. `'node-3'`, `'faults'`). */
-  split (label: string | number): Rng {
+  split(label: string | number): Rng {
     const bytes = encoder.encode(String(label))
     checkCap('rng split label bytes', bytes.length, CORE_LIMITS.maxRngLabelBytes)
     return new Rng(deriveKey(this.key, bytes))
   }
 
   /** The full state (key + position) as 8 words, for snapshots. */
-  state (): Uint32Array {
+  state(): Uint32Array {
     const out = new Uint32Array(8)
     out.set(this.key, 0)
     out.set(this.s, 4)
@@ -83,7 +83,7 @@ export class Rng {
   }
 
   /** Next uniformly distributed unsigned 32-bit integer. */
-  u32 (): number {
+  u32(): number {
     const s = this.s
     const result = Math.imul(rotl(Math.imul(s[1]!, 5), 7), 9) >>> 0
     const t = s[1]! << 9
@@ -97,14 +97,14 @@ export class Rng {
   }
 
   /** Uniform float in [0, 1) with 53 random bits. */
-  float (): number {
+  float(): number {
     const hi = this.u32() >>> 5
     const lo = this.u32() >>> 6
     return (hi * 67108864 + lo) / 9007199254740992
   }
 
   /** Uniform integer in [min, max) without modulo bias. */
-  int (min: number, max: number): number {
+  int(min: number, max: number): number {
     if (!Number.isSafeInteger(min) || !Number.isSafeInteger(max) || max <= min) {
       throw new InvalidArgumentError(`int(min, max) needs safe integers with min < max, got ${min}, ${max}`)
     }
@@ -123,10 +123,12 @@ export class Rng {
   }
 
   /** True with probability `p`. */
-  bool (p = 0.5): boolean { return this.float() < p }
+  bool(p = 0.5): boolean {
+    return this.float() < p
+  }
 
   /** Standard normal deviate (Box–Muller; deterministic given the stream). */
-  normal (): number {
+  normal(): number {
     if (this.spareNormal !== undefined) {
       const v = this.spareNormal
       this.spareNormal = undefined
@@ -141,7 +143,7 @@ export class Rng {
   }
 
   /** Fills `out` with random bytes and returns it. */
-  fill (out: Uint8Array): Uint8Array {
+  fill(out: Uint8Array): Uint8Array {
     let i = 0
     for (; i + 4 <= out.length; i += 4) {
       const x = this.u32()
@@ -158,7 +160,7 @@ export class Rng {
   }
 
   /** Shuffles `items` in place (Fisher–Yates) and returns it. */
-  shuffle<T> (items: T[]): T[] {
+  shuffle<T>(items: T[]): T[] {
     for (let i = items.length - 1; i > 0; i--) {
       const j = this.int(0, i + 1)
       const tmp = items[i]!
@@ -169,13 +171,13 @@ export class Rng {
   }
 
   /** One element of a non-empty array. */
-  pick<T> (items: readonly T[]): T {
+  pick<T>(items: readonly T[]): T {
     if (items.length === 0) throw new InvalidArgumentError('cannot pick from an empty array')
     return items[this.int(0, items.length)]!
   }
 }
 
-function rotl (x: number, k: number): number {
+function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0
 }
 
@@ -183,7 +185,7 @@ function rotl (x: number, k: number): number {
  * Reads a seed for a randomized test or run: `ZEROMESH_SEED` from the environment if set,
  * otherwise `fallback`. Tests print the seed they used so a failure can be replayed.
  */
-export function seedFromEnv (fallback: number, env: Record<string, string | undefined> = process.env): number {
+export function seedFromEnv(fallback: number, env: Record<string, string | undefined> = process.env): number {
   const raw = env['ZEROMESH_SEED']
   if (raw === undefined || raw === '') return fallback
   const n = Number(raw)

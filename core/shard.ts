@@ -9,10 +9,13 @@ import { InvalidArgumentError } from './errors.ts'
  */
 
 /** A contiguous element range. */
-export interface Range { start: number, length: number }
+export interface Range {
+  start: number
+  length: number
+}
 
 /** Shard `index` of `n` elements split `parts` ways (see the layout above). */
-export function shardRange (n: number, parts: number, index: number): Range {
+export function shardRange(n: number, parts: number, index: number): Range {
   const base = Math.floor(n / parts)
   const extra = n % parts
   return { start: index * base + Math.min(index, extra), length: base + (index < extra ? 1 : 0) }
@@ -23,7 +26,7 @@ export function shardRange (n: number, parts: number, index: number): Range {
  * Throws InvalidArgumentError, before allocating, when the geometry is bad or a shard's length
  * is not the one {@link shardRange} gives its rank.
  */
-export function assembleFlat (shards: readonly Float32Array[], length: number): Float32Array {
+export function assembleFlat(shards: readonly Float32Array[], length: number): Float32Array {
   const P = shards.length
   if (!Number.isSafeInteger(length) || length < 0 || P < 1) throw new InvalidArgumentError(`bad shard geometry: length ${length}, ${P} shards`)
   shards.forEach((s, r) => {
@@ -31,6 +34,8 @@ export function assembleFlat (shards: readonly Float32Array[], length: number): 
     if (s.length !== want) throw new InvalidArgumentError(`shard ${r} has ${s.length} elements, expected ${want} (${length} over ${P} ranks)`)
   })
   const out = new Float32Array(length)
-  shards.forEach((s, r) => { out.set(s, shardRange(length, P, r).start) })
+  shards.forEach((s, r) => {
+    out.set(s, shardRange(length, P, r).start)
+  })
   return out
 }

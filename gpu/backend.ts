@@ -77,86 +77,97 @@ export interface Backend {
 
   // ---- memory -------------------------------------------------------------------------------
   /** Allocates a zero-filled tensor. Throws LimitExceededError / a typed OOM error, never crashes. */
-  alloc (dtype: TensorDType, shape: readonly number[]): Tensor
+  alloc(dtype: TensorDType, shape: readonly number[]): Tensor
   /** A view of `shape` elements starting at element `offset` of `base`; shares memory, same dtype. */
-  view (base: Tensor, offset: number, shape: readonly number[]): Tensor
+  view(base: Tensor, offset: number, shape: readonly number[]): Tensor
   /** Releases an allocation (views: no-op). Using a freed tensor is a programmer error. */
-  free (t: Tensor): void
+  free(t: Tensor): void
   /** Copies host data into `t` starting at element `offset` (default 0). */
-  write (t: Tensor, src: HostArray, offset?: number): void
+  write(t: Tensor, src: HostArray, offset?: number): void
   /** Copies `t` to a new host array (waits for pending work). */
-  read (t: Tensor): HostArray
-  fill (t: Tensor, value: number): void
+  read(t: Tensor): HostArray
+  fill(t: Tensor, value: number): void
   /** dst = src (same dtype and length). */
-  copy (dst: Tensor, src: Tensor): void
+  copy(dst: Tensor, src: Tensor): void
   /** Waits for all issued work. */
-  synchronize (): void
+  synchronize(): void
   /** Frees everything; the backend is unusable afterwards. */
-  dispose (): void
+  dispose(): void
   /**
    * Prepares every kernel now (CUDA: NVRTC compile or cubin-cache load, which blocks the thread
    * for seconds on a cold cache) instead of on first use. Call it before joining a mesh, so a
    * compile never stalls heartbeats. The CPU backend has nothing to prepare.
    */
-  warmup (): void
+  warmup(): void
 
   // ---- generic math -------------------------------------------------------------------------
-  gemm (p: GemmParams): void
+  gemm(p: GemmParams): void
   /** dst(acc) += src, same dtype and length. */
-  add (dst: Tensor, src: Tensor): void
+  add(dst: Tensor, src: Tensor): void
   /** out = a + b (residual forward). */
-  residualForward (out: Tensor, a: Tensor, b: Tensor): void
+  residualForward(out: Tensor, a: Tensor, b: Tensor): void
   /** t *= s. */
-  scale (t: Tensor, s: number): void
+  scale(t: Tensor, s: number): void
   /** Σ t² in f64 on CPU / f32 tree reduction on CUDA (for gradient-norm clipping). */
-  sumSquares (t: Tensor): number
+  sumSquares(t: Tensor): number
   /** f32 ↔ bf16 (round to nearest even). Same length. */
-  cast (dst: Tensor, src: Tensor): void
+  cast(dst: Tensor, src: Tensor): void
 
   // ---- GPT ops (llm.c semantics) -------------------------------------------------------------
   /** out[B,T,C] = wte[tokens[b,t]] + wpe[t]. tokens: i32[B*T]. */
-  encoderForward (out: Tensor, tokens: Tensor, wte: Tensor, wpe: Tensor, B: number, T: number, C: number): void
+  encoderForward(out: Tensor, tokens: Tensor, wte: Tensor, wpe: Tensor, B: number, T: number, C: number): void
   /** dwte(acc), dwpe(acc) from dout[B,T,C]. */
-  encoderBackward (dwte: Tensor, dwpe: Tensor, dout: Tensor, tokens: Tensor, B: number, T: number, C: number): void
+  encoderBackward(dwte: Tensor, dwpe: Tensor, dout: Tensor, tokens: Tensor, B: number, T: number, C: number): void
   /** out = (inp - mean) * rstd * weight + bias over the last dim C; mean, rstd: f32[N]. */
-  layernormForward (out: Tensor, mean: Tensor, rstd: Tensor, inp: Tensor, weight: Tensor, bias: Tensor, N: number, C: number): void
+  layernormForward(out: Tensor, mean: Tensor, rstd: Tensor, inp: Tensor, weight: Tensor, bias: Tensor, N: number, C: number): void
   /** dinp(acc), dweight(acc), dbias(acc). */
-  layernormBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor, dout: Tensor, inp: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, N: number, C: number): void
+  layernormBackward(
+    dinp: Tensor,
+    dweight: Tensor,
+    dbias: Tensor,
+    dout: Tensor,
+    inp: Tensor,
+    weight: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    N: number,
+    C: number
+  ): void
   /** out[N,OC] = inp[N,C] @ weight[OC,C]ᵀ + bias[OC] (bias may be null). */
-  matmulForward (out: Tensor, inp: Tensor, weight: Tensor, bias: Tensor | null, N: number, C: number, OC: number): void
+  matmulForward(out: Tensor, inp: Tensor, weight: Tensor, bias: Tensor | null, N: number, C: number, OC: number): void
   /** dinp (overwritten) = dout @ weight; dweight(acc) += doutᵀ @ inp; dbias(acc) += Σ dout. */
-  matmulBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor | null, dout: Tensor, inp: Tensor, weight: Tensor, N: number, C: number, OC: number): void
+  matmulBackward(dinp: Tensor, dweight: Tensor, dbias: Tensor | null, dout: Tensor, inp: Tensor, weight: Tensor, N: number, C: number, OC: number): void
   /** GELU, tanh approximation (GPT-2). */
-  geluForward (out: Tensor, inp: Tensor): void
+  geluForward(out: Tensor, inp: Tensor): void
   /** dinp (overwritten) = gelu'(inp) * dout. */
-  geluBackward (dinp: Tensor, inp: Tensor, dout: Tensor): void
+  geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor): void
   /**
    * Causal multi-head self-attention. qkv[B,T,3C] holds q, k, v concatenated per token
    * (heads of size C/NH inside each); out[B,T,C]; lse: f32[B,NH,T] receives each query row's
    * log-sum-exp of its scaled scores (the backward recomputes probabilities from it).
    */
-  attentionForward (out: Tensor, lse: Tensor, qkv: Tensor, B: number, T: number, C: number, NH: number): void
+  attentionForward(out: Tensor, lse: Tensor, qkv: Tensor, B: number, T: number, C: number, NH: number): void
   /** dqkv (overwritten) from dout, given the forward's qkv, out and lse. */
-  attentionBackward (dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, B: number, T: number, C: number, NH: number): void
+  attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, B: number, T: number, C: number, NH: number): void
   /**
    * Fused softmax + cross-entropy over logits[N, Vp] using the first V columns (Vp ≥ V is the
    * padded row stride). losses: f32[N]. If `dlogits` is given (it may alias `logits`), writes
    * (softmax - onehot(target)) * dlossScale into its first V columns and 0 into the padding.
    * targets: i32[N]; a target outside [0, V) is an error the op reports, not undefined behaviour.
    */
-  crossEntropy (losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, N: number, V: number, Vp: number, dlossScale: number): void
+  crossEntropy(losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, N: number, V: number, Vp: number, dlossScale: number): void
   /**
    * Fused AdamW on f32 params/grads/m/v (same length). If `paramsLowp` (bf16) is given, it
    * receives the updated params cast to bf16 in the same pass.
    */
-  adamw (params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void
+  adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void
 
   // ---- collectives' quantizers (codec/quant.ts format, byte-identical) -----------------------
   /**
    * Blockwise absmax quantization of src (f32). scales: f32[ceil(n/blockSize)]; codes: u8
    * [n] for int8 (two's complement) or [ceil(n/2)] for int4 (low nibble first).
    */
-  quantize (codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void
+  quantize(codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void
   /** dst (f32) = dequantized codes; with `accumulate`, dst += dequantized. */
-  dequantize (dst: Tensor, codes: Tensor, scales: Tensor, bits: 8 | 4, blockSize: number, accumulate: boolean): void
+  dequantize(dst: Tensor, codes: Tensor, scales: Tensor, bits: 8 | 4, blockSize: number, accumulate: boolean): void
 }

@@ -1,7 +1,13 @@
 import { InvalidArgumentError, checkCap } from '../core/index.ts'
 import {
-  quantize as codecQuantize, dequantize as codecDequantize, dequantizeAccumulate as codecDequantizeAccumulate,
-  quantizedSize, validateQuantOptions, f32ToBf16, bf16ToF32, type Quantized
+  quantize as codecQuantize,
+  dequantize as codecDequantize,
+  dequantizeAccumulate as codecDequantizeAccumulate,
+  quantizedSize,
+  validateQuantOptions,
+  f32ToBf16,
+  bf16ToF32,
+  type Quantized
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
 import { allocSize, checkFinite, checkInt, fail, isHostOf, shapeLength } from './validate.ts'
@@ -52,7 +58,7 @@ class CpuTensor implements Tensor {
   readonly owner: CpuBackend
   readonly isView: boolean
 
-  constructor (owner: CpuBackend, dtype: TensorDType, shape: readonly number[], data: Storage, alloc: Allocation, isView: boolean) {
+  constructor(owner: CpuBackend, dtype: TensorDType, shape: readonly number[], data: Storage, alloc: Allocation, isView: boolean) {
     this.owner = owner
     this.dtype = dtype
     this.shape = Object.freeze([...shape])
@@ -81,23 +87,25 @@ export class CpuBackend implements Backend {
   private readonly live = new Set<Allocation>()
   private disposed = false
 
-  constructor (init: CpuBackendInit = {}) {
+  constructor(init: CpuBackendInit = {}) {
     this.maxTensorBytes = init.maxTensorBytes ?? CPU_LIMITS.maxTensorBytes
     this.maxTotalBytes = init.maxTotalBytes ?? CPU_LIMITS.maxTotalBytes
     this.description = `cpu: TypeScript reference backend (f32 compute), node ${process.versions.node}`
   }
 
   /** Bytes held by live allocations (for tests and doctor). */
-  get allocatedBytes (): number { return this.liveBytes }
+  get allocatedBytes(): number {
+    return this.liveBytes
+  }
 
   // ---- argument checks --------------------------------------------------------------------
 
-  private live_ (op: string): void {
+  private live_(op: string): void {
     if (this.disposed) fail(op, 'the backend has been disposed')
   }
 
   /** Checks that `t` is a live tensor of this backend with one of the dtypes (and a length). */
-  private arg (op: string, name: string, t: Tensor | null | undefined, dtypes: readonly TensorDType[], length?: number): CpuTensor {
+  private arg(op: string, name: string, t: Tensor | null | undefined, dtypes: readonly TensorDType[], length?: number): CpuTensor {
     if (!(t instanceof CpuTensor) || t.owner !== this) fail(op, `${name} is not a tensor of this cpu backend`)
     if (t.alloc.freed) fail(op, `${name} has been freed`)
     if (!dtypes.includes(t.dtype)) fail(op, `${name} must be ${dtypes.join(' or ')}, got ${t.dtype}`)
@@ -105,30 +113,34 @@ export class CpuBackend implements Backend {
     return t
   }
 
-  private f32 (op: string, name: string, t: Tensor | null | undefined, length?: number): Float32Array {
+  private f32(op: string, name: string, t: Tensor | null | undefined, length?: number): Float32Array {
     return this.arg(op, name, t, ['f32'], length).data as Float32Array
   }
 
-  private i32 (op: string, name: string, t: Tensor | null | undefined, length?: number): Int32Array {
+  private i32(op: string, name: string, t: Tensor | null | undefined, length?: number): Int32Array {
     return this.arg(op, name, t, ['i32'], length).data as Int32Array
   }
 
   // ---- memory -----------------------------------------------------------------------------
 
-  alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
+  alloc(dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
     const { n, bytes } = allocSize(dtype, shape, CPU_LIMITS.maxRank, 'cpu tensor bytes', this.maxTensorBytes)
     checkCap('cpu backend total bytes', this.liveBytes + bytes, this.maxTotalBytes)
     let data: Storage
     switch (dtype) {
-      case 'f32': data = new Float32Array(n)
-      break
-      case 'bf16': data = new Uint16Array(n)
-      break
-      case 'i32': data = new Int32Array(n)
-      break
-      case 'u8': data = new Uint8Array(n)
-      break
+      case 'f32':
+        data = new Float32Array(n)
+        break
+      case 'bf16':
+        data = new Uint16Array(n)
+        break
+      case 'i32':
+        data = new Int32Array(n)
+        break
+      case 'u8':
+        data = new Uint8Array(n)
+        break
     }
     const a: Allocation = { bytes, freed: false }
     this.live.add(a)
@@ -136,7 +148,7 @@ export class CpuBackend implements Backend {
     return new CpuTensor(this, dtype, shape, data, a, false)
   }
 
-  view (base: Tensor, offset: number, shape: readonly number[]): Tensor {
+  view(base: Tensor, offset: number, shape: readonly number[]): Tensor {
     this.live_('view')
     const b = this.arg('view', 'base', base, ['f32', 'bf16', 'i32', 'u8'])
     const n = shapeLength('view', shape, CPU_LIMITS.maxRank)
@@ -145,7 +157,7 @@ export class CpuBackend implements Backend {
     return new CpuTensor(this, b.dtype, shape, b.data.subarray(offset, offset + n), b.alloc, true)
   }
 
-  free (t: Tensor): void {
+  free(t: Tensor): void {
     this.live_('free')
     const x = this.arg('free', 't', t, ['f32', 'bf16', 'i32', 'u8'])
     if (x.isView) return
@@ -153,7 +165,7 @@ export class CpuBackend implements Backend {
     if (this.live.delete(x.alloc)) this.liveBytes -= x.alloc.bytes
   }
 
-  write (t: Tensor, src: HostArray, offset = 0): void {
+  write(t: Tensor, src: HostArray, offset = 0): void {
     this.live_('write')
     const x = this.arg('write', 't', t, ['f32', 'bf16', 'i32', 'u8'])
     const want = hostTypeName(x.dtype)
@@ -163,20 +175,22 @@ export class CpuBackend implements Backend {
     x.data.set(src as never, offset)
   }
 
-  read (t: Tensor): HostArray {
+  read(t: Tensor): HostArray {
     this.live_('read')
     return this.arg('read', 't', t, ['f32', 'bf16', 'i32', 'u8']).data.slice()
   }
 
-  fill (t: Tensor, value: number): void {
+  fill(t: Tensor, value: number): void {
     this.live_('fill')
     const x = this.arg('fill', 't', t, ['f32', 'bf16', 'i32', 'u8'])
     if (typeof value !== 'number') fail('fill', 'value must be a number')
     switch (x.dtype) {
-      case 'f32': x.data.fill(value)
-      break
-      case 'bf16': x.data.fill(f32ToBf16(value))
-      break
+      case 'f32':
+        x.data.fill(value)
+        break
+      case 'bf16':
+        x.data.fill(f32ToBf16(value))
+        break
       case 'i32':
         if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) fail('fill', `value ${value} is not an i32`)
         x.data.fill(value)
@@ -188,22 +202,22 @@ export class CpuBackend implements Backend {
     }
   }
 
-  copy (dst: Tensor, src: Tensor): void {
+  copy(dst: Tensor, src: Tensor): void {
     this.live_('copy')
     const s = this.arg('copy', 'src', src, ['f32', 'bf16', 'i32', 'u8'])
     const d = this.arg('copy', 'dst', dst, [s.dtype], s.length)
     d.data.set(s.data as never)
   }
 
-  synchronize (): void {
+  synchronize(): void {
     this.live_('synchronize')
   }
 
-  warmup (): void {
+  warmup(): void {
     this.live_('warmup') // no kernels to prepare
   }
 
-  dispose (): void {
+  dispose(): void {
     for (const a of this.live) a.freed = true
     this.live.clear()
     this.liveBytes = 0
@@ -212,7 +226,7 @@ export class CpuBackend implements Backend {
 
   // ---- generic math -----------------------------------------------------------------------
 
-  gemm (p: GemmParams): void {
+  gemm(p: GemmParams): void {
     const op = 'gemm'
     this.live_(op)
     const { m, n, k } = p
@@ -274,7 +288,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  add (dst: Tensor, src: Tensor): void {
+  add(dst: Tensor, src: Tensor): void {
     const op = 'add'
     this.live_(op)
     const s = this.f32(op, 'src', src)
@@ -282,7 +296,7 @@ export class CpuBackend implements Backend {
     for (let i = 0; i < d.length; i++) d[i] = d[i]! + s[i]!
   }
 
-  residualForward (out: Tensor, a: Tensor, b: Tensor): void {
+  residualForward(out: Tensor, a: Tensor, b: Tensor): void {
     const op = 'residualForward'
     this.live_(op)
     const x = this.f32(op, 'a', a)
@@ -291,7 +305,7 @@ export class CpuBackend implements Backend {
     for (let i = 0; i < o.length; i++) o[i] = x[i]! + y[i]!
   }
 
-  scale (t: Tensor, s: number): void {
+  scale(t: Tensor, s: number): void {
     const op = 'scale'
     this.live_(op)
     checkFinite(op, 's', s)
@@ -299,7 +313,7 @@ export class CpuBackend implements Backend {
     for (let i = 0; i < x.length; i++) x[i] = x[i]! * s
   }
 
-  sumSquares (t: Tensor): number {
+  sumSquares(t: Tensor): number {
     const op = 'sumSquares'
     this.live_(op)
     const x = this.f32(op, 't', t)
@@ -308,7 +322,7 @@ export class CpuBackend implements Backend {
     return s
   }
 
-  cast (dst: Tensor, src: Tensor): void {
+  cast(dst: Tensor, src: Tensor): void {
     const op = 'cast'
     this.live_(op)
     const s = this.arg(op, 'src', src, ['f32', 'bf16'])
@@ -328,7 +342,7 @@ export class CpuBackend implements Backend {
 
   // ---- GPT ops ----------------------------------------------------------------------------
 
-  encoderForward (out: Tensor, tokens: Tensor, wte: Tensor, wpe: Tensor, B: number, T: number, C: number): void {
+  encoderForward(out: Tensor, tokens: Tensor, wte: Tensor, wpe: Tensor, B: number, T: number, C: number): void {
     const op = 'encoderForward'
     this.live_(op)
     checkInt(op, 'B', B)
@@ -350,7 +364,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  encoderBackward (dwte: Tensor, dwpe: Tensor, dout: Tensor, tokens: Tensor, B: number, T: number, C: number): void {
+  encoderBackward(dwte: Tensor, dwpe: Tensor, dout: Tensor, tokens: Tensor, B: number, T: number, C: number): void {
     const op = 'encoderBackward'
     this.live_(op)
     checkInt(op, 'B', B)
@@ -378,14 +392,14 @@ export class CpuBackend implements Backend {
 
   /** An embedding table is [rows, C] with at least `minRows` rows
   returns rows. */
-  private tableRows (op: string, name: string, length: number, C: number, minRows: number): number {
+  private tableRows(op: string, name: string, length: number, C: number, minRows: number): number {
     if (length % C !== 0) fail(op, `${name} has ${length} elements, not a multiple of C = ${C}`)
     const rows = length / C
     if (rows < minRows) fail(op, `${name} has ${rows} rows, needs at least ${minRows}`)
     return rows
   }
 
-  layernormForward (out: Tensor, mean: Tensor, rstd: Tensor, inp: Tensor, weight: Tensor, bias: Tensor, N: number, C: number): void {
+  layernormForward(out: Tensor, mean: Tensor, rstd: Tensor, inp: Tensor, weight: Tensor, bias: Tensor, N: number, C: number): void {
     const op = 'layernormForward'
     this.live_(op)
     checkInt(op, 'N', N)
@@ -413,7 +427,18 @@ export class CpuBackend implements Backend {
     }
   }
 
-  layernormBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor, dout: Tensor, inp: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, N: number, C: number): void {
+  layernormBackward(
+    dinp: Tensor,
+    dweight: Tensor,
+    dbias: Tensor,
+    dout: Tensor,
+    inp: Tensor,
+    weight: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    N: number,
+    C: number
+  ): void {
     const op = 'layernormBackward'
     this.live_(op)
     checkInt(op, 'N', N)
@@ -457,7 +482,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  matmulForward (out: Tensor, inp: Tensor, weight: Tensor, bias: Tensor | null, N: number, C: number, OC: number): void {
+  matmulForward(out: Tensor, inp: Tensor, weight: Tensor, bias: Tensor | null, N: number, C: number, OC: number): void {
     const op = 'matmulForward'
     this.live_(op)
     checkInt(op, 'N', N)
@@ -481,7 +506,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  matmulBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor | null, dout: Tensor, inp: Tensor, weight: Tensor, N: number, C: number, OC: number): void {
+  matmulBackward(dinp: Tensor, dweight: Tensor, dbias: Tensor | null, dout: Tensor, inp: Tensor, weight: Tensor, N: number, C: number, OC: number): void {
     const op = 'matmulBackward'
     this.live_(op)
     checkInt(op, 'N', N)
@@ -522,7 +547,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  geluForward (out: Tensor, inp: Tensor): void {
+  geluForward(out: Tensor, inp: Tensor): void {
     const op = 'geluForward'
     this.live_(op)
     const x = this.f32(op, 'inp', inp)
@@ -533,7 +558,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  geluBackward (dinp: Tensor, inp: Tensor, dout: Tensor): void {
+  geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor): void {
     const op = 'geluBackward'
     this.live_(op)
     const x = this.f32(op, 'inp', inp)
@@ -549,7 +574,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  private attnSizes (op: string, B: number, T: number, C: number, NH: number): number {
+  private attnSizes(op: string, B: number, T: number, C: number, NH: number): number {
     checkInt(op, 'B', B)
     checkInt(op, 'T', T)
     checkInt(op, 'C', C)
@@ -558,7 +583,7 @@ export class CpuBackend implements Backend {
     return C / NH
   }
 
-  attentionForward (out: Tensor, lse: Tensor, qkv: Tensor, B: number, T: number, C: number, NH: number): void {
+  attentionForward(out: Tensor, lse: Tensor, qkv: Tensor, B: number, T: number, C: number, NH: number): void {
     const op = 'attentionForward'
     this.live_(op)
     const hs = this.attnSizes(op, B, T, C, NH)
@@ -602,7 +627,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  attentionBackward (dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, B: number, T: number, C: number, NH: number): void {
+  attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, B: number, T: number, C: number, NH: number): void {
     const op = 'attentionBackward'
     this.live_(op)
     const hs = this.attnSizes(op, B, T, C, NH)
@@ -662,7 +687,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  crossEntropy (losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, N: number, V: number, Vp: number, dlossScale: number): void {
+  crossEntropy(losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, N: number, V: number, Vp: number, dlossScale: number): void {
     const op = 'crossEntropy'
     this.live_(op)
     checkInt(op, 'N', N)
@@ -697,7 +722,7 @@ export class CpuBackend implements Backend {
     }
   }
 
-  adamw (params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {
+  adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {
     const op = 'adamw'
     this.live_(op)
     checkAdamW(op, p)
@@ -705,9 +730,7 @@ export class CpuBackend implements Backend {
     const g = this.f32(op, 'grads', grads, w.length)
     const mm = this.f32(op, 'm', m, w.length)
     const vv = this.f32(op, 'v', v, w.length)
-    const low = paramsLowp === undefined || paramsLowp === null
-      ? null
-      : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length).data as Uint16Array
+    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length).data as Uint16Array)
     const { lr, beta1, beta2, eps, weightDecay, step, gradScale } = p
     const c1 = 1 - beta1 ** step
     const c2 = 1 - beta2 ** step
@@ -719,14 +742,14 @@ export class CpuBackend implements Backend {
       mm[i] = mi
       vv[i] = vi
       const wi = w[i]!
-      w[i] = wi - lr * ((mi / c1) / (Math.sqrt(vi / c2) + eps) + weightDecay * wi)
+      w[i] = wi - lr * (mi / c1 / (Math.sqrt(vi / c2) + eps) + weightDecay * wi)
       if (low !== null) low[i] = f32ToBf16(w[i]!)
     }
   }
 
   // ---- quantizers -------------------------------------------------------------------------
 
-  private quantView (op: string, codes: Tensor, scales: Tensor, n: number, bits: 8 | 4, blockSize: number): Quantized {
+  private quantView(op: string, codes: Tensor, scales: Tensor, n: number, bits: 8 | 4, blockSize: number): Quantized {
     try {
       validateQuantOptions({ bits, blockSize })
     } catch (err) {
@@ -738,7 +761,7 @@ export class CpuBackend implements Backend {
     return { bits, blockSize, length: n, scales: s, data: c }
   }
 
-  quantize (codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void {
+  quantize(codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void {
     const op = 'quantize'
     this.live_(op)
     const x = this.f32(op, 'src', src)
@@ -746,7 +769,7 @@ export class CpuBackend implements Backend {
     codecQuantize(x, { bits, blockSize }, q)
   }
 
-  dequantize (dst: Tensor, codes: Tensor, scales: Tensor, bits: 8 | 4, blockSize: number, accumulate: boolean): void {
+  dequantize(dst: Tensor, codes: Tensor, scales: Tensor, bits: 8 | 4, blockSize: number, accumulate: boolean): void {
     const op = 'dequantize'
     this.live_(op)
     const d = this.f32(op, 'dst', dst)
@@ -756,23 +779,27 @@ export class CpuBackend implements Backend {
   }
 }
 
-function hostTypeName (dtype: TensorDType): string {
+function hostTypeName(dtype: TensorDType): string {
   switch (dtype) {
-    case 'f32': return 'Float32Array'
-    case 'bf16': return 'Uint16Array'
-    case 'i32': return 'Int32Array'
-    case 'u8': return 'Uint8Array'
+    case 'f32':
+      return 'Float32Array'
+    case 'bf16':
+      return 'Uint16Array'
+    case 'i32':
+      return 'Int32Array'
+    case 'u8':
+      return 'Uint8Array'
   }
 }
 
-function checkTokens (op: string, tok: Int32Array, V: number, what = 'token'): void {
+function checkTokens(op: string, tok: Int32Array, V: number, what = 'token'): void {
   for (let i = 0; i < tok.length; i++) {
     const x = tok[i]!
     if (x < 0 || x >= V) fail(op, `${what} ${x} at index ${i} is outside [0, ${V})`)
   }
 }
 
-function checkAdamW (op: string, p: AdamWParams): void {
+function checkAdamW(op: string, p: AdamWParams): void {
   for (const key of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
   checkInt(op, 'step', p.step)
   if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)

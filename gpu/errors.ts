@@ -15,7 +15,7 @@ export class DeviceError extends ZeromeshError {
   readonly status: number
   readonly statusName: string
 
-  constructor (call: string, status: number, statusName: string, extra = '') {
+  constructor(call: string, status: number, statusName: string, extra = '') {
     super(`${call} failed: ${statusName} (${status})${extra === '' ? '' : `: ${extra}`}`, { call, status, statusName })
     this.call = call
     this.status = status
@@ -29,7 +29,7 @@ export class KernelCompileError extends ZeromeshError {
   readonly kernel: string
   readonly log: string
 
-  constructor (kernel: string, log: string) {
+  constructor(kernel: string, log: string) {
     super(`kernel ${kernel} failed to compile:\n${log}`, { kernel })
     this.kernel = kernel
     this.log = log

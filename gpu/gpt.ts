@@ -47,13 +47,13 @@ export interface GptLayout {
   tensors: readonly GptTensorInfo[]
   length: number
   /** Element range [start, end) of each transformer block (contiguous: what the mesh buckets). */
-  layers: ReadonlyArray<{ start: number, end: number }>
+  layers: ReadonlyArray<{ start: number; end: number }>
 }
 
 const LAYER_TENSORS = ['ln1w', 'ln1b', 'qkvw', 'qkvb', 'attprojw', 'attprojb', 'ln2w', 'ln2b', 'fcw', 'fcb', 'fcprojw', 'fcprojb'] as const
-type LayerTensor = typeof LAYER_TENSORS[number]
+type LayerTensor = (typeof LAYER_TENSORS)[number]
 
-function layerShapes (C: number): Record<LayerTensor, number[]> {
+function layerShapes(C: number): Record<LayerTensor, number[]> {
   return {
     ln1w: [C],
     ln1b: [C],
@@ -71,7 +71,7 @@ function layerShapes (C: number): Record<LayerTensor, number[]> {
 }
 
 /** Checks a config: positive integers, Vp ≥ V, C divisible by nHead. Throws InvalidArgumentError. */
-export function validateGptConfig (config: GptConfig): void {
+export function validateGptConfig(config: GptConfig): void {
   for (const key of ['vocabSize', 'paddedVocabSize', 'maxT', 'nLayer', 'nHead', 'C'] as const) {
     const v = config[key]
     if (!Number.isSafeInteger(v) || v < 1) throw new InvalidArgumentError(`gpt config: ${key} must be a positive integer, got ${v}`)
@@ -88,7 +88,7 @@ export function validateGptConfig (config: GptConfig): void {
  * layers; we keep each block contiguous so the mesh can shard buckets of whole layers.) The
  * lm head is tied to wte, so it has no tensor of its own. Every offset is a multiple of C.
  */
-export function gptLayout (config: GptConfig): GptLayout {
+export function gptLayout(config: GptConfig): GptLayout {
   validateGptConfig(config)
   const { C, nLayer } = config
   const tensors: GptTensorInfo[] = []
@@ -100,7 +100,7 @@ export function gptLayout (config: GptConfig): GptLayout {
   }
   push('wte', [config.paddedVocabSize, C], null)
   push('wpe', [config.maxT, C], null)
-  const layers: Array<{ start: number, end: number }> = []
+  const layers: Array<{ start: number; end: number }> = []
   const shapes = layerShapes(C)
   for (let l = 0; l < nLayer; l++) {
     const start = offset
@@ -118,7 +118,7 @@ export function gptLayout (config: GptConfig): GptLayout {
  * layernorm weights 1, biases 0, and wte's padding rows [V, Vp) zero. Normals come from
  * core's Rng, drawn tensor by tensor in layout order.
  */
-export function initGptParams (config: GptConfig, seed: Seed): Float32Array {
+export function initGptParams(config: GptConfig, seed: Seed): Float32Array {
   const layout = gptLayout(config)
   const out = new Float32Array(layout.length)
   const rng = Rng.fromSeed(seed).split('gpt-init')
@@ -130,7 +130,7 @@ export function initGptParams (config: GptConfig, seed: Seed): Float32Array {
       continue
     }
     if (t.shape.length !== 2) continue // biases stay 0
-    const std = kind === 'wpe' ? 0.01 : (kind === 'attprojw' || kind === 'fcprojw') ? residualStd : 0.02
+    const std = kind === 'wpe' ? 0.01 : kind === 'attprojw' || kind === 'fcprojw' ? residualStd : 0.02
     const n = kind === 'wte' ? config.vocabSize * config.C : t.length
     for (let i = 0; i < n; i++) out[t.offset + i] = rng.normal() * std
   }
@@ -166,7 +166,7 @@ export interface GptBucket {
  * The buckets of a layout, in forward order: `emb` (wte, wpe), one per block (`h.<l>`), then
  * `lnf`. Bucket j+1 is block j.
  */
-export function gptBuckets (layout: GptLayout): GptBucket[] {
+export function gptBuckets(layout: GptLayout): GptBucket[] {
   const first = layout.layers[0]!.start
   const last = layout.layers.at(-1)!.end
   return [
@@ -198,8 +198,18 @@ export interface GptUpdateParams {
 }
 
 interface LayerParams {
-  ln1w: Tensor, ln1b: Tensor, qkvw: Tensor, qkvb: Tensor, attprojw: Tensor, attprojb: Tensor
-  ln2w: Tensor, ln2b: Tensor, fcw: Tensor, fcb: Tensor, fcprojw: Tensor, fcprojb: Tensor
+  ln1w: Tensor
+  ln1b: Tensor
+  qkvw: Tensor
+  qkvb: Tensor
+  attprojw: Tensor
+  attprojb: Tensor
+  ln2w: Tensor
+  ln2b: Tensor
+  fcw: Tensor
+  fcb: Tensor
+  fcprojw: Tensor
+  fcprojb: Tensor
 }
 
 interface ModelParams {
@@ -211,10 +221,21 @@ interface ModelParams {
 }
 
 interface LayerActs {
-  ln1: Tensor, ln1Mean: Tensor, ln1Rstd: Tensor
-  qkv: Tensor, atty: Tensor, lse: Tensor, attproj: Tensor, residual2: Tensor
-  ln2: Tensor, ln2Mean: Tensor, ln2Rstd: Tensor
-  fch: Tensor, fchGelu: Tensor, fcproj: Tensor, residual3: Tensor
+  ln1: Tensor
+  ln1Mean: Tensor
+  ln1Rstd: Tensor
+  qkv: Tensor
+  atty: Tensor
+  lse: Tensor
+  attproj: Tensor
+  residual2: Tensor
+  ln2: Tensor
+  ln2Mean: Tensor
+  ln2Rstd: Tensor
+  fch: Tensor
+  fchGelu: Tensor
+  fcproj: Tensor
+  residual3: Tensor
 }
 
 /** The full-mode buffers: every parameter (f32 master, bf16 copy), gradient and AdamW moment. */
@@ -225,7 +246,7 @@ interface FullState {
   v: Tensor
   lowp: Tensor | null
   /** Maximal runs of consecutive tensors with the same weight-decay flag: one AdamW call each. */
-  runs: Array<{ params: Tensor, grads: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, decay: boolean }>
+  runs: Array<{ params: Tensor; grads: Tensor; m: Tensor; v: Tensor; lowp: Tensor | null; decay: boolean }>
 }
 
 /** A stream-mode weight buffer for one bucket range: f32 (what the mesh delivers) and the bf16 copy the ops read. */
@@ -259,7 +280,7 @@ export class Gpt {
 
   private readonly full: FullState | null
   /** Stream mode: emb, lnf and two block slots. */
-  private readonly slots: { emb: Slot, lnf: Slot, blocks: [Slot, Slot] } | null
+  private readonly slots: { emb: Slot; lnf: Slot; blocks: [Slot, Slot] } | null
   /** Weights the ops read: embeddings and final layernorm, and each block (full mode) or slot. */
   private readonly w: ModelParams
   private readonly g: ModelParams
@@ -287,7 +308,7 @@ export class Gpt {
   private busy = false
   private disposed = false
 
-  constructor (backend: Backend, config: GptConfig, opts: GptOptions) {
+  constructor(backend: Backend, config: GptConfig, opts: GptOptions) {
     validateGptConfig(config)
     const { B, T, dtype } = opts
     const mode = opts.params ?? 'full'
@@ -390,7 +411,7 @@ export class Gpt {
    * Bytes this model holds for parameters and their gradients (and, in full mode, AdamW
    * state): what ZeRO-3's stream mode keeps near the buckets in flight.
    */
-  paramBytes (): number {
+  paramBytes(): number {
     const size = (t: Tensor): number => t.length * (t.dtype === 'bf16' ? 2 : 4)
     if (this.full !== null) {
       const f = this.full
@@ -401,13 +422,13 @@ export class Gpt {
   }
 
   /** A view of the named tensor in `flat`, whose element 0 is layout offset `base`. */
-  private tensor (flat: Tensor, name: string, base: number): Tensor {
+  private tensor(flat: Tensor, name: string, base: number): Tensor {
     const t = this.layout.tensors.find(x => x.name === name)!
     return this.backend.view(flat, t.offset - base, t.shape)
   }
 
   /** Views of every tensor in `flat` (the whole flat layout). */
-  private paramViews (flat: Tensor): ModelParams {
+  private paramViews(flat: Tensor): ModelParams {
     const layers: LayerParams[] = []
     for (let l = 0; l < this.config.nLayer; l++) layers.push(this.blockViews(flat, l, 0))
     const v = (name: string): Tensor => this.tensor(flat, name, 0)
@@ -415,20 +436,26 @@ export class Gpt {
   }
 
   /** Stream mode: the embeddings and final layernorm in their own buffers (no blocks). */
-  private edgeViews (emb: Tensor, lnf: Tensor): ModelParams {
+  private edgeViews(emb: Tensor, lnf: Tensor): ModelParams {
     const e = this.buckets[0]!.start
     const f = this.buckets.at(-1)!.start
-    return { wte: this.tensor(emb, 'wte', e), wpe: this.tensor(emb, 'wpe', e), layers: [], lnfw: this.tensor(lnf, 'lnfw', f), lnfb: this.tensor(lnf, 'lnfb', f) }
+    return {
+      wte: this.tensor(emb, 'wte', e),
+      wpe: this.tensor(emb, 'wpe', e),
+      layers: [],
+      lnfw: this.tensor(lnf, 'lnfw', f),
+      lnfb: this.tensor(lnf, 'lnfb', f)
+    }
   }
 
   /** Views of block `l`'s tensors in `flat`, whose element 0 is layout offset `base`. */
-  private blockViews (flat: Tensor, l: number, base: number): LayerParams {
+  private blockViews(flat: Tensor, l: number, base: number): LayerParams {
     const p: Partial<LayerParams> = {}
     for (const name of LAYER_TENSORS) p[name] = this.tensor(flat, `h.${l}.${name}`, base)
     return p as LayerParams
   }
 
-  private buildRuns (f: FullState): FullState['runs'] {
+  private buildRuns(f: FullState): FullState['runs'] {
     const runs: FullState['runs'] = []
     const be = this.backend
     let start = 0
@@ -456,29 +483,30 @@ export class Gpt {
     return runs
   }
 
-  private live (op: string): void {
+  private live(op: string): void {
     if (this.disposed) throw new InvalidArgumentError(`gpt.${op}: the model has been disposed`)
     if (this.busy) throw new InvalidArgumentError(`gpt.${op}: a streamed pass is still running`)
   }
 
-  private needFull (op: string): FullState {
+  private needFull(op: string): FullState {
     this.live(op)
-    if (this.full === null) throw new InvalidArgumentError(`gpt.${op}: a streamed model (params 'stream') holds no full parameters; use forwardStreamed / backwardStreamed`)
+    if (this.full === null)
+      throw new InvalidArgumentError(`gpt.${op}: a streamed model (params 'stream') holds no full parameters; use forwardStreamed / backwardStreamed`)
     return this.full
   }
 
-  private needStream (op: string): NonNullable<Gpt['slots']> {
+  private needStream(op: string): NonNullable<Gpt['slots']> {
     this.live(op)
     if (this.slots === null) throw new InvalidArgumentError(`gpt.${op}: needs a model created with params 'stream'`)
     return this.slots
   }
 
   /** Block l's weights (full mode: in place; stream mode: its slot) and gradients. */
-  private blockW (l: number): LayerParams {
+  private blockW(l: number): LayerParams {
     return this.full !== null ? this.w.layers[l]! : this.slotW[l % 2]!
   }
 
-  private blockG (l: number): LayerParams {
+  private blockG(l: number): LayerParams {
     return this.full !== null ? this.g.layers[l]! : this.slotG[l % 2]!
   }
 
@@ -487,14 +515,14 @@ export class Gpt {
    * the mean cross-entropy loss and leaves dloss/dlogits (scaled by 1/(B·T)) in the logits
    * buffer for {@link backward}; without, it returns NaN.
    */
-  forward (tokens: Int32Array, targets: Int32Array | null): number {
+  forward(tokens: Int32Array, targets: Int32Array | null): number {
     this.needFull('forward')
     const pass = this.forwardPass(tokens, targets)
     for (let e = pass.next(); ; e = pass.next()) if (e.done === true) return e.value
   }
 
   /** {@link forward} of a streamed model: asks `stream.load` for each bucket's weights in turn. */
-  async forwardStreamed (tokens: Int32Array, targets: Int32Array | null, stream: GptStream): Promise<number> {
+  async forwardStreamed(tokens: Int32Array, targets: Int32Array | null, stream: GptStream): Promise<number> {
     this.needStream('forwardStreamed')
     const pass = this.forwardPass(tokens, targets)
     this.busy = true
@@ -509,7 +537,7 @@ export class Gpt {
   }
 
   /** Accumulates d(mean loss)/d(params) into the gradients. Needs a forward with targets first. */
-  backward (): void {
+  backward(): void {
     this.needFull('backward')
     const pass = this.backwardPass()
     for (let e = pass.next(); e.done !== true; e = pass.next());
@@ -521,7 +549,7 @@ export class Gpt {
    * bucket's gradient to `stream.grad` as soon as it is complete: lnf, the blocks from the
    * last, then emb.
    */
-  async backwardStreamed (stream: GptStream): Promise<void> {
+  async backwardStreamed(stream: GptStream): Promise<void> {
     const s = this.needStream('backwardStreamed')
     if (!this.haveGrad) throw new InvalidArgumentError('gpt.backwardStreamed: call forwardStreamed with targets first')
     const be = this.backend
@@ -543,7 +571,7 @@ export class Gpt {
     }
   }
 
-  private slotOf (j: number): Slot {
+  private slotOf(j: number): Slot {
     const s = this.slots!
     if (j === 0) return s.emb
     if (j === this.buckets.length - 1) return s.lnf
@@ -551,19 +579,21 @@ export class Gpt {
   }
 
   /** Stream mode: puts bucket j's weights (from the caller) into its slot. */
-  private async fill (j: number, stream: GptStream): Promise<void> {
+  private async fill(j: number, stream: GptStream): Promise<void> {
     const slot = this.slotOf(j)
     const b = this.buckets[j]!
     const data = await stream.load(j)
     if (!(data instanceof Float32Array) || data.length !== b.end - b.start) {
-      throw new InvalidArgumentError(`gpt: bucket ${b.name} needs a Float32Array of ${b.end - b.start} weights, got ${data instanceof Float32Array ? data.length : typeof data}`)
+      throw new InvalidArgumentError(
+        `gpt: bucket ${b.name} needs a Float32Array of ${b.end - b.start} weights, got ${data instanceof Float32Array ? data.length : typeof data}`
+      )
     }
     this.backend.write(slot.f32, data)
     if (slot.lowp !== null) this.backend.cast(slot.lowp, slot.f32)
   }
 
   /** The forward ops, shared by both modes; yields before each bucket's weights are read. */
-  private * forwardPass (tokens: Int32Array, targets: Int32Array | null): Generator<PassEvent, number> {
+  private *forwardPass(tokens: Int32Array, targets: Int32Array | null): Generator<PassEvent, number> {
     const { B, T } = this
     const { C, nLayer, nHead: NH, vocabSize: V, paddedVocabSize: Vp } = this.config
     const N = B * T
@@ -607,7 +637,7 @@ export class Gpt {
     return sum / N
   }
 
-  private checkIds (name: string, ids: Int32Array): void {
+  private checkIds(name: string, ids: Int32Array): void {
     const n = this.B * this.T
     if (!(ids instanceof Int32Array) || ids.length !== n) throw new InvalidArgumentError(`gpt.forward: ${name} must be an Int32Array of ${n} elements`)
     const V = this.config.vocabSize
@@ -618,7 +648,7 @@ export class Gpt {
   }
 
   /** The backward ops, shared by both modes; yields before a block's weights are read and after a bucket's gradient is complete. */
-  private * backwardPass (): Generator<PassEvent, void> {
+  private *backwardPass(): Generator<PassEvent, void> {
     if (!this.haveGrad) throw new InvalidArgumentError('gpt.backward: call forward with targets first')
     this.haveGrad = false
     const be = this.backend
@@ -655,13 +685,13 @@ export class Gpt {
   }
 
   /** Clears the gradients (full mode; a streamed backward clears its own). */
-  zeroGrad (): void {
+  zeroGrad(): void {
     this.live('zeroGrad')
     if (this.full !== null) this.backend.fill(this.full.grads, 0)
   }
 
   /** One fused AdamW step over the flat buffers (and the bf16 copy, when there is one). */
-  update (hp: GptUpdateParams): void {
+  update(hp: GptUpdateParams): void {
     const f = this.needFull('update')
     const base: AdamWParams = {
       lr: hp.lr,
@@ -679,7 +709,7 @@ export class Gpt {
   }
 
   /** Replaces the master params (and refreshes the bf16 copy). */
-  setParams (src: Float32Array): void {
+  setParams(src: Float32Array): void {
     const f = this.needFull('setParams')
     if (!(src instanceof Float32Array) || src.length !== this.layout.length) {
       throw new InvalidArgumentError(`gpt.setParams: expected a Float32Array of ${this.layout.length} elements`)
@@ -688,16 +718,16 @@ export class Gpt {
     if (f.lowp !== null) this.backend.cast(f.lowp, f.params)
   }
 
-  getParams (): Float32Array {
+  getParams(): Float32Array {
     return this.backend.read(this.needFull('getParams').params) as Float32Array
   }
 
-  getGrads (): Float32Array {
+  getGrads(): Float32Array {
     return this.backend.read(this.needFull('getGrads').grads) as Float32Array
   }
 
   /** Frees every buffer the model allocated; the model is unusable afterwards. */
-  dispose (): void {
+  dispose(): void {
     if (this.disposed) return
     this.disposed = true
     for (const t of this.owned) this.backend.free(t)

@@ -10,14 +10,31 @@ import { BackendUnavailableError } from './errors.ts'
 import { CpuBackend } from './cpu.ts'
 
 export {
-  type Backend, type Tensor, type TensorDType, type HostArray, type AdamWParams, type GemmParams,
+  type Backend,
+  type Tensor,
+  type TensorDType,
+  type HostArray,
+  type AdamWParams,
+  type GemmParams,
   TENSOR_DTYPE_BYTES
 } from './backend.ts'
 export { BackendUnavailableError, DeviceError, KernelCompileError, DeviceOutOfMemoryError } from './errors.ts'
 export { CpuBackend, type CpuBackendInit, CPU_LIMITS } from './cpu.ts'
 export {
-  Gpt, gptBuckets, type GptBucket, type GptStream, type GptConfig, type GptOptions, type GptUpdateParams, type GptLayout, type GptTensorInfo, type GptPresetName,
-  GPT_PRESETS, gptLayout, initGptParams, validateGptConfig
+  Gpt,
+  gptBuckets,
+  type GptBucket,
+  type GptStream,
+  type GptConfig,
+  type GptOptions,
+  type GptUpdateParams,
+  type GptLayout,
+  type GptTensorInfo,
+  type GptPresetName,
+  GPT_PRESETS,
+  gptLayout,
+  initGptParams,
+  validateGptConfig
 } from './gpt.ts'
 
 /** The CUDA backend's own type (erased: importing it loads no library); {@link createBackend} builds one. */
@@ -27,7 +44,7 @@ export type { CudaBackend } from './cuda/index.ts'
 export type CudaProbeResult = CudaProbe
 
 /** Probes the CUDA driver, device, NVRTC and cuBLAS without keeping anything open. Never throws. */
-export async function probeCuda (): Promise<CudaProbeResult> {
+export async function probeCuda(): Promise<CudaProbeResult> {
   try {
     const mod = await importCuda()
     if (typeof mod.probeCuda !== 'function') return { ok: false, reason: 'gpu/cuda does not export probeCuda' }
@@ -42,13 +59,13 @@ interface CudaModule {
   probeCuda?: () => Promise<CudaProbeResult>
 }
 
-async function importCuda (): Promise<CudaModule> {
+async function importCuda(): Promise<CudaModule> {
   // The specifier is computed so that the same code works from sources (.ts) and from the
   // built dist/ (.js).
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
   const specifier = `./cuda/index${ext}`
   try {
-    return await import(specifier) as CudaModule
+    return (await import(specifier)) as CudaModule
   } catch (err) {
     if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
       throw new BackendUnavailableError(`the cuda backend could not be loaded: ${(err as Error).message}`, {}, { cause: err })
@@ -64,7 +81,7 @@ export type BackendKind = 'cpu' | 'cuda'
  * Creates a backend. `cuda` is imported lazily (koffi and the CUDA libraries are only touched
  * then) and fails with {@link BackendUnavailableError} where it cannot run.
  */
-export async function createBackend (kind: BackendKind): Promise<Backend> {
+export async function createBackend(kind: BackendKind): Promise<Backend> {
   if (kind === 'cpu') return new CpuBackend()
   if (kind !== 'cuda') throw new BackendUnavailableError(`unknown backend kind '${String(kind)}'`)
   const mod = await importCuda()

@@ -2,22 +2,22 @@ import { InvalidArgumentError, checkCap } from '../core/index.ts'
 import { TENSOR_DTYPE_BYTES, type TensorDType } from './backend.ts'
 
 /** Argument checks shared by the backends: each throws InvalidArgumentError naming the op. */
-export function fail (op: string, msg: string): never {
+export function fail(op: string, msg: string): never {
   throw new InvalidArgumentError(`${op}: ${msg}`, { op })
 }
 
 /** `v` is a safe integer >= `min`. */
-export function checkInt (op: string, name: string, v: number, min = 1): void {
+export function checkInt(op: string, name: string, v: number, min = 1): void {
   if (!Number.isSafeInteger(v) || v < min) fail(op, `${name} must be an integer >= ${min}, got ${v}`)
 }
 
 /** `v` is a finite number. */
-export function checkFinite (op: string, name: string, v: number): void {
+export function checkFinite(op: string, name: string, v: number): void {
   if (typeof v !== 'number' || !Number.isFinite(v)) fail(op, `${name} must be a finite number, got ${String(v)}`)
 }
 
 /** Elements of `shape`, checking its rank against `maxRank` and each dimension. */
-export function shapeLength (op: string, shape: readonly number[], maxRank: number): number {
+export function shapeLength(op: string, shape: readonly number[], maxRank: number): number {
   if (!Array.isArray(shape)) fail(op, 'shape must be an array of integers')
   checkCap('tensor rank', shape.length, maxRank)
   let n = 1
@@ -31,17 +31,21 @@ export function shapeLength (op: string, shape: readonly number[], maxRank: numb
 }
 
 /** True when `src` is the host array type of `dtype` (backend.ts's HostArray: bf16 as raw Uint16 bits). */
-export function isHostOf (src: unknown, dtype: TensorDType): boolean {
+export function isHostOf(src: unknown, dtype: TensorDType): boolean {
   switch (dtype) {
-    case 'f32': return src instanceof Float32Array
-    case 'bf16': return src instanceof Uint16Array
-    case 'i32': return src instanceof Int32Array
-    case 'u8': return src instanceof Uint8Array
+    case 'f32':
+      return src instanceof Float32Array
+    case 'bf16':
+      return src instanceof Uint16Array
+    case 'i32':
+      return src instanceof Int32Array
+    case 'u8':
+      return src instanceof Uint8Array
   }
 }
 
 /** Bytes per element of `dtype`; fails naming `op` when `dtype` is not a TensorDType. */
-function dtypeBytes (op: string, dtype: TensorDType): number {
+function dtypeBytes(op: string, dtype: TensorDType): number {
   if (!Object.hasOwn(TENSOR_DTYPE_BYTES, dtype)) fail(op, `unknown dtype ${String(dtype)}`)
   return TENSOR_DTYPE_BYTES[dtype]
 }
@@ -50,7 +54,7 @@ function dtypeBytes (op: string, dtype: TensorDType): number {
  * Elements and bytes of a tensor `alloc` is asked for, checked in this order: a known dtype,
  * the shape (rank at most `maxRank`), and the bytes against the backend's per-tensor cap.
  */
-export function allocSize (dtype: TensorDType, shape: readonly number[], maxRank: number, capName: string, cap: number): { n: number, bytes: number } {
+export function allocSize(dtype: TensorDType, shape: readonly number[], maxRank: number, capName: string, cap: number): { n: number; bytes: number } {
   const bytesPer = dtypeBytes('alloc', dtype)
   const n = shapeLength('alloc', shape, maxRank)
   const bytes = n * bytesPer

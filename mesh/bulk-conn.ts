@@ -15,7 +15,6 @@ const END = 0xffffffff
 const RESET = 0xfffffffe
 const READ_HIGH = MESH_LIMITS.maxStreamReadBufferBytes
 
-
 /**
  * One TLS connection: parses frames as bytes arrive and routes them to the stream it carries
  * now (one at a time), the status byte to a dialer waiting for it, or the first frame (the
@@ -38,9 +37,9 @@ export class BulkConn {
   private bodyLeft = 0
   private nameBody: Uint8Array[] = []
   private nameWaiter: ((f: Uint8Array | undefined) => void) | undefined
-  private statusWaiter: { resolve: (b: number) => void, reject: (e: Error) => void } | undefined
+  private statusWaiter: { resolve: (b: number) => void; reject: (e: Error) => void } | undefined
 
-  constructor (socket: TLSSocket, remote: PeerId, session: string | undefined) {
+  constructor(socket: TLSSocket, remote: PeerId, session: string | undefined) {
     this.socket = socket
     this.remote = remote
     this.session = session
@@ -52,7 +51,11 @@ export class BulkConn {
     socket.on('error', (err: NodeJS.ErrnoException) => {
       // A peer that reset its stream on purpose closes the socket right after the reset marker, so a
       // write can fail with EPIPE before the marker is parsed: a reset too, not a lost peer.
-      this.lost(err.code === 'ECONNRESET' || err.code === 'EPIPE' ? new StreamResetError(`stream reset by ${remote}`) : new PeerGoneError(`bulk connection to ${remote} failed: ${err.message}`, { peer: remote }))
+      this.lost(
+        err.code === 'ECONNRESET' || err.code === 'EPIPE'
+          ? new StreamResetError(`stream reset by ${remote}`)
+          : new PeerGoneError(`bulk connection to ${remote} failed: ${err.message}`, { peer: remote })
+      )
     })
     socket.on('close', () => {
       this.lost(new PeerGoneError(`bulk connection to ${remote} closed`, { peer: remote }))
@@ -61,17 +64,21 @@ export class BulkConn {
   }
 
   /** Starts carrying a stream of `protocol`. */
-  begin (protocol: string): SocketByteStream {
+  begin(protocol: string): SocketByteStream {
     const s = new SocketByteStream(this, protocol)
     this.stream = s
     return s
   }
 
   /** Dialer: names the protocol and waits for the listener's answer. */
-  async request (protocol: string, signal?: AbortSignal): Promise<SocketByteStream> {
+  async request(protocol: string, signal?: AbortSignal): Promise<SocketByteStream> {
     if (this.closed) throw new PeerGoneError(`bulk connection to ${this.remote} closed`, { peer: this.remote })
-    const answered = new Promise<number>((resolve, reject) => { this.statusWaiter = { resolve, reject } })
-    const onAbort = (): void => { this.socket.destroy() }
+    const answered = new Promise<number>((resolve, reject) => {
+      this.statusWaiter = { resolve, reject }
+    })
+    const onAbort = (): void => {
+      this.socket.destroy()
+    }
     signal?.addEventListener('abort', onAbort, { once: true })
     try {
       const name = Buffer.from(protocol)
@@ -89,13 +96,15 @@ export class BulkConn {
   }
 
   /** Listener: the next stream's protocol name, or undefined if the connection closes first. */
-  nextName (): Promise<Uint8Array | undefined> {
+  nextName(): Promise<Uint8Array | undefined> {
     if (this.closed) return Promise.resolve(undefined)
-    return new Promise(resolve => { this.nameWaiter = resolve })
+    return new Promise(resolve => {
+      this.nameWaiter = resolve
+    })
   }
 
   /** The stream ended both ways: hand the connection on. */
-  release (s: SocketByteStream): void {
+  release(s: SocketByteStream): void {
     if (this.stream !== s || this.closed) return
     this.stream = undefined
     this.socket.resume()
@@ -103,17 +112,17 @@ export class BulkConn {
   }
 
   /** Ends the connection at once: the stream (if any) fails with `err`. */
-  shut (err: Error): void {
+  shut(err: Error): void {
     if (this.stream !== undefined) this.stream.abort(err)
     else this.socket.destroy()
   }
 
-  gone (): void {
+  gone(): void {
     this.lost(new PeerGoneError(`peer ${this.remote} went away mid-stream`, { peer: this.remote }))
     this.socket.destroy()
   }
 
-  private lost (err: Error): void {
+  private lost(err: Error): void {
     this.closed = true
     this.stream?.connectionLost(err)
     const w = this.statusWaiter
@@ -125,7 +134,7 @@ export class BulkConn {
   }
 
   /** A byte that breaks the protocol between streams: the connection is closed. */
-  private violation (what: string): void {
+  private violation(what: string): void {
     this.lost(new StreamResetError(`bulk connection to ${this.remote}: ${what}`))
     this.socket.destroy()
   }
@@ -135,7 +144,7 @@ export class BulkConn {
    * boundaries), so nothing is copied or reassembled; only the 4-byte headers and the protocol
    * names (<= 256 bytes) are.
    */
-  private onData (c: Buffer): void {
+  private onData(c: Buffer): void {
     // Consumers get plain Uint8Array views, as from every other ByteStream: a Buffer's
     // slice() is a view, not a copy, and a Buffer's .buffer is the pool it was cut from, so
     // code that copies a chunk with slice() to read it through .buffer would read other bytes
@@ -172,12 +181,18 @@ export class BulkConn {
       this.headLen = 0
       const len = new DataView(this.head.buffer).getUint32(0, true)
       if (this.nameWaiter !== undefined) {
-        if (len > MESH_LIMITS.maxNameBytes) { this.violation(`protocol name of ${len} bytes`); return }
+        if (len > MESH_LIMITS.maxNameBytes) {
+          this.violation(`protocol name of ${len} bytes`)
+          return
+        }
         this.bodyLeft = len
         if (len === 0) this.nameDone()
         continue
       }
-      if (s === undefined) { this.violation('a frame outside any stream'); return }
+      if (s === undefined) {
+        this.violation('a frame outside any stream')
+        return
+      }
       if (len === END) {
         s.remoteEnd()
         continue
@@ -198,7 +213,7 @@ export class BulkConn {
     if (cur !== undefined && cur.unread() > READ_HIGH) cur.pause()
   }
 
-  private nameDone (): void {
+  private nameDone(): void {
     const f = this.nameWaiter!
     this.nameWaiter = undefined
     const name = Buffer.concat(this.nameBody)
@@ -221,60 +236,73 @@ export class SocketByteStream implements ByteStream {
   private released = false
   private failure: Error | undefined
 
-  constructor (conn: BulkConn, protocol: string) {
+  constructor(conn: BulkConn, protocol: string) {
     this.conn = conn
     this.socket = conn.socket
     this.remote = conn.remote
     this.protocol = protocol
   }
 
-  received (piece: Uint8Array): void { this.inbound.push(piece) }
-  unread (): number { return this.inbound.bytes }
+  received(piece: Uint8Array): void {
+    this.inbound.push(piece)
+  }
+  unread(): number {
+    return this.inbound.bytes
+  }
 
-  pause (): void {
+  pause(): void {
     if (this.paused || this.released) return
     this.paused = true
     this.socket.pause()
   }
 
-  remoteEnd (): void {
+  remoteEnd(): void {
     this.remoteEnded = true
     this.inbound.end()
     this.maybeRelease()
   }
 
   /** The connection failed or closed; a stream that already got END keeps what it read. */
-  connectionLost (err: Error): void {
+  connectionLost(err: Error): void {
     this.failure ??= err
     if (!this.remoteEnded) this.inbound.fail(err)
   }
 
-  private maybeRelease (): void {
+  private maybeRelease(): void {
     if (!this.remoteEnded || !this.localEnded || this.failure !== undefined || this.released) return
     this.released = true
     this.paused = false
     this.conn.release(this)
   }
 
-  private writable (): boolean {
+  private writable(): boolean {
     return this.failure === undefined && !this.localEnded && !this.socket.destroyed && this.socket.writable
   }
 
-  async writeFrame (chunk: Uint8Array, signal?: AbortSignal): Promise<void> {
+  async writeFrame(chunk: Uint8Array, signal?: AbortSignal): Promise<void> {
     this.socket.cork()
     this.socket.write(u32le(chunk.length))
     this.socket.write(chunk)
     this.socket.uncork()
     while (this.socket.writableLength > MESH_LIMITS.maxStreamWriteBufferBytes) {
       await new Promise<void>((resolve, reject) => {
-        const done = (): void => { cleanup(); resolve() }
-        const onAbort = (): void => { cleanup(); reject(new AbortError('write aborted')) }
+        const done = (): void => {
+          cleanup()
+          resolve()
+        }
+        const onAbort = (): void => {
+          cleanup()
+          reject(new AbortError('write aborted'))
+        }
         const cleanup = (): void => {
           this.socket.off('drain', done)
           this.socket.off('close', done)
           signal?.removeEventListener('abort', onAbort)
         }
-        if (signal?.aborted === true) { onAbort(); return }
+        if (signal?.aborted === true) {
+          onAbort()
+          return
+        }
         this.socket.once('drain', done)
         this.socket.once('close', done)
         signal?.addEventListener('abort', onAbort, { once: true })
@@ -284,7 +312,7 @@ export class SocketByteStream implements ByteStream {
     }
   }
 
-  async write (chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async write(chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
     checkChunkSize(chunk)
     if (options.signal?.aborted === true) throw new AbortError('write aborted')
     if (this.failure !== undefined) throw this.failure
@@ -293,14 +321,14 @@ export class SocketByteStream implements ByteStream {
     await this.writeFrame(chunk, options.signal)
   }
 
-  async end (): Promise<void> {
+  async end(): Promise<void> {
     if (!this.writable()) return
     this.localEnded = true
     await new Promise<void>(resolve => this.socket.write(u32le(END), () => resolve()))
     this.maybeRelease()
   }
 
-  abort (reason?: Error): void {
+  abort(reason?: Error): void {
     // A stream handed back to its connection no longer owns it (another stream may use it).
     if (this.released) return
     if (this.failure === undefined && this.socket.writable) this.socket.end(u32le(RESET))
@@ -309,7 +337,7 @@ export class SocketByteStream implements ByteStream {
     this.socket.destroySoon()
   }
 
-  async * [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
     for (;;) {
       const c = await this.inbound.next()
       if (c === undefined) return

@@ -1,4 +1,12 @@
-import { connect as tlsConnect, createSecureContext, createServer as tlsCreateServer, type ConnectionOptions, type SecureContext, type Server, type TLSSocket } from 'node:tls'
+import {
+  connect as tlsConnect,
+  createSecureContext,
+  createServer as tlsCreateServer,
+  type ConnectionOptions,
+  type SecureContext,
+  type Server,
+  type TLSSocket
+} from 'node:tls'
 import { hkdfSync } from 'node:crypto'
 import { AbortError, InvalidArgumentError, type Logger } from '../core/index.ts'
 import { BulkConn } from './bulk-conn.ts'
@@ -40,7 +48,7 @@ export const BULK_IDLE_PER_SESSION = 4
 export const BULK_CLIENT_IDLE_MS = 30_000
 
 /** Derives the bulk key of a pair from the run auth key, the handshake nonces and both ids. */
-export function bulkKey (authKey: Uint8Array, dialer: PeerId, listener: PeerId, nonceD: Uint8Array, nonceL: Uint8Array): Uint8Array {
+export function bulkKey(authKey: Uint8Array, dialer: PeerId, listener: PeerId, nonceD: Uint8Array, nonceL: Uint8Array): Uint8Array {
   const salt = new Uint8Array(nonceD.length + nonceL.length)
   salt.set(nonceD)
   salt.set(nonceL, nonceD.length)
@@ -48,7 +56,7 @@ export function bulkKey (authKey: Uint8Array, dialer: PeerId, listener: PeerId, 
 }
 
 /** A short id for one libp2p handshake (so both sides pick the same key). */
-export function bulkSessionId (nonceD: Uint8Array, nonceL: Uint8Array): string {
+export function bulkSessionId(nonceD: Uint8Array, nonceL: Uint8Array): string {
   return Buffer.from(nonceD.subarray(0, 8)).toString('hex') + Buffer.from(nonceL.subarray(0, 8)).toString('hex')
 }
 
@@ -72,29 +80,34 @@ export interface BulkChannel {
   /** Opens a stream to `peer` at host:port under `session`. */
   open(peer: PeerId, host: string, port: number, session: string, protocol: string, signal?: AbortSignal): Promise<ByteStream>
   /** Connections dialed, streams opened on a reused connection, and idle pooled connections. */
-  stats(): { dials: number, reused: number, idle: number }
+  stats(): { dials: number; reused: number; idle: number }
   close(): Promise<void>
 }
 
 /** The key of each handshake session, by session id. */
-type Sessions = Map<string, { peer: PeerId, key: Uint8Array }>
+type Sessions = Map<string, { peer: PeerId; key: Uint8Array }>
 
 /** Starts the bulk channel's listener. */
-export async function startBulkChannel (init: BulkChannelInit): Promise<BulkChannel> {
+export async function startBulkChannel(init: BulkChannelInit): Promise<BulkChannel> {
   const sessions: Sessions = new Map()
   const conns = new ConnSet()
   let dials = 0
   let reused = 0
-  const server = await listen(init.host, sessions, socket => {
-    const peer = (socket as TLSSocket & { zmPeer?: string }).zmPeer
-    if (peer === undefined) {
-      socket.destroy()
-      return
-    }
-    socket.setNoDelay(true)
-    socket.on('timeout', () => socket.end())
-    serve(conns.track(new BulkConn(socket, peer, undefined)), init)
-  }, init.log)
+  const server = await listen(
+    init.host,
+    sessions,
+    socket => {
+      const peer = (socket as TLSSocket & { zmPeer?: string }).zmPeer
+      if (peer === undefined) {
+        socket.destroy()
+        return
+      }
+      socket.setNoDelay(true)
+      socket.on('timeout', () => socket.end())
+      serve(conns.track(new BulkConn(socket, peer, undefined)), init)
+    },
+    init.log
+  )
   const port = (server.address() as { port: number }).port
   // One client context for every dial: building one per connection (what tls.connect does
   // without it) cost more CPU than the handshake when snapshots open a stream per fragment.
@@ -102,20 +115,20 @@ export async function startBulkChannel (init: BulkChannelInit): Promise<BulkChan
 
   return {
     port,
-    addSession (peer, session, key) {
+    addSession(peer, session, key) {
       sessions.set(session, { peer, key })
     },
-    dropPeer (peer) {
+    dropPeer(peer) {
       for (const [id, e] of sessions) if (e.peer === peer) sessions.delete(id)
       conns.peerGone(peer)
     },
-    async open (peer, host, port, session, protocol, signal) {
+    async open(peer, host, port, session, protocol, signal) {
       const entry = sessions.get(session)
       if (entry === undefined || entry.peer !== peer) throw new InvalidArgumentError(`no bulk session ${session} with ${peer}`)
       if (signal?.aborted === true) throw new AbortError('open aborted')
       for (;;) {
         const pooled = conns.takeIdle(session)
-        const conn = pooled ?? await dial(clientContext, { self: init.self, peer, host, port, session, key: entry.key }, conns, signal)
+        const conn = pooled ?? (await dial(clientContext, { self: init.self, peer, host, port, session, key: entry.key }, conns, signal))
         if (pooled === undefined) dials++
         conn.socket.setTimeout(0)
         try {
@@ -132,10 +145,10 @@ export async function startBulkChannel (init: BulkChannelInit): Promise<BulkChan
         }
       }
     },
-    stats () {
+    stats() {
       return { dials, reused, idle: conns.idleCount() }
     },
-    async close () {
+    async close() {
       conns.closeAll(new PeerGoneError('the bulk channel closed'))
       await new Promise<void>(resolve => server.close(() => resolve()))
     }
@@ -150,7 +163,7 @@ class ConnSet {
   private readonly all = new Set<BulkConn>()
   private readonly idle = new Map<string, BulkConn[]>()
 
-  track (c: BulkConn): BulkConn {
+  track(c: BulkConn): BulkConn {
     this.all.add(c)
     c.onClose = () => {
       this.all.delete(c)
@@ -160,10 +173,12 @@ class ConnSet {
   }
 
   /** The newest idle connection of `session`, taken out of the pool. */
-  takeIdle (session: string): BulkConn | undefined { return this.unpool(session) }
+  takeIdle(session: string): BulkConn | undefined {
+    return this.unpool(session)
+  }
 
   /** Pools a connection whose stream ended, or closes it (pool full, or session gone). */
-  putIdle (session: string, conn: BulkConn, sessionLive: boolean): void {
+  putIdle(session: string, conn: BulkConn, sessionLive: boolean): void {
     const list = this.idle.get(session) ?? []
     if (list.length >= BULK_IDLE_PER_SESSION || !sessionLive) {
       conn.socket.end()
@@ -174,24 +189,24 @@ class ConnSet {
     conn.socket.setTimeout(BULK_CLIENT_IDLE_MS)
   }
 
-  idleCount (): number {
+  idleCount(): number {
     let n = 0
     for (const list of this.idle.values()) n += list.length
     return n
   }
 
   /** Fails every connection to `peer`. */
-  peerGone (peer: PeerId): void {
+  peerGone(peer: PeerId): void {
     for (const c of this.all) if (c.remote === peer) c.gone()
   }
 
-  closeAll (err: Error): void {
+  closeAll(err: Error): void {
     for (const c of this.all) c.shut(err)
     this.idle.clear()
   }
 
   /** Removes `c` (default: the newest) from the session's idle connections and returns it. */
-  private unpool (session: string, c?: BulkConn): BulkConn | undefined {
+  private unpool(session: string, c?: BulkConn): BulkConn | undefined {
     const list = this.idle.get(session)
     if (list === undefined) return undefined
     const i = c === undefined ? list.length - 1 : list.indexOf(c)
@@ -205,54 +220,70 @@ class ConnSet {
  * The TLS-PSK listener: a client's PSK identity "<peer id> <session>" must name a known
  * session of that peer; `onSocket` gets each connection that completed the handshake.
  */
-async function listen (host: string, sessions: Sessions, onSocket: (socket: TLSSocket) => void, log: Logger): Promise<Server> {
-  const server: Server = tlsCreateServer({
-    ciphers: CIPHERS,
-    minVersion: 'TLSv1.3',
-    allowHalfOpen: true,
-    pskCallback: (socket, identity) => {
-      // identity = "<client peer id> <session>"
-      const [peer, session] = identity.split(' ')
-      const entry = sessions.get(session ?? '')
-      if (entry === undefined || entry.peer !== peer) return null
-      ;(socket as TLSSocket & { zmPeer?: string }).zmPeer = peer
-      return Buffer.from(entry.key)
-    }
-  }, onSocket)
+async function listen(host: string, sessions: Sessions, onSocket: (socket: TLSSocket) => void, log: Logger): Promise<Server> {
+  const server: Server = tlsCreateServer(
+    {
+      ciphers: CIPHERS,
+      minVersion: 'TLSv1.3',
+      allowHalfOpen: true,
+      pskCallback: (socket, identity) => {
+        // identity = "<client peer id> <session>"
+        const [peer, session] = identity.split(' ')
+        const entry = sessions.get(session ?? '')
+        if (entry === undefined || entry.peer !== peer) return null
+        ;(socket as TLSSocket & { zmPeer?: string }).zmPeer = peer
+        return Buffer.from(entry.key)
+      }
+    },
+    onSocket
+  )
   server.on('tlsClientError', err => log.debug({ err: err.message }, 'bulk TLS handshake refused'))
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
-    server.listen(0, host, () => { server.off('error', reject); resolve() })
+    server.listen(0, host, () => {
+      server.off('error', reject)
+      resolve()
+    })
   })
   return server
 }
 
 /** Listener side: wait for the next stream's protocol name on `conn`, then serve it. */
-function serve (conn: BulkConn, init: Pick<BulkChannelInit, 'handler' | 'log'>): void {
+function serve(conn: BulkConn, init: Pick<BulkChannelInit, 'handler' | 'log'>): void {
   // An idle connection is closed after twice the dialer's idle time, so the dialer, which
   // closes first, normally never picks a connection the listener is closing.
   conn.socket.setTimeout(2 * BULK_CLIENT_IDLE_MS)
-  void conn.nextName().then(name => {
-    if (name === undefined) return
-    conn.socket.setTimeout(0)
-    const protocol = Buffer.from(name).toString()
-    const handler = init.handler(protocol)
-    if (handler === undefined) {
-      conn.socket.end(Uint8Array.of(1))
-      return
-    }
-    const s = conn.begin(protocol)
-    conn.onReusable = () => serve(conn, init)
-    conn.socket.write(Uint8Array.of(0))
-    Promise.resolve().then(() => handler(s)).catch(err => {
-      init.log.debug({ peer: conn.remote, protocol, err: String(err) }, 'bulk stream handler failed')
-      s.abort(err instanceof Error ? err : new Error(String(err)))
-    })
-  }, () => conn.socket.destroy())
+  void conn.nextName().then(
+    name => {
+      if (name === undefined) return
+      conn.socket.setTimeout(0)
+      const protocol = Buffer.from(name).toString()
+      const handler = init.handler(protocol)
+      if (handler === undefined) {
+        conn.socket.end(Uint8Array.of(1))
+        return
+      }
+      const s = conn.begin(protocol)
+      conn.onReusable = () => serve(conn, init)
+      conn.socket.write(Uint8Array.of(0))
+      Promise.resolve()
+        .then(() => handler(s))
+        .catch(err => {
+          init.log.debug({ peer: conn.remote, protocol, err: String(err) }, 'bulk stream handler failed')
+          s.abort(err instanceof Error ? err : new Error(String(err)))
+        })
+    },
+    () => conn.socket.destroy()
+  )
 }
 
 /** Dials a new connection to `to.peer`, completes its TLS-PSK handshake and tracks it in `conns`. */
-async function dial (context: SecureContext, to: { self: PeerId, peer: PeerId, host: string, port: number, session: string, key: Uint8Array }, conns: ConnSet, signal?: AbortSignal): Promise<BulkConn> {
+async function dial(
+  context: SecureContext,
+  to: { self: PeerId; peer: PeerId; host: string; port: number; session: string; key: Uint8Array },
+  conns: ConnSet,
+  signal?: AbortSignal
+): Promise<BulkConn> {
   const { peer, session, key } = to
   const socket = tlsConnect({
     host: to.host,
@@ -263,7 +294,9 @@ async function dial (context: SecureContext, to: { self: PeerId, peer: PeerId, h
     pskCallback: () => ({ psk: Buffer.from(key), identity: `${to.self} ${session}` })
   } as ConnectionOptions)
   socket.setNoDelay(true)
-  const onAbort = (): void => { socket.destroy(new AbortError('open aborted')) }
+  const onAbort = (): void => {
+    socket.destroy(new AbortError('open aborted'))
+  }
   signal?.addEventListener('abort', onAbort, { once: true })
   try {
     await new Promise<void>((resolve, reject) => {
@@ -282,6 +315,6 @@ async function dial (context: SecureContext, to: { self: PeerId, peer: PeerId, h
   return conns.track(new BulkConn(socket, peer, session))
 }
 
-function aborted (signal?: AbortSignal): boolean {
+function aborted(signal?: AbortSignal): boolean {
   return signal?.aborted === true
 }

@@ -1,6 +1,9 @@
 import { AbortError } from '../core/index.ts'
 
-interface Waiter { resolve: () => void, reject: (err: Error) => void }
+interface Waiter {
+  resolve: () => void
+  reject: (err: Error) => void
+}
 
 /**
  * A FIFO of byte chunks between a producer and one async-iterating consumer, with
@@ -18,11 +21,15 @@ export class ByteQueue implements AsyncIterable<Uint8Array> {
   private readonly roomWaiters = new Set<Waiter & { cap: number }>()
 
   /** Bytes pushed but not yet read. */
-  get bytes (): number { return this.queued }
+  get bytes(): number {
+    return this.queued
+  }
   /** True once end() or fail() was called. */
-  get closed (): boolean { return this.ended || this.error !== undefined }
+  get closed(): boolean {
+    return this.ended || this.error !== undefined
+  }
 
-  push (chunk: Uint8Array): void {
+  push(chunk: Uint8Array): void {
     if (this.closed) return
     if (chunk.length === 0) return
     this.chunks.push(chunk)
@@ -30,13 +37,13 @@ export class ByteQueue implements AsyncIterable<Uint8Array> {
     this.wakeReader()
   }
 
-  end (): void {
+  end(): void {
     if (this.closed) return
     this.ended = true
     this.wakeReader()
   }
 
-  fail (err: Error): void {
+  fail(err: Error): void {
     if (this.error !== undefined) return
     this.error = err
     this.chunks.length = 0
@@ -50,17 +57,26 @@ export class ByteQueue implements AsyncIterable<Uint8Array> {
   }
 
   /** Resolves when unread bytes <= cap; rejects on fail() or abort. */
-  waitForRoom (cap: number, signal?: AbortSignal): Promise<void> {
+  waitForRoom(cap: number, signal?: AbortSignal): Promise<void> {
     if (this.error !== undefined) return Promise.reject(this.error)
     if (this.queued <= cap) return Promise.resolve()
     if (signal?.aborted === true) return Promise.reject(new AbortError('write aborted'))
     return new Promise((resolve, reject) => {
       const w = {
         cap,
-        resolve: () => { cleanup(); resolve() },
-        reject: (err: Error) => { cleanup(); reject(err) }
+        resolve: () => {
+          cleanup()
+          resolve()
+        },
+        reject: (err: Error) => {
+          cleanup()
+          reject(err)
+        }
       }
-      const onAbort = (): void => { this.roomWaiters.delete(w); w.reject(new AbortError('write aborted')) }
+      const onAbort = (): void => {
+        this.roomWaiters.delete(w)
+        w.reject(new AbortError('write aborted'))
+      }
       const cleanup = (): void => signal?.removeEventListener('abort', onAbort)
       signal?.addEventListener('abort', onAbort, { once: true })
       this.roomWaiters.add(w)
@@ -68,7 +84,7 @@ export class ByteQueue implements AsyncIterable<Uint8Array> {
   }
 
   /** The next chunk, or undefined at the end. */
-  async next (signal?: AbortSignal): Promise<Uint8Array | undefined> {
+  async next(signal?: AbortSignal): Promise<Uint8Array | undefined> {
     for (;;) {
       if (this.error !== undefined) throw this.error
       if (this.head < this.chunks.length) {
@@ -85,17 +101,26 @@ export class ByteQueue implements AsyncIterable<Uint8Array> {
       if (this.ended) return undefined
       if (signal?.aborted === true) throw new AbortError('read aborted')
       await new Promise<void>((resolve, reject) => {
-        const onAbort = (): void => { this.reader = undefined; reject(new AbortError('read aborted')) }
+        const onAbort = (): void => {
+          this.reader = undefined
+          reject(new AbortError('read aborted'))
+        }
         signal?.addEventListener('abort', onAbort, { once: true })
         this.reader = {
-          resolve: () => { signal?.removeEventListener('abort', onAbort); resolve() },
-          reject: (err) => { signal?.removeEventListener('abort', onAbort); reject(err) }
+          resolve: () => {
+            signal?.removeEventListener('abort', onAbort)
+            resolve()
+          },
+          reject: err => {
+            signal?.removeEventListener('abort', onAbort)
+            reject(err)
+          }
         }
       })
     }
   }
 
-  async * [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
     for (;;) {
       const c = await this.next()
       if (c === undefined) return
@@ -103,13 +128,13 @@ export class ByteQueue implements AsyncIterable<Uint8Array> {
     }
   }
 
-  private wakeReader (): void {
+  private wakeReader(): void {
     const r = this.reader
     this.reader = undefined
     r?.resolve()
   }
 
-  private wakeWriters (): void {
+  private wakeWriters(): void {
     for (const w of this.roomWaiters) {
       if (this.queued <= w.cap) {
         this.roomWaiters.delete(w)

@@ -16,7 +16,7 @@ export const IDENTITY_FILE = 'identity.key'
  * written to a temp file, fsynced, renamed) on first start. The key never comes from config,
  * so copying a config file to another machine does not clone a peer id.
  */
-export async function loadOrCreateIdentity (dataDir: string): Promise<PrivateKey> {
+export async function loadOrCreateIdentity(dataDir: string): Promise<PrivateKey> {
   const file = join(dataDir, IDENTITY_FILE)
   let bytes: Uint8Array | undefined
   try {

@@ -5,7 +5,7 @@ import type { ByteStream } from './peernet.ts'
  * Length-prefixed messages over a ByteStream: a u32 little-endian length, then the bytes.
  * For small request/response protocols (auth, status); bulk tensors use codec frames.
  */
-export async function writeMessage (stream: ByteStream, bytes: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+export async function writeMessage(stream: ByteStream, bytes: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
   const out = new Uint8Array(4 + bytes.length)
   new DataView(out.buffer).setUint32(0, bytes.length, true)
   out.set(bytes, 4)
@@ -13,7 +13,7 @@ export async function writeMessage (stream: ByteStream, bytes: Uint8Array, optio
 }
 
 /** `n` as 4 little-endian bytes: the length prefix here, and the same framing in auth's MACs and the bulk channel. */
-export function u32le (n: number): Uint8Array {
+export function u32le(n: number): Uint8Array {
   const b = new Uint8Array(4)
   new DataView(b.buffer).setUint32(0, n, true)
   return b
@@ -25,13 +25,13 @@ export class MessageReader {
   private buf = new Uint8Array(0)
   private readonly maxBytes: number
 
-  constructor (stream: AsyncIterable<Uint8Array>, maxBytes: number) {
+  constructor(stream: AsyncIterable<Uint8Array>, maxBytes: number) {
     this.it = stream[Symbol.asyncIterator]()
     this.maxBytes = maxBytes
   }
 
   /** The next message; undefined at a clean end; ProtocolError if the stream ends mid-message or a length is over the cap. */
-  async next (): Promise<Uint8Array | undefined> {
+  async next(): Promise<Uint8Array | undefined> {
     for (;;) {
       if (this.buf.length >= 4) {
         const len = new DataView(this.buf.buffer, this.buf.byteOffset, 4).getUint32(0, true)

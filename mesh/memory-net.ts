@@ -48,14 +48,14 @@ class MemoryStream implements ByteStream {
   private aborted = false
   private readonly onClose: (s: MemoryStream) => void
 
-  constructor (local: PeerId, remote: PeerId, protocol: string, onClose: (s: MemoryStream) => void) {
+  constructor(local: PeerId, remote: PeerId, protocol: string, onClose: (s: MemoryStream) => void) {
     this.local = local
     this.remote = remote
     this.protocol = protocol
     this.onClose = onClose
   }
 
-  async write (chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async write(chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
     checkChunkSize(chunk)
     if (options.signal?.aborted === true) throw new AbortError('write aborted')
     if (this.aborted) throw new StreamResetError('stream was aborted')
@@ -66,14 +66,14 @@ class MemoryStream implements ByteStream {
     await out.waitForRoom(MESH_LIMITS.maxStreamWriteBufferBytes, options.signal)
   }
 
-  async end (): Promise<void> {
+  async end(): Promise<void> {
     if (this.writeClosed || this.aborted) return
     this.writeClosed = true
     this.peer.inbound.end()
     this.maybeDone()
   }
 
-  abort (reason?: Error): void {
+  abort(reason?: Error): void {
     if (this.aborted) return
     this.aborted = true
     this.inbound.fail(reason ?? new AbortError('stream aborted locally'))
@@ -84,29 +84,29 @@ class MemoryStream implements ByteStream {
   }
 
   /** Both sides lose the stream because a peer went away. */
-  gone (who: PeerId): void {
+  gone(who: PeerId): void {
     this.aborted = true
     this.inbound.fail(new PeerGoneError(`peer ${who} went away mid-stream`, { peer: who, protocol: this.protocol }))
   }
 
-  failure (): Error | undefined {
+  failure(): Error | undefined {
     return this.aborted ? new StreamResetError('stream was reset') : undefined
   }
 
-  private maybeDone (): void {
+  private maybeDone(): void {
     if (this.writeClosed && this.peer.writeClosed) {
       this.onClose(this)
       this.onClose(this.peer)
     }
   }
 
-  [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
     return this.inbound[Symbol.asyncIterator]()
   }
 }
 
 /** Creates an empty in-memory network. */
-export function createMemoryNetwork (): MemoryNetwork {
+export function createMemoryNetwork(): MemoryNetwork {
   const nodes = new Map<PeerId, Node>()
   const cut = new Set<string>()
   const key = (a: PeerId, b: PeerId): string => (a < b ? `${a}\n${b}` : `${b}\n${a}`)
@@ -145,7 +145,7 @@ export function createMemoryNetwork (): MemoryNetwork {
   }
 
   return {
-    createPeer (info) {
+    createPeer(info) {
       if (nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
       const node: Node = {
         info: { id: info.id, labels: { ...info.labels } },
@@ -157,10 +157,12 @@ export function createMemoryNetwork (): MemoryNetwork {
         streams: new Set()
       }
       nodes.set(info.id, node)
-      const requireStarted = (): void => { if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`) }
+      const requireStarted = (): void => {
+        if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`)
+      }
       const net: PeerNet = {
         self: node.info,
-        async start () {
+        async start() {
           if (node.started) return
           node.started = true
           const others = [...nodes.values()].filter(o => linked(node, o))
@@ -172,17 +174,23 @@ export function createMemoryNetwork (): MemoryNetwork {
             }
           })
         },
-        async stop () { down(node) },
-        peers () {
+        async stop() {
+          down(node)
+        },
+        peers() {
           return [...nodes.values()].filter(o => linked(node, o)).map(o => o.info)
         },
-        on (event, listener) { return node.listeners.on(event, listener) },
-        subscribe (topic, handler) {
+        on(event, listener) {
+          return node.listeners.on(event, listener)
+        },
+        subscribe(topic, handler) {
           checkName('topic', topic)
           node.topics.set(topic, handler)
-          return () => { if (node.topics.get(topic) === handler) node.topics.delete(topic) }
+          return () => {
+            if (node.topics.get(topic) === handler) node.topics.delete(topic)
+          }
         },
-        async publish (topic, data) {
+        async publish(topic, data) {
           requireStarted()
           checkName('topic', topic)
           checkGossipSize(data)
@@ -194,7 +202,7 @@ export function createMemoryNetwork (): MemoryNetwork {
             })
           }
         },
-        async send (peer, topic, data) {
+        async send(peer, topic, data) {
           requireStarted()
           checkName('topic', topic)
           checkGossipSize(data)
@@ -205,12 +213,14 @@ export function createMemoryNetwork (): MemoryNetwork {
             if (linked(node, o)) offer(o, { topic, from: node.info.id, data: copy })
           })
         },
-        handle (protocol, handler) {
+        handle(protocol, handler) {
           checkName('protocol', protocol)
           node.handlers.set(protocol, handler)
         },
-        unhandle (protocol) { node.handlers.delete(protocol) },
-        async open (peer, protocol, options = {}) {
+        unhandle(protocol) {
+          node.handlers.delete(protocol)
+        },
+        async open(peer, protocol, options = {}) {
           requireStarted()
           checkName('protocol', protocol)
           if (options.signal?.aborted === true) throw new AbortError('open aborted')
@@ -234,15 +244,17 @@ export function createMemoryNetwork (): MemoryNetwork {
           })
           return mine
         },
-        rejectedFrom (peer) { return node.rejected.get(peer) ?? 0 }
+        rejectedFrom(peer) {
+          return node.rejected.get(peer) ?? 0
+        }
       }
       return net
     },
-    kill (id) {
+    kill(id) {
       const n = nodes.get(id)
       if (n !== undefined) down(n)
     },
-    partition (a, b) {
+    partition(a, b) {
       for (const x of a) {
         for (const y of b) {
           const nx = nodes.get(x)
@@ -254,11 +266,11 @@ export function createMemoryNetwork (): MemoryNetwork {
         }
       }
     },
-    inject (to, msg) {
+    inject(to, msg) {
       const o = nodes.get(to)
       return o === undefined || !o.started ? undefined : offer(o, msg)
     },
-    heal () {
+    heal() {
       const pairs = [...cut].map(k => k.split('\n') as [PeerId, PeerId])
       cut.clear()
       queueMicrotask(() => {

@@ -45,7 +45,7 @@ export class PhiDetector {
   // (One interval is pushed and, once the window is full, the oldest dropped on every heartbeat.)
   private readonly s: number[]
 
-  constructor (opts: PhiOptions) {
+  constructor(opts: PhiOptions) {
     this.threshold = opts.threshold ?? 8
     this.minStd = opts.minStdMs ?? 100
     this.pause = opts.acceptablePauseMs ?? 0
@@ -61,7 +61,7 @@ export class PhiDetector {
   }
 
   /** Records a heartbeat at time `now` (ms). */
-  heartbeat (now: number): void {
+  heartbeat(now: number): void {
     const s = this.s
     const last = s[LAST]!
     // (NaN, no heartbeat yet, compares false.)
@@ -70,20 +70,20 @@ export class PhiDetector {
   }
 
   /** Time of the last heartbeat, if any. */
-  get lastAt (): number | undefined {
+  get lastAt(): number | undefined {
     const last = this.s[LAST]!
     return Number.isNaN(last) ? undefined : last
   }
 
   /** phi at time `now`; 0 before the first heartbeat. */
-  phi (now: number): number {
+  phi(now: number): number {
     const last = this.s[LAST]!
     if (Number.isNaN(last)) return 0
     return phiOf(now - last, this.mean() + this.pause, this.std())
   }
 
   /** True if phi exceeds the threshold at `now`. */
-  suspect (now: number): boolean {
+  suspect(now: number): boolean {
     const last = this.s[LAST]!
     if (Number.isNaN(last)) return false
     const elapsed = now - last
@@ -96,20 +96,22 @@ export class PhiDetector {
   }
 
   /** Milliseconds of silence after which the current statistics make phi cross the threshold. */
-  silenceToSuspectMs (): number {
+  silenceToSuspectMs(): number {
     return silenceFor(this.threshold, this.mean() + this.pause, this.std())
   }
 
-  mean (): number { return this.s[SUM]! / this.s[COUNT]! }
+  mean(): number {
+    return this.s[SUM]! / this.s[COUNT]!
+  }
 
-  std (): number {
+  std(): number {
     const s = this.s
     const n = s[COUNT]!
     const m = s[SUM]! / n
     return Math.max(this.minStd, Math.sqrt(Math.max(0, s[SUM_SQ]! / n - m * m)))
   }
 
-  private add (interval: number): void {
+  private add(interval: number): void {
     const s = this.s
     const w = this.window
     s[SUM] = s[SUM]! + interval
@@ -131,7 +133,7 @@ export class PhiDetector {
 }
 
 /** phi for a silence of `elapsed` given mean and std (logistic approximation of the normal tail). */
-export function phiOf (elapsed: number, mean: number, std: number): number {
+export function phiOf(elapsed: number, mean: number, std: number): number {
   const y = (elapsed - mean) / std
   const e = Math.exp(-y * (1.5976 + 0.070566 * y * y))
   const p = elapsed > mean ? e / (1 + e) : 1 - 1 / (1 + e)
@@ -139,7 +141,7 @@ export function phiOf (elapsed: number, mean: number, std: number): number {
 }
 
 /** The silence (ms) at which phi reaches `threshold` (bisection; phi grows with silence). */
-export function silenceFor (threshold: number, mean: number, std: number): number {
+export function silenceFor(threshold: number, mean: number, std: number): number {
   let lo = 0
   let hi = mean + 100 * std
   for (let i = 0; i < 60; i++) {

@@ -27,13 +27,16 @@ const multiaddrString = z.string().superRefine((s, ctx) => {
 })
 
 /** A TCP `host:port` (`[v6]:port` for IPv6; port 0 picks a free one), parsed. */
-export interface HostPort { host: string, port: number }
+export interface HostPort {
+  host: string
+  port: number
+}
 
 /**
  * Parses `host:port`, `[ipv6]:port` or `:port` (all interfaces). Undefined when malformed:
  * the host is a name, IPv4 or bracketed IPv6 address; the port 0-65535.
  */
-export function parseHostPort (s: string): HostPort | undefined {
+export function parseHostPort(s: string): HostPort | undefined {
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9][A-Za-z0-9.-]{0,252})?):(\d{1,5})$/.exec(s)
   if (m === null) return undefined
   const port = Number(m[3])
@@ -61,41 +64,77 @@ const TRAINING = 'training (with --train; the first --world-size members train, 
 export const START_OPTIONS = {
   run: option(z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'run ids are 1-64 of [A-Za-z0-9._-]'), { arg: '<id>', help: 'run id (1-64 of A-Z a-z 0-9 . _ -)' }),
   secretFile: option(z.string().min(1), { arg: '<file>', help: 'file holding the run secret (>= 16 bytes)' }),
-  bootstrap: option(z.array(multiaddrString).max(64).default([]), { arg: '<addr>', help: 'a member\'s multiaddr ending in /p2p/<id>; repeat the flag (comma-separated in the environment)' }),
+  bootstrap: option(z.array(multiaddrString).max(64).default([]), {
+    arg: '<addr>',
+    help: "a member's multiaddr ending in /p2p/<id>; repeat the flag (comma-separated in the environment)"
+  }),
   listen: option(z.array(multiaddrString).min(1).max(16).default([DEFAULT_LISTEN]), { arg: '<addr>', help: 'listen multiaddr; repeat for several' }),
-  announce: option(z.array(multiaddrString).max(16).default([]), { arg: '<addr>', help: 'address to announce instead of the listen addresses (NAT, public IP)' }),
+  announce: option(z.array(multiaddrString).max(16).default([]), {
+    arg: '<addr>',
+    help: 'address to announce instead of the listen addresses (NAT, public IP)'
+  }),
   zone: option(z.string().min(1).max(64).default('default'), { arg: '<name>', help: 'failure/bandwidth domain' }),
   host: option(z.string().min(1).max(253).default(hostname()), { arg: '<name>', help: 'machine name', defaultText: 'the hostname' }),
   dataDir: option(z.string().min(1).optional(), { arg: '<dir>', help: 'identity key, control socket and disk tier', defaultText: '~/.zeromesh/<run>' }),
-  expect: option(z.int().min(1).max(1024).default(1), { arg: '<n>', help: 'nodes needed before the first view forms; set it above half the nodes you start so two first views cannot form' }),
+  expect: option(z.int().min(1).max(1024).default(1), {
+    arg: '<n>',
+    help: 'nodes needed before the first view forms; set it above half the nodes you start so two first views cannot form'
+  }),
   heartbeatMs: option(z.int().min(20).max(60_000).default(500), { arg: '<ms>', help: 'heartbeat period' }),
   mdns: option(z.boolean().default(false), { help: 'discover peers on the LAN' }),
-  logLevel: option(z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'), { arg: '<level>', help: 'structured logs on stderr' }),
-  metricsListen: option(hostPort.optional(), { arg: '<host:port>', help: 'serve Prometheus metrics at http://<host:port>/metrics (e.g. 127.0.0.1:9464; port 0 picks a free one)', defaultText: 'off' }),
+  logLevel: option(z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'), {
+    arg: '<level>',
+    help: 'structured logs on stderr'
+  }),
+  metricsListen: option(hostPort.optional(), {
+    arg: '<host:port>',
+    help: 'serve Prometheus metrics at http://<host:port>/metrics (e.g. 127.0.0.1:9464; port 0 picks a free one)',
+    defaultText: 'off'
+  }),
   train: option(z.boolean().default(false), { help: 'train (without it the node only joins the mesh)', section: TRAINING }),
   device: option(z.enum(['cpu', 'cuda']).default('cpu'), { arg: '<device>', help: 'backend' }),
   model: option(z.enum(['mini', 'small', 'gpt2-124m']).default('mini'), { arg: '<name>', help: 'model shape' }),
   data: option(z.string().min(1).optional(), { arg: '<file>', help: 'text or llm.c .bin tokens', defaultText: 'the Brown Corpus' }),
   steps: option(z.int().min(0).max(10_000_000).default(200), { arg: '<n>', help: 'steps to train' }),
   worldSize: option(z.int().min(1).max(1024).optional(), { arg: '<n>', help: 'training ranks', defaultText: '--expect' }),
-  maxWorldSize: option(z.int().min(1).max(1024).optional(), { arg: '<n>', help: 'grow the run up to n ranks as nodes join, at a step boundary', defaultText: 'never grow' }),
+  maxWorldSize: option(z.int().min(1).max(1024).optional(), {
+    arg: '<n>',
+    help: 'grow the run up to n ranks as nodes join, at a step boundary',
+    defaultText: 'never grow'
+  }),
   batch: option(z.int().min(1).max(4096).default(4), { arg: '<n>', help: 'sequences per rank per step' }),
   seq: option(z.int().min(2).max(1024).default(64), { arg: '<n>', help: 'sequence length' }),
   lr: option(z.number().positive().max(1).default(3e-3), { arg: '<x>', help: 'AdamW learning rate' }),
   seed: option(z.int().min(0).default(1), { arg: '<n>', help: 'run seed' }),
   zeropp: option(z.boolean().default(false), { help: 'ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)' }),
-  snapshot: option(z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'), { arg: '<k+m|off>', help: 'erasure-coded snapshot of every rank: k data and m parity fragments' }),
-  snapshotEvery: option(z.int().min(1).max(10_000_000).default(1), { arg: '<n>', help: 'snapshot every n committed steps (and the first step of every session): a loss then re-runs up to n-1 more steps, for less snapshot traffic' }),
-  diskEvery: option(z.int().min(0).max(10_000_000).default(10), { arg: '<n>', help: 'write this rank\'s state to <data dir>/train every n steps (0: never); `zeromesh export` reads these files' }),
+  snapshot: option(
+    z
+      .string()
+      .regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off')
+      .default('2+1'),
+    { arg: '<k+m|off>', help: 'erasure-coded snapshot of every rank: k data and m parity fragments' }
+  ),
+  snapshotEvery: option(z.int().min(1).max(10_000_000).default(1), {
+    arg: '<n>',
+    help: 'snapshot every n committed steps (and the first step of every session): a loss then re-runs up to n-1 more steps, for less snapshot traffic'
+  }),
+  diskEvery: option(z.int().min(0).max(10_000_000).default(10), {
+    arg: '<n>',
+    help: "write this rank's state to <data dir>/train every n steps (0: never); `zeromesh export` reads these files"
+  }),
   resume: option(z.boolean().default(false), { help: 'continue from the newest step every rank has on disk' }),
   exitWhenDone: option(z.boolean().default(false), { help: 'leave the run and exit once training ends' })
 }
 
 /** The rules between options that no single option's schema can check. */
-function checkStart (c: { resume: boolean, train: boolean, worldSize?: number | undefined, expect: number, maxWorldSize?: number | undefined }, ctx: z.RefinementCtx): void {
+function checkStart(
+  c: { resume: boolean; train: boolean; worldSize?: number | undefined; expect: number; maxWorldSize?: number | undefined },
+  ctx: z.RefinementCtx
+): void {
   if (c.resume && !c.train) ctx.addIssue({ code: 'custom', path: ['resume'], message: 'needs --train (it resumes training from the disk tier)' })
   const ws = c.worldSize ?? c.expect
-  if (c.maxWorldSize !== undefined && c.maxWorldSize < ws) ctx.addIssue({ code: 'custom', path: ['maxWorldSize'], message: `must be at least the world size (${ws})` })
+  if (c.maxWorldSize !== undefined && c.maxWorldSize < ws)
+    ctx.addIssue({ code: 'custom', path: ['maxWorldSize'], message: `must be at least the world size (${ws})` })
 }
 
 /** One strict schema for a node's configuration (unknown keys are errors). */
@@ -105,12 +144,12 @@ export const startSchema = z.strictObject(shapeOf(START_OPTIONS)).superRefine(ch
 export type StartConfig = z.output<typeof startSchema> & { dataDir: string }
 
 /** Where a node of `run` keeps its identity and control socket unless told otherwise. */
-export function defaultDataDir (run: string): string {
+export function defaultDataDir(run: string): string {
   return join(homedir(), '.zeromesh', run)
 }
 
 /** Reads the run secret: the file's bytes without one trailing newline, at least 16 bytes. */
-export function readSecret (file: string): Uint8Array {
+export function readSecret(file: string): Uint8Array {
   let bytes: Uint8Array
   try {
     bytes = readFileSync(file)

@@ -16,10 +16,13 @@ export class ControlError extends ZeromeshError {
 }
 
 /** Serves `status()` as JSON on the node's control socket. Refuses to start if another node answers there. */
-export async function serveControl (dataDir: string, status: () => unknown): Promise<Server> {
+export async function serveControl(dataDir: string, status: () => unknown): Promise<Server> {
   const path = join(dataDir, CONTROL_SOCKET)
   if (existsSync(path)) {
-    const alive = await fetchStatus(dataDir).then(() => true, () => false)
+    const alive = await fetchStatus(dataDir).then(
+      () => true,
+      () => false
+    )
     if (alive) throw new ControlError(`another zeromesh node is already running with data dir ${dataDir}`)
     unlinkSync(path)
   }
@@ -33,13 +36,16 @@ export async function serveControl (dataDir: string, status: () => unknown): Pro
   })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
-    server.listen(path, () => { server.off('error', reject); resolve() })
+    server.listen(path, () => {
+      server.off('error', reject)
+      resolve()
+    })
   })
   return server
 }
 
 /** Reads a running node's status from its control socket. */
-export function fetchStatus (dataDir: string, timeoutMs = 3000): Promise<unknown> {
+export function fetchStatus(dataDir: string, timeoutMs = 3000): Promise<unknown> {
   const path = join(dataDir, CONTROL_SOCKET)
   return new Promise((resolve, reject) => {
     const req = request({ socketPath: path, path: '/status', method: 'GET', timeout: timeoutMs }, res => {
@@ -61,9 +67,11 @@ export function fetchStatus (dataDir: string, timeoutMs = 3000): Promise<unknown
     req.on('timeout', () => req.destroy(new ControlError(`no answer on ${path} within ${timeoutMs} ms`)))
     req.on('error', err => {
       const code = (err as NodeJS.ErrnoException).code
-      reject(code === 'ENOENT' || code === 'ECONNREFUSED'
-        ? new ControlError(`no zeromesh node is running with data dir ${dataDir} (nothing answers on ${path})`)
-        : err)
+      reject(
+        code === 'ENOENT' || code === 'ECONNREFUSED'
+          ? new ControlError(`no zeromesh node is running with data dir ${dataDir} (nothing answers on ${path})`)
+          : err
+      )
     })
     req.end()
   })

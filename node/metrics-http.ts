@@ -38,7 +38,7 @@ export interface MetricsServer {
 }
 
 /** `http://host:port/metrics` (IPv6 hosts bracketed). */
-export function metricsUrl (host: string, port: number): string {
+export function metricsUrl(host: string, port: number): string {
   return `http://${host.includes(':') ? `[${host}]` : host}:${port}${METRICS_PATH}`
 }
 
@@ -46,41 +46,52 @@ export function metricsUrl (host: string, port: number): string {
  * Serves `registry` on `listen`. A port in use, a missing local address or an unresolvable
  * host is a {@link ConfigError} naming the address (one line on the CLI, exit 2).
  */
-export async function serveMetrics (listen: HostPort, registry: MetricsRegistry): Promise<MetricsServer> {
+export async function serveMetrics(listen: HostPort, registry: MetricsRegistry): Promise<MetricsServer> {
   const L = METRICS_HTTP_LIMITS
-  const server: Server = createServer({
-    maxHeaderSize: L.maxHeaderBytes,
-    headersTimeout: L.headersTimeoutMs,
-    requestTimeout: L.requestTimeoutMs,
-    keepAliveTimeout: L.keepAliveTimeoutMs
-  }, (req, res) => {
-    const path = (req.url ?? '').split('?', 1)[0]
-    // Anything but a scrape: answer and close, without reading a body that may follow.
-    if (path !== METRICS_PATH) {
-      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' }).end(`not found: metrics are at ${METRICS_PATH}\n`)
-      return
+  const server: Server = createServer(
+    {
+      maxHeaderSize: L.maxHeaderBytes,
+      headersTimeout: L.headersTimeoutMs,
+      requestTimeout: L.requestTimeoutMs,
+      keepAliveTimeout: L.keepAliveTimeoutMs
+    },
+    (req, res) => {
+      const path = (req.url ?? '').split('?', 1)[0]
+      // Anything but a scrape: answer and close, without reading a body that may follow.
+      if (path !== METRICS_PATH) {
+        res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' }).end(`not found: metrics are at ${METRICS_PATH}\n`)
+        return
+      }
+      if (req.method !== 'GET') {
+        res.writeHead(405, { 'content-type': 'text/plain; charset=utf-8', allow: 'GET', connection: 'close' }).end('method not allowed: use GET\n')
+        return
+      }
+      registry.metrics().then(
+        text => {
+          res.writeHead(200, { 'content-type': registry.contentType }).end(text)
+        },
+        (err: unknown) => {
+          res
+            .writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' })
+            .end(`collecting metrics failed: ${err instanceof Error ? err.message : String(err)}\n`)
+        }
+      )
     }
-    if (req.method !== 'GET') {
-      res.writeHead(405, { 'content-type': 'text/plain; charset=utf-8', allow: 'GET', connection: 'close' }).end('method not allowed: use GET\n')
-      return
-    }
-    registry.metrics().then(text => {
-      res.writeHead(200, { 'content-type': registry.contentType }).end(text)
-    }, (err: unknown) => {
-      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' }).end(`collecting metrics failed: ${err instanceof Error ? err.message : String(err)}\n`)
-    })
-  })
+  )
   server.maxConnections = L.maxConnections
   const where = `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
-      const why = err.code === 'EADDRINUSE'
-        ? 'the address is in use'
-        : err.code === 'EADDRNOTAVAIL'
-          ? 'no such local address'
-          : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN'
-            ? 'the host name does not resolve'
-            : err.code === 'EACCES' ? 'permission denied' : (err.code ?? err.message)
+      const why =
+        err.code === 'EADDRINUSE'
+          ? 'the address is in use'
+          : err.code === 'EADDRNOTAVAIL'
+            ? 'no such local address'
+            : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN'
+              ? 'the host name does not resolve'
+              : err.code === 'EACCES'
+                ? 'permission denied'
+                : (err.code ?? err.message)
       reject(new ConfigError(`cannot serve metrics on ${where}: ${why}`))
     })
     server.listen(listen.port, listen.host, () => resolve())
@@ -90,7 +101,7 @@ export async function serveMetrics (listen: HostPort, registry: MetricsRegistry)
   return {
     url: metricsUrl(listen.host, port),
     port,
-    close () {
+    close() {
       closed ??= new Promise<void>(resolve => {
         server.close(() => resolve())
         server.closeAllConnections()
@@ -126,7 +137,7 @@ const MODES = ['replace', 'shrink'] as const
  * the trainer are read when scraped (`collect`), so nothing is copied between scrapes.
  * Returns the hook for the per-step counters and histogram.
  */
-export function defineNodeMetrics (registry: MetricsRegistry, sources: NodeMetricSources): StepObserver {
+export function defineNodeMetrics(registry: MetricsRegistry, sources: NodeMetricSources): StepObserver {
   const { membership, training } = sources
   // A value not known yet (no loss before the first step) is left out of the scrape rather
   // than reported as 0 or NaN (prom-client writes NaN as `Nan`, which strict parsers refuse).
@@ -143,11 +154,11 @@ export function defineNodeMetrics (registry: MetricsRegistry, sources: NodeMetri
   }
   gauge('zeromesh_view_epoch_count', 'Epoch of the view this node has installed (views decided so far in the run)', () => membership.status().epoch)
   gauge('zeromesh_view_members_peers', 'Members of the view this node has installed', () => membership.status().members.length)
-  if (training === undefined) return { step () {} }
+  if (training === undefined) return { step() {} }
 
   const role: Gauge<'role'> = defineGauge(registry, {
     name: 'zeromesh_train_role_info',
-    help: 'This node\'s part in training: 1 for the current role, 0 for the others',
+    help: "This node's part in training: 1 for the current role, 0 for the others",
     labelNames: ['role'],
     collect: () => {
       const now = training().role
@@ -156,13 +167,21 @@ export function defineNodeMetrics (registry: MetricsRegistry, sources: NodeMetri
   })
   gauge('zeromesh_train_committed_steps', 'Training steps committed so far (every rank finished them)', () => training().step)
   gauge('zeromesh_train_target_steps', 'Training steps the run is configured to reach', () => training().steps)
-  gauge('zeromesh_train_loss_nats', 'Mean training loss over the ranks at the last committed step (cross-entropy; absent before the first)', () => training().loss)
+  gauge(
+    'zeromesh_train_loss_nats',
+    'Mean training loss over the ranks at the last committed step (cross-entropy; absent before the first)',
+    () => training().loss
+  )
   gauge('zeromesh_train_world_size_count', 'Ranks training under the current roster', () => training().worldSize)
-  gauge('zeromesh_train_snapshot_steps', 'Step of this rank\'s newest snapshot placed on its peers (absent before the first)', () => training().snapshotStep)
-  gauge('zeromesh_train_last_recovery_seconds', 'Duration of the newest recovery: agreeing on the recovery point and loading state from the snapshots (absent before the first)', () => {
-    const last = training().recoveries.at(-1)
-    return last === undefined ? undefined : last.ms / 1000
-  })
+  gauge('zeromesh_train_snapshot_steps', "Step of this rank's newest snapshot placed on its peers (absent before the first)", () => training().snapshotStep)
+  gauge(
+    'zeromesh_train_last_recovery_seconds',
+    'Duration of the newest recovery: agreeing on the recovery point and loading state from the snapshots (absent before the first)',
+    () => {
+      const last = training().recoveries.at(-1)
+      return last === undefined ? undefined : last.ms / 1000
+    }
+  )
   // Totals the trainer owns, exposed as counters: each scrape adds what grew since the last.
   const seenBytes = { host: 0, zone: 0, wan: 0 }
   const sent: Counter<'tier'> = defineCounter(registry, {
@@ -189,14 +208,17 @@ export function defineNodeMetrics (registry: MetricsRegistry, sources: NodeMetri
       seenRecoveries = Math.max(seenRecoveries, all.length)
     }
   })
-  const tokens = defineCounter(registry, { name: 'zeromesh_train_tokens_total', help: 'Tokens trained by all ranks together in committed steps (rate() of it is tokens/s)' })
+  const tokens = defineCounter(registry, {
+    name: 'zeromesh_train_tokens_total',
+    help: 'Tokens trained by all ranks together in committed steps (rate() of it is tokens/s)'
+  })
   const stepSeconds = defineHistogram(registry, {
     name: 'zeromesh_train_step_seconds',
     help: 'Duration of a committed training step',
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
   })
   return {
-    step (s, n) {
+    step(s, n) {
       tokens.inc(n)
       // The trainer reports throughput as tokens / step time; invert it for the step time.
       if (s.tokensPerS !== undefined && s.tokensPerS > 0) stepSeconds.observe(n / s.tokensPerS)

@@ -25,11 +25,11 @@ export interface OptionSpec<S extends z.ZodType = z.ZodType> {
 export type OptionsSpec = Record<string, OptionSpec>
 
 /** One option: `schema` with its help. */
-export function option<S extends z.ZodType> (schema: S, about: Omit<OptionSpec<S>, 'schema'>): OptionSpec<S> {
+export function option<S extends z.ZodType>(schema: S, about: Omit<OptionSpec<S>, 'schema'>): OptionSpec<S> {
   return { schema, ...about }
 }
 
 /** The zod object shape of a spec: each key with its option's schema. */
-export function shapeOf<T extends OptionsSpec> (spec: T): { [K in keyof T]: T[K]['schema'] } {
+export function shapeOf<T extends OptionsSpec>(spec: T): { [K in keyof T]: T[K]['schema'] } {
   return Object.fromEntries(Object.entries(spec).map(([k, o]) => [k, o.schema])) as { [K in keyof T]: T[K]['schema'] }
 }

@@ -11,7 +11,7 @@ import { Trainer } from './train/trainer.ts'
 import { formatParamMemory, trainingModel, type TrainStatus } from './train/config.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
-function parseSnapshot (spec: string): { k: number, m: number } {
+function parseSnapshot(spec: string): { k: number; m: number } {
   const [k, m] = spec.split('+').map(Number) as [number, number]
   return { k, m }
 }
@@ -31,7 +31,7 @@ export interface RunningNode {
 }
 
 /** CPU time of this process so far (user + system), ms. */
-function cpuMs (): number {
+function cpuMs(): number {
   const u = process.cpuUsage()
   return Math.round((u.user + u.system) / 1000)
 }
@@ -57,7 +57,7 @@ export type EmitEvent = (e: NodeEvent) => void
  * socket and, with --train, the trainer. Reports its start-up (addresses included), every view
  * change and the training's progress through `emit`.
  */
-export async function startNode (cfg: StartConfig, emit: EmitEvent, log: Logger = createLogger({ level: cfg.logLevel, name: cfg.run })): Promise<RunningNode> {
+export async function startNode(cfg: StartConfig, emit: EmitEvent, log: Logger = createLogger({ level: cfg.logLevel, name: cfg.run })): Promise<RunningNode> {
   const secret = readSecret(cfg.secretFile)
   try {
     mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 })
@@ -77,7 +77,7 @@ export async function startNode (cfg: StartConfig, emit: EmitEvent, log: Logger 
   }
 }
 
-async function startParts (cfg: StartConfig, emit: EmitEvent, log: Logger, secret: Uint8Array, undo: Array<() => Promise<void>>): Promise<RunningNode> {
+async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret: Uint8Array, undo: Array<() => Promise<void>>): Promise<RunningNode> {
   const clock = new RealClock()
   // One registry per node. The PeerNet and membership take no `metrics` option; the trainer's
   // collectives and snapshot service do, but the trainer builds them without one, so training
@@ -92,10 +92,16 @@ async function startParts (cfg: StartConfig, emit: EmitEvent, log: Logger, secre
   }
   const net = await startNet(cfg, secret, clock, log)
   undo.push(() => net.stop())
-  const membership = createMembership({ heartbeatMs: cfg.heartbeatMs, expect: cfg.expect }, {
-    net, clock, rng: Rng.fromSeed(`${cfg.run}/${net.self.id}`), log: log.child({ component: 'mesh:membership' })
-  })
-  let observer: StepObserver = { step () {} }
+  const membership = createMembership(
+    { heartbeatMs: cfg.heartbeatMs, expect: cfg.expect },
+    {
+      net,
+      clock,
+      rng: Rng.fromSeed(`${cfg.run}/${net.self.id}`),
+      log: log.child({ component: 'mesh:membership' })
+    }
+  )
+  let observer: StepObserver = { step() {} }
   const trainer = cfg.train ? await createTrainer(cfg, { net, membership, clock, log, metrics }, emit, (s, tokens) => observer.step(s, tokens)) : undefined
   observer = defineNodeMetrics(metrics, { membership, ...(trainer === undefined ? {} : { training: () => trainer.status() }) })
   const startedAt = clock.monotonic()
@@ -139,7 +145,7 @@ async function startParts (cfg: StartConfig, emit: EmitEvent, log: Logger, secre
     metrics,
     metricsUrl: metricsServer?.url,
     training,
-    async stop () {
+    async stop() {
       await metricsServer?.close()
       await membership.stop()
       await net.stop()
@@ -149,19 +155,22 @@ async function startParts (cfg: StartConfig, emit: EmitEvent, log: Logger, secre
 }
 
 /** The libp2p PeerNet of this node, started; a listen address in use is a {@link ConfigError}. */
-async function startNet (cfg: StartConfig, secret: Uint8Array, clock: RealClock, log: Logger): Promise<Libp2pPeerNet> {
+async function startNet(cfg: StartConfig, secret: Uint8Array, clock: RealClock, log: Logger): Promise<Libp2pPeerNet> {
   const privateKey = await loadOrCreateIdentity(cfg.dataDir)
-  const net = createLibp2pPeerNet({
-    runId: cfg.run,
-    secret,
-    privateKey,
-    labels: { zone: cfg.zone, host: cfg.host },
-    listen: cfg.listen,
-    announce: cfg.announce,
-    bootstrap: cfg.bootstrap,
-    mdns: cfg.mdns,
-    announceIntervalMs: Math.max(200, cfg.heartbeatMs * 2)
-  }, { clock, log: log.child({ component: 'mesh:net' }) })
+  const net = createLibp2pPeerNet(
+    {
+      runId: cfg.run,
+      secret,
+      privateKey,
+      labels: { zone: cfg.zone, host: cfg.host },
+      listen: cfg.listen,
+      announce: cfg.announce,
+      bootstrap: cfg.bootstrap,
+      mdns: cfg.mdns,
+      announceIntervalMs: Math.max(200, cfg.heartbeatMs * 2)
+    },
+    { clock, log: log.child({ component: 'mesh:net' }) }
+  )
   try {
     await net.start()
   } catch (err) {
@@ -174,13 +183,19 @@ async function startNet (cfg: StartConfig, secret: Uint8Array, clock: RealClock,
 }
 
 /** What the trainer of a node is built on. */
-interface TrainerParts { net: Libp2pPeerNet, membership: Membership, clock: RealClock, log: Logger, metrics: MetricsRegistry }
+interface TrainerParts {
+  net: Libp2pPeerNet
+  membership: Membership
+  clock: RealClock
+  log: Logger
+  metrics: MetricsRegistry
+}
 
 /**
  * The trainer of a `--train` node, its backend warmed up. Emits a `step` event per committed
  * step, preceded by a `recovery` event for each recovery recorded since the last one.
  */
-async function createTrainer (cfg: StartConfig, parts: TrainerParts, emit: EmitEvent, observe: (s: TrainStatus, tokens: number) => void): Promise<Trainer> {
+async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEvent, observe: (s: TrainStatus, tokens: number) => void): Promise<Trainer> {
   const corpus = loadCorpus(cfg.data)
   const model = trainingModel(cfg.model, corpus.vocabSize)
   const { createBackend } = await import('../gpu/index.ts')
@@ -193,40 +208,51 @@ async function createTrainer (cfg: StartConfig, parts: TrainerParts, emit: EmitE
   if (cfg.device === 'cuda') emit({ type: 'kernels', seconds: (performance.now() - t0) / 1000 })
   const T = Math.min(cfg.seq, model.maxT)
   const recoveries = recoveryReporter(emit)
-  const trainer = new Trainer({
-    backend,
-    net: parts.net,
-    membership: parts.membership,
-    clock: parts.clock,
-    log: parts.log.child({ component: 'train' }),
-    metrics: parts.metrics,
-    corpus,
-    onStep: s => {
-      observe(s, s.worldSize * cfg.batch * T)
-      recoveries(s)
-      emit({ type: 'step', step: s.step, steps: s.steps, loss: s.loss, ...(s.rank === undefined ? {} : { rank: s.rank }), worldSize: s.worldSize, tokensPerS: s.tokensPerS })
+  const trainer = new Trainer(
+    {
+      backend,
+      net: parts.net,
+      membership: parts.membership,
+      clock: parts.clock,
+      log: parts.log.child({ component: 'train' }),
+      metrics: parts.metrics,
+      corpus,
+      onStep: s => {
+        observe(s, s.worldSize * cfg.batch * T)
+        recoveries(s)
+        emit({
+          type: 'step',
+          step: s.step,
+          steps: s.steps,
+          loss: s.loss,
+          ...(s.rank === undefined ? {} : { rank: s.rank }),
+          worldSize: s.worldSize,
+          tokensPerS: s.tokensPerS
+        })
+      }
+    },
+    {
+      model,
+      B: cfg.batch,
+      T,
+      steps: cfg.steps,
+      lr: cfg.lr,
+      weightDecay: 0.1,
+      seed: cfg.seed,
+      worldSize: cfg.worldSize ?? cfg.expect,
+      ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
+      zeroPP: cfg.zeropp,
+      dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
+      snapshot: cfg.snapshot === 'off' ? undefined : { ...parseSnapshot(cfg.snapshot), every: cfg.snapshotEvery },
+      disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
     }
-  }, {
-    model,
-    B: cfg.batch,
-    T,
-    steps: cfg.steps,
-    lr: cfg.lr,
-    weightDecay: 0.1,
-    seed: cfg.seed,
-    worldSize: cfg.worldSize ?? cfg.expect,
-    ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
-    zeroPP: cfg.zeropp,
-    dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
-    snapshot: cfg.snapshot === 'off' ? undefined : { ...parseSnapshot(cfg.snapshot), every: cfg.snapshotEvery },
-    disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
-  })
+  )
   emit({ type: 'training', model: cfg.model, source: corpus.source, vocabSize: corpus.vocabSize, backend: backend.description })
   return trainer
 }
 
 /** Emits the recoveries in a trainer status that were not emitted before (they only grow). */
-function recoveryReporter (emit: EmitEvent): (s: TrainStatus) => void {
+function recoveryReporter(emit: EmitEvent): (s: TrainStatus) => void {
   let emitted = 0
   return s => {
     for (const r of s.recoveries.slice(emitted)) emit({ type: 'recovery', mode: r.mode, lost: r.lost, fromStep: r.fromStep, ms: r.ms, worldSize: s.worldSize })
@@ -235,13 +261,16 @@ function recoveryReporter (emit: EmitEvent): (s: TrainStatus) => void {
 }
 
 /** Emits how this node's part of the training ended: spare, or memory and done, or failed. */
-function reportEnd (training: Promise<TrainStatus>, emit: EmitEvent): void {
-  training.then(s => {
-    if (s.role === 'spare') {
-      emit({ type: 'spare' })
-      return
-    }
-    if (s.memory !== undefined) emit({ type: 'memory', ...s.memory })
-    emit({ type: 'done', step: s.step, loss: s.loss, evalLoss: s.evalLoss })
-  }, (err: unknown) => emit({ type: 'failed', message: err instanceof Error ? err.message : String(err) }))
+function reportEnd(training: Promise<TrainStatus>, emit: EmitEvent): void {
+  training.then(
+    s => {
+      if (s.role === 'spare') {
+        emit({ type: 'spare' })
+        return
+      }
+      if (s.memory !== undefined) emit({ type: 'memory', ...s.memory })
+      emit({ type: 'done', step: s.step, loss: s.loss, evalLoss: s.evalLoss })
+    },
+    (err: unknown) => emit({ type: 'failed', message: err instanceof Error ? err.message : String(err) })
+  )
 }

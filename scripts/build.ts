@@ -10,4 +10,7 @@ rmSync(new URL('../dist', import.meta.url), { recursive: true, force: true })
 execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' })
 
 // CUDA kernel sources are read at run time, next to the compiled gpu/cuda/*.js.
-cpSync(join(root, 'gpu', 'cuda', 'kernels'), join(root, 'dist', 'gpu', 'cuda', 'kernels'), { recursive: true, filter: src => statSync(src).isDirectory() || src.endsWith('.cu') })
+cpSync(join(root, 'gpu', 'cuda', 'kernels'), join(root, 'dist', 'gpu', 'cuda', 'kernels'), {
+  recursive: true,
+  filter: src => statSync(src).isDirectory() || src.endsWith('.cu')
+})

@@ -38,7 +38,7 @@ export class Simulation {
    * `maxEvents` caps the events pending at once (each message in flight is one): default
    * 20 million, about 2 GB of heap; a 1000-node all-to-all heartbeat round needs 1 million.
    */
-  constructor (init: { seed: number, keepTrace?: boolean, maxEvents?: number }) {
+  constructor(init: { seed: number; keepTrace?: boolean; maxEvents?: number }) {
     this.seed = init.seed
     this.clock = new ManualClock({ startMs: 0, epochMs: 1_700_000_000_000, maxTimers: init.maxEvents ?? 20_000_000 })
     this.rng = Rng.fromSeed(init.seed)
@@ -46,17 +46,19 @@ export class Simulation {
   }
 
   /** Simulated milliseconds since the start. */
-  now (): number { return this.clock.monotonic() }
+  now(): number {
+    return this.clock.monotonic()
+  }
 
   /** Appends one event to the trace: `<time> <kind> k=v ...` with keys in the given order. */
-  trace (kind: string, fields: Record<string, string | number | boolean> = {}): void {
+  trace(kind: string, fields: Record<string, string | number | boolean> = {}): void {
     let line = kind
     for (const k in fields) line += ` ${k}=${String(fields[k])}`
     this.traceRaw(line)
   }
 
   /** Appends `<time> <text>` to the trace. */
-  traceRaw (text: string): void {
+  traceRaw(text: string): void {
     const t = this.now()
     this.keep?.push(`${t.toFixed(3)} ${text}`)
     const bytes = Buffer.byteLength(text)
@@ -87,13 +89,13 @@ export class Simulation {
    * four unsigned 32-bit integers, and `format` turns them into the event's text (called only
    * when the trace is kept). Register kinds in a deterministic order (at construction).
    */
-  recordKind (format: RecordFormat): number {
+  recordKind(format: RecordFormat): number {
     this.formats.push(format)
     return this.formats.length
   }
 
   /** Appends a compact event of a kind from {@link recordKind}; the fields are integers in [0, 2^32). */
-  record (kind: number, a: number, b: number, c: number, d: number): void {
+  record(kind: number, a: number, b: number, c: number, d: number): void {
     const t = this.now()
     if (this.keep !== undefined) this.keep.push(`${t.toFixed(3)} ${this.formats[kind - 1]!(a, b, c, d)}`)
     if (this.used + 32 > TRACE_BUFFER_BYTES) this.flush()
@@ -111,31 +113,35 @@ export class Simulation {
     this.lines++
   }
 
-  private flush (): void {
+  private flush(): void {
     if (this.used === 0) return
     this.hash.update(this.buf.subarray(0, this.used))
     this.used = 0
   }
 
   /** Number of trace events so far. */
-  get events (): number { return this.lines }
+  get events(): number {
+    return this.lines
+  }
 
   /** The kept trace lines (when constructed with keepTrace). */
-  traceLines (): readonly string[] { return this.keep ?? [] }
+  traceLines(): readonly string[] {
+    return this.keep ?? []
+  }
 
   /** Hex SHA-256 of the trace records so far (the hash object is copied, so tracing can go on). */
-  traceHash (): string {
+  traceHash(): string {
     this.flush()
     return this.hash.copy().digest('hex')
   }
 
   /** Runs simulated time forward by `ms`, letting promise continuations run after every timer. */
-  async run (ms: number): Promise<void> {
+  async run(ms: number): Promise<void> {
     await this.clock.advanceAsync(ms)
   }
 
   /** Runs until `cond()` holds, checking every `stepMs`; returns the simulated time taken, or undefined after `limitMs`. */
-  async until (cond: () => boolean, limitMs: number, stepMs = 10): Promise<number | undefined> {
+  async until(cond: () => boolean, limitMs: number, stepMs = 10): Promise<number | undefined> {
     const t0 = this.now()
     while (!cond()) {
       if (this.now() - t0 >= limitMs) return undefined
@@ -149,7 +155,7 @@ export class Simulation {
    * idle, jump to the next timer. For running code written against real time (the PeerNet
    * compliance suite) on the simulator. Returns a function that stops it.
    */
-  autoAdvance (): () => void {
+  autoAdvance(): () => void {
     let running = true
     const pump = async (): Promise<void> => {
       while (running) {
@@ -166,7 +172,9 @@ export class Simulation {
       }
     }
     void pump()
-    return () => { running = false }
+    return () => {
+      running = false
+    }
   }
 }
 
@@ -180,59 +188,69 @@ export class NodeClock implements Clock {
   private crashed = false
   private readonly held: Array<() => void> = []
 
-  constructor (base: ManualClock) {
+  constructor(base: ManualClock) {
     this.base = base
   }
 
-  now (): number { return this.base.now() }
-  monotonic (): number { return this.base.monotonic() }
+  now(): number {
+    return this.base.now()
+  }
+  monotonic(): number {
+    return this.base.monotonic()
+  }
 
   // A crashed clock's timers stay on the shared heap until due and then do nothing (tracking
   // each timer to cancel it at the crash cost more than it saved, at 1000 nodes).
-  setTimeout (fn: () => void, ms: number): TimerId {
+  setTimeout(fn: () => void, ms: number): TimerId {
     return this.base.setTimeoutEvent(new NodeTimer(this, fn), ms)
   }
 
   /** Runs a due timer: dropped after a crash, held while paused. */
-  fireTimer (fn: () => void): void {
+  fireTimer(fn: () => void): void {
     if (this.crashed) return
     if (this.paused) this.held.push(fn)
     else fn()
   }
 
-  clearTimeout (id: TimerId): void {
+  clearTimeout(id: TimerId): void {
     this.base.clearTimeout(id)
   }
 
-  sleep (ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
+  sleep(ms: number, options: { signal?: AbortSignal } = {}): Promise<void> {
     return sleepOn(this, ms, options.signal)
   }
 
-  pause (): void { this.paused = true }
+  pause(): void {
+    this.paused = true
+  }
 
-  resume (): void {
+  resume(): void {
     this.paused = false
     for (const fn of this.held.splice(0)) fn()
   }
 
   /** Drops every pending timer for good (the process is gone). */
-  crash (): void {
+  crash(): void {
     this.crashed = true
     this.held.length = 0
   }
 
-  get isPaused (): boolean { return this.paused }
+  get isPaused(): boolean {
+    return this.paused
+  }
 }
 
 /** A NodeClock timer on the shared clock: one object, no wrapping closure. */
 class NodeTimer extends ClockEvent {
   private readonly owner: NodeClock
   private readonly fn: () => void
-  constructor (owner: NodeClock, fn: () => void) {
+  constructor(owner: NodeClock, fn: () => void) {
     super()
     this.owner = owner
     this.fn = fn
   }
 
-  override fire (): void { this.owner.fireTimer(this.fn) }
+  override fire(): void {
+    this.owner.fireTimer(this.fn)
+  }
 }

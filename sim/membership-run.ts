@@ -40,8 +40,14 @@ export interface RunResult {
 }
 
 /** Runs one seeded random-fault run; deterministic in (seed, options, code). */
-export async function randomMembershipRun (seed: number, opts: RandomRunOptions): Promise<RunResult> {
-  const w = new MembershipWorld({ seed, nodes: opts.nodes, ...(opts.topology === undefined ? {} : { topology: opts.topology }), ...(opts.membership === undefined ? {} : { membership: opts.membership }), ...(opts.keepTrace === undefined ? {} : { keepTrace: opts.keepTrace }) })
+export async function randomMembershipRun(seed: number, opts: RandomRunOptions): Promise<RunResult> {
+  const w = new MembershipWorld({
+    seed,
+    nodes: opts.nodes,
+    ...(opts.topology === undefined ? {} : { topology: opts.topology }),
+    ...(opts.membership === undefined ? {} : { membership: opts.membership }),
+    ...(opts.keepTrace === undefined ? {} : { keepTrace: opts.keepTrace })
+  })
   const { sim, net } = w
   const rng = sim.rng.split('faults')
   const faults: string[] = []

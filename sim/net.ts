@@ -1,8 +1,24 @@
-import { AbortError, ClockEvent, InvalidArgumentError, Rng } from '../core/index.ts'
+import { AbortError, ClockEvent, InvalidArgumentError, type Rng } from '../core/index.ts'
 import {
-  ByteQueue, MESH_LIMITS, NotStartedError, PeerGoneError, ProtocolNotSupportedError, StreamResetError, Listeners,
-  checkChunkSize, checkGossipSize, checkName,
-  type ByteStream, type GossipHandler, type GossipMessage, type GossipVerdict, type PeerId, type PeerInfo, type PeerNet, type PeerNetEvents, type StreamHandler
+  ByteQueue,
+  MESH_LIMITS,
+  NotStartedError,
+  PeerGoneError,
+  ProtocolNotSupportedError,
+  StreamResetError,
+  Listeners,
+  checkChunkSize,
+  checkGossipSize,
+  checkName,
+  type ByteStream,
+  type GossipHandler,
+  type GossipMessage,
+  type GossipVerdict,
+  type PeerId,
+  type PeerInfo,
+  type PeerNet,
+  type PeerNetEvents,
+  type StreamHandler
 } from '../mesh/index.ts'
 import { NodeClock, type Simulation } from './engine.ts'
 
@@ -49,7 +65,7 @@ export interface SimNetwork {
    * Creates a node (not started). Returns its PeerNet and, through `clock`, the pausable clock
    * of its current incarnation (read it again after a crash: a restart gets a fresh one).
    */
-  createPeer(info: PeerInfo): { net: PeerNet, clock: NodeClock }
+  createPeer(info: PeerInfo): { net: PeerNet; clock: NodeClock }
   /** Crash-stop: the node's links, streams and timers are gone. */
   crash(id: PeerId): void
   /** Freezes a node: nothing it should receive or send moves, its timers wait. */
@@ -63,7 +79,7 @@ export interface SimNetwork {
   /** The same for one link (both directions). */
   degrade(a: PeerId, b: PeerId, factor: number): void
   /** Messages and bytes carried, per tier. */
-  stats(): Record<Tier, { messages: number, bytes: number }>
+  stats(): Record<Tier, { messages: number; bytes: number }>
 }
 
 /** What the network needs of one end of a stream. */
@@ -75,7 +91,7 @@ interface StreamEnd {
 
 const DONE: Promise<void> = Promise.resolve()
 
-function aborted (signal?: AbortSignal): boolean {
+function aborted(signal?: AbortSignal): boolean {
   return signal?.aborted === true
 }
 
@@ -107,7 +123,7 @@ const VERDICTS: readonly GossipVerdict[] = ['accept', 'reject', 'ignore']
 const LINK_KEY = 2 ** 26
 
 /** Creates a simulated network on `sim`. */
-export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_TOPOLOGY): SimNetwork {
+export function createSimNetwork(sim: Simulation, topology: Topology = DEFAULT_TOPOLOGY): SimNetwork {
   const nodes = new Map<PeerId, SimNode>()
   const byIndex: SimNode[] = []
   // Gossip handlers per topic, by node index: one shared table per topic (a publish to 1000
@@ -118,7 +134,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   const labelId = (kind: string, label: string): number => {
     const key = `${kind}\n${label}`
     let id = labelIds.get(key)
-    if (id === undefined) labelIds.set(key, id = labelIds.size)
+    if (id === undefined) labelIds.set(key, (id = labelIds.size))
     return id
   }
   const cut = new Set<number>()
@@ -145,8 +161,10 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     }
     return c
   }
-  const GOSSIP = sim.recordKind((to, from, tv, bytes) =>
-    `gossip to=${byIndex[to]!.info.id} from=${byIndex[from]!.info.id} topic=${topicNames[tv >>> 2]!} bytes=${bytes} verdict=${VERDICTS[tv & 3]!}`)
+  const GOSSIP = sim.recordKind(
+    (to, from, tv, bytes) =>
+      `gossip to=${byIndex[to]!.info.id} from=${byIndex[from]!.info.id} topic=${topicNames[tv >>> 2]!} bytes=${bytes} verdict=${VERDICTS[tv & 3]!}`
+  )
   // Topic names already checked (checkName runs a regular expression).
   const checkedTopics = new Set<string>()
   const checkTopic = (topic: string): void => {
@@ -191,18 +209,21 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     return done + p.latencyMs * factor + (jitter ? rng.float() * p.jitterMs * factor : 0)
   }
 
-  const arrival = (a: SimNode, b: SimNode, bytes: number, jitter: boolean): { at: number, p: LinkProfile } => {
+  const arrival = (a: SimNode, b: SimNode, bytes: number, jitter: boolean): { at: number; p: LinkProfile } => {
     const tier = tierOf(a, b)
     return { at: arrivalAt(a, b, tier, bytes, jitter), p: profiles[tier]! }
   }
 
   /** Runs `fn` at simulated time `at` on node `to`, unless it crashed; held while it is paused. */
   const deliverAt = (to: SimNode, at: number, fn: () => void): void => {
-    sim.clock.schedule(() => {
-      if (to.crashed || !to.started) return
-      if (to.paused) to.held.push(fn)
-      else fn()
-    }, Math.max(0, at - sim.now()))
+    sim.clock.schedule(
+      () => {
+        if (to.crashed || !to.started) return
+        if (to.paused) to.held.push(fn)
+        else fn()
+      },
+      Math.max(0, at - sim.now())
+    )
   }
 
   /** A gossip or direct message in flight: one object per delivery (no closures). */
@@ -211,7 +232,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     readonly o: SimNode
     readonly topic: string
     readonly payload: Uint8Array
-    constructor (node: SimNode, o: SimNode, topic: string, payload: Uint8Array) {
+    constructor(node: SimNode, o: SimNode, topic: string, payload: Uint8Array) {
       super()
       this.node = node
       this.o = o
@@ -219,14 +240,17 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       this.payload = payload
     }
 
-    override fire (): void {
+    override fire(): void {
       const o = this.o
       if (o.crashed || !o.started) return
-      if (o.paused) o.held.push(() => { this.deliver() })
+      if (o.paused)
+        o.held.push(() => {
+          this.deliver()
+        })
       else this.deliver()
     }
 
-    deliver (): void {
+    deliver(): void {
       if (linked(this.node, this.o)) offer(this.o, this.node, this.topic, this.payload)
     }
   }
@@ -278,7 +302,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
   // Who each node is linked to, recomputed only after a link changes (start, stop, crash,
   // partition, heal): publish and peers() at 1000 nodes must not rescan every node each time.
   let linkEpoch = 0
-  const linkCache = new Map<SimNode, { epoch: number, peers: SimNode[] }>()
+  const linkCache = new Map<SimNode, { epoch: number; peers: SimNode[] }>()
   const linkedPeers = (node: SimNode): SimNode[] => {
     const c = linkCache.get(node)
     if (c !== undefined && c.epoch === linkEpoch) return c.peers
@@ -295,21 +319,24 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     readonly to: SimNode
     readonly peer: SimNode
     readonly up: boolean
-    constructor (to: SimNode, peer: SimNode, up: boolean) {
+    constructor(to: SimNode, peer: SimNode, up: boolean) {
       super()
       this.to = to
       this.peer = peer
       this.up = up
     }
 
-    override fire (): void {
+    override fire(): void {
       const to = this.to
       if (to.crashed || !to.started) return
-      if (to.paused) to.held.push(() => { this.announce() })
+      if (to.paused)
+        to.held.push(() => {
+          this.announce()
+        })
       else this.announce()
     }
 
-    announce (): void {
+    announce(): void {
       if (!this.up) this.to.listeners.emit('peer:disconnect', this.peer.info.id)
       else if (linked(this.peer, this.to)) this.to.listeners.emit('peer:connect', this.peer.info)
     }
@@ -359,21 +386,21 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
     private closedWrite = false
     private failed: Error | undefined
 
-    constructor (from: SimNode, to: () => SimNode, remote: PeerId, protocol: string) {
+    constructor(from: SimNode, to: () => SimNode, remote: PeerId, protocol: string) {
       this.from = from
       this.to = to
       this.remote = remote
       this.protocol = protocol
     }
 
-    fail (err: Error): void {
+    fail(err: Error): void {
       this.failed ??= err
       this.inbound.fail(err)
       for (const w of this.roomWaiters.splice(0)) w()
     }
 
     /** Sends bytes (or the end marker) in order: a stream is FIFO, so no jitter. */
-    private send (chunk: Uint8Array | 'end' | 'reset'): void {
+    private send(chunk: Uint8Array | 'end' | 'reset'): void {
       const to = this.to()
       const bytes = typeof chunk === 'string' ? 0 : chunk.length
       const a = arrival(this.from, to, bytes, false)
@@ -390,7 +417,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       })
     }
 
-    async write (chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+    async write(chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
       checkChunkSize(chunk)
       if (options.signal?.aborted === true) throw new AbortError('write aborted')
       if (this.failed !== undefined) throw this.failed
@@ -411,26 +438,26 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       if (aborted(options.signal)) throw new AbortError('write aborted')
     }
 
-    async end (): Promise<void> {
+    async end(): Promise<void> {
       if (this.closedWrite || this.failed !== undefined) return
       this.closedWrite = true
       this.send('end')
     }
 
-    abort (reason?: Error): void {
+    abort(reason?: Error): void {
       if (this.failed !== undefined) return
       this.send('reset')
       this.fail(reason ?? new AbortError('stream aborted locally'))
       this.from.streams.delete(this)
     }
 
-    [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+    [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
       return this.inbound[Symbol.asyncIterator]()
     }
   }
 
   return {
-    createPeer (info) {
+    createPeer(info) {
       if (nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
       const node: SimNode = {
         info: { id: info.id, labels: { ...info.labels } },
@@ -453,7 +480,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       byIndex.push(node)
       const net: PeerNet = {
         self: node.info,
-        async start () {
+        async start() {
           if (node.started) return
           // A restart is a fresh process on the same identity (its clock was replaced at the crash).
           node.crashed = false
@@ -462,26 +489,30 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           sim.trace('start', { node: info.id })
           for (const o of nodes.values()) if (linked(node, o)) announceLink(node, o, true)
         },
-        async stop () {
+        async stop() {
           if (!node.started) return
           sim.trace('stop', { node: info.id })
           down(node)
         },
-        peers () {
+        peers() {
           return linkedPeers(node).map(o => o.info)
         },
-        on (event, listener) { return node.listeners.on(event, listener) },
-        subscribe (topic, handler) {
+        on(event, listener) {
+          return node.listeners.on(event, listener)
+        },
+        subscribe(topic, handler) {
           checkName('topic', topic)
           let subs = subscribers.get(topic)
-          if (subs === undefined) subscribers.set(topic, subs = [])
+          if (subs === undefined) subscribers.set(topic, (subs = []))
           subs[node.index] = handler
           const mine = subs
-          return () => { if (mine[node.index] === handler) mine[node.index] = undefined }
+          return () => {
+            if (mine[node.index] === handler) mine[node.index] = undefined
+          }
         },
         // publish and send do their work synchronously and return a settled promise without
         // making a new one (each promise costs the simulator a microtask drain).
-        publish (topic, data) {
+        publish(topic, data) {
           const early = precheck(node, topic, data)
           if (early !== undefined) return early
           // One copy for all receivers (they must not mutate what they are handed), so a
@@ -492,7 +523,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           for (const o of linkedPeers(node)) if (subs[o.index] !== undefined) transmit(node, o, topic, payload)
           return DONE
         },
-        send (peer, topic, data) {
+        send(peer, topic, data) {
           const early = precheck(node, topic, data)
           if (early !== undefined) return early
           const o = nodes.get(peer)
@@ -500,12 +531,14 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           transmit(node, o, topic, data.slice())
           return DONE
         },
-        handle (protocol, handler) {
+        handle(protocol, handler) {
           checkName('protocol', protocol)
           node.handlers.set(protocol, handler)
         },
-        unhandle (protocol) { node.handlers.delete(protocol) },
-        async open (peer, protocol, options = {}) {
+        unhandle(protocol) {
+          node.handlers.delete(protocol)
+        },
+        async open(peer, protocol, options = {}) {
           requireStartedNode(node)
           checkName('protocol', protocol)
           if (options.signal?.aborted === true) throw new AbortError('open aborted')
@@ -516,7 +549,14 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           const back = there - sim.now() + arrival(remote, node, 0, false).at - sim.now()
           await new Promise<void>((resolve, reject) => {
             const id = sim.clock.setTimeout(resolve, back)
-            options.signal?.addEventListener('abort', () => { sim.clock.clearTimeout(id); reject(new AbortError('open aborted')) }, { once: true })
+            options.signal?.addEventListener(
+              'abort',
+              () => {
+                sim.clock.clearTimeout(id)
+                reject(new AbortError('open aborted'))
+              },
+              { once: true }
+            )
           })
           if (!linked(node, remote)) throw new PeerGoneError(`peer ${peer} went away while opening`, { peer })
           const handler = remote.handlers.get(protocol)
@@ -528,14 +568,23 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
           node.streams.add(mine)
           remote.streams.add(theirs)
           sim.trace('open', { from: info.id, to: peer, protocol })
-          Promise.resolve().then(() => handler(theirs)).catch((err: unknown) => theirs.abort(err instanceof Error ? err : new Error(String(err))))
+          Promise.resolve()
+            .then(() => handler(theirs))
+            .catch((err: unknown) => theirs.abort(err instanceof Error ? err : new Error(String(err))))
           return mine
         },
-        rejectedFrom (peer) { return node.rejected.get(peer) ?? 0 }
+        rejectedFrom(peer) {
+          return node.rejected.get(peer) ?? 0
+        }
       }
-      return { net, get clock () { return node.clock } }
+      return {
+        net,
+        get clock() {
+          return node.clock
+        }
+      }
     },
-    crash (id) {
+    crash(id) {
       const n = nodes.get(id)
       if (n === undefined || n.crashed) return
       sim.trace('crash', { node: id })
@@ -549,14 +598,14 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       for (const subs of subscribers.values()) subs[n.index] = undefined
       n.handlers.clear()
     },
-    pause (id) {
+    pause(id) {
       const n = nodes.get(id)
       if (n === undefined || n.paused) return
       sim.trace('pause', { node: id })
       n.paused = true
       n.clock.pause()
     },
-    resume (id) {
+    resume(id) {
       const n = nodes.get(id)
       if (n === undefined || !n.paused) return
       sim.trace('resume', { node: id })
@@ -564,9 +613,11 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       n.clock.resume()
       for (const fn of n.held.splice(0)) fn()
     },
-    partition (groups) {
+    partition(groups) {
       const group = new Map<PeerId, number>()
-      groups.forEach((g, i) => { for (const id of g) group.set(id, i) })
+      groups.forEach((g, i) => {
+        for (const id of g) group.set(id, i)
+      })
       sim.trace('partition', { groups: groups.map(g => g.join(',')).join('|') })
       for (const a of nodes.values()) {
         for (const b of nodes.values()) {
@@ -584,7 +635,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         }
       }
     },
-    heal () {
+    heal() {
       sim.trace('heal')
       const pairs = [...cut]
       cut.clear()
@@ -595,13 +646,13 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
         if (linked(a, b)) announceLink(a, b, true)
       }
     },
-    slow (id, factor) {
+    slow(id, factor) {
       const n = nodes.get(id)
       if (n === undefined || !(factor >= 1)) throw new InvalidArgumentError(`slow needs a known node and a factor >= 1, got ${id}, ${factor}`)
       sim.trace('slow', { node: id, factor })
       n.slow = factor
     },
-    degrade (a, b, factor) {
+    degrade(a, b, factor) {
       if (!(factor >= 1)) throw new InvalidArgumentError(`degrade needs a factor >= 1, got ${factor}`)
       const x = nodes.get(a)
       const y = nodes.get(b)
@@ -609,7 +660,7 @@ export function createSimNetwork (sim: Simulation, topology: Topology = DEFAULT_
       sim.trace('degrade', { a, b, factor })
       degraded.set(linkKey(x, y), factor)
     },
-    stats () {
+    stats() {
       return {
         host: { messages: tierMessages[0]!, bytes: tierBytes[0]! },
         zone: { messages: tierMessages[1]!, bytes: tierBytes[1]! },

@@ -1,7 +1,7 @@
 import type { ScenarioReport } from './scenario.ts'
 
 /** A short human summary of a scenario run. */
-export function formatReport (r: ScenarioReport): string {
+export function formatReport(r: ScenarioReport): string {
   const inv = r.invariants
   const lines = [
     `scenario ${r.scenario}: ${r.nodes} nodes, ${(r.durationMs / 1000).toFixed(1)} s simulated, seed ${r.seed}`,
@@ -15,25 +15,29 @@ export function formatReport (r: ScenarioReport): string {
   if (crashes.length > 0) {
     lines.push('faults:')
     for (const f of r.faults) {
-      const extra = f.firstViewChangeMs !== undefined ? `  first view without it +${Math.round(f.firstViewChangeMs)} ms, all views +${f.allViewsChangedMs === undefined ? '?' : Math.round(f.allViewsChangedMs)} ms` : ''
+      const extra =
+        f.firstViewChangeMs !== undefined
+          ? `  first view without it +${Math.round(f.firstViewChangeMs)} ms, all views +${f.allViewsChangedMs === undefined ? '?' : Math.round(f.allViewsChangedMs)} ms`
+          : ''
       lines.push(`  ${(f.at / 1000).toFixed(2).padStart(8)} s  ${f.fault}${extra}`)
     }
   }
   lines.push('traffic by tier:')
-  for (const [tier, t] of Object.entries(r.tiers)) lines.push(`  ${tier.padEnd(4)} ${String(t.messages).padStart(10)} messages  ${formatBytes(t.bytes).padStart(10)}`)
+  for (const [tier, t] of Object.entries(r.tiers))
+    lines.push(`  ${tier.padEnd(4)} ${String(t.messages).padStart(10)} messages  ${formatBytes(t.bytes).padStart(10)}`)
   lines.push(r.ok ? 'result: PASS' : 'result: FAIL')
   return lines.join('\n')
 }
 
 /** Bytes for people: B, KiB, MiB or GiB. */
-export function formatBytes (n: number): string {
+export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`
   if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`
   if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`
   return `${(n / 1024 ** 3).toFixed(2)} GiB`
 }
 
-function esc (s: string): string {
+function esc(s: string): string {
   return s.replace(/[<>&"]/g, c => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' })[c]!)
 }
 
@@ -41,7 +45,7 @@ function esc (s: string): string {
  * A timeline picture: one row per node (green up, grey down, amber paused), a tick for each
  * new view epoch, and a red line at each fault. Self-contained SVG, no scripts.
  */
-export function timelineSvg (r: ScenarioReport, maxRows = 64): string {
+export function timelineSvg(r: ScenarioReport, maxRows = 64): string {
   const ids = [...new Set(r.timeline.map(t => t.node))].sort().slice(0, maxRows)
   const left = 60
   const top = 40
@@ -63,15 +67,21 @@ export function timelineSvg (r: ScenarioReport, maxRows = 64): string {
     const events = r.timeline.filter(t => t.node === id)
     events.forEach((e, k) => {
       const until = events[k + 1]?.at ?? end
-      parts.push(`<rect x="${x(e.at).toFixed(1)}" y="${y}" width="${Math.max(0.5, x(until) - x(e.at)).toFixed(1)}" height="${row - 2}" fill="${colour[e.state]}"><title>${esc(id)} ${e.state} from ${e.at.toFixed(0)} ms</title></rect>`)
+      parts.push(
+        `<rect x="${x(e.at).toFixed(1)}" y="${y}" width="${Math.max(0.5, x(until) - x(e.at)).toFixed(1)}" height="${row - 2}" fill="${colour[e.state]}"><title>${esc(id)} ${e.state} from ${e.at.toFixed(0)} ms</title></rect>`
+      )
     })
   })
   const bottom = top + ids.length * row
   for (const v of r.views) {
-    parts.push(`<line x1="${x(v.at).toFixed(1)}" y1="${bottom + 2}" x2="${x(v.at).toFixed(1)}" y2="${bottom + 12}" stroke="#1565c0"><title>view ${v.epoch}: ${v.members} members at ${v.at.toFixed(0)} ms</title></line>`)
+    parts.push(
+      `<line x1="${x(v.at).toFixed(1)}" y1="${bottom + 2}" x2="${x(v.at).toFixed(1)}" y2="${bottom + 12}" stroke="#1565c0"><title>view ${v.epoch}: ${v.members} members at ${v.at.toFixed(0)} ms</title></line>`
+    )
   }
   for (const f of r.faults) {
-    parts.push(`<line x1="${x(f.at).toFixed(1)}" y1="${top - 4}" x2="${x(f.at).toFixed(1)}" y2="${bottom}" stroke="#e53935" stroke-width="0.8"><title>${esc(f.fault)} at ${f.at.toFixed(0)} ms</title></line>`)
+    parts.push(
+      `<line x1="${x(f.at).toFixed(1)}" y1="${top - 4}" x2="${x(f.at).toFixed(1)}" y2="${bottom}" stroke="#e53935" stroke-width="0.8"><title>${esc(f.fault)} at ${f.at.toFixed(0)} ms</title></line>`
+    )
   }
   parts.push(`<text x="${left}" y="${bottom + 26}" fill="#555">0 ms</text><text x="${width - 80}" y="${bottom + 26}" fill="#555">${end.toFixed(0)} ms</text>`)
   parts.push('</svg>')

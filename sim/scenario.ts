@@ -17,14 +17,16 @@ export class ScenarioError extends ZeromeshError {
 }
 
 const nodeRef = z.string().regex(/^n\d{3}$/, 'node ids look like n000, n001, ...')
-const linkProfile = z.strictObject({
-  latencyMs: z.number().min(0).max(60_000),
-  jitterMs: z.number().min(0).max(60_000),
-  bandwidthBytesPerS: z.number().positive(),
-  loss: z.number().min(0).max(1),
-  duplicate: z.number().min(0).max(1),
-  corrupt: z.number().min(0).max(1)
-}).partial()
+const linkProfile = z
+  .strictObject({
+    latencyMs: z.number().min(0).max(60_000),
+    jitterMs: z.number().min(0).max(60_000),
+    bandwidthBytesPerS: z.number().positive(),
+    loss: z.number().min(0).max(1),
+    duplicate: z.number().min(0).max(1),
+    corrupt: z.number().min(0).max(1)
+  })
+  .partial()
 const at = z.number().min(0)
 const groups = z.array(z.array(z.string().min(1)).min(1)).min(2)
 
@@ -48,38 +50,47 @@ export const scenarioSchema = z.strictObject({
   seed: z.int().nonnegative().default(1),
   nodes: z.int().min(1).max(5000),
   zones: z.int().min(1).max(1000).default(3),
-  durationMs: z.number().positive().max(24 * 3600_000),
+  durationMs: z
+    .number()
+    .positive()
+    .max(24 * 3600_000),
   topology: z.strictObject({ host: linkProfile, zone: linkProfile, wan: linkProfile }).partial().optional(),
-  membership: z.strictObject({
-    heartbeatMs: z.number().positive().optional(),
-    phiThreshold: z.number().positive().optional(),
-    expect: z.int().min(1).optional()
-  }).optional(),
+  membership: z
+    .strictObject({
+      heartbeatMs: z.number().positive().optional(),
+      phiThreshold: z.number().positive().optional(),
+      expect: z.int().min(1).optional()
+    })
+    .optional(),
   faults: z.array(fault).max(10_000).default([]),
-  random: z.strictObject({
-    /** Mean faults per simulated second, by kind. */
-    crashPerS: z.number().min(0).default(0),
-    partitionPerS: z.number().min(0).default(0),
-    pausePerS: z.number().min(0).default(0),
-    /** How long random partitions and pauses last (ms). */
-    faultMs: z.number().positive().default(2000),
-    /** Most nodes down at once (default: a minority). */
-    maxDown: z.int().min(0).optional()
-  }).optional(),
-  assertions: z.strictObject({
-    safety: z.boolean().default(true),
-    /** After the last fault is healed (or at the end), one view with every up node within this (ms). */
-    convergeWithinMs: z.number().positive().optional(),
-    /** Each crash must be out of every live node's view within this (ms). */
-    detectWithinMs: z.number().positive().optional()
-  }).default({ safety: true })
+  random: z
+    .strictObject({
+      /** Mean faults per simulated second, by kind. */
+      crashPerS: z.number().min(0).default(0),
+      partitionPerS: z.number().min(0).default(0),
+      pausePerS: z.number().min(0).default(0),
+      /** How long random partitions and pauses last (ms). */
+      faultMs: z.number().positive().default(2000),
+      /** Most nodes down at once (default: a minority). */
+      maxDown: z.int().min(0).optional()
+    })
+    .optional(),
+  assertions: z
+    .strictObject({
+      safety: z.boolean().default(true),
+      /** After the last fault is healed (or at the end), one view with every up node within this (ms). */
+      convergeWithinMs: z.number().positive().optional(),
+      /** Each crash must be out of every live node's view within this (ms). */
+      detectWithinMs: z.number().positive().optional()
+    })
+    .default({ safety: true })
 })
 
 export type Scenario = z.output<typeof scenarioSchema>
 export type Fault = z.output<typeof fault>
 
 /** Parses and validates a scenario object; errors name the field. */
-export function parseScenario (raw: unknown, source = 'scenario'): Scenario {
+export function parseScenario(raw: unknown, source = 'scenario'): Scenario {
   const r = scenarioSchema.safeParse(raw)
   if (!r.success) {
     const issue = r.error.issues[0]!
@@ -97,7 +108,7 @@ export function parseScenario (raw: unknown, source = 'scenario'): Scenario {
 }
 
 /** Reads a scenario file. */
-export function loadScenario (path: string): Scenario {
+export function loadScenario(path: string): Scenario {
   let text: string
   try {
     text = readFileSync(path, 'utf8')
@@ -113,7 +124,7 @@ export function loadScenario (path: string): Scenario {
   return parseScenario(raw, path)
 }
 
-function faultNodes (f: Fault): string[] {
+function faultNodes(f: Fault): string[] {
   if ('crash' in f) return [f.crash]
   if ('restart' in f) return [f.restart]
   if ('pause' in f) return [f.pause]
@@ -142,35 +153,42 @@ export interface ScenarioReport {
   traceHash: string
   events: number
   faults: FaultReport[]
-  views: Array<{ at: number, node: string, epoch: number, members: number }>
+  views: Array<{ at: number; node: string; epoch: number; members: number }>
   maxEpoch: number
-  tiers: Record<Tier, { messages: number, bytes: number }>
+  tiers: Record<Tier, { messages: number; bytes: number }>
   invariants: {
-    safety: { ok: boolean, violations: string[] }
-    liveness: { ok: boolean, convergedAfterMs: number | undefined, limitMs: number | undefined }
-    detection: { ok: boolean, worstMs: number | undefined, limitMs: number | undefined }
+    safety: { ok: boolean; violations: string[] }
+    liveness: { ok: boolean; convergedAfterMs: number | undefined; limitMs: number | undefined }
+    detection: { ok: boolean; worstMs: number | undefined; limitMs: number | undefined }
   }
   ok: boolean
   /** Node states over time, for the timeline. */
-  timeline: Array<{ at: number, node: string, state: 'up' | 'down' | 'paused' }>
+  timeline: Array<{ at: number; node: string; state: 'up' | 'down' | 'paused' }>
 }
 
-function mergeTopology (t: Scenario['topology']): Topology {
+function mergeTopology(t: Scenario['topology']): Topology {
   const out = { ...DEFAULT_TOPOLOGY }
   for (const tier of ['host', 'zone', 'wan'] as const) out[tier] = { ...DEFAULT_TOPOLOGY[tier], ...(t?.[tier] ?? {}) } as LinkProfile
   return out
 }
 
-function describeFault (f: Fault): string {
+function describeFault(f: Fault): string {
   const { at: _at, ...rest } = f
   return JSON.stringify(rest)
 }
 
 /** A fault at its time from the start of the run. */
-interface Planned { at: number, f: Fault }
+interface Planned {
+  at: number
+  f: Fault
+}
 
 /** A crash whose detection is being timed. */
-interface PendingCrash { report: FaultReport, node: string, at: number }
+interface PendingCrash {
+  report: FaultReport
+  node: string
+  at: number
+}
 
 /** What playing faults on a world needs and records. */
 interface Play {
@@ -183,18 +201,20 @@ interface Play {
   timeline: ScenarioReport['timeline']
 }
 
-const mark = (p: Play, node: string, state: 'up' | 'down' | 'paused'): void => { p.timeline.push({ at: p.w.sim.now(), node, state }) }
+const mark = (p: Play, node: string, state: 'up' | 'down' | 'paused'): void => {
+  p.timeline.push({ at: p.w.sim.now(), node, state })
+}
 
 /** The schedule: listed faults plus random ones drawn from the seed, in time order. */
-function planFaults (s: Scenario, w: MembershipWorld, nodes: number): Planned[] {
+function planFaults(s: Scenario, w: MembershipWorld, nodes: number): Planned[] {
   const plan: Planned[] = s.faults.filter(f => faultNodes(f).every(id => Number(id.slice(1)) < nodes)).map(f => ({ at: f.at, f }))
   const random = s.random
   if (random !== undefined) {
     const rng = w.sim.rng.split('random-faults')
     const draw = (perS: number, make: (t: number) => Fault[]): void => {
       if (perS <= 0) return
-      for (let t = 0; ;) {
-        t += -Math.log(1 - rng.float()) / perS * 1000
+      for (let t = 0; ; ) {
+        t += (-Math.log(1 - rng.float()) / perS) * 1000
         if (t >= s.durationMs) break
         plan.push(...make(t).map(f => ({ at: f.at, f })))
       }
@@ -202,14 +222,23 @@ function planFaults (s: Scenario, w: MembershipWorld, nodes: number): Planned[] 
     const id = (): string => `n${String(rng.int(0, nodes)).padStart(3, '0')}`
     draw(random.crashPerS, t => {
       const n = id()
-      const state = rng.bool(0.5) ? 'kept' as const : 'fresh' as const
-      return [{ at: t, crash: n }, { at: Math.min(s.durationMs, t + random.faultMs), restart: n, state }]
+      const state = rng.bool(0.5) ? ('kept' as const) : ('fresh' as const)
+      return [
+        { at: t, crash: n },
+        { at: Math.min(s.durationMs, t + random.faultMs), restart: n, state }
+      ]
     })
-    draw(random.pausePerS, t => { const n = id(); return [{ at: t, pause: n, forMs: random.faultMs }] })
+    draw(random.pausePerS, t => {
+      const n = id()
+      return [{ at: t, pause: n, forMs: random.faultMs }]
+    })
     draw(random.partitionPerS, t => {
       const ids = rng.shuffle(w.ids)
       const cut = rng.int(1, Math.max(2, Math.floor(nodes / 2) + 1))
-      return [{ at: t, partition: [ids.slice(0, cut), ids.slice(cut)] }, { at: Math.min(s.durationMs, t + random.faultMs), heal: true as const }]
+      return [
+        { at: t, partition: [ids.slice(0, cut), ids.slice(cut)] },
+        { at: Math.min(s.durationMs, t + random.faultMs), heal: true as const }
+      ]
     })
   }
   plan.sort((a, b) => a.at - b.at)
@@ -217,7 +246,7 @@ function planFaults (s: Scenario, w: MembershipWorld, nodes: number): Planned[] 
 }
 
 /** Applies a fault that changes a node (crash, restart, pause, resume, byzantine, zone crash); false if `f` is of another kind. */
-async function applyNodeFault (p: Play, f: Fault, report: FaultReport): Promise<boolean> {
+async function applyNodeFault(p: Play, f: Fault, report: FaultReport): Promise<boolean> {
   const { w } = p
   if ('crash' in f) {
     const n = w.node(f.crash)
@@ -236,7 +265,12 @@ async function applyNodeFault (p: Play, f: Fault, report: FaultReport): Promise<
     mark(p, f.pause, 'paused')
     if (f.forMs !== undefined) {
       const id = f.pause
-      w.sim.clock.setTimeout(() => { if (w.node(id).state === 'paused') { w.resume(id); mark(p, id, 'up') } }, f.forMs)
+      w.sim.clock.setTimeout(() => {
+        if (w.node(id).state === 'paused') {
+          w.resume(id)
+          mark(p, id, 'up')
+        }
+      }, f.forMs)
     }
   } else if ('resume' in f) {
     if (w.node(f.resume).state !== 'paused') return true
@@ -261,7 +295,7 @@ async function applyNodeFault (p: Play, f: Fault, report: FaultReport): Promise<
 }
 
 /** Applies a fault to the network (partition, heal, slow, degrade, a tier's profile). */
-function applyNetFault (p: Play, f: Fault): void {
+function applyNetFault(p: Play, f: Fault): void {
   const { w } = p
   if ('partition' in f) {
     const expand = (g: string[]): string[] => g.flatMap(x => (x === '*' ? [] : w.nodes.filter(n => n.id === x || n.zone === x).map(n => n.id)))
@@ -279,7 +313,7 @@ function applyNetFault (p: Play, f: Fault): void {
   }
 }
 
-async function applyFault (p: Play, f: Fault): Promise<void> {
+async function applyFault(p: Play, f: Fault): Promise<void> {
   const report: FaultReport = { at: p.w.sim.now() - p.t0, fault: describeFault(f) }
   if (await applyNodeFault(p, f, report)) return
   applyNetFault(p, f)
@@ -287,7 +321,7 @@ async function applyFault (p: Play, f: Fault): Promise<void> {
 }
 
 /** Updates detection figures: has every up node dropped each crashed node yet? */
-function checkDetections (p: Play): void {
+function checkDetections(p: Play): void {
   const { w } = p
   for (const c of p.pendingCrashes) {
     if (c.report.allViewsChangedMs !== undefined) continue
@@ -304,7 +338,7 @@ function checkDetections (p: Play): void {
  * Plays a scenario. `progress(fraction)` is called as simulated time advances. Overrides let
  * the CLI change the seed or the node count.
  */
-export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: number, progress?: (f: number) => void } = {}): Promise<ScenarioReport> {
+export async function runScenario(s: Scenario, opts: { seed?: number; nodes?: number; progress?: (f: number) => void } = {}): Promise<ScenarioReport> {
   const seed = opts.seed ?? s.seed
   const nodes = opts.nodes ?? s.nodes
   const topology = mergeTopology(s.topology)
@@ -333,12 +367,17 @@ export async function runScenario (s: Scenario, opts: { seed?: number, nodes?: n
 }
 
 /** The report of a played scenario: what happened and whether its assertions held. */
-function reportOf (s: Scenario, p: Play, seed: number, nodes: number, convergedAfterMs: number | undefined): ScenarioReport {
+function reportOf(s: Scenario, p: Play, seed: number, nodes: number, convergedAfterMs: number | undefined): ScenarioReport {
   const { w, pendingCrashes } = p
   const limit = s.assertions.convergeWithinMs
-  const worst = pendingCrashes.reduce<number | undefined>((a, c) => (c.report.allViewsChangedMs === undefined ? a : Math.max(a ?? 0, c.report.allViewsChangedMs)), undefined)
+  const worst = pendingCrashes.reduce<number | undefined>(
+    (a, c) => (c.report.allViewsChangedMs === undefined ? a : Math.max(a ?? 0, c.report.allViewsChangedMs)),
+    undefined
+  )
   const detectLimit = s.assertions.detectWithinMs
-  const detectionOk = detectLimit === undefined || pendingCrashes.every(c => w.node(c.node).state !== 'down' || (c.report.allViewsChangedMs !== undefined && c.report.allViewsChangedMs <= detectLimit))
+  const detectionOk =
+    detectLimit === undefined ||
+    pendingCrashes.every(c => w.node(c.node).state !== 'down' || (c.report.allViewsChangedMs !== undefined && c.report.allViewsChangedMs <= detectLimit))
   const safetyOk = !s.assertions.safety || w.violations.length === 0
   const livenessOk = limit === undefined || convergedAfterMs !== undefined
   return {
@@ -363,7 +402,7 @@ function reportOf (s: Scenario, p: Play, seed: number, nodes: number, convergedA
 }
 
 /** The first installation of each epoch (others install the same view later). */
-function dedupeViews (views: ReadonlyArray<{ at: number, node: string, epoch: number, members: string[] }>): ScenarioReport['views'] {
+function dedupeViews(views: ReadonlyArray<{ at: number; node: string; epoch: number; members: string[] }>): ScenarioReport['views'] {
   const seen = new Set<number>()
   const out: ScenarioReport['views'] = []
   for (const v of views) {

@@ -42,14 +42,14 @@ export interface TrainRunOptions {
   lr?: number
   zeroPP?: boolean
   /** Erasure-coded snapshots (k data + m parity), default 2+1; undefined turns them off. */
-  snapshot?: { k: number, m: number } | null
+  snapshot?: { k: number; m: number } | null
   /**
    * Cost model: modelled FLOP/s of one rank's device (forward + backward charged as
    * 6 x parameters x tokens FLOPs). Default 1e12 (a small GPU at modest utilisation).
    */
   flopsPerS?: number
   /** Crash these nodes when the node holding `rank` commits `atStep`. */
-  kills?: Array<{ rank: number, atStep: number }>
+  kills?: Array<{ rank: number; atStep: number }>
   /** Run the same configuration without faults too and compare (the bit-identity invariant). */
   reference?: boolean
   /**
@@ -89,7 +89,7 @@ export interface TrainRunResult {
   /** Simulated ms per committed step (mean over the run). */
   stepMs: number | undefined
   /** The reference run's figures, when asked for. */
-  reference?: { weightsHash: string | undefined, evalLoss: number | undefined, simMs: number }
+  reference?: { weightsHash: string | undefined; evalLoss: number | undefined; simMs: number }
   /** With `compareZeroPP`: both runs side by side (the figures above are the ZeRO++ run's). */
   zeroPP?: ZeroPPComparison
 }
@@ -113,7 +113,7 @@ export interface ComparedRun {
   heldOutLoss: number | undefined
   weightsHash: string | undefined
   /** Bytes the ranks sent, per tier, summed over the ranks (trainer status). */
-  sentBytes: { host: number, zone: number, wan: number }
+  sentBytes: { host: number; zone: number; wan: number }
   /**
    * Collective bytes sent across zones during the training steps (the final evaluation's
    * gather left out), by operation and wire encoding as the collective reports each message
@@ -138,7 +138,7 @@ export interface ZeroPPComparison {
 }
 
 // `text`: a small repetitive text, so the model learns visibly in few steps without files.
-function simCorpus (data: SimData, seed: number): Corpus {
+function simCorpus(data: SimData, seed: number): Corpus {
   if (data === 'bigram') return bigramCorpus(seed)
   const text = Buffer.from('the quick brown fox jumps over the lazy dog. '.repeat(200))
   const ids = new Uint16Array(text.length)
@@ -152,7 +152,7 @@ const BIGRAM_VOCAB = 64
  * (5 x prev + 3) mod V, or a uniformly random one with probability 0.3. Training and held-out
  * streams are drawn separately from the seed.
  */
-function bigramCorpus (seed: number): Corpus {
+function bigramCorpus(seed: number): Corpus {
   const stream = (name: string, n: number): Uint16Array => {
     const rng = Rng.fromSeed(seed).split(`sim-bigram/${name}`)
     const out = new Uint16Array(n)
@@ -167,7 +167,7 @@ function bigramCorpus (seed: number): Corpus {
 }
 
 /** Runs the training workload once; deterministic in (options, code). */
-export async function trainRun (o: TrainRunOptions): Promise<TrainRunResult> {
+export async function trainRun(o: TrainRunOptions): Promise<TrainRunResult> {
   if (o.compareZeroPP === true) return compareZeroPP(o)
   const { heldOutLoss: _h, sentBytes: _s, crossZoneBytes: _c, ...main } = await once(o, o.kills ?? [], o.progress)
   if (o.reference !== true) return main
@@ -175,9 +175,12 @@ export async function trainRun (o: TrainRunOptions): Promise<TrainRunResult> {
   main.reference = { weightsHash: ref.weightsHash, evalLoss: ref.evalLoss, simMs: ref.simMs }
   if (ref.violations.length > 0) main.violations.push(...ref.violations.map(v => `reference run: ${v}`))
   const shrunk = main.recoveries.some(r => r.mode === 'shrink')
-  if (!shrunk && main.weightsHash !== ref.weightsHash) main.violations.push('final weights differ from the run without faults (every lost rank was replaced, so they must be bit-identical)')
+  if (!shrunk && main.weightsHash !== ref.weightsHash)
+    main.violations.push('final weights differ from the run without faults (every lost rank was replaced, so they must be bit-identical)')
   if (shrunk && main.evalLoss !== undefined && ref.evalLoss !== undefined && Math.abs(main.evalLoss - ref.evalLoss) / ref.evalLoss > 0.01) {
-    main.violations.push(`after a shrink the held-out loss ${main.evalLoss.toFixed(4)} is more than 1% from the run without faults (${ref.evalLoss.toFixed(4)})`)
+    main.violations.push(
+      `after a shrink the held-out loss ${main.evalLoss.toFixed(4)} is more than 1% from the run without faults (${ref.evalLoss.toFixed(4)})`
+    )
   }
   return main
 }
@@ -187,11 +190,29 @@ export async function trainRun (o: TrainRunOptions): Promise<TrainRunResult> {
  * zone, qgZ int4 gradients): one seed, one data, one model. The result carries the ZeRO++
  * run's figures and both runs under `zeroPP`; the comparison's invariants join the violations.
  */
-async function compareZeroPP (o: TrainRunOptions): Promise<TrainRunResult> {
+async function compareZeroPP(o: TrainRunOptions): Promise<TrainRunResult> {
   if ((o.kills ?? []).length > 0) throw new InvalidArgumentError('compareZeroPP compares the algorithms without faults: leave kills out')
   const p = o.progress
-  const flat = await once({ ...o, zeroPP: false }, [], p === undefined ? undefined : f => { p(f / 2) }, true)
-  const zpp = await once({ ...o, zeroPP: true }, [], p === undefined ? undefined : f => { p(0.5 + f / 2) }, true)
+  const flat = await once(
+    { ...o, zeroPP: false },
+    [],
+    p === undefined
+      ? undefined
+      : f => {
+          p(f / 2)
+        },
+    true
+  )
+  const zpp = await once(
+    { ...o, zeroPP: true },
+    [],
+    p === undefined
+      ? undefined
+      : f => {
+          p(0.5 + f / 2)
+        },
+    true
+  )
   const figures = (r: typeof flat): ComparedRun => ({
     traceHash: r.traceHash,
     events: r.events,
@@ -211,7 +232,9 @@ async function compareZeroPP (o: TrainRunOptions): Promise<TrainRunResult> {
   main.violations = [...flat.violations.map(v => `flat ZeRO-3 run: ${v}`), ...zpp.violations.map(v => `ZeRO++ run: ${v}`)]
   if (rel === undefined) main.violations.push('a run ended without a held-out loss: nothing to compare')
   else if (!(rel <= ZERO_PP_LOSS_TOLERANCE)) {
-    main.violations.push(`ZeRO++ held-out loss ${zpp.heldOutLoss!.toFixed(4)} is ${(100 * rel).toFixed(2)}% from flat ZeRO-3's ${flat.heldOutLoss!.toFixed(4)} (limit ${100 * ZERO_PP_LOSS_TOLERANCE}%)`)
+    main.violations.push(
+      `ZeRO++ held-out loss ${zpp.heldOutLoss!.toFixed(4)} is ${(100 * rel).toFixed(2)}% from flat ZeRO-3's ${flat.heldOutLoss!.toFixed(4)} (limit ${100 * ZERO_PP_LOSS_TOLERANCE}%)`
+    )
   }
   if (backward > 0) main.violations.push(`${backward} backward weight bytes crossed zones with hpZ (expected none)`)
   main.zeroPP = { flat: figures(flat), zeroPP: figures(zpp), heldOutLossRelDiff: rel, limit: ZERO_PP_LOSS_TOLERANCE, backwardWeightCrossZoneBytes: backward }
@@ -231,11 +254,14 @@ const HELD_OUT_BATCH = 16
  * stream cut into windows of T + 1 tokens, HELD_OUT_BATCH windows a batch (whole batches only).
  * The trainer's own figure is one B x T batch: too few tokens to compare runs to 1%.
  */
-function heldOutLoss (config: GptConfig, T: number, shards: ReadonlyArray<{ start: number, data: Float32Array }>, val: Uint16Array): number | undefined {
+function heldOutLoss(config: GptConfig, T: number, shards: ReadonlyArray<{ start: number; data: Float32Array }>, val: Uint16Array): number | undefined {
   const n = gptLayout(config).length
   let params: Float32Array
   try {
-    params = assembleFlat(shards.map(s => s.data), n)
+    params = assembleFlat(
+      shards.map(s => s.data),
+      n
+    )
   } catch (err) {
     if (err instanceof InvalidArgumentError) return undefined // not every shard came back
     throw err
@@ -267,7 +293,7 @@ function heldOutLoss (config: GptConfig, T: number, shards: ReadonlyArray<{ star
 }
 
 /** The trainer configuration of a simulated run: the `mini` shape (or `tiny`'s layers) over the run's vocabulary. */
-function simTrainConfig (o: TrainRunOptions, corpus: Corpus): TrainConfig {
+function simTrainConfig(o: TrainRunOptions, corpus: Corpus): TrainConfig {
   const { nLayer, nHead, C } = GPT_PRESETS.tiny
   const model = { ...trainingModel('mini', corpus.vocabSize), ...(o.model === 'tiny' ? { nLayer, nHead, C } : {}), maxT: Math.max(16, o.seq ?? 16) }
   return {
@@ -286,11 +312,18 @@ function simTrainConfig (o: TrainRunOptions, corpus: Corpus): TrainConfig {
 }
 
 /** The ranks that finished; a live node that did not finish, or failed, is a violation. */
-function finishedRanks (o: TrainRunOptions, live: ReadonlyArray<{ id: string, trainer: TrainingWorkload }>, settled: ReadonlyMap<string, TrainStatus | Error>, limit: number, violations: string[]): TrainStatus[] {
+function finishedRanks(
+  o: TrainRunOptions,
+  live: ReadonlyArray<{ id: string; trainer: TrainingWorkload }>,
+  settled: ReadonlyMap<string, TrainStatus | Error>,
+  limit: number,
+  violations: string[]
+): TrainStatus[] {
   const ranks: TrainStatus[] = []
   for (const t of live) {
     const r = settled.get(t.id)
-    if (r === undefined) violations.push(`${t.id} did not finish within ${limit / 1000} simulated s (role ${t.trainer.status().role}, step ${t.trainer.status().step})`)
+    if (r === undefined)
+      violations.push(`${t.id} did not finish within ${limit / 1000} simulated s (role ${t.trainer.status().role}, step ${t.trainer.status().step})`)
     else if (r instanceof Error) violations.push(`${t.id} failed: ${r.message}`)
     else if (r.role === 'done') ranks.push(r)
   }
@@ -304,15 +337,21 @@ function finishedRanks (o: TrainRunOptions, live: ReadonlyArray<{ id: string, tr
 }
 
 /** SHA-256 of the final weights (the live nodes' shards in order), and with `heldOut` their loss over the held-out stream. */
-function finalWeights (live: ReadonlyArray<{ trainer: TrainingWorkload }>, heldOut?: { cfg: TrainConfig, val: Uint16Array }): { weightsHash: string, heldOut: number | undefined } {
-  const shards = live.map(t => t.trainer.finalShard).filter(x => x !== undefined).sort((a, b) => a.start - b.start)
+function finalWeights(
+  live: ReadonlyArray<{ trainer: TrainingWorkload }>,
+  heldOut?: { cfg: TrainConfig; val: Uint16Array }
+): { weightsHash: string; heldOut: number | undefined } {
+  const shards = live
+    .map(t => t.trainer.finalShard)
+    .filter(x => x !== undefined)
+    .sort((a, b) => a.start - b.start)
   const h = createHash('sha256')
   for (const s of shards) h.update(new Uint8Array(s.data.buffer, s.data.byteOffset, s.data.byteLength))
   return { weightsHash: h.digest('hex'), heldOut: heldOut === undefined ? undefined : heldOutLoss(heldOut.cfg.model, heldOut.cfg.T, shards, heldOut.val) }
 }
 
 /** One run; `compare` adds the figures a ZeRO++ comparison needs (cross-zone bytes, held-out loss). */
-async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
+async function once(o: TrainRunOptions, kills: Array<{ rank: number; atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
   const w = new MembershipWorld({
     seed: o.seed,
     nodes: o.nodes,
@@ -329,7 +368,7 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
   const pending = [...kills]
   const crashed = new Set<string>()
   const ctrls = new Map<string, AbortController>()
-  const trainers: Array<{ id: string, trainer: TrainingWorkload, done: Promise<TrainStatus | Error> }> = []
+  const trainers: Array<{ id: string; trainer: TrainingWorkload; done: Promise<TrainStatus | Error> }> = []
   const crossZoneBytes: Record<string, number> = {}
   // Collective bytes sent across zones during the training steps (the final evaluation's
   // gather, at step `steps`, left out), by operation kind and body encoding.
@@ -345,33 +384,42 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
     const ctrl = new AbortController()
     ctrls.set(n.id, ctrl)
     const boot = w.boot(n)
-    const trainer = createTrainingWorkload({
-      backend: new CpuBackend(),
-      net: n.net,
-      ...(compare ? { onCollectiveSent: countCrossZone } : {}),
-      membership: n.m!,
-      clock: n.handle.clock,
-      log: silentLogger(),
-      corpus,
-      computeMs: tokens => (params * tokens / flops) * 1000,
-      onStep: s => {
-        if (s.rank === 0) progress?.(s.step / o.steps)
-        for (const k of [...pending]) {
-          if (s.rank !== k.rank || s.step !== k.atStep) continue
-          pending.splice(pending.indexOf(k), 1)
-          sim.trace('train-kill', { node: n.id, rank: s.rank, step: s.step })
-          crashed.add(n.id)
-          w.crash(n.id)
-          ctrl.abort()
+    const trainer = createTrainingWorkload(
+      {
+        backend: new CpuBackend(),
+        net: n.net,
+        ...(compare ? { onCollectiveSent: countCrossZone } : {}),
+        membership: n.m!,
+        clock: n.handle.clock,
+        log: silentLogger(),
+        corpus,
+        computeMs: tokens => ((params * tokens) / flops) * 1000,
+        onStep: s => {
+          if (s.rank === 0) progress?.(s.step / o.steps)
+          for (const k of [...pending]) {
+            if (s.rank !== k.rank || s.step !== k.atStep) continue
+            pending.splice(pending.indexOf(k), 1)
+            sim.trace('train-kill', { node: n.id, rank: s.rank, step: s.step })
+            crashed.add(n.id)
+            w.crash(n.id)
+            ctrl.abort()
+          }
         }
-      }
-    }, cfg)
+      },
+      cfg
+    )
     await boot
-    const done = trainer.run(ctrl.signal).then(s => s, (err: unknown) => (err instanceof Error ? err : new Error(String(err))))
+    const done = trainer.run(ctrl.signal).then(
+      s => s,
+      (err: unknown) => (err instanceof Error ? err : new Error(String(err)))
+    )
     trainers.push({ id: n.id, trainer, done })
   }
   const settled = new Map<string, TrainStatus | Error>()
-  for (const t of trainers) void t.done.then(r => { settled.set(t.id, r) })
+  for (const t of trainers)
+    void t.done.then(r => {
+      settled.set(t.id, r)
+    })
   const limit = o.limitMs ?? 30 * 60_000
   // Run until every live rank has finished; then the spares are told the run is over.
   await sim.until(() => trainers.every(t => crashed.has(t.id) || settled.has(t.id) || t.trainer.status().role === 'spare'), limit, 50)
@@ -382,7 +430,8 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
   const violations = [...w.violations]
   const live = trainers.filter(t => !crashed.has(t.id))
   const ranks = finishedRanks(o, live, settled, limit, violations)
-  const { weightsHash, heldOut } = ranks.length > 0 ? finalWeights(live, compare ? { cfg, val: corpus.val } : undefined) : { weightsHash: undefined, heldOut: undefined }
+  const { weightsHash, heldOut } =
+    ranks.length > 0 ? finalWeights(live, compare ? { cfg, val: corpus.val } : undefined) : { weightsHash: undefined, heldOut: undefined }
   const recoveries = ranks.flatMap(r => r.recoveries).filter((r, i, a) => a.findIndex(x => x.fromStep === r.fromStep && x.mode === r.mode) === i)
   return {
     seed: o.seed,
@@ -402,58 +451,73 @@ async function once (o: TrainRunOptions, kills: Array<{ rank: number, atStep: nu
   }
 }
 
-
 /**
  * A training scenario file: `"workload": "train"` plus the run's shape and its crashes.
  * Unknown keys are errors; errors name the field.
  */
-export const trainScenarioSchema = z.strictObject({
-  name: z.string().min(1).max(100),
-  description: z.string().max(2000).optional(),
-  workload: z.literal('train'),
-  seed: z.int().nonnegative().default(1),
-  nodes: z.int().min(1).max(64),
-  worldSize: z.int().min(1).max(64),
-  steps: z.int().min(1).max(10_000),
-  zones: z.int().min(1).max(64).default(2),
-  batch: z.int().min(1).max(64).default(2),
-  seq: z.int().min(2).max(64).default(16),
-  zeropp: z.boolean().default(false),
-  /**
-   * Run the job as flat ZeRO-3 and as ZeRO++ (qwZ + hpZ + qgZ) and hold the ZeRO++ held-out
-   * loss within 1% of the flat one. Without faults (so no reference run), over two or more zones.
-   */
-  compareZeropp: z.boolean().default(false),
-  model: z.enum(['mini', 'tiny']).default('mini'),
-  data: z.enum(['text', 'bigram']).default('text'),
-  lr: z.number().positive().max(1).default(1e-2),
-  snapshot: z.string().regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off').default('2+1'),
-  flopsPerS: z.number().positive().default(1e12),
-  heartbeatMs: z.number().positive().max(60_000).default(100),
-  kills: z.array(z.strictObject({ rank: z.int().min(0), atStep: z.int().min(1) })).max(64).default([]),
-  reference: z.boolean().default(true),
-  limitMs: z.number().positive().max(24 * 3600_000).default(30 * 60_000)
-}).superRefine((s, ctx) => {
-  if (s.worldSize > s.nodes) ctx.addIssue({ code: 'custom', path: ['worldSize'], message: `is ${s.worldSize}, more than the ${s.nodes} nodes` })
-  if (s.compareZeropp) {
-    if (s.zeropp) ctx.addIssue({ code: 'custom', path: ['zeropp'], message: 'compareZeropp runs both flat ZeRO-3 and ZeRO++; leave zeropp out' })
-    if (s.kills.length > 0) ctx.addIssue({ code: 'custom', path: ['kills'], message: 'compareZeropp compares the algorithms without faults; leave kills out' })
-    if (s.zones < 2) ctx.addIssue({ code: 'custom', path: ['zones'], message: `is ${s.zones}; compareZeropp needs 2 or more, so hpZ and qgZ have zones to keep traffic in` })
-  }
-  for (const [i, k] of s.kills.entries()) {
-    if (k.rank >= s.worldSize) ctx.addIssue({ code: 'custom', path: ['kills', i, 'rank'], message: `rank ${k.rank} does not exist (worldSize ${s.worldSize})` })
-    if (k.atStep >= s.steps) ctx.addIssue({ code: 'custom', path: ['kills', i, 'atStep'], message: `step ${k.atStep} is not before the last step (${s.steps})` })
-  }
-})
+export const trainScenarioSchema = z
+  .strictObject({
+    name: z.string().min(1).max(100),
+    description: z.string().max(2000).optional(),
+    workload: z.literal('train'),
+    seed: z.int().nonnegative().default(1),
+    nodes: z.int().min(1).max(64),
+    worldSize: z.int().min(1).max(64),
+    steps: z.int().min(1).max(10_000),
+    zones: z.int().min(1).max(64).default(2),
+    batch: z.int().min(1).max(64).default(2),
+    seq: z.int().min(2).max(64).default(16),
+    zeropp: z.boolean().default(false),
+    /**
+     * Run the job as flat ZeRO-3 and as ZeRO++ (qwZ + hpZ + qgZ) and hold the ZeRO++ held-out
+     * loss within 1% of the flat one. Without faults (so no reference run), over two or more zones.
+     */
+    compareZeropp: z.boolean().default(false),
+    model: z.enum(['mini', 'tiny']).default('mini'),
+    data: z.enum(['text', 'bigram']).default('text'),
+    lr: z.number().positive().max(1).default(1e-2),
+    snapshot: z
+      .string()
+      .regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off')
+      .default('2+1'),
+    flopsPerS: z.number().positive().default(1e12),
+    heartbeatMs: z.number().positive().max(60_000).default(100),
+    kills: z
+      .array(z.strictObject({ rank: z.int().min(0), atStep: z.int().min(1) }))
+      .max(64)
+      .default([]),
+    reference: z.boolean().default(true),
+    limitMs: z
+      .number()
+      .positive()
+      .max(24 * 3600_000)
+      .default(30 * 60_000)
+  })
+  .superRefine((s, ctx) => {
+    if (s.worldSize > s.nodes) ctx.addIssue({ code: 'custom', path: ['worldSize'], message: `is ${s.worldSize}, more than the ${s.nodes} nodes` })
+    if (s.compareZeropp) {
+      if (s.zeropp) ctx.addIssue({ code: 'custom', path: ['zeropp'], message: 'compareZeropp runs both flat ZeRO-3 and ZeRO++; leave zeropp out' })
+      if (s.kills.length > 0)
+        ctx.addIssue({ code: 'custom', path: ['kills'], message: 'compareZeropp compares the algorithms without faults; leave kills out' })
+      if (s.zones < 2)
+        ctx.addIssue({ code: 'custom', path: ['zones'], message: `is ${s.zones}; compareZeropp needs 2 or more, so hpZ and qgZ have zones to keep traffic in` })
+    }
+    for (const [i, k] of s.kills.entries()) {
+      if (k.rank >= s.worldSize)
+        ctx.addIssue({ code: 'custom', path: ['kills', i, 'rank'], message: `rank ${k.rank} does not exist (worldSize ${s.worldSize})` })
+      if (k.atStep >= s.steps)
+        ctx.addIssue({ code: 'custom', path: ['kills', i, 'atStep'], message: `step ${k.atStep} is not before the last step (${s.steps})` })
+    }
+  })
 export type TrainScenario = z.output<typeof trainScenarioSchema>
 
 /** A parsed scenario object is a training one when its workload says so. */
-export function isTrainScenario (raw: unknown): boolean {
+export function isTrainScenario(raw: unknown): boolean {
   return typeof raw === 'object' && raw !== null && (raw as { workload?: unknown }).workload === 'train'
 }
 
 /** Validates a training scenario; errors name the field. */
-export function parseTrainScenario (raw: unknown, source = 'scenario'): TrainScenario {
+export function parseTrainScenario(raw: unknown, source = 'scenario'): TrainScenario {
   const r = trainScenarioSchema.safeParse(raw)
   if (!r.success) {
     const issue = r.error.issues[0]!
@@ -463,7 +527,7 @@ export function parseTrainScenario (raw: unknown, source = 'scenario'): TrainSce
 }
 
 /** Reads a scenario file if it is a training one (undefined otherwise, for the membership runner). */
-export function readTrainScenario (path: string): TrainScenario | undefined {
+export function readTrainScenario(path: string): TrainScenario | undefined {
   let raw: unknown
   try {
     raw = JSON.parse(readFileSync(path, 'utf8'))
@@ -474,7 +538,10 @@ export function readTrainScenario (path: string): TrainScenario | undefined {
 }
 
 /** Runs a training scenario (seed and node count may be overridden from the command line). */
-export async function runTrainScenario (s: TrainScenario, opts: { seed?: number, nodes?: number, progress?: (f: number) => void } = {}): Promise<TrainRunResult & { scenario: string, ok: boolean }> {
+export async function runTrainScenario(
+  s: TrainScenario,
+  opts: { seed?: number; nodes?: number; progress?: (f: number) => void } = {}
+): Promise<TrainRunResult & { scenario: string; ok: boolean }> {
   const snapshot = s.snapshot === 'off' ? null : (([k, m]) => ({ k: k!, m: m! }))(s.snapshot.split('+').map(Number))
   const r = await trainRun({
     seed: opts.seed ?? s.seed,
@@ -501,7 +568,7 @@ export async function runTrainScenario (s: TrainScenario, opts: { seed?: number,
 }
 
 /** A short human summary of a training scenario run. */
-export function formatTrainReport (r: TrainRunResult & { scenario: string, ok: boolean }): string {
+export function formatTrainReport(r: TrainRunResult & { scenario: string; ok: boolean }): string {
   const lines = [
     `scenario ${r.scenario}: training workload, seed ${r.seed}, ${(r.simMs / 1000).toFixed(1)} s simulated`,
     `trace ${r.traceHash.slice(0, 16)} (${r.events} events); replay with --seed ${r.seed}`,
@@ -510,20 +577,34 @@ export function formatTrainReport (r: TrainRunResult & { scenario: string, ok: b
   for (const x of r.recoveries) lines.push(`recovery: ${x.mode} of rank ${x.lost.join(', ')} from step ${x.fromStep} (${x.ms} simulated ms)`)
   const z = r.zeroPP
   if (z !== undefined) {
-    const crossed = (c: ComparedRun): string => Object.entries(c.crossZoneBytes).map(([k, b]) => `${k} ${formatBytes(b)}`).join(', ') || 'none'
+    const crossed = (c: ComparedRun): string =>
+      Object.entries(c.crossZoneBytes)
+        .map(([k, b]) => `${k} ${formatBytes(b)}`)
+        .join(', ') || 'none'
     const run = (name: string, c: ComparedRun): string =>
       `  ${name.padEnd(11)} loss ${c.loss?.toFixed(4) ?? '-'}, held-out loss ${c.heldOutLoss?.toFixed(4) ?? '-'} (one batch: ${c.evalLoss?.toFixed(4) ?? '-'}), ` +
       `${(c.simMs / 1000).toFixed(1)} s simulated, trace ${c.traceHash.slice(0, 16)}; across zones: ${crossed(c)}`
-    lines.push('ZeRO++ (qwZ int8 weights, hpZ, qgZ int4 gradients) against flat ZeRO-3, same job and seed (the figures above are the ZeRO++ run\'s):')
+    lines.push("ZeRO++ (qwZ int8 weights, hpZ, qgZ int4 gradients) against flat ZeRO-3, same job and seed (the figures above are the ZeRO++ run's):")
     lines.push(run('flat ZeRO-3', z.flat), run('ZeRO++', z.zeroPP))
-    lines.push(`  held-out loss difference ${z.heldOutLossRelDiff === undefined ? '-' : `${(100 * z.heldOutLossRelDiff).toFixed(3)}%`} (limit ${100 * z.limit}%); ` +
-      `backward weight bytes across zones with hpZ: ${z.backwardWeightCrossZoneBytes}`)
+    lines.push(
+      `  held-out loss difference ${z.heldOutLossRelDiff === undefined ? '-' : `${(100 * z.heldOutLossRelDiff).toFixed(3)}%`} (limit ${100 * z.limit}%); ` +
+        `backward weight bytes across zones with hpZ: ${z.backwardWeightCrossZoneBytes}`
+    )
   }
   if (r.reference !== undefined) {
-    lines.push(`reference run without faults: ${(r.reference.simMs / 1000).toFixed(1)} s simulated, held-out loss ${r.reference.evalLoss?.toFixed(4) ?? '-'}, ` +
-      `final weights ${r.reference.weightsHash === r.weightsHash ? 'bit-identical' : 'differ'}`)
+    lines.push(
+      `reference run without faults: ${(r.reference.simMs / 1000).toFixed(1)} s simulated, held-out loss ${r.reference.evalLoss?.toFixed(4) ?? '-'}, ` +
+        `final weights ${r.reference.weightsHash === r.weightsHash ? 'bit-identical' : 'differ'}`
+    )
   }
-  lines.push(r.ok ? 'invariants: ok (membership safety, every rank finished, ranks agree' + (r.reference !== undefined ? ', matches the reference' : '') + (z !== undefined ? `, ZeRO++ within ${100 * z.limit}% of flat ZeRO-3` : '') + ')' : 'invariants: VIOLATED')
+  lines.push(
+    r.ok
+      ? 'invariants: ok (membership safety, every rank finished, ranks agree' +
+          (r.reference !== undefined ? ', matches the reference' : '') +
+          (z !== undefined ? `, ZeRO++ within ${100 * z.limit}% of flat ZeRO-3` : '') +
+          ')'
+      : 'invariants: VIOLATED'
+  )
   for (const v of r.violations) lines.push(`  - ${v}`)
   lines.push(r.ok ? 'result: PASS' : 'result: FAIL')
   return lines.join('\n')

@@ -1,6 +1,15 @@
 import { Packr } from 'msgpackr'
 import { silentLogger } from '../core/index.ts'
-import { createMembership, createMembershipShared, encodeHeartbeat, type Membership, type MembershipDurableState, type MembershipInit, type PeerNet, type View } from '../mesh/index.ts'
+import {
+  createMembership,
+  createMembershipShared,
+  encodeHeartbeat,
+  type Membership,
+  type MembershipDurableState,
+  type MembershipInit,
+  type PeerNet,
+  type View
+} from '../mesh/index.ts'
 import { Simulation, type NodeClock } from './engine.ts'
 import { createSimNetwork, DEFAULT_TOPOLOGY, type SimNetwork, type Topology } from './net.ts'
 
@@ -10,7 +19,7 @@ export interface WorldNode {
   zone: string
   host: string
   net: PeerNet
-  handle: { net: PeerNet, readonly clock: NodeClock }
+  handle: { net: PeerNet; readonly clock: NodeClock }
   m: Membership | undefined
   state: 'up' | 'down' | 'paused'
   /** What the node had persisted when it last went down (restart with state reads it). */
@@ -18,10 +27,19 @@ export interface WorldNode {
 }
 
 /** One epoch's member list as ids and their comma-joined key (one object per distinct list per epoch). */
-interface MemberList { epoch: number, ids: string[], key: string }
+interface MemberList {
+  epoch: number
+  ids: string[]
+  key: string
+}
 
 /** A view installation seen anywhere, for reports and timelines. */
-export interface ViewEvent { at: number, node: string, epoch: number, members: string[] }
+export interface ViewEvent {
+  at: number
+  node: string
+  epoch: number
+  members: string[]
+}
 
 export interface WorldInit {
   seed: number
@@ -66,7 +84,7 @@ export class MembershipWorld {
   // frozen member lists): the nodes share gossip buffers, so each is decoded once, not N times.
   private readonly shared = createMembershipShared()
 
-  constructor (init: WorldInit) {
+  constructor(init: WorldInit) {
     this.sim = new Simulation({ seed: init.seed, keepTrace: init.keepTrace })
     this.net = createSimNetwork(this.sim, init.topology ?? DEFAULT_TOPOLOGY)
     this.init = { heartbeatMs: 100, expect: init.nodes, ...init.membership }
@@ -80,9 +98,11 @@ export class MembershipWorld {
     }
   }
 
-  get ids (): string[] { return this.nodes.map(n => n.id) }
+  get ids(): string[] {
+    return this.nodes.map(n => n.id)
+  }
 
-  node (id: string): WorldNode {
+  node(id: string): WorldNode {
     const n = this.nodes.find(x => x.id === id)
     if (n === undefined) throw new Error(`no node ${id}`)
     return n
@@ -92,17 +112,24 @@ export class MembershipWorld {
    * Starts a node's PeerNet and membership: fresh, or (`keepState`) with the view and acceptor
    * state it had persisted when it went down, as a node restarted from its data dir would.
    */
-  async boot (n: WorldNode, opts: { keepState?: boolean } = {}): Promise<void> {
+  async boot(n: WorldNode, opts: { keepState?: boolean } = {}): Promise<void> {
     const restore = opts.keepState === true ? n.durable : undefined
     this.sim.trace('boot', { node: n.id, state: restore === undefined ? 'fresh' : 'kept' })
-    const m = createMembership({ ...this.init, ...(restore === undefined ? {} : { restore }) }, {
-      net: n.net, clock: n.handle.clock, rng: this.sim.rng.split(`m/${n.id}/${this.incarnations++}`), log: this.log, shared: this.shared
-    })
+    const m = createMembership(
+      { ...this.init, ...(restore === undefined ? {} : { restore }) },
+      {
+        net: n.net,
+        clock: n.handle.clock,
+        rng: this.sim.rng.split(`m/${n.id}/${this.incarnations++}`),
+        log: this.log,
+        shared: this.shared
+      }
+    )
     m.on('view', (v: View) => this.record(n.id, v))
     m.on('accepted', (v: View) => {
       const list = this.members(v)
       let set = this.acceptedBy.get(list)
-      if (set === undefined) this.acceptedBy.set(list, set = new Set())
+      if (set === undefined) this.acceptedBy.set(list, (set = new Set()))
       set.add(n.id)
     })
     n.m = m
@@ -111,11 +138,11 @@ export class MembershipWorld {
     await m.start()
   }
 
-  async bootAll (): Promise<void> {
+  async bootAll(): Promise<void> {
     for (const n of this.nodes) await this.boot(n)
   }
 
-  crash (id: string): void {
+  crash(id: string): void {
     const n = this.node(id)
     // Membership persists its durable state before every answer (write-through), so what it
     // holds at the crash is what a restart with state finds on disk.
@@ -124,12 +151,12 @@ export class MembershipWorld {
     n.state = 'down'
   }
 
-  pause (id: string): void {
+  pause(id: string): void {
     this.net.pause(id)
     this.node(id).state = 'paused'
   }
 
-  resume (id: string): void {
+  resume(id: string): void {
     this.net.resume(id)
     const n = this.node(id)
     if (n.state === 'paused') n.state = 'up'
@@ -144,7 +171,7 @@ export class MembershipWorld {
    * incarnation (which would lock the liar's own honest heartbeats out), are outside the model:
    * members are trusted not to forge decisions or identities.
    */
-  byzantine (id: string, forMs: number): void {
+  byzantine(id: string, forMs: number): void {
     const n = this.node(id)
     const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true })
     const rng = this.sim.rng.split(`byzantine/${id}`)
@@ -155,8 +182,12 @@ export class MembershipWorld {
     const lie = (): void => {
       if (n.state !== 'up' || this.sim.now() >= until) return
       const epoch = n.m?.view()?.epoch ?? 0
-      const send = (topic: string, t: string, p: unknown): void => { void n.net.publish(topic, packr.pack({ v: 1, t, p })).catch(() => {}) }
-      void n.net.publish('membership/hb', encodeHeartbeat({ inc: 1, seq: ++seq, epoch: epoch + 1000, step: 0, sentAt: 0, leaving: false, paused: false })).catch(() => {})
+      const send = (topic: string, t: string, p: unknown): void => {
+        void n.net.publish(topic, packr.pack({ v: 1, t, p })).catch(() => {})
+      }
+      void n.net
+        .publish('membership/hb', encodeHeartbeat({ inc: 1, seq: ++seq, epoch: epoch + 1000, step: 0, sentAt: 0, leaving: false, paused: false }))
+        .catch(() => {})
       send('membership/view', 'prepare', { epoch: epoch + 1, round: 1_000_000 + rng.int(0, 1000) })
       send('membership/view', 'nack', { epoch: epoch + 1, round: rng.int(0, 100), proposer: this.ids[0]!, promisedRound: rng.int(0, 2_000_000) })
       void n.net.publish('membership/view', rng.fill(new Uint8Array(rng.int(1, 64)))).catch(() => {})
@@ -166,7 +197,7 @@ export class MembershipWorld {
   }
 
   /** True if every node that is up has installed one view whose members are exactly the up nodes. */
-  converged (): boolean {
+  converged(): boolean {
     const up = this.nodes.filter(n => n.state === 'up')
     const want = up.map(n => n.id).join(',')
     return up.every(n => {
@@ -178,34 +209,41 @@ export class MembershipWorld {
   // A member list's ids sorted and joined, per list: the nodes of a view share its member
   // list, and sorting 1000 ids for each of 1000 nodes at every check was quadratic.
   private readonly sortedKeys = new WeakMap<View['members'], string>()
-  private sortedKey (members: View['members']): string {
+  private sortedKey(members: View['members']): string {
     let key = this.sortedKeys.get(members)
-    if (key === undefined) this.sortedKeys.set(members, key = members.map(x => x.id).sort().join(','))
+    if (key === undefined)
+      this.sortedKeys.set(
+        members,
+        (key = members
+          .map(x => x.id)
+          .sort()
+          .join(','))
+      )
     return key
   }
 
   /** Highest epoch installed anywhere. */
-  get maxEpoch (): number {
+  get maxEpoch(): number {
     return this.views.reduce((a, v) => Math.max(a, v.epoch), 0)
   }
 
   /** The member ids of `v` and their comma-joined key, shared by every equal list of one epoch. */
-  private members (v: View): MemberList {
+  private members(v: View): MemberList {
     const known = this.listOf.get(v) ?? this.listOf.get(v.members)
     if (known !== undefined && known.epoch === v.epoch) return known
     let seen = this.lists.get(v.epoch)
-    if (seen === undefined) this.lists.set(v.epoch, seen = [])
+    if (seen === undefined) this.lists.set(v.epoch, (seen = []))
     let found = seen.find(l => l.ids.length === v.members.length && v.members.every((m, i) => m.id === l.ids[i]))
     if (found === undefined) {
       const ids = v.members.map(x => x.id)
-      seen.push(found = { epoch: v.epoch, ids, key: ids.join(',') })
+      seen.push((found = { epoch: v.epoch, ids, key: ids.join(',') }))
     }
     this.listOf.set(v, found)
     this.listOf.set(v.members, found)
     return found
   }
 
-  private record (node: string, v: View): void {
+  private record(node: string, v: View): void {
     const list = this.members(v)
     const { ids: members, key } = list
     this.sim.trace('view', { node, epoch: v.epoch, members: key })
@@ -227,7 +265,7 @@ export class MembershipWorld {
   }
 
   /** The acceptors of epoch e > 1: the members of the view installed for e - 1 (which never changes once installed). */
-  private acceptorsOf (epoch: number): string[] | undefined {
+  private acceptorsOf(epoch: number): string[] | undefined {
     let list = this.acceptorLists.get(epoch)
     if (list === undefined) {
       list = this.installed.get(epoch - 1)?.split(',')

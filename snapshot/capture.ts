@@ -4,9 +4,9 @@ import { sealState, stateBytes, writeState, type RankState } from './state.ts'
 
 /** How one capture ended. Never rejects: a trainer may ignore it. */
 export type CaptureOutcome<R> =
-  | { status: 'placed', step: number, result: R }
-  | { status: 'superseded', step: number, by: number }
-  | { status: 'failed', step: number, error: Error }
+  | { status: 'placed'; step: number; result: R }
+  | { status: 'superseded'; step: number; by: number }
+  | { status: 'failed'; step: number; error: Error }
 
 export interface CaptureTicket<R> {
   step: number
@@ -42,7 +42,7 @@ export interface Capturer<R> {
   /** Waits until nothing is queued or placing. */
   idle(): Promise<void>
   /** The sealed bytes of the newest placed capture (while no newer capture reuses its buffer). */
-  retained(): { step: number, bytes: Uint8Array } | undefined
+  retained(): { step: number; bytes: Uint8Array } | undefined
   /** Aborts the placement in flight; queued captures settle as failed. */
   stop(): void
 }
@@ -58,14 +58,16 @@ interface Slot<R> {
 }
 
 /** Creates a capturer over `place` (the snapshot service's placement of sealed state bytes). */
-export function createCapturer<R> (place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>): Capturer<R> {
+export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>): Capturer<R> {
   const slots: Array<Slot<R>> = [0, 1].map(() => ({ buf: new Uint8Array(0), bytes: undefined, state: 'free' as SlotState, step: -1, settle: undefined }))
   const ctl = new AbortController()
   let pumping: Promise<void> | undefined
   let stopped = false
 
   const ticket = (slot: Slot<R>): CaptureTicket<R> => {
-    const done = new Promise<CaptureOutcome<R>>(resolve => { slot.settle = resolve })
+    const done = new Promise<CaptureOutcome<R>>(resolve => {
+      slot.settle = resolve
+    })
     return { step: slot.step, done }
   }
 
@@ -102,7 +104,7 @@ export function createCapturer<R> (place: (sealed: Uint8Array, signal: AbortSign
   }
 
   return {
-    capture (state) {
+    capture(state) {
       const need = stateBytes(state)
       checkCap('snapshot state bytes', need, SNAPSHOT_LIMITS.maxStateBytes)
       const slot = slots.find(s => s.state === 'pending') ?? slots.find(s => s.state === 'free') ?? slots.find(s => s.state === 'retained')!
@@ -116,7 +118,7 @@ export function createCapturer<R> (place: (sealed: Uint8Array, signal: AbortSign
       return t
     },
 
-    requeue () {
+    requeue() {
       if (slots.some(s => s.state === 'pending')) return undefined
       const slot = slots.find(s => s.state === 'retained')
       if (slot === undefined) return undefined
@@ -126,16 +128,16 @@ export function createCapturer<R> (place: (sealed: Uint8Array, signal: AbortSign
       return t
     },
 
-    async idle () {
+    async idle() {
       while (pumping !== undefined) await pumping
     },
 
-    retained () {
+    retained() {
       const s = slots.find(x => x.state === 'retained')
       return s === undefined ? undefined : { step: s.step, bytes: s.bytes! }
     },
 
-    stop () {
+    stop() {
       stopped = true
       ctl.abort()
       for (const s of slots) {

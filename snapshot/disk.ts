@@ -13,7 +13,7 @@ export const STATE_FILE = 'snapshot.zms'
  * the target, fsync of the directory. A crash leaves either the old file or the new one, never
  * a mix; a leftover temp file is overwritten next time.
  */
-export async function writeFileDurable (path: string, bytes: Uint8Array | readonly Uint8Array[], dir: string): Promise<void> {
+export async function writeFileDurable(path: string, bytes: Uint8Array | readonly Uint8Array[], dir: string): Promise<void> {
   const tmp = `${path}.tmp`
   const fh = await open(tmp, 'w', 0o600)
   try {
@@ -46,7 +46,7 @@ export async function writeFileDurable (path: string, bytes: Uint8Array | readon
  * serialized state itself, whose header carries magic, version, lengths and the whole-state
  * checksum; it is verified before writing, so a torn buffer is never persisted.
  */
-export async function persistState (dir: string, sealed: Uint8Array, options: { name?: string } = {}): Promise<string> {
+export async function persistState(dir: string, sealed: Uint8Array, options: { name?: string } = {}): Promise<string> {
   verifyState(sealed)
   const path = join(dir, options.name ?? STATE_FILE)
   await writeFileDurable(path, sealed, dir)
@@ -58,7 +58,7 @@ export async function persistState (dir: string, sealed: Uint8Array, options: { 
  * capped (maxStateBytes) before reading; a truncated, padded or corrupted file is a
  * STATE_MALFORMED / STATE_CHECKSUM ProtocolError, never a partial state.
  */
-export async function loadState (dir: string, options: { name?: string } = {}): Promise<{ state: RankState, bytes: Uint8Array } | undefined> {
+export async function loadState(dir: string, options: { name?: string } = {}): Promise<{ state: RankState; bytes: Uint8Array } | undefined> {
   const path = join(dir, options.name ?? STATE_FILE)
   let size: number
   try {

@@ -49,7 +49,7 @@ export class StoreFullError extends ZeromeshError {
   readonly wantBytes: number
   readonly capBytes: number
 
-  constructor (usedBytes: number, wantBytes: number, capBytes: number) {
+  constructor(usedBytes: number, wantBytes: number, capBytes: number) {
     super(`fragment store is full: ${usedBytes} bytes held + ${wantBytes} would exceed the cap of ${capBytes}`, { usedBytes, wantBytes, capBytes })
     this.usedBytes = usedBytes
     this.wantBytes = wantBytes
@@ -62,11 +62,14 @@ export class PlacementFailedError extends ZeromeshError {
   static override name = 'PlacementFailedError'
   readonly owner: string
   readonly version: number
-  readonly failed: Array<{ index: number, holder: string, reason: string }>
+  readonly failed: Array<{ index: number; holder: string; reason: string }>
 
-  constructor (owner: string, version: number, failed: Array<{ index: number, holder: string, reason: string }>) {
-    super(`snapshot ${version} of ${owner}: ${failed.length} fragment(s) not placed: ` +
-      failed.map(f => `${f.index}@${f.holder} (${f.reason})`).join(', '), { owner, version, failed })
+  constructor(owner: string, version: number, failed: Array<{ index: number; holder: string; reason: string }>) {
+    super(`snapshot ${version} of ${owner}: ${failed.length} fragment(s) not placed: ` + failed.map(f => `${f.index}@${f.holder} (${f.reason})`).join(', '), {
+      owner,
+      version,
+      failed
+    })
     this.owner = owner
     this.version = version
     this.failed = failed
@@ -87,10 +90,13 @@ export class UnrecoverableError extends ZeromeshError {
   readonly missing: number[]
   readonly corrupt: number[]
 
-  constructor (init: { owner: string, rank: number, version: number, k: number, m: number, missing: number[], corrupt: number[] }) {
-    super(`rank ${init.rank} (${init.owner}) snapshot version ${init.version} is unrecoverable: ` +
-      `need ${init.k} of ${init.k + init.m} fragments, missing [${init.missing.join(', ')}]` +
-      (init.corrupt.length > 0 ? `, corrupt [${init.corrupt.join(', ')}]` : ''), { ...init })
+  constructor(init: { owner: string; rank: number; version: number; k: number; m: number; missing: number[]; corrupt: number[] }) {
+    super(
+      `rank ${init.rank} (${init.owner}) snapshot version ${init.version} is unrecoverable: ` +
+        `need ${init.k} of ${init.k + init.m} fragments, missing [${init.missing.join(', ')}]` +
+        (init.corrupt.length > 0 ? `, corrupt [${init.corrupt.join(', ')}]` : ''),
+      { ...init }
+    )
     this.owner = init.owner
     this.rank = init.rank
     this.version = init.version

@@ -1,7 +1,14 @@
 import { checkCap, ProtocolError } from '../core/index.ts'
 import {
-  checksum64, decodeFragment, decodeStripe, encodeFragment, encodeStripe, fragmentSize, FRAGMENT_HEADER_BYTES,
-  TooFewFragmentsError, type ErasureCoder
+  checksum64,
+  decodeFragment,
+  decodeStripe,
+  encodeFragment,
+  encodeStripe,
+  fragmentSize,
+  FRAGMENT_HEADER_BYTES,
+  TooFewFragmentsError,
+  type ErasureCoder
 } from '../codec/index.ts'
 import { snapshotError, SnapshotErrorCode } from './errors.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
@@ -54,23 +61,23 @@ const utf8 = new TextEncoder()
 const utf8d = new TextDecoder('utf-8', { fatal: true })
 
 /** Payload bytes of each segment of a `stateBytes` state cut at `segmentBytes`. */
-export function segmentSizes (stateBytes: number, segmentBytes: number): number[] {
+export function segmentSizes(stateBytes: number, segmentBytes: number): number[] {
   const count = Math.max(1, Math.ceil(stateBytes / segmentBytes))
   return Array.from({ length: count }, (_, s) => Math.min(segmentBytes, stateBytes - s * segmentBytes))
 }
 
 /** Encoded bytes (ZMFG header + fragment) of one segment of `payload` bytes under a label's k. */
-function segmentFrameBytes (label: Pick<FragmentLabel, 'k'>, payload: number): number {
+function segmentFrameBytes(label: Pick<FragmentLabel, 'k'>, payload: number): number {
   return FRAGMENT_HEADER_BYTES + fragmentSize(payload, label.k)
 }
 
 /** Expected ZMFG frame size of every segment of a labelled fragment. */
-export function segmentFrameSizes (label: FragmentLabel): number[] {
+export function segmentFrameSizes(label: FragmentLabel): number[] {
   return segmentSizes(label.stateBytes, label.segmentBytes).map(p => segmentFrameBytes(label, p))
 }
 
 /** Encodes a label (layout above), its checksum included. */
-export function encodeLabel (l: FragmentLabel): Uint8Array {
+export function encodeLabel(l: FragmentLabel): Uint8Array {
   const id = utf8.encode(l.owner)
   checkCap('snapshot owner id bytes', id.length, SNAPSHOT_LIMITS.maxPeerIdBytes)
   const out = new Uint8Array(LABEL_HEAD_BYTES + id.length + 8)
@@ -95,12 +102,12 @@ export function encodeLabel (l: FragmentLabel): Uint8Array {
   return out
 }
 
-function badLabel (why: string): never {
+function badLabel(why: string): never {
   throw snapshotError(SnapshotErrorCode.LABEL_MALFORMED, `bad fragment label: ${why}`)
 }
 
 /** From the first LABEL_HEAD_BYTES of a label: the total label length (checks magic, version, id cap). */
-export function labelLength (head: Uint8Array): number {
+export function labelLength(head: Uint8Array): number {
   if (head.length < LABEL_HEAD_BYTES) badLabel(`${head.length} bytes is shorter than a label`)
   const v = new DataView(head.buffer, head.byteOffset, LABEL_HEAD_BYTES)
   if (v.getUint32(0, true) !== LABEL_MAGIC) badLabel('bad magic')
@@ -115,7 +122,7 @@ export function labelLength (head: Uint8Array): number {
  * state size and body size agree (so the body size can be trusted for a cap check before the
  * body is read). Throws LABEL_MALFORMED.
  */
-export function decodeLabel (bytes: Uint8Array): FragmentLabel {
+export function decodeLabel(bytes: Uint8Array): FragmentLabel {
   const len = labelLength(bytes)
   if (bytes.length !== len) badLabel(`expected ${len} bytes, got ${bytes.length}`)
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.length)
@@ -128,7 +135,9 @@ export function decodeLabel (bytes: Uint8Array): FragmentLabel {
   let owner = ''
   try {
     owner = utf8d.decode(bytes.subarray(LABEL_HEAD_BYTES, len - 8))
-  } catch { badLabel('owner id is not UTF-8') }
+  } catch {
+    badLabel('owner id is not UTF-8')
+  }
   const l: FragmentLabel = {
     owner,
     k: v.getUint8(5),
@@ -146,9 +155,11 @@ export function decodeLabel (bytes: Uint8Array): FragmentLabel {
   if (v.getUint16(58, true) !== 0) badLabel('reserved field is not zero')
   if (owner.length === 0) badLabel('empty owner id')
   if (l.k < 1 || l.m < 1 || l.k + l.m > 255 || l.index >= l.k + l.m) badLabel(`k=${l.k} m=${l.m} index=${l.index} is not valid`)
-  if (l.stateBytes < 1 || l.stateBytes > SNAPSHOT_LIMITS.maxStateBytes) badLabel(`state of ${l.stateBytes} bytes is outside [1, ${SNAPSHOT_LIMITS.maxStateBytes}]`)
+  if (l.stateBytes < 1 || l.stateBytes > SNAPSHOT_LIMITS.maxStateBytes)
+    badLabel(`state of ${l.stateBytes} bytes is outside [1, ${SNAPSHOT_LIMITS.maxStateBytes}]`)
   if (l.segmentBytes < 1) badLabel('segment size is zero')
-  if (l.segments !== Math.ceil(l.stateBytes / l.segmentBytes) || l.segments > SNAPSHOT_LIMITS.maxSegments) badLabel(`${l.segments} segments do not cut ${l.stateBytes} bytes at ${l.segmentBytes}`)
+  if (l.segments !== Math.ceil(l.stateBytes / l.segmentBytes) || l.segments > SNAPSHOT_LIMITS.maxSegments)
+    badLabel(`${l.segments} segments do not cut ${l.stateBytes} bytes at ${l.segmentBytes}`)
   if (l.bodyBytes > SNAPSHOT_LIMITS.maxFragmentBytes) badLabel(`body of ${l.bodyBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxFragmentBytes}`)
   const want = segmentFrameSizes(l).reduce((a, b) => a + b, 0)
   if (want !== l.bodyBytes) badLabel(`body of ${l.bodyBytes} bytes, the label's sizes give ${want}`)
@@ -159,18 +170,22 @@ export function decodeLabel (bytes: Uint8Array): FragmentLabel {
  * Checks one segment frame of a labelled fragment (ZMFG header and body checksums, k, m and
  * index). Throws FRAGMENT_CORRUPT (a ProtocolError) naming the segment.
  */
-export function verifySegment (label: FragmentLabel, s: number, frame: Uint8Array): void {
+export function verifySegment(label: FragmentLabel, s: number, frame: Uint8Array): void {
   const payload = segmentSizes(label.stateBytes, label.segmentBytes)[s]
   try {
     decodeFragment(frame, { k: label.k, m: label.m, index: label.index, payloadBytes: payload })
   } catch (err) {
     if (!(err instanceof ProtocolError)) throw err
-    throw snapshotError(SnapshotErrorCode.FRAGMENT_CORRUPT, `fragment ${label.index} of ${label.owner}@${label.version} segment ${s}: ${err.message}`, { index: label.index, segment: s, cause: err.code })
+    throw snapshotError(SnapshotErrorCode.FRAGMENT_CORRUPT, `fragment ${label.index} of ${label.owner}@${label.version} segment ${s}: ${err.message}`, {
+      index: label.index,
+      segment: s,
+      cause: err.code
+    })
   }
 }
 
 /** Checks every segment of a fragment against its label. */
-export function verifyFragment (f: SnapshotFragment): void {
+export function verifyFragment(f: SnapshotFragment): void {
   const sizes = segmentFrameSizes(f.label)
   if (f.segments.length !== sizes.length) {
     throw snapshotError(SnapshotErrorCode.FRAGMENT_CORRUPT, `fragment ${f.label.index} has ${f.segments.length} segments, its label says ${sizes.length}`)
@@ -183,7 +198,7 @@ export function verifyFragment (f: SnapshotFragment): void {
  * header's own checksum covers its body checksum, so this binds every byte of the fragment
  * at the cost of hashing 48 bytes per segment.
  */
-export function fragmentDigest (segments: readonly Uint8Array[]): bigint {
+export function fragmentDigest(segments: readonly Uint8Array[]): bigint {
   const heads = new Uint8Array(segments.length * FRAGMENT_HEADER_BYTES)
   segments.forEach((s, i) => heads.set(s.subarray(0, FRAGMENT_HEADER_BYTES), i * FRAGMENT_HEADER_BYTES))
   return checksum64(heads)
@@ -202,7 +217,7 @@ export interface StripeInit {
  * Cuts a sealed state (from state.ts) into k + m snapshot fragments. The version is the
  * state's step; the state checksum is the one in its header.
  */
-export function stripeState (state: Uint8Array, init: StripeInit): SnapshotFragment[] {
+export function stripeState(state: Uint8Array, init: StripeInit): SnapshotFragment[] {
   return runSync(stripeWork(state, init))
 }
 
@@ -212,7 +227,7 @@ export function stripeState (state: Uint8Array, init: StripeInit): SnapshotFragm
  * flowing while a large state is encoded: a 1 GiB state coded in one call blocks for seconds,
  * long enough for the failure detector to evict the owner.
  */
-export async function stripeStateAsync (state: Uint8Array, init: StripeInit, pause: () => Promise<void>): Promise<SnapshotFragment[]> {
+export async function stripeStateAsync(state: Uint8Array, init: StripeInit, pause: () => Promise<void>): Promise<SnapshotFragment[]> {
   return await runPaused(stripeWork(state, init), pause)
 }
 
@@ -221,13 +236,13 @@ export const PAUSE_EVERY_BYTES = 4 * 1024 * 1024
 
 // The coding loops are generators that yield the bytes of each segment done, so one body
 // serves the synchronous functions and the ones that pause.
-function runSync<T> (g: Generator<number, T>): T {
+function runSync<T>(g: Generator<number, T>): T {
   let r = g.next()
   while (r.done !== true) r = g.next()
   return r.value
 }
 
-async function runPaused<T> (g: Generator<number, T>, pause: () => Promise<void>): Promise<T> {
+async function runPaused<T>(g: Generator<number, T>, pause: () => Promise<void>): Promise<T> {
   let since = 0
   let r = g.next()
   while (r.done !== true) {
@@ -241,7 +256,7 @@ async function runPaused<T> (g: Generator<number, T>, pause: () => Promise<void>
   return r.value
 }
 
-function * stripeWork (state: Uint8Array, init: StripeInit): Generator<number, SnapshotFragment[]> {
+function* stripeWork(state: Uint8Array, init: StripeInit): Generator<number, SnapshotFragment[]> {
   const h = readStateHeader(state)
   const { k, m } = init.coder
   const segmentBytes = init.segmentBytes ?? SNAPSHOT_LIMITS.segmentBytes
@@ -289,18 +304,28 @@ export interface AssembleReport {
  * the result must pass the whole-state checksum and match the label's. Throws
  * TooFewFragmentsError (codec) or a STATE_* ProtocolError.
  */
-export function assembleState (frags: readonly SnapshotFragment[], coder: ErasureCoder): { state: Uint8Array, report: AssembleReport } {
+export function assembleState(frags: readonly SnapshotFragment[], coder: ErasureCoder): { state: Uint8Array; report: AssembleReport } {
   return runSync(assembleWork(frags, coder))
 }
 
 /** {@link assembleState} that pauses every {@link PAUSE_EVERY_BYTES} (see {@link stripeStateAsync}). */
-export async function assembleStateAsync (frags: readonly SnapshotFragment[], coder: ErasureCoder, pause: () => Promise<void>): Promise<{ state: Uint8Array, report: AssembleReport }> {
+export async function assembleStateAsync(
+  frags: readonly SnapshotFragment[],
+  coder: ErasureCoder,
+  pause: () => Promise<void>
+): Promise<{ state: Uint8Array; report: AssembleReport }> {
   return await runPaused(assembleWork(frags, coder), pause)
 }
 
-function * assembleWork (frags: readonly SnapshotFragment[], coder: ErasureCoder): Generator<number, { state: Uint8Array, report: AssembleReport }> {
+function* assembleWork(frags: readonly SnapshotFragment[], coder: ErasureCoder): Generator<number, { state: Uint8Array; report: AssembleReport }> {
   const first = frags[0]
-  if (first === undefined) throw new TooFewFragmentsError(coder.k, coder.m, [], Array.from({ length: coder.k + coder.m }, (_, i) => i))
+  if (first === undefined)
+    throw new TooFewFragmentsError(
+      coder.k,
+      coder.m,
+      [],
+      Array.from({ length: coder.k + coder.m }, (_, i) => i)
+    )
   const l = first.label
   const sizes = segmentSizes(l.stateBytes, l.segmentBytes)
   const out = new Uint8Array(l.stateBytes)
@@ -318,7 +343,10 @@ function * assembleWork (frags: readonly SnapshotFragment[], coder: ErasureCoder
   }
   const h = verifyState(out)
   if (h.checksum !== l.stateChecksum || h.step !== l.version) {
-    throw snapshotError(SnapshotErrorCode.STATE_CHECKSUM, `rebuilt state is step ${h.step} checksum ${h.checksum}, the labels say step ${l.version} checksum ${l.stateChecksum}`)
+    throw snapshotError(
+      SnapshotErrorCode.STATE_CHECKSUM,
+      `rebuilt state is step ${h.step} checksum ${h.checksum}, the labels say step ${l.version} checksum ${l.stateChecksum}`
+    )
   }
   return { state: out, report: { used: [...used].sort((a, b) => a - b), corrupt: [...corrupt].sort((a, b) => a - b) } }
 }

@@ -27,13 +27,13 @@ export interface ManifestGossip {
 }
 
 /** Creates the manifest gossip of one node. */
-export function createManifestGossip (deps: ManifestGossipDeps): ManifestGossip {
+export function createManifestGossip(deps: ManifestGossipDeps): ManifestGossip {
   const { net } = deps
   let unsubscribe: (() => void) | undefined
   return {
-    start () {
+    start() {
       unsubscribe = net.subscribe(MANIFEST_TOPIC, {
-        validate (msg) {
+        validate(msg) {
           try {
             const mf = decodeManifest(msg.data)
             return mf.owner === msg.from ? 'accept' : 'reject'
@@ -41,14 +41,16 @@ export function createManifestGossip (deps: ManifestGossipDeps): ManifestGossip 
             return err instanceof ProtocolError ? err.action : 'reject'
           }
         },
-        deliver (msg) { deps.onManifest(decodeManifest(msg.data)) }
+        deliver(msg) {
+          deps.onManifest(decodeManifest(msg.data))
+        }
       })
     },
-    stop () {
+    stop() {
       unsubscribe?.()
       unsubscribe = undefined
     },
-    async announce (mf) {
+    async announce(mf) {
       const bytes = encodeManifest(mf)
       await Promise.allSettled(net.peers().map(p => net.send(p.id, MANIFEST_TOPIC, bytes)))
     }

@@ -27,15 +27,15 @@ export interface Holder {
 }
 
 /** Creates the holder of one node over `deps.store`. */
-export function createHolder (deps: HolderDeps): Holder {
+export function createHolder(deps: HolderDeps): Holder {
   const onPut = (stream: ByteStream): Promise<void> => handlePut(deps, stream)
   const onFetch = (stream: ByteStream): Promise<void> => handleFetch(deps, stream)
   return {
-    start () {
+    start() {
       deps.net.handle(PUT_PROTOCOL, onPut)
       deps.net.handle(FETCH_PROTOCOL, onFetch)
     },
-    stop () {
+    stop() {
       deps.net.unhandle(PUT_PROTOCOL)
       deps.net.unhandle(FETCH_PROTOCOL)
     }
@@ -43,7 +43,7 @@ export function createHolder (deps: HolderDeps): Holder {
 }
 
 /** The code a refused reservation is answered with, or undefined for an error that is not a refusal. */
-function refusalCode (err: unknown): string | undefined {
+function refusalCode(err: unknown): string | undefined {
   return err instanceof ProtocolError ? err.code : err instanceof StoreFullError ? SnapshotErrorCode.STORE_FULL : undefined
 }
 
@@ -51,7 +51,7 @@ function refusalCode (err: unknown): string | undefined {
  * One PUT: label in, reply (OK / DUPLICATE / ERROR), body in, reply. The label is checked and
  * room reserved before the body is read, so a refused or oversized fragment costs its label.
  */
-async function handlePut ({ store, watchdog, log }: HolderDeps, stream: ByteStream): Promise<void> {
+async function handlePut({ store, watchdog, log }: HolderDeps, stream: ByteStream): Promise<void> {
   const dog = watchdog(stream, 'put')
   const reader = new StreamReader(stream, dog.poke)
   let reservation: Reservation | undefined
@@ -98,7 +98,7 @@ async function handlePut ({ store, watchdog, log }: HolderDeps, stream: ByteStre
 }
 
 /** One FETCH: a request in, then a fragment (GET) or the labels held for an owner (LIST) out. */
-async function handleFetch ({ store, watchdog, log }: HolderDeps, stream: ByteStream): Promise<void> {
+async function handleFetch({ store, watchdog, log }: HolderDeps, stream: ByteStream): Promise<void> {
   const dog = watchdog(stream, 'fetch')
   const reader = new StreamReader(stream, dog.poke)
   try {

@@ -7,29 +7,67 @@
  */
 export { SNAPSHOT_LIMITS, type SnapshotLimits } from './limits.ts'
 export {
-  SnapshotErrorCode, type SnapshotErrorCodeT, PlacementError, PlacementFailedError, StoreFullError, UnrecoverableError,
-  NoSnapshotError, TransferTimeoutError
+  SnapshotErrorCode,
+  type SnapshotErrorCodeT,
+  PlacementError,
+  PlacementFailedError,
+  StoreFullError,
+  UnrecoverableError,
+  NoSnapshotError,
+  TransferTimeoutError
 } from './errors.ts'
 export {
-  type RankState, type StateHeader, STATE_MAGIC, STATE_VERSION, STATE_HEADER_BYTES,
-  stateBytes, writeState, sealState, encodeState, readStateHeader, verifyState, decodeState
+  type RankState,
+  type StateHeader,
+  STATE_MAGIC,
+  STATE_VERSION,
+  STATE_HEADER_BYTES,
+  stateBytes,
+  writeState,
+  sealState,
+  encodeState,
+  readStateHeader,
+  verifyState,
+  decodeState
 } from './state.ts'
 export { validateStripeParams, placeStripe } from './placement.ts'
 export {
-  type FragmentLabel, type SnapshotFragment, type StripeInit, type AssembleReport, LABEL_MAGIC, LABEL_VERSION,
-  encodeLabel, decodeLabel, stripeState, stripeStateAsync, assembleState, assembleStateAsync, PAUSE_EVERY_BYTES, fragmentDigest, verifyFragment, segmentSizes
+  type FragmentLabel,
+  type SnapshotFragment,
+  type StripeInit,
+  type AssembleReport,
+  LABEL_MAGIC,
+  LABEL_VERSION,
+  encodeLabel,
+  decodeLabel,
+  stripeState,
+  stripeStateAsync,
+  assembleState,
+  assembleStateAsync,
+  PAUSE_EVERY_BYTES,
+  fragmentDigest,
+  verifyFragment,
+  segmentSizes
 } from './fragment.ts'
 export { type Manifest, MANIFEST_TOPIC, encodeManifest, decodeManifest } from './manifest.ts'
 export {
-  type FragmentStore, type FragmentStoreInit, type HeldFragment, type RecoveryPoint, type Reservation, type StoreStats,
+  type FragmentStore,
+  type FragmentStoreInit,
+  type HeldFragment,
+  type RecoveryPoint,
+  type Reservation,
+  type StoreStats,
   createFragmentStore
 } from './store.ts'
 export { type Capturer, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
 export { PUT_PROTOCOL, FETCH_PROTOCOL } from './wire.ts'
 export { type SnapshotService, type SnapshotServiceInit, type SnapshotDeps, createSnapshotService } from './service.ts'
-export { type PlaceResult } from './placer.ts'
-export { type RecoverRequest, type Recovered, type RecoveryReport } from './recovery.ts'
+export type { PlaceResult } from './placer.ts'
+export type { RecoverRequest, Recovered, RecoveryReport } from './recovery.ts'
 export { STATE_FILE, persistState, loadState, writeFileDurable } from './disk.ts'
 export {
-  type TensorLayout, MAX_SAFETENSORS_HEADER_BYTES, encodeSafetensors, exportSafetensors
+  type TensorLayout,
+  MAX_SAFETENSORS_HEADER_BYTES,
+  encodeSafetensors,
+  exportSafetensors
 } from './safetensors.ts'

@@ -31,7 +31,7 @@ export interface ManifestBook {
 }
 
 /** Creates an empty manifest book. */
-export function createManifestBook (deps: ManifestBookDeps): ManifestBook {
+export function createManifestBook(deps: ManifestBookDeps): ManifestBook {
   const manifests = new Map<PeerId, Manifest[]>()
   let rp: RecoveryPoint | undefined
 
@@ -62,7 +62,7 @@ export function createManifestBook (deps: ManifestBookDeps): ManifestBook {
   }
 
   return {
-    apply (mf) {
+    apply(mf) {
       const list = listFor(mf.owner)
       if (list === undefined) return
       if (list.some(x => x.version === mf.version && x.epoch === mf.epoch)) return
@@ -73,10 +73,13 @@ export function createManifestBook (deps: ManifestBookDeps): ManifestBook {
       update()
     },
     list: owner => [...(manifests.get(owner) ?? [])],
-    newest: (owner, version, epoch) => (manifests.get(owner) ?? []).find(x => (version === undefined || x.version === version) && (epoch === undefined || x.epoch === epoch)),
+    newest: (owner, version, epoch) =>
+      (manifests.get(owner) ?? []).find(x => (version === undefined || x.version === version) && (epoch === undefined || x.epoch === epoch)),
     update,
     recoveryPoint: () => rp,
-    forget (owner) { manifests.delete(owner) }
+    forget(owner) {
+      manifests.delete(owner)
+    }
   }
 }
 
@@ -85,7 +88,7 @@ export function createManifestBook (deps: ManifestBookDeps): ManifestBook {
  * view's epoch, or undefined when there is none. A member that never placed a snapshot (a
  * spare) holds no state to protect and does not count.
  */
-export function commonVersion (view: View, manifestsOf: (owner: PeerId) => readonly Manifest[] | undefined): number | undefined {
+export function commonVersion(view: View, manifestsOf: (owner: PeerId) => readonly Manifest[] | undefined): number | undefined {
   let common: Set<number> | undefined
   for (const mem of view.members) {
     const all = manifestsOf(mem.id)

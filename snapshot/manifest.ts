@@ -51,7 +51,7 @@ const toBytes = (x: bigint): Uint8Array => {
 }
 const fromBytes = (b: Uint8Array): bigint => new DataView(b.buffer, b.byteOffset, b.length).getBigUint64(0, true)
 
-export function encodeManifest (m: Manifest): Uint8Array {
+export function encodeManifest(m: Manifest): Uint8Array {
   return codec.encode('manifest', { ...m, stateChecksum: toBytes(m.stateChecksum), digests: m.digests.map(toBytes) })
 }
 
@@ -60,13 +60,15 @@ export function encodeManifest (m: Manifest): Uint8Array {
  * rules: k + m <= 255, one holder and one 8-byte digest per fragment, distinct holders, owner
  * not among them. Throws a ProtocolError.
  */
-export function decodeManifest (bytes: Uint8Array): Manifest {
+export function decodeManifest(bytes: Uint8Array): Manifest {
   const { payload: p } = codec.decode(bytes)
-  const bad = (why: string): never => { throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, `bad manifest: ${why}`) }
+  const bad = (why: string): never => {
+    throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, `bad manifest: ${why}`)
+  }
   if (p.k + p.m > 255) bad(`k + m = ${p.k + p.m} is over 255`)
-  if (p.holders.length !== p.k + p.m || p.digests.length !== p.k + p.m) bad(`${p.holders.length} holders and ${p.digests.length} digests for ${p.k + p.m} fragments`)
+  if (p.holders.length !== p.k + p.m || p.digests.length !== p.k + p.m)
+    bad(`${p.holders.length} holders and ${p.digests.length} digests for ${p.k + p.m} fragments`)
   if (new Set(p.holders).size !== p.holders.length || p.holders.includes(p.owner)) bad('holders must be distinct and exclude the owner')
   if (p.stateChecksum.length !== 8 || p.digests.some(d => d.length !== 8)) bad('checksums must be 8 bytes')
   return { ...p, stateChecksum: fromBytes(p.stateChecksum), digests: p.digests.map(fromBytes) }
 }
-

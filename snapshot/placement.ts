@@ -6,7 +6,7 @@ import { PlacementError } from './errors.ts'
  * Checks (k, m) against a view: codec's rules (k >= 1, m >= 1, k + m <= 255) and k + m
  * distinct holders besides the owner, so k + m <= view size - 1. Throws PlacementError.
  */
-export function validateStripeParams (k: number, m: number, viewSize: number): void {
+export function validateStripeParams(k: number, m: number, viewSize: number): void {
   try {
     validateErasureParams(k, m)
   } catch (err) {
@@ -28,7 +28,7 @@ export function validateStripeParams (k: number, m: number, viewSize: number): v
  * has fewer hosts than k + m they are shared as evenly as possible. Starting the ring after
  * the owner spreads the load of all stripes over all members.
  */
-export function placeStripe (view: View, owner: number, k: number, m: number): PeerId[] {
+export function placeStripe(view: View, owner: number, k: number, m: number): PeerId[] {
   const members = view.members
   const P = members.length
   if (!Number.isSafeInteger(owner) || owner < 0 || owner >= P) throw new PlacementError(`owner rank ${owner} is not in a view of ${P}`, { owner, viewSize: P })

@@ -1,5 +1,12 @@
 import {
-  InvalidArgumentError, ProtocolError, throwIfAborted, defineCounter, type Clock, type Counter, type Logger, type MetricsRegistry
+  InvalidArgumentError,
+  ProtocolError,
+  throwIfAborted,
+  defineCounter,
+  type Clock,
+  type Counter,
+  type Logger,
+  type MetricsRegistry
 } from '../core/index.ts'
 import type { ErasureCoder } from '../codec/index.ts'
 import type { PeerId, View } from '../mesh/index.ts'
@@ -61,7 +68,7 @@ export interface Placer {
   /** Waits until no capture is queued or placing. */
   idle(): Promise<void>
   /** Newest own placed snapshot (sealed bytes). */
-  retained(): { step: number, bytes: Uint8Array } | undefined
+  retained(): { step: number; bytes: Uint8Array } | undefined
   /** Stripes and places sealed state bytes now under the current view. */
   place(sealed: Uint8Array, options?: { signal?: AbortSignal }): Promise<PlaceResult>
   /** Stops capturing: the placement in flight is aborted, queued captures settle as failed. */
@@ -79,7 +86,7 @@ interface PutContext {
 }
 
 /** Creates the placer of one node. */
-export function createPlacer (init: PlacerInit, deps: PlacerDeps): Placer {
+export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
   const { self, log } = deps
   const { k, m } = init
   const ctx: PutContext = {
@@ -87,7 +94,10 @@ export function createPlacer (init: PlacerInit, deps: PlacerDeps): Placer {
     clock: deps.clock,
     retries: init.putRetries,
     retryMs: init.putRetryMs,
-    placed: deps.metrics === undefined ? undefined : defineCounter(deps.metrics, { name: 'zeromesh_snapshot_placed_bytes_total', help: 'Fragment bytes pushed to holders' })
+    placed:
+      deps.metrics === undefined
+        ? undefined
+        : defineCounter(deps.metrics, { name: 'zeromesh_snapshot_placed_bytes_total', help: 'Fragment bytes pushed to holders' })
   }
 
   const place = async (sealed: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<PlaceResult> => {
@@ -137,12 +147,14 @@ export function createPlacer (init: PlacerInit, deps: PlacerDeps): Placer {
 }
 
 /** The puts that failed, by fragment index. */
-function failures (results: Array<PromiseSettledResult<PutOutcome>>, holders: readonly PeerId[]): Array<{ index: number, holder: PeerId, reason: string }> {
-  return results.flatMap((r, i) => r.status === 'rejected' ? [{ index: i, holder: holders[i]!, reason: (r.reason as Error).name + ': ' + (r.reason as Error).message }] : [])
+function failures(results: Array<PromiseSettledResult<PutOutcome>>, holders: readonly PeerId[]): Array<{ index: number; holder: PeerId; reason: string }> {
+  return results.flatMap((r, i) =>
+    r.status === 'rejected' ? [{ index: i, holder: holders[i]!, reason: (r.reason as Error).name + ': ' + (r.reason as Error).message }] : []
+  )
 }
 
 /** Pushes one fragment, retrying while the holder has not installed the view yet (FUTURE_EPOCH). */
-async function put (ctx: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
+async function put(ctx: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await putOnce(ctx, holder, f, signal)
@@ -154,7 +166,7 @@ async function put (ctx: PutContext, holder: PeerId, f: SnapshotFragment, signal
 }
 
 /** One PUT exchange (see PUT_PROTOCOL). */
-async function putOnce ({ transfers, placed }: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
+async function putOnce({ transfers, placed }: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
   const stream = await transfers.open(holder, PUT_PROTOCOL, signal, `put to ${holder}`)
   const dog = transfers.watchdog(stream, `put to ${holder}`)
   const off = abortOnSignal(signal, stream)

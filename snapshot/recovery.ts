@@ -1,12 +1,17 @@
-import {
-  ProtocolError, checkCap, defineCounter, settleOnAbort, throwIfAborted, type Counter, type Logger, type MetricsRegistry
-} from '../core/index.ts'
+import { ProtocolError, checkCap, defineCounter, settleOnAbort, throwIfAborted, type Counter, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { TooFewFragmentsError, type ErasureCoder } from '../codec/index.ts'
 import type { PeerId } from '../mesh/index.ts'
 import { NoSnapshotError, snapshotError, SnapshotErrorCode, TransferTimeoutError, UnrecoverableError } from './errors.ts'
 import {
-  assembleStateAsync, decodeLabel, fragmentDigest, LABEL_HEAD_BYTES, labelLength, segmentFrameSizes, verifyFragment,
-  type FragmentLabel, type SnapshotFragment
+  assembleStateAsync,
+  decodeLabel,
+  fragmentDigest,
+  LABEL_HEAD_BYTES,
+  labelLength,
+  segmentFrameSizes,
+  verifyFragment,
+  type FragmentLabel,
+  type SnapshotFragment
 } from './fragment.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
 import type { Manifest } from './manifest.ts'
@@ -36,11 +41,11 @@ export interface RecoveryReport {
   k: number
   m: number
   /** Fragment indices the state was decoded from, and who sent them. */
-  used: Array<{ index: number, holder: PeerId }>
+  used: Array<{ index: number; holder: PeerId }>
   /** Fragments that could not be fetched (holder gone, timed out, not found). */
-  missing: Array<{ index: number, holder: PeerId, reason: string }>
+  missing: Array<{ index: number; holder: PeerId; reason: string }>
   /** Fragments that arrived corrupt or did not match the manifest (treated as erasures). */
-  corrupt: Array<{ index: number, holder: PeerId, reason: string }>
+  corrupt: Array<{ index: number; holder: PeerId; reason: string }>
   /** Where holders came from: a gossiped manifest or LIST replies. */
   source: 'manifest' | 'list'
 }
@@ -106,20 +111,26 @@ interface FetchContext {
 }
 
 /** Creates the recovery client of one node. */
-export function createRecoveryClient (deps: RecoveryClientDeps): RecoveryClient {
+export function createRecoveryClient(deps: RecoveryClientDeps): RecoveryClient {
   const ctx: FetchContext = {
     deps,
-    corrupt: deps.metrics === undefined ? undefined : defineCounter(deps.metrics, { name: 'zeromesh_snapshot_corrupt_fragments_total', help: 'Fragments fetched for recovery that were corrupt or did not match their manifest' })
+    corrupt:
+      deps.metrics === undefined
+        ? undefined
+        : defineCounter(deps.metrics, {
+            name: 'zeromesh_snapshot_corrupt_fragments_total',
+            help: 'Fragments fetched for recovery that were corrupt or did not match their manifest'
+          })
   }
   return {
-    recover (req, options = {}) {
+    recover(req, options = {}) {
       const outer = options.signal === undefined ? deps.signal : AbortSignal.any([options.signal, deps.signal])
       return settleOnAbort(outer, recoverUnder(ctx, req, outer), () => {})
     }
   }
 }
 
-async function recoverUnder (ctx: FetchContext, req: RecoverRequest, outer: AbortSignal): Promise<Recovered> {
+async function recoverUnder(ctx: FetchContext, req: RecoverRequest, outer: AbortSignal): Promise<Recovered> {
   const { deps } = ctx
   throwIfAborted(outer)
   const plan = await planFor(deps, req, outer)
@@ -142,29 +153,55 @@ async function recoverUnder (ctx: FetchContext, req: RecoverRequest, outer: Abor
   }
   const unrecoverable = (missing: number[], corrupt: number[]): UnrecoverableError =>
     new UnrecoverableError({ owner: plan.owner, rank: plan.rank, version: plan.version, k: plan.k, m: plan.m, missing, corrupt })
-  if (round.got.size < plan.k) throw unrecoverable(report.missing.map(x => x.index), report.corrupt.map(x => x.index))
+  if (round.got.size < plan.k)
+    throw unrecoverable(
+      report.missing.map(x => x.index),
+      report.corrupt.map(x => x.index)
+    )
   const entries = [...round.got.entries()].sort((a, b) => a[0] - b[0]).slice(0, plan.k)
   let assembled: Awaited<ReturnType<typeof assembleStateAsync>>
   try {
-    assembled = await assembleStateAsync(entries.map(([, v]) => v.f), coder, deps.breathe)
+    assembled = await assembleStateAsync(
+      entries.map(([, v]) => v.f),
+      coder,
+      deps.breathe
+    )
   } catch (err) {
     if (err instanceof TooFewFragmentsError) throw unrecoverable(err.missing, err.corrupt)
     throw err
   }
   report.used = entries.map(([index, v]) => ({ index, holder: v.holder }))
-  deps.log?.info({ owner: plan.owner, version: plan.version, used: report.used.length, missing: report.missing.length, corrupt: report.corrupt.length }, 'snapshot recovered')
+  deps.log?.info(
+    { owner: plan.owner, version: plan.version, used: report.used.length, missing: report.missing.length, corrupt: report.corrupt.length },
+    'snapshot recovered'
+  )
   return { state: decodeState(assembled.state), bytes: assembled.state, report }
 }
 
 /** The holders to fetch from: a known manifest's, or else what the peers say they hold (LIST). */
-async function planFor (deps: RecoveryClientDeps, req: RecoverRequest, signal: AbortSignal): Promise<RecoveryPlan> {
+async function planFor(deps: RecoveryClientDeps, req: RecoverRequest, signal: AbortSignal): Promise<RecoveryPlan> {
   const mf = deps.manifest(req.owner, req.version, req.epoch)
   if (mf !== undefined) {
-    return { owner: mf.owner, rank: mf.rank, version: mf.version, epoch: mf.epoch, k: mf.k, m: mf.m, stateChecksum: mf.stateChecksum, holders: new Map(mf.holders.map((h, i) => [i, h])), digests: mf.digests, source: 'manifest' }
+    return {
+      owner: mf.owner,
+      rank: mf.rank,
+      version: mf.version,
+      epoch: mf.epoch,
+      k: mf.k,
+      m: mf.m,
+      stateChecksum: mf.stateChecksum,
+      holders: new Map(mf.holders.map((h, i) => [i, h])),
+      digests: mf.digests,
+      source: 'manifest'
+    }
   }
   const peers = req.peers ?? [deps.self, ...deps.peers()]
   const lists = await Promise.allSettled(peers.filter(p => p !== req.owner).map(async p => ({ peer: p, labels: await listAt(deps, p, req.owner, signal) })))
-  return planFromLists(req, lists.flatMap(r => r.status === 'fulfilled' ? [r.value] : []), peers.length)
+  return planFromLists(
+    req,
+    lists.flatMap(r => (r.status === 'fulfilled' ? [r.value] : [])),
+    peers.length
+  )
 }
 
 /**
@@ -173,8 +210,8 @@ async function planFor (deps: RecoveryClientDeps, req: RecoverRequest, signal: A
  * UnrecoverableError when stripes are held but none has k fragments, NoSnapshotError when none
  * is held at all (`asked` peers were asked).
  */
-export function planFromLists (req: RecoverRequest, replies: ReadonlyArray<{ peer: PeerId, labels: readonly FragmentLabel[] }>, asked: number): RecoveryPlan {
-  const groups = new Map<string, { l: FragmentLabel, holders: Map<number, PeerId> }>()
+export function planFromLists(req: RecoverRequest, replies: ReadonlyArray<{ peer: PeerId; labels: readonly FragmentLabel[] }>, asked: number): RecoveryPlan {
+  const groups = new Map<string, { l: FragmentLabel; holders: Map<number, PeerId> }>()
   for (const reply of replies) {
     for (const l of reply.labels) {
       if ((req.version !== undefined && l.version !== req.version) || (req.epoch !== undefined && l.epoch !== req.epoch)) continue
@@ -193,17 +230,39 @@ export function planFromLists (req: RecoverRequest, replies: ReadonlyArray<{ pee
     if (partial !== undefined) {
       const l = partial.l
       const all = Array.from({ length: l.k + l.m }, (_, i) => i)
-      throw new UnrecoverableError({ owner: req.owner, rank: l.rank, version: l.version, k: l.k, m: l.m, missing: all.filter(i => !partial.holders.has(i)), corrupt: [] })
+      throw new UnrecoverableError({
+        owner: req.owner,
+        rank: l.rank,
+        version: l.version,
+        k: l.k,
+        m: l.m,
+        missing: all.filter(i => !partial.holders.has(i)),
+        corrupt: []
+      })
     }
-    throw new NoSnapshotError(`no snapshot of ${req.owner}${req.version === undefined ? '' : ` version ${req.version}`} is known or held by any of ${asked} peers`, { owner: req.owner })
+    throw new NoSnapshotError(
+      `no snapshot of ${req.owner}${req.version === undefined ? '' : ` version ${req.version}`} is known or held by any of ${asked} peers`,
+      { owner: req.owner }
+    )
   }
   const l = best.l
-  return { owner: req.owner, rank: l.rank, version: l.version, epoch: l.epoch, k: l.k, m: l.m, stateChecksum: l.stateChecksum, holders: best.holders, digests: undefined, source: 'list' }
+  return {
+    owner: req.owner,
+    rank: l.rank,
+    version: l.version,
+    epoch: l.epoch,
+    k: l.k,
+    m: l.m,
+    stateChecksum: l.stateChecksum,
+    holders: best.holders,
+    digests: undefined,
+    source: 'list'
+  }
 }
 
 /** One fetch round: k workers take fragment indices in order until k fragments are in. */
 interface FetchRound {
-  got: Map<number, { f: SnapshotFragment, holder: PeerId }>
+  got: Map<number, { f: SnapshotFragment; holder: PeerId }>
   missing: RecoveryReport['missing']
   corrupt: RecoveryReport['corrupt']
   /** Resolves once k fragments are in or every worker ran out of indices. */
@@ -212,7 +271,7 @@ interface FetchRound {
   finish(): Promise<unknown>
 }
 
-function startFetchRound (ctx: FetchContext, plan: RecoveryPlan, outer: AbortSignal): FetchRound {
+function startFetchRound(ctx: FetchContext, plan: RecoveryPlan, outer: AbortSignal): FetchRound {
   // Systematic code: data fragments first (no decoding work when they all arrive), then parity.
   const queue = [...plan.holders.keys()].sort((a, b) => a - b)
   const round: Omit<FetchRound, 'enough' | 'finish'> = { got: new Map(), missing: [], corrupt: [] }
@@ -222,7 +281,9 @@ function startFetchRound (ctx: FetchContext, plan: RecoveryPlan, outer: AbortSig
   const ctl = new AbortController()
   const signal = AbortSignal.any([outer, ctl.signal])
   let wake: () => void = () => {}
-  const enough = new Promise<void>(resolve => { wake = resolve })
+  const enough = new Promise<void>(resolve => {
+    wake = resolve
+  })
   let active = 0
   const worker = async (): Promise<void> => {
     active++
@@ -249,7 +310,7 @@ function startFetchRound (ctx: FetchContext, plan: RecoveryPlan, outer: AbortSig
   return {
     ...round,
     enough,
-    finish () {
+    finish() {
       ctl.abort()
       return Promise.allSettled(workers)
     }
@@ -257,7 +318,7 @@ function startFetchRound (ctx: FetchContext, plan: RecoveryPlan, outer: AbortSig
 }
 
 /** A failed fetch: corrupt (a protocol error about the fragment itself) or missing (anything else). */
-function recordFailure (ctx: FetchContext, plan: RecoveryPlan, round: Pick<FetchRound, 'missing' | 'corrupt'>, index: number, holder: PeerId, e: Error): void {
+function recordFailure(ctx: FetchContext, plan: RecoveryPlan, round: Pick<FetchRound, 'missing' | 'corrupt'>, index: number, holder: PeerId, e: Error): void {
   const isCorrupt = e instanceof ProtocolError && e.code !== SnapshotErrorCode.NOT_FOUND && e.code !== SnapshotErrorCode.REQUEST_MALFORMED
   if (!isCorrupt) {
     round.missing.push({ index, holder, reason: `${e.name}: ${e.message}` })
@@ -269,10 +330,21 @@ function recordFailure (ctx: FetchContext, plan: RecoveryPlan, round: Pick<Fetch
 }
 
 /** Checks a fetched fragment against the plan: its label, its segments, its manifest digest. */
-function checkFetched (plan: RecoveryPlan, index: number, holder: PeerId, f: SnapshotFragment): SnapshotFragment {
+function checkFetched(plan: RecoveryPlan, index: number, holder: PeerId, f: SnapshotFragment): SnapshotFragment {
   const l = f.label
-  if (l.owner !== plan.owner || l.version !== plan.version || l.epoch !== plan.epoch || l.index !== index || l.k !== plan.k || l.m !== plan.m || l.stateChecksum !== plan.stateChecksum) {
-    throw snapshotError(SnapshotErrorCode.FRAGMENT_CORRUPT, `fragment from ${holder} is labelled ${l.owner}@${l.version}/${l.epoch} #${l.index}, asked for ${plan.owner}@${plan.version}/${plan.epoch} #${index}`)
+  if (
+    l.owner !== plan.owner ||
+    l.version !== plan.version ||
+    l.epoch !== plan.epoch ||
+    l.index !== index ||
+    l.k !== plan.k ||
+    l.m !== plan.m ||
+    l.stateChecksum !== plan.stateChecksum
+  ) {
+    throw snapshotError(
+      SnapshotErrorCode.FRAGMENT_CORRUPT,
+      `fragment from ${holder} is labelled ${l.owner}@${l.version}/${l.epoch} #${l.index}, asked for ${plan.owner}@${plan.version}/${plan.epoch} #${index}`
+    )
   }
   verifyFragment(f)
   if (plan.digests !== undefined && fragmentDigest(f.segments) !== plan.digests[index]) {
@@ -282,7 +354,7 @@ function checkFetched (plan: RecoveryPlan, index: number, holder: PeerId, f: Sna
 }
 
 /** One fragment, from this node's store or by a GET to its holder, checked against the plan. */
-async function fetchOne (deps: RecoveryClientDeps, plan: RecoveryPlan, index: number, holder: PeerId, signal: AbortSignal): Promise<SnapshotFragment> {
+async function fetchOne(deps: RecoveryClientDeps, plan: RecoveryPlan, index: number, holder: PeerId, signal: AbortSignal): Promise<SnapshotFragment> {
   if (holder === deps.self) {
     const f = deps.store.get(plan.owner, plan.version, plan.epoch, index)
     if (f === undefined) throw snapshotError(SnapshotErrorCode.NOT_FOUND, `fragment ${index} not held locally`, {}, 'ignore')
@@ -315,7 +387,7 @@ async function fetchOne (deps: RecoveryClientDeps, plan: RecoveryPlan, index: nu
 }
 
 /** The labels `peer` holds for `owner` (a LIST; this node's own store read directly). */
-async function listAt (deps: RecoveryClientDeps, peer: PeerId, owner: PeerId, signal: AbortSignal): Promise<FragmentLabel[]> {
+async function listAt(deps: RecoveryClientDeps, peer: PeerId, owner: PeerId, signal: AbortSignal): Promise<FragmentLabel[]> {
   if (peer === deps.self) return deps.store.list(owner)
   const { transfers } = deps
   const stream = await transfers.open(peer, FETCH_PROTOCOL, signal, `list at ${peer}`)

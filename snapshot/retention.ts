@@ -20,10 +20,8 @@ export interface HeldVersion {
  * goes. Owners that left the view keep their fragments (a replacement may still need to
  * recover them) until forgotten, or until their newest epoch is maxDepartedEpochs behind.
  */
-export function isExpired (held: HeldVersion, owner: { departed: boolean, newestEpoch: number }, rp: RecoveryPoint): boolean {
-  return owner.departed
-    ? owner.newestEpoch + SNAPSHOT_LIMITS.maxDepartedEpochs < rp.epoch
-    : held.epoch < rp.epoch || held.version < rp.version
+export function isExpired(held: HeldVersion, owner: { departed: boolean; newestEpoch: number }, rp: RecoveryPoint): boolean {
+  return owner.departed ? owner.newestEpoch + SNAPSHOT_LIMITS.maxDepartedEpochs < rp.epoch : held.epoch < rp.epoch || held.version < rp.version
 }
 
 /**
@@ -31,7 +29,7 @@ export function isExpired (held: HeldVersion, owner: { departed: boolean, newest
  * held: the oldest that is neither the newest complete one nor at the recovery point, and is
  * older than `incoming`. Undefined: the newcomer is the stale one.
  */
-export function evictionVictim<T extends HeldVersion> (held: Iterable<T>, rp: RecoveryPoint | undefined, incoming: number): T | undefined {
+export function evictionVictim<T extends HeldVersion>(held: Iterable<T>, rp: RecoveryPoint | undefined, incoming: number): T | undefined {
   const all = [...held].sort((a, b) => a.version - b.version || a.epoch - b.epoch)
   const newestComplete = all.filter(e => e.complete).at(-1)
   return all.find(e => e !== newestComplete && !(rp !== undefined && e.version === rp.version) && e.version < incoming)

@@ -13,18 +13,19 @@ import { writeFileDurable } from './disk.ts'
  * are joined with its {@link assembleFlat}.
  */
 export interface TensorLayout {
-  tensors: ReadonlyArray<{ name: string, offset: number, shape: readonly number[] }>
+  tensors: ReadonlyArray<{ name: string; offset: number; shape: readonly number[] }>
   /** Elements of the flat buffer. */
   length: number
 }
 
-function checkLayout (layout: TensorLayout): void {
+function checkLayout(layout: TensorLayout): void {
   const seen = new Set<string>()
   for (const t of layout.tensors) {
     const n = t.shape.reduce((a, b) => a * b, 1)
     if (seen.has(t.name) || t.name === '__metadata__') throw new InvalidArgumentError(`tensor name '${t.name}' is repeated or reserved`)
     seen.add(t.name)
-    if (t.offset < 0 || t.offset + n > layout.length) throw new InvalidArgumentError(`tensor '${t.name}' [${t.offset}, ${t.offset + n}) is outside the ${layout.length}-element buffer`)
+    if (t.offset < 0 || t.offset + n > layout.length)
+      throw new InvalidArgumentError(`tensor '${t.name}' [${t.offset}, ${t.offset + n}) is outside the ${layout.length}-element buffer`)
   }
 }
 
@@ -36,7 +37,7 @@ export const MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
  * so nothing is copied twice). Values are f32, written little-endian (the byte order of every
  * platform Node runs on is checked).
  */
-export function encodeSafetensors (flat: Float32Array, layout: TensorLayout, metadata: Record<string, string> = {}): Uint8Array[] {
+export function encodeSafetensors(flat: Float32Array, layout: TensorLayout, metadata: Record<string, string> = {}): Uint8Array[] {
   if (flat.length !== layout.length) throw new InvalidArgumentError(`flat buffer has ${flat.length} elements, layout ${layout.length}`)
   if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) throw new InvalidArgumentError('big-endian hosts are not supported by the safetensors writer')
   checkLayout(layout)
@@ -65,7 +66,12 @@ export function encodeSafetensors (flat: Float32Array, layout: TensorLayout, met
  * Assembles the full model from every rank's weight shard (rank order) and writes it to
  * `path` as safetensors, atomically. What `zeromesh export` calls.
  */
-export async function exportSafetensors (path: string, shards: readonly Float32Array[], layout: TensorLayout, metadata: Record<string, string> = {}): Promise<void> {
+export async function exportSafetensors(
+  path: string,
+  shards: readonly Float32Array[],
+  layout: TensorLayout,
+  metadata: Record<string, string> = {}
+): Promise<void> {
   const flat = assembleFlat(shards, layout.length)
   await writeFileDurable(path, encodeSafetensors(flat, layout, metadata), dirname(path))
 }

@@ -63,7 +63,7 @@ export interface SnapshotService {
   /** Waits until no capture is queued or placing. */
   idle(): Promise<void>
   /** Newest own placed snapshot (sealed bytes), for local rollback and the disk tier. */
-  retained(): { step: number, bytes: Uint8Array } | undefined
+  retained(): { step: number; bytes: Uint8Array } | undefined
   /** Stripes and places sealed state bytes now under the current view. */
   place(sealed: Uint8Array, options?: { signal?: AbortSignal }): Promise<PlaceResult>
   /** Fetches any k valid fragments in parallel from their holders, decodes and verifies. */
@@ -77,7 +77,7 @@ export interface SnapshotService {
 }
 
 /** Creates the snapshot service of one node: the components wired over one store and one view. */
-export function createSnapshotService (init: SnapshotServiceInit, deps: SnapshotDeps): SnapshotService {
+export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotDeps): SnapshotService {
   const { net, clock } = deps
   const self = net.self.id
   const log = deps.log?.child({ component: 'snapshot' })
@@ -95,7 +95,16 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
   const book = createManifestBook({ view, store, log })
   const gossip = createManifestGossip({ net, onManifest: mf => book.apply(mf) })
   const recovery = createRecoveryClient({
-    self, store, transfers, manifest: book.newest, peers: () => net.peers().map(p => p.id), coderFor, breathe, signal: lifetime.signal, log, metrics: deps.metrics
+    self,
+    store,
+    transfers,
+    manifest: book.newest,
+    peers: () => net.peers().map(p => p.id),
+    coderFor,
+    breathe,
+    signal: lifetime.signal,
+    log,
+    metrics: deps.metrics
   })
   const placer = createPlacer(placerInit, {
     self,
@@ -116,13 +125,13 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
 
   return {
     store,
-    async start () {
+    async start() {
       if (started) return
       started = true
       holder.start()
       gossip.start()
     },
-    async stop () {
+    async stop() {
       if (!started) return
       started = false
       placer.stop()
@@ -131,7 +140,7 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
       gossip.stop()
       store.clear()
     },
-    setView (v) {
+    setView(v) {
       if (current !== undefined && v.epoch <= current.epoch) return
       const first = current === undefined
       current = { epoch: v.epoch, members: v.members.map(x => ({ ...x })) }
@@ -148,7 +157,7 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
     recover: recovery.recover,
     manifests: owner => book.list(owner),
     recoveryPoint: () => book.recoveryPoint(),
-    forget (owner) {
+    forget(owner) {
       book.forget(owner)
       store.forget(owner)
     }
@@ -156,11 +165,12 @@ export function createSnapshotService (init: SnapshotServiceInit, deps: Snapshot
 }
 
 /** Checks the stripe shape and segment size, and fills in the placement defaults. */
-function placerInitOf (init: SnapshotServiceInit): PlacerInit {
+function placerInitOf(init: SnapshotServiceInit): PlacerInit {
   const { k, m } = init
   validateStripeParams(k, m, k + m + 1)
   const segmentBytes = init.segmentBytes ?? SNAPSHOT_LIMITS.segmentBytes
-  if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 1 || segmentBytes > 0xffffffff) throw new InvalidArgumentError(`segmentBytes must be an integer in [1, 2^32), got ${segmentBytes}`)
+  if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 1 || segmentBytes > 0xffffffff)
+    throw new InvalidArgumentError(`segmentBytes must be an integer in [1, 2^32), got ${segmentBytes}`)
   return {
     k,
     m,
@@ -171,7 +181,7 @@ function placerInitOf (init: SnapshotServiceInit): PlacerInit {
 }
 
 /** One coder per (k, m), made on first use and shared by placement and recovery. */
-function coderCache (impl: ErasureCoderName | undefined): (k: number, m: number) => ErasureCoder {
+function coderCache(impl: ErasureCoderName | undefined): (k: number, m: number) => ErasureCoder {
   const coders = new Map<string, ErasureCoder>()
   return (k, m) => {
     const key = `${k}/${m}`

@@ -43,7 +43,7 @@ export const STATE_HEADER_BYTES = 64
 const pad8 = (n: number): number => (n + 7) & ~7
 
 /** Bytes `state` serializes to. Checks the caps and that the three buffers agree. */
-export function stateBytes (state: RankState): number {
+export function stateBytes(state: RankState): number {
   const n = state.weights.length
   if (state.adamM.length !== n || state.adamV.length !== n) {
     throw new InvalidArgumentError(`weights, adamM and adamV must have one length, got ${n}, ${state.adamM.length}, ${state.adamV.length}`)
@@ -66,7 +66,7 @@ export function stateBytes (state: RankState): number {
  * the synchronous copy a capture makes. {@link sealState} adds the checksum later, off the
  * trainer's path. Returns the exact-length view.
  */
-export function writeState (state: RankState, into?: Uint8Array): Uint8Array {
+export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   const total = stateBytes(state)
   const out = into !== undefined && into.length >= total ? into.subarray(0, total) : new Uint8Array(total)
   const v = new DataView(out.buffer, out.byteOffset, STATE_HEADER_BYTES)
@@ -95,7 +95,7 @@ export function writeState (state: RankState, into?: Uint8Array): Uint8Array {
   return out
 }
 
-function wholeChecksum (bytes: Uint8Array): bigint {
+function wholeChecksum(bytes: Uint8Array): bigint {
   const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
   const saved = v.getBigUint64(56, true)
   v.setBigUint64(56, 0n, true)
@@ -105,14 +105,14 @@ function wholeChecksum (bytes: Uint8Array): bigint {
 }
 
 /** Writes the whole-state checksum into a serialization from {@link writeState}; returns it. */
-export function sealState (bytes: Uint8Array): bigint {
+export function sealState(bytes: Uint8Array): bigint {
   const sum = wholeChecksum(bytes)
   new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES).setBigUint64(56, sum, true)
   return sum
 }
 
 /** Serializes and seals `state` into a new buffer. */
-export function encodeState (state: RankState): Uint8Array {
+export function encodeState(state: RankState): Uint8Array {
   const out = writeState(state)
   sealState(out)
   return out
@@ -134,8 +134,10 @@ export interface StateHeader {
  * Reads and checks the header of a serialized state: magic, version, reserved fields, and that
  * the lengths add up to exactly `bytes.length`. Throws STATE_MALFORMED.
  */
-export function readStateHeader (bytes: Uint8Array): StateHeader {
-  const bad = (why: string): never => { throw snapshotError(SnapshotErrorCode.STATE_MALFORMED, `bad snapshot state: ${why}`) }
+export function readStateHeader(bytes: Uint8Array): StateHeader {
+  const bad = (why: string): never => {
+    throw snapshotError(SnapshotErrorCode.STATE_MALFORMED, `bad snapshot state: ${why}`)
+  }
   if (bytes.length < STATE_HEADER_BYTES) bad(`${bytes.length} bytes is shorter than the header`)
   const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
   if (v.getUint32(0, true) !== STATE_MAGIC) bad('bad magic')
@@ -164,9 +166,10 @@ export function readStateHeader (bytes: Uint8Array): StateHeader {
 }
 
 /** Checks the whole-state checksum; throws STATE_CHECKSUM. Returns the header. */
-export function verifyState (bytes: Uint8Array): StateHeader {
+export function verifyState(bytes: Uint8Array): StateHeader {
   const h = readStateHeader(bytes)
-  if (wholeChecksum(bytes) !== h.checksum) throw snapshotError(SnapshotErrorCode.STATE_CHECKSUM, 'snapshot state checksum mismatch', { step: h.step, rank: h.rank })
+  if (wholeChecksum(bytes) !== h.checksum)
+    throw snapshotError(SnapshotErrorCode.STATE_CHECKSUM, 'snapshot state checksum mismatch', { step: h.step, rank: h.rank })
   return h
 }
 
@@ -174,16 +177,14 @@ export function verifyState (bytes: Uint8Array): StateHeader {
  * Verifies and decodes a serialized state. The f32 buffers are views into `bytes` when it is
  * 4-byte aligned, else copies. Throws STATE_MALFORMED / STATE_CHECKSUM.
  */
-export function decodeState (bytes: Uint8Array): RankState {
+export function decodeState(bytes: Uint8Array): RankState {
   const h = verifyState(bytes)
   let o = STATE_HEADER_BYTES
   const rng = bytes.slice(o, o + h.rngBytes)
   o += pad8(h.rngBytes)
   const f32 = (at: number): Float32Array => {
     const off = bytes.byteOffset + at
-    return off % 4 === 0
-      ? new Float32Array(bytes.buffer, off, h.elements)
-      : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
+    return off % 4 === 0 ? new Float32Array(bytes.buffer, off, h.elements) : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
   }
   const n4 = 4 * h.elements
   return {

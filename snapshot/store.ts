@@ -104,17 +104,30 @@ interface Refusal {
  * undefined when it is: a view is installed, the epoch is the view's, the owner is the label's
  * rank, the fragment is placed on `self`, and the version is not below the recovery point.
  */
-function addressRefusal (label: FragmentLabel, v: View | undefined, rp: RecoveryPoint | undefined, self: PeerId, placementOf: (v: View, rank: number, k: number, m: number) => PeerId[]): Refusal | undefined {
+function addressRefusal(
+  label: FragmentLabel,
+  v: View | undefined,
+  rp: RecoveryPoint | undefined,
+  self: PeerId,
+  placementOf: (v: View, rank: number, k: number, m: number) => PeerId[]
+): Refusal | undefined {
   if (v === undefined) return { code: SnapshotErrorCode.FUTURE_EPOCH, message: 'holder has no view yet', action: 'ignore' }
-  if (label.epoch < v.epoch) return { code: SnapshotErrorCode.STALE_EPOCH, message: `fragment of epoch ${label.epoch}, the holder is at epoch ${v.epoch}`, action: 'ignore' }
-  if (label.epoch > v.epoch) return { code: SnapshotErrorCode.FUTURE_EPOCH, message: `fragment of epoch ${label.epoch}, the holder is still at epoch ${v.epoch}`, action: 'ignore' }
+  if (label.epoch < v.epoch)
+    return { code: SnapshotErrorCode.STALE_EPOCH, message: `fragment of epoch ${label.epoch}, the holder is at epoch ${v.epoch}`, action: 'ignore' }
+  if (label.epoch > v.epoch)
+    return { code: SnapshotErrorCode.FUTURE_EPOCH, message: `fragment of epoch ${label.epoch}, the holder is still at epoch ${v.epoch}`, action: 'ignore' }
   if (label.rank >= v.members.length || v.members[label.rank]!.id !== label.owner) {
     return { code: SnapshotErrorCode.MISDIRECTED, message: `${label.owner} is not rank ${label.rank} of epoch ${v.epoch}`, action: 'reject' }
   }
   if (label.k + label.m > v.members.length - 1 || placementOf(v, label.rank, label.k, label.m)[label.index] !== self) {
-    return { code: SnapshotErrorCode.MISDIRECTED, message: `fragment ${label.index} of rank ${label.rank} is not placed on ${self} in epoch ${v.epoch}`, action: 'reject' }
+    return {
+      code: SnapshotErrorCode.MISDIRECTED,
+      message: `fragment ${label.index} of rank ${label.rank} is not placed on ${self} in epoch ${v.epoch}`,
+      action: 'reject'
+    }
   }
-  if (rp !== undefined && label.version < rp.version) return { code: SnapshotErrorCode.STALE_VERSION, message: `version ${label.version} is older than the recovery point ${rp.version}`, action: 'ignore' }
+  if (rp !== undefined && label.version < rp.version)
+    return { code: SnapshotErrorCode.STALE_VERSION, message: `version ${label.version} is older than the recovery point ${rp.version}`, action: 'ignore' }
   return undefined
 }
 
@@ -125,11 +138,15 @@ interface StoreMetrics {
   refused: Counter<'code'>
 }
 
-function defineStoreMetrics (metrics: MetricsRegistry): StoreMetrics {
+function defineStoreMetrics(metrics: MetricsRegistry): StoreMetrics {
   return {
     bytes: defineGauge(metrics, { name: 'zeromesh_snapshot_store_bytes', help: 'Bytes of snapshot fragments held' }),
     fragments: defineGauge(metrics, { name: 'zeromesh_snapshot_store_fragments', help: 'Snapshot fragments held' }),
-    refused: defineCounter(metrics, { name: 'zeromesh_snapshot_store_refused_total', help: 'Fragments refused by the store, by reason', labelNames: ['code'] as const })
+    refused: defineCounter(metrics, {
+      name: 'zeromesh_snapshot_store_refused_total',
+      help: 'Fragments refused by the store, by reason',
+      labelNames: ['code'] as const
+    })
   }
 }
 
@@ -138,7 +155,7 @@ function defineStoreMetrics (metrics: MetricsRegistry): StoreMetrics {
  * feeds it from the network. Metrics (optional): `zeromesh_snapshot_store_bytes`,
  * `zeromesh_snapshot_store_fragments`, `zeromesh_snapshot_store_refused_total{code}`.
  */
-export function createFragmentStore (init: FragmentStoreInit, deps: { log?: Logger, metrics?: MetricsRegistry } = {}): FragmentStore {
+export function createFragmentStore(init: FragmentStoreInit, deps: { log?: Logger; metrics?: MetricsRegistry } = {}): FragmentStore {
   return new MemoryFragmentStore(init, deps)
 }
 
@@ -157,20 +174,20 @@ class MemoryFragmentStore implements FragmentStore {
   private readonly counts = { stored: 0, duplicates: 0, evicted: 0 }
   private readonly refused: Record<string, number> = {}
 
-  constructor (init: FragmentStoreInit, deps: { log?: Logger, metrics?: MetricsRegistry }) {
+  constructor(init: FragmentStoreInit, deps: { log?: Logger; metrics?: MetricsRegistry }) {
     this.self = init.self
     this.cap = init.capBytes ?? SNAPSHOT_LIMITS.defaultStoreBytes
     this.log = deps.log
     this.metrics = deps.metrics === undefined ? undefined : defineStoreMetrics(deps.metrics)
   }
 
-  setView (v: View): void {
+  setView(v: View): void {
     if (this.view !== undefined && v.epoch <= this.view.epoch) return
     this.view = { epoch: v.epoch, members: v.members.map(x => ({ ...x })) }
     this.placements.clear()
   }
 
-  reserve (label: FragmentLabel): Reservation {
+  reserve(label: FragmentLabel): Reservation {
     const d = { owner: label.owner, version: label.version, epoch: label.epoch, index: label.index }
     const bad = addressRefusal(label, this.view, this.rp, this.self, (v, rank, k, m) => this.placementOf(v, rank, k, m))
     if (bad !== undefined) this.refuse(bad.code, bad.message, d, bad.action)
@@ -182,7 +199,12 @@ class MemoryFragmentStore implements FragmentStore {
     }
     if (held !== undefined) {
       if (held.label.bodyBytes !== label.bodyBytes || held.label.segmentBytes !== label.segmentBytes) {
-        this.refuse(SnapshotErrorCode.DUPLICATE_CONFLICT, `fragment ${label.index} of ${label.owner}@${label.version} is already held with other contents`, d, 'reject')
+        this.refuse(
+          SnapshotErrorCode.DUPLICATE_CONFLICT,
+          `fragment ${label.index} of ${label.owner}@${label.version} is already held with other contents`,
+          d,
+          'reject'
+        )
       }
       this.counts.duplicates++
       return { label, duplicate: true }
@@ -201,7 +223,7 @@ class MemoryFragmentStore implements FragmentStore {
     return { label, duplicate: false }
   }
 
-  commit (r: Reservation, segments: Uint8Array[]): void {
+  commit(r: Reservation, segments: Uint8Array[]): void {
     if (r.duplicate) return
     this.reserved -= r.label.bodyBytes
     try {
@@ -233,22 +255,22 @@ class MemoryFragmentStore implements FragmentStore {
     this.gauges()
   }
 
-  release (r: Reservation): void {
+  release(r: Reservation): void {
     if (!r.duplicate) this.reserved -= r.label.bodyBytes
   }
 
-  put (f: SnapshotFragment): 'stored' | 'duplicate' {
+  put(f: SnapshotFragment): 'stored' | 'duplicate' {
     const r = this.reserve(f.label)
     if (r.duplicate) return 'duplicate'
     this.commit(r, f.segments)
     return 'stored'
   }
 
-  get (owner: string, version: number, epoch: number, index: number): HeldFragment | undefined {
+  get(owner: string, version: number, epoch: number, index: number): HeldFragment | undefined {
     return this.owners.get(owner)?.get(entryKey(version, epoch))?.frags.get(index)
   }
 
-  list (owner: string): FragmentLabel[] {
+  list(owner: string): FragmentLabel[] {
     const versions = this.owners.get(owner)
     if (versions === undefined) return []
     const out: FragmentLabel[] = []
@@ -262,26 +284,26 @@ class MemoryFragmentStore implements FragmentStore {
     return out
   }
 
-  markComplete (owner: string, version: number, epoch: number): void {
+  markComplete(owner: string, version: number, epoch: number): void {
     const e = this.owners.get(owner)?.get(entryKey(version, epoch))
     if (e !== undefined) e.complete = true
   }
 
-  setRecoveryPoint (next: RecoveryPoint): void {
+  setRecoveryPoint(next: RecoveryPoint): void {
     const rp = this.rp
     if (rp !== undefined && (next.epoch < rp.epoch || (next.epoch === rp.epoch && next.version <= rp.version))) return
     this.rp = { ...next }
     this.expire()
   }
 
-  forget (owner: string): void {
+  forget(owner: string): void {
     const versions = this.owners.get(owner)
     if (versions === undefined) return
     for (const key of [...versions.keys()]) this.dropEntry(owner, versions, key)
     this.gauges()
   }
 
-  corruptForTest (owner: string, version: number, epoch: number, index: number, at = 100): boolean {
+  corruptForTest(owner: string, version: number, epoch: number, index: number, at = 100): boolean {
     const f = this.get(owner, version, epoch, index)
     const seg = f?.segments[0]
     if (seg === undefined) return false
@@ -289,42 +311,50 @@ class MemoryFragmentStore implements FragmentStore {
     return true
   }
 
-  stats (): StoreStats {
-    return { usedBytes: this.used, reservedBytes: this.reserved, capBytes: this.cap, fragments: this.fragments, owners: this.owners.size, ...this.counts, refused: { ...this.refused } }
+  stats(): StoreStats {
+    return {
+      usedBytes: this.used,
+      reservedBytes: this.reserved,
+      capBytes: this.cap,
+      fragments: this.fragments,
+      owners: this.owners.size,
+      ...this.counts,
+      refused: { ...this.refused }
+    }
   }
 
-  clear (): void {
+  clear(): void {
     this.owners.clear()
     this.used = 0
     this.fragments = 0
     this.gauges()
   }
 
-  private gauges (): void {
+  private gauges(): void {
     this.metrics?.bytes.set(this.used)
     this.metrics?.fragments.set(this.fragments)
   }
 
-  private countRefusal (code: string): void {
+  private countRefusal(code: string): void {
     this.refused[code] = (this.refused[code] ?? 0) + 1
     this.metrics?.refused.inc({ code })
   }
 
-  private refuse (code: SnapshotErrorCodeT, message: string, details: Record<string, unknown>, action: 'ignore' | 'reject' = 'ignore'): never {
+  private refuse(code: SnapshotErrorCodeT, message: string, details: Record<string, unknown>, action: 'ignore' | 'reject' = 'ignore'): never {
     this.countRefusal(code)
     this.log?.debug({ code, ...details }, 'snapshot fragment refused')
     throw snapshotError(code, message, details, action)
   }
 
   /** The memory cap: bytes held plus reserved plus `want` must fit, else StoreFullError. */
-  private checkRoom (want: number): void {
+  private checkRoom(want: number): void {
     if (this.used + this.reserved + want <= this.cap) return
     this.countRefusal(SnapshotErrorCode.STORE_FULL)
     this.log?.warn({ usedBytes: this.used, reservedBytes: this.reserved, wantBytes: want, capBytes: this.cap }, 'snapshot store full')
     throw new StoreFullError(this.used + this.reserved, want, this.cap)
   }
 
-  private dropEntry (owner: string, versions: Map<string, VersionEntry>, key: string): void {
+  private dropEntry(owner: string, versions: Map<string, VersionEntry>, key: string): void {
     const e = versions.get(key)
     if (e === undefined) return
     for (const f of e.frags.values()) {
@@ -336,7 +366,7 @@ class MemoryFragmentStore implements FragmentStore {
   }
 
   /** Drops every held version the recovery point expires (retention.ts isExpired). */
-  private expire (): void {
+  private expire(): void {
     const rp = this.rp
     if (rp === undefined || this.view === undefined) return
     const members = new Set(this.view.members.map(x => x.id))
@@ -354,7 +384,7 @@ class MemoryFragmentStore implements FragmentStore {
   }
 
   /** The placement of a stripe, cached per view (every fragment of one stripe asks for it). */
-  private placementOf (v: View, rank: number, k: number, m: number): PeerId[] {
+  private placementOf(v: View, rank: number, k: number, m: number): PeerId[] {
     const key = `${v.epoch}/${rank}/${k}/${m}`
     let p = this.placements.get(key)
     if (p === undefined) {

@@ -28,19 +28,24 @@ export interface Transfers {
 }
 
 /** Creates the transfer bounds of one node: idle timers on its clock, streams opened on its net. */
-export function createTransfers (init: { idleMs: number }, deps: { clock: Clock, net: Pick<PeerNet, 'open'> }): Transfers {
+export function createTransfers(init: { idleMs: number }, deps: { clock: Clock; net: Pick<PeerNet, 'open'> }): Transfers {
   const { clock, net } = deps
   const idleMs = init.idleMs
   const watchdog = (stream: ByteStream, what: string): Watchdog => {
     let fired = false
     let id = clock.setTimeout(fire, idleMs)
-    function fire (): void {
+    function fire(): void {
       fired = true
       stream.abort(new TransferTimeoutError(`${what}: no progress for ${idleMs} ms`))
     }
     return {
-      poke () { clock.clearTimeout(id); if (!fired) id = clock.setTimeout(fire, idleMs) },
-      done () { clock.clearTimeout(id) },
+      poke() {
+        clock.clearTimeout(id)
+        if (!fired) id = clock.setTimeout(fire, idleMs)
+      },
+      done() {
+        clock.clearTimeout(id)
+      },
       timedOut: () => fired
     }
   }
@@ -61,7 +66,7 @@ export function createTransfers (init: { idleMs: number }, deps: { clock: Clock,
 }
 
 /** Aborts `stream` when `signal` fires; returns the function that stops listening. */
-export function abortOnSignal (signal: AbortSignal, stream: ByteStream): () => void {
+export function abortOnSignal(signal: AbortSignal, stream: ByteStream): () => void {
   const fn = (): void => stream.abort(new AbortError('snapshot transfer aborted'))
   signal.addEventListener('abort', fn, { once: true })
   return () => signal.removeEventListener('abort', fn)
@@ -72,16 +77,21 @@ export function abortOnSignal (signal: AbortSignal, stream: ByteStream): () => v
  * (anything else reads as REQUEST_MALFORMED), action 'ignore' (the holder refused, it did not
  * misbehave).
  */
-export function replyError (reply: Pick<Reply, 'code' | 'message'>, holder: PeerId): ProtocolError {
+export function replyError(reply: Pick<Reply, 'code' | 'message'>, holder: PeerId): ProtocolError {
   const known = (Object.values(SnapshotErrorCode) as string[]).includes(reply.code)
-  return snapshotError(known ? reply.code as typeof SnapshotErrorCode.NOT_FOUND : SnapshotErrorCode.REQUEST_MALFORMED, `${holder}: ${reply.message}`, { holder, code: reply.code }, 'ignore')
+  return snapshotError(
+    known ? (reply.code as typeof SnapshotErrorCode.NOT_FOUND) : SnapshotErrorCode.REQUEST_MALFORMED,
+    `${holder}: ${reply.message}`,
+    { holder, code: reply.code },
+    'ignore'
+  )
 }
 
 /**
  * A whole label from its fixed head and the rest (read separately: the head gives the length,
  * see fragment.ts labelLength).
  */
-export function joinLabel (head: Uint8Array, rest: Uint8Array): Uint8Array {
+export function joinLabel(head: Uint8Array, rest: Uint8Array): Uint8Array {
   const whole = new Uint8Array(LABEL_HEAD_BYTES + rest.length)
   whole.set(head)
   whole.set(rest, LABEL_HEAD_BYTES)

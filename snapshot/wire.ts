@@ -27,13 +27,13 @@ export class StreamReader {
   private pendingBytes = 0
   private readonly onChunk: (() => void) | undefined
 
-  constructor (stream: ByteStream, onChunk?: () => void) {
+  constructor(stream: ByteStream, onChunk?: () => void) {
     this.it = stream[Symbol.asyncIterator]()
     this.onChunk = onChunk
   }
 
   /** Reads exactly `n` bytes (a view when one chunk holds them, else one copy). */
-  async read (n: number, what: string): Promise<Uint8Array> {
+  async read(n: number, what: string): Promise<Uint8Array> {
     if (n === 0) return new Uint8Array(0)
     while (this.pendingBytes < n) {
       const r = await this.it.next()
@@ -67,7 +67,7 @@ export class StreamReader {
 }
 
 /** Writes `bytes` in chunks of at most streamChunkBytes (ByteStream caps one write). */
-export async function writeAll (stream: ByteStream, bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
+export async function writeAll(stream: ByteStream, bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
   const step = SNAPSHOT_LIMITS.streamChunkBytes
   for (let o = 0; o < bytes.length; o += step) {
     await stream.write(bytes.subarray(o, Math.min(bytes.length, o + step)), { signal })
@@ -78,12 +78,12 @@ export async function writeAll (stream: ByteStream, bytes: Uint8Array, signal?: 
  * A little-endian u16 at the start of `b`, read by index: a chunk from a stream can be a view
  * into a larger buffer (a received packet), so its `.buffer` is not where its bytes start.
  */
-export function u16le (b: Uint8Array): number {
+export function u16le(b: Uint8Array): number {
   return b[0]! | (b[1]! << 8)
 }
 
 /** A little-endian u16 (the entry count of a LIST reply). */
-export function encodeCount (n: number): Uint8Array {
+export function encodeCount(n: number): Uint8Array {
   const out = new Uint8Array(2)
   new DataView(out.buffer).setUint16(0, n, true)
   return out
@@ -96,7 +96,7 @@ const ascii = new TextEncoder()
 const asciiDec = new TextDecoder()
 
 /** A reply: status byte, then for errors a u8-length code and a u16-length message. */
-export function encodeReply (status: number, code = '', message = ''): Uint8Array {
+export function encodeReply(status: number, code = '', message = ''): Uint8Array {
   const c = ascii.encode(code).subarray(0, 64)
   const msg = ascii.encode(message).subarray(0, 1024)
   const out = new Uint8Array(1 + 1 + c.length + 2 + msg.length)
@@ -109,10 +109,14 @@ export function encodeReply (status: number, code = '', message = ''): Uint8Arra
 }
 
 /** A decoded reply (code and message are empty unless the status is ERROR). */
-export interface Reply { status: number, code: string, message: string }
+export interface Reply {
+  status: number
+  code: string
+  message: string
+}
 
 /** Reads one reply: an unknown status is REQUEST_MALFORMED, a message over maxControlBytes fails its cap check. */
-export async function readReply (r: StreamReader): Promise<Reply> {
+export async function readReply(r: StreamReader): Promise<Reply> {
   const head = await r.read(2, 'reply')
   const status = head[0]!
   if (status > Status.ERROR) throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, `unknown reply status ${status}`)
@@ -133,7 +137,7 @@ const utf8d = new TextDecoder('utf-8', { fatal: true })
  * Request layout: u8 op, u64 version, u64 epoch, u8 index, u16 owner id bytes, owner id.
  * LIST ignores version, epoch and index.
  */
-export function encodeRequest (op: number, owner: string, version = 0, epoch = 0, index = 0): Uint8Array {
+export function encodeRequest(op: number, owner: string, version = 0, epoch = 0, index = 0): Uint8Array {
   const id = utf8.encode(owner)
   checkCap('snapshot owner id bytes', id.length, SNAPSHOT_LIMITS.maxPeerIdBytes)
   const out = new Uint8Array(20 + id.length)
@@ -148,17 +152,24 @@ export function encodeRequest (op: number, owner: string, version = 0, epoch = 0
 }
 
 /** A decoded fetch request. */
-export interface Request { op: number, owner: string, version: number, epoch: number, index: number }
+export interface Request {
+  op: number
+  owner: string
+  version: number
+  epoch: number
+  index: number
+}
 
 /** Reads one request, checking the op, the 2^53 range of version and epoch, and the owner id cap. */
-export async function readRequest (r: StreamReader): Promise<Request> {
+export async function readRequest(r: StreamReader): Promise<Request> {
   const head = await r.read(20, 'request')
   const v = new DataView(head.buffer, head.byteOffset, head.byteLength)
   const op = v.getUint8(0)
   if (op !== Op.GET && op !== Op.LIST) throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, `unknown op ${op}`)
   const version = v.getBigUint64(1, true)
   const epoch = v.getBigUint64(9, true)
-  if (version > BigInt(Number.MAX_SAFE_INTEGER) || epoch > BigInt(Number.MAX_SAFE_INTEGER)) throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, 'version or epoch over 2^53')
+  if (version > BigInt(Number.MAX_SAFE_INTEGER) || epoch > BigInt(Number.MAX_SAFE_INTEGER))
+    throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, 'version or epoch over 2^53')
   const idLen = v.getUint16(18, true)
   if (idLen > SNAPSHOT_LIMITS.maxPeerIdBytes) throw snapshotError(SnapshotErrorCode.REQUEST_MALFORMED, `owner id of ${idLen} bytes is over the cap`)
   let owner: string

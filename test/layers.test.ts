@@ -80,45 +80,49 @@ test('every form of import is found, with its line; comments, strings, templates
     "const j = new URL('../j.ts', import.meta.url)", // 12
     "// import k from '../k.ts'",
     "/* export * from '../l.ts' */",
-    "const m = 'import n from \"../n.ts\"'",
+    'const m = \'import n from "../n.ts"\'',
     // biome-ignore lint/suspicious/noTemplateCurlyInString: the text of a template literal under test
     "const o = `import p from '../p.ts' ${ { q: 1 }.q } export * from '../r.ts'`",
     "const s = /'/g.test(x) ? 1 : 2 / 3",
-    "const u = { import: 1 }.import; export { u }",
+    'const u = { import: 1 }.import; export { u }',
     "import v from '../v.ts'" // 19
   ].join('\n')
-  t.deepEqual(findImports(text).map(i => `${i.line} ${i.kind} ${i.specifier}`), [
-    '1 import ../a.ts',
-    '2 import type ../b.ts',
-    '6 import ../cd.ts',
-    '7 export from ../e.ts',
-    '8 export from ../f.ts',
-    '9 export from ../g.ts',
-    '10 dynamic import ../h.ts',
-    '11 dynamic import ../i.ts',
-    '12 url ../j.ts',
-    '19 import ../v.ts'
-  ])
+  t.deepEqual(
+    findImports(text).map(i => `${i.line} ${i.kind} ${i.specifier}`),
+    [
+      '1 import ../a.ts',
+      '2 import type ../b.ts',
+      '6 import ../cd.ts',
+      '7 export from ../e.ts',
+      '8 export from ../f.ts',
+      '9 export from ../g.ts',
+      '10 dynamic import ../h.ts',
+      '11 dynamic import ../i.ts',
+      '12 url ../j.ts',
+      '19 import ../v.ts'
+    ]
+  )
 })
 
 test('every violation of a tree is reported at once, sorted by file and line', t => {
-  const v = checkLayers(tree({
-    'sim/net.ts': "import { ManualClock } from '../core/clock.ts'\nimport { x } from '../core/index.ts'\n",
-    'node/cli.ts': "import a from '../mesh/index.ts'\n\nconst { runScenario } = await import('../sim/index.ts')\n",
-    'core/clock.ts': "import { Rng } from './rng.ts'\nexport { y } from '../codec/index.ts'\n",
-    'docs/notes.ts': "import x from '../bench/index.ts'\n"
-  }))
-  t.deepEqual(v.map(x => `${x.file}:${x.line} ${x.specifier} ${x.rule}`), [
-    'core/clock.ts:2 ../codec/index.ts upward',
-    'node/cli.ts:3 ../sim/index.ts node-above',
-    'sim/net.ts:1 ../core/clock.ts index-only'
-  ])
+  const v = checkLayers(
+    tree({
+      'sim/net.ts': "import { ManualClock } from '../core/clock.ts'\nimport { x } from '../core/index.ts'\n",
+      'node/cli.ts': "import a from '../mesh/index.ts'\n\nconst { runScenario } = await import('../sim/index.ts')\n",
+      'core/clock.ts': "import { Rng } from './rng.ts'\nexport { y } from '../codec/index.ts'\n",
+      'docs/notes.ts': "import x from '../bench/index.ts'\n"
+    })
+  )
+  t.deepEqual(
+    v.map(x => `${x.file}:${x.line} ${x.specifier} ${x.rule}`),
+    ['core/clock.ts:2 ../codec/index.ts upward', 'node/cli.ts:3 ../sim/index.ts node-above', 'sim/net.ts:1 ../core/clock.ts index-only']
+  )
 })
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 
 /** Every .ts (and bin's .js) file of the scanned folders, repo-relative path -> text. */
-function readTree (): Map<string, string> {
+function readTree(): Map<string, string> {
   const files = new Map<string, string>()
   const walk = (dir: string): void => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -142,7 +146,10 @@ test('the real tree is scanned: every folder, more than 100 files and their impo
   const files = readTree()
   t.true(files.size > 100, `${files.size} files`)
   for (const folder of ['core', 'codec', 'gpu', 'mesh', 'snapshot', 'node', 'sim', 'bench', 'test', 'bin', 'scripts']) {
-    t.true([...files.keys()].some(f => f.startsWith(`${folder}/`)), `${folder}/ scanned`)
+    t.true(
+      [...files.keys()].some(f => f.startsWith(`${folder}/`)),
+      `${folder}/ scanned`
+    )
   }
   const imports = [...files.values()].reduce((n, text) => n + findImports(text).length, 0)
   t.true(imports > 500, `${imports} imports`)

@@ -10,7 +10,11 @@ import { CpuBackend, probeCuda } from '../../gpu/index.ts'
  * A check is `ok`, `warn` (works, with a caveat) or `fail` (the node would not work here).
  */
 export type CheckLevel = 'ok' | 'warn' | 'fail'
-export interface CheckResult { name: string, level: CheckLevel, detail: string }
+export interface CheckResult {
+  name: string
+  level: CheckLevel
+  detail: string
+}
 
 export interface DoctorOptions {
   /** The backend the node will use; `cuda` turns an unavailable GPU into a failure. */
@@ -27,20 +31,35 @@ export interface DoctorOptions {
 
 const MIN_NODE_MAJOR = 22
 
-export async function runDoctor (opts: DoctorOptions, onResult: (r: CheckResult) => void = () => {}): Promise<CheckResult[]> {
+export async function runDoctor(opts: DoctorOptions, onResult: (r: CheckResult) => void = () => {}): Promise<CheckResult[]> {
   const results: CheckResult[] = []
-  const add = (r: CheckResult): void => { results.push(r); onResult(r) }
+  const add = (r: CheckResult): void => {
+    results.push(r)
+    onResult(r)
+  }
 
   const major = Number(process.versions.node.split('.')[0])
-  add({ name: 'node', level: major >= MIN_NODE_MAJOR ? 'ok' : 'fail', detail: `Node ${process.versions.node}${major >= MIN_NODE_MAJOR ? '' : ` (need >= ${MIN_NODE_MAJOR}; run through npx so the node@24 package is used)`}` })
+  add({
+    name: 'node',
+    level: major >= MIN_NODE_MAJOR ? 'ok' : 'fail',
+    detail: `Node ${process.versions.node}${major >= MIN_NODE_MAJOR ? '' : ` (need >= ${MIN_NODE_MAJOR}; run through npx so the node@24 package is used)`}`
+  })
 
   add(cpuCheck())
 
   const cuda = await probeCuda()
   if (cuda.ok) {
-    add({ name: 'gpu', level: 'ok', detail: `${cuda.device}, compute ${cuda.computeCapability}, ${gib(cuda.memoryBytes)} GiB; driver ${cuda.driverVersion}, CUDA ${cuda.cudaVersion}, NVRTC ${cuda.nvrtcVersion}, cuBLAS ${cuda.cublasVersion}` })
+    add({
+      name: 'gpu',
+      level: 'ok',
+      detail: `${cuda.device}, compute ${cuda.computeCapability}, ${gib(cuda.memoryBytes)} GiB; driver ${cuda.driverVersion}, CUDA ${cuda.cudaVersion}, NVRTC ${cuda.nvrtcVersion}, cuBLAS ${cuda.cublasVersion}`
+    })
   } else {
-    add({ name: 'gpu', level: opts.device === 'cuda' ? 'fail' : 'warn', detail: `CUDA unavailable: ${cuda.reason}${opts.device === 'cuda' ? '' : ' (the CPU backend works)'}` })
+    add({
+      name: 'gpu',
+      level: opts.device === 'cuda' ? 'fail' : 'warn',
+      detail: `CUDA unavailable: ${cuda.reason}${opts.device === 'cuda' ? '' : ' (the CPU backend works)'}`
+    })
   }
 
   const free = freemem()
@@ -58,7 +77,7 @@ export async function runDoctor (opts: DoctorOptions, onResult: (r: CheckResult)
 }
 
 /** One line: the verdict over all checks. */
-export function verdict (results: CheckResult[]): { ok: boolean, line: string } {
+export function verdict(results: CheckResult[]): { ok: boolean; line: string } {
   const failed = results.filter(r => r.level === 'fail')
   const warned = results.filter(r => r.level === 'warn')
   if (failed.length > 0) return { ok: false, line: `not ready: ${failed.map(r => r.name).join(', ')} failed` }
@@ -66,15 +85,15 @@ export function verdict (results: CheckResult[]): { ok: boolean, line: string } 
   return { ok: true, line: `ready${cpuOnly ? ' (CPU backend only)' : ''}${warned.length > 0 ? `; ${warned.length} warning(s)` : ''}` }
 }
 
-export function formatCheck (r: CheckResult): string {
+export function formatCheck(r: CheckResult): string {
   return `${r.level.padEnd(4)}  ${r.name.padEnd(9)} ${r.detail}`
 }
 
-function gib (bytes: number): string {
+function gib(bytes: number): string {
   return (bytes / 2 ** 30).toFixed(1)
 }
 
-function cpuCheck (): CheckResult {
+function cpuCheck(): CheckResult {
   try {
     const be = new CpuBackend()
     const a = be.alloc('f32', [2, 2])
@@ -87,13 +106,17 @@ function cpuCheck (): CheckResult {
     be.dispose()
     const want = [19, 22, 43, 50]
     const ok = got.every((v, i) => v === want[i])
-    return { name: 'cpu', level: ok ? 'ok' : 'fail', detail: ok ? 'CPU backend computes a GEMM correctly' : `CPU backend GEMM gave ${got.join(',')}, want ${want.join(',')}` }
+    return {
+      name: 'cpu',
+      level: ok ? 'ok' : 'fail',
+      detail: ok ? 'CPU backend computes a GEMM correctly' : `CPU backend GEMM gave ${got.join(',')}, want ${want.join(',')}`
+    }
   } catch (err) {
     return { name: 'cpu', level: 'fail', detail: `CPU backend failed: ${(err as Error).message}` }
   }
 }
 
-function dataDirCheck (dir: string): CheckResult {
+function dataDirCheck(dir: string): CheckResult {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 })
     const tmp = join(dir, `.doctor-${process.pid}.tmp`)
@@ -111,34 +134,47 @@ function dataDirCheck (dir: string): CheckResult {
 }
 
 /** Parses `/ip4|ip6|dns4|dns6/<host>/tcp/<port>[/...]`. */
-function hostPort (addr: string): { host: string, port: number } | undefined {
+function hostPort(addr: string): { host: string; port: number } | undefined {
   const m = /^\/(ip4|ip6|dns4|dns6|dns)\/([^/]+)\/tcp\/(\d{1,5})(\/|$)/.exec(addr)
   if (m === null) return undefined
   const port = Number(m[3])
   return port <= 65535 ? { host: m[2]!, port } : undefined
 }
 
-async function portCheck (listen: string): Promise<CheckResult> {
+async function portCheck(listen: string): Promise<CheckResult> {
   const hp = hostPort(listen)
   if (hp === undefined) return { name: 'port', level: 'fail', detail: `cannot parse listen address ${listen} (want /ip4/<ip>/tcp/<port>)` }
   if (hp.port === 0) return { name: 'port', level: 'ok', detail: `${listen}: any free port` }
   return await new Promise(resolve => {
     const srv = createServer()
-    srv.once('error', err => resolve({ name: 'port', level: 'fail', detail: `cannot listen on ${hp.host}:${hp.port}: ${(err as NodeJS.ErrnoException).code ?? err.message}` }))
+    srv.once('error', err =>
+      resolve({ name: 'port', level: 'fail', detail: `cannot listen on ${hp.host}:${hp.port}: ${(err as NodeJS.ErrnoException).code ?? err.message}` })
+    )
     srv.listen(hp.port, hp.host, () => srv.close(() => resolve({ name: 'port', level: 'ok', detail: `${hp.host}:${hp.port} is free` })))
   })
 }
 
-async function reachCheck (addr: string, timeoutMs: number): Promise<CheckResult> {
+async function reachCheck(addr: string, timeoutMs: number): Promise<CheckResult> {
   const hp = hostPort(addr)
   if (hp === undefined) return { name: 'bootstrap', level: 'fail', detail: `cannot parse ${addr} (want /ip4/<ip>/tcp/<port>/p2p/<id>)` }
   const t0 = performance.now()
   return await new Promise(resolve => {
     const sock = connect({ host: hp.host, port: hp.port })
     const clock = new RealClock()
-    const done = (r: CheckResult): void => { clock.clearTimeout(timer); sock.destroy(); resolve(r) }
-    const timer = clock.setTimeout(() => done({ name: 'bootstrap', level: 'fail', detail: `${hp.host}:${hp.port} did not answer within ${timeoutMs} ms` }), timeoutMs)
-    sock.once('connect', () => done({ name: 'bootstrap', level: 'ok', detail: `${hp.host}:${hp.port} reachable (TCP connect in ${(performance.now() - t0).toFixed(1)} ms)` }))
-    sock.once('error', err => done({ name: 'bootstrap', level: 'fail', detail: `${hp.host}:${hp.port} unreachable: ${(err as NodeJS.ErrnoException).code ?? err.message}` }))
+    const done = (r: CheckResult): void => {
+      clock.clearTimeout(timer)
+      sock.destroy()
+      resolve(r)
+    }
+    const timer = clock.setTimeout(
+      () => done({ name: 'bootstrap', level: 'fail', detail: `${hp.host}:${hp.port} did not answer within ${timeoutMs} ms` }),
+      timeoutMs
+    )
+    sock.once('connect', () =>
+      done({ name: 'bootstrap', level: 'ok', detail: `${hp.host}:${hp.port} reachable (TCP connect in ${(performance.now() - t0).toFixed(1)} ms)` })
+    )
+    sock.once('error', err =>
+      done({ name: 'bootstrap', level: 'fail', detail: `${hp.host}:${hp.port} unreachable: ${(err as NodeJS.ErrnoException).code ?? err.message}` })
+    )
   })
 }

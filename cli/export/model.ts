@@ -57,10 +57,13 @@ export interface ExportResult {
 }
 
 /** One state file found: where, and its step (from the name; the contents are checked on load). */
-interface Found { dir: string, step: number }
+interface Found {
+  dir: string
+  step: number
+}
 
 /** Reads the disk tiers, assembles the newest complete step and writes the safetensors file. */
-export async function exportModel (opts: ExportOptions): Promise<ExportResult> {
+export async function exportModel(opts: ExportOptions): Promise<ExportResult> {
   if (opts.dataDirs.length === 0) throw new ExportError('export needs at least one --data-dir')
   checkCap('export data dirs', opts.dataDirs.length, EXPORT_LIMITS.maxDataDirs)
   const out = resolve(opts.out)
@@ -81,7 +84,9 @@ export async function exportModel (opts: ExportOptions): Promise<ExportResult> {
     for (const step of steps) found.push({ dir: tier, step })
   }
   if (found.length === 0) {
-    throw new ExportError(`no disk-tier state files (train/step-*.zms) in ${opts.dataDirs.map(d => resolve(d)).join(', ')}; training nodes write them every --disk-every steps`)
+    throw new ExportError(
+      `no disk-tier state files (train/step-*.zms) in ${opts.dataDirs.map(d => resolve(d)).join(', ')}; training nodes write them every --disk-every steps`
+    )
   }
   const steps = [...new Set(found.map(f => f.step))].sort((a, b) => b - a)
   if (opts.step !== undefined && !steps.includes(opts.step)) {
@@ -93,7 +98,13 @@ export async function exportModel (opts: ExportOptions): Promise<ExportResult> {
   const layout = gptLayout(config)
   const skipped: string[] = []
   for (const step of opts.step !== undefined ? [opts.step] : steps) {
-    const got = await loadStep(found.filter(f => f.step === step), step, layout, corpus.vocabSize, opts.signal)
+    const got = await loadStep(
+      found.filter(f => f.step === step),
+      step,
+      layout,
+      corpus.vocabSize,
+      opts.signal
+    )
     if (got.missing.length > 0) {
       skipped.push(`step ${step} lacks rank${got.missing.length === 1 ? '' : 's'} ${list(got.missing)} of ${got.worldSize}`)
       continue
@@ -112,10 +123,14 @@ export async function exportModel (opts: ExportOptions): Promise<ExportResult> {
       max_t: String(config.maxT),
       data: corpus.source
     }
-    const parts = encodeSafetensors(got.flat, {
-      length: layout.length,
-      tensors: layout.tensors.map(t => ({ name: t.name, offset: t.offset, shape: t.shape }))
-    }, metadata)
+    const parts = encodeSafetensors(
+      got.flat,
+      {
+        length: layout.length,
+        tensors: layout.tensors.map(t => ({ name: t.name, offset: t.offset, shape: t.shape }))
+      },
+      metadata
+    )
     try {
       await writeFileDurable(out, parts, outDir)
     } catch (err) {
@@ -132,7 +147,7 @@ export async function exportModel (opts: ExportOptions): Promise<ExportResult> {
       skipped
     }
   }
-  const hint = ' (each rank is written by the node that held it: pass every node\'s --data-dir)'
+  const hint = " (each rank is written by the node that held it: pass every node's --data-dir)"
   throw new ExportError(`no step has the state of every rank: ${skipped.join('; ')}${hint}`)
 }
 
@@ -141,9 +156,15 @@ export async function exportModel (opts: ExportOptions): Promise<ExportResult> {
  * rank's slice must have the length the trainer's split gives it, and a rank found twice must
  * hold the same values.
  */
-async function loadStep (files: readonly Found[], step: number, layout: GptLayout, vocabSize: number, signal?: AbortSignal): Promise<{ worldSize: number, flat: Float32Array, missing: number[] }> {
+async function loadStep(
+  files: readonly Found[],
+  step: number,
+  layout: GptLayout,
+  vocabSize: number,
+  signal?: AbortSignal
+): Promise<{ worldSize: number; flat: Float32Array; missing: number[] }> {
   const flat = new Float32Array(layout.length)
-  let world: { P: number, dir: string } | undefined
+  let world: { P: number; dir: string } | undefined
   let from: Array<string | undefined> = []
   for (const f of files) {
     throwIfAborted(signal)
@@ -160,11 +181,15 @@ async function loadStep (files: readonly Found[], step: number, layout: GptLayou
       world = { P: state.worldSize, dir: f.dir }
       from = new Array<string | undefined>(state.worldSize).fill(undefined)
     } else if (state.worldSize !== world.P) {
-      throw new ExportError(`step ${step} mixes world sizes: ${world.P} in ${world.dir}, ${state.worldSize} in ${f.dir} (the run changed size; leave out the stale data dirs or pick another --step)`)
+      throw new ExportError(
+        `step ${step} mixes world sizes: ${world.P} in ${world.dir}, ${state.worldSize} in ${f.dir} (the run changed size; leave out the stale data dirs or pick another --step)`
+      )
     }
     const range = shardRange(layout.length, state.worldSize, state.rank)
     if (state.weights.length !== range.length) {
-      throw new ExportError(`${where}: rank ${state.rank} of ${state.worldSize} holds ${state.weights.length} parameters, but this model's split gives it ${range.length}${suggestModel(state, vocabSize)}`)
+      throw new ExportError(
+        `${where}: rank ${state.rank} of ${state.worldSize} holds ${state.weights.length} parameters, but this model's split gives it ${range.length}${suggestModel(state, vocabSize)}`
+      )
     }
     const slot = flat.subarray(range.start, range.start + range.length)
     const prev = from[state.rank]
@@ -180,7 +205,7 @@ async function loadStep (files: readonly Found[], step: number, layout: GptLayou
 }
 
 /** Which `--model` the slice fits with this vocabulary, as a hint; a generic one when none does. */
-function suggestModel (state: RankState, vocabSize: number): string {
+function suggestModel(state: RankState, vocabSize: number): string {
   for (const name of Object.keys(TRAIN_MODELS) as TrainModelName[]) {
     const n = gptLayout(trainingModel(name, vocabSize)).length
     if (shardRange(n, state.worldSize, state.rank).length === state.weights.length) return ` (--model ${name} fits it)`
@@ -188,7 +213,7 @@ function suggestModel (state: RankState, vocabSize: number): string {
   return ' (pass the --model and --data the run trained with)'
 }
 
-function sameBits (a: Float32Array, b: Float32Array): boolean {
+function sameBits(a: Float32Array, b: Float32Array): boolean {
   if (a.length !== b.length) return false
   const x = new Uint32Array(a.buffer, a.byteOffset, a.length)
   const y = new Uint32Array(b.buffer, b.byteOffset, b.length)
@@ -196,7 +221,7 @@ function sameBits (a: Float32Array, b: Float32Array): boolean {
   return true
 }
 
-function isDir (p: string): boolean {
+function isDir(p: string): boolean {
   try {
     return statSync(p).isDirectory()
   } catch {
@@ -205,12 +230,15 @@ function isDir (p: string): boolean {
 }
 
 /** "0, 2 and 5", shortened past a dozen. */
-function list (xs: readonly number[]): string {
+function list(xs: readonly number[]): string {
   const shown = xs.length > 12 ? [...xs.slice(0, 12).map(String), `${xs.length - 12} more`] : xs.map(String)
   return shown.length === 1 ? shown[0]! : `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)!}`
 }
 
 /** The lines `zeromesh export` prints: a note per newer incomplete step, then the summary. */
-export function formatExport (r: ExportResult): string[] {
-  return [...r.skipped.map(s => `note: ${s}; exporting an older step`), `exported step ${r.step} of ${r.model} (${r.worldSize} rank${r.worldSize === 1 ? '' : 's'}): ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${r.bytes.toLocaleString('en-US')} bytes to ${r.path}`]
+export function formatExport(r: ExportResult): string[] {
+  return [
+    ...r.skipped.map(s => `note: ${s}; exporting an older step`),
+    `exported step ${r.step} of ${r.model} (${r.worldSize} rank${r.worldSize === 1 ? '' : 's'}): ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${r.bytes.toLocaleString('en-US')} bytes to ${r.path}`
+  ]
 }

@@ -13,16 +13,28 @@ export const UP_OPTIONS = {
   model: START_OPTIONS.model,
   data: START_OPTIONS.data,
   zeropp: option(START_OPTIONS.zeropp.schema, { help: 'ZeRO++ instead of flat ZeRO-3' }),
-  snapshotEvery: option(START_OPTIONS.snapshotEvery.schema.unwrap().optional(), { arg: '<n>', help: 'erasure-coded snapshots every n steps instead of every step', defaultText: '1' }),
+  snapshotEvery: option(START_OPTIONS.snapshotEvery.schema.unwrap().optional(), {
+    arg: '<n>',
+    help: 'erasure-coded snapshots every n steps instead of every step',
+    defaultText: '1'
+  }),
   batch: START_OPTIONS.batch,
   seq: START_OPTIONS.seq,
   seed: START_OPTIONS.seed,
-  timeout: option(z.int().min(1).max(7 * 86400).default(1800), { arg: '<s>', help: 'give up after this many seconds' }),
+  timeout: option(
+    z
+      .int()
+      .min(1)
+      .max(7 * 86400)
+      .default(1800),
+    { arg: '<s>', help: 'give up after this many seconds' }
+  ),
   keep: option(z.boolean().default(false), { help: 'keep the run directory with the worker logs' })
 }
 
 const upSchema = z.strictObject(shapeOf(UP_OPTIONS)).superRefine((c, ctx) => {
-  if (c.killAt !== undefined && c.killAt >= c.steps) ctx.addIssue({ code: 'custom', path: ['killAt'], message: `must be an integer in [1, ${c.steps - 1}], got '${c.killAt}'` })
+  if (c.killAt !== undefined && c.killAt >= c.steps)
+    ctx.addIssue({ code: 'custom', path: ['killAt'], message: `must be an integer in [1, ${c.steps - 1}], got '${c.killAt}'` })
 })
 
 /** `zeromesh up`. */

@@ -22,10 +22,10 @@ export interface UpKillReport {
   seenBy: 'line' | 'poll'
 }
 
-type Recovery = { mode: string, lost: number[], fromStep: number }
+type Recovery = { mode: string; lost: number[]; fromStep: number }
 
 /** The key that tells recoveries apart (the same recovery is recorded by every rank in it). */
-export function recoveryKey (r: Recovery): string {
+export function recoveryKey(r: Recovery): string {
   return `${r.mode}/${r.lost.join(',')}/${r.fromStep}`
 }
 
@@ -46,7 +46,7 @@ export interface Kill {
  * after the first event for the view without the killed worker (no step can commit between the
  * kill and that view: every step needs every rank); the event is the exact figure.
  */
-export function nextCommit (live: Worker[], ranks: Worker[], total: number, kill: Kill, now: number): UpKillReport | undefined {
+export function nextCommit(live: Worker[], ranks: Worker[], total: number, kill: Kill, now: number): UpKillReport | undefined {
   // The recovery from this kill: the first one that lost a rank and was not reported before it.
   const recs = ranks.map(w => w.status?.training?.recoveries.find(r => r.lost.length > 0 && !kill.before.has(recoveryKey(r))))
   const first = recs.find(r => r !== undefined)

@@ -74,7 +74,7 @@ interface Watch {
 }
 
 /** Runs `zeromesh up`; returns the exit code (0: trained; 1: a worker failed). */
-export async function up (o: UpOptions): Promise<number> {
+export async function up(o: UpOptions): Promise<number> {
   const clock = new RealClock()
   const dir = mkdtempSync(join(tmpdir(), 'zeromesh-up-'))
   const secret = join(dir, 'run.secret')
@@ -87,11 +87,14 @@ export async function up (o: UpOptions): Promise<number> {
   // k + m fragments need as many holders besides the owner: small meshes get a smaller code.
   const snapshot = o.snapshot ?? (total >= 4 ? undefined : total === 3 ? '1+1' : 'off')
   if (snapshot !== o.snapshot) o.out(`snapshots: ${snapshot} (${total} processes are too few for the default 2+1)`)
-  if (o.device === 'cuda') o.out(gpuCount > 0 ? `${gpuCount} GPU(s): worker i uses GPU i mod ${gpuCount}` : 'no /dev/nvidia* devices found: every worker uses the default GPU')
+  if (o.device === 'cuda')
+    o.out(gpuCount > 0 ? `${gpuCount} GPU(s): worker i uses GPU i mod ${gpuCount}` : 'no /dev/nvidia* devices found: every worker uses the default GPU')
   const plan: WorkerPlan = { ...o, dir, run: `up-${process.pid}`, secret, total, snapshot, snapshotEvery: o.snapshotEvery, gpuCount }
   const watch: Watch = { lastLine: '', reported: new Set(), kill: undefined, killReported: false, lastStep: false }
   const sinks = { clock, log, stamping: () => watch.kill !== undefined && !watch.killReported, say: o.out }
-  const onSignal = (): void => { void stopAll(workers, clock, log).then(() => process.exit(130)) }
+  const onSignal = (): void => {
+    void stopAll(workers, clock, log).then(() => process.exit(130))
+  }
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   let ok = false
@@ -122,7 +125,7 @@ export async function up (o: UpOptions): Promise<number> {
 }
 
 /** Polls the workers until every rank exited or a worker failed; throws {@link UpError} past the timeout. */
-async function watchRun (o: UpOptions, workers: Worker[], watch: Watch, clock: RealClock, started: number, dir: string): Promise<void> {
+async function watchRun(o: UpOptions, workers: Worker[], watch: Watch, clock: RealClock, started: number, dir: string): Promise<void> {
   const pollMs = o.pollMs ?? 300
   const say = o.progress ?? throttled(o.out, clock)
   for (;;) {
@@ -150,7 +153,13 @@ async function watchRun (o: UpOptions, workers: Worker[], watch: Watch, clock: R
       watch.lastLine = line
     }
     watch.lastStep = step >= o.steps
-    o.onPoll?.({ ms: clock.monotonic() - started, step, tokensPerS: t?.tokensPerS, ranks: ranks.length, cpuMs: workers.reduce((a, w) => a + (w.status?.cpuMs ?? 0), 0) })
+    o.onPoll?.({
+      ms: clock.monotonic() - started,
+      step,
+      tokensPerS: t?.tokensPerS,
+      ranks: ranks.length,
+      cpuMs: workers.reduce((a, w) => a + (w.status?.cpuMs ?? 0), 0)
+    })
     reportRecoveries(o, workers, watch)
     if (watch.kill !== undefined && !watch.killReported) {
       const k = nextCommit(live, ranks, o.nodes + o.spares, watch.kill, clock.monotonic())
@@ -172,29 +181,36 @@ async function watchRun (o: UpOptions, workers: Worker[], watch: Watch, clock: R
 }
 
 /** Without a TTY: a progress line every few seconds, and the first line with a loss (the first committed step) at once. */
-function throttled (out: (line: string) => void, clock: RealClock): (line: string) => void {
+function throttled(out: (line: string) => void, clock: RealClock): (line: string) => void {
   let last = -Infinity
   let lossSeen = false
   return l => {
     const first = !lossSeen && !/ loss - /.test(l)
     if (first) lossSeen = true
-    if (first || clock.monotonic() - last >= 3000) { last = clock.monotonic(); out(l) }
+    if (first || clock.monotonic() - last >= 3000) {
+      last = clock.monotonic()
+      out(l)
+    }
   }
 }
 
 /** Reads every running worker's status from its control socket (a worker that does not answer keeps its last). */
-async function pollStatuses (workers: Worker[]): Promise<void> {
-  await Promise.all(workers.filter(w => !w.exited).map(async w => {
-    try {
-      w.status = await fetchStatus(w.dataDir, 1000) as NodeStatus
-    } catch {
-      // Not up yet, or gone: keep the last status.
-    }
-  }))
+async function pollStatuses(workers: Worker[]): Promise<void> {
+  await Promise.all(
+    workers
+      .filter(w => !w.exited)
+      .map(async w => {
+        try {
+          w.status = (await fetchStatus(w.dataDir, 1000)) as NodeStatus
+        } catch {
+          // Not up yet, or gone: keep the last status.
+        }
+      })
+  )
 }
 
 /** One line per recovery a worker reported that was not reported before. */
-function reportRecoveries (o: UpOptions, workers: Worker[], watch: Watch): void {
+function reportRecoveries(o: UpOptions, workers: Worker[], watch: Watch): void {
   for (const w of workers) {
     for (const r of w.recoveries) {
       const key = recoveryKey(r)
@@ -206,7 +222,7 @@ function reportRecoveries (o: UpOptions, workers: Worker[], watch: Watch): void 
 }
 
 /** SIGKILLs the worker holding rank 1 (rank 0 with one rank), for `--kill-at`. */
-function killRank (o: UpOptions, ranks: Worker[], watch: Watch, step: number, clock: RealClock): void {
+function killRank(o: UpOptions, ranks: Worker[], watch: Watch, step: number, clock: RealClock): void {
   const victim = ranks.find(w => w.status?.training?.rank === Math.min(1, o.nodes - 1))
   if (victim === undefined) return
   victim.killed = true
@@ -216,7 +232,7 @@ function killRank (o: UpOptions, ranks: Worker[], watch: Watch, step: number, cl
 }
 
 /** What each worker was doing at the last poll (a stuck worker says where it is stuck). */
-function phases (o: UpOptions, workers: Worker[]): void {
+function phases(o: UpOptions, workers: Worker[]): void {
   for (const w of workers.filter(x => !x.killed)) {
     const tr = w.status?.training
     if (tr !== undefined) o.out(`  ${w.name} (${tr.role}${tr.rank === undefined ? '' : ` ${tr.rank}`}, step ${tr.step}): ${tr.phase}`)
@@ -224,12 +240,17 @@ function phases (o: UpOptions, workers: Worker[]): void {
 }
 
 /** The end of a run: the first rank's done line, the held-out loss, the parameter memory and the time. */
-function summary (o: UpOptions, workers: Worker[], ms: number): void {
+function summary(o: UpOptions, workers: Worker[], ms: number): void {
   const done = workers.map(w => w.done).find(e => e !== undefined)
   o.out(done === undefined ? 'training done' : renderNodeEvent(done)[0]!)
   // A rank reports its held-out loss when it is done (its status holds it only until it exits).
   const reported = workers.map(w => w.done?.evalLoss).find(x => x !== undefined && x !== null)
-  const evalLoss = reported?.toFixed(4) ?? workers.map(w => w.status?.training?.evalLoss).find(x => x !== undefined)?.toFixed(4)
+  const evalLoss =
+    reported?.toFixed(4) ??
+    workers
+      .map(w => w.status?.training?.evalLoss)
+      .find(x => x !== undefined)
+      ?.toFixed(4)
   if (evalLoss !== undefined) o.out(`held-out loss of the final weights: ${evalLoss}`)
   const memory = workers.map(w => w.memory).find(e => e !== undefined)
   if (memory !== undefined) o.out(renderNodeEvent(memory)[0]!)

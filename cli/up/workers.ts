@@ -37,7 +37,7 @@ export interface Worker {
   /** The worker's status at the last poll that reached it. */
   status: NodeStatus | undefined
   /** Arrival time (monotonic ms) of this worker's `view` and `step` events after the kill. */
-  afterKill: Array<{ ms: number, view?: number, step?: number }>
+  afterKill: Array<{ ms: number; view?: number; step?: number }>
 }
 
 /** A node event of one type. */
@@ -82,20 +82,54 @@ export interface WorkerSinks {
 const binPath = (): string => fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../bin/zeromesh.js' : '../../../bin/zeromesh.js', import.meta.url))
 
 /** The `zeromesh start` arguments of worker `name`. */
-function workerArgs (p: WorkerPlan, name: string, i: number, bootstrap: string | undefined): string[] {
+function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | undefined): string[] {
   return [
-    binPath(), 'start', '--run', p.run, '--secret-file', p.secret, '--listen', '/ip4/127.0.0.1/tcp/0',
-    '--data-dir', join(p.dir, name), '--zone', `z${i % 2}`, '--host', name, '--expect', String(p.total), '--heartbeat-ms', '300',
-    '--train', '--world-size', String(p.nodes), '--steps', String(p.steps), '--device', p.device, '--model', p.model,
-    '--seed', String(p.seed), '--batch', String(p.batch), '--seq', String(p.seq), '--exit-when-done', '--events', 'jsonl',
-    ...(p.zeropp ? ['--zeropp'] : []), ...(p.snapshot === undefined ? [] : ['--snapshot', p.snapshot]),
-    ...(p.snapshotEvery === undefined ? [] : ['--snapshot-every', String(p.snapshotEvery)]), ...(p.data === undefined ? [] : ['--data', p.data]),
+    binPath(),
+    'start',
+    '--run',
+    p.run,
+    '--secret-file',
+    p.secret,
+    '--listen',
+    '/ip4/127.0.0.1/tcp/0',
+    '--data-dir',
+    join(p.dir, name),
+    '--zone',
+    `z${i % 2}`,
+    '--host',
+    name,
+    '--expect',
+    String(p.total),
+    '--heartbeat-ms',
+    '300',
+    '--train',
+    '--world-size',
+    String(p.nodes),
+    '--steps',
+    String(p.steps),
+    '--device',
+    p.device,
+    '--model',
+    p.model,
+    '--seed',
+    String(p.seed),
+    '--batch',
+    String(p.batch),
+    '--seq',
+    String(p.seq),
+    '--exit-when-done',
+    '--events',
+    'jsonl',
+    ...(p.zeropp ? ['--zeropp'] : []),
+    ...(p.snapshot === undefined ? [] : ['--snapshot', p.snapshot]),
+    ...(p.snapshotEvery === undefined ? [] : ['--snapshot-every', String(p.snapshotEvery)]),
+    ...(p.data === undefined ? [] : ['--data', p.data]),
     ...(bootstrap === undefined ? [] : ['--bootstrap', bootstrap])
   ]
 }
 
 /** Starts worker `i` (bootstrapping from `bootstrap`, the first worker's address). */
-export function spawnWorker (p: WorkerPlan, sinks: WorkerSinks, i: number, bootstrap: string | undefined): Worker {
+export function spawnWorker(p: WorkerPlan, sinks: WorkerSinks, i: number, bootstrap: string | undefined): Worker {
   const name = `w${i}`
   // A worker leaves when it is re-parented (ZEROMESH_EXIT_WITH_PARENT): when `up` dies,
   // however it dies, no worker is orphaned.
@@ -105,7 +139,10 @@ export function spawnWorker (p: WorkerPlan, sinks: WorkerSinks, i: number, boots
   // With CUDA, workers take the host's GPUs round-robin (one process per GPU when there are
   // as many GPUs as workers; the spare shares one).
   const gpu = p.device === 'cuda' && p.gpuCount > 0 ? { ZEROMESH_CUDA_DEVICE: String(i % p.gpuCount) } : {}
-  const proc = spawn(process.execPath, workerArgs(p, name, i, bootstrap), { stdio: ['ignore', 'pipe', errFd], env: { ...process.env, ZEROMESH_EXIT_WITH_PARENT: '1', ...gpu } })
+  const proc = spawn(process.execPath, workerArgs(p, name, i, bootstrap), {
+    stdio: ['ignore', 'pipe', errFd],
+    env: { ...process.env, ZEROMESH_EXIT_WITH_PARENT: '1', ...gpu }
+  })
   closeSync(errFd)
   const w: Worker = {
     name,
@@ -117,7 +154,12 @@ export function spawnWorker (p: WorkerPlan, sinks: WorkerSinks, i: number, boots
     done: undefined,
     failed: undefined,
     tail: [],
-    exit: new Promise(resolve => proc.once('exit', code => { w.exited = true; resolve(code) })),
+    exit: new Promise(resolve =>
+      proc.once('exit', code => {
+        w.exited = true
+        resolve(code)
+      })
+    ),
     exited: false,
     killed: false,
     status: undefined,
@@ -131,7 +173,7 @@ export function spawnWorker (p: WorkerPlan, sinks: WorkerSinks, i: number, boots
  * Handles the stdout lines of worker `w`: each is parsed as a node event and recorded; a line
  * that is not one goes to the log, and the first of them is also said once (never thrown).
  */
-export function eventLines (w: Worker, sinks: WorkerSinks, logPath: string): (line: string) => void {
+export function eventLines(w: Worker, sinks: WorkerSinks, logPath: string): (line: string) => void {
   let malformed = false
   return line => {
     const parsed = parseNodeEvent(line)
@@ -146,7 +188,7 @@ export function eventLines (w: Worker, sinks: WorkerSinks, logPath: string): (li
 }
 
 /** Records one event of `w`: kept where `up` reads it, stamped after the kill, rendered into the log. */
-function onEvent (w: Worker, e: NodeEvent, sinks: WorkerSinks): void {
+function onEvent(w: Worker, e: NodeEvent, sinks: WorkerSinks): void {
   if (e.type === 'started') w.started = e
   else if (e.type === 'recovery') w.recoveries.push(e)
   else if (e.type === 'memory') w.memory = e
@@ -166,7 +208,7 @@ function onEvent (w: Worker, e: NodeEvent, sinks: WorkerSinks): void {
 }
 
 /** Calls `onLine` for every line of the process's stdout; a line past the cap is cut to it. */
-function readLines (proc: ChildProcess, onLine: (line: string) => void): void {
+function readLines(proc: ChildProcess, onLine: (line: string) => void): void {
   let buf = ''
   proc.stdout!.on('data', (d: Buffer) => {
     buf += d.toString()
@@ -184,7 +226,7 @@ function readLines (proc: ChildProcess, onLine: (line: string) => void): void {
 }
 
 /** The first worker's loopback address, once it has started (its `started` event). */
-export async function waitForAddress (w: Worker, clock: RealClock, ms: number): Promise<string> {
+export async function waitForAddress(w: Worker, clock: RealClock, ms: number): Promise<string> {
   const until = clock.monotonic() + ms
   for (;;) {
     const addr = w.started?.multiaddrs.find(a => /^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//.test(a))
@@ -196,15 +238,17 @@ export async function waitForAddress (w: Worker, clock: RealClock, ms: number): 
 }
 
 /** SIGTERM to every worker, SIGKILL to those still there after 5 s; closes the log. */
-export async function stopAll (workers: Worker[], clock: RealClock, log: Pick<WriteStream, 'end'>): Promise<void> {
+export async function stopAll(workers: Worker[], clock: RealClock, log: Pick<WriteStream, 'end'>): Promise<void> {
   for (const w of workers) if (!w.exited) w.proc.kill('SIGTERM')
-  const deadline = clock.sleep(5000).then(() => { for (const w of workers) if (!w.exited) w.proc.kill('SIGKILL') })
+  const deadline = clock.sleep(5000).then(() => {
+    for (const w of workers) if (!w.exited) w.proc.kill('SIGKILL')
+  })
   await Promise.race([Promise.all(workers.map(w => w.exit)), deadline])
   log.end()
 }
 
 /** NVIDIA GPUs visible on this host (device nodes /dev/nvidia0, 1, ...), without loading CUDA here. */
-export function countGpus (): number {
+export function countGpus(): number {
   const visible = process.env['CUDA_VISIBLE_DEVICES']
   if (visible !== undefined && visible.trim() !== '') return visible.split(',').length
   try {

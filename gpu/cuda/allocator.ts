@@ -1,5 +1,5 @@
 import { DeviceOutOfMemoryError } from '../errors.ts'
-import { DeviceError } from '../errors.ts'
+import type { DeviceError } from '../errors.ts'
 import { type CudaLibs, checkCu, outNumber } from './ffi.ts'
 import { CUDA_LIMITS } from './limits.ts'
 
@@ -27,17 +27,17 @@ export class CachingAllocator {
   private cachedBytes_ = 0
   private liveBytes_ = 0
 
-  constructor (libs: CudaLibs) {
+  constructor(libs: CudaLibs) {
     this.libs = libs
   }
 
-  static round (bytes: number): number {
+  static round(bytes: number): number {
     const L = CUDA_LIMITS
     if (bytes <= L.smallPoolMaxBytes) return Math.max(L.smallRoundBytes, Math.ceil(bytes / L.smallRoundBytes) * L.smallRoundBytes)
     return Math.ceil(bytes / L.largeRoundBytes) * L.largeRoundBytes
   }
 
-  alloc (bytes: number): Block {
+  alloc(bytes: number): Block {
     const size = CachingAllocator.round(bytes)
     const list = this.free.get(size)
     let ptr: number
@@ -53,21 +53,24 @@ export class CachingAllocator {
     return b
   }
 
-  private deviceAlloc (size: number): number {
+  private deviceAlloc(size: number): number {
     const out = [0]
     let rc = this.libs.cu.cuMemAlloc(out, size) as number
     if (rc === CUDA_ERROR_OUT_OF_MEMORY) {
       this.releaseCached()
       rc = this.libs.cu.cuMemAlloc(out, size) as number
       if (rc === CUDA_ERROR_OUT_OF_MEMORY) {
-        throw new DeviceOutOfMemoryError(`device out of memory allocating ${size} bytes (${this.liveBytes_} bytes live)`, { bytes: size, liveBytes: this.liveBytes_ })
+        throw new DeviceOutOfMemoryError(`device out of memory allocating ${size} bytes (${this.liveBytes_} bytes live)`, {
+          bytes: size,
+          liveBytes: this.liveBytes_
+        })
       }
     }
     checkCu(this.libs, 'cuMemAlloc_v2', rc)
     return outNumber(out[0])
   }
 
-  release (b: Block): void {
+  release(b: Block): void {
     if (b.freed) return
     b.freed = true
     if (!this.live.delete(b)) return
@@ -82,13 +85,17 @@ export class CachingAllocator {
   }
 
   /** Returns every cached (free) block to the driver. */
-  releaseCached (): void {
+  releaseCached(): void {
     let err: DeviceError | null = null
     for (const [size, list] of this.free) {
       for (const p of list) {
         const rc = this.libs.cu.cuMemFree(p) as number
         if (rc !== 0 && err === null) {
-          try { checkCu(this.libs, 'cuMemFree_v2', rc) } catch (e) { err = e as DeviceError }
+          try {
+            checkCu(this.libs, 'cuMemFree_v2', rc)
+          } catch (e) {
+            err = e as DeviceError
+          }
         }
         this.cachedBytes_ -= size
       }
@@ -98,7 +105,7 @@ export class CachingAllocator {
   }
 
   /** Frees everything, live blocks included (dispose). */
-  releaseAll (): void {
+  releaseAll(): void {
     for (const b of this.live) {
       b.freed = true
       this.libs.cu.cuMemFree(b.ptr)
@@ -108,6 +115,10 @@ export class CachingAllocator {
     this.releaseCached()
   }
 
-  get liveBytes (): number { return this.liveBytes_ }
-  get cachedBytes (): number { return this.cachedBytes_ }
+  get liveBytes(): number {
+    return this.liveBytes_
+  }
+  get cachedBytes(): number {
+    return this.cachedBytes_
+  }
 }

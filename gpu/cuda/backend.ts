@@ -32,7 +32,7 @@ class CudaTensor implements Tensor {
   readonly owner: CudaBackend
   readonly isView: boolean
 
-  constructor (owner: CudaBackend, dtype: TensorDType, shape: readonly number[], length: number, ptr: number, block: Block | null, isView: boolean) {
+  constructor(owner: CudaBackend, dtype: TensorDType, shape: readonly number[], length: number, ptr: number, block: Block | null, isView: boolean) {
     this.owner = owner
     this.dtype = dtype
     this.shape = Object.freeze([...shape])
@@ -42,7 +42,9 @@ class CudaTensor implements Tensor {
     this.isView = isView
   }
 
-  get bytes (): number { return this.length * TENSOR_DTYPE_BYTES[this.dtype] }
+  get bytes(): number {
+    return this.length * TENSOR_DTYPE_BYTES[this.dtype]
+  }
 }
 
 /** A compiled kernel with reusable argument slots (cuLaunchKernel copies them at launch). */
@@ -54,7 +56,7 @@ class Kernel {
   private readonly slots: Uint8Array[]
   private readonly views: DataView[]
 
-  constructor (libs: CudaLibs, fn: Handle, name: string, types: string) {
+  constructor(libs: CudaLibs, fn: Handle, name: string, types: string) {
     this.libs = libs
     this.fn = fn
     this.name = name
@@ -69,7 +71,7 @@ class Kernel {
   }
 
   /** Registers per thread and local (spilled) bytes per thread, as the driver reports them. */
-  info (): { registers: number, localBytes: number } {
+  info(): { registers: number; localBytes: number } {
     const get = (attr: number): number => {
       const out = [0]
       checkCu(this.libs, `cuFuncGetAttribute(${this.name})`, this.libs.cu.cuFuncGetAttribute(out, attr, this.fn))
@@ -78,7 +80,7 @@ class Kernel {
     return { registers: get(4), localBytes: get(3) } // CU_FUNC_ATTRIBUTE_NUM_REGS, _LOCAL_SIZE_BYTES
   }
 
-  launch (stream: Handle, gx: number, gy: number, bx: number, by: number, smem: number, args: readonly number[]): void {
+  launch(stream: Handle, gx: number, gy: number, bx: number, by: number, smem: number, args: readonly number[]): void {
     const t = this.types
     for (let i = 0; i < t.length; i++) {
       const v = this.views[i]!
@@ -89,8 +91,12 @@ class Kernel {
           v.setUint32(0, x >>> 0, true)
           v.setInt32(4, Math.floor(x / 4294967296), true)
           break
-        case 105: v.setInt32(0, x, true); break // 'i'
-        case 102: v.setFloat32(0, x, true); break // 'f'
+        case 105:
+          v.setInt32(0, x, true)
+          break // 'i'
+        case 102:
+          v.setFloat32(0, x, true)
+          break // 'f'
       }
     }
     const rc = this.libs.cu.cuLaunchKernel(this.fn, gx, gy, 1, bx, by, 1, smem, stream, this.slots, null) as number
@@ -99,30 +105,46 @@ class Kernel {
 }
 
 /** Kernel families, their argument signatures and compile options. */
-const FAMILIES: Record<string, { opts: CompileOptions, kernels: Record<string, string> }> = {
+const FAMILIES: Record<string, { opts: CompileOptions; kernels: Record<string, string> }> = {
   elementwise: {
     opts: {},
     kernels: {
-      ew_add_f32: 'pppfli', ew_add_bf16: 'pppfli', ew_scale_f32: 'pppfli', ew_scale_bf16: 'pppfli',
-      ew_cast_f32_bf16: 'pppfli', ew_cast_bf16_f32: 'pppfli',
-      gelu_fwd_f32: 'pppfli', gelu_fwd_bf16: 'pppfli', gelu_bwd_f32: 'pppfli', gelu_bwd_bf16: 'pppfli',
-      bias_add_f32: 'ppli', bias_add_bf16: 'ppli'
+      ew_add_f32: 'pppfli',
+      ew_add_bf16: 'pppfli',
+      ew_scale_f32: 'pppfli',
+      ew_scale_bf16: 'pppfli',
+      ew_cast_f32_bf16: 'pppfli',
+      ew_cast_bf16_f32: 'pppfli',
+      gelu_fwd_f32: 'pppfli',
+      gelu_fwd_bf16: 'pppfli',
+      gelu_bwd_f32: 'pppfli',
+      gelu_bwd_bf16: 'pppfli',
+      bias_add_f32: 'ppli',
+      bias_add_bf16: 'ppli'
     }
   },
   reduce: {
     opts: {},
     kernels: {
-      sumsq_partial_f32: 'plp', sumsq_partial_bf16: 'plp', sum_final: 'pip',
-      colsum_partial_f32: 'ppppiiipp', colsum_partial_bf16: 'ppppiiipp', colsum_final: 'ppiipp',
-      colsum_partial_vec_f32: 'ppppiiipp', colsum_partial_vec_bf16: 'ppppiiipp'
+      sumsq_partial_f32: 'plp',
+      sumsq_partial_bf16: 'plp',
+      sum_final: 'pip',
+      colsum_partial_f32: 'ppppiiipp',
+      colsum_partial_bf16: 'ppppiiipp',
+      colsum_final: 'ppiipp',
+      colsum_partial_vec_f32: 'ppppiiipp',
+      colsum_partial_vec_bf16: 'ppppiiipp'
     }
   },
   encoder: {
     opts: {},
     kernels: {
-      encoder_fwd_f32: 'ppppiiiiip', encoder_fwd_bf16: 'ppppiiiiip',
-      encoder_bwd_wpe_f32: 'ppiii', encoder_bwd_wpe_bf16: 'ppiii',
-      encoder_bwd_wte_f32: 'pppiiip', encoder_bwd_wte_bf16: 'pppiiip'
+      encoder_fwd_f32: 'ppppiiiiip',
+      encoder_fwd_bf16: 'ppppiiiiip',
+      encoder_bwd_wpe_f32: 'ppiii',
+      encoder_bwd_wpe_bf16: 'ppiii',
+      encoder_bwd_wte_f32: 'pppiiip',
+      encoder_bwd_wte_bf16: 'pppiiip'
     }
   },
   layernorm: {
@@ -132,12 +154,20 @@ const FAMILIES: Record<string, { opts: CompileOptions, kernels: Record<string, s
   attention: {
     opts: {},
     kernels: {
-      flash_fwd_4: 'pppiif', flash_bwd_dq_4: 'pppppiif', flash_bwd_dkdv_4: 'pppppiif',
-      flash_fwd_8: 'pppiif', flash_bwd_dq_8: 'pppppiif', flash_bwd_dkdv_8: 'pppppiif',
-      attn_dvec_f32: 'pppiiii', attn_dvec_bf16: 'pppiiii',
-      naive_fwd_f32: 'pppiiiif', naive_fwd_bf16: 'pppiiiif',
-      naive_bwd_dq_f32: 'pppppiiiif', naive_bwd_dq_bf16: 'pppppiiiif',
-      naive_bwd_dkdv_f32: 'pppppiiiif', naive_bwd_dkdv_bf16: 'pppppiiiif'
+      flash_fwd_4: 'pppiif',
+      flash_bwd_dq_4: 'pppppiif',
+      flash_bwd_dkdv_4: 'pppppiif',
+      flash_fwd_8: 'pppiif',
+      flash_bwd_dq_8: 'pppppiif',
+      flash_bwd_dkdv_8: 'pppppiif',
+      attn_dvec_f32: 'pppiiii',
+      attn_dvec_bf16: 'pppiiii',
+      naive_fwd_f32: 'pppiiiif',
+      naive_fwd_bf16: 'pppiiiif',
+      naive_bwd_dq_f32: 'pppppiiiif',
+      naive_bwd_dq_bf16: 'pppppiiiif',
+      naive_bwd_dkdv_f32: 'pppppiiiif',
+      naive_bwd_dkdv_bf16: 'pppppiiiif'
     }
   },
   crossentropy: { opts: {}, kernels: { ce_f32: 'ppppiifip', ce_bf16: 'ppppiifip' } },
@@ -150,7 +180,7 @@ const FAMILIES: Record<string, { opts: CompileOptions, kernels: Record<string, s
 
 const f32Scratch = new Float32Array(1)
 const u32Scratch = new Uint32Array(f32Scratch.buffer)
-function f32Bits (x: number): number {
+function f32Bits(x: number): number {
   f32Scratch[0] = x
   return u32Scratch[0]!
 }
@@ -194,7 +224,7 @@ export class CudaBackend implements Backend {
   private readonly sm: number
   private disposed = false
 
-  constructor (init: CudaBackendInit) {
+  constructor(init: CudaBackendInit) {
     this.libs = init.libs
     this.info = init.info
     this.ctx = init.ctx
@@ -211,23 +241,30 @@ export class CudaBackend implements Backend {
     this.flags = this.allocator.alloc(FLAG_SLOTS * 8)
     this.resetFlags()
     const gib = (init.info.memoryBytes / 2 ** 30).toFixed(1)
-    this.description = `cuda: ${init.info.name} (sm_${init.info.computeCapability.replace('.', '')}, ${init.info.smCount} SMs, ${gib} GiB), ` +
+    this.description =
+      `cuda: ${init.info.name} (sm_${init.info.computeCapability.replace('.', '')}, ${init.info.smCount} SMs, ${gib} GiB), ` +
       `driver ${init.info.driverVersion}, CUDA ${init.info.cudaVersion}, NVRTC ${this.compiler.version}, cuBLAS ${this.blas.version}`
   }
 
   /** NVRTC compile statistics (kernels compiled vs loaded from the cubin cache). */
-  get compileStats (): { compiled: number, cacheHits: number, compileMs: number } { return { ...this.compiler.stats } }
+  get compileStats(): { compiled: number; cacheHits: number; compileMs: number } {
+    return { ...this.compiler.stats }
+  }
   /** Bytes held by live tensors / by the allocator's free lists. */
-  get allocatedBytes (): number { return this.allocator.liveBytes }
-  get cachedBytes (): number { return this.allocator.cachedBytes }
+  get allocatedBytes(): number {
+    return this.allocator.liveBytes
+  }
+  get cachedBytes(): number {
+    return this.allocator.cachedBytes
+  }
 
   // ---- plumbing -----------------------------------------------------------------------------
 
-  private live_ (op: string): void {
+  private live_(op: string): void {
     if (this.disposed) fail(op, 'the backend has been disposed')
   }
 
-  private arg (op: string, name: string, t: Tensor | null | undefined, dtypes: readonly TensorDType[], length?: number): CudaTensor {
+  private arg(op: string, name: string, t: Tensor | null | undefined, dtypes: readonly TensorDType[], length?: number): CudaTensor {
     if (!(t instanceof CudaTensor) || t.owner !== this) fail(op, `${name} is not a tensor of this cuda backend`)
     if (t.block !== null && t.block.freed) fail(op, `${name} has been freed`)
     if (!dtypes.includes(t.dtype)) fail(op, `${name} must be ${dtypes.join(' or ')}, got ${t.dtype}`)
@@ -236,12 +273,12 @@ export class CudaBackend implements Backend {
   }
 
   /** Like arg, and the dtype must equal `dtype` (activations and weights share one dtype). */
-  private same (op: string, name: string, t: Tensor | null | undefined, dtype: TensorDType, length?: number): CudaTensor {
+  private same(op: string, name: string, t: Tensor | null | undefined, dtype: TensorDType, length?: number): CudaTensor {
     return this.arg(op, name, t, [dtype], length)
   }
 
   /** Compiles a kernel family on first use and returns the named kernel. */
-  private k (name: string): Kernel {
+  private k(name: string): Kernel {
     const hit = this.kernels.get(name)
     if (hit !== undefined) return hit
     for (const [family, spec] of Object.entries(FAMILIES)) {
@@ -263,27 +300,27 @@ export class CudaBackend implements Backend {
   }
 
   /** A kernel's resource use (compiles its family if needed): for benchmarks and tuning. */
-  kernelInfo (name: string): { registers: number, localBytes: number } {
+  kernelInfo(name: string): { registers: number; localBytes: number } {
     this.live_('kernelInfo')
     return this.k(name).info()
   }
 
   /** Compiles every kernel family now (otherwise each compiles on first use). */
-  warmup (): void {
+  warmup(): void {
     this.live_('warmup')
     for (const spec of Object.values(FAMILIES)) for (const name of Object.keys(spec.kernels)) this.k(name)
   }
 
-  private launch (name: string, gx: number, gy: number, bx: number, by: number, args: readonly number[], smem = 0): void {
+  private launch(name: string, gx: number, gy: number, bx: number, by: number, args: readonly number[], smem = 0): void {
     this.k(name).launch(this.stream, gx, gy, bx, by, smem, args)
   }
 
   /** Grid size for grid-stride loops over `units` work items at 256 threads a block. */
-  private grid (units: number): number {
+  private grid(units: number): number {
     return Math.max(1, Math.min(cdiv(units, 256), this.sm * 16))
   }
 
-  private scratchPtr (name: string, bytes: number): number {
+  private scratchPtr(name: string, bytes: number): number {
     let b = this.scratch.get(name)
     if (b === undefined || b.size < bytes) {
       if (b !== undefined) this.allocator.release(b)
@@ -293,23 +330,23 @@ export class CudaBackend implements Backend {
     return b.ptr
   }
 
-  private resetFlags (): void {
+  private resetFlags(): void {
     const init = new BigUint64Array(FLAG_SLOTS)
     for (const i of [0, 1, 2, 4]) init[i] = NO_FLAG
     checkCu(this.libs, 'cuMemcpyHtoD_v2', this.libs.cu.cuMemcpyHtoD(this.flags.ptr, init, init.byteLength))
   }
 
-  private syncStream (): void {
+  private syncStream(): void {
     checkCu(this.libs, 'cuStreamSynchronize', this.libs.cu.cuStreamSynchronize(this.stream))
   }
 
   /** After a sync: raises what the kernels flagged since the last check. */
-  private checkFlags (): void {
+  private checkFlags(): void {
     if (!this.flagsPending) return
     this.flagsPending = false
     const f = new BigUint64Array(FLAG_SLOTS)
     checkCu(this.libs, 'cuMemcpyDtoH_v2', this.libs.cu.cuMemcpyDtoH(f, this.flags.ptr, f.byteLength))
-    const first = (slot: number): { index: number, value: number } | null => {
+    const first = (slot: number): { index: number; value: number } | null => {
       const v = f[slot]!
       if (v === NO_FLAG) return null
       return { index: Number(v >> 32n), value: Number(v & 0xffffffffn) | 0 }
@@ -326,12 +363,13 @@ export class CudaBackend implements Backend {
       u32Scratch[0] = nf.value >>> 0
       throw new NonFiniteError(nf.index, f32Scratch[0]!, Number(f[3]!))
     }
-    if (dq !== null) throw codecError(CodecErrorCode.QUANT_INVALID, `code ${dq.value} at element ${dq.index} is outside the symmetric range`, { count: Number(f[5]!) })
+    if (dq !== null)
+      throw codecError(CodecErrorCode.QUANT_INVALID, `code ${dq.value} at element ${dq.index} is outside the symmetric range`, { count: Number(f[5]!) })
   }
 
   // ---- memory -------------------------------------------------------------------------------
 
-  alloc (dtype: TensorDType, shape: readonly number[]): Tensor {
+  alloc(dtype: TensorDType, shape: readonly number[]): Tensor {
     this.live_('alloc')
     const { n, bytes } = allocSize(dtype, shape, CUDA_LIMITS.maxRank, 'cuda tensor bytes', CUDA_LIMITS.maxTensorBytes)
     if (bytes === 0) return new CudaTensor(this, dtype, shape, 0, 0, null, false)
@@ -340,7 +378,7 @@ export class CudaBackend implements Backend {
     return new CudaTensor(this, dtype, shape, n, block.ptr, block, false)
   }
 
-  view (base: Tensor, offset: number, shape: readonly number[]): Tensor {
+  view(base: Tensor, offset: number, shape: readonly number[]): Tensor {
     this.live_('view')
     const b = this.arg('view', 'base', base, ALL)
     const n = shapeLength('view', shape, CUDA_LIMITS.maxRank)
@@ -349,14 +387,14 @@ export class CudaBackend implements Backend {
     return new CudaTensor(this, b.dtype, shape, n, b.ptr + offset * TENSOR_DTYPE_BYTES[b.dtype], b.block, true)
   }
 
-  free (t: Tensor): void {
+  free(t: Tensor): void {
     this.live_('free')
     const x = this.arg('free', 't', t, ALL)
     if (x.isView || x.block === null) return
     this.allocator.release(x.block)
   }
 
-  write (t: Tensor, src: HostArray, offset = 0): void {
+  write(t: Tensor, src: HostArray, offset = 0): void {
     this.live_('write')
     const x = this.arg('write', 't', t, ALL)
     if (!isHostOf(src, x.dtype)) fail('write', `src must be the host array type of a ${x.dtype} tensor`)
@@ -366,15 +404,23 @@ export class CudaBackend implements Backend {
     checkCu(this.libs, 'cuMemcpyHtoD_v2', this.libs.cu.cuMemcpyHtoD(x.ptr + offset * TENSOR_DTYPE_BYTES[x.dtype], src, src.byteLength))
   }
 
-  read (t: Tensor): HostArray {
+  read(t: Tensor): HostArray {
     this.live_('read')
     const x = this.arg('read', 't', t, ALL)
     let out: HostArray
     switch (x.dtype) {
-      case 'f32': out = new Float32Array(x.length); break
-      case 'bf16': out = new Uint16Array(x.length); break
-      case 'i32': out = new Int32Array(x.length); break
-      case 'u8': out = new Uint8Array(x.length); break
+      case 'f32':
+        out = new Float32Array(x.length)
+        break
+      case 'bf16':
+        out = new Uint16Array(x.length)
+        break
+      case 'i32':
+        out = new Int32Array(x.length)
+        break
+      case 'u8':
+        out = new Uint8Array(x.length)
+        break
     }
     this.syncStream()
     if (x.length > 0) checkCu(this.libs, 'cuMemcpyDtoH_v2', this.libs.cu.cuMemcpyDtoH(out, x.ptr, x.bytes))
@@ -382,25 +428,31 @@ export class CudaBackend implements Backend {
     return out
   }
 
-  fill (t: Tensor, value: number): void {
+  fill(t: Tensor, value: number): void {
     this.live_('fill')
     const x = this.arg('fill', 't', t, ALL)
     if (typeof value !== 'number') fail('fill', 'value must be a number')
     if (x.length === 0) return
     const cu = this.libs.cu
     switch (x.dtype) {
-      case 'f32': checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, f32Bits(value), x.length, this.stream)); break
-      case 'bf16': checkCu(this.libs, 'cuMemsetD16Async', cu.cuMemsetD16Async(x.ptr, f32ToBf16(value), x.length, this.stream)); break
+      case 'f32':
+        checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, f32Bits(value), x.length, this.stream))
+        break
+      case 'bf16':
+        checkCu(this.libs, 'cuMemsetD16Async', cu.cuMemsetD16Async(x.ptr, f32ToBf16(value), x.length, this.stream))
+        break
       case 'i32':
         if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) fail('fill', `value ${value} is not an i32`)
-        checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, value >>> 0, x.length, this.stream)); break
+        checkCu(this.libs, 'cuMemsetD32Async', cu.cuMemsetD32Async(x.ptr, value >>> 0, x.length, this.stream))
+        break
       case 'u8':
         if (!Number.isInteger(value) || value < 0 || value > 255) fail('fill', `value ${value} is not a u8`)
-        checkCu(this.libs, 'cuMemsetD8Async', cu.cuMemsetD8Async(x.ptr, value, x.length, this.stream)); break
+        checkCu(this.libs, 'cuMemsetD8Async', cu.cuMemsetD8Async(x.ptr, value, x.length, this.stream))
+        break
     }
   }
 
-  copy (dst: Tensor, src: Tensor): void {
+  copy(dst: Tensor, src: Tensor): void {
     this.live_('copy')
     const s = this.arg('copy', 'src', src, ALL)
     const d = this.arg('copy', 'dst', dst, [s.dtype], s.length)
@@ -408,15 +460,19 @@ export class CudaBackend implements Backend {
     checkCu(this.libs, 'cuMemcpyDtoDAsync_v2', this.libs.cu.cuMemcpyDtoDAsync(d.ptr, s.ptr, s.bytes, this.stream))
   }
 
-  synchronize (): void {
+  synchronize(): void {
     this.live_('synchronize')
     this.syncStream()
     this.checkFlags()
   }
 
-  dispose (): void {
+  dispose(): void {
     if (this.disposed) return
-    try { this.syncStream() } catch { /* disposing anyway */ }
+    try {
+      this.syncStream()
+    } catch {
+      /* disposing anyway */
+    }
     this.disposed = true
     const cu = this.libs.cu
     this.blas.dispose()
@@ -432,20 +488,25 @@ export class CudaBackend implements Backend {
 
   // ---- generic math -------------------------------------------------------------------------
 
-  gemm (p: GemmParams): void {
+  gemm(p: GemmParams): void {
     const op = 'gemm'
     this.live_(op)
     const { m, n, k } = p
-    checkInt(op, 'm', m); checkInt(op, 'n', n); checkInt(op, 'k', k)
+    checkInt(op, 'm', m)
+    checkInt(op, 'n', n)
+    checkInt(op, 'k', k)
     const batch = p.batch ?? 1
     checkInt(op, 'batch', batch)
     const sA = p.strideA ?? m * k
     const sB = p.strideB ?? k * n
     const sC = p.strideC ?? m * n
-    checkInt(op, 'strideA', sA, 0); checkInt(op, 'strideB', sB, 0); checkInt(op, 'strideC', sC, 0)
+    checkInt(op, 'strideA', sA, 0)
+    checkInt(op, 'strideB', sB, 0)
+    checkInt(op, 'strideC', sC, 0)
     const alpha = p.alpha ?? 1
     const beta = p.beta ?? 0
-    checkFinite(op, 'alpha', alpha); checkFinite(op, 'beta', beta)
+    checkFinite(op, 'alpha', alpha)
+    checkFinite(op, 'beta', beta)
     const A = this.arg(op, 'a', p.a, FLOAT)
     const B = this.same(op, 'b', p.b, A.dtype)
     const C = this.arg(op, 'c', p.c, FLOAT)
@@ -455,14 +516,27 @@ export class CudaBackend implements Backend {
     if (batch > 1 && sC < m * n) fail(op, `strideC ${sC} makes output matrices overlap`)
     for (const v of [m, n, k]) if (v > 2 ** 31 - 1) fail(op, 'dimensions must fit in 32 bits')
     this.blas.rowMajor({
-      transA: p.transA === true, transB: p.transB === true, m, n, k, alpha, beta, a: A.ptr, b: B.ptr, c: C.ptr,
-      abType: A.dtype === 'f32' ? CUDA_R_32F : CUDA_R_16BF, cType: C.dtype === 'f32' ? CUDA_R_32F : CUDA_R_16BF,
-      batch, strideA: sA, strideB: sB, strideC: sC
+      transA: p.transA === true,
+      transB: p.transB === true,
+      m,
+      n,
+      k,
+      alpha,
+      beta,
+      a: A.ptr,
+      b: B.ptr,
+      c: C.ptr,
+      abType: A.dtype === 'f32' ? CUDA_R_32F : CUDA_R_16BF,
+      cType: C.dtype === 'f32' ? CUDA_R_32F : CUDA_R_16BF,
+      batch,
+      strideA: sA,
+      strideB: sB,
+      strideC: sC
     })
   }
 
   /** Launches an elementwise kernel over n elements (8-wide vectors when every pointer is aligned). */
-  private ew (name: string, out: CudaTensor, a: CudaTensor, b: CudaTensor | null, s: number): void {
+  private ew(name: string, out: CudaTensor, a: CudaTensor, b: CudaTensor | null, s: number): void {
     const n = out.length
     if (n === 0) return
     checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
@@ -470,7 +544,7 @@ export class CudaBackend implements Backend {
     this.launch(name, this.grid(vec ? cdiv(n, 8) : n), 1, 256, 1, [out.ptr, a.ptr, b === null ? a.ptr : b.ptr, s, n, vec ? 1 : 0])
   }
 
-  add (dst: Tensor, src: Tensor): void {
+  add(dst: Tensor, src: Tensor): void {
     const op = 'add'
     this.live_(op)
     const s = this.arg(op, 'src', src, FLOAT)
@@ -478,7 +552,7 @@ export class CudaBackend implements Backend {
     this.ew(`ew_add_${s.dtype}`, d, d, s, 0)
   }
 
-  residualForward (out: Tensor, a: Tensor, b: Tensor): void {
+  residualForward(out: Tensor, a: Tensor, b: Tensor): void {
     const op = 'residualForward'
     this.live_(op)
     const x = this.arg(op, 'a', a, FLOAT)
@@ -487,7 +561,7 @@ export class CudaBackend implements Backend {
     this.ew(`ew_add_${x.dtype}`, o, x, y, 0)
   }
 
-  scale (t: Tensor, s: number): void {
+  scale(t: Tensor, s: number): void {
     const op = 'scale'
     this.live_(op)
     checkFinite(op, 's', s)
@@ -495,7 +569,7 @@ export class CudaBackend implements Backend {
     this.ew(`ew_scale_${x.dtype}`, x, x, null, s)
   }
 
-  sumSquares (t: Tensor): number {
+  sumSquares(t: Tensor): number {
     const op = 'sumSquares'
     this.live_(op)
     const x = this.arg(op, 't', t, FLOAT)
@@ -511,7 +585,7 @@ export class CudaBackend implements Backend {
     return out[0]!
   }
 
-  cast (dst: Tensor, src: Tensor): void {
+  cast(dst: Tensor, src: Tensor): void {
     const op = 'cast'
     this.live_(op)
     const s = this.arg(op, 'src', src, FLOAT)
@@ -525,17 +599,19 @@ export class CudaBackend implements Backend {
 
   // ---- GPT ops ------------------------------------------------------------------------------
 
-  private tableRows (op: string, name: string, length: number, C: number, minRows: number): number {
+  private tableRows(op: string, name: string, length: number, C: number, minRows: number): number {
     if (length % C !== 0) fail(op, `${name} has ${length} elements, not a multiple of C = ${C}`)
     const rows = length / C
     if (rows < minRows) fail(op, `${name} has ${rows} rows, needs at least ${minRows}`)
     return rows
   }
 
-  encoderForward (out: Tensor, tokens: Tensor, wte: Tensor, wpe: Tensor, B: number, T: number, C: number): void {
+  encoderForward(out: Tensor, tokens: Tensor, wte: Tensor, wpe: Tensor, B: number, T: number, C: number): void {
     const op = 'encoderForward'
     this.live_(op)
-    checkInt(op, 'B', B); checkInt(op, 'T', T); checkInt(op, 'C', C)
+    checkInt(op, 'B', B)
+    checkInt(op, 'T', T)
+    checkInt(op, 'C', C)
     const o = this.arg(op, 'out', out, FLOAT, B * T * C)
     const tok = this.arg(op, 'tokens', tokens, ['i32'], B * T)
     const e = this.same(op, 'wte', wte, o.dtype)
@@ -546,14 +622,26 @@ export class CudaBackend implements Backend {
     const vn = o.dtype === 'f32' ? 4 : 8
     const vec = C % vn === 0 && aligned(o.ptr, 16) && aligned(e.ptr, 16) && aligned(p.ptr, 16)
     this.flagsPending = true
-    this.launch(`encoder_fwd_${o.dtype}`, this.grid(vec ? o.length / vn : o.length), 1, 256, 1,
-      [o.ptr, tok.ptr, e.ptr, p.ptr, B * T, T, C, V, vec ? 1 : 0, this.flags.ptr])
+    this.launch(`encoder_fwd_${o.dtype}`, this.grid(vec ? o.length / vn : o.length), 1, 256, 1, [
+      o.ptr,
+      tok.ptr,
+      e.ptr,
+      p.ptr,
+      B * T,
+      T,
+      C,
+      V,
+      vec ? 1 : 0,
+      this.flags.ptr
+    ])
   }
 
-  encoderBackward (dwte: Tensor, dwpe: Tensor, dout: Tensor, tokens: Tensor, B: number, T: number, C: number): void {
+  encoderBackward(dwte: Tensor, dwpe: Tensor, dout: Tensor, tokens: Tensor, B: number, T: number, C: number): void {
     const op = 'encoderBackward'
     this.live_(op)
-    checkInt(op, 'B', B); checkInt(op, 'T', T); checkInt(op, 'C', C)
+    checkInt(op, 'B', B)
+    checkInt(op, 'T', T)
+    checkInt(op, 'C', C)
     const d = this.arg(op, 'dout', dout, FLOAT, B * T * C)
     const tok = this.arg(op, 'tokens', tokens, ['i32'], B * T)
     const de = this.arg(op, 'dwte', dwte, ['f32'])
@@ -566,15 +654,16 @@ export class CudaBackend implements Backend {
     this.launch(`encoder_bwd_wte_${d.dtype}`, B * T, 1, 256, 1, [de.ptr, d.ptr, tok.ptr, B * T, C, V, this.flags.ptr])
   }
 
-  private lnVec (dtype: TensorDType, C: number, ptrs: readonly number[]): boolean {
+  private lnVec(dtype: TensorDType, C: number, ptrs: readonly number[]): boolean {
     const vn = dtype === 'f32' ? 4 : 8
     return C % (32 * vn) === 0 && C / (32 * vn) <= CUDA_LIMITS.lnMaxRegisterChunks && ptrs.every(p => aligned(p, 16))
   }
 
-  layernormForward (out: Tensor, mean: Tensor, rstd: Tensor, inp: Tensor, weight: Tensor, bias: Tensor, N: number, C: number): void {
+  layernormForward(out: Tensor, mean: Tensor, rstd: Tensor, inp: Tensor, weight: Tensor, bias: Tensor, N: number, C: number): void {
     const op = 'layernormForward'
     this.live_(op)
-    checkInt(op, 'N', N); checkInt(op, 'C', C)
+    checkInt(op, 'N', N)
+    checkInt(op, 'C', C)
     const x = this.arg(op, 'inp', inp, FLOAT, N * C)
     const o = this.same(op, 'out', out, x.dtype, N * C)
     const mu = this.arg(op, 'mean', mean, ['f32'], N)
@@ -585,10 +674,22 @@ export class CudaBackend implements Backend {
     this.launch(`ln_fwd_${x.dtype}`, cdiv(N, 8), 1, 256, 1, [o.ptr, mu.ptr, rs.ptr, x.ptr, w.ptr, b.ptr, N, C, vec ? 1 : 0])
   }
 
-  layernormBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor, dout: Tensor, inp: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, N: number, C: number): void {
+  layernormBackward(
+    dinp: Tensor,
+    dweight: Tensor,
+    dbias: Tensor,
+    dout: Tensor,
+    inp: Tensor,
+    weight: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    N: number,
+    C: number
+  ): void {
     const op = 'layernormBackward'
     this.live_(op)
-    checkInt(op, 'N', N); checkInt(op, 'C', C)
+    checkInt(op, 'N', N)
+    checkInt(op, 'C', C)
     const x = this.arg(op, 'inp', inp, FLOAT, N * C)
     const dx = this.same(op, 'dinp', dinp, x.dtype, N * C)
     const dy = this.same(op, 'dout', dout, x.dtype, N * C)
@@ -603,7 +704,7 @@ export class CudaBackend implements Backend {
   }
 
   /** dst1[c] += Σ_n dout[n,c]; with inp (layernorm), dst2[c] += Σ_n dout·(inp−mean)·rstd. Deterministic. */
-  private colsum (dtype: TensorDType, dout: number, inp: number, mean: number, rstd: number, N: number, C: number, dst1: number, dst2: number): void {
+  private colsum(dtype: TensorDType, dout: number, inp: number, mean: number, rstd: number, N: number, C: number, dst1: number, dst2: number): void {
     const vn = dtype === 'f32' ? 4 : 8
     const vec = C % vn === 0 && aligned(dout, 16) && (inp === 0 || aligned(inp, 16))
     const colBlocks = cdiv(C, vec ? 32 * vn : 64)
@@ -615,24 +716,45 @@ export class CudaBackend implements Backend {
     this.launch('colsum_final', cdiv(C, 256), 1, 256, 1, [p1, p2, R, C, dst1, dst2])
   }
 
-  matmulForward (out: Tensor, inp: Tensor, weight: Tensor, bias: Tensor | null, N: number, C: number, OC: number): void {
+  matmulForward(out: Tensor, inp: Tensor, weight: Tensor, bias: Tensor | null, N: number, C: number, OC: number): void {
     const op = 'matmulForward'
     this.live_(op)
-    checkInt(op, 'N', N); checkInt(op, 'C', C); checkInt(op, 'OC', OC)
+    checkInt(op, 'N', N)
+    checkInt(op, 'C', C)
+    checkInt(op, 'OC', OC)
     const x = this.arg(op, 'inp', inp, FLOAT, N * C)
     const o = this.same(op, 'out', out, x.dtype, N * OC)
     const w = this.same(op, 'weight', weight, x.dtype, OC * C)
     const b = bias === null ? null : this.same(op, 'bias', bias, x.dtype, OC)
     const type = x.dtype === 'f32' ? CUDA_R_32F : CUDA_R_16BF
     if (b !== null && this.blas.matmulBias(o.ptr, x.ptr, w.ptr, b.ptr, N, C, OC, type)) return
-    this.blas.rowMajor({ transA: false, transB: true, m: N, n: OC, k: C, alpha: 1, beta: 0, a: x.ptr, b: w.ptr, c: o.ptr, abType: type, cType: type, batch: 1, strideA: 0, strideB: 0, strideC: 0 })
+    this.blas.rowMajor({
+      transA: false,
+      transB: true,
+      m: N,
+      n: OC,
+      k: C,
+      alpha: 1,
+      beta: 0,
+      a: x.ptr,
+      b: w.ptr,
+      c: o.ptr,
+      abType: type,
+      cType: type,
+      batch: 1,
+      strideA: 0,
+      strideB: 0,
+      strideC: 0
+    })
     if (b !== null) this.launch(`bias_add_${x.dtype}`, this.grid(N * OC), 1, 256, 1, [o.ptr, b.ptr, N, OC])
   }
 
-  matmulBackward (dinp: Tensor, dweight: Tensor, dbias: Tensor | null, dout: Tensor, inp: Tensor, weight: Tensor, N: number, C: number, OC: number): void {
+  matmulBackward(dinp: Tensor, dweight: Tensor, dbias: Tensor | null, dout: Tensor, inp: Tensor, weight: Tensor, N: number, C: number, OC: number): void {
     const op = 'matmulBackward'
     this.live_(op)
-    checkInt(op, 'N', N); checkInt(op, 'C', C); checkInt(op, 'OC', OC)
+    checkInt(op, 'N', N)
+    checkInt(op, 'C', C)
+    checkInt(op, 'OC', OC)
     const x = this.arg(op, 'inp', inp, FLOAT, N * C)
     const dx = this.same(op, 'dinp', dinp, x.dtype, N * C)
     const dy = this.same(op, 'dout', dout, x.dtype, N * OC)
@@ -641,13 +763,47 @@ export class CudaBackend implements Backend {
     const db = dbias === null ? null : this.arg(op, 'dbias', dbias, ['f32'], OC)
     const type = x.dtype === 'f32' ? CUDA_R_32F : CUDA_R_16BF
     // dinp[N,C] = dout[N,OC] · weight[OC,C]
-    this.blas.rowMajor({ transA: false, transB: false, m: N, n: C, k: OC, alpha: 1, beta: 0, a: dy.ptr, b: w.ptr, c: dx.ptr, abType: type, cType: type, batch: 1, strideA: 0, strideB: 0, strideC: 0 })
+    this.blas.rowMajor({
+      transA: false,
+      transB: false,
+      m: N,
+      n: C,
+      k: OC,
+      alpha: 1,
+      beta: 0,
+      a: dy.ptr,
+      b: w.ptr,
+      c: dx.ptr,
+      abType: type,
+      cType: type,
+      batch: 1,
+      strideA: 0,
+      strideB: 0,
+      strideC: 0
+    })
     // dweight[OC,C] += dout[N,OC]ᵀ · inp[N,C]   (f32 output, bf16 or f32 inputs)
-    this.blas.rowMajor({ transA: true, transB: false, m: OC, n: C, k: N, alpha: 1, beta: 1, a: dy.ptr, b: x.ptr, c: dw.ptr, abType: type, cType: CUDA_R_32F, batch: 1, strideA: 0, strideB: 0, strideC: 0 })
+    this.blas.rowMajor({
+      transA: true,
+      transB: false,
+      m: OC,
+      n: C,
+      k: N,
+      alpha: 1,
+      beta: 1,
+      a: dy.ptr,
+      b: x.ptr,
+      c: dw.ptr,
+      abType: type,
+      cType: CUDA_R_32F,
+      batch: 1,
+      strideA: 0,
+      strideB: 0,
+      strideC: 0
+    })
     if (db !== null) this.colsum(x.dtype, dy.ptr, 0, 0, 0, N, OC, db.ptr, 0)
   }
 
-  geluForward (out: Tensor, inp: Tensor): void {
+  geluForward(out: Tensor, inp: Tensor): void {
     const op = 'geluForward'
     this.live_(op)
     const x = this.arg(op, 'inp', inp, FLOAT)
@@ -655,7 +811,7 @@ export class CudaBackend implements Backend {
     this.ew(`gelu_fwd_${x.dtype}`, o, x, null, 0)
   }
 
-  geluBackward (dinp: Tensor, inp: Tensor, dout: Tensor): void {
+  geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor): void {
     const op = 'geluBackward'
     this.live_(op)
     const x = this.arg(op, 'inp', inp, FLOAT)
@@ -664,8 +820,11 @@ export class CudaBackend implements Backend {
     this.ew(`gelu_bwd_${x.dtype}`, dx, x, dy, 0)
   }
 
-  private attnSizes (op: string, B: number, T: number, C: number, NH: number): number {
-    checkInt(op, 'B', B); checkInt(op, 'T', T); checkInt(op, 'C', C); checkInt(op, 'NH', NH)
+  private attnSizes(op: string, B: number, T: number, C: number, NH: number): number {
+    checkInt(op, 'B', B)
+    checkInt(op, 'T', T)
+    checkInt(op, 'C', C)
+    checkInt(op, 'NH', NH)
     if (C % NH !== 0) fail(op, `C = ${C} is not a multiple of NH = ${NH}`)
     const hs = C / NH
     if (hs > CUDA_LIMITS.maxHeadSize) fail(op, `head size ${hs} exceeds ${CUDA_LIMITS.maxHeadSize}`)
@@ -673,7 +832,7 @@ export class CudaBackend implements Backend {
     return hs
   }
 
-  private flashOk (dtype: TensorDType, hs: number, T: number, ptrs: readonly number[]): boolean {
+  private flashOk(dtype: TensorDType, hs: number, T: number, ptrs: readonly number[]): boolean {
     return dtype === 'bf16' && hs === 64 && T % 64 === 0 && process.env['ZEROMESH_FLASH'] !== '0' && ptrs.every(p => aligned(p, 16))
   }
 
@@ -681,11 +840,11 @@ export class CudaBackend implements Backend {
    * Warps per flash block: 4 (64-row blocks) by default, which measured faster on the H200 than
    * 8 (128-row blocks, half the K/V re-reads but one block per SM); ZEROMESH_FLASH_WARPS=8 opts in.
    */
-  private flashWarps (T: number): 4 | 8 {
+  private flashWarps(T: number): 4 | 8 {
     return process.env['ZEROMESH_FLASH_WARPS'] === '8' && T % 128 === 0 ? 8 : 4
   }
 
-  attentionForward (out: Tensor, lse: Tensor, qkv: Tensor, B: number, T: number, C: number, NH: number): void {
+  attentionForward(out: Tensor, lse: Tensor, qkv: Tensor, B: number, T: number, C: number, NH: number): void {
     const op = 'attentionForward'
     this.live_(op)
     const hs = this.attnSizes(op, B, T, C, NH)
@@ -701,7 +860,7 @@ export class CudaBackend implements Backend {
     }
   }
 
-  attentionBackward (dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, B: number, T: number, C: number, NH: number): void {
+  attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, B: number, T: number, C: number, NH: number): void {
     const op = 'attentionBackward'
     this.live_(op)
     const hs = this.attnSizes(op, B, T, C, NH)
@@ -724,10 +883,12 @@ export class CudaBackend implements Backend {
     }
   }
 
-  crossEntropy (losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, N: number, V: number, Vp: number, dlossScale: number): void {
+  crossEntropy(losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, N: number, V: number, Vp: number, dlossScale: number): void {
     const op = 'crossEntropy'
     this.live_(op)
-    checkInt(op, 'N', N); checkInt(op, 'V', V); checkInt(op, 'Vp', Vp)
+    checkInt(op, 'N', N)
+    checkInt(op, 'V', V)
+    checkInt(op, 'Vp', Vp)
     if (Vp < V) fail(op, `Vp = ${Vp} must be >= V = ${V}`)
     if (Vp > 2 ** 31 - 1) fail(op, 'Vp must fit in 32 bits')
     checkFinite(op, 'dlossScale', dlossScale)
@@ -743,7 +904,7 @@ export class CudaBackend implements Backend {
     this.launch(`ce_${x.dtype}`, N, 1, threads, 1, [lo.ptr, dx === null ? 0 : dx.ptr, x.ptr, tg.ptr, V, Vp, dlossScale, vec ? 1 : 0, this.flags.ptr])
   }
 
-  adamw (params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {
+  adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {
     const op = 'adamw'
     this.live_(op)
     for (const key of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
@@ -762,13 +923,28 @@ export class CudaBackend implements Backend {
     const vec = [w.ptr, g.ptr, mm.ptr, vv.ptr].every(q => aligned(q, 16)) && (low === null || aligned(low.ptr, 8))
     const c1 = 1 - p.beta1 ** p.step
     const c2 = 1 - p.beta2 ** p.step
-    this.launch('adamw_f32', this.grid(vec ? cdiv(n, 4) : n), 1, 256, 1,
-      [w.ptr, g.ptr, mm.ptr, vv.ptr, low === null ? 0 : low.ptr, n, p.lr, p.beta1, p.beta2, p.eps, p.weightDecay, c1, c2, p.gradScale, vec ? 1 : 0])
+    this.launch('adamw_f32', this.grid(vec ? cdiv(n, 4) : n), 1, 256, 1, [
+      w.ptr,
+      g.ptr,
+      mm.ptr,
+      vv.ptr,
+      low === null ? 0 : low.ptr,
+      n,
+      p.lr,
+      p.beta1,
+      p.beta2,
+      p.eps,
+      p.weightDecay,
+      c1,
+      c2,
+      p.gradScale,
+      vec ? 1 : 0
+    ])
   }
 
   // ---- quantizers ---------------------------------------------------------------------------
 
-  private quantArgs (op: string, codes: Tensor, scales: Tensor, n: number, bits: 8 | 4, blockSize: number): { c: CudaTensor, s: CudaTensor } {
+  private quantArgs(op: string, codes: Tensor, scales: Tensor, n: number, bits: 8 | 4, blockSize: number): { c: CudaTensor; s: CudaTensor } {
     try {
       validateQuantOptions({ bits, blockSize })
     } catch (err) {
@@ -781,7 +957,7 @@ export class CudaBackend implements Backend {
     return { c, s }
   }
 
-  quantize (codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void {
+  quantize(codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void {
     const op = 'quantize'
     this.live_(op)
     const x = this.arg(op, 'src', src, ['f32'])
@@ -803,7 +979,7 @@ export class CudaBackend implements Backend {
     }
   }
 
-  dequantize (dst: Tensor, codes: Tensor, scales: Tensor, bits: 8 | 4, blockSize: number, accumulate: boolean): void {
+  dequantize(dst: Tensor, codes: Tensor, scales: Tensor, bits: 8 | 4, blockSize: number, accumulate: boolean): void {
     const op = 'dequantize'
     this.live_(op)
     const d = this.arg(op, 'dst', dst, ['f32'])
@@ -820,7 +996,7 @@ export class CudaBackend implements Backend {
   // ---- timing (benchmarks) ------------------------------------------------------------------
 
   /** Device-side elapsed milliseconds of `fn` (events on this backend's stream). */
-  timeMs (fn: () => void): number {
+  timeMs(fn: () => void): number {
     this.live_('timeMs')
     const cu = this.libs.cu
     const a: Handle[] = [null]
@@ -842,7 +1018,7 @@ export class CudaBackend implements Backend {
   }
 
   /** Raw device-to-device copy of `bytes` between two tensors (the bandwidth baseline). */
-  copyBytes (dst: Tensor, src: Tensor, bytes: number): void {
+  copyBytes(dst: Tensor, src: Tensor, bytes: number): void {
     const d = this.arg('copyBytes', 'dst', dst, ALL)
     const s = this.arg('copyBytes', 'src', src, ALL)
     if (bytes > d.bytes || bytes > s.bytes) fail('copyBytes', 'bytes exceed a tensor')
@@ -850,12 +1026,12 @@ export class CudaBackend implements Backend {
   }
 
   /** Compiles a CUDA source with NVRTC (tests: compile errors surface as KernelCompileError). */
-  compileForTest (name: string, source: string): number {
+  compileForTest(name: string, source: string): number {
     return this.compiler.cubin(name, source).length
   }
 
   /** Launches a raw cuMemcpyDtoH from a bogus address (tests: a bad status becomes DeviceError). */
-  badCopyForTest (): void {
+  badCopyForTest(): void {
     const out = new Uint8Array(4)
     checkCu(this.libs, 'cuMemcpyDtoH_v2', this.libs.cu.cuMemcpyDtoH(out, 8, 4))
   }

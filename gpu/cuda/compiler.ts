@@ -14,13 +14,13 @@ import { type CudaLibs, checkCu, checkNvrtc, type Handle } from './ffi.ts'
 const KERNEL_DIR = new URL('./kernels/', import.meta.url)
 
 /** Reads a kernel family's source, prelude included. */
-export function kernelSource (family: string): string {
+export function kernelSource(family: string): string {
   const prelude = readFileSync(new URL('prelude.cu', KERNEL_DIR), 'utf8')
   return prelude + '\n' + readFileSync(new URL(`${family}.cu`, KERNEL_DIR), 'utf8')
 }
 
 /** Where cubins are cached: $ZEROMESH_CACHE_DIR/cubin, else ~/.cache/zeromesh/cubin. */
-export function defaultCubinCacheDir (): string {
+export function defaultCubinCacheDir(): string {
   const base = process.env['ZEROMESH_CACHE_DIR'] ?? join(homedir(), '.cache', 'zeromesh')
   return join(base, 'cubin')
 }
@@ -38,7 +38,7 @@ export class KernelCompiler {
   /** Compile statistics, for logs and the benchmark. */
   readonly stats = { compiled: 0, cacheHits: 0, compileMs: 0 }
 
-  constructor (libs: CudaLibs, arch: string, cacheDir: string | null) {
+  constructor(libs: CudaLibs, arch: string, cacheDir: string | null) {
     this.libs = libs
     this.arch = arch
     const maj = [0]
@@ -57,7 +57,7 @@ export class KernelCompiler {
   }
 
   /** Compiles (or loads from the cache) `source` and returns its cubin. */
-  cubin (name: string, source: string, opts: CompileOptions = {}): Buffer {
+  cubin(name: string, source: string, opts: CompileOptions = {}): Buffer {
     const options = [`-arch=${this.arch}`, '-std=c++17']
     if (opts.fastMath === true) options.push('--use_fast_math')
     const hash = createHash('sha256').update(source).update('\0').update(options.join(' ')).digest('hex').slice(0, 24)
@@ -67,7 +67,9 @@ export class KernelCompiler {
         const b = readFileSync(file)
         this.stats.cacheHits++
         return b
-      } catch { /* not cached yet */ }
+      } catch {
+        /* not cached yet */
+      }
     }
     const t0 = performance.now()
     const nv = this.libs.nvrtc()
@@ -90,7 +92,9 @@ export class KernelCompiler {
           const tmp = `${file}.${process.pid}.tmp`
           writeFileSync(tmp, cubin)
           renameSync(tmp, file)
-        } catch { /* cache write failures are not fatal */ }
+        } catch {
+          /* cache write failures are not fatal */
+        }
       }
       return cubin
     } finally {
@@ -98,7 +102,7 @@ export class KernelCompiler {
     }
   }
 
-  private programLog (prog: Handle): string {
+  private programLog(prog: Handle): string {
     const nv = this.libs.nvrtc()
     const size = [0]
     if (nv.nvrtcGetProgramLogSize(prog, size) !== 0) return ''
@@ -110,11 +114,13 @@ export class KernelCompiler {
   }
 
   /** Loads a cubin as a module. */
-  loadModule (cubin: Buffer): Handle {
+  loadModule(cubin: Buffer): Handle {
     const mod: Handle[] = [null]
     checkCu(this.libs, 'cuModuleLoadData', this.libs.cu.cuModuleLoadData(mod, cubin))
     return mod[0]
   }
 
-  get version (): string { return this.nvrtcVersion }
+  get version(): string {
+    return this.nvrtcVersion
+  }
 }

@@ -20,8 +20,12 @@ const require = createRequire(import.meta.url)
 type Fn = (...args: any[]) => any
 type Handle = unknown
 
-interface KoffiLib { func: (decl: string) => Fn }
-interface Koffi { load: (path: string) => KoffiLib }
+interface KoffiLib {
+  func: (decl: string) => Fn
+}
+interface Koffi {
+  load: (path: string) => KoffiLib
+}
 
 export interface DriverApi {
   cuInit: Fn
@@ -117,7 +121,7 @@ export interface CudaLibs {
 let cached: CudaLibs | null = null
 let loadError: BackendUnavailableError | null = null
 
-function open (koffi: Koffi, names: readonly string[]): KoffiLib {
+function open(koffi: Koffi, names: readonly string[]): KoffiLib {
   let last: unknown
   for (const n of names) {
     try {
@@ -130,12 +134,12 @@ function open (koffi: Koffi, names: readonly string[]): KoffiLib {
 }
 
 const CUDA_DIRS = ['/usr/local/cuda/lib64', '/usr/local/cuda/targets/x86_64-linux/lib']
-function candidates (soname: string): string[] {
+function candidates(soname: string): string[] {
   return [soname, ...CUDA_DIRS.map(d => `${d}/${soname}`)]
 }
 
 /** Opens libcuda and binds the driver API; throws {@link BackendUnavailableError} where it cannot. */
-export function loadCuda (): CudaLibs {
+export function loadCuda(): CudaLibs {
   if (cached !== null) return cached
   if (loadError !== null) throw loadError
   try {
@@ -222,8 +226,12 @@ export function loadCuda (): CudaLibs {
           cublasSetStream: g('int cublasSetStream_v2(void*, void*)'),
           cublasSetWorkspace: g('int cublasSetWorkspace_v2(void*, uint64, size_t)'),
           cublasSetMathMode: g('int cublasSetMathMode(void*, int)'),
-          cublasGemmEx: g('int cublasGemmEx(void*, int, int, int, int, int, const void*, uint64, int, int, uint64, int, int, const void*, uint64, int, int, int, int)'),
-          cublasGemmStridedBatchedEx: g('int cublasGemmStridedBatchedEx(void*, int, int, int, int, int, const void*, uint64, int, int, int64, uint64, int, int, int64, const void*, uint64, int, int, int64, int, int, int)')
+          cublasGemmEx: g(
+            'int cublasGemmEx(void*, int, int, int, int, int, const void*, uint64, int, int, uint64, int, int, const void*, uint64, int, int, int, int)'
+          ),
+          cublasGemmStridedBatchedEx: g(
+            'int cublasGemmStridedBatchedEx(void*, int, int, int, int, int, const void*, uint64, int, int, int64, uint64, int, int, int64, const void*, uint64, int, int, int64, int, int, int)'
+          )
         }
         return cublas
       },
@@ -245,57 +253,72 @@ export function loadCuda (): CudaLibs {
           cublasLtMatmulPreferenceDestroy: g('int cublasLtMatmulPreferenceDestroy(void*)'),
           cublasLtMatmulPreferenceSetAttribute: g('int cublasLtMatmulPreferenceSetAttribute(void*, int, const void*, size_t)'),
           cublasLtMatmulAlgoGetHeuristic: g('int cublasLtMatmulAlgoGetHeuristic(void*, void*, void*, void*, void*, void*, void*, int, void*, _Out_ int*)'),
-          cublasLtMatmul: g('int cublasLtMatmul(void*, void*, const void*, uint64, void*, uint64, void*, const void*, uint64, void*, uint64, void*, const void*, uint64, size_t, void*)')
+          cublasLtMatmul: g(
+            'int cublasLtMatmul(void*, void*, const void*, uint64, void*, uint64, void*, const void*, uint64, void*, uint64, void*, const void*, uint64, size_t, void*)'
+          )
         }
         return cublasLt
       }
     }
     return cached
   } catch (err) {
-    loadError = err instanceof BackendUnavailableError
-      ? err
-      : new BackendUnavailableError(`cannot load the CUDA driver: ${(err as Error).message}`, {}, { cause: err })
+    loadError =
+      err instanceof BackendUnavailableError ? err : new BackendUnavailableError(`cannot load the CUDA driver: ${(err as Error).message}`, {}, { cause: err })
     throw loadError
   }
 }
 
 /** Turns a driver status into a DeviceError (CUDA_SUCCESS = 0 passes). */
-export function checkCu (libs: CudaLibs, call: string, status: number): void {
+export function checkCu(libs: CudaLibs, call: string, status: number): void {
   if (status === 0) return
   throw new DeviceError(call, status, cuErrorName(libs, status))
 }
 
-export function cuErrorName (libs: CudaLibs, status: number): string {
+export function cuErrorName(libs: CudaLibs, status: number): string {
   try {
     const out: Array<string | null> = [null]
     if (libs.cu.cuGetErrorName(status, out) === 0 && typeof out[0] === 'string') return out[0]
-  } catch { /* fall through */ }
+  } catch {
+    /* fall through */
+  }
   return 'CUDA_ERROR_UNKNOWN'
 }
 
-export function checkNvrtc (libs: CudaLibs, call: string, status: number): void {
+export function checkNvrtc(libs: CudaLibs, call: string, status: number): void {
   if (status === 0) return
   let name = 'NVRTC_ERROR'
-  try { name = String(libs.nvrtc().nvrtcGetErrorString(status)) } catch { /* keep the generic name */ }
+  try {
+    name = String(libs.nvrtc().nvrtcGetErrorString(status))
+  } catch {
+    /* keep the generic name */
+  }
   throw new DeviceError(call, status, name)
 }
 
-export function checkCublas (libs: CudaLibs, call: string, status: number): void {
+export function checkCublas(libs: CudaLibs, call: string, status: number): void {
   if (status === 0) return
   let name = 'CUBLAS_STATUS_UNKNOWN'
-  try { name = String(libs.cublas().cublasGetStatusName(status)) } catch { /* keep the generic name */ }
+  try {
+    name = String(libs.cublas().cublasGetStatusName(status))
+  } catch {
+    /* keep the generic name */
+  }
   throw new DeviceError(call, status, name)
 }
 
-export function checkCublasLt (libs: CudaLibs, call: string, status: number): void {
+export function checkCublasLt(libs: CudaLibs, call: string, status: number): void {
   if (status === 0) return
   let name = 'CUBLAS_STATUS_UNKNOWN'
-  try { name = String(libs.cublasLt().cublasLtGetStatusName(status)) } catch { /* keep the generic name */ }
+  try {
+    name = String(libs.cublasLt().cublasLtGetStatusName(status))
+  } catch {
+    /* keep the generic name */
+  }
   throw new DeviceError(call, status, name)
 }
 
 /** A koffi out-parameter holding a device pointer or size, as a number. */
-export function outNumber (v: unknown): number {
+export function outNumber(v: unknown): number {
   const n = typeof v === 'bigint' ? Number(v) : (v as number)
   return n
 }

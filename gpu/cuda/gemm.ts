@@ -65,7 +65,7 @@ export class Blas {
   readonly ltEnabled: boolean
   readonly version: string
 
-  constructor (libs: CudaLibs, stream: Handle, workspace: number, workspaceBytes: number) {
+  constructor(libs: CudaLibs, stream: Handle, workspace: number, workspaceBytes: number) {
     this.libs = libs
     this.stream = stream
     this.workspace = workspace
@@ -85,25 +85,113 @@ export class Blas {
   }
 
   /** Row-major C[m,n] = alpha·op(A)·op(B) + beta·C, optionally strided-batched. */
-  rowMajor (g: RowMajorGemm): void {
+  rowMajor(g: RowMajorGemm): void {
     const lda = g.transA ? g.m : g.k
     const ldb = g.transB ? g.k : g.n
     // Column-major: Cᵀ[n,m] = op(B)ᵀ · op(A)ᵀ.
-    this.colMajor(g.transB ? OP_T : OP_N, g.transA ? OP_T : OP_N, g.n, g.m, g.k, g.alpha, g.b, ldb, g.strideB, g.a, lda, g.strideA, g.beta, g.c, g.n, g.strideC, g.abType, g.cType, g.batch)
+    this.colMajor(
+      g.transB ? OP_T : OP_N,
+      g.transA ? OP_T : OP_N,
+      g.n,
+      g.m,
+      g.k,
+      g.alpha,
+      g.b,
+      ldb,
+      g.strideB,
+      g.a,
+      lda,
+      g.strideA,
+      g.beta,
+      g.c,
+      g.n,
+      g.strideC,
+      g.abType,
+      g.cType,
+      g.batch
+    )
   }
 
-  private colMajor (opA: number, opB: number, m: number, n: number, k: number, alpha: number,
-    a: number, lda: number, sA: number, b: number, ldb: number, sB: number, beta: number, c: number, ldc: number, sC: number,
-    abType: number, cType: number, batch: number): void {
+  private colMajor(
+    opA: number,
+    opB: number,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: number,
+    lda: number,
+    sA: number,
+    b: number,
+    ldb: number,
+    sB: number,
+    beta: number,
+    c: number,
+    ldc: number,
+    sC: number,
+    abType: number,
+    cType: number,
+    batch: number
+  ): void {
     const cb = this.libs.cublas()
     this.alphaBuf[0] = alpha
     this.betaBuf[0] = beta
     if (batch === 1) {
-      checkCublas(this.libs, 'cublasGemmEx', cb.cublasGemmEx(this.handle, opA, opB, m, n, k, this.alphaBuf, a, abType, lda, b, abType, ldb,
-        this.betaBuf, c, cType, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT))
+      checkCublas(
+        this.libs,
+        'cublasGemmEx',
+        cb.cublasGemmEx(
+          this.handle,
+          opA,
+          opB,
+          m,
+          n,
+          k,
+          this.alphaBuf,
+          a,
+          abType,
+          lda,
+          b,
+          abType,
+          ldb,
+          this.betaBuf,
+          c,
+          cType,
+          ldc,
+          CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT
+        )
+      )
     } else {
-      checkCublas(this.libs, 'cublasGemmStridedBatchedEx', cb.cublasGemmStridedBatchedEx(this.handle, opA, opB, m, n, k, this.alphaBuf,
-        a, abType, lda, sA, b, abType, ldb, sB, this.betaBuf, c, cType, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT))
+      checkCublas(
+        this.libs,
+        'cublasGemmStridedBatchedEx',
+        cb.cublasGemmStridedBatchedEx(
+          this.handle,
+          opA,
+          opB,
+          m,
+          n,
+          k,
+          this.alphaBuf,
+          a,
+          abType,
+          lda,
+          sA,
+          b,
+          abType,
+          ldb,
+          sB,
+          this.betaBuf,
+          c,
+          cType,
+          ldc,
+          sC,
+          batch,
+          CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT
+        )
+      )
     }
   }
 
@@ -112,7 +200,7 @@ export class Blas {
    * Returns false when cuBLASLt has no algorithm for this shape/type (the caller then adds the
    * bias itself).
    */
-  matmulBias (out: number, inp: number, weight: number, bias: number, N: number, C: number, OC: number, type: number): boolean {
+  matmulBias(out: number, inp: number, weight: number, bias: number, N: number, C: number, OC: number, type: number): boolean {
     if (!this.ltEnabled) return false
     const key = `${N},${C},${OC},${type}`
     let plan = this.plans.get(key)
@@ -127,12 +215,32 @@ export class Blas {
     this.alphaBuf[0] = 1
     this.betaBuf[0] = 0
     const [la, lb, lc] = plan.layouts
-    checkCublasLt(this.libs, 'cublasLtMatmul', lt.cublasLtMatmul(this.lt, plan.desc, this.alphaBuf, weight, la, inp, lb, this.betaBuf,
-      out, lc, out, lc, plan.algo, this.workspace, this.workspaceBytes, this.stream))
+    checkCublasLt(
+      this.libs,
+      'cublasLtMatmul',
+      lt.cublasLtMatmul(
+        this.lt,
+        plan.desc,
+        this.alphaBuf,
+        weight,
+        la,
+        inp,
+        lb,
+        this.betaBuf,
+        out,
+        lc,
+        out,
+        lc,
+        plan.algo,
+        this.workspace,
+        this.workspaceBytes,
+        this.stream
+      )
+    )
     return true
   }
 
-  private makePlan (N: number, C: number, OC: number, type: number): LtPlan | null {
+  private makePlan(N: number, C: number, OC: number, type: number): LtPlan | null {
     const lt = this.libs.cublasLt()
     const L = this.libs
     if (this.lt === null) {
@@ -142,8 +250,11 @@ export class Blas {
       const p: Handle[] = [null]
       checkCublasLt(L, 'cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(p))
       this.ltPref = p[0]
-      checkCublasLt(L, 'cublasLtMatmulPreferenceSetAttribute', lt.cublasLtMatmulPreferenceSetAttribute(this.ltPref, LT_PREF_MAX_WORKSPACE_BYTES,
-        new BigUint64Array([BigInt(this.workspaceBytes)]), 8))
+      checkCublasLt(
+        L,
+        'cublasLtMatmulPreferenceSetAttribute',
+        lt.cublasLtMatmulPreferenceSetAttribute(this.ltPref, LT_PREF_MAX_WORKSPACE_BYTES, new BigUint64Array([BigInt(this.workspaceBytes)]), 8)
+      )
     }
     const d: Handle[] = [null]
     checkCublasLt(L, 'cublasLtMatmulDescCreate', lt.cublasLtMatmulDescCreate(d, CUBLAS_COMPUTE_32F, CUDA_R_32F))
@@ -171,7 +282,7 @@ export class Blas {
     return { desc, layouts, algo, biasPtr: new BigUint64Array(1) }
   }
 
-  dispose (): void {
+  dispose(): void {
     const cb = this.libs.cublas()
     cb.cublasDestroy(this.handle)
     if (this.lt !== null) {

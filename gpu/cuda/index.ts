@@ -26,10 +26,19 @@ export interface CudaBackendOptions {
 
 /** What `zeromesh doctor` prints about CUDA. */
 export type CudaProbe =
-  | { ok: true, device: string, computeCapability: string, memoryBytes: number, driverVersion: string, cudaVersion: string, nvrtcVersion: string, cublasVersion: string }
-  | { ok: false, reason: string }
+  | {
+      ok: true
+      device: string
+      computeCapability: string
+      memoryBytes: number
+      driverVersion: string
+      cudaVersion: string
+      nvrtcVersion: string
+      cublasVersion: string
+    }
+  | { ok: false; reason: string }
 
-function nvidiaDriverVersion (): string | null {
+function nvidiaDriverVersion(): string | null {
   try {
     const m = /Kernel Module(?: for [\w-]+)?\s+([0-9.]+)/.exec(readFileSync('/proc/driver/nvidia/version', 'utf8'))
     return m === null ? null : m[1]!
@@ -39,7 +48,7 @@ function nvidiaDriverVersion (): string | null {
 }
 
 /** cuInit + device query; throws BackendUnavailableError with one clear reason. */
-function openDevice (libs: CudaLibs, ordinal: number): CudaDeviceInfo {
+function openDevice(libs: CudaLibs, ordinal: number): CudaDeviceInfo {
   const cu = libs.cu
   const rc = cu.cuInit(0) as number
   if (rc !== 0) throw new BackendUnavailableError(`cuInit failed: ${cuErrorName(libs, rc)} (${rc}); is the NVIDIA driver loaded and a GPU visible?`)
@@ -73,7 +82,7 @@ function openDevice (libs: CudaLibs, ordinal: number): CudaDeviceInfo {
   }
 }
 
-function deviceOrdinal (opts: CudaBackendOptions): number {
+function deviceOrdinal(opts: CudaBackendOptions): number {
   if (opts.device !== undefined) return opts.device
   const env = process.env['ZEROMESH_CUDA_DEVICE']
   return env === undefined ? 0 : Number.parseInt(env, 10)
@@ -83,7 +92,7 @@ function deviceOrdinal (opts: CudaBackendOptions): number {
  * Creates the CUDA backend on one device (primary context, one stream). Rejects with
  * {@link BackendUnavailableError} where there is no driver, library or device.
  */
-export async function createCudaBackend (opts: CudaBackendOptions = {}): Promise<CudaBackend> {
+export async function createCudaBackend(opts: CudaBackendOptions = {}): Promise<CudaBackend> {
   const libs = loadCuda()
   const info = openDevice(libs, deviceOrdinal(opts))
   try {
@@ -99,7 +108,7 @@ export async function createCudaBackend (opts: CudaBackendOptions = {}): Promise
 }
 
 /** Reports the GPU, driver, CUDA, NVRTC and cuBLAS versions, or plainly why CUDA is unavailable. */
-export async function probeCuda (opts: CudaBackendOptions = {}): Promise<CudaProbe> {
+export async function probeCuda(opts: CudaBackendOptions = {}): Promise<CudaProbe> {
   let be: CudaBackend | null = null
   try {
     be = await createCudaBackend({ ...opts, cacheDir: null })

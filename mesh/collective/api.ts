@@ -91,13 +91,13 @@ export interface Collective {
   stats(): CollectiveStats
 }
 
-function checkLength (length: number): void {
+function checkLength(length: number): void {
   if (!Number.isSafeInteger(length) || length < 0) throw new InvalidArgumentError(`length must be a non-negative integer, got ${length}`)
   checkCap('collective elements', length, COLLECTIVE_LIMITS.maxElements)
 }
 
 /** Creates a collective for `init.view` on `init.net` (call start() on every member). */
-export function createCollective (init: CollectiveInit): Collective {
+export function createCollective(init: CollectiveInit): Collective {
   const core = new CollectiveCore(init)
   const group = (scope: Scope): readonly number[] => core.scopeGroup(scope)
   const shardOf = (length: number, scope: Scope = 'all'): Range => {
@@ -117,7 +117,7 @@ export function createCollective (init: CollectiveInit): Collective {
     return windowRange(w.total, core.size, core.rank, w.offset, length)
   }
   /** Rank r's part of a call over `length` elements: its shard, or its part of the window. */
-  const partOf = (length: number, scope: Scope, w: Window | undefined): (r: number) => Range => {
+  const partOf = (length: number, scope: Scope, w: Window | undefined): ((r: number) => Range) => {
     if (w !== undefined) return r => windowRange(w.total, core.size, r, w.offset, length)
     const g = group(scope)
     return r => shardRange(length, g.length, g.indexOf(r))
@@ -136,9 +136,9 @@ export function createCollective (init: CollectiveInit): Collective {
     }
   }
 
-  function allGather (mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
-  function allGather (mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
-  function allGather (mine: Float32Array | Uint16Array, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<Float32Array | Uint16Array>> {
+  function allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
+  function allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
+  function allGather(mine: Float32Array | Uint16Array, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<Float32Array | Uint16Array>> {
     checkLength(length)
     const scope = opts.scope ?? 'all'
     checkWindow(length, scope, opts.window)
@@ -168,7 +168,8 @@ export function createCollective (init: CollectiveInit): Collective {
   const reduceWire = (w: Wire | undefined): Wire => {
     const wire = w ?? F32_WIRE
     validateWire(wire)
-    if (wire.kind === 'quant') throw new InvalidArgumentError('the ring reduce-scatter carries f32 or bf16 partial sums; use hierReduceScatter for quantized gradients')
+    if (wire.kind === 'quant')
+      throw new InvalidArgumentError('the ring reduce-scatter carries f32 or bf16 partial sums; use hierReduceScatter for quantized gradients')
     return wire
   }
 
@@ -181,12 +182,14 @@ export function createCollective (init: CollectiveInit): Collective {
     start: () => core.start(),
     stop: () => core.stop(),
     failed: core.failed,
-    abort: (message, reason = 'aborted') => { core.fail(reason, undefined, message) },
+    abort: (message, reason = 'aborted') => {
+      core.fail(reason, undefined, message)
+    },
     shardOf,
     windowOf,
     group,
     allGather,
-    reduceScatter (x, opts = {}) {
+    reduceScatter(x, opts = {}) {
       checkLength(x.length)
       const wire = reduceWire(opts.wire)
       const scope = opts.scope ?? 'all'
@@ -200,7 +203,7 @@ export function createCollective (init: CollectiveInit): Collective {
         return out
       })
     },
-    allReduce (x, opts = {}) {
+    allReduce(x, opts = {}) {
       checkLength(x.length)
       const wire = reduceWire(opts.wire)
       const scope = opts.scope ?? 'all'
@@ -218,7 +221,7 @@ export function createCollective (init: CollectiveInit): Collective {
         return out
       })
     },
-    hierReduceScatter (x, opts = {}) {
+    hierReduceScatter(x, opts = {}) {
       checkLength(x.length)
       const wire = opts.wire ?? F32_WIRE
       validateWire(wire)

@@ -1,6 +1,15 @@
 import {
-  AbortError, InvalidArgumentError, ProtocolError, checkCap, defineCounter, shardRange,
-  type Clock, type Counter, type Logger, type MetricsRegistry, type Range
+  AbortError,
+  InvalidArgumentError,
+  ProtocolError,
+  checkCap,
+  defineCounter,
+  shardRange,
+  type Clock,
+  type Counter,
+  type Logger,
+  type MetricsRegistry,
+  type Range
 } from '../../core/index.ts'
 import { checkName } from '../checks.ts'
 import { StreamResetError } from '../errors.ts'
@@ -67,7 +76,7 @@ export interface CollectiveResult<T> {
 
 export interface CollectiveStats {
   /** Per operation label: completed calls and bytes sent per tier. */
-  ops: Record<string, { calls: number, bytes: TierBytes }>
+  ops: Record<string, { calls: number; bytes: TierBytes }>
   /** Messages of operations that had already finished, dropped. */
   staleDropped: number
   failure: CollectiveError | undefined
@@ -90,7 +99,11 @@ interface OpRun {
   localAbort: boolean
 }
 
-interface Pending { msgs: Message[], bytes: number, wake: Array<() => void> }
+interface Pending {
+  msgs: Message[]
+  bytes: number
+  wake: Array<() => void>
+}
 
 /**
  * Failure notice: u32 operation sequence number, u8 reason (index in REASON_NAMES), u32 rank
@@ -101,7 +114,6 @@ const NO_RANK = 0xffffffff
 const REASON_NAMES: readonly CollectiveFailure[] = ['peer-gone', 'timeout', 'protocol', 'aborted', 'closed', 'unrecoverable']
 
 const boxKey = (src: number, phase: number): number => src * 256 + phase
-
 
 /**
  * The transport and lifecycle of collectives over one view: a long-lived stream to each peer
@@ -143,7 +155,7 @@ export class CollectiveCore {
   private readonly inbound = new Map<number, ByteStream>()
   private readonly ended = new Set<number>()
   private readonly pending = new Map<number, Pending>()
-  private readonly totals = new Map<string, { calls: number, bytes: TierBytes }>()
+  private readonly totals = new Map<string, { calls: number; bytes: TierBytes }>()
   private readonly sentBytes: Counter<'op' | 'tier'> | undefined
   private readonly failures: Counter<'reason'> | undefined
   private unsubscribe: (() => void) | undefined
@@ -151,7 +163,7 @@ export class CollectiveCore {
   /** Pending verdict on a stream a member reset (see peerReset). */
   private resetTimer: number | undefined
   /** Deciding who stalled, after a no-progress timeout here or elsewhere (see suspectStall). */
-  private stall: { timer: number, start: number, waitedOn: Map<number, number>, message: string } | undefined
+  private stall: { timer: number; start: number; waitedOn: Map<number, number>; message: string } | undefined
   private tail: Promise<unknown> = Promise.resolve()
   private nextSeq = 0
   private lastStarted = -1
@@ -161,7 +173,7 @@ export class CollectiveCore {
   private stopped = false
   private staleDropped = 0
 
-  constructor (init: CollectiveInit) {
+  constructor(init: CollectiveInit) {
     const { net, view } = init
     this.net = net
     this.view = view
@@ -171,7 +183,8 @@ export class CollectiveCore {
     const members = view.members
     if (members.length < 1) throw new InvalidArgumentError('a collective needs a view with at least one member')
     checkCap('collective group size', members.length, COLLECTIVE_LIMITS.maxGroupSize)
-    if (!Number.isSafeInteger(view.epoch) || view.epoch < 0 || view.epoch > 0xffffffff) throw new InvalidArgumentError(`view epoch must be a u32, got ${view.epoch}`)
+    if (!Number.isSafeInteger(view.epoch) || view.epoch < 0 || view.epoch > 0xffffffff)
+      throw new InvalidArgumentError(`view epoch must be a u32, got ${view.epoch}`)
     members.forEach((m, r) => {
       if (this.rankOf.has(m.id)) throw new InvalidArgumentError(`member ${m.id} appears twice in the view`)
       this.rankOf.set(m.id, r)
@@ -182,7 +195,9 @@ export class CollectiveCore {
     this.size = members.length
     const chunkBytes = init.chunkBytes ?? COLLECTIVE_DEFAULTS.chunkBytes
     if (!Number.isSafeInteger(chunkBytes) || chunkBytes < COLLECTIVE_LIMITS.minChunkBytes || chunkBytes > COLLECTIVE_LIMITS.maxChunkBytes) {
-      throw new InvalidArgumentError(`chunkBytes must be an integer in [${COLLECTIVE_LIMITS.minChunkBytes}, ${COLLECTIVE_LIMITS.maxChunkBytes}], got ${chunkBytes}`)
+      throw new InvalidArgumentError(
+        `chunkBytes must be an integer in [${COLLECTIVE_LIMITS.minChunkBytes}, ${COLLECTIVE_LIMITS.maxChunkBytes}], got ${chunkBytes}`
+      )
     }
     this.chunkBytes = chunkBytes
     const t = init.timeoutMs ?? COLLECTIVE_DEFAULTS.timeoutMs
@@ -203,19 +218,23 @@ export class CollectiveCore {
     checkName('topic', this.noticeTopic)
     if (init.metrics !== undefined) {
       const reg = init.metrics
-      this.sentBytes = (reg.getSingleMetric('zeromesh_collective_sent_bytes_total') as Counter<'op' | 'tier'> | undefined) ??
+      this.sentBytes =
+        (reg.getSingleMetric('zeromesh_collective_sent_bytes_total') as Counter<'op' | 'tier'> | undefined) ??
         defineCounter(reg, { name: 'zeromesh_collective_sent_bytes_total', help: 'Bytes sent by collectives (headers included)', labelNames: ['op', 'tier'] })
-      this.failures = (reg.getSingleMetric('zeromesh_collective_failures_total') as Counter<'reason'> | undefined) ??
+      this.failures =
+        (reg.getSingleMetric('zeromesh_collective_failures_total') as Counter<'reason'> | undefined) ??
         defineCounter(reg, { name: 'zeromesh_collective_failures_total', help: 'Collective calls failed', labelNames: ['reason'] })
     }
   }
 
   /** Registers the stream handler and watches members' disconnects. */
-  async start (): Promise<void> {
+  async start(): Promise<void> {
     if (this.started) return
     if (this.stopped) throw new InvalidArgumentError('a stopped collective cannot be restarted; create a new one')
     this.started = true
-    this.net.handle(this.protocol, stream => { this.accept(stream) })
+    this.net.handle(this.protocol, stream => {
+      this.accept(stream)
+    })
     // A member whose call failed tells the others straight away: streams it never opened
     // cannot carry a reset, and waiting for the timeout would be slow.
     this.unsubscribeNotices = this.net.subscribe(this.noticeTopic, {
@@ -248,7 +267,7 @@ export class CollectiveCore {
    * Stops: a running call fails with reason 'closed'; when idle, outbound streams are ended
    * cleanly (peers finishing their last call still get every byte) and inbound ones reset.
    */
-  async stop (): Promise<void> {
+  async stop(): Promise<void> {
     if (this.stopped) return
     this.stopped = true
     this.unsubscribe?.()
@@ -269,28 +288,30 @@ export class CollectiveCore {
   }
 
   /** Aborted (reason: the first failure, or an AbortError after stop()) when the instance is poisoned. */
-  get failed (): AbortSignal {
+  get failed(): AbortSignal {
     return this.life.signal
   }
 
   /** Bytes of `length` elements this rank owns (the ZeRO shard of rank r is range r). */
-  shardOf (length: number): Range {
+  shardOf(length: number): Range {
     return shardRange(length, this.size, this.rank)
   }
 
   /** The group (ranks ascending) sharing this node's `scope` label and every outer tier label. */
-  scopeGroup (scope: 'all' | TierKey): readonly number[] {
+  scopeGroup(scope: 'all' | TierKey): readonly number[] {
     if (scope === 'all') return this.hierarchy.top.members
     const i = this.tiers.indexOf(scope)
     if (i < 0) throw new InvalidArgumentError(`scope ${scope} is not one of the tiers [${this.tiers.join(', ')}]`)
     const keys = this.tiers.slice(i)
     const me = this.view.members[this.rank]!
     const out: number[] = []
-    this.view.members.forEach((m, r) => { if (keys.every(k => m[k] === me[k])) out.push(r) })
+    this.view.members.forEach((m, r) => {
+      if (keys.every(k => m[k] === me[k])) out.push(r)
+    })
     return out
   }
 
-  stats (): CollectiveStats {
+  stats(): CollectiveStats {
     const ops: CollectiveStats['ops'] = {}
     for (const [k, v] of this.totals) ops[k] = { calls: v.calls, bytes: { ...v.bytes } }
     return { ops, staleDropped: this.staleDropped, failure: this.failure }
@@ -300,7 +321,7 @@ export class CollectiveCore {
    * Runs one operation after the previous ones (calls are ordered by when they are made).
    * `algo` declares its expected messages, calls ready(), and does the work.
    */
-  run<T> (kind: OpKind, label: string, opts: CallOptions, algo: (op: OpApi) => Promise<T>): Promise<CollectiveResult<T>> {
+  run<T>(kind: OpKind, label: string, opts: CallOptions, algo: (op: OpApi) => Promise<T>): Promise<CollectiveResult<T>> {
     const step = opts.step ?? 0
     if (!Number.isSafeInteger(step) || step < 0) throw new InvalidArgumentError(`step must be a non-negative safe integer, got ${step}`)
     const seq = this.nextSeq++
@@ -309,18 +330,35 @@ export class CollectiveCore {
     return result
   }
 
-  private async execute<T> (seq: number, kind: OpKind, label: string, step: number, signal: AbortSignal | undefined, algo: (op: OpApi) => Promise<T>): Promise<CollectiveResult<T>> {
+  private async execute<T>(
+    seq: number,
+    kind: OpKind,
+    label: string,
+    step: number,
+    signal: AbortSignal | undefined,
+    algo: (op: OpApi) => Promise<T>
+  ): Promise<CollectiveResult<T>> {
     const ctx = { op: label, step }
     if (!this.started || this.stopped) throw new CollectiveError('closed', `collective ${this.stopped ? 'stopped' : 'not started'}`, ctx)
     if (this.failure !== undefined) {
-      throw new CollectiveError(this.failure.reason, `collective already failed: ${this.failure.message}`, { ...ctx, peer: this.failure.peer }, { cause: this.failure })
+      throw new CollectiveError(
+        this.failure.reason,
+        `collective already failed: ${this.failure.message}`,
+        { ...ctx, peer: this.failure.peer },
+        { cause: this.failure }
+      )
     }
     if (signal?.aborted === true) throw new AbortError('collective call aborted before it started', { op: label, step })
     let rejectFailed!: (err: Error) => void
-    const failed = new Promise<never>((_resolve, reject) => { rejectFailed = reject })
+    const failed = new Promise<never>((_resolve, reject) => {
+      rejectFailed = reject
+    })
     failed.catch(() => {})
     const op: OpRun = {
-      seq, kind, label, step,
+      seq,
+      kind,
+      label,
+      step,
       ctrl: new AbortController(),
       bytes: zeroTierBytes(),
       boxes: new Map(),
@@ -364,7 +402,7 @@ export class CollectiveCore {
     }
   }
 
-  private api (op: OpRun): OpApi {
+  private api(op: OpRun): OpApi {
     return {
       self: this.rank,
       expect: (src, phase, count) => {
@@ -374,7 +412,9 @@ export class CollectiveCore {
         if (op.boxes.has(k)) throw new InvalidArgumentError(`messages from rank ${src} in phase ${phase} declared twice`)
         op.boxes.set(k, new Mailbox(count))
       },
-      ready: () => { this.drainPending(op) },
+      ready: () => {
+        this.drainPending(op)
+      },
       send: (dst, phase, index, payload) => this.send(op, dst, phase, index, payload),
       recv: async (src, phase, index) => {
         const box = op.boxes.get(boxKey(src, phase))
@@ -403,19 +443,34 @@ export class CollectiveCore {
     }
   }
 
-  private async send (op: OpRun, dst: number, phase: number, index: number, p: Payload): Promise<void> {
+  private async send(op: OpRun, dst: number, phase: number, index: number, p: Payload): Promise<void> {
     if (op.failure !== undefined) throw op.failure
-    const bytes = encodeMessage({
-      kind: OP_KINDS[op.kind], phase, encoding: p.encoding, epoch: this.view.epoch, op: op.seq, step: op.step,
-      src: this.rank, index, elements: p.elements, blockSize: p.blockSize, bodyChecksum: p.checksum
-    }, p.body)
+    const bytes = encodeMessage(
+      {
+        kind: OP_KINDS[op.kind],
+        phase,
+        encoding: p.encoding,
+        epoch: this.view.epoch,
+        op: op.seq,
+        step: op.step,
+        src: this.rank,
+        index,
+        elements: p.elements,
+        blockSize: p.blockSize,
+        bodyChecksum: p.checksum
+      },
+      p.body
+    )
     const prev = this.chains.get(dst) ?? Promise.resolve()
     const write = prev.then(async () => {
       const s = await this.openTo(dst)
       this.onSent?.({ op: op.kind, encoding: ENCODING_NAMES.get(p.encoding)!, step: op.step, tier: this.tierTo[dst]!, bytes: bytes.length })
       await s.write(bytes, { signal: op.ctrl.signal })
     })
-    this.chains.set(dst, write.catch(() => {}))
+    this.chains.set(
+      dst,
+      write.catch(() => {})
+    )
     op.waiting.set(dst, (op.waiting.get(dst) ?? 0) + 1)
     try {
       await Promise.race([write, op.failed])
@@ -442,7 +497,7 @@ export class CollectiveCore {
   }
 
   /** The stream to `dst`, opened once; retried while the peer has not registered the protocol yet. */
-  private openTo (dst: number): Promise<ByteStream> {
+  private openTo(dst: number): Promise<ByteStream> {
     let p = this.outbound.get(dst)
     if (p !== undefined) return p
     const id = this.view.members[dst]!.id
@@ -471,7 +526,7 @@ export class CollectiveCore {
     return p
   }
 
-  private accept (stream: ByteStream): void {
+  private accept(stream: ByteStream): void {
     const src = this.rankOf.get(stream.remote)
     if (src === undefined || src === this.rank || this.stopped || this.failure !== undefined) {
       stream.abort(new ProtocolError('COLLECTIVE_NOT_MEMBER', `stream from ${stream.remote}, not a member of view ${this.view.epoch}`))
@@ -486,7 +541,7 @@ export class CollectiveCore {
     void this.readLoop(src, stream)
   }
 
-  private async readLoop (src: number, stream: ByteStream): Promise<void> {
+  private async readLoop(src: number, stream: ByteStream): Promise<void> {
     const parser = new MessageParser()
     try {
       for await (const chunk of stream) {
@@ -522,7 +577,7 @@ export class CollectiveCore {
    * come first. Wait up to `noticeGraceMs` for the notice (or any other verdict: a disconnect,
    * the watchdog) so this node reports where the failure started; then blame the resetter.
    */
-  private peerReset (rank: number, message: string, cause: unknown): void {
+  private peerReset(rank: number, message: string, cause: unknown): void {
     if (this.failure !== undefined || this.resetTimer !== undefined) return
     this.resetTimer = this.clock.setTimeout(() => {
       this.resetTimer = undefined
@@ -530,9 +585,10 @@ export class CollectiveCore {
     }, COLLECTIVE_DEFAULTS.noticeGraceMs)
   }
 
-  private route (src: number, m: Message): void {
+  private route(src: number, m: Message): void {
     const h = m.header
-    if (h.epoch !== this.view.epoch) throw new ProtocolError('COLLECTIVE_WRONG_EPOCH', `message of epoch ${h.epoch} on the stream of epoch ${this.view.epoch}`, { epoch: h.epoch })
+    if (h.epoch !== this.view.epoch)
+      throw new ProtocolError('COLLECTIVE_WRONG_EPOCH', `message of epoch ${h.epoch} on the stream of epoch ${this.view.epoch}`, { epoch: h.epoch })
     if (h.src !== src) throw new ProtocolError('COLLECTIVE_WRONG_SOURCE', `message claims rank ${h.src} on the stream of rank ${src}`, { claimed: h.src })
     const op = this.active
     if (op !== undefined && h.op === op.seq) {
@@ -540,9 +596,10 @@ export class CollectiveCore {
       return
     }
     if (h.op > this.lastStarted) {
-      if (h.op - this.lastStarted > COLLECTIVE_LIMITS.maxOpsAhead) throw new ProtocolError('COLLECTIVE_TOO_FAR_AHEAD', `message of operation ${h.op} while at ${this.lastStarted}`)
+      if (h.op - this.lastStarted > COLLECTIVE_LIMITS.maxOpsAhead)
+        throw new ProtocolError('COLLECTIVE_TOO_FAR_AHEAD', `message of operation ${h.op} while at ${this.lastStarted}`)
       let p = this.pending.get(src)
-      if (p === undefined) this.pending.set(src, p = { msgs: [], bytes: 0, wake: [] })
+      if (p === undefined) this.pending.set(src, (p = { msgs: [], bytes: 0, wake: [] }))
       p.msgs.push(m)
       p.bytes += m.body.length + COLLECTIVE_LIMITS.headerBytes
       return
@@ -550,7 +607,7 @@ export class CollectiveCore {
     this.staleDropped++
   }
 
-  private deliver (op: OpRun, src: number, m: Message): void {
+  private deliver(op: OpRun, src: number, m: Message): void {
     const h = m.header
     if (h.kind !== OP_KINDS[op.kind]) throw new ProtocolError('COLLECTIVE_WRONG_OP', `message of operation kind ${h.kind} during ${op.kind}`, { kind: h.kind })
     if (h.step !== op.step) throw new ProtocolError('COLLECTIVE_WRONG_STEP', `message of step ${h.step} during step ${op.step}`, { step: h.step })
@@ -560,7 +617,7 @@ export class CollectiveCore {
     op.lastProgress = this.clock.monotonic()
   }
 
-  private drainPending (op: OpRun): void {
+  private drainPending(op: OpRun): void {
     for (const [src, p] of this.pending) {
       let i = 0
       try {
@@ -580,7 +637,7 @@ export class CollectiveCore {
     }
   }
 
-  private armWatchdog (op: OpRun, ms: number): void {
+  private armWatchdog(op: OpRun, ms: number): void {
     op.timer = this.clock.setTimeout(() => {
       op.timer = undefined
       if (this.active !== op || op.failure !== undefined) return
@@ -606,7 +663,7 @@ export class CollectiveCore {
    * waits `noticeGraceMs` to hear the others' before failing: it then follows the chain of
    * "X timed out waiting on Y" to a member that did not report one, the one that stalled.
    */
-  private suspectStall (reporter: number, waitedOn: number, message: string): void {
+  private suspectStall(reporter: number, waitedOn: number, message: string): void {
     if (this.failure !== undefined) return
     if (reporter === this.rank) this.notify('timeout', waitedOn)
     if (this.stall === undefined) {
@@ -628,7 +685,7 @@ export class CollectiveCore {
     if (!this.stall.waitedOn.has(reporter)) this.stall.waitedOn.set(reporter, waitedOn)
   }
 
-  private clearVerdictTimers (): void {
+  private clearVerdictTimers(): void {
     if (this.resetTimer !== undefined) this.clock.clearTimeout(this.resetTimer)
     this.resetTimer = undefined
     if (this.stall !== undefined) this.clock.clearTimeout(this.stall.timer)
@@ -636,7 +693,7 @@ export class CollectiveCore {
   }
 
   /** Tells every other member that this instance failed, why, and on whom (`peerRank`). */
-  private notify (reason: CollectiveFailure, peerRank: number | undefined): void {
+  private notify(reason: CollectiveFailure, peerRank: number | undefined): void {
     if (!this.started) return
     const notice = new Uint8Array(NOTICE_BYTES)
     const dv = new DataView(notice.buffer)
@@ -649,12 +706,16 @@ export class CollectiveCore {
   }
 
   /** Records the first failure, fails the running call and resets every stream. */
-  fail (reason: CollectiveFailure, peerRank: number | undefined, message: string, cause?: unknown): void {
+  fail(reason: CollectiveFailure, peerRank: number | undefined, message: string, cause?: unknown): void {
     if (this.failure !== undefined) return
     const op = this.active
     const peer = peerRank === undefined ? undefined : this.view.members[peerRank]?.id
-    const err = new CollectiveError(reason, `${op?.label ?? 'collective'} (step ${op?.step ?? '-'}): ${message}`,
-      { op: op?.label ?? 'idle', step: op?.step ?? -1, peer }, cause === undefined ? undefined : { cause })
+    const err = new CollectiveError(
+      reason,
+      `${op?.label ?? 'collective'} (step ${op?.step ?? '-'}): ${message}`,
+      { op: op?.label ?? 'idle', step: op?.step ?? -1, peer },
+      cause === undefined ? undefined : { cause }
+    )
     this.failure = err
     this.clearVerdictTimers()
     this.failures?.inc({ reason })

@@ -34,7 +34,7 @@ export class CollectiveError extends ZeromeshError {
   readonly step: number
   readonly peer: PeerId | undefined
 
-  constructor (reason: CollectiveFailure, message: string, ctx: { op: string, step: number, peer?: PeerId | undefined }, options?: ErrorOptions) {
+  constructor(reason: CollectiveFailure, message: string, ctx: { op: string; step: number; peer?: PeerId | undefined }, options?: ErrorOptions) {
     super(message, { reason, op: ctx.op, step: ctx.step, peer: ctx.peer }, options)
     this.reason = reason
     this.op = ctx.op

@@ -14,13 +14,13 @@ export interface ErrorFeedback {
   readonly residual: Map<number, Float32Array>
 }
 
-export function createErrorFeedback (): ErrorFeedback {
+export function createErrorFeedback(): ErrorFeedback {
   return { residual: new Map() }
 }
 
-function residualFor (ef: ErrorFeedback, level: number, n: number): Float32Array {
+function residualFor(ef: ErrorFeedback, level: number, n: number): Float32Array {
   let r = ef.residual.get(level)
-  if (r === undefined) ef.residual.set(level, r = new Float32Array(n))
+  if (r === undefined) ef.residual.set(level, (r = new Float32Array(n)))
   if (r.length !== n) throw new InvalidArgumentError(`error feedback state holds ${r.length} elements, the vector has ${n}`)
   return r
 }
@@ -42,7 +42,17 @@ function residualFor (ef: ErrorFeedback, level: number, n: number): Float32Array
  * input assigned (not added to zero). So the result is a tree of sums following the tiers,
  * e.g. for zones: sum over zones (in order) of (sum over the zone's ranks in rank order).
  */
-export function hierReduceScatter (op: OpApi, h: Hierarchy, n: number, wire: Wire, chunkBytes: number, x: Float32Array, out: Float32Array, ef?: ErrorFeedback, part?: (d: number) => Range): () => Promise<void> {
+export function hierReduceScatter(
+  op: OpApi,
+  h: Hierarchy,
+  n: number,
+  wire: Wire,
+  chunkBytes: number,
+  x: Float32Array,
+  out: Float32Array,
+  ef?: ErrorFeedback,
+  part?: (d: number) => Range
+): () => Promise<void> {
   const self = op.self
   const P = h.groupOf[0]!.length
   const T = h.levels.length - 1
@@ -52,7 +62,7 @@ export function hierReduceScatter (op: OpApi, h: Hierarchy, n: number, wire: Wir
   // Who sends what to whom, per level; lists are in ascending d so both ends agree on indices.
   const sends: Array<Map<number, number[]>> = []
   const recvs: Array<Map<number, number[]>> = []
-  const reduces: Array<{ level: number, d: number, inputs: number[] }> = []
+  const reduces: Array<{ level: number; d: number; inputs: number[] }> = []
   for (let l = 1; l <= T; l++) {
     const g = h.groupOf[l]![self]!
     const sub = h.groupOf[l - 1]![self]!
@@ -66,12 +76,12 @@ export function hierReduceScatter (op: OpApi, h: Hierarchy, n: number, wire: Wir
         for (const src of inputs) {
           if (src === self) continue
           let list = r.get(src)
-          if (list === undefined) r.set(src, list = [])
+          if (list === undefined) r.set(src, (list = []))
           list.push(d)
         }
       } else if (relayOf(h, sub, d) === self) {
         let list = s.get(relay)
-        if (list === undefined) s.set(relay, list = [])
+        if (list === undefined) s.set(relay, (list = []))
         list.push(d)
       }
     }
@@ -124,45 +134,49 @@ export function hierReduceScatter (op: OpApi, h: Hierarchy, n: number, wire: Wir
     const tasks: Array<Promise<void>> = []
     for (let l = 1; l <= T; l++) {
       for (const [dst, ds] of sends[l]!) {
-        tasks.push((async () => {
-          let index = 0
-          for (const d of ds) {
-            for (let c = 0; c < chunks[d]!.length; c++) {
-              const v = await partial(l - 1, d, c)
-              await op.send(dst, l, index++, encode(l, d, c, v))
+        tasks.push(
+          (async () => {
+            let index = 0
+            for (const d of ds) {
+              for (let c = 0; c < chunks[d]!.length; c++) {
+                const v = await partial(l - 1, d, c)
+                await op.send(dst, l, index++, encode(l, d, c, v))
+              }
             }
-          }
-        })())
+          })()
+        )
       }
     }
     for (const { level: l, d, inputs } of reduces) {
-      tasks.push((async () => {
-        for (let c = 0; c < chunks[d]!.length; c++) {
-          const [off, len] = chunks[d]![c]!
-          let acc: Float32Array
-          if (inputs.length === 1 && inputs[0] === self) {
-            acc = await partial(l - 1, d, c)
-          } else {
-            acc = new Float32Array(len)
-            for (let k = 0; k < inputs.length; k++) {
-              const src = inputs[k]!
-              if (src === self) {
-                const v = await partial(l - 1, d, c)
-                if (k === 0) acc.set(v)
-                else for (let i = 0; i < len; i++) acc[i] = acc[i]! + v[i]!
-              } else {
-                const m = await op.recv(src, l, base.get(bkey(src, l, d))! + c)
-                op.check(src, () => {
-                  checkBody(wire, m.header, len)
-                  decodeBody(wire, m.body, acc, k > 0)
-                })
+      tasks.push(
+        (async () => {
+          for (let c = 0; c < chunks[d]!.length; c++) {
+            const [off, len] = chunks[d]![c]!
+            let acc: Float32Array
+            if (inputs.length === 1 && inputs[0] === self) {
+              acc = await partial(l - 1, d, c)
+            } else {
+              acc = new Float32Array(len)
+              for (let k = 0; k < inputs.length; k++) {
+                const src = inputs[k]!
+                if (src === self) {
+                  const v = await partial(l - 1, d, c)
+                  if (k === 0) acc.set(v)
+                  else for (let i = 0; i < len; i++) acc[i] = acc[i]! + v[i]!
+                } else {
+                  const m = await op.recv(src, l, base.get(bkey(src, l, d))! + c)
+                  op.check(src, () => {
+                    checkBody(wire, m.header, len)
+                    decodeBody(wire, m.body, acc, k > 0)
+                  })
+                }
               }
             }
+            if (l === T) out.set(acc, off)
+            else partials.put(pkey(l, d, c), acc)
           }
-          if (l === T) out.set(acc, off)
-          else partials.put(pkey(l, d, c), acc)
-        }
-      })())
+        })()
+      )
     }
     await Promise.all(tasks)
   }

@@ -2,7 +2,16 @@
  * mesh/collective: ring all-gather / reduce-scatter / all-reduce and the hierarchical,
  * quantized ZeRO++ collectives (qwZ, hpZ, qgZ) over PeerNet streams.
  */
-export { createCollective, type Collective, type Scope, type Window, type OpOptions, type GatherOptions, type ReduceOptions, type HierReduceOptions } from './api.ts'
+export {
+  createCollective,
+  type Collective,
+  type Scope,
+  type Window,
+  type OpOptions,
+  type GatherOptions,
+  type ReduceOptions,
+  type HierReduceOptions
+} from './api.ts'
 export type { CollectiveInit, CallOptions, CollectiveResult, CollectiveStats } from './collective.ts'
 export { CollectiveError, type CollectiveFailure } from './errors.ts'
 export { COLLECTIVE_LIMITS, COLLECTIVE_DEFAULTS } from './limits.ts'

@@ -36,7 +36,7 @@ export type OpKind = keyof typeof OP_KINDS
 
 /** Wire codes of the body encodings. Never renumber. */
 export const ENCODINGS = Object.freeze({ f32: 1, bf16: 2, q8: 3, q4: 4 })
-export type EncodingCode = typeof ENCODINGS[keyof typeof ENCODINGS]
+export type EncodingCode = (typeof ENCODINGS)[keyof typeof ENCODINGS]
 
 export interface MessageHeader {
   kind: number
@@ -53,10 +53,13 @@ export interface MessageHeader {
   bodyChecksum: bigint
 }
 
-export interface Message { header: MessageHeader, body: Uint8Array }
+export interface Message {
+  header: MessageHeader
+  body: Uint8Array
+}
 
 /** Header + body in one buffer (one stream write). `bodyChecksum` may be passed when known (forwarding). */
-export function encodeMessage (h: Omit<MessageHeader, 'bodyBytes' | 'bodyChecksum'> & { bodyChecksum?: bigint }, body: Uint8Array): Uint8Array {
+export function encodeMessage(h: Omit<MessageHeader, 'bodyBytes' | 'bodyChecksum'> & { bodyChecksum?: bigint }, body: Uint8Array): Uint8Array {
   const out = new Uint8Array(HEADER + body.length)
   const v = new DataView(out.buffer)
   v.setUint32(0, MESSAGE_MAGIC, true)
@@ -80,7 +83,7 @@ export function encodeMessage (h: Omit<MessageHeader, 'bodyBytes' | 'bodyChecksu
 }
 
 /** Decodes and checks a header (checksum first, then magic, version, reserved, body cap). */
-export function decodeHeader (bytes: Uint8Array): MessageHeader {
+export function decodeHeader(bytes: Uint8Array): MessageHeader {
   if (bytes.length < HEADER) throw protocolError('COLLECTIVE_TRUNCATED', `collective header needs ${HEADER} bytes, got ${bytes.length}`)
   const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER)
   if (v.getUint32(0, true) !== MESSAGE_MAGIC) throw protocolError('COLLECTIVE_BAD_MAGIC', 'not a collective message (bad magic)')
@@ -105,7 +108,9 @@ export function decodeHeader (bytes: Uint8Array): MessageHeader {
     bodyChecksum: v.getBigUint64(48, true)
   }
   if (h.bodyBytes > COLLECTIVE_LIMITS.maxMessageBodyBytes) {
-    throw protocolError('COLLECTIVE_TOO_LARGE', `collective body of ${h.bodyBytes} bytes exceeds the cap of ${COLLECTIVE_LIMITS.maxMessageBodyBytes}`, { bodyBytes: h.bodyBytes })
+    throw protocolError('COLLECTIVE_TOO_LARGE', `collective body of ${h.bodyBytes} bytes exceeds the cap of ${COLLECTIVE_LIMITS.maxMessageBodyBytes}`, {
+      bodyBytes: h.bodyBytes
+    })
   }
   return h
 }
@@ -124,9 +129,11 @@ export class MessageParser {
   private failed: Error | undefined
 
   /** Bytes held for a message not yet complete. */
-  get buffered (): number { return this.headLen + this.bodyLen }
+  get buffered(): number {
+    return this.headLen + this.bodyLen
+  }
 
-  push (chunk: Uint8Array): Message[] {
+  push(chunk: Uint8Array): Message[] {
     if (this.failed !== undefined) throw this.failed
     const out: Message[] = []
     try {
@@ -170,19 +177,19 @@ export class MessageParser {
   }
 
   /** Throws if the stream ended inside a message. */
-  end (): void {
+  end(): void {
     if (this.failed !== undefined) throw this.failed
     if (this.header !== undefined || this.headLen > 0) throw protocolError('COLLECTIVE_TRUNCATED', 'stream ended inside a collective message')
   }
 
-  private begin (header: MessageHeader): void {
+  private begin(header: MessageHeader): void {
     checkCap('collective message body bytes', header.bodyBytes, COLLECTIVE_LIMITS.maxMessageBodyBytes)
     this.header = header
     this.body = new Uint8Array(header.bodyBytes)
     this.bodyLen = 0
   }
 
-  private complete (): Message {
+  private complete(): Message {
     const m = finish(this.header!, this.body!)
     this.header = undefined
     this.body = undefined
@@ -191,7 +198,8 @@ export class MessageParser {
   }
 }
 
-function finish (header: MessageHeader, body: Uint8Array): Message {
-  if (checksum64(body) !== header.bodyChecksum) throw protocolError('COLLECTIVE_BODY_CHECKSUM', 'collective body checksum mismatch', { op: header.op, index: header.index })
+function finish(header: MessageHeader, body: Uint8Array): Message {
+  if (checksum64(body) !== header.bodyChecksum)
+    throw protocolError('COLLECTIVE_BODY_CHECKSUM', 'collective body checksum mismatch', { op: header.op, index: header.index })
   return { header, body }
 }

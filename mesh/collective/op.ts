@@ -5,7 +5,7 @@ import type { LinkTier } from './topology.ts'
 /** Bytes sent per link tier. */
 export type TierBytes = Record<LinkTier, number>
 
-export function zeroTierBytes (): TierBytes {
+export function zeroTierBytes(): TierBytes {
   return { host: 0, zone: 0, wan: 0 }
 }
 
@@ -35,7 +35,10 @@ export interface OpApi {
   guard<T>(p: Promise<T>): Promise<T>
 }
 
-interface Waiter { resolve: (m: Message) => void, reject: (err: Error) => void }
+interface Waiter {
+  resolve: (m: Message) => void
+  reject: (err: Error) => void
+}
 
 /** Messages of one (source, phase) of an operation: arrival order is checked, reading is by index. */
 export class Mailbox {
@@ -44,18 +47,24 @@ export class Mailbox {
   private readonly msgs = new Map<number, Message>()
   private readonly waiters = new Map<number, Waiter>()
 
-  constructor (count: number) {
+  constructor(count: number) {
     this.count = count
   }
 
   /** True while messages are still due. */
-  get open (): boolean { return this.next < this.count }
+  get open(): boolean {
+    return this.next < this.count
+  }
 
   /** Files an arrival; throws ProtocolError when it is out of order or beyond the count. */
-  put (m: Message): void {
+  put(m: Message): void {
     const i = m.header.index
     if (i !== this.next || i >= this.count) {
-      throw new ProtocolError('COLLECTIVE_UNEXPECTED', `message ${i} of phase ${m.header.phase} arrived, expected ${this.next < this.count ? `message ${this.next}` : 'none'}`, { index: i })
+      throw new ProtocolError(
+        'COLLECTIVE_UNEXPECTED',
+        `message ${i} of phase ${m.header.phase} arrived, expected ${this.next < this.count ? `message ${this.next}` : 'none'}`,
+        { index: i }
+      )
     }
     this.next++
     const w = this.waiters.get(i)
@@ -67,7 +76,7 @@ export class Mailbox {
     }
   }
 
-  take (index: number): Promise<Message> {
+  take(index: number): Promise<Message> {
     const m = this.msgs.get(index)
     if (m !== undefined) {
       this.msgs.delete(index)
@@ -77,9 +86,11 @@ export class Mailbox {
   }
 
   /** Index `index` was already delivered or is due. */
-  has (index: number): boolean { return this.msgs.has(index) }
+  has(index: number): boolean {
+    return this.msgs.has(index)
+  }
 
-  failAll (err: Error): void {
+  failAll(err: Error): void {
     for (const w of this.waiters.values()) w.reject(err)
     this.waiters.clear()
     this.msgs.clear()
@@ -91,7 +102,7 @@ export class Slots<T> {
   private readonly values = new Map<number, T>()
   private readonly waiters = new Map<number, Array<(v: T) => void>>()
 
-  put (key: number, v: T): void {
+  put(key: number, v: T): void {
     this.values.set(key, v)
     const ws = this.waiters.get(key)
     if (ws !== undefined) {
@@ -100,15 +111,17 @@ export class Slots<T> {
     }
   }
 
-  get (key: number): Promise<T> {
+  get(key: number): Promise<T> {
     if (this.values.has(key)) return Promise.resolve(this.values.get(key)!)
     return new Promise(resolve => {
       let ws = this.waiters.get(key)
-      if (ws === undefined) this.waiters.set(key, ws = [])
+      if (ws === undefined) this.waiters.set(key, (ws = []))
       ws.push(resolve)
     })
   }
 
   /** Forgets a value once its last reader has it (bounded memory in long pipelines). */
-  delete (key: number): void { this.values.delete(key) }
+  delete(key: number): void {
+    this.values.delete(key)
+  }
 }

@@ -27,7 +27,7 @@ export interface RingPlan {
 }
 
 /** Chunks [offset, length) of a range of `n` elements. */
-export function chunksOf (n: number, per: number): Array<[number, number]> {
+export function chunksOf(n: number, per: number): Array<[number, number]> {
   const out: Array<[number, number]> = []
   for (let off = 0; off < n; off += per) out.push([off, Math.min(per, n - off)])
   return out
@@ -36,9 +36,12 @@ export function chunksOf (n: number, per: number): Array<[number, number]> {
 const mod = (a: number, q: number): number => ((a % q) + q) % q
 
 /** Unquantized bf16 words travel as-is (kind 'raw16'); f32 input travels as `wire`. */
-export type GatherInput = { kind: 'f32', wire: Wire, mine: Float32Array, out: Float32Array } | { kind: 'raw16', mine: Uint16Array, out: Uint16Array }
+export type GatherInput = { kind: 'f32'; wire: Wire; mine: Float32Array; out: Float32Array } | { kind: 'raw16'; mine: Uint16Array; out: Uint16Array }
 
-function gatherCodec (g: GatherInput, chunkBytes: number): {
+function gatherCodec(
+  g: GatherInput,
+  chunkBytes: number
+): {
   per: number
   encode: (off: number, n: number) => Payload
   decodeInto: (body: Uint8Array, at: number, n: number) => void
@@ -61,7 +64,7 @@ function gatherCodec (g: GatherInput, chunkBytes: number): {
   }
 }
 
-function wireOf (g: GatherInput): Wire {
+function wireOf(g: GatherInput): Wire {
   return g.kind === 'raw16' ? { kind: 'bf16' } : g.wire
 }
 
@@ -69,7 +72,7 @@ function wireOf (g: GatherInput): Wire {
  * Ring all-gather. Declares its messages on `op` (call `ready()` after all plans of the
  * operation are declared) and returns the function that runs it.
  */
-export function ringAllGather (op: OpApi, plan: RingPlan, g: GatherInput): () => Promise<void> {
+export function ringAllGather(op: OpApi, plan: RingPlan, g: GatherInput): () => Promise<void> {
   const { ring, pos, part, phase } = plan
   const Q = ring.length
   const codec = gatherCodec(g, plan.chunkBytes)
@@ -111,7 +114,8 @@ export function ringAllGather (op: OpApi, plan: RingPlan, g: GatherInput): () =>
             checkBody(w, m.header, n)
             codec.decodeInto(m.body, part(j).start + off, n)
           })
-          if (s < Q - 2) slots.put(key(j, c), { encoding: m.header.encoding, blockSize: m.header.blockSize, elements: n, body: m.body, checksum: m.header.bodyChecksum })
+          if (s < Q - 2)
+            slots.put(key(j, c), { encoding: m.header.encoding, blockSize: m.header.blockSize, elements: n, body: m.body, checksum: m.header.bodyChecksum })
         }
       }
     }
@@ -123,7 +127,7 @@ export function ringAllGather (op: OpApi, plan: RingPlan, g: GatherInput): () =>
  * Ring reduce-scatter of `x` (the whole vector) into `out` (this position's shard), in the
  * order documented above. Wire: f32 (exact) or bf16 (partials rounded per hop).
  */
-export function ringReduceScatter (op: OpApi, plan: RingPlan, wire: Wire, x: Float32Array, out: Float32Array): () => Promise<void> {
+export function ringReduceScatter(op: OpApi, plan: RingPlan, wire: Wire, x: Float32Array, out: Float32Array): () => Promise<void> {
   const { ring, pos, part, phase } = plan
   const Q = ring.length
   const per = chunkElementsOf(wire, plan.chunkBytes)

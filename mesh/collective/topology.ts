@@ -13,7 +13,7 @@ import type { PeerLabels } from '../peernet.ts'
  * Rank `index`'s part of the window [offset, offset + length) of a vector of `total` elements
  * sharded by {@link shardRange}: the intersection, relative to the window (maybe empty).
  */
-export function windowRange (total: number, parts: number, index: number, offset: number, length: number): Range {
+export function windowRange(total: number, parts: number, index: number, offset: number, length: number): Range {
   const r = shardRange(total, parts, index)
   const a = Math.min(Math.max(r.start, offset), offset + length)
   const b = Math.max(Math.min(r.start + r.length, offset + length), a)
@@ -23,7 +23,7 @@ export function windowRange (total: number, parts: number, index: number, offset
 /** The network tier a link between two labelled peers crosses (SimNet's rule). */
 export type LinkTier = 'host' | 'zone' | 'wan'
 
-export function linkTier (a: PeerLabels, b: PeerLabels): LinkTier {
+export function linkTier(a: PeerLabels, b: PeerLabels): LinkTier {
   return a.host === b.host ? 'host' : a.zone === b.zone ? 'zone' : 'wan'
 }
 
@@ -50,7 +50,7 @@ export interface Hierarchy {
   top: Group
 }
 
-export function buildHierarchy (members: readonly Member[], keys: readonly TierKey[]): Hierarchy {
+export function buildHierarchy(members: readonly Member[], keys: readonly TierKey[]): Hierarchy {
   const n = members.length
   if (n < 1) throw new InvalidArgumentError('a hierarchy needs at least one member')
   const partitions: number[][][] = [members.map((_, r) => [r])]
@@ -61,7 +61,7 @@ export function buildHierarchy (members: readonly Member[], keys: readonly TierK
     members.forEach((m, r) => {
       const k = JSON.stringify(outer.map(key => m[key]))
       let g = byKey.get(k)
-      if (g === undefined) byKey.set(k, g = [])
+      if (g === undefined) byKey.set(k, (g = []))
       g.push(r)
     })
     const groups = [...byKey.values()]
@@ -91,7 +91,7 @@ export function buildHierarchy (members: readonly Member[], keys: readonly TierK
  * Ring order: a depth-first walk of the hierarchy (subgroups by lowest rank, ranks ascending),
  * so every group is contiguous and the ring crosses each tier boundary as few times as it can.
  */
-export function ringOrder (h: Hierarchy): number[] {
+export function ringOrder(h: Hierarchy): number[] {
   const out: number[] = []
   const walk = (g: Group): void => {
     if (g.level === 0) out.push(g.members[0]!)
@@ -108,7 +108,7 @@ export function ringOrder (h: Hierarchy): number[] {
  * ZeRO++ pairing of "same local rank in every zone". So each cross-group link carries one
  * partial sum per destination slice.
  */
-export function relayOf (h: Hierarchy, g: Group, d: number): number {
+export function relayOf(h: Hierarchy, g: Group, d: number): number {
   if (g.level === 0) return g.members[0]!
   if (h.groupOf[g.level]![d] === g) return d
   if (g.subgroups.length === 1) return relayOf(h, g.subgroups[0]!, d)

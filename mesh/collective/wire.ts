@@ -1,12 +1,22 @@
 import { InvalidArgumentError, ProtocolError } from '../../core/index.ts'
-import { bf16ToF32, dequantize, dequantizeAccumulate, f32ToBf16, quantize, quantizedSize, validateQuantOptions, type QuantBits, type Quantized } from '../../codec/index.ts'
+import {
+  bf16ToF32,
+  dequantize,
+  dequantizeAccumulate,
+  f32ToBf16,
+  quantize,
+  quantizedSize,
+  validateQuantOptions,
+  type QuantBits,
+  type Quantized
+} from '../../codec/index.ts'
 import { ENCODINGS, type EncodingCode, type MessageHeader } from './message.ts'
 
 /**
  * How f32 values travel: raw f32, bf16 (rounded to nearest even), or blockwise-quantized
  * int8 / int4 in the codec/quant.ts format (per-block f32 scales, then codes).
  */
-export type Wire = { kind: 'f32' } | { kind: 'bf16' } | { kind: 'quant', bits: QuantBits, blockSize: number }
+export type Wire = { kind: 'f32' } | { kind: 'bf16' } | { kind: 'quant'; bits: QuantBits; blockSize: number }
 
 export const F32_WIRE: Wire = Object.freeze({ kind: 'f32' })
 export const BF16_WIRE: Wire = Object.freeze({ kind: 'bf16' })
@@ -17,23 +27,23 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
 }
 
 /** Checks a wire description given by a caller. */
-export function validateWire (w: Wire): void {
+export function validateWire(w: Wire): void {
   if (w.kind === 'quant') validateQuantOptions({ bits: w.bits, blockSize: w.blockSize })
   else if (w.kind !== 'f32' && w.kind !== 'bf16') throw new InvalidArgumentError(`unknown wire encoding ${String((w as { kind: unknown }).kind)}`)
 }
 
-export function encodingOf (w: Wire): EncodingCode {
+export function encodingOf(w: Wire): EncodingCode {
   if (w.kind === 'f32') return ENCODINGS.f32
   if (w.kind === 'bf16') return ENCODINGS.bf16
   return w.bits === 8 ? ENCODINGS.q8 : ENCODINGS.q4
 }
 
-export function blockSizeOf (w: Wire): number {
+export function blockSizeOf(w: Wire): number {
   return w.kind === 'quant' ? w.blockSize : 0
 }
 
 /** Body bytes of `n` elements. */
-export function bodyBytesOf (w: Wire, n: number): number {
+export function bodyBytesOf(w: Wire, n: number): number {
   if (w.kind === 'f32') return 4 * n
   if (w.kind === 'bf16') return 2 * n
   const s = quantizedSize(n, { bits: w.bits, blockSize: w.blockSize })
@@ -45,7 +55,7 @@ export function bodyBytesOf (w: Wire, n: number): number {
  * block). Quantized chunks hold whole blocks, so every chunk quantizes on its own and block
  * boundaries are the same as quantizing the whole slice at once.
  */
-export function chunkElementsOf (w: Wire, chunkBytes: number): number {
+export function chunkElementsOf(w: Wire, chunkBytes: number): number {
   if (w.kind === 'f32') return Math.max(1, Math.floor(chunkBytes / 4))
   if (w.kind === 'bf16') return Math.max(1, Math.floor(chunkBytes / 2))
   const blockBytes = 4 + (w.bits === 8 ? w.blockSize : w.blockSize / 2)
@@ -53,7 +63,7 @@ export function chunkElementsOf (w: Wire, chunkBytes: number): number {
 }
 
 /** Encodes `src` as a message body. */
-export function encodeBody (w: Wire, src: Float32Array): Uint8Array {
+export function encodeBody(w: Wire, src: Float32Array): Uint8Array {
   if (w.kind === 'f32') return new Uint8Array(src.slice().buffer)
   if (w.kind === 'bf16') {
     const out = new Uint16Array(src.length)
@@ -74,15 +84,17 @@ export function encodeBody (w: Wire, src: Float32Array): Uint8Array {
 }
 
 /** Checks that a received header carries `n` elements in `w`'s encoding; ProtocolError otherwise. */
-export function checkBody (w: Wire, h: MessageHeader, n: number): void {
+export function checkBody(w: Wire, h: MessageHeader, n: number): void {
   if (h.encoding !== encodingOf(w) || h.blockSize !== blockSizeOf(w) || h.elements !== n || h.bodyBytes !== bodyBytesOf(w, n)) {
-    throw new ProtocolError('COLLECTIVE_SHAPE_MISMATCH',
+    throw new ProtocolError(
+      'COLLECTIVE_SHAPE_MISMATCH',
       `expected ${n} elements as encoding ${encodingOf(w)}/${blockSizeOf(w)} (${bodyBytesOf(w, n)} bytes), got ${h.elements} as ${h.encoding}/${h.blockSize} (${h.bodyBytes} bytes)`,
-      { expected: n, got: h.elements })
+      { expected: n, got: h.elements }
+    )
   }
 }
 
-function aligned (body: Uint8Array, align: number): Uint8Array {
+function aligned(body: Uint8Array, align: number): Uint8Array {
   return body.byteOffset % align === 0 ? body : body.slice()
 }
 
@@ -90,7 +102,7 @@ function aligned (body: Uint8Array, align: number): Uint8Array {
  * Decodes a (checked) body into `out` (length n): out = v, or out = f32(out + v) with
  * `accumulate`. Codes outside the symmetric range and bad scales are ProtocolErrors.
  */
-export function decodeBody (w: Wire, body: Uint8Array, out: Float32Array, accumulate: boolean): void {
+export function decodeBody(w: Wire, body: Uint8Array, out: Float32Array, accumulate: boolean): void {
   const n = out.length
   if (w.kind === 'f32') {
     const b = aligned(body, 4)
@@ -116,7 +128,7 @@ export function decodeBody (w: Wire, body: Uint8Array, out: Float32Array, accumu
 }
 
 /** What a receiver gets after a round trip through `w` (for own data and serial references). */
-export function roundTrip (w: Wire, src: Float32Array): Float32Array {
+export function roundTrip(w: Wire, src: Float32Array): Float32Array {
   if (w.kind === 'f32') return src.slice()
   const out = new Float32Array(src.length)
   decodeBody(w, encodeBody(w, src), out, false)

@@ -26,7 +26,7 @@ import { BF16_WIRE, F32_WIRE, validateWire, type Wire } from './wire.ts'
 export interface ZeroOptions {
   qwZ?: boolean | { blockSize?: number }
   hpZ?: boolean | { tier?: TierKey }
-  qgZ?: boolean | { bits?: 4 | 8, blockSize?: number, errorFeedback?: boolean }
+  qgZ?: boolean | { bits?: 4 | 8; blockSize?: number; errorFeedback?: boolean }
   /** Wire of unquantized weight gathers (flat forward/backward). Default f32; bf16 halves bytes. */
   weightWire?: 'f32' | 'bf16'
   /** Wire of the unquantized gradient reduce-scatter. Default f32. */
@@ -57,21 +57,27 @@ export interface ZeroComm {
   reset(): void
 }
 
-export function createZeroComm (collective: Collective, options: ZeroOptions = {}): ZeroComm {
-  const qwZ = options.qwZ === undefined || options.qwZ === false ? undefined : (options.qwZ === true ? {} : options.qwZ)
-  const hpZ = options.hpZ === undefined || options.hpZ === false ? undefined : (options.hpZ === true ? {} : options.hpZ)
-  const qgZ = options.qgZ === undefined || options.qgZ === false ? undefined : (options.qgZ === true ? {} : options.qgZ)
-  const weightWire: Wire = qwZ !== undefined
-    ? { kind: 'quant', bits: 8, blockSize: qwZ.blockSize ?? COLLECTIVE_DEFAULTS.weightBlockSize }
-    : options.weightWire === 'bf16' ? BF16_WIRE : F32_WIRE
-  const gradWire: Wire = qgZ !== undefined
-    ? { kind: 'quant', bits: qgZ.bits ?? 4, blockSize: qgZ.blockSize ?? COLLECTIVE_DEFAULTS.gradBlockSize }
-    : options.gradWire === 'bf16' ? BF16_WIRE : F32_WIRE
+export function createZeroComm(collective: Collective, options: ZeroOptions = {}): ZeroComm {
+  const qwZ = options.qwZ === undefined || options.qwZ === false ? undefined : options.qwZ === true ? {} : options.qwZ
+  const hpZ = options.hpZ === undefined || options.hpZ === false ? undefined : options.hpZ === true ? {} : options.hpZ
+  const qgZ = options.qgZ === undefined || options.qgZ === false ? undefined : options.qgZ === true ? {} : options.qgZ
+  const weightWire: Wire =
+    qwZ !== undefined
+      ? { kind: 'quant', bits: 8, blockSize: qwZ.blockSize ?? COLLECTIVE_DEFAULTS.weightBlockSize }
+      : options.weightWire === 'bf16'
+        ? BF16_WIRE
+        : F32_WIRE
+  const gradWire: Wire =
+    qgZ !== undefined
+      ? { kind: 'quant', bits: qgZ.bits ?? 4, blockSize: qgZ.blockSize ?? COLLECTIVE_DEFAULTS.gradBlockSize }
+      : options.gradWire === 'bf16'
+        ? BF16_WIRE
+        : F32_WIRE
   validateWire(weightWire)
   validateWire(gradWire)
   const hpzScope: Scope = hpZ?.tier ?? 'zone'
   if (hpZ !== undefined) collective.group(hpzScope) // validates the tier
-  const secondary = new Map<string, { length: number, data: Float32Array }>()
+  const secondary = new Map<string, { length: number; data: Float32Array }>()
   const feedback = new Map<string, ErrorFeedback>()
   const totals = new Map<string, TierBytes>()
   const account = <T>(r: CollectiveResult<T>): CollectiveResult<T> => {
@@ -84,15 +90,16 @@ export function createZeroComm (collective: Collective, options: ZeroOptions = {
   return {
     collective,
     shardOf: length => collective.shardOf(length),
-    async gatherWeights (bucket, shard, length, pass, opts = {}) {
+    async gatherWeights(bucket, shard, length, pass, opts = {}) {
       if (pass === 'backward' && hpZ !== undefined) {
         const sec = secondary.get(bucket)
-        if (sec === undefined || sec.length !== length) throw new InvalidArgumentError(`hpZ: no forward gather of bucket ${bucket} (${length} elements) to gather the backward from`)
+        if (sec === undefined || sec.length !== length)
+          throw new InvalidArgumentError(`hpZ: no forward gather of bucket ${bucket} (${length} elements) to gather the backward from`)
         // The secondary partition splits the bucket evenly inside the tier: no window.
         const { window: _primary, ...call } = opts
         return account(await collective.allGather(sec.data, length, { ...call, scope: hpzScope, wire: F32_WIRE, label: 'hpz_gather' }))
       }
-      const label = qwZ !== undefined ? 'qwz_gather' : (pass === 'forward' ? 'weight_gather' : 'weight_gather_bwd')
+      const label = qwZ !== undefined ? 'qwz_gather' : pass === 'forward' ? 'weight_gather' : 'weight_gather_bwd'
       const res = account(await collective.allGather(shard, length, { ...opts, wire: weightWire, label }))
       if (hpZ !== undefined && pass === 'forward') {
         const s = collective.shardOf(length, hpzScope)
@@ -100,23 +107,23 @@ export function createZeroComm (collective: Collective, options: ZeroOptions = {
       }
       return res
     },
-    async reduceGradients (bucket, grads, opts = {}) {
+    async reduceGradients(bucket, grads, opts = {}) {
       if (qgZ !== undefined) {
         let ef: ErrorFeedback | undefined
         if (qgZ.errorFeedback === true) {
           ef = feedback.get(bucket)
-          if (ef === undefined) feedback.set(bucket, ef = createErrorFeedback())
+          if (ef === undefined) feedback.set(bucket, (ef = createErrorFeedback()))
         }
         return account(await collective.hierReduceScatter(grads, { ...opts, wire: gradWire, errorFeedback: ef, label: 'qgz_reduce_scatter' }))
       }
       return account(await collective.reduceScatter(grads, { ...opts, wire: gradWire, label: 'grad_reduce_scatter' }))
     },
-    bytes () {
+    bytes() {
       const out: Record<string, TierBytes> = {}
       for (const [k, v] of totals) out[k] = { ...v }
       return out
     },
-    reset () {
+    reset() {
       secondary.clear()
       feedback.clear()
     }

@@ -36,20 +36,30 @@ export class Admission {
   private readonly authed = new Map<PeerId, PeerLabels>()
   private readonly denied = new Map<PeerId, number>()
 
-  constructor (init: AdmissionInit) {
+  constructor(init: AdmissionInit) {
     this.init = init
   }
 
-  isAdmitted (peer: PeerId): boolean { return this.authed.has(peer) }
+  isAdmitted(peer: PeerId): boolean {
+    return this.authed.has(peer)
+  }
   /** Admitted peers and their labels. */
-  admitted (): IterableIterator<[PeerId, PeerLabels]> { return this.authed.entries() }
-  get size (): number { return this.authed.size }
+  admitted(): IterableIterator<[PeerId, PeerLabels]> {
+    return this.authed.entries()
+  }
+  get size(): number {
+    return this.authed.size
+  }
   /** Forgets a peer whose connection closed; true if it had been admitted. */
-  forget (peer: PeerId): boolean { return this.authed.delete(peer) }
-  clear (): void { this.authed.clear() }
+  forget(peer: PeerId): boolean {
+    return this.authed.delete(peer)
+  }
+  clear(): void {
+    this.authed.clear()
+  }
 
   /** Whether `peer` failed authentication less than denyMs ago. */
-  isDenied (peer: PeerId): boolean {
+  isDenied(peer: PeerId): boolean {
     const until = this.denied.get(peer)
     if (until === undefined) return false
     if (this.init.clock.monotonic() < until) return true
@@ -58,7 +68,7 @@ export class Admission {
   }
 
   /** The connection:open listener: runs or awaits the handshake of a new connection. */
-  onConnectionOpen (conn: Connection): void {
+  onConnectionOpen(conn: Connection): void {
     const peer = conn.remotePeer.toString()
     if (this.isDenied(peer)) {
       void conn.close().catch(() => {})
@@ -82,14 +92,17 @@ export class Admission {
     const remote = conn.remotePeer.toString()
     const s = new Libp2pByteStream(raw, remote, AUTH_PROTOCOL)
     const hs = this.init.handshake()
-    authenticateAsListener(s, hs, signal).then(result => {
-      this.init.onHandshake(conn, result, remote, hs.self)
-      this.admit(conn.remotePeer, result.labels)
-    }, err => this.refuse(conn.remotePeer, err instanceof AuthenticationError ? err.message : describe(err)))
+    authenticateAsListener(s, hs, signal).then(
+      result => {
+        this.init.onHandshake(conn, result, remote, hs.self)
+        this.admit(conn.remotePeer, result.labels)
+      },
+      err => this.refuse(conn.remotePeer, err instanceof AuthenticationError ? err.message : describe(err))
+    )
   }
 
   /** Dialer side of the handshake, on a connection we opened. */
-  private async authenticateOutbound (conn: Connection): Promise<void> {
+  private async authenticateOutbound(conn: Connection): Promise<void> {
     const signal = this.deadline()
     const raw = await conn.newStream(AUTH_PROTOCOL, { signal })
     const remote = conn.remotePeer.toString()
@@ -99,7 +112,7 @@ export class Admission {
     this.admit(conn.remotePeer, result.labels)
   }
 
-  private refuse (peer: Libp2pPeerId, why: string): void {
+  private refuse(peer: Libp2pPeerId, why: string): void {
     const id = peer.toString()
     if (this.authed.has(id)) return
     this.init.log.debug({ peer: id, why }, 'peer failed run authentication; disconnecting')
@@ -107,7 +120,7 @@ export class Admission {
     void this.init.hangUp(peer).catch(() => {})
   }
 
-  private admit (peer: Libp2pPeerId, labels: PeerLabels): void {
+  private admit(peer: Libp2pPeerId, labels: PeerLabels): void {
     const id = peer.toString()
     if (this.authed.has(id)) return
     this.authed.set(id, labels)
@@ -116,7 +129,7 @@ export class Admission {
   }
 
   /** An AbortSignal that fires after authTimeoutMs of the injected clock. */
-  private deadline (): AbortSignal {
+  private deadline(): AbortSignal {
     const ac = new AbortController()
     this.init.clock.setTimeout(() => ac.abort(new AuthenticationError('authentication timed out')), this.init.authTimeoutMs)
     return ac.signal

@@ -40,20 +40,33 @@ export class Announcer {
   private timer: number | undefined
   private running = false
 
-  constructor (init: AnnouncerInit) {
+  constructor(init: AnnouncerInit) {
     this.init = init
   }
 
   /** Subscribes to announcements, dials the bootstrap list and schedules the first announcement. */
-  start (): void {
+  start(): void {
     this.running = true
     this.init.subscribe(ANNOUNCE_TOPIC, {
-      validate: m => { try { announceCodec.decode(m.data); return 'accept' } catch { return 'reject' } },
+      validate: m => {
+        try {
+          announceCodec.decode(m.data)
+          return 'accept'
+        } catch {
+          return 'reject'
+        }
+      },
       deliver: m => {
         if (this.init.known(m.from)) return
         const env = announceCodec.decode(m.data)
         if (env.type !== 'addrs') return
-        const addrs = env.payload.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+        const addrs = env.payload.addrs.flatMap(a => {
+          try {
+            return [multiaddr(a)]
+          } catch {
+            return []
+          }
+        })
         if (addrs.length > 0) this.init.dial(addrs).catch(err => this.init.log.debug({ peer: m.from, err: describe(err) }, 'dial to announced peer failed'))
       }
     })
@@ -61,7 +74,7 @@ export class Announcer {
     this.timer = this.init.clock.setTimeout(this.announce, Math.min(this.init.intervalMs, 500))
   }
 
-  stop (): void {
+  stop(): void {
     this.running = false
     if (this.timer !== undefined) this.init.clock.clearTimeout(this.timer)
   }
@@ -69,12 +82,14 @@ export class Announcer {
   private readonly announce = (): void => {
     if (!this.running) return
     const addrs = this.init.addrs().slice(0, 16)
-    this.init.publish(ANNOUNCE_TOPIC, announceCodec.encode('addrs', { addrs })).catch(err => this.init.log.debug({ err: describe(err) }, 'address announce failed'))
+    this.init
+      .publish(ANNOUNCE_TOPIC, announceCodec.encode('addrs', { addrs }))
+      .catch(err => this.init.log.debug({ err: describe(err) }, 'address announce failed'))
     if (!this.init.hasPeers()) this.dialBootstrap()
     this.timer = this.init.clock.setTimeout(this.announce, this.init.intervalMs)
   }
 
-  private dialBootstrap (): void {
+  private dialBootstrap(): void {
     for (const a of this.init.bootstrap) {
       this.init.dial(multiaddr(a)).catch(err => this.init.log.debug({ addr: a, err: describe(err) }, 'bootstrap dial failed'))
     }

@@ -38,7 +38,7 @@ export interface RunKeys {
 }
 
 /** Derives the run's keys; refuses secrets shorter than 16 bytes. */
-export function deriveRunKeys (runId: string, secret: Uint8Array): RunKeys {
+export function deriveRunKeys(runId: string, secret: Uint8Array): RunKeys {
   if (secret.length < MIN_SECRET_BYTES) throw new InvalidArgumentError(`the run secret must be at least ${MIN_SECRET_BYTES} bytes, got ${secret.length}`)
   const salt = new TextEncoder().encode(runId)
   return {
@@ -48,7 +48,15 @@ export function deriveRunKeys (runId: string, secret: Uint8Array): RunKeys {
 }
 
 /** The proof one side sends: role, run, own id, other id and both nonces, in a fixed order. */
-export function authProof (key: Uint8Array, role: 'dialer' | 'listener', runId: string, self: string, other: string, nonceD: Uint8Array, nonceL: Uint8Array): Uint8Array {
+export function authProof(
+  key: Uint8Array,
+  role: 'dialer' | 'listener',
+  runId: string,
+  self: string,
+  other: string,
+  nonceD: Uint8Array,
+  nonceL: Uint8Array
+): Uint8Array {
   const h = createHmac('sha256', key)
   for (const part of [role, runId, self, other]) {
     const b = Buffer.from(part)
@@ -59,12 +67,12 @@ export function authProof (key: Uint8Array, role: 'dialer' | 'listener', runId: 
 }
 
 /** Constant-time comparison of two proofs. */
-export function proofsEqual (a: Uint8Array, b: Uint8Array): boolean {
+export function proofsEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
 /** Tag for a gossip message: binds the secret to the publisher, the topic and the bytes. */
-export function gossipTag (key: Uint8Array, from: string, topic: string, data: Uint8Array): Uint8Array {
+export function gossipTag(key: Uint8Array, from: string, topic: string, data: Uint8Array): Uint8Array {
   const h = createHmac('sha256', key)
   for (const part of [from, topic]) {
     const b = Buffer.from(part)
@@ -73,7 +81,6 @@ export function gossipTag (key: Uint8Array, from: string, topic: string, data: U
   return new Uint8Array(h.update(data).digest())
 }
 
-
 /** The stream protocol the handshake runs on, right after a connection opens. */
 export const AUTH_PROTOCOL = '/zeromesh/auth/1.0.0'
 /** Cap on one handshake message. */
@@ -81,11 +88,19 @@ const AUTH_MAX_MESSAGE = 1024
 
 /** Placement labels as a peer states them (in its handshake, and in a PeerNet's init). */
 export const labelsSchema = z.strictObject({ zone: z.string().min(1).max(64), host: z.string().min(1).max(253) })
-const authCodec = createEnvelopeCodec({
-  hello: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES), labels: labelsSchema, bulkPort: z.int().min(1).max(65535).optional() }),
-  proof: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES).optional(), labels: labelsSchema.optional(), proof: zBytes(64), bulkPort: z.int().min(1).max(65535).optional() }),
-  ok: z.strictObject({})
-}, { maxBytes: AUTH_MAX_MESSAGE })
+const authCodec = createEnvelopeCodec(
+  {
+    hello: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES), labels: labelsSchema, bulkPort: z.int().min(1).max(65535).optional() }),
+    proof: z.strictObject({
+      nonce: zBytes(AUTH_NONCE_BYTES).optional(),
+      labels: labelsSchema.optional(),
+      proof: zBytes(64),
+      bulkPort: z.int().min(1).max(65535).optional()
+    }),
+    ok: z.strictObject({})
+  },
+  { maxBytes: AUTH_MAX_MESSAGE }
+)
 
 /** One side's part in a handshake on `stream`, whose `remote` is the other side's id. */
 export interface HandshakeInit {
@@ -111,14 +126,15 @@ export interface HandshakeResult {
  * The dialer's side. Resolves once the listener accepted our proof; throws
  * AuthenticationError (or the stream's error) otherwise, having aborted the stream.
  */
-export async function authenticateAsDialer (s: ByteStream, init: HandshakeInit, signal: AbortSignal): Promise<HandshakeResult> {
+export async function authenticateAsDialer(s: ByteStream, init: HandshakeInit, signal: AbortSignal): Promise<HandshakeResult> {
   const reader = new MessageReader(s, AUTH_MAX_MESSAGE)
   try {
     // Nonces come from the OS CSPRNG on purpose: a seeded Rng would make them predictable.
     const nonceD = new Uint8Array(randomBytes(AUTH_NONCE_BYTES))
     await writeMessage(s, authCodec.encode('hello', { nonce: nonceD, labels: init.labels, ...bulkPortField(init) }), { signal })
     const reply = authCodec.decode(await required(reader.next(), signal))
-    if (reply.type !== 'proof' || reply.payload.nonce?.length !== AUTH_NONCE_BYTES || reply.payload.labels === undefined) throw new AuthenticationError('malformed proof')
+    if (reply.type !== 'proof' || reply.payload.nonce?.length !== AUTH_NONCE_BYTES || reply.payload.labels === undefined)
+      throw new AuthenticationError('malformed proof')
     const nonceL = reply.payload.nonce
     const expect = authProof(init.authKey, 'listener', init.runId, s.remote, init.self, nonceD, nonceL)
     if (!proofsEqual(expect, reply.payload.proof)) throw new AuthenticationError('the listener does not know the run secret')
@@ -137,7 +153,7 @@ export async function authenticateAsDialer (s: ByteStream, init: HandshakeInit, 
  * The listener's side. Resolves once the dialer proved itself and we answered ok; otherwise
  * aborts the stream and throws AuthenticationError saying how far the handshake got.
  */
-export async function authenticateAsListener (s: ByteStream, init: HandshakeInit, signal: AbortSignal): Promise<HandshakeResult> {
+export async function authenticateAsListener(s: ByteStream, init: HandshakeInit, signal: AbortSignal): Promise<HandshakeResult> {
   const reader = new MessageReader(s, AUTH_MAX_MESSAGE)
   let stage = 'waiting for its hello'
   try {
@@ -163,16 +179,19 @@ export async function authenticateAsListener (s: ByteStream, init: HandshakeInit
 }
 
 /** The bulkPort field as the envelope carries it: absent, never undefined. */
-function bulkPortField (init: HandshakeInit): { bulkPort?: number } {
+function bulkPortField(init: HandshakeInit): { bulkPort?: number } {
   return init.bulkPort === undefined ? {} : { bulkPort: init.bulkPort }
 }
 
 /** The next handshake message; AuthenticationError on a clean end or when `signal` fires. */
-async function required (p: Promise<Uint8Array | undefined>, signal: AbortSignal): Promise<Uint8Array> {
-  const msg = await Promise.race([p, new Promise<never>((_, reject) => {
-    if (signal.aborted) reject(new AuthenticationError('authentication timed out'))
-    signal.addEventListener('abort', () => reject(new AuthenticationError('authentication timed out')), { once: true })
-  })])
+async function required(p: Promise<Uint8Array | undefined>, signal: AbortSignal): Promise<Uint8Array> {
+  const msg = await Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      if (signal.aborted) reject(new AuthenticationError('authentication timed out'))
+      signal.addEventListener('abort', () => reject(new AuthenticationError('authentication timed out')), { once: true })
+    })
+  ])
   if (msg === undefined) throw new AuthenticationError('the peer closed the handshake')
   return msg
 }

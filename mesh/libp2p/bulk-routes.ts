@@ -15,28 +15,30 @@ export class BulkRoutes {
   private readonly log: Logger
   private readonly allow: (protocol: string) => boolean
   private channel: BulkChannel | undefined
-  private readonly routes = new Map<PeerId, { host: string, port: number, session: string }>()
+  private readonly routes = new Map<PeerId, { host: string; port: number; session: string }>()
 
   /**
    * `authKey` is the run's auth key; `allow` picks the protocols that may use the channel;
    * `log` takes the fallbacks to libp2p streams.
    */
-  constructor (init: { authKey: Uint8Array, log: Logger, allow?: (protocol: string) => boolean }) {
+  constructor(init: { authKey: Uint8Array; log: Logger; allow?: (protocol: string) => boolean }) {
     this.authKey = init.authKey
     this.log = init.log
     this.allow = init.allow ?? (() => true)
   }
 
   /** The port our channel listens on, offered in every handshake; undefined without one. */
-  get port (): number | undefined { return this.channel?.port }
+  get port(): number | undefined {
+    return this.channel?.port
+  }
 
   /** Starts the channel's listener on `host`, serving the handlers `handler` returns. */
-  async start (init: { host: string, self: PeerId, handler: (protocol: string) => StreamHandler | undefined, log: Logger }): Promise<void> {
+  async start(init: { host: string; self: PeerId; handler: (protocol: string) => StreamHandler | undefined; log: Logger }): Promise<void> {
     this.channel = await startBulkChannel(init)
   }
 
   /** Records a peer's route and session key after a handshake on `conn`. */
-  learn (conn: Connection, result: HandshakeResult, dialer: PeerId, listener: PeerId): void {
+  learn(conn: Connection, result: HandshakeResult, dialer: PeerId, listener: PeerId): void {
     const host = ipOf(conn)
     if (this.channel === undefined || result.bulkPort === undefined || host === undefined) return
     const peer = conn.remotePeer.toString()
@@ -49,11 +51,13 @@ export class BulkRoutes {
    * Opens a stream on the bulk channel; undefined where there is no route or the channel
    * failed in a way a libp2p stream may not (the caller falls back to one).
    */
-  async open (peer: PeerId, protocol: string, signal?: AbortSignal): Promise<ByteStream | undefined> {
+  async open(peer: PeerId, protocol: string, signal?: AbortSignal): Promise<ByteStream | undefined> {
     const via = this.allow(protocol) ? this.routes.get(peer) : undefined
     if (this.channel === undefined || via === undefined) return undefined
     try {
-      return await settleOnAbort(signal, this.channel.open(peer, via.host, via.port, via.session, protocol, signal), st => st.abort(new AbortError('open abandoned')))
+      return await settleOnAbort(signal, this.channel.open(peer, via.host, via.port, via.session, protocol, signal), st =>
+        st.abort(new AbortError('open abandoned'))
+      )
     } catch (err) {
       const name = (err as Error).name
       if (name === 'ProtocolNotSupportedError' || name === 'AbortError') throw err
@@ -63,13 +67,13 @@ export class BulkRoutes {
   }
 
   /** Forgets a peer that went away and resets its bulk streams. */
-  dropPeer (peer: PeerId): void {
+  dropPeer(peer: PeerId): void {
     this.channel?.dropPeer(peer)
     this.routes.delete(peer)
   }
 
   /** Forgets every route and closes the channel. */
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     this.routes.clear()
     await this.channel?.close()
     this.channel = undefined
@@ -77,6 +81,6 @@ export class BulkRoutes {
 }
 
 /** The IP address of a connection's remote end, if it has one. */
-function ipOf (conn: Connection): string | undefined {
+function ipOf(conn: Connection): string | undefined {
   return conn.remoteAddr.getComponents().find(c => c.name === 'ip4' || c.name === 'ip6')?.value
 }

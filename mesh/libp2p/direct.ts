@@ -20,10 +20,10 @@ export class DirectMessages {
   private readonly topics: TopicTable
   private readonly open: (peer: PeerId) => Promise<ByteStream>
   private readonly log: Logger
-  private readonly out = new Map<PeerId, { stream: Promise<ByteStream>, busy: boolean }>()
+  private readonly out = new Map<PeerId, { stream: Promise<ByteStream>; busy: boolean }>()
 
   /** `open` opens a DIRECT_PROTOCOL stream to a peer. */
-  constructor (init: { topics: TopicTable, open: (peer: PeerId) => Promise<ByteStream>, log: Logger }) {
+  constructor(init: { topics: TopicTable; open: (peer: PeerId) => Promise<ByteStream>; log: Logger }) {
     this.topics = init.topics
     this.open = init.open
     this.log = init.log
@@ -51,13 +51,15 @@ export class DirectMessages {
    * queue behind a blocked one is dropped, and a failed stream loses its message (logged at
    * debug) and is replaced on the next send.
    */
-  async send (peer: PeerId, topic: string, data: Uint8Array): Promise<void> {
+  async send(peer: PeerId, topic: string, data: Uint8Array): Promise<void> {
     let out = this.out.get(peer)
     if (out === undefined) {
       const stream = this.open(peer)
       out = { stream, busy: false }
       this.out.set(peer, out)
-      stream.catch(() => { if (this.out.get(peer)?.stream === stream) this.out.delete(peer) })
+      stream.catch(() => {
+        if (this.out.get(peer)?.stream === stream) this.out.delete(peer)
+      })
     }
     if (out.busy) return
     const entry = out
@@ -69,15 +71,22 @@ export class DirectMessages {
     } catch (err) {
       this.log.debug({ peer, topic, err: describe(err) }, 'direct message lost')
       if (this.out.get(peer) === entry) this.out.delete(peer)
-      void entry.stream.then(s => s.abort(), () => {})
+      void entry.stream.then(
+        s => s.abort(),
+        () => {}
+      )
     } finally {
       entry.busy = false
     }
   }
 
   /** Forgets the outbound stream to a peer that went away. */
-  drop (peer: PeerId): void { this.out.delete(peer) }
+  drop(peer: PeerId): void {
+    this.out.delete(peer)
+  }
 
   /** Forgets every outbound stream (the PeerNet stopped; its streams were aborted). */
-  clear (): void { this.out.clear() }
+  clear(): void {
+    this.out.clear()
+  }
 }

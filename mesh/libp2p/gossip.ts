@@ -20,20 +20,20 @@ export class GossipRouter {
   private pubsub: GossipSub | undefined
 
   /** `key` is the run's gossip key (deriveRunKeys). */
-  constructor (init: { runId: string, key: Uint8Array, topics: TopicTable }) {
+  constructor(init: { runId: string; key: Uint8Array; topics: TopicTable }) {
     this.prefix = `/zeromesh/${init.runId}/`
     this.key = init.key
     this.topics = init.topics
   }
 
   /** Starts using `pubsub`: messages flow to the table's handlers from here on. */
-  attach (pubsub: GossipSub): void {
+  attach(pubsub: GossipSub): void {
     this.pubsub = pubsub
     pubsub.addEventListener('message', evt => this.onMessage(evt.detail))
   }
 
   /** Subscribes (at once if attached, else just records the handler); returns the unsubscribe. */
-  subscribe (topic: string, handler: GossipHandler): () => void {
+  subscribe(topic: string, handler: GossipHandler): () => void {
     this.topics.set(topic, handler)
     const full = this.prefix + topic
     if (this.pubsub !== undefined) {
@@ -49,12 +49,12 @@ export class GossipRouter {
   }
 
   /** Subscribes every topic recorded so far (after the node started). */
-  subscribeAll (): void {
+  subscribeAll(): void {
     for (const [topic, handler] of [...this.topics.entries()]) this.subscribe(topic, handler)
   }
 
   /** Publishes `data` tagged as from `self`; the caller checks the node is started. */
-  async publish (self: PeerId, topic: string, data: Uint8Array): Promise<void> {
+  async publish(self: PeerId, topic: string, data: Uint8Array): Promise<void> {
     const tag = gossipTag(this.key, self, topic, data)
     const out = new Uint8Array(TAG_BYTES + data.length)
     out.set(tag)
@@ -62,7 +62,7 @@ export class GossipRouter {
     await this.pubsub!.publish(this.prefix + topic, out)
   }
 
-  private validator (topic: string) {
+  private validator(topic: string) {
     return (_relay: Libp2pPeerId, msg: Message): TopicValidatorResult => {
       if (msg.type !== 'signed') return TopicValidatorResult.Reject
       const from = msg.from.toString()
@@ -77,12 +77,12 @@ export class GossipRouter {
     }
   }
 
-  private reject (from: PeerId): TopicValidatorResult {
+  private reject(from: PeerId): TopicValidatorResult {
     this.topics.reject(from)
     return TopicValidatorResult.Reject
   }
 
-  private onMessage (msg: Message): void {
+  private onMessage(msg: Message): void {
     if (msg.type !== 'signed') return
     if (!msg.topic.startsWith(this.prefix)) return
     const topic = msg.topic.slice(this.prefix.length)

@@ -68,7 +68,7 @@ export interface Libp2pPeerNet extends PeerNet {
 const RUN_ID_RE = /^[A-Za-z0-9._-]{1,64}$/
 
 /** Creates (does not start) a libp2p PeerNet. */
-export function createLibp2pPeerNet (init: Libp2pPeerNetInit, components: { clock: Clock, log: Logger }): Libp2pPeerNet {
+export function createLibp2pPeerNet(init: Libp2pPeerNetInit, components: { clock: Clock; log: Logger }): Libp2pPeerNet {
   if (!RUN_ID_RE.test(init.runId)) throw new InvalidArgumentError(`run id must be 1-64 of [A-Za-z0-9._-], got ${JSON.stringify(init.runId)}`)
   return new MeshPeerNet(init, labelsSchema.parse(init.labels), components)
 }
@@ -95,7 +95,7 @@ class MeshPeerNet implements Libp2pPeerNet {
   private info!: PeerInfo
   private started = false
 
-  constructor (init: Libp2pPeerNetInit, labels: PeerLabels, { clock, log }: { clock: Clock, log: Logger }) {
+  constructor(init: Libp2pPeerNetInit, labels: PeerLabels, { clock, log }: { clock: Clock; log: Logger }) {
     const keys = deriveRunKeys(init.runId, init.secret)
     this.init = init
     this.labels = labels
@@ -110,7 +110,9 @@ class MeshPeerNet implements Libp2pPeerNet {
       authTimeoutMs: init.authTimeoutMs ?? 10_000,
       denyMs: init.denyMs ?? 60_000,
       handshake: () => ({ authKey: keys.auth, runId: init.runId, self: this.info.id, labels, bulkPort: this.bulk.port }),
-      hangUp: async peer => { await this.node?.hangUp(peer) },
+      hangUp: async peer => {
+        await this.node?.hangUp(peer)
+      },
       onHandshake: (conn, result, dialer, listener) => this.bulk.learn(conn, result, dialer, listener),
       onAdmit: peer => this.listeners.emit('peer:connect', peer)
     })
@@ -131,15 +133,22 @@ class MeshPeerNet implements Libp2pPeerNet {
     })
   }
 
-  get self (): PeerInfo { return this.info }
+  get self(): PeerInfo {
+    return this.info
+  }
 
-  async start (): Promise<void> {
+  async start(): Promise<void> {
     if (this.started) return
     checkBootstrap(this.init.bootstrap ?? [])
     const n = await this.build()
     // The bulk channel listens before libp2p does, so every handshake can offer its port.
     if (this.init.bulk !== false) {
-      await this.bulk.start({ host: bulkListenHost(this.init.listen), self: this.info.id, handler: p => this.protocols.get(p), log: this.log.child({ component: 'mesh:bulk' }) })
+      await this.bulk.start({
+        host: bulkListenHost(this.init.listen),
+        self: this.info.id,
+        handler: p => this.protocols.get(p),
+        log: this.log.child({ component: 'mesh:bulk' })
+      })
     }
     try {
       await n.start()
@@ -152,7 +161,7 @@ class MeshPeerNet implements Libp2pPeerNet {
     this.announcer.start()
   }
 
-  async stop (): Promise<void> {
+  async stop(): Promise<void> {
     if (!this.started) return
     this.started = false
     this.announcer.stop()
@@ -164,34 +173,34 @@ class MeshPeerNet implements Libp2pPeerNet {
     await n?.stop()
   }
 
-  multiaddrs (): string[] {
+  multiaddrs(): string[] {
     return this.node?.getMultiaddrs().map(a => a.toString()) ?? []
   }
 
-  peers (): PeerInfo[] {
+  peers(): PeerInfo[] {
     const n = this.node
     if (n === undefined) return []
     return [...this.admission.admitted()].filter(([id]) => n.getConnections(peerIdFromString(id)).length > 0).map(([id, l]) => ({ id, labels: l }))
   }
 
-  on<E extends keyof PeerNetEvents> (event: E, listener: (detail: PeerNetEvents[E]) => void): () => void {
+  on<E extends keyof PeerNetEvents>(event: E, listener: (detail: PeerNetEvents[E]) => void): () => void {
     return this.listeners.on(event, listener)
   }
 
-  subscribe (topic: string, handler: GossipHandler): () => void {
+  subscribe(topic: string, handler: GossipHandler): () => void {
     checkName('topic', topic)
     if (topic.startsWith('__')) throw new InvalidArgumentError('topics starting with __ are reserved')
     return this.gossip.subscribe(topic, handler)
   }
 
-  async publish (topic: string, data: Uint8Array): Promise<void> {
+  async publish(topic: string, data: Uint8Array): Promise<void> {
     this.requireStarted()
     checkName('topic', topic)
     checkGossipSize(data)
     await this.publishRaw(topic, data)
   }
 
-  async send (peer: PeerId, topic: string, data: Uint8Array): Promise<void> {
+  async send(peer: PeerId, topic: string, data: Uint8Array): Promise<void> {
     this.requireStarted()
     checkName('topic', topic)
     checkGossipSize(data)
@@ -199,28 +208,32 @@ class MeshPeerNet implements Libp2pPeerNet {
     await this.direct.send(peer, topic, data)
   }
 
-  handle (protocol: string, handler: StreamHandler): void {
+  handle(protocol: string, handler: StreamHandler): void {
     checkName('protocol', protocol)
     if (protocol.startsWith('__')) throw new InvalidArgumentError('protocols starting with __ are reserved')
     this.protocols.set(protocol, handler)
   }
 
-  unhandle (protocol: string): void { this.protocols.delete(protocol) }
+  unhandle(protocol: string): void {
+    this.protocols.delete(protocol)
+  }
 
-  async open (peer: PeerId, protocol: string, options: { signal?: AbortSignal } = {}): Promise<ByteStream> {
+  async open(peer: PeerId, protocol: string, options: { signal?: AbortSignal } = {}): Promise<ByteStream> {
     const n = this.requireStarted()
     checkName('protocol', protocol)
     if (options.signal?.aborted === true) throw new AbortError('open aborted')
     if (!this.admission.isAdmitted(peer)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
-    return await this.bulk.open(peer, protocol, options.signal) ?? await this.protocols.open(n, peer, protocol, options.signal)
+    return (await this.bulk.open(peer, protocol, options.signal)) ?? (await this.protocols.open(n, peer, protocol, options.signal))
   }
 
-  rejectedFrom (peer: PeerId): number { return this.topics.rejectedFrom(peer) }
+  rejectedFrom(peer: PeerId): number {
+    return this.topics.rejectedFrom(peer)
+  }
 
   /** Creates the node and hooks every part to it; starts nothing. */
-  private async build (): Promise<MeshNode> {
+  private async build(): Promise<MeshNode> {
     const init = this.init
-    const n = this.node = await createMeshNode({
+    const n = (this.node = await createMeshNode({
       privateKey: init.privateKey,
       listen: init.listen,
       announce: init.announce,
@@ -228,7 +241,7 @@ class MeshPeerNet implements Libp2pPeerNet {
       mdns: init.mdns,
       encrypters: init.encrypters,
       isDenied: peer => this.admission.isDenied(peer)
-    })
+    }))
     this.info = { id: n.peerId.toString(), labels: this.labels }
     this.gossip.attach(n.services.pubsub)
     await n.handle(AUTH_PROTOCOL, this.admission.handleAuthStream)
@@ -238,7 +251,7 @@ class MeshPeerNet implements Libp2pPeerNet {
     return n
   }
 
-  private onDisconnect (id: PeerId): void {
+  private onDisconnect(id: PeerId): void {
     this.bulk.dropPeer(id)
     this.direct.drop(id)
     if (!this.admission.forget(id)) return
@@ -246,12 +259,12 @@ class MeshPeerNet implements Libp2pPeerNet {
     this.listeners.emit('peer:disconnect', id)
   }
 
-  private requireStarted (): MeshNode {
+  private requireStarted(): MeshNode {
     if (!this.started || this.node === undefined) throw new NotStartedError('the libp2p PeerNet is not started')
     return this.node
   }
 
-  private async publishRaw (topic: string, data: Uint8Array): Promise<void> {
+  private async publishRaw(topic: string, data: Uint8Array): Promise<void> {
     this.requireStarted()
     await this.gossip.publish(this.info.id, topic, data)
   }

@@ -34,7 +34,7 @@ export interface NodeOptions {
 }
 
 /** Throws InvalidArgumentError unless every bootstrap address parses and names its peer. */
-export function checkBootstrap (list: string[]): void {
+export function checkBootstrap(list: string[]): void {
   for (const a of list) {
     try {
       const ma = multiaddr(a)
@@ -46,7 +46,7 @@ export function checkBootstrap (list: string[]): void {
 }
 
 /** The IP the bulk channel listens on: the first listen address's, default loopback. */
-export function bulkListenHost (listen: string[] | undefined): string {
+export function bulkListenHost(listen: string[] | undefined): string {
   const host = (listen ?? DEFAULT_LISTEN)[0]?.split('/')[2]
   return host === undefined || host === '' ? '127.0.0.1' : host
 }
@@ -56,7 +56,7 @@ export function bulkListenHost (listen: string[] | undefined): string {
  * and room for four read highs of unread bytes; bootstrap and mDNS discovery; gossipsub that
  * floods publishes and accepts messages up to maxGossipBytes plus envelope room.
  */
-export async function createMeshNode (opts: NodeOptions): Promise<MeshNode> {
+export async function createMeshNode(opts: NodeOptions): Promise<MeshNode> {
   const denied = (peer: { toString(): string }): boolean => opts.isDenied(peer.toString())
   return await createLibp2p({
     privateKey: opts.privateKey,
@@ -64,10 +64,7 @@ export async function createMeshNode (opts: NodeOptions): Promise<MeshNode> {
     transports: [tcp()],
     connectionEncrypters: (opts.encrypters ?? ['tls', 'noise']).map(e => (e === 'tls' ? tls() : noise())),
     streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024, maxReadBufferLength: 4 * READ_HIGH, inactivityTimeout: 600_000 } })],
-    peerDiscovery: [
-      ...(opts.bootstrap.length > 0 ? [bootstrap({ list: opts.bootstrap, timeout: 0 })] : []),
-      ...(opts.mdns === true ? [mdns()] : [])
-    ],
+    peerDiscovery: [...(opts.bootstrap.length > 0 ? [bootstrap({ list: opts.bootstrap, timeout: 0 })] : []), ...(opts.mdns === true ? [mdns()] : [])],
     connectionGater: {
       denyDialPeer: denied,
       denyInboundEncryptedConnection: denied,

@@ -11,7 +11,7 @@ import { describe } from './errors.ts'
 export const READ_HIGH = MESH_LIMITS.maxStreamReadBufferBytes
 
 /** Waits for one of a stream's events, or the signal. */
-function nextEvent (stream: Stream, names: Array<'drain' | 'close'>, signal?: AbortSignal): Promise<void> {
+function nextEvent(stream: Stream, names: Array<'drain' | 'close'>, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const done = (): void => {
       for (const n of names) stream.removeEventListener(n, done)
@@ -22,7 +22,10 @@ function nextEvent (stream: Stream, names: Array<'drain' | 'close'>, signal?: Ab
       for (const n of names) stream.removeEventListener(n, done)
       reject(new AbortError('write aborted'))
     }
-    if (signal?.aborted === true) { onAbort(); return }
+    if (signal?.aborted === true) {
+      onAbort()
+      return
+    }
     for (const n of names) stream.addEventListener(n, done, { once: true })
     signal?.addEventListener('abort', onAbort, { once: true })
   })
@@ -46,7 +49,7 @@ export class Libp2pByteStream implements ByteStream {
   /** Aborted on the first failure: a pending end() settles with it (libp2p's close may not). */
   private readonly failed = new AbortController()
 
-  constructor (raw: Stream, remote: PeerId, protocol: string) {
+  constructor(raw: Stream, remote: PeerId, protocol: string) {
     this.raw = raw
     this.remote = remote
     this.protocol = protocol
@@ -65,7 +68,12 @@ export class Libp2pByteStream implements ByteStream {
     })
     raw.addEventListener('close', evt => {
       const err = (evt as Event & { error?: Error }).error
-      if (err !== undefined) this.fail(err.name === 'StreamResetError' || err.name === 'StreamAbortedError' ? new StreamResetError(`stream reset by ${remote}: ${err.message}`) : new PeerGoneError(`peer ${remote} went away mid-stream: ${err.message}`, { peer: remote }))
+      if (err !== undefined)
+        this.fail(
+          err.name === 'StreamResetError' || err.name === 'StreamAbortedError'
+            ? new StreamResetError(`stream reset by ${remote}: ${err.message}`)
+            : new PeerGoneError(`peer ${remote} went away mid-stream: ${err.message}`, { peer: remote })
+        )
       else if (!this.remoteEnded) this.fail(new PeerGoneError(`peer ${remote} closed the stream before ending it`, { peer: remote }))
       else this.inbound.end()
       this.onFinish()
@@ -73,17 +81,17 @@ export class Libp2pByteStream implements ByteStream {
   }
 
   /** The connection to the peer died. */
-  gone (): void {
+  gone(): void {
     this.fail(new PeerGoneError(`peer ${this.remote} went away mid-stream`, { peer: this.remote }))
   }
 
-  private fail (err: Error): void {
+  private fail(err: Error): void {
     this.failure ??= err
     this.inbound.fail(err)
     this.failed.abort(err)
   }
 
-  async write (chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async write(chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
     checkChunkSize(chunk)
     if (options.signal?.aborted === true) throw new AbortError('write aborted')
     if (this.failure !== undefined) throw this.failure
@@ -100,7 +108,7 @@ export class Libp2pByteStream implements ByteStream {
     }
   }
 
-  async end (options: { signal?: AbortSignal } = {}): Promise<void> {
+  async end(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.failure !== undefined) return
     const until = options.signal === undefined ? this.failed.signal : AbortSignal.any([options.signal, this.failed.signal])
     try {
@@ -110,12 +118,12 @@ export class Libp2pByteStream implements ByteStream {
     }
   }
 
-  abort (reason?: Error): void {
+  abort(reason?: Error): void {
     this.fail(reason ?? new AbortError('stream aborted locally'))
     this.raw.abort(reason ?? new Error('aborted'))
   }
 
-  async * [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
     for (;;) {
       const c = await this.inbound.next()
       if (c === undefined) return
@@ -133,19 +141,19 @@ export class OpenStreams {
   private readonly open = new Set<Libp2pByteStream>()
 
   /** Adds `s` until it closes. */
-  track (s: Libp2pByteStream): Libp2pByteStream {
+  track(s: Libp2pByteStream): Libp2pByteStream {
     this.open.add(s)
     s.onFinish = () => this.open.delete(s)
     return s
   }
 
   /** Fails every stream to `peer` with PeerGoneError. */
-  peerGone (peer: PeerId): void {
+  peerGone(peer: PeerId): void {
     for (const s of this.open) if (s.remote === peer) s.gone()
   }
 
   /** Aborts every stream with `err`. */
-  abortAll (err: Error): void {
+  abortAll(err: Error): void {
     for (const s of this.open) s.abort(err)
   }
 }

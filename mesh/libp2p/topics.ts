@@ -16,24 +16,34 @@ export class TopicTable {
   private readonly rejected = new Map<PeerId, number>()
   private readonly log: Logger
 
-  constructor (log: Logger) {
+  constructor(log: Logger) {
     this.log = log
   }
 
-  get (topic: string): GossipHandler | undefined { return this.handlers.get(topic) }
-  set (topic: string, handler: GossipHandler): void { this.handlers.set(topic, handler) }
-  delete (topic: string): void { this.handlers.delete(topic) }
-  entries (): IterableIterator<[string, GossipHandler]> { return this.handlers.entries() }
+  get(topic: string): GossipHandler | undefined {
+    return this.handlers.get(topic)
+  }
+  set(topic: string, handler: GossipHandler): void {
+    this.handlers.set(topic, handler)
+  }
+  delete(topic: string): void {
+    this.handlers.delete(topic)
+  }
+  entries(): IterableIterator<[string, GossipHandler]> {
+    return this.handlers.entries()
+  }
 
   /** Counts one rejected message from `from` (bounded: maxTrackedPeers senders). */
-  reject (from: PeerId): void {
+  reject(from: PeerId): void {
     remember(this.rejected, from, (this.rejected.get(from) ?? 0) + 1)
   }
 
-  rejectedFrom (peer: PeerId): number { return this.rejected.get(peer) ?? 0 }
+  rejectedFrom(peer: PeerId): number {
+    return this.rejected.get(peer) ?? 0
+  }
 
   /** The handler's verdict on `msg` (a validator that throws rejects); a 'reject' is counted. */
-  validate (handler: GossipHandler, msg: GossipMessage, via: Carrier): GossipVerdict {
+  validate(handler: GossipHandler, msg: GossipMessage, via: Carrier): GossipVerdict {
     let verdict: GossipVerdict
     try {
       verdict = handler.validate?.(msg) ?? 'accept'
@@ -46,7 +56,7 @@ export class TopicTable {
   }
 
   /** Hands an accepted message to its handler; a handler that throws is logged, not fatal. */
-  deliver (handler: GossipHandler, msg: GossipMessage, via: Carrier): void {
+  deliver(handler: GossipHandler, msg: GossipMessage, via: Carrier): void {
     try {
       handler.deliver(msg)
     } catch (err) {

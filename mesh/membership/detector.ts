@@ -20,7 +20,7 @@ export interface DetectorOptions {
  * recently, connected, not leaving; before `graceUntil` nobody is suspected. (A module
  * function, not a closure per node: it runs for every member on every leader tick.)
  */
-export function liveAt (r: PeerState | undefined, t: number, graceUntil: number): boolean {
+export function liveAt(r: PeerState | undefined, t: number, graceUntil: number): boolean {
   if (r === undefined) return false
   const d = r.detector
   if (d === undefined || d.lastAt === undefined || r.conn === undefined || r.leaving) return false
@@ -28,7 +28,7 @@ export function liveAt (r: PeerState | undefined, t: number, graceUntil: number)
 }
 
 /** How many of a view's records (undefined for self, who is always live) are live at t. */
-export function countLive (recs: ReadonlyArray<PeerState | undefined>, t: number, graceUntil: number): number {
+export function countLive(recs: ReadonlyArray<PeerState | undefined>, t: number, graceUntil: number): number {
   let n = 0
   for (let i = 0; i < recs.length; i++) {
     const r = recs[i]
@@ -38,7 +38,7 @@ export function countLive (recs: ReadonlyArray<PeerState | undefined>, t: number
 }
 
 /** Starts watching a peer as if it had just sent a heartbeat at `now`: it has one detection period to show up. */
-export function prime (r: PeerState, now: number, o: DetectorOptions): void {
+export function prime(r: PeerState, now: number, o: DetectorOptions): void {
   const d = new PhiDetector({ threshold: o.threshold, minStdMs: o.minStdMs, firstIntervalMs: o.heartbeatMs })
   d.heartbeat(now)
   r.detector = d
@@ -46,12 +46,12 @@ export function prime (r: PeerState, now: number, o: DetectorOptions): void {
 }
 
 /** Whether `hb` is newer than the last heartbeat in `r`: (incarnation, seq) at or below it is a replay or a stale copy. */
-export function isFresh (r: PeerState | undefined, hb: Heartbeat): boolean {
+export function isFresh(r: PeerState | undefined, hb: Heartbeat): boolean {
   return r === undefined || !r.heard || hb.inc > r.inc || (hb.inc === r.inc && hb.seq > r.seq)
 }
 
 /** Records a fresh heartbeat (see {@link isFresh}) that arrived at `now` in the peer's record and detector. */
-export function observeHeartbeat (r: PeerState, hb: Heartbeat, now: number, o: DetectorOptions): void {
+export function observeHeartbeat(r: PeerState, hb: Heartbeat, now: number, o: DetectorOptions): void {
   // A new incarnation, or the first real heartbeat of one after priming, starts a fresh
   // detector (a primed peer stays primed through the first heartbeat of a new incarnation).
   if (!r.heard || r.inc !== hb.inc) {

@@ -6,7 +6,15 @@ import { ProtocolError } from '../../core/index.ts'
  * then inc, seq, epoch, step and sentAt as little-endian f64 (the integers must be safe
  * non-negative integers, sentAt finite).
  */
-export interface Heartbeat { inc: number, seq: number, epoch: number, step: number, sentAt: number, leaving: boolean, paused: boolean }
+export interface Heartbeat {
+  inc: number
+  seq: number
+  epoch: number
+  step: number
+  sentAt: number
+  leaving: boolean
+  paused: boolean
+}
 
 /** The size of every heartbeat on the wire. */
 export const HB_BYTES = 44
@@ -31,7 +39,7 @@ export class HeartbeatCodec {
   private last: Heartbeat | undefined = undefined
 
   /** {@link encodeHeartbeat} from the fields (a node's tick makes no Heartbeat object). */
-  encode (inc: number, seq: number, epoch: number, step: number, sentAt: number, leaving: boolean, paused: boolean): Uint8Array {
+  encode(inc: number, seq: number, epoch: number, step: number, sentAt: number, leaving: boolean, paused: boolean): Uint8Array {
     const out = new Uint8Array(HB_BYTES)
     out[0] = HB_MAGIC
     out[1] = HB_VERSION
@@ -56,7 +64,7 @@ export class HeartbeatCodec {
   }
 
   /** Decodes a heartbeat; ProtocolError (action 'reject') for anything malformed. */
-  decode (data: Uint8Array): Heartbeat {
+  decode(data: Uint8Array): Heartbeat {
     if (data.length !== HB_BYTES) throw badHeartbeat(`${data.length} bytes, want ${HB_BYTES}`)
     if (data[0] !== HB_MAGIC || data[1] !== HB_VERSION) throw badHeartbeat('wrong magic or version')
     const flags = data[2]!
@@ -77,7 +85,7 @@ export class HeartbeatCodec {
   }
 
   /** {@link decode}, answered from memory when `data` is the buffer decoded last (the result must not be changed). */
-  decodeCached (data: Uint8Array): Heartbeat {
+  decodeCached(data: Uint8Array): Heartbeat {
     if (data === this.lastBytes && this.last !== undefined) return this.last
     const hb = this.decode(data)
     this.lastBytes = data
@@ -87,12 +95,12 @@ export class HeartbeatCodec {
 }
 
 /** Encodes a heartbeat as its 44 bytes (see {@link Heartbeat}). */
-export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
+export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
   return new HeartbeatCodec().encode(hb.inc, hb.seq, hb.epoch, hb.step, hb.sentAt, hb.leaving, hb.paused)
 }
 
 /** Decodes a heartbeat; ProtocolError (action 'reject') for anything malformed. */
-export function decodeHeartbeat (data: Uint8Array): Heartbeat {
+export function decodeHeartbeat(data: Uint8Array): Heartbeat {
   return new HeartbeatCodec().decode(data)
 }
 

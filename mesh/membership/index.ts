@@ -7,6 +7,14 @@ export { createMembershipShared, type MembershipShared } from './shared.ts'
 export { encodeHeartbeat, decodeHeartbeat, HeartbeatCodec, HB_BYTES, type Heartbeat } from './heartbeat-codec.ts'
 export { createViewCodec, HB_TOPIC, VIEW_TOPIC, type ViewCodec, type ViewEnvelope } from './view-codec.ts'
 export type {
-  Membership, MembershipInit, MembershipStatus, MemberStatus, MembershipEvents, Member, View, MembershipDurableState,
-  AcceptorState, Ballot
+  Membership,
+  MembershipInit,
+  MembershipStatus,
+  MemberStatus,
+  MembershipEvents,
+  Member,
+  View,
+  MembershipDurableState,
+  AcceptorState,
+  Ballot
 } from './types.ts'

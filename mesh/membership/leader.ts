@@ -31,7 +31,7 @@ export interface LeaderContext {
  * priming detectors as described on {@link LeaderContext}. (Indexed loops: this runs every
  * tick on every node.)
  */
-export function chooseLeader (ctx: LeaderContext, ord: readonly PeerId[], me: PeerId, prev: PeerId | undefined): PeerId {
+export function chooseLeader(ctx: LeaderContext, ord: readonly PeerId[], me: PeerId, prev: PeerId | undefined): PeerId {
   if (prev !== undefined && prev !== me && ctx.knownDead(prev)) reprimeBelow(ctx, ord, me, prev)
   let next = me
   for (let i = 0; i < ord.length; i++) {
@@ -53,7 +53,7 @@ export function chooseLeader (ctx: LeaderContext, ord: readonly PeerId[], me: Pe
  * The leader died: members ranked before me that were quiet only because they were not
  * leading get another detection period, so I follow whoever takes over instead of jumping ahead.
  */
-function reprimeBelow (ctx: LeaderContext, ord: readonly PeerId[], me: PeerId, dead: PeerId): void {
+function reprimeBelow(ctx: LeaderContext, ord: readonly PeerId[], me: PeerId, dead: PeerId): void {
   for (let i = 0; i < ord.length; i++) {
     const id = ord[i]!
     if (id === me) break
@@ -63,7 +63,7 @@ function reprimeBelow (ctx: LeaderContext, ord: readonly PeerId[], me: PeerId, d
 }
 
 /** Taking over: everyone ranked after me gets a detection period to redirect its heartbeats. */
-function primeAfter (ctx: LeaderContext, ord: readonly PeerId[], me: PeerId): void {
+function primeAfter(ctx: LeaderContext, ord: readonly PeerId[], me: PeerId): void {
   let after = false
   for (let i = 0; i < ord.length; i++) {
     const id = ord[i]!

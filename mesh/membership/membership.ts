@@ -6,13 +6,35 @@ import { countLive, isFresh, liveAt, observeHeartbeat, prime, type DetectorOptio
 import type { Heartbeat } from './heartbeat-codec.ts'
 import { chooseLeader, type LeaderContext } from './leader.ts'
 import {
-  acceptorAccept, acceptorPrepare, isAcceptor, proposalExpired, proposerAccepted, proposerNack, proposerPromise, startProposal,
-  type AcceptMsg, type AcceptedMsg, type AcceptorReply, type NackMsg, type PrepareMsg, type PromiseMsg, type Proposal, type ProposerStep
+  acceptorAccept,
+  acceptorPrepare,
+  isAcceptor,
+  proposalExpired,
+  proposerAccepted,
+  proposerNack,
+  proposerPromise,
+  startProposal,
+  type AcceptMsg,
+  type AcceptedMsg,
+  type AcceptorReply,
+  type NackMsg,
+  type PrepareMsg,
+  type PromiseMsg,
+  type Proposal,
+  type ProposerStep
 } from './paxos.ts'
 import { PeerTable, type PeerState } from './peers.ts'
 import { createMembershipShared, type MembershipShared } from './shared.ts'
 import type {
-  AcceptorState, Member, Membership, MembershipDurableState, MembershipEvents, MembershipInit, MembershipStatus, MemberStatus, View
+  AcceptorState,
+  Member,
+  Membership,
+  MembershipDurableState,
+  MembershipEvents,
+  MembershipInit,
+  MembershipStatus,
+  MemberStatus,
+  View
 } from './types.ts'
 import { HB_TOPIC, VIEW_TOPIC, type ViewCodec, type ViewEnvelope, type ViewMessageType } from './view-codec.ts'
 
@@ -44,7 +66,7 @@ export interface MembershipComponents {
 }
 
 /** Creates the membership service of one node. */
-export function createMembership (init: MembershipInit, components: MembershipComponents): Membership {
+export function createMembership(init: MembershipInit, components: MembershipComponents): Membership {
   return new MembershipNode(init, components)
 }
 
@@ -56,7 +78,7 @@ interface Settings extends DetectorOptions {
   maxMembers: number
 }
 
-function settingsOf (init: MembershipInit): Settings {
+function settingsOf(init: MembershipInit): Settings {
   const heartbeatMs = init.heartbeatMs ?? 500
   const s: Settings = {
     heartbeatMs,
@@ -73,7 +95,7 @@ function settingsOf (init: MembershipInit): Settings {
   return s
 }
 
-function sameMembers (a: Member[], b: Member[]): boolean {
+function sameMembers(a: Member[], b: Member[]): boolean {
   return a.length === b.length && a.every((m, i) => m.id === b[i]!.id)
 }
 
@@ -123,7 +145,7 @@ class MembershipNode implements Membership, LeaderContext {
   private retryAt = 0
   private unsubs: Array<() => void> = []
 
-  constructor (init: MembershipInit, c: MembershipComponents) {
+  constructor(init: MembershipInit, c: MembershipComponents) {
     this.init = init
     this.cfg = settingsOf(init)
     this.net = c.net
@@ -138,35 +160,41 @@ class MembershipNode implements Membership, LeaderContext {
 
   // --- peers and liveness ---------------------------------------------------------------
 
-  private self (): PeerId { return this.net.self.id }
-  private selfMember (): Member { return { id: this.self(), zone: this.net.self.labels.zone, host: this.net.self.labels.host } }
-  now (): number { return this.clock.monotonic() }
+  private self(): PeerId {
+    return this.net.self.id
+  }
+  private selfMember(): Member {
+    return { id: this.self(), zone: this.net.self.labels.zone, host: this.net.self.labels.host }
+  }
+  now(): number {
+    return this.clock.monotonic()
+  }
 
-  private connect (id: PeerId, labels: { zone: string, host: string }): void {
+  private connect(id: PeerId, labels: { zone: string; host: string }): void {
     if (id !== this.self()) this.peers.connect(id, labels)
   }
 
   /** Heard from (or primed) recently, connected, not leaving. Self is always live. */
-  private isLive (id: PeerId): boolean {
+  private isLive(id: PeerId): boolean {
     return id === this.self() || liveAt(this.peers.get(id), this.clock.monotonic(), this.graceUntil)
   }
 
   /** Live on the evidence of a real heartbeat (not only a primed detector). */
-  private heardLive (id: PeerId): boolean {
+  private heardLive(id: PeerId): boolean {
     return this.isLive(id) && this.peers.get(id)?.primed !== true
   }
 
-  knownDead (id: PeerId): boolean {
+  knownDead(id: PeerId): boolean {
     if (id === this.self()) return false
     const r = this.peers.get(id)
     return r?.detector !== undefined && !liveAt(r, this.clock.monotonic(), this.graceUntil)
   }
 
-  private labelsOf (id: PeerId): Member | undefined {
+  private labelsOf(id: PeerId): Member | undefined {
     return id === this.self() ? this.selfMember() : this.peers.get(id)?.conn
   }
 
-  prime (id: PeerId): void {
+  prime(id: PeerId): void {
     prime(this.peers.ensure(id), this.clock.monotonic(), this.cfg)
   }
 
@@ -177,14 +205,14 @@ class MembershipNode implements Membership, LeaderContext {
    * connected node by id before any view exists; none for a node outside an existing view
    * (it gossips its heartbeats so the leader finds it).
    */
-  private order (): readonly PeerId[] | undefined {
+  private order(): readonly PeerId[] | undefined {
     if (this.current !== undefined) return this.viewOrder
     if (this.maxPeerEpoch > 0) return undefined
     return this.peers.sortedWith(this.self())
   }
 
   /** The records of the view's members in rank order (undefined for self), made on first use. */
-  private rankRecords (v: View): Array<PeerState | undefined> {
+  private rankRecords(v: View): Array<PeerState | undefined> {
     const me = this.self()
     return (this.viewPeers ??= v.members.map(m => (m.id === me ? undefined : this.peers.ensure(m.id))))
   }
@@ -194,23 +222,25 @@ class MembershipNode implements Membership, LeaderContext {
    * view's order it comes from rankRecords, since a node whose leader died scans every rank
    * above its own each tick, and a lookup per rank per node per tick adds up at 1000 nodes.
    */
-  recordAt (ord: readonly PeerId[], i: number): PeerState | undefined {
+  recordAt(ord: readonly PeerId[], i: number): PeerState | undefined {
     return i >= 2 && ord === this.viewOrder && this.current !== undefined ? this.rankRecords(this.current)[i] : this.peers.get(ord[i]!)
   }
 
-  private updateLeader (): void {
+  private updateLeader(): void {
     const ord = this.order()
     this.leader = ord === undefined ? undefined : chooseLeader(this, ord, this.self(), this.leader)
   }
 
   // --- sending --------------------------------------------------------------------------
 
-  private transmitBytes (topic: string, bytes: Uint8Array, to: PeerId | undefined): Promise<void> {
+  private transmitBytes(topic: string, bytes: Uint8Array, to: PeerId | undefined): Promise<void> {
     return to === undefined ? this.net.publish(topic, bytes) : this.net.send(to, topic, bytes)
   }
 
-  private failed (type: string): (err: unknown) => void {
-    return (err: unknown): void => { this.log.debug({ err: String(err), type }, 'membership send failed') }
+  private failed(type: string): (err: unknown) => void {
+    return (err: unknown): void => {
+      this.log.debug({ err: String(err), type }, 'membership send failed')
+    }
   }
 
   private readonly hbSendFailed = this.failed('hb')
@@ -220,20 +250,26 @@ class MembershipNode implements Membership, LeaderContext {
    * has fulfilled cannot fail: it needs no handler, so a network that answers every send with
    * one settled promise (SimNet) costs no promise per heartbeat.
    */
-  private post (type: ViewMessageType, payload: unknown, to?: PeerId): void {
+  private post(type: ViewMessageType, payload: unknown, to?: PeerId): void {
     this.forget(this.transmitBytes(VIEW_TOPIC, this.codec.encode(type, payload as never), to), type)
   }
 
-  private forget (p: Promise<void>, type: string): void {
+  private forget(p: Promise<void>, type: string): void {
     const shared = this.shared
-    if (p !== shared.fulfilledSend) p.then(() => { shared.fulfilledSend = p }, type === 'hb' ? this.hbSendFailed : this.failed(type))
+    if (p !== shared.fulfilledSend)
+      p.then(
+        () => {
+          shared.fulfilledSend = p
+        },
+        type === 'hb' ? this.hbSendFailed : this.failed(type)
+      )
   }
 
-  private install (v: View, why: string): void {
+  private install(v: View, why: string): void {
     if (this.current !== undefined && v.epoch <= this.current.epoch) return
     // The member list is frozen and shared, not copied (see MembershipShared.members).
     const shared = this.shared.members(v.members)
-    const view = this.current = { epoch: v.epoch, members: shared.members }
+    const view = (this.current = { epoch: v.epoch, members: shared.members })
     this.inView = shared.rank.has(this.self())
     this.viewOrder = this.inView ? shared.ids : undefined
     this.viewPeers = undefined
@@ -245,12 +281,12 @@ class MembershipNode implements Membership, LeaderContext {
 
   // --- acceptor -------------------------------------------------------------------------
 
-  private isAcceptor (epoch: number, genesis?: readonly Member[]): boolean {
+  private isAcceptor(epoch: number, genesis?: readonly Member[]): boolean {
     const v = this.current
     return isAcceptor({ nextEpoch: (v?.epoch ?? 0) + 1, hasView: v !== undefined, inView: this.inView, self: this.self() }, epoch, genesis)
   }
 
-  private onPrepare (from: PeerId, p: PrepareMsg): void {
+  private onPrepare(from: PeerId, p: PrepareMsg): void {
     if (!this.isAcceptor(p.epoch, p.genesis)) return
     const step = acceptorPrepare(this.acc, from, p)
     this.maxRound = Math.max(this.maxRound, p.round)
@@ -258,7 +294,7 @@ class MembershipNode implements Membership, LeaderContext {
     this.reply(from, step.reply)
   }
 
-  private onAccept (from: PeerId, p: AcceptMsg): void {
+  private onAccept(from: PeerId, p: AcceptMsg): void {
     if (!this.isAcceptor(p.epoch, this.current === undefined ? p.view.members : undefined)) return
     const step = acceptorAccept(this.acc, from, p)
     if (step === undefined) return
@@ -269,17 +305,23 @@ class MembershipNode implements Membership, LeaderContext {
   }
 
   /** Replies go straight to the proposer (gossiping them would cost N² deliveries per phase); to myself they are handled inline. */
-  private reply (to: PeerId, r: AcceptorReply): void {
+  private reply(to: PeerId, r: AcceptorReply): void {
     if (to === this.self()) this.handleView(to, r as ViewEnvelope)
     else this.post(r.type, r.payload, to)
   }
 
   // --- proposer -------------------------------------------------------------------------
 
-  private propose (epoch: number, acceptors: Member[], genesis?: Member[]): void {
+  private propose(epoch: number, acceptors: Member[], genesis?: Member[]): void {
     this.maxRound += 1
     const { proposal, prepare } = startProposal({
-      epoch, round: this.maxRound, self: this.self(), acceptors, quorumOfOne: this.init.unsafe?.quorumOfOne === true, now: this.clock.monotonic(), ...(genesis === undefined ? {} : { genesis })
+      epoch,
+      round: this.maxRound,
+      self: this.self(),
+      acceptors,
+      quorumOfOne: this.init.unsafe?.quorumOfOne === true,
+      now: this.clock.monotonic(),
+      ...(genesis === undefined ? {} : { genesis })
     })
     this.proposal = proposal
     this.log.debug({ epoch, round: this.maxRound, acceptors: [...proposal.acceptors] }, 'proposing a view')
@@ -287,25 +329,30 @@ class MembershipNode implements Membership, LeaderContext {
     if (proposal.acceptors.has(this.self())) this.onPrepare(this.self(), prepare)
   }
 
-  private onPromise (from: PeerId, p: PromiseMsg): void {
+  private onPromise(from: PeerId, p: PromiseMsg): void {
     this.apply(proposerPromise(this.proposal, this.self(), from, p, epoch => this.desiredView(epoch)))
   }
 
-  private onAccepted (from: PeerId, p: AcceptedMsg): void {
+  private onAccepted(from: PeerId, p: AcceptedMsg): void {
     this.apply(proposerAccepted(this.proposal, this.self(), from, p))
   }
 
-  private onNack (p: NackMsg): void {
+  private onNack(p: NackMsg): void {
     this.maxRound = Math.max(this.maxRound, p.promisedRound)
     this.apply(proposerNack(this.proposal, this.self(), p))
   }
 
   /** Carries out a proposer step: the new proposal first, then what it sends (to itself inline). */
-  private apply (step: ProposerStep): void {
+  private apply(step: ProposerStep): void {
     switch (step.kind) {
-      case 'ignore': return
-      case 'wait': this.proposal = step.proposal; return
-      case 'abandon': this.proposal = undefined; return
+      case 'ignore':
+        return
+      case 'wait':
+        this.proposal = step.proposal
+        return
+      case 'abandon':
+        this.proposal = undefined
+        return
       case 'accept':
         this.proposal = step.proposal
         this.post('accept', step.accept)
@@ -324,12 +371,15 @@ class MembershipNode implements Membership, LeaderContext {
   }
 
   /** The view this node would like next: live members in rank order, then live joiners by id. */
-  private desiredView (epoch: number): View | undefined {
+  private desiredView(epoch: number): View | undefined {
     const view = this.current
     if (view === undefined) return undefined
     const members = view.members.filter(m => this.isLive(m.id))
     const known = new Set(view.members.map(m => m.id))
-    const joiners = this.peers.connected().filter(id => !known.has(id) && this.heardLive(id)).sort()
+    const joiners = this.peers
+      .connected()
+      .filter(id => !known.has(id) && this.heardLive(id))
+      .sort()
     for (const id of joiners) {
       const m = this.labelsOf(id)
       if (m !== undefined && members.length < this.cfg.maxMembers) members.push(m)
@@ -354,7 +404,7 @@ class MembershipNode implements Membership, LeaderContext {
     this.timer = this.clock.setTimeout(this.tick, this.cfg.heartbeatMs)
   }
 
-  private evaluate (): void {
+  private evaluate(): void {
     const t = this.clock.monotonic()
     this.noticeStall(t)
     this.updateLeader()
@@ -373,7 +423,7 @@ class MembershipNode implements Membership, LeaderContext {
   }
 
   /** A tick overdue by more than a period means this node's loop was stalled (evaluate also runs from a disconnect event, which can be the first thing to run after the stall). */
-  private noticeStall (t: number): void {
+  private noticeStall(t: number): void {
     const hb = this.cfg.heartbeatMs
     if (this.lastTickAt !== undefined && t - this.lastTickAt > 2 * hb && this.graceUntil < t) {
       this.graceUntil = t + 2 * hb
@@ -382,8 +432,9 @@ class MembershipNode implements Membership, LeaderContext {
   }
 
   /** View-less: the lowest id among the view-less live nodes proposes them all as genesis once `expect` are here. */
-  private tryGenesis (t: number): void {
-    if (this.leader !== this.self() || this.maxPeerEpoch > 0 || t - this.startedAt < this.cfg.formationMs || this.proposal !== undefined || t < this.retryAt) return
+  private tryGenesis(t: number): void {
+    if (this.leader !== this.self() || this.maxPeerEpoch > 0 || t - this.startedAt < this.cfg.formationMs || this.proposal !== undefined || t < this.retryAt)
+      return
     const group = [this.self(), ...this.peers.connected().filter(id => this.heardLive(id) && (this.peers.get(id)?.epoch ?? 0) === 0)].sort()
     if (group.length >= this.cfg.expect) {
       const genesis = group.flatMap(id => this.labelsOf(id) ?? [])
@@ -395,7 +446,7 @@ class MembershipNode implements Membership, LeaderContext {
    * Whether the view lost its majority: the leader counts the live members, the others take
    * the leader's word. Returns the live count (0 when this node does not lead).
    */
-  private updatePaused (view: View, t: number): number {
+  private updatePaused(view: View, t: number): number {
     let nowPaused = false
     let liveCount = 0
     if (this.inView && this.leader === this.self()) {
@@ -406,14 +457,17 @@ class MembershipNode implements Membership, LeaderContext {
     }
     if (nowPaused !== this.paused) {
       this.paused = nowPaused
-      this.log.info({ epoch: view.epoch, leader: this.leader, of: view.members.length }, nowPaused ? 'lost the majority of the view: pausing' : 'majority restored')
+      this.log.info(
+        { epoch: view.epoch, leader: this.leader, of: view.members.length },
+        nowPaused ? 'lost the majority of the view: pausing' : 'majority restored'
+      )
       this.events.emit('paused', nowPaused)
     }
     return liveCount
   }
 
   /** The leader of a view with a majority proposes the next view when members died or joiners wait. */
-  private tryChange (t: number, liveCount: number): void {
+  private tryChange(t: number, liveCount: number): void {
     const view = this.current!
     if (!this.inView || (this.paused && this.init.unsafe?.ignoreMinority !== true)) return
     if (this.leader !== this.self() || this.proposal !== undefined || t < this.retryAt) return
@@ -428,13 +482,13 @@ class MembershipNode implements Membership, LeaderContext {
 
   // Validation and delivery see the same bytes, and in-process networks hand one buffer to
   // every receiver: decode each buffer once (decoded messages are never mutated).
-  private decode (data: Uint8Array): ViewEnvelope {
+  private decode(data: Uint8Array): ViewEnvelope {
     let env = this.decoded.get(data)
-    if (env === undefined) this.decoded.set(data, env = this.codec.decode(data))
+    if (env === undefined) this.decoded.set(data, (env = this.codec.decode(data)))
     return env
   }
 
-  private readonly validateHb = (m: { from: PeerId, data: Uint8Array }): GossipVerdict => {
+  private readonly validateHb = (m: { from: PeerId; data: Uint8Array }): GossipVerdict => {
     let hb: Heartbeat
     try {
       hb = this.shared.heartbeats.decodeCached(m.data)
@@ -444,7 +498,7 @@ class MembershipNode implements Membership, LeaderContext {
     return isFresh(this.peers.get(m.from), hb) ? 'accept' : 'ignore'
   }
 
-  private readonly onHeartbeat = (m: { from: PeerId, data: Uint8Array }): void => {
+  private readonly onHeartbeat = (m: { from: PeerId; data: Uint8Array }): void => {
     const p = this.shared.heartbeats.decodeCached(m.data)
     const r = this.peers.ensure(m.from)
     if (!isFresh(r, p)) return
@@ -472,21 +526,34 @@ class MembershipNode implements Membership, LeaderContext {
     return this.current !== undefined && epoch <= this.current.epoch ? 'ignore' : 'accept'
   }
 
-  private handleView (from: PeerId, env: ViewEnvelope): void {
+  private handleView(from: PeerId, env: ViewEnvelope): void {
     switch (env.type) {
-      case 'prepare': this.onPrepare(from, env.payload); break
-      case 'promise': this.onPromise(from, env.payload); break
-      case 'nack': this.onNack(env.payload); break
-      case 'accept': this.onAccept(from, env.payload); break
-      case 'accepted': this.onAccepted(from, env.payload); break
-      case 'commit': this.install(env.payload.view, `commit from ${from}`); break
-      default: break
+      case 'prepare':
+        this.onPrepare(from, env.payload)
+        break
+      case 'promise':
+        this.onPromise(from, env.payload)
+        break
+      case 'nack':
+        this.onNack(env.payload)
+        break
+      case 'accept':
+        this.onAccept(from, env.payload)
+        break
+      case 'accepted':
+        this.onAccepted(from, env.payload)
+        break
+      case 'commit':
+        this.install(env.payload.view, `commit from ${from}`)
+        break
+      default:
+        break
     }
   }
 
   // --- lifecycle and queries ------------------------------------------------------------
 
-  async start (): Promise<void> {
+  async start(): Promise<void> {
     if (this.running) return
     this.running = true
     this.startedAt = this.clock.monotonic()
@@ -511,7 +578,7 @@ class MembershipNode implements Membership, LeaderContext {
     this.timer = this.clock.setTimeout(this.tick, 0)
   }
 
-  async stop (): Promise<void> {
+  async stop(): Promise<void> {
     if (!this.running) return
     this.seq += 1
     this.running = false
@@ -521,9 +588,11 @@ class MembershipNode implements Membership, LeaderContext {
     for (const u of this.unsubs) u()
   }
 
-  view (): View | undefined { return this.current }
+  view(): View | undefined {
+    return this.current
+  }
 
-  status (): MembershipStatus {
+  status(): MembershipStatus {
     const t = this.clock.monotonic()
     const me = this.self()
     const members = (this.current?.members ?? []).map((m, rank) => this.memberStatus(m, rank, t))
@@ -536,13 +605,16 @@ class MembershipNode implements Membership, LeaderContext {
       members,
       paused: this.paused,
       member: known.has(me),
-      joining: this.peers.connected().filter(id => !known.has(id) && this.heardLive(id)).sort(),
+      joining: this.peers
+        .connected()
+        .filter(id => !known.has(id) && this.heardLive(id))
+        .sort(),
       leader: this.leader,
       detectionBoundMs: Math.ceil(Math.max(worst, silenceFor(this.cfg.threshold, this.cfg.heartbeatMs, this.cfg.minStdMs)))
     }
   }
 
-  private memberStatus (m: Member, rank: number, t: number): MemberStatus {
+  private memberStatus(m: Member, rank: number, t: number): MemberStatus {
     const me = this.self()
     const r = this.peers.get(m.id)
     const d = r?.detector
@@ -553,18 +625,20 @@ class MembershipNode implements Membership, LeaderContext {
       rank,
       live: monitored ? this.isLive(m.id) : r?.conn !== undefined && !r.leaving,
       phi: m.id === me || !monitored ? 0 : Number((d?.phi(t) ?? Infinity).toFixed(2)),
-      lastHeartbeatAgeMs: m.id === me ? 0 : (d?.lastAt === undefined || primed ? -1 : Math.round(t - d.lastAt)),
+      lastHeartbeatAgeMs: m.id === me ? 0 : d?.lastAt === undefined || primed ? -1 : Math.round(t - d.lastAt),
       monitored
     }
   }
 
-  on<E extends keyof MembershipEvents> (event: E, listener: (d: MembershipEvents[E]) => void): () => void {
+  on<E extends keyof MembershipEvents>(event: E, listener: (d: MembershipEvents[E]) => void): () => void {
     return this.events.on(event, listener)
   }
 
-  setStep (s: number): void { this.step = s }
+  setStep(s: number): void {
+    this.step = s
+  }
 
-  durableState (): MembershipDurableState | undefined {
+  durableState(): MembershipDurableState | undefined {
     if (this.current === undefined) return undefined
     return structuredClone({ view: this.current, acceptor: this.acc, maxRound: this.maxRound })
   }

@@ -14,15 +14,39 @@ import type { AcceptorState, Ballot, Member, View } from './types.ts'
  */
 
 /** Phase 1a: a proposer asks the acceptors of `epoch` to promise ballot (round, sender). */
-export interface PrepareMsg { epoch: number, round: number, genesis?: Member[] }
+export interface PrepareMsg {
+  epoch: number
+  round: number
+  genesis?: Member[]
+}
 /** Phase 1b: an acceptor promises `proposer`'s ballot, with the value it accepted before, if any. */
-export interface PromiseMsg { epoch: number, round: number, proposer: PeerId, acceptedRound?: number, acceptedBy?: PeerId, accepted?: View }
+export interface PromiseMsg {
+  epoch: number
+  round: number
+  proposer: PeerId
+  acceptedRound?: number
+  acceptedBy?: PeerId
+  accepted?: View
+}
 /** An acceptor refuses a ballot below the one it promised (`promisedRound`). */
-export interface NackMsg { epoch: number, round: number, proposer: PeerId, promisedRound: number }
+export interface NackMsg {
+  epoch: number
+  round: number
+  proposer: PeerId
+  promisedRound: number
+}
 /** Phase 2a: a proposer asks the acceptors to accept `view` under ballot (round, sender). */
-export interface AcceptMsg { epoch: number, round: number, view: View }
+export interface AcceptMsg {
+  epoch: number
+  round: number
+  view: View
+}
 /** Phase 2b: an acceptor accepted `proposer`'s ballot. */
-export interface AcceptedMsg { epoch: number, round: number, proposer: PeerId }
+export interface AcceptedMsg {
+  epoch: number
+  round: number
+  proposer: PeerId
+}
 
 /** Orders ballots: by round, then by proposer id. */
 export const compareBallots = (a: Ballot, b: Ballot): number => a.round - b.round || (a.proposer < b.proposer ? -1 : a.proposer > b.proposer ? 1 : 0)
@@ -40,29 +64,32 @@ export interface AcceptorRole {
 }
 
 /** Whether a node in `role` is an acceptor for `epoch` (for genesis, given the proposed member list). */
-export function isAcceptor (role: AcceptorRole, epoch: number, genesis?: readonly Member[]): boolean {
+export function isAcceptor(role: AcceptorRole, epoch: number, genesis?: readonly Member[]): boolean {
   if (epoch !== role.nextEpoch) return false
   if (!role.hasView) return epoch === 1 && genesis !== undefined && genesis.some(m => m.id === role.self)
   return role.inView
 }
 
 /** An acceptor's reply, to the proposer that sent the prepare or accept. */
-export type AcceptorReply =
-  | { type: 'promise', payload: PromiseMsg }
-  | { type: 'nack', payload: NackMsg }
-  | { type: 'accepted', payload: AcceptedMsg }
+export type AcceptorReply = { type: 'promise'; payload: PromiseMsg } | { type: 'nack'; payload: NackMsg } | { type: 'accepted'; payload: AcceptedMsg }
 
 /** The outcome of one acceptor step: its next state, its reply, and the view it accepted (if it did). */
-export interface AcceptorStep { state: AcceptorState, reply: AcceptorReply, accepted?: View }
+export interface AcceptorStep {
+  state: AcceptorState
+  reply: AcceptorReply
+  accepted?: View
+}
 
 /** The state for `epoch`: `s` if it is that epoch's, else a fresh one. */
 const forEpoch = (s: AcceptorState, epoch: number): AcceptorState => (s.epoch === epoch ? s : { epoch })
 
-const nack = (s: AcceptorState, epoch: number, round: number, proposer: PeerId, promised: Ballot): AcceptorStep =>
-  ({ state: s, reply: { type: 'nack', payload: { epoch, round, proposer, promisedRound: promised.round } } })
+const nack = (s: AcceptorState, epoch: number, round: number, proposer: PeerId, promised: Ballot): AcceptorStep => ({
+  state: s,
+  reply: { type: 'nack', payload: { epoch, round, proposer, promisedRound: promised.round } }
+})
 
 /** Phase 1b: promise a ballot above every ballot promised so far, or refuse it. */
-export function acceptorPrepare (state: AcceptorState, from: PeerId, p: PrepareMsg): AcceptorStep {
+export function acceptorPrepare(state: AcceptorState, from: PeerId, p: PrepareMsg): AcceptorStep {
   const s = forEpoch(state, p.epoch)
   const b = { round: p.round, proposer: from }
   if (s.promised !== undefined && compareBallots(b, s.promised) <= 0) return nack(s, p.epoch, p.round, from, s.promised)
@@ -77,7 +104,7 @@ export function acceptorPrepare (state: AcceptorState, from: PeerId, p: PrepareM
 }
 
 /** Phase 2b: accept a value under a ballot at or above the one promised, or refuse it. Undefined: ignored (malformed). */
-export function acceptorAccept (state: AcceptorState, from: PeerId, p: AcceptMsg): AcceptorStep | undefined {
+export function acceptorAccept(state: AcceptorState, from: PeerId, p: AcceptMsg): AcceptorStep | undefined {
   if (p.view.epoch !== p.epoch) return undefined
   const s = forEpoch(state, p.epoch)
   const b = { round: p.round, proposer: from }
@@ -92,7 +119,11 @@ export function acceptorAccept (state: AcceptorState, from: PeerId, p: AcceptMsg
 // --- proposer ---------------------------------------------------------------------------
 
 /** What one acceptor's promise reported: the value it had accepted and under which ballot. */
-export interface PromiseEntry { round?: number, by?: PeerId, view?: View }
+export interface PromiseEntry {
+  round?: number
+  by?: PeerId
+  view?: View
+}
 
 /** A proposal in flight (this node's ballot for one epoch). */
 export interface Proposal {
@@ -124,13 +155,13 @@ export interface ProposalInit {
 }
 
 /** Phase 1a: a new proposal and the prepare to send to its acceptors (self included, if it is one). */
-export function startProposal (o: ProposalInit): { proposal: Proposal, prepare: PrepareMsg } {
+export function startProposal(o: ProposalInit): { proposal: Proposal; prepare: PrepareMsg } {
   const ids = new Set(o.acceptors.map(m => m.id))
   const proposal: Proposal = {
     epoch: o.epoch,
     ballot: { round: o.round, proposer: o.self },
     acceptors: ids,
-    quorum: o.genesis !== undefined ? ids.size : (o.quorumOfOne === true ? 1 : Math.floor(ids.size / 2) + 1),
+    quorum: o.genesis !== undefined ? ids.size : o.quorumOfOne === true ? 1 : Math.floor(ids.size / 2) + 1,
     phase: 'prepare',
     promises: new Map(),
     accepts: new Set(),
@@ -151,22 +182,22 @@ export function startProposal (o: ProposalInit): { proposal: Proposal, prepare: 
  */
 export type ProposerStep =
   | { kind: 'ignore' }
-  | { kind: 'wait', proposal: Proposal }
-  | { kind: 'accept', proposal: Proposal, accept: AcceptMsg }
+  | { kind: 'wait'; proposal: Proposal }
+  | { kind: 'accept'; proposal: Proposal; accept: AcceptMsg }
   | { kind: 'abandon' }
-  | { kind: 'commit', view: View }
+  | { kind: 'commit'; view: View }
   | { kind: 'backoff' }
 
 const IGNORE: ProposerStep = Object.freeze({ kind: 'ignore' })
 
 /** Whether a reply (`epoch`, `round`, `proposer`) from `from` answers `pr`'s ballot in `phase`. */
-function answers (pr: Proposal | undefined, self: PeerId, phase: Proposal['phase'], from: PeerId, p: AcceptedMsg): pr is Proposal {
+function answers(pr: Proposal | undefined, self: PeerId, phase: Proposal['phase'], from: PeerId, p: AcceptedMsg): pr is Proposal {
   return pr !== undefined && pr.phase === phase && p.proposer === self && p.epoch === pr.epoch && p.round === pr.ballot.round && pr.acceptors.has(from)
 }
 
 /** The value accepted under the highest ballot among the promises, if any acceptor reported one. */
-function highestAccepted (promises: ReadonlyMap<PeerId, PromiseEntry>): View | undefined {
-  let best: { ballot: Ballot, view: View } | undefined
+function highestAccepted(promises: ReadonlyMap<PeerId, PromiseEntry>): View | undefined {
+  let best: { ballot: Ballot; view: View } | undefined
   for (const v of promises.values()) {
     if (v.view === undefined || v.round === undefined || v.by === undefined) continue
     const b = { round: v.round, proposer: v.by }
@@ -180,7 +211,13 @@ function highestAccepted (promises: ReadonlyMap<PeerId, PromiseEntry>): View | u
  * ballot (Paxos: it may have been chosen), else the genesis list, else `desired(epoch)`, the
  * view this node would like (undefined: nothing to propose).
  */
-export function proposerPromise (pr: Proposal | undefined, self: PeerId, from: PeerId, p: PromiseMsg, desired: (epoch: number) => View | undefined): ProposerStep {
+export function proposerPromise(
+  pr: Proposal | undefined,
+  self: PeerId,
+  from: PeerId,
+  p: PromiseMsg,
+  desired: (epoch: number) => View | undefined
+): ProposerStep {
   if (!answers(pr, self, 'prepare', from, p)) return IGNORE
   const entry: PromiseEntry = {
     ...(p.acceptedRound === undefined ? {} : { round: p.acceptedRound }),
@@ -199,7 +236,7 @@ export function proposerPromise (pr: Proposal | undefined, self: PeerId, from: P
 }
 
 /** Phase 2b received: once a quorum accepted, the value is chosen. */
-export function proposerAccepted (pr: Proposal | undefined, self: PeerId, from: PeerId, p: AcceptedMsg): ProposerStep {
+export function proposerAccepted(pr: Proposal | undefined, self: PeerId, from: PeerId, p: AcceptedMsg): ProposerStep {
   if (!answers(pr, self, 'accept', from, p)) return IGNORE
   const accepts = new Set(pr.accepts).add(from)
   if (accepts.size < pr.quorum || pr.value === undefined) return { kind: 'wait', proposal: { ...pr, accepts } }
@@ -207,12 +244,12 @@ export function proposerAccepted (pr: Proposal | undefined, self: PeerId, from: 
 }
 
 /** A refusal: if it is of this proposal's ballot (in either phase), back off. */
-export function proposerNack (pr: Proposal | undefined, self: PeerId, p: NackMsg): ProposerStep {
+export function proposerNack(pr: Proposal | undefined, self: PeerId, p: NackMsg): ProposerStep {
   if (pr === undefined || p.proposer !== self || p.epoch !== pr.epoch || p.round !== pr.ballot.round) return IGNORE
   return { kind: 'backoff' }
 }
 
 /** Whether a proposal has been running longer than `timeoutMs` at `now` (it is then abandoned and retried). */
-export function proposalExpired (pr: Proposal, now: number, timeoutMs: number): boolean {
+export function proposalExpired(pr: Proposal, now: number, timeoutMs: number): boolean {
   return now - pr.startedAt > timeoutMs
 }

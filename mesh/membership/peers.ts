@@ -26,12 +26,12 @@ export interface PeerState {
   connAt: number
 }
 
-function newPeerState (id: PeerId): PeerState {
+function newPeerState(id: PeerId): PeerState {
   return { id, conn: undefined, detector: undefined, primed: false, leaving: false, heard: false, inc: 0, seq: 0, epoch: 0, reportsPaused: false, connAt: -1 }
 }
 
 /** Two sorted lists of distinct ids as one, in the order `[...a, ...b].sort()` would give. */
-export function mergeSorted (a: readonly PeerId[], b: readonly PeerId[]): PeerId[] {
+export function mergeSorted(a: readonly PeerId[], b: readonly PeerId[]): PeerId[] {
   const out: PeerId[] = []
   let i = 0
   let j = 0
@@ -61,7 +61,7 @@ export class PeerTable {
   private readonly unsorted: PeerId[] = []
 
   /** The record of `id`, if one was made. */
-  get (id: PeerId): PeerState | undefined {
+  get(id: PeerId): PeerState | undefined {
     if (id === this.lastId) return this.lastRecord
     const r = this.peers.get(id)
     if (r !== undefined) {
@@ -72,19 +72,19 @@ export class PeerTable {
   }
 
   /** The record of `id`, made if there is none. */
-  ensure (id: PeerId): PeerState {
+  ensure(id: PeerId): PeerState {
     let r = this.get(id)
-    if (r === undefined) this.peers.set(id, r = newPeerState(id))
+    if (r === undefined) this.peers.set(id, (r = newPeerState(id)))
     return r
   }
 
   /** Every record. */
-  all (): IterableIterator<PeerState> {
+  all(): IterableIterator<PeerState> {
     return this.peers.values()
   }
 
   /** Records that `id` (never self) is connected with these labels. */
-  connect (id: PeerId, labels: { zone: string, host: string }): void {
+  connect(id: PeerId, labels: { zone: string; host: string }): void {
     const r = this.ensure(id)
     const c = r.conn
     if (c === undefined) {
@@ -99,7 +99,7 @@ export class PeerTable {
   }
 
   /** Records that `id` disconnected. */
-  disconnect (id: PeerId): void {
+  disconnect(id: PeerId): void {
     const r = this.get(id)
     if (r?.conn === undefined) return
     r.conn = undefined
@@ -114,12 +114,12 @@ export class PeerTable {
   }
 
   /** Connected peer ids, in no particular order (every caller sorts or counts); not to be changed. */
-  connected (): readonly PeerId[] {
+  connected(): readonly PeerId[] {
     return this.connIds
   }
 
   /** `self` and every connected id, sorted; not to be changed. */
-  sortedWith (self: PeerId): readonly PeerId[] {
+  sortedWith(self: PeerId): readonly PeerId[] {
     if (this.sortedIds === undefined) {
       this.sortedIds = [self, ...this.connIds].sort()
       this.unsorted.length = 0

@@ -4,7 +4,11 @@ import type { Member } from './types.ts'
 import { createViewCodec, type ViewCodec, type ViewEnvelope } from './view-codec.ts'
 
 /** A frozen member list with its ids in rank order and each id's rank. */
-export interface SharedMembers { members: Member[], ids: PeerId[], rank: Map<PeerId, number> }
+export interface SharedMembers {
+  members: Member[]
+  ids: PeerId[]
+  rank: Map<PeerId, number>
+}
 
 /**
  * What the memberships of one process may share to go faster: a simulation runs 1000 of them
@@ -33,22 +37,22 @@ export interface MembershipShared {
 }
 
 /** A fresh {@link MembershipShared}: give it to every membership of one simulated world. */
-export function createMembershipShared (): MembershipShared {
+export function createMembershipShared(): MembershipShared {
   const codecs = new Map<number, ViewCodec>()
   const caches = new Map<number, WeakMap<Uint8Array, ViewEnvelope>>()
   const lists = new WeakMap<readonly Member[], SharedMembers>()
   return {
-    codec (maxMembers) {
+    codec(maxMembers) {
       let codec = codecs.get(maxMembers)
-      if (codec === undefined) codecs.set(maxMembers, codec = createViewCodec(maxMembers))
+      if (codec === undefined) codecs.set(maxMembers, (codec = createViewCodec(maxMembers)))
       return codec
     },
-    decoded (maxMembers) {
+    decoded(maxMembers) {
       let cache = caches.get(maxMembers)
-      if (cache === undefined) caches.set(maxMembers, cache = new WeakMap())
+      if (cache === undefined) caches.set(maxMembers, (cache = new WeakMap()))
       return cache
     },
-    members (list) {
+    members(list) {
       let s = lists.get(list)
       if (s === undefined) {
         const members = Object.freeze(list.map(m => Object.freeze({ id: m.id, zone: m.zone, host: m.host }))) as Member[]

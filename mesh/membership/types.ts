@@ -1,10 +1,17 @@
 import type { PeerId } from '../peernet.ts'
 
 /** A node as a view lists it: its id and the labels placement uses. */
-export interface Member { id: PeerId, zone: string, host: string }
+export interface Member {
+  id: PeerId
+  zone: string
+  host: string
+}
 
 /** A view: its epoch and its members; a member's rank is its index. */
-export interface View { epoch: number, members: Member[] }
+export interface View {
+  epoch: number
+  members: Member[]
+}
 
 export interface MembershipInit {
   /** Heartbeat period (ms). Default 500. */
@@ -29,7 +36,7 @@ export interface MembershipInit {
    * `quorumOfOne` accepts a view with one acceptance, `ignoreMinority` proposes while paused.
    * Never set outside such a test.
    */
-  unsafe?: { quorumOfOne?: boolean, ignoreMinority?: boolean }
+  unsafe?: { quorumOfOne?: boolean; ignoreMinority?: boolean }
   /** State from a previous incarnation (restart with state); see {@link MembershipDurableState}. */
   restore?: MembershipDurableState
 }
@@ -74,10 +81,17 @@ export interface MembershipEvents {
 }
 
 /** A Paxos ballot: rounds are compared first, then proposer ids. */
-export interface Ballot { round: number, proposer: PeerId }
+export interface Ballot {
+  round: number
+  proposer: PeerId
+}
 
 /** A Paxos acceptor's state for one epoch: the highest ballot promised and the value accepted, if any. */
-export interface AcceptorState { epoch: number, promised?: Ballot, accepted?: { ballot: Ballot, view: View } }
+export interface AcceptorState {
+  epoch: number
+  promised?: Ballot
+  accepted?: { ballot: Ballot; view: View }
+}
 
 /**
  * What a node must keep across a restart to stay a safe acceptor: its view and its Paxos

@@ -11,8 +11,9 @@ const peerIdSchema = z.string().min(1).max(128)
 const memberSchema = z.strictObject({ id: peerIdSchema, zone: z.string().min(1).max(64), host: z.string().min(1).max(253) })
 const u53 = z.int().nonnegative()
 
-function viewSchema (maxMembers: number): z.ZodType<View> {
-  return z.strictObject({ epoch: u53.min(1), members: z.array(memberSchema).min(1).max(maxMembers) })
+function viewSchema(maxMembers: number): z.ZodType<View> {
+  return z
+    .strictObject({ epoch: u53.min(1), members: z.array(memberSchema).min(1).max(maxMembers) })
     .refine(v => new Set(v.members.map(m => m.id)).size === v.members.length, { message: 'duplicate member ids' })
 }
 
@@ -21,11 +22,18 @@ function viewSchema (maxMembers: number): z.ZodType<View> {
  * accepted) and the commit of a chosen view, each a strict schema; a view lists at most
  * `maxMembers` distinct members.
  */
-export function createViewCodec (maxMembers: number) {
+export function createViewCodec(maxMembers: number) {
   const view = viewSchema(maxMembers)
   return createEnvelopeCodec({
     prepare: z.strictObject({ epoch: u53.min(1), round: u53, genesis: z.array(memberSchema).max(maxMembers).optional() }),
-    promise: z.strictObject({ epoch: u53, round: u53, proposer: peerIdSchema, acceptedRound: u53.optional(), acceptedBy: peerIdSchema.optional(), accepted: view.optional() }),
+    promise: z.strictObject({
+      epoch: u53,
+      round: u53,
+      proposer: peerIdSchema,
+      acceptedRound: u53.optional(),
+      acceptedBy: peerIdSchema.optional(),
+      accepted: view.optional()
+    }),
     nack: z.strictObject({ epoch: u53, round: u53, proposer: peerIdSchema, promisedRound: u53 }),
     accept: z.strictObject({ epoch: u53.min(1), round: u53, view }),
     accepted: z.strictObject({ epoch: u53, round: u53, proposer: peerIdSchema }),

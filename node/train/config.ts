@@ -34,12 +34,12 @@ export interface TrainConfig {
    * committed step (default 1) and after the first step of every session, so a roster always
    * has a snapshot of its own to roll back to.
    */
-  snapshot: { k: number, m: number, every?: number } | undefined
+  snapshot: { k: number; m: number; every?: number } | undefined
   /**
    * Disk tier (node/disk-tier.ts): persist this rank's state to `dir` every `every` committed
    * steps (0: never), and with `resume` start from the newest step every rank has on disk.
    */
-  disk?: { dir: string, every: number, resume: boolean }
+  disk?: { dir: string; every: number; resume: boolean }
   /** How long a rank left in a minority of the view waits for the majority (default 5 min). */
   minorityWaitMs?: number
   /**
@@ -64,11 +64,11 @@ export interface TrainStatus {
   tokensPerS: number | undefined
   epoch: number
   /** Bytes this node sent, per tier, since training began. */
-  bytes: { host: number, zone: number, wan: number }
+  bytes: { host: number; zone: number; wan: number }
   /** Newest step of this rank's snapshot placed on its peers. */
   snapshotStep: number | undefined
   /** Recoveries this node took part in, newest last. */
-  recoveries: Array<{ mode: 'replace' | 'shrink', lost: number[], fromStep: number, ms: number }>
+  recoveries: Array<{ mode: 'replace' | 'shrink'; lost: number[]; fromStep: number; ms: number }>
   /** Steps retried with the same ranks after a failure that lost nobody (a stall, a reset stream). */
   retries: number
   /** The disk tier step this run resumed from (--resume). */
@@ -76,7 +76,7 @@ export interface TrainStatus {
   /** What this node is doing now, in a few words (for status and for diagnosing a stuck run). */
   phase: string
   /** Times the run grew (late joiners became ranks), newest last. */
-  growths: Array<{ from: number, to: number, atStep: number }>
+  growths: Array<{ from: number; to: number; atStep: number }>
   /** Parameter memory of this rank (bytes), measured by the trainer; see {@link ParamMemory}. */
   memory?: ParamMemory
   error?: string
@@ -99,11 +99,13 @@ export interface ParamMemory {
 }
 
 /** One line for people: what a rank holds for the parameters against a full replica. */
-export function formatParamMemory (m: ParamMemory): string {
+export function formatParamMemory(m: ParamMemory): string {
   const mib = (b: number): string => (b / 2 ** 20).toFixed(b < 2 ** 20 ? 3 : 1)
   const total = m.shard + m.model + m.inFlightPeak
-  return `parameter memory per rank ${mib(total)} MiB (owned shard ${mib(m.shard)} + streamed model ${mib(m.model)} + peak in flight ${mib(m.inFlightPeak)}), ` +
-    `${(100 * total / m.full).toFixed(0)}% of a full replica's ${mib(m.full)} MiB`
+  return (
+    `parameter memory per rank ${mib(total)} MiB (owned shard ${mib(m.shard)} + streamed model ${mib(m.model)} + peak in flight ${mib(m.inFlightPeak)}), ` +
+    `${((100 * total) / m.full).toFixed(0)}% of a full replica's ${mib(m.full)} MiB`
+  )
 }
 
 type Shape = Pick<GptConfig, 'maxT' | 'nLayer' | 'nHead' | 'C'>
@@ -122,7 +124,7 @@ export const TRAIN_MODELS = Object.freeze({
 export type TrainModelName = keyof typeof TRAIN_MODELS
 
 /** The GPT config of a named shape for a vocabulary (padded to a multiple of 64 for the kernels). */
-export function trainingModel (name: TrainModelName, vocabSize: number): GptConfig {
+export function trainingModel(name: TrainModelName, vocabSize: number): GptConfig {
   return { ...TRAIN_MODELS[name], vocabSize, paddedVocabSize: Math.ceil(vocabSize / 64) * 64 }
 }
 
@@ -154,7 +156,7 @@ export interface TrainerDeps {
 }
 
 /** Checks a configuration against the data before anything starts. */
-export function validateTrainConfig (cfg: TrainConfig, corpus: Corpus): void {
+export function validateTrainConfig(cfg: TrainConfig, corpus: Corpus): void {
   const int = (name: string, v: number, min: number): void => {
     if (!Number.isSafeInteger(v) || v < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got ${v}`)
   }
@@ -174,10 +176,14 @@ export function validateTrainConfig (cfg: TrainConfig, corpus: Corpus): void {
 }
 
 /** A contiguous run of the flat buffer that AdamW treats alike (decayed or not). */
-export interface Segment { start: number, length: number, decay: boolean }
+export interface Segment {
+  start: number
+  length: number
+  decay: boolean
+}
 
 /** The decay segments of the flat range [start, start + length). */
-export function decaySegments (layout: GptLayout, start: number, length: number): Segment[] {
+export function decaySegments(layout: GptLayout, start: number, length: number): Segment[] {
   const out: Segment[] = []
   const end = start + length
   for (const t of layout.tensors) {
@@ -193,7 +199,15 @@ export function decaySegments (layout: GptLayout, start: number, length: number)
 }
 
 /** One rank's optimizer state between sessions: the f32 master shard and AdamW moments. */
-export interface ShardState { step: number, master: Float32Array, m: Float32Array, v: Float32Array }
+export interface ShardState {
+  step: number
+  master: Float32Array
+  m: Float32Array
+  v: Float32Array
+}
 
 /** A half-open range of the flat parameter buffer that one rank owns. */
-export interface ShardRange { start: number, length: number }
+export interface ShardRange {
+  start: number
+  length: number
+}

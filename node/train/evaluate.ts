@@ -6,12 +6,21 @@ import { streamBuckets, type BucketStream } from './streamer.ts'
  * The final evaluation: a fixed held-out batch, and the final weights (f32, whatever the
  * training wire) gathered bucket by bucket from every rank's master shard.
  */
-export function finalEvaluation (p: SessionParts, final: Float32Array): { batch: Batch, stream: BucketStream } {
+export function finalEvaluation(p: SessionParts, final: Float32Array): { batch: Batch; stream: BucketStream } {
   const { cfg, deps } = p.env
   const { windows, collective } = p
   const held = deps.corpus.val.length > cfg.T + 1 ? deps.corpus.val : deps.corpus.train
   const batch = batchFor(held, cfg.seed, 0, 0, cfg.B, cfg.T)
   p.rs.st.phase = 'evaluating the final weights'
-  const stream = streamBuckets(p.forwardOrder, j => collective.allGather(final.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n), windows[j]!.length, { window: windows[j]!.window, ...callAt(p, cfg.steps), label: 'final_gather' }), p.acct)
+  const stream = streamBuckets(
+    p.forwardOrder,
+    j =>
+      collective.allGather(final.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n), windows[j]!.length, {
+        window: windows[j]!.window,
+        ...callAt(p, cfg.steps),
+        label: 'final_gather'
+      }),
+    p.acct
+  )
   return { batch, stream }
 }

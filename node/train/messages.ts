@@ -28,7 +28,7 @@ export class TrainMessageError extends ProtocolError {
 const MAX = TRAIN_LIMITS.maxRecordInteger
 
 /** Reads word `i` of `words` as an integer in [min, MAX). */
-function intAt (label: string, words: Float32Array, i: number, min: number): number {
+function intAt(label: string, words: Float32Array, i: number, min: number): number {
   const v = words[i]!
   if (!Number.isInteger(v) || v < min || v >= MAX) {
     throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `${label}: word ${i} is ${v}, not an integer in [${min}, ${MAX})`, { label, index: i })
@@ -37,28 +37,31 @@ function intAt (label: string, words: Float32Array, i: number, min: number): num
 }
 
 /** Writes an integer that must be exact in f32. */
-function word (label: string, v: number, min: number): number {
+function word(label: string, v: number, min: number): number {
   if (!Number.isInteger(v) || v < min || v >= MAX) {
     throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `${label}: ${v} is not an integer in [${min}, ${MAX})`, { label })
   }
   return v
 }
 
-function checkLength (label: string, words: Float32Array, want: number): void {
+function checkLength(label: string, words: Float32Array, want: number): void {
   if (words.length !== want) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `${label}: ${words.length} words, expected ${want}`, { label })
 }
 
 /** A rank's growth proposal after a step: the view to grow with and how many of its joiners. */
-export interface GrowProposal { epoch: number, count: number }
+export interface GrowProposal {
+  epoch: number
+  count: number
+}
 
 /** `grow_check`: every rank's growth proposal. */
 export const growCheck = {
   label: 'grow_check',
   words: 2,
-  encode (p: GrowProposal | undefined): Float32Array {
+  encode(p: GrowProposal | undefined): Float32Array {
     return Float32Array.of(word('grow_check', p?.epoch ?? 0, 0), word('grow_check', p?.count ?? 0, 0))
   },
-  decode (all: Float32Array, P: number): GrowProposal[] {
+  decode(all: Float32Array, P: number): GrowProposal[] {
     checkLength('grow_check', all, 2 * P)
     return Array.from({ length: P }, (_, r) => ({ epoch: intAt('grow_check', all, 2 * r, 0), count: intAt('grow_check', all, 2 * r + 1, 0) }))
   }
@@ -67,13 +70,17 @@ export const growCheck = {
 /** `recovery_point`: per old rank, the newest complete snapshot versions a rank knows (K slots, -1 for none). */
 export const recoveryPoint = {
   label: 'recovery_point',
-  encode (known: ReadonlyArray<readonly number[]>, K: number): Float32Array {
+  encode(known: ReadonlyArray<readonly number[]>, K: number): Float32Array {
     const out = new Float32Array(known.length * K).fill(-1)
-    known.forEach((vs, i) => vs.slice(0, K).forEach((v, j) => { out[i * K + j] = word('recovery_point', v, 0) }))
+    known.forEach((vs, i) =>
+      vs.slice(0, K).forEach((v, j) => {
+        out[i * K + j] = word('recovery_point', v, 0)
+      })
+    )
     return out
   },
   /** Per old rank, the versions any rank knows. */
-  decode (all: Float32Array, P: number, oldP: number, K: number): Array<Set<number>> {
+  decode(all: Float32Array, P: number, oldP: number, K: number): Array<Set<number>> {
     checkLength('recovery_point', all, P * oldP * K)
     const sets = Array.from({ length: oldP }, () => new Set<number>())
     for (let i = 0; i < oldP; i++) {
@@ -91,28 +98,33 @@ export const recoveryPoint = {
 /** `recovery_verdict`: whether each rank's snapshot load found one unrecoverable. */
 export const recoveryVerdict = {
   label: 'recovery_verdict',
-  encode (unrecoverable: boolean): Float32Array {
+  encode(unrecoverable: boolean): Float32Array {
     return Float32Array.of(unrecoverable ? 1 : 0)
   },
   /** The first rank that reported an unrecoverable snapshot, or -1. */
-  decode (all: Float32Array, P: number): number {
+  decode(all: Float32Array, P: number): number {
     checkLength('recovery_verdict', all, P)
     for (let r = 0; r < P; r++) {
       const v = all[r]!
-      if (v !== 0 && v !== 1) throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `recovery_verdict: rank ${r} sent ${v}, not 0 or 1`, { label: 'recovery_verdict', index: r })
+      if (v !== 0 && v !== 1)
+        throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `recovery_verdict: rank ${r} sent ${v}, not 0 or 1`, { label: 'recovery_verdict', index: r })
     }
     return all.findIndex(x => x !== 0)
   }
 }
 
 /** One disk tier file a member holds: the step, and the rank and world size that wrote it. */
-export interface DiskFile { step: number, rank: number, worldSize: number }
+export interface DiskFile {
+  step: number
+  rank: number
+  worldSize: number
+}
 
 /** `resume_index`: the disk tier files each member holds, DISK_SLOTS slots. */
 export const resumeIndex = {
   label: 'resume_index',
   slots: TRAIN_LIMITS.diskSlots,
-  encode (files: ReadonlyArray<DiskFile | undefined>): Float32Array {
+  encode(files: ReadonlyArray<DiskFile | undefined>): Float32Array {
     const S = TRAIN_LIMITS.diskSlots
     if (files.length > S) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `resume_index: ${files.length} files, at most ${S}`)
     const out = new Float32Array(S * 3).fill(-1)
@@ -122,7 +134,7 @@ export const resumeIndex = {
     return out
   },
   /** Per member (index), the files it offers. */
-  decode (all: Float32Array, P: number): DiskFile[][] {
+  decode(all: Float32Array, P: number): DiskFile[][] {
     const S = TRAIN_LIMITS.diskSlots
     checkLength('resume_index', all, P * S * 3)
     return Array.from({ length: P }, (_, r) => {
@@ -139,13 +151,19 @@ export const resumeIndex = {
 }
 
 /** An old rank's optimizer state as handed to a new roster. */
-export interface OfferedState { rank: number, step: number, weights: Float32Array, adamM: Float32Array, adamV: Float32Array }
+export interface OfferedState {
+  rank: number
+  step: number
+  weights: Float32Array
+  adamM: Float32Array
+  adamV: Float32Array
+}
 
 /** `resume_state` / `grow_state`: one slot per member of (old rank, step, weights, m, v), L elements each. */
 export const stateSlot = {
   header: 2,
   words: (L: number): number => 2 + 3 * L,
-  encode (label: string, own: OfferedState | undefined, L: number): Float32Array {
+  encode(label: string, own: OfferedState | undefined, L: number): Float32Array {
     const buf = new Float32Array(2 + 3 * L).fill(-1)
     if (own !== undefined) {
       buf[0] = word(label, own.rank, 0)
@@ -160,7 +178,13 @@ export const stateSlot = {
    * Member `r`'s slot: undefined when it offers none, else its old rank and step and a
    * reader of its three vectors (the first `len` elements of each).
    */
-  decode (label: string, all: Float32Array, P: number, L: number, r: number): { rank: number, step: number, part: (k: number, len: number) => Float32Array } | undefined {
+  decode(
+    label: string,
+    all: Float32Array,
+    P: number,
+    L: number,
+    r: number
+  ): { rank: number; step: number; part: (k: number, len: number) => Float32Array } | undefined {
     const per = 2 + 3 * L
     checkLength(label, all, P * per)
     const at = r * per
@@ -174,7 +198,7 @@ export const stateSlot = {
 /** `train/done`: the step the run finished at (u32). */
 export const doneMessage = {
   bytes: 4,
-  encode (step: number): Uint8Array {
+  encode(step: number): Uint8Array {
     const out = new Uint8Array(4)
     new DataView(out.buffer).setUint32(0, step, true)
     return out
@@ -184,7 +208,7 @@ export const doneMessage = {
 /** `train/grow`: the ranks grow the run by `count` joiners of view `epoch` after `step` (three u32). */
 export const growMessage = {
   bytes: 12,
-  encode (g: { epoch: number, count: number, step: number }): Uint8Array {
+  encode(g: { epoch: number; count: number; step: number }): Uint8Array {
     const msg = new Uint8Array(12)
     const d = new DataView(msg.buffer)
     d.setUint32(0, g.epoch, true)
@@ -192,7 +216,7 @@ export const growMessage = {
     d.setUint32(8, g.step, true)
     return msg
   },
-  decode (data: Uint8Array): { epoch: number, count: number, step: number } {
+  decode(data: Uint8Array): { epoch: number; count: number; step: number } {
     if (data.length !== 12) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `train/grow: ${data.length} bytes, expected 12`)
     const d = new DataView(data.buffer, data.byteOffset, 12)
     return { epoch: d.getUint32(0, true), count: d.getUint32(4, true), step: d.getUint32(8, true) }

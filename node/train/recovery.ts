@@ -11,7 +11,7 @@ import { diskHint } from './persist.ts'
 import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
 
 /** This rank's shard of the seed's initial weights, with zero AdamW moments. */
-export function freshShard (env: TrainerEnv, start: number, length: number): ShardState {
+export function freshShard(env: TrainerEnv, start: number, length: number): ShardState {
   const full = initGptParams(env.cfg.model, env.cfg.seed)
   const master = new Float32Array(length)
   master.set(full.subarray(start, Math.min(full.length, start + length)))
@@ -19,7 +19,7 @@ export function freshShard (env: TrainerEnv, start: number, length: number): Sha
 }
 
 /** The shard `shard` of the full flat state assembled from every old rank's state (in rank order). */
-export function cutShard (env: TrainerEnv, states: readonly RankState[], step: number, shard: ShardRange): ShardState {
+export function cutShard(env: TrainerEnv, states: readonly RankState[], step: number, shard: ShardRange): ShardState {
   const N = env.layout.length
   const cut = (pick: (st: RankState) => Float32Array): Float32Array => {
     const out = new Float32Array(shard.length)
@@ -40,13 +40,16 @@ export function cutShard (env: TrainerEnv, states: readonly RankState[], step: n
  * gossiped, so a rank may lag; captures can be superseded, so owners skip different steps:
  * the recovery point must be one every owner placed).
  */
-function knownVersions (env: TrainerEnv, rs: RunState, old: Member[], K: number): Float32Array {
+function knownVersions(env: TrainerEnv, rs: RunState, old: Member[], K: number): Float32Array {
   const svc = rs.snapshots!
-  return recoveryPoint.encode(old.map(m => {
-    const vs = svc.manifests(m.id).map(x => x.version)
-    if (m.id === env.deps.net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
-    return [...new Set(vs)].sort((a, b) => b - a).slice(0, K)
-  }), K)
+  return recoveryPoint.encode(
+    old.map(m => {
+      const vs = svc.manifests(m.id).map(x => x.version)
+      if (m.id === env.deps.net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
+      return [...new Set(vs)].sort((a, b) => b - a).slice(0, K)
+    }),
+    K
+  )
 }
 
 /**
@@ -54,19 +57,28 @@ function knownVersions (env: TrainerEnv, rs: RunState, old: Member[], K: number)
  * manifest means every holder has it); the point is the newest step every old rank's
  * snapshot reached (holders keep everything from the newest version common to all owners).
  */
-function recoveryPointOf (env: TrainerEnv, rs: RunState, sets: Array<Set<number>>, old: Member[]): number {
+function recoveryPointOf(env: TrainerEnv, rs: RunState, sets: Array<Set<number>>, old: Member[]): number {
   const best = sets.map(set => Math.max(0, ...set))
   const common = [...sets[0]!].filter(v => sets.every(set => set.has(v)))
   if (common.length === 0 && best.some(v => v > 0)) {
-    throw new TrainingError(`no snapshot step is known complete for every rank (newest per rank: ${best.join(', ')}; captures were superseded at different steps): ` +
-      'the state cannot be put together from peers. Restart the nodes with --resume to continue from the disk tier' + diskHint(env, rs))
+    throw new TrainingError(
+      `no snapshot step is known complete for every rank (newest per rank: ${best.join(', ')}; captures were superseded at different steps): ` +
+        'the state cannot be put together from peers. Restart the nodes with --resume to continue from the disk tier' +
+        diskHint(env, rs)
+    )
   }
   const rp = Math.max(0, ...common)
   if (rp < rs.rosterStart) {
     // An owner of this roster never placed a snapshot of its own: the state of the step
     // this roster started from is gone with it. Never fall back to a fresh start silently.
-    throw new TrainingError(`rank(s) ${old.map((m, i) => (best[i]! < rs.rosterStart ? i : -1)).filter(i => i >= 0).join(', ')} were lost before placing a snapshot ` +
-      `since step ${rs.rosterStart}, where this roster began: the state is not recoverable from peers. Restart the nodes with --resume to continue from the disk tier` + diskHint(env, rs))
+    throw new TrainingError(
+      `rank(s) ${old
+        .map((m, i) => (best[i]! < rs.rosterStart ? i : -1))
+        .filter(i => i >= 0)
+        .join(', ')} were lost before placing a snapshot ` +
+        `since step ${rs.rosterStart}, where this roster began: the state is not recoverable from peers. Restart the nodes with --resume to continue from the disk tier` +
+        diskHint(env, rs)
+    )
   }
   return rp
 }
@@ -78,7 +90,15 @@ function recoveryPointOf (env: TrainerEnv, rs: RunState, sets: Array<Set<number>
  * takes its new shard. Resume: the same from the disk tier instead of the peers. Grow: the
  * old ranks hand their states to the new roster.
  */
-export async function recover (env: TrainerEnv, rs: RunState, collective: Collective, roster: Member[], rank: number, shard: ShardRange, signal?: AbortSignal): Promise<ShardState> {
+export async function recover(
+  env: TrainerEnv,
+  rs: RunState,
+  collective: Collective,
+  roster: Member[],
+  rank: number,
+  shard: ShardRange,
+  signal?: AbortSignal
+): Promise<ShardState> {
   const plan = rs.plan!
   if (plan.mode === 'resume') return await resume(env, rs, collective, roster, shard, signal)
   if (plan.mode === 'grow') return await growExchange(env, rs, collective, roster, shard, signal)
@@ -93,7 +113,8 @@ export async function recover (env: TrainerEnv, rs: RunState, collective: Collec
   const all = await collective.allGather(known, roster.length * known.length, { step: 0, label: recoveryPoint.label, ...opts })
   const rp = recoveryPointOf(env, rs, recoveryPoint.decode(all.data, roster.length, old.length, K), old)
   const record = (): void => {
-    if (plan.lost.length > 0) rs.st.recoveries.push({ mode: plan.mode as 'replace' | 'shrink', lost: plan.lost, fromStep: rp, ms: Math.round(clock.monotonic() - t0) })
+    if (plan.lost.length > 0)
+      rs.st.recoveries.push({ mode: plan.mode as 'replace' | 'shrink', lost: plan.lost, fromStep: rp, ms: Math.round(clock.monotonic() - t0) })
   }
   if (rp === 0) {
     record()
@@ -115,10 +136,14 @@ export async function recover (env: TrainerEnv, rs: RunState, collective: Collec
     lost = err
   }
   rs.st.phase = 'recovery: comparing the loads'
-  const verdict = (await collective.allGather(recoveryVerdict.encode(lost !== undefined), roster.length, { step: 0, label: recoveryVerdict.label, ...opts })).data
+  const verdict = (await collective.allGather(recoveryVerdict.encode(lost !== undefined), roster.length, { step: 0, label: recoveryVerdict.label, ...opts }))
+    .data
   const reporter = recoveryVerdict.decode(verdict, roster.length)
   if (lost !== undefined) throw lost
-  if (reporter >= 0) throw new SessionInterrupted(`recovery from step ${rp} failed: rank ${reporter} (${roster[reporter]!.id}) found a snapshot unrecoverable`, { reportedBy: `rank ${reporter} (${roster[reporter]!.id})` })
+  if (reporter >= 0)
+    throw new SessionInterrupted(`recovery from step ${rp} failed: rank ${reporter} (${roster[reporter]!.id}) found a snapshot unrecoverable`, {
+      reportedBy: `rank ${reporter} (${roster[reporter]!.id})`
+    })
   record()
   if (plan.mode === 'replace') {
     const st = loaded![0]!
@@ -130,21 +155,27 @@ export async function recover (env: TrainerEnv, rs: RunState, collective: Collec
 }
 
 /** The newest step for which some member holds every old rank's file, and who holds which. */
-function newestComplete (index: DiskFile[][]): { step: number, worldSize: number, from: Map<number, number> } {
+function newestComplete(index: DiskFile[][]): { step: number; worldSize: number; from: Map<number, number> } {
   // For each step, which old ranks some member holds (and which member).
-  const byStep = new Map<number, { worldSize: number, from: Map<number, number> }>()
+  const byStep = new Map<number, { worldSize: number; from: Map<number, number> }>()
   index.forEach((files, r) => {
     for (const f of files) {
       let e = byStep.get(f.step)
-      if (e === undefined) byStep.set(f.step, e = { worldSize: f.worldSize, from: new Map() })
-      if (e.worldSize !== f.worldSize) throw new TrainingError(`--resume: the disk tier files of step ${f.step} disagree on the world size (${e.worldSize} and ${f.worldSize})`)
+      if (e === undefined) byStep.set(f.step, (e = { worldSize: f.worldSize, from: new Map() }))
+      if (e.worldSize !== f.worldSize)
+        throw new TrainingError(`--resume: the disk tier files of step ${f.step} disagree on the world size (${e.worldSize} and ${f.worldSize})`)
       if (!e.from.has(f.rank)) e.from.set(f.rank, r)
     }
   })
-  const usable = [...byStep.entries()].filter(([, e]) => e.from.size === e.worldSize).map(([step]) => step).sort((a, b) => b - a)
+  const usable = [...byStep.entries()]
+    .filter(([, e]) => e.from.size === e.worldSize)
+    .map(([step]) => step)
+    .sort((a, b) => b - a)
   if (usable.length === 0) {
     const seen = [...byStep.entries()].map(([step, e]) => `step ${step}: ranks ${[...e.from.keys()].sort((a, b) => a - b).join(',')} of ${e.worldSize}`)
-    throw new TrainingError(`--resume: no step has every rank's state on the training members' disks (${seen.length === 0 ? 'no disk tier files at all' : seen.join('; ')})`)
+    throw new TrainingError(
+      `--resume: no step has every rank's state on the training members' disks (${seen.length === 0 ? 'no disk tier files at all' : seen.join('; ')})`
+    )
   }
   return { step: usable[0]!, ...byStep.get(usable[0]!)! }
 }
@@ -154,7 +185,7 @@ function newestComplete (index: DiskFile[][]): { step: number, worldSize: number
  * which some member holds the file of every old rank, exchange those states and each takes
  * its shard (the world size may differ from the run that wrote them).
  */
-async function resume (env: TrainerEnv, rs: RunState, collective: Collective, roster: Member[], shard: ShardRange, signal?: AbortSignal): Promise<ShardState> {
+async function resume(env: TrainerEnv, rs: RunState, collective: Collective, roster: Member[], shard: ShardRange, signal?: AbortSignal): Promise<ShardState> {
   const { log, clock } = env.deps
   const t0 = clock.monotonic()
   const dir = env.cfg.disk!.dir
@@ -188,7 +219,15 @@ async function resume (env: TrainerEnv, rs: RunState, collective: Collective, ro
  * (or nothing) into a fixed-size slot (old rank, step, weights, m, v), one all-gather, and
  * every member gets every old rank's state. Every old rank must be held by some member.
  */
-export async function exchangeStates (env: TrainerEnv, collective: Collective, roster: Member[], own: RankState | undefined, oldP: number, label: string, opts: { signal?: AbortSignal }): Promise<{ states: RankState[], step: number }> {
+export async function exchangeStates(
+  env: TrainerEnv,
+  collective: Collective,
+  roster: Member[],
+  own: RankState | undefined,
+  oldP: number,
+  label: string,
+  opts: { signal?: AbortSignal }
+): Promise<{ states: RankState[]; step: number }> {
   const N = env.layout.length
   const L = shardRange(N, oldP, 0).length
   const P = roster.length
@@ -199,10 +238,21 @@ export async function exchangeStates (env: TrainerEnv, collective: Collective, r
   for (let r = 0; r < P; r++) {
     const slot = stateSlot.decode(label, got, P, L, r)
     if (slot === undefined) continue
-    if (slot.rank >= oldP || (step >= 0 && slot.step !== step)) throw new TrainingError(`${label}: member ${r} offers old rank ${slot.rank} at step ${slot.step}, which does not fit the other states`)
+    if (slot.rank >= oldP || (step >= 0 && slot.step !== step))
+      throw new TrainingError(`${label}: member ${r} offers old rank ${slot.rank} at step ${slot.step}, which does not fit the other states`)
     step = slot.step
     const len = shardRange(N, oldP, slot.rank).length
-    states[slot.rank] = { rank: slot.rank, worldSize: oldP, epoch: 0, step, dataCursor: step, weights: slot.part(0, len), adamM: slot.part(1, len), adamV: slot.part(2, len), rng: new Uint8Array(0) }
+    states[slot.rank] = {
+      rank: slot.rank,
+      worldSize: oldP,
+      epoch: 0,
+      step,
+      dataCursor: step,
+      weights: slot.part(0, len),
+      adamM: slot.part(1, len),
+      adamV: slot.part(2, len),
+      rng: new Uint8Array(0)
+    }
   }
   const missing = Array.from({ length: oldP }, (_, i) => i).filter(i => states[i] === undefined)
   if (missing.length > 0) throw new TrainingError(`${label}: no member holds the state of old rank(s) ${missing.join(', ')}`)
@@ -210,12 +260,30 @@ export async function exchangeStates (env: TrainerEnv, collective: Collective, r
 }
 
 /** The run grew: the old ranks hand their states (kept from the step it grew at) to the new roster. */
-async function growExchange (env: TrainerEnv, rs: RunState, collective: Collective, roster: Member[], shard: ShardRange, signal?: AbortSignal): Promise<ShardState> {
+async function growExchange(
+  env: TrainerEnv,
+  rs: RunState,
+  collective: Collective,
+  roster: Member[],
+  shard: ShardRange,
+  signal?: AbortSignal
+): Promise<ShardState> {
   const plan = rs.plan!
   const g = rs.grow.handoff
-  const own = g === undefined
-    ? undefined
-    : { rank: g.rank, worldSize: plan.oldRoster.length, epoch: 0, step: g.state.step, dataCursor: g.state.step, weights: g.state.master, adamM: g.state.m, adamV: g.state.v, rng: new Uint8Array(0) }
+  const own =
+    g === undefined
+      ? undefined
+      : {
+          rank: g.rank,
+          worldSize: plan.oldRoster.length,
+          epoch: 0,
+          step: g.state.step,
+          dataCursor: g.state.step,
+          weights: g.state.master,
+          adamM: g.state.m,
+          adamV: g.state.v,
+          rng: new Uint8Array(0)
+        }
   // The joiners may have missed the announcement (it is gossip): repeat it until the
   // exchange, which needs them, is over.
   const msg = rs.grow.msg

@@ -19,11 +19,7 @@ import { InvalidArgumentError } from '../../core/index.ts'
 export type Role = 'waiting' | 'spare' | 'rank' | 'retry' | 'grow' | 'end'
 
 /** What a role's handler reports when it is over. */
-export type RoleEvent =
-  | { type: 'placed', onRoster: boolean }
-  | { type: 'grow' }
-  | { type: 'interrupted' }
-  | { type: 'finished', announce?: boolean }
+export type RoleEvent = { type: 'placed'; onRoster: boolean } | { type: 'grow' } | { type: 'interrupted' } | { type: 'finished'; announce?: boolean }
 
 const placed = (e: RoleEvent): Role => (e.type === 'placed' && e.onRoster ? 'rank' : 'spare')
 
@@ -37,7 +33,7 @@ const TRANSITIONS: Readonly<Record<Role, Partial<Record<RoleEvent['type'], (e: R
 })
 
 /** The role after `event` in `role`; an event the role cannot report is a programmer error. */
-export function nextRole (role: Role, event: RoleEvent): Role {
+export function nextRole(role: Role, event: RoleEvent): Role {
   const to = TRANSITIONS[role][event.type]
   if (to === undefined) throw new InvalidArgumentError(`trainer role ${role} has no transition on ${event.type}`)
   return to(event)

@@ -8,7 +8,10 @@ import { TRAIN_LIMITS } from './limits.ts'
  */
 
 /** A roster as rank 0 announces it to nodes beyond it (`train/roster`). */
-export interface RosterAnnouncement { epoch: number, members: Member[] }
+export interface RosterAnnouncement {
+  epoch: number
+  members: Member[]
+}
 
 /** What a recovery has to rebuild, relative to the roster whose snapshots hold the state. */
 export interface RecoveryPlan {
@@ -19,15 +22,19 @@ export interface RecoveryPlan {
 }
 
 /** A growth the ranks agreed on: the joiners of view `epoch`, `count` of them, after `step` committed. */
-export interface Growth { epoch: number, count: number, step: number }
+export interface Growth {
+  epoch: number
+  count: number
+  step: number
+}
 
 /** The bytes of a roster announcement: JSON { epoch, members: [{ id, zone, host }] }. */
-export function encodeRoster (epoch: number, roster: readonly Member[]): Uint8Array {
+export function encodeRoster(epoch: number, roster: readonly Member[]): Uint8Array {
   return new TextEncoder().encode(JSON.stringify({ epoch, members: roster.map(r => ({ id: r.id, zone: r.zone, host: r.host })) }))
 }
 
 /** A roster announcement, or undefined for anything malformed (checked before it is used). */
-export function rosterOf (data: Uint8Array): RosterAnnouncement | undefined {
+export function rosterOf(data: Uint8Array): RosterAnnouncement | undefined {
   const L = TRAIN_LIMITS
   if (data.length > L.maxRosterBytes) return undefined
   let v: unknown
@@ -37,8 +44,9 @@ export function rosterOf (data: Uint8Array): RosterAnnouncement | undefined {
     return undefined
   }
   if (typeof v !== 'object' || v === null) return undefined
-  const { epoch, members } = v as { epoch?: unknown, members?: unknown }
-  if (!Number.isSafeInteger(epoch) || (epoch as number) < 0 || !Array.isArray(members) || members.length < 1 || members.length > L.maxRosterMembers) return undefined
+  const { epoch, members } = v as { epoch?: unknown; members?: unknown }
+  if (!Number.isSafeInteger(epoch) || (epoch as number) < 0 || !Array.isArray(members) || members.length < 1 || members.length > L.maxRosterMembers)
+    return undefined
   const out: Member[] = []
   for (const m of members as unknown[]) {
     const { id, zone, host } = (typeof m === 'object' && m !== null ? m : {}) as Record<string, unknown>
@@ -51,7 +59,7 @@ export function rosterOf (data: Uint8Array): RosterAnnouncement | undefined {
 }
 
 /** The roster grown by the first `count` members of `view` that are not on it (view order). */
-export function grownRoster (roster: readonly Member[], view: View, count: number): Member[] {
+export function grownRoster(roster: readonly Member[], view: View, count: number): Member[] {
   const on = new Set(roster.map(m => m.id))
   return [...roster, ...view.members.filter(m => !on.has(m.id)).slice(0, count)]
 }
@@ -60,7 +68,7 @@ export function grownRoster (roster: readonly Member[], view: View, count: numbe
  * Members of both views whose order changed from `prev` to `next`: those outside the longest
  * run of common members that keeps its order (they were dropped and appended again).
  */
-export function readmitted (prev: View, next: View): Set<PeerId> {
+export function readmitted(prev: View, next: View): Set<PeerId> {
   const inNext = new Set(next.members.map(m => m.id))
   const inPrev = new Set(prev.members.map(m => m.id))
   const a = prev.members.map(m => m.id).filter(id => inNext.has(id))
@@ -71,8 +79,12 @@ export function readmitted (prev: View, next: View): Set<PeerId> {
   const L = Array.from({ length: n + 1 }, () => new Uint16Array(n + 1))
   for (let i = n - 1; i >= 0; i--) for (let j = n - 1; j >= 0; j--) L[i]![j] = a[i] === b[j] ? L[i + 1]![j + 1]! + 1 : Math.max(L[i + 1]![j]!, L[i]![j + 1]!)
   const kept = new Set<PeerId>()
-  for (let i = 0, j = 0; i < n && j < n;) {
-    if (a[i] === b[j]) { kept.add(a[i]!); i++; j++ } else if (L[i + 1]![j]! >= L[i]![j + 1]!) i++
+  for (let i = 0, j = 0; i < n && j < n; ) {
+    if (a[i] === b[j]) {
+      kept.add(a[i]!)
+      i++
+      j++
+    } else if (L[i + 1]![j]! >= L[i]![j + 1]!) i++
     else j++
   }
   return new Set(a.filter(id => !kept.has(id)))
@@ -95,7 +107,7 @@ export interface Replan {
  * state and re-partitions it (shrink), which is right for any new roster. A growth that has
  * not exchanged its state yet becomes a shrink from the old ranks' snapshots.
  */
-export function replan (roster: readonly Member[], view: View, prev: RecoveryPlan | undefined): Replan {
+export function replan(roster: readonly Member[], view: View, prev: RecoveryPlan | undefined): Replan {
   const inView = new Set(view.members.map(m => m.id))
   const onRoster = new Set(roster.map(m => m.id))
   const spares = view.members.filter(m => !onRoster.has(m.id))
@@ -142,17 +154,17 @@ export class ViewQueue {
   private lastView: View | undefined
 
   /** `current`: the view installed when the trainer is built (it may already be full). */
-  constructor (worldSize: number, current: View | undefined) {
+  constructor(worldSize: number, current: View | undefined) {
     this.worldSize = worldSize
     if (this.full(current)) this.firstFull = current
   }
 
-  private full (v: View | undefined): boolean {
+  private full(v: View | undefined): boolean {
     return v !== undefined && v.members.length >= this.worldSize
   }
 
   /** Records an installed view (the membership's `view` event). */
-  push (v: View): void {
+  push(v: View): void {
     if (this.firstFull === undefined && this.full(v)) this.firstFull = v
     this.recent.set(v.epoch, v)
     if (this.recent.size > TRAIN_LIMITS.recentViews) this.recent.delete(this.recent.keys().next().value!)
@@ -161,28 +173,28 @@ export class ViewQueue {
   }
 
   /** Views queued and not yet consumed. */
-  get queued (): number {
+  get queued(): number {
     return this.queue.length
   }
 
   /** A recently installed view by epoch (undefined when it is older than the last RECENT_VIEWS). */
-  view (epoch: number): View | undefined {
+  view(epoch: number): View | undefined {
     return this.recent.get(epoch)
   }
 
   /** The roster starts here: its first view is seen, and views before it never break it. */
-  begin (first: View): void {
+  begin(first: View): void {
     this.seenEpoch = first.epoch
     this.lastView = first
   }
 
   /** Remembers every member of `roster` as one that was a rank here. */
-  admit (roster: readonly Member[]): void {
+  admit(roster: readonly Member[]): void {
     for (const m of roster) this.rostered.add(m.id)
   }
 
   /** Whether `id` was ever on a roster this node used (only they speak for the run). */
-  wasRostered (id: PeerId): boolean {
+  wasRostered(id: PeerId): boolean {
     return this.rostered.has(id)
   }
 
@@ -190,12 +202,12 @@ export class ViewQueue {
    * The first queued view (in installation order, newer than any seen) that drops a member of
    * `roster`; views that only add members are consumed on the way. Undefined when none is queued.
    */
-  nextLoss (roster: readonly Member[]): View | undefined {
+  nextLoss(roster: readonly Member[]): View | undefined {
     return this.scanLoss(roster, true)
   }
 
   /** {@link nextLoss} without consuming (`consume` false): is a breaking view queued? */
-  scanLoss (roster: readonly Member[], consume: boolean): View | undefined {
+  scanLoss(roster: readonly Member[], consume: boolean): View | undefined {
     let seen = this.seenEpoch
     let last = this.lastView
     let found: View | undefined
@@ -221,7 +233,7 @@ export class ViewQueue {
   }
 
   /** Marks every queued view up to `v` (inclusive) as seen. */
-  consumeThrough (v: View): void {
+  consumeThrough(v: View): void {
     let i = 0
     while (i < this.queue.length && this.queue[i]!.epoch <= v.epoch) i++
     this.queue.splice(0, i)
@@ -236,7 +248,7 @@ export class ViewQueue {
    * it keeps every roster member (no loss is queued) and holds members beyond the roster, and
    * how many of them fit under `max` ranks.
    */
-  growCandidate (roster: readonly Member[], max: number, current: View | undefined): { epoch: number, count: number } | undefined {
+  growCandidate(roster: readonly Member[], max: number, current: View | undefined): { epoch: number; count: number } | undefined {
     if (roster.length >= max || this.scanLoss(roster, false) !== undefined) return undefined
     const v = current
     if (v === undefined || v.epoch < this.seenEpoch || !this.recent.has(v.epoch)) return undefined
@@ -246,7 +258,7 @@ export class ViewQueue {
   }
 
   /** The view of an announced growth once this node has it (spares), else undefined. */
-  pendingGrowth (roster: readonly Member[], growth: Growth | undefined, max: number): View | undefined {
+  pendingGrowth(roster: readonly Member[], growth: Growth | undefined, max: number): View | undefined {
     if (growth === undefined || roster.length + growth.count > max) return undefined
     return this.recent.get(growth.epoch)
   }

@@ -31,13 +31,13 @@ export interface Cursor {
   /** Placements so far, less one: recovery attempts (view changes or retries). */
   attempt: number
   /** The growth the grow role applies. */
-  growth: (Growth & { view: View | undefined, agreedHere: boolean }) | undefined
+  growth: (Growth & { view: View | undefined; agreedHere: boolean }) | undefined
   /** The failure the retry role recovers from. */
   failure: SessionInterrupted | undefined
 }
 
 /** The roster is in place: status follows it, and the next role is rank or spare. */
-export function placed (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
+export function placed(env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
   c.attempt++
   rs.st.epoch = c.epoch
   rs.st.worldSize = c.roster.length
@@ -48,18 +48,23 @@ export function placed (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
  * Waiting: starts the snapshot service for the first full view (the roster's first
  * `worldSize` members), so every rank can place its snapshots from the first step.
  */
-export function snapshotServiceFor (env: TrainerEnv, first: View): SnapshotService | undefined {
+export function snapshotServiceFor(env: TrainerEnv, first: View): SnapshotService | undefined {
   const { cfg, deps } = env
   if (cfg.snapshot === undefined) return undefined
   const { k, m } = cfg.snapshot
   if (k + m > first.members.length - 1) {
-    throw new TrainingError(`--snapshot ${k}+${m} places ${k + m} fragments on as many other nodes, but the mesh has ${first.members.length} ` +
-      `(${first.members.length - 1} besides each rank): use a smaller k+m, add nodes, or --snapshot off`)
+    throw new TrainingError(
+      `--snapshot ${k}+${m} places ${k + m} fragments on as many other nodes, but the mesh has ${first.members.length} ` +
+        `(${first.members.length - 1} besides each rank): use a smaller k+m, add nodes, or --snapshot off`
+    )
   }
   // No re-stripe on a view change: it would move the holders' recovery point past the
   // version a recovery still needs (the lost ranks' newest); the trainer re-captures at
   // the next commit under the new view anyway.
-  return createSnapshotService({ k, m, idleTimeoutMs: TRAIN_LIMITS.snapshotIdleMs, autoRestripe: false }, { net: deps.net, clock: deps.clock, log: deps.log.child({ component: 'snapshot' }), ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }) })
+  return createSnapshotService(
+    { k, m, idleTimeoutMs: TRAIN_LIMITS.snapshotIdleMs, autoRestripe: false },
+    { net: deps.net, clock: deps.clock, log: deps.log.child({ component: 'snapshot' }), ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }) }
+  )
 }
 
 /**
@@ -67,7 +72,7 @@ export function snapshotServiceFor (env: TrainerEnv, first: View): SnapshotServi
  * on): polling the current view instead could see a later one after a false suspicion, and
  * nodes would then disagree on the roster. The roster is its first `worldSize` members.
  */
-export function firstRoster (env: TrainerEnv, rs: RunState, first: View): Cursor {
+export function firstRoster(env: TrainerEnv, rs: RunState, first: View): Cursor {
   const roster = first.members.slice(0, env.cfg.worldSize)
   rs.views.admit(roster)
   rs.views.begin(first)
@@ -75,7 +80,7 @@ export function firstRoster (env: TrainerEnv, rs: RunState, first: View): Cursor
 }
 
 /** The first view with `worldSize` members (the one recorded at installation, else the current one once it has them). */
-export async function waitForView (env: TrainerEnv, ok: (v: View) => boolean, signal?: AbortSignal): Promise<View> {
+export async function waitForView(env: TrainerEnv, ok: (v: View) => boolean, signal?: AbortSignal): Promise<View> {
   const { membership, clock } = env.deps
   for (;;) {
     if (signal?.aborted === true) throw new AbortError('training aborted while waiting for the mesh')
@@ -86,7 +91,7 @@ export async function waitForView (env: TrainerEnv, ok: (v: View) => boolean, si
 }
 
 /** A roster derived from the first view is only a guess for a late joiner: the ranks' announcement replaces it. */
-function adopt (env: TrainerEnv, rs: RunState, c: Cursor): void {
+function adopt(env: TrainerEnv, rs: RunState, c: Cursor): void {
   const a = rs.gossip.announced
   const key = (ms: Member[]): string => ms.map(m => `${m.id}/${m.zone}/${m.host}`).join()
   if (a === undefined || (!c.derived && a.epoch <= c.epoch) || key(a.members) === key(c.roster)) return
@@ -98,7 +103,7 @@ function adopt (env: TrainerEnv, rs: RunState, c: Cursor): void {
 }
 
 /** Replans the roster after a view that dropped a member of it. */
-function applyLoss (rs: RunState, c: Cursor, next: View): void {
+function applyLoss(rs: RunState, c: Cursor, next: View): void {
   if (rs.plan?.mode === 'grow') rs.grow.handoff = undefined
   const change = replan(c.roster, next, rs.plan)
   rs.plan = change.plan
@@ -110,7 +115,7 @@ function applyLoss (rs: RunState, c: Cursor, next: View): void {
 }
 
 /** Spare: status says so while it waits. */
-export function enterSpare (rs: RunState): void {
+export function enterSpare(rs: RunState): void {
   rs.st.role = 'spare'
   rs.st.rank = undefined
   rs.st.phase = 'spare: waiting for a lost rank or the end of the run'
@@ -121,7 +126,7 @@ export function enterSpare (rs: RunState): void {
  * rank (the roster is replanned; this node may be on it), a growth this node can apply, or
  * the end of the run; undefined while none has come.
  */
-export function spareCheck (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent | undefined {
+export function spareCheck(env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent | undefined {
   const { cfg } = env
   adopt(env, rs, c)
   const next = rs.views.nextLoss(c.roster)
@@ -139,7 +144,7 @@ export function spareCheck (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent
 }
 
 /** The run needs this node no more: the ranks finished while it was a spare (or was replaced). */
-function finishedWithout (env: TrainerEnv, rs: RunState, err?: unknown): RoleEvent {
+function finishedWithout(env: TrainerEnv, rs: RunState, err?: unknown): RoleEvent {
   env.deps.log.info({ err: err instanceof Error ? err.message : String(err) }, 'the run finished without this node')
   rs.st.role = 'spare'
   rs.st.phase = 'the run finished without this node'
@@ -147,7 +152,7 @@ function finishedWithout (env: TrainerEnv, rs: RunState, err?: unknown): RoleEve
 }
 
 /** Rank: status says so; returns this node's rank on the roster. */
-export function enterRank (env: TrainerEnv, rs: RunState, c: Cursor): number {
+export function enterRank(env: TrainerEnv, rs: RunState, c: Cursor): number {
   const r = c.roster.findIndex(m => m.id === env.deps.net.self.id)
   rs.st.role = 'rank'
   rs.st.rank = r
@@ -155,19 +160,20 @@ export function enterRank (env: TrainerEnv, rs: RunState, c: Cursor): number {
 }
 
 /** Rank: the session ended without failing (every step trained, or the ranks agreed to grow). */
-export function rankEnded (env: TrainerEnv, rs: RunState, c: Cursor, outcome: SessionOutcome): RoleEvent {
+export function rankEnded(env: TrainerEnv, rs: RunState, c: Cursor, outcome: SessionOutcome): RoleEvent {
   if (outcome.kind === 'finished') {
     rs.st.role = 'done'
     return { type: 'finished', announce: true }
   }
   const g = outcome.growth
-  if (rs.gossip.runDone && rs.finalShard === undefined) return finishedWithout(env, rs, new Error(`growing by ${g.count} rank(s) from view ${g.epoch} after step ${g.step}`))
+  if (rs.gossip.runDone && rs.finalShard === undefined)
+    return finishedWithout(env, rs, new Error(`growing by ${g.count} rank(s) from view ${g.epoch} after step ${g.step}`))
   c.growth = { ...g, view: undefined, agreedHere: true }
   return { type: 'grow' }
 }
 
 /** Rank: the session failed. A recoverable failure moves to retry; anything else is thrown. */
-export function rankFailed (env: TrainerEnv, rs: RunState, c: Cursor, err: unknown): RoleEvent {
+export function rankFailed(env: TrainerEnv, rs: RunState, c: Cursor, err: unknown): RoleEvent {
   const { deps, cfg } = env
   // Another rank announced the end of the run (every step committed) and this node never
   // finished a roster's last step: it was a spare (or was replaced) that read finished
@@ -190,7 +196,7 @@ export function rankFailed (env: TrainerEnv, rs: RunState, c: Cursor, err: unkno
 }
 
 /** Grow: the roster takes the growth's joiners, and the old ranks hand their state over in the next session. */
-export function grow (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
+export function grow(env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
   const g = c.growth!
   c.growth = undefined
   const v = g.view ?? rs.views.view(g.epoch)
@@ -212,7 +218,7 @@ export function grow (env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent {
 }
 
 /** Retry: status says why; returns the failure to recover from. */
-export function enterRetry (env: TrainerEnv, rs: RunState, c: Cursor): SessionInterrupted {
+export function enterRetry(env: TrainerEnv, rs: RunState, c: Cursor): SessionInterrupted {
   const err = c.failure!
   c.failure = undefined
   env.deps.log.warn({ err: err.message, step: rs.st.step }, 'training step failed: recovering')
@@ -225,7 +231,7 @@ export function enterRetry (env: TrainerEnv, rs: RunState, c: Cursor): SessionIn
  * or (nobody was lost: a stall, a reset stream) runs the same roster again from the newest
  * snapshot they all have.
  */
-export function retried (env: TrainerEnv, rs: RunState, c: Cursor, next: View | undefined): RoleEvent {
+export function retried(env: TrainerEnv, rs: RunState, c: Cursor, next: View | undefined): RoleEvent {
   if (next === undefined) {
     c.round++
     rs.st.retries++
@@ -244,7 +250,7 @@ export function retried (env: TrainerEnv, rs: RunState, c: Cursor, next: View | 
  * retry with the same ranks). A node left in a minority waits for the majority up to
  * `minorityWaitMs`, then fails with a clear error instead of waiting forever.
  */
-export async function afterFailure (env: TrainerEnv, rs: RunState, roster: Member[], signal?: AbortSignal): Promise<View | undefined> {
+export async function afterFailure(env: TrainerEnv, rs: RunState, roster: Member[], signal?: AbortSignal): Promise<View | undefined> {
   const { membership, clock, log } = env.deps
   let deadline = clock.monotonic() + membership.status().detectionBoundMs + TRAIN_LIMITS.retrySlackMs
   let pausedSince: number | undefined
@@ -257,13 +263,19 @@ export async function afterFailure (env: TrainerEnv, rs: RunState, roster: Membe
     if (st.paused) {
       if (pausedSince === undefined) {
         pausedSince = now
-        log.warn({ live: st.members.filter(m => m.live).length, members: st.members.length }, 'this node is in a minority of the view: training waits for the majority')
+        log.warn(
+          { live: st.members.filter(m => m.live).length, members: st.members.length },
+          'this node is in a minority of the view: training waits for the majority'
+        )
       }
       const limit = env.cfg.minorityWaitMs ?? TRAIN_LIMITS.defaultMinorityWaitMs
       if (now - pausedSince > limit) {
-        throw new TrainingError(`this node has been in a minority of view ${st.epoch} for ${Math.round(limit / 1000)} s ` +
-          `(${st.members.filter(m => m.live).length} of ${st.members.length} members reachable): training cannot go on safely. ` +
-          'Restart the nodes with --resume to continue from the disk tier' + diskHint(env, rs))
+        throw new TrainingError(
+          `this node has been in a minority of view ${st.epoch} for ${Math.round(limit / 1000)} s ` +
+            `(${st.members.filter(m => m.live).length} of ${st.members.length} members reachable): training cannot go on safely. ` +
+            'Restart the nodes with --resume to continue from the disk tier' +
+            diskHint(env, rs)
+        )
       }
     } else if (pausedSince !== undefined) {
       pausedSince = undefined
@@ -275,13 +287,20 @@ export async function afterFailure (env: TrainerEnv, rs: RunState, roster: Membe
 }
 
 /** The error a rank ends with when its snapshots cannot bring the run back. */
-function giveUp (env: TrainerEnv, rs: RunState, err: SessionInterrupted): Error {
-  if (err.unrecoverable === undefined) return new TrainingError(`training gave up after ${TRAIN_LIMITS.maxAttempts} recovery attempts; the last: ${err.message}`)
+function giveUp(env: TrainerEnv, rs: RunState, err: SessionInterrupted): Error {
+  if (err.unrecoverable === undefined)
+    return new TrainingError(`training gave up after ${TRAIN_LIMITS.maxAttempts} recovery attempts; the last: ${err.message}`)
   const u = err.unrecoverable
   if (!(u instanceof UnrecoverableError)) {
-    return new TrainingError(`${err.message}: ${u.reportedBy} found a snapshot this recovery needs unrecoverable (more of its holders are gone than the erasure code tolerates). ` +
-      'Restart the nodes with --resume to continue from the disk tier' + diskHint(env, rs))
+    return new TrainingError(
+      `${err.message}: ${u.reportedBy} found a snapshot this recovery needs unrecoverable (more of its holders are gone than the erasure code tolerates). ` +
+        'Restart the nodes with --resume to continue from the disk tier' +
+        diskHint(env, rs)
+    )
   }
-  return new TrainingError(`${u.message}: more holders of rank ${u.rank}'s snapshot are gone than the erasure code tolerates (m = ${u.m}). ` +
-    'Restart the nodes with --resume to continue from the disk tier' + diskHint(env, rs))
+  return new TrainingError(
+    `${u.message}: more holders of rank ${u.rank}'s snapshot are gone than the erasure code tolerates (m = ${u.m}). ` +
+      'Restart the nodes with --resume to continue from the disk tier' +
+      diskHint(env, rs)
+  )
 }

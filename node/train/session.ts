@@ -21,10 +21,10 @@ import { ParamAccounting } from './streamer.ts'
 export const ROSTER_TOPIC = 'train/roster'
 
 /** How a session that did not fail ended: every step trained, or the ranks agreed to grow. */
-export type SessionOutcome = { kind: 'finished' } | { kind: 'grow', growth: Growth }
+export type SessionOutcome = { kind: 'finished' } | { kind: 'grow'; growth: Growth }
 
 /** The view can form before every pair of members is connected; collectives need them all. */
-async function waitForConnections (env: TrainerEnv, rs: RunState, members: readonly Member[], signal?: AbortSignal): Promise<void> {
+async function waitForConnections(env: TrainerEnv, rs: RunState, members: readonly Member[], signal?: AbortSignal): Promise<void> {
   const { net, clock, membership } = env.deps
   const want = members.map(m => m.id).filter(id => id !== net.self.id)
   const limit = clock.monotonic() + membership.status().detectionBoundMs + TRAIN_LIMITS.connectSlackMs
@@ -37,7 +37,8 @@ async function waitForConnections (env: TrainerEnv, rs: RunState, members: reado
     if (rs.gossip.runDone) throw new TrainingError('the run finished while this node was joining its ranks')
     // Unreachable members: the failure path waits for the view to drop them (or, in a
     // minority, for the majority), as after any failed step.
-    if (membership.status().paused) throw new SessionInterrupted(`not connected to ${missing.length} training member(s), e.g. ${missing[0]}, and this node is in a minority of the view`)
+    if (membership.status().paused)
+      throw new SessionInterrupted(`not connected to ${missing.length} training member(s), e.g. ${missing[0]}, and this node is in a minority of the view`)
     if (clock.monotonic() > limit) throw new SessionInterrupted(`not connected to ${missing.length} training member(s), e.g. ${missing[0]}`)
     await clock.sleep(TRAIN_LIMITS.pollMs, signal === undefined ? {} : { signal })
   }
@@ -48,11 +49,11 @@ async function waitForConnections (env: TrainerEnv, rs: RunState, members: reado
  * reported by another rank through the collective) interrupt the session, so the run
  * recovers; anything else is an error that ends it.
  */
-function failureOf (rs: RunState, collective: Collective, epoch: number, signal?: AbortSignal): (err: unknown) => never {
+function failureOf(rs: RunState, collective: Collective, epoch: number, signal?: AbortSignal): (err: unknown) => never {
   // A rank that finds a snapshot unrecoverable says so in its failure notice, so every rank
   // counts the attempt as unrecoverable (not only the ones that loaded that snapshot).
   const remote = (e: unknown): { reportedBy: string } | undefined =>
-    (e instanceof CollectiveError && e.reason === 'unrecoverable' ? { reportedBy: e.peer ?? 'another rank' } : undefined)
+    e instanceof CollectiveError && e.reason === 'unrecoverable' ? { reportedBy: e.peer ?? 'another rank' } : undefined
   return (err: unknown): never => {
     if (err instanceof SessionInterrupted) throw err
     if (err instanceof CollectiveError || err instanceof UnrecoverableError || err instanceof TransferTimeoutError || err instanceof NoSnapshotError) {
@@ -67,7 +68,7 @@ function failureOf (rs: RunState, collective: Collective, epoch: number, signal?
 }
 
 /** The collectives of a session under `roster` (not started yet). */
-function sessionCollective (env: TrainerEnv, parts: { settling: boolean }, roster: Member[], epoch: number, round: number): Collective {
+function sessionCollective(env: TrainerEnv, parts: { settling: boolean }, roster: Member[], epoch: number, round: number): Collective {
   const { net, clock, log, membership, onCollectiveSent } = env.deps
   return createCollective({
     net,
@@ -84,7 +85,16 @@ function sessionCollective (env: TrainerEnv, parts: { settling: boolean }, roste
 }
 
 /** What a started session's steps run on: the streamed model, its buckets, the accounting. */
-function sessionParts (env: TrainerEnv, rs: RunState, parts: { settling: boolean }, collective: Collective, roster: Member[], epoch: number, rank: number, signal?: AbortSignal): SessionParts {
+function sessionParts(
+  env: TrainerEnv,
+  rs: RunState,
+  parts: { settling: boolean },
+  collective: Collective,
+  roster: Member[],
+  epoch: number,
+  rank: number,
+  signal?: AbortSignal
+): SessionParts {
   const { deps, cfg, layout } = env
   const zero = createZeroComm(collective, cfg.zeroPP ? { qwZ: true, hpZ: true, qgZ: true } : {})
   const N = layout.length
@@ -97,16 +107,32 @@ function sessionParts (env: TrainerEnv, rs: RunState, parts: { settling: boolean
   const acct = new ParamAccounting({ shard: 4 * shard.length * 4, model: model.paramBytes(), inFlightPeak: 0, full: 16 * N }, rs.sent)
   rs.st.memory = acct.memory
   return Object.assign(parts, {
-    env, rs, roster, epoch, rank, P: roster.length, collective, zero, shard, model, opt, buckets, acct, signal,
+    env,
+    rs,
+    roster,
+    epoch,
+    rank,
+    P: roster.length,
+    collective,
+    zero,
+    shard,
+    model,
+    opt,
+    buckets,
+    acct,
+    signal,
     windows: bucketWindows(collective, buckets, shard, N),
     forwardOrder: buckets.map((_, j) => j),
-    backwardOrder: buckets.map((_, j) => j).slice(1, -1).reverse(),
+    backwardOrder: buckets
+      .map((_, j) => j)
+      .slice(1, -1)
+      .reverse(),
     fail: failureOf(rs, collective, epoch, signal)
   })
 }
 
 /** Rank 0 tells nodes beyond the roster (spares, late joiners) who the ranks are, every ROSTER_EVERY_MS. */
-function announceRoster (p: SessionParts): void {
+function announceRoster(p: SessionParts): void {
   const { deps } = p.env
   const now = deps.membership.view()
   const gossip = p.rs.gossip
@@ -118,9 +144,13 @@ function announceRoster (p: SessionParts): void {
 }
 
 /** After step s committed: snapshot and disk tier, progress, the roster for late joiners. */
-function afterCommit (p: SessionParts, t: ShardTensors, s: number): void {
+function afterCommit(p: SessionParts, t: ShardTensors, s: number): void {
   const { opt, env, rs } = p
-  saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, () => [opt.read(t.master) as Float32Array, opt.read(t.m) as Float32Array, opt.read(t.v) as Float32Array])
+  saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, () => [
+    opt.read(t.master) as Float32Array,
+    opt.read(t.m) as Float32Array,
+    opt.read(t.v) as Float32Array
+  ])
   env.deps.onStep?.(statusOf(rs))
   announceRoster(p)
 }
@@ -132,7 +162,16 @@ function afterCommit (p: SessionParts, t: ShardTensors, s: number): void {
  * The step (step.ts) is written as synchronous parts around this loop's awaits: the
  * simulator's schedule depends on where the awaits are.
  */
-export async function runSession (env: TrainerEnv, rs: RunState, roster: Member[], epoch: number, round: number, rank: number, initial: ShardState | undefined, signal?: AbortSignal): Promise<SessionOutcome> {
+export async function runSession(
+  env: TrainerEnv,
+  rs: RunState,
+  roster: Member[],
+  epoch: number,
+  round: number,
+  rank: number,
+  initial: ShardState | undefined,
+  signal?: AbortSignal
+): Promise<SessionOutcome> {
   const { cfg, deps } = env
   rs.st.phase = `session train-${epoch}.${round}: connecting to ${roster.length - 1} other rank(s)`
   await waitForConnections(env, rs, roster, signal)
@@ -151,7 +190,11 @@ export async function runSession (env: TrainerEnv, rs: RunState, roster: Member[
       // The load ends when `work` aborts (the snapshot service's recoveries settle on their
       // signal even with a transfer wedged inside): this rank then fails and retries with the others.
       state = await recover(env, rs, collective, roster, rank, p.shard, work).catch((err: unknown) => {
-        if (work.aborted) deps.log.warn({ phase: rs.st.phase, err: err instanceof Error ? err.message : String(err) }, 'recovery abandoned: the other ranks gave up on this one')
+        if (work.aborted)
+          deps.log.warn(
+            { phase: rs.st.phase, err: err instanceof Error ? err.message : String(err) },
+            'recovery abandoned: the other ranks gave up on this one'
+          )
         return fail(err)
       })
     }

@@ -28,7 +28,7 @@ export interface GrowState {
   /** The step of the last growth applied here (later announcements of it are stale). */
   lastStep: number
   /** This rank's state when the run grew (handed to the new ranks in the next session). */
-  handoff: { rank: number, state: ShardState } | undefined
+  handoff: { rank: number; state: ShardState } | undefined
   /** This rank's growth announcement, repeated while the grown run exchanges state. */
   msg: Uint8Array | undefined
 }
@@ -53,7 +53,7 @@ export interface RunState {
   readonly grow: GrowState
   readonly disk: DiskState
   /** This rank's master weights after the last step. */
-  finalShard: { start: number, data: Float32Array } | undefined
+  finalShard: { start: number; data: Float32Array } | undefined
 }
 
 /**
@@ -66,7 +66,7 @@ export class SessionInterrupted extends Error {
    * another rank, which said so in its failure notice (its peer id).
    */
   readonly unrecoverable: UnrecoverableError | { reportedBy: string } | undefined
-  constructor (message: string, unrecoverable?: UnrecoverableError | { reportedBy: string }) {
+  constructor(message: string, unrecoverable?: UnrecoverableError | { reportedBy: string }) {
     super(message)
     this.name = 'SessionInterrupted'
     this.unrecoverable = unrecoverable
@@ -74,6 +74,6 @@ export class SessionInterrupted extends Error {
 }
 
 /** A copy of the status for callers (they may keep it; the trainer goes on changing its own). */
-export function statusOf (rs: RunState): TrainStatus {
+export function statusOf(rs: RunState): TrainStatus {
   return { ...rs.st, bytes: { ...rs.sent }, recoveries: [...rs.st.recoveries], growths: [...rs.st.growths] }
 }

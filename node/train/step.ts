@@ -7,7 +7,7 @@ import type { RunState, TrainerEnv } from './state.ts'
 
 /** Where bucket j sits: its window of the flat vector, and this rank's part of it in its shard. */
 export interface BucketWindow {
-  window: { offset: number, total: number }
+  window: { offset: number; total: number }
   length: number
   /** Offset of this rank's part in its shard (0 for an empty part). */
   at: number
@@ -20,7 +20,7 @@ export interface ShardTensors {
   grad: Tensor
   m: Tensor
   v: Tensor
-  segments: Array<{ decay: boolean, p: Tensor, g: Tensor, m: Tensor, v: Tensor }>
+  segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor }>
 }
 
 /** What one session's steps run on: the roster, its collectives, the model and the shard. */
@@ -49,12 +49,12 @@ export interface SessionParts {
 }
 
 /** Call options of a collective call that belongs to `step`. */
-export function callAt (p: SessionParts, step: number): { step: number, signal?: AbortSignal } {
+export function callAt(p: SessionParts, step: number): { step: number; signal?: AbortSignal } {
   return p.signal === undefined ? { step } : { step, signal: p.signal }
 }
 
 /** Where each bucket's window and this rank's part of it lie. */
-export function bucketWindows (collective: Collective, buckets: readonly GptBucket[], shard: ShardRange, N: number): BucketWindow[] {
+export function bucketWindows(collective: Collective, buckets: readonly GptBucket[], shard: ShardRange, N: number): BucketWindow[] {
   return buckets.map(b => {
     const window = { offset: b.start, total: N }
     const part = collective.windowOf(b.end - b.start, window)
@@ -64,7 +64,7 @@ export function bucketWindows (collective: Collective, buckets: readonly GptBuck
 }
 
 /** Allocates the shard's optimizer tensors from `state`. */
-export function shardTensors (p: SessionParts, state: ShardState): ShardTensors {
+export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
   const { opt, shard } = p
   const N = p.env.layout.length
   const master = opt.alloc('f32', [shard.length])
@@ -85,7 +85,7 @@ export function shardTensors (p: SessionParts, state: ShardState): ShardTensors 
 }
 
 /** The weight gathers of one pass of step s, one bucket at a time. */
-function weightGathers (p: SessionParts, t: ShardTensors, s: number, pass: 'forward' | 'backward'): (j: number) => ReturnType<ZeroComm['gatherWeights']> {
+function weightGathers(p: SessionParts, t: ShardTensors, s: number, pass: 'forward' | 'backward'): (j: number) => ReturnType<ZeroComm['gatherWeights']> {
   const { zero, opt, buckets, windows } = p
   const own = opt.read(t.master) as Float32Array
   const mine = (j: number): Float32Array => own.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n)
@@ -93,7 +93,7 @@ function weightGathers (p: SessionParts, t: ShardTensors, s: number, pass: 'forw
 }
 
 /** Step s's forward: this rank's batch and the stream of gathered buckets. */
-export function forwardPass (p: SessionParts, t: ShardTensors, s: number): { batch: Batch, stream: BucketStream } {
+export function forwardPass(p: SessionParts, t: ShardTensors, s: number): { batch: Batch; stream: BucketStream } {
   const { cfg, deps } = p.env
   p.rs.st.phase = `step ${s + 1}: forward`
   const gather = weightGathers(p, t, s, 'forward')
@@ -105,7 +105,7 @@ export function forwardPass (p: SessionParts, t: ShardTensors, s: number): { bat
  * Step s's backward: the stream of gathered buckets, and each bucket's gradient reduce-scattered
  * as soon as it is complete (`reductions`), summed into `sums` (this rank's shard).
  */
-export function backwardPass (p: SessionParts, t: ShardTensors, s: number): { stream: GptStream, reductions: Array<Promise<void>>, sums: Float32Array } {
+export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { stream: GptStream; reductions: Array<Promise<void>>; sums: Float32Array } {
   const { zero, buckets, windows, acct } = p
   p.rs.st.phase = `step ${s + 1}: backward`
   const sums = new Float32Array(p.shard.length)
@@ -129,19 +129,25 @@ export function backwardPass (p: SessionParts, t: ShardTensors, s: number): { st
 }
 
 /** AdamW on the shard with the summed gradient (divided by P; decay on matrices and embeddings only). */
-export function applyAdamW (p: SessionParts, t: ShardTensors, sums: Float32Array, s: number): void {
+export function applyAdamW(p: SessionParts, t: ShardTensors, sums: Float32Array, s: number): void {
   const { opt } = p
   const { cfg } = p.env
   opt.write(t.grad, sums)
   for (const x of t.segments) {
     opt.adamw(x.p, x.g, x.m, x.v, {
-      lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / p.P
+      lr: cfg.lr,
+      beta1: 0.9,
+      beta2: 0.95,
+      eps: 1e-8,
+      weightDecay: x.decay ? cfg.weightDecay : 0,
+      step: s + 1,
+      gradScale: 1 / p.P
     })
   }
 }
 
 /** Step s committed (the loss all-reduce returned `lossSum`): status, throughput, the membership's step. */
-export function commitStep (p: SessionParts, s: number, lossSum: number, ms: number): void {
+export function commitStep(p: SessionParts, s: number, lossSum: number, ms: number): void {
   const { cfg, deps } = p.env
   const st = p.rs.st
   p.settling = false

@@ -5,7 +5,23 @@ import { doneMessage, growMessage } from './messages.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { nextRole, type Role, type RoleEvent } from './role.ts'
 import { ViewQueue, rosterOf } from './roster.ts'
-import { DONE_TOPIC, afterFailure, enterRank, enterRetry, enterSpare, firstRoster, grow, placed, rankEnded, rankFailed, retried, snapshotServiceFor, spareCheck, waitForView, type Cursor } from './run.ts'
+import {
+  DONE_TOPIC,
+  afterFailure,
+  enterRank,
+  enterRetry,
+  enterSpare,
+  firstRoster,
+  grow,
+  placed,
+  rankEnded,
+  rankFailed,
+  retried,
+  snapshotServiceFor,
+  spareCheck,
+  waitForView,
+  type Cursor
+} from './run.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { ROSTER_TOPIC, runSession } from './session.ts'
 import { statusOf, type RunState, type TrainerEnv } from './state.ts'
@@ -20,17 +36,34 @@ export class Trainer {
   private readonly rs: RunState
   private unsubs: Array<() => void> = []
 
-  constructor (deps: TrainerDeps, cfg: TrainConfig) {
+  constructor(deps: TrainerDeps, cfg: TrainConfig) {
     validateTrainConfig(cfg, deps.corpus)
     this.env = { deps, cfg, layout: gptLayout(cfg.model) }
     // Every view installed from now on is queued and consumed in order (roster.ts).
     const views = new ViewQueue(cfg.worldSize, deps.membership.view())
-    this.unsubs.push(deps.membership.on('view', v => { views.push(v) }))
+    this.unsubs.push(
+      deps.membership.on('view', v => {
+        views.push(v)
+      })
+    )
     const sent = { host: 0, zone: 0, wan: 0 }
     this.rs = {
       st: {
-        role: 'waiting', rank: undefined, worldSize: cfg.worldSize, step: 0, steps: cfg.steps, loss: undefined, evalLoss: undefined, tokensPerS: undefined,
-        epoch: 0, bytes: sent, snapshotStep: undefined, recoveries: [], retries: 0, growths: [], phase: 'waiting for the first full view'
+        role: 'waiting',
+        rank: undefined,
+        worldSize: cfg.worldSize,
+        step: 0,
+        steps: cfg.steps,
+        loss: undefined,
+        evalLoss: undefined,
+        tokensPerS: undefined,
+        epoch: 0,
+        bytes: sent,
+        snapshotStep: undefined,
+        recoveries: [],
+        retries: 0,
+        growths: [],
+        phase: 'waiting for the first full view'
       },
       sent,
       views,
@@ -45,11 +78,11 @@ export class Trainer {
   }
 
   /** This rank's master weights after the last step (tests compare runs bit for bit). */
-  get finalShard (): { start: number, data: Float32Array } | undefined {
+  get finalShard(): { start: number; data: Float32Array } | undefined {
     return this.rs.finalShard
   }
 
-  status (): TrainStatus {
+  status(): TrainStatus {
     return statusOf(this.rs)
   }
 
@@ -62,14 +95,14 @@ export class Trainer {
    * awaits below, which stay in this loop: the simulator drains promise continuations by
    * watching promise activity, so an extra async hop would move its schedule.
    */
-  async run (signal?: AbortSignal): Promise<TrainStatus> {
+  async run(signal?: AbortSignal): Promise<TrainStatus> {
     const { env, rs } = this
     const { deps } = env
     try {
       // Subscribed first: a node that joins late must not miss an announcement made while it
       // waits for its first view or starts its snapshot service.
       this.subscribeGossip()
-      const first = rs.views.firstFull ?? await waitForView(env, v => v.members.length >= env.cfg.worldSize, signal)
+      const first = rs.views.firstFull ?? (await waitForView(env, v => v.members.length >= env.cfg.worldSize, signal))
       const c = firstRoster(env, rs, first)
       rs.snapshots = snapshotServiceFor(env, first)
       if (rs.snapshots !== undefined) {
@@ -123,32 +156,40 @@ export class Trainer {
   }
 
   /** The run's gossip: the end of the run, the roster rank 0 announces, growths. */
-  private subscribeGossip (): void {
+  private subscribeGossip(): void {
     const { net } = this.env.deps
     const { rs } = this
     // Ranks announce the end of the run, so spares stop waiting (and do not mistake ranks
     // leaving after the last step for lost ones). From any node that was ever a rank here:
     // a spare that read a finished rank's departure as a loss has already replaced it.
-    this.unsubs.push(net.subscribe(DONE_TOPIC, {
-      validate: msg => (msg.data.length === 4 ? 'accept' : 'reject'),
-      deliver: msg => { if (rs.views.wasRostered(msg.from)) rs.gossip.runDone = true }
-    }))
-    this.unsubs.push(net.subscribe(ROSTER_TOPIC, {
-      validate: msg => (rosterOf(msg.data) === undefined ? 'reject' : 'accept'),
-      deliver: msg => {
-        const a = rosterOf(msg.data)
-        // Only a rank speaks for its own roster.
-        if (a === undefined || !a.members.some(m => m.id === msg.from)) return
-        if (a.epoch >= (rs.gossip.announced?.epoch ?? 0)) rs.gossip.announced = a
-      }
-    }))
-    this.unsubs.push(net.subscribe(GROW_TOPIC, {
-      validate: msg => (msg.data.length === growMessage.bytes ? 'accept' : 'reject'),
-      deliver: msg => {
-        if (!rs.views.wasRostered(msg.from)) return
-        const g = growMessage.decode(msg.data)
-        if (g.count > 0 && g.step > rs.grow.lastStep && g.epoch > (rs.grow.to?.epoch ?? 0)) rs.grow.to = g
-      }
-    }))
+    this.unsubs.push(
+      net.subscribe(DONE_TOPIC, {
+        validate: msg => (msg.data.length === 4 ? 'accept' : 'reject'),
+        deliver: msg => {
+          if (rs.views.wasRostered(msg.from)) rs.gossip.runDone = true
+        }
+      })
+    )
+    this.unsubs.push(
+      net.subscribe(ROSTER_TOPIC, {
+        validate: msg => (rosterOf(msg.data) === undefined ? 'reject' : 'accept'),
+        deliver: msg => {
+          const a = rosterOf(msg.data)
+          // Only a rank speaks for its own roster.
+          if (a === undefined || !a.members.some(m => m.id === msg.from)) return
+          if (a.epoch >= (rs.gossip.announced?.epoch ?? 0)) rs.gossip.announced = a
+        }
+      })
+    )
+    this.unsubs.push(
+      net.subscribe(GROW_TOPIC, {
+        validate: msg => (msg.data.length === growMessage.bytes ? 'accept' : 'reject'),
+        deliver: msg => {
+          if (!rs.views.wasRostered(msg.from)) return
+          const g = growMessage.decode(msg.data)
+          if (g.count > 0 && g.step > rs.grow.lastStep && g.epoch > (rs.grow.to?.epoch ?? 0)) rs.grow.to = g
+        }
+      })
+    )
   }
 }

@@ -9,10 +9,10 @@ export interface TrainingWorkload {
   run(signal?: AbortSignal): Promise<TrainStatus>
   status(): TrainStatus
   /** This rank's master weights after the last step (undefined on spares and before the end). */
-  readonly finalShard: { start: number, data: Float32Array } | undefined
+  readonly finalShard: { start: number; data: Float32Array } | undefined
 }
 
 /** The training workload of one node: a {@link Trainer} behind the {@link TrainingWorkload} seam. */
-export function createTrainingWorkload (deps: TrainerDeps, cfg: TrainConfig): TrainingWorkload {
+export function createTrainingWorkload(deps: TrainerDeps, cfg: TrainConfig): TrainingWorkload {
   return new Trainer(deps, cfg)
 }

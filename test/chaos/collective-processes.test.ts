@@ -55,7 +55,11 @@ const REPORT_BYTES = 256 * 1024
 const LABEL: Record<FaultOp, string> = { 'all-gather': 'all_gather', 'reduce-scatter': 'reduce_scatter', 'all-to-all': 'hier_reduce_scatter' }
 // Worker 0 is the one the others bootstrap from: never the victim. Each op kills another one.
 const VICTIM: Record<FaultOp, number> = { 'all-gather': 2, 'reduce-scatter': 1, 'all-to-all': 3 }
-const CALL: Record<FaultOp, string> = { 'all-gather': 'ring all-gather', 'reduce-scatter': 'ring reduce-scatter', 'all-to-all': 'hierarchical all-to-all reduce-scatter (qgZ int4, 2 zones)' }
+const CALL: Record<FaultOp, string> = {
+  'all-gather': 'ring all-gather',
+  'reduce-scatter': 'ring reduce-scatter',
+  'all-to-all': 'hierarchical all-to-all reduce-scatter (qgZ int4, 2 zones)'
+}
 
 for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
   test.serial(`a member SIGKILLed mid ${CALL[op]} on ${P} real processes: every survivor rejects with a CollectiveError within the bound, no hang`, async t => {
@@ -63,8 +67,19 @@ for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
     t.timeout(90_000)
     const step = 7
     const t0 = performance.now()
-    const g = await startWorkers(P, { mode: 'fault', op, step, elements: ELEMENTS[op], seed: 11, chunkBytes: CHUNK_BYTES, timeoutMs: TIMEOUT_MS, reportAfterBytes: REPORT_BYTES })
-    t.teardown(() => { g.kill() })
+    const g = await startWorkers(P, {
+      mode: 'fault',
+      op,
+      step,
+      elements: ELEMENTS[op],
+      seed: 11,
+      chunkBytes: CHUNK_BYTES,
+      timeoutMs: TIMEOUT_MS,
+      reportAfterBytes: REPORT_BYTES
+    })
+    t.teardown(() => {
+      g.kill()
+    })
     try {
       const ready = await Promise.all(g.workers.map(w => w.next('ready', 45_000, e => e.ev === 'ready')))
       const ids = ready.map(e => e['id'] as string)
@@ -76,12 +91,16 @@ for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
       const sent = await Promise.all(g.workers.map(w => w.next('sent', 30_000, e => e.ev === 'sent')))
       victim.child.kill('SIGKILL')
       const killedAt = performance.timeOrigin + performance.now()
-      t.log(`${op}: ready after ${Math.round(readyMs)} ms; ranks ${ready.map(e => `w${e['index']}=r${e['rank']}`).join(' ')}; killed w${victim.index} (rank ${ready[victim.index]!['rank']}) once every rank had sent >= ${REPORT_BYTES} bytes (${sent.map(e => `${e['elapsedMs']} ms`).join(', ')} after go)`)
+      t.log(
+        `${op}: ready after ${Math.round(readyMs)} ms; ranks ${ready.map(e => `w${e['index']}=r${e['rank']}`).join(' ')}; killed w${victim.index} (rank ${ready[victim.index]!['rank']}) once every rank had sent >= ${REPORT_BYTES} bytes (${sent.map(e => `${e['elapsedMs']} ms`).join(', ')} after go)`
+      )
 
-      const outcomes = await Promise.all(survivors.map(async w => {
-        const e = await w.next('its outcome', BOUND_MS + 2000, x => x.ev === 'outcome')
-        return { w, e, receivedMs: performance.timeOrigin + performance.now() - killedAt }
-      }))
+      const outcomes = await Promise.all(
+        survivors.map(async w => {
+          const e = await w.next('its outcome', BOUND_MS + 2000, x => x.ev === 'outcome')
+          return { w, e, receivedMs: performance.timeOrigin + performance.now() - killedAt }
+        })
+      )
       const summary: string[] = []
       for (const { w, e, receivedMs } of outcomes) {
         const who = `w${w.index} (rank ${e['rank']})`
@@ -98,9 +117,14 @@ for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
         const sinceKill = Number(e['atMs']) - killedAt
         // Rejected after the kill: the kill landed mid-operation (nobody had settled yet).
         t.true(sinceKill > 0, `${who} rejected ${Math.round(sinceKill)} ms after the kill: ${JSON.stringify(e)}`)
-        t.true(sinceKill <= BOUND_MS && receivedMs <= BOUND_MS, `${who} rejected ${Math.round(sinceKill)} ms after the kill (reported after ${Math.round(receivedMs)} ms), bound ${BOUND_MS} ms`)
+        t.true(
+          sinceKill <= BOUND_MS && receivedMs <= BOUND_MS,
+          `${who} rejected ${Math.round(sinceKill)} ms after the kill (reported after ${Math.round(receivedMs)} ms), bound ${BOUND_MS} ms`
+        )
         t.deepEqual(e['transports'], ['bulk'], `${who}: collective streams ride the bulk channel`)
-        summary.push(`${who} ${String(e['reason'])} blaming ${e['peer'] === victimId ? 'the victim' : `w${ids.indexOf(e['peer'] as string)} ("${String(e['message'])}")`} after ${Math.round(sinceKill)} ms (${e['elapsedMs']} ms into the call)`)
+        summary.push(
+          `${who} ${String(e['reason'])} blaming ${e['peer'] === victimId ? 'the victim' : `w${ids.indexOf(e['peer'] as string)} ("${String(e['message'])}")`} after ${Math.round(sinceKill)} ms (${e['elapsedMs']} ms into the call)`
+        )
       }
       t.log(`${op}: ${summary.join('; ')}`)
     } finally {
@@ -108,7 +132,11 @@ for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
       // Nothing is left running: every child has exited (killed above, or by its closed stdin).
       const codes = await Promise.race([
         Promise.all(g.workers.map(w => w.exited)),
-        new Promise<undefined>(resolve => setTimeout(() => { resolve(undefined) }, 5000).unref())
+        new Promise<undefined>(resolve =>
+          setTimeout(() => {
+            resolve(undefined)
+          }, 5000).unref()
+        )
       ])
       t.not(codes, undefined, 'every worker process exited')
       t.log(`${op}: ${Math.round(performance.now() - t0)} ms wall`)

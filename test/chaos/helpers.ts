@@ -3,10 +3,14 @@ import { fileURLToPath } from 'node:url'
 
 export const BIN = fileURLToPath(new URL('../../bin/zeromesh.js', import.meta.url))
 
-export interface Proc { child: ChildProcess, out: string[], exited: Promise<number | null> }
+export interface Proc {
+  child: ChildProcess
+  out: string[]
+  exited: Promise<number | null>
+}
 
 /** Spawns `zeromesh <args>` on this Node; collects stdout lines. */
-export function zeromesh (args: string[]): Proc {
+export function zeromesh(args: string[]): Proc {
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   const out: string[] = []
   let buf = ''
@@ -16,7 +20,15 @@ export function zeromesh (args: string[]): Proc {
     buf = lines.pop()!
     out.push(...lines)
   })
-  child.stderr!.on('data', (c: Buffer) => out.push(...c.toString().split('\n').filter(l => l.length > 0).map(l => `[stderr] ${l}`)))
+  child.stderr!.on('data', (c: Buffer) =>
+    out.push(
+      ...c
+        .toString()
+        .split('\n')
+        .filter(l => l.length > 0)
+        .map(l => `[stderr] ${l}`)
+    )
+  )
   const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
   return { child, out, exited }
 }

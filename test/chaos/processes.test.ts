@@ -12,29 +12,35 @@ import { waitFor } from '../helpers/wait.ts'
 
 const HEARTBEAT_MS = 200
 
-async function status (dir: string): Promise<NodeStatus | undefined> {
+async function status(dir: string): Promise<NodeStatus | undefined> {
   try {
-    return await fetchStatus(dir, 1000) as NodeStatus
+    return (await fetchStatus(dir, 1000)) as NodeStatus
   } catch {
     return undefined
   }
 }
 
 /** Every node in `dirs` reports one view whose members are exactly `ids`; returns its epoch. */
-async function agreed (dirs: string[], ids: string[]): Promise<number | undefined> {
+async function agreed(dirs: string[], ids: string[]): Promise<number | undefined> {
   const all = await Promise.all(dirs.map(status))
   const want = [...ids].sort().join(',')
   const epochs = new Set<number>()
   for (const s of all) {
     if (s === undefined) return undefined
-    if (s.membership.members.map(m => m.id).sort().join(',') !== want) return undefined
+    if (
+      s.membership.members
+        .map(m => m.id)
+        .sort()
+        .join(',') !== want
+    )
+      return undefined
     epochs.add(s.membership.epoch)
   }
   return epochs.size === 1 ? [...epochs][0] : undefined
 }
 
 /** True once, on every node that leads, every other member's last heartbeat was heard (age >= 0); else undefined. */
-async function heard (dirs: string[]): Promise<true | undefined> {
+async function heard(dirs: string[]): Promise<true | undefined> {
   const all = await Promise.all(dirs.map(status))
   if (all.some(s => s === undefined)) return undefined
   const leaders = all.filter(s => s!.membership.leader === s!.membership.self)
@@ -48,23 +54,44 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
   writeFileSync(secretFile, 'chaos test secret, long enough\n')
   const dirs = [0, 1, 2, 3].map(i => join(root, `node${i}`))
   const args = (i: number, bootstrap: string[]): string[] => [
-    'start', '--run', 'chaos', '--secret-file', secretFile, '--listen', '/ip4/127.0.0.1/tcp/0', '--data-dir', dirs[i]!,
-    '--zone', `z${i % 2}`, '--host', `h${i}`, '--expect', '4', '--heartbeat-ms', String(HEARTBEAT_MS),
-    '--events', 'jsonl', ...bootstrap.flatMap(b => ['--bootstrap', b])
+    'start',
+    '--run',
+    'chaos',
+    '--secret-file',
+    secretFile,
+    '--listen',
+    '/ip4/127.0.0.1/tcp/0',
+    '--data-dir',
+    dirs[i]!,
+    '--zone',
+    `z${i % 2}`,
+    '--host',
+    `h${i}`,
+    '--expect',
+    '4',
+    '--heartbeat-ms',
+    String(HEARTBEAT_MS),
+    '--events',
+    'jsonl',
+    ...bootstrap.flatMap(b => ['--bootstrap', b])
   ]
   // The nodes' stdout is their events, one JSON object per line.
-  const events = (p: Proc): NodeEvent[] => p.out.map(parseNodeEvent).flatMap(r => r.ok ? [r.event] : [])
+  const events = (p: Proc): NodeEvent[] => p.out.map(parseNodeEvent).flatMap(r => (r.ok ? [r.event] : []))
   const procs: Proc[] = []
   try {
     procs.push(zeromesh(args(0, [])))
-    const addr = await waitFor('the first node to report its address', 15_000, () => events(procs[0]!).flatMap(e => e.type === 'started' ? e.multiaddrs : []).find(a => a.startsWith('/ip4/127.0.0.1/')))
+    const addr = await waitFor('the first node to report its address', 15_000, () =>
+      events(procs[0]!)
+        .flatMap(e => (e.type === 'started' ? e.multiaddrs : []))
+        .find(a => a.startsWith('/ip4/127.0.0.1/'))
+    )
     for (let i = 1; i < 4; i++) procs.push(zeromesh(args(i, [addr])))
     const ids = await Promise.all(dirs.map(d => waitFor('a node to answer status', 15_000, async () => (await status(d))?.peerId)))
     const e1 = await waitFor('one view with all four nodes', 20_000, () => agreed(dirs, ids))
     t.log(`formed view ${e1}`)
     // The detectors have the rhythm: every node's leader has heard real heartbeats (not only the
     // primed estimate) from every other member, so the bound below comes from measured intervals.
-    await waitFor('the leaders to hear every member\'s heartbeats', 10_000, () => heard(dirs))
+    await waitFor("the leaders to hear every member's heartbeats", 10_000, () => heard(dirs))
 
     // The bound is derived from the detector: silence until phi crosses its threshold, plus one
     // heartbeat for the proposer's tick and two for the Paxos rounds and the commit to spread,
@@ -74,7 +101,12 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
     const t0 = performance.now()
     procs[2]!.child.kill('SIGKILL')
     const survivors = [0, 1, 3]
-    const e2 = await waitFor('the survivors to drop the killed node', bound, () => agreed(survivors.map(i => dirs[i]!), survivors.map(i => ids[i]!)))
+    const e2 = await waitFor('the survivors to drop the killed node', bound, () =>
+      agreed(
+        survivors.map(i => dirs[i]!),
+        survivors.map(i => ids[i]!)
+      )
+    )
     const took = performance.now() - t0
     t.log(`removed in ${Math.round(took)} ms (bound ${bound} ms = detector ${s0.membership.detectionBoundMs} + ${3 * HEARTBEAT_MS} + 3000 slack); view ${e2}`)
     t.true(e2 > e1)
@@ -84,7 +116,10 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
     const e3 = await waitFor('the restarted node to rejoin', 20_000, () => agreed(dirs, ids))
     t.true(e3 > e2)
     t.is((await status(dirs[2]!))!.peerId, ids[2]!, 'the identity survived the restart (key in the data dir)')
-    t.true(events(procs[2]!).some(e => e.type === 'view' && e.members === 4 && e.rank === 3), 'the rejoined node took the last rank')
+    t.true(
+      events(procs[2]!).some(e => e.type === 'view' && e.members === 4 && e.rank === 3),
+      'the rejoined node took the last rank'
+    )
   } finally {
     for (const p of procs) p.child.kill('SIGTERM')
     const codes = await Promise.all(procs.map(p => p.exited))
@@ -97,10 +132,10 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
 // default model and corpus, and a worker SIGKILLed mid-run.
 const bin = fileURLToPath(new URL('../../bin/zeromesh.js', import.meta.url))
 
-function up (args: string[]): Promise<{ code: number, out: string }> {
+function up(args: string[]): Promise<{ code: number; out: string }> {
   return new Promise(resolve => {
     execFile(process.execPath, [bin, 'up', ...args], { timeout: 170_000, killSignal: 'SIGINT' }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : 1), out: stdout + stderr })
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, out: stdout + stderr })
     })
   })
 }
@@ -115,7 +150,12 @@ test.serial('zeromesh up trains on 4 worker processes and the loss goes down', a
   const clean = await up(RUN)
   t.is(clean.code, 0, clean.out)
   const losses = [...clean.out.matchAll(/loss (\d+\.\d+)/g)].map(m => Number(m[1]))
-  t.log(clean.out.split('\n').filter(l => /training done|held-out/.test(l)).join('\n'))
+  t.log(
+    clean.out
+      .split('\n')
+      .filter(l => /training done|held-out/.test(l))
+      .join('\n')
+  )
   t.true(losses.length >= 2 && losses.at(-1)! < losses[0]! * 0.8, `loss went down: ${losses.join(', ')}`)
   cleanHeldOut = heldOut(clean.out)
   t.truthy(cleanHeldOut)
@@ -126,12 +166,23 @@ test.serial('zeromesh up --kill-at: a SIGKILLed rank is replaced by the spare an
   t.is(hurt.code, 0, hurt.out)
   t.regex(hurt.out, /killed w\d \(rank \d\) with SIGKILL at step \d+/)
   t.regex(hurt.out, /recovered: a spare took rank \d from the erasure-coded snapshots/)
-  t.log(hurt.out.split('\n').filter(l => /killed|recovered|held-out/.test(l)).join('\n'))
+  t.log(
+    hurt.out
+      .split('\n')
+      .filter(l => /killed|recovered|held-out/.test(l))
+      .join('\n')
+  )
   t.is(heldOut(hurt.out), cleanHeldOut, 'the final weights score exactly as without the kill')
 })
 
 test.serial('zeromesh up refuses bad flags with exit 2', async t => {
-  for (const args of [['--nodes', '0'], ['--device', 'tpu'], ['--steps', '10', '--kill-at', '10'], ['--model', 'huge'], ['--snapshot-every', '0']]) {
+  for (const args of [
+    ['--nodes', '0'],
+    ['--device', 'tpu'],
+    ['--steps', '10', '--kill-at', '10'],
+    ['--model', 'huge'],
+    ['--snapshot-every', '0']
+  ]) {
     const r = await up(args)
     t.is(r.code, 2, `${args.join(' ')}: ${r.out}`)
   }

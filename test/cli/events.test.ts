@@ -40,7 +40,16 @@ test('the renderer writes the lines start has always printed', t => {
   t.deepEqual(renderNodeEvent({ type: 'view', epoch: 3, members: 4 }), ['view 3: 4 members, this node is not a member'])
   t.deepEqual(renderNodeEvent({ type: 'done', step: 12, loss: 3.5 }), ['training done: 12 steps, loss 3.5000'])
   t.deepEqual(renderNodeEvent({ type: 'done', step: 12, loss: 3.5, evalLoss: 3.75 }), ['training done: 12 steps, loss 3.5000, held-out loss 3.7500'])
-  const started = renderNodeEvent({ type: 'started', version: '0.1.0', peerId: 'p', run: 'r', zone: 'z', host: 'h', dataDir: '/d', multiaddrs: ['/ip4/0.0.0.0/tcp/1/p2p/p', '/ip4/10.0.0.1/tcp/1/p2p/p'] })
+  const started = renderNodeEvent({
+    type: 'started',
+    version: '0.1.0',
+    peerId: 'p',
+    run: 'r',
+    zone: 'z',
+    host: 'h',
+    dataDir: '/d',
+    multiaddrs: ['/ip4/0.0.0.0/tcp/1/p2p/p', '/ip4/10.0.0.1/tcp/1/p2p/p']
+  })
   t.deepEqual(started, [
     'zeromesh 0.1.0: node p in run r (zone z, host h)',
     'data dir /d',
@@ -70,7 +79,17 @@ test('a line that is not an event is refused by the schema: not JSON, unknown ty
 test('up reports the first malformed worker line once and keeps reading events after it', t => {
   const said: string[] = []
   const logged: string[] = []
-  const sinks: WorkerSinks = { clock: new RealClock(), log: { write: (l: string) => { logged.push(l); return true } }, stamping: () => false, say: l => said.push(l) }
+  const sinks: WorkerSinks = {
+    clock: new RealClock(),
+    log: {
+      write: (l: string) => {
+        logged.push(l)
+        return true
+      }
+    },
+    stamping: () => false,
+    say: l => said.push(l)
+  }
   const w = { name: 'w1', recoveries: [], tail: [], afterKill: [] } as unknown as Worker
   const feed = eventLines(w, sinks, '/tmp/workers.log')
   feed('garbage')

@@ -11,13 +11,13 @@ import { seededRng } from '../helpers/seed.ts'
 /** gpu/cpu.ts's f32ToBf16 / bf16ToF32, verbatim. */
 const cpuScratch = new Float32Array(1)
 const cpuU32 = new Uint32Array(cpuScratch.buffer)
-function cpuF32ToBf16 (x: number): number {
+function cpuF32ToBf16(x: number): number {
   cpuScratch[0] = x
   const bits = cpuU32[0]!
   if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff
   return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff
 }
-function cpuBf16ToF32 (bits: number): number {
+function cpuBf16ToF32(bits: number): number {
   cpuU32[0] = (bits & 0xffff) << 16
   return cpuScratch[0]!
 }
@@ -25,7 +25,7 @@ function cpuBf16ToF32 (bits: number): number {
 /** gpu/cuda/backend.ts's bf16Bits (its fill), verbatim. */
 const cudaScratch = new Float32Array(1)
 const cudaU32 = new Uint32Array(cudaScratch.buffer)
-function cudaBf16Bits (x: number): number {
+function cudaBf16Bits(x: number): number {
   cudaScratch[0] = x
   const bits = cudaU32[0]!
   if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff
@@ -35,13 +35,13 @@ function cudaBf16Bits (x: number): number {
 /** mesh/collective/wire.ts's toBf16 / fromBf16, verbatim (its NaN test is written differently). */
 const f32 = new Float32Array(1)
 const u32 = new Uint32Array(f32.buffer)
-function wireToBf16 (x: number): number {
+function wireToBf16(x: number): number {
   f32[0] = x
   const b = u32[0]!
   if ((b & 0x7f800000) === 0x7f800000 && (b & 0x7fffff) !== 0) return ((b >>> 16) | 0x40) & 0xffff
   return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff
 }
-function wireFromBf16 (h: number): number {
+function wireFromBf16(h: number): number {
   u32[0] = h << 16
   return f32[0]!
 }
@@ -51,14 +51,20 @@ const OLD_FROM = { 'gpu/cpu.ts bf16ToF32': cpuBf16ToF32, 'mesh/collective/wire.t
 
 const bitsView = new Uint32Array(1)
 const valueView = new Float32Array(bitsView.buffer)
-const fromBits = (b: number): number => { bitsView[0] = b; return valueView[0]! }
-const toBits = (x: number): number => { valueView[0] = x; return bitsView[0]! }
+const fromBits = (b: number): number => {
+  bitsView[0] = b
+  return valueView[0]!
+}
+const toBits = (x: number): number => {
+  valueView[0] = x
+  return bitsView[0]!
+}
 
 /**
  * Every bf16 upper half with the lower halves that decide the rounding (exact, just below /
  * at / just above the tie, all ones), then seeded random f32 bit patterns.
  */
-function f32Inputs (random: () => number, count: number): number[] {
+function f32Inputs(random: () => number, count: number): number[] {
   const out: number[] = []
   for (let hi = 0; hi < 0x10000; hi++) {
     for (const lo of [0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xc000, 0xffff]) out.push(fromBits(((hi << 16) | lo) >>> 0))
@@ -69,9 +75,35 @@ function f32Inputs (random: () => number, count: number): number[] {
 
 /** Doubles that are not f32 values: the f32 rounding comes first, then the bf16 one. */
 const DOUBLES = [
-  0, -0, NaN, -NaN, Infinity, -Infinity, 1, -1, 1 + 2 ** -8, 1 + 2 ** -8 + 2 ** -40, 1 + 2 ** -24 + 2 ** -60,
-  1e-50, -1e-50, 1e-40, 1e-45, 2 ** -149, 2 ** -150, 2 ** -126, 3.4028234663852886e38, 3.5e38, 1e300, -1e300,
-  Number.MAX_VALUE, Number.MIN_VALUE, Math.PI, -Math.E, 65504.5, 0.1, 1 / 3
+  0,
+  -0,
+  NaN,
+  -NaN,
+  Infinity,
+  -Infinity,
+  1,
+  -1,
+  1 + 2 ** -8,
+  1 + 2 ** -8 + 2 ** -40,
+  1 + 2 ** -24 + 2 ** -60,
+  1e-50,
+  -1e-50,
+  1e-40,
+  1e-45,
+  2 ** -149,
+  2 ** -150,
+  2 ** -126,
+  3.4028234663852886e38,
+  3.5e38,
+  1e300,
+  -1e300,
+  Number.MAX_VALUE,
+  Number.MIN_VALUE,
+  Math.PI,
+  -Math.E,
+  65504.5,
+  0.1,
+  1 / 3
 ]
 
 test('f32ToBf16 gives the bits of each of the three old conversions on every input class', t => {
@@ -116,7 +148,7 @@ test('bf16ToF32 gives the value of each old conversion for all 65,536 bf16 words
   for (let h = 0; h < 0x10000; h++) {
     const back = f32ToBf16(bf16ToF32(h))
     // A NaN word comes back quiet; every other word exactly.
-    const want = (h & 0x7fff) > 0x7f80 ? (h | 0x40) : h
+    const want = (h & 0x7fff) > 0x7f80 ? h | 0x40 : h
     if (back !== want) notInverse++
   }
   t.is(notInverse, 0)

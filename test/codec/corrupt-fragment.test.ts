@@ -1,20 +1,27 @@
 import test from 'ava'
 import {
-  createErasureCoder, encodeStripe, encodeFragment, decodeFragment, decodeStripe, checksum64,
-  TooFewFragmentsError, CODEC_LIMITS, FRAGMENT_HEADER_BYTES
+  createErasureCoder,
+  encodeStripe,
+  encodeFragment,
+  decodeFragment,
+  decodeStripe,
+  checksum64,
+  TooFewFragmentsError,
+  CODEC_LIMITS,
+  FRAGMENT_HEADER_BYTES
 } from '../../codec/index.ts'
 import { ProtocolError } from '../../core/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 
 const coder = createErasureCoder({ k: 4, m: 2 })
 
-function stripe (seed: number, n = 999): { payload: Uint8Array, frags: Uint8Array[] } {
+function stripe(seed: number, n = 999): { payload: Uint8Array; frags: Uint8Array[] } {
   const payload = new Uint8Array(n).map((_, i) => (i * seed) & 0xff)
   return { payload, frags: encodeStripe(payload, coder).map(encodeFragment) }
 }
 
 /** Re-seals a fragment's body and header checksums after tampering: a well-formed lie. */
-function reseal (frag: Uint8Array): Uint8Array {
+function reseal(frag: Uint8Array): Uint8Array {
   const v = new DataView(frag.buffer, frag.byteOffset, FRAGMENT_HEADER_BYTES)
   v.setBigUint64(32, checksum64(frag.subarray(FRAGMENT_HEADER_BYTES)), true)
   v.setBigUint64(40, checksum64(frag.subarray(0, 40)), true)
@@ -59,7 +66,10 @@ test('duplicates, fragments of another stripe and wrong expectations are rejecte
   const b = stripe(11)
   const out = decodeStripe([a.frags[0]!, a.frags[0]!, b.frags[1]!, a.frags[2]!, a.frags[3]!, a.frags[5]!], coder)
   t.deepEqual(out.payload, a.payload)
-  t.deepEqual(out.rejected.map(r => r.error.code), ['FRAGMENT_MISMATCH', 'FRAGMENT_MISMATCH'])
+  t.deepEqual(
+    out.rejected.map(r => r.error.code),
+    ['FRAGMENT_MISMATCH', 'FRAGMENT_MISMATCH']
+  )
   t.is(decodeStripe(a.frags, coder, { payloadChecksum: checksum64(a.payload) }).rejected.length, 0)
   const wrong = t.throws(() => decodeStripe(a.frags, coder, { payloadBytes: 5 }), { instanceOf: TooFewFragmentsError })
   t.deepEqual(wrong.present, [])
@@ -81,7 +91,7 @@ test('fragment headers with lying sizes are refused before use (limit: maxFragme
     edit(new DataView(f.buffer, 0, FRAGMENT_HEADER_BYTES))
     return reseal(f)
   }
-  const code = (f: Uint8Array): string => (t.throws(() => decodeFragment(f), { instanceOf: ProtocolError })).code
+  const code = (f: Uint8Array): string => t.throws(() => decodeFragment(f), { instanceOf: ProtocolError }).code
   t.is(code(forge(v => v.setUint32(16, CODEC_LIMITS.maxFragmentBytes + 1, true))), 'FRAGMENT_MALFORMED')
   t.is(code(forge(v => v.setBigUint64(8, 2n ** 60n, true))), 'FRAGMENT_MALFORMED')
   t.is(code(forge(v => v.setUint8(7, 6))), 'FRAGMENT_MALFORMED', 'index >= k + m')
@@ -89,7 +99,7 @@ test('fragment headers with lying sizes are refused before use (limit: maxFragme
   t.is(code(forge(v => v.setUint32(20, 1, true))), 'FRAGMENT_MALFORMED', 'reserved bits')
   t.is(code(frags[0]!.subarray(0, 20)), 'FRAGMENT_MALFORMED', 'short')
   t.is(code(frags[0]!.subarray(0, frags[0]!.length - 1)), 'FRAGMENT_MALFORMED', 'truncated body')
-  t.is((t.throws(() => decodeFragment(frags[0]!, { index: 1 }), { instanceOf: ProtocolError })).code, 'FRAGMENT_MISMATCH')
+  t.is(t.throws(() => decodeFragment(frags[0]!, { index: 1 }), { instanceOf: ProtocolError }).code, 'FRAGMENT_MISMATCH')
 })
 
 test('random garbage fragments never crash the stripe decoder', t => {

@@ -6,7 +6,6 @@ import { protocolCode } from '../helpers/bytes.ts'
 
 const frame = concatFrame(encodeTensorFrames({ dtype: 'f32', shape: [2, 3], data: new Uint8Array(24).map((_, i) => i) })[0]!)
 
-
 test('every single-bit flip of a frame is caught by a checksum or field check', t => {
   let caught = 0
   for (let bit = 0; bit < frame.length * 8; bit++) {
@@ -31,11 +30,14 @@ test('every truncation of a frame is FRAME_TRUNCATED; the reader waits, then ref
   }
   const extra = new Uint8Array(frame.length + 1)
   extra.set(frame)
-  t.is((t.throws(() => decodeFrame(extra), { instanceOf: ProtocolError })).code, 'FRAME_TRAILING_BYTES')
+  t.is(t.throws(() => decodeFrame(extra), { instanceOf: ProtocolError }).code, 'FRAME_TRAILING_BYTES')
 })
 
 test('a corrupted quantized body is refused before it is dequantized', t => {
-  const q = quantize(Float32Array.from({ length: 100 }, (_, i) => i - 50), { bits: 4, blockSize: 10 })
+  const q = quantize(
+    Float32Array.from({ length: 100 }, (_, i) => i - 50),
+    { bits: 4, blockSize: 10 }
+  )
   const f = concatFrame(encodeQuantizedFrames(q)[0]!)
   const bad = f.slice()
   bad[bad.length - 3]! ^= 0x10
@@ -46,7 +48,14 @@ test('random garbage, splices and flips never crash or hang the decoders', t => 
   const { rng } = seededRng(t, 21)
   const frames = [
     frame,
-    concatFrame(encodeQuantizedFrames(quantize(new Float32Array(300).map((_, i) => Math.cos(i)), { bits: 8, blockSize: 32 }))[0]!)
+    concatFrame(
+      encodeQuantizedFrames(
+        quantize(
+          new Float32Array(300).map((_, i) => Math.cos(i)),
+          { bits: 8, blockSize: 32 }
+        )
+      )[0]!
+    )
   ]
   let ok = 0
   let typed = 0
@@ -54,22 +63,31 @@ test('random garbage, splices and flips never crash or hang the decoders', t => 
     const base = rng.pick(frames)
     let bytes: Uint8Array
     switch (rng.int(0, 4)) {
-      case 0: bytes = rng.fill(new Uint8Array(rng.int(0, 200))); break
-      case 1: { // splice a random run of bytes
+      case 0:
+        bytes = rng.fill(new Uint8Array(rng.int(0, 200)))
+        break
+      case 1: {
+        // splice a random run of bytes
         bytes = base.slice()
         const at = rng.int(0, bytes.length)
         bytes.set(rng.fill(new Uint8Array(Math.min(rng.int(1, 16), bytes.length - at))), at)
         break
       }
-      case 2: bytes = base.subarray(0, rng.int(0, base.length)); break
-      default: { // multi-bit flips
+      case 2:
+        bytes = base.subarray(0, rng.int(0, base.length))
+        break
+      default: {
+        // multi-bit flips
         bytes = base.slice()
         for (let j = rng.int(1, 8); j > 0; j--) bytes[rng.int(0, bytes.length)]! ^= 1 << rng.int(0, 8)
       }
     }
     const r = protocolCode(() => decodeFrame(bytes))
     const reader = new FrameReader()
-    protocolCode(() => { reader.push(bytes); reader.end() })
+    protocolCode(() => {
+      reader.push(bytes)
+      reader.end()
+    })
     if (r === 'ok') ok++
     else typed++
   }

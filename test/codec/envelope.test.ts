@@ -20,25 +20,59 @@ test('envelopes round-trip per type with binary fields', t => {
   t.is(m.type, 'manifest')
   if (m.type === 'manifest') {
     t.is(m.payload.owner, 3)
-    t.deepEqual(m.payload.hashes.map(h => Array.from(h)), hashes.map(h => Array.from(h)))
+    t.deepEqual(
+      m.payload.hashes.map(h => Array.from(h)),
+      hashes.map(h => Array.from(h))
+    )
   }
   t.deepEqual(codec.types, ['heartbeat', 'manifest'])
 })
 
 test('unknown payload keys, unknown types, wrong versions and extra top-level keys are rejected', t => {
-  t.is(protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: 1, zone: 'a', healthy: true, extra: 1 } }))), 'ENVELOPE_SCHEMA')
-  t.is(protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: -1, zone: 'a', healthy: true } }))), 'ENVELOPE_SCHEMA')
-  t.is(protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: 1.5, zone: 'a', healthy: true } }))), 'ENVELOPE_SCHEMA')
-  t.is(protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'manifest', p: { owner: 1, hashes: [new Uint8Array(33)] } }))), 'ENVELOPE_SCHEMA')
+  t.is(
+    protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: 1, zone: 'a', healthy: true, extra: 1 } }))),
+    'ENVELOPE_SCHEMA'
+  )
+  t.is(
+    protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: -1, zone: 'a', healthy: true } }))),
+    'ENVELOPE_SCHEMA'
+  )
+  t.is(
+    protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: 1.5, zone: 'a', healthy: true } }))),
+    'ENVELOPE_SCHEMA'
+  )
+  t.is(
+    protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'manifest', p: { owner: 1, hashes: [new Uint8Array(33)] } }))),
+    'ENVELOPE_SCHEMA'
+  )
   const unknown = t.throws(() => codec.decode(raw.pack({ v: 1, t: 'gossip', p: {} })), { instanceOf: ProtocolError })
   t.is(unknown.code, 'ENVELOPE_UNKNOWN_TYPE')
   t.is(unknown.action, 'ignore', 'a newer peer may know more types')
-  t.is(protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'toString', p: {} }))), 'ENVELOPE_UNKNOWN_TYPE', 'prototype names are not types')
-  t.is(protocolCode(() => codec.decode(raw.pack({ v: 2, t: 'heartbeat', p: {} }))), 'ENVELOPE_VERSION')
-  t.is(protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: 1, zone: 'a', healthy: true }, x: 0 }))), 'ENVELOPE_MALFORMED')
-  t.is(protocolCode(() => codec.decode(raw.pack([1, 'heartbeat', {}]))), 'ENVELOPE_MALFORMED')
-  t.is(protocolCode(() => codec.decode(raw.pack('hello'))), 'ENVELOPE_MALFORMED')
-  t.is(protocolCode(() => codec.decode(new Uint8Array(0))), 'ENVELOPE_MALFORMED')
+  t.is(
+    protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'toString', p: {} }))),
+    'ENVELOPE_UNKNOWN_TYPE',
+    'prototype names are not types'
+  )
+  t.is(
+    protocolCode(() => codec.decode(raw.pack({ v: 2, t: 'heartbeat', p: {} }))),
+    'ENVELOPE_VERSION'
+  )
+  t.is(
+    protocolCode(() => codec.decode(raw.pack({ v: 1, t: 'heartbeat', p: { step: 1, zone: 'a', healthy: true }, x: 0 }))),
+    'ENVELOPE_MALFORMED'
+  )
+  t.is(
+    protocolCode(() => codec.decode(raw.pack([1, 'heartbeat', {}]))),
+    'ENVELOPE_MALFORMED'
+  )
+  t.is(
+    protocolCode(() => codec.decode(raw.pack('hello'))),
+    'ENVELOPE_MALFORMED'
+  )
+  t.is(
+    protocolCode(() => codec.decode(new Uint8Array(0))),
+    'ENVELOPE_MALFORMED'
+  )
 })
 
 test('encode validates payloads and schemas must be strict', t => {
@@ -53,7 +87,11 @@ test('encode validates payloads and schemas must be strict', t => {
 test('every truncation and every bit flip of an envelope is either valid or a typed error', t => {
   const bytes = codec.encode('manifest', { owner: 7, hashes: [new Uint8Array(4).fill(9)], note: 'hi' })
   for (let len = 0; len < bytes.length; len++) {
-    t.not(protocolCode(() => codec.decode(bytes.subarray(0, len))), 'ok', `prefix of ${len}`)
+    t.not(
+      protocolCode(() => codec.decode(bytes.subarray(0, len))),
+      'ok',
+      `prefix of ${len}`
+    )
   }
   let rejected = 0
   for (let bit = 0; bit < bytes.length * 8; bit++) {

@@ -1,19 +1,22 @@
 import test from 'ava'
 import { type ErasureCoder, TooFewFragmentsError, encodeStripe, encodeFragment, decodeStripe } from '../../codec/index.ts'
-import { type Rng } from '../../core/index.ts'
+import type { Rng } from '../../core/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 
 /**
  * The suite every ErasureCoder must pass. `factory` builds a coder for (k, m). Run it from a
  * .test.ts file once per implementation.
  */
-export function erasureCoderSuite (impl: string, factory: (k: number, m: number) => ErasureCoder): void {
+export function erasureCoderSuite(impl: string, factory: (k: number, m: number) => ErasureCoder): void {
   const data = (rng: Rng, k: number, size: number): Uint8Array[] => Array.from({ length: k }, () => rng.fill(new Uint8Array(size)))
 
   const every = (n: number, r: number): number[][] => {
     const out: number[][] = []
     const rec = (start: number, acc: number[]): void => {
-      if (acc.length === r) { out.push([...acc]); return }
+      if (acc.length === r) {
+        out.push([...acc])
+        return
+      }
       for (let i = start; i < n; i++) rec(i + 1, [...acc, i])
     }
     rec(0, [])
@@ -22,7 +25,15 @@ export function erasureCoderSuite (impl: string, factory: (k: number, m: number)
 
   test(`${impl}: every erasure pattern of up to m losses rebuilds, m + 1 losses is a typed error`, t => {
     const { rng } = seededRng(t, 41)
-    for (const [k, m] of [[1, 1], [2, 1], [2, 2], [3, 2], [4, 2], [3, 3], [5, 3]] as const) {
+    for (const [k, m] of [
+      [1, 1],
+      [2, 1],
+      [2, 2],
+      [3, 2],
+      [4, 2],
+      [3, 3],
+      [5, 3]
+    ] as const) {
       const coder = factory(k, m)
       t.is(coder.k, k)
       t.is(coder.m, m)
@@ -47,14 +58,23 @@ export function erasureCoderSuite (impl: string, factory: (k: number, m: number)
 
   test(`${impl}: random erasure patterns on larger codes`, t => {
     const { rng } = seededRng(t, 42)
-    for (const [k, m] of [[8, 4], [10, 4], [16, 4], [20, 10], [200, 55]] as const) {
+    for (const [k, m] of [
+      [8, 4],
+      [10, 4],
+      [16, 4],
+      [20, 10],
+      [200, 55]
+    ] as const) {
       const coder = factory(k, m)
       const d = data(rng, k, 1 + rng.int(0, 300))
       const all = [...d, ...coder.encode(d)]
       for (let trial = 0; trial < 20; trial++) {
         const lost = rng.shuffle(Array.from({ length: k + m }, (_, i) => i)).slice(0, rng.int(0, m + 1))
         const out = coder.reconstruct(all.map((f, i) => (lost.includes(i) ? undefined : f)))
-        t.true(out.every((o, i) => Buffer.from(o).equals(Buffer.from(d[i]!))), `k=${k} m=${m} lost [${lost}]`)
+        t.true(
+          out.every((o, i) => Buffer.from(o).equals(Buffer.from(d[i]!))),
+          `k=${k} m=${m} lost [${lost}]`
+        )
       }
     }
   })

@@ -24,7 +24,11 @@ for (const impl of IMPLS) {
 }
 
 test('the coders are interchangeable: fragments from one rebuild with the other', t => {
-  for (const [k, m, size] of [[4, 2, 1], [10, 4, 1000], [7, 5, 4097]] as const) {
+  for (const [k, m, size] of [
+    [4, 2, 1],
+    [10, 4, 1000],
+    [7, 5, 4097]
+  ] as const) {
     const data = fixed(k, size)
     const wasm = createWasmErasureCoder({ k, m })
     const simd = createSimdErasureCoder({ k, m })
@@ -60,7 +64,10 @@ test('unknown coder names are refused', t => {
 // systematic Vandermonde code over GF(2^8), polynomial 0x11d).
 const GOLDEN_4_2 = ['3050d8a4548651e7b868a79b46b3ce98', '5993218b5da58800c17bae14bfe0c78f']
 const GOLDEN_SUMS: Array<[number, number, string]> = [
-  [4, 2, 'eefe5295fcc45b22'], [8, 4, '75d184be5235c512'], [10, 4, 'b1a2f39f374255a'], [16, 4, 'a69063fd05242c8a']
+  [4, 2, 'eefe5295fcc45b22'],
+  [8, 4, '75d184be5235c512'],
+  [10, 4, 'b1a2f39f374255a'],
+  [16, 4, 'a69063fd05242c8a']
 ]
 
 test('regression: hundreds of reconstructs in a row stay correct (the upstream wrapper double-frees)', t => {

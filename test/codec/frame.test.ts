@@ -1,7 +1,17 @@
 import test from 'ava'
 import {
-  encodeTensorFrames, encodeQuantizedFrames, concatFrame, decodeFrame, FrameReader, TensorAssembler,
-  quantize, dequantize, quantizedChunk, byteLength, type DType, type TensorView
+  encodeTensorFrames,
+  encodeQuantizedFrames,
+  concatFrame,
+  decodeFrame,
+  FrameReader,
+  TensorAssembler,
+  quantize,
+  dequantize,
+  quantizedChunk,
+  byteLength,
+  type DType,
+  type TensorView
 } from '../../codec/index.ts'
 import { seededRng, hex } from '../helpers/seed.ts'
 
@@ -37,10 +47,24 @@ test('frame header layout is pinned (golden bytes)', t => {
   const [f] = encodeTensorFrames({ dtype: 'f32', shape: [3], data }, { tag: 0x01020304 })
   // magic 'ZMTF', v1, f32, rank 1, flags 0, tag, chunk 0 of 1, block 0, offset 0, count 3,
   // 12 body bytes, body xxh64, dim 3, header xxh64: all little-endian.
-  t.is(hex(f!.header),
-    '5a4d5446' + '01' + '01' + '01' + '00' + '04030201' + '00000000' + '01000000' + '00000000' +
-    '0000000000000000' + '0300000000000000' + '0c00000000000000' + '1ae7c6bdc0c61893' +
-    '0300000000000000' + 'c8d6437e4f6e9842')
+  t.is(
+    hex(f!.header),
+    '5a4d5446' +
+      '01' +
+      '01' +
+      '01' +
+      '00' +
+      '04030201' +
+      '00000000' +
+      '01000000' +
+      '00000000' +
+      '0000000000000000' +
+      '0300000000000000' +
+      '0c00000000000000' +
+      '1ae7c6bdc0c61893' +
+      '0300000000000000' +
+      'c8d6437e4f6e9842'
+  )
   t.is(f!.header.length, 72)
 })
 
@@ -77,7 +101,8 @@ test('FrameReader splits a byte stream cut at random points into verified frames
   let pos = 0
   while (pos < stream.length) {
     const len = rng.int(1, 3000)
-    for (const d of reader.push(stream.subarray(pos, pos + len))) got.push(concatFrame({ header: frames[got.length]!.subarray(0, d.header.headerBytes), body: d.body }))
+    for (const d of reader.push(stream.subarray(pos, pos + len)))
+      got.push(concatFrame({ header: frames[got.length]!.subarray(0, d.header.headerBytes), body: d.body }))
     pos += len
   }
   reader.end()
@@ -90,9 +115,17 @@ test('encoding refuses inconsistent input with typed errors', t => {
   t.throws(() => encodeTensorFrames({ dtype: 'f32', shape: [3], data: new Uint8Array(11) }), { name: 'InvalidArgumentError' })
   t.throws(() => encodeTensorFrames({ dtype: 'x' as DType, shape: [1], data: new Uint8Array(1) }), { name: 'InvalidArgumentError' })
   t.throws(() => encodeTensorFrames({ dtype: 'u8', shape: [-1], data: new Uint8Array(0) }), { name: 'InvalidArgumentError' })
-  t.throws(() => encodeTensorFrames({ dtype: 'u8', shape: [1, 1, 1, 1, 1, 1, 1, 1, 1], data: new Uint8Array(1) }), { name: 'InvalidArgumentError' }, 'limit: maxTensorRank')
+  t.throws(
+    () => encodeTensorFrames({ dtype: 'u8', shape: [1, 1, 1, 1, 1, 1, 1, 1, 1], data: new Uint8Array(1) }),
+    { name: 'InvalidArgumentError' },
+    'limit: maxTensorRank'
+  )
   t.throws(() => encodeTensorFrames({ dtype: 'u8', shape: [1], data: new Uint8Array(1) }, { tag: -1 }), { name: 'InvalidArgumentError' })
-  t.throws(() => encodeTensorFrames({ dtype: 'u8', shape: [1], data: new Uint8Array(1) }, { maxBodyBytes: 4 * 1024 * 1024 + 1 }), { name: 'InvalidArgumentError' }, 'limit: maxFrameBodyBytes')
+  t.throws(
+    () => encodeTensorFrames({ dtype: 'u8', shape: [1], data: new Uint8Array(1) }, { maxBodyBytes: 4 * 1024 * 1024 + 1 }),
+    { name: 'InvalidArgumentError' },
+    'limit: maxFrameBodyBytes'
+  )
   const q = quantize(new Float32Array(10), { bits: 8, blockSize: 64 })
   t.throws(() => encodeQuantizedFrames(q, { maxBodyBytes: 32 }), { name: 'InvalidArgumentError' }, 'a block larger than a frame')
   t.throws(() => encodeQuantizedFrames(q, { shape: [3, 3] }), { name: 'InvalidArgumentError' })

@@ -1,7 +1,14 @@
 import test from 'ava'
 import {
-  quantize, dequantize, dequantizeAccumulate, validateQuantized, quantizedSize, checksum64,
-  NonFiniteError, type QuantBits, type Quantized
+  quantize,
+  dequantize,
+  dequantizeAccumulate,
+  validateQuantized,
+  quantizedSize,
+  checksum64,
+  NonFiniteError,
+  type QuantBits,
+  type Quantized
 } from '../../codec/index.ts'
 import { ProtocolError } from '../../core/index.ts'
 import { seededRng, randomF32, hex } from '../helpers/seed.ts'
@@ -13,7 +20,7 @@ const SMALLEST = 1.401298464324817e-45
  * The stated bound: every element is within half a block scale of its original, plus one f32
  * rounding of the product q * scale (relative 2^-24) and one denormal step.
  */
-function checkBound (t: { true: (c: boolean, m?: string) => void }, src: Float32Array, q: Quantized, label: string): void {
+function checkBound(t: { true: (c: boolean, m?: string) => void }, src: Float32Array, q: Quantized, label: string): void {
   const out = dequantize(q)
   let worst = 0
   for (let i = 0; i < src.length; i++) {
@@ -67,7 +74,10 @@ for (const bits of [8, 4] as QuantBits[]) {
         t.true(out.every(x => x === 0))
       }
       if (name === 'constant') {
-        t.true(out.every(x => Math.abs(x - 3.25) <= 3.25 * 2 ** -23), 'a constant block comes back (almost) exactly')
+        t.true(
+          out.every(x => Math.abs(x - 3.25) <= 3.25 * 2 ** -23),
+          'a constant block comes back (almost) exactly'
+        )
         t.is((q.data[0]! << 24) >> (bits === 8 ? 24 : 28), qmax, 'constant maps to +qmax')
       }
     }
@@ -127,14 +137,30 @@ test('validation of received quantized vectors', t => {
     const err = t.throws(() => dequantize(c), { instanceOf: ProtocolError }, what)
     t.is(err.code, 'QUANT_INVALID', what)
   }
-  bad(c => { c.scales[1] = Number.NaN }, 'NaN scale')
-  bad(c => { c.scales[0] = -1 }, 'negative scale')
-  bad(c => { c.scales[0] = Infinity }, 'infinite scale')
-  bad(c => { c.data = c.data.subarray(1) }, 'short data')
-  bad(c => { c.scales = c.scales.subarray(1) }, 'missing scale')
-  bad(c => { c.data[2] = 0x13 }, 'padding nibble set')
-  bad(c => { c.data[0] = 0x08 }, 'code -8')
-  bad(c => { c.blockSize = 3 }, 'odd int4 block size')
+  bad(c => {
+    c.scales[1] = Number.NaN
+  }, 'NaN scale')
+  bad(c => {
+    c.scales[0] = -1
+  }, 'negative scale')
+  bad(c => {
+    c.scales[0] = Infinity
+  }, 'infinite scale')
+  bad(c => {
+    c.data = c.data.subarray(1)
+  }, 'short data')
+  bad(c => {
+    c.scales = c.scales.subarray(1)
+  }, 'missing scale')
+  bad(c => {
+    c.data[2] = 0x13
+  }, 'padding nibble set')
+  bad(c => {
+    c.data[0] = 0x08
+  }, 'code -8')
+  bad(c => {
+    c.blockSize = 3
+  }, 'odd int4 block size')
   const q8 = quantize(Float32Array.from([1, 2]), { bits: 8, blockSize: 2 })
   q8.data[1] = 0x80
   t.throws(() => dequantize(q8), { instanceOf: ProtocolError }, 'code -128')

@@ -2,8 +2,15 @@ import test from 'ava'
 import { RealClock, shardRange } from '../../core/index.ts'
 import { createMemoryNetwork, type ByteStream, type PeerNet } from '../../mesh/index.ts'
 import {
-  COLLECTIVE_LIMITS, CollectiveError, ENCODINGS, OP_KINDS, MessageParser, createCollective, encodeMessage,
-  type Collective, type MessageHeader
+  COLLECTIVE_LIMITS,
+  CollectiveError,
+  ENCODINGS,
+  OP_KINDS,
+  MessageParser,
+  createCollective,
+  encodeMessage,
+  type Collective,
+  type MessageHeader
 } from '../../mesh/collective/index.ts'
 
 // A two-member view: `a` runs the real collective, `evil` is scripted: it drains what `a`
@@ -11,25 +18,37 @@ import {
 const N = 10
 const EPOCH = 3
 
-async function setup (): Promise<{ a: Collective, evil: PeerNet, write: (bytes: Uint8Array) => Promise<void>, stop: () => Promise<void> }> {
+async function setup(): Promise<{ a: Collective; evil: PeerNet; write: (bytes: Uint8Array) => Promise<void>; stop: () => Promise<void> }> {
   const hub = createMemoryNetwork()
   const na = hub.createPeer({ id: 'a', labels: { zone: 'z0', host: 'h0' } })
   const evil = hub.createPeer({ id: 'evil', labels: { zone: 'z1', host: 'h1' } })
   await Promise.all([na.start(), evil.start()])
-  const view = { epoch: EPOCH, members: [{ id: 'a', zone: 'z0', host: 'h0' }, { id: 'evil', zone: 'z1', host: 'h1' }] }
+  const view = {
+    epoch: EPOCH,
+    members: [
+      { id: 'a', zone: 'z0', host: 'h0' },
+      { id: 'evil', zone: 'z1', host: 'h1' }
+    ]
+  }
   const a = createCollective({ net: na, view, clock: new RealClock(), timeoutMs: 5000 })
   await a.start()
   const protocol = `/zeromesh/collective/1/main/${EPOCH}`
-  evil.handle(protocol, async (s: ByteStream) => { try { for await (const _ of s) { /* drain */ } } catch {} })
+  evil.handle(protocol, async (s: ByteStream) => {
+    try {
+      for await (const _ of s) {
+        /* drain */
+      }
+    } catch {}
+  })
   let stream: ByteStream | undefined
   return {
     a,
     evil,
-    async write (bytes) {
+    async write(bytes) {
       stream ??= await evil.open('a', protocol)
       await stream.write(bytes)
     },
-    async stop () {
+    async stop() {
       await a.stop()
       await Promise.all([na.stop(), evil.stop()])
     }
@@ -37,16 +56,28 @@ async function setup (): Promise<{ a: Collective, evil: PeerNet, write: (bytes: 
 }
 
 /** The message `evil` (rank 1) owes `a` in a 2-rank all-gather of N f32, with `patch` applied. */
-function shardMessage (patch: Partial<MessageHeader> = {}, body?: Uint8Array): Uint8Array {
+function shardMessage(patch: Partial<MessageHeader> = {}, body?: Uint8Array): Uint8Array {
   const s = shardRange(N, 2, 1)
   const data = body ?? new Uint8Array(new Float32Array(s.length).fill(7).buffer)
-  return encodeMessage({
-    kind: OP_KINDS.allGather, phase: 0, encoding: ENCODINGS.f32, epoch: EPOCH, op: 0, step: 9, src: 1, index: 0,
-    elements: s.length, blockSize: 0, ...patch
-  }, data)
+  return encodeMessage(
+    {
+      kind: OP_KINDS.allGather,
+      phase: 0,
+      encoding: ENCODINGS.f32,
+      epoch: EPOCH,
+      op: 0,
+      step: 9,
+      src: 1,
+      index: 0,
+      elements: s.length,
+      blockSize: 0,
+      ...patch
+    },
+    data
+  )
 }
 
-async function expectProtocolFailure (t: import('ava').ExecutionContext, bytes: Uint8Array, code: string): Promise<void> {
+async function expectProtocolFailure(t: import('ava').ExecutionContext, bytes: Uint8Array, code: string): Promise<void> {
   const { a, write, stop } = await setup()
   try {
     const call = a.allGather(new Float32Array(5).fill(1), N, { step: 9 })
@@ -64,8 +95,10 @@ async function expectProtocolFailure (t: import('ava').ExecutionContext, bytes: 
 
 test('a message of another view epoch is a protocol error', t => expectProtocolFailure(t, shardMessage({ epoch: EPOCH + 1 }), 'COLLECTIVE_WRONG_EPOCH'))
 test('a message of another step is a protocol error', t => expectProtocolFailure(t, shardMessage({ step: 8 }), 'COLLECTIVE_WRONG_STEP'))
-test('a message of another operation kind is a protocol error', t => expectProtocolFailure(t, shardMessage({ kind: OP_KINDS.reduceScatter }), 'COLLECTIVE_WRONG_OP'))
-test('a message of the wrong size is a protocol error', t => expectProtocolFailure(t, shardMessage({ elements: 4 }, new Uint8Array(16)), 'COLLECTIVE_SHAPE_MISMATCH'))
+test('a message of another operation kind is a protocol error', t =>
+  expectProtocolFailure(t, shardMessage({ kind: OP_KINDS.reduceScatter }), 'COLLECTIVE_WRONG_OP'))
+test('a message of the wrong size is a protocol error', t =>
+  expectProtocolFailure(t, shardMessage({ elements: 4 }, new Uint8Array(16)), 'COLLECTIVE_SHAPE_MISMATCH'))
 test('a message claiming another source rank is a protocol error', t => expectProtocolFailure(t, shardMessage({ src: 0 }), 'COLLECTIVE_WRONG_SOURCE'))
 test('a message beyond the expected count is a protocol error', t => expectProtocolFailure(t, shardMessage({ index: 1 }), 'COLLECTIVE_UNEXPECTED'))
 test('garbage bytes are a protocol error', t => expectProtocolFailure(t, new Uint8Array(100).fill(0x41), 'COLLECTIVE_BAD_MAGIC'))
@@ -128,7 +161,13 @@ test('a stalled member (sends nothing) fails the call with reason timeout, namin
   const na = hub.createPeer({ id: 'a', labels: { zone: 'z0', host: 'h0' } })
   const nb = hub.createPeer({ id: 'b', labels: { zone: 'z0', host: 'h1' } })
   await Promise.all([na.start(), nb.start()])
-  const view = { epoch: 1, members: [{ id: 'a', zone: 'z0', host: 'h0' }, { id: 'b', zone: 'z0', host: 'h1' }] }
+  const view = {
+    epoch: 1,
+    members: [
+      { id: 'a', zone: 'z0', host: 'h0' },
+      { id: 'b', zone: 'z0', host: 'h1' }
+    ]
+  }
   const a = createCollective({ net: na, view, clock: new RealClock(), timeoutMs: 200 })
   const b = createCollective({ net: nb, view, clock: new RealClock(), timeoutMs: 5000 })
   await Promise.all([a.start(), b.start()])
@@ -170,14 +209,23 @@ test('messages of operations not started yet are buffered up to maxPendingBytesP
     const limit = Math.ceil((COLLECTIVE_LIMITS.maxPendingBytesPerPeer + 16 * 1024 * 1024) / msg.length) + 4
     let blocked = false
     for (let i = 0; i < limit; i++) {
-      const w = write(msg).then(() => { written++ })
+      const w = write(msg).then(() => {
+        written++
+      })
       // Give the reader every chance to drain the stream before judging the write blocked.
       for (let k = 0; k < 20; k++) await new Promise(resolve => setImmediate(resolve))
-      if (written === i) { blocked = true; void w.catch(() => {}); break }
+      if (written === i) {
+        blocked = true
+        void w.catch(() => {})
+        break
+      }
     }
     t.true(blocked, 'the writer was held back')
     t.true(written * msg.length >= COLLECTIVE_LIMITS.maxPendingBytesPerPeer, `${written} messages were taken before blocking`)
-    t.true(written * msg.length <= COLLECTIVE_LIMITS.maxPendingBytesPerPeer + 2 * 8 * 1024 * 1024 + msg.length, `${written} messages were taken before blocking`)
+    t.true(
+      written * msg.length <= COLLECTIVE_LIMITS.maxPendingBytesPerPeer + 2 * 8 * 1024 * 1024 + msg.length,
+      `${written} messages were taken before blocking`
+    )
     t.is(a.stats().failure, undefined)
   } finally {
     await stop()
@@ -191,5 +239,7 @@ test('more tier keys than maxTiers are refused', async t => {
   const tiers = Array.from({ length: COLLECTIVE_LIMITS.maxTiers + 1 }, () => 'zone' as const)
   t.throws(() => createCollective({ net: na, view, clock: new RealClock(), tiers }), { name: 'LimitExceededError' })
   t.throws(() => createCollective({ net: na, view, clock: new RealClock(), chunkBytes: COLLECTIVE_LIMITS.maxChunkBytes + 1 }), { name: 'InvalidArgumentError' })
-  t.throws(() => createCollective({ net: na, view: { epoch: 1, members: [{ id: 'b', zone: 'z', host: 'h' }] }, clock: new RealClock() }), { name: 'InvalidArgumentError' })
+  t.throws(() => createCollective({ net: na, view: { epoch: 1, members: [{ id: 'b', zone: 'z', host: 'h' }] }, clock: new RealClock() }), {
+    name: 'InvalidArgumentError'
+  })
 })

@@ -13,22 +13,27 @@ const CHUNK_BYTES = 64
 
 const f32 = new Float32Array(1)
 const u32 = new Uint32Array(f32.buffer)
-const fromBits = (b: number): number => { u32[0] = b >>> 0; return f32[0]! }
+const fromBits = (b: number): number => {
+  u32[0] = b >>> 0
+  return f32[0]!
+}
 
 /**
  * f32 values that make bf16 rounding matter: random magnitudes over a few binades, a share of
  * exact ties (low 16 bits 0x8000, odd and even), values already in bf16, and mantissas next to
  * a carry into the exponent.
  */
-function bf16Hard (rng: Rng, n: number): Float32Array {
+function bf16Hard(rng: Rng, n: number): Float32Array {
   const out = new Float32Array(n)
   for (let i = 0; i < n; i++) {
     const sign = rng.bool() ? 0x80000000 : 0
     const exp = rng.int(124, 130) << 23
     let mant = rng.int(0, 1 << 23)
     const kind = rng.int(0, 10)
-    if (kind === 0) mant = (mant & 0x7f0000) | 0x8000 // a tie
-    else if (kind === 1) mant &= 0x7f0000 // exactly representable
+    if (kind === 0)
+      mant = (mant & 0x7f0000) | 0x8000 // a tie
+    else if (kind === 1)
+      mant &= 0x7f0000 // exactly representable
     else if (kind === 2) mant = 0x7f8000 | rng.int(0, 0x8000) // rounds up into the next binade, or is a tie there
     out[i] = fromBits(sign | exp | mant)
   }
@@ -36,7 +41,7 @@ function bf16Hard (rng: Rng, n: number): Float32Array {
 }
 
 /** Bytes a ring pass of `n` elements sends in all: every shard crosses Q-1 hops, cut into chunks of `per`. */
-function ringBytes (n: number, P: number, per: number, bytesPerElement: number): number {
+function ringBytes(n: number, P: number, per: number, bytesPerElement: number): number {
   let chunks = 0
   for (let r = 0; r < P; r++) chunks += Math.ceil(shardRange(n, P, r).length / per)
   return (P - 1) * (chunks * COLLECTIVE_LIMITS.headerBytes + n * bytesPerElement)
@@ -84,7 +89,9 @@ for (const P of [2, 3, 5, 7, 9]) {
           const s = shardRange(n, P, r)
           return g.colls[r]!.allGather(full.slice(s.start, s.start + s.length), n, { wire: BF16_WIRE, step: 1 })
         })
-        ag.forEach((x, r) => { t.is(firstDiff(x.data, want), -1, where(`all-gather rank ${r}`)) })
+        ag.forEach((x, r) => {
+          t.is(firstDiff(x.data, want), -1, where(`all-gather rank ${r}`))
+        })
         t.is(sent(ag), ringBytes(n, P, per, 2), where('all-gather bytes'))
         // Raw bf16 words pass through untouched (NaN payloads and all).
         const words = new Uint16Array(n)
@@ -93,7 +100,9 @@ for (const P of [2, 3, 5, 7, 9]) {
           const s = shardRange(n, P, r)
           return g.colls[r]!.allGather(words.slice(s.start, s.start + s.length), n, { step: 2 })
         })
-        raw.forEach((x, r) => { t.deepEqual(x.data, words, where(`raw bf16 all-gather rank ${r}`)) })
+        raw.forEach((x, r) => {
+          t.deepEqual(x.data, words, where(`raw bf16 all-gather rank ${r}`))
+        })
         t.is(sent(raw), ringBytes(n, P, per, 2), where('raw all-gather bytes'))
         // Reduce-scatter: partials rounded to bf16 before each hop, in the ring order.
         const ref = serialRingReduce(xs, g.colls[0]!.ring, n, true)
@@ -107,7 +116,9 @@ for (const P of [2, 3, 5, 7, 9]) {
         if (n > 100) t.not(firstDiff(ref, serialRingReduce(xs, g.colls[0]!.ring, n, false)), -1)
         // All-reduce: the bf16 reduce-scatter, then an exact f32 all-gather of the sums.
         const ar = await all(r => g.colls[r]!.allReduce(xs[r]!, { wire: BF16_WIRE, step: 4 }))
-        ar.forEach((x, r) => { t.is(firstDiff(x.data, ref), -1, where(`all-reduce rank ${r}`)) })
+        ar.forEach((x, r) => {
+          t.is(firstDiff(x.data, ref), -1, where(`all-reduce rank ${r}`))
+        })
         t.is(sent(ar), ringBytes(n, P, per, 2) + ringBytes(n, P, chunkElementsOf({ kind: 'f32' }, CHUNK_BYTES), 4), where('all-reduce bytes'))
       }
     } finally {

@@ -13,7 +13,7 @@ import { exactSum, firstDiff, hierQuantBound, interleavedZone, randomVec, serial
 const CALLS = 24
 
 /** Largest |mean(results) - exact| and |first result - exact| over the vector. */
-function errors (means: Float64Array, first: Float32Array, exact: Float64Array): { mean: number, single: number } {
+function errors(means: Float64Array, first: Float32Array, exact: Float64Array): { mean: number; single: number } {
   let mean = 0
   let single = 0
   for (let i = 0; i < exact.length; i++) {
@@ -23,7 +23,11 @@ function errors (means: Float64Array, first: Float32Array, exact: Float64Array):
   return { mean, single }
 }
 
-for (const [P, Z, bits] of [[4, 2, 4], [7, 3, 4], [6, 2, 8]] as const) {
+for (const [P, Z, bits] of [
+  [4, 2, 4],
+  [7, 3, 4],
+  [6, 2, 8]
+] as const) {
   test(`simnet P=${P} Z=${Z} int${bits}: hierarchical reduce-scatter with error feedback carries the residual into the next call (serial feedback model bit for bit; mean of ${CALLS} calls converges)`, async t => {
     const { rng, seed } = seededRng(t, 800 + P * 10 + bits)
     const zone = (r: number): string => (P % 2 === 0 ? interleavedZone(r, P, Z) : zoneOf(r, P, Z))
@@ -42,7 +46,9 @@ for (const [P, Z, bits] of [[4, 2, 4], [7, 3, 4], [6, 2, 8]] as const) {
         const res = await g.settle(Promise.all(g.colls.map((c, r) => c.hierReduceScatter(xs[r]!, { wire, errorFeedback: efs[r], step: call }))))
         const ref = serialHierReduce(xs, h, n, wire, undefined, model)
         const got = new Float32Array(n)
-        res.forEach((x, r) => { got.set(x.data, shardRange(n, P, r).start) })
+        res.forEach((x, r) => {
+          got.set(x.data, shardRange(n, P, r).start)
+        })
         t.is(firstDiff(got, ref), -1, `call ${call}: the serial error-feedback model, bit for bit`)
         // The first call has no residual yet: it is the plain quantized reduction.
         if (call === 0) t.is(firstDiff(got, serialHierReduce(xs, h, n, wire)), -1, 'first call = no feedback')
@@ -54,15 +60,22 @@ for (const [P, Z, bits] of [[4, 2, 4], [7, 3, 4], [6, 2, 8]] as const) {
         firstEf ??= got
       }
       // Some residual is held at every rank that sent a quantized hop.
-      t.true(efs.some(ef => [...ef.residual.values()].some(res => res.some(v => v !== 0))), 'residuals are kept')
+      t.true(
+        efs.some(ef => [...ef.residual.values()].some(res => res.some(v => v !== 0))),
+        'residuals are kept'
+      )
       // Without feedback every call returns the same vector: its mean is the single-call error.
       const plain = await g.settle(Promise.all(g.colls.map((c, r) => c.hierReduceScatter(xs[r]!, { wire, step: CALLS }))))
       const noEf = new Float32Array(n)
-      plain.forEach((x, r) => { noEf.set(x.data, shardRange(n, P, r).start) })
+      plain.forEach((x, r) => {
+        noEf.set(x.data, shardRange(n, P, r).start)
+      })
       t.is(firstDiff(noEf, firstEf!), -1)
       const means = sumEf.map(v => v / CALLS)
       const e = errors(means, noEf, exact)
-      t.log(`P=${P} Z=${Z} int${bits}: max error of one call ${e.single.toExponential(2)}, of the mean of ${CALLS} calls with feedback ${e.mean.toExponential(2)}`)
+      t.log(
+        `P=${P} Z=${Z} int${bits}: max error of one call ${e.single.toExponential(2)}, of the mean of ${CALLS} calls with feedback ${e.mean.toExponential(2)}`
+      )
       // Telescoping: mean error <= (largest residual sum) / CALLS; demand a fifth of one call's error.
       t.true(e.mean < e.single / 5, `mean error with feedback ${e.mean} vs ${e.single} without`)
     } finally {
@@ -87,7 +100,9 @@ test('simnet: ZeroComm qgZ int8 with error feedback: per-bucket residuals carry 
     const models: Record<string, SerialFeedback> = { a: new Map(), b: new Map() }
     const gather = (res: Array<{ data: Float32Array }>): Float32Array => {
       const out = new Float32Array(n)
-      res.forEach((x, r) => { out.set(x.data, shardRange(n, P, r).start) })
+      res.forEach((x, r) => {
+        out.set(x.data, shardRange(n, P, r).start)
+      })
       return out
     }
     let step = 0
@@ -112,11 +127,18 @@ test('simnet: ZeroComm qgZ int8 with error feedback: per-bucket residuals carry 
     // int8 on the wire: 1 + 4/64 bytes per element and hop where int4 carries 0.5 + 4/64 (a
     // ratio of 1.89, diluted by the 64-byte headers; f32 would be over 3.5).
     const int8Bytes = lastBytes
-    await reduce('a', g.colls.map(c => createZeroComm(c, { qgZ: { bits: 4, blockSize } })))
+    await reduce(
+      'a',
+      g.colls.map(c => createZeroComm(c, { qgZ: { bits: 4, blockSize } }))
+    )
     const ratio = int8Bytes / lastBytes
     t.true(ratio > 1.5 && ratio < 1.9, `int8 / int4 bytes ${ratio}`)
     const exact = exactSum(buckets.a, n)
-    const e = errors(sumA.map(v => v / 12), once, exact)
+    const e = errors(
+      sumA.map(v => v / 12),
+      once,
+      exact
+    )
     t.log(`int8 ZeroComm: one call errs ${e.single.toExponential(2)}, the mean of 12 with feedback ${e.mean.toExponential(2)}`)
     t.true(e.mean < e.single / 3, `${e.mean} vs ${e.single}`)
     // reset() drops the residuals: the next call is the plain quantized reduction again.

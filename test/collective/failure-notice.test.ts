@@ -22,11 +22,11 @@ interface Setup {
   /** Notices `a` sent to b. */
   heard: Uint8Array[]
   /** a's all-gather (it waits on d's shard forever), settled into `outcome`. */
-  outcome: { error?: unknown, done: boolean }
+  outcome: { error?: unknown; done: boolean }
   stop(): Promise<void>
 }
 
-function notice (reason: number, origin: number, bytes = 9): Uint8Array {
+function notice(reason: number, origin: number, bytes = 9): Uint8Array {
   const out = new Uint8Array(bytes)
   const dv = new DataView(out.buffer)
   if (bytes >= 5) out[4] = reason
@@ -34,7 +34,7 @@ function notice (reason: number, origin: number, bytes = 9): Uint8Array {
   return out
 }
 
-async function setup (): Promise<Setup> {
+async function setup(): Promise<Setup> {
   const hub = createMemoryNetwork()
   const clock = new ManualClock()
   const ids = ['a', 'b', 'c', 'd'] as const
@@ -44,25 +44,45 @@ async function setup (): Promise<Setup> {
   const a = createCollective({ net: nets[0]!, view, clock, timeoutMs: 60_000 })
   await a.start()
   const heard: Uint8Array[] = []
-  for (const n of nets.slice(1)) n.handle(PROTOCOL, async (s: ByteStream) => { try { for await (const _ of s) { /* drain */ } } catch {} })
-  nets[1]!.subscribe(TOPIC, { deliver: msg => { if (msg.from === 'a') heard.push(msg.data) } })
+  for (const n of nets.slice(1))
+    n.handle(PROTOCOL, async (s: ByteStream) => {
+      try {
+        for await (const _ of s) {
+          /* drain */
+        }
+      } catch {}
+    })
+  nets[1]!.subscribe(TOPIC, {
+    deliver: msg => {
+      if (msg.from === 'a') heard.push(msg.data)
+    }
+  })
   const outcome: Setup['outcome'] = { done: false }
   a.allGather(new Float32Array(a.shardOf(40).length), 40, { step: 9 }).then(
-    () => { outcome.done = true },
-    error => { outcome.done = true; outcome.error = error }
+    () => {
+      outcome.done = true
+    },
+    error => {
+      outcome.done = true
+      outcome.error = error
+    }
   )
   await clock.advanceAsync(1)
   return {
-    hub, clock, a, heard, outcome,
+    hub,
+    clock,
+    a,
+    heard,
+    outcome,
     peers: { b: nets[1]!, c: nets[2]!, d: nets[3]! },
-    async stop () {
+    async stop() {
       await a.stop()
       await Promise.all(nets.map(n => n.stop()))
     }
   }
 }
 
-async function resetStreamTo (from: PeerNet): Promise<void> {
+async function resetStreamTo(from: PeerNet): Promise<void> {
   const s = await from.open('a', PROTOCOL)
   s.abort()
 }
@@ -83,7 +103,7 @@ test('a stream reset with no failure notice fails the call as peer-gone, blaming
   }
 })
 
-test('a reset followed by the resetter\'s notice reports the notice\'s reason and origin (the member it saw fail), not the messenger', async t => {
+test("a reset followed by the resetter's notice reports the notice's reason and origin (the member it saw fail), not the messenger", async t => {
   const s = await setup()
   try {
     await resetStreamTo(s.peers.b)
@@ -118,7 +138,7 @@ test('timeout notices are collected for noticeGraceMs and followed to the member
   }
 })
 
-test('a member\'s own watchdog: it tells the others at once whom it waited on, then settles on the origin after noticeGraceMs', async t => {
+test("a member's own watchdog: it tells the others at once whom it waited on, then settles on the origin after noticeGraceMs", async t => {
   const hub = createMemoryNetwork()
   const clock = new ManualClock()
   const ids = ['a', 'b', 'c'] as const
@@ -128,18 +148,32 @@ test('a member\'s own watchdog: it tells the others at once whom it waited on, t
   const a = createCollective({ net: nets[0]!, view, clock, timeoutMs: 1000 })
   await a.start()
   const heard: Uint8Array[] = []
-  for (const n of nets.slice(1)) n.handle(PROTOCOL, async (s: ByteStream) => { try { for await (const _ of s) { /* drain */ } } catch {} })
-  nets[1]!.subscribe(TOPIC, { deliver: msg => { heard.push(msg.data) } })
+  for (const n of nets.slice(1))
+    n.handle(PROTOCOL, async (s: ByteStream) => {
+      try {
+        for await (const _ of s) {
+          /* drain */
+        }
+      } catch {}
+    })
+  nets[1]!.subscribe(TOPIC, {
+    deliver: msg => {
+      heard.push(msg.data)
+    }
+  })
   try {
     // Ring a b c: a waits on c's shard. c sends nothing (stalled).
-    const call = a.allGather(new Float32Array(a.shardOf(30).length), 30, { step: 2 }).then(() => undefined, (e: unknown) => e)
+    const call = a.allGather(new Float32Array(a.shardOf(30).length), 30, { step: 2 }).then(
+      () => undefined,
+      (e: unknown) => e
+    )
     await clock.advanceAsync(1000)
     t.is(heard.length, 1, 'the timeout is announced when the watchdog fires')
     t.is(heard[0]![4], REASON.timeout)
     t.is(new DataView(heard[0]!.buffer, heard[0]!.byteOffset).getUint32(5, true), 2)
     t.false(a.failed.aborted, 'not failed yet: listening for the others')
     await clock.advanceAsync(GRACE)
-    t.like(await call as CollectiveError, { name: 'CollectiveError', reason: 'timeout', peer: 'c', op: 'all_gather', step: 2 })
+    t.like((await call) as CollectiveError, { name: 'CollectiveError', reason: 'timeout', peer: 'c', op: 'all_gather', step: 2 })
   } finally {
     await a.stop()
     await Promise.all(nets.map(n => n.stop()))

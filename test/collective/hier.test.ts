@@ -28,7 +28,7 @@ test('memory net: hierarchical reduce-scatter (f32, int4, int8) equals the seria
               // (absmax / qmax / 2) plus f32 rounding; P rank hops and Z zone-partial hops.
               const qmax = wire.bits === 8 ? 127 : 7
               const exact = exactSum(xs, n)
-              const bound = (P + Z * P) / (2 * qmax) * 1.001 + 1e-5
+              const bound = ((P + Z * P) / (2 * qmax)) * 1.001 + 1e-5
               let worst = 0
               res.forEach((x, r) => {
                 const s = shardRange(n, P, r)
@@ -58,13 +58,15 @@ test('memory net: qwZ all-gather (int8 blocks) returns every shard quantize-dequ
           const s = shardRange(n, P, r)
           ref.set(roundTrip(wire, full.subarray(s.start, s.start + s.length)), s.start)
         }
-        const res = await Promise.all(g.colls.map((c, r) => {
-          const s = c.shardOf(n)
-          return c.allGather(full.slice(s.start, s.start + s.length), n, { wire })
-        }))
+        const res = await Promise.all(
+          g.colls.map((c, r) => {
+            const s = c.shardOf(n)
+            return c.allGather(full.slice(s.start, s.start + s.length), n, { wire })
+          })
+        )
         for (const x of res) t.is(firstDiff(x.data, ref), -1, `P=${P} n=${n}`)
         for (let i = 0; i < n; i++) {
-          if (Math.abs(ref[i]! - full[i]!) > 3 / 127 / 2 * 1.001) t.fail(`int8 error at ${i}`)
+          if (Math.abs(ref[i]! - full[i]!) > (3 / 127 / 2) * 1.001) t.fail(`int8 error at ${i}`)
         }
       }
     } finally {
@@ -77,7 +79,12 @@ test('memory net: nested tiers (host inside zone) reduce in tier order; bf16 raw
   const { rng } = seededRng(t, 23)
   const P = 7
   // Zones of 4 and 3 ranks; hosts of two ranks (and one alone): three levels below the top.
-  const hub = await memoryGroup(P, r => zoneOf(r, 8, 2), { tiers: ['host', 'zone'], chunkBytes: 256 }, r => `h${Math.floor(r / 2)}`)
+  const hub = await memoryGroup(
+    P,
+    r => zoneOf(r, 8, 2),
+    { tiers: ['host', 'zone'], chunkBytes: 256 },
+    r => `h${Math.floor(r / 2)}`
+  )
   try {
     t.is(hub.colls[0]!.hierarchy.levels.length, 4)
     const n = 999
@@ -90,10 +97,12 @@ test('memory net: nested tiers (host inside zone) reduce in tier order; bf16 raw
     })
     const words = new Uint16Array(n)
     for (let i = 0; i < n; i++) words[i] = rng.int(0, 65536)
-    const ag = await Promise.all(hub.colls.map(c => {
-      const s = c.shardOf(n)
-      return c.allGather(words.slice(s.start, s.start + s.length), n)
-    }))
+    const ag = await Promise.all(
+      hub.colls.map(c => {
+        const s = c.shardOf(n)
+        return c.allGather(words.slice(s.start, s.start + s.length), n)
+      })
+    )
     for (const x of ag) t.deepEqual(x.data, words)
   } finally {
     await hub.stop()

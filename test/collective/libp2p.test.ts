@@ -8,18 +8,21 @@ import { waitFor } from '../helpers/wait.ts'
 import { firstDiff, randomVec, serialHierReduce, serialRingReduce } from './helpers.ts'
 
 /** `net`, with the bytes written to the streams it opens added to `sent[i]`. */
-function counting (net: PeerNet, sent: number[], i: number): PeerNet {
+function counting(net: PeerNet, sent: number[], i: number): PeerNet {
   const open: PeerNet['open'] = async (peer, protocol, options) => {
     const s = await net.open(peer, protocol, options)
     const write = s.write.bind(s)
-    s.write = async (chunk, opts) => { await write(chunk, opts); sent[i] = (sent[i] ?? 0) + chunk.length }
+    s.write = async (chunk, opts) => {
+      await write(chunk, opts)
+      sent[i] = (sent[i] ?? 0) + chunk.length
+    }
     return s
   }
   return new Proxy(net, { get: (target, k) => (k === 'open' ? open : Reflect.get(target, k)) })
 }
 
 /** Three collectives over real libp2p nets; `sent[i]` counts the bytes node i wrote to its collective streams. */
-async function withColls (bulk: boolean, body: (colls: Collective[], nets: Libp2pPeerNet[], sent: number[]) => Promise<void>): Promise<void> {
+async function withColls(bulk: boolean, body: (colls: Collective[], nets: Libp2pPeerNet[], sent: number[]) => Promise<void>): Promise<void> {
   const started = await startLibp2pNets(3, { bulk, runId: 'collective-test' })
   const nets = started.nets
   await allConnected(nets)
@@ -42,10 +45,12 @@ test.serial('libp2p, bulk channel (3 nodes, 2 zones): ring and hierarchical coll
     const P = 3
     const n = 300_007
     const xs = colls.map(() => randomVec(rng, n))
-    const ag = await Promise.all(colls.map(c => {
-      const s = shardRange(n, P, c.rank)
-      return c.allGather(xs[0]!.slice(s.start, s.start + s.length), n)
-    }))
+    const ag = await Promise.all(
+      colls.map(c => {
+        const s = shardRange(n, P, c.rank)
+        return c.allGather(xs[0]!.slice(s.start, s.start + s.length), n)
+      })
+    )
     for (const r of ag) t.is(firstDiff(r.data, xs[0]!), -1)
     const ref = serialRingReduce(xs, colls[0]!.ring, n)
     const ar = await Promise.all(colls.map((c, r) => c.allReduce(xs[r]!, { step: 1 })))
@@ -69,7 +74,10 @@ test.serial('libp2p, libp2p streams (3 nodes): a member stopping mid all-gather 
     const big = 8_000_000
     const calls = colls.map(c => {
       const s = shardRange(big, P, c.rank)
-      return c.allGather(new Float32Array(s.length), big, { step: 3 }).then(() => 'ok', (e: unknown) => e)
+      return c.allGather(new Float32Array(s.length), big, { step: 3 }).then(
+        () => 'ok',
+        (e: unknown) => e
+      )
     })
     // Mid-transfer: the member to stop has written its first chunks (of ~11 MB it sends).
     await waitFor('the all-gather to be under way', 10_000, () => (sent[2]! >= 512 * 1024 ? true : undefined), 5)

@@ -8,7 +8,7 @@ const LABEL: Record<Op, string> = { 'all-gather': 'all_gather', 'reduce-scatter'
 
 const Q4 = { kind: 'quant', bits: 4, blockSize: 256 } as const
 
-function call (c: Collective, op: Op, xs: Float32Array[], n: number, step: number): Promise<CollectiveResult<Float32Array>> {
+function call(c: Collective, op: Op, xs: Float32Array[], n: number, step: number): Promise<CollectiveResult<Float32Array>> {
   const x = xs[c.rank]!
   if (op === 'all-gather') {
     const s = c.shardOf(n)
@@ -19,7 +19,7 @@ function call (c: Collective, op: Op, xs: Float32Array[], n: number, step: numbe
 }
 
 /** What a call that completes must return (a complete, correct result, never a partial one). */
-function expected (c: Collective, op: Op, xs: Float32Array[], n: number): Float32Array {
+function expected(c: Collective, op: Op, xs: Float32Array[], n: number): Float32Array {
   if (op === 'all-gather') return xs[0]!
   const s = c.shardOf(n)
   const full = op === 'reduce-scatter' ? serialRingReduce(xs, c.ring, n) : serialHierReduce(xs, c.hierarchy, n, Q4)
@@ -35,7 +35,7 @@ const TIMEOUT_MS = 2000
  * byte it needed when the fault hit) resolved with the complete, correct result. At least
  * one survivor must reject, and with a crash every survivor still running must.
  */
-async function faultRun (seed: number, op: Op, fault: 'crash' | 'pause', stats = { rejected: 0 }): Promise<string | undefined> {
+async function faultRun(seed: number, op: Op, fault: 'crash' | 'pause', stats = { rejected: 0 }): Promise<string | undefined> {
   const rng = Rng.fromSeed(seed).split(`${op}-${fault}`)
   const P = rng.int(3, 8)
   const g = await simGroup(seed, P, r => zoneOf(r, P, 2), { chunkBytes: 16 * 1024, timeoutMs: TIMEOUT_MS })
@@ -44,11 +44,17 @@ async function faultRun (seed: number, op: Op, fault: 'crash' | 'pause', stats =
     const step = rng.int(1, 1000)
     const xs = g.colls.map(() => randomVec(rng, n))
     const victim = rng.int(0, P)
-    const outcomes: Array<{ settled: boolean, at: number, value?: unknown, error?: unknown }> = g.colls.map(() => ({ settled: false, at: -1 }))
-    const calls = g.colls.map((c, r) => call(c, op, xs, n, step).then(
-      value => { outcomes[r] = { settled: true, at: g.sim.now(), value } },
-      error => { outcomes[r] = { settled: true, at: g.sim.now(), error } }
-    ))
+    const outcomes: Array<{ settled: boolean; at: number; value?: unknown; error?: unknown }> = g.colls.map(() => ({ settled: false, at: -1 }))
+    const calls = g.colls.map((c, r) =>
+      call(c, op, xs, n, step).then(
+        value => {
+          outcomes[r] = { settled: true, at: g.sim.now(), value }
+        },
+        error => {
+          outcomes[r] = { settled: true, at: g.sim.now(), error }
+        }
+      )
+    )
     void calls
     await g.sim.run(rng.int(1, 40))
     if (outcomes.some(o => o.settled)) return `a call settled before the fault (seed ${seed})`
@@ -74,7 +80,8 @@ async function faultRun (seed: number, op: Op, fault: 'crash' | 'pause', stats =
       if (!['peer-gone', 'timeout'].includes(e.reason)) return `rank ${r}: reason ${e.reason}`
       if (e.peer === undefined) return `rank ${r}: no peer named`
       // Every survivor names the member that failed, not one that passed the failure on.
-      if (e.peer !== g.nets[victim]!.self.id) return `rank ${r} blamed ${e.peer}, not the ${fault === 'crash' ? 'crashed' : 'paused'} member ${g.nets[victim]!.self.id} (${e.reason}: ${e.message})`
+      if (e.peer !== g.nets[victim]!.self.id)
+        return `rank ${r} blamed ${e.peer}, not the ${fault === 'crash' ? 'crashed' : 'paused'} member ${g.nets[victim]!.self.id} (${e.reason}: ${e.message})`
       // Bound: the no-progress timeout plus a few link latencies (the cascade of resets).
       if (o.at - t0 > TIMEOUT_MS + 500) return `rank ${r} rejected ${o.at - t0} ms after the ${fault}, over the bound`
       if (fault === 'crash' && o.at - t0 > 500) return `rank ${r} took ${o.at - t0} ms to notice a crash`
@@ -86,7 +93,10 @@ async function faultRun (seed: number, op: Op, fault: 'crash' | 'pause', stats =
     const r0 = survivors.find(r => outcomes[r]!.error !== undefined)
     if (r0 === undefined) return undefined
     const later = g.colls[r0]!.allReduce(new Float32Array(4), { step: step + 1 })
-    const err = await later.then(() => undefined, (e: unknown) => e)
+    const err = await later.then(
+      () => undefined,
+      (e: unknown) => e
+    )
     if (!(err instanceof CollectiveError) || err.step !== step + 1) return `a later call did not reject with a CollectiveError: ${String(err)}`
     return undefined
   } finally {
@@ -127,7 +137,12 @@ test('an AbortSignal stops the caller with AbortError and releases the others wi
   try {
     const n = 200_000
     const ac = new AbortController()
-    const calls = g.colls.map((c, r) => c.reduceScatter(new Float32Array(n).fill(r), { step: 5, ...(r === 1 ? { signal: ac.signal } : {}) }).then(() => 'ok', (e: unknown) => e))
+    const calls = g.colls.map((c, r) =>
+      c.reduceScatter(new Float32Array(n).fill(r), { step: 5, ...(r === 1 ? { signal: ac.signal } : {}) }).then(
+        () => 'ok',
+        (e: unknown) => e
+      )
+    )
     await g.sim.run(10)
     ac.abort()
     const results = await g.settle(Promise.all(calls), 1000)
@@ -143,14 +158,21 @@ test('an AbortSignal stops the caller with AbortError and releases the others wi
   }
 })
 
-test('abort() between calls: the others\' running calls fail at once (not after the timeout) and every member\'s failed signal fires', async t => {
+test("abort() between calls: the others' running calls fail at once (not after the timeout) and every member's failed signal fires", async t => {
   const P = 4
   const g = await simGroup(9, P, r => zoneOf(r, P, 2), { chunkBytes: 16 * 1024, timeoutMs: TIMEOUT_MS })
   try {
     const n = 50_000
     // Rank 2 is busy elsewhere (say, loading a snapshot) and never makes the call; it gives up.
     const started = g.sim.now()
-    const calls = g.colls.map((c, r) => (r === 2 ? Promise.resolve('idle') : c.allGather(new Float32Array(c.shardOf(n).length), n, { step: 3, label: 'recovery_point' }).then(() => 'ok', (e: unknown) => e)))
+    const calls = g.colls.map((c, r) =>
+      r === 2
+        ? Promise.resolve('idle')
+        : c.allGather(new Float32Array(c.shardOf(n).length), n, { step: 3, label: 'recovery_point' }).then(
+            () => 'ok',
+            (e: unknown) => e
+          )
+    )
     await g.sim.run(50)
     t.false(g.colls[0]!.failed.aborted)
     g.colls[2]!.abort('rank 2 gave up: the snapshot fetch failed')

@@ -15,10 +15,12 @@ test('memory net: ring all-gather, reduce-scatter and all-reduce equal the seria
         const xs = g.colls.map(() => randomVec(rng, n))
         // all-gather of shards
         const full = randomVec(rng, n)
-        const ag = await Promise.all(g.colls.map((c, r) => {
-          const s = shardRange(n, P, r)
-          return c.allGather(full.slice(s.start, s.start + s.length), n, { step: 3 })
-        }))
+        const ag = await Promise.all(
+          g.colls.map((c, r) => {
+            const s = shardRange(n, P, r)
+            return c.allGather(full.slice(s.start, s.start + s.length), n, { step: 3 })
+          })
+        )
         for (const res of ag) t.is(firstDiff(res.data, full), -1, `all-gather P=${P} n=${n}`)
         // reduce-scatter
         const ref = serialRingReduce(xs, g.colls[0]!.ring, n)
@@ -54,7 +56,11 @@ test('simnet: ring collectives are exact and bytes are counted per tier', async 
     })
     // Our accounting equals what SimNet carried, tier by tier.
     for (const tier of ['host', 'zone', 'wan'] as const) {
-      t.is(rs.reduce((a, r) => a + r.bytes[tier], 0), after[tier].bytes - before[tier].bytes, tier)
+      t.is(
+        rs.reduce((a, r) => a + r.bytes[tier], 0),
+        after[tier].bytes - before[tier].bytes,
+        tier
+      )
     }
     // A zone-grouped ring crosses the WAN twice with 2 zones: each crossing carries (P-1)/P of the vector.
     t.true(rs.reduce((a, r) => a + r.bytes.wan, 0) < 2 * n * 4 + 10_000)

@@ -4,7 +4,15 @@ import { shardRange } from '../../core/index.ts'
 import { createZeroComm, roundTrip, type Wire } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import {
-  exactSum, firstDiff, hierQuantBound, interleavedZone, randomVec, serialHierReduce, serialRingReduce, simGroup, zoneOf,
+  exactSum,
+  firstDiff,
+  hierQuantBound,
+  interleavedZone,
+  randomVec,
+  serialHierReduce,
+  serialRingReduce,
+  simGroup,
+  zoneOf,
   type SimGroup
 } from './helpers.ts'
 
@@ -27,7 +35,7 @@ const shardOf = (full: Float32Array, n: number, P: number, r: number): Float32Ar
   return full.slice(s.start, s.start + s.length)
 }
 
-async function sweepGroup (t: ExecutionContext, g: SimGroup, rng: Rng, P: number, Z: number): Promise<void> {
+async function sweepGroup(t: ExecutionContext, g: SimGroup, rng: Rng, P: number, Z: number): Promise<void> {
   const where = (n: number, what: string): string => `P=${P} Z=${Z} n=${n} ${what}`
   // One call per rank, all with the same (next) step.
   let step = 0
@@ -42,13 +50,19 @@ async function sweepGroup (t: ExecutionContext, g: SimGroup, rng: Rng, P: number
     // All-gather (f32): every rank holds every shard, bit for bit.
     const full = randomVec(rng, n)
     const ag = await all((r, step) => g.colls[r]!.allGather(shardOf(full, n, P, r), n, { step }))
-    ag.forEach((x, r) => { t.is(firstDiff(x.data, full), -1, where(n, `all-gather rank ${r}`)) })
+    ag.forEach((x, r) => {
+      t.is(firstDiff(x.data, full), -1, where(n, `all-gather rank ${r}`))
+    })
     // Reduce-scatter and all-reduce (f32): the serial ring order, bit for bit.
     const ref = serialRingReduce(xs, ring, n)
     const rs = await all((r, step) => g.colls[r]!.reduceScatter(xs[r]!, { step }))
-    rs.forEach((x, r) => { t.is(firstDiff(x.data, shardOf(ref, n, P, r)), -1, where(n, `reduce-scatter rank ${r}`)) })
+    rs.forEach((x, r) => {
+      t.is(firstDiff(x.data, shardOf(ref, n, P, r)), -1, where(n, `reduce-scatter rank ${r}`))
+    })
     const ar = await all((r, step) => g.colls[r]!.allReduce(xs[r]!, { step }))
-    ar.forEach((x, r) => { t.is(firstDiff(x.data, ref), -1, where(n, `all-reduce rank ${r}`)) })
+    ar.forEach((x, r) => {
+      t.is(firstDiff(x.data, ref), -1, where(n, `all-reduce rank ${r}`))
+    })
     // Hierarchical reduce-scatter (f32, and qgZ int4 / int8): the serial tier order, bit for bit,
     // and the quantized ones within the stated error bound of the exact sum.
     const exact = exactSum(xs, n)
@@ -73,10 +87,12 @@ async function sweepGroup (t: ExecutionContext, g: SimGroup, rng: Rng, P: number
     for (let r = 0; r < P; r++) qref.set(roundTrip({ kind: 'quant', bits: 8, blockSize: QWZ_BLOCK }, shardOf(wts, n, P, r)), shardRange(n, P, r).start)
     const zs = g.colls.map(c => createZeroComm(c, { qwZ: { blockSize: QWZ_BLOCK } }))
     const qw = await all((r, step) => zs[r]!.gatherWeights('w', shardOf(wts, n, P, r), n, 'forward', { step }))
-    qw.forEach((x, r) => { t.is(firstDiff(x.data, qref), -1, where(n, `qwZ rank ${r}`)) })
+    qw.forEach((x, r) => {
+      t.is(firstDiff(x.data, qref), -1, where(n, `qwZ rank ${r}`))
+    })
     let qworst = 0
     for (let i = 0; i < n; i++) qworst = Math.max(qworst, Math.abs(qref[i]! - wts[i]!))
-    t.true(qworst <= 3 / 127 / 2 * 1.001, where(n, `qwZ error ${qworst}`))
+    t.true(qworst <= (3 / 127 / 2) * 1.001, where(n, `qwZ error ${qworst}`))
   }
 }
 

@@ -21,13 +21,17 @@ const TRANSFER_ALLOWANCE_MS = 5000
  */
 const SLACK_MS = COLLECTIVE_DEFAULTS.noticeGraceMs + 250
 
-interface Outcome { at: number, value?: unknown, error?: unknown }
+interface Outcome {
+  at: number
+  value?: unknown
+  error?: unknown
+}
 
 /**
  * `net` as the collective sees it, calling `stall` (once) as soon as `bytes` have been read
  * from its inbound collective streams: a freeze at an exact point of the transfer.
  */
-function stallAfter (net: PeerNet, bytes: number, stall: () => void): PeerNet {
+function stallAfter(net: PeerNet, bytes: number, stall: () => void): PeerNet {
   let read = 0
   let fired = false
   const wrap = (s: ByteStream): ByteStream => ({
@@ -35,8 +39,10 @@ function stallAfter (net: PeerNet, bytes: number, stall: () => void): PeerNet {
     protocol: s.protocol,
     write: (chunk, opts) => s.write(chunk, opts),
     end: opts => s.end(opts),
-    abort: reason => { s.abort(reason) },
-    async * [Symbol.asyncIterator] () {
+    abort: reason => {
+      s.abort(reason)
+    },
+    async *[Symbol.asyncIterator]() {
       for await (const chunk of s) {
         read += chunk.length
         if (!fired && read >= bytes) {
@@ -47,16 +53,21 @@ function stallAfter (net: PeerNet, bytes: number, stall: () => void): PeerNet {
       }
     }
   })
-  return { ...net, handle: (protocol, handler) => { net.handle(protocol, s => handler(wrap(s))) } }
+  return {
+    ...net,
+    handle: (protocol, handler) => {
+      net.handle(protocol, s => handler(wrap(s)))
+    }
+  }
 }
 
-async function stallRun (seed: number): Promise<{ problem?: string, log: string }> {
+async function stallRun(seed: number): Promise<{ problem?: string; log: string }> {
   const rng = Rng.fromSeed(seed).split('stall')
   const P = rng.int(3, 9)
   // The production membership (heartbeat 500 ms, phi 8) on SimNet's default topology, 2 zones.
   const w = new MembershipWorld({ seed, nodes: P, zones: 2 })
   await w.bootAll()
-  if (await w.sim.until(() => w.converged(), 30_000, 10) === undefined) return { problem: 'the membership did not form', log: '' }
+  if ((await w.sim.until(() => w.converged(), 30_000, 10)) === undefined) return { problem: 'the membership did not form', log: '' }
   await w.sim.run(5000) // the detectors learn the heartbeat rhythm
   const view = w.nodes[0]!.m!.view()!
   const victim = rng.int(0, P)
@@ -74,17 +85,27 @@ async function stallRun (seed: number): Promise<{ problem?: string, log: string 
     w.pause(victimId)
   }
   const timeouts = w.nodes.map(node => () => node.m!.status().detectionBoundMs + TRANSFER_ALLOWANCE_MS)
-  const colls: Collective[] = w.nodes.map((node, i) => createCollective({
-    net: i === victim ? stallAfter(node.net, at, freeze) : node.net, view, clock: node.handle.clock, chunkBytes: 16 * 1024, timeoutMs: timeouts[i]!
-  }))
+  const colls: Collective[] = w.nodes.map((node, i) =>
+    createCollective({
+      net: i === victim ? stallAfter(node.net, at, freeze) : node.net,
+      view,
+      clock: node.handle.clock,
+      chunkBytes: 16 * 1024,
+      timeoutMs: timeouts[i]!
+    })
+  )
   await Promise.all(colls.map(c => c.start()))
   const full = new Float32Array(n).map((_, i) => i % 1000)
   const outcomes: Array<Outcome | undefined> = colls.map(() => undefined)
   colls.forEach((c, r) => {
     const s = c.shardOf(n)
     c.allGather(full.slice(s.start, s.start + s.length), n, { step }).then(
-      value => { outcomes[r] = { at: w.sim.now(), value } },
-      error => { outcomes[r] = { at: w.sim.now(), error } }
+      value => {
+        outcomes[r] = { at: w.sim.now(), value }
+      },
+      error => {
+        outcomes[r] = { at: w.sim.now(), error }
+      }
     )
   })
   try {
@@ -93,18 +114,30 @@ async function stallRun (seed: number): Promise<{ problem?: string, log: string 
     if (outcomes.some(o => o !== undefined)) return { problem: 'a call settled before the stall', log: '' }
     let bound = 0
     const survivors = colls.map((_, r) => r).filter(r => r !== victim)
-    const sample = (): void => { for (const r of survivors) bound = Math.max(bound, timeouts[r]!()) }
+    const sample = (): void => {
+      for (const r of survivors) bound = Math.max(bound, timeouts[r]!())
+    }
     sample()
     const limit = 3 * bound
-    await w.sim.until(() => { sample(); return survivors.every(r => outcomes[r] !== undefined) }, limit, 5)
+    await w.sim.until(
+      () => {
+        sample()
+        return survivors.every(r => outcomes[r] !== undefined)
+      },
+      limit,
+      5
+    )
     const pred = colls[0]!.ring[(colls[0]!.ring.indexOf(victim) + P - 1) % P]!
-    const log = `P=${P} victim ${victimId} (rank ${victim}, frozen after reading ${at} bytes) step ${step} n=${n}: bound ${bound} ms (detector ${bound - TRANSFER_ALLOWANCE_MS} + ${TRANSFER_ALLOWANCE_MS}); ` +
-      survivors.map(r => {
-        const o = outcomes[r]
-        if (o === undefined) return `rank ${r} pending`
-        const e = o.error as CollectiveError | undefined
-        return `rank ${r} ${e === undefined ? 'resolved' : `${e.reason}/${e.peer ?? '-'}`} +${Math.round(o.at - t0)}`
-      }).join(', ')
+    const log =
+      `P=${P} victim ${victimId} (rank ${victim}, frozen after reading ${at} bytes) step ${step} n=${n}: bound ${bound} ms (detector ${bound - TRANSFER_ALLOWANCE_MS} + ${TRANSFER_ALLOWANCE_MS}); ` +
+      survivors
+        .map(r => {
+          const o = outcomes[r]
+          if (o === undefined) return `rank ${r} pending`
+          const e = o.error as CollectiveError | undefined
+          return `rank ${r} ${e === undefined ? 'resolved' : `${e.reason}/${e.peer ?? '-'}`} +${Math.round(o.at - t0)}`
+        })
+        .join(', ')
     let rejected = 0
     for (const r of survivors) {
       const o = outcomes[r]

@@ -34,7 +34,13 @@ test('hierarchy: zones contiguous in the ring, relays pair equal local ranks, d 
   t.is(linkTier(members[0]!, members[2]!), 'zone')
   t.is(linkTier(members[0]!, members[1]!), 'wan')
   // One zone only: the zone level splits nothing beyond the top and is dropped.
-  t.is(buildHierarchy(members.map(m => ({ ...m, zone: 'z' })), ['zone']).levels.length, 2)
+  t.is(
+    buildHierarchy(
+      members.map(m => ({ ...m, zone: 'z' })),
+      ['zone']
+    ).levels.length,
+    2
+  )
 })
 
 test('ZeroComm: a backward gather with hpZ needs the forward gather of the bucket first', async t => {

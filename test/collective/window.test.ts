@@ -12,7 +12,12 @@ import { firstDiff, memoryGroup, randomVec, serialHierReduce, serialRingReduce, 
 const Q4: Wire = { kind: 'quant', bits: 4, blockSize: 64 }
 
 test('windowRange: parts of a window tile it in rank order, empty where a shard misses it', t => {
-  for (const [total, P] of [[10, 3], [7, 4], [100, 9], [3, 5]] as const) {
+  for (const [total, P] of [
+    [10, 3],
+    [7, 4],
+    [100, 9],
+    [3, 5]
+  ] as const) {
     for (let offset = 0; offset <= total; offset++) {
       for (let length = 0; offset + length <= total; length++) {
         let at = 0
@@ -40,14 +45,26 @@ test('windowed all-gather, reduce-scatter and hier reduce-scatter equal slices o
       const full = randomVec(rng, total)
       const xs = g.colls.map(() => randomVec(rng, total))
       const ref = serialRingReduce(xs, g.colls[0]!.ring, total)
-      for (const [offset, length] of [[0, total], [0, 5], [total - 3, 3], [40, 0], [17, 150], [100, 1]] as const) {
+      for (const [offset, length] of [
+        [0, total],
+        [0, 5],
+        [total - 3, 3],
+        [40, 0],
+        [17, 150],
+        [100, 1]
+      ] as const) {
         const window = { offset, total }
         const parts = g.colls.map(c => c.windowOf(length, window))
-        const ag = await Promise.all(g.colls.map((c, r) => {
-          const s = shardRange(total, P, r)
-          const p = parts[r]!
-          return c.allGather(full.slice(s.start, s.start + s.length).subarray(p.start + offset - s.start, p.start + offset - s.start + p.length), length, { step: 1, window })
-        }))
+        const ag = await Promise.all(
+          g.colls.map((c, r) => {
+            const s = shardRange(total, P, r)
+            const p = parts[r]!
+            return c.allGather(full.slice(s.start, s.start + s.length).subarray(p.start + offset - s.start, p.start + offset - s.start + p.length), length, {
+              step: 1,
+              window
+            })
+          })
+        )
         for (const res of ag) t.is(firstDiff(res.data, full.subarray(offset, offset + length)), -1, `all-gather P=${P} [${offset}, +${length})`)
         const rs = await Promise.all(g.colls.map((c, r) => c.reduceScatter(xs[r]!.slice(offset, offset + length), { step: 2, window })))
         rs.forEach((res, r) => {
@@ -65,7 +82,10 @@ test('windowed all-gather, reduce-scatter and hier reduce-scatter equal slices o
       // Bad windows are refused before any bytes move.
       const c = g.colls[0]!
       t.throws(() => c.windowOf(10, { offset: total - 5, total }), { name: 'InvalidArgumentError' })
-      await t.throwsAsync(async () => c.allGather(new Float32Array(0), 4, { window: { offset: 0, total }, scope: 'zone' }), { name: 'InvalidArgumentError', message: /scope 'all'/ })
+      await t.throwsAsync(async () => c.allGather(new Float32Array(0), 4, { window: { offset: 0, total }, scope: 'zone' }), {
+        name: 'InvalidArgumentError',
+        message: /scope 'all'/
+      })
     } finally {
       await g.stop()
     }

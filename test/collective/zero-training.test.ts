@@ -11,7 +11,7 @@ const T = 16
 const V = GPT_PRESETS.tiny.vocabSize
 
 /** A noisy bigram language: next = (5 * prev + 3) mod V, or a random token with probability 0.3. */
-function batch (rng: Rng): { tokens: Int32Array, targets: Int32Array } {
+function batch(rng: Rng): { tokens: Int32Array; targets: Int32Array } {
   const tokens = new Int32Array(B * T)
   const targets = new Int32Array(B * T)
   for (let b = 0; b < B; b++) {
@@ -27,13 +27,16 @@ function batch (rng: Rng): { tokens: Int32Array, targets: Int32Array } {
 }
 
 /** AdamW on one f32 shard (no weight decay), in f32 storage. */
-function adam (p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, step: number, lr: number): void {
-  const b1 = 0.9; const b2 = 0.95; const eps = 1e-8
-  const c1 = 1 - b1 ** step; const c2 = 1 - b2 ** step
+function adam(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, step: number, lr: number): void {
+  const b1 = 0.9
+  const b2 = 0.95
+  const eps = 1e-8
+  const c1 = 1 - b1 ** step
+  const c2 = 1 - b2 ** step
   for (let i = 0; i < p.length; i++) {
     m[i] = b1 * m[i]! + (1 - b1) * g[i]!
     v[i] = b2 * v[i]! + (1 - b2) * g[i]! * g[i]!
-    p[i] = p[i]! - lr * (m[i]! / c1) / (Math.sqrt(v[i]! / c2) + eps)
+    p[i] = p[i]! - (lr * (m[i]! / c1)) / (Math.sqrt(v[i]! / c2) + eps)
   }
 }
 
@@ -42,14 +45,17 @@ function adam (p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Arra
  * only its shard of the master weights and Adam state, gathers the weights for forward and
  * backward, and reduce-scatters the gradients. Returns the eval loss of the final weights.
  */
-async function train (options: ZeroOptions, t: import('ava').ExecutionContext): Promise<{ loss: number, wan: Record<string, number> }> {
+async function train(options: ZeroOptions, t: import('ava').ExecutionContext): Promise<{ loss: number; wan: Record<string, number> }> {
   const g = await memoryGroup(P, r => zoneOf(r, P, 2), { chunkBytes: 16 * 1024 })
   const be = new CpuBackend()
   const models = g.colls.map(() => new Gpt(be, GPT_PRESETS.tiny, { B, T, dtype: 'f32', seed: 1 }))
   const zs = g.colls.map(c => createZeroComm(c, options))
   const N = models[0]!.layout.length
   const init = models[0]!.getParams()
-  const shards = zs.map(z => { const s = z.shardOf(N); return init.slice(s.start, s.start + s.length) })
+  const shards = zs.map(z => {
+    const s = z.shardOf(N)
+    return init.slice(s.start, s.start + s.length)
+  })
   const ms = shards.map(s => new Float32Array(s.length))
   const vs = shards.map(s => new Float32Array(s.length))
   const rngs = g.colls.map((_, r) => Rng.fromSeed(77).split(`data-${r}`))
@@ -65,8 +71,13 @@ async function train (options: ZeroOptions, t: import('ava').ExecutionContext): 
       })
       const bwd = await Promise.all(zs.map((z, r) => z.gatherWeights('model', shards[r]!, N, 'backward', { step })))
       // hpZ (or a flat re-gather) must hand the backward exactly the weights the forward used.
-      bwd.forEach((b, r) => { if (firstDiff(b.data, fwd[r]!.data) !== -1) t.fail(`backward weights differ at step ${step}`) })
-      const local = grads.map(model => { model.backward(); return model.getGrads() })
+      bwd.forEach((b, r) => {
+        if (firstDiff(b.data, fwd[r]!.data) !== -1) t.fail(`backward weights differ at step ${step}`)
+      })
+      const local = grads.map(model => {
+        model.backward()
+        return model.getGrads()
+      })
       const summed = await Promise.all(zs.map((z, r) => z.reduceGradients('model', local[r]!, { step })))
       summed.forEach((s, r) => {
         const gr = s.data
@@ -97,7 +108,9 @@ test('tiny GPT, 4 ranks in 2 zones: ZeRO++ (qwZ int8 + hpZ + qgZ int4) ends with
   const flat = await train({}, t)
   const zpp = await train({ qwZ: true, hpZ: true, qgZ: true }, t)
   const rel = Math.abs(zpp.loss - flat.loss) / flat.loss
-  t.log(`steps ${STEPS}: flat ZeRO-3 loss ${flat.loss.toFixed(4)}, ZeRO++ loss ${zpp.loss.toFixed(4)}, relative difference ${(100 * rel).toFixed(3)}% (${((performance.now() - t0) / 1000).toFixed(1)} s)`)
+  t.log(
+    `steps ${STEPS}: flat ZeRO-3 loss ${flat.loss.toFixed(4)}, ZeRO++ loss ${zpp.loss.toFixed(4)}, relative difference ${(100 * rel).toFixed(3)}% (${((performance.now() - t0) / 1000).toFixed(1)} s)`
+  )
   t.log(`cross-zone bytes: flat ${JSON.stringify(flat.wan)}, ZeRO++ ${JSON.stringify(zpp.wan)}`)
   t.true(flat.loss < Math.log(V) - 1, `flat training learned something (loss ${flat.loss})`)
   t.true(rel < 0.01, `ZeRO++ loss ${zpp.loss} vs flat ${flat.loss}`)

@@ -64,12 +64,19 @@ test('real clock sleeps and cancels', async t => {
   await clock.sleep(15)
   t.true(clock.monotonic() - t0 >= 14)
   let fired = false
-  const id = clock.setTimeout(() => { fired = true }, 5)
+  const id = clock.setTimeout(() => {
+    fired = true
+  }, 5)
   clock.clearTimeout(id)
   // The positive control: a timer set after it for a later time does fire; timers of one
   // clock fire in due order, so by then the cancelled one would have fired.
   let control = false
-  await new Promise<void>(resolve => clock.setTimeout(() => { control = true; resolve() }, 10))
+  await new Promise<void>(resolve =>
+    clock.setTimeout(() => {
+      control = true
+      resolve()
+    }, 10)
+  )
   t.true(control, 'the uncancelled timer fired')
   t.false(fired, 'the cancelled timer did not')
   t.true(Math.abs(clock.now() - Date.now()) < 1000)

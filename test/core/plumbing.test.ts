@@ -1,8 +1,18 @@
 import test from 'ava'
 import { Writable } from 'node:stream'
 import {
-  createLogger, componentLogger, createMetricsRegistry, defineCounter, defineGauge, defineHistogram,
-  checkCap, LimitExceededError, ProtocolError, InvalidArgumentError, ZeromeshError, throwIfAborted
+  createLogger,
+  componentLogger,
+  createMetricsRegistry,
+  defineCounter,
+  defineGauge,
+  defineHistogram,
+  checkCap,
+  LimitExceededError,
+  ProtocolError,
+  InvalidArgumentError,
+  ZeromeshError,
+  throwIfAborted
 } from '../../core/index.ts'
 
 test('errors carry stable names, codes and actions', t => {
@@ -22,7 +32,12 @@ test('errors carry stable names, codes and actions', t => {
 
 test('logger writes structured JSON lines with component names and redacts secrets', t => {
   const lines: string[] = []
-  const sink = new Writable({ write (chunk, _enc, cb) { lines.push(String(chunk)); cb() } })
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(String(chunk))
+      cb()
+    }
+  })
   const log = componentLogger(createLogger({ name: 'n1', level: 'debug', destination: sink }), 'mesh:gossip')
   log.info({ peer: 'abc', runSecret: 'hunter2' }, 'joined')
   log.trace('hidden below level')

@@ -15,7 +15,7 @@ test('protocolError builds a ProtocolError with the code, details and action (re
   t.is(protocolError('X_OLD', 'stale', {}, 'ignore').action, 'ignore')
 })
 
-test('codecError and snapshotError are the one factory, with their layers\' codes', t => {
+test("codecError and snapshotError are the one factory, with their layers' codes", t => {
   t.is(codecError, protocolError)
   t.is(snapshotError, protocolError)
   const c = codecError(CodecErrorCode.FRAME_TOO_LARGE, 'too big')

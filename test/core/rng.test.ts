@@ -60,7 +60,10 @@ test('int is in range and roughly uniform; float in [0,1); bytes fill; shuffle p
   const items = Array.from({ length: 50 }, (_, i) => i)
   const shuffled = r.shuffle([...items])
   t.notDeepEqual(shuffled, items)
-  t.deepEqual([...shuffled].sort((x, y) => x - y), items)
+  t.deepEqual(
+    [...shuffled].sort((x, y) => x - y),
+    items
+  )
   let sum = 0
   let sq = 0
   for (let i = 0; i < 20_000; i++) {

@@ -21,15 +21,25 @@ test('shardRange with 5 ranks and an odd length tiles [0, n) in rank order, leng
   t.is(at, n)
   t.deepEqual(lengths, [201, 200, 200, 200, 200])
   // Fewer elements than ranks: the last ranks hold empty shards, still tiling.
-  t.deepEqual(Array.from({ length: P }, (_, r) => shardRange(3, P, r)), [
-    { start: 0, length: 1 }, { start: 1, length: 1 }, { start: 2, length: 1 }, { start: 3, length: 0 }, { start: 3, length: 0 }
-  ])
+  t.deepEqual(
+    Array.from({ length: P }, (_, r) => shardRange(3, P, r)),
+    [
+      { start: 0, length: 1 },
+      { start: 1, length: 1 },
+      { start: 2, length: 1 },
+      { start: 3, length: 0 },
+      { start: 3, length: 0 }
+    ]
+  )
 })
 
 test('assembleFlat inverts the sharding (5 ranks, odd length, and the tiny GPT layout)', t => {
   for (const len of [n, 4, 0, gptLayout(GPT_PRESETS.tiny).length]) {
     const flat = Float32Array.from({ length: len }, (_, i) => i * 0.5 - 7)
-    const shards = Array.from({ length: P }, (_, r) => { const s = shardRange(len, P, r); return flat.slice(s.start, s.start + s.length) })
+    const shards = Array.from({ length: P }, (_, r) => {
+      const s = shardRange(len, P, r)
+      return flat.slice(s.start, s.start + s.length)
+    })
     t.deepEqual(assembleFlat(shards, len), flat, `length ${len}`)
   }
 })

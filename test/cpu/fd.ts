@@ -26,16 +26,14 @@ export interface FdOptions {
 }
 
 /** Σ w·x in f64. */
-export function dot64 (w: ArrayLike<number>, x: ArrayLike<number>): number {
+export function dot64(w: ArrayLike<number>, x: ArrayLike<number>): number {
   let s = 0
   for (let i = 0; i < w.length; i++) s += w[i]! * x[i]!
   return s
 }
 
 /** Compares analytic against numeric gradients; reports the worst coordinate per input. */
-export function checkGradients (
-  t: ExecutionContext, be: Backend, rng: Rng, inputs: FdInput[], loss: () => number, opts: FdOptions
-): void {
+export function checkGradients(t: ExecutionContext, be: Backend, rng: Rng, inputs: FdInput[], loss: () => number, opts: FdOptions): void {
   for (const inp of inputs) {
     const base = be.read(inp.tensor) as Float32Array
     const n = base.length
@@ -70,7 +68,7 @@ export function checkGradients (
 }
 
 /** Max |a - b| / (atol + rtol |b|) over all elements; <= 1 means within tolerance. */
-export function closeness (a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number): { ratio: number, at: number } {
+export function closeness(a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number): { ratio: number; at: number } {
   let ratio = 0
   let at = -1
   if (a.length !== b.length) return { ratio: Infinity, at: -1 }
@@ -85,18 +83,18 @@ export function closeness (a: ArrayLike<number>, b: ArrayLike<number>, rtol: num
 }
 
 /** Uploads a host array to a new f32 tensor. */
-export function upload (be: Backend, data: Float32Array, shape?: number[]): Tensor {
+export function upload(be: Backend, data: Float32Array, shape?: number[]): Tensor {
   const t = be.alloc('f32', shape ?? [data.length])
   be.write(t, data)
   return t
 }
 
-export function uploadI32 (be: Backend, data: Int32Array): Tensor {
+export function uploadI32(be: Backend, data: Int32Array): Tensor {
   const t = be.alloc('i32', [data.length])
   be.write(t, data)
   return t
 }
 
-export function readF32 (be: Backend, t: Tensor): Float32Array {
+export function readF32(be: Backend, t: Tensor): Float32Array {
   return be.read(t) as Float32Array
 }

@@ -7,10 +7,20 @@ import { closeness, upload, readF32 } from './fd.ts'
 const RTOL = 1e-6
 const ATOL = 1e-6
 
-interface Case { m: number, n: number, k: number, transA: boolean, transB: boolean, alpha: number, beta: number, batch: number, pad: number }
+interface Case {
+  m: number
+  n: number
+  k: number
+  transA: boolean
+  transB: boolean
+  alpha: number
+  beta: number
+  batch: number
+  pad: number
+}
 
 /** C = alpha · op(A) · op(B) + beta · C, batch matrices `stride` apart (f64). */
-function naive (A: Float32Array, Bm: Float32Array, C0: Float32Array, c: Case, sA: number, sB: number, sC: number): Float64Array {
+function naive(A: Float32Array, Bm: Float32Array, C0: Float32Array, c: Case, sA: number, sB: number, sC: number): Float64Array {
   const out = Float64Array.from(C0)
   for (let b = 0; b < c.batch; b++) {
     for (let i = 0; i < c.m; i++) {
@@ -37,7 +47,17 @@ test('gemm: every transA/transB combination, batched with default and padded str
     for (const transB of [false, true]) {
       for (const batch of [1, 3]) {
         for (const pad of [0, 5]) {
-          const c: Case = { m: rng.int(1, 9), n: rng.int(1, 9), k: rng.int(1, 9), transA, transB, alpha: rng.pick([1, 0.5, -2]), beta: rng.pick([0, 1, 0.25]), batch, pad }
+          const c: Case = {
+            m: rng.int(1, 9),
+            n: rng.int(1, 9),
+            k: rng.int(1, 9),
+            transA,
+            transB,
+            alpha: rng.pick([1, 0.5, -2]),
+            beta: rng.pick([0, 1, 0.25]),
+            batch,
+            pad
+          }
           const sA = c.m * c.k + pad
           const sB = c.k * c.n + pad
           const sC = c.m * c.n + pad
@@ -47,7 +67,20 @@ test('gemm: every transA/transB combination, batched with default and padded str
           const a = upload(be, A)
           const b = upload(be, Bm)
           const cT = upload(be, C0)
-          be.gemm({ a, b, c: cT, m: c.m, n: c.n, k: c.k, transA, transB, alpha: c.alpha, beta: c.beta, batch, ...(pad === 0 ? {} : { strideA: sA, strideB: sB, strideC: sC }) })
+          be.gemm({
+            a,
+            b,
+            c: cT,
+            m: c.m,
+            n: c.n,
+            k: c.k,
+            transA,
+            transB,
+            alpha: c.alpha,
+            beta: c.beta,
+            batch,
+            ...(pad === 0 ? {} : { strideA: sA, strideB: sB, strideC: sC })
+          })
           const expect = naive(A, Bm, C0, c, sA, sB, sC)
           const r = closeness(readF32(be, cT), expect, RTOL, ATOL)
           t.true(r.ratio <= 1, `${JSON.stringify(c)}: worst at ${r.at}`)

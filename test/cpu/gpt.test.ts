@@ -4,7 +4,7 @@ import { CpuBackend, Gpt, GPT_PRESETS, gptBuckets, gptLayout, initGptParams, typ
 import { seededRng } from '../helpers/seed.ts'
 
 /** A fixed batch of random token sequences: targets are the inputs shifted by one. */
-function batch (rng: Rng, B: number, T: number, V: number): { tokens: Int32Array, targets: Int32Array } {
+function batch(rng: Rng, B: number, T: number, V: number): { tokens: Int32Array; targets: Int32Array } {
   const tokens = new Int32Array(B * T)
   const targets = new Int32Array(B * T)
   for (let b = 0; b < B; b++) {
@@ -22,15 +22,38 @@ test('layout: per-layer contiguous, llm.c order inside a layer, GPT-2 124M has 1
   t.is(big.length, 124_475_904) // llm.c's count for the padded vocabulary (50304)
   t.is(big.tensors.length, 2 + 12 * 12 + 2)
   const tiny = gptLayout(GPT_PRESETS.tiny)
-  t.deepEqual(tiny.tensors.slice(0, 16).map(x => x.name), [
-    'wte', 'wpe', 'h.0.ln1w', 'h.0.ln1b', 'h.0.qkvw', 'h.0.qkvb', 'h.0.attprojw', 'h.0.attprojb',
-    'h.0.ln2w', 'h.0.ln2b', 'h.0.fcw', 'h.0.fcb', 'h.0.fcprojw', 'h.0.fcprojb', 'h.1.ln1w', 'h.1.ln1b'
-  ])
-  t.deepEqual(tiny.tensors.slice(-2).map(x => x.name), ['lnfw', 'lnfb'])
+  t.deepEqual(
+    tiny.tensors.slice(0, 16).map(x => x.name),
+    [
+      'wte',
+      'wpe',
+      'h.0.ln1w',
+      'h.0.ln1b',
+      'h.0.qkvw',
+      'h.0.qkvb',
+      'h.0.attprojw',
+      'h.0.attprojb',
+      'h.0.ln2w',
+      'h.0.ln2b',
+      'h.0.fcw',
+      'h.0.fcb',
+      'h.0.fcprojw',
+      'h.0.fcprojb',
+      'h.1.ln1w',
+      'h.1.ln1b'
+    ]
+  )
+  t.deepEqual(
+    tiny.tensors.slice(-2).map(x => x.name),
+    ['lnfw', 'lnfb']
+  )
   let offset = 0
   for (const x of big.tensors) {
     t.is(x.offset, offset, x.name)
-    t.is(x.length, x.shape.reduce((a, b) => a * b, 1))
+    t.is(
+      x.length,
+      x.shape.reduce((a, b) => a * b, 1)
+    )
     t.is(x.decay, x.shape.length === 2)
     offset += x.length
   }
@@ -60,7 +83,12 @@ test('init: deterministic in the seed; N(0, 0.02) weights, residual projections 
   t.true(Math.abs(std(get('h.1.fcprojw')) - 0.01) < 0.001, `fcprojw std ${std(get('h.1.fcprojw'))}`)
   t.true(get('h.1.ln2w').every(v => v === 1) && get('lnfw').every(v => v === 1))
   t.true(get('h.0.qkvb').every(v => v === 0) && get('lnfb').every(v => v === 0))
-  t.true(get('wte').subarray(60 * 64).every(v => v === 0), 'padding rows of wte are zero')
+  t.true(
+    get('wte')
+      .subarray(60 * 64)
+      .every(v => v === 0),
+    'padding rows of wte are zero'
+  )
   t.true(std(get('wte').subarray(0, 60 * 64)) > 0.015)
 })
 
@@ -120,7 +148,7 @@ test('whole-model gradient matches central finite differences on the largest-gra
 })
 
 /** Trains the tiny model on one fixed batch; returns the losses and the final params. */
-function overfit (seed: number, steps: number): { losses: number[], params: Float32Array, bytesAfterDispose: number } {
+function overfit(seed: number, steps: number): { losses: number[]; params: Float32Array; bytesAfterDispose: number } {
   const cfg = GPT_PRESETS.tiny
   const B = 4
   const T = 16
@@ -145,7 +173,12 @@ test('tiny GPT overfits a fixed batch: loss falls from ~ln(V) to under a quarter
   const lnV = Math.log(GPT_PRESETS.tiny.vocabSize)
   t.true(Math.abs(a.losses[0]! - lnV) < 0.1, `initial loss ${a.losses[0]} vs ln(V) ${lnV}`)
   t.true(a.losses.at(-1)! < 0.25 * lnV, `final loss ${a.losses.at(-1)}`)
-  t.log(`loss every 5 steps: ${a.losses.filter((_, i) => i % 5 === 0).map(x => x.toFixed(3)).join(' ')} … ${a.losses.at(-1)!.toFixed(4)}`)
+  t.log(
+    `loss every 5 steps: ${a.losses
+      .filter((_, i) => i % 5 === 0)
+      .map(x => x.toFixed(3))
+      .join(' ')} … ${a.losses.at(-1)!.toFixed(4)}`
+  )
   const b = overfit(seed, 40)
   t.deepEqual(b.losses, a.losses)
   t.deepEqual(b.params, a.params)
@@ -183,7 +216,10 @@ test('stream mode: the same loss and gradients as full mode, holding only the ed
   const { tokens, targets } = batch(Rng.fromSeed(9).split('batch'), B, T, cfg.vocabSize)
   const params = initGptParams(cfg, 9)
   const buckets = gptBuckets(full.layout)
-  t.deepEqual(buckets.map(b => b.name), ['emb', 'h.0', 'h.1', 'h.2', 'lnf'])
+  t.deepEqual(
+    buckets.map(b => b.name),
+    ['emb', 'h.0', 'h.1', 'h.2', 'lnf']
+  )
   t.is(buckets.at(-1)!.end, full.layout.length)
   full.zeroGrad()
   const want = full.forward(tokens, targets)
@@ -211,13 +247,16 @@ test('stream mode: the same loss and gradients as full mode, holding only the ed
   t.deepEqual(grads, wantGrads, 'the same gradients, bit for bit')
   // Memory: edge buckets and two block slots (weights and gradients) instead of the whole model with AdamW state.
   const block = buckets[1]!.end - buckets[1]!.start
-  const edges = (buckets[0]!.end - buckets[0]!.start) + (buckets[4]!.end - buckets[4]!.start)
+  const edges = buckets[0]!.end - buckets[0]!.start + (buckets[4]!.end - buckets[4]!.start)
   t.is(stream.paramBytes(), (edges + 2 * block) * 2 * 4)
   t.is(full.paramBytes(), full.layout.length * 4 * 4)
   // Misuse: full-mode calls on a streamed model, a wrong bucket length, a streamed call on a full model.
   t.throws(() => stream.forward(tokens, targets), { name: 'InvalidArgumentError', message: /streamed/ })
   t.throws(() => stream.getParams(), { name: 'InvalidArgumentError', message: /streamed/ })
-  await t.throwsAsync(stream.forwardStreamed(tokens, targets, { load: async () => new Float32Array(3) }), { name: 'InvalidArgumentError', message: /bucket emb/ })
+  await t.throwsAsync(stream.forwardStreamed(tokens, targets, { load: async () => new Float32Array(3) }), {
+    name: 'InvalidArgumentError',
+    message: /bucket emb/
+  })
   await t.throwsAsync(full.forwardStreamed(tokens, targets, io), { name: 'InvalidArgumentError', message: /stream/ })
   full.dispose()
   stream.dispose()

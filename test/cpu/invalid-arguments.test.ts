@@ -4,7 +4,7 @@ import { CpuBackend, CPU_LIMITS, type Backend, type Tensor } from '../../gpu/ind
 import { upload, uploadI32, readF32 } from './fd.ts'
 
 /** Expects an InvalidArgumentError whose message names the op and the argument. */
-function refuses (t: import('ava').ExecutionContext, fn: () => void, op: string, arg: string): void {
+function refuses(t: import('ava').ExecutionContext, fn: () => void, op: string, arg: string): void {
   const err = t.throws(fn, { name: 'InvalidArgumentError' })
   t.true(err.message.startsWith(`${op}:`) && err.message.includes(arg), `message '${err.message}' should name ${op} and ${arg}`)
 }
@@ -24,8 +24,18 @@ test('wrong dtype for an op argument is refused, naming the op and argument, bef
   refuses(t, () => be.encoderForward(out, be.alloc('f32', [N]), w, inp, 1, N, C), 'encoderForward', 'tokens')
   refuses(t, () => be.crossEntropy(be.alloc('f32', [N]), null, out, be.alloc('f32', [N]), N, C, C, 1), 'crossEntropy', 'targets')
   refuses(t, () => be.quantize(be.alloc('i32', [8]), be.alloc('f32', [1]), inp, 8, 8), 'quantize', 'codes')
-  refuses(t, () => be.adamw(inp, be.alloc('bf16', [N * C]), inp, inp, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, gradScale: 1 }), 'adamw', 'grads')
-  refuses(t, () => be.adamw(inp, inp, inp, inp, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, gradScale: 1 }, be.alloc('f32', [N * C])), 'adamw', 'paramsLowp')
+  refuses(
+    t,
+    () => be.adamw(inp, be.alloc('bf16', [N * C]), inp, inp, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, gradScale: 1 }),
+    'adamw',
+    'grads'
+  )
+  refuses(
+    t,
+    () => be.adamw(inp, inp, inp, inp, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, gradScale: 1 }, be.alloc('f32', [N * C])),
+    'adamw',
+    'paramsLowp'
+  )
   refuses(t, () => be.write(inp, new Int32Array(2)), 'write', 'Float32Array')
   refuses(t, () => be.copy(inp, be.alloc('bf16', [N * C])), 'copy', 'dst')
   refuses(t, () => be.cast(be.alloc('i32', [N * C]), inp), 'cast', 'dst')

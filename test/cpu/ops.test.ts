@@ -39,8 +39,21 @@ test('encoder forward matches wte[token] + wpe[t]; backward accumulates and matc
   be.encoderBackward(dwte, dwpe, dout, tokens, B, T, C)
   const gw = readF32(be, dwte).map(x => x - 0.5)
   const gp = readF32(be, dwpe).map(x => x + 0.25)
-  const loss = (): number => { be.encoderForward(out, tokens, wte, wpe, B, T, C); return dot64(wH, readF32(be, out)) }
-  checkGradients(t, be, rng, [{ name: 'wte', tensor: wte, grad: gw }, { name: 'wpe', tensor: wpe, grad: gp }], loss, FD)
+  const loss = (): number => {
+    be.encoderForward(out, tokens, wte, wpe, B, T, C)
+    return dot64(wH, readF32(be, out))
+  }
+  checkGradients(
+    t,
+    be,
+    rng,
+    [
+      { name: 'wte', tensor: wte, grad: gw },
+      { name: 'wpe', tensor: wpe, grad: gp }
+    ],
+    loss,
+    FD
+  )
 })
 
 test('layernorm forward matches the formula; backward (dinp, dweight, dbias, all accumulating) matches finite differences', t => {
@@ -82,12 +95,22 @@ test('layernorm forward matches the formula; backward (dinp, dweight, dbias, all
   const dw = upload(be, new Float32Array(C).fill(2))
   const db = upload(be, new Float32Array(C).fill(3))
   be.layernormBackward(dx, dw, db, dout, x, w, mean, rstd, N, C)
-  const loss = (): number => { be.layernormForward(out, mean, rstd, x, w, b, N, C); return dot64(gH, readF32(be, out)) }
-  checkGradients(t, be, rng, [
-    { name: 'inp', tensor: x, grad: readF32(be, dx).map(v => v - 1) },
-    { name: 'weight', tensor: w, grad: readF32(be, dw).map(v => v - 2) },
-    { name: 'bias', tensor: b, grad: readF32(be, db).map(v => v - 3) }
-  ], loss, FD)
+  const loss = (): number => {
+    be.layernormForward(out, mean, rstd, x, w, b, N, C)
+    return dot64(gH, readF32(be, out))
+  }
+  checkGradients(
+    t,
+    be,
+    rng,
+    [
+      { name: 'inp', tensor: x, grad: readF32(be, dx).map(v => v - 1) },
+      { name: 'weight', tensor: w, grad: readF32(be, dw).map(v => v - 2) },
+      { name: 'bias', tensor: b, grad: readF32(be, db).map(v => v - 3) }
+    ],
+    loss,
+    FD
+  )
 })
 
 for (const withBias of [true, false]) {
@@ -121,7 +144,10 @@ for (const withBias of [true, false]) {
     const dw = upload(be, new Float32Array(OC * C).fill(1))
     const db = withBias ? upload(be, new Float32Array(OC).fill(1)) : null
     be.matmulBackward(dx, dw, db, dout, x, w, N, C, OC)
-    const loss = (): number => { be.matmulForward(out, x, w, b, N, C, OC); return dot64(gH, readF32(be, out)) }
+    const loss = (): number => {
+      be.matmulForward(out, x, w, b, N, C, OC)
+      return dot64(gH, readF32(be, out))
+    }
     const inputs = [
       { name: 'inp', tensor: x, grad: readF32(be, dx) },
       { name: 'weight', tensor: w, grad: readF32(be, dw).map(v => v - 1) }
@@ -144,12 +170,15 @@ test('gelu (tanh approximation) forward matches the formula; backward matches fi
   const gH = randomF32(rng, n)
   const dx = upload(be, new Float32Array(n).fill(7))
   be.geluBackward(dx, x, upload(be, gH))
-  const loss = (): number => { be.geluForward(out, x); return dot64(gH, readF32(be, out)) }
+  const loss = (): number => {
+    be.geluForward(out, x)
+    return dot64(gH, readF32(be, out))
+  }
   checkGradients(t, be, rng, [{ name: 'inp', tensor: x, grad: readF32(be, dx) }], loss, FD)
 })
 
 /** Naive causal attention: softmax(q kᵀ / √hs + mask) v per (b, h), and each row's log-sum-exp. */
-function naiveAttention (qkv: Float32Array, B: number, T: number, C: number, NH: number): { out: Float64Array, lse: Float64Array } {
+function naiveAttention(qkv: Float32Array, B: number, T: number, C: number, NH: number): { out: Float64Array; lse: Float64Array } {
   const hs = C / NH
   const out = new Float64Array(B * T * C)
   const lse = new Float64Array(B * NH * T)
@@ -202,7 +231,10 @@ test('attention forward matches naive softmax(QKᵀ/√d + causal mask)·V and i
   const grad = readF32(be, dqkv)
   // The first query sees only its own key (softmax of one score is 1), so its gradient is 0.
   for (let i = 0; i < C; i++) t.is(grad[i], 0)
-  const loss = (): number => { be.attentionForward(out, lse, qkv, B, T, C, NH); return dot64(gH, readF32(be, out)) }
+  const loss = (): number => {
+    be.attentionForward(out, lse, qkv, B, T, C, NH)
+    return dot64(gH, readF32(be, out))
+  }
   checkGradients(t, be, rng, [{ name: 'qkv', tensor: qkv, grad }], loss, { ...FD, maxProbes: 120 })
 })
 
@@ -242,10 +274,16 @@ test('cross-entropy: losses match -log softmax over the first V columns; padding
   t.deepEqual(readF32(be, aliased), g)
 
   // Finite differences of Σ scale·loss over the real columns (padding set finite so probes work).
-  const fin = upload(be, xH.map(v => (Number.isFinite(v) && Math.abs(v) < 1e3 ? v : 0)))
+  const fin = upload(
+    be,
+    xH.map(v => (Number.isFinite(v) && Math.abs(v) < 1e3 ? v : 0))
+  )
   const gradFin = be.alloc('f32', [N * Vp])
   be.crossEntropy(losses, gradFin, fin, targets, N, V, Vp, scale)
-  const lossFn = (): number => { be.crossEntropy(losses, null, fin, targets, N, V, Vp, scale); return scale * dot64(new Float64Array(N).fill(1), readF32(be, losses)) }
+  const lossFn = (): number => {
+    be.crossEntropy(losses, null, fin, targets, N, V, Vp, scale)
+    return scale * dot64(new Float64Array(N).fill(1), readF32(be, losses))
+  }
   checkGradients(t, be, rng, [{ name: 'logits', tensor: fin, grad: readF32(be, gradFin) }], lossFn, FD)
 })
 
@@ -296,7 +334,10 @@ test('adamw matches a scalar f64 reference over several steps (gradScale, weight
   t.true(c.ratio <= 1, `params worst at ${c.at}: ${got[c.at]} vs ${rp[c.at]}`)
   t.true(closeness(readF32(be, m), rm, 1e-5, 1e-7).ratio <= 1)
   t.true(closeness(readF32(be, v), rv, 1e-5, 1e-7).ratio <= 1)
-  t.deepEqual(be.read(low), Uint16Array.from(got, x => f32ToBf16(x)))
+  t.deepEqual(
+    be.read(low),
+    Uint16Array.from(got, x => f32ToBf16(x))
+  )
   t.not(got[0], p0[0], 'params moved')
 })
 
@@ -326,11 +367,20 @@ test('add, residualForward, scale, sumSquares, fill and copy', t => {
   const b = upload(be, bH)
   const out = be.alloc('f32', [33])
   be.residualForward(out, a, b)
-  t.deepEqual(readF32(be, out), aH.map((x, i) => x + bH[i]!))
+  t.deepEqual(
+    readF32(be, out),
+    aH.map((x, i) => x + bH[i]!)
+  )
   be.add(out, a)
-  t.deepEqual(readF32(be, out), aH.map((x, i) => Math.fround(x + bH[i]!) + x))
+  t.deepEqual(
+    readF32(be, out),
+    aH.map((x, i) => Math.fround(x + bH[i]!) + x)
+  )
   be.scale(a, -2)
-  t.deepEqual(readF32(be, a), aH.map(x => -2 * x))
+  t.deepEqual(
+    readF32(be, a),
+    aH.map(x => -2 * x)
+  )
   t.is(be.sumSquares(b), dot64(bH, bH))
   be.fill(b, 1.5)
   t.deepEqual(readF32(be, b), new Float32Array(33).fill(1.5))

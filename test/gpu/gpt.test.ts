@@ -4,13 +4,13 @@ import { Gpt, GPT_PRESETS } from '../../gpu/gpt.ts'
 import { cpu, gpuTest } from './_cuda.ts'
 import type { Backend } from '../../gpu/backend.ts'
 
-function batch (n: number, V: number, seed: number): { x: Int32Array, y: Int32Array } {
+function batch(n: number, V: number, seed: number): { x: Int32Array; y: Int32Array } {
   const x = new Int32Array(n).map((_, i) => (i * 31 + seed * 7 + ((i * i) % 13)) % V)
   const y = new Int32Array(n).map((_, i) => x[(i + 1) % n]!)
   return { x, y }
 }
 
-function train (be: Backend, preset: 'tiny' | 'small', B: number, T: number, dtype: 'f32' | 'bf16', steps: number): number[] {
+function train(be: Backend, preset: 'tiny' | 'small', B: number, T: number, dtype: 'f32' | 'bf16', steps: number): number[] {
   const cfg = GPT_PRESETS[preset]
   const model = new Gpt(be, cfg, { B, T, dtype, seed: 1 })
   const { x, y } = batch(B * T, cfg.vocabSize, 3)

@@ -2,7 +2,7 @@ import { checksum64, FRAME_MAGIC } from '../../codec/index.ts'
 import { ProtocolError } from '../../core/index.ts'
 
 /** Header bytes of an encoded frame (the header length is derived from its rank byte). */
-export function headerLength (frame: Uint8Array): number {
+export function headerLength(frame: Uint8Array): number {
   return 56 + 8 * frame[6]! + 8
 }
 
@@ -10,7 +10,7 @@ export function headerLength (frame: Uint8Array): number {
  * Rewrites header fields of an encoded frame and recomputes the header checksum: the tool of a
  * peer that sends well-formed lies. `edit` receives a DataView over the header.
  */
-export function forgeHeader (frame: Uint8Array, edit: (v: DataView) => void): Uint8Array {
+export function forgeHeader(frame: Uint8Array, edit: (v: DataView) => void): Uint8Array {
   const out = frame.slice()
   const len = headerLength(out)
   const v = new DataView(out.buffer, 0, len)
@@ -25,7 +25,7 @@ export function forgeHeader (frame: Uint8Array, edit: (v: DataView) => void): Ui
  * Runs `fn` and returns 'ok' if it returned, or the `code` of the ProtocolError it threw.
  * Anything else it throws is a defect and propagates (failing the test).
  */
-export function protocolCode (fn: () => unknown): string {
+export function protocolCode(fn: () => unknown): string {
   try {
     fn()
   } catch (err) {

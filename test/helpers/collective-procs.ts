@@ -16,7 +16,16 @@ export type { FaultOp, WorkerConfig } from './collective-worker.ts'
  * What a worker in check mode reports: its rank, the ring, the transports its streams used and
  * checksums of its results; with timed rounds also the throughput (MB/s of the whole vector).
  */
-export interface WorkerResult { rank: number, ring: number[], transports: string[], allGather: string, reduceScatter: string, allReduce: string, allGatherMBps?: number, reduceScatterMBps?: number }
+export interface WorkerResult {
+  rank: number
+  ring: number[]
+  transports: string[]
+  allGather: string
+  reduceScatter: string
+  allReduce: string
+  allGatherMBps?: number
+  reduceScatterMBps?: number
+}
 
 /** One JSON line a worker printed (`ev` names it), or `{ ev: 'addr', addr }` for its ADDR line. */
 export type WorkerEvent = { ev: string } & Record<string, unknown>
@@ -47,7 +56,11 @@ export interface WorkerGroup {
  * Resolves once worker 0 printed its address and the others were started (they bootstrap from
  * it); on any failure every child is killed.
  */
-export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index' | 'P' | 'secretFile' | 'dataDir' | 'bootstrap'>, opts: { startMs?: number } = {}): Promise<WorkerGroup> {
+export async function startWorkers(
+  P: number,
+  config: Omit<WorkerConfig, 'index' | 'P' | 'secretFile' | 'dataDir' | 'bootstrap'>,
+  opts: { startMs?: number } = {}
+): Promise<WorkerGroup> {
   const startMs = opts.startMs ?? 30_000
   const dir = mkdtempSync(join(tmpdir(), 'zm-cp-'))
   const secretFile = join(dir, 'secret')
@@ -56,7 +69,7 @@ export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index
   let killed = false
   const group: WorkerGroup = {
     workers,
-    kill () {
+    kill() {
       if (killed) return
       killed = true
       for (const w of workers) if (!w.gone) w.child.kill('SIGKILL')
@@ -68,15 +81,17 @@ export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index
     const child = spawn(process.execPath, [worker, JSON.stringify(cfg)], { stdio: ['pipe', 'pipe', 'inherit'] })
     child.stdin!.on('error', () => {}) // a killed worker's closed pipe
     const events: WorkerEvent[] = []
-    const waiters: Array<{ pred: (e: WorkerEvent) => boolean, resolve: (e: WorkerEvent) => void, reject: (err: Error) => void }> = []
+    const waiters: Array<{ pred: (e: WorkerEvent) => boolean; resolve: (e: WorkerEvent) => void; reject: (err: Error) => void }> = []
     let gone = false
     let tail = ''
-    const exited = new Promise<number | null>(resolve => child.once('exit', code => {
-      gone = true
-      const err = new Error(`worker ${index} exited with ${code}; last output: ${tail.slice(-500)}`)
-      for (const w of waiters.splice(0)) w.reject(err)
-      resolve(code)
-    }))
+    const exited = new Promise<number | null>(resolve =>
+      child.once('exit', code => {
+        gone = true
+        const err = new Error(`worker ${index} exited with ${code}; last output: ${tail.slice(-500)}`)
+        for (const w of waiters.splice(0)) w.reject(err)
+        resolve(code)
+      })
+    )
     let buf = ''
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString()
@@ -85,7 +100,7 @@ export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index
       buf = lines.pop()!
       for (const line of lines) {
         const a = /^ADDR (\S+)$/.exec(line)
-        const e: WorkerEvent | undefined = a !== null ? { ev: 'addr', addr: a[1] } : line.startsWith('{') ? JSON.parse(line) as WorkerEvent : undefined
+        const e: WorkerEvent | undefined = a !== null ? { ev: 'addr', addr: a[1] } : line.startsWith('{') ? (JSON.parse(line) as WorkerEvent) : undefined
         if (e === undefined) continue
         const i = waiters.findIndex(x => x.pred(e))
         if (i >= 0) waiters.splice(i, 1)[0]!.resolve(e)
@@ -96,8 +111,10 @@ export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index
       index,
       child,
       exited,
-      get gone () { return gone },
-      next (what, ms, pred) {
+      get gone() {
+        return gone
+      },
+      next(what, ms, pred) {
         const i = events.findIndex(pred)
         if (i >= 0) return Promise.resolve(events.splice(i, 1)[0]!)
         if (gone) return Promise.reject(new Error(`worker ${index} exited before ${what}; last output: ${tail.slice(-500)}`))
@@ -109,13 +126,21 @@ export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index
           }, ms)
           const entry = {
             pred,
-            resolve: (e: WorkerEvent) => { clearTimeout(timer); resolve(e) },
-            reject: (err: Error) => { clearTimeout(timer); reject(err) }
+            resolve: (e: WorkerEvent) => {
+              clearTimeout(timer)
+              resolve(e)
+            },
+            reject: (err: Error) => {
+              clearTimeout(timer)
+              reject(err)
+            }
           }
           waiters.push(entry)
         })
       },
-      send (cmd) { if (!gone) child.stdin!.write(JSON.stringify(cmd) + '\n') }
+      send(cmd) {
+        if (!gone) child.stdin!.write(JSON.stringify(cmd) + '\n')
+      }
     }
     workers.push(w)
     return w
@@ -132,7 +157,7 @@ export async function startWorkers (P: number, config: Omit<WorkerConfig, 'index
 }
 
 /** Starts P worker processes in check mode and collects their results; kills them all if any fails. */
-export async function runWorkers (P: number, elements: number, seed: number, opts: { ms?: number, rounds?: number } = {}): Promise<WorkerResult[]> {
+export async function runWorkers(P: number, elements: number, seed: number, opts: { ms?: number; rounds?: number } = {}): Promise<WorkerResult[]> {
   const ms = opts.ms ?? 10 * 60_000
   const g = await startWorkers(P, { mode: 'check', elements, seed, rounds: opts.rounds })
   try {

@@ -50,22 +50,27 @@ export type FaultOp = 'all-gather' | 'reduce-scatter' | 'all-to-all'
 const Q4 = { kind: 'quant', bits: 4, blockSize: 256 } as const
 
 const cfg = JSON.parse(process.argv[2]!) as WorkerConfig
-const emit = (e: Record<string, unknown>): void => { process.stdout.write(JSON.stringify(e) + '\n') }
+const emit = (e: Record<string, unknown>): void => {
+  process.stdout.write(JSON.stringify(e) + '\n')
+}
 // The parent is gone (or done): leave at once.
 const commands = createInterface({ input: process.stdin })
 commands.on('close', () => process.exit(0))
 
 const n = cfg.elements
 const clock = new RealClock()
-const inner = createLibp2pPeerNet({
-  runId: 'collective-procs',
-  secret: readFileSync(cfg.secretFile),
-  privateKey: await loadOrCreateIdentity(cfg.dataDir),
-  labels: { zone: `z${cfg.index % 2}`, host: `h${cfg.index}` },
-  listen: ['/ip4/127.0.0.1/tcp/0'],
-  bootstrap: cfg.bootstrap === undefined ? [] : [cfg.bootstrap],
-  announceIntervalMs: 300
-}, { clock, log: silentLogger() })
+const inner = createLibp2pPeerNet(
+  {
+    runId: 'collective-procs',
+    secret: readFileSync(cfg.secretFile),
+    privateKey: await loadOrCreateIdentity(cfg.dataDir),
+    labels: { zone: `z${cfg.index % 2}`, host: `h${cfg.index}` },
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    bootstrap: cfg.bootstrap === undefined ? [] : [cfg.bootstrap],
+    announceIntervalMs: 300
+  },
+  { clock, log: silentLogger() }
+)
 
 // Counts the bytes this node writes to its collective streams (fault mode's progress report)
 // and remembers which transport carried each stream; everything else goes straight through.
@@ -76,16 +81,20 @@ const counting = (s: ByteStream): ByteStream => ({
   remote: s.remote,
   protocol: s.protocol,
   [Symbol.asyncIterator]: () => s[Symbol.asyncIterator](),
-  async write (chunk, options) {
+  async write(chunk, options) {
     await s.write(chunk, options)
     sentBytes += chunk.length
     onSent()
   },
   end: options => s.end(options),
-  abort: reason => { s.abort(reason) }
+  abort: reason => {
+    s.abort(reason)
+  }
 })
 const net: PeerNet = {
-  get self () { return inner.self },
+  get self() {
+    return inner.self
+  },
   start: () => inner.start(),
   stop: () => inner.stop(),
   peers: () => inner.peers(),
@@ -93,9 +102,13 @@ const net: PeerNet = {
   subscribe: (topic, handler) => inner.subscribe(topic, handler),
   publish: (topic, data) => inner.publish(topic, data),
   send: (peer, topic, data) => inner.send(peer, topic, data),
-  handle: (protocol, handler) => { inner.handle(protocol, handler) },
-  unhandle: protocol => { inner.unhandle(protocol) },
-  async open (peer, protocol, options) {
+  handle: (protocol, handler) => {
+    inner.handle(protocol, handler)
+  },
+  unhandle: protocol => {
+    inner.unhandle(protocol)
+  },
+  async open(peer, protocol, options) {
     const s = await inner.open(peer, protocol, options)
     // SocketByteStream: the bulk channel (mesh/bulk.ts); Libp2pByteStream: the libp2p fallback.
     transports.add(s.constructor.name === 'SocketByteStream' ? 'bulk' : s.constructor.name)
@@ -131,7 +144,7 @@ const hex = (a: Float32Array): string => checksum64(new Uint8Array(a.buffer, a.b
 if (cfg.mode === 'check') await check()
 else await fault(cfg.op!, cfg.step ?? 1)
 
-async function check (): Promise<void> {
+async function check(): Promise<void> {
   const mine = vec(rank)
   const s = shardRange(n, coll.size, rank)
   const gather = async (step: number): Promise<Float32Array> => (await coll.allGather(vec(0).slice(s.start, s.start + s.length), n, { step })).data
@@ -140,13 +153,13 @@ async function check (): Promise<void> {
   const rs = await scatter(0)
   const ar = (await coll.allReduce(mine, { step: 5000 })).data
   const rounds = cfg.rounds ?? 0
-  const speed: { allGatherMBps?: number, reduceScatterMBps?: number } = {}
+  const speed: { allGatherMBps?: number; reduceScatterMBps?: number } = {}
   if (rounds > 0) {
     // Bytes of the whole vector per second per rank: a ring moves (P-1)/P of it through each rank.
     const mbps = async (op: (step: number) => Promise<unknown>): Promise<number> => {
       const t0 = performance.now()
       for (let i = 1; i <= rounds; i++) await op(i)
-      return Math.round(n * 4 / ((performance.now() - t0) / 1000 / rounds) / 1e6)
+      return Math.round((n * 4) / ((performance.now() - t0) / 1000 / rounds) / 1e6)
     }
     speed.allGatherMBps = await mbps(gather)
     speed.reduceScatterMBps = await mbps(scatter)
@@ -155,12 +168,14 @@ async function check (): Promise<void> {
   // Slower ranks may still need our bytes: stay up until the parent, which has every result, closes our stdin.
 }
 
-async function fault (op: FaultOp, step: number): Promise<void> {
+async function fault(op: FaultOp, step: number): Promise<void> {
   const call = prepare(coll, op, step)
   const threshold = cfg.reportAfterBytes ?? 0
   emit({ ev: 'ready', index: cfg.index, rank, id: inner.self.id, ring: coll.ring })
   await new Promise<void>(resolve => {
-    commands.on('line', line => { if ((JSON.parse(line) as { cmd?: string }).cmd === 'go') resolve() })
+    commands.on('line', line => {
+      if ((JSON.parse(line) as { cmd?: string }).cmd === 'go') resolve()
+    })
   })
   onSent = () => {
     if (sentBytes < threshold) return
@@ -170,7 +185,15 @@ async function fault (op: FaultOp, step: number): Promise<void> {
   const t0 = performance.now()
   try {
     const r = await call()
-    emit({ ev: 'outcome', rank, outcome: 'resolved', elapsedMs: Math.round(performance.now() - t0), sentBytes, elements: r.data.length, transports: [...transports] })
+    emit({
+      ev: 'outcome',
+      rank,
+      outcome: 'resolved',
+      elapsedMs: Math.round(performance.now() - t0),
+      sentBytes,
+      elements: r.data.length,
+      transports: [...transports]
+    })
   } catch (err) {
     const e = err as Error
     const c = err instanceof CollectiveError ? err : undefined
@@ -195,7 +218,7 @@ async function fault (op: FaultOp, step: number): Promise<void> {
 }
 
 /** Builds the inputs of the call before `ready`, so the call itself starts at `go`. */
-function prepare (c: Collective, op: FaultOp, step: number): () => Promise<CollectiveResult<Float32Array>> {
+function prepare(c: Collective, op: FaultOp, step: number): () => Promise<CollectiveResult<Float32Array>> {
   if (op === 'all-gather') {
     const s = c.shardOf(n)
     const mine = vec(rank, s.length)

@@ -28,7 +28,7 @@ export const SOURCE_LAYERS: Readonly<Record<string, readonly string[]>> = {
  * internals) except bench; `bin` and `scripts` are entry points that may import cli (through
  * its index.ts). Nothing imports these folders from a source folder.
  */
-export const ENTRY_FOLDERS: Readonly<Record<string, { readonly mayImport: readonly string[], readonly internals: boolean }>> = {
+export const ENTRY_FOLDERS: Readonly<Record<string, { readonly mayImport: readonly string[]; readonly internals: boolean }>> = {
   test: { mayImport: ['core', 'codec', 'gpu', 'mesh', 'snapshot', 'node', 'sim', 'cli', 'bin', 'scripts'], internals: true },
   bin: { mayImport: ['cli'], internals: false },
   scripts: { mayImport: ['cli'], internals: false }
@@ -68,31 +68,53 @@ export interface LayerViolation {
 
 /** Token kinds after which a `/` divides; anywhere else it starts a regular expression. */
 const ENDS_OPERAND = new Set<SyntaxKind>([
-  SyntaxKind.NumericLiteral, SyntaxKind.BigIntLiteral, SyntaxKind.StringLiteral,
-  SyntaxKind.NoSubstitutionTemplateLiteral, SyntaxKind.TemplateTail, SyntaxKind.RegularExpressionLiteral,
-  SyntaxKind.CloseParenToken, SyntaxKind.CloseBracketToken, SyntaxKind.CloseBraceToken,
-  SyntaxKind.PlusPlusToken, SyntaxKind.MinusMinusToken
+  SyntaxKind.NumericLiteral,
+  SyntaxKind.BigIntLiteral,
+  SyntaxKind.StringLiteral,
+  SyntaxKind.NoSubstitutionTemplateLiteral,
+  SyntaxKind.TemplateTail,
+  SyntaxKind.RegularExpressionLiteral,
+  SyntaxKind.CloseParenToken,
+  SyntaxKind.CloseBracketToken,
+  SyntaxKind.CloseBraceToken,
+  SyntaxKind.PlusPlusToken,
+  SyntaxKind.MinusMinusToken
 ])
 
 /** Keywords followed by an expression (`return /x/`); every other word (`number`, `this`, a name) ends an operand. */
 const BEFORE_EXPRESSION = new Set<SyntaxKind>([
-  SyntaxKind.ReturnKeyword, SyntaxKind.TypeOfKeyword, SyntaxKind.CaseKeyword, SyntaxKind.ThrowKeyword,
-  SyntaxKind.DeleteKeyword, SyntaxKind.VoidKeyword, SyntaxKind.InKeyword, SyntaxKind.OfKeyword,
-  SyntaxKind.InstanceOfKeyword, SyntaxKind.NewKeyword, SyntaxKind.YieldKeyword, SyntaxKind.AwaitKeyword,
-  SyntaxKind.ElseKeyword, SyntaxKind.DoKeyword
+  SyntaxKind.ReturnKeyword,
+  SyntaxKind.TypeOfKeyword,
+  SyntaxKind.CaseKeyword,
+  SyntaxKind.ThrowKeyword,
+  SyntaxKind.DeleteKeyword,
+  SyntaxKind.VoidKeyword,
+  SyntaxKind.InKeyword,
+  SyntaxKind.OfKeyword,
+  SyntaxKind.InstanceOfKeyword,
+  SyntaxKind.NewKeyword,
+  SyntaxKind.YieldKeyword,
+  SyntaxKind.AwaitKeyword,
+  SyntaxKind.ElseKeyword,
+  SyntaxKind.DoKeyword
 ])
 
 const endsOperand = (k: SyntaxKind | undefined): boolean =>
   k !== undefined && (ENDS_OPERAND.has(k) || (tokenIsIdentifierOrKeyword(k) && !BEFORE_EXPRESSION.has(k)))
 
-interface Token { kind: SyntaxKind, text: string, value: string, pos: number }
+interface Token {
+  kind: SyntaxKind
+  text: string
+  value: string
+  pos: number
+}
 
 /**
  * The tokens of a TypeScript or JavaScript file, trivia skipped. The scanner alone cannot tell
  * a regular expression from a division or see where a template's `${...}` ends (the parser
  * tells it); both are decided here from the previous token and a brace stack.
  */
-export function tokenize (text: string): Token[] {
+export function tokenize(text: string): Token[] {
   const s: Scanner = createScanner(true)
   s.setText(text)
   const out: Token[] = []
@@ -115,15 +137,18 @@ export function tokenize (text: string): Token[] {
   return out
 }
 
-const isString = (t: Token | undefined): boolean => t !== undefined && (t.kind === SyntaxKind.StringLiteral || t.kind === SyntaxKind.NoSubstitutionTemplateLiteral)
+const isString = (t: Token | undefined): boolean =>
+  t !== undefined && (t.kind === SyntaxKind.StringLiteral || t.kind === SyntaxKind.NoSubstitutionTemplateLiteral)
 const isFrom = (t: Token | undefined): boolean => t !== undefined && t.kind === SyntaxKind.FromKeyword
 
 /** Every import, re-export, literal dynamic import and `new URL('./x.ts', import.meta.url)` of a file's text. */
-export function findImports (text: string): FoundImport[] {
+export function findImports(text: string): FoundImport[] {
   const toks = tokenize(text)
   const lines = lineStarts(text)
   const found: FoundImport[] = []
-  const add = (t: Token, kind: ImportKind): void => { found.push({ line: lineOf(lines, t.pos), kind, specifier: t.value }) }
+  const add = (t: Token, kind: ImportKind): void => {
+    found.push({ line: lineOf(lines, t.pos), kind, specifier: t.value })
+  }
   for (let i = 0; i < toks.length; i++) {
     const t = toks[i]!
     const before = toks[i - 1]
@@ -135,7 +160,10 @@ export function findImports (text: string): FoundImport[] {
         if (isString(toks[i + 2])) add(toks[i + 2]!, 'dynamic import')
         continue
       }
-      if (isString(next)) { add(next!, 'import'); continue }
+      if (isString(next)) {
+        add(next!, 'import')
+        continue
+      }
       const j = clauseEnd(toks, i + 1)
       if (j !== undefined) add(toks[j]!, next?.kind === SyntaxKind.TypeKeyword ? 'import type' : 'import')
     } else if (t.kind === SyntaxKind.ExportKeyword) {
@@ -147,7 +175,8 @@ export function findImports (text: string): FoundImport[] {
       if (j !== undefined) add(toks[j]!, 'export from')
     } else if (t.kind === SyntaxKind.NewKeyword && toks[i + 1]?.text === 'URL' && toks[i + 2]?.kind === SyntaxKind.OpenParenToken) {
       const spec = toks[i + 3]
-      if (isString(spec) && /\.[cm]?[jt]s$/.test(spec!.value) && spec!.value.startsWith('.') && toks[i + 5]?.kind === SyntaxKind.ImportKeyword) add(spec!, 'url')
+      if (isString(spec) && /\.[cm]?[jt]s$/.test(spec!.value) && spec!.value.startsWith('.') && toks[i + 5]?.kind === SyntaxKind.ImportKeyword)
+        add(spec!, 'url')
     }
   }
   return found
@@ -158,7 +187,7 @@ export function findImports (text: string): FoundImport[] {
  * undefined when the statement has none (`export { a }`). A clause is a default name, `* as x`
  * and/or one `{ ... }` list, so `from` comes within a few tokens after the braces close.
  */
-function clauseEnd (toks: Token[], start: number): number | undefined {
+function clauseEnd(toks: Token[], start: number): number | undefined {
   let depth = 0
   for (let i = start; i < toks.length && i < start + 4096; i++) {
     const k = toks[i]!.kind
@@ -173,13 +202,13 @@ function clauseEnd (toks: Token[], start: number): number | undefined {
   return undefined
 }
 
-function lineStarts (text: string): number[] {
+function lineStarts(text: string): number[] {
   const starts = [0]
   for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) === 10) starts.push(i + 1)
   return starts
 }
 
-function lineOf (starts: number[], pos: number): number {
+function lineOf(starts: number[], pos: number): number {
   let lo = 0
   let hi = starts.length - 1
   while (lo < hi) {
@@ -191,13 +220,13 @@ function lineOf (starts: number[], pos: number): number {
 }
 
 /** The top-level folder of a repo-relative path (`mesh/collective/ring.ts` -> `mesh`), or undefined for a file at the root. */
-function topFolder (path: string): string | undefined {
+function topFolder(path: string): string | undefined {
   const i = path.indexOf('/')
   return i < 0 ? undefined : path.slice(0, i)
 }
 
 /** The rule an import from `from` (a folder) to `target` (a repo-relative path) breaks, if any. */
-function judge (from: string, target: string): { rule: LayerRule, message: string } | undefined {
+function judge(from: string, target: string): { rule: LayerRule; message: string } | undefined {
   const to = topFolder(target)
   if (to === from) return undefined
   if (to === 'bench') return { rule: 'bench', message: `nothing outside bench/ imports bench/ (${target})` }
@@ -220,7 +249,7 @@ function judge (from: string, target: string): { rule: LayerRule, message: strin
 }
 
 /** A launcher's path into the build output (`dist/cli/index.js`) judged as the source it was built from (`cli/index.ts`). */
-function builtToSource (target: string): string {
+function builtToSource(target: string): string {
   return target.startsWith('dist/') ? target.slice('dist/'.length).replace(/\.js$/, '.ts') : target
 }
 
@@ -229,7 +258,7 @@ function builtToSource (target: string): string {
  * nothing else). Files outside SCANNED_FOLDERS and non-relative specifiers (packages,
  * `node:`) are not judged. Sorted by file and line.
  */
-export function checkLayers (files: ReadonlyMap<string, string>): LayerViolation[] {
+export function checkLayers(files: ReadonlyMap<string, string>): LayerViolation[] {
   const out: LayerViolation[] = []
   for (const [file, text] of files) {
     const from = topFolder(file)
@@ -245,6 +274,6 @@ export function checkLayers (files: ReadonlyMap<string, string>): LayerViolation
 }
 
 /** One line per violation: `file:line: import 'specifier': message [rule]`. */
-export function formatViolation (v: LayerViolation): string {
+export function formatViolation(v: LayerViolation): string {
   return `${v.file}:${v.line}: '${v.specifier}': ${v.message} [${v.rule}]`
 }

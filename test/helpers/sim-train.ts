@@ -12,7 +12,12 @@ import { Trainer, type TrainConfig, type TrainStatus } from '../../node/index.ts
 import { corpus } from './train-mesh.ts'
 
 /** One simulated node as a hook sees it. */
-export interface SimTrainNode { readonly id: string, readonly net: PeerNet, readonly membership: Membership | undefined, killed: boolean }
+export interface SimTrainNode {
+  readonly id: string
+  readonly net: PeerNet
+  readonly membership: Membership | undefined
+  killed: boolean
+}
 
 /** What an onStep hook may do to the simulated mesh. */
 export interface SimTrainControl {
@@ -33,13 +38,13 @@ export interface SimTrainOptions {
   /** Called on every committed step of every node (node index, status). */
   onStep?: (ctl: SimTrainControl, i: number, s: TrainStatus) => void
   /** Crashes the node of `rank` when it commits `atStep`. */
-  kill?: { rank: number, atStep: number }
+  kill?: { rank: number; atStep: number }
   /** Per-node trainer config changes. */
   configOf?: (i: number) => Partial<TrainConfig>
   /** What node i's trainer sees as its PeerNet (fault injection on one node's calls). */
   wrapNet?: (i: number, net: PeerNet) => PeerNet
   /** The last `count` nodes boot only when some rank commits `atStep` (late joiners). */
-  late?: { count: number, atStep: number }
+  late?: { count: number; atStep: number }
   /** Modelled compute per step, in simulated ms (default 5). */
   computeMs?: number
   /** Simulated time after which the run is abandoned (default 10 min). */
@@ -60,16 +65,23 @@ export interface SimTrainRun {
 }
 
 /** Trains `n` simulated nodes with `cfg` from `o.seed`; deterministic in (n, cfg, o, code). */
-export async function simTrain (n: number, cfg: TrainConfig, o: SimTrainOptions): Promise<SimTrainRun> {
+export async function simTrain(n: number, cfg: TrainConfig, o: SimTrainOptions): Promise<SimTrainRun> {
   const late = o.late?.count ?? 0
   const w = new MembershipWorld({ seed: o.seed, nodes: n, zones: o.zones ?? 2, membership: { heartbeatMs: 100, expect: n - late } })
   const { sim } = w
   const c = corpus()
   const ctrls = w.nodes.map(() => new AbortController())
-  const nodes: SimTrainNode[] = w.nodes.map(x => ({ id: x.id, net: x.net, get membership () { return x.m }, killed: false }))
+  const nodes: SimTrainNode[] = w.nodes.map(x => ({
+    id: x.id,
+    net: x.net,
+    get membership() {
+      return x.m
+    },
+    killed: false
+  }))
   const ctl: SimTrainControl = {
     nodes,
-    kill (indexes) {
+    kill(indexes) {
       for (const i of indexes) {
         const x = nodes[i]!
         if (x.killed) continue
@@ -79,9 +91,15 @@ export async function simTrain (n: number, cfg: TrainConfig, o: SimTrainOptions)
         ctrls[i]!.abort()
       }
     },
-    partition (a, b) { w.net.partition([a, b]) },
-    heal () { w.net.heal() },
-    after (ms, fn) { sim.clock.setTimeout(fn, ms) }
+    partition(a, b) {
+      w.net.partition([a, b])
+    },
+    heal() {
+      w.net.heal()
+    },
+    after(ms, fn) {
+      sim.clock.setTimeout(fn, ms)
+    }
   }
   const computeMs = o.computeMs ?? 5
   let killedOnce = false
@@ -91,29 +109,41 @@ export async function simTrain (n: number, cfg: TrainConfig, o: SimTrainOptions)
   const start = async (i: number): Promise<void> => {
     const boot = w.boot(w.nodes[i]!)
     const x = w.nodes[i]!
-    const trainer = new Trainer({
-      backend: new CpuBackend(),
-      net: o.wrapNet?.(i, x.net) ?? x.net,
-      membership: x.m!,
-      clock: x.handle.clock,
-      log: silentLogger(),
-      corpus: c,
-      computeMs: () => computeMs,
-      onStep: s => {
-        if (o.late !== undefined && s.rank !== undefined && s.step >= o.late.atStep && !lateBooting) {
-          lateBooting = true
-          void (async () => { for (let j = n - late; j < n; j++) await start(j) })()
+    const trainer = new Trainer(
+      {
+        backend: new CpuBackend(),
+        net: o.wrapNet?.(i, x.net) ?? x.net,
+        membership: x.m!,
+        clock: x.handle.clock,
+        log: silentLogger(),
+        corpus: c,
+        computeMs: () => computeMs,
+        onStep: s => {
+          if (o.late !== undefined && s.rank !== undefined && s.step >= o.late.atStep && !lateBooting) {
+            lateBooting = true
+            void (async () => {
+              for (let j = n - late; j < n; j++) await start(j)
+            })()
+          }
+          if (o.kill !== undefined && s.rank === o.kill.rank && s.step === o.kill.atStep && !killedOnce) {
+            killedOnce = true
+            ctl.kill([i])
+          }
+          o.onStep?.(ctl, i, s)
         }
-        if (o.kill !== undefined && s.rank === o.kill.rank && s.step === o.kill.atStep && !killedOnce) {
-          killedOnce = true
-          ctl.kill([i])
-        }
-        o.onStep?.(ctl, i, s)
-      }
-    }, { ...cfg, ...o.configOf?.(i) })
+      },
+      { ...cfg, ...o.configOf?.(i) }
+    )
     trainers[i] = trainer
     await boot
-    void trainer.run(ctrls[i]!.signal).then(s => { settled.set(i, s) }, (err: unknown) => { settled.set(i, err instanceof Error ? err : new Error(String(err))) })
+    void trainer.run(ctrls[i]!.signal).then(
+      s => {
+        settled.set(i, s)
+      },
+      (err: unknown) => {
+        settled.set(i, err instanceof Error ? err : new Error(String(err)))
+      }
+    )
   }
   // Trainers are built before membership starts, as `zeromesh start` does.
   for (let i = 0; i < n - late; i++) await start(i)
@@ -136,7 +166,10 @@ export async function simTrain (n: number, cfg: TrainConfig, o: SimTrainOptions)
     else if (r instanceof Error) errors.push(r)
     else statuses.push(r)
   }
-  const shards = live().map(i => trainers[i]!.finalShard).filter(x => x !== undefined).sort((a, b) => a.start - b.start)
+  const shards = live()
+    .map(i => trainers[i]!.finalShard)
+    .filter(x => x !== undefined)
+    .sort((a, b) => a.start - b.start)
   let weightsHash: string | undefined
   if (shards.length > 0) {
     const h = createHash('sha256')
@@ -147,9 +180,11 @@ export async function simTrain (n: number, cfg: TrainConfig, o: SimTrainOptions)
 }
 
 /** The run, or a throw naming what went wrong (errors, unfinished nodes). */
-export function simOk (r: SimTrainRun): SimTrainRun {
+export function simOk(r: SimTrainRun): SimTrainRun {
   if (r.errors.length > 0 || r.unfinished.length > 0) {
-    throw new Error(`simulated run failed: ${r.errors.map(e => e.message).join('; ')}${r.unfinished.length > 0 ? `; unfinished: ${r.unfinished.join(', ')}` : ''}`)
+    throw new Error(
+      `simulated run failed: ${r.errors.map(e => e.message).join('; ')}${r.unfinished.length > 0 ? `; unfinished: ${r.unfinished.join(', ')}` : ''}`
+    )
   }
   return r
 }

@@ -5,7 +5,7 @@ import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../.
 import type { Corpus } from '../../node/index.ts'
 
 // A small repetitive corpus, so a tiny model learns visibly in a few dozen steps.
-export function corpus (): Corpus {
+export function corpus(): Corpus {
   const text = Buffer.from('the quick brown fox jumps over the lazy dog. '.repeat(400))
   const ids = new Uint16Array(text.length)
   ids.set(text)
@@ -13,7 +13,19 @@ export function corpus (): Corpus {
 }
 
 export const model = trainingModel('mini', 256)
-export const base: TrainConfig = { model: { ...model, maxT: 16 }, B: 2, T: 16, steps: 30, lr: 1e-2, weightDecay: 0, seed: 5, worldSize: 4, zeroPP: false, dtype: 'f32', snapshot: undefined }
+export const base: TrainConfig = {
+  model: { ...model, maxT: 16 },
+  B: 2,
+  T: 16,
+  steps: 30,
+  lr: 1e-2,
+  weightDecay: 0,
+  seed: 5,
+  worldSize: 4,
+  zeroPP: false,
+  dtype: 'f32',
+  snapshot: undefined
+}
 
 /** ZEROMESH_TEST_LOG=info (or debug) shows the trainers' structured logs on stderr. */
 const logFor = (i: number): Logger => {
@@ -21,7 +33,12 @@ const logFor = (i: number): Logger => {
   return level === undefined ? silentLogger() : createLogger({ level: level as 'info', name: `w${i}` })
 }
 
-export interface MeshNode { net: PeerNet, membership: Membership, ctrl: AbortController, killed: boolean }
+export interface MeshNode {
+  net: PeerNet
+  membership: Membership
+  ctrl: AbortController
+  killed: boolean
+}
 
 /** What a run's onStep hook may do to the mesh. */
 export interface MeshControl {
@@ -42,7 +59,7 @@ export interface MeshRun {
 export interface MeshOptions {
   zones?: number
   /** Crashes the node of `rank` when it commits `atStep`. */
-  kill?: { rank: number, atStep: number }
+  kill?: { rank: number; atStep: number }
   /** Called on every committed step of every node (node index, status). */
   onStep?: (ctl: MeshControl, i: number, s: TrainStatus) => void
   /** Per-node trainer config changes (e.g. a disk dir). */
@@ -50,7 +67,7 @@ export interface MeshOptions {
   /** What node i's trainer sees as its PeerNet (fault injection on one node's calls). */
   wrapNet?: (i: number, net: PeerNet) => PeerNet
   /** The last `count` nodes start only when some rank commits `atStep` (late joiners). */
-  late?: { count: number, atStep: number }
+  late?: { count: number; atStep: number }
   /**
    * Modelled compute per step (ms, slept on the clock). The memory network delivers in
    * microtasks, so without it a run never yields to timers and heartbeats wait until it ends.
@@ -59,7 +76,7 @@ export interface MeshOptions {
 }
 
 /** n in-process workers on a memory network, each with real membership and a Trainer. */
-export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions = {}): Promise<MeshRun> {
+export async function trainMesh(n: number, cfg: TrainConfig, opts: MeshOptions = {}): Promise<MeshRun> {
   const zones = opts.zones ?? 2
   const late = opts.late?.count ?? 0
   const hub = createMemoryNetwork()
@@ -75,7 +92,9 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
     await x.membership.start()
   }
   let joined: () => void = () => {}
-  const joining = new Promise<void>(resolve => { joined = resolve })
+  const joining = new Promise<void>(resolve => {
+    joined = resolve
+  })
   let lateStarted = false
   const startLate = (): void => {
     if (lateStarted) return
@@ -91,7 +110,7 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
   const ctl: MeshControl = {
     hub,
     nodes,
-    kill (indexes) {
+    kill(indexes) {
       for (const i of indexes) {
         const x = nodes[i]!
         if (x.killed) continue
@@ -104,23 +123,29 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
   }
   const c = corpus()
   let killedOnce = false
-  const trainers = nodes.map((x, i) => new Trainer({
-    backend: new CpuBackend(),
-    net: opts.wrapNet?.(i, x.net) ?? x.net,
-    membership: x.membership,
-    clock,
-    log: logFor(i),
-    corpus: c,
-    ...(opts.computeMs === undefined ? {} : { computeMs: () => opts.computeMs! }),
-    onStep: s => {
-      if (opts.late !== undefined && s.rank !== undefined && s.step >= opts.late.atStep) startLate()
-      if (opts.kill !== undefined && s.rank === opts.kill.rank && s.step === opts.kill.atStep && !killedOnce) {
-        killedOnce = true
-        ctl.kill([i])
-      }
-      opts.onStep?.(ctl, i, s)
-    }
-  }, { ...cfg, ...opts.configOf?.(i) }))
+  const trainers = nodes.map(
+    (x, i) =>
+      new Trainer(
+        {
+          backend: new CpuBackend(),
+          net: opts.wrapNet?.(i, x.net) ?? x.net,
+          membership: x.membership,
+          clock,
+          log: logFor(i),
+          corpus: c,
+          ...(opts.computeMs === undefined ? {} : { computeMs: () => opts.computeMs! }),
+          onStep: s => {
+            if (opts.late !== undefined && s.rank !== undefined && s.step >= opts.late.atStep) startLate()
+            if (opts.kill !== undefined && s.rank === opts.kill.rank && s.step === opts.kill.atStep && !killedOnce) {
+              killedOnce = true
+              ctl.kill([i])
+            }
+            opts.onStep?.(ctl, i, s)
+          }
+        },
+        { ...cfg, ...opts.configOf?.(i) }
+      )
+  )
   const runs = trainers.map((t, i) => (isLate(i) ? joining.then(() => t.run(nodes[i]!.ctrl.signal)) : t.run(nodes[i]!.ctrl.signal)))
   // Once no live node is a rank any more, the spares are told the run is over (as `zeromesh
   // up` stops them): a spare that missed the ranks' done message would otherwise wait on.
@@ -131,15 +156,22 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
     }
   }, 100)
   try {
-    const settled = await Promise.allSettled(runs.map((r, i) => r.then(s => {
-      // Once every live rank is done, the spares are told to stop.
-      if (s.role === 'done' && trainers.every((t, j) => nodes[j]!.killed || t.status().role !== 'rank')) for (const x of nodes) x.ctrl.abort()
-      return s
-    }, (err: unknown) => {
-      // A live rank that fails ends the run for the spares too.
-      if (!nodes[i]!.killed) for (const [j, x] of nodes.entries()) if (trainers[j]!.status().role === 'spare') x.ctrl.abort()
-      throw err
-    })))
+    const settled = await Promise.allSettled(
+      runs.map((r, i) =>
+        r.then(
+          s => {
+            // Once every live rank is done, the spares are told to stop.
+            if (s.role === 'done' && trainers.every((t, j) => nodes[j]!.killed || t.status().role !== 'rank')) for (const x of nodes) x.ctrl.abort()
+            return s
+          },
+          (err: unknown) => {
+            // A live rank that fails ends the run for the spares too.
+            if (!nodes[i]!.killed) for (const [j, x] of nodes.entries()) if (trainers[j]!.status().role === 'spare') x.ctrl.abort()
+            throw err
+          }
+        )
+      )
+    )
     const statuses: TrainStatus[] = []
     const errors: Error[] = []
     settled.forEach((r, i) => {
@@ -149,7 +181,9 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
     })
     const N = gptLayout(cfg.model).length
     const params = new Float32Array(N)
-    trainers.forEach((t, i) => { if (!nodes[i]!.killed && t.finalShard !== undefined) params.set(t.finalShard.data, t.finalShard.start) })
+    trainers.forEach((t, i) => {
+      if (!nodes[i]!.killed && t.finalShard !== undefined) params.set(t.finalShard.data, t.finalShard.start)
+    })
     return { statuses, errors, params }
   } finally {
     clearInterval(reaper)
@@ -162,7 +196,7 @@ export async function trainMesh (n: number, cfg: TrainConfig, opts: MeshOptions 
 }
 
 /** Throws the first error of a run that should have succeeded. */
-export function ok (run: MeshRun): MeshRun {
+export function ok(run: MeshRun): MeshRun {
   if (run.errors.length > 0) throw run.errors[0]
   return run
 }

@@ -3,7 +3,7 @@
  * resolves with it; rejects naming `what` after `ms`. Tests wait for a state this way, never
  * with a fixed sleep.
  */
-export async function waitFor<T> (what: string, ms: number, cond: () => Promise<T | undefined> | T | undefined, everyMs = 100): Promise<T> {
+export async function waitFor<T>(what: string, ms: number, cond: () => Promise<T | undefined> | T | undefined, everyMs = 100): Promise<T> {
   const deadline = performance.now() + ms
   for (;;) {
     const v = await cond()

@@ -9,15 +9,29 @@ const enc = new TextEncoder()
 const key = (secret: string, runId = 'run'): Uint8Array => deriveRunKeys(runId, enc.encode(secret)).auth
 const SECRET = 'the run secret, long enough'
 
-interface Side { authKey: Uint8Array, runId?: string, bulkPort?: number, self?: string }
+interface Side {
+  authKey: Uint8Array
+  runId?: string
+  bulkPort?: number
+  self?: string
+}
 
 /** Runs both sides on a fresh stream pair; each side's outcome (result or error). */
-async function handshake (dialer: Side | 'silent', listener: Side, signal?: { listener?: AbortSignal, abortListenerAfterOpen?: AbortController }): Promise<{ d: HandshakeResult | Error | undefined, l: HandshakeResult | Error }> {
+async function handshake(
+  dialer: Side | 'silent',
+  listener: Side,
+  signal?: { listener?: AbortSignal; abortListenerAfterOpen?: AbortController }
+): Promise<{ d: HandshakeResult | Error | undefined; l: HandshakeResult | Error }> {
   const hub = createMemoryNetwork()
   const a = hub.createPeer({ id: 'A', labels: { zone: 'za', host: 'ha' } })
   const b = hub.createPeer({ id: 'B', labels: { zone: 'zb', host: 'hb' } })
-  const sideInit = (s: Side, self: string, host: string): HandshakeInit =>
-    ({ authKey: s.authKey, runId: s.runId ?? 'run', self: s.self ?? self, labels: { zone: 'z', host }, bulkPort: s.bulkPort })
+  const sideInit = (s: Side, self: string, host: string): HandshakeInit => ({
+    authKey: s.authKey,
+    runId: s.runId ?? 'run',
+    self: s.self ?? self,
+    labels: { zone: 'z', host },
+    bulkPort: s.bulkPort
+  })
   const never = new AbortController().signal
   let listened!: Promise<HandshakeResult | Error>
   const accepted = new Promise<void>(resolve => {
@@ -38,12 +52,12 @@ async function handshake (dialer: Side | 'silent', listener: Side, signal?: { li
   }
 }
 
-test('both sides with the run secret: each learns the other\'s labels, bulk port and the same nonces', async t => {
+test("both sides with the run secret: each learns the other's labels, bulk port and the same nonces", async t => {
   const { d, l } = await handshake({ authKey: key(SECRET), bulkPort: 4001 }, { authKey: key(SECRET) })
   if (d === undefined || d instanceof Error || l instanceof Error) return t.fail(`handshake failed: ${String(d)} / ${String(l)}`)
   t.deepEqual(d.labels, { zone: 'z', host: 'hb' })
   t.deepEqual(l.labels, { zone: 'z', host: 'ha' })
-  t.is(l.bulkPort, 4001, 'the listener learns the dialer\'s bulk port')
+  t.is(l.bulkPort, 4001, "the listener learns the dialer's bulk port")
   t.is(d.bulkPort, undefined, 'a side without a bulk channel offers none')
   t.deepEqual(d.nonceD, l.nonceD)
   t.deepEqual(d.nonceL, l.nonceL)

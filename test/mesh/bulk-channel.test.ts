@@ -9,20 +9,34 @@ const nL = new Uint8Array(randomBytes(32))
 const session = bulkSessionId(nD, nL)
 const key = bulkKey(auth, 'A', 'B', nD, nL)
 
-async function pair (handlers: Record<string, StreamHandler>, clientKey = key) {
+async function pair(handlers: Record<string, StreamHandler>, clientKey = key) {
   const b = await startBulkChannel({ host: '127.0.0.1', self: 'B', handler: p => handlers[p], log: silentLogger() })
   const a = await startBulkChannel({ host: '127.0.0.1', self: 'A', handler: () => undefined, log: silentLogger() })
   b.addSession('A', session, key)
   a.addSession('B', session, clientKey)
-  return { a, b, close: async () => { await a.close(); await b.close() } }
+  return {
+    a,
+    b,
+    close: async () => {
+      await a.close()
+      await b.close()
+    }
+  }
 }
 
 test('a bulk stream carries framed bytes with end and echo', async t => {
-  const { a, b, close } = await pair({ '/echo/1': async s => { for await (const c of s) await s.write(c); await s.end() } })
+  const { a, b, close } = await pair({
+    '/echo/1': async s => {
+      for await (const c of s) await s.write(c)
+      await s.end()
+    }
+  })
   try {
     const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
     const parts: Uint8Array[] = []
-    const reading = (async () => { for await (const c of s) parts.push(c) })()
+    const reading = (async () => {
+      for await (const c of s) parts.push(c)
+    })()
     const data = new Uint8Array(randomBytes(3 * 1024 * 1024 + 5))
     await s.write(data.subarray(0, 1))
     await s.write(data.subarray(1))
@@ -35,7 +49,14 @@ test('a bulk stream carries framed bytes with end and echo', async t => {
 })
 
 test('a client without the pair key cannot complete the handshake', async t => {
-  const { a, b, close } = await pair({ '/echo/1': async s => { await s.end() } }, new Uint8Array(32).fill(1))
+  const { a, b, close } = await pair(
+    {
+      '/echo/1': async s => {
+        await s.end()
+      }
+    },
+    new Uint8Array(32).fill(1)
+  )
   try {
     await t.throwsAsync(a.open('B', '127.0.0.1', b.port, session, '/echo/1'), { name: 'PeerGoneError' })
   } finally {
@@ -44,7 +65,11 @@ test('a client without the pair key cannot complete the handshake', async t => {
 })
 
 test('an unknown session or peer name is refused by the server', async t => {
-  const { a, b, close } = await pair({ '/echo/1': async s => { await s.end() } })
+  const { a, b, close } = await pair({
+    '/echo/1': async s => {
+      await s.end()
+    }
+  })
   try {
     b.dropPeer('A')
     await t.throwsAsync(a.open('B', '127.0.0.1', b.port, session, '/echo/1'), { name: 'PeerGoneError' })
@@ -67,7 +92,9 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
   const handlers: Record<string, StreamHandler> = {}
   const opened = new Promise<void>(resolve => {
     handlers['/x/1'] = s => {
-      remoteRead = (async () => { for await (const c of s) void c })()
+      remoteRead = (async () => {
+        for await (const c of s) void c
+      })()
       resolve()
     }
   })
@@ -81,7 +108,11 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
     t.is(err.name, 'StreamResetError')
     t.regex(err.message, /exceeds/)
     await write.catch(() => {})
-    const mine = await t.throwsAsync((async () => { for await (const c of s) void c })())
+    const mine = await t.throwsAsync(
+      (async () => {
+        for await (const c of s) void c
+      })()
+    )
     t.is(mine.name, 'StreamResetError', 'the sender learns of the reset')
   } finally {
     await close()
@@ -90,12 +121,17 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
 
 // ---- connection reuse ----
 
-const echo: StreamHandler = async s => { for await (const c of s) await s.write(c); await s.end() }
+const echo: StreamHandler = async s => {
+  for await (const c of s) await s.write(c)
+  await s.end()
+}
 
 /** One request/response exchange on a fresh stream: write `data`, end, read the echo. */
-async function exchange (s: ByteStream, data: Uint8Array): Promise<Buffer> {
+async function exchange(s: ByteStream, data: Uint8Array): Promise<Buffer> {
   const parts: Uint8Array[] = []
-  const reading = (async () => { for await (const c of s) parts.push(c) })()
+  const reading = (async () => {
+    for await (const c of s) parts.push(c)
+  })()
   await s.write(data)
   await s.end()
   await reading
@@ -132,13 +168,23 @@ test('a late abort of a finished stream does not touch the stream that reuses it
 })
 
 test('an aborted or reset stream closes its connection instead of pooling it', async t => {
-  const { a, b, close } = await pair({ '/echo/1': echo, '/reset/1': async s => { s.abort() } })
+  const { a, b, close } = await pair({
+    '/echo/1': echo,
+    '/reset/1': async s => {
+      s.abort()
+    }
+  })
   try {
     const s1 = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
     await s1.write(Uint8Array.of(1))
     s1.abort()
     const s2 = await a.open('B', '127.0.0.1', b.port, session, '/reset/1')
-    await t.throwsAsync((async () => { for await (const c of s2) void c })(), { name: 'StreamResetError' })
+    await t.throwsAsync(
+      (async () => {
+        for await (const c of s2) void c
+      })(),
+      { name: 'StreamResetError' }
+    )
     const s3 = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
     t.true((await exchange(s3, Uint8Array.of(7))).equals(Buffer.of(7)))
     t.deepEqual(a.stats(), { dials: 3, reused: 0, idle: 1 })

@@ -38,10 +38,22 @@ test('malformed heartbeats are rejected with MALFORMED_HEARTBEAT', t => {
   }
   bad(b => b.subarray(0, 43), 'short')
   bad(b => Uint8Array.of(...b, 0), 'long')
-  bad(b => { b[0] = 0x49; return b }, 'magic')
-  bad(b => { b[1] = 2; return b }, 'version')
-  bad(b => { b[2] = 4; return b }, 'unknown flag')
-  bad(b => { b[3] = 1; return b }, 'reserved byte')
+  bad(b => {
+    b[0] = 0x49
+    return b
+  }, 'magic')
+  bad(b => {
+    b[1] = 2
+    return b
+  }, 'version')
+  bad(b => {
+    b[2] = 4
+    return b
+  }, 'unknown flag')
+  bad(b => {
+    b[3] = 1
+    return b
+  }, 'reserved byte')
   const field = (i: number, v: number): Uint8Array => {
     const b = good.slice()
     new DataView(b.buffer).setFloat64(4 + 8 * i, v, true)

@@ -2,7 +2,7 @@ import test from 'ava'
 import { MessageReader } from '../../mesh/index.ts'
 import { ProtocolError } from '../../core/index.ts'
 
-async function * chunks (...parts: Uint8Array[]): AsyncIterable<Uint8Array> {
+async function* chunks(...parts: Uint8Array[]): AsyncIterable<Uint8Array> {
   for (const p of parts) yield p
 }
 const msg = (n: number, fill = 7): Uint8Array => {

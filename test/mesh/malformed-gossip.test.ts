@@ -5,7 +5,7 @@ import { seededRng } from '../helpers/seed.ts'
 import { encodeHeartbeat } from '../../mesh/index.ts'
 
 /** A well-formed heartbeat with one byte or one f64 field changed. */
-function badHeartbeat (edit: (bytes: Uint8Array, dv: DataView) => void): Uint8Array {
+function badHeartbeat(edit: (bytes: Uint8Array, dv: DataView) => void): Uint8Array {
   const b = encodeHeartbeat({ inc: 1, seq: 99, epoch: 0, step: 0, sentAt: 0, leaving: false, paused: false })
   edit(b, new DataView(b.buffer))
   return b
@@ -24,18 +24,46 @@ test('malformed gossip: garbage, wrong types and bad fields are rejected, counte
     new Uint8Array(0),
     Uint8Array.of(0xc1),
     raw.pack({ v: 1, t: 'hb', p: { inc: 1, seq: -1, epoch: 0, step: 0, sentAt: 0, leaving: false } }),
-    badHeartbeat(b => { b[0] = 0x49 }),
-    badHeartbeat(b => { b[1] = 2 }),
-    badHeartbeat(b => { b[2] = 4 }),
-    badHeartbeat(b => { b[3] = 1 }),
-    badHeartbeat((_, dv) => { dv.setFloat64(12, -1, true) }),
-    badHeartbeat((_, dv) => { dv.setFloat64(12, 1.5, true) }),
-    badHeartbeat((_, dv) => { dv.setFloat64(20, 2 ** 60, true) }),
-    badHeartbeat((_, dv) => { dv.setFloat64(36, Number.NaN, true) }),
+    badHeartbeat(b => {
+      b[0] = 0x49
+    }),
+    badHeartbeat(b => {
+      b[1] = 2
+    }),
+    badHeartbeat(b => {
+      b[2] = 4
+    }),
+    badHeartbeat(b => {
+      b[3] = 1
+    }),
+    badHeartbeat((_, dv) => {
+      dv.setFloat64(12, -1, true)
+    }),
+    badHeartbeat((_, dv) => {
+      dv.setFloat64(12, 1.5, true)
+    }),
+    badHeartbeat((_, dv) => {
+      dv.setFloat64(20, 2 ** 60, true)
+    }),
+    badHeartbeat((_, dv) => {
+      dv.setFloat64(36, Number.NaN, true)
+    }),
     encodeHeartbeat({ inc: 1, seq: 99, epoch: 0, step: 0, sentAt: 0, leaving: false, paused: false }).subarray(0, 43),
     raw.pack({ v: 1, t: 'hb', p: { inc: 1, seq: 1, epoch: 0, step: 0, sentAt: 0, leaving: false, extra: 1 } }),
     raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: [] } } }),
-    raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: [{ id: 'a', zone: 'z', host: 'h' }, { id: 'a', zone: 'z', host: 'h' }] } } }),
+    raw.pack({
+      v: 1,
+      t: 'commit',
+      p: {
+        view: {
+          epoch: 9,
+          members: [
+            { id: 'a', zone: 'z', host: 'h' },
+            { id: 'a', zone: 'z', host: 'h' }
+          ]
+        }
+      }
+    }),
     raw.pack({ v: 1, t: 'accept', p: { epoch: 2, round: 1, view: { epoch: 2, members: 'n00' } } }),
     // limit: maxMembers (1024 by default)
     raw.pack({ v: 1, t: 'commit', p: { view: { epoch: 9, members: Array.from({ length: 1025 }, (_, i) => ({ id: `p${i}`, zone: 'z', host: 'h' })) } } }),

@@ -1,7 +1,20 @@
 import { ManualClock, Rng, silentLogger } from '../../core/index.ts'
-import { createMemoryNetwork, createMembership, createMembershipShared, type Membership, type MembershipInit, type MemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
+import {
+  createMemoryNetwork,
+  createMembership,
+  createMembershipShared,
+  type Membership,
+  type MembershipInit,
+  type MemoryNetwork,
+  type PeerNet,
+  type View
+} from '../../mesh/index.ts'
 
-export interface SimNode { id: string, net: PeerNet, m: Membership }
+export interface SimNode {
+  id: string
+  net: PeerNet
+  m: Membership
+}
 
 /**
  * n memberships on an in-memory network under one ManualClock. Records every installed view
@@ -19,13 +32,13 @@ export class Cluster {
   // The memberships of one cluster share their caches, as a simulated world's do.
   private readonly shared = createMembershipShared()
 
-  constructor (n: number, seed: number, init: MembershipInit = {}) {
+  constructor(n: number, seed: number, init: MembershipInit = {}) {
     this.rng = Rng.fromSeed(seed)
     this.init = { heartbeatMs: 100, ...init }
     for (let i = 0; i < n; i++) this.add(`n${String(i).padStart(2, '0')}`)
   }
 
-  add (id: string): SimNode {
+  add(id: string): SimNode {
     const net = this.nets.get(id) ?? this.hub.createPeer({ id, labels: { zone: `z${this.nets.size % 3}`, host: id } })
     this.nets.set(id, net)
     const m = createMembership(this.init, { net, clock: this.clock, rng: this.rng.split(id), log: silentLogger(), shared: this.shared })
@@ -35,14 +48,14 @@ export class Cluster {
     return node
   }
 
-  private record (by: string, v: View): void {
+  private record(by: string, v: View): void {
     const key = v.members.map(m => m.id).join(',')
     const prev = this.installed.get(v.epoch)
     if (prev === undefined) this.installed.set(v.epoch, key)
     else if (prev !== key) this.violations.push(`epoch ${v.epoch}: ${prev} vs ${key} (installed by ${by})`)
   }
 
-  async startAll (): Promise<void> {
+  async startAll(): Promise<void> {
     for (const n of this.nodes.values()) {
       await n.net.start()
       await n.m.start()
@@ -50,7 +63,7 @@ export class Cluster {
   }
 
   /** Crash-stop: no goodbye. */
-  kill (id: string): void {
+  kill(id: string): void {
     this.hub.kill(id)
     const n = this.nodes.get(id)!
     // The process is gone: its timers must not run either.
@@ -58,19 +71,19 @@ export class Cluster {
   }
 
   /** A fresh process on the same identity, with no memory of the old one. */
-  async restart (id: string): Promise<SimNode> {
+  async restart(id: string): Promise<SimNode> {
     const n = this.add(id)
     await n.net.start()
     await n.m.start()
     return n
   }
 
-  async run (ms: number): Promise<void> {
+  async run(ms: number): Promise<void> {
     await this.clock.advanceAsync(ms)
   }
 
   /** Runs until `cond` holds, in heartbeat steps; returns the virtual ms it took, or throws after `limitMs`. */
-  async until (cond: () => boolean, limitMs: number, what: string): Promise<number> {
+  async until(cond: () => boolean, limitMs: number, what: string): Promise<number> {
     const t0 = this.clock.monotonic()
     while (!cond()) {
       if (this.clock.monotonic() - t0 > limitMs) throw new Error(`${what} did not happen within ${limitMs} virtual ms`)
@@ -80,17 +93,23 @@ export class Cluster {
   }
 
   /** True if every node in `ids` has installed a view with exactly `ids` as members. */
-  agree (ids: string[]): boolean {
+  agree(ids: string[]): boolean {
     const want = [...ids].sort().join(',')
     return ids.every(id => {
       const v = this.nodes.get(id)!.m.view()
-      return v !== undefined && v.members.map(m => m.id).sort().join(',') === want
+      return (
+        v !== undefined &&
+        v.members
+          .map(m => m.id)
+          .sort()
+          .join(',') === want
+      )
     })
   }
 }
 
 /** A cluster of `n` that has formed its first view and let the detectors learn the rhythm. */
-export async function formed (n: number, seed: number): Promise<Cluster> {
+export async function formed(n: number, seed: number): Promise<Cluster> {
   const c = new Cluster(n, seed, { expect: n })
   await c.startAll()
   await c.until(() => c.agree([...c.nodes.keys()]), 5000, 'formation')

@@ -11,7 +11,10 @@ test('a fresh cluster forms one view with every node', async t => {
   t.log(`formed in ${took} virtual ms`)
   const v = c.nodes.get('n00')!.m.view()!
   t.is(v.epoch, 1)
-  t.deepEqual(v.members.map(m => m.id), ids(c))
+  t.deepEqual(
+    v.members.map(m => m.id),
+    ids(c)
+  )
   t.deepEqual(c.violations, [])
   t.is(c.nodes.get('n03')!.m.status().members[3]!.rank, 3)
 })
@@ -108,7 +111,10 @@ test('random crashes, restarts and partitions never produce two views with one e
         dead.delete(id)
       } else if (action === 2) {
         const cut = local.shuffle([...all]).slice(0, local.int(1, 4))
-        c.hub.partition(cut, all.filter(x => !cut.includes(x)))
+        c.hub.partition(
+          cut,
+          all.filter(x => !cut.includes(x))
+        )
       } else {
         c.hub.heal()
       }

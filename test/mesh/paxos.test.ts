@@ -1,7 +1,17 @@
 import test from 'ava'
 import {
-  acceptorAccept, acceptorPrepare, compareBallots, isAcceptor, proposalExpired, proposerAccepted, proposerNack, proposerPromise, startProposal,
-  type Proposal, type PromiseMsg, type ProposerStep
+  acceptorAccept,
+  acceptorPrepare,
+  compareBallots,
+  isAcceptor,
+  proposalExpired,
+  proposerAccepted,
+  proposerNack,
+  proposerPromise,
+  startProposal,
+  type Proposal,
+  type PromiseMsg,
+  type ProposerStep
 } from '../../mesh/membership/paxos.ts'
 import type { AcceptorState, Member, View } from '../../mesh/membership/types.ts'
 
@@ -18,7 +28,7 @@ test('ballots order by round, then by proposer id', t => {
   t.is(compareBallots({ round: 2, proposer: 'a' }, { round: 2, proposer: 'a' }), 0)
 })
 
-test('an acceptor is the next epoch\'s acceptor only as a member of its view, or as a proposed genesis member', t => {
+test("an acceptor is the next epoch's acceptor only as a member of its view, or as a proposed genesis member", t => {
   const role = { nextEpoch: 5, hasView: true, inView: true, self: 'a' }
   t.true(isAcceptor(role, 5))
   t.false(isAcceptor(role, 6), 'not a later epoch')
@@ -36,7 +46,11 @@ test('an acceptor promises a higher ballot, refuses an equal or lower one, and r
   t.deepEqual(s0, copy, 'input unchanged')
   t.deepEqual(p1.reply, { type: 'promise', payload: { epoch: 2, round: 3, proposer: 'a' } })
   t.deepEqual(p1.state.promised, { round: 3, proposer: 'a' })
-  t.deepEqual(acceptorPrepare(p1.state, 'a', { epoch: 2, round: 3 }).reply, { type: 'nack', payload: { epoch: 2, round: 3, proposer: 'a', promisedRound: 3 } }, 'equal ballot: nack')
+  t.deepEqual(
+    acceptorPrepare(p1.state, 'a', { epoch: 2, round: 3 }).reply,
+    { type: 'nack', payload: { epoch: 2, round: 3, proposer: 'a', promisedRound: 3 } },
+    'equal ballot: nack'
+  )
   t.is(acceptorPrepare(p1.state, 'b', { epoch: 2, round: 2 }).reply.type, 'nack', 'lower round: nack')
   t.is(acceptorPrepare(p1.state, 'b', { epoch: 2, round: 3 }).reply.type, 'promise', 'same round, higher proposer id: promise')
   // Accept under the promised ballot, then a later prepare learns the accepted value.
@@ -82,7 +96,7 @@ test('a proposal needs a majority of its acceptors, every member for genesis, on
 })
 
 /** Feeds promises to a proposal; returns the last step. */
-function promiseAll (pr: Proposal, from: string[], extra: Partial<PromiseMsg> = {}, desired = (e: number): View | undefined => view(e, 'a', 'b')): ProposerStep {
+function promiseAll(pr: Proposal, from: string[], extra: Partial<PromiseMsg> = {}, desired = (e: number): View | undefined => view(e, 'a', 'b')): ProposerStep {
   let cur: Proposal | undefined = pr
   let step: ProposerStep = { kind: 'ignore' }
   for (const f of from) {
@@ -110,7 +124,11 @@ test('a proposer with a quorum of promises proposes the desired view, then commi
   t.is(first.kind, 'wait')
   t.deepEqual(proposal, copy, 'input unchanged')
   if (first.kind !== 'wait') return
-  t.is(proposerPromise(first.proposal, 'a', 'b', { epoch: 4, round: 7, proposer: 'a' }, () => view(4, 'a', 'b')).kind, 'wait', 'a repeated promise is not a second vote')
+  t.is(
+    proposerPromise(first.proposal, 'a', 'b', { epoch: 4, round: 7, proposer: 'a' }, () => view(4, 'a', 'b')).kind,
+    'wait',
+    'a repeated promise is not a second vote'
+  )
   const second = proposerPromise(first.proposal, 'a', 'c', { epoch: 4, round: 7, proposer: 'a' }, () => view(4, 'a', 'b'))
   if (second.kind !== 'accept') return t.fail(`want accept, got ${second.kind}`)
   t.deepEqual(second.accept, { epoch: 4, round: 7, view: view(4, 'a', 'b') })
@@ -146,7 +164,10 @@ test('a genesis proposal proposes its member list; nothing to propose abandons',
   t.is(s.kind, 'accept')
   if (s.kind === 'accept') t.deepEqual(s.accept.view, { epoch: 1, members })
   const p = startProposal({ epoch: 3, round: 1, self: 'a', acceptors: ['a'].map(m), now: 0 }).proposal
-  t.deepEqual(promiseAll(p, ['a'], {}, () => undefined), { kind: 'abandon' })
+  t.deepEqual(
+    promiseAll(p, ['a'], {}, () => undefined),
+    { kind: 'abandon' }
+  )
 })
 
 test('a nack of the current ballot makes the proposer back off; other nacks are ignored', t => {
@@ -169,7 +190,10 @@ test('duelling proposers over three acceptors: the later one learns and re-propo
       if (step.reply.type !== 'promise') continue
       const p = proposerPromise(pr, self, to, step.reply.payload, () => want)
       if (p.kind === 'wait') pr = p.proposal
-      if (p.kind === 'accept') { pr = p.proposal; value = p.accept.view }
+      if (p.kind === 'accept') {
+        pr = p.proposal
+        value = p.accept.view
+      }
     }
     if (value === undefined) return undefined
     for (const to of reach) {
@@ -183,7 +207,7 @@ test('duelling proposers over three acceptors: the later one learns and re-propo
     return undefined
   }
   const first = run('a', 1, view(2, 'a', 'b'), ['a', 'b'])
-  t.deepEqual(first, view(2, 'a', 'b'), 'a and b choose a\'s value')
+  t.deepEqual(first, view(2, 'a', 'b'), "a and b choose a's value")
   // c proposes something else with a higher ballot and reaches b and c: b reports the chosen value.
   const second = run('c', 2, view(2, 'c'), ['b', 'c'])
   t.deepEqual(second, first, 'the same epoch never gets a second value')

@@ -22,8 +22,8 @@ test('the detector adapts: jittery intervals widen the bound; the std floor keep
   const steady = new PhiDetector({ firstIntervalMs: 100, minStdMs: 5 })
   const jittery = new PhiDetector({ firstIntervalMs: 100, minStdMs: 5 })
   for (let i = 1, ts = 0, tj = 0; i <= 100; i++) {
-    steady.heartbeat(ts += 100)
-    jittery.heartbeat(tj += i % 2 === 0 ? 40 : 160)
+    steady.heartbeat((ts += 100))
+    jittery.heartbeat((tj += i % 2 === 0 ? 40 : 160))
   }
   t.true(jittery.silenceToSuspectMs() > steady.silenceToSuspectMs() * 1.5)
   t.is(steady.std(), 5, 'zero jitter falls back to the floor')
@@ -31,7 +31,11 @@ test('the detector adapts: jittery intervals widen the bound; the std floor keep
 })
 
 test('silenceFor inverts phiOf', t => {
-  for (const [mean, std, threshold] of [[100, 20, 8], [500, 250, 8], [1000, 100, 3]] as const) {
+  for (const [mean, std, threshold] of [
+    [100, 20, 8],
+    [500, 250, 8],
+    [1000, 100, 3]
+  ] as const) {
     const s = silenceFor(threshold, mean, std)
     t.true(Math.abs(phiOf(s, mean, std) - threshold) < 0.01, `${mean}/${std}/${threshold}`)
   }

@@ -12,7 +12,11 @@ test('replayed heartbeats do not keep a dead node alive', async t => {
   // heartbeats; members send theirs to the leader directly).
   const captured: GossipMessage[] = []
   const spy = c.hub.createPeer({ id: 'spy', labels: { zone: 'z', host: 'spy' } })
-  spy.subscribe(HB, { deliver: m => { if (m.from === 'n00') captured.push(m) } })
+  spy.subscribe(HB, {
+    deliver: m => {
+      if (m.from === 'n00') captured.push(m)
+    }
+  })
   await spy.start()
   await c.run(1000)
   t.true(captured.length > 3)

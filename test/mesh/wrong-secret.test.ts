@@ -9,27 +9,44 @@ import { waitFor } from '../helpers/wait.ts'
 
 const enc = new TextEncoder()
 
-async function node (opts: { secret: string, runId?: string, bootstrap?: string[], lines?: string[] }): Promise<{ net: Libp2pPeerNet, dir: string }> {
+async function node(opts: { secret: string; runId?: string; bootstrap?: string[]; lines?: string[] }): Promise<{ net: Libp2pPeerNet; dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'zm-auth-'))
-  const log = opts.lines === undefined
-    ? silentLogger()
-    : createLogger({ level: 'debug', destination: new Writable({ write (c, _e, cb) { opts.lines!.push(String(c)); cb() } }) })
-  const net = createLibp2pPeerNet({
-    runId: opts.runId ?? 'iso-run',
-    secret: enc.encode(opts.secret),
-    privateKey: await loadOrCreateIdentity(dir),
-    labels: { zone: 'z', host: 'h' },
-    bootstrap: opts.bootstrap ?? [],
-    // Long enough for a right secret's handshake on a loaded machine; the tests wait for the
-    // outcome (a connect, a logged refusal), not for this timeout.
-    authTimeoutMs: 5000,
-    announceIntervalMs: 200
-  }, { clock: new RealClock(), log })
+  const log =
+    opts.lines === undefined
+      ? silentLogger()
+      : createLogger({
+          level: 'debug',
+          destination: new Writable({
+            write(c, _e, cb) {
+              opts.lines!.push(String(c))
+              cb()
+            }
+          })
+        })
+  const net = createLibp2pPeerNet(
+    {
+      runId: opts.runId ?? 'iso-run',
+      secret: enc.encode(opts.secret),
+      privateKey: await loadOrCreateIdentity(dir),
+      labels: { zone: 'z', host: 'h' },
+      bootstrap: opts.bootstrap ?? [],
+      // Long enough for a right secret's handshake on a loaded machine; the tests wait for the
+      // outcome (a connect, a logged refusal), not for this timeout.
+      authTimeoutMs: 5000,
+      announceIntervalMs: 200
+    },
+    { clock: new RealClock(), log }
+  )
   await net.start()
   return { net, dir }
 }
 
-interface LogLine { msg: string, peer?: string, why?: string, level: number }
+interface LogLine {
+  msg: string
+  peer?: string
+  why?: string
+  level: number
+}
 
 /** The refusals `lines` (a node's debug log) records for `peer`. */
 const refusals = (lines: string[], peer: string): LogLine[] =>
@@ -44,20 +61,38 @@ test.serial('a node with the wrong secret cannot join; the run logs why at debug
   try {
     // Wait for both outcomes: the friend admitted, and the intruder tried and refused.
     await waitFor('the friend to connect', 20_000, () => (good.net.peers().some(p => p.id === friend.net.self.id) ? true : undefined), 50)
-    const why = await waitFor('the intruder to be refused', 20_000, () => {
-      const r = refusals(lines, intruder.net.self.id)
-      return r.length > 0 ? r : undefined
-    }, 50)
-    t.deepEqual(good.net.peers().map(p => p.id), [friend.net.self.id], 'only the friend is a peer')
-    t.deepEqual(friend.net.peers().map(p => p.id), [good.net.self.id], 'the friend sees the node it bootstrapped from')
+    const why = await waitFor(
+      'the intruder to be refused',
+      20_000,
+      () => {
+        const r = refusals(lines, intruder.net.self.id)
+        return r.length > 0 ? r : undefined
+      },
+      50
+    )
+    t.deepEqual(
+      good.net.peers().map(p => p.id),
+      [friend.net.self.id],
+      'only the friend is a peer'
+    )
+    t.deepEqual(
+      friend.net.peers().map(p => p.id),
+      [good.net.self.id],
+      'the friend sees the node it bootstrapped from'
+    )
     t.deepEqual(intruder.net.peers(), [], 'the intruder sees no one')
     t.false(friend.net.peers().some(p => p.id === intruder.net.self.id))
     t.is(why[0]!.level, 20, 'the refusal is logged at debug level')
     t.regex(why[0]!.why ?? '', /secret|authentication|closed/)
     t.deepEqual(refusals(lines, friend.net.self.id), [], 'the friend was never refused')
-    t.false(lines.some(l => l.includes('the right secret')), 'the secret never reaches a log')
+    t.false(
+      lines.some(l => l.includes('the right secret')),
+      'the secret never reaches a log'
+    )
     // Streams: the friend's open succeeds, the intruder's fails (it is not connected).
-    good.net.handle('/x/1', async s => { await s.end() })
+    good.net.handle('/x/1', async s => {
+      await s.end()
+    })
     const ok = await friend.net.open(good.net.self.id, '/x/1')
     await ok.end()
     await t.throwsAsync(intruder.net.open(good.net.self.id, '/x/1'), { name: 'PeerGoneError' })
@@ -76,7 +111,10 @@ test.serial('the same secret under another run id does not authenticate', async 
   try {
     await waitFor('the node of the same run to connect', 20_000, () => (a.net.peers().some(p => p.id === same.net.self.id) ? true : undefined), 50)
     await waitFor('the node of the other run to be refused', 20_000, () => (refusals(lines, b.net.self.id).length > 0 ? true : undefined), 50)
-    t.deepEqual(a.net.peers().map(p => p.id), [same.net.self.id])
+    t.deepEqual(
+      a.net.peers().map(p => p.id),
+      [same.net.self.id]
+    )
     t.deepEqual(b.net.peers(), [])
   } finally {
     await Promise.all([a.net.stop(), same.net.stop(), b.net.stop()])

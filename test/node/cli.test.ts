@@ -8,7 +8,7 @@ import { VERSION } from '../../core/index.ts'
 const run = promisify(execFile)
 const bin = fileURLToPath(new URL('../../bin/zeromesh.js', import.meta.url))
 
-async function capture (argv: string[]): Promise<{ code: number, out: string[], err: string[] }> {
+async function capture(argv: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
   const out: string[] = []
   const err: string[] = []
   const code = await main(argv, { out: l => out.push(l), err: l => err.push(l) })
@@ -44,7 +44,7 @@ test('bad commands and flags are one clear line and exit code 2', async t => {
 test('the bin launcher runs from source under Node 24', async t => {
   const { stdout } = await run(process.execPath, [bin, '--version'])
   t.is(stdout.trim(), VERSION)
-  const bad = await run(process.execPath, [bin, 'nope']).catch((e: { code: number, stderr: string }) => e)
+  const bad = await run(process.execPath, [bin, 'nope']).catch((e: { code: number; stderr: string }) => e)
   t.is((bad as { code: number }).code, 2)
   t.regex((bad as { stderr: string }).stderr, /unknown command 'nope'/)
 })
@@ -59,7 +59,7 @@ test('doctor prints one line per check and a verdict; it says plainly why CUDA i
   t.deepEqual(names, ['node', 'cpu', 'gpu', 'memory', 'data-dir', 'port', 'clock'])
   const gpu = r.out.find(l => / gpu /.test(l))!
   t.log(gpu)
-  t.regex(gpu, /^(ok {4}gpu +\S.*CUDA \S+, NVRTC \S+|warn  gpu +CUDA unavailable: .+)/)
+  t.regex(gpu, /^(ok {4}gpu +\S.*CUDA \S+, NVRTC \S+|warn {2}gpu +CUDA unavailable: .+)/)
   t.is(r.code, 0, r.out.join('\n'))
   t.regex(r.out.at(-1)!, /^ready/)
   // A node that must use CUDA fails where there is none.
@@ -94,8 +94,12 @@ test('every option of every command is in its help, from the one spec: flag, def
   const { STATUS_OPTIONS } = await import('../../cli/status.ts')
   const { flagOf, envOf } = await import('../../cli/flags.ts')
   for (const [cmd, specs, env] of [
-    ['start', [START_OPTIONS, START_CLI_OPTIONS], true], ['up', [UP_OPTIONS], false], ['export', [EXPORT_OPTIONS], false],
-    ['doctor', [DOCTOR_OPTIONS], false], ['sim', [SIM_OPTIONS], false], ['status', [STATUS_OPTIONS], false]
+    ['start', [START_OPTIONS, START_CLI_OPTIONS], true],
+    ['up', [UP_OPTIONS], false],
+    ['export', [EXPORT_OPTIONS], false],
+    ['doctor', [DOCTOR_OPTIONS], false],
+    ['sim', [SIM_OPTIONS], false],
+    ['status', [STATUS_OPTIONS], false]
   ] as Array<[string, Array<Record<string, { help: string }>>, boolean]>) {
     const text = (await capture([cmd, '--help'])).out[0]!.replace(/\s+/g, ' ')
     for (const spec of specs) {
@@ -107,14 +111,31 @@ test('every option of every command is in its help, from the one spec: flag, def
     }
   }
   const start = (await capture(['start', '--help'])).out[0]!.replace(/\s+/g, ' ')
-  for (const dflt of ['default 500; ZEROMESH_HEARTBEAT_MS', 'default 2+1; ZEROMESH_SNAPSHOT', 'required; ZEROMESH_RUN', 'default /ip4/0.0.0.0/tcp/0; ZEROMESH_LISTEN']) t.true(start.includes(dflt), dflt)
+  for (const dflt of [
+    'default 500; ZEROMESH_HEARTBEAT_MS',
+    'default 2+1; ZEROMESH_SNAPSHOT',
+    'required; ZEROMESH_RUN',
+    'default /ip4/0.0.0.0/tcp/0; ZEROMESH_LISTEN'
+  ])
+    t.true(start.includes(dflt), dflt)
   const up = (await capture(['up', '--help'])).out[0]!.replace(/\s+/g, ' ')
-  for (const dflt of ['--nodes <n> training ranks, one process each (default 4)', '--steps <n> steps to train (default 100)', '(mini, small or gpt2-124m; default mini)']) t.true(up.includes(dflt), dflt)
+  for (const dflt of [
+    '--nodes <n> training ranks, one process each (default 4)',
+    '--steps <n> steps to train (default 100)',
+    '(mini, small or gpt2-124m; default mini)'
+  ])
+    t.true(up.includes(dflt), dflt)
   // A variable is read as the flag would be, and named in its error.
   const { loadStartConfig } = await import('../../cli/start.ts')
   t.is(loadStartConfig({ run: 'r', 'secret-file': '/x' }, { ZEROMESH_HEARTBEAT_MS: '250', ZEROMESH_MDNS: 'true' }).heartbeatMs, 250)
-  t.throws(() => loadStartConfig({ run: 'r', 'secret-file': '/x' }, { ZEROMESH_HEARTBEAT_MS: 'soon' }), { name: 'ConfigError', message: /^ZEROMESH_HEARTBEAT_MS must be an integer in \[20, 60000\], got 'soon'$/ })
-  t.throws(() => loadStartConfig({ run: 'r', 'secret-file': '/x', events: 'xml' }, {}), { name: 'ConfigError', message: /^--events must be text or jsonl, got 'xml'$/ })
+  t.throws(() => loadStartConfig({ run: 'r', 'secret-file': '/x' }, { ZEROMESH_HEARTBEAT_MS: 'soon' }), {
+    name: 'ConfigError',
+    message: /^ZEROMESH_HEARTBEAT_MS must be an integer in \[20, 60000\], got 'soon'$/
+  })
+  t.throws(() => loadStartConfig({ run: 'r', 'secret-file': '/x', events: 'xml' }, {}), {
+    name: 'ConfigError',
+    message: /^--events must be text or jsonl, got 'xml'$/
+  })
 })
 
 test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world-size are validated by the start schema', async t => {
@@ -149,7 +170,7 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   // On the command line: one line, exit 2.
   const r = await capture(['start', '--run', 'r', '--secret-file', '/nonexistent', '--metrics-listen', 'nope'])
   t.is(r.code, 2)
-  t.deepEqual(r.err, ['zeromesh: --metrics-listen must be host:port (e.g. 127.0.0.1:9464, [::1]:9464 or :9464), got \'nope\''])
+  t.deepEqual(r.err, ["zeromesh: --metrics-listen must be host:port (e.g. 127.0.0.1:9464, [::1]:9464 or :9464), got 'nope'"])
 })
 
 test('export: bad flags exit 2, a data dir without disk-tier files exits 1, one line each', async t => {

@@ -27,7 +27,7 @@ const freshDir = (): string => {
 }
 
 /** The full flat weights of `step` (distinct per step and element). */
-function flatOf (step: number, n = N): Float32Array {
+function flatOf(step: number, n = N): Float32Array {
   const rng = Rng.fromSeed(`export-test/${step}`)
   const out = new Float32Array(n)
   for (let i = 0; i < n; i++) out[i] = rng.normal() * 0.02 + i * 1e-7
@@ -35,29 +35,37 @@ function flatOf (step: number, n = N): Float32Array {
 }
 
 /** Writes rank r's disk-tier file of `step` (its shardRange slice of `flat`) into node dir `dir`. */
-async function writeRank (dir: string, step: number, r: number, P: number, flat = flatOf(step), fileStep = step): Promise<string> {
+async function writeRank(dir: string, step: number, r: number, P: number, flat = flatOf(step), fileStep = step): Promise<string> {
   const { start, length } = shardRange(flat.length, P, r)
   const weights = flat.slice(start, start + length)
   const sealed = encodeState({
-    rank: r, worldSize: P, epoch: 3, step, dataCursor: step, weights, adamM: weights.map(x => x / 2), adamV: weights.map(x => x * x), rng: new Uint8Array(0)
+    rank: r,
+    worldSize: P,
+    epoch: 3,
+    step,
+    dataCursor: step,
+    weights,
+    adamM: weights.map(x => x / 2),
+    adamV: weights.map(x => x * x),
+    rng: new Uint8Array(0)
   })
   return await persistDiskState(diskDir(dir), fileStep, sealed)
 }
 
 /** Three node dirs, one rank each, holding `steps`. */
-async function threeNodes (steps: number[]): Promise<string[]> {
+async function threeNodes(steps: number[]): Promise<string[]> {
   const dirs = [freshDir(), freshDir(), freshDir()]
   for (const step of steps) for (let r = 0; r < 3; r++) await writeRank(dirs[r]!, step, r, 3)
   return dirs
 }
 
 /** An independent minimal safetensors reader: u64 header length, JSON header, raw LE data. */
-function readSafetensors (path: string): { meta: Record<string, string>, tensors: Map<string, { shape: number[], data: Float32Array }>, order: string[] } {
+function readSafetensors(path: string): { meta: Record<string, string>; tensors: Map<string, { shape: number[]; data: Float32Array }>; order: string[] } {
   const bytes = readFileSync(path)
   const n = Number(bytes.readBigUInt64LE(0))
-  const header = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string, shape: number[], data_offsets: [number, number] }>
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>
   const base = 8 + n
-  const tensors = new Map<string, { shape: number[], data: Float32Array }>()
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>()
   const order: string[] = []
   let expectAt = 0
   for (const [name, t] of Object.entries(header)) {
@@ -77,7 +85,7 @@ function readSafetensors (path: string): { meta: Record<string, string>, tensors
   return { meta: (header['__metadata__'] ?? {}) as unknown as Record<string, string>, tensors, order }
 }
 
-async function cli (argv: string[]): Promise<{ code: number, out: string[], err: string[] }> {
+async function cli(argv: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
   const out: string[] = []
   const err: string[] = []
   const code = await main(argv, { out: l => out.push(l), err: l => err.push(l) })
@@ -90,9 +98,15 @@ test('export joins a 3-rank split from three data dirs into safetensors with the
   const r = await cli(['export', '--out', out, '--data', dataFile, ...dirs.flatMap(d => ['--data-dir', d])])
   t.is(r.code, 0, r.err.join('\n'))
   t.is(r.out.length, 1)
-  t.regex(r.out[0]!, new RegExp(`^exported step 10 of mini \\(3 ranks\\): ${layout.tensors.length} tensors, ${N.toLocaleString('en-US')} parameters, [\\d,]+ bytes to ${out}$`))
+  t.regex(
+    r.out[0]!,
+    new RegExp(`^exported step 10 of mini \\(3 ranks\\): ${layout.tensors.length} tensors, ${N.toLocaleString('en-US')} parameters, [\\d,]+ bytes to ${out}$`)
+  )
   const st = readSafetensors(out)
-  t.deepEqual(st.order, layout.tensors.map(x => x.name))
+  t.deepEqual(
+    st.order,
+    layout.tensors.map(x => x.name)
+  )
   const want = flatOf(10)
   for (const x of layout.tensors) {
     const got = st.tensors.get(x.name)!
@@ -104,7 +118,10 @@ test('export joins a 3-rank split from three data dirs into safetensors with the
   t.is(st.meta['model'], 'mini')
   t.is(st.meta['vocab_size'], '256')
   // No temp file is left beside the output.
-  t.deepEqual(readdirSync(root).filter(n => n.startsWith('model.safetensors')), ['model.safetensors'])
+  t.deepEqual(
+    readdirSync(root).filter(n => n.startsWith('model.safetensors')),
+    ['model.safetensors']
+  )
 
   // --step picks an older one; a data dir's train/ folder works as well as the data dir.
   const res = await exportModel({ out, dataDirs: dirs.map(d => diskDir(d)), model: 'mini', data: dataFile, step: 5 })
@@ -117,7 +134,8 @@ test('a missing rank is named; a newer incomplete step falls back to the newest 
   const out = join(root, 'partial.safetensors')
   // Only two of the three nodes: rank 2 is nowhere.
   await t.throwsAsync(exportModel({ out, dataDirs: dirs.slice(0, 2), model: 'mini', data: dataFile }), {
-    name: 'ExportError', message: /no step has the state of every rank: step 4 lacks rank 2 of 3 .*every node's --data-dir/
+    name: 'ExportError',
+    message: /no step has the state of every rank: step 4 lacks rank 2 of 3 .*every node's --data-dir/
   })
   // Ranks 0 and 1 reached step 8, rank 2 only step 4 (mixed steps): step 4 is exported, with a note.
   await writeRank(dirs[0]!, 8, 0, 3)
@@ -147,7 +165,10 @@ test('a corrupt state file is a one-line error naming it', async t => {
   t.regex(r.err[0]!, new RegExp(`^zeromesh: the state of step 6 in ${diskDir(dirs[1]!)} is damaged: snapshot state checksum mismatch$`))
   // Truncated: the header no longer adds up.
   writeFileSync(file, bytes.subarray(0, 100))
-  await t.throwsAsync(exportModel({ out: join(root, 'c.safetensors'), dataDirs: dirs, model: 'mini', data: dataFile }), { name: 'ExportError', message: /is damaged: bad snapshot state: header describes/ })
+  await t.throwsAsync(exportModel({ out: join(root, 'c.safetensors'), dataDirs: dirs, model: 'mini', data: dataFile }), {
+    name: 'ExportError',
+    message: /is damaged: bad snapshot state: header describes/
+  })
 })
 
 test('inconsistent files: a renamed step, mixed world sizes, two different copies of a rank', async t => {
@@ -155,19 +176,28 @@ test('inconsistent files: a renamed step, mixed world sizes, two different copie
   // A file named step 12 that holds step 11.
   const renamed = await threeNodes([])
   await writeRank(renamed[0]!, 11, 0, 3, flatOf(11), 12)
-  await t.throwsAsync(exportModel({ out, dataDirs: renamed, model: 'mini', data: dataFile }), { name: 'ExportError', message: /state of step 12 in .* is a file of step 11/ })
+  await t.throwsAsync(exportModel({ out, dataDirs: renamed, model: 'mini', data: dataFile }), {
+    name: 'ExportError',
+    message: /state of step 12 in .* is a file of step 11/
+  })
   // Step 7 from a 3-rank run and from a 2-rank run (a run that shrank, and a stale dir).
   const mixed = await threeNodes([7])
   const stale = freshDir()
   await writeRank(stale, 7, 1, 2)
-  await t.throwsAsync(exportModel({ out, dataDirs: [...mixed, stale], model: 'mini', data: dataFile }), { name: 'ExportError', message: /step 7 mixes world sizes: 3 in .*, 2 in .*stale data dirs/ })
+  await t.throwsAsync(exportModel({ out, dataDirs: [...mixed, stale], model: 'mini', data: dataFile }), {
+    name: 'ExportError',
+    message: /step 7 mixes world sizes: 3 in .*, 2 in .*stale data dirs/
+  })
   // The same rank in two dirs: identical copies are fine, different ones are not.
   const dup = freshDir()
   await writeRank(dup, 7, 1, 3)
   t.is((await exportModel({ out, dataDirs: [...mixed, dup], model: 'mini', data: dataFile })).step, 7)
   const other = freshDir()
   await writeRank(other, 7, 1, 3, flatOf(99))
-  await t.throwsAsync(exportModel({ out, dataDirs: [...mixed, other], model: 'mini', data: dataFile }), { name: 'ExportError', message: /rank 1 of step 7 differs between/ })
+  await t.throwsAsync(exportModel({ out, dataDirs: [...mixed, other], model: 'mini', data: dataFile }), {
+    name: 'ExportError',
+    message: /rank 1 of step 7 differs between/
+  })
 })
 
 test('weights of another model size are refused with a --model hint', async t => {
@@ -192,8 +222,13 @@ test('no files, a missing dir, bad flags and too many data dirs', async t => {
   t.regex(gone.err[0]!, /data dir .*nope does not exist/)
   const noDir = await cli(['export', '--out', join(root, 'nope', 'x.safetensors'), '--data-dir', empty])
   t.regex(noDir.err[0]!, /cannot write .*: .*nope is not a directory/)
-  for (const argv of [['export', '--data-dir', empty], ['export', '--out', out], ['export', '--out', out, '--data-dir', empty, '--step', '-1'],
-    ['export', '--out', out, '--data-dir', empty, '--model', 'huge'], ['export', '--out', out, '--data-dir', empty, '--bogus']]) {
+  for (const argv of [
+    ['export', '--data-dir', empty],
+    ['export', '--out', out],
+    ['export', '--out', out, '--data-dir', empty, '--step', '-1'],
+    ['export', '--out', out, '--data-dir', empty, '--model', 'huge'],
+    ['export', '--out', out, '--data-dir', empty, '--bogus']
+  ]) {
     const r = await cli(argv)
     t.is(r.code, 2, argv.join(' '))
     t.is(r.err.length, 1)

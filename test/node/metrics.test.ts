@@ -18,14 +18,18 @@ const dataFile = join(dir, 'corpus.txt')
 writeFileSync(dataFile, 'it was the best of times, it was the worst of times. '.repeat(64))
 test.after.always(() => rmSync(dir, { recursive: true, force: true }))
 
-interface Sample { name: string, labels: Record<string, string>, value: number }
+interface Sample {
+  name: string
+  labels: Record<string, string>
+  value: number
+}
 
 /**
  * A strict reader of the Prometheus text format (0.0.4): HELP and TYPE comments, then samples
  * `name{label="value",...} number`; every sample must belong to a declared metric (histograms
  * through their _bucket / _sum / _count series). Throws on any line it cannot read.
  */
-function parseExposition (text: string): { types: Map<string, string>, samples: Sample[] } {
+function parseExposition(text: string): { types: Map<string, string>; samples: Sample[] } {
   const types = new Map<string, string>()
   const samples: Sample[] = []
   if (!text.endsWith('\n')) throw new Error('exposition must end with a newline')
@@ -60,11 +64,14 @@ function parseExposition (text: string): { types: Map<string, string>, samples: 
   return { types, samples }
 }
 
-function value (samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
   return samples.find(s => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value
 }
 
-async function get (url: string, init: { method?: string, headers?: Record<string, string>, body?: string } = {}): Promise<{ status: number, headers: Record<string, string | string[] | undefined>, body: string }> {
+async function get(
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string } = {}
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
   return await new Promise((resolve, reject) => {
     const req = request(url, { method: init.method ?? 'GET', headers: init.headers ?? {}, timeout: 5000 }, res => {
       const parts: Buffer[] = []
@@ -77,31 +84,43 @@ async function get (url: string, init: { method?: string, headers?: Record<strin
   })
 }
 
-const closed = async (s: Socket, ms: number): Promise<boolean> => await new Promise(resolve => {
-  if (s.destroyed) { resolve(true); return }
-  const timer = setTimeout(() => resolve(false), ms)
-  s.once('close', () => { clearTimeout(timer); resolve(true) })
-})
+const closed = async (s: Socket, ms: number): Promise<boolean> =>
+  await new Promise(resolve => {
+    if (s.destroyed) {
+      resolve(true)
+      return
+    }
+    const timer = setTimeout(() => resolve(false), ms)
+    s.once('close', () => {
+      clearTimeout(timer)
+      resolve(true)
+    })
+  })
 
 test('a training node serves Prometheus metrics on --metrics-listen; other paths 404, other methods 405; closed on stop', async t => {
-  const cfg = loadStartConfig({
-    run: 'metrics-1',
-    'secret-file': secret,
-    'data-dir': join(dir, 'node1'),
-    listen: ['/ip4/127.0.0.1/tcp/0'],
-    'metrics-listen': '127.0.0.1:0',
-    train: true,
-    steps: '3',
-    batch: '2',
-    seq: '16',
-    snapshot: 'off',
-    'disk-every': '0',
-    data: dataFile
-  }, {})
+  const cfg = loadStartConfig(
+    {
+      run: 'metrics-1',
+      'secret-file': secret,
+      'data-dir': join(dir, 'node1'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      'metrics-listen': '127.0.0.1:0',
+      train: true,
+      steps: '3',
+      batch: '2',
+      seq: '16',
+      snapshot: 'off',
+      'disk-every': '0',
+      data: dataFile
+    },
+    {}
+  )
   const events: NodeEvent[] = []
   const node = await startNode(cfg, e => events.push(e))
   let stopped = false
-  t.teardown(async () => { if (!stopped) await node.stop() })
+  t.teardown(async () => {
+    if (!stopped) await node.stop()
+  })
   const url = node.metricsUrl!
   t.regex(url, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/)
   t.is(events.find(e => e.type === 'started')?.metricsUrl, url, JSON.stringify(events))
@@ -113,11 +132,19 @@ test('a training node serves Prometheus metrics on --metrics-listen; other paths
   t.regex(String(res.headers['content-type']), /^text\/plain; version=0\.0\.4/)
   const { types, samples } = parseExposition(res.body)
   for (const [name, type] of [
-    ['zeromesh_view_epoch_count', 'gauge'], ['zeromesh_view_members_peers', 'gauge'], ['zeromesh_train_committed_steps', 'gauge'],
-    ['zeromesh_train_loss_nats', 'gauge'], ['zeromesh_train_tokens_total', 'counter'], ['zeromesh_train_step_seconds', 'histogram'],
-    ['zeromesh_train_sent_bytes_total', 'counter'], ['zeromesh_train_snapshot_steps', 'gauge'], ['zeromesh_train_recoveries_total', 'counter'],
-    ['zeromesh_train_last_recovery_seconds', 'gauge'], ['zeromesh_train_role_info', 'gauge']
-  ]) t.is(types.get(name!), type, name)
+    ['zeromesh_view_epoch_count', 'gauge'],
+    ['zeromesh_view_members_peers', 'gauge'],
+    ['zeromesh_train_committed_steps', 'gauge'],
+    ['zeromesh_train_loss_nats', 'gauge'],
+    ['zeromesh_train_tokens_total', 'counter'],
+    ['zeromesh_train_step_seconds', 'histogram'],
+    ['zeromesh_train_sent_bytes_total', 'counter'],
+    ['zeromesh_train_snapshot_steps', 'gauge'],
+    ['zeromesh_train_recoveries_total', 'counter'],
+    ['zeromesh_train_last_recovery_seconds', 'gauge'],
+    ['zeromesh_train_role_info', 'gauge']
+  ])
+    t.is(types.get(name!), type, name)
   t.is(value(samples, 'zeromesh_train_committed_steps'), 3)
   t.is(value(samples, 'zeromesh_train_target_steps'), 3)
   t.is(value(samples, 'zeromesh_train_loss_nats'), done.loss)
@@ -156,7 +183,22 @@ test('a metrics port in use is one clear line and exit code 2; the node does not
   const port = (blocker.address() as { port: number }).port
   try {
     const err: string[] = []
-    const code = await main(['start', '--run', 'metrics-2', '--data-dir', join(dir, 'node2'), '--secret-file', secret, '--listen', '/ip4/127.0.0.1/tcp/0', '--metrics-listen', `127.0.0.1:${port}`], { out: () => {}, err: l => err.push(l) })
+    const code = await main(
+      [
+        'start',
+        '--run',
+        'metrics-2',
+        '--data-dir',
+        join(dir, 'node2'),
+        '--secret-file',
+        secret,
+        '--listen',
+        '/ip4/127.0.0.1/tcp/0',
+        '--metrics-listen',
+        `127.0.0.1:${port}`
+      ],
+      { out: () => {}, err: l => err.push(l) }
+    )
     t.is(code, 2)
     t.deepEqual(err, [`zeromesh: cannot serve metrics on 127.0.0.1:${port}: the address is in use`])
   } finally {
@@ -164,10 +206,18 @@ test('a metrics port in use is one clear line and exit code 2; the node does not
   }
 })
 
-test('counters follow the trainer\'s totals between scrapes; a node without training has only view metrics', async t => {
+test("counters follow the trainer's totals between scrapes; a node without training has only view metrics", async t => {
   const registry = createMetricsRegistry()
   const st: TrainFigures = {
-    role: 'rank', worldSize: 2, step: 5, steps: 10, loss: 2.5, tokensPerS: 100, bytes: { host: 10, zone: 20, wan: 30 }, snapshotStep: 4, recoveries: []
+    role: 'rank',
+    worldSize: 2,
+    step: 5,
+    steps: 10,
+    loss: 2.5,
+    tokensPerS: 100,
+    bytes: { host: 10, zone: 20, wan: 30 },
+    snapshotStep: 4,
+    recoveries: []
   }
   const membership = { status: () => ({ epoch: 2, members: [] }) }
   const obs = defineNodeMetrics(registry, { membership, training: () => st })
@@ -178,7 +228,10 @@ test('counters follow the trainer\'s totals between scrapes; a node without trai
   t.is(value(s, 'zeromesh_train_loss_nats'), 2.5)
   t.is(value(s, 'zeromesh_train_snapshot_steps'), 4)
   st.bytes = { host: 15, zone: 20, wan: 130 }
-  st.recoveries = [{ mode: 'replace', lost: [1], fromStep: 4, ms: 1500 }, { mode: 'shrink', lost: [0], fromStep: 6, ms: 250 }]
+  st.recoveries = [
+    { mode: 'replace', lost: [1], fromStep: 4, ms: 1500 },
+    { mode: 'shrink', lost: [0], fromStep: 6, ms: 250 }
+  ]
   obs.step(st, 64)
   obs.step({ ...st, tokensPerS: undefined }, 64)
   s = await scrape()
@@ -209,16 +262,24 @@ test('the metrics endpoint caps connections and header bytes (maxConnections, ma
   t.is(big.status, 431)
   // maxConnections idle connections held open; the next one is closed on arrival.
   const held: Socket[] = []
-  t.teardown(() => { for (const s of held) s.destroy() })
+  t.teardown(() => {
+    for (const s of held) s.destroy()
+  })
   for (let i = 0; i < METRICS_HTTP_LIMITS.maxConnections; i++) {
     const s = connect(server.port, '127.0.0.1')
-    await new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject) })
+    await new Promise<void>((resolve, reject) => {
+      s.once('connect', resolve)
+      s.once('error', reject)
+    })
     held.push(s)
   }
   const extra = connect(server.port, '127.0.0.1')
   extra.on('error', () => {})
   t.true(await closed(extra, 5000), 'the connection over the cap is closed')
-  t.false(held.some(s => s.destroyed), 'the connections within the cap stay open')
+  t.false(
+    held.some(s => s.destroyed),
+    'the connections within the cap stay open'
+  )
   const first = held.shift()!
   first.destroy()
   await closed(first, 1000)

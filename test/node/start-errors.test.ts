@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { main } from '../../cli/main.ts'
 import { loadStartConfig } from '../../cli/start.ts'
 
-async function run (argv: string[], env?: Record<string, string>): Promise<{ code: number, err: string[], out: string[] }> {
+async function run(argv: string[], env?: Record<string, string>): Promise<{ code: number; err: string[]; out: string[] }> {
   const err: string[] = []
   const out: string[] = []
   const saved = { ...process.env }
@@ -71,7 +71,10 @@ test('status without a running node says so', async t => {
 test('config precedence: flags over env over file; unknown file keys are refused', t => {
   const file = join(dir, 'cfg.json')
   writeFileSync(file, JSON.stringify({ run: 'from-file', secretFile: secret, zone: 'file-zone', expect: 3 }))
-  const cfg = loadStartConfig({ config: file, zone: 'flag-zone' }, { ZEROMESH_EXPECT: '5', ZEROMESH_BOOTSTRAP: '/ip4/1.2.3.4/tcp/1/p2p/12D3KooWBvL1M6Wbj4ct6qsVjyPrfVPT7xbmjFVSVZmRwa5UsWis' })
+  const cfg = loadStartConfig(
+    { config: file, zone: 'flag-zone' },
+    { ZEROMESH_EXPECT: '5', ZEROMESH_BOOTSTRAP: '/ip4/1.2.3.4/tcp/1/p2p/12D3KooWBvL1M6Wbj4ct6qsVjyPrfVPT7xbmjFVSVZmRwa5UsWis' }
+  )
   t.is(cfg.run, 'from-file')
   t.is(cfg.zone, 'flag-zone')
   t.is(cfg.expect, 5)

@@ -11,8 +11,33 @@ test('status shows the view, the leader and training progress', t => {
     multiaddrs: [],
     uptimeS: 5,
     cpuMs: 2340,
-    membership: { self: 'b', epoch: 2, members: [member('a', 0), member('b', 1)], paused: false, member: true, joining: [], leader: 'a', detectionBoundMs: 900 },
-    training: { role: 'rank', rank: 1, worldSize: 2, step: 7, steps: 20, loss: 3.5, evalLoss: undefined, tokensPerS: 1234.5, epoch: 2, bytes: { host: 0, zone: 1, wan: 2 }, snapshotStep: 6, recoveries: [], retries: 0, growths: [], phase: 'step 8: backward' }
+    membership: {
+      self: 'b',
+      epoch: 2,
+      members: [member('a', 0), member('b', 1)],
+      paused: false,
+      member: true,
+      joining: [],
+      leader: 'a',
+      detectionBoundMs: 900
+    },
+    training: {
+      role: 'rank',
+      rank: 1,
+      worldSize: 2,
+      step: 7,
+      steps: 20,
+      loss: 3.5,
+      evalLoss: undefined,
+      tokensPerS: 1234.5,
+      epoch: 2,
+      bytes: { host: 0, zone: 1, wan: 2 },
+      snapshotStep: 6,
+      recoveries: [],
+      retries: 0,
+      growths: [],
+      phase: 'step 8: backward'
+    }
   })
   t.log(text)
   t.regex(text, /view 2: 2 members, 2 live/)

@@ -7,7 +7,10 @@ test('grow_check: two f32 words per rank; a non-integer, negative or short recor
   t.deepEqual([...growCheck.encode({ epoch: 7, count: 2 })], [7, 2])
   t.deepEqual([...growCheck.encode(undefined)], [0, 0])
   t.is(growCheck.encode(undefined).byteLength, 8)
-  t.deepEqual(growCheck.decode(Float32Array.of(7, 2, 7, 2), 2), [{ epoch: 7, count: 2 }, { epoch: 7, count: 2 }])
+  t.deepEqual(growCheck.decode(Float32Array.of(7, 2, 7, 2), 2), [
+    { epoch: 7, count: 2 },
+    { epoch: 7, count: 2 }
+  ])
   const bad = (words: number[], P: number, code: string): void => {
     const err = t.throws(() => growCheck.decode(Float32Array.from(words), P), { instanceOf: TrainMessageError })
     t.is(err?.code, code)
@@ -25,7 +28,13 @@ test('recovery_point and recovery_verdict: -1 marks an empty slot; a verdict is 
   const mine = recoveryPoint.encode([[9, 4], [9]], K)
   t.deepEqual([...mine], [9, 4, -1, 9, -1, -1])
   const sets = recoveryPoint.decode(Float32Array.from([...mine, 4, -1, -1, 9, 4, -1]), 2, 2, K)
-  t.deepEqual(sets.map(s => [...s].sort()), [[4, 9], [4, 9]])
+  t.deepEqual(
+    sets.map(s => [...s].sort()),
+    [
+      [4, 9],
+      [4, 9]
+    ]
+  )
   t.throws(() => recoveryPoint.decode(Float32Array.of(-2, -1, -1), 1, 1, K), { instanceOf: TrainMessageError })
   t.is(recoveryVerdict.decode(Float32Array.of(0, 1, 0), 3), 1)
   t.is(recoveryVerdict.decode(Float32Array.of(0, 0), 2), -1)

@@ -18,7 +18,7 @@ import type { ByteStream } from '../../mesh/index.ts'
 // (each keeps a core busy). The disk-tier cases write real files and run on an in-memory mesh.
 
 /** The seed of a simulated case (ZEROMESH_SEED overrides it), logged with the command that replays it. */
-function seedOf (t: ExecutionContext, fallback: number): number {
+function seedOf(t: ExecutionContext, fallback: number): number {
   const seed = seedFromEnv(fallback)
   t.log(`seed ${seed}; replay: ZEROMESH_SEED=${seed} npx ava test/node/trainer-recovery.test.ts --match '${t.title}'`)
   return seed
@@ -28,23 +28,27 @@ function seedOf (t: ExecutionContext, fallback: number): number {
  * Fault injection on node `node`'s snapshot fetches: the first one goes through `first`
  * (given the real open), the others are untouched.
  */
-function firstFetch (node: number, first: (open: () => Promise<ByteStream>) => Promise<ByteStream>): { wrapNet: NonNullable<SimTrainOptions['wrapNet']>, count: () => number } {
+function firstFetch(
+  node: number,
+  first: (open: () => Promise<ByteStream>) => Promise<ByteStream>
+): { wrapNet: NonNullable<SimTrainOptions['wrapNet']>; count: () => number } {
   let n = 0
   return {
     count: () => n,
-    wrapNet: (i, net) => (i !== node
-      ? net
-      : new Proxy(net, {
-        get (target, prop, recv) {
-          if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
-          return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
-            const open = (): Promise<ByteStream> => target.open(peer, protocol, o)
-            if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || n > 0) return await open()
-            n++
-            return await first(open)
-          }
-        }
-      }))
+    wrapNet: (i, net) =>
+      i !== node
+        ? net
+        : new Proxy(net, {
+            get(target, prop, recv) {
+              if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
+              return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
+                const open = (): Promise<ByteStream> => target.open(peer, protocol, o)
+                if (!protocol.startsWith('/zeromesh/snapshot/fetch/') || n > 0) return await open()
+                n++
+                return await first(open)
+              }
+            }
+          })
   }
 }
 
@@ -55,13 +59,15 @@ test.serial('kill m ranks at once (k=2, m=2): two spares take both ranks from th
   const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 2 } }
   const clean = simOk(await simTrain(6, cfg, { seed }))
   const nodeOfRank = new Map<number, number>()
-  const hurt = simOk(await simTrain(6, cfg, {
-    seed,
-    onStep: (ctl, i, s) => {
-      if (s.rank !== undefined) nodeOfRank.set(s.rank, i)
-      if (s.rank === 1 && s.step === 5 && !ctl.nodes.some(n => n.killed)) ctl.kill([i, nodeOfRank.get(2)!])
-    }
-  }))
+  const hurt = simOk(
+    await simTrain(6, cfg, {
+      seed,
+      onStep: (ctl, i, s) => {
+        if (s.rank !== undefined) nodeOfRank.set(s.rank, i)
+        if (s.rank === 1 && s.step === 5 && !ctl.nodes.some(n => n.killed)) ctl.kill([i, nodeOfRank.get(2)!])
+      }
+    })
+  )
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
   const rec = ranks.flatMap(s => s.recoveries)
@@ -97,10 +103,15 @@ test('m+1 lost holders: every survivor fails with a clear unrecoverable error, a
     }
     t.log(hurt.errors[0]!.message)
     // The whole mesh restarts on the same data dirs (the killed nodes' disks survived).
-    const resumed = ok(await trainMesh(7, { ...cfg, minorityWaitMs: undefined }, { configOf: i => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 2, resume: true } }) }))
+    const resumed = ok(
+      await trainMesh(7, { ...cfg, minorityWaitMs: undefined }, { configOf: i => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 2, resume: true } }) })
+    )
     const done = resumed.statuses.filter(s => s.role === 'done')
     t.is(done.length, 7)
-    t.true(done.every(s => s.resumedFrom !== undefined && s.resumedFrom >= 2 && s.step === 8), JSON.stringify(done.map(s => [s.resumedFrom, s.step])))
+    t.true(
+      done.every(s => s.resumedFrom !== undefined && s.resumedFrom >= 2 && s.step === 8),
+      JSON.stringify(done.map(s => [s.resumedFrom, s.step]))
+    )
     t.log(`resumed from step ${done[0]!.resumedFrom} of the disk tier, finished at step 8, loss ${done[0]!.loss!.toFixed(4)}`)
   } finally {
     rmSync(root, { recursive: true, force: true })
@@ -112,24 +123,37 @@ test.serial('a transient stall with no view change: the ranks retry from the new
   const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 1 } }
   const clean = simOk(await simTrain(4, cfg, { seed }))
   let cut = false
-  const hurt = simOk(await simTrain(4, cfg, {
-    seed,
-    onStep: (ctl, _i, s) => {
-      if (s.rank !== 0 || s.step !== 5 || cut) return
-      cut = true
-      // Two non-leader members lose each other for a moment: their collective streams break,
-      // but every heartbeat still reaches the leader, so no view change follows.
-      ctl.partition([ctl.nodes[2]!.id], [ctl.nodes[3]!.id])
-      ctl.after(200, () => { ctl.heal() })
-    }
-  }))
+  const hurt = simOk(
+    await simTrain(4, cfg, {
+      seed,
+      onStep: (ctl, _i, s) => {
+        if (s.rank !== 0 || s.step !== 5 || cut) return
+        cut = true
+        // Two non-leader members lose each other for a moment: their collective streams break,
+        // but every heartbeat still reaches the leader, so no view change follows.
+        ctl.partition([ctl.nodes[2]!.id], [ctl.nodes[3]!.id])
+        ctl.after(200, () => {
+          ctl.heal()
+        })
+      }
+    })
+  )
   t.true(cut, 'the partition happened')
   const ranks = hurt.statuses.filter(s => s.role === 'done')
   t.is(ranks.length, 4)
-  t.true(ranks.every(s => s.recoveries.length === 0 && s.epoch === clean.statuses[0]!.epoch), 'no view change, no recovery')
-  t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
+  t.true(
+    ranks.every(s => s.recoveries.length === 0 && s.epoch === clean.statuses[0]!.epoch),
+    'no view change, no recovery'
+  )
+  t.true(
+    ranks.some(s => s.retries > 0),
+    `retries: ${ranks.map(s => s.retries).join(',')}`
+  )
   // Positive control: the run without the stall did not retry.
-  t.true(clean.statuses.every(s => s.retries === 0), `clean retries: ${clean.statuses.map(s => s.retries).join(',')}`)
+  t.true(
+    clean.statuses.every(s => s.retries === 0),
+    `clean retries: ${clean.statuses.map(s => s.retries).join(',')}`
+  )
   t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the stall')
 })
 
@@ -152,38 +176,45 @@ test.serial('a spare whose snapshot dial never completes (deaf to its signal) gi
   t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
 })
 
-test.serial('a spare whose snapshot transfer wedges (a stream whose end never settles, deaf to aborts) is released when the others give up; all retry, bit-identically', async t => {
-  const seed = seedOf(t, 5)
-  const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
-  const clean = simOk(await simTrain(5, cfg, { seed }))
-  // The spare's first fetch stream never finishes ending its write side, whatever happens to it.
-  const hook = firstFetch(4, async open => {
-    const stream = await open()
-    return new Proxy(stream, {
-      get (target, prop, recv) {
-        if (prop === 'end') return async () => await new Promise(() => {})
-        const v = Reflect.get(target, prop, recv) as unknown
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
-      }
+test.serial(
+  'a spare whose snapshot transfer wedges (a stream whose end never settles, deaf to aborts) is released when the others give up; all retry, bit-identically',
+  async t => {
+    const seed = seedOf(t, 5)
+    const cfg: TrainConfig = { ...base, steps: 8, snapshot: { k: 1, m: 1 } }
+    const clean = simOk(await simTrain(5, cfg, { seed }))
+    // The spare's first fetch stream never finishes ending its write side, whatever happens to it.
+    const hook = firstFetch(4, async open => {
+      const stream = await open()
+      return new Proxy(stream, {
+        get(target, prop, recv) {
+          if (prop === 'end') return async () => await new Promise(() => {})
+          const v = Reflect.get(target, prop, recv) as unknown
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+        }
+      })
     })
-  })
-  const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
-  t.is(hook.count(), 1, 'the wedged transfer was made')
-  const ranks = hurt.statuses.filter(s => s.role === 'done')
-  t.is(ranks.length, 4)
-  t.true(ranks.some(s => s.retries > 0), `retries: ${ranks.map(s => s.retries).join(',')}`)
-  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
-})
+    const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 1, atStep: 4 }, wrapNet: hook.wrapNet }))
+    t.is(hook.count(), 1, 'the wedged transfer was made')
+    const ranks = hurt.statuses.filter(s => s.role === 'done')
+    t.is(ranks.length, 4)
+    t.true(
+      ranks.some(s => s.retries > 0),
+      `retries: ${ranks.map(s => s.retries).join(',')}`
+    )
+    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+  }
+)
 
 test.serial('a rank left in a minority fails with a clear error after minorityWaitMs instead of waiting forever', async t => {
   const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 30, snapshot: { k: 1, m: 1 }, minorityWaitMs: 2000 }
-  const minority = (lose: number) => async () => await simTrain(4, cfg, {
-    seed,
-    onStep: (ctl, i, s) => {
-      if (s.rank === 0 && s.step === 3 && !ctl.nodes.some(n => n.killed)) ctl.kill([0, 1, 2, 3].filter(j => j !== i).slice(0, lose))
-    }
-  })
+  const minority = (lose: number) => async () =>
+    await simTrain(4, cfg, {
+      seed,
+      onStep: (ctl, i, s) => {
+        if (s.rank === 0 && s.step === 3 && !ctl.nodes.some(n => n.killed)) ctl.kill([0, 1, 2, 3].filter(j => j !== i).slice(0, lose))
+      }
+    })
   const res = await minority(2)()
   t.is(res.errors.length, 2)
   for (const e of res.errors) {
@@ -200,7 +231,9 @@ test('disk tier: a resumed run is bit-identical to an uninterrupted one, and can
   const root = mkdtempSync(join(tmpdir(), 'zm-resume-'))
   try {
     const cfg: TrainConfig = { ...base, worldSize: 3, steps: 8 }
-    const disk = (resume: boolean) => (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
+    const disk =
+      (resume: boolean) =>
+      (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
     const full = ok(await trainMesh(3, cfg, { configOf: disk(false) }))
     for (let i = 0; i < 3; i++) t.deepEqual(readdirSync(diskDir(join(root, `w${i}`))).sort(), ['step-00000003.zms', 'step-00000006.zms'])
     // Drop step 6 on one node: the newest step every rank has is 3.
@@ -210,7 +243,10 @@ test('disk tier: a resumed run is bit-identical to an uninterrupted one, and can
     t.true(same(again.params, full.params), 'resumed from step 3: bit-identical final weights')
     // Four ranks (the fourth with an empty disk) resume the three ranks' state, re-partitioned.
     const four = ok(await trainMesh(4, { ...cfg, worldSize: 4, steps: 10 }, { configOf: disk(true) }))
-    t.true(four.statuses.every(s => s.resumedFrom === 6 && s.step === 10), JSON.stringify(four.statuses.map(s => [s.resumedFrom, s.step])))
+    t.true(
+      four.statuses.every(s => s.resumedFrom === 6 && s.step === 10),
+      JSON.stringify(four.statuses.map(s => [s.resumedFrom, s.step]))
+    )
     t.true(four.statuses[0]!.loss! < full.statuses[0]!.loss! * 1.05)
     // Nothing to resume: a clear error, not a fresh start.
     const empty = await trainMesh(2, { ...cfg, worldSize: 2 }, { configOf: i => ({ disk: { dir: join(root, 'none', `w${i}`), every: 3, resume: true } }) })
@@ -236,41 +272,63 @@ test.serial('a rank cut off long enough to be dropped, then re-admitted, becomes
   const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 1 } }
   const clean = simOk(await simTrain(5, cfg, { seed }))
   let cut = false
-  const hurt = simOk(await simTrain(5, cfg, {
-    seed,
-    onStep: (ctl, i, s) => {
-      if (s.rank !== 2 || s.step !== 4 || cut) return
-      cut = true
-      const me = ctl.nodes[i]!.id
-      ctl.partition([me], ctl.nodes.map(n => n.id).filter(id => id !== me))
-      ctl.after(4000, () => { ctl.heal() })
-    }
-  }))
+  const hurt = simOk(
+    await simTrain(5, cfg, {
+      seed,
+      onStep: (ctl, i, s) => {
+        if (s.rank !== 2 || s.step !== 4 || cut) return
+        cut = true
+        const me = ctl.nodes[i]!.id
+        ctl.partition(
+          [me],
+          ctl.nodes.map(n => n.id).filter(id => id !== me)
+        )
+        ctl.after(4000, () => {
+          ctl.heal()
+        })
+      }
+    })
+  )
   const done = hurt.statuses.filter(s => s.role === 'done')
   t.is(done.length, 4)
-  t.true(hurt.statuses.some(s => s.role === 'spare'), JSON.stringify(hurt.statuses.map(s => s.role)))
+  t.true(
+    hurt.statuses.some(s => s.role === 'spare'),
+    JSON.stringify(hurt.statuses.map(s => s.role))
+  )
   t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the cut')
 })
 
-test.serial('late joiners grow the run at a step boundary (maxWorldSize): every node agrees on when, the new rank gets its shard, all finish together', async t => {
-  const seed = seedOf(t, 5)
-  const cfg: TrainConfig = { ...base, steps: 16, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }
-  // (computeMs: each step takes simulated time, so the joiner's heartbeats reach the leader mid-run.)
-  const run = simOk(await simTrain(4, cfg, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 }))
-  const done = run.statuses.filter(s => s.role === 'done')
-  t.is(done.length, 4, 'the late joiner trains too')
-  t.true(done.every(s => s.worldSize === 4 && s.step === 16), done.map(s => `${s.worldSize}/${s.step}`).join(' '))
-  const growths = done.map(s => s.growths)
-  t.true(growths.every(g => g.length === 1 && g[0]!.from === 3 && g[0]!.to === 4), JSON.stringify(growths))
-  const at = growths[0]![0]!.atStep
-  t.true(growths.every(g => g[0]!.atStep === at), 'every node grew after the same step')
-  t.true(new Set(done.map(s => s.evalLoss)).size === 1, 'every rank scores the same final weights')
-  t.true(done[0]!.loss! < 4.5, `loss ${done[0]!.loss}`)
-  t.log(`grew from 3 to 4 ranks after step ${at}; held-out loss ${done[0]!.evalLoss!.toFixed(4)}`)
-  // With maxWorldSize at the world size (the default), the same late joiner stays a spare.
-  const fixed = simOk(await simTrain(4, { ...cfg, maxWorldSize: undefined }, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 }))
-  t.deepEqual(fixed.statuses.map(s => s.role).sort(), ['done', 'done', 'done', 'spare'])
-})
+test.serial(
+  'late joiners grow the run at a step boundary (maxWorldSize): every node agrees on when, the new rank gets its shard, all finish together',
+  async t => {
+    const seed = seedOf(t, 5)
+    const cfg: TrainConfig = { ...base, steps: 16, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }
+    // (computeMs: each step takes simulated time, so the joiner's heartbeats reach the leader mid-run.)
+    const run = simOk(await simTrain(4, cfg, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 }))
+    const done = run.statuses.filter(s => s.role === 'done')
+    t.is(done.length, 4, 'the late joiner trains too')
+    t.true(
+      done.every(s => s.worldSize === 4 && s.step === 16),
+      done.map(s => `${s.worldSize}/${s.step}`).join(' ')
+    )
+    const growths = done.map(s => s.growths)
+    t.true(
+      growths.every(g => g.length === 1 && g[0]!.from === 3 && g[0]!.to === 4),
+      JSON.stringify(growths)
+    )
+    const at = growths[0]![0]!.atStep
+    t.true(
+      growths.every(g => g[0]!.atStep === at),
+      'every node grew after the same step'
+    )
+    t.true(new Set(done.map(s => s.evalLoss)).size === 1, 'every rank scores the same final weights')
+    t.true(done[0]!.loss! < 4.5, `loss ${done[0]!.loss}`)
+    t.log(`grew from 3 to 4 ranks after step ${at}; held-out loss ${done[0]!.evalLoss!.toFixed(4)}`)
+    // With maxWorldSize at the world size (the default), the same late joiner stays a spare.
+    const fixed = simOk(await simTrain(4, { ...cfg, maxWorldSize: undefined }, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 }))
+    t.deepEqual(fixed.statuses.map(s => s.role).sort(), ['done', 'done', 'done', 'spare'])
+  }
+)
 
 test.serial('a node that joins after a rank was replaced adopts the roster rank 0 announces, and can replace the next lost rank, bit-identically', async t => {
   const seed = seedOf(t, 5)
@@ -278,22 +336,24 @@ test.serial('a node that joins after a rank was replaced adopts the roster rank 
   const clean = simOk(await simTrain(5, cfg, { seed, computeMs: 30 }))
   const nodeOfRank = new Map<number, number>()
   const kills: number[] = []
-  const hurt = simOk(await simTrain(6, cfg, {
-    seed,
-    computeMs: 30,
-    late: { count: 1, atStep: 5 },
-    onStep: (ctl, i, s) => {
-      if (s.rank !== undefined) nodeOfRank.set(s.rank, i)
-      // Rank 1 dies at step 3 (the first spare takes it); rank 2 dies at step 9, after the
-      // late node joined: only it can take the place, with the roster the ranks have.
-      const at = kills.length === 0 ? 3 : kills.length === 1 ? 9 : -1
-      const victim = kills.length === 0 ? 1 : 2
-      if (s.rank === victim && s.step === at) {
-        kills.push(i)
-        ctl.kill([i])
+  const hurt = simOk(
+    await simTrain(6, cfg, {
+      seed,
+      computeMs: 30,
+      late: { count: 1, atStep: 5 },
+      onStep: (ctl, i, s) => {
+        if (s.rank !== undefined) nodeOfRank.set(s.rank, i)
+        // Rank 1 dies at step 3 (the first spare takes it); rank 2 dies at step 9, after the
+        // late node joined: only it can take the place, with the roster the ranks have.
+        const at = kills.length === 0 ? 3 : kills.length === 1 ? 9 : -1
+        const victim = kills.length === 0 ? 1 : 2
+        if (s.rank === victim && s.step === at) {
+          kills.push(i)
+          ctl.kill([i])
+        }
       }
-    }
-  }))
+    })
+  )
   t.is(kills.length, 2, 'both kills happened')
   const done = hurt.statuses.filter(s => s.role === 'done')
   t.is(done.length, 4)

@@ -16,7 +16,10 @@ test('four ranks train a GPT with flat ZeRO-3 on an in-memory mesh: loss falls, 
   t.is(new Set(ranks.map(r => r.loss)).size, 1, 'every rank reports the same mean loss')
   t.log(`loss ${first.statuses[0]!.loss!.toFixed(3)} -> ${ranks[0]!.loss!.toFixed(3)} after ${base.steps} steps`)
   t.true(ranks[0]!.loss! < first.statuses[0]!.loss! * 0.7, 'the loss fell')
-  t.true(ranks.every(r => r.bytes.zone + r.bytes.wan + r.bytes.host > 0), 'bytes are counted')
+  t.true(
+    ranks.every(r => r.bytes.zone + r.bytes.wan + r.bytes.host > 0),
+    'bytes are counted'
+  )
 })
 
 test('ZeRO++ trains to within a few percent of flat ZeRO-3 and sends fewer cross-zone bytes', async t => {
@@ -58,7 +61,11 @@ test('snapshots every 4 steps: a rank killed between snapshots rolls back furthe
   // Snapshots exist after steps 1 (the session's first), 4, 8 and 12 only.
   t.log(`killed at step 7, recovered from step ${rec[0]!.fromStep}`)
   t.true([1, 4].includes(rec[0]!.fromStep), `rolled back to step ${rec[0]!.fromStep}`)
-  t.is(Buffer.compare(Buffer.from(hurt.params.buffer), Buffer.from(clean.params.buffer)), 0, 'final weights are bit-identical to the run snapshotting every step, without the kill')
+  t.is(
+    Buffer.compare(Buffer.from(hurt.params.buffer), Buffer.from(clean.params.buffer)),
+    0,
+    'final weights are bit-identical to the run snapshotting every step, without the kill'
+  )
 })
 
 test('shrink: with no spare, the survivors rebuild the lost shard from the snapshots and finish; eval loss within 1%', async t => {
@@ -71,16 +78,25 @@ test('shrink: with no spare, the survivors rebuild the lost shard from the snaps
   t.true(ranks.every(r => r.recoveries.some(x => x.mode === 'shrink')))
   const a = clean.statuses[0]!.evalLoss!
   const b = ranks[0]!.evalLoss!
-  t.log(`eval loss: no failure ${a.toFixed(4)}, shrunk to 3 ranks at step 8 ${b.toFixed(4)} (${(100 * Math.abs(b - a) / a).toFixed(2)}%)`)
+  t.log(`eval loss: no failure ${a.toFixed(4)}, shrunk to 3 ranks at step 8 ${b.toFixed(4)} (${((100 * Math.abs(b - a)) / a).toFixed(2)}%)`)
   t.true(Math.abs(b - a) / a < 0.01)
 })
 
 test('decay segments cover a shard, merging neighbours with the same decay flag', t => {
   const layout = gptLayout(model)
   const all = decaySegments(layout, 0, layout.length)
-  t.is(all.reduce((a, s) => a + s.length, 0), layout.length)
-  t.true(all.every((s, i) => i === 0 || all[i - 1]!.decay !== s.decay), 'neighbours differ')
+  t.is(
+    all.reduce((a, s) => a + s.length, 0),
+    layout.length
+  )
+  t.true(
+    all.every((s, i) => i === 0 || all[i - 1]!.decay !== s.decay),
+    'neighbours differ'
+  )
   const part = decaySegments(layout, 100, 1000)
   t.is(part[0]!.start, 100)
-  t.is(part.reduce((a, s) => a + s.length, 0), 1000)
+  t.is(
+    part.reduce((a, s) => a + s.length, 0),
+    1000
+  )
 })

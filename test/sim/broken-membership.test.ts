@@ -6,7 +6,7 @@ import { randomMembershipRun } from '../../sim/index.ts'
 // Agreement: with the majority quorum and the minority pause both switched off, random
 // partitions make two sides choose different views for one epoch.
 test('a membership without its quorum and minority pause is caught choosing two views for one epoch', async t => {
-  let caught: { seed: number, violation: string } | undefined
+  let caught: { seed: number; violation: string } | undefined
   for (let seed = 1; seed <= 40 && caught === undefined; seed++) {
     const r = await randomMembershipRun(seed, { nodes: 16, faults: 8, membership: { unsafe: { quorumOfOne: true, ignoreMinority: true } } })
     const twoViews = r.violations.find(v => v.includes('] and ['))

@@ -24,7 +24,7 @@ const flat = (p: Partial<Topology['wan']>): Topology => ({
   wan: { ...DEFAULT_TOPOLOGY.wan, ...p }
 })
 
-async function pair (topology: Topology, seed = 1) {
+async function pair(topology: Topology, seed = 1) {
   const sim = new Simulation({ seed, keepTrace: true })
   const net = createSimNetwork(sim, topology)
   const a = net.createPeer({ id: 'a', labels: { zone: 'z1', host: 'h1' } })
@@ -38,7 +38,10 @@ async function pair (topology: Topology, seed = 1) {
 test('a transfer takes size over bandwidth plus latency on the WAN tier', async t => {
   const { sim, a, b } = await pair(flat({ latencyMs: 20, jitterMs: 0, bandwidthBytesPerS: 100e6 }))
   let done = 0
-  b.handle('/sink/1', async s => { for await (const c of s) void c; done = sim.now() })
+  b.handle('/sink/1', async s => {
+    for await (const c of s) void c
+    done = sim.now()
+  })
   // Nothing moves unless simulated time does: drive the clock while the transfer runs.
   let start = 0
   const transfer = (async () => {
@@ -56,10 +59,14 @@ test('a transfer takes size over bandwidth plus latency on the WAN tier', async 
 })
 
 test('loss, duplication and corruption happen at their rates, deterministically', async t => {
-  const run = async (seed: number): Promise<{ got: number, corrupt: number, hash: string }> => {
+  const run = async (seed: number): Promise<{ got: number; corrupt: number; hash: string }> => {
     const { sim, a, b } = await pair(flat({ loss: 0.2, duplicate: 0.1, corrupt: 0.05, jitterMs: 0 }), seed)
     let got = 0
-    b.subscribe('t', { deliver: () => { got++ } })
+    b.subscribe('t', {
+      deliver: () => {
+        got++
+      }
+    })
     await sim.run(100)
     for (let i = 0; i < 2000; i++) await a.publish('t', Uint8Array.of(i & 0xff))
     await sim.run(1000)
@@ -84,7 +91,10 @@ test('partitions cut and heal links with events; pauses hold deliveries; slow no
   net.heal()
   await sim.run(50)
   t.deepEqual(events, ['down b', 'up b'])
-  t.deepEqual(a.peers().map(p => p.id), ['b'])
+  t.deepEqual(
+    a.peers().map(p => p.id),
+    ['b']
+  )
 
   const got: number[] = []
   b.subscribe('t', { deliver: () => got.push(sim.now()) })

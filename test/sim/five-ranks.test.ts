@@ -24,5 +24,7 @@ test('simulated training on 5 ranks (parameter count not a multiple of 5) report
   t.true(Number.isFinite(z.flat.heldOutLoss), `flat ZeRO-3 held-out loss ${z.flat.heldOutLoss}`)
   t.true(Number.isFinite(z.zeroPP.heldOutLoss), `ZeRO++ held-out loss ${z.zeroPP.heldOutLoss}`)
   t.true(z.heldOutLossRelDiff! <= z.limit)
-  t.log(`held-out loss: flat ZeRO-3 ${z.flat.heldOutLoss!.toFixed(4)}, ZeRO++ ${z.zeroPP.heldOutLoss!.toFixed(4)} (${(100 * z.heldOutLossRelDiff!).toFixed(3)}% apart)`)
+  t.log(
+    `held-out loss: flat ZeRO-3 ${z.flat.heldOutLoss!.toFixed(4)}, ZeRO++ ${z.zeroPP.heldOutLoss!.toFixed(4)} (${(100 * z.heldOutLossRelDiff!).toFixed(3)}% apart)`
+  )
 })

@@ -7,7 +7,7 @@ import { randomMembershipRun, type RandomRunOptions } from '../../sim/index.ts'
  * epoch) and live (one view with everyone after healing). `ZEROMESH_SIM_SEED=<n>` replays one
  * seed; `ZEROMESH_SIM_RUNS=<n>` lengthens the sweep.
  */
-export function randomRuns (file: string, first: number, count: number): void {
+export function randomRuns(file: string, first: number, count: number): void {
   const opts: RandomRunOptions = { nodes: 16, faults: 8 }
   const only = process.env['ZEROMESH_SIM_SEED']
   const runs = Number(process.env['ZEROMESH_SIM_RUNS'] ?? count)

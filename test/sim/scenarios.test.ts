@@ -7,7 +7,9 @@ import { loadScenario, parseScenario, runScenario, ScenarioError } from '../../s
 import { main } from '../../cli/main.ts'
 
 const dir = fileURLToPath(new URL('../../sim/scenarios/', import.meta.url))
-const shipped = readdirSync(dir).filter(f => f.endsWith('.json')).sort()
+const shipped = readdirSync(dir)
+  .filter(f => f.endsWith('.json'))
+  .sort()
 
 test('the shipped scenarios are the four membership faults (rolling crashes, split brain, zone loss, a flapping link) and a byzantine sender', t => {
   t.deepEqual(shipped, ['byzantine-liar.json', 'flapping-link.json', 'rolling-crashes.json', 'split-brain.json', 'zone-loss.json'])
@@ -69,7 +71,10 @@ test('zeromesh sim writes the report and the timeline, and exits by the assertio
     t.true(out.some(l => l.includes('result: PASS')))
     // A scenario whose assertion cannot hold: detection within 1 ms.
     const strict = join(tmp, 'strict.json')
-    writeFileSync(strict, JSON.stringify({ name: 'strict', nodes: 5, durationMs: 3000, faults: [{ at: 1000, crash: 'n001' }], assertions: { detectWithinMs: 1 } }))
+    writeFileSync(
+      strict,
+      JSON.stringify({ name: 'strict', nodes: 5, durationMs: 3000, faults: [{ at: 1000, crash: 'n001' }], assertions: { detectWithinMs: 1 } })
+    )
     out.length = 0
     t.is(await main(['sim', strict, '--quiet'], io), 1)
     t.true(out.some(l => /^replay: npx zeromesh sim .*strict\.json --seed 1$/.test(l)))

@@ -9,15 +9,17 @@ peerNetSuite('simnet', () => {
   let stop = (): void => {}
   let nets: PeerNet[] = []
   return {
-    async create (n) {
+    async create(n) {
       stop = sim.autoAdvance()
       nets = Array.from({ length: n }, (_, i) => simnet.createPeer({ id: `p${i}`, labels: { zone: `z${i % 2}`, host: `h${i}` } }).net)
       await Promise.all(nets.map(x => x.start()))
       while (!nets.every(x => x.peers().length === n - 1)) await new Promise(resolve => setTimeout(resolve, 1))
       return nets
     },
-    async kill (net) { simnet.crash(net.self.id) },
-    async close () {
+    async kill(net) {
+      simnet.crash(net.self.id)
+    },
+    async close() {
       await Promise.all(nets.map(x => x.stop()))
       stop()
     }

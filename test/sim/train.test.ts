@@ -18,9 +18,14 @@ test('simulated training: a rank crashed at a seeded step is replaced from the s
   const r = await trainRun({ seed, nodes: 5, worldSize: 4, steps: 8, kills: [{ rank, atStep }], reference: true })
   t.deepEqual(r.violations, [])
   t.is(r.steps, 8)
-  t.true(r.recoveries.some(x => x.mode === 'replace'), JSON.stringify(r.recoveries))
+  t.true(
+    r.recoveries.some(x => x.mode === 'replace'),
+    JSON.stringify(r.recoveries)
+  )
   t.is(r.weightsHash, r.reference!.weightsHash)
-  t.log(`${(r.simMs / 1000).toFixed(1)} simulated s (${(r.reference!.simMs / 1000).toFixed(1)} without the crash), ${r.stepMs!.toFixed(0)} ms per step modelled, trace ${r.traceHash.slice(0, 12)}`)
+  t.log(
+    `${(r.simMs / 1000).toFixed(1)} simulated s (${(r.reference!.simMs / 1000).toFixed(1)} without the crash), ${r.stepMs!.toFixed(0)} ms per step modelled, trace ${r.traceHash.slice(0, 12)}`
+  )
 })
 
 test('simulated training is deterministic: the same seed gives the same trace and weights; another seed another trace', async t => {
@@ -50,7 +55,9 @@ test('the simulated invariant checker fails a run whose ranks could not finish (
 
 const trainDir = fileURLToPath(new URL('../../sim/scenarios/train/', import.meta.url))
 // zeropp-vs-flat.json (two runs of 200 steps) has its own test: zeropp-vs-flat.test.ts.
-for (const file of readdirSync(trainDir).filter(f => f.endsWith('.json') && f !== 'zeropp-vs-flat.json').sort()) {
+for (const file of readdirSync(trainDir)
+  .filter(f => f.endsWith('.json') && f !== 'zeropp-vs-flat.json')
+  .sort()) {
   test(`training scenario ${file} passes through zeromesh sim`, async t => {
     const out: string[] = []
     const io = { out: (l: string) => out.push(l), err: (l: string) => out.push(l) }

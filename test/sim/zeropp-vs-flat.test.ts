@@ -34,7 +34,9 @@ test('zeromesh sim zeropp-vs-flat: ZeRO++ ends within 1% of flat ZeRO-3 held-out
     const flat = z.flat.heldOutLoss!
     const zpp = z.zeroPP.heldOutLoss!
     const rel = Math.abs(zpp - flat) / flat
-    t.log(`${scenario.steps} steps: flat ZeRO-3 held-out loss ${flat.toFixed(4)}, ZeRO++ ${zpp.toFixed(4)}, relative difference ${(100 * rel).toFixed(3)}% (${wallS.toFixed(1)} s wall)`)
+    t.log(
+      `${scenario.steps} steps: flat ZeRO-3 held-out loss ${flat.toFixed(4)}, ZeRO++ ${zpp.toFixed(4)}, relative difference ${(100 * rel).toFixed(3)}% (${wallS.toFixed(1)} s wall)`
+    )
     t.log(`cross-zone bytes: flat ${JSON.stringify(z.flat.crossZoneBytes)}, ZeRO++ ${JSON.stringify(z.zeroPP.crossZoneBytes)}`)
     t.is(code, 0, text)
     t.deepEqual(r.violations, [])

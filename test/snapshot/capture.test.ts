@@ -4,8 +4,8 @@ import { createCapturer, decodeState, encodeState } from '../../snapshot/index.t
 import { bytesEqual, randomState } from './helpers.ts'
 
 // A place() that blocks until released, recording what it was given.
-function blockingPlace () {
-  const placed: Array<{ step: number, bytes: Uint8Array }> = []
+function blockingPlace() {
+  const placed: Array<{ step: number; bytes: Uint8Array }> = []
   let release: Array<() => void> = []
   const place = async (sealed: Uint8Array): Promise<number> => {
     await new Promise<void>(resolve => release.push(resolve))
@@ -13,7 +13,16 @@ function blockingPlace () {
     placed.push({ step: decodeState(copy).step, bytes: copy })
     return placed.length
   }
-  return { place, placed, releaseAll: () => { const r = release; release = []; r.forEach(f => f()) }, waiting: () => release.length }
+  return {
+    place,
+    placed,
+    releaseAll: () => {
+      const r = release
+      release = []
+      r.forEach(f => f())
+    },
+    waiting: () => release.length
+  }
 }
 
 test('capture copies synchronously: mutating the state right after capture() does not change the snapshot', async t => {
@@ -55,8 +64,14 @@ test('double buffer: training never waits; a queued capture is superseded by a n
   while (p.waiting() === 0) await Promise.resolve()
   p.releaseAll()
   const outs = await Promise.all(tickets.map(x => x.done))
-  t.deepEqual(outs.map(o => o.status), ['placed', 'superseded', 'superseded', 'superseded', 'placed'])
-  t.deepEqual(p.placed.map(x => x.step), [1, 5])
+  t.deepEqual(
+    outs.map(o => o.status),
+    ['placed', 'superseded', 'superseded', 'superseded', 'placed']
+  )
+  t.deepEqual(
+    p.placed.map(x => x.step),
+    [1, 5]
+  )
   for (const x of p.placed) t.true(bytesEqual(x.bytes, expect.get(x.step)!), `step ${x.step} is exactly what was captured`)
   await c.idle()
   t.is(c.retained()!.step, 5)

@@ -12,9 +12,13 @@ import { bytesEqual, randomState, topology } from './helpers.ts'
 // The holder, placer and recovery client wired by hand, without the service: each gets only
 // its own dependencies (the net's handler registration, a store, a transfer bound, ...).
 
-interface Node { net: PeerNet, store: FragmentStore, holder: Holder }
+interface Node {
+  net: PeerNet
+  store: FragmentStore
+  holder: Holder
+}
 
-async function world (n: number): Promise<{ view: View, nodes: Node[], close: () => Promise<void> }> {
+async function world(n: number): Promise<{ view: View; nodes: Node[]; close: () => Promise<void> }> {
   const hub = createMemoryNetwork()
   const clock = new RealClock()
   const members = topology(n)
@@ -31,7 +35,7 @@ async function world (n: number): Promise<{ view: View, nodes: Node[], close: ()
   return {
     view,
     nodes,
-    async close () {
+    async close() {
       for (const x of nodes) x.holder.stop()
       await Promise.all(nodes.map(x => x.net.stop()))
     }
@@ -43,20 +47,25 @@ const coders = (): ((k: number, m: number) => ErasureCoder) => {
   return (k, m) => made.get(`${k}/${m}`) ?? made.set(`${k}/${m}`, createErasureCoder({ k, m })).get(`${k}/${m}`)!
 }
 
-function placerOn (node: Node, view: View, published: Manifest[], signal = new AbortController().signal): ReturnType<typeof createPlacer> {
-  return createPlacer({ k: 2, m: 1, segmentBytes: 4096, putRetries: 0, putRetryMs: 0 }, {
-    self: node.net.self.id,
-    view: () => view,
-    transfers: createTransfers({ idleMs: 2000 }, { clock: new RealClock(), net: node.net }),
-    clock: new RealClock(),
-    coderFor: coders(),
-    breathe: async () => {},
-    publish: async mf => { published.push(mf) },
-    signal
-  })
+function placerOn(node: Node, view: View, published: Manifest[], signal = new AbortController().signal): ReturnType<typeof createPlacer> {
+  return createPlacer(
+    { k: 2, m: 1, segmentBytes: 4096, putRetries: 0, putRetryMs: 0 },
+    {
+      self: node.net.self.id,
+      view: () => view,
+      transfers: createTransfers({ idleMs: 2000 }, { clock: new RealClock(), net: node.net }),
+      clock: new RealClock(),
+      coderFor: coders(),
+      breathe: async () => {},
+      publish: async mf => {
+        published.push(mf)
+      },
+      signal
+    }
+  )
 }
 
-function recoveryOn (node: Node, manifests: Manifest[], signal = new AbortController().signal): ReturnType<typeof createRecoveryClient> {
+function recoveryOn(node: Node, manifests: Manifest[], signal = new AbortController().signal): ReturnType<typeof createRecoveryClient> {
   return createRecoveryClient({
     self: node.net.self.id,
     store: node.store,
@@ -69,7 +78,7 @@ function recoveryOn (node: Node, manifests: Manifest[], signal = new AbortContro
   })
 }
 
-test('placer pushes each fragment to its holder\'s store; the manifest names them', async t => {
+test("placer pushes each fragment to its holder's store; the manifest names them", async t => {
   const w = await world(5)
   t.teardown(w.close)
   const bytes = encodeState(randomState(Rng.fromSeed(1), 3000, { rank: 0, worldSize: 5, step: 7 }))
@@ -104,8 +113,14 @@ test('recovery client: without a manifest it asks holders (LIST); with one it su
   const rec = await recoveryOn(reader, [mf]).recover({ owner: 'p0', version: 4 })
   t.is(rec.report.source, 'manifest')
   t.true(bytesEqual(rec.bytes, bytes))
-  t.deepEqual(rec.report.used.map(u => u.index), [1, 2])
-  t.deepEqual(rec.report.missing.map(x => x.index), [0])
+  t.deepEqual(
+    rec.report.used.map(u => u.index),
+    [1, 2]
+  )
+  t.deepEqual(
+    rec.report.missing.map(x => x.index),
+    [0]
+  )
 })
 
 test('recovery client: an aborted call rejects with AbortError, and so does every call after its lifetime ends', async t => {

@@ -19,7 +19,10 @@ test('bit rot in a held fragment: detected by checksum, treated as an erasure, r
   t.true(svcOf(holders[0]!).store.corruptForTest('p0', 6, 1, 0))
   const rec = await mesh.services[6]!.recover({ owner: 'p0' })
   t.true(bytesEqual(rec.bytes, encodeState(state)))
-  t.deepEqual(rec.report.corrupt.map(x => x.index), [0])
+  t.deepEqual(
+    rec.report.corrupt.map(x => x.index),
+    [0]
+  )
   t.regex(rec.report.corrupt[0]!.reason, /FRAGMENT_CORRUPT/)
   t.false(rec.report.used.some(x => x.index === 0))
   await mesh.close()
@@ -36,7 +39,10 @@ test('a re-sealed (well-formed but changed) fragment is caught by the manifest d
   v.setBigUint64(40, checksum64(seg.subarray(0, 40)), true)
   const rec = await mesh.services[6]!.recover({ owner: 'p0' })
   t.true(bytesEqual(rec.bytes, encodeState(state)))
-  t.deepEqual(rec.report.corrupt.map(x => x.index), [1])
+  t.deepEqual(
+    rec.report.corrupt.map(x => x.index),
+    [1]
+  )
   t.regex(rec.report.corrupt[0]!.reason, /FRAGMENT_HASH/)
   // Without the manifest (a node that missed the gossip), the lie cannot become state either:
   // the rebuilt payload fails its checksum, or the liar's fragment is not needed.

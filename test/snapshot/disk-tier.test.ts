@@ -8,7 +8,11 @@ import { bytesEqual, randomState } from './helpers.ts'
 
 const withDir = async (fn: (dir: string) => Promise<void>): Promise<void> => {
   const dir = await mkdtemp(join(tmpdir(), 'zm-snap-'))
-  try { await fn(dir) } finally { await rm(dir, { recursive: true, force: true }) }
+  try {
+    await fn(dir)
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
 }
 
 test('disk tier: persist then load returns the same verified state; no temp file is left', async t => {

@@ -7,7 +7,12 @@ import { fragmentsFor, view7 } from './fixtures.ts'
 import { memoryMesh, randomState } from './helpers.ts'
 
 const code = (fn: () => unknown): string => {
-  try { fn() } catch (err) { if (err instanceof ProtocolError) return err.code; throw err }
+  try {
+    fn()
+  } catch (err) {
+    if (err instanceof ProtocolError) return err.code
+    throw err
+  }
   return 'ok'
 }
 
@@ -23,7 +28,10 @@ test('duplicate fragment: a second identical put is a no-op; the same slot with 
   t.is(store.stats().duplicates, 1)
   // Same owner, version, epoch and index, but a different state (equivocation): the first stays.
   const other = fragmentsFor(view, 0, 5, { seed: 999 }).frags[1]!
-  t.is(code(() => store.put(other)), 'DUPLICATE_CONFLICT')
+  t.is(
+    code(() => store.put(other)),
+    'DUPLICATE_CONFLICT'
+  )
   t.is(store.get('p0', 5, 1, 1)!.label.stateChecksum, frags[1]!.label.stateChecksum)
   t.is(store.stats().refused['DUPLICATE_CONFLICT'], 1)
 })
@@ -34,13 +42,25 @@ test('misdirected fragment: wrong holder, wrong owner rank, or an owner not in t
   // Fragment 0 belongs on holders[0]; offer it to holders[1].
   const wrong = createFragmentStore({ self: holders[1]! })
   wrong.setView(view)
-  t.is(code(() => wrong.put(frags[0]!)), 'MISDIRECTED')
+  t.is(
+    code(() => wrong.put(frags[0]!)),
+    'MISDIRECTED'
+  )
   // A label naming p0 as rank 2 (p0 is rank 0).
   const store = createFragmentStore({ self: holders[0]! })
   store.setView(view)
-  t.is(code(() => store.put({ ...frags[0]!, label: { ...frags[0]!.label, rank: 2 } })), 'MISDIRECTED')
-  t.is(code(() => store.put({ ...frags[0]!, label: { ...frags[0]!.label, owner: 'stranger' } })), 'MISDIRECTED')
-  t.is(code(() => store.put({ ...frags[0]!, label: { ...frags[0]!.label, rank: 99 } })), 'MISDIRECTED')
+  t.is(
+    code(() => store.put({ ...frags[0]!, label: { ...frags[0]!.label, rank: 2 } })),
+    'MISDIRECTED'
+  )
+  t.is(
+    code(() => store.put({ ...frags[0]!, label: { ...frags[0]!.label, owner: 'stranger' } })),
+    'MISDIRECTED'
+  )
+  t.is(
+    code(() => store.put({ ...frags[0]!, label: { ...frags[0]!.label, rank: 99 } })),
+    'MISDIRECTED'
+  )
   t.is(store.stats().fragments, 0)
   t.is(store.stats().refused['MISDIRECTED'], 3)
   t.is(store.put(frags[0]!), 'stored')
@@ -74,7 +94,10 @@ test('a fragment whose body does not match its label is refused at commit, and t
   const bad = f.segments.map(s => s.slice())
   bad[0]![60]! ^= 1
   const r = store.reserve(f.label)
-  t.is(code(() => store.commit(r, bad)), 'FRAGMENT_CORRUPT')
+  t.is(
+    code(() => store.commit(r, bad)),
+    'FRAGMENT_CORRUPT'
+  )
   t.is(store.stats().reservedBytes, 0)
   t.is(store.stats().fragments, 0)
   t.is(store.put(f), 'stored')

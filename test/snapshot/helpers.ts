@@ -3,7 +3,7 @@ import { createMemoryNetwork, type MemoryNetwork, type PeerNet, type View } from
 import { createSnapshotService, type RankState, type SnapshotService, type SnapshotServiceInit } from '../../snapshot/index.ts'
 
 /** A random rank state of `n` elements per buffer. */
-export function randomState (rng: Rng, n: number, init: { rank?: number, worldSize?: number, step?: number, epoch?: number } = {}): RankState {
+export function randomState(rng: Rng, n: number, init: { rank?: number; worldSize?: number; step?: number; epoch?: number } = {}): RankState {
   const f = (): Float32Array => {
     const a = new Float32Array(n)
     for (let i = 0; i < n; i++) a[i] = rng.float() * 2 - 1
@@ -25,7 +25,7 @@ export function randomState (rng: Rng, n: number, init: { rank?: number, worldSi
 }
 
 /** Layout of `n` nodes over zones and hosts: node i on host h(i % hosts), zone z(host % zones). */
-export function topology (n: number, hosts = n, zones = 2): Array<{ id: string, zone: string, host: string }> {
+export function topology(n: number, hosts = n, zones = 2): Array<{ id: string; zone: string; host: string }> {
   return Array.from({ length: n }, (_, i) => ({ id: `p${i}`, zone: `z${(i % hosts) % zones}`, host: `h${i % hosts}` }))
 }
 
@@ -39,7 +39,7 @@ export interface MemoryMesh {
 }
 
 /** `n` snapshot services on one in-memory network, started, with view epoch 1 installed. */
-export async function memoryMesh (n: number, init: SnapshotServiceInit, opts: { hosts?: number, zones?: number, clock?: Clock } = {}): Promise<MemoryMesh> {
+export async function memoryMesh(n: number, init: SnapshotServiceInit, opts: { hosts?: number; zones?: number; clock?: Clock } = {}): Promise<MemoryMesh> {
   const hub = createMemoryNetwork()
   const clock = opts.clock ?? new RealClock()
   const members = topology(n, opts.hosts, opts.zones)
@@ -56,7 +56,7 @@ export async function memoryMesh (n: number, init: SnapshotServiceInit, opts: { 
     services,
     view,
     clock,
-    async close () {
+    async close() {
       await Promise.all(services.map(s => s.stop()))
       await Promise.all(nets.map(x => x.stop()))
     }
@@ -64,7 +64,7 @@ export async function memoryMesh (n: number, init: SnapshotServiceInit, opts: { 
 }
 
 /** Every subset of size <= r of [0, n). */
-export function subsets (n: number, r: number): number[][] {
+export function subsets(n: number, r: number): number[][] {
   const out: number[][] = [[]]
   const rec = (start: number, cur: number[]): void => {
     for (let i = start; i < n; i++) {
@@ -77,6 +77,6 @@ export function subsets (n: number, r: number): number[][] {
   return out
 }
 
-export function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.length), Buffer.from(b.buffer, b.byteOffset, b.length)) === 0
 }

@@ -26,9 +26,15 @@ test('holder dies mid-transfer: recovery falls back to another holder and report
   const rec = await mesh.services[6]!.recover({ owner: 'p0' })
   t.true(sent)
   t.true(bytesEqual(rec.bytes, encodeState(state)))
-  t.deepEqual(rec.report.missing.map(x => x.index), [0])
+  t.deepEqual(
+    rec.report.missing.map(x => x.index),
+    [0]
+  )
   t.regex(rec.report.missing[0]!.reason, /PeerGoneError|StreamResetError/)
-  t.deepEqual(rec.report.used.map(x => x.index), [1, 2, 3])
+  t.deepEqual(
+    rec.report.used.map(x => x.index),
+    [1, 2, 3]
+  )
   await mesh.close()
 })
 
@@ -42,7 +48,10 @@ test('holder stalls mid-transfer: free workers move on to parity, no waiting for
   const rec = await mesh.services[6]!.recover({ owner: 'p0' })
   const ms = performance.now() - t0
   t.true(bytesEqual(rec.bytes, encodeState(state)))
-  t.deepEqual(rec.report.used.map(x => x.index), [0, 2, 3])
+  t.deepEqual(
+    rec.report.used.map(x => x.index),
+    [0, 2, 3]
+  )
   t.true(ms < 10_000, `took ${ms} ms`)
   await mesh.close()
 })
@@ -64,7 +73,7 @@ test('holder stalls with m others dead: the idle timeout bounds recovery, which 
 })
 
 // The holder sends the reply and half a label, then nothing, forever (a frozen process).
-function stall (mesh: Awaited<ReturnType<typeof memoryMesh>>, id: string, version: number, index: number): void {
+function stall(mesh: Awaited<ReturnType<typeof memoryMesh>>, id: string, version: number, index: number): void {
   const victim = mesh.nets.findIndex(n => n.self.id === id)
   mesh.nets[victim]!.handle(FETCH_PROTOCOL, async stream => {
     for await (const _ of stream) break
@@ -82,7 +91,9 @@ test('recovery is cancelled promptly by its signal', async t => {
   // Every holder stalls; only the signal can end this.
   for (const [i, net] of mesh.nets.entries()) {
     if (i === 0 || i === 6) continue
-    net.handle(FETCH_PROTOCOL, async () => { await new Promise(() => {}) })
+    net.handle(FETCH_PROTOCOL, async () => {
+      await new Promise(() => {})
+    })
   }
   const ctl = new AbortController()
   const p = mesh.services[6]!.recover({ owner: 'p0' }, { signal: ctl.signal })

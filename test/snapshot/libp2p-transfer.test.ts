@@ -38,7 +38,10 @@ for (const bulk of [true, false]) {
       const late = createSnapshotService({ k: 2, m: 1, idleTimeoutMs: 5000, autoRestripe: false }, { net: nets[5]!, clock })
       services.push(late)
       await late.start()
-      late.setView({ epoch: 1, members: [...view.members.slice(1), { id: nets[5]!.self.id, zone: nets[5]!.self.labels.zone, host: nets[5]!.self.labels.host }] })
+      late.setView({
+        epoch: 1,
+        members: [...view.members.slice(1), { id: nets[5]!.self.id, zone: nets[5]!.self.labels.zone, host: nets[5]!.self.labels.host }]
+      })
       const rec2 = await late.recover({ owner: nets[0]!.self.id, version: 3, peers: nets.slice(1, 5).map(n => n.self.id) })
       t.true(bytesEqual(rec2.bytes, encodeState(state)))
     } finally {

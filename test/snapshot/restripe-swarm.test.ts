@@ -37,7 +37,17 @@ test('re-stripe after a view change: the new placement again survives any m loss
   t.false(alive.some(s => s.store.list('p0').some(l => l.epoch === 1)))
   // ... but the departed rank's own epoch-1 stripe is kept for whoever replaces it.
   const lost = await recoverer.recover({ owner: gone })
-  t.true(bytesEqual(lost.bytes, encodeState(stateOf(mesh.view.members.findIndex(x => x.id === gone), 1))))
+  t.true(
+    bytesEqual(
+      lost.bytes,
+      encodeState(
+        stateOf(
+          mesh.view.members.findIndex(x => x.id === gone),
+          1
+        )
+      )
+    )
+  )
   await mesh.close()
 })
 
@@ -62,7 +72,10 @@ test('swarm transfer: a joiner with no manifests finds holders by LIST and pulls
   t.true(bytesEqual(rec.bytes, encodeState(stateOf(3, 2))))
   const donors = new Set(rec.report.used.map(x => x.holder))
   t.is(donors.size, 4, 'no single donor: every fragment from a different holder')
-  t.deepEqual(rec.report.used.map(x => x.holder), placeStripe(mesh.view, 3, 4, 2).slice(0, 4))
+  t.deepEqual(
+    rec.report.used.map(x => x.holder),
+    placeStripe(mesh.view, 3, 4, 2).slice(0, 4)
+  )
   await joiner.stop()
   await net.stop()
   await mesh.close()
@@ -77,6 +90,9 @@ test('manifests are only accepted from their owner (forged manifests are rejecte
   const forged = encodeManifest({ ...real, version: 99 })
   t.is(mesh.hub.inject('p1', { topic: MANIFEST_TOPIC, from: 'p5', data: forged }), 'reject')
   t.is(mesh.hub.inject('p1', { topic: MANIFEST_TOPIC, from: 'p0', data: new Uint8Array([1, 2, 3]) }), 'reject')
-  t.deepEqual(mesh.services[1]!.manifests('p0').map(x => x.version), [1])
+  t.deepEqual(
+    mesh.services[1]!.manifests('p0').map(x => x.version),
+    [1]
+  )
   await mesh.close()
 })

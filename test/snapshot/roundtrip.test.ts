@@ -30,7 +30,10 @@ test('round trip: every pattern of up to m lost holders recovers byte-identical 
     // Data fragments are tried first; a lost one is reported, and parity stands in for it.
     t.true(rec.report.missing.every(x => dead.includes(x.index)))
     t.true(rec.report.used.every(x => !dead.includes(x.index)))
-    t.deepEqual(rec.report.missing.map(x => x.index), dead.filter(i => i < 3 || rec.report.missing.some(x => x.index === i)))
+    t.deepEqual(
+      rec.report.missing.map(x => x.index),
+      dead.filter(i => i < 3 || rec.report.missing.some(x => x.index === i))
+    )
     await mesh.close()
   }
 })

@@ -8,13 +8,16 @@ import { exportSafetensors } from '../../snapshot/index.ts'
 
 // An independent safetensors reader, written from the format description only:
 // u64 LE header length N, N bytes of UTF-8 JSON, then the byte buffer the offsets point into.
-function readSafetensors (file: Uint8Array): { meta: Record<string, string> | undefined, tensors: Map<string, { dtype: string, shape: number[], data: Float32Array }> } {
+function readSafetensors(file: Uint8Array): {
+  meta: Record<string, string> | undefined
+  tensors: Map<string, { dtype: string; shape: number[]; data: Float32Array }>
+} {
   const n = Number(new DataView(file.buffer, file.byteOffset, 8).getBigUint64(0, true))
   if (8 + n > file.length) throw new Error('header runs past the file')
   const header = JSON.parse(new TextDecoder().decode(file.subarray(8, 8 + n))) as Record<string, any>
   const base = 8 + n
   if (base % 8 !== 0) throw new Error('data is not 8-byte aligned')
-  const tensors = new Map<string, { dtype: string, shape: number[], data: Float32Array }>()
+  const tensors = new Map<string, { dtype: string; shape: number[]; data: Float32Array }>()
   let covered = 0
   const ranges: Array<[number, number]> = []
   for (const [name, info] of Object.entries(header)) {
@@ -42,7 +45,10 @@ test('export: shards of every rank assemble into safetensors that an independent
   const flat = initGptParams(config, 7)
   const P = 5
   t.not(layout.length % P, 0, 'the test wants shards of unequal length')
-  const shards = Array.from({ length: P }, (_, r) => { const s = shardRange(layout.length, P, r); return flat.slice(s.start, s.start + s.length) })
+  const shards = Array.from({ length: P }, (_, r) => {
+    const s = shardRange(layout.length, P, r)
+    return flat.slice(s.start, s.start + s.length)
+  })
   t.not(shards[0]!.length, shards[P - 1]!.length)
   t.deepEqual(assembleFlat(shards, layout.length), flat)
   const dir = await mkdtemp(join(tmpdir(), 'zm-st-'))

@@ -16,13 +16,15 @@ const K = 3
 const M = 2
 const stateOf = (r: number, step: number) => randomState(Rng.fromSeed(r * 1000 + step), 20_000, { rank: r, worldSize: N, step })
 
-async function runSeed (seed: number): Promise<{ recovered: number, failedTyped: number, placedFailures: number }> {
+async function runSeed(seed: number): Promise<{ recovered: number; failedTyped: number; placedFailures: number }> {
   const sim = new Simulation({ seed })
   const simnet = createSimNetwork(sim, DEFAULT_TOPOLOGY)
   const rng = sim.rng.split('test')
   const members = Array.from({ length: N }, (_, i) => ({ id: `n${i}`, zone: `z${i % 3}`, host: `h${i}` }))
   const nodes = members.map(mem => simnet.createPeer({ id: mem.id, labels: { zone: mem.zone, host: mem.host } }))
-  const services: SnapshotService[] = nodes.map(({ net, clock }) => createSnapshotService({ k: K, m: M, segmentBytes: 64 * 1024, idleTimeoutMs: 200 }, { net, clock }))
+  const services: SnapshotService[] = nodes.map(({ net, clock }) =>
+    createSnapshotService({ k: K, m: M, segmentBytes: 64 * 1024, idleTimeoutMs: 200 }, { net, clock })
+  )
   await Promise.all(nodes.map(n => n.net.start()))
   await Promise.all(services.map(s => s.start()))
   const view: View = { epoch: 1, members }
@@ -36,20 +38,28 @@ async function runSeed (seed: number): Promise<{ recovered: number, failedTyped:
   }
   const waitAll = async <T>(ps: Array<Promise<T>>, limitMs: number): Promise<Array<PromiseSettledResult<T>>> => {
     let out: Array<PromiseSettledResult<T>> | undefined
-    void Promise.allSettled(ps).then(r => { out = r })
+    void Promise.allSettled(ps).then(r => {
+      out = r
+    })
     const took = await sim.until(() => out !== undefined, limitMs, 1)
     if (took === undefined) throw new Error(`seed ${seed}: operations did not settle within ${limitMs} simulated ms`)
     return out!
   }
 
-  const step1 = await waitAll(services.map((s, r) => s.capture(stateOf(r, 1)).done), 5000)
+  const step1 = await waitAll(
+    services.map((s, r) => s.capture(stateOf(r, 1)).done),
+    5000
+  )
   if (!step1.every(x => x.status === 'fulfilled' && x.value.status === 'placed')) throw new Error(`seed ${seed}: step 1 not placed everywhere`)
   await sim.run(50)
 
   // Step 2 with a crash somewhere in the first 30 ms of it (captures, striping, placement).
   const victims = [rng.int(0, N), rng.int(0, N)]
   sim.clock.setTimeout(() => crash(victims[0]!), rng.float() * 30)
-  const step2 = await waitAll(services.map((s, r) => s.capture(stateOf(r, 2)).done), 5000)
+  const step2 = await waitAll(
+    services.map((s, r) => s.capture(stateOf(r, 2)).done),
+    5000
+  )
   const placedFailures = step2.filter(x => x.status === 'fulfilled' && x.value.status !== 'placed').length
   await sim.run(50)
 
@@ -65,17 +75,24 @@ async function runSeed (seed: number): Promise<{ recovered: number, failedTyped:
     const newest = svc.manifests(members[owner]!.id)[0]
     const useList = rng.bool(0.3)
     if (useList) svc.forget(members[owner]!.id)
-    jobs.push(svc.recover({ owner: members[owner]!.id }).then((rec: Recovered) => {
-      const want = encodeState(stateOf(owner, rec.report.version))
-      if (!bytesEqual(rec.bytes, want)) throw new Error(`seed ${seed}: owner ${owner} recovered WRONG bytes for version ${rec.report.version}`)
-      if (!useList && newest !== undefined && rec.report.version !== newest.version) throw new Error(`seed ${seed}: owner ${owner} recovered version ${rec.report.version}, newest complete was ${newest.version}`)
-      recovered++
-    }, (err: unknown) => {
-      if (!(err instanceof ZeromeshError)) throw err
-      // At most m nodes are ever down, so a complete stripe must always be recoverable.
-      if (!useList && newest !== undefined) throw new Error(`seed ${seed}: owner ${owner} version ${newest.version} lost with ${crashed.size} nodes down: ${err.name}: ${err.message}`)
-      failedTyped++
-    }))
+    jobs.push(
+      svc.recover({ owner: members[owner]!.id }).then(
+        (rec: Recovered) => {
+          const want = encodeState(stateOf(owner, rec.report.version))
+          if (!bytesEqual(rec.bytes, want)) throw new Error(`seed ${seed}: owner ${owner} recovered WRONG bytes for version ${rec.report.version}`)
+          if (!useList && newest !== undefined && rec.report.version !== newest.version)
+            throw new Error(`seed ${seed}: owner ${owner} recovered version ${rec.report.version}, newest complete was ${newest.version}`)
+          recovered++
+        },
+        (err: unknown) => {
+          if (!(err instanceof ZeromeshError)) throw err
+          // At most m nodes are ever down, so a complete stripe must always be recoverable.
+          if (!useList && newest !== undefined)
+            throw new Error(`seed ${seed}: owner ${owner} version ${newest.version} lost with ${crashed.size} nodes down: ${err.name}: ${err.message}`)
+          failedTyped++
+        }
+      )
+    )
   }
   const settled = await waitAll(jobs, 20_000)
   for (const r of settled) if (r.status === 'rejected') throw r.reason

@@ -5,7 +5,12 @@ import { fragmentsFor, view7 } from './fixtures.ts'
 import { memoryMesh, randomState } from './helpers.ts'
 
 const code = (fn: () => unknown): string => {
-  try { fn() } catch (err) { if (err instanceof ProtocolError) return err.code; throw err }
+  try {
+    fn()
+  } catch (err) {
+    if (err instanceof ProtocolError) return err.code
+    throw err
+  }
   return 'ok'
 }
 
@@ -14,11 +19,18 @@ test('stale epoch: a put labelled with an older epoch is refused (ignore, not re
   const store = createFragmentStore({ self: old.holders[0]! })
   store.setView(view7(2))
   let err: ProtocolError | undefined
-  try { store.put(old.frags[0]!) } catch (e) { err = e as ProtocolError }
+  try {
+    store.put(old.frags[0]!)
+  } catch (e) {
+    err = e as ProtocolError
+  }
   t.is(err?.code, 'STALE_EPOCH')
   t.is(err?.action, 'ignore')
   // A replayed fragment from the old epoch after the store moved on is the same case.
-  t.is(code(() => store.put(old.frags[0]!)), 'STALE_EPOCH')
+  t.is(
+    code(() => store.put(old.frags[0]!)),
+    'STALE_EPOCH'
+  )
   t.is(store.stats().refused['STALE_EPOCH'], 2)
 })
 
@@ -37,10 +49,12 @@ test('future epoch: refused until the holder installs the view; the placer retri
   await mesh.close()
 })
 
-test('stale version: below the recovery point a put is refused; older versions are GC\'d once a newer one is complete everywhere', async t => {
+test("stale version: below the recovery point a put is refused; older versions are GC'd once a newer one is complete everywhere", async t => {
   const mesh = await memoryMesh(7, { k: 3, m: 2, segmentBytes: 4096 })
   const place = async (step: number): Promise<void> => {
-    const outs = await Promise.all(mesh.services.slice(0, 7).map((svc, r) => svc.capture(randomState(Rng.fromSeed(r * 1000 + step), 200, { rank: r, worldSize: 7, step })).done))
+    const outs = await Promise.all(
+      mesh.services.slice(0, 7).map((svc, r) => svc.capture(randomState(Rng.fromSeed(r * 1000 + step), 200, { rank: r, worldSize: 7, step })).done)
+    )
     t.true(outs.every(o => o.status === 'placed'))
   }
   // Recovery points need manifests from every member: wait for gossip to settle.
@@ -48,7 +62,8 @@ test('stale version: below the recovery point a put is refused; older versions a
   await place(1)
   await settle()
   t.deepEqual(mesh.services[3]!.recoveryPoint(), { version: 1, epoch: 1 })
-  const versionsHeld = (): number[] => [...new Set(mesh.services.flatMap(svc => mesh.view.members.flatMap(mem => svc.store.list(mem.id).map(l => l.version))))].sort()
+  const versionsHeld = (): number[] =>
+    [...new Set(mesh.services.flatMap(svc => mesh.view.members.flatMap(mem => svc.store.list(mem.id).map(l => l.version))))].sort()
   t.deepEqual(versionsHeld(), [1])
   // Rank 0 alone snapshots step 2: version 1 must stay (2 is not complete everywhere yet).
   const only = await mesh.services[0]!.capture(randomState(Rng.fromSeed(2), 200, { rank: 0, worldSize: 7, step: 2 })).done
@@ -63,7 +78,10 @@ test('stale version: below the recovery point a put is refused; older versions a
   // A late put of version 1 is now stale.
   const late = fragmentsFor(mesh.view, 0, 1)
   const holder = mesh.services[mesh.nets.findIndex(n => n.self.id === late.holders[0])]!
-  t.is(code(() => holder.store.put(late.frags[0]!)), 'STALE_VERSION')
+  t.is(
+    code(() => holder.store.put(late.frags[0]!)),
+    'STALE_VERSION'
+  )
   await mesh.close()
 })
 
@@ -73,7 +91,10 @@ test('version cap: an owner flooding new versions never holds more than maxVersi
   store.setView(view)
   for (let step = 1; step <= 10; step++) t.is(store.put(fragmentsFor(view, 0, step).frags[0]!), 'stored')
   t.is(store.list('p0').length, 3)
-  t.deepEqual(store.list('p0').map(l => l.version), [10, 9, 8])
+  t.deepEqual(
+    store.list('p0').map(l => l.version),
+    [10, 9, 8]
+  )
   t.true(store.stats().evicted >= 7)
 })
 

@@ -1,11 +1,28 @@
 import test from 'ava'
 import { LimitExceededError, ProtocolError, Rng } from '../../core/index.ts'
-import { assembleState, assembleStateAsync, decodeState, encodeState, PAUSE_EVERY_BYTES, SNAPSHOT_LIMITS, STATE_HEADER_BYTES, stateBytes, stripeState, stripeStateAsync, verifyState } from '../../snapshot/index.ts'
+import {
+  assembleState,
+  assembleStateAsync,
+  decodeState,
+  encodeState,
+  PAUSE_EVERY_BYTES,
+  SNAPSHOT_LIMITS,
+  STATE_HEADER_BYTES,
+  stateBytes,
+  stripeState,
+  stripeStateAsync,
+  verifyState
+} from '../../snapshot/index.ts'
 import { createErasureCoder } from '../../codec/index.ts'
 import { bytesEqual, randomState } from './helpers.ts'
 
 const code = (fn: () => unknown): string => {
-  try { fn() } catch (err) { if (err instanceof ProtocolError) return err.code; throw err }
+  try {
+    fn()
+  } catch (err) {
+    if (err instanceof ProtocolError) return err.code
+    throw err
+  }
   return 'ok'
 }
 
@@ -31,16 +48,32 @@ test('every flipped byte, truncation and extension of a state is detected', t =>
   for (let i = 0; i < bytes.length; i += 7) {
     const bad = bytes.slice()
     bad[i]! ^= 0x10
-    t.not(code(() => decodeState(bad)), 'ok', `byte ${i}`)
+    t.not(
+      code(() => decodeState(bad)),
+      'ok',
+      `byte ${i}`
+    )
   }
-  t.is(code(() => verifyState(bytes.subarray(0, bytes.length - 4))), 'STATE_MALFORMED')
-  t.is(code(() => verifyState(bytes.subarray(0, 10))), 'STATE_MALFORMED')
+  t.is(
+    code(() => verifyState(bytes.subarray(0, bytes.length - 4))),
+    'STATE_MALFORMED'
+  )
+  t.is(
+    code(() => verifyState(bytes.subarray(0, 10))),
+    'STATE_MALFORMED'
+  )
   const longer = new Uint8Array(bytes.length + 8)
   longer.set(bytes)
-  t.is(code(() => verifyState(longer)), 'STATE_MALFORMED')
+  t.is(
+    code(() => verifyState(longer)),
+    'STATE_MALFORMED'
+  )
   const flipped = bytes.slice()
   flipped[STATE_HEADER_BYTES + 40]! ^= 1
-  t.is(code(() => verifyState(flipped)), 'STATE_CHECKSUM')
+  t.is(
+    code(() => verifyState(flipped)),
+    'STATE_CHECKSUM'
+  )
 })
 
 test('state caps: rng over maxRngBytes and mismatched buffers are refused before allocating', t => {
@@ -51,21 +84,39 @@ test('state caps: rng over maxRngBytes and mismatched buffers are refused before
   // A header claiming a huge state is refused from its lengths alone.
   const bytes = encodeState(s)
   new DataView(bytes.buffer).setBigUint64(40, 1n << 40n, true)
-  t.is(code(() => verifyState(bytes)), 'STATE_MALFORMED')
+  t.is(
+    code(() => verifyState(bytes)),
+    'STATE_MALFORMED'
+  )
 })
 
 test('coding a large state pauses every few MiB and gives the same fragments and state as the one-call coder', async t => {
   const n = Math.floor((3 * PAUSE_EVERY_BYTES) / 12) + 1000
   const fill = (k: number): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(i * k))
-  const bytes = encodeState({ rank: 1, worldSize: 4, epoch: 2, step: 7, dataCursor: 7, weights: fill(1), adamM: fill(2), adamV: fill(3), rng: new Uint8Array(8) })
+  const bytes = encodeState({
+    rank: 1,
+    worldSize: 4,
+    epoch: 2,
+    step: 7,
+    dataCursor: 7,
+    weights: fill(1),
+    adamM: fill(2),
+    adamV: fill(3),
+    rng: new Uint8Array(8)
+  })
   const coder = createErasureCoder({ k: 3, m: 2 })
   const init = { owner: 'p1', rank: 1, epoch: 2, coder, segmentBytes: 1024 * 1024 }
   let pauses = 0
-  const pause = async (): Promise<void> => { pauses++ }
+  const pause = async (): Promise<void> => {
+    pauses++
+  }
   const sync = stripeState(bytes, init)
   const paused = await stripeStateAsync(bytes, init, pause)
   t.true(pauses >= 3, `paused ${pauses} times`)
-  t.deepEqual(paused.map(f => f.label), sync.map(f => f.label))
+  t.deepEqual(
+    paused.map(f => f.label),
+    sync.map(f => f.label)
+  )
   t.true(paused.every((f, i) => f.segments.every((s, j) => Buffer.compare(s, sync[i]!.segments[j]!) === 0)))
   pauses = 0
   const rebuilt = await assembleStateAsync([paused[4]!, paused[0]!, paused[2]!], coder, pause)

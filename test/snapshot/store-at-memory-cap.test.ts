@@ -42,7 +42,10 @@ test('placement onto a full holder fails with PlacementFailedError naming STORE_
   const s = randomState(Rng.fromSeed(1), 2000, { rank: 0, worldSize: 7, step: 1 })
   const err = await t.throwsAsync(mesh.services[0]!.place(encodeState(s)), { instanceOf: PlacementFailedError })
   t.is(err!.failed.length, 5)
-  t.true(err!.failed.every(f => f.reason.includes('STORE_FULL') || f.reason.includes('full')), err!.message)
+  t.true(
+    err!.failed.every(f => f.reason.includes('STORE_FULL') || f.reason.includes('full')),
+    err!.message
+  )
   t.is(mesh.services[0]!.manifests('p0').length, 0)
   await mesh.close()
 })
