@@ -5,17 +5,7 @@ import { crc32c } from '@node-rs/crc32'
 import { xxh64 } from '@node-rs/xxhash'
 import { Packr } from 'msgpackr'
 import { z } from 'zod'
-import {
-  checksum64,
-  encodeTensorFrames,
-  decodeFrame,
-  concatFrame,
-  FrameReader,
-  quantize,
-  dequantize,
-  dequantizeAccumulate,
-  createEnvelopeCodec
-} from '../codec/index.ts'
+import { encodeTensorFrames, decodeFrame, concatFrame, FrameReader, quantize, dequantize, dequantizeAccumulate, createEnvelopeCodec } from '../codec/index.ts'
 import { timeIt, report, filled } from './harness.ts'
 
 const MiB = 1024 * 1024

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, checkCap } from '../core/index.ts'
+import { checkCap } from '../core/index.ts'
 import {
   quantize as codecQuantize,
   dequantize as codecDequantize,

@@ -8,7 +8,7 @@ import { diskDir } from './disk-tier.ts'
 import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
 import type { NodeEvent } from './events.ts'
 import { Trainer } from './train/trainer.ts'
-import { formatParamMemory, trainingModel, type TrainStatus } from './train/config.ts'
+import { trainingModel, type TrainStatus } from './train/config.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot(spec: string): { k: number; m: number } {

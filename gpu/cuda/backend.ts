@@ -1,4 +1,4 @@
-import { InvalidArgumentError, checkCap } from '../../core/index.ts'
+import { checkCap } from '../../core/index.ts'
 import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
 import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type GemmParams, type HostArray, type Tensor, type TensorDType } from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'

@@ -73,7 +73,7 @@ function recoveryPointOf(env: TrainerEnv, rs: RunState, sets: Array<Set<number>>
     // this roster started from is gone with it. Never fall back to a fresh start silently.
     throw new TrainingError(
       `rank(s) ${old
-        .map((m, i) => (best[i]! < rs.rosterStart ? i : -1))
+        .map((_m, i) => (best[i]! < rs.rosterStart ? i : -1))
         .filter(i => i >= 0)
         .join(', ')} were lost before placing a snapshot ` +
         `since step ${rs.rosterStart}, where this roster began: the state is not recoverable from peers. Restart the nodes with --resume to continue from the disk tier` +

@@ -19,8 +19,7 @@ import {
   retried,
   snapshotServiceFor,
   spareCheck,
-  waitForView,
-  type Cursor
+  waitForView
 } from './run.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { ROSTER_TOPIC, runSession } from './session.ts'

@@ -1,6 +1,5 @@
 import test from 'ava'
 import { encodeTensorFrames, concatFrame, decodeFrame, TensorAssembler, DTYPE_CODES } from '../../codec/index.ts'
-import { ProtocolError } from '../../core/index.ts'
 import { forgeHeader, protocolCode } from '../helpers/bytes.ts'
 
 const f32 = concatFrame(encodeTensorFrames({ dtype: 'f32', shape: [2, 3], data: new Uint8Array(24) })[0]!)

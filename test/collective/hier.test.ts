@@ -59,7 +59,7 @@ test('memory net: qwZ all-gather (int8 blocks) returns every shard quantize-dequ
           ref.set(roundTrip(wire, full.subarray(s.start, s.start + s.length)), s.start)
         }
         const res = await Promise.all(
-          g.colls.map((c, r) => {
+          g.colls.map((c, _r) => {
             const s = c.shardOf(n)
             return c.allGather(full.slice(s.start, s.start + s.length), n, { wire })
           })

@@ -100,7 +100,7 @@ test('requeue re-places the newest placed copy; a failed placement keeps the pre
 
 test('stop aborts the placement in flight and fails queued captures', async t => {
   const c = createCapturer(async (_b: Uint8Array, signal: AbortSignal) => {
-    await new Promise((resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
+    await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
   })
   const s = randomState(Rng.fromSeed(4), 10)
   const a = c.capture(s)
