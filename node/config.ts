@@ -6,6 +6,7 @@ import { z } from 'zod'
 import { ZeromeshError } from '../core/index.ts'
 import { MIN_SECRET_BYTES } from '../mesh/index.ts'
 import { option, shapeOf } from './options.ts'
+import { TRAIN_MODELS } from './train/config.ts'
 
 /**
  * A node's configuration: one spec of its options, the strict schema built from it, and the
@@ -93,7 +94,7 @@ export const START_OPTIONS = {
   }),
   train: option(z.boolean().default(false), { help: 'train (without it the node only joins the mesh)', section: TRAINING }),
   device: option(z.enum(['cpu', 'cuda']).default('cpu'), { arg: '<device>', help: 'backend' }),
-  model: option(z.enum(['mini', 'small', 'gpt2-124m']).default('mini'), { arg: '<name>', help: 'model shape' }),
+  model: option(z.enum(TRAIN_MODELS).default('mini'), { arg: '<name>', help: 'model shape' }),
   data: option(z.string().min(1).optional(), { arg: '<file>', help: 'text or llm.c .bin tokens', defaultText: 'the Brown Corpus' }),
   steps: option(z.int().min(0).max(10_000_000).default(200), { arg: '<n>', help: 'steps to train' }),
   worldSize: option(z.int().min(1).max(1024).optional(), { arg: '<n>', help: 'training ranks', defaultText: '--expect' }),

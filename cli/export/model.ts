@@ -206,7 +206,7 @@ async function loadStep(
 
 /** Which `--model` the slice fits with this vocabulary, as a hint; a generic one when none does. */
 function suggestModel(state: RankState, vocabSize: number): string {
-  for (const name of Object.keys(TRAIN_MODELS) as TrainModelName[]) {
+  for (const name of TRAIN_MODELS) {
     const n = gptLayout(trainingModel(name, vocabSize)).length
     if (shardRange(n, state.worldSize, state.rank).length === state.weights.length) return ` (--model ${name} fits it)`
   }

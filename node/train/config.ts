@@ -108,24 +108,17 @@ export function formatParamMemory(m: ParamMemory): string {
   )
 }
 
-type Shape = Pick<GptConfig, 'maxT' | 'nLayer' | 'nHead' | 'C'>
-const shapeOf = (c: Readonly<GptConfig>): Shape => ({ maxT: c.maxT, nLayer: c.nLayer, nHead: c.nHead, C: c.C })
-
 /**
- * Model shapes `--model` names; the vocabulary comes from the data. `small` and `gpt2-124m`
- * are gpu/'s {@link GPT_PRESETS} shapes; `mini` exists only for training demos.
+ * The model shapes `--model` names, from gpu/'s {@link GPT_PRESETS} (the one model registry);
+ * the vocabulary comes from the data.
  */
-export const TRAIN_MODELS = Object.freeze({
-  /** ~0.1 M parameters: trains visibly on a CPU in seconds (the `zeromesh up` default). */
-  mini: { maxT: 64, nLayer: 2, nHead: 4, C: 64 },
-  small: shapeOf(GPT_PRESETS.small),
-  'gpt2-124m': shapeOf(GPT_PRESETS['gpt2-124m'])
-})
-export type TrainModelName = keyof typeof TRAIN_MODELS
+export const TRAIN_MODELS = Object.freeze(['mini', 'small', 'gpt2-124m'] as const)
+export type TrainModelName = (typeof TRAIN_MODELS)[number]
 
 /** The GPT config of a named shape for a vocabulary (padded to a multiple of 64 for the kernels). */
 export function trainingModel(name: TrainModelName, vocabSize: number): GptConfig {
-  return { ...TRAIN_MODELS[name], vocabSize, paddedVocabSize: Math.ceil(vocabSize / 64) * 64 }
+  const { maxT, nLayer, nHead, C } = GPT_PRESETS[name]
+  return { maxT, nLayer, nHead, C, vocabSize, paddedVocabSize: Math.ceil(vocabSize / 64) * 64 }
 }
 
 /** Training cannot go on (a configuration the mesh cannot hold, state that cannot be recovered). */
