@@ -10,7 +10,7 @@ import {
   type Quantized
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
-import { allocSize, checkFinite, checkInt, fail, isHostOf, shapeLength } from './validate.ts'
+import { allocSize, checkFinite, checkGemmOperands, checkInt, fail, gemmShape, isHostOf, shapeLength } from './validate.ts'
 
 /**
  * The CPU reference backend: plain TypeScript over typed arrays, llm.c semantics.
@@ -229,29 +229,12 @@ export class CpuBackend implements Backend {
   gemm(p: GemmParams): void {
     const op = 'gemm'
     this.live_(op)
-    const { m, n, k } = p
-    checkInt(op, 'm', m)
-    checkInt(op, 'n', n)
-    checkInt(op, 'k', k)
-    const batch = p.batch ?? 1
-    checkInt(op, 'batch', batch)
-    const sA = p.strideA ?? m * k
-    const sB = p.strideB ?? k * n
-    const sC = p.strideC ?? m * n
-    checkInt(op, 'strideA', sA, 0)
-    checkInt(op, 'strideB', sB, 0)
-    checkInt(op, 'strideC', sC, 0)
-    const alpha = p.alpha ?? 1
-    const beta = p.beta ?? 0
-    checkFinite(op, 'alpha', alpha)
-    checkFinite(op, 'beta', beta)
+    const g = gemmShape(op, p)
+    const { m, n, k, batch, sA, sB, sC, alpha, beta } = g
     const A = this.f32(op, 'a', p.a)
     const Bm = this.f32(op, 'b', p.b)
     const C = this.f32(op, 'c', p.c)
-    if (A.length < (batch - 1) * sA + m * k) fail(op, `a has ${A.length} elements, needs ${(batch - 1) * sA + m * k}`)
-    if (Bm.length < (batch - 1) * sB + k * n) fail(op, `b has ${Bm.length} elements, needs ${(batch - 1) * sB + k * n}`)
-    if (C.length < (batch - 1) * sC + m * n) fail(op, `c has ${C.length} elements, needs ${(batch - 1) * sC + m * n}`)
-    if (batch > 1 && sC < m * n) fail(op, `strideC ${sC} makes output matrices overlap`)
+    checkGemmOperands(op, g, A.length, Bm.length, C.length)
     const transA = p.transA === true
     const transB = p.transB === true
     const arow = new Float64Array(k)

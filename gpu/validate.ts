@@ -1,5 +1,5 @@
 import { InvalidArgumentError, checkCap } from '../core/index.ts'
-import { TENSOR_DTYPE_BYTES, type TensorDType } from './backend.ts'
+import { TENSOR_DTYPE_BYTES, type GemmParams, type TensorDType } from './backend.ts'
 
 /** Argument checks shared by the backends: each throws InvalidArgumentError naming the op. */
 export function fail(op: string, msg: string): never {
@@ -60,4 +60,47 @@ export function allocSize(dtype: TensorDType, shape: readonly number[], maxRank:
   const bytes = n * bytesPer
   checkCap(capName, bytes, cap)
   return { n, bytes }
+}
+
+/** gemm's sizes after {@link gemmShape}: dimensions, batch, per-matrix strides, alpha and beta. */
+export interface GemmShape {
+  m: number
+  n: number
+  k: number
+  batch: number
+  sA: number
+  sB: number
+  sC: number
+  alpha: number
+  beta: number
+}
+
+/** gemm's sizes checked and defaulted (dense strides, alpha 1, beta 0), the same for every backend. */
+export function gemmShape(op: string, p: GemmParams): GemmShape {
+  const { m, n, k } = p
+  checkInt(op, 'm', m)
+  checkInt(op, 'n', n)
+  checkInt(op, 'k', k)
+  const batch = p.batch ?? 1
+  checkInt(op, 'batch', batch)
+  const sA = p.strideA ?? m * k
+  const sB = p.strideB ?? k * n
+  const sC = p.strideC ?? m * n
+  checkInt(op, 'strideA', sA, 0)
+  checkInt(op, 'strideB', sB, 0)
+  checkInt(op, 'strideC', sC, 0)
+  const alpha = p.alpha ?? 1
+  const beta = p.beta ?? 0
+  checkFinite(op, 'alpha', alpha)
+  checkFinite(op, 'beta', beta)
+  return { m, n, k, batch, sA, sB, sC, alpha, beta }
+}
+
+/** gemm's operands (of `a`, `b`, `c` elements) hold every matrix of the batch, and output matrices do not overlap. */
+export function checkGemmOperands(op: string, g: GemmShape, a: number, b: number, c: number): void {
+  const { m, n, k, batch, sA, sB, sC } = g
+  if (a < (batch - 1) * sA + m * k) fail(op, `a has ${a} elements, needs ${(batch - 1) * sA + m * k}`)
+  if (b < (batch - 1) * sB + k * n) fail(op, `b has ${b} elements, needs ${(batch - 1) * sB + k * n}`)
+  if (c < (batch - 1) * sC + m * n) fail(op, `c has ${c} elements, needs ${(batch - 1) * sC + m * n}`)
+  if (batch > 1 && sC < m * n) fail(op, `strideC ${sC} makes output matrices overlap`)
 }

@@ -6,7 +6,7 @@ import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
-import { allocSize, checkFinite, checkInt, fail, isHostOf, shapeLength } from '../validate.ts'
+import { allocSize, checkFinite, checkGemmOperands, checkInt, fail, gemmShape, isHostOf, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -491,29 +491,12 @@ export class CudaBackend implements Backend {
   gemm(p: GemmParams): void {
     const op = 'gemm'
     this.live_(op)
-    const { m, n, k } = p
-    checkInt(op, 'm', m)
-    checkInt(op, 'n', n)
-    checkInt(op, 'k', k)
-    const batch = p.batch ?? 1
-    checkInt(op, 'batch', batch)
-    const sA = p.strideA ?? m * k
-    const sB = p.strideB ?? k * n
-    const sC = p.strideC ?? m * n
-    checkInt(op, 'strideA', sA, 0)
-    checkInt(op, 'strideB', sB, 0)
-    checkInt(op, 'strideC', sC, 0)
-    const alpha = p.alpha ?? 1
-    const beta = p.beta ?? 0
-    checkFinite(op, 'alpha', alpha)
-    checkFinite(op, 'beta', beta)
+    const g = gemmShape(op, p)
+    const { m, n, k, batch, sA, sB, sC, alpha, beta } = g
     const A = this.arg(op, 'a', p.a, FLOAT)
     const B = this.same(op, 'b', p.b, A.dtype)
     const C = this.arg(op, 'c', p.c, FLOAT)
-    if (A.length < (batch - 1) * sA + m * k) fail(op, `a has ${A.length} elements, needs ${(batch - 1) * sA + m * k}`)
-    if (B.length < (batch - 1) * sB + k * n) fail(op, `b has ${B.length} elements, needs ${(batch - 1) * sB + k * n}`)
-    if (C.length < (batch - 1) * sC + m * n) fail(op, `c has ${C.length} elements, needs ${(batch - 1) * sC + m * n}`)
-    if (batch > 1 && sC < m * n) fail(op, `strideC ${sC} makes output matrices overlap`)
+    checkGemmOperands(op, g, A.length, B.length, C.length)
     for (const v of [m, n, k]) if (v > 2 ** 31 - 1) fail(op, 'dimensions must fit in 32 bits')
     this.blas.rowMajor({
       transA: p.transA === true,
