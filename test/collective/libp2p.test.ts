@@ -67,7 +67,7 @@ test.serial('libp2p, bulk channel (3 nodes, 2 zones): ring and hierarchical coll
 })
 
 // On libp2p streams: with the bulk channel, PeerNet.stop() hangs after streams are reset
-// mid-transfer with full socket buffers (a mesh/bulk.ts issue, reported), so the kill runs here.
+// mid-transfer with full socket buffers (a known limit of mesh/bulk.ts, see docs/LIMITS.md), so the kill runs here.
 test.serial('libp2p, libp2p streams (3 nodes): a member stopping mid all-gather gives every survivor a CollectiveError', async t => {
   await withColls(false, async (colls, nets, sent) => {
     const P = 3

@@ -8,7 +8,7 @@ import { ScenarioError } from '../../sim/index.ts'
 import { parseTrainScenario, readTrainScenario, trainRun, type TrainRunResult } from '../../sim/train-run.ts'
 import { main } from '../../cli/main.ts'
 
-// Issue 6: a tiny model trained a few hundred steps with flat ZeRO-3 and with ZeRO++ on the
+// A tiny model trained a few hundred steps with flat ZeRO-3 and with ZeRO++ on the
 // simulator (the real Trainer on every node, over SimNet); the ZeRO++ held-out loss within 1%
 // of the unquantized run's, and both in the report. test/collective/zero-training.test.ts
 // holds the same bound for the collectives alone, on the in-memory net.
