@@ -105,14 +105,21 @@ class MemoryStream implements ByteStream {
   }
 }
 
-/** Creates an empty in-memory network. */
-export function createMemoryNetwork(): MemoryNetwork {
-  const nodes = new Map<PeerId, Node>()
-  const cut = new Set<string>()
-  const key = (a: PeerId, b: PeerId): string => (a < b ? `${a}\n${b}` : `${b}\n${a}`)
-  const linked = (a: Node, b: Node): boolean => a !== b && a.started && b.started && !cut.has(key(a.info.id, b.info.id))
+/** The peers of one MemoryNetwork and which links between them are cut. */
+class MemoryLinks {
+  readonly nodes = new Map<PeerId, Node>()
+  readonly cut = new Set<string>()
 
-  const dropLink = (a: Node, b: Node): void => {
+  key(a: PeerId, b: PeerId): string {
+    return a < b ? `${a}\n${b}` : `${b}\n${a}`
+  }
+
+  linked(a: Node, b: Node): boolean {
+    return a !== b && a.started && b.started && !this.cut.has(this.key(a.info.id, b.info.id))
+  }
+
+  /** Fails the streams between a and b on both sides, then tells both that the link is gone. */
+  dropLink(a: Node, b: Node): void {
     for (const s of [...a.streams]) {
       if (s.remote === b.info.id) {
         s.gone(b.info.id)
@@ -127,15 +134,15 @@ export function createMemoryNetwork(): MemoryNetwork {
     })
   }
 
-  const down = (n: Node): void => {
+  down(n: Node): void {
     if (!n.started) return
-    const was = [...nodes.values()].filter(o => linked(n, o))
+    const was = [...this.nodes.values()].filter(o => this.linked(n, o))
     n.started = false
-    for (const o of was) dropLink(n, o)
+    for (const o of was) this.dropLink(n, o)
   }
 
   /** Validates and delivers one message at node `o`; 'reject' counts against the publisher. */
-  const offer = (o: Node, msg: GossipMessage): GossipVerdict | undefined => {
+  offer(o: Node, msg: GossipMessage): GossipVerdict | undefined {
     const h = o.topics.get(msg.topic)
     if (h === undefined) return undefined
     const verdict = h.validate?.(msg) ?? 'accept'
@@ -144,131 +151,143 @@ export function createMemoryNetwork(): MemoryNetwork {
     return verdict
   }
 
+  /** Hands a copy of `data` to `o` in a microtask, if the link is still up then. */
+  deliverLater(node: Node, o: Node, topic: string, data: Uint8Array): void {
+    const copy = data.slice()
+    queueMicrotask(() => {
+      if (this.linked(node, o)) this.offer(o, { topic, from: node.info.id, data: copy })
+    })
+  }
+}
+
+function requireStarted(node: Node): void {
+  if (!node.started) throw new NotStartedError(`peer ${node.info.id} is not started`)
+}
+
+function checkMessage(node: Node, topic: string, data: Uint8Array): void {
+  requireStarted(node)
+  checkName('topic', topic)
+  checkGossipSize(data)
+}
+
+/** PeerNet.open on MemoryLinks: a stream pair, the far end handed to the peer's handler in a microtask. */
+async function openMemoryStream(links: MemoryLinks, node: Node, peer: PeerId, protocol: string, options: { signal?: AbortSignal }): Promise<ByteStream> {
+  requireStarted(node)
+  checkName('protocol', protocol)
+  if (options.signal?.aborted === true) throw new AbortError('open aborted')
+  const remote = links.nodes.get(peer)
+  if (remote === undefined || !links.linked(node, remote)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
+  const handler = remote.handlers.get(protocol)
+  if (handler === undefined) throw new ProtocolNotSupportedError(`peer ${peer} does not handle ${protocol}`, { peer, protocol })
+  const close = (s: MemoryStream): void => {
+    links.nodes.get(s.local)?.streams.delete(s)
+  }
+  const mine = new MemoryStream(node.info.id, peer, protocol, close)
+  const theirs = new MemoryStream(peer, node.info.id, protocol, close)
+  mine.peer = theirs
+  theirs.peer = mine
+  node.streams.add(mine)
+  remote.streams.add(theirs)
+  queueMicrotask(() => {
+    Promise.resolve()
+      .then(() => handler(theirs))
+      .catch((err: unknown) => theirs.abort(err instanceof Error ? err : new Error(String(err))))
+  })
+  return mine
+}
+
+/** Creates a peer (not started) on `links`. */
+function createMemoryPeer(links: MemoryLinks, info: PeerInfo): PeerNet {
+  if (links.nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
+  const node: Node = {
+    info: { id: info.id, labels: { ...info.labels } },
+    started: false,
+    listeners: new Listeners(),
+    handlers: new Map(),
+    topics: new Map(),
+    rejected: new Map(),
+    streams: new Set()
+  }
+  links.nodes.set(info.id, node)
   return {
-    createPeer(info) {
-      if (nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
-      const node: Node = {
-        info: { id: info.id, labels: { ...info.labels } },
-        started: false,
-        listeners: new Listeners(),
-        handlers: new Map(),
-        topics: new Map(),
-        rejected: new Map(),
-        streams: new Set()
-      }
-      nodes.set(info.id, node)
-      const requireStarted = (): void => {
-        if (!node.started) throw new NotStartedError(`peer ${info.id} is not started`)
-      }
-      const net: PeerNet = {
-        self: node.info,
-        async start() {
-          if (node.started) return
-          node.started = true
-          const others = [...nodes.values()].filter(o => linked(node, o))
-          queueMicrotask(() => {
-            for (const o of others) {
-              if (!linked(node, o)) continue
-              node.listeners.emit('peer:connect', o.info)
-              o.listeners.emit('peer:connect', node.info)
-            }
-          })
-        },
-        async stop() {
-          down(node)
-        },
-        peers() {
-          return [...nodes.values()].filter(o => linked(node, o)).map(o => o.info)
-        },
-        on(event, listener) {
-          return node.listeners.on(event, listener)
-        },
-        subscribe(topic, handler) {
-          checkName('topic', topic)
-          node.topics.set(topic, handler)
-          return () => {
-            if (node.topics.get(topic) === handler) node.topics.delete(topic)
-          }
-        },
-        async publish(topic, data) {
-          requireStarted()
-          checkName('topic', topic)
-          checkGossipSize(data)
-          for (const o of nodes.values()) {
-            if (!linked(node, o)) continue
-            const copy = data.slice()
-            queueMicrotask(() => {
-              if (linked(node, o)) offer(o, { topic, from: node.info.id, data: copy })
-            })
-          }
-        },
-        async send(peer, topic, data) {
-          requireStarted()
-          checkName('topic', topic)
-          checkGossipSize(data)
-          const o = nodes.get(peer)
-          if (o === undefined || !linked(node, o)) return
-          const copy = data.slice()
-          queueMicrotask(() => {
-            if (linked(node, o)) offer(o, { topic, from: node.info.id, data: copy })
-          })
-        },
-        handle(protocol, handler) {
-          checkName('protocol', protocol)
-          node.handlers.set(protocol, handler)
-        },
-        unhandle(protocol) {
-          node.handlers.delete(protocol)
-        },
-        async open(peer, protocol, options = {}) {
-          requireStarted()
-          checkName('protocol', protocol)
-          if (options.signal?.aborted === true) throw new AbortError('open aborted')
-          const remote = nodes.get(peer)
-          if (remote === undefined || !linked(node, remote)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
-          const handler = remote.handlers.get(protocol)
-          if (handler === undefined) throw new ProtocolNotSupportedError(`peer ${peer} does not handle ${protocol}`, { peer, protocol })
-          const close = (s: MemoryStream): void => {
-            nodes.get(s.local)?.streams.delete(s)
-          }
-          const mine = new MemoryStream(node.info.id, peer, protocol, close)
-          const theirs = new MemoryStream(peer, node.info.id, protocol, close)
-          mine.peer = theirs
-          theirs.peer = mine
-          node.streams.add(mine)
-          remote.streams.add(theirs)
-          queueMicrotask(() => {
-            Promise.resolve()
-              .then(() => handler(theirs))
-              .catch((err: unknown) => theirs.abort(err instanceof Error ? err : new Error(String(err))))
-          })
-          return mine
-        },
-        rejectedFrom(peer) {
-          return node.rejected.get(peer) ?? 0
+    self: node.info,
+    async start() {
+      if (node.started) return
+      node.started = true
+      const others = [...links.nodes.values()].filter(o => links.linked(node, o))
+      queueMicrotask(() => {
+        for (const o of others) {
+          if (!links.linked(node, o)) continue
+          node.listeners.emit('peer:connect', o.info)
+          o.listeners.emit('peer:connect', node.info)
         }
-      }
-      return net
+      })
     },
+    async stop() {
+      links.down(node)
+    },
+    peers() {
+      return [...links.nodes.values()].filter(o => links.linked(node, o)).map(o => o.info)
+    },
+    on(event, listener) {
+      return node.listeners.on(event, listener)
+    },
+    subscribe(topic, handler) {
+      checkName('topic', topic)
+      node.topics.set(topic, handler)
+      return () => {
+        if (node.topics.get(topic) === handler) node.topics.delete(topic)
+      }
+    },
+    async publish(topic, data) {
+      checkMessage(node, topic, data)
+      for (const o of links.nodes.values()) if (links.linked(node, o)) links.deliverLater(node, o, topic, data)
+    },
+    async send(peer, topic, data) {
+      checkMessage(node, topic, data)
+      const o = links.nodes.get(peer)
+      if (o === undefined || !links.linked(node, o)) return
+      links.deliverLater(node, o, topic, data)
+    },
+    handle(protocol, handler) {
+      checkName('protocol', protocol)
+      node.handlers.set(protocol, handler)
+    },
+    unhandle(protocol) {
+      node.handlers.delete(protocol)
+    },
+    open: (peer, protocol, options = {}) => openMemoryStream(links, node, peer, protocol, options),
+    rejectedFrom(peer) {
+      return node.rejected.get(peer) ?? 0
+    }
+  }
+}
+
+/** Creates an empty in-memory network. */
+export function createMemoryNetwork(): MemoryNetwork {
+  const links = new MemoryLinks()
+  const { nodes, cut } = links
+  return {
+    createPeer: info => createMemoryPeer(links, info),
     kill(id) {
       const n = nodes.get(id)
-      if (n !== undefined) down(n)
+      if (n !== undefined) links.down(n)
     },
     partition(a, b) {
       for (const x of a) {
         for (const y of b) {
           const nx = nodes.get(x)
           const ny = nodes.get(y)
-          if (nx === undefined || ny === undefined || cut.has(key(x, y))) continue
-          const was = linked(nx, ny)
-          cut.add(key(x, y))
-          if (was) dropLink(nx, ny)
+          if (nx === undefined || ny === undefined || cut.has(links.key(x, y))) continue
+          const was = links.linked(nx, ny)
+          cut.add(links.key(x, y))
+          if (was) links.dropLink(nx, ny)
         }
       }
     },
     inject(to, msg) {
       const o = nodes.get(to)
-      return o === undefined || !o.started ? undefined : offer(o, msg)
+      return o === undefined || !o.started ? undefined : links.offer(o, msg)
     },
     heal() {
       const pairs = [...cut].map(k => k.split('\n') as [PeerId, PeerId])
@@ -277,7 +296,7 @@ export function createMemoryNetwork(): MemoryNetwork {
         for (const [x, y] of pairs) {
           const nx = nodes.get(x)
           const ny = nodes.get(y)
-          if (nx === undefined || ny === undefined || !linked(nx, ny)) continue
+          if (nx === undefined || ny === undefined || !links.linked(nx, ny)) continue
           nx.listeners.emit('peer:connect', ny.info)
           ny.listeners.emit('peer:connect', nx.info)
         }

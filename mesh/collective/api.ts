@@ -96,83 +96,149 @@ function checkLength(length: number): void {
   checkCap('collective elements', length, COLLECTIVE_LIMITS.maxElements)
 }
 
-/** Creates a collective for `init.view` on `init.net` (call start() on every member). */
-export function createCollective(init: CollectiveInit): Collective {
-  const core = new CollectiveCore(init)
-  const group = (scope: Scope): readonly number[] => core.scopeGroup(scope)
-  const shardOf = (length: number, scope: Scope = 'all'): Range => {
-    const g = group(scope)
-    return shardRange(length, g.length, g.indexOf(core.rank))
+/** Checks that a window of `length` elements lies inside its vector (scope 'all' only). */
+function checkWindow(length: number, scope: Scope, w: Window | undefined): void {
+  if (w === undefined) return
+  if (scope !== 'all') throw new InvalidArgumentError(`a window needs scope 'all', got ${scope}`)
+  if (!Number.isSafeInteger(w.total) || !Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset + length > w.total) {
+    throw new InvalidArgumentError(`window [${w.offset}, ${w.offset + length}) is not inside a vector of ${w.total} elements`)
   }
-  const checkWindow = (length: number, scope: Scope, w: Window | undefined): void => {
-    if (w === undefined) return
-    if (scope !== 'all') throw new InvalidArgumentError(`a window needs scope 'all', got ${scope}`)
-    if (!Number.isSafeInteger(w.total) || !Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset + length > w.total) {
-      throw new InvalidArgumentError(`window [${w.offset}, ${w.offset + length}) is not inside a vector of ${w.total} elements`)
-    }
-    checkCap('collective elements', w.total, COLLECTIVE_LIMITS.maxElements)
-  }
-  const windowOf = (length: number, w: Window): Range => {
-    checkWindow(length, 'all', w)
-    return windowRange(w.total, core.size, core.rank, w.offset, length)
-  }
-  /** Rank r's part of a call over `length` elements: its shard, or its part of the window. */
-  const partOf = (length: number, scope: Scope, w: Window | undefined): ((r: number) => Range) => {
-    if (w !== undefined) return r => windowRange(w.total, core.size, r, w.offset, length)
-    const g = group(scope)
-    return r => shardRange(length, g.length, g.indexOf(r))
-  }
-  const ringPlan = (length: number, scope: Scope, phase: number, w?: Window): RingPlan => {
-    const g = group(scope)
-    const inGroup = new Set(g)
-    const ring = core.ring.filter(r => inGroup.has(r))
-    const part = partOf(length, scope, w)
-    return {
-      ring,
-      pos: ring.indexOf(core.rank),
-      part: j => part(ring[j]!),
-      chunkBytes: core.chunkBytes,
-      phase
-    }
-  }
+  checkCap('collective elements', w.total, COLLECTIVE_LIMITS.maxElements)
+}
 
-  function allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
-  function allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
-  function allGather(mine: Float32Array | Uint16Array, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<Float32Array | Uint16Array>> {
-    checkLength(length)
-    const scope = opts.scope ?? 'all'
-    checkWindow(length, scope, opts.window)
-    const want = partOf(length, scope, opts.window)(core.rank).length
-    if (mine.length !== want) throw new InvalidArgumentError(`this rank's shard of ${length} elements has ${want} elements, got ${mine.length}`)
-    const wire = opts.wire ?? F32_WIRE
-    validateWire(wire)
-    const plan = ringPlan(length, scope, 0, opts.window)
-    if (mine instanceof Uint16Array) {
-      const out = new Uint16Array(length)
-      return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
-        const go = ringAllGather(op, plan, { kind: 'raw16', mine, out })
-        op.ready()
-        await go()
-        return out
-      })
-    }
-    const out = new Float32Array(length)
+/** This rank's shard of `length` elements in `scope`. */
+function shardOf(core: CollectiveCore, length: number, scope: Scope = 'all'): Range {
+  const g = core.scopeGroup(scope)
+  return shardRange(length, g.length, g.indexOf(core.rank))
+}
+
+/** This rank's part of a window of `length` elements, relative to the window. */
+function windowOf(core: CollectiveCore, length: number, w: Window): Range {
+  checkWindow(length, 'all', w)
+  return windowRange(w.total, core.size, core.rank, w.offset, length)
+}
+
+/** Rank r's part of a call over `length` elements: its shard, or its part of the window. */
+function partOf(core: CollectiveCore, length: number, scope: Scope, w: Window | undefined): (r: number) => Range {
+  if (w !== undefined) return r => windowRange(w.total, core.size, r, w.offset, length)
+  const g = core.scopeGroup(scope)
+  return r => shardRange(length, g.length, g.indexOf(r))
+}
+
+/** The ring of this rank's group in `scope` and each position's part. */
+function ringPlan(core: CollectiveCore, length: number, scope: Scope, phase: number, w?: Window): RingPlan {
+  const g = core.scopeGroup(scope)
+  const inGroup = new Set(g)
+  const ring = core.ring.filter(r => inGroup.has(r))
+  const part = partOf(core, length, scope, w)
+  return {
+    ring,
+    pos: ring.indexOf(core.rank),
+    part: j => part(ring[j]!),
+    chunkBytes: core.chunkBytes,
+    phase
+  }
+}
+
+/** The wire of a ring reduction: f32 or bf16 partial sums. */
+function reduceWire(w: Wire | undefined): Wire {
+  const wire = w ?? F32_WIRE
+  validateWire(wire)
+  if (wire.kind === 'quant')
+    throw new InvalidArgumentError('the ring reduce-scatter carries f32 or bf16 partial sums; use hierReduceScatter for quantized gradients')
+  return wire
+}
+
+function allGatherOn(
+  core: CollectiveCore,
+  mine: Float32Array | Uint16Array,
+  length: number,
+  opts: GatherOptions
+): Promise<CollectiveResult<Float32Array | Uint16Array>> {
+  checkLength(length)
+  const scope = opts.scope ?? 'all'
+  checkWindow(length, scope, opts.window)
+  const want = partOf(core, length, scope, opts.window)(core.rank).length
+  if (mine.length !== want) throw new InvalidArgumentError(`this rank's shard of ${length} elements has ${want} elements, got ${mine.length}`)
+  const wire = opts.wire ?? F32_WIRE
+  validateWire(wire)
+  const plan = ringPlan(core, length, scope, 0, opts.window)
+  if (mine instanceof Uint16Array) {
+    const out = new Uint16Array(length)
     return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
-      const go = ringAllGather(op, plan, { kind: 'f32', wire, mine, out })
+      const go = ringAllGather(op, plan, { kind: 'raw16', mine, out })
       op.ready()
       await go()
       return out
     })
   }
+  const out = new Float32Array(length)
+  return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
+    const go = ringAllGather(op, plan, { kind: 'f32', wire, mine, out })
+    op.ready()
+    await go()
+    return out
+  })
+}
 
-  const reduceWire = (w: Wire | undefined): Wire => {
-    const wire = w ?? F32_WIRE
-    validateWire(wire)
-    if (wire.kind === 'quant')
-      throw new InvalidArgumentError('the ring reduce-scatter carries f32 or bf16 partial sums; use hierReduceScatter for quantized gradients')
-    return wire
+function reduceScatterOn(core: CollectiveCore, x: Float32Array, opts: ReduceOptions): Promise<CollectiveResult<Float32Array>> {
+  checkLength(x.length)
+  const wire = reduceWire(opts.wire)
+  const scope = opts.scope ?? 'all'
+  checkWindow(x.length, scope, opts.window)
+  const plan = ringPlan(core, x.length, scope, 0, opts.window)
+  const out = new Float32Array(partOf(core, x.length, scope, opts.window)(core.rank).length)
+  return core.run('reduceScatter', opts.label ?? 'reduce_scatter', opts, async op => {
+    const go = ringReduceScatter(op, plan, wire, x, out)
+    op.ready()
+    await go()
+    return out
+  })
+}
+
+function allReduceOn(core: CollectiveCore, x: Float32Array, opts: ReduceOptions): Promise<CollectiveResult<Float32Array>> {
+  checkLength(x.length)
+  const wire = reduceWire(opts.wire)
+  const scope = opts.scope ?? 'all'
+  checkWindow(x.length, scope, opts.window)
+  const rs = ringPlan(core, x.length, scope, 0, opts.window)
+  const ag = ringPlan(core, x.length, scope, 1, opts.window)
+  const shard = new Float32Array(partOf(core, x.length, scope, opts.window)(core.rank).length)
+  const out = new Float32Array(x.length)
+  return core.run('allReduce', opts.label ?? 'all_reduce', opts, async op => {
+    const reduce = ringReduceScatter(op, rs, wire, x, shard)
+    const gather = ringAllGather(op, ag, { kind: 'f32', wire: F32_WIRE, mine: shard, out })
+    op.ready()
+    await reduce()
+    await gather()
+    return out
+  })
+}
+
+function hierReduceScatterOn(core: CollectiveCore, x: Float32Array, opts: HierReduceOptions): Promise<CollectiveResult<Float32Array>> {
+  checkLength(x.length)
+  const wire = opts.wire ?? F32_WIRE
+  validateWire(wire)
+  if (wire.kind === 'bf16') throw new InvalidArgumentError('hierReduceScatter carries f32 or quantized partial sums')
+  checkWindow(x.length, 'all', opts.window)
+  const part = partOf(core, x.length, 'all', opts.window)
+  const out = new Float32Array(part(core.rank).length)
+  return core.run('hierReduceScatter', opts.label ?? 'hier_reduce_scatter', opts, async op => {
+    const go = hierReduceScatter(op, core.hierarchy, x.length, wire, core.chunkBytes, x, out, opts.errorFeedback, part)
+    op.ready()
+    await go()
+    return out
+  })
+}
+
+/** Creates a collective for `init.view` on `init.net` (call start() on every member). */
+export function createCollective(init: CollectiveInit): Collective {
+  const core = new CollectiveCore(init)
+  function allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
+  function allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
+  function allGather(mine: Float32Array | Uint16Array, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<Float32Array | Uint16Array>> {
+    return allGatherOn(core, mine, length, opts)
   }
-
   return {
     view: core.view,
     rank: core.rank,
@@ -185,57 +251,13 @@ export function createCollective(init: CollectiveInit): Collective {
     abort: (message, reason = 'aborted') => {
       core.fail(reason, undefined, message)
     },
-    shardOf,
-    windowOf,
-    group,
+    shardOf: (length, scope) => shardOf(core, length, scope),
+    windowOf: (length, w) => windowOf(core, length, w),
+    group: scope => core.scopeGroup(scope),
     allGather,
-    reduceScatter(x, opts = {}) {
-      checkLength(x.length)
-      const wire = reduceWire(opts.wire)
-      const scope = opts.scope ?? 'all'
-      checkWindow(x.length, scope, opts.window)
-      const plan = ringPlan(x.length, scope, 0, opts.window)
-      const out = new Float32Array(partOf(x.length, scope, opts.window)(core.rank).length)
-      return core.run('reduceScatter', opts.label ?? 'reduce_scatter', opts, async op => {
-        const go = ringReduceScatter(op, plan, wire, x, out)
-        op.ready()
-        await go()
-        return out
-      })
-    },
-    allReduce(x, opts = {}) {
-      checkLength(x.length)
-      const wire = reduceWire(opts.wire)
-      const scope = opts.scope ?? 'all'
-      checkWindow(x.length, scope, opts.window)
-      const rs = ringPlan(x.length, scope, 0, opts.window)
-      const ag = ringPlan(x.length, scope, 1, opts.window)
-      const shard = new Float32Array(partOf(x.length, scope, opts.window)(core.rank).length)
-      const out = new Float32Array(x.length)
-      return core.run('allReduce', opts.label ?? 'all_reduce', opts, async op => {
-        const reduce = ringReduceScatter(op, rs, wire, x, shard)
-        const gather = ringAllGather(op, ag, { kind: 'f32', wire: F32_WIRE, mine: shard, out })
-        op.ready()
-        await reduce()
-        await gather()
-        return out
-      })
-    },
-    hierReduceScatter(x, opts = {}) {
-      checkLength(x.length)
-      const wire = opts.wire ?? F32_WIRE
-      validateWire(wire)
-      if (wire.kind === 'bf16') throw new InvalidArgumentError('hierReduceScatter carries f32 or quantized partial sums')
-      checkWindow(x.length, 'all', opts.window)
-      const part = partOf(x.length, 'all', opts.window)
-      const out = new Float32Array(part(core.rank).length)
-      return core.run('hierReduceScatter', opts.label ?? 'hier_reduce_scatter', opts, async op => {
-        const go = hierReduceScatter(op, core.hierarchy, x.length, wire, core.chunkBytes, x, out, opts.errorFeedback, part)
-        op.ready()
-        await go()
-        return out
-      })
-    },
+    reduceScatter: (x, opts = {}) => reduceScatterOn(core, x, opts),
+    allReduce: (x, opts = {}) => allReduceOn(core, x, opts),
+    hierReduceScatter: (x, opts = {}) => hierReduceScatterOn(core, x, opts),
     stats: () => core.stats()
   }
 }
