@@ -128,8 +128,11 @@ test('f32ToBf16: hand-checked cases (ties to even, carry, overflow, NaN kept wit
   t.is(f32ToBf16(fromBits(0x7f7fffff)), 0x7f80, 'past the largest bf16: +Inf')
   t.is(f32ToBf16(-Infinity), 0xff80)
   t.is(f32ToBf16(-0), 0x8000)
-  t.is(f32ToBf16(fromBits(0x7f800001)), 0x7fc0, 'a NaN with its payload in the low half stays NaN (not +Inf)')
-  t.is(f32ToBf16(fromBits(0xff800001)), 0xffc0, 'and keeps its sign')
+  // A NaN read into a JS number may lose its payload and sign (V8 may canonicalize it), so only
+  // "a quiet NaN, never Inf" is a property of the conversion.
+  const quietNaN = (w: number): boolean => (w & 0x7fc0) === 0x7fc0
+  t.true(quietNaN(f32ToBf16(fromBits(0x7f800001))), 'a NaN with its payload in the low half stays NaN (not +Inf)')
+  t.true(quietNaN(f32ToBf16(fromBits(0xff800001))), 'of either sign')
   t.is(f32ToBf16(fromBits(0x00008000)), 0x0000, 'the smallest subnormal tie goes to even (zero)')
   t.is(f32ToBf16(fromBits(0x00018000)), 0x0002, 'an odd subnormal tie goes up')
   t.is(f32ToBf16(fromBits(0x007fffff)), 0x0080, 'the largest subnormal rounds up to the smallest normal')
@@ -139,17 +142,21 @@ test('bf16ToF32 gives the value of each old conversion for all 65,536 bf16 words
   for (const [name, old] of Object.entries(OLD_FROM)) {
     let bad = 0
     for (let h = 0; h < 0x10000; h++) {
+      // The result is a JS number: a NaN's payload is not observable reliably there (V8 may
+      // canonicalize it depending on how optimized the reading code is), so NaN only must stay NaN.
       const got = bf16ToF32(h)
-      if (!Object.is(got, old(h)) || toBits(got) !== toBits(old(h))) bad++
+      const want = old(h)
+      if (Number.isNaN(want) ? !Number.isNaN(got) : !Object.is(got, want) || toBits(got) !== toBits(want)) bad++
     }
     t.is(bad, 0, name)
   }
   let notInverse = 0
   for (let h = 0; h < 0x10000; h++) {
     const back = f32ToBf16(bf16ToF32(h))
-    // A NaN word comes back quiet; every other word exactly.
-    const want = (h & 0x7fff) > 0x7f80 ? h | 0x40 : h
-    if (back !== want) notInverse++
+    // A NaN word comes back as a quiet NaN (its payload and sign are not kept by a JS number);
+    // every other word exactly.
+    const ok = (h & 0x7fff) > 0x7f80 ? (back & 0x7fc0) === 0x7fc0 : back === h
+    if (!ok) notInverse++
   }
   t.is(notInverse, 0)
 })
