@@ -3,7 +3,7 @@ import type { View } from '../membership.ts'
 import { CollectiveCore, type CallOptions, type CollectiveInit, type CollectiveResult, type CollectiveStats } from './collective.ts'
 import { hierReduceScatter, type ErrorFeedback } from './hier.ts'
 import { COLLECTIVE_LIMITS } from './limits.ts'
-import { ringAllGather, ringReduceScatter, type RingPlan } from './ring.ts'
+import { ringAllGather, ringReduceScatter, type GatherInput, type RingPlan } from './ring.ts'
 import { windowRange, type Hierarchy, type TierKey } from './topology.ts'
 import { F32_WIRE, validateWire, type Wire } from './wire.ts'
 
@@ -28,7 +28,10 @@ export interface Window {
 }
 
 export interface GatherOptions extends OpOptions {
-  /** How f32 shards travel (f32, bf16, or int8/int4 blockwise). Default f32. Ignored for Uint16Array (raw bf16) input. */
+  /**
+   * How f32 shards travel (f32, bf16, or int8/int4 blockwise). Default f32. Ignored for
+   * Uint16Array (raw bf16 words) and Uint32Array (raw 32-bit words) input.
+   */
   wire?: Wire
   scope?: Scope
 }
@@ -82,6 +85,8 @@ export interface Collective {
   /** Ring all-gather: `mine` is this rank's shard; every member gets all `length` elements. */
   allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
   allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
+  /** Raw 32-bit words (integer records), bit for bit, in f32's chunks and byte counts (encoding u32). */
+  allGather(mine: Uint32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint32Array>>
   /** Ring reduce-scatter: `x` is this rank's whole vector; returns the sum of everyone's shard of this rank. */
   reduceScatter(x: Float32Array, opts?: ReduceOptions): Promise<CollectiveResult<Float32Array>>
   /** Reduce-scatter then all-gather (f32) on the ring: every member gets the same sums. */
@@ -149,12 +154,9 @@ function reduceWire(w: Wire | undefined): Wire {
   return wire
 }
 
-function allGatherOn(
-  core: CollectiveCore,
-  mine: Float32Array | Uint16Array,
-  length: number,
-  opts: GatherOptions
-): Promise<CollectiveResult<Float32Array | Uint16Array>> {
+type GatherWords = Float32Array | Uint16Array | Uint32Array
+
+function allGatherOn(core: CollectiveCore, mine: GatherWords, length: number, opts: GatherOptions): Promise<CollectiveResult<GatherWords>> {
   checkLength(length)
   const scope = opts.scope ?? 'all'
   checkWindow(length, scope, opts.window)
@@ -163,22 +165,20 @@ function allGatherOn(
   const wire = opts.wire ?? F32_WIRE
   validateWire(wire)
   const plan = ringPlan(core, length, scope, 0, opts.window)
-  if (mine instanceof Uint16Array) {
-    const out = new Uint16Array(length)
-    return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
-      const go = ringAllGather(op, plan, { kind: 'raw16', mine, out })
-      op.ready()
-      await go()
-      return out
-    })
-  }
-  const out = new Float32Array(length)
+  const input = gatherInput(mine, length, wire)
   return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
-    const go = ringAllGather(op, plan, { kind: 'f32', wire, mine, out })
+    const go = ringAllGather(op, plan, input)
     op.ready()
     await go()
-    return out
+    return input.out
   })
+}
+
+/** The ring's input for `mine`, with a fresh output of `length` elements of the same type. */
+function gatherInput(mine: GatherWords, length: number, wire: Wire): GatherInput {
+  if (mine instanceof Uint16Array) return { kind: 'raw16', mine, out: new Uint16Array(length) }
+  if (mine instanceof Uint32Array) return { kind: 'raw32', mine, out: new Uint32Array(length) }
+  return { kind: 'f32', wire, mine, out: new Float32Array(length) }
 }
 
 function reduceScatterOn(core: CollectiveCore, x: Float32Array, opts: ReduceOptions): Promise<CollectiveResult<Float32Array>> {
@@ -236,7 +236,8 @@ export function createCollective(init: CollectiveInit): Collective {
   const core = new CollectiveCore(init)
   function allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
   function allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
-  function allGather(mine: Float32Array | Uint16Array, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<Float32Array | Uint16Array>> {
+  function allGather(mine: Uint32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint32Array>>
+  function allGather(mine: GatherWords, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<GatherWords>> {
     return allGatherOn(core, mine, length, opts)
   }
   return {

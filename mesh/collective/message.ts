@@ -34,8 +34,11 @@ const HEADER = COLLECTIVE_LIMITS.headerBytes
 export const OP_KINDS = Object.freeze({ allGather: 1, reduceScatter: 2, allReduce: 3, hierReduceScatter: 4 })
 export type OpKind = keyof typeof OP_KINDS
 
-/** Wire codes of the body encodings. Never renumber. */
-export const ENCODINGS = Object.freeze({ f32: 1, bf16: 2, q8: 3, q4: 4 })
+/**
+ * Wire codes of the body encodings. Never renumber. `u32` is raw 32-bit words (integer
+ * protocol records), carried bit for bit like bf16 words are.
+ */
+export const ENCODINGS = Object.freeze({ f32: 1, bf16: 2, q8: 3, q4: 4, u32: 5 })
 export type EncodingCode = (typeof ENCODINGS)[keyof typeof ENCODINGS]
 
 export interface MessageHeader {

@@ -1,7 +1,7 @@
 import type { Range } from '../../core/index.ts'
-import { ENCODINGS } from './message.ts'
+import { ENCODINGS, type MessageHeader } from './message.ts'
 import { Slots, type OpApi, type Payload } from './op.ts'
-import { blockSizeOf, checkBody, chunkElementsOf, decodeBody, encodeBody, encodingOf, type Wire } from './wire.ts'
+import { BF16_WIRE, F32_WIRE, blockSizeOf, checkBody, checkWords, chunkElementsOf, decodeBody, encodeBody, encodingOf, type Wire } from './wire.ts'
 
 /**
  * Bandwidth-optimal ring algorithms over a group of ranks in ring order. Each shard is cut
@@ -35,24 +35,45 @@ export function chunksOf(n: number, per: number): Array<[number, number]> {
 
 const mod = (a: number, q: number): number => ((a % q) + q) % q
 
-/** Unquantized bf16 words travel as-is (kind 'raw16'); f32 input travels as `wire`. */
-export type GatherInput = { kind: 'f32'; wire: Wire; mine: Float32Array; out: Float32Array } | { kind: 'raw16'; mine: Uint16Array; out: Uint16Array }
+/**
+ * What an all-gather carries: f32 input travels as `wire`; unquantized bf16 words travel
+ * as-is (kind 'raw16'); raw 32-bit words (kind 'raw32', integer records) travel as-is in
+ * f32's chunks and byte counts.
+ */
+export type GatherInput =
+  | { kind: 'f32'; wire: Wire; mine: Float32Array; out: Float32Array }
+  | { kind: 'raw16'; mine: Uint16Array; out: Uint16Array }
+  | { kind: 'raw32'; mine: Uint32Array; out: Uint32Array }
 
-function gatherCodec(
-  g: GatherInput,
-  chunkBytes: number
-): {
+interface GatherCodec {
   per: number
   encode: (off: number, n: number) => Payload
+  /** Checks a received header for `n` elements (ProtocolError otherwise). */
+  check: (h: MessageHeader, n: number) => void
   decodeInto: (body: Uint8Array, at: number, n: number) => void
-} {
+}
+
+function gatherCodec(g: GatherInput, chunkBytes: number): GatherCodec {
   if (g.kind === 'raw16') {
     return {
       per: Math.max(1, Math.floor(chunkBytes / 2)),
       encode: (off, n) => ({ encoding: ENCODINGS.bf16, blockSize: 0, elements: n, body: new Uint8Array(g.mine.slice(off, off + n).buffer) }),
+      check: (h, n) => checkBody(BF16_WIRE, h, n),
       decodeInto: (body, at, n) => {
         const src = body.byteOffset % 2 === 0 ? body : body.slice()
         g.out.set(new Uint16Array(src.buffer, src.byteOffset, n), at)
+      }
+    }
+  }
+  if (g.kind === 'raw32') {
+    const out = g.out
+    return {
+      per: chunkElementsOf(F32_WIRE, chunkBytes),
+      encode: (off, n) => ({ encoding: ENCODINGS.u32, blockSize: 0, elements: n, body: new Uint8Array(g.mine.slice(off, off + n).buffer) }),
+      check: checkWords,
+      decodeInto: (body, at, n) => {
+        const src = body.byteOffset % 4 === 0 ? body : body.slice()
+        out.set(new Uint32Array(src.buffer, src.byteOffset, n), at)
       }
     }
   }
@@ -60,12 +81,9 @@ function gatherCodec(
   return {
     per: chunkElementsOf(w, chunkBytes),
     encode: (off, n) => ({ encoding: encodingOf(w), blockSize: blockSizeOf(w), elements: n, body: encodeBody(w, g.mine.subarray(off, off + n)) }),
+    check: (h, n) => checkBody(w, h, n),
     decodeInto: (body, at, n) => decodeBody(w, body, g.out.subarray(at, at + n), false)
   }
-}
-
-function wireOf(g: GatherInput): Wire {
-  return g.kind === 'raw16' ? { kind: 'bf16' } : g.wire
 }
 
 /**
@@ -82,7 +100,6 @@ export function ringAllGather(op: OpApi, plan: RingPlan, g: GatherInput): () => 
   let expected = 0
   for (let s = 0; s < Q - 1; s++) expected += chunks(mod(pos - 1 - s, Q)).length
   if (Q > 1) op.expect(prev, phase, expected)
-  const w = wireOf(g)
   return async () => {
     const own = chunks(pos).map(([off, n]) => codec.encode(off, n))
     // Own shard: what every other member will decode from the same bytes.
@@ -111,7 +128,7 @@ export function ringAllGather(op: OpApi, plan: RingPlan, g: GatherInput): () => 
           const [off, n] = list[c]!
           const m = await op.recv(prev, phase, index++)
           op.check(prev, () => {
-            checkBody(w, m.header, n)
+            codec.check(m.header, n)
             codec.decodeInto(m.body, part(j).start + off, n)
           })
           if (s < Q - 2)

@@ -85,10 +85,19 @@ export function encodeBody(w: Wire, src: Float32Array): Uint8Array {
 
 /** Checks that a received header carries `n` elements in `w`'s encoding; ProtocolError otherwise. */
 export function checkBody(w: Wire, h: MessageHeader, n: number): void {
-  if (h.encoding !== encodingOf(w) || h.blockSize !== blockSizeOf(w) || h.elements !== n || h.bodyBytes !== bodyBytesOf(w, n)) {
+  checkShape(h, n, encodingOf(w), blockSizeOf(w), bodyBytesOf(w, n))
+}
+
+/** Checks that a received header carries `n` raw 32-bit words (encoding u32, 4n body bytes); ProtocolError otherwise. */
+export function checkWords(h: MessageHeader, n: number): void {
+  checkShape(h, n, ENCODINGS.u32, 0, 4 * n)
+}
+
+function checkShape(h: MessageHeader, n: number, encoding: EncodingCode, blockSize: number, bodyBytes: number): void {
+  if (h.encoding !== encoding || h.blockSize !== blockSize || h.elements !== n || h.bodyBytes !== bodyBytes) {
     throw new ProtocolError(
       'COLLECTIVE_SHAPE_MISMATCH',
-      `expected ${n} elements as encoding ${encodingOf(w)}/${blockSizeOf(w)} (${bodyBytesOf(w, n)} bytes), got ${h.elements} as ${h.encoding}/${h.blockSize} (${h.bodyBytes} bytes)`,
+      `expected ${n} elements as encoding ${encoding}/${blockSize} (${bodyBytes} bytes), got ${h.elements} as ${h.encoding}/${h.blockSize} (${h.bodyBytes} bytes)`,
       { expected: n, got: h.elements }
     )
   }

@@ -77,10 +77,11 @@ function shardMessage(patch: Partial<MessageHeader> = {}, body?: Uint8Array): Ui
   )
 }
 
-async function expectProtocolFailure(t: import('ava').ExecutionContext, bytes: Uint8Array, code: string): Promise<void> {
+/** `a`'s all-gather of N elements (its 5 as f32 unless `mine` is given) fails with ProtocolError `code` when `evil` writes `bytes`. */
+async function expectProtocolFailure(t: import('ava').ExecutionContext, bytes: Uint8Array, code: string, mine?: Uint32Array): Promise<void> {
   const { a, write, stop } = await setup()
   try {
-    const call = a.allGather(new Float32Array(5).fill(1), N, { step: 9 })
+    const call = mine === undefined ? a.allGather(new Float32Array(5).fill(1), N, { step: 9 }) : a.allGather(mine, N, { step: 9 })
     await write(bytes)
     const err = await t.throwsAsync(call, { instanceOf: CollectiveError })
     t.is(err?.reason, 'protocol')
@@ -99,6 +100,12 @@ test('a message of another operation kind is a protocol error', t =>
   expectProtocolFailure(t, shardMessage({ kind: OP_KINDS.reduceScatter }), 'COLLECTIVE_WRONG_OP'))
 test('a message of the wrong size is a protocol error', t =>
   expectProtocolFailure(t, shardMessage({ elements: 4 }, new Uint8Array(16)), 'COLLECTIVE_SHAPE_MISMATCH'))
+test('raw u32 words where f32 is expected are a protocol error (same byte count, other encoding)', t =>
+  expectProtocolFailure(t, shardMessage({ encoding: ENCODINGS.u32 }), 'COLLECTIVE_SHAPE_MISMATCH'))
+test('f32 where raw u32 words are expected is a protocol error', t =>
+  expectProtocolFailure(t, shardMessage(), 'COLLECTIVE_SHAPE_MISMATCH', new Uint32Array(5).fill(1)))
+test('u32 words of the wrong size are a protocol error', t =>
+  expectProtocolFailure(t, shardMessage({ encoding: ENCODINGS.u32, elements: 5 }, new Uint8Array(16)), 'COLLECTIVE_SHAPE_MISMATCH', new Uint32Array(5)))
 test('a message claiming another source rank is a protocol error', t => expectProtocolFailure(t, shardMessage({ src: 0 }), 'COLLECTIVE_WRONG_SOURCE'))
 test('a message beyond the expected count is a protocol error', t => expectProtocolFailure(t, shardMessage({ index: 1 }), 'COLLECTIVE_UNEXPECTED'))
 test('garbage bytes are a protocol error', t => expectProtocolFailure(t, new Uint8Array(100).fill(0x41), 'COLLECTIVE_BAD_MAGIC'))

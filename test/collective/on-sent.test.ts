@@ -26,6 +26,20 @@ test('onSent reports every message a collective sends: operation, encoding, step
       sent.some(s => s.tier === 'wan'),
       'two zones: some messages cross them'
     )
+    // Raw 32-bit words are reported as encoding u32, with the bytes of the same gather as f32.
+    const before = sent.length
+    const words = await Promise.all(g.colls.map((c, r) => c.allGather(Uint32Array.of(r, 0xffffffff), 2 * P, { step: 4 })))
+    const wordsSent = sent.slice(before)
+    t.true(wordsSent.length > 0)
+    t.true(wordsSent.every(s => s.op === 'allGather' && s.encoding === 'u32' && s.step === 4))
+    t.deepEqual(
+      wordsSent.map(s => s.bytes),
+      sent.slice(0, before).map(s => s.bytes)
+    )
+    t.is(
+      wordsSent.reduce((a, s) => a + s.bytes, 0),
+      words.reduce((a, r) => a + r.bytes.host + r.bytes.zone + r.bytes.wan, 0)
+    )
   } finally {
     await g.stop()
   }
