@@ -11,7 +11,7 @@ export const GROW_TOPIC = 'train/grow'
  * The run grows only when every rank names the same view (views reach ranks at different
  * times; they agree at some later step boundary).
  */
-export function growProposal(p: SessionParts): Float32Array {
+export function growProposal(p: SessionParts): Uint32Array {
   const { env, rs, roster } = p
   return growCheck.encode(rs.views.growCandidate(roster, env.cfg.maxWorldSize ?? env.cfg.worldSize, env.deps.membership.view()))
 }
@@ -20,7 +20,7 @@ export function growProposal(p: SessionParts): Float32Array {
  * Every rank's proposals (the `grow_check` all-gather): on agreement, this rank keeps its
  * state for the new ranks and its announcement for the spares, and returns the growth.
  */
-export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Float32Array, s: number): { growth: Growth; msg: Uint8Array } | undefined {
+export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Uint32Array, s: number): { growth: Growth; msg: Uint8Array } | undefined {
   const proposals = growCheck.decode(all, p.P)
   const first = proposals[0]!
   if (!(first.epoch > 0 && proposals.every(x => x.epoch === first.epoch && x.count === first.count))) return undefined

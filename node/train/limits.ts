@@ -38,6 +38,6 @@ export const TRAIN_LIMITS = Object.freeze({
   maxRosterMembers: COLLECTIVE_LIMITS.maxGroupSize,
   /** Characters of a member's id, zone and host label in a roster announcement. */
   maxRosterLabelChars: 128,
-  /** Integers carried in f32 protocol records must be exact in f32. */
+  /** Integers in the trainer's all-gather records (u32 words) stay below this (NONE, all bits set, marks an empty slot). */
   maxRecordInteger: 2 ** 24
 })

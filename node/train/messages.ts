@@ -4,17 +4,19 @@ import { TRAIN_LIMITS } from './limits.ts'
 /**
  * The trainer's protocol messages, each with one schema read and written here only.
  *
- * All-gather records travel as f32 words (the collectives' f32 wire): a rank contributes a
- * fixed number of words per message, so the bytes on the wire (and the simulator's timing,
- * which depends on them) are those of the layout below. Integers are written as f32 and must
- * be exact in f32 (below 2^24); decoding checks the length, integrality and range of every
- * word and throws {@link TrainMessageError} otherwise.
+ * All-gather records travel as raw 32-bit words (the collectives' u32 all-gather): a rank
+ * contributes a fixed number of words per message, so the bytes on the wire (and the
+ * simulator's timing, which depends on them) are those of the layout below. Integers are
+ * unsigned words below {@link TRAIN_LIMITS}.maxRecordInteger; {@link NONE} (all bits set)
+ * marks an empty slot. Decoding checks the length and range of every word and throws
+ * {@link TrainMessageError} otherwise.
  *
  *   grow_check        2 words per rank: view epoch, ranks to add (0, 0: no proposal)
- *   recovery_point    K words per old rank (K = snapshot manifests per owner): known versions, -1 for none
+ *   recovery_point    K words per old rank (K = snapshot manifests per owner): known versions, NONE for none
  *   recovery_verdict  1 word per rank: 1 when its snapshot load found one unrecoverable, else 0
- *   resume_index      DISK_SLOTS x (step, old rank, old world size) per rank, -1 x 3 for an empty slot
- *   *_state           2 + 3L words per rank: old rank, step, then weights, AdamW m, v (L each); all -1 when it holds none
+ *   resume_index      DISK_SLOTS x (step, old rank, old world size) per rank, NONE x 3 for an empty slot
+ *   *_state           2 + 3L words per rank: old rank, step, then weights, AdamW m, v (L f32 each, their
+ *                     bits as words); all NONE when it holds none
  *
  * Gossip messages are little-endian u32 records: `train/done` (step), `train/grow` (epoch,
  * count, step); `train/roster` is JSON (roster.ts).
@@ -25,18 +27,22 @@ export class TrainMessageError extends ProtocolError {
   static override name = 'TrainMessageError'
 }
 
+/** The word of an empty slot (decoded as -1 where a field may be empty). */
+export const NONE = 0xffffffff
+
 const MAX = TRAIN_LIMITS.maxRecordInteger
 
-/** Reads word `i` of `words` as an integer in [min, MAX). */
-function intAt(label: string, words: Float32Array, i: number, min: number): number {
+/** Reads word `i` of `words` as an integer in [min, MAX); with min -1, {@link NONE} reads as -1. */
+function intAt(label: string, words: Uint32Array, i: number, min: number): number {
   const v = words[i]!
-  if (!Number.isInteger(v) || v < min || v >= MAX) {
+  if (v === NONE && min < 0) return -1
+  if (v < min || v >= MAX) {
     throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `${label}: word ${i} is ${v}, not an integer in [${min}, ${MAX})`, { label, index: i })
   }
   return v
 }
 
-/** Writes an integer that must be exact in f32. */
+/** Checks an integer to be written as a word. */
 function word(label: string, v: number, min: number): number {
   if (!Number.isInteger(v) || v < min || v >= MAX) {
     throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `${label}: ${v} is not an integer in [${min}, ${MAX})`, { label })
@@ -44,7 +50,7 @@ function word(label: string, v: number, min: number): number {
   return v
 }
 
-function checkLength(label: string, words: Float32Array, want: number): void {
+function checkLength(label: string, words: Uint32Array, want: number): void {
   if (words.length !== want) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `${label}: ${words.length} words, expected ${want}`, { label })
 }
 
@@ -58,20 +64,20 @@ export interface GrowProposal {
 export const growCheck = {
   label: 'grow_check',
   words: 2,
-  encode(p: GrowProposal | undefined): Float32Array {
-    return Float32Array.of(word('grow_check', p?.epoch ?? 0, 0), word('grow_check', p?.count ?? 0, 0))
+  encode(p: GrowProposal | undefined): Uint32Array {
+    return Uint32Array.of(word('grow_check', p?.epoch ?? 0, 0), word('grow_check', p?.count ?? 0, 0))
   },
-  decode(all: Float32Array, P: number): GrowProposal[] {
+  decode(all: Uint32Array, P: number): GrowProposal[] {
     checkLength('grow_check', all, 2 * P)
     return Array.from({ length: P }, (_, r) => ({ epoch: intAt('grow_check', all, 2 * r, 0), count: intAt('grow_check', all, 2 * r + 1, 0) }))
   }
 }
 
-/** `recovery_point`: per old rank, the newest complete snapshot versions a rank knows (K slots, -1 for none). */
+/** `recovery_point`: per old rank, the newest complete snapshot versions a rank knows (K slots, NONE for none). */
 export const recoveryPoint = {
   label: 'recovery_point',
-  encode(known: ReadonlyArray<readonly number[]>, K: number): Float32Array {
-    const out = new Float32Array(known.length * K).fill(-1)
+  encode(known: ReadonlyArray<readonly number[]>, K: number): Uint32Array {
+    const out = new Uint32Array(known.length * K).fill(NONE)
     known.forEach((vs, i) =>
       vs.slice(0, K).forEach((v, j) => {
         out[i * K + j] = word('recovery_point', v, 0)
@@ -80,7 +86,7 @@ export const recoveryPoint = {
     return out
   },
   /** Per old rank, the versions any rank knows. */
-  decode(all: Float32Array, P: number, oldP: number, K: number): Array<Set<number>> {
+  decode(all: Uint32Array, P: number, oldP: number, K: number): Array<Set<number>> {
     checkLength('recovery_point', all, P * oldP * K)
     const sets = Array.from({ length: oldP }, () => new Set<number>())
     for (let i = 0; i < oldP; i++) {
@@ -98,11 +104,11 @@ export const recoveryPoint = {
 /** `recovery_verdict`: whether each rank's snapshot load found one unrecoverable. */
 export const recoveryVerdict = {
   label: 'recovery_verdict',
-  encode(unrecoverable: boolean): Float32Array {
-    return Float32Array.of(unrecoverable ? 1 : 0)
+  encode(unrecoverable: boolean): Uint32Array {
+    return Uint32Array.of(unrecoverable ? 1 : 0)
   },
   /** The first rank that reported an unrecoverable snapshot, or -1. */
-  decode(all: Float32Array, P: number): number {
+  decode(all: Uint32Array, P: number): number {
     checkLength('recovery_verdict', all, P)
     for (let r = 0; r < P; r++) {
       const v = all[r]!
@@ -124,17 +130,17 @@ export interface DiskFile {
 export const resumeIndex = {
   label: 'resume_index',
   slots: TRAIN_LIMITS.diskSlots,
-  encode(files: ReadonlyArray<DiskFile | undefined>): Float32Array {
+  encode(files: ReadonlyArray<DiskFile | undefined>): Uint32Array {
     const S = TRAIN_LIMITS.diskSlots
     if (files.length > S) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `resume_index: ${files.length} files, at most ${S}`)
-    const out = new Float32Array(S * 3).fill(-1)
+    const out = new Uint32Array(S * 3).fill(NONE)
     files.forEach((f, i) => {
       if (f !== undefined) out.set([word('resume_index', f.step, 0), word('resume_index', f.rank, 0), word('resume_index', f.worldSize, 1)], i * 3)
     })
     return out
   },
   /** Per member (index), the files it offers. */
-  decode(all: Float32Array, P: number): DiskFile[][] {
+  decode(all: Uint32Array, P: number): DiskFile[][] {
     const S = TRAIN_LIMITS.diskSlots
     checkLength('resume_index', all, P * S * 3)
     return Array.from({ length: P }, (_, r) => {
@@ -159,28 +165,33 @@ export interface OfferedState {
   adamV: Float32Array
 }
 
-/** `resume_state` / `grow_state`: one slot per member of (old rank, step, weights, m, v), L elements each. */
+/**
+ * `resume_state` / `grow_state`: one slot per member of (old rank, step, weights, m, v), L
+ * elements each. The vectors are f32 written and read through a Float32Array view of the
+ * words' buffer, so their bits travel unchanged.
+ */
 export const stateSlot = {
   header: 2,
   words: (L: number): number => 2 + 3 * L,
-  encode(label: string, own: OfferedState | undefined, L: number): Float32Array {
-    const buf = new Float32Array(2 + 3 * L).fill(-1)
+  encode(label: string, own: OfferedState | undefined, L: number): Uint32Array {
+    const buf = new Uint32Array(2 + 3 * L).fill(NONE)
     if (own !== undefined) {
       buf[0] = word(label, own.rank, 0)
       buf[1] = word(label, own.step, 0)
-      buf.set(own.weights, 2)
-      buf.set(own.adamM, 2 + L)
-      buf.set(own.adamV, 2 + 2 * L)
+      const f = new Float32Array(buf.buffer, buf.byteOffset, buf.length)
+      f.set(own.weights, 2)
+      f.set(own.adamM, 2 + L)
+      f.set(own.adamV, 2 + 2 * L)
     }
     return buf
   },
   /**
    * Member `r`'s slot: undefined when it offers none, else its old rank and step and a
-   * reader of its three vectors (the first `len` elements of each).
+   * reader of its three vectors (a copy of the first `len` elements of each).
    */
   decode(
     label: string,
-    all: Float32Array,
+    all: Uint32Array,
     P: number,
     L: number,
     r: number
@@ -191,7 +202,8 @@ export const stateSlot = {
     const rank = intAt(label, all, at, -1)
     if (rank < 0) return undefined
     const step = intAt(label, all, at + 1, 0)
-    return { rank, step, part: (k, len) => all.slice(at + 2 + k * L, at + 2 + k * L + Math.min(len, L)) }
+    const f = new Float32Array(all.buffer, all.byteOffset, all.length)
+    return { rank, step, part: (k, len) => f.slice(at + 2 + k * L, at + 2 + k * L + Math.min(len, L)) }
   }
 }
 

@@ -40,7 +40,7 @@ export function cutShard(env: TrainerEnv, states: readonly RankState[], step: nu
  * gossiped, so a rank may lag; captures can be superseded, so owners skip different steps:
  * the recovery point must be one every owner placed).
  */
-function knownVersions(env: TrainerEnv, rs: RunState, old: Member[], K: number): Float32Array {
+function knownVersions(env: TrainerEnv, rs: RunState, old: Member[], K: number): Uint32Array {
   const svc = rs.snapshots!
   return recoveryPoint.encode(
     old.map(m => {
