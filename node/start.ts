@@ -203,9 +203,9 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
   // Before membership starts: a cold NVRTC compile blocks this thread for seconds, which
   // peers would read as a dead node (seen on a fresh GPU host: the worker was dropped and
   // replaced from the snapshots at step 0).
-  const t0 = performance.now()
+  const t0 = parts.clock.monotonic()
   backend.warmup()
-  if (cfg.device === 'cuda') emit({ type: 'kernels', seconds: (performance.now() - t0) / 1000 })
+  if (cfg.device === 'cuda') emit({ type: 'kernels', seconds: (parts.clock.monotonic() - t0) / 1000 })
   const T = Math.min(cfg.seq, model.maxT)
   const recoveries = recoveryReporter(emit)
   const trainer = new Trainer(

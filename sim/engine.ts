@@ -164,7 +164,9 @@ export class Simulation {
         const next = this.clock.nextTimerAt()
         if (next === undefined) {
           // Nothing is scheduled in simulated time: wait a real millisecond for the code under
-          // test (which runs on real time in this mode) to schedule something.
+          // test (which runs on real time in this mode) to schedule something. This is the one
+          // real timer outside core/: autoAdvance bridges simulated time to code written against
+          // real time, so it must yield to the host's event loop, which no injected clock can do.
           await new Promise(resolve => setTimeout(resolve, 1))
           continue
         }

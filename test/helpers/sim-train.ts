@@ -8,7 +8,7 @@ import { silentLogger } from '../../core/index.ts'
 import { CpuBackend } from '../../gpu/index.ts'
 import type { Membership, PeerNet } from '../../mesh/index.ts'
 import { MembershipWorld } from '../../sim/index.ts'
-import { Trainer, type TrainConfig, type TrainStatus } from '../../node/index.ts'
+import { createTrainingWorkload, type TrainConfig, type TrainingWorkload, type TrainStatus } from '../../node/index.ts'
 import { corpus } from './train-mesh.ts'
 
 /** One simulated node as a hook sees it. */
@@ -105,11 +105,11 @@ export async function simTrain(n: number, cfg: TrainConfig, o: SimTrainOptions):
   let killedOnce = false
   let lateBooting = false
   const settled = new Map<number, TrainStatus | Error>()
-  const trainers: Trainer[] = []
+  const trainers: TrainingWorkload[] = []
   const start = async (i: number): Promise<void> => {
     const boot = w.boot(w.nodes[i]!)
     const x = w.nodes[i]!
-    const trainer = new Trainer(
+    const trainer = createTrainingWorkload(
       {
         backend: new CpuBackend(),
         net: o.wrapNet?.(i, x.net) ?? x.net,
