@@ -14,7 +14,9 @@
  * - "acc" parameters are accumulated into (`+=`), everything else is overwritten. Gradients
  *   of parameters always accumulate, so micro-batches can be summed without extra kernels.
  * - Ops on one backend run in issue order on its default stream; `read` and `synchronize`
- *   wait for everything issued before them.
+ *   wait for everything issued before them (they block the thread). `download` copies to the
+ *   host on a second stream and `fence` marks a point in the stream: both return a
+ *   {@link Fence} that a caller awaits without blocking the thread.
  * - Every op validates dtypes and sizes before touching memory and throws
  *   `InvalidArgumentError` naming the op and the argument on a mismatch.
  * - Compute dtype: `f32` everywhere on CPU; the CUDA backend also runs the activation ops and
@@ -36,6 +38,18 @@ export interface Tensor {
 
 /** Host typed array matching a dtype: f32 → Float32Array, bf16 → Uint16Array (raw bits), i32 → Int32Array, u8 → Uint8Array. */
 export type HostArray = Float32Array | Uint16Array | Int32Array | Uint8Array
+
+/**
+ * A point in a backend's work: passed once the device has done everything issued before it
+ * (and, for a download, the copy). The CPU backend works synchronously: its fences are passed
+ * when made. Fences are how a caller waits for the device without blocking its event loop.
+ */
+export interface Fence {
+  /** True once passed; never blocks. Raises what the device reported for the work (DeviceError, a kernel's flagged error). */
+  passed(): boolean
+  /** Resolves once passed, polling without blocking the thread; rejects with the device's error or an AbortError. */
+  wait(options?: { signal?: AbortSignal }): Promise<void>
+}
 
 export interface AdamWParams {
   lr: number
@@ -91,6 +105,24 @@ export interface Backend {
   copy(dst: Tensor, src: Tensor): void
   /** Waits for all issued work. */
   synchronize(): void
+  /** A fence for all work issued so far. */
+  fence(): Fence
+  /**
+   * Host memory that the device copies into asynchronously: page-locked (`cuMemHostAlloc`) on
+   * CUDA, a plain typed array on the CPU. Zero-filled. Released by {@link freeHost} or dispose;
+   * pinned bytes are capped (LimitExceededError).
+   */
+  hostAlloc(dtype: TensorDType, length: number): HostArray
+  /** Releases an array from {@link hostAlloc} (a no-op for anything else on the CPU backend). */
+  freeHost(a: HostArray): void
+  /**
+   * Starts copying `src`, as it is after all work issued before, into `dst` (an array from
+   * this backend's {@link hostAlloc} of src's host type) at element `dstOffset`. Work issued
+   * afterwards runs alongside the copy and may overwrite `src` at once (CUDA stages a device
+   * copy first and copies to the host on a stream of its own). Read `dst` only once the
+   * returned fence has passed.
+   */
+  download(dst: HostArray, src: Tensor, dstOffset?: number): Fence
   /** Frees everything; the backend is unusable afterwards. */
   dispose(): void
   /**

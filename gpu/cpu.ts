@@ -9,8 +9,20 @@ import {
   bf16ToF32,
   type Quantized
 } from '../codec/index.ts'
-import type { AdamWParams, Backend, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
-import { allocSize, checkFinite, checkGemmOperands, checkInt, fail, gemmShape, isHostOf, shapeLength } from './validate.ts'
+import type { AdamWParams, Backend, Fence, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
+import {
+  PASSED_FENCE,
+  allocSize,
+  checkDownload,
+  checkFinite,
+  checkGemmOperands,
+  checkInt,
+  fail,
+  gemmShape,
+  hostArrayOf,
+  isHostOf,
+  shapeLength
+} from './validate.ts'
 
 /**
  * The CPU reference backend: plain TypeScript over typed arrays, llm.c semantics.
@@ -127,21 +139,7 @@ export class CpuBackend implements Backend {
     this.live_('alloc')
     const { n, bytes } = allocSize(dtype, shape, CPU_LIMITS.maxRank, 'cpu tensor bytes', this.maxTensorBytes)
     checkCap('cpu backend total bytes', this.liveBytes + bytes, this.maxTotalBytes)
-    let data: Storage
-    switch (dtype) {
-      case 'f32':
-        data = new Float32Array(n)
-        break
-      case 'bf16':
-        data = new Uint16Array(n)
-        break
-      case 'i32':
-        data = new Int32Array(n)
-        break
-      case 'u8':
-        data = new Uint8Array(n)
-        break
-    }
+    const data = hostArrayOf(dtype, n)
     const a: Allocation = { bytes, freed: false }
     this.live.add(a)
     this.liveBytes += bytes
@@ -211,6 +209,30 @@ export class CpuBackend implements Backend {
 
   synchronize(): void {
     this.live_('synchronize')
+  }
+
+  // Synchronous: every op is done when it returns, so each fence is passed when made.
+  fence(): Fence {
+    this.live_('fence')
+    return PASSED_FENCE
+  }
+
+  hostAlloc(dtype: TensorDType, length: number): HostArray {
+    this.live_('hostAlloc')
+    const { n } = allocSize(dtype, [length], 1, 'cpu host array bytes', this.maxTensorBytes)
+    return hostArrayOf(dtype, n)
+  }
+
+  freeHost(_a: HostArray): void {
+    this.live_('freeHost') // garbage-collected memory: nothing to release
+  }
+
+  download(dst: HostArray, src: Tensor, dstOffset = 0): Fence {
+    this.live_('download')
+    const s = this.arg('download', 'src', src, ['f32', 'bf16', 'i32', 'u8'])
+    checkDownload(dst, s.dtype, s.length, dstOffset)
+    dst.set(s.data as never, dstOffset)
+    return PASSED_FENCE
   }
 
   warmup(): void {

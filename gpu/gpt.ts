@@ -178,12 +178,19 @@ export function gptBuckets(layout: GptLayout): GptBucket[] {
   ]
 }
 
-/** What a streamed pass asks of its caller. */
+/**
+ * What a streamed pass asks of its caller. Both sides are tensors of the model's backend, so
+ * a caller whose weights already live on the device copies them there without a host trip.
+ */
 export interface GptStream {
-  /** The f32 weights of bucket j ({@link gptBuckets}), its whole range, needed now. */
-  load(j: number): Promise<Float32Array>
-  /** Bucket j's gradient is complete (a copy: the caller's to keep). Backward only. */
-  grad?(j: number, g: Float32Array): void
+  /** Bucket j ({@link gptBuckets}) is needed now: write its f32 weights, its whole range, into `dst` (issued on the model's backend before this resolves). */
+  load(j: number, dst: Tensor): Promise<void>
+  /**
+   * Bucket j's gradient is complete in `g` (f32, the bucket's range). Backward only. `g` is
+   * reused for a later bucket: copy what you keep before returning (a copy or download issued
+   * on the model's backend now is ordered before that reuse).
+   */
+  grad?(j: number, g: Tensor): void
 }
 
 /** AdamW settings for {@link Gpt.update}; omitted fields take llm.c's defaults. */
@@ -565,7 +572,7 @@ export class Gpt {
           await this.fill(e.value.load, stream)
           be.fill(s.blocks[(e.value.load - 1) % 2]!.grad, 0)
         } else {
-          stream.grad?.(e.value.grad, be.read(this.slotOf(e.value.grad).grad) as Float32Array)
+          stream.grad?.(e.value.grad, this.slotOf(e.value.grad).grad)
         }
       }
     } finally {
@@ -583,14 +590,7 @@ export class Gpt {
   /** Stream mode: puts bucket j's weights (from the caller) into its slot. */
   private async fill(j: number, stream: GptStream): Promise<void> {
     const slot = this.slotOf(j)
-    const b = this.buckets[j]!
-    const data = await stream.load(j)
-    if (!(data instanceof Float32Array) || data.length !== b.end - b.start) {
-      throw new InvalidArgumentError(
-        `gpt: bucket ${b.name} needs a Float32Array of ${b.end - b.start} weights, got ${data instanceof Float32Array ? data.length : typeof data}`
-      )
-    }
-    this.backend.write(slot.f32, data)
+    await stream.load(j, slot.f32)
     if (slot.lowp !== null) this.backend.cast(slot.lowp, slot.f32)
   }
 

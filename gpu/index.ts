@@ -14,6 +14,7 @@ export {
   type Tensor,
   type TensorDType,
   type HostArray,
+  type Fence,
   type AdamWParams,
   type GemmParams,
   TENSOR_DTYPE_BYTES

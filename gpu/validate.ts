@@ -1,5 +1,5 @@
-import { InvalidArgumentError, checkCap } from '../core/index.ts'
-import { TENSOR_DTYPE_BYTES, type GemmParams, type TensorDType } from './backend.ts'
+import { AbortError, InvalidArgumentError, checkCap } from '../core/index.ts'
+import { TENSOR_DTYPE_BYTES, type Fence, type GemmParams, type HostArray, type TensorDType } from './backend.ts'
 
 /** Argument checks shared by the backends: each throws InvalidArgumentError naming the op. */
 export function fail(op: string, msg: string): never {
@@ -43,6 +43,34 @@ export function isHostOf(src: unknown, dtype: TensorDType): boolean {
       return src instanceof Uint8Array
   }
 }
+
+/** A host array of `dtype`'s type: new (zero-filled) or over `length` elements of `buffer` at `byteOffset`. */
+export function hostArrayOf(dtype: TensorDType, length: number, buffer?: ArrayBuffer, byteOffset = 0): HostArray {
+  const b = buffer ?? new ArrayBuffer(length * TENSOR_DTYPE_BYTES[dtype])
+  switch (dtype) {
+    case 'f32':
+      return new Float32Array(b, byteOffset, length)
+    case 'bf16':
+      return new Uint16Array(b, byteOffset, length)
+    case 'i32':
+      return new Int32Array(b, byteOffset, length)
+    case 'u8':
+      return new Uint8Array(b, byteOffset, length)
+  }
+}
+
+/** Checks download's arguments: `dst` holds `src`'s host type with room for `n` elements at `offset`. */
+export function checkDownload(dst: HostArray, dtype: TensorDType, n: number, offset: number): void {
+  if (!isHostOf(dst, dtype)) fail('download', `dst must be the host array type of a ${dtype} tensor`)
+  checkInt('download', 'dstOffset', offset, 0)
+  if (offset + n > dst.length) fail('download', `dstOffset ${offset} + ${n} elements exceeds dst's ${dst.length}`)
+}
+
+/** The fence of work that is already done (the CPU backend's). */
+export const PASSED_FENCE: Fence = Object.freeze({
+  passed: () => true,
+  wait: (options?: { signal?: AbortSignal }) => (options?.signal?.aborted === true ? Promise.reject(new AbortError('fence wait aborted')) : Promise.resolve())
+})
 
 /** Bytes per element of `dtype`; fails naming `op` when `dtype` is not a TensorDType. */
 function dtypeBytes(op: string, dtype: TensorDType): number {

@@ -1,12 +1,13 @@
 import { checkCap } from '../../core/index.ts'
 import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
-import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type GemmParams, type HostArray, type Tensor, type TensorDType } from '../backend.ts'
+import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type Fence, type GemmParams, type HostArray, type Tensor, type TensorDType } from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
-import { allocSize, checkFinite, checkGemmOperands, checkInt, fail, gemmShape, isHostOf, shapeLength } from '../validate.ts'
+import { Transfers } from './transfer.ts'
+import { allocSize, checkFinite, checkGemmOperands, checkInt, fail, gemmShape, hostArrayOf, isHostOf, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -219,6 +220,7 @@ export class CudaBackend implements Backend {
   private readonly scratch = new Map<string, Block>()
   private readonly workspace: Block
   private readonly flags: Block
+  private readonly transfers: Transfers
   private flagsPending = false
   private ceV = 0
   private readonly sm: number
@@ -240,6 +242,7 @@ export class CudaBackend implements Backend {
     this.blas = new Blas(this.libs, this.stream, this.workspace.ptr, CUDA_LIMITS.blasWorkspaceBytes)
     this.flags = this.allocator.alloc(FLAG_SLOTS * 8)
     this.resetFlags()
+    this.transfers = new Transfers(this.libs, this.stream, () => this.checkFlags())
     const gib = (init.info.memoryBytes / 2 ** 30).toFixed(1)
     this.description =
       `cuda: ${init.info.name} (sm_${init.info.computeCapability.replace('.', '')}, ${init.info.smCount} SMs, ${gib} GiB), ` +
@@ -256,6 +259,10 @@ export class CudaBackend implements Backend {
   }
   get cachedBytes(): number {
     return this.allocator.cachedBytes
+  }
+  /** Page-locked host bytes held by arrays from {@link hostAlloc}. */
+  get hostBytes(): number {
+    return this.transfers.hostBytes
   }
 
   // ---- plumbing -----------------------------------------------------------------------------
@@ -407,21 +414,7 @@ export class CudaBackend implements Backend {
   read(t: Tensor): HostArray {
     this.live_('read')
     const x = this.arg('read', 't', t, ALL)
-    let out: HostArray
-    switch (x.dtype) {
-      case 'f32':
-        out = new Float32Array(x.length)
-        break
-      case 'bf16':
-        out = new Uint16Array(x.length)
-        break
-      case 'i32':
-        out = new Int32Array(x.length)
-        break
-      case 'u8':
-        out = new Uint8Array(x.length)
-        break
-    }
+    const out = hostArrayOf(x.dtype, x.length)
     this.syncStream()
     if (x.length > 0) checkCu(this.libs, 'cuMemcpyDtoH_v2', this.libs.cu.cuMemcpyDtoH(out, x.ptr, x.bytes))
     this.checkFlags()
@@ -466,6 +459,32 @@ export class CudaBackend implements Backend {
     this.checkFlags()
   }
 
+  fence(): Fence {
+    this.live_('fence')
+    return this.transfers.fence()
+  }
+
+  hostAlloc(dtype: TensorDType, length: number): HostArray {
+    this.live_('hostAlloc')
+    return this.transfers.hostAlloc(dtype, length)
+  }
+
+  freeHost(a: HostArray): void {
+    this.live_('freeHost')
+    this.transfers.freeHost(a)
+  }
+
+  download(dst: HostArray, src: Tensor, dstOffset = 0): Fence {
+    this.live_('download')
+    const s = this.arg('download', 'src', src, ALL)
+    this.transfers.checkDestination(dst, s.dtype, s.length, dstOffset)
+    if (s.length === 0) return this.transfers.fence()
+    // The staging copy makes the download see `src` as it is now (the backend's contract).
+    const stage = this.allocator.alloc(s.bytes)
+    checkCu(this.libs, 'cuMemcpyDtoDAsync_v2', this.libs.cu.cuMemcpyDtoDAsync(stage.ptr, s.ptr, s.bytes, this.stream))
+    return this.transfers.download(dst, { ptr: stage.ptr, dtype: s.dtype, length: s.length }, dstOffset, () => this.allocator.release(stage))
+  }
+
   dispose(): void {
     if (this.disposed) return
     try {
@@ -475,6 +494,7 @@ export class CudaBackend implements Backend {
     }
     this.disposed = true
     const cu = this.libs.cu
+    this.transfers.dispose()
     this.blas.dispose()
     for (const m of this.modules.values()) cu.cuModuleUnload(m)
     this.modules.clear()

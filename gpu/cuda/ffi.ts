@@ -25,6 +25,10 @@ interface KoffiLib {
 }
 interface Koffi {
   load: (path: string) => KoffiLib
+  /** An ArrayBuffer over `len` bytes of foreign memory at `ptr`, without a copy. */
+  view: (ptr: unknown, len: number) => ArrayBuffer
+  /** The address a pointer value holds. */
+  address: (ptr: unknown) => bigint
 }
 
 export interface DriverApi {
@@ -48,6 +52,8 @@ export interface DriverApi {
   cuMemcpyHtoD: Fn
   cuMemcpyDtoH: Fn
   cuMemcpyDtoHAsync: Fn
+  /** cuMemcpyDtoHAsync_v2 with the host address as a number: into page-locked memory at an offset. */
+  cuMemcpyDtoHAsyncAddr: Fn
   cuMemcpyDtoDAsync: Fn
   cuMemsetD8Async: Fn
   cuMemsetD16Async: Fn
@@ -65,6 +71,8 @@ export interface DriverApi {
   cuEventDestroy: Fn
   cuEventRecord: Fn
   cuEventSynchronize: Fn
+  cuEventQuery: Fn
+  cuStreamWaitEvent: Fn
   cuEventElapsedTime: Fn
 }
 
@@ -172,6 +180,7 @@ export function loadCuda(): CudaLibs {
       cuMemcpyHtoD: f('int cuMemcpyHtoD_v2(uint64, const void*, size_t)'),
       cuMemcpyDtoH: f('int cuMemcpyDtoH_v2(void*, uint64, size_t)'),
       cuMemcpyDtoHAsync: f('int cuMemcpyDtoHAsync_v2(void*, uint64, size_t, void*)'),
+      cuMemcpyDtoHAsyncAddr: f('int cuMemcpyDtoHAsync_v2(uint64, uint64, size_t, void*)'),
       cuMemcpyDtoDAsync: f('int cuMemcpyDtoDAsync_v2(uint64, uint64, size_t, void*)'),
       cuMemsetD8Async: f('int cuMemsetD8Async(uint64, uint8_t, size_t, void*)'),
       cuMemsetD16Async: f('int cuMemsetD16Async(uint64, uint16_t, size_t, void*)'),
@@ -189,6 +198,8 @@ export function loadCuda(): CudaLibs {
       cuEventDestroy: f('int cuEventDestroy_v2(void*)'),
       cuEventRecord: f('int cuEventRecord(void*, void*)'),
       cuEventSynchronize: f('int cuEventSynchronize(void*)'),
+      cuEventQuery: f('int cuEventQuery(void*)'),
+      cuStreamWaitEvent: f('int cuStreamWaitEvent(void*, void*, uint32)'),
       cuEventElapsedTime: f('int cuEventElapsedTime(_Out_ float*, void*, void*)')
     }
     let nvrtc: NvrtcApi | null = null

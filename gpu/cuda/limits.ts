@@ -19,5 +19,9 @@ export const CUDA_LIMITS = Object.freeze({
   smallRoundBytes: 512,
   largeRoundBytes: 2 * 2 ** 20,
   /** Sizes up to this go to the small pool's rounding. */
-  smallPoolMaxBytes: 2 ** 20
+  smallPoolMaxBytes: 2 ** 20,
+  /** Page-locked host memory one backend holds (hostAlloc): pinned pages cannot be swapped, so a runaway caller must not take the host's memory. */
+  maxPinnedBytes: 64 * 2 ** 30,
+  /** Events (fences) one backend has created: unpolled fences keep theirs until dispose. */
+  maxEvents: 4096
 })

@@ -1,12 +1,13 @@
 import { batchFor, type Batch } from '../data.ts'
 import { callAt, type SessionParts } from './step.ts'
-import { streamBuckets, type BucketStream } from './streamer.ts'
+import type { GptStream } from '../../gpu/index.ts'
+import { streamBuckets } from './streamer.ts'
 
 /**
  * The final evaluation: a fixed held-out batch, and the final weights (f32, whatever the
  * training wire) gathered bucket by bucket from every rank's master shard.
  */
-export function finalEvaluation(p: SessionParts, final: Float32Array): { batch: Batch; stream: BucketStream } {
+export function finalEvaluation(p: SessionParts, final: Float32Array): { batch: Batch; stream: GptStream } {
   const { cfg, deps } = p.env
   const { windows, collective } = p
   const held = deps.corpus.val.length > cfg.T + 1 ? deps.corpus.val : deps.corpus.train
@@ -20,7 +21,8 @@ export function finalEvaluation(p: SessionParts, final: Float32Array): { batch: 
         ...callAt(p, cfg.steps),
         label: 'final_gather'
       }),
-    p.acct
+    p.acct,
+    p.be
   )
   return { batch, stream }
 }

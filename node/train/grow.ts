@@ -24,7 +24,8 @@ export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Uint32Array,
   const proposals = growCheck.decode(all, p.P)
   const first = proposals[0]!
   if (!(first.epoch > 0 && proposals.every(x => x.epoch === first.epoch && x.count === first.count))) return undefined
-  const read = (x: typeof t.master): Float32Array => (p.opt.read(x) as Float32Array).slice()
+  // read() returns a fresh host copy: the handoff outlives the session's tensors.
+  const read = (x: typeof t.master): Float32Array => p.be.read(x) as Float32Array
   const state: ShardState = { step: s + 1, master: read(t.master), m: read(t.m), v: read(t.v) }
   p.rs.grow.handoff = { rank: p.rank, state }
   const growth = { epoch: first.epoch, count: first.count, step: s + 1 }

@@ -1,4 +1,4 @@
-import { CpuBackend, Gpt, gptBuckets } from '../../gpu/index.ts'
+import { Gpt, gptBuckets } from '../../gpu/index.ts'
 import { CollectiveError, createCollective, createZeroComm, type Collective, type Member } from '../../mesh/index.ts'
 import { NoSnapshotError, TransferTimeoutError, UnrecoverableError } from '../../snapshot/index.ts'
 import { TrainingError, type ShardState } from './config.ts'
@@ -10,7 +10,18 @@ import { encodeRoster, type Growth } from './roster.ts'
 import { finalEvaluation } from './evaluate.ts'
 import { growCheck } from './messages.ts'
 import { SessionInterrupted, statusOf, type RunState, type TrainerEnv } from './state.ts'
-import { applyAdamW, backwardPass, bucketWindows, callAt, commitStep, forwardPass, shardTensors, type SessionParts, type ShardTensors } from './step.ts'
+import {
+  applyAdamW,
+  backwardPass,
+  bucketWindows,
+  callAt,
+  commitStep,
+  forwardPass,
+  freeShardTensors,
+  shardTensors,
+  type SessionParts,
+  type ShardTensors
+} from './step.ts'
 import { ParamAccounting } from './streamer.ts'
 
 /**
@@ -99,7 +110,6 @@ function sessionParts(
   const zero = createZeroComm(collective, cfg.zeroPP ? { qwZ: true, hpZ: true, qgZ: true } : {})
   const N = layout.length
   const shard = zero.shardOf(N)
-  const opt = new CpuBackend()
   // ZeRO-3: the model holds two block slots; each bucket is gathered when the pass reaches
   // it (the next one prefetched) and its gradient reduced as soon as it is complete.
   const model = new Gpt(deps.backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed, params: 'stream' })
@@ -117,7 +127,9 @@ function sessionParts(
     zero,
     shard,
     model,
-    opt,
+    be: deps.backend,
+    // One rank with exact wires: a gather or reduction is the identity, a device copy.
+    local: roster.length === 1 && !cfg.zeroPP,
     buckets,
     acct,
     signal,
@@ -145,11 +157,11 @@ function announceRoster(p: SessionParts): void {
 
 /** After step s committed: snapshot and disk tier, progress, the roster for late joiners. */
 function afterCommit(p: SessionParts, t: ShardTensors, s: number): void {
-  const { opt, env, rs } = p
+  const { be, env, rs } = p
   saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, () => [
-    opt.read(t.master) as Float32Array,
-    opt.read(t.m) as Float32Array,
-    opt.read(t.v) as Float32Array
+    be.read(t.master) as Float32Array,
+    be.read(t.m) as Float32Array,
+    be.read(t.v) as Float32Array
   ])
   env.deps.onStep?.(statusOf(rs))
   announceRoster(p)
@@ -184,6 +196,7 @@ export async function runSession(
   // Work between collective calls (loading snapshots) ends when the collective is poisoned:
   // when another rank gives up, this one does too, at once, and all retry together.
   const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
+  let tensors: ShardTensors | undefined
   try {
     let state = initial
     if (state === undefined && rs.plan !== undefined) {
@@ -201,6 +214,7 @@ export async function runSession(
     state ??= freshShard(env, p.shard.start, p.shard.length)
     rs.plan = undefined
     const t = shardTensors(p, state)
+    tensors = t
     rs.st.step = state.step
     rs.rosterStart = state.step
     for (let s = state.step; s < cfg.steps; s++) {
@@ -217,7 +231,7 @@ export async function runSession(
       await model.backwardStreamed(bwd.stream).catch(fail)
       rs.st.phase = `step ${s + 1}: gradient reduction`
       await Promise.all(bwd.reductions).catch(fail)
-      applyAdamW(p, t, bwd.sums, s)
+      applyAdamW(p, t, s)
       rs.st.phase = `step ${s + 1}: commit`
       // When the loss all-reduce returns, every rank has finished step s: it is committed.
       const mean = await collective.allReduce(Float32Array.of(loss), { ...callAt(p, s), label: 'loss' }).catch(fail)
@@ -233,7 +247,7 @@ export async function runSession(
         }
       }
     }
-    rs.finalShard = { start: p.shard.start, data: p.opt.read(t.master) as Float32Array }
+    rs.finalShard = { start: p.shard.start, data: p.be.read(t.master) as Float32Array }
     const ev = finalEvaluation(p, rs.finalShard.data)
     rs.st.evalLoss = await model.forwardStreamed(ev.batch.inputs, ev.batch.targets, ev.stream).catch(fail)
     // The last snapshot lands before this rank leaves, so the others can still recover it.
@@ -249,7 +263,7 @@ export async function runSession(
     throw err
   } finally {
     model.dispose()
-    p.opt.dispose()
+    if (tensors !== undefined) freeShardTensors(p, tensors)
     await collective.stop()
   }
 }

@@ -1,8 +1,8 @@
-import type { CpuBackend, Gpt, GptBucket, GptStream, Tensor } from '../../gpu/index.ts'
+import type { Backend, Fence, Gpt, GptBucket, GptStream, Tensor } from '../../gpu/index.ts'
 import type { Collective, Member, ZeroComm } from '../../mesh/index.ts'
 import { batchFor, type Batch } from '../data.ts'
 import { decaySegments, type ShardRange, type ShardState } from './config.ts'
-import { streamBuckets, type BucketStream, type ParamAccounting } from './streamer.ts'
+import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
 
 /** Where bucket j sits: its window of the flat vector, and this rank's part of it in its shard. */
@@ -14,13 +14,23 @@ export interface BucketWindow {
   n: number
 }
 
-/** The optimizer's tensors for this rank's shard, and their views per decay segment. */
+/**
+ * The optimizer's tensors for this rank's shard, on the model's backend (a CUDA rank's shard
+ * never leaves the device but for the bytes that go on the wire), and their views per decay
+ * segment.
+ */
 export interface ShardTensors {
   master: Tensor
   grad: Tensor
   m: Tensor
   v: Tensor
   segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor }>
+  /**
+   * What goes on the wire (undefined on a `local` rank): the master shard on the host for the
+   * weight gathers, downloaded after each AdamW (`ready` passes when it is there), and the
+   * landing space of every bucket's gradient on its way to the reduce-scatter.
+   */
+  wire: { master: Float32Array; ready: Fence; grads: Float32Array } | undefined
 }
 
 /** What one session's steps run on: the roster, its collectives, the model and the shard. */
@@ -35,7 +45,13 @@ export interface SessionParts {
   zero: ZeroComm
   shard: ShardRange
   model: Gpt
-  opt: CpuBackend
+  /** The model's backend: the shard and AdamW live there too. */
+  be: Backend
+  /**
+   * The rank's weights and gradients never need the wire: one rank and exact (f32) wires, so
+   * the gathers and reductions are device copies (bit-identical to the collective's identity).
+   */
+  local: boolean
   buckets: GptBucket[]
   windows: BucketWindow[]
   forwardOrder: number[]
@@ -65,76 +81,107 @@ export function bucketWindows(collective: Collective, buckets: readonly GptBucke
 
 /** Allocates the shard's optimizer tensors from `state`. */
 export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
-  const { opt, shard } = p
+  const { be, shard } = p
   const N = p.env.layout.length
-  const master = opt.alloc('f32', [shard.length])
-  const grad = opt.alloc('f32', [shard.length])
-  const m = opt.alloc('f32', [shard.length])
-  const v = opt.alloc('f32', [shard.length])
-  opt.write(master, state.master)
-  opt.write(m, state.m)
-  opt.write(v, state.v)
+  const master = be.alloc('f32', [shard.length])
+  const grad = be.alloc('f32', [shard.length])
+  const m = be.alloc('f32', [shard.length])
+  const v = be.alloc('f32', [shard.length])
+  be.write(master, state.master)
+  be.write(m, state.m)
+  be.write(v, state.v)
   const segments = decaySegments(p.env.layout, shard.start, Math.min(shard.length, Math.max(0, N - shard.start))).map(x => ({
     decay: x.decay,
-    p: opt.view(master, x.start - shard.start, [x.length]),
-    g: opt.view(grad, x.start - shard.start, [x.length]),
-    m: opt.view(m, x.start - shard.start, [x.length]),
-    v: opt.view(v, x.start - shard.start, [x.length])
+    p: be.view(master, x.start - shard.start, [x.length]),
+    g: be.view(grad, x.start - shard.start, [x.length]),
+    m: be.view(m, x.start - shard.start, [x.length]),
+    v: be.view(v, x.start - shard.start, [x.length])
   }))
-  return { master, grad, m, v, segments }
+  let wire: ShardTensors['wire']
+  if (!p.local) {
+    const host = be.hostAlloc('f32', shard.length) as Float32Array
+    wire = { master: host, ready: be.download(host, master), grads: be.hostAlloc('f32', N) as Float32Array }
+  }
+  return { master, grad, m, v, segments, wire }
 }
 
-/** The weight gathers of one pass of step s, one bucket at a time. */
-function weightGathers(p: SessionParts, t: ShardTensors, s: number, pass: 'forward' | 'backward'): (j: number) => ReturnType<ZeroComm['gatherWeights']> {
-  const { zero, opt, buckets, windows } = p
-  const own = opt.read(t.master) as Float32Array
-  const mine = (j: number): Float32Array => own.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n)
-  return j => zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, { window: windows[j]!.window, ...callAt(p, s) })
+/** Releases the shard's tensors and host buffers (the session is over). */
+export function freeShardTensors(p: SessionParts, t: ShardTensors): void {
+  for (const x of [t.master, t.grad, t.m, t.v]) p.be.free(x)
+  if (t.wire !== undefined) {
+    p.be.freeHost(t.wire.master)
+    p.be.freeHost(t.wire.grads)
+  }
+}
+
+/** The buckets of one pass of step s: gathered from every rank, or (local) copied from the shard on the device. */
+function passBuckets(p: SessionParts, t: ShardTensors, s: number, pass: 'forward' | 'backward'): GptStream {
+  const { zero, be, buckets, windows } = p
+  const order = pass === 'forward' ? p.forwardOrder : p.backwardOrder
+  const wire = t.wire
+  if (wire === undefined) return deviceBuckets(be, j => be.view(t.master, windows[j]!.at, [windows[j]!.n]))
+  const mine = (j: number): Float32Array => wire.master.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n)
+  const signal = p.signal === undefined ? {} : { signal: p.signal }
+  const gather = (j: number): ReturnType<ZeroComm['gatherWeights']> =>
+    afterFence(wire.ready, signal, () =>
+      zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, { window: windows[j]!.window, ...callAt(p, s) })
+    )
+  return streamBuckets(order, gather, p.acct, be)
 }
 
 /** Step s's forward: this rank's batch and the stream of gathered buckets. */
-export function forwardPass(p: SessionParts, t: ShardTensors, s: number): { batch: Batch; stream: BucketStream } {
+export function forwardPass(p: SessionParts, t: ShardTensors, s: number): { batch: Batch; stream: GptStream } {
   const { cfg, deps } = p.env
   p.rs.st.phase = `step ${s + 1}: forward`
-  const gather = weightGathers(p, t, s, 'forward')
   const batch = batchFor(deps.corpus.train, cfg.seed, s, p.rank, cfg.B, cfg.T)
-  return { batch, stream: streamBuckets(p.forwardOrder, gather, p.acct) }
+  return { batch, stream: passBuckets(p, t, s, 'forward') }
 }
 
 /**
  * Step s's backward: the stream of gathered buckets, and each bucket's gradient reduce-scattered
- * as soon as it is complete (`reductions`), summed into `sums` (this rank's shard).
+ * as soon as it is complete (`reductions`), its part written into the shard's gradient. A local
+ * rank copies each gradient into its shard on the device instead.
  */
-export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { stream: GptStream; reductions: Array<Promise<void>>; sums: Float32Array } {
-  const { zero, buckets, windows, acct } = p
+export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { stream: GptStream; reductions: Array<Promise<void>> } {
+  const { zero, be, buckets, windows, acct } = p
   p.rs.st.phase = `step ${s + 1}: backward`
-  const sums = new Float32Array(p.shard.length)
   const reductions: Array<Promise<void>> = []
-  const bwd = streamBuckets(p.backwardOrder, weightGathers(p, t, s, 'backward'), acct)
+  const load = passBuckets(p, t, s, 'backward').load
+  const wire = t.wire
+  if (wire === undefined) return { stream: { load, grad: (j, g) => be.copy(be.view(t.grad, windows[j]!.at, [windows[j]!.n]), g) }, reductions }
+  const signal = p.signal === undefined ? {} : { signal: p.signal }
   const stream: GptStream = {
-    load: bwd.load,
+    load,
     grad: (j, g) => {
-      acct.hold(g.byteLength)
+      const b = buckets[j]!
       const w = windows[j]!
-      const r = zero.reduceGradients(buckets[j]!.name, g, { window: w.window, ...callAt(p, s) }).then(res => {
-        acct.release(g.byteLength)
-        acct.account(res.bytes)
-        sums.set(res.data, w.at)
-      })
+      // The bucket's range of the landing space: written by this download only, read by its reduction.
+      const host = wire.grads.subarray(b.start, b.end)
+      acct.hold(host.byteLength)
+      const r = afterFence(be.download(wire.grads, g, b.start), signal, () => zero.reduceGradients(b.name, host, { window: w.window, ...callAt(p, s) })).then(
+        res => {
+          acct.release(host.byteLength)
+          acct.account(res.bytes)
+          if (w.n > 0) be.write(t.grad, res.data, w.at)
+        }
+      )
       r.catch(() => {})
       reductions.push(r)
     }
   }
-  return { stream, reductions, sums }
+  return { stream, reductions }
 }
 
-/** AdamW on the shard with the summed gradient (divided by P; decay on matrices and embeddings only). */
-export function applyAdamW(p: SessionParts, t: ShardTensors, sums: Float32Array, s: number): void {
-  const { opt } = p
+/**
+ * AdamW on the shard with its summed gradient (divided by P; decay on matrices and embeddings
+ * only), on the model's backend; then the new master shard starts on its way to the host for
+ * the next step's gathers.
+ */
+export function applyAdamW(p: SessionParts, t: ShardTensors, s: number): void {
+  const { be } = p
   const { cfg } = p.env
-  opt.write(t.grad, sums)
   for (const x of t.segments) {
-    opt.adamw(x.p, x.g, x.m, x.v, {
+    be.adamw(x.p, x.g, x.m, x.v, {
       lr: cfg.lr,
       beta1: 0.9,
       beta2: 0.95,
@@ -144,6 +191,7 @@ export function applyAdamW(p: SessionParts, t: ShardTensors, sums: Float32Array,
       gradScale: 1 / p.P
     })
   }
+  if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
 }
 
 /** Step s committed (the loss all-reduce returned `lossSum`): status, throughput, the membership's step. */

@@ -1,3 +1,4 @@
+import type { Backend, Fence, GptStream, Tensor } from '../../gpu/index.ts'
 import type { ParamMemory } from './config.ts'
 
 /** Bytes sent per link tier. */
@@ -47,16 +48,12 @@ export class ParamAccounting {
   }
 }
 
-/** Serves a pass's bucket requests to the streamed model. */
-export interface BucketStream {
-  load: (j: number) => Promise<Float32Array>
-}
-
 /**
  * Serves a pass's bucket requests in `order`, each gather issued when the one before it is
- * asked for (one bucket prefetched). Every rank issues the same calls in the same order.
+ * asked for (one bucket prefetched), and writes each gathered bucket into the model's slot on
+ * `be`. Every rank issues the same calls in the same order.
  */
-export function streamBuckets(order: readonly number[], gather: (j: number) => Promise<Gathered>, acct: ParamAccounting): BucketStream {
+export function streamBuckets(order: readonly number[], gather: (j: number) => Promise<Gathered>, acct: ParamAccounting, be: Backend): GptStream {
   const started = new Map<number, Promise<Float32Array>>()
   const start = (j: number): void => {
     if (started.has(j)) return
@@ -69,17 +66,34 @@ export function streamBuckets(order: readonly number[], gather: (j: number) => P
     started.set(j, p)
   }
   return {
-    load: async (j: number) => {
+    load: async (j: number, dst: Tensor) => {
       start(j)
       const next = order[order.indexOf(j) + 1]
       if (next !== undefined) start(next)
       const data = await started.get(j)!
       started.delete(j)
-      // The model copies it into its slot at once; the array is garbage afterwards.
+      be.write(dst, data)
+      // Copied into the slot: the array is garbage once the model goes on.
       queueMicrotask(() => {
         acct.release(data.byteLength)
       })
-      return data
     }
   }
+}
+
+/** Serves bucket requests from tensors already on `be` (a local rank's shard): device copies, nothing gathered. */
+export function deviceBuckets(be: Backend, src: (j: number) => Tensor): GptStream {
+  return {
+    load: async (j: number, dst: Tensor) => {
+      be.copy(dst, src(j))
+    }
+  }
+}
+
+/**
+ * Runs `next` once `fence` has passed: at once when it has (the CPU backend's fences always
+ * have, so a CPU rank's schedule gains no await), else after a non-blocking wait.
+ */
+export function afterFence<T>(fence: Fence, options: { signal?: AbortSignal }, next: () => Promise<T>): Promise<T> {
+  return fence.passed() ? next() : fence.wait(options).then(next)
 }

@@ -1,6 +1,6 @@
 import test from 'ava'
 import { Rng } from '../../core/index.ts'
-import { CpuBackend, Gpt, GPT_PRESETS, gptBuckets, gptLayout, initGptParams, type GptConfig } from '../../gpu/index.ts'
+import { CpuBackend, Gpt, GPT_PRESETS, gptBuckets, gptLayout, initGptParams, type GptConfig, type Tensor } from '../../gpu/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 
 /** A fixed batch of random token sequences: targets are the inputs shifted by one. */
@@ -229,14 +229,14 @@ test('stream mode: the same loss and gradients as full mode, holding only the ed
   const grads = new Float32Array(full.layout.length)
   const got: string[] = []
   const io = {
-    load: async (j: number): Promise<Float32Array> => {
+    load: async (j: number, dst: Tensor): Promise<void> => {
       loads.push(buckets[j]!.name)
       await Promise.resolve()
-      return params.slice(buckets[j]!.start, buckets[j]!.end)
+      be.write(dst, params.slice(buckets[j]!.start, buckets[j]!.end))
     },
-    grad: (j: number, g: Float32Array): void => {
+    grad: (j: number, g: Tensor): void => {
       got.push(buckets[j]!.name)
-      grads.set(g, buckets[j]!.start)
+      grads.set(be.read(g) as Float32Array, buckets[j]!.start)
     }
   }
   const loss = await stream.forwardStreamed(tokens, targets, io)
@@ -250,12 +250,12 @@ test('stream mode: the same loss and gradients as full mode, holding only the ed
   const edges = buckets[0]!.end - buckets[0]!.start + (buckets[4]!.end - buckets[4]!.start)
   t.is(stream.paramBytes(), (edges + 2 * block) * 2 * 4)
   t.is(full.paramBytes(), full.layout.length * 4 * 4)
-  // Misuse: full-mode calls on a streamed model, a wrong bucket length, a streamed call on a full model.
+  // Misuse: full-mode calls on a streamed model, a load that writes past the bucket's slot, a streamed call on a full model.
   t.throws(() => stream.forward(tokens, targets), { name: 'InvalidArgumentError', message: /streamed/ })
   t.throws(() => stream.getParams(), { name: 'InvalidArgumentError', message: /streamed/ })
-  await t.throwsAsync(stream.forwardStreamed(tokens, targets, { load: async () => new Float32Array(3) }), {
+  await t.throwsAsync(stream.forwardStreamed(tokens, targets, { load: async (_j, dst) => be.write(dst, new Float32Array(dst.length + 1)) }), {
     name: 'InvalidArgumentError',
-    message: /bucket emb/
+    message: /exceeds/
   })
   await t.throwsAsync(full.forwardStreamed(tokens, targets, io), { name: 'InvalidArgumentError', message: /stream/ })
   full.dispose()
