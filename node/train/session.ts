@@ -248,7 +248,7 @@ export async function runSession(
       }
     }
     rs.finalShard = { start: p.shard.start, data: p.be.read(t.master) as Float32Array }
-    const ev = finalEvaluation(p, rs.finalShard.data)
+    const ev = finalEvaluation(p, t, rs.finalShard.data)
     rs.st.evalLoss = await model.forwardStreamed(ev.batch.inputs, ev.batch.targets, ev.stream).catch(fail)
     // The last snapshot lands before this rank leaves, so the others can still recover it.
     await rs.snapshots?.idle()

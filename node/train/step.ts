@@ -114,12 +114,17 @@ export function freeShardTensors(p: SessionParts, t: ShardTensors): void {
   }
 }
 
+/** A local rank's buckets: its shard is the whole model, so each bucket is a device copy of its range. */
+export function shardBuckets(p: SessionParts, t: ShardTensors): GptStream {
+  return deviceBuckets(p.be, j => p.be.view(t.master, p.windows[j]!.at, [p.windows[j]!.n]))
+}
+
 /** The buckets of one pass of step s: gathered from every rank, or (local) copied from the shard on the device. */
 function passBuckets(p: SessionParts, t: ShardTensors, s: number, pass: 'forward' | 'backward'): GptStream {
   const { zero, be, buckets, windows } = p
   const order = pass === 'forward' ? p.forwardOrder : p.backwardOrder
   const wire = t.wire
-  if (wire === undefined) return deviceBuckets(be, j => be.view(t.master, windows[j]!.at, [windows[j]!.n]))
+  if (wire === undefined) return shardBuckets(p, t)
   const mine = (j: number): Float32Array => wire.master.subarray(windows[j]!.at, windows[j]!.at + windows[j]!.n)
   const signal = p.signal === undefined ? {} : { signal: p.signal }
   const gather = (j: number): ReturnType<ZeroComm['gatherWeights']> =>

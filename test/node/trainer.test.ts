@@ -1,8 +1,8 @@
 import test from 'ava'
-import { gptLayout } from '../../gpu/index.ts'
-import { decaySegments, type TrainConfig, type TrainStatus } from '../../node/index.ts'
+import { CpuBackend, Gpt, gptLayout, initGptParams } from '../../gpu/index.ts'
+import { batchFor, decaySegments, type TrainConfig, type TrainStatus } from '../../node/index.ts'
 import { seededRng } from '../helpers/seed.ts'
-import { base, model, ok, trainMesh as trainMeshAll, type MeshOptions, type MeshRun } from '../helpers/train-mesh.ts'
+import { base, corpus, model, ok, trainMesh as trainMeshAll, type MeshOptions, type MeshRun } from '../helpers/train-mesh.ts'
 
 /** A run whose every surviving node must succeed. */
 const trainMesh = async (n: number, cfg: TrainConfig, opts?: MeshOptions): Promise<MeshRun> => ok(await trainMeshAll(n, cfg, opts))
@@ -99,4 +99,26 @@ test('decay segments cover a shard, merging neighbours with the same decay flag'
     part.reduce((a, s) => a + s.length, 0),
     1000
   )
+})
+
+test('one rank with exact wires keeps its step on the backend: the same weights, bit for bit, as a whole model trained step by step', async t => {
+  const cfg: TrainConfig = { ...base, worldSize: 1, steps: 6 }
+  const run = await trainMesh(1, cfg)
+  const st = run.statuses[0]!
+  t.is(st.role, 'done')
+  t.is(st.memory!.inFlightPeak, 0, 'no gathered bucket or gradient copy was ever held on the host')
+  // The reference: the same model as one full replica, the same batches, AdamW over the whole buffer.
+  const be = new CpuBackend()
+  const ref = new Gpt(be, cfg.model, { B: cfg.B, T: cfg.T, dtype: 'f32', seed: cfg.seed })
+  ref.setParams(initGptParams(cfg.model, cfg.seed))
+  const train = corpus().train
+  for (let s = 0; s < cfg.steps; s++) {
+    const batch = batchFor(train, cfg.seed, s, 0, cfg.B, cfg.T)
+    ref.zeroGrad()
+    ref.forward(batch.inputs, batch.targets)
+    ref.backward()
+    ref.update({ lr: cfg.lr, step: s + 1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: cfg.weightDecay, gradScale: 1 })
+  }
+  t.is(Buffer.compare(Buffer.from(run.params.buffer), Buffer.from(ref.getParams().buffer)), 0, 'final weights are bit-identical to the reference')
+  ref.dispose()
 })
