@@ -1,6 +1,19 @@
+import type { Backend, Tensor } from '../../gpu/index.ts'
 import { encodeState, type RankState } from '../../snapshot/index.ts'
 import { persistDiskState } from '../disk-tier.ts'
 import type { TrainerEnv, RunState } from './state.ts'
+
+/** Where a rank's optimizer state lives (its backend's tensors) and the host space a save downloads it into. */
+export interface SaveSource {
+  be: Backend
+  master: Tensor
+  m: Tensor
+  v: Tensor
+  /** Host arrays from `be.hostAlloc`, allocated on the first save of the session. */
+  host: { master: Float32Array; m: Float32Array; v: Float32Array } | undefined
+  /** The save whose download is still in flight (a device rank only): the next one waits for none, it is skipped. */
+  pending: Promise<void> | undefined
+}
 
 /** The optimizer state of one rank at a committed step, as snapshots and the disk tier store it. */
 export function rankState(rank: number, P: number, epoch: number, step: number, weights: Float32Array, adamM: Float32Array, adamV: Float32Array): RankState {
@@ -10,42 +23,90 @@ export function rankState(rank: number, P: number, epoch: number, step: number, 
 /**
  * After step `s` commits: an erasure-coded snapshot (every `snapshot.every` steps, the first
  * step of a roster and the last step) and a disk tier file (every `disk.every` steps).
- * `read` gives the master shard and AdamW moments; it is called only when something is saved.
+ *
+ * The state is downloaded from the backend as it is now (the next step may go on at once) into
+ * `src.host`; the snapshot's capture and the disk tier's encoding copy it from there once the
+ * download has passed: at once on the CPU, on the device when the copy stream is done. A save
+ * due while the previous one is still downloading is skipped (the capturer would supersede
+ * it anyway: placement keeps at most one snapshot waiting), unless it must not be: then the
+ * returned promise says the step has to wait for it before the state changes (undefined: go on).
  */
 export function saveCommitted(
   env: TrainerEnv,
   rs: RunState,
   at: { rank: number; P: number; epoch: number; s: number },
-  read: () => [Float32Array, Float32Array, Float32Array]
-): void {
+  src: SaveSource
+): Promise<void> | undefined {
   const { cfg } = env
   const { s } = at
   const disk = cfg.disk !== undefined && cfg.disk.every > 0 && (s + 1) % cfg.disk.every === 0 ? cfg.disk : undefined
   // The first step of a session is always captured (a roster's own recovery point), and
   // the last one (the state the run ends with).
   const snap = rs.snapshots !== undefined && ((s + 1) % (cfg.snapshot?.every ?? 1) === 0 || s === rs.rosterStart || s + 1 === cfg.steps)
-  if (!snap && disk === undefined) return
-  const [master, m, v] = read()
-  const st = rankState(at.rank, at.P, at.epoch, s + 1, master, m, v)
-  if (snap && rs.snapshots !== undefined) {
-    const ticket = rs.snapshots.capture(st)
-    void ticket.done.then(o => {
-      if (o.status === 'placed') rs.st.snapshotStep = Math.max(rs.st.snapshotStep ?? 0, o.step)
+  if (!snap && disk === undefined) return undefined
+  if (src.pending !== undefined) {
+    // A roster's first state, the run's last and a disk tier file are never skipped: the step
+    // waits for the download ahead of them instead.
+    if (s === rs.rosterStart || s + 1 === cfg.steps || disk !== undefined) return src.pending.then(() => saveCommitted(env, rs, at, src))
+    env.deps.log.debug({ step: s + 1 }, 'snapshot skipped: the previous one is still downloading from the device')
+    return undefined
+  }
+  const { be } = src
+  const n = src.master.length
+  const host = (src.host ??= {
+    master: be.hostAlloc('f32', n) as Float32Array,
+    m: be.hostAlloc('f32', n) as Float32Array,
+    v: be.hostAlloc('f32', n) as Float32Array
+  })
+  const fences = [be.download(host.master, src.master), be.download(host.m, src.m), be.download(host.v, src.v)]
+  const save = (): void => {
+    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v)
+    if (snap && rs.snapshots !== undefined) {
+      const ticket = rs.snapshots.capture(st)
+      void ticket.done.then(o => {
+        if (o.status === 'placed') rs.st.snapshotStep = Math.max(rs.st.snapshotStep ?? 0, o.step)
+      })
+    }
+    // The disk tier writes in the background, one file after another; the session waits
+    // for the last write before it ends.
+    if (disk !== undefined) {
+      const sealed = encodeState(st)
+      rs.disk.writes = rs.disk.writes
+        .then(async () => {
+          await persistDiskState(disk.dir, s + 1, sealed)
+          rs.disk.step = s + 1
+        })
+        .catch((err: unknown) => {
+          env.deps.log.warn({ err: (err as Error).message, step: s + 1 }, 'disk tier: persisting the state failed')
+        })
+    }
+  }
+  // The CPU backend's downloads are done when issued: the save happens now, as it always did.
+  if (fences.every(f => f.passed())) {
+    save()
+    return undefined
+  }
+  src.pending = Promise.all(fences.map(f => f.wait()))
+    .then(save)
+    .catch((err: unknown) => {
+      env.deps.log.warn({ err: (err as Error).message, step: s + 1 }, 'save: downloading the state from the device failed')
     })
-  }
-  // The disk tier writes in the background, one file after another; the session waits
-  // for the last write before it ends.
-  if (disk !== undefined) {
-    const sealed = encodeState(st)
-    rs.disk.writes = rs.disk.writes
-      .then(async () => {
-        await persistDiskState(disk.dir, s + 1, sealed)
-        rs.disk.step = s + 1
-      })
-      .catch((err: unknown) => {
-        env.deps.log.warn({ err: (err as Error).message, step: s + 1 }, 'disk tier: persisting the state failed')
-      })
-  }
+    .finally(() => {
+      src.pending = undefined
+    })
+  return undefined
+}
+
+/**
+ * Frees the saves' host arrays (the session is over), once a save still downloading is done:
+ * the returned promise, or undefined when nothing was in flight (no await, so a CPU rank's
+ * schedule does not change).
+ */
+export function endSaves(src: SaveSource): Promise<void> | undefined {
+  if (src.pending !== undefined) return src.pending.then(() => endSaves(src))
+  if (src.host === undefined) return undefined
+  for (const a of [src.host.master, src.host.m, src.host.v]) src.be.freeHost(a)
+  src.host = undefined
 }
 
 /** What an error that ends the run says about the disk tier (the way back with --resume). */

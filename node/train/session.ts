@@ -4,7 +4,7 @@ import { NoSnapshotError, TransferTimeoutError, UnrecoverableError } from '../..
 import { TrainingError, type ShardState } from './config.ts'
 import { GROW_TOPIC, agreedGrowth, growProposal } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
-import { saveCommitted } from './persist.ts'
+import { endSaves, saveCommitted } from './persist.ts'
 import { freshShard, recover } from './recovery.ts'
 import { encodeRoster, type Growth } from './roster.ts'
 import { finalEvaluation } from './evaluate.ts'
@@ -155,16 +155,16 @@ function announceRoster(p: SessionParts): void {
   }
 }
 
-/** After step s committed: snapshot and disk tier, progress, the roster for late joiners. */
-function afterCommit(p: SessionParts, t: ShardTensors, s: number): void {
-  const { be, env, rs } = p
-  saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, () => [
-    be.read(t.master) as Float32Array,
-    be.read(t.m) as Float32Array,
-    be.read(t.v) as Float32Array
-  ])
+/**
+ * After step s committed: snapshot and disk tier, progress, the roster for late joiners.
+ * Returns a promise only when the step must wait for a save before the state changes.
+ */
+function afterCommit(p: SessionParts, t: ShardTensors, s: number): Promise<void> | undefined {
+  const { env, rs } = p
+  const wait = saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, t.save)
   env.deps.onStep?.(statusOf(rs))
   announceRoster(p)
+  return wait
 }
 
 /**
@@ -237,7 +237,8 @@ export async function runSession(
       const mean = await collective.allReduce(Float32Array.of(loss), { ...callAt(p, s), label: 'loss' }).catch(fail)
       p.acct.account(mean.bytes)
       commitStep(p, s, mean.data[0]!, deps.clock.monotonic() - t0)
-      afterCommit(p, t, s)
+      const saving = afterCommit(p, t, s)
+      if (saving !== undefined) await saving
       if (growable && s + 1 < cfg.steps) {
         const all = (await collective.allGather(growProposal(p), 2 * p.P, { ...callAt(p, s + 1), label: growCheck.label }).catch(fail)).data
         const agreed = agreedGrowth(p, t, all, s)
@@ -251,6 +252,7 @@ export async function runSession(
     const ev = finalEvaluation(p, t, rs.finalShard.data)
     rs.st.evalLoss = await model.forwardStreamed(ev.batch.inputs, ev.batch.targets, ev.stream).catch(fail)
     // The last snapshot lands before this rank leaves, so the others can still recover it.
+    if (t.save.pending !== undefined) await t.save.pending
     await rs.snapshots?.idle()
     await rs.disk.writes
     return { kind: 'finished' }
@@ -263,7 +265,11 @@ export async function runSession(
     throw err
   } finally {
     model.dispose()
-    if (tensors !== undefined) freeShardTensors(p, tensors)
+    if (tensors !== undefined) {
+      const ending = endSaves(tensors.save)
+      if (ending !== undefined) await ending
+      freeShardTensors(p, tensors)
+    }
     await collective.stop()
   }
 }

@@ -1,6 +1,7 @@
 import type { Backend, Fence, Gpt, GptBucket, GptStream, Tensor } from '../../gpu/index.ts'
 import type { Collective, Member, ZeroComm } from '../../mesh/index.ts'
 import { batchFor, type Batch } from '../data.ts'
+import type { SaveSource } from './persist.ts'
 import { decaySegments, type ShardRange, type ShardState } from './config.ts'
 import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
@@ -31,6 +32,8 @@ export interface ShardTensors {
    * landing space of every bucket's gradient on its way to the reduce-scatter.
    */
   wire: { master: Float32Array; ready: Fence; grads: Float32Array } | undefined
+  /** The state's way to snapshots and the disk tier (persist.ts). */
+  save: SaveSource
 }
 
 /** What one session's steps run on: the roster, its collectives, the model and the shard. */
@@ -102,7 +105,7 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
     const host = be.hostAlloc('f32', shard.length) as Float32Array
     wire = { master: host, ready: be.download(host, master), grads: be.hostAlloc('f32', N) as Float32Array }
   }
-  return { master, grad, m, v, segments, wire }
+  return { master, grad, m, v, segments, wire, save: { be, master, m, v, host: undefined, pending: undefined } }
 }
 
 /** Releases the shard's tensors and host buffers (the session is over). */
