@@ -125,15 +125,15 @@ const require = createRequire(import.meta.url)
 export const NCCL_LIBRARY_CANDIDATES: readonly string[] = Object.freeze(['libnccl.so.2', '/usr/lib/x86_64-linux-gnu/libnccl.so.2'])
 
 function openLib(koffi: Koffi, names: readonly string[]): KoffiLib {
-  const reasons: string[] = []
+  let last = ''
   for (const n of names) {
     try {
       return koffi.load(n)
     } catch (err) {
-      reasons.push(`${n}: ${(err as Error).message.split('\n')[0]}`)
+      last = (err as Error).message.split('\n')[0]!
     }
   }
-  throw new BackendUnavailableError(`cannot load NCCL (${reasons.join('; ')})`, { library: names[0] })
+  throw new BackendUnavailableError(`cannot load NCCL (tried ${names.join(', ')}): ${last}`, { library: names[0] })
 }
 
 // koffi registers struct names process-wide; declare ours once.
