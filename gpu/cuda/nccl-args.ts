@@ -1,3 +1,4 @@
+import { checkCap } from '../../core/index.ts'
 import { TENSOR_DTYPE_BYTES, type Tensor, type TensorDType } from '../backend.ts'
 import { fail } from '../validate.ts'
 import { NCCL_UNIQUE_ID_BYTES, NcclDataType, NcclRedOp } from './nccl-ffi.ts'
@@ -39,10 +40,10 @@ export function checkUniqueId(op: string, id: Uint8Array): void {
   if (id.byteLength !== NCCL_UNIQUE_ID_BYTES) fail(op, `id must be ${NCCL_UNIQUE_ID_BYTES} bytes (ncclUniqueId), got ${id.byteLength}`)
 }
 
-/** 1 <= nranks <= NCCL_LIMITS.maxRanks and 0 <= rank < nranks. */
+/** 1 <= nranks <= NCCL_LIMITS.maxRanks (else LimitExceededError) and 0 <= rank < nranks. */
 export function checkRanks(op: string, nranks: number, rank: number): void {
   if (!Number.isSafeInteger(nranks) || nranks < 1) fail(op, `nranks must be an integer >= 1, got ${nranks}`)
-  if (nranks > NCCL_LIMITS.maxRanks) fail(op, `nranks ${nranks} exceeds the intra-host cap of ${NCCL_LIMITS.maxRanks}`)
+  checkCap('nccl communicator ranks', nranks, NCCL_LIMITS.maxRanks)
   if (!Number.isSafeInteger(rank) || rank < 0 || rank >= nranks) fail(op, `rank must be an integer in [0, ${nranks}), got ${rank}`)
 }
 

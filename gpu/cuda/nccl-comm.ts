@@ -155,13 +155,14 @@ export class NcclComm {
    * (ncclCommDestroy). Falls back to {@link abort} and rethrows if that fails or outlasts
    * `timeoutMs` (default NCCL_LIMITS.closeTimeoutMs). Idempotent.
    */
-  close(o: NcclOpOptions = {}): Promise<void> {
-    if (this.state_ === 'aborted') return this.aborted ?? Promise.resolve()
-    if (this.closing !== null) return this.closing
-    const ms = timeoutMs('ncclCommFinalize', o.timeoutMs, NCCL_LIMITS.closeTimeoutMs)
-    this.state_ = 'closing'
-    this.closing = this.finish({ signal: o.signal, deadline: this.clock.monotonic() + ms, timeoutMs: ms })
-    return this.closing
+  async close(o: NcclOpOptions = {}): Promise<void> {
+    if (this.state_ === 'aborted') return await this.aborted!
+    if (this.closing === null) {
+      const ms = timeoutMs('ncclCommFinalize', o.timeoutMs, NCCL_LIMITS.closeTimeoutMs)
+      this.state_ = 'closing'
+      this.closing = this.finish({ signal: o.signal, deadline: this.clock.monotonic() + ms, timeoutMs: ms })
+    }
+    return await this.closing
   }
 
   // ---- internals ----------------------------------------------------------------------------

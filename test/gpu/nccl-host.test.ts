@@ -85,11 +85,10 @@ test('unique ids are 128 bytes; an id of another size is refused before NCCL is 
   t.false(fake.calls.includes('init'))
 })
 
-test('ranks and timeouts are checked before NCCL is called', async t => {
+test('ranks (at most maxRanks) and timeouts are checked before NCCL is called', async t => {
   const { fake, init } = setup()
   const bad: Array<[Partial<NcclInitOptions>, RegExp]> = [
     [{ nranks: 0 }, /nranks/],
-    [{ nranks: NCCL_LIMITS.maxRanks + 1 }, /cap/],
     [{ nranks: 2, rank: 2 }, /rank/],
     [{ rank: -1 }, /rank/],
     [{ nranks: 1.5 }, /nranks/],
@@ -97,6 +96,7 @@ test('ranks and timeouts are checked before NCCL is called', async t => {
     [{ timeoutMs: NCCL_LIMITS.maxTimeoutMs + 1 }, /timeoutMs/]
   ]
   for (const [o, msg] of bad) await t.throwsAsync(init(o), { name: 'InvalidArgumentError', message: msg })
+  await t.throwsAsync(init({ nranks: NCCL_LIMITS.maxRanks + 1 }), { name: 'LimitExceededError', message: /ranks 65 exceeds the cap of 64/ })
   t.deepEqual(fake.calls, [])
 })
 
