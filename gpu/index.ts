@@ -38,6 +38,20 @@ export {
   validateGptConfig
 } from './gpt.ts'
 
+// NCCL for the intra-host tier (importing it loads no library; loadNccl opens libnccl on demand).
+export {
+  loadNccl,
+  type Nccl,
+  type NcclLoad,
+  type NcclInitOptions,
+  NcclComm,
+  NcclError,
+  NcclTimeoutError,
+  NcclCommClosedError,
+  NCCL_LIMITS,
+  NCCL_UNIQUE_ID_BYTES
+} from './cuda/nccl.ts'
+
 /** The CUDA backend's own type (erased: importing it loads no library); {@link createBackend} builds one. */
 export type { CudaBackend } from './cuda/index.ts'
 

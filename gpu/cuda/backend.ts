@@ -1020,6 +1020,23 @@ export class CudaBackend implements Backend {
     }
   }
 
+  // ---- sharing the stream ------------------------------------------------------------------
+
+  /**
+   * The driver bindings, context and stream behind this backend, for a library that enqueues its
+   * own kernels (NCCL, see ./nccl.ts): work on the same stream runs in call order with ours.
+   */
+  streamHandles(): { libs: CudaLibs; ctx: Handle; stream: Handle } {
+    this.live_('streamHandles')
+    return { libs: this.libs, ctx: this.ctx, stream: this.stream }
+  }
+
+  /** The device address of a live tensor of this backend, checked like any operand (0 when empty). */
+  deviceAddress(op: string, name: string, t: Tensor): number {
+    this.live_(op)
+    return this.arg(op, name, t, ALL).ptr
+  }
+
   /** Raw device-to-device copy of `bytes` between two tensors (the bandwidth baseline). */
   copyBytes(dst: Tensor, src: Tensor, bytes: number): void {
     const d = this.arg('copyBytes', 'dst', dst, ALL)

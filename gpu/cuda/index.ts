@@ -130,3 +130,4 @@ export async function probeCuda(opts: CudaBackendOptions = {}): Promise<CudaProb
     be?.dispose()
   }
 }
+export * from './nccl.ts'
