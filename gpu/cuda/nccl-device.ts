@@ -1,6 +1,6 @@
 import type { Tensor } from '../backend.ts'
 import type { CudaBackend } from './backend.ts'
-import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
+import { checkCu, type Handle } from './ffi.ts'
 
 /**
  * What a communicator needs from the CUDA side: the stream its collectives are enqueued on,
@@ -27,20 +27,9 @@ export interface NcclDevice {
 const CU_EVENT_DISABLE_TIMING = 0x2
 const CUDA_ERROR_NOT_READY = 600
 
-type EventQuery = (event: Handle) => number
-let eventQuery: EventQuery | null = null
-
-// ffi.ts binds the driver calls the backend uses; cuEventQuery is the one more we need, bound
-// here so the backend's binding table stays as it is.
-function bindEventQuery(libs: CudaLibs): EventQuery {
-  eventQuery ??= libs.koffi.load('libcuda.so.1').func('int cuEventQuery(void* event)') as EventQuery
-  return eventQuery
-}
-
 /** The {@link NcclDevice} of a CUDA backend: its context, its stream, events on that stream. */
 export function cudaNcclDevice(backend: CudaBackend): NcclDevice {
   const { libs, ctx, stream } = backend.streamHandles()
-  const query = bindEventQuery(libs)
   const cu = libs.cu
   return {
     stream,
@@ -55,7 +44,7 @@ export function cudaNcclDevice(backend: CudaBackend): NcclDevice {
       return ev[0]
     },
     done: marker => {
-      const rc = query(marker)
+      const rc = cu.cuEventQuery(marker) as number
       if (rc === CUDA_ERROR_NOT_READY) return false
       checkCu(libs, 'cuEventQuery', rc)
       return true
