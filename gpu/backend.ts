@@ -47,7 +47,7 @@ export type HostArray = Float32Array | Uint16Array | Int32Array | Uint8Array
 export interface Fence {
   /** True once passed; never blocks. Raises what the device reported for the work (DeviceError, a kernel's flagged error). */
   passed(): boolean
-  /** Resolves once passed, polling without blocking the thread; rejects with the device's error or an AbortError. */
+  /** Resolves once passed (at once when it has, aborted or not), polling without blocking the thread; rejects with the device's error, or an AbortError when aborted first. */
   wait(options?: { signal?: AbortSignal }): Promise<void>
 }
 
