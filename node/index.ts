@@ -16,12 +16,14 @@ export {
   TRAIN_MODELS,
   trainingModel,
   formatParamMemory,
+  formatStepPhases,
   validateTrainConfig,
   decaySegments,
   type TrainConfig,
   type TrainStatus,
   type TrainerDeps,
   type ParamMemory,
+  type StepPhases,
   type TrainModelName,
   type Segment
 } from './train/config.ts'

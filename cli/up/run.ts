@@ -3,7 +3,7 @@ import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RealClock } from '../../core/index.ts'
-import { fetchStatus, type NodeStatus } from '../../node/index.ts'
+import { fetchStatus, formatStepPhases, type NodeStatus, type StepPhases } from '../../node/index.ts'
 import { killLine, progressLine, recoveryLine, renderNodeEvent, upBanner } from '../render.ts'
 import { nextCommit, recoveryKey, type Kill, type UpKillReport } from './kill.ts'
 import { UpError, countGpus, spawnWorker, stopAll, waitForAddress, type Worker, type WorkerPlan } from './workers.ts'
@@ -59,6 +59,8 @@ export interface UpPoll {
   ranks: number
   /** CPU ms used so far by every worker (the last status of each, killed ones included). */
   cpuMs: number
+  /** Rank 0's step time by phase (mean ms per step of its roster). */
+  phases: StepPhases | undefined
 }
 
 /** The poll loop's memory between polls. */
@@ -158,7 +160,8 @@ async function watchRun(o: UpOptions, workers: Worker[], watch: Watch, clock: Re
       step,
       tokensPerS: t?.tokensPerS,
       ranks: ranks.length,
-      cpuMs: workers.reduce((a, w) => a + (w.status?.cpuMs ?? 0), 0)
+      cpuMs: workers.reduce((a, w) => a + (w.status?.cpuMs ?? 0), 0),
+      phases: t?.phases
     })
     reportRecoveries(o, workers, watch)
     if (watch.kill !== undefined && !watch.killReported) {
@@ -254,5 +257,7 @@ function summary(o: UpOptions, workers: Worker[], ms: number): void {
   if (evalLoss !== undefined) o.out(`held-out loss of the final weights: ${evalLoss}`)
   const memory = workers.map(w => w.memory).find(e => e !== undefined)
   if (memory !== undefined) o.out(renderNodeEvent(memory)[0]!)
+  const phases = workers.find(w => w.status?.training?.rank === 0)?.status?.training?.phases
+  if (phases !== undefined) o.out(formatStepPhases(phases))
   o.out(`${Math.round(ms / 100) / 10} s for ${o.steps} steps on ${o.nodes} ranks`)
 }

@@ -79,7 +79,24 @@ export interface TrainStatus {
   growths: Array<{ from: number; to: number; atStep: number }>
   /** Parameter memory of this rank (bytes), measured by the trainer; see {@link ParamMemory}. */
   memory?: ParamMemory
+  /** Where this rank's steps spend their time: mean ms per step of the current roster, its first step (warm-up) left out. */
+  phases?: StepPhases
   error?: string
+}
+
+/**
+ * A rank's step time by phase, in ms measured on the host clock. `compute`: the forward and
+ * backward passes (a GPU's work is counted where the host waits for it, the loss read that
+ * ends the forward); `wire`: waiting for gathered buckets, gradient reductions and the loss
+ * all-reduce; `optimizer`: AdamW (on a GPU only its launch: the device runs it while the next
+ * forward is being issued); `snapshot`: issuing the saves, and waiting for one that may not be
+ * skipped.
+ */
+export interface StepPhases {
+  compute: number
+  wire: number
+  optimizer: number
+  snapshot: number
 }
 
 /**
@@ -106,6 +123,13 @@ export function formatParamMemory(m: ParamMemory): string {
     `parameter memory per rank ${mib(total)} MiB (owned shard ${mib(m.shard)} + streamed model ${mib(m.model)} + peak in flight ${mib(m.inFlightPeak)}), ` +
     `${((100 * total) / m.full).toFixed(0)}% of a full replica's ${mib(m.full)} MiB`
   )
+}
+
+/** One line for people: where a rank's steps spend their time (mean ms per step). */
+export function formatStepPhases(x: StepPhases): string {
+  const ms = (v: number): string => `${v.toFixed(v < 10 ? 1 : 0)} ms`
+  const total = x.compute + x.wire + x.optimizer + x.snapshot
+  return `step time of rank 0 ${ms(total)}: compute ${ms(x.compute)}, waiting on the wire ${ms(x.wire)}, optimizer ${ms(x.optimizer)}, snapshot ${ms(x.snapshot)}`
 }
 
 /**

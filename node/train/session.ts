@@ -11,6 +11,7 @@ import { finalEvaluation } from './evaluate.ts'
 import { growCheck } from './messages.ts'
 import { SessionInterrupted, statusOf, type RunState, type TrainerEnv } from './state.ts'
 import {
+  PhaseTimes,
   applyAdamW,
   backwardPass,
   bucketWindows,
@@ -114,7 +115,9 @@ function sessionParts(
   // it (the next one prefetched) and its gradient reduced as soon as it is complete.
   const model = new Gpt(deps.backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed, params: 'stream' })
   const buckets = gptBuckets(layout)
-  const acct = new ParamAccounting({ shard: 4 * shard.length * 4, model: model.paramBytes(), inFlightPeak: 0, full: 16 * N }, rs.sent)
+  const acct = new ParamAccounting({ shard: 4 * shard.length * 4, model: model.paramBytes(), inFlightPeak: 0, full: 16 * N }, rs.sent, () =>
+    deps.clock.monotonic()
+  )
   rs.st.memory = acct.memory
   return Object.assign(parts, {
     env,
@@ -217,28 +220,45 @@ export async function runSession(
     tensors = t
     rs.st.step = state.step
     rs.rosterStart = state.step
+    const phases = new PhaseTimes(rs.st)
     for (let s = state.step; s < cfg.steps; s++) {
       // A view that dropped a member of this roster (even one whose collectives still work:
       // a false suspicion) ends the session, so every rank replans as the spares do.
       const dropped = rs.views.scanLoss(roster, false)
       if (dropped !== undefined) throw new SessionInterrupted(`view ${dropped.epoch} dropped a training member before step ${s + 1}`)
-      const t0 = deps.clock.monotonic()
+      const now = (): number => deps.clock.monotonic()
+      const t0 = now()
+      p.acct.gatherWaitMs = 0
       const fwd = forwardPass(p, t, s)
       const loss = await model.forwardStreamed(fwd.batch.inputs, fwd.batch.targets, fwd.stream).catch(fail)
       const modelled = deps.computeMs?.(cfg.B * cfg.T)
       if (modelled !== undefined && modelled > 0) await deps.clock.sleep(modelled, signal === undefined ? {} : { signal })
       const bwd = backwardPass(p, t, s)
       await model.backwardStreamed(bwd.stream).catch(fail)
+      const passed = now()
       rs.st.phase = `step ${s + 1}: gradient reduction`
       await Promise.all(bwd.reductions).catch(fail)
+      const reduced = now()
       applyAdamW(p, t, s)
+      const updated = now()
       rs.st.phase = `step ${s + 1}: commit`
       // When the loss all-reduce returns, every rank has finished step s: it is committed.
       const mean = await collective.allReduce(Float32Array.of(loss), { ...callAt(p, s), label: 'loss' }).catch(fail)
+      const committed = now()
       p.acct.account(mean.bytes)
-      commitStep(p, s, mean.data[0]!, deps.clock.monotonic() - t0)
+      commitStep(p, s, mean.data[0]!, committed - t0)
       const saving = afterCommit(p, t, s)
       if (saving !== undefined) await saving
+      const gathers = p.acct.gatherWaitMs
+      phases.add(
+        {
+          compute: passed - t0 - gathers,
+          wire: gathers + (reduced - passed) + (committed - updated),
+          optimizer: updated - reduced,
+          snapshot: now() - committed
+        },
+        s === state.step
+      )
       if (growable && s + 1 < cfg.steps) {
         const all = (await collective.allGather(growProposal(p), 2 * p.P, { ...callAt(p, s + 1), label: growCheck.label }).catch(fail)).data
         const agreed = agreedGrowth(p, t, all, s)

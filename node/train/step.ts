@@ -2,7 +2,7 @@ import type { Backend, Fence, Gpt, GptBucket, GptStream, Tensor } from '../../gp
 import type { Collective, Member, ZeroComm } from '../../mesh/index.ts'
 import { batchFor, type Batch } from '../data.ts'
 import type { SaveSource } from './persist.ts'
-import { decaySegments, type ShardRange, type ShardState } from './config.ts'
+import { decaySegments, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
 import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
 
@@ -211,4 +211,24 @@ export function commitStep(p: SessionParts, s: number, lossSum: number, ms: numb
   st.loss = lossSum / p.P
   st.tokensPerS = ms > 0 ? (p.P * cfg.B * cfg.T) / (ms / 1000) : undefined
   deps.membership.setStep(s + 1)
+}
+
+/** A roster's step phases: their mean per step, kept in the status (the roster's first step, a warm-up, left out). */
+export class PhaseTimes {
+  private readonly st: TrainStatus
+  private readonly sum: StepPhases = { compute: 0, wire: 0, optimizer: 0, snapshot: 0 }
+  private steps = 0
+
+  constructor(st: TrainStatus) {
+    this.st = st
+    st.phases = undefined
+  }
+
+  add(x: StepPhases, first: boolean): void {
+    if (first) return
+    this.steps++
+    for (const k of ['compute', 'wire', 'optimizer', 'snapshot'] as const) this.sum[k] += x[k]
+    const n = this.steps
+    this.st.phases = { compute: this.sum.compute / n, wire: this.sum.wire / n, optimizer: this.sum.optimizer / n, snapshot: this.sum.snapshot / n }
+  }
 }

@@ -21,13 +21,18 @@ export interface Gathered {
  */
 export class ParamAccounting {
   readonly memory: ParamMemory
+  /** The clock (ms) the waits are measured on. */
+  readonly now: () => number
+  /** ms the model spent waiting for gathered buckets (the step's loop reads and resets it). */
+  gatherWaitMs = 0
   private readonly sent: TierBytes
   private live = 0
 
   /** `sent`: the trainer's per-tier totals (updated in place). */
-  constructor(memory: ParamMemory, sent: TierBytes) {
+  constructor(memory: ParamMemory, sent: TierBytes, now: () => number) {
     this.memory = memory
     this.sent = sent
+    this.now = now
   }
 
   /** Bytes that came alive (a gathered bucket, a gradient copy waiting to be reduced). */
@@ -70,7 +75,9 @@ export function streamBuckets(order: readonly number[], gather: (j: number) => P
       start(j)
       const next = order[order.indexOf(j) + 1]
       if (next !== undefined) start(next)
+      const waited = acct.now()
       const data = await started.get(j)!
+      acct.gatherWaitMs += acct.now() - waited
       started.delete(j)
       be.write(dst, data)
       // Copied into the slot: the array is garbage once the model goes on.
