@@ -5,6 +5,7 @@
 export { main } from './main.ts'
 export { UsageError } from './flags.ts'
 export { up, UpError, type UpOptions, type UpPoll, type UpKillReport } from './up/run.ts'
+export { countGpus } from './up/workers.ts'
 export { loadStartConfig } from './start.ts'
 export { EXPORT_LIMITS, ExportError, exportModel, formatExport, type ExportOptions, type ExportResult } from './export/model.ts'
 export { runDoctor, verdict, formatCheck, type CheckResult, type CheckLevel, type DoctorOptions } from './doctor/checks.ts'

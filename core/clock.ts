@@ -20,6 +20,13 @@ export interface Clock {
   clearTimeout(id: TimerId): void
   /** Resolves after `ms`; rejects with {@link AbortError} as soon as `signal` fires. */
   sleep(ms: number, options?: { signal?: AbortSignal }): Promise<void>
+  /**
+   * Resolves on a later turn of the event loop, once the I/O and timers due now have run: a
+   * chain of work that never waits for I/O (a rank whose step stays on its device) awaits it
+   * so heartbeats get through. Real time: `setImmediate` (no 1 ms timer floor); simulated and
+   * manual clocks: a zero-delay timer.
+   */
+  turn(): Promise<void>
 }
 
 /**
@@ -45,6 +52,10 @@ export function sleepOn(clock: Clock, ms: number, signal?: AbortSignal): Promise
 export class RealClock implements Clock {
   private readonly timers = new Map<number, ReturnType<typeof globalThis.setTimeout>>()
   private nextId = 1
+
+  turn(): Promise<void> {
+    return new Promise(resolve => setImmediate(resolve))
+  }
 
   now(): number {
     return Date.now()
@@ -137,6 +148,10 @@ export class ManualClock implements Clock {
     this.t = init.startMs ?? 0
     this.epochMs = init.epochMs ?? 1_700_000_000_000
     this.maxTimers = init.maxTimers ?? CORE_LIMITS.maxManualTimers
+  }
+
+  turn(): Promise<void> {
+    return sleepOn(this, 0)
   }
 
   now(): number {

@@ -194,6 +194,10 @@ export class NodeClock implements Clock {
     this.base = base
   }
 
+  turn(): Promise<void> {
+    return sleepOn(this, 0)
+  }
+
   now(): number {
     return this.base.now()
   }

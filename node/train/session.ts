@@ -249,6 +249,9 @@ export async function runSession(
       commitStep(p, s, mean.data[0]!, committed - t0)
       const saving = afterCommit(p, t, s)
       if (saving !== undefined) await saving
+      // A local rank's step never waits for I/O: without this turn its heartbeats would starve
+      // and the mesh would take it for dead.
+      if (p.local) await deps.clock.turn()
       const gathers = p.acct.gatherWaitMs
       phases.add(
         {
