@@ -183,8 +183,13 @@ export function gptBuckets(layout: GptLayout): GptBucket[] {
  * a caller whose weights already live on the device copies them there without a host trip.
  */
 export interface GptStream {
-  /** Bucket j ({@link gptBuckets}) is needed now: write its f32 weights, its whole range, into `dst` (issued on the model's backend before this resolves). */
-  load(j: number, dst: Tensor): Promise<void>
+  /**
+   * Bucket j ({@link gptBuckets}) is needed now: write its f32 weights, its whole range, into
+   * `dst` (issued on the model's backend before this resolves), or resolve to a tensor of the
+   * backend that already holds them (f32, the bucket's length, left unchanged until the pass
+   * asks for the next bucket): a bf16 model then casts from it in place, saving a copy.
+   */
+  load(j: number, dst: Tensor): Promise<Tensor | undefined>
   /**
    * Bucket j's gradient is complete in `g` (f32, the bucket's range). Backward only. `g` is
    * reused for a later bucket: copy what you keep before returning (a copy or download issued
@@ -590,8 +595,14 @@ export class Gpt {
   /** Stream mode: puts bucket j's weights (from the caller) into its slot. */
   private async fill(j: number, stream: GptStream): Promise<void> {
     const slot = this.slotOf(j)
-    await stream.load(j, slot.f32)
-    if (slot.lowp !== null) this.backend.cast(slot.lowp, slot.f32)
+    const held = await stream.load(j, slot.f32)
+    const src = held ?? slot.f32
+    if (src.dtype !== 'f32' || src.length !== slot.f32.length) {
+      const b = this.buckets[j]!
+      throw new InvalidArgumentError(`gpt: bucket ${b.name} needs ${slot.f32.length} f32 weights, got a ${src.dtype} tensor of ${src.length}`)
+    }
+    if (slot.lowp !== null) this.backend.cast(slot.lowp, src)
+    else if (src !== slot.f32) this.backend.copy(slot.f32, src)
   }
 
   /** The forward ops, shared by both modes; yields before each bucket's weights are read. */

@@ -84,16 +84,15 @@ export function streamBuckets(order: readonly number[], gather: (j: number) => P
       queueMicrotask(() => {
         acct.release(data.byteLength)
       })
+      return undefined
     }
   }
 }
 
-/** Serves bucket requests from tensors already on `be` (a local rank's shard): device copies, nothing gathered. */
-export function deviceBuckets(be: Backend, src: (j: number) => Tensor): GptStream {
+/** Serves bucket requests from tensors already on the model's backend (a local rank's shard): the model reads them in place, nothing is gathered. */
+export function deviceBuckets(src: (j: number) => Tensor): GptStream {
   return {
-    load: async (j: number, dst: Tensor) => {
-      be.copy(dst, src(j))
-    }
+    load: async (j: number) => src(j)
   }
 }
 

@@ -229,10 +229,11 @@ test('stream mode: the same loss and gradients as full mode, holding only the ed
   const grads = new Float32Array(full.layout.length)
   const got: string[] = []
   const io = {
-    load: async (j: number, dst: Tensor): Promise<void> => {
+    load: async (j: number, dst: Tensor): Promise<undefined> => {
       loads.push(buckets[j]!.name)
       await Promise.resolve()
       be.write(dst, params.slice(buckets[j]!.start, buckets[j]!.end))
+      return undefined
     },
     grad: (j: number, g: Tensor): void => {
       got.push(buckets[j]!.name)
@@ -253,10 +254,25 @@ test('stream mode: the same loss and gradients as full mode, holding only the ed
   // Misuse: full-mode calls on a streamed model, a load that writes past the bucket's slot, a streamed call on a full model.
   t.throws(() => stream.forward(tokens, targets), { name: 'InvalidArgumentError', message: /streamed/ })
   t.throws(() => stream.getParams(), { name: 'InvalidArgumentError', message: /streamed/ })
-  await t.throwsAsync(stream.forwardStreamed(tokens, targets, { load: async (_j, dst) => be.write(dst, new Float32Array(dst.length + 1)) }), {
+  // A caller whose weights are already on the backend lends them: the same loss, and a tensor of the wrong size is refused.
+  const held = be.alloc('f32', [params.length])
+  be.write(held, params)
+  const lent = { load: async (j: number) => be.view(held, buckets[j]!.start, [buckets[j]!.end - buckets[j]!.start]) }
+  t.is(await stream.forwardStreamed(tokens, targets, lent), want, 'weights read in place give the same loss')
+  await t.throwsAsync(stream.forwardStreamed(tokens, targets, { load: async () => be.view(held, 0, [3]) }), {
     name: 'InvalidArgumentError',
-    message: /exceeds/
+    message: /bucket emb needs/
   })
+  be.free(held)
+  await t.throwsAsync(
+    stream.forwardStreamed(tokens, targets, {
+      load: async (_j, dst) => {
+        be.write(dst, new Float32Array(dst.length + 1))
+        return undefined
+      }
+    }),
+    { name: 'InvalidArgumentError', message: /exceeds/ }
+  )
   await t.throwsAsync(full.forwardStreamed(tokens, targets, io), { name: 'InvalidArgumentError', message: /stream/ })
   full.dispose()
   stream.dispose()
