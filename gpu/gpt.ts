@@ -121,10 +121,36 @@ export function gptLayout(config: GptConfig): GptLayout {
  * core's Rng, drawn tensor by tensor in layout order.
  */
 export function initGptParams(config: GptConfig, seed: Seed): Float32Array {
+  const out = new Float32Array(gptLayout(config).length)
+  for (const _ of initSteps(config, seed, out, Infinity));
+  return out
+}
+
+/**
+ * {@link initGptParams} (the same values) that awaits `turn` after every `every` elements, so
+ * a process that initialises a large model on its event loop keeps answering heartbeats.
+ * A model of at most `every` parameters is returned at once, without an await (a simulated
+ * schedule stays what it was).
+ */
+export function initGptParamsYielding(config: GptConfig, seed: Seed, turn: () => Promise<void>, every = 1 << 22): Float32Array | Promise<Float32Array> {
+  const out = new Float32Array(gptLayout(config).length)
+  const steps = initSteps(config, seed, out, every)
+  if (out.length <= every) {
+    for (const _ of steps);
+    return out
+  }
+  return (async () => {
+    for (const _ of steps) await turn()
+    return out
+  })()
+}
+
+/** Fills `out` with the initial parameters, yielding after every `every` random draws. */
+function* initSteps(config: GptConfig, seed: Seed, out: Float32Array, every: number): Generator<void> {
   const layout = gptLayout(config)
-  const out = new Float32Array(layout.length)
   const rng = Rng.fromSeed(seed).split('gpt-init')
   const residualStd = 0.02 / Math.sqrt(2 * config.nLayer)
+  let drawn = 0
   for (const t of layout.tensors) {
     const kind = t.name.slice(t.name.lastIndexOf('.') + 1)
     if (kind === 'ln1w' || kind === 'ln2w' || kind === 'lnfw') {
@@ -134,9 +160,11 @@ export function initGptParams(config: GptConfig, seed: Seed): Float32Array {
     if (t.shape.length !== 2) continue // biases stay 0
     const std = kind === 'wpe' ? 0.01 : kind === 'attprojw' || kind === 'fcprojw' ? residualStd : 0.02
     const n = kind === 'wte' ? config.vocabSize * config.C : t.length
-    for (let i = 0; i < n; i++) out[t.offset + i] = rng.normal() * std
+    for (let i = 0; i < n; i++) {
+      out[t.offset + i] = rng.normal() * std
+      if (++drawn % every === 0) yield
+    }
   }
-  return out
 }
 
 /** Per-model options: micro-batch shape, activation dtype and the init seed. */

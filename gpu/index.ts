@@ -35,6 +35,7 @@ export {
   GPT_PRESETS,
   gptLayout,
   initGptParams,
+  initGptParamsYielding,
   validateGptConfig
 } from './gpt.ts'
 

@@ -1,5 +1,5 @@
 import { shardRange } from '../../core/index.ts'
-import { initGptParams } from '../../gpu/index.ts'
+import { initGptParamsYielding } from '../../gpu/index.ts'
 import type { Collective, Member, PeerId } from '../../mesh/index.ts'
 import { SNAPSHOT_LIMITS, UnrecoverableError, type RankState } from '../../snapshot/index.ts'
 import { diskSteps, loadDiskState } from '../disk-tier.ts'
@@ -11,11 +11,15 @@ import { diskHint } from './persist.ts'
 import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
 
 /** This rank's shard of the seed's initial weights, with zero AdamW moments. */
-export function freshShard(env: TrainerEnv, start: number, length: number): ShardState {
-  const full = initGptParams(env.cfg.model, env.cfg.seed)
-  const master = new Float32Array(length)
-  master.set(full.subarray(start, Math.min(full.length, start + length)))
-  return { step: 0, master, m: new Float32Array(length), v: new Float32Array(length) }
+export function freshShard(env: TrainerEnv, start: number, length: number): ShardState | Promise<ShardState> {
+  const cut = (full: Float32Array): ShardState => {
+    const master = new Float32Array(length)
+    master.set(full.subarray(start, Math.min(full.length, start + length)))
+    return { step: 0, master, m: new Float32Array(length), v: new Float32Array(length) }
+  }
+  // A large model's initialisation takes seconds on the CPU: it lets the event loop turn.
+  const full = initGptParamsYielding(env.cfg.model, env.cfg.seed, () => env.deps.clock.turn())
+  return full instanceof Float32Array ? cut(full) : full.then(cut)
 }
 
 /** The shard `shard` of the full flat state assembled from every old rank's state (in rank order). */
@@ -41,9 +45,11 @@ export function cutShard(env: TrainerEnv, states: readonly RankState[], step: nu
  * the recovery point must be one every owner placed).
  */
 function knownVersions(env: TrainerEnv, rs: RunState, old: Member[], K: number): Uint32Array {
-  const svc = rs.snapshots!
+  const svc = rs.snapshots
   return recoveryPoint.encode(
     old.map(m => {
+      // Snapshots off (`--snapshot off`): nothing is known, the recovery point is the start.
+      if (svc === undefined) return []
       const vs = svc.manifests(m.id).map(x => x.version)
       if (m.id === env.deps.net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
       return [...new Set(vs)].sort((a, b) => b - a).slice(0, K)
@@ -102,7 +108,7 @@ export async function recover(
   const plan = rs.plan!
   if (plan.mode === 'resume') return await resume(env, rs, collective, roster, shard, signal)
   if (plan.mode === 'grow') return await growExchange(env, rs, collective, roster, shard, signal)
-  const svc = rs.snapshots!
+  const svc = rs.snapshots
   const { clock, log } = env.deps
   const t0 = clock.monotonic()
   const old = plan.oldRoster
@@ -120,6 +126,7 @@ export async function recover(
     record()
     return freshShard(env, shard.start, shard.length)
   }
+  if (svc === undefined) throw new TrainingError(`the other ranks agreed on snapshot step ${rp}, but this node runs with snapshots off (--snapshot must agree)`)
   const fetch = async (owner: PeerId): Promise<RankState> => {
     rs.st.phase = `recovery: loading ${owner}'s snapshot of step ${rp}`
     return (await svc.recover({ owner, version: rp }, opts)).state

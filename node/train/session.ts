@@ -214,7 +214,10 @@ export async function runSession(
         return fail(err)
       })
     }
-    state ??= freshShard(env, p.shard.start, p.shard.length)
+    if (state === undefined) {
+      const fresh = freshShard(env, p.shard.start, p.shard.length)
+      state = fresh instanceof Promise ? await fresh : fresh
+    }
     rs.plan = undefined
     const t = shardTensors(p, state)
     tensors = t

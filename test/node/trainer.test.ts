@@ -122,3 +122,13 @@ test('one rank with exact wires keeps its step on the backend: the same weights,
   t.is(Buffer.compare(Buffer.from(run.params.buffer), Buffer.from(ref.getParams().buffer)), 0, 'final weights are bit-identical to the reference')
   ref.dispose()
 })
+
+test('snapshots off: a lost rank ends the run with a clear TrainingError on every node, never a crash', async t => {
+  const cfg: TrainConfig = { ...base, worldSize: 2, steps: 8, snapshot: undefined }
+  const hurt = await trainMeshAll(3, cfg, { kill: { rank: 1, atStep: 4 } })
+  t.true(hurt.errors.length > 0, 'the run ended')
+  for (const e of hurt.errors) {
+    t.is(e.name, 'TrainingError', e.message)
+    t.regex(e.message, /snapshots are off|--snapshot/)
+  }
+})
