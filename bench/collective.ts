@@ -78,8 +78,11 @@ async function step(
   return { bytes, perOp, phaseMs }
 }
 
+// BENCH_COLLECTIVE_PARTS picks parts (default 'abc'), e.g. 'c' for the real processes alone.
+const PARTS = process.env['BENCH_COLLECTIVE_PARTS'] ?? 'abc'
+
 // (a) exact cross-zone bytes
-for (const zones of [2, 4]) {
+for (const zones of PARTS.includes('a') ? [2, 4] : []) {
   const P = 8
   const results: Record<string, { bytes: TierBytes; perOp: Record<string, TierBytes>; phaseMs: number[] }> = {}
   for (const [name, options] of Object.entries(CONFIGS)) {
@@ -116,7 +119,7 @@ for (const zones of [2, 4]) {
 }
 
 // (b) simulated step time on a WAN profile
-{
+if (PARTS.includes('b')) {
   const P = 8
   const topology: Topology = {
     host: { latencyMs: 0.1, jitterMs: 0, bandwidthBytesPerS: 1.25e9, loss: 0, duplicate: 0, corrupt: 0 },
@@ -195,7 +198,7 @@ for (const zones of [2, 4]) {
 // Node TCP on the same loopback in the same run (the baseline of `npm run bench -- wire`: one
 // socket to a receiver process, best of 3 sends of 256 MiB). Results are checked against each
 // other (every rank's all-gather must be the same bytes). BENCH_COLLECTIVE_PROCS=0 skips it.
-if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0') {
+if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0' && PARTS.includes('c')) {
   const { runWorkers } = await import('../test/helpers/collective-procs.ts')
   const { rawTcpSeconds, startWireReceiver } = await import('./_wire-raw.ts')
   const rawBytes = 256 * 2 ** 20

@@ -147,7 +147,9 @@ else await fault(cfg.op!, cfg.step ?? 1)
 async function check(): Promise<void> {
   const mine = vec(rank)
   const s = shardRange(n, coll.size, rank)
-  const gather = async (step: number): Promise<Float32Array> => (await coll.allGather(vec(0).slice(s.start, s.start + s.length), n, { step })).data
+  // Built once: the timed rounds measure the collective, not the generation of a 64 MiB input.
+  const shard = vec(0).slice(s.start, s.start + s.length)
+  const gather = async (step: number): Promise<Float32Array> => (await coll.allGather(shard, n, { step })).data
   const scatter = async (step: number): Promise<Float32Array> => (await coll.reduceScatter(mine, { step: 1000 + step })).data
   const ag = await gather(0)
   const rs = await scatter(0)
