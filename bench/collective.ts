@@ -231,6 +231,25 @@ if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0' && PARTS.includes('c')) {
       mb_s_before_after: [Number(before.toFixed(1)), Number(after.toFixed(1))]
     }) + '\n'
   )
+  // The ceiling of a ring on this box: 3 processes that only move the bytes a ring all-gather
+  // moves per link ((P-1)/P of the vector), over raw TCP and over TLS as the bulk channel;
+  // MB/s of the whole vector as for the collectives, best of 2.
+  const { ringRawSeconds } = await import('./_ring-raw.ts')
+  const perLink = Math.floor((2 / 3) * elements * 4)
+  const ring: Record<string, number> = {}
+  for (const mode of ['tcp', 'tls'] as const) {
+    const secs = Math.min(await ringRawSeconds(3, mode, perLink), await ringRawSeconds(3, mode, perLink))
+    ring[mode] = (elements * 4) / secs / 1e6
+    process.stdout.write(
+      JSON.stringify({
+        bench: 'collective.processes',
+        impl: `ring of 3 processes moving bytes only, ${mode === 'tcp' ? 'raw TCP' : 'TLS 1.3-PSK AES-128-GCM'} (ceiling)`,
+        bytes_per_link: perLink,
+        mb_s: Number(ring[mode]!.toFixed(1)),
+        ratio: Number((ring[mode]! / raw).toFixed(3))
+      }) + '\n'
+    )
+  }
   const same = res.every(r => r.allGather === res[0]!.allGather && r.allGatherInto === r.allGather)
   const ratio = (x: number | undefined): number => Number(((x ?? 0) / raw).toFixed(3))
   for (const r of res) {
@@ -253,7 +272,9 @@ if (process.env['BENCH_COLLECTIVE_PROCS'] !== '0' && PARTS.includes('c')) {
         fresh_result_all_gather_ratio: ratio(r.allGatherFreshMBps),
         fresh_result_reduce_scatter_ratio: ratio(r.reduceScatterFreshMBps),
         all_gather_results_identical: same,
-        baseline: 'raw Node TCP'
+        baseline: 'raw Node TCP',
+        all_gather_of_tls_ring: Number(((r.allGatherMBps ?? 0) / ring['tls']!).toFixed(3)),
+        reduce_scatter_of_tls_ring: Number(((r.reduceScatterMBps ?? 0) / ring['tls']!).toFixed(3))
       }) + '\n'
     )
   }

@@ -1,7 +1,7 @@
 import test from 'ava'
 import { InvalidArgumentError, RealClock, shardRange } from '../../core/index.ts'
 import { createMemoryNetwork, type ByteStream, type PeerNet } from '../../mesh/index.ts'
-import { BF16_WIRE, createCollective, roundTrip, type Collective, type Wire } from '../../mesh/collective/index.ts'
+import { BF16_WIRE, createCollective, createZeroComm, roundTrip, type Collective, type Wire } from '../../mesh/collective/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { firstDiff, randomVec, serialRingReduce } from './helpers.ts'
 
@@ -229,6 +229,58 @@ test('body and partial-sum buffers come from the pool: repeated reduce-scatters 
       // land in its result).
       t.true(made + reused >= calls * 16, `loans ${made + reused}`)
       t.true(made <= 16, `buffers made ${made} (one per chunk would be ${calls * 16})`)
+    }
+  } finally {
+    await g.stop()
+  }
+})
+
+test("ZeroComm passes into through: weight gathers (flat, qwZ, hpZ backward) and gradient reductions (ring, qgZ) fill the caller's arrays", async t => {
+  const { rng } = seededRng(t, 44)
+  const P = 4
+  const n = 3001
+  const g = await lateGroup(P, 1024)
+  try {
+    for (const options of [{}, { qwZ: true, hpZ: true, qgZ: true }]) {
+      const zs = g.colls.map(c => createZeroComm(c, options))
+      const full = randomVec(rng, n)
+      const grads = g.colls.map(() => randomVec(rng, n))
+      const check = async (
+        label: string,
+        calls: (z: (typeof zs)[number], r: number, into: Float32Array) => Promise<{ data: Float32Array }>,
+        len: (r: number) => number,
+        fresh: (z: (typeof zs)[number], r: number) => Promise<{ data: Float32Array }>
+      ): Promise<void> => {
+        const want = await Promise.all(zs.map((z, r) => fresh(z, r)))
+        const into = zs.map((_, r) => new Float32Array(len(r)))
+        const got = await Promise.all(zs.map((z, r) => calls(z, r, into[r]!)))
+        got.forEach((res, r) => {
+          t.is(res.data, into[r]!, `${label} rank ${r}: the caller's array`)
+          t.is(firstDiff(res.data, want[r]!.data), -1, `${label} rank ${r}: equal to a fresh result`)
+        })
+      }
+      const shard = (r: number): Float32Array => {
+        const s = shardRange(n, P, r)
+        return full.slice(s.start, s.start + s.length)
+      }
+      await check(
+        'forward',
+        (z, r, into) => z.gatherWeights('b', shard(r), n, 'forward', { step: 1, into }),
+        () => n,
+        (z, r) => z.gatherWeights('b', shard(r), n, 'forward', { step: 1 })
+      )
+      await check(
+        'backward',
+        (z, r, into) => z.gatherWeights('b', shard(r), n, 'backward', { step: 1, into }),
+        () => n,
+        (z, r) => z.gatherWeights('b', shard(r), n, 'backward', { step: 1 })
+      )
+      await check(
+        'grads',
+        (z, r, into) => z.reduceGradients('b', grads[r]!, { step: 1, into }),
+        r => shardRange(n, P, r).length,
+        (z, r) => z.reduceGradients('b', grads[r]!, { step: 1 })
+      )
     }
   } finally {
     await g.stop()
