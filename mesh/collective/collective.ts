@@ -134,6 +134,13 @@ const boxKey = (src: number, phase: number): number => src * 256 + phase
  * member's call fails at once too instead of waiting for its own timeout, and reports the same
  * origin: a failure anywhere reaches every survivor within the timeout bound plus
  * `noticeGraceMs` and a few link latencies. Later calls reject at once.
+ *
+ * Bytes are copied as little as the transport allows, because on a 2-core box every copy and
+ * every fresh buffer showed in the ring's throughput: a body is parsed straight into the
+ * place its operation gives for it (`Landing`: the output, for f32 and raw words) or into a
+ * pooled buffer (pool.ts); a message goes out as a gathered write of its header and a view
+ * of the body (ByteStream.writev) where the stream has it. Such a body may be the caller's
+ * input or result, so a call resolves only once the transport has released every body it sent.
  */
 export class CollectiveCore {
   readonly net: PeerNet
