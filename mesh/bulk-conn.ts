@@ -1,7 +1,7 @@
 import type { TLSSocket } from 'node:tls'
 import { AbortError } from '../core/index.ts'
 import { ByteQueue } from './byte-queue.ts'
-import { checkChunkSize } from './checks.ts'
+import { checkChunkSize, checkWriteBytes } from './checks.ts'
 import { PeerGoneError, ProtocolNotSupportedError, StreamResetError } from './errors.ts'
 import { MESH_LIMITS } from './limits.ts'
 import { u32le } from './lp.ts'
@@ -279,10 +279,12 @@ export class SocketByteStream implements ByteStream {
     return this.failure === undefined && !this.localEnded && !this.socket.destroyed && this.socket.writable
   }
 
-  async writeFrame(chunk: Uint8Array, signal?: AbortSignal): Promise<void> {
+  /** One frame of `parts` (total `bytes`); `onWritten` runs once the socket is done with them. */
+  private async writeFrame(parts: readonly Uint8Array[], bytes: number, signal?: AbortSignal, onWritten?: () => void): Promise<void> {
     this.socket.cork()
-    this.socket.write(u32le(chunk.length))
-    this.socket.write(chunk)
+    this.socket.write(u32le(bytes))
+    const last = parts.length - 1
+    parts.forEach((p, i) => this.socket.write(p, i === last ? onWritten : undefined))
     this.socket.uncork()
     while (this.socket.writableLength > MESH_LIMITS.maxStreamWriteBufferBytes) {
       await new Promise<void>((resolve, reject) => {
@@ -312,13 +314,44 @@ export class SocketByteStream implements ByteStream {
     }
   }
 
-  async write(chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
-    checkChunkSize(chunk)
-    if (options.signal?.aborted === true) throw new AbortError('write aborted')
+  /** Throws why nothing can be written now, if anything. */
+  private checkWritable(signal: AbortSignal | undefined): void {
+    if (signal?.aborted === true) throw new AbortError('write aborted')
     if (this.failure !== undefined) throw this.failure
     if (!this.writable()) throw new StreamResetError('stream closed')
+  }
+
+  async write(chunk: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+    checkChunkSize(chunk)
+    this.checkWritable(options.signal)
     if (chunk.length === 0) return
-    await this.writeFrame(chunk, options.signal)
+    await this.writeFrame([chunk], chunk.length, options.signal)
+  }
+
+  /** The socket copies nothing: the parts go to the kernel (through TLS) as they are. */
+  async writev(parts: readonly Uint8Array[], options: { signal?: AbortSignal; onReleased?: () => void } = {}): Promise<void> {
+    const release = once(options.onReleased)
+    let bytes = 0
+    for (const p of parts) bytes += p.length
+    try {
+      checkWriteBytes(bytes)
+      this.checkWritable(options.signal)
+    } catch (err) {
+      release()
+      throw err
+    }
+    if (bytes === 0) {
+      release()
+      return
+    }
+    // The socket calls back on the last part once everything before it went out too (or
+    // with an error once the socket is destroyed and drops them).
+    await this.writeFrame(
+      parts.filter(p => p.length > 0),
+      bytes,
+      options.signal,
+      release
+    )
   }
 
   async end(): Promise<void> {
@@ -347,5 +380,15 @@ export class SocketByteStream implements ByteStream {
       }
       yield c
     }
+  }
+}
+
+/** `f` made safe to call more than once (or absent). */
+function once(f: (() => void) | undefined): () => void {
+  let called = f === undefined
+  return () => {
+    if (called) return
+    called = true
+    f!()
   }
 }

@@ -15,7 +15,12 @@ export function checkGossipSize(data: Uint8Array): void {
 
 /** Caps one stream write. */
 export function checkChunkSize(chunk: Uint8Array): void {
-  checkCap('stream write bytes', chunk.length, MESH_LIMITS.maxStreamChunkBytes)
+  checkWriteBytes(chunk.length)
+}
+
+/** Caps one stream write of `bytes` (a gathered write's parts together). */
+export function checkWriteBytes(bytes: number): void {
+  checkCap('stream write bytes', bytes, MESH_LIMITS.maxStreamChunkBytes)
 }
 
 /** Sets a key in a map about strangers, evicting the oldest entry beyond `cap` (maxTrackedPeers). */

@@ -67,6 +67,7 @@ export {
   type GatherOptions,
   type ReduceOptions,
   type HierReduceOptions,
+  type IntoOption,
   type TierBytes,
   type ErrorFeedback,
   type ZeroComm,

@@ -55,6 +55,15 @@ export interface ByteStream extends AsyncIterable<Uint8Array> {
    * `chunk` afterwards.
    */
   write(chunk: Uint8Array, options?: { signal?: AbortSignal }): Promise<void>
+  /**
+   * Optional, on streams that hand bytes to the kernel rather than to a reader (the bulk
+   * channel): writes `parts` back to back as if joined (at most maxStreamChunkBytes in all)
+   * without copying them, resolving like write(); `onReleased` runs once the stream holds no
+   * reference to any part (sent, or dropped because the stream failed), after which the caller
+   * may reuse them. Streams that pass chunks to their reader by reference (in memory,
+   * simulated) do not have it: a caller joins the parts and uses write().
+   */
+  writev?(parts: readonly Uint8Array[], options?: { signal?: AbortSignal; onReleased?: () => void }): Promise<void>
   /** Closes the writing side; the remote's iteration ends after the queued bytes. */
   end(options?: { signal?: AbortSignal }): Promise<void>
   /** Resets both directions now; the remote sees StreamResetError. Idempotent. */

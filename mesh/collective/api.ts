@@ -27,7 +27,18 @@ export interface Window {
   total: number
 }
 
-export interface GatherOptions extends OpOptions {
+/**
+ * Where a call writes its result: an array of the result's type and length that the caller
+ * owns and may reuse from call to call (a fresh result array costs its first touch, several
+ * times the copy, on every call), not overlapping the input. The call returns it as `data`.
+ * Bodies are written into it as they arrive, before their checksums are verified, so after a
+ * failed call its contents are undefined.
+ */
+export interface IntoOption<T> {
+  into?: T
+}
+
+export interface GatherOptions<T extends GatherWords = GatherWords> extends OpOptions, IntoOption<T> {
   /**
    * How f32 shards travel (f32, bf16, or int8/int4 blockwise). Default f32. Ignored for
    * Uint16Array (raw bf16 words) and Uint32Array (raw 32-bit words) input.
@@ -36,13 +47,13 @@ export interface GatherOptions extends OpOptions {
   scope?: Scope
 }
 
-export interface ReduceOptions extends OpOptions {
+export interface ReduceOptions extends OpOptions, IntoOption<Float32Array> {
   /** f32 (exact) or bf16 (partials rounded per hop). Default f32. */
   wire?: Wire
   scope?: Scope
 }
 
-export interface HierReduceOptions extends OpOptions {
+export interface HierReduceOptions extends OpOptions, IntoOption<Float32Array> {
   /** f32 (exact) or int8/int4 blockwise (qgZ). Default f32. */
   wire?: Wire
   /** Keeps quantization residuals locally and adds them to the next call's values. */
@@ -83,10 +94,10 @@ export interface Collective {
   /** Ranks (ascending) of this node's group in `scope`. */
   group(scope: Scope): readonly number[]
   /** Ring all-gather: `mine` is this rank's shard; every member gets all `length` elements. */
-  allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
-  allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
+  allGather(mine: Float32Array, length: number, opts?: GatherOptions<Float32Array>): Promise<CollectiveResult<Float32Array>>
+  allGather(mine: Uint16Array, length: number, opts?: GatherOptions<Uint16Array>): Promise<CollectiveResult<Uint16Array>>
   /** Raw 32-bit words (integer records), bit for bit, in f32's chunks and byte counts (encoding u32). */
-  allGather(mine: Uint32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint32Array>>
+  allGather(mine: Uint32Array, length: number, opts?: GatherOptions<Uint32Array>): Promise<CollectiveResult<Uint32Array>>
   /** Ring reduce-scatter: `x` is this rank's whole vector; returns the sum of everyone's shard of this rank. */
   reduceScatter(x: Float32Array, opts?: ReduceOptions): Promise<CollectiveResult<Float32Array>>
   /** Reduce-scatter then all-gather (f32) on the ring: every member gets the same sums. */
@@ -99,6 +110,24 @@ export interface Collective {
 function checkLength(length: number): void {
   if (!Number.isSafeInteger(length) || length < 0) throw new InvalidArgumentError(`length must be a non-negative integer, got ${length}`)
   checkCap('collective elements', length, COLLECTIVE_LIMITS.maxElements)
+}
+
+type GatherWords = Float32Array | Uint16Array | Uint32Array
+
+/**
+ * The caller's result array (see {@link IntoOption}) after checking its type, length and that it
+ * does not overlap `input`, or a fresh one.
+ */
+function resultArray<T extends GatherWords>(input: T, length: number, into: GatherWords | undefined): T {
+  const make = input.constructor as new (n: number) => T
+  if (into === undefined) return new make(length)
+  if (into.constructor !== input.constructor || into.length !== length)
+    throw new InvalidArgumentError(`into must be a ${make.name} of ${length} elements, got a ${into.constructor.name} of ${into.length}`)
+  const a0 = into.byteOffset
+  const b0 = input.byteOffset
+  if (into.buffer === input.buffer && a0 < b0 + input.byteLength && b0 < a0 + into.byteLength && into.length > 0 && input.length > 0)
+    throw new InvalidArgumentError('into must not overlap the input')
+  return into as T
 }
 
 /** Checks that a window of `length` elements lies inside its vector (scope 'all' only). */
@@ -154,8 +183,6 @@ function reduceWire(w: Wire | undefined): Wire {
   return wire
 }
 
-type GatherWords = Float32Array | Uint16Array | Uint32Array
-
 function allGatherOn(core: CollectiveCore, mine: GatherWords, length: number, opts: GatherOptions): Promise<CollectiveResult<GatherWords>> {
   checkLength(length)
   const scope = opts.scope ?? 'all'
@@ -165,7 +192,7 @@ function allGatherOn(core: CollectiveCore, mine: GatherWords, length: number, op
   const wire = opts.wire ?? F32_WIRE
   validateWire(wire)
   const plan = ringPlan(core, length, scope, 0, opts.window)
-  const input = gatherInput(mine, length, wire)
+  const input = gatherInput(mine, resultArray(mine, length, opts.into), wire)
   return core.run('allGather', opts.label ?? 'all_gather', opts, async op => {
     const go = ringAllGather(op, plan, input)
     op.ready()
@@ -174,11 +201,11 @@ function allGatherOn(core: CollectiveCore, mine: GatherWords, length: number, op
   })
 }
 
-/** The ring's input for `mine`, with a fresh output of `length` elements of the same type. */
-function gatherInput(mine: GatherWords, length: number, wire: Wire): GatherInput {
-  if (mine instanceof Uint16Array) return { kind: 'raw16', mine, out: new Uint16Array(length) }
-  if (mine instanceof Uint32Array) return { kind: 'raw32', mine, out: new Uint32Array(length) }
-  return { kind: 'f32', wire, mine, out: new Float32Array(length) }
+/** The ring's input for `mine` and its output `out` (of the same type). */
+function gatherInput(mine: GatherWords, out: GatherWords, wire: Wire): GatherInput {
+  if (mine instanceof Uint16Array) return { kind: 'raw16', mine, out: out as Uint16Array }
+  if (mine instanceof Uint32Array) return { kind: 'raw32', mine, out: out as Uint32Array }
+  return { kind: 'f32', wire, mine, out: out as Float32Array }
 }
 
 function reduceScatterOn(core: CollectiveCore, x: Float32Array, opts: ReduceOptions): Promise<CollectiveResult<Float32Array>> {
@@ -187,7 +214,7 @@ function reduceScatterOn(core: CollectiveCore, x: Float32Array, opts: ReduceOpti
   const scope = opts.scope ?? 'all'
   checkWindow(x.length, scope, opts.window)
   const plan = ringPlan(core, x.length, scope, 0, opts.window)
-  const out = new Float32Array(partOf(core, x.length, scope, opts.window)(core.rank).length)
+  const out = resultArray(x, partOf(core, x.length, scope, opts.window)(core.rank).length, opts.into)
   return core.run('reduceScatter', opts.label ?? 'reduce_scatter', opts, async op => {
     const go = ringReduceScatter(op, plan, wire, x, out)
     op.ready()
@@ -204,7 +231,7 @@ function allReduceOn(core: CollectiveCore, x: Float32Array, opts: ReduceOptions)
   const rs = ringPlan(core, x.length, scope, 0, opts.window)
   const ag = ringPlan(core, x.length, scope, 1, opts.window)
   const shard = new Float32Array(partOf(core, x.length, scope, opts.window)(core.rank).length)
-  const out = new Float32Array(x.length)
+  const out = resultArray(x, x.length, opts.into)
   return core.run('allReduce', opts.label ?? 'all_reduce', opts, async op => {
     const reduce = ringReduceScatter(op, rs, wire, x, shard)
     const gather = ringAllGather(op, ag, { kind: 'f32', wire: F32_WIRE, mine: shard, out })
@@ -222,7 +249,7 @@ function hierReduceScatterOn(core: CollectiveCore, x: Float32Array, opts: HierRe
   if (wire.kind === 'bf16') throw new InvalidArgumentError('hierReduceScatter carries f32 or quantized partial sums')
   checkWindow(x.length, 'all', opts.window)
   const part = partOf(core, x.length, 'all', opts.window)
-  const out = new Float32Array(part(core.rank).length)
+  const out = resultArray(x, part(core.rank).length, opts.into)
   return core.run('hierReduceScatter', opts.label ?? 'hier_reduce_scatter', opts, async op => {
     const go = hierReduceScatter(op, core.hierarchy, x.length, wire, core.chunkBytes, x, out, opts.errorFeedback, part)
     op.ready()
@@ -234,9 +261,9 @@ function hierReduceScatterOn(core: CollectiveCore, x: Float32Array, opts: HierRe
 /** Creates a collective for `init.view` on `init.net` (call start() on every member). */
 export function createCollective(init: CollectiveInit): Collective {
   const core = new CollectiveCore(init)
-  function allGather(mine: Float32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Float32Array>>
-  function allGather(mine: Uint16Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint16Array>>
-  function allGather(mine: Uint32Array, length: number, opts?: GatherOptions): Promise<CollectiveResult<Uint32Array>>
+  function allGather(mine: Float32Array, length: number, opts?: GatherOptions<Float32Array>): Promise<CollectiveResult<Float32Array>>
+  function allGather(mine: Uint16Array, length: number, opts?: GatherOptions<Uint16Array>): Promise<CollectiveResult<Uint16Array>>
+  function allGather(mine: Uint32Array, length: number, opts?: GatherOptions<Uint32Array>): Promise<CollectiveResult<Uint32Array>>
   function allGather(mine: GatherWords, length: number, opts: GatherOptions = {}): Promise<CollectiveResult<GatherWords>> {
     return allGatherOn(core, mine, length, opts)
   }

@@ -17,8 +17,9 @@ import type { View } from '../membership.ts'
 import type { ByteStream, PeerId, PeerNet } from '../peernet.ts'
 import { CollectiveError, type CollectiveFailure } from './errors.ts'
 import { COLLECTIVE_DEFAULTS, COLLECTIVE_LIMITS } from './limits.ts'
-import { ENCODINGS, MessageParser, OP_KINDS, encodeMessage, type Message, type OpKind } from './message.ts'
+import { ENCODINGS, MessageParser, OP_KINDS, encodeHeader, joinMessage, type Message, type MessageHeader, type OpKind } from './message.ts'
 import { Mailbox, zeroTierBytes, type OpApi, type Payload, type TierBytes } from './op.ts'
+import { BufferPool } from './pool.ts'
 import { buildHierarchy, linkTier, ringOrder, type Hierarchy, type LinkTier, type TierKey } from './topology.ts'
 
 export interface CollectiveInit {
@@ -80,6 +81,8 @@ export interface CollectiveStats {
   /** Messages of operations that had already finished, dropped. */
   staleDropped: number
   failure: CollectiveError | undefined
+  /** Body and partial-sum buffers: allocated, loans served by reuse, bytes held idle (pool.ts). */
+  pool: { made: number; reused: number; idleBytes: number }
 }
 
 interface OpRun {
@@ -97,6 +100,9 @@ interface OpRun {
   lastProgress: number
   timer: number | undefined
   localAbort: boolean
+  /** Bodies sent whose transport still holds them (they may be views of the caller's arrays). */
+  unreleased: number
+  onDrained: (() => void) | undefined
 }
 
 interface Pending {
@@ -128,6 +134,13 @@ const boxKey = (src: number, phase: number): number => src * 256 + phase
  * member's call fails at once too instead of waiting for its own timeout, and reports the same
  * origin: a failure anywhere reaches every survivor within the timeout bound plus
  * `noticeGraceMs` and a few link latencies. Later calls reject at once.
+ *
+ * Bytes are copied as little as the transport allows, because on a 2-core box every copy and
+ * every fresh buffer showed in the ring's throughput: a body is parsed straight into the
+ * place its operation gives for it (`Landing`: the output, for f32 and raw words) or into a
+ * pooled buffer (pool.ts); a message goes out as a gathered write of its header and a view
+ * of the body (ByteStream.writev) where the stream has it. Such a body may be the caller's
+ * input or result, so a call resolves only once the transport has released every body it sent.
  */
 export class CollectiveCore {
   readonly net: PeerNet
@@ -156,6 +169,8 @@ export class CollectiveCore {
   private readonly ended = new Set<number>()
   private readonly pending = new Map<number, Pending>()
   private readonly totals = new Map<string, { calls: number; bytes: TierBytes }>()
+  /** Message bodies and partial sums, reused across chunks and calls. */
+  readonly pool = new BufferPool(COLLECTIVE_LIMITS.maxPoolIdleBytes, COLLECTIVE_LIMITS.maxPooledBufferBytes)
   private readonly sentBytes: Counter<'op' | 'tier'> | undefined
   private readonly failures: Counter<'reason'> | undefined
   private unsubscribe: (() => void) | undefined
@@ -314,7 +329,7 @@ export class CollectiveCore {
   stats(): CollectiveStats {
     const ops: CollectiveStats['ops'] = {}
     for (const [k, v] of this.totals) ops[k] = { calls: v.calls, bytes: { ...v.bytes } }
-    return { ops, staleDropped: this.staleDropped, failure: this.failure }
+    return { ops, staleDropped: this.staleDropped, failure: this.failure, pool: this.pool.stats() }
   }
 
   /**
@@ -368,7 +383,9 @@ export class CollectiveCore {
       waiting: new Map(),
       lastProgress: this.clock.monotonic(),
       timer: undefined,
-      localAbort: false
+      localAbort: false,
+      unreleased: 0,
+      onDrained: undefined
     }
     this.active = op
     this.lastStarted = seq
@@ -379,7 +396,7 @@ export class CollectiveCore {
     signal?.addEventListener('abort', onAbort, { once: true })
     this.armWatchdog(op, this.timeout())
     try {
-      const data = await Promise.race([algo(this.api(op)), op.failed])
+      const data = await Promise.race([algo(this.api(op)).then(d => this.drained(op).then(() => d)), op.failed])
       const t = this.totals.get(label) ?? { calls: 0, bytes: zeroTierBytes() }
       t.calls++
       for (const k of ['host', 'zone', 'wan'] as const) t.bytes[k] += op.bytes[k]
@@ -402,15 +419,35 @@ export class CollectiveCore {
     }
   }
 
+  /** Resolves once no transport holds a body `op` sent: only then may the caller touch its arrays again. */
+  private drained(op: OpRun): Promise<void> {
+    if (op.unreleased === 0) return Promise.resolve()
+    return new Promise(resolve => {
+      op.onDrained = resolve
+    })
+  }
+
+  /** Counts a body handed to a transport; the returned function (idempotent) marks it released. */
+  private lend(op: OpRun, onReleased: (() => void) | undefined): () => void {
+    op.unreleased++
+    let done = false
+    return () => {
+      if (done) return
+      done = true
+      onReleased?.()
+      if (--op.unreleased === 0) op.onDrained?.()
+    }
+  }
+
   private api(op: OpRun): OpApi {
     return {
       self: this.rank,
-      expect: (src, phase, count) => {
+      expect: (src, phase, count, land) => {
         if (count <= 0) return
         if (src === this.rank || src < 0 || src >= this.size) throw new InvalidArgumentError(`cannot expect messages from rank ${src}`)
         const k = boxKey(src, phase)
         if (op.boxes.has(k)) throw new InvalidArgumentError(`messages from rank ${src} in phase ${phase} declared twice`)
-        op.boxes.set(k, new Mailbox(count))
+        op.boxes.set(k, new Mailbox(count, land))
       },
       ready: () => {
         this.drainPending(op)
@@ -439,13 +476,21 @@ export class CollectiveCore {
           throw op.failure ?? err
         }
       },
-      guard: p => Promise.race([p, op.failed])
+      guard: p => Promise.race([p, op.failed]),
+      buffer: bytes => this.pool.acquire(bytes),
+      recycle: b => {
+        this.pool.release(b)
+      }
     }
   }
 
   private async send(op: OpRun, dst: number, phase: number, index: number, p: Payload): Promise<void> {
-    if (op.failure !== undefined) throw op.failure
-    const bytes = encodeMessage(
+    const release = this.lend(op, p.onReleased)
+    if (op.failure !== undefined) {
+      release()
+      throw op.failure
+    }
+    const header = encodeHeader(
       {
         kind: OP_KINDS[op.kind],
         phase,
@@ -461,11 +506,18 @@ export class CollectiveCore {
       },
       p.body
     )
+    const bytes = header.length + p.body.length
     const prev = this.chains.get(dst) ?? Promise.resolve()
     const write = prev.then(async () => {
-      const s = await this.openTo(dst)
-      this.onSent?.({ op: op.kind, encoding: ENCODING_NAMES.get(p.encoding)!, step: op.step, tier: this.tierTo[dst]!, bytes: bytes.length })
-      await s.write(bytes, { signal: op.ctrl.signal })
+      let handed = false
+      try {
+        const s = await this.openTo(dst)
+        this.onSent?.({ op: op.kind, encoding: ENCODING_NAMES.get(p.encoding)!, step: op.step, tier: this.tierTo[dst]!, bytes })
+        handed = true
+        await writeMessage(s, header, p.body, { signal: op.ctrl.signal, onReleased: release })
+      } finally {
+        if (!handed) release()
+      }
     })
     this.chains.set(
       dst,
@@ -491,8 +543,8 @@ export class CollectiveCore {
       else op.waiting.set(dst, n)
     }
     const tier = this.tierTo[dst]!
-    op.bytes[tier] += bytes.length
-    this.sentBytes?.inc({ op: op.label, tier }, bytes.length)
+    op.bytes[tier] += bytes
+    this.sentBytes?.inc({ op: op.label, tier }, bytes)
     op.lastProgress = this.clock.monotonic()
   }
 
@@ -542,7 +594,7 @@ export class CollectiveCore {
   }
 
   private async readLoop(src: number, stream: ByteStream): Promise<void> {
-    const parser = new MessageParser()
+    const parser = new MessageParser({ land: h => this.landing(src, h), acquire: bytes => this.pool.acquire(bytes) })
     try {
       for await (const chunk of stream) {
         if (this.stopped || this.failure !== undefined) return
@@ -585,6 +637,18 @@ export class CollectiveCore {
     }, COLLECTIVE_DEFAULTS.noticeGraceMs)
   }
 
+  /**
+   * Where the body of a message from `src` goes as it arrives: the running operation's
+   * destination for it when the header is the one that operation expects next (else the
+   * message takes the ordinary path, where route() and the algorithm raise any error).
+   */
+  private landing(src: number, h: MessageHeader): Uint8Array | undefined {
+    const op = this.active
+    if (op === undefined || op.failure !== undefined || h.op !== op.seq || h.epoch !== this.view.epoch || h.src !== src) return undefined
+    if (h.kind !== OP_KINDS[op.kind] || h.step !== op.step) return undefined
+    return op.boxes.get(boxKey(src, h.phase))?.landing(h)
+  }
+
   private route(src: number, m: Message): void {
     const h = m.header
     if (h.epoch !== this.view.epoch)
@@ -604,7 +668,12 @@ export class CollectiveCore {
       p.bytes += m.body.length + COLLECTIVE_LIMITS.headerBytes
       return
     }
+    this.dropStale(m)
+  }
+
+  private dropStale(m: Message): void {
     this.staleDropped++
+    if (m.pooled) this.pool.release(m.body)
   }
 
   private deliver(op: OpRun, src: number, m: Message): void {
@@ -625,7 +694,7 @@ export class CollectiveCore {
           const m = p.msgs[i++]!
           p.bytes -= m.body.length + COLLECTIVE_LIMITS.headerBytes
           if (m.header.op === op.seq) this.deliver(op, src, m)
-          else this.staleDropped++
+          else this.dropStale(m)
         }
       } catch (err) {
         this.fail('protocol', src, (err as Error).message, err)
@@ -731,4 +800,19 @@ export class CollectiveCore {
     for (const s of this.inbound.values()) s.abort(err)
     for (const p of this.pending.values()) for (const w of p.wake.splice(0)) w()
   }
+}
+
+/**
+ * Writes one message: header and body gathered without a copy where the stream can
+ * (ByteStream.writev; `onReleased` once it lets go of them), else joined into one buffer, after
+ * which the body is released at once.
+ */
+async function writeMessage(s: ByteStream, header: Uint8Array, body: Uint8Array, options: { signal: AbortSignal; onReleased: () => void }): Promise<void> {
+  if (s.writev !== undefined) {
+    await s.writev([header, body], options)
+    return
+  }
+  const joined = joinMessage(header, body)
+  options.onReleased()
+  await s.write(joined, { signal: options.signal })
 }

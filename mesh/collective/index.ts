@@ -10,13 +10,15 @@ export {
   type OpOptions,
   type GatherOptions,
   type ReduceOptions,
-  type HierReduceOptions
+  type HierReduceOptions,
+  type IntoOption
 } from './api.ts'
 export type { CollectiveInit, CallOptions, CollectiveResult, CollectiveStats } from './collective.ts'
 export { CollectiveError, type CollectiveFailure } from './errors.ts'
 export { COLLECTIVE_LIMITS, COLLECTIVE_DEFAULTS } from './limits.ts'
 export { MESSAGE_MAGIC, MESSAGE_VERSION, OP_KINDS, ENCODINGS, encodeMessage, decodeHeader, MessageParser, type MessageHeader, type Message } from './message.ts'
 export type { TierBytes } from './op.ts'
+export { BufferPool } from './pool.ts'
 export { createErrorFeedback, type ErrorFeedback } from './hier.ts'
 export { windowRange, linkTier, buildHierarchy, ringOrder, relayOf, type LinkTier, type TierKey, type Group, type Hierarchy } from './topology.ts'
 export { type Wire, F32_WIRE, BF16_WIRE, roundTrip, chunkElementsOf } from './wire.ts'

@@ -29,7 +29,14 @@ export const COLLECTIVE_LIMITS = Object.freeze({
    */
   maxPendingBytesPerPeer: 32 * 1024 * 1024,
   /** How far ahead (in operations) a peer's message may be before it is a protocol error. */
-  maxOpsAhead: 1 << 16
+  maxOpsAhead: 1 << 16,
+  /**
+   * Bytes of reused body and partial-sum buffers a collective instance keeps while they are
+   * not in use (pool.ts); a buffer given back past it is dropped for the garbage collector.
+   */
+  maxPoolIdleBytes: 32 * 1024 * 1024,
+  /** Largest pooled buffer (an f32 partial sum of a bf16 chunk of `maxChunkBytes`); larger ones are plain allocations. */
+  maxPooledBufferBytes: 2 * CODEC_LIMITS.maxFrameBodyBytes
 })
 
 /** Defaults of the options of {@link createCollective}. */

@@ -59,11 +59,17 @@ export interface MessageHeader {
 export interface Message {
   header: MessageHeader
   body: Uint8Array
+  /** The body was written straight into the destination its operation gave for it (see {@link BodySink}). */
+  landed: boolean
+  /** The body is a buffer from the collective's pool, owned by whoever consumes the message. */
+  pooled: boolean
 }
 
-/** Header + body in one buffer (one stream write). `bodyChecksum` may be passed when known (forwarding). */
-export function encodeMessage(h: Omit<MessageHeader, 'bodyBytes' | 'bodyChecksum'> & { bodyChecksum?: bigint }, body: Uint8Array): Uint8Array {
-  const out = new Uint8Array(HEADER + body.length)
+type HeaderFields = Omit<MessageHeader, 'bodyBytes' | 'bodyChecksum'> & { bodyChecksum?: bigint }
+
+/** The 64-byte header of a message with `body`. `bodyChecksum` may be passed when known (forwarding). */
+export function encodeHeader(h: HeaderFields, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(HEADER)
   const v = new DataView(out.buffer)
   v.setUint32(0, MESSAGE_MAGIC, true)
   v.setUint8(4, MESSAGE_VERSION)
@@ -81,6 +87,18 @@ export function encodeMessage(h: Omit<MessageHeader, 'bodyBytes' | 'bodyChecksum
   v.setUint32(44, 0, true)
   v.setBigUint64(48, h.bodyChecksum ?? checksum64(body), true)
   v.setBigUint64(56, checksum64(out.subarray(0, 56)), true)
+  return out
+}
+
+/** Header + body in one buffer (one stream write). */
+export function encodeMessage(h: HeaderFields, body: Uint8Array): Uint8Array {
+  return joinMessage(encodeHeader(h, body), body)
+}
+
+/** An encoded header and its body in one buffer. */
+export function joinMessage(header: Uint8Array, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(HEADER + body.length)
+  out.set(header)
   out.set(body, HEADER)
   return out
 }
@@ -119,17 +137,43 @@ export function decodeHeader(bytes: Uint8Array): MessageHeader {
 }
 
 /**
- * Incremental message decoder for one stream. Holds at most one partial message; allocates a
- * body only after its header is verified and within the cap; a message that arrives whole in
- * one chunk is returned as a view of it. Poisoned after the first error.
+ * Where a parser puts bodies. `land` gives the destination an operation expects a body in (a
+ * view of its output, exactly `bodyBytes` long) after the header is verified, or undefined;
+ * then `acquire` lends a buffer (the pool). Either way the body is copied out of the stream's
+ * chunks once, and its checksum is verified where it lies.
+ */
+export interface BodySink {
+  land(h: MessageHeader): Uint8Array | undefined
+  acquire(bytes: number): Uint8Array
+}
+
+/** Bodies in fresh buffers, or as views of a chunk that holds the whole message. */
+const PLAIN_SINK: BodySink = {
+  land: () => undefined,
+  acquire: bytes => new Uint8Array(bytes)
+}
+
+/**
+ * Incremental message decoder for one stream. Holds at most one partial message; takes a
+ * body buffer only after its header is verified and within the cap. With the plain sink a
+ * message that arrives whole in one chunk is returned as a view of it. Poisoned after the
+ * first error.
  */
 export class MessageParser {
+  private readonly sink: BodySink
+  private readonly pooled: boolean
   private head = new Uint8Array(HEADER)
   private headLen = 0
   private header: MessageHeader | undefined
   private body: Uint8Array | undefined
+  private landed = false
   private bodyLen = 0
   private failed: Error | undefined
+
+  constructor(sink?: BodySink) {
+    this.sink = sink ?? PLAIN_SINK
+    this.pooled = sink !== undefined
+  }
 
   /** Bytes held for a message not yet complete. */
   get buffered(): number {
@@ -146,13 +190,14 @@ export class MessageParser {
           if (this.headLen === 0 && chunk.length - pos >= HEADER) {
             const header = decodeHeader(chunk.subarray(pos, pos + HEADER))
             pos += HEADER
-            if (chunk.length - pos >= header.bodyBytes) {
+            if (!this.pooled && chunk.length - pos >= header.bodyBytes) {
               const body = chunk.subarray(pos, pos + header.bodyBytes)
               pos += header.bodyBytes
-              out.push(finish(header, body))
+              out.push(finish(header, body, false, false))
               continue
             }
             this.begin(header)
+            if (header.bodyBytes === 0) out.push(this.complete())
             continue
           }
           const take = Math.min(HEADER - this.headLen, chunk.length - pos)
@@ -187,13 +232,15 @@ export class MessageParser {
 
   private begin(header: MessageHeader): void {
     checkCap('collective message body bytes', header.bodyBytes, COLLECTIVE_LIMITS.maxMessageBodyBytes)
+    const dest = this.sink.land(header)
     this.header = header
-    this.body = new Uint8Array(header.bodyBytes)
+    this.landed = dest !== undefined
+    this.body = dest ?? this.sink.acquire(header.bodyBytes)
     this.bodyLen = 0
   }
 
   private complete(): Message {
-    const m = finish(this.header!, this.body!)
+    const m = finish(this.header!, this.body!, this.landed, this.pooled && !this.landed)
     this.header = undefined
     this.body = undefined
     this.bodyLen = 0
@@ -201,8 +248,8 @@ export class MessageParser {
   }
 }
 
-function finish(header: MessageHeader, body: Uint8Array): Message {
+function finish(header: MessageHeader, body: Uint8Array, landed: boolean, pooled: boolean): Message {
   if (checksum64(body) !== header.bodyChecksum)
     throw protocolError('COLLECTIVE_BODY_CHECKSUM', 'collective body checksum mismatch', { op: header.op, index: header.index })
-  return { header, body }
+  return { header, body, landed, pooled }
 }

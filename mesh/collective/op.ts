@@ -1,5 +1,5 @@
 import { ProtocolError } from '../../core/index.ts'
-import type { Message } from './message.ts'
+import type { Message, MessageHeader } from './message.ts'
 import type { LinkTier } from './topology.ts'
 
 /** Bytes sent per link tier. */
@@ -9,20 +9,33 @@ export function zeroTierBytes(): TierBytes {
   return { host: 0, zone: 0, wan: 0 }
 }
 
-/** An encoded body ready to send (checksum passed through when forwarding a verified body). */
+/**
+ * An encoded body ready to send (checksum passed through when forwarding a verified body). The
+ * body may be a view of the operation's own input or output or a pooled buffer: it must not
+ * change until `onReleased`, which runs once the transport holds no reference to it.
+ */
 export interface Payload {
   encoding: number
   blockSize: number
   elements: number
   body: Uint8Array
   checksum?: bigint
+  onReleased?: () => void
 }
+
+/**
+ * Where message `index` of a (source, phase) goes once its header `h` is verified: a view of
+ * the operation's output exactly `h.bodyBytes` long when the body is stored as-is there (f32 or
+ * raw words) and `h` has the shape the plan expects, else undefined (the body is then checked
+ * and decoded by the algorithm, which raises the typed error).
+ */
+export type Landing = (index: number, h: MessageHeader) => Uint8Array | undefined
 
 /** What an algorithm sees of the running operation. */
 export interface OpApi {
   readonly self: number
-  /** Declares that `count` messages will come from `src` in `phase` (before {@link ready}). */
-  expect(src: number, phase: number, count: number): void
+  /** Declares that `count` messages will come from `src` in `phase` (before {@link ready}), and where they may land. */
+  expect(src: number, phase: number, count: number, land?: Landing): void
   /** All expectations are declared: delivers messages that arrived before the op started. */
   ready(): void
   /** Sends message `index` of (self -> dst, phase); resolves once the stream took it. */
@@ -33,6 +46,10 @@ export interface OpApi {
   check(src: number, fn: () => void): void
   /** Races `p` against the failure of the op. */
   guard<T>(p: Promise<T>): Promise<T>
+  /** A pooled buffer of `bytes` (give it back with {@link recycle}). */
+  buffer(bytes: number): Uint8Array
+  /** Gives a pooled buffer back (a received body once consumed, a sent partial sum once released). */
+  recycle(b: ArrayBufferView): void
 }
 
 interface Waiter {
@@ -43,12 +60,20 @@ interface Waiter {
 /** Messages of one (source, phase) of an operation: arrival order is checked, reading is by index. */
 export class Mailbox {
   readonly count: number
+  readonly land: Landing | undefined
   next = 0
   private readonly msgs = new Map<number, Message>()
   private readonly waiters = new Map<number, Waiter>()
 
-  constructor(count: number) {
+  constructor(count: number, land?: Landing) {
     this.count = count
+    this.land = land
+  }
+
+  /** Where the next message may be written as it arrives (see {@link Landing}). */
+  landing(h: MessageHeader): Uint8Array | undefined {
+    if (this.land === undefined || h.index !== this.next || h.index >= this.count) return undefined
+    return this.land(h.index, h)
   }
 
   /** True while messages are still due. */

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type Range } from '../../core/index.ts'
-import type { Collective, Scope, Window } from './api.ts'
+import type { Collective, IntoOption, Scope, Window } from './api.ts'
 import type { CallOptions, CollectiveResult } from './collective.ts'
 import { createErrorFeedback, type ErrorFeedback } from './hier.ts'
 import { COLLECTIVE_DEFAULTS } from './limits.ts'
@@ -35,7 +35,7 @@ export interface ZeroOptions {
 
 export type GatherPass = 'forward' | 'backward'
 
-export interface ZeroCallOptions extends CallOptions {
+export interface ZeroCallOptions extends CallOptions, IntoOption<Float32Array> {
   window?: Window
 }
 

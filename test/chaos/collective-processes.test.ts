@@ -22,8 +22,10 @@ test.serial('collectives across 3 real processes (libp2p on loopback, bulk chann
   for (const r of res) {
     t.deepEqual(r.transports, ['bulk'], `rank ${r.rank}: collective streams ride the bulk channel`)
     t.is(r.allGather, hex(xs[0]!), `rank ${r.rank}: all-gather`)
+    t.is(r.allGatherInto, hex(xs[0]!), `rank ${r.rank}: all-gather into its own array`)
     const s = shardRange(n, P, r.rank)
     t.is(r.reduceScatter, hex(ref.subarray(s.start, s.start + s.length)), `rank ${r.rank}: reduce-scatter`)
+    t.is(r.reduceScatterInto, hex(ref.subarray(s.start, s.start + s.length)), `rank ${r.rank}: reduce-scatter into its own array`)
     t.is(r.allReduce, hex(ref), `rank ${r.rank}: all-reduce`)
   }
 })

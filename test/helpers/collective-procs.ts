@@ -23,8 +23,19 @@ export interface WorkerResult {
   allGather: string
   reduceScatter: string
   allReduce: string
+  /** The same calls with `into` (results written into arrays the worker owns). */
+  allGatherInto: string
+  reduceScatterInto: string
+  /** Timed rounds with `into`, then with a fresh result per call (`...Fresh...`). */
   allGatherMBps?: number
   reduceScatterMBps?: number
+  allGatherFreshMBps?: number
+  reduceScatterFreshMBps?: number
+  /** CPU time (user + system) of this process per timed round, ms. */
+  allGatherCpuMs?: number
+  reduceScatterCpuMs?: number
+  allGatherFreshCpuMs?: number
+  reduceScatterFreshCpuMs?: number
 }
 
 /** One JSON line a worker printed (`ev` names it), or `{ ev: 'addr', addr }` for its ADDR line. */

@@ -103,7 +103,8 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
     const s = await a.open('B', '127.0.0.1', b.port, session, '/x/1')
     await opened
     // Bypass the sender's own check to send a frame header the receiver must refuse.
-    const write = (s as unknown as { writeFrame: (b: Uint8Array) => Promise<void> }).writeFrame(new Uint8Array(MESH_LIMITS.maxStreamChunkBytes + 1))
+    const big = new Uint8Array(MESH_LIMITS.maxStreamChunkBytes + 1)
+    const write = (s as unknown as { writeFrame: (parts: Uint8Array[], bytes: number) => Promise<void> }).writeFrame([big], big.length)
     const err = await t.throwsAsync(remoteRead)
     t.is(err.name, 'StreamResetError')
     t.regex(err.message, /exceeds/)
@@ -114,6 +115,56 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
       })()
     )
     t.is(mine.name, 'StreamResetError', 'the sender learns of the reset')
+  } finally {
+    await close()
+  }
+})
+
+test('writev sends its parts as one run of bytes in order with plain writes, and releases them once the socket is done with them', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const data = new Uint8Array(randomBytes(2 * 1024 * 1024 + 7))
+    const parts: Uint8Array[] = []
+    const reading = (async () => {
+      for await (const c of s) parts.push(c)
+    })()
+    let released = 0
+    await s.write(data.subarray(0, 3))
+    await s.writev!([data.subarray(3, 67), data.subarray(67, 67), data.subarray(67, 1024 * 1024)], { onReleased: () => released++ })
+    await s.writev!([data.subarray(1024 * 1024)], { onReleased: () => released++ })
+    await s.end()
+    await reading
+    t.true(Buffer.concat(parts).equals(data))
+    t.is(released, 2, 'each gathered write released once')
+  } finally {
+    await close()
+  }
+})
+
+test('writev over the chunk cap (all parts together) is a LimitExceededError before anything is sent, and still releases its parts', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const half = new Uint8Array(MESH_LIMITS.maxStreamChunkBytes / 2 + 1)
+    let released = 0
+    const err = await t.throwsAsync(s.writev!([half, half], { onReleased: () => released++ }))
+    t.is(err.name, 'LimitExceededError')
+    t.is(released, 1)
+    t.deepEqual([...(await exchange(s, Uint8Array.of(1, 2, 3)))], [1, 2, 3], 'the stream is unharmed')
+  } finally {
+    await close()
+  }
+})
+
+test('writev on an aborted stream throws and releases its parts', async t => {
+  const { a, b, close } = await pair({ '/echo/1': echo })
+  try {
+    const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    s.abort()
+    let released = 0
+    await t.throwsAsync(s.writev!([Uint8Array.of(1)], { onReleased: () => released++ }))
+    t.is(released, 1)
   } finally {
     await close()
   }
