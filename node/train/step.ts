@@ -28,10 +28,12 @@ export interface ShardTensors {
   segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor }>
   /**
    * What goes on the wire (undefined on a `local` rank): the master shard on the host for the
-   * weight gathers, downloaded after each AdamW (`ready` passes when it is there), and the
-   * landing space of every bucket's gradient on its way to the reduce-scatter.
+   * weight gathers, downloaded after each AdamW (`ready` passes when it is there), the
+   * landing space of every bucket's gradient on its way to the reduce-scatter, and the
+   * results the collectives write into (`into`: gathered buckets at their flat range, reduced
+   * parts at their shard offset), page-locked so the uploads that follow are fast.
    */
-  wire: { master: Float32Array; ready: Fence; grads: Float32Array } | undefined
+  wire: { master: Float32Array; ready: Fence; grads: Float32Array; gathered: Float32Array; reduced: Float32Array } | undefined
   /** The state's way to snapshots and the disk tier (persist.ts). */
   save: SaveSource
 }
@@ -103,7 +105,8 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
   let wire: ShardTensors['wire']
   if (!p.local) {
     const host = be.hostAlloc('f32', shard.length) as Float32Array
-    wire = { master: host, ready: be.download(host, master), grads: be.hostAlloc('f32', N) as Float32Array }
+    const f32 = (n: number): Float32Array => be.hostAlloc('f32', n) as Float32Array
+    wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
   }
   return { master, grad, m, v, segments, wire, save: { be, master, m, v, host: undefined, pending: undefined } }
 }
@@ -111,10 +114,7 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
 /** Releases the shard's tensors and host buffers (the session is over). */
 export function freeShardTensors(p: SessionParts, t: ShardTensors): void {
   for (const x of [t.master, t.grad, t.m, t.v]) p.be.free(x)
-  if (t.wire !== undefined) {
-    p.be.freeHost(t.wire.master)
-    p.be.freeHost(t.wire.grads)
-  }
+  if (t.wire !== undefined) for (const a of [t.wire.master, t.wire.grads, t.wire.gathered, t.wire.reduced]) p.be.freeHost(a)
 }
 
 /** A local rank's buckets: its shard is the whole model, so each bucket is a device copy of its range. */
