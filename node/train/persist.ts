@@ -13,6 +13,10 @@ export interface SaveSource {
   host: { master: Float32Array; m: Float32Array; v: Float32Array } | undefined
   /** The save whose download is still in flight (a device rank only): the next one waits for none, it is skipped. */
   pending: Promise<void> | undefined
+  /** The backend's downloads run asynchronously (learned from the first save: its fences had not passed when issued). */
+  async: boolean
+  /** A snapshot this source captured is still being placed. */
+  placing: boolean
 }
 
 /** The optimizer state of one rank at a committed step, as snapshots and the disk tier store it. */
@@ -44,11 +48,19 @@ export function saveCommitted(
   // the last one (the state the run ends with).
   const snap = rs.snapshots !== undefined && ((s + 1) % (cfg.snapshot?.every ?? 1) === 0 || s === rs.rosterStart || s + 1 === cfg.steps)
   if (!snap && disk === undefined) return undefined
+  const mandatory = s === rs.rosterStart || s + 1 === cfg.steps || disk !== undefined
   if (src.pending !== undefined) {
     // A roster's first state, the run's last and a disk tier file are never skipped: the step
     // waits for the download ahead of them instead.
-    if (s === rs.rosterStart || s + 1 === cfg.steps || disk !== undefined) return src.pending.then(() => saveCommitted(env, rs, at, src))
+    if (mandatory) return src.pending.then(() => saveCommitted(env, rs, at, src))
     env.deps.log.debug({ step: s + 1 }, 'snapshot skipped: the previous one is still downloading from the device')
+    return undefined
+  }
+  // A device rank's state goes to the host only when placement can take it: a copy made while
+  // the previous snapshot is still being placed would be superseded or wait, and each costs the
+  // trainer's thread a copy of the whole state.
+  if (src.async && src.placing && !mandatory) {
+    env.deps.log.debug({ step: s + 1 }, 'snapshot skipped: the previous one is still being placed')
     return undefined
   }
   const { be } = src
@@ -63,7 +75,9 @@ export function saveCommitted(
     const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v)
     if (snap && rs.snapshots !== undefined) {
       const ticket = rs.snapshots.capture(st)
+      src.placing = true
       void ticket.done.then(o => {
+        src.placing = false
         if (o.status === 'placed') rs.st.snapshotStep = Math.max(rs.st.snapshotStep ?? 0, o.step)
       })
     }
@@ -86,6 +100,7 @@ export function saveCommitted(
     save()
     return undefined
   }
+  src.async = true
   src.pending = Promise.all(fences.map(f => f.wait()))
     .then(save)
     .catch((err: unknown) => {

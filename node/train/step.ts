@@ -108,7 +108,7 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
     const f32 = (n: number): Float32Array => be.hostAlloc('f32', n) as Float32Array
     wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
   }
-  return { master, grad, m, v, segments, wire, save: { be, master, m, v, host: undefined, pending: undefined } }
+  return { master, grad, m, v, segments, wire, save: { be, master, m, v, host: undefined, pending: undefined, async: false, placing: false } }
 }
 
 /** Releases the shard's tensors and host buffers (the session is over). */
