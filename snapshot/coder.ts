@@ -1,0 +1,92 @@
+import { throwIfAborted } from '../core/index.ts'
+import type { ErasureCoder } from '../codec/index.ts'
+import {
+  assembleStateAsync,
+  codeSegment,
+  PAUSE_EVERY_BYTES,
+  segmentSizes,
+  stripeLabels,
+  type AssembleReport,
+  type SnapshotFragment,
+  type StripeSpec
+} from './fragment.ts'
+import { sealState } from './state.ts'
+
+/** Receives segment `s`'s k + m ZMFG frames (frame i belongs to snapshot fragment i), in segment order. */
+export type OnSegment = (s: number, frames: Uint8Array[]) => void
+
+/**
+ * Where a snapshot's checksum passes and erasure coding run: the seam between the protocol
+ * (capture, placement, recovery), which is the same everywhere, and the CPU work under it.
+ * `createInlineCoder` runs it on the calling thread, pausing on the node's clock (the
+ * simulator and tests: one thread, a deterministic event order); `createThreadCoder` runs it on
+ * worker threads (real nodes: the trainer's event loop only copies and sends). Both produce
+ * the same bytes: the same functions of fragment.ts and state.ts run on either side
+ * (test/snapshot/coder-compliance.ts holds every implementation to that).
+ */
+export interface SnapshotCoder {
+  readonly name: 'inline' | 'threads'
+  /** A buffer for a capture copy that `seal` and `stripe` read in place (shared memory for threads). */
+  alloc(bytes: number): Uint8Array
+  /** Writes the whole-state checksum into a serialization from writeState, in place; resolves with it. */
+  seal(state: Uint8Array, options?: { signal?: AbortSignal }): Promise<bigint>
+  /**
+   * Cuts a sealed state into k + m snapshot fragments (stripeState's bytes), segment by segment.
+   * `onSegment` sees each segment's frames as soon as they are coded, so a placement streams
+   * fragment i while later segments are still being coded.
+   */
+  stripe(state: Uint8Array, spec: StripeSpec, options?: { signal?: AbortSignal; onSegment?: OnSegment }): Promise<SnapshotFragment[]>
+  /** Rebuilds and verifies a state from any k valid fragments of one stripe (assembleState). */
+  assemble(frags: readonly SnapshotFragment[], k: number, m: number, options?: { signal?: AbortSignal }): Promise<{ state: Uint8Array; report: AssembleReport }>
+  /** Ends its threads, if any; jobs in flight reject with AbortError. Idempotent. */
+  stop(): void
+}
+
+/** What the inline coder uses: the erasure coder per (k, m), and the pause that gives the event loop back. */
+export interface InlineCoderDeps {
+  coderFor: (k: number, m: number) => ErasureCoder
+  /** Called every PAUSE_EVERY_BYTES of state coded or decoded (a zero-delay sleep on the node's clock). */
+  breathe: () => Promise<void>
+}
+
+/**
+ * The coder on the calling thread. Its awaits are those the snapshot code had before the seam
+ * (a pause every PAUSE_EVERY_BYTES, nothing else), so simulated runs keep their event order.
+ */
+export function createInlineCoder(deps: InlineCoderDeps): SnapshotCoder {
+  return {
+    name: 'inline',
+    alloc: bytes => new Uint8Array(bytes),
+    seal(state, options = {}) {
+      return new Promise(resolve => {
+        throwIfAborted(options.signal)
+        resolve(sealState(state))
+      })
+    },
+    async stripe(state, spec, options = {}) {
+      const labels = stripeLabels(state, spec)
+      const coder = deps.coderFor(spec.k, spec.m)
+      const perIndex: Uint8Array[][] = labels.map(() => [])
+      let o = 0
+      let since = 0
+      for (const [s, size] of segmentSizes(state.length, spec.segmentBytes).entries()) {
+        throwIfAborted(options.signal)
+        const frames = codeSegment(state.subarray(o, o + size), coder)
+        frames.forEach((f, i) => perIndex[i]!.push(f))
+        options.onSegment?.(s, frames)
+        o += size
+        since += size
+        if (since >= PAUSE_EVERY_BYTES) {
+          since = 0
+          await deps.breathe()
+        }
+      }
+      return labels.map((label, i) => ({ label, segments: perIndex[i]! }))
+    },
+    async assemble(frags, k, m, options = {}) {
+      throwIfAborted(options.signal)
+      return await assembleStateAsync(frags, deps.coderFor(k, m), deps.breathe)
+    },
+    stop() {}
+  }
+}
