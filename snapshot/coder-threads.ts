@@ -105,7 +105,10 @@ function createPool(size: number, entry: URL, impl: ErasureCoderName | undefined
   }
   const onReply = (t: Thread, reply: CoderReply): void => {
     const job = settle(t, reply.id)
-    if (job === undefined) return fail(t, new SnapshotCoderError(`snapshot coder thread answered job ${String(reply.id)}, which it was not given`))
+    if (job === undefined) {
+      fail(t, new SnapshotCoderError(`snapshot coder thread answered job ${String(reply.id)}, which it was not given`))
+      return
+    }
     if (job.abandoned) return
     if (reply.ok) job.resolve(reply)
     else job.reject(fromWire(reply.error))
