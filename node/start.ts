@@ -103,9 +103,10 @@ async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret
     }
   )
   // Snapshot checksums and coding run on worker threads, off the trainer's event loop; the
-  // threads start on the first snapshot and end with the node.
+  // threads start now (a spare's first recovery must not wait for them) and end with the node.
   const snapshotCoder = cfg.train && cfg.snapshot !== 'off' ? createThreadCoder() : undefined
   if (snapshotCoder !== undefined) undo.push(async () => snapshotCoder.stop())
+  snapshotCoder?.start()
   let observer: StepObserver = { step() {} }
   const trainer = cfg.train
     ? await createTrainer(cfg, { net, membership, clock, log, metrics, snapshotCoder }, emit, (s, tokens) => observer.step(s, tokens))

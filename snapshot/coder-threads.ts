@@ -51,7 +51,7 @@ interface Thread {
 /**
  * The coder on worker threads (coder-worker.ts). State bytes are read in place from shared
  * memory (`alloc` gives SharedArrayBuffer views; other buffers are copied into one once), and
- * fragments and rebuilt states come back as transferred buffers. Threads start on first use
+ * fragments and rebuilt states come back as transferred buffers. Threads start on start() or first use
  * and are unref'd while idle, so an idle coder never keeps a process alive. A thread that
  * crashes or exits rejects its jobs with SnapshotCoderError and is replaced by the next job.
  */
@@ -72,12 +72,15 @@ export function createThreadCoder(init: ThreadCoderInit = {}): SnapshotCoder {
       const r: Ok<'assemble'> = await pool.submit(id => ({ id, op: 'assemble', frags: packed(frags), k, m }), options.signal)
       return { state: r.state, report: r.report }
     },
+    start: () => pool.start(),
     stop: () => pool.stop()
   }
 }
 
 interface Pool {
   submit<R extends Done>(make: (id: number) => CoderRequest, signal: AbortSignal | undefined): Promise<R>
+  /** Spawns the threads not running yet. */
+  start(): void
   stop(): void
 }
 
@@ -159,6 +162,10 @@ function createPool(size: number, entry: URL, impl: ErasureCoderName | undefined
         if (t.jobs.size === 1) t.worker.ref()
         t.worker.postMessage(make(id))
       })
+    },
+    start() {
+      if (stopped) return
+      for (let i = 0; i < size; i++) if (threads[i] === undefined) spawn(i)
     },
     stop() {
       stopped = true

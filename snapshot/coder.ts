@@ -38,6 +38,12 @@ export interface SnapshotCoder {
   stripe(state: Uint8Array, spec: StripeSpec, options?: { signal?: AbortSignal; onSegment?: OnSegment }): Promise<SnapshotFragment[]>
   /** Rebuilds and verifies a state from any k valid fragments of one stripe (assembleState). */
   assemble(frags: readonly SnapshotFragment[], k: number, m: number, options?: { signal?: AbortSignal }): Promise<{ state: Uint8Array; report: AssembleReport }>
+  /**
+   * Starts its threads, if any, ahead of the first job: a thread loads its modules for about
+   * a second of CPU, which a recovery's first decode should not wait for. Optional: the first
+   * job starts them otherwise.
+   */
+  start(): void
   /** Ends its threads, if any; jobs in flight reject with AbortError. Idempotent. */
   stop(): void
 }
@@ -87,6 +93,7 @@ export function createInlineCoder(deps: InlineCoderDeps): SnapshotCoder {
       throwIfAborted(options.signal)
       return await assembleStateAsync(frags, deps.coderFor(k, m), deps.breathe)
     },
+    start() {},
     stop() {}
   }
 }
