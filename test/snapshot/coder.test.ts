@@ -2,8 +2,8 @@ import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import test from 'ava'
-import { Rng } from '../../core/index.ts'
-import { createInlineCoder, createThreadCoder, encodeState, writeState, type SnapshotFragment } from '../../snapshot/index.ts'
+import { InvalidArgumentError, LimitExceededError, Rng } from '../../core/index.ts'
+import { createInlineCoder, createThreadCoder, encodeState, SNAPSHOT_LIMITS, writeState, type SnapshotFragment } from '../../snapshot/index.ts'
 import { coders, snapshotCoderSuite } from './coder-compliance.ts'
 import { bytesEqual, randomState } from './helpers.ts'
 
@@ -43,4 +43,21 @@ test('idle coder threads never keep a process alive: a process that codes and ne
   const fixture = fileURLToPath(new URL('./fixtures/coder-without-stop.ts', import.meta.url))
   const { stdout } = await promisify(execFile)(process.execPath, [fixture], { timeout: 120_000 })
   t.is(stdout.trim(), 'coded 3 fragments')
+})
+
+test('thread coder caps: threads over maxCoderThreads and jobs over maxCoderJobs are refused before anything starts', async t => {
+  t.throws(() => createThreadCoder({ threads: SNAPSHOT_LIMITS.maxCoderThreads + 1 }), { instanceOf: LimitExceededError })
+  t.throws(() => createThreadCoder({ threads: 0 }), { instanceOf: InvalidArgumentError })
+  const c = createThreadCoder({ threads: 1 })
+  try {
+    const bufs = Array.from({ length: SNAPSHOT_LIMITS.maxCoderJobs + 1 }, (_, i) => writeState(randomState(Rng.fromSeed(40 + i), 10), c.alloc(4096)))
+    // Posted in one tick: no reply can free a place before the last one is asked for.
+    const jobs = bufs.slice(0, -1).map(b => c.seal(b))
+    await t.throwsAsync(c.seal(bufs.at(-1)!), { instanceOf: LimitExceededError })
+    await Promise.all(jobs)
+    t.true(bytesEqual(bufs[0]!, encodeState(randomState(Rng.fromSeed(40), 10))))
+    await c.seal(bufs.at(-1)!)
+  } finally {
+    c.stop()
+  }
 })
