@@ -2,10 +2,10 @@ import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import { AbortError, checkCap, InvalidArgumentError, ProtocolError, throwIfAborted } from '../core/index.ts'
 import { TooFewFragmentsError, type ErasureCoderName } from '../codec/index.ts'
-import type { OnSegment, SnapshotCoder } from './coder.ts'
+import type { SnapshotCoder } from './coder.ts'
 import type { CoderReply, CoderRequest, WireError } from './coder-protocol.ts'
 import { SnapshotCoderError } from './errors.ts'
-import { segmentFrameSizes, segmentSizes, stripeLabels, type SnapshotFragment, type StripeSpec } from './fragment.ts'
+import { segmentFrameSizes, segmentSizes, stripeLabels, type OnSegment, type SnapshotFragment, type StripeSpec } from './fragment.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
 
 /** How a thread coder is built. */

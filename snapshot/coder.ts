@@ -1,19 +1,7 @@
 import { throwIfAborted } from '../core/index.ts'
 import type { ErasureCoder } from '../codec/index.ts'
-import {
-  assembleStateAsync,
-  codeSegment,
-  PAUSE_EVERY_BYTES,
-  segmentSizes,
-  stripeLabels,
-  type AssembleReport,
-  type SnapshotFragment,
-  type StripeSpec
-} from './fragment.ts'
+import { assembleStateAsync, stripeStateAsync, type AssembleReport, type OnSegment, type SnapshotFragment, type StripeSpec } from './fragment.ts'
 import { sealState } from './state.ts'
-
-/** Receives segment `s`'s k + m ZMFG frames (frame i belongs to snapshot fragment i), in segment order. */
-export type OnSegment = (s: number, frames: Uint8Array[]) => void
 
 /**
  * Where a snapshot's checksum passes and erasure coding run: the seam between the protocol
@@ -70,24 +58,9 @@ export function createInlineCoder(deps: InlineCoderDeps): SnapshotCoder {
       })
     },
     async stripe(state, spec, options = {}) {
-      const labels = stripeLabels(state, spec)
-      const coder = deps.coderFor(spec.k, spec.m)
-      const perIndex: Uint8Array[][] = labels.map(() => [])
-      let o = 0
-      let since = 0
-      for (const [s, size] of segmentSizes(state.length, spec.segmentBytes).entries()) {
-        throwIfAborted(options.signal)
-        const frames = codeSegment(state.subarray(o, o + size), coder)
-        frames.forEach((f, i) => perIndex[i]!.push(f))
-        options.onSegment?.(s, frames)
-        o += size
-        since += size
-        if (since >= PAUSE_EVERY_BYTES) {
-          since = 0
-          await deps.breathe()
-        }
-      }
-      return labels.map((label, i) => ({ label, segments: perIndex[i]! }))
+      throwIfAborted(options.signal)
+      const init = { ...spec, coder: deps.coderFor(spec.k, spec.m), ...(options.onSegment === undefined ? {} : { onSegment: options.onSegment }) }
+      return await stripeStateAsync(state, init, deps.breathe)
     },
     async assemble(frags, k, m, options = {}) {
       throwIfAborted(options.signal)

@@ -211,7 +211,12 @@ export interface StripeInit {
   epoch: number
   coder: ErasureCoder
   segmentBytes?: number
+  /** Sees each segment's k + m frames as soon as they are coded (a placement streams them). */
+  onSegment?: OnSegment
 }
+
+/** Receives segment `s`'s k + m ZMFG frames (frame i belongs to snapshot fragment i), in segment order. */
+export type OnSegment = (s: number, frames: Uint8Array[]) => void
 
 /**
  * Cuts a sealed state (from state.ts) into k + m snapshot fragments. The version is the
@@ -261,8 +266,10 @@ function* stripeWork(state: Uint8Array, init: StripeInit): Generator<number, Sna
   const labels = stripeLabels(state, { ...init, k, m, segmentBytes: init.segmentBytes ?? SNAPSHOT_LIMITS.segmentBytes })
   const perIndex: Uint8Array[][] = Array.from({ length: k + m }, () => [])
   let o = 0
-  for (const size of segmentSizes(state.length, labels[0]!.segmentBytes)) {
-    codeSegment(state.subarray(o, o + size), init.coder).forEach((f, i) => perIndex[i]!.push(f))
+  for (const [s, size] of segmentSizes(state.length, labels[0]!.segmentBytes).entries()) {
+    const frames = codeSegment(state.subarray(o, o + size), init.coder)
+    frames.forEach((f, i) => perIndex[i]!.push(f))
+    init.onSegment?.(s, frames)
     o += size
     yield size
   }

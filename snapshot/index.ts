@@ -38,6 +38,7 @@ export {
   type StripeInit,
   type AssembleReport,
   type StripeSpec,
+  type OnSegment,
   stripeLabels,
   codeSegment,
   LABEL_MAGIC,
@@ -63,7 +64,7 @@ export {
   type StoreStats,
   createFragmentStore
 } from './store.ts'
-export { type SnapshotCoder, type InlineCoderDeps, type OnSegment, createInlineCoder } from './coder.ts'
+export { type SnapshotCoder, type InlineCoderDeps, createInlineCoder } from './coder.ts'
 export { type ThreadCoderInit, createThreadCoder, defaultCoderThreads } from './coder-threads.ts'
 export { type Capturer, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
 export { PUT_PROTOCOL, FETCH_PROTOCOL } from './wire.ts'
