@@ -117,7 +117,7 @@ function createPool(size: number, entry: URL, impl: ErasureCoderName | undefined
     else job.reject(fromWire(reply.error))
   }
   const spawn = (slot: number): Thread => {
-    const worker = new Worker(entry, { workerData: { impl } })
+    const worker = new Worker(entry, { workerData: { impl }, execArgv: threadExecArgv(process.execArgv) })
     const t: Thread = { worker, jobs: new Map(), dead: false }
     worker.unref()
     worker.on('message', (reply: CoderReply) => onReply(t, reply))
@@ -209,6 +209,21 @@ async function stripeOn(
     if (next < sizes.length) launch()
   }
   return labels.map((label, i) => ({ label, segments: perIndex[i]! }))
+}
+
+/**
+ * The parent's Node options a thread can take. A thread inherits them, but one started from a
+ * file refuses those about how the main script was given (`--input-type`, and `-e` / `-p` with
+ * its text): `node --input-type=module -e ...` could not start a coder thread.
+ */
+export function threadExecArgv(argv: readonly string[]): string[] {
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') i++
+    else if (!a.startsWith('--input-type') && !a.startsWith('--eval=') && !a.startsWith('--print=')) out.push(a)
+  }
+  return out
 }
 
 /** `bytes` in shared memory: itself when it is, else one copy. */

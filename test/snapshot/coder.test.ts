@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import test from 'ava'
 import { InvalidArgumentError, LimitExceededError, Rng } from '../../core/index.ts'
+import { threadExecArgv } from '../../snapshot/coder-threads.ts'
 import { createInlineCoder, createThreadCoder, encodeState, SNAPSHOT_LIMITS, writeState, type SnapshotFragment } from '../../snapshot/index.ts'
 import { coders, snapshotCoderSuite } from './coder-compliance.ts'
 import { bytesEqual, randomState } from './helpers.ts'
@@ -60,4 +61,10 @@ test('thread coder caps: threads over maxCoderThreads and jobs over maxCoderJobs
   } finally {
     c.stop()
   }
+})
+
+test('coder threads take the parent Node options except those naming the main script (--input-type, -e / -p and its text)', t => {
+  t.deepEqual(threadExecArgv(['--input-type=module', '-e', 'code()', '--max-old-space-size=100']), ['--max-old-space-size=100'])
+  t.deepEqual(threadExecArgv(['-p', '1+1', '--eval=x', '--print=y', '--conditions=dev']), ['--conditions=dev'])
+  t.deepEqual(threadExecArgv([]), [])
 })
