@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline'
 import { RealClock, Rng, silentLogger } from '../core/index.ts'
 import { checksum64 } from '../codec/index.ts'
 import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type ByteStream, type View } from '../mesh/index.ts'
-import { createSnapshotService, type RankState } from '../snapshot/index.ts'
+import { createSnapshotService, createThreadCoder, type RankState } from '../snapshot/index.ts'
 import { stepLoop } from './_snapshot-step.ts'
 
 /** The single-donor baseline: one stream carrying the whole state's bytes. */
@@ -44,7 +44,10 @@ const net = createLibp2pPeerNet(
 await net.start()
 const membership = createMembership({ heartbeatMs, expect: Number(N) }, { net, clock, rng: Rng.fromSeed(`snapshot-procs/${net.self.id}`), log: silentLogger() })
 // Idle timeout as the trainer's (10 s) would abandon holders on a loaded 2-core box; 30 s as bench/snapshot.ts.
-const svc = createSnapshotService({ k, m, storeCapBytes: 8 * 1024 * MiB, idleTimeoutMs: 30_000 }, { net, clock })
+// Coding and decoding on worker threads, as node/start.ts runs them.
+const coder = createThreadCoder()
+coder.start()
+const svc = createSnapshotService({ k, m, storeCapBytes: 8 * 1024 * MiB, idleTimeoutMs: 30_000 }, { net, clock, coder })
 await svc.start()
 
 // ---- the single-donor baseline: serve `n` bytes on one stream ----

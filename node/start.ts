@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs'
 import { RealClock, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type Libp2pPeerNet, type Membership, type View } from '../mesh/index.ts'
+import { createThreadCoder, type SnapshotCoder } from '../snapshot/index.ts'
 import { type StartConfig, readSecret, ConfigError } from './config.ts'
 import { serveControl } from './control.ts'
 import { loadCorpus } from './data.ts'
@@ -101,8 +102,15 @@ async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret
       log: log.child({ component: 'mesh:membership' })
     }
   )
+  // Snapshot checksums and coding run on worker threads, off the trainer's event loop; the
+  // threads start now (a spare's first recovery must not wait for them) and end with the node.
+  const snapshotCoder = cfg.train && cfg.snapshot !== 'off' ? createThreadCoder() : undefined
+  if (snapshotCoder !== undefined) undo.push(async () => snapshotCoder.stop())
+  snapshotCoder?.start()
   let observer: StepObserver = { step() {} }
-  const trainer = cfg.train ? await createTrainer(cfg, { net, membership, clock, log, metrics }, emit, (s, tokens) => observer.step(s, tokens)) : undefined
+  const trainer = cfg.train
+    ? await createTrainer(cfg, { net, membership, clock, log, metrics, snapshotCoder }, emit, (s, tokens) => observer.step(s, tokens))
+    : undefined
   observer = defineNodeMetrics(metrics, { membership, ...(trainer === undefined ? {} : { training: () => trainer.status() }) })
   const startedAt = clock.monotonic()
   const status = (): NodeStatus => ({
@@ -149,6 +157,7 @@ async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret
       await metricsServer?.close()
       await membership.stop()
       await net.stop()
+      snapshotCoder?.stop()
       await new Promise<void>(resolve => server.close(() => resolve()))
     }
   }
@@ -189,6 +198,7 @@ interface TrainerParts {
   clock: RealClock
   log: Logger
   metrics: MetricsRegistry
+  snapshotCoder: SnapshotCoder | undefined
 }
 
 /**
@@ -216,6 +226,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       clock: parts.clock,
       log: parts.log.child({ component: 'train' }),
       metrics: parts.metrics,
+      ...(parts.snapshotCoder === undefined ? {} : { snapshotCoder: parts.snapshotCoder }),
       corpus,
       onStep: s => {
         observe(s, s.worldSize * cfg.batch * T)

@@ -1,5 +1,6 @@
-import { AbortError, checkCap } from '../core/index.ts'
+import { AbortError, checkCap, throwIfAborted } from '../core/index.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
+import type { SnapshotCoder } from './coder.ts'
 import { sealState, stateBytes, writeState, type RankState } from './state.ts'
 
 /** How one capture ended. Never rejects: a trainer may ignore it. */
@@ -27,9 +28,9 @@ export interface CaptureTicket<R> {
  * behind by at most one snapshot and memory stays at two buffers. Every snapshot is the bytes
  * of exactly one `capture` call: a buffer being placed is never written.
  *
- * The checksum pass and the erasure coding run in `place`, after `capture` returned; they
- * share the event loop with the trainer (no worker thread), which is the step-time
- * overhead bench/snapshot.ts measures.
+ * The checksum pass (`seal`) and the erasure coding (in `place`) run after `capture` returned,
+ * on the snapshot coder (coder.ts): worker threads on real nodes, reading the buffer in place
+ * (`alloc` gives shared memory), so the trainer's thread pays only the copy.
  */
 export interface Capturer<R> {
   capture(state: RankState): CaptureTicket<R>
@@ -57,8 +58,13 @@ interface Slot<R> {
   settle: ((o: CaptureOutcome<R>) => void) | undefined
 }
 
+/** Where the capture buffers come from and how they are sealed (a SnapshotCoder's; inline by default). */
+export type CaptureCoder = Pick<SnapshotCoder, 'alloc' | 'seal'>
+
+const inlineSeal: CaptureCoder = { alloc: bytes => new Uint8Array(bytes), seal: async bytes => sealState(bytes) }
+
 /** Creates a capturer over `place` (the snapshot service's placement of sealed state bytes). */
-export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>): Capturer<R> {
+export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>, coder: CaptureCoder = inlineSeal): Capturer<R> {
   const slots: Array<Slot<R>> = [0, 1].map(() => ({ buf: new Uint8Array(0), bytes: undefined, state: 'free' as SlotState, step: -1, settle: undefined }))
   const ctl = new AbortController()
   let pumping: Promise<void> | undefined
@@ -81,7 +87,9 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
       // Let the trainer's code after capture() run before the checksum and coding passes.
       await Promise.resolve()
       try {
-        sealState(slot.bytes!)
+        await coder.seal(slot.bytes!, { signal: ctl.signal })
+        // stop() may have come while the seal ran.
+        throwIfAborted(ctl.signal)
         const result = await place(slot.bytes!, ctl.signal)
         for (const s of slots) if (s !== slot && s.state === 'retained') s.state = 'free'
         slot.state = 'retained'
@@ -109,7 +117,7 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
       checkCap('snapshot state bytes', need, SNAPSHOT_LIMITS.maxStateBytes)
       const slot = slots.find(s => s.state === 'pending') ?? slots.find(s => s.state === 'free') ?? slots.find(s => s.state === 'retained')!
       if (slot.state === 'pending') slot.settle?.({ status: 'superseded', step: slot.step, by: state.step })
-      if (slot.buf.length < need) slot.buf = new Uint8Array(need)
+      if (slot.buf.length < need) slot.buf = coder.alloc(need)
       slot.bytes = writeState(state, slot.buf)
       slot.step = state.step
       slot.state = 'pending'

@@ -116,3 +116,12 @@ export class NoSnapshotError extends ZeromeshError {
 export class TransferTimeoutError extends ZeromeshError {
   static override name = 'TransferTimeoutError'
 }
+
+/**
+ * A coder thread died (crashed, exited, failed to start) or answered something that is not a
+ * reply to the job it was given. The capture whose placement needed it settles `failed`; the
+ * next job starts a fresh thread.
+ */
+export class SnapshotCoderError extends ZeromeshError {
+  static override name = 'SnapshotCoderError'
+}

@@ -211,7 +211,12 @@ export interface StripeInit {
   epoch: number
   coder: ErasureCoder
   segmentBytes?: number
+  /** Sees each segment's k + m frames as soon as they are coded (a placement streams them). */
+  onSegment?: OnSegment
 }
+
+/** Receives segment `s`'s k + m ZMFG frames (frame i belongs to snapshot fragment i), in segment order. */
+export type OnSegment = (s: number, frames: Uint8Array[]) => void
 
 /**
  * Cuts a sealed state (from state.ts) into k + m snapshot fragments. The version is the
@@ -257,37 +262,58 @@ async function runPaused<T>(g: Generator<number, T>, pause: () => Promise<void>)
 }
 
 function* stripeWork(state: Uint8Array, init: StripeInit): Generator<number, SnapshotFragment[]> {
-  const h = readStateHeader(state)
   const { k, m } = init.coder
-  const segmentBytes = init.segmentBytes ?? SNAPSHOT_LIMITS.segmentBytes
-  const sizes = segmentSizes(state.length, segmentBytes)
-  checkCap('snapshot segments', sizes.length, SNAPSHOT_LIMITS.maxSegments)
+  const labels = stripeLabels(state, { ...init, k, m, segmentBytes: init.segmentBytes ?? SNAPSHOT_LIMITS.segmentBytes })
   const perIndex: Uint8Array[][] = Array.from({ length: k + m }, () => [])
   let o = 0
-  for (const size of sizes) {
-    const frags = encodeStripe(state.subarray(o, o + size), init.coder)
-    frags.forEach((f, i) => perIndex[i]!.push(encodeFragment(f)))
+  for (const [s, size] of segmentSizes(state.length, labels[0]!.segmentBytes).entries()) {
+    const frames = codeSegment(state.subarray(o, o + size), init.coder)
+    frames.forEach((f, i) => perIndex[i]!.push(f))
+    init.onSegment?.(s, frames)
     o += size
     yield size
   }
-  const bodyBytes = perIndex[0]!.reduce((a, b) => a + b.length, 0)
-  return perIndex.map((segments, index) => ({
-    label: {
-      owner: init.owner,
-      rank: init.rank,
-      epoch: init.epoch,
-      version: h.step,
-      index,
-      k,
-      m,
-      stateBytes: state.length,
-      stateChecksum: h.checksum,
-      segments: sizes.length,
-      segmentBytes,
-      bodyBytes
-    },
-    segments
+  return labels.map((label, index) => ({ label, segments: perIndex[index]! }))
+}
+
+/** Who a stripe belongs to and how it is cut: everything its labels say besides the state's header. */
+export interface StripeSpec {
+  owner: string
+  rank: number
+  epoch: number
+  k: number
+  m: number
+  segmentBytes: number
+}
+
+/**
+ * The k + m labels of a sealed state's stripe. They follow from the state's header and the cut
+ * alone, so a placement can send them (and holders reserve room) before coding ends.
+ */
+export function stripeLabels(state: Uint8Array, spec: StripeSpec): FragmentLabel[] {
+  const h = readStateHeader(state)
+  const sizes = segmentSizes(state.length, spec.segmentBytes)
+  checkCap('snapshot segments', sizes.length, SNAPSHOT_LIMITS.maxSegments)
+  const bodyBytes = sizes.reduce((a, p) => a + segmentFrameBytes(spec, p), 0)
+  return Array.from({ length: spec.k + spec.m }, (_, index) => ({
+    owner: spec.owner,
+    rank: spec.rank,
+    epoch: spec.epoch,
+    version: h.step,
+    index,
+    k: spec.k,
+    m: spec.m,
+    stateBytes: state.length,
+    stateChecksum: h.checksum,
+    segments: sizes.length,
+    segmentBytes: spec.segmentBytes,
+    bodyBytes
   }))
+}
+
+/** Codes one segment of a state: its k + m ZMFG frames (snapshot fragment i takes frame i). */
+export function codeSegment(payload: Uint8Array, coder: ErasureCoder): Uint8Array[] {
+  return encodeStripe(payload, coder).map(encodeFragment)
 }
 
 /** What went into a rebuilt state. */

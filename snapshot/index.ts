@@ -14,7 +14,8 @@ export {
   StoreFullError,
   UnrecoverableError,
   NoSnapshotError,
-  TransferTimeoutError
+  TransferTimeoutError,
+  SnapshotCoderError
 } from './errors.ts'
 export {
   type RankState,
@@ -36,6 +37,10 @@ export {
   type SnapshotFragment,
   type StripeInit,
   type AssembleReport,
+  type StripeSpec,
+  type OnSegment,
+  stripeLabels,
+  codeSegment,
   LABEL_MAGIC,
   LABEL_VERSION,
   encodeLabel,
@@ -59,6 +64,8 @@ export {
   type StoreStats,
   createFragmentStore
 } from './store.ts'
+export { type SnapshotCoder, type InlineCoderDeps, createInlineCoder } from './coder.ts'
+export { type ThreadCoderInit, createThreadCoder, defaultCoderThreads } from './coder-threads.ts'
 export { type Capturer, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
 export { PUT_PROTOCOL, FETCH_PROTOCOL } from './wire.ts'
 export { type SnapshotService, type SnapshotServiceInit, type SnapshotDeps, createSnapshotService } from './service.ts'

@@ -44,7 +44,16 @@ export const SNAPSHOT_LIMITS = Object.freeze({
   /** Default: times a put refused as FUTURE_EPOCH (the holder has not installed the view yet) is retried. */
   defaultPutRetries: 5,
   /** Default: wait between put retries (ms). */
-  defaultPutRetryMs: 200
+  defaultPutRetryMs: 200,
+  /** Most coder threads one node may run (createThreadCoder's `threads`). */
+  maxCoderThreads: 8,
+  /**
+   * Jobs (a seal, a segment to code, a state to rebuild) waiting for or running on a node's
+   * coder threads at once. A placement keeps at most two per thread in flight, so only callers
+   * piling up placements and recoveries reach it; past it a job is refused with
+   * LimitExceededError before anything is copied for it.
+   */
+  maxCoderJobs: 64
 })
 
 export type SnapshotLimits = typeof SNAPSHOT_LIMITS

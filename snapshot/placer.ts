@@ -8,11 +8,11 @@ import {
   type Logger,
   type MetricsRegistry
 } from '../core/index.ts'
-import type { ErasureCoder } from '../codec/index.ts'
 import type { PeerId, View } from '../mesh/index.ts'
 import { createCapturer, type CaptureTicket } from './capture.ts'
+import type { SnapshotCoder } from './coder.ts'
 import { PlacementFailedError, SnapshotErrorCode, TransferTimeoutError } from './errors.ts'
-import { encodeLabel, fragmentDigest, stripeStateAsync, type SnapshotFragment } from './fragment.ts'
+import { encodeLabel, fragmentDigest, stripeLabels, type FragmentLabel, type StripeSpec } from './fragment.ts'
 import type { Manifest } from './manifest.ts'
 import { placeStripe } from './placement.ts'
 import type { RankState } from './state.ts'
@@ -43,10 +43,8 @@ export interface PlacerDeps {
   view: () => View | undefined
   transfers: Pick<Transfers, 'open' | 'watchdog' | 'idleMs'>
   clock: Pick<Clock, 'sleep'>
-  /** The coder for (k, m), shared with recovery. */
-  coderFor: (k: number, m: number) => ErasureCoder
-  /** Gives the event loop back while a large state is coded. */
-  breathe: () => Promise<void>
+  /** Seals and codes the states placed (shared with recovery). */
+  coder: Pick<SnapshotCoder, 'alloc' | 'seal' | 'stripe'>
   /** Records and announces a placed stripe's manifest; placement waits for it. */
   publish: (mf: Manifest) => Promise<void>
   /** Aborted when the service stops: ends every placement in flight. */
@@ -107,14 +105,27 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
     if (v === undefined) throw new InvalidArgumentError('no view installed: cannot place a snapshot')
     const rank = v.members.findIndex(x => x.id === self)
     if (rank < 0) throw new InvalidArgumentError(`${self} is not a member of view ${v.epoch}`)
-    const coder = deps.coderFor(k, m)
-    const frags = await stripeStateAsync(sealed, { owner: self, rank, epoch: v.epoch, coder, segmentBytes: init.segmentBytes }, deps.breathe)
-    throwIfAborted(signal)
+    const spec: StripeSpec = { owner: self, rank, epoch: v.epoch, k, m, segmentBytes: init.segmentBytes }
+    const labels = stripeLabels(sealed, spec)
     const holders = placeStripe(v, rank, k, m)
-    const results = await Promise.allSettled(frags.map((f, i) => put(ctx, holders[i]!, f, signal)))
+    // Puts start at once and send each segment as soon as it is coded.
+    const feeds = labels.map(() => new FrameFeed())
+    const coding = deps.coder.stripe(sealed, spec, { signal, onSegment: (_, frames) => frames.forEach((f, i) => feeds[i]!.push(f)) }).then(
+      frags => {
+        for (const f of feeds) f.close()
+        return frags
+      },
+      (err: Error) => {
+        for (const f of feeds) f.close(err)
+        throw err
+      }
+    )
+    coding.catch(() => {})
+    const results = await Promise.allSettled(labels.map((l, i) => put(ctx, holders[i]!, l, feeds[i]!, signal)))
+    const frags = await coding
     throwIfAborted(signal)
     const failed = failures(results, holders)
-    const l = frags[0]!.label
+    const l = labels[0]!
     if (failed.length > 0) {
       log?.warn({ version: l.version, epoch: v.epoch, failed: failed.length }, 'snapshot placement incomplete')
       throw new PlacementFailedError(self, l.version, failed)
@@ -135,7 +146,7 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
     return { manifest, duplicates: results.filter(r => r.status === 'fulfilled' && r.value === 'duplicate').length }
   }
 
-  const capturer = createCapturer<PlaceResult>((sealed, signal) => place(sealed, { signal }))
+  const capturer = createCapturer<PlaceResult>((sealed, signal) => place(sealed, { signal }), deps.coder)
   return {
     capture: state => capturer.capture(state),
     restripe: () => capturer.requeue(),
@@ -154,10 +165,10 @@ function failures(results: Array<PromiseSettledResult<PutOutcome>>, holders: rea
 }
 
 /** Pushes one fragment, retrying while the holder has not installed the view yet (FUTURE_EPOCH). */
-async function put(ctx: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
+async function put(ctx: PutContext, holder: PeerId, label: FragmentLabel, body: FrameFeed, signal: AbortSignal): Promise<PutOutcome> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await putOnce(ctx, holder, f, signal)
+      return await putOnce(ctx, holder, label, body, signal)
     } catch (err) {
       if (!(err instanceof ProtocolError) || err.code !== SnapshotErrorCode.FUTURE_EPOCH || attempt >= ctx.retries) throw err
       await ctx.clock.sleep(ctx.retryMs, { signal })
@@ -166,27 +177,27 @@ async function put(ctx: PutContext, holder: PeerId, f: SnapshotFragment, signal:
 }
 
 /** One PUT exchange (see PUT_PROTOCOL). */
-async function putOnce({ transfers, placed }: PutContext, holder: PeerId, f: SnapshotFragment, signal: AbortSignal): Promise<PutOutcome> {
+async function putOnce({ transfers, placed }: PutContext, holder: PeerId, label: FragmentLabel, body: FrameFeed, signal: AbortSignal): Promise<PutOutcome> {
   const stream = await transfers.open(holder, PUT_PROTOCOL, signal, `put to ${holder}`)
   const dog = transfers.watchdog(stream, `put to ${holder}`)
   const off = abortOnSignal(signal, stream)
   try {
     const reader = new StreamReader(stream, dog.poke)
-    await stream.write(encodeLabel(f.label), { signal })
+    await stream.write(encodeLabel(label), { signal })
     const first = await readReply(reader)
     if (first.status === Status.ERROR) throw replyError(first, holder)
     if (first.status === Status.DUPLICATE) {
       await stream.end()
       return 'duplicate'
     }
-    for (const seg of f.segments) {
+    for await (const seg of body.read()) {
       await writeAll(stream, seg, signal)
       dog.poke()
     }
     await stream.end()
     const last = await readReply(reader)
     if (last.status === Status.ERROR) throw replyError(last, holder)
-    placed?.inc(f.label.bodyBytes)
+    placed?.inc(label.bodyBytes)
     return 'stored'
   } catch (err) {
     stream.abort(err as Error)
@@ -195,5 +206,43 @@ async function putOnce({ transfers, placed }: PutContext, holder: PeerId, f: Sna
   } finally {
     dog.done()
     off()
+  }
+}
+
+/**
+ * One fragment's segment frames as they are coded: a put sends each as soon as it is here
+ * and waits for the next; a retried put reads them again from the first. Coding failing
+ * (`close(err)`) ends every reader with that error.
+ */
+class FrameFeed {
+  private readonly frames: Uint8Array[] = []
+  private ended = false
+  private error: Error | undefined
+  private waiters: Array<() => void> = []
+
+  push(frame: Uint8Array): void {
+    this.frames.push(frame)
+    this.wake()
+  }
+
+  close(error?: Error): void {
+    this.ended = true
+    this.error = error
+    this.wake()
+  }
+
+  async *read(): AsyncGenerator<Uint8Array> {
+    for (let i = 0; ; i++) {
+      while (i >= this.frames.length && !this.ended) await new Promise<void>(resolve => this.waiters.push(resolve))
+      if (this.error !== undefined) throw this.error
+      if (i >= this.frames.length) return
+      yield this.frames[i]!
+    }
+  }
+
+  private wake(): void {
+    const w = this.waiters
+    this.waiters = []
+    for (const f of w) f()
   }
 }

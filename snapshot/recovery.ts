@@ -1,9 +1,9 @@
 import { ProtocolError, checkCap, defineCounter, settleOnAbort, throwIfAborted, type Counter, type Logger, type MetricsRegistry } from '../core/index.ts'
-import { TooFewFragmentsError, type ErasureCoder } from '../codec/index.ts'
+import { TooFewFragmentsError } from '../codec/index.ts'
 import type { PeerId } from '../mesh/index.ts'
 import { NoSnapshotError, snapshotError, SnapshotErrorCode, TransferTimeoutError, UnrecoverableError } from './errors.ts'
+import type { SnapshotCoder } from './coder.ts'
 import {
-  assembleStateAsync,
   decodeLabel,
   fragmentDigest,
   LABEL_HEAD_BYTES,
@@ -83,9 +83,8 @@ export interface RecoveryClientDeps {
   manifest: (owner: PeerId, version?: number, epoch?: number) => Manifest | undefined
   /** Connected peers, asked with LIST when no manifest is known. */
   peers: () => PeerId[]
-  coderFor: (k: number, m: number) => ErasureCoder
-  /** Gives the event loop back while a large state is decoded. */
-  breathe: () => Promise<void>
+  /** Decodes and verifies the fetched fragments (shared with placement). */
+  coder: Pick<SnapshotCoder, 'assemble'>
   /** Aborted when the service stops: ends every recovery in flight. */
   signal: AbortSignal
   log?: Logger
@@ -134,7 +133,6 @@ async function recoverUnder(ctx: FetchContext, req: RecoverRequest, outer: Abort
   const { deps } = ctx
   throwIfAborted(outer)
   const plan = await planFor(deps, req, outer)
-  const coder = deps.coderFor(plan.k, plan.m)
   const round = startFetchRound(ctx, plan, outer)
   await round.enough
   await round.finish()
@@ -159,12 +157,13 @@ async function recoverUnder(ctx: FetchContext, req: RecoverRequest, outer: Abort
       report.corrupt.map(x => x.index)
     )
   const entries = [...round.got.entries()].sort((a, b) => a[0] - b[0]).slice(0, plan.k)
-  let assembled: Awaited<ReturnType<typeof assembleStateAsync>>
+  let assembled: Awaited<ReturnType<SnapshotCoder['assemble']>>
   try {
-    assembled = await assembleStateAsync(
+    assembled = await deps.coder.assemble(
       entries.map(([, v]) => v.f),
-      coder,
-      deps.breathe
+      plan.k,
+      plan.m,
+      { signal: outer }
     )
   } catch (err) {
     if (err instanceof TooFewFragmentsError) throw unrecoverable(err.missing, err.corrupt)

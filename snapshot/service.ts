@@ -2,6 +2,7 @@ import { InvalidArgumentError, type Clock, type Logger, type MetricsRegistry } f
 import { createErasureCoder, type ErasureCoder, type ErasureCoderName } from '../codec/index.ts'
 import type { PeerId, PeerNet, View } from '../mesh/index.ts'
 import type { CaptureTicket } from './capture.ts'
+import { createInlineCoder, type SnapshotCoder } from './coder.ts'
 import { createManifestGossip } from './gossip.ts'
 import { createHolder } from './holder.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
@@ -20,7 +21,7 @@ export interface SnapshotServiceInit {
   k: number
   /** Parity fragments per stripe: any m holders may be lost. */
   m: number
-  /** Erasure coder ('simd' default, 'wasm'); both produce the same bytes. */
+  /** Erasure coder of the inline snapshot coder ('simd' default, 'wasm'); both produce the same bytes. */
   coder?: ErasureCoderName
   /** Payload bytes per stripe segment (default SNAPSHOT_LIMITS.segmentBytes). */
   segmentBytes?: number
@@ -36,10 +37,16 @@ export interface SnapshotServiceInit {
   autoRestripe?: boolean
 }
 
-/** What a snapshot service uses: the node's net and clock, and optional log and metrics. */
+/** What a snapshot service uses: the node's net and clock, and optional coder, log and metrics. */
 export interface SnapshotDeps {
   net: PeerNet
   clock: Clock
+  /**
+   * Where checksums and erasure coding run. Default: inline on this thread, pausing on
+   * `clock` (the simulator and tests). Real nodes pass a thread coder (createThreadCoder);
+   * the service does not own it: whoever made it stops it.
+   */
+  coder?: SnapshotCoder
   log?: Logger
   metrics?: MetricsRegistry
 }
@@ -85,7 +92,7 @@ export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotD
   // Coding a large state gives the event loop back every few MiB (a zero-delay sleep on the
   // node's clock: a macrotask on real time, an ordered timer in the simulator).
   const breathe = (): Promise<void> => clock.sleep(0)
-  const coderFor = coderCache(init.coder)
+  const coder = deps.coder ?? createInlineCoder({ coderFor: coderCache(init.coder), breathe })
   const store = createFragmentStore({ self, capBytes: init.storeCapBytes }, { log, metrics: deps.metrics })
   let current: View | undefined
   let started = false
@@ -100,8 +107,7 @@ export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotD
     transfers,
     manifest: book.newest,
     peers: () => net.peers().map(p => p.id),
-    coderFor,
-    breathe,
+    coder,
     signal: lifetime.signal,
     log,
     metrics: deps.metrics
@@ -111,8 +117,7 @@ export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotD
     view,
     transfers,
     clock,
-    coderFor,
-    breathe,
+    coder,
     publish: (mf: Manifest) => {
       book.apply(mf)
       return gossip.announce(mf)

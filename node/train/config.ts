@@ -2,6 +2,7 @@ import { InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger,
 import { GPT_PRESETS, type Backend, type GptConfig, type GptLayout } from '../../gpu/index.ts'
 import { COLLECTIVE_LIMITS, type CollectiveSent, type Membership, type PeerNet } from '../../mesh/index.ts'
 import type { Corpus } from '../data.ts'
+import type { SnapshotCoder } from '../../snapshot/index.ts'
 
 /**
  * What a trainer runs: ZeRO-3 data parallelism over the first `worldSize` members of the
@@ -160,6 +161,11 @@ export interface TrainerDeps {
   corpus: Corpus
   /** The node's metrics registry: the snapshot service registers its metrics here. */
   metrics?: MetricsRegistry
+  /**
+   * Where the snapshot service seals and codes (worker threads on real nodes, made and stopped
+   * by the node). Absent: inline on the trainer's thread, paced by its clock (the simulator).
+   */
+  snapshotCoder?: SnapshotCoder
   /**
    * Simulated compute (the simulator's cost model): after this rank's forward and backward,
    * the trainer sleeps this many ms on its clock, so virtual time reflects the GPU work the

@@ -63,7 +63,13 @@ export function snapshotServiceFor(env: TrainerEnv, first: View): SnapshotServic
   // the next commit under the new view anyway.
   return createSnapshotService(
     { k, m, idleTimeoutMs: TRAIN_LIMITS.snapshotIdleMs, autoRestripe: false },
-    { net: deps.net, clock: deps.clock, log: deps.log.child({ component: 'snapshot' }), ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }) }
+    {
+      net: deps.net,
+      clock: deps.clock,
+      log: deps.log.child({ component: 'snapshot' }),
+      ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
+      ...(deps.snapshotCoder === undefined ? {} : { coder: deps.snapshotCoder })
+    }
   )
 }
 

@@ -40,6 +40,14 @@ test('the packed tarball installs as a dependency and its CLI runs --version', a
     const { stdout: out } = await run(process.execPath, ['--input-type=module', '-e', probe], { cwd: join(dir, 'app') })
     const expected = createErasureCoder({ k: 2, m: 1 }).encode([new Uint8Array([1]), new Uint8Array([2])])[0]![0]
     t.is(out.trim(), `${expected} 1`, 'dist computes what the sources compute')
+    // The snapshot coder's threads start from dist too: their entry resolves to the built .js.
+    const threads = `import { createThreadCoder, encodeState } from ${JSON.stringify(join(pkg, 'dist', 'snapshot', 'index.js'))}
+      const c = createThreadCoder({ threads: 1 }); const z = () => new Float32Array(8)
+      const st = encodeState({ rank: 0, worldSize: 2, epoch: 1, step: 3, dataCursor: 0, weights: z(), adamM: z(), adamV: z(), rng: new Uint8Array(0) })
+      const f = await c.stripe(st, { owner: 'p', rank: 0, epoch: 1, k: 2, m: 1, segmentBytes: 1024 }); c.stop()
+      console.log(f.length, f[2].segments[0].length)`
+    const { stdout: coded } = await run(process.execPath, ['--input-type=module', '-e', threads], { cwd: join(dir, 'app') })
+    t.is(coded.trim(), '3 128', 'a 160-byte state codes into 3 fragments of one 48 + 80-byte frame on a thread started from dist')
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }

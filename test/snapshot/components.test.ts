@@ -4,6 +4,7 @@ import { createErasureCoder, type ErasureCoder } from '../../codec/index.ts'
 import { createMemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
 import { createFragmentStore, encodeState, type FragmentStore, type Manifest } from '../../snapshot/index.ts'
 import { createHolder, type Holder } from '../../snapshot/holder.ts'
+import { createInlineCoder } from '../../snapshot/coder.ts'
 import { createPlacer } from '../../snapshot/placer.ts'
 import { createRecoveryClient } from '../../snapshot/recovery.ts'
 import { createTransfers } from '../../snapshot/transfer.ts'
@@ -55,8 +56,7 @@ function placerOn(node: Node, view: View, published: Manifest[], signal = new Ab
       view: () => view,
       transfers: createTransfers({ idleMs: 2000 }, { clock: new RealClock(), net: node.net }),
       clock: new RealClock(),
-      coderFor: coders(),
-      breathe: async () => {},
+      coder: createInlineCoder({ coderFor: coders(), breathe: async () => {} }),
       publish: async mf => {
         published.push(mf)
       },
@@ -72,8 +72,7 @@ function recoveryOn(node: Node, manifests: Manifest[], signal = new AbortControl
     transfers: createTransfers({ idleMs: 2000 }, { clock: new RealClock(), net: node.net }),
     manifest: (owner, version) => manifests.find(x => x.owner === owner && (version === undefined || x.version === version)),
     peers: () => node.net.peers().map(p => p.id),
-    coderFor: coders(),
-    breathe: async () => {},
+    coder: createInlineCoder({ coderFor: coders(), breathe: async () => {} }),
     signal
   })
 }

@@ -1,6 +1,6 @@
 import { RealClock, type Clock, type Rng } from '../../core/index.ts'
 import { createMemoryNetwork, type MemoryNetwork, type PeerNet, type View } from '../../mesh/index.ts'
-import { createSnapshotService, type RankState, type SnapshotService, type SnapshotServiceInit } from '../../snapshot/index.ts'
+import { createSnapshotService, type RankState, type SnapshotCoder, type SnapshotService, type SnapshotServiceInit } from '../../snapshot/index.ts'
 
 /** A random rank state of `n` elements per buffer. */
 export function randomState(rng: Rng, n: number, init: { rank?: number; worldSize?: number; step?: number; epoch?: number } = {}): RankState {
@@ -39,12 +39,16 @@ export interface MemoryMesh {
 }
 
 /** `n` snapshot services on one in-memory network, started, with view epoch 1 installed. */
-export async function memoryMesh(n: number, init: SnapshotServiceInit, opts: { hosts?: number; zones?: number; clock?: Clock } = {}): Promise<MemoryMesh> {
+export async function memoryMesh(
+  n: number,
+  init: SnapshotServiceInit,
+  opts: { hosts?: number; zones?: number; clock?: Clock; coder?: (i: number) => SnapshotCoder } = {}
+): Promise<MemoryMesh> {
   const hub = createMemoryNetwork()
   const clock = opts.clock ?? new RealClock()
   const members = topology(n, opts.hosts, opts.zones)
   const nets = members.map(mem => hub.createPeer({ id: mem.id, labels: { zone: mem.zone, host: mem.host } }))
-  const services = nets.map(net => createSnapshotService(init, { net, clock }))
+  const services = nets.map((net, i) => createSnapshotService(init, { net, clock, ...(opts.coder === undefined ? {} : { coder: opts.coder(i) }) }))
   await Promise.all(nets.map(x => x.start()))
   await Promise.all(services.map(s => s.start()))
   const view: View = { epoch: 1, members }
