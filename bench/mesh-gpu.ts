@@ -15,7 +15,8 @@
 // The data is a synthetic llm.c token file over GPT-2's vocabulary (so the model is the real
 // 124M shape, 50257 tokens padded to 50304). One JSON object per line on stdout and in
 // $OUT/mesh-gpu.jsonl when $OUT is set. Knobs: MESH_GPU_STEPS (default 40), MESH_GPU_WARMUP (10),
-// MESH_GPU_CONFIGS (comma list of names below), MESH_GPU_B / MESH_GPU_T.
+// MESH_GPU_CONFIGS (comma list of names below), MESH_GPU_B / MESH_GPU_T, MESH_GPU_KEEP=1 (keep the
+// runs' worker logs).
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -147,7 +148,7 @@ async function meshRun(c: Config, data: string, soloTokensPerS: number, gpus: nu
     batch: B,
     seq: T,
     timeoutMs: 540_000,
-    keep: false,
+    keep: process.env['MESH_GPU_KEEP'] === '1',
     snapshot: c.snapshot,
     pollMs: 100,
     out: l => {
