@@ -74,9 +74,12 @@ export function saveCommitted(
   const save = (): void => {
     const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v)
     if (snap && rs.snapshots !== undefined) {
+      const c0 = env.deps.clock.monotonic()
       const ticket = rs.snapshots.capture(st)
+      env.deps.log.debug({ step: s + 1, copyMs: Math.round(env.deps.clock.monotonic() - c0) }, 'snapshot captured')
       src.placing = true
       void ticket.done.then(o => {
+        env.deps.log.debug({ step: o.step, status: o.status }, 'snapshot capture settled')
         src.placing = false
         if (o.status === 'placed') rs.st.snapshotStep = Math.max(rs.st.snapshotStep ?? 0, o.step)
       })
