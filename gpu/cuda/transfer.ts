@@ -8,6 +8,12 @@ import { CUDA_LIMITS } from './limits.ts'
 const CUDA_ERROR_NOT_READY = 600
 /** cuEventCreate flag: no timing, which makes record and query cheaper. */
 const CU_EVENT_DISABLE_TIMING = 0x2
+/**
+ * cuStreamCreate flag: the copy stream does not synchronize with the legacy default stream, so
+ * the backend's synchronous copies there (`write`, `read`, the kernel-flag check) never wait
+ * for a download in flight; the copy is ordered after the main stream by an event instead.
+ */
+const CU_STREAM_NON_BLOCKING = 0x1
 /** Polls of a waiting fence on setImmediate before it backs off to 1 ms timers (a step's copies finish within a few). */
 const FAST_POLLS = 64
 
@@ -59,7 +65,7 @@ export class Transfers {
     this.main = main
     this.afterPass = afterPass
     const s: Handle[] = [null]
-    checkCu(libs, 'cuStreamCreate', libs.cu.cuStreamCreate(s, 0))
+    checkCu(libs, 'cuStreamCreate', libs.cu.cuStreamCreate(s, CU_STREAM_NON_BLOCKING))
     this.copy = s[0]
   }
 
