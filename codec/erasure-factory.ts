@@ -17,3 +17,17 @@ export function createErasureCoder(init: { k: number; m: number; impl?: ErasureC
       throw new InvalidArgumentError(`unknown erasure coder '${String(impl)}'`)
   }
 }
+
+/** One coder per (k, m) of `impl`, made on first use and kept (a placement and a recovery share it). */
+export function erasureCoderCache(impl: ErasureCoderName | undefined): (k: number, m: number) => ErasureCoder {
+  const coders = new Map<string, ErasureCoder>()
+  return (k, m) => {
+    const key = `${k}/${m}`
+    let c = coders.get(key)
+    if (c === undefined) {
+      c = createErasureCoder({ k, m, impl })
+      coders.set(key, c)
+    }
+    return c
+  }
+}

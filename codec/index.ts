@@ -55,7 +55,7 @@ export {
   createWasmErasureCoder
 } from './erasure.ts'
 export { createSimdErasureCoder, simdAvailable } from './erasure-simd.ts'
-export { createErasureCoder } from './erasure-factory.ts'
+export { createErasureCoder, erasureCoderCache } from './erasure-factory.ts'
 export {
   FRAGMENT_MAGIC,
   FRAGMENT_VERSION,

@@ -3,23 +3,14 @@
 // assembleState), so both produce the same bytes. One job at a time: a request in, one reply
 // out, the reply's buffers transferred (never copied) back.
 import { parentPort, workerData } from 'node:worker_threads'
-import { createErasureCoder, TooFewFragmentsError, type ErasureCoder, type ErasureCoderName } from '../codec/index.ts'
+import { erasureCoderCache, TooFewFragmentsError, type ErasureCoderName } from '../codec/index.ts'
 import { ProtocolError } from '../core/index.ts'
 import type { CoderReply, CoderRequest, WireError } from './coder-protocol.ts'
 import { assembleState, codeSegment } from './fragment.ts'
 import { sealState } from './state.ts'
 
 const impl = (workerData as { impl?: ErasureCoderName } | undefined)?.impl
-const coders = new Map<string, ErasureCoder>()
-const coderFor = (k: number, m: number): ErasureCoder => {
-  const key = `${k}/${m}`
-  let c = coders.get(key)
-  if (c === undefined) {
-    c = createErasureCoder({ k, m, impl })
-    coders.set(key, c)
-  }
-  return c
-}
+const coderFor = erasureCoderCache(impl)
 
 /** An error as plain data: the typed errors a caller matches on keep their fields. */
 function wireError(err: unknown): WireError {

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
-import { createErasureCoder, type ErasureCoder, type ErasureCoderName } from '../codec/index.ts'
+import { erasureCoderCache, type ErasureCoderName } from '../codec/index.ts'
 import type { PeerId, PeerNet, View } from '../mesh/index.ts'
 import type { CaptureTicket } from './capture.ts'
 import { createInlineCoder, type SnapshotCoder } from './coder.ts'
@@ -92,7 +92,7 @@ export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotD
   // Coding a large state gives the event loop back every few MiB (a zero-delay sleep on the
   // node's clock: a macrotask on real time, an ordered timer in the simulator).
   const breathe = (): Promise<void> => clock.sleep(0)
-  const coder = deps.coder ?? createInlineCoder({ coderFor: coderCache(init.coder), breathe })
+  const coder = deps.coder ?? createInlineCoder({ coderFor: erasureCoderCache(init.coder), breathe })
   const store = createFragmentStore({ self, capBytes: init.storeCapBytes }, { log, metrics: deps.metrics })
   let current: View | undefined
   let started = false
@@ -182,19 +182,5 @@ function placerInitOf(init: SnapshotServiceInit): PlacerInit {
     segmentBytes,
     putRetries: init.putRetries ?? SNAPSHOT_LIMITS.defaultPutRetries,
     putRetryMs: init.putRetryMs ?? SNAPSHOT_LIMITS.defaultPutRetryMs
-  }
-}
-
-/** One coder per (k, m), made on first use and shared by placement and recovery. */
-function coderCache(impl: ErasureCoderName | undefined): (k: number, m: number) => ErasureCoder {
-  const coders = new Map<string, ErasureCoder>()
-  return (k, m) => {
-    const key = `${k}/${m}`
-    let c = coders.get(key)
-    if (c === undefined) {
-      c = createErasureCoder({ k, m, impl })
-      coders.set(key, c)
-    }
-    return c
   }
 }
