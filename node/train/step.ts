@@ -132,7 +132,11 @@ function passBuckets(p: SessionParts, t: ShardTensors, s: number, pass: 'forward
   const signal = p.signal === undefined ? {} : { signal: p.signal }
   const gather = (j: number): ReturnType<ZeroComm['gatherWeights']> =>
     afterFence(wire.ready, signal, () =>
-      zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, { window: windows[j]!.window, ...callAt(p, s) })
+      zero.gatherWeights(buckets[j]!.name, mine(j), windows[j]!.length, pass, {
+        window: windows[j]!.window,
+        into: wire.gathered.subarray(buckets[j]!.start, buckets[j]!.end),
+        ...callAt(p, s)
+      })
     )
   return streamBuckets(order, gather, p.acct, be)
 }
@@ -166,13 +170,14 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
       // The bucket's range of the landing space: written by this download only, read by its reduction.
       const host = wire.grads.subarray(b.start, b.end)
       acct.hold(host.byteLength)
-      const r = afterFence(be.download(wire.grads, g, b.start), signal, () => zero.reduceGradients(b.name, host, { window: w.window, ...callAt(p, s) })).then(
-        res => {
-          acct.release(host.byteLength)
-          acct.account(res.bytes)
-          if (w.n > 0) be.write(t.grad, res.data, w.at)
-        }
-      )
+      const into = wire.reduced.subarray(w.at, w.at + w.n)
+      const r = afterFence(be.download(wire.grads, g, b.start), signal, () =>
+        zero.reduceGradients(b.name, host, { window: w.window, into, ...callAt(p, s) })
+      ).then(res => {
+        acct.release(host.byteLength)
+        acct.account(res.bytes)
+        if (w.n > 0) be.write(t.grad, res.data, w.at)
+      })
       r.catch(() => {})
       reductions.push(r)
     }
