@@ -92,6 +92,8 @@ export class Transfers {
     if (p === undefined) fail('freeHost', 'the array is not page-locked memory of this backend')
     this.pinned.delete(a.buffer as ArrayBuffer)
     this.pinnedBytes -= p.bytes
+    // A download may still be writing into it (a session that failed mid-step frees its arrays).
+    checkCu(this.libs, 'cuStreamSynchronize', this.libs.cu.cuStreamSynchronize(this.copy))
     if (detach(a.buffer as ArrayBuffer)) this.libs.cu.cuMemFreeHost(p.ptr)
   }
 
