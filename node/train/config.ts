@@ -90,8 +90,9 @@ export interface TrainStatus {
  * backward passes (a GPU's work is counted where the host waits for it, the loss read that
  * ends the forward); `wire`: waiting for gathered buckets, gradient reductions and the loss
  * all-reduce; `optimizer`: AdamW (on a GPU only its launch: the device runs it while the next
- * forward is being issued); `snapshot`: issuing the saves, and waiting for one that may not be
- * skipped.
+ * forward is being issued); `snapshot`: issuing the saves, waiting for one that may not be
+ * skipped, and on a local rank the event-loop turn it takes per step, in which background work
+ * runs (a snapshot's capture copy and placement, mostly).
  */
 export interface StepPhases {
   compute: number
