@@ -96,3 +96,27 @@ test('a manual clock can carry its own timer cap', t => {
   clock.advance(10)
   t.notThrows(() => clock.setTimeout(() => {}, 1), 'fired timers free their slots')
 })
+
+test('turn: a real clock lets due I/O callbacks run before it resolves; a manual clock resolves when time is driven, without moving it', async t => {
+  const real = new RealClock()
+  // A chain of microtasks alone never lets an immediate run; a turn does.
+  let immediate = false
+  setImmediate(() => {
+    immediate = true
+  })
+  for (let i = 0; i < 100; i++) await Promise.resolve()
+  t.false(immediate, 'microtasks do not yield to the event loop')
+  await real.turn()
+  t.true(immediate, 'the turn let the pending immediate run first')
+
+  const manual = new ManualClock()
+  let turned = false
+  void manual.turn().then(() => {
+    turned = true
+  })
+  await Promise.resolve()
+  t.false(turned, 'a manual turn waits for the clock to be driven')
+  await manual.advanceAsync(0)
+  t.true(turned)
+  t.is(manual.monotonic(), 0, 'a turn takes no time')
+})

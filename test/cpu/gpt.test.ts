@@ -1,6 +1,6 @@
 import test from 'ava'
 import { Rng } from '../../core/index.ts'
-import { CpuBackend, Gpt, GPT_PRESETS, gptBuckets, gptLayout, initGptParams, type GptConfig, type Tensor } from '../../gpu/index.ts'
+import { CpuBackend, Gpt, GPT_PRESETS, gptBuckets, gptLayout, initGptParams, initGptParamsYielding, type GptConfig, type Tensor } from '../../gpu/index.ts'
 import { seededRng } from '../helpers/seed.ts'
 
 /** A fixed batch of random token sequences: targets are the inputs shifted by one. */
@@ -277,4 +277,32 @@ test('stream mode: the same loss and gradients as full mode, holding only the ed
   full.dispose()
   stream.dispose()
   t.is(be.allocatedBytes, 0)
+})
+
+test('initGptParamsYielding: the same values as initGptParams, turning every `every` draws on a large model and never on a small one', async t => {
+  const cfg = GPT_PRESETS.tiny
+  const want = initGptParams(cfg, 11)
+  let turns = 0
+  const small = initGptParamsYielding(cfg, 11, async () => {
+    turns++
+  })
+  t.true(small instanceof Float32Array, 'a model under the threshold comes back at once')
+  t.deepEqual(small, want)
+  t.is(turns, 0)
+  const every = 1000
+  const big = initGptParamsYielding(
+    cfg,
+    11,
+    async () => {
+      turns++
+    },
+    every
+  )
+  t.true(big instanceof Promise)
+  t.deepEqual(await big, want)
+  // Random draws: the matrices (wte over the real vocabulary), not the layernorm ones or the biases.
+  const draws = gptLayout(cfg)
+    .tensors.filter(x => x.shape.length === 2)
+    .reduce((a, x) => a + (x.name === 'wte' ? cfg.vocabSize * cfg.C : x.length), 0)
+  t.is(turns, Math.floor(draws / every))
 })

@@ -1,6 +1,7 @@
 import test from 'ava'
 import { CpuBackend, Gpt, gptLayout, initGptParams } from '../../gpu/index.ts'
 import { batchFor, decaySegments, type TrainConfig, type TrainStatus } from '../../node/index.ts'
+import { PhaseTimes } from '../../node/train/step.ts'
 import { seededRng } from '../helpers/seed.ts'
 import { base, corpus, model, ok, trainMesh as trainMeshAll, type MeshOptions, type MeshRun } from '../helpers/train-mesh.ts'
 
@@ -130,5 +131,24 @@ test('snapshots off: a lost rank ends the run with a clear TrainingError on ever
   for (const e of hurt.errors) {
     t.is(e.name, 'TrainingError', e.message)
     t.regex(e.message, /snapshots are off|--snapshot/)
+  }
+})
+
+test('step phases: the mean per step of a roster, its first step left out; every rank of a run reports them', async t => {
+  const st = { phases: undefined } as unknown as TrainStatus
+  const times = new PhaseTimes(st)
+  times.add({ compute: 1000, wire: 1000, optimizer: 1000, snapshot: 1000 }, true)
+  t.is(st.phases, undefined, 'the first step (a warm-up) is not counted')
+  times.add({ compute: 10, wire: 2, optimizer: 1, snapshot: 3 }, false)
+  times.add({ compute: 20, wire: 4, optimizer: 3, snapshot: 1 }, false)
+  t.deepEqual(st.phases, { compute: 15, wire: 3, optimizer: 2, snapshot: 2 })
+  const run = await trainMesh(2, { ...base, worldSize: 2, steps: 4 })
+  for (const s of run.statuses) {
+    const p = s.phases!
+    t.true(
+      [p.compute, p.wire, p.optimizer, p.snapshot].every(x => Number.isFinite(x) && x >= 0),
+      JSON.stringify(p)
+    )
+    t.true(p.compute > 0, 'the passes take time')
   }
 })
