@@ -119,7 +119,11 @@ export function freeShardTensors(p: SessionParts, t: ShardTensors): void {
 
 /** A local rank's buckets: its shard is the whole model, so each bucket is a device copy of its range. */
 export function shardBuckets(p: SessionParts, t: ShardTensors): GptStream {
-  return deviceBuckets(j => p.be.view(t.master, p.windows[j]!.at, [p.windows[j]!.n]))
+  const { clock } = p.env.deps
+  return deviceBuckets(
+    j => p.be.view(t.master, p.windows[j]!.at, [p.windows[j]!.n]),
+    () => clock.turn()
+  )
 }
 
 /** The buckets of one pass of step s: gathered from every rank, or (local) copied from the shard on the device. */

@@ -89,10 +89,18 @@ export function streamBuckets(order: readonly number[], gather: (j: number) => P
   }
 }
 
-/** Serves bucket requests from tensors already on the model's backend (a local rank's shard): the model reads them in place, nothing is gathered. */
-export function deviceBuckets(src: (j: number) => Tensor): GptStream {
+/**
+ * Serves bucket requests from tensors already on the model's backend (a local rank's shard):
+ * the model reads them in place, nothing is gathered. Each request first takes an event-loop
+ * `turn`: nothing else in such a pass waits for I/O, and background work (a snapshot's
+ * placement, heartbeats) moves only in those turns.
+ */
+export function deviceBuckets(src: (j: number) => Tensor, turn: () => Promise<void>): GptStream {
   return {
-    load: async (j: number) => src(j)
+    load: async (j: number) => {
+      await turn()
+      return src(j)
+    }
   }
 }
 
