@@ -95,9 +95,16 @@ async function solo(): Promise<number> {
   return tokensPerS
 }
 
-/** Committed steps per second: least squares of step against time over the polls past the warm-up. */
+/** Polls since the run last went back in steps (a recovery rolls back to its snapshot): one monotonic stretch. */
+function lastStretch(polls: UpPoll[]): UpPoll[] {
+  let from = 0
+  for (let i = 1; i < polls.length; i++) if (polls[i]!.step < polls[i - 1]!.step) from = i
+  return polls.slice(from)
+}
+
+/** Committed steps per second: least squares of step against time over the polls past the warm-up, after the last rollback. */
 function stepsPerSecond(polls: UpPoll[], steps: number): number {
-  const ss = polls.filter(p => p.step >= WARMUP && p.step < steps)
+  const ss = lastStretch(polls).filter(p => p.step >= WARMUP && p.step < steps)
   if (ss.length < 3) throw new Error(`too few steady-state polls (${ss.length}): raise MESH_GPU_STEPS`)
   const mx = ss.reduce((a, p) => a + p.ms, 0) / ss.length
   const my = ss.reduce((a, p) => a + p.step, 0) / ss.length
@@ -187,6 +194,7 @@ async function meshRun(c: Config, data: string, soloTokensPerS: number, gpus: nu
     baseline: 'mesh_gpu.solo',
     ratio_to_solo: r4(ratio),
     ...(c.goal === undefined ? {} : { goal_ratio: c.goal.ratio, meets_goal: ratio >= c.goal.ratio }),
+    rolled_back: lastStretch(polls).length < polls.length,
     rank0_phase_ms: phases === undefined ? undefined : Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, r4(v)])),
     wall_s: r4((performance.now() - t0) / 1000),
     summary: lines.filter(l => l.startsWith('parameter memory') || l.startsWith('step time'))
