@@ -172,7 +172,13 @@ async function meshRun(c: Config, data: string, soloTokensPerS: number, gpus: nu
     emit({ bench: 'mesh_gpu.up', impl: c.name, error: `zeromesh up exited ${code}`, last: lines.slice(-5) })
     return
   }
-  const rate = stepsPerSecond(polls, STEPS)
+  let rate: number
+  try {
+    rate = stepsPerSecond(polls, STEPS)
+  } catch (err) {
+    emit({ bench: 'mesh_gpu.up', impl: c.name, error: (err as Error).message, rolled_back: lastStretch(polls).length < polls.length })
+    return
+  }
   const tokensPerS = rate * c.nodes * B * T
   const phases: StepPhases | undefined = polls.findLast(p => p.phases !== undefined)?.phases
   const ratio = tokensPerS / soloTokensPerS
