@@ -108,7 +108,8 @@ export class Transfers {
   /** Checks a download's destination: page-locked memory of this backend with room for `n` elements of `dtype`. */
   checkDestination(dst: HostArray, dtype: TensorDType, n: number, dstOffset: number): void {
     checkDownload(dst, dtype, n, dstOffset)
-    if (!this.pinned.has(dst.buffer as ArrayBuffer)) fail('download', "dst must be page-locked memory from this backend's hostAlloc")
+    // Nothing is copied for an empty source (hostAlloc's empty arrays are not page-locked either).
+    if (n > 0 && !this.pinned.has(dst.buffer as ArrayBuffer)) fail('download', "dst must be page-locked memory from this backend's hostAlloc")
   }
 
   /**
