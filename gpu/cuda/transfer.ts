@@ -89,6 +89,7 @@ export class Transfers {
 
   freeHost(a: HostArray): void {
     const p = this.pinned.get(a.buffer as ArrayBuffer)
+    if (p === undefined && a.byteLength === 0 && a.buffer.byteLength === 0) return // an empty hostAlloc holds nothing
     if (p === undefined) fail('freeHost', 'the array is not page-locked memory of this backend')
     this.pinned.delete(a.buffer as ArrayBuffer)
     this.pinnedBytes -= p.bytes
