@@ -89,7 +89,8 @@ export class Transfers {
 
   freeHost(a: HostArray): void {
     const p = this.pinned.get(a.buffer as ArrayBuffer)
-    if (p === undefined && a.byteLength === 0 && a.buffer.byteLength === 0) return // an empty hostAlloc holds nothing
+    // An empty hostAlloc holds nothing; a freed (detached) array is still an error.
+    if (p === undefined && a.buffer.byteLength === 0 && (a.buffer as ArrayBuffer & { detached?: boolean }).detached !== true) return
     if (p === undefined) fail('freeHost', 'the array is not page-locked memory of this backend')
     this.pinned.delete(a.buffer as ArrayBuffer)
     this.pinnedBytes -= p.bytes
