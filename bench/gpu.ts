@@ -11,6 +11,7 @@
 import { appendFileSync, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createBackend, Gpt, GPT_PRESETS, type Backend, type CudaBackend, type GptConfig } from '../gpu/index.ts'
+import { replicaStep, syntheticBatch } from './_gpt2.ts'
 
 const PEAK_BF16_FLOPS = 989e12
 const out = process.env['OUT']
@@ -101,22 +102,13 @@ emit({ bench: 'gpu.compile', ms: r4(performance.now() - t0), ...be.compileStats 
   const steps = Number(process.env['GPU_BENCH_STEPS'] ?? 20)
   const model = new Gpt(be, cfg, { B, T, dtype: 'bf16', seed: 1 })
   const nParams = model.layout.length
-  const x = new Int32Array(B * T)
-  const y = new Int32Array(B * T)
-  let s = 12345
-  for (let i = 0; i < B * T; i++) {
-    s = (s * 1103515245 + 12345) >>> 0
-    x[i] = s % cfg.vocabSize
-  }
-  for (let i = 0; i < B * T; i++) y[i] = x[(i + 1) % (B * T)]!
+  const { x, y } = syntheticBatch(B, T, cfg.vocabSize, 12345)
   let step = 0
   let loss = 0
+  const replica = replicaStep(model, x, y)
   const trainStep = (): void => {
     step++
-    model.zeroGrad()
-    loss = model.forward(x, y)
-    model.backward()
-    model.update({ lr: 3e-4, step, weightDecay: 0.1 })
+    loss = replica()
   }
   for (let i = 0; i < 5; i++) trainStep()
   be.synchronize()

@@ -23,6 +23,8 @@ import { join } from 'node:path'
 import { countGpus, type UpPoll, up } from '../cli/index.ts'
 import { Gpt, GPT_PRESETS, createBackend } from '../gpu/index.ts'
 import type { StepPhases } from '../node/index.ts'
+import { replicaStep, syntheticBatch } from './_gpt2.ts'
+import { stepsPerSecond } from './_up-fit.ts'
 
 const B = Number(process.env['MESH_GPU_B'] ?? 16)
 const T = Number(process.env['MESH_GPU_T'] ?? 1024)
@@ -57,22 +59,8 @@ async function solo(): Promise<number> {
   const be = await createBackend('cuda')
   const cfg = GPT_PRESETS['gpt2-124m']
   const model = new Gpt(be, cfg, { B, T, dtype: 'bf16', seed: 1 })
-  const x = new Int32Array(B * T)
-  const y = new Int32Array(B * T)
-  let s = 777
-  for (let i = 0; i < B * T; i++) {
-    s = (s * 1103515245 + 12345) >>> 0
-    x[i] = s % cfg.vocabSize
-  }
-  for (let i = 0; i < B * T; i++) y[i] = x[(i + 1) % (B * T)]!
-  let step = 0
-  const trainStep = (): void => {
-    step++
-    model.zeroGrad()
-    model.forward(x, y)
-    model.backward()
-    model.update({ lr: 3e-4, step, weightDecay: 0.1 })
-  }
+  const { x, y } = syntheticBatch(B, T, cfg.vocabSize, 777)
+  const trainStep = replicaStep(model, x, y)
   for (let i = 0; i < WARMUP; i++) trainStep()
   be.synchronize()
   const t0 = performance.now()
@@ -100,21 +88,6 @@ function lastStretch(polls: UpPoll[]): UpPoll[] {
   let from = 0
   for (let i = 1; i < polls.length; i++) if (polls[i]!.step < polls[i - 1]!.step) from = i
   return polls.slice(from)
-}
-
-/** Committed steps per second: least squares of step against time over the polls past the warm-up, after the last rollback. */
-function stepsPerSecond(polls: UpPoll[], steps: number): number {
-  const ss = lastStretch(polls).filter(p => p.step >= WARMUP && p.step < steps)
-  if (ss.length < 3) throw new Error(`too few steady-state polls (${ss.length}): raise MESH_GPU_STEPS`)
-  const mx = ss.reduce((a, p) => a + p.ms, 0) / ss.length
-  const my = ss.reduce((a, p) => a + p.step, 0) / ss.length
-  let sxy = 0
-  let sxx = 0
-  for (const p of ss) {
-    sxy += (p.ms - mx) * (p.step - my)
-    sxx += (p.ms - mx) ** 2
-  }
-  return (sxy / sxx) * 1000
 }
 
 interface Config {
@@ -174,7 +147,7 @@ async function meshRun(c: Config, data: string, soloTokensPerS: number, gpus: nu
   }
   let rate: number
   try {
-    rate = stepsPerSecond(polls, STEPS)
+    rate = stepsPerSecond(lastStretch(polls), WARMUP, STEPS, 'MESH_GPU_STEPS').rate
   } catch (err) {
     emit({ bench: 'mesh_gpu.up', impl: c.name, error: (err as Error).message, rolled_back: lastStretch(polls).length < polls.length })
     return

@@ -31,6 +31,7 @@
 // 300) is reported as an error line, the bench exits 1, and a throughput run is tried once more.
 import { loadavg } from 'node:os'
 import { up, type UpKillReport, type UpPoll } from '../cli/index.ts'
+import { stepsPerSecond } from './_up-fit.ts'
 
 const env = (name: string, dflt: number): number => {
   const v = process.env[name]
@@ -136,22 +137,6 @@ function cpuPerStep(polls: UpPoll[]): number {
   return (b.cpuMs - a.cpuMs) / (b.step - a.step)
 }
 
-/** Committed steps per second: least squares of step against time over the steady-state polls. */
-function stepsPerSecond(polls: UpPoll[]): { rate: number; from: number; to: number; polls: number } {
-  const ss = polls.filter(p => p.step >= WARMUP && p.step < STEPS)
-  if (ss.length < 3) throw new Error(`too few steady-state polls (${ss.length}): raise BENCH_TRAIN_STEPS`)
-  const n = ss.length
-  const mx = ss.reduce((a, p) => a + p.ms, 0) / n
-  const my = ss.reduce((a, p) => a + p.step, 0) / n
-  let sxy = 0
-  let sxx = 0
-  for (const p of ss) {
-    sxy += (p.ms - mx) * (p.step - my)
-    sxx += (p.ms - mx) ** 2
-  }
-  return { rate: (sxy / sxx) * 1000, from: ss[0]!.step, to: ss.at(-1)!.step, polls: n }
-}
-
 process.stderr.write(
   `bench train: ${NODES} ranks + 1 spare, mini model, batch ${BATCH} x seq ${SEQ} (${TOKENS_PER_STEP} tokens/step), ` +
     `${STEPS} steps (first ${WARMUP} skipped), configs ${CONFIGS.map(c => c.name).join(', ')} x ${REPEATS}; load ${loadavg()
@@ -196,7 +181,7 @@ for (let rep = 0; rep < REPEATS; rep++) {
       }
     }
     const after = load1()
-    const fit = stepsPerSecond(r.polls)
+    const fit = stepsPerSecond(r.polls, WARMUP, STEPS, 'BENCH_TRAIN_STEPS')
     const trainer = median(r.polls.filter(p => p.step >= WARMUP && p.step < STEPS && p.tokensPerS !== undefined).map(p => p.tokensPerS!))
     const m = { stepMs: 1000 / fit.rate, tokensPerS: fit.rate * TOKENS_PER_STEP, trainer, cpuMs: cpuPerStep(r.polls) }
     results.set(c.name, [...(results.get(c.name) ?? []), m])
