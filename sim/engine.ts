@@ -1,5 +1,8 @@
 import { createHash, type Hash } from 'node:crypto'
-import { ClockEvent, ManualClock, Rng, flushMicrotasks, sleepOn, type Clock, type TimerId } from '../core/index.ts'
+import { ClockEvent, ManualClock, RealClock, Rng, flushMicrotasks, sleepOn, type Clock, type TimerId } from '../core/index.ts'
+
+/** The host's real time, for autoAdvance's wait when nothing is scheduled in simulated time. */
+const HOST_CLOCK = new RealClock()
 
 /** Formats a compact trace record's four fields as the text after `<time> ` (see {@link Simulation.recordKind}). */
 export type RecordFormat = (a: number, b: number, c: number, d: number) => string
@@ -164,10 +167,10 @@ export class Simulation {
         const next = this.clock.nextTimerAt()
         if (next === undefined) {
           // Nothing is scheduled in simulated time: wait a real millisecond for the code under
-          // test (which runs on real time in this mode) to schedule something. This is the one
-          // real timer outside core/: autoAdvance bridges simulated time to code written against
-          // real time, so it must yield to the host's event loop, which no injected clock can do.
-          await new Promise(resolve => setTimeout(resolve, 1))
+          // test (which runs on real time in this mode) to schedule something. autoAdvance bridges
+          // simulated time to code written against real time, so it waits on core's RealClock,
+          // the one definition of real time, not on the simulated clock.
+          await HOST_CLOCK.sleep(1)
           continue
         }
         this.clock.runNext()
