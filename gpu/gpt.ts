@@ -150,7 +150,8 @@ function* initSteps(config: GptConfig, seed: Seed, out: Float32Array, every: num
   const layout = gptLayout(config)
   const rng = Rng.fromSeed(seed).split('gpt-init')
   const residualStd = 0.02 / Math.sqrt(2 * config.nLayer)
-  let drawn = 0
+  // Draws left before the next yield (Infinity never reaches 0): a countdown, no division per draw.
+  let left = every
   for (const t of layout.tensors) {
     const kind = t.name.slice(t.name.lastIndexOf('.') + 1)
     if (kind === 'ln1w' || kind === 'ln2w' || kind === 'lnfw') {
@@ -162,7 +163,10 @@ function* initSteps(config: GptConfig, seed: Seed, out: Float32Array, every: num
     const n = kind === 'wte' ? config.vocabSize * config.C : t.length
     for (let i = 0; i < n; i++) {
       out[t.offset + i] = rng.normal() * std
-      if (++drawn % every === 0) yield
+      if (--left === 0) {
+        left = every
+        yield
+      }
     }
   }
 }
