@@ -108,6 +108,29 @@ export const START_OPTIONS = {
   lr: option(z.number().positive().max(1).default(3e-3), { arg: '<x>', help: 'AdamW learning rate' }),
   seed: option(z.int().min(0).default(1), { arg: '<n>', help: 'run seed' }),
   zeropp: option(z.boolean().default(false), { help: 'ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)' }),
+  outerEvery: option(z.int().min(1).max(1_000_000).optional(), {
+    arg: '<H>',
+    help: 'DiLoCo across zones: zone groups train apart and average their quantized pseudo-gradients every H steps',
+    defaultText: 'off: every rank syncs every step'
+  }),
+  outerZones: option(z.int().min(1).max(64).default(2), {
+    arg: '<n>',
+    help: 'zone groups with --outer-every: --world-size / n ranks from each of n zones (by --zone label)'
+  }),
+  outerQuant: option(z.enum(['int8', 'int4']).default('int8'), {
+    arg: '<int8|int4>',
+    help: 'quantization of the pseudo-gradients (blockwise, error feedback)'
+  }),
+  outerLr: option(z.number().positive().max(10).default(0.7), { arg: '<x>', help: 'outer Nesterov learning rate' }),
+  outerMomentum: option(z.number().min(0).max(0.999).default(0.9), { arg: '<x>', help: 'outer Nesterov momentum' }),
+  streaming: option(z.boolean().default(false), {
+    help: 'streaming DiLoCo: 4 fragments on a staggered schedule, each exchange overlapped with the next H/4 steps'
+  }),
+  snapshotPlacement: option(z.enum(['zone', 'spread']).optional(), {
+    arg: '<zone|spread>',
+    help: "where a rank's snapshot fragments go: its own zone's hosts, or spread over zones",
+    defaultText: 'zone with --outer-every, else spread'
+  }),
   snapshot: option(
     z
       .string()
@@ -129,13 +152,27 @@ export const START_OPTIONS = {
 
 /** The rules between options that no single option's schema can check. */
 function checkStart(
-  c: { resume: boolean; train: boolean; worldSize?: number | undefined; expect: number; maxWorldSize?: number | undefined },
+  c: {
+    resume: boolean
+    train: boolean
+    worldSize?: number | undefined
+    expect: number
+    maxWorldSize?: number | undefined
+    outerEvery?: number | undefined
+    outerZones: number
+    streaming: boolean
+  },
   ctx: z.RefinementCtx
 ): void {
   if (c.resume && !c.train) ctx.addIssue({ code: 'custom', path: ['resume'], message: 'needs --train (it resumes training from the disk tier)' })
   const ws = c.worldSize ?? c.expect
   if (c.maxWorldSize !== undefined && c.maxWorldSize < ws)
     ctx.addIssue({ code: 'custom', path: ['maxWorldSize'], message: `must be at least the world size (${ws})` })
+  if (c.outerEvery !== undefined && ws % c.outerZones !== 0)
+    ctx.addIssue({ code: 'custom', path: ['outerZones'], message: `must divide the world size (${ws}) into equal zone groups` })
+  if (c.outerEvery !== undefined && c.maxWorldSize !== undefined && c.maxWorldSize !== ws)
+    ctx.addIssue({ code: 'custom', path: ['maxWorldSize'], message: 'growing the run does not combine with --outer-every yet' })
+  if (c.streaming && c.outerEvery === undefined) ctx.addIssue({ code: 'custom', path: ['streaming'], message: 'needs --outer-every' })
 }
 
 /** One strict schema for a node's configuration (unknown keys are errors). */

@@ -253,6 +253,19 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       worldSize: cfg.worldSize ?? cfg.expect,
       ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
       zeroPP: cfg.zeropp,
+      ...(cfg.outerEvery === undefined
+        ? {}
+        : {
+            outer: {
+              every: cfg.outerEvery,
+              zones: cfg.outerZones,
+              quant: cfg.outerQuant,
+              streaming: cfg.streaming,
+              lr: cfg.outerLr,
+              momentum: cfg.outerMomentum
+            }
+          }),
+      ...(cfg.snapshotPlacement === undefined ? {} : { snapshotPlacement: cfg.snapshotPlacement }),
       dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
       snapshot: cfg.snapshot === 'off' ? undefined : { ...parseSnapshot(cfg.snapshot), every: cfg.snapshotEvery },
       disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }

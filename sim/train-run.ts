@@ -4,7 +4,7 @@ import { z } from 'zod'
 import { InvalidArgumentError, Rng, assembleFlat, silentLogger } from '../core/index.ts'
 import { CpuBackend, Gpt, GPT_PRESETS, gptLayout, type GptConfig } from '../gpu/index.ts'
 import type { CollectiveSent, MembershipInit } from '../mesh/index.ts'
-import { createTrainingWorkload, trainingModel, type Corpus, type TrainConfig, type TrainingWorkload, type TrainStatus } from '../node/index.ts'
+import { OUTER_DEFAULTS, createTrainingWorkload, trainingModel, type Corpus, type TrainConfig, type TrainingWorkload, type TrainStatus } from '../node/index.ts'
 import type { Topology } from './net.ts'
 import { formatBytes } from './report.ts'
 import { ScenarioError } from './scenario.ts'
@@ -50,6 +50,10 @@ export interface TrainRunOptions {
   flopsPerS?: number
   /** Crash these nodes when the node holding `rank` commits `atStep`. */
   kills?: Array<{ rank: number; atStep: number }>
+  /** Crash every node of zone `z<zone>` when the first rank commits `atStep`. */
+  zoneKills?: Array<{ zone: number; atStep: number }>
+  /** The DiLoCo tier (node/train/outer.ts): zone groups over the `zones` zones, synced every `every` steps. */
+  outer?: { every: number; quant?: 'int8' | 'int4'; streaming?: boolean }
   /** Run the same configuration without faults too and compare (the bit-identity invariant). */
   reference?: boolean
   /**
@@ -89,7 +93,9 @@ export interface TrainRunResult {
   /** Simulated ms per committed step (mean over the run). */
   stepMs: number | undefined
   /** The reference run's figures, when asked for. */
-  reference?: { weightsHash: string | undefined; evalLoss: number | undefined; simMs: number }
+  reference?: { weightsHash: string | undefined; evalLoss: number | undefined; simMs: number; heldOutLoss?: number }
+  /** Zone groups: the mean loss of the final weights over the whole held-out stream. */
+  heldOutLoss?: number
   /** With `compareZeroPP`: both runs side by side (the figures above are the ZeRO++ run's). */
   zeroPP?: ZeroPPComparison
 }
@@ -169,17 +175,27 @@ function bigramCorpus(seed: number): Corpus {
 /** Runs the training workload once; deterministic in (options, code). */
 export async function trainRun(o: TrainRunOptions): Promise<TrainRunResult> {
   if (o.compareZeroPP === true) return compareZeroPP(o)
-  const { heldOutLoss: _h, sentBytes: _s, crossZoneBytes: _c, ...main } = await once(o, o.kills ?? [], o.progress)
+  const { heldOutLoss: held, sentBytes: _s, crossZoneBytes: _c, ...rest } = await once(o, o.kills ?? [], o.progress, false, o.zoneKills ?? [])
+  const main: TrainRunResult = rest
+  if (held !== undefined) main.heldOutLoss = held
   if (o.reference !== true) return main
   const ref = await once(o, [])
-  main.reference = { weightsHash: ref.weightsHash, evalLoss: ref.evalLoss, simMs: ref.simMs }
+  main.reference = {
+    weightsHash: ref.weightsHash,
+    evalLoss: ref.evalLoss,
+    simMs: ref.simMs,
+    ...(ref.heldOutLoss === undefined ? {} : { heldOutLoss: ref.heldOutLoss })
+  }
   if (ref.violations.length > 0) main.violations.push(...ref.violations.map(v => `reference run: ${v}`))
   const shrunk = main.recoveries.some(r => r.mode === 'shrink')
   if (!shrunk && main.weightsHash !== ref.weightsHash)
     main.violations.push('final weights differ from the run without faults (every lost rank was replaced, so they must be bit-identical)')
-  if (shrunk && main.evalLoss !== undefined && ref.evalLoss !== undefined && Math.abs(main.evalLoss - ref.evalLoss) / ref.evalLoss > 0.01) {
+  // A zone group that dropped out (the DiLoCo tier): the held-out loss over the whole held-out stream, within 2%.
+  const zoned = o.outer !== undefined && shrunk
+  const [a, b, tol] = zoned ? [held, ref.heldOutLoss, ZONE_LOSS_TOLERANCE] : [main.evalLoss, ref.evalLoss, 0.01]
+  if (shrunk && a !== undefined && b !== undefined && Math.abs(a - b) / b > tol) {
     main.violations.push(
-      `after a shrink the held-out loss ${main.evalLoss.toFixed(4)} is more than 1% from the run without faults (${ref.evalLoss.toFixed(4)})`
+      `after a ${zoned ? 'zone group dropped out' : 'shrink'} the held-out loss ${a.toFixed(4)} is more than ${100 * tol}% from the run without faults (${b.toFixed(4)})`
     )
   }
   return main
@@ -307,9 +323,24 @@ function simTrainConfig(o: TrainRunOptions, corpus: Corpus): TrainConfig {
     worldSize: o.worldSize,
     zeroPP: o.zeroPP ?? false,
     dtype: 'f32',
-    snapshot: o.snapshot === null ? undefined : (o.snapshot ?? { k: 2, m: 1 })
+    snapshot: o.snapshot === null ? undefined : (o.snapshot ?? { k: 2, m: 1 }),
+    ...(o.outer === undefined
+      ? {}
+      : {
+          outer: {
+            every: o.outer.every,
+            zones: o.zones ?? 2,
+            quant: o.outer.quant ?? OUTER_DEFAULTS.quant,
+            streaming: o.outer.streaming ?? false,
+            lr: OUTER_DEFAULTS.lr,
+            momentum: OUTER_DEFAULTS.momentum
+          }
+        })
   }
 }
+
+/** Bound on |faulted - fault-free| / fault-free of the held-out loss after a zone group dropped out (the DiLoCo tier). */
+export const ZONE_LOSS_TOLERANCE = 0.02
 
 /** The ranks that finished; a live node that did not finish, or failed, is a violation. */
 function finishedRanks(
@@ -327,11 +358,13 @@ function finishedRanks(
     else if (r instanceof Error) violations.push(`${t.id} failed: ${r.message}`)
     else if (r.role === 'done') ranks.push(r)
   }
-  if (ranks.length !== Math.min(o.worldSize, live.length) && !ranks.some(r => r.recoveries.some(x => x.mode === 'shrink'))) {
+  const shrunk = ranks.some(r => r.recoveries.some(x => x.mode === 'shrink')) || (o.zoneKills ?? []).length > 0
+  if (ranks.length !== Math.min(o.worldSize, live.length) && !shrunk) {
     violations.push(`${ranks.length} ranks finished, expected ${o.worldSize}`)
   }
   for (const r of ranks) if (r.step !== o.steps) violations.push(`rank ${r.rank} stopped at step ${r.step} of ${o.steps}`)
-  if (new Set(ranks.map(r => r.loss)).size > 1) violations.push(`ranks disagree on the loss: ${ranks.map(r => r.loss).join(', ')}`)
+  // Zone groups (the DiLoCo tier) train apart: their last losses differ, their final weights (and held-out loss) do not.
+  if (o.outer === undefined && new Set(ranks.map(r => r.loss)).size > 1) violations.push(`ranks disagree on the loss: ${ranks.map(r => r.loss).join(', ')}`)
   if (new Set(ranks.map(r => r.evalLoss)).size > 1) violations.push(`ranks disagree on the held-out loss: ${ranks.map(r => r.evalLoss).join(', ')}`)
   return ranks
 }
@@ -339,19 +372,35 @@ function finishedRanks(
 /** SHA-256 of the final weights (the live nodes' shards in order), and with `heldOut` their loss over the held-out stream. */
 function finalWeights(
   live: ReadonlyArray<{ trainer: TrainingWorkload }>,
+  violations: string[],
   heldOut?: { cfg: TrainConfig; val: Uint16Array }
 ): { weightsHash: string; heldOut: number | undefined } {
-  const shards = live
+  const all = live
     .map(t => t.trainer.finalShard)
     .filter(x => x !== undefined)
     .sort((a, b) => a.start - b.start)
+  // Zone groups hold one copy of the model each: after the last outer step every copy of a shard must be the same bits.
+  const shards = all.filter((x, i) => i === 0 || x.start !== all[i - 1]!.start)
+  const same = (a: Float32Array, b: Float32Array): boolean =>
+    a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0
+  for (const x of all) {
+    const first = shards.find(y => y.start === x.start)!
+    if (!same(first.data, x.data))
+      violations.push(`two ranks hold different final weights for the shard at ${x.start} (the zone groups' last outer step must leave one model)`)
+  }
   const h = createHash('sha256')
   for (const s of shards) h.update(new Uint8Array(s.data.buffer, s.data.byteOffset, s.data.byteLength))
   return { weightsHash: h.digest('hex'), heldOut: heldOut === undefined ? undefined : heldOutLoss(heldOut.cfg.model, heldOut.cfg.T, shards, heldOut.val) }
 }
 
 /** One run; `compare` adds the figures a ZeRO++ comparison needs (cross-zone bytes, held-out loss). */
-async function once(o: TrainRunOptions, kills: Array<{ rank: number; atStep: number }>, progress?: (f: number) => void, compare = false): Promise<OnceResult> {
+async function once(
+  o: TrainRunOptions,
+  kills: Array<{ rank: number; atStep: number }>,
+  progress?: (f: number) => void,
+  compare = false,
+  zoneKills: Array<{ zone: number; atStep: number }> = []
+): Promise<OnceResult> {
   const w = new MembershipWorld({
     seed: o.seed,
     nodes: o.nodes,
@@ -366,6 +415,7 @@ async function once(o: TrainRunOptions, kills: Array<{ rank: number; atStep: num
   const params = 6 * gptLayout(model).length
   const flops = o.flopsPerS ?? 1e12
   const pending = [...kills]
+  const pendingZones = [...zoneKills]
   const crashed = new Set<string>()
   const ctrls = new Map<string, AbortController>()
   const trainers: Array<{ id: string; trainer: TrainingWorkload; done: Promise<TrainStatus | Error> }> = []
@@ -404,6 +454,16 @@ async function once(o: TrainRunOptions, kills: Array<{ rank: number; atStep: num
             w.crash(n.id)
             ctrl.abort()
           }
+          for (const k of [...pendingZones]) {
+            if (s.step !== k.atStep) continue
+            pendingZones.splice(pendingZones.indexOf(k), 1)
+            sim.trace('train-kill-zone', { zone: k.zone, step: s.step })
+            for (const x of w.nodes.filter(x => x.zone === `z${k.zone}` && !crashed.has(x.id))) {
+              crashed.add(x.id)
+              w.crash(x.id)
+              ctrls.get(x.id)?.abort()
+            }
+          }
         }
       },
       cfg
@@ -431,7 +491,9 @@ async function once(o: TrainRunOptions, kills: Array<{ rank: number; atStep: num
   const live = trainers.filter(t => !crashed.has(t.id))
   const ranks = finishedRanks(o, live, settled, limit, violations)
   const { weightsHash, heldOut } =
-    ranks.length > 0 ? finalWeights(live, compare ? { cfg, val: corpus.val } : undefined) : { weightsHash: undefined, heldOut: undefined }
+    ranks.length > 0
+      ? finalWeights(live, violations, compare || o.outer !== undefined ? { cfg, val: corpus.val } : undefined)
+      : { weightsHash: undefined, heldOut: undefined }
   const recoveries = ranks.flatMap(r => r.recoveries).filter((r, i, a) => a.findIndex(x => x.fromStep === r.fromStep && x.mode === r.mode) === i)
   return {
     seed: o.seed,

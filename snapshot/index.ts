@@ -19,6 +19,7 @@ export {
 } from './errors.ts'
 export {
   type RankState,
+  type OuterArrays,
   type StateHeader,
   STATE_MAGIC,
   STATE_VERSION,
@@ -31,7 +32,7 @@ export {
   verifyState,
   decodeState
 } from './state.ts'
-export { validateStripeParams, placeStripe } from './placement.ts'
+export { validateStripeParams, placeStripe, type PlacementScope } from './placement.ts'
 export {
   type FragmentLabel,
   type SnapshotFragment,

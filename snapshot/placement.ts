@@ -18,6 +18,14 @@ export function validateStripeParams(k: number, m: number, viewSize: number): vo
 }
 
 /**
+ * Where a stripe's fragments go: 'spread' over hosts and zones, or 'zone': hosts of the owner's
+ * own zone first (cheap links; a whole zone lost takes its ranks' snapshots with it, which the
+ * DiLoCo tier survives because every zone holds the outer state), other zones only for the
+ * fragments the zone has no room for.
+ */
+export type PlacementScope = 'zone' | 'spread'
+
+/**
  * The holders of rank `owner`'s stripe in `view`: entry i holds fragment i. Deterministic in
  * (view members, owner, k, m), so every node computes the same answer without asking.
  *
@@ -26,9 +34,10 @@ export function validateStripeParams(k: number, m: number, viewSize: number): vo
  * and zone count as already holding one fragment (losing the owner's machine should cost as
  * few fragments as possible). So hosts are spread first, then zones, and where the topology
  * has fewer hosts than k + m they are shared as evenly as possible. Starting the ring after
- * the owner spreads the load of all stripes over all members.
+ * the owner spreads the load of all stripes over all members. With scope 'zone', a member
+ * outside the owner's zone is taken only when none inside is left.
  */
-export function placeStripe(view: View, owner: number, k: number, m: number): PeerId[] {
+export function placeStripe(view: View, owner: number, k: number, m: number, scope: PlacementScope = 'spread'): PeerId[] {
   const members = view.members
   const P = members.length
   if (!Number.isSafeInteger(owner) || owner < 0 || owner >= P) throw new PlacementError(`owner rank ${owner} is not in a view of ${P}`, { owner, viewSize: P })
@@ -46,12 +55,15 @@ export function placeStripe(view: View, owner: number, k: number, m: number): Pe
     let best = -1
     let bestHost = Infinity
     let bestZone = Infinity
+    let bestOut = Infinity
     for (const r of candidates) {
       if (taken.has(r)) continue
       const mem = members[r]!
       const h = hostCount.get(hostKey(mem.zone, mem.host)) ?? 0
       const z = zoneCount.get(mem.zone) ?? 0
-      if (h < bestHost || (h === bestHost && z < bestZone)) {
+      const out = scope === 'zone' && mem.zone !== self.zone ? 1 : 0
+      if (out < bestOut || (out === bestOut && (h < bestHost || (h === bestHost && z < bestZone)))) {
+        bestOut = out
         best = r
         bestHost = h
         bestZone = z

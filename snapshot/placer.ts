@@ -14,7 +14,7 @@ import type { SnapshotCoder } from './coder.ts'
 import { PlacementFailedError, SnapshotErrorCode, TransferTimeoutError } from './errors.ts'
 import { encodeLabel, fragmentDigest, stripeLabels, type FragmentLabel, type StripeSpec } from './fragment.ts'
 import type { Manifest } from './manifest.ts'
-import { placeStripe } from './placement.ts'
+import { placeStripe, type PlacementScope } from './placement.ts'
 import type { RankState } from './state.ts'
 import { abortOnSignal, replyError, type Transfers } from './transfer.ts'
 import { PUT_PROTOCOL, readReply, Status, StreamReader, writeAll } from './wire.ts'
@@ -34,6 +34,8 @@ export interface PlacerInit {
   /** FUTURE_EPOCH retries of a put, and the wait between them (ms). */
   putRetries: number
   putRetryMs: number
+  /** Where fragments go (placement.ts). */
+  scope: PlacementScope
 }
 
 /** What a placer uses. */
@@ -107,7 +109,7 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
     if (rank < 0) throw new InvalidArgumentError(`${self} is not a member of view ${v.epoch}`)
     const spec: StripeSpec = { owner: self, rank, epoch: v.epoch, k, m, segmentBytes: init.segmentBytes }
     const labels = stripeLabels(sealed, spec)
-    const holders = placeStripe(v, rank, k, m)
+    const holders = placeStripe(v, rank, k, m, init.scope)
     // Puts start at once and send each segment as soon as it is coded.
     const feeds = labels.map(() => new FrameFeed())
     const coding = deps.coder.stripe(sealed, spec, { signal, onSegment: (_, frames) => frames.forEach((f, i) => feeds[i]!.push(f)) }).then(

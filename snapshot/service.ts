@@ -8,7 +8,7 @@ import { createHolder } from './holder.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
 import { createManifestBook } from './manifest-book.ts'
 import type { Manifest } from './manifest.ts'
-import { validateStripeParams } from './placement.ts'
+import { validateStripeParams, type PlacementScope } from './placement.ts'
 import { createPlacer, type PlaceResult, type PlacerInit } from './placer.ts'
 import { createRecoveryClient, type RecoverRequest, type Recovered } from './recovery.ts'
 import type { RankState } from './state.ts'
@@ -35,6 +35,8 @@ export interface SnapshotServiceInit {
   putRetryMs?: number
   /** Re-place the newest own snapshot under every new view (default true). */
   autoRestripe?: boolean
+  /** Where fragments go: 'spread' over hosts and zones (default) or 'zone' (the owner's zone first). */
+  placement?: PlacementScope
 }
 
 /** What a snapshot service uses: the node's net and clock, and optional coder, log and metrics. */
@@ -93,7 +95,7 @@ export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotD
   // node's clock: a macrotask on real time, an ordered timer in the simulator).
   const breathe = (): Promise<void> => clock.sleep(0)
   const coder = deps.coder ?? createInlineCoder({ coderFor: erasureCoderCache(init.coder), breathe })
-  const store = createFragmentStore({ self, capBytes: init.storeCapBytes }, { log, metrics: deps.metrics })
+  const store = createFragmentStore({ self, capBytes: init.storeCapBytes, scope: init.placement ?? 'spread' }, { log, metrics: deps.metrics })
   let current: View | undefined
   let started = false
   const lifetime = new AbortController()
@@ -181,6 +183,7 @@ function placerInitOf(init: SnapshotServiceInit): PlacerInit {
     m,
     segmentBytes,
     putRetries: init.putRetries ?? SNAPSHOT_LIMITS.defaultPutRetries,
-    putRetryMs: init.putRetryMs ?? SNAPSHOT_LIMITS.defaultPutRetryMs
+    putRetryMs: init.putRetryMs ?? SNAPSHOT_LIMITS.defaultPutRetryMs,
+    scope: init.placement ?? 'spread'
   }
 }

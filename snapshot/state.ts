@@ -22,12 +22,31 @@ export interface RankState {
   adamM: Float32Array
   adamV: Float32Array
   rng: Uint8Array
+  /**
+   * The DiLoCo tier's state of this shard (node/train/outer.ts), when the run has one: the outer
+   * weights, the outer Nesterov momentum, the quantization residual (error feedback) and the
+   * inner weights as they were when the fragments now in flight were sent. Same length as
+   * `weights`.
+   */
+  outer?: OuterArrays
 }
+
+/** The four f32 buffers of the DiLoCo tier's state, each as long as the shard. */
+export interface OuterArrays {
+  weights: Float32Array
+  momentum: Float32Array
+  residual: Float32Array
+  sentInner: Float32Array
+}
+
+/** Flag bit 0 of a serialized state: the four outer buffers follow adam v. */
+const FLAG_OUTER = 1
+const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
 
 /**
  * Serialized layout (little-endian):
  *
- *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (0)   6 u16 reserved (0)
+ *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (bit 0: outer state)   6 u16 reserved (0)
  *    8 u32 rank          12 u32 world size
  *   16 u64 epoch         24 u64 step
  *   32 u64 data cursor   40 u64 elements n (of each of weights, m, v)
@@ -35,6 +54,7 @@ export interface RankState {
  *   56 u64 checksum: xxh64 of the whole serialization with these 8 bytes zero
  *   64 rng bytes, zero-padded to a multiple of 8
  *      weights (n f32), adam m (n f32), adam v (n f32)
+ *      with flag bit 0: outer weights, outer momentum, residual, sent inner (n f32 each)
  */
 export const STATE_MAGIC = 0x53534d5a
 export const STATE_VERSION = 1
@@ -48,6 +68,10 @@ export function stateBytes(state: RankState): number {
   if (state.adamM.length !== n || state.adamV.length !== n) {
     throw new InvalidArgumentError(`weights, adamM and adamV must have one length, got ${n}, ${state.adamM.length}, ${state.adamV.length}`)
   }
+  const outer = state.outer
+  if (outer !== undefined && OUTER_KEYS.some(k => outer[k].length !== n)) {
+    throw new InvalidArgumentError(`the outer state's buffers must be as long as the weights (${n}), got ${OUTER_KEYS.map(k => outer[k].length).join(', ')}`)
+  }
   for (const key of ['rank', 'worldSize', 'epoch', 'step', 'dataCursor'] as const) {
     const v = state[key]
     if (!Number.isSafeInteger(v) || v < 0) throw new InvalidArgumentError(`state.${key} must be a non-negative safe integer, got ${v}`)
@@ -56,7 +80,7 @@ export function stateBytes(state: RankState): number {
     throw new InvalidArgumentError(`rank ${state.rank} is not in a world of ${state.worldSize}`)
   }
   checkCap('snapshot rng bytes', state.rng.length, SNAPSHOT_LIMITS.maxRngBytes)
-  const total = STATE_HEADER_BYTES + pad8(state.rng.length) + 12 * n
+  const total = STATE_HEADER_BYTES + pad8(state.rng.length) + (outer === undefined ? 12 : 28) * n
   checkCap('snapshot state bytes', total, SNAPSHOT_LIMITS.maxStateBytes)
   return total
 }
@@ -73,7 +97,7 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   const n = state.weights.length
   v.setUint32(0, STATE_MAGIC, true)
   v.setUint8(4, STATE_VERSION)
-  v.setUint8(5, 0)
+  v.setUint8(5, state.outer === undefined ? 0 : FLAG_OUTER)
   v.setUint16(6, 0, true)
   v.setUint32(8, state.rank, true)
   v.setUint32(12, state.worldSize, true)
@@ -88,7 +112,8 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   out.set(state.rng, o)
   out.fill(0, o + state.rng.length, o + pad8(state.rng.length))
   o += pad8(state.rng.length)
-  for (const arr of [state.weights, state.adamM, state.adamV]) {
+  const outer = state.outer === undefined ? [] : OUTER_KEYS.map(k => state.outer![k])
+  for (const arr of [state.weights, state.adamM, state.adamV, ...outer]) {
     out.set(new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength), o)
     o += arr.byteLength
   }
@@ -127,6 +152,8 @@ export interface StateHeader {
   dataCursor: number
   elements: number
   rngBytes: number
+  /** The outer state's four buffers follow adam v (flag bit 0). */
+  outer: boolean
   checksum: bigint
 }
 
@@ -142,7 +169,7 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
   const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
   if (v.getUint32(0, true) !== STATE_MAGIC) bad('bad magic')
   if (v.getUint8(4) !== STATE_VERSION) bad(`unsupported version ${v.getUint8(4)}`)
-  if (v.getUint8(5) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0) bad('reserved fields are not zero')
+  if ((v.getUint8(5) & ~FLAG_OUTER) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0) bad('reserved fields are not zero')
   const big = (o: number): number => {
     const x = v.getBigUint64(o, true)
     if (x > BigInt(Number.MAX_SAFE_INTEGER)) bad(`field at ${o} is over 2^53`)
@@ -156,11 +183,12 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
     dataCursor: big(32),
     elements: big(40),
     rngBytes: v.getUint32(48, true),
+    outer: (v.getUint8(5) & FLAG_OUTER) !== 0,
     checksum: v.getBigUint64(56, true)
   }
   if (h.worldSize < 1 || h.rank >= h.worldSize) bad(`rank ${h.rank} is not in a world of ${h.worldSize}`)
   if (h.rngBytes > SNAPSHOT_LIMITS.maxRngBytes) bad(`rng of ${h.rngBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxRngBytes}`)
-  const want = STATE_HEADER_BYTES + pad8(h.rngBytes) + 12 * h.elements
+  const want = STATE_HEADER_BYTES + pad8(h.rngBytes) + (h.outer ? 28 : 12) * h.elements
   if (want !== bytes.length) bad(`header describes ${want} bytes, got ${bytes.length}`)
   return h
 }
@@ -187,7 +215,7 @@ export function decodeState(bytes: Uint8Array): RankState {
     return off % 4 === 0 ? new Float32Array(bytes.buffer, off, h.elements) : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
   }
   const n4 = 4 * h.elements
-  return {
+  const st: RankState = {
     rank: h.rank,
     worldSize: h.worldSize,
     epoch: h.epoch,
@@ -198,4 +226,6 @@ export function decodeState(bytes: Uint8Array): RankState {
     adamM: f32(o + n4),
     adamV: f32(o + 2 * n4)
   }
+  if (h.outer) st.outer = { weights: f32(o + 3 * n4), momentum: f32(o + 4 * n4), residual: f32(o + 5 * n4), sentInner: f32(o + 6 * n4) }
+  return st
 }

@@ -3,7 +3,7 @@ import type { PeerId, View } from '../mesh/index.ts'
 import { snapshotError, SnapshotErrorCode, StoreFullError, type SnapshotErrorCodeT } from './errors.ts'
 import { fragmentDigest, verifyFragment, type FragmentLabel, type SnapshotFragment } from './fragment.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
-import { placeStripe } from './placement.ts'
+import { placeStripe, type PlacementScope } from './placement.ts'
 import { evictionVictim, isExpired, type RecoveryPoint } from './retention.ts'
 
 export type { RecoveryPoint } from './retention.ts'
@@ -40,6 +40,8 @@ export interface FragmentStoreInit {
   self: PeerId
   /** Memory cap: bytes of fragment bodies held plus reserved. Default SNAPSHOT_LIMITS.defaultStoreBytes. */
   capBytes?: number
+  /** Where owners place their fragments (placement.ts): a fragment whose placement names another holder is misdirected. */
+  scope?: PlacementScope
 }
 
 /** A holder's fragments: admission checks, retention and a memory cap. */
@@ -162,6 +164,7 @@ export function createFragmentStore(init: FragmentStoreInit, deps: { log?: Logge
 class MemoryFragmentStore implements FragmentStore {
   private readonly self: PeerId
   private readonly cap: number
+  private readonly scope: PlacementScope
   private readonly log: Logger | undefined
   private readonly metrics: StoreMetrics | undefined
   private readonly owners = new Map<string, Map<string, VersionEntry>>()
@@ -177,6 +180,7 @@ class MemoryFragmentStore implements FragmentStore {
   constructor(init: FragmentStoreInit, deps: { log?: Logger; metrics?: MetricsRegistry }) {
     this.self = init.self
     this.cap = init.capBytes ?? SNAPSHOT_LIMITS.defaultStoreBytes
+    this.scope = init.scope ?? 'spread'
     this.log = deps.log
     this.metrics = deps.metrics === undefined ? undefined : defineStoreMetrics(deps.metrics)
   }
@@ -388,7 +392,7 @@ class MemoryFragmentStore implements FragmentStore {
     const key = `${v.epoch}/${rank}/${k}/${m}`
     let p = this.placements.get(key)
     if (p === undefined) {
-      p = placeStripe(v, rank, k, m)
+      p = placeStripe(v, rank, k, m, this.scope)
       if (this.placements.size > 4096) this.placements.clear()
       this.placements.set(key, p)
     }

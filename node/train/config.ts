@@ -2,7 +2,8 @@ import { InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger,
 import { GPT_PRESETS, type Backend, type GptConfig, type GptLayout } from '../../gpu/index.ts'
 import { COLLECTIVE_LIMITS, type CollectiveSent, type Membership, type PeerNet } from '../../mesh/index.ts'
 import type { Corpus } from '../data.ts'
-import type { SnapshotCoder } from '../../snapshot/index.ts'
+import type { OuterArrays, SnapshotCoder } from '../../snapshot/index.ts'
+import type { OuterConfig } from './outer.ts'
 
 /**
  * What a trainer runs: ZeRO-3 data parallelism over the first `worldSize` members of the
@@ -48,6 +49,18 @@ export interface TrainConfig {
    * while it trains become ranks at the next step boundary every rank agrees on.
    */
   maxWorldSize?: number
+  /**
+   * The DiLoCo tier (outer.ts): the ranks form `outer.zones` zone groups that train apart and
+   * average their pseudo-gradients every `outer.every` steps. Undefined: one ZeRO-3 group
+   * synchronized every step.
+   */
+  outer?: OuterConfig
+  /**
+   * Where snapshot fragments go: 'zone' keeps a rank's fragments on hosts of its own zone
+   * where the zone has enough other members (cheap links; the default with `outer`), 'spread'
+   * spreads them over hosts and zones (a whole zone's loss leaves the others' fragments).
+   */
+  snapshotPlacement?: 'zone' | 'spread'
 }
 
 /** A trainer's state for status output, metrics and tests. */
@@ -197,6 +210,16 @@ export function validateTrainConfig(cfg: TrainConfig, corpus: Corpus): void {
     throw new InvalidArgumentError(`the data has ${corpus.vocabSize} token ids but the model's vocabulary is ${cfg.model.vocabSize}`)
   }
   if (!(cfg.lr > 0) || !(cfg.weightDecay >= 0)) throw new InvalidArgumentError('lr must be > 0 and weightDecay >= 0')
+  const o = cfg.outer
+  if (o !== undefined) {
+    int('outer.every', o.every, 1)
+    int('outer.zones', o.zones, 1)
+    if (cfg.worldSize % o.zones !== 0)
+      throw new InvalidArgumentError(`--world-size ${cfg.worldSize} must split into ${o.zones} equal zone groups (--outer-zones) for the DiLoCo tier`)
+    if ((cfg.maxWorldSize ?? cfg.worldSize) !== cfg.worldSize)
+      throw new InvalidArgumentError('--max-world-size (growing the run) does not combine with the DiLoCo tier yet')
+    if (!(o.lr > 0) || !(o.momentum >= 0 && o.momentum < 1)) throw new InvalidArgumentError('the outer lr must be > 0 and the outer momentum in [0, 1)')
+  }
 }
 
 /** A contiguous run of the flat buffer that AdamW treats alike (decayed or not). */
@@ -228,6 +251,8 @@ export interface ShardState {
   master: Float32Array
   m: Float32Array
   v: Float32Array
+  /** The DiLoCo tier's state of the shard (a run with `outer`). */
+  outer?: OuterArrays
 }
 
 /** A half-open range of the flat parameter buffer that one rank owns. */

@@ -21,7 +21,7 @@ export function growProposal(p: SessionParts): Uint32Array {
  * state for the new ranks and its announcement for the spares, and returns the growth.
  */
 export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Uint32Array, s: number): { growth: Growth; msg: Uint8Array } | undefined {
-  const proposals = growCheck.decode(all, p.P)
+  const proposals = growCheck.decode(all, p.roster.length)
   const first = proposals[0]!
   if (!(first.epoch > 0 && proposals.every(x => x.epoch === first.epoch && x.count === first.count))) return undefined
   // read() returns a fresh host copy: the handoff outlives the session's tensors.

@@ -16,6 +16,11 @@ export const TRAIN_LIMITS = Object.freeze({
   settleGraceMs: 10_000 + 5000,
   /** Collective no-progress allowance on top of the failure detector's bound (ms). */
   collectiveSlackMs: 5000,
+  /**
+   * More allowance for an outer exchange (the DiLoCo tier, ms): zone groups meet there after
+   * `--outer-every` steps each, and a slower zone may arrive that much later.
+   */
+  outerSlackMs: 60_000,
   /** How long a rank in a minority waits for the majority before it fails (ms), unless configured. */
   defaultMinorityWaitMs: 300_000,
   /** Installed views a trainer queues before it consumes them (the oldest are dropped beyond). */

@@ -1,5 +1,6 @@
 import type { Backend, Tensor } from '../../gpu/index.ts'
-import { encodeState, type RankState } from '../../snapshot/index.ts'
+import { encodeState, type OuterArrays, type RankState } from '../../snapshot/index.ts'
+import { copyOuter } from './outer.ts'
 import { persistDiskState } from '../disk-tier.ts'
 import type { TrainerEnv, RunState } from './state.ts'
 
@@ -17,11 +18,24 @@ export interface SaveSource {
   async: boolean
   /** A snapshot this source captured is still being placed. */
   placing: boolean
+  /** The DiLoCo tier's state (host arrays the trainer updates at outer steps), copied at each save. */
+  outer: OuterArrays | undefined
 }
 
 /** The optimizer state of one rank at a committed step, as snapshots and the disk tier store it. */
-export function rankState(rank: number, P: number, epoch: number, step: number, weights: Float32Array, adamM: Float32Array, adamV: Float32Array): RankState {
-  return { rank, worldSize: P, epoch, step, dataCursor: step, weights, adamM, adamV, rng: new Uint8Array(0) }
+export function rankState(
+  rank: number,
+  P: number,
+  epoch: number,
+  step: number,
+  weights: Float32Array,
+  adamM: Float32Array,
+  adamV: Float32Array,
+  outer?: OuterArrays
+): RankState {
+  const st: RankState = { rank, worldSize: P, epoch, step, dataCursor: step, weights, adamM, adamV, rng: new Uint8Array(0) }
+  if (outer !== undefined) st.outer = outer
+  return st
 }
 
 /**
@@ -71,8 +85,10 @@ export function saveCommitted(
     v: be.hostAlloc('f32', n) as Float32Array
   })
   const fences = [be.download(host.master, src.master), be.download(host.m, src.m), be.download(host.v, src.v)]
+  // The outer state as it is at this commit (an outer step may change it before a device's download lands).
+  const outer = src.outer === undefined ? undefined : copyOuter(src.outer)
   const save = (): void => {
-    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v)
+    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer)
     if (snap && rs.snapshots !== undefined) {
       const c0 = env.deps.clock.monotonic()
       const ticket = rs.snapshots.capture(st)

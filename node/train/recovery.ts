@@ -7,6 +7,8 @@ import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { TrainingError, type ShardRange, type ShardState } from './config.ts'
 import { recoveryPoint, recoveryVerdict, resumeIndex, stateSlot, type DiskFile } from './messages.ts'
+import { copyOuter, outerSchedule, zoneRecoveryPoints } from './outer.ts'
+import { zoneGroups } from './roster.ts'
 import { diskHint } from './persist.ts'
 import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
 
@@ -90,6 +92,40 @@ function recoveryPointOf(env: TrainerEnv, rs: RunState, sets: Array<Set<number>>
 }
 
 /**
+ * Zone groups (the DiLoCo tier): this rank's group's recovery point. Each group rolls back to
+ * the newest step all its ranks placed, among the steps at which every group had applied the
+ * same outer exchanges (outer.ts, {@link zoneRecoveryPoints}); step 0 (the seed's weights) is
+ * always at hand, but a rank whose roster began later refuses to go back there.
+ */
+function zoneRecoveryPoint(env: TrainerEnv, rs: RunState, roster: Member[], rank: number, from: number[], sets: Array<Set<number>>, old: Member[]): number {
+  const groups = zoneGroups(roster)
+  const at = new Map(roster.map((m, i) => [m.id, i]))
+  const common = groups.map(g => {
+    const loads = g.map(m => sets[from[at.get(m.id)!]!]!)
+    const both = [...loads[0]!].filter(v => loads.every(x => x.has(v)))
+    // The seed's state is always at hand (a rank that began later refuses it below).
+    return new Set([0, ...both])
+  })
+  const points = zoneRecoveryPoints(outerSchedule(env.cfg.outer!), common)
+  if (points === undefined) {
+    throw new TrainingError(
+      `the zone groups have no snapshot steps at the same outer stage (steps per group: ${common.map(c => [...c].sort((a, b) => a - b).join(',') || 'none').join('; ')}; ranks ${old.length}): ` +
+        'the state cannot be put together from peers. Restart the nodes with --resume to continue from the disk tier' +
+        diskHint(env, rs)
+    )
+  }
+  const mine = groups.findIndex(g => g.some(m => m.id === roster[rank]!.id))
+  const rp = points[mine]!
+  if (rp < rs.rosterStart)
+    throw new TrainingError(
+      `zone group ${mine} can only go back to step ${rp}, before step ${rs.rosterStart} where this roster began: the state is not recoverable from peers. ` +
+        'Restart the nodes with --resume to continue from the disk tier' +
+        diskHint(env, rs)
+    )
+  return rp
+}
+
+/**
  * After a lost rank (or a failed attempt): agree on the recovery point with the other ranks,
  * then load state from the snapshots. Replace: each rank loads the state its logical rank
  * had. Shrink: each rank rebuilds the full flat state from every old rank's snapshot and
@@ -117,10 +153,28 @@ export async function recover(
   const known = knownVersions(env, rs, old, K)
   rs.st.phase = 'recovery: agreeing on the recovery point'
   const all = await collective.allGather(known, roster.length * known.length, { step: 0, label: recoveryPoint.label, ...opts })
-  const rp = recoveryPointOf(env, rs, recoveryPoint.decode(all.data, roster.length, old.length, K), old)
+  // The old ranks whose state is loaded: all of them, or in zone groups those that still
+  // stand for a rank (a group whose zone dropped out took its snapshots with it).
+  const needed = plan.from ?? old.map((_m, i) => i)
+  const sets = recoveryPoint.decode(all.data, roster.length, old.length, K)
+  const rp =
+    env.cfg.outer === undefined || plan.mode !== 'replace'
+      ? recoveryPointOf(
+          env,
+          rs,
+          needed.map(i => sets[i]!),
+          needed.map(i => old[i]!)
+        )
+      : zoneRecoveryPoint(env, rs, roster, rank, needed, sets, old)
   const record = (): void => {
     if (plan.lost.length > 0)
-      rs.st.recoveries.push({ mode: plan.mode as 'replace' | 'shrink', lost: plan.lost, fromStep: rp, ms: Math.round(clock.monotonic() - t0) })
+      rs.st.recoveries.push({
+        // A zone group that dropped out leaves fewer ranks: a shrink, though each rank loads its own state.
+        mode: plan.from !== undefined && roster.length < old.length ? 'shrink' : (plan.mode as 'replace' | 'shrink'),
+        lost: plan.lost,
+        fromStep: rp,
+        ms: Math.round(clock.monotonic() - t0)
+      })
   }
   if (rp === 0) {
     record()
@@ -137,7 +191,7 @@ export async function recover(
   let loaded: RankState[] | undefined
   let lost: UnrecoverableError | undefined
   try {
-    loaded = plan.mode === 'replace' ? [await fetch(old[rank]!.id)] : await Promise.all(old.map(mb => fetch(mb.id)))
+    loaded = plan.mode === 'replace' ? [await fetch(old[plan.from?.[rank] ?? rank]!.id)] : await Promise.all(old.map(mb => fetch(mb.id)))
   } catch (err) {
     if (!(err instanceof UnrecoverableError)) throw err
     lost = err
@@ -154,8 +208,10 @@ export async function recover(
   record()
   if (plan.mode === 'replace') {
     const st = loaded![0]!
-    log.info({ rank, step: rp, from: old[rank]!.id }, 'loaded rank state from the snapshot')
-    return { step: rp, master: st.weights.slice(), m: st.adamM.slice(), v: st.adamV.slice() }
+    log.info({ rank, step: rp, from: old[plan.from?.[rank] ?? rank]!.id }, 'loaded rank state from the snapshot')
+    const out: ShardState = { step: rp, master: st.weights.slice(), m: st.adamM.slice(), v: st.adamV.slice() }
+    if (st.outer !== undefined) out.outer = copyOuter(st.outer)
+    return out
   }
   // Shrink: the full flat state from every old rank's shard, then this rank's new shard.
   return cutShard(env, loaded!, rp, shard)

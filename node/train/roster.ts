@@ -19,6 +19,12 @@ export interface RecoveryPlan {
   /** Ranks of `oldRoster` that are gone. */
   lost: number[]
   oldRoster: Member[]
+  /**
+   * Zone groups (the DiLoCo tier): the old rank whose state each rank of the new roster loads
+   * (a replacement loads its lost rank's; a group whose zone dropped out is gone). Undefined:
+   * rank r loads old rank r (replace) or every old rank (shrink).
+   */
+  from?: number[]
 }
 
 /** A growth the ranks agreed on: the joiners of view `epoch`, `count` of them, after `step` committed. */
@@ -56,6 +62,63 @@ export function rosterOf(data: Uint8Array): RosterAnnouncement | undefined {
   }
   if (new Set(out.map(m => m.id)).size !== out.length) return undefined
   return { epoch: epoch as number, members: out }
+}
+
+/** The zone groups of a roster: its members by zone, zones in order of first appearance. */
+export function zoneGroups(roster: readonly Member[]): Member[][] {
+  const by = new Map<string, Member[]>()
+  for (const m of roster) {
+    const g = by.get(m.zone)
+    if (g === undefined) by.set(m.zone, [m])
+    else g.push(m)
+  }
+  return [...by.values()]
+}
+
+/**
+ * The first roster a view gives: its first `worldSize` members; with zone groups, the first
+ * `zones` zones (in order of first appearance) that have `worldSize / zones` members each,
+ * zone after zone. Undefined while the view cannot field it.
+ */
+export function rosterFromView(view: View, worldSize: number, zones: number | undefined): Member[] | undefined {
+  if (zones === undefined) return view.members.length >= worldSize ? view.members.slice(0, worldSize) : undefined
+  const per = worldSize / zones
+  const full = zoneGroups(view.members)
+    .filter(g => g.length >= per)
+    .slice(0, zones)
+  return full.length < zones ? undefined : full.flatMap(g => g.slice(0, per))
+}
+
+/**
+ * {@link replan} for zone groups (the DiLoCo tier): a group's lost ranks are replaced by spares
+ * of its own zone (view order), each taking the lost rank's place; a group that cannot be made
+ * whole leaves the roster (its survivors become spares) and the other groups go on. Every rank
+ * of the new roster then loads the state of the old rank it stands for (`from`).
+ */
+export function replanZones(roster: readonly Member[], view: View, prev: RecoveryPlan | undefined): Replan {
+  const inView = new Set(view.members.map(m => m.id))
+  const onRoster = new Set(roster.map(m => m.id))
+  const spares = view.members.filter(m => !onRoster.has(m.id))
+  const lost = roster.map((m, r) => (inView.has(m.id) ? -1 : r)).filter(r => r >= 0)
+  const oldRoster = prev?.oldRoster ?? [...roster]
+  const fromPrev = prev?.from ?? roster.map((_, i) => i)
+  const out: Member[] = []
+  const from: number[] = []
+  const index = new Map(roster.map((m, i) => [m.id, i]))
+  for (const group of zoneGroups(roster)) {
+    const here = spares.filter(m => m.zone === group[0]!.zone)
+    if (here.length < group.filter(m => !inView.has(m.id)).length) continue
+    let next = 0
+    for (const m of group) {
+      out.push(inView.has(m.id) ? m : { ...m, id: here[next++]!.id })
+      from.push(fromPrev[index.get(m.id)!]!)
+    }
+  }
+  const held = new Set(out.map(m => m.id))
+  const lostOld = oldRoster.map((m, r) => (held.has(m.id) ? -1 : r)).filter(r => r >= 0)
+  const mode = out.length === roster.length ? 'replace' : 'shrink'
+  const plan: RecoveryPlan = prev?.mode === 'resume' ? { mode: 'resume', lost: lostOld, oldRoster } : { mode: 'replace', lost: lostOld, oldRoster, from }
+  return { roster: out, lost, mode, plan }
 }
 
 /** The roster grown by the first `count` members of `view` that are not on it (view order). */
@@ -144,23 +207,26 @@ export function replan(roster: readonly Member[], view: View, prev: RecoveryPlan
  * view alone can hide a member that was dropped and re-admitted in between).
  */
 export class ViewQueue {
-  /** The first installed view with `worldSize` members (the roster is derived from it). */
+  /** The first installed view that can field the roster (the roster is derived from it). */
   firstFull: View | undefined
-  private readonly worldSize: number
+  private readonly fields: (v: View) => boolean
   private readonly queue: View[] = []
   private readonly recent = new Map<number, View>()
   private readonly rostered = new Set<PeerId>()
   private seenEpoch = 0
   private lastView: View | undefined
 
-  /** `current`: the view installed when the trainer is built (it may already be full). */
-  constructor(worldSize: number, current: View | undefined) {
-    this.worldSize = worldSize
+  /**
+   * `current`: the view installed when the trainer is built (it may already be full); `zones`:
+   * the zone groups a roster needs (see {@link rosterFromView}).
+   */
+  constructor(worldSize: number, current: View | undefined, zones?: number) {
+    this.fields = v => rosterFromView(v, worldSize, zones) !== undefined
     if (this.full(current)) this.firstFull = current
   }
 
   private full(v: View | undefined): boolean {
-    return v !== undefined && v.members.length >= this.worldSize
+    return v !== undefined && this.fields(v)
   }
 
   /** Records an installed view (the membership's `view` event). */

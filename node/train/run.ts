@@ -5,7 +5,7 @@ import { TrainingError, type ShardState } from './config.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { diskHint } from './persist.ts'
 import type { RoleEvent } from './role.ts'
-import { grownRoster, replan, type Growth } from './roster.ts'
+import { grownRoster, replan, replanZones, rosterFromView, type Growth } from './roster.ts'
 import type { SessionOutcome } from './session.ts'
 import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
 
@@ -62,7 +62,13 @@ export function snapshotServiceFor(env: TrainerEnv, first: View): SnapshotServic
   // version a recovery still needs (the lost ranks' newest); the trainer re-captures at
   // the next commit under the new view anyway.
   return createSnapshotService(
-    { k, m, idleTimeoutMs: TRAIN_LIMITS.snapshotIdleMs, autoRestripe: false },
+    {
+      k,
+      m,
+      idleTimeoutMs: TRAIN_LIMITS.snapshotIdleMs,
+      autoRestripe: false,
+      placement: cfg.snapshotPlacement ?? (cfg.outer === undefined ? 'spread' : 'zone')
+    },
     {
       net: deps.net,
       clock: deps.clock,
@@ -79,7 +85,7 @@ export function snapshotServiceFor(env: TrainerEnv, first: View): SnapshotServic
  * nodes would then disagree on the roster. The roster is its first `worldSize` members.
  */
 export function firstRoster(env: TrainerEnv, rs: RunState, first: View): Cursor {
-  const roster = first.members.slice(0, env.cfg.worldSize)
+  const roster = rosterFromView(first, env.cfg.worldSize, env.cfg.outer?.zones)!
   rs.views.admit(roster)
   rs.views.begin(first)
   return { roster, epoch: first.epoch, derived: true, round: 0, initial: undefined, unrecoverable: 0, attempt: -1, growth: undefined, failure: undefined }
@@ -109,9 +115,9 @@ function adopt(env: TrainerEnv, rs: RunState, c: Cursor): void {
 }
 
 /** Replans the roster after a view that dropped a member of it. */
-function applyLoss(rs: RunState, c: Cursor, next: View): void {
+function applyLoss(env: TrainerEnv, rs: RunState, c: Cursor, next: View): void {
   if (rs.plan?.mode === 'grow') rs.grow.handoff = undefined
-  const change = replan(c.roster, next, rs.plan)
+  const change = env.cfg.outer === undefined ? replan(c.roster, next, rs.plan) : replanZones(c.roster, next, rs.plan)
   rs.plan = change.plan
   c.roster = change.roster
   rs.views.admit(c.roster)
@@ -137,7 +143,7 @@ export function spareCheck(env: TrainerEnv, rs: RunState, c: Cursor): RoleEvent 
   adopt(env, rs, c)
   const next = rs.views.nextLoss(c.roster)
   if (next !== undefined) {
-    applyLoss(rs, c, next)
+    applyLoss(env, rs, c, next)
     c.initial = undefined
     return placed(env, rs, c)
   }
@@ -244,7 +250,7 @@ export function retried(env: TrainerEnv, rs: RunState, c: Cursor, next: View | u
     rs.plan ??= { mode: 'replace', lost: [], oldRoster: c.roster }
     env.deps.log.warn({ round: c.round, epoch: c.epoch }, 'no training member was lost: retrying from the newest common snapshot')
   } else {
-    applyLoss(rs, c, next)
+    applyLoss(env, rs, c, next)
   }
   c.initial = undefined
   return placed(env, rs, c)

@@ -6,7 +6,8 @@ import { GROW_TOPIC, agreedGrowth, growProposal } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { endSaves, saveCommitted } from './persist.ts'
 import { freshShard, recover } from './recovery.ts'
-import { encodeRoster, type Growth } from './roster.ts'
+import { encodeRoster, zoneGroups, type Growth } from './roster.ts'
+import { freshOuter, outerQuant, outerSchedule } from './outer.ts'
 import { finalEvaluation } from './evaluate.ts'
 import { growCheck } from './messages.ts'
 import { SessionInterrupted, statusOf, type RunState, type TrainerEnv } from './state.ts'
@@ -19,6 +20,9 @@ import {
   commitStep,
   forwardPass,
   freeShardTensors,
+  outerStep,
+  resumeOuter,
+  type OuterParts,
   shardTensors,
   type SessionParts,
   type ShardTensors
@@ -79,21 +83,72 @@ function failureOf(rs: RunState, collective: Collective, epoch: number, signal?:
   }
 }
 
-/** The collectives of a session under `roster` (not started yet). */
-function sessionCollective(env: TrainerEnv, parts: { settling: boolean }, roster: Member[], epoch: number, round: number): Collective {
+/** The collectives of a session under `roster` (not started yet); `tier` names a zone group's or an outer group's. */
+function sessionCollective(
+  env: TrainerEnv,
+  parts: { settling: boolean },
+  roster: Member[],
+  epoch: number,
+  round: number,
+  tier: { name: string; slackMs: number } = { name: '', slackMs: 0 }
+): Collective {
   const { net, clock, log, membership, onCollectiveSent } = env.deps
   return createCollective({
     net,
     view: { epoch, members: roster },
     clock,
-    name: `train-${epoch}.${round}`,
+    name: `train-${epoch}.${round}${tier.name}`,
     // Until the session's first step commits, ranks may wait on one that is still loading
     // a snapshot (a stalled holder costs it one idle timeout before it turns to parity) or
     // compiling kernels: a longer bound, so a slow start is not mistaken for a failure.
-    timeoutMs: () => membership.status().detectionBoundMs + TRAIN_LIMITS.collectiveSlackMs + (parts.settling ? TRAIN_LIMITS.settleGraceMs : 0),
+    timeoutMs: () => membership.status().detectionBoundMs + TRAIN_LIMITS.collectiveSlackMs + tier.slackMs + (parts.settling ? TRAIN_LIMITS.settleGraceMs : 0),
     log: log.child({ component: 'mesh:collective' }),
     ...(onCollectiveSent === undefined ? {} : { onSent: onCollectiveSent })
   })
+}
+
+/**
+ * The zone groups' collectives (the DiLoCo tier): this rank's zone group's, for its steps, and
+ * its outer group's (the ranks at its place in every group, zone by zone), for the exchanges.
+ * A failure of any collective of the session poisons the others, so every rank of every group
+ * fails, waits and recovers together; `unlink` ends that before they are stopped.
+ */
+interface ZoneTier {
+  group: Collective
+  outer: OuterParts
+  all: Collective[]
+  unlink: () => void
+}
+
+function zoneTier(env: TrainerEnv, parts: { settling: boolean }, global: Collective, roster: Member[], epoch: number, round: number): ZoneTier {
+  const cfg = env.cfg.outer!
+  const self = env.deps.net.self.id
+  const groups = zoneGroups(roster)
+  const zone = groups.findIndex(g => g.some(m => m.id === self))
+  const place = groups[zone]!.findIndex(m => m.id === self)
+  const group = sessionCollective(env, parts, groups[zone]!, epoch, round, { name: `.z${zone}`, slackMs: 0 })
+  const coll = sessionCollective(
+    env,
+    parts,
+    groups.map(g => g[place]!),
+    epoch,
+    round,
+    { name: `.o${place}`, slackMs: TRAIN_LIMITS.outerSlackMs }
+  )
+  const all = [global, group, coll]
+  const links = new AbortController()
+  for (const c of all) {
+    c.failed.addEventListener(
+      'abort',
+      () => {
+        const why: unknown = c.failed.reason
+        for (const o of all) if (o !== c) o.abort(`another collective of the session failed: ${why instanceof Error ? why.message : String(why)}`)
+      },
+      { once: true, signal: links.signal }
+    )
+  }
+  const outer: OuterParts = { cfg, sc: outerSchedule(cfg), quant: outerQuant(cfg), coll, zone, zones: groups.length, state: undefined, inflight: new Map() }
+  return { group, outer, all, unlink: () => links.abort() }
 }
 
 /** What a started session's steps run on: the streamed model, its buckets, the accounting. */
@@ -105,6 +160,7 @@ function sessionParts(
   roster: Member[],
   epoch: number,
   rank: number,
+  outer: OuterParts | undefined,
   signal?: AbortSignal
 ): SessionParts {
   const { deps, cfg, layout } = env
@@ -125,14 +181,15 @@ function sessionParts(
     roster,
     epoch,
     rank,
-    P: roster.length,
+    P: collective.size,
     collective,
+    outer,
     zero,
     shard,
     model,
     be: deps.backend,
     // One rank with exact wires: a gather or reduction is the identity, a device copy.
-    local: roster.length === 1 && !cfg.zeroPP,
+    local: collective.size === 1 && !cfg.zeroPP,
     buckets,
     acct,
     signal,
@@ -164,7 +221,7 @@ function announceRoster(p: SessionParts): void {
  */
 function afterCommit(p: SessionParts, t: ShardTensors, s: number): Promise<void> | undefined {
   const { env, rs } = p
-  const wait = saveCommitted(env, rs, { rank: p.rank, P: p.P, epoch: p.epoch, s }, t.save)
+  const wait = saveCommitted(env, rs, { rank: p.rank, P: p.roster.length, epoch: p.epoch, s }, t.save)
   env.deps.onStep?.(statusOf(rs))
   announceRoster(p)
   return wait
@@ -192,10 +249,13 @@ export async function runSession(
   await waitForConnections(env, rs, roster, signal)
   const parts = { settling: true }
   const collective = sessionCollective(env, parts, roster, epoch, round)
+  // Zone groups (the DiLoCo tier): the steps run on the zone group's collectives.
+  const tier = cfg.outer === undefined ? undefined : zoneTier(env, parts, collective, roster, epoch, round)
   await collective.start()
-  const p = sessionParts(env, rs, parts, collective, roster, epoch, rank, signal)
+  if (tier !== undefined) for (const c of tier.all.slice(1)) await c.start()
+  const p = sessionParts(env, rs, parts, tier?.group ?? collective, roster, epoch, rank, tier?.outer, signal)
   const { fail, model } = p
-  const growable = (cfg.maxWorldSize ?? cfg.worldSize) > p.P
+  const growable = cfg.outer === undefined && (cfg.maxWorldSize ?? cfg.worldSize) > roster.length
   // Work between collective calls (loading snapshots) ends when the collective is poisoned:
   // when another rank gives up, this one does too, at once, and all retry together.
   const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
@@ -221,6 +281,21 @@ export async function runSession(
     rs.plan = undefined
     const t = shardTensors(p, state)
     tensors = t
+    if (p.outer !== undefined) {
+      p.outer.state = state.outer ?? freshOuter(state.master)
+      t.save.outer = p.outer.state
+      resumeOuter(p, state.step)
+    }
+    // While an outer exchange is awaited: a view that dropped a training member ends the
+    // session at once (a partitioned zone would otherwise hold the others until the timeout).
+    const interrupt = async (stop: AbortSignal): Promise<never> => {
+      const until = AbortSignal.any([work, stop])
+      for (;;) {
+        const dropped = rs.views.scanLoss(roster, false)
+        if (dropped !== undefined) throw new SessionInterrupted(`view ${dropped.epoch} dropped a training member during an outer exchange`)
+        await deps.clock.sleep(TRAIN_LIMITS.pollMs, { signal: until })
+      }
+    }
     rs.st.step = state.step
     rs.rosterStart = state.step
     const phases = new PhaseTimes(rs.st)
@@ -244,9 +319,13 @@ export async function runSession(
       const reduced = now()
       applyAdamW(p, t, s)
       const updated = now()
+      if (p.outer !== undefined) {
+        const outer = outerStep(p, t, s, interrupt)
+        if (outer !== undefined) await outer.catch(fail)
+      }
       rs.st.phase = `step ${s + 1}: commit`
       // When the loss all-reduce returns, every rank has finished step s: it is committed.
-      const mean = await collective.allReduce(Float32Array.of(loss), { ...callAt(p, s), label: 'loss' }).catch(fail)
+      const mean = await p.collective.allReduce(Float32Array.of(loss), { ...callAt(p, s), label: 'loss' }).catch(fail)
       const committed = now()
       p.acct.account(mean.bytes)
       commitStep(p, s, mean.data[0]!, committed - t0)
@@ -266,7 +345,7 @@ export async function runSession(
         s === state.step
       )
       if (growable && s + 1 < cfg.steps) {
-        const all = (await collective.allGather(growProposal(p), 2 * p.P, { ...callAt(p, s + 1), label: growCheck.label }).catch(fail)).data
+        const all = (await collective.allGather(growProposal(p), 2 * roster.length, { ...callAt(p, s + 1), label: growCheck.label }).catch(fail)).data
         const agreed = agreedGrowth(p, t, all, s)
         if (agreed !== undefined) {
           await deps.net.publish(GROW_TOPIC, agreed.msg).catch(() => {})
@@ -296,6 +375,8 @@ export async function runSession(
       if (ending !== undefined) await ending
       freeShardTensors(p, tensors)
     }
+    tier?.unlink()
     await collective.stop()
+    if (tier !== undefined) for (const c of tier.all.slice(1)) await c.stop()
   }
 }

@@ -1,5 +1,8 @@
 import type { Backend, Fence, Gpt, GptBucket, GptStream, Tensor } from '../../gpu/index.ts'
-import type { Collective, Member, ZeroComm } from '../../mesh/index.ts'
+import type { Collective, Member, TierBytes, ZeroComm } from '../../mesh/index.ts'
+import type { QuantOptions } from '../../codec/index.ts'
+import type { OuterArrays } from '../../snapshot/index.ts'
+import { applyFragment, exchange, fragmentRange, inFlightAt, sendFragment, sendsAt, type OuterConfig, type OuterSchedule } from './outer.ts'
 import { batchFor, type Batch } from '../data.ts'
 import type { SaveSource } from './persist.ts'
 import { decaySegments, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
@@ -67,6 +70,24 @@ export interface SessionParts {
   fail: (err: unknown) => never
   /** Until the first step commits, collectives allow a longer stall (a snapshot load, a compile). */
   settling: boolean
+  /** The DiLoCo tier (zone groups): `P`, `collective` and `zero` are then this rank's zone group's. */
+  outer: OuterParts | undefined
+}
+
+/** A session's part of the DiLoCo tier (outer.ts). */
+export interface OuterParts {
+  cfg: OuterConfig
+  sc: OuterSchedule
+  quant: QuantOptions
+  /** The ranks at this rank's place in every zone group, zone by zone. */
+  coll: Collective
+  /** This rank's zone group (its rank in `coll`) and the number of groups. */
+  zone: number
+  zones: number
+  /** The outer state, on the host (saves copy it). */
+  state: OuterArrays | undefined
+  /** Exchanges sent and not applied yet, by fragment. */
+  inflight: Map<number, { sentAt: number; result: Promise<{ all: Uint32Array; bytes: TierBytes }> }>
 }
 
 /** Call options of a collective call that belongs to `step`. */
@@ -108,7 +129,7 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
     const f32 = (n: number): Float32Array => be.hostAlloc('f32', n) as Float32Array
     wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
   }
-  return { master, grad, m, v, segments, wire, save: { be, master, m, v, host: undefined, pending: undefined, async: false, placing: false } }
+  return { master, grad, m, v, segments, wire, save: { be, master, m, v, host: undefined, pending: undefined, async: false, placing: false, outer: undefined } }
 }
 
 /** Releases the shard's tensors and host buffers (the session is over). */
@@ -211,6 +232,65 @@ export function applyAdamW(p: SessionParts, t: ShardTensors, s: number): void {
   if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
 }
 
+/**
+ * Exchanges that a rank rolled back into (a step inside their window) are sent again from the
+ * saved state, in send order, as every other rank does.
+ */
+export function resumeOuter(p: SessionParts, step: number): void {
+  const o = p.outer!
+  const n = p.shard.length
+  const again: Array<{ c: number; f: number }> = []
+  for (let f = 0; f < o.sc.fragments; f++) {
+    const c = inFlightAt(o.sc, step, f)
+    if (c !== undefined) again.push({ c, f })
+  }
+  again.sort((a, b) => a.c - b.c || a.f - b.f)
+  for (const { c, f } of again) track(o, f, c, exchange(o.coll, o.state!, fragmentRange(o.sc, n, f), o.quant, callAt(p, c - 1)))
+}
+
+function track(o: OuterParts, f: number, sentAt: number, result: Promise<{ all: Uint32Array; bytes: TierBytes }>): void {
+  result.catch(() => {})
+  o.inflight.set(f, { sentAt, result })
+}
+
+/**
+ * The outer step after step s's AdamW (zone groups only): the exchanges due now are applied
+ * (streaming: sent `delay` steps ago), the fragments due are sent (without streaming, and at
+ * the last step for every fragment, applied at once, so every zone ends with the same
+ * weights). Returns a promise only when there is something to do.
+ */
+export function outerStep(p: SessionParts, t: ShardTensors, s: number, interrupt: (stop: AbortSignal) => Promise<never>): Promise<void> | undefined {
+  const o = p.outer!
+  const { cfg } = p.env
+  const count = s + 1
+  const last = count === cfg.steps
+  const due = [...o.inflight.entries()].filter(([, x]) => last || x.sentAt + o.sc.delay <= count).sort((a, b) => a[1].sentAt - b[1].sentAt || a[0] - b[0])
+  const sends = last ? Array.from({ length: o.sc.fragments }, (_, f) => f) : sendsAt(o.sc, count)
+  if (due.length === 0 && sends.length === 0) return undefined
+  const { be } = p
+  const n = p.shard.length
+  const opts = { ...o.quant, lr: o.cfg.lr, momentum: o.cfg.momentum }
+  const inner = be.read(t.master) as Float32Array
+  const land = async (f: number, result: Promise<{ all: Uint32Array; bytes: TierBytes }>): Promise<void> => {
+    const stop = new AbortController()
+    const got = await Promise.race([result, interrupt(stop.signal)]).finally(() => stop.abort())
+    p.acct.account(got.bytes)
+    applyFragment(o.state!, inner, fragmentRange(o.sc, n, f), got.all, o.zones, o.zone, opts)
+    o.inflight.delete(f)
+  }
+  return (async () => {
+    p.rs.st.phase = `step ${count}: outer step`
+    for (const [f, x] of due) await land(f, x.result)
+    for (const f of sends) {
+      const result = sendFragment(o.coll, o.state!, inner, fragmentRange(o.sc, n, f), o.quant, callAt(p, s))
+      if (o.sc.delay === 0 || last) await land(f, result)
+      else track(o, f, count, result)
+    }
+    be.write(t.master, inner)
+    if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
+  })()
+}
+
 /** Step s committed (the loss all-reduce returned `lossSum`): status, throughput, the membership's step. */
 export function commitStep(p: SessionParts, s: number, lossSum: number, ms: number): void {
   const { cfg, deps } = p.env
@@ -218,7 +298,8 @@ export function commitStep(p: SessionParts, s: number, lossSum: number, ms: numb
   p.settling = false
   st.step = s + 1
   st.loss = lossSum / p.P
-  st.tokensPerS = ms > 0 ? (p.P * cfg.B * cfg.T) / (ms / 1000) : undefined
+  // Every rank of the roster trains at once (zone groups too): the run's tokens in this step's time.
+  st.tokensPerS = ms > 0 ? (p.roster.length * cfg.B * cfg.T) / (ms / 1000) : undefined
   deps.membership.setStep(s + 1)
 }
 

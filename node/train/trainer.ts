@@ -4,7 +4,7 @@ import { validateTrainConfig, type TrainConfig, type TrainStatus, type TrainerDe
 import { doneMessage, growMessage } from './messages.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { nextRole, type Role, type RoleEvent } from './role.ts'
-import { ViewQueue, rosterOf } from './roster.ts'
+import { ViewQueue, rosterFromView, rosterOf } from './roster.ts'
 import {
   DONE_TOPIC,
   afterFailure,
@@ -39,7 +39,7 @@ export class Trainer {
     validateTrainConfig(cfg, deps.corpus)
     this.env = { deps, cfg, layout: gptLayout(cfg.model) }
     // Every view installed from now on is queued and consumed in order (roster.ts).
-    const views = new ViewQueue(cfg.worldSize, deps.membership.view())
+    const views = new ViewQueue(cfg.worldSize, deps.membership.view(), cfg.outer?.zones)
     this.unsubs.push(
       deps.membership.on('view', v => {
         views.push(v)
@@ -101,7 +101,7 @@ export class Trainer {
       // Subscribed first: a node that joins late must not miss an announcement made while it
       // waits for its first view or starts its snapshot service.
       this.subscribeGossip()
-      const first = rs.views.firstFull ?? (await waitForView(env, v => v.members.length >= env.cfg.worldSize, signal))
+      const first = rs.views.firstFull ?? (await waitForView(env, v => rosterFromView(v, env.cfg.worldSize, env.cfg.outer?.zones) !== undefined, signal))
       const c = firstRoster(env, rs, first)
       rs.snapshots = snapshotServiceFor(env, first)
       if (rs.snapshots !== undefined) {

@@ -50,7 +50,7 @@ const coders = (): ((k: number, m: number) => ErasureCoder) => {
 
 function placerOn(node: Node, view: View, published: Manifest[], signal = new AbortController().signal): ReturnType<typeof createPlacer> {
   return createPlacer(
-    { k: 2, m: 1, segmentBytes: 4096, putRetries: 0, putRetryMs: 0 },
+    { k: 2, m: 1, segmentBytes: 4096, putRetries: 0, putRetryMs: 0, scope: 'spread' },
     {
       self: node.net.self.id,
       view: () => view,
