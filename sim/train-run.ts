@@ -548,6 +548,15 @@ export const trainScenarioSchema = z
       .array(z.strictObject({ rank: z.int().min(0), atStep: z.int().min(1) }))
       .max(64)
       .default([]),
+    /** Crash every node of zone `z<zone>` when the first rank commits `atStep`. */
+    zoneKills: z
+      .array(z.strictObject({ zone: z.int().min(0), atStep: z.int().min(1) }))
+      .max(64)
+      .default([]),
+    /** The DiLoCo tier: zone groups over the zones, pseudo-gradients averaged every `every` steps. */
+    outer: z
+      .strictObject({ every: z.int().min(1).max(10_000), quant: z.enum(['int8', 'int4']).default('int8'), streaming: z.boolean().default(false) })
+      .optional(),
     reference: z.boolean().default(true),
     limitMs: z
       .number()
@@ -563,6 +572,13 @@ export const trainScenarioSchema = z
         ctx.addIssue({ code: 'custom', path: ['kills'], message: 'compareZeropp compares the algorithms without faults; leave kills out' })
       if (s.zones < 2)
         ctx.addIssue({ code: 'custom', path: ['zones'], message: `is ${s.zones}; compareZeropp needs 2 or more, so hpZ and qgZ have zones to keep traffic in` })
+    }
+    if (s.outer !== undefined && s.worldSize % s.zones !== 0)
+      ctx.addIssue({ code: 'custom', path: ['outer'], message: `zone groups need the world size (${s.worldSize}) to split over the ${s.zones} zones` })
+    for (const [i, k] of s.zoneKills.entries()) {
+      if (k.zone >= s.zones) ctx.addIssue({ code: 'custom', path: ['zoneKills', i, 'zone'], message: `zone ${k.zone} does not exist (zones ${s.zones})` })
+      if (k.atStep >= s.steps)
+        ctx.addIssue({ code: 'custom', path: ['zoneKills', i, 'atStep'], message: `step ${k.atStep} is not before the last step (${s.steps})` })
     }
     for (const [i, k] of s.kills.entries()) {
       if (k.rank >= s.worldSize)
@@ -621,6 +637,8 @@ export async function runTrainScenario(
     snapshot,
     flopsPerS: s.flopsPerS,
     kills: s.kills,
+    zoneKills: s.zoneKills,
+    ...(s.outer === undefined ? {} : { outer: s.outer }),
     reference: s.reference,
     membership: { heartbeatMs: s.heartbeatMs },
     limitMs: s.limitMs,
@@ -637,6 +655,13 @@ export function formatTrainReport(r: TrainRunResult & { scenario: string; ok: bo
     `steps: ${r.steps}, loss ${r.loss?.toFixed(4) ?? '-'}, held-out loss ${r.evalLoss?.toFixed(4) ?? '-'}, ${r.stepMs?.toFixed(0) ?? '-'} simulated ms per step`
   ]
   for (const x of r.recoveries) lines.push(`recovery: ${x.mode} of rank ${x.lost.join(', ')} from step ${x.fromStep} (${x.ms} simulated ms)`)
+  if (r.heldOutLoss !== undefined)
+    lines.push(
+      `held-out loss over the whole held-out stream ${r.heldOutLoss.toFixed(4)}` +
+        (r.reference?.heldOutLoss === undefined
+          ? ''
+          : ` (without faults ${r.reference.heldOutLoss.toFixed(4)}, ${((100 * (r.heldOutLoss - r.reference.heldOutLoss)) / r.reference.heldOutLoss).toFixed(2)}%)`)
+    )
   const z = r.zeroPP
   if (z !== undefined) {
     const crossed = (c: ComparedRun): string =>

@@ -27,10 +27,19 @@ export function isExpired(held: HeldVersion, owner: { departed: boolean; newestE
 /**
  * The version to drop so that `incoming` fits when an owner already has maxVersionsPerOwner
  * held: the oldest that is neither the newest complete one nor at the recovery point, and is
- * older than `incoming`. Undefined: the newcomer is the stale one.
+ * older than `incoming`. Failing that, when `incoming` comes under a newer epoch, the oldest
+ * version of an older epoch that is not the recovery point: the owner rolled back and trains
+ * again from an older step, and the versions its abandoned steps left must not keep the new
+ * ones out. Undefined: the newcomer is the stale one.
  */
-export function evictionVictim<T extends HeldVersion>(held: Iterable<T>, rp: RecoveryPoint | undefined, incoming: number): T | undefined {
+export function evictionVictim<T extends HeldVersion>(
+  held: Iterable<T>,
+  rp: RecoveryPoint | undefined,
+  incoming: number,
+  incomingEpoch = Number.NEGATIVE_INFINITY
+): T | undefined {
   const all = [...held].sort((a, b) => a.version - b.version || a.epoch - b.epoch)
   const newestComplete = all.filter(e => e.complete).at(-1)
-  return all.find(e => e !== newestComplete && !(rp !== undefined && e.version === rp.version) && e.version < incoming)
+  const pinned = (e: T): boolean => rp !== undefined && e.version === rp.version
+  return all.find(e => e !== newestComplete && !pinned(e) && e.version < incoming) ?? all.find(e => e.epoch < incomingEpoch && !pinned(e))
 }

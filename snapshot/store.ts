@@ -217,7 +217,7 @@ class MemoryFragmentStore implements FragmentStore {
       this.refuse(SnapshotErrorCode.STORE_FULL, `store holds fragments of ${this.owners.size} owners, the cap`, d)
     }
     if (entry === undefined && versions !== undefined && versions.size >= SNAPSHOT_LIMITS.maxVersionsPerOwner) {
-      const victim = evictionVictim(versions.values(), this.rp, label.version)
+      const victim = evictionVictim(versions.values(), this.rp, label.version, label.epoch)
       if (victim === undefined) this.refuse(SnapshotErrorCode.STALE_VERSION, `${label.owner} already has ${versions.size} newer or pinned versions held`, d)
       this.dropEntry(label.owner, versions, entryKey(victim!.version, victim!.epoch))
       this.counts.evicted++

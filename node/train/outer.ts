@@ -195,6 +195,15 @@ export function applyFragment(
   }
 }
 
+/**
+ * Whether an exchange is applied at the end of the step that makes `count` steps: a new outer
+ * stage begins there. Every zone group snapshots that step (never skipped), so all groups have
+ * a step in common at each stage, which holders keep as their recovery point.
+ */
+export function appliesAt(sc: OuterSchedule, count: number): boolean {
+  return count - sc.delay >= 1 && sendsAt(sc, count - sc.delay).length > 0
+}
+
 /** How many exchanges have been applied after `count` steps (the state's place between outer steps). */
 export function appliedBy(sc: OuterSchedule, count: number): number {
   let n = 0

@@ -1,6 +1,6 @@
 import type { Backend, Tensor } from '../../gpu/index.ts'
 import { encodeState, type OuterArrays, type RankState } from '../../snapshot/index.ts'
-import { copyOuter } from './outer.ts'
+import { appliesAt, copyOuter, outerSchedule } from './outer.ts'
 import { persistDiskState } from '../disk-tier.ts'
 import type { TrainerEnv, RunState } from './state.ts'
 
@@ -60,9 +60,15 @@ export function saveCommitted(
   const disk = cfg.disk !== undefined && cfg.disk.every > 0 && (s + 1) % cfg.disk.every === 0 ? cfg.disk : undefined
   // The first step of a session is always captured (a roster's own recovery point), and
   // the last one (the state the run ends with).
-  const snap = rs.snapshots !== undefined && ((s + 1) % (cfg.snapshot?.every ?? 1) === 0 || s === rs.rosterStart || s + 1 === cfg.steps)
+  // Zone groups (the DiLoCo tier) snapshot the step that begins each outer stage, all of them
+  // the same steps: zone groups are apart by up to a stage, and a recovery needs a step every
+  // group placed in one stage (outer.ts, zoneRecoveryPoints), which holders then keep as their
+  // recovery point. Steps in between would only push those out of the newest versions kept.
+  const stage = cfg.outer !== undefined && appliesAt(outerSchedule(cfg.outer), s + 1)
+  const due = cfg.outer === undefined ? (s + 1) % (cfg.snapshot?.every ?? 1) === 0 : stage
+  const snap = rs.snapshots !== undefined && (due || s === rs.rosterStart || s + 1 === cfg.steps)
   if (!snap && disk === undefined) return undefined
-  const mandatory = s === rs.rosterStart || s + 1 === cfg.steps || disk !== undefined
+  const mandatory = s === rs.rosterStart || s + 1 === cfg.steps || disk !== undefined || stage
   if (src.pending !== undefined) {
     // A roster's first state, the run's last and a disk tier file are never skipped: the step
     // waits for the download ahead of them instead.

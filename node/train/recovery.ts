@@ -54,7 +54,12 @@ function knownVersions(env: TrainerEnv, rs: RunState, old: Member[], K: number):
       if (svc === undefined) return []
       const vs = svc.manifests(m.id).map(x => x.version)
       if (m.id === env.deps.net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
-      return [...new Set(vs)].sort((a, b) => b - a).slice(0, K)
+      const newest = [...new Set(vs)].sort((a, b) => b - a)
+      // Zone groups: the holders' recovery point (a version every member has complete: the
+      // newest outer stage every group snapshotted) stays among the offered versions.
+      const rp = env.cfg.outer === undefined ? undefined : svc.recoveryPoint()?.version
+      if (rp === undefined || newest.slice(0, K).includes(rp) || !newest.includes(rp)) return newest.slice(0, K)
+      return [...newest.slice(0, K - 1), rp]
     }),
     K
   )
@@ -176,14 +181,18 @@ export async function recover(
         ms: Math.round(clock.monotonic() - t0)
       })
   }
-  if (rp === 0) {
+  // Zone groups may go back to different steps, step 0 for some: every rank still takes part
+  // in the verdict below, so the ranks' collective calls stay in step.
+  const zoned = env.cfg.outer !== undefined && plan.mode === 'replace'
+  if (rp === 0 && !zoned) {
     record()
     return freshShard(env, shard.start, shard.length)
   }
-  if (svc === undefined) throw new TrainingError(`the other ranks agreed on snapshot step ${rp}, but this node runs with snapshots off (--snapshot must agree)`)
+  if (svc === undefined && rp > 0)
+    throw new TrainingError(`the other ranks agreed on snapshot step ${rp}, but this node runs with snapshots off (--snapshot must agree)`)
   const fetch = async (owner: PeerId): Promise<RankState> => {
     rs.st.phase = `recovery: loading ${owner}'s snapshot of step ${rp}`
-    return (await svc.recover({ owner, version: rp }, opts)).state
+    return (await svc!.recover({ owner, version: rp }, opts)).state
   }
   // Every rank says whether its load found a snapshot unrecoverable before any goes on, so
   // all count the attempt alike (a rank that gave up first would otherwise cut the others'
@@ -191,7 +200,7 @@ export async function recover(
   let loaded: RankState[] | undefined
   let lost: UnrecoverableError | undefined
   try {
-    loaded = plan.mode === 'replace' ? [await fetch(old[plan.from?.[rank] ?? rank]!.id)] : await Promise.all(old.map(mb => fetch(mb.id)))
+    if (rp > 0) loaded = plan.mode === 'replace' ? [await fetch(old[plan.from?.[rank] ?? rank]!.id)] : await Promise.all(old.map(mb => fetch(mb.id)))
   } catch (err) {
     if (!(err instanceof UnrecoverableError)) throw err
     lost = err
@@ -206,15 +215,19 @@ export async function recover(
       reportedBy: `rank ${reporter} (${roster[reporter]!.id})`
     })
   record()
+  if (loaded === undefined) {
+    const fresh = freshShard(env, shard.start, shard.length)
+    return fresh instanceof Promise ? await fresh : fresh
+  }
   if (plan.mode === 'replace') {
-    const st = loaded![0]!
+    const st = loaded[0]!
     log.info({ rank, step: rp, from: old[plan.from?.[rank] ?? rank]!.id }, 'loaded rank state from the snapshot')
     const out: ShardState = { step: rp, master: st.weights.slice(), m: st.adamM.slice(), v: st.adamV.slice() }
     if (st.outer !== undefined) out.outer = copyOuter(st.outer)
     return out
   }
   // Shrink: the full flat state from every old rank's shard, then this rank's new shard.
-  return cutShard(env, loaded!, rp, shard)
+  return cutShard(env, loaded, rp, shard)
 }
 
 /** The newest step for which some member holds every old rank's file, and who holds which. */
