@@ -112,7 +112,10 @@ export async function serveMetrics(listen: HostPort, registry: MetricsRegistry):
 }
 
 /** The parts of the trainer's status the metrics read. */
-export type TrainFigures = Pick<TrainStatus, 'role' | 'step' | 'steps' | 'loss' | 'tokensPerS' | 'worldSize' | 'bytes' | 'snapshotStep' | 'recoveries'>
+export type TrainFigures = Pick<
+  TrainStatus,
+  'role' | 'step' | 'steps' | 'loss' | 'tokensPerS' | 'worldSize' | 'bytes' | 'snapshotStep' | 'recoveries' | 'snapshotBytes'
+>
 
 /** What a node's metrics read from; each is read at scrape time. */
 export interface NodeMetricSources {
@@ -193,6 +196,20 @@ export function defineNodeMetrics(registry: MetricsRegistry, sources: NodeMetric
       for (const tier of TIERS) {
         sent.inc({ tier }, Math.max(0, b[tier] - seenBytes[tier]))
         seenBytes[tier] = Math.max(seenBytes[tier], b[tier])
+      }
+    }
+  })
+  const seenSnapshot = { host: 0, zone: 0, wan: 0 }
+  const placed: Counter<'tier'> = defineCounter(registry, {
+    name: 'zeromesh_train_snapshot_placed_bytes_total',
+    help: 'Snapshot fragment bytes this node stored on holders, by the network tier of the link to the holder',
+    labelNames: ['tier'],
+    collect: () => {
+      const b = training().snapshotBytes
+      if (b === undefined) return
+      for (const tier of TIERS) {
+        placed.inc({ tier }, Math.max(0, b[tier] - seenSnapshot[tier]))
+        seenSnapshot[tier] = Math.max(seenSnapshot[tier], b[tier])
       }
     }
   })

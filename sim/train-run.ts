@@ -96,6 +96,8 @@ export interface TrainRunResult {
   reference?: { weightsHash: string | undefined; evalLoss: number | undefined; simMs: number; heldOutLoss?: number }
   /** Zone groups: the mean loss of the final weights over the whole held-out stream. */
   heldOutLoss?: number
+  /** Snapshot fragment bytes the finishing ranks stored on holders, by the tier of the link (summed over the ranks). */
+  snapshotBytes?: { host: number; zone: number; wan: number }
   /** With `compareZeroPP`: both runs side by side (the figures above are the ZeRO++ run's). */
   zeroPP?: ZeroPPComparison
 }
@@ -508,6 +510,10 @@ async function once(
     recoveries,
     stepMs: ranks.length > 0 ? simMs / o.steps : undefined,
     heldOutLoss: heldOut,
+    snapshotBytes: ranks.reduce(
+      (a, r) => ({ host: a.host + (r.snapshotBytes?.host ?? 0), zone: a.zone + (r.snapshotBytes?.zone ?? 0), wan: a.wan + (r.snapshotBytes?.wan ?? 0) }),
+      { host: 0, zone: 0, wan: 0 }
+    ),
     sentBytes: ranks.reduce((a, r) => ({ host: a.host + r.bytes.host, zone: a.zone + r.bytes.zone, wan: a.wan + r.bytes.wan }), { host: 0, zone: 0, wan: 0 }),
     crossZoneBytes: Object.fromEntries(Object.entries(crossZoneBytes).sort(([a], [b]) => (a < b ? -1 : 1)))
   }
@@ -655,6 +661,11 @@ export function formatTrainReport(r: TrainRunResult & { scenario: string; ok: bo
     `steps: ${r.steps}, loss ${r.loss?.toFixed(4) ?? '-'}, held-out loss ${r.evalLoss?.toFixed(4) ?? '-'}, ${r.stepMs?.toFixed(0) ?? '-'} simulated ms per step`
   ]
   for (const x of r.recoveries) lines.push(`recovery: ${x.mode} of rank ${x.lost.join(', ')} from step ${x.fromStep} (${x.ms} simulated ms)`)
+  const sb = r.snapshotBytes
+  if (sb !== undefined && sb.host + sb.zone + sb.wan > 0)
+    lines.push(
+      `snapshot bytes placed by the ranks: ${formatBytes(sb.host)} on their own host, ${formatBytes(sb.zone)} in their zone, ${formatBytes(sb.wan)} across zones`
+    )
   if (r.heldOutLoss !== undefined)
     lines.push(
       `held-out loss over the whole held-out stream ${r.heldOutLoss.toFixed(4)}` +

@@ -73,6 +73,8 @@ export interface Placer {
   place(sealed: Uint8Array, options?: { signal?: AbortSignal }): Promise<PlaceResult>
   /** Stops capturing: the placement in flight is aborted, queued captures settle as failed. */
   stop(): void
+  /** Fragment bytes this node stored on holders so far, by the tier of the link to each (same host, same zone, across zones). */
+  placedBytes(): { host: number; zone: number; wan: number }
 }
 
 type PutOutcome = 'stored' | 'duplicate'
@@ -100,6 +102,7 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
         : defineCounter(deps.metrics, { name: 'zeromesh_snapshot_placed_bytes_total', help: 'Fragment bytes pushed to holders' })
   }
 
+  const tally = { host: 0, zone: 0, wan: 0 }
   const place = async (sealed: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<PlaceResult> => {
     const signal = options.signal === undefined ? deps.signal : AbortSignal.any([options.signal, deps.signal])
     throwIfAborted(signal)
@@ -126,6 +129,14 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
     const results = await Promise.allSettled(labels.map((l, i) => put(ctx, holders[i]!, l, feeds[i]!, signal)))
     const frags = await coding
     throwIfAborted(signal)
+    // Fragment bytes stored, by the tier of the link to their holder.
+    const me = v.members[rank]!
+    results.forEach((r, i) => {
+      if (r.status !== 'fulfilled' || r.value !== 'stored') return
+      const h = v.members.find(x => x.id === holders[i])
+      const tier = h === undefined || h.zone !== me.zone ? 'wan' : h.host === me.host ? 'host' : 'zone'
+      tally[tier] += labels[i]!.bodyBytes
+    })
     const failed = failures(results, holders)
     const l = labels[0]!
     if (failed.length > 0) {
@@ -150,6 +161,7 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
 
   const capturer = createCapturer<PlaceResult>((sealed, signal) => place(sealed, { signal }), deps.coder)
   return {
+    placedBytes: () => ({ ...tally }),
     capture: state => capturer.capture(state),
     restripe: () => capturer.requeue(),
     idle: () => capturer.idle(),

@@ -73,6 +73,8 @@ export interface SnapshotService {
   idle(): Promise<void>
   /** Newest own placed snapshot (sealed bytes), for local rollback and the disk tier. */
   retained(): { step: number; bytes: Uint8Array } | undefined
+  /** Fragment bytes this node stored on holders so far, by the tier of the link to each. */
+  placedBytes(): { host: number; zone: number; wan: number }
   /** Stripes and places sealed state bytes now under the current view. */
   place(sealed: Uint8Array, options?: { signal?: AbortSignal }): Promise<PlaceResult>
   /** Fetches any k valid fragments in parallel from their holders, decodes and verifies. */
@@ -160,6 +162,7 @@ export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotD
     restripe: () => placer.restripe(),
     idle: () => placer.idle(),
     retained: () => placer.retained(),
+    placedBytes: () => placer.placedBytes(),
     place: placer.place,
     recover: recovery.recover,
     manifests: owner => book.list(owner),

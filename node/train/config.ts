@@ -81,6 +81,8 @@ export interface TrainStatus {
   bytes: { host: number; zone: number; wan: number }
   /** Newest step of this rank's snapshot placed on its peers. */
   snapshotStep: number | undefined
+  /** Snapshot fragment bytes this node stored on holders, by the tier of the link (same host, same zone, across zones). */
+  snapshotBytes?: { host: number; zone: number; wan: number }
   /** Recoveries this node took part in, newest last. */
   recoveries: Array<{ mode: 'replace' | 'shrink'; lost: number[]; fromStep: number; ms: number }>
   /** Steps retried with the same ranks after a failure that lost nobody (a stall, a reset stream). */

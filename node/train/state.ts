@@ -75,5 +75,8 @@ export class SessionInterrupted extends Error {
 
 /** A copy of the status for callers (they may keep it; the trainer goes on changing its own). */
 export function statusOf(rs: RunState): TrainStatus {
-  return { ...rs.st, bytes: { ...rs.sent }, recoveries: [...rs.st.recoveries], growths: [...rs.st.growths] }
+  const st: TrainStatus = { ...rs.st, bytes: { ...rs.sent }, recoveries: [...rs.st.recoveries], growths: [...rs.st.growths] }
+  const placed = rs.snapshots?.placedBytes()
+  if (placed !== undefined) st.snapshotBytes = placed
+  return st
 }

@@ -224,6 +224,12 @@ test("counters follow the trainer's totals between scrapes; a node without train
   const scrape = async (): Promise<Sample[]> => parseExposition(await registry.metrics()).samples
   let s = await scrape()
   t.is(value(s, 'zeromesh_train_sent_bytes_total', { tier: 'wan' }), 30)
+  // No snapshot service yet: no snapshot bytes; then they follow the trainer's per-tier totals.
+  t.is(value(s, 'zeromesh_train_snapshot_placed_bytes_total', { tier: 'zone' }), undefined)
+  st.snapshotBytes = { host: 1, zone: 700, wan: 0 }
+  s = await scrape()
+  t.is(value(s, 'zeromesh_train_snapshot_placed_bytes_total', { tier: 'zone' }), 700)
+  t.is(value(s, 'zeromesh_train_snapshot_placed_bytes_total', { tier: 'wan' }), 0)
   t.is(value(s, 'zeromesh_train_last_recovery_seconds'), undefined)
   t.is(value(s, 'zeromesh_train_loss_nats'), 2.5)
   t.is(value(s, 'zeromesh_train_snapshot_steps'), 4)

@@ -35,6 +35,11 @@ test('eviction victim: the oldest older than the newcomer, never the newest comp
   t.is(evictionVictim(entries, undefined, 5), undefined)
   // The same version under an older epoch sorts first.
   t.deepEqual(evictionVictim([held(6, 2), held(6, 1), held(9, 2)], undefined, 10), held(6, 1))
+  // The owner rolled back to 1 (the recovery point) and places 2 again under epoch 2: the versions
+  // its abandoned steps left under epoch 1 go, the oldest first; under the same epoch, 2 is stale.
+  const rolledBack = [held(1, 1), held(4, 1), held(6, 1)]
+  t.deepEqual(evictionVictim(rolledBack, { version: 1, epoch: 1 }, 2, 2), held(4, 1))
+  t.is(evictionVictim(rolledBack, { version: 1, epoch: 1 }, 2, 1), undefined)
 })
 
 test('store retention: a full owner evicts its oldest version for a newer one and refuses an older one', t => {
