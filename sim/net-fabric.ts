@@ -159,34 +159,40 @@ export class SimFabric {
     }
     const busy = a.busyUntil[b.index]
     let s = busy !== undefined && busy > now ? busy : now
-    const perMs = bytes * 1000
-    let d = (perMs * factor) / links.profile(tier).bandwidthBytesPerS
+    // Milliseconds per byte on the pair's own link, then on each pipe; `slowest` is the most.
+    let msPerByte = (1000 * factor) / links.profile(tier).bandwidthBytesPerS
+    let slowest = msPerByte
+    let d = bytes * msPerByte
     let e = s + d
-    // The longest time the chunk holds a pipe: the pair books its next chunk that long before
-    // this one starts at its last pipe, so it keeps about one chunk waiting at its bottleneck.
-    let most = d
     a.busyUntil[b.index] = e
     if (tier > 0) {
-      d = (perMs * a.slow) / a.nicOut.bytesPerS
+      msPerByte = (1000 * a.slow) / a.nicOut.bytesPerS
+      d = bytes * msPerByte
       s = a.nicOut.book(Math.max(s, e - d), d, now)
       e = Math.max(e, s + d)
-      if (d > most) most = d
+      if (msPerByte > slowest) slowest = msPerByte
       if (tier === 2) {
-        d = perMs / a.upOut.bytesPerS
+        msPerByte = 1000 / a.upOut.bytesPerS
+        d = bytes * msPerByte
         s = a.upOut.book(Math.max(s, e - d), d, now)
         e = Math.max(e, s + d)
-        if (d > most) most = d
-        d = perMs / b.upIn.bytesPerS
+        if (msPerByte > slowest) slowest = msPerByte
+        msPerByte = 1000 / b.upIn.bytesPerS
+        d = bytes * msPerByte
         s = b.upIn.book(Math.max(s, e - d), d, now)
         e = Math.max(e, s + d)
-        if (d > most) most = d
+        if (msPerByte > slowest) slowest = msPerByte
       }
-      d = (perMs * b.slow) / b.nicIn.bytesPerS
+      msPerByte = (1000 * b.slow) / b.nicIn.bytesPerS
+      d = bytes * msPerByte
       s = b.nicIn.book(Math.max(s, e - d), d, now)
       e = Math.max(e, s + d)
-      if (d > most) most = d
+      if (msPerByte > slowest) slowest = msPerByte
     }
-    a.releaseAt[b.index] = s - most
+    // The pair books its next chunk one full chunk's time at its bottleneck before this one
+    // starts at its last pipe: that chunk then reaches the bottleneck as this one leaves it,
+    // and the pair keeps about one chunk waiting there (however small this one was).
+    a.releaseAt[b.index] = s - FABRIC_CHUNK_BYTES * slowest
     if (!((a.landedUntil[b.index] ?? 0) >= e)) a.landedUntil[b.index] = e
     return e
   }
