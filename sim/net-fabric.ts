@@ -62,11 +62,12 @@ class FlowRelease extends ClockEvent {
  *   egress and the receiver zone's uplink ingress, then the receiver host's NIC ingress.
  * A chunk goes through as a cut-through switch forwards it: it starts at a pipe no earlier than
  * at the one before and ends no earlier than there, and holds each pipe for its size over that
- * pipe's capacity. A flow books its next chunk only once its last one has started at every pipe
- * (so a busy flow has at most about one chunk ahead of others at a pipe): flows that share a
- * pipe take turns chunk by chunk, each gets its fair share of the bottleneck, and a small message
- * waits behind about one chunk per busy flow, never behind a whole big transfer of another pair.
- * Slow nodes divide their NIC's capacity as well as their links' by their factor.
+ * pipe's capacity. A flow books its next chunk one chunk's time at its bottleneck before its
+ * last one starts at its last pipe (so a busy flow keeps about one chunk waiting at a pipe, and
+ * its bottleneck never idles for want of it): flows that share a pipe take turns chunk by chunk,
+ * each gets a fair share of the bottleneck and what one cannot use goes to the others, and a
+ * small message waits behind about one chunk per busy flow, never behind another pair's whole
+ * transfer. Slow nodes divide their NIC's capacity as well as their links' by their factor.
  */
 export class SimFabric {
   private readonly links: SimLinks
@@ -145,6 +146,12 @@ export class SimFabric {
     a.flows[b.index] = undefined
   }
 
+  // The chunk being booked: where it starts at the last pipe so far, when it ends there, and the
+  // most milliseconds per byte of any pipe on its path (its bottleneck).
+  private s = 0
+  private e = 0
+  private slowest = 0
+
   /**
    * Books one chunk of `bytes` from a to b on its path, now or as soon as the pair's own link is
    * free; returns when its last byte leaves the last pipe, and sets when the pair may book the next.
@@ -152,48 +159,38 @@ export class SimFabric {
   private book(a: SimNode, b: SimNode, tier: number, bytes: number): number {
     const links = this.links
     const now = links.sim.now()
-    const factor = links.factor(a, b)
     if (bytes === 0) {
       const landed = a.landedUntil[b.index]
       return landed !== undefined && landed > now ? landed : now
     }
     const busy = a.busyUntil[b.index]
-    let s = busy !== undefined && busy > now ? busy : now
-    // Milliseconds per byte on the pair's own link, then on each pipe; `slowest` is the most.
-    let msPerByte = (1000 * factor) / links.profile(tier).bandwidthBytesPerS
-    let slowest = msPerByte
-    let d = bytes * msPerByte
-    let e = s + d
-    a.busyUntil[b.index] = e
+    const perByte = (1000 * links.factor(a, b)) / links.profile(tier).bandwidthBytesPerS
+    this.s = busy !== undefined && busy > now ? busy : now
+    this.e = this.s + bytes * perByte
+    this.slowest = perByte
+    a.busyUntil[b.index] = this.e
     if (tier > 0) {
-      msPerByte = (1000 * a.slow) / a.nicOut.bytesPerS
-      d = bytes * msPerByte
-      s = a.nicOut.book(Math.max(s, e - d), d, now)
-      e = Math.max(e, s + d)
-      if (msPerByte > slowest) slowest = msPerByte
+      this.through(a.nicOut, (1000 * a.slow) / a.nicOut.bytesPerS, bytes, now)
       if (tier === 2) {
-        msPerByte = 1000 / a.upOut.bytesPerS
-        d = bytes * msPerByte
-        s = a.upOut.book(Math.max(s, e - d), d, now)
-        e = Math.max(e, s + d)
-        if (msPerByte > slowest) slowest = msPerByte
-        msPerByte = 1000 / b.upIn.bytesPerS
-        d = bytes * msPerByte
-        s = b.upIn.book(Math.max(s, e - d), d, now)
-        e = Math.max(e, s + d)
-        if (msPerByte > slowest) slowest = msPerByte
+        this.through(a.upOut, 1000 / a.upOut.bytesPerS, bytes, now)
+        this.through(b.upIn, 1000 / b.upIn.bytesPerS, bytes, now)
       }
-      msPerByte = (1000 * b.slow) / b.nicIn.bytesPerS
-      d = bytes * msPerByte
-      s = b.nicIn.book(Math.max(s, e - d), d, now)
-      e = Math.max(e, s + d)
-      if (msPerByte > slowest) slowest = msPerByte
+      this.through(b.nicIn, (1000 * b.slow) / b.nicIn.bytesPerS, bytes, now)
     }
     // The pair books its next chunk one full chunk's time at its bottleneck before this one
     // starts at its last pipe: that chunk then reaches the bottleneck as this one leaves it,
     // and the pair keeps about one chunk waiting there (however small this one was).
-    a.releaseAt[b.index] = s - FABRIC_CHUNK_BYTES * slowest
+    a.releaseAt[b.index] = this.s - FABRIC_CHUNK_BYTES * this.slowest
+    const e = this.e
     if (!((a.landedUntil[b.index] ?? 0) >= e)) a.landedUntil[b.index] = e
     return e
+  }
+
+  /** The chunk goes on through `pipe` (cut-through: starts no earlier than at the pipe before, ends no earlier). */
+  private through(pipe: SharedPipe, msPerByte: number, bytes: number, now: number): void {
+    const d = bytes * msPerByte
+    this.s = pipe.book(Math.max(this.s, this.e - d), d, now)
+    if (this.s + d > this.e) this.e = this.s + d
+    if (msPerByte > this.slowest) this.slowest = msPerByte
   }
 }
