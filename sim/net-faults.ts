@@ -2,13 +2,16 @@ import { ClockEvent, InvalidArgumentError } from '../core/index.ts'
 import { PeerGoneError, type PeerId } from '../mesh/index.ts'
 import { NodeClock } from './engine.ts'
 import type { SimGossip } from './net-gossip.ts'
+import type { Transfer } from './net-fabric.ts'
 import { LINK_KEY, type SimLinks, type SimNode } from './net-links.ts'
 
 /**
  * `to` learns that its link to `peer` came up (if it still is) or went down: one object per
- * announcement, no closures (1000 nodes starting announce half a million links both ways).
+ * announcement, no closures (1000 nodes starting announce half a million links both ways). It
+ * travels as a signal from `peer` to `to`: no bytes, behind what the pair sent before it.
  */
-class LinkEvent extends ClockEvent {
+class LinkEvent extends ClockEvent implements Transfer {
+  readonly bytes = 0
   readonly links: SimLinks
   readonly to: SimNode
   readonly peer: SimNode
@@ -19,6 +22,12 @@ class LinkEvent extends ClockEvent {
     this.to = to
     this.peer = peer
     this.up = up
+  }
+
+  landed(at: number): void {
+    const links = this.links
+    const arrival = links.arrivalAfter(this.peer, this.to, links.tierOf(this.peer, this.to), at, false)
+    links.sim.clock.scheduleEvent(this, Math.max(0, arrival - links.sim.now()))
   }
 
   override fire(): void {
@@ -39,23 +48,20 @@ class LinkEvent extends ClockEvent {
 
 /** Each end of the link a-b learns, after a latency, that it came up or went down. */
 function announceLink(links: SimLinks, a: SimNode, b: SimNode, up: boolean): void {
-  const sim = links.sim
-  const at = links.arrivalAt(a, b, links.tierOf(a, b), 0, false)
-  sim.clock.scheduleEvent(new LinkEvent(links, b, a, up), Math.max(0, at - sim.now()))
-  const back = links.arrivalAt(b, a, links.tierOf(b, a), 0, false)
-  sim.clock.scheduleEvent(new LinkEvent(links, a, b, up), Math.max(0, back - sim.now()))
+  links.send(a, b, links.tierOf(a, b), new LinkEvent(links, b, a, up))
+  links.send(b, a, links.tierOf(b, a), new LinkEvent(links, a, b, up))
 }
 
-/** Both ends of every stream between a and b fail; each side learns after a latency. */
+/**
+ * Both ends of every stream between a and b fail; each side learns by a signal from the other,
+ * after what the other had sent it (a crashed process's sent bytes still arrive, then the reset).
+ */
 function breakStreams(links: SimLinks, a: SimNode, b: SimNode): void {
-  const sim = links.sim
   for (const s of [...a.streams]) {
     if (s.remote !== b.info.id) continue
     const gone = (who: PeerId): PeerGoneError => new PeerGoneError(`peer ${who} went away mid-stream`, { peer: who })
-    const { at } = links.arrival(b, a, 0, false)
-    sim.clock.setTimeout(() => s.fail(gone(b.info.id)), Math.max(0, at - sim.now()))
-    const back = links.arrival(a, b, 0, false)
-    sim.clock.setTimeout(() => s.peer.fail(gone(a.info.id)), Math.max(0, back.at - sim.now()))
+    links.signal(b, a, () => s.fail(gone(b.info.id)))
+    links.signal(a, b, () => s.peer.fail(gone(a.info.id)))
     a.streams.delete(s)
     b.streams.delete(s.peer)
   }

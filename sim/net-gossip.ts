@@ -1,24 +1,65 @@
 import { ClockEvent } from '../core/index.ts'
 import { checkGossipSize, checkName, type GossipHandler, type GossipMessage, type GossipVerdict, type PeerId } from '../mesh/index.ts'
+import type { Transfer } from './net-fabric.ts'
 import { requireStartedNode, type SimLinks, type SimNode } from './net-links.ts'
 
 const DONE: Promise<void> = Promise.resolve()
 const VERDICTS: readonly GossipVerdict[] = ['accept', 'reject', 'ignore']
 
-/** A gossip or direct message in flight: one object per delivery (no closures). */
-class GossipDelivery extends ClockEvent {
+/**
+ * A gossip or direct message in flight: one object per delivery (no closures). It is the
+ * fabric's Transfer too: when its last byte has left the path, it schedules itself (and a
+ * duplicate, or the signature failure of a corrupted copy) after the tier's latency and jitter.
+ */
+class GossipDelivery extends ClockEvent implements Transfer {
   readonly gossip: SimGossip
   readonly node: SimNode
   readonly o: SimNode
   readonly topic: string
   readonly payload: Uint8Array
-  constructor(gossip: SimGossip, node: SimNode, o: SimNode, topic: string, payload: Uint8Array) {
+  readonly tier: number
+  /** Bit c set: copy c is corrupted; `copies` is 0 for a lost message. */
+  readonly corrupt: number
+  readonly copies: number
+  constructor(gossip: SimGossip, node: SimNode, o: SimNode, topic: string, payload: Uint8Array, tier: number, copies: number, corrupt: number) {
     super()
     this.gossip = gossip
     this.node = node
     this.o = o
     this.topic = topic
     this.payload = payload
+    this.tier = tier
+    this.copies = copies
+    this.corrupt = corrupt
+  }
+
+  get bytes(): number {
+    return this.payload.length
+  }
+
+  landed(at: number): void {
+    if (this.copies === 0) return
+    const links = this.gossip.links
+    const clock = links.sim.clock
+    const arrival = links.arrivalAfter(this.node, this.o, this.tier, at, true)
+    let scheduled = false
+    for (let c = 0; c < this.copies; c++) {
+      const when = arrival + c * links.profile(this.tier).latencyMs
+      // Gossip is signed on the real transport: a corrupted message fails its signature
+      // there and is dropped (and counted against the sender), never handed to code.
+      if ((this.corrupt & (1 << c)) !== 0) {
+        const { o, topic } = this
+        const from = this.node.info.id
+        links.deliverAt(o, when, () => {
+          links.sim.trace('gossip-corrupt', { to: o.info.id, from, topic })
+          o.rejected.set(from, (o.rejected.get(from) ?? 0) + 1)
+        })
+        continue
+      }
+      const ev = scheduled ? new GossipDelivery(this.gossip, this.node, this.o, this.topic, this.payload, this.tier, 1, 0) : this
+      scheduled = true
+      clock.scheduleEvent(ev, Math.max(0, when - links.sim.now()))
+    }
   }
 
   override fire(): void {
@@ -152,30 +193,23 @@ export class SimGossip {
     return node.paused ? DONE : undefined
   }
 
-  /** Gossip or a direct message from `node` to `o`: loss, duplication, corruption, delivery. */
+  /**
+   * Gossip or a direct message from `node` to `o`: loss, duplication and corruption are drawn
+   * now; the message crosses the fabric (a lost one too: it was sent) and lands later.
+   */
   private transmit(node: SimNode, o: SimNode, topic: string, payload: Uint8Array): void {
     const links = this.links
-    const sim = links.sim
     const tier = links.tierOf(node, o)
     const p = links.profile(tier)
-    const at = links.arrivalAt(node, o, tier, payload.length, true)
+    let copies = 1
+    let corrupt = 0
     if (p.loss > 0 && links.rng.bool(p.loss)) {
-      sim.trace('lost', { from: node.info.id, to: o.info.id, topic })
-      return
+      links.sim.trace('lost', { from: node.info.id, to: o.info.id, topic })
+      copies = 0
+    } else {
+      if (p.duplicate > 0 && links.rng.bool(p.duplicate)) copies = 2
+      if (p.corrupt > 0) for (let c = 0; c < copies; c++) if (links.rng.bool(p.corrupt)) corrupt |= 1 << c
     }
-    const copies = p.duplicate > 0 && links.rng.bool(p.duplicate) ? 2 : 1
-    for (let c = 0; c < copies; c++) {
-      // Gossip is signed on the real transport: a corrupted message fails its signature
-      // there and is dropped (and counted against the sender), never handed to code.
-      if (p.corrupt > 0 && links.rng.bool(p.corrupt)) {
-        const from = node.info.id
-        links.deliverAt(o, at + c * p.latencyMs, () => {
-          sim.trace('gossip-corrupt', { to: o.info.id, from, topic })
-          o.rejected.set(from, (o.rejected.get(from) ?? 0) + 1)
-        })
-        continue
-      }
-      sim.clock.scheduleEvent(new GossipDelivery(this, node, o, topic, payload), Math.max(0, at + c * p.latencyMs - sim.now()))
-    }
+    links.send(node, o, tier, new GossipDelivery(this, node, o, topic, payload, tier, copies, corrupt))
   }
 }

@@ -1,6 +1,8 @@
 import type { Rng } from '../core/index.ts'
 import { NotStartedError, type Listeners, type PeerId, type PeerInfo, type PeerNetEvents, type StreamHandler } from '../mesh/index.ts'
 import type { NodeClock, Simulation } from './engine.ts'
+import { DEFAULT_NIC, DEFAULT_UPLINK, SimFabric, type Flow, type Transfer } from './net-fabric.ts'
+import type { SharedPipe } from './net-pipe.ts'
 
 /** How one tier of links behaves. */
 export interface LinkProfile {
@@ -8,7 +10,12 @@ export interface LinkProfile {
   latencyMs: number
   /** Uniform extra delay in [0, jitterMs) per message; gossip may be reordered by it. */
   jitterMs: number
-  /** Bytes per second a directed link carries. */
+  /**
+   * Bytes per second one directed pair's traffic gets at most on this tier (its own link: a
+   * connection's ceiling). Across hosts the pair also shares the NICs and, across zones, the
+   * zone uplinks it crosses (`Topology.nic`, `Topology.uplink`); within a host (loopback) this
+   * is the whole path.
+   */
   bandwidthBytesPerS: number
   /** Probability that a gossip message is lost. */
   loss: number
@@ -24,14 +31,37 @@ export interface LinkProfile {
 
 /** Which kind of link joins two nodes: same host, same zone, or across the WAN. */
 export type Tier = 'host' | 'zone' | 'wan'
-/** A link profile per tier. */
-export type Topology = Record<Tier, LinkProfile>
+/** What a shared link carries each way, in bytes per second. */
+export interface LinkCapacity {
+  /** Out of the host (NIC) or out of the zone (uplink). */
+  egressBytesPerS: number
+  /** Into the host (NIC) or into the zone (uplink). */
+  ingressBytesPerS: number
+}
 
-/** A datacentre-like default: 0.05 ms / 10 GB/s in a host, 0.5 ms / 1.25 GB/s in a zone, 30 ms / 125 MB/s across. */
+/**
+ * A link profile per tier, and the shared links: every host's NIC and every zone's uplink,
+ * each way, whose capacity all traffic through them shares (sim/net-fabric.ts). A field left
+ * out takes its default (DEFAULT_NIC, DEFAULT_UPLINK); `zones` overrides them per zone label
+ * (a zone's uplink, and the NICs of the hosts in it).
+ */
+export interface Topology extends Record<Tier, LinkProfile> {
+  nic?: Partial<LinkCapacity>
+  uplink?: Partial<LinkCapacity>
+  zones?: Readonly<Record<string, { nic?: Partial<LinkCapacity>; uplink?: Partial<LinkCapacity> }>>
+}
+
+/**
+ * A datacentre-like default: 0.05 ms / 10 GB/s in a host (loopback), 0.5 ms in a zone, 30 ms
+ * across; a pair gets at most 1.25 GB/s in a zone and 125 MB/s across; NICs and zone uplinks
+ * carry 10 Gbit/s each way.
+ */
 export const DEFAULT_TOPOLOGY: Topology = {
   host: { latencyMs: 0.05, jitterMs: 0.01, bandwidthBytesPerS: 10e9, loss: 0, duplicate: 0, corrupt: 0 },
   zone: { latencyMs: 0.5, jitterMs: 0.1, bandwidthBytesPerS: 1.25e9, loss: 0, duplicate: 0, corrupt: 0 },
-  wan: { latencyMs: 30, jitterMs: 5, bandwidthBytesPerS: 125e6, loss: 0, duplicate: 0, corrupt: 0 }
+  wan: { latencyMs: 30, jitterMs: 5, bandwidthBytesPerS: 125e6, loss: 0, duplicate: 0, corrupt: 0 },
+  nic: DEFAULT_NIC,
+  uplink: DEFAULT_UPLINK
 }
 
 /** What the network needs of one end of a stream. */
@@ -62,6 +92,17 @@ export interface SimNode {
   held: Array<() => void>
   /** When the directed link from this node to each other node is free again (simulated ms), by the other's index. */
   busyUntil: number[]
+  /** When the pair from this node to each other node may book its next chunk, by the other's index. */
+  releaseAt: number[]
+  /** When the last byte the pair has booked leaves its path, by the other's index (a signal lands no earlier). */
+  landedUntil: number[]
+  /** The pairs from this node with transfers waiting, by the other's index. */
+  flows: Array<Flow | undefined>
+  /** Its host's NIC and its zone's uplink, each way (shared with the other nodes there). */
+  nicOut: SharedPipe
+  nicIn: SharedPipe
+  upOut: SharedPipe
+  upIn: SharedPipe
 }
 
 const TIERS: readonly Tier[] = ['host', 'zone', 'wan']
@@ -74,8 +115,8 @@ export function requireStartedNode(node: SimNode): void {
 }
 
 /**
- * The nodes and the links between them: which pairs are linked (started, not cut), the
- * bandwidth and latency model (each directed link sends one thing at a time), delivery to a
+ * The nodes and the links between them: which pairs are linked (started, not cut), what a
+ * transfer takes (the fabric's shared NICs and uplinks, then the tier's latency), delivery to a
  * node (dropped if it crashed, held while it is paused) and the per-tier counters. All
  * randomness of the network comes from `rng`, split once from the simulation's.
  */
@@ -86,6 +127,7 @@ export class SimLinks {
   readonly byIndex: SimNode[] = []
   readonly cut = new Set<number>()
   readonly degraded = new Map<number, number>()
+  readonly fabric: SimFabric
   private readonly profiles: LinkProfile[]
   private readonly tierMessages = [0, 0, 0]
   private readonly tierBytes = [0, 0, 0]
@@ -99,6 +141,7 @@ export class SimLinks {
     this.sim = sim
     this.rng = sim.rng.split('simnet')
     this.profiles = TIERS.map(t => topology[t])
+    this.fabric = new SimFabric(this, topology)
   }
 
   /** Interns a host or zone label. */
@@ -139,26 +182,37 @@ export class SimLinks {
     return this.profiles[tier]!
   }
 
-  /**
-   * When bytes sent now from a to b over tier `tier` arrive: serialized behind earlier sends
-   * on the directed link, then latency and (if `jitter`) jitter.
-   */
-  arrivalAt(a: SimNode, b: SimNode, tier: number, bytes: number, jitter: boolean): number {
-    const p = this.profiles[tier]!
-    const factor = a.slow * b.slow * (this.degraded.size === 0 ? 1 : (this.degraded.get(this.linkKey(a, b)) ?? 1))
-    const now = this.sim.now()
-    const busy = a.busyUntil[b.index]
-    const start = busy !== undefined && busy > now ? busy : now
-    const done = start + (bytes / p.bandwidthBytesPerS) * 1000 * factor
-    a.busyUntil[b.index] = done
-    this.tierMessages[tier]!++
-    this.tierBytes[tier]! += bytes
-    return done + p.latencyMs * factor + (jitter ? this.rng.float() * p.jitterMs * factor : 0)
+  /** What slows the pair a-b down: both nodes' slow factors and the link's degradation. */
+  factor(a: SimNode, b: SimNode): number {
+    return a.slow * b.slow * (this.degraded.size === 0 ? 1 : (this.degraded.get(this.linkKey(a, b)) ?? 1))
   }
 
-  arrival(a: SimNode, b: SimNode, bytes: number, jitter: boolean): { at: number; p: LinkProfile } {
+  /** Sends `t` from a to b through the fabric (counted per tier); `t.landed` may run before this returns. */
+  send(a: SimNode, b: SimNode, tier: number, t: Transfer): void {
+    this.tierMessages[tier]!++
+    this.tierBytes[tier]! += t.bytes
+    this.fabric.send(a, b, tier, t)
+  }
+
+  /** When what left the path from a to b at `at` arrives: the tier's latency and (if `jitter`) jitter on top. */
+  arrivalAfter(a: SimNode, b: SimNode, tier: number, at: number, jitter: boolean): number {
+    const p = this.profiles[tier]!
+    const factor = this.factor(a, b)
+    return at + p.latencyMs * factor + (jitter ? this.rng.float() * p.jitterMs * factor : 0)
+  }
+
+  /**
+   * Runs `fn` when a signal from a reaches b (a stream opening or failing): no bytes, it lands
+   * once everything a sent b before it has, then takes the latency.
+   */
+  signal(a: SimNode, b: SimNode, fn: () => void): void {
     const tier = this.tierOf(a, b)
-    return { at: this.arrivalAt(a, b, tier, bytes, jitter), p: this.profiles[tier]! }
+    this.send(a, b, tier, {
+      bytes: 0,
+      landed: at => {
+        this.sim.clock.schedule(fn, Math.max(0, this.arrivalAfter(a, b, tier, at, false) - this.sim.now()))
+      }
+    })
   }
 
   /** Runs `fn` at simulated time `at` on node `to`, unless it crashed; held while it is paused. */

@@ -8,11 +8,14 @@ import { openSimStream } from './net-stream.ts'
 
 function addNode(links: SimLinks, info: PeerInfo): SimNode {
   if (links.nodes.has(info.id)) throw new InvalidArgumentError(`peer id ${info.id} is taken`)
+  const hostId = links.labelId('host', info.labels.host)
+  const zoneId = links.labelId('zone', info.labels.zone)
+  const pipes = links.fabric.pipesOf(hostId, zoneId, info.labels.zone)
   const node: SimNode = {
     info: { id: info.id, labels: { ...info.labels } },
     index: links.byIndex.length,
-    hostId: links.labelId('host', info.labels.host),
-    zoneId: links.labelId('zone', info.labels.zone),
+    hostId,
+    zoneId,
     clock: new NodeClock(links.sim.clock),
     started: false,
     crashed: false,
@@ -23,7 +26,14 @@ function addNode(links: SimLinks, info: PeerInfo): SimNode {
     rejected: new Map(),
     streams: new Set(),
     held: [],
-    busyUntil: []
+    busyUntil: [],
+    releaseAt: [],
+    landedUntil: [],
+    flows: [],
+    nicOut: pipes.nicOut,
+    nicIn: pipes.nicIn,
+    upOut: pipes.upOut,
+    upIn: pipes.upIn
   }
   links.nodes.set(info.id, node)
   links.byIndex.push(node)

@@ -17,8 +17,8 @@ function aborted(signal?: AbortSignal): boolean {
 }
 
 /**
- * One end of a simulated stream: chunks cross the link in order (no jitter), take their share
- * of the link's bandwidth, and a writer waits while more than the write buffer cap is in
+ * One end of a simulated stream: chunks cross the fabric in order (no jitter), take their share
+ * of the links they cross, and a writer waits while more than the write buffer cap is in
  * flight or unread at the other end.
  */
 class SimStream implements ByteStream {
@@ -53,12 +53,17 @@ class SimStream implements ByteStream {
   private send(chunk: Uint8Array | 'end' | 'reset'): void {
     const to = this.to()
     const bytes = typeof chunk === 'string' ? 0 : chunk.length
-    const a = this.links.arrival(this.from, to, bytes, false)
-    const at = Math.max(a.at, this.lastArrival)
-    this.lastArrival = at
+    const tier = this.links.tierOf(this.from, to)
     this.inFlight += bytes
-    const data = typeof chunk === 'string' ? chunk : this.links.maybeCorrupt(chunk, a.p)
-    this.links.deliverAt(to, at, () => {
+    const data = typeof chunk === 'string' ? chunk : this.links.maybeCorrupt(chunk, this.links.profile(tier))
+    this.links.send(this.from, to, tier, { bytes, landed: at => this.land(to, tier, at, data, bytes) })
+  }
+
+  /** What left the path at `at` reaches the other end after the latency, in order. */
+  private land(to: SimNode, tier: number, at: number, data: Uint8Array | 'end' | 'reset', bytes: number): void {
+    const arrival = Math.max(this.links.arrivalAfter(this.from, to, tier, at, false), this.lastArrival)
+    this.lastArrival = arrival
+    this.links.deliverAt(to, arrival, () => {
       this.inFlight -= bytes
       for (const w of this.roomWaiters.splice(0)) w()
       if (data === 'end') this.peer.inbound.end()
@@ -123,19 +128,24 @@ export async function openSimStream(
   if (options.signal?.aborted === true) throw new AbortError('open aborted')
   const remote = links.nodes.get(peer)
   if (remote === undefined || !links.linked(node, remote)) throw new PeerGoneError(`peer ${peer} is not connected`, { peer })
-  // The request travels to the peer and the answer comes back: one round trip.
-  const there = links.arrival(node, remote, 0, false).at
-  const back = there - sim.now() + links.arrival(remote, node, 0, false).at - sim.now()
+  // The request travels to the peer and the answer comes back: one round trip, each way a
+  // signal behind what the pair sent before it.
   await new Promise<void>((resolve, reject) => {
-    const id = sim.clock.setTimeout(resolve, back)
-    options.signal?.addEventListener(
-      'abort',
-      () => {
-        sim.clock.clearTimeout(id)
-        reject(new AbortError('open aborted'))
-      },
-      { once: true }
-    )
+    let settled = false
+    const onAbort = (): void => {
+      if (settled) return
+      settled = true
+      reject(new AbortError('open aborted'))
+    }
+    links.signal(node, remote, () => {
+      links.signal(remote, node, () => {
+        if (settled) return
+        settled = true
+        options.signal?.removeEventListener('abort', onAbort)
+        resolve()
+      })
+    })
+    options.signal?.addEventListener('abort', onAbort, { once: true })
   })
   if (!links.linked(node, remote)) throw new PeerGoneError(`peer ${peer} went away while opening`, { peer })
   const handler = remote.handlers.get(protocol)

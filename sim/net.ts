@@ -5,14 +5,16 @@ import { SimGossip } from './net-gossip.ts'
 import { DEFAULT_TOPOLOGY, SimLinks, type Tier, type Topology } from './net-links.ts'
 import { createSimPeer } from './net-peer.ts'
 
-export { DEFAULT_TOPOLOGY, type LinkProfile, type Tier, type Topology } from './net-links.ts'
+export { DEFAULT_NIC, DEFAULT_UPLINK, FABRIC_CHUNK_BYTES } from './net-fabric.ts'
+export { DEFAULT_TOPOLOGY, type LinkCapacity, type LinkProfile, type Tier, type Topology } from './net-links.ts'
 
 /**
  * SimNet: PeerNets over simulated links. Every pair of started, unpartitioned nodes is
- * connected; what crosses a link takes latency + jitter + its size over the link's bandwidth
- * (a directed link sends one thing at a time, so concurrent transfers share it in turn), and
- * may be lost, duplicated or corrupted with the tier's probabilities. Tiers come from labels:
- * same host, same zone, or across the WAN. Faults: crash, restart, pause/resume, partitions,
+ * connected. What a node sends to another is one FIFO per directed pair; it crosses the pair's
+ * own link (the tier's per-pair bandwidth) and, between hosts, the NICs and zone uplinks on its
+ * way, whose capacity every flow through them shares chunk by chunk (sim/net-fabric.ts); then
+ * it takes the tier's latency + jitter, and may be lost, duplicated or corrupted with the tier's
+ * probabilities. Tiers come from labels: same host, same zone, or across the WAN. Faults: crash, restart, pause/resume, partitions,
  * slow nodes and degraded links. All randomness is split from the simulation's Rng, all time
  * is the simulation's clock, and every delivery and fault is traced.
  */
@@ -30,7 +32,7 @@ export interface SimNetwork {
   /** Cuts every link between different groups (ids absent from all groups are untouched). */
   partition(groups: ReadonlyArray<readonly PeerId[]>): void
   heal(): void
-  /** Multiplies a node's latency by `factor` and divides its bandwidth by it (1 = normal). */
+  /** Multiplies a node's latency by `factor` and divides its links' and its NIC's bandwidth by it (1 = normal). */
   slow(id: PeerId, factor: number): void
   /** The same for one link (both directions). */
   degrade(a: PeerId, b: PeerId, factor: number): void
@@ -39,8 +41,8 @@ export interface SimNetwork {
 }
 
 /**
- * Creates a simulated network on `sim`. Its parts: SimLinks (nodes, links, the bandwidth and
- * latency model, per-tier counters), SimGossip (gossip and direct messages), openSimStream
+ * Creates a simulated network on `sim`. Its parts: SimLinks (nodes, links, latency, per-tier
+ * counters) with its SimFabric (the shared NICs and uplinks and the flows over them), SimGossip (gossip and direct messages), openSimStream
  * (streams), createFaultControls (crash, pause, partition, slow, degrade) and createSimPeer
  * (one node's PeerNet).
  */

@@ -27,6 +27,26 @@ const linkProfile = z
     corrupt: z.number().min(0).max(1)
   })
   .partial()
+const linkCapacity = z.strictObject({ egressBytesPerS: z.number().positive(), ingressBytesPerS: z.number().positive() }).partial()
+/**
+ * The network of a scenario (membership or training): a link profile per tier, the NIC of every
+ * host and the uplink of every zone (bytes per second each way, shared by all traffic through
+ * them), and per-zone overrides of both by zone name (`z0`, `z1`, ...). Anything left out takes
+ * DEFAULT_TOPOLOGY's value.
+ */
+export const topologySchema = z
+  .strictObject({
+    host: linkProfile,
+    zone: linkProfile,
+    wan: linkProfile,
+    nic: linkCapacity,
+    uplink: linkCapacity,
+    zones: z.record(
+      z.string().regex(/^z(0|[1-9]\d*)$/, 'zone names look like z0, z1, ...'),
+      z.strictObject({ nic: linkCapacity, uplink: linkCapacity }).partial()
+    )
+  })
+  .partial()
 const at = z.number().min(0)
 const groups = z.array(z.array(z.string().min(1)).min(1)).min(2)
 
@@ -54,7 +74,7 @@ export const scenarioSchema = z.strictObject({
     .number()
     .positive()
     .max(24 * 3600_000),
-  topology: z.strictObject({ host: linkProfile, zone: linkProfile, wan: linkProfile }).partial().optional(),
+  topology: topologySchema.optional(),
   membership: z
     .strictObject({
       heartbeatMs: z.number().positive().optional(),
@@ -98,6 +118,7 @@ export function parseScenario(raw: unknown, source = 'scenario'): Scenario {
     throw new ScenarioError(`${source}: ${where}: ${issue.message}`)
   }
   const s = r.data
+  checkTopologyZones(s.topology, s.zones, source)
   for (const [i, f] of s.faults.entries()) {
     for (const id of faultNodes(f)) {
       if (Number(id.slice(1)) >= s.nodes) throw new ScenarioError(`${source}: faults.${i}: node ${id} does not exist (nodes: ${s.nodes})`)
@@ -105,6 +126,23 @@ export function parseScenario(raw: unknown, source = 'scenario'): Scenario {
     if (f.at > s.durationMs) throw new ScenarioError(`${source}: faults.${i}.at: ${f.at} is after durationMs ${s.durationMs}`)
   }
   return s
+}
+
+/** Throws ScenarioError naming `topology.zones.<name>` when it overrides a zone the scenario does not have. */
+export function checkTopologyZones(t: z.output<typeof topologySchema> | undefined, zones: number, source: string): void {
+  for (const name of Object.keys(t?.zones ?? {})) {
+    if (Number(name.slice(1)) >= zones) throw new ScenarioError(`${source}: topology.zones.${name}: no such zone (zones: ${zones}, named z0 to z${zones - 1})`)
+  }
+}
+
+/** A scenario's network: its topology over DEFAULT_TOPOLOGY (a fresh object: a `profile` fault may change its tiers). */
+export function topologyOf(t: z.output<typeof topologySchema> | undefined): Topology {
+  const out: Topology = { ...DEFAULT_TOPOLOGY }
+  for (const tier of ['host', 'zone', 'wan'] as const) out[tier] = { ...DEFAULT_TOPOLOGY[tier], ...(t?.[tier] ?? {}) } as LinkProfile
+  if (t?.nic !== undefined) out.nic = { ...DEFAULT_TOPOLOGY.nic, ...t.nic }
+  if (t?.uplink !== undefined) out.uplink = { ...DEFAULT_TOPOLOGY.uplink, ...t.uplink }
+  if (t?.zones !== undefined) out.zones = t.zones
+  return out
 }
 
 /** Reads a scenario file. */
@@ -164,12 +202,6 @@ export interface ScenarioReport {
   ok: boolean
   /** Node states over time, for the timeline. */
   timeline: Array<{ at: number; node: string; state: 'up' | 'down' | 'paused' }>
-}
-
-function mergeTopology(t: Scenario['topology']): Topology {
-  const out = { ...DEFAULT_TOPOLOGY }
-  for (const tier of ['host', 'zone', 'wan'] as const) out[tier] = { ...DEFAULT_TOPOLOGY[tier], ...(t?.[tier] ?? {}) } as LinkProfile
-  return out
 }
 
 function describeFault(f: Fault): string {
@@ -341,7 +373,7 @@ function checkDetections(p: Play): void {
 export async function runScenario(s: Scenario, opts: { seed?: number; nodes?: number; progress?: (f: number) => void } = {}): Promise<ScenarioReport> {
   const seed = opts.seed ?? s.seed
   const nodes = opts.nodes ?? s.nodes
-  const topology = mergeTopology(s.topology)
+  const topology = topologyOf(s.topology)
   const w = new MembershipWorld({ seed, nodes, zones: s.zones, topology, membership: { ...s.membership, expect: s.membership?.expect ?? nodes } })
   const { sim } = w
   const p: Play = { w, topology, t0: 0, maxDown: 0, reports: [], pendingCrashes: [], timeline: [] }

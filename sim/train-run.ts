@@ -7,7 +7,7 @@ import type { CollectiveSent, MembershipInit } from '../mesh/index.ts'
 import { OUTER_DEFAULTS, createTrainingWorkload, trainingModel, type Corpus, type TrainConfig, type TrainingWorkload, type TrainStatus } from '../node/index.ts'
 import type { Topology } from './net.ts'
 import { formatBytes } from './report.ts'
-import { ScenarioError } from './scenario.ts'
+import { ScenarioError, checkTopologyZones, topologyOf, topologySchema } from './scenario.ts'
 import { MembershipWorld } from './world.ts'
 
 /**
@@ -549,6 +549,8 @@ export const trainScenarioSchema = z
       .regex(/^(off|[1-9]\d?\+[0-9]\d?)$/, 'must be k+m (e.g. 2+1) or off')
       .default('2+1'),
     flopsPerS: z.number().positive().default(1e12),
+    /** The network (link profiles per tier, NIC and zone uplink capacities), as in membership scenarios. */
+    topology: topologySchema.optional(),
     heartbeatMs: z.number().positive().max(60_000).default(100),
     kills: z
       .array(z.strictObject({ rank: z.int().min(0), atStep: z.int().min(1) }))
@@ -607,6 +609,7 @@ export function parseTrainScenario(raw: unknown, source = 'scenario'): TrainScen
     const issue = r.error.issues[0]!
     throw new ScenarioError(`${source}: ${issue.path.length === 0 ? '(top level)' : issue.path.join('.')}: ${issue.message}`)
   }
+  checkTopologyZones(r.data.topology, r.data.zones, source)
   return r.data
 }
 
@@ -647,6 +650,7 @@ export async function runTrainScenario(
     ...(s.outer === undefined ? {} : { outer: s.outer }),
     reference: s.reference,
     membership: { heartbeatMs: s.heartbeatMs },
+    ...(s.topology === undefined ? {} : { topology: topologyOf(s.topology) }),
     limitMs: s.limitMs,
     ...(opts.progress === undefined ? {} : { progress: opts.progress })
   })

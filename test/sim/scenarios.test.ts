@@ -46,6 +46,10 @@ test('invalid scenarios name the field and the reason', t => {
     [{ ...base, faults: [{ at: 10, crash: 'n009' }] }, /faults\.0: node n009 does not exist/],
     [{ ...base, faults: [{ at: 5000, heal: true }] }, /faults\.0\.at: 5000 is after durationMs/],
     [{ ...base, topology: { wan: { loss: 2 } } }, /topology\.wan\.loss/],
+    [{ ...base, topology: { nic: { egressBytesPerS: 0 } } }, /topology\.nic\.egressBytesPerS/],
+    [{ ...base, topology: { uplink: { bytesPerS: 1e9 } } }, /topology\.uplink: Unrecognized key: "bytesPerS"/],
+    [{ ...base, topology: { zones: { z7: { uplink: { egressBytesPerS: 1e7 } } } } }, /topology\.zones\.z7: no such zone \(zones: 3/],
+    [{ ...base, topology: { zones: { east: {} } } }, /topology\.zones\.east/],
     [{ ...base, assertions: { safety: 'yes' } }, /assertions\.safety/]
   ]
   for (const [raw, pattern] of cases) {
