@@ -1,6 +1,7 @@
 // Training across zones, simulated with the compute cost model: the GPT-2 124M shape, 3 zones
-// x 4 ranks (H200-class by the cost model), BENCH_ZONES_WAN_GBIT (default 1) Gbit/s zone
-// uplinks and BENCH_ZONES_WAN_MS (default 50) ms between zones, 100 Gbit/s inside a zone.
+// x 4 ranks (H200-class by the cost model), one BENCH_ZONES_WAN_GBIT (default 1) Gbit/s uplink
+// per zone that all its ranks' cross-zone flows share (SimNet's shared links), BENCH_ZONES_WAN_MS
+// (default 50) ms between zones, 100 Gbit/s NICs inside a zone.
 // Compute utilization = compute time / wall time of the run, per configuration:
 //
 // - `zero++ per step`: every step is one ZeRO++ step over all 12 ranks (qwZ int8 forward
@@ -38,7 +39,10 @@ const CHUNK = 1 << 20
 const topology: Topology = {
   host: { latencyMs: 0.01, jitterMs: 0, bandwidthBytesPerS: 12.5e9, loss: 0, duplicate: 0, corrupt: 0 },
   zone: { latencyMs: 0.05, jitterMs: 0, bandwidthBytesPerS: 12.5e9, loss: 0, duplicate: 0, corrupt: 0 },
-  wan: { latencyMs: WAN_MS, jitterMs: 0, bandwidthBytesPerS: (WAN_GBIT * 1e9) / 8, loss: 0, duplicate: 0, corrupt: 0 }
+  wan: { latencyMs: WAN_MS, jitterMs: 0, bandwidthBytesPerS: (WAN_GBIT * 1e9) / 8, loss: 0, duplicate: 0, corrupt: 0 },
+  // 100 Gbit/s NICs; one uplink per zone that all of its ranks' cross-zone flows share.
+  nic: { egressBytesPerS: 12.5e9, ingressBytesPerS: 12.5e9 },
+  uplink: { egressBytesPerS: (WAN_GBIT * 1e9) / 8, ingressBytesPerS: (WAN_GBIT * 1e9) / 8 }
 }
 
 interface World {

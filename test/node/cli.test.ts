@@ -173,6 +173,27 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   t.deepEqual(r.err, ["zeromesh: --metrics-listen must be host:port (e.g. 127.0.0.1:9464, [::1]:9464 or :9464), got 'nope'"])
 })
 
+test('the DiLoCo flags: defaults, and the rules between them and the world size', async t => {
+  const { loadStartConfig } = await import('../../cli/start.ts')
+  const base = { run: 'r', 'secret-file': '/nonexistent', train: true }
+  const cfg = loadStartConfig(base, {})
+  t.is(cfg.outerEvery, undefined)
+  t.deepEqual([cfg.outerZones, cfg.outerQuant, cfg.outerLr, cfg.outerMomentum, cfg.streaming], [2, 'int8', 0.7, 0.9, false])
+  const on = loadStartConfig({ ...base, 'world-size': '6', 'outer-every': '50', 'outer-zones': '3', 'outer-quant': 'int4', streaming: true }, {})
+  t.deepEqual([on.outerEvery, on.outerZones, on.outerQuant, on.streaming], [50, 3, 'int4', true])
+  t.is(loadStartConfig({ ...base, 'snapshot-placement': 'spread' }, {}).snapshotPlacement, 'spread')
+  for (const [flags, pattern] of [
+    [{ 'world-size': '4', 'outer-every': '10', 'outer-zones': '3' }, /^--outer-zones must divide the world size \(4\) into equal zone groups$/],
+    [{ streaming: true }, /^--streaming needs --outer-every$/],
+    [{ 'world-size': '4', 'outer-every': '10', 'max-world-size': '8' }, /^--max-world-size growing the run does not combine with --outer-every yet$/],
+    [{ 'outer-every': '0' }, /^--outer-every /],
+    [{ 'outer-quant': 'int2' }, /^--outer-quant /],
+    [{ 'snapshot-placement': 'rack' }, /^--snapshot-placement /]
+  ] as Array<[Record<string, unknown>, RegExp]>) {
+    t.throws(() => loadStartConfig({ ...base, ...flags }, {}), { name: 'ConfigError', message: pattern }, JSON.stringify(flags))
+  }
+})
+
 test('export: bad flags exit 2, a data dir without disk-tier files exits 1, one line each', async t => {
   const { mkdtempSync, rmSync } = await import('node:fs')
   const { tmpdir } = await import('node:os')
