@@ -1,4 +1,4 @@
-import { formatParamMemory, type NodeEvent } from '../node/index.ts'
+import { formatParamMemory, formatStepPhases, type NodeEvent } from '../node/index.ts'
 
 /**
  * The human lines of `zeromesh start` and `zeromesh up`, rendered from the nodes' events
@@ -44,6 +44,10 @@ export function renderNodeEvent(e: NodeEvent): string[] {
       return []
     case 'memory':
       return [formatParamMemory(e)]
+    case 'phases':
+      return [formatStepPhases(e, 'this rank')]
+    case 'bytes':
+      return []
     case 'done':
       return [trainingDone(e)]
     case 'spare':

@@ -20,6 +20,7 @@ const count = z.int().min(0)
 /** A figure that may be unknown (absent) or not a number (NaN travels as JSON null). */
 const figure = z.number().nullable().optional()
 const list = <T extends z.ZodType>(item: T): z.ZodArray<T> => z.array(item).max(NODE_EVENT_LIMITS.maxListLength)
+const tierBytes = z.strictObject({ host: z.number().min(0), zone: z.number().min(0), wan: z.number().min(0) })
 
 const EVENT_SCHEMAS = [
   /** The CUDA kernels compiled (before the node joins the mesh). */
@@ -55,6 +56,16 @@ const EVENT_SCHEMAS = [
   }),
   /** The parameter memory a rank measured (bytes). */
   z.strictObject({ type: z.literal('memory'), shard: z.number().min(0), model: z.number().min(0), inFlightPeak: z.number().min(0), full: z.number().min(0) }),
+  /** Where this rank's steps spent their time (mean ms per step, TrainStatus.phases), before `done`. */
+  z.strictObject({
+    type: z.literal('phases'),
+    compute: z.number().min(0),
+    wire: z.number().min(0),
+    optimizer: z.number().min(0),
+    snapshot: z.number().min(0)
+  }),
+  /** Bytes this node sent for training (collectives) and snapshot bytes it placed, by tier, before `done`. */
+  z.strictObject({ type: z.literal('bytes'), sent: tierBytes, snapshot: tierBytes }),
   /** This rank finished training; `evalLoss` is the final weights' held-out loss. */
   z.strictObject({ type: z.literal('done'), step: count, loss: figure, evalLoss: figure }),
   /** Training ended without this node (a spare that was not needed). */

@@ -293,6 +293,8 @@ function reportEnd(training: Promise<TrainStatus>, emit: EmitEvent): void {
         return
       }
       if (s.memory !== undefined) emit({ type: 'memory', ...s.memory })
+      if (s.phases !== undefined) emit({ type: 'phases', ...s.phases })
+      emit({ type: 'bytes', sent: s.bytes, snapshot: s.snapshotBytes ?? { host: 0, zone: 0, wan: 0 } })
       emit({ type: 'done', step: s.step, loss: s.loss, evalLoss: s.evalLoss })
     },
     (err: unknown) => emit({ type: 'failed', message: err instanceof Error ? err.message : String(err) })

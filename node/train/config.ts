@@ -143,10 +143,10 @@ export function formatParamMemory(m: ParamMemory): string {
 }
 
 /** One line for people: where a rank's steps spend their time (mean ms per step). */
-export function formatStepPhases(x: StepPhases): string {
+export function formatStepPhases(x: StepPhases, who = 'rank 0'): string {
   const ms = (v: number): string => `${v.toFixed(v < 10 ? 1 : 0)} ms`
   const total = x.compute + x.wire + x.optimizer + x.snapshot
-  return `step time of rank 0 ${ms(total)}: compute ${ms(x.compute)}, waiting on the wire ${ms(x.wire)}, optimizer ${ms(x.optimizer)}, snapshot ${ms(x.snapshot)}`
+  return `step time of ${who} ${ms(total)}: compute ${ms(x.compute)}, waiting on the wire ${ms(x.wire)}, optimizer ${ms(x.optimizer)}, snapshot ${ms(x.snapshot)}`
 }
 
 /**
