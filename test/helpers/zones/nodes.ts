@@ -40,6 +40,8 @@ export interface ZoneNodesInit {
   dir?: string
   /** Progress lines (a malformed event line, the first node's address). */
   say?: (line: string) => void
+  /** Sees every event as it arrives, after it is recorded (e.g. to read the uplink counters at a step). */
+  onEvent?: (e: StampedEvent) => void
 }
 
 /** One node process. */
@@ -197,6 +199,7 @@ export async function startZoneNodes(init: ZoneNodesInit): Promise<ZoneNodes> {
       const s = { ms: now(), node: node.name, event: e }
       node.events.push(s)
       events.push(s)
+      init.onEvent?.(s)
       for (const f of wake) f()
     }
   }
