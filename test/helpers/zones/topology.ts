@@ -90,7 +90,7 @@ export function tbfArgs(bitsPerS: number, queueMs: number): string[] {
   return ['tbf', 'rate', `${bitsPerS}bit`, 'burst', String(burst), 'latency', `${queueMs}ms`]
 }
 
-/** Processes of this thread whose topologies are not stopped yet: removed on exit and on SIGINT / SIGTERM. */
+/** Topologies of this thread not stopped yet (prefix -> tools): removed on exit and on SIGINT / SIGTERM. */
 const live = new Map<string, Tools>()
 let hooked = false
 function cleanupOnExit(): void {
