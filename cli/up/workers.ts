@@ -77,9 +77,13 @@ export interface WorkerSinks {
   stamping: () => boolean
   /** A line `up` shows (a malformed event line, once per worker). */
   say: (line: string) => void
+  /** Sees every event of every worker as it arrives (test/helpers/zones/ keeps them all). */
+  event?: (w: Worker, e: NodeEvent) => void
 }
 
-const binPath = (): string => fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../bin/zeromesh.js' : '../../../bin/zeromesh.js', import.meta.url))
+/** The launcher the workers run (bin/zeromesh.js), from the sources or from dist/. */
+export const binPath = (): string =>
+  fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../bin/zeromesh.js' : '../../../bin/zeromesh.js', import.meta.url))
 
 /** The `zeromesh start` arguments of worker `name`. */
 function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | undefined): string[] {
@@ -130,23 +134,40 @@ function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | 
 
 /** Starts worker `i` (bootstrapping from `bootstrap`, the first worker's address). */
 export function spawnWorker(p: WorkerPlan, sinks: WorkerSinks, i: number, bootstrap: string | undefined): Worker {
+  // With CUDA, workers take the host's GPUs round-robin (one process per GPU when there are
+  // as many GPUs as workers; the spare shares one).
+  const gpu: Record<string, string> = p.device === 'cuda' && p.gpuCount > 0 ? { ZEROMESH_CUDA_DEVICE: String(i % p.gpuCount) } : {}
   const name = `w${i}`
+  return spawnWorkerProcess({ name, dir: p.dir, command: process.execPath, args: workerArgs(p, name, i, bootstrap), env: gpu }, sinks)
+}
+
+/** How to start one worker process whose stdout is `zeromesh start --events jsonl`. */
+export interface WorkerCommand {
+  name: string
+  /** The run directory: its data dir is `<dir>/<name>`, its structured logs `<dir>/<name>.log`. */
+  dir: string
+  /** The program and its arguments (e.g. `ip netns exec <ns> node bin/zeromesh.js start ...`). */
+  command: string
+  args: string[]
+  /** Added to this process's environment. */
+  env?: Record<string, string>
+}
+
+/** Starts one worker process and records its events (`spawnWorker`, and test/helpers/zones/ for workers in network namespaces). */
+export function spawnWorkerProcess(c: WorkerCommand, sinks: WorkerSinks): Worker {
   // A worker leaves when it is re-parented (ZEROMESH_EXIT_WITH_PARENT): when `up` dies,
   // however it dies, no worker is orphaned.
   // Structured logs (stderr) go to a file: a log write must never block on a pipe whose
   // reader is gone.
-  const errFd = openSync(join(p.dir, `${name}.log`), 'a')
-  // With CUDA, workers take the host's GPUs round-robin (one process per GPU when there are
-  // as many GPUs as workers; the spare shares one).
-  const gpu = p.device === 'cuda' && p.gpuCount > 0 ? { ZEROMESH_CUDA_DEVICE: String(i % p.gpuCount) } : {}
-  const proc = spawn(process.execPath, workerArgs(p, name, i, bootstrap), {
+  const errFd = openSync(join(c.dir, `${c.name}.log`), 'a')
+  const proc = spawn(c.command, c.args, {
     stdio: ['ignore', 'pipe', errFd],
-    env: { ...process.env, ZEROMESH_EXIT_WITH_PARENT: '1', ...gpu }
+    env: { ...process.env, ZEROMESH_EXIT_WITH_PARENT: '1', ...c.env }
   })
   closeSync(errFd)
   const w: Worker = {
-    name,
-    dataDir: join(p.dir, name),
+    name: c.name,
+    dataDir: join(c.dir, c.name),
     proc,
     started: undefined,
     recoveries: [],
@@ -165,7 +186,7 @@ export function spawnWorker(p: WorkerPlan, sinks: WorkerSinks, i: number, bootst
     status: undefined,
     afterKill: []
   }
-  readLines(proc, eventLines(w, sinks, join(p.dir, 'workers.log')))
+  readLines(proc, eventLines(w, sinks, join(c.dir, 'workers.log')))
   return w
 }
 
@@ -194,6 +215,7 @@ function onEvent(w: Worker, e: NodeEvent, sinks: WorkerSinks): void {
   else if (e.type === 'memory') w.memory = e
   else if (e.type === 'done') w.done = e
   else if (e.type === 'failed') w.failed = e
+  sinks.event?.(w, e)
   if (sinks.stamping()) {
     // Stamped on arrival, for the time from the kill to the next commit (a pipe delivers
     // within milliseconds; the status polls are `pollMs` apart).
@@ -225,11 +247,12 @@ function readLines(proc: ChildProcess, onLine: (line: string) => void): void {
   })
 }
 
-/** The first worker's loopback address, once it has started (its `started` event). */
-export async function waitForAddress(w: Worker, clock: RealClock, ms: number): Promise<string> {
+/** The first worker's TCP address on `ip` (default loopback), once it has started (its `started` event). */
+export async function waitForAddress(w: Worker, clock: RealClock, ms: number, ip = '127.0.0.1'): Promise<string> {
   const until = clock.monotonic() + ms
+  const prefix = `/ip4/${ip}/tcp/`
   for (;;) {
-    const addr = w.started?.multiaddrs.find(a => /^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//.test(a))
+    const addr = w.started?.multiaddrs.find(a => a.startsWith(prefix) && /^\d+\/p2p\//.test(a.slice(prefix.length)))
     if (addr !== undefined) return addr
     if (w.exited) throw new UpError(`worker ${w.name} exited during start-up:\n${w.tail.join('\n')}`)
     if (clock.monotonic() > until) throw new UpError(`worker ${w.name} did not start within ${ms} ms`)

@@ -1,0 +1,193 @@
+// Training across two zones joined by a shaped link: the zone harness (test/helpers/zones/,
+// needs root and iproute2) builds zones a and b of BENCH_ZONES_HOSTS hosts each (default 2),
+// every zone's uplink shaped to BENCH_ZONES_MBIT Mbit/s each way (default 50) by tbf, and runs
+// one real `zeromesh start --train` process per host: 4 ranks, no spares, the `small` model
+// (3.3 M parameters) on the CPU backend and the Brown Corpus.
+//
+// One JSON line per configuration (`zones.train`):
+// - tokens_per_s: committed tokens per second over the whole run past the warm-up, from the
+//   workers' step events: (last step - BENCH_ZONES_WARMUP) x tokens per step / the time between
+//   the first arrivals of those two steps' events (every rank commits a step together).
+// - cross_zone_bytes_per_token: bytes that crossed the zone uplinks over the same steps (each
+//   zone's uplink counts what left it; a byte between zones leaves exactly one zone), Ethernet
+//   frames as the kernel counts them, read when the two steps' first events arrive.
+// - eval_loss: the held-out loss of the final weights (the `done` event of a rank that scored
+//   them); steps; wall_s (spawn to the last rank's exit) and the ratios to flat ZeRO-3 of the
+//   same run (tokens_per_s_ratio, bytes_per_token_ratio).
+// Defaults (BENCH_ZONES_STEPS 12, BENCH_ZONES_WARMUP 2, BENCH_ZONES_BATCH 2, BENCH_ZONES_SEQ 32:
+// 256 tokens a step) keep a configuration to 1-3 minutes on a 2-core machine: flat ZeRO-3 moves
+// about 30 MB each way across the link per step (three ring collectives of the f32 model), about
+// 5 s at 50 Mbit/s. Snapshots are off (`--snapshot off`), so the figures compare the training
+// step alone; BENCH_ZONES_SNAPSHOT=2+1 (any `--snapshot` value) turns them on.
+//
+// CONFIGS is the table of configurations: a row is a name and the `zeromesh start` flags it
+// adds, passed to every worker unchanged. A row whose flags `start` does not have yet (checked
+// against node/config.ts) is skipped with a note on stderr. BENCH_ZONES_CONFIGS=name,name picks
+// rows; the baseline (zero3) runs first whenever it is picked.
+import { loadavg } from 'node:os'
+import { createZones, isStartFlag, startZoneNodes, trainFlags, type StampedEvent, type Zones } from '../test/helpers/zones/index.ts'
+
+interface Config {
+  name: string
+  /** Flags added to every worker's command line. */
+  flags: string[]
+  /** Fewer steps than this make the row meaningless (a DiLoCo row must reach its outer steps). */
+  minSteps?: number
+}
+
+const CONFIGS: Config[] = [
+  { name: 'zero3', flags: [] },
+  { name: 'zero++', flags: ['--zeropp'] },
+  // DiLoCo (local steps, an outer synchronisation every n): run with BENCH_ZONES_STEPS above
+  // minSteps. Skipped until node/config.ts has --outer-every.
+  { name: 'diloco-20', flags: ['--outer-every', '20'], minSteps: 40 },
+  { name: 'diloco-50', flags: ['--outer-every', '50'], minSteps: 100 }
+]
+const BASELINE = 'zero3'
+
+const env = (name: string, dflt: number): number => {
+  const v = process.env[name]
+  if (v === undefined || v === '') return dflt
+  const n = Number(v)
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0, got '${v}'`)
+  return n
+}
+const HOSTS = env('BENCH_ZONES_HOSTS', 2)
+const RANKS = 2 * HOSTS
+const MBIT = env('BENCH_ZONES_MBIT', 50)
+const STEPS = env('BENCH_ZONES_STEPS', 12)
+const WARMUP = env('BENCH_ZONES_WARMUP', 2)
+const BATCH = env('BENCH_ZONES_BATCH', 2)
+const SEQ = env('BENCH_ZONES_SEQ', 32)
+const TIMEOUT_S = env('BENCH_ZONES_TIMEOUT_S', 900)
+const SNAPSHOT = process.env['BENCH_ZONES_SNAPSHOT'] ?? 'off'
+const MODEL = 'small'
+if (WARMUP + 2 > STEPS) throw new Error(`BENCH_ZONES_STEPS (${STEPS}) must exceed BENCH_ZONES_WARMUP (${WARMUP}) by at least 2`)
+const TOKENS_PER_STEP = RANKS * BATCH * SEQ
+
+const pick = process.env['BENCH_ZONES_CONFIGS']
+  ?.split(',')
+  .map(s => s.trim())
+  .filter(s => s.length > 0)
+const chosen = CONFIGS.filter(c => pick === undefined || pick.includes(c.name))
+const runnable = chosen.filter(c => {
+  const missing = c.flags.filter(f => f.startsWith('--') && !isStartFlag(f))
+  if (missing.length > 0) process.stderr.write(`bench zones: skipping ${c.name}: zeromesh start has no ${missing.join(', ')} yet (node/config.ts)\n`)
+  else if (c.minSteps !== undefined && STEPS < c.minSteps)
+    process.stderr.write(`bench zones: ${c.name} needs BENCH_ZONES_STEPS >= ${c.minSteps} to mean anything (running ${STEPS})\n`)
+  return missing.length === 0
+})
+
+const load1 = (): number => Number(loadavg()[0]!.toFixed(2))
+const r4 = (x: number): number => Number(x.toPrecision(4))
+
+/** Bytes that left every zone so far (a byte between zones leaves exactly one). */
+async function crossZoneBytes(z: Zones, zones: readonly string[]): Promise<number> {
+  const counts = await Promise.all(zones.map(name => z.uplinkBytes(name)))
+  return counts.reduce((a, c) => a + c.out, 0)
+}
+
+interface Measured {
+  tokensPerS: number
+  bytesPerToken: number
+  evalLoss: number | null
+  steps: number
+  wallS: number
+}
+
+/** One configuration on a fresh topology; throws when the run fails. */
+async function runConfig(c: Config): Promise<Measured> {
+  const zoneNames = ['a', 'b']
+  const z = await createZones({ zones: zoneNames.map(name => ({ name, hosts: HOSTS })), uplinkBitsPerS: MBIT * 1_000_000 })
+  const marks = new Map<number, { ms: number; bytes: Promise<number> }>()
+  const last = STEPS
+  const seen = new Set<number>()
+  const onEvent = (s: StampedEvent): void => {
+    const e = s.event
+    // Every rank commits a step together: the first of its events marks the commit.
+    if (e.type !== 'step' || seen.has(e.step)) return
+    seen.add(e.step)
+    process.stderr.write(`  [${c.name}] step ${e.step}/${e.steps} loss ${e.loss?.toFixed(4)} at ${(s.ms / 1000).toFixed(1)} s\n`)
+    if (e.step === WARMUP || e.step === last) marks.set(e.step, { ms: s.ms, bytes: crossZoneBytes(z, zoneNames) })
+  }
+  let nodes: Awaited<ReturnType<typeof startZoneNodes>> | undefined
+  let ok = false
+  try {
+    nodes = await startZoneNodes({
+      zones: z,
+      args: trainFlags({ worldSize: RANKS, steps: STEPS, model: MODEL, batch: BATCH, seq: SEQ, snapshot: SNAPSHOT, extra: c.flags }),
+      onEvent
+    })
+    const n = nodes
+    await n.until(`${c.name}: every rank to exit`, TIMEOUT_S * 1000, () => (n.nodes.every(x => x.worker.exited) ? true : undefined))
+    const failed = n.nodes.filter(x => x.worker.proc.exitCode !== 0)
+    if (failed.length > 0)
+      throw new Error(`${failed.map(x => `${x.name} exited ${x.worker.proc.exitCode ?? x.worker.proc.signalCode}: ${x.worker.tail.at(-1) ?? ''}`).join('; ')}`)
+    const a = marks.get(WARMUP)
+    const b = marks.get(last)
+    if (a === undefined || b === undefined) throw new Error(`no step events for steps ${WARMUP} and ${last}`)
+    const tokens = (last - WARMUP) * TOKENS_PER_STEP
+    const done = n.events.flatMap(s => (s.event.type === 'done' ? [s.event] : []))
+    ok = true
+    return {
+      tokensPerS: tokens / ((b.ms - a.ms) / 1000),
+      bytesPerToken: ((await b.bytes) - (await a.bytes)) / tokens,
+      evalLoss: done.map(d => d.evalLoss).find(x => x !== null && x !== undefined) ?? null,
+      steps: Math.max(0, ...done.map(d => d.step)),
+      wallS: n.now() / 1000
+    }
+  } finally {
+    await nodes?.stop({ keep: !ok })
+    await z.stop()
+  }
+}
+
+process.stderr.write(
+  `bench zones: 2 zones x ${HOSTS} hosts, uplinks ${MBIT} Mbit/s each way (tbf), ${RANKS} ranks, ${MODEL} model, batch ${BATCH} x seq ${SEQ} ` +
+    `(${TOKENS_PER_STEP} tokens/step), ${STEPS} steps (first ${WARMUP} not measured), snapshots ${SNAPSHOT}, configs ${runnable.map(c => c.name).join(', ')}; ` +
+    `load ${loadavg()
+      .map(x => x.toFixed(2))
+      .join(' ')}\n`
+)
+
+let failed = false
+let baseline: Measured | undefined
+// The baseline first, so every other row has its ratio.
+for (const c of [...runnable.filter(x => x.name === BASELINE), ...runnable.filter(x => x.name !== BASELINE)]) {
+  const before = load1()
+  const common = { bench: 'zones.train', impl: c.name, flags: c.flags.join(' '), zones: 2, hosts_per_zone: HOSTS, ranks: RANKS, uplink_mbit: MBIT }
+  let m: Measured
+  try {
+    m = await runConfig(c)
+  } catch (err) {
+    failed = true
+    process.stdout.write(JSON.stringify({ ...common, error: (err as Error).message.split('\n')[0] }) + '\n')
+    continue
+  }
+  if (c.name === BASELINE) baseline = m
+  process.stdout.write(
+    JSON.stringify({
+      ...common,
+      model: MODEL,
+      batch: BATCH,
+      seq: SEQ,
+      snapshot: SNAPSHOT,
+      steps: m.steps,
+      warmup: WARMUP,
+      tokens_per_s: r4(m.tokensPerS),
+      cross_zone_bytes_per_token: Math.round(m.bytesPerToken),
+      eval_loss: m.evalLoss === null ? null : r4(m.evalLoss),
+      wall_s: r4(m.wallS),
+      ...(baseline === undefined || c.name === BASELINE
+        ? {}
+        : {
+            baseline: BASELINE,
+            tokens_per_s_ratio: r4(m.tokensPerS / baseline.tokensPerS),
+            bytes_per_token_ratio: r4(m.bytesPerToken / baseline.bytesPerToken)
+          }),
+      load_before: before,
+      load_after: load1()
+    }) + '\n'
+  )
+}
+if (failed) process.exitCode = 1

@@ -1,0 +1,331 @@
+// The zone harness (test/helpers/zones/): its pure parts everywhere; where this process is root
+// and the kernel grants namespaces, veths and tbf, the topology itself (a shaped uplink measured
+// with a real TCP transfer, cut and heal, clean-up) and real `zeromesh start` nodes training
+// through a zone cut. Elsewhere those register as skipped, with the reason in their titles.
+import test, { type ExecutionContext } from 'ava'
+import { spawnSync } from 'node:child_process'
+import { refused, run } from '../helpers/zones/commands.ts'
+import {
+  createZones,
+  findTools,
+  NamespaceRefusedError,
+  UNAVAILABLE_ERRORS,
+  ZonesError,
+  isStartFlag,
+  parseUplink,
+  startZoneNodes,
+  tbfArgs,
+  tcpTransfer,
+  trainFlags,
+  zonesUnavailable,
+  type StampedEvent,
+  type ZoneNodes,
+  type Zones
+} from '../helpers/zones/index.ts'
+
+const reason = await zonesUnavailable()
+if (reason !== undefined) process.stderr.write(`test/zones: skipping the namespace tests: ${reason}\n`)
+
+/** Registers a test that builds namespaces, or a skipped one naming why it cannot. */
+function zonesTest(title: string, fn: (t: ExecutionContext) => Promise<void>, opts: { failing?: boolean } = {}): void {
+  if (reason !== undefined) {
+    test.skip(`${title} [skipped: ${reason}]`, () => {})
+    return
+  }
+  if (opts.failing === true) test.serial.failing(title, fn)
+  else test.serial(title, fn)
+}
+
+const MBIT = 1_000_000
+
+test('tbf is asked for the rate in bits, a bucket of at least 64 KiB and the queue time', t => {
+  t.deepEqual(tbfArgs(50 * MBIT, 50), ['tbf', 'rate', '50000000bit', 'burst', '65536', 'latency', '50ms'])
+  // 10 Gbit/s: 4 ms at the rate is larger than the floor.
+  t.deepEqual(tbfArgs(10_000 * MBIT, 20), ['tbf', 'rate', '10000000000bit', 'burst', '5000000', 'latency', '20ms'])
+})
+
+test("an uplink's counters: what up<z> sends left the zone, what it receives entered it", t => {
+  const json = JSON.stringify([{ ifname: 'up0', stats64: { rx: { bytes: 12, packets: 1 }, tx: { bytes: 3400, packets: 3 } } }])
+  t.deepEqual(parseUplink(json), { out: 3400, in: 12 })
+  t.throws(() => parseUplink('[{"ifname":"up0"}]'), { name: 'ZonesCommandError' })
+})
+
+test('worker flags are checked against node/config.ts: unknown flags and the ones the harness sets are refused', async t => {
+  t.true(isStartFlag('--world-size'))
+  t.true(isStartFlag('zeropp'))
+  t.false(isStartFlag('--no-such-flag'))
+  t.deepEqual(trainFlags({ worldSize: 2, steps: 5, model: 'mini', zeropp: true, extra: ['--lr', '0.001'] }), [
+    '--train',
+    '--exit-when-done',
+    '--world-size',
+    '2',
+    '--steps',
+    '5',
+    '--model',
+    'mini',
+    '--zeropp',
+    '--lr',
+    '0.001'
+  ])
+  // Refused before anything is built or started (the topology is never touched).
+  const zones = { hosts: [] } as unknown as Zones
+  await t.throwsAsync(startZoneNodes({ zones, args: ['--train', '--no-such-flag', '1'] }), { name: 'InvalidArgumentError', message: /--no-such-flag/ })
+  await t.throwsAsync(startZoneNodes({ zones, args: ['--zone', 'x'] }), { name: 'InvalidArgumentError', message: /set by the zone harness/ })
+  await t.throwsAsync(startZoneNodes({ zones, args: ['--bootstrap=/ip4/1.2.3.4/tcp/1'] }), { name: 'InvalidArgumentError' })
+})
+
+test('not root, iproute2 missing and a refusal are typed errors', async t => {
+  const getuid = process.getuid
+  process.getuid = () => 1000
+  try {
+    t.throws(findTools, { name: 'NotRootError' })
+  } finally {
+    process.getuid = getuid
+  }
+  await t.throwsAsync(run('/nonexistent/ip', ['-V']), { name: 'ToolMissingError' })
+  const e = new NamespaceRefusedError('x')
+  t.true(e instanceof ZonesError && UNAVAILABLE_ERRORS.includes(e.name))
+})
+
+zonesTest('a command the kernel refuses while building is a NamespaceRefusedError', async t => {
+  await t.throwsAsync(run(findTools().ip, ['netns', 'add', 'no/slash'], { fail: refused }), { name: 'NamespaceRefusedError', message: /netns add no\/slash/ })
+})
+
+test('bad topologies are refused before anything is built', async t => {
+  await t.throwsAsync(createZones({ zones: [], uplinkBitsPerS: MBIT }), { name: 'InvalidArgumentError' })
+  await t.throwsAsync(createZones({ zones: [{ name: 'A', hosts: 1 }], uplinkBitsPerS: MBIT }), { name: 'InvalidArgumentError' })
+  await t.throwsAsync(
+    createZones({
+      zones: [
+        { name: 'a', hosts: 1 },
+        { name: 'a', hosts: 1 }
+      ],
+      uplinkBitsPerS: MBIT
+    }),
+    { name: 'InvalidArgumentError' }
+  )
+  await t.throwsAsync(createZones({ zones: [{ name: 'a', hosts: 0 }], uplinkBitsPerS: MBIT }), { name: 'InvalidArgumentError' })
+  await t.throwsAsync(createZones({ zones: [{ name: 'a', hosts: 1 }], uplinkBitsPerS: 10 }), { name: 'InvalidArgumentError' })
+})
+
+const namespaces = (): string[] =>
+  (spawnSync(findTools().ip, ['netns', 'list'], { encoding: 'utf8' }).stdout ?? '')
+    .split('\n')
+    .map(l => l.split(' ')[0]!)
+    .filter(n => n.length > 0)
+
+zonesTest('a shaped uplink carries about its rate each way, counts the bytes, and a cut zone is unreachable until healed', async t => {
+  const rate = 50 * MBIT
+  const z = await createZones({
+    zones: [
+      { name: 'a', hosts: 2 },
+      { name: 'b', hosts: 1 }
+    ],
+    uplinkBitsPerS: rate
+  })
+  try {
+    const [a0, a1, b0] = z.hosts as [(typeof z.hosts)[0], (typeof z.hosts)[0], (typeof z.hosts)[0]]
+    t.deepEqual(
+      z.hosts.map(h => [h.name, h.zone, h.ip]),
+      [
+        ['a-0', 'a', '10.99.0.1'],
+        ['a-1', 'a', '10.99.0.2'],
+        ['b-0', 'b', '10.99.1.1']
+      ]
+    )
+    const bytes = 6_000_000
+    const before = await z.uplinkBytes('a')
+    const out = await tcpTransfer(z, a0, b0, bytes)
+    const back = await tcpTransfer(z, b0, a0, bytes)
+    const after = await z.uplinkBytes('a')
+    t.log(`a -> b ${(out.bitsPerS / MBIT).toFixed(1)} Mbit/s, b -> a ${(back.bitsPerS / MBIT).toFixed(1)} Mbit/s (uplink ${rate / MBIT} Mbit/s)`)
+    // Generous bounds (a loaded 2-core machine): never faster than the rate allows (plus the
+    // bucket), and not slower than a third of it. An unshaped veth moves Gbit/s.
+    for (const r of [out, back]) {
+      t.is(r.bytes, bytes)
+      t.true(r.bitsPerS < rate * 1.1, `${r.bitsPerS} bit/s is above the uplink's rate`)
+      t.true(r.bitsPerS > rate / 3, `${r.bitsPerS} bit/s is far below the uplink's rate`)
+    }
+    // Each way the payload crossed once; frames add headers and the other way carries ACKs.
+    const sent = { out: after.out - before.out, in: after.in - before.in }
+    t.log(`uplink a counted ${sent.out} bytes out, ${sent.in} in`)
+    for (const d of [sent.out, sent.in]) t.true(d >= bytes && d < bytes * 1.2, `${d} bytes counted for ${bytes} sent`)
+    // Inside a zone nothing is shaped.
+    const local = await tcpTransfer(z, a0, a1, bytes)
+    t.true(local.bitsPerS > rate * 2, `inside zone a: ${local.bitsPerS} bit/s`)
+
+    await z.cut('b')
+    await t.throwsAsync(tcpTransfer(z, a0, b0, 10_000, { signal: AbortSignal.timeout(1500) }), undefined, 'b is cut off')
+    t.true((await tcpTransfer(z, a1, a0, 10_000)).bytes === 10_000, 'zone a still reaches itself')
+    await z.heal('b')
+    t.is((await tcpTransfer(z, b0, a1, 100_000)).bytes, 100_000, 'healed')
+  } finally {
+    await z.stop()
+  }
+  t.deepEqual(
+    namespaces().filter(n => n.startsWith(z.prefix)),
+    [],
+    'stop removed every namespace'
+  )
+})
+
+zonesTest("a dead run's namespaces are swept when the next topology is built", async t => {
+  // A pid that is surely gone: a child that has exited.
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!
+  const stale = `zmz-${dead}-0-0-core`
+  spawnSync(findTools().ip, ['netns', 'add', stale])
+  t.true(namespaces().includes(stale))
+  const z = await createZones({ zones: [{ name: 'a', hosts: 1 }], uplinkBitsPerS: MBIT })
+  await z.stop()
+  t.false(namespaces().includes(stale), 'swept')
+})
+
+// --- Real nodes through a zone cut ------------------------------------------------------
+
+const STEPS = 60
+const CUT_AT = 8
+/** The cut lasts at least this long: past libp2p's connection monitor (a ping every 10 s), so every cross-zone connection is gone when it heals. */
+const HOLD_MS = 20_000
+
+type Stamped<T extends StampedEvent['event']['type']> = StampedEvent & { event: Extract<StampedEvent['event'], { type: T }> }
+const of = <T extends StampedEvent['event']['type']>(evs: readonly StampedEvent[], type: T): Array<Stamped<T>> =>
+  evs.filter(e => e.event.type === type) as Array<Stamped<T>>
+
+/** One line per event worth reading when the scenario fails (views, pauses, recoveries, done). */
+function story(evs: readonly StampedEvent[]): string {
+  return evs
+    .filter(e => !['step', 'training', 'started', 'memory'].includes(e.event.type))
+    .map(e => `${Math.round(e.ms)} ${e.node} ${JSON.stringify(e.event)}`)
+    .join('\n')
+}
+
+/** What the cut scenario saw: every event, the zones' nodes, when it cut and healed, and the exit codes of zone a. */
+interface CutRun {
+  events: readonly StampedEvent[]
+  a: string[]
+  b: string[]
+  cutMs: number
+  healMs: number
+  /** The step committed when the uplink went down. */
+  cutStep: number
+  exitA: Array<number | null>
+}
+
+/**
+ * Zone a (3 hosts) and zone b (2 hosts), one node each, 5 ranks (`--snapshot 2+2`: placement
+ * spreads a rank's fragments over other zones first, and a shrink loads every rank's state
+ * from its holders, so each rank needs k = 2 fragments in zone a; with 2+2 on 5 hosts every
+ * other host holds one, which leaves 2 or 3 in zone a). At step CUT_AT zone b's uplink goes
+ * down: b (2 of 5) pauses, a (3 of 5) installs a view of its own, shrinks to 3 ranks from
+ * the snapshots and trains on. The uplink comes back once a committed a step after the
+ * recovery and at least HOLD_MS after the cut; the run then finishes on zone a.
+ * No spares: a spare that replaces one of b's ranks and a second view that drops the other
+ * (the detector often suspects b's two nodes a heartbeat apart) ends the run with "no
+ * snapshot step is known complete for every rank" (the spare never placed one).
+ */
+async function cutRun(log: (line: string) => void): Promise<CutRun> {
+  const z = await createZones({
+    zones: [
+      { name: 'a', hosts: 3 },
+      { name: 'b', hosts: 2 }
+    ],
+    uplinkBitsPerS: 50 * MBIT
+  })
+  let nodes: ZoneNodes | undefined
+  let ok = false
+  try {
+    nodes = await startZoneNodes({ zones: z, args: trainFlags({ worldSize: 5, steps: STEPS, model: 'mini', snapshot: '2+2', batch: 2, seq: 32 }) })
+    const n = nodes
+    const a = n.inZone('a')
+    const b = n.inZone('b')
+    const committed = (): number => Math.max(0, ...of(n.events, 'step').map(e => e.event.step))
+    await n.until(`step ${CUT_AT}`, 90_000, () => (committed() >= CUT_AT ? true : undefined))
+    await z.cut('b')
+    const cutMs = n.now()
+    const cutStep = committed()
+    log(`cut zone b at ${Math.round(cutMs)} ms, step ${cutStep}`)
+    await n.until('b to pause and a to install a view without b', 30_000, () =>
+      b.every(x => of(x.events, 'paused').some(e => e.ms > cutMs && e.event.paused)) &&
+      a.every(x => of(x.events, 'view').some(e => e.ms > cutMs && e.event.members === 3))
+        ? true
+        : undefined
+    )
+    await n.until('zone a to recover and commit a step after it', 60_000, () => {
+      const r = of(n.events, 'recovery').find(e => e.ms > cutMs)
+      if (r === undefined || n.now() < cutMs + HOLD_MS) return undefined
+      return of(n.events, 'step').some(e => e.ms > r.ms && e.event.step > r.event.fromStep) ? true : undefined
+    })
+    await z.heal('b')
+    const healMs = n.now()
+    log(`healed at ${Math.round(healMs)} ms (${Math.round(healMs - cutMs)} ms cut)`)
+    await n.until('zone a to finish', 90_000, () => (a.every(x => x.worker.exited) ? true : undefined))
+    ok = true
+    return { events: [...n.events], a: a.map(x => x.name), b: b.map(x => x.name), cutMs, healMs, cutStep, exitA: a.map(x => x.worker.proc.exitCode) }
+  } finally {
+    if (!ok && nodes !== undefined) log(story(nodes.events))
+    await nodes?.stop({ keep: !ok })
+    await z.stop()
+  }
+}
+
+let cut: Promise<CutRun> | undefined
+/** The scenario runs once; the tests below read it. */
+const cutOnce = (t: ExecutionContext): Promise<CutRun> => (cut ??= cutRun(l => t.log(l)))
+
+zonesTest('zone b is cut while training: b pauses, zone a shrinks from the snapshots and finishes every step', async t => {
+  t.timeout(170_000)
+  const r = await cutOnce(t)
+  t.log(story(r.events))
+  t.deepEqual(r.exitA, [0, 0, 0], 'zone a exits 0')
+  const inA = (e: StampedEvent): boolean => r.a.includes(e.node)
+  // b: paused by the cut, and no step trained past it.
+  for (const name of r.b) {
+    const evs = r.events.filter(e => e.node === name)
+    t.true(
+      of(evs, 'paused').some(e => e.ms > r.cutMs && e.event.paused),
+      `${name} paused`
+    )
+    t.false(
+      of(evs, 'step').some(e => e.event.step > r.cutStep + 1),
+      `${name} trained past the cut`
+    )
+  }
+  // a: a view of its own three, then a recovery that lost b's ranks, from a step before the cut.
+  // (The detector may drop b's two nodes one view apart: then a node records two recoveries.)
+  const recoveries = of(r.events, 'recovery').filter(e => e.ms > r.cutMs)
+  t.true(recoveries.every(inA), 'only zone a recovers')
+  for (const name of r.a) {
+    const mine = recoveries.filter(e => e.node === name).map(e => e.event)
+    t.true(mine.length >= 1, `${name} recovered`)
+    t.true(
+      mine.every(e => e.mode === 'shrink' && e.lost.length >= 1 && e.fromStep <= r.cutStep),
+      JSON.stringify(mine)
+    )
+    t.is(mine.at(-1)?.worldSize, 3, `${name} trains on with zone a's 3 ranks`)
+  }
+  // Every step, on zone a, and one finite held-out loss of the final weights.
+  const done = of(r.events, 'done')
+  t.true(done.length >= 1 && done.every(inA), `done on ${done.map(e => e.node).join(', ')}`)
+  for (const d of done) t.is(d.event.step, STEPS)
+  const evalLosses = done.map(d => d.event.evalLoss).filter(x => x !== null && x !== undefined)
+  t.true(evalLosses.length >= 1 && evalLosses.every(x => Number.isFinite(x)), `held-out losses ${JSON.stringify(evalLosses)}`)
+  t.is(new Set(evalLosses).size, 1, 'every rank that scored the final weights got the same loss')
+})
+
+// Known failure. Once a cut outlasts libp2p's connection monitor, every connection between the
+// zones is closed, and nobody dials across again when the link comes back: a node dials its
+// bootstrap list only while it has no peer at all, and the address announcements that make
+// nodes dial each other are gossip, which cannot cross a zone whose connections are all gone.
+// Zone b stays paused (until its 5-minute minority limit) although the network is whole.
+// A cut shorter than the ping interval keeps the connections and b rejoins. When this starts
+// passing, make it a plain test.
+zonesTest(
+  "zone b's nodes come back into the view once the cut is healed [known failure: no redial across a healed partition]",
+  async t => {
+    t.timeout(170_000)
+    const r = await cutOnce(t)
+    const back = r.b.filter(name => of(r.events, 'view').some(e => e.node === name && e.ms > r.healMs && e.event.members === 5))
+    t.deepEqual(back, r.b, 'every node of zone b is in a view of all five after the heal')
+  },
+  { failing: true }
+)
