@@ -97,19 +97,24 @@ async function zeroStep(w: World, groups: number[][]): Promise<number> {
   const zs = colls.map(x => createZeroComm(x.c, { qwZ: true, hpZ: true, qgZ: true }))
   const grads = new Float32Array(N).fill(0.001)
   const shards = zs.map(z => new Float32Array(z.shardOf(N).length).fill(0.01))
+  // Every rank gathers into one shared array (12 full copies of 124M f32 would not fit; the
+  // bytes written are the same on every rank), and reduces into its own part.
+  const gathered = new Float32Array(N)
+  const reduced = shards.map(x => new Float32Array(x.length))
   let ms = 0
   for (let s = 1; s <= 2; s++) {
+    const into = { step: s, into: gathered }
     ms = await timed(
       w.sim,
-      zs.map((z, i) => z.gatherWeights('model', shards[i]!, N, 'forward', { step: s }))
+      zs.map((z, i) => z.gatherWeights('model', shards[i]!, N, 'forward', into))
     )
     ms += await timed(
       w.sim,
-      zs.map((z, i) => z.gatherWeights('model', shards[i]!, N, 'backward', { step: s }))
+      zs.map((z, i) => z.gatherWeights('model', shards[i]!, N, 'backward', into))
     )
     ms += await timed(
       w.sim,
-      zs.map(z => z.reduceGradients('model', grads, { step: s }))
+      zs.map((z, i) => z.reduceGradients('model', grads, { step: s, into: reduced[i]! }))
     )
   }
   await Promise.all(colls.map(x => x.c.stop()))

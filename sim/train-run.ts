@@ -61,7 +61,7 @@ export interface TrainRunOptions {
    * the held-out losses. Needs no kills (the comparison is of the algorithms, not recoveries).
    */
   compareZeroPP?: boolean
-  /** Model shape: `mini` (the `zeromesh up` default, ~0.1 M parameters) or `tiny` (GPT_PRESETS.tiny, ~30 k). */
+  /** Model shape: `mini` (the `zeromesh up` default, ~0.1 M parameters), `tiny` (GPT_PRESETS.tiny, ~30 k) or `small` (~3.4 M). */
   model?: SimModel
   /**
    * Training text: `text` (a repeated sentence the model learns by heart; held-out = training)
@@ -98,11 +98,13 @@ export interface TrainRunResult {
   heldOutLoss?: number
   /** Snapshot fragment bytes the finishing ranks stored on holders, by the tier of the link (summed over the ranks). */
   snapshotBytes?: { host: number; zone: number; wan: number }
+  /** Every byte SimNet carried across zones in the run (collectives, snapshots, gossip, stream set-up). */
+  wanBytes?: number
   /** With `compareZeroPP`: both runs side by side (the figures above are the ZeRO++ run's). */
   zeroPP?: ZeroPPComparison
 }
 
-export type SimModel = 'mini' | 'tiny'
+export type SimModel = 'mini' | 'tiny' | 'small'
 export type SimData = 'text' | 'bigram'
 
 /** Bound on |ZeRO++ - flat| / flat of the held-out loss (DeepSpeed's own test allows 10%). */
@@ -313,7 +315,11 @@ function heldOutLoss(config: GptConfig, T: number, shards: ReadonlyArray<{ start
 /** The trainer configuration of a simulated run: the `mini` shape (or `tiny`'s layers) over the run's vocabulary. */
 function simTrainConfig(o: TrainRunOptions, corpus: Corpus): TrainConfig {
   const { nLayer, nHead, C } = GPT_PRESETS.tiny
-  const model = { ...trainingModel('mini', corpus.vocabSize), ...(o.model === 'tiny' ? { nLayer, nHead, C } : {}), maxT: Math.max(16, o.seq ?? 16) }
+  // `small` keeps its preset's context (zeromesh start's shape, for comparisons with real runs).
+  const model =
+    o.model === 'small'
+      ? trainingModel('small', corpus.vocabSize)
+      : { ...trainingModel('mini', corpus.vocabSize), ...(o.model === 'tiny' ? { nLayer, nHead, C } : {}), maxT: Math.max(16, o.seq ?? 16) }
   return {
     model,
     B: o.batch ?? 2,
@@ -510,6 +516,7 @@ async function once(
     recoveries,
     stepMs: ranks.length > 0 ? simMs / o.steps : undefined,
     heldOutLoss: heldOut,
+    wanBytes: w.net.stats().wan.bytes,
     snapshotBytes: ranks.reduce(
       (a, r) => ({ host: a.host + (r.snapshotBytes?.host ?? 0), zone: a.zone + (r.snapshotBytes?.zone ?? 0), wan: a.wan + (r.snapshotBytes?.wan ?? 0) }),
       { host: 0, zone: 0, wan: 0 }
@@ -541,7 +548,7 @@ export const trainScenarioSchema = z
      * loss within 1% of the flat one. Without faults (so no reference run), over two or more zones.
      */
     compareZeropp: z.boolean().default(false),
-    model: z.enum(['mini', 'tiny']).default('mini'),
+    model: z.enum(['mini', 'tiny', 'small']).default('mini'),
     data: z.enum(['text', 'bigram']).default('text'),
     lr: z.number().positive().max(1).default(1e-2),
     snapshot: z
