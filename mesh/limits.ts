@@ -16,5 +16,15 @@ export const MESH_LIMITS = Object.freeze({
   /** Longest protocol or topic name. */
   maxNameBytes: 256,
   /** Peers remembered in per-peer bookkeeping of strangers (refused peers, rejection counts); the oldest entry goes first. */
-  maxTrackedPeers: 10_000
+  maxTrackedPeers: 10_000,
+  /**
+   * Peers whose announced addresses a node remembers, to dial them again when the connection is
+   * lost (a partition that heals: gossip cannot carry announcements across it); the peer heard
+   * from longest ago goes first.
+   */
+  maxRememberedPeers: 1024,
+  /** Remembered peers dialled again per announcement period (the rest wait for later periods). */
+  redialsPerPeriod: 8,
+  /** The longest wait between two redials of one unreachable peer (ms); it doubles from the announcement period. */
+  maxRedialBackoffMs: 10_000
 })

@@ -3,6 +3,7 @@ import { z } from 'zod'
 import type { Clock, Logger } from '../../core/index.ts'
 import { createEnvelopeCodec } from '../../codec/index.ts'
 import type { GossipHandler, PeerId } from '../peernet.ts'
+import { MESH_LIMITS } from '../limits.ts'
 import { describe } from './errors.ts'
 
 /** The reserved gossip topic of address announcements. */
@@ -30,15 +31,32 @@ export interface AnnouncerInit {
   known: (peer: PeerId) => boolean
 }
 
+/** A peer whose addresses were announced: when to dial it again if it is not connected. */
+interface Remembered {
+  addrs: Multiaddr[]
+  /** Redials that found it unreachable in a row. */
+  fails: number
+  /** Monotonic ms before which it is not dialled again. */
+  next: number
+}
+
 /**
  * Address announcements, so that every pair of peers connects (gossipsub only reaches peers
  * through existing connections): each node publishes its multiaddrs every intervalMs (the
  * first after at most 500 ms) and dials the announced addresses of peers it has not admitted.
+ *
+ * Announcements cannot cross a partition, so a node also remembers every peer's announced
+ * addresses (up to MESH_LIMITS.maxRememberedPeers) and, each period, dials again up to
+ * `redialsPerPeriod` remembered peers that are not connected, each with a backoff that doubles
+ * from the period up to `maxRedialBackoffMs` while it stays unreachable: when a cut zone heals,
+ * both sides reconnect within a backoff period instead of waiting for a gossip path that the
+ * cut removed.
  */
 export class Announcer {
   private readonly init: AnnouncerInit
   private timer: number | undefined
   private running = false
+  private readonly book = new Map<PeerId, Remembered>()
 
   constructor(init: AnnouncerInit) {
     this.init = init
@@ -57,7 +75,6 @@ export class Announcer {
         }
       },
       deliver: m => {
-        if (this.init.known(m.from)) return
         const env = announceCodec.decode(m.data)
         if (env.type !== 'addrs') return
         const addrs = env.payload.addrs.flatMap(a => {
@@ -67,6 +84,8 @@ export class Announcer {
             return []
           }
         })
+        if (addrs.length > 0) this.remember(m.from, addrs)
+        if (this.init.known(m.from)) return
         if (addrs.length > 0) this.init.dial(addrs).catch(err => this.init.log.debug({ peer: m.from, err: describe(err) }, 'dial to announced peer failed'))
       }
     })
@@ -86,7 +105,35 @@ export class Announcer {
       .publish(ANNOUNCE_TOPIC, announceCodec.encode('addrs', { addrs }))
       .catch(err => this.init.log.debug({ err: describe(err) }, 'address announce failed'))
     if (!this.init.hasPeers()) this.dialBootstrap()
+    this.redial()
     this.timer = this.init.clock.setTimeout(this.announce, this.init.intervalMs)
+  }
+
+  /** Records a peer's announced addresses (the newest announcement wins; heard from last, forgotten last). */
+  private remember(peer: PeerId, addrs: Multiaddr[]): void {
+    const had = this.book.get(peer)
+    this.book.delete(peer)
+    this.book.set(peer, { addrs, fails: had?.fails ?? 0, next: had?.next ?? 0 })
+    if (this.book.size > MESH_LIMITS.maxRememberedPeers) this.book.delete(this.book.keys().next().value!)
+  }
+
+  /** Dials remembered peers that are not connected and are due, a few per period. */
+  private redial(): void {
+    const now = this.init.clock.monotonic()
+    let budget: number = MESH_LIMITS.redialsPerPeriod
+    for (const [peer, r] of this.book) {
+      if (budget === 0) break
+      if (this.init.known(peer)) {
+        r.fails = 0
+        r.next = 0
+        continue
+      }
+      if (r.next > now) continue
+      budget--
+      r.next = now + Math.min(MESH_LIMITS.maxRedialBackoffMs, this.init.intervalMs * 2 ** r.fails)
+      r.fails = Math.min(r.fails + 1, 30)
+      this.init.dial(r.addrs).catch(err => this.init.log.debug({ peer, err: describe(err) }, 'redial of a remembered peer failed'))
+    }
   }
 
   private dialBootstrap(): void {
