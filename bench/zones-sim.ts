@@ -1,7 +1,9 @@
 // Training across zones, simulated with the compute cost model: the GPT-2 124M shape, 3 zones
 // x 4 ranks (H200-class by the cost model), one BENCH_ZONES_WAN_GBIT (default 1) Gbit/s uplink
 // per zone that all its ranks' cross-zone flows share (SimNet's shared links), BENCH_ZONES_WAN_MS
-// (default 50) ms between zones, 100 Gbit/s NICs inside a zone.
+// (default 50) ms between zones. Inside a zone (BENCH_ZONES_LAYOUT): `node` (default), the four
+// ranks are the GPUs of one host (an HGX-style machine per site) joined by an NVLink-class
+// 400 GB/s; `hosts`, four hosts with 100 Gbit/s NICs.
 // Compute utilization = compute time / wall time of the run, per configuration:
 //
 // - `zero++ per step`: every step is one ZeRO++ step over all 12 ranks (qwZ int8 forward
@@ -35,9 +37,11 @@ const TOKENS = Number(process.env['BENCH_ZONES_TOKENS'] ?? 16 * 1024)
 const HS = (process.env['BENCH_ZONES_H'] ?? '50,100').split(',').map(Number)
 const N = Number(process.env['BENCH_ZONES_ELEMENTS'] ?? gptLayout(trainingModel('gpt2-124m', 50257)).length)
 const CHUNK = 1 << 20
+const LAYOUT = process.env['BENCH_ZONES_LAYOUT'] ?? 'node'
+if (LAYOUT !== 'node' && LAYOUT !== 'hosts') throw new Error(`BENCH_ZONES_LAYOUT must be node or hosts, got ${LAYOUT}`)
 
 const topology: Topology = {
-  host: { latencyMs: 0.01, jitterMs: 0, bandwidthBytesPerS: 12.5e9, loss: 0, duplicate: 0, corrupt: 0 },
+  host: { latencyMs: 0.005, jitterMs: 0, bandwidthBytesPerS: 400e9, loss: 0, duplicate: 0, corrupt: 0 },
   zone: { latencyMs: 0.05, jitterMs: 0, bandwidthBytesPerS: 12.5e9, loss: 0, duplicate: 0, corrupt: 0 },
   wan: { latencyMs: WAN_MS, jitterMs: 0, bandwidthBytesPerS: (WAN_GBIT * 1e9) / 8, loss: 0, duplicate: 0, corrupt: 0 },
   // 100 Gbit/s NICs; one uplink per zone that all of its ranks' cross-zone flows share.
@@ -56,7 +60,10 @@ async function world(): Promise<World> {
   const sim = new Simulation({ seed: 1 })
   const simnet = createSimNetwork(sim, topology)
   const peers = Array.from({ length: ZONES * PER_ZONE }, (_, i) =>
-    simnet.createPeer({ id: `r${String(i).padStart(2, '0')}`, labels: { zone: `z${Math.floor(i / PER_ZONE)}`, host: `h${i}` } })
+    simnet.createPeer({
+      id: `r${String(i).padStart(2, '0')}`,
+      labels: { zone: `z${Math.floor(i / PER_ZONE)}`, host: LAYOUT === 'node' ? `h${Math.floor(i / PER_ZONE)}` : `h${i}` }
+    })
   )
   const nets = peers.map(p => p.net)
   await Promise.all(nets.map(x => x.start()))
@@ -164,7 +171,8 @@ const base = {
   ranks_per_zone: PER_ZONE,
   wan_gbit_s: WAN_GBIT,
   wan_latency_ms: WAN_MS,
-  compute_ms_per_step: Number(c.toFixed(2))
+  compute_ms_per_step: Number(c.toFixed(2)),
+  zone_layout: LAYOUT === 'node' ? 'one host of 4 GPUs, 400 GB/s' : '4 hosts, 100 Gbit/s NICs'
 }
 const line = (x: Record<string, unknown>): void => {
   process.stdout.write(JSON.stringify({ ...base, ...x }) + '\n')

@@ -25,6 +25,9 @@
 // against node/config.ts) is skipped with a note on stderr. BENCH_ZONES_CONFIGS=name,name picks
 // rows; the baseline (zero3) runs first whenever it is picked.
 import { loadavg } from 'node:os'
+import { gptLayout } from '../gpu/index.ts'
+import { trainingModel } from '../node/index.ts'
+import { trainRun, type Topology } from '../sim/index.ts'
 import { createZones, isStartFlag, startZoneNodes, trainFlags, type StampedEvent, type Zones } from '../test/helpers/zones/index.ts'
 
 interface Config {
@@ -93,6 +96,8 @@ interface Measured {
   evalLoss: number | null
   steps: number
   wallS: number
+  /** The ranks' mean compute + optimizer ms per step (their `phases` events). */
+  computeMs: number | undefined
 }
 
 /** One configuration on a fresh topology; throws when the run fails. */
@@ -128,13 +133,15 @@ async function runConfig(c: Config): Promise<Measured> {
     if (a === undefined || b === undefined) throw new Error(`no step events for steps ${WARMUP} and ${last}`)
     const tokens = (last - WARMUP) * TOKENS_PER_STEP
     const done = n.events.flatMap(s => (s.event.type === 'done' ? [s.event] : []))
+    const phases = n.events.flatMap(s => (s.event.type === 'phases' ? [s.event.compute + s.event.optimizer] : []))
     ok = true
     return {
       tokensPerS: tokens / ((b.ms - a.ms) / 1000),
       bytesPerToken: ((await b.bytes) - (await a.bytes)) / tokens,
       evalLoss: done.map(d => d.evalLoss).find(x => x !== null && x !== undefined) ?? null,
       steps: Math.max(0, ...done.map(d => d.step)),
-      wallS: n.now() / 1000
+      wallS: n.now() / 1000,
+      computeMs: phases.length === 0 ? undefined : phases.reduce((a, x) => a + x, 0) / phases.length
     }
   } finally {
     await nodes?.stop({ keep: !ok })
@@ -149,6 +156,50 @@ process.stderr.write(
       .map(x => x.toFixed(2))
       .join(' ')}\n`
 )
+
+/**
+ * The same job on SimNet (the fidelity check): the same model, ranks, zones, steps and batch,
+ * the uplinks at the same rate shared by their flows, and the compute the real ranks measured
+ * (their mean compute + optimizer ms per step) as the cost model's. Returns the simulated step
+ * time and cross-zone bytes per token over the same steps as the real figures.
+ */
+async function simTwin(c: Config, computeMs: number): Promise<{ tokensPerS: number; bytesPerToken: number }> {
+  const rate = (MBIT * 1e6) / 8
+  const link = { jitterMs: 0, loss: 0, duplicate: 0, corrupt: 0 }
+  const topology: Topology = {
+    host: { ...link, latencyMs: 0.02, bandwidthBytesPerS: 10e9 },
+    zone: { ...link, latencyMs: 0.05, bandwidthBytesPerS: 1.25e9 },
+    wan: { ...link, latencyMs: 0.05, bandwidthBytesPerS: rate },
+    uplink: { egressBytesPerS: rate, ingressBytesPerS: rate }
+  }
+  const params = gptLayout(trainingModel(MODEL, 256)).length
+  const tokens = BATCH * SEQ
+  const every = c.flags.includes('--outer-every') ? Number(c.flags[c.flags.indexOf('--outer-every') + 1]) : undefined
+  const r = await trainRun({
+    seed: 1,
+    nodes: RANKS,
+    worldSize: RANKS,
+    zones: 2,
+    steps: STEPS,
+    batch: BATCH,
+    seq: SEQ,
+    model: MODEL,
+    zeroPP: c.flags.includes('--zeropp'),
+    ...(every === undefined ? {} : { outer: { every } }),
+    snapshot: null,
+    topology,
+    flopsPerS: (6 * params * tokens) / (computeMs / 1000),
+    membership: { heartbeatMs: 300 },
+    limitMs: 6 * 3600_000
+  })
+  if (r.violations.length > 0) throw new Error(`the simulated twin failed: ${r.violations[0]}`)
+  const a = r.commits?.find(x => x.step === WARMUP)
+  const b = r.commits?.find(x => x.step === STEPS)
+  if (a === undefined || b === undefined) throw new Error('the simulated twin has no commits of the measured steps')
+  const t = (STEPS - WARMUP) * TOKENS_PER_STEP
+  return { tokensPerS: t / ((b.ms - a.ms) / 1000), bytesPerToken: (b.wanBytes - a.wanBytes) / t }
+}
+const FIDELITY = process.env['BENCH_ZONES_SIM'] !== '0'
 
 let failed = false
 let baseline: Measured | undefined
@@ -165,6 +216,14 @@ for (const c of [...runnable.filter(x => x.name === BASELINE), ...runnable.filte
     continue
   }
   if (c.name === BASELINE) baseline = m
+  let sim: { tokensPerS: number; bytesPerToken: number } | undefined
+  if (FIDELITY && m.computeMs !== undefined) {
+    try {
+      sim = await simTwin(c, m.computeMs)
+    } catch (err) {
+      process.stderr.write(`bench zones: ${c.name}: ${(err as Error).message}\n`)
+    }
+  }
   process.stdout.write(
     JSON.stringify({
       ...common,
@@ -184,6 +243,16 @@ for (const c of [...runnable.filter(x => x.name === BASELINE), ...runnable.filte
             baseline: BASELINE,
             tokens_per_s_ratio: r4(m.tokensPerS / baseline.tokensPerS),
             bytes_per_token_ratio: r4(m.bytesPerToken / baseline.bytesPerToken)
+          }),
+      ...(sim === undefined
+        ? {}
+        : {
+            compute_ms_per_step: r4(m.computeMs!),
+            sim_tokens_per_s: r4(sim.tokensPerS),
+            sim_cross_zone_bytes_per_token: Math.round(sim.bytesPerToken),
+            sim_over_real_step_time: r4(m.tokensPerS / sim.tokensPerS),
+            sim_over_real_bytes: r4(sim.bytesPerToken / m.bytesPerToken),
+            sim_within_15pct: Math.abs(m.tokensPerS / sim.tokensPerS - 1) <= 0.15 && Math.abs(sim.bytesPerToken / m.bytesPerToken - 1) <= 0.15
           }),
       load_before: before,
       load_after: load1()

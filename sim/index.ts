@@ -30,4 +30,4 @@ export {
   type FaultReport
 } from './scenario.ts'
 export { formatReport, timelineSvg } from './report.ts'
-export { parseTrainScenario, readTrainScenario, runTrainScenario, formatTrainReport } from './train-run.ts'
+export { parseTrainScenario, readTrainScenario, runTrainScenario, formatTrainReport, trainRun } from './train-run.ts'

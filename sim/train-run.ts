@@ -100,6 +100,8 @@ export interface TrainRunResult {
   snapshotBytes?: { host: number; zone: number; wan: number }
   /** Every byte SimNet carried across zones in the run (collectives, snapshots, gossip, stream set-up). */
   wanBytes?: number
+  /** When each step first committed on any rank (simulated ms from the start) and SimNet's cross-zone bytes then. */
+  commits?: Array<{ step: number; ms: number; wanBytes: number }>
   /** With `compareZeroPP`: both runs side by side (the figures above are the ZeRO++ run's). */
   zeroPP?: ZeroPPComparison
 }
@@ -424,6 +426,7 @@ async function once(
   const flops = o.flopsPerS ?? 1e12
   const pending = [...kills]
   const pendingZones = [...zoneKills]
+  const commits: Array<{ step: number; ms: number; wanBytes: number }> = []
   const crashed = new Set<string>()
   const ctrls = new Map<string, AbortController>()
   const trainers: Array<{ id: string; trainer: TrainingWorkload; done: Promise<TrainStatus | Error> }> = []
@@ -454,6 +457,7 @@ async function once(
         computeMs: tokens => ((params * tokens) / flops) * 1000,
         onStep: s => {
           if (s.rank === 0) progress?.(s.step / o.steps)
+          if (!commits.some(c => c.step === s.step)) commits.push({ step: s.step, ms: sim.now() - t0, wanBytes: w.net.stats().wan.bytes })
           for (const k of [...pending]) {
             if (s.rank !== k.rank || s.step !== k.atStep) continue
             pending.splice(pending.indexOf(k), 1)
@@ -517,6 +521,7 @@ async function once(
     stepMs: ranks.length > 0 ? simMs / o.steps : undefined,
     heldOutLoss: heldOut,
     wanBytes: w.net.stats().wan.bytes,
+    commits,
     snapshotBytes: ranks.reduce(
       (a, r) => ({ host: a.host + (r.snapshotBytes?.host ?? 0), zone: a.zone + (r.snapshotBytes?.zone ?? 0), wan: a.wan + (r.snapshotBytes?.wan ?? 0) }),
       { host: 0, zone: 0, wan: 0 }

@@ -52,12 +52,15 @@ export function rankState(
 export function saveCommitted(
   env: TrainerEnv,
   rs: RunState,
-  at: { rank: number; P: number; epoch: number; s: number },
+  at: { rank: number; P: number; epoch: number; s: number; diskAs?: { rank: number; P: number } | null },
   src: SaveSource
 ): Promise<void> | undefined {
   const { cfg } = env
   const { s } = at
-  const disk = cfg.disk !== undefined && cfg.disk.every > 0 && (s + 1) % cfg.disk.every === 0 ? cfg.disk : undefined
+  // `diskAs`: the rank and world size the disk tier file names (zone groups: the first group
+  // writes, as the ranks of a world of its size; null: this rank writes none).
+  const diskId = at.diskAs === undefined ? { rank: at.rank, P: at.P } : at.diskAs
+  const disk = cfg.disk !== undefined && cfg.disk.every > 0 && (s + 1) % cfg.disk.every === 0 && diskId !== null ? cfg.disk : undefined
   // The first step of a session is always captured (a roster's own recovery point), and
   // the last one (the state the run ends with).
   // Zone groups (the DiLoCo tier) snapshot the step that begins each outer stage, all of them
@@ -108,8 +111,8 @@ export function saveCommitted(
     }
     // The disk tier writes in the background, one file after another; the session waits
     // for the last write before it ends.
-    if (disk !== undefined) {
-      const sealed = encodeState(st)
+    if (disk !== undefined && diskId !== null) {
+      const sealed = encodeState(rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v))
       rs.disk.writes = rs.disk.writes
         .then(async () => {
           await persistDiskState(disk.dir, s + 1, sealed)

@@ -221,7 +221,11 @@ function announceRoster(p: SessionParts): void {
  */
 function afterCommit(p: SessionParts, t: ShardTensors, s: number): Promise<void> | undefined {
   const { env, rs } = p
-  const wait = saveCommitted(env, rs, { rank: p.rank, P: p.roster.length, epoch: p.epoch, s }, t.save)
+  // Zone groups each hold the whole model: the first group's ranks write the disk tier, as
+  // the ranks of a world of the group's size (what --resume and export read).
+  const o = p.outer
+  const diskAs = o === undefined ? undefined : o.zone === 0 ? { rank: p.collective.rank, P: p.P } : null
+  const wait = saveCommitted(env, rs, { rank: p.rank, P: p.roster.length, epoch: p.epoch, s, ...(diskAs === undefined ? {} : { diskAs }) }, t.save)
   env.deps.onStep?.(statusOf(rs))
   announceRoster(p)
   return wait
