@@ -24,8 +24,7 @@
 //   diloco streaming:  H (c + w_zone) + F max(0, x_f - (H/F)(c + w_zone))
 import { gptLayout } from '../gpu/index.ts'
 import { createCollective, createZeroComm, type Collective, type PeerNet, type View } from '../mesh/index.ts'
-import { exchange, freshOuter, outerQuant, type OuterConfig } from '../node/train/outer.ts'
-import { trainingModel } from '../node/index.ts'
+import { freshOuter, outerExchange, outerQuant, trainingModel, type OuterConfig } from '../node/index.ts'
 import { Simulation, createSimNetwork, type NodeClock, type Topology } from '../sim/index.ts'
 
 const ZONES = 3
@@ -129,7 +128,7 @@ async function zeroStep(w: World, groups: number[][]): Promise<number> {
 }
 
 /** One outer exchange of `fraction` of every shard: the ranks at each place in the zone groups, all places at once; returns ms and wan bytes. */
-async function outerExchange(w: World, cfg: Pick<OuterConfig, 'quant'>, fraction: number): Promise<{ ms: number; wan: number }> {
+async function timeOuterExchange(w: World, cfg: Pick<OuterConfig, 'quant'>, fraction: number): Promise<{ ms: number; wan: number }> {
   const colls: Collective[][] = []
   for (let place = 0; place < PER_ZONE; place++) {
     const members = Array.from({ length: ZONES }, (_, z) => z * PER_ZONE + place)
@@ -148,7 +147,7 @@ async function outerExchange(w: World, cfg: Pick<OuterConfig, 'quant'>, fraction
   let ms = 0
   let wan = 0
   for (let s = 1; s <= 2; s++) {
-    const runs = colls.flat().map(c => exchange(c, state, { start: 0, length: L }, quant, { step: s }))
+    const runs = colls.flat().map(c => outerExchange(c, state, { start: 0, length: L }, quant, { step: s }))
     ms = await timed(w.sim, runs)
     wan = (await Promise.all(runs)).reduce((a, r) => a + r.bytes.wan, 0)
   }
@@ -180,8 +179,8 @@ const line = (x: Record<string, unknown>): void => {
 const perStep = c / (c + wWan)
 line({ impl: 'zero++ per step', step_comm_ms: Number(wWan.toFixed(1)), utilization: Number(perStep.toFixed(4)) })
 for (const quant of ['int8', 'int4'] as const) {
-  const whole = await outerExchange(w, { quant }, 1)
-  const frag = await outerExchange(w, { quant }, 1 / 4)
+  const whole = await timeOuterExchange(w, { quant }, 1)
+  const frag = await timeOuterExchange(w, { quant }, 1 / 4)
   process.stderr.write(`zones-sim: outer exchange ${quant}: ${whole.ms.toFixed(0)} ms whole, ${frag.ms.toFixed(0)} ms a quarter\n`)
   for (const H of HS) {
     const inner = H * (c + wZone)

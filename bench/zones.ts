@@ -24,6 +24,14 @@
 // adds, passed to every worker unchanged. A row whose flags `start` does not have yet (checked
 // against node/config.ts) is skipped with a note on stderr. BENCH_ZONES_CONFIGS=name,name picks
 // rows; the baseline (zero3) runs first whenever it is picked.
+//
+// Fidelity: rows marked `twin` (ZeRO++ and DiLoCo H=20) also run the same job on SimNet (same
+// model, ranks, zones, steps, batch; uplinks at the same rate, shared by their flows; the
+// compute the real ranks measured, their mean compute + optimizer ms per step from their
+// `phases` events, as the cost model's) and print the simulated tokens/s and cross-zone bytes
+// per token over the same steps, their ratios to the real ones and `sim_within_15pct`.
+// The real bytes are Ethernet frames (TCP, TLS and libp2p framing included), the simulated
+// ones what the application wrote.
 import { loadavg } from 'node:os'
 import { gptLayout } from '../gpu/index.ts'
 import { trainingModel } from '../node/index.ts'
@@ -36,14 +44,16 @@ interface Config {
   flags: string[]
   /** Fewer steps than this make the row meaningless (a DiLoCo row must reach its outer steps). */
   minSteps?: number
+  /** Run the same job on SimNet beside it (the fidelity check; BENCH_ZONES_SIM=0 turns every twin off). */
+  twin?: boolean
 }
 
 const CONFIGS: Config[] = [
   { name: 'zero3', flags: [] },
-  { name: 'zero++', flags: ['--zeropp'] },
-  // DiLoCo (local steps, an outer synchronisation every n): run with BENCH_ZONES_STEPS above
-  // minSteps. Skipped until node/config.ts has --outer-every.
-  { name: 'diloco-20', flags: ['--outer-every', '20'], minSteps: 40 },
+  { name: 'zero++', flags: ['--zeropp'], twin: true },
+  // DiLoCo (zone groups of 2 ranks, an outer exchange every n steps): run with
+  // BENCH_ZONES_STEPS above minSteps.
+  { name: 'diloco-20', flags: ['--outer-every', '20'], minSteps: 40, twin: true },
   { name: 'diloco-50', flags: ['--outer-every', '50'], minSteps: 100 }
 ]
 const BASELINE = 'zero3'
@@ -217,7 +227,7 @@ for (const c of [...runnable.filter(x => x.name === BASELINE), ...runnable.filte
   }
   if (c.name === BASELINE) baseline = m
   let sim: { tokensPerS: number; bytesPerToken: number } | undefined
-  if (FIDELITY && m.computeMs !== undefined) {
+  if (FIDELITY && c.twin === true && m.computeMs !== undefined) {
     try {
       sim = await simTwin(c, m.computeMs)
     } catch (err) {

@@ -29,6 +29,6 @@ export {
 } from './train/config.ts'
 export { TRAIN_LIMITS } from './train/limits.ts'
 export { TrainMessageError } from './train/messages.ts'
-export { OUTER_DEFAULTS, outerSchedule, sendsAt, type OuterConfig } from './train/outer.ts'
+export { OUTER_DEFAULTS, exchange as outerExchange, freshOuter, outerQuant, outerSchedule, sendsAt, type OuterConfig } from './train/outer.ts'
 export { DataError, DATA_LIMITS, loadCorpus, batchFor, untag, type Corpus, type Batch } from './data.ts'
 export { DISK_DIR, DISK_KEEP, diskDir, diskSteps, persistDiskState, loadDiskState } from './disk-tier.ts'

@@ -185,6 +185,10 @@ const STEPS = 60
 const CUT_AT = 8
 /** The cut lasts at least this long: past libp2p's connection monitor (a ping every 10 s), so every cross-zone connection is gone when it heals. */
 const HOLD_MS = 20_000
+// Heartbeats of the cut scenarios: on a loaded 2-core machine (the whole suite beside them) a
+// 300 ms heartbeat made the detector suspect live nodes of zone a, and drop b's two nodes a view
+// apart, each a recovery more; the cut is still seen within a few seconds.
+const CUT_HEARTBEAT_MS = 1000
 
 type Stamped<T extends StampedEvent['event']['type']> = StampedEvent & { event: Extract<StampedEvent['event'], { type: T }> }
 const of = <T extends StampedEvent['event']['type']>(evs: readonly StampedEvent[], type: T): Array<Stamped<T>> =>
@@ -233,7 +237,11 @@ async function cutRun(log: (line: string) => void): Promise<CutRun> {
   let nodes: ZoneNodes | undefined
   let ok = false
   try {
-    nodes = await startZoneNodes({ zones: z, args: trainFlags({ worldSize: 5, steps: STEPS, model: 'mini', snapshot: '2+2', batch: 2, seq: 32 }) })
+    nodes = await startZoneNodes({
+      zones: z,
+      heartbeatMs: CUT_HEARTBEAT_MS,
+      args: trainFlags({ worldSize: 5, steps: STEPS, model: 'mini', snapshot: '2+2', batch: 2, seq: 32 })
+    })
     const n = nodes
     const a = n.inZone('a')
     const b = n.inZone('b')
@@ -249,7 +257,7 @@ async function cutRun(log: (line: string) => void): Promise<CutRun> {
         ? true
         : undefined
     )
-    await n.until('zone a to recover and commit a step after it', 60_000, () => {
+    await n.until('zone a to recover and commit a step after it', 120_000, () => {
       const r = of(n.events, 'recovery').find(e => e.ms > cutMs)
       if (r === undefined || n.now() < cutMs + HOLD_MS) return undefined
       return of(n.events, 'step').some(e => e.ms > r.ms && e.event.step > r.event.fromStep) ? true : undefined
@@ -272,7 +280,7 @@ let cut: Promise<CutRun> | undefined
 const cutOnce = (t: ExecutionContext): Promise<CutRun> => (cut ??= cutRun(l => t.log(l)))
 
 zonesTest('zone b is cut while training: b pauses, zone a shrinks from the snapshots and finishes every step', async t => {
-  t.timeout(170_000)
+  t.timeout(300_000)
   const r = await cutOnce(t)
   t.log(story(r.events))
   t.deepEqual(r.exitA, [0, 0, 0], 'zone a exits 0')
@@ -319,7 +327,7 @@ zonesTest('zone b is cut while training: b pauses, zone a shrinks from the snaps
 // closed and gossip cannot carry address announcements across; nodes dial the peers they
 // remember again (mesh/libp2p/announce.ts), so the healed zone comes back into the view.
 zonesTest("zone b's nodes come back into the view once the cut is healed", async t => {
-  t.timeout(170_000)
+  t.timeout(300_000)
   const r = await cutOnce(t)
   const back = r.b.filter(name => of(r.events, 'view').some(e => e.node === name && e.ms > r.healMs && e.event.members === 5))
   t.deepEqual(back, r.b, 'every node of zone b is in a view of all five after the heal')
@@ -338,7 +346,7 @@ const DILOCO_STEPS = 1000
 // Longer than libp2p's 10 s connection monitor: every connection across the cut is closed.
 const DILOCO_HOLD_MS = 12_000
 zonesTest('DiLoCo: zone b is cut while training: zone a drops its group from the outer average, finishes, and b rejoins the view once healed', async t => {
-  t.timeout(280_000)
+  t.timeout(400_000)
   const z = await createZones({
     zones: [
       { name: 'a', hosts: 3 },
@@ -350,23 +358,17 @@ zonesTest('DiLoCo: zone b is cut while training: zone a drops its group from the
   let ok = false
   try {
     const args = trainFlags({ worldSize: 4, steps: DILOCO_STEPS, model: 'mini', snapshot: '1+1', batch: 2, seq: 32, extra: ['--outer-every', '5'] })
-    nodes = await startZoneNodes({ zones: z, args })
+    nodes = await startZoneNodes({ zones: z, args, heartbeatMs: CUT_HEARTBEAT_MS })
     const n = nodes
     const a = n.inZone('a')
     const b = n.inZone('b')
-    const ranksA = (): string[] => [
-      ...new Set(
-        of(n.events, 'step')
-          .filter(e => a.some(x => x.name === e.node))
-          .map(e => e.node)
-      )
-    ]
+    const doneA = (): number => of(n.events, 'done').filter(e => a.some(x => x.name === e.node)).length
     const committed = (): number => Math.max(0, ...of(n.events, 'step').map(e => e.event.step))
     await n.until(`step ${CUT_AT}`, 90_000, () => (committed() >= CUT_AT ? true : undefined))
     await z.cut('b')
     const cutMs = n.now()
     const cutStep = committed()
-    await n.until('zone a to recover and commit a step after it', 60_000, () => {
+    await n.until('zone a to recover and commit a step after it', 120_000, () => {
       const r = of(n.events, 'recovery').find(e => e.ms > cutMs)
       if (r === undefined || n.now() < cutMs + DILOCO_HOLD_MS) return undefined
       return of(n.events, 'step').some(e => e.ms > r.ms && e.event.step > r.event.fromStep) ? true : undefined
@@ -377,20 +379,22 @@ zonesTest('DiLoCo: zone b is cut while training: zone a drops its group from the
     await n.until("zone b's nodes back in a view of all five", 60_000, () =>
       b.every(x => of(x.events, 'view').some(e => e.ms > healMs && e.event.members === 5)) ? true : undefined
     )
-    await n.until("zone a's ranks to finish", 120_000, () =>
-      ranksA().length === 2 && ranksA().every(x => of(n.events, 'done').some(e => e.node === x)) ? true : undefined
-    )
+    await n.until("zone a's two ranks to finish", 150_000, () => (doneA() >= 2 ? true : undefined))
     t.log(story(n.events))
-    const recoveries = of(n.events, 'recovery').filter(e => e.ms > cutMs)
-    t.true(recoveries.length >= 1, 'zone a recovered')
+    // While b is cut off, only zone a recovers: its group drops b's (a shrink to 2 ranks, from a
+    // step at or before the cut). (Under load a live node of a may be suspected too and replaced
+    // by a's spare: another recovery, a replace, of the same 2 ranks.)
+    const recoveries = of(n.events, 'recovery').filter(e => e.ms > cutMs && e.ms < healMs)
+    t.true(
+      recoveries.some(r => r.event.mode === 'shrink' && r.event.fromStep <= cutStep),
+      JSON.stringify(recoveries.map(r => r.event))
+    )
     for (const r of recoveries) {
       t.true(
         a.some(x => x.name === r.node),
         `${r.node} recovered: only zone a does`
       )
-      t.is(r.event.mode, 'shrink')
       t.is(r.event.worldSize, 2, "zone a's group trains on alone")
-      t.true(r.event.fromStep <= cutStep, `rolled back to ${r.event.fromStep}, at or before the cut at ${cutStep}`)
     }
     for (const x of b)
       t.false(
