@@ -185,9 +185,10 @@ const STEPS = 60
 const CUT_AT = 8
 /** The cut lasts at least this long: past libp2p's connection monitor (a ping every 10 s), so every cross-zone connection is gone when it heals. */
 const HOLD_MS = 20_000
-// Heartbeats of the cut scenarios: on a loaded 2-core machine (the whole suite beside them) a
-// 300 ms heartbeat made the detector suspect live nodes of zone a, and drop b's two nodes a view
-// apart, each a recovery more; the cut is still seen within a few seconds.
+// Heartbeats of the DiLoCo cut scenario: on a loaded 2-core machine (the whole suite beside it)
+// 300 ms heartbeats made the detector suspect live nodes of zone a; the cut is still seen within
+// a few seconds. (The 5-rank scenario keeps 300 ms: with 1 s the detector dropped b's two nodes
+// a view apart more often, which leaves that run's recovery retrying; see docs/LIMITS.md.)
 const CUT_HEARTBEAT_MS = 1000
 
 type Stamped<T extends StampedEvent['event']['type']> = StampedEvent & { event: Extract<StampedEvent['event'], { type: T }> }
@@ -239,7 +240,6 @@ async function cutRun(log: (line: string) => void): Promise<CutRun> {
   try {
     nodes = await startZoneNodes({
       zones: z,
-      heartbeatMs: CUT_HEARTBEAT_MS,
       args: trainFlags({ worldSize: 5, steps: STEPS, model: 'mini', snapshot: '2+2', batch: 2, seq: 32 })
     })
     const n = nodes
