@@ -59,3 +59,12 @@ export function filled(n: number, seed = 1): Uint8Array {
   }
   return out
 }
+
+/** A number from the environment (`dflt` when unset or empty); anything not a finite number >= 0 is an error naming the variable. */
+export function envNumber(name: string, dflt: number): number {
+  const v = process.env[name]
+  if (v === undefined || v === '') return dflt
+  const n = Number(v)
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0, got '${v}'`)
+  return n
+}

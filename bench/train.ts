@@ -30,16 +30,11 @@
 // BENCH_TRAIN_KILL=0 pick parts. A run that fails (or exceeds BENCH_TRAIN_TIMEOUT_S, default
 // 300) is reported as an error line, the bench exits 1, and a throughput run is tried once more.
 import { loadavg } from 'node:os'
+import { envNumber } from './harness.ts'
 import { up, type UpKillReport, type UpPoll } from '../cli/index.ts'
 import { stepsPerSecond } from './_up-fit.ts'
 
-const env = (name: string, dflt: number): number => {
-  const v = process.env[name]
-  if (v === undefined || v === '') return dflt
-  const n = Number(v)
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0, got '${v}'`)
-  return n
-}
+const env = envNumber
 const NODES = 4
 const STEPS = env('BENCH_TRAIN_STEPS', 40)
 const WARMUP = env('BENCH_TRAIN_WARMUP', 8)

@@ -33,6 +33,7 @@
 // The real bytes are Ethernet frames (TCP, TLS and libp2p framing included), the simulated
 // ones what the application wrote.
 import { loadavg } from 'node:os'
+import { envNumber } from './harness.ts'
 import { gptLayout } from '../gpu/index.ts'
 import { trainingModel } from '../node/index.ts'
 import { trainRun, type Topology } from '../sim/index.ts'
@@ -58,13 +59,7 @@ const CONFIGS: Config[] = [
 ]
 const BASELINE = 'zero3'
 
-const env = (name: string, dflt: number): number => {
-  const v = process.env[name]
-  if (v === undefined || v === '') return dflt
-  const n = Number(v)
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0, got '${v}'`)
-  return n
-}
+const env = envNumber
 const HOSTS = env('BENCH_ZONES_HOSTS', 2)
 const RANKS = 2 * HOSTS
 const MBIT = env('BENCH_ZONES_MBIT', 50)

@@ -227,14 +227,19 @@ interface CutRun {
  * (the detector often suspects b's two nodes a heartbeat apart) ends the run with "no
  * snapshot step is known complete for every rank" (the spare never placed one).
  */
-async function cutRun(log: (line: string) => void): Promise<CutRun> {
-  const z = await createZones({
+/** Zones a (3 hosts) and b (2 hosts) joined by 50 Mbit/s uplinks: the cut scenarios' topology. */
+function zonesOf3And2(): Promise<Zones> {
+  return createZones({
     zones: [
       { name: 'a', hosts: 3 },
       { name: 'b', hosts: 2 }
     ],
     uplinkBitsPerS: 50 * MBIT
   })
+}
+
+async function cutRun(log: (line: string) => void): Promise<CutRun> {
+  const z = await zonesOf3And2()
   let nodes: ZoneNodes | undefined
   let ok = false
   try {
@@ -347,13 +352,7 @@ const DILOCO_STEPS = 1000
 const DILOCO_HOLD_MS = 12_000
 zonesTest('DiLoCo: zone b is cut while training: zone a drops its group from the outer average, finishes, and b rejoins the view once healed', async t => {
   t.timeout(400_000)
-  const z = await createZones({
-    zones: [
-      { name: 'a', hosts: 3 },
-      { name: 'b', hosts: 2 }
-    ],
-    uplinkBitsPerS: 50 * MBIT
-  })
+  const z = await zonesOf3And2()
   let nodes: ZoneNodes | undefined
   let ok = false
   try {
