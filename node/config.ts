@@ -140,7 +140,7 @@ export const START_OPTIONS = {
   ),
   snapshotEvery: option(z.int().min(1).max(10_000_000).default(1), {
     arg: '<n>',
-    help: 'snapshot every n committed steps (and the first step of every session): a loss then re-runs up to n-1 more steps, for less snapshot traffic'
+    help: 'snapshot every n committed steps (and the first step of every session): a loss then re-runs up to n-1 more steps, for less snapshot traffic (with --outer-every: at each outer stage instead)'
   }),
   diskEvery: option(z.int().min(0).max(10_000_000).default(10), {
     arg: '<n>',

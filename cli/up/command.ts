@@ -13,6 +13,12 @@ export const UP_OPTIONS = {
   model: START_OPTIONS.model,
   data: START_OPTIONS.data,
   zeropp: option(START_OPTIONS.zeropp.schema, { help: 'ZeRO++ instead of flat ZeRO-3' }),
+  outerEvery: option(START_OPTIONS.outerEvery.schema, {
+    arg: '<H>',
+    help: "DiLoCo: the workers' two zones (they alternate) train apart and average every H steps",
+    defaultText: 'off'
+  }),
+  streaming: START_OPTIONS.streaming,
   snapshotEvery: option(START_OPTIONS.snapshotEvery.schema.unwrap().optional(), {
     arg: '<n>',
     help: 'erasure-coded snapshots every n steps instead of every step',
@@ -35,6 +41,9 @@ export const UP_OPTIONS = {
 const upSchema = z.strictObject(shapeOf(UP_OPTIONS)).superRefine((c, ctx) => {
   if (c.killAt !== undefined && c.killAt >= c.steps)
     ctx.addIssue({ code: 'custom', path: ['killAt'], message: `must be an integer in [1, ${c.steps - 1}], got '${c.killAt}'` })
+  if (c.outerEvery !== undefined && c.nodes % 2 !== 0)
+    ctx.addIssue({ code: 'custom', path: ['outerEvery'], message: `needs an even --nodes (two zone groups of equal size), got ${c.nodes}` })
+  if (c.streaming && c.outerEvery === undefined) ctx.addIssue({ code: 'custom', path: ['streaming'], message: 'needs --outer-every' })
 })
 
 /** `zeromesh up`. */
@@ -56,6 +65,7 @@ export const upCommand: Command = {
       model: o.model,
       data: o.data,
       zeropp: o.zeropp,
+      ...(o.outerEvery === undefined ? {} : { outer: { every: o.outerEvery, streaming: o.streaming } }),
       seed: o.seed,
       batch: o.batch,
       seq: o.seq,

@@ -26,6 +26,8 @@ export interface UpOptions {
   model: string
   data: string | undefined
   zeropp: boolean
+  /** The DiLoCo tier across the workers' two zones (`--outer-every`, `--streaming`). */
+  outer?: { every: number; streaming: boolean }
   seed: number
   batch: number
   seq: number

@@ -61,6 +61,7 @@ export interface WorkerPlan {
   batch: number
   seq: number
   zeropp: boolean
+  outer?: { every: number; streaming: boolean }
   data: string | undefined
   snapshot: string | undefined
   snapshotEvery: number | undefined
@@ -125,6 +126,7 @@ function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | 
     '--events',
     'jsonl',
     ...(p.zeropp ? ['--zeropp'] : []),
+    ...(p.outer === undefined ? [] : ['--outer-every', String(p.outer.every), ...(p.outer.streaming ? ['--streaming'] : [])]),
     ...(p.snapshot === undefined ? [] : ['--snapshot', p.snapshot]),
     ...(p.snapshotEvery === undefined ? [] : ['--snapshot-every', String(p.snapshotEvery)]),
     ...(p.data === undefined ? [] : ['--data', p.data]),

@@ -175,13 +175,24 @@ test.serial('zeromesh up --kill-at: a SIGKILLed rank is replaced by the spare an
   t.is(heldOut(hurt.out), cleanHeldOut, 'the final weights score exactly as without the kill')
 })
 
+test.serial('zeromesh up --outer-every: two zone groups train apart, average every 4 steps, and end with one model', async t => {
+  const r = await up([...RUN, '--outer-every', '4'])
+  t.is(r.code, 0, r.out)
+  t.regex(r.out, /DiLoCo over 2 zone groups every 4 steps/)
+  const losses = [...r.out.matchAll(/loss (\d+\.\d+)/g)].map(m => Number(m[1]))
+  t.true(losses.length >= 2 && losses.at(-1)! < losses[0]! * 0.8, `loss went down: ${losses.join(', ')}`)
+  t.truthy(heldOut(r.out), r.out)
+})
+
 test.serial('zeromesh up refuses bad flags with exit 2', async t => {
   for (const args of [
     ['--nodes', '0'],
     ['--device', 'tpu'],
     ['--steps', '10', '--kill-at', '10'],
     ['--model', 'huge'],
-    ['--snapshot-every', '0']
+    ['--snapshot-every', '0'],
+    ['--nodes', '3', '--outer-every', '4'],
+    ['--streaming']
   ]) {
     const r = await up(args)
     t.is(r.code, 2, `${args.join(' ')}: ${r.out}`)
