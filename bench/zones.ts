@@ -30,8 +30,10 @@
 // compute the real ranks measured, their mean compute + optimizer ms per step from their
 // `phases` events, as the cost model's) and print the simulated tokens/s and cross-zone bytes
 // per token over the same steps, their ratios to the real ones and `sim_within_15pct`.
-// The real bytes are Ethernet frames (TCP, TLS and libp2p framing included), the simulated
-// ones what the application wrote.
+// The real bytes are Ethernet frames as the kernel counts them on the uplink; SimNet counts what
+// the application wrote. The comparison puts the simulated bytes on the wire with FRAMING: per
+// full 1448-byte TCP segment 66 bytes of Ethernet, IP and TCP headers (with timestamps), plus
+// one 66-byte ACK per two segments flowing back (counted on the other zone's uplink).
 import { loadavg } from 'node:os'
 import { envNumber } from './harness.ts'
 import { gptLayout } from '../gpu/index.ts'
@@ -202,9 +204,10 @@ async function simTwin(c: Config, computeMs: number): Promise<{ tokensPerS: numb
   const b = r.commits?.find(x => x.step === STEPS)
   if (a === undefined || b === undefined) throw new Error('the simulated twin has no commits of the measured steps')
   const t = (STEPS - WARMUP) * TOKENS_PER_STEP
-  return { tokensPerS: t / ((b.ms - a.ms) / 1000), bytesPerToken: (b.wanBytes - a.wanBytes) / t }
+  return { tokensPerS: t / ((b.ms - a.ms) / 1000), bytesPerToken: ((b.wanBytes - a.wanBytes) * FRAMING) / t }
 }
 const FIDELITY = process.env['BENCH_ZONES_SIM'] !== '0'
+const FRAMING = 1 + (66 + 33) / 1448
 
 let failed = false
 let baseline: Measured | undefined
