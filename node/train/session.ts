@@ -288,7 +288,8 @@ export async function runSession(
     if (p.outer !== undefined) {
       p.outer.state = state.outer ?? freshOuter(state.master)
       t.save.outer = p.outer.state
-      resumeOuter(p, state.step)
+      // (After the last step every fragment was exchanged and applied: nothing is in flight.)
+      if (state.step < cfg.steps) resumeOuter(p, state.step)
     }
     // While an outer exchange is awaited: a view that dropped a training member ends the
     // session at once (a partitioned zone would otherwise hold the others until the timeout).
