@@ -427,6 +427,7 @@ async function once(
   const pending = [...kills]
   const pendingZones = [...zoneKills]
   const commits: Array<{ step: number; ms: number; wanBytes: number }> = []
+  const committed = new Set<number>()
   const crashed = new Set<string>()
   const ctrls = new Map<string, AbortController>()
   const trainers: Array<{ id: string; trainer: TrainingWorkload; done: Promise<TrainStatus | Error> }> = []
@@ -457,7 +458,10 @@ async function once(
         computeMs: tokens => ((params * tokens) / flops) * 1000,
         onStep: s => {
           if (s.rank === 0) progress?.(s.step / o.steps)
-          if (!commits.some(c => c.step === s.step)) commits.push({ step: s.step, ms: sim.now() - t0, wanBytes: w.net.stats().wan.bytes })
+          if (!committed.has(s.step)) {
+            committed.add(s.step)
+            commits.push({ step: s.step, ms: sim.now() - t0, wanBytes: w.net.stats().wan.bytes })
+          }
           for (const k of [...pending]) {
             if (s.rank !== k.rank || s.step !== k.atStep) continue
             pending.splice(pending.indexOf(k), 1)

@@ -117,15 +117,20 @@ export function outerQuant(cfg: Pick<OuterConfig, 'quant'>): QuantOptions {
   return { bits: cfg.quant === 'int4' ? 4 : 8, blockSize: OUTER_BLOCK }
 }
 
-/**
- * This zone's contribution for fragment slice [a, a + L): e = residual + (outer − sent inner),
- * quantized. A pure function of the state, so a rank that rolled back to a step inside the
- * exchange's window sends the same bytes again.
- */
-export function contribution(o: OuterArrays, a: number, L: number, opts: QuantOptions): { q: Quantized; e: Float32Array } {
+/** This zone's pseudo-gradient for fragment slice [a, a + L) with the last round's residual: e = residual + (outer − sent inner). */
+function withResidual(o: OuterArrays, a: number, L: number): Float32Array {
   const e = new Float32Array(L)
   for (let i = 0; i < L; i++) e[i] = o.residual[a + i]! + (o.weights[a + i]! - o.sentInner[a + i]!)
-  return { q: quantize(e, opts), e }
+  return e
+}
+
+/**
+ * This zone's contribution for fragment slice [a, a + L): {@link withResidual}, quantized. A
+ * pure function of the state, so a rank that rolled back to a step inside the exchange's window
+ * sends the same bytes again.
+ */
+export function contribution(o: OuterArrays, a: number, L: number, opts: QuantOptions): Quantized {
+  return quantize(withResidual(o, a, L), opts)
 }
 
 /** Starts fragment `f`'s exchange: records the inner weights it is sent from, all-gathers the quantized pseudo-gradient. */
@@ -151,7 +156,7 @@ export function exchange(
   call: { step: number; signal?: AbortSignal }
 ): Promise<{ all: Uint32Array; bytes: TierBytes }> {
   const words = payloadWords(slice.length, opts)
-  const mine = pack(contribution(o, slice.start, slice.length, opts).q, words)
+  const mine = pack(contribution(o, slice.start, slice.length, opts), words)
   return coll.allGather(mine, coll.size * words, { ...call, label: 'outer' }).then(r => ({ all: r.data, bytes: r.bytes }))
 }
 
@@ -180,7 +185,8 @@ export function applyFragment(
     dequantizeAccumulate(q, mean)
     if (z === zone) own = q
   }
-  const { e } = contribution(o, a, L, opts)
+  // What this zone sent is among the gathered fragments: only the residual is left to compute.
+  const e = withResidual(o, a, L)
   const sent = dequantize(own!)
   const { lr, momentum: mu } = opts
   for (let i = 0; i < L; i++) {

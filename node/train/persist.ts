@@ -94,8 +94,10 @@ export function saveCommitted(
     v: be.hostAlloc('f32', n) as Float32Array
   })
   const fences = [be.download(host.master, src.master), be.download(host.m, src.m), be.download(host.v, src.v)]
-  // The outer state as it is at this commit (an outer step may change it before a device's download lands).
-  const outer = src.outer === undefined ? undefined : copyOuter(src.outer)
+  const now = fences.every(f => f.passed())
+  // The outer state as it is at this commit: used as it is when the save happens now (the
+  // capture copies it), copied when a device's download lands later (an outer step may change it first).
+  const outer = src.outer === undefined || now ? src.outer : copyOuter(src.outer)
   const save = (): void => {
     const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer)
     if (snap && rs.snapshots !== undefined) {
@@ -124,7 +126,7 @@ export function saveCommitted(
     }
   }
   // The CPU backend's downloads are done when issued: the save happens now, as it always did.
-  if (fences.every(f => f.passed())) {
+  if (now) {
     save()
     return undefined
   }

@@ -271,11 +271,13 @@ export function outerStep(p: SessionParts, t: ShardTensors, s: number, interrupt
   const n = p.shard.length
   const opts = { ...o.quant, lr: o.cfg.lr, momentum: o.cfg.momentum }
   const inner = be.read(t.master) as Float32Array
+  let applied = false
   const land = async (f: number, result: Promise<{ all: Uint32Array; bytes: TierBytes }>): Promise<void> => {
     const stop = new AbortController()
     const got = await Promise.race([result, interrupt(stop.signal)]).finally(() => stop.abort())
     p.acct.account(got.bytes)
     applyFragment(o.state!, inner, fragmentRange(o.sc, n, f), got.all, o.zones, o.zone, opts)
+    applied = true
     o.inflight.delete(f)
   }
   return (async () => {
@@ -286,6 +288,8 @@ export function outerStep(p: SessionParts, t: ShardTensors, s: number, interrupt
       if (o.sc.delay === 0 || last) await land(f, result)
       else track(o, f, count, result)
     }
+    // A step that only sent read the weights; one that applied an exchange changed them.
+    if (!applied) return
     be.write(t.master, inner)
     if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
   })()
