@@ -1,4 +1,38 @@
+import type { Connectivity } from '../mesh/index.ts'
 import type { NodeStatus } from '../node/index.ts'
+
+/**
+ * What a relayed path costs, as measured on the NAT harness (docs/PERFORMANCE.md, "Through
+ * NAT"): named in the warning so a user can weigh it.
+ */
+export const RELAY_COST = "about a third of a direct path's throughput, and every byte crosses the relay twice"
+
+/** One line: how this node is reached. */
+export function reachLine(c: Connectivity): string {
+  if (c.reach === 'public') return `reachability: public (peers reach it at ${c.reachedAt ?? '?'})`
+  if (c.reach === 'unknown') return 'reachability: unknown (no peer has told where it sees this node yet)'
+  const punch =
+    c.punches.ok > 0
+      ? `hole punching works (${c.punches.ok} punched, ${c.punches.failed} failed)`
+      : c.punches.failed > 0
+        ? `relayed only: ${c.punches.failed} hole punch(es) failed, none worked (a NAT that maps ports unpredictably)`
+        : 'hole punching not tried yet'
+  return `reachability: behind NAT at ${c.externalIp ?? '?'}; ${punch}`
+}
+
+/** The network section of a status: reachability, relays, and a warning naming relayed peers. */
+export function formatNetwork(c: Connectivity): string[] {
+  const lines = [reachLine(c)]
+  lines.push(`relays held: ${c.relays.length === 0 ? 'none' : c.relays.join(', ')}; reservations served: ${c.relayServing}`)
+  const direct = c.peers.filter(p => p.link === 'direct').length
+  lines.push(`peers: ${direct} direct, ${c.peers.length - direct} relayed`)
+  const slow = c.peers.filter(p => p.bulk === 'libp2p' || (p.link === 'relayed' && p.bulk !== 'punched'))
+  if (slow.length > 0)
+    lines.push(
+      `WARNING: bulk bytes to ${slow.map(p => p.id).join(', ')} ride ${slow.some(p => p.link === 'relayed') ? 'a relay' : 'libp2p streams'}: ${RELAY_COST}`
+    )
+  return lines
+}
 
 /** Renders a node's status as a short human table. */
 export function formatStatus(raw: unknown): string {
@@ -46,6 +80,7 @@ export function formatStatus(raw: unknown): string {
     )
     if (t.phase !== undefined && t.phase !== '') lines.push(`now: ${t.phase}`)
   }
+  if (s.network !== undefined) lines.push(...formatNetwork(s.network))
   if (m.leader !== undefined && m.leader !== s.peerId) lines.push('members report to the leader, which watches them all; this node watches the leader')
   lines.push(`a crashed member is detected within ~${m.detectionBoundMs} ms`)
   return lines.join('\n')

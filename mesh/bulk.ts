@@ -8,6 +8,7 @@ import {
   type TLSSocket
 } from 'node:tls'
 import { hkdfSync } from 'node:crypto'
+import type { Socket } from 'node:net'
 import { AbortError, InvalidArgumentError, type Logger } from '../core/index.ts'
 import { BulkConn } from './bulk-conn.ts'
 import { PeerGoneError } from './errors.ts'
@@ -46,6 +47,8 @@ const CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256'
 export const BULK_IDLE_PER_SESSION = 4
 /** How long the dialer keeps an idle connection (the listener waits twice as long). */
 export const BULK_CLIENT_IDLE_MS = 30_000
+/** How long a new connection may take to connect and finish its TLS handshake. */
+export const BULK_CONNECT_TIMEOUT_MS = 5_000
 
 /** Derives the bulk key of a pair from the run auth key, the handshake nonces and both ids. */
 export function bulkKey(authKey: Uint8Array, dialer: PeerId, listener: PeerId, nonceD: Uint8Array, nonceL: Uint8Array): Uint8Array {
@@ -77,12 +80,21 @@ export interface BulkChannel {
   addSession(peer: PeerId, session: string, key: Uint8Array): void
   /** Forgets a peer's sessions and resets its streams. */
   dropPeer(peer: PeerId): void
-  /** Opens a stream to `peer` at host:port under `session`. */
-  open(peer: PeerId, host: string, port: number, session: string, protocol: string, signal?: AbortSignal): Promise<ByteStream>
+  /**
+   * Opens a stream to `peer` under `session`: on a pooled connection, else on a new one dialled
+   * at `to`'s host and port, or made by `to.connect` (a hole-punched TCP socket: this end is
+   * the TLS client on it, the other end handed its side to `accept`).
+   */
+  open(peer: PeerId, to: BulkTarget, session: string, protocol: string, signal?: AbortSignal): Promise<ByteStream>
+  /** Serves a connected TCP socket as if the listener had accepted it (the far end of a punch). */
+  accept(socket: Socket): void
   /** Connections dialed, streams opened on a reused connection, and idle pooled connections. */
   stats(): { dials: number; reused: number; idle: number }
   close(): Promise<void>
 }
+
+/** Where a new bulk connection comes from: a dial to host:port, or a socket made another way. */
+export type BulkTarget = { host: string; port: number } | { connect: (signal?: AbortSignal) => Promise<Socket> }
 
 /** The key of each handshake session, by session id. */
 type Sessions = Map<string, { peer: PeerId; key: Uint8Array }>
@@ -122,13 +134,17 @@ export async function startBulkChannel(init: BulkChannelInit): Promise<BulkChann
       for (const [id, e] of sessions) if (e.peer === peer) sessions.delete(id)
       conns.peerGone(peer)
     },
-    async open(peer, host, port, session, protocol, signal) {
+    accept(socket) {
+      socket.setNoDelay(true)
+      server.emit('connection', socket)
+    },
+    async open(peer, to, session, protocol, signal) {
       const entry = sessions.get(session)
       if (entry === undefined || entry.peer !== peer) throw new InvalidArgumentError(`no bulk session ${session} with ${peer}`)
       if (signal?.aborted === true) throw new AbortError('open aborted')
       for (;;) {
         const pooled = conns.takeIdle(session)
-        const conn = pooled ?? (await dial(clientContext, { self: init.self, peer, host, port, session, key: entry.key }, conns, signal))
+        const conn = pooled ?? (await dial(clientContext, { self: init.self, peer, to, session, key: entry.key }, conns, signal))
         if (pooled === undefined) dials++
         conn.socket.setTimeout(0)
         try {
@@ -280,20 +296,21 @@ function serve(conn: BulkConn, init: Pick<BulkChannelInit, 'handler' | 'log'>): 
 /** Dials a new connection to `to.peer`, completes its TLS-PSK handshake and tracks it in `conns`. */
 async function dial(
   context: SecureContext,
-  to: { self: PeerId; peer: PeerId; host: string; port: number; session: string; key: Uint8Array },
+  to: { self: PeerId; peer: PeerId; to: BulkTarget; session: string; key: Uint8Array },
   conns: ConnSet,
   signal?: AbortSignal
 ): Promise<BulkConn> {
   const { peer, session, key } = to
+  const where: ConnectionOptions = 'connect' in to.to ? { socket: await to.to.connect(signal) } : { host: to.to.host, port: to.to.port }
   const socket = tlsConnect({
-    host: to.host,
-    port: to.port,
+    ...where,
     secureContext: context,
     allowHalfOpen: true,
     checkServerIdentity: () => undefined,
     pskCallback: () => ({ psk: Buffer.from(key), identity: `${to.self} ${session}` })
-  } as ConnectionOptions)
+  } as ConnectionOptions & { allowHalfOpen: boolean })
   socket.setNoDelay(true)
+  socket.setTimeout(BULK_CONNECT_TIMEOUT_MS)
   const onAbort = (): void => {
     socket.destroy(new AbortError('open aborted'))
   }
@@ -303,6 +320,7 @@ async function dial(
       socket.once('secureConnect', () => resolve())
       socket.once('error', err => reject(new PeerGoneError(`bulk handshake with ${peer} failed: ${err.message}`, { peer })))
       socket.once('close', () => reject(new PeerGoneError(`bulk connection to ${peer} closed during the handshake`, { peer })))
+      socket.once('timeout', () => reject(new PeerGoneError(`bulk connection to ${peer} timed out after ${BULK_CONNECT_TIMEOUT_MS} ms`, { peer })))
     })
   } catch (err) {
     socket.destroy()
@@ -311,6 +329,7 @@ async function dial(
   } finally {
     signal?.removeEventListener('abort', onAbort)
   }
+  socket.setTimeout(0)
   socket.on('timeout', () => socket.end())
   return conns.track(new BulkConn(socket, peer, session))
 }

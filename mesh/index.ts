@@ -12,7 +12,8 @@ export type {
   ByteStream,
   StreamHandler,
   PeerNetEvents,
-  PeerNet
+  PeerNet,
+  Connectivity
 } from './peernet.ts'
 export { PeerGoneError, StreamResetError, ProtocolNotSupportedError, NotStartedError, AuthenticationError } from './errors.ts'
 export { MESH_LIMITS } from './limits.ts'
@@ -40,6 +41,7 @@ export {
   createMembershipShared,
   type MembershipShared
 } from './membership/index.ts'
+export { freePort, simultaneousOpen, PunchFailedError, type PunchPlan } from './punch.ts'
 export { startBulkChannel, bulkKey, bulkSessionId, BULK_IDLE_PER_SESSION, BULK_CLIENT_IDLE_MS, type BulkChannel } from './bulk.ts'
 export { checkName, checkGossipSize, checkChunkSize, remember } from './checks.ts'
 export { Listeners } from './listeners.ts'

@@ -26,5 +26,45 @@ export const MESH_LIMITS = Object.freeze({
   /** Remembered peers dialled again per announcement period (the rest wait for later periods). */
   redialsPerPeriod: 8,
   /** The longest wait between two redials of one unreachable peer (ms); it doubles from the announcement period. */
-  maxRedialBackoffMs: 10_000
+  maxRedialBackoffMs: 10_000,
+  /**
+   * Circuit Relay v2, as a relay serves it to members of its run (the protocol's defaults,
+   * 128 KiB and 2 minutes a relayed connection, would cut a training run's control channel
+   * within a step or two). A relayed connection is reset when either limit is reached; the
+   * announcer dials the peer again through a relay.
+   */
+  relay: Object.freeze({
+    /** Reservations one relay holds at once (one per private member). */
+    maxReservations: 64,
+    /** How long a reservation lasts before the member refreshes it (ms). */
+    reservationTtlMs: 60 * 60_000,
+    /** Bytes one relayed connection may carry, both directions together. */
+    dataLimitBytes: 256n * 2n ** 30n,
+    /** How long one relayed connection may stay open (ms). */
+    durationLimitMs: 6 * 60 * 60_000,
+    /** A hop request (reserve or connect) must complete within this (ms). */
+    hopTimeoutMs: 30_000,
+    /** Relays a private member reserves a slot on. */
+    perMember: 2,
+    /** How long a relay that refused a reservation (or could not be reached) is left alone (ms). */
+    retryMs: 30_000,
+    /** How long a reservation request waits for its sender to finish the run handshake (ms). */
+    admissionWaitMs: 10_000
+  }),
+  /**
+   * TCP hole punching of the bulk channel (punch.ts): a simultaneous open from both ends,
+   * signalled over the libp2p connection (relayed or not).
+   */
+  punch: Object.freeze({
+    /** The whole attempt, signalling included (ms). */
+    deadlineMs: 8_000,
+    /** One connect() before it is abandoned and tried again (ms). */
+    attemptMs: 1_500,
+    /** Wait between two connect() calls of one attempt (ms). */
+    retryMs: 200,
+    /** After a failed attempt, streams to that peer use libp2p for this long before the next try (ms). */
+    backoffMs: 60_000,
+    /** Punch requests one peer may have in flight to us at once. */
+    maxInFlightPerPeer: 4
+  })
 })

@@ -104,6 +104,34 @@ export interface PeerNet {
   open(peer: PeerId, protocol: string, options?: { signal?: AbortSignal }): Promise<ByteStream>
   /** Gossip messages from `peer` that validators rejected (feeds scoring and tests). */
   rejectedFrom(peer: PeerId): number
+  /** How this node is reached and reaches each peer (libp2p only; absent in memory). */
+  connectivity?(): Connectivity
+}
+
+/**
+ * Reachability and paths (mesh/libp2p/reach.ts, relays.ts, bulk-routes.ts). `reach`: 'public'
+ * (a peer reached us at our own address), 'nat' (a peer saw us come
+ * from an address not ours: `externalIp`), 'unknown' (no evidence yet).
+ */
+export interface Connectivity {
+  reach: 'public' | 'nat' | 'unknown'
+  /** Our NAT's address as a peer (`seenBy`) saw it. */
+  externalIp?: string
+  seenBy?: PeerId
+  /** Our own address, where a peer dialled us. */
+  reachedAt?: string
+  /** Bulk-channel hole punches that worked and that failed (both roles). */
+  punches: { ok: number; failed: number }
+  /** Relays we hold a reservation on. */
+  relays: PeerId[]
+  /** Reservations we serve as a relay. */
+  relayServing: number
+  /**
+   * Each connected peer: `link` is 'relayed' when every connection to it runs through a relay;
+   * `bulk` is how bulk streams reach it ('direct', 'punched', 'libp2p' after a failed punch,
+   * 'none' without a bulk channel).
+   */
+  peers: Array<{ id: PeerId; link: 'direct' | 'relayed'; bulk: 'direct' | 'punched' | 'libp2p' | 'none' }>
 }
 
 export type { AbortError }

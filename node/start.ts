@@ -1,6 +1,14 @@
 import { mkdirSync } from 'node:fs'
 import { RealClock, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
-import { createLibp2pPeerNet, createMembership, loadOrCreateIdentity, type Libp2pPeerNet, type Membership, type View } from '../mesh/index.ts'
+import {
+  createLibp2pPeerNet,
+  createMembership,
+  loadOrCreateIdentity,
+  type Connectivity,
+  type Libp2pPeerNet,
+  type Membership,
+  type View
+} from '../mesh/index.ts'
 import { createThreadCoder, type SnapshotCoder } from '../snapshot/index.ts'
 import { type StartConfig, readSecret, ConfigError } from './config.ts'
 import { serveControl } from './control.ts'
@@ -48,6 +56,8 @@ export interface NodeStatus {
   cpuMs: number
   membership: ReturnType<Membership['status']>
   training: TrainStatus | undefined
+  /** Reachability, relays and the path to each peer (mesh/peernet.ts Connectivity). */
+  network: Connectivity | undefined
 }
 
 /** Receives a node's events (node/events.ts) as they happen. */
@@ -121,7 +131,8 @@ async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret
     uptimeS: Math.round((clock.monotonic() - startedAt) / 1000),
     cpuMs: cpuMs(),
     membership: membership.status(),
-    training: trainer?.status()
+    training: trainer?.status(),
+    network: net.connectivity?.()
   })
   const server = await serveControl(cfg.dataDir, status)
   undo.push(() => new Promise<void>(resolve => server.close(() => resolve())))

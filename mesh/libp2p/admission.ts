@@ -15,8 +15,8 @@ export interface AdmissionInit {
   authTimeoutMs: number
   /** How long a peer that failed authentication is refused. */
   denyMs: number
-  /** Our side of every handshake (read when a handshake starts). */
-  handshake: () => HandshakeInit
+  /** Our side of the handshake on `conn` (read when it starts). */
+  handshake: (conn: Connection) => HandshakeInit
   /** Closes every connection to a refused peer. */
   hangUp: (peer: Libp2pPeerId) => Promise<void>
   /** A handshake completed on `conn`; `dialer` and `listener` are the two ids in their roles. */
@@ -35,6 +35,8 @@ export class Admission {
   private readonly init: AdmissionInit
   private readonly authed = new Map<PeerId, PeerLabels>()
   private readonly denied = new Map<PeerId, number>()
+  /** Callers of {@link settled} waiting for a peer's handshake to end, by peer. */
+  private readonly waiting = new Map<PeerId, Set<(admitted: boolean) => void>>()
 
   constructor(init: AdmissionInit) {
     this.init = init
@@ -58,6 +60,27 @@ export class Admission {
     this.authed.clear()
   }
 
+  /**
+   * Resolves true once `peer` is admitted, false when it is refused or `ms` passes first (a
+   * relay asks before it serves a reservation, which may arrive before the handshake ended).
+   */
+  settled(peer: PeerId, ms: number): Promise<boolean> {
+    if (this.authed.has(peer)) return Promise.resolve(true)
+    if (this.isDenied(peer)) return Promise.resolve(false)
+    return new Promise(resolve => {
+      const set = this.waiting.get(peer) ?? new Set()
+      if (!this.waiting.has(peer)) remember(this.waiting, peer, set)
+      const done = (admitted: boolean): void => {
+        this.init.clock.clearTimeout(timer)
+        set.delete(done)
+        if (set.size === 0 && this.waiting.get(peer) === set) this.waiting.delete(peer)
+        resolve(admitted)
+      }
+      const timer = this.init.clock.setTimeout(() => done(false), ms)
+      set.add(done)
+    })
+  }
+
   /** Whether `peer` failed authentication less than denyMs ago. */
   isDenied(peer: PeerId): boolean {
     const until = this.denied.get(peer)
@@ -76,7 +99,7 @@ export class Admission {
     }
     if (this.authed.has(peer)) return
     if (conn.direction === 'outbound') {
-      this.authenticateOutbound(conn).catch(err => this.refuse(conn.remotePeer, describe(err)))
+      this.authenticateOutbound(conn).catch(err => this.failed(conn, describe(err)))
     } else {
       // The dialer must prove itself in time; the handshake handler admits it.
       const ms = this.init.authTimeoutMs
@@ -91,25 +114,37 @@ export class Admission {
     const signal = this.deadline()
     const remote = conn.remotePeer.toString()
     const s = new Libp2pByteStream(raw, remote, AUTH_PROTOCOL)
-    const hs = this.init.handshake()
+    const hs = this.init.handshake(conn)
     authenticateAsListener(s, hs, signal).then(
       result => {
         this.init.onHandshake(conn, result, remote, hs.self)
         this.admit(conn.remotePeer, result.labels)
       },
-      err => this.refuse(conn.remotePeer, err instanceof AuthenticationError ? err.message : describe(err))
+      err => this.failed(conn, err instanceof AuthenticationError ? err.message : describe(err))
     )
   }
 
   /** Dialer side of the handshake, on a connection we opened. */
   private async authenticateOutbound(conn: Connection): Promise<void> {
     const signal = this.deadline()
-    const raw = await conn.newStream(AUTH_PROTOCOL, { signal })
+    const raw = await conn.newStream(AUTH_PROTOCOL, { signal, runOnLimitedConnection: true })
     const remote = conn.remotePeer.toString()
-    const hs = this.init.handshake()
+    const hs = this.init.handshake(conn)
     const result = await authenticateAsDialer(new Libp2pByteStream(raw, remote, AUTH_PROTOCOL), hs, signal)
     this.init.onHandshake(conn, result, hs.self, remote)
     this.admit(conn.remotePeer, result.labels)
+  }
+
+  /**
+   * A handshake on `conn` failed. If the connection itself went away meanwhile (closed by its
+   * other end or by libp2p), that says nothing about the peer: it is not refused.
+   */
+  private failed(conn: Connection, why: string): void {
+    if (conn.status !== 'open') {
+      this.init.log.debug({ peer: conn.remotePeer.toString(), why }, 'connection closed during the run handshake')
+      return
+    }
+    this.refuse(conn.remotePeer, why)
   }
 
   private refuse(peer: Libp2pPeerId, why: string): void {
@@ -117,6 +152,7 @@ export class Admission {
     if (this.authed.has(id)) return
     this.init.log.debug({ peer: id, why }, 'peer failed run authentication; disconnecting')
     remember(this.denied, id, this.init.clock.monotonic() + this.init.denyMs)
+    this.wake(id, false)
     void this.init.hangUp(peer).catch(() => {})
   }
 
@@ -125,7 +161,12 @@ export class Admission {
     if (this.authed.has(id)) return
     this.authed.set(id, labels)
     this.init.log.debug({ peer: id, labels }, 'peer authenticated')
+    this.wake(id, true)
     this.init.onAdmit({ id, labels })
+  }
+
+  private wake(peer: PeerId, admitted: boolean): void {
+    for (const f of [...(this.waiting.get(peer) ?? [])]) f(admitted)
   }
 
   /** An AbortSignal that fires after authTimeoutMs of the injected clock. */

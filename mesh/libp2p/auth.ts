@@ -6,6 +6,7 @@ import { AuthenticationError } from '../errors.ts'
 import { MessageReader, u32le, writeMessage } from '../lp.ts'
 import type { ByteStream, PeerId, PeerLabels } from '../peernet.ts'
 import { describe } from './errors.ts'
+import { isIpLiteral } from './reach.ts'
 
 /**
  * Run isolation. The connection's encryption (TLS or noise) already proves each side's peer
@@ -13,8 +14,8 @@ import { describe } from './errors.ts'
  * bound to both peer ids, both fresh nonces, the run id and the role (so a proof cannot be
  * reflected or replayed):
  *
- *   dialer   -> listener : hello  { nonceD, labels, bulkPort? }
- *   listener -> dialer   : proof  { nonceL, labels, HMAC(k, "listener" | run | idL | idD | nonceD | nonceL), bulkPort? }
+ *   dialer   -> listener : hello  { nonceD, labels, bulkPort?, bulkHost?, seen? }
+ *   listener -> dialer   : proof  { nonceL, labels, HMAC(k, "listener" | run | idL | idD | nonceD | nonceL), bulkPort?, bulkHost?, seen? }
  *   dialer   -> listener : proof  { HMAC(k, "dialer" | run | idD | idL | nonceD | nonceL) }
  *   listener -> dialer   : ok
  *
@@ -22,8 +23,11 @@ import { describe } from './errors.ts'
  * key from the same secret (info "zeromesh gossip v1") to tag every message.
  *
  * Each message is a length-prefixed (lp.ts) envelope of at most AUTH_MAX_MESSAGE bytes on the
- * stream AUTH_PROTOCOL. bulkPort is where the sender's bulk channel (../bulk.ts) listens; the
- * two nonces also key that channel. The handshake runs on any ByteStream; the caller bounds
+ * stream AUTH_PROTOCOL. bulkPort and bulkHost are where the sender's bulk channel (../bulk.ts)
+ * listens; the two nonces also key that channel. `seen` is the IP the sender sees the other end
+ * at on this connection (absent on a relayed one): the dialer says which address it dialled,
+ * the listener where the connection came from, so each side learns whether a NAT stands
+ * between them (reach.ts). The handshake runs on any ByteStream; the caller bounds
  * its time with the signal it passes.
  */
 /** Bytes of each side's fresh nonce. */
@@ -88,14 +92,23 @@ const AUTH_MAX_MESSAGE = 1024
 
 /** Placement labels as a peer states them (in its handshake, and in a PeerNet's init). */
 export const labelsSchema = z.strictObject({ zone: z.string().min(1).max(64), host: z.string().min(1).max(253) })
+const zIp = z.string().max(45).refine(isIpLiteral, 'not an IP address')
 const authCodec = createEnvelopeCodec(
   {
-    hello: z.strictObject({ nonce: zBytes(AUTH_NONCE_BYTES), labels: labelsSchema, bulkPort: z.int().min(1).max(65535).optional() }),
+    hello: z.strictObject({
+      nonce: zBytes(AUTH_NONCE_BYTES),
+      labels: labelsSchema,
+      bulkPort: z.int().min(1).max(65535).optional(),
+      bulkHost: zIp.optional(),
+      seen: zIp.optional()
+    }),
     proof: z.strictObject({
       nonce: zBytes(AUTH_NONCE_BYTES).optional(),
       labels: labelsSchema.optional(),
       proof: zBytes(64),
-      bulkPort: z.int().min(1).max(65535).optional()
+      bulkPort: z.int().min(1).max(65535).optional(),
+      bulkHost: zIp.optional(),
+      seen: zIp.optional()
     }),
     ok: z.strictObject({})
   },
@@ -111,6 +124,10 @@ export interface HandshakeInit {
   labels: PeerLabels
   /** Our bulk channel's port, offered to the peer; absent without one. */
   bulkPort: number | undefined
+  /** The IP our bulk channel listens on (absent: the one the connection reached). */
+  bulkHost?: string | undefined
+  /** The IP we see the peer at on this connection (absent on a relayed one). */
+  seen?: string | undefined
 }
 
 /** What a completed handshake tells about the peer. */
@@ -118,6 +135,10 @@ export interface HandshakeResult {
   labels: PeerLabels
   /** The peer's bulk channel port, if it offered one. */
   bulkPort: number | undefined
+  /** The IP the peer's bulk channel listens on, if it said. */
+  bulkHost: string | undefined
+  /** The IP the peer sees us at on this connection, if it said. */
+  seen: string | undefined
   nonceD: Uint8Array
   nonceL: Uint8Array
 }
@@ -142,7 +163,8 @@ export async function authenticateAsDialer(s: ByteStream, init: HandshakeInit, s
     const ok = authCodec.decode(await required(reader.next(), signal))
     if (ok.type !== 'ok') throw new AuthenticationError('the listener did not accept our proof')
     await s.end()
-    return { labels: reply.payload.labels, bulkPort: reply.payload.bulkPort, nonceD, nonceL }
+    const p = reply.payload
+    return { labels: p.labels!, bulkPort: p.bulkPort, bulkHost: p.bulkHost, seen: p.seen, nonceD, nonceL }
   } catch (err) {
     s.abort()
     throw err
@@ -171,16 +193,21 @@ export async function authenticateAsListener(s: ByteStream, init: HandshakeInit,
     if (!proofsEqual(expect, reply.payload.proof)) throw new AuthenticationError('the dialer does not know the run secret')
     await writeMessage(s, authCodec.encode('ok', {}), { signal })
     await s.end()
-    return { labels: hello.payload.labels, bulkPort: hello.payload.bulkPort, nonceD, nonceL }
+    const p = hello.payload
+    return { labels: p.labels, bulkPort: p.bulkPort, bulkHost: p.bulkHost, seen: p.seen, nonceD, nonceL }
   } catch (err) {
     s.abort()
     throw err instanceof AuthenticationError ? err : new AuthenticationError(`handshake failed ${stage} (${describe(err)})`)
   }
 }
 
-/** The bulkPort field as the envelope carries it: absent, never undefined. */
-function bulkPortField(init: HandshakeInit): { bulkPort?: number } {
-  return init.bulkPort === undefined ? {} : { bulkPort: init.bulkPort }
+/** The optional fields as the envelope carries them: absent, never undefined. */
+function bulkPortField(init: HandshakeInit): { bulkPort?: number; bulkHost?: string; seen?: string } {
+  return {
+    ...(init.bulkPort === undefined ? {} : { bulkPort: init.bulkPort }),
+    ...(init.bulkHost === undefined ? {} : { bulkHost: init.bulkHost }),
+    ...(init.seen === undefined ? {} : { seen: init.seen })
+  }
 }
 
 /** The next handshake message; AuthenticationError on a clean end or when `signal` fires. */

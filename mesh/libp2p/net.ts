@@ -4,14 +4,18 @@ import { AbortError, InvalidArgumentError, type Clock, type Logger } from '../..
 import { checkGossipSize, checkName } from '../checks.ts'
 import { NotStartedError, PeerGoneError } from '../errors.ts'
 import { Listeners } from '../listeners.ts'
-import type { ByteStream, GossipHandler, PeerId, PeerInfo, PeerLabels, PeerNet, PeerNetEvents, StreamHandler } from '../peernet.ts'
+import type { ByteStream, Connectivity, GossipHandler, PeerId, PeerInfo, PeerLabels, PeerNet, PeerNetEvents, StreamHandler } from '../peernet.ts'
 import { Admission } from './admission.ts'
 import { Announcer } from './announce.ts'
 import { AUTH_PROTOCOL, deriveRunKeys, labelsSchema } from './auth.ts'
 import { BulkRoutes } from './bulk-routes.ts'
+import { Puncher } from './punch-signal.ts'
+import { ipOf, isRelayed, Reachability } from './reach.ts'
+import { RelayClient } from './relays.ts'
+import { MESH_LIMITS } from '../limits.ts'
 import { DIRECT_PROTOCOL, DirectMessages } from './direct.ts'
 import { GossipRouter } from './gossip.ts'
-import { bulkListenHost, checkBootstrap, createMeshNode, type MeshNode } from './node.ts'
+import { bulkListenHost, checkBootstrap, createMeshNode, internals, type MeshNode } from './node.ts'
 import { StreamProtocols } from './protocols.ts'
 import { OpenStreams } from './stream-adapter.ts'
 import { TopicTable } from './topics.ts'
@@ -91,6 +95,9 @@ class MeshPeerNet implements Libp2pPeerNet {
   private readonly protocols: StreamProtocols
   private readonly direct: DirectMessages
   private readonly announcer: Announcer
+  private readonly reach = new Reachability()
+  private readonly puncher: Puncher
+  private readonly relays: RelayClient
   private node: MeshNode | undefined
   private info!: PeerInfo
   private started = false
@@ -103,17 +110,41 @@ class MeshPeerNet implements Libp2pPeerNet {
     this.listeners = new Listeners<PeerNetEvents>(err => log.error({ err }, 'peer event listener failed'))
     this.topics = new TopicTable(log)
     this.gossip = new GossipRouter({ runId: init.runId, key: keys.gossip, topics: this.topics })
-    this.bulk = new BulkRoutes({ authKey: keys.auth, log, allow: init.bulkProtocol })
+    this.puncher = new Puncher({
+      clock,
+      log,
+      bindHost: () => this.bulk.listenHost,
+      advertisedIp: () => this.reach.advertisedIp(this.bulk.listenHost),
+      isAdmitted: peer => this.admission.isAdmitted(peer),
+      onSocket: socket => this.bulk.accept(socket),
+      onResult: (_, ok) => {
+        if (ok) this.reach.punches.ok++
+        else this.reach.punches.failed++
+      }
+    })
+    this.bulk = new BulkRoutes({ authKey: keys.auth, log, clock, allow: init.bulkProtocol, punch: (peer, signal) => this.puncher.request(peer, signal) })
     this.admission = new Admission({
       clock,
       log,
       authTimeoutMs: init.authTimeoutMs ?? 10_000,
       denyMs: init.denyMs ?? 60_000,
-      handshake: () => ({ authKey: keys.auth, runId: init.runId, self: this.info.id, labels, bulkPort: this.bulk.port }),
+      handshake: conn => ({
+        authKey: keys.auth,
+        runId: init.runId,
+        self: this.info.id,
+        labels,
+        bulkPort: this.bulk.port,
+        ...(this.bulk.port === undefined ? {} : { bulkHost: this.bulk.listenHost }),
+        seen: ipOf(conn)
+      }),
       hangUp: async peer => {
         await this.node?.hangUp(peer)
       },
-      onHandshake: (conn, result, dialer, listener) => this.bulk.learn(conn, result, dialer, listener),
+      onHandshake: (conn, result, dialer, listener) => {
+        this.bulk.learn(conn, result, dialer, listener)
+        if (result.seen !== undefined && !isRelayed(conn))
+          this.reach.observe(conn.remotePeer.toString(), result.seen, dialer === this.info.id ? 'dialer' : 'listener')
+      },
       onAdmit: peer => this.listeners.emit('peer:connect', peer)
     })
     this.protocols = new StreamProtocols({ isAdmitted: peer => this.admission.isAdmitted(peer), streams: this.streams, log })
@@ -130,6 +161,13 @@ class MeshPeerNet implements Libp2pPeerNet {
       dial: addrs => this.node!.dial(addrs),
       hasPeers: () => this.admission.size > 0,
       known: peer => this.admission.isAdmitted(peer) || peer === this.info.id || this.admission.isDenied(peer)
+    })
+    this.relays = new RelayClient({
+      clock,
+      log,
+      intervalMs: init.announceIntervalMs ?? 2_000,
+      isPrivate: () => this.reach.reach === 'nat',
+      admitted: () => [...this.admission.admitted()].map(([id]) => id)
     })
   }
 
@@ -159,12 +197,14 @@ class MeshPeerNet implements Libp2pPeerNet {
     this.started = true
     this.gossip.subscribeAll()
     this.announcer.start()
+    this.relays.start(n)
   }
 
   async stop(): Promise<void> {
     if (!this.started) return
     this.started = false
     this.announcer.stop()
+    this.relays.stop()
     this.streams.abortAll(new NotStartedError('the PeerNet stopped'))
     const n = this.node
     this.admission.clear()
@@ -173,8 +213,22 @@ class MeshPeerNet implements Libp2pPeerNet {
     await n?.stop()
   }
 
+  /**
+   * Our listen addresses (public ones too: libp2p's getMultiaddrs() hides a public address until
+   * AutoNAT verified it, but a bootstrap node must be able to print where it listens), addresses
+   * confirmed since, and relayed addresses of the relays we hold a slot on.
+   */
   multiaddrs(): string[] {
-    return this.node?.getMultiaddrs().map(a => a.toString()) ?? []
+    const n = this.node
+    if (n === undefined) return []
+    const self = `/p2p/${this.info.id}`
+    const out = new Set<string>()
+    for (const a of internals(n).addressManager.getAddressesWithMetadata()) {
+      if (!a.verified && a.type !== 'transport') continue
+      const s = a.multiaddr.toString()
+      out.add(s.endsWith(self) ? s : `${s}${self}`)
+    }
+    return [...out]
   }
 
   peers(): PeerInfo[] {
@@ -226,6 +280,20 @@ class MeshPeerNet implements Libp2pPeerNet {
     return (await this.bulk.open(peer, protocol, options.signal)) ?? (await this.protocols.open(n, peer, protocol, options.signal))
   }
 
+  connectivity(): Connectivity {
+    const n = this.node
+    const peers = this.peers().map(p => {
+      const conns = n?.getConnections(peerIdFromString(p.id)) ?? []
+      return { id: p.id, link: conns.some(c => !isRelayed(c)) ? ('direct' as const) : ('relayed' as const), bulk: this.bulk.path(p.id) }
+    })
+    return {
+      ...this.reach.describe(),
+      relays: this.relays.relays(),
+      relayServing: n?.services.relay.reservations.size ?? 0,
+      peers
+    }
+  }
+
   rejectedFrom(peer: PeerId): number {
     return this.topics.rejectedFrom(peer)
   }
@@ -240,12 +308,18 @@ class MeshPeerNet implements Libp2pPeerNet {
       bootstrap: init.bootstrap ?? [],
       mdns: init.mdns,
       encrypters: init.encrypters,
-      isDenied: peer => this.admission.isDenied(peer)
+      isDenied: peer => this.admission.isDenied(peer),
+      relayGate: {
+        // Only a node peers reach at its own address serves reservations, and only to members.
+        reservation: async peer => this.reach.reach === 'public' && (await this.admission.settled(peer, MESH_LIMITS.relay.admissionWaitMs)),
+        isAdmitted: peer => this.admission.isAdmitted(peer)
+      }
     }))
     this.info = { id: n.peerId.toString(), labels: this.labels }
     this.gossip.attach(n.services.pubsub)
-    await n.handle(AUTH_PROTOCOL, this.admission.handleAuthStream)
+    await n.handle(AUTH_PROTOCOL, this.admission.handleAuthStream, { runOnLimitedConnection: true })
     await this.protocols.attach(n)
+    await this.puncher.attach(n)
     n.addEventListener('connection:open', evt => this.admission.onConnectionOpen(evt.detail))
     n.addEventListener('peer:disconnect', evt => this.onDisconnect(evt.detail.toString()))
     return n

@@ -54,7 +54,7 @@ export class StreamProtocols {
   async open(node: MeshNode, peer: PeerId, protocol: string, signal?: AbortSignal): Promise<ByteStream> {
     let raw
     try {
-      raw = await settleOnAbort(signal, node.dialProtocol(peerIdFromString(peer), protocolId(protocol), { signal }), s =>
+      raw = await settleOnAbort(signal, node.dialProtocol(peerIdFromString(peer), protocolId(protocol), { signal, runOnLimitedConnection: true }), s =>
         s.abort(new AbortError('open abandoned'))
       )
     } catch (err) {
@@ -82,7 +82,7 @@ export class StreamProtocols {
             s.abort(err instanceof Error ? err : new Error(String(err)))
           })
       },
-      { maxInboundStreams: 256, maxOutboundStreams: 256 }
+      { maxInboundStreams: 256, maxOutboundStreams: 256, runOnLimitedConnection: true }
     )
   }
 }

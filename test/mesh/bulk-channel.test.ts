@@ -32,7 +32,7 @@ test('a bulk stream carries framed bytes with end and echo', async t => {
     }
   })
   try {
-    const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const s = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     const parts: Uint8Array[] = []
     const reading = (async () => {
       for await (const c of s) parts.push(c)
@@ -58,7 +58,7 @@ test('a client without the pair key cannot complete the handshake', async t => {
     new Uint8Array(32).fill(1)
   )
   try {
-    await t.throwsAsync(a.open('B', '127.0.0.1', b.port, session, '/echo/1'), { name: 'PeerGoneError' })
+    await t.throwsAsync(a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1'), { name: 'PeerGoneError' })
   } finally {
     await close()
   }
@@ -72,7 +72,7 @@ test('an unknown session or peer name is refused by the server', async t => {
   })
   try {
     b.dropPeer('A')
-    await t.throwsAsync(a.open('B', '127.0.0.1', b.port, session, '/echo/1'), { name: 'PeerGoneError' })
+    await t.throwsAsync(a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1'), { name: 'PeerGoneError' })
   } finally {
     await close()
   }
@@ -81,7 +81,7 @@ test('an unknown session or peer name is refused by the server', async t => {
 test('unknown protocols are typed errors', async t => {
   const { a, b, close } = await pair({})
   try {
-    await t.throwsAsync(a.open('B', '127.0.0.1', b.port, session, '/nope/1'), { name: 'ProtocolNotSupportedError' })
+    await t.throwsAsync(a.open('B', { host: '127.0.0.1', port: b.port }, session, '/nope/1'), { name: 'ProtocolNotSupportedError' })
   } finally {
     await close()
   }
@@ -100,7 +100,7 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
   })
   const { a, b, close } = await pair(handlers)
   try {
-    const s = await a.open('B', '127.0.0.1', b.port, session, '/x/1')
+    const s = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/x/1')
     await opened
     // Bypass the sender's own check to send a frame header the receiver must refuse.
     const big = new Uint8Array(MESH_LIMITS.maxStreamChunkBytes + 1)
@@ -123,7 +123,7 @@ test('a frame over the chunk cap resets the stream (limit: maxStreamChunkBytes o
 test('writev sends its parts as one run of bytes in order with plain writes, and releases them once the socket is done with them', async t => {
   const { a, b, close } = await pair({ '/echo/1': echo })
   try {
-    const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const s = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     const data = new Uint8Array(randomBytes(2 * 1024 * 1024 + 7))
     const parts: Uint8Array[] = []
     const reading = (async () => {
@@ -145,7 +145,7 @@ test('writev sends its parts as one run of bytes in order with plain writes, and
 test('writev over the chunk cap (all parts together) is a LimitExceededError before anything is sent, and still releases its parts', async t => {
   const { a, b, close } = await pair({ '/echo/1': echo })
   try {
-    const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const s = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     const half = new Uint8Array(MESH_LIMITS.maxStreamChunkBytes / 2 + 1)
     let released = 0
     const err = await t.throwsAsync(s.writev!([half, half], { onReleased: () => released++ }))
@@ -160,7 +160,7 @@ test('writev over the chunk cap (all parts together) is a LimitExceededError bef
 test('writev on an aborted stream throws and releases its parts', async t => {
   const { a, b, close } = await pair({ '/echo/1': echo })
   try {
-    const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const s = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     s.abort()
     let released = 0
     await t.throwsAsync(s.writev!([Uint8Array.of(1)], { onReleased: () => released++ }))
@@ -194,7 +194,7 @@ test('streams that end both ways hand their connection to the next stream', asyn
   try {
     for (let i = 0; i < 10; i++) {
       const data = new Uint8Array(randomBytes(1000 + i * 977))
-      const s = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+      const s = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
       t.true((await exchange(s, data)).equals(data), `stream ${i}`)
     }
     t.deepEqual(a.stats(), { dials: 1, reused: 9, idle: 1 })
@@ -206,9 +206,9 @@ test('streams that end both ways hand their connection to the next stream', asyn
 test('a late abort of a finished stream does not touch the stream that reuses its connection', async t => {
   const { a, b, close } = await pair({ '/echo/1': echo })
   try {
-    const first = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const first = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     await exchange(first, Uint8Array.of(1, 2, 3))
-    const second = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const second = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     first.abort(new Error('late'))
     const data = new Uint8Array(randomBytes(200_000))
     t.true((await exchange(second, data)).equals(data))
@@ -226,17 +226,17 @@ test('an aborted or reset stream closes its connection instead of pooling it', a
     }
   })
   try {
-    const s1 = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const s1 = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     await s1.write(Uint8Array.of(1))
     s1.abort()
-    const s2 = await a.open('B', '127.0.0.1', b.port, session, '/reset/1')
+    const s2 = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/reset/1')
     await t.throwsAsync(
       (async () => {
         for await (const c of s2) void c
       })(),
       { name: 'StreamResetError' }
     )
-    const s3 = await a.open('B', '127.0.0.1', b.port, session, '/echo/1')
+    const s3 = await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')
     t.true((await exchange(s3, Uint8Array.of(7))).equals(Buffer.of(7)))
     t.deepEqual(a.stats(), { dials: 3, reused: 0, idle: 1 })
   } finally {
@@ -248,7 +248,7 @@ test(`at most ${BULK_IDLE_PER_SESSION} idle connections are kept per peer sessio
   const { a, b, close } = await pair({ '/echo/1': echo })
   try {
     const n = BULK_IDLE_PER_SESSION + 3
-    const streams = await Promise.all(Array.from({ length: n }, () => a.open('B', '127.0.0.1', b.port, session, '/echo/1')))
+    const streams = await Promise.all(Array.from({ length: n }, () => a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1')))
     await Promise.all(streams.map((s, i) => exchange(s, Uint8Array.of(i))))
     t.deepEqual(a.stats(), { dials: n, reused: 0, idle: BULK_IDLE_PER_SESSION })
   } finally {
@@ -259,14 +259,14 @@ test(`at most ${BULK_IDLE_PER_SESSION} idle connections are kept per peer sessio
 test('a pooled connection the listener dropped is replaced by a fresh dial, and the open succeeds', async t => {
   const { a, b, close } = await pair({ '/echo/1': echo })
   try {
-    await exchange(await a.open('B', '127.0.0.1', b.port, session, '/echo/1'), Uint8Array.of(1))
+    await exchange(await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1'), Uint8Array.of(1))
     t.is(a.stats().idle, 1)
     // The listener forgets A (closing A's connections) and learns the session again before
     // A's side has seen the close: A's pooled connection is dead when A picks it.
     b.dropPeer('A')
     b.addSession('A', session, key)
     const data = new Uint8Array(randomBytes(50_000))
-    t.true((await exchange(await a.open('B', '127.0.0.1', b.port, session, '/echo/1'), data)).equals(data))
+    t.true((await exchange(await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1'), data)).equals(data))
     t.is(a.stats().dials, 2)
   } finally {
     await close()
@@ -276,7 +276,7 @@ test('a pooled connection the listener dropped is replaced by a fresh dial, and 
 test('dropping a peer closes its idle pooled connections', async t => {
   const { a, b, close } = await pair({ '/echo/1': echo })
   try {
-    await exchange(await a.open('B', '127.0.0.1', b.port, session, '/echo/1'), Uint8Array.of(1))
+    await exchange(await a.open('B', { host: '127.0.0.1', port: b.port }, session, '/echo/1'), Uint8Array.of(1))
     t.is(a.stats().idle, 1)
     a.dropPeer('B')
     for (let i = 0; i < 50 && a.stats().idle > 0; i++) await new Promise(resolve => setTimeout(resolve, 10))

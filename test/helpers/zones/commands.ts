@@ -48,6 +48,13 @@ export function findTools(): Tools {
   return { ip, tc }
 }
 
+/** Where nftables' `nft` is (the NAT topology's routers need it). */
+export function findNft(): string {
+  const nft = which('nft')
+  if (nft === undefined) throw new ToolMissingError("the NAT harness needs nftables: 'nft' is not on PATH or in /usr/sbin (apt-get install nftables)")
+  return nft
+}
+
 let created = 0
 /** A fresh name prefix for one topology of this process and thread. */
 export function newPrefix(): string {
@@ -58,9 +65,13 @@ export function newPrefix(): string {
  * Runs one command; resolves with its stdout. A failure rejects with `fail(message)` (default
  * {@link ZonesCommandError}) naming the command and its stderr.
  */
-export function run(program: string, args: readonly string[], opts: { signal?: AbortSignal; fail?: (message: string) => ZonesError } = {}): Promise<string> {
+export function run(
+  program: string,
+  args: readonly string[],
+  opts: { signal?: AbortSignal; fail?: (message: string) => ZonesError; input?: string } = {}
+): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(
+    const child = execFile(
       program,
       args,
       { timeout: ZONES_LIMITS.commandTimeoutMs, maxBuffer: 4 << 20, ...(opts.signal === undefined ? {} : { signal: opts.signal }) },
@@ -73,6 +84,7 @@ export function run(program: string, args: readonly string[], opts: { signal?: A
         reject(opts.fail?.(message) ?? new ZonesCommandError(message))
       }
     )
+    if (opts.input !== undefined) child.stdin?.end(opts.input)
   })
 }
 

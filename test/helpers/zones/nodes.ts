@@ -27,7 +27,8 @@ export interface StampedEvent {
 }
 
 export interface ZoneNodesInit {
-  zones: Zones
+  /** Where the nodes run: a zone topology (topology.ts) or a NAT one (nat.ts); the first host bootstraps the rest. */
+  zones: Pick<Zones, 'hosts' | 'exec'>
   /** Flags after the harness's own: `--train`, the model, steps, world size, ... ({@link trainFlags}). */
   args: readonly string[]
   /** Nodes per host (default 1). */

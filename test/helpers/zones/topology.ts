@@ -92,8 +92,17 @@ export function tbfArgs(bitsPerS: number, queueMs: number): string[] {
 
 /** Topologies of this thread not stopped yet (prefix -> tools): removed on exit and on SIGINT / SIGTERM. */
 const live = new Map<string, Tools>()
+/** Registers a topology being built, so the exit hook removes it. */
+export function track(prefix: string, tools: Tools): void {
+  live.set(prefix, tools)
+}
+/** A topology that was removed. */
+export function forget(prefix: string): void {
+  live.delete(prefix)
+}
 let hooked = false
-function cleanupOnExit(): void {
+/** Removes every live topology of this thread when the process exits (hooked once). */
+export function cleanupOnExit(): void {
   if (hooked) return
   hooked = true
   const sync = (): void => {
@@ -128,7 +137,7 @@ export async function createZones(init: ZonesInit): Promise<Zones> {
   const opts = { ...(init.signal === undefined ? {} : { signal: init.signal }), fail: refused }
   const ip = (...args: string[]): Promise<string> => run(tools.ip, args, opts)
   const tc = (...args: string[]): Promise<string> => run(tools.tc, args, opts)
-  live.set(prefix, tools)
+  track(prefix, tools)
   cleanupOnExit()
   const hosts: ZoneHost[] = []
   try {
@@ -157,7 +166,7 @@ export async function createZones(init: ZonesInit): Promise<Zones> {
     }
   } catch (err) {
     removeNamespacesSync(tools, n => n.startsWith(prefix))
-    live.delete(prefix)
+    forget(prefix)
     throw err
   }
   const zoneIndex = (zone: string): number => {
@@ -187,7 +196,7 @@ export async function createZones(init: ZonesInit): Promise<Zones> {
       if (stopped) return
       stopped = true
       removeNamespacesSync(tools, n => n.startsWith(prefix))
-      live.delete(prefix)
+      forget(prefix)
     }
   }
 }

@@ -1,0 +1,99 @@
+import { isIP } from 'node:net'
+import { networkInterfaces } from 'node:os'
+import type { Connection } from '@libp2p/interface'
+import type { PeerId } from '../peernet.ts'
+
+/**
+ * Whether this node can be dialled from outside, found from what its peers see rather than
+ * configured. Every run handshake tells each side the IP the other end sees it at on that
+ * connection (auth.ts `seen`):
+ * - as the dialer, the listener reports the source IP our connection came from. An IP that is
+ *   not one of ours means a NAT rewrote it: we are behind NAT, and that IP is our external one.
+ * - as the listener, the dialer reports the IP it dialled. One of ours means a peer reached us
+ *   at our own address.
+ * NAT evidence wins over public evidence (a peer on our own LAN reaches us at our address even
+ * when the internet cannot).
+ *
+ * Not AutoNAT: js-libp2p's AutoNAT v1 server answers a dial-back request by dialling the asker,
+ * and when a connection to it already exists it reuses that one and closes it after the check.
+ * In a run that is the pair's only connection: on the NAT harness every home node lost its
+ * connection to the public node within 0.2 s of joining, again and again. The run handshake
+ * already carries what AutoNAT would learn (where each peer sees us), at no extra dial.
+ */
+export type Reach = 'public' | 'nat' | 'unknown'
+
+/** The IP of a connection's remote end; undefined for a relayed connection (its address is the relay's). */
+export function ipOf(conn: Connection): string | undefined {
+  const parts = conn.remoteAddr.getComponents()
+  if (parts.some(c => c.name === 'p2p-circuit')) return undefined
+  return parts.find(c => c.name === 'ip4' || c.name === 'ip6')?.value
+}
+
+/** Whether a connection runs through a relay. */
+export function isRelayed(conn: Connection): boolean {
+  return conn.remoteAddr.getComponents().some(c => c.name === 'p2p-circuit')
+}
+
+/** An IP literal (what a handshake's `seen` and `bulkHost` may carry). */
+export function isIpLiteral(s: string): boolean {
+  return isIP(s) !== 0
+}
+
+/** Wildcard listen addresses: they say nothing about where a host is reached. */
+export function isWildcard(ip: string): boolean {
+  return ip === '0.0.0.0' || ip === '::'
+}
+
+/** The IP addresses of this host's interfaces (inside a network namespace, the namespace's). */
+function localIps(): Set<string> {
+  const out = new Set<string>()
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.add(a.address)
+  return out
+}
+
+export class Reachability {
+  private readonly mine: () => Set<string>
+  /** The newest IP a listener saw us come from that is not ours, and who saw it. */
+  private external: { ip: string; peer: PeerId } | undefined
+  /** The newest IP a dialer reached us at that is ours. */
+  private reachedAt: string | undefined
+  /** Hole punches of the bulk channel that opened a connection, and that did not. */
+  readonly punches = { ok: 0, failed: 0 }
+
+  constructor(mine: () => Set<string> = localIps) {
+    this.mine = mine
+  }
+
+  /**
+   * A handshake on a direct connection told us `seen`: as `dialer`, the IP the listener sees us
+   * at; as listener, the IP the dialer dialled.
+   */
+  observe(peer: PeerId, seen: string, role: 'dialer' | 'listener'): void {
+    const ours = this.mine().has(seen)
+    if (role === 'dialer' && !ours) this.external = { ip: seen, peer }
+    if (role === 'listener' && ours) this.reachedAt = seen
+  }
+
+  get reach(): Reach {
+    if (this.external !== undefined) return 'nat'
+    if (this.reachedAt !== undefined) return 'public'
+    return 'unknown'
+  }
+
+  /** The IP a peer outside should aim at: our NAT's when behind one, else the one peers reached us at. */
+  advertisedIp(bindHost: string): string | undefined {
+    if (this.external !== undefined) return this.external.ip
+    if (this.reachedAt !== undefined) return this.reachedAt
+    return isWildcard(bindHost) ? undefined : bindHost
+  }
+
+  /** What a report shows: the verdict and the evidence. */
+  describe(): { reach: Reach; externalIp?: string; seenBy?: PeerId; reachedAt?: string; punches: { ok: number; failed: number } } {
+    return {
+      reach: this.reach,
+      ...(this.external === undefined ? {} : { externalIp: this.external.ip, seenBy: this.external.peer }),
+      ...(this.reachedAt === undefined ? {} : { reachedAt: this.reachedAt }),
+      punches: { ...this.punches }
+    }
+  }
+}
