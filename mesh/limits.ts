@@ -56,8 +56,10 @@ export const MESH_LIMITS = Object.freeze({
    * signalled over the libp2p connection (relayed or not).
    */
   punch: Object.freeze({
-    /** The whole attempt, signalling included (ms). */
+    /** The connect loop of one attempt (ms). */
     deadlineMs: 8_000,
+    /** What signalling may add to it: the offer and answer over a libp2p connection, a relayed one included (ms). */
+    signalMs: 4_000,
     /** One connect() before it is abandoned and tried again (ms). */
     attemptMs: 1_500,
     /** Wait between two connect() calls of one attempt (ms). */

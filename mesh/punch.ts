@@ -71,7 +71,9 @@ export async function simultaneousOpen(
     const wait = Math.min(opts.retryMs ?? L.retryMs, deadline - clock.monotonic())
     if (wait > 0) await clock.sleep(wait, signal === undefined ? {} : { signal })
   }
-  throw new PunchFailedError(`no connection from port ${plan.localPort} to ${plan.remoteHost}:${plan.remotePort} after ${tries} tries (last: ${last})`)
+  throw new PunchFailedError(
+    `no connection from ${plan.localHost}:${plan.localPort} to ${plan.remoteHost}:${plan.remotePort} after ${tries} tries (last: ${last})`
+  )
 }
 
 /** One connect(); rejects on its error, after `ms`, or when `signal` fires. */

@@ -4,6 +4,9 @@ import { freemem, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { RealClock } from '../../core/index.ts'
 import { CpuBackend, probeCuda } from '../../gpu/index.ts'
+import type { Connectivity } from '../../mesh/index.ts'
+import { fetchStatus, type NodeStatus } from '../../node/index.ts'
+import { RELAY_COST, reachLine } from '../status-format.ts'
 
 /**
  * `zeromesh doctor`: checks a host before it joins a run, one line per check and a verdict.
@@ -27,6 +30,8 @@ export interface DoctorOptions {
   snapshotBytes: number
   /** Per-connection timeout for reachability checks (ms). */
   timeoutMs: number
+  /** The data dir of a running node: its reachability, relays and paths are checked too. */
+  node?: string
 }
 
 const MIN_NODE_MAJOR = 22
@@ -72,6 +77,7 @@ export async function runDoctor(opts: DoctorOptions, onResult: (r: CheckResult) 
   add(dataDirCheck(opts.dataDir))
   if (opts.listen !== undefined) add(await portCheck(opts.listen))
   for (const b of opts.bootstrap) add(await reachCheck(b, opts.timeoutMs))
+  if (opts.node !== undefined) for (const r of await nodeChecks(opts.node, opts.timeoutMs)) add(r)
   add({ name: 'clock', level: 'warn', detail: 'skew against peers is not measured before joining; `zeromesh status` shows heartbeat ages once joined' })
   return results
 }
@@ -177,4 +183,42 @@ async function reachCheck(addr: string, timeoutMs: number): Promise<CheckResult>
       done({ name: 'bootstrap', level: 'fail', detail: `${hp.host}:${hp.port} unreachable: ${(err as NodeJS.ErrnoException).code ?? err.message}` })
     )
   })
+}
+
+/** The network checks of a running node, from its status (its control socket in `dataDir`). */
+async function nodeChecks(dataDir: string, timeoutMs: number): Promise<CheckResult[]> {
+  let c: Connectivity | undefined
+  try {
+    c = ((await fetchStatus(dataDir, timeoutMs)) as NodeStatus).network
+  } catch (err) {
+    return [{ name: 'node', level: 'fail', detail: (err as Error).message }]
+  }
+  if (c === undefined) return [{ name: 'node', level: 'warn', detail: 'the node reports no network state (an older version?)' }]
+  return networkChecks(c)
+}
+
+/** Reachability, relays and paths as checks: what a user behind NAT needs to know. */
+export function networkChecks(c: Connectivity): CheckResult[] {
+  const relayedOnly = c.reach === 'nat' && c.punches.ok === 0 && c.punches.failed > 0
+  const out: CheckResult[] = [
+    { name: 'reach', level: c.reach === 'unknown' || relayedOnly ? 'warn' : 'ok', detail: reachLine(c).replace(/^reachability: /, '') }
+  ]
+  if (c.reach === 'nat')
+    out.push({
+      name: 'relays',
+      level: c.relays.length > 0 ? 'ok' : 'warn',
+      detail:
+        c.relays.length > 0
+          ? `holds a slot on ${c.relays.join(', ')}`
+          : 'holds no relay slot: peers that cannot dial it cannot reach it (a run needs one public member)'
+    })
+  else if (c.reach === 'public') out.push({ name: 'relays', level: 'ok', detail: `serves ${c.relayServing} reservation(s) to members behind NAT` })
+  const relayed = c.peers.filter(p => p.link === 'relayed')
+  const slow = c.peers.filter(p => p.bulk === 'libp2p')
+  out.push({
+    name: 'peers',
+    level: slow.length > 0 ? 'warn' : 'ok',
+    detail: `${c.peers.length - relayed.length} direct, ${relayed.length} relayed${relayed.length > 0 ? ` (${relayed.map(p => `${p.id}: bulk ${p.bulk}`).join(', ')})` : ''}${slow.length > 0 ? `; bulk bytes to ${slow.map(p => p.id).join(', ')} ride libp2p: ${RELAY_COST}` : ''}`
+  })
+  return out
 }

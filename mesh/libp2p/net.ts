@@ -61,6 +61,12 @@ export interface Libp2pPeerNetInit {
    * protocol on libp2p streams beside the bulk channel).
    */
   bulkProtocol?: (protocol: string) => boolean
+  /**
+   * The IP addresses this host owns (default: its interfaces). A peer that sees us at another
+   * address tells us a NAT stands between (reach.ts); tests return an empty set to make a
+   * loopback node believe it is behind one.
+   */
+  localIps?: () => Set<string>
 }
 
 /** A PeerNet on libp2p, which can also tell the addresses it listens on. */
@@ -95,7 +101,7 @@ class MeshPeerNet implements Libp2pPeerNet {
   private readonly protocols: StreamProtocols
   private readonly direct: DirectMessages
   private readonly announcer: Announcer
-  private readonly reach = new Reachability()
+  private readonly reach: Reachability
   private readonly puncher: Puncher
   private readonly relays: RelayClient
   private node: MeshNode | undefined
@@ -105,6 +111,7 @@ class MeshPeerNet implements Libp2pPeerNet {
   constructor(init: Libp2pPeerNetInit, labels: PeerLabels, { clock, log }: { clock: Clock; log: Logger }) {
     const keys = deriveRunKeys(init.runId, init.secret)
     this.init = init
+    this.reach = new Reachability(init.localIps)
     this.labels = labels
     this.log = log
     this.listeners = new Listeners<PeerNetEvents>(err => log.error({ err }, 'peer event listener failed'))

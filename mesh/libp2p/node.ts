@@ -10,7 +10,8 @@ import { mdns } from '@libp2p/mdns'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
 import { dcutr } from '@libp2p/dcutr'
-import type { PeerId as Libp2pPeerId, PrivateKey } from '@libp2p/interface'
+import type { PeerId as Libp2pPeerId, PrivateKey, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { InvalidArgumentError } from '../../core/index.ts'
 import { MESH_LIMITS } from '../limits.ts'
@@ -37,6 +38,19 @@ export interface NodeInternals {
 /** The components of `node` named in {@link NodeInternals}. */
 export function internals(node: MeshNode): NodeInternals {
   return (node as unknown as { components: NodeInternals }).components
+}
+
+/**
+ * Opens a stream to `peer` on a connection it already has (a direct one first, else a relayed
+ * one), dialling only when there is none. libp2p's dialProtocol never reuses a limited (relayed)
+ * connection: it dials anew, which for a peer behind NAT fails or opens a second circuit.
+ */
+export async function openStream(node: MeshNode, peer: string, protocol: string, options: { signal?: AbortSignal } = {}): Promise<Stream> {
+  const id = peerIdFromString(peer)
+  const open = node.getConnections(id).filter(c => c.status === 'open')
+  const conn = open.find(c => c.limits === undefined) ?? open[0]
+  const opts = { ...options, runOnLimitedConnection: true }
+  return conn === undefined ? await node.dialProtocol(id, protocol, opts) : await conn.newStream(protocol, opts)
 }
 
 /** The transport, discovery and gating choices of a node. */

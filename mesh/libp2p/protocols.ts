@@ -1,9 +1,8 @@
-import { peerIdFromString } from '@libp2p/peer-id'
 import { AbortError, settleOnAbort, type Logger } from '../../core/index.ts'
 import { AuthenticationError } from '../errors.ts'
 import type { ByteStream, PeerId, StreamHandler } from '../peernet.ts'
 import { describe, mapOpenError } from './errors.ts'
-import type { MeshNode } from './node.ts'
+import { openStream, type MeshNode } from './node.ts'
 import { Libp2pByteStream, type OpenStreams } from './stream-adapter.ts'
 
 /** The libp2p protocol id of a PeerNet protocol name. */
@@ -54,9 +53,7 @@ export class StreamProtocols {
   async open(node: MeshNode, peer: PeerId, protocol: string, signal?: AbortSignal): Promise<ByteStream> {
     let raw
     try {
-      raw = await settleOnAbort(signal, node.dialProtocol(peerIdFromString(peer), protocolId(protocol), { signal, runOnLimitedConnection: true }), s =>
-        s.abort(new AbortError('open abandoned'))
-      )
+      raw = await settleOnAbort(signal, openStream(node, peer, protocolId(protocol), { signal }), s => s.abort(new AbortError('open abandoned')))
     } catch (err) {
       throw mapOpenError(err, peer, protocol, signal)
     }

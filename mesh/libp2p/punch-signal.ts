@@ -1,6 +1,5 @@
 import type { Socket } from 'node:net'
 import type { Connection, Stream } from '@libp2p/interface'
-import { peerIdFromString } from '@libp2p/peer-id'
 import { z } from 'zod'
 import { AbortError, type Clock, type Logger } from '../../core/index.ts'
 import { createEnvelopeCodec } from '../../codec/index.ts'
@@ -9,17 +8,22 @@ import { MessageReader, writeMessage } from '../lp.ts'
 import type { PeerId } from '../peernet.ts'
 import { freePort, PunchFailedError, simultaneousOpen } from '../punch.ts'
 import { describe } from './errors.ts'
-import type { MeshNode } from './node.ts'
-import { isIpLiteral } from './reach.ts'
+import { openStream, type MeshNode } from './node.ts'
+import { isIpLiteral, onLink } from './reach.ts'
 import { Libp2pByteStream } from './stream-adapter.ts'
 
 /**
  * The signalling of a bulk-channel hole punch (../punch.ts), on a libp2p stream that rides
  * whatever connection the pair has (a relayed one included):
  *
- *   initiator -> responder : offer  { ip, port }   where to aim at the initiator
- *   responder -> initiator : answer { ip, port }   where to aim at the responder
+ *   initiator -> responder : offer  { ip, port, lan }   where to aim at the initiator
+ *   responder -> initiator : answer { ip, port, lan }   where to aim at the responder
  *                            refuse { why }
+ *
+ * `ip` is the sender's external address (its NAT's), `lan` the one it binds. A peer whose `lan`
+ * is on a network this host is attached to sits on the same LAN, behind the same NAT, which
+ * need not forward a connection from inside back inside (hairpinning; Linux masquerade does
+ * not): both ends then aim at each other's `lan` (each decides alike: a LAN is symmetric).
  *
  * Right after the answer both ends connect() to each other from the ports they named. The
  * initiator becomes the TLS client of the bulk connection; the responder hands its socket to
@@ -31,12 +35,17 @@ const MAX_MESSAGE = 256
 const zIp = z.string().max(45).refine(isIpLiteral, 'not an IP address')
 const codec = createEnvelopeCodec(
   {
-    offer: z.strictObject({ ip: zIp, port: z.int().min(1).max(65535) }),
-    answer: z.strictObject({ ip: zIp, port: z.int().min(1).max(65535) }),
+    offer: z.strictObject({ ip: zIp, port: z.int().min(1).max(65535), lan: zIp }),
+    answer: z.strictObject({ ip: zIp, port: z.int().min(1).max(65535), lan: zIp }),
     refuse: z.strictObject({ why: z.string().max(128) })
   },
   { maxBytes: MAX_MESSAGE }
 )
+
+/** Where to aim at a peer: its external address, or its own one when it is on our LAN. */
+function aim(peer: { ip: string; lan: string }): string {
+  return onLink(peer.lan) ? peer.lan : peer.ip
+}
 
 export interface PuncherInit {
   clock: Clock
@@ -76,11 +85,11 @@ export class Puncher {
     let ok = false
     try {
       const port = await freePort(host)
-      const raw = await node.dialProtocol(peerIdFromString(peer), PUNCH_PROTOCOL, { signal: deadline, runOnLimitedConnection: true })
+      const raw = await openStream(node, peer, PUNCH_PROTOCOL, { signal: deadline })
       const s = new Libp2pByteStream(raw, peer, PUNCH_PROTOCOL)
-      let remote: { ip: string; port: number }
+      let remote: { ip: string; port: number; lan: string }
       try {
-        await writeMessage(s, codec.encode('offer', { ip, port }), { signal: deadline })
+        await writeMessage(s, codec.encode('offer', { ip, port, lan: host }), { signal: deadline })
         const reply = await new MessageReader(s, MAX_MESSAGE).next()
         if (reply === undefined) throw new PunchFailedError(`${peer} closed the punch stream`)
         const env = codec.decode(reply)
@@ -92,7 +101,7 @@ export class Puncher {
         throw err
       }
       const socket = await simultaneousOpen(
-        { localHost: host, localPort: port, remoteHost: remote.ip, remotePort: remote.port },
+        { localHost: host, localPort: port, remoteHost: aim(remote), remotePort: remote.port },
         { clock: this.init.clock, signal: deadline }
       )
       ok = true
@@ -129,12 +138,12 @@ export class Puncher {
         return
       }
       const port = await freePort(host)
-      await writeMessage(s, codec.encode('answer', { ip, port }), { signal: deadline })
+      await writeMessage(s, codec.encode('answer', { ip, port, lan: host }), { signal: deadline })
       void s.end().catch(() => {})
       let ok = false
       try {
         const socket = await simultaneousOpen(
-          { localHost: host, localPort: port, remoteHost: env.payload.ip, remotePort: env.payload.port },
+          { localHost: host, localPort: port, remoteHost: aim(env.payload), remotePort: env.payload.port },
           { clock: this.init.clock, signal: deadline }
         )
         ok = true
@@ -158,7 +167,12 @@ export class Puncher {
   /** A signal that fires at the punch deadline, or with `signal`. */
   private deadline(signal?: AbortSignal): AbortSignal {
     const ac = new AbortController()
-    const timer = this.init.clock.setTimeout(() => ac.abort(new PunchFailedError('punch deadline passed')), MESH_LIMITS.punch.deadlineMs)
+    // Signalling plus the connect loop, whose own deadline (deadlineMs) ends it first with the
+    // reason of its last failure.
+    const timer = this.init.clock.setTimeout(
+      () => ac.abort(new PunchFailedError('punch deadline passed')),
+      MESH_LIMITS.punch.deadlineMs + MESH_LIMITS.punch.signalMs
+    )
     ac.signal.addEventListener('abort', () => this.init.clock.clearTimeout(timer), { once: true })
     return signal === undefined ? ac.signal : AbortSignal.any([signal, ac.signal])
   }

@@ -97,3 +97,28 @@ export class Reachability {
     }
   }
 }
+
+/** The IPv4 address as a 32-bit unsigned number. */
+function v4(ip: string): number | undefined {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(ip)
+  if (m === null) return undefined
+  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0
+}
+
+/**
+ * Whether `ip` is on a network one of this host's interfaces is attached to (IPv4; loopback
+ * and the wildcard excluded): a host there is reached without any router, NAT or not.
+ */
+export function onLink(ip: string): boolean {
+  const x = v4(ip)
+  if (x === undefined || isWildcard(ip)) return false
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) {
+      if (a.family !== 'IPv4' || a.internal) continue
+      const base = v4(a.address)
+      const mask = v4(a.netmask)
+      if (base !== undefined && mask !== undefined && mask !== 0 && (base & mask) >>> 0 === (x & mask) >>> 0) return true
+    }
+  }
+  return false
+}

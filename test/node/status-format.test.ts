@@ -46,3 +46,44 @@ test('status shows the view, the leader and training progress', t => {
   t.regex(text, /now: step 8: backward/)
   t.regex(text, /up 5 s, cpu 2\.3 s/)
 })
+
+test('the network section: reachability with its evidence, relays, and a warning naming peers whose bulk bytes ride a relay', async t => {
+  const { formatNetwork } = await import('../../cli/status-format.ts')
+  const { networkChecks } = await import('../../cli/doctor/checks.ts')
+  const home = {
+    reach: 'nat' as const,
+    externalIp: '45.77.0.2',
+    seenBy: 'pub',
+    punches: { ok: 0, failed: 3 },
+    relays: ['pub'],
+    relayServing: 0,
+    peers: [
+      { id: 'pub', link: 'direct' as const, bulk: 'libp2p' as const },
+      { id: 'other-home', link: 'relayed' as const, bulk: 'libp2p' as const }
+    ]
+  }
+  const lines = formatNetwork(home)
+  t.regex(lines[0]!, /behind NAT at 45\.77\.0\.2; relayed only: 3 hole punch\(es\) failed, none worked/)
+  t.regex(lines[1]!, /relays held: pub; reservations served: 0/)
+  t.is(lines[2], 'peers: 1 direct, 1 relayed')
+  t.regex(lines[3]!, /^WARNING: bulk bytes to pub, other-home ride a relay: /)
+  const checks = networkChecks(home)
+  t.deepEqual(
+    checks.map(c => [c.name, c.level]),
+    [
+      ['reach', 'warn'],
+      ['relays', 'ok'],
+      ['peers', 'warn']
+    ]
+  )
+  // A home whose punches work, and a public relay: no warning.
+  const punched = { ...home, punches: { ok: 2, failed: 0 }, peers: [{ id: 'other-home', link: 'relayed' as const, bulk: 'punched' as const }] }
+  t.regex(formatNetwork(punched)[0]!, /hole punching works \(2 punched, 0 failed\)/)
+  t.is(formatNetwork(punched).length, 3)
+  const pub = { reach: 'public' as const, reachedAt: '45.77.0.10', punches: { ok: 0, failed: 0 }, relays: [], relayServing: 4, peers: [] }
+  t.is(formatNetwork(pub)[0], 'reachability: public (peers reach it at 45.77.0.10)')
+  t.deepEqual(
+    networkChecks(pub).map(c => c.level),
+    ['ok', 'ok', 'ok']
+  )
+})

@@ -50,7 +50,16 @@ export function findTools(): Tools {
 
 /** Where nftables' `nft` is (the NAT topology's routers need it). */
 export function findNft(): string {
-  const nft = which('nft')
+  // The system's first: under npm scripts PATH starts with node_modules/.bin, where an npm
+  // package (node-file-trace) installs a program also called `nft`.
+  const nft = SBIN.map(d => join(d, 'nft')).find(p => {
+    try {
+      accessSync(p, constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
   if (nft === undefined) throw new ToolMissingError("the NAT harness needs nftables: 'nft' is not on PATH or in /usr/sbin (apt-get install nftables)")
   return nft
 }
@@ -65,13 +74,9 @@ export function newPrefix(): string {
  * Runs one command; resolves with its stdout. A failure rejects with `fail(message)` (default
  * {@link ZonesCommandError}) naming the command and its stderr.
  */
-export function run(
-  program: string,
-  args: readonly string[],
-  opts: { signal?: AbortSignal; fail?: (message: string) => ZonesError; input?: string } = {}
-): Promise<string> {
+export function run(program: string, args: readonly string[], opts: { signal?: AbortSignal; fail?: (message: string) => ZonesError } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = execFile(
+    execFile(
       program,
       args,
       { timeout: ZONES_LIMITS.commandTimeoutMs, maxBuffer: 4 << 20, ...(opts.signal === undefined ? {} : { signal: opts.signal }) },
@@ -84,7 +89,6 @@ export function run(
         reject(opts.fail?.(message) ?? new ZonesCommandError(message))
       }
     )
-    if (opts.input !== undefined) child.stdin?.end(opts.input)
   })
 }
 

@@ -1,4 +1,8 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { InvalidArgumentError } from '../../../core/index.ts'
+import { NamespaceRefusedError } from './errors.ts'
 import { findNft, findTools, newPrefix, refused, removeNamespacesSync, run, sweepStale, type Tools } from './commands.ts'
 import { ZONES_LIMITS as L } from './limits.ts'
 import { cleanupOnExit, forget, tbfArgs, track, type ZoneHost } from './topology.ts'
@@ -13,7 +17,7 @@ import { cleanupOnExit, forget, tbfArgs, track, type ZoneHost } from './topology
  *
  * Each router forwards, masquerades what leaves wan0 and, as a home router does, drops every
  * packet from the internet that does not belong to a connection a home host opened (`ct state
- * established,related`). Its NAT is one of:
+ * established,related`); hosts of one home reach each other freely. Its NAT is one of:
  * - `cone`: plain `masquerade`. Linux keeps a connection's source port when it is free, so
  *   a host that binds port p is seen at <router>:p by everyone: the mapping is endpoint
  *   independent and TCP hole punching (a simultaneous open from both sides) gets through.
@@ -78,6 +82,9 @@ export function routerRules(nat: NatKind): string {
     '    type filter hook forward priority filter; policy drop;',
     '    ct state established,related accept',
     '    iifname "lan0" oifname "wan0" accept',
+    // Hosts of one home talk to each other freely (with br_netfilter loaded, traffic bridged
+    // inside the home passes this hook too).
+    '    iifname "lan0" oifname "lan0" accept',
     '  }',
     '}',
     ''
@@ -117,6 +124,7 @@ export async function createNat(init: NatInit): Promise<NatTopology> {
   track(prefix, tools)
   cleanupOnExit()
   const hosts: NatHost[] = []
+  const rulesDir = mkdtempSync(join(tmpdir(), 'zeromesh-nat-'))
   /** A veth from `bridgeNs`'s bridge to eth0 of a new host namespace, shaped when asked. */
   const attach = async (h: NatHost, bridgeNs: string, bridge: string, end: string, cidr: string, gateway?: string): Promise<void> => {
     await ip('netns', 'add', h.netns)
@@ -161,7 +169,13 @@ export async function createNat(init: NatInit): Promise<NatTopology> {
       await ip('-n', router, 'addr', 'add', `${lan}.1/24`, 'dev', 'lan0')
       await ip('-n', router, 'link', 'set', 'lan0', 'up')
       await inNs(router, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1')
-      await run(tools.ip, ['netns', 'exec', router, nft, '-f', '-'], { ...opts, input: routerRules(home.nat) })
+      // A file, not stdin: under ava's worker threads `nft -f -` read nothing and the router
+      // came up without rules (no NAT, no filter), silently.
+      const file = join(rulesDir, `r${k}.nft`)
+      writeFileSync(file, routerRules(home.nat))
+      await run(tools.ip, ['netns', 'exec', router, nft, '-f', file], opts)
+      if (!(await run(tools.ip, ['netns', 'exec', router, nft, 'list', 'ruleset'], opts)).includes('masquerade'))
+        throw new NamespaceRefusedError(`router ${k}: nftables did not take the ruleset`)
       for (let i = 0; i < home.hosts; i++) {
         const h: NatHost = { name: `home${k}-${i}`, zone: `home${k}`, netns: `${prefix}home${k}-${i}`, ip: `${lan}.${10 + i}`, publicIp: wan, nat: home.nat }
         await attach(h, router, 'lan0', `h${i}`, `${h.ip}/24`, `${lan}.1`)
@@ -171,6 +185,8 @@ export async function createNat(init: NatInit): Promise<NatTopology> {
     removeNamespacesSync(tools, n => n.startsWith(prefix))
     forget(prefix)
     throw err
+  } finally {
+    rmSync(rulesDir, { recursive: true, force: true })
   }
   let stopped = false
   return {
