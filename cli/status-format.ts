@@ -5,7 +5,7 @@ import type { NodeStatus } from '../node/index.ts'
  * What a relayed path costs, as measured on the NAT harness (docs/PERFORMANCE.md, "Through
  * NAT"): named in the warning so a user can weigh it.
  */
-export const RELAY_COST = "about a third of a direct path's throughput, and every byte crosses the relay twice"
+export const RELAY_COST = 'on the NAT harness a relayed path moved 0.09x of a direct one unshaped (54 vs 620 MB/s) and 0.77x on 200 Mbit/s links'
 
 /** One line: how this node is reached. */
 export function reachLine(c: Connectivity): string {

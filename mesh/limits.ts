@@ -64,8 +64,13 @@ export const MESH_LIMITS = Object.freeze({
     attemptMs: 1_500,
     /** Wait between two connect() calls of one attempt (ms). */
     retryMs: 200,
-    /** After a failed attempt, streams to that peer use libp2p for this long before the next try (ms). */
+    /**
+     * After a failed attempt, streams to that peer use libp2p for this long before the next try
+     * (ms); it doubles with each failure in a row up to maxBackoffMs (an attempt that fails holds
+     * the open that asked for it up to deadlineMs + signalMs).
+     */
     backoffMs: 60_000,
+    maxBackoffMs: 30 * 60_000,
     /** Punch requests one peer may have in flight to us at once. */
     maxInFlightPerPeer: 4
   })

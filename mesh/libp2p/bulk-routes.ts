@@ -29,6 +29,8 @@ interface Route {
   noPunchUntil: number
   /** A punch to this peer worked (or a direct dial did). */
   worked: boolean
+  /** Punches that failed in a row. */
+  failures: number
 }
 
 /**
@@ -96,7 +98,7 @@ export class BulkRoutes {
     const ip = ipOf(conn)
     const claimed = result.bulkHost
     const direct = ip !== undefined && (claimed === undefined || claimed === ip || isWildcard(claimed))
-    this.routes.set(peer, { session, addr: direct ? { host: ip, port: result.bulkPort } : undefined, noPunchUntil: 0, worked: false })
+    this.routes.set(peer, { session, addr: direct ? { host: ip, port: result.bulkPort } : undefined, noPunchUntil: 0, worked: false, failures: 0 })
   }
 
   /** How bulk bytes reach `peer` now. */
@@ -120,13 +122,17 @@ export class BulkRoutes {
     try {
       const s = await settleOnAbort(signal, this.channel.open(peer, to, r.session, protocol, signal), st => st.abort(new AbortError('open abandoned')))
       r.worked = true
+      if (punched) r.failures = 0
       return s
     } catch (err) {
       const name = (err as Error).name
       if (name === 'ProtocolNotSupportedError' || name === 'AbortError') throw err
       if (punched) {
-        r.noPunchUntil = this.clock.monotonic() + MESH_LIMITS.punch.backoffMs
-        this.log.info({ peer, err: describe(err) }, `hole punch failed; bulk streams to this peer ride libp2p for ${MESH_LIMITS.punch.backoffMs / 1000} s`)
+        const P = MESH_LIMITS.punch
+        const wait = Math.min(P.maxBackoffMs, P.backoffMs * 2 ** Math.min(r.failures, 16))
+        r.failures++
+        r.noPunchUntil = this.clock.monotonic() + wait
+        this.log.info({ peer, err: describe(err) }, `hole punch failed; bulk streams to this peer ride libp2p for ${wait / 1000} s`)
       } else if (!r.worked && /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|timed out/.test(describe(err))) {
         // The address its handshake came from does not take connections: punch from now on.
         r.addr = undefined

@@ -10,7 +10,7 @@ import { Announcer } from './announce.ts'
 import { AUTH_PROTOCOL, deriveRunKeys, labelsSchema } from './auth.ts'
 import { BulkRoutes } from './bulk-routes.ts'
 import { Puncher } from './punch-signal.ts'
-import { ipOf, isRelayed, Reachability } from './reach.ts'
+import { ipOf, isRelayed, localIps, Reachability } from './reach.ts'
 import { RelayClient } from './relays.ts'
 import { MESH_LIMITS } from '../limits.ts'
 import { DIRECT_PROTOCOL, DirectMessages } from './direct.ts'
@@ -62,7 +62,7 @@ export interface Libp2pPeerNetInit {
    */
   bulkProtocol?: (protocol: string) => boolean
   /**
-   * The IP addresses this host owns (default: its interfaces). A peer that sees us at another
+   * The IP addresses this host owns (default: its interfaces and the --announce addresses). A peer that sees us at another
    * address tells us a NAT stands between (reach.ts); tests return an empty set to make a
    * loopback node believe it is behind one.
    */
@@ -111,7 +111,9 @@ class MeshPeerNet implements Libp2pPeerNet {
   constructor(init: Libp2pPeerNetInit, labels: PeerLabels, { clock, log }: { clock: Clock; log: Logger }) {
     const keys = deriveRunKeys(init.runId, init.secret)
     this.init = init
-    this.reach = new Reachability(init.localIps)
+    // Announced addresses count as ours: a cloud VM's public IP is often not on any interface.
+    const announced = (init.announce ?? []).flatMap(a => a.split('/')[2] ?? [])
+    this.reach = new Reachability(init.localIps ?? (() => new Set([...localIps(), ...announced])))
     this.labels = labels
     this.log = log
     this.listeners = new Listeners<PeerNetEvents>(err => log.error({ err }, 'peer event listener failed'))

@@ -45,7 +45,7 @@ export function isWildcard(ip: string): boolean {
 }
 
 /** The IP addresses of this host's interfaces (inside a network namespace, the namespace's). */
-function localIps(): Set<string> {
+export function localIps(): Set<string> {
   const out = new Set<string>()
   for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.add(a.address)
   return out

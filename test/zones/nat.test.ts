@@ -48,7 +48,7 @@ test('a home router drops what the internet sends unasked and masquerades, port-
 const STEPS = 12
 const KILL_AT = 5
 
-/** What one run saw: its events, the last status of each node (polled while it ran), and the done events. */
+/** What one run saw: its events, each node's status (polled while it ran; the one with the most peers), and the done events. */
 interface NatRun {
   events: readonly StampedEvent[]
   status: Map<string, Connectivity>
@@ -100,8 +100,17 @@ async function natRun(
       for (const x of n.nodes) {
         fetchStatus(join(n.dir, x.name), 1000).then(
           s => {
+            // Keep the fullest picture: as ranks finish, their peers leave and lists shrink.
             const net = (s as NodeStatus).network
-            if (net !== undefined) status.set(x.name, net)
+            const had = status.get(x.name)
+            if (net === undefined) return
+            // Punch counters only grow: take the newest.
+            status.set(
+              x.name,
+              had === undefined || net.peers.length >= had.peers.length
+                ? net
+                : { ...had, punches: net.punches, relays: had.relays.length > 0 ? had.relays : net.relays }
+            )
           },
           () => {}
         )
