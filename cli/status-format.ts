@@ -9,7 +9,7 @@ export const RELAY_COST = 'on the NAT harness a relayed path moved 0.09x of a di
 
 /** One line: how this node is reached. */
 export function reachLine(c: Connectivity): string {
-  if (c.reach === 'public') return `reachability: public (peers reach it at ${c.reachedAt ?? '?'})`
+  if (c.reach === 'public') return `reachability: public (peers see it at its own address ${c.reachedAt ?? '?'})`
   if (c.reach === 'unknown') return 'reachability: unknown (no peer has told where it sees this node yet)'
   const punch =
     c.punches.ok > 0

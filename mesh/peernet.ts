@@ -118,7 +118,7 @@ export interface Connectivity {
   /** Our NAT's address as a peer (`seenBy`) saw it. */
   externalIp?: string
   seenBy?: PeerId
-  /** Our own address, where a peer dialled us. */
+  /** Our own address, where a peer saw us (no NAT between). */
   reachedAt?: string
   /** Bulk-channel hole punches that worked and that failed (both roles). */
   punches: { ok: number; failed: number }

@@ -17,6 +17,8 @@ export interface AdmissionInit {
   denyMs: number
   /** Our side of the handshake on `conn` (read when it starts). */
   handshake: (conn: Connection) => HandshakeInit
+  /** Whether the peer of `conn` has another connection open. */
+  otherConnections: (conn: Connection) => boolean
   /** Closes every connection to a refused peer. */
   hangUp: (peer: Libp2pPeerId) => Promise<void>
   /** A handshake completed on `conn`; `dialer` and `listener` are the two ids in their roles. */
@@ -136,12 +138,13 @@ export class Admission {
   }
 
   /**
-   * A handshake on `conn` failed. If the connection itself went away meanwhile (closed by its
-   * other end or by libp2p), that says nothing about the peer: it is not refused.
+   * A handshake on `conn` failed. If that connection went away meanwhile while the peer has
+   * another one open (libp2p or a service closed a second connection of the pair), that says
+   * nothing about the peer: it is not refused. A peer that hangs up its only connection is.
    */
   private failed(conn: Connection, why: string): void {
-    if (conn.status !== 'open') {
-      this.init.log.debug({ peer: conn.remotePeer.toString(), why }, 'connection closed during the run handshake')
+    if (conn.status !== 'open' && this.init.otherConnections(conn)) {
+      this.init.log.debug({ peer: conn.remotePeer.toString(), why }, 'a second connection closed during the run handshake')
       return
     }
     this.refuse(conn.remotePeer, why)

@@ -146,6 +146,7 @@ class MeshPeerNet implements Libp2pPeerNet {
         ...(this.bulk.port === undefined ? {} : { bulkHost: this.bulk.listenHost }),
         seen: ipOf(conn)
       }),
+      otherConnections: conn => (this.node?.getConnections(conn.remotePeer) ?? []).some(c => c.id !== conn.id && c.status === 'open'),
       hangUp: async peer => {
         await this.node?.hangUp(peer)
       },

@@ -11,6 +11,9 @@ import type { PeerId } from '../peernet.ts'
  *   not one of ours means a NAT rewrote it: we are behind NAT, and that IP is our external one.
  * - as the listener, the dialer reports the IP it dialled. One of ours means a peer reached us
  *   at our own address.
+ * Seen at our own address either way, and never from elsewhere: `public` (no NAT between us and
+ * our peers; a firewall that drops unasked connections would still hide us, but a member that
+ * asks us for a relay slot reached us directly first).
  * NAT evidence wins over public evidence (a peer on our own LAN reaches us at our address even
  * when the internet cannot).
  *
@@ -55,7 +58,7 @@ export class Reachability {
   private readonly mine: () => Set<string>
   /** The newest IP a listener saw us come from that is not ours, and who saw it. */
   private external: { ip: string; peer: PeerId } | undefined
-  /** The newest IP a dialer reached us at that is ours. */
+  /** The newest IP of ours a peer saw us at. */
   private reachedAt: string | undefined
   /** Hole punches of the bulk channel that opened a connection, and that did not. */
   readonly punches = { ok: 0, failed: 0 }
@@ -71,7 +74,8 @@ export class Reachability {
   observe(peer: PeerId, seen: string, role: 'dialer' | 'listener'): void {
     const ours = this.mine().has(seen)
     if (role === 'dialer' && !ours) this.external = { ip: seen, peer }
-    if (role === 'listener' && ours) this.reachedAt = seen
+    // Either way, a peer that sees us at our own address has no NAT between us.
+    if (ours) this.reachedAt = seen
   }
 
   get reach(): Reach {

@@ -81,7 +81,7 @@ test('the network section: reachability with its evidence, relays, and a warning
   t.regex(formatNetwork(punched)[0]!, /hole punching works \(2 punched, 0 failed\)/)
   t.is(formatNetwork(punched).length, 3)
   const pub = { reach: 'public' as const, reachedAt: '45.77.0.10', punches: { ok: 0, failed: 0 }, relays: [], relayServing: 4, peers: [] }
-  t.is(formatNetwork(pub)[0], 'reachability: public (peers reach it at 45.77.0.10)')
+  t.is(formatNetwork(pub)[0], 'reachability: public (peers see it at its own address 45.77.0.10)')
   t.deepEqual(
     networkChecks(pub).map(c => c.level),
     ['ok', 'ok', 'ok']

@@ -158,7 +158,10 @@ const cleanRun = (t: ExecutionContext): Promise<NatRun> => (clean ??= natRun(t, 
 natTest('four nodes behind two NATs and a public node train: the homes find they are behind NAT, hold a relay slot, and punch direct bulk paths', async t => {
   t.timeout(300_000)
   const r = await cleanRun(t)
-  for (const [name, s] of r.status) t.log(name, JSON.stringify(s))
+  for (const [name, s] of r.status)
+    t.log(
+      `${name}: ${s.reach}, punches ${s.punches.ok} ok / ${s.punches.failed} failed, relays ${s.relays.length}, served ${s.relayServing}, bulk ${s.peers.map(p => `${p.link}/${p.bulk}`).join(' ')}`
+    )
   t.is(r.done.length, 4)
   t.is(new Set(r.done.map(d => d.evalLoss)).size, 1, 'every rank scored the same final weights')
   const pub = r.status.get('public-0')
