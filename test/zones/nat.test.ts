@@ -146,8 +146,9 @@ async function natRun(
     ok = true
     return { events: [...n.events], status, done, identities, ...(killed === undefined ? {} : { killed }) }
   } finally {
-    if (!ok) t.log(`logs kept in ${dir}`)
-    await nodes?.stop({ keep: !ok })
+    const keep = !ok || process.env['ZEROMESH_NAT_KEEP'] === '1'
+    if (keep) t.log(`logs kept in ${dir}`)
+    await nodes?.stop({ keep })
     await topo.stop()
   }
 }
@@ -196,6 +197,15 @@ natTest('a NATed rank is SIGKILLed: the spare replaces it from the snapshots and
     hurt.done.some(d => d.node === spare),
     `the spare (${spare}) took the killed rank`
   )
+  // What to read when the losses differ: each run's ranks (first view), recoveries and losses.
+  for (const [name, run] of [
+    ['fault-free', base],
+    ['killed', hurt]
+  ] as const) {
+    const views = run.events.filter(e => e.event.type === 'view').map(e => `${e.node}:${JSON.stringify(e.event)}`)
+    const rec = run.events.filter(e => e.event.type === 'recovery').map(e => `${e.node}:${JSON.stringify(e.event)}`)
+    t.log(`${name}: views ${views.join(' ')}; recoveries ${rec.join(' ')}; done ${run.done.map(d => `${d.node}=${d.evalLoss}`).join(' ')}`)
+  }
   const want = base.done[0]?.evalLoss
   t.true(typeof want === 'number')
   for (const d of hurt.done) t.is(d.evalLoss, want, `${d.node}: held-out loss of the final weights`)
