@@ -22,6 +22,7 @@ import {
   type ZoneNodes,
   type Zones
 } from '../helpers/zones/index.ts'
+import { exclusive } from '../helpers/zones/exclusive.ts'
 
 const reason = await zonesUnavailable()
 if (reason !== undefined) process.stderr.write(`test/zones: skipping the namespace tests: ${reason}\n`)
@@ -37,7 +38,7 @@ function zonesTest(title: string, fn: (t: ExecutionContext) => Promise<void>, fl
     test.skip(`${title} [skipped: ${why}]`, () => {})
     return
   }
-  test.serial(title, fn)
+  test.serial(title, t => exclusive(() => fn(t)))
 }
 
 /** Why the flat 5-rank cut scenario is flaky (docs/LIMITS.md, "A zone cut ... flat run"). */

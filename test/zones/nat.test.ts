@@ -18,6 +18,7 @@ import {
   type ZoneNodes
 } from '../helpers/zones/index.ts'
 import { findNft } from '../helpers/zones/commands.ts'
+import { exclusive } from '../helpers/zones/exclusive.ts'
 
 const reason = (await zonesUnavailable()) ?? nftMissing()
 function nftMissing(): string | undefined {
@@ -34,7 +35,7 @@ function natTest(title: string, fn: (t: ExecutionContext) => Promise<void>): voi
     test.skip(`${title} [skipped: ${reason}]`, () => {})
     return
   }
-  test.serial(title, fn)
+  test.serial(title, t => exclusive(() => fn(t)))
 }
 
 test('a home router drops what the internet sends unasked and masquerades, port-keeping (cone) or random (symmetric)', t => {
@@ -47,6 +48,10 @@ test('a home router drops what the internet sends unasked and masquerades, port-
 
 const STEPS = 12
 const KILL_AT = 5
+// As the zone harness's cut scenarios (harness.test.ts): beside the whole suite on 2 cores, 300 ms
+// heartbeats made the detector suspect live nodes too (views 3 and 4 after one kill, and ranks
+// that could not agree on a recovery point: docs/LIMITS.md); a kill is still seen in ~3 s.
+const HEARTBEAT_MS = 1000
 
 /** What one run saw: its events, each node's status (polled while it ran; the one with the most peers), and the done events. */
 interface NatRun {
@@ -90,6 +95,7 @@ async function natRun(
     nodes = await startZoneNodes({
       zones: topo,
       dir,
+      heartbeatMs: HEARTBEAT_MS,
       args: trainFlags({ worldSize: world, steps: STEPS, model: 'mini', batch: 2, seq: 32, ...(o.snapshot === undefined ? {} : { snapshot: o.snapshot }) })
     })
     const n = nodes
