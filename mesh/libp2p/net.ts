@@ -25,7 +25,9 @@ import { TopicTable } from './topics.ts'
  * streams (or the bulk channel) for bulk bytes, bootstrap and mDNS discovery, and run
  * isolation by a secret-keyed challenge-response on top of the encrypted connection (see
  * auth.ts): peers that fail it are disconnected and refused for a while, their streams are
- * refused, and gossip without a valid run tag is rejected.
+ * refused, and gossip without a valid run tag is rejected. Nodes behind NAT find out from the
+ * handshake (reach.ts), hold a Circuit Relay v2 slot on a public member (relays.ts), and punch
+ * direct bulk connections (punch-signal.ts).
  */
 export interface Libp2pPeerNetInit {
   runId: string
@@ -62,9 +64,9 @@ export interface Libp2pPeerNetInit {
    */
   bulkProtocol?: (protocol: string) => boolean
   /**
-   * The IP addresses this host owns (default: its interfaces and the --announce addresses). A peer that sees us at another
-   * address tells us a NAT stands between (reach.ts); tests return an empty set to make a
-   * loopback node believe it is behind one.
+   * The IP addresses this host owns (default: its interfaces and the announce addresses). A
+   * peer that sees us at another address tells us a NAT stands between (reach.ts); tests return
+   * an empty set to make a loopback node believe it is behind one.
    */
   localIps?: () => Set<string>
 }
@@ -85,8 +87,9 @@ export function createLibp2pPeerNet(init: Libp2pPeerNetInit, components: { clock
 
 /**
  * The composition: Admission (run authentication of every connection), GossipRouter and
- * DirectMessages over one TopicTable, StreamProtocols and BulkRoutes for streams, and the
- * Announcer, wired to one libp2p node built at start.
+ * DirectMessages over one TopicTable, StreamProtocols and BulkRoutes (with the Puncher) for
+ * streams, the Announcer, Reachability and the RelayClient, wired to one libp2p node built at
+ * start.
  */
 class MeshPeerNet implements Libp2pPeerNet {
   private readonly init: Libp2pPeerNetInit

@@ -65,7 +65,7 @@ export interface NodeOptions {
   isDenied: (peer: string) => boolean
   /**
    * Who may use this node as a relay and be relayed: a reservation is served when it resolves
-   * true (the relay waits for the run handshake; relay.ts), a relayed connection when both
+   * true (the relay waits for the run handshake; net.ts), a relayed connection when both
    * ends are admitted, an inbound relayed connection when the relay is admitted.
    */
   relayGate: {
