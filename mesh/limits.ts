@@ -71,7 +71,11 @@ export const MESH_LIMITS = Object.freeze({
      */
     backoffMs: 60_000,
     maxBackoffMs: 30 * 60_000,
-    /** Punch requests one peer may have in flight to us at once. */
-    maxInFlightPerPeer: 4
+    /**
+     * Punch requests one peer may have in flight to us at once (a snapshot placement and a
+     * collective open several streams to one peer together); past it the request is refused as
+     * busy and that stream rides libp2p, with no backoff.
+     */
+    maxInFlightPerPeer: 16
   })
 })

@@ -140,7 +140,10 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
     const failed = failures(results, holders)
     const l = labels[0]!
     if (failed.length > 0) {
-      log?.warn({ version: l.version, epoch: v.epoch, failed: failed.length }, 'snapshot placement incomplete')
+      log?.warn(
+        { version: l.version, epoch: v.epoch, failed: failed.length, why: failed.map(f => `${f.holder}: ${f.reason}`) },
+        'snapshot placement incomplete'
+      )
       throw new PlacementFailedError(self, l.version, failed)
     }
     const manifest: Manifest = {

@@ -127,7 +127,9 @@ export class BulkRoutes {
     } catch (err) {
       const name = (err as Error).name
       if (name === 'ProtocolNotSupportedError' || name === 'AbortError') throw err
-      if (punched) {
+      if (punched && (err as { details?: { busy?: boolean } }).details?.busy === true) {
+        this.log.debug({ peer, protocol }, 'the peer is busy with other punches; this stream uses libp2p')
+      } else if (punched) {
         const P = MESH_LIMITS.punch
         const wait = Math.min(P.maxBackoffMs, P.backoffMs * 2 ** Math.min(r.failures, 16))
         r.failures++

@@ -31,6 +31,8 @@ import { Libp2pByteStream } from './stream-adapter.ts'
  * MESH_LIMITS.punch.maxInFlightPerPeer at once each.
  */
 export const PUNCH_PROTOCOL = '/zeromesh/punch/1.0.0'
+/** The refusal of a responder with MESH_LIMITS.punch.maxInFlightPerPeer punches of ours in flight. */
+const BUSY = 'busy'
 const MAX_MESSAGE = 256
 const zIp = z.string().max(45).refine(isIpLiteral, 'not an IP address')
 const codec = createEnvelopeCodec(
@@ -87,13 +89,18 @@ export class Puncher {
       const port = await freePort(host)
       const raw = await openStream(node, peer, PUNCH_PROTOCOL, { signal: deadline })
       const s = new Libp2pByteStream(raw, peer, PUNCH_PROTOCOL)
+      // The reader takes no signal: the deadline resets the stream instead.
+      deadline.addEventListener('abort', () => s.abort(), { once: true })
       let remote: { ip: string; port: number; lan: string }
       try {
         await writeMessage(s, codec.encode('offer', { ip, port, lan: host }), { signal: deadline })
         const reply = await new MessageReader(s, MAX_MESSAGE).next()
         if (reply === undefined) throw new PunchFailedError(`${peer} closed the punch stream`)
         const env = codec.decode(reply)
-        if (env.type !== 'answer') throw new PunchFailedError(`${peer} refused the punch: ${env.type === 'refuse' ? env.payload.why : env.type}`)
+        if (env.type !== 'answer') {
+          const why = env.type === 'refuse' ? env.payload.why : env.type
+          throw new PunchFailedError(`${peer} refused the punch: ${why}`, { busy: why === BUSY })
+        }
         remote = env.payload
         await s.end().catch(() => {})
       } catch (err) {
@@ -119,12 +126,21 @@ export class Puncher {
     const peer = conn.remotePeer.toString()
     const s = new Libp2pByteStream(raw, peer, PUNCH_PROTOCOL)
     const busy = this.inFlight.get(peer) ?? 0
-    if (!this.init.isAdmitted(peer) || busy >= MESH_LIMITS.punch.maxInFlightPerPeer) {
+    if (!this.init.isAdmitted(peer)) {
       s.abort()
+      return
+    }
+    if (busy >= MESH_LIMITS.punch.maxInFlightPerPeer) {
+      // Busy is not unpunchable: the asker uses libp2p for this one stream and tries again next time.
+      writeMessage(s, codec.encode('refuse', { why: BUSY }))
+        .then(() => s.end())
+        .catch(() => s.abort())
       return
     }
     this.inFlight.set(peer, busy + 1)
     const deadline = this.deadline()
+    // A peer that opens the stream and says nothing is cut off at the deadline.
+    deadline.addEventListener('abort', () => s.abort(), { once: true })
     const host = this.init.bindHost()
     const run = async (): Promise<void> => {
       const msg = await new MessageReader(s, MAX_MESSAGE).next()
