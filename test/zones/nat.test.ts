@@ -46,7 +46,7 @@ function natTest(title: string, fn: (t: ExecutionContext) => Promise<void>, flak
 
 /** Why the NAT kill scenario is gated (docs/LIMITS.md, "The NAT kill scenario"). */
 const KILL_FLAKY =
-  'the NAT kill scenario fails in about a third of the runs on this 2-core machine: some cross-home pairs are not connected when snapshots are placed ("peer ... is not connected"), a home\'s ranks are left with no complete snapshot, and the recovery finds no step in common'
+  'the NAT kill scenario failed 9 of 28 runs on this 2-core machine: some cross-home pairs are not connected when snapshots are placed ("peer ... is not connected"), a home\'s ranks are left with no complete snapshot, and the recovery finds no step in common'
 
 test('a home router drops what the internet sends unasked and masquerades, port-keeping (cone) or random (symmetric)', t => {
   t.regex(routerRules('cone'), /oifname "wan0" masquerade\n/)
