@@ -22,24 +22,13 @@ import {
   type ZoneNodes,
   type Zones
 } from '../helpers/zones/index.ts'
-import { exclusive } from '../helpers/zones/exclusive.ts'
+import { namespaceTest } from '../helpers/zones/exclusive.ts'
 
 const reason = await zonesUnavailable()
 if (reason !== undefined) process.stderr.write(`test/zones: skipping the namespace tests: ${reason}\n`)
 
-/**
- * Registers a test that builds namespaces, or a skipped one naming why it cannot. `flaky`: a
- * scenario that exposes a known timing-dependent failure of the product (docs/LIMITS.md) runs
- * only with ZEROMESH_ZONES_FLAKY=1, so CI stays a verdict on what works.
- */
-function zonesTest(title: string, fn: (t: ExecutionContext) => Promise<void>, flaky?: string): void {
-  const why = reason ?? (flaky !== undefined && process.env['ZEROMESH_ZONES_FLAKY'] !== '1' ? `${flaky}; ZEROMESH_ZONES_FLAKY=1 runs it` : undefined)
-  if (why !== undefined) {
-    test.skip(`${title} [skipped: ${why}]`, () => {})
-    return
-  }
-  test.serial(title, t => exclusive(() => fn(t)))
-}
+/** A namespace test of this file (helpers/zones/exclusive.ts). */
+const zonesTest = (title: string, fn: (t: ExecutionContext) => Promise<void>, flaky?: string): void => namespaceTest(reason, title, fn, flaky)
 
 /** Why the flat 5-rank cut scenario is flaky (docs/LIMITS.md, "A zone cut ... flat run"). */
 const FLAT_CUT_FLAKY =

@@ -18,7 +18,7 @@ import {
   type ZoneNodes
 } from '../helpers/zones/index.ts'
 import { findNft } from '../helpers/zones/commands.ts'
-import { exclusive } from '../helpers/zones/exclusive.ts'
+import { namespaceTest } from '../helpers/zones/exclusive.ts'
 
 const reason = (await zonesUnavailable()) ?? nftMissing()
 function nftMissing(): string | undefined {
@@ -30,19 +30,8 @@ function nftMissing(): string | undefined {
   }
 }
 
-/**
- * Registers a namespace test, or a skipped one naming why it cannot run. `flaky`: a scenario that
- * exposes a known failure of the product (docs/LIMITS.md) runs only with ZEROMESH_ZONES_FLAKY=1,
- * so CI stays a verdict on what works.
- */
-function natTest(title: string, fn: (t: ExecutionContext) => Promise<void>, flaky?: string): void {
-  const why = reason ?? (flaky !== undefined && process.env['ZEROMESH_ZONES_FLAKY'] !== '1' ? `${flaky}; ZEROMESH_ZONES_FLAKY=1 runs it` : undefined)
-  if (why !== undefined) {
-    test.skip(`${title} [skipped: ${why}]`, () => {})
-    return
-  }
-  test.serial(title, t => exclusive(() => fn(t)))
-}
+/** A namespace test of this file (helpers/zones/exclusive.ts). */
+const natTest = (title: string, fn: (t: ExecutionContext) => Promise<void>, flaky?: string): void => namespaceTest(reason, title, fn, flaky)
 
 /** Why the NAT kill scenario is gated (docs/LIMITS.md, "The NAT kill scenario"). */
 const KILL_FLAKY =

@@ -107,7 +107,8 @@ function parseNamespaces(out: string): string[] {
     .filter(n => n.length > 0)
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` exists (EPERM: it does, owned by someone else). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
