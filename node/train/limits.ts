@@ -35,6 +35,11 @@ export const TRAIN_LIMITS = Object.freeze({
   growEveryMs: 500,
   /** Poll interval while waiting for a view, a connection or the end of the run (ms). */
   pollMs: 50,
+  /**
+   * How long a rank that finished waits for the others of its roster to announce that they
+   * finished too (they may still be gathering its final weights for the held-out loss), ms.
+   */
+  doneWaitMs: 30_000,
   /** Extra time to connect to every rank beyond the detector's bound (ms). */
   connectSlackMs: 30_000,
   /** A roster announcement (`train/roster`, JSON), checked before parsing. */

@@ -15,6 +15,8 @@ export interface TrainerEnv {
 export interface Gossip {
   /** A rank announced the end of the run. */
   runDone: boolean
+  /** The nodes that announced it (bounded by the roster: only rostered nodes are counted). */
+  doneFrom: Set<string>
   /** The newest roster rank 0 announced (spares that joined late adopt it). */
   announced: RosterAnnouncement | undefined
   /** When this node (as rank 0) last announced the roster (monotonic ms). */

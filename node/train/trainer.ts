@@ -69,7 +69,7 @@ export class Trainer {
       snapshots: undefined,
       plan: undefined,
       rosterStart: 0,
-      gossip: { runDone: false, announced: undefined, announcedAt: -Infinity },
+      gossip: { runDone: false, doneFrom: new Set(), announced: undefined, announcedAt: -Infinity },
       grow: { to: undefined, lastStep: -1, handoff: undefined, msg: undefined },
       disk: { step: undefined, writes: Promise.resolve() },
       finalShard: undefined
@@ -114,7 +114,19 @@ export class Trainer {
       let event: RoleEvent = placed(env, rs, c)
       for (;;) {
         role = nextRole(role, event)
-        if (event.type === 'finished' && event.announce === true) await deps.net.publish(DONE_TOPIC, doneMessage.encode(rs.st.step)).catch(() => {})
+        if (event.type === 'finished' && event.announce === true) {
+          await deps.net.publish(DONE_TOPIC, doneMessage.encode(rs.st.step)).catch(() => {})
+          // The others may still be gathering this rank's final weights for their held-out
+          // loss: it leaves once every rank of its roster said it is done too, or is gone.
+          const others = c.roster.map(m => m.id).filter(id => id !== deps.net.self.id)
+          const until = deps.clock.monotonic() + TRAIN_LIMITS.doneWaitMs
+          for (;;) {
+            const connected = new Set(deps.net.peers().map(p => p.id))
+            if (others.every(id => rs.gossip.doneFrom.has(id) || !connected.has(id)) || deps.clock.monotonic() > until) break
+            await deps.clock.sleep(TRAIN_LIMITS.pollMs, signal === undefined ? {} : { signal }).catch(() => {})
+            if (signal?.aborted === true) break
+          }
+        }
         if (role === 'end') return this.status()
         if (role === 'spare') {
           // (`signal` ends the wait when the run is over: `zeromesh up` stops its spares.)
@@ -165,7 +177,9 @@ export class Trainer {
       net.subscribe(DONE_TOPIC, {
         validate: msg => (msg.data.length === 4 ? 'accept' : 'reject'),
         deliver: msg => {
-          if (rs.views.wasRostered(msg.from)) rs.gossip.runDone = true
+          if (!rs.views.wasRostered(msg.from)) return
+          rs.gossip.runDone = true
+          rs.gossip.doneFrom.add(msg.from)
         }
       })
     )
