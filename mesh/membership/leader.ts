@@ -52,13 +52,18 @@ export function chooseLeader(ctx: LeaderContext, ord: readonly PeerId[], me: Pee
 /**
  * The leader died: members ranked before me that were quiet only because they were not
  * leading get another detection period, so I follow whoever takes over instead of jumping ahead.
+ * That is every connected one I have no fresh heartbeat from: a primed detector, or one whose
+ * last heartbeat is old (heard before the first view, when heartbeats were gossiped, and
+ * silent since because it sent them to the leader). Without the second kind, a node ranked
+ * after such a member took over and dropped it from the next view as dead.
  */
 function reprimeBelow(ctx: LeaderContext, ord: readonly PeerId[], me: PeerId, dead: PeerId): void {
   for (let i = 0; i < ord.length; i++) {
     const id = ord[i]!
     if (id === me) break
     const r = ctx.recordAt(ord, i)
-    if (id !== dead && r !== undefined && r.primed && r.conn !== undefined) ctx.prime(id)
+    if (id === dead || r === undefined || r.conn === undefined || r.leaving) continue
+    if (r.primed || r.detector === undefined || r.detector.suspect(ctx.now())) ctx.prime(id)
   }
 }
 
