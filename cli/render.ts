@@ -71,6 +71,7 @@ function startedLines(e: Extract<NodeEvent, { type: 'started' }>): string[] {
     `zeromesh ${e.version}: node ${e.peerId} in run ${e.run} (zone ${e.zone}, host ${e.host})`,
     `data dir ${e.dataDir}`,
     ...(e.metricsUrl === undefined ? [] : [`metrics on ${e.metricsUrl}`]),
+    ...(e.dashboardUrl === undefined ? [] : [`dashboard on ${e.dashboardUrl}`]),
     'listening on:',
     ...e.multiaddrs.map(a => `  ${a}`),
     'others join with:',

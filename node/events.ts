@@ -37,6 +37,7 @@ const EVENT_SCHEMAS = [
     host: z.string(),
     dataDir: z.string(),
     metricsUrl: z.string().optional(),
+    dashboardUrl: z.string().optional(),
     multiaddrs: list(z.string())
   }),
   /** A view was installed; `rank` is this node's, absent when it is not a member. */

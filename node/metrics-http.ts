@@ -79,6 +79,22 @@ export async function serveMetrics(listen: HostPort, registry: MetricsRegistry):
     }
   )
   server.maxConnections = L.maxConnections
+  const bound = await bindHttp(server, listen, 'metrics')
+  return { url: metricsUrl(listen.host, bound.port), ...bound }
+}
+
+/** An HTTP server bound to its address: the port it got, and a close that ends every connection. */
+export interface BoundHttp {
+  port: number
+  /** Closes the listener and every open connection. Idempotent. */
+  close(): Promise<void>
+}
+
+/**
+ * Binds `server` to `listen`. A port in use, a missing local address or an unresolvable host
+ * is a {@link ConfigError} naming the address and `what` is served (one line on the CLI, exit 2).
+ */
+export async function bindHttp(server: Server, listen: HostPort, what: string): Promise<BoundHttp> {
   const where = `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
@@ -92,14 +108,13 @@ export async function serveMetrics(listen: HostPort, registry: MetricsRegistry):
               : err.code === 'EACCES'
                 ? 'permission denied'
                 : (err.code ?? err.message)
-      reject(new ConfigError(`cannot serve metrics on ${where}: ${why}`))
+      reject(new ConfigError(`cannot serve ${what} on ${where}: ${why}`))
     })
     server.listen(listen.port, listen.host, () => resolve())
   })
   const port = (server.address() as AddressInfo).port
   let closed: Promise<void> | undefined
   return {
-    url: metricsUrl(listen.host, port),
     port,
     close() {
       closed ??= new Promise<void>(resolve => {

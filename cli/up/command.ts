@@ -35,7 +35,10 @@ export const UP_OPTIONS = {
       .default(1800),
     { arg: '<s>', help: 'give up after this many seconds' }
   ),
-  keep: option(z.boolean().default(false), { help: 'keep the run directory with the worker logs' })
+  keep: option(z.boolean().default(false), { help: 'keep the run directory with the worker logs' }),
+  dashboard: option(z.boolean().default(false), {
+    help: "every worker serves its live dashboard on a free loopback port; prints the first one's URL (--kill-at spares that worker)"
+  })
 }
 
 const upSchema = z.strictObject(shapeOf(UP_OPTIONS)).superRefine((c, ctx) => {
@@ -71,6 +74,7 @@ export const upCommand: Command = {
       seq: o.seq,
       timeoutMs: o.timeout * 1000,
       keep: o.keep,
+      dashboard: o.dashboard,
       out: io.out,
       ...(tty ? { progress: (l: string) => process.stderr.write(`\r${l.padEnd(100)}`) } : {})
     })

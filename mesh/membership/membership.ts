@@ -619,7 +619,10 @@ class MembershipNode implements Membership, LeaderContext {
     const r = this.peers.get(m.id)
     const d = r?.detector
     const primed = r?.primed === true
-    const monitored = m.id === me || this.leader === me || (d !== undefined && !primed)
+    // Heartbeats go to the leader only: a node that does not lead watches its leader, and its
+    // record of any other member holds at most a heartbeat from before the first view (when they
+    // were gossiped), which says nothing about that member now.
+    const monitored = m.id === me || this.leader === me || m.id === this.leader
     return {
       ...m,
       rank,

@@ -22,6 +22,17 @@ import {
   waitForView
 } from './run.ts'
 import { TRAIN_LIMITS } from './limits.ts'
+
+/** One owner's newest complete snapshot stripe: holders[i] holds fragment i (the first k are data, the rest parity). */
+export interface SnapshotPlacement {
+  owner: string
+  rank: number
+  epoch: number
+  version: number
+  k: number
+  m: number
+  holders: string[]
+}
 import { ROSTER_TOPIC, runSession } from './session.ts'
 import { statusOf, type RunState, type TrainerEnv } from './state.ts'
 
@@ -83,6 +94,20 @@ export class Trainer {
 
   status(): TrainStatus {
     return statusOf(this.rs)
+  }
+
+  /**
+   * Where the snapshots of the current view's members live, as this node knows it from the
+   * manifests: each owner's newest complete stripe (version, code, holder of each fragment).
+   */
+  placement(): SnapshotPlacement[] {
+    const s = this.rs.snapshots
+    const v = s?.view()
+    if (s === undefined || v === undefined) return []
+    return v.members.flatMap(m => {
+      const mf = s.manifests(m.id)[0]
+      return mf === undefined ? [] : [{ owner: mf.owner, rank: mf.rank, epoch: mf.epoch, version: mf.version, k: mf.k, m: mf.m, holders: [...mf.holders] }]
+    })
   }
 
   /**
