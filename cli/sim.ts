@@ -11,19 +11,34 @@ export const SIM_OPTIONS = {
   nodes: option(z.int().min(1).optional(), { arg: '<n>', help: 'override the node count' }),
   report: option(z.string().min(1).optional(), { arg: '<file>', help: 'write the full report as JSON' }),
   svg: option(z.string().min(1).optional(), { arg: '<file>', help: 'write a timeline of node states, views and faults' }),
+  html: option(z.string().min(1).optional(), {
+    arg: '<file>',
+    help: 'write the report as a web page (verdict and replay command, invariants, timeline, views, faults, traffic; or progress and recoveries of a training scenario)'
+  }),
   quiet: option(z.boolean().default(false), { help: 'no progress bar' })
 }
 const simSchema = z.strictObject(shapeOf(SIM_OPTIONS))
 type SimOptions = z.output<typeof simSchema>
 
+/** The command that reproduces a run. */
+function replayCommand(file: string, seed: number, o: SimOptions): string {
+  return `npx zeromesh sim ${file} --seed ${seed}${o.nodes === undefined ? '' : ` --nodes ${o.nodes}`}`
+}
+
 /** The line that reproduces a failed run. */
 function replay(file: string, seed: number, o: SimOptions): string {
-  return `replay: npx zeromesh sim ${file} --seed ${seed}${o.nodes === undefined ? '' : ` --nodes ${o.nodes}`}`
+  return `replay: ${replayCommand(file, seed, o)}`
+}
+
+/** Writes the report page and says where it is. */
+function writeHtml(io: Io, file: string, html: string): void {
+  writeFileSync(file, html)
+  io.out(`report page: ${file}`)
 }
 
 /** A training scenario: the real trainer on every simulated node (see sim/train-run.ts); undefined when `file` is not one. */
 async function runTraining(file: string, o: SimOptions, io: Io): Promise<number | undefined> {
-  const { readTrainScenario, runTrainScenario, formatTrainReport } = await import('../sim/index.ts')
+  const { readTrainScenario, runTrainScenario, formatTrainReport, trainReportHtml } = await import('../sim/index.ts')
   const train = readTrainScenario(file)
   if (train === undefined) return undefined
   if (o.svg !== undefined) throw new UsageError('--svg draws membership timelines; training scenarios have no timeline yet')
@@ -36,13 +51,14 @@ async function runTraining(file: string, o: SimOptions, io: Io): Promise<number 
   bar?.done()
   io.out(formatTrainReport(r))
   if (o.report !== undefined) writeFileSync(o.report, JSON.stringify(r, null, 2) + '\n')
+  if (o.html !== undefined) writeHtml(io, o.html, trainReportHtml(r, replayCommand(file, r.seed, o)))
   if (!r.ok) io.out(replay(file, r.seed, o))
   return r.ok ? 0 : 1
 }
 
 /** A membership scenario on the simulator. */
 async function runMembership(file: string, o: SimOptions, io: Io): Promise<number> {
-  const { loadScenario, runScenario, formatReport, timelineSvg } = await import('../sim/index.ts')
+  const { loadScenario, runScenario, formatReport, timelineSvg, membershipReportHtml } = await import('../sim/index.ts')
   const scenario = loadScenario(file)
   const bar = o.quiet ? undefined : progressBar(process.stderr)
   const report = await runScenario(scenario, {
@@ -54,6 +70,7 @@ async function runMembership(file: string, o: SimOptions, io: Io): Promise<numbe
   io.out(formatReport(report))
   if (o.report !== undefined) writeFileSync(o.report, JSON.stringify(report, null, 2) + '\n')
   if (o.svg !== undefined) writeFileSync(o.svg, timelineSvg(report))
+  if (o.html !== undefined) writeHtml(io, o.html, membershipReportHtml(report, replayCommand(file, report.seed, o)))
   if (!report.ok) io.out(replay(file, report.seed, o))
   return report.ok ? 0 : 1
 }

@@ -30,4 +30,5 @@ export {
   type FaultReport
 } from './scenario.ts'
 export { formatReport, timelineSvg } from './report.ts'
+export { membershipReportHtml, trainReportHtml } from './report-html.ts'
 export { parseTrainScenario, readTrainScenario, runTrainScenario, formatTrainReport, trainRun } from './train-run.ts'

@@ -86,7 +86,7 @@ export class Announcer {
         })
         if (addrs.length > 0) this.remember(m.from, addrs)
         if (this.init.known(m.from)) return
-        if (addrs.length > 0) this.init.dial(addrs).catch(err => this.init.log.debug({ peer: m.from, err: describe(err) }, 'dial to announced peer failed'))
+        if (addrs.length > 0) this.dial(m.from, addrs, 'dial to announced peer failed')
       }
     })
     this.dialBootstrap()
@@ -132,8 +132,16 @@ export class Announcer {
       budget--
       r.next = now + Math.min(MESH_LIMITS.maxRedialBackoffMs, this.init.intervalMs * 2 ** r.fails)
       r.fails = Math.min(r.fails + 1, 30)
-      this.init.dial(r.addrs).catch(err => this.init.log.debug({ peer, err: describe(err) }, 'redial of a remembered peer failed'))
+      this.dial(peer, r.addrs, 'redial of a remembered peer failed')
     }
+  }
+
+  /** Dials `addrs` of `peer`; a failure is logged with the addresses tried and how long it took. */
+  private dial(peer: PeerId, addrs: Multiaddr[], what: string): void {
+    const t0 = this.init.clock.monotonic()
+    this.init.dial(addrs).catch(err =>
+      this.init.log.debug({ peer, err: describe(err), addrs: addrs.map(a => a.toString()), ms: Math.round(this.init.clock.monotonic() - t0) }, what)
+    )
   }
 
   private dialBootstrap(): void {

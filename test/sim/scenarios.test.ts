@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { loadScenario, parseScenario, runScenario, ScenarioError } from '../../sim/index.ts'
+import { loadScenario, parseScenario, runScenario, ScenarioError, trainReportHtml } from '../../sim/index.ts'
 import { main } from '../../cli/main.ts'
 
 const dir = fileURLToPath(new URL('../../sim/scenarios/', import.meta.url))
@@ -80,8 +80,20 @@ test('zeromesh sim writes the report and the timeline, and exits by the assertio
       JSON.stringify({ name: 'strict', nodes: 5, durationMs: 3000, faults: [{ at: 1000, crash: 'n001' }], assertions: { detectWithinMs: 1 } })
     )
     out.length = 0
-    t.is(await main(['sim', strict, '--quiet'], io), 1)
+    const page = join(tmp, 'strict.html')
+    t.is(await main(['sim', strict, '--quiet', '--html', page], io), 1)
     t.true(out.some(l => /^replay: npx zeromesh sim .*strict\.json --seed 1$/.test(l)))
+    // The page: self-contained (no script, nothing fetched), the verdict, the replay command, the
+    // violated invariant, the timeline and the fault with its detection time.
+    const html = readFileSync(page, 'utf8')
+    t.true(out.includes(`report page: ${page}`))
+    t.regex(html, /^<!doctype html>/)
+    t.notRegex(html, /<script|src=|href=/)
+    t.regex(html, /class="verdict fail">FAIL</)
+    t.regex(html, /npx zeromesh sim [^<]*strict\.json --seed 1/)
+    t.regex(html, /detection<\/div><div class="bad">violated/)
+    t.regex(html, /<svg [^>]*>[\s\S]*<\/svg>/)
+    t.regex(html, /\{&quot;crash&quot;:&quot;n001&quot;\}<\/td><td>\+\d+ ms/)
     t.is(await main(['sim'], io), 2)
     t.is(await main(['sim', strict, '--seed', 'x'], io), 2)
     t.is(await main(['sim', join(tmp, 'missing.json')], io), 2)
@@ -89,4 +101,37 @@ test('zeromesh sim writes the report and the timeline, and exits by the assertio
   } finally {
     rmSync(tmp, { recursive: true, force: true })
   }
+})
+
+test('a training scenario report page shows the verdict, the progress plots and each recovery', t => {
+  const html = trainReportHtml(
+    {
+      scenario: 'replace',
+      ok: true,
+      seed: 3,
+      traceHash: 'ab'.repeat(16),
+      events: 100,
+      simMs: 6000,
+      violations: [],
+      steps: 4,
+      loss: 3.5,
+      evalLoss: 3.6,
+      weightsHash: 'cd'.repeat(16),
+      recoveries: [{ mode: 'replace', lost: [1], fromStep: 2, ms: 420 }],
+      stepMs: 300,
+      commits: [
+        { step: 1, ms: 300, wanBytes: 0 },
+        { step: 2, ms: 600, wanBytes: 1024 },
+        { step: 3, ms: 2400, wanBytes: 4096 },
+        { step: 4, ms: 2700, wanBytes: 8192 }
+      ],
+      snapshotBytes: { host: 0, zone: 2048, wan: 4096 }
+    },
+    'npx zeromesh sim replace.json --seed 3'
+  )
+  t.regex(html, /class="verdict pass">PASS</)
+  t.notRegex(html, /<script/)
+  t.is((html.match(/<path d="M/g) ?? []).length, 2, 'steps over time and bytes across zones')
+  t.regex(html, /<td>replace<\/td><td>1<\/td><td class="num">2<\/td><td>420 ms<\/td>/)
+  t.regex(html, /every invariant held/)
 })
