@@ -105,11 +105,14 @@ export interface UpProgress {
   epoch: number
   ranks: number
   spares: number
+  /** What a recovering rank is doing (its status phase), while a recovery runs. */
+  recovering?: string
 }
 
 /** `up`'s progress line. */
 export function progressLine(p: UpProgress): string {
-  return `step ${p.step}/${p.steps}  loss ${p.loss?.toFixed(4) ?? '-'}  ${p.tokensPerS === undefined ? '-' : Math.round(p.tokensPerS)} tokens/s  view ${p.epoch} (${p.ranks} ranks, ${p.spares} spare)`
+  const line = `step ${p.step}/${p.steps}  loss ${p.loss?.toFixed(4) ?? '-'}  ${p.tokensPerS === undefined ? '-' : Math.round(p.tokensPerS)} tokens/s  view ${p.epoch} (${p.ranks} ranks, ${p.spares} spare)`
+  return p.recovering === undefined ? line : `${line}  ${p.recovering}`
 }
 
 /** `up`'s line for a recovery a worker reported. */

@@ -14,3 +14,6 @@ cpSync(join(root, 'gpu', 'cuda', 'kernels'), join(root, 'dist', 'gpu', 'cuda', '
   recursive: true,
   filter: src => statSync(src).isDirectory() || src.endsWith('.cu')
 })
+
+// The dashboard's page, script and style are served from beside the compiled node/dashboard/*.js.
+cpSync(join(root, 'node', 'dashboard', 'assets'), join(root, 'dist', 'node', 'dashboard', 'assets'), { recursive: true })

@@ -2,6 +2,7 @@ import { z } from 'zod'
 import { START_OPTIONS, option, shapeOf } from '../../node/index.ts'
 import { usageText, type Command } from '../command.ts'
 import { parseCommandLine, readOptions } from '../flags.ts'
+import { barOf } from '../progress.ts'
 
 /** The options of `zeromesh up`; those it passes on to its workers are the node's own. */
 export const UP_OPTIONS = {
@@ -76,7 +77,15 @@ export const upCommand: Command = {
       keep: o.keep,
       dashboard: o.dashboard,
       out: io.out,
-      ...(tty ? { progress: (l: string) => process.stderr.write(`\r${l.padEnd(100)}`) } : {})
+      // On a terminal: a bar over the steps in front of the line, rewritten in place.
+      ...(tty
+        ? {
+            progress: (l: string) => {
+              const m = /^step (\d+)\/(\d+)/.exec(l)
+              process.stderr.write(`\r${m === null ? '' : `${barOf(Number(m[1]) / Math.max(1, Number(m[2])), 20)} `}${l.padEnd(100)}`)
+            }
+          }
+        : {})
     })
   }
 }

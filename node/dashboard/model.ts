@@ -206,11 +206,12 @@ export class DashboardRecorder {
     const now = new Set(v.members.map(m => m.id))
     const lost = [...before].filter(id => !now.has(id))
     const joined = this.lastView === undefined ? [] : [...now].filter(id => !before.has(id))
+    const previous = this.lastView
     this.lastView = v
     this.views.push({ t, epoch: v.epoch, members: v.members.length, lost, joined })
     if (this.views.length > DASHBOARD_LIMITS.maxViews) this.views.shift()
     const name = (id: PeerId): string => {
-      const m = v.members.find(x => x.id === id) ?? this.nodes.get(id)
+      const m = v.members.find(x => x.id === id) ?? previous?.members.find(x => x.id === id) ?? this.nodes.get(id)
       return m === undefined ? short(id) : `${m.host} (${short(id)})`
     }
     if (lost.length > 0) this.note({ t, kind: 'lost', text: `lost ${lost.map(name).join(', ')}` })

@@ -28,6 +28,7 @@ test('the packed tarball installs as a dependency and its CLI runs --version', a
     t.false(readdirSync(pkg).includes('test'), 'tests are not shipped')
     t.true(existsSync(join(pkg, 'sim', 'scenarios', 'split-brain.json')), 'example scenarios are shipped')
     t.true(existsSync(join(pkg, 'dist', 'gpu', 'cuda', 'kernels', 'attention.cu')), 'CUDA kernel sources are shipped beside the compiled backend')
+    t.true(existsSync(join(pkg, 'dist', 'node', 'dashboard', 'assets', 'app.js')), "the dashboard's page is shipped beside its compiled server")
     // Dependencies resolve from the checkout's node_modules, as an install would provide them.
     symlinkSync(join(root, 'node_modules'), join(pkg, 'node_modules'), 'dir')
     const { stdout: version } = await run(process.execPath, [join(pkg, 'bin', 'zeromesh.js'), '--version'], { cwd: join(dir, 'app') })
@@ -48,6 +49,14 @@ test('the packed tarball installs as a dependency and its CLI runs --version', a
       console.log(f.length, f[2].segments[0].length)`
     const { stdout: coded } = await run(process.execPath, ['--input-type=module', '-e', threads], { cwd: join(dir, 'app') })
     t.is(coded.trim(), '3 128', 'a 160-byte state codes into 3 fragments of one 48 + 80-byte frame on a thread started from dist')
+    // The dashboard serves its page, script and uPlot from dist.
+    const dash = `import { serveDashboard } from ${JSON.stringify(join(pkg, 'dist', 'node', 'dashboard', 'server.js'))}
+      const s = await serveDashboard({ host: '127.0.0.1', port: 0 }, { state: () => ({}) })
+      const codes = []
+      for (const p of ['/', '/app.js', '/style.css', '/uplot.js', '/uplot.css']) codes.push((await fetch(s.url + p.slice(1))).status)
+      await s.close(); console.log(codes.join(' '))`
+    const { stdout: served } = await run(process.execPath, ['--input-type=module', '-e', dash], { cwd: join(dir, 'app') })
+    t.is(served.trim(), '200 200 200 200 200', 'the dashboard page and its assets are served from an installed package')
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
