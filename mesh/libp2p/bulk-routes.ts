@@ -6,7 +6,7 @@ import { MESH_LIMITS } from '../limits.ts'
 import type { ByteStream, PeerId, StreamHandler } from '../peernet.ts'
 import type { HandshakeResult } from './auth.ts'
 import { describe } from './errors.ts'
-import { ipOf, isWildcard } from './reach.ts'
+import { ipOf, isWildcard, onLink } from './reach.ts'
 
 /**
  * How bulk bytes reach a peer:
@@ -31,6 +31,8 @@ interface Route {
   worked: boolean
   /** Punches that failed in a row. */
   failures: number
+  /** `addr` is the peer's LAN address, guessed from its listener being on one of our subnets. */
+  lan: boolean
 }
 
 /**
@@ -98,7 +100,14 @@ export class BulkRoutes {
     const ip = ipOf(conn)
     const claimed = result.bulkHost
     const direct = ip !== undefined && (claimed === undefined || claimed === ip || isWildcard(claimed))
-    this.routes.set(peer, { session, addr: direct ? { host: ip, port: result.bulkPort } : undefined, noPunchUntil: 0, worked: false, failures: 0 })
+    // A peer reached through a relay whose listener sits on one of our subnets is on our LAN
+    // (two nodes of one home): dial it there. A TCP hole punch cannot connect two hosts of one
+    // LAN: nothing drops the early SYN, the other end answers it with a reset, and the two
+    // connect() calls never overlap. If the address is another LAN's that happens to use the
+    // same subnet, the dial fails and the route turns to punching (open()).
+    const lan = !direct && claimed !== undefined && !isWildcard(claimed) && onLink(claimed)
+    const addr = direct ? { host: ip, port: result.bulkPort } : lan ? { host: claimed, port: result.bulkPort } : undefined
+    this.routes.set(peer, { session, addr, noPunchUntil: 0, worked: false, failures: 0, lan })
   }
 
   /** How bulk bytes reach `peer` now. */
@@ -135,8 +144,10 @@ export class BulkRoutes {
         r.failures++
         r.noPunchUntil = this.clock.monotonic() + wait
         this.log.info({ peer, err: describe(err) }, `hole punch failed; bulk streams to this peer ride libp2p for ${wait / 1000} s`)
-      } else if (!r.worked && /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|timed out/.test(describe(err))) {
-        // The address its handshake came from does not take connections: punch from now on.
+      } else if (!r.worked && (r.lan || /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|timed out/.test(describe(err)))) {
+        // The address its handshake came from does not take connections, or the LAN address we
+        // guessed never took one of ours (it may be another host of a LAN on the same subnet):
+        // punch from now on.
         r.addr = undefined
         this.log.info({ peer, err: describe(err) }, 'bulk channel not reachable directly; hole punching from now on')
       } else {

@@ -1,9 +1,11 @@
 import { AbortError } from '../../core/index.ts'
 import { PeerGoneError, ProtocolNotSupportedError } from '../errors.ts'
 
-/** One line for a log field: the error's class name and message. */
+/** One line for a log field: the error's class name and message (and an AggregateError's parts: libp2p's failed multi-address dials). */
 export function describe(err: unknown): string {
-  return err instanceof Error ? `${err.name}: ${err.message}` : String(err)
+  if (!(err instanceof Error)) return String(err)
+  const parts = err instanceof AggregateError ? ` [${err.errors.slice(0, 4).map(describe).join('; ')}]` : ''
+  return `${err.name}: ${err.message}${parts}`
 }
 
 /** Maps a failed libp2p dialProtocol to the PeerNet error `open()` promises. */
