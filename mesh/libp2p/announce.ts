@@ -5,6 +5,7 @@ import { createEnvelopeCodec } from '../../codec/index.ts'
 import type { GossipHandler, PeerId } from '../peernet.ts'
 import { MESH_LIMITS } from '../limits.ts'
 import { describe } from './errors.ts'
+import { dialable } from './reach.ts'
 
 /** The reserved gossip topic of address announcements. */
 export const ANNOUNCE_TOPIC = '__addrs'
@@ -136,12 +137,16 @@ export class Announcer {
     }
   }
 
-  /** Dials `addrs` of `peer`; a failure is logged with the addresses tried and how long it took. */
-  private dial(peer: PeerId, addrs: Multiaddr[], what: string): void {
+  /** Dials `addrs` of `peer` (those {@link dialable} from here); a failure is logged with the addresses tried and how long it took. */
+  private dial(peer: PeerId, all: Multiaddr[], what: string): void {
+    const addrs = dialable(all)
+    if (addrs.length === 0) return
     const t0 = this.init.clock.monotonic()
-    this.init.dial(addrs).catch(err =>
-      this.init.log.debug({ peer, err: describe(err), addrs: addrs.map(a => a.toString()), ms: Math.round(this.init.clock.monotonic() - t0) }, what)
-    )
+    this.init
+      .dial(addrs)
+      .catch(err =>
+        this.init.log.debug({ peer, err: describe(err), addrs: addrs.map(a => a.toString()), ms: Math.round(this.init.clock.monotonic() - t0) }, what)
+      )
   }
 
   private dialBootstrap(): void {

@@ -1,3 +1,4 @@
+import type { Multiaddr } from '@multiformats/multiaddr'
 import { isIP } from 'node:net'
 import { networkInterfaces } from 'node:os'
 import type { Connection } from '@libp2p/interface'
@@ -125,4 +126,29 @@ export function onLink(ip: string): boolean {
     }
   }
   return false
+}
+
+/** An RFC 1918 IPv4 address (10/8, 172.16/12, 192.168/16): a LAN's, behind some NAT. */
+export function isPrivateV4(ip: string): boolean {
+  const x = v4(ip)
+  if (x === undefined) return false
+  return x >>> 24 === 10 || x >>> 20 === (172 << 4) + 1 || x >>> 16 === (192 << 8) + 168
+}
+
+/**
+ * The addresses of a peer worth dialling from here. When it announced a relayed address (it
+ * is behind a NAT), its private addresses on a network this host is not attached to are
+ * another LAN's: a dial there gets no answer at all on most networks (an ICMP error is rate
+ * limited, a SYN into another LAN's range is dropped), and libp2p dials a peer's addresses
+ * in turn, so the relayed one would wait out the dial timeout behind it. Without a relayed
+ * address nothing is left out (a private range may be routed, e.g. over a VPN).
+ */
+export function dialable(addrs: readonly Multiaddr[]): Multiaddr[] {
+  const relayed = (a: Multiaddr): boolean => a.getComponents().some(c => c.name === 'p2p-circuit')
+  if (!addrs.some(relayed)) return [...addrs]
+  return addrs.filter(a => {
+    if (relayed(a)) return true
+    const ip = a.getComponents().find(c => c.name === 'ip4')?.value
+    return ip === undefined || !isPrivateV4(ip) || onLink(ip)
+  })
 }

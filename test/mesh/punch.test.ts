@@ -5,7 +5,9 @@
 import test from 'ava'
 import { createServer, type Socket } from 'node:net'
 import { RealClock } from '../../core/index.ts'
+import { multiaddr } from '@multiformats/multiaddr'
 import { freePort, PunchFailedError, simultaneousOpen } from '../../mesh/index.ts'
+import { dialable, isPrivateV4, onLink } from '../../mesh/libp2p/reach.ts'
 
 const clock = new RealClock()
 
@@ -46,4 +48,21 @@ test('an aborted punch stops at once with AbortError', async t => {
   await t.throwsAsync(simultaneousOpen({ localHost: host, localPort: pa, remoteHost: host, remotePort: pb }, { clock, signal: AbortSignal.abort() }), {
     name: 'AbortError'
   })
+})
+
+test("a NATed peer's private addresses off this host's networks are not dialled when it has a relayed one; without one nothing is left out", t => {
+  const relay =
+    '/ip4/45.77.0.10/tcp/4001/p2p/12D3KooWQshnxaDmTgX4Pr8YtfCz4AoA3qYFF5wUczaBFGzjysLs/p2p-circuit/p2p/12D3KooWAsReqCcv29QyX6yf1zYWefeRWrTLj4eS3WedomnYeMda'
+  const lan = (ip: string): string => `/ip4/${ip}/tcp/4001/p2p/12D3KooWAsReqCcv29QyX6yf1zYWefeRWrTLj4eS3WedomnYeMda`
+  // 127.0.0.1 is not private; 10.255.254.253 and 172.31.254.253 sit on no interface of a test machine we know of.
+  const offLink = ['10.255.254.253', '172.31.254.253', '192.168.254.253'].filter(ip => !onLink(ip))
+  const addrs = [...offLink.map(lan), lan('45.77.0.20'), relay].map(a => multiaddr(a))
+  t.deepEqual(
+    dialable(addrs).map(a => a.toString()),
+    [lan('45.77.0.20'), relay],
+    'off-link private addresses are dropped beside a relayed one'
+  )
+  const direct = addrs.filter(a => !a.toString().includes('p2p-circuit'))
+  t.is(dialable(direct).length, direct.length, 'without a relayed address every address is kept')
+  t.true(isPrivateV4('172.16.0.1') && isPrivateV4('172.31.255.255') && !isPrivateV4('172.32.0.1') && !isPrivateV4('8.8.8.8') && isPrivateV4('192.168.1.1'))
 })
