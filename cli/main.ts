@@ -3,6 +3,7 @@ import { ConfigError, ControlError } from '../node/index.ts'
 import type { Command, Io } from './command.ts'
 import { doctorCommand } from './doctor/command.ts'
 import { exportCommand } from './export/command.ts'
+import { sampleCommand } from './sample/command.ts'
 import { UsageError, parseCommandLine } from './flags.ts'
 import { simCommand } from './sim.ts'
 import { startCommand } from './start.ts'
@@ -28,6 +29,7 @@ const COMMANDS: Record<string, Command> = {
   start: startCommand,
   up: upCommand,
   export: exportCommand,
+  sample: sampleCommand,
   sim: simCommand,
   doctor: doctorCommand,
   status: statusCommand,

@@ -10,6 +10,7 @@ import {
   type Quantized
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, Fence, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
+import { GPT_LAYERNORM_EPS } from './gpt.ts'
 import {
   PASSED_FENCE,
   allocSize,
@@ -84,7 +85,7 @@ class CpuTensor implements Tensor {
 // ---- validation helpers -------------------------------------------------------------------
 
 const GELU_SCALE = Math.sqrt(2 / Math.PI)
-const LN_EPS = 1e-5
+const LN_EPS = GPT_LAYERNORM_EPS
 
 /**
  * The reference backend. Every op validates all of its arguments (ownership, dtype, length,

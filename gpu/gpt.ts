@@ -1,3 +1,4 @@
+import { bf16ToF32 } from '../codec/index.ts'
 import { InvalidArgumentError, Rng, type Seed } from '../core/index.ts'
 import type { AdamWParams, Backend, Tensor } from './backend.ts'
 
@@ -70,6 +71,18 @@ function layerShapes(C: number): Record<LayerTensor, number[]> {
     fcprojw: [C, 4 * C],
     fcprojb: [C]
   }
+}
+
+/** Layer norm ε of the model (gpu/cpu.ts; `LN_EPS` in gpu/cuda/kernels/layernorm.cu; llm.c's and GPT-2's). */
+export const GPT_LAYERNORM_EPS = 1e-5
+
+/**
+ * The row count of wte (and the logits' stride) for a vocabulary: rounded up to a multiple of
+ * 64 for the kernels (llm.c pads GPT-2's 50257 to 50304). The padding rows are zero and never
+ * a target.
+ */
+export function paddedVocabSize(vocabSize: number): number {
+  return Math.ceil(vocabSize / 64) * 64
 }
 
 /** Checks a config: positive integers, Vp ≥ V, C divisible by nHead. Throws InvalidArgumentError. */
@@ -351,6 +364,8 @@ export class Gpt {
   private readonly hostTokens: Int32Array
   /** Set by forward with targets: logits then hold dloss/dlogits, ready for backward. */
   private haveGrad = false
+  /** Set by forward without targets: the logits buffer holds the logits ({@link logitsAt}). */
+  private haveLogits = false
   private busy = false
   private disposed = false
 
@@ -646,6 +661,7 @@ export class Gpt {
     if (targets !== null) this.checkIds('targets', targets)
     const be = this.backend
     this.haveGrad = false
+    this.haveLogits = false
     this.hostTokens.set(tokens)
     be.write(this.tokens, tokens)
     const w = this.w
@@ -671,7 +687,10 @@ export class Gpt {
     yield { load: nLayer + 1 }
     be.layernormForward(this.lnf, this.lnfMean, this.lnfRstd, residual, w.lnfw, w.lnfb, N, C)
     be.matmulForward(this.logits, this.lnf, w.wte, null, N, C, Vp)
-    if (targets === null) return NaN
+    if (targets === null) {
+      this.haveLogits = true
+      return NaN
+    }
     be.write(this.targets, targets)
     // Fused: losses and dlogits (in place of the logits) in one pass.
     be.crossEntropy(this.losses, this.logits, this.logits, this.targets, N, V, Vp, 1 / N)
@@ -680,6 +699,27 @@ export class Gpt {
     let sum = 0
     for (let i = 0; i < losses.length; i++) sum += losses[i]!
     return sum / N
+  }
+
+  /**
+   * The logits of sequence `b` at position `t` (the real vocabulary's V values, f32) after a
+   * forward without targets. Causal attention makes them depend on tokens 0..t only, so a
+   * caller may pad the positions after t with anything (sampling reads the last real one).
+   */
+  logitsAt(b: number, t: number): Float32Array {
+    this.live('logitsAt')
+    if (!this.haveLogits)
+      throw new InvalidArgumentError('gpt.logitsAt: run forward without targets first (a forward with targets turns the logits into gradients)')
+    if (!Number.isSafeInteger(b) || b < 0 || b >= this.B || !Number.isSafeInteger(t) || t < 0 || t >= this.T) {
+      throw new InvalidArgumentError(`gpt.logitsAt: position (${b}, ${t}) is outside [0, ${this.B}) x [0, ${this.T})`)
+    }
+    const { vocabSize: V, paddedVocabSize: Vp } = this.config
+    const row = this.backend.read(this.backend.view(this.logits, (b * this.T + t) * Vp, [V]))
+    if (row instanceof Float32Array) return row
+    // bf16 activations: widen the row.
+    const out = new Float32Array(V)
+    for (let i = 0; i < V; i++) out[i] = bf16ToF32(row[i]!)
+    return out
   }
 
   private checkIds(name: string, ids: Int32Array): void {

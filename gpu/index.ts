@@ -36,8 +36,21 @@ export {
   gptLayout,
   initGptParams,
   initGptParamsYielding,
-  validateGptConfig
+  validateGptConfig,
+  paddedVocabSize,
+  GPT_LAYERNORM_EPS
 } from './gpt.ts'
+export {
+  type HfGpt2Tensor,
+  GPT2_VOCAB_SIZE,
+  GPT2_EOT,
+  hfGpt2Tensors,
+  toHfGpt2,
+  fromHfGpt2,
+  hfGpt2Config,
+  parseHfGpt2Config
+} from './gpt-hf.ts'
+export { GptSampler, type SampleOptions } from './sample.ts'
 
 // NCCL for the intra-host tier (importing it loads no library; loadNccl opens libnccl on demand).
 export {

@@ -6,6 +6,7 @@ import { z } from 'zod'
 import { ZeromeshError } from '../core/index.ts'
 import { MIN_SECRET_BYTES } from '../mesh/index.ts'
 import { option, shapeOf } from './options.ts'
+import { TOKENIZERS } from './tokenizer.ts'
 import { TRAIN_MODELS } from './train/config.ts'
 
 /**
@@ -54,6 +55,16 @@ const hostPort = z.string().transform((s, ctx) => {
   return hp
 })
 
+/** `--http`: `host:port`, or a bare port on loopback (the dashboard is not exposed unless asked). */
+const dashboardListen = z.string().transform((s, ctx) => {
+  const hp = /^\d{1,5}$/.test(s) && Number(s) <= 65535 ? { host: '127.0.0.1', port: Number(s) } : parseHostPort(s)
+  if (hp === undefined) {
+    ctx.addIssue({ code: 'custom', message: `must be a port or host:port (e.g. 8080, 127.0.0.1:8080 or 0.0.0.0:8080), got '${s}'` })
+    return z.NEVER
+  }
+  return hp
+})
+
 /** The default listen address: every interface, a free port. */
 const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/0'
 const TRAINING = 'training (with --train; the first --world-size members train, the rest are spares):'
@@ -92,10 +103,24 @@ export const START_OPTIONS = {
     help: 'serve Prometheus metrics at http://<host:port>/metrics (e.g. 127.0.0.1:9464; port 0 picks a free one)',
     defaultText: 'off'
   }),
+  http: option(dashboardListen.optional(), {
+    arg: '<[host:]port>',
+    help: "serve this node's live dashboard at http://<host:port>/ (a bare port binds loopback: 8080 is 127.0.0.1:8080; port 0 picks a free one)",
+    defaultText: 'off'
+  }),
   train: option(z.boolean().default(false), { help: 'train (without it the node only joins the mesh)', section: TRAINING }),
   device: option(z.enum(['cpu', 'cuda']).default('cpu'), { arg: '<device>', help: 'backend' }),
   model: option(z.enum(TRAIN_MODELS).default('mini'), { arg: '<name>', help: 'model shape' }),
+  initFrom: option(z.string().min(1).optional(), {
+    arg: '<dir|file>',
+    help: "start from an HF GPT-2 checkpoint (a dir with model.safetensors and config.json, or a zeromesh export) instead of the seed's weights; the model shape is the checkpoint's (--model is ignored)",
+    defaultText: "the seed's initial weights"
+  }),
   data: option(z.string().min(1).optional(), { arg: '<file>', help: 'text or llm.c .bin tokens', defaultText: 'the Brown Corpus' }),
+  tokenizer: option(z.enum(TOKENIZERS).default('bytes'), {
+    arg: '<bytes|gpt2>',
+    help: "how text data becomes tokens: its bytes, or GPT-2's BPE (vocabulary 50257; what a GPT-2 checkpoint wants)"
+  }),
   steps: option(z.int().min(0).max(10_000_000).default(200), { arg: '<n>', help: 'steps to train' }),
   worldSize: option(z.int().min(1).max(1024).optional(), { arg: '<n>', help: 'training ranks', defaultText: '--expect' }),
   maxWorldSize: option(z.int().min(1).max(1024).optional(), {
@@ -153,6 +178,7 @@ export const START_OPTIONS = {
 /** The rules between options that no single option's schema can check. */
 function checkStart(
   c: {
+    initFrom?: string | undefined
     resume: boolean
     train: boolean
     worldSize?: number | undefined
@@ -164,6 +190,8 @@ function checkStart(
   },
   ctx: z.RefinementCtx
 ): void {
+  if (c.initFrom !== undefined && !c.train)
+    ctx.addIssue({ code: 'custom', path: ['initFrom'], message: 'needs --train (it sets the initial weights of training)' })
   if (c.resume && !c.train) ctx.addIssue({ code: 'custom', path: ['resume'], message: 'needs --train (it resumes training from the disk tier)' })
   const ws = c.worldSize ?? c.expect
   if (c.maxWorldSize !== undefined && c.maxWorldSize < ws)

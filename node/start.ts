@@ -17,7 +17,9 @@ import { diskDir } from './disk-tier.ts'
 import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
 import type { NodeEvent } from './events.ts'
 import { Trainer } from './train/trainer.ts'
-import { trainingModel, type TrainStatus } from './train/config.ts'
+import { DASHBOARD_LIMITS, DashboardRecorder, PROGRESS_TOPIC, decodeProgress, encodeProgress } from './dashboard/model.ts'
+import { serveDashboard, type DashboardServer } from './dashboard/server.ts'
+import { runModelConfig, type TrainStatus } from './train/config.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot(spec: string): { k: number; m: number } {
@@ -35,6 +37,8 @@ export interface RunningNode {
   metrics: MetricsRegistry
   /** `http://host:port/metrics` with --metrics-listen. */
   metricsUrl: string | undefined
+  /** `http://host:port/` with --http. */
+  dashboardUrl: string | undefined
   /** With --train: resolves when this node's part of the training ends (done, or spare). */
   training: Promise<TrainStatus> | undefined
 }
@@ -88,8 +92,14 @@ export async function startNode(cfg: StartConfig, emit: EmitEvent, log: Logger =
   }
 }
 
-async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret: Uint8Array, undo: Array<() => Promise<void>>): Promise<RunningNode> {
+async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, secret: Uint8Array, undo: Array<() => Promise<void>>): Promise<RunningNode> {
   const clock = new RealClock()
+  // The dashboard's recorder sees every event this node reports (made once the net is up).
+  let recorder: DashboardRecorder | undefined
+  const emit: EmitEvent = e => {
+    recorder?.event(e)
+    emitOut(e)
+  }
   // One registry per node. The PeerNet and membership take no `metrics` option; the trainer's
   // collectives and snapshot service do, but the trainer builds them without one, so training
   // figures are read from its status when scraped (defineNodeMetrics).
@@ -136,6 +146,9 @@ async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret
   })
   const server = await serveControl(cfg.dataDir, status)
   undo.push(() => new Promise<void>(resolve => server.close(() => resolve())))
+  const dash = await startDashboard(cfg, { net, membership, clock, log, trainer })
+  recorder = dash?.recorder
+  if (dash !== undefined) undo.push(() => dash.stop())
   membership.on('view', (v: View) => {
     const rank = v.members.findIndex(m => m.id === net.self.id)
     emit({ type: 'view', epoch: v.epoch, members: v.members.length, ...(rank >= 0 ? { rank } : {}) })
@@ -153,6 +166,7 @@ async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret
     host: cfg.host,
     dataDir: cfg.dataDir,
     ...(metricsServer === undefined ? {} : { metricsUrl: metricsServer.url }),
+    ...(dash?.server === undefined ? {} : { dashboardUrl: dash.server.url }),
     multiaddrs: addrs
   })
   const training = trainer?.run()
@@ -163,15 +177,101 @@ async function startParts(cfg: StartConfig, emit: EmitEvent, log: Logger, secret
     membership,
     metrics,
     metricsUrl: metricsServer?.url,
+    dashboardUrl: dash?.server?.url,
     training,
     async stop() {
       await metricsServer?.close()
+      await dash?.stop()
       await membership.stop()
       await net.stop()
       snapshotCoder?.stop()
       await new Promise<void>(resolve => server.close(() => resolve()))
     }
   }
+}
+
+/**
+ * The dashboard's parts: with --train or --http, a recorder of the node's events and views
+ * and of every training node's gossiped progress; each tick it samples this node, gossips its
+ * progress (so any node's page shows every rank) and updates the open pages. With --http,
+ * the page's server.
+ */
+async function startDashboard(
+  cfg: StartConfig,
+  parts: { net: Libp2pPeerNet; membership: Membership; clock: RealClock; log: Logger; trainer: Trainer | undefined }
+): Promise<{ recorder: DashboardRecorder; server: DashboardServer | undefined; stop: () => Promise<void> } | undefined> {
+  if (!cfg.train && cfg.http === undefined) return undefined
+  const { net, membership, clock, trainer } = parts
+  let server: DashboardServer | undefined
+  const recorder = new DashboardRecorder({
+    clock,
+    run: cfg.run,
+    self: { id: net.self.id, zone: cfg.zone, host: cfg.host },
+    config: runSettings(cfg),
+    dashboard: () => server?.url,
+    membership: () => membership.status(),
+    worldSize: () => (trainer === undefined ? undefined : trainer.status().worldSize || cfg.worldSize),
+    ...(trainer === undefined ? {} : { training: () => trainer.status(), placement: () => trainer.placement() })
+  })
+  membership.on('view', v => recorder.view(v))
+  const unsubscribe = net.subscribe(PROGRESS_TOPIC, {
+    validate: m => {
+      try {
+        decodeProgress(m.data)
+        return 'accept'
+      } catch {
+        return 'reject'
+      }
+    },
+    deliver: m => recorder.progress(m.from, decodeProgress(m.data))
+  })
+  if (cfg.http !== undefined) server = await serveDashboard(cfg.http, recorder)
+  let timer: number | undefined
+  let running = true
+  const tick = (): void => {
+    if (!running) return
+    const own = recorder.tick()
+    if (own !== undefined) net.publish(PROGRESS_TOPIC, encodeProgress(own)).catch(() => {})
+    server?.push()
+    timer = clock.setTimeout(tick, DASHBOARD_LIMITS.tickMs)
+  }
+  timer = clock.setTimeout(tick, DASHBOARD_LIMITS.tickMs)
+  return {
+    recorder,
+    server,
+    async stop() {
+      running = false
+      if (timer !== undefined) clock.clearTimeout(timer)
+      unsubscribe()
+      await server?.close()
+    }
+  }
+}
+
+/** The run's settings the dashboard shows (never the secret, nor paths). */
+function runSettings(cfg: StartConfig): Record<string, string | number | boolean> {
+  const out: Record<string, string | number | boolean> = { run: cfg.run, zone: cfg.zone, host: cfg.host, 'heartbeat ms': cfg.heartbeatMs }
+  if (!cfg.train) return out
+  const keep = [
+    'device',
+    'model',
+    'steps',
+    'worldSize',
+    'batch',
+    'seq',
+    'lr',
+    'seed',
+    'zeropp',
+    'snapshot',
+    'snapshotEvery',
+    'outerEvery',
+    'diskEvery'
+  ] as const
+  for (const k of keep) {
+    const v = cfg[k]
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[k] = v
+  }
+  return out
 }
 
 /** The libp2p PeerNet of this node, started; a listen address in use is a {@link ConfigError}. */
@@ -217,8 +317,9 @@ interface TrainerParts {
  * step, preceded by a `recovery` event for each recovery recorded since the last one.
  */
 async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEvent, observe: (s: TrainStatus, tokens: number) => void): Promise<Trainer> {
-  const corpus = loadCorpus(cfg.data)
-  const model = trainingModel(cfg.model, corpus.vocabSize)
+  const corpus = loadCorpus(cfg.data, cfg.tokenizer)
+  // --init-from: the checkpoint's shape (checked, tensor by tensor, before the node trains).
+  const model = await runModelConfig({ model: cfg.model, data: cfg.data, tokenizer: cfg.tokenizer, initFrom: cfg.initFrom })
   const { createBackend } = await import('../gpu/index.ts')
   const backend = await createBackend(cfg.device)
   // Before membership starts: a cold NVRTC compile blocks this thread for seconds, which
@@ -261,6 +362,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       lr: cfg.lr,
       weightDecay: 0.1,
       seed: cfg.seed,
+      ...(cfg.initFrom === undefined ? {} : { initFrom: cfg.initFrom }),
       worldSize: cfg.worldSize ?? cfg.expect,
       ...(cfg.maxWorldSize === undefined ? {} : { maxWorldSize: cfg.maxWorldSize }),
       zeroPP: cfg.zeropp,
@@ -282,7 +384,13 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
     }
   )
-  emit({ type: 'training', model: cfg.model, source: corpus.source, vocabSize: corpus.vocabSize, backend: backend.description })
+  emit({
+    type: 'training',
+    model: cfg.initFrom === undefined ? cfg.model : `${cfg.initFrom} (--init-from)`,
+    source: corpus.source,
+    vocabSize: corpus.vocabSize,
+    backend: backend.description
+  })
   return trainer
 }
 

@@ -5,7 +5,7 @@
  * (any k valid fragments in parallel, swarm-style, from every holder), re-stripe after a view
  * change, a disk tier, and safetensors export. Depends on core/, codec/ and mesh/.
  */
-export { SNAPSHOT_LIMITS, type SnapshotLimits } from './limits.ts'
+export { SNAPSHOT_LIMITS, SAFETENSORS_LIMITS, CHECKPOINT_LIMITS, type SnapshotLimits } from './limits.ts'
 export {
   SnapshotErrorCode,
   type SnapshotErrorCodeT,
@@ -74,8 +74,22 @@ export type { PlaceResult } from './placer.ts'
 export type { RecoverRequest, Recovered, RecoveryReport } from './recovery.ts'
 export { STATE_FILE, persistState, loadState, writeFileDurable } from './disk.ts'
 export {
+  type CheckpointInfo,
+  CheckpointError,
+  HF_WEIGHTS_FILE,
+  HF_CONFIG_FILE,
+  readCheckpointInfo,
+  loadGptCheckpoint,
+  writeHfCheckpoint
+} from './checkpoint.ts'
+export {
   type TensorLayout,
+  type SafetensorsReader,
+  type SafetensorsTensor,
   MAX_SAFETENSORS_HEADER_BYTES,
+  SafetensorsError,
   encodeSafetensors,
-  exportSafetensors
+  exportSafetensors,
+  openSafetensors,
+  f16ToF32
 } from './safetensors.ts'

@@ -57,3 +57,23 @@ export const SNAPSHOT_LIMITS = Object.freeze({
 })
 
 export type SnapshotLimits = typeof SNAPSHOT_LIMITS
+
+/** Caps of the safetensors reader and writer (snapshot/safetensors.ts), checked before allocating. */
+export const SAFETENSORS_LIMITS = Object.freeze({
+  /** Largest JSON header read or written (bytes; the format's own readers refuse more than 100 MB). */
+  maxHeaderBytes: 100_000_000,
+  /** Most tensors one file may declare (GPT-2 XL has 582 with its attention buffers). */
+  maxTensors: 65_536,
+  /** Most dimensions of one tensor. */
+  maxDims: 8,
+  /** Largest tensor read into memory at once (elements; converted to f32, 4 bytes each). */
+  maxTensorElements: 2 ** 31
+})
+
+/** Caps of GPT checkpoints read for `--init-from` and `zeromesh sample` (snapshot/checkpoint.ts). */
+export const CHECKPOINT_LIMITS = Object.freeze({
+  /** Largest config.json read (bytes). */
+  maxConfigBytes: 1 << 20,
+  /** Most parameters of a checkpoint's model (f32 in memory: 8 GiB; GPT-2 XL has 1.6 billion). */
+  maxParameters: 2 ** 31
+})

@@ -1,9 +1,9 @@
 import { statSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { VERSION, ZeromeshError, checkCap, shardRange, throwIfAborted } from '../../core/index.ts'
-import { gptLayout, type GptLayout } from '../../gpu/index.ts'
-import { encodeSafetensors, writeFileDurable, type RankState } from '../../snapshot/index.ts'
-import { TRAIN_MODELS, diskDir, diskSteps, loadCorpus, loadDiskState, trainingModel, type TrainModelName } from '../../node/index.ts'
+import { gptLayout, type GptConfig, type GptLayout } from '../../gpu/index.ts'
+import { CheckpointError, encodeSafetensors, writeFileDurable, writeHfCheckpoint, type RankState } from '../../snapshot/index.ts'
+import { TRAIN_MODELS, diskDir, diskSteps, loadDiskState, runModelConfig, trainingModel, type TokenizerName, type TrainModelName } from '../../node/index.ts'
 
 /**
  * `zeromesh export`: the full model of a run as safetensors, from the trainer's disk tier.
@@ -13,7 +13,8 @@ import { TRAIN_MODELS, diskDir, diskSteps, loadCorpus, loadDiskState, trainingMo
  * of the run's nodes (their union must hold every rank), this picks the newest step (or
  * `step`) for which every rank 0..P-1 of one world size P is present, checks each slice against
  * the ZeRO split the trainer used (`shardRange(N, P, r)`, N the chosen model's parameter
- * count), joins them into the flat buffer, and writes it with the GPT layout's tensor names.
+ * count), joins them into the flat buffer ({@link assembleModel}), and writes it with the GPT
+ * layout's tensor names, or as an HF GPT-2 checkpoint (`format: 'hf'`: snapshot/checkpoint.ts).
  * Every file read is verified (checksum, header, lengths) before use; anything missing,
  * inconsistent or damaged is an {@link ExportError} that says what and where.
  */
@@ -29,25 +30,55 @@ export class ExportError extends ZeromeshError {
   static override name = 'ExportError'
 }
 
-export interface ExportOptions {
-  /** The safetensors file to write (atomically: temp file, fsync, rename). */
-  out: string
+/** Where a run's model is on disk and what it is: what {@link assembleModel} reads. */
+export interface AssembleOptions {
   /** Data dirs of the run's nodes, or their `train/` folders. */
   dataDirs: readonly string[]
   /** The model shape the run trained (`--model`). */
   model: TrainModelName
   /** The training data (`--data`), for the vocabulary size; the default corpus when absent. */
   data?: string
-  /** Export this step instead of the newest complete one. */
+  /** The run's `--tokenizer` (the vocabulary of text data). Default bytes. */
+  tokenizer?: TokenizerName
+  /** The run's `--init-from`: the model shape is the checkpoint's. */
+  initFrom?: string
+  /** This step instead of the newest complete one. */
   step?: number
+  /** The fraction of the state files read so far, on a model of at least {@link PROGRESS_MIN_BYTES}. */
+  onProgress?: (fraction: number) => void
   signal?: AbortSignal
 }
 
-export interface ExportResult {
-  path: string
+export interface ExportOptions extends AssembleOptions {
+  /** The file to write (`zeromesh`), or the directory (`hf`); written atomically (temp file, fsync, rename). */
+  out: string
+  /** `zeromesh` (default): our layout's names in one file; `hf`: transformers' GPT-2 (model.safetensors + config.json). */
+  format?: 'zeromesh' | 'hf'
+}
+
+/** A run's full model, assembled from its ranks' disk tier files. */
+export interface AssembledModel {
+  config: GptConfig
+  layout: GptLayout
+  /** The flat f32 weights (gpu/gpt.ts layout). */
+  flat: Float32Array
   step: number
   worldSize: number
-  model: TrainModelName
+  /** `--model`'s name, or the `--init-from` checkpoint. */
+  model: string
+  /** Newer steps passed over because ranks were missing (newest first), e.g. "step 20 lacks rank 1 of 3". */
+  skipped: string[]
+}
+
+/** State files of a step at least this large (bytes) report progress. */
+export const PROGRESS_MIN_BYTES = 64 * 2 ** 20
+
+export interface ExportResult {
+  path: string
+  format: 'zeromesh' | 'hf'
+  step: number
+  worldSize: number
+  model: string
   tensors: number
   parameters: number
   /** Size of the written file. */
@@ -62,13 +93,10 @@ interface Found {
   step: number
 }
 
-/** Reads the disk tiers, assembles the newest complete step and writes the safetensors file. */
-export async function exportModel(opts: ExportOptions): Promise<ExportResult> {
+/** Reads the disk tiers and assembles the newest complete step (or `step`). */
+export async function assembleModel(opts: AssembleOptions): Promise<AssembledModel> {
   if (opts.dataDirs.length === 0) throw new ExportError('export needs at least one --data-dir')
   checkCap('export data dirs', opts.dataDirs.length, EXPORT_LIMITS.maxDataDirs)
-  const out = resolve(opts.out)
-  const outDir = dirname(out)
-  if (!isDir(outDir)) throw new ExportError(`cannot write ${out}: ${outDir} is not a directory`)
   const found: Found[] = []
   for (const given of opts.dataDirs) {
     throwIfAborted(opts.signal)
@@ -93,8 +121,13 @@ export async function exportModel(opts: ExportOptions): Promise<ExportResult> {
     throw new ExportError(`no state files of step ${opts.step}; the data dirs hold step${steps.length === 1 ? '' : 's'} ${steps.join(', ')}`)
   }
   // The layout before any state is read: it bounds what is kept (every slice is checked against it).
-  const corpus = loadCorpus(opts.data)
-  const config = trainingModel(opts.model, corpus.vocabSize)
+  let config: GptConfig
+  try {
+    config = await runModelConfig({ model: opts.model, data: opts.data, tokenizer: opts.tokenizer ?? 'bytes', initFrom: opts.initFrom })
+  } catch (err) {
+    if (err instanceof CheckpointError || (err as Error).name === 'SafetensorsError') throw new ExportError(`--init-from: ${(err as Error).message}`)
+    throw err
+  }
   const layout = gptLayout(config)
   const skipped: string[] = []
   for (const step of opts.step !== undefined ? [opts.step] : steps) {
@@ -102,53 +135,85 @@ export async function exportModel(opts: ExportOptions): Promise<ExportResult> {
       found.filter(f => f.step === step),
       step,
       layout,
-      corpus.vocabSize,
-      opts.signal
+      config.vocabSize,
+      opts
     )
     if (got.missing.length > 0) {
       skipped.push(`step ${step} lacks rank${got.missing.length === 1 ? '' : 's'} ${list(got.missing)} of ${got.worldSize}`)
       continue
     }
+    return { config, layout, flat: got.flat, step, worldSize: got.worldSize, model: opts.initFrom ?? opts.model, skipped }
+  }
+  const hint = " (each rank is written by the node that held it: pass every node's --data-dir)"
+  throw new ExportError(`no step has the state of every rank: ${skipped.join('; ')}${hint}`)
+}
+
+/** Reads the disk tiers, assembles the newest complete step and writes it (one safetensors file, or an HF checkpoint dir). */
+export async function exportModel(opts: ExportOptions): Promise<ExportResult> {
+  const format = opts.format ?? 'zeromesh'
+  const out = resolve(opts.out)
+  const outDir = dirname(out)
+  if (!isDir(outDir)) throw new ExportError(`cannot write ${out}: ${outDir} is not a directory`)
+  if (format === 'hf' && !isDir(out) && existsPath(out)) throw new ExportError(`cannot write ${out}: it is a file; --format hf writes a directory`)
+  const m = await assembleModel(opts)
+  const { config, layout } = m
+  const common: Record<string, string> = {
+    producer: `zeromesh ${VERSION}`,
+    model: m.model,
+    step: String(m.step),
+    world_size: String(m.worldSize),
+    data: opts.data ?? 'Brown Corpus',
+    tokenizer: opts.tokenizer ?? 'bytes'
+  }
+  try {
+    if (format === 'hf') {
+      const w = await writeHfCheckpoint(out, m.flat, config, common)
+      return {
+        path: out,
+        format,
+        step: m.step,
+        worldSize: m.worldSize,
+        model: m.model,
+        tensors: w.tensors,
+        parameters: layout.length,
+        bytes: w.bytes,
+        skipped: m.skipped
+      }
+    }
     const metadata: Record<string, string> = {
       format: 'zeromesh',
-      producer: `zeromesh ${VERSION}`,
-      model: opts.model,
-      step: String(step),
-      world_size: String(got.worldSize),
+      ...common,
       vocab_size: String(config.vocabSize),
       padded_vocab_size: String(config.paddedVocabSize),
       n_layer: String(config.nLayer),
       n_head: String(config.nHead),
       n_embd: String(config.C),
-      max_t: String(config.maxT),
-      data: corpus.source
+      max_t: String(config.maxT)
     }
     const parts = encodeSafetensors(
-      got.flat,
+      m.flat,
       {
         length: layout.length,
         tensors: layout.tensors.map(t => ({ name: t.name, offset: t.offset, shape: t.shape }))
       },
       metadata
     )
-    try {
-      await writeFileDurable(out, parts, outDir)
-    } catch (err) {
-      throw new ExportError(`cannot write ${out}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
-    }
+    await writeFileDurable(out, parts, outDir)
     return {
       path: out,
-      step,
-      worldSize: got.worldSize,
-      model: opts.model,
+      format,
+      step: m.step,
+      worldSize: m.worldSize,
+      model: m.model,
       tensors: layout.tensors.length,
       parameters: layout.length,
       bytes: parts.reduce((a, p) => a + p.length, 0),
-      skipped
+      skipped: m.skipped
     }
+  } catch (err) {
+    if (err instanceof CheckpointError) throw new ExportError(err.message)
+    throw new ExportError(`cannot write ${out}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
-  const hint = " (each rank is written by the node that held it: pass every node's --data-dir)"
-  throw new ExportError(`no step has the state of every rank: ${skipped.join('; ')}${hint}`)
 }
 
 /**
@@ -161,9 +226,13 @@ async function loadStep(
   step: number,
   layout: GptLayout,
   vocabSize: number,
-  signal?: AbortSignal
+  opts: { signal?: AbortSignal; onProgress?: (fraction: number) => void }
 ): Promise<{ worldSize: number; flat: Float32Array; missing: number[] }> {
+  const { signal } = opts
   const flat = new Float32Array(layout.length)
+  // Progress only where reading takes a while: a model of PROGRESS_MIN_BYTES of f32 weights.
+  const progress = layout.length * 4 >= PROGRESS_MIN_BYTES ? opts.onProgress : undefined
+  let read = 0
   let world: { P: number; dir: string } | undefined
   let from: Array<string | undefined> = []
   for (const f of files) {
@@ -191,6 +260,7 @@ async function loadStep(
         `${where}: rank ${state.rank} of ${state.worldSize} holds ${state.weights.length} parameters, but this model's split gives it ${range.length}${suggestModel(state, vocabSize)}`
       )
     }
+    progress?.(++read / files.length)
     const slot = flat.subarray(range.start, range.start + range.length)
     const prev = from[state.rank]
     if (prev !== undefined) {
@@ -221,6 +291,15 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
   return true
 }
 
+function existsPath(p: string): boolean {
+  try {
+    statSync(p)
+    return true
+  } catch {
+    return false
+  }
+}
+
 function isDir(p: string): boolean {
   try {
     return statSync(p).isDirectory()
@@ -239,6 +318,6 @@ function list(xs: readonly number[]): string {
 export function formatExport(r: ExportResult): string[] {
   return [
     ...r.skipped.map(s => `note: ${s}; exporting an older step`),
-    `exported step ${r.step} of ${r.model} (${r.worldSize} rank${r.worldSize === 1 ? '' : 's'}): ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${r.bytes.toLocaleString('en-US')} bytes to ${r.path}`
+    `exported step ${r.step} of ${r.model} (${r.worldSize} rank${r.worldSize === 1 ? '' : 's'}): ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${r.bytes.toLocaleString('en-US')} bytes to ${r.path}${r.format === 'hf' ? ' (HF GPT-2: model.safetensors, config.json)' : ''}`
   ]
 }

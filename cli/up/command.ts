@@ -13,6 +13,8 @@ export const UP_OPTIONS = {
   killAt: option(z.int().min(1).optional(), { arg: '<step>', help: 'SIGKILL a training worker once the run reaches this step (below --steps)' }),
   model: START_OPTIONS.model,
   data: START_OPTIONS.data,
+  tokenizer: START_OPTIONS.tokenizer,
+  initFrom: START_OPTIONS.initFrom,
   zeropp: option(START_OPTIONS.zeropp.schema, { help: 'ZeRO++ instead of flat ZeRO-3' }),
   outerEvery: option(START_OPTIONS.outerEvery.schema, {
     arg: '<H>',
@@ -68,6 +70,8 @@ export const upCommand: Command = {
       ...(o.snapshotEvery === undefined ? {} : { snapshotEvery: o.snapshotEvery }),
       model: o.model,
       data: o.data,
+      tokenizer: o.tokenizer,
+      ...(o.initFrom === undefined ? {} : { initFrom: o.initFrom }),
       zeropp: o.zeropp,
       ...(o.outerEvery === undefined ? {} : { outer: { every: o.outerEvery, streaming: o.streaming } }),
       seed: o.seed,

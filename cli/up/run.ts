@@ -3,7 +3,8 @@ import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RealClock } from '../../core/index.ts'
-import { fetchStatus, formatStepPhases, type NodeStatus, type StepPhases } from '../../node/index.ts'
+import { TRAIN_MODELS, fetchStatus, formatStepPhases, type NodeStatus, type StepPhases, type TokenizerName, type TrainModelName } from '../../node/index.ts'
+import { sample } from '../sample/run.ts'
 import { killLine, progressLine, recoveryLine, renderNodeEvent, upBanner } from '../render.ts'
 import { nextCommit, recoveryKey, type Kill, type UpKillReport } from './kill.ts'
 import { UpError, countGpus, spawnWorker, stopAll, waitForAddress, type Worker, type WorkerPlan } from './workers.ts'
@@ -33,8 +34,16 @@ export interface UpOptions {
   seq: number
   /** Give up after this long (ms). */
   timeoutMs: number
+  /** `--init-from` for the workers: the run starts from this checkpoint (its shape, not `model`). */
+  initFrom?: string
+  /** `--tokenizer` for the workers. */
+  tokenizer?: TokenizerName
+  /** Tokens of the sample of the trained model printed at the end (default 48; 0: none). */
+  sampleTokens?: number
   /** Keep the run directory (worker logs) afterwards. */
   keep: boolean
+  /** Workers serve their dashboards (`--http 127.0.0.1:0`); `up` prints the first worker's URL once it is up. */
+  dashboard?: boolean
   out: (line: string) => void
   /** A line that replaces itself (a TTY progress line); defaults to `out` every few seconds. */
   progress?: (line: string) => void
@@ -106,6 +115,8 @@ export async function up(o: UpOptions): Promise<number> {
     const first = spawnWorker(plan, sinks, 0, undefined)
     workers.push(first)
     const addr = await waitForAddress(first, clock, 30_000)
+    if (first.started?.dashboardUrl !== undefined)
+      o.out(`dashboard: ${first.started.dashboardUrl} (served by ${first.name}; every worker serves one, linked from the page)`)
     for (let i = 1; i < total; i++) workers.push(spawnWorker(plan, sinks, i, addr))
     const started = clock.monotonic()
     await watchRun(o, workers, watch, clock, started, dir)
@@ -117,6 +128,7 @@ export async function up(o: UpOptions): Promise<number> {
       return 1
     }
     summary(o, workers, clock.monotonic() - started)
+    await endSample(o, workers)
     ok = true
     return 0
   } finally {
@@ -150,7 +162,8 @@ async function watchRun(o: UpOptions, workers: Worker[], watch: Watch, clock: Re
       // Counted by rank number: a dropped worker's last status can still claim the rank that
       // another node has taken since.
       ranks: new Set(ranks.map(w => w.status!.training!.rank)).size,
-      spares: live.filter(w => w.status?.training?.role === 'spare').length
+      spares: live.filter(w => w.status?.training?.role === 'spare').length,
+      ...recovering(live)
     })
     if (line !== watch.lastLine) {
       say(line)
@@ -183,6 +196,12 @@ async function watchRun(o: UpOptions, workers: Worker[], watch: Watch, clock: Re
       throw new UpError(`the run did not finish within ${Math.round(o.timeoutMs / 1000)} s (logs in ${dir})`)
     }
   }
+}
+
+/** While a recovery runs: what a recovering worker is doing (its status phase), for the progress line. */
+function recovering(live: Worker[]): { recovering?: string } {
+  const phase = live.map(w => w.status?.training?.phase).find(p => p !== undefined && (p.startsWith('recovery') || p.startsWith('after a failure')))
+  return phase === undefined ? {} : { recovering: phase.length > 90 ? `${phase.slice(0, 89)}…` : phase }
 }
 
 /** Without a TTY: a progress line every few seconds, and the first line with a loss (the first committed step) at once. */
@@ -226,9 +245,15 @@ function reportRecoveries(o: UpOptions, workers: Worker[], watch: Watch): void {
   }
 }
 
-/** SIGKILLs the worker holding rank 1 (rank 0 with one rank), for `--kill-at`. */
+/**
+ * SIGKILLs the worker holding rank 1 (rank 0 with one rank), for `--kill-at`; with
+ * `--dashboard`, never the first worker, whose dashboard `up` printed (another rank instead).
+ */
 function killRank(o: UpOptions, ranks: Worker[], watch: Watch, step: number, clock: RealClock): void {
-  const victim = ranks.find(w => w.status?.training?.rank === Math.min(1, o.nodes - 1))
+  const spared = o.dashboard === true ? ranks.filter(w => w.name !== 'w0') : ranks
+  const victim =
+    spared.find(w => w.status?.training?.rank === Math.min(1, o.nodes - 1)) ??
+    (o.dashboard === true ? spared.find(w => w.status?.training?.rank !== undefined) : undefined)
   if (victim === undefined) return
   victim.killed = true
   victim.proc.kill('SIGKILL')
@@ -262,4 +287,39 @@ function summary(o: UpOptions, workers: Worker[], ms: number): void {
   const phases = workers.find(w => w.status?.training?.rank === 0)?.status?.training?.phases
   if (phases !== undefined) o.out(formatStepPhases(phases))
   o.out(`${Math.round(ms / 100) / 10} s for ${o.steps} steps on ${o.nodes} ranks`)
+}
+
+/** The prompt of the sample `up` prints at the end. */
+const END_PROMPT = 'The'
+
+/**
+ * The end of a run: a short sample of the trained model, assembled from the workers' disk
+ * tiers (they hold the final step: workers.ts upDiskEvery), seeded with the run's seed.
+ */
+async function endSample(o: UpOptions, workers: Worker[]): Promise<void> {
+  const tokens = o.sampleTokens ?? 48
+  if (tokens === 0) return
+  try {
+    const model = TRAIN_MODELS.find(m => m === o.model) as TrainModelName | undefined
+    if (model === undefined && o.initFrom === undefined) return
+    const r = await sample({
+      source: {
+        dataDirs: workers.map(w => w.dataDir),
+        model: model ?? 'mini',
+        ...(o.data === undefined ? {} : { data: o.data }),
+        ...(o.tokenizer === undefined ? {} : { tokenizer: o.tokenizer }),
+        ...(o.initFrom === undefined ? {} : { initFrom: o.initFrom })
+      },
+      prompt: END_PROMPT,
+      tokens,
+      temperature: 0.8,
+      topK: 40,
+      seed: o.seed,
+      device: o.device,
+      ...(o.tokenizer === undefined ? {} : { tokenizer: o.tokenizer })
+    })
+    o.out(`sample of ${r.model} (seed ${o.seed}, ${r.ids.length} tokens): ${JSON.stringify(r.prompt + r.text)}`)
+  } catch (err) {
+    o.out(`no sample of the trained model: ${(err as Error).message}`)
+  }
 }

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, readdirSync, type WriteStream } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { NODE_EVENT_LIMITS, parseNodeEvent, type NodeEvent, type NodeStatus } from '../../node/index.ts'
+import { NODE_EVENT_LIMITS, START_OPTIONS, parseNodeEvent, type NodeEvent, type NodeStatus, type TokenizerName } from '../../node/index.ts'
 import { ZeromeshError, type RealClock } from '../../core/index.ts'
 import { renderNodeEvent } from '../render.ts'
 
@@ -67,6 +67,12 @@ export interface WorkerPlan {
   snapshotEvery: number | undefined
   /** GPUs on this host (cuda): worker i uses GPU i mod gpuCount. */
   gpuCount: number
+  /** `--init-from` for the workers: the run starts from this checkpoint. */
+  initFrom?: string | undefined
+  /** `--tokenizer` for the workers (default theirs, bytes). */
+  tokenizer?: TokenizerName | undefined
+  /** Every worker serves its dashboard on a free loopback port (`--http 127.0.0.1:0`). */
+  dashboard?: boolean
 }
 
 /** Where a worker's events go besides the worker's record. */
@@ -85,6 +91,18 @@ export interface WorkerSinks {
 /** The launcher the workers run (bin/zeromesh.js), from the sources or from dist/. */
 export const binPath = (): string =>
   fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../bin/zeromesh.js' : '../../../bin/zeromesh.js', import.meta.url))
+
+/** The workers' default `--disk-every` (node/config.ts). */
+const DEFAULT_DISK_EVERY: number = START_OPTIONS.diskEvery.schema.parse(undefined)
+
+/**
+ * The workers' `--disk-every`: the largest divisor of the run's steps up to the default, so
+ * the disk tier holds the final step, which `up` samples from when the run ends.
+ */
+export function upDiskEvery(steps: number): number {
+  for (let d = Math.min(DEFAULT_DISK_EVERY, steps); d > 1; d--) if (steps % d === 0) return d
+  return 1
+}
 
 /** The `zeromesh start` arguments of worker `name`. */
 function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | undefined): string[] {
@@ -130,6 +148,10 @@ function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | 
     ...(p.snapshot === undefined ? [] : ['--snapshot', p.snapshot]),
     ...(p.snapshotEvery === undefined ? [] : ['--snapshot-every', String(p.snapshotEvery)]),
     ...(p.data === undefined ? [] : ['--data', p.data]),
+    ...(p.initFrom === undefined ? [] : ['--init-from', p.initFrom]),
+    ...(p.tokenizer === undefined ? [] : ['--tokenizer', p.tokenizer]),
+    ...(upDiskEvery(p.steps) === DEFAULT_DISK_EVERY ? [] : ['--disk-every', String(upDiskEvery(p.steps))]),
+    ...(p.dashboard === true ? ['--http', '127.0.0.1:0'] : []),
     ...(bootstrap === undefined ? [] : ['--bootstrap', bootstrap])
   ]
 }

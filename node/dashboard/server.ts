@@ -85,8 +85,14 @@ export async function serveDashboard(listen: HostPort, recorder: DashboardRecord
     const plain = (code: number, text: string, headers: Record<string, string> = {}): void => {
       res.writeHead(code, { 'content-type': 'text/plain; charset=utf-8', connection: 'close', ...headers }).end(`${text}\n`)
     }
-    if (!hostAllowed(req.headers.host, listen.host)) return plain(403, 'forbidden: open the dashboard by its address or localhost')
-    if (req.method !== 'GET' && req.method !== 'HEAD') return plain(405, 'method not allowed: the dashboard is read-only', { allow: 'GET, HEAD' })
+    if (!hostAllowed(req.headers.host, listen.host)) {
+      plain(403, 'forbidden: open the dashboard by its address or localhost')
+      return
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      plain(405, 'method not allowed: the dashboard is read-only', { allow: 'GET, HEAD' })
+      return
+    }
     const path = (req.url ?? '/').split('?', 1)[0]!
     const headers = {
       'x-content-type-options': 'nosniff',
@@ -104,7 +110,10 @@ export async function serveDashboard(listen: HostPort, recorder: DashboardRecord
       return
     }
     if (path === '/api/events') {
-      if (streams.size >= L.maxStreams) return plain(503, `too many open dashboards (${L.maxStreams}); close one`, { 'retry-after': '5' })
+      if (streams.size >= L.maxStreams) {
+        plain(503, `too many open dashboards (${L.maxStreams}); close one`, { 'retry-after': '5' })
+        return
+      }
       res.writeHead(200, { ...headers, 'content-type': 'text/event-stream', connection: 'keep-alive' })
       const s: Stream = { res, sent: new Map() }
       streams.add(s)

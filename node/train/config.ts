@@ -1,8 +1,9 @@
 import { InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../../core/index.ts'
-import { GPT_PRESETS, type Backend, type GptConfig, type GptLayout } from '../../gpu/index.ts'
+import { GPT_PRESETS, paddedVocabSize, type Backend, type GptConfig, type GptLayout } from '../../gpu/index.ts'
 import { COLLECTIVE_LIMITS, type CollectiveSent, type Membership, type PeerNet } from '../../mesh/index.ts'
-import type { Corpus } from '../data.ts'
-import type { OuterArrays, SnapshotCoder } from '../../snapshot/index.ts'
+import { corpusVocabSize, type Corpus } from '../data.ts'
+import type { TokenizerName } from '../tokenizer.ts'
+import { readCheckpointInfo, type OuterArrays, type SnapshotCoder } from '../../snapshot/index.ts'
 import type { OuterConfig } from './outer.ts'
 
 /**
@@ -26,6 +27,12 @@ export interface TrainConfig {
   lr: number
   weightDecay: number
   seed: number
+  /**
+   * A checkpoint (snapshot/checkpoint.ts: an HF GPT-2 dir or a zeromesh export) whose weights
+   * are step 0's instead of the seed's; its shape must be `model`. Every rank reads the same
+   * file, at the start and on a recovery to step 0, so runs stay bit-exact.
+   */
+  initFrom?: string
   /** Ranks that train; members beyond them are spares. */
   worldSize: number
   /** ZeRO++ (qwZ + hpZ + qgZ) instead of flat ZeRO-3. */
@@ -156,10 +163,25 @@ export function formatStepPhases(x: StepPhases, who = 'rank 0'): string {
 export const TRAIN_MODELS = Object.freeze(['mini', 'small', 'gpt2-124m'] as const)
 export type TrainModelName = (typeof TRAIN_MODELS)[number]
 
-/** The GPT config of a named shape for a vocabulary (padded to a multiple of 64 for the kernels). */
+/** The GPT config of a named shape for a vocabulary (padded to a multiple of 64 for the kernels: gpu's paddedVocabSize). */
 export function trainingModel(name: TrainModelName, vocabSize: number): GptConfig {
   const { maxT, nLayer, nHead, C } = GPT_PRESETS[name]
-  return { maxT, nLayer, nHead, C, vocabSize, paddedVocabSize: Math.ceil(vocabSize / 64) * 64 }
+  return { maxT, nLayer, nHead, C, vocabSize, paddedVocabSize: paddedVocabSize(vocabSize) }
+}
+
+/**
+ * The model a run trains: the `initFrom` checkpoint's shape (read from its config.json or
+ * metadata, every tensor checked), else the named shape for the data's vocabulary under the
+ * tokenizer. What `zeromesh start`, `export` and `sample` agree on.
+ */
+export async function runModelConfig(o: {
+  model: TrainModelName
+  data?: string | undefined
+  tokenizer?: TokenizerName
+  initFrom?: string | undefined
+}): Promise<GptConfig> {
+  if (o.initFrom !== undefined) return (await readCheckpointInfo(o.initFrom)).config
+  return trainingModel(o.model, corpusVocabSize(o.data, o.tokenizer))
 }
 
 /** Training cannot go on (a configuration the mesh cannot hold, state that cannot be recovered). */

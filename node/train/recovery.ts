@@ -1,7 +1,7 @@
 import { shardRange } from '../../core/index.ts'
 import { initGptParamsYielding } from '../../gpu/index.ts'
 import type { Collective, Member, PeerId } from '../../mesh/index.ts'
-import { SNAPSHOT_LIMITS, UnrecoverableError, type RankState } from '../../snapshot/index.ts'
+import { SNAPSHOT_LIMITS, UnrecoverableError, loadGptCheckpoint, type RankState } from '../../snapshot/index.ts'
 import { diskSteps, loadDiskState } from '../disk-tier.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
@@ -12,12 +12,24 @@ import { zoneGroups } from './roster.ts'
 import { diskHint } from './persist.ts'
 import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
 
-/** This rank's shard of the seed's initial weights, with zero AdamW moments. */
+/**
+ * This rank's shard of the initial weights (the seed's, or the `initFrom` checkpoint's), with
+ * zero AdamW moments.
+ */
 export function freshShard(env: TrainerEnv, start: number, length: number): ShardState | Promise<ShardState> {
   const cut = (full: Float32Array): ShardState => {
     const master = new Float32Array(length)
     master.set(full.subarray(start, Math.min(full.length, start + length)))
     return { step: 0, master, m: new Float32Array(length), v: new Float32Array(length) }
+  }
+  const from = env.cfg.initFrom
+  if (from !== undefined) {
+    return loadGptCheckpoint(from, { expect: env.cfg.model }).then(
+      c => cut(c.flat),
+      (err: unknown) => {
+        throw new TrainingError(`cannot load the initial weights (--init-from): ${(err as Error).message}`, {}, { cause: err })
+      }
+    )
   }
   // A large model's initialisation takes seconds on the CPU: it lets the event loop turn.
   const full = initGptParamsYielding(env.cfg.model, env.cfg.seed, () => env.deps.clock.turn())

@@ -141,10 +141,13 @@ function up(args: string[]): Promise<{ code: number; out: string }> {
 }
 
 const heldOut = (out: string): string | undefined => /held-out loss of the final weights: (\S+)/.exec(out)?.[1]
+/** The sample of the final model `up` prints last (from the disk tier's final step). */
+const sampleLine = (out: string): string | undefined => /^sample of step \d+ of mini \(seed 1, \d+ tokens\): ".*"$/m.exec(out)?.[0]
 
 // The two runs below are compared: the second SIGKILLs a rank and must end bit-identical.
 const RUN = ['--nodes', '4', '--steps', '12', '--batch', '2', '--seq', '32']
 let cleanHeldOut: string | undefined
+let cleanSample: string | undefined
 
 test.serial('zeromesh up trains on 4 worker processes and the loss goes down', async t => {
   const clean = await up(RUN)
@@ -159,6 +162,8 @@ test.serial('zeromesh up trains on 4 worker processes and the loss goes down', a
   t.true(losses.length >= 2 && losses.at(-1)! < losses[0]! * 0.8, `loss went down: ${losses.join(', ')}`)
   cleanHeldOut = heldOut(clean.out)
   t.truthy(cleanHeldOut)
+  cleanSample = sampleLine(clean.out)
+  t.regex(cleanSample ?? '', /^sample of step 12 of mini \(seed 1, 48 tokens\): "The/, clean.out)
 })
 
 test.serial('zeromesh up --kill-at: a SIGKILLed rank is replaced by the spare and the result is bit-identical', async t => {
@@ -173,6 +178,7 @@ test.serial('zeromesh up --kill-at: a SIGKILLed rank is replaced by the spare an
       .join('\n')
   )
   t.is(heldOut(hurt.out), cleanHeldOut, 'the final weights score exactly as without the kill')
+  t.is(sampleLine(hurt.out), cleanSample, 'and give the same sample')
 })
 
 test.serial('zeromesh up --outer-every: two zone groups train apart, average every 4 steps, and end with one model', async t => {
