@@ -165,20 +165,21 @@ export async function exportModel(opts: ExportOptions): Promise<ExportResult> {
     data: opts.data ?? 'Brown Corpus',
     tokenizer: opts.tokenizer ?? 'bytes'
   }
+  const written = (tensors: number, bytes: number): ExportResult => ({
+    path: out,
+    format,
+    step: m.step,
+    worldSize: m.worldSize,
+    model: m.model,
+    tensors,
+    parameters: layout.length,
+    bytes,
+    skipped: m.skipped
+  })
   try {
     if (format === 'hf') {
       const w = await writeHfCheckpoint(out, m.flat, config, common)
-      return {
-        path: out,
-        format,
-        step: m.step,
-        worldSize: m.worldSize,
-        model: m.model,
-        tensors: w.tensors,
-        parameters: layout.length,
-        bytes: w.bytes,
-        skipped: m.skipped
-      }
+      return written(w.tensors, w.bytes)
     }
     const metadata: Record<string, string> = {
       format: 'zeromesh',
@@ -199,17 +200,10 @@ export async function exportModel(opts: ExportOptions): Promise<ExportResult> {
       metadata
     )
     await writeFileDurable(out, parts, outDir)
-    return {
-      path: out,
-      format,
-      step: m.step,
-      worldSize: m.worldSize,
-      model: m.model,
-      tensors: layout.tensors.length,
-      parameters: layout.length,
-      bytes: parts.reduce((a, p) => a + p.length, 0),
-      skipped: m.skipped
-    }
+    return written(
+      layout.tensors.length,
+      parts.reduce((a, p) => a + p.length, 0)
+    )
   } catch (err) {
     if (err instanceof CheckpointError) throw new ExportError(err.message)
     throw new ExportError(`cannot write ${out}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)

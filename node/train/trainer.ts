@@ -1,3 +1,4 @@
+import type { Manifest } from '../../snapshot/index.ts'
 import { AbortError, InvalidArgumentError } from '../../core/index.ts'
 import { gptLayout } from '../../gpu/index.ts'
 import { validateTrainConfig, type TrainConfig, type TrainStatus, type TrainerDeps } from './config.ts'
@@ -23,16 +24,8 @@ import {
 } from './run.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 
-/** One owner's newest complete snapshot stripe: holders[i] holds fragment i (the first k are data, the rest parity). */
-export interface SnapshotPlacement {
-  owner: string
-  rank: number
-  epoch: number
-  version: number
-  k: number
-  m: number
-  holders: string[]
-}
+/** One owner's newest complete snapshot stripe (from its manifest): holders[i] holds fragment i (the first k are data, the rest parity). */
+export type SnapshotPlacement = Pick<Manifest, 'owner' | 'rank' | 'epoch' | 'version' | 'k' | 'm' | 'holders'>
 import { ROSTER_TOPIC, runSession } from './session.ts'
 import { statusOf, type RunState, type TrainerEnv } from './state.ts'
 
