@@ -99,7 +99,7 @@ async function natRun(
       zones: topo,
       dir,
       heartbeatMs: HEARTBEAT_MS,
-      args: trainFlags({ worldSize: world, steps: STEPS, model: 'mini', batch: 2, seq: 32, ...(o.snapshot === undefined ? {} : { snapshot: o.snapshot }) })
+      args: [...trainFlags({ worldSize: world, steps: STEPS, model: 'mini', batch: 2, seq: 32, ...(o.snapshot === undefined ? {} : { snapshot: o.snapshot }) }), ...(process.env['NAT_DEBUG'] ? ['--log-level', 'debug'] : [])]
     })
     const n = nodes
     let polled = 0
