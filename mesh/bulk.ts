@@ -12,6 +12,7 @@ import type { Socket } from 'node:net'
 import { AbortError, InvalidArgumentError, type Logger } from '../core/index.ts'
 import { BulkConn } from './bulk-conn.ts'
 import { PeerGoneError } from './errors.ts'
+import { MESH_LIMITS } from './limits.ts'
 import type { ByteStream, PeerId, StreamHandler } from './peernet.ts'
 
 /**
@@ -90,6 +91,8 @@ export interface BulkChannel {
   accept(socket: Socket): void
   /** Connections dialed, streams opened on a reused connection, and idle pooled connections. */
   stats(): { dials: number; reused: number; idle: number }
+  /** Connections the listener holds open (handshaking or serving). */
+  accepted(): number
   close(): Promise<void>
 }
 
@@ -105,7 +108,7 @@ export async function startBulkChannel(init: BulkChannelInit): Promise<BulkChann
   const conns = new ConnSet()
   let dials = 0
   let reused = 0
-  const server = await listen(
+  const listener = await listen(
     init.host,
     sessions,
     socket => {
@@ -120,7 +123,7 @@ export async function startBulkChannel(init: BulkChannelInit): Promise<BulkChann
     },
     init.log
   )
-  const port = (server.address() as { port: number }).port
+  const port = (listener.server.address() as { port: number }).port
   // One client context for every dial: building one per connection (what tls.connect does
   // without it) cost more CPU than the handshake when snapshots open a stream per fragment.
   const clientContext = createSecureContext({ ciphers: CIPHERS, minVersion: 'TLSv1.3' })
@@ -136,7 +139,7 @@ export async function startBulkChannel(init: BulkChannelInit): Promise<BulkChann
     },
     accept(socket) {
       socket.setNoDelay(true)
-      server.emit('connection', socket)
+      listener.server.emit('connection', socket)
     },
     async open(peer, to, session, protocol, signal) {
       const entry = sessions.get(session)
@@ -164,9 +167,10 @@ export async function startBulkChannel(init: BulkChannelInit): Promise<BulkChann
     stats() {
       return { dials, reused, idle: conns.idleCount() }
     },
+    accepted: () => listener.open(),
     async close() {
       conns.closeAll(new PeerGoneError('the bulk channel closed'))
-      await new Promise<void>(resolve => server.close(() => resolve()))
+      await new Promise<void>(resolve => listener.server.close(() => resolve()))
     }
   }
 }
@@ -236,12 +240,14 @@ class ConnSet {
  * The TLS-PSK listener: a client's PSK identity "<peer id> <session>" must name a known
  * session of that peer; `onSocket` gets each connection that completed the handshake.
  */
-async function listen(host: string, sessions: Sessions, onSocket: (socket: TLSSocket) => void, log: Logger): Promise<Server> {
+async function listen(host: string, sessions: Sessions, onSocket: (socket: TLSSocket) => void, log: Logger): Promise<{ server: Server; open: () => number }> {
+  const L = MESH_LIMITS.bulkListener
   const server: Server = tlsCreateServer(
     {
       ciphers: CIPHERS,
       minVersion: 'TLSv1.3',
       allowHalfOpen: true,
+      handshakeTimeout: L.handshakeTimeoutMs,
       pskCallback: (socket, identity) => {
         // identity = "<client peer id> <session>"
         const [peer, session] = identity.split(' ')
@@ -253,7 +259,31 @@ async function listen(host: string, sessions: Sessions, onSocket: (socket: TLSSo
     },
     onSocket
   )
-  server.on('tlsClientError', err => log.debug({ err: err.message }, 'bulk TLS handshake refused'))
+  server.maxConnections = L.maxConnections
+  // Per remote address: open connections (raw TCP, counted until they close).
+  const perAddress = new Map<string, number>()
+  server.on('connection', (raw: Socket) => {
+    const ip = raw.remoteAddress ?? ''
+    const n = perAddress.get(ip) ?? 0
+    if (n >= L.maxPerAddress) {
+      log.debug({ ip, open: n }, 'bulk connection refused: too many from this address')
+      raw.destroy()
+      return
+    }
+    perAddress.set(ip, n + 1)
+    raw.once('close', () => {
+      const left = (perAddress.get(ip) ?? 1) - 1
+      if (left <= 0) perAddress.delete(ip)
+      else perAddress.set(ip, left)
+    })
+  })
+
+  // A handshake that failed or ran out of time: the socket goes at once (with allowHalfOpen a
+  // peer's FIN would otherwise leave it half open, and its descriptor held, indefinitely).
+  server.on('tlsClientError', (err, socket) => {
+    log.debug({ err: err.message }, 'bulk TLS handshake refused')
+    socket.destroy()
+  })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(0, host, () => {
@@ -261,7 +291,7 @@ async function listen(host: string, sessions: Sessions, onSocket: (socket: TLSSo
       resolve()
     })
   })
-  return server
+  return { server, open: () => [...perAddress.values()].reduce((a, b) => a + b, 0) }
 }
 
 /** Listener side: wait for the next stream's protocol name on `conn`, then serve it. */

@@ -77,5 +77,19 @@ export const MESH_LIMITS = Object.freeze({
      * busy and that stream rides libp2p, with no backoff.
      */
     maxInFlightPerPeer: 16
+  }),
+  /**
+   * The bulk channel's TLS listener (mesh/bulk.ts), which anyone who reaches its port can
+   * connect to: connections are capped in total and per remote address, and one that has not
+   * finished its TLS-PSK handshake in time (or fails it) is destroyed at once, so descriptors
+   * an outsider opens are given back within the deadline.
+   */
+  bulkListener: Object.freeze({
+    /** Open connections at once; more are closed on arrival. */
+    maxConnections: 4096,
+    /** Open connections from one remote address (the nodes of a home share their NAT's). */
+    maxPerAddress: 512,
+    /** Time from accept to a finished TLS handshake (ms). */
+    handshakeTimeoutMs: 5_000
   })
 })

@@ -1,5 +1,6 @@
 import test from 'ava'
 import { randomBytes } from 'node:crypto'
+import { connect, type Socket } from 'node:net'
 import { silentLogger } from '../../core/index.ts'
 import { startBulkChannel, bulkKey, bulkSessionId, BULK_IDLE_PER_SESSION, MESH_LIMITS, type ByteStream, type StreamHandler } from '../../mesh/index.ts'
 
@@ -282,6 +283,47 @@ test('dropping a peer closes its idle pooled connections', async t => {
     for (let i = 0; i < 50 && a.stats().idle > 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
     t.is(a.stats().idle, 0)
   } finally {
+    await close()
+  }
+})
+
+test('an outsider who opens connections to the bulk port and closes or stalls them before TLS gets every descriptor back within the handshake deadline, and one address holds at most maxPerAddress', async t => {
+  t.timeout(60_000)
+  const { b, close } = await pair({})
+  const L = MESH_LIMITS.bulkListener
+  const sockets: Socket[] = []
+  try {
+    // Connect-and-close (the CLOSE-WAIT attack), then connect-and-stall past the per-address cap.
+    const closers = Array.from({ length: 200 }, () => {
+      const s = connect(b.port, '127.0.0.1', () => s.end())
+      s.on('error', () => {})
+      return s
+    })
+    const stallers = Array.from({ length: L.maxPerAddress + 100 }, () => {
+      const s = connect(b.port, '127.0.0.1')
+      s.on('error', () => {})
+      sockets.push(s)
+      return s
+    })
+    await Promise.all(
+      [...closers, ...stallers].map(
+        s => new Promise(resolve => (s.readyState === 'open' ? resolve(undefined) : s.once('connect', resolve).once('close', resolve)))
+      )
+    )
+    // Wait for the server's view to settle: it never holds more than the cap from one address.
+    let peak = 0
+    const deadline = Date.now() + L.handshakeTimeoutMs + 10_000
+    for (;;) {
+      const open = b.accepted()
+      peak = Math.max(peak, open)
+      if (open === 0) break
+      if (Date.now() > deadline) t.fail(`${open} connections still open after the handshake deadline`)
+      await new Promise(resolve => setImmediate(resolve))
+    }
+    t.true(peak <= L.maxPerAddress, `at most ${L.maxPerAddress} from one address (peak ${peak})`)
+    t.is(b.accepted(), 0, 'every descriptor came back')
+  } finally {
+    for (const s of sockets) s.destroy()
     await close()
   }
 })
