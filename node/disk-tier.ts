@@ -50,3 +50,17 @@ export async function persistDiskState(dir: string, step: number, sealed: Uint8A
 export async function loadDiskState(dir: string, step: number): Promise<RankState | undefined> {
   return (await loadState(dir, { name: fileName(step) }))?.state
 }
+
+/** The path of the disk tier file of `step` in `dir`. */
+export function diskFile(dir: string, step: number): string {
+  return join(dir, fileName(step))
+}
+
+/**
+ * Whether a state belongs to the run `identity` names. A state written before run identities
+ * existed (none in it) is taken: nothing says it is foreign.
+ */
+export function sameRun(st: Pick<RankState, 'identity'>, identity: Uint8Array | undefined): boolean {
+  if (identity === undefined || st.identity === undefined) return true
+  return Buffer.from(st.identity).equals(Buffer.from(identity))
+}

@@ -19,7 +19,7 @@ import type { NodeEvent } from './events.ts'
 import { Trainer } from './train/trainer.ts'
 import { DASHBOARD_LIMITS, DashboardRecorder, PROGRESS_TOPIC, decodeProgress, encodeProgress } from './dashboard/model.ts'
 import { serveDashboard, type DashboardServer } from './dashboard/server.ts'
-import { runModelConfig, type TrainStatus } from './train/config.ts'
+import { runIdentity, runModelConfig, type TrainConfig, type TrainStatus } from './train/config.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot(spec: string): { k: number; m: number } {
@@ -354,7 +354,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
         })
       }
     },
-    {
+    withIdentity(cfg.run, {
       model,
       B: cfg.batch,
       T,
@@ -382,7 +382,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       dtype: cfg.device === 'cuda' ? 'bf16' : 'f32',
       snapshot: cfg.snapshot === 'off' ? undefined : { ...parseSnapshot(cfg.snapshot), every: cfg.snapshotEvery },
       disk: { dir: diskDir(cfg.dataDir), every: cfg.diskEvery, resume: cfg.resume }
-    }
+    })
   )
   emit({
     type: 'training',
@@ -392,6 +392,11 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
     backend: backend.description
   })
   return trainer
+}
+
+/** `c` with the run's identity (written into every state it saves, checked on --resume). */
+function withIdentity(run: string, c: TrainConfig): TrainConfig {
+  return { ...c, identity: runIdentity(run, c) }
 }
 
 /** Emits the recoveries in a trainer status that were not emitted before (they only grow). */

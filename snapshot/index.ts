@@ -24,6 +24,7 @@ export {
   STATE_MAGIC,
   STATE_VERSION,
   STATE_HEADER_BYTES,
+  RUN_IDENTITY_BYTES,
   stateBytes,
   writeState,
   sealState,

@@ -29,7 +29,16 @@ export interface RankState {
    * `weights`.
    */
   outer?: OuterArrays
+  /**
+   * The run this state belongs to: a digest of the run id, the model shape, the seed and the
+   * training settings (node/train/config.ts `runIdentity`), RUN_IDENTITY_BYTES long. A state
+   * of another run with the same shapes is refused by whoever checks it (resume, export).
+   */
+  identity?: Uint8Array
 }
+
+/** Bytes of a run identity in a serialized state. */
+export const RUN_IDENTITY_BYTES = 32
 
 /** The four f32 buffers of the DiLoCo tier's state, each as long as the shard. */
 export interface OuterArrays {
@@ -41,6 +50,8 @@ export interface OuterArrays {
 
 /** Flag bit 0 of a serialized state: the four outer buffers follow adam v. */
 const FLAG_OUTER = 1
+/** Flag bit 1: the run identity (RUN_IDENTITY_BYTES) follows the rng bytes. */
+const FLAG_IDENTITY = 2
 const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
 
 /**
@@ -53,6 +64,7 @@ const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
  *   48 u32 rng bytes     52 u32 reserved (0)
  *   56 u64 checksum: xxh64 of the whole serialization with these 8 bytes zero
  *   64 rng bytes, zero-padded to a multiple of 8
+ *      with flag bit 1: the run identity (32 bytes)
  *      weights (n f32), adam m (n f32), adam v (n f32)
  *      with flag bit 0: outer weights, outer momentum, residual, sent inner (n f32 each)
  */
@@ -80,7 +92,9 @@ export function stateBytes(state: RankState): number {
     throw new InvalidArgumentError(`rank ${state.rank} is not in a world of ${state.worldSize}`)
   }
   checkCap('snapshot rng bytes', state.rng.length, SNAPSHOT_LIMITS.maxRngBytes)
-  const total = STATE_HEADER_BYTES + pad8(state.rng.length) + (outer === undefined ? 12 : 28) * n
+  if (state.identity !== undefined && state.identity.length !== RUN_IDENTITY_BYTES)
+    throw new InvalidArgumentError(`a run identity is ${RUN_IDENTITY_BYTES} bytes, got ${state.identity.length}`)
+  const total = STATE_HEADER_BYTES + pad8(state.rng.length) + (state.identity === undefined ? 0 : RUN_IDENTITY_BYTES) + (outer === undefined ? 12 : 28) * n
   checkCap('snapshot state bytes', total, SNAPSHOT_LIMITS.maxStateBytes)
   return total
 }
@@ -97,7 +111,7 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   const n = state.weights.length
   v.setUint32(0, STATE_MAGIC, true)
   v.setUint8(4, STATE_VERSION)
-  v.setUint8(5, state.outer === undefined ? 0 : FLAG_OUTER)
+  v.setUint8(5, (state.outer === undefined ? 0 : FLAG_OUTER) | (state.identity === undefined ? 0 : FLAG_IDENTITY))
   v.setUint16(6, 0, true)
   v.setUint32(8, state.rank, true)
   v.setUint32(12, state.worldSize, true)
@@ -112,6 +126,10 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   out.set(state.rng, o)
   out.fill(0, o + state.rng.length, o + pad8(state.rng.length))
   o += pad8(state.rng.length)
+  if (state.identity !== undefined) {
+    out.set(state.identity, o)
+    o += RUN_IDENTITY_BYTES
+  }
   const outer = state.outer === undefined ? [] : OUTER_KEYS.map(k => state.outer![k])
   for (const arr of [state.weights, state.adamM, state.adamV, ...outer]) {
     out.set(new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength), o)
@@ -154,6 +172,8 @@ export interface StateHeader {
   rngBytes: number
   /** The outer state's four buffers follow adam v (flag bit 0). */
   outer: boolean
+  /** The run identity follows the rng bytes (flag bit 1). */
+  identity: boolean
   checksum: bigint
 }
 
@@ -169,7 +189,7 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
   const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
   if (v.getUint32(0, true) !== STATE_MAGIC) bad('bad magic')
   if (v.getUint8(4) !== STATE_VERSION) bad(`unsupported version ${v.getUint8(4)}`)
-  if ((v.getUint8(5) & ~FLAG_OUTER) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0) bad('reserved fields are not zero')
+  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY)) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0) bad('reserved fields are not zero')
   const big = (o: number): number => {
     const x = v.getBigUint64(o, true)
     if (x > BigInt(Number.MAX_SAFE_INTEGER)) bad(`field at ${o} is over 2^53`)
@@ -184,11 +204,12 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
     elements: big(40),
     rngBytes: v.getUint32(48, true),
     outer: (v.getUint8(5) & FLAG_OUTER) !== 0,
+    identity: (v.getUint8(5) & FLAG_IDENTITY) !== 0,
     checksum: v.getBigUint64(56, true)
   }
   if (h.worldSize < 1 || h.rank >= h.worldSize) bad(`rank ${h.rank} is not in a world of ${h.worldSize}`)
   if (h.rngBytes > SNAPSHOT_LIMITS.maxRngBytes) bad(`rng of ${h.rngBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxRngBytes}`)
-  const want = STATE_HEADER_BYTES + pad8(h.rngBytes) + (h.outer ? 28 : 12) * h.elements
+  const want = STATE_HEADER_BYTES + pad8(h.rngBytes) + (h.identity ? RUN_IDENTITY_BYTES : 0) + (h.outer ? 28 : 12) * h.elements
   if (want !== bytes.length) bad(`header describes ${want} bytes, got ${bytes.length}`)
   return h
 }
@@ -210,6 +231,8 @@ export function decodeState(bytes: Uint8Array): RankState {
   let o = STATE_HEADER_BYTES
   const rng = bytes.slice(o, o + h.rngBytes)
   o += pad8(h.rngBytes)
+  const identity = h.identity ? bytes.slice(o, o + RUN_IDENTITY_BYTES) : undefined
+  if (identity !== undefined) o += RUN_IDENTITY_BYTES
   const f32 = (at: number): Float32Array => {
     const off = bytes.byteOffset + at
     return off % 4 === 0 ? new Float32Array(bytes.buffer, off, h.elements) : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
@@ -227,5 +250,6 @@ export function decodeState(bytes: Uint8Array): RankState {
     adamV: f32(o + 2 * n4)
   }
   if (h.outer) st.outer = { weights: f32(o + 3 * n4), momentum: f32(o + 4 * n4), residual: f32(o + 5 * n4), sentInner: f32(o + 6 * n4) }
+  if (identity !== undefined) st.identity = identity
   return st
 }

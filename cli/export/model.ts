@@ -3,7 +3,7 @@ import { dirname, resolve } from 'node:path'
 import { VERSION, ZeromeshError, checkCap, shardRange, throwIfAborted } from '../../core/index.ts'
 import { gptLayout, type GptConfig, type GptLayout } from '../../gpu/index.ts'
 import { CheckpointError, encodeSafetensors, writeFileDurable, writeHfCheckpoint, type RankState } from '../../snapshot/index.ts'
-import { TRAIN_MODELS, diskDir, diskSteps, loadDiskState, runModelConfig, trainingModel, type TokenizerName, type TrainModelName } from '../../node/index.ts'
+import { TRAIN_MODELS, diskDir, diskSteps, loadDiskState, sameRun, runModelConfig, trainingModel, type TokenizerName, type TrainModelName } from '../../node/index.ts'
 
 /**
  * `zeromesh export`: the full model of a run as safetensors, from the trainer's disk tier.
@@ -227,7 +227,7 @@ async function loadStep(
   // Progress only where reading takes a while: a model of PROGRESS_MIN_BYTES of f32 weights.
   const progress = layout.length * 4 >= PROGRESS_MIN_BYTES ? opts.onProgress : undefined
   let read = 0
-  let world: { P: number; dir: string } | undefined
+  let world: { P: number; dir: string; identity: Uint8Array | undefined } | undefined
   let from: Array<string | undefined> = []
   for (const f of files) {
     throwIfAborted(signal)
@@ -241,8 +241,12 @@ async function loadStep(
     if (state === undefined) throw new ExportError(`${where} disappeared while it was read`)
     if (state.step !== step) throw new ExportError(`${where} is a file of step ${state.step}: it was renamed or copied over`)
     if (world === undefined) {
-      world = { P: state.worldSize, dir: f.dir }
+      world = { P: state.worldSize, dir: f.dir, identity: state.identity }
       from = new Array<string | undefined>(state.worldSize).fill(undefined)
+    } else if (world.identity !== undefined && !sameRun(state, world.identity)) {
+      throw new ExportError(
+        `step ${step} mixes runs: the states in ${world.dir} and ${f.dir} belong to different runs (run id, model, seed or training settings differ); leave out the other run's data dir`
+      )
     } else if (state.worldSize !== world.P) {
       throw new ExportError(
         `step ${step} mixes world sizes: ${world.P} in ${world.dir}, ${state.worldSize} in ${f.dir} (the run changed size; leave out the stale data dirs or pick another --step)`

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../../core/index.ts'
 import { GPT_PRESETS, paddedVocabSize, type Backend, type GptConfig, type GptLayout } from '../../gpu/index.ts'
 import { COLLECTIVE_LIMITS, type CollectiveSent, type Membership, type PeerNet } from '../../mesh/index.ts'
@@ -33,6 +34,11 @@ export interface TrainConfig {
    * file, at the start and on a recovery to step 0, so runs stay bit-exact.
    */
   initFrom?: string
+  /**
+   * The run's identity ({@link runIdentity}), written into every state this trainer saves
+   * (snapshots and disk tier) and checked against the disk tier's files on `--resume`.
+   */
+  identity?: Uint8Array
   /** Ranks that train; members beyond them are spares. */
   worldSize: number
   /** ZeRO++ (qwZ + hpZ + qgZ) instead of flat ZeRO-3. */
@@ -283,4 +289,29 @@ export interface ShardState {
 export interface ShardRange {
   start: number
   length: number
+}
+
+/**
+ * The run's identity: SHA-256 of the run id, the model shape, the seed and the settings that
+ * change the arithmetic of a step (batch, sequence, learning rate, weight decay, ZeRO++, the
+ * DiLoCo tier, the dtype). Two runs whose state files could be mixed by mistake (the same run
+ * id and shapes, another seed or learning rate) have different identities. The step count and
+ * the world size are left out: a run may be resumed to train longer, and it shrinks and grows.
+ */
+export function runIdentity(run: string, c: Pick<TrainConfig, 'model' | 'B' | 'T' | 'lr' | 'weightDecay' | 'seed' | 'zeroPP' | 'outer' | 'dtype'>): Uint8Array {
+  const m = c.model
+  const canonical = JSON.stringify({
+    v: 1,
+    run,
+    model: [m.vocabSize, m.paddedVocabSize, m.maxT, m.nLayer, m.nHead, m.C],
+    seed: c.seed,
+    B: c.B,
+    T: c.T,
+    lr: c.lr,
+    weightDecay: c.weightDecay,
+    zeroPP: c.zeroPP,
+    dtype: c.dtype,
+    outer: c.outer === undefined ? null : [c.outer.every, c.outer.zones, c.outer.quant, c.outer.streaming, c.outer.lr, c.outer.momentum]
+  })
+  return new Uint8Array(createHash('sha256').update(canonical).digest())
 }

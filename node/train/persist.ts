@@ -31,10 +31,12 @@ export function rankState(
   weights: Float32Array,
   adamM: Float32Array,
   adamV: Float32Array,
-  outer?: OuterArrays
+  outer?: OuterArrays,
+  identity?: Uint8Array
 ): RankState {
   const st: RankState = { rank, worldSize: P, epoch, step, dataCursor: step, weights, adamM, adamV, rng: new Uint8Array(0) }
   if (outer !== undefined) st.outer = outer
+  if (identity !== undefined) st.identity = identity
   return st
 }
 
@@ -99,7 +101,7 @@ export function saveCommitted(
   // capture copies it), copied when a device's download lands later (an outer step may change it first).
   const outer = src.outer === undefined || now ? src.outer : copyOuter(src.outer)
   const save = (): void => {
-    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer)
+    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity)
     if (snap && rs.snapshots !== undefined) {
       const c0 = env.deps.clock.monotonic()
       const ticket = rs.snapshots.capture(st)
@@ -114,7 +116,7 @@ export function saveCommitted(
     // The disk tier writes in the background, one file after another; the session waits
     // for the last write before it ends.
     if (disk !== undefined && diskId !== null) {
-      const sealed = encodeState(rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v))
+      const sealed = encodeState(rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity))
       rs.disk.writes = rs.disk.writes
         .then(async () => {
           await persistDiskState(disk.dir, s + 1, sealed)

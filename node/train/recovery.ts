@@ -2,7 +2,7 @@ import { shardRange } from '../../core/index.ts'
 import { initGptParamsYielding } from '../../gpu/index.ts'
 import type { Collective, Member, PeerId } from '../../mesh/index.ts'
 import { SNAPSHOT_LIMITS, UnrecoverableError, loadGptCheckpoint, type RankState } from '../../snapshot/index.ts'
-import { diskSteps, loadDiskState } from '../disk-tier.ts'
+import { diskFile, diskSteps, loadDiskState, sameRun } from '../disk-tier.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { TrainingError, type ShardRange, type ShardState } from './config.ts'
@@ -286,6 +286,10 @@ async function resume(env: TrainerEnv, rs: RunState, collective: Collective, ros
     const st = await loadDiskState(dir, step)
     files[i] = undefined
     if (st === undefined) continue
+    if (!sameRun(st, env.cfg.identity))
+      throw new TrainingError(
+        `--resume: ${diskFile(dir, step)} (rank ${st.rank}, step ${step}) is another run's state: its run id, model, seed or training settings differ from this node's; move it away or start this node with that run's settings`
+      )
     held.set(step, st)
     files[i] = { step, rank: st.rank, worldSize: st.worldSize }
   }

@@ -9,6 +9,7 @@ import { main } from '../../cli/main.ts'
 import { diskDir, persistDiskState } from '../../node/disk-tier.ts'
 import { EXPORT_LIMITS, exportModel } from '../../cli/export/model.ts'
 import { trainingModel } from '../../node/index.ts'
+import { runIdentity } from '../../node/train/config.ts'
 
 const root = mkdtempSync(join(tmpdir(), 'zm-export-'))
 test.after.always(() => rmSync(root, { recursive: true, force: true }))
@@ -35,7 +36,7 @@ function flatOf(step: number, n = N): Float32Array {
 }
 
 /** Writes rank r's disk-tier file of `step` (its shardRange slice of `flat`) into node dir `dir`. */
-async function writeRank(dir: string, step: number, r: number, P: number, flat = flatOf(step), fileStep = step): Promise<string> {
+async function writeRank(dir: string, step: number, r: number, P: number, flat = flatOf(step), fileStep = step, identity?: Uint8Array): Promise<string> {
   const { start, length } = shardRange(flat.length, P, r)
   const weights = flat.slice(start, start + length)
   const sealed = encodeState({
@@ -47,7 +48,8 @@ async function writeRank(dir: string, step: number, r: number, P: number, flat =
     weights,
     adamM: weights.map(x => x / 2),
     adamV: weights.map(x => x * x),
-    rng: new Uint8Array(0)
+    rng: new Uint8Array(0),
+    ...(identity === undefined ? {} : { identity })
   })
   return await persistDiskState(diskDir(dir), fileStep, sealed)
 }
@@ -238,4 +240,24 @@ test('no files, a missing dir, bad flags and too many data dirs', async t => {
   t.is(over.code, 2)
   t.regex(over.err[0]!, /at most 1024 --data-dir, got 1025/)
   await t.throwsAsync(exportModel({ out, dataDirs: many, model: 'mini' }), { name: 'LimitExceededError' })
+})
+
+test('a state file of another run with the same shapes (same run id, another seed) is refused, not mixed in', async t => {
+  const out = join(root, 'mixed-runs.safetensors')
+  const settings = { model: trainingModel('mini', 256), B: 4, T: 64, lr: 3e-3, weightDecay: 0.1, zeroPP: false, dtype: 'f32' as const }
+  const ours = runIdentity('r1', { ...settings, seed: 1 })
+  const theirs = runIdentity('r1', { ...settings, seed: 2 })
+  t.notDeepEqual(ours, theirs)
+  t.deepEqual(runIdentity('r1', { ...settings, seed: 1 }), ours, 'the identity is a function of the settings')
+  const a = freshDir()
+  const b = freshDir()
+  await writeRank(a, 5, 0, 2, flatOf(5), 5, ours)
+  await writeRank(b, 5, 1, 2, flatOf(6), 5, theirs)
+  await t.throwsAsync(exportModel({ out, dataDirs: [a, b], model: 'mini', data: dataFile }), {
+    name: 'ExportError',
+    message: /step 5 mixes runs: the states in .* and .* belong to different runs/
+  })
+  const c = freshDir()
+  await writeRank(c, 5, 1, 2, flatOf(5), 5, ours)
+  t.is((await exportModel({ out, dataDirs: [a, c], model: 'mini', data: dataFile })).step, 5, 'the same run exports')
 })

@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { seedFromEnv } from '../../core/index.ts'
 import { placeStripe } from '../../snapshot/index.ts'
 import { TrainingError, type TrainConfig } from '../../node/index.ts'
+import { runIdentity } from '../../node/train/config.ts'
 import { diskDir } from '../../node/disk-tier.ts'
 import { base, ok, trainMesh, type MeshControl } from '../helpers/train-mesh.ts'
 import { simOk, simTrain, type SimTrainOptions } from '../helpers/sim-train.ts'
@@ -360,4 +361,27 @@ test.serial('a node that joins after a rank was replaced adopts the roster rank 
   const rec = done.flatMap(s => s.recoveries)
   t.true(rec.some(r => r.lost.includes(2)) && rec.every(r => r.mode === 'replace'), JSON.stringify(rec))
   t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kills')
+})
+
+test('--resume refuses a disk tier file of another run with the same shapes (another seed), naming the file, instead of mixing it in', async t => {
+  const root = mkdtempSync(join(tmpdir(), 'zm-foreign-'))
+  try {
+    const cfg: TrainConfig = { ...base, worldSize: 2, steps: 2, snapshot: { k: 1, m: 1 } }
+    const disk =
+      (resume: boolean) =>
+      (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 1, resume } })
+    const first = { ...cfg, identity: runIdentity('r', { ...cfg, seed: 1 }) }
+    ok(await trainMesh(3, first, { configOf: disk(false) }))
+    // Same run id and shapes, another seed: its identity differs, and the files are not its own.
+    const other = { ...cfg, steps: 3, identity: runIdentity('r', { ...cfg, seed: 2 }) }
+    const r = await trainMesh(3, other, { configOf: disk(true) })
+    t.true(r.errors.length >= 1, 'a rank refuses to resume')
+    for (const e of r.errors) t.regex(e.message, /--resume: .*step-\d+\.zms \(rank \d, step \d+\) is another run's state/)
+    t.log(r.errors[0]!.message)
+    // Its own identity resumes.
+    const same = ok(await trainMesh(3, { ...first, steps: 3 }, { configOf: disk(true) }))
+    t.true(same.statuses.some(s => s.role === 'done' && s.resumedFrom !== undefined))
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
 })

@@ -8,6 +8,7 @@ import {
   PAUSE_EVERY_BYTES,
   SNAPSHOT_LIMITS,
   STATE_HEADER_BYTES,
+  RUN_IDENTITY_BYTES,
   stateBytes,
   stripeState,
   stripeStateAsync,
@@ -40,6 +41,18 @@ test('state encodes and decodes every field bit-exactly', t => {
   const odd = new Uint8Array(bytes.length + 1)
   odd.set(bytes, 1)
   t.deepEqual(decodeState(odd.subarray(1)).adamV, s.adamV)
+})
+
+test('a state carries its run identity (32 bytes after the rng); states without one still decode', t => {
+  const s = randomState(Rng.fromSeed(2), 64, { rank: 0, worldSize: 2, step: 7, epoch: 1 })
+  const identity = new Uint8Array(RUN_IDENTITY_BYTES).map((_, i) => i + 1)
+  const bytes = encodeState({ ...s, identity })
+  t.is(bytes.length, encodeState(s).length + RUN_IDENTITY_BYTES)
+  const d = decodeState(bytes)
+  t.deepEqual(d.identity, identity)
+  t.deepEqual(d.weights, s.weights)
+  t.is(decodeState(encodeState(s)).identity, undefined)
+  t.throws(() => encodeState({ ...s, identity: new Uint8Array(5) }), { message: /run identity is 32 bytes/ })
 })
 
 test('every flipped byte, truncation and extension of a state is detected', t => {
