@@ -79,6 +79,12 @@ export const MESH_LIMITS = Object.freeze({
     maxInFlightPerPeer: 16
   }),
   /**
+   * A dial of nothing but private addresses off this host's networks (mesh/libp2p/announce.ts):
+   * it gives up after this long (ms), and a later dial of the same peer cancels it. A LAN or a
+   * VPN answers in milliseconds; another LAN's range usually never does.
+   */
+  tentativeDialMs: 2_000,
+  /**
    * The bulk channel's TLS listener (mesh/bulk.ts), which anyone who reaches its port can
    * connect to: connections are capped in total and per remote address, and one that has not
    * finished its TLS-PSK handshake in time (or fails it) is destroyed at once, so descriptors

@@ -5,7 +5,7 @@ import { createEnvelopeCodec } from '../../codec/index.ts'
 import type { GossipHandler, PeerId } from '../peernet.ts'
 import { MESH_LIMITS } from '../limits.ts'
 import { describe } from './errors.ts'
-import { dialable } from './reach.ts'
+import { dialable, offLinkPrivate } from './reach.ts'
 
 /** The reserved gossip topic of address announcements. */
 export const ANNOUNCE_TOPIC = '__addrs'
@@ -25,7 +25,7 @@ export interface AnnouncerInit {
   addrs: () => string[]
   publish: (topic: string, data: Uint8Array) => Promise<void>
   subscribe: (topic: string, handler: GossipHandler) => () => void
-  dial: (addrs: Multiaddr | Multiaddr[]) => Promise<unknown>
+  dial: (addrs: Multiaddr | Multiaddr[], options?: { signal?: AbortSignal }) => Promise<unknown>
   /** Whether any peer is admitted. */
   hasPeers: () => boolean
   /** Peers whose announcements need no dial: admitted, ourselves, or denied. */
@@ -58,6 +58,8 @@ export class Announcer {
   private timer: number | undefined
   private running = false
   private readonly book = new Map<PeerId, Remembered>()
+  /** Tentative dials in flight (see dial()), by peer. */
+  private readonly tentative = new Map<PeerId, AbortController>()
 
   constructor(init: AnnouncerInit) {
     this.init = init
@@ -137,16 +139,39 @@ export class Announcer {
     }
   }
 
-  /** Dials `addrs` of `peer` (those {@link dialable} from here); a failure is logged with the addresses tried and how long it took. */
+  /**
+   * Dials `addrs` of `peer` (those {@link dialable} from here); a failure is logged with the
+   * addresses tried and how long it took. A dial to nothing but private addresses off this
+   * host's networks (another LAN's, most likely: a peer announces them before it holds a relay
+   * slot) is tentative: it gives up after MESH_LIMITS.tentativeDialMs, and a later dial of that
+   * peer cancels it at once. Such a dial usually gets no answer at all, and libp2p would make
+   * every later dial of the peer wait behind it.
+   */
   private dial(peer: PeerId, all: Multiaddr[], what: string): void {
     const addrs = dialable(all)
     if (addrs.length === 0) return
     const t0 = this.init.clock.monotonic()
+    const ac = new AbortController()
+    const tentative = addrs.every(offLinkPrivate)
+    this.tentative.get(peer)?.abort()
+    this.tentative.delete(peer)
+    let timer: number | undefined
+    if (tentative) {
+      this.tentative.set(peer, ac)
+      timer = this.init.clock.setTimeout(() => ac.abort(), MESH_LIMITS.tentativeDialMs)
+    }
     this.init
-      .dial(addrs)
+      .dial(addrs, { signal: ac.signal })
       .catch(err =>
-        this.init.log.debug({ peer, err: describe(err), addrs: addrs.map(a => a.toString()), ms: Math.round(this.init.clock.monotonic() - t0) }, what)
+        this.init.log.debug(
+          { peer, err: describe(err), addrs: addrs.map(a => a.toString()), ms: Math.round(this.init.clock.monotonic() - t0), tentative },
+          what
+        )
       )
+      .finally(() => {
+        if (timer !== undefined) this.init.clock.clearTimeout(timer)
+        if (this.tentative.get(peer) === ac) this.tentative.delete(peer)
+      })
   }
 
   private dialBootstrap(): void {

@@ -171,7 +171,7 @@ class MeshPeerNet implements Libp2pPeerNet {
       addrs: () => this.multiaddrs(),
       publish: (topic, data) => this.publishRaw(topic, data),
       subscribe: (topic, handler) => this.gossip.subscribe(topic, handler),
-      dial: addrs => this.node!.dial(addrs),
+      dial: (addrs, options) => this.node!.dial(addrs, options),
       hasPeers: () => this.admission.size > 0,
       known: peer => this.admission.isAdmitted(peer) || peer === this.info.id || this.admission.isDenied(peer)
     })

@@ -146,9 +146,13 @@ export function isPrivateV4(ip: string): boolean {
 export function dialable(addrs: readonly Multiaddr[]): Multiaddr[] {
   const relayed = (a: Multiaddr): boolean => a.getComponents().some(c => c.name === 'p2p-circuit')
   if (!addrs.some(relayed)) return [...addrs]
-  return addrs.filter(a => {
-    if (relayed(a)) return true
-    const ip = a.getComponents().find(c => c.name === 'ip4')?.value
-    return ip === undefined || !isPrivateV4(ip) || onLink(ip)
-  })
+  return addrs.filter(a => relayed(a) || !offLinkPrivate(a))
+}
+
+/** An address at a private IPv4 on a network this host is not attached to (another LAN's, most likely). */
+export function offLinkPrivate(a: Multiaddr): boolean {
+  const parts = a.getComponents()
+  if (parts.some(c => c.name === 'p2p-circuit')) return false
+  const ip = parts.find(c => c.name === 'ip4')?.value
+  return ip !== undefined && isPrivateV4(ip) && !onLink(ip)
 }
