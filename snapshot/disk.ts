@@ -1,6 +1,6 @@
 import { open, rename, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import { checkCap, InvalidArgumentError } from '../core/index.ts'
+import { checkCap, InvalidArgumentError, ProtocolError, protocolError } from '../core/index.ts'
 import { snapshotError, SnapshotErrorCode } from './errors.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
 import { decodeState, verifyState, type RankState } from './state.ts'
@@ -75,12 +75,22 @@ export async function loadState(dir: string, options: { name?: string } = {}): P
   try {
     let o = 0
     while (o < size) {
-      const { bytesRead } = await fh.read(bytes, o, size - o, o)
+      // One read is at most READ_CHUNK_BYTES: Node's read takes a 32-bit length (a 2 GiB read aborts the process).
+      const { bytesRead } = await fh.read(bytes, o, Math.min(size - o, READ_CHUNK_BYTES), o)
       if (bytesRead === 0) throw snapshotError(SnapshotErrorCode.STATE_MALFORMED, `${path} shrank while being read`)
       o += bytesRead
     }
   } finally {
     await fh.close()
   }
-  return { state: decodeState(bytes), bytes }
+  try {
+    return { state: decodeState(bytes), bytes }
+  } catch (err) {
+    // Name the file: a damaged state is reported where it lies.
+    if (err instanceof ProtocolError) throw protocolError(err.code, `${path}: ${err.message}`, { ...err.details, path })
+    throw err
+  }
 }
+
+/** The largest single read of a state file (bytes). */
+const READ_CHUNK_BYTES = 1 << 30

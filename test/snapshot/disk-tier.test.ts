@@ -58,3 +58,19 @@ test('disk tier: a corrupted file is detected (STATE_CHECKSUM), and a torn buffe
     await t.throwsAsync(persistState(dir, torn), { instanceOf: ProtocolError })
   })
 })
+
+test('disk tier: a state file over 2 GiB (below the 16 GiB cap) is read in chunks and refused with a typed error naming it, not a native abort', async t => {
+  t.timeout(120_000)
+  const dir = await mkdtemp(join(tmpdir(), 'zm-big-'))
+  try {
+    // A sparse file of 2 GiB + 64 bytes of zeros: no magic, so it is malformed, once it has been read.
+    const path = join(dir, STATE_FILE)
+    await writeFile(path, new Uint8Array(0))
+    await truncate(path, 2 ** 31 + 64)
+    const err = await t.throwsAsync(loadState(dir), { instanceOf: ProtocolError })
+    t.is((err as ProtocolError).code, 'STATE_MALFORMED')
+    t.true(err!.message.startsWith(`${path}: `), err!.message)
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})
