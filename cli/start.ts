@@ -117,6 +117,21 @@ export const startCommand: Command = {
       io.err('zeromesh: the node did not stop within 5 s; exiting anyway')
       process.exit(code)
     }
+    // Stopping aborted the trainer; it ends within its next wait. One that does not (a long
+    // synchronous step) must not keep the process, and its peers' view of it, alive.
+    const ended =
+      node.training === undefined ||
+      (await Promise.race([
+        node.training.then(
+          () => true,
+          () => true
+        ),
+        clock.sleep(5000).then(() => false)
+      ]))
+    if (!ended) {
+      io.err('zeromesh: the trainer did not stop within 5 s of leaving the run; exiting anyway')
+      process.exit(code)
+    }
     return code
   }
 }

@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs'
-import { RealClock, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
+import { AbortError, RealClock, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
 import {
   createLibp2pPeerNet,
   createMembership,
@@ -169,7 +169,10 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
     ...(dash?.server === undefined ? {} : { dashboardUrl: dash.server.url }),
     multiaddrs: addrs
   })
-  const training = trainer?.run()
+  // Leaving the run ends the training too: without this, a trainer whose mesh just stopped
+  // under it went on retrying its recovery for minutes.
+  const leaving = new AbortController()
+  const training = trainer?.run(leaving.signal)
   if (training !== undefined) reportEnd(training, emit)
   return {
     peerId: net.self.id,
@@ -180,6 +183,7 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
     dashboardUrl: dash?.server?.url,
     training,
     async stop() {
+      leaving.abort(new AbortError('the node is leaving the run'))
       await metricsServer?.close()
       await dash?.stop()
       await membership.stop()
@@ -421,6 +425,10 @@ function reportEnd(training: Promise<TrainStatus>, emit: EmitEvent): void {
       emit({ type: 'bytes', sent: s.bytes, snapshot: s.snapshotBytes ?? { host: 0, zone: 0, wan: 0 } })
       emit({ type: 'done', step: s.step, loss: s.loss, evalLoss: s.evalLoss })
     },
-    (err: unknown) => emit({ type: 'failed', message: err instanceof Error ? err.message : String(err) })
+    (err: unknown) => {
+      // Aborted because the node is leaving (SIGINT, SIGTERM): not a failure of the training.
+      if (err instanceof Error && err.name === 'AbortError') return
+      emit({ type: 'failed', message: err instanceof Error ? err.message : String(err) })
+    }
   )
 }

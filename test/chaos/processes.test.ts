@@ -204,3 +204,76 @@ test.serial('zeromesh up refuses bad flags with exit 2', async t => {
     t.is(r.code, 2, `${args.join(' ')}: ${r.out}`)
   }
 })
+
+test.serial(
+  'SIGTERM to every node of a training run mid-training: each says it is leaving and exits within seconds, none keeps retrying a recovery',
+  async t => {
+    const root = mkdtempSync(join(tmpdir(), 'zm-sigterm-'))
+    const secretFile = join(root, 'secret')
+    writeFileSync(secretFile, 'sigterm test secret, long enough\n')
+    const dirs = [0, 1, 2].map(i => join(root, `node${i}`))
+    const args = (i: number, bootstrap: string[]): string[] => [
+      'start',
+      '--run',
+      'sigterm',
+      '--secret-file',
+      secretFile,
+      '--listen',
+      '/ip4/127.0.0.1/tcp/0',
+      '--data-dir',
+      dirs[i]!,
+      '--host',
+      `h${i}`,
+      '--expect',
+      '3',
+      '--heartbeat-ms',
+      String(HEARTBEAT_MS),
+      '--events',
+      'jsonl',
+      '--train',
+      '--world-size',
+      '2',
+      '--steps',
+      '100000',
+      '--batch',
+      '2',
+      '--seq',
+      '32',
+      '--snapshot',
+      '1+1',
+      ...bootstrap.flatMap(b => ['--bootstrap', b])
+    ]
+    const events = (p: Proc): NodeEvent[] => p.out.map(parseNodeEvent).flatMap(r => (r.ok ? [r.event] : []))
+    const procs: Proc[] = []
+    try {
+      procs.push(zeromesh(args(0, [])))
+      const addr = await waitFor('the first node to report its address', 15_000, () =>
+        events(procs[0]!)
+          .flatMap(e => (e.type === 'started' ? e.multiaddrs : []))
+          .find(a => a.startsWith('/ip4/127.0.0.1/'))
+      )
+      for (let i = 1; i < 3; i++) procs.push(zeromesh(args(i, [addr])))
+      await waitFor('training to commit step 3', 60_000, async () => ((await status(dirs[0]!))?.training?.step ?? 0) >= 3 || undefined).catch(err => {
+        for (const p of procs) t.log(p.out.slice(-8).join('\n'))
+        throw err
+      })
+      const t0 = performance.now()
+      for (const p of procs) p.child.kill('SIGTERM')
+      const codes = await waitFor('every node to exit after SIGTERM', 20_000, async () => {
+        const done = await Promise.all(procs.map(p => Promise.race([p.exited, Promise.resolve('running' as const)])))
+        return done.every(c => c !== 'running') ? done : undefined
+      })
+      const took = performance.now() - t0
+      t.log(`all exited ${Math.round(took)} ms after SIGTERM: ${JSON.stringify(codes)}`)
+      t.deepEqual(codes, [0, 0, 0], 'every node exited cleanly')
+      for (const p of procs) t.true(events(p).some(e => e.type === 'stopping'))
+      t.false(
+        procs.some(p => events(p).some(e => e.type === 'failed')),
+        'leaving is not reported as a training failure'
+      )
+    } finally {
+      for (const p of procs) p.child.kill('SIGKILL')
+      rmSync(root, { recursive: true, force: true })
+    }
+  }
+)
