@@ -79,6 +79,21 @@ export const MESH_LIMITS = Object.freeze({
     maxInFlightPerPeer: 16
   }),
   /**
+   * Inbound libp2p connections before they are upgraded (encrypted and multiplexed): anyone
+   * who reaches the port can open them. libp2p's defaults (10 pending in total, 10 s to
+   * upgrade) let ten stalled connections from one address refuse every other inbound one, a
+   * correct joiner's too, for 10 s at a time. Each host opens at most `perHostPerSecond`, so
+   * one host holds at most perHostPerSecond x upgradeTimeoutMs / 1000 pending slots.
+   */
+  libp2pInbound: Object.freeze({
+    /** Inbound connections being upgraded at once, from every host together. */
+    maxPending: 256,
+    /** Time an inbound connection has to finish its upgrade (ms). */
+    upgradeTimeoutMs: 5_000,
+    /** New inbound connections one host may open per second (libp2p's rate limiter). */
+    perHostPerSecond: 5
+  }),
+  /**
    * A dial of nothing but private addresses off this host's networks (mesh/libp2p/announce.ts):
    * it gives up after this long (ms), and a later dial of the same peer cancels it. A LAN or a
    * VPN answers in milliseconds; another LAN's range usually never does.

@@ -110,6 +110,11 @@ export async function createMeshNode(opts: NodeOptions): Promise<MeshNode> {
     connectionEncrypters: (opts.encrypters ?? ['tls', 'noise']).map(e => (e === 'tls' ? tls() : noise())),
     streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024, maxReadBufferLength: 4 * READ_HIGH, inactivityTimeout: 600_000 } })],
     peerDiscovery: [...(opts.bootstrap.length > 0 ? [bootstrap({ list: opts.bootstrap, timeout: 0 })] : []), ...(opts.mdns === true ? [mdns()] : [])],
+    connectionManager: {
+      maxIncomingPendingConnections: MESH_LIMITS.libp2pInbound.maxPending,
+      inboundUpgradeTimeout: MESH_LIMITS.libp2pInbound.upgradeTimeoutMs,
+      inboundConnectionThreshold: MESH_LIMITS.libp2pInbound.perHostPerSecond
+    },
     connectionGater: {
       denyDialPeer: denied,
       denyInboundEncryptedConnection: denied,
