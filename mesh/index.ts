@@ -21,7 +21,7 @@ export { ByteQueue } from './byte-queue.ts'
 export { createMemoryNetwork, type MemoryNetwork } from './memory-net.ts'
 export { createLibp2pPeerNet, type Libp2pPeerNet, type Libp2pPeerNetInit } from './libp2p/net.ts'
 export { loadOrCreateIdentity, IdentityError, IDENTITY_FILE } from './identity.ts'
-export { deriveRunKeys, authProof, gossipTag, MIN_SECRET_BYTES } from './libp2p/auth.ts'
+export { deriveRunKeys, authProof, sealGossip, openGossip, gossipTopicName, MIN_SECRET_BYTES } from './libp2p/auth.ts'
 export { writeMessage, MessageReader } from './lp.ts'
 export { PhiDetector, phiOf, silenceFor, type PhiOptions } from './phi.ts'
 export {

@@ -1,4 +1,4 @@
-import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
 import { z } from 'zod'
 import { InvalidArgumentError } from '../../core/index.ts'
 import { createEnvelopeCodec, zBytes } from '../../codec/index.ts'
@@ -75,14 +75,49 @@ export function proofsEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
-/** Tag for a gossip message: binds the secret to the publisher, the topic and the bytes. */
-export function gossipTag(key: Uint8Array, from: string, topic: string, data: Uint8Array): Uint8Array {
-  const h = createHmac('sha256', key)
-  for (const part of [from, topic]) {
-    const b = Buffer.from(part)
-    h.update(u32le(b.length)).update(b)
+/** Bytes a sealed gossip message adds to its data: a 12-byte nonce and a 16-byte GCM tag. */
+export const GOSSIP_SEAL_BYTES = 28
+
+/** The publisher and topic a sealed gossip message is bound to (GCM's additional data). */
+function gossipAad(from: string, topic: string): Buffer {
+  const parts = [from, topic].map(p => Buffer.from(p))
+  return Buffer.concat(parts.flatMap(b => [Buffer.from(u32le(b.length)), b]))
+}
+
+/**
+ * Seals a gossip message: AES-256-GCM under the run's gossip key, a random nonce, the publisher
+ * and the topic as additional data. Only members (who hold the secret) can read it, and
+ * {@link openGossip} fails for a message altered, forged, or replayed under another publisher
+ * or topic. Layout: nonce (12) | ciphertext | tag (16).
+ */
+export function sealGossip(key: Uint8Array, from: string, topic: string, data: Uint8Array): Uint8Array {
+  const nonce = randomBytes(12)
+  const c = createCipheriv('aes-256-gcm', key, nonce)
+  c.setAAD(gossipAad(from, topic))
+  const body = Buffer.concat([c.update(data), c.final()])
+  const out = new Uint8Array(GOSSIP_SEAL_BYTES + data.length)
+  out.set(nonce)
+  out.set(body, 12)
+  out.set(c.getAuthTag(), 12 + body.length)
+  return out
+}
+
+/** Opens a message {@link sealGossip} made; undefined when it is not the run's, or was altered. */
+export function openGossip(key: Uint8Array, from: string, topic: string, sealed: Uint8Array): Uint8Array | undefined {
+  if (sealed.length < GOSSIP_SEAL_BYTES) return undefined
+  try {
+    const d = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, 12))
+    d.setAAD(gossipAad(from, topic))
+    d.setAuthTag(sealed.subarray(sealed.length - 16))
+    return new Uint8Array(Buffer.concat([d.update(sealed.subarray(12, sealed.length - 16)), d.final()]))
+  } catch {
+    return undefined
   }
-  return new Uint8Array(h.update(data).digest())
+}
+
+/** The gossipsub topic name of a run's topic: a keyed hash, so the run id and topic names are not on the wire. */
+export function gossipTopicName(key: Uint8Array, topic: string): string {
+  return `/zeromesh/${createHmac('sha256', key).update(`topic\n${topic}`).digest('hex').slice(0, 32)}`
 }
 
 /** The stream protocol the handshake runs on, right after a connection opens. */

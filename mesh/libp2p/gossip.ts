@@ -2,28 +2,37 @@ import { TopicValidatorResult, type GossipSub, type Message } from '@libp2p/goss
 import type { PeerId as Libp2pPeerId } from '@libp2p/interface'
 import { MESH_LIMITS } from '../limits.ts'
 import type { GossipHandler, PeerId } from '../peernet.ts'
-import { gossipTag, proofsEqual } from './auth.ts'
+import { GOSSIP_SEAL_BYTES, gossipTopicName, openGossip, sealGossip } from './auth.ts'
 import type { TopicTable } from './topics.ts'
 
-/** Bytes of the run tag in front of every gossip message (gossipTag). */
-const TAG_BYTES = 32
-
 /**
- * Gossip on gossipsub. A topic `t` of run `r` is the gossipsub topic `/zeromesh/r/t`; every
- * message is [32-byte gossipTag][data], signed by gossipsub. The topic validator rejects
- * unsigned messages, bad sizes and bad tags before the handler's own validator runs.
+ * Gossip on gossipsub, readable by the run's members only. A topic `t` is the gossipsub topic
+ * gossipTopicName(key, t) (a keyed hash: neither the run id nor the topic is on the wire), and
+ * every message is sealed with the run's gossip key (sealGossip: AES-256-GCM bound to the
+ * publisher and the topic) and signed by gossipsub. A peer that connected without the secret
+ * sees hashes and ciphertext for the seconds before the run handshake drops it. The topic
+ * validator rejects unsigned messages, bad sizes and messages that do not open before the
+ * handler's own validator runs.
  */
 export class GossipRouter {
-  private readonly prefix: string
   private readonly key: Uint8Array
   private readonly topics: TopicTable
   private pubsub: GossipSub | undefined
+  /** gossipsub topic name → our topic. */
+  private readonly names = new Map<string, string>()
+  /** What the validator opened, for the delivery that follows it (keyed by the message's bytes). */
+  private readonly opened = new WeakMap<Uint8Array, Uint8Array>()
 
   /** `key` is the run's gossip key (deriveRunKeys). */
   constructor(init: { runId: string; key: Uint8Array; topics: TopicTable }) {
-    this.prefix = `/zeromesh/${init.runId}/`
     this.key = init.key
     this.topics = init.topics
+  }
+
+  private full(topic: string): string {
+    const name = gossipTopicName(this.key, topic)
+    this.names.set(name, topic)
+    return name
   }
 
   /** Starts using `pubsub`: messages flow to the table's handlers from here on. */
@@ -35,7 +44,7 @@ export class GossipRouter {
   /** Subscribes (at once if attached, else just records the handler); returns the unsubscribe. */
   subscribe(topic: string, handler: GossipHandler): () => void {
     this.topics.set(topic, handler)
-    const full = this.prefix + topic
+    const full = this.full(topic)
     if (this.pubsub !== undefined) {
       this.pubsub.topicValidators.set(full, this.validator(topic))
       this.pubsub.subscribe(full)
@@ -55,20 +64,17 @@ export class GossipRouter {
 
   /** Publishes `data` tagged as from `self`; the caller checks the node is started. */
   async publish(self: PeerId, topic: string, data: Uint8Array): Promise<void> {
-    const tag = gossipTag(this.key, self, topic, data)
-    const out = new Uint8Array(TAG_BYTES + data.length)
-    out.set(tag)
-    out.set(data, TAG_BYTES)
-    await this.pubsub!.publish(this.prefix + topic, out)
+    await this.pubsub!.publish(this.full(topic), sealGossip(this.key, self, topic, data))
   }
 
   private validator(topic: string) {
     return (_relay: Libp2pPeerId, msg: Message): TopicValidatorResult => {
       if (msg.type !== 'signed') return TopicValidatorResult.Reject
       const from = msg.from.toString()
-      if (msg.data.length < TAG_BYTES || msg.data.length > MESH_LIMITS.maxGossipBytes + TAG_BYTES) return this.reject(from)
-      const data = msg.data.subarray(TAG_BYTES)
-      if (!proofsEqual(msg.data.subarray(0, TAG_BYTES), gossipTag(this.key, from, topic, data))) return this.reject(from)
+      if (msg.data.length < GOSSIP_SEAL_BYTES || msg.data.length > MESH_LIMITS.maxGossipBytes + GOSSIP_SEAL_BYTES) return this.reject(from)
+      const data = openGossip(this.key, from, topic, msg.data)
+      if (data === undefined) return this.reject(from)
+      this.opened.set(msg.data, data)
       const handler = this.topics.get(topic)
       if (handler === undefined) return TopicValidatorResult.Ignore
       const verdict = this.topics.validate(handler, { topic, from, data }, 'gossip')
@@ -84,10 +90,13 @@ export class GossipRouter {
 
   private onMessage(msg: Message): void {
     if (msg.type !== 'signed') return
-    if (!msg.topic.startsWith(this.prefix)) return
-    const topic = msg.topic.slice(this.prefix.length)
+    const topic = this.names.get(msg.topic)
+    if (topic === undefined) return
     const handler = this.topics.get(topic)
     if (handler === undefined) return
-    this.topics.deliver(handler, { topic, from: msg.from.toString(), data: msg.data.subarray(TAG_BYTES) }, 'gossip')
+    const from = msg.from.toString()
+    const data = this.opened.get(msg.data) ?? openGossip(this.key, from, topic, msg.data)
+    if (data === undefined) return
+    this.topics.deliver(handler, { topic, from, data }, 'gossip')
   }
 }

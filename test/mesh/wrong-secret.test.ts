@@ -4,7 +4,16 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RealClock, createLogger, silentLogger } from '../../core/index.ts'
-import { createLibp2pPeerNet, loadOrCreateIdentity, deriveRunKeys, authProof, gossipTag, type Libp2pPeerNet } from '../../mesh/index.ts'
+import {
+  createLibp2pPeerNet,
+  loadOrCreateIdentity,
+  deriveRunKeys,
+  authProof,
+  sealGossip,
+  openGossip,
+  gossipTopicName,
+  type Libp2pPeerNet
+} from '../../mesh/index.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 const enc = new TextEncoder()
@@ -138,7 +147,12 @@ test('proofs bind role, run, both ids and both nonces; secrets must be long enou
   for (const v of variants) t.notDeepEqual(v, base)
   t.deepEqual(authProof(k.auth, 'dialer', 'r', 'A', 'B', n1, n2), base, 'deterministic')
   t.notDeepEqual(k.auth, k.gossip, 'auth and gossip keys differ')
-  t.notDeepEqual(gossipTag(k.gossip, 'A', 't', n1), gossipTag(k.gossip, 'B', 't', n1), 'the tag binds the publisher')
-  t.notDeepEqual(gossipTag(k.gossip, 'A', 't', n1), gossipTag(k.gossip, 'A', 'u', n1), 'and the topic')
+  const sealed = sealGossip(k.gossip, 'A', 't', n1)
+  t.deepEqual(openGossip(k.gossip, 'A', 't', sealed), n1, 'a member opens it')
+  t.is(openGossip(k.gossip, 'B', 't', sealed), undefined, 'the seal binds the publisher')
+  t.is(openGossip(k.gossip, 'A', 'u', sealed), undefined, 'and the topic')
+  t.is(openGossip(deriveRunKeys('r', enc.encode('0123456789abcdeX')).gossip, 'A', 't', sealed), undefined, 'and the secret')
+  t.false(Buffer.from(sealed).includes(Buffer.from(n1)), 'the bytes are not readable without the secret')
+  t.notRegex(gossipTopicName(k.gossip, 'membership/hb'), /membership|hb|\/r\//, 'neither the run id nor the topic is in the gossipsub topic name')
   t.throws(() => deriveRunKeys('r', enc.encode('short')), { name: 'InvalidArgumentError' })
 })
