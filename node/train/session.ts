@@ -4,6 +4,7 @@ import { NoSnapshotError, TransferTimeoutError, UnrecoverableError } from '../..
 import { TrainingError, type ShardState } from './config.ts'
 import { GROW_TOPIC, agreedGrowth, growProposal } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
+import { agreeSettings } from './settings.ts'
 import { endSaves, saveCommitted } from './persist.ts'
 import { freshShard, recover } from './recovery.ts'
 import { encodeRoster, zoneGroups, type Growth } from './roster.ts'
@@ -265,6 +266,11 @@ export async function runSession(
   const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
   let tensors: ShardTensors | undefined
   try {
+    // Real nodes (they carry a run identity) first check that every rank runs the same settings.
+    if (cfg.identity !== undefined) {
+      rs.st.phase = `session train-${epoch}.${round}: checking that the ranks agree on the settings`
+      await agreeSettings(cfg, collective, roster, work).catch((err: unknown) => (err instanceof TrainingError ? Promise.reject(err) : fail(err)))
+    }
     let state = initial
     if (state === undefined && rs.plan !== undefined) {
       // The load ends when `work` aborts (the snapshot service's recoveries settle on their
