@@ -1,7 +1,6 @@
-import { readFileSync } from 'node:fs'
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util'
 import type { z } from 'zod'
-import { ZeromeshError } from '../core/index.ts'
+import { ZeromeshError, readFileCapped } from '../core/index.ts'
 import { ConfigError, type OptionSpec, type OptionsSpec } from '../node/index.ts'
 
 /**
@@ -178,13 +177,17 @@ function issueLine(issue: z.core.$ZodIssue, spec: OptionsSpec): string {
   return `${flag} ${issue.message}`
 }
 
+/** The largest `--config` file read. */
+export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
+
 /** Reads a `--config` file: one JSON object whose keys are the options' schema keys. */
 export function readConfigFile(file: string): Record<string, unknown> {
   let text: string
   try {
-    text = readFileSync(file, 'utf8')
+    text = readFileCapped(file, MAX_CONFIG_FILE_BYTES, 'config file').toString('utf8')
   } catch (err) {
-    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    const e = err as NodeJS.ErrnoException
+    throw new ConfigError(e.code !== undefined ? `cannot read config file ${file}: ${e.code}` : e.message)
   }
   try {
     const parsed: unknown = JSON.parse(text)

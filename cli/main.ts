@@ -55,8 +55,14 @@ function help(): string {
 /** The exit code and the line for an error that ended a command. */
 function failure(err: unknown): { code: number; line: string } {
   const e = err as Error & { code?: string }
-  // Usage errors: bad commands, flags, configuration and scenario files. One line, exit 2.
-  if (err instanceof UsageError || err instanceof ConfigError || e.name === 'ScenarioError' || e.code?.startsWith('ERR_PARSE_ARGS') === true) {
+  // Usage errors: bad commands, flags, configuration, data and scenario files. One line, exit 2.
+  if (
+    err instanceof UsageError ||
+    err instanceof ConfigError ||
+    e.name === 'ScenarioError' ||
+    e.name === 'DataError' ||
+    e.code?.startsWith('ERR_PARSE_ARGS') === true
+  ) {
     return { code: 2, line: `zeromesh: ${e.message}` }
   }
   if (err instanceof ControlError || err instanceof ZeromeshError) return { code: 1, line: `zeromesh: ${e.message}` }

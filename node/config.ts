@@ -1,9 +1,8 @@
-import { readFileSync } from 'node:fs'
 import { homedir, hostname } from 'node:os'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
-import { ZeromeshError } from '../core/index.ts'
+import { ZeromeshError, readFileCapped } from '../core/index.ts'
 import { MIN_SECRET_BYTES } from '../mesh/index.ts'
 import { option, shapeOf } from './options.ts'
 import { TOKENIZERS } from './tokenizer.ts'
@@ -214,13 +213,17 @@ export function defaultDataDir(run: string): string {
   return join(homedir(), '.zeromesh', run)
 }
 
+/** The largest secret file read (a run secret is 16 bytes or more; 32 random bytes in hex is 65). */
+export const MAX_SECRET_FILE_BYTES = 64 * 1024
+
 /** Reads the run secret: the file's bytes without one trailing newline, at least 16 bytes. */
 export function readSecret(file: string): Uint8Array {
   let bytes: Uint8Array
   try {
-    bytes = readFileSync(file)
+    bytes = readFileCapped(file, MAX_SECRET_FILE_BYTES, 'secret file')
   } catch (err) {
-    throw new ConfigError(`cannot read secret file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    const e = err as NodeJS.ErrnoException
+    throw new ConfigError(e.code !== undefined ? `cannot read secret file ${file}: ${e.code}` : e.message)
   }
   let end = bytes.length
   if (end > 0 && bytes[end - 1] === 0x0a) end--

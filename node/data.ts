@@ -1,7 +1,7 @@
 import { closeSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { InvalidArgumentError, LimitExceededError, Rng, ZeromeshError } from '../core/index.ts'
+import { InvalidArgumentError, Rng, ZeromeshError, readFileCapped } from '../core/index.ts'
 import { TOKENIZER_LIMITS, createTokenizer, type Tokenizer, type TokenizerName } from './tokenizer.ts'
 
 /**
@@ -110,11 +110,16 @@ export function untag(text: string): string {
 function fileTokens(file: string, tok: Tokenizer): { source: string; vocabSize: number; ids: Uint16Array } {
   let size: number
   try {
-    size = statSync(file).size
+    const st = statSync(file)
+    size = st.size
+    // A device (/dev/zero), a FIFO or a directory: refused before a byte is read.
+    if (!st.isFile()) throw new DataError(`data file ${file} is not a regular file${st.isDirectory() ? ' (a directory)' : ''}`, { file })
   } catch (err) {
+    if (err instanceof DataError) throw err
     throw new DataError(`cannot read data file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { file }, { cause: err })
   }
-  if (size > DATA_LIMITS.maxFileBytes) throw new LimitExceededError('data file bytes', size, DATA_LIMITS.maxFileBytes)
+  if (size > DATA_LIMITS.maxFileBytes)
+    throw new DataError(`data file ${file} has ${size} bytes, over the cap of ${DATA_LIMITS.maxFileBytes} (docs/LIMITS.md)`, { file, size })
   if (tok.name !== 'bytes' && !file.endsWith('.bin') && size > TOKENIZER_LIMITS.maxBpeTextBytes) {
     throw new DataError(
       `${file} has ${size} bytes, more than the ${TOKENIZER_LIMITS.maxBpeTextBytes} that --tokenizer ${tok.name} tokenizes at start-up; tokenize it ahead of time into an llm.c .bin token file`,
@@ -137,7 +142,7 @@ function fileTokens(file: string, tok: Tokenizer): { source: string; vocabSize: 
     if (count < 0 || LLMC_HEADER_BYTES + count * 2 !== size) {
       throw new DataError(`${file}: header says ${count} tokens but the file holds ${(size - LLMC_HEADER_BYTES) / 2}`, { file })
     }
-    const buf = readFileSync(file)
+    const buf = readCapped(file)
     const ids = new Uint16Array(count)
     for (let i = 0; i < count; i++) ids[i] = buf.readUInt16LE(LLMC_HEADER_BYTES + 2 * i)
     let max = 0
@@ -145,7 +150,17 @@ function fileTokens(file: string, tok: Tokenizer): { source: string; vocabSize: 
     if (max >= 50257) throw new DataError(`${file}: token ${max} is outside the GPT-2 vocabulary (50257)`, { file })
     return { source: file, vocabSize: 50257, ids }
   }
-  return { source: textSource(file, tok), vocabSize: tok.vocabSize, ids: tok.encode(readFileSync(file)) }
+  return { source: textSource(file, tok), vocabSize: tok.vocabSize, ids: tok.encode(readCapped(file)) }
+}
+
+/** The data file's bytes (a regular file within DATA_LIMITS.maxFileBytes), as a DataError otherwise. */
+function readCapped(file: string): Buffer {
+  try {
+    return readFileCapped(file, DATA_LIMITS.maxFileBytes, 'data file')
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    throw new DataError(e.code !== undefined ? `cannot read data file ${file}: ${e.code}` : e.message, { file }, { cause: err })
+  }
 }
 
 export interface Batch {

@@ -85,3 +85,24 @@ test('config precedence: flags over env over file; unknown file keys are refused
   writeFileSync(file, '{not json')
   t.throws(() => loadStartConfig({ config: file }, {}), { name: 'ConfigError', message: /not valid JSON/ })
 })
+
+// Unbounded reads (the house's attack: /dev/zero and a huge file where a small file belongs):
+// refused before a byte is read, exit 2, one line naming the file.
+const bigConfig = join(dir, 'big.json')
+writeFileSync(bigConfig, `{"run": "${'x'.repeat(2 * 1024 * 1024)}"}`)
+for (const [name, argv, pattern] of [
+  ['--secret-file /dev/zero', [...base, '--secret-file', '/dev/zero'], /secret file \/dev\/zero is not a regular file/],
+  ['a directory as --secret-file', [...base, '--secret-file', dir], /secret file .* is not a regular file \(a directory\)/],
+  ['a 2 MiB --config', ['start', '--config', bigConfig], /config file bytes 2097\d+ exceeds the cap of 1048576/],
+  ['--config /dev/zero', ['start', '--config', '/dev/zero'], /config file \/dev\/zero is not a regular file/],
+  ['--data /dev/zero', [...base, '--secret-file', secret, '--train', '--data', '/dev/zero'], /data file \/dev\/zero is not a regular file/],
+  ['a directory as --data', [...base, '--secret-file', secret, '--train', '--data', dir], /data file .* is not a regular file \(a directory\)/],
+  ['a missing --data', [...base, '--secret-file', secret, '--train', '--data', join(dir, 'missing.txt')], /cannot read data file .*ENOENT/]
+] as Array<[string, string[], RegExp]>) {
+  test(`start refuses ${name} at once: exit 2, one line`, async t => {
+    const r = await run(argv)
+    t.is(r.code, 2, r.err.join('\n'))
+    t.is(r.err.length, 1, r.err.join('\n'))
+    t.regex(r.err[0]!, pattern)
+  })
+}
