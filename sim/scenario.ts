@@ -16,6 +16,19 @@ export class ScenarioError extends ZeromeshError {
   static override name = 'ScenarioError'
 }
 
+/** Caps of a scenario file (docs/LIMITS.md, sim). */
+export const SCENARIO_LIMITS = Object.freeze({
+  /** Random faults of one kind per simulated second. */
+  maxFaultsPerS: 100,
+  /** Random faults drawn for one run, all kinds together (checked while drawing). */
+  maxRandomFaults: 100_000,
+  /** A slow node's or a degraded link's factor. */
+  maxFactor: 1e6,
+  /** The membership heartbeat (ms). */
+  minHeartbeatMs: 10,
+  maxHeartbeatMs: 60_000
+})
+
 const nodeRef = z.string().regex(/^n\d{3}$/, 'node ids look like n000, n001, ...')
 const linkProfile = z
   .strictObject({
@@ -57,8 +70,8 @@ const fault = z.union([
   z.strictObject({ at, resume: nodeRef }),
   z.strictObject({ at, partition: groups }),
   z.strictObject({ at, heal: z.literal(true) }),
-  z.strictObject({ at, slow: nodeRef, factor: z.number().min(1) }),
-  z.strictObject({ at, degrade: z.tuple([nodeRef, nodeRef]), factor: z.number().min(1) }),
+  z.strictObject({ at, slow: nodeRef, factor: z.number().min(1).max(SCENARIO_LIMITS.maxFactor) }),
+  z.strictObject({ at, degrade: z.tuple([nodeRef, nodeRef]), factor: z.number().min(1).max(SCENARIO_LIMITS.maxFactor) }),
   z.strictObject({ at, tier: z.enum(['host', 'zone', 'wan']), profile: linkProfile }),
   z.strictObject({ at, crashZone: z.string().min(1) }),
   z.strictObject({ at, byzantine: nodeRef, forMs: z.number().positive() })
@@ -77,20 +90,24 @@ export const scenarioSchema = z.strictObject({
   topology: topologySchema.optional(),
   membership: z
     .strictObject({
-      heartbeatMs: z.number().positive().optional(),
-      phiThreshold: z.number().positive().optional(),
-      expect: z.int().min(1).optional()
+      heartbeatMs: z.number().min(SCENARIO_LIMITS.minHeartbeatMs).max(SCENARIO_LIMITS.maxHeartbeatMs).optional(),
+      phiThreshold: z.number().min(1).max(100).optional(),
+      expect: z.int().min(1).max(5000).optional()
     })
     .optional(),
   faults: z.array(fault).max(10_000).default([]),
   random: z
     .strictObject({
       /** Mean faults per simulated second, by kind. */
-      crashPerS: z.number().min(0).default(0),
-      partitionPerS: z.number().min(0).default(0),
-      pausePerS: z.number().min(0).default(0),
+      crashPerS: z.number().min(0).max(SCENARIO_LIMITS.maxFaultsPerS).default(0),
+      partitionPerS: z.number().min(0).max(SCENARIO_LIMITS.maxFaultsPerS).default(0),
+      pausePerS: z.number().min(0).max(SCENARIO_LIMITS.maxFaultsPerS).default(0),
       /** How long random partitions and pauses last (ms). */
-      faultMs: z.number().positive().default(2000),
+      faultMs: z
+        .number()
+        .positive()
+        .max(24 * 3600_000)
+        .default(2000),
       /** Most nodes down at once (default: a minority). */
       maxDown: z.int().min(0).optional()
     })
@@ -111,6 +128,10 @@ export type Fault = z.output<typeof fault>
 
 /** Parses and validates a scenario object; errors name the field. */
 export function parseScenario(raw: unknown, source = 'scenario'): Scenario {
+  // A workload other than the two there are is named as such (not as the membership schema's first missing field).
+  const workload = typeof raw === 'object' && raw !== null ? (raw as { workload?: unknown }).workload : undefined
+  if (workload !== undefined && workload !== 'train')
+    throw new ScenarioError(`${source}: workload: must be "train" (a training scenario) or absent (a membership scenario), got ${JSON.stringify(workload)}`)
   const r = scenarioSchema.safeParse(raw)
   if (!r.success) {
     const issue = r.error.issues[0]!
@@ -119,6 +140,8 @@ export function parseScenario(raw: unknown, source = 'scenario'): Scenario {
   }
   const s = r.data
   checkTopologyZones(s.topology, s.zones, source)
+  if (s.membership?.expect !== undefined && s.membership.expect > s.nodes)
+    throw new ScenarioError(`${source}: membership.expect: ${s.membership.expect} is more than the ${s.nodes} nodes: the first view would never form`)
   for (const [i, f] of s.faults.entries()) {
     for (const id of faultNodes(f)) {
       if (Number(id.slice(1)) >= s.nodes) throw new ScenarioError(`${source}: faults.${i}: node ${id} does not exist (nodes: ${s.nodes})`)
@@ -163,6 +186,8 @@ export function loadScenario(path: string): Scenario {
 }
 
 function faultNodes(f: Fault): string[] {
+  // Partition groups name nodes too ('*' stands for every node not named).
+  if ('partition' in f) return f.partition.flat().filter(id => id !== '*')
   if ('crash' in f) return [f.crash]
   if ('restart' in f) return [f.restart]
   if ('pause' in f) return [f.pause]
@@ -243,11 +268,19 @@ function planFaults(s: Scenario, w: MembershipWorld, nodes: number): Planned[] {
   const random = s.random
   if (random !== undefined) {
     const rng = w.sim.rng.split('random-faults')
+    // Random faults stop early enough for an asserted convergence window (and their heal) to be
+    // quiet: a fault drawn inside it would fail the assertion without any protocol bug.
+    const quietFrom = s.durationMs - (s.assertions.convergeWithinMs === undefined ? 0 : s.assertions.convergeWithinMs + random.faultMs)
+    let drawn = 0
     const draw = (perS: number, make: (t: number) => Fault[]): void => {
       if (perS <= 0) return
       for (let t = 0; ; ) {
         t += (-Math.log(1 - rng.float()) / perS) * 1000
-        if (t >= s.durationMs) break
+        if (t >= quietFrom) break
+        if (++drawn > SCENARIO_LIMITS.maxRandomFaults)
+          throw new ScenarioError(
+            `${s.name}: random faults: more than ${SCENARIO_LIMITS.maxRandomFaults} in ${s.durationMs} ms; lower the rates or the duration`
+          )
         plan.push(...make(t).map(f => ({ at: f.at, f })))
       }
     }

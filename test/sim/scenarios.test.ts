@@ -50,7 +50,16 @@ test('invalid scenarios name the field and the reason', t => {
     [{ ...base, topology: { uplink: { bytesPerS: 1e9 } } }, /topology\.uplink: Unrecognized key: "bytesPerS"/],
     [{ ...base, topology: { zones: { z7: { uplink: { egressBytesPerS: 1e7 } } } } }, /topology\.zones\.z7: no such zone \(zones: 3/],
     [{ ...base, topology: { zones: { east: {} } } }, /topology\.zones\.east/],
-    [{ ...base, assertions: { safety: 'yes' } }, /assertions\.safety/]
+    [{ ...base, assertions: { safety: 'yes' } }, /assertions\.safety/],
+    // The house's attacks on the simulator: unbounded rates and heartbeats, overflowing factors,
+    // partitions of nodes that do not exist, an unknown workload, an impossible expect.
+    [{ ...base, random: { crashPerS: 1e9 } }, /random\.crashPerS/],
+    [{ ...base, membership: { heartbeatMs: 0.001 } }, /membership\.heartbeatMs/],
+    [{ ...base, faults: [{ at: 10, slow: 'n001', factor: 1e308 }] }, /faults\.0/],
+    [{ ...base, faults: [{ at: 10, partition: [['n000', 'n001'], ['n007']] }] }, /faults\.0: node n007 does not exist/],
+    [{ ...base, workload: 'mine' }, /workload: must be "train" .* got "mine"/],
+    [{ ...base, membership: { expect: 1e9 } }, /membership\.expect/],
+    [{ ...base, membership: { expect: 9 } }, /membership\.expect: 9 is more than the 4 nodes/]
   ]
   for (const [raw, pattern] of cases) {
     const err = t.throws(() => parseScenario(raw, 'test.json'), { instanceOf: ScenarioError })
@@ -134,4 +143,25 @@ test('a training scenario report page shows the verdict, the progress plots and 
   t.is((html.match(/<path d="M/g) ?? []).length, 2, 'steps over time and bytes across zones')
   t.regex(html, /<td>replace<\/td><td>1<\/td><td class="num">2<\/td><td>420 ms<\/td>/)
   t.regex(html, /every invariant held/)
+})
+
+test('random faults stop before an asserted convergence window, so its verdict is about the protocol, not a last-moment fault', async t => {
+  // High rates, a short run: without the quiet tail, faults landed inside the window.
+  const s = parseScenario(
+    {
+      name: 'quiet-tail',
+      nodes: 7,
+      durationMs: 6000,
+      random: { crashPerS: 2, pausePerS: 2, faultMs: 500 },
+      assertions: { convergeWithinMs: 2000 }
+    },
+    'quiet.json'
+  )
+  for (const seed of [1, 2, 3]) {
+    const r = await runScenario(s, { seed })
+    const last = Math.max(0, ...r.faults.map(f => f.at))
+    t.true(last <= 6000 - 2000, `seed ${seed}: the last fault at ${last} ms is before the window`)
+    t.true(r.invariants.liveness.ok, `seed ${seed}: ${JSON.stringify(r.invariants.liveness)}`)
+  }
+  t.throws(() => parseScenario({ name: 'x', nodes: 4, durationMs: 1000, random: { crashPerS: 101 } }), { instanceOf: ScenarioError })
 })
