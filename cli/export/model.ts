@@ -3,7 +3,17 @@ import { dirname, resolve } from 'node:path'
 import { VERSION, ZeromeshError, checkCap, shardRange, throwIfAborted } from '../../core/index.ts'
 import { gptLayout, type GptConfig, type GptLayout } from '../../gpu/index.ts'
 import { CheckpointError, encodeSafetensors, writeFileDurable, writeHfCheckpoint, type RankState } from '../../snapshot/index.ts'
-import { TRAIN_MODELS, diskDir, diskSteps, loadDiskState, sameRun, runModelConfig, trainingModel, type TokenizerName, type TrainModelName } from '../../node/index.ts'
+import {
+  TRAIN_MODELS,
+  diskDir,
+  diskSteps,
+  loadDiskState,
+  sameRun,
+  runModelConfig,
+  trainingModel,
+  type TokenizerName,
+  type TrainModelName
+} from '../../node/index.ts'
 
 /**
  * `zeromesh export`: the full model of a run as safetensors, from the trainer's disk tier.
