@@ -107,12 +107,17 @@ export function untag(text: string): string {
   return out.join('\n')
 }
 
-function fileTokens(file: string, tok: Tokenizer): { source: string; vocabSize: number; ids: Uint16Array } {
+/**
+ * Checks a `--data` file before anything reads it: it exists, is a regular file (a device such
+ * as /dev/zero, a FIFO or a directory is refused) within DATA_LIMITS.maxFileBytes, and is not
+ * empty. Returns its size; a DataError (exit 2) names the file otherwise. `zeromesh up` runs it
+ * before it starts any worker.
+ */
+export function checkDataFile(file: string): number {
   let size: number
   try {
     const st = statSync(file)
     size = st.size
-    // A device (/dev/zero), a FIFO or a directory: refused before a byte is read.
     if (!st.isFile()) throw new DataError(`data file ${file} is not a regular file${st.isDirectory() ? ' (a directory)' : ''}`, { file })
   } catch (err) {
     if (err instanceof DataError) throw err
@@ -120,6 +125,12 @@ function fileTokens(file: string, tok: Tokenizer): { source: string; vocabSize: 
   }
   if (size > DATA_LIMITS.maxFileBytes)
     throw new DataError(`data file ${file} has ${size} bytes, over the cap of ${DATA_LIMITS.maxFileBytes} (docs/LIMITS.md)`, { file, size })
+  if (size === 0) throw new DataError(`data file ${file} is empty`, { file })
+  return size
+}
+
+function fileTokens(file: string, tok: Tokenizer): { source: string; vocabSize: number; ids: Uint16Array } {
+  const size = checkDataFile(file)
   if (tok.name !== 'bytes' && !file.endsWith('.bin') && size > TOKENIZER_LIMITS.maxBpeTextBytes) {
     throw new DataError(
       `${file} has ${size} bytes, more than the ${TOKENIZER_LIMITS.maxBpeTextBytes} that --tokenizer ${tok.name} tokenizes at start-up; tokenize it ahead of time into an llm.c .bin token file`,

@@ -31,6 +31,6 @@ export {
 export { TRAIN_LIMITS } from './train/limits.ts'
 export { TrainMessageError } from './train/messages.ts'
 export { OUTER_DEFAULTS, exchange as outerExchange, freshOuter, outerQuant, outerSchedule, sendsAt, type OuterConfig } from './train/outer.ts'
-export { DataError, DATA_LIMITS, loadCorpus, corpusVocabSize, batchFor, untag, type Corpus, type Batch } from './data.ts'
+export { DataError, DATA_LIMITS, loadCorpus, checkDataFile, corpusVocabSize, batchFor, untag, type Corpus, type Batch } from './data.ts'
 export { TOKENIZERS, TOKENIZER_LIMITS, createTokenizer, type Tokenizer, type TokenizerName } from './tokenizer.ts'
 export { DISK_DIR, DISK_KEEP, diskDir, diskFile, diskSteps, persistDiskState, loadDiskState, sameRun } from './disk-tier.ts'

@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { START_OPTIONS, option, shapeOf } from '../../node/index.ts'
+import { START_OPTIONS, checkDataFile, option, shapeOf } from '../../node/index.ts'
 import { usageText, type Command } from '../command.ts'
 import { parseCommandLine, readOptions } from '../flags.ts'
 import { barOf } from '../progress.ts'
@@ -22,6 +22,11 @@ export const UP_OPTIONS = {
     defaultText: 'off'
   }),
   streaming: START_OPTIONS.streaming,
+  snapshot: option(START_OPTIONS.snapshot.schema.unwrap().optional(), {
+    arg: '<k+m|off>',
+    help: 'erasure-coded snapshot of every rank: k data and m parity fragments',
+    defaultText: '2+1; 1+1 for 3 processes, off for fewer'
+  }),
   snapshotEvery: option(START_OPTIONS.snapshotEvery.schema.unwrap().optional(), {
     arg: '<n>',
     help: 'erasure-coded snapshots every n steps instead of every step',
@@ -59,6 +64,8 @@ export const upCommand: Command = {
   run: async (args, io) => {
     const { values } = parseCommandLine(args, [UP_OPTIONS])
     const o = readOptions(UP_OPTIONS, upSchema, values)
+    // A bad --data is one line before any worker starts (and before a run directory exists).
+    if (o.data !== undefined) checkDataFile(o.data)
     const { up } = await import('./run.ts')
     const tty = process.stderr.isTTY === true
     return await up({
@@ -67,6 +74,7 @@ export const upCommand: Command = {
       device: o.device,
       steps: o.steps,
       killAt: o.killAt,
+      ...(o.snapshot === undefined ? {} : { snapshot: o.snapshot }),
       ...(o.snapshotEvery === undefined ? {} : { snapshotEvery: o.snapshotEvery }),
       model: o.model,
       data: o.data,

@@ -198,11 +198,19 @@ test.serial('zeromesh up refuses bad flags with exit 2', async t => {
     ['--model', 'huge'],
     ['--snapshot-every', '0'],
     ['--nodes', '3', '--outer-every', '4'],
-    ['--streaming']
+    ['--streaming'],
+    ['--snapshot', '9'],
+    // A bad --data is named before any worker starts (it was "worker w0 exited during start-up:"
+    // with an empty reason after ~8 s, leaving the run directory and its secret behind).
+    ['--data', '/nonexistent/corpus.txt'],
+    ['--data', '/dev/zero']
   ]) {
     const r = await up(args)
     t.is(r.code, 2, `${args.join(' ')}: ${r.out}`)
   }
+  const r = await up(['--data', '/nonexistent/corpus.txt'])
+  t.regex(r.out, /cannot read data file \/nonexistent\/corpus\.txt: ENOENT/)
+  t.notRegex(r.out, /zeromesh up:|logs in/, 'no worker was started')
 })
 
 test.serial(
