@@ -131,6 +131,8 @@ function convert(source: string, d: Described, raw: unknown): unknown {
 /** Where option values come from besides the flags, lowest first: a config file, then the environment. */
 export interface Sources {
   file?: Record<string, unknown>
+  /** The config file's path, for errors about its values. */
+  fileName?: string
   env?: Record<string, string | undefined>
 }
 
@@ -150,7 +152,16 @@ export function readOptions<S extends z.ZodType>(spec: OptionsSpec, schema: S, f
     if (flag !== undefined) fromFlags[key] = convert(`--${flagOf(key)}`, d, flag)
   }
   const parsed = schema.safeParse({ ...sources.file, ...fromEnv, ...fromFlags }, { reportInput: true })
-  if (!parsed.success) throw new ConfigError(issueLine(parsed.error.issues[0]!, spec))
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!
+    const key = issue.path[0]
+    // A bad value that came from the config file is named as the file's (not as a flag the user never gave).
+    if (typeof key === 'string' && sources.file !== undefined && Object.hasOwn(sources.file, key) && !(key in fromEnv) && !(key in fromFlags)) {
+      const where = sources.fileName === undefined ? 'the config file' : `config file ${sources.fileName}`
+      throw new ConfigError(`${where}: "${key}" (--${flagOf(key)}): ${issue.message}`)
+    }
+    throw new ConfigError(issueLine(issue, spec))
+  }
   return parsed.data
 }
 

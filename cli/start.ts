@@ -39,7 +39,7 @@ const startCliSchema = z.strictObject(shapeOf(START_CLI_OPTIONS))
 function loadStart(flags: Record<string, unknown>, env: Record<string, string | undefined>): { cfg: StartConfig; events: 'text' | 'jsonl' } {
   const own = readOptions(START_CLI_OPTIONS, startCliSchema, flags, { env })
   const file = own.config === undefined ? undefined : readConfigFile(own.config)
-  const cfg = readOptions(START_OPTIONS, startSchema, flags, { env, ...(file === undefined ? {} : { file }) })
+  const cfg = readOptions(START_OPTIONS, startSchema, flags, { env, ...(file === undefined ? {} : { file, fileName: own.config }) })
   return { cfg: { ...cfg, dataDir: resolve(cfg.dataDir ?? defaultDataDir(cfg.run)) }, events: own.events }
 }
 

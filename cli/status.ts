@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { START_OPTIONS, defaultDataDir, fetchStatus, option, shapeOf } from '../node/index.ts'
+import { ControlError, START_OPTIONS, defaultDataDir, fetchStatus, option, shapeOf } from '../node/index.ts'
 import { usageText, type Command } from './command.ts'
 import { UsageError, parseCommandLine, readOptions } from './flags.ts'
 import { formatStatus } from './status-format.ts'
@@ -22,7 +22,18 @@ export const statusCommand: Command = {
     const dataDir = o.dataDir ?? (o.run !== undefined ? defaultDataDir(o.run) : undefined)
     if (dataDir === undefined) throw new UsageError('status needs --data-dir <dir> or --run <id>')
     const status = await fetchStatus(dataDir)
-    io.out(o.json ? JSON.stringify(status, null, 2) : formatStatus(status))
+    if (o.json) {
+      io.out(JSON.stringify(status, null, 2))
+      return 0
+    }
+    let text: string
+    try {
+      text = formatStatus(status as Parameters<typeof formatStatus>[0])
+    } catch (err) {
+      // A status of another shape (another version of zeromesh, or not zeromesh at all).
+      throw new ControlError(`the node at ${dataDir} answered a status this zeromesh cannot read (${(err as Error).message}); --json prints it as it came`)
+    }
+    io.out(text)
     return 0
   }
 }

@@ -106,3 +106,34 @@ for (const [name, argv, pattern] of [
     t.regex(r.err[0]!, pattern)
   })
 }
+
+test('a config file value of the wrong type is named as the file\'s key, not as a flag that is "required"', async t => {
+  const cfg = join(dir, 'wrong-types.json')
+  writeFileSync(cfg, JSON.stringify({ run: 5, secretFile: secret }))
+  const r = await run(['start', '--config', cfg])
+  t.is(r.code, 2)
+  t.is(r.err.length, 1, r.err.join('\n'))
+  t.regex(r.err[0]!, /config file .*wrong-types\.json: "run" \(--run\): .*expected string, received number/)
+  t.notRegex(r.err[0]!, /is required/)
+})
+
+test('status of a control socket that answers JSON of another shape is one line naming the node, not a raw TypeError', async t => {
+  const { createServer: httpServer } = await import('node:http')
+  const { mkdirSync } = await import('node:fs')
+  const { CONTROL_SOCKET } = await import('../../node/control.ts')
+  const node = join(dir, 'odd-node')
+  mkdirSync(node, { recursive: true })
+  const server = httpServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"hello": "world"}'))
+  await new Promise<void>(resolve => server.listen(join(node, CONTROL_SOCKET), resolve))
+  try {
+    const r = await run(['status', '--data-dir', node])
+    t.is(r.code, 1)
+    t.is(r.err.length, 1, r.err.join('\n'))
+    t.regex(r.err[0]!, /the node at .*odd-node answered a status this zeromesh cannot read/)
+    t.notRegex(r.err[0]!, /TypeError/)
+    const raw = await run(['status', '--data-dir', node, '--json'])
+    t.is(raw.code, 0)
+  } finally {
+    await new Promise<void>(resolve => server.close(() => resolve()))
+  }
+})
