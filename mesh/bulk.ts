@@ -13,6 +13,7 @@ import { AbortError, InvalidArgumentError, type Logger } from '../core/index.ts'
 import { BulkConn } from './bulk-conn.ts'
 import { PeerGoneError } from './errors.ts'
 import { MESH_LIMITS } from './limits.ts'
+import { capPerAddress } from './listen-caps.ts'
 import type { ByteStream, PeerId, StreamHandler } from './peernet.ts'
 
 /**
@@ -261,23 +262,7 @@ async function listen(host: string, sessions: Sessions, onSocket: (socket: TLSSo
   )
   server.maxConnections = L.maxConnections
   // Per remote address: open connections (raw TCP, counted until they close).
-  const perAddress = new Map<string, number>()
-  server.on('connection', (raw: Socket) => {
-    const ip = raw.remoteAddress ?? ''
-    const n = perAddress.get(ip) ?? 0
-    if (n >= L.maxPerAddress) {
-      log.debug({ ip, open: n }, 'bulk connection refused: too many from this address')
-      raw.destroy()
-      return
-    }
-    perAddress.set(ip, n + 1)
-    raw.once('close', () => {
-      const left = (perAddress.get(ip) ?? 1) - 1
-      if (left <= 0) perAddress.delete(ip)
-      else perAddress.set(ip, left)
-    })
-  })
-
+  const open = capPerAddress(server, L.maxPerAddress, (ip, n) => log.debug({ ip, open: n }, 'bulk connection refused: too many from this address'))
   // A handshake that failed or ran out of time: the socket goes at once (with allowHalfOpen a
   // peer's FIN would otherwise leave it half open, and its descriptor held, indefinitely).
   server.on('tlsClientError', (err, socket) => {
@@ -291,7 +276,7 @@ async function listen(host: string, sessions: Sessions, onSocket: (socket: TLSSo
       resolve()
     })
   })
-  return { server, open: () => [...perAddress.values()].reduce((a, b) => a + b, 0) }
+  return { server, open }
 }
 
 /** Listener side: wait for the next stream's protocol name on `conn`, then serve it. */

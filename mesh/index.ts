@@ -17,6 +17,7 @@ export type {
 } from './peernet.ts'
 export { PeerGoneError, StreamResetError, ProtocolNotSupportedError, NotStartedError, AuthenticationError } from './errors.ts'
 export { MESH_LIMITS } from './limits.ts'
+export { capPerAddress } from './listen-caps.ts'
 export { ByteQueue } from './byte-queue.ts'
 export { createMemoryNetwork, type MemoryNetwork } from './memory-net.ts'
 export { createLibp2pPeerNet, type Libp2pPeerNet, type Libp2pPeerNetInit } from './libp2p/net.ts'

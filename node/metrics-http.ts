@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { defineCounter, defineGauge, defineHistogram, type Counter, type Gauge, type MetricsRegistry } from '../core/index.ts'
-import type { Membership } from '../mesh/index.ts'
+import { capPerAddress, type Membership } from '../mesh/index.ts'
 import { ConfigError, type HostPort } from './config.ts'
 import type { TrainStatus } from './train/config.ts'
 
@@ -16,7 +16,9 @@ import type { TrainStatus } from './train/config.ts'
 /** Caps of the metrics endpoint (docs/LIMITS.md). */
 export const METRICS_HTTP_LIMITS = Object.freeze({
   /** Open connections at once; more are closed on arrival. */
-  maxConnections: 16,
+  maxConnections: 64,
+  /** Open connections from one address (so slow clients on one host cannot take every slot from a scraper on another). */
+  maxPerAddress: 8,
   /** Bytes of request line and headers; more is answered 431 and the connection closed. */
   maxHeaderBytes: 8192,
   /** Time to receive the headers (ms). */
@@ -79,6 +81,7 @@ export async function serveMetrics(listen: HostPort, registry: MetricsRegistry):
     }
   )
   server.maxConnections = L.maxConnections
+  capPerAddress(server, L.maxPerAddress)
   const bound = await bindHttp(server, listen, 'metrics')
   return { url: metricsUrl(listen.host, bound.port), ...bound }
 }

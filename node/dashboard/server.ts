@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { createRequire } from 'node:module'
 import { isIP } from 'node:net'
 import { fileURLToPath } from 'node:url'
+import { capPerAddress } from '../../mesh/index.ts'
 import type { HostPort } from '../config.ts'
 import { bindHttp } from '../metrics-http.ts'
 import type { DashboardRecorder, DashboardState } from './model.ts'
@@ -22,6 +23,8 @@ import type { DashboardRecorder, DashboardState } from './model.ts'
 export const DASHBOARD_HTTP_LIMITS = Object.freeze({
   /** Open connections at once; more are closed on arrival. */
   maxConnections: 32,
+  /** Open connections from one address. */
+  maxPerAddress: 16,
   /** Event streams (open pages) at once; more are answered 503. */
   maxStreams: 8,
   /** Bytes of request line and headers. */
@@ -80,6 +83,7 @@ export async function serveDashboard(listen: HostPort, recorder: DashboardRecord
     handle(req, res)
   )
   server.maxConnections = L.maxConnections
+  capPerAddress(server, L.maxPerAddress)
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const plain = (code: number, text: string, headers: Record<string, string> = {}): void => {

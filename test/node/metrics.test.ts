@@ -260,32 +260,47 @@ test("counters follow the trainer's totals between scrapes; a node without train
   t.deepEqual([...names].sort(), ['zeromesh_view_epoch_count', 'zeromesh_view_members_peers'])
 })
 
-test('the metrics endpoint caps connections and header bytes (maxConnections, maxHeaderBytes)', async t => {
+test('the metrics endpoint caps connections in total and per address, and header bytes: slow clients on one address do not block a scraper on another', async t => {
   const server = await serveMetrics({ host: '127.0.0.1', port: 0 }, createMetricsRegistry())
   t.teardown(() => server.close())
   // Header bytes over the cap: 431, connection closed.
   const big = await get(server.url, { headers: { 'x-filler': 'a'.repeat(METRICS_HTTP_LIMITS.maxHeaderBytes + 1) } })
   t.is(big.status, 431)
-  // maxConnections idle connections held open; the next one is closed on arrival.
+  // Slow clients (connections that never send a request) from one address: maxPerAddress are
+  // held, the next from that address is closed on arrival, and a scraper elsewhere still gets in.
   const held: Socket[] = []
   t.teardown(() => {
     for (const s of held) s.destroy()
   })
-  for (let i = 0; i < METRICS_HTTP_LIMITS.maxConnections; i++) {
-    const s = connect(server.port, '127.0.0.1')
-    await new Promise<void>((resolve, reject) => {
-      s.once('connect', resolve)
-      s.once('error', reject)
-    })
-    held.push(s)
+  const open = async (localAddress: string): Promise<Socket> => {
+    const s = connect({ port: server.port, host: '127.0.0.1', localAddress })
+    s.on('error', () => {})
+    await new Promise<void>(resolve => s.once('connect', resolve).once('close', () => resolve()))
+    return s
   }
-  const extra = connect(server.port, '127.0.0.1')
-  extra.on('error', () => {})
-  t.true(await closed(extra, 5000), 'the connection over the cap is closed')
+  for (let i = 0; i < METRICS_HTTP_LIMITS.maxPerAddress; i++) held.push(await open('127.0.0.1'))
+  const extra = await open('127.0.0.1')
+  t.true(await closed(extra, 5000), 'a connection over the per-address cap is closed')
   t.false(
     held.some(s => s.destroyed),
     'the connections within the cap stay open'
   )
+  // Another address (a loopback alias) scrapes while those slow clients hold their slots.
+  const other = await new Promise<number>((resolve, reject) => {
+    const req = request(server.url, { localAddress: '127.0.0.2', timeout: 5000 }, res => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+  t.is(other, 200, 'a scraper on another address is served')
+  // The total cap: more addresses up to maxConnections; the next connection is closed on arrival.
+  for (let a = 3; held.length < METRICS_HTTP_LIMITS.maxConnections; a++) {
+    for (let i = 0; i < METRICS_HTTP_LIMITS.maxPerAddress && held.length < METRICS_HTTP_LIMITS.maxConnections; i++) held.push(await open(`127.0.0.${a}`))
+  }
+  const over = await open('127.0.0.250')
+  t.true(await closed(over, 5000), 'the connection over the total cap is closed')
   const first = held.shift()!
   first.destroy()
   await closed(first, 1000)
