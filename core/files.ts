@@ -1,4 +1,5 @@
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs'
+import { closeSync, fstatSync, mkdirSync, openSync, readSync, statSync, type Stats } from 'node:fs'
+import { dirname, resolve } from 'node:path'
 import { InvalidArgumentError, LimitExceededError } from './errors.ts'
 
 /**
@@ -26,5 +27,39 @@ export function readFileCapped(file: string, cap: number, what: string): Buffer 
     return o === out.length ? out : out.subarray(0, o)
   } finally {
     closeSync(fd)
+  }
+}
+
+/**
+ * Creates `dir` and its missing parents (each with `mode`), one level at a time: Node's
+ * recursive mkdir never returns for a path under /proc. An existing non-directory on the way
+ * is an InvalidArgumentError; the fs error of the first level that cannot be made is thrown as
+ * it is (ENOENT, EACCES, EROFS: the caller words it).
+ */
+export function makeDirs(dir: string, mode = 0o700): void {
+  const missing: string[] = []
+  let p = resolve(dir)
+  for (;;) {
+    let st: Stats | undefined
+    try {
+      st = statSync(p)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+    if (st !== undefined) {
+      if (!st.isDirectory()) throw new InvalidArgumentError(`${p} is not a directory`)
+      break
+    }
+    missing.push(p)
+    const up = dirname(p)
+    if (up === p) break
+    p = up
+  }
+  for (const d of missing.reverse()) {
+    try {
+      mkdirSync(d, { mode })
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    }
   }
 }

@@ -29,4 +29,4 @@ export {
   defineHistogram
 } from './metrics.ts'
 export { VERSION } from './version.ts'
-export { readFileCapped } from './files.ts'
+export { makeDirs, readFileCapped } from './files.ts'

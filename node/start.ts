@@ -1,5 +1,4 @@
-import { mkdirSync } from 'node:fs'
-import { AbortError, RealClock, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
+import { AbortError, RealClock, makeDirs, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
 import {
   createLibp2pPeerNet,
   createMembership,
@@ -75,7 +74,7 @@ export type EmitEvent = (e: NodeEvent) => void
 export async function startNode(cfg: StartConfig, emit: EmitEvent, log: Logger = createLogger({ level: cfg.logLevel, name: cfg.run })): Promise<RunningNode> {
   const secret = readSecret(cfg.secretFile)
   try {
-    mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 })
+    makeDirs(cfg.dataDir)
   } catch (err) {
     throw new ConfigError(`cannot create data dir ${cfg.dataDir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }

@@ -97,7 +97,13 @@ for (const [name, argv, pattern] of [
   ['--config /dev/zero', ['start', '--config', '/dev/zero'], /config file \/dev\/zero is not a regular file/],
   ['--data /dev/zero', [...base, '--secret-file', secret, '--train', '--data', '/dev/zero'], /data file \/dev\/zero is not a regular file/],
   ['a directory as --data', [...base, '--secret-file', secret, '--train', '--data', dir], /data file .* is not a regular file \(a directory\)/],
-  ['a missing --data', [...base, '--secret-file', secret, '--train', '--data', join(dir, 'missing.txt')], /cannot read data file .*ENOENT/]
+  ['a missing --data', [...base, '--secret-file', secret, '--train', '--data', join(dir, 'missing.txt')], /cannot read data file .*ENOENT/],
+  // Node's recursive mkdir never returns under /proc.
+  [
+    'a --data-dir under /proc',
+    ['start', '--run', 'r1', '--secret-file', secret, '--data-dir', '/proc/zeromesh/data'],
+    /cannot create data dir \/proc\/zeromesh\/data: ENOENT/
+  ]
 ] as Array<[string, string[], RegExp]>) {
   test(`start refuses ${name} at once: exit 2, one line`, async t => {
     const r = await run(argv)
