@@ -8,7 +8,7 @@ import {
   type Membership,
   type View
 } from '../mesh/index.ts'
-import { createThreadCoder, type SnapshotCoder } from '../snapshot/index.ts'
+import { createSnapshotService, createThreadCoder, type SnapshotCoder } from '../snapshot/index.ts'
 import { type StartConfig, readSecret, ConfigError } from './config.ts'
 import { serveControl } from './control.ts'
 import { loadCorpus } from './data.ts'
@@ -152,7 +152,14 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
     const rank = v.members.findIndex(m => m.id === net.self.id)
     emit({ type: 'view', epoch: v.epoch, members: v.members.length, ...(rank >= 0 ? { rank } : {}) })
   })
-  membership.on('paused', p => emit({ type: 'paused', paused: p }))
+  // Once this node's part of the training is over, the ranks leaving is the run ending, not a
+  // lost majority: a spare does not report it as one.
+  let trainingOver = false
+  membership.on('paused', p => {
+    if (!(p && trainingOver)) emit({ type: 'paused', paused: p })
+  })
+  const holder = await startHolder(cfg, { net, membership, clock, log })
+  if (holder !== undefined) undo.push(() => holder.stop())
   await membership.start()
 
   const addrs = net.multiaddrs()
@@ -172,6 +179,10 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
   // under it went on retrying its recovery for minutes.
   const leaving = new AbortController()
   const training = trainer?.run(leaving.signal)
+  training?.then(
+    () => (trainingOver = true),
+    () => (trainingOver = true)
+  )
   if (training !== undefined) reportEnd(training, emit)
   return {
     peerId: net.self.id,
@@ -183,6 +194,7 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
     training,
     async stop() {
       leaving.abort(new AbortError('the node is leaving the run'))
+      await holder?.stop()
       await metricsServer?.close()
       await dash?.stop()
       await membership.stop()
@@ -247,6 +259,34 @@ async function startDashboard(
       if (timer !== undefined) clock.clearTimeout(timer)
       unsubscribe()
       await server?.close()
+    }
+  }
+}
+
+/**
+ * A node that does not train (no --train) in a training run still holds snapshot fragments
+ * for the ranks: it is a member of the view, so placement may pick it. Without this, every
+ * placement that picked it failed (a warning per rank per step) and those snapshots never
+ * completed. Its placement scope must be the trainers' (the holder checks every put against it).
+ */
+async function startHolder(
+  cfg: StartConfig,
+  parts: { net: Libp2pPeerNet; membership: Membership; clock: RealClock; log: Logger }
+): Promise<{ stop: () => Promise<void> } | undefined> {
+  if (cfg.train || cfg.snapshot === 'off') return undefined
+  const { k, m } = parseSnapshot(cfg.snapshot)
+  const service = createSnapshotService(
+    { k, m, autoRestripe: false, placement: cfg.snapshotPlacement ?? (cfg.outerEvery === undefined ? 'spread' : 'zone') },
+    { net: parts.net, clock: parts.clock, log: parts.log.child({ component: 'snapshot' }) }
+  )
+  await service.start()
+  const v = parts.membership.view()
+  if (v !== undefined) service.setView(v)
+  const off = parts.membership.on('view', view => service.setView(view))
+  return {
+    async stop() {
+      off()
+      await service.stop()
     }
   }
 }

@@ -285,3 +285,65 @@ test.serial(
     }
   }
 )
+
+test.serial(
+  'a node started without --train in a training run holds snapshot fragments: the ranks snapshots complete instead of failing every step',
+  async t => {
+    const root = mkdtempSync(join(tmpdir(), 'zm-holder-'))
+    const secretFile = join(root, 'secret')
+    writeFileSync(secretFile, 'holder test secret, long enough\n')
+    const dirs = [0, 1, 2].map(i => join(root, `node${i}`))
+    const args = (i: number, bootstrap: string[]): string[] => [
+      'start',
+      '--run',
+      'holder',
+      '--secret-file',
+      secretFile,
+      '--listen',
+      '/ip4/127.0.0.1/tcp/0',
+      '--data-dir',
+      dirs[i]!,
+      '--host',
+      `h${i}`,
+      '--expect',
+      '3',
+      '--heartbeat-ms',
+      String(HEARTBEAT_MS),
+      '--events',
+      'jsonl',
+      '--snapshot',
+      '1+1',
+      // Nodes 0 and 1 train (world size 2); node 2 only joins the mesh.
+      ...(i < 2 ? ['--train', '--world-size', '2', '--steps', '100000', '--batch', '2', '--seq', '32'] : []),
+      ...bootstrap.flatMap(b => ['--bootstrap', b])
+    ]
+    const procs: Proc[] = []
+    try {
+      procs.push(zeromesh(args(0, [])))
+      const addr = await waitFor('the first node to report its address', 15_000, () =>
+        procs[0]!.out
+          .map(parseNodeEvent)
+          .flatMap(r => (r.ok && r.event.type === 'started' ? r.event.multiaddrs : []))
+          .find(a => a.startsWith('/ip4/127.0.0.1/'))
+      )
+      for (let i = 1; i < 3; i++) procs.push(zeromesh(args(i, [addr])))
+      // Every rank's stripe has a fragment on the node without --train (3 members, 1+1).
+      const snap = await waitFor('both ranks to complete a snapshot', 90_000, async () => {
+        const s = await Promise.all([status(dirs[0]!), status(dirs[1]!)])
+        return s.every(x => (x?.training?.snapshotStep ?? 0) >= 3) ? s.map(x => x!.training!.snapshotStep) : undefined
+      }).catch(async (err: unknown) => {
+        for (const p of procs) t.log(p.out.slice(-6).join('\n'))
+        t.log(JSON.stringify((await status(dirs[0]!))?.training))
+        throw err
+      })
+      t.log(`snapshot steps ${JSON.stringify(snap)}`)
+      t.false(
+        procs.some(p => p.out.some(l => l.includes('snapshot placement incomplete'))),
+        'no placement failed'
+      )
+    } finally {
+      for (const p of procs) p.child.kill('SIGKILL')
+      rmSync(root, { recursive: true, force: true })
+    }
+  }
+)
