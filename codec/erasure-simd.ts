@@ -1,182 +1,46 @@
-import { InvalidArgumentError } from '../core/index.ts'
+import { InvalidArgumentError, checkCap } from '../core/index.ts'
 import { type ErasureCoder, validateErasureParams, checkEncodeInput, planReconstruct } from './erasure.ts'
-import { rsGeneratorMatrix, gfInvert, nibbleTable, type GfMatrix } from './gf256.ts'
+import { CODEC_LIMITS } from './limits.ts'
+import { assembleKernel, KERNEL_ROWS, KERNEL_STRIDE, type KernelExports, type MacFn } from './erasure-simd-kernel.ts'
+import { rsGeneratorMatrix, nibbleTable, reconstructionRows } from './gf256.ts'
 
 /**
- * Reed-Solomon with WebAssembly SIMD: the same code (same generator matrix) as the wasm coder,
- * so fragments are interchangeable, but the inner loop multiplies 16 bytes at a time with the
- * split-nibble table method that ISA-L and klauspost/reedsolomon use on x86 (PSHUFB):
- *   c * x = T_lo[x & 15] ^ T_hi[x >> 4],   both tables looked up with i8x16.swizzle.
+ * Reed-Solomon with WebAssembly SIMD: the same code (same generator matrix, gf256.ts) as the
+ * wasm coder, so fragments are interchangeable. Encoding multiplies the k data fragments by the
+ * m parity rows of the generator; reconstruction multiplies the k fragments present by the rows
+ * of the inverted k x k submatrix that give the lost data fragments. Both are one operation,
+ * {@link combine}: outputs = matrix x sources, done by the multi-row kernel of
+ * erasure-simd-kernel.ts in rounds of up to KERNEL_ROWS output rows.
  *
- * The kernel is a ~200-byte wasm module assembled below (no toolchain needed at build or run
- * time). Its one export computes
- *   mac(dst, srcs, tables, n, len):  dst[0..len) = XOR over i < n of c_i * src_i[0..len)
- * with src_i = u32 pointers at `srcs`, c_i's 32-byte nibble tables at `tables`, and len a
- * multiple of 64 (four 16-byte lanes per iteration, so each table is loaded once per 64 bytes).
+ * Through the ErasureCoder interface, fragments are copied into the kernel's linear memory with
+ * one memcpy each, coded there, and the outputs copied out once. A {@link SimdStripe} skips both
+ * copies: its fragments are views of a kernel instance of its own, which callers fill in place.
  */
 
-// --- a tiny wasm assembler: just what the kernel needs -------------------------------------
-
-function uleb(n: number): number[] {
-  const out: number[] = []
-  do {
-    let b = n & 0x7f
-    n >>>= 7
-    if (n !== 0) b |= 0x80
-    out.push(b)
-  } while (n !== 0)
-  return out
+/** k + m fragments that live in the coder's memory, coded where they lie. */
+export interface SimdStripe {
+  /**
+   * The k data then m parity fragments, views of the stripe's own wasm memory (valid as long as
+   * the stripe is: that memory never grows or moves).
+   */
+  readonly fragments: readonly Uint8Array[]
+  /** Computes the m parity fragments from the k data fragments. */
+  encode(): void
+  /**
+   * Rebuilds, in place, the data fragments not marked present (`present` has k + m flags) from
+   * k that are. Lost parity is not rebuilt (call encode once the data is whole). Throws
+   * TooFewFragmentsError when fewer than k are present.
+   */
+  reconstruct(present: readonly boolean[]): void
 }
 
-function sleb(n: number): number[] {
-  const out: number[] = []
-  for (;;) {
-    const b = n & 0x7f
-    n >>= 7
-    if ((n === 0 && (b & 0x40) === 0) || (n === -1 && (b & 0x40) !== 0)) {
-      out.push(b)
-      return out
-    }
-    out.push(b | 0x80)
-  }
-}
-
-const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body]
-const vec = (items: number[][]): number[] => [...uleb(items.length), ...items.flat()]
-const str = (s: string): number[] => [...uleb(s.length), ...Array.from(Buffer.from(s))]
-
-// Opcodes.
-const I32 = 0x7f
-const V128 = 0x7b
-const op = {
-  block: [0x02, 0x40],
-  loop: [0x03, 0x40],
-  end: [0x0b],
-  br: (d: number) => [0x0c, ...uleb(d)],
-  brIf: (d: number) => [0x0d, ...uleb(d)],
-  get: (i: number) => [0x20, ...uleb(i)],
-  set: (i: number) => [0x21, ...uleb(i)],
-  i32: (n: number) => [0x41, ...sleb(n)],
-  add: [0x6a],
-  geU: [0x4f],
-  load32: [0x28, 0x02, 0x00],
-  vload: (offset: number) => [0xfd, ...uleb(0x00), 0x00, ...uleb(offset)],
-  vstore: (offset: number) => [0xfd, ...uleb(0x0b), 0x00, ...uleb(offset)],
-  vzero: [0xfd, ...uleb(0x0c), ...new Array(16).fill(0)],
-  swizzle: [0xfd, ...uleb(0x0e)],
-  relaxedSwizzle: [0xfd, ...uleb(0x100)],
-  splat8: [0xfd, ...uleb(0x0f)],
-  and: [0xfd, ...uleb(0x4e)],
-  xor: [0xfd, ...uleb(0x51)],
-  shrU8: [0xfd, ...uleb(0x6d)]
-}
-
-/** Lanes of 16 bytes processed per loop iteration. */
-const UNROLL = 4
-/** Bytes per iteration; lengths handed to the kernel are multiples of this. */
-export const SIMD_STRIDE = 16 * UNROLL
-
-function assembleKernel(relaxed: boolean): Uint8Array {
-  const swizzle = relaxed ? op.relaxedSwizzle : op.swizzle
-  // params: 0 dst, 1 srcs, 2 tables, 3 n, 4 len
-  // i32 locals: 5 off, 6 i, 7 tp, 8 sp, 9 src
-  // v128 locals: 10 mask, 11 lo, 12 hi, 13 x, 14.. acc[u]
-  const [DST, SRCS, TABLES, N, LEN, OFF, I, TP, SP, SRC, MASK, LO, HI, X] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
-  const ACC = (u: number): number => 14 + u
-  const body: number[] = [...op.i32(15), ...op.splat8, ...op.set(MASK), ...op.block, ...op.loop, ...op.get(OFF), ...op.get(LEN), ...op.geU, ...op.brIf(1)]
-  for (let u = 0; u < UNROLL; u++) body.push(...op.vzero, ...op.set(ACC(u)))
-  body.push(
-    ...op.i32(0),
-    ...op.set(I),
-    ...op.get(TABLES),
-    ...op.set(TP),
-    ...op.get(SRCS),
-    ...op.set(SP),
-    ...op.block,
-    ...op.loop,
-    ...op.get(I),
-    ...op.get(N),
-    ...op.geU,
-    ...op.brIf(1),
-    ...op.get(SP),
-    ...op.load32,
-    ...op.get(OFF),
-    ...op.add,
-    ...op.set(SRC),
-    ...op.get(TP),
-    ...op.vload(0),
-    ...op.set(LO),
-    ...op.get(TP),
-    ...op.vload(16),
-    ...op.set(HI)
-  )
-  for (let u = 0; u < UNROLL; u++) {
-    body.push(
-      ...op.get(SRC),
-      ...op.vload(16 * u),
-      ...op.set(X),
-      ...op.get(ACC(u)),
-      ...op.get(LO),
-      ...op.get(X),
-      ...op.get(MASK),
-      ...op.and,
-      ...swizzle,
-      ...op.xor,
-      ...op.get(HI),
-      ...op.get(X),
-      ...op.i32(4),
-      ...op.shrU8,
-      ...swizzle,
-      ...op.xor,
-      ...op.set(ACC(u))
-    )
-  }
-  body.push(
-    ...op.get(I),
-    ...op.i32(1),
-    ...op.add,
-    ...op.set(I),
-    ...op.get(TP),
-    ...op.i32(32),
-    ...op.add,
-    ...op.set(TP),
-    ...op.get(SP),
-    ...op.i32(4),
-    ...op.add,
-    ...op.set(SP),
-    ...op.br(0),
-    ...op.end,
-    ...op.end
-  )
-  for (let u = 0; u < UNROLL; u++) body.push(...op.get(DST), ...op.get(OFF), ...op.add, ...op.get(ACC(u)), ...op.vstore(16 * u))
-  body.push(...op.get(OFF), ...op.i32(SIMD_STRIDE), ...op.add, ...op.set(OFF), ...op.br(0), ...op.end, ...op.end, ...op.end)
-  const locals = vec([
-    [...uleb(5), I32],
-    [...uleb(4 + UNROLL), V128]
-  ])
-  const func = [...locals, ...body]
-  void DST
-  return Uint8Array.from([
-    0x00,
-    0x61,
-    0x73,
-    0x6d,
-    0x01,
-    0x00,
-    0x00,
-    0x00,
-    ...section(1, vec([[0x60, ...vec([[I32], [I32], [I32], [I32], [I32]]), 0x00]])),
-    ...section(3, vec([[0x00]])),
-    ...section(5, vec([[0x00, 0x01]])),
-    ...section(
-      7,
-      vec([
-        [...str('memory'), 0x02, 0x00],
-        [...str('mac'), 0x00, 0x00]
-      ])
-    ),
-    ...section(10, vec([[...uleb(func.length), ...func]]))
-  ])
+/** The `simd` coder: an ErasureCoder that can also hand out in-place stripes. */
+export interface SimdErasureCoder extends ErasureCoder {
+  /**
+   * A stripe of k + m fragments of `size` bytes in wasm memory of its own (allocated here, once;
+   * caps: maxFragmentBytes, maxStripeBytes, checked before allocating).
+   */
+  stripe(size: number): SimdStripe
 }
 
 // Node has WebAssembly; our lib settings (no DOM) do not describe it, so declare what we use.
@@ -186,25 +50,38 @@ declare const WebAssembly: {
   validate: (bytes: Uint8Array) => boolean
 }
 
-interface KernelExports {
-  memory: { buffer: ArrayBuffer; grow: (pages: number) => number }
-  mac(dst: number, srcs: number, tables: number, n: number, len: number): void
+let compiled: { module: object; relaxed: boolean } | undefined
+
+/** Compiles the kernel module once per process; throws where the runtime lacks wasm SIMD. */
+function kernelModule(): { module: object; relaxed: boolean } {
+  if (compiled === undefined) {
+    // Relaxed swizzle skips the fix-up V8 adds for out-of-range indices; ours are always
+    // 0..15 (masked nibbles), where relaxed and plain swizzle are defined to agree.
+    let bytes = assembleKernel(true)
+    const relaxed = WebAssembly.validate(bytes) && process.env['ZEROMESH_NO_RELAXED_SIMD'] === undefined
+    if (!relaxed) bytes = assembleKernel(false)
+    if (!WebAssembly.validate(bytes)) throw new InvalidArgumentError('this runtime lacks WebAssembly SIMD; use the wasm erasure coder')
+    compiled = { module: new WebAssembly.Module(bytes), relaxed }
+  }
+  return compiled
 }
 
-/** One kernel instance per process (JS is single-threaded); its memory grows as needed. */
+/**
+ * A kernel instance and its linear memory. The ErasureCoder calls share one per process (JS is
+ * single-threaded) whose memory grows to the largest stripe; each SimdStripe has its own.
+ */
 class Kernel {
   readonly e: KernelExports
+  /** mac[R - 1] computes R rows. */
+  readonly mac: MacFn[]
   /** Whether the kernel uses relaxed swizzle (a bare PSHUFB on x86). */
   readonly relaxed: boolean
 
   constructor() {
-    // Relaxed swizzle skips the fix-up V8 adds for out-of-range indices; ours are always
-    // 0..15 (masked nibbles), where relaxed and plain swizzle are defined to agree.
-    let bytes = assembleKernel(true)
-    this.relaxed = WebAssembly.validate(bytes) && process.env['ZEROMESH_NO_RELAXED_SIMD'] === undefined
-    if (!this.relaxed) bytes = assembleKernel(false)
-    if (!WebAssembly.validate(bytes)) throw new InvalidArgumentError('this runtime lacks WebAssembly SIMD; use the wasm erasure coder')
-    this.e = new WebAssembly.Instance(new WebAssembly.Module(bytes)).exports as KernelExports
+    const { module, relaxed } = kernelModule()
+    this.relaxed = relaxed
+    this.e = new WebAssembly.Instance(module).exports as KernelExports
+    this.mac = Array.from({ length: KERNEL_ROWS }, (_, r) => this.e[`mac${r + 1}`] as MacFn)
   }
 
   /** Makes sure linear memory holds `bytes`; returns a fresh view (growing detaches old ones). */
@@ -227,34 +104,88 @@ export function simdAvailable(): boolean {
   }
 }
 
-/** Bytes of work per kernel call: k sources of this size stay in L2 across the m rows. */
-const BLOCK = 16 * 1024
+/**
+ * With more than KERNEL_ROWS outputs the sources are read once per round of rows; in blocks of
+ * about this many source bytes (all k together) they are still in L2 for the next round.
+ */
+const ROUND_BLOCK_BYTES = 256 * 1024
+
+/**
+ * The nibble tables of `rows` (each n coefficients, one per source) in the kernel's layout:
+ * rounds of up to KERNEL_ROWS rows, and within a round of R rows, source i's tables for rows
+ * r < R at (i * R + r) * 32.
+ */
+function kernelTables(rows: readonly Uint8Array[], n: number): Uint8Array {
+  const out = new Uint8Array(rows.length * n * 32)
+  for (let r0 = 0; r0 < rows.length; r0 += KERNEL_ROWS) {
+    const R = Math.min(KERNEL_ROWS, rows.length - r0)
+    for (let i = 0; i < n; i++) for (let r = 0; r < R; r++) nibbleTable(rows[r0 + r]![i]!, out, (r0 * n + i * R + r) * 32)
+  }
+  return out
+}
+
+/**
+ * Where things live in kernel memory for a coder of k + m fragments of `slot` bytes each:
+ * [tables k*m*32][source pointers k*4][output pointers m*4][slots (k+m) * slot].
+ */
+interface Layout {
+  tables: number
+  srcs: number
+  dsts: number
+  slots: number
+  slot: number
+}
+
+function layout(k: number, m: number, size: number): Layout {
+  const srcs = k * m * 32
+  const dsts = srcs + 4 * k
+  const slots = align(dsts + 4 * m, 64)
+  return { tables: 0, srcs, dsts, slots, slot: align(size, KERNEL_STRIDE) }
+}
+
+/**
+ * outputs[r] = XOR over i of rows[r][i] * sources[i], on fragment slots (indices into the
+ * layout's slots), `tables` = kernelTables(rows, sources.length). The only place the kernel is
+ * driven: encode and reconstruct both call it.
+ */
+function combine(kern: Kernel, mem: Uint8Array, at: Layout, tables: Uint8Array, sources: readonly number[], outputs: readonly number[]): void {
+  const n = sources.length
+  const ptr = new Uint32Array(mem.buffer)
+  mem.set(tables, at.tables)
+  const rounds = Math.ceil(outputs.length / KERNEL_ROWS)
+  const block = rounds === 1 ? at.slot : Math.max(KERNEL_STRIDE, Math.floor(ROUND_BLOCK_BYTES / n / KERNEL_STRIDE) * KERNEL_STRIDE)
+  for (let off = 0; off < at.slot; off += block) {
+    const len = Math.min(block, at.slot - off)
+    sources.forEach((s, i) => {
+      ptr[at.srcs / 4 + i] = at.slots + s * at.slot + off
+    })
+    outputs.forEach((d, r) => {
+      ptr[at.dsts / 4 + r] = at.slots + d * at.slot + off
+    })
+    for (let r0 = 0; r0 < outputs.length; r0 += KERNEL_ROWS) {
+      const R = Math.min(KERNEL_ROWS, outputs.length - r0)
+      kern.mac[R - 1]!(at.dsts + 4 * r0, at.srcs, at.tables + r0 * n * 32, n, len)
+    }
+  }
+}
 
 /**
  * Creates the SIMD Reed-Solomon coder (see the file comment). Throws InvalidArgumentError if
  * the runtime has no WebAssembly SIMD.
  */
-export function createSimdErasureCoder(init: { k: number; m: number }): ErasureCoder {
+export function createSimdErasureCoder(init: { k: number; m: number }): SimdErasureCoder {
   const { k, m } = init
   validateErasureParams(k, m)
   kernel ??= new Kernel()
-  const kern = kernel
+  const shared = kernel
   const gen = rsGeneratorMatrix(k, m)
-  // Layout in kernel memory: [parity tables m*k*32][decode tables k*k*32][srcs k*4][slots (k+m)*P]
-  const parityTables = 0
-  const decodeTables = m * k * 32
-  const srcs = decodeTables + k * k * 32
-  const slots = align(srcs + k * 4, SIMD_STRIDE)
-  const tables = new Uint8Array(m * k * 32)
-  for (let j = 0; j < m; j++) for (let i = 0; i < k; i++) nibbleTable(gen[k + j]![i]!, tables, (j * k + i) * 32)
-
-  /** dst slot = sum over sources (slot indices) with the coefficient tables at `tbl`. */
-  const combine = (mem: Uint8Array, P: number, dst: number, sources: readonly number[], tbl: number): void => {
-    const view = new DataView(mem.buffer)
-    for (let off = 0; off < P; off += BLOCK) {
-      sources.forEach((s, i) => view.setUint32(srcs + 4 * i, slots + s * P + off, true))
-      kern.e.mac(slots + dst * P + off, srcs, tbl, sources.length, Math.min(BLOCK, P - off))
-    }
+  const dataSlots = Array.from({ length: k }, (_, i) => i)
+  const paritySlots = Array.from({ length: m }, (_, j) => k + j)
+  const parityTables = kernelTables(gen.slice(k), k)
+  /** Rebuilds lostData on slots from the first k present; the fragments are already in place. */
+  const rebuild = (kern: Kernel, mem: Uint8Array, at: Layout, present: readonly number[], lostData: readonly number[]): void => {
+    const { use, rows } = reconstructionRows(gen, k, present, lostData)
+    combine(kern, mem, at, kernelTables(rows, k), use, lostData)
   }
 
   return {
@@ -263,40 +194,58 @@ export function createSimdErasureCoder(init: { k: number; m: number }): ErasureC
     m,
     encode(data) {
       const size = checkEncodeInput(data, k, m)
-      const P = align(size, SIMD_STRIDE)
-      const mem = kern.reserve(slots + (k + m) * P)
-      mem.set(tables, parityTables)
-      data.forEach((d, i) => mem.set(d, slots + i * P))
-      const view = new DataView(mem.buffer)
-      const sources = Array.from({ length: k }, (_, i) => i)
-      // Cache blocking: for each block of the k sources, produce all m parity rows.
-      for (let off = 0; off < P; off += BLOCK) {
-        const len = Math.min(BLOCK, P - off)
-        sources.forEach(i => view.setUint32(srcs + 4 * i, slots + i * P + off, true))
-        for (let j = 0; j < m; j++) kern.e.mac(slots + (k + j) * P + off, srcs, parityTables + j * k * 32, k, len)
-      }
-      return Array.from({ length: m }, (_, j) => mem.slice(slots + (k + j) * P, slots + (k + j) * P + size))
+      const at = layout(k, m, size)
+      const mem = shared.reserve(at.slots + (k + m) * at.slot)
+      data.forEach((d, i) => mem.set(d, at.slots + i * at.slot))
+      combine(shared, mem, at, parityTables, dataSlots, paritySlots)
+      return paritySlots.map(s => copyOut(mem, at.slots + s * at.slot, size))
     },
     reconstruct(fragments) {
       const { size, present, lostData } = planReconstruct(fragments, k, m)
       if (lostData.length === 0) return fragments.slice(0, k) as Uint8Array[]
-      // Any k present fragments determine the data: invert their rows of the generator.
-      const use = present.slice(0, k)
-      const inv: GfMatrix = gfInvert(use.map(i => gen[i]!))
-      const P = align(size, SIMD_STRIDE)
-      const mem = kern.reserve(slots + (k + m) * P)
-      use.forEach(i => mem.set(fragments[i]!, slots + i * P))
-      const dt = new Uint8Array(k * 32)
-      const out = fragments.slice(0, k) as Array<Uint8Array | undefined>
-      for (const d of lostData) {
-        for (let i = 0; i < k; i++) nibbleTable(inv[d]![i]!, dt, i * 32)
-        mem.set(dt, decodeTables)
-        combine(mem, P, d, use, decodeTables)
-        out[d] = mem.slice(slots + d * P, slots + d * P + size)
+      const at = layout(k, m, size)
+      const mem = shared.reserve(at.slots + (k + m) * at.slot)
+      for (const i of present.slice(0, k)) mem.set(fragments[i]!, at.slots + i * at.slot)
+      rebuild(shared, mem, at, present, lostData)
+      const out = fragments.slice(0, k) as Uint8Array[]
+      for (const d of lostData) out[d] = copyOut(mem, at.slots + d * at.slot, size)
+      return out
+    },
+    stripe(size) {
+      if (!Number.isSafeInteger(size) || size < 1) throw new InvalidArgumentError(`fragment size must be an integer >= 1, got ${size}`)
+      checkCap('erasure fragment bytes', size, CODEC_LIMITS.maxFragmentBytes)
+      checkCap('erasure stripe bytes', size * (k + m), CODEC_LIMITS.maxStripeBytes)
+      const own = new Kernel()
+      const at = layout(k, m, size)
+      const mem = own.reserve(at.slots + (k + m) * at.slot)
+      const fragments = Array.from({ length: k + m }, (_, i) => mem.subarray(at.slots + i * at.slot, at.slots + i * at.slot + size))
+      return {
+        fragments,
+        encode() {
+          combine(own, mem, at, parityTables, dataSlots, paritySlots)
+        },
+        reconstruct(present) {
+          if (present.length !== k + m) throw new InvalidArgumentError(`expected ${k + m} presence flags, got ${present.length}`)
+          const { present: have, lostData } = planReconstruct(
+            fragments.map((f, i) => (present[i] === true ? f : undefined)),
+            k,
+            m
+          )
+          if (lostData.length > 0) rebuild(own, mem, at, have, lostData)
+        }
       }
-      return out as Uint8Array[]
     }
   }
+}
+
+/**
+ * A new Uint8Array holding mem[at, at + size). Not `mem.slice`: that zero-fills the new buffer
+ * before copying into it, which costs as much as the copy (the buffer is overwritten whole).
+ */
+function copyOut(mem: Uint8Array, at: number, size: number): Uint8Array {
+  const out = new Uint8Array(Buffer.allocUnsafeSlow(size).buffer, 0, size)
+  out.set(mem.subarray(at, at + size))
+  return out
 }
 
 function align(n: number, to: number): number {

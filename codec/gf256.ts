@@ -99,3 +99,15 @@ export function nibbleTable(c: number, out: Uint8Array, at: number): void {
     out[at + 16 + x] = gfMul(c, x << 4)
   }
 }
+
+/**
+ * How to rebuild lost data fragments: any k present fragments determine the data, so take the
+ * first k present (`use`, ascending indices) and invert their k rows of the generator `gen`;
+ * row d of the inverse, applied to the `use` fragments, gives data fragment d. Returns one row
+ * (k coefficients over `use`) per index in `lost`. Every coder's reconstruct goes through here.
+ */
+export function reconstructionRows(gen: GfMatrix, k: number, present: readonly number[], lost: readonly number[]): { use: number[]; rows: GfMatrix } {
+  const use = present.slice(0, k)
+  const inv = gfInvert(use.map(i => gen[i]!))
+  return { use, rows: lost.map(d => inv[d]!) }
+}

@@ -54,7 +54,8 @@ export {
   validateErasureParams,
   createWasmErasureCoder
 } from './erasure.ts'
-export { createSimdErasureCoder, simdAvailable } from './erasure-simd.ts'
+export { createSimdErasureCoder, simdAvailable, type SimdErasureCoder, type SimdStripe } from './erasure-simd.ts'
+export { rsGeneratorMatrix, reconstructionRows, type GfMatrix } from './gf256.ts'
 export { createErasureCoder, erasureCoderCache } from './erasure-factory.ts'
 export {
   FRAGMENT_MAGIC,

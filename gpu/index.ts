@@ -5,7 +5,7 @@
  */
 import type { Backend } from './backend.ts'
 // Type only (erased): importing the CUDA module's types loads no library.
-import type { CudaProbe } from './cuda/index.ts'
+import type { CudaBackend, CudaErasureCoder, CudaProbe } from './cuda/index.ts'
 import { BackendUnavailableError } from './errors.ts'
 import { CpuBackend } from './cpu.ts'
 
@@ -67,7 +67,7 @@ export {
 } from './cuda/nccl.ts'
 
 /** The CUDA backend's own type (erased: importing it loads no library); {@link createBackend} builds one. */
-export type { CudaBackend } from './cuda/index.ts'
+export type { CudaBackend, CudaErasureCoder } from './cuda/index.ts'
 
 /** What `zeromesh doctor` reports about CUDA: the device and library versions, or why not. */
 export type CudaProbeResult = CudaProbe
@@ -86,6 +86,7 @@ export async function probeCuda(): Promise<CudaProbeResult> {
 interface CudaModule {
   createCudaBackend?: () => Backend | Promise<Backend>
   probeCuda?: () => Promise<CudaProbeResult>
+  createCudaErasureCoder?: (be: CudaBackend, init: { k: number; m: number }) => CudaErasureCoder
 }
 
 async function importCuda(): Promise<CudaModule> {
@@ -116,4 +117,14 @@ export async function createBackend(kind: BackendKind): Promise<Backend> {
   const mod = await importCuda()
   if (typeof mod.createCudaBackend !== 'function') throw new BackendUnavailableError('gpu/cuda does not export createCudaBackend')
   return await mod.createCudaBackend()
+}
+
+/**
+ * The CUDA Reed-Solomon coder of a CUDA backend (gpu/cuda/erasure.ts: byte-compatible with
+ * codec's coders), imported lazily like the backend.
+ */
+export async function createCudaErasureCoder(be: CudaBackend, init: { k: number; m: number }): Promise<CudaErasureCoder> {
+  const mod = await importCuda()
+  if (typeof mod.createCudaErasureCoder !== 'function') throw new BackendUnavailableError('gpu/cuda does not export createCudaErasureCoder')
+  return mod.createCudaErasureCoder(be, init)
 }

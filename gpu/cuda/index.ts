@@ -12,6 +12,7 @@ import { type CudaLibs, checkCu, cuErrorName, loadCuda, outNumber, type Handle }
 
 export { CudaBackend, type CudaDeviceInfo } from './backend.ts'
 export { CUDA_LIMITS } from './limits.ts'
+export { createCudaErasureCoder, type CudaErasureCoder } from './erasure.ts'
 
 const ATTR_CC_MAJOR = 75
 const ATTR_CC_MINOR = 76
