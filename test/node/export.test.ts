@@ -164,12 +164,15 @@ test('a corrupt state file is a one-line error naming it', async t => {
   const r = await cli(['export', '--out', join(root, 'c.safetensors'), '--data', dataFile, ...dirs.flatMap(d => ['--data-dir', d])])
   t.is(r.code, 1)
   t.is(r.err.length, 1)
-  t.regex(r.err[0]!, new RegExp(`^zeromesh: the state of step 6 in ${diskDir(dirs[1]!)} is damaged: snapshot state checksum mismatch$`))
+  t.regex(
+    r.err[0]!,
+    new RegExp(`^zeromesh: the state of step 6 in ${diskDir(dirs[1]!)} is damaged: ${diskDir(dirs[1]!)}/step-0+6\\.zms: snapshot state checksum mismatch$`)
+  )
   // Truncated: the header no longer adds up.
   writeFileSync(file, bytes.subarray(0, 100))
   await t.throwsAsync(exportModel({ out: join(root, 'c.safetensors'), dataDirs: dirs, model: 'mini', data: dataFile }), {
     name: 'ExportError',
-    message: /is damaged: bad snapshot state: header describes/
+    message: /is damaged: .*step-0+6\.zms: bad snapshot state: header describes/
   })
 })
 
