@@ -142,6 +142,10 @@ export function parseScenario(raw: unknown, source = 'scenario'): Scenario {
   checkTopologyZones(s.topology, s.zones, source)
   if (s.membership?.expect !== undefined && s.membership.expect > s.nodes)
     throw new ScenarioError(`${source}: membership.expect: ${s.membership.expect} is more than the ${s.nodes} nodes: the first view would never form`)
+  if (s.membership?.expect !== undefined && s.membership.expect <= s.nodes / 2)
+    throw new ScenarioError(
+      `${source}: membership.expect: ${s.membership.expect} is not more than half of the ${s.nodes} nodes: two disjoint first views could form (genesis needs a majority of the nodes started)`
+    )
   for (const [i, f] of s.faults.entries()) {
     for (const id of faultNodes(f)) {
       if (Number(id.slice(1)) >= s.nodes) throw new ScenarioError(`${source}: faults.${i}: node ${id} does not exist (nodes: ${s.nodes})`)

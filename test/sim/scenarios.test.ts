@@ -59,7 +59,8 @@ test('invalid scenarios name the field and the reason', t => {
     [{ ...base, faults: [{ at: 10, partition: [['n000', 'n001'], ['n007']] }] }, /faults\.0: node n007 does not exist/],
     [{ ...base, workload: 'mine' }, /workload: must be "train" .* got "mine"/],
     [{ ...base, membership: { expect: 1e9 } }, /membership\.expect/],
-    [{ ...base, membership: { expect: 9 } }, /membership\.expect: 9 is more than the 4 nodes/]
+    [{ ...base, membership: { expect: 9 } }, /membership\.expect: 9 is more than the 4 nodes/],
+    [{ ...base, membership: { expect: 2 } }, /membership\.expect: 2 is not more than half of the 4 nodes/]
   ]
   for (const [raw, pattern] of cases) {
     const err = t.throws(() => parseScenario(raw, 'test.json'), { instanceOf: ScenarioError })
