@@ -5,17 +5,16 @@
 // descriptors, keep its memory bounded, keep its mesh, and keep training.
 import test from 'ava'
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RealClock, silentLogger } from '../../core/index.ts'
 import { createLibp2pPeerNet, loadOrCreateIdentity } from '../../mesh/index.ts'
 import { fetchStatus } from '../../node/control.ts'
-import { parseNodeEvent } from '../../node/events.ts'
 import type { NodeStatus } from '../../node/start.ts'
 import { waitFor } from '../helpers/wait.ts'
-import { zeromesh, type Proc } from './helpers.ts'
+import { startLocalMesh, trainUntilStopped, type Proc } from './helpers.ts'
 
 const status = async (dir: string): Promise<NodeStatus | undefined> => (await fetchStatus(dir, 1000).catch(() => undefined)) as NodeStatus | undefined
 const fds = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length
@@ -47,52 +46,13 @@ else
   test.serial(title, async t => {
     t.timeout(240_000)
     const root = mkdtempSync(join(tmpdir(), 'zm-probe-'))
-    const secretFile = join(root, 'secret')
-    writeFileSync(secretFile, 'probe test secret, long enough\n')
-    const dirs = [0, 1].map(i => join(root, `node${i}`))
-    const args = (i: number, bootstrap: string[]): string[] => [
-      'start',
-      '--run',
-      'probe',
-      '--secret-file',
-      secretFile,
-      '--listen',
-      '/ip4/127.0.0.1/tcp/0',
-      '--data-dir',
-      dirs[i]!,
-      '--host',
-      `h${i}`,
-      '--expect',
-      '2',
-      '--heartbeat-ms',
-      '300',
-      '--events',
-      'jsonl',
-      '--train',
-      '--world-size',
-      '2',
-      '--steps',
-      '100000',
-      '--batch',
-      '2',
-      '--seq',
-      '32',
-      '--snapshot',
-      'off',
-      ...bootstrap.flatMap(b => ['--bootstrap', b])
-    ]
-    const procs: Proc[] = []
+    let procs: Proc[] = []
     const sockets: Socket[] = []
     let stranger: Awaited<ReturnType<typeof createLibp2pPeerNet>> | undefined
     try {
-      procs.push(zeromesh(args(0, [])))
-      const addr = await waitFor('the first node to report its address', 15_000, () =>
-        procs[0]!.out
-          .map(parseNodeEvent)
-          .flatMap(r => (r.ok && r.event.type === 'started' ? r.event.multiaddrs : []))
-          .find(a => a.startsWith('/ip4/127.0.0.1/'))
-      )
-      procs.push(zeromesh(args(1, [addr])))
+      const mesh = await startLocalMesh(root, 'probe', 2, { heartbeatMs: 300, extra: () => trainUntilStopped(2, 'off') })
+      procs = mesh.procs
+      const { dirs, addr } = mesh
       const step = async (): Promise<number> => (await status(dirs[0]!))?.training?.step ?? 0
       await waitFor('training to commit step 3', 60_000, async () => ((await step()) >= 3 ? true : undefined))
       const pid = procs[0]!.child.pid!

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { fetchStatus } from '../../node/control.ts'
 import type { NodeStatus } from '../../node/start.ts'
 import { parseNodeEvent, type NodeEvent } from '../../node/events.ts'
-import { zeromesh, type Proc } from './helpers.ts'
+import { startLocalMesh, trainUntilStopped, zeromesh, type Proc } from './helpers.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 const HEARTBEAT_MS = 200
@@ -217,53 +217,14 @@ test.serial(
   'SIGTERM to every node of a training run mid-training: each says it is leaving and exits within seconds, none keeps retrying a recovery',
   async t => {
     const root = mkdtempSync(join(tmpdir(), 'zm-sigterm-'))
-    const secretFile = join(root, 'secret')
-    writeFileSync(secretFile, 'sigterm test secret, long enough\n')
-    const dirs = [0, 1, 2].map(i => join(root, `node${i}`))
-    const args = (i: number, bootstrap: string[]): string[] => [
-      'start',
-      '--run',
-      'sigterm',
-      '--secret-file',
-      secretFile,
-      '--listen',
-      '/ip4/127.0.0.1/tcp/0',
-      '--data-dir',
-      dirs[i]!,
-      '--host',
-      `h${i}`,
-      '--expect',
-      '3',
-      '--heartbeat-ms',
-      String(HEARTBEAT_MS),
-      '--events',
-      'jsonl',
-      '--train',
-      '--world-size',
-      '2',
-      '--steps',
-      '100000',
-      '--batch',
-      '2',
-      '--seq',
-      '32',
-      '--snapshot',
-      '1+1',
-      ...bootstrap.flatMap(b => ['--bootstrap', b])
-    ]
     const events = (p: Proc): NodeEvent[] => p.out.map(parseNodeEvent).flatMap(r => (r.ok ? [r.event] : []))
-    const procs: Proc[] = []
+    let procs: Proc[] = []
     try {
-      procs.push(zeromesh(args(0, [])))
-      const addr = await waitFor('the first node to report its address', 15_000, () =>
-        events(procs[0]!)
-          .flatMap(e => (e.type === 'started' ? e.multiaddrs : []))
-          .find(a => a.startsWith('/ip4/127.0.0.1/'))
-      )
-      for (let i = 1; i < 3; i++) procs.push(zeromesh(args(i, [addr])))
+      const mesh = await startLocalMesh(root, 'sigterm', 3, { heartbeatMs: HEARTBEAT_MS, extra: () => trainUntilStopped(2, '1+1') })
+      procs = mesh.procs
       // (Any node: which two of the three are ranks depends on their ids.)
       await waitFor('training to commit step 3', 60_000, async () => {
-        const steps = await Promise.all(dirs.map(async d => (await status(d))?.training?.step ?? 0))
+        const steps = await Promise.all(mesh.dirs.map(async d => (await status(d))?.training?.step ?? 0))
         return Math.max(...steps) >= 3 || undefined
       }).catch(err => {
         for (const p of procs) t.log(p.out.slice(-8).join('\n'))
@@ -294,50 +255,20 @@ test.serial(
   'a node started without --train in a training run holds snapshot fragments: the ranks snapshots complete instead of failing every step',
   async t => {
     const root = mkdtempSync(join(tmpdir(), 'zm-holder-'))
-    const secretFile = join(root, 'secret')
-    writeFileSync(secretFile, 'holder test secret, long enough\n')
-    const dirs = [0, 1, 2].map(i => join(root, `node${i}`))
-    const args = (i: number, bootstrap: string[]): string[] => [
-      'start',
-      '--run',
-      'holder',
-      '--secret-file',
-      secretFile,
-      '--listen',
-      '/ip4/127.0.0.1/tcp/0',
-      '--data-dir',
-      dirs[i]!,
-      '--host',
-      `h${i}`,
-      '--expect',
-      '3',
-      '--heartbeat-ms',
-      String(HEARTBEAT_MS),
-      '--events',
-      'jsonl',
-      '--snapshot',
-      '1+1',
-      // Nodes 0 and 1 train (world size 2); node 2 only joins the mesh.
-      ...(i < 2 ? ['--train', '--world-size', '2', '--steps', '100000', '--batch', '2', '--seq', '32'] : []),
-      ...bootstrap.flatMap(b => ['--bootstrap', b])
-    ]
-    const procs: Proc[] = []
+    let procs: Proc[] = []
     try {
-      procs.push(zeromesh(args(0, [])))
-      const addr = await waitFor('the first node to report its address', 15_000, () =>
-        procs[0]!.out
-          .map(parseNodeEvent)
-          .flatMap(r => (r.ok && r.event.type === 'started' ? r.event.multiaddrs : []))
-          .find(a => a.startsWith('/ip4/127.0.0.1/'))
-      )
-      for (let i = 1; i < 3; i++) procs.push(zeromesh(args(i, [addr])))
-      // Every rank's stripe has a fragment on the node without --train (3 members, 1+1).
+      // Nodes 0 and 1 train (world size 2); node 2 only joins the mesh. Every rank's stripe (1+1,
+      // three members) has a fragment on it.
+      const mesh = await startLocalMesh(root, 'holder', 3, {
+        heartbeatMs: HEARTBEAT_MS,
+        extra: i => (i < 2 ? trainUntilStopped(2, '1+1') : ['--snapshot', '1+1'])
+      })
+      procs = mesh.procs
       const snap = await waitFor('both ranks to complete a snapshot', 90_000, async () => {
-        const s = await Promise.all([status(dirs[0]!), status(dirs[1]!)])
+        const s = await Promise.all([status(mesh.dirs[0]!), status(mesh.dirs[1]!)])
         return s.every(x => (x?.training?.snapshotStep ?? 0) >= 3) ? s.map(x => x!.training!.snapshotStep) : undefined
       }).catch(async (err: unknown) => {
         for (const p of procs) t.log(p.out.slice(-6).join('\n'))
-        t.log(JSON.stringify((await status(dirs[0]!))?.training))
         throw err
       })
       t.log(`snapshot steps ${JSON.stringify(snap)}`)
