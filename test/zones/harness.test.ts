@@ -4,6 +4,8 @@
 // through a zone cut. Elsewhere those register as skipped, with the reason in their titles.
 import test, { type ExecutionContext } from 'ava'
 import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import { fetchStatus, type NodeStatus } from '../../node/index.ts'
 import { refused, run } from '../helpers/zones/commands.ts'
 import {
   createZones,
@@ -383,7 +385,17 @@ zonesTest('DiLoCo: zone b is cut while training: zone a drops its group from the
     await n.until(`step ${CUT_AT}`, 90_000, () => (committed() >= CUT_AT ? true : undefined))
     await z.cut('b')
     const cutMs = n.now()
-    const cutStep = committed()
+    // The step at the cut: the newest step event read so far can lag the nodes under load, so
+    // also ask every node (its control socket is on this host's filesystem, outside the cut).
+    const asked = await Promise.all(
+      n.nodes.map(x =>
+        fetchStatus(join(n.dir, x.name), 1000).then(
+          s => (s as NodeStatus).training?.step ?? 0,
+          () => 0
+        )
+      )
+    )
+    const cutStep = Math.max(committed(), ...asked)
     await n.until('zone a to recover and commit a step after it', 120_000, () => {
       const r = of(n.events, 'recovery').find(e => e.ms > cutMs)
       if (r === undefined || n.now() < cutMs + DILOCO_HOLD_MS) return undefined
