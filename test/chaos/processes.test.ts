@@ -1,13 +1,15 @@
 import test from 'ava'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fetchStatus } from '../../node/control.ts'
 import type { NodeStatus } from '../../node/start.ts'
 import { parseNodeEvent, type NodeEvent } from '../../node/events.ts'
 import { startLocalMesh, trainUntilStopped, zeromesh, type Proc } from './helpers.ts'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { IDENTITY_FILE, loadOrCreateIdentity } from '../../mesh/index.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 const HEARTBEAT_MS = 200
@@ -258,7 +260,19 @@ test.serial(
     let procs: Proc[] = []
     try {
       // Nodes 0 and 1 train (world size 2); node 2 only joins the mesh. Every rank's stripe (1+1,
-      // three members) has a fragment on it.
+      // three members) has a fragment on it. The roster is the view's first world-size members
+      // in peer-id order and does not know who trains (docs/LIMITS.md): node 2 gets the largest id.
+      const keys = await Promise.all(
+        [0, 1, 2].map(async i => {
+          const dir = join(root, `key${i}`)
+          return { dir, id: peerIdFromPrivateKey(await loadOrCreateIdentity(dir)).toString() }
+        })
+      )
+      keys.sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))
+      keys.forEach((k, i) => {
+        mkdirSync(join(root, `node${i}`), { recursive: true, mode: 0o700 })
+        copyFileSync(join(k.dir, IDENTITY_FILE), join(root, `node${i}`, IDENTITY_FILE))
+      })
       const mesh = await startLocalMesh(root, 'holder', 3, {
         heartbeatMs: HEARTBEAT_MS,
         extra: i => (i < 2 ? trainUntilStopped(2, '1+1') : ['--snapshot', '1+1'])
