@@ -286,6 +286,10 @@ test.serial(
         throw err
       })
       t.log(`snapshot steps ${JSON.stringify(snap)}`)
+      t.true(
+        snap.every(x => (x ?? 0) >= 3),
+        'both ranks completed snapshots, whose stripes each have a fragment on the node without --train'
+      )
       // (A placement may still fail while the holder installs its first view; every rank
       // completing snapshots is what failed before: placements to it failed on every step.)
     } finally {
