@@ -92,10 +92,7 @@ export const upCommand: Command = {
       // On a terminal: a bar over the steps in front of the line, rewritten in place.
       ...(tty
         ? {
-            progress: (l: string) => {
-              const m = /^step (\d+)\/(\d+)/.exec(l)
-              process.stderr.write(`\r${m === null ? '' : `${barOf(Number(m[1]) / Math.max(1, Number(m[2])), 20)} `}${l.padEnd(100)}`)
-            }
+            progress: (l: string, done: number) => process.stderr.write(`\r${barOf(done, 20)} ${l.padEnd(100)}`)
           }
         : {})
     })

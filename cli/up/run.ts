@@ -45,8 +45,8 @@ export interface UpOptions {
   /** Workers serve their dashboards (`--http 127.0.0.1:0`); `up` prints the first worker's URL once it is up. */
   dashboard?: boolean
   out: (line: string) => void
-  /** A line that replaces itself (a TTY progress line); defaults to `out` every few seconds. */
-  progress?: (line: string) => void
+  /** A line that replaces itself (a TTY progress line; `done` is the fraction of the steps committed); defaults to `out` every few seconds. */
+  progress?: (line: string, done: number) => void
   /** `--snapshot` for the workers: `k+m` or `off` (default: the workers' default, 2+1). */
   snapshot?: string
   /** `--snapshot-every` for the workers (default: theirs, every step). */
@@ -166,7 +166,7 @@ async function watchRun(o: UpOptions, workers: Worker[], watch: Watch, clock: Re
       ...recovering(live)
     })
     if (line !== watch.lastLine) {
-      say(line)
+      say(line, step / Math.max(1, o.steps))
       watch.lastLine = line
     }
     watch.lastStep = step >= o.steps
