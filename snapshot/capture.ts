@@ -7,6 +7,8 @@ import { sealState, stateBytes, writeState, type RankState } from './state.ts'
 export type CaptureOutcome<R> =
   | { status: 'placed'; step: number; result: R }
   | { status: 'superseded'; step: number; by: number }
+  /** Not copied: a kept capture (of step `by`) was still waiting to be placed. */
+  | { status: 'skipped'; step: number; by: number }
   | { status: 'failed'; step: number; error: Error }
 
 export interface CaptureTicket<R> {
@@ -28,12 +30,24 @@ export interface CaptureTicket<R> {
  * behind by at most one snapshot and memory stays at two buffers. Every snapshot is the bytes
  * of exactly one `capture` call: a buffer being placed is never written.
  *
+ * A *kept* capture (`{ keep: true }`: the anchor steps every rank captures, see
+ * node/train/persist.ts) is never superseded by an ordinary one: an ordinary capture that comes
+ * while a kept one waits is skipped instead (settles `skipped`, nothing copied). A kept capture
+ * supersedes a kept one only when the trainer did not wait for `room()` first.
+ *
  * The checksum pass (`seal`) and the erasure coding (in `place`) run after `capture` returned,
  * on the snapshot coder (coder.ts): worker threads on real nodes, reading the buffer in place
  * (`alloc` gives shared memory), so the trainer's thread pays only the copy.
  */
+export interface CaptureOptions {
+  /** Never superseded by an ordinary capture (see {@link Capturer}). */
+  keep?: boolean
+}
+
 export interface Capturer<R> {
-  capture(state: RankState): CaptureTicket<R>
+  capture(state: RankState, options?: CaptureOptions): CaptureTicket<R>
+  /** Undefined when no kept capture waits to be placed, else a promise that resolves once none does: a kept capture made then supersedes none. */
+  room(): Promise<void> | undefined
   /**
    * Places the newest placed copy again (after a view change: re-stripe under the new
    * epoch), unless a newer capture is already queued, which will be placed under the new view
@@ -55,6 +69,7 @@ interface Slot<R> {
   bytes: Uint8Array | undefined
   state: SlotState
   step: number
+  keep: boolean
   settle: ((o: CaptureOutcome<R>) => void) | undefined
 }
 
@@ -65,10 +80,26 @@ const inlineSeal: CaptureCoder = { alloc: bytes => new Uint8Array(bytes), seal: 
 
 /** Creates a capturer over `place` (the snapshot service's placement of sealed state bytes). */
 export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>, coder: CaptureCoder = inlineSeal): Capturer<R> {
-  const slots: Array<Slot<R>> = [0, 1].map(() => ({ buf: new Uint8Array(0), bytes: undefined, state: 'free' as SlotState, step: -1, settle: undefined }))
+  const slots: Array<Slot<R>> = [0, 1].map(() => ({
+    buf: new Uint8Array(0),
+    bytes: undefined,
+    state: 'free' as SlotState,
+    step: -1,
+    keep: false,
+    settle: undefined
+  }))
   const ctl = new AbortController()
   let pumping: Promise<void> | undefined
   let stopped = false
+  // Waiters of room(): called whenever a pending slot leaves 'pending'.
+  let roomWaiters: Array<() => void> = []
+  const keptWaiting = (): boolean => slots.some(s => s.state === 'pending' && s.keep)
+  const wakeRoom = (): void => {
+    if (keptWaiting()) return
+    const w = roomWaiters
+    roomWaiters = []
+    for (const f of w) f()
+  }
 
   const ticket = (slot: Slot<R>): CaptureTicket<R> => {
     const done = new Promise<CaptureOutcome<R>>(resolve => {
@@ -84,6 +115,7 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
       slot.state = 'placing'
       const settle = slot.settle!
       slot.settle = undefined
+      wakeRoom()
       // Let the trainer's code after capture() run before the checksum and coding passes.
       await Promise.resolve()
       try {
@@ -112,11 +144,16 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
   }
 
   return {
-    capture(state) {
+    capture(state, options) {
       const need = stateBytes(state)
       checkCap('snapshot state bytes', need, SNAPSHOT_LIMITS.maxStateBytes)
+      const keep = options?.keep === true
       const slot = slots.find(s => s.state === 'pending') ?? slots.find(s => s.state === 'free') ?? slots.find(s => s.state === 'retained')!
+      if (slot.state === 'pending' && slot.keep && !keep) {
+        return { step: state.step, done: Promise.resolve({ status: 'skipped', step: state.step, by: slot.step }) }
+      }
       if (slot.state === 'pending') slot.settle?.({ status: 'superseded', step: slot.step, by: state.step })
+      slot.keep = keep
       if (slot.buf.length < need) slot.buf = coder.alloc(need)
       slot.bytes = writeState(state, slot.buf)
       slot.step = state.step
@@ -130,10 +167,16 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
       if (slots.some(s => s.state === 'pending')) return undefined
       const slot = slots.find(s => s.state === 'retained')
       if (slot === undefined) return undefined
+      // A kept copy (an anchor step) stays kept: re-placed under the new view it is still the step every rank keeps.
       slot.state = 'pending'
       const t = ticket(slot)
       kick()
       return t
+    },
+
+    room() {
+      if (!keptWaiting()) return undefined
+      return new Promise<void>(resolve => roomWaiters.push(resolve))
     },
 
     async idle() {
@@ -154,6 +197,7 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
           s.state = 'free'
         }
       }
+      wakeRoom()
     }
   }
 }

@@ -68,7 +68,7 @@ export {
 } from './store.ts'
 export { type SnapshotCoder, type InlineCoderDeps, createInlineCoder } from './coder.ts'
 export { type ThreadCoderInit, createThreadCoder, defaultCoderThreads } from './coder-threads.ts'
-export { type Capturer, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
+export { type Capturer, type CaptureOptions, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
 export { PUT_PROTOCOL, FETCH_PROTOCOL } from './wire.ts'
 export { type SnapshotService, type SnapshotServiceInit, type SnapshotDeps, createSnapshotService } from './service.ts'
 export type { PlaceResult } from './placer.ts'

@@ -14,7 +14,8 @@ export interface ManifestBookDeps {
 /**
  * The manifests a node knows (its own and those gossiped by other owners), and the recovery
  * point they imply: the newest version every member of the view has complete under its epoch.
- * Bounded: maxManifestsPerOwner per owner, maxManifestOwners owners.
+ * Bounded: maxManifestsPerOwner per owner (the recovery point's manifest is never the one
+ * dropped), maxManifestOwners owners.
  */
 export interface ManifestBook {
   /** Records a manifest (a no-op for one already known), marks its version complete in the store and updates the recovery point. */
@@ -68,7 +69,13 @@ export function createManifestBook(deps: ManifestBookDeps): ManifestBook {
       if (list.some(x => x.version === mf.version && x.epoch === mf.epoch)) return
       list.push(mf)
       list.sort((a, b) => b.version - a.version || b.epoch - a.epoch)
-      if (list.length > SNAPSHOT_LIMITS.maxManifestsPerOwner) list.length = SNAPSHOT_LIMITS.maxManifestsPerOwner
+      if (list.length > SNAPSHOT_LIMITS.maxManifestsPerOwner) {
+        // The oldest goes, unless it is the recovery point's: stores pin that version, and a
+        // recovery offers it (node/train/recovery.ts) only while its manifest is known.
+        const atRp = (x: Manifest): boolean => rp !== undefined && x.version === rp.version && x.epoch === rp.epoch
+        const victim = list.findLastIndex(x => !atRp(x))
+        list.splice(victim, 1)
+      }
       deps.store.markComplete(mf.owner, mf.version, mf.epoch)
       update()
     },

@@ -9,7 +9,7 @@ import {
   type MetricsRegistry
 } from '../core/index.ts'
 import type { PeerId, View } from '../mesh/index.ts'
-import { createCapturer, type CaptureTicket } from './capture.ts'
+import { createCapturer, type CaptureTicket, type CaptureOptions } from './capture.ts'
 import type { SnapshotCoder } from './coder.ts'
 import { PlacementFailedError, SnapshotErrorCode, TransferTimeoutError } from './errors.ts'
 import { encodeLabel, fragmentDigest, stripeLabels, type FragmentLabel, type StripeSpec } from './fragment.ts'
@@ -62,7 +62,9 @@ export interface PlacerDeps {
  * has its fragment.
  */
 export interface Placer {
-  capture(state: RankState): CaptureTicket<PlaceResult>
+  capture(state: RankState, options?: CaptureOptions): CaptureTicket<PlaceResult>
+  /** Undefined when no kept capture waits to be placed, else a promise that resolves once none does (capture.ts). */
+  room(): Promise<void> | undefined
   /** Re-places the newest own snapshot under the current view. */
   restripe(): CaptureTicket<PlaceResult> | undefined
   /** Waits until no capture is queued or placing. */
@@ -165,7 +167,8 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
   const capturer = createCapturer<PlaceResult>((sealed, signal) => place(sealed, { signal }), deps.coder)
   return {
     placedBytes: () => ({ ...tally }),
-    capture: state => capturer.capture(state),
+    capture: (state, options) => capturer.capture(state, options),
+    room: () => capturer.room(),
     restripe: () => capturer.requeue(),
     idle: () => capturer.idle(),
     retained: () => capturer.retained(),

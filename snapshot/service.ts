@@ -1,7 +1,7 @@
 import { InvalidArgumentError, type Clock, type Logger, type MetricsRegistry } from '../core/index.ts'
 import { erasureCoderCache, type ErasureCoderName } from '../codec/index.ts'
 import type { PeerId, PeerNet, View } from '../mesh/index.ts'
-import type { CaptureTicket } from './capture.ts'
+import type { CaptureOptions, CaptureTicket } from './capture.ts'
 import { createInlineCoder, type SnapshotCoder } from './coder.ts'
 import { createManifestGossip } from './gossip.ts'
 import { createHolder } from './holder.ts'
@@ -66,7 +66,9 @@ export interface SnapshotService {
   setView(view: View): void
   view(): View | undefined
   /** Double-buffered asynchronous capture (see capture.ts for the trainer's contract). */
-  capture(state: RankState): CaptureTicket<PlaceResult>
+  capture(state: RankState, options?: CaptureOptions): CaptureTicket<PlaceResult>
+  /** Undefined when no kept capture waits to be placed, else a promise that resolves once none does (capture.ts). */
+  room(): Promise<void> | undefined
   /** Re-places the newest own snapshot under the current view (what autoRestripe does). */
   restripe(): CaptureTicket<PlaceResult> | undefined
   /** Waits until no capture is queued or placing. */
@@ -158,7 +160,8 @@ export function createSnapshotService(init: SnapshotServiceInit, deps: SnapshotD
       if (!first && init.autoRestripe !== false && current.members.some(x => x.id === self)) placer.restripe()
     },
     view,
-    capture: state => placer.capture(state),
+    capture: (state, options) => placer.capture(state, options),
+    room: () => placer.room(),
     restripe: () => placer.restripe(),
     idle: () => placer.idle(),
     retained: () => placer.retained(),

@@ -4,6 +4,13 @@ import { appliesAt, copyOuter, outerSchedule } from './outer.ts'
 import { persistDiskState } from '../disk-tier.ts'
 import type { TrainerEnv, RunState } from './state.ts'
 
+/**
+ * Without the DiLoCo tier, every this-many-th snapshot step is an anchor: a kept capture, so
+ * a recovery rolls back at most this many snapshots (`snapshot.every` steps each) behind the
+ * newest (docs/LIMITS.md).
+ */
+export const ANCHOR_EVERY_SNAPSHOTS = 8
+
 /** Where a rank's optimizer state lives (its backend's tensors) and the host space a save downloads it into. */
 export interface SaveSource {
   be: Backend
@@ -44,6 +51,18 @@ export function rankState(
  * After step `s` commits: an erasure-coded snapshot (every `snapshot.every` steps, the first
  * step of a roster and the last step) and a disk tier file (every `disk.every` steps).
  *
+ * Some snapshots are *kept* (capture.ts: never superseded): the roster's first step, the last,
+ * the DiLoCo tier's stage steps and, without that tier, an anchor every
+ * {@link ANCHOR_EVERY_SNAPSHOTS} snapshots. Ordinary captures may be superseded at different
+ * steps on different ranks when placement lags, so only the kept ones are sure to be common to
+ * every rank: the newest of them complete everywhere becomes the holders' recovery point
+ * (pinned in their stores) and bounds how far a recovery rolls back. A kept capture waits for
+ * an earlier kept one still queued (`room()`): the step stalls instead of losing the anchor.
+ * Until this rank's newest kept capture is the recovery point (every rank placed it), its
+ * ordinary captures are skipped: a fast rank's newer versions would push the anchor out of
+ * the versions holders and manifest books keep before it is pinned, and they are of no use to
+ * a recovery anyway while the slower ranks have not caught up.
+ *
  * The state is downloaded from the backend as it is now (the next step may go on at once) into
  * `src.host`; the snapshot's capture and the disk tier's encoding copy it from there once the
  * download has passed: at once on the CPU, on the device when the copy stream is done. A save
@@ -70,10 +89,18 @@ export function saveCommitted(
   // group placed in one stage (outer.ts, zoneRecoveryPoints), which holders then keep as their
   // recovery point. Steps in between would only push those out of the newest versions kept.
   const stage = cfg.outer !== undefined && appliesAt(outerSchedule(cfg.outer), s + 1)
-  const due = cfg.outer === undefined ? (s + 1) % (cfg.snapshot?.every ?? 1) === 0 : stage
-  const snap = rs.snapshots !== undefined && (due || s === rs.rosterStart || s + 1 === cfg.steps)
+  const every = cfg.snapshot?.every ?? 1
+  const due = cfg.outer === undefined ? (s + 1) % every === 0 : stage
+  const anchor = cfg.outer === undefined && (s + 1) % (every * ANCHOR_EVERY_SNAPSHOTS) === 0
+  let snap = rs.snapshots !== undefined && (due || s === rs.rosterStart || s + 1 === cfg.steps)
   if (!snap && disk === undefined) return undefined
-  const mandatory = s === rs.rosterStart || s + 1 === cfg.steps || disk !== undefined || stage
+  const keep = snap && (s === rs.rosterStart || s + 1 === cfg.steps || stage || anchor)
+  if (snap && !keep && rs.keptStep > (rs.snapshots!.recoveryPoint()?.version ?? 0)) {
+    env.deps.log.debug({ step: s + 1, kept: rs.keptStep }, 'snapshot skipped: the newest kept one is not yet placed by every rank')
+    snap = false
+    if (disk === undefined) return undefined
+  }
+  const mandatory = keep || disk !== undefined
   if (src.pending !== undefined) {
     // A roster's first state, the run's last and a disk tier file are never skipped: the step
     // waits for the download ahead of them instead.
@@ -104,12 +131,14 @@ export function saveCommitted(
     const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity)
     if (snap && rs.snapshots !== undefined) {
       const c0 = env.deps.clock.monotonic()
-      const ticket = rs.snapshots.capture(st)
-      env.deps.log.debug({ step: s + 1, copyMs: Math.round(env.deps.clock.monotonic() - c0) }, 'snapshot captured')
+      const ticket = rs.snapshots.capture(st, { keep })
+      if (keep) rs.keptStep = s + 1
+      env.deps.log.debug({ step: s + 1, keep, copyMs: Math.round(env.deps.clock.monotonic() - c0) }, 'snapshot captured')
       src.placing = true
       void ticket.done.then(o => {
         env.deps.log.debug({ step: o.step, status: o.status }, 'snapshot capture settled')
-        src.placing = false
+        // A skipped capture copied nothing: the kept one ahead of it is still in flight.
+        if (o.status !== 'skipped') src.placing = false
         if (o.status === 'placed') rs.st.snapshotStep = Math.max(rs.st.snapshotStep ?? 0, o.step)
       })
     }
@@ -128,12 +157,21 @@ export function saveCommitted(
     }
   }
   // The CPU backend's downloads are done when issued: the save happens now, as it always did.
+  // A kept capture waits until no earlier kept one is queued (the step waits with it).
+  const room = (): Promise<void> | undefined => {
+    const r = keep ? rs.snapshots?.room() : undefined
+    if (r !== undefined) env.deps.log.debug({ step: s + 1 }, 'kept snapshot waits for the previous kept one to be placed')
+    return r
+  }
   if (now) {
+    const r = room()
+    if (r !== undefined) return r.then(save)
     save()
     return undefined
   }
   src.async = true
   src.pending = Promise.all(fences.map(f => f.wait()))
+    .then(room)
     .then(save)
     .catch((err: unknown) => {
       env.deps.log.warn({ err: (err as Error).message, step: s + 1 }, 'save: downloading the state from the device failed')

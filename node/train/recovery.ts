@@ -56,7 +56,7 @@ export function cutShard(env: TrainerEnv, states: readonly RankState[], step: nu
 /**
  * Per old rank, the newest complete snapshot versions this node knows of (manifests are
  * gossiped, so a rank may lag; captures can be superseded, so owners skip different steps:
- * the recovery point must be one every owner placed).
+ * the recovery point must be one every owner placed, which the holders' own recovery point is).
  */
 function knownVersions(env: TrainerEnv, rs: RunState, old: Member[], K: number): Uint32Array {
   const svc = rs.snapshots
@@ -67,9 +67,12 @@ function knownVersions(env: TrainerEnv, rs: RunState, old: Member[], K: number):
       const vs = svc.manifests(m.id).map(x => x.version)
       if (m.id === env.deps.net.self.id && svc.retained() !== undefined) vs.unshift(svc.retained()!.step)
       const newest = [...new Set(vs)].sort((a, b) => b - a)
-      // Zone groups: the holders' recovery point (a version every member has complete: the
-      // newest outer stage every group snapshotted) stays among the offered versions.
-      const rp = env.cfg.outer === undefined ? undefined : svc.recoveryPoint()?.version
+      // The holders' recovery point (a version every member has complete, pinned in their
+      // stores: the newest kept capture, persist.ts, or with zone groups the newest outer stage
+      // every group snapshotted) stays among the offered versions. Ordinary captures may have
+      // been superseded at different steps on different ranks, so the newest K need not
+      // share a step.
+      const rp = svc.recoveryPoint()?.version
       if (rp === undefined || newest.slice(0, K).includes(rp) || !newest.includes(rp)) return newest.slice(0, K)
       return [...newest.slice(0, K - 1), rp]
     }),

@@ -51,6 +51,8 @@ export interface RunState {
   plan: RecoveryPlan | undefined
   /** The step the current roster began training from (agreed: every rank starts from the same state). */
   rosterStart: number
+  /** The step of this rank's newest kept snapshot capture (persist.ts; 0: none yet). */
+  keptStep: number
   readonly gossip: Gossip
   readonly grow: GrowState
   readonly disk: DiskState

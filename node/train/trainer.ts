@@ -73,6 +73,7 @@ export class Trainer {
       snapshots: undefined,
       plan: undefined,
       rosterStart: 0,
+      keptStep: 0,
       gossip: { runDone: false, doneFrom: new Set(), announced: undefined, announcedAt: -Infinity },
       grow: { to: undefined, lastStep: -1, handoff: undefined, msg: undefined },
       disk: { step: undefined, writes: Promise.resolve() },

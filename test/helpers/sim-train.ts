@@ -4,7 +4,7 @@
 // like sim/'s training runner (trainRun), plus what the tests inject: kills at any step,
 // partitions healed after a virtual delay, late joiners, per-node config and PeerNet wrappers.
 import { createHash } from 'node:crypto'
-import { silentLogger } from '../../core/index.ts'
+import { silentLogger, type Clock } from '../../core/index.ts'
 import { CpuBackend } from '../../gpu/index.ts'
 import type { Membership, PeerNet } from '../../mesh/index.ts'
 import { MembershipWorld } from '../../sim/index.ts'
@@ -41,8 +41,8 @@ export interface SimTrainOptions {
   kill?: { rank: number; atStep: number }
   /** Per-node trainer config changes. */
   configOf?: (i: number) => Partial<TrainConfig>
-  /** What node i's trainer sees as its PeerNet (fault injection on one node's calls). */
-  wrapNet?: (i: number, net: PeerNet) => PeerNet
+  /** What node i's trainer sees as its PeerNet (fault injection on one node's calls; `clock` is the node's simulated clock). */
+  wrapNet?: (i: number, net: PeerNet, clock: Clock) => PeerNet
   /** The last `count` nodes boot only when some rank commits `atStep` (late joiners). */
   late?: { count: number; atStep: number }
   /** Modelled compute per step, in simulated ms (default 5). */
@@ -112,7 +112,7 @@ export async function simTrain(n: number, cfg: TrainConfig, o: SimTrainOptions):
     const trainer = createTrainingWorkload(
       {
         backend: new CpuBackend(),
-        net: o.wrapNet?.(i, x.net) ?? x.net,
+        net: o.wrapNet?.(i, x.net, x.handle.clock) ?? x.net,
         membership: x.m!,
         clock: x.handle.clock,
         log: silentLogger(),

@@ -6,6 +6,7 @@ import { seedFromEnv } from '../../core/index.ts'
 import { placeStripe } from '../../snapshot/index.ts'
 import { TrainingError, type TrainConfig } from '../../node/index.ts'
 import { runIdentity } from '../../node/train/config.ts'
+import { ANCHOR_EVERY_SNAPSHOTS } from '../../node/train/persist.ts'
 import { diskDir } from '../../node/disk-tier.ts'
 import { base, ok, trainMesh, type MeshControl } from '../helpers/train-mesh.ts'
 import { simOk, simTrain, type SimTrainOptions } from '../helpers/sim-train.ts'
@@ -157,6 +158,47 @@ test.serial('a transient stall with no view change: the ranks retry from the new
   )
   t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the stall')
 })
+
+/**
+ * Fault injection: node i's snapshot fragment puts each wait `delayMs(i)` simulated ms before
+ * they open (a slow uplink), so its placements lag its steps by its own amount.
+ */
+function slowPuts(delayMs: (i: number) => number): NonNullable<SimTrainOptions['wrapNet']> {
+  return (i, net, clock) =>
+    delayMs(i) === 0
+      ? net
+      : new Proxy(net, {
+          get(target, prop, recv) {
+            if (prop !== 'open') return Reflect.get(target, prop, recv) as unknown
+            return async (peer: string, protocol: string, o: { signal?: AbortSignal } = {}) => {
+              if (protocol.startsWith('/zeromesh/snapshot/put/')) await clock.sleep(delayMs(i))
+              return await target.open(peer, protocol, o)
+            }
+          }
+        })
+}
+
+test.serial(
+  'placements lagging by a different amount on every rank (captures superseded at different steps): a kill is recovered from a kept anchor, bit-identically',
+  async t => {
+    const seed = seedOf(t, 5)
+    const cfg: TrainConfig = { ...base, steps: 24, snapshot: { k: 2, m: 1 } }
+    // Node i's fragment puts wait 0.5 + 0.4 i simulated s while a step takes ~0.5 s: every
+    // rank's ordinary captures are superseded, each at its own steps (before kept anchors, this
+    // run failed: "no snapshot step is known complete for every rank (newest per rank: 11, 9, 8, 5)").
+    const wrapNet = slowPuts(i => 500 + 400 * i)
+    const clean = simOk(await simTrain(5, cfg, { seed, wrapNet }))
+    const hurt = simOk(await simTrain(5, cfg, { seed, wrapNet, kill: { rank: 1, atStep: 18 } }))
+    const ranks = hurt.statuses.filter(s => s.role === 'done')
+    t.is(ranks.length, 4)
+    const rec = ranks.flatMap(s => s.recoveries)
+    t.true(rec.length > 0 && rec.every(r => r.mode === 'replace'), JSON.stringify(rec))
+    const from = rec[0]!.fromStep
+    t.log(`recovered from step ${from}; ${(clean.simMs / cfg.steps).toFixed(0)} simulated ms per step`)
+    t.true(from > 1 && from % ANCHOR_EVERY_SNAPSHOTS === 0, `rolled back to an anchor after the first step, not to step ${from}`)
+    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+  }
+)
 
 test.serial('a spare whose snapshot dial never completes (deaf to its signal) gives up on it, and the run goes on bit-identically', async t => {
   const seed = seedOf(t, 5)

@@ -112,3 +112,90 @@ test('stop aborts the placement in flight and fails queued captures', async t =>
   t.is(ob.status, 'failed')
   t.is(ob.status === 'failed' ? ob.error.name : '', 'AbortError')
 })
+
+test('a kept capture is never superseded by an ordinary one: those are skipped (nothing copied) while it waits; room() says when another kept one may come', async t => {
+  const p = blockingPlace()
+  const c = createCapturer(p.place)
+  const s = randomState(Rng.fromSeed(5), 200, { step: 1 })
+  const first = c.capture(s)
+  await Promise.resolve()
+  t.is(c.room(), undefined, 'nothing kept is waiting')
+  s.step = 2
+  const kept = c.capture(s, { keep: true })
+  const room = c.room()
+  t.not(room, undefined, 'the kept step 2 waits behind step 1')
+  s.step = 3
+  const skipped = c.capture(s)
+  t.deepEqual(await skipped.done, { status: 'skipped', step: 3, by: 2 })
+  let roomy = false
+  void room!.then(() => {
+    roomy = true
+  })
+  while (p.waiting() === 0) await Promise.resolve()
+  p.releaseAll()
+  t.is((await first.done).status, 'placed')
+  // Step 2 is placing now: room again, and an ordinary capture queues behind it.
+  while (p.waiting() === 0) await Promise.resolve()
+  t.true(roomy)
+  s.step = 4
+  const after = c.capture(s)
+  p.releaseAll()
+  t.is((await kept.done).status, 'placed')
+  while (p.waiting() === 0) await Promise.resolve()
+  p.releaseAll()
+  t.is((await after.done).status, 'placed')
+  t.deepEqual(
+    p.placed.map(x => x.step),
+    [1, 2, 4]
+  )
+})
+
+test('a kept capture supersedes an ordinary queued one', async t => {
+  const p = blockingPlace()
+  const c = createCapturer(p.place)
+  const s = randomState(Rng.fromSeed(6), 100, { step: 1 })
+  const first = c.capture(s)
+  await Promise.resolve()
+  s.step = 2
+  const ordinary = c.capture(s)
+  s.step = 3
+  const kept = c.capture(s, { keep: true })
+  t.deepEqual(await ordinary.done, { status: 'superseded', step: 2, by: 3 })
+  while (p.waiting() === 0) await Promise.resolve()
+  p.releaseAll()
+  await first.done
+  while (p.waiting() === 0) await Promise.resolve()
+  p.releaseAll()
+  t.is((await kept.done).status, 'placed')
+  t.deepEqual(
+    p.placed.map(x => x.step),
+    [1, 3]
+  )
+})
+
+test('a kept copy re-queued after a view change stays kept: an ordinary capture behind it is skipped', async t => {
+  const p = blockingPlace()
+  const c = createCapturer(p.place)
+  const s = randomState(Rng.fromSeed(7), 100, { step: 5 })
+  const kept = c.capture(s, { keep: true })
+  while (p.waiting() === 0) await Promise.resolve()
+  p.releaseAll()
+  t.is((await kept.done).status, 'placed')
+  s.step = 6
+  const six = c.capture(s)
+  while (p.waiting() === 0) await Promise.resolve()
+  // Step 6 is placing; the view changes: the newest placed copy (the kept step 5) is re-queued.
+  const again = c.requeue()!
+  t.is(again.step, 5)
+  s.step = 7
+  t.deepEqual(await c.capture(s).done, { status: 'skipped', step: 7, by: 5 })
+  p.releaseAll()
+  t.is((await six.done).status, 'placed')
+  while (p.waiting() === 0) await Promise.resolve()
+  p.releaseAll()
+  t.is((await again.done).status, 'placed')
+  t.deepEqual(
+    p.placed.map(x => x.step),
+    [5, 6, 5]
+  )
+})

@@ -90,3 +90,25 @@ test('manifest book: a manifest marks its version complete and moves the recover
   book.forget('p0')
   t.deepEqual(book.list('p0'), [])
 })
+
+test('manifest book: past the per-owner cap the oldest manifest goes, unless it is the recovery point (stores pin it; a recovery offers it)', t => {
+  const view: View = { epoch: 1, members: topology(2) }
+  const book = createManifestBook({ view: () => view, store: fakeStore() })
+  book.apply(mf('p0', 8))
+  book.apply(mf('p1', 8))
+  t.deepEqual(book.recoveryPoint(), { version: 8, epoch: 1 })
+  // p0 goes on placing while p1 lags: 9, 10, 11 would push 8 out of a list of three.
+  for (const v of [9, 10, 11]) book.apply(mf('p0', v))
+  t.deepEqual(
+    book.list('p0').map(x => x.version),
+    [11, 10, 8]
+  )
+  // Once the point moves, the old one may go.
+  book.apply(mf('p1', 11))
+  t.deepEqual(book.recoveryPoint(), { version: 11, epoch: 1 })
+  book.apply(mf('p0', 12))
+  t.deepEqual(
+    book.list('p0').map(x => x.version),
+    [12, 11, 10]
+  )
+})
