@@ -40,7 +40,9 @@ export {
   encodeHeartbeat,
   decodeHeartbeat,
   createMembershipShared,
-  type MembershipShared
+  type MembershipShared,
+  memberOf,
+  mayTrain
 } from './membership/index.ts'
 export { freePort, simultaneousOpen, PunchFailedError, type PunchPlan } from './punch.ts'
 export { startBulkChannel, bulkKey, bulkSessionId, BULK_IDLE_PER_SESSION, BULK_CLIENT_IDLE_MS, type BulkChannel } from './bulk.ts'

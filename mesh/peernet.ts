@@ -16,6 +16,8 @@ export interface PeerLabels {
   zone: string
   /** Machine name: two peers with the same host share fate. */
   host: string
+  /** false: this node never takes a rank (it holds snapshot fragments only); absent or true: it may train. */
+  trains?: boolean
 }
 
 export interface PeerInfo {

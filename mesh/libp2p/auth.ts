@@ -126,7 +126,7 @@ export const AUTH_PROTOCOL = '/zeromesh/auth/1.0.0'
 const AUTH_MAX_MESSAGE = 1024
 
 /** Placement labels as a peer states them (in its handshake, and in a PeerNet's init). */
-export const labelsSchema = z.strictObject({ zone: z.string().min(1).max(64), host: z.string().min(1).max(253) })
+export const labelsSchema = z.strictObject({ zone: z.string().min(1).max(64), host: z.string().min(1).max(253), trains: z.boolean().optional() })
 const zIp = z.string().max(45).refine(isIpLiteral, 'not an IP address')
 const authCodec = createEnvelopeCodec(
   {

@@ -6,6 +6,7 @@ export { createMembership, type MembershipComponents } from './membership.ts'
 export { createMembershipShared, type MembershipShared } from './shared.ts'
 export { encodeHeartbeat, decodeHeartbeat, HeartbeatCodec, HB_BYTES, type Heartbeat } from './heartbeat-codec.ts'
 export { createViewCodec, HB_TOPIC, VIEW_TOPIC, type ViewCodec, type ViewEnvelope } from './view-codec.ts'
+export { memberOf, mayTrain } from './types.ts'
 export type {
   Membership,
   MembershipInit,

@@ -1,7 +1,7 @@
 import { InvalidArgumentError, ProtocolError, type Clock, type Logger, type Rng } from '../../core/index.ts'
 import { Listeners } from '../listeners.ts'
 import { silenceFor } from '../phi.ts'
-import type { GossipVerdict, PeerId, PeerNet } from '../peernet.ts'
+import type { GossipVerdict, PeerId, PeerLabels, PeerNet } from '../peernet.ts'
 import { countLive, isFresh, liveAt, observeHeartbeat, prime, type DetectorOptions } from './detector.ts'
 import type { Heartbeat } from './heartbeat-codec.ts'
 import { chooseLeader, type LeaderContext } from './leader.ts'
@@ -36,6 +36,7 @@ import type {
   MemberStatus,
   View
 } from './types.ts'
+import { memberOf } from './types.ts'
 import { HB_TOPIC, VIEW_TOPIC, type ViewCodec, type ViewEnvelope, type ViewMessageType } from './view-codec.ts'
 
 /**
@@ -164,13 +165,13 @@ class MembershipNode implements Membership, LeaderContext {
     return this.net.self.id
   }
   private selfMember(): Member {
-    return { id: this.self(), zone: this.net.self.labels.zone, host: this.net.self.labels.host }
+    return memberOf(this.self(), this.net.self.labels)
   }
   now(): number {
     return this.clock.monotonic()
   }
 
-  private connect(id: PeerId, labels: { zone: string; host: string }): void {
+  private connect(id: PeerId, labels: PeerLabels): void {
     if (id !== this.self()) this.peers.connect(id, labels)
   }
 

@@ -1,6 +1,6 @@
 import type { PhiDetector } from '../phi.ts'
 import type { PeerId } from '../peernet.ts'
-import type { Member } from './types.ts'
+import { mayTrain, memberOf, type Member } from './types.ts'
 
 /** What a node knows about one peer. */
 export interface PeerState {
@@ -84,18 +84,18 @@ export class PeerTable {
   }
 
   /** Records that `id` (never self) is connected with these labels. */
-  connect(id: PeerId, labels: { zone: string; host: string }): void {
+  connect(id: PeerId, labels: { zone: string; host: string; trains?: boolean }): void {
     const r = this.ensure(id)
     const c = r.conn
     if (c === undefined) {
       r.connAt = this.connIds.length
       this.connIds.push(id)
       if (this.sortedIds !== undefined) this.unsorted.push(id)
-    } else if (c.zone === labels.zone && c.host === labels.host) {
+    } else if (c.zone === labels.zone && c.host === labels.host && mayTrain(c) === (labels.trains !== false)) {
       // (The same labels again, as a peer announced both ways: the record keeps its object.)
       return
     }
-    r.conn = { id, zone: labels.zone, host: labels.host }
+    r.conn = memberOf(id, labels)
   }
 
   /** Records that `id` disconnected. */

@@ -1,6 +1,6 @@
 import type { PeerId } from '../peernet.ts'
 import { HeartbeatCodec } from './heartbeat-codec.ts'
-import type { Member } from './types.ts'
+import { memberOf, type Member } from './types.ts'
 import { createViewCodec, type ViewCodec, type ViewEnvelope } from './view-codec.ts'
 
 /** A frozen member list with its ids in rank order and each id's rank. */
@@ -55,7 +55,7 @@ export function createMembershipShared(): MembershipShared {
     members(list) {
       let s = lists.get(list)
       if (s === undefined) {
-        const members = Object.freeze(list.map(m => Object.freeze({ id: m.id, zone: m.zone, host: m.host }))) as Member[]
+        const members = Object.freeze(list.map(m => Object.freeze(memberOf(m.id, m)))) as Member[]
         const ids = members.map(m => m.id)
         s = { members, ids, rank: new Map(ids.map((id, i) => [id, i])) }
         lists.set(list, s)

@@ -5,6 +5,18 @@ export interface Member {
   id: PeerId
   zone: string
   host: string
+  /** false: the node never takes a rank (it only holds snapshot fragments); absent: it may train. */
+  trains?: false
+}
+
+/** A member from its id and labels (`trains` kept only when false, so views of nodes that all may train encode as before). */
+export function memberOf(id: PeerId, labels: { zone: string; host: string; trains?: boolean }): Member {
+  return labels.trains === false ? { id, zone: labels.zone, host: labels.host, trains: false } : { id, zone: labels.zone, host: labels.host }
+}
+
+/** Whether a member may take a rank (the roster and the spares are drawn from these). */
+export function mayTrain(m: Member): boolean {
+  return m.trains !== false
 }
 
 /** A view: its epoch and its members; a member's rank is its index. */

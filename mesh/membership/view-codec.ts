@@ -8,7 +8,12 @@ export const HB_TOPIC = 'membership/hb'
 export const VIEW_TOPIC = 'membership/view'
 
 const peerIdSchema = z.string().min(1).max(128)
-const memberSchema = z.strictObject({ id: peerIdSchema, zone: z.string().min(1).max(64), host: z.string().min(1).max(253) })
+const memberSchema = z.strictObject({
+  id: peerIdSchema,
+  zone: z.string().min(1).max(64),
+  host: z.string().min(1).max(253),
+  trains: z.literal(false).optional()
+})
 const u53 = z.int().nonnegative()
 
 function viewSchema(maxMembers: number): z.ZodType<View> {

@@ -1,4 +1,4 @@
-import type { Member, PeerId, View } from '../../mesh/index.ts'
+import { mayTrain, type Member, type PeerId, type View } from '../../mesh/index.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 
 /**
@@ -37,6 +37,11 @@ export interface Growth {
 /** The bytes of a roster announcement: JSON { epoch, members: [{ id, zone, host }] }. */
 export function encodeRoster(epoch: number, roster: readonly Member[]): Uint8Array {
   return new TextEncoder().encode(JSON.stringify({ epoch, members: roster.map(r => ({ id: r.id, zone: r.zone, host: r.host })) }))
+}
+
+/** The members of a view that may take a rank, in view order (nodes started without --train never do). */
+export function trainable(view: View): Member[] {
+  return view.members.filter(mayTrain)
 }
 
 /** A roster announcement, or undefined for anything malformed (checked before it is used). */
@@ -81,9 +86,10 @@ export function zoneGroups(roster: readonly Member[]): Member[][] {
  * zone after zone. Undefined while the view cannot field it.
  */
 export function rosterFromView(view: View, worldSize: number, zones: number | undefined): Member[] | undefined {
-  if (zones === undefined) return view.members.length >= worldSize ? view.members.slice(0, worldSize) : undefined
+  const members = trainable(view)
+  if (zones === undefined) return members.length >= worldSize ? members.slice(0, worldSize) : undefined
   const per = worldSize / zones
-  const full = zoneGroups(view.members)
+  const full = zoneGroups(members)
     .filter(g => g.length >= per)
     .slice(0, zones)
   return full.length < zones ? undefined : full.flatMap(g => g.slice(0, per))
@@ -98,7 +104,7 @@ export function rosterFromView(view: View, worldSize: number, zones: number | un
 export function replanZones(roster: readonly Member[], view: View, prev: RecoveryPlan | undefined): Replan {
   const inView = new Set(view.members.map(m => m.id))
   const onRoster = new Set(roster.map(m => m.id))
-  const spares = view.members.filter(m => !onRoster.has(m.id))
+  const spares = trainable(view).filter(m => !onRoster.has(m.id))
   const lost = roster.map((m, r) => (inView.has(m.id) ? -1 : r)).filter(r => r >= 0)
   const oldRoster = prev?.oldRoster ?? [...roster]
   const fromPrev = prev?.from ?? roster.map((_, i) => i)
@@ -124,7 +130,12 @@ export function replanZones(roster: readonly Member[], view: View, prev: Recover
 /** The roster grown by the first `count` members of `view` that are not on it (view order). */
 export function grownRoster(roster: readonly Member[], view: View, count: number): Member[] {
   const on = new Set(roster.map(m => m.id))
-  return [...roster, ...view.members.filter(m => !on.has(m.id)).slice(0, count)]
+  return [
+    ...roster,
+    ...trainable(view)
+      .filter(m => !on.has(m.id))
+      .slice(0, count)
+  ]
 }
 
 /**
@@ -173,7 +184,7 @@ export interface Replan {
 export function replan(roster: readonly Member[], view: View, prev: RecoveryPlan | undefined): Replan {
   const inView = new Set(view.members.map(m => m.id))
   const onRoster = new Set(roster.map(m => m.id))
-  const spares = view.members.filter(m => !onRoster.has(m.id))
+  const spares = trainable(view).filter(m => !onRoster.has(m.id))
   const lost = roster.map((m, r) => (inView.has(m.id) ? -1 : r)).filter(r => r >= 0)
   let out: Member[]
   let mode: 'replace' | 'shrink'
@@ -319,7 +330,7 @@ export class ViewQueue {
     const v = current
     if (v === undefined || v.epoch < this.seenEpoch || !this.recent.has(v.epoch)) return undefined
     if (!roster.every(m => v.members.some(x => x.id === m.id))) return undefined
-    const count = Math.min(v.members.length - roster.length, max - roster.length)
+    const count = Math.min(trainable(v).length - roster.length, max - roster.length)
     return count > 0 ? { epoch: v.epoch, count } : undefined
   }
 

@@ -260,8 +260,9 @@ test.serial(
     let procs: Proc[] = []
     try {
       // Nodes 0 and 1 train (world size 2); node 2 only joins the mesh. Every rank's stripe (1+1,
-      // three members) has a fragment on it. The roster is the view's first world-size members
-      // in peer-id order and does not know who trains (docs/LIMITS.md): node 2 gets the largest id.
+      // three members) has a fragment on it. Node 2 gets the smallest peer id, first in the view:
+      // the roster (the view's first world-size members that may train) must skip it, as its
+      // handshake says it does not train; before that label it took rank 0 and the run stalled.
       const keys = await Promise.all(
         [0, 1, 2].map(async i => {
           const dir = join(root, `key${i}`)
@@ -269,6 +270,8 @@ test.serial(
         })
       )
       keys.sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))
+      // Node i takes keys[i]: nodes 0 and 1 the larger ids, node 2 the smallest.
+      keys.push(keys.shift()!)
       keys.forEach((k, i) => {
         mkdirSync(join(root, `node${i}`), { recursive: true, mode: 0o700 })
         copyFileSync(join(k.dir, IDENTITY_FILE), join(root, `node${i}`, IDENTITY_FILE))

@@ -38,8 +38,9 @@ export class Cluster {
     for (let i = 0; i < n; i++) this.add(`n${String(i).padStart(2, '0')}`)
   }
 
-  add(id: string): SimNode {
-    const net = this.nets.get(id) ?? this.hub.createPeer({ id, labels: { zone: `z${this.nets.size % 3}`, host: id } })
+  /** Adds a node; `trains: false` labels it as one that never takes a rank. */
+  add(id: string, o: { trains?: false } = {}): SimNode {
+    const net = this.nets.get(id) ?? this.hub.createPeer({ id, labels: { zone: `z${this.nets.size % 3}`, host: id, ...o } })
     this.nets.set(id, net)
     const m = createMembership(this.init, { net, clock: this.clock, rng: this.rng.split(id), log: silentLogger(), shared: this.shared })
     m.on('view', v => this.record(id, v))

@@ -127,3 +127,19 @@ test('random crashes, restarts and partitions never produce two views with one e
     await c.until(() => c.agree(ids(c)), 15_000, `liveness after healing (seed ${runSeed})`)
   }
 })
+
+test("a node's 'does not train' label travels in its handshake into every member's view (and only then: the others' members have no such key)", async t => {
+  const c = new Cluster(3, 2, { expect: 4 })
+  c.add('n03', { trains: false })
+  await c.startAll()
+  await c.until(() => c.agree(ids(c)), 5000, 'formation')
+  for (const id of ids(c)) {
+    const v = c.nodes.get(id)!.m.view()!
+    t.deepEqual(
+      v.members.map(m => ('trains' in m ? `${m.id}:${String(m.trains)}` : m.id)),
+      ['n00', 'n01', 'n02', 'n03:false'],
+      `the view at ${id}`
+    )
+  }
+  t.deepEqual(c.violations, [])
+})

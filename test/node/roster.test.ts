@@ -1,7 +1,7 @@
 import test from 'ava'
 import type { Member, View } from '../../mesh/index.ts'
 import { TRAIN_LIMITS } from '../../node/train/limits.ts'
-import { ViewQueue, encodeRoster, grownRoster, readmitted, replan, rosterOf } from '../../node/train/roster.ts'
+import { ViewQueue, encodeRoster, grownRoster, readmitted, replan, rosterFromView, rosterOf } from '../../node/train/roster.ts'
 
 // The roster and view queue are pure: these tests build views by hand (no network, no clock).
 const m = (id: string, zone = 'z0'): Member => ({ id, zone, host: `h-${id}` })
@@ -108,4 +108,26 @@ test('roster announcements: round trip; malformed, oversize, duplicate or overlo
   t.is(rosterOf(new Uint8Array(TRAIN_LIMITS.maxRosterBytes + 1)), undefined)
   const many = Array.from({ length: TRAIN_LIMITS.maxRosterMembers + 1 }, (_, i) => m(`n${i}`))
   t.is(rosterOf(enc({ epoch: 1, members: many })), undefined)
+})
+
+test('nodes that do not train (started without --train) are never on the roster, never spares, never grown into', t => {
+  const holder = (id: string): Member => ({ id, zone: 'z0', host: `h-${id}`, trains: false })
+  // The holder sorts first in the view: the roster is drawn from the others.
+  const v: View = { epoch: 1, members: [holder('0'), m('a'), m('b'), holder('c'), m('d')] }
+  t.deepEqual(ids(rosterFromView(v, 2, undefined)!), ['a', 'b'])
+  t.is(rosterFromView(v, 4, undefined), undefined, 'three members may train: no roster of four')
+  // A lost rank is replaced by the next member that trains, not by the holder after it.
+  const lost: View = { epoch: 2, members: [holder('0'), m('a'), holder('c'), m('d')] }
+  const r = replan([m('a'), m('b')], lost, undefined)
+  t.is(r.mode, 'replace')
+  t.deepEqual(ids(r.roster), ['a', 'd'])
+  // With only holders beyond the roster the run shrinks, and does not grow into them.
+  const only: View = { epoch: 3, members: [holder('0'), m('a'), holder('c')] }
+  t.is(replan([m('a'), m('b')], only, undefined).mode, 'shrink')
+  const q = new ViewQueue(2, undefined)
+  q.begin(v)
+  const more: View = { epoch: 4, members: [...v.members, holder('e')] }
+  q.push(more)
+  t.deepEqual(q.growCandidate([m('a'), m('b')], 8, more), { epoch: 4, count: 1 }, 'only d may join the ranks')
+  t.deepEqual(ids(grownRoster([m('a'), m('b')], more, 3)), ['a', 'b', 'd'])
 })
