@@ -25,6 +25,7 @@ export {
   STATE_VERSION,
   STATE_HEADER_BYTES,
   RUN_IDENTITY_BYTES,
+  RUN_NONCE_BYTES,
   stateBytes,
   writeState,
   sealState,

@@ -35,10 +35,19 @@ export interface RankState {
    * of another run with the same shapes is refused by whoever checks it (resume, export).
    */
   identity?: Uint8Array
+  /**
+   * The launch of the run this state belongs to: RUN_NONCE_BYTES random bytes the first roster
+   * agreed on (node/train/settings.ts) and every later roster and `--resume` keeps. Two launches
+   * with the same run id and settings (another `--data`, say) have different nonces, so their
+   * files are never mixed.
+   */
+  nonce?: Uint8Array
 }
 
 /** Bytes of a run identity in a serialized state. */
 export const RUN_IDENTITY_BYTES = 32
+/** Bytes of a run nonce in a serialized state. */
+export const RUN_NONCE_BYTES = 16
 
 /** The four f32 buffers of the DiLoCo tier's state, each as long as the shard. */
 export interface OuterArrays {
@@ -52,6 +61,8 @@ export interface OuterArrays {
 const FLAG_OUTER = 1
 /** Flag bit 1: the run identity (RUN_IDENTITY_BYTES) follows the rng bytes. */
 const FLAG_IDENTITY = 2
+/** Flag bit 2: the run nonce (RUN_NONCE_BYTES) follows (the identity, or the rng bytes). */
+const FLAG_NONCE = 4
 const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
 
 /**
@@ -65,6 +76,7 @@ const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
  *   56 u64 checksum: xxh64 of the whole serialization with these 8 bytes zero
  *   64 rng bytes, zero-padded to a multiple of 8
  *      with flag bit 1: the run identity (32 bytes)
+ *      with flag bit 2: the run nonce (16 bytes)
  *      weights (n f32), adam m (n f32), adam v (n f32)
  *      with flag bit 0: outer weights, outer momentum, residual, sent inner (n f32 each)
  */
@@ -94,7 +106,14 @@ export function stateBytes(state: RankState): number {
   checkCap('snapshot rng bytes', state.rng.length, SNAPSHOT_LIMITS.maxRngBytes)
   if (state.identity !== undefined && state.identity.length !== RUN_IDENTITY_BYTES)
     throw new InvalidArgumentError(`a run identity is ${RUN_IDENTITY_BYTES} bytes, got ${state.identity.length}`)
-  const total = STATE_HEADER_BYTES + pad8(state.rng.length) + (state.identity === undefined ? 0 : RUN_IDENTITY_BYTES) + (outer === undefined ? 12 : 28) * n
+  if (state.nonce !== undefined && state.nonce.length !== RUN_NONCE_BYTES)
+    throw new InvalidArgumentError(`a run nonce is ${RUN_NONCE_BYTES} bytes, got ${state.nonce.length}`)
+  const total =
+    STATE_HEADER_BYTES +
+    pad8(state.rng.length) +
+    (state.identity === undefined ? 0 : RUN_IDENTITY_BYTES) +
+    (state.nonce === undefined ? 0 : RUN_NONCE_BYTES) +
+    (outer === undefined ? 12 : 28) * n
   checkCap('snapshot state bytes', total, SNAPSHOT_LIMITS.maxStateBytes)
   return total
 }
@@ -111,7 +130,10 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   const n = state.weights.length
   v.setUint32(0, STATE_MAGIC, true)
   v.setUint8(4, STATE_VERSION)
-  v.setUint8(5, (state.outer === undefined ? 0 : FLAG_OUTER) | (state.identity === undefined ? 0 : FLAG_IDENTITY))
+  v.setUint8(
+    5,
+    (state.outer === undefined ? 0 : FLAG_OUTER) | (state.identity === undefined ? 0 : FLAG_IDENTITY) | (state.nonce === undefined ? 0 : FLAG_NONCE)
+  )
   v.setUint16(6, 0, true)
   v.setUint32(8, state.rank, true)
   v.setUint32(12, state.worldSize, true)
@@ -129,6 +151,10 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   if (state.identity !== undefined) {
     out.set(state.identity, o)
     o += RUN_IDENTITY_BYTES
+  }
+  if (state.nonce !== undefined) {
+    out.set(state.nonce, o)
+    o += RUN_NONCE_BYTES
   }
   const outer = state.outer === undefined ? [] : OUTER_KEYS.map(k => state.outer![k])
   for (const arr of [state.weights, state.adamM, state.adamV, ...outer]) {
@@ -174,6 +200,8 @@ export interface StateHeader {
   outer: boolean
   /** The run identity follows the rng bytes (flag bit 1). */
   identity: boolean
+  /** The run nonce follows (flag bit 2). */
+  nonce: boolean
   checksum: bigint
 }
 
@@ -189,7 +217,8 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
   const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
   if (v.getUint32(0, true) !== STATE_MAGIC) bad('bad magic')
   if (v.getUint8(4) !== STATE_VERSION) bad(`unsupported version ${v.getUint8(4)}`)
-  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY)) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0) bad('reserved fields are not zero')
+  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY | FLAG_NONCE)) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0)
+    bad('reserved fields are not zero')
   const big = (o: number): number => {
     const x = v.getBigUint64(o, true)
     if (x > BigInt(Number.MAX_SAFE_INTEGER)) bad(`field at ${o} is over 2^53`)
@@ -205,11 +234,13 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
     rngBytes: v.getUint32(48, true),
     outer: (v.getUint8(5) & FLAG_OUTER) !== 0,
     identity: (v.getUint8(5) & FLAG_IDENTITY) !== 0,
+    nonce: (v.getUint8(5) & FLAG_NONCE) !== 0,
     checksum: v.getBigUint64(56, true)
   }
   if (h.worldSize < 1 || h.rank >= h.worldSize) bad(`rank ${h.rank} is not in a world of ${h.worldSize}`)
   if (h.rngBytes > SNAPSHOT_LIMITS.maxRngBytes) bad(`rng of ${h.rngBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxRngBytes}`)
-  const want = STATE_HEADER_BYTES + pad8(h.rngBytes) + (h.identity ? RUN_IDENTITY_BYTES : 0) + (h.outer ? 28 : 12) * h.elements
+  const want =
+    STATE_HEADER_BYTES + pad8(h.rngBytes) + (h.identity ? RUN_IDENTITY_BYTES : 0) + (h.nonce ? RUN_NONCE_BYTES : 0) + (h.outer ? 28 : 12) * h.elements
   if (want !== bytes.length) bad(`header describes ${want} bytes, got ${bytes.length}`)
   return h
 }
@@ -233,6 +264,8 @@ export function decodeState(bytes: Uint8Array): RankState {
   o += pad8(h.rngBytes)
   const identity = h.identity ? bytes.slice(o, o + RUN_IDENTITY_BYTES) : undefined
   if (identity !== undefined) o += RUN_IDENTITY_BYTES
+  const nonce = h.nonce ? bytes.slice(o, o + RUN_NONCE_BYTES) : undefined
+  if (nonce !== undefined) o += RUN_NONCE_BYTES
   const f32 = (at: number): Float32Array => {
     const off = bytes.byteOffset + at
     return off % 4 === 0 ? new Float32Array(bytes.buffer, off, h.elements) : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
@@ -251,5 +284,6 @@ export function decodeState(bytes: Uint8Array): RankState {
   }
   if (h.outer) st.outer = { weights: f32(o + 3 * n4), momentum: f32(o + 4 * n4), residual: f32(o + 5 * n4), sentInner: f32(o + 6 * n4) }
   if (identity !== undefined) st.identity = identity
+  if (nonce !== undefined) st.nonce = nonce
   return st
 }

@@ -237,7 +237,7 @@ async function loadStep(
   // Progress only where reading takes a while: a model of PROGRESS_MIN_BYTES of f32 weights.
   const progress = layout.length * 4 >= PROGRESS_MIN_BYTES ? opts.onProgress : undefined
   let read = 0
-  let world: { P: number; dir: string; identity: Uint8Array | undefined } | undefined
+  let world: { P: number; dir: string; identity: Uint8Array | undefined; nonce: Uint8Array | undefined } | undefined
   let from: Array<string | undefined> = []
   for (const f of files) {
     throwIfAborted(signal)
@@ -251,11 +251,15 @@ async function loadStep(
     if (state === undefined) throw new ExportError(`${where} disappeared while it was read`)
     if (state.step !== step) throw new ExportError(`${where} is a file of step ${state.step}: it was renamed or copied over`)
     if (world === undefined) {
-      world = { P: state.worldSize, dir: f.dir, identity: state.identity }
+      world = { P: state.worldSize, dir: f.dir, identity: state.identity, nonce: state.nonce }
       from = new Array<string | undefined>(state.worldSize).fill(undefined)
     } else if (world.identity !== undefined && !sameRun(state, world.identity)) {
       throw new ExportError(
         `step ${step} mixes runs: the states in ${world.dir} and ${f.dir} belong to different runs (run id, model, seed or training settings differ); leave out the other run's data dir`
+      )
+    } else if (world.nonce !== undefined && state.nonce !== undefined && !Buffer.from(world.nonce).equals(Buffer.from(state.nonce))) {
+      throw new ExportError(
+        `step ${step} mixes launches of one run: the states in ${world.dir} and ${f.dir} have the same run id and settings but were started separately (launch ${Buffer.from(world.nonce).toString('hex').slice(0, 8)} and ${Buffer.from(state.nonce).toString('hex').slice(0, 8)}); leave out the other launch's data dir`
       )
     } else if (state.worldSize !== world.P) {
       throw new ExportError(

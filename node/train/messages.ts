@@ -156,6 +156,32 @@ export const resumeIndex = {
   }
 }
 
+/**
+ * `resume_launch`: per member, the run nonce of its disk tier file at the step a resume loads
+ * (a flag word, 1 when it has such a file with a nonce, then the nonce's 4 words).
+ */
+export const resumeLaunch = {
+  label: 'resume_launch',
+  words: 5,
+  encode(nonce: Uint8Array | undefined): Uint32Array {
+    const out = new Uint32Array(5)
+    if (nonce === undefined) return out
+    if (nonce.length !== 16) throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `resume_launch: a nonce of ${nonce.length} bytes, expected 16`)
+    out[0] = 1
+    out.set(new Uint32Array(Uint8Array.from(nonce).buffer), 1)
+    return out
+  },
+  /** Per member, its file's nonce (undefined: none). */
+  decode(all: Uint32Array, P: number): Array<Uint8Array | undefined> {
+    checkLength('resume_launch', all, P * 5)
+    return Array.from({ length: P }, (_, r) => {
+      const flag = all[r * 5]!
+      if (flag > 1) throw new TrainMessageError('TRAIN_MESSAGE_FIELD', `resume_launch: flag word ${r * 5} is ${flag}`, { label: 'resume_launch', index: r * 5 })
+      return flag === 0 ? undefined : new Uint8Array(all.slice(r * 5 + 1, r * 5 + 5).buffer)
+    })
+  }
+}
+
 /** An old rank's optimizer state as handed to a new roster. */
 export interface OfferedState {
   rank: number

@@ -39,11 +39,13 @@ export function rankState(
   adamM: Float32Array,
   adamV: Float32Array,
   outer?: OuterArrays,
-  identity?: Uint8Array
+  identity?: Uint8Array,
+  nonce?: Uint8Array
 ): RankState {
   const st: RankState = { rank, worldSize: P, epoch, step, dataCursor: step, weights, adamM, adamV, rng: new Uint8Array(0) }
   if (outer !== undefined) st.outer = outer
   if (identity !== undefined) st.identity = identity
+  if (nonce !== undefined) st.nonce = nonce
   return st
 }
 
@@ -128,7 +130,7 @@ export function saveCommitted(
   // capture copies it), copied when a device's download lands later (an outer step may change it first).
   const outer = src.outer === undefined || now ? src.outer : copyOuter(src.outer)
   const save = (): void => {
-    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity)
+    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity, rs.nonce)
     if (snap && rs.snapshots !== undefined) {
       const c0 = env.deps.clock.monotonic()
       const ticket = rs.snapshots.capture(st, { keep })
@@ -145,7 +147,7 @@ export function saveCommitted(
     // The disk tier writes in the background, one file after another; the session waits
     // for the last write before it ends.
     if (disk !== undefined && diskId !== null) {
-      const sealed = encodeState(rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity))
+      const sealed = encodeState(rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity, rs.nonce))
       rs.disk.writes = rs.disk.writes
         .then(async () => {
           await persistDiskState(disk.dir, s + 1, sealed)

@@ -6,7 +6,7 @@ import { diskFile, diskSteps, loadDiskState, sameRun } from '../disk-tier.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 import { TrainingError, type ShardRange, type ShardState } from './config.ts'
-import { recoveryPoint, recoveryVerdict, resumeIndex, stateSlot, type DiskFile } from './messages.ts'
+import { recoveryPoint, recoveryVerdict, resumeIndex, resumeLaunch, stateSlot, type DiskFile } from './messages.ts'
 import { copyOuter, outerSchedule, zoneRecoveryPoints } from './outer.ts'
 import { zoneGroups } from './roster.ts'
 import { diskHint } from './persist.ts'
@@ -207,7 +207,13 @@ export async function recover(
     throw new TrainingError(`the other ranks agreed on snapshot step ${rp}, but this node runs with snapshots off (--snapshot must agree)`)
   const fetch = async (owner: PeerId): Promise<RankState> => {
     rs.st.phase = `recovery: loading ${owner}'s snapshot of step ${rp}`
-    return (await svc!.recover({ owner, version: rp }, opts)).state
+    const st = (await svc!.recover({ owner, version: rp }, opts)).state
+    if (st.nonce !== undefined && rs.nonce !== undefined && !sameBytes(st.nonce, rs.nonce))
+      throw new TrainingError(
+        `${owner}'s snapshot of step ${rp} belongs to another launch of this run (launch ${hex8(st.nonce)}, this run's is ${hex8(rs.nonce)}): ` +
+          'a node of an earlier launch still holds fragments in this mesh; stop it, or give the new launch another --run'
+      )
+    return st
   }
   // Every rank says whether its load found a snapshot unrecoverable before any goes on, so
   // all count the attempt alike (a rank that gave up first would otherwise cut the others'
@@ -271,6 +277,30 @@ function newestComplete(index: DiskFile[][]): { step: number; worldSize: number;
   return { step: usable[0]!, ...byStep.get(usable[0]!)! }
 }
 
+const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a).equals(Buffer.from(b))
+const hex8 = (b: Uint8Array): string => Buffer.from(b).toString('hex').slice(0, 8)
+
+/**
+ * The run nonce of the disk tier files a resume loads, from what every member said of its own
+ * file at that step (all members see the same, so all adopt the same), or undefined for files
+ * written before nonces. Files of two launches of one run (the same run id and settings,
+ * started twice) are a TrainingError naming the members.
+ */
+function launchOf(nonces: ReadonlyArray<Uint8Array | undefined>, roster: readonly Member[], step: number): Uint8Array | undefined {
+  const have = nonces.flatMap((n, r) => (n === undefined ? [] : [{ n, r }]))
+  const first = have[0]
+  if (first === undefined) return undefined
+  const odd = have.filter(x => !sameBytes(x.n, first.n))
+  if (odd.length > 0) {
+    const who = (x: { n: Uint8Array; r: number }): string => `${roster[x.r]!.host} (launch ${hex8(x.n)})`
+    throw new TrainingError(
+      `--resume: the disk tier files of step ${step} come from different launches of this run: ${who(first)} but ${odd.map(who).join(', ')}; ` +
+        "the same run id and settings were started twice. Move the other launch's files out of the data dirs"
+    )
+  }
+  return first.n
+}
+
 /**
  * `--resume`: every training member reads its disk tier, they agree on the newest step for
  * which some member holds the file of every old rank, exchange those states and each takes
@@ -303,6 +333,9 @@ async function resume(env: TrainerEnv, rs: RunState, collective: Collective, ros
   // A data dir holds one file per step, so each member contributes at most one old rank.
   const self = roster.findIndex(m => m.id === env.deps.net.self.id)
   const own = held.get(step)
+  // The launch the files belong to: the run goes on with their nonce.
+  const launches = (await collective.allGather(resumeLaunch.encode(own?.nonce), P * resumeLaunch.words, { step: 0, label: resumeLaunch.label, ...opts })).data
+  rs.nonce = launchOf(resumeLaunch.decode(launches, P), roster, step) ?? rs.nonce
   const states = await exchangeStates(env, collective, roster, own !== undefined && from.get(own.rank) === self ? own : undefined, oldP, 'resume_state', opts)
   log.info({ step, oldWorldSize: oldP, worldSize: P, ms: Math.round(clock.monotonic() - t0) }, 'resumed from the disk tier')
   rs.st.resumedFrom = step

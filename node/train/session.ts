@@ -269,7 +269,9 @@ export async function runSession(
     // Real nodes (they carry a run identity) first check that every rank runs the same settings.
     if (cfg.identity !== undefined) {
       rs.st.phase = `session train-${epoch}.${round}: checking that the ranks agree on the settings`
-      await agreeSettings(cfg, collective, roster, work).catch((err: unknown) => (err instanceof TrainingError ? Promise.reject(err) : fail(err)))
+      rs.nonce = await agreeSettings(cfg, collective, roster, rs.nonce, work).catch((err: unknown) =>
+        err instanceof TrainingError ? Promise.reject(err) : fail(err)
+      )
     }
     let state = initial
     if (state === undefined && rs.plan !== undefined) {

@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto'
 import type { Collective, Member } from '../../mesh/index.ts'
+import { RUN_NONCE_BYTES } from '../../snapshot/index.ts'
 import { TrainingError, type TrainConfig } from './config.ts'
 
 /**
@@ -76,11 +78,55 @@ export function settingsMismatch(all: Uint32Array, roster: readonly Member[]): s
   return undefined
 }
 
-/** Gathers every rank's settings and throws a TrainingError naming the first that differs. */
-export async function agreeSettings(cfg: TrainConfig, collective: Collective, roster: readonly Member[], signal?: AbortSignal): Promise<void> {
-  const mine = settingsWords(cfg)
+/** Words of the run nonce behind the settings: a flag (1: the rank's nonce is the run's already; 0: a fresh proposal), then the nonce. */
+const NONCE_WORDS = 1 + RUN_NONCE_BYTES / 4
+
+/**
+ * The run nonce from the gathered words of a roster: the one the ranks that have one share
+ * (a run's first roster has none: rank 0's fresh proposal is taken). Ranks holding different
+ * nonces were started as different launches of one run (the same run id and secret): a
+ * TrainingError names them.
+ */
+export function agreedNonce(all: Uint32Array, roster: readonly Member[]): Uint8Array {
+  const n = SETTINGS.length + NONCE_WORDS
+  const nonceOf = (r: number): Uint8Array => new Uint8Array(all.slice(r * n + SETTINGS.length + 1, (r + 1) * n).buffer)
+  const holders = roster.map((_, r) => r).filter(r => all[r * n + SETTINGS.length] === 1)
+  if (holders.length === 0) return nonceOf(0)
+  const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex').slice(0, 8)
+  const first = nonceOf(holders[0]!)
+  const odd = holders.filter(r => !Buffer.from(nonceOf(r)).equals(Buffer.from(first)))
+  if (odd.length > 0) {
+    const who = (r: number): string => `rank ${r} (${roster[r]!.host}, zone ${roster[r]!.zone}, launch ${hex(nonceOf(r))})`
+    throw new TrainingError(
+      `the ranks come from different launches of this run: ${who(holders[0]!)} but ${odd.map(who).join(', ')}; ` +
+        'their states must not be mixed. Stop the nodes of one launch (or give the new one another --run)'
+    )
+  }
+  return first
+}
+
+/**
+ * Gathers every rank's settings and throws a TrainingError naming the first that differs;
+ * returns the run nonce the ranks agree on ({@link agreedNonce}; `nonce`: the one this rank
+ * already holds for the run, if any).
+ */
+export async function agreeSettings(
+  cfg: TrainConfig,
+  collective: Collective,
+  roster: readonly Member[],
+  nonce: Uint8Array | undefined,
+  signal?: AbortSignal
+): Promise<Uint8Array> {
+  const mine = new Uint32Array(SETTINGS.length + NONCE_WORDS)
+  mine.set(settingsWords(cfg))
+  mine[SETTINGS.length] = nonce === undefined ? 0 : 1
+  mine.set(new Uint32Array(Uint8Array.from(nonce ?? randomBytes(RUN_NONCE_BYTES)).buffer), SETTINGS.length + 1)
   const all = (await collective.allGather(mine, roster.length * mine.length, { step: 0, label: SETTINGS_LABEL, ...(signal === undefined ? {} : { signal }) }))
     .data
-  const why = settingsMismatch(all, roster)
+  const n = mine.length
+  const settings = new Uint32Array(roster.length * SETTINGS.length)
+  for (let r = 0; r < roster.length; r++) settings.set(all.subarray(r * n, r * n + SETTINGS.length), r * SETTINGS.length)
+  const why = settingsMismatch(settings, roster)
   if (why !== undefined) throw new TrainingError(why)
+  return agreedNonce(all, roster)
 }

@@ -53,6 +53,8 @@ export interface RunState {
   rosterStart: number
   /** The step of this rank's newest kept snapshot capture (persist.ts; 0: none yet). */
   keptStep: number
+  /** The run nonce the ranks agreed on (settings.ts), or the one `--resume` found in the files; written into every state. */
+  nonce: Uint8Array | undefined
   readonly gossip: Gossip
   readonly grow: GrowState
   readonly disk: DiskState

@@ -74,6 +74,7 @@ export class Trainer {
       plan: undefined,
       rosterStart: 0,
       keptStep: 0,
+      nonce: undefined,
       gossip: { runDone: false, doneFrom: new Set(), announced: undefined, announcedAt: -Infinity },
       grow: { to: undefined, lastStep: -1, handoff: undefined, msg: undefined },
       disk: { step: undefined, writes: Promise.resolve() },

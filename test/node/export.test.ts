@@ -36,7 +36,16 @@ function flatOf(step: number, n = N): Float32Array {
 }
 
 /** Writes rank r's disk-tier file of `step` (its shardRange slice of `flat`) into node dir `dir`. */
-async function writeRank(dir: string, step: number, r: number, P: number, flat = flatOf(step), fileStep = step, identity?: Uint8Array): Promise<string> {
+async function writeRank(
+  dir: string,
+  step: number,
+  r: number,
+  P: number,
+  flat = flatOf(step),
+  fileStep = step,
+  identity?: Uint8Array,
+  nonce?: Uint8Array
+): Promise<string> {
   const { start, length } = shardRange(flat.length, P, r)
   const weights = flat.slice(start, start + length)
   const sealed = encodeState({
@@ -49,7 +58,8 @@ async function writeRank(dir: string, step: number, r: number, P: number, flat =
     adamM: weights.map(x => x / 2),
     adamV: weights.map(x => x * x),
     rng: new Uint8Array(0),
-    ...(identity === undefined ? {} : { identity })
+    ...(identity === undefined ? {} : { identity }),
+    ...(nonce === undefined ? {} : { nonce })
   })
   return await persistDiskState(diskDir(dir), fileStep, sealed)
 }
@@ -263,4 +273,23 @@ test('a state file of another run with the same shapes (same run id, another see
   const c = freshDir()
   await writeRank(c, 5, 1, 2, flatOf(5), 5, ours)
   t.is((await exportModel({ out, dataDirs: [a, c], model: 'mini', data: dataFile })).step, 5, 'the same run exports')
+})
+
+test('a state file of another launch of the same run (same run id and settings, started twice) is refused, not mixed in', async t => {
+  const out = join(root, 'mixed-launches.safetensors')
+  const settings = { model: trainingModel('mini', 256), B: 4, T: 64, lr: 3e-3, weightDecay: 0.1, zeroPP: false, dtype: 'f32' as const, seed: 1 }
+  const id = runIdentity('r1', settings)
+  const first = new Uint8Array(16).fill(1)
+  const second = new Uint8Array(16).fill(2)
+  const a = freshDir()
+  const b = freshDir()
+  await writeRank(a, 5, 0, 2, flatOf(5), 5, id, first)
+  await writeRank(b, 5, 1, 2, flatOf(6), 5, id, second)
+  await t.throwsAsync(exportModel({ out, dataDirs: [a, b], model: 'mini', data: dataFile }), {
+    name: 'ExportError',
+    message: /step 5 mixes launches of one run: .* \(launch 01010101 and 02020202\)/
+  })
+  const c = freshDir()
+  await writeRank(c, 5, 1, 2, flatOf(5), 5, id, first)
+  t.is((await exportModel({ out, dataDirs: [a, c], model: 'mini', data: dataFile })).step, 5, 'one launch exports')
 })

@@ -2,7 +2,7 @@
 // --steps on one node) stop with one line naming the setting and the nodes, instead of training
 // different models side by side or hanging the longer run.
 import test from 'ava'
-import { settingsMismatch, settingsWords } from '../../node/train/settings.ts'
+import { agreedNonce, settingsMismatch, settingsWords } from '../../node/train/settings.ts'
 import { runIdentity, type TrainConfig } from '../../node/train/config.ts'
 import { base, trainMesh } from '../helpers/train-mesh.ts'
 
@@ -32,4 +32,14 @@ test('a rank started with another --lr or --steps stops the run at once with one
     for (const e of r.errors) t.regex(e.message, new RegExp(`different settings: ${flag} is`), e.message)
     t.log(r.errors[0]!.message)
   }
+})
+
+test('the run nonce: the one the ranks that hold it share, else rank 0 proposal; two launches are named', t => {
+  // Per rank: its settings words, then a flag (1: it holds the run's nonce) and the nonce's 4 words.
+  const words = (held: boolean, fill: number): number[] => [...settingsWords(base), held ? 1 : 0, ...new Uint32Array(new Uint8Array(16).fill(fill).buffer)]
+  const gather = (...ranks: Array<[boolean, number]>): Uint32Array => Uint32Array.from(ranks.flatMap(([h, f]) => words(h, f)))
+  t.deepEqual(agreedNonce(gather([false, 7], [false, 8], [false, 9]), roster), new Uint8Array(16).fill(7), "a run's first roster: rank 0's proposal")
+  t.deepEqual(agreedNonce(gather([false, 7], [true, 3], [true, 3]), roster), new Uint8Array(16).fill(3), "a spare at rank 0 takes the run's")
+  const e = t.throws(() => agreedNonce(gather([true, 3], [false, 8], [true, 4]), roster))
+  t.regex(e.message, /different launches of this run: rank 0 \(h0, zone z0, launch 03030303\) but rank 2 \(h2, zone z2, launch 04040404\)/)
 })

@@ -7,7 +7,7 @@ import { placeStripe } from '../../snapshot/index.ts'
 import { TrainingError, type TrainConfig } from '../../node/index.ts'
 import { runIdentity } from '../../node/train/config.ts'
 import { ANCHOR_EVERY_SNAPSHOTS } from '../../node/train/persist.ts'
-import { diskDir } from '../../node/disk-tier.ts'
+import { diskDir, loadDiskState } from '../../node/disk-tier.ts'
 import { base, ok, trainMesh, type MeshControl } from '../helpers/train-mesh.ts'
 import { simOk, simTrain, type SimTrainOptions } from '../helpers/sim-train.ts'
 import type { ByteStream } from '../../mesh/index.ts'
@@ -429,6 +429,36 @@ test('--resume refuses a disk tier file of another run with the same shapes (ano
     // Its own identity resumes.
     const same = ok(await trainMesh(2, { ...first, steps: 3 }, { configOf: disk(true) }))
     t.true(same.statuses.some(s => s.role === 'done' && s.resumedFrom !== undefined))
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
+})
+
+test('--resume refuses disk tier files of two launches of one run (same run id and settings, started twice), and a resumed run keeps its launch', async t => {
+  const root = mkdtempSync(join(tmpdir(), 'zm-launch-'))
+  try {
+    const cfg: TrainConfig = { ...base, worldSize: 2, steps: 2, snapshot: undefined }
+    const run = { ...cfg, identity: runIdentity('r', cfg) }
+    const disk =
+      (dir: string, resume: boolean) =>
+      (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `${dir}${i}`)), every: 1, resume } })
+    // Two launches of the same run, each into its own data dirs.
+    ok(await trainMesh(2, run, { configOf: disk('a', false) }))
+    ok(await trainMesh(2, run, { configOf: disk('b', false) }))
+    const launch = async (dir: string): Promise<string> => Buffer.from((await loadDiskState(diskDir(join(root, dir)), 2))!.nonce!).toString('hex')
+    t.is(await launch('a0'), await launch('a1'), 'the ranks of one launch agree on its nonce')
+    t.not(await launch('a0'), await launch('b0'), 'two launches differ')
+    // A resume from launch a's rank-0 dir and launch b's rank-1 dir: the files of step 2 mix launches.
+    const mixed = await trainMesh(2, { ...run, steps: 3 }, { configOf: i => disk(i === 0 ? 'a' : 'b', true)(i) })
+    t.is(mixed.statuses.filter(s => s.role === 'done').length, 0, 'nobody trained on from the mixed files')
+    t.true(
+      mixed.errors.some(e => /--resume: the disk tier files of step 2 come from different launches of this run/.test(e.message)),
+      mixed.errors.map(e => e.message).join('\n')
+    )
+    // One launch resumes, and the files it writes carry that launch's nonce.
+    const a0 = await launch('a0')
+    ok(await trainMesh(2, { ...run, steps: 3 }, { configOf: disk('a', true) }))
+    t.is(Buffer.from((await loadDiskState(diskDir(join(root, 'a0')), 3))!.nonce!).toString('hex'), a0)
   } finally {
     rmSync(root, { recursive: true, force: true })
   }

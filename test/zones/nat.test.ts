@@ -33,10 +33,6 @@ function nftMissing(): string | undefined {
 /** A namespace test of this file (helpers/zones/exclusive.ts). */
 const natTest = (title: string, fn: (t: ExecutionContext) => Promise<void>, flaky?: string): void => namespaceTest(reason, title, fn, flaky)
 
-/** Why the NAT kill scenario is still gated (docs/LIMITS.md, "The NAT kill scenario"). */
-const KILL_FLAKY =
-  "the NAT kill scenario failed 1 of its last 16 runs on this 2-core machine under load: the ranks' snapshot captures were superseded at different steps (newest per rank 5, 7, 7, 8), so no step was complete for every rank and the flat recovery could not put the state together"
-
 test('a home router drops what the internet sends unasked and masquerades, port-keeping (cone) or random (symmetric)', t => {
   t.regex(routerRules('cone'), /oifname "wan0" masquerade\n/)
   t.regex(routerRules('symmetric'), /masquerade random/)
@@ -46,9 +42,9 @@ test('a home router drops what the internet sends unasked and masquerades, port-
 })
 
 // The kill comes once every rank has placed snapshots for a while: early on, the first
-// placements to a peer in the other home wait for their hole punches, and a rank whose
-// placements lag more steps than holders retain leaves no snapshot step common to every rank
-// (the flat recovery's known limit, docs/LIMITS.md).
+// placements to a peer in the other home wait for their hole punches. (Placements that lag by
+// different amounts once left no step common to every rank; kept anchor captures now make one,
+// node/train/persist.ts.)
 const STEPS = 14
 const KILL_AT = 8
 // As the zone harness's cut scenarios (harness.test.ts): beside the whole suite on 2 cores, 300 ms
@@ -191,38 +187,34 @@ natTest('four nodes behind two NATs and a public node train: the homes find they
   )
 })
 
-natTest(
-  'a NATed rank is SIGKILLed: the spare replaces it from the snapshots and the final weights score exactly as without the kill',
-  async t => {
-    t.timeout(420_000)
-    const base = await cleanRun(t)
-    const hurt = await natRun(t, { nats: ['cone', 'cone'], perHome: 2, kill: true, identities: base.identities })
-    t.truthy(hurt.killed)
-    t.true(
-      hurt.events.some(e => e.event.type === 'recovery'),
-      'a recovery ran'
-    )
-    t.is(hurt.done.length, 4, `four ranks finished: ${hurt.done.map(d => d.node).join(', ')}`)
-    const spare = ['public-0', 'home0-0', 'home0-1', 'home1-0', 'home1-1'].find(x => !base.done.some(d => d.node === x))
-    t.true(
-      hurt.done.some(d => d.node === spare),
-      `the spare (${spare}) took the killed rank`
-    )
-    // What to read when the losses differ: each run's ranks (first view), recoveries and losses.
-    for (const [name, run] of [
-      ['fault-free', base],
-      ['killed', hurt]
-    ] as const) {
-      const views = run.events.filter(e => e.event.type === 'view').map(e => `${e.node}:${JSON.stringify(e.event)}`)
-      const rec = run.events.filter(e => e.event.type === 'recovery').map(e => `${e.node}:${JSON.stringify(e.event)}`)
-      t.log(`${name}: views ${views.join(' ')}; recoveries ${rec.join(' ')}; done ${run.done.map(d => `${d.node}=${d.evalLoss}`).join(' ')}`)
-    }
-    const want = base.done[0]?.evalLoss
-    t.true(typeof want === 'number')
-    for (const d of hurt.done) t.is(d.evalLoss, want, `${d.node}: held-out loss of the final weights`)
-  },
-  KILL_FLAKY
-)
+natTest('a NATed rank is SIGKILLed: the spare replaces it from the snapshots and the final weights score exactly as without the kill', async t => {
+  t.timeout(420_000)
+  const base = await cleanRun(t)
+  const hurt = await natRun(t, { nats: ['cone', 'cone'], perHome: 2, kill: true, identities: base.identities })
+  t.truthy(hurt.killed)
+  t.true(
+    hurt.events.some(e => e.event.type === 'recovery'),
+    'a recovery ran'
+  )
+  t.is(hurt.done.length, 4, `four ranks finished: ${hurt.done.map(d => d.node).join(', ')}`)
+  const spare = ['public-0', 'home0-0', 'home0-1', 'home1-0', 'home1-1'].find(x => !base.done.some(d => d.node === x))
+  t.true(
+    hurt.done.some(d => d.node === spare),
+    `the spare (${spare}) took the killed rank`
+  )
+  // What to read when the losses differ: each run's ranks (first view), recoveries and losses.
+  for (const [name, run] of [
+    ['fault-free', base],
+    ['killed', hurt]
+  ] as const) {
+    const views = run.events.filter(e => e.event.type === 'view').map(e => `${e.node}:${JSON.stringify(e.event)}`)
+    const rec = run.events.filter(e => e.event.type === 'recovery').map(e => `${e.node}:${JSON.stringify(e.event)}`)
+    t.log(`${name}: views ${views.join(' ')}; recoveries ${rec.join(' ')}; done ${run.done.map(d => `${d.node}=${d.evalLoss}`).join(' ')}`)
+  }
+  const want = base.done[0]?.evalLoss
+  t.true(typeof want === 'number')
+  for (const d of hurt.done) t.is(d.evalLoss, want, `${d.node}: held-out loss of the final weights`)
+})
 
 natTest('a home behind a symmetric NAT cannot be hole-punched: it still trains, its bulk bytes to the other home ride libp2p through the relay', async t => {
   t.timeout(300_000)
