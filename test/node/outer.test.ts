@@ -154,7 +154,7 @@ test('snapshot state: the outer buffers round-trip, and a state without them kee
   t.deepEqual([...back.weights], [...f(1)])
   // A flag bit nobody defined is malformed.
   const bad = withOuter.slice()
-  bad[5] = 4 // a flag bit no version defines
+  bad[5] = 8 // a flag bit no version defines
   t.throws(() => decodeState(bad), { message: /reserved fields/ })
 })
 

@@ -9,6 +9,7 @@ import {
   SNAPSHOT_LIMITS,
   STATE_HEADER_BYTES,
   RUN_IDENTITY_BYTES,
+  RUN_NONCE_BYTES,
   stateBytes,
   stripeState,
   stripeStateAsync,
@@ -53,6 +54,21 @@ test('a state carries its run identity (32 bytes after the rng); states without 
   t.deepEqual(d.weights, s.weights)
   t.is(decodeState(encodeState(s)).identity, undefined)
   t.throws(() => encodeState({ ...s, identity: new Uint8Array(5) }), { message: /run identity is 32 bytes/ })
+})
+
+test('a state carries its run nonce (16 bytes after the identity), with or without an identity', t => {
+  const s = randomState(Rng.fromSeed(3), 64, { rank: 1, worldSize: 2, step: 7, epoch: 1 })
+  const identity = new Uint8Array(RUN_IDENTITY_BYTES).fill(9)
+  const nonce = new Uint8Array(RUN_NONCE_BYTES).map((_, i) => 100 + i)
+  const both = decodeState(encodeState({ ...s, identity, nonce }))
+  t.deepEqual(both.identity, identity)
+  t.deepEqual(both.nonce, nonce)
+  t.deepEqual(both.adamV, s.adamV)
+  const alone = encodeState({ ...s, nonce })
+  t.is(alone.length, encodeState(s).length + RUN_NONCE_BYTES)
+  t.deepEqual(decodeState(alone).nonce, nonce)
+  t.is(decodeState(alone).identity, undefined)
+  t.throws(() => encodeState({ ...s, nonce: new Uint8Array(8) }), { message: /run nonce is 16 bytes/ })
 })
 
 test('every flipped byte, truncation and extension of a state is detected', t => {
