@@ -63,6 +63,19 @@ export interface AdamWParams {
   gradScale: number
 }
 
+/**
+ * Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"): one moment, a
+ * sign update. c = β1·m + (1 − β1)·g; w ← w − lr·(sign(c) + λ·w); m ← β2·m + (1 − β2)·g.
+ */
+export interface LionParams {
+  lr: number
+  beta1: number
+  beta2: number
+  weightDecay: number
+  /** Gradients are multiplied by this before use. */
+  gradScale: number
+}
+
 export interface GemmParams {
   /** Row-major C[m, n] = alpha * op(A)[m, k] · op(B)[k, n] + beta * C. */
   a: Tensor
@@ -193,6 +206,12 @@ export interface Backend {
    * receives the updated params cast to bf16 in the same pass.
    */
   adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void
+  /**
+   * Fused Lion on f32 params/grads/m (same length), every operation an f32 one in the order of
+   * {@link LionParams} (no fused multiply-add), so backends agree bit for bit. `paramsLowp` as
+   * in adamw.
+   */
+  lion(params: Tensor, grads: Tensor, m: Tensor, p: LionParams, paramsLowp?: Tensor | null): void
 
   // ---- collectives' quantizers (codec/quant.ts format, byte-identical) -----------------------
   /**

@@ -9,7 +9,7 @@ import {
   bf16ToF32,
   type Quantized
 } from '../codec/index.ts'
-import type { AdamWParams, Backend, Fence, GemmParams, HostArray, Tensor, TensorDType } from './backend.ts'
+import type { AdamWParams, Backend, Fence, GemmParams, HostArray, LionParams, Tensor, TensorDType } from './backend.ts'
 import { GPT_LAYERNORM_EPS } from './gpt.ts'
 import {
   PASSED_FENCE,
@@ -753,6 +753,34 @@ export class CpuBackend implements Backend {
     }
   }
 
+  lion(params: Tensor, grads: Tensor, m: Tensor, p: LionParams, paramsLowp?: Tensor | null): void {
+    const op = 'lion'
+    this.live_(op)
+    checkLion(op, p)
+    const w = this.f32(op, 'params', params)
+    const g = this.f32(op, 'grads', grads, w.length)
+    const mm = this.f32(op, 'm', m, w.length)
+    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length).data as Uint16Array)
+    const f = Math.fround
+    const lr = f(p.lr)
+    const wd = f(p.weightDecay)
+    const gs = f(p.gradScale)
+    const b1 = f(p.beta1)
+    const b2 = f(p.beta2)
+    const c1 = f(1 - b1)
+    const c2 = f(1 - b2)
+    for (let i = 0; i < w.length; i++) {
+      const gi = f(g[i]! * gs)
+      const mi = mm[i]!
+      const c = f(f(b1 * mi) + f(c1 * gi))
+      const s = c > 0 ? 1 : c < 0 ? -1 : 0
+      const wi = w[i]!
+      w[i] = f(wi - f(lr * f(s + f(wd * wi))))
+      mm[i] = f(f(b2 * mi) + f(c2 * gi))
+      if (low !== null) low[i] = f32ToBf16(w[i]!)
+    }
+  }
+
   // ---- quantizers -------------------------------------------------------------------------
 
   private quantView(op: string, codes: Tensor, scales: Tensor, n: number, bits: 8 | 4, blockSize: number): Quantized {
@@ -803,6 +831,12 @@ function checkTokens(op: string, tok: Int32Array, V: number, what = 'token'): vo
     const x = tok[i]!
     if (x < 0 || x >= V) fail(op, `${what} ${x} at index ${i} is outside [0, ${V})`)
   }
+}
+
+function checkLion(op: string, p: LionParams): void {
+  for (const key of ['lr', 'beta1', 'beta2', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
+  if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)
+  if (!(p.beta2 >= 0 && p.beta2 < 1)) fail(op, `beta2 must be in [0, 1), got ${p.beta2}`)
 }
 
 function checkAdamW(op: string, p: AdamWParams): void {

@@ -16,6 +16,7 @@ export {
   type HostArray,
   type Fence,
   type AdamWParams,
+  type LionParams,
   type GemmParams,
   TENSOR_DTYPE_BYTES
 } from './backend.ts'

@@ -6,7 +6,7 @@ import { ZeromeshError, readFileCapped } from '../core/index.ts'
 import { MIN_SECRET_BYTES } from '../mesh/index.ts'
 import { option, shapeOf } from './options.ts'
 import { TOKENIZERS } from './tokenizer.ts'
-import { TRAIN_MODELS } from './train/config.ts'
+import { OPTIMIZERS, TRAIN_MODELS } from './train/config.ts'
 
 /**
  * A node's configuration: one spec of its options, the strict schema built from it, and the
@@ -129,7 +129,11 @@ export const START_OPTIONS = {
   }),
   batch: option(z.int().min(1).max(4096).default(4), { arg: '<n>', help: 'sequences per rank per step' }),
   seq: option(z.int().min(2).max(1024).default(64), { arg: '<n>', help: 'sequence length' }),
-  lr: option(z.number().positive().max(1).default(3e-3), { arg: '<x>', help: 'AdamW learning rate' }),
+  lr: option(z.number().positive().max(1).optional(), { arg: '<x>', help: 'learning rate', defaultText: '3e-3 (AdamW), 3e-4 (Lion)' }),
+  optimizer: option(z.enum(OPTIMIZERS).default('adamw'), {
+    arg: '<adamw|lion>',
+    help: 'AdamW (two moments), or Lion (one moment and a sign update: state and snapshots 8 bytes per parameter instead of 12)'
+  }),
   seed: option(z.int().min(0).default(1), { arg: '<n>', help: 'run seed' }),
   zeropp: option(z.boolean().default(false), { help: 'ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)' }),
   outerEvery: option(z.int().min(1).max(1_000_000).optional(), {

@@ -26,7 +26,9 @@ export {
   type ParamMemory,
   type StepPhases,
   type TrainModelName,
-  type Segment
+  type Segment,
+  OPTIMIZERS,
+  type Optimizer
 } from './train/config.ts'
 export { TRAIN_LIMITS } from './train/limits.ts'
 export { TrainMessageError } from './train/messages.ts'

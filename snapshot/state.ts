@@ -5,9 +5,9 @@ import { SNAPSHOT_LIMITS } from './limits.ts'
 
 /**
  * One rank's training state: what a snapshot captures and a recovery returns. `weights`,
- * `adamM` and `adamV` are the rank's shard of the flat f32 master buffer and of the AdamW
- * moments (same length); `rng` is opaque to this layer (e.g. the bytes of core's
- * `Rng.state()`).
+ * `adamM` and `adamV` are the rank's shard of the flat f32 master buffer and of the optimizer's
+ * moments (same length; Lion keeps one moment: `adamV` is empty); `rng` is opaque to this layer
+ * (e.g. the bytes of core's `Rng.state()`).
  */
 export interface RankState {
   rank: number
@@ -22,6 +22,8 @@ export interface RankState {
   adamM: Float32Array
   adamV: Float32Array
   rng: Uint8Array
+  /** The optimizer whose state this is: absent for AdamW (m and v), 'lion' for Lion (m only, `adamV` empty). */
+  optimizer?: 'lion'
   /**
    * The DiLoCo tier's state of this shard (node/train/outer.ts), when the run has one: the outer
    * weights, the outer Nesterov momentum, the quantization residual (error feedback) and the
@@ -65,10 +67,17 @@ const FLAG_IDENTITY = 2
 const FLAG_NONCE = 4
 const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
 
+/** The optimizer byte of a serialized state (offset 6): 0 AdamW (m and v follow the weights), 1 Lion (m only). */
+const OPTIMIZER_LION = 1
+
+/** f32 moment vectors a state of `optimizer` carries. */
+const momentsOf = (optimizer: RankState['optimizer']): number => (optimizer === 'lion' ? 1 : 2)
+
 /**
  * Serialized layout (little-endian):
  *
- *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (bit 0: outer state)   6 u16 reserved (0)
+ *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (bit 0: outer state)
+ *    6 u8 optimizer (0 AdamW, 1 Lion)   7 u8 reserved (0)
  *    8 u32 rank          12 u32 world size
  *   16 u64 epoch         24 u64 step
  *   32 u64 data cursor   40 u64 elements n (of each of weights, m, v)
@@ -77,7 +86,7 @@ const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
  *   64 rng bytes, zero-padded to a multiple of 8
  *      with flag bit 1: the run identity (32 bytes)
  *      with flag bit 2: the run nonce (16 bytes)
- *      weights (n f32), adam m (n f32), adam v (n f32)
+ *      weights (n f32), m (n f32), v (n f32; AdamW only)
  *      with flag bit 0: outer weights, outer momentum, residual, sent inner (n f32 each)
  */
 export const STATE_MAGIC = 0x53534d5a
@@ -89,8 +98,11 @@ const pad8 = (n: number): number => (n + 7) & ~7
 /** Bytes `state` serializes to. Checks the caps and that the three buffers agree. */
 export function stateBytes(state: RankState): number {
   const n = state.weights.length
-  if (state.adamM.length !== n || state.adamV.length !== n) {
-    throw new InvalidArgumentError(`weights, adamM and adamV must have one length, got ${n}, ${state.adamM.length}, ${state.adamV.length}`)
+  const vLength = state.optimizer === 'lion' ? 0 : n
+  if (state.adamM.length !== n || state.adamV.length !== vLength) {
+    throw new InvalidArgumentError(
+      `weights and m must have one length and v ${state.optimizer === 'lion' ? 'none (Lion)' : 'that length'}, got ${n}, ${state.adamM.length}, ${state.adamV.length}`
+    )
   }
   const outer = state.outer
   if (outer !== undefined && OUTER_KEYS.some(k => outer[k].length !== n)) {
@@ -113,7 +125,7 @@ export function stateBytes(state: RankState): number {
     pad8(state.rng.length) +
     (state.identity === undefined ? 0 : RUN_IDENTITY_BYTES) +
     (state.nonce === undefined ? 0 : RUN_NONCE_BYTES) +
-    (outer === undefined ? 12 : 28) * n
+    (4 + 4 * momentsOf(state.optimizer) + (outer === undefined ? 0 : 16)) * n
   checkCap('snapshot state bytes', total, SNAPSHOT_LIMITS.maxStateBytes)
   return total
 }
@@ -134,7 +146,8 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
     5,
     (state.outer === undefined ? 0 : FLAG_OUTER) | (state.identity === undefined ? 0 : FLAG_IDENTITY) | (state.nonce === undefined ? 0 : FLAG_NONCE)
   )
-  v.setUint16(6, 0, true)
+  v.setUint8(6, state.optimizer === 'lion' ? OPTIMIZER_LION : 0)
+  v.setUint8(7, 0)
   v.setUint32(8, state.rank, true)
   v.setUint32(12, state.worldSize, true)
   v.setBigUint64(16, BigInt(state.epoch), true)
@@ -202,6 +215,8 @@ export interface StateHeader {
   identity: boolean
   /** The run nonce follows (flag bit 2). */
   nonce: boolean
+  /** The optimizer whose moments follow the weights (byte 6). */
+  optimizer: RankState['optimizer']
   checksum: bigint
 }
 
@@ -217,8 +232,9 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
   const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
   if (v.getUint32(0, true) !== STATE_MAGIC) bad('bad magic')
   if (v.getUint8(4) !== STATE_VERSION) bad(`unsupported version ${v.getUint8(4)}`)
-  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY | FLAG_NONCE)) !== 0 || v.getUint16(6, true) !== 0 || v.getUint32(52, true) !== 0)
+  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY | FLAG_NONCE)) !== 0 || v.getUint8(7) !== 0 || v.getUint32(52, true) !== 0)
     bad('reserved fields are not zero')
+  if (v.getUint8(6) > OPTIMIZER_LION) bad(`unknown optimizer ${v.getUint8(6)}`)
   const big = (o: number): number => {
     const x = v.getBigUint64(o, true)
     if (x > BigInt(Number.MAX_SAFE_INTEGER)) bad(`field at ${o} is over 2^53`)
@@ -235,12 +251,17 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
     outer: (v.getUint8(5) & FLAG_OUTER) !== 0,
     identity: (v.getUint8(5) & FLAG_IDENTITY) !== 0,
     nonce: (v.getUint8(5) & FLAG_NONCE) !== 0,
+    optimizer: v.getUint8(6) === OPTIMIZER_LION ? 'lion' : undefined,
     checksum: v.getBigUint64(56, true)
   }
   if (h.worldSize < 1 || h.rank >= h.worldSize) bad(`rank ${h.rank} is not in a world of ${h.worldSize}`)
   if (h.rngBytes > SNAPSHOT_LIMITS.maxRngBytes) bad(`rng of ${h.rngBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxRngBytes}`)
   const want =
-    STATE_HEADER_BYTES + pad8(h.rngBytes) + (h.identity ? RUN_IDENTITY_BYTES : 0) + (h.nonce ? RUN_NONCE_BYTES : 0) + (h.outer ? 28 : 12) * h.elements
+    STATE_HEADER_BYTES +
+    pad8(h.rngBytes) +
+    (h.identity ? RUN_IDENTITY_BYTES : 0) +
+    (h.nonce ? RUN_NONCE_BYTES : 0) +
+    (4 + 4 * momentsOf(h.optimizer) + (h.outer ? 16 : 0)) * h.elements
   if (want !== bytes.length) bad(`header describes ${want} bytes, got ${bytes.length}`)
   return h
 }
@@ -271,6 +292,7 @@ export function decodeState(bytes: Uint8Array): RankState {
     return off % 4 === 0 ? new Float32Array(bytes.buffer, off, h.elements) : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
   }
   const n4 = 4 * h.elements
+  const k = momentsOf(h.optimizer)
   const st: RankState = {
     rank: h.rank,
     worldSize: h.worldSize,
@@ -280,9 +302,11 @@ export function decodeState(bytes: Uint8Array): RankState {
     rng,
     weights: f32(o),
     adamM: f32(o + n4),
-    adamV: f32(o + 2 * n4)
+    adamV: k === 2 ? f32(o + 2 * n4) : new Float32Array(0)
   }
-  if (h.outer) st.outer = { weights: f32(o + 3 * n4), momentum: f32(o + 4 * n4), residual: f32(o + 5 * n4), sentInner: f32(o + 6 * n4) }
+  if (h.optimizer !== undefined) st.optimizer = h.optimizer
+  const at = o + (1 + k) * n4
+  if (h.outer) st.outer = { weights: f32(at), momentum: f32(at + n4), residual: f32(at + 2 * n4), sentInner: f32(at + 3 * n4) }
   if (identity !== undefined) st.identity = identity
   if (nonce !== undefined) st.nonce = nonce
   return st

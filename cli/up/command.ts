@@ -16,6 +16,7 @@ export const UP_OPTIONS = {
   tokenizer: START_OPTIONS.tokenizer,
   initFrom: START_OPTIONS.initFrom,
   zeropp: option(START_OPTIONS.zeropp.schema, { help: 'ZeRO++ instead of flat ZeRO-3' }),
+  optimizer: START_OPTIONS.optimizer,
   outerEvery: option(START_OPTIONS.outerEvery.schema, {
     arg: '<H>',
     help: "DiLoCo: the workers' two zones (they alternate) train apart and average every H steps",
@@ -81,6 +82,7 @@ export const upCommand: Command = {
       tokenizer: o.tokenizer,
       ...(o.initFrom === undefined ? {} : { initFrom: o.initFrom }),
       zeropp: o.zeropp,
+      optimizer: o.optimizer,
       ...(o.outerEvery === undefined ? {} : { outer: { every: o.outerEvery, streaming: o.streaming } }),
       seed: o.seed,
       batch: o.batch,

@@ -3,7 +3,16 @@ import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RealClock } from '../../core/index.ts'
-import { TRAIN_MODELS, fetchStatus, formatStepPhases, type NodeStatus, type StepPhases, type TokenizerName, type TrainModelName } from '../../node/index.ts'
+import {
+  TRAIN_MODELS,
+  fetchStatus,
+  formatStepPhases,
+  type NodeStatus,
+  type StepPhases,
+  type Optimizer,
+  type TokenizerName,
+  type TrainModelName
+} from '../../node/index.ts'
 import { sample } from '../sample/run.ts'
 import { killLine, progressLine, recoveryLine, renderNodeEvent, upBanner } from '../render.ts'
 import { nextCommit, recoveryKey, type Kill, type UpKillReport } from './kill.ts'
@@ -27,6 +36,8 @@ export interface UpOptions {
   model: string
   data: string | undefined
   zeropp: boolean
+  /** `--optimizer` for the workers. */
+  optimizer?: Optimizer
   /** The DiLoCo tier across the workers' two zones (`--outer-every`, `--streaming`). */
   outer?: { every: number; streaming: boolean }
   seed: number

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, readdirSync, type WriteStream } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { NODE_EVENT_LIMITS, START_OPTIONS, parseNodeEvent, type NodeEvent, type NodeStatus, type TokenizerName } from '../../node/index.ts'
+import { NODE_EVENT_LIMITS, START_OPTIONS, parseNodeEvent, type NodeEvent, type NodeStatus, type Optimizer, type TokenizerName } from '../../node/index.ts'
 import { ZeromeshError, type RealClock } from '../../core/index.ts'
 import { renderNodeEvent } from '../render.ts'
 
@@ -61,6 +61,7 @@ export interface WorkerPlan {
   batch: number
   seq: number
   zeropp: boolean
+  optimizer?: Optimizer
   outer?: { every: number; streaming: boolean }
   data: string | undefined
   snapshot: string | undefined
@@ -144,6 +145,7 @@ function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | 
     '--events',
     'jsonl',
     ...(p.zeropp ? ['--zeropp'] : []),
+    ...(p.optimizer === undefined || p.optimizer === 'adamw' ? [] : ['--optimizer', p.optimizer]),
     ...(p.outer === undefined ? [] : ['--outer-every', String(p.outer.every), ...(p.outer.streaming ? ['--streaming'] : [])]),
     ...(p.snapshot === undefined ? [] : ['--snapshot', p.snapshot]),
     ...(p.snapshotEvery === undefined ? [] : ['--snapshot-every', String(p.snapshotEvery)]),

@@ -1,6 +1,16 @@
 import { checkCap } from '../../core/index.ts'
 import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
-import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type Fence, type GemmParams, type HostArray, type Tensor, type TensorDType } from '../backend.ts'
+import {
+  TENSOR_DTYPE_BYTES,
+  type AdamWParams,
+  type Backend,
+  type Fence,
+  type GemmParams,
+  type HostArray,
+  type LionParams,
+  type Tensor,
+  type TensorDType
+} from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
@@ -172,10 +182,25 @@ const FAMILIES: Record<string, { opts: CompileOptions; kernels: Record<string, s
     }
   },
   crossentropy: { opts: {}, kernels: { ce_f32: 'ppppiifip', ce_bf16: 'ppppiifip' } },
-  adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi' } },
+  adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi', lion_f32: 'pppplfffffffi' } },
   quant: {
     opts: {},
-    kernels: { quant_fast: 'pppliiip', quant_generic: 'pppliip', dequant_fast: 'pppliiip', dequant_generic: 'pppliiip' }
+    kernels: {
+      quant_fast: 'pppliiip',
+      quant_generic: 'pppliip',
+      dequant_fast: 'pppliiip',
+      dequant_generic: 'pppliiip',
+      quant8_u4p: 'pppiiip',
+      quant4_u4p: 'pppiiip',
+      quant8_u8: 'pppiiip',
+      quant4_u8: 'pppiiip',
+      quant8_u8p: 'pppiiip',
+      quant4_u8p: 'pppiiip',
+      quant8_u4: 'pppiiip',
+      quant4_u4: 'pppiiip',
+      dequant8_k4: 'pppiiiip',
+      dequant4_k4: 'pppiiiip'
+    }
   }
 }
 
@@ -187,6 +212,16 @@ function f32Bits(x: number): number {
 }
 const aligned = (p: number, n: number): boolean => p % n === 0
 const cdiv = (a: number, b: number): number => Math.ceil(a / b)
+
+/** Threads per CTA of the quantize team kernels, as a power of two (Q_CTA in quant.cu). */
+const QUANT_CTA_LOG = 8
+/** Quantize team kernels: float4 units a thread holds, and CTAs per SM (the launch bound). */
+const QUANT_TEAM = {
+  u4p: { units: 4, ctasPerSm: 4 },
+  u8: { units: 8, ctasPerSm: 4 },
+  u8p: { units: 8, ctasPerSm: 2 },
+  u4: { units: 4, ctasPerSm: 6 }
+} as const
 
 export interface CudaDeviceInfo {
   device: number
@@ -945,6 +980,26 @@ export class CudaBackend implements Backend {
     ])
   }
 
+  lion(params: Tensor, grads: Tensor, m: Tensor, p: LionParams, paramsLowp?: Tensor | null): void {
+    const op = 'lion'
+    this.live_(op)
+    for (const key of ['lr', 'beta1', 'beta2', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
+    if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)
+    if (!(p.beta2 >= 0 && p.beta2 < 1)) fail(op, `beta2 must be in [0, 1), got ${p.beta2}`)
+    const w = this.arg(op, 'params', params, ['f32'])
+    const g = this.arg(op, 'grads', grads, ['f32'], w.length)
+    const mm = this.arg(op, 'm', m, ['f32'], w.length)
+    const low = paramsLowp === undefined || paramsLowp === null ? null : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length)
+    const n = w.length
+    if (n === 0) return
+    checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
+    const vec = [w.ptr, g.ptr, mm.ptr].every(q => aligned(q, 16)) && (low === null || aligned(low.ptr, 8))
+    // The CPU reference's f32 constants (gpu/cpu.ts lion).
+    const f = Math.fround
+    const args = [p.lr, p.beta1, p.beta2, 1 - f(p.beta1), 1 - f(p.beta2), p.weightDecay, p.gradScale].map(x => f(x))
+    this.launch('lion_f32', this.grid(vec ? cdiv(n, 4) : n), 1, 256, 1, [w.ptr, g.ptr, mm.ptr, low === null ? 0 : low.ptr, n, ...args, vec ? 1 : 0])
+  }
+
   // ---- quantizers ---------------------------------------------------------------------------
 
   private quantArgs(op: string, codes: Tensor, scales: Tensor, n: number, bits: 8 | 4, blockSize: number): { c: CudaTensor; s: CudaTensor } {
@@ -960,6 +1015,13 @@ export class CudaBackend implements Backend {
     return { c, s }
   }
 
+  /**
+   * Quantizer kernel variants (benchmark tuning, temporary): team kernels by float4 units per
+   * thread and prefetch, and 'v0' for the earlier kernels, the default until the team kernels
+   * have passed test/gpu/quant.test.ts on a device (bench/gpu.ts --quant-variants times them all).
+   */
+  quantKernels: { quant: 'u4p' | 'u8' | 'u8p' | 'u4' | 'v0'; dequant: 'k4' | 'v0' } = { quant: 'v0', dequant: 'v0' }
+
   quantize(codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void {
     const op = 'quantize'
     this.live_(op)
@@ -969,14 +1031,29 @@ export class CudaBackend implements Backend {
     if (n === 0) return
     const nblocks = cdiv(n, blockSize)
     this.flagsPending = true
-    const U = blockSize / 4
-    let tpb = 1
-    while (tpb * 4 < U) tpb *= 2
-    const fast = blockSize % 4 === 0 && tpb <= 256 && aligned(x.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
+    const variant = this.quantKernels.quant
+    if (variant === 'v0') {
+      const U = blockSize / 4
+      let tpb = 1
+      while (tpb * 4 < U) tpb *= 2
+      const fast = blockSize % 4 === 0 && tpb <= 256 && aligned(x.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
+      if (fast) {
+        const groups = 256 / tpb
+        this.launch('quant_fast', Math.min(cdiv(nblocks, groups), this.sm * 3), 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, tpb, this.flags.ptr])
+      } else {
+        this.launch('quant_generic', nblocks, 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, this.flags.ptr])
+      }
+      return
+    }
+    const { units, ctasPerSm } = QUANT_TEAM[variant]
+    // A team of 2^tpbLog threads holds a block as `units` float4 per thread.
+    let tpbLog = 0
+    while ((1 << tpbLog) * units * 4 < blockSize) tpbLog++
+    const fast = blockSize % 4 === 0 && tpbLog <= QUANT_CTA_LOG && aligned(x.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
     if (fast) {
-      const groups = 256 / tpb
-      // Grid-stride over quant blocks: 3 CTAs per SM (the kernel's launch bound).
-      this.launch('quant_fast', Math.min(cdiv(nblocks, groups), this.sm * 3), 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, tpb, this.flags.ptr])
+      const groups = 1 << (QUANT_CTA_LOG - tpbLog)
+      const grid = Math.min(cdiv(nblocks, groups), this.sm * ctasPerSm)
+      this.launch(`quant${bits}_${variant}`, grid, 1, 1 << QUANT_CTA_LOG, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, tpbLog, this.flags.ptr])
     } else {
       this.launch('quant_generic', nblocks, 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, this.flags.ptr])
     }
@@ -991,9 +1068,17 @@ export class CudaBackend implements Backend {
     if (n === 0) return
     this.flagsPending = true
     const fast = blockSize % 4 === 0 && aligned(d.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
-    const args = [d.ptr, c.ptr, s.ptr, n, blockSize, bits, accumulate ? 1 : 0, this.flags.ptr]
-    if (fast) this.launch('dequant_fast', this.grid(cdiv(n, 4)), 1, 256, 1, args)
-    else this.launch('dequant_generic', this.grid(n), 1, 256, 1, args)
+    if (fast && this.quantKernels.dequant === 'v0') {
+      this.launch('dequant_fast', this.grid(cdiv(n, 4)), 1, 256, 1, [d.ptr, c.ptr, s.ptr, n, blockSize, bits, accumulate ? 1 : 0, this.flags.ptr])
+    } else if (fast) {
+      // Warp tiles of 32·4 units of 4 elements; at most 4 CTAs of 256 per SM (the launch bound).
+      const tiles = cdiv(Math.floor(n / 4), 128)
+      const grid = Math.max(1, Math.min(cdiv(tiles * 32, 256), this.sm * 4))
+      const shift = Number.isInteger(Math.log2(blockSize)) ? Math.log2(blockSize) : -1
+      this.launch(`dequant${bits}_k4`, grid, 1, 256, 1, [d.ptr, c.ptr, s.ptr, n, blockSize, shift, accumulate ? 1 : 0, this.flags.ptr])
+    } else {
+      this.launch('dequant_generic', this.grid(n), 1, 256, 1, [d.ptr, c.ptr, s.ptr, n, blockSize, bits, accumulate ? 1 : 0, this.flags.ptr])
+    }
   }
 
   // ---- timing (benchmarks) ------------------------------------------------------------------

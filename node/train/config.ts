@@ -20,6 +20,20 @@ import type { OuterConfig } from './outer.ts'
  * 5. AdamW on the shard (decay on matrices and embeddings only);
  * 6. all-reduce the loss: when it returns, every rank finished step s, which commits it.
  */
+/** The optimizers a run may use (`--optimizer`). */
+export const OPTIMIZERS = ['adamw', 'lion'] as const
+export type Optimizer = (typeof OPTIMIZERS)[number]
+
+/** The optimizer tag of the states a run with `cfg` saves (snapshot/state.ts: absent for AdamW). */
+export function stateOptimizer(cfg: Pick<TrainConfig, 'optimizer'>): 'lion' | undefined {
+  return cfg.optimizer === 'lion' ? 'lion' : undefined
+}
+
+/** Whether the run's optimizer keeps a second moment (v): AdamW does, Lion does not. */
+export function keepsV(cfg: Pick<TrainConfig, 'optimizer'>): boolean {
+  return cfg.optimizer !== 'lion'
+}
+
 export interface TrainConfig {
   model: GptConfig
   B: number
@@ -28,6 +42,12 @@ export interface TrainConfig {
   lr: number
   weightDecay: number
   seed: number
+  /**
+   * The optimizer (default AdamW, β 0.9 / 0.95): 'lion' keeps one moment instead of two (β 0.9 /
+   * 0.99, a sign update; it wants a learning rate 3-10x smaller), so its state, snapshots and
+   * disk tier files are 8 bytes per parameter instead of 12.
+   */
+  optimizer?: Optimizer
   /**
    * A checkpoint (snapshot/checkpoint.ts: an HF GPT-2 dir or a zeromesh export) whose weights
    * are step 0's instead of the seed's; its shape must be `model`. Every rank reads the same
@@ -275,11 +295,12 @@ export function decaySegments(layout: GptLayout, start: number, length: number):
   return out
 }
 
-/** One rank's optimizer state between sessions: the f32 master shard and AdamW moments. */
+/** One rank's optimizer state between sessions: the f32 master shard and the optimizer's moments. */
 export interface ShardState {
   step: number
   master: Float32Array
   m: Float32Array
+  /** AdamW's second moment; empty for Lion. */
   v: Float32Array
   /** The DiLoCo tier's state of the shard (a run with `outer`). */
   outer?: OuterArrays
@@ -298,7 +319,10 @@ export interface ShardRange {
  * id and shapes, another seed or learning rate) have different identities. The step count and
  * the world size are left out: a run may be resumed to train longer, and it shrinks and grows.
  */
-export function runIdentity(run: string, c: Pick<TrainConfig, 'model' | 'B' | 'T' | 'lr' | 'weightDecay' | 'seed' | 'zeroPP' | 'outer' | 'dtype'>): Uint8Array {
+export function runIdentity(
+  run: string,
+  c: Pick<TrainConfig, 'model' | 'B' | 'T' | 'lr' | 'weightDecay' | 'seed' | 'zeroPP' | 'outer' | 'dtype' | 'optimizer'>
+): Uint8Array {
   const m = c.model
   const canonical = JSON.stringify({
     v: 1,
@@ -311,7 +335,9 @@ export function runIdentity(run: string, c: Pick<TrainConfig, 'model' | 'B' | 'T
     weightDecay: c.weightDecay,
     zeroPP: c.zeroPP,
     dtype: c.dtype,
-    outer: c.outer === undefined ? null : [c.outer.every, c.outer.zones, c.outer.quant, c.outer.streaming, c.outer.lr, c.outer.momentum]
+    outer: c.outer === undefined ? null : [c.outer.every, c.outer.zones, c.outer.quant, c.outer.streaming, c.outer.lr, c.outer.momentum],
+    // Only where it is not the default: AdamW runs keep the identities they had.
+    ...(c.optimizer === 'lion' ? { optimizer: 'lion' } : {})
   })
   return new Uint8Array(createHash('sha256').update(canonical).digest())
 }

@@ -1,5 +1,6 @@
 import type { Backend, Tensor } from '../../gpu/index.ts'
 import { encodeState, type OuterArrays, type RankState } from '../../snapshot/index.ts'
+import { stateOptimizer } from './config.ts'
 import { appliesAt, copyOuter, outerSchedule } from './outer.ts'
 import { persistDiskState } from '../disk-tier.ts'
 import type { TrainerEnv, RunState } from './state.ts'
@@ -16,7 +17,8 @@ export interface SaveSource {
   be: Backend
   master: Tensor
   m: Tensor
-  v: Tensor
+  /** AdamW's second moment (undefined for Lion). */
+  v: Tensor | undefined
   /** Host arrays from `be.hostAlloc`, allocated on the first save of the session. */
   host: { master: Float32Array; m: Float32Array; v: Float32Array } | undefined
   /** The save whose download is still in flight (a device rank only): the next one waits for none, it is skipped. */
@@ -40,12 +42,14 @@ export function rankState(
   adamV: Float32Array,
   outer?: OuterArrays,
   identity?: Uint8Array,
-  nonce?: Uint8Array
+  nonce?: Uint8Array,
+  optimizer?: 'lion'
 ): RankState {
   const st: RankState = { rank, worldSize: P, epoch, step, dataCursor: step, weights, adamM, adamV, rng: new Uint8Array(0) }
   if (outer !== undefined) st.outer = outer
   if (identity !== undefined) st.identity = identity
   if (nonce !== undefined) st.nonce = nonce
+  if (optimizer !== undefined) st.optimizer = optimizer
   return st
 }
 
@@ -122,15 +126,15 @@ export function saveCommitted(
   const host = (src.host ??= {
     master: be.hostAlloc('f32', n) as Float32Array,
     m: be.hostAlloc('f32', n) as Float32Array,
-    v: be.hostAlloc('f32', n) as Float32Array
+    v: src.v === undefined ? new Float32Array(0) : (be.hostAlloc('f32', n) as Float32Array)
   })
-  const fences = [be.download(host.master, src.master), be.download(host.m, src.m), be.download(host.v, src.v)]
+  const fences = [be.download(host.master, src.master), be.download(host.m, src.m), ...(src.v === undefined ? [] : [be.download(host.v, src.v)])]
   const now = fences.every(f => f.passed())
   // The outer state as it is at this commit: used as it is when the save happens now (the
   // capture copies it), copied when a device's download lands later (an outer step may change it first).
   const outer = src.outer === undefined || now ? src.outer : copyOuter(src.outer)
   const save = (): void => {
-    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity, rs.nonce)
+    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg))
     if (snap && rs.snapshots !== undefined) {
       const c0 = env.deps.clock.monotonic()
       const ticket = rs.snapshots.capture(st, { keep })
@@ -147,7 +151,9 @@ export function saveCommitted(
     // The disk tier writes in the background, one file after another; the session waits
     // for the last write before it ends.
     if (disk !== undefined && diskId !== null) {
-      const sealed = encodeState(rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity, rs.nonce))
+      const sealed = encodeState(
+        rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg))
+      )
       rs.disk.writes = rs.disk.writes
         .then(async () => {
           await persistDiskState(disk.dir, s + 1, sealed)
@@ -192,7 +198,7 @@ export function saveCommitted(
 export function endSaves(src: SaveSource): Promise<void> | undefined {
   if (src.pending !== undefined) return src.pending.then(() => endSaves(src))
   if (src.host === undefined) return undefined
-  for (const a of [src.host.master, src.host.m, src.host.v]) src.be.freeHost(a)
+  for (const a of [src.host.master, src.host.m, ...(src.v === undefined ? [] : [src.host.v])]) src.be.freeHost(a)
   src.host = undefined
 }
 

@@ -5,7 +5,7 @@ import { SNAPSHOT_LIMITS, UnrecoverableError, loadGptCheckpoint, type RankState 
 import { diskFile, diskSteps, loadDiskState, sameRun } from '../disk-tier.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
-import { TrainingError, type ShardRange, type ShardState } from './config.ts'
+import { keepsV, stateOptimizer, TrainingError, type ShardRange, type ShardState } from './config.ts'
 import { recoveryPoint, recoveryVerdict, resumeIndex, resumeLaunch, stateSlot, type DiskFile } from './messages.ts'
 import { copyOuter, outerSchedule, zoneRecoveryPoints } from './outer.ts'
 import { zoneGroups } from './roster.ts'
@@ -20,7 +20,7 @@ export function freshShard(env: TrainerEnv, start: number, length: number): Shar
   const cut = (full: Float32Array): ShardState => {
     const master = new Float32Array(length)
     master.set(full.subarray(start, Math.min(full.length, start + length)))
-    return { step: 0, master, m: new Float32Array(length), v: new Float32Array(length) }
+    return { step: 0, master, m: new Float32Array(length), v: new Float32Array(keepsV(env.cfg) ? length : 0) }
   }
   const from = env.cfg.initFrom
   if (from !== undefined) {
@@ -50,7 +50,7 @@ export function cutShard(env: TrainerEnv, states: readonly RankState[], step: nu
     })
     return out
   }
-  return { step, master: cut(st => st.weights), m: cut(st => st.adamM), v: cut(st => st.adamV) }
+  return { step, master: cut(st => st.weights), m: cut(st => st.adamM), v: keepsV(env.cfg) ? cut(st => st.adamV) : new Float32Array(0) }
 }
 
 /**
@@ -208,6 +208,10 @@ export async function recover(
   const fetch = async (owner: PeerId): Promise<RankState> => {
     rs.st.phase = `recovery: loading ${owner}'s snapshot of step ${rp}`
     const st = (await svc!.recover({ owner, version: rp }, opts)).state
+    if (st.optimizer !== stateOptimizer(env.cfg))
+      throw new TrainingError(
+        `${owner}'s snapshot of step ${rp} holds ${st.optimizer ?? 'adamw'} state, but this run trains with ${env.cfg.optimizer ?? 'adamw'} (--optimizer must agree)`
+      )
     if (st.nonce !== undefined && rs.nonce !== undefined && !sameBytes(st.nonce, rs.nonce))
       throw new TrainingError(
         `${owner}'s snapshot of step ${rp} belongs to another launch of this run (launch ${hex8(st.nonce)}, this run's is ${hex8(rs.nonce)}): ` +
@@ -323,6 +327,10 @@ async function resume(env: TrainerEnv, rs: RunState, collective: Collective, ros
       throw new TrainingError(
         `--resume: ${diskFile(dir, step)} (rank ${st.rank}, step ${step}) is another run's state: its run id, model, seed or training settings differ from this node's; move it away or start this node with that run's settings`
       )
+    if (st.optimizer !== stateOptimizer(env.cfg))
+      throw new TrainingError(
+        `--resume: ${diskFile(dir, step)} holds ${st.optimizer ?? 'adamw'} state, but this node trains with ${env.cfg.optimizer ?? 'adamw'}; start it with the run's --optimizer`
+      )
     held.set(step, st)
     files[i] = { step, rank: st.rank, worldSize: st.worldSize }
   }
@@ -378,8 +386,9 @@ export async function exchangeStates(
       dataCursor: step,
       weights: slot.part(0, len),
       adamM: slot.part(1, len),
-      adamV: slot.part(2, len),
-      rng: new Uint8Array(0)
+      adamV: keepsV(env.cfg) ? slot.part(2, len) : new Float32Array(0),
+      rng: new Uint8Array(0),
+      ...(stateOptimizer(env.cfg) === undefined ? {} : { optimizer: 'lion' as const })
     }
   }
   const missing = Array.from({ length: oldP }, (_, i) => i).filter(i => states[i] === undefined)

@@ -14,7 +14,7 @@ import { growCheck } from './messages.ts'
 import { SessionInterrupted, statusOf, type RunState, type TrainerEnv } from './state.ts'
 import {
   PhaseTimes,
-  applyAdamW,
+  applyOptimizer,
   backwardPass,
   bucketWindows,
   callAt,
@@ -330,7 +330,7 @@ export async function runSession(
       rs.st.phase = `step ${s + 1}: gradient reduction`
       await Promise.all(bwd.reductions).catch(fail)
       const reduced = now()
-      applyAdamW(p, t, s)
+      applyOptimizer(p, t, s)
       const updated = now()
       if (p.outer !== undefined) {
         const outer = outerStep(p, t, s, interrupt)

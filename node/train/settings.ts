@@ -34,6 +34,7 @@ const SETTINGS: readonly Setting[] = [
   { flag: '--lr', ...real(c => c.lr) },
   { flag: 'weight decay', ...real(c => c.weightDecay) },
   { flag: '--zeropp', ...bool(c => c.zeroPP) },
+  { flag: '--optimizer', word: c => (c.optimizer === 'lion' ? 1 : 0), show: w => (w === 1 ? 'lion' : 'adamw') },
   { flag: '--device (dtype)', word: c => (c.dtype === 'bf16' ? 1 : 0), show: w => (w === 1 ? 'bf16 (cuda)' : 'f32 (cpu)') },
   { flag: 'vocabulary (--data, --tokenizer)', ...int(c => c.model.vocabSize) },
   { flag: '--model (width)', ...int(c => c.model.C) },

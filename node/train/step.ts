@@ -5,7 +5,7 @@ import type { OuterArrays } from '../../snapshot/index.ts'
 import { applyFragment, exchange, fragmentRange, inFlightAt, sendFragment, sendsAt, type OuterConfig, type OuterSchedule } from './outer.ts'
 import { batchFor, type Batch } from '../data.ts'
 import type { SaveSource } from './persist.ts'
-import { decaySegments, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
+import { decaySegments, keepsV, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
 import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
 
@@ -27,8 +27,9 @@ export interface ShardTensors {
   master: Tensor
   grad: Tensor
   m: Tensor
-  v: Tensor
-  segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor }>
+  /** AdamW's second moment (undefined for Lion). */
+  v: Tensor | undefined
+  segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor | undefined }>
   /**
    * What goes on the wire (undefined on a `local` rank): the master shard on the host for the
    * weight gathers, downloaded after each AdamW (`ready` passes when it is there), the
@@ -112,16 +113,16 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
   const master = be.alloc('f32', [shard.length])
   const grad = be.alloc('f32', [shard.length])
   const m = be.alloc('f32', [shard.length])
-  const v = be.alloc('f32', [shard.length])
+  const v = keepsV(p.env.cfg) ? be.alloc('f32', [shard.length]) : undefined
   be.write(master, state.master)
   be.write(m, state.m)
-  be.write(v, state.v)
+  if (v !== undefined) be.write(v, state.v)
   const segments = decaySegments(p.env.layout, shard.start, Math.min(shard.length, Math.max(0, N - shard.start))).map(x => ({
     decay: x.decay,
     p: be.view(master, x.start - shard.start, [x.length]),
     g: be.view(grad, x.start - shard.start, [x.length]),
     m: be.view(m, x.start - shard.start, [x.length]),
-    v: be.view(v, x.start - shard.start, [x.length])
+    v: v === undefined ? undefined : be.view(v, x.start - shard.start, [x.length])
   }))
   let wire: ShardTensors['wire']
   if (!p.local) {
@@ -134,7 +135,7 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
 
 /** Releases the shard's tensors and host buffers (the session is over). */
 export function freeShardTensors(p: SessionParts, t: ShardTensors): void {
-  for (const x of [t.master, t.grad, t.m, t.v]) p.be.free(x)
+  for (const x of [t.master, t.grad, t.m, t.v]) if (x !== undefined) p.be.free(x)
   if (t.wire !== undefined) for (const a of [t.wire.master, t.wire.grads, t.wire.gathered, t.wire.reduced]) p.be.freeHost(a)
 }
 
@@ -211,14 +212,18 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
 }
 
 /**
- * AdamW on the shard with its summed gradient (divided by P; decay on matrices and embeddings
- * only), on the model's backend; then the new master shard starts on its way to the host for
- * the next step's gathers.
+ * The optimizer (AdamW, or Lion) on the shard with its summed gradient (divided by P; decay on
+ * matrices and embeddings only), on the model's backend; then the new master shard starts on
+ * its way to the host for the next step's gathers.
  */
-export function applyAdamW(p: SessionParts, t: ShardTensors, s: number): void {
+export function applyOptimizer(p: SessionParts, t: ShardTensors, s: number): void {
   const { be } = p
   const { cfg } = p.env
   for (const x of t.segments) {
+    if (x.v === undefined) {
+      be.lion(x.p, x.g, x.m, { lr: cfg.lr, beta1: 0.9, beta2: 0.99, weightDecay: x.decay ? cfg.weightDecay : 0, gradScale: 1 / p.P })
+      continue
+    }
     be.adamw(x.p, x.g, x.m, x.v, {
       lr: cfg.lr,
       beta1: 0.9,

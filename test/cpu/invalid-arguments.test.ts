@@ -89,6 +89,9 @@ test('wrong lengths and sizes are refused: element counts, C not divisible by NH
   refuses(t, () => be.scale(f(2), NaN), 'scale', 's')
   refuses(t, () => be.adamw(f(2), f(2), f(2), f(2), { lr: 1, beta1: 1, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, gradScale: 1 }), 'adamw', 'beta1')
   refuses(t, () => be.adamw(f(2), f(2), f(2), f(2), { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 0, gradScale: 1 }), 'adamw', 'step')
+  refuses(t, () => be.lion(f(2), f(2), f(2), { lr: 1, beta1: 0.9, beta2: 1, weightDecay: 0, gradScale: 1 }), 'lion', 'beta2')
+  refuses(t, () => be.lion(f(2), f(2), f(2), { lr: Infinity, beta1: 0.9, beta2: 0.9, weightDecay: 0, gradScale: 1 }), 'lion', 'lr')
+  refuses(t, () => be.lion(f(2), f(3), f(2), { lr: 1, beta1: 0.9, beta2: 0.9, weightDecay: 0, gradScale: 1 }), 'lion', 'grads')
 })
 
 test('foreign, freed and disposed tensors are refused; views die with their base', t => {

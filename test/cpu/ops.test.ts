@@ -341,6 +341,46 @@ test('adamw matches a scalar f64 reference over several steps (gradScale, weight
   t.not(got[0], p0[0], 'params moved')
 })
 
+test('lion matches a scalar f64 reference over several steps (sign update, weight decay, gradScale) and writes the bf16 copy', t => {
+  const { rng } = seededRng(t, 109)
+  const be = new CpuBackend()
+  const n = 257
+  const p0 = randomF32(rng, n)
+  const params = upload(be, p0)
+  const grads = be.alloc('f32', [n])
+  const m = be.alloc('f32', [n])
+  const low = be.alloc('bf16', [n])
+  const hp = { lr: 1e-3, beta1: 0.9, beta2: 0.99, weightDecay: 0.1, gradScale: 0.5 }
+  const rp = Float64Array.from(p0)
+  const rm = new Float64Array(n)
+  for (let step = 1; step <= 5; step++) {
+    const gH = randomF32(rng, n, 3)
+    be.write(grads, gH)
+    be.lion(params, grads, m, hp, low)
+    for (let i = 0; i < n; i++) {
+      const g = gH[i]! * hp.gradScale
+      const c = hp.beta1 * rm[i]! + (1 - hp.beta1) * g
+      rp[i] = rp[i]! - hp.lr * (Math.sign(c) + hp.weightDecay * rp[i]!)
+      rm[i] = hp.beta2 * rm[i]! + (1 - hp.beta2) * g
+    }
+  }
+  const got = readF32(be, params)
+  const c = closeness(got, rp, 1e-5, 1e-6)
+  t.true(c.ratio <= 1, `params worst at ${c.at}: ${got[c.at]} vs ${rp[c.at]}`)
+  t.true(closeness(readF32(be, m), rm, 1e-5, 1e-7).ratio <= 1)
+  t.deepEqual(
+    be.read(low),
+    Uint16Array.from(got, x => f32ToBf16(x))
+  )
+  // Every step moves a parameter by lr (the sign) plus its decay: the update's size does not
+  // depend on the gradient's.
+  const one = upload(be, new Float32Array([1, 1, 1]))
+  const g3 = upload(be, new Float32Array([1e-6, -50, 0]))
+  const m1 = be.alloc('f32', [3])
+  be.lion(one, g3, m1, { ...hp, weightDecay: 0, gradScale: 1 })
+  t.deepEqual([...readF32(be, one)], [Math.fround(1 - 1e-3), Math.fround(1 + 1e-3), 1])
+})
+
 test('cast rounds f32 to bf16 to nearest even, keeps NaN and ±Inf; bf16 → f32 is exact', t => {
   const be = new CpuBackend()
   const cases = Float32Array.of(1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, 0, -0, Infinity, -Infinity, NaN, 3.4028234663852886e38, 1e-40)

@@ -290,6 +290,32 @@ for (const dt of DTYPES) {
   })
 }
 
+gpuTest('lion (f32, with and without the bf16 copy, seed 27): bit-identical to the CPU reference', (t, be) => {
+  const n = 1031
+  const p = rand(n, 27)
+  const g = rand(n, 28)
+  const m = rand(n, 29, 0.1)
+  const hp = { lr: 1e-3, beta1: 0.9, beta2: 0.99, weightDecay: 0.1, gradScale: 0.5 }
+  const run = (x: Backend, withLow: boolean): { out: Float32Array[]; low: Tensor | null } => {
+    const tp = up(x, 'f32', p)
+    const tm = up(x, 'f32', m)
+    const low = withLow ? x.alloc('bf16', [n]) : null
+    x.lion(tp, up(x, 'f32', g), tm, hp, low)
+    x.lion(tp, up(x, 'f32', g), tm, { ...hp, weightDecay: 0 }, low)
+    return { out: [down(x, tp), down(x, tm)], low }
+  }
+  const want = run(cpu, false).out
+  const got = run(be, true)
+  t.deepEqual(Array.from(got.out[0]!), Array.from(want[0]!), 'params')
+  t.deepEqual(Array.from(got.out[1]!), Array.from(want[1]!), 'm')
+  const low = be.read(got.low!) as Uint16Array
+  t.deepEqual(
+    Array.from(low, bf16ToF32),
+    Array.from(got.out[0]!, x => bf16ToF32(f32ToBf16(x))),
+    'bf16 copy = cast of the updated params'
+  )
+})
+
 gpuTest('adamw (f32, with and without the bf16 copy, seed 23)', (t, be) => {
   const n = 1031
   const p = rand(n, 23)

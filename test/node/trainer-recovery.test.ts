@@ -463,3 +463,48 @@ test('--resume refuses disk tier files of two launches of one run (same run id a
     rmSync(root, { recursive: true, force: true })
   }
 })
+
+test.serial(
+  'Lion: one moment, snapshots of 8 bytes per parameter; a killed rank is replaced bit-identically and the disk tier resumes under another world size',
+  async t => {
+    const seed = seedOf(t, 5)
+    const cfg: TrainConfig = { ...base, steps: 10, lr: 1e-3, optimizer: 'lion', snapshot: { k: 2, m: 1 } }
+    const clean = simOk(await simTrain(5, cfg, { seed }))
+    const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 2, atStep: 6 } }))
+    const ranks = hurt.statuses.filter(s => s.role === 'done')
+    t.is(ranks.length, 4)
+    t.true(
+      ranks.flatMap(s => s.recoveries).some(r => r.mode === 'replace'),
+      'a spare took the rank from the snapshots'
+    )
+    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+    const adamw = simOk(await simTrain(5, { ...cfg, optimizer: 'adamw', lr: base.lr }, { seed }))
+    t.not(adamw.weightsHash, clean.weightsHash, 'Lion trains other weights than AdamW')
+    // What each rank placed: weights and one moment against AdamW's two.
+    const placed = (r: typeof clean): number =>
+      r.statuses.reduce((a, s) => a + (s.snapshotBytes?.host ?? 0) + (s.snapshotBytes?.zone ?? 0) + (s.snapshotBytes?.wan ?? 0), 0)
+    t.log(`snapshot bytes placed: lion ${placed(clean)}, adamw ${placed(adamw)} (${(placed(clean) / placed(adamw)).toFixed(3)}x)`)
+    t.true(placed(clean) < 0.7 * placed(adamw), `lion ${placed(clean)} vs adamw ${placed(adamw)}`)
+    // The disk tier: three ranks write Lion state, four resume it (re-partitioned), two refuse it as AdamW.
+    const root = mkdtempSync(join(tmpdir(), 'zm-lion-'))
+    try {
+      const disk =
+        (resume: boolean) =>
+        (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
+      const lion: TrainConfig = { ...base, worldSize: 3, steps: 6, lr: 1e-3, optimizer: 'lion', snapshot: undefined }
+      ok(await trainMesh(3, lion, { configOf: disk(false) }))
+      const st = (await loadDiskState(diskDir(join(root, 'w0')), 6))!
+      t.is(st.optimizer, 'lion')
+      t.is(st.adamV.length, 0)
+      const four = ok(await trainMesh(4, { ...lion, worldSize: 4, steps: 8 }, { configOf: disk(true) }))
+      t.true(four.statuses.every(s => s.resumedFrom === 6 && s.step === 8))
+      const wrong = await trainMesh(2, { ...lion, worldSize: 2, steps: 8, optimizer: 'adamw' }, { configOf: disk(true) })
+      t.true(
+        wrong.errors.some(e => /--resume: .* holds lion state, but this node trains with adamw/.test(e.message)),
+        wrong.errors.map(e => e.message).join('\n')
+      )
+    } finally {
+      rmSync(root, { recursive: true, force: true })
+    }
+  }
+)

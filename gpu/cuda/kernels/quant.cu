@@ -288,3 +288,327 @@ extern "C" __global__ void dequant_generic(float* __restrict__ dst, const unsign
     dst[e] = acc ? __fadd_rn(dst[e], x) : x;
   }
 }
+
+// ---- quantize: a team of threads per quant block, the block held in registers --------------
+//
+// A CTA of Q_CTA threads is split into teams of tpb = 2^tpbLog threads; a team owns one quant
+// block per step of a grid-stride loop and holds it in registers as UN float4 per thread (unit
+// u = 4 elements, thread t holds units t + k·tpb, so every warp load is 512 contiguous bytes).
+// The input is read once: max |x| by warp shuffles (and shared memory across the warps of a
+// team, behind a named barrier per team), then the codes from the registers.
+//
+// Codes without a division or a float-to-int conversion (both run at a quarter of the FP32
+// rate on sm_90 and set the pace of the earlier kernel): y = x · (1 / scale), then
+// t = y + 1.5·2^23 rounds y to an integer, ties to even, and leaves it as two's complement in
+// the low bits of t's bit pattern. y is within ~2.3e-5 of fl(x / scale) (|y| ≲ qmax, two
+// roundings of 2^-24 each against one), so rintf(fl(x / scale)) = round(y) unless y lies within
+// 6.2e-5 of a half-integer; such an element (and a NaN, whose distance compares false) takes
+// the exact q_code path, out of the hot loop. |x| ≤ absmax and scale = fl(absmax / qmax) within
+// 2^-21 (denormal scales with a finite reciprocal are ≥ 2^-128) give |y| < qmax + 0.5, so the
+// fast path needs no clamp. A scale of 0 (an all-zero block) takes 1 / scale = 0: every code 0.
+#define Q_CTA 256
+#define Q_MAGIC 12582912.0f
+#define Q_TIE (0.5f - 6.2e-5f)
+
+// Low bytes of four code words (two's complement codes) packed into one word, a in byte 0.
+__device__ __forceinline__ unsigned q_pack8(unsigned a, unsigned b, unsigned c, unsigned d) {
+  return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
+// Low nibbles of four code words in 16 bits, a in bits 0-3 (int4 packs element 2i low).
+__device__ __forceinline__ unsigned q_pack4(unsigned a, unsigned b, unsigned c, unsigned d) {
+  unsigned x = q_pack8(a, b, c, d) & 0x0f0f0f0fu;
+  x |= x >> 4;  // byte 0: a | b << 4, byte 2: c | d << 4
+  return __byte_perm(x, 0u, 0x4420);
+}
+
+__device__ __forceinline__ void bar_team(unsigned id, unsigned threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Quant block qb's units for thread t (zeros past the block or the input).
+template <int UN>
+__device__ __forceinline__ void qt_load(float4 (&v)[UN], const float* __restrict__ src, unsigned qb, unsigned nblocks, unsigned n, unsigned bs,
+    unsigned t, unsigned tpb) {
+  const bool active = qb < nblocks;
+  const unsigned start = active ? qb * bs : 0u;
+  const unsigned lim = active ? min(n - start, bs) : 0u;
+  const float* p = src + start;
+#pragma unroll
+  for (int k = 0; k < UN; k++) {
+    const unsigned off = 4u * (t + (unsigned)k * tpb);
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (off + 4u <= lim) {
+      x = __ldcs(reinterpret_cast<const float4*>(p + off));
+    } else if (off < lim) {
+      x.x = p[off];
+      if (off + 1u < lim) x.y = p[off + 1u];
+      if (off + 2u < lim) x.z = p[off + 2u];
+    }
+    v[k] = x;
+  }
+}
+
+// One fast-path element: the code word (see above) and whether it must be redone exactly.
+__device__ __forceinline__ unsigned qt_fast(float x, float inv, bool& redo) {
+  const float y = __fmul_rn(x, inv);
+  const float t = __fadd_rn(y, Q_MAGIC);
+  const float d = __fsub_rn(y, __fsub_rn(t, Q_MAGIC));
+  redo |= !(fabsf(d) < Q_TIE);
+  return __float_as_uint(t);
+}
+
+// The cold path for one element: the fast code where it holds, else the exact one (reporting
+// a non-finite input).
+__device__ __noinline__ unsigned qt_exact(float x, float scale, float inv, float qmax, bool fast, unsigned idx, u64* flags) {
+  if (fast) {
+    bool redo = false;
+    const unsigned w = qt_fast(x, inv, redo);
+    if (!redo) return w;
+  }
+  q_check(x, idx, flags);
+  return (unsigned)q_code(x, scale, qmax);
+}
+
+template <int BITS>
+__device__ __forceinline__ unsigned qt_pack(unsigned a, unsigned b, unsigned c, unsigned d) {
+  return BITS == 8 ? q_pack8(a, b, c, d) : q_pack4(a, b, c, d);
+}
+
+// Scale and codes of quant block qb from the team's registers. Every thread of the CTA calls it
+// once per loop step (the team barrier needs the whole team).
+template <int BITS, int UN>
+__device__ __forceinline__ void qt_block(const float4 (&v)[UN], float (*red)[Q_CTA / 32], unsigned par, unsigned char* __restrict__ codes,
+    float* __restrict__ scales, unsigned qb, unsigned nblocks, unsigned n, unsigned bs, unsigned g, unsigned t, unsigned tpb, u64* flags) {
+  const float qmax = BITS == 8 ? 127.0f : 7.0f;
+  // fmaxf ignores NaN (found below by the code path) and keeps Inf (the exact path's case).
+  float m = 0.0f;
+#pragma unroll
+  for (int k = 0; k < UN; k++) m = fmaxf(fmaxf(fmaxf(m, fabsf(v[k].x)), fabsf(v[k].y)), fmaxf(fabsf(v[k].z), fabsf(v[k].w)));
+  const unsigned width = tpb < 32u ? tpb : 32u;
+  for (unsigned o = width >> 1; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (tpb > 32u) {
+    // Double-buffered by step parity, so one barrier per block suffices.
+    if ((threadIdx.x & 31u) == 0) red[par][threadIdx.x >> 5] = m;
+    bar_team(1u + g, tpb);
+    const unsigned w0 = (g * tpb) >> 5, nw = tpb >> 5;
+    for (unsigned k = 0; k < nw; k++) m = fmaxf(m, red[par][w0 + k]);
+  }
+  if (qb >= nblocks) return;
+  const unsigned start = qb * bs;
+  const unsigned lim = min(n - start, bs);
+  const float scale = q_scale(m, qmax);
+  if (t == 0) scales[qb] = scale;
+  const float inv = scale == 0.0f ? 0.0f : __frcp_rn(scale);
+  const bool fast = f_isfinite(inv) && f_isfinite(m);
+  unsigned w[UN];
+  bool redo = !fast;
+  if (fast) {
+#pragma unroll
+    for (int k = 0; k < UN; k++)
+      w[k] = qt_pack<BITS>(qt_fast(v[k].x, inv, redo), qt_fast(v[k].y, inv, redo), qt_fast(v[k].z, inv, redo), qt_fast(v[k].w, inv, redo));
+  }
+  if (redo) {
+#pragma unroll
+    for (int k = 0; k < UN; k++) {
+      const unsigned i = start + 4u * (t + (unsigned)k * tpb);
+      w[k] = qt_pack<BITS>(qt_exact(v[k].x, scale, inv, qmax, fast, i, flags), qt_exact(v[k].y, scale, inv, qmax, fast, i + 1u, flags),
+          qt_exact(v[k].z, scale, inv, qmax, fast, i + 2u, flags), qt_exact(v[k].w, scale, inv, qmax, fast, i + 3u, flags));
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < UN; k++) {
+    const unsigned off = 4u * (t + (unsigned)k * tpb);
+    if (off >= lim) break;
+    const unsigned e = start + off;
+    if (BITS == 8) {
+      if (off + 4u <= lim) {
+        *reinterpret_cast<unsigned*>(codes + e) = w[k];
+      } else {
+        for (unsigned j = 0; off + j < lim; j++) codes[e + j] = (unsigned char)(w[k] >> (8u * j));
+      }
+    } else {
+      unsigned char* c = codes + (e >> 1);
+      if (off + 4u <= lim) {
+        *reinterpret_cast<unsigned short*>(c) = (unsigned short)w[k];
+      } else {
+        // An odd tail's high nibble is 0: its element was loaded as 0.
+        c[0] = (unsigned char)w[k];
+        if (off + 2u < lim) c[1] = (unsigned char)(w[k] >> 8);
+      }
+    }
+  }
+}
+
+// PREFETCH: the next block's loads are issued before this one is coded (twice the registers).
+template <int BITS, int UN, bool PREFETCH>
+__device__ __forceinline__ void quant_team(const float* __restrict__ src, unsigned char* __restrict__ codes, float* __restrict__ scales, unsigned n,
+    unsigned bs, int tpbLog, u64* flags) {
+  __shared__ float red[2][Q_CTA / 32];
+  const unsigned tpb = 1u << tpbLog;
+  const unsigned groups = (unsigned)Q_CTA >> tpbLog;
+  const unsigned g = threadIdx.x >> tpbLog, t = threadIdx.x & (tpb - 1u);
+  const unsigned nblocks = (n - 1u) / bs + 1u;
+  const unsigned stride = gridDim.x * groups;
+  unsigned base = blockIdx.x * groups;
+  float4 cur[UN];
+  if (PREFETCH) qt_load<UN>(cur, src, base + g, nblocks, n, bs, t, tpb);
+  for (unsigned par = 0; base < nblocks; base += stride, par ^= 1u) {
+    const unsigned qb = base + g;
+    if (PREFETCH) {
+      float4 nxt[UN];
+      qt_load<UN>(nxt, src, qb + stride, nblocks, n, bs, t, tpb);
+      qt_block<BITS, UN>(cur, red, par, codes, scales, qb, nblocks, n, bs, g, t, tpb, flags);
+#pragma unroll
+      for (int k = 0; k < UN; k++) cur[k] = nxt[k];
+    } else {
+      qt_load<UN>(cur, src, qb, nblocks, n, bs, t, tpb);
+      qt_block<BITS, UN>(cur, red, par, codes, scales, qb, nblocks, n, bs, g, t, tpb, flags);
+    }
+  }
+}
+
+#define QUANT_TEAM_KERNEL(name, BITS, UN, PREFETCH, MINB)                                                                                        \
+  extern "C" __global__ void __launch_bounds__(Q_CTA, MINB) name(const float* __restrict__ src, unsigned char* __restrict__ codes,             \
+      float* __restrict__ scales, unsigned n, unsigned bs, int tpbLog, u64* flags) {                                                           \
+    quant_team<BITS, UN, PREFETCH>(src, codes, scales, n, bs, tpbLog, flags);                                                                 \
+  }
+QUANT_TEAM_KERNEL(quant8_u4p, 8, 4, true, 4)
+QUANT_TEAM_KERNEL(quant4_u4p, 4, 4, true, 4)
+QUANT_TEAM_KERNEL(quant8_u8, 8, 8, false, 4)
+QUANT_TEAM_KERNEL(quant4_u8, 4, 8, false, 4)
+QUANT_TEAM_KERNEL(quant8_u8p, 8, 8, true, 2)
+QUANT_TEAM_KERNEL(quant4_u8p, 4, 8, true, 2)
+QUANT_TEAM_KERNEL(quant8_u4, 8, 4, false, 6)
+QUANT_TEAM_KERNEL(quant4_u4, 4, 4, false, 6)
+
+// ---- dequantize: K units of 4 elements per thread, warp tiles of 32·K units ----------------
+//
+// Lane l of a warp takes units tile·32K + l + 32k, so each code load is one contiguous 128 /
+// 64-byte row and each float4 store (and accumulate load) a contiguous 512-byte row. A code
+// becomes a float without a conversion instruction: placing (code + 128) (int8) or
+// (code + 8) (int4) in the low byte of 1.5·2^23's bit pattern and subtracting 1.5·2^23 + 128
+// (+ 8) gives the code exactly; then x = fl(q · scale) and, accumulating, fl(acc + x), as in
+// codec/quant.ts. The block of a unit is e >> bsShift for a power-of-two block, else e / bs.
+// The invalid codes (-128, -8) are found a word at a time (a zero field after the xor) and
+// redone element by element out of the hot path. The last n % 4 elements go to one thread.
+
+__device__ __forceinline__ float dq_byte(unsigned x, unsigned sel) { return __uint_as_float(__byte_perm(x, 0x4B400000u, 0x7650u | sel)); }
+
+// A unit's values from its code word w; `bad` is set where the word holds the invalid code (-128
+// / -8): such a unit is redone by dq_unit_checked.
+template <int BITS>
+__device__ __forceinline__ float4 dq_unit(unsigned w, float s, bool& bad) {
+  float4 o;
+  if (BITS == 8) {
+    const unsigned x = w ^ 0x80808080u;
+    bad |= ((x - 0x01010101u) & ~x & 0x80808080u) != 0u;
+    const float c = 12583040.0f;  // 1.5·2^23 + 128
+    o.x = __fsub_rn(dq_byte(x, 0), c);
+    o.y = __fsub_rn(dq_byte(x, 1), c);
+    o.z = __fsub_rn(dq_byte(x, 2), c);
+    o.w = __fsub_rn(dq_byte(x, 3), c);
+  } else {
+    const unsigned x = (w & 0xffffu) ^ 0x8888u;
+    bad |= ((x - 0x1111u) & ~x & 0x8888u) != 0u;
+    const unsigned lo = x & 0x0f0fu, hi = (x >> 4) & 0x0f0fu;  // bytes: nibbles 0, 2 / 1, 3
+    const float c = 12582920.0f;  // 1.5·2^23 + 8
+    o.x = __fsub_rn(dq_byte(lo, 0), c);
+    o.y = __fsub_rn(dq_byte(hi, 0), c);
+    o.z = __fsub_rn(dq_byte(lo, 1), c);
+    o.w = __fsub_rn(dq_byte(hi, 1), c);
+  }
+  return make_float4(__fmul_rn(o.x, s), __fmul_rn(o.y, s), __fmul_rn(o.z, s), __fmul_rn(o.w, s));
+}
+
+// Element e of the codes, checked (the invalid code is reported and read as 0).
+template <int BITS>
+__device__ __forceinline__ int dq_code(const unsigned char* codes, unsigned e, u64* flags) {
+  if (BITS == 8) {
+    const int q = (int)(signed char)codes[e];
+    if (q == -128) { dq_bad(e, -128, flags); return 0; }
+    return q;
+  }
+  const int nib = (codes[e >> 1] >> ((e & 1u) * 4u)) & 0xf;
+  if (nib == 8) { dq_bad(e, -8, flags); return 0; }
+  return (nib ^ 8) - 8;
+}
+
+// dst[e] for one element, checked: the slow path for units with an invalid code and the tail.
+template <int BITS>
+__device__ __forceinline__ void dq_element(float* dst, const unsigned char* codes, float s, float d, unsigned e, int acc, u64* flags) {
+  const float x = dq_one(dq_code<BITS>(codes, e, flags), s);
+  dst[e] = acc ? __fadd_rn(d, x) : x;
+}
+
+template <int BITS, int K>
+__device__ __forceinline__ void dequant_tiles(float* __restrict__ dst, const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+    unsigned n, unsigned bs, int bsShift, int acc, u64* flags) {
+  const unsigned lane = threadIdx.x & 31u;
+  const unsigned warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const unsigned nwarps = (gridDim.x * blockDim.x) >> 5;
+  const unsigned nfull = n >> 2;
+  const unsigned ntiles = (nfull + 32u * K - 1u) / (32u * K);
+  for (unsigned tile = warp; tile < ntiles; tile += nwarps) {
+    const unsigned u0 = tile * 32u * K + lane;
+    unsigned w[K];
+    float s[K];
+    float4 d[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      const unsigned u = u0 + 32u * k;
+      w[k] = 0u;
+      s[k] = 0.0f;
+      d[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (u < nfull) {
+        w[k] = BITS == 8 ? __ldcs(reinterpret_cast<const unsigned*>(codes) + u) : (unsigned)__ldcs(reinterpret_cast<const unsigned short*>(codes) + u);
+        const unsigned e = 4u * u;
+        s[k] = scales[bsShift >= 0 ? e >> bsShift : e / bs];
+        if (acc) d[k] = *reinterpret_cast<const float4*>(dst + e);
+      }
+    }
+    bool bad = false;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      const unsigned u = u0 + 32u * k;
+      if (u < nfull) {
+        float4 o = dq_unit<BITS>(w[k], s[k], bad);
+        if (acc) {
+          o.x = __fadd_rn(d[k].x, o.x);
+          o.y = __fadd_rn(d[k].y, o.y);
+          o.z = __fadd_rn(d[k].z, o.z);
+          o.w = __fadd_rn(d[k].w, o.w);
+        }
+        *reinterpret_cast<float4*>(dst + 4u * u) = o;
+      }
+    }
+    if (bad) {
+      // Rare (the host rejects such input): redo this thread's units one element at a time,
+      // from the accumulator values loaded above.
+#pragma unroll
+      for (int k = 0; k < K; k++) {
+        const unsigned u = u0 + 32u * k;
+        if (u < nfull) {
+          dq_element<BITS>(dst, codes, s[k], d[k].x, 4u * u, acc, flags);
+          dq_element<BITS>(dst, codes, s[k], d[k].y, 4u * u + 1u, acc, flags);
+          dq_element<BITS>(dst, codes, s[k], d[k].z, 4u * u + 2u, acc, flags);
+          dq_element<BITS>(dst, codes, s[k], d[k].w, 4u * u + 3u, acc, flags);
+        }
+      }
+    }
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    for (unsigned e = 4u * nfull; e < n; e++) dq_element<BITS>(dst, codes, scales[e / bs], acc ? dst[e] : 0.0f, e, acc, flags);
+  }
+}
+
+#define DEQUANT_TILE_KERNEL(name, BITS, K, MINB)                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256, MINB) name(float* __restrict__ dst, const unsigned char* __restrict__ codes,               \
+      const float* __restrict__ scales, unsigned n, unsigned bs, int bsShift, int acc, u64* flags) {                                          \
+    dequant_tiles<BITS, K>(dst, codes, scales, n, bs, bsShift, acc, flags);                                                                    \
+  }
+DEQUANT_TILE_KERNEL(dequant8_k4, 8, 4, 4)
+DEQUANT_TILE_KERNEL(dequant4_k4, 4, 4, 4)
+DEQUANT_TILE_KERNEL(dequant8_k8, 8, 8, 4)
+DEQUANT_TILE_KERNEL(dequant4_k8, 4, 8, 4)
+DEQUANT_TILE_KERNEL(dequant8_k4o, 8, 4, 8)
+DEQUANT_TILE_KERNEL(dequant4_k4o, 4, 4, 8)
