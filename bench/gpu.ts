@@ -30,9 +30,6 @@ be.warmup()
 emit({ bench: 'gpu.compile', ms: r4(performance.now() - t0), ...be.compileStats })
 
 // ---- quantizer bandwidth vs cuMemcpyDtoD ---------------------------------------------------
-// --quant-variants also times every quantizer kernel variant (be.quantKernels), 'v0' being the
-// earlier kernels; --quant-only skips the training step below.
-const args = process.argv.slice(2)
 {
   const n = 1 << 28 // 1 GiB of f32
   const src = be.alloc('f32', [n])
@@ -54,11 +51,7 @@ const args = process.argv.slice(2)
   const copyS = timeOp(() => be.copyBytes(dst, src, n * 4))
   const copyGbps = (2 * n * 4) / copyS / 1e9
   emit({ bench: 'gpu.memcpy_dtod', bytes: n * 4, seconds: r4(copyS), gbps: r4(copyGbps), note: 'read + write bytes per second' })
-  const chosen = { ...be.quantKernels }
-  for (const k of ['quant8_u4p', 'quant8_u8', 'quant8_u8p', 'quant8_u4', 'quant_fast', 'dequant8_k4', 'dequant4_k4', 'dequant_fast'])
-    emit({ bench: 'gpu.kernel', kernel: k, ...be.kernelInfo(k) })
-  const quantVariants = args.includes('--quant-variants') ? (['u4p', 'u8', 'u8p', 'u4', 'v0'] as const) : [chosen.quant]
-  const dequantVariants = args.includes('--quant-variants') ? (['k4', 'v0'] as const) : [chosen.dequant]
+  for (const k of ['quant_fast', 'dequant_fast']) emit({ bench: 'gpu.kernel', kernel: k, ...be.kernelInfo(k) })
   for (const bits of [8, 4] as const) {
     for (const blockSize of [256, 1024, 2048, 4096]) {
       const blocks = Math.ceil(n / blockSize)
@@ -66,61 +59,44 @@ const args = process.argv.slice(2)
       const codes = be.alloc('u8', [codeBytes])
       const scales = be.alloc('f32', [blocks])
       const moved = n * 4 + codeBytes + blocks * 4
-      for (const quant of quantVariants) {
-        be.quantKernels = { ...chosen, quant }
-        const qs = timeOp(() => be.quantize(codes, scales, src, bits, blockSize))
-        const gbps = moved / qs / 1e9
+      const qs = timeOp(() => be.quantize(codes, scales, src, bits, blockSize))
+      emit({
+        bench: 'gpu.quantize',
+        bits,
+        blockSize,
+        elements: n,
+        bytes: moved,
+        seconds: r4(qs),
+        gbps: r4(moved / qs / 1e9),
+        fractionOfCopy: r4(moved / qs / 1e9 / copyGbps)
+      })
+      for (const accumulate of [false, true]) {
+        const dmoved = n * 4 * (accumulate ? 2 : 1) + codeBytes + blocks * 4
+        const ds = timeOp(() => be.dequantize(dst, codes, scales, bits, blockSize, accumulate))
         emit({
-          bench: 'gpu.quantize',
-          kernel: quant,
+          bench: 'gpu.dequantize',
           bits,
           blockSize,
+          accumulate,
           elements: n,
-          bytes: moved,
-          seconds: r4(qs),
-          gbps: r4(gbps),
-          fractionOfCopy: r4(gbps / copyGbps)
+          bytes: dmoved,
+          seconds: r4(ds),
+          gbps: r4(dmoved / ds / 1e9),
+          fractionOfCopy: r4(dmoved / ds / 1e9 / copyGbps)
         })
       }
-      be.quantKernels = { ...chosen }
-      be.quantize(codes, scales, src, bits, blockSize)
-      for (const dequant of dequantVariants) {
-        be.quantKernels = { ...chosen, dequant }
-        for (const accumulate of [false, true]) {
-          const dmoved = n * 4 * (accumulate ? 2 : 1) + codeBytes + blocks * 4
-          const ds = timeOp(() => be.dequantize(dst, codes, scales, bits, blockSize, accumulate))
-          const gbps = dmoved / ds / 1e9
-          emit({
-            bench: 'gpu.dequantize',
-            kernel: dequant,
-            bits,
-            blockSize,
-            accumulate,
-            elements: n,
-            bytes: dmoved,
-            seconds: r4(ds),
-            gbps: r4(gbps),
-            fractionOfCopy: r4(gbps / copyGbps)
-          })
-        }
-      }
-      be.quantKernels = { ...chosen }
       be.free(codes)
       be.free(scales)
     }
   }
   be.synchronize()
-  const copyEndS = timeOp(() => be.copyBytes(dst, src, n * 4))
-  emit({ bench: 'gpu.memcpy_dtod', at: 'end', bytes: n * 4, seconds: r4(copyEndS), gbps: r4((2 * n * 4) / copyEndS / 1e9) })
   be.free(src)
   be.free(dst)
 }
-if (args.includes('--quant-only')) {
-  be.dispose()
-  process.exit(0)
-}
 
 // ---- GPT-2 124M training step ----------------------------------------------------------------
+// (--quant-only stops after the quantizers.)
+if (process.argv.includes('--quant-only')) process.exit(0)
 {
   const cfg = GPT_PRESETS['gpt2-124m']
   const B = Number(process.env['GPU_BENCH_B'] ?? 16)

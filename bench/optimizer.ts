@@ -11,7 +11,8 @@
 // (c) `optimizer.kill`: 4 ranks + 1 spare, the `mini` model, SIGKILL of rank 1 at step
 //     BENCH_OPT_KILL_AT of 30: the trainer's recovery (recovery point + loading the snapshots)
 //     and SIGKILL to the next commit.
-// BENCH_OPT_PARTS (comma-separated: quality, state, kill) picks parts.
+// BENCH_OPT_PARTS (comma-separated: quality, state, kill) picks parts; BENCH_OPT_ONLY one
+// optimizer for (a); BENCH_OPT_ADAMW_LR / BENCH_OPT_LION_LR their learning rates.
 import { loadavg } from 'node:os'
 import { envNumber } from './harness.ts'
 import { up, type UpKillReport } from '../cli/index.ts'
@@ -21,6 +22,12 @@ import { stateBytes } from '../snapshot/index.ts'
 import { trainingModel } from '../node/index.ts'
 
 const STEPS = envNumber('BENCH_OPT_STEPS', 300)
+// Learning rates (default: the workers' own per optimizer: AdamW 3e-3, Lion 3e-4).
+const LR: Record<string, number | undefined> = {
+  adamw: process.env['BENCH_OPT_ADAMW_LR'] === undefined ? undefined : Number(process.env['BENCH_OPT_ADAMW_LR']),
+  lion: process.env['BENCH_OPT_LION_LR'] === undefined ? undefined : Number(process.env['BENCH_OPT_LION_LR'])
+}
+const ONLY = process.env['BENCH_OPT_ONLY']
 const KILL_AT = envNumber('BENCH_OPT_KILL_AT', 10)
 const parts = (process.env['BENCH_OPT_PARTS'] ?? 'quality,state,kill').split(',').map(s => s.trim())
 const OPTIMIZERS = ['adamw', 'lion'] as const
@@ -32,7 +39,7 @@ const emit = (line: Record<string, unknown>): void => {
 
 async function run(
   label: string,
-  o: { optimizer: 'adamw' | 'lion'; nodes: number; spares: number; model: string; steps: number; killAt?: number }
+  o: { optimizer: 'adamw' | 'lion'; nodes: number; spares: number; model: string; steps: number; killAt?: number; lr?: number }
 ): Promise<{ code: number; heldOut: number | undefined; kill: UpKillReport | undefined; wallS: number }> {
   const lines: string[] = []
   let kill: UpKillReport | undefined
@@ -47,6 +54,7 @@ async function run(
     data: undefined,
     zeropp: false,
     optimizer: o.optimizer,
+    ...(o.lr === undefined ? {} : { lr: o.lr }),
     seed: 1,
     batch: 4,
     seq: 64,
@@ -68,9 +76,10 @@ async function run(
 
 if (parts.includes('quality')) {
   const got = new Map<string, number>()
-  for (const optimizer of OPTIMIZERS) {
+  for (const optimizer of OPTIMIZERS.filter(x => ONLY === undefined || x === ONLY)) {
     const before = load1()
-    const r = await run(`quality ${optimizer}`, { optimizer, nodes: 1, spares: 0, model: 'small', steps: STEPS })
+    const lr = LR[optimizer]
+    const r = await run(`quality ${optimizer}`, { optimizer, nodes: 1, spares: 0, model: 'small', steps: STEPS, ...(lr === undefined ? {} : { lr }) })
     if (r.code !== 0 || r.heldOut === undefined) {
       emit({ bench: 'optimizer.quality', optimizer, error: `up exited ${r.code}` })
       process.exitCode = 1
@@ -83,6 +92,7 @@ if (parts.includes('quality')) {
       optimizer,
       model: 'small',
       steps: STEPS,
+      lr: lr ?? 'default',
       held_out_loss: r4(r.heldOut),
       ...(base === undefined || optimizer === 'adamw' ? {} : { vs_adamw: r4(r.heldOut / base) }),
       wall_s: r4(r.wallS),

@@ -26,7 +26,9 @@ export const SCENARIO_LIMITS = Object.freeze({
   maxFactor: 1e6,
   /** The membership heartbeat (ms). */
   minHeartbeatMs: 10,
-  maxHeartbeatMs: 60_000
+  maxHeartbeatMs: 60_000,
+  /** A convergence or detection bound (ms): past it a run that never converges would run on for that long. */
+  maxAssertionMs: 3600_000
 })
 
 const nodeRef = z.string().regex(/^n\d{3}$/, 'node ids look like n000, n001, ...')
@@ -116,9 +118,9 @@ export const scenarioSchema = z.strictObject({
     .strictObject({
       safety: z.boolean().default(true),
       /** After the last fault is healed (or at the end), one view with every up node within this (ms). */
-      convergeWithinMs: z.number().positive().optional(),
+      convergeWithinMs: z.number().positive().max(SCENARIO_LIMITS.maxAssertionMs).optional(),
       /** Each crash must be out of every live node's view within this (ms). */
-      detectWithinMs: z.number().positive().optional()
+      detectWithinMs: z.number().positive().max(SCENARIO_LIMITS.maxAssertionMs).optional()
     })
     .default({ safety: true })
 })

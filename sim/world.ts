@@ -33,6 +33,13 @@ interface MemberList {
   key: string
 }
 
+/** Acceptances a view had when installed (`yes` of `of` possible acceptors) and how many it needed. */
+interface Quorum {
+  yes: number
+  of: string
+  need: number
+}
+
 /** A view installation seen anywhere, for reports and timelines. */
 export interface ViewEvent {
   at: number
@@ -56,8 +63,17 @@ export interface WorldInit {
  * they had persisted), and checks safety on every view installed:
  * - agreement: two different views with one epoch is a violation;
  * - quorum: a view of epoch e may be installed only once a majority of the members of view
- *   e-1 (every member, for the genesis view) accepted it as acceptors; a view that a minority
- *   installed on its own is a violation.
+ *   e-1 accepted it as acceptors, and the genesis view only once at least `expect` nodes
+ *   accepted it; a view that a minority installed on its own is a violation.
+ *
+ * Why genesis is not "every member of the view": the acceptors of a genesis ballot are the
+ * member list its proposer sent with the prepare, and every one of them must accept. When a
+ * later ballot's promises report a genesis accepted under an earlier ballot, Paxos makes it
+ * propose that view again, whose list can name a node the later ballot left out (one that
+ * stopped answering, say paused while the first accept was on its way). That view is then
+ * chosen without that member's acceptance, and safely: any two ballots' lists have `expect`
+ * nodes each, more than half of those started, so they share an acceptor and no second first
+ * view can be chosen. The checker does not see ballots, so it checks the count they imply.
  */
 export class MembershipWorld {
   readonly sim: Simulation
@@ -251,17 +267,27 @@ export class MembershipWorld {
     const prev = this.installed.get(v.epoch)
     if (prev === undefined) this.installed.set(v.epoch, key)
     else if (prev !== key) this.violations.push(`epoch ${v.epoch}: [${prev}] and [${key}] (seed ${this.sim.seed})`)
-    // Quorum: acceptors of epoch e are the members of view e-1 (the genesis members for e = 1).
     if (this.quorate.has(list)) return
-    const acceptors = v.epoch === 1 ? members : this.acceptorsOf(v.epoch)
     const accepted = this.acceptedBy.get(list)
-    const yes = acceptors === undefined ? 0 : acceptors.filter(a => accepted?.has(a) === true).length
-    const need = acceptors === undefined ? 1 : v.epoch === 1 ? acceptors.length : Math.floor(acceptors.length / 2) + 1
-    if (yes < need) {
-      this.violations.push(`epoch ${v.epoch} installed at ${node} with ${yes} of ${acceptors?.length ?? '?'} acceptors, needs ${need} (seed ${this.sim.seed})`)
+    const q = v.epoch === 1 ? this.genesisQuorum(accepted) : this.quorum(v.epoch, accepted)
+    if (q.yes < q.need) {
+      this.violations.push(`epoch ${v.epoch} installed at ${node} with ${q.yes} of ${q.of} acceptors, needs ${q.need} (seed ${this.sim.seed})`)
     } else {
       this.quorate.add(list)
     }
+  }
+
+  /** Epoch e > 1: a majority of the members of view e-1 (unknown if no node installed e-1: then one acceptance short). */
+  private quorum(epoch: number, accepted: ReadonlySet<string> | undefined): Quorum {
+    const acceptors = this.acceptorsOf(epoch)
+    if (acceptors === undefined) return { yes: 0, of: '?', need: 1 }
+    const yes = acceptors.filter(a => accepted?.has(a) === true).length
+    return { yes, of: String(acceptors.length), need: Math.floor(acceptors.length / 2) + 1 }
+  }
+
+  /** Genesis: `expect` nodes (see the class comment); every node without a view may be a genesis acceptor. */
+  private genesisQuorum(accepted: ReadonlySet<string> | undefined): Quorum {
+    return { yes: accepted?.size ?? 0, of: String(this.nodes.length), need: this.init.expect ?? 1 }
   }
 
   /** The acceptors of epoch e > 1: the members of the view installed for e - 1 (which never changes once installed). */

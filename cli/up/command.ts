@@ -36,6 +36,7 @@ export const UP_OPTIONS = {
   batch: START_OPTIONS.batch,
   seq: START_OPTIONS.seq,
   seed: START_OPTIONS.seed,
+  lr: START_OPTIONS.lr,
   timeout: option(
     z
       .int()
@@ -85,6 +86,7 @@ export const upCommand: Command = {
       optimizer: o.optimizer,
       ...(o.outerEvery === undefined ? {} : { outer: { every: o.outerEvery, streaming: o.streaming } }),
       seed: o.seed,
+      ...(o.lr === undefined ? {} : { lr: o.lr }),
       batch: o.batch,
       seq: o.seq,
       timeoutMs: o.timeout * 1000,

@@ -1,16 +1,6 @@
 import { checkCap } from '../../core/index.ts'
 import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
-import {
-  TENSOR_DTYPE_BYTES,
-  type AdamWParams,
-  type Backend,
-  type Fence,
-  type GemmParams,
-  type HostArray,
-  type LionParams,
-  type Tensor,
-  type TensorDType
-} from '../backend.ts'
+import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type Fence, type GemmParams, type HostArray, type LionParams, type Tensor, type TensorDType } from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
@@ -185,22 +175,7 @@ const FAMILIES: Record<string, { opts: CompileOptions; kernels: Record<string, s
   adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi', lion_f32: 'pppplfffffffi' } },
   quant: {
     opts: {},
-    kernels: {
-      quant_fast: 'pppliiip',
-      quant_generic: 'pppliip',
-      dequant_fast: 'pppliiip',
-      dequant_generic: 'pppliiip',
-      quant8_u4p: 'pppiiip',
-      quant4_u4p: 'pppiiip',
-      quant8_u8: 'pppiiip',
-      quant4_u8: 'pppiiip',
-      quant8_u8p: 'pppiiip',
-      quant4_u8p: 'pppiiip',
-      quant8_u4: 'pppiiip',
-      quant4_u4: 'pppiiip',
-      dequant8_k4: 'pppiiiip',
-      dequant4_k4: 'pppiiiip'
-    }
+    kernels: { quant_fast: 'pppliiip', quant_generic: 'pppliip', dequant_fast: 'pppliiip', dequant_generic: 'pppliiip' }
   }
 }
 
@@ -212,16 +187,6 @@ function f32Bits(x: number): number {
 }
 const aligned = (p: number, n: number): boolean => p % n === 0
 const cdiv = (a: number, b: number): number => Math.ceil(a / b)
-
-/** Threads per CTA of the quantize team kernels, as a power of two (Q_CTA in quant.cu). */
-const QUANT_CTA_LOG = 8
-/** Quantize team kernels: float4 units a thread holds, and CTAs per SM (the launch bound). */
-const QUANT_TEAM = {
-  u4p: { units: 4, ctasPerSm: 4 },
-  u8: { units: 8, ctasPerSm: 4 },
-  u8p: { units: 8, ctasPerSm: 2 },
-  u4: { units: 4, ctasPerSm: 6 }
-} as const
 
 export interface CudaDeviceInfo {
   device: number
@@ -1015,13 +980,6 @@ export class CudaBackend implements Backend {
     return { c, s }
   }
 
-  /**
-   * Quantizer kernel variants (benchmark tuning, temporary): team kernels by float4 units per
-   * thread and prefetch, and 'v0' for the earlier kernels, the default until the team kernels
-   * have passed test/gpu/quant.test.ts on a device (bench/gpu.ts --quant-variants times them all).
-   */
-  quantKernels: { quant: 'u4p' | 'u8' | 'u8p' | 'u4' | 'v0'; dequant: 'k4' | 'v0' } = { quant: 'v0', dequant: 'v0' }
-
   quantize(codes: Tensor, scales: Tensor, src: Tensor, bits: 8 | 4, blockSize: number): void {
     const op = 'quantize'
     this.live_(op)
@@ -1031,29 +989,14 @@ export class CudaBackend implements Backend {
     if (n === 0) return
     const nblocks = cdiv(n, blockSize)
     this.flagsPending = true
-    const variant = this.quantKernels.quant
-    if (variant === 'v0') {
-      const U = blockSize / 4
-      let tpb = 1
-      while (tpb * 4 < U) tpb *= 2
-      const fast = blockSize % 4 === 0 && tpb <= 256 && aligned(x.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
-      if (fast) {
-        const groups = 256 / tpb
-        this.launch('quant_fast', Math.min(cdiv(nblocks, groups), this.sm * 3), 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, tpb, this.flags.ptr])
-      } else {
-        this.launch('quant_generic', nblocks, 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, this.flags.ptr])
-      }
-      return
-    }
-    const { units, ctasPerSm } = QUANT_TEAM[variant]
-    // A team of 2^tpbLog threads holds a block as `units` float4 per thread.
-    let tpbLog = 0
-    while ((1 << tpbLog) * units * 4 < blockSize) tpbLog++
-    const fast = blockSize % 4 === 0 && tpbLog <= QUANT_CTA_LOG && aligned(x.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
+    const U = blockSize / 4
+    let tpb = 1
+    while (tpb * 4 < U) tpb *= 2
+    const fast = blockSize % 4 === 0 && tpb <= 256 && aligned(x.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
     if (fast) {
-      const groups = 1 << (QUANT_CTA_LOG - tpbLog)
-      const grid = Math.min(cdiv(nblocks, groups), this.sm * ctasPerSm)
-      this.launch(`quant${bits}_${variant}`, grid, 1, 1 << QUANT_CTA_LOG, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, tpbLog, this.flags.ptr])
+      const groups = 256 / tpb
+      // Grid-stride over quant blocks: 3 CTAs per SM (the kernel's launch bound).
+      this.launch('quant_fast', Math.min(cdiv(nblocks, groups), this.sm * 3), 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, tpb, this.flags.ptr])
     } else {
       this.launch('quant_generic', nblocks, 1, 256, 1, [x.ptr, c.ptr, s.ptr, n, blockSize, bits, this.flags.ptr])
     }
@@ -1068,17 +1011,9 @@ export class CudaBackend implements Backend {
     if (n === 0) return
     this.flagsPending = true
     const fast = blockSize % 4 === 0 && aligned(d.ptr, 16) && aligned(c.ptr, bits === 8 ? 4 : 2)
-    if (fast && this.quantKernels.dequant === 'v0') {
-      this.launch('dequant_fast', this.grid(cdiv(n, 4)), 1, 256, 1, [d.ptr, c.ptr, s.ptr, n, blockSize, bits, accumulate ? 1 : 0, this.flags.ptr])
-    } else if (fast) {
-      // Warp tiles of 32·4 units of 4 elements; at most 4 CTAs of 256 per SM (the launch bound).
-      const tiles = cdiv(Math.floor(n / 4), 128)
-      const grid = Math.max(1, Math.min(cdiv(tiles * 32, 256), this.sm * 4))
-      const shift = Number.isInteger(Math.log2(blockSize)) ? Math.log2(blockSize) : -1
-      this.launch(`dequant${bits}_k4`, grid, 1, 256, 1, [d.ptr, c.ptr, s.ptr, n, blockSize, shift, accumulate ? 1 : 0, this.flags.ptr])
-    } else {
-      this.launch('dequant_generic', this.grid(n), 1, 256, 1, [d.ptr, c.ptr, s.ptr, n, blockSize, bits, accumulate ? 1 : 0, this.flags.ptr])
-    }
+    const args = [d.ptr, c.ptr, s.ptr, n, blockSize, bits, accumulate ? 1 : 0, this.flags.ptr]
+    if (fast) this.launch('dequant_fast', this.grid(cdiv(n, 4)), 1, 256, 1, args)
+    else this.launch('dequant_generic', this.grid(n), 1, 256, 1, args)
   }
 
   // ---- timing (benchmarks) ------------------------------------------------------------------

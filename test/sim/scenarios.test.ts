@@ -59,6 +59,9 @@ test('invalid scenarios name the field and the reason', t => {
     [{ ...base, faults: [{ at: 10, partition: [['n000', 'n001'], ['n007']] }] }, /faults\.0: node n007 does not exist/],
     [{ ...base, workload: 'mine' }, /workload: must be "train" .* got "mine"/],
     [{ ...base, membership: { expect: 1e9 } }, /membership\.expect/],
+    // A bound of 2^53 ms on a run that never converges ran for ever (found by the fuzzer).
+    [{ ...base, assertions: { convergeWithinMs: 2 ** 53 } }, /assertions\.convergeWithinMs/],
+    [{ ...base, assertions: { detectWithinMs: 2 ** 53 } }, /assertions\.detectWithinMs/],
     [{ ...base, membership: { expect: 9 } }, /membership\.expect: 9 is more than the 4 nodes/],
     [{ ...base, membership: { expect: 2 } }, /membership\.expect: 2 is not more than half of the 4 nodes/]
   ]
@@ -165,4 +168,39 @@ test('random faults stop before an asserted convergence window, so its verdict i
     t.true(r.invariants.liveness.ok, `seed ${seed}: ${JSON.stringify(r.invariants.liveness)}`)
   }
   t.throws(() => parseScenario({ name: 'x', nodes: 4, durationMs: 1000, random: { crashPerS: 101 } }), { instanceOf: ScenarioError })
+})
+
+// The scenario fuzzer's seed 4242, case 102 (test/sim/scenario-fuzz.test.ts). n000's first
+// genesis ballot listed n000, n001 and n003 to n006 (n002 had crashed) and had every promise,
+// but n001 paused before that ballot's accept reached it. n000's next ballot left n001 out;
+// its promises reported the first list as accepted, so n000 proposed that list again (Paxos),
+// and the five acceptors of that ballot chose it while n001, a member of it, was still paused.
+test('a genesis view re-proposed by a later ballot is installed safely without the acceptance of a member that paused', async t => {
+  const s = parseScenario(
+    {
+      name: 'genesis-reproposed',
+      nodes: 7,
+      durationMs: 1094,
+      seed: 577,
+      faults: [
+        { at: 34, crash: 'n002' },
+        { at: 982, restart: 'n002', state: 'fresh' },
+        { at: 252, pause: 'n001', forMs: 929 }
+      ],
+      membership: { heartbeatMs: 58, expect: 5 }
+    },
+    'genesis-reproposed.json'
+  )
+  t.log(`seed ${s.seed}`)
+  const r = await runScenario(s)
+  const genesis = r.views.find(v => v.epoch === 1)
+  const paused = r.timeline.find(e => e.node === 'n001' && e.state === 'paused')
+  if (genesis === undefined || paused === undefined) return t.fail(`no genesis or no pause: ${JSON.stringify(r.views)}`)
+  t.is(genesis.members, 6, 'the first list: every node but the crashed n002, n001 included')
+  t.true(genesis.at > paused.at, 'installed after n001 paused')
+  t.false(
+    r.timeline.some(e => e.node === 'n001' && e.state === 'up' && e.at > paused.at),
+    'n001 stayed paused to the end: it never accepted'
+  )
+  t.deepEqual(r.invariants.safety.violations, [])
 })
