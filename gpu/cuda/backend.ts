@@ -1,6 +1,16 @@
 import { checkCap } from '../../core/index.ts'
 import { NonFiniteError, CodecErrorCode, codecError, validateQuantOptions, quantizedSize, f32ToBf16 } from '../../codec/index.ts'
-import { TENSOR_DTYPE_BYTES, type AdamWParams, type Backend, type Fence, type GemmParams, type HostArray, type LionParams, type Tensor, type TensorDType } from '../backend.ts'
+import {
+  TENSOR_DTYPE_BYTES,
+  type AdamWParams,
+  type Backend,
+  type Fence,
+  type GemmParams,
+  type HostArray,
+  type LionParams,
+  type Tensor,
+  type TensorDType
+} from '../backend.ts'
 import { CachingAllocator, type Block } from './allocator.ts'
 import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts'
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
