@@ -296,7 +296,13 @@ class MembershipNode implements Membership, LeaderContext {
   }
 
   private onAccept(from: PeerId, p: AcceptMsg): void {
-    if (!this.isAcceptor(p.epoch, this.current === undefined ? p.view.members : undefined)) return
+    // A genesis accept: a view-less node accepts it as a member of the view, or as an acceptor
+    // of that ballot (it promised it, so the ballot's list named it). A later genesis ballot
+    // re-proposes what an earlier one's acceptors accepted, and that list can leave out some
+    // of the later ballot's acceptors: refusing them would leave every such ballot short.
+    const genesis = this.current === undefined ? p.view.members : undefined
+    const promised = this.acc.epoch === p.epoch && this.acc.promised?.round === p.round && this.acc.promised.proposer === from
+    if (!this.isAcceptor(p.epoch, genesis) && !(genesis !== undefined && p.epoch === 1 && promised)) return
     const step = acceptorAccept(this.acc, from, p)
     if (step === undefined) return
     this.maxRound = Math.max(this.maxRound, p.round)

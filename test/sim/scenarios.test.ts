@@ -204,3 +204,30 @@ test('a genesis view re-proposed by a later ballot is installed safely without t
   )
   t.deepEqual(r.invariants.safety.violations, [])
 })
+
+// After a genesis ballot's accept went out, a node its list left out (n002, restarted) joined
+// the next ballot's list, whose promises made it re-propose the first list: n002 was an
+// acceptor of that ballot but not a member of the view it proposed.
+test('a genesis ballot whose re-proposed view leaves out one of its acceptors still forms the first view', async t => {
+  const s = parseScenario(
+    {
+      name: 'genesis-reproposed-without-an-acceptor',
+      nodes: 7,
+      durationMs: 4000,
+      seed: 577,
+      faults: [
+        { at: 34, crash: 'n002' },
+        { at: 300, restart: 'n002', state: 'fresh' },
+        { at: 252, pause: 'n001', forMs: 929 }
+      ],
+      membership: { heartbeatMs: 58, expect: 5 },
+      assertions: { convergeWithinMs: 3000 }
+    },
+    'genesis-reproposed-without-an-acceptor.json'
+  )
+  t.log(`seed ${s.seed}`)
+  const r = await runScenario(s)
+  t.is(r.views.find(v => v.epoch === 1)?.members, 6, 'the first list, without n002')
+  t.true(r.invariants.liveness.ok, JSON.stringify(r.invariants.liveness))
+  t.deepEqual(r.invariants.safety.violations, [])
+})

@@ -32,10 +32,6 @@ if (reason !== undefined) process.stderr.write(`test/zones: skipping the namespa
 /** A namespace test of this file (helpers/zones/exclusive.ts). */
 const zonesTest = (title: string, fn: (t: ExecutionContext) => Promise<void>, flaky?: string): void => namespaceTest(reason, title, fn, flaky)
 
-/** Why the flat 5-rank cut scenario is flaky (docs/LIMITS.md, "A zone cut ... flat run"). */
-const FLAT_CUT_FLAKY =
-  'the flat 5-rank cut fails in about half the runs on this 2-core machine: placements to the cut zone fail, the ranks are left with complete snapshots at different steps, and the recovery finds none in common'
-
 const MBIT = 1_000_000
 
 test('tbf is asked for the rate in bits, a bucket of at least 64 KiB and the queue time', t => {
@@ -295,67 +291,59 @@ let cut: Promise<CutRun> | undefined
 /** The scenario runs once; the tests below read it. */
 const cutOnce = (t: ExecutionContext): Promise<CutRun> => (cut ??= cutRun(l => t.log(l)))
 
-zonesTest(
-  'zone b is cut while training: b pauses, zone a shrinks from the snapshots and finishes every step',
-  async t => {
-    t.timeout(300_000)
-    const r = await cutOnce(t)
-    t.log(story(r.events))
-    t.deepEqual(r.exitA, [0, 0, 0], 'zone a exits 0')
-    const inA = (e: StampedEvent): boolean => r.a.includes(e.node)
-    // b: paused by the cut, and no step trained past it.
-    for (const name of r.b) {
-      const evs = r.events.filter(e => e.node === name)
-      t.true(
-        of(evs, 'paused').some(e => e.ms > r.cutMs && e.event.paused),
-        `${name} paused`
-      )
-      t.false(
-        of(evs, 'step').some(e => e.ms < r.healMs && e.event.step > r.cutStep + 1),
-        `${name} trained past the cut before the heal`
-      )
-    }
-    // a: a view of its own three, then a recovery that lost b's ranks, from a step before the cut.
-    // (The detector may drop b's two nodes one view apart: then a node records two recoveries.)
-    const recoveries = of(r.events, 'recovery').filter(e => e.ms > r.cutMs && e.ms < r.healMs)
-    t.true(recoveries.every(inA), 'only zone a recovers while b is cut off')
-    for (const name of r.a) {
-      const mine = recoveries.filter(e => e.node === name).map(e => e.event)
-      t.true(mine.length >= 1, `${name} recovered`)
-      t.true(
-        mine.every(e => e.mode === 'shrink' && e.lost.length >= 1 && e.fromStep <= r.cutStep),
-        JSON.stringify(mine)
-      )
-      t.is(mine.at(-1)?.worldSize, 3, `${name} trains on with zone a's 3 ranks`)
-    }
-    // Every step, on zone a, and one finite held-out loss of the final weights.
-    const done = of(r.events, 'done')
-    // (After the heal, b's nodes come back into the view and may take part again.)
+zonesTest('zone b is cut while training: b pauses, zone a shrinks from the snapshots and finishes every step', async t => {
+  t.timeout(300_000)
+  const r = await cutOnce(t)
+  t.log(story(r.events))
+  t.deepEqual(r.exitA, [0, 0, 0], 'zone a exits 0')
+  const inA = (e: StampedEvent): boolean => r.a.includes(e.node)
+  // b: paused by the cut, and no step trained past it.
+  for (const name of r.b) {
+    const evs = r.events.filter(e => e.node === name)
     t.true(
-      r.a.every(name => done.some(d => d.node === name)),
-      `done on ${done.map(e => e.node).join(', ')}`
+      of(evs, 'paused').some(e => e.ms > r.cutMs && e.event.paused),
+      `${name} paused`
     )
-    for (const d of done) t.is(d.event.step, STEPS)
-    const evalLosses = done.map(d => d.event.evalLoss).filter(x => x !== null && x !== undefined)
-    t.true(evalLosses.length >= 1 && evalLosses.every(x => Number.isFinite(x)), `held-out losses ${JSON.stringify(evalLosses)}`)
-    t.is(new Set(evalLosses).size, 1, 'every rank that scored the final weights got the same loss')
-  },
-  FLAT_CUT_FLAKY
-)
+    t.false(
+      of(evs, 'step').some(e => e.ms < r.healMs && e.event.step > r.cutStep + 1),
+      `${name} trained past the cut before the heal`
+    )
+  }
+  // a: a view of its own three, then a recovery that lost b's ranks, from a step before the cut.
+  // (The detector may drop b's two nodes one view apart: then a node records two recoveries.)
+  const recoveries = of(r.events, 'recovery').filter(e => e.ms > r.cutMs && e.ms < r.healMs)
+  t.true(recoveries.every(inA), 'only zone a recovers while b is cut off')
+  for (const name of r.a) {
+    const mine = recoveries.filter(e => e.node === name).map(e => e.event)
+    t.true(mine.length >= 1, `${name} recovered`)
+    t.true(
+      mine.every(e => e.mode === 'shrink' && e.lost.length >= 1 && e.fromStep <= r.cutStep),
+      JSON.stringify(mine)
+    )
+    t.is(mine.at(-1)?.worldSize, 3, `${name} trains on with zone a's 3 ranks`)
+  }
+  // Every step, on zone a, and one finite held-out loss of the final weights.
+  const done = of(r.events, 'done')
+  // (After the heal, b's nodes come back into the view and may take part again.)
+  t.true(
+    r.a.every(name => done.some(d => d.node === name)),
+    `done on ${done.map(e => e.node).join(', ')}`
+  )
+  for (const d of done) t.is(d.event.step, STEPS)
+  const evalLosses = done.map(d => d.event.evalLoss).filter(x => x !== null && x !== undefined)
+  t.true(evalLosses.length >= 1 && evalLosses.every(x => Number.isFinite(x)), `held-out losses ${JSON.stringify(evalLosses)}`)
+  t.is(new Set(evalLosses).size, 1, 'every rank that scored the final weights got the same loss')
+})
 
 // Once a cut outlasts libp2p's connection monitor, every connection between the zones is
 // closed and gossip cannot carry address announcements across; nodes dial the peers they
 // remember again (mesh/libp2p/announce.ts), so the healed zone comes back into the view.
-zonesTest(
-  "zone b's nodes come back into the view once the cut is healed",
-  async t => {
-    t.timeout(300_000)
-    const r = await cutOnce(t)
-    const back = r.b.filter(name => backInView(r.events, name, r.healMs))
-    t.deepEqual(back, r.b, 'every node of zone b is a member of a view with zone a after the heal')
-  },
-  FLAT_CUT_FLAKY
-)
+zonesTest("zone b's nodes come back into the view once the cut is healed", async t => {
+  t.timeout(300_000)
+  const r = await cutOnce(t)
+  const back = r.b.filter(name => backInView(r.events, name, r.healMs))
+  t.deepEqual(back, r.b, 'every node of zone b is a member of a view with zone a after the heal')
+})
 
 /**
  * The DiLoCo tier through a zone cut: zones a (3 hosts) and b (2 hosts), two zone groups of two
