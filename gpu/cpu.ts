@@ -14,10 +14,12 @@ import { GPT_LAYERNORM_EPS } from './gpt.ts'
 import {
   PASSED_FENCE,
   allocSize,
+  checkAdamW,
   checkDownload,
   checkFinite,
   checkGemmOperands,
   checkInt,
+  checkLion,
   fail,
   gemmShape,
   hostArrayOf,
@@ -831,18 +833,4 @@ function checkTokens(op: string, tok: Int32Array, V: number, what = 'token'): vo
     const x = tok[i]!
     if (x < 0 || x >= V) fail(op, `${what} ${x} at index ${i} is outside [0, ${V})`)
   }
-}
-
-function checkLion(op: string, p: LionParams): void {
-  for (const key of ['lr', 'beta1', 'beta2', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
-  if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)
-  if (!(p.beta2 >= 0 && p.beta2 < 1)) fail(op, `beta2 must be in [0, 1), got ${p.beta2}`)
-}
-
-function checkAdamW(op: string, p: AdamWParams): void {
-  for (const key of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
-  checkInt(op, 'step', p.step)
-  if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)
-  if (!(p.beta2 >= 0 && p.beta2 < 1)) fail(op, `beta2 must be in [0, 1), got ${p.beta2}`)
-  if (!(p.eps > 0)) fail(op, `eps must be > 0, got ${p.eps}`)
 }

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, checkCap } from '../core/index.ts'
-import { TENSOR_DTYPE_BYTES, type Fence, type GemmParams, type HostArray, type TensorDType } from './backend.ts'
+import { TENSOR_DTYPE_BYTES, type AdamWParams, type Fence, type GemmParams, type HostArray, type LionParams, type TensorDType } from './backend.ts'
 
 /** Argument checks shared by the backends: each throws InvalidArgumentError naming the op. */
 export function fail(op: string, msg: string): never {
@@ -131,4 +131,19 @@ export function checkGemmOperands(op: string, g: GemmShape, a: number, b: number
   if (b < (batch - 1) * sB + k * n) fail(op, `b has ${b} elements, needs ${(batch - 1) * sB + k * n}`)
   if (c < (batch - 1) * sC + m * n) fail(op, `c has ${c} elements, needs ${(batch - 1) * sC + m * n}`)
   if (batch > 1 && sC < m * n) fail(op, `strideC ${sC} makes output matrices overlap`)
+}
+
+/** The hyperparameters of `lion`: finite, betas in [0, 1). */
+export function checkLion(op: string, p: LionParams): void {
+  for (const key of ['lr', 'beta1', 'beta2', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
+  if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)
+  if (!(p.beta2 >= 0 && p.beta2 < 1)) fail(op, `beta2 must be in [0, 1), got ${p.beta2}`)
+}
+
+/** The hyperparameters of `adamw`: those of {@link checkLion}, eps > 0 and a step number from 1. */
+export function checkAdamW(op: string, p: AdamWParams): void {
+  checkLion(op, p)
+  checkFinite(op, 'eps', p.eps)
+  checkInt(op, 'step', p.step)
+  if (!(p.eps > 0)) fail(op, `eps must be > 0, got ${p.eps}`)
 }

@@ -26,6 +26,8 @@ export {
   STATE_HEADER_BYTES,
   RUN_IDENTITY_BYTES,
   RUN_NONCE_BYTES,
+  sameLaunch,
+  launchName,
   stateBytes,
   writeState,
   sealState,

@@ -51,6 +51,16 @@ export const RUN_IDENTITY_BYTES = 32
 /** Bytes of a run nonce in a serialized state. */
 export const RUN_NONCE_BYTES = 16
 
+/** Whether two run nonces name the same launch. */
+export function sameLaunch(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength))
+}
+
+/** A run nonce as messages name a launch: its first 4 bytes in hex. */
+export function launchName(nonce: Uint8Array): string {
+  return Buffer.from(nonce.buffer, nonce.byteOffset, Math.min(4, nonce.byteLength)).toString('hex')
+}
+
 /** The four f32 buffers of the DiLoCo tier's state, each as long as the shard. */
 export interface OuterArrays {
   weights: Float32Array

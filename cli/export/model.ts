@@ -2,7 +2,7 @@ import { statSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { VERSION, ZeromeshError, checkCap, shardRange, throwIfAborted } from '../../core/index.ts'
 import { gptLayout, type GptConfig, type GptLayout } from '../../gpu/index.ts'
-import { CheckpointError, encodeSafetensors, writeFileDurable, writeHfCheckpoint, type RankState } from '../../snapshot/index.ts'
+import { CheckpointError, encodeSafetensors, launchName, sameLaunch, writeFileDurable, writeHfCheckpoint, type RankState } from '../../snapshot/index.ts'
 import {
   TRAIN_MODELS,
   diskDir,
@@ -257,9 +257,9 @@ async function loadStep(
       throw new ExportError(
         `step ${step} mixes runs: the states in ${world.dir} and ${f.dir} belong to different runs (run id, model, seed or training settings differ); leave out the other run's data dir`
       )
-    } else if (world.nonce !== undefined && state.nonce !== undefined && !Buffer.from(world.nonce).equals(Buffer.from(state.nonce))) {
+    } else if (world.nonce !== undefined && state.nonce !== undefined && !sameLaunch(world.nonce, state.nonce)) {
       throw new ExportError(
-        `step ${step} mixes launches of one run: the states in ${world.dir} and ${f.dir} have the same run id and settings but were started separately (launch ${Buffer.from(world.nonce).toString('hex').slice(0, 8)} and ${Buffer.from(state.nonce).toString('hex').slice(0, 8)}); leave out the other launch's data dir`
+        `step ${step} mixes launches of one run: the states in ${world.dir} and ${f.dir} have the same run id and settings but were started separately (launch ${launchName(world.nonce)} and ${launchName(state.nonce)}); leave out the other launch's data dir`
       )
     } else if (state.worldSize !== world.P) {
       throw new ExportError(

@@ -17,7 +17,7 @@ import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
 import { Transfers } from './transfer.ts'
-import { allocSize, checkFinite, checkGemmOperands, checkInt, fail, gemmShape, hostArrayOf, isHostOf, shapeLength } from '../validate.ts'
+import { allocSize, checkAdamW, checkFinite, checkGemmOperands, checkInt, checkLion, fail, gemmShape, hostArrayOf, isHostOf, shapeLength } from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -920,11 +920,7 @@ export class CudaBackend implements Backend {
   adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {
     const op = 'adamw'
     this.live_(op)
-    for (const key of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
-    checkInt(op, 'step', p.step)
-    if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)
-    if (!(p.beta2 >= 0 && p.beta2 < 1)) fail(op, `beta2 must be in [0, 1), got ${p.beta2}`)
-    if (!(p.eps > 0)) fail(op, `eps must be > 0, got ${p.eps}`)
+    checkAdamW(op, p)
     const w = this.arg(op, 'params', params, ['f32'])
     const g = this.arg(op, 'grads', grads, ['f32'], w.length)
     const mm = this.arg(op, 'm', m, ['f32'], w.length)
@@ -958,9 +954,7 @@ export class CudaBackend implements Backend {
   lion(params: Tensor, grads: Tensor, m: Tensor, p: LionParams, paramsLowp?: Tensor | null): void {
     const op = 'lion'
     this.live_(op)
-    for (const key of ['lr', 'beta1', 'beta2', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])
-    if (!(p.beta1 >= 0 && p.beta1 < 1)) fail(op, `beta1 must be in [0, 1), got ${p.beta1}`)
-    if (!(p.beta2 >= 0 && p.beta2 < 1)) fail(op, `beta2 must be in [0, 1), got ${p.beta2}`)
+    checkLion(op, p)
     const w = this.arg(op, 'params', params, ['f32'])
     const g = this.arg(op, 'grads', grads, ['f32'], w.length)
     const mm = this.arg(op, 'm', m, ['f32'], w.length)

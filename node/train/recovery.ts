@@ -1,7 +1,7 @@
 import { shardRange } from '../../core/index.ts'
 import { initGptParamsYielding } from '../../gpu/index.ts'
 import type { Collective, Member, PeerId } from '../../mesh/index.ts'
-import { SNAPSHOT_LIMITS, UnrecoverableError, loadGptCheckpoint, type RankState } from '../../snapshot/index.ts'
+import { SNAPSHOT_LIMITS, UnrecoverableError, launchName, loadGptCheckpoint, sameLaunch, type RankState } from '../../snapshot/index.ts'
 import { diskFile, diskSteps, loadDiskState, sameRun } from '../disk-tier.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
@@ -212,9 +212,9 @@ export async function recover(
       throw new TrainingError(
         `${owner}'s snapshot of step ${rp} holds ${st.optimizer ?? 'adamw'} state, but this run trains with ${env.cfg.optimizer ?? 'adamw'} (--optimizer must agree)`
       )
-    if (st.nonce !== undefined && rs.nonce !== undefined && !sameBytes(st.nonce, rs.nonce))
+    if (st.nonce !== undefined && rs.nonce !== undefined && !sameLaunch(st.nonce, rs.nonce))
       throw new TrainingError(
-        `${owner}'s snapshot of step ${rp} belongs to another launch of this run (launch ${hex8(st.nonce)}, this run's is ${hex8(rs.nonce)}): ` +
+        `${owner}'s snapshot of step ${rp} belongs to another launch of this run (launch ${launchName(st.nonce)}, this run's is ${launchName(rs.nonce)}): ` +
           'a node of an earlier launch still holds fragments in this mesh; stop it, or give the new launch another --run'
       )
     return st
@@ -281,9 +281,6 @@ function newestComplete(index: DiskFile[][]): { step: number; worldSize: number;
   return { step: usable[0]!, ...byStep.get(usable[0]!)! }
 }
 
-const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a).equals(Buffer.from(b))
-const hex8 = (b: Uint8Array): string => Buffer.from(b).toString('hex').slice(0, 8)
-
 /**
  * The run nonce of the disk tier files a resume loads, from what every member said of its own
  * file at that step (all members see the same, so all adopt the same), or undefined for files
@@ -294,9 +291,9 @@ function launchOf(nonces: ReadonlyArray<Uint8Array | undefined>, roster: readonl
   const have = nonces.flatMap((n, r) => (n === undefined ? [] : [{ n, r }]))
   const first = have[0]
   if (first === undefined) return undefined
-  const odd = have.filter(x => !sameBytes(x.n, first.n))
+  const odd = have.filter(x => !sameLaunch(x.n, first.n))
   if (odd.length > 0) {
-    const who = (x: { n: Uint8Array; r: number }): string => `${roster[x.r]!.host} (launch ${hex8(x.n)})`
+    const who = (x: { n: Uint8Array; r: number }): string => `${roster[x.r]!.host} (launch ${launchName(x.n)})`
     throw new TrainingError(
       `--resume: the disk tier files of step ${step} come from different launches of this run: ${who(first)} but ${odd.map(who).join(', ')}; ` +
         "the same run id and settings were started twice. Move the other launch's files out of the data dirs"

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { Collective, Member } from '../../mesh/index.ts'
-import { RUN_NONCE_BYTES } from '../../snapshot/index.ts'
+import { launchName, RUN_NONCE_BYTES, sameLaunch } from '../../snapshot/index.ts'
 import { TrainingError, type TrainConfig } from './config.ts'
 
 /**
@@ -93,11 +93,10 @@ export function agreedNonce(all: Uint32Array, roster: readonly Member[]): Uint8A
   const nonceOf = (r: number): Uint8Array => new Uint8Array(all.slice(r * n + SETTINGS.length + 1, (r + 1) * n).buffer)
   const holders = roster.map((_, r) => r).filter(r => all[r * n + SETTINGS.length] === 1)
   if (holders.length === 0) return nonceOf(0)
-  const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex').slice(0, 8)
   const first = nonceOf(holders[0]!)
-  const odd = holders.filter(r => !Buffer.from(nonceOf(r)).equals(Buffer.from(first)))
+  const odd = holders.filter(r => !sameLaunch(nonceOf(r), first))
   if (odd.length > 0) {
-    const who = (r: number): string => `rank ${r} (${roster[r]!.host}, zone ${roster[r]!.zone}, launch ${hex(nonceOf(r))})`
+    const who = (r: number): string => `rank ${r} (${roster[r]!.host}, zone ${roster[r]!.zone}, launch ${launchName(nonceOf(r))})`
     throw new TrainingError(
       `the ranks come from different launches of this run: ${who(holders[0]!)} but ${odd.map(who).join(', ')}; ` +
         'their states must not be mixed. Stop the nodes of one launch (or give the new one another --run)'

@@ -44,6 +44,8 @@ export interface LocalMesh {
   dirs: string[]
   /** The first node's loopback multiaddr. */
   addr: string
+  /** Starts node i again (same data dir and flags), bootstrapped from node 0; replaces procs[i]. */
+  restart(i: number): Proc
 }
 
 /**
@@ -82,9 +84,21 @@ export async function startLocalMesh(root: string, run: string, n: number, o: { 
       .map(parseNodeEvent)
       .flatMap(r => (r.ok && r.event.type === 'started' ? r.event.multiaddrs : []))
       .find(a => a.startsWith('/ip4/127.0.0.1/'))
-  )
+  ).catch((err: unknown) => {
+    // The caller never gets the process to stop.
+    procs[0]!.child.kill('SIGKILL')
+    throw err
+  })
   for (let i = 1; i < n; i++) procs.push(zeromesh(args(i, [addr])))
-  return { procs, dirs, addr }
+  return {
+    procs,
+    dirs,
+    addr,
+    restart(i) {
+      procs[i] = zeromesh(args(i, [addr]))
+      return procs[i]
+    }
+  }
 }
 
 /** `zeromesh start` flags of a training node of a world of `worldSize` that trains until stopped. */

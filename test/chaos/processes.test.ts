@@ -1,13 +1,13 @@
 import test from 'ava'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fetchStatus } from '../../node/control.ts'
 import type { NodeStatus } from '../../node/start.ts'
 import { parseNodeEvent, type NodeEvent } from '../../node/events.ts'
-import { startLocalMesh, trainUntilStopped, zeromesh, type Proc } from './helpers.ts'
+import { startLocalMesh, trainUntilStopped, type Proc } from './helpers.ts'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { IDENTITY_FILE, loadOrCreateIdentity } from '../../mesh/index.ts'
 import { waitFor } from '../helpers/wait.ts'
@@ -52,42 +52,13 @@ async function heard(dirs: string[]): Promise<true | undefined> {
 
 test.serial('four processes form a view; a SIGKILLed node is removed within the detector bound and rejoins after a restart', async t => {
   const root = mkdtempSync(join(tmpdir(), 'zm-chaos-'))
-  const secretFile = join(root, 'secret')
-  writeFileSync(secretFile, 'chaos test secret, long enough\n')
-  const dirs = [0, 1, 2, 3].map(i => join(root, `node${i}`))
-  const args = (i: number, bootstrap: string[]): string[] => [
-    'start',
-    '--run',
-    'chaos',
-    '--secret-file',
-    secretFile,
-    '--listen',
-    '/ip4/127.0.0.1/tcp/0',
-    '--data-dir',
-    dirs[i]!,
-    '--zone',
-    `z${i % 2}`,
-    '--host',
-    `h${i}`,
-    '--expect',
-    '4',
-    '--heartbeat-ms',
-    String(HEARTBEAT_MS),
-    '--events',
-    'jsonl',
-    ...bootstrap.flatMap(b => ['--bootstrap', b])
-  ]
   // The nodes' stdout is their events, one JSON object per line.
   const events = (p: Proc): NodeEvent[] => p.out.map(parseNodeEvent).flatMap(r => (r.ok ? [r.event] : []))
-  const procs: Proc[] = []
+  let procs: Proc[] = []
   try {
-    procs.push(zeromesh(args(0, [])))
-    const addr = await waitFor('the first node to report its address', 15_000, () =>
-      events(procs[0]!)
-        .flatMap(e => (e.type === 'started' ? e.multiaddrs : []))
-        .find(a => a.startsWith('/ip4/127.0.0.1/'))
-    )
-    for (let i = 1; i < 4; i++) procs.push(zeromesh(args(i, [addr])))
+    const mesh = await startLocalMesh(root, 'chaos', 4, { heartbeatMs: HEARTBEAT_MS, extra: i => ['--zone', `z${i % 2}`] })
+    procs = mesh.procs
+    const { dirs } = mesh
     const ids = await Promise.all(dirs.map(d => waitFor('a node to answer status', 15_000, async () => (await status(d))?.peerId)))
     const e1 = await waitFor('one view with all four nodes', 20_000, () => agreed(dirs, ids))
     t.log(`formed view ${e1}`)
@@ -114,7 +85,7 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
     t.true(e2 > e1)
     t.is(await procs[2]!.exited, null, 'it died of the signal')
 
-    procs[2] = zeromesh(args(2, [addr]))
+    mesh.restart(2)
     const e3 = await waitFor('the restarted node to rejoin', 20_000, () => agreed(dirs, ids))
     t.true(e3 > e2)
     t.is((await status(dirs[2]!))!.peerId, ids[2]!, 'the identity survived the restart (key in the data dir)')

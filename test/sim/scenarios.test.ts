@@ -170,27 +170,36 @@ test('random faults stop before an asserted convergence window, so its verdict i
   t.throws(() => parseScenario({ name: 'x', nodes: 4, durationMs: 1000, random: { crashPerS: 101 } }), { instanceOf: ScenarioError })
 })
 
-// The scenario fuzzer's seed 4242, case 102 (test/sim/scenario-fuzz.test.ts). n000's first
+/**
+ * The scenario fuzzer's seed 4242, case 102 (test/sim/scenario-fuzz.test.ts): 7 nodes, n002
+ * crashed at 34 ms and restarted fresh at `restartAt`, n001 paused from 252 ms for 929 ms.
+ */
+function case102(name: string, restartAt: number, durationMs: number, assertions?: { convergeWithinMs: number }) {
+  return parseScenario(
+    {
+      name,
+      nodes: 7,
+      durationMs,
+      seed: 577,
+      faults: [
+        { at: 34, crash: 'n002' },
+        { at: restartAt, restart: 'n002', state: 'fresh' },
+        { at: 252, pause: 'n001', forMs: 929 }
+      ],
+      membership: { heartbeatMs: 58, expect: 5 },
+      ...(assertions === undefined ? {} : { assertions })
+    },
+    `${name}.json`
+  )
+}
+
+// Case 102 itself. n000's first
 // genesis ballot listed n000, n001 and n003 to n006 (n002 had crashed) and had every promise,
 // but n001 paused before that ballot's accept reached it. n000's next ballot left n001 out;
 // its promises reported the first list as accepted, so n000 proposed that list again (Paxos),
 // and the five acceptors of that ballot chose it while n001, a member of it, was still paused.
 test('a genesis view re-proposed by a later ballot is installed safely without the acceptance of a member that paused', async t => {
-  const s = parseScenario(
-    {
-      name: 'genesis-reproposed',
-      nodes: 7,
-      durationMs: 1094,
-      seed: 577,
-      faults: [
-        { at: 34, crash: 'n002' },
-        { at: 982, restart: 'n002', state: 'fresh' },
-        { at: 252, pause: 'n001', forMs: 929 }
-      ],
-      membership: { heartbeatMs: 58, expect: 5 }
-    },
-    'genesis-reproposed.json'
-  )
+  const s = case102('genesis-reproposed', 982, 1094)
   t.log(`seed ${s.seed}`)
   const r = await runScenario(s)
   const genesis = r.views.find(v => v.epoch === 1)
@@ -209,22 +218,7 @@ test('a genesis view re-proposed by a later ballot is installed safely without t
 // the next ballot's list, whose promises made it re-propose the first list: n002 was an
 // acceptor of that ballot but not a member of the view it proposed.
 test('a genesis ballot whose re-proposed view leaves out one of its acceptors still forms the first view', async t => {
-  const s = parseScenario(
-    {
-      name: 'genesis-reproposed-without-an-acceptor',
-      nodes: 7,
-      durationMs: 4000,
-      seed: 577,
-      faults: [
-        { at: 34, crash: 'n002' },
-        { at: 300, restart: 'n002', state: 'fresh' },
-        { at: 252, pause: 'n001', forMs: 929 }
-      ],
-      membership: { heartbeatMs: 58, expect: 5 },
-      assertions: { convergeWithinMs: 3000 }
-    },
-    'genesis-reproposed-without-an-acceptor.json'
-  )
+  const s = case102('genesis-reproposed-without-an-acceptor', 300, 4000, { convergeWithinMs: 3000 })
   t.log(`seed ${s.seed}`)
   const r = await runScenario(s)
   t.is(r.views.find(v => v.epoch === 1)?.members, 6, 'the first list, without n002')
