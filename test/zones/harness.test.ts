@@ -32,6 +32,10 @@ if (reason !== undefined) process.stderr.write(`test/zones: skipping the namespa
 /** A namespace test of this file (helpers/zones/exclusive.ts). */
 const zonesTest = (title: string, fn: (t: ExecutionContext) => Promise<void>, flaky?: string): void => namespaceTest(reason, title, fn, flaky)
 
+/** Why the re-admission check of the flat cut scenario is still gated (docs/LIMITS.md, "A zone cut and a flat run"). */
+const READMIT_FLAKY =
+  "zone b's nodes can come back only while zone a still trains (alone, b is a minority): in a CI run zone a finished its steps after b-0 was re-admitted and before b-1 was"
+
 const MBIT = 1_000_000
 
 test('tbf is asked for the rate in bits, a bucket of at least 64 KiB and the queue time', t => {
@@ -338,12 +342,16 @@ zonesTest('zone b is cut while training: b pauses, zone a shrinks from the snaps
 // Once a cut outlasts libp2p's connection monitor, every connection between the zones is
 // closed and gossip cannot carry address announcements across; nodes dial the peers they
 // remember again (mesh/libp2p/announce.ts), so the healed zone comes back into the view.
-zonesTest("zone b's nodes come back into the view once the cut is healed", async t => {
-  t.timeout(300_000)
-  const r = await cutOnce(t)
-  const back = r.b.filter(name => backInView(r.events, name, r.healMs))
-  t.deepEqual(back, r.b, 'every node of zone b is a member of a view with zone a after the heal')
-})
+zonesTest(
+  "zone b's nodes come back into the view once the cut is healed",
+  async t => {
+    t.timeout(300_000)
+    const r = await cutOnce(t)
+    const back = r.b.filter(name => backInView(r.events, name, r.healMs))
+    t.deepEqual(back, r.b, 'every node of zone b is a member of a view with zone a after the heal')
+  },
+  READMIT_FLAKY
+)
 
 /**
  * The DiLoCo tier through a zone cut: zones a (3 hosts) and b (2 hosts), two zone groups of two
