@@ -1,7 +1,19 @@
-import { AbortError, RealClock, makeDirs, Rng, VERSION, createLogger, createMetricsRegistry, type Logger, type MetricsRegistry } from '../core/index.ts'
+import {
+  AbortError,
+  RealClock,
+  makeDirs,
+  Rng,
+  VERSION,
+  createLogger,
+  createMetricsRegistry,
+  watchStalls,
+  type Logger,
+  type MetricsRegistry
+} from '../core/index.ts'
 import {
   createLibp2pPeerNet,
   createMembership,
+  fileAcceptorStore,
   loadOrCreateIdentity,
   type Connectivity,
   type Libp2pPeerNet,
@@ -110,10 +122,14 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
     metricsServer = server
     undo.push(() => server.close())
   }
+  // The acceptor record of this identity's last process, read before the node joins (a
+  // corrupt one stops the start with the file named: without it this node cannot vote safely).
+  const records = fileAcceptorStore(cfg.dataDir)
+  const record = records.load()
   const net = await startNet(cfg, secret, clock, log)
   undo.push(() => net.stop())
   const membership = createMembership(
-    { heartbeatMs: cfg.heartbeatMs, expect: cfg.expect },
+    { heartbeatMs: cfg.heartbeatMs, expect: cfg.expect, acceptorStore: { load: () => record, save: r => records.save(r) } },
     {
       net,
       clock,
@@ -160,6 +176,9 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
   })
   const holder = await startHolder(cfg, { net, membership, clock, log })
   if (holder !== undefined) undo.push(() => holder.stop())
+  // Synchronous work long enough for the others to miss this node's heartbeats (docs/LIMITS.md).
+  const stalls = watchStalls({ onStall: ms => log.warn({ stallMs: ms, phase: trainer?.status().phase }, 'event loop stalled') })
+  undo.push(async () => stalls.stop())
   await membership.start()
 
   const addrs = net.multiaddrs()
@@ -200,6 +219,8 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
       await membership.stop()
       await net.stop()
       snapshotCoder?.stop()
+      stalls.stop()
+      log.info({ longestStallMs: stalls.longestMs() }, 'longest event loop stall')
       await new Promise<void>(resolve => server.close(() => resolve()))
     }
   }
@@ -437,6 +458,9 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
     vocabSize: corpus.vocabSize,
     backend: backend.description
   })
+  // Page-locked host arrays for the saves, now too: allocated at the first save, they held the
+  // thread long enough for the others to drop this node (host-reserve.ts).
+  await trainer.prepare()
   return trainer
 }
 

@@ -407,13 +407,24 @@ function checkDetections(p: Play): void {
 
 /**
  * Plays a scenario. `progress(fraction)` is called as simulated time advances. Overrides let
- * the CLI change the seed or the node count.
+ * the CLI change the seed or the node count. `loseAcceptorRecords` is deliberately unsafe,
+ * only for tests that prove the safety checker can fail (see WorldInit).
  */
-export async function runScenario(s: Scenario, opts: { seed?: number; nodes?: number; progress?: (f: number) => void } = {}): Promise<ScenarioReport> {
+export async function runScenario(
+  s: Scenario,
+  opts: { seed?: number; nodes?: number; progress?: (f: number) => void; loseAcceptorRecords?: boolean } = {}
+): Promise<ScenarioReport> {
   const seed = opts.seed ?? s.seed
   const nodes = opts.nodes ?? s.nodes
   const topology = topologyOf(s.topology)
-  const w = new MembershipWorld({ seed, nodes, zones: s.zones, topology, membership: { ...s.membership, expect: s.membership?.expect ?? nodes } })
+  const w = new MembershipWorld({
+    seed,
+    nodes,
+    zones: s.zones,
+    topology,
+    membership: { ...s.membership, expect: s.membership?.expect ?? nodes },
+    loseAcceptorRecords: opts.loseAcceptorRecords === true
+  })
   const { sim } = w
   const p: Play = { w, topology, t0: 0, maxDown: 0, reports: [], pendingCrashes: [], timeline: [] }
   await w.bootAll()

@@ -5,6 +5,7 @@ import {
   createMembershipShared,
   encodeHeartbeat,
   type Membership,
+  type AcceptorRecord,
   type MembershipDurableState,
   type MembershipInit,
   type PeerNet,
@@ -24,6 +25,11 @@ export interface WorldNode {
   state: 'up' | 'down' | 'paused'
   /** What the node had persisted when it last went down (restart with state reads it). */
   durable: MembershipDurableState | undefined
+  /**
+   * Its acceptor record as its data dir holds it: written before every answer, read by every
+   * restart (a restart without state keeps its data dir, as `zeromesh start` does).
+   */
+  record: AcceptorRecord | undefined
 }
 
 /** One epoch's member list as ids and their comma-joined key (one object per distinct list per epoch). */
@@ -55,6 +61,11 @@ export interface WorldInit {
   topology?: Topology
   membership?: MembershipInit
   keepTrace?: boolean
+  /**
+   * Deliberately unsafe, only for tests that prove the safety checker can fail: a restart
+   * without state also loses the node's acceptor record (a data dir wiped but the identity kept).
+   */
+  loseAcceptorRecords?: boolean
 }
 
 /**
@@ -86,6 +97,7 @@ export class MembershipWorld {
   private readonly acceptedBy = new Map<MemberList, Set<string>>()
   private readonly init: MembershipInit
   private incarnations = 0
+  private readonly loseRecords: boolean
   // Member lists seen per epoch, with their joined key: a view change at 1000 nodes installs
   // and accepts the same list 1000 times, and each must not cost an O(N) join and split.
   private readonly lists = new Map<number, MemberList[]>()
@@ -104,13 +116,14 @@ export class MembershipWorld {
     this.sim = new Simulation({ seed: init.seed, keepTrace: init.keepTrace })
     this.net = createSimNetwork(this.sim, init.topology ?? DEFAULT_TOPOLOGY)
     this.init = { heartbeatMs: 100, expect: init.nodes, ...init.membership }
+    this.loseRecords = init.loseAcceptorRecords === true
     const zones = Math.max(1, init.zones ?? Math.min(3, Math.floor(init.nodes / 3)))
     for (let i = 0; i < init.nodes; i++) {
       const id = `n${String(i).padStart(3, '0')}`
       const zone = `z${i % zones}`
       const host = `h${i}`
       const handle = this.net.createPeer({ id, labels: { zone, host } })
-      this.nodes.push({ id, zone, host, net: handle.net, handle, m: undefined, state: 'down', durable: undefined })
+      this.nodes.push({ id, zone, host, net: handle.net, handle, m: undefined, state: 'down', durable: undefined, record: undefined })
     }
   }
 
@@ -131,8 +144,16 @@ export class MembershipWorld {
   async boot(n: WorldNode, opts: { keepState?: boolean } = {}): Promise<void> {
     const restore = opts.keepState === true ? n.durable : undefined
     this.sim.trace('boot', { node: n.id, state: restore === undefined ? 'fresh' : 'kept' })
+    if (restore === undefined && this.loseRecords) n.record = undefined
+    // Acceptor states and views are never mutated once made: the record keeps the reference.
+    const acceptorStore = {
+      load: () => n.record,
+      save: (r: AcceptorRecord) => {
+        n.record = r
+      }
+    }
     const m = createMembership(
-      { ...this.init, ...(restore === undefined ? {} : { restore }) },
+      { ...this.init, acceptorStore, ...(restore === undefined ? {} : { restore }) },
       {
         net: n.net,
         clock: n.handle.clock,

@@ -7,6 +7,7 @@ export { createMembershipShared, type MembershipShared } from './shared.ts'
 export { encodeHeartbeat, decodeHeartbeat, HeartbeatCodec, HB_BYTES, type Heartbeat } from './heartbeat-codec.ts'
 export { createViewCodec, HB_TOPIC, VIEW_TOPIC, type ViewCodec, type ViewEnvelope } from './view-codec.ts'
 export { memberOf, mayTrain } from './types.ts'
+export { fileAcceptorStore, AcceptorRecordError, ACCEPTOR_RECORD_FILE, ACCEPTOR_RECORD_MAX_BYTES } from './acceptor-file.ts'
 export type {
   Membership,
   MembershipInit,
@@ -16,6 +17,8 @@ export type {
   Member,
   View,
   MembershipDurableState,
+  AcceptorRecord,
+  AcceptorStore,
   AcceptorState,
   Ballot
 } from './types.ts'

@@ -1,3 +1,4 @@
+import { checksum64 } from '../../codec/index.ts'
 import { InvalidArgumentError, ProtocolError, type Clock, type Logger, type Rng } from '../../core/index.ts'
 import { Listeners } from '../listeners.ts'
 import { silenceFor } from '../phi.ts'
@@ -26,6 +27,7 @@ import {
 import { PeerTable, type PeerState } from './peers.ts'
 import { createMembershipShared, type MembershipShared } from './shared.ts'
 import type {
+  AcceptorRecord,
   AcceptorState,
   Member,
   Membership,
@@ -141,6 +143,9 @@ class MembershipNode implements Membership, LeaderContext {
   private viewPeers: Array<PeerState | undefined> | undefined = undefined
   // Acceptor state for epoch (view?.epoch ?? 0) + 1.
   private acc: AcceptorState = { epoch: 1 }
+  // The acceptor record of a previous process on this identity, while this node's views are
+  // behind its epoch in its lineage: it answers nothing for an epoch below it (see AcceptorRecord).
+  private prior: AcceptorRecord | undefined = undefined
   private proposal: Proposal | undefined = undefined
   private maxRound = 0
   private retryAt = 0
@@ -270,11 +275,15 @@ class MembershipNode implements Membership, LeaderContext {
     if (this.current !== undefined && v.epoch <= this.current.epoch) return
     // The member list is frozen and shared, not copied (see MembershipShared.members).
     const shared = this.shared.members(v.members)
-    const view = (this.current = { epoch: v.epoch, members: shared.members })
+    const view: View = (this.current =
+      v.lineage === undefined ? { epoch: v.epoch, members: shared.members } : { epoch: v.epoch, members: shared.members, lineage: v.lineage })
     this.inView = shared.rank.has(this.self())
     this.viewOrder = this.inView ? shared.ids : undefined
     this.viewPeers = undefined
-    this.acc = { epoch: view.epoch + 1 }
+    const p = this.prior
+    const ours = p !== undefined && p.lineage === view.lineage
+    this.acc = ours && p.acceptor.epoch === view.epoch + 1 ? p.acceptor : { epoch: view.epoch + 1 }
+    if (ours && p.acceptor.epoch <= view.epoch + 1) this.prior = undefined
     if (this.proposal !== undefined && this.proposal.epoch <= view.epoch) this.proposal = undefined
     if (this.log.isLevelEnabled('info')) this.log.info({ epoch: view.epoch, members: view.members.map(m => m.id), why }, 'view installed')
     this.events.emit('view', view)
@@ -284,13 +293,43 @@ class MembershipNode implements Membership, LeaderContext {
 
   private isAcceptor(epoch: number, genesis?: readonly Member[]): boolean {
     const v = this.current
+    if (this.abstains(epoch)) return false
     return isAcceptor({ nextEpoch: (v?.epoch ?? 0) + 1, hasView: v !== undefined, inView: this.inView, self: this.self() }, epoch, genesis)
+  }
+
+  /**
+   * Whether a previous process on this identity may have answered for `epoch` in this view's
+   * lineage with a state this one no longer has: it then answers nothing (a forgotten promise
+   * or acceptance could let a second view be chosen for the epoch).
+   */
+  private abstains(epoch: number): boolean {
+    const p = this.prior
+    return p !== undefined && this.current !== undefined && this.current.lineage === p.lineage && epoch < p.acceptor.epoch
+  }
+
+  /**
+   * Makes an acceptor step's state durable before its reply goes out (write-through): false if
+   * the store failed, and then the step is dropped unanswered. Genesis answers are not kept
+   * (no lineage exists yet; see docs/LIMITS.md).
+   */
+  private persist(state: AcceptorState): boolean {
+    const store = this.init.acceptorStore
+    const v = this.current
+    if (store === undefined || v === undefined) return true
+    try {
+      store.save({ ...(v.lineage === undefined ? {} : { lineage: v.lineage }), acceptor: state, maxRound: this.maxRound })
+      return true
+    } catch (err) {
+      this.log.error({ err: String(err), epoch: state.epoch }, 'cannot keep the acceptor record: not answering')
+      return false
+    }
   }
 
   private onPrepare(from: PeerId, p: PrepareMsg): void {
     if (!this.isAcceptor(p.epoch, p.genesis)) return
     const step = acceptorPrepare(this.acc, from, p)
     this.maxRound = Math.max(this.maxRound, p.round)
+    if (step.state !== this.acc && !this.persist(step.state)) return
     this.acc = step.state
     this.reply(from, step.reply)
   }
@@ -306,6 +345,7 @@ class MembershipNode implements Membership, LeaderContext {
     const step = acceptorAccept(this.acc, from, p)
     if (step === undefined) return
     this.maxRound = Math.max(this.maxRound, p.round)
+    if (step.state !== this.acc && !this.persist(step.state)) return
     this.acc = step.state
     if (step.accepted !== undefined) this.events.emit('accepted', step.accepted)
     this.reply(from, step.reply)
@@ -328,12 +368,21 @@ class MembershipNode implements Membership, LeaderContext {
       acceptors,
       quorumOfOne: this.init.unsafe?.quorumOfOne === true,
       now: this.clock.monotonic(),
-      ...(genesis === undefined ? {} : { genesis })
+      ...(genesis === undefined ? {} : { genesis, lineage: this.newLineage() })
     })
     this.proposal = proposal
     this.log.debug({ epoch, round: this.maxRound, acceptors: [...proposal.acceptors] }, 'proposing a view')
     this.post('prepare', prepare)
     if (proposal.acceptors.has(this.self())) this.onPrepare(this.self(), prepare)
+  }
+
+  /**
+   * A lineage for a genesis this node proposes: the wall clock tells launches apart, a hash of
+   * the proposer's id proposers (no rng draw: seeded runs keep their sequences).
+   */
+  private newLineage(): string {
+    const id = checksum64(new TextEncoder().encode(this.self())) & 0xffffffffn
+    return `${Math.floor(this.clock.now()).toString(36)}.${id.toString(36)}`
   }
 
   private onPromise(from: PeerId, p: PromiseMsg): void {
@@ -391,7 +440,8 @@ class MembershipNode implements Membership, LeaderContext {
       const m = this.labelsOf(id)
       if (m !== undefined && members.length < this.cfg.maxMembers) members.push(m)
     }
-    return members.length === 0 ? undefined : { epoch, members }
+    if (members.length === 0) return undefined
+    return view.lineage === undefined ? { epoch, members } : { epoch, members, lineage: view.lineage }
   }
 
   // --- tick -----------------------------------------------------------------------------
@@ -565,10 +615,15 @@ class MembershipNode implements Membership, LeaderContext {
     this.running = true
     this.startedAt = this.clock.monotonic()
     this.incarnation = Math.max(1, Math.floor(this.clock.now()))
+    const record = this.init.acceptorStore?.load()
+    if (record !== undefined && this.current === undefined) {
+      this.prior = structuredClone(record)
+      this.maxRound = Math.max(this.maxRound, record.maxRound)
+    }
     if (this.init.restore !== undefined && this.current === undefined) {
       const r = structuredClone(this.init.restore)
       this.install(r.view, 'restored from a previous incarnation')
-      if (r.acceptor.epoch === r.view.epoch + 1) this.acc = r.acceptor
+      if (record === undefined && r.acceptor.epoch === r.view.epoch + 1) this.acc = r.acceptor
       this.maxRound = Math.max(this.maxRound, r.maxRound)
     }
     const net = this.net

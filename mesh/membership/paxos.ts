@@ -136,6 +136,8 @@ export interface Proposal {
   readonly accepts: ReadonlySet<PeerId>
   readonly value?: View
   readonly genesis?: Member[]
+  /** The lineage a genesis view of this proposal starts (see View.lineage). */
+  readonly lineage?: string
   /** When the proposal began (monotonic ms); phases past their timeout are abandoned. */
   readonly startedAt: number
 }
@@ -149,6 +151,8 @@ export interface ProposalInit {
   acceptors: readonly Member[]
   /** The member list to propose as genesis (epoch 1): every one of them must accept. */
   genesis?: Member[]
+  /** With `genesis`: the lineage the genesis view starts. */
+  lineage?: string
   /** Deliberately unsafe (tests of the safety checker): a quorum of one. */
   quorumOfOne?: boolean
   now: number
@@ -166,6 +170,7 @@ export function startProposal(o: ProposalInit): { proposal: Proposal; prepare: P
     promises: new Map(),
     accepts: new Set(),
     ...(o.genesis === undefined ? {} : { genesis: o.genesis }),
+    ...(o.lineage === undefined ? {} : { lineage: o.lineage }),
     startedAt: o.now
   }
   return { proposal, prepare: { epoch: o.epoch, round: o.round, ...(o.genesis === undefined ? {} : { genesis: o.genesis }) } }
@@ -226,13 +231,17 @@ export function proposerPromise(
   }
   const promises = new Map(pr.promises).set(from, entry)
   if (promises.size < pr.quorum) return { kind: 'wait', proposal: { ...pr, promises } }
-  const value = highestAccepted(promises) ?? (pr.genesis !== undefined ? { epoch: pr.epoch, members: pr.genesis } : desired(pr.epoch))
+  const value = highestAccepted(promises) ?? (pr.genesis !== undefined ? genesisView(pr.epoch, pr.genesis, pr.lineage) : desired(pr.epoch))
   if (value === undefined) return { kind: 'abandon' }
   return {
     kind: 'accept',
     proposal: { ...pr, promises, value, phase: 'accept' },
     accept: { epoch: pr.epoch, round: pr.ballot.round, view: value }
   }
+}
+
+function genesisView(epoch: number, members: Member[], lineage: string | undefined): View {
+  return lineage === undefined ? { epoch, members } : { epoch, members, lineage }
 }
 
 /** Phase 2b received: once a quorum accepted, the value is chosen. */

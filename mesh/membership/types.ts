@@ -23,6 +23,13 @@ export function mayTrain(m: Member): boolean {
 export interface View {
   epoch: number
   members: Member[]
+  /**
+   * The lineage of views this one belongs to: drawn by the proposer of the genesis view and
+   * copied into every later view by the membership. Two launches of one run count epochs from
+   * 1 each; the lineage tells their views apart (an acceptor record binds only in its own
+   * lineage). Absent in views made outside the membership (rosters, tests).
+   */
+  lineage?: string
 }
 
 export interface MembershipInit {
@@ -51,6 +58,12 @@ export interface MembershipInit {
   unsafe?: { quorumOfOne?: boolean; ignoreMinority?: boolean }
   /** State from a previous incarnation (restart with state); see {@link MembershipDurableState}. */
   restore?: MembershipDurableState
+  /**
+   * Where the acceptor record is kept across restarts, written before every promise and
+   * accept of an epoch after genesis (see {@link AcceptorRecord}). Without one, a node
+   * restarted on the same identity could help choose a second view for an epoch.
+   */
+  acceptorStore?: AcceptorStore
 }
 
 /** One member of the current view as {@link Membership.status} reports it. */
@@ -115,6 +128,26 @@ export interface MembershipDurableState {
   view: View
   acceptor: AcceptorState
   maxRound: number
+}
+
+/**
+ * What an acceptor must not forget while it keeps its identity: its Paxos state for the
+ * epoch it last answered in (promised and accepted ballots) and the lineage of that epoch's
+ * views. A node restarted on the same identity loads it and, until its views pass that epoch
+ * in that lineage, answers nothing for an epoch below it and answers that epoch with the
+ * restored state; it keeps its view only if `restore` gives one.
+ */
+export interface AcceptorRecord {
+  /** Absent for views without a lineage (made outside the membership). */
+  lineage?: string
+  acceptor: AcceptorState
+  maxRound: number
+}
+
+/** Keeps an {@link AcceptorRecord}; `save` returns once the record is durable (the membership answers only after). */
+export interface AcceptorStore {
+  load(): AcceptorRecord | undefined
+  save(record: AcceptorRecord): void
 }
 
 /** The membership service of one node (see createMembership). */

@@ -15,11 +15,28 @@ const memberSchema = z.strictObject({
   trains: z.literal(false).optional()
 })
 const u53 = z.int().nonnegative()
+/** A view lineage (see View.lineage): the membership draws one of at most 32 characters. */
+export const lineageSchema = z.string().min(1).max(64)
 
-function viewSchema(maxMembers: number): z.ZodType<View> {
+/** The schema of a view of at most `maxMembers` distinct members. */
+export function viewSchema(maxMembers: number): z.ZodType<View> {
   return z
-    .strictObject({ epoch: u53.min(1), members: z.array(memberSchema).min(1).max(maxMembers) })
+    .strictObject({ epoch: u53.min(1), members: z.array(memberSchema).min(1).max(maxMembers), lineage: lineageSchema.optional() })
     .refine(v => new Set(v.members.map(m => m.id)).size === v.members.length, { message: 'duplicate member ids' })
+}
+
+/** The schema of an acceptor record (see AcceptorRecord) whose accepted view has at most `maxMembers` members. */
+export function acceptorRecordSchema(maxMembers: number) {
+  const ballot = z.strictObject({ round: u53, proposer: peerIdSchema })
+  return z.strictObject({
+    lineage: lineageSchema.optional(),
+    acceptor: z.strictObject({
+      epoch: u53.min(1),
+      promised: ballot.optional(),
+      accepted: z.strictObject({ ballot, view: viewSchema(maxMembers) }).optional()
+    }),
+    maxRound: u53
+  })
 }
 
 /**

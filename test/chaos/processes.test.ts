@@ -1,15 +1,15 @@
 import test from 'ava'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fetchStatus } from '../../node/control.ts'
 import type { NodeStatus } from '../../node/start.ts'
 import { parseNodeEvent, type NodeEvent } from '../../node/events.ts'
-import { startLocalMesh, trainUntilStopped, type Proc } from './helpers.ts'
+import { startLocalMesh, trainUntilStopped, zeromesh, type Proc } from './helpers.ts'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { IDENTITY_FILE, loadOrCreateIdentity } from '../../mesh/index.ts'
+import { ACCEPTOR_RECORD_FILE, fileAcceptorStore, IDENTITY_FILE, loadOrCreateIdentity } from '../../mesh/index.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 const HEARTBEAT_MS = 200
@@ -93,10 +93,28 @@ test.serial('four processes form a view; a SIGKILLed node is removed within the 
       events(procs[2]!).some(e => e.type === 'view' && e.members === 4 && e.rank === 3),
       'the rejoined node took the last rank'
     )
+    // Every answer after genesis was recorded before it went out, beside the identity key.
+    t.is(fileAcceptorStore(dirs[0]!).load()?.acceptor.epoch, e3, "node 0's acceptor record holds its answer for the rejoin's epoch")
   } finally {
     for (const p of procs) p.child.kill('SIGTERM')
     const codes = await Promise.all(procs.map(p => p.exited))
     t.deepEqual(codes, [0, 0, 0, 0], 'every node stops cleanly on SIGTERM')
+    rmSync(root, { recursive: true, force: true })
+  }
+})
+
+test.serial('a node whose acceptor record is corrupt does not start, and says which file and what to do', async t => {
+  const root = mkdtempSync(join(tmpdir(), 'zm-record-'))
+  try {
+    const dir = join(root, 'node0')
+    mkdirSync(dir, { recursive: true, mode: 0o700 })
+    writeFileSync(join(root, 'secret'), 'record test secret, long enough\n')
+    writeFileSync(join(dir, ACCEPTOR_RECORD_FILE), 'not a record')
+    const p = zeromesh(['start', '--run', 'record', '--secret-file', join(root, 'secret'), '--listen', '/ip4/127.0.0.1/tcp/0', '--data-dir', dir])
+    t.is(await p.exited, 1, p.out.join('\n'))
+    const line = p.out.join('\n')
+    t.true(line.includes(join(dir, ACCEPTOR_RECORD_FILE)) && line.includes(IDENTITY_FILE), line)
+  } finally {
     rmSync(root, { recursive: true, force: true })
   }
 })

@@ -3,6 +3,7 @@ import {
   createMemoryNetwork,
   createMembership,
   createMembershipShared,
+  type AcceptorRecord,
   type Membership,
   type MembershipInit,
   type MemoryNetwork,
@@ -26,6 +27,10 @@ export class Cluster {
   readonly nodes = new Map<string, SimNode>()
   readonly installed = new Map<number, string>()
   readonly violations: string[] = []
+  /** Each node's acceptor record as its data dir holds it (a restart keeps it). */
+  readonly records = new Map<string, AcceptorRecord>()
+  /** Nodes whose record cannot be written (a full or read-only disk). */
+  readonly failingStores = new Set<string>()
   private readonly rng: Rng
   private readonly init: MembershipInit
   private readonly nets = new Map<string, PeerNet>()
@@ -42,7 +47,14 @@ export class Cluster {
   add(id: string, o: { trains?: false } = {}): SimNode {
     const net = this.nets.get(id) ?? this.hub.createPeer({ id, labels: { zone: `z${this.nets.size % 3}`, host: id, ...o } })
     this.nets.set(id, net)
-    const m = createMembership(this.init, { net, clock: this.clock, rng: this.rng.split(id), log: silentLogger(), shared: this.shared })
+    const acceptorStore = {
+      load: () => this.records.get(id),
+      save: (r: AcceptorRecord) => {
+        if (this.failingStores.has(id)) throw new Error(`no space left on ${id}'s disk`)
+        this.records.set(id, r)
+      }
+    }
+    const m = createMembership({ ...this.init, acceptorStore }, { net, clock: this.clock, rng: this.rng.split(id), log: silentLogger(), shared: this.shared })
     m.on('view', v => this.record(id, v))
     const node = { id, net, m }
     this.nodes.set(id, node)
@@ -71,7 +83,7 @@ export class Cluster {
     void n.m.stop()
   }
 
-  /** A fresh process on the same identity, with no memory of the old one. */
+  /** A fresh process on the same identity and data dir: it remembers only its acceptor record. */
   async restart(id: string): Promise<SimNode> {
     const n = this.add(id)
     await n.net.start()

@@ -225,3 +225,51 @@ test('a genesis ballot whose re-proposed view leaves out one of its acceptors st
   t.true(r.invariants.liveness.ok, JSON.stringify(r.invariants.liveness))
   t.deepEqual(r.invariants.safety.violations, [])
 })
+
+// The scenario fuzzer's forks (fuzz seeds 14 and 104, 23,251 runs of seeds 1-300): a node
+// restarted on its identity relearned an old view from the leader's re-sent commit and, as an
+// acceptor of the next epoch with a fresh state, promised a ballot without reporting the view
+// it had accepted for that epoch before its crash: a second view was chosen for the epoch.
+// Its acceptor record (kept beside the identity, written before every answer) now makes it
+// answer that epoch with what it had, and abstain below it. Run with the record lost on
+// restart, the same plans fork again: the check can fail.
+const restartForks: Array<{ name: string; raw: Record<string, unknown>; epoch: number }> = [
+  {
+    name: 'fuzz seed 14 case 51',
+    epoch: 3,
+    raw: {
+      name: 'fuzz-523372',
+      nodes: 3,
+      durationMs: 2163,
+      seed: 469,
+      faults: [
+        { at: 1421, heal: true },
+        { at: 2079, heal: true },
+        { at: 776, partition: [['n002'], ['*']] }
+      ],
+      random: { crashPerS: 0.40658661902132776, pausePerS: 0.6169911208631393, faultMs: 491 }
+    }
+  },
+  {
+    name: 'fuzz seed 104 case 77',
+    epoch: 2,
+    raw: {
+      name: 'fuzz-531128',
+      nodes: 3,
+      durationMs: 3425,
+      seed: 302,
+      faults: [{ at: 962, partition: [['n002'], ['*']] }],
+      random: { crashPerS: 0.36657057324390596, pausePerS: 0.3125369287461426, faultMs: 854 }
+    }
+  }
+]
+for (const c of restartForks) {
+  test(`a node restarted on its data dir does not help choose a second view for an epoch it answered in before (${c.name})`, async t => {
+    const s = parseScenario(c.raw, `${c.raw['name']}.json`)
+    t.log(`seed ${s.seed}`)
+    const r = await runScenario(s)
+    t.deepEqual(r.invariants.safety.violations, [])
+    const lost = await runScenario(s, { loseAcceptorRecords: true })
+    t.regex(lost.invariants.safety.violations[0] ?? 'no violation', new RegExp(`^epoch ${c.epoch}: `), 'without the record the plan forks')
+  })
+}
