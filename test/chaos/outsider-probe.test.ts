@@ -1,16 +1,25 @@
 // The outsider probe (issue 20): the attacks that used to hurt a node, replayed against a real
 // training node: thousands of connect-and-close on the bulk port (descriptors held in
 // CLOSE-WAIT until the fd limit), stalled inbound libp2p connections (refusing every other
-// inbound connection), and a libp2p peer without the run secret. The node must give back its
-// descriptors, keep its memory bounded, keep its mesh, and keep training.
+// inbound connection), a libp2p peer without the run secret, and a bare gossipsub sniffer that
+// subscribes to every topic the node announces. The node must give back its descriptors, keep
+// its memory bounded, keep its mesh, keep training, and let the sniffer read nothing.
 import test from 'ava'
+import { createLibp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { tls } from '@libp2p/tls'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import { gossipsub } from '@libp2p/gossipsub'
+import { multiaddr } from '@multiformats/multiaddr'
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RealClock, silentLogger } from '../../core/index.ts'
-import { createLibp2pPeerNet, loadOrCreateIdentity } from '../../mesh/index.ts'
+import { createLibp2pPeerNet, decodeHeartbeat, loadOrCreateIdentity } from '../../mesh/index.ts'
 import { fetchStatus } from '../../node/control.ts'
 import type { NodeStatus } from '../../node/start.ts'
 import { waitFor } from '../helpers/wait.ts'
@@ -28,6 +37,47 @@ function listening(pid: number): number[] {
     .filter(l => l.includes(`pid=${pid},`))
     .map(l => Number(/:(\d+)\s/.exec(l.split(/\s+/)[3] + ' ')?.[1]))
     .filter(p => Number.isInteger(p) && p > 0)
+}
+
+/**
+ * A bare libp2p node (no zeromesh, no secret) with gossipsub: it dials `addr`, subscribes to
+ * every topic a peer announces, and keeps what it hears.
+ */
+async function sniffer(addr: string) {
+  const node = await createLibp2p({
+    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+    transports: [tcp()],
+    connectionEncrypters: [tls(), noise()],
+    streamMuxers: [yamux()],
+    services: { identify: identify(), pubsub: gossipsub({ allowPublishToZeroTopicPeers: true, floodPublish: true }) }
+  })
+  const topics = new Set<string>()
+  const messages: Uint8Array[] = []
+  let dialed = false
+  node.services.pubsub.addEventListener('subscription-change', e => {
+    for (const sub of e.detail.subscriptions) {
+      if (sub.subscribe && !topics.has(sub.topic)) {
+        topics.add(sub.topic)
+        node.services.pubsub.subscribe(sub.topic)
+      }
+    }
+  })
+  node.services.pubsub.addEventListener('message', e => messages.push(e.detail.data))
+  await node.start()
+  // The node takes 5 new connections per host per second: retry past the probes before it.
+  let error = ''
+  for (let i = 0; i < 20 && !dialed; i++) {
+    await node
+      .dial(multiaddr(addr))
+      .then(() => {
+        dialed = true
+      })
+      .catch((err: unknown) => {
+        error = String(err)
+        return new Promise(resolve => setTimeout(resolve, 500))
+      })
+  }
+  return { node, topics, messages, dialed: () => dialed, error: () => error }
 }
 
 const ssMissing = ((): string | undefined => {
@@ -49,6 +99,7 @@ else
     let procs: Proc[] = []
     const sockets: Socket[] = []
     let stranger: Awaited<ReturnType<typeof createLibp2pPeerNet>> | undefined
+    let sniff: Awaited<ReturnType<typeof sniffer>> | undefined
     try {
       const mesh = await startLocalMesh(root, 'probe', 2, { heartbeatMs: 300, extra: () => trainUntilStopped(2, 'off') })
       procs = mesh.procs
@@ -93,6 +144,8 @@ else
         { clock: new RealClock(), log: silentLogger() }
       )
       await stranger.start()
+      // 4. A bare gossipsub node dials in and listens to every topic it is told of.
+      sniff = await sniffer(addr)
       // The node gives its descriptors back (handshake deadlines: 5 s) and trains on.
       const after = await waitFor('the descriptors to come back and training to go on', 60_000, async () => {
         const now = { fds: fds(pid), rss: rssMiB(pid), step: await step() }
@@ -103,9 +156,36 @@ else
       t.is(stranger.peers().length, 0, 'the stranger was admitted by nobody')
       const s0 = await status(dirs[0]!)
       t.is(s0?.membership.members.length, 2, 'the view is the two nodes')
+      // What the sniffer heard: topic names are keyed hashes, messages are sealed (nothing it
+      // can read: no run id, no member id, no heartbeat).
+      t.log(
+        `sniffer: dialed ${sniff.dialed()} (last refusal: ${sniff.error() || 'none'}), still connected ${sniff.node.getConnections().length}, ${sniff.topics.size} topic names, ${sniff.messages.length} messages`
+      )
+      t.true(
+        [...sniff.topics].every(n => /^\/zeromesh\/[0-9a-f]{32}$/.test(n)),
+        `topic names name nothing: ${JSON.stringify([...sniff.topics])}`
+      )
+      const ids = s0!.membership.members.map(m => m.id)
+      const text = (b: Uint8Array): string => Buffer.from(b).toString('latin1')
+      t.false(
+        sniff.messages.some(m => ['probe', ...ids].some(x => text(m).includes(x))),
+        'no message it heard carries the run id or a member id in the clear'
+      )
+      t.false(
+        sniff.messages.some(m => {
+          try {
+            decodeHeartbeat(m)
+            return true
+          } catch {
+            return false
+          }
+        }),
+        'no message it heard is a heartbeat'
+      )
     } finally {
       for (const s of sockets) s.destroy()
       await stranger?.stop()
+      await sniff?.node.stop()
       for (const p of procs) p.child.kill('SIGKILL')
       rmSync(root, { recursive: true, force: true })
     }
