@@ -11,15 +11,20 @@
 // (c) `optimizer.kill`: 4 ranks + 1 spare, the `mini` model, SIGKILL of rank 1 at step
 //     BENCH_OPT_KILL_AT of 30: the trainer's recovery (recovery point + loading the snapshots)
 //     and SIGKILL to the next commit.
-// BENCH_OPT_PARTS (comma-separated: quality, state, kill) picks parts; BENCH_OPT_ONLY one
-// optimizer for (a); BENCH_OPT_ADAMW_LR / BENCH_OPT_LION_LR their learning rates.
+// (d) `optimizer.quality8`: 8-bit AdamW (gpu/adam8.ts) against AdamW, in this process: the
+//     same run as (a) (model, data, batches, init, lr 3e-3, decay 0.1 on the decay segments,
+//     BENCH_OPT_STEPS steps), the trainer's one-rank step written out over the CPU backend
+//     (Gpt forward/backward, then the optimizer per decay segment), because the workers do
+//     not run adamw8bit yet (see docs/PERFORMANCE.md). Its AdamW figure must equal (a)'s.
+// BENCH_OPT_PARTS (comma-separated: quality, state, kill, quality8) picks parts; BENCH_OPT_ONLY
+// one optimizer for (a); BENCH_OPT_ADAMW_LR / BENCH_OPT_LION_LR their learning rates.
 import { loadavg } from 'node:os'
 import { envNumber } from './harness.ts'
 import { up, type UpKillReport } from '../cli/index.ts'
 import { shardRange } from '../core/index.ts'
-import { GPT_PRESETS, gptLayout } from '../gpu/index.ts'
+import { ADAM8_BLOCK, CpuBackend, Gpt, GPT_PRESETS, gptLayout, initGptParams, type Tensor } from '../gpu/index.ts'
 import { stateBytes } from '../snapshot/index.ts'
-import { trainingModel } from '../node/index.ts'
+import { batchFor, decaySegments, loadCorpus, trainingModel } from '../node/index.ts'
 
 const STEPS = envNumber('BENCH_OPT_STEPS', 300)
 // Learning rates (default: the workers' own per optimizer: AdamW 3e-3, Lion 3e-4).
@@ -107,9 +112,12 @@ if (parts.includes('state')) {
   const P = 4
   const n = shardRange(N, P, 0).length
   const sizes = new Map<string, number>()
-  for (const optimizer of OPTIMIZERS) {
+  // 8-bit AdamW runs per decay segment: blocks restart at each segment of the shard.
+  const blocks = decaySegments(gptLayout(model), 0, n).reduce((a, x) => a + Math.ceil(x.length / ADAM8_BLOCK), 0)
+  for (const optimizer of [...OPTIMIZERS, 'adamw8bit'] as const) {
     const empty = new Float32Array(0)
     const vec = new Float32Array(n)
+    const eight = optimizer === 'adamw8bit'
     const bytes = stateBytes({
       rank: 0,
       worldSize: P,
@@ -117,12 +125,13 @@ if (parts.includes('state')) {
       step: 1,
       dataCursor: 1,
       weights: vec,
-      adamM: vec,
-      adamV: optimizer === 'lion' ? empty : vec,
+      adamM: eight ? empty : vec,
+      adamV: optimizer === 'adamw' ? vec : empty,
       rng: new Uint8Array(0),
       identity: new Uint8Array(32),
       nonce: new Uint8Array(16),
-      ...(optimizer === 'lion' ? { optimizer: 'lion' as const } : {})
+      ...(optimizer === 'adamw' ? {} : { optimizer }),
+      ...(eight ? { adam8: { m: new Uint8Array(n), v: new Uint8Array(n), scales: new Float32Array(2 * blocks) } } : {})
     })
     sizes.set(optimizer, bytes)
     emit({
@@ -154,6 +163,72 @@ if (parts.includes('kill')) {
       from_step: r.kill.fromStep,
       recovery_ms: r.kill.recoveryMs,
       next_commit_ms: r.kill.nextCommitMs,
+      load: [before, load1()]
+    })
+  }
+}
+
+/** Held-out loss after `steps` one-rank steps of `small` with AdamW or 8-bit AdamW, in this process. */
+function trainHere(optimizer: 'adamw' | 'adamw8bit', steps: number): { heldOut: number; wallS: number } {
+  const t0 = performance.now()
+  const corpus = loadCorpus()
+  const model = trainingModel('small', 256)
+  const B = 4
+  const T = 64
+  const seed = 1
+  const be = new CpuBackend()
+  const gpt = new Gpt(be, model, { B, T, dtype: 'f32', seed })
+  const N = gptLayout(model).length
+  const master = be.alloc('f32', [N])
+  be.write(master, initGptParams(model, seed))
+  gpt.setParams(be.read(master) as Float32Array)
+  const grads = be.alloc('f32', [N])
+  const segs = decaySegments(gptLayout(model), 0, N)
+  const eight = optimizer === 'adamw8bit'
+  const blocks = segs.reduce((a, x) => a + Math.ceil(x.length / ADAM8_BLOCK), 0)
+  const m = be.alloc(eight ? 'u8' : 'f32', [N])
+  const v = be.alloc(eight ? 'u8' : 'f32', [N])
+  const scales = be.alloc('f32', [2 * Math.max(1, blocks)])
+  for (let s = 0; s < steps; s++) {
+    const batch = batchFor(corpus.train, seed, s, 0, B, T)
+    gpt.zeroGrad()
+    gpt.forward(batch.inputs, batch.targets)
+    gpt.backward()
+    be.write(grads, gpt.getGrads())
+    let block = 0
+    for (const x of segs) {
+      const view = (t: Tensor): Tensor => be.view(t, x.start, [x.length])
+      const hp = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? 0.1 : 0, step: s + 1, gradScale: 1 }
+      const nb = Math.ceil(x.length / ADAM8_BLOCK)
+      if (eight) be.adamw8bit(view(master), view(grads), view(m), view(v), be.view(scales, 2 * block, [2 * nb]), hp)
+      else be.adamw(view(master), view(grads), view(m), view(v), hp)
+      block += nb
+    }
+    gpt.setParams(be.read(master) as Float32Array)
+  }
+  const held = corpus.val.length > T + 1 ? corpus.val : corpus.train
+  const hb = batchFor(held, seed, 0, 0, B, T)
+  const heldOut = gpt.forward(hb.inputs, hb.targets)
+  gpt.dispose()
+  be.dispose()
+  return { heldOut, wallS: (performance.now() - t0) / 1000 }
+}
+
+if (parts.includes('quality8')) {
+  let base: number | undefined
+  for (const optimizer of ['adamw', 'adamw8bit'] as const) {
+    const before = load1()
+    const r = trainHere(optimizer, STEPS)
+    base ??= r.heldOut
+    emit({
+      bench: 'optimizer.quality8',
+      optimizer,
+      model: 'small',
+      steps: STEPS,
+      lr: 3e-3,
+      held_out_loss: r4(r.heldOut),
+      ...(optimizer === 'adamw' ? {} : { vs_adamw: r4(r.heldOut / base) }),
+      wall_s: r4(r.wallS),
       load: [before, load1()]
     })
   }

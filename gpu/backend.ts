@@ -212,6 +212,13 @@ export interface Backend {
    * in adamw.
    */
   lion(params: Tensor, grads: Tensor, m: Tensor, p: LionParams, paramsLowp?: Tensor | null): void
+  /**
+   * Fused 8-bit AdamW (gpu/adam8.ts: the format and the order of operations): params/grads f32
+   * [n], m and v u8 codes [n], scales f32 [2·ceil(n / ADAM8_BLOCK)] (m's and v's absmax of
+   * each block, interleaved). Dequantizes each block, updates it in f32 and requantizes it;
+   * backends agree bit for bit. `paramsLowp` as in adamw.
+   */
+  adamw8bit(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, scales: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void
 
   // ---- collectives' quantizers (codec/quant.ts format, byte-identical) -----------------------
   /**

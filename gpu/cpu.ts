@@ -11,6 +11,7 @@ import {
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, Fence, GemmParams, HostArray, LionParams, Tensor, TensorDType } from './backend.ts'
 import { GPT_LAYERNORM_EPS } from './gpt.ts'
+import { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Constants, adam8Nearest } from './adam8.ts'
 import {
   PASSED_FENCE,
   allocSize,
@@ -780,6 +781,55 @@ export class CpuBackend implements Backend {
       w[i] = f(wi - f(lr * f(s + f(wd * wi))))
       mm[i] = f(f(b2 * mi) + f(c2 * gi))
       if (low !== null) low[i] = f32ToBf16(w[i]!)
+    }
+  }
+
+  adamw8bit(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, scales: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {
+    const op = 'adamw8bit'
+    this.live_(op)
+    checkAdamW(op, p)
+    const w = this.f32(op, 'params', params)
+    const n = w.length
+    const g = this.f32(op, 'grads', grads, n)
+    const mc = this.arg(op, 'm', m, ['u8'], n).data as Uint8Array
+    const vc = this.arg(op, 'v', v, ['u8'], n).data as Uint8Array
+    const sc = this.f32(op, 'scales', scales, 2 * adam8Blocks(n))
+    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], n).data as Uint16Array)
+    const f = Math.fround
+    const [lr, b1, b2, ob1, ob2, eps, wd, gs, c1, c2] = adam8Constants(p) as [number, number, number, number, number, number, number, number, number, number]
+    const MM = ADAM8_MAP_M
+    const MV = ADAM8_MAP_V
+    const mt = new Float32Array(ADAM8_BLOCK)
+    const vt = new Float32Array(ADAM8_BLOCK)
+    for (let b = 0; b * ADAM8_BLOCK < n; b++) {
+      const base = b * ADAM8_BLOCK
+      const len = Math.min(ADAM8_BLOCK, n - base)
+      const sm = sc[2 * b]!
+      const sv = sc[2 * b + 1]!
+      let am = 0
+      let av = 0
+      for (let j = 0; j < len; j++) {
+        const i = base + j
+        const gi = f(g[i]! * gs)
+        const mi = f(f(b1 * f(MM[mc[i]!]! * sm)) + f(ob1 * gi))
+        const vi = f(f(b2 * f(MV[vc[i]!]! * sv)) + f(f(ob2 * gi) * gi))
+        const wi = w[i]!
+        const u = f(f(mi / c1) / f(f(Math.sqrt(f(vi / c2))) + eps))
+        w[i] = f(wi - f(lr * f(u + f(wd * wi))))
+        if (low !== null) low[i] = f32ToBf16(w[i]!)
+        mt[j] = mi
+        vt[j] = vi
+        // The absmax never takes a NaN (a comparison with NaN is false), whatever the order.
+        const a = Math.abs(mi)
+        if (a > am) am = a
+        if (vi > av) av = vi
+      }
+      sc[2 * b] = am
+      sc[2 * b + 1] = av
+      for (let j = 0; j < len; j++) {
+        mc[base + j] = adam8Nearest(MM, am === 0 ? 0 : f(mt[j]! / am))
+        vc[base + j] = adam8Nearest(MV, av === 0 ? 0 : f(vt[j]! / av))
+      }
     }
   }
 

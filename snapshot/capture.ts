@@ -1,7 +1,8 @@
-import { AbortError, checkCap, throwIfAborted } from '../core/index.ts'
+import { AbortError, checkCap, InvalidArgumentError, throwIfAborted } from '../core/index.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
 import type { SnapshotCoder } from './coder.ts'
 import { sealState, stateBytes, writeState, type RankState } from './state.ts'
+import { copyState } from './state-copy.ts'
 
 /** How one capture ended. Never rejects: a trainer may ignore it. */
 export type CaptureOutcome<R> =
@@ -15,6 +16,12 @@ export interface CaptureTicket<R> {
   step: number
   /** Settles when this capture is placed, superseded by a newer one, or failed. */
   done: Promise<CaptureOutcome<R>>
+  /**
+   * Present when the copy goes on after `capture` returned (a state over `chunkBytes`):
+   * resolves (never rejects) once the state's buffers are no longer read, and until then they
+   * must not change. Absent: the copy was done when `capture` returned.
+   */
+  copied?: Promise<void>
 }
 
 /**
@@ -22,8 +29,12 @@ export interface CaptureTicket<R> {
  *
  * Contract for the trainer: call `capture(state)` after step `state.step` has **committed**
  * and before the next optimizer update touches the buffers. `capture`
- * copies the state synchronously into one of two buffers and returns at once; when it returns
- * the trainer may overwrite weights / moments / rng freely. It never waits for an earlier
+ * copies the state into one of two buffers: a state of at most `chunkBytes` at once, so that
+ * when it returns the trainer may overwrite weights / moments / rng freely; a larger one a
+ * piece of `chunkBytes` per turn of the event loop (a 1.5 GB copy in one piece held a GPU
+ * rank's loop, and the heartbeats it sends, for seconds: its peers took it for dead), and then
+ * the buffers may change once the ticket's `copied` resolved. A capture made while such a copy
+ * goes on is a programmer error (InvalidArgumentError). It never waits for an earlier
  * snapshot: one buffer may be placing while the other takes the new copy. If a copy is still
  * queued (not yet placing) when the next capture comes, the queued one is *superseded* (its
  * ticket settles with `superseded`) and the newer step is placed instead, so placement falls
@@ -62,7 +73,7 @@ export interface Capturer<R> {
   stop(): void
 }
 
-type SlotState = 'free' | 'pending' | 'placing' | 'retained'
+type SlotState = 'free' | 'copying' | 'pending' | 'placing' | 'retained'
 
 interface Slot<R> {
   buf: Uint8Array
@@ -78,8 +89,25 @@ export type CaptureCoder = Pick<SnapshotCoder, 'alloc' | 'seal'>
 
 const inlineSeal: CaptureCoder = { alloc: bytes => new Uint8Array(bytes), seal: async bytes => sealState(bytes) }
 
+/** How a capturer copies a large state: pieces of `chunkBytes`, a `turn` of the event loop between them. */
+export interface CapturePacing {
+  /** Default SNAPSHOT_LIMITS.captureChunkBytes. */
+  chunkBytes?: number
+  /** Default: one setImmediate (real nodes pass their clock's `turn`). */
+  turn?: () => Promise<void>
+}
+
+const immediate = (): Promise<void> => new Promise(resolve => setImmediate(resolve))
+
 /** Creates a capturer over `place` (the snapshot service's placement of sealed state bytes). */
-export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>, coder: CaptureCoder = inlineSeal): Capturer<R> {
+export function createCapturer<R>(
+  place: (sealed: Uint8Array, signal: AbortSignal) => Promise<R>,
+  coder: CaptureCoder = inlineSeal,
+  pacing: CapturePacing = {}
+): Capturer<R> {
+  const chunkBytes = pacing.chunkBytes ?? SNAPSHOT_LIMITS.captureChunkBytes
+  if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 1) throw new InvalidArgumentError(`chunkBytes must be a positive integer, got ${chunkBytes}`)
+  const turn = pacing.turn ?? immediate
   const slots: Array<Slot<R>> = [0, 1].map(() => ({
     buf: new Uint8Array(0),
     bytes: undefined,
@@ -90,10 +118,12 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
   }))
   const ctl = new AbortController()
   let pumping: Promise<void> | undefined
+  /** The copy of a large state in progress (at most one). */
+  let copying: Promise<void> | undefined
   let stopped = false
   // Waiters of room(): called whenever a pending slot leaves 'pending'.
   let roomWaiters: Array<() => void> = []
-  const keptWaiting = (): boolean => slots.some(s => s.state === 'pending' && s.keep)
+  const keptWaiting = (): boolean => slots.some(s => (s.state === 'pending' || s.state === 'copying') && s.keep)
   const wakeRoom = (): void => {
     if (keptWaiting()) return
     const w = roomWaiters
@@ -143,10 +173,31 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
     })
   }
 
+  /** Copies a large state into `slot` piece by piece; the slot turns pending once it is whole. */
+  const copyInto = async (slot: Slot<R>, state: RankState): Promise<void> => {
+    try {
+      const bytes = await copyState(state, slot.buf, { chunkBytes, turn, signal: ctl.signal })
+      throwIfAborted(ctl.signal)
+      slot.bytes = bytes
+      slot.state = 'pending'
+      kick()
+    } catch (err) {
+      slot.state = 'free'
+      slot.bytes = undefined
+      const error = stopped ? new AbortError('snapshot capture stopped') : err instanceof Error ? err : new Error(String(err))
+      const settle = slot.settle
+      slot.settle = undefined
+      settle?.({ status: 'failed', step: slot.step, error })
+      wakeRoom()
+    }
+  }
+
   return {
     capture(state, options) {
       const need = stateBytes(state)
       checkCap('snapshot state bytes', need, SNAPSHOT_LIMITS.maxStateBytes)
+      if (copying !== undefined)
+        throw new InvalidArgumentError(`capture of step ${state.step} while the copy of an earlier one goes on: wait for its ticket's copied`)
       const keep = options?.keep === true
       const slot = slots.find(s => s.state === 'pending') ?? slots.find(s => s.state === 'free') ?? slots.find(s => s.state === 'retained')!
       if (slot.state === 'pending' && slot.keep && !keep) {
@@ -155,8 +206,18 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
       if (slot.state === 'pending') slot.settle?.({ status: 'superseded', step: slot.step, by: state.step })
       slot.keep = keep
       if (slot.buf.length < need) slot.buf = coder.alloc(need)
-      slot.bytes = writeState(state, slot.buf)
       slot.step = state.step
+      if (need > chunkBytes) {
+        slot.state = 'copying'
+        slot.bytes = undefined
+        const t = ticket(slot)
+        const c = copyInto(slot, state).finally(() => {
+          copying = undefined
+        })
+        copying = c
+        return { ...t, copied: c }
+      }
+      slot.bytes = writeState(state, slot.buf)
       slot.state = 'pending'
       const t = ticket(slot)
       kick()
@@ -164,7 +225,8 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
     },
 
     requeue() {
-      if (slots.some(s => s.state === 'pending')) return undefined
+      // A copy going on is a newer capture: it will be placed under the new view anyway.
+      if (slots.some(s => s.state === 'pending' || s.state === 'copying')) return undefined
       const slot = slots.find(s => s.state === 'retained')
       if (slot === undefined) return undefined
       // A kept copy (an anchor step) stays kept: re-placed under the new view it is still the step every rank keeps.
@@ -180,7 +242,7 @@ export function createCapturer<R>(place: (sealed: Uint8Array, signal: AbortSigna
     },
 
     async idle() {
-      while (pumping !== undefined) await pumping
+      while (pumping !== undefined || copying !== undefined) await (copying ?? pumping)
     },
 
     retained() {

@@ -36,6 +36,7 @@ export {
   verifyState,
   decodeState
 } from './state.ts'
+export { copyState, type CopyStateOptions } from './state-copy.ts'
 export { validateStripeParams, placeStripe, type PlacementScope } from './placement.ts'
 export {
   type FragmentLabel,
@@ -71,7 +72,7 @@ export {
 } from './store.ts'
 export { type SnapshotCoder, type InlineCoderDeps, createInlineCoder } from './coder.ts'
 export { type ThreadCoderInit, createThreadCoder, defaultCoderThreads } from './coder-threads.ts'
-export { type Capturer, type CaptureOptions, type CaptureTicket, type CaptureOutcome, createCapturer } from './capture.ts'
+export { type Capturer, type CaptureOptions, type CaptureTicket, type CaptureOutcome, type CapturePacing, createCapturer } from './capture.ts'
 export { PUT_PROTOCOL, FETCH_PROTOCOL } from './wire.ts'
 export { type SnapshotService, type SnapshotServiceInit, type SnapshotDeps, createSnapshotService } from './service.ts'
 export type { PlaceResult } from './placer.ts'

@@ -5,6 +5,13 @@
 export const SNAPSHOT_LIMITS = Object.freeze({
   /** Largest serialized rank state (bytes): header + rng + 3 f32 buffers (weights, Adam m, v). */
   maxStateBytes: 16 * 1024 * 1024 * 1024,
+  /**
+   * Most bytes a capture copies in one turn of the trainer's event loop (capture.ts): a larger
+   * state is copied in pieces of this size with a turn between them, so a 1.5 GB state never
+   * holds the loop (and the heartbeats it sends) for more than one piece, page faults of a
+   * fresh buffer included.
+   */
+  captureChunkBytes: 32 * 1024 * 1024,
   /** Largest opaque rng state carried in a snapshot (bytes). */
   maxRngBytes: 4096,
   /** Longest owner peer id carried in a fragment label (bytes of UTF-8). */

@@ -44,7 +44,7 @@ export interface PlacerDeps {
   /** The view placements are made under (rank, epoch, holders). */
   view: () => View | undefined
   transfers: Pick<Transfers, 'open' | 'watchdog' | 'idleMs'>
-  clock: Pick<Clock, 'sleep'>
+  clock: Pick<Clock, 'sleep' | 'turn'>
   /** Seals and codes the states placed (shared with recovery). */
   coder: Pick<SnapshotCoder, 'alloc' | 'seal' | 'stripe'>
   /** Records and announces a placed stripe's manifest; placement waits for it. */
@@ -164,7 +164,7 @@ export function createPlacer(init: PlacerInit, deps: PlacerDeps): Placer {
     return { manifest, duplicates: results.filter(r => r.status === 'fulfilled' && r.value === 'duplicate').length }
   }
 
-  const capturer = createCapturer<PlaceResult>((sealed, signal) => place(sealed, { signal }), deps.coder)
+  const capturer = createCapturer<PlaceResult>((sealed, signal) => place(sealed, { signal }), deps.coder, { turn: () => deps.clock.turn() })
   return {
     placedBytes: () => ({ ...tally }),
     capture: (state, options) => capturer.capture(state, options),

@@ -2,11 +2,13 @@ import { checkCap, InvalidArgumentError } from '../core/index.ts'
 import { checksum64 } from '../codec/index.ts'
 import { snapshotError, SnapshotErrorCode } from './errors.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
+import { ADAM8_BLOCK } from '../gpu/index.ts'
 
 /**
  * One rank's training state: what a snapshot captures and a recovery returns. `weights`,
  * `adamM` and `adamV` are the rank's shard of the flat f32 master buffer and of the optimizer's
- * moments (same length; Lion keeps one moment: `adamV` is empty); `rng` is opaque to this layer
+ * moments (same length; Lion keeps one moment: `adamV` is empty; 8-bit AdamW keeps its moments
+ * in `adam8` and both are empty); `rng` is opaque to this layer
  * (e.g. the bytes of core's `Rng.state()`).
  */
 export interface RankState {
@@ -22,8 +24,13 @@ export interface RankState {
   adamM: Float32Array
   adamV: Float32Array
   rng: Uint8Array
-  /** The optimizer whose state this is: absent for AdamW (m and v), 'lion' for Lion (m only, `adamV` empty). */
-  optimizer?: 'lion'
+  /**
+   * The optimizer whose state this is: absent for AdamW (m and v), 'lion' for Lion (m only,
+   * `adamV` empty), 'adamw8bit' for 8-bit AdamW (`adam8`; `adamM` and `adamV` empty).
+   */
+  optimizer?: 'lion' | 'adamw8bit'
+  /** 8-bit AdamW's moments (gpu/adam8.ts): present exactly when `optimizer` is 'adamw8bit'. */
+  adam8?: Adam8Arrays
   /**
    * The DiLoCo tier's state of this shard (node/train/outer.ts), when the run has one: the outer
    * weights, the outer Nesterov momentum, the quantization residual (error feedback) and the
@@ -69,6 +76,17 @@ export interface OuterArrays {
   sentInner: Float32Array
 }
 
+/**
+ * 8-bit AdamW's moments of a shard of n elements: u8 codes of m and of v (n each) and the f32
+ * absmax pairs (m's, v's) of their blocks, `scales.length / 2` blocks. A shard whose optimizer
+ * runs per segment has a block more per segment boundary than ceil(n / block).
+ */
+export interface Adam8Arrays {
+  m: Uint8Array
+  v: Uint8Array
+  scales: Float32Array
+}
+
 /** Flag bit 0 of a serialized state: the four outer buffers follow adam v. */
 const FLAG_OUTER = 1
 /** Flag bit 1: the run identity (RUN_IDENTITY_BYTES) follows the rng bytes. */
@@ -77,26 +95,37 @@ const FLAG_IDENTITY = 2
 const FLAG_NONCE = 4
 const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
 
-/** The optimizer byte of a serialized state (offset 6): 0 AdamW (m and v follow the weights), 1 Lion (m only). */
-const OPTIMIZER_LION = 1
+/**
+ * The optimizer byte of a serialized state (offset 6): 0 AdamW (m and v follow the weights),
+ * 1 Lion (m only), 2 8-bit AdamW (scales and codes follow the weights).
+ */
+const OPTIMIZER_TAGS = [undefined, 'lion', 'adamw8bit'] as const
 
-/** f32 moment vectors a state of `optimizer` carries. */
-const momentsOf = (optimizer: RankState['optimizer']): number => (optimizer === 'lion' ? 1 : 2)
+/** f32 moment vectors a state of `optimizer` carries (8-bit AdamW: none, see {@link adam8Bytes}). */
+const momentsOf = (optimizer: RankState['optimizer']): number => (optimizer === 'lion' ? 1 : optimizer === 'adamw8bit' ? 0 : 2)
+
+/** Bytes of 8-bit AdamW moments of `n` elements in `blocks` blocks: the absmax pairs, both codes, zero-padded to 8. */
+const adam8Bytes = (n: number, blocks: number): number => 8 * blocks + pad8(2 * n)
+
+/** Most blocks an 8-bit state of `n` elements may have: a block needs at least one element. */
+const adam8BlocksOk = (n: number, blocks: number): boolean => blocks <= n && blocks >= Math.ceil(n / ADAM8_BLOCK)
 
 /**
  * Serialized layout (little-endian):
  *
  *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (bit 0: outer state)
- *    6 u8 optimizer (0 AdamW, 1 Lion)   7 u8 reserved (0)
+ *    6 u8 optimizer (0 AdamW, 1 Lion, 2 8-bit AdamW)   7 u8 reserved (0)
  *    8 u32 rank          12 u32 world size
  *   16 u64 epoch         24 u64 step
  *   32 u64 data cursor   40 u64 elements n (of each of weights, m, v)
- *   48 u32 rng bytes     52 u32 reserved (0)
+ *   48 u32 rng bytes     52 u32 8-bit AdamW: blocks b (else 0)
  *   56 u64 checksum: xxh64 of the whole serialization with these 8 bytes zero
  *   64 rng bytes, zero-padded to a multiple of 8
  *      with flag bit 1: the run identity (32 bytes)
  *      with flag bit 2: the run nonce (16 bytes)
- *      weights (n f32), m (n f32), v (n f32; AdamW only)
+ *      weights (n f32), m (n f32; not 8-bit), v (n f32; AdamW only)
+ *      8-bit AdamW: scales (2b f32: m's and v's absmax of each block), m codes (n u8),
+ *      v codes (n u8), zeros to a multiple of 8
  *      with flag bit 0: outer weights, outer momentum, residual, sent inner (n f32 each)
  */
 export const STATE_MAGIC = 0x53534d5a
@@ -108,10 +137,17 @@ const pad8 = (n: number): number => (n + 7) & ~7
 /** Bytes `state` serializes to. Checks the caps and that the three buffers agree. */
 export function stateBytes(state: RankState): number {
   const n = state.weights.length
-  const vLength = state.optimizer === 'lion' ? 0 : n
-  if (state.adamM.length !== n || state.adamV.length !== vLength) {
+  const k = momentsOf(state.optimizer)
+  if (state.adamM.length !== (k >= 1 ? n : 0) || state.adamV.length !== (k === 2 ? n : 0)) {
+    const want = k === 2 ? 'm and v that length' : k === 1 ? 'm that length and v none (Lion)' : 'm and v none (8-bit AdamW)'
+    throw new InvalidArgumentError(`the state of ${n} weights must have ${want}, got ${state.adamM.length}, ${state.adamV.length}`)
+  }
+  const a8 = state.adam8
+  if ((a8 !== undefined) !== (state.optimizer === 'adamw8bit'))
+    throw new InvalidArgumentError('8-bit AdamW moments (adam8) go with optimizer adamw8bit, and only with it')
+  if (a8 !== undefined && (a8.m.length !== n || a8.v.length !== n || a8.scales.length % 2 !== 0 || !adam8BlocksOk(n, a8.scales.length / 2))) {
     throw new InvalidArgumentError(
-      `weights and m must have one length and v ${state.optimizer === 'lion' ? 'none (Lion)' : 'that length'}, got ${n}, ${state.adamM.length}, ${state.adamV.length}`
+      `8-bit moments of ${n} weights need ${n} codes each and ${Math.ceil(n / ADAM8_BLOCK)}..${n} absmax pairs, got ${a8.m.length}, ${a8.v.length}, ${a8.scales.length / 2}`
     )
   }
   const outer = state.outer
@@ -135,7 +171,8 @@ export function stateBytes(state: RankState): number {
     pad8(state.rng.length) +
     (state.identity === undefined ? 0 : RUN_IDENTITY_BYTES) +
     (state.nonce === undefined ? 0 : RUN_NONCE_BYTES) +
-    (4 + 4 * momentsOf(state.optimizer) + (outer === undefined ? 0 : 16)) * n
+    (4 + 4 * k + (outer === undefined ? 0 : 16)) * n +
+    (a8 === undefined ? 0 : adam8Bytes(n, a8.scales.length / 2))
   checkCap('snapshot state bytes', total, SNAPSHOT_LIMITS.maxStateBytes)
   return total
 }
@@ -156,7 +193,7 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
     5,
     (state.outer === undefined ? 0 : FLAG_OUTER) | (state.identity === undefined ? 0 : FLAG_IDENTITY) | (state.nonce === undefined ? 0 : FLAG_NONCE)
   )
-  v.setUint8(6, state.optimizer === 'lion' ? OPTIMIZER_LION : 0)
+  v.setUint8(6, OPTIMIZER_TAGS.indexOf(state.optimizer))
   v.setUint8(7, 0)
   v.setUint32(8, state.rank, true)
   v.setUint32(12, state.worldSize, true)
@@ -165,7 +202,7 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   v.setBigUint64(32, BigInt(state.dataCursor), true)
   v.setBigUint64(40, BigInt(n), true)
   v.setUint32(48, state.rng.length, true)
-  v.setUint32(52, 0, true)
+  v.setUint32(52, state.adam8 === undefined ? 0 : state.adam8.scales.length / 2, true)
   v.setBigUint64(56, 0n, true)
   let o = STATE_HEADER_BYTES
   out.set(state.rng, o)
@@ -180,7 +217,17 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
     o += RUN_NONCE_BYTES
   }
   const outer = state.outer === undefined ? [] : OUTER_KEYS.map(k => state.outer![k])
-  for (const arr of [state.weights, state.adamM, state.adamV, ...outer]) {
+  const a8 = state.adam8 === undefined ? [] : [state.adam8.scales, state.adam8.m, state.adam8.v]
+  for (const arr of [state.weights, state.adamM, state.adamV, ...a8]) {
+    out.set(new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength), o)
+    o += arr.byteLength
+  }
+  if (state.adam8 !== undefined) {
+    const pad = pad8(2 * n) - 2 * n
+    out.fill(0, o, o + pad)
+    o += pad
+  }
+  for (const arr of outer) {
     out.set(new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength), o)
     o += arr.byteLength
   }
@@ -227,6 +274,8 @@ export interface StateHeader {
   nonce: boolean
   /** The optimizer whose moments follow the weights (byte 6). */
   optimizer: RankState['optimizer']
+  /** 8-bit AdamW: blocks of its moments (absmax pairs; offset 52); 0 for the others. */
+  adam8Blocks: number
   checksum: bigint
 }
 
@@ -242,9 +291,10 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
   const v = new DataView(bytes.buffer, bytes.byteOffset, STATE_HEADER_BYTES)
   if (v.getUint32(0, true) !== STATE_MAGIC) bad('bad magic')
   if (v.getUint8(4) !== STATE_VERSION) bad(`unsupported version ${v.getUint8(4)}`)
-  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY | FLAG_NONCE)) !== 0 || v.getUint8(7) !== 0 || v.getUint32(52, true) !== 0)
+  if (v.getUint8(6) >= OPTIMIZER_TAGS.length) bad(`unknown optimizer ${v.getUint8(6)}`)
+  const optimizer = OPTIMIZER_TAGS[v.getUint8(6)]
+  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY | FLAG_NONCE)) !== 0 || v.getUint8(7) !== 0 || (optimizer !== 'adamw8bit' && v.getUint32(52, true) !== 0))
     bad('reserved fields are not zero')
-  if (v.getUint8(6) > OPTIMIZER_LION) bad(`unknown optimizer ${v.getUint8(6)}`)
   const big = (o: number): number => {
     const x = v.getBigUint64(o, true)
     if (x > BigInt(Number.MAX_SAFE_INTEGER)) bad(`field at ${o} is over 2^53`)
@@ -261,17 +311,20 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
     outer: (v.getUint8(5) & FLAG_OUTER) !== 0,
     identity: (v.getUint8(5) & FLAG_IDENTITY) !== 0,
     nonce: (v.getUint8(5) & FLAG_NONCE) !== 0,
-    optimizer: v.getUint8(6) === OPTIMIZER_LION ? 'lion' : undefined,
+    optimizer,
+    adam8Blocks: optimizer === 'adamw8bit' ? v.getUint32(52, true) : 0,
     checksum: v.getBigUint64(56, true)
   }
   if (h.worldSize < 1 || h.rank >= h.worldSize) bad(`rank ${h.rank} is not in a world of ${h.worldSize}`)
   if (h.rngBytes > SNAPSHOT_LIMITS.maxRngBytes) bad(`rng of ${h.rngBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxRngBytes}`)
+  if (h.optimizer === 'adamw8bit' && !adam8BlocksOk(h.elements, h.adam8Blocks)) bad(`${h.adam8Blocks} blocks of 8-bit moments for ${h.elements} elements`)
   const want =
     STATE_HEADER_BYTES +
     pad8(h.rngBytes) +
     (h.identity ? RUN_IDENTITY_BYTES : 0) +
     (h.nonce ? RUN_NONCE_BYTES : 0) +
-    (4 + 4 * momentsOf(h.optimizer) + (h.outer ? 16 : 0)) * h.elements
+    (4 + 4 * momentsOf(h.optimizer) + (h.outer ? 16 : 0)) * h.elements +
+    (h.optimizer === 'adamw8bit' ? adam8Bytes(h.elements, h.adam8Blocks) : 0)
   if (want !== bytes.length) bad(`header describes ${want} bytes, got ${bytes.length}`)
   return h
 }
@@ -297,9 +350,9 @@ export function decodeState(bytes: Uint8Array): RankState {
   if (identity !== undefined) o += RUN_IDENTITY_BYTES
   const nonce = h.nonce ? bytes.slice(o, o + RUN_NONCE_BYTES) : undefined
   if (nonce !== undefined) o += RUN_NONCE_BYTES
-  const f32 = (at: number): Float32Array => {
+  const f32 = (at: number, len = h.elements): Float32Array => {
     const off = bytes.byteOffset + at
-    return off % 4 === 0 ? new Float32Array(bytes.buffer, off, h.elements) : new Float32Array(bytes.slice(at, at + 4 * h.elements).buffer)
+    return off % 4 === 0 ? new Float32Array(bytes.buffer, off, len) : new Float32Array(bytes.slice(at, at + 4 * len).buffer)
   }
   const n4 = 4 * h.elements
   const k = momentsOf(h.optimizer)
@@ -311,11 +364,17 @@ export function decodeState(bytes: Uint8Array): RankState {
     dataCursor: h.dataCursor,
     rng,
     weights: f32(o),
-    adamM: f32(o + n4),
+    adamM: k >= 1 ? f32(o + n4) : new Float32Array(0),
     adamV: k === 2 ? f32(o + 2 * n4) : new Float32Array(0)
   }
   if (h.optimizer !== undefined) st.optimizer = h.optimizer
-  const at = o + (1 + k) * n4
+  let at = o + (1 + k) * n4
+  if (h.optimizer === 'adamw8bit') {
+    const b = h.adam8Blocks
+    const codes = at + 8 * b
+    st.adam8 = { scales: f32(at, 2 * b), m: bytes.subarray(codes, codes + h.elements), v: bytes.subarray(codes + h.elements, codes + 2 * h.elements) }
+    at += adam8Bytes(h.elements, b)
+  }
   if (h.outer) st.outer = { weights: f32(at), momentum: f32(at + n4), residual: f32(at + 2 * n4), sentInner: f32(at + 3 * n4) }
   if (identity !== undefined) st.identity = identity
   if (nonce !== undefined) st.nonce = nonce

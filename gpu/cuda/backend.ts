@@ -16,6 +16,7 @@ import { KernelCompiler, kernelSource, type CompileOptions } from './compiler.ts
 import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
+import { ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Constants } from '../adam8.ts'
 import { Transfers } from './transfer.ts'
 import { allocSize, checkAdamW, checkFinite, checkGemmOperands, checkInt, checkLion, fail, gemmShape, hostArrayOf, isHostOf, shapeLength } from '../validate.ts'
 
@@ -182,7 +183,7 @@ const FAMILIES: Record<string, { opts: CompileOptions; kernels: Record<string, s
     }
   },
   crossentropy: { opts: {}, kernels: { ce_f32: 'ppppiifip', ce_bf16: 'ppppiifip' } },
-  adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi', lion_f32: 'pppplfffffffi' } },
+  adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi', lion_f32: 'pppplfffffffi', adamw8bit_f32: 'ppppppplffffffffff' } },
   quant: {
     opts: {},
     kernels: { quant_fast: 'pppliiip', quant_generic: 'pppliip', dequant_fast: 'pppliiip', dequant_generic: 'pppliiip' }
@@ -232,6 +233,8 @@ export class CudaBackend implements Backend {
   private readonly flags: Block
   private readonly transfers: Transfers
   private flagsPending = false
+  /** adamw8bit's two quantization maps (gpu/adam8.ts), uploaded on its first call. */
+  private adam8Maps: CudaTensor | null = null
   private ceV = 0
   private readonly sm: number
   private disposed = false
@@ -967,6 +970,41 @@ export class CudaBackend implements Backend {
     const f = Math.fround
     const args = [p.lr, p.beta1, p.beta2, 1 - f(p.beta1), 1 - f(p.beta2), p.weightDecay, p.gradScale].map(x => f(x))
     this.launch('lion_f32', this.grid(vec ? cdiv(n, 4) : n), 1, 256, 1, [w.ptr, g.ptr, mm.ptr, low === null ? 0 : low.ptr, n, ...args, vec ? 1 : 0])
+  }
+
+  adamw8bit(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, scales: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {
+    const op = 'adamw8bit'
+    this.live_(op)
+    checkAdamW(op, p)
+    const w = this.arg(op, 'params', params, ['f32'])
+    const n = w.length
+    const g = this.arg(op, 'grads', grads, ['f32'], n)
+    const mc = this.arg(op, 'm', m, ['u8'], n)
+    const vc = this.arg(op, 'v', v, ['u8'], n)
+    const sc = this.arg(op, 'scales', scales, ['f32'], 2 * adam8Blocks(n))
+    const low = paramsLowp === undefined || paramsLowp === null ? null : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], n)
+    if (n === 0) return
+    checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
+    if (this.adam8Maps === null) {
+      const maps = new Float32Array(512)
+      maps.set(ADAM8_MAP_M, 0)
+      maps.set(ADAM8_MAP_V, 256)
+      const t = this.alloc('f32', [512]) as CudaTensor
+      this.write(t, maps)
+      this.adam8Maps = t
+    }
+    // The CPU reference's f32 constants (gpu/adam8.ts).
+    this.launch('adamw8bit_f32', adam8Blocks(n), 1, 256, 1, [
+      w.ptr,
+      g.ptr,
+      mc.ptr,
+      vc.ptr,
+      sc.ptr,
+      this.adam8Maps.ptr,
+      low === null ? 0 : low.ptr,
+      n,
+      ...adam8Constants(p)
+    ])
   }
 
   // ---- quantizers ---------------------------------------------------------------------------

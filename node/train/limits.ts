@@ -48,6 +48,12 @@ export const TRAIN_LIMITS = Object.freeze({
   maxRosterMembers: COLLECTIVE_LIMITS.maxGroupSize,
   /** Characters of a member's id, zone and host label in a roster announcement. */
   maxRosterLabelChars: 128,
+  /**
+   * Most bytes a host↔device copy of the shard (its upload at a session's start, the final
+   * weights' read) moves between two turns of the event loop (host-copy.ts): a rank's loop
+   * sends its heartbeats, and a 1.5 GB copy in one piece reads as a dead node.
+   */
+  hostCopyChunkBytes: 32 * 1024 * 1024,
   /** Integers in the trainer's all-gather records (u32 words) stay below this (NONE, all bits set, marks an empty slot). */
   maxRecordInteger: 2 ** 24
 })

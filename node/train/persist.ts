@@ -1,9 +1,10 @@
 import type { Backend, Tensor } from '../../gpu/index.ts'
-import { encodeState, type OuterArrays, type RankState } from '../../snapshot/index.ts'
+import { copyState, encodeState, SNAPSHOT_LIMITS, stateBytes, type OuterArrays, type RankState } from '../../snapshot/index.ts'
 import { stateOptimizer } from './config.ts'
 import { appliesAt, copyOuter, outerSchedule } from './outer.ts'
 import { persistDiskState } from '../disk-tier.ts'
 import type { TrainerEnv, RunState } from './state.ts'
+import type { HostSpace } from './host-reserve.ts'
 
 /**
  * Without the DiLoCo tier, every this-many-th snapshot step is an anchor: a kept capture, so
@@ -19,9 +20,15 @@ export interface SaveSource {
   m: Tensor
   /** AdamW's second moment (undefined for Lion). */
   v: Tensor | undefined
-  /** Host arrays from `be.hostAlloc`, allocated on the first save of the session. */
+  /** Host arrays from `space` (page-locked on a device), taken on the first save of the session. */
   host: { master: Float32Array; m: Float32Array; v: Float32Array } | undefined
-  /** The save whose download is still in flight (a device rank only): the next one waits for none, it is skipped. */
+  /** Where `host` comes from: the trainer's reserve (allocated before the node joined) or the backend. */
+  space: HostSpace
+  /**
+   * The save whose download is still in flight, or whose copies (a large state's capture and
+   * disk tier copies, made piece by piece) still read `host`: the next one waits for none, it
+   * is skipped (or waits, when it must not be).
+   */
   pending: Promise<void> | undefined
   /** The backend's downloads run asynchronously (learned from the first save: its fences had not passed when issued). */
   async: boolean
@@ -124,20 +131,23 @@ export function saveCommitted(
   const { be } = src
   const n = src.master.length
   const host = (src.host ??= {
-    master: be.hostAlloc('f32', n) as Float32Array,
-    m: be.hostAlloc('f32', n) as Float32Array,
-    v: src.v === undefined ? new Float32Array(0) : (be.hostAlloc('f32', n) as Float32Array)
+    master: src.space.take('save.master', n),
+    m: src.space.take('save.m', n),
+    v: src.v === undefined ? new Float32Array(0) : src.space.take('save.v', n)
   })
   const fences = [be.download(host.master, src.master), be.download(host.m, src.m), ...(src.v === undefined ? [] : [be.download(host.v, src.v)])]
   const now = fences.every(f => f.passed())
   // The outer state as it is at this commit: used as it is when the save happens now (the
   // capture copies it), copied when a device's download lands later (an outer step may change it first).
   const outer = src.outer === undefined || now ? src.outer : copyOuter(src.outer)
-  const save = (): void => {
+  // Returns, for a large state, the copies still reading `host` (they go on piece by piece).
+  const save = (): Promise<void> | undefined => {
     const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg))
+    const reading: Array<Promise<void>> = []
     if (snap && rs.snapshots !== undefined) {
       const c0 = env.deps.clock.monotonic()
       const ticket = rs.snapshots.capture(st, { keep })
+      if (ticket.copied !== undefined) reading.push(ticket.copied)
       if (keep) rs.keptStep = s + 1
       env.deps.log.debug({ step: s + 1, keep, copyMs: Math.round(env.deps.clock.monotonic() - c0) }, 'snapshot captured')
       src.placing = true
@@ -151,18 +161,30 @@ export function saveCommitted(
     // The disk tier writes in the background, one file after another; the session waits
     // for the last write before it ends.
     if (disk !== undefined && diskId !== null) {
-      const sealed = encodeState(
+      const sealed = sealedForDisk(
+        env,
         rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg))
       )
+      if (sealed.copied !== undefined) reading.push(sealed.copied)
       rs.disk.writes = rs.disk.writes
         .then(async () => {
-          await persistDiskState(disk.dir, s + 1, sealed)
+          await persistDiskState(disk.dir, s + 1, await sealed.bytes)
           rs.disk.step = s + 1
         })
         .catch((err: unknown) => {
           env.deps.log.warn({ err: (err as Error).message, step: s + 1 }, 'disk tier: persisting the state failed')
         })
     }
+    return reading.length === 0 ? undefined : Promise.all(reading).then(() => {})
+  }
+  // A large state's copies go on after save() returned: the next save waits for them (or is
+  // skipped), and the host arrays stay allocated until they are done.
+  const track = (reading: Promise<void> | undefined): void => {
+    if (reading === undefined) return
+    const p = reading.finally(() => {
+      if (src.pending === p) src.pending = undefined
+    })
+    src.pending = p
   }
   // The CPU backend's downloads are done when issued: the save happens now, as it always did.
   // A kept capture waits until no earlier kept one is queued (the step waits with it).
@@ -173,8 +195,8 @@ export function saveCommitted(
   }
   if (now) {
     const r = room()
-    if (r !== undefined) return r.then(save)
-    save()
+    if (r !== undefined) return r.then(() => track(save()))
+    track(save())
     return undefined
   }
   src.async = true
@@ -198,8 +220,36 @@ export function saveCommitted(
 export function endSaves(src: SaveSource): Promise<void> | undefined {
   if (src.pending !== undefined) return src.pending.then(() => endSaves(src))
   if (src.host === undefined) return undefined
-  for (const a of [src.host.master, src.host.m, ...(src.v === undefined ? [] : [src.host.v])]) src.be.freeHost(a)
+  src.space.give('save.master', src.host.master)
+  src.space.give('save.m', src.host.m)
+  if (src.v !== undefined) src.space.give('save.v', src.host.v)
   src.host = undefined
+}
+
+/**
+ * The disk tier's sealed state of `st`: encoded at once when small (every simulated state);
+ * a large one is copied piece by piece (as a capture is) into a buffer of the snapshot coder,
+ * whose threads add the checksum, so the trainer's thread never holds a whole state's copy.
+ * `copied` (large states only) resolves once `st`'s buffers are no longer read.
+ */
+function sealedForDisk(env: TrainerEnv, st: RankState): { bytes: Uint8Array | Promise<Uint8Array>; copied?: Promise<void> } {
+  const total = stateBytes(st)
+  const coder = env.deps.snapshotCoder
+  const chunkBytes = SNAPSHOT_LIMITS.captureChunkBytes
+  if (total <= chunkBytes || coder === undefined) return { bytes: encodeState(st) }
+  const { clock } = env.deps
+  const copy = copyState(st, coder.alloc(total), { chunkBytes, turn: () => clock.turn() })
+  const bytes = copy.then(async out => {
+    await coder.seal(out)
+    return out
+  })
+  return {
+    bytes,
+    copied: copy.then(
+      () => {},
+      () => {}
+    )
+  }
 }
 
 /** What an error that ends the run says about the disk tier (the way back with --resume). */

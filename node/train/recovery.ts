@@ -18,8 +18,11 @@ import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
  */
 export function freshShard(env: TrainerEnv, start: number, length: number): ShardState | Promise<ShardState> {
   const cut = (full: Float32Array): ShardState => {
-    const master = new Float32Array(length)
-    master.set(full.subarray(start, Math.min(full.length, start + length)))
+    // A shard that is the whole model (one rank) is the initial weights themselves: a copy of
+    // 500 MB here held a GPU rank's event loop before its first step.
+    const whole = start === 0 && length === full.length
+    const master = whole ? full : new Float32Array(length)
+    if (!whole) master.set(full.subarray(start, Math.min(full.length, start + length)))
     return { step: 0, master, m: new Float32Array(length), v: new Float32Array(keepsV(env.cfg) ? length : 0) }
   }
   const from = env.cfg.initFrom

@@ -29,6 +29,7 @@ import {
   type ShardTensors
 } from './step.ts'
 import { ParamAccounting } from './streamer.ts'
+import { readPaced } from './host-copy.ts'
 
 /**
  * Rank 0 announces the roster to nodes that joined late (they cannot derive it: ranks may have
@@ -291,7 +292,8 @@ export async function runSession(
       state = fresh instanceof Promise ? await fresh : fresh
     }
     rs.plan = undefined
-    const t = shardTensors(p, state)
+    const made = shardTensors(p, state)
+    const t = made instanceof Promise ? await made : made
     tensors = t
     if (p.outer !== undefined) {
       p.outer.state = state.outer ?? freshOuter(state.master)
@@ -366,7 +368,8 @@ export async function runSession(
         }
       }
     }
-    rs.finalShard = { start: p.shard.start, data: p.be.read(t.master) as Float32Array }
+    const final = readPaced(p.be, t.master, () => deps.clock.turn())
+    rs.finalShard = { start: p.shard.start, data: final instanceof Promise ? await final : final }
     const ev = finalEvaluation(p, t, rs.finalShard.data)
     rs.st.evalLoss = await model.forwardStreamed(ev.batch.inputs, ev.batch.targets, ev.stream).catch(fail)
     // The last snapshot lands before this rank leaves, so the others can still recover it.

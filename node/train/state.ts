@@ -3,6 +3,7 @@ import type { UnrecoverableError, SnapshotService } from '../../snapshot/index.t
 import type { ShardState, TrainConfig, TrainStatus, TrainerDeps } from './config.ts'
 import type { Growth, RecoveryPlan, RosterAnnouncement, ViewQueue } from './roster.ts'
 import type { TierBytes } from './streamer.ts'
+import type { HostReserve } from './host-reserve.ts'
 
 /** What a trainer was built with; never changes. */
 export interface TrainerEnv {
@@ -60,6 +61,8 @@ export interface RunState {
   readonly disk: DiskState
   /** This rank's master weights after the last step. */
   finalShard: { start: number; data: Float32Array } | undefined
+  /** Host arrays for the saves, allocated before the node joined (Trainer.prepare); undefined: each session allocates its own. */
+  hostReserve: HostReserve | undefined
 }
 
 /**

@@ -8,6 +8,8 @@ import type { SaveSource } from './persist.ts'
 import { decaySegments, keepsV, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
 import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
+import { hostSpace } from './host-reserve.ts'
+import { pacedCopy, writePaced } from './host-copy.ts'
 
 /** Where bucket j sits: its window of the flat vector, and this rank's part of it in its shard. */
 export interface BucketWindow {
@@ -106,17 +108,39 @@ export function bucketWindows(collective: Collective, buckets: readonly GptBucke
   })
 }
 
-/** Allocates the shard's optimizer tensors from `state`. */
-export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
+/**
+ * Allocates the shard's optimizer tensors from `state`. A large shard is uploaded piece by
+ * piece with turns of the event loop between (host-copy.ts): then the tensors come in a
+ * promise; a small one's at once, as always.
+ */
+export function shardTensors(p: SessionParts, state: ShardState): ShardTensors | Promise<ShardTensors> {
   const { be, shard } = p
-  const N = p.env.layout.length
   const master = be.alloc('f32', [shard.length])
   const grad = be.alloc('f32', [shard.length])
   const m = be.alloc('f32', [shard.length])
   const v = keepsV(p.env.cfg) ? be.alloc('f32', [shard.length]) : undefined
-  be.write(master, state.master)
-  be.write(m, state.m)
-  if (v !== undefined) be.write(v, state.v)
+  const turn = (): Promise<void> => p.env.deps.clock.turn()
+  const uploads: Array<[Tensor, Float32Array]> = [[master, state.master], [m, state.m], ...(v === undefined ? [] : [[v, state.v] as [Tensor, Float32Array]])]
+  if (!pacedCopy(shard.length)) {
+    for (const [t, a] of uploads) be.write(t, a)
+    return shardParts(p, master, grad, m, v)
+  }
+  return (async () => {
+    try {
+      // One after another: each gives the loop back between its pieces.
+      for (const [t, a] of uploads) await writePaced(be, t, a, turn)
+    } catch (err) {
+      for (const x of [master, grad, m, v]) if (x !== undefined) be.free(x)
+      throw err
+    }
+    return shardParts(p, master, grad, m, v)
+  })()
+}
+
+/** The views, wire space and save source over a shard's tensors (written already). */
+function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v: Tensor | undefined): ShardTensors {
+  const { be, shard } = p
+  const N = p.env.layout.length
   const segments = decaySegments(p.env.layout, shard.start, Math.min(shard.length, Math.max(0, N - shard.start))).map(x => ({
     decay: x.decay,
     p: be.view(master, x.start - shard.start, [x.length]),
@@ -130,7 +154,8 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors {
     const f32 = (n: number): Float32Array => be.hostAlloc('f32', n) as Float32Array
     wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
   }
-  return { master, grad, m, v, segments, wire, save: { be, master, m, v, host: undefined, pending: undefined, async: false, placing: false, outer: undefined } }
+  const save = { be, master, m, v, host: undefined, space: hostSpace(be, p.rs.hostReserve), pending: undefined, async: false, placing: false, outer: undefined }
+  return { master, grad, m, v, segments, wire, save }
 }
 
 /** Releases the shard's tensors and host buffers (the session is over). */

@@ -23,6 +23,7 @@ import {
   waitForView
 } from './run.ts'
 import { TRAIN_LIMITS } from './limits.ts'
+import { releaseHost, reserveHost, reservePlan } from './host-reserve.ts'
 
 /** One owner's newest complete snapshot stripe (from its manifest): holders[i] holds fragment i (the first k are data, the rest parity). */
 export type SnapshotPlacement = Pick<Manifest, 'owner' | 'rank' | 'epoch' | 'version' | 'k' | 'm' | 'holders'>
@@ -78,8 +79,21 @@ export class Trainer {
       gossip: { runDone: false, doneFrom: new Set(), announced: undefined, announcedAt: -Infinity },
       grow: { to: undefined, lastStep: -1, handoff: undefined, msg: undefined },
       disk: { step: undefined, writes: Promise.resolve() },
-      finalShard: undefined
+      finalShard: undefined,
+      hostReserve: undefined
     }
+  }
+
+  /**
+   * Allocates, before the node joins the mesh, the page-locked host arrays every session's
+   * saves copy the state into (host-reserve.ts): allocated at the first save instead, they
+   * held a GPU rank's event loop long enough for its peers to take it for dead. Optional (the
+   * simulator does not call it); the arrays are freed when `run` ends.
+   */
+  async prepare(): Promise<void> {
+    if (this.rs.hostReserve !== undefined) return
+    const { deps } = this.env
+    this.rs.hostReserve = await reserveHost(deps.backend, reservePlan(this.env), () => deps.clock.turn())
   }
 
   /** This rank's master weights after the last step (tests compare runs bit for bit). */
@@ -183,6 +197,8 @@ export class Trainer {
       for (const u of this.unsubs) u()
       this.unsubs = []
       await rs.snapshots?.stop()
+      if (rs.hostReserve !== undefined) releaseHost(rs.hostReserve)
+      rs.hostReserve = undefined
     }
   }
 

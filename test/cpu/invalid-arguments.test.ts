@@ -92,6 +92,12 @@ test('wrong lengths and sizes are refused: element counts, C not divisible by NH
   refuses(t, () => be.lion(f(2), f(2), f(2), { lr: 1, beta1: 0.9, beta2: 1, weightDecay: 0, gradScale: 1 }), 'lion', 'beta2')
   refuses(t, () => be.lion(f(2), f(2), f(2), { lr: Infinity, beta1: 0.9, beta2: 0.9, weightDecay: 0, gradScale: 1 }), 'lion', 'lr')
   refuses(t, () => be.lion(f(2), f(3), f(2), { lr: 1, beta1: 0.9, beta2: 0.9, weightDecay: 0, gradScale: 1 }), 'lion', 'grads')
+  const hp8 = { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, gradScale: 1 }
+  const u8 = (n: number): Tensor => be.alloc('u8', [n])
+  refuses(t, () => be.adamw8bit(f(2), f(2), u8(2), u8(2), f(2), { ...hp8, eps: 0 }), 'adamw8bit', 'eps')
+  refuses(t, () => be.adamw8bit(f(2), f(2), f(2), u8(2), f(2), hp8), 'adamw8bit', 'm must be u8')
+  refuses(t, () => be.adamw8bit(f(2), f(2), u8(2), u8(3), f(2), hp8), 'adamw8bit', 'v must have 2')
+  refuses(t, () => be.adamw8bit(f(2049), f(2049), u8(2049), u8(2049), f(2), hp8), 'adamw8bit', 'scales must have 4')
 })
 
 test('foreign, freed and disposed tensors are refused; views die with their base', t => {

@@ -13,8 +13,10 @@ import {
   stateBytes,
   stripeState,
   stripeStateAsync,
-  verifyState
+  verifyState,
+  type RankState
 } from '../../snapshot/index.ts'
+import { ADAM8_BLOCK } from '../../gpu/index.ts'
 import { createErasureCoder } from '../../codec/index.ts'
 import { bytesEqual, randomState } from './helpers.ts'
 
@@ -152,4 +154,116 @@ test('coding a large state pauses every few MiB and gives the same fragments and
   t.true(pauses >= 3)
   t.is(Buffer.compare(rebuilt.state, bytes), 0)
   t.deepEqual(rebuilt.report, assembleState([sync[4]!, sync[0]!, sync[2]!], coder).report)
+})
+
+/** An 8-bit AdamW state of `n` elements in `blocks` blocks (random codes and scales). */
+function adam8State(seed: number, n: number, blocks: number, outer = false): RankState {
+  const rng = Rng.fromSeed(seed)
+  const s = randomState(rng, n)
+  const codes = (): Uint8Array => Uint8Array.from({ length: n }, () => rng.int(0, 256))
+  const st: RankState = {
+    ...s,
+    adamM: new Float32Array(0),
+    adamV: new Float32Array(0),
+    optimizer: 'adamw8bit',
+    adam8: { m: codes(), v: codes(), scales: Float32Array.from({ length: 2 * blocks }, () => rng.float()) }
+  }
+  if (outer)
+    st.outer = {
+      weights: s.weights.map(x => x + 1),
+      momentum: s.weights.map(x => x * 2),
+      residual: s.weights.map(x => -x),
+      sentInner: s.weights.map(x => x / 2)
+    }
+  return st
+}
+
+test('8-bit AdamW state (optimizer byte 2): scales and u8 codes round-trip, ~6 bytes per parameter, outer buffers after them stay aligned', t => {
+  for (const [n, blocks] of [
+    [4097, 3],
+    [4099, 5],
+    [1, 1],
+    [0, 0]
+  ] as const) {
+    const s = adam8State(n + blocks, n, blocks, n === 4099)
+    const bytes = encodeState(s)
+    t.is(bytes[6], 2, 'optimizer byte')
+    t.is(bytes.length, STATE_HEADER_BYTES + 32 + 4 * n + 8 * blocks + ((2 * n + 7) & ~7) + (s.outer === undefined ? 0 : 16 * n))
+    const d = decodeState(bytes)
+    t.is(d.optimizer, 'adamw8bit')
+    t.is(d.adamM.length + d.adamV.length, 0)
+    t.deepEqual(d.weights, s.weights)
+    t.deepEqual(d.adam8, s.adam8)
+    t.deepEqual(d.outer, s.outer)
+    // Unaligned: copies instead of views, same values.
+    const odd = new Uint8Array(bytes.length + 1)
+    odd.set(bytes, 1)
+    t.deepEqual(decodeState(odd.subarray(1)).adam8, s.adam8)
+  }
+  const n = 1 << 16
+  const big = stateBytes(adam8State(5, n, Math.ceil(n / ADAM8_BLOCK)))
+  const adamw = stateBytes(randomState(Rng.fromSeed(5), n))
+  t.true(big / adamw < 0.5005, `8-bit ${big} vs AdamW ${adamw} bytes`)
+})
+
+test('corrupt 8-bit AdamW states: unknown optimizer byte, block counts out of range, lengths that disagree are refused with typed errors before allocating', t => {
+  const s = adam8State(7, 5000, 3)
+  const bytes = encodeState(s)
+  const patched = (fn: (v: DataView) => void): Uint8Array => {
+    const b = bytes.slice()
+    fn(new DataView(b.buffer))
+    return b
+  }
+  t.is(
+    code(() => verifyState(patched(v => v.setUint8(6, 3)))),
+    'STATE_MALFORMED',
+    'optimizer byte 3'
+  )
+  t.regex(t.throws(() => verifyState(patched(v => v.setUint8(6, 3))))!.message, /unknown optimizer 3/)
+  t.is(
+    code(() => verifyState(patched(v => v.setUint32(52, 2, true)))),
+    'STATE_MALFORMED',
+    'fewer blocks than ceil(n / 2048)'
+  )
+  t.is(
+    code(() => verifyState(patched(v => v.setUint32(52, 0xffffffff, true)))),
+    'STATE_MALFORMED',
+    'more blocks than elements'
+  )
+  t.is(
+    code(() => verifyState(patched(v => v.setUint32(52, 4, true)))),
+    'STATE_MALFORMED',
+    'a block count the length does not match'
+  )
+  t.is(
+    code(() => verifyState(patched(v => v.setUint8(6, 0)))),
+    'STATE_MALFORMED',
+    'read as AdamW the lengths disagree'
+  )
+  t.is(
+    code(() => verifyState(patched(v => v.setUint8(6, 1)))),
+    'STATE_MALFORMED',
+    'read as Lion too'
+  )
+  // A block count on an AdamW state is a non-zero reserved field.
+  const adamw = encodeState(randomState(Rng.fromSeed(8), 64))
+  new DataView(adamw.buffer).setUint32(52, 1, true)
+  t.is(
+    code(() => verifyState(adamw)),
+    'STATE_MALFORMED'
+  )
+  t.is(
+    code(() => verifyState(patched(v => v.setUint8(STATE_HEADER_BYTES + 40, 7)))),
+    'STATE_CHECKSUM'
+  )
+  // Encoding refuses inconsistent states.
+  const bad = (x: Partial<RankState>, why: RegExp): void => {
+    t.throws(() => stateBytes({ ...s, ...x }), { name: 'InvalidArgumentError', message: why })
+  }
+  bad({ adam8: { ...s.adam8!, v: new Uint8Array(4999) } }, /5000 codes each/)
+  bad({ adam8: { ...s.adam8!, scales: new Float32Array(4) } }, /3\.\.5000 absmax pairs/)
+  bad({ adam8: { ...s.adam8!, scales: new Float32Array(7) } }, /absmax pairs/)
+  bad({ adam8: undefined }, /adam8/)
+  bad({ optimizer: 'lion' }, /adam8|Lion/)
+  bad({ adamM: new Float32Array(5000) }, /none \(8-bit AdamW\)/)
 })

@@ -79,3 +79,74 @@ extern "C" __global__ void lion_f32(float* __restrict__ params, const float* __r
     if (lowp != nullptr) lowp[i] = f2bf(w);
   }
 }
+
+// Fused 8-bit AdamW (gpu/adam8.ts states the format and the order of operations; gpu/cpu.ts
+// adamw8bit is the reference): one thread block per quantization block of 2048 elements, 256
+// threads of 8 elements each. Every f32 operation is an _rn intrinsic, so NVRTC contracts nothing
+// into a fused multiply-add and the result is the CPU's bit for bit. maps: the 256 values of m's
+// map, then v's. k: lr, b1, b2, 1-b1, 1-b2, eps, wd, gradScale, c1, c2 (host-rounded f32).
+#define A8_BLOCK 2048
+#define A8_THREADS 256
+#define A8_PER (A8_BLOCK / A8_THREADS)
+
+__device__ __forceinline__ int a8_nearest(const float* map, float y) {
+  int lo = 0;
+#pragma unroll
+  for (int step = 128; step >= 1; step >>= 1) if (map[lo + step] <= y) lo += step;
+  if (lo < 255 && __fsub_rn(map[lo + 1], y) < __fsub_rn(y, map[lo])) lo++;
+  return lo;
+}
+
+// Max of two NaN-free partials (the per-thread maxima never take a NaN).
+__device__ __forceinline__ float a8_max(float a, float b) { return b > a ? b : a; }
+
+extern "C" __global__ void __launch_bounds__(A8_THREADS) adamw8bit_f32(float* __restrict__ params, const float* __restrict__ grads,
+    unsigned char* __restrict__ mc, unsigned char* __restrict__ vc, float* __restrict__ scales, const float* __restrict__ maps,
+    bf16* __restrict__ lowp, i64 n, float lr, float b1, float b2, float ob1, float ob2, float eps, float wd, float gs, float c1, float c2) {
+  __shared__ float map[512];
+  __shared__ float red[2][A8_THREADS / 32];
+  for (int i = threadIdx.x; i < 512; i += A8_THREADS) map[i] = maps[i];
+  __syncthreads();
+  const i64 b = blockIdx.x;
+  const i64 base = b * A8_BLOCK;
+  const float sm = scales[2 * b], sv = scales[2 * b + 1];
+  float m[A8_PER], v[A8_PER];
+  float am = 0.0f, av = 0.0f;
+#pragma unroll
+  for (int j = 0; j < A8_PER; j++) {
+    const i64 i = base + threadIdx.x + (i64)j * A8_THREADS;
+    m[j] = 0.0f; v[j] = 0.0f;
+    if (i >= n) continue;
+    float g = __fmul_rn(grads[i], gs);
+    float mi = __fadd_rn(__fmul_rn(b1, __fmul_rn(map[mc[i]], sm)), __fmul_rn(ob1, g));
+    float vi = __fadd_rn(__fmul_rn(b2, __fmul_rn(map[256 + vc[i]], sv)), __fmul_rn(__fmul_rn(ob2, g), g));
+    float w = params[i];
+    float u = __fdiv_rn(__fdiv_rn(mi, c1), __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, c2)), eps));
+    w = __fsub_rn(w, __fmul_rn(lr, __fadd_rn(u, __fmul_rn(wd, w))));
+    params[i] = w;
+    if (lowp != nullptr) lowp[i] = f2bf(w);
+    m[j] = mi; v[j] = vi;
+    float a = fabsf(mi);
+    if (a > am) am = a;
+    if (vi > av) av = vi;
+  }
+  // Block absmax: max is exact and, on NaN-free partials, independent of the order.
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) {
+    am = a8_max(am, __shfl_xor_sync(0xffffffffu, am, o));
+    av = a8_max(av, __shfl_xor_sync(0xffffffffu, av, o));
+  }
+  if ((threadIdx.x & 31) == 0) { red[0][threadIdx.x >> 5] = am; red[1][threadIdx.x >> 5] = av; }
+  __syncthreads();
+  am = 0.0f; av = 0.0f;
+#pragma unroll
+  for (int k = 0; k < A8_THREADS / 32; k++) { am = a8_max(am, red[0][k]); av = a8_max(av, red[1][k]); }
+  if (threadIdx.x == 0) { scales[2 * b] = am; scales[2 * b + 1] = av; }
+#pragma unroll
+  for (int j = 0; j < A8_PER; j++) {
+    const i64 i = base + threadIdx.x + (i64)j * A8_THREADS;
+    if (i >= n) continue;
+    mc[i] = (unsigned char)a8_nearest(map, am == 0.0f ? 0.0f : __fdiv_rn(m[j], am));
+    vc[i] = (unsigned char)a8_nearest(map + 256, av == 0.0f ? 0.0f : __fdiv_rn(v[j], av));
+  }
+}
