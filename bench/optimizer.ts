@@ -1,41 +1,39 @@
-// Optimizers (issue 21): AdamW against Lion, on real `zeromesh start --train` worker processes
-// (`up`, CPU backend), every figure with AdamW as the same-run baseline.
+// Optimizers (issue 21): AdamW against Lion and 8-bit AdamW, on real `zeromesh start --train`
+// worker processes (`up`, CPU backend), every figure with AdamW as the same-run baseline.
 //
 // (a) `optimizer.quality`: held-out loss of the final weights after BENCH_OPT_STEPS steps
 //     (default 300) of the `small` model (3.3 M parameters) on one rank, batch 4 x seq 64,
-//     seed 1, each optimizer at its default learning rate (AdamW 3e-3, Lion 3e-4). Goal: Lion
-//     within 1% of AdamW.
+//     seed 1, each optimizer at its default learning rate (AdamW and 8-bit AdamW 3e-3, Lion
+//     3e-4). Goal: each within 1% of AdamW.
 // (b) `optimizer.state`: bytes of one rank's serialized state (what a snapshot codes and the
 //     disk tier writes) per owned parameter, from the state header and the shard of a 4-rank
-//     `small` run; goal for Lion <= 0.5x AdamW's.
+//     `small` run; goal <= 0.5x AdamW's.
 // (c) `optimizer.kill`: 4 ranks + 1 spare, the `mini` model, SIGKILL of rank 1 at step
 //     BENCH_OPT_KILL_AT of 30: the trainer's recovery (recovery point + loading the snapshots)
 //     and SIGKILL to the next commit.
-// (d) `optimizer.quality8`: 8-bit AdamW (gpu/adam8.ts) against AdamW, in this process: the
-//     same run as (a) (model, data, batches, init, lr 3e-3, decay 0.1 on the decay segments,
-//     BENCH_OPT_STEPS steps), the trainer's one-rank step written out over the CPU backend
-//     (Gpt forward/backward, then the optimizer per decay segment), because the workers do
-//     not run adamw8bit yet (see docs/PERFORMANCE.md). Its AdamW figure must equal (a)'s.
-// BENCH_OPT_PARTS (comma-separated: quality, state, kill, quality8) picks parts; BENCH_OPT_ONLY
-// one optimizer for (a); BENCH_OPT_ADAMW_LR / BENCH_OPT_LION_LR their learning rates.
+// BENCH_OPT_PARTS (comma-separated: quality, state, kill) picks parts; BENCH_OPT_ONLY (comma-
+// separated) the optimizers of (a) and (c); BENCH_OPT_ADAMW_LR / BENCH_OPT_LION_LR /
+// BENCH_OPT_ADAMW8BIT_LR their learning rates.
 import { loadavg } from 'node:os'
 import { envNumber } from './harness.ts'
 import { up, type UpKillReport } from '../cli/index.ts'
 import { shardRange } from '../core/index.ts'
-import { ADAM8_BLOCK, CpuBackend, Gpt, GPT_PRESETS, gptLayout, initGptParams, type Tensor } from '../gpu/index.ts'
+import { ADAM8_BLOCK, GPT_PRESETS, gptLayout } from '../gpu/index.ts'
 import { stateBytes } from '../snapshot/index.ts'
-import { batchFor, decaySegments, loadCorpus, trainingModel } from '../node/index.ts'
+import { decaySegments, OPTIMIZERS, trainingModel, type Optimizer } from '../node/index.ts'
 
 const STEPS = envNumber('BENCH_OPT_STEPS', 300)
-// Learning rates (default: the workers' own per optimizer: AdamW 3e-3, Lion 3e-4).
-const LR: Record<string, number | undefined> = {
-  adamw: process.env['BENCH_OPT_ADAMW_LR'] === undefined ? undefined : Number(process.env['BENCH_OPT_ADAMW_LR']),
-  lion: process.env['BENCH_OPT_LION_LR'] === undefined ? undefined : Number(process.env['BENCH_OPT_LION_LR'])
+// Learning rates (default: the workers' own per optimizer: AdamW and 8-bit AdamW 3e-3, Lion 3e-4).
+const lrOf = (name: string): number | undefined => (process.env[name] === undefined ? undefined : Number(process.env[name]))
+const LR: Record<Optimizer, number | undefined> = {
+  adamw: lrOf('BENCH_OPT_ADAMW_LR'),
+  lion: lrOf('BENCH_OPT_LION_LR'),
+  adamw8bit: lrOf('BENCH_OPT_ADAMW8BIT_LR')
 }
-const ONLY = process.env['BENCH_OPT_ONLY']
+const ONLY = process.env['BENCH_OPT_ONLY']?.split(',').map(s => s.trim())
+const picked = (o: Optimizer): boolean => ONLY === undefined || ONLY.includes(o)
 const KILL_AT = envNumber('BENCH_OPT_KILL_AT', 10)
 const parts = (process.env['BENCH_OPT_PARTS'] ?? 'quality,state,kill').split(',').map(s => s.trim())
-const OPTIMIZERS = ['adamw', 'lion'] as const
 const r4 = (x: number): number => Number(x.toPrecision(4))
 const load1 = (): number => Number(loadavg()[0]!.toFixed(2))
 const emit = (line: Record<string, unknown>): void => {
@@ -44,7 +42,7 @@ const emit = (line: Record<string, unknown>): void => {
 
 async function run(
   label: string,
-  o: { optimizer: 'adamw' | 'lion'; nodes: number; spares: number; model: string; steps: number; killAt?: number; lr?: number }
+  o: { optimizer: Optimizer; nodes: number; spares: number; model: string; steps: number; killAt?: number; lr?: number }
 ): Promise<{ code: number; heldOut: number | undefined; kill: UpKillReport | undefined; wallS: number }> {
   const lines: string[] = []
   let kill: UpKillReport | undefined
@@ -81,7 +79,7 @@ async function run(
 
 if (parts.includes('quality')) {
   const got = new Map<string, number>()
-  for (const optimizer of OPTIMIZERS.filter(x => ONLY === undefined || x === ONLY)) {
+  for (const optimizer of OPTIMIZERS.filter(picked)) {
     const before = load1()
     const lr = LR[optimizer]
     const r = await run(`quality ${optimizer}`, { optimizer, nodes: 1, spares: 0, model: 'small', steps: STEPS, ...(lr === undefined ? {} : { lr }) })
@@ -114,7 +112,7 @@ if (parts.includes('state')) {
   const sizes = new Map<string, number>()
   // 8-bit AdamW runs per decay segment: blocks restart at each segment of the shard.
   const blocks = decaySegments(gptLayout(model), 0, n).reduce((a, x) => a + Math.ceil(x.length / ADAM8_BLOCK), 0)
-  for (const optimizer of [...OPTIMIZERS, 'adamw8bit'] as const) {
+  for (const optimizer of OPTIMIZERS) {
     const empty = new Float32Array(0)
     const vec = new Float32Array(n)
     const eight = optimizer === 'adamw8bit'
@@ -147,7 +145,7 @@ if (parts.includes('state')) {
 }
 
 if (parts.includes('kill')) {
-  for (const optimizer of OPTIMIZERS) {
+  for (const optimizer of OPTIMIZERS.filter(picked)) {
     const before = load1()
     const r = await run(`kill ${optimizer}`, { optimizer, nodes: 4, spares: 1, model: 'mini', steps: 30, killAt: KILL_AT })
     if (r.code !== 0 || r.kill === undefined) {
@@ -163,72 +161,6 @@ if (parts.includes('kill')) {
       from_step: r.kill.fromStep,
       recovery_ms: r.kill.recoveryMs,
       next_commit_ms: r.kill.nextCommitMs,
-      load: [before, load1()]
-    })
-  }
-}
-
-/** Held-out loss after `steps` one-rank steps of `small` with AdamW or 8-bit AdamW, in this process. */
-function trainHere(optimizer: 'adamw' | 'adamw8bit', steps: number): { heldOut: number; wallS: number } {
-  const t0 = performance.now()
-  const corpus = loadCorpus()
-  const model = trainingModel('small', 256)
-  const B = 4
-  const T = 64
-  const seed = 1
-  const be = new CpuBackend()
-  const gpt = new Gpt(be, model, { B, T, dtype: 'f32', seed })
-  const N = gptLayout(model).length
-  const master = be.alloc('f32', [N])
-  be.write(master, initGptParams(model, seed))
-  gpt.setParams(be.read(master) as Float32Array)
-  const grads = be.alloc('f32', [N])
-  const segs = decaySegments(gptLayout(model), 0, N)
-  const eight = optimizer === 'adamw8bit'
-  const blocks = segs.reduce((a, x) => a + Math.ceil(x.length / ADAM8_BLOCK), 0)
-  const m = be.alloc(eight ? 'u8' : 'f32', [N])
-  const v = be.alloc(eight ? 'u8' : 'f32', [N])
-  const scales = be.alloc('f32', [2 * Math.max(1, blocks)])
-  for (let s = 0; s < steps; s++) {
-    const batch = batchFor(corpus.train, seed, s, 0, B, T)
-    gpt.zeroGrad()
-    gpt.forward(batch.inputs, batch.targets)
-    gpt.backward()
-    be.write(grads, gpt.getGrads())
-    let block = 0
-    for (const x of segs) {
-      const view = (t: Tensor): Tensor => be.view(t, x.start, [x.length])
-      const hp = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? 0.1 : 0, step: s + 1, gradScale: 1 }
-      const nb = Math.ceil(x.length / ADAM8_BLOCK)
-      if (eight) be.adamw8bit(view(master), view(grads), view(m), view(v), be.view(scales, 2 * block, [2 * nb]), hp)
-      else be.adamw(view(master), view(grads), view(m), view(v), hp)
-      block += nb
-    }
-    gpt.setParams(be.read(master) as Float32Array)
-  }
-  const held = corpus.val.length > T + 1 ? corpus.val : corpus.train
-  const hb = batchFor(held, seed, 0, 0, B, T)
-  const heldOut = gpt.forward(hb.inputs, hb.targets)
-  gpt.dispose()
-  be.dispose()
-  return { heldOut, wallS: (performance.now() - t0) / 1000 }
-}
-
-if (parts.includes('quality8')) {
-  let base: number | undefined
-  for (const optimizer of ['adamw', 'adamw8bit'] as const) {
-    const before = load1()
-    const r = trainHere(optimizer, STEPS)
-    base ??= r.heldOut
-    emit({
-      bench: 'optimizer.quality8',
-      optimizer,
-      model: 'small',
-      steps: STEPS,
-      lr: 3e-3,
-      held_out_loss: r4(r.heldOut),
-      ...(optimizer === 'adamw' ? {} : { vs_adamw: r4(r.heldOut / base) }),
-      wall_s: r4(r.wallS),
       load: [before, load1()]
     })
   }

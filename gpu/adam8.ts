@@ -73,3 +73,32 @@ export function adam8Constants(p: AdamWParams): number[] {
   const b2 = f(p.beta2)
   return [f(p.lr), b1, b2, f(1 - b1), f(1 - b2), f(p.eps), f(p.weightDecay), f(p.gradScale), f(1 - p.beta1 ** p.step), f(1 - p.beta2 ** p.step)]
 }
+
+/**
+ * The f32 values of one moment's codes (host side: re-sharding a state, node/train/adam8.ts):
+ * `which` 0 is m (signed map), 1 is v; block b's absmax is `scales[2b + which]`. Each value is
+ * the step's own dequantization, `map[code]·absmax`, one f32 multiply.
+ */
+export function adam8Decode(codes: Uint8Array, scales: Float32Array, which: 0 | 1, out: Float32Array): void {
+  const map = which === 0 ? ADAM8_MAP_M : ADAM8_MAP_V
+  for (let i = 0; i < codes.length; i++) out[i] = Math.fround(map[codes[i]!]! * scales[2 * Math.floor(i / ADAM8_BLOCK) + which]!)
+}
+
+/**
+ * Quantizes one moment's f32 values into codes and block absmaxes exactly as the step ends
+ * (the absmax over the block, NaN never winning; the nearest code of value / absmax, 0 when the
+ * absmax is 0): the inverse of {@link adam8Decode} up to the rounding to the nearest code.
+ */
+export function adam8Encode(values: Float32Array, which: 0 | 1, codes: Uint8Array, scales: Float32Array): void {
+  const map = which === 0 ? ADAM8_MAP_M : ADAM8_MAP_V
+  for (let base = 0; base < values.length; base += ADAM8_BLOCK) {
+    const end = Math.min(values.length, base + ADAM8_BLOCK)
+    let a = 0
+    for (let i = base; i < end; i++) {
+      const x = which === 0 ? Math.abs(values[i]!) : values[i]!
+      if (x > a) a = x
+    }
+    scales[2 * (base / ADAM8_BLOCK) + which] = a
+    for (let i = base; i < end; i++) codes[i] = adam8Nearest(map, a === 0 ? 0 : Math.fround(values[i]! / a))
+  }
+}

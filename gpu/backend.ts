@@ -24,6 +24,8 @@
  *   losses and attention log-sum-exp rows are always `f32`.
  */
 
+import type { ZoSeed } from './zo.ts'
+
 export type TensorDType = 'f32' | 'bf16' | 'i32' | 'u8'
 
 export const TENSOR_DTYPE_BYTES: Readonly<Record<TensorDType, number>> = Object.freeze({ f32: 4, bf16: 2, i32: 4, u8: 1 })
@@ -219,6 +221,12 @@ export interface Backend {
    * backends agree bit for bit. `paramsLowp` as in adamw.
    */
   adamw8bit(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, scales: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void
+  /**
+   * Zeroth-order perturbation (gpu/zo.ts): params[i] += s·scale, s = −1 where
+   * `zoNegative(seed, offset + i)`, else +1 (`offset`: the index of params[0] in the flat
+   * layout). One f32 addition per element, so backends agree bit for bit. `paramsLowp` as in adamw.
+   */
+  addSigns(params: Tensor, scale: number, seed: ZoSeed, offset: number, paramsLowp?: Tensor | null): void
 
   // ---- collectives' quantizers (codec/quant.ts format, byte-identical) -----------------------
   /**

@@ -11,6 +11,7 @@ import {
 } from '../codec/index.ts'
 import type { AdamWParams, Backend, Fence, GemmParams, HostArray, LionParams, Tensor, TensorDType } from './backend.ts'
 import { GPT_LAYERNORM_EPS } from './gpt.ts'
+import { zoNegative, type ZoSeed } from './zo.ts'
 import { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Constants, adam8Nearest } from './adam8.ts'
 import {
   PASSED_FENCE,
@@ -21,6 +22,7 @@ import {
   checkGemmOperands,
   checkInt,
   checkLion,
+  checkSigns,
   fail,
   gemmShape,
   hostArrayOf,
@@ -780,6 +782,20 @@ export class CpuBackend implements Backend {
       const wi = w[i]!
       w[i] = f(wi - f(lr * f(s + f(wd * wi))))
       mm[i] = f(f(b2 * mi) + f(c2 * gi))
+      if (low !== null) low[i] = f32ToBf16(w[i]!)
+    }
+  }
+
+  addSigns(params: Tensor, scale: number, seed: ZoSeed, offset: number, paramsLowp?: Tensor | null): void {
+    const op = 'addSigns'
+    this.live_(op)
+    const w = this.f32(op, 'params', params)
+    checkSigns(op, scale, seed, offset, w.length)
+    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length).data as Uint16Array)
+    // w ± s in f64, stored to f32: one correctly rounded f32 addition (53 ≥ 2·24 + 2 bits).
+    const s = Math.fround(scale)
+    for (let i = 0; i < w.length; i++) {
+      w[i] = w[i]! + (zoNegative(seed, offset + i) ? -s : s)
       if (low !== null) low[i] = f32ToBf16(w[i]!)
     }
   }

@@ -1,6 +1,7 @@
 import { bf16ToF32 } from '../codec/index.ts'
 import { InvalidArgumentError, Rng, type Seed } from '../core/index.ts'
 import type { AdamWParams, Backend, Tensor } from './backend.ts'
+import type { ZoSeed } from './zo.ts'
 
 /**
  * A GPT-2 style decoder-only transformer written only against the {@link Backend} interface,
@@ -190,16 +191,20 @@ export interface GptOptions {
   T: number
   /** Activation / working-weight dtype. `bf16` needs a backend that computes in bf16 (cuda). */
   dtype: 'f32' | 'bf16'
-  /** Initialises the parameters with {@link initGptParams} (full mode only). */
+  /** Initialises the parameters with {@link initGptParams} (full and forward modes). */
   seed: Seed
+  /** false: leave the parameters unset (the caller writes them: {@link Gpt.weights}); default true. */
+  init?: boolean
   /**
    * `full` (default): the model holds every parameter, its gradient and AdamW state.
    * `stream`: it holds only the embeddings, the final layernorm and two block slots (weights
    * and gradients); {@link Gpt.forwardStreamed} and {@link Gpt.backwardStreamed} ask their
    * caller for each bucket's weights as they reach it and hand back each bucket's gradient
    * as soon as it is complete (ZeRO-3: the mesh gathers one bucket at a time).
+   * `forward`: every parameter (f32, and the bf16 copy) and no gradients or optimizer state:
+   * forward passes only (zeroth-order training, {@link Gpt.addSigns}); backward and update refuse.
    */
-  params?: 'full' | 'stream'
+  params?: 'full' | 'stream' | 'forward'
 }
 
 /** A contiguous range [start, end) of the flat layout that the mesh gathers as one. */
@@ -335,7 +340,7 @@ export class Gpt {
   readonly B: number
   readonly T: number
   readonly dtype: 'f32' | 'bf16'
-  readonly mode: 'full' | 'stream'
+  readonly mode: 'full' | 'stream' | 'forward'
 
   private readonly full: FullState | null
   /** Stream mode: emb, lnf and two block slots. */
@@ -377,7 +382,8 @@ export class Gpt {
     if (!Number.isSafeInteger(T) || T < 1 || T > config.maxT) throw new InvalidArgumentError(`gpt: T must be an integer in [1, ${config.maxT}], got ${T}`)
     if (dtype !== 'f32' && dtype !== 'bf16') throw new InvalidArgumentError(`gpt: dtype must be 'f32' or 'bf16', got ${String(dtype)}`)
     if (dtype === 'bf16' && backend.kind === 'cpu') throw new InvalidArgumentError('gpt: the cpu backend computes in f32 only; use dtype f32')
-    if (mode !== 'full' && mode !== 'stream') throw new InvalidArgumentError(`gpt: params must be 'full' or 'stream', got ${String(mode)}`)
+    if (mode !== 'full' && mode !== 'stream' && mode !== 'forward')
+      throw new InvalidArgumentError(`gpt: params must be 'full', 'stream' or 'forward', got ${String(mode)}`)
     this.backend = backend
     this.config = Object.freeze({ ...config })
     this.layout = gptLayout(config)
@@ -405,6 +411,17 @@ export class Gpt {
         this.slots = null
         this.w = this.paramViews(lowp ?? params)
         this.g = this.paramViews(grads)
+      } else if (mode === 'forward') {
+        // No gradient or optimizer buffers: one element stands in for them (never read: the
+        // ops that would are refused, needTrainable), and the gradient views are the weights'.
+        const P = this.layout.length
+        const params = alloc('f32', [P])
+        const lowp = dtype === 'bf16' ? alloc('bf16', [P]) : null
+        const none = alloc('f32', [1])
+        this.full = { params, grads: none, m: none, v: none, lowp, runs: [] }
+        this.slots = null
+        this.w = this.paramViews(lowp ?? params)
+        this.g = this.w
       } else {
         const slot = (bucket: GptBucket): Slot => {
           const n = bucket.end - bucket.start
@@ -465,7 +482,7 @@ export class Gpt {
       for (const t of this.owned) be.free(t)
       throw err
     }
-    if (mode === 'full') this.setParams(initGptParams(config, opts.seed))
+    if (mode !== 'stream' && opts.init !== false) this.setParams(initGptParams(config, opts.seed))
   }
 
   /**
@@ -476,7 +493,8 @@ export class Gpt {
     const size = (t: Tensor): number => t.length * (t.dtype === 'bf16' ? 2 : 4)
     if (this.full !== null) {
       const f = this.full
-      return size(f.params) + size(f.grads) + size(f.m) + size(f.v) + (f.lowp === null ? 0 : size(f.lowp))
+      const train = this.mode === 'full' ? size(f.grads) + size(f.m) + size(f.v) : 0
+      return size(f.params) + train + (f.lowp === null ? 0 : size(f.lowp))
     }
     const s = this.slots!
     return [s.emb, s.lnf, ...s.blocks].reduce((sum, x) => sum + size(x.f32) + size(x.grad) + (x.lowp === null ? 0 : size(x.lowp)), 0)
@@ -556,6 +574,13 @@ export class Gpt {
     return this.full
   }
 
+  /** The full model with gradients and optimizer state (not a forward-only one). */
+  private needTrainable(op: string): FullState {
+    const f = this.needFull(op)
+    if (this.mode === 'forward') throw new InvalidArgumentError(`gpt.${op}: a forward-only model (params 'forward') holds no gradients or optimizer state`)
+    return f
+  }
+
   private needStream(op: string): NonNullable<Gpt['slots']> {
     this.live(op)
     if (this.slots === null) throw new InvalidArgumentError(`gpt.${op}: needs a model created with params 'stream'`)
@@ -599,7 +624,7 @@ export class Gpt {
 
   /** Accumulates d(mean loss)/d(params) into the gradients. Needs a forward with targets first. */
   backward(): void {
-    this.needFull('backward')
+    this.needTrainable('backward')
     const pass = this.backwardPass()
     for (let e = pass.next(); e.done !== true; e = pass.next());
   }
@@ -772,12 +797,12 @@ export class Gpt {
   /** Clears the gradients (full mode; a streamed backward clears its own). */
   zeroGrad(): void {
     this.live('zeroGrad')
-    if (this.full !== null) this.backend.fill(this.full.grads, 0)
+    if (this.full !== null && this.mode === 'full') this.backend.fill(this.full.grads, 0)
   }
 
   /** One fused AdamW step over the flat buffers (and the bf16 copy, when there is one). */
   update(hp: GptUpdateParams): void {
-    const f = this.needFull('update')
+    const f = this.needTrainable('update')
     const base: AdamWParams = {
       lr: hp.lr,
       beta1: hp.beta1 ?? 0.9,
@@ -808,7 +833,39 @@ export class Gpt {
   }
 
   getGrads(): Float32Array {
-    return this.backend.read(this.needFull('getGrads').grads) as Float32Array
+    return this.backend.read(this.needTrainable('getGrads').grads) as Float32Array
+  }
+
+  /**
+   * Zeroth-order perturbation of every parameter (full or forward mode): params[i] += ±scale,
+   * the sign of `zoNegative(seed, i)` (gpu/zo.ts), and the bf16 copy refreshed in the same pass.
+   */
+  addSigns(scale: number, seed: ZoSeed): void {
+    const f = this.needFull('addSigns')
+    this.backend.addSigns(f.params, scale, seed, 0, f.lowp)
+  }
+
+  /**
+   * The f32 parameters themselves (full and forward modes), for a caller that writes them in
+   * place (piece by piece, say): it calls {@link refreshLowp} afterwards.
+   */
+  weights(): Tensor {
+    return this.needFull('weights').params
+  }
+
+  /** Casts the f32 parameters into the bf16 copy the ops read (a no-op for an f32 model). */
+  refreshLowp(): void {
+    const f = this.needFull('refreshLowp')
+    if (f.lowp !== null) this.backend.cast(f.lowp, f.params)
+  }
+
+  /** Copies params[start, start + dst.length) into `dst` (f32), on the backend. */
+  copyParams(dst: Tensor, start: number): void {
+    const f = this.needFull('copyParams')
+    if (!Number.isSafeInteger(start) || start < 0 || start + dst.length > f.params.length) {
+      throw new InvalidArgumentError(`gpt.copyParams: [${start}, ${start + dst.length}) is outside the ${f.params.length} parameters`)
+    }
+    this.backend.copy(dst, this.backend.view(f.params, start, [dst.length]))
   }
 
   /** Frees every buffer the model allocated; the model is unusable afterwards. */

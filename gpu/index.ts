@@ -22,7 +22,8 @@ export {
 } from './backend.ts'
 export { BackendUnavailableError, DeviceError, KernelCompileError, DeviceOutOfMemoryError } from './errors.ts'
 export { CpuBackend, type CpuBackendInit, CPU_LIMITS } from './cpu.ts'
-export { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks } from './adam8.ts'
+export { zoNegative, zoSeed, type ZoSeed } from './zo.ts'
+export { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Decode, adam8Encode } from './adam8.ts'
 export {
   Gpt,
   gptBuckets,

@@ -133,6 +133,16 @@ export function checkGemmOperands(op: string, g: GemmShape, a: number, b: number
   if (batch > 1 && sC < m * n) fail(op, `strideC ${sC} makes output matrices overlap`)
 }
 
+/** The arguments of `addSigns`: a finite scale, a seed of two u32 words, an offset from 0 whose last index is still a safe integer. */
+export function checkSigns(op: string, scale: number, seed: readonly number[], offset: number, n: number): void {
+  checkFinite(op, 'scale', scale)
+  if (!Array.isArray(seed) || seed.length !== 2 || !seed.every(w => Number.isInteger(w) && w >= 0 && w <= 0xffff_ffff)) {
+    fail(op, `seed must be two u32 words, got ${JSON.stringify(seed)}`)
+  }
+  checkInt(op, 'offset', offset, 0)
+  if (!Number.isSafeInteger(offset + n)) fail(op, `offset ${offset} + ${n} elements is past the safe integers`)
+}
+
 /** The hyperparameters of `lion`: finite, betas in [0, 1). */
 export function checkLion(op: string, p: LionParams): void {
   for (const key of ['lr', 'beta1', 'beta2', 'weightDecay', 'gradScale'] as const) checkFinite(op, key, p[key])

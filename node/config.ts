@@ -129,11 +129,19 @@ export const START_OPTIONS = {
   }),
   batch: option(z.int().min(1).max(4096).default(4), { arg: '<n>', help: 'sequences per rank per step' }),
   seq: option(z.int().min(2).max(1024).default(64), { arg: '<n>', help: 'sequence length' }),
-  lr: option(z.number().positive().max(1).optional(), { arg: '<x>', help: 'learning rate', defaultText: '3e-3 (AdamW), 3e-4 (Lion)' }),
-  optimizer: option(z.enum(OPTIMIZERS).default('adamw'), {
-    arg: '<adamw|lion>',
-    help: 'AdamW (two moments), or Lion (one moment and a sign update: state and snapshots 8 bytes per parameter instead of 12)'
+  lr: option(z.number().positive().max(1).optional(), {
+    arg: '<x>',
+    help: 'learning rate',
+    defaultText: '3e-3 (AdamW, 8-bit AdamW), 3e-4 (Lion), 1e-4 (--zo)'
   }),
+  optimizer: option(z.enum(OPTIMIZERS).default('adamw'), {
+    arg: '<adamw|lion|adamw8bit>',
+    help: 'AdamW (two moments), Lion (one moment and a sign update: state and snapshots 8 bytes per parameter instead of 12), or adamw8bit (AdamW with 8-bit block-quantized moments: about 6 bytes per parameter)'
+  }),
+  zo: option(z.boolean().default(false), {
+    help: 'zeroth-order training (MeZO): two forward passes a step, no gradients or optimizer state; the ranks exchange one (projected gradient, loss) pair each per step instead of the model (for fine-tuning over slow links; see the README)'
+  }),
+  zoEps: option(z.number().positive().max(1).default(1e-3), { arg: '<x>', help: 'the zeroth-order perturbation size ε (with --zo)' }),
   seed: option(z.int().min(0).default(1), { arg: '<n>', help: 'run seed' }),
   zeropp: option(z.boolean().default(false), { help: 'ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)' }),
   outerEvery: option(z.int().min(1).max(1_000_000).optional(), {

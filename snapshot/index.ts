@@ -20,6 +20,7 @@ export {
 export {
   type RankState,
   type OuterArrays,
+  type Adam8Arrays,
   type StateHeader,
   STATE_MAGIC,
   STATE_VERSION,

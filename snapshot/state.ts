@@ -26,9 +26,10 @@ export interface RankState {
   rng: Uint8Array
   /**
    * The optimizer whose state this is: absent for AdamW (m and v), 'lion' for Lion (m only,
-   * `adamV` empty), 'adamw8bit' for 8-bit AdamW (`adam8`; `adamM` and `adamV` empty).
+   * `adamV` empty), 'adamw8bit' for 8-bit AdamW (`adam8`; `adamM` and `adamV` empty), 'zo'
+   * for zeroth-order training (`--zo`: the weights only; `adamM` and `adamV` empty).
    */
-  optimizer?: 'lion' | 'adamw8bit'
+  optimizer?: 'lion' | 'adamw8bit' | 'zo'
   /** 8-bit AdamW's moments (gpu/adam8.ts): present exactly when `optimizer` is 'adamw8bit'. */
   adam8?: Adam8Arrays
   /**
@@ -97,12 +98,12 @@ const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
 
 /**
  * The optimizer byte of a serialized state (offset 6): 0 AdamW (m and v follow the weights),
- * 1 Lion (m only), 2 8-bit AdamW (scales and codes follow the weights).
+ * 1 Lion (m only), 2 8-bit AdamW (scales and codes follow the weights), 3 zeroth-order (nothing).
  */
-const OPTIMIZER_TAGS = [undefined, 'lion', 'adamw8bit'] as const
+const OPTIMIZER_TAGS = [undefined, 'lion', 'adamw8bit', 'zo'] as const
 
 /** f32 moment vectors a state of `optimizer` carries (8-bit AdamW: none, see {@link adam8Bytes}). */
-const momentsOf = (optimizer: RankState['optimizer']): number => (optimizer === 'lion' ? 1 : optimizer === 'adamw8bit' ? 0 : 2)
+const momentsOf = (optimizer: RankState['optimizer']): number => (optimizer === 'lion' ? 1 : optimizer === 'adamw8bit' || optimizer === 'zo' ? 0 : 2)
 
 /** Bytes of 8-bit AdamW moments of `n` elements in `blocks` blocks: the absmax pairs, both codes, zero-padded to 8. */
 const adam8Bytes = (n: number, blocks: number): number => 8 * blocks + pad8(2 * n)
@@ -114,7 +115,7 @@ const adam8BlocksOk = (n: number, blocks: number): boolean => blocks <= n && blo
  * Serialized layout (little-endian):
  *
  *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (bit 0: outer state)
- *    6 u8 optimizer (0 AdamW, 1 Lion, 2 8-bit AdamW)   7 u8 reserved (0)
+ *    6 u8 optimizer (0 AdamW, 1 Lion, 2 8-bit AdamW, 3 zeroth-order: weights only)   7 u8 reserved (0)
  *    8 u32 rank          12 u32 world size
  *   16 u64 epoch         24 u64 step
  *   32 u64 data cursor   40 u64 elements n (of each of weights, m, v)

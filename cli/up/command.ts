@@ -17,6 +17,8 @@ export const UP_OPTIONS = {
   initFrom: START_OPTIONS.initFrom,
   zeropp: option(START_OPTIONS.zeropp.schema, { help: 'ZeRO++ instead of flat ZeRO-3' }),
   optimizer: START_OPTIONS.optimizer,
+  zo: START_OPTIONS.zo,
+  zoEps: START_OPTIONS.zoEps,
   outerEvery: option(START_OPTIONS.outerEvery.schema, {
     arg: '<H>',
     help: "DiLoCo: the workers' two zones (they alternate) train apart and average every H steps",
@@ -84,6 +86,7 @@ export const upCommand: Command = {
       ...(o.initFrom === undefined ? {} : { initFrom: o.initFrom }),
       zeropp: o.zeropp,
       optimizer: o.optimizer,
+      ...(o.zo ? { zo: { eps: o.zoEps } } : {}),
       ...(o.outerEvery === undefined ? {} : { outer: { every: o.outerEvery, streaming: o.streaming } }),
       seed: o.seed,
       ...(o.lr === undefined ? {} : { lr: o.lr }),

@@ -38,6 +38,8 @@ export interface UpOptions {
   zeropp: boolean
   /** `--optimizer` for the workers. */
   optimizer?: Optimizer
+  /** `--zo` (and its `--zo-eps`) for the workers: zeroth-order training. */
+  zo?: { eps: number }
   /** `--lr` for the workers (default: theirs, by optimizer). */
   lr?: number
   /** The DiLoCo tier across the workers' two zones (`--outer-every`, `--streaming`). */

@@ -62,6 +62,7 @@ export interface WorkerPlan {
   seq: number
   zeropp: boolean
   optimizer?: Optimizer
+  zo?: { eps: number }
   lr?: number
   outer?: { every: number; streaming: boolean }
   data: string | undefined
@@ -147,6 +148,7 @@ function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | 
     'jsonl',
     ...(p.zeropp ? ['--zeropp'] : []),
     ...(p.optimizer === undefined || p.optimizer === 'adamw' ? [] : ['--optimizer', p.optimizer]),
+    ...(p.zo === undefined ? [] : ['--zo', '--zo-eps', String(p.zo.eps)]),
     ...(p.lr === undefined ? [] : ['--lr', String(p.lr)]),
     ...(p.outer === undefined ? [] : ['--outer-every', String(p.outer.every), ...(p.outer.streaming ? ['--streaming'] : [])]),
     ...(p.snapshot === undefined ? [] : ['--snapshot', p.snapshot]),

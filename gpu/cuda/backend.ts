@@ -17,8 +17,22 @@ import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
 import { ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Constants } from '../adam8.ts'
+import type { ZoSeed } from '../zo.ts'
 import { Transfers } from './transfer.ts'
-import { allocSize, checkAdamW, checkFinite, checkGemmOperands, checkInt, checkLion, fail, gemmShape, hostArrayOf, isHostOf, shapeLength } from '../validate.ts'
+import {
+  allocSize,
+  checkAdamW,
+  checkFinite,
+  checkGemmOperands,
+  checkInt,
+  checkLion,
+  checkSigns,
+  fail,
+  gemmShape,
+  hostArrayOf,
+  isHostOf,
+  shapeLength
+} from '../validate.ts'
 
 /**
  * The CUDA backend: device tensors from a caching allocator, kernels compiled by NVRTC from
@@ -183,7 +197,7 @@ const FAMILIES: Record<string, { opts: CompileOptions; kernels: Record<string, s
     }
   },
   crossentropy: { opts: {}, kernels: { ce_f32: 'ppppiifip', ce_bf16: 'ppppiifip' } },
-  adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi', lion_f32: 'pppplfffffffi', adamw8bit_f32: 'ppppppplffffffffff' } },
+  adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi', lion_f32: 'pppplfffffffi', adamw8bit_f32: 'ppppppplffffffffff', zo_signs_f32: 'pplliif' } },
   quant: {
     opts: {},
     kernels: { quant_fast: 'pppliiip', quant_generic: 'pppliip', dequant_fast: 'pppliiip', dequant_generic: 'pppliiip' }
@@ -970,6 +984,19 @@ export class CudaBackend implements Backend {
     const f = Math.fround
     const args = [p.lr, p.beta1, p.beta2, 1 - f(p.beta1), 1 - f(p.beta2), p.weightDecay, p.gradScale].map(x => f(x))
     this.launch('lion_f32', this.grid(vec ? cdiv(n, 4) : n), 1, 256, 1, [w.ptr, g.ptr, mm.ptr, low === null ? 0 : low.ptr, n, ...args, vec ? 1 : 0])
+  }
+
+  addSigns(params: Tensor, scale: number, seed: ZoSeed, offset: number, paramsLowp?: Tensor | null): void {
+    const op = 'addSigns'
+    this.live_(op)
+    const w = this.arg(op, 'params', params, ['f32'])
+    checkSigns(op, scale, seed, offset, w.length)
+    const low = paramsLowp === undefined || paramsLowp === null ? null : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length)
+    const n = w.length
+    if (n === 0) return
+    checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
+    // Seeds travel as int32 bit patterns; the kernel reads them back as unsigned.
+    this.launch('zo_signs_f32', this.grid(n), 1, 256, 1, [w.ptr, low === null ? 0 : low.ptr, n, offset, seed[0] | 0, seed[1] | 0, Math.fround(scale)])
   }
 
   adamw8bit(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, scales: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void {

@@ -4,7 +4,7 @@ import { GPT_PRESETS, paddedVocabSize, type Backend, type GptConfig, type GptLay
 import { COLLECTIVE_LIMITS, type CollectiveSent, type Membership, type PeerNet } from '../../mesh/index.ts'
 import { corpusVocabSize, type Corpus } from '../data.ts'
 import type { TokenizerName } from '../tokenizer.ts'
-import { readCheckpointInfo, type OuterArrays, type SnapshotCoder } from '../../snapshot/index.ts'
+import { readCheckpointInfo, type Adam8Arrays, type OuterArrays, type SnapshotCoder } from '../../snapshot/index.ts'
 import type { OuterConfig } from './outer.ts'
 
 /**
@@ -20,18 +20,33 @@ import type { OuterConfig } from './outer.ts'
  * 5. AdamW on the shard (decay on matrices and embeddings only);
  * 6. all-reduce the loss: when it returns, every rank finished step s, which commits it.
  */
-/** The optimizers a run may use (`--optimizer`). */
-export const OPTIMIZERS = ['adamw', 'lion'] as const
-export type Optimizer = (typeof OPTIMIZERS)[number]
-
-/** The optimizer tag of the states a run with `cfg` saves (snapshot/state.ts: absent for AdamW). */
-export function stateOptimizer(cfg: Pick<TrainConfig, 'optimizer'>): 'lion' | undefined {
-  return cfg.optimizer === 'lion' ? 'lion' : undefined
+/** A zeroth-order run's settings (TrainConfig.zo; node/train/zo.ts). */
+export interface ZoConfig {
+  /** The perturbation's size ε (MeZO: 1e-3). */
+  eps: number
 }
 
-/** Whether the run's optimizer keeps a second moment (v): AdamW does, Lion does not. */
-export function keepsV(cfg: Pick<TrainConfig, 'optimizer'>): boolean {
-  return cfg.optimizer !== 'lion'
+/** The default ε of `--zo`. */
+export const ZO_DEFAULT_EPS = 1e-3
+
+/** The optimizers a run may use (`--optimizer`). */
+export const OPTIMIZERS = ['adamw', 'lion', 'adamw8bit'] as const
+export type Optimizer = (typeof OPTIMIZERS)[number]
+
+/** The optimizer tag of the states a run with `cfg` saves (snapshot/state.ts: absent for AdamW; 'zo' for zeroth-order runs, the weights alone). */
+export function stateOptimizer(cfg: Pick<TrainConfig, 'optimizer' | 'zo'>): 'lion' | 'adamw8bit' | 'zo' | undefined {
+  if (cfg.zo !== undefined) return 'zo'
+  return cfg.optimizer === 'adamw' ? undefined : cfg.optimizer
+}
+
+/** Whether the run's optimizer keeps an f32 second moment (v): AdamW does; Lion keeps none, 8-bit AdamW keeps its v in codes, zeroth-order runs none. */
+export function keepsV(cfg: Pick<TrainConfig, 'optimizer' | 'zo'>): boolean {
+  return cfg.zo === undefined && (cfg.optimizer === undefined || cfg.optimizer === 'adamw')
+}
+
+/** Whether the run's optimizer keeps its moments as 8-bit codes (gpu/adam8.ts; node/train/adam8.ts lays them out on a shard). */
+export function keeps8bit(cfg: Pick<TrainConfig, 'optimizer'>): boolean {
+  return cfg.optimizer === 'adamw8bit'
 }
 
 export interface TrainConfig {
@@ -45,9 +60,16 @@ export interface TrainConfig {
   /**
    * The optimizer (default AdamW, β 0.9 / 0.95): 'lion' keeps one moment instead of two (β 0.9 /
    * 0.99, a sign update; it wants a learning rate 3-10x smaller), so its state, snapshots and
-   * disk tier files are 8 bytes per parameter instead of 12.
+   * disk tier files are 8 bytes per parameter instead of 12; 'adamw8bit' keeps AdamW's two
+   * moments as one byte each in 2048-element blocks (gpu/adam8.ts): about 6 bytes per parameter.
    */
   optimizer?: Optimizer
+  /**
+   * Zeroth-order training (`--zo`, MeZO; node/train/zo.ts): forward passes only, every rank
+   * holding the whole model, one (projected gradient, loss) pair per rank exchanged per step;
+   * `optimizer` is then unused. Not with ZeRO++, the DiLoCo tier or a growing world.
+   */
+  zo?: ZoConfig
   /**
    * A checkpoint (snapshot/checkpoint.ts: an HF GPT-2 dir or a zeromesh export) whose weights
    * are step 0's instead of the seed's; its shape must be `model`. Every rank reads the same
@@ -260,6 +282,15 @@ export function validateTrainConfig(cfg: TrainConfig, corpus: Corpus): void {
     throw new InvalidArgumentError(`the data has ${corpus.vocabSize} token ids but the model's vocabulary is ${cfg.model.vocabSize}`)
   }
   if (!(cfg.lr > 0) || !(cfg.weightDecay >= 0)) throw new InvalidArgumentError('lr must be > 0 and weightDecay >= 0')
+  if (cfg.zo !== undefined) {
+    if (!(cfg.zo.eps > 0 && Number.isFinite(cfg.zo.eps))) throw new InvalidArgumentError(`--zo-eps must be a finite number > 0, got ${cfg.zo.eps}`)
+    if (cfg.zeroPP || cfg.outer !== undefined)
+      throw new InvalidArgumentError('--zo (zeroth-order training) does not combine with --zeropp or the DiLoCo tier (--outer-every)')
+    if ((cfg.maxWorldSize ?? cfg.worldSize) !== cfg.worldSize)
+      throw new InvalidArgumentError('--zo does not combine with --max-world-size (growing the run) yet')
+    if (cfg.optimizer !== undefined && cfg.optimizer !== 'adamw')
+      throw new InvalidArgumentError(`--zo replaces the optimizer: drop --optimizer ${cfg.optimizer}`)
+  }
   const o = cfg.outer
   if (o !== undefined) {
     int('outer.every', o.every, 1)
@@ -299,9 +330,12 @@ export function decaySegments(layout: GptLayout, start: number, length: number):
 export interface ShardState {
   step: number
   master: Float32Array
+  /** The first moment; empty for 8-bit AdamW. */
   m: Float32Array
-  /** AdamW's second moment; empty for Lion. */
+  /** AdamW's second moment; empty for Lion and 8-bit AdamW. */
   v: Float32Array
+  /** 8-bit AdamW's moments (codes and block absmaxes, laid out by node/train/adam8.ts). */
+  adam8?: Adam8Arrays
   /** The DiLoCo tier's state of the shard (a run with `outer`). */
   outer?: OuterArrays
 }
@@ -321,7 +355,7 @@ export interface ShardRange {
  */
 export function runIdentity(
   run: string,
-  c: Pick<TrainConfig, 'model' | 'B' | 'T' | 'lr' | 'weightDecay' | 'seed' | 'zeroPP' | 'outer' | 'dtype' | 'optimizer'>
+  c: Pick<TrainConfig, 'model' | 'B' | 'T' | 'lr' | 'weightDecay' | 'seed' | 'zeroPP' | 'outer' | 'dtype' | 'optimizer' | 'zo'>
 ): Uint8Array {
   const m = c.model
   const canonical = JSON.stringify({
@@ -337,7 +371,8 @@ export function runIdentity(
     dtype: c.dtype,
     outer: c.outer === undefined ? null : [c.outer.every, c.outer.zones, c.outer.quant, c.outer.streaming, c.outer.lr, c.outer.momentum],
     // Only where it is not the default: AdamW runs keep the identities they had.
-    ...(c.optimizer === 'lion' ? { optimizer: 'lion' } : {})
+    ...(c.optimizer === undefined || c.optimizer === 'adamw' ? {} : { optimizer: c.optimizer }),
+    ...(c.zo === undefined ? {} : { zo: [c.zo.eps] })
   })
   return new Uint8Array(createHash('sha256').update(canonical).digest())
 }

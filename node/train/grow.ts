@@ -26,7 +26,17 @@ export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Uint32Array,
   if (!(first.epoch > 0 && proposals.every(x => x.epoch === first.epoch && x.count === first.count))) return undefined
   // read() returns a fresh host copy: the handoff outlives the session's tensors.
   const read = (x: typeof t.master): Float32Array => p.be.read(x) as Float32Array
-  const state: ShardState = { step: s + 1, master: read(t.master), m: read(t.m), v: t.v === undefined ? new Float32Array(0) : read(t.v) }
+  const empty = new Float32Array(0)
+  const state: ShardState =
+    t.scales === undefined
+      ? { step: s + 1, master: read(t.master), m: read(t.m), v: t.v === undefined ? empty : read(t.v) }
+      : {
+          step: s + 1,
+          master: read(t.master),
+          m: empty,
+          v: empty,
+          adam8: { m: p.be.read(t.m) as Uint8Array, v: p.be.read(t.v!) as Uint8Array, scales: read(t.scales) }
+        }
   p.rs.grow.handoff = { rank: p.rank, state }
   const growth = { epoch: first.epoch, count: first.count, step: s + 1 }
   const msg = growMessage.encode(growth)

@@ -1,17 +1,27 @@
 import { shardRange } from '../../core/index.ts'
-import type { Backend } from '../../gpu/index.ts'
-import { keepsV } from './config.ts'
+import type { Backend, HostArray } from '../../gpu/index.ts'
+import { keeps8bit, keepsV } from './config.ts'
+import { adam8Runs } from './adam8.ts'
 import type { TrainerEnv } from './state.ts'
 
-/** The host arrays a session's saves copy the optimizer state into (persist.ts), by role. */
-export type HostRole = 'save.master' | 'save.m' | 'save.v'
+/**
+ * The host arrays a session's saves copy the optimizer state into (persist.ts), by role: f32
+ * master and moments, or 8-bit AdamW's u8 codes of m and v and its f32 block absmaxes.
+ */
+export type HostRole = 'save.master' | 'save.m' | 'save.v' | U8Role | 'save.scales'
+/** The roles of u8 arrays (8-bit AdamW's codes). */
+type U8Role = 'save.m8' | 'save.v8'
+/** A role's host array: u8 for the codes, f32 for the rest. */
+export type HostArrayOf<R extends HostRole> = R extends U8Role ? Uint8Array : Float32Array
+
+const dtypeOf = (role: HostRole): 'u8' | 'f32' => (role === 'save.m8' || role === 'save.v8' ? 'u8' : 'f32')
 
 /** Where a session takes its host arrays from and gives them back to. */
 export interface HostSpace {
-  /** An f32 array of `n` elements for `role` (the device copies into it: page-locked on CUDA). */
-  take(role: HostRole, n: number): Float32Array
+  /** An array of `n` elements for `role` (the device copies into it: page-locked on CUDA). */
+  take<R extends HostRole>(role: R, n: number): HostArrayOf<R>
   /** Gives back an array from {@link take} (freed unless it is reserved). */
-  give(role: HostRole, a: Float32Array): void
+  give(role: HostRole, a: HostArray): void
 }
 
 /**
@@ -26,7 +36,7 @@ export interface HostSpace {
  */
 export interface HostReserve {
   readonly be: Backend
-  readonly arrays: Map<HostRole, Float32Array>
+  readonly arrays: Map<HostRole, HostArray>
 }
 
 /** The elements each role needs for the largest shard this node may train (its collective group is the world, or a zone group). */
@@ -39,17 +49,26 @@ export function reservePlan(env: TrainerEnv): Map<HostRole, number> {
   const group = cfg.outer === undefined ? cfg.worldSize : cfg.worldSize / cfg.outer.zones
   const shard = shardRange(N, group, 0).length
   plan.set('save.master', shard)
-  plan.set('save.m', shard)
+  if (keeps8bit(cfg)) {
+    plan.set('save.m8', shard)
+    plan.set('save.v8', shard)
+    // Block counts differ between ranks by where their shards cut the decay segments.
+    const blocks = Array.from({ length: group }, (_, r) => adam8Runs(env.layout, shardRange(N, group, r)).blocks)
+    plan.set('save.scales', 2 * Math.max(...blocks))
+    return plan
+  }
+  // A zeroth-order state is the weights alone.
+  if (cfg.zo === undefined) plan.set('save.m', shard)
   if (keepsV(cfg)) plan.set('save.v', shard)
   return plan
 }
 
 /** Allocates the reserve of `plan` on `be`, one array per turn of the event loop. */
 export async function reserveHost(be: Backend, plan: Map<HostRole, number>, turn: () => Promise<void>): Promise<HostReserve> {
-  const arrays = new Map<HostRole, Float32Array>()
+  const arrays = new Map<HostRole, HostArray>()
   try {
     for (const [role, n] of plan) {
-      arrays.set(role, be.hostAlloc('f32', n) as Float32Array)
+      arrays.set(role, be.hostAlloc(dtypeOf(role), n))
       await turn()
     }
   } catch (err) {
@@ -69,9 +88,9 @@ export function releaseHost(r: HostReserve): void {
 export function hostSpace(be: Backend, reserve: HostReserve | undefined): HostSpace {
   const usable = reserve !== undefined && reserve.be === be ? reserve.arrays : undefined
   return {
-    take(role, n) {
+    take<R extends HostRole>(role: R, n: number): HostArrayOf<R> {
       const r = usable?.get(role)
-      return r !== undefined && r.length >= n ? r.subarray(0, n) : (be.hostAlloc('f32', n) as Float32Array)
+      return (r !== undefined && r.length >= n ? r.subarray(0, n) : be.hostAlloc(dtypeOf(role), n)) as HostArrayOf<R>
     },
     give(role, a) {
       if (usable?.get(role)?.buffer === a.buffer) return

@@ -1,4 +1,5 @@
 import { ProtocolError } from '../../core/index.ts'
+import type { Adam8Arrays } from '../../snapshot/index.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 
 /**
@@ -16,7 +17,9 @@ import { TRAIN_LIMITS } from './limits.ts'
  *   recovery_verdict  1 word per rank: 1 when its snapshot load found one unrecoverable, else 0
  *   resume_index      DISK_SLOTS x (step, old rank, old world size) per rank, NONE x 3 for an empty slot
  *   *_state           2 + 3L words per rank: old rank, step, then weights, AdamW m, v (L f32 each, their
- *                     bits as words); all NONE when it holds none
+ *                     bits as words); all NONE when it holds none. 8-bit AdamW: 2 + L + 2⌈L/4⌉ + 2B
+ *                     words: old rank, step, weights, m codes, v codes (L bytes each, zero-padded to
+ *                     a word), B absmax pairs (f32; B: the most blocks an old rank's shard has)
  *
  * Gossip messages are little-endian u32 records: `train/done` (step), `train/grow` (epoch,
  * count, step); `train/roster` is JSON (roster.ts).
@@ -189,6 +192,8 @@ export interface OfferedState {
   weights: Float32Array
   adamM: Float32Array
   adamV: Float32Array
+  /** 8-bit AdamW's moments (then `adamM` and `adamV` are empty). */
+  adam8?: Adam8Arrays
 }
 
 /**
@@ -230,6 +235,72 @@ export const stateSlot = {
     const step = intAt(label, all, at + 1, 0)
     const f = new Float32Array(all.buffer, all.byteOffset, all.length)
     return { rank, step, part: (k, len) => f.slice(at + 2 + k * L, at + 2 + k * L + Math.min(len, L)) }
+  }
+}
+
+/**
+ * `resume_state` / `grow_state` of an 8-bit AdamW run: one slot per member of (old rank, step,
+ * weights, m codes, v codes, absmax pairs), the codes as bytes of the words' buffer and the
+ * weights and absmaxes as f32 bits, so everything travels unchanged. `L`: elements of the
+ * largest old shard; `B`: the most blocks an old shard has.
+ */
+export const stateSlot8 = {
+  words: (L: number, B: number): number => 2 + L + 2 * Math.ceil(L / 4) + 2 * B,
+  encode(label: string, own: OfferedState | undefined, L: number, B: number): Uint32Array {
+    const buf = new Uint32Array(stateSlot8.words(L, B)).fill(NONE)
+    if (own === undefined) return buf
+    const a = own.adam8
+    if (a === undefined || a.m.length > L || a.v.length > L || a.scales.length > 2 * B || own.weights.length > L)
+      throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `${label}: the offered 8-bit state does not fit a slot of ${L} elements and ${B} blocks`, { label })
+    buf[0] = word(label, own.rank, 0)
+    buf[1] = word(label, own.step, 0)
+    const W = Math.ceil(L / 4)
+    const f = new Float32Array(buf.buffer, buf.byteOffset, buf.length)
+    const bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)
+    f.set(own.weights, 2)
+    bytes.fill(0, 4 * (2 + L), 4 * (2 + L + 2 * W))
+    bytes.set(a.m, 4 * (2 + L))
+    bytes.set(a.v, 4 * (2 + L + W))
+    f.set(a.scales, 2 + L + 2 * W)
+    return buf
+  },
+  /**
+   * Member `r`'s slot: undefined when it offers none, else its old rank and step and readers
+   * (copies) of its first `len` weights, first `len` codes of m (0) or v (1), and first `blocks`
+   * absmax pairs.
+   */
+  decode(
+    label: string,
+    all: Uint32Array,
+    P: number,
+    L: number,
+    B: number,
+    r: number
+  ):
+    | {
+        rank: number
+        step: number
+        weights: (len: number) => Float32Array
+        codes: (which: 0 | 1, len: number) => Uint8Array
+        scales: (blocks: number) => Float32Array
+      }
+    | undefined {
+    const per = stateSlot8.words(L, B)
+    checkLength(label, all, P * per)
+    const at = r * per
+    const rank = intAt(label, all, at, -1)
+    if (rank < 0) return undefined
+    const step = intAt(label, all, at + 1, 0)
+    const W = Math.ceil(L / 4)
+    const f = new Float32Array(all.buffer, all.byteOffset, all.length)
+    const bytes = new Uint8Array(all.buffer, all.byteOffset, all.byteLength)
+    return {
+      rank,
+      step,
+      weights: len => f.slice(at + 2, at + 2 + Math.min(len, L)),
+      codes: (which, len) => bytes.slice(4 * (at + 2 + L + which * W), 4 * (at + 2 + L + which * W) + Math.min(len, L)),
+      scales: blocks => f.slice(at + 2 + L + 2 * W, at + 2 + L + 2 * W + 2 * Math.min(blocks, B))
+    }
   }
 }
 

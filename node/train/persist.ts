@@ -1,5 +1,5 @@
 import type { Backend, Tensor } from '../../gpu/index.ts'
-import { copyState, encodeState, SNAPSHOT_LIMITS, stateBytes, type OuterArrays, type RankState } from '../../snapshot/index.ts'
+import { copyState, encodeState, SNAPSHOT_LIMITS, stateBytes, type Adam8Arrays, type OuterArrays, type RankState } from '../../snapshot/index.ts'
 import { stateOptimizer } from './config.ts'
 import { appliesAt, copyOuter, outerSchedule } from './outer.ts'
 import { persistDiskState } from '../disk-tier.ts'
@@ -17,11 +17,19 @@ export const ANCHOR_EVERY_SNAPSHOTS = 8
 export interface SaveSource {
   be: Backend
   master: Tensor
+  /** The first moment: f32, or u8 codes for 8-bit AdamW. */
   m: Tensor
-  /** AdamW's second moment (undefined for Lion). */
+  /** AdamW's second moment (f32, or u8 codes for 8-bit AdamW; undefined for Lion). */
   v: Tensor | undefined
-  /** Host arrays from `space` (page-locked on a device), taken on the first save of the session. */
-  host: { master: Float32Array; m: Float32Array; v: Float32Array } | undefined
+  /** 8-bit AdamW's block absmax pairs (undefined for the others). */
+  scales: Tensor | undefined
+  /** A zeroth-order run (`--zo`): the saved state is the weights alone (`m` is not read). */
+  weightsOnly?: boolean
+  /**
+   * Host arrays from `space` (page-locked on a device), taken on the first save of the session:
+   * f32 moments, or (8-bit AdamW) `adam8` with `m` and `v` empty.
+   */
+  host: { master: Float32Array; m: Float32Array; v: Float32Array; adam8: Adam8Arrays | undefined } | undefined
   /** Where `host` comes from: the trainer's reserve (allocated before the node joined) or the backend. */
   space: HostSpace
   /**
@@ -50,13 +58,15 @@ export function rankState(
   outer?: OuterArrays,
   identity?: Uint8Array,
   nonce?: Uint8Array,
-  optimizer?: 'lion'
+  optimizer?: 'lion' | 'adamw8bit' | 'zo',
+  adam8?: Adam8Arrays
 ): RankState {
   const st: RankState = { rank, worldSize: P, epoch, step, dataCursor: step, weights, adamM, adamV, rng: new Uint8Array(0) }
   if (outer !== undefined) st.outer = outer
   if (identity !== undefined) st.identity = identity
   if (nonce !== undefined) st.nonce = nonce
   if (optimizer !== undefined) st.optimizer = optimizer
+  if (adam8 !== undefined) st.adam8 = adam8
   return st
 }
 
@@ -129,20 +139,22 @@ export function saveCommitted(
     return undefined
   }
   const { be } = src
-  const n = src.master.length
-  const host = (src.host ??= {
-    master: src.space.take('save.master', n),
-    m: src.space.take('save.m', n),
-    v: src.v === undefined ? new Float32Array(0) : src.space.take('save.v', n)
-  })
-  const fences = [be.download(host.master, src.master), be.download(host.m, src.m), ...(src.v === undefined ? [] : [be.download(host.v, src.v)])]
+  const host = (src.host ??= hostArrays(src))
+  const a8 = host.adam8
+  // A zeroth-order state is the weights alone (host.m and host.v are empty then).
+  const fences = [
+    be.download(host.master, src.master),
+    ...(a8 === undefined
+      ? [...(host.m.length === 0 ? [] : [be.download(host.m, src.m)]), ...(src.v === undefined ? [] : [be.download(host.v, src.v)])]
+      : [be.download(a8.m, src.m), be.download(a8.v, src.v!), be.download(a8.scales, src.scales!)])
+  ]
   const now = fences.every(f => f.passed())
   // The outer state as it is at this commit: used as it is when the save happens now (the
   // capture copies it), copied when a device's download lands later (an outer step may change it first).
   const outer = src.outer === undefined || now ? src.outer : copyOuter(src.outer)
   // Returns, for a large state, the copies still reading `host` (they go on piece by piece).
   const save = (): Promise<void> | undefined => {
-    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg))
+    const st = rankState(at.rank, at.P, at.epoch, s + 1, host.master, host.m, host.v, outer, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg), a8)
     const reading: Array<Promise<void>> = []
     if (snap && rs.snapshots !== undefined) {
       const c0 = env.deps.clock.monotonic()
@@ -163,7 +175,7 @@ export function saveCommitted(
     if (disk !== undefined && diskId !== null) {
       const sealed = sealedForDisk(
         env,
-        rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg))
+        rankState(diskId.rank, diskId.P, at.epoch, s + 1, host.master, host.m, host.v, undefined, env.cfg.identity, rs.nonce, stateOptimizer(env.cfg), a8)
       )
       if (sealed.copied !== undefined) reading.push(sealed.copied)
       rs.disk.writes = rs.disk.writes
@@ -220,10 +232,30 @@ export function saveCommitted(
 export function endSaves(src: SaveSource): Promise<void> | undefined {
   if (src.pending !== undefined) return src.pending.then(() => endSaves(src))
   if (src.host === undefined) return undefined
-  src.space.give('save.master', src.host.master)
-  src.space.give('save.m', src.host.m)
-  if (src.v !== undefined) src.space.give('save.v', src.host.v)
+  const { master, m, v, adam8 } = src.host
+  src.space.give('save.master', master)
+  if (adam8 !== undefined) {
+    src.space.give('save.m8', adam8.m)
+    src.space.give('save.v8', adam8.v)
+    src.space.give('save.scales', adam8.scales)
+  } else if (m.length > 0) {
+    src.space.give('save.m', m)
+    if (src.v !== undefined) src.space.give('save.v', v)
+  }
   src.host = undefined
+}
+
+/** The host arrays of `src`'s saves, from its space. */
+function hostArrays(src: SaveSource): NonNullable<SaveSource['host']> {
+  const n = src.master.length
+  const empty = new Float32Array(0)
+  const master = src.space.take('save.master', n)
+  if (src.scales !== undefined) {
+    const adam8 = { m: src.space.take('save.m8', n), v: src.space.take('save.v8', n), scales: src.space.take('save.scales', src.scales.length) }
+    return { master, m: empty, v: empty, adam8 }
+  }
+  if (src.weightsOnly === true) return { master, m: empty, v: empty, adam8: undefined }
+  return { master, m: src.space.take('save.m', n), v: src.v === undefined ? empty : src.space.take('save.v', n), adam8: undefined }
 }
 
 /**

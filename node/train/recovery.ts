@@ -5,8 +5,9 @@ import { SNAPSHOT_LIMITS, UnrecoverableError, launchName, loadGptCheckpoint, sam
 import { diskFile, diskSteps, loadDiskState, sameRun } from '../disk-tier.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
-import { keepsV, stateOptimizer, TrainingError, type ShardRange, type ShardState } from './config.ts'
-import { recoveryPoint, recoveryVerdict, resumeIndex, resumeLaunch, stateSlot, type DiskFile } from './messages.ts'
+import { keeps8bit, keepsV, stateOptimizer, TrainingError, type ShardRange, type ShardState } from './config.ts'
+import { adam8Runs, cutAdam8, freshAdam8 } from './adam8.ts'
+import { recoveryPoint, recoveryVerdict, resumeIndex, resumeLaunch, stateSlot, stateSlot8, type DiskFile } from './messages.ts'
 import { copyOuter, outerSchedule, zoneRecoveryPoints } from './outer.ts'
 import { zoneGroups } from './roster.ts'
 import { diskHint } from './persist.ts'
@@ -14,7 +15,7 @@ import { SessionInterrupted, type RunState, type TrainerEnv } from './state.ts'
 
 /**
  * This rank's shard of the initial weights (the seed's, or the `initFrom` checkpoint's), with
- * zero AdamW moments.
+ * zero optimizer moments.
  */
 export function freshShard(env: TrainerEnv, start: number, length: number): ShardState | Promise<ShardState> {
   const cut = (full: Float32Array): ShardState => {
@@ -23,6 +24,7 @@ export function freshShard(env: TrainerEnv, start: number, length: number): Shar
     const whole = start === 0 && length === full.length
     const master = whole ? full : new Float32Array(length)
     if (!whole) master.set(full.subarray(start, Math.min(full.length, start + length)))
+    if (keeps8bit(env.cfg)) return { step: 0, master, m: new Float32Array(0), v: new Float32Array(0), adam8: freshAdam8(env.layout, { start, length }) }
     return { step: 0, master, m: new Float32Array(length), v: new Float32Array(keepsV(env.cfg) ? length : 0) }
   }
   const from = env.cfg.initFrom
@@ -39,7 +41,10 @@ export function freshShard(env: TrainerEnv, start: number, length: number): Shar
   return full instanceof Float32Array ? cut(full) : full.then(cut)
 }
 
-/** The shard `shard` of the full flat state assembled from every old rank's state (in rank order). */
+/**
+ * The shard `shard` of the full flat state assembled from every old rank's state (in rank
+ * order). 8-bit moments are re-blocked (adam8.ts, cutAdam8): exact only on the same world size.
+ */
 export function cutShard(env: TrainerEnv, states: readonly RankState[], step: number, shard: ShardRange): ShardState {
   const N = env.layout.length
   const cut = (pick: (st: RankState) => Float32Array): Float32Array => {
@@ -53,6 +58,8 @@ export function cutShard(env: TrainerEnv, states: readonly RankState[], step: nu
     })
     return out
   }
+  if (keeps8bit(env.cfg))
+    return { step, master: cut(st => st.weights), m: new Float32Array(0), v: new Float32Array(0), adam8: cutAdam8(env.layout, states, shard) }
   return { step, master: cut(st => st.weights), m: cut(st => st.adamM), v: keepsV(env.cfg) ? cut(st => st.adamV) : new Float32Array(0) }
 }
 
@@ -251,6 +258,7 @@ export async function recover(
     const st = loaded[0]!
     log.info({ rank, step: rp, from: old[plan.from?.[rank] ?? rank]!.id }, 'loaded rank state from the snapshot')
     const out: ShardState = { step: rp, master: st.weights.slice(), m: st.adamM.slice(), v: st.adamV.slice() }
+    if (st.adam8 !== undefined) out.adam8 = { m: st.adam8.m.slice(), v: st.adam8.v.slice(), scales: st.adam8.scales.slice() }
     if (st.outer !== undefined) out.outer = copyOuter(st.outer)
     return out
   }
@@ -352,7 +360,8 @@ async function resume(env: TrainerEnv, rs: RunState, collective: Collective, ros
 
 /**
  * Hands old ranks' states to a new roster: each member puts the old rank state it holds
- * (or nothing) into a fixed-size slot (old rank, step, weights, m, v), one all-gather, and
+ * (or nothing) into a fixed-size slot (old rank, step, weights, m, v; 8-bit AdamW: weights,
+ * codes and absmaxes, messages.ts stateSlot8), one all-gather, and
  * every member gets every old rank's state. Every old rank must be held by some member.
  */
 export async function exchangeStates(
@@ -367,28 +376,41 @@ export async function exchangeStates(
   const N = env.layout.length
   const L = shardRange(N, oldP, 0).length
   const P = roster.length
-  const buf = stateSlot.encode(label, own, L)
+  const eight = keeps8bit(env.cfg)
+  // 8-bit moments: every old shard's block count follows from the layout (adam8.ts).
+  const blocksOf = (r: number): number => adam8Runs(env.layout, shardRange(N, oldP, r)).blocks
+  const B = eight ? Math.max(...Array.from({ length: oldP }, (_, r) => blocksOf(r))) : 0
+  const buf = eight ? stateSlot8.encode(label, own, L, B) : stateSlot.encode(label, own, L)
   const got = (await collective.allGather(buf, P * buf.length, { step: 0, label, ...opts })).data
   const states: RankState[] = new Array(oldP)
   let step = -1
+  const optimizer = stateOptimizer(env.cfg)
   for (let r = 0; r < P; r++) {
-    const slot = stateSlot.decode(label, got, P, L, r)
+    const slot = eight ? stateSlot8.decode(label, got, P, L, B, r) : stateSlot.decode(label, got, P, L, r)
     if (slot === undefined) continue
     if (slot.rank >= oldP || (step >= 0 && slot.step !== step))
       throw new TrainingError(`${label}: member ${r} offers old rank ${slot.rank} at step ${slot.step}, which does not fit the other states`)
     step = slot.step
     const len = shardRange(N, oldP, slot.rank).length
+    const empty = new Float32Array(0)
+    const moments =
+      'part' in slot
+        ? { weights: slot.part(0, len), adamM: slot.part(1, len), adamV: keepsV(env.cfg) ? slot.part(2, len) : empty }
+        : {
+            weights: slot.weights(len),
+            adamM: empty,
+            adamV: empty,
+            adam8: { m: slot.codes(0, len), v: slot.codes(1, len), scales: slot.scales(blocksOf(slot.rank)) }
+          }
     states[slot.rank] = {
       rank: slot.rank,
       worldSize: oldP,
       epoch: 0,
       step,
       dataCursor: step,
-      weights: slot.part(0, len),
-      adamM: slot.part(1, len),
-      adamV: keepsV(env.cfg) ? slot.part(2, len) : new Float32Array(0),
+      ...moments,
       rng: new Uint8Array(0),
-      ...(stateOptimizer(env.cfg) === undefined ? {} : { optimizer: 'lion' as const })
+      ...(optimizer === undefined ? {} : { optimizer })
     }
   }
   const missing = Array.from({ length: oldP }, (_, i) => i).filter(i => states[i] === undefined)
@@ -419,6 +441,7 @@ async function growExchange(
           weights: g.state.master,
           adamM: g.state.m,
           adamV: g.state.v,
+          ...(g.state.adam8 === undefined ? {} : { adam8: g.state.adam8 }),
           rng: new Uint8Array(0)
         }
   // The joiners may have missed the announcement (it is gossip): repeat it until the

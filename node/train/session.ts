@@ -30,6 +30,7 @@ import {
 } from './step.ts'
 import { ParamAccounting } from './streamer.ts'
 import { readPaced } from './host-copy.ts'
+import { zoSteps } from './zo.ts'
 
 /**
  * Rank 0 announces the roster to nodes that joined late (they cannot derive it: ranks may have
@@ -261,7 +262,7 @@ export async function runSession(
   if (tier !== undefined) for (const c of tier.all.slice(1)) await c.start()
   const p = sessionParts(env, rs, parts, tier?.group ?? collective, roster, epoch, rank, tier?.outer, signal)
   const { fail, model } = p
-  const growable = cfg.outer === undefined && (cfg.maxWorldSize ?? cfg.worldSize) > roster.length
+  const growable = cfg.outer === undefined && cfg.zo === undefined && (cfg.maxWorldSize ?? cfg.worldSize) > roster.length
   // Work between collective calls (loading snapshots) ends when the collective is poisoned:
   // when another rank gives up, this one does too, at once, and all retry together.
   const work = signal === undefined ? collective.failed : AbortSignal.any([signal, collective.failed])
@@ -314,7 +315,9 @@ export async function runSession(
     rs.st.step = state.step
     rs.rosterStart = state.step
     const phases = new PhaseTimes(rs.st)
-    for (let s = state.step; s < cfg.steps; s++) {
+    // Zeroth-order runs (--zo) take their steps in zo.ts; the loop below is first-order training.
+    if (cfg.zo !== undefined) await zoSteps(p, t, state.step, { afterCommit: s => afterCommit(p, t, s), phases })
+    for (let s = cfg.zo === undefined ? state.step : cfg.steps; s < cfg.steps; s++) {
       // A view that dropped a member of this roster (even one whose collectives still work:
       // a false suspicion) ends the session, so every rank replans as the spares do.
       const dropped = rs.views.scanLoss(roster, false)

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Collective, Member } from '../../mesh/index.ts'
 import { launchName, RUN_NONCE_BYTES, sameLaunch } from '../../snapshot/index.ts'
-import { TrainingError, type TrainConfig } from './config.ts'
+import { OPTIMIZERS, TrainingError, type TrainConfig } from './config.ts'
 
 /**
  * Settings agreement: when a roster forms, its ranks all-gather the settings that must be equal
@@ -34,7 +34,12 @@ const SETTINGS: readonly Setting[] = [
   { flag: '--lr', ...real(c => c.lr) },
   { flag: 'weight decay', ...real(c => c.weightDecay) },
   { flag: '--zeropp', ...bool(c => c.zeroPP) },
-  { flag: '--optimizer', word: c => (c.optimizer === 'lion' ? 1 : 0), show: w => (w === 1 ? 'lion' : 'adamw') },
+  { flag: '--optimizer', word: c => OPTIMIZERS.indexOf(c.optimizer ?? 'adamw'), show: w => OPTIMIZERS[w] ?? `optimizer ${w}` },
+  {
+    flag: '--zo (--zo-eps)',
+    word: c => (c.zo === undefined ? 0 : f32bits(c.zo.eps)),
+    show: w => (w === 0 ? 'off' : `on (ε ${Number(bitsf32(w).toPrecision(6))})`)
+  },
   { flag: '--device (dtype)', word: c => (c.dtype === 'bf16' ? 1 : 0), show: w => (w === 1 ? 'bf16 (cuda)' : 'f32 (cpu)') },
   { flag: 'vocabulary (--data, --tokenizer)', ...int(c => c.model.vocabSize) },
   { flag: '--model (width)', ...int(c => c.model.C) },

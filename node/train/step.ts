@@ -1,11 +1,12 @@
-import type { Backend, Fence, Gpt, GptBucket, GptStream, Tensor } from '../../gpu/index.ts'
+import { adam8Blocks, type Backend, type Fence, type Gpt, type GptBucket, type GptStream, type HostArray, type Tensor } from '../../gpu/index.ts'
 import type { Collective, Member, TierBytes, ZeroComm } from '../../mesh/index.ts'
 import type { QuantOptions } from '../../codec/index.ts'
 import type { OuterArrays } from '../../snapshot/index.ts'
 import { applyFragment, exchange, fragmentRange, inFlightAt, sendFragment, sendsAt, type OuterConfig, type OuterSchedule } from './outer.ts'
 import { batchFor, type Batch } from '../data.ts'
 import type { SaveSource } from './persist.ts'
-import { decaySegments, keepsV, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
+import { decaySegments, keeps8bit, keepsV, TrainingError, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
+import { adam8Runs } from './adam8.ts'
 import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
 import { hostSpace } from './host-reserve.ts'
@@ -28,10 +29,13 @@ export interface BucketWindow {
 export interface ShardTensors {
   master: Tensor
   grad: Tensor
+  /** The first moment: f32, or u8 codes for 8-bit AdamW. */
   m: Tensor
-  /** AdamW's second moment (undefined for Lion). */
+  /** AdamW's second moment (f32, or u8 codes for 8-bit AdamW; undefined for Lion). */
   v: Tensor | undefined
-  segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor | undefined }>
+  /** 8-bit AdamW's block absmax pairs (adam8.ts lays them out; undefined for the others). */
+  scales: Tensor | undefined
+  segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor | undefined; s: Tensor | undefined }>
   /**
    * What goes on the wire (undefined on a `local` rank): the master shard on the host for the
    * weight gathers, downloaded after each AdamW (`ready` passes when it is there), the
@@ -115,38 +119,55 @@ export function bucketWindows(collective: Collective, buckets: readonly GptBucke
  */
 export function shardTensors(p: SessionParts, state: ShardState): ShardTensors | Promise<ShardTensors> {
   const { be, shard } = p
+  const eight = keeps8bit(p.env.cfg)
+  const a8 = state.adam8
+  const blocks = eight ? adam8Runs(p.env.layout, shard).blocks : 0
+  if (eight && (a8 === undefined || a8.m.length !== shard.length || a8.v.length !== shard.length || a8.scales.length !== 2 * blocks))
+    throw new TrainingError(`the 8-bit AdamW state loaded for this shard does not fit it (${shard.length} elements in ${blocks} blocks)`)
   const master = be.alloc('f32', [shard.length])
   const grad = be.alloc('f32', [shard.length])
-  const m = be.alloc('f32', [shard.length])
-  const v = keepsV(p.env.cfg) ? be.alloc('f32', [shard.length]) : undefined
+  const m = be.alloc(eight ? 'u8' : 'f32', [shard.length])
+  const v = eight || keepsV(p.env.cfg) ? be.alloc(eight ? 'u8' : 'f32', [shard.length]) : undefined
+  const scales = eight ? be.alloc('f32', [2 * blocks]) : undefined
   const turn = (): Promise<void> => p.env.deps.clock.turn()
-  const uploads: Array<[Tensor, Float32Array]> = [[master, state.master], [m, state.m], ...(v === undefined ? [] : [[v, state.v] as [Tensor, Float32Array]])]
+  const uploads: Array<[Tensor, HostArray]> =
+    a8 !== undefined && eight
+      ? [
+          [master, state.master],
+          [m, a8.m],
+          [v!, a8.v],
+          [scales!, a8.scales]
+        ]
+      : [[master, state.master], [m, state.m], ...(v === undefined ? [] : [[v, state.v] as [Tensor, Float32Array]])]
   if (!pacedCopy(shard.length)) {
     for (const [t, a] of uploads) be.write(t, a)
-    return shardParts(p, master, grad, m, v)
+    return shardParts(p, master, grad, m, v, scales)
   }
   return (async () => {
     try {
       // One after another: each gives the loop back between its pieces.
       for (const [t, a] of uploads) await writePaced(be, t, a, turn)
     } catch (err) {
-      for (const x of [master, grad, m, v]) if (x !== undefined) be.free(x)
+      for (const x of [master, grad, m, v, scales]) if (x !== undefined) be.free(x)
       throw err
     }
-    return shardParts(p, master, grad, m, v)
+    return shardParts(p, master, grad, m, v, scales)
   })()
 }
 
 /** The views, wire space and save source over a shard's tensors (written already). */
-function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v: Tensor | undefined): ShardTensors {
+function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v: Tensor | undefined, scales: Tensor | undefined): ShardTensors {
   const { be, shard } = p
   const N = p.env.layout.length
-  const segments = decaySegments(p.env.layout, shard.start, Math.min(shard.length, Math.max(0, N - shard.start))).map(x => ({
+  // 8-bit moments: a segment's blocks are its run's (adam8.ts), in the order of the segments.
+  const runs = scales === undefined ? undefined : adam8Runs(p.env.layout, shard).runs
+  const segments = decaySegments(p.env.layout, shard.start, Math.min(shard.length, Math.max(0, N - shard.start))).map((x, i) => ({
     decay: x.decay,
     p: be.view(master, x.start - shard.start, [x.length]),
     g: be.view(grad, x.start - shard.start, [x.length]),
     m: be.view(m, x.start - shard.start, [x.length]),
-    v: v === undefined ? undefined : be.view(v, x.start - shard.start, [x.length])
+    v: v === undefined ? undefined : be.view(v, x.start - shard.start, [x.length]),
+    s: runs === undefined ? undefined : be.view(scales!, 2 * runs[i]!.block, [2 * adam8Blocks(x.length)])
   }))
   let wire: ShardTensors['wire']
   if (!p.local) {
@@ -154,13 +175,26 @@ function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v:
     const f32 = (n: number): Float32Array => be.hostAlloc('f32', n) as Float32Array
     wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
   }
-  const save = { be, master, m, v, host: undefined, space: hostSpace(be, p.rs.hostReserve), pending: undefined, async: false, placing: false, outer: undefined }
-  return { master, grad, m, v, segments, wire, save }
+  const save = {
+    be,
+    master,
+    m,
+    v,
+    scales,
+    weightsOnly: p.env.cfg.zo !== undefined,
+    host: undefined,
+    space: hostSpace(be, p.rs.hostReserve),
+    pending: undefined,
+    async: false,
+    placing: false,
+    outer: undefined
+  }
+  return { master, grad, m, v, scales, segments, wire, save }
 }
 
 /** Releases the shard's tensors and host buffers (the session is over). */
 export function freeShardTensors(p: SessionParts, t: ShardTensors): void {
-  for (const x of [t.master, t.grad, t.m, t.v]) if (x !== undefined) p.be.free(x)
+  for (const x of [t.master, t.grad, t.m, t.v, t.scales]) if (x !== undefined) p.be.free(x)
   if (t.wire !== undefined) for (const a of [t.wire.master, t.wire.grads, t.wire.gathered, t.wire.reduced]) p.be.freeHost(a)
 }
 
@@ -237,9 +271,10 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
 }
 
 /**
- * The optimizer (AdamW, or Lion) on the shard with its summed gradient (divided by P; decay on
- * matrices and embeddings only), on the model's backend; then the new master shard starts on
- * its way to the host for the next step's gathers.
+ * The optimizer (AdamW, Lion, or 8-bit AdamW: one call per segment, its blocks from the
+ * segment's start) on the shard with its summed gradient (divided by P; decay on matrices and
+ * embeddings only), on the model's backend; then the new master shard starts on its way to the
+ * host for the next step's gathers.
  */
 export function applyOptimizer(p: SessionParts, t: ShardTensors, s: number): void {
   const { be } = p
@@ -249,15 +284,9 @@ export function applyOptimizer(p: SessionParts, t: ShardTensors, s: number): voi
       be.lion(x.p, x.g, x.m, { lr: cfg.lr, beta1: 0.9, beta2: 0.99, weightDecay: x.decay ? cfg.weightDecay : 0, gradScale: 1 / p.P })
       continue
     }
-    be.adamw(x.p, x.g, x.m, x.v, {
-      lr: cfg.lr,
-      beta1: 0.9,
-      beta2: 0.95,
-      eps: 1e-8,
-      weightDecay: x.decay ? cfg.weightDecay : 0,
-      step: s + 1,
-      gradScale: 1 / p.P
-    })
+    const adam = { lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / p.P }
+    if (x.s !== undefined) be.adamw8bit(x.p, x.g, x.m, x.v, x.s, adam)
+    else be.adamw(x.p, x.g, x.m, x.v, adam)
   }
   if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
 }

@@ -153,6 +153,10 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   t.deepEqual(loadStartConfig(base, { ZEROMESH_METRICS_LISTEN: 'localhost:9000', ZEROMESH_DISK_EVERY: '0' }).metricsListen, { host: 'localhost', port: 9000 })
   t.is(loadStartConfig({ ...base, train: true, resume: true, 'disk-every': '25' }, {}).diskEvery, 25)
   t.is(loadStartConfig({ ...base, train: true, 'world-size': '2', 'max-world-size': '6' }, {}).maxWorldSize, 6)
+  // Every optimizer is a start option (flag and env); another word names the choices.
+  for (const o of ['adamw', 'lion', 'adamw8bit'] as const) t.is(loadStartConfig({ ...base, train: true, optimizer: o }, {}).optimizer, o)
+  t.is(loadStartConfig({ ...base, train: true }, { ZEROMESH_OPTIMIZER: 'adamw8bit' }).optimizer, 'adamw8bit')
+  t.throws(() => loadStartConfig({ ...base, train: true, optimizer: 'adam8' }, {}), { name: 'ConfigError', message: /--optimizer.*adamw8bit/ })
   for (const [flags, pattern] of [
     [{ 'metrics-listen': '9464' }, /^--metrics-listen must be host:port \(e\.g\. 127\.0\.0\.1:9464, \[::1\]:9464 or :9464\), got '9464'$/],
     [{ 'metrics-listen': '127.0.0.1:70000' }, /^--metrics-listen must be host:port/],

@@ -18,6 +18,23 @@ test('the settings words of equal configs agree; one differing setting is named 
   t.regex(settingsMismatch(Uint32Array.from(steps.flatMap(w => [...w])), roster) ?? '', /--steps is \d+ on rank 0 .* but \d+ on rank 2/)
 })
 
+test('the optimizer is a setting (word 0 AdamW, 1 Lion, 2 8-bit AdamW) and part of the run identity', t => {
+  const optimizers = ['adamw', 'lion', 'adamw8bit'] as const
+  const words = optimizers.map(o => settingsWords({ ...base, optimizer: o }))
+  // The one word that differs between them (base has no identity, so only the optimizer's).
+  const at = words[0]!.findIndex((w, i) => w !== words[2]![i])
+  t.is(words[0]!.filter((w, i) => w !== words[2]![i]).length, 1)
+  t.deepEqual(
+    words.map(w => w[at]),
+    [0, 1, 2]
+  )
+  const odd = [base, base, { ...base, optimizer: 'adamw8bit' as const }].map(settingsWords)
+  t.regex(settingsMismatch(Uint32Array.from(odd.flatMap(w => [...w])), roster) ?? '', /--optimizer is adamw on rank 0 .* but adamw8bit on rank 2/)
+  const ids = optimizers.map(o => Buffer.from(runIdentity('r', { ...base, optimizer: o })).toString('hex'))
+  t.is(new Set(ids).size, 3)
+  t.is(ids[0], Buffer.from(runIdentity('r', base)).toString('hex'), 'AdamW runs keep the identity they had without the option')
+})
+
 test('a rank started with another --lr or --steps stops the run at once with one clear line on every rank', async t => {
   const withId = (c: TrainConfig): TrainConfig => ({ ...c, identity: runIdentity('r', c) })
   for (const [flag, change] of [

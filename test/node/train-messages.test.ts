@@ -1,6 +1,16 @@
 import test from 'ava'
 import { TRAIN_LIMITS } from '../../node/train/limits.ts'
-import { NONE, TrainMessageError, growCheck, growMessage, recoveryPoint, recoveryVerdict, resumeIndex, stateSlot } from '../../node/train/messages.ts'
+import {
+  NONE,
+  TrainMessageError,
+  growCheck,
+  growMessage,
+  recoveryPoint,
+  recoveryVerdict,
+  resumeIndex,
+  stateSlot,
+  stateSlot8
+} from '../../node/train/messages.ts'
 
 // Each record keeps today's layout and byte length (the simulator's timing depends on them).
 test('grow_check: two u32 words per rank; an out-of-range or short record is a TrainMessageError', t => {
@@ -84,6 +94,38 @@ test('state slots: old rank, step, then weights, m, v as f32 bits; all NONE when
   const badRank = Uint32Array.from(all)
   badRank[0] = TRAIN_LIMITS.maxRecordInteger
   t.throws(() => stateSlot.decode('grow_state', badRank, 2, L, 0), { instanceOf: TrainMessageError })
+})
+
+test('8-bit state slots: old rank, step, weights (f32 bits), m and v codes (bytes), absmax pairs; a state larger than the slot is refused', t => {
+  const L = 5
+  const B = 2
+  const f32 = (...words: number[]): Float32Array => new Float32Array(Uint32Array.from(words).buffer)
+  const own = {
+    rank: 2,
+    step: 7,
+    weights: f32(0x3f800000, 0x80000000, 0x7fa00001, 1, 2),
+    adamM: new Float32Array(0),
+    adamV: new Float32Array(0),
+    adam8: { m: Uint8Array.from([0, 127, 255, 1, 9]), v: Uint8Array.from([3, 4, 5, 6, 7]), scales: f32(0x3f000000, 0xffc12345) }
+  }
+  const a = stateSlot8.encode('resume_state', own, L, B)
+  t.is(a.length, stateSlot8.words(L, B))
+  t.is(a.length, 2 + 5 + 2 * 2 + 4)
+  const b = stateSlot8.encode('resume_state', undefined, L, B)
+  t.true(b.every(w => w === NONE))
+  const all = Uint32Array.from([...b, ...a])
+  t.is(stateSlot8.decode('resume_state', all, 2, L, B, 0), undefined)
+  const s = stateSlot8.decode('resume_state', all, 2, L, B, 1)!
+  t.deepEqual([s.rank, s.step], [2, 7])
+  const bits = (f: Float32Array): number[] => [...new Uint32Array(f.buffer, f.byteOffset, f.length)]
+  t.deepEqual(bits(s.weights(5)), [0x3f800000, 0x80000000, 0x7fa00001, 1, 2])
+  t.deepEqual([...s.codes(0, 5)], [0, 127, 255, 1, 9])
+  t.deepEqual([...s.codes(1, 4)], [3, 4, 5, 6])
+  // One block of the slot's two: the pair is the state's, the second pair's words are NONE.
+  t.deepEqual(bits(s.scales(1)), [0x3f000000, 0xffc12345])
+  t.throws(() => stateSlot8.encode('resume_state', own, L, 0), { instanceOf: TrainMessageError })
+  t.throws(() => stateSlot8.encode('resume_state', { ...own, adam8: undefined }, L, B), { instanceOf: TrainMessageError })
+  t.throws(() => stateSlot8.decode('resume_state', all.subarray(1), 2, L, B, 0), { instanceOf: TrainMessageError })
 })
 
 test('train/grow: three little-endian u32; any other length is refused', t => {

@@ -508,3 +508,124 @@ test.serial(
     }
   }
 )
+
+test.serial(
+  '8-bit AdamW: moments as codes; a killed rank is replaced bit-identically, a shrink re-blocks them, the disk tier resumes bit-identically on the same world size and re-blocked on another',
+  async t => {
+    const seed = seedOf(t, 5)
+    const cfg: TrainConfig = { ...base, steps: 10, lr: 3e-3, optimizer: 'adamw8bit', snapshot: { k: 2, m: 1 } }
+    const clean = simOk(await simTrain(5, cfg, { seed }))
+    const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 2, atStep: 6 } }))
+    const ranks = hurt.statuses.filter(s => s.role === 'done')
+    t.is(ranks.length, 4)
+    t.true(
+      ranks.flatMap(s => s.recoveries).some(r => r.mode === 'replace'),
+      'a spare took the rank from the snapshots'
+    )
+    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+    const adamw = simOk(await simTrain(5, { ...cfg, optimizer: 'adamw' }, { seed }))
+    t.not(adamw.weightsHash, clean.weightsHash, '8-bit AdamW trains other weights than AdamW')
+    // What each rank placed: weights and two bytes of codes per parameter against AdamW's 12 bytes.
+    const placed = (r: typeof clean): number =>
+      r.statuses.reduce((a, s) => a + (s.snapshotBytes?.host ?? 0) + (s.snapshotBytes?.zone ?? 0) + (s.snapshotBytes?.wan ?? 0), 0)
+    t.log(`snapshot bytes placed: adamw8bit ${placed(clean)}, adamw ${placed(adamw)} (${(placed(clean) / placed(adamw)).toFixed(3)}x)`)
+    t.true(placed(clean) < 0.6 * placed(adamw), `adamw8bit ${placed(clean)} vs adamw ${placed(adamw)}`)
+    // No spare: the survivors rebuild the lost shard's codes in their new blocks and finish.
+    const shrunk = simOk(await simTrain(4, cfg, { seed, kill: { rank: 1, atStep: 6 } }))
+    const three = shrunk.statuses.filter(s => s.role === 'done')
+    t.is(three.length, 3)
+    t.true(three.every(s => s.recoveries.some(r => r.mode === 'shrink') && s.step === 10))
+    // A late joiner grows the run from 3 to 4 ranks: the old ranks hand their codes over (stateSlot8), re-blocked.
+    const grow = simOk(
+      await simTrain(4, { ...cfg, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 })
+    )
+    const grown = grow.statuses.filter(s => s.role === 'done')
+    t.true(
+      grown.length === 4 && grown.every(s => s.worldSize === 4 && s.step === 10 && s.growths.length === 1),
+      grown.map(s => `${s.worldSize}/${s.step}`).join(' ')
+    )
+    t.true(new Set(grown.map(s => s.evalLoss)).size === 1, 'every rank scores the same final weights')
+    // The disk tier: three ranks write 8-bit state; three resume it bit-identically, four re-blocked, two refuse it as AdamW.
+    const root = mkdtempSync(join(tmpdir(), 'zm-adam8-'))
+    try {
+      const disk =
+        (resume: boolean) =>
+        (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
+      const eight: TrainConfig = { ...base, worldSize: 3, steps: 6, lr: 3e-3, optimizer: 'adamw8bit', snapshot: undefined }
+      ok(await trainMesh(3, eight, { configOf: disk(false) }))
+      const st = (await loadDiskState(diskDir(join(root, 'w0')), 6))!
+      t.is(st.optimizer, 'adamw8bit')
+      t.is(st.adamM.length, 0)
+      t.is(st.adam8?.m.length, st.weights.length)
+      t.true(
+        st.adam8!.scales.some(x => x > 0),
+        'the moments were saved, not zeros'
+      )
+      const straight = ok(await trainMesh(3, { ...eight, steps: 8 }))
+      const again = ok(await trainMesh(3, { ...eight, steps: 8 }, { configOf: disk(true) }))
+      t.true(again.statuses.every(s => s.resumedFrom === 6 && s.step === 8))
+      t.true(same(again.params, straight.params), 'resumed on the same world size: bit-identical to the run that never stopped')
+      const four = ok(await trainMesh(4, { ...eight, worldSize: 4, steps: 10 }, { configOf: disk(true) }))
+      t.true(four.statuses.every(s => s.resumedFrom === 6 && s.step === 10))
+      const wrong = await trainMesh(2, { ...eight, worldSize: 2, steps: 12, optimizer: 'adamw' }, { configOf: disk(true) })
+      t.true(
+        wrong.errors.some(e => /--resume: .* holds adamw8bit state, but this node trains with adamw/.test(e.message)),
+        wrong.errors.map(e => e.message).join('\n')
+      )
+    } finally {
+      rmSync(root, { recursive: true, force: true })
+    }
+  }
+)
+
+test.serial(
+  'zeroth-order (--zo): a step moves a few bytes per rank instead of the model; a killed rank is replaced bit-identically from snapshots of the weights alone; --resume continues bit-identically',
+  async t => {
+    const seed = seedOf(t, 5)
+    const zo: TrainConfig = { ...base, steps: 12, lr: 1e-4, zo: { eps: 1e-3 }, snapshot: { k: 2, m: 1 } }
+    const clean = simOk(await simTrain(5, zo, { seed }))
+    const hurt = simOk(await simTrain(5, zo, { seed, kill: { rank: 2, atStep: 7 } }))
+    const ranks = hurt.statuses.filter(s => s.role === 'done')
+    t.is(ranks.length, 4)
+    t.true(
+      ranks.flatMap(s => s.recoveries).some(r => r.mode === 'replace'),
+      'a spare took the rank from the snapshots'
+    )
+    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+    const adamw = simOk(await simTrain(5, { ...base, steps: 12, snapshot: { k: 2, m: 1 } }, { seed }))
+    t.not(adamw.weightsHash, clean.weightsHash, 'zeroth-order steps train other weights than AdamW')
+    // Snapshots hold the weights alone: a third of AdamW's bytes.
+    const placed = (r: typeof clean): number =>
+      r.statuses.reduce((a, s) => a + (s.snapshotBytes?.host ?? 0) + (s.snapshotBytes?.zone ?? 0) + (s.snapshotBytes?.wan ?? 0), 0)
+    t.log(`snapshot bytes placed: zo ${placed(clean)}, adamw ${placed(adamw)} (${(placed(clean) / placed(adamw)).toFixed(3)}x)`)
+    t.true(placed(clean) < 0.4 * placed(adamw), `zo ${placed(clean)} vs adamw ${placed(adamw)}`)
+    // What a step sends: the difference between runs of 20 and 10 steps (the model's gathers at
+    // the start and for the final evaluation are the same in both), per rank and step.
+    const sent = (r: typeof clean): number => r.statuses.filter(s => s.role === 'done').reduce((a, s) => a + s.bytes.host + s.bytes.zone + s.bytes.wan, 0)
+    const off = { ...zo, snapshot: undefined }
+    const ten = simOk(await simTrain(4, { ...off, steps: 10 }, { seed }))
+    const twenty = simOk(await simTrain(4, { ...off, steps: 20 }, { seed }))
+    const perRankStep = (sent(twenty) - sent(ten)) / 10 / 4
+    const firstOrder =
+      (sent(simOk(await simTrain(4, { ...base, steps: 20 }, { seed }))) - sent(simOk(await simTrain(4, { ...base, steps: 10 }, { seed })))) / 10 / 4
+    t.log(`bytes sent per rank per step: zo ${perRankStep.toFixed(0)}, AdamW ${firstOrder.toFixed(0)} (the mini model, ${base.model.C} wide)`)
+    t.true(perRankStep > 0 && perRankStep <= 1024, `zo sends ${perRankStep} bytes per rank per step`)
+    // The disk tier: a run stopped at step 6 and resumed is the run that never stopped.
+    const root = mkdtempSync(join(tmpdir(), 'zm-zo-'))
+    try {
+      const disk =
+        (resume: boolean) =>
+        (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
+      const whole = ok(await trainMesh(3, { ...off, worldSize: 3, steps: 9 }, { configOf: () => ({}) }))
+      ok(await trainMesh(3, { ...off, worldSize: 3, steps: 6 }, { configOf: disk(false) }))
+      const st = (await loadDiskState(diskDir(join(root, 'w0')), 6))!
+      t.is(st.optimizer, 'zo')
+      t.is(st.adamM.length + st.adamV.length, 0)
+      const resumed = ok(await trainMesh(3, { ...off, worldSize: 3, steps: 9 }, { configOf: disk(true) }))
+      t.true(resumed.statuses.every(s => s.resumedFrom === 6 && s.step === 9))
+      t.true(resumed.params.length > 0 && same(resumed.params, whole.params), 'resumed from the disk tier: bit-identical final weights')
+    } finally {
+      rmSync(root, { recursive: true, force: true })
+    }
+  }
+)

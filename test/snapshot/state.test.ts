@@ -215,11 +215,11 @@ test('corrupt 8-bit AdamW states: unknown optimizer byte, block counts out of ra
     return b
   }
   t.is(
-    code(() => verifyState(patched(v => v.setUint8(6, 3)))),
+    code(() => verifyState(patched(v => v.setUint8(6, 4)))),
     'STATE_MALFORMED',
-    'optimizer byte 3'
+    'optimizer byte 4'
   )
-  t.regex(t.throws(() => verifyState(patched(v => v.setUint8(6, 3))))!.message, /unknown optimizer 3/)
+  t.regex(t.throws(() => verifyState(patched(v => v.setUint8(6, 4))))!.message, /unknown optimizer 4/)
   t.is(
     code(() => verifyState(patched(v => v.setUint32(52, 2, true)))),
     'STATE_MALFORMED',
@@ -266,4 +266,18 @@ test('corrupt 8-bit AdamW states: unknown optimizer byte, block counts out of ra
   bad({ adam8: undefined }, /adam8/)
   bad({ optimizer: 'lion' }, /adam8|Lion/)
   bad({ adamM: new Float32Array(5000) }, /none \(8-bit AdamW\)/)
+})
+
+test('a zeroth-order state (optimizer byte 3) is the weights alone: 4 bytes per parameter, round trip, moments refused', t => {
+  const base = randomState(Rng.fromSeed(5), 4000)
+  const zo: RankState = { ...base, optimizer: 'zo', adamM: new Float32Array(0), adamV: new Float32Array(0) }
+  const bytes = encodeState(zo)
+  t.is(new DataView(bytes.buffer, bytes.byteOffset).getUint8(6), 3)
+  const back = decodeState(bytes)
+  t.is(back.optimizer, 'zo')
+  t.deepEqual(back.weights, zo.weights)
+  t.is(back.adamM.length + back.adamV.length, 0)
+  const adamw = encodeState({ ...base, optimizer: undefined })
+  t.is(adamw.length - bytes.length, 8 * 4000, 'AdamW carries two f32 moments more')
+  t.throws(() => encodeState({ ...zo, adamM: new Float32Array(4000) }), { message: /must have/ })
 })

@@ -150,3 +150,22 @@ extern "C" __global__ void __launch_bounds__(A8_THREADS) adamw8bit_f32(float* __
     vc[i] = (unsigned char)a8_nearest(map + 256, av == 0.0f ? 0.0f : __fdiv_rn(v[j], av));
   }
 }
+
+// Zeroth-order perturbation (gpu/zo.ts, the reference is gpu/cpu.ts addSigns): params[i] += ±scale,
+// the sign from a hash of the step's seed and the element's index in the flat layout. One
+// correctly rounded f32 addition, so the result is the CPU's bit for bit.
+__device__ __forceinline__ unsigned zo_mix(unsigned x) {
+  x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+  return x;
+}
+
+extern "C" __global__ void zo_signs_f32(float* __restrict__ params, bf16* __restrict__ lowp, i64 n, i64 offset, int seed0, int seed1, float scale) {
+  i64 stride = (i64)gridDim.x * blockDim.x;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    u64 idx = (u64)(offset + i);
+    unsigned h = zo_mix(zo_mix((unsigned)idx ^ (unsigned)seed0) ^ (unsigned)(idx >> 32) ^ (unsigned)seed1);
+    float w = __fadd_rn(params[i], h >= 0x80000000u ? -scale : scale);
+    params[i] = w;
+    if (lowp != nullptr) lowp[i] = f2bf(w);
+  }
+}
