@@ -13,7 +13,8 @@
 //   frames as the kernel counts them, read when the two steps' first events arrive.
 // - eval_loss: the held-out loss of the final weights (the `done` event of a rank that scored
 //   them); steps; wall_s (spawn to the last rank's exit) and the ratios to flat ZeRO-3 of the
-//   same run (tokens_per_s_ratio, bytes_per_token_ratio).
+//   same run (tokens_per_s_ratio, bytes_per_token_ratio); cross_zone_bytes_per_step is the
+//   same bytes per committed step (BENCH_ZONES_MODEL picks another model than `small`).
 // Defaults (BENCH_ZONES_STEPS 12, BENCH_ZONES_WARMUP 2, BENCH_ZONES_BATCH 2, BENCH_ZONES_SEQ 32:
 // 256 tokens a step) keep a configuration to 1-3 minutes on a 2-core machine: flat ZeRO-3 moves
 // about 30 MB each way across the link per step (three ring collectives of the f32 model), about
@@ -37,7 +38,7 @@
 import { loadavg } from 'node:os'
 import { envNumber } from './harness.ts'
 import { gptLayout } from '../gpu/index.ts'
-import { trainingModel } from '../node/index.ts'
+import { TRAIN_MODELS, trainingModel, type TrainModelName } from '../node/index.ts'
 import { trainRun, type Topology } from '../sim/index.ts'
 import { createZones, isStartFlag, startZoneNodes, trainFlags, type StampedEvent, type Zones } from '../test/helpers/zones/index.ts'
 
@@ -57,7 +58,11 @@ const CONFIGS: Config[] = [
   // DiLoCo (zone groups of 2 ranks, an outer exchange every n steps): run with
   // BENCH_ZONES_STEPS above minSteps.
   { name: 'diloco-20', flags: ['--outer-every', '20'], minSteps: 40, twin: true },
-  { name: 'diloco-50', flags: ['--outer-every', '50'], minSteps: 100 }
+  { name: 'diloco-50', flags: ['--outer-every', '50'], minSteps: 100 },
+  // Zeroth-order training (MeZO): a step moves one (projected gradient, loss) pair per rank;
+  // the model crosses only when the roster forms and for the final evaluation (outside the
+  // measured steps). Meant for slow links: BENCH_ZONES_MBIT=1 BENCH_ZONES_CONFIGS=zo.
+  { name: 'zo', flags: ['--zo'] }
 ]
 const BASELINE = 'zero3'
 
@@ -71,7 +76,11 @@ const BATCH = env('BENCH_ZONES_BATCH', 2)
 const SEQ = env('BENCH_ZONES_SEQ', 32)
 const TIMEOUT_S = env('BENCH_ZONES_TIMEOUT_S', 900)
 const SNAPSHOT = process.env['BENCH_ZONES_SNAPSHOT'] ?? 'off'
-const MODEL = 'small'
+const MODEL = ((): TrainModelName => {
+  const m = process.env['BENCH_ZONES_MODEL'] ?? 'small'
+  if (!(TRAIN_MODELS as readonly string[]).includes(m)) throw new Error(`BENCH_ZONES_MODEL must be one of ${TRAIN_MODELS.join(', ')}, got ${m}`)
+  return m as TrainModelName
+})()
 if (WARMUP + 2 > STEPS) throw new Error(`BENCH_ZONES_STEPS (${STEPS}) must exceed BENCH_ZONES_WARMUP (${WARMUP}) by at least 2`)
 const TOKENS_PER_STEP = RANKS * BATCH * SEQ
 
@@ -170,6 +179,11 @@ process.stderr.write(
  * (their mean compute + optimizer ms per step) as the cost model's. Returns the simulated step
  * time and cross-zone bytes per token over the same steps as the real figures.
  */
+function simModel(m: TrainModelName): 'mini' | 'small' {
+  if (m === 'gpt2-124m') throw new Error('the simulated twin has no gpt2-124m model: run with BENCH_ZONES_SIM=0')
+  return m
+}
+
 async function simTwin(c: Config, computeMs: number): Promise<{ tokensPerS: number; bytesPerToken: number }> {
   const rate = (MBIT * 1e6) / 8
   const link = { jitterMs: 0, loss: 0, duplicate: 0, corrupt: 0 }
@@ -190,7 +204,7 @@ async function simTwin(c: Config, computeMs: number): Promise<{ tokensPerS: numb
     steps: STEPS,
     batch: BATCH,
     seq: SEQ,
-    model: MODEL,
+    model: simModel(MODEL),
     zeroPP: c.flags.includes('--zeropp'),
     ...(every === undefined ? {} : { outer: { every } }),
     snapshot: null,
@@ -243,6 +257,7 @@ for (const c of [...runnable.filter(x => x.name === BASELINE), ...runnable.filte
       warmup: WARMUP,
       tokens_per_s: r4(m.tokensPerS),
       cross_zone_bytes_per_token: Math.round(m.bytesPerToken),
+      cross_zone_bytes_per_step: Math.round(m.bytesPerToken * TOKENS_PER_STEP),
       eval_loss: m.evalLoss === null ? null : r4(m.evalLoss),
       wall_s: r4(m.wallS),
       ...(baseline === undefined || c.name === BASELINE

@@ -88,12 +88,14 @@ export interface UpPlan {
   steps: number
   zeropp: boolean
   outer?: { every: number; streaming: boolean }
+  /** Zeroth-order training (`--zo`). */
+  zo?: { eps: number }
   dir: string
 }
 
 /** `zeromesh up`'s first line. */
 export function upBanner(p: UpPlan): string {
-  return `zeromesh up: ${p.nodes} training ranks + ${p.spares} spare(s) on loopback, ${p.model} model, ${p.device}, ${p.steps} steps${p.zeropp ? ', ZeRO++' : ', flat ZeRO-3'}${p.outer === undefined ? '' : `, DiLoCo over 2 zone groups every ${p.outer.every} steps${p.outer.streaming ? ' (streaming)' : ''}`} (logs in ${p.dir})`
+  return `zeromesh up: ${p.nodes} training ranks + ${p.spares} spare(s) on loopback, ${p.model} model, ${p.device}, ${p.steps} steps${p.zo !== undefined ? `, zeroth-order (MeZO, ε ${p.zo.eps})` : p.zeropp ? ', ZeRO++' : ', flat ZeRO-3'}${p.outer === undefined ? '' : `, DiLoCo over 2 zone groups every ${p.outer.every} steps${p.outer.streaming ? ' (streaming)' : ''}`} (logs in ${p.dir})`
 }
 
 /** The run's state at one status poll of `up`, for its progress line. */

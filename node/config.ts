@@ -132,7 +132,7 @@ export const START_OPTIONS = {
   lr: option(z.number().positive().max(1).optional(), {
     arg: '<x>',
     help: 'learning rate',
-    defaultText: '3e-3 (AdamW, 8-bit AdamW), 3e-4 (Lion), 1e-4 (--zo)'
+    defaultText: '3e-3 (AdamW, 8-bit AdamW), 3e-4 (Lion), 1e-3 (--zo)'
   }),
   optimizer: option(z.enum(OPTIMIZERS).default('adamw'), {
     arg: '<adamw|lion|adamw8bit>',

@@ -426,7 +426,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       B: cfg.batch,
       T,
       steps: cfg.steps,
-      lr: cfg.lr ?? (cfg.zo ? 1e-4 : cfg.optimizer === 'lion' ? 3e-4 : 3e-3),
+      lr: cfg.lr ?? (cfg.zo ? 1e-3 : cfg.optimizer === 'lion' ? 3e-4 : 3e-3),
       ...(cfg.optimizer === 'adamw' ? {} : { optimizer: cfg.optimizer }),
       ...(cfg.zo ? { zo: { eps: cfg.zoEps } } : {}),
       weightDecay: 0.1,

@@ -157,6 +157,14 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   for (const o of ['adamw', 'lion', 'adamw8bit'] as const) t.is(loadStartConfig({ ...base, train: true, optimizer: o }, {}).optimizer, o)
   t.is(loadStartConfig({ ...base, train: true }, { ZEROMESH_OPTIMIZER: 'adamw8bit' }).optimizer, 'adamw8bit')
   t.throws(() => loadStartConfig({ ...base, train: true, optimizer: 'adam8' }, {}), { name: 'ConfigError', message: /--optimizer.*adamw8bit/ })
+  // Zeroth-order training: off by default, ε 1e-3 unless --zo-eps; a bad ε is named.
+  t.false(loadStartConfig({ ...base, train: true }, {}).zo)
+  const zo = loadStartConfig({ ...base, train: true, zo: true, 'zo-eps': '0.01' }, {})
+  t.true(zo.zo)
+  t.is(zo.zoEps, 0.01)
+  t.is(loadStartConfig({ ...base, train: true }, { ZEROMESH_ZO: 'true' }).zoEps, 1e-3)
+  for (const eps of ['0', '-1', '2', 'small'])
+    t.throws(() => loadStartConfig({ ...base, train: true, zo: true, 'zo-eps': eps }, {}), { name: 'ConfigError', message: /--zo-eps/ })
   for (const [flags, pattern] of [
     [{ 'metrics-listen': '9464' }, /^--metrics-listen must be host:port \(e\.g\. 127\.0\.0\.1:9464, \[::1\]:9464 or :9464\), got '9464'$/],
     [{ 'metrics-listen': '127.0.0.1:70000' }, /^--metrics-listen must be host:port/],

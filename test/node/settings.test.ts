@@ -3,7 +3,7 @@
 // different models side by side or hanging the longer run.
 import test from 'ava'
 import { agreedNonce, settingsMismatch, settingsWords } from '../../node/train/settings.ts'
-import { runIdentity, type TrainConfig } from '../../node/train/config.ts'
+import { runIdentity, validateTrainConfig, type TrainConfig } from '../../node/train/config.ts'
 import { base, trainMesh } from '../helpers/train-mesh.ts'
 
 const roster = ['a', 'b', 'c'].map((id, r) => ({ id, zone: `z${r}`, host: `h${r}` }))
@@ -33,6 +33,28 @@ test('the optimizer is a setting (word 0 AdamW, 1 Lion, 2 8-bit AdamW) and part 
   const ids = optimizers.map(o => Buffer.from(runIdentity('r', { ...base, optimizer: o })).toString('hex'))
   t.is(new Set(ids).size, 3)
   t.is(ids[0], Buffer.from(runIdentity('r', base)).toString('hex'), 'AdamW runs keep the identity they had without the option')
+})
+
+test('--zo is a setting (with its ε) and part of the run identity; it refuses ZeRO++, the DiLoCo tier, growth and another optimizer', t => {
+  const zo: TrainConfig = { ...base, zo: { eps: 1e-3 } }
+  const odd = [base, zo, base].map(settingsWords)
+  t.regex(settingsMismatch(Uint32Array.from(odd.flatMap(w => [...w])), roster) ?? '', /--zo \(--zo-eps\) is off on rank 0 .* but on \(ε 0\.001\) on rank 1/)
+  const eps = [zo, { ...zo, zo: { eps: 1e-2 } }, zo].map(settingsWords)
+  t.regex(settingsMismatch(Uint32Array.from(eps.flatMap(w => [...w])), roster) ?? '', /ε 0\.001\) on rank 0 .* but on \(ε 0\.01\) on rank 1/)
+  const ids = [base, zo, { ...zo, zo: { eps: 1e-2 } }].map(c => Buffer.from(runIdentity('r', c)).toString('hex'))
+  t.is(new Set(ids).size, 3)
+  const corpus = { source: 'zeros', train: new Uint16Array(4096), val: new Uint16Array(256), vocabSize: 256 }
+  validateTrainConfig(zo, corpus)
+  for (const [change, pattern] of [
+    [{ zeroPP: true }, /--zeropp/],
+    [{ outer: { every: 4, zones: 2, quant: 'int8', streaming: false, lr: 0.7, momentum: 0.9 } }, /DiLoCo/],
+    [{ maxWorldSize: 8 }, /--max-world-size/],
+    [{ optimizer: 'lion' }, /--zo replaces the optimizer/],
+    [{ zo: { eps: 0 } }, /--zo-eps/],
+    [{ zo: { eps: Number.NaN } }, /--zo-eps/]
+  ] as const) {
+    t.throws(() => validateTrainConfig({ ...zo, ...change } as TrainConfig, corpus), { message: pattern })
+  }
 })
 
 test('a rank started with another --lr or --steps stops the run at once with one clear line on every rank', async t => {

@@ -56,6 +56,26 @@ function firstFetch(
 
 const same = (a: Float32Array, b: Float32Array): boolean => Buffer.compare(Buffer.from(a.buffer), Buffer.from(b.buffer)) === 0
 
+type SimRun = ReturnType<typeof simOk>
+
+/** Snapshot bytes a run's ranks placed on holders, every tier. */
+const placed = (r: SimRun): number =>
+  r.statuses.reduce((a, s) => a + (s.snapshotBytes?.host ?? 0) + (s.snapshotBytes?.zone ?? 0) + (s.snapshotBytes?.wan ?? 0), 0)
+
+/** Runs `cfg` on 5 simulated nodes, then again with rank 2 killed at `atStep`: a spare takes the rank and the final weights are the same bits. Returns the clean run. */
+async function killReplacedBitIdentically(t: ExecutionContext, cfg: TrainConfig, seed: number, atStep: number): Promise<SimRun> {
+  const clean = simOk(await simTrain(5, cfg, { seed }))
+  const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 2, atStep } }))
+  const ranks = hurt.statuses.filter(s => s.role === 'done')
+  t.is(ranks.length, 4)
+  t.true(
+    ranks.flatMap(s => s.recoveries).some(r => r.mode === 'replace'),
+    'a spare took the rank from the snapshots'
+  )
+  t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+  return clean
+}
+
 test.serial('kill m ranks at once (k=2, m=2): two spares take both ranks from the snapshots, bit-identically', async t => {
   const seed = seedOf(t, 5)
   const cfg: TrainConfig = { ...base, steps: 10, snapshot: { k: 2, m: 2 } }
@@ -469,20 +489,10 @@ test.serial(
   async t => {
     const seed = seedOf(t, 5)
     const cfg: TrainConfig = { ...base, steps: 10, lr: 1e-3, optimizer: 'lion', snapshot: { k: 2, m: 1 } }
-    const clean = simOk(await simTrain(5, cfg, { seed }))
-    const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 2, atStep: 6 } }))
-    const ranks = hurt.statuses.filter(s => s.role === 'done')
-    t.is(ranks.length, 4)
-    t.true(
-      ranks.flatMap(s => s.recoveries).some(r => r.mode === 'replace'),
-      'a spare took the rank from the snapshots'
-    )
-    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+    const clean = await killReplacedBitIdentically(t, cfg, seed, 6)
     const adamw = simOk(await simTrain(5, { ...cfg, optimizer: 'adamw', lr: base.lr }, { seed }))
     t.not(adamw.weightsHash, clean.weightsHash, 'Lion trains other weights than AdamW')
     // What each rank placed: weights and one moment against AdamW's two.
-    const placed = (r: typeof clean): number =>
-      r.statuses.reduce((a, s) => a + (s.snapshotBytes?.host ?? 0) + (s.snapshotBytes?.zone ?? 0) + (s.snapshotBytes?.wan ?? 0), 0)
     t.log(`snapshot bytes placed: lion ${placed(clean)}, adamw ${placed(adamw)} (${(placed(clean) / placed(adamw)).toFixed(3)}x)`)
     t.true(placed(clean) < 0.7 * placed(adamw), `lion ${placed(clean)} vs adamw ${placed(adamw)}`)
     // The disk tier: three ranks write Lion state, four resume it (re-partitioned), two refuse it as AdamW.
@@ -514,20 +524,10 @@ test.serial(
   async t => {
     const seed = seedOf(t, 5)
     const cfg: TrainConfig = { ...base, steps: 10, lr: 3e-3, optimizer: 'adamw8bit', snapshot: { k: 2, m: 1 } }
-    const clean = simOk(await simTrain(5, cfg, { seed }))
-    const hurt = simOk(await simTrain(5, cfg, { seed, kill: { rank: 2, atStep: 6 } }))
-    const ranks = hurt.statuses.filter(s => s.role === 'done')
-    t.is(ranks.length, 4)
-    t.true(
-      ranks.flatMap(s => s.recoveries).some(r => r.mode === 'replace'),
-      'a spare took the rank from the snapshots'
-    )
-    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+    const clean = await killReplacedBitIdentically(t, cfg, seed, 6)
     const adamw = simOk(await simTrain(5, { ...cfg, optimizer: 'adamw' }, { seed }))
     t.not(adamw.weightsHash, clean.weightsHash, '8-bit AdamW trains other weights than AdamW')
     // What each rank placed: weights and two bytes of codes per parameter against AdamW's 12 bytes.
-    const placed = (r: typeof clean): number =>
-      r.statuses.reduce((a, s) => a + (s.snapshotBytes?.host ?? 0) + (s.snapshotBytes?.zone ?? 0) + (s.snapshotBytes?.wan ?? 0), 0)
     t.log(`snapshot bytes placed: adamw8bit ${placed(clean)}, adamw ${placed(adamw)} (${(placed(clean) / placed(adamw)).toFixed(3)}x)`)
     t.true(placed(clean) < 0.6 * placed(adamw), `adamw8bit ${placed(clean)} vs adamw ${placed(adamw)}`)
     // No spare: the survivors rebuild the lost shard's codes in their new blocks and finish.
@@ -583,20 +583,10 @@ test.serial(
   async t => {
     const seed = seedOf(t, 5)
     const zo: TrainConfig = { ...base, steps: 12, lr: 1e-4, zo: { eps: 1e-3 }, snapshot: { k: 2, m: 1 } }
-    const clean = simOk(await simTrain(5, zo, { seed }))
-    const hurt = simOk(await simTrain(5, zo, { seed, kill: { rank: 2, atStep: 7 } }))
-    const ranks = hurt.statuses.filter(s => s.role === 'done')
-    t.is(ranks.length, 4)
-    t.true(
-      ranks.flatMap(s => s.recoveries).some(r => r.mode === 'replace'),
-      'a spare took the rank from the snapshots'
-    )
-    t.is(hurt.weightsHash, clean.weightsHash, 'final weights are bit-identical to the run without the kill')
+    const clean = await killReplacedBitIdentically(t, zo, seed, 7)
     const adamw = simOk(await simTrain(5, { ...base, steps: 12, snapshot: { k: 2, m: 1 } }, { seed }))
     t.not(adamw.weightsHash, clean.weightsHash, 'zeroth-order steps train other weights than AdamW')
     // Snapshots hold the weights alone: a third of AdamW's bytes.
-    const placed = (r: typeof clean): number =>
-      r.statuses.reduce((a, s) => a + (s.snapshotBytes?.host ?? 0) + (s.snapshotBytes?.zone ?? 0) + (s.snapshotBytes?.wan ?? 0), 0)
     t.log(`snapshot bytes placed: zo ${placed(clean)}, adamw ${placed(adamw)} (${(placed(clean) / placed(adamw)).toFixed(3)}x)`)
     t.true(placed(clean) < 0.4 * placed(adamw), `zo ${placed(clean)} vs adamw ${placed(adamw)}`)
     // What a step sends: the difference between runs of 20 and 10 steps (the model's gathers at
