@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs'
+import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { createEnvelopeCodec } from '../../codec/index.ts'
 import { readFileCapped, ZeromeshError } from '../../core/index.ts'
@@ -18,7 +18,8 @@ export const ACCEPTOR_RECORD_MAX_BYTES = 256 * 1024
 
 /**
  * The acceptor record kept in `<dataDir>/acceptor.record`: each save writes a temporary file,
- * fsyncs it and renames it over the old one, so a crash leaves the old record or the new one.
+ * fsyncs it, renames it over the old one and fsyncs the directory, so a crash (of the process
+ * or the machine) leaves the old record or the new one, and the new one once save returned.
  * It lives beside the identity key on purpose: a node that loses one must lose the other (a
  * new key makes a new acceptor, which owes nothing to the old one's answers).
  *
@@ -48,8 +49,8 @@ export function fileAcceptorStore(dataDir: string, maxMembers = 1024): AcceptorS
       }
     },
     save(record: AcceptorRecord): void {
-      const bytes = codec.encode('acceptor', record)
       try {
+        const bytes = codec.encode('acceptor', record)
         const fd = openSync(tmp, 'w', 0o600)
         try {
           writeSync(fd, bytes)
@@ -58,7 +59,19 @@ export function fileAcceptorStore(dataDir: string, maxMembers = 1024): AcceptorS
           closeSync(fd)
         }
         renameSync(tmp, file)
+        // The rename itself must survive a power loss: the answer it guards goes out next.
+        const dir = openSync(dataDir, 'r')
+        try {
+          fsyncSync(dir)
+        } finally {
+          closeSync(dir)
+        }
       } catch (err) {
+        try {
+          rmSync(tmp, { force: true })
+        } catch {
+          // (The dir itself is what failed: nothing was left in it.)
+        }
         throw new AcceptorRecordError(`cannot write ${file}: ${(err as Error).message}`)
       }
     }

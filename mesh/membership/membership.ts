@@ -310,14 +310,19 @@ class MembershipNode implements Membership, LeaderContext {
   /**
    * Makes an acceptor step's state durable before its reply goes out (write-through): false if
    * the store failed, and then the step is dropped unanswered. Genesis answers are not kept
-   * (no lineage exists yet; see docs/LIMITS.md).
+   * (no lineage exists yet; see docs/LIMITS.md). `binding`: a previous process's record still
+   * in force, written again with the current highest round instead of `state`.
    */
-  private persist(state: AcceptorState): boolean {
+  private persist(state: AcceptorState, binding?: AcceptorRecord): boolean {
     const store = this.init.acceptorStore
     const v = this.current
     if (store === undefined || v === undefined) return true
     try {
-      store.save({ ...(v.lineage === undefined ? {} : { lineage: v.lineage }), acceptor: state, maxRound: this.maxRound })
+      store.save(
+        binding !== undefined
+          ? { ...binding, maxRound: this.maxRound }
+          : { ...(v.lineage === undefined ? {} : { lineage: v.lineage }), acceptor: state, maxRound: this.maxRound }
+      )
       return true
     } catch (err) {
       this.log.error({ err: String(err), epoch: state.epoch }, 'cannot keep the acceptor record: not answering')
@@ -361,6 +366,10 @@ class MembershipNode implements Membership, LeaderContext {
 
   private propose(epoch: number, acceptors: Member[], genesis?: Member[]): void {
     this.maxRound += 1
+    // The round is recorded before its prepare goes out (its own answer may not be: a leader
+    // that abstains, say): a restarted proposer must never reuse a ballot with another value.
+    // While a previous process's record binds, it is that record that is rewritten.
+    if (!this.persist(this.acc, this.prior)) return
     const { proposal, prepare } = startProposal({
       epoch,
       round: this.maxRound,

@@ -283,7 +283,9 @@ export function validateTrainConfig(cfg: TrainConfig, corpus: Corpus): void {
   }
   if (!(cfg.lr > 0) || !(cfg.weightDecay >= 0)) throw new InvalidArgumentError('lr must be > 0 and weightDecay >= 0')
   if (cfg.zo !== undefined) {
-    if (!(cfg.zo.eps > 0 && Number.isFinite(cfg.zo.eps))) throw new InvalidArgumentError(`--zo-eps must be a finite number > 0, got ${cfg.zo.eps}`)
+    // In f32 too: the kernels add ±ε as an f32, and the settings word of ε 0 reads "off".
+    if (!(Math.fround(cfg.zo.eps) > 0 && Number.isFinite(Math.fround(cfg.zo.eps))))
+      throw new InvalidArgumentError(`--zo-eps must be a finite number > 0 (in f32), got ${cfg.zo.eps}`)
     if (cfg.zeroPP || cfg.outer !== undefined)
       throw new InvalidArgumentError('--zo (zeroth-order training) does not combine with --zeropp or the DiLoCo tier (--outer-every)')
     if ((cfg.maxWorldSize ?? cfg.worldSize) !== cfg.worldSize)

@@ -128,7 +128,7 @@ export function saveCommitted(
     // A roster's first state, the run's last and a disk tier file are never skipped: the step
     // waits for the download ahead of them instead.
     if (mandatory) return src.pending.then(() => saveCommitted(env, rs, at, src))
-    env.deps.log.debug({ step: s + 1 }, 'snapshot skipped: the previous one is still downloading from the device')
+    env.deps.log.debug({ step: s + 1 }, 'snapshot skipped: the previous one is still downloading from the device or being copied')
     return undefined
   }
   // A device rank's state goes to the host only when placement can take it: a copy made while

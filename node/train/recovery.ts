@@ -220,7 +220,7 @@ export async function recover(
     const st = (await svc!.recover({ owner, version: rp }, opts)).state
     if (st.optimizer !== stateOptimizer(env.cfg))
       throw new TrainingError(
-        `${owner}'s snapshot of step ${rp} holds ${st.optimizer ?? 'adamw'} state, but this run trains with ${env.cfg.optimizer ?? 'adamw'} (--optimizer must agree)`
+        `${owner}'s snapshot of step ${rp} holds ${st.optimizer ?? 'adamw'} state, but this run trains with ${stateOptimizer(env.cfg) ?? 'adamw'} (--optimizer and --zo must agree)`
       )
     if (st.nonce !== undefined && rs.nonce !== undefined && !sameLaunch(st.nonce, rs.nonce))
       throw new TrainingError(
@@ -337,7 +337,7 @@ async function resume(env: TrainerEnv, rs: RunState, collective: Collective, ros
       )
     if (st.optimizer !== stateOptimizer(env.cfg))
       throw new TrainingError(
-        `--resume: ${diskFile(dir, step)} holds ${st.optimizer ?? 'adamw'} state, but this node trains with ${env.cfg.optimizer ?? 'adamw'}; start it with the run's --optimizer`
+        `--resume: ${diskFile(dir, step)} holds ${st.optimizer ?? 'adamw'} state, but this node trains with ${stateOptimizer(env.cfg) ?? 'adamw'}; start it with the run's --optimizer (or --zo)`
       )
     held.set(step, st)
     files[i] = { step, rank: st.rank, worldSize: st.worldSize }
@@ -395,7 +395,7 @@ export async function exchangeStates(
     const empty = new Float32Array(0)
     const moments =
       'part' in slot
-        ? { weights: slot.part(0, len), adamM: slot.part(1, len), adamV: keepsV(env.cfg) ? slot.part(2, len) : empty }
+        ? { weights: slot.part(0, len), adamM: env.cfg.zo === undefined ? slot.part(1, len) : empty, adamV: keepsV(env.cfg) ? slot.part(2, len) : empty }
         : {
             weights: slot.weights(len),
             adamM: empty,

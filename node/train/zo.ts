@@ -3,6 +3,7 @@ import { batchFor } from '../data.ts'
 import { callAt, commitStep, type PhaseTimes, type SessionParts, type ShardTensors } from './step.ts'
 import { readPaced, writePaced } from './host-copy.ts'
 import { SessionInterrupted } from './state.ts'
+import { TrainingError } from './config.ts'
 
 /**
  * Zeroth-order training (`--zo`, MeZO: Malladi et al. 2023, "Fine-Tuning Language Models with
@@ -42,7 +43,9 @@ export async function zoSteps(p: SessionParts, t: ShardTensors, from: number, ho
   const mine = mineRead instanceof Promise ? await mineRead : mineRead
   const gathered = await collective.allGather(mine, N, { ...callAt(p, from), label: 'zo_gather' }).catch(fail)
   p.acct.account(gathered.bytes)
-  const model = new Gpt(be, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed, params: 'forward', init: false })
+  // In f32 whatever the run's dtype: ±ε (1e-3) is below half a bf16 step of any weight of
+  // magnitude 0.5 or more, so a bf16 forward would see no perturbation of those at all.
+  const model = new Gpt(be, cfg.model, { B: cfg.B, T: cfg.T, dtype: 'f32', seed: cfg.seed, params: 'forward', init: false })
   try {
     const written = writePaced(be, model.weights(), gathered.data, turn)
     if (written !== undefined) await written
@@ -78,7 +81,8 @@ export async function zoSteps(p: SessionParts, t: ShardTensors, from: number, ho
         lossSum += all.data[2 * r + 1]!
       }
       g = Math.fround(g / p.P)
-      if (!Number.isFinite(g)) throw new SessionInterrupted(`step ${s + 1}: the projected gradient is not finite (${g}): lower --lr or --zo-eps`)
+      // Not a fault to recover from: a replay computes the same value.
+      if (!Number.isFinite(g)) throw new TrainingError(`step ${s + 1}: the zeroth-order projected gradient is not finite (${g}): lower --lr or change --zo-eps`)
       rs.st.phase = `step ${s + 1}: update`
       model.addSigns(-cfg.lr * g, seed)
       // The shard of θ the saves read (the session's master tensor).

@@ -600,6 +600,16 @@ test.serial(
       (sent(simOk(await simTrain(4, { ...base, steps: 20 }, { seed }))) - sent(simOk(await simTrain(4, { ...base, steps: 10 }, { seed })))) / 10 / 4
     t.log(`bytes sent per rank per step: zo ${perRankStep.toFixed(0)}, AdamW ${firstOrder.toFixed(0)} (the mini model, ${base.model.C} wide)`)
     t.true(perRankStep > 0 && perRankStep <= 1024, `zo sends ${perRankStep} bytes per rank per step`)
+    // A slope that is not finite (here: a learning rate that blows the weights up) ends the run
+    // with a clear error, not eight recoveries that replay the same value (a rank whose last
+    // gather the first to stop cut short reports that instead).
+    const blown = await simTrain(4, { ...off, steps: 10, snapshot: { k: 2, m: 1 }, lr: 1e30 }, { seed })
+    const why = blown.errors.map(e => e.message).join('\n')
+    t.true(
+      blown.errors.some(e => /step \d+: the zeroth-order projected gradient is not finite/.test(e.message)),
+      why
+    )
+    t.true(blown.errors.length + blown.statuses.length >= 4 && blown.statuses.every(s => s.role !== 'done'), why)
     // The disk tier: a run stopped at step 6 and resumed is the run that never stopped.
     const root = mkdtempSync(join(tmpdir(), 'zm-zo-'))
     try {
