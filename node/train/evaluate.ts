@@ -14,7 +14,7 @@ export function finalEvaluation(p: SessionParts, t: ShardTensors, final: Float32
   const held = deps.corpus.val.length > cfg.T + 1 ? deps.corpus.val : deps.corpus.train
   const batch = batchFor(held, cfg.seed, 0, 0, cfg.B, cfg.T)
   p.rs.st.phase = 'evaluating the final weights'
-  if (t.wire === undefined) return { batch, stream: shardBuckets(p, t) }
+  if (p.local) return { batch, stream: shardBuckets(p, t) }
   const stream = streamBuckets(
     p.forwardOrder,
     j =>

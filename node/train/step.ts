@@ -124,9 +124,12 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors |
   const blocks = eight ? adam8Runs(p.env.layout, shard).blocks : 0
   if (eight && (a8 === undefined || a8.m.length !== shard.length || a8.v.length !== shard.length || a8.scales.length !== 2 * blocks))
     throw new TrainingError(`the 8-bit AdamW state loaded for this shard does not fit it (${shard.length} elements in ${blocks} blocks)`)
+  // A zeroth-order rank (zo.ts) keeps only the master shard: its gradient and moment tensors
+  // are single elements that nothing reads.
+  const zo = p.env.cfg.zo !== undefined
   const master = be.alloc('f32', [shard.length])
-  const grad = be.alloc('f32', [shard.length])
-  const m = be.alloc(eight ? 'u8' : 'f32', [shard.length])
+  const grad = be.alloc('f32', [zo ? 1 : shard.length])
+  const m = be.alloc(eight ? 'u8' : 'f32', [zo ? 1 : shard.length])
   const v = eight || keepsV(p.env.cfg) ? be.alloc(eight ? 'u8' : 'f32', [shard.length]) : undefined
   const scales = eight ? be.alloc('f32', [2 * blocks]) : undefined
   const turn = (): Promise<void> => p.env.deps.clock.turn()
@@ -138,7 +141,9 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors |
           [v!, a8.v],
           [scales!, a8.scales]
         ]
-      : [[master, state.master], [m, state.m], ...(v === undefined ? [] : [[v, state.v] as [Tensor, Float32Array]])]
+      : zo
+        ? [[master, state.master]]
+        : [[master, state.master], [m, state.m], ...(v === undefined ? [] : [[v, state.v] as [Tensor, Float32Array]])]
   if (!pacedCopy(shard.length)) {
     for (const [t, a] of uploads) be.write(t, a)
     return shardParts(p, master, grad, m, v, scales)
@@ -161,16 +166,20 @@ function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v:
   const N = p.env.layout.length
   // 8-bit moments: a segment's blocks are its run's (adam8.ts), in the order of the segments.
   const runs = scales === undefined ? undefined : adam8Runs(p.env.layout, shard).runs
-  const segments = decaySegments(p.env.layout, shard.start, Math.min(shard.length, Math.max(0, N - shard.start))).map((x, i) => ({
-    decay: x.decay,
-    p: be.view(master, x.start - shard.start, [x.length]),
-    g: be.view(grad, x.start - shard.start, [x.length]),
-    m: be.view(m, x.start - shard.start, [x.length]),
-    v: v === undefined ? undefined : be.view(v, x.start - shard.start, [x.length]),
-    s: runs === undefined ? undefined : be.view(scales!, 2 * runs[i]!.block, [2 * adam8Blocks(x.length)])
-  }))
+  const zo = p.env.cfg.zo !== undefined
+  // (No optimizer segments and no wire buffers for a zeroth-order rank: it never runs them.)
+  const segments = zo
+    ? []
+    : decaySegments(p.env.layout, shard.start, Math.min(shard.length, Math.max(0, N - shard.start))).map((x, i) => ({
+        decay: x.decay,
+        p: be.view(master, x.start - shard.start, [x.length]),
+        g: be.view(grad, x.start - shard.start, [x.length]),
+        m: be.view(m, x.start - shard.start, [x.length]),
+        v: v === undefined ? undefined : be.view(v, x.start - shard.start, [x.length]),
+        s: runs === undefined ? undefined : be.view(scales!, 2 * runs[i]!.block, [2 * adam8Blocks(x.length)])
+      }))
   let wire: ShardTensors['wire']
-  if (!p.local) {
+  if (!p.local && !zo) {
     const host = be.hostAlloc('f32', shard.length) as Float32Array
     const f32 = (n: number): Float32Array => be.hostAlloc('f32', n) as Float32Array
     wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
