@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, mkdirSync, openSync, readSync, statSync, type Stats } from 'node:fs'
+import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, writeSync, type Stats } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { InvalidArgumentError, LimitExceededError } from './errors.ts'
 
@@ -61,5 +61,40 @@ export function makeDirs(dir: string, mode = 0o700): void {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     }
+  }
+}
+
+/**
+ * Writes `bytes` to `path` atomically and durably, before it returns: a temp file beside it
+ * (mode `mode`), fsync, rename over the target, fsync of the directory. A crash of the process
+ * or the machine leaves the old file or the new one. The synchronous twin of snapshot/disk.ts
+ * writeFileDurable, for small files whose write must be done before the caller goes on (an
+ * identity key, an acceptor record). The fs error is thrown as it is (the caller words it);
+ * the temp file is removed.
+ */
+export function writeFileDurableSync(path: string, bytes: Uint8Array, mode = 0o600): void {
+  const tmp = `${path}.tmp-${process.pid}`
+  try {
+    const fd = openSync(tmp, 'w', mode)
+    try {
+      for (let o = 0; o < bytes.length; ) o += writeSync(fd, bytes, o, bytes.length - o)
+      fsyncSync(fd)
+    } finally {
+      closeSync(fd)
+    }
+    renameSync(tmp, path)
+  } catch (err) {
+    try {
+      rmSync(tmp, { force: true })
+    } catch {
+      // (The directory itself failed: nothing was left in it.)
+    }
+    throw err
+  }
+  const dir = openSync(dirname(path), 'r')
+  try {
+    fsyncSync(dir)
+  } finally {
+    closeSync(dir)
   }
 }

@@ -30,4 +30,4 @@ export {
   defineHistogram
 } from './metrics.ts'
 export { VERSION } from './version.ts'
-export { makeDirs, readFileCapped } from './files.ts'
+export { makeDirs, readFileCapped, writeFileDurableSync } from './files.ts'

@@ -135,6 +135,11 @@ export class CpuBackend implements Backend {
     return this.arg(op, name, t, ['f32'], length).data as Float32Array
   }
 
+  /** An optimizer's optional bf16 copy of the params (`length` elements), or null without one. */
+  private lowp(op: string, t: Tensor | null | undefined, length: number): Uint16Array | null {
+    return t === undefined || t === null ? null : (this.arg(op, 'paramsLowp', t, ['bf16'], length).data as Uint16Array)
+  }
+
   private i32(op: string, name: string, t: Tensor | null | undefined, length?: number): Int32Array {
     return this.arg(op, name, t, ['i32'], length).data as Int32Array
   }
@@ -741,7 +746,7 @@ export class CpuBackend implements Backend {
     const g = this.f32(op, 'grads', grads, w.length)
     const mm = this.f32(op, 'm', m, w.length)
     const vv = this.f32(op, 'v', v, w.length)
-    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length).data as Uint16Array)
+    const low = this.lowp(op, paramsLowp, w.length)
     const { lr, beta1, beta2, eps, weightDecay, step, gradScale } = p
     const c1 = 1 - beta1 ** step
     const c2 = 1 - beta2 ** step
@@ -765,7 +770,7 @@ export class CpuBackend implements Backend {
     const w = this.f32(op, 'params', params)
     const g = this.f32(op, 'grads', grads, w.length)
     const mm = this.f32(op, 'm', m, w.length)
-    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length).data as Uint16Array)
+    const low = this.lowp(op, paramsLowp, w.length)
     const f = Math.fround
     const lr = f(p.lr)
     const wd = f(p.weightDecay)
@@ -791,7 +796,7 @@ export class CpuBackend implements Backend {
     this.live_(op)
     const w = this.f32(op, 'params', params)
     checkSigns(op, scale, seed, offset, w.length)
-    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length).data as Uint16Array)
+    const low = this.lowp(op, paramsLowp, w.length)
     // w ± s in f64, stored to f32: one correctly rounded f32 addition (53 ≥ 2·24 + 2 bits).
     const s = Math.fround(scale)
     for (let i = 0; i < w.length; i++) {
@@ -810,7 +815,7 @@ export class CpuBackend implements Backend {
     const mc = this.arg(op, 'm', m, ['u8'], n).data as Uint8Array
     const vc = this.arg(op, 'v', v, ['u8'], n).data as Uint8Array
     const sc = this.f32(op, 'scales', scales, 2 * adam8Blocks(n))
-    const low = paramsLowp === undefined || paramsLowp === null ? null : (this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], n).data as Uint16Array)
+    const low = this.lowp(op, paramsLowp, n)
     const f = Math.fround
     const [lr, b1, b2, ob1, ob2, eps, wd, gs, c1, c2] = adam8Constants(p) as [number, number, number, number, number, number, number, number, number, number]
     const MM = ADAM8_MAP_M

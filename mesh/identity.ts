@@ -1,8 +1,8 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
-import { ZeromeshError } from '../core/index.ts'
+import { writeFileDurableSync, ZeromeshError } from '../core/index.ts'
 
 /** The node's identity key file could not be read or written. */
 export class IdentityError extends ZeromeshError {
@@ -13,7 +13,7 @@ export const IDENTITY_FILE = 'identity.key'
 
 /**
  * Loads the node's Ed25519 identity from `<dataDir>/identity.key`, creating it (mode 0600,
- * written to a temp file, fsynced, renamed) on first start. The key never comes from config,
+ * written durably: core/files.ts writeFileDurableSync) on first start. The key never comes from config,
  * so copying a config file to another machine does not clone a peer id.
  */
 export async function loadOrCreateIdentity(dataDir: string): Promise<PrivateKey> {
@@ -34,12 +34,7 @@ export async function loadOrCreateIdentity(dataDir: string): Promise<PrivateKey>
   const key = await generateKeyPair('Ed25519')
   try {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 })
-    const tmp = `${file}.tmp-${process.pid}`
-    writeFileSync(tmp, privateKeyToProtobuf(key), { mode: 0o600 })
-    const fd = openSync(tmp, 'r')
-    fsyncSync(fd)
-    closeSync(fd)
-    renameSync(tmp, file)
+    writeFileDurableSync(file, privateKeyToProtobuf(key))
   } catch (err) {
     throw new IdentityError(`cannot write ${file}: ${(err as Error).message}`)
   }

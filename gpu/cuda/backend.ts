@@ -298,6 +298,11 @@ export class CudaBackend implements Backend {
     if (this.disposed) fail(op, 'the backend has been disposed')
   }
 
+  /** An optimizer's optional bf16 copy of the params (`length` elements), or null without one. */
+  private lowp(op: string, t: Tensor | null | undefined, length: number): CudaTensor | null {
+    return t === undefined || t === null ? null : this.arg(op, 'paramsLowp', t, ['bf16'], length)
+  }
+
   private arg(op: string, name: string, t: Tensor | null | undefined, dtypes: readonly TensorDType[], length?: number): CudaTensor {
     if (!(t instanceof CudaTensor) || t.owner !== this) fail(op, `${name} is not a tensor of this cuda backend`)
     if (t.block !== null && t.block.freed) fail(op, `${name} has been freed`)
@@ -942,7 +947,7 @@ export class CudaBackend implements Backend {
     const g = this.arg(op, 'grads', grads, ['f32'], w.length)
     const mm = this.arg(op, 'm', m, ['f32'], w.length)
     const vv = this.arg(op, 'v', v, ['f32'], w.length)
-    const low = paramsLowp === undefined || paramsLowp === null ? null : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length)
+    const low = this.lowp(op, paramsLowp, w.length)
     const n = w.length
     if (n === 0) return
     checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
@@ -975,7 +980,7 @@ export class CudaBackend implements Backend {
     const w = this.arg(op, 'params', params, ['f32'])
     const g = this.arg(op, 'grads', grads, ['f32'], w.length)
     const mm = this.arg(op, 'm', m, ['f32'], w.length)
-    const low = paramsLowp === undefined || paramsLowp === null ? null : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length)
+    const low = this.lowp(op, paramsLowp, w.length)
     const n = w.length
     if (n === 0) return
     checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
@@ -991,7 +996,7 @@ export class CudaBackend implements Backend {
     this.live_(op)
     const w = this.arg(op, 'params', params, ['f32'])
     checkSigns(op, scale, seed, offset, w.length)
-    const low = paramsLowp === undefined || paramsLowp === null ? null : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], w.length)
+    const low = this.lowp(op, paramsLowp, w.length)
     const n = w.length
     if (n === 0) return
     checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
@@ -1009,7 +1014,7 @@ export class CudaBackend implements Backend {
     const mc = this.arg(op, 'm', m, ['u8'], n)
     const vc = this.arg(op, 'v', v, ['u8'], n)
     const sc = this.arg(op, 'scales', scales, ['f32'], 2 * adam8Blocks(n))
-    const low = paramsLowp === undefined || paramsLowp === null ? null : this.arg(op, 'paramsLowp', paramsLowp, ['bf16'], n)
+    const low = this.lowp(op, paramsLowp, n)
     if (n === 0) return
     checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
     if (this.adam8Maps === null) {

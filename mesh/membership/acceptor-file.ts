@@ -1,7 +1,6 @@
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { createEnvelopeCodec } from '../../codec/index.ts'
-import { readFileCapped, ZeromeshError } from '../../core/index.ts'
+import { readFileCapped, writeFileDurableSync, ZeromeshError } from '../../core/index.ts'
 import { IDENTITY_FILE } from '../identity.ts'
 import type { AcceptorRecord, AcceptorStore } from './types.ts'
 import { acceptorRecordSchema } from './view-codec.ts'
@@ -30,7 +29,6 @@ export const ACCEPTOR_RECORD_MAX_BYTES = 256 * 1024
 export function fileAcceptorStore(dataDir: string, maxMembers = 1024): AcceptorStore {
   const file = join(dataDir, ACCEPTOR_RECORD_FILE)
   const codec = createEnvelopeCodec({ acceptor: acceptorRecordSchema(maxMembers) }, { maxBytes: ACCEPTOR_RECORD_MAX_BYTES })
-  const tmp = `${file}.tmp-${process.pid}`
   return {
     load(): AcceptorRecord | undefined {
       let bytes: Buffer
@@ -50,28 +48,8 @@ export function fileAcceptorStore(dataDir: string, maxMembers = 1024): AcceptorS
     },
     save(record: AcceptorRecord): void {
       try {
-        const bytes = codec.encode('acceptor', record)
-        const fd = openSync(tmp, 'w', 0o600)
-        try {
-          writeSync(fd, bytes)
-          fsyncSync(fd)
-        } finally {
-          closeSync(fd)
-        }
-        renameSync(tmp, file)
-        // The rename itself must survive a power loss: the answer it guards goes out next.
-        const dir = openSync(dataDir, 'r')
-        try {
-          fsyncSync(dir)
-        } finally {
-          closeSync(dir)
-        }
+        writeFileDurableSync(file, codec.encode('acceptor', record))
       } catch (err) {
-        try {
-          rmSync(tmp, { force: true })
-        } catch {
-          // (The dir itself is what failed: nothing was left in it.)
-        }
         throw new AcceptorRecordError(`cannot write ${file}: ${(err as Error).message}`)
       }
     }
