@@ -3,6 +3,7 @@
  * Depends on nothing else in zeromesh.
  */
 export { type Clock, type TimerId, RealClock, ManualClock, ClockEvent, flushMicrotasks, sleepOn } from './clock.ts'
+export { createThreadPool, type PoolReply, type PoolRequest, spareThreads, type ThreadPool, type ThreadPoolInit, threadExecArgv } from './thread-pool.ts'
 export { type StallWatcher, type StallWatchOptions, watchStalls } from './loop-stall.ts'
 export { Rng, type Seed, seedFromEnv } from './rng.ts'
 export {

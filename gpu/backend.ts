@@ -128,7 +128,14 @@ export interface Backend {
    * pinned bytes are capped (LimitExceededError).
    */
   hostAlloc(dtype: TensorDType, length: number): HostArray
-  /** Releases an array from {@link hostAlloc} (a no-op for anything else on the CPU backend). */
+  /**
+   * Makes an array of shared memory (a SharedArrayBuffer, whole: the CPU backend's `shared`
+   * tensors, which worker threads update) a destination of {@link download} and a fast source
+   * of {@link write}: page-locked by registration on CUDA, nothing to do on the CPU.
+   * {@link freeHost} undoes it; the memory stays the caller's.
+   */
+  hostRegister(a: HostArray): void
+  /** Releases an array from {@link hostAlloc} or {@link hostRegister} (a no-op for anything else on the CPU backend). */
   freeHost(a: HostArray): void
   /**
    * Starts copying `src`, as it is after all work issued before, into `dst` (an array from

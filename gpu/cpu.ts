@@ -9,10 +9,12 @@ import {
   bf16ToF32,
   type Quantized
 } from '../codec/index.ts'
+import { deviceMemoryExceeded } from './errors.ts'
 import type { AdamWParams, Backend, Fence, GemmParams, HostArray, LionParams, Tensor, TensorDType } from './backend.ts'
 import { GPT_LAYERNORM_EPS } from './gpt.ts'
 import { zoNegative, type ZoSeed } from './zo.ts'
-import { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Constants, adam8Nearest } from './adam8.ts'
+import { adam8Blocks } from './adam8.ts'
+import { adamw8bitHost, adamwHost, lionHost } from './host-optim.ts'
 import {
   PASSED_FENCE,
   allocSize,
@@ -57,6 +59,13 @@ the caps default to {@link CPU_LIMITS}. */
 export interface CpuBackendInit {
   maxTensorBytes?: number
   maxTotalBytes?: number
+  /**
+   * Tensors in SharedArrayBuffer memory, which worker threads can update in place (`--offload
+   * cpu`'s shard: gpu/host-optim-threads.ts reads {@link CpuBackend.storage}).
+   */
+  shared?: boolean
+  /** `--device-memory`: live tensor bytes beyond this are a DeviceOutOfMemoryError, as on a device that full. */
+  deviceMemoryBytes?: number
 }
 
 type Storage = Float32Array | Uint16Array | Int32Array | Uint8Array
@@ -101,19 +110,28 @@ export class CpuBackend implements Backend {
   readonly description: string
   private readonly maxTensorBytes: number
   private readonly maxTotalBytes: number
+  private readonly shared: boolean
+  private readonly deviceMemoryBytes: number | undefined
   private liveBytes = 0
+  private peakBytes = 0
   private readonly live = new Set<Allocation>()
   private disposed = false
 
   constructor(init: CpuBackendInit = {}) {
     this.maxTensorBytes = init.maxTensorBytes ?? CPU_LIMITS.maxTensorBytes
     this.maxTotalBytes = init.maxTotalBytes ?? CPU_LIMITS.maxTotalBytes
+    this.shared = init.shared === true
+    this.deviceMemoryBytes = init.deviceMemoryBytes
     this.description = `cpu: TypeScript reference backend (f32 compute), node ${process.versions.node}`
   }
 
   /** Bytes held by live allocations (for tests and doctor). */
   get allocatedBytes(): number {
     return this.liveBytes
+  }
+  /** The most bytes live allocations ever held at once (what a `--device-memory` cap must allow). */
+  get peakAllocatedBytes(): number {
+    return this.peakBytes
   }
 
   // ---- argument checks --------------------------------------------------------------------
@@ -150,11 +168,23 @@ export class CpuBackend implements Backend {
     this.live_('alloc')
     const { n, bytes } = allocSize(dtype, shape, CPU_LIMITS.maxRank, 'cpu tensor bytes', this.maxTensorBytes)
     checkCap('cpu backend total bytes', this.liveBytes + bytes, this.maxTotalBytes)
-    const data = hostArrayOf(dtype, n)
+    const cap = this.deviceMemoryBytes
+    if (cap !== undefined && this.liveBytes + bytes > cap) throw deviceMemoryExceeded(cap, bytes, this.liveBytes)
+    const data = hostArrayOf(dtype, n, this.shared ? new SharedArrayBuffer(bytes) : undefined)
     const a: Allocation = { bytes, freed: false }
     this.live.add(a)
     this.liveBytes += bytes
+    if (this.liveBytes > this.peakBytes) this.peakBytes = this.liveBytes
     return new CpuTensor(this, dtype, shape, data, a, false)
+  }
+
+  /**
+   * A tensor's own memory (no copy): what `--offload cpu` hands its optimizer threads and the
+   * device's copies. Writes to it are the tensor's.
+   */
+  storage(t: Tensor): HostArray {
+    this.live_('storage')
+    return this.arg('storage', 't', t, ['f32', 'bf16', 'i32', 'u8']).data
   }
 
   view(base: Tensor, offset: number, shape: readonly number[]): Tensor {
@@ -232,6 +262,11 @@ export class CpuBackend implements Backend {
     this.live_('hostAlloc')
     const { n } = allocSize(dtype, [length], 1, 'cpu host array bytes', this.maxTensorBytes)
     return hostArrayOf(dtype, n)
+  }
+
+  hostRegister(a: HostArray): void {
+    this.live_('hostRegister')
+    if (!(a.buffer instanceof SharedArrayBuffer)) fail('hostRegister', 'the array must be in shared memory (a SharedArrayBuffer)')
   }
 
   freeHost(_a: HostArray): void {
@@ -747,20 +782,7 @@ export class CpuBackend implements Backend {
     const mm = this.f32(op, 'm', m, w.length)
     const vv = this.f32(op, 'v', v, w.length)
     const low = this.lowp(op, paramsLowp, w.length)
-    const { lr, beta1, beta2, eps, weightDecay, step, gradScale } = p
-    const c1 = 1 - beta1 ** step
-    const c2 = 1 - beta2 ** step
-    for (let i = 0; i < w.length; i++) {
-      const gi = g[i]! * gradScale
-      // Round m and v to f32 first, so the update uses exactly the stored moments.
-      const mi = Math.fround(beta1 * mm[i]! + (1 - beta1) * gi)
-      const vi = Math.fround(beta2 * vv[i]! + (1 - beta2) * gi * gi)
-      mm[i] = mi
-      vv[i] = vi
-      const wi = w[i]!
-      w[i] = wi - lr * (mi / c1 / (Math.sqrt(vi / c2) + eps) + weightDecay * wi)
-      if (low !== null) low[i] = f32ToBf16(w[i]!)
-    }
+    adamwHost(w, g, mm, vv, p, low)
   }
 
   lion(params: Tensor, grads: Tensor, m: Tensor, p: LionParams, paramsLowp?: Tensor | null): void {
@@ -771,24 +793,7 @@ export class CpuBackend implements Backend {
     const g = this.f32(op, 'grads', grads, w.length)
     const mm = this.f32(op, 'm', m, w.length)
     const low = this.lowp(op, paramsLowp, w.length)
-    const f = Math.fround
-    const lr = f(p.lr)
-    const wd = f(p.weightDecay)
-    const gs = f(p.gradScale)
-    const b1 = f(p.beta1)
-    const b2 = f(p.beta2)
-    const c1 = f(1 - b1)
-    const c2 = f(1 - b2)
-    for (let i = 0; i < w.length; i++) {
-      const gi = f(g[i]! * gs)
-      const mi = mm[i]!
-      const c = f(f(b1 * mi) + f(c1 * gi))
-      const s = c > 0 ? 1 : c < 0 ? -1 : 0
-      const wi = w[i]!
-      w[i] = f(wi - f(lr * f(s + f(wd * wi))))
-      mm[i] = f(f(b2 * mi) + f(c2 * gi))
-      if (low !== null) low[i] = f32ToBf16(w[i]!)
-    }
+    lionHost(w, g, mm, p, low)
   }
 
   addSigns(params: Tensor, scale: number, seed: ZoSeed, offset: number, paramsLowp?: Tensor | null): void {
@@ -816,42 +821,7 @@ export class CpuBackend implements Backend {
     const vc = this.arg(op, 'v', v, ['u8'], n).data as Uint8Array
     const sc = this.f32(op, 'scales', scales, 2 * adam8Blocks(n))
     const low = this.lowp(op, paramsLowp, n)
-    const f = Math.fround
-    const [lr, b1, b2, ob1, ob2, eps, wd, gs, c1, c2] = adam8Constants(p) as [number, number, number, number, number, number, number, number, number, number]
-    const MM = ADAM8_MAP_M
-    const MV = ADAM8_MAP_V
-    const mt = new Float32Array(ADAM8_BLOCK)
-    const vt = new Float32Array(ADAM8_BLOCK)
-    for (let b = 0; b * ADAM8_BLOCK < n; b++) {
-      const base = b * ADAM8_BLOCK
-      const len = Math.min(ADAM8_BLOCK, n - base)
-      const sm = sc[2 * b]!
-      const sv = sc[2 * b + 1]!
-      let am = 0
-      let av = 0
-      for (let j = 0; j < len; j++) {
-        const i = base + j
-        const gi = f(g[i]! * gs)
-        const mi = f(f(b1 * f(MM[mc[i]!]! * sm)) + f(ob1 * gi))
-        const vi = f(f(b2 * f(MV[vc[i]!]! * sv)) + f(f(ob2 * gi) * gi))
-        const wi = w[i]!
-        const u = f(f(mi / c1) / f(f(Math.sqrt(f(vi / c2))) + eps))
-        w[i] = f(wi - f(lr * f(u + f(wd * wi))))
-        if (low !== null) low[i] = f32ToBf16(w[i]!)
-        mt[j] = mi
-        vt[j] = vi
-        // The absmax never takes a NaN (a comparison with NaN is false), whatever the order.
-        const a = Math.abs(mi)
-        if (a > am) am = a
-        if (vi > av) av = vi
-      }
-      sc[2 * b] = am
-      sc[2 * b + 1] = av
-      for (let j = 0; j < len; j++) {
-        mc[base + j] = adam8Nearest(MM, am === 0 ? 0 : f(mt[j]! / am))
-        vc[base + j] = adam8Nearest(MV, av === 0 ? 0 : f(vt[j]! / av))
-      }
-    }
+    adamw8bitHost(w, g, mc, vc, sc, p, low)
   }
 
   // ---- quantizers -------------------------------------------------------------------------

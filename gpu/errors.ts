@@ -40,3 +40,12 @@ export class KernelCompileError extends ZeromeshError {
 export class DeviceOutOfMemoryError extends ZeromeshError {
   static override name = 'DeviceOutOfMemoryError'
 }
+
+/** The error of an allocation past a `--device-memory` cap (`bytes` asked, `live` held already). */
+export function deviceMemoryExceeded(cap: number, bytes: number, live: number): DeviceOutOfMemoryError {
+  return new DeviceOutOfMemoryError(`device memory cap exceeded: ${bytes} more bytes asked with ${live} live, over --device-memory ${cap} bytes`, {
+    bytes,
+    liveBytes: live,
+    capBytes: cap
+  })
+}

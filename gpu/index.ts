@@ -22,6 +22,8 @@ export {
 } from './backend.ts'
 export { BackendUnavailableError, DeviceError, KernelCompileError, DeviceOutOfMemoryError } from './errors.ts'
 export { CpuBackend, type CpuBackendInit, CPU_LIMITS } from './cpu.ts'
+export { adamw8bitHost, adamwHost, lionHost } from './host-optim.ts'
+export { createHostOptimizer, defaultOptimizerThreads, HOST_OPTIM_LIMITS, type HostOptimizer, HostOptimizerError } from './host-optim-threads.ts'
 export { zoNegative, zoSeed, type ZoSeed } from './zo.ts'
 export { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Decode, adam8Encode } from './adam8.ts'
 export {
@@ -87,7 +89,7 @@ export async function probeCuda(): Promise<CudaProbeResult> {
 }
 
 interface CudaModule {
-  createCudaBackend?: () => Backend | Promise<Backend>
+  createCudaBackend?: (opts?: { deviceMemoryBytes?: number }) => Backend | Promise<Backend>
   probeCuda?: () => Promise<CudaProbeResult>
   createCudaErasureCoder?: (be: CudaBackend, init: { k: number; m: number }) => CudaErasureCoder
 }
@@ -114,12 +116,12 @@ export type BackendKind = 'cpu' | 'cuda'
  * Creates a backend. `cuda` is imported lazily (koffi and the CUDA libraries are only touched
  * then) and fails with {@link BackendUnavailableError} where it cannot run.
  */
-export async function createBackend(kind: BackendKind): Promise<Backend> {
-  if (kind === 'cpu') return new CpuBackend()
+export async function createBackend(kind: BackendKind, opts: { deviceMemoryBytes?: number } = {}): Promise<Backend> {
+  if (kind === 'cpu') return new CpuBackend(opts)
   if (kind !== 'cuda') throw new BackendUnavailableError(`unknown backend kind '${String(kind)}'`)
   const mod = await importCuda()
   if (typeof mod.createCudaBackend !== 'function') throw new BackendUnavailableError('gpu/cuda does not export createCudaBackend')
-  return await mod.createCudaBackend()
+  return await mod.createCudaBackend(opts)
 }
 
 /**

@@ -45,7 +45,7 @@ export function isHostOf(src: unknown, dtype: TensorDType): boolean {
 }
 
 /** A host array of `dtype`'s type: new (zero-filled) or over `length` elements of `buffer` at `byteOffset`. */
-export function hostArrayOf(dtype: TensorDType, length: number, buffer?: ArrayBuffer, byteOffset = 0): HostArray {
+export function hostArrayOf(dtype: TensorDType, length: number, buffer?: ArrayBufferLike, byteOffset = 0): HostArray {
   const b = buffer ?? new ArrayBuffer(length * TENSOR_DTYPE_BYTES[dtype])
   switch (dtype) {
     case 'f32':

@@ -54,6 +54,25 @@ const hostPort = z.string().transform((s, ctx) => {
   return hp
 })
 
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 }
+
+/** Bytes from `8GiB`, `500MB`, `1.5gb` or a plain number of bytes (at least 1 MiB). */
+export function parseSize(s: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?$/i.exec(s.trim())
+  if (m === null) return undefined
+  const bytes = Math.floor(Number(m[1]) * SIZE_UNITS[(m[2] ?? '').toLowerCase()]!)
+  return Number.isSafeInteger(bytes) && bytes >= 2 ** 20 ? bytes : undefined
+}
+
+const sizeSchema = z.string().transform((s, ctx) => {
+  const bytes = parseSize(s)
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `must be a size of at least 1 MiB (e.g. 8GiB, 500MB or a number of bytes), got '${s}'` })
+    return z.NEVER
+  }
+  return bytes
+})
+
 /** `--http`: `host:port`, or a bare port on loopback (the dashboard is not exposed unless asked). */
 const dashboardListen = z.string().transform((s, ctx) => {
   const hp = /^\d{1,5}$/.test(s) && Number(s) <= 65535 ? { host: '127.0.0.1', port: Number(s) } : parseHostPort(s)
@@ -142,6 +161,20 @@ export const START_OPTIONS = {
     help: 'zeroth-order training (MeZO): two forward passes a step, no gradients or optimizer state; the ranks exchange one (projected gradient, loss) pair each per step instead of the model (for fine-tuning over slow links; see the README)'
   }),
   zoEps: option(z.number().positive().max(1).default(1e-3), { arg: '<x>', help: 'the zeroth-order perturbation size ε (with --zo)' }),
+  offload: option(z.enum(['none', 'cpu']).default('none'), {
+    arg: '<none|cpu>',
+    help: 'cpu: master weights, gradients and optimizer state in host memory, the optimizer on worker threads; the device keeps the streamed model and activations only (a model whose training state does not fit the device)'
+  }),
+  offloadThreads: option(z.int().min(1).max(64).optional(), {
+    arg: '<n>',
+    help: 'optimizer threads with --offload cpu',
+    defaultText: 'the cores beyond two, at most 8'
+  }),
+  deviceMemory: option(sizeSchema.optional(), {
+    arg: '<size>',
+    help: 'device memory the trainer may hold at most (e.g. 8GiB, 500MB): beyond it an allocation fails as on a smaller device',
+    defaultText: "the device's"
+  }),
   seed: option(z.int().min(0).default(1), { arg: '<n>', help: 'run seed' }),
   zeropp: option(z.boolean().default(false), { help: 'ZeRO++ (int8 weights, zone-local backward gather, int4 gradients)' }),
   outerEvery: option(z.int().min(1).max(1_000_000).optional(), {
@@ -198,6 +231,9 @@ function checkStart(
     outerEvery?: number | undefined
     outerZones: number
     streaming: boolean
+    offload: 'none' | 'cpu'
+    offloadThreads?: number | undefined
+    zo: boolean
   },
   ctx: z.RefinementCtx
 ): void {
@@ -212,6 +248,8 @@ function checkStart(
   if (c.outerEvery !== undefined && c.maxWorldSize !== undefined && c.maxWorldSize !== ws)
     ctx.addIssue({ code: 'custom', path: ['maxWorldSize'], message: 'growing the run does not combine with --outer-every yet' })
   if (c.streaming && c.outerEvery === undefined) ctx.addIssue({ code: 'custom', path: ['streaming'], message: 'needs --outer-every' })
+  if (c.offload === 'cpu' && c.zo) ctx.addIssue({ code: 'custom', path: ['offload'], message: 'a --zo run keeps no optimizer state to offload' })
+  if (c.offloadThreads !== undefined && c.offload !== 'cpu') ctx.addIssue({ code: 'custom', path: ['offloadThreads'], message: 'needs --offload cpu' })
 }
 
 /** One strict schema for a node's configuration (unknown keys are errors). */

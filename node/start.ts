@@ -326,6 +326,8 @@ function runSettings(cfg: StartConfig): Record<string, string | number | boolean
     'lr',
     'optimizer',
     'zo',
+    'offload',
+    'deviceMemory',
     'seed',
     'zeropp',
     'snapshot',
@@ -388,7 +390,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
   // --init-from: the checkpoint's shape (checked, tensor by tensor, before the node trains).
   const model = await runModelConfig({ model: cfg.model, data: cfg.data, tokenizer: cfg.tokenizer, initFrom: cfg.initFrom })
   const { createBackend } = await import('../gpu/index.ts')
-  const backend = await createBackend(cfg.device)
+  const backend = await createBackend(cfg.device, cfg.deviceMemory === undefined ? {} : { deviceMemoryBytes: cfg.deviceMemory })
   // Before membership starts: a cold NVRTC compile blocks this thread for seconds, which
   // peers would read as a dead node (seen on a fresh GPU host: the worker was dropped and
   // replaced from the snapshots at step 0).
@@ -429,6 +431,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       lr: cfg.lr ?? (cfg.zo ? 1e-3 : cfg.optimizer === 'lion' ? 3e-4 : 3e-3),
       ...(cfg.optimizer === 'adamw' ? {} : { optimizer: cfg.optimizer }),
       ...(cfg.zo ? { zo: { eps: cfg.zoEps } } : {}),
+      ...(cfg.offload === 'cpu' ? { offload: cfg.offloadThreads === undefined ? {} : { threads: cfg.offloadThreads } } : {}),
       weightDecay: 0.1,
       seed: cfg.seed,
       ...(cfg.initFrom === undefined ? {} : { initFrom: cfg.initFrom }),

@@ -1,6 +1,4 @@
-import { availableParallelism } from 'node:os'
-import { Worker } from 'node:worker_threads'
-import { AbortError, checkCap, InvalidArgumentError, ProtocolError, throwIfAborted } from '../core/index.ts'
+import { checkCap, createThreadPool, InvalidArgumentError, ProtocolError, spareThreads, type ThreadPool } from '../core/index.ts'
 import { TooFewFragmentsError, type ErasureCoderName } from '../codec/index.ts'
 import type { SnapshotCoder } from './coder.ts'
 import type { CoderReply, CoderRequest, WireError } from './coder-protocol.ts'
@@ -26,7 +24,7 @@ export interface ThreadCoderInit {
  * V8 isolate (~10 MiB) plus the coder's wasm memory.
  */
 export function defaultCoderThreads(): number {
-  return Math.max(1, Math.min(2, availableParallelism() - 1))
+  return spareThreads(1, 2)
 }
 
 // The sources run with Node's type stripping (.ts), the package from dist/ (.js).
@@ -34,19 +32,7 @@ const ENTRY = import.meta.url.endsWith('.ts') ? new URL('./coder-worker.ts', imp
 
 type Done = Extract<CoderReply, { ok: true }>
 type Ok<O extends Done['op']> = Extract<Done, { op: O }>
-
-interface Job {
-  resolve(reply: Done): void
-  reject(err: Error): void
-  /** The caller gave up (aborted): the reply is dropped when it comes. */
-  abandoned: boolean
-}
-
-interface Thread {
-  worker: Worker
-  jobs: Map<number, Job>
-  dead: boolean
-}
+type Pool = ThreadPool<CoderRequest, CoderReply>
 
 /**
  * The coder on worker threads (coder-worker.ts). State bytes are read in place from shared
@@ -59,7 +45,16 @@ export function createThreadCoder(init: ThreadCoderInit = {}): SnapshotCoder {
   const size = init.threads ?? defaultCoderThreads()
   if (!Number.isSafeInteger(size) || size < 1) throw new InvalidArgumentError(`threads must be an integer >= 1, got ${size}`)
   checkCap('snapshot coder threads', size, SNAPSHOT_LIMITS.maxCoderThreads)
-  const pool = createPool(size, init.entry ?? ENTRY, init.impl)
+  const pool: Pool = createThreadPool<CoderRequest, CoderReply>({
+    size,
+    entry: init.entry ?? ENTRY,
+    workerData: { impl: init.impl },
+    name: 'snapshot coder',
+    doing: 'snapshot coding',
+    maxJobs: SNAPSHOT_LIMITS.maxCoderJobs,
+    errorOf: r => fromWire((r as Extract<CoderReply, { ok: false }>).error),
+    threadError: message => new SnapshotCoderError(message)
+  })
   return {
     name: 'threads',
     alloc: bytes => new Uint8Array(new SharedArrayBuffer(bytes)),
@@ -74,103 +69,6 @@ export function createThreadCoder(init: ThreadCoderInit = {}): SnapshotCoder {
     },
     start: () => pool.start(),
     stop: () => pool.stop()
-  }
-}
-
-interface Pool {
-  submit<R extends Done>(make: (id: number) => CoderRequest, signal: AbortSignal | undefined): Promise<R>
-  /** Spawns the threads not running yet. */
-  start(): void
-  stop(): void
-}
-
-function createPool(size: number, entry: URL, impl: ErasureCoderName | undefined): Pool {
-  const threads: Array<Thread | undefined> = new Array(size).fill(undefined)
-  let nextId = 1
-  let inFlight = 0
-  let stopped = false
-
-  const settle = (t: Thread, id: number): Job | undefined => {
-    const job = t.jobs.get(id)
-    if (job === undefined) return undefined
-    t.jobs.delete(id)
-    inFlight--
-    if (t.jobs.size === 0) t.worker.unref()
-    return job
-  }
-  const fail = (t: Thread, err: Error): void => {
-    if (t.dead) return
-    t.dead = true
-    const slot = threads.indexOf(t)
-    if (slot >= 0) threads[slot] = undefined
-    for (const id of [...t.jobs.keys()]) settle(t, id)?.reject(err)
-    void t.worker.terminate()
-  }
-  const onReply = (t: Thread, reply: CoderReply): void => {
-    const job = settle(t, reply.id)
-    if (job === undefined) {
-      fail(t, new SnapshotCoderError(`snapshot coder thread answered job ${String(reply.id)}, which it was not given`))
-      return
-    }
-    if (job.abandoned) return
-    if (reply.ok) job.resolve(reply)
-    else job.reject(fromWire(reply.error))
-  }
-  const spawn = (slot: number): Thread => {
-    const worker = new Worker(entry, { workerData: { impl }, execArgv: threadExecArgv(process.execArgv) })
-    const t: Thread = { worker, jobs: new Map(), dead: false }
-    worker.unref()
-    worker.on('message', (reply: CoderReply) => onReply(t, reply))
-    worker.on('messageerror', err => fail(t, new SnapshotCoderError(`snapshot coder thread sent a message that does not deserialize: ${err.message}`)))
-    worker.on('error', err => fail(t, new SnapshotCoderError(`snapshot coder thread failed: ${err.message}`)))
-    worker.on('exit', code => fail(t, new SnapshotCoderError(`snapshot coder thread exited (code ${code})`)))
-    threads[slot] = t
-    return t
-  }
-  const pick = (): Thread => {
-    let best = 0
-    for (let i = 1; i < size; i++) if ((threads[i]?.jobs.size ?? 0) < (threads[best]?.jobs.size ?? 0)) best = i
-    return threads[best] ?? spawn(best)
-  }
-
-  return {
-    submit<R extends Done>(make: (id: number) => CoderRequest, signal: AbortSignal | undefined): Promise<R> {
-      if (stopped) return Promise.reject(new AbortError('the snapshot coder is stopped'))
-      throwIfAborted(signal)
-      checkCap('snapshot coder jobs', inFlight + 1, SNAPSHOT_LIMITS.maxCoderJobs)
-      const t = pick()
-      const id = nextId++
-      return new Promise<R>((resolve, reject) => {
-        const onAbort = (): void => {
-          job.abandoned = true
-          reject(new AbortError('snapshot coding aborted', { reason: String(signal?.reason) }))
-        }
-        const job: Job = {
-          abandoned: false,
-          resolve: r => {
-            signal?.removeEventListener('abort', onAbort)
-            resolve(r as R)
-          },
-          reject: e => {
-            signal?.removeEventListener('abort', onAbort)
-            reject(e)
-          }
-        }
-        signal?.addEventListener('abort', onAbort, { once: true })
-        t.jobs.set(id, job)
-        inFlight++
-        if (t.jobs.size === 1) t.worker.ref()
-        t.worker.postMessage(make(id))
-      })
-    },
-    start() {
-      if (stopped) return
-      for (let i = 0; i < size; i++) if (threads[i] === undefined) spawn(i)
-    },
-    stop() {
-      stopped = true
-      for (const t of threads) if (t !== undefined) fail(t, new AbortError('the snapshot coder is stopped'))
-    }
   }
 }
 
@@ -209,21 +107,6 @@ async function stripeOn(
     if (next < sizes.length) launch()
   }
   return labels.map((label, i) => ({ label, segments: perIndex[i]! }))
-}
-
-/**
- * The parent's Node options a thread can take. A thread inherits them, but one started from a
- * file refuses those about how the main script was given (`--input-type`, and `-e` / `-p` with
- * its text): `node --input-type=module -e ...` could not start a coder thread.
- */
-export function threadExecArgv(argv: readonly string[]): string[] {
-  const out: string[] = []
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!
-    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') i++
-    else if (!a.startsWith('--input-type') && !a.startsWith('--eval=') && !a.startsWith('--print=')) out.push(a)
-  }
-  return out
 }
 
 /** `bytes` in shared memory: itself when it is, else one copy. */

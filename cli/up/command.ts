@@ -19,6 +19,8 @@ export const UP_OPTIONS = {
   optimizer: START_OPTIONS.optimizer,
   zo: START_OPTIONS.zo,
   zoEps: START_OPTIONS.zoEps,
+  offload: START_OPTIONS.offload,
+  deviceMemory: START_OPTIONS.deviceMemory,
   outerEvery: option(START_OPTIONS.outerEvery.schema, {
     arg: '<H>',
     help: "DiLoCo: the workers' two zones (they alternate) train apart and average every H steps",
@@ -59,6 +61,7 @@ const upSchema = z.strictObject(shapeOf(UP_OPTIONS)).superRefine((c, ctx) => {
   if (c.outerEvery !== undefined && c.nodes % 2 !== 0)
     ctx.addIssue({ code: 'custom', path: ['outerEvery'], message: `needs an even --nodes (two zone groups of equal size), got ${c.nodes}` })
   if (c.streaming && c.outerEvery === undefined) ctx.addIssue({ code: 'custom', path: ['streaming'], message: 'needs --outer-every' })
+  if (c.offload === 'cpu' && c.zo) ctx.addIssue({ code: 'custom', path: ['offload'], message: 'a --zo run keeps no optimizer state to offload' })
 })
 
 /** `zeromesh up`. */
@@ -87,6 +90,8 @@ export const upCommand: Command = {
       zeropp: o.zeropp,
       optimizer: o.optimizer,
       ...(o.zo ? { zo: { eps: o.zoEps } } : {}),
+      ...(o.offload === 'cpu' ? { offload: true } : {}),
+      ...(o.deviceMemory === undefined ? {} : { deviceMemory: o.deviceMemory }),
       ...(o.outerEvery === undefined ? {} : { outer: { every: o.outerEvery, streaming: o.streaming } }),
       seed: o.seed,
       ...(o.lr === undefined ? {} : { lr: o.lr }),

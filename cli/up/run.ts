@@ -40,6 +40,10 @@ export interface UpOptions {
   optimizer?: Optimizer
   /** `--zo` (and its `--zo-eps`) for the workers: zeroth-order training. */
   zo?: { eps: number }
+  /** `--offload cpu` for the workers. */
+  offload?: boolean
+  /** `--device-memory` for the workers (bytes, each). */
+  deviceMemory?: number
   /** `--lr` for the workers (default: theirs, by optimizer). */
   lr?: number
   /** The DiLoCo tier across the workers' two zones (`--outer-every`, `--streaming`). */

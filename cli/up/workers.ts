@@ -63,6 +63,8 @@ export interface WorkerPlan {
   zeropp: boolean
   optimizer?: Optimizer
   zo?: { eps: number }
+  offload?: boolean
+  deviceMemory?: number
   lr?: number
   outer?: { every: number; streaming: boolean }
   data: string | undefined
@@ -149,6 +151,8 @@ function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | 
     ...(p.zeropp ? ['--zeropp'] : []),
     ...(p.optimizer === undefined || p.optimizer === 'adamw' ? [] : ['--optimizer', p.optimizer]),
     ...(p.zo === undefined ? [] : ['--zo', '--zo-eps', String(p.zo.eps)]),
+    ...(p.offload === true ? ['--offload', 'cpu'] : []),
+    ...(p.deviceMemory === undefined ? [] : ['--device-memory', String(p.deviceMemory)]),
     ...(p.lr === undefined ? [] : ['--lr', String(p.lr)]),
     ...(p.outer === undefined ? [] : ['--outer-every', String(p.outer.every), ...(p.outer.streaming ? ['--streaming'] : [])]),
     ...(p.snapshot === undefined ? [] : ['--snapshot', p.snapshot]),

@@ -1,4 +1,4 @@
-import { DeviceOutOfMemoryError } from '../errors.ts'
+import { DeviceOutOfMemoryError, deviceMemoryExceeded } from '../errors.ts'
 import type { DeviceError } from '../errors.ts'
 import { type CudaLibs, checkCu, outNumber } from './ffi.ts'
 import { CUDA_LIMITS } from './limits.ts'
@@ -27,8 +27,12 @@ export class CachingAllocator {
   private cachedBytes_ = 0
   private liveBytes_ = 0
 
-  constructor(libs: CudaLibs) {
+  /** `--device-memory`: bytes of live and cached blocks at most (undefined: the device's own). */
+  private readonly cap: number | undefined
+
+  constructor(libs: CudaLibs, cap?: number) {
     this.libs = libs
+    this.cap = cap
   }
 
   static round(bytes: number): number {
@@ -54,6 +58,11 @@ export class CachingAllocator {
   }
 
   private deviceAlloc(size: number): number {
+    const cap = this.cap
+    if (cap !== undefined && this.liveBytes_ + this.cachedBytes_ + size > cap) {
+      this.releaseCached()
+      if (this.liveBytes_ + size > cap) throw deviceMemoryExceeded(cap, size, this.liveBytes_)
+    }
     const out = [0]
     let rc = this.libs.cu.cuMemAlloc(out, size) as number
     if (rc === CUDA_ERROR_OUT_OF_MEMORY) {

@@ -228,6 +228,8 @@ export interface CudaBackendInit {
   info: CudaDeviceInfo
   ctx: Handle
   cacheDir: string | null
+  /** `--device-memory` (the allocator's cap). */
+  deviceMemoryBytes?: number
 }
 
 export class CudaBackend implements Backend {
@@ -262,7 +264,7 @@ export class CudaBackend implements Backend {
     const s: Handle[] = [null]
     checkCu(this.libs, 'cuStreamCreate', cu.cuStreamCreate(s, 0))
     this.stream = s[0]
-    this.allocator = new CachingAllocator(this.libs)
+    this.allocator = new CachingAllocator(this.libs, init.deviceMemoryBytes)
     const arch = `sm_${init.info.computeCapability.replace('.', '')}`
     this.compiler = new KernelCompiler(this.libs, arch, init.cacheDir)
     this.workspace = this.allocator.alloc(CUDA_LIMITS.blasWorkspaceBytes)
@@ -504,6 +506,11 @@ export class CudaBackend implements Backend {
   freeHost(a: HostArray): void {
     this.live_('freeHost')
     this.transfers.freeHost(a)
+  }
+
+  hostRegister(a: HostArray): void {
+    this.live_('hostRegister')
+    this.transfers.hostRegister(a)
   }
 
   download(dst: HostArray, src: Tensor, dstOffset = 0): Fence {

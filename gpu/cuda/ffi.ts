@@ -49,6 +49,8 @@ export interface DriverApi {
   cuMemGetInfo: Fn
   cuMemHostAlloc: Fn
   cuMemFreeHost: Fn
+  cuMemHostRegister: Fn
+  cuMemHostUnregister: Fn
   cuMemcpyHtoD: Fn
   cuMemcpyDtoH: Fn
   cuMemcpyDtoHAsync: Fn
@@ -177,6 +179,8 @@ export function loadCuda(): CudaLibs {
       cuMemGetInfo: f('int cuMemGetInfo_v2(_Out_ size_t*, _Out_ size_t*)'),
       cuMemHostAlloc: f('int cuMemHostAlloc(_Out_ void**, size_t, uint32)'),
       cuMemFreeHost: f('int cuMemFreeHost(void*)'),
+      cuMemHostRegister: f('int cuMemHostRegister_v2(void*, size_t, uint32)'),
+      cuMemHostUnregister: f('int cuMemHostUnregister(void*)'),
       cuMemcpyHtoD: f('int cuMemcpyHtoD_v2(uint64, const void*, size_t)'),
       cuMemcpyDtoH: f('int cuMemcpyDtoH_v2(void*, uint64, size_t)'),
       cuMemcpyDtoHAsync: f('int cuMemcpyDtoHAsync_v2(void*, uint64, size_t, void*)'),

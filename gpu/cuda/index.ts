@@ -23,6 +23,8 @@ export interface CudaBackendOptions {
   device?: number
   /** Cubin cache directory; null disables the disk cache. Default {@link defaultCubinCacheDir}. */
   cacheDir?: string | null
+  /** `--device-memory`: device bytes the backend may hold at most (tensors and its caches). */
+  deviceMemoryBytes?: number
 }
 
 /** What `zeromesh doctor` prints about CUDA. */
@@ -105,7 +107,13 @@ export async function createCudaBackend(opts: CudaBackendOptions = {}): Promise<
   const ctx: Handle[] = [null]
   checkCu(libs, 'cuDevicePrimaryCtxRetain', libs.cu.cuDevicePrimaryCtxRetain(ctx, info.device))
   checkCu(libs, 'cuCtxSetCurrent', libs.cu.cuCtxSetCurrent(ctx[0]))
-  return new CudaBackend({ libs, info, ctx: ctx[0], cacheDir: opts.cacheDir === undefined ? defaultCubinCacheDir() : opts.cacheDir })
+  return new CudaBackend({
+    libs,
+    info,
+    ctx: ctx[0],
+    cacheDir: opts.cacheDir === undefined ? defaultCubinCacheDir() : opts.cacheDir,
+    ...(opts.deviceMemoryBytes === undefined ? {} : { deviceMemoryBytes: opts.deviceMemoryBytes })
+  })
 }
 
 /** Reports the GPU, driver, CUDA, NVRTC and cuBLAS versions, or plainly why CUDA is unavailable. */

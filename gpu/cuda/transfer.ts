@@ -21,6 +21,8 @@ interface Pinned {
   ptr: Handle
   addr: number
   bytes: number
+  /** Shared memory page-locked by registration (hostRegister): unregistered, never freed here. */
+  registered?: HostArray
 }
 
 /** What a download copies: a device range of `length` elements of `dtype`. */
@@ -51,7 +53,7 @@ export class Transfers {
   private readonly libs: CudaLibs
   private readonly main: Handle
   private readonly copy: Handle
-  private readonly pinned = new Map<ArrayBuffer, Pinned>()
+  private readonly pinned = new Map<ArrayBufferLike, Pinned>()
   private readonly idle: Handle[] = []
   private readonly events = new Set<Handle>()
   /** Downloads whose staging copy is still in use, oldest first: each event passes once its copy is done. */
@@ -87,16 +89,34 @@ export class Transfers {
     return hostArrayOf(dtype, n, buffer)
   }
 
+  /**
+   * Page-locks an array of shared memory (a SharedArrayBuffer, whole) by registering it
+   * (`cuMemHostRegister`): downloads may then land in it and uploads from it run at DMA speed.
+   * {@link freeHost} unregisters it; the memory stays the caller's.
+   */
+  hostRegister(a: HostArray): void {
+    const buffer = a.buffer
+    if (!(buffer instanceof SharedArrayBuffer)) fail('hostRegister', 'the array must be in shared memory (a SharedArrayBuffer)')
+    if (a.byteOffset !== 0 || a.byteLength !== buffer.byteLength) fail('hostRegister', 'the array must span its whole buffer')
+    if (this.pinned.has(buffer)) fail('hostRegister', 'the array is page-locked already')
+    if (a.byteLength === 0) return
+    checkCap('cuda page-locked host bytes', this.pinnedBytes + a.byteLength, CUDA_LIMITS.maxPinnedBytes)
+    checkCu(this.libs, 'cuMemHostRegister_v2', this.libs.cu.cuMemHostRegister(a, a.byteLength, 0))
+    this.pinned.set(buffer, { ptr: null, addr: Number(this.libs.koffi.address(a)), bytes: a.byteLength, registered: a })
+    this.pinnedBytes += a.byteLength
+  }
+
   freeHost(a: HostArray): void {
-    const p = this.pinned.get(a.buffer as ArrayBuffer)
+    const p = this.pinned.get(a.buffer)
     // An empty hostAlloc holds nothing; a freed (detached) array is still an error.
     if (p === undefined && a.buffer.byteLength === 0 && (a.buffer as ArrayBuffer & { detached?: boolean }).detached !== true) return
     if (p === undefined) fail('freeHost', 'the array is not page-locked memory of this backend')
-    this.pinned.delete(a.buffer as ArrayBuffer)
+    this.pinned.delete(a.buffer)
     this.pinnedBytes -= p.bytes
     // A download may still be writing into it (a session that failed mid-step frees its arrays).
     checkCu(this.libs, 'cuStreamSynchronize', this.libs.cu.cuStreamSynchronize(this.copy))
-    if (detach(a.buffer as ArrayBuffer)) this.libs.cu.cuMemFreeHost(p.ptr)
+    if (p.registered !== undefined) checkCu(this.libs, 'cuMemHostUnregister', this.libs.cu.cuMemHostUnregister(p.registered))
+    else if (detach(a.buffer as ArrayBuffer)) this.libs.cu.cuMemFreeHost(p.ptr)
   }
 
   /** A fence for the work issued on the main stream so far. */
@@ -111,7 +131,7 @@ export class Transfers {
   checkDestination(dst: HostArray, dtype: TensorDType, n: number, dstOffset: number): void {
     checkDownload(dst, dtype, n, dstOffset)
     // Nothing is copied for an empty source (hostAlloc's empty arrays are not page-locked either).
-    if (n > 0 && !this.pinned.has(dst.buffer as ArrayBuffer)) fail('download', "dst must be page-locked memory from this backend's hostAlloc")
+    if (n > 0 && !this.pinned.has(dst.buffer)) fail('download', "dst must be page-locked memory from this backend's hostAlloc")
   }
 
   /**
@@ -122,7 +142,7 @@ export class Transfers {
   download(dst: HostArray, src: DeviceRange, dstOffset: number, release: () => void): Fence {
     this.checkDestination(dst, src.dtype, src.length, dstOffset)
     this.reap()
-    const p = this.pinned.get(dst.buffer as ArrayBuffer)!
+    const p = this.pinned.get(dst.buffer)!
     const cu = this.libs.cu
     const bytes = src.length * TENSOR_DTYPE_BYTES[src.dtype]
     const issued = this.event()
@@ -164,7 +184,10 @@ export class Transfers {
     for (const ev of this.events) cu.cuEventDestroy(ev)
     this.events.clear()
     this.idle.length = 0
-    for (const [buffer, p] of this.pinned) if (detach(buffer)) cu.cuMemFreeHost(p.ptr)
+    for (const [buffer, p] of this.pinned) {
+      if (p.registered !== undefined) cu.cuMemHostUnregister(p.registered)
+      else if (detach(buffer as ArrayBuffer)) cu.cuMemFreeHost(p.ptr)
+    }
     this.pinned.clear()
     this.pinnedBytes = 0
   }

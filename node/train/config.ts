@@ -71,6 +71,12 @@ export interface TrainConfig {
    */
   zo?: ZoConfig
   /**
+   * `--offload cpu` (offload.ts): the shard's master weights, gradient and optimizer state in
+   * host memory, updated on `threads` worker threads (default: the cores beyond two, at most
+   * 8); the device holds the streamed model and the activations only. Not with `zo`.
+   */
+  offload?: { threads?: number }
+  /**
    * A checkpoint (snapshot/checkpoint.ts: an HF GPT-2 dir or a zeromesh export) whose weights
    * are step 0's instead of the seed's; its shape must be `model`. Every rank reads the same
    * file, at the start and on a recovery to step 0, so runs stay bit-exact.
@@ -292,6 +298,7 @@ export function validateTrainConfig(cfg: TrainConfig, corpus: Corpus): void {
       throw new InvalidArgumentError('--zo does not combine with --max-world-size (growing the run) yet')
     if (cfg.optimizer !== undefined && cfg.optimizer !== 'adamw')
       throw new InvalidArgumentError(`--zo replaces the optimizer: drop --optimizer ${cfg.optimizer}`)
+    if (cfg.offload !== undefined) throw new InvalidArgumentError('--offload cpu moves optimizer state to the host, and a --zo run keeps none: drop --offload')
   }
   const o = cfg.outer
   if (o !== undefined) {

@@ -1,7 +1,7 @@
 import type { ShardState } from './config.ts'
 import { growCheck, growMessage } from './messages.ts'
 import type { Growth } from './roster.ts'
-import type { SessionParts, ShardTensors } from './step.ts'
+import { shardBe, type SessionParts, type ShardTensors } from './step.ts'
 
 /** Ranks tell spares the run grows: u32 view epoch, u32 ranks added, u32 step (little-endian). */
 export const GROW_TOPIC = 'train/grow'
@@ -25,7 +25,8 @@ export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Uint32Array,
   const first = proposals[0]!
   if (!(first.epoch > 0 && proposals.every(x => x.epoch === first.epoch && x.count === first.count))) return undefined
   // read() returns a fresh host copy: the handoff outlives the session's tensors.
-  const read = (x: typeof t.master): Float32Array => p.be.read(x) as Float32Array
+  const be = shardBe(p)
+  const read = (x: typeof t.master): Float32Array => be.read(x) as Float32Array
   const empty = new Float32Array(0)
   const state: ShardState =
     t.scales === undefined
@@ -35,7 +36,7 @@ export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Uint32Array,
           master: read(t.master),
           m: empty,
           v: empty,
-          adam8: { m: p.be.read(t.m) as Uint8Array, v: p.be.read(t.v!) as Uint8Array, scales: read(t.scales) }
+          adam8: { m: be.read(t.m) as Uint8Array, v: be.read(t.v!) as Uint8Array, scales: read(t.scales) }
         }
   p.rs.grow.handoff = { rank: p.rank, state }
   const growth = { epoch: first.epoch, count: first.count, step: s + 1 }

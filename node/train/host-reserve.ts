@@ -43,8 +43,9 @@ export interface HostReserve {
 export function reservePlan(env: TrainerEnv): Map<HostRole, number> {
   const { cfg } = env
   const plan = new Map<HostRole, number>()
-  // Nothing is saved without snapshots or a disk tier.
+  // Nothing is saved without snapshots or a disk tier; an offloaded state is on the host already.
   if (cfg.snapshot === undefined && !(cfg.disk !== undefined && cfg.disk.every > 0)) return plan
+  if (cfg.offload !== undefined) return plan
   const N = env.layout.length
   const group = cfg.outer === undefined ? cfg.worldSize : cfg.worldSize / cfg.outer.zones
   const shard = shardRange(N, group, 0).length

@@ -1,4 +1,5 @@
 import { AbortError } from '../../core/index.ts'
+import { DeviceOutOfMemoryError } from '../../gpu/index.ts'
 import type { Member, View } from '../../mesh/index.ts'
 import { UnrecoverableError, createSnapshotService, type SnapshotService } from '../../snapshot/index.ts'
 import { TrainingError, type ShardState } from './config.ts'
@@ -191,6 +192,7 @@ export function rankFailed(env: TrainerEnv, rs: RunState, c: Cursor, err: unknow
   // finished a roster's last step: it was a spare (or was replaced) that read finished
   // ranks leaving as lost ones. The run does not need it.
   if (rs.gossip.runDone && rs.finalShard === undefined) return finishedWithout(env, rs, err)
+  if (err instanceof DeviceOutOfMemoryError) throw outOfMemory(env, err)
   if (!(err instanceof SessionInterrupted)) throw err
   if (rs.st.step >= cfg.steps && rs.finalShard !== undefined) {
     // Every step is committed; only the held-out evaluation's gather failed (a rank
@@ -296,6 +298,17 @@ export async function afterFailure(env: TrainerEnv, rs: RunState, roster: Member
     if (pausedSince === undefined && now > deadline) return undefined
     await clock.sleep(TRAIN_LIMITS.pollMs, signal === undefined ? {} : { signal })
   }
+}
+
+/** A rank whose training does not fit its device: not a fault a retry mends; the error says what would. */
+function outOfMemory(env: TrainerEnv, err: DeviceOutOfMemoryError): TrainingError {
+  const { cfg } = env
+  const tips = [
+    ...(cfg.offload === undefined && cfg.zo === undefined ? ['--offload cpu (the optimizer state and master weights to host memory)'] : []),
+    'a smaller --batch or --seq',
+    'more ranks (--world-size: each holds a smaller shard)'
+  ]
+  return new TrainingError(`training does not fit this device: ${err.message}. Try ${tips.join(', or ')}`, { ...err.details }, { cause: err })
 }
 
 /** The error a rank ends with when its snapshots cannot bring the run back. */

@@ -1,4 +1,5 @@
 import { Gpt, gptBuckets } from '../../gpu/index.ts'
+import { offloadOf } from './offload.ts'
 import { CollectiveError, createCollective, createZeroComm, type Collective, type Member } from '../../mesh/index.ts'
 import { NoSnapshotError, TransferTimeoutError, UnrecoverableError } from '../../snapshot/index.ts'
 import { TrainingError, type ShardState } from './config.ts'
@@ -25,6 +26,7 @@ import {
   resumeOuter,
   type OuterParts,
   shardTensors,
+  shardBe,
   type SessionParts,
   type ShardTensors
 } from './step.ts'
@@ -191,6 +193,7 @@ function sessionParts(
     shard,
     model,
     be: deps.backend,
+    host: offloadOf(env, rs),
     // One rank with exact wires: a gather or reduction is the identity, a device copy.
     local: collective.size === 1 && !cfg.zeroPP,
     buckets,
@@ -335,7 +338,8 @@ export async function runSession(
       rs.st.phase = `step ${s + 1}: gradient reduction`
       await Promise.all(bwd.reductions).catch(fail)
       const reduced = now()
-      applyOptimizer(p, t, s)
+      const stepping = applyOptimizer(p, t, s)
+      if (stepping !== undefined) await stepping.catch(fail)
       const updated = now()
       if (p.outer !== undefined) {
         const outer = outerStep(p, t, s, interrupt)
@@ -371,7 +375,7 @@ export async function runSession(
         }
       }
     }
-    const final = readPaced(p.be, t.master, () => deps.clock.turn())
+    const final = readPaced(shardBe(p), t.master, () => deps.clock.turn())
     rs.finalShard = { start: p.shard.start, data: final instanceof Promise ? await final : final }
     const ev = finalEvaluation(p, t, rs.finalShard.data)
     rs.st.evalLoss = await model.forwardStreamed(ev.batch.inputs, ev.batch.targets, ev.stream).catch(fail)

@@ -40,6 +40,9 @@ const SETTINGS: readonly Setting[] = [
     word: c => (c.zo === undefined ? 0 : f32bits(c.zo.eps)),
     show: w => (w === 0 ? 'off' : `on (ε ${Number(bitsf32(w).toPrecision(6))})`)
   },
+  // An offloaded rank's optimizer runs on the host (f64 arithmetic, rounded to f32), a device's in
+  // f32 kernels: a replacement replaying a lost rank's steps must run where that rank did.
+  { flag: '--offload', word: c => (c.offload === undefined ? 0 : 1), show: w => (w === 1 ? 'cpu' : 'none') },
   { flag: '--device (dtype)', word: c => (c.dtype === 'bf16' ? 1 : 0), show: w => (w === 1 ? 'bf16 (cuda)' : 'f32 (cpu)') },
   { flag: 'vocabulary (--data, --tokenizer)', ...int(c => c.model.vocabSize) },
   { flag: '--model (width)', ...int(c => c.model.C) },

@@ -1,4 +1,5 @@
 import type { GptLayout } from '../../gpu/index.ts'
+import type { Offload } from './offload.ts'
 import type { UnrecoverableError, SnapshotService } from '../../snapshot/index.ts'
 import type { ShardState, TrainConfig, TrainStatus, TrainerDeps } from './config.ts'
 import type { Growth, RecoveryPlan, RosterAnnouncement, ViewQueue } from './roster.ts'
@@ -63,6 +64,8 @@ export interface RunState {
   finalShard: { start: number; data: Float32Array } | undefined
   /** Host arrays for the saves, allocated before the node joined (Trainer.prepare); undefined: each session allocates its own. */
   hostReserve: HostReserve | undefined
+  /** `--offload cpu`'s host backend and optimizer threads (offload.ts), made at the first session. */
+  offload: Offload | undefined
 }
 
 /**

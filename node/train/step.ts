@@ -1,4 +1,15 @@
-import { adam8Blocks, type Backend, type Fence, type Gpt, type GptBucket, type GptStream, type HostArray, type Tensor } from '../../gpu/index.ts'
+import {
+  adam8Blocks,
+  type AdamWParams,
+  type Backend,
+  type LionParams,
+  type Fence,
+  type Gpt,
+  type GptBucket,
+  type GptStream,
+  type HostArray,
+  type Tensor
+} from '../../gpu/index.ts'
 import type { Collective, Member, TierBytes, ZeroComm } from '../../mesh/index.ts'
 import type { QuantOptions } from '../../codec/index.ts'
 import type { OuterArrays } from '../../snapshot/index.ts'
@@ -11,6 +22,7 @@ import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from '
 import type { RunState, TrainerEnv } from './state.ts'
 import { hostSpace } from './host-reserve.ts'
 import { pacedCopy, writePaced } from './host-copy.ts'
+import { hostBuckets, hostOptimizerStep, registerHost, unregisterHost, type Offload } from './offload.ts'
 
 /** Where bucket j sits: its window of the flat vector, and this rank's part of it in its shard. */
 export interface BucketWindow {
@@ -60,8 +72,14 @@ export interface SessionParts {
   zero: ZeroComm
   shard: ShardRange
   model: Gpt
-  /** The model's backend: the shard and AdamW live there too. */
+  /** The model's backend: the shard and AdamW live there too (but with `host`). */
   be: Backend
+  /**
+   * `--offload cpu` (offload.ts): the shard's tensors live on this host backend instead, in
+   * memory shared with the optimizer's threads; the model's buckets are uploaded from it and
+   * its gradients downloaded into it.
+   */
+  host: Offload | undefined
   /**
    * The rank's weights and gradients never need the wire: one rank and exact (f32) wires, so
    * the gathers and reductions are device copies (bit-identical to the collective's identity).
@@ -118,7 +136,8 @@ export function bucketWindows(collective: Collective, buckets: readonly GptBucke
  * promise; a small one's at once, as always.
  */
 export function shardTensors(p: SessionParts, state: ShardState): ShardTensors | Promise<ShardTensors> {
-  const { be, shard } = p
+  const { shard } = p
+  const be = shardBe(p)
   const eight = keeps8bit(p.env.cfg)
   const a8 = state.adam8
   const blocks = eight ? adam8Runs(p.env.layout, shard).blocks : 0
@@ -144,6 +163,18 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors |
       : zo
         ? [[master, state.master]]
         : [[master, state.master], [m, state.m], ...(v === undefined ? [] : [[v, state.v] as [Tensor, Float32Array]])]
+  const free = (): void => {
+    for (const x of [master, grad, m, v, scales]) if (x !== undefined) be.free(x)
+  }
+  // Offloaded: the device copies buckets out of the master and gradients into the gradient.
+  if (p.host !== undefined) {
+    try {
+      registerHost(p, master, grad)
+    } catch (err) {
+      free()
+      throw err
+    }
+  }
   if (!pacedCopy(shard.length)) {
     for (const [t, a] of uploads) be.write(t, a)
     return shardParts(p, master, grad, m, v, scales)
@@ -153,7 +184,8 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors |
       // One after another: each gives the loop back between its pieces.
       for (const [t, a] of uploads) await writePaced(be, t, a, turn)
     } catch (err) {
-      for (const x of [master, grad, m, v, scales]) if (x !== undefined) be.free(x)
+      unregisterHost(p, master, grad)
+      free()
       throw err
     }
     return shardParts(p, master, grad, m, v, scales)
@@ -162,7 +194,8 @@ export function shardTensors(p: SessionParts, state: ShardState): ShardTensors |
 
 /** The views, wire space and save source over a shard's tensors (written already). */
 function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v: Tensor | undefined, scales: Tensor | undefined): ShardTensors {
-  const { be, shard } = p
+  const { shard } = p
+  const be = shardBe(p)
   const N = p.env.layout.length
   // 8-bit moments: a segment's blocks are its run's (adam8.ts), in the order of the segments.
   const runs = scales === undefined ? undefined : adam8Runs(p.env.layout, shard).runs
@@ -180,9 +213,15 @@ function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v:
       }))
   let wire: ShardTensors['wire']
   if (!p.local && !zo) {
-    const host = be.hostAlloc('f32', shard.length) as Float32Array
-    const f32 = (n: number): Float32Array => be.hostAlloc('f32', n) as Float32Array
-    wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
+    const f32 = (n: number): Float32Array => p.be.hostAlloc('f32', n) as Float32Array
+    if (p.host !== undefined) {
+      // The shard is on the host already: the gathers read the master, the reductions land in the gradient.
+      const h = p.host.be
+      wire = { master: h.storage(master) as Float32Array, ready: h.fence(), grads: f32(N), gathered: f32(N), reduced: h.storage(grad) as Float32Array }
+    } else {
+      const host = f32(shard.length)
+      wire = { master: host, ready: be.download(host, master), grads: f32(N), gathered: f32(N), reduced: f32(shard.length) }
+    }
   }
   const save = {
     be,
@@ -203,13 +242,26 @@ function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v:
 
 /** Releases the shard's tensors and host buffers (the session is over). */
 export function freeShardTensors(p: SessionParts, t: ShardTensors): void {
-  for (const x of [t.master, t.grad, t.m, t.v, t.scales]) if (x !== undefined) p.be.free(x)
-  if (t.wire !== undefined) for (const a of [t.wire.master, t.wire.grads, t.wire.gathered, t.wire.reduced]) p.be.freeHost(a)
+  unregisterHost(p, t.master, t.grad)
+  const be = shardBe(p)
+  for (const x of [t.master, t.grad, t.m, t.v, t.scales]) if (x !== undefined) be.free(x)
+  // (Offloaded, the wire's master and reduced are the shard's own tensors.)
+  if (t.wire !== undefined)
+    for (const a of p.host === undefined ? [t.wire.master, t.wire.grads, t.wire.gathered, t.wire.reduced] : [t.wire.grads, t.wire.gathered]) p.be.freeHost(a)
 }
 
-/** A local rank's buckets: its shard is the whole model, so each bucket is a device copy of its range. */
+/** The backend the shard's tensors are on: the model's, or (offloaded) the host's. */
+export function shardBe(p: SessionParts): Backend {
+  return p.host?.be ?? p.be
+}
+
+/**
+ * A local rank's buckets: its shard is the whole model, so each bucket is a device copy of its
+ * range (offloaded: an upload of it from the host).
+ */
 export function shardBuckets(p: SessionParts, t: ShardTensors): GptStream {
   const { clock } = p.env.deps
+  if (p.host !== undefined) return hostBuckets(p, p.host.be.storage(t.master) as Float32Array)
   return deviceBuckets(
     j => p.be.view(t.master, p.windows[j]!.at, [p.windows[j]!.n]),
     () => clock.turn()
@@ -254,8 +306,18 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
   const reductions: Array<Promise<void>> = []
   const load = passBuckets(p, t, s, 'backward').load
   const wire = t.wire
-  if (wire === undefined) return { stream: { load, grad: (j, g) => be.copy(be.view(t.grad, windows[j]!.at, [windows[j]!.n]), g) }, reductions }
   const signal = p.signal === undefined ? {} : { signal: p.signal }
+  if (wire === undefined && p.host !== undefined) {
+    // Offloaded, local: each gradient goes straight into the host shard.
+    const grads = p.host.be.storage(t.grad)
+    const grad = (j: number, g: Tensor): void => {
+      const r = afterFence(be.download(grads, g, windows[j]!.at), signal, async () => {})
+      r.catch(() => {})
+      reductions.push(r)
+    }
+    return { stream: { load, grad }, reductions }
+  }
+  if (wire === undefined) return { stream: { load, grad: (j, g) => be.copy(be.view(t.grad, windows[j]!.at, [windows[j]!.n]), g) }, reductions }
   const stream: GptStream = {
     load,
     grad: (j, g) => {
@@ -270,7 +332,9 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
       ).then(res => {
         acct.release(host.byteLength)
         acct.account(res.bytes)
-        if (w.n > 0) be.write(t.grad, res.data, w.at)
+        // (Offloaded, `into` is the host shard's gradient.)
+        if (w.n > 0 && p.host === undefined) be.write(t.grad, res.data, w.at)
+        else if (w.n > 0 && res.data !== into) into.set(res.data)
       })
       r.catch(() => {})
       reductions.push(r)
@@ -285,19 +349,32 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
  * embeddings only), on the model's backend; then the new master shard starts on its way to the
  * host for the next step's gathers.
  */
-export function applyOptimizer(p: SessionParts, t: ShardTensors, s: number): void {
+export function applyOptimizer(p: SessionParts, t: ShardTensors, s: number): Promise<void> | undefined {
+  if (p.host !== undefined) return hostOptimizerStep(p, t, s)
   const { be } = p
-  const { cfg } = p.env
   for (const x of t.segments) {
     if (x.v === undefined) {
-      be.lion(x.p, x.g, x.m, { lr: cfg.lr, beta1: 0.9, beta2: 0.99, weightDecay: x.decay ? cfg.weightDecay : 0, gradScale: 1 / p.P })
+      be.lion(x.p, x.g, x.m, lionParams(p, x.decay))
       continue
     }
-    const adam = { lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: x.decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / p.P }
+    const adam = adamParams(p, x.decay, s)
     if (x.s !== undefined) be.adamw8bit(x.p, x.g, x.m, x.v, x.s, adam)
     else be.adamw(x.p, x.g, x.m, x.v, adam)
   }
   if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
+  return undefined
+}
+
+/** Step s's AdamW hyperparameters for a segment (decay on matrices and embeddings only). */
+export function adamParams(p: SessionParts, decay: boolean, s: number): AdamWParams {
+  const { cfg } = p.env
+  return { lr: cfg.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: decay ? cfg.weightDecay : 0, step: s + 1, gradScale: 1 / p.P }
+}
+
+/** Lion's hyperparameters for a segment. */
+export function lionParams(p: SessionParts, decay: boolean): LionParams {
+  const { cfg } = p.env
+  return { lr: cfg.lr, beta1: 0.9, beta2: 0.99, weightDecay: decay ? cfg.weightDecay : 0, gradScale: 1 / p.P }
 }
 
 /**
@@ -335,7 +412,7 @@ export function outerStep(p: SessionParts, t: ShardTensors, s: number, interrupt
   const due = [...o.inflight.entries()].filter(([, x]) => last || x.sentAt + o.sc.delay <= count).sort((a, b) => a[1].sentAt - b[1].sentAt || a[0] - b[0])
   const sends = last ? Array.from({ length: o.sc.fragments }, (_, f) => f) : sendsAt(o.sc, count)
   if (due.length === 0 && sends.length === 0) return undefined
-  const { be } = p
+  const be = shardBe(p)
   const n = p.shard.length
   const opts = { ...o.quant, lr: o.cfg.lr, momentum: o.cfg.momentum }
   const inner = be.read(t.master) as Float32Array
@@ -359,7 +436,7 @@ export function outerStep(p: SessionParts, t: ShardTensors, s: number, interrupt
     // A step that only sent read the weights; one that applied an exchange changed them.
     if (!applied) return
     be.write(t.master, inner)
-    if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
+    if (t.wire !== undefined && p.host === undefined) t.wire.ready = be.download(t.wire.master, t.master)
   })()
 }
 

@@ -1,4 +1,5 @@
 import type { Manifest } from '../../snapshot/index.ts'
+import { endOffload } from './offload.ts'
 import { AbortError, InvalidArgumentError } from '../../core/index.ts'
 import { gptLayout } from '../../gpu/index.ts'
 import { validateTrainConfig, type TrainConfig, type TrainStatus, type TrainerDeps } from './config.ts'
@@ -80,7 +81,8 @@ export class Trainer {
       grow: { to: undefined, lastStep: -1, handoff: undefined, msg: undefined },
       disk: { step: undefined, writes: Promise.resolve() },
       finalShard: undefined,
-      hostReserve: undefined
+      hostReserve: undefined,
+      offload: undefined
     }
   }
 
@@ -199,6 +201,7 @@ export class Trainer {
       await rs.snapshots?.stop()
       if (rs.hostReserve !== undefined) releaseHost(rs.hostReserve)
       rs.hostReserve = undefined
+      endOffload(rs)
     }
   }
 

@@ -1,6 +1,6 @@
 import { RealClock, Rng, createLogger, silentLogger, type Logger } from '../../core/index.ts'
 import { createMemoryNetwork, createMembership, type Membership, type MemoryNetwork, type PeerNet } from '../../mesh/index.ts'
-import { CpuBackend, gptLayout } from '../../gpu/index.ts'
+import { type Backend, CpuBackend, gptLayout } from '../../gpu/index.ts'
 import { Trainer, trainingModel, type TrainConfig, type TrainStatus } from '../../node/index.ts'
 import type { Corpus } from '../../node/index.ts'
 
@@ -66,6 +66,8 @@ export interface MeshOptions {
   configOf?: (i: number) => Partial<TrainConfig>
   /** What node i's trainer sees as its PeerNet (fault injection on one node's calls). */
   wrapNet?: (i: number, net: PeerNet) => PeerNet
+  /** Node i's backend (default: a fresh CpuBackend). */
+  backendOf?: (i: number) => Backend
   /** The last `count` nodes start only when some rank commits `atStep` (late joiners). */
   late?: { count: number; atStep: number }
   /**
@@ -127,7 +129,7 @@ export async function trainMesh(n: number, cfg: TrainConfig, opts: MeshOptions =
     (x, i) =>
       new Trainer(
         {
-          backend: new CpuBackend(),
+          backend: opts.backendOf?.(i) ?? new CpuBackend(),
           net: opts.wrapNet?.(i, x.net) ?? x.net,
           membership: x.membership,
           clock,

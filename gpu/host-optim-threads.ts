@@ -1,0 +1,125 @@
+import { checkCap, createThreadPool, InvalidArgumentError, spareThreads, ZeromeshError, type ThreadPool } from '../core/index.ts'
+import { ADAM8_BLOCK, adam8Blocks } from './adam8.ts'
+import type { AdamWParams, LionParams } from './backend.ts'
+import { checkAdamW, checkLion } from './validate.ts'
+
+/** `--offload cpu`'s optimizer threads: their caps (docs/LIMITS.md). */
+export const HOST_OPTIM_LIMITS = Object.freeze({
+  /** Threads at most. */
+  maxThreads: 64,
+  /** Slices in flight at most. */
+  maxJobs: 4096,
+  /** Elements per slice at least (smaller shards are one slice). */
+  minSlice: 1 << 16
+})
+
+/** An optimizer thread failed (crashed, exited, or threw on its slice). */
+export class HostOptimizerError extends ZeromeshError {
+  static override name = 'HostOptimizerError'
+}
+
+/** One slice's update (host-optim-worker.ts); every array a view of shared memory. */
+export type OptimRequest =
+  | { id: number; op: 'adamw'; w: Float32Array; g: Float32Array; m: Float32Array; v: Float32Array; p: AdamWParams }
+  | { id: number; op: 'lion'; w: Float32Array; g: Float32Array; m: Float32Array; p: LionParams }
+  | { id: number; op: 'adamw8bit'; w: Float32Array; g: Float32Array; mc: Uint8Array; vc: Uint8Array; sc: Float32Array; p: AdamWParams }
+
+export type OptimReply = { id: number; ok: true } | { id: number; ok: false; error: string }
+
+/**
+ * The optimizers on worker threads over host memory shared with them (SharedArrayBuffer: the
+ * CPU backend's `shared` allocations). Each call splits its arrays into slices, one job each,
+ * and resolves when every slice is updated: the same bits as the CPU backend's op on the whole
+ * arrays (gpu/host-optim.ts), whatever the number of threads.
+ */
+export interface HostOptimizer {
+  readonly threads: number
+  adamw(w: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, p: AdamWParams, signal?: AbortSignal): Promise<void>
+  lion(w: Float32Array, g: Float32Array, m: Float32Array, p: LionParams, signal?: AbortSignal): Promise<void>
+  /** Blocks of ADAM8_BLOCK elements from w[0]; sc holds their absmax pairs. */
+  adamw8bit(w: Float32Array, g: Float32Array, mc: Uint8Array, vc: Uint8Array, sc: Float32Array, p: AdamWParams, signal?: AbortSignal): Promise<void>
+  /** Spawns the threads now (a trainer does before it joins, so the first update does not). */
+  start(): void
+  stop(): void
+}
+
+// The sources run with Node's type stripping (.ts), the package from dist/ (.js).
+const ENTRY = import.meta.url.endsWith('.ts') ? new URL('./host-optim-worker.ts', import.meta.url) : new URL('./host-optim-worker.js', import.meta.url)
+
+/** Threads by default: every core but the trainer's and one for the rest of the node, at most 8. */
+export function defaultOptimizerThreads(): number {
+  return spareThreads(2, 8)
+}
+
+export function createHostOptimizer(init: { threads?: number } = {}): HostOptimizer {
+  const threads = init.threads ?? defaultOptimizerThreads()
+  if (!Number.isSafeInteger(threads) || threads < 1) throw new InvalidArgumentError(`optimizer threads must be an integer >= 1, got ${threads}`)
+  checkCap('offload optimizer threads', threads, HOST_OPTIM_LIMITS.maxThreads)
+  const pool: ThreadPool<OptimRequest, OptimReply> = createThreadPool<OptimRequest, OptimReply>({
+    size: threads,
+    entry: ENTRY,
+    name: 'offload optimizer',
+    doing: 'the offloaded optimizer step',
+    maxJobs: HOST_OPTIM_LIMITS.maxJobs,
+    errorOf: r => new HostOptimizerError(`offload optimizer thread: ${(r as Extract<OptimReply, { ok: false }>).error}`),
+    threadError: message => new HostOptimizerError(message)
+  })
+  /** Runs `job(lo, hi)` over slices of [0, n) (boundaries multiples of `align`) and waits for all. */
+  const sliced = async (
+    n: number,
+    align: number,
+    signal: AbortSignal | undefined,
+    job: (lo: number, hi: number) => Omit<OptimRequest, 'id'>
+  ): Promise<void> => {
+    const per = Math.max(HOST_OPTIM_LIMITS.minSlice, Math.ceil(n / (2 * threads)))
+    const step = Math.ceil(per / align) * align
+    const all: Array<Promise<OptimReply>> = []
+    for (let lo = 0; lo < n; lo += step) {
+      const q = job(lo, Math.min(n, lo + step))
+      all.push(pool.submit(id => ({ ...q, id }) as OptimRequest, signal))
+    }
+    // Every slice settles before the step goes on (a failed one must not leave others writing).
+    const done = await Promise.allSettled(all)
+    const failed = done.find(d => d.status === 'rejected')
+    if (failed !== undefined) throw (failed as PromiseRejectedResult).reason
+  }
+  const shared = (op: string, ...xs: ArrayBufferView[]): void => {
+    for (const x of xs)
+      if (!(x.buffer instanceof SharedArrayBuffer)) throw new InvalidArgumentError(`${op}: the offloaded optimizer's arrays must be in shared memory`)
+  }
+  const same = (op: string, n: number, ...xs: ArrayBufferView[]): void => {
+    for (const x of xs) if ((x as Float32Array).length !== n) throw new InvalidArgumentError(`${op}: every array must have ${n} elements`)
+  }
+  return {
+    threads,
+    adamw(w, g, m, v, p, signal) {
+      checkAdamW('adamw', p)
+      shared('adamw', w, g, m, v)
+      same('adamw', w.length, g, m, v)
+      return sliced(w.length, 1, signal, (a, b) => ({ op: 'adamw', w: w.subarray(a, b), g: g.subarray(a, b), m: m.subarray(a, b), v: v.subarray(a, b), p }))
+    },
+    lion(w, g, m, p, signal) {
+      checkLion('lion', p)
+      shared('lion', w, g, m)
+      same('lion', w.length, g, m)
+      return sliced(w.length, 1, signal, (a, b) => ({ op: 'lion', w: w.subarray(a, b), g: g.subarray(a, b), m: m.subarray(a, b), p }))
+    },
+    adamw8bit(w, g, mc, vc, sc, p, signal) {
+      checkAdamW('adamw8bit', p)
+      shared('adamw8bit', w, g, mc, vc, sc)
+      same('adamw8bit', w.length, g, mc, vc)
+      if (sc.length !== 2 * adam8Blocks(w.length)) throw new InvalidArgumentError(`adamw8bit: scales must have ${2 * adam8Blocks(w.length)} elements`)
+      return sliced(w.length, ADAM8_BLOCK, signal, (a, b) => ({
+        op: 'adamw8bit',
+        w: w.subarray(a, b),
+        g: g.subarray(a, b),
+        mc: mc.subarray(a, b),
+        vc: vc.subarray(a, b),
+        sc: sc.subarray((2 * a) / ADAM8_BLOCK, 2 * adam8Blocks(b)),
+        p
+      }))
+    },
+    start: () => pool.start(),
+    stop: () => pool.stop()
+  }
+}
