@@ -46,9 +46,9 @@ export interface HostOptimizer {
 // The sources run with Node's type stripping (.ts), the package from dist/ (.js).
 const ENTRY = import.meta.url.endsWith('.ts') ? new URL('./host-optim-worker.ts', import.meta.url) : new URL('./host-optim-worker.js', import.meta.url)
 
-/** Threads by default: every core but the trainer's and one for the rest of the node, at most 8. */
+/** Threads by default: every core but the trainer's and one for the rest of the node, at most 16. */
 export function defaultOptimizerThreads(): number {
-  return spareThreads(2, 8)
+  return spareThreads(2, 16)
 }
 
 export function createHostOptimizer(init: { threads?: number } = {}): HostOptimizer {

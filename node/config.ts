@@ -168,7 +168,7 @@ export const START_OPTIONS = {
   offloadThreads: option(z.int().min(1).max(64).optional(), {
     arg: '<n>',
     help: 'optimizer threads with --offload cpu',
-    defaultText: 'the cores beyond two, at most 8'
+    defaultText: 'the cores beyond two, at most 16'
   }),
   deviceMemory: option(sizeSchema.optional(), {
     arg: '<size>',

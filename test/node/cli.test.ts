@@ -165,6 +165,19 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   t.is(loadStartConfig({ ...base, train: true }, { ZEROMESH_ZO: 'true' }).zoEps, 1e-3)
   for (const eps of ['0', '-1', '2', 'small'])
     t.throws(() => loadStartConfig({ ...base, train: true, zo: true, 'zo-eps': eps }, {}), { name: 'ConfigError', message: /--zo-eps/ })
+  // --offload and --device-memory: sizes with units; what does not combine is named.
+  const off = loadStartConfig({ ...base, train: true, offload: 'cpu', 'offload-threads': '3', 'device-memory': '8GiB' }, {})
+  t.is(off.offload, 'cpu')
+  t.is(off.offloadThreads, 3)
+  t.is(off.deviceMemory, 8 * 2 ** 30)
+  t.is(loadStartConfig({ ...base, train: true }, {}).offload, 'none')
+  for (const [size, bytes] of [['500MB', 5e8], ['1.5gib', 1.5 * 2 ** 30], ['2097152', 2 ** 21]] as const)
+    t.is(loadStartConfig({ ...base, train: true, 'device-memory': size }, {}).deviceMemory, bytes)
+  for (const size of ['0', '1KiB', '8 GB of it', '-1GiB', 'lots'])
+    t.throws(() => loadStartConfig({ ...base, train: true, 'device-memory': size }, {}), { name: 'ConfigError', message: /--device-memory must be a size of at least 1 MiB/ })
+  t.throws(() => loadStartConfig({ ...base, train: true, offload: 'cpu', zo: true }, {}), { name: 'ConfigError', message: /--offload.*--zo run keeps no optimizer state/ })
+  t.throws(() => loadStartConfig({ ...base, train: true, 'offload-threads': '2' }, {}), { name: 'ConfigError', message: /--offload-threads needs --offload cpu/ })
+  t.throws(() => loadStartConfig({ ...base, train: true, offload: 'gpu' }, {}), { name: 'ConfigError', message: /--offload/ })
   for (const [flags, pattern] of [
     [{ 'metrics-listen': '9464' }, /^--metrics-listen must be host:port \(e\.g\. 127\.0\.0\.1:9464, \[::1\]:9464 or :9464\), got '9464'$/],
     [{ 'metrics-listen': '127.0.0.1:70000' }, /^--metrics-listen must be host:port/],

@@ -51,10 +51,20 @@ test('--zo is a setting (with its ε) and part of the run identity; it refuses Z
     [{ maxWorldSize: 8 }, /--max-world-size/],
     [{ optimizer: 'lion' }, /--zo replaces the optimizer/],
     [{ zo: { eps: 0 } }, /--zo-eps/],
-    [{ zo: { eps: Number.NaN } }, /--zo-eps/]
+    [{ zo: { eps: Number.NaN } }, /--zo-eps/],
+    [{ offload: {} }, /--offload cpu/]
   ] as const) {
     t.throws(() => validateTrainConfig({ ...zo, ...change } as TrainConfig, corpus), { message: pattern })
   }
+})
+
+test('--offload is a setting (a replacement must replay where the lost rank ran its optimizer), not part of the run identity', t => {
+  const off: TrainConfig = { ...base, offload: { threads: 2 } }
+  const odd = [base, base, off].map(settingsWords)
+  t.regex(settingsMismatch(Uint32Array.from(odd.flatMap(w => [...w])), roster) ?? '', /--offload is none on rank 0 .* but cpu on rank 2/)
+  // The threads are this node's business: they change no bit.
+  t.is(settingsMismatch(Uint32Array.from([off, { ...off, offload: {} }, off].flatMap(c => [...settingsWords(c)])), roster), undefined)
+  t.is(Buffer.from(runIdentity('r', off)).toString('hex'), Buffer.from(runIdentity('r', base)).toString('hex'))
 })
 
 test('a rank started with another --lr or --steps stops the run at once with one clear line on every rank', async t => {
