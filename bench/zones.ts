@@ -5,16 +5,29 @@
 // (3.3 M parameters) on the CPU backend and the Brown Corpus.
 //
 // One JSON line per configuration (`zones.train`):
-// - tokens_per_s: committed tokens per second over the whole run past the warm-up, from the
-//   workers' step events: (last step - BENCH_ZONES_WARMUP) x tokens per step / the time between
-//   the first arrivals of those two steps' events (every rank commits a step together).
+// - tokens_per_s: committed tokens per second over the run past the warm-up, from the workers'
+//   step events: (end step - BENCH_ZONES_WARMUP) x tokens per step / the time between the first
+//   arrivals of those two steps' events (every rank commits a step together). The counters are
+//   read by processes spawned when an event arrives, tens of ms later, so the window's end is
+//   the last read that was done before the last step's event arrived (they are read again at
+//   each of the last END_READS steps' events, one read at a time): a read that ran after the last
+//   step caught the final evaluation's bytes (about 70 KB across zones for the mini model, more
+//   than 40 zeroth-order steps move). `window` names the two steps.
 // - cross_zone_bytes_per_token: bytes that crossed the zone uplinks over the same steps (each
 //   zone's uplink counts what left it; a byte between zones leaves exactly one zone), Ethernet
-//   frames as the kernel counts them, read when the two steps' first events arrive.
+//   frames as the kernel counts them.
 // - eval_loss: the held-out loss of the final weights (the `done` event of a rank that scored
 //   them); steps; wall_s (spawn to the last rank's exit) and the ratios to flat ZeRO-3 of the
 //   same run (tokens_per_s_ratio, bytes_per_token_ratio); cross_zone_bytes_per_step is the
 //   same bytes per committed step (BENCH_ZONES_MODEL picks another model than `small`).
+// - The same frames split by connection (nftables counters on the uplinks,
+//   test/helpers/zones/counters.ts): bulk_bytes_per_step, the bulk channel's TCP connections
+//   (the collectives, direct messages such as the membership heartbeats to its leader, and
+//   snapshots when they are on); libp2p_bytes_per_s, the libp2p connections (gossip, identify,
+//   ping), which tick with time, not steps; other_bytes_per_s, anything else (ARP);
+//   split_of_total, their sum over the uplinks' counters (about 1). collective_bytes_per_step:
+//   what the ranks' training collectives sent across zones per step by their own accounting
+//   (the `sent` of their step events: headers and bodies, no TLS, TCP or Ethernet framing).
 // Defaults (BENCH_ZONES_STEPS 12, BENCH_ZONES_WARMUP 2, BENCH_ZONES_BATCH 2, BENCH_ZONES_SEQ 32:
 // 256 tokens a step) keep a configuration to 1-3 minutes on a 2-core machine: flat ZeRO-3 moves
 // about 30 MB each way across the link per step (three ring collectives of the f32 model), about
@@ -40,7 +53,16 @@ import { envNumber } from './harness.ts'
 import { gptLayout } from '../gpu/index.ts'
 import { TRAIN_MODELS, trainingModel, type TrainModelName } from '../node/index.ts'
 import { trainRun, type Topology } from '../sim/index.ts'
-import { createZones, isStartFlag, startZoneNodes, trainFlags, type StampedEvent, type Zones } from '../test/helpers/zones/index.ts'
+import {
+  countByPort,
+  createZones,
+  isStartFlag,
+  startZoneNodes,
+  trainFlags,
+  type PortSplit,
+  type StampedEvent,
+  type Zones
+} from '../test/helpers/zones/index.ts'
 
 interface Config {
   name: string
@@ -109,6 +131,13 @@ async function crossZoneBytes(z: Zones, zones: readonly string[]): Promise<numbe
 interface Measured {
   tokensPerS: number
   bytesPerToken: number
+  /** The steps between the two reads of the counters. */
+  window: [number, number]
+  /**
+   * The same frames by connection, per step (bulk) and per second (libp2p, other), and the
+   * bytes the ranks' training collectives sent across zones per step (their own accounting).
+   */
+  split: { bulkPerStep: number; libp2pPerS: number; otherPerS: number; ofTotal: number; collectivePerStep: number }
   evalLoss: number | null
   steps: number
   wallS: number
@@ -116,20 +145,52 @@ interface Measured {
   computeMs: number | undefined
 }
 
+/** One read of the counters, started when the first event of `step` arrived and done at `doneMs` (the harness's clock). */
+interface Mark {
+  step: number
+  total: number
+  split: PortSplit
+  doneMs: number
+}
+
+/** Steps before the last at whose events the counters are read again (one read at a time), for the window's end. */
+const END_READS = 8
+
 /** One configuration on a fresh topology; throws when the run fails. */
 async function runConfig(c: Config): Promise<Measured> {
   const zoneNames = ['a', 'b']
   const z = await createZones({ zones: zoneNames.map(name => ({ name, hosts: HOSTS })), uplinkBitsPerS: MBIT * 1_000_000 })
-  const marks = new Map<number, { ms: number; bytes: Promise<number> }>()
-  const last = STEPS
-  const seen = new Set<number>()
+  const split = await countByPort(z)
+  const ports: Array<Promise<void>> = []
+  // When each step's first event arrived, and what each rank's training collectives had sent across zones by then.
+  const arrived = new Map<number, number>()
+  const sentWan = new Map<string, number>()
+  const marks: Mark[] = []
+  let reading = false
+  const read = (step: number): void => {
+    reading = true
+    void Promise.all([crossZoneBytes(z, zoneNames), split.read()]).then(
+      ([total, kinds]) => {
+        marks.push({ step, total, split: kinds, doneMs: nodes?.now() ?? Number.POSITIVE_INFINITY })
+        reading = false
+      },
+      (err: unknown) => {
+        process.stderr.write(`bench zones: reading the counters failed: ${(err as Error).message}\n`)
+        reading = false
+      }
+    )
+  }
   const onEvent = (s: StampedEvent): void => {
     const e = s.event
+    // A node's libp2p listen ports: every libp2p connection has an end on one of them.
+    if (e.type === 'started') ports.push(split.add(e.multiaddrs.flatMap(a => /\/tcp\/(\d+)/.exec(a)?.[1] ?? []).map(Number)))
+    if (e.type !== 'step') return
+    if (e.sent !== undefined) sentWan.set(`${s.node}/${e.step}`, e.sent.wan)
     // Every rank commits a step together: the first of its events marks the commit.
-    if (e.type !== 'step' || seen.has(e.step)) return
-    seen.add(e.step)
+    if (arrived.has(e.step)) return
+    arrived.set(e.step, s.ms)
     process.stderr.write(`  [${c.name}] step ${e.step}/${e.steps} loss ${e.loss?.toFixed(4)} at ${(s.ms / 1000).toFixed(1)} s\n`)
-    if (e.step === WARMUP || e.step === last) marks.set(e.step, { ms: s.ms, bytes: crossZoneBytes(z, zoneNames) })
+    if (!reading && (e.step === WARMUP || (marks.length > 0 && e.step >= STEPS - END_READS))) read(e.step)
   }
   let nodes: Awaited<ReturnType<typeof startZoneNodes>> | undefined
   let ok = false
@@ -144,16 +205,36 @@ async function runConfig(c: Config): Promise<Measured> {
     const failed = n.nodes.filter(x => x.worker.proc.exitCode !== 0)
     if (failed.length > 0)
       throw new Error(`${failed.map(x => `${x.name} exited ${x.worker.proc.exitCode ?? x.worker.proc.signalCode}: ${x.worker.tail.at(-1) ?? ''}`).join('; ')}`)
-    const a = marks.get(WARMUP)
-    const b = marks.get(last)
-    if (a === undefined || b === undefined) throw new Error(`no step events for steps ${WARMUP} and ${last}`)
-    const tokens = (last - WARMUP) * TOKENS_PER_STEP
+    await Promise.all(ports)
+    // The window ends at the last read that was done before the last step's event arrived, so
+    // it holds no byte of the final evaluation.
+    const a = marks[0]
+    const end = arrived.get(STEPS)
+    const b = marks.findLast(m => end !== undefined && m.doneMs < end && a !== undefined && m.step > a.step)
+    if (a === undefined || b === undefined || a.step !== WARMUP) throw new Error(`no counters read at step ${WARMUP} and before step ${STEPS}`)
+    const steps = b.step - a.step
+    const tokens = steps * TOKENS_PER_STEP
+    const seconds = (arrived.get(b.step)! - arrived.get(a.step)!) / 1000
+    const total = b.total - a.total
+    const d = (k: keyof PortSplit): number => b.split[k] - a.split[k]
+    const collective = n.nodes.reduce(
+      (acc, x) => acc + (sentWan.get(`${x.name}/${b.step}`) ?? Number.NaN) - (sentWan.get(`${x.name}/${a.step}`) ?? Number.NaN),
+      0
+    )
     const done = n.events.flatMap(s => (s.event.type === 'done' ? [s.event] : []))
     const phases = n.events.flatMap(s => (s.event.type === 'phases' ? [s.event.compute + s.event.optimizer] : []))
     ok = true
     return {
-      tokensPerS: tokens / ((b.ms - a.ms) / 1000),
-      bytesPerToken: ((await b.bytes) - (await a.bytes)) / tokens,
+      tokensPerS: tokens / seconds,
+      bytesPerToken: total / tokens,
+      window: [a.step, b.step],
+      split: {
+        bulkPerStep: d('otherTcp') / steps,
+        libp2pPerS: d('listed') / seconds,
+        otherPerS: d('rest') / seconds,
+        ofTotal: (d('listed') + d('otherTcp') + d('rest')) / total,
+        collectivePerStep: collective / steps
+      },
       evalLoss: done.map(d => d.evalLoss).find(x => x !== null && x !== undefined) ?? null,
       steps: Math.max(0, ...done.map(d => d.step)),
       wallS: n.now() / 1000,
@@ -184,7 +265,7 @@ function simModel(m: TrainModelName): 'mini' | 'small' {
   return m
 }
 
-async function simTwin(c: Config, computeMs: number): Promise<{ tokensPerS: number; bytesPerToken: number }> {
+async function simTwin(c: Config, computeMs: number, window: [number, number]): Promise<{ tokensPerS: number; bytesPerToken: number }> {
   const rate = (MBIT * 1e6) / 8
   const link = { jitterMs: 0, loss: 0, duplicate: 0, corrupt: 0 }
   const topology: Topology = {
@@ -214,10 +295,10 @@ async function simTwin(c: Config, computeMs: number): Promise<{ tokensPerS: numb
     limitMs: 6 * 3600_000
   })
   if (r.violations.length > 0) throw new Error(`the simulated twin failed: ${r.violations[0]}`)
-  const a = r.commits?.find(x => x.step === WARMUP)
-  const b = r.commits?.find(x => x.step === STEPS)
+  const a = r.commits?.find(x => x.step === window[0])
+  const b = r.commits?.find(x => x.step === window[1])
   if (a === undefined || b === undefined) throw new Error('the simulated twin has no commits of the measured steps')
-  const t = (STEPS - WARMUP) * TOKENS_PER_STEP
+  const t = (window[1] - window[0]) * TOKENS_PER_STEP
   return { tokensPerS: t / ((b.ms - a.ms) / 1000), bytesPerToken: ((b.wanBytes - a.wanBytes) * FRAMING) / t }
 }
 const FIDELITY = process.env['BENCH_ZONES_SIM'] !== '0'
@@ -241,7 +322,7 @@ for (const c of [...runnable.filter(x => x.name === BASELINE), ...runnable.filte
   let sim: { tokensPerS: number; bytesPerToken: number } | undefined
   if (FIDELITY && c.twin === true && m.computeMs !== undefined) {
     try {
-      sim = await simTwin(c, m.computeMs)
+      sim = await simTwin(c, m.computeMs, m.window)
     } catch (err) {
       process.stderr.write(`bench zones: ${c.name}: ${(err as Error).message}\n`)
     }
@@ -258,6 +339,13 @@ for (const c of [...runnable.filter(x => x.name === BASELINE), ...runnable.filte
       tokens_per_s: r4(m.tokensPerS),
       cross_zone_bytes_per_token: Math.round(m.bytesPerToken),
       cross_zone_bytes_per_step: Math.round(m.bytesPerToken * TOKENS_PER_STEP),
+      window: m.window,
+      collective_bytes_per_step: Math.round(m.split.collectivePerStep),
+      bulk_bytes_per_step: Math.round(m.split.bulkPerStep),
+      libp2p_bytes_per_s: Math.round(m.split.libp2pPerS),
+      other_bytes_per_s: Math.round(m.split.otherPerS),
+      step_s: r4(TOKENS_PER_STEP / m.tokensPerS),
+      split_of_total: r4(m.split.ofTotal),
       eval_loss: m.evalLoss === null ? null : r4(m.evalLoss),
       wall_s: r4(m.wallS),
       ...(baseline === undefined || c.name === BASELINE

@@ -77,6 +77,7 @@ export {
   type GatherOptions,
   type ReduceOptions,
   type HierReduceOptions,
+  type HierGatherOptions,
   type IntoOption,
   type TierBytes,
   type ErrorFeedback,

@@ -44,8 +44,17 @@ const EVENT_SCHEMAS = [
   z.strictObject({ type: z.literal('view'), epoch: count, members: count, rank: count.optional() }),
   /** Contact with the majority of the view was lost (true) or restored (false). */
   z.strictObject({ type: z.literal('paused'), paused: z.boolean() }),
-  /** A training step committed. */
-  z.strictObject({ type: z.literal('step'), step: count, steps: count, loss: figure, rank: count.optional(), worldSize: count, tokensPerS: figure }),
+  /** A training step committed; `sent`: the bytes this rank's training collectives sent so far, by tier (headers included). */
+  z.strictObject({
+    type: z.literal('step'),
+    step: count,
+    steps: count,
+    loss: figure,
+    rank: count.optional(),
+    worldSize: count,
+    tokensPerS: figure,
+    sent: tierBytes.optional()
+  }),
   /** A recovery this node took part in; `worldSize` is the run's after it. */
   z.strictObject({
     type: z.literal('recovery'),

@@ -419,7 +419,8 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
           loss: s.loss,
           ...(s.rank === undefined ? {} : { rank: s.rank }),
           worldSize: s.worldSize,
-          tokensPerS: s.tokensPerS
+          tokensPerS: s.tokensPerS,
+          sent: s.bytes
         })
       }
     },

@@ -1,6 +1,7 @@
 import { InvalidArgumentError, checkCap, shardRange, type Range } from '../../core/index.ts'
 import type { View } from '../membership.ts'
 import { CollectiveCore, type CallOptions, type CollectiveInit, type CollectiveResult, type CollectiveStats } from './collective.ts'
+import { hierAllGather } from './hier-gather.ts'
 import { hierReduceScatter, type ErrorFeedback } from './hier.ts'
 import { COLLECTIVE_LIMITS } from './limits.ts'
 import { ringAllGather, ringReduceScatter, type GatherInput, type RingPlan } from './ring.ts'
@@ -60,6 +61,8 @@ export interface HierReduceOptions extends OpOptions, IntoOption<Float32Array> {
   errorFeedback?: ErrorFeedback
 }
 
+export interface HierGatherOptions extends OpOptions, IntoOption<Float32Array> {}
+
 /**
  * Collectives over one view. Every member calls the same operations in the same order
  * (SPMD); calls on one instance run one at a time, in call order. Shards follow
@@ -104,6 +107,12 @@ export interface Collective {
   allReduce(x: Float32Array, opts?: ReduceOptions): Promise<CollectiveResult<Float32Array>>
   /** Hierarchical all-to-all reduce-scatter over the tiers (qgZ when the wire is quantized). */
   hierReduceScatter(x: Float32Array, opts?: HierReduceOptions): Promise<CollectiveResult<Float32Array>>
+  /**
+   * All-gather over the tiers (f32, bit for bit): the same result as {@link allGather}, with
+   * each tier boundary crossed by one message per pair of groups instead of every rank's part
+   * one hop at a time. For vectors of a few elements per rank, whose cost is messages and hops.
+   */
+  hierAllGather(mine: Float32Array, length: number, opts?: HierGatherOptions): Promise<CollectiveResult<Float32Array>>
   stats(): CollectiveStats
 }
 
@@ -258,6 +267,21 @@ function hierReduceScatterOn(core: CollectiveCore, x: Float32Array, opts: HierRe
   })
 }
 
+function hierAllGatherOn(core: CollectiveCore, mine: Float32Array, length: number, opts: HierGatherOptions): Promise<CollectiveResult<Float32Array>> {
+  checkLength(length)
+  checkWindow(length, 'all', opts.window)
+  const part = partOf(core, length, 'all', opts.window)
+  const want = part(core.rank).length
+  if (mine.length !== want) throw new InvalidArgumentError(`this rank's shard of ${length} elements has ${want} elements, got ${mine.length}`)
+  const out = resultArray(mine, length, opts.into)
+  return core.run('hierAllGather', opts.label ?? 'hier_all_gather', opts, async op => {
+    const go = hierAllGather(op, core.hierarchy, part, core.chunkBytes, mine, out)
+    op.ready()
+    await go()
+    return out
+  })
+}
+
 /** Creates a collective for `init.view` on `init.net` (call start() on every member). */
 export function createCollective(init: CollectiveInit): Collective {
   const core = new CollectiveCore(init)
@@ -286,6 +310,7 @@ export function createCollective(init: CollectiveInit): Collective {
     reduceScatter: (x, opts = {}) => reduceScatterOn(core, x, opts),
     allReduce: (x, opts = {}) => allReduceOn(core, x, opts),
     hierReduceScatter: (x, opts = {}) => hierReduceScatterOn(core, x, opts),
+    hierAllGather: (mine, length, opts = {}) => hierAllGatherOn(core, mine, length, opts),
     stats: () => core.stats()
   }
 }

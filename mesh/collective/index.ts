@@ -1,6 +1,7 @@
 /**
- * mesh/collective: ring all-gather / reduce-scatter / all-reduce and the hierarchical,
- * quantized ZeRO++ collectives (qwZ, hpZ, qgZ) over PeerNet streams.
+ * mesh/collective: ring all-gather / reduce-scatter / all-reduce, the hierarchical,
+ * quantized ZeRO++ collectives (qwZ, hpZ, qgZ) and the tiered all-gather of small vectors
+ * over PeerNet streams.
  */
 export {
   createCollective,
@@ -11,6 +12,7 @@ export {
   type GatherOptions,
   type ReduceOptions,
   type HierReduceOptions,
+  type HierGatherOptions,
   type IntoOption
 } from './api.ts'
 export type { CollectiveInit, CallOptions, CollectiveResult, CollectiveStats } from './collective.ts'

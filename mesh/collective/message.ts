@@ -31,7 +31,7 @@ export const MESSAGE_VERSION = 1
 const HEADER = COLLECTIVE_LIMITS.headerBytes
 
 /** Wire codes of the operation kinds. Never renumber. */
-export const OP_KINDS = Object.freeze({ allGather: 1, reduceScatter: 2, allReduce: 3, hierReduceScatter: 4 })
+export const OP_KINDS = Object.freeze({ allGather: 1, reduceScatter: 2, allReduce: 3, hierReduceScatter: 4, hierAllGather: 5 })
 export type OpKind = keyof typeof OP_KINDS
 
 /**

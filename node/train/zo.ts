@@ -11,8 +11,12 @@ import { TrainingError } from './config.ts'
  * optimizer state). Step s draws a direction z from the step's seed (gpu/zo.ts: one sign per
  * parameter), and each rank measures its own batch's loss at θ + εz and θ − εz: its projected
  * gradient is d = (L+ − L−) / 2ε. The ranks all-gather (d, loss): 8 bytes each, the only bytes
- * a step moves. Every rank then applies θ ← θ − lr·mean(d)·z, the same f32 operations in the
- * same order, so the replicas stay bit-identical without moving a weight.
+ * a step moves, by the collective's tiered all-gather (hierAllGather): the ranks of a zone
+ * send their pairs to its lowest rank, those leaders swap their zones' pairs (one message per
+ * pair of zones), and each hands the whole array back inside its zone, so a step crosses a
+ * zone boundary as few times as it can. Every rank then applies θ ← θ − lr·mean(d)·z, the
+ * same f32 operations in the same order, so the replicas stay bit-identical without moving a
+ * weight.
  *
  * The weights move only when a roster forms: each rank brings its shard of θ (its own state,
  * a snapshot or the disk tier, as in first-order training) and one all-gather makes the whole
@@ -70,7 +74,7 @@ export async function zoSteps(p: SessionParts, t: ShardTensors, from: number, ho
       rs.st.phase = `step ${s + 1}: exchanging the projected gradients`
       const mineD = Float32Array.of((plus - minus) / (2 * eps), (plus + minus) / 2)
       // When the all-gather returns, every rank has finished step s: it is committed.
-      const all = await collective.allGather(mineD, 2 * p.P, { ...callAt(p, s), label: 'zo_scalars' }).catch(fail)
+      const all = await collective.hierAllGather(mineD, 2 * p.P, { ...callAt(p, s), label: 'zo_scalars' }).catch(fail)
       const exchanged = now()
       p.acct.account(all.bytes)
       // The mean projected gradient, summed in rank order in f32 (every rank the same bits).

@@ -3,16 +3,22 @@ import { Rng, seedFromEnv } from '../../core/index.ts'
 import { CollectiveError, type Collective, type CollectiveResult } from '../../mesh/collective/index.ts'
 import { firstDiff, randomVec, serialHierReduce, serialRingReduce, simGroup, zoneOf } from './helpers.ts'
 
-type Op = 'all-gather' | 'reduce-scatter' | 'all-to-all'
-const LABEL: Record<Op, string> = { 'all-gather': 'all_gather', 'reduce-scatter': 'reduce_scatter', 'all-to-all': 'hier_reduce_scatter' }
+type Op = 'all-gather' | 'reduce-scatter' | 'all-to-all' | 'tiered all-gather'
+const LABEL: Record<Op, string> = {
+  'all-gather': 'all_gather',
+  'reduce-scatter': 'reduce_scatter',
+  'all-to-all': 'hier_reduce_scatter',
+  'tiered all-gather': 'hier_all_gather'
+}
 
 const Q4 = { kind: 'quant', bits: 4, blockSize: 256 } as const
 
 function call(c: Collective, op: Op, xs: Float32Array[], n: number, step: number): Promise<CollectiveResult<Float32Array>> {
   const x = xs[c.rank]!
-  if (op === 'all-gather') {
+  if (op === 'all-gather' || op === 'tiered all-gather') {
     const s = c.shardOf(n)
-    return c.allGather(xs[0]!.slice(s.start, s.start + s.length), n, { step })
+    const mine = xs[0]!.slice(s.start, s.start + s.length)
+    return op === 'all-gather' ? c.allGather(mine, n, { step }) : c.hierAllGather(mine, n, { step })
   }
   if (op === 'reduce-scatter') return c.reduceScatter(x, { step })
   return c.hierReduceScatter(x, { step, wire: Q4 })
@@ -20,7 +26,7 @@ function call(c: Collective, op: Op, xs: Float32Array[], n: number, step: number
 
 /** What a call that completes must return (a complete, correct result, never a partial one). */
 function expected(c: Collective, op: Op, xs: Float32Array[], n: number): Float32Array {
-  if (op === 'all-gather') return xs[0]!
+  if (op === 'all-gather' || op === 'tiered all-gather') return xs[0]!
   const s = c.shardOf(n)
   const full = op === 'reduce-scatter' ? serialRingReduce(xs, c.ring, n) : serialHierReduce(xs, c.hierarchy, n, Q4)
   return full.slice(s.start, s.start + s.length)
@@ -105,7 +111,7 @@ async function faultRun(seed: number, op: Op, fault: 'crash' | 'pause', stats = 
   }
 }
 
-for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
+for (const op of ['all-gather', 'reduce-scatter', 'all-to-all', 'tiered all-gather'] as const) {
   test(`a member crashing mid ${op}: every survivor rejects with a CollectiveError within the bound (SimNet, 8 seeds)`, async t => {
     const base = seedFromEnv(100)
     for (let i = 0; i < 8; i++) {
@@ -117,12 +123,12 @@ for (const op of ['all-gather', 'reduce-scatter', 'all-to-all'] as const) {
   })
 }
 
-test('a member stalling (paused) mid all-gather / all-to-all: survivors reject within the bound (timeout or the cascade) unless they already had every byte (SimNet, 4 seeds)', async t => {
+test('a member stalling (paused) mid all-gather / all-to-all / tiered all-gather: survivors reject within the bound (timeout or the cascade) unless they already had every byte (SimNet, 4 seeds)', async t => {
   const base = seedFromEnv(200)
   const stats = { rejected: 0 }
   for (let i = 0; i < 4; i++) {
     const seed = base + i
-    for (const op of ['all-gather', 'all-to-all'] as const) {
+    for (const op of ['all-gather', 'all-to-all', 'tiered all-gather'] as const) {
       const problem = await faultRun(seed, op, 'pause', stats)
       if (problem !== undefined) t.fail(`${problem}; replay: ZEROMESH_SEED=${seed} npx ava test/collective/member-crash.test.ts`)
       else t.pass()

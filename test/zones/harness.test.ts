@@ -8,14 +8,17 @@ import { join } from 'node:path'
 import { fetchStatus, type NodeStatus } from '../../node/index.ts'
 import { refused, run } from '../helpers/zones/commands.ts'
 import {
+  countByPort,
   createZones,
   findTools,
   NamespaceRefusedError,
   UNAVAILABLE_ERRORS,
   ZonesError,
   isStartFlag,
+  parseSplit,
   parseUplink,
   startZoneNodes,
+  splitRules,
   tbfArgs,
   tcpTransfer,
   trainFlags,
@@ -48,6 +51,15 @@ test("an uplink's counters: what up<z> sends left the zone, what it receives ent
   const json = JSON.stringify([{ ifname: 'up0', stats64: { rx: { bytes: 12, packets: 1 }, tx: { bytes: 3400, packets: 3 } } }])
   t.deepEqual(parseUplink(json), { out: 3400, in: 12 })
   t.throws(() => parseUplink('[{"ifname":"up0"}]'), { name: 'ZonesCommandError' })
+})
+
+test('the split counters: one rule per kind and zone, summed by kind with an Ethernet header per packet', t => {
+  const rules = splitRules(2)
+  for (const z of [0, 1]) t.is(rules.split('\n').filter(l => l.includes(`iifname "wan${z}"`)).length, 4)
+  const rule = (comment: string, packets: number, bytes: number): unknown => ({ rule: { comment, expr: [{ match: {} }, { counter: { packets, bytes } }] } })
+  const json = JSON.stringify({ nftables: [{ metainfo: {} }, rule('listed', 2, 100), rule('listed', 1, 60), rule('otherTcp', 10, 5000), rule('rest', 0, 0)] })
+  t.deepEqual(parseSplit(json), { listed: 160 + 3 * 14, otherTcp: 5000 + 10 * 14, rest: 0 })
+  t.throws(() => parseSplit('{"nftables":[]}'), { name: 'ZonesCommandError' })
 })
 
 test('worker flags are checked against node/config.ts: unknown flags and the ones the harness sets are refused', async t => {
@@ -106,6 +118,36 @@ test('bad topologies are refused before anything is built', async t => {
   )
   await t.throwsAsync(createZones({ zones: [{ name: 'a', hosts: 0 }], uplinkBitsPerS: MBIT }), { name: 'InvalidArgumentError' })
   await t.throwsAsync(createZones({ zones: [{ name: 'a', hosts: 1 }], uplinkBitsPerS: 10 }), { name: 'InvalidArgumentError' })
+})
+
+zonesTest("the split counters count what leaves a zone by the TCP ports given, and add up to the uplinks' counters", async t => {
+  const z = await createZones({
+    zones: [
+      { name: 'a', hosts: 1 },
+      { name: 'b', hosts: 1 }
+    ],
+    uplinkBitsPerS: 50 * MBIT
+  })
+  try {
+    const [a0, b0] = z.hosts as [(typeof z.hosts)[0], (typeof z.hosts)[0]]
+    const split = await countByPort(z)
+    const uplinks = async (): Promise<number> => (await z.uplinkBytes('a')).out + (await z.uplinkBytes('b')).out
+    const u0 = await uplinks()
+    // tcpTransfer's port is not listed yet: other TCP; then listed.
+    await tcpTransfer(z, a0, b0, 300_000)
+    const s1 = await split.read()
+    t.true(s1.otherTcp >= 300_000 && s1.listed === 0, JSON.stringify(s1))
+    await split.add([5201])
+    await tcpTransfer(z, a0, b0, 300_000)
+    const s2 = await split.read()
+    const u2 = await uplinks()
+    t.true(s2.listed >= 300_000 && s2.otherTcp - s1.otherTcp < 5000, JSON.stringify(s2))
+    const counted = s2.listed + s2.otherTcp + s2.rest
+    t.log(`split ${counted} bytes, uplinks ${u2 - u0}`)
+    t.true(Math.abs(counted / (u2 - u0) - 1) < 0.03, `split ${counted} vs uplinks ${u2 - u0}`)
+  } finally {
+    await z.stop()
+  }
 })
 
 const namespaces = (): string[] =>

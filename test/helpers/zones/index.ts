@@ -10,4 +10,5 @@ export { NAMESPACE_PREFIX, sweepStale, findTools, type Tools } from './commands.
 export { createZones, zonesUnavailable, tbfArgs, parseUplink, type Zones, type ZonesInit, type ZoneSpec, type ZoneHost, type UplinkBytes } from './topology.ts'
 export { startZoneNodes, trainFlags, isStartFlag, type ZoneNodes, type ZoneNodesInit, type ZoneNode, type StampedEvent, type TrainFlags } from './nodes.ts'
 export { tcpTransfer, type Transfer } from './transfer.ts'
+export { countByPort, splitRules, parseSplit, type PortCounters, type PortSplit } from './counters.ts'
 export { createNat, routerRules, type NatTopology, type NatInit, type NatHost, type NatKind } from './nat.ts'
