@@ -28,6 +28,11 @@ export const MESH_LIMITS = Object.freeze({
   /** The longest wait between two redials of one unreachable peer (ms); it doubles from the announcement period. */
   maxRedialBackoffMs: 10_000,
   /**
+   * The longest wait between two address announcements of a node while its mesh does not
+   * change (ms); the wait doubles from the announcement period (mesh/libp2p/announce.ts).
+   */
+  maxAnnounceIntervalMs: 30_000,
+  /**
    * Circuit Relay v2, as a relay serves it to members of its run (the protocol's defaults,
    * 128 KiB and 2 minutes a relayed connection, would cut a training run's control channel
    * within a step or two). A relayed connection is reset when either limit is reached; the

@@ -13,6 +13,11 @@ const announceCodec = createEnvelopeCodec({
   addrs: z.strictObject({ addrs: z.array(z.string().max(256)).max(16) })
 })
 
+/** An announcement of `addrs` (the first 16) as it travels on ANNOUNCE_TOPIC. */
+export function encodeAnnouncement(addrs: readonly string[]): Uint8Array {
+  return announceCodec.encode('addrs', { addrs: addrs.slice(0, 16) })
+}
+
 /** What the announcer needs from the PeerNet around it. */
 export interface AnnouncerInit {
   clock: Clock
@@ -28,6 +33,8 @@ export interface AnnouncerInit {
   dial: (addrs: Multiaddr | Multiaddr[], options?: { signal?: AbortSignal }) => Promise<unknown>
   /** Whether any peer is admitted. */
   hasPeers: () => boolean
+  /** How many peers are admitted (a change means the mesh is still forming or healing). */
+  peerCount: () => number
   /** Peers whose announcements need no dial: admitted, ourselves, or denied. */
   known: (peer: PeerId) => boolean
 }
@@ -43,8 +50,18 @@ interface Remembered {
 
 /**
  * Address announcements, so that every pair of peers connects (gossipsub only reaches peers
- * through existing connections): each node publishes its multiaddrs every intervalMs (the
- * first after at most 500 ms) and dials the announced addresses of peers it has not admitted.
+ * through existing connections): each node publishes its multiaddrs (the first after at most
+ * 500 ms) and dials the announced addresses of peers it has not admitted.
+ *
+ * A node publishes every intervalMs while the mesh around it changes, then less and less often
+ * while nothing does: the wait doubles after each announcement up to
+ * MESH_LIMITS.maxAnnounceIntervalMs. Anything that can mean a peer lacks our addresses resets it
+ * to intervalMs: our addresses changed (a relay slot, a new interface), the number of admitted
+ * peers changed (a node joined, left, or came back after a cut), or a peer we have not admitted
+ * announced itself (it has not reached us yet, so it may not know where we are). Every gossip
+ * message crosses every link of the mesh, a slow inter-site link too; a stable mesh of N nodes
+ * announcing every 2 s moved N announcements (each up to 16 multiaddrs) through every
+ * node every 2 s for nothing.
  *
  * Announcements cannot cross a partition, so a node also remembers every peer's announced
  * addresses (up to MESH_LIMITS.maxRememberedPeers) and, each period, dials again up to
@@ -60,6 +77,12 @@ export class Announcer {
   private readonly book = new Map<PeerId, Remembered>()
   /** Tentative dials in flight (see dial()), by peer. */
   private readonly tentative = new Map<PeerId, AbortController>()
+  /** The publishing schedule: the current wait, when the next announcement is due, and what the last one saw. */
+  private wait = 0
+  private due = 0
+  private seen: { addrs: string; peers: number } | undefined
+  /** A peer we have not admitted announced itself since the last announcement. */
+  private stranger = false
 
   constructor(init: AnnouncerInit) {
     this.init = init
@@ -89,6 +112,7 @@ export class Announcer {
         })
         if (addrs.length > 0) this.remember(m.from, addrs)
         if (this.init.known(m.from)) return
+        this.stranger = true
         if (addrs.length > 0) this.dial(m.from, addrs, 'dial to announced peer failed')
       }
     })
@@ -101,12 +125,24 @@ export class Announcer {
     if (this.timer !== undefined) this.init.clock.clearTimeout(this.timer)
   }
 
+  /** The period's work: publish when due (see the class comment), then bootstrap and redial as every period. */
   private readonly announce = (): void => {
     if (!this.running) return
     const addrs = this.init.addrs().slice(0, 16)
-    this.init
-      .publish(ANNOUNCE_TOPIC, announceCodec.encode('addrs', { addrs }))
-      .catch(err => this.init.log.debug({ err: describe(err) }, 'address announce failed'))
+    const now = this.init.clock.monotonic()
+    const seen = { addrs: addrs.join(' '), peers: this.init.peerCount() }
+    const changed = this.stranger || this.seen === undefined || seen.addrs !== this.seen.addrs || seen.peers !== this.seen.peers
+    if (changed) {
+      this.wait = this.init.intervalMs
+      this.due = now
+    }
+    if (now >= this.due) {
+      this.init.publish(ANNOUNCE_TOPIC, encodeAnnouncement(addrs)).catch(err => this.init.log.debug({ err: describe(err) }, 'address announce failed'))
+      this.due = now + this.wait
+      this.wait = Math.min(MESH_LIMITS.maxAnnounceIntervalMs, Math.max(this.init.intervalMs, 2 * this.wait))
+    }
+    this.seen = seen
+    this.stranger = false
     if (!this.init.hasPeers()) this.dialBootstrap()
     this.redial()
     this.timer = this.init.clock.setTimeout(this.announce, this.init.intervalMs)

@@ -173,6 +173,7 @@ class MeshPeerNet implements Libp2pPeerNet {
       subscribe: (topic, handler) => this.gossip.subscribe(topic, handler),
       dial: (addrs, options) => this.node!.dial(addrs, options),
       hasPeers: () => this.admission.size > 0,
+      peerCount: () => this.admission.size,
       known: peer => this.admission.isAdmitted(peer) || peer === this.info.id || this.admission.isDenied(peer)
     })
     this.relays = new RelayClient({
