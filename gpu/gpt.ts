@@ -142,14 +142,22 @@ export function initGptParams(config: GptConfig, seed: Seed): Float32Array {
 
 /**
  * {@link initGptParams} (the same values) that awaits `turn` after every `every` elements, so
- * a process that initialises a large model on its event loop keeps answering heartbeats.
- * A model of at most `every` parameters is returned at once, without an await (a simulated
- * schedule stays what it was).
+ * a process that initialises a large model on its event loop keeps answering heartbeats
+ * (0.5 Mi normal draws take about 40 ms; 4 Mi, the step before, held a GPU rank's loop for
+ * 340 ms at a time, 19 times in a row for GPT-2 124M, and its peers replaced it). A model of
+ * at most `atOnce` parameters is returned at once, without an await (a simulated schedule
+ * stays what it was).
  */
-export function initGptParamsYielding(config: GptConfig, seed: Seed, turn: () => Promise<void>, every = 1 << 22): Float32Array | Promise<Float32Array> {
+export function initGptParamsYielding(
+  config: GptConfig,
+  seed: Seed,
+  turn: () => Promise<void>,
+  every = 1 << 19,
+  atOnce = 1 << 22
+): Float32Array | Promise<Float32Array> {
   const out = new Float32Array(gptLayout(config).length)
   const steps = initSteps(config, seed, out, every)
-  if (out.length <= every) {
+  if (out.length <= atOnce) {
     for (const _ of steps);
     return out
   }

@@ -292,6 +292,7 @@ export async function runSession(
       })
     }
     if (state === undefined) {
+      rs.st.phase = `session train-${epoch}.${round}: ${cfg.initFrom === undefined ? 'drawing the initial weights' : 'loading the initial weights'}`
       const fresh = freshShard(env, p.shard.start, p.shard.length)
       state = fresh instanceof Promise ? await fresh : fresh
     }

@@ -296,6 +296,7 @@ test('initGptParamsYielding: the same values as initGptParams, turning every `ev
     async () => {
       turns++
     },
+    every,
     every
   )
   t.true(big instanceof Promise)
