@@ -229,8 +229,8 @@ async function startParts(cfg: StartConfig, emitOut: EmitEvent, log: Logger, sec
 /**
  * The dashboard's parts: with --train or --http, a recorder of the node's events and views
  * and of every training node's gossiped progress; each tick it samples this node, gossips its
- * progress (so any node's page shows every rank) and updates the open pages. With --http,
- * the page's server.
+ * progress while some node serves a page (dashboard/gossip.ts: so any node's page shows every
+ * rank) and updates the open pages. With --http, the page's server.
  */
 async function startDashboard(
   cfg: StartConfig,
@@ -250,35 +250,13 @@ async function startDashboard(
     ...(trainer === undefined ? {} : { training: () => trainer.status(), placement: () => trainer.placement() })
   })
   membership.on('view', v => recorder.view(v))
-  const unsubscribe = net.subscribe(PROGRESS_TOPIC, {
-    validate: m => {
-      try {
-        decodeProgress(m.data)
-        return 'accept'
-      } catch {
-        return 'reject'
-      }
-    },
-    deliver: m => recorder.progress(m.from, decodeProgress(m.data))
-  })
   if (cfg.http !== undefined) server = await serveDashboard(cfg.http, recorder)
-  let timer: number | undefined
-  let running = true
-  const tick = (): void => {
-    if (!running) return
-    const own = recorder.tick()
-    if (own !== undefined) net.publish(PROGRESS_TOPIC, encodeProgress(own)).catch(() => {})
-    server?.push()
-    timer = clock.setTimeout(tick, DASHBOARD_LIMITS.tickMs)
-  }
-  timer = clock.setTimeout(tick, DASHBOARD_LIMITS.tickMs)
+  const gossip = startProgressGossip({ net, clock, recorder, serving: server !== undefined, onTick: () => server?.push() })
   return {
     recorder,
     server,
     async stop() {
-      running = false
-      if (timer !== undefined) clock.clearTimeout(timer)
-      unsubscribe()
+      gossip.stop()
       await server?.close()
     }
   }

@@ -26,8 +26,12 @@ export const DASHBOARD_LIMITS = Object.freeze({
   maxNodes: 1024,
   /** One `dash/progress` gossip message (bytes), checked before decoding. */
   maxProgressBytes: 2048,
-  /** How often a training node gossips its progress, and the page is updated (ms). */
-  tickMs: 1000
+  /** How often a training node gossips its progress (while a page is served somewhere), and the page is updated (ms). */
+  tickMs: 1000,
+  /** How often a node serving a page tells the others to gossip their progress (ms; gossip.ts). */
+  watchEveryMs: 10_000,
+  /** How long a node gossips its progress after the last such beacon (ms). */
+  watchTimeoutMs: 30_000
 })
 
 export const PROGRESS_TOPIC = 'dash/progress'
