@@ -1,10 +1,10 @@
-// Optimizers (issue 21): AdamW against Lion and 8-bit AdamW, on real `zeromesh start --train`
+// Optimizers (issue 21): AdamW against Lion, 8-bit AdamW and 8-bit Lion, on real `zeromesh start --train`
 // worker processes (`up`, CPU backend), every figure with AdamW as the same-run baseline.
 //
 // (a) `optimizer.quality`: held-out loss of the final weights after BENCH_OPT_STEPS steps
 //     (default 300) of the `small` model (3.3 M parameters) on one rank, batch 4 x seq 64,
-//     seed 1, each optimizer at its default learning rate (AdamW and 8-bit AdamW 3e-3, Lion
-//     3e-4). Goal: each within 1% of AdamW.
+//     seed 1, each optimizer at its default learning rate (AdamW and 8-bit AdamW 3e-3, Lion and
+//     8-bit Lion 1e-4). Goal: each within 1% of AdamW.
 // (b) `optimizer.state`: bytes of one rank's serialized state (what a snapshot codes and the
 //     disk tier writes) per owned parameter, from the state header and the shard of a 4-rank
 //     `small` run; goal <= 0.5x AdamW's.
@@ -13,22 +13,23 @@
 //     and SIGKILL to the next commit.
 // BENCH_OPT_PARTS (comma-separated: quality, state, kill) picks parts; BENCH_OPT_ONLY (comma-
 // separated) the optimizers of (a) and (c); BENCH_OPT_ADAMW_LR / BENCH_OPT_LION_LR /
-// BENCH_OPT_ADAMW8BIT_LR their learning rates.
+// BENCH_OPT_ADAMW8BIT_LR / BENCH_OPT_LION8BIT_LR their learning rates.
 import { loadavg } from 'node:os'
 import { envNumber } from './harness.ts'
 import { up, type UpKillReport } from '../cli/index.ts'
 import { shardRange } from '../core/index.ts'
 import { ADAM8_BLOCK, GPT_PRESETS, gptLayout } from '../gpu/index.ts'
 import { stateBytes } from '../snapshot/index.ts'
-import { decaySegments, OPTIMIZERS, trainingModel, type Optimizer } from '../node/index.ts'
+import { codedMoments, decaySegments, OPTIMIZERS, trainingModel, type Optimizer } from '../node/index.ts'
 
 const STEPS = envNumber('BENCH_OPT_STEPS', 300)
-// Learning rates (default: the workers' own per optimizer: AdamW and 8-bit AdamW 3e-3, Lion 3e-4).
+// Learning rates (default: the workers' own per optimizer, node/train/config.ts defaultLr).
 const lrOf = (name: string): number | undefined => (process.env[name] === undefined ? undefined : Number(process.env[name]))
 const LR: Record<Optimizer, number | undefined> = {
   adamw: lrOf('BENCH_OPT_ADAMW_LR'),
   lion: lrOf('BENCH_OPT_LION_LR'),
-  adamw8bit: lrOf('BENCH_OPT_ADAMW8BIT_LR')
+  adamw8bit: lrOf('BENCH_OPT_ADAMW8BIT_LR'),
+  lion8bit: lrOf('BENCH_OPT_LION8BIT_LR')
 }
 const ONLY = process.env['BENCH_OPT_ONLY']?.split(',').map(s => s.trim())
 const picked = (o: Optimizer): boolean => ONLY === undefined || ONLY.includes(o)
@@ -110,12 +111,13 @@ if (parts.includes('state')) {
   const P = 4
   const n = shardRange(N, P, 0).length
   const sizes = new Map<string, number>()
-  // 8-bit AdamW runs per decay segment: blocks restart at each segment of the shard.
+  // The 8-bit optimizers run per decay segment: blocks restart at each segment of the shard.
   const blocks = decaySegments(gptLayout(model), 0, n).reduce((a, x) => a + Math.ceil(x.length / ADAM8_BLOCK), 0)
   for (const optimizer of OPTIMIZERS) {
     const empty = new Float32Array(0)
     const vec = new Float32Array(n)
-    const eight = optimizer === 'adamw8bit'
+    const k8 = codedMoments({ optimizer })
+    const eight = k8 !== 0
     const bytes = stateBytes({
       rank: 0,
       worldSize: P,
@@ -129,7 +131,7 @@ if (parts.includes('state')) {
       identity: new Uint8Array(32),
       nonce: new Uint8Array(16),
       ...(optimizer === 'adamw' ? {} : { optimizer }),
-      ...(eight ? { adam8: { m: new Uint8Array(n), v: new Uint8Array(n), scales: new Float32Array(2 * blocks) } } : {})
+      ...(eight ? { adam8: { m: new Uint8Array(n), v: new Uint8Array(k8 === 2 ? n : 0), scales: new Float32Array(k8 * blocks) } } : {})
     })
     sizes.set(optimizer, bytes)
     emit({

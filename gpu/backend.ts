@@ -229,6 +229,13 @@ export interface Backend {
    */
   adamw8bit(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, scales: Tensor, p: AdamWParams, paramsLowp?: Tensor | null): void
   /**
+   * Fused 8-bit Lion (gpu/adam8.ts: the format and the order of operations): params/grads f32
+   * [n], m u8 codes [n], scales f32 [ceil(n / ADAM8_BLOCK)] (m's absmax of each block).
+   * Dequantizes each block, runs {@link lion}'s f32 update on it and requantizes m; backends
+   * agree bit for bit. `paramsLowp` as in adamw.
+   */
+  lion8bit(params: Tensor, grads: Tensor, m: Tensor, scales: Tensor, p: LionParams, paramsLowp?: Tensor | null): void
+  /**
    * Zeroth-order perturbation (gpu/zo.ts): params[i] += s·scale, s = −1 where
    * `zoNegative(seed, offset + i)`, else +1 (`offset`: the index of params[0] in the flat
    * layout). One f32 addition per element, so backends agree bit for bit. `paramsLowp` as in adamw.

@@ -14,7 +14,7 @@ import type { AdamWParams, Backend, Fence, GemmParams, HostArray, LionParams, Te
 import { GPT_LAYERNORM_EPS } from './gpt.ts'
 import { zoNegative, type ZoSeed } from './zo.ts'
 import { adam8Blocks } from './adam8.ts'
-import { adamw8bitHost, adamwHost, lionHost } from './host-optim.ts'
+import { adamw8bitHost, adamwHost, lion8bitHost, lionHost } from './host-optim.ts'
 import {
   PASSED_FENCE,
   allocSize,
@@ -822,6 +822,19 @@ export class CpuBackend implements Backend {
     const sc = this.f32(op, 'scales', scales, 2 * adam8Blocks(n))
     const low = this.lowp(op, paramsLowp, n)
     adamw8bitHost(w, g, mc, vc, sc, p, low)
+  }
+
+  lion8bit(params: Tensor, grads: Tensor, m: Tensor, scales: Tensor, p: LionParams, paramsLowp?: Tensor | null): void {
+    const op = 'lion8bit'
+    this.live_(op)
+    checkLion(op, p)
+    const w = this.f32(op, 'params', params)
+    const n = w.length
+    const g = this.f32(op, 'grads', grads, n)
+    const mc = this.arg(op, 'm', m, ['u8'], n).data as Uint8Array
+    const sc = this.f32(op, 'scales', scales, adam8Blocks(n))
+    const low = this.lowp(op, paramsLowp, n)
+    lion8bitHost(w, g, mc, sc, p, low)
   }
 
   // ---- quantizers -------------------------------------------------------------------------

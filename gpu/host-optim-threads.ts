@@ -1,5 +1,5 @@
 import { checkCap, createThreadPool, InvalidArgumentError, spareThreads, ZeromeshError, type ThreadPool } from '../core/index.ts'
-import { ADAM8_BLOCK, adam8Blocks } from './adam8.ts'
+import { ADAM8_BLOCK, adam8Blocks, type Moments8 } from './adam8.ts'
 import type { AdamWParams, LionParams } from './backend.ts'
 import { checkAdamW, checkLion } from './validate.ts'
 
@@ -23,6 +23,7 @@ export type OptimRequest =
   | { id: number; op: 'adamw'; w: Float32Array; g: Float32Array; m: Float32Array; v: Float32Array; p: AdamWParams }
   | { id: number; op: 'lion'; w: Float32Array; g: Float32Array; m: Float32Array; p: LionParams }
   | { id: number; op: 'adamw8bit'; w: Float32Array; g: Float32Array; mc: Uint8Array; vc: Uint8Array; sc: Float32Array; p: AdamWParams }
+  | { id: number; op: 'lion8bit'; w: Float32Array; g: Float32Array; mc: Uint8Array; sc: Float32Array; p: LionParams }
 
 export type OptimReply = { id: number; ok: true } | { id: number; ok: false; error: string }
 
@@ -38,6 +39,8 @@ export interface HostOptimizer {
   lion(w: Float32Array, g: Float32Array, m: Float32Array, p: LionParams, signal?: AbortSignal): Promise<void>
   /** Blocks of ADAM8_BLOCK elements from w[0]; sc holds their absmax pairs. */
   adamw8bit(w: Float32Array, g: Float32Array, mc: Uint8Array, vc: Uint8Array, sc: Float32Array, p: AdamWParams, signal?: AbortSignal): Promise<void>
+  /** Blocks of ADAM8_BLOCK elements from w[0]; sc holds their m absmaxes. */
+  lion8bit(w: Float32Array, g: Float32Array, mc: Uint8Array, sc: Float32Array, p: LionParams, signal?: AbortSignal): Promise<void>
   /** Spawns the threads now (a trainer does before it joins, so the first update does not). */
   start(): void
   stop(): void
@@ -90,6 +93,12 @@ export function createHostOptimizer(init: { threads?: number } = {}): HostOptimi
   const same = (op: string, n: number, ...xs: ArrayBufferView[]): void => {
     for (const x of xs) if ((x as Float32Array).length !== n) throw new InvalidArgumentError(`${op}: every array must have ${n} elements`)
   }
+  // 8-bit states: k absmaxes per block of ADAM8_BLOCK elements (gpu/adam8.ts).
+  const scalesOf = (op: string, n: number, sc: Float32Array, k: Moments8): void => {
+    if (sc.length !== k * adam8Blocks(n)) throw new InvalidArgumentError(`${op}: scales must have ${k * adam8Blocks(n)} elements`)
+  }
+  /** The absmaxes of the blocks of elements [a, b) (a on a block boundary). */
+  const blockScales = (sc: Float32Array, k: Moments8, a: number, b: number): Float32Array => sc.subarray((k * a) / ADAM8_BLOCK, k * adam8Blocks(b))
   return {
     threads,
     adamw(w, g, m, v, p, signal) {
@@ -108,14 +117,28 @@ export function createHostOptimizer(init: { threads?: number } = {}): HostOptimi
       checkAdamW('adamw8bit', p)
       shared('adamw8bit', w, g, mc, vc, sc)
       same('adamw8bit', w.length, g, mc, vc)
-      if (sc.length !== 2 * adam8Blocks(w.length)) throw new InvalidArgumentError(`adamw8bit: scales must have ${2 * adam8Blocks(w.length)} elements`)
+      scalesOf('adamw8bit', w.length, sc, 2)
       return sliced(w.length, ADAM8_BLOCK, signal, (a, b) => ({
         op: 'adamw8bit',
         w: w.subarray(a, b),
         g: g.subarray(a, b),
         mc: mc.subarray(a, b),
         vc: vc.subarray(a, b),
-        sc: sc.subarray((2 * a) / ADAM8_BLOCK, 2 * adam8Blocks(b)),
+        sc: blockScales(sc, 2, a, b),
+        p
+      }))
+    },
+    lion8bit(w, g, mc, sc, p, signal) {
+      checkLion('lion8bit', p)
+      shared('lion8bit', w, g, mc, sc)
+      same('lion8bit', w.length, g, mc)
+      scalesOf('lion8bit', w.length, sc, 1)
+      return sliced(w.length, ADAM8_BLOCK, signal, (a, b) => ({
+        op: 'lion8bit',
+        w: w.subarray(a, b),
+        g: g.subarray(a, b),
+        mc: mc.subarray(a, b),
+        sc: blockScales(sc, 1, a, b),
         p
       }))
     },

@@ -2,7 +2,7 @@
 // runs host-optim.ts's update rules, the CPU backend's own, on slices of the shard's shared
 // memory. One job at a time: a request in, an empty reply out (the result is in the memory).
 import { parentPort } from 'node:worker_threads'
-import { adamw8bitHost, adamwHost, lionHost } from './host-optim.ts'
+import { adamw8bitHost, adamwHost, lion8bitHost, lionHost } from './host-optim.ts'
 import type { OptimReply, OptimRequest } from './host-optim-threads.ts'
 
 function run(q: OptimRequest): void {
@@ -15,6 +15,9 @@ function run(q: OptimRequest): void {
       return
     case 'adamw8bit':
       adamw8bitHost(q.w, q.g, q.mc, q.vc, q.sc, q.p, null)
+      return
+    case 'lion8bit':
+      lion8bitHost(q.w, q.g, q.mc, q.sc, q.p, null)
       return
   }
 }

@@ -22,10 +22,10 @@ export {
 } from './backend.ts'
 export { BackendUnavailableError, DeviceError, KernelCompileError, DeviceOutOfMemoryError } from './errors.ts'
 export { CpuBackend, type CpuBackendInit, CPU_LIMITS } from './cpu.ts'
-export { adamw8bitHost, adamwHost, lionHost } from './host-optim.ts'
+export { adamw8bitHost, adamwHost, lion8bitHost, lionConstants, lionHost } from './host-optim.ts'
 export { createHostOptimizer, defaultOptimizerThreads, HOST_OPTIM_LIMITS, type HostOptimizer, HostOptimizerError } from './host-optim-threads.ts'
 export { zoNegative, zoSeed, type ZoSeed } from './zo.ts'
-export { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Decode, adam8Encode } from './adam8.ts'
+export { ADAM8_BLOCK, ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Decode, adam8Encode, MOMENTS8, moments8Of, type Moments8 } from './adam8.ts'
 export {
   Gpt,
   gptBuckets,

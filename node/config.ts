@@ -151,11 +151,11 @@ export const START_OPTIONS = {
   lr: option(z.number().positive().max(1).optional(), {
     arg: '<x>',
     help: 'learning rate',
-    defaultText: '3e-3 (AdamW, 8-bit AdamW), 3e-4 (Lion), 1e-3 (--zo)'
+    defaultText: '3e-3 (AdamW, 8-bit AdamW), 1e-4 (Lion, 8-bit Lion), 1e-3 (--zo)'
   }),
   optimizer: option(z.enum(OPTIMIZERS).default('adamw'), {
-    arg: '<adamw|lion|adamw8bit>',
-    help: 'AdamW (two moments), Lion (one moment and a sign update: state and snapshots 8 bytes per parameter instead of 12), or adamw8bit (AdamW with 8-bit block-quantized moments: about 6 bytes per parameter)'
+    arg: '<adamw|lion|adamw8bit|lion8bit>',
+    help: 'AdamW (two moments), Lion (one moment and a sign update: state and snapshots 8 bytes per parameter instead of 12), adamw8bit (AdamW with 8-bit block-quantized moments: about 6 bytes per parameter), or lion8bit (Lion with its moment so: about 5 bytes per parameter)'
   }),
   zo: option(z.boolean().default(false), {
     help: 'zeroth-order training (MeZO): two forward passes a step, no gradients or optimizer state; the ranks exchange one (projected gradient, loss) pair each per step instead of the model (for fine-tuning over slow links; see the README)'

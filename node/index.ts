@@ -28,6 +28,8 @@ export {
   type TrainModelName,
   type Segment,
   OPTIMIZERS,
+  codedMoments,
+  defaultLr,
   type Optimizer
 } from './train/config.ts'
 export { TRAIN_LIMITS } from './train/limits.ts'

@@ -28,9 +28,10 @@ import { diskDir } from './disk-tier.ts'
 import { defineNodeMetrics, serveMetrics, type MetricsServer, type StepObserver } from './metrics-http.ts'
 import type { NodeEvent } from './events.ts'
 import { Trainer } from './train/trainer.ts'
-import { DASHBOARD_LIMITS, DashboardRecorder, PROGRESS_TOPIC, decodeProgress, encodeProgress } from './dashboard/model.ts'
+import { DashboardRecorder } from './dashboard/model.ts'
+import { startProgressGossip } from './dashboard/gossip.ts'
 import { serveDashboard, type DashboardServer } from './dashboard/server.ts'
-import { runIdentity, runModelConfig, type TrainConfig, type TrainStatus } from './train/config.ts'
+import { defaultLr, runIdentity, runModelConfig, type TrainConfig, type TrainStatus } from './train/config.ts'
 
 /** `--snapshot k+m` (validated by the config schema). */
 function parseSnapshot(spec: string): { k: number; m: number } {
@@ -407,7 +408,7 @@ async function createTrainer(cfg: StartConfig, parts: TrainerParts, emit: EmitEv
       B: cfg.batch,
       T,
       steps: cfg.steps,
-      lr: cfg.lr ?? (cfg.zo ? 1e-3 : cfg.optimizer === 'lion' ? 3e-4 : 3e-3),
+      lr: cfg.lr ?? defaultLr(cfg.optimizer, cfg.zo),
       ...(cfg.optimizer === 'adamw' ? {} : { optimizer: cfg.optimizer }),
       ...(cfg.zo ? { zo: { eps: cfg.zoEps } } : {}),
       ...(cfg.offload === 'cpu' ? { offload: cfg.offloadThreads === undefined ? {} : { threads: cfg.offloadThreads } } : {}),

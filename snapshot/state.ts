@@ -2,13 +2,13 @@ import { checkCap, InvalidArgumentError } from '../core/index.ts'
 import { checksum64 } from '../codec/index.ts'
 import { snapshotError, SnapshotErrorCode } from './errors.ts'
 import { SNAPSHOT_LIMITS } from './limits.ts'
-import { ADAM8_BLOCK } from '../gpu/index.ts'
+import { ADAM8_BLOCK, moments8Of } from '../gpu/index.ts'
 
 /**
  * One rank's training state: what a snapshot captures and a recovery returns. `weights`,
  * `adamM` and `adamV` are the rank's shard of the flat f32 master buffer and of the optimizer's
- * moments (same length; Lion keeps one moment: `adamV` is empty; 8-bit AdamW keeps its moments
- * in `adam8` and both are empty); `rng` is opaque to this layer
+ * moments (same length; Lion keeps one moment: `adamV` is empty; the 8-bit optimizers keep their
+ * moments in `adam8` and both are empty); `rng` is opaque to this layer
  * (e.g. the bytes of core's `Rng.state()`).
  */
 export interface RankState {
@@ -27,10 +27,11 @@ export interface RankState {
   /**
    * The optimizer whose state this is: absent for AdamW (m and v), 'lion' for Lion (m only,
    * `adamV` empty), 'adamw8bit' for 8-bit AdamW (`adam8`; `adamM` and `adamV` empty), 'zo'
-   * for zeroth-order training (`--zo`: the weights only; `adamM` and `adamV` empty).
+   * for zeroth-order training (`--zo`: the weights only; `adamM` and `adamV` empty), 'lion8bit'
+   * for 8-bit Lion (`adam8` with m alone; `adamM` and `adamV` empty).
    */
-  optimizer?: 'lion' | 'adamw8bit' | 'zo'
-  /** 8-bit AdamW's moments (gpu/adam8.ts): present exactly when `optimizer` is 'adamw8bit'. */
+  optimizer?: 'lion' | 'adamw8bit' | 'zo' | 'lion8bit'
+  /** The 8-bit optimizers' moments (gpu/adam8.ts): present exactly when `optimizer` is 'adamw8bit' or 'lion8bit'. */
   adam8?: Adam8Arrays
   /**
    * The DiLoCo tier's state of this shard (node/train/outer.ts), when the run has one: the outer
@@ -78,9 +79,11 @@ export interface OuterArrays {
 }
 
 /**
- * 8-bit AdamW's moments of a shard of n elements: u8 codes of m and of v (n each) and the f32
- * absmax pairs (m's, v's) of their blocks, `scales.length / 2` blocks. A shard whose optimizer
- * runs per segment has a block more per segment boundary than ceil(n / block).
+ * An 8-bit optimizer's moments of a shard of n elements (gpu/adam8.ts): u8 codes of m (n) and,
+ * for 8-bit AdamW, of v (n; 8-bit Lion: empty), and the f32 absmaxes of their blocks, one per
+ * moment and block (AdamW: pairs, m's then v's), `scales.length / k` blocks for k moments. A
+ * shard whose optimizer runs per segment has a block more per segment boundary than
+ * ceil(n / block).
  */
 export interface Adam8Arrays {
   m: Uint8Array
@@ -98,15 +101,16 @@ const OUTER_KEYS = ['weights', 'momentum', 'residual', 'sentInner'] as const
 
 /**
  * The optimizer byte of a serialized state (offset 6): 0 AdamW (m and v follow the weights),
- * 1 Lion (m only), 2 8-bit AdamW (scales and codes follow the weights), 3 zeroth-order (nothing).
+ * 1 Lion (m only), 2 8-bit AdamW (scales and codes follow the weights), 3 zeroth-order (nothing),
+ * 4 8-bit Lion (scales and m's codes follow the weights).
  */
-const OPTIMIZER_TAGS = [undefined, 'lion', 'adamw8bit', 'zo'] as const
+const OPTIMIZER_TAGS = [undefined, 'lion', 'adamw8bit', 'zo', 'lion8bit'] as const
 
-/** f32 moment vectors a state of `optimizer` carries (8-bit AdamW: none, see {@link adam8Bytes}). */
-const momentsOf = (optimizer: RankState['optimizer']): number => (optimizer === 'lion' ? 1 : optimizer === 'adamw8bit' || optimizer === 'zo' ? 0 : 2)
+/** f32 moment vectors a state of `optimizer` carries (the 8-bit optimizers: none, see gpu/adam8.ts MOMENTS8). */
+const momentsOf = (optimizer: RankState['optimizer']): number => (optimizer === 'lion' ? 1 : optimizer === undefined ? 2 : 0)
 
-/** Bytes of 8-bit AdamW moments of `n` elements in `blocks` blocks: the absmax pairs, both codes, zero-padded to 8. */
-const adam8Bytes = (n: number, blocks: number): number => 8 * blocks + pad8(2 * n)
+/** Bytes of `k` 8-bit moments of `n` elements in `blocks` blocks: the absmaxes (k a block), the codes, zero-padded to 8. */
+const adam8Bytes = (n: number, blocks: number, k: number): number => 4 * k * blocks + pad8(k * n)
 
 /** Most blocks an 8-bit state of `n` elements may have: a block needs at least one element. */
 const adam8BlocksOk = (n: number, blocks: number): boolean => blocks <= n && blocks >= Math.ceil(n / ADAM8_BLOCK)
@@ -115,18 +119,21 @@ const adam8BlocksOk = (n: number, blocks: number): boolean => blocks <= n && blo
  * Serialized layout (little-endian):
  *
  *    0 u32 magic 'ZMSS'   4 u8 version (1)   5 u8 flags (bit 0: outer state)
- *    6 u8 optimizer (0 AdamW, 1 Lion, 2 8-bit AdamW, 3 zeroth-order: weights only)   7 u8 reserved (0)
+ *    6 u8 optimizer (0 AdamW, 1 Lion, 2 8-bit AdamW, 3 zeroth-order: weights only, 4 8-bit Lion)
+ *    7 u8 reserved (0)
  *    8 u32 rank          12 u32 world size
  *   16 u64 epoch         24 u64 step
  *   32 u64 data cursor   40 u64 elements n (of each of weights, m, v)
- *   48 u32 rng bytes     52 u32 8-bit AdamW: blocks b (else 0)
+ *   48 u32 rng bytes     52 u32 8-bit optimizers: blocks b (else 0)
  *   56 u64 checksum: xxh64 of the whole serialization with these 8 bytes zero
  *   64 rng bytes, zero-padded to a multiple of 8
  *      with flag bit 1: the run identity (32 bytes)
  *      with flag bit 2: the run nonce (16 bytes)
- *      weights (n f32), m (n f32; not 8-bit), v (n f32; AdamW only)
+ *      weights (n f32), m (n f32; AdamW and Lion), v (n f32; AdamW only)
  *      8-bit AdamW: scales (2b f32: m's and v's absmax of each block), m codes (n u8),
  *      v codes (n u8), zeros to a multiple of 8
+ *      8-bit Lion: scales (b f32: m's absmax of each block), m codes (n u8), zeros to a
+ *      multiple of 8
  *      with flag bit 0: outer weights, outer momentum, residual, sent inner (n f32 each)
  */
 export const STATE_MAGIC = 0x53534d5a
@@ -140,16 +147,21 @@ export function stateBytes(state: RankState): number {
   const n = state.weights.length
   const k = momentsOf(state.optimizer)
   if (state.adamM.length !== (k >= 1 ? n : 0) || state.adamV.length !== (k === 2 ? n : 0)) {
-    const want = k === 2 ? 'm and v that length' : k === 1 ? 'm that length and v none (Lion)' : 'm and v none (8-bit AdamW)'
+    const want = k === 2 ? 'm and v that length' : k === 1 ? 'm that length and v none (Lion)' : 'm and v none (8-bit optimizers, zeroth-order)'
     throw new InvalidArgumentError(`the state of ${n} weights must have ${want}, got ${state.adamM.length}, ${state.adamV.length}`)
   }
   const a8 = state.adam8
-  if ((a8 !== undefined) !== (state.optimizer === 'adamw8bit'))
-    throw new InvalidArgumentError('8-bit AdamW moments (adam8) go with optimizer adamw8bit, and only with it')
-  if (a8 !== undefined && (a8.m.length !== n || a8.v.length !== n || a8.scales.length % 2 !== 0 || !adam8BlocksOk(n, a8.scales.length / 2))) {
-    throw new InvalidArgumentError(
-      `8-bit moments of ${n} weights need ${n} codes each and ${Math.ceil(n / ADAM8_BLOCK)}..${n} absmax pairs, got ${a8.m.length}, ${a8.v.length}, ${a8.scales.length / 2}`
-    )
+  const k8 = moments8Of(state.optimizer)
+  if ((a8 !== undefined) !== k8 > 0) throw new InvalidArgumentError('8-bit moments (adam8) go with optimizer adamw8bit or lion8bit, and only with them')
+  if (
+    a8 !== undefined &&
+    (a8.m.length !== n || a8.v.length !== (k8 === 2 ? n : 0) || a8.scales.length % k8 !== 0 || !adam8BlocksOk(n, a8.scales.length / k8))
+  ) {
+    const want =
+      k8 === 2
+        ? `${n} codes each and ${Math.ceil(n / ADAM8_BLOCK)}..${n} absmax pairs`
+        : `${n} codes of m, none of v and ${Math.ceil(n / ADAM8_BLOCK)}..${n} absmaxes`
+    throw new InvalidArgumentError(`8-bit moments of ${n} weights need ${want}, got ${a8.m.length}, ${a8.v.length}, ${a8.scales.length / k8}`)
   }
   const outer = state.outer
   if (outer !== undefined && OUTER_KEYS.some(k => outer[k].length !== n)) {
@@ -173,7 +185,7 @@ export function stateBytes(state: RankState): number {
     (state.identity === undefined ? 0 : RUN_IDENTITY_BYTES) +
     (state.nonce === undefined ? 0 : RUN_NONCE_BYTES) +
     (4 + 4 * k + (outer === undefined ? 0 : 16)) * n +
-    (a8 === undefined ? 0 : adam8Bytes(n, a8.scales.length / 2))
+    (a8 === undefined ? 0 : adam8Bytes(n, a8.scales.length / k8, k8))
   checkCap('snapshot state bytes', total, SNAPSHOT_LIMITS.maxStateBytes)
   return total
 }
@@ -203,7 +215,8 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
   v.setBigUint64(32, BigInt(state.dataCursor), true)
   v.setBigUint64(40, BigInt(n), true)
   v.setUint32(48, state.rng.length, true)
-  v.setUint32(52, state.adam8 === undefined ? 0 : state.adam8.scales.length / 2, true)
+  const k8 = moments8Of(state.optimizer)
+  v.setUint32(52, state.adam8 === undefined ? 0 : state.adam8.scales.length / k8, true)
   v.setBigUint64(56, 0n, true)
   let o = STATE_HEADER_BYTES
   out.set(state.rng, o)
@@ -224,7 +237,7 @@ export function writeState(state: RankState, into?: Uint8Array): Uint8Array {
     o += arr.byteLength
   }
   if (state.adam8 !== undefined) {
-    const pad = pad8(2 * n) - 2 * n
+    const pad = pad8(k8 * n) - k8 * n
     out.fill(0, o, o + pad)
     o += pad
   }
@@ -275,7 +288,7 @@ export interface StateHeader {
   nonce: boolean
   /** The optimizer whose moments follow the weights (byte 6). */
   optimizer: RankState['optimizer']
-  /** 8-bit AdamW: blocks of its moments (absmax pairs; offset 52); 0 for the others. */
+  /** The 8-bit optimizers: blocks of their moments (offset 52); 0 for the others. */
   adam8Blocks: number
   checksum: bigint
 }
@@ -294,7 +307,8 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
   if (v.getUint8(4) !== STATE_VERSION) bad(`unsupported version ${v.getUint8(4)}`)
   if (v.getUint8(6) >= OPTIMIZER_TAGS.length) bad(`unknown optimizer ${v.getUint8(6)}`)
   const optimizer = OPTIMIZER_TAGS[v.getUint8(6)]
-  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY | FLAG_NONCE)) !== 0 || v.getUint8(7) !== 0 || (optimizer !== 'adamw8bit' && v.getUint32(52, true) !== 0))
+  const k8 = moments8Of(optimizer)
+  if ((v.getUint8(5) & ~(FLAG_OUTER | FLAG_IDENTITY | FLAG_NONCE)) !== 0 || v.getUint8(7) !== 0 || (k8 === 0 && v.getUint32(52, true) !== 0))
     bad('reserved fields are not zero')
   const big = (o: number): number => {
     const x = v.getBigUint64(o, true)
@@ -313,19 +327,19 @@ export function readStateHeader(bytes: Uint8Array): StateHeader {
     identity: (v.getUint8(5) & FLAG_IDENTITY) !== 0,
     nonce: (v.getUint8(5) & FLAG_NONCE) !== 0,
     optimizer,
-    adam8Blocks: optimizer === 'adamw8bit' ? v.getUint32(52, true) : 0,
+    adam8Blocks: k8 > 0 ? v.getUint32(52, true) : 0,
     checksum: v.getBigUint64(56, true)
   }
   if (h.worldSize < 1 || h.rank >= h.worldSize) bad(`rank ${h.rank} is not in a world of ${h.worldSize}`)
   if (h.rngBytes > SNAPSHOT_LIMITS.maxRngBytes) bad(`rng of ${h.rngBytes} bytes is over the cap of ${SNAPSHOT_LIMITS.maxRngBytes}`)
-  if (h.optimizer === 'adamw8bit' && !adam8BlocksOk(h.elements, h.adam8Blocks)) bad(`${h.adam8Blocks} blocks of 8-bit moments for ${h.elements} elements`)
+  if (k8 > 0 && !adam8BlocksOk(h.elements, h.adam8Blocks)) bad(`${h.adam8Blocks} blocks of 8-bit moments for ${h.elements} elements`)
   const want =
     STATE_HEADER_BYTES +
     pad8(h.rngBytes) +
     (h.identity ? RUN_IDENTITY_BYTES : 0) +
     (h.nonce ? RUN_NONCE_BYTES : 0) +
     (4 + 4 * momentsOf(h.optimizer) + (h.outer ? 16 : 0)) * h.elements +
-    (h.optimizer === 'adamw8bit' ? adam8Bytes(h.elements, h.adam8Blocks) : 0)
+    (k8 > 0 ? adam8Bytes(h.elements, h.adam8Blocks, k8) : 0)
   if (want !== bytes.length) bad(`header describes ${want} bytes, got ${bytes.length}`)
   return h
 }
@@ -370,11 +384,13 @@ export function decodeState(bytes: Uint8Array): RankState {
   }
   if (h.optimizer !== undefined) st.optimizer = h.optimizer
   let at = o + (1 + k) * n4
-  if (h.optimizer === 'adamw8bit') {
+  const k8 = moments8Of(h.optimizer)
+  if (k8 > 0) {
     const b = h.adam8Blocks
-    const codes = at + 8 * b
-    st.adam8 = { scales: f32(at, 2 * b), m: bytes.subarray(codes, codes + h.elements), v: bytes.subarray(codes + h.elements, codes + 2 * h.elements) }
-    at += adam8Bytes(h.elements, b)
+    const codes = at + 4 * k8 * b
+    const v = k8 === 2 ? bytes.subarray(codes + h.elements, codes + 2 * h.elements) : new Uint8Array(0)
+    st.adam8 = { scales: f32(at, k8 * b), m: bytes.subarray(codes, codes + h.elements), v }
+    at += adam8Bytes(h.elements, b, k8)
   }
   if (h.outer) st.outer = { weights: f32(at), momentum: f32(at + n4), residual: f32(at + 2 * n4), sentInner: f32(at + 3 * n4) }
   if (identity !== undefined) st.identity = identity

@@ -17,6 +17,7 @@ import { type CudaLibs, checkCu, type Handle } from './ffi.ts'
 import { Blas, CUDA_R_16BF, CUDA_R_32F } from './gemm.ts'
 import { CUDA_LIMITS } from './limits.ts'
 import { ADAM8_MAP_M, ADAM8_MAP_V, adam8Blocks, adam8Constants } from '../adam8.ts'
+import { lionConstants } from '../host-optim.ts'
 import type { ZoSeed } from '../zo.ts'
 import { Transfers } from './transfer.ts'
 import {
@@ -197,7 +198,16 @@ const FAMILIES: Record<string, { opts: CompileOptions; kernels: Record<string, s
     }
   },
   crossentropy: { opts: {}, kernels: { ce_f32: 'ppppiifip', ce_bf16: 'ppppiifip' } },
-  adamw: { opts: {}, kernels: { adamw_f32: 'ppppplffffffffi', lion_f32: 'pppplfffffffi', adamw8bit_f32: 'ppppppplffffffffff', zo_signs_f32: 'pplliif' } },
+  adamw: {
+    opts: {},
+    kernels: {
+      adamw_f32: 'ppppplffffffffi',
+      lion_f32: 'pppplfffffffi',
+      adamw8bit_f32: 'ppppppplffffffffff',
+      lion8bit_f32: 'pppppplfffffff',
+      zo_signs_f32: 'pplliif'
+    }
+  },
   quant: {
     opts: {},
     kernels: { quant_fast: 'pppliiip', quant_generic: 'pppliip', dequant_fast: 'pppliiip', dequant_generic: 'pppliiip' }
@@ -249,7 +259,7 @@ export class CudaBackend implements Backend {
   private readonly flags: Block
   private readonly transfers: Transfers
   private flagsPending = false
-  /** adamw8bit's two quantization maps (gpu/adam8.ts), uploaded on its first call. */
+  /** The 8-bit optimizers' two quantization maps (gpu/adam8.ts: m's, then v's), uploaded on the first call of either. */
   private adam8Maps: CudaTensor | null = null
   private ceV = 0
   private readonly sm: number
@@ -992,10 +1002,8 @@ export class CudaBackend implements Backend {
     if (n === 0) return
     checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
     const vec = [w.ptr, g.ptr, mm.ptr].every(q => aligned(q, 16)) && (low === null || aligned(low.ptr, 8))
-    // The CPU reference's f32 constants (gpu/cpu.ts lion).
-    const f = Math.fround
-    const args = [p.lr, p.beta1, p.beta2, 1 - f(p.beta1), 1 - f(p.beta2), p.weightDecay, p.gradScale].map(x => f(x))
-    this.launch('lion_f32', this.grid(vec ? cdiv(n, 4) : n), 1, 256, 1, [w.ptr, g.ptr, mm.ptr, low === null ? 0 : low.ptr, n, ...args, vec ? 1 : 0])
+    // The CPU reference's f32 constants (gpu/host-optim.ts).
+    this.launch('lion_f32', this.grid(vec ? cdiv(n, 4) : n), 1, 256, 1, [w.ptr, g.ptr, mm.ptr, low === null ? 0 : low.ptr, n, ...lionConstants(p), vec ? 1 : 0])
   }
 
   addSigns(params: Tensor, scale: number, seed: ZoSeed, offset: number, paramsLowp?: Tensor | null): void {
@@ -1024,6 +1032,38 @@ export class CudaBackend implements Backend {
     const low = this.lowp(op, paramsLowp, n)
     if (n === 0) return
     checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
+    // The CPU reference's f32 constants (gpu/adam8.ts).
+    this.launch('adamw8bit_f32', adam8Blocks(n), 1, 256, 1, [
+      w.ptr,
+      g.ptr,
+      mc.ptr,
+      vc.ptr,
+      sc.ptr,
+      this.maps8().ptr,
+      low === null ? 0 : low.ptr,
+      n,
+      ...adam8Constants(p)
+    ])
+  }
+
+  lion8bit(params: Tensor, grads: Tensor, m: Tensor, scales: Tensor, p: LionParams, paramsLowp?: Tensor | null): void {
+    const op = 'lion8bit'
+    this.live_(op)
+    checkLion(op, p)
+    const w = this.arg(op, 'params', params, ['f32'])
+    const n = w.length
+    const g = this.arg(op, 'grads', grads, ['f32'], n)
+    const mc = this.arg(op, 'm', m, ['u8'], n)
+    const sc = this.arg(op, 'scales', scales, ['f32'], adam8Blocks(n))
+    const low = this.lowp(op, paramsLowp, n)
+    if (n === 0) return
+    checkCap('cuda op elements', n, CUDA_LIMITS.maxOpElements)
+    // The CPU reference's f32 constants (gpu/host-optim.ts); m's map is the first half of the upload.
+    this.launch('lion8bit_f32', adam8Blocks(n), 1, 256, 1, [w.ptr, g.ptr, mc.ptr, sc.ptr, this.maps8().ptr, low === null ? 0 : low.ptr, n, ...lionConstants(p)])
+  }
+
+  /** The 8-bit optimizers' maps on the device (m's 256 values, then v's), uploaded once. */
+  private maps8(): CudaTensor {
     if (this.adam8Maps === null) {
       const maps = new Float32Array(512)
       maps.set(ADAM8_MAP_M, 0)
@@ -1032,18 +1072,7 @@ export class CudaBackend implements Backend {
       this.write(t, maps)
       this.adam8Maps = t
     }
-    // The CPU reference's f32 constants (gpu/adam8.ts).
-    this.launch('adamw8bit_f32', adam8Blocks(n), 1, 256, 1, [
-      w.ptr,
-      g.ptr,
-      mc.ptr,
-      vc.ptr,
-      sc.ptr,
-      this.adam8Maps.ptr,
-      low === null ? 0 : low.ptr,
-      n,
-      ...adam8Constants(p)
-    ])
+    return this.adam8Maps
   }
 
   // ---- quantizers ---------------------------------------------------------------------------

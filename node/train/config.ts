@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto'
 import { InvalidArgumentError, ZeromeshError, checkCap, type Clock, type Logger, type MetricsRegistry } from '../../core/index.ts'
-import { GPT_PRESETS, paddedVocabSize, type Backend, type GptConfig, type GptLayout } from '../../gpu/index.ts'
+import { GPT_PRESETS, moments8Of, paddedVocabSize, type Backend, type GptConfig, type GptLayout, type Moments8 } from '../../gpu/index.ts'
 import { COLLECTIVE_LIMITS, type CollectiveSent, type Membership, type PeerNet } from '../../mesh/index.ts'
 import { corpusVocabSize, type Corpus } from '../data.ts'
 import type { TokenizerName } from '../tokenizer.ts'
-import { readCheckpointInfo, type Adam8Arrays, type OuterArrays, type SnapshotCoder } from '../../snapshot/index.ts'
+import { readCheckpointInfo, type Adam8Arrays, type OuterArrays, type RankState, type SnapshotCoder } from '../../snapshot/index.ts'
 import type { OuterConfig } from './outer.ts'
 
 /**
@@ -29,14 +29,29 @@ export interface ZoConfig {
 /** The default ε of `--zo`. */
 export const ZO_DEFAULT_EPS = 1e-3
 
-/** The optimizers a run may use (`--optimizer`). */
-export const OPTIMIZERS = ['adamw', 'lion', 'adamw8bit'] as const
+/** The optimizers a run may use (`--optimizer`; the settings word is the index: append, never reorder). */
+export const OPTIMIZERS = ['adamw', 'lion', 'adamw8bit', 'lion8bit'] as const
 export type Optimizer = (typeof OPTIMIZERS)[number]
 
 /** The optimizer tag of the states a run with `cfg` saves (snapshot/state.ts: absent for AdamW; 'zo' for zeroth-order runs, the weights alone). */
-export function stateOptimizer(cfg: Pick<TrainConfig, 'optimizer' | 'zo'>): 'lion' | 'adamw8bit' | 'zo' | undefined {
+export function stateOptimizer(cfg: Pick<TrainConfig, 'optimizer' | 'zo'>): RankState['optimizer'] {
   if (cfg.zo !== undefined) return 'zo'
   return cfg.optimizer === 'adamw' ? undefined : cfg.optimizer
+}
+
+/** The update rule of an optimizer: AdamW's (adamw, adamw8bit) or Lion's (lion, lion8bit), whatever its state is kept in. */
+export function updateRule(optimizer: Optimizer | undefined): 'adamw' | 'lion' {
+  return optimizer === 'lion' || optimizer === 'lion8bit' ? 'lion' : 'adamw'
+}
+
+/**
+ * The learning rate of a run without `--lr`: AdamW's rule 3e-3; Lion's 1e-4, 30x smaller (its
+ * sign update moves every parameter by lr; on `small`, 150 steps, 1e-4 gave a held-out loss
+ * 17% lower than 3e-4 and 3e-5, docs/PERFORMANCE.md "Optimizers"); zeroth-order steps 1e-3.
+ */
+export function defaultLr(optimizer: Optimizer | undefined, zo: boolean): number {
+  if (zo) return 1e-3
+  return updateRule(optimizer) === 'lion' ? 1e-4 : 3e-3
 }
 
 /** Whether the run's optimizer keeps an f32 second moment (v): AdamW does; Lion keeps none, 8-bit AdamW keeps its v in codes, zeroth-order runs none. */
@@ -44,9 +59,12 @@ export function keepsV(cfg: Pick<TrainConfig, 'optimizer' | 'zo'>): boolean {
   return cfg.zo === undefined && (cfg.optimizer === undefined || cfg.optimizer === 'adamw')
 }
 
-/** Whether the run's optimizer keeps its moments as 8-bit codes (gpu/adam8.ts; node/train/adam8.ts lays them out on a shard). */
-export function keeps8bit(cfg: Pick<TrainConfig, 'optimizer'>): boolean {
-  return cfg.optimizer === 'adamw8bit'
+/**
+ * The moments the run's optimizer keeps as 8-bit codes (gpu/adam8.ts; node/train/adam8.ts lays
+ * them out on a shard): 2 for adamw8bit (m and v), 1 for lion8bit (m), 0 for the others.
+ */
+export function codedMoments(cfg: Pick<TrainConfig, 'optimizer'>): 0 | Moments8 {
+  return moments8Of(cfg.optimizer)
 }
 
 export interface TrainConfig {
@@ -59,9 +77,10 @@ export interface TrainConfig {
   seed: number
   /**
    * The optimizer (default AdamW, β 0.9 / 0.95): 'lion' keeps one moment instead of two (β 0.9 /
-   * 0.99, a sign update; it wants a learning rate 3-10x smaller), so its state, snapshots and
+   * 0.99, a sign update; it wants a learning rate 10-30x smaller), so its state, snapshots and
    * disk tier files are 8 bytes per parameter instead of 12; 'adamw8bit' keeps AdamW's two
-   * moments as one byte each in 2048-element blocks (gpu/adam8.ts): about 6 bytes per parameter.
+   * moments as one byte each in 2048-element blocks (gpu/adam8.ts): about 6 bytes per parameter;
+   * 'lion8bit' keeps Lion's one moment so: about 5 bytes per parameter.
    */
   optimizer?: Optimizer
   /**
@@ -339,11 +358,11 @@ export function decaySegments(layout: GptLayout, start: number, length: number):
 export interface ShardState {
   step: number
   master: Float32Array
-  /** The first moment; empty for 8-bit AdamW. */
+  /** The first moment; empty for the 8-bit optimizers. */
   m: Float32Array
-  /** AdamW's second moment; empty for Lion and 8-bit AdamW. */
+  /** AdamW's second moment; empty for Lion and the 8-bit optimizers. */
   v: Float32Array
-  /** 8-bit AdamW's moments (codes and block absmaxes, laid out by node/train/adam8.ts). */
+  /** The 8-bit optimizers' moments (codes and block absmaxes, laid out by node/train/adam8.ts). */
   adam8?: Adam8Arrays
   /** The DiLoCo tier's state of the shard (a run with `outer`). */
   outer?: OuterArrays

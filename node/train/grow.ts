@@ -36,7 +36,7 @@ export function agreedGrowth(p: SessionParts, t: ShardTensors, all: Uint32Array,
           master: read(t.master),
           m: empty,
           v: empty,
-          adam8: { m: be.read(t.m) as Uint8Array, v: be.read(t.v!) as Uint8Array, scales: read(t.scales) }
+          adam8: { m: be.read(t.m) as Uint8Array, v: t.v === undefined ? new Uint8Array(0) : (be.read(t.v) as Uint8Array), scales: read(t.scales) }
         }
   p.rs.grow.handoff = { rank: p.rank, state }
   const growth = { epoch: first.epoch, count: first.count, step: s + 1 }

@@ -1,15 +1,15 @@
 import { shardRange } from '../../core/index.ts'
 import type { Backend, HostArray } from '../../gpu/index.ts'
-import { keeps8bit, keepsV } from './config.ts'
+import { codedMoments, keepsV } from './config.ts'
 import { adam8Runs } from './adam8.ts'
 import type { TrainerEnv } from './state.ts'
 
 /**
  * The host arrays a session's saves copy the optimizer state into (persist.ts), by role: f32
- * master and moments, or 8-bit AdamW's u8 codes of m and v and its f32 block absmaxes.
+ * master and moments, or the 8-bit optimizers' u8 codes of m (and v) and their f32 block absmaxes.
  */
 export type HostRole = 'save.master' | 'save.m' | 'save.v' | U8Role | 'save.scales'
-/** The roles of u8 arrays (8-bit AdamW's codes). */
+/** The roles of u8 arrays (the 8-bit optimizers' codes). */
 type U8Role = 'save.m8' | 'save.v8'
 /** A role's host array: u8 for the codes, f32 for the rest. */
 export type HostArrayOf<R extends HostRole> = R extends U8Role ? Uint8Array : Float32Array
@@ -50,12 +50,13 @@ export function reservePlan(env: TrainerEnv): Map<HostRole, number> {
   const group = cfg.outer === undefined ? cfg.worldSize : cfg.worldSize / cfg.outer.zones
   const shard = shardRange(N, group, 0).length
   plan.set('save.master', shard)
-  if (keeps8bit(cfg)) {
+  const k8 = codedMoments(cfg)
+  if (k8 > 0) {
     plan.set('save.m8', shard)
-    plan.set('save.v8', shard)
+    if (k8 === 2) plan.set('save.v8', shard)
     // Block counts differ between ranks by where their shards cut the decay segments.
     const blocks = Array.from({ length: group }, (_, r) => adam8Runs(env.layout, shardRange(N, group, r)).blocks)
-    plan.set('save.scales', 2 * Math.max(...blocks))
+    plan.set('save.scales', k8 * Math.max(...blocks))
     return plan
   }
   // A zeroth-order state is the weights alone.

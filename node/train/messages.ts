@@ -1,4 +1,5 @@
 import { ProtocolError } from '../../core/index.ts'
+import type { Moments8 } from '../../gpu/index.ts'
 import type { Adam8Arrays } from '../../snapshot/index.ts'
 import { TRAIN_LIMITS } from './limits.ts'
 
@@ -192,7 +193,7 @@ export interface OfferedState {
   weights: Float32Array
   adamM: Float32Array
   adamV: Float32Array
-  /** 8-bit AdamW's moments (then `adamM` and `adamV` are empty). */
+  /** The 8-bit optimizers' moments (then `adamM` and `adamV` are empty). */
   adam8?: Adam8Arrays
 }
 
@@ -239,18 +240,19 @@ export const stateSlot = {
 }
 
 /**
- * `resume_state` / `grow_state` of an 8-bit AdamW run: one slot per member of (old rank, step,
- * weights, m codes, v codes, absmax pairs), the codes as bytes of the words' buffer and the
- * weights and absmaxes as f32 bits, so everything travels unchanged. `L`: elements of the
- * largest old shard; `B`: the most blocks an old shard has.
+ * `resume_state` / `grow_state` of an 8-bit run (gpu/adam8.ts; k moments: 2 for 8-bit AdamW,
+ * 1 for 8-bit Lion): one slot per member of (old rank, step, weights, m codes, v codes when
+ * k = 2, absmaxes, k per block), the codes as bytes of the words' buffer and the weights and
+ * absmaxes as f32 bits, so everything travels unchanged. `L`: elements of the largest old
+ * shard; `B`: the most blocks an old shard has.
  */
 export const stateSlot8 = {
-  words: (L: number, B: number): number => 2 + L + 2 * Math.ceil(L / 4) + 2 * B,
-  encode(label: string, own: OfferedState | undefined, L: number, B: number): Uint32Array {
-    const buf = new Uint32Array(stateSlot8.words(L, B)).fill(NONE)
+  words: (L: number, B: number, k: Moments8): number => 2 + L + k * Math.ceil(L / 4) + k * B,
+  encode(label: string, own: OfferedState | undefined, L: number, B: number, k: Moments8): Uint32Array {
+    const buf = new Uint32Array(stateSlot8.words(L, B, k)).fill(NONE)
     if (own === undefined) return buf
     const a = own.adam8
-    if (a === undefined || a.m.length > L || a.v.length > L || a.scales.length > 2 * B || own.weights.length > L)
+    if (a === undefined || a.m.length > L || a.v.length > (k === 2 ? L : 0) || a.scales.length > k * B || own.weights.length > L)
       throw new TrainMessageError('TRAIN_MESSAGE_LENGTH', `${label}: the offered 8-bit state does not fit a slot of ${L} elements and ${B} blocks`, { label })
     buf[0] = word(label, own.rank, 0)
     buf[1] = word(label, own.step, 0)
@@ -258,16 +260,16 @@ export const stateSlot8 = {
     const f = new Float32Array(buf.buffer, buf.byteOffset, buf.length)
     const bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)
     f.set(own.weights, 2)
-    bytes.fill(0, 4 * (2 + L), 4 * (2 + L + 2 * W))
+    bytes.fill(0, 4 * (2 + L), 4 * (2 + L + k * W))
     bytes.set(a.m, 4 * (2 + L))
-    bytes.set(a.v, 4 * (2 + L + W))
-    f.set(a.scales, 2 + L + 2 * W)
+    if (k === 2) bytes.set(a.v, 4 * (2 + L + W))
+    f.set(a.scales, 2 + L + k * W)
     return buf
   },
   /**
    * Member `r`'s slot: undefined when it offers none, else its old rank and step and readers
-   * (copies) of its first `len` weights, first `len` codes of m (0) or v (1), and first `blocks`
-   * absmax pairs.
+   * (copies) of its first `len` weights, first `len` codes of m (0) or v (1, k = 2 only), and
+   * the absmaxes of its first `blocks` blocks (k each).
    */
   decode(
     label: string,
@@ -275,6 +277,7 @@ export const stateSlot8 = {
     P: number,
     L: number,
     B: number,
+    k: Moments8,
     r: number
   ):
     | {
@@ -285,7 +288,7 @@ export const stateSlot8 = {
         scales: (blocks: number) => Float32Array
       }
     | undefined {
-    const per = stateSlot8.words(L, B)
+    const per = stateSlot8.words(L, B, k)
     checkLength(label, all, P * per)
     const at = r * per
     const rank = intAt(label, all, at, -1)
@@ -298,8 +301,8 @@ export const stateSlot8 = {
       rank,
       step,
       weights: len => f.slice(at + 2, at + 2 + Math.min(len, L)),
-      codes: (which, len) => bytes.slice(4 * (at + 2 + L + which * W), 4 * (at + 2 + L + which * W) + Math.min(len, L)),
-      scales: blocks => f.slice(at + 2 + L + 2 * W, at + 2 + L + 2 * W + 2 * Math.min(blocks, B))
+      codes: (which, len) => (which >= k ? new Uint8Array(0) : bytes.slice(4 * (at + 2 + L + which * W), 4 * (at + 2 + L + which * W) + Math.min(len, L))),
+      scales: blocks => f.slice(at + 2 + L + k * W, at + 2 + L + k * W + k * Math.min(blocks, B))
     }
   }
 }

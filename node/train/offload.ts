@@ -1,6 +1,7 @@
 import { CpuBackend, createHostOptimizer, type GptStream, type HostOptimizer, type Tensor } from '../../gpu/index.ts'
 import { adamParams, lionParams, type SessionParts, type ShardTensors } from './step.ts'
 import type { RunState, TrainerEnv } from './state.ts'
+import { updateRule } from './config.ts'
 
 /**
  * `--offload cpu` (ZeRO-Offload: Ren et al. 2021). A rank's shard (f32 master weights, its
@@ -77,12 +78,17 @@ export async function hostOptimizerStep(p: SessionParts, t: ShardTensors, s: num
   const f32 = (x: Tensor): Float32Array => be.storage(x) as Float32Array
   const u8 = (x: Tensor): Uint8Array => be.storage(x) as Uint8Array
   const signal = p.signal
+  const lion = updateRule(p.env.cfg.optimizer) === 'lion'
   await Promise.all(
     t.segments.map(x => {
-      if (x.v === undefined) return optim.lion(f32(x.p), f32(x.g), f32(x.m), lionParams(p, x.decay), signal)
+      if (lion) {
+        const hp = lionParams(p, x.decay)
+        if (x.s !== undefined) return optim.lion8bit(f32(x.p), f32(x.g), u8(x.m), f32(x.s), hp, signal)
+        return optim.lion(f32(x.p), f32(x.g), f32(x.m), hp, signal)
+      }
       const adam = adamParams(p, x.decay, s)
-      if (x.s !== undefined) return optim.adamw8bit(f32(x.p), f32(x.g), u8(x.m), u8(x.v), f32(x.s), adam, signal)
-      return optim.adamw(f32(x.p), f32(x.g), f32(x.m), f32(x.v), adam, signal)
+      if (x.s !== undefined) return optim.adamw8bit(f32(x.p), f32(x.g), u8(x.m), u8(x.v!), f32(x.s), adam, signal)
+      return optim.adamw(f32(x.p), f32(x.g), f32(x.m), f32(x.v!), adam, signal)
     })
   )
 }

@@ -17,17 +17,17 @@ export const ANCHOR_EVERY_SNAPSHOTS = 8
 export interface SaveSource {
   be: Backend
   master: Tensor
-  /** The first moment: f32, or u8 codes for 8-bit AdamW. */
+  /** The first moment: f32, or u8 codes for the 8-bit optimizers. */
   m: Tensor
-  /** AdamW's second moment (f32, or u8 codes for 8-bit AdamW; undefined for Lion). */
+  /** AdamW's second moment (f32, or u8 codes for 8-bit AdamW; undefined for Lion and 8-bit Lion). */
   v: Tensor | undefined
-  /** 8-bit AdamW's block absmax pairs (undefined for the others). */
+  /** The 8-bit optimizers' block absmaxes (undefined for the others). */
   scales: Tensor | undefined
   /** A zeroth-order run (`--zo`): the saved state is the weights alone (`m` is not read). */
   weightsOnly?: boolean
   /**
    * Host arrays from `space` (page-locked on a device), taken on the first save of the session:
-   * f32 moments, or (8-bit AdamW) `adam8` with `m` and `v` empty.
+   * f32 moments, or (the 8-bit optimizers) `adam8` with `m` and `v` empty.
    */
   host: { master: Float32Array; m: Float32Array; v: Float32Array; adam8: Adam8Arrays | undefined } | undefined
   /** Where `host` comes from: the trainer's reserve (allocated before the node joined) or the backend. */
@@ -58,7 +58,7 @@ export function rankState(
   outer?: OuterArrays,
   identity?: Uint8Array,
   nonce?: Uint8Array,
-  optimizer?: 'lion' | 'adamw8bit' | 'zo',
+  optimizer?: RankState['optimizer'],
   adam8?: Adam8Arrays
 ): RankState {
   const st: RankState = { rank, worldSize: P, epoch, step, dataCursor: step, weights, adamM, adamV, rng: new Uint8Array(0) }
@@ -146,7 +146,7 @@ export function saveCommitted(
     be.download(host.master, src.master),
     ...(a8 === undefined
       ? [...(host.m.length === 0 ? [] : [be.download(host.m, src.m)]), ...(src.v === undefined ? [] : [be.download(host.v, src.v)])]
-      : [be.download(a8.m, src.m), be.download(a8.v, src.v!), be.download(a8.scales, src.scales!)])
+      : [be.download(a8.m, src.m), ...(src.v === undefined ? [] : [be.download(a8.v, src.v)]), be.download(a8.scales, src.scales!)])
   ]
   const now = fences.every(f => f.passed())
   // The outer state as it is at this commit: used as it is when the save happens now (the
@@ -236,7 +236,7 @@ export function endSaves(src: SaveSource): Promise<void> | undefined {
   src.space.give('save.master', master)
   if (adam8 !== undefined) {
     src.space.give('save.m8', adam8.m)
-    src.space.give('save.v8', adam8.v)
+    if (src.v !== undefined) src.space.give('save.v8', adam8.v)
     src.space.give('save.scales', adam8.scales)
   } else if (m.length > 0) {
     src.space.give('save.m', m)
@@ -251,7 +251,9 @@ function hostArrays(src: SaveSource): NonNullable<SaveSource['host']> {
   const empty = new Float32Array(0)
   const master = src.space.take('save.master', n)
   if (src.scales !== undefined) {
-    const adam8 = { m: src.space.take('save.m8', n), v: src.space.take('save.v8', n), scales: src.space.take('save.scales', src.scales.length) }
+    // 8-bit Lion keeps no v: its codes are empty.
+    const v = src.v === undefined ? new Uint8Array(0) : src.space.take('save.v8', n)
+    const adam8 = { m: src.space.take('save.m8', n), v, scales: src.space.take('save.scales', src.scales.length) }
     return { master, m: empty, v: empty, adam8 }
   }
   if (src.weightsOnly === true) return { master, m: empty, v: empty, adam8: undefined }

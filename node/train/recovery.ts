@@ -5,7 +5,7 @@ import { SNAPSHOT_LIMITS, UnrecoverableError, launchName, loadGptCheckpoint, sam
 import { diskFile, diskSteps, loadDiskState, sameRun } from '../disk-tier.ts'
 import { GROW_TOPIC } from './grow.ts'
 import { TRAIN_LIMITS } from './limits.ts'
-import { keeps8bit, keepsV, stateOptimizer, TrainingError, type ShardRange, type ShardState } from './config.ts'
+import { codedMoments, keepsV, stateOptimizer, TrainingError, type ShardRange, type ShardState } from './config.ts'
 import { adam8Runs, cutAdam8, freshAdam8 } from './adam8.ts'
 import { recoveryPoint, recoveryVerdict, resumeIndex, resumeLaunch, stateSlot, stateSlot8, type DiskFile } from './messages.ts'
 import { copyOuter, outerSchedule, zoneRecoveryPoints } from './outer.ts'
@@ -24,7 +24,8 @@ export function freshShard(env: TrainerEnv, start: number, length: number): Shar
     const whole = start === 0 && length === full.length
     const master = whole ? full : new Float32Array(length)
     if (!whole) master.set(full.subarray(start, Math.min(full.length, start + length)))
-    if (keeps8bit(env.cfg)) return { step: 0, master, m: new Float32Array(0), v: new Float32Array(0), adam8: freshAdam8(env.layout, { start, length }) }
+    const k8 = codedMoments(env.cfg)
+    if (k8 !== 0) return { step: 0, master, m: new Float32Array(0), v: new Float32Array(0), adam8: freshAdam8(env.layout, { start, length }, k8) }
     return { step: 0, master, m: new Float32Array(length), v: new Float32Array(keepsV(env.cfg) ? length : 0) }
   }
   const from = env.cfg.initFrom
@@ -58,8 +59,8 @@ export function cutShard(env: TrainerEnv, states: readonly RankState[], step: nu
     })
     return out
   }
-  if (keeps8bit(env.cfg))
-    return { step, master: cut(st => st.weights), m: new Float32Array(0), v: new Float32Array(0), adam8: cutAdam8(env.layout, states, shard) }
+  const k8 = codedMoments(env.cfg)
+  if (k8 !== 0) return { step, master: cut(st => st.weights), m: new Float32Array(0), v: new Float32Array(0), adam8: cutAdam8(env.layout, states, shard, k8) }
   return { step, master: cut(st => st.weights), m: cut(st => st.adamM), v: keepsV(env.cfg) ? cut(st => st.adamV) : new Float32Array(0) }
 }
 
@@ -360,8 +361,8 @@ async function resume(env: TrainerEnv, rs: RunState, collective: Collective, ros
 
 /**
  * Hands old ranks' states to a new roster: each member puts the old rank state it holds
- * (or nothing) into a fixed-size slot (old rank, step, weights, m, v; 8-bit AdamW: weights,
- * codes and absmaxes, messages.ts stateSlot8), one all-gather, and
+ * (or nothing) into a fixed-size slot (old rank, step, weights, m, v; the 8-bit optimizers:
+ * weights, codes and absmaxes, messages.ts stateSlot8), one all-gather, and
  * every member gets every old rank's state. Every old rank must be held by some member.
  */
 export async function exchangeStates(
@@ -376,17 +377,17 @@ export async function exchangeStates(
   const N = env.layout.length
   const L = shardRange(N, oldP, 0).length
   const P = roster.length
-  const eight = keeps8bit(env.cfg)
+  const k8 = codedMoments(env.cfg)
   // 8-bit moments: every old shard's block count follows from the layout (adam8.ts).
   const blocksOf = (r: number): number => adam8Runs(env.layout, shardRange(N, oldP, r)).blocks
-  const B = eight ? Math.max(...Array.from({ length: oldP }, (_, r) => blocksOf(r))) : 0
-  const buf = eight ? stateSlot8.encode(label, own, L, B) : stateSlot.encode(label, own, L)
+  const B = k8 !== 0 ? Math.max(...Array.from({ length: oldP }, (_, r) => blocksOf(r))) : 0
+  const buf = k8 !== 0 ? stateSlot8.encode(label, own, L, B, k8) : stateSlot.encode(label, own, L)
   const got = (await collective.allGather(buf, P * buf.length, { step: 0, label, ...opts })).data
   const states: RankState[] = new Array(oldP)
   let step = -1
   const optimizer = stateOptimizer(env.cfg)
   for (let r = 0; r < P; r++) {
-    const slot = eight ? stateSlot8.decode(label, got, P, L, B, r) : stateSlot.decode(label, got, P, L, r)
+    const slot = k8 !== 0 ? stateSlot8.decode(label, got, P, L, B, k8, r) : stateSlot.decode(label, got, P, L, r)
     if (slot === undefined) continue
     if (slot.rank >= oldP || (step >= 0 && slot.step !== step))
       throw new TrainingError(`${label}: member ${r} offers old rank ${slot.rank} at step ${slot.step}, which does not fit the other states`)

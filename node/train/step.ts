@@ -16,8 +16,18 @@ import type { OuterArrays } from '../../snapshot/index.ts'
 import { applyFragment, exchange, fragmentRange, inFlightAt, sendFragment, sendsAt, type OuterConfig, type OuterSchedule } from './outer.ts'
 import { batchFor, type Batch } from '../data.ts'
 import type { SaveSource } from './persist.ts'
-import { decaySegments, keeps8bit, keepsV, TrainingError, type ShardRange, type ShardState, type StepPhases, type TrainStatus } from './config.ts'
-import { adam8Runs } from './adam8.ts'
+import {
+  codedMoments,
+  decaySegments,
+  keepsV,
+  TrainingError,
+  updateRule,
+  type ShardRange,
+  type ShardState,
+  type StepPhases,
+  type TrainStatus
+} from './config.ts'
+import { adam8Runs, fitsAdam8 } from './adam8.ts'
 import { afterFence, deviceBuckets, streamBuckets, type ParamAccounting } from './streamer.ts'
 import type { RunState, TrainerEnv } from './state.ts'
 import { hostSpace } from './host-reserve.ts'
@@ -41,11 +51,11 @@ export interface BucketWindow {
 export interface ShardTensors {
   master: Tensor
   grad: Tensor
-  /** The first moment: f32, or u8 codes for 8-bit AdamW. */
+  /** The first moment: f32, or u8 codes for the 8-bit optimizers. */
   m: Tensor
-  /** AdamW's second moment (f32, or u8 codes for 8-bit AdamW; undefined for Lion). */
+  /** AdamW's second moment (f32, or u8 codes for 8-bit AdamW; undefined for Lion and 8-bit Lion). */
   v: Tensor | undefined
-  /** 8-bit AdamW's block absmax pairs (adam8.ts lays them out; undefined for the others). */
+  /** The 8-bit optimizers' block absmaxes (adam8.ts lays them out; undefined for the others). */
   scales: Tensor | undefined
   segments: Array<{ decay: boolean; p: Tensor; g: Tensor; m: Tensor; v: Tensor | undefined; s: Tensor | undefined }>
   /**
@@ -138,28 +148,24 @@ export function bucketWindows(collective: Collective, buckets: readonly GptBucke
 export function shardTensors(p: SessionParts, state: ShardState): ShardTensors | Promise<ShardTensors> {
   const { shard } = p
   const be = shardBe(p)
-  const eight = keeps8bit(p.env.cfg)
+  const k8 = codedMoments(p.env.cfg)
+  const eight = k8 !== 0
   const a8 = state.adam8
   const blocks = eight ? adam8Runs(p.env.layout, shard).blocks : 0
-  if (eight && (a8 === undefined || a8.m.length !== shard.length || a8.v.length !== shard.length || a8.scales.length !== 2 * blocks))
-    throw new TrainingError(`the 8-bit AdamW state loaded for this shard does not fit it (${shard.length} elements in ${blocks} blocks)`)
+  if (k8 !== 0 && (a8 === undefined || !fitsAdam8(a8, shard.length, blocks, k8)))
+    throw new TrainingError(`the 8-bit ${p.env.cfg.optimizer} state loaded for this shard does not fit it (${shard.length} elements in ${blocks} blocks)`)
   // A zeroth-order rank (zo.ts) keeps only the master shard: its gradient and moment tensors
   // are single elements that nothing reads.
   const zo = p.env.cfg.zo !== undefined
   const master = be.alloc('f32', [shard.length])
   const grad = be.alloc('f32', [zo ? 1 : shard.length])
   const m = be.alloc(eight ? 'u8' : 'f32', [zo ? 1 : shard.length])
-  const v = eight || keepsV(p.env.cfg) ? be.alloc(eight ? 'u8' : 'f32', [shard.length]) : undefined
-  const scales = eight ? be.alloc('f32', [2 * blocks]) : undefined
+  const v = k8 === 2 || keepsV(p.env.cfg) ? be.alloc(eight ? 'u8' : 'f32', [shard.length]) : undefined
+  const scales = eight ? be.alloc('f32', [k8 * blocks]) : undefined
   const turn = (): Promise<void> => p.env.deps.clock.turn()
   const uploads: Array<[Tensor, HostArray]> =
     a8 !== undefined && eight
-      ? [
-          [master, state.master],
-          [m, a8.m],
-          [v!, a8.v],
-          [scales!, a8.scales]
-        ]
+      ? [[master, state.master], [m, a8.m], ...(v === undefined ? [] : [[v, a8.v] as [Tensor, Uint8Array]]), [scales!, a8.scales]]
       : zo
         ? [[master, state.master]]
         : [[master, state.master], [m, state.m], ...(v === undefined ? [] : [[v, state.v] as [Tensor, Float32Array]])]
@@ -199,6 +205,7 @@ function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v:
   const N = p.env.layout.length
   // 8-bit moments: a segment's blocks are its run's (adam8.ts), in the order of the segments.
   const runs = scales === undefined ? undefined : adam8Runs(p.env.layout, shard).runs
+  const k8 = codedMoments(p.env.cfg)
   const zo = p.env.cfg.zo !== undefined
   // (No optimizer segments and no wire buffers for a zeroth-order rank: it never runs them.)
   const segments = zo
@@ -209,7 +216,7 @@ function shardParts(p: SessionParts, master: Tensor, grad: Tensor, m: Tensor, v:
         g: be.view(grad, x.start - shard.start, [x.length]),
         m: be.view(m, x.start - shard.start, [x.length]),
         v: v === undefined ? undefined : be.view(v, x.start - shard.start, [x.length]),
-        s: runs === undefined ? undefined : be.view(scales!, 2 * runs[i]!.block, [2 * adam8Blocks(x.length)])
+        s: runs === undefined ? undefined : be.view(scales!, k8 * runs[i]!.block, [k8 * adam8Blocks(x.length)])
       }))
   let wire: ShardTensors['wire']
   if (!p.local && !zo) {
@@ -344,7 +351,7 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
 }
 
 /**
- * The optimizer (AdamW, Lion, or 8-bit AdamW: one call per segment, its blocks from the
+ * The optimizer (AdamW, Lion, or their 8-bit forms: one call per segment, its blocks from the
  * segment's start) on the shard with its summed gradient (divided by P; decay on matrices and
  * embeddings only), on the model's backend; then the new master shard starts on its way to the
  * host for the next step's gathers.
@@ -352,14 +359,17 @@ export function backwardPass(p: SessionParts, t: ShardTensors, s: number): { str
 export function applyOptimizer(p: SessionParts, t: ShardTensors, s: number): Promise<void> | undefined {
   if (p.host !== undefined) return hostOptimizerStep(p, t, s)
   const { be } = p
+  const lion = updateRule(p.env.cfg.optimizer) === 'lion'
   for (const x of t.segments) {
-    if (x.v === undefined) {
-      be.lion(x.p, x.g, x.m, lionParams(p, x.decay))
+    if (lion) {
+      const hp = lionParams(p, x.decay)
+      if (x.s !== undefined) be.lion8bit(x.p, x.g, x.m, x.s, hp)
+      else be.lion(x.p, x.g, x.m, hp)
       continue
     }
     const adam = adamParams(p, x.decay, s)
-    if (x.s !== undefined) be.adamw8bit(x.p, x.g, x.m, x.v, x.s, adam)
-    else be.adamw(x.p, x.g, x.m, x.v, adam)
+    if (x.s !== undefined) be.adamw8bit(x.p, x.g, x.m, x.v!, x.s, adam)
+    else be.adamw(x.p, x.g, x.m, x.v!, adam)
   }
   if (t.wire !== undefined) t.wire.ready = be.download(t.wire.master, t.master)
   return undefined

@@ -98,6 +98,11 @@ test('wrong lengths and sizes are refused: element counts, C not divisible by NH
   refuses(t, () => be.adamw8bit(f(2), f(2), f(2), u8(2), f(2), hp8), 'adamw8bit', 'm must be u8')
   refuses(t, () => be.adamw8bit(f(2), f(2), u8(2), u8(3), f(2), hp8), 'adamw8bit', 'v must have 2')
   refuses(t, () => be.adamw8bit(f(2049), f(2049), u8(2049), u8(2049), f(2), hp8), 'adamw8bit', 'scales must have 4')
+  const lion8 = { lr: 1, beta1: 0.9, beta2: 0.99, weightDecay: 0, gradScale: 1 }
+  refuses(t, () => be.lion8bit(f(2), f(2), u8(2), f(1), { ...lion8, beta1: 1 }), 'lion8bit', 'beta1')
+  refuses(t, () => be.lion8bit(f(2), f(2), f(2), f(1), lion8), 'lion8bit', 'm must be u8')
+  refuses(t, () => be.lion8bit(f(2), f(2), u8(3), f(1), lion8), 'lion8bit', 'm must have 2')
+  refuses(t, () => be.lion8bit(f(2049), f(2049), u8(2049), f(4), lion8), 'lion8bit', 'scales must have 2')
 })
 
 test('foreign, freed and disposed tensors are refused; views die with their base', t => {

@@ -154,9 +154,10 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   t.is(loadStartConfig({ ...base, train: true, resume: true, 'disk-every': '25' }, {}).diskEvery, 25)
   t.is(loadStartConfig({ ...base, train: true, 'world-size': '2', 'max-world-size': '6' }, {}).maxWorldSize, 6)
   // Every optimizer is a start option (flag and env); another word names the choices.
-  for (const o of ['adamw', 'lion', 'adamw8bit'] as const) t.is(loadStartConfig({ ...base, train: true, optimizer: o }, {}).optimizer, o)
+  for (const o of ['adamw', 'lion', 'adamw8bit', 'lion8bit'] as const) t.is(loadStartConfig({ ...base, train: true, optimizer: o }, {}).optimizer, o)
   t.is(loadStartConfig({ ...base, train: true }, { ZEROMESH_OPTIMIZER: 'adamw8bit' }).optimizer, 'adamw8bit')
-  t.throws(() => loadStartConfig({ ...base, train: true, optimizer: 'adam8' }, {}), { name: 'ConfigError', message: /--optimizer.*adamw8bit/ })
+  t.is(loadStartConfig({ ...base, train: true }, { ZEROMESH_OPTIMIZER: 'lion8bit' }).optimizer, 'lion8bit')
+  t.throws(() => loadStartConfig({ ...base, train: true, optimizer: 'adam8' }, {}), { name: 'ConfigError', message: /--optimizer.*adamw8bit.*lion8bit/ })
   // Zeroth-order training: off by default, ε 1e-3 unless --zo-eps; a bad ε is named.
   t.false(loadStartConfig({ ...base, train: true }, {}).zo)
   const zo = loadStartConfig({ ...base, train: true, zo: true, 'zo-eps': '0.01' }, {})
@@ -171,12 +172,25 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   t.is(off.offloadThreads, 3)
   t.is(off.deviceMemory, 8 * 2 ** 30)
   t.is(loadStartConfig({ ...base, train: true }, {}).offload, 'none')
-  for (const [size, bytes] of [['500MB', 5e8], ['1.5gib', 1.5 * 2 ** 30], ['2097152', 2 ** 21]] as const)
+  for (const [size, bytes] of [
+    ['500MB', 5e8],
+    ['1.5gib', 1.5 * 2 ** 30],
+    ['2097152', 2 ** 21]
+  ] as const)
     t.is(loadStartConfig({ ...base, train: true, 'device-memory': size }, {}).deviceMemory, bytes)
   for (const size of ['0', '1KiB', '8 GB of it', '-1GiB', 'lots'])
-    t.throws(() => loadStartConfig({ ...base, train: true, 'device-memory': size }, {}), { name: 'ConfigError', message: /--device-memory must be a size of at least 1 MiB/ })
-  t.throws(() => loadStartConfig({ ...base, train: true, offload: 'cpu', zo: true }, {}), { name: 'ConfigError', message: /--offload.*--zo run keeps no optimizer state/ })
-  t.throws(() => loadStartConfig({ ...base, train: true, 'offload-threads': '2' }, {}), { name: 'ConfigError', message: /--offload-threads needs --offload cpu/ })
+    t.throws(() => loadStartConfig({ ...base, train: true, 'device-memory': size }, {}), {
+      name: 'ConfigError',
+      message: /--device-memory must be a size of at least 1 MiB/
+    })
+  t.throws(() => loadStartConfig({ ...base, train: true, offload: 'cpu', zo: true }, {}), {
+    name: 'ConfigError',
+    message: /--offload.*--zo run keeps no optimizer state/
+  })
+  t.throws(() => loadStartConfig({ ...base, train: true, 'offload-threads': '2' }, {}), {
+    name: 'ConfigError',
+    message: /--offload-threads needs --offload cpu/
+  })
   t.throws(() => loadStartConfig({ ...base, train: true, offload: 'gpu' }, {}), { name: 'ConfigError', message: /--offload/ })
   for (const [flags, pattern] of [
     [{ 'metrics-listen': '9464' }, /^--metrics-listen must be host:port \(e\.g\. 127\.0\.0\.1:9464, \[::1\]:9464 or :9464\), got '9464'$/],

@@ -12,7 +12,7 @@ import { seededRng } from '../helpers/seed.ts'
 const same = (a: ArrayBufferView, b: ArrayBufferView): boolean =>
   Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0
 
-test('the optimizer threads give the CPU backend op’s bits for AdamW, Lion and 8-bit AdamW, however the arrays are sliced', async t => {
+test('the optimizer threads give the CPU backend op’s bits for AdamW, Lion, 8-bit AdamW and 8-bit Lion, however the arrays are sliced', async t => {
   const { rng } = seededRng(t, 11)
   const rnd = (): number => rng.float()
   const optim = createHostOptimizer({ threads: 3 })
@@ -55,6 +55,13 @@ test('the optimizer threads give the CPU backend op’s bits for AdamW, Lion and
       const u8 = (x: Tensor): Uint8Array => host.storage(x) as Uint8Array
       await optim.adamw8bit(f(host, et[0]), f(host, et[1]), u8(et[2]), u8(et[3]), f(host, et[4]), adam)
       for (let i = 0; i < 5; i++) t.true(same(be.storage(er[i]!), host.storage(et[i]!)), `adamw8bit n=${n} array ${i}`)
+      // 8-bit Lion: m codes and one absmax a block.
+      const ls = new Float32Array(adam8Blocks(n)).map(() => rnd() * 0.1)
+      const lr8 = [on(be, w0), on(be, g0), on(be, codes, 'u8'), on(be, ls)] as const
+      be.lion8bit(lr8[0], lr8[1], lr8[2], lr8[3], lion)
+      const lt8 = [on(host, w0), on(host, g0), on(host, codes, 'u8'), on(host, ls)] as const
+      await optim.lion8bit(f(host, lt8[0]), f(host, lt8[1]), u8(lt8[2]), f(host, lt8[3]), lion)
+      for (let i = 0; i < 4; i++) t.true(same(be.storage(lr8[i]!), host.storage(lt8[i]!)), `lion8bit n=${n} array ${i}`)
     }
   } finally {
     optim.stop()
@@ -68,6 +75,10 @@ test('the optimizer threads refuse arrays outside shared memory and of unequal l
   t.throws(() => optim.adamw(new Float32Array(4), sh(4), sh(4), sh(4), adam), { instanceOf: InvalidArgumentError, message: /shared memory/ })
   t.throws(() => optim.adamw(sh(4), sh(3), sh(4), sh(4), adam), { instanceOf: InvalidArgumentError, message: /4 elements/ })
   t.throws(() => optim.adamw(sh(4), sh(4), sh(4), sh(4), { ...adam, lr: Number.NaN }), { instanceOf: InvalidArgumentError })
+  const lion = { lr: 1e-3, beta1: 0.9, beta2: 0.99, weightDecay: 0, gradScale: 1 }
+  const codes = new Uint8Array(new SharedArrayBuffer(4))
+  t.throws(() => optim.lion8bit(sh(4), sh(4), codes, sh(2), lion), { instanceOf: InvalidArgumentError, message: /lion8bit: scales must have 1 elements/ })
+  t.throws(() => optim.lion8bit(sh(4), sh(4), new Uint8Array(4), sh(1), lion), { instanceOf: InvalidArgumentError, message: /shared memory/ })
   t.throws(() => createHostOptimizer({ threads: 0 }), { instanceOf: InvalidArgumentError })
   optim.stop()
   await t.throwsAsync(optim.adamw(sh(4), sh(4), sh(4), sh(4), adam), { instanceOf: AbortError })
@@ -91,8 +102,8 @@ test.serial(
       'a spare took the rank from the snapshots'
     )
     t.true(same(c.params, d.params), 'four ranks, one replaced: offloaded = on the device')
-    // Lion and 8-bit AdamW go through the threads too.
-    for (const optimizer of ['lion', 'adamw8bit'] as const) {
+    // Lion and the 8-bit optimizers go through the threads too.
+    for (const optimizer of ['lion', 'adamw8bit', 'lion8bit'] as const) {
       const cfg: TrainConfig = { ...base, worldSize: 2, steps: 6, lr: 1e-3, optimizer }
       t.true(same(ok(await trainMesh(2, cfg)).params, ok(await trainMesh(2, off(cfg))).params), optimizer)
     }

@@ -18,20 +18,26 @@ test('the settings words of equal configs agree; one differing setting is named 
   t.regex(settingsMismatch(Uint32Array.from(steps.flatMap(w => [...w])), roster) ?? '', /--steps is \d+ on rank 0 .* but \d+ on rank 2/)
 })
 
-test('the optimizer is a setting (word 0 AdamW, 1 Lion, 2 8-bit AdamW) and part of the run identity', t => {
-  const optimizers = ['adamw', 'lion', 'adamw8bit'] as const
+test('the optimizer is a setting (word 0 AdamW, 1 Lion, 2 8-bit AdamW, 3 8-bit Lion) and part of the run identity', t => {
+  const optimizers = ['adamw', 'lion', 'adamw8bit', 'lion8bit'] as const
   const words = optimizers.map(o => settingsWords({ ...base, optimizer: o }))
   // The one word that differs between them (base has no identity, so only the optimizer's).
   const at = words[0]!.findIndex((w, i) => w !== words[2]![i])
   t.is(words[0]!.filter((w, i) => w !== words[2]![i]).length, 1)
   t.deepEqual(
     words.map(w => w[at]),
-    [0, 1, 2]
+    [0, 1, 2, 3]
   )
   const odd = [base, base, { ...base, optimizer: 'adamw8bit' as const }].map(settingsWords)
   t.regex(settingsMismatch(Uint32Array.from(odd.flatMap(w => [...w])), roster) ?? '', /--optimizer is adamw on rank 0 .* but adamw8bit on rank 2/)
+  const lion = [
+    { ...base, optimizer: 'lion' as const },
+    { ...base, optimizer: 'lion' as const },
+    { ...base, optimizer: 'lion8bit' as const }
+  ].map(settingsWords)
+  t.regex(settingsMismatch(Uint32Array.from(lion.flatMap(w => [...w])), roster) ?? '', /--optimizer is lion on rank 0 .* but lion8bit on rank 2/)
   const ids = optimizers.map(o => Buffer.from(runIdentity('r', { ...base, optimizer: o })).toString('hex'))
-  t.is(new Set(ids).size, 3)
+  t.is(new Set(ids).size, 4)
   t.is(ids[0], Buffer.from(runIdentity('r', base)).toString('hex'), 'AdamW runs keep the identity they had without the option')
 })
 

@@ -96,7 +96,7 @@ test('state slots: old rank, step, then weights, m, v as f32 bits; all NONE when
   t.throws(() => stateSlot.decode('grow_state', badRank, 2, L, 0), { instanceOf: TrainMessageError })
 })
 
-test('8-bit state slots: old rank, step, weights (f32 bits), m and v codes (bytes), absmax pairs; a state larger than the slot is refused', t => {
+test('8-bit state slots: old rank, step, weights (f32 bits), m and v codes (bytes), absmax pairs (8-bit Lion: m codes, one absmax a block); a state larger than the slot is refused', t => {
   const L = 5
   const B = 2
   const f32 = (...words: number[]): Float32Array => new Float32Array(Uint32Array.from(words).buffer)
@@ -108,14 +108,14 @@ test('8-bit state slots: old rank, step, weights (f32 bits), m and v codes (byte
     adamV: new Float32Array(0),
     adam8: { m: Uint8Array.from([0, 127, 255, 1, 9]), v: Uint8Array.from([3, 4, 5, 6, 7]), scales: f32(0x3f000000, 0xffc12345) }
   }
-  const a = stateSlot8.encode('resume_state', own, L, B)
-  t.is(a.length, stateSlot8.words(L, B))
+  const a = stateSlot8.encode('resume_state', own, L, B, 2)
+  t.is(a.length, stateSlot8.words(L, B, 2))
   t.is(a.length, 2 + 5 + 2 * 2 + 4)
-  const b = stateSlot8.encode('resume_state', undefined, L, B)
+  const b = stateSlot8.encode('resume_state', undefined, L, B, 2)
   t.true(b.every(w => w === NONE))
   const all = Uint32Array.from([...b, ...a])
-  t.is(stateSlot8.decode('resume_state', all, 2, L, B, 0), undefined)
-  const s = stateSlot8.decode('resume_state', all, 2, L, B, 1)!
+  t.is(stateSlot8.decode('resume_state', all, 2, L, B, 2, 0), undefined)
+  const s = stateSlot8.decode('resume_state', all, 2, L, B, 2, 1)!
   t.deepEqual([s.rank, s.step], [2, 7])
   const bits = (f: Float32Array): number[] => [...new Uint32Array(f.buffer, f.byteOffset, f.length)]
   t.deepEqual(bits(s.weights(5)), [0x3f800000, 0x80000000, 0x7fa00001, 1, 2])
@@ -123,9 +123,21 @@ test('8-bit state slots: old rank, step, weights (f32 bits), m and v codes (byte
   t.deepEqual([...s.codes(1, 4)], [3, 4, 5, 6])
   // One block of the slot's two: the pair is the state's, the second pair's words are NONE.
   t.deepEqual(bits(s.scales(1)), [0x3f000000, 0xffc12345])
-  t.throws(() => stateSlot8.encode('resume_state', own, L, 0), { instanceOf: TrainMessageError })
-  t.throws(() => stateSlot8.encode('resume_state', { ...own, adam8: undefined }, L, B), { instanceOf: TrainMessageError })
-  t.throws(() => stateSlot8.decode('resume_state', all.subarray(1), 2, L, B, 0), { instanceOf: TrainMessageError })
+  t.throws(() => stateSlot8.encode('resume_state', own, L, 0, 2), { instanceOf: TrainMessageError })
+  t.throws(() => stateSlot8.encode('resume_state', { ...own, adam8: undefined }, L, B, 2), { instanceOf: TrainMessageError })
+  t.throws(() => stateSlot8.decode('resume_state', all.subarray(1), 2, L, B, 2, 0), { instanceOf: TrainMessageError })
+  // 8-bit Lion (one moment): m codes and one absmax per block, no v; a state with v codes does not fit.
+  const lion = { ...own, adam8: { m: own.adam8.m, v: new Uint8Array(0), scales: f32(0x3f000000, 0x40000000) } }
+  const c = stateSlot8.encode('grow_state', lion, L, B, 1)
+  t.is(c.length, stateSlot8.words(L, B, 1))
+  t.is(c.length, 2 + 5 + 2 + 2)
+  const one = stateSlot8.decode('grow_state', c, 1, L, B, 1, 0)!
+  t.deepEqual(bits(one.weights(5)), [0x3f800000, 0x80000000, 0x7fa00001, 1, 2])
+  t.deepEqual([...one.codes(0, 5)], [0, 127, 255, 1, 9])
+  t.is(one.codes(1, 5).length, 0)
+  t.deepEqual(bits(one.scales(2)), [0x3f000000, 0x40000000])
+  t.deepEqual(bits(one.scales(1)), [0x3f000000])
+  t.throws(() => stateSlot8.encode('grow_state', own, L, B, 1), { instanceOf: TrainMessageError, message: /does not fit a slot/ })
 })
 
 test('train/grow: three little-endian u32; any other length is refused', t => {

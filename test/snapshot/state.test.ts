@@ -156,17 +156,18 @@ test('coding a large state pauses every few MiB and gives the same fragments and
   t.deepEqual(rebuilt.report, assembleState([sync[4]!, sync[0]!, sync[2]!], coder).report)
 })
 
-/** An 8-bit AdamW state of `n` elements in `blocks` blocks (random codes and scales). */
-function adam8State(seed: number, n: number, blocks: number, outer = false): RankState {
+/** An 8-bit AdamW state (8-bit Lion's with `lion`: m codes alone, one absmax a block) of `n` elements in `blocks` blocks (random codes and scales). */
+function adam8State(seed: number, n: number, blocks: number, outer = false, lion = false): RankState {
   const rng = Rng.fromSeed(seed)
   const s = randomState(rng, n)
   const codes = (): Uint8Array => Uint8Array.from({ length: n }, () => rng.int(0, 256))
+  const k = lion ? 1 : 2
   const st: RankState = {
     ...s,
     adamM: new Float32Array(0),
     adamV: new Float32Array(0),
-    optimizer: 'adamw8bit',
-    adam8: { m: codes(), v: codes(), scales: Float32Array.from({ length: 2 * blocks }, () => rng.float()) }
+    optimizer: lion ? 'lion8bit' : 'adamw8bit',
+    adam8: { m: codes(), v: lion ? new Uint8Array(0) : codes(), scales: Float32Array.from({ length: k * blocks }, () => rng.float()) }
   }
   if (outer)
     st.outer = {
@@ -215,11 +216,16 @@ test('corrupt 8-bit AdamW states: unknown optimizer byte, block counts out of ra
     return b
   }
   t.is(
+    code(() => verifyState(patched(v => v.setUint8(6, 5)))),
+    'STATE_MALFORMED',
+    'optimizer byte 5'
+  )
+  t.regex(t.throws(() => verifyState(patched(v => v.setUint8(6, 5))))!.message, /unknown optimizer 5/)
+  t.is(
     code(() => verifyState(patched(v => v.setUint8(6, 4)))),
     'STATE_MALFORMED',
-    'optimizer byte 4'
+    'read as 8-bit Lion the lengths disagree'
   )
-  t.regex(t.throws(() => verifyState(patched(v => v.setUint8(6, 4))))!.message, /unknown optimizer 4/)
   t.is(
     code(() => verifyState(patched(v => v.setUint32(52, 2, true)))),
     'STATE_MALFORMED',
@@ -265,7 +271,66 @@ test('corrupt 8-bit AdamW states: unknown optimizer byte, block counts out of ra
   bad({ adam8: { ...s.adam8!, scales: new Float32Array(7) } }, /absmax pairs/)
   bad({ adam8: undefined }, /adam8/)
   bad({ optimizer: 'lion' }, /adam8|Lion/)
-  bad({ adamM: new Float32Array(5000) }, /none \(8-bit AdamW\)/)
+  bad({ adamM: new Float32Array(5000) }, /none \(8-bit optimizers/)
+  bad({ optimizer: 'lion8bit' }, /none of v/)
+})
+
+test('8-bit Lion state (optimizer byte 4): one absmax a block and m codes round-trip, ~5 bytes per parameter; v codes, pairs and wrong block counts are refused', t => {
+  for (const [n, blocks] of [
+    [4097, 3],
+    [4099, 5],
+    [1, 1],
+    [0, 0]
+  ] as const) {
+    const s = adam8State(n + blocks, n, blocks, n === 4099, true)
+    const bytes = encodeState(s)
+    t.is(bytes[6], 4, 'optimizer byte')
+    t.is(new DataView(bytes.buffer, bytes.byteOffset).getUint32(52, true), blocks, 'block count')
+    t.is(bytes.length, STATE_HEADER_BYTES + 32 + 4 * n + 4 * blocks + ((n + 7) & ~7) + (s.outer === undefined ? 0 : 16 * n))
+    const d = decodeState(bytes)
+    t.is(d.optimizer, 'lion8bit')
+    t.is(d.adamM.length + d.adamV.length, 0)
+    t.deepEqual(d.weights, s.weights)
+    t.deepEqual(d.adam8, s.adam8)
+    t.deepEqual(d.outer, s.outer)
+    const odd = new Uint8Array(bytes.length + 1)
+    odd.set(bytes, 1)
+    t.deepEqual(decodeState(odd.subarray(1)).adam8, s.adam8)
+  }
+  const n = 1 << 16
+  const lion8 = stateBytes(adam8State(5, n, Math.ceil(n / ADAM8_BLOCK), false, true))
+  const adamw = stateBytes(randomState(Rng.fromSeed(5), n))
+  t.log(`8-bit Lion ${lion8} vs AdamW ${adamw} bytes (${(lion8 / adamw).toFixed(4)}x)`)
+  t.true(lion8 / adamw < 0.4175, `8-bit Lion ${lion8} vs AdamW ${adamw} bytes`)
+  const s = adam8State(9, 5000, 3, false, true)
+  const bytes = encodeState(s)
+  const patched = (fn: (v: DataView) => void): Uint8Array => {
+    const b = bytes.slice()
+    fn(new DataView(b.buffer))
+    return b
+  }
+  t.is(
+    code(() => verifyState(patched(v => v.setUint32(52, 2, true)))),
+    'STATE_MALFORMED',
+    'fewer blocks than ceil(n / 2048)'
+  )
+  t.is(
+    code(() => verifyState(patched(v => v.setUint32(52, 4, true)))),
+    'STATE_MALFORMED',
+    'a block count the length does not match'
+  )
+  t.is(
+    code(() => verifyState(patched(v => v.setUint8(6, 2)))),
+    'STATE_MALFORMED',
+    'read as 8-bit AdamW the lengths disagree'
+  )
+  const bad = (x: Partial<RankState>, why: RegExp): void => {
+    t.throws(() => stateBytes({ ...s, ...x }), { name: 'InvalidArgumentError', message: why })
+  }
+  bad({ adam8: { ...s.adam8!, v: new Uint8Array(5000) } }, /none of v/)
+  bad({ adam8: { ...s.adam8!, scales: new Float32Array(2) } }, /3\.\.5000 absmaxes/)
+  bad({ adam8: undefined }, /adam8/)
+  bad({ optimizer: 'adamw8bit' }, /5000 codes each/)
 })
 
 test('a zeroth-order state (optimizer byte 3) is the weights alone: 4 bytes per parameter, round trip, moments refused', t => {

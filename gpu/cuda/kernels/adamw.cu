@@ -151,6 +151,54 @@ extern "C" __global__ void __launch_bounds__(A8_THREADS) adamw8bit_f32(float* __
   }
 }
 
+// Fused 8-bit Lion (gpu/adam8.ts states the format and the order of operations; gpu/cpu.ts
+// lion8bit is the reference): adamw8bit_f32's block layout with one moment, m, and one absmax per
+// block; lion_one's f32 operations on the dequantized m, then m requantized with the block's new
+// absmax. maps: m's 256 values (the same upload as adamw8bit's, whose first half they are).
+// k: lr, b1, b2, 1-b1, 1-b2, wd, gradScale (host-rounded f32).
+extern "C" __global__ void __launch_bounds__(A8_THREADS) lion8bit_f32(float* __restrict__ params, const float* __restrict__ grads,
+    unsigned char* __restrict__ mc, float* __restrict__ scales, const float* __restrict__ maps, bf16* __restrict__ lowp, i64 n,
+    float lr, float b1, float b2, float c1, float c2, float wd, float gs) {
+  __shared__ float map[256];
+  __shared__ float red[A8_THREADS / 32];
+  for (int i = threadIdx.x; i < 256; i += A8_THREADS) map[i] = maps[i];
+  __syncthreads();
+  const i64 b = blockIdx.x;
+  const i64 base = b * A8_BLOCK;
+  const float sm = scales[b];
+  float m[A8_PER];
+  float am = 0.0f;
+#pragma unroll
+  for (int j = 0; j < A8_PER; j++) {
+    const i64 i = base + threadIdx.x + (i64)j * A8_THREADS;
+    m[j] = 0.0f;
+    if (i >= n) continue;
+    float w = params[i];
+    float mi = __fmul_rn(map[mc[i]], sm);
+    lion_one(w, grads[i], mi, lr, b1, b2, c1, c2, wd, gs);
+    params[i] = w;
+    if (lowp != nullptr) lowp[i] = f2bf(w);
+    m[j] = mi;
+    float a = fabsf(mi);
+    if (a > am) am = a;
+  }
+  // Block absmax: max is exact and, on NaN-free partials, independent of the order.
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) am = a8_max(am, __shfl_xor_sync(0xffffffffu, am, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = am;
+  __syncthreads();
+  am = 0.0f;
+#pragma unroll
+  for (int k = 0; k < A8_THREADS / 32; k++) am = a8_max(am, red[k]);
+  if (threadIdx.x == 0) scales[b] = am;
+#pragma unroll
+  for (int j = 0; j < A8_PER; j++) {
+    const i64 i = base + threadIdx.x + (i64)j * A8_THREADS;
+    if (i >= n) continue;
+    mc[i] = (unsigned char)a8_nearest(map, am == 0.0f ? 0.0f : __fdiv_rn(m[j], am));
+  }
+}
+
 // Zeroth-order perturbation (gpu/zo.ts, the reference is gpu/cpu.ts addSigns): params[i] += ±scale,
 // the sign from a hash of the step's seed and the element's index in the flat layout. One
 // correctly rounded f32 addition, so the result is the CPU's bit for bit.
