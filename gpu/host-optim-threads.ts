@@ -1,4 +1,4 @@
-import { checkCap, createThreadPool, InvalidArgumentError, spareThreads, ZeromeshError, type ThreadPool } from '../core/index.ts'
+import { checkCap, createThreadPool, InvalidArgumentError, spareThreads, throwIfAborted, ZeromeshError, type ThreadPool } from '../core/index.ts'
 import { ADAM8_BLOCK, adam8Blocks, type Moments8 } from './adam8.ts'
 import type { AdamWParams, LionParams } from './backend.ts'
 import { checkAdamW, checkLion } from './validate.ts'
@@ -67,7 +67,24 @@ export function createHostOptimizer(init: { threads?: number } = {}): HostOptimi
     errorOf: r => new HostOptimizerError(`offload optimizer thread: ${(r as Extract<OptimReply, { ok: false }>).error}`),
     threadError: message => new HostOptimizerError(message)
   })
-  /** Runs `job(lo, hi)` over slices of [0, n) (boundaries multiples of `align`) and waits for all. */
+  // Slices in flight at most, across calls: the rest wait for a place (a shard of any size
+  // stays under the pool's job cap, and every thread always has its next slice queued).
+  const window = Math.min(HOST_OPTIM_LIMITS.maxJobs, 4 * threads)
+  let inFlight = 0
+  const waiting: Array<() => void> = []
+  const place = async (): Promise<void> => {
+    while (inFlight >= window) await new Promise<void>(resolve => waiting.push(resolve))
+    inFlight++
+  }
+  const leave = (): void => {
+    inFlight--
+    waiting.shift()?.()
+  }
+  /**
+   * Runs `job(lo, hi)` over slices of [0, n) (boundaries multiples of `align`) and waits until
+   * every slice it handed a thread has settled. (An aborted slice settles at once, but its
+   * thread finishes writing it: the caller's memory must outlive the call.)
+   */
   const sliced = async (
     n: number,
     align: number,
@@ -79,9 +96,16 @@ export function createHostOptimizer(init: { threads?: number } = {}): HostOptimi
     const all: Array<Promise<OptimReply>> = []
     for (let lo = 0; lo < n; lo += step) {
       const q = job(lo, Math.min(n, lo + step))
-      all.push(pool.submit(id => ({ ...q, id }) as OptimRequest, signal))
+      await place()
+      if (signal?.aborted === true) {
+        leave()
+        break
+      }
+      const r = pool.submit(id => ({ ...q, id }) as OptimRequest, signal)
+      all.push(r)
+      r.then(leave, leave)
     }
-    // Every slice settles before the step goes on (a failed one must not leave others writing).
+    throwIfAborted(signal)
     const done = await Promise.allSettled(all)
     const failed = done.find(d => d.status === 'rejected')
     if (failed !== undefined) throw (failed as PromiseRejectedResult).reason

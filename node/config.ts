@@ -56,18 +56,18 @@ const hostPort = z.string().transform((s, ctx) => {
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 }
 
-/** Bytes from `8GiB`, `500MB`, `1.5gb` or a plain number of bytes (at least 1 MiB). */
+/** Bytes from `8GiB`, `500MB`, `1.5gb` or a plain number of bytes (at least 64 MiB: a CUDA backend's own buffers take 32). */
 export function parseSize(s: string): number | undefined {
   const m = /^(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?$/i.exec(s.trim())
   if (m === null) return undefined
   const bytes = Math.floor(Number(m[1]) * SIZE_UNITS[(m[2] ?? '').toLowerCase()]!)
-  return Number.isSafeInteger(bytes) && bytes >= 2 ** 20 ? bytes : undefined
+  return Number.isSafeInteger(bytes) && bytes >= 64 * 2 ** 20 ? bytes : undefined
 }
 
 const sizeSchema = z.string().transform((s, ctx) => {
   const bytes = parseSize(s)
   if (bytes === undefined) {
-    ctx.addIssue({ code: 'custom', message: `must be a size of at least 1 MiB (e.g. 8GiB, 500MB or a number of bytes), got '${s}'` })
+    ctx.addIssue({ code: 'custom', message: `must be a size of at least 64 MiB (e.g. 8GiB, 500MB or a number of bytes), got '${s}'` })
     return z.NEVER
   }
   return bytes

@@ -20,6 +20,7 @@ export const UP_OPTIONS = {
   zo: START_OPTIONS.zo,
   zoEps: START_OPTIONS.zoEps,
   offload: START_OPTIONS.offload,
+  offloadThreads: START_OPTIONS.offloadThreads,
   deviceMemory: START_OPTIONS.deviceMemory,
   outerEvery: option(START_OPTIONS.outerEvery.schema, {
     arg: '<H>',
@@ -62,6 +63,7 @@ const upSchema = z.strictObject(shapeOf(UP_OPTIONS)).superRefine((c, ctx) => {
     ctx.addIssue({ code: 'custom', path: ['outerEvery'], message: `needs an even --nodes (two zone groups of equal size), got ${c.nodes}` })
   if (c.streaming && c.outerEvery === undefined) ctx.addIssue({ code: 'custom', path: ['streaming'], message: 'needs --outer-every' })
   if (c.offload === 'cpu' && c.zo) ctx.addIssue({ code: 'custom', path: ['offload'], message: 'a --zo run keeps no optimizer state to offload' })
+  if (c.offloadThreads !== undefined && c.offload !== 'cpu') ctx.addIssue({ code: 'custom', path: ['offloadThreads'], message: 'needs --offload cpu' })
 })
 
 /** `zeromesh up`. */
@@ -90,7 +92,7 @@ export const upCommand: Command = {
       zeropp: o.zeropp,
       optimizer: o.optimizer,
       ...(o.zo ? { zo: { eps: o.zoEps } } : {}),
-      ...(o.offload === 'cpu' ? { offload: true } : {}),
+      ...(o.offload === 'cpu' ? { offload: o.offloadThreads === undefined ? {} : { threads: o.offloadThreads } } : {}),
       ...(o.deviceMemory === undefined ? {} : { deviceMemory: o.deviceMemory }),
       ...(o.outerEvery === undefined ? {} : { outer: { every: o.outerEvery, streaming: o.streaming } }),
       seed: o.seed,

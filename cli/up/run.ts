@@ -40,8 +40,8 @@ export interface UpOptions {
   optimizer?: Optimizer
   /** `--zo` (and its `--zo-eps`) for the workers: zeroth-order training. */
   zo?: { eps: number }
-  /** `--offload cpu` for the workers. */
-  offload?: boolean
+  /** `--offload cpu` (and `--offload-threads`) for the workers. */
+  offload?: { threads?: number }
   /** `--device-memory` for the workers (bytes, each). */
   deviceMemory?: number
   /** `--lr` for the workers (default: theirs, by optimizer). */

@@ -63,7 +63,7 @@ export interface WorkerPlan {
   zeropp: boolean
   optimizer?: Optimizer
   zo?: { eps: number }
-  offload?: boolean
+  offload?: { threads?: number }
   deviceMemory?: number
   lr?: number
   outer?: { every: number; streaming: boolean }
@@ -151,7 +151,7 @@ function workerArgs(p: WorkerPlan, name: string, i: number, bootstrap: string | 
     ...(p.zeropp ? ['--zeropp'] : []),
     ...(p.optimizer === undefined || p.optimizer === 'adamw' ? [] : ['--optimizer', p.optimizer]),
     ...(p.zo === undefined ? [] : ['--zo', '--zo-eps', String(p.zo.eps)]),
-    ...(p.offload === true ? ['--offload', 'cpu'] : []),
+    ...(p.offload === undefined ? [] : ['--offload', 'cpu', ...(p.offload.threads === undefined ? [] : ['--offload-threads', String(p.offload.threads)])]),
     ...(p.deviceMemory === undefined ? [] : ['--device-memory', String(p.deviceMemory)]),
     ...(p.lr === undefined ? [] : ['--lr', String(p.lr)]),
     ...(p.outer === undefined ? [] : ['--outer-every', String(p.outer.every), ...(p.outer.streaming ? ['--streaming'] : [])]),

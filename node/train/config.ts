@@ -92,7 +92,7 @@ export interface TrainConfig {
   /**
    * `--offload cpu` (offload.ts): the shard's master weights, gradient and optimizer state in
    * host memory, updated on `threads` worker threads (default: the cores beyond two, at most
-   * 8); the device holds the streamed model and the activations only. Not with `zo`.
+   * 16); the device holds the streamed model and the activations only. Not with `zo`.
    */
   offload?: { threads?: number }
   /**

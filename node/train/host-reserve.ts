@@ -43,7 +43,8 @@ export interface HostReserve {
 export function reservePlan(env: TrainerEnv): Map<HostRole, number> {
   const { cfg } = env
   const plan = new Map<HostRole, number>()
-  // Nothing is saved without snapshots or a disk tier; an offloaded state is on the host already.
+  // Nothing is saved without snapshots or a disk tier. An offloaded state's saves copy it from
+  // the host backend into that backend's own arrays (page-locking them would buy nothing).
   if (cfg.snapshot === undefined && !(cfg.disk !== undefined && cfg.disk.every > 0)) return plan
   if (cfg.offload !== undefined) return plan
   const N = env.layout.length

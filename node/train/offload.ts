@@ -1,4 +1,5 @@
-import { CpuBackend, createHostOptimizer, type GptStream, type HostOptimizer, type Tensor } from '../../gpu/index.ts'
+import { totalmem } from 'node:os'
+import { CPU_LIMITS, CpuBackend, createHostOptimizer, type GptStream, type HostOptimizer, type Tensor } from '../../gpu/index.ts'
 import { adamParams, lionParams, type SessionParts, type ShardTensors } from './step.ts'
 import type { RunState, TrainerEnv } from './state.ts'
 import { updateRule } from './config.ts'
@@ -17,6 +18,12 @@ import { updateRule } from './config.ts'
  * - the optimizer runs on the threads (gpu/host-optim-threads.ts), slice by slice, with the
  *   CPU backend's own update rules: an offloaded CPU rank is bit-identical to one that is not.
  */
+/** Caps of an offloaded shard's host tensors (docs/LIMITS.md). */
+export const OFFLOAD_LIMITS = Object.freeze({
+  /** One host tensor (a master, gradient or moment of a shard): 8 GiB, 2 G f32 elements. */
+  maxTensorBytes: 8 * 2 ** 30
+})
+
 export interface Offload {
   /** The host backend the shard's tensors are allocated on. */
   be: CpuBackend
@@ -27,7 +34,10 @@ export interface Offload {
 export function offloadOf(env: TrainerEnv, rs: RunState): Offload | undefined {
   const o = env.cfg.offload
   if (o === undefined) return undefined
-  rs.offload ??= { be: new CpuBackend({ shared: true }), optim: createHostOptimizer(o.threads === undefined ? {} : { threads: o.threads }) }
+  // The host's memory is the cap of an offloaded shard, not the CPU backend's defaults for a
+  // device of its own (2 GiB a tensor: a shard of 536 M parameters).
+  const host = { maxTensorBytes: OFFLOAD_LIMITS.maxTensorBytes, maxTotalBytes: Math.max(CPU_LIMITS.maxTotalBytes, totalmem()) }
+  rs.offload ??= { be: new CpuBackend({ shared: true, ...host }), optim: createHostOptimizer(o.threads === undefined ? {} : { threads: o.threads }) }
   return rs.offload
 }
 
@@ -79,7 +89,8 @@ export async function hostOptimizerStep(p: SessionParts, t: ShardTensors, s: num
   const u8 = (x: Tensor): Uint8Array => be.storage(x) as Uint8Array
   const signal = p.signal
   const lion = updateRule(p.env.cfg.optimizer) === 'lion'
-  await Promise.all(
+  // Every segment's slices settle before the step goes on or fails (none left writing).
+  const done = await Promise.allSettled(
     t.segments.map(x => {
       if (lion) {
         const hp = lionParams(p, x.decay)
@@ -91,4 +102,6 @@ export async function hostOptimizerStep(p: SessionParts, t: ShardTensors, s: num
       return optim.adamw(f32(x.p), f32(x.g), f32(x.m), f32(x.v!), adam, signal)
     })
   )
+  const failed = done.find(d => d.status === 'rejected')
+  if (failed !== undefined) throw (failed as PromiseRejectedResult).reason
 }

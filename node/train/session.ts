@@ -263,7 +263,20 @@ export async function runSession(
   const tier = cfg.outer === undefined ? undefined : zoneTier(env, parts, collective, roster, epoch, round)
   await collective.start()
   if (tier !== undefined) for (const c of tier.all.slice(1)) await c.start()
-  const p = sessionParts(env, rs, parts, tier?.group ?? collective, roster, epoch, rank, tier?.outer, signal)
+  const close = async (): Promise<void> => {
+    tier?.unlink()
+    await collective.stop()
+    if (tier !== undefined) for (const c of tier.all.slice(1)) await c.stop()
+  }
+  let p: SessionParts
+  try {
+    p = sessionParts(env, rs, parts, tier?.group ?? collective, roster, epoch, rank, tier?.outer, signal)
+  } catch (err) {
+    // The model did not fit (a DeviceOutOfMemoryError, run.ts): the others hear of it at once.
+    collective.abort(`rank ${rank} gave up: ${err instanceof Error ? err.message : String(err)}`, 'aborted')
+    await close()
+    throw err
+  }
   const { fail, model } = p
   const growable = cfg.outer === undefined && cfg.zo === undefined && (cfg.maxWorldSize ?? cfg.worldSize) > roster.length
   // Work between collective calls (loading snapshots) ends when the collective is poisoned:
@@ -399,8 +412,6 @@ export async function runSession(
       if (ending !== undefined) await ending
       freeShardTensors(p, tensors)
     }
-    tier?.unlink()
-    await collective.stop()
-    if (tier !== undefined) for (const c of tier.all.slice(1)) await c.stop()
+    await close()
   }
 }

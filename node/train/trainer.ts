@@ -1,5 +1,5 @@
 import type { Manifest } from '../../snapshot/index.ts'
-import { endOffload } from './offload.ts'
+import { endOffload, offloadOf } from './offload.ts'
 import { AbortError, InvalidArgumentError } from '../../core/index.ts'
 import { gptLayout } from '../../gpu/index.ts'
 import { validateTrainConfig, type TrainConfig, type TrainStatus, type TrainerDeps } from './config.ts'
@@ -93,6 +93,8 @@ export class Trainer {
    * simulator does not call it); the arrays are freed when `run` ends.
    */
   async prepare(): Promise<void> {
+    // `--offload cpu`: its optimizer threads start now, not at the first update.
+    offloadOf(this.env, this.rs)?.optim.start()
     if (this.rs.hostReserve !== undefined) return
     const { deps } = this.env
     this.rs.hostReserve = await reserveHost(deps.backend, reservePlan(this.env), () => deps.clock.turn())

@@ -287,6 +287,10 @@ test('initGptParamsYielding: the same values as initGptParams, turning every `ev
     turns++
   })
   t.true(small instanceof Float32Array, 'a model under the threshold comes back at once')
+  // `atOnce`, not `every`, decides: small pieces, a model under the threshold, no turn.
+  const under = initGptParamsYielding(cfg, 11, async () => void turns++, 1000, 1e9)
+  t.true(under instanceof Float32Array)
+  t.deepEqual(under, want)
   t.deepEqual(small, want)
   t.is(turns, 0)
   const every = 1000
@@ -297,7 +301,7 @@ test('initGptParamsYielding: the same values as initGptParams, turning every `ev
       turns++
     },
     every,
-    every
+    2 * every
   )
   t.true(big instanceof Promise)
   t.deepEqual(await big, want)

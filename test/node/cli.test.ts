@@ -175,13 +175,13 @@ test('--metrics-listen, --disk-every, --snapshot-every, --resume and --max-world
   for (const [size, bytes] of [
     ['500MB', 5e8],
     ['1.5gib', 1.5 * 2 ** 30],
-    ['2097152', 2 ** 21]
+    ['67108864', 2 ** 26]
   ] as const)
     t.is(loadStartConfig({ ...base, train: true, 'device-memory': size }, {}).deviceMemory, bytes)
-  for (const size of ['0', '1KiB', '8 GB of it', '-1GiB', 'lots'])
+  for (const size of ['0', '1KiB', '63MiB', '8 GB of it', '-1GiB', 'lots'])
     t.throws(() => loadStartConfig({ ...base, train: true, 'device-memory': size }, {}), {
       name: 'ConfigError',
-      message: /--device-memory must be a size of at least 1 MiB/
+      message: /--device-memory must be a size of at least 64 MiB/
     })
   t.throws(() => loadStartConfig({ ...base, train: true, offload: 'cpu', zo: true }, {}), {
     name: 'ConfigError',
