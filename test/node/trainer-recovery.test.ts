@@ -521,6 +521,65 @@ test.serial(
   }
 )
 
+/**
+ * The 8-bit optimizers' recovery beyond a spare: a shrink and a grow re-block the codes; three
+ * ranks write the disk tier, three resume it bit-identically, four re-blocked, and two running
+ * `other` refuse it. `checkState` looks at rank 0's file (its codes and absmaxes).
+ */
+async function eightBitRecovery(
+  t: ExecutionContext,
+  cfg: TrainConfig,
+  seed: number,
+  other: TrainConfig['optimizer'],
+  checkState: (st: NonNullable<Awaited<ReturnType<typeof loadDiskState>>>) => void
+): Promise<void> {
+  const name = cfg.optimizer!
+  // No spare: the survivors rebuild the lost shard's codes in their new blocks and finish.
+  const shrunk = simOk(await simTrain(4, cfg, { seed, kill: { rank: 1, atStep: 6 } }))
+  const three = shrunk.statuses.filter(s => s.role === 'done')
+  t.is(three.length, 3)
+  t.true(three.every(s => s.recoveries.some(r => r.mode === 'shrink') && s.step === 10))
+  // A late joiner grows the run from 3 to 4 ranks: the old ranks hand their codes over (stateSlot8), re-blocked.
+  const grow = simOk(
+    await simTrain(4, { ...cfg, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 })
+  )
+  const grown = grow.statuses.filter(s => s.role === 'done')
+  t.true(
+    grown.length === 4 && grown.every(s => s.worldSize === 4 && s.step === 10 && s.growths.length === 1),
+    grown.map(s => `${s.worldSize}/${s.step}`).join(' ')
+  )
+  t.true(new Set(grown.map(s => s.evalLoss)).size === 1, 'every rank scores the same final weights')
+  const root = mkdtempSync(join(tmpdir(), `zm-${name}-`))
+  try {
+    const disk =
+      (resume: boolean) =>
+      (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
+    const eight: TrainConfig = { ...base, worldSize: 3, steps: 6, lr: cfg.lr, optimizer: name, snapshot: undefined }
+    ok(await trainMesh(3, eight, { configOf: disk(false) }))
+    const st = (await loadDiskState(diskDir(join(root, 'w0')), 6))!
+    t.is(st.optimizer as string | undefined, name)
+    t.is(st.adam8?.m.length, st.weights.length)
+    t.true(
+      st.adam8!.scales.some(x => x > 0),
+      'the moments were saved, not zeros'
+    )
+    checkState(st)
+    const straight = ok(await trainMesh(3, { ...eight, steps: 8 }))
+    const again = ok(await trainMesh(3, { ...eight, steps: 8 }, { configOf: disk(true) }))
+    t.true(again.statuses.every(s => s.resumedFrom === 6 && s.step === 8))
+    t.true(same(again.params, straight.params), 'resumed on the same world size: bit-identical to the run that never stopped')
+    const four = ok(await trainMesh(4, { ...eight, worldSize: 4, steps: 10 }, { configOf: disk(true) }))
+    t.true(four.statuses.every(s => s.resumedFrom === 6 && s.step === 10))
+    const wrong = await trainMesh(2, { ...eight, worldSize: 2, steps: 12, optimizer: other }, { configOf: disk(true) })
+    t.true(
+      wrong.errors.some(e => e.message.includes(`holds ${name} state, but this node trains with ${other}`)),
+      wrong.errors.map(e => e.message).join('\n')
+    )
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
+}
+
 test.serial(
   '8-bit AdamW: moments as codes; a killed rank is replaced bit-identically, a shrink re-blocks them, the disk tier resumes bit-identically on the same world size and re-blocked on another',
   async t => {
@@ -532,51 +591,7 @@ test.serial(
     // What each rank placed: weights and two bytes of codes per parameter against AdamW's 12 bytes.
     t.log(`snapshot bytes placed: adamw8bit ${placed(clean)}, adamw ${placed(adamw)} (${(placed(clean) / placed(adamw)).toFixed(3)}x)`)
     t.true(placed(clean) < 0.6 * placed(adamw), `adamw8bit ${placed(clean)} vs adamw ${placed(adamw)}`)
-    // No spare: the survivors rebuild the lost shard's codes in their new blocks and finish.
-    const shrunk = simOk(await simTrain(4, cfg, { seed, kill: { rank: 1, atStep: 6 } }))
-    const three = shrunk.statuses.filter(s => s.role === 'done')
-    t.is(three.length, 3)
-    t.true(three.every(s => s.recoveries.some(r => r.mode === 'shrink') && s.step === 10))
-    // A late joiner grows the run from 3 to 4 ranks: the old ranks hand their codes over (stateSlot8), re-blocked.
-    const grow = simOk(
-      await simTrain(4, { ...cfg, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 })
-    )
-    const grown = grow.statuses.filter(s => s.role === 'done')
-    t.true(
-      grown.length === 4 && grown.every(s => s.worldSize === 4 && s.step === 10 && s.growths.length === 1),
-      grown.map(s => `${s.worldSize}/${s.step}`).join(' ')
-    )
-    t.true(new Set(grown.map(s => s.evalLoss)).size === 1, 'every rank scores the same final weights')
-    // The disk tier: three ranks write 8-bit state; three resume it bit-identically, four re-blocked, two refuse it as AdamW.
-    const root = mkdtempSync(join(tmpdir(), 'zm-adam8-'))
-    try {
-      const disk =
-        (resume: boolean) =>
-        (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
-      const eight: TrainConfig = { ...base, worldSize: 3, steps: 6, lr: 3e-3, optimizer: 'adamw8bit', snapshot: undefined }
-      ok(await trainMesh(3, eight, { configOf: disk(false) }))
-      const st = (await loadDiskState(diskDir(join(root, 'w0')), 6))!
-      t.is(st.optimizer, 'adamw8bit')
-      t.is(st.adamM.length, 0)
-      t.is(st.adam8?.m.length, st.weights.length)
-      t.true(
-        st.adam8!.scales.some(x => x > 0),
-        'the moments were saved, not zeros'
-      )
-      const straight = ok(await trainMesh(3, { ...eight, steps: 8 }))
-      const again = ok(await trainMesh(3, { ...eight, steps: 8 }, { configOf: disk(true) }))
-      t.true(again.statuses.every(s => s.resumedFrom === 6 && s.step === 8))
-      t.true(same(again.params, straight.params), 'resumed on the same world size: bit-identical to the run that never stopped')
-      const four = ok(await trainMesh(4, { ...eight, worldSize: 4, steps: 10 }, { configOf: disk(true) }))
-      t.true(four.statuses.every(s => s.resumedFrom === 6 && s.step === 10))
-      const wrong = await trainMesh(2, { ...eight, worldSize: 2, steps: 12, optimizer: 'adamw' }, { configOf: disk(true) })
-      t.true(
-        wrong.errors.some(e => /--resume: .* holds adamw8bit state, but this node trains with adamw/.test(e.message)),
-        wrong.errors.map(e => e.message).join('\n')
-      )
-    } finally {
-      rmSync(root, { recursive: true, force: true })
-    }
+    await eightBitRecovery(t, cfg, seed, 'adamw', st => t.is(st.adamM.length, 0))
   }
 )
 
@@ -595,53 +610,11 @@ test.serial(
     )
     t.true(placed(clean) < 0.5 * placed(adamw), `lion8bit ${placed(clean)} vs adamw ${placed(adamw)}`)
     t.true(placed(clean) < 0.7 * placed(lion), `lion8bit ${placed(clean)} vs lion ${placed(lion)}`)
-    // No spare: the survivors rebuild the lost shard's codes in their new blocks and finish.
-    const shrunk = simOk(await simTrain(4, cfg, { seed, kill: { rank: 1, atStep: 6 } }))
-    const three = shrunk.statuses.filter(s => s.role === 'done')
-    t.is(three.length, 3)
-    t.true(three.every(s => s.recoveries.some(r => r.mode === 'shrink') && s.step === 10))
-    // A late joiner grows the run from 3 to 4 ranks: the old ranks hand their m codes over (stateSlot8, one moment), re-blocked.
-    const grow = simOk(
-      await simTrain(4, { ...cfg, worldSize: 3, maxWorldSize: 4, snapshot: { k: 1, m: 1 } }, { seed, late: { count: 1, atStep: 3 }, computeMs: 30 })
-    )
-    const grown = grow.statuses.filter(s => s.role === 'done')
-    t.true(
-      grown.length === 4 && grown.every(s => s.worldSize === 4 && s.step === 10 && s.growths.length === 1),
-      grown.map(s => `${s.worldSize}/${s.step}`).join(' ')
-    )
-    t.true(new Set(grown.map(s => s.evalLoss)).size === 1, 'every rank scores the same final weights')
-    // The disk tier: three ranks write 8-bit Lion state; three resume it bit-identically, four re-blocked, two refuse it as 8-bit AdamW.
-    const root = mkdtempSync(join(tmpdir(), 'zm-lion8-'))
-    try {
-      const disk =
-        (resume: boolean) =>
-        (i: number): Partial<TrainConfig> => ({ disk: { dir: diskDir(join(root, `w${i}`)), every: 3, resume } })
-      const eight: TrainConfig = { ...base, worldSize: 3, steps: 6, lr: 1e-3, optimizer: 'lion8bit', snapshot: undefined }
-      ok(await trainMesh(3, eight, { configOf: disk(false) }))
-      const st = (await loadDiskState(diskDir(join(root, 'w0')), 6))!
-      t.is(st.optimizer, 'lion8bit')
+    await eightBitRecovery(t, cfg, seed, 'adamw8bit', st => {
       t.is(st.adamM.length + st.adamV.length, 0)
-      t.is(st.adam8?.m.length, st.weights.length)
       t.is(st.adam8?.v.length, 0, 'no v codes')
       t.is(st.adam8!.scales.length, adam8Runs(gptLayout(base.model), shardRange(gptLayout(base.model).length, 3, 0)).blocks, 'one absmax a block')
-      t.true(
-        st.adam8!.scales.some(x => x > 0),
-        'the moment was saved, not zeros'
-      )
-      const straight = ok(await trainMesh(3, { ...eight, steps: 8 }))
-      const again = ok(await trainMesh(3, { ...eight, steps: 8 }, { configOf: disk(true) }))
-      t.true(again.statuses.every(s => s.resumedFrom === 6 && s.step === 8))
-      t.true(same(again.params, straight.params), 'resumed on the same world size: bit-identical to the run that never stopped')
-      const four = ok(await trainMesh(4, { ...eight, worldSize: 4, steps: 10 }, { configOf: disk(true) }))
-      t.true(four.statuses.every(s => s.resumedFrom === 6 && s.step === 10))
-      const wrong = await trainMesh(2, { ...eight, worldSize: 2, steps: 12, optimizer: 'adamw8bit' }, { configOf: disk(true) })
-      t.true(
-        wrong.errors.some(e => /--resume: .* holds lion8bit state, but this node trains with adamw8bit/.test(e.message)),
-        wrong.errors.map(e => e.message).join('\n')
-      )
-    } finally {
-      rmSync(root, { recursive: true, force: true })
-    }
+    })
   }
 )
 
