@@ -65,7 +65,14 @@ const EVENT_SCHEMAS = [
     worldSize: count
   }),
   /** The parameter memory a rank measured (bytes). */
-  z.strictObject({ type: z.literal('memory'), shard: z.number().min(0), model: z.number().min(0), inFlightPeak: z.number().min(0), full: z.number().min(0) }),
+  z.strictObject({
+    type: z.literal('memory'),
+    shard: z.number().min(0),
+    model: z.number().min(0),
+    inFlightPeak: z.number().min(0),
+    full: z.number().min(0),
+    hostShard: z.boolean().optional()
+  }),
   /** Where this rank's steps spent their time (mean ms per step, TrainStatus.phases), before `done`. */
   z.strictObject({
     type: z.literal('phases'),

@@ -210,6 +210,8 @@ export interface ParamMemory {
   model: number
   inFlightPeak: number
   full: number
+  /** `--offload cpu`: the owned shard is in host memory, not the device's. */
+  hostShard?: boolean
 }
 
 /** One line for people: what a rank holds for the parameters against a full replica. */
@@ -217,7 +219,7 @@ export function formatParamMemory(m: ParamMemory): string {
   const mib = (b: number): string => (b / 2 ** 20).toFixed(b < 2 ** 20 ? 3 : 1)
   const total = m.shard + m.model + m.inFlightPeak
   return (
-    `parameter memory per rank ${mib(total)} MiB (owned shard ${mib(m.shard)} + streamed model ${mib(m.model)} + peak in flight ${mib(m.inFlightPeak)}), ` +
+    `parameter memory per rank ${mib(total)} MiB (owned shard ${mib(m.shard)}${m.hostShard === true ? ' in host memory' : ''} + streamed model ${mib(m.model)} + peak in flight ${mib(m.inFlightPeak)}), ` +
     `${((100 * total) / m.full).toFixed(0)}% of a full replica's ${mib(m.full)} MiB`
   )
 }

@@ -176,9 +176,14 @@ function sessionParts(
   // it (the next one prefetched) and its gradient reduced as soon as it is complete.
   const model = new Gpt(deps.backend, cfg.model, { B: cfg.B, T: cfg.T, dtype: cfg.dtype, seed: cfg.seed, params: 'stream' })
   const buckets = gptBuckets(layout)
-  const acct = new ParamAccounting({ shard: 4 * shard.length * 4, model: model.paramBytes(), inFlightPeak: 0, full: 16 * N }, rs.sent, () =>
-    deps.clock.monotonic()
-  )
+  const memory = {
+    shard: 4 * shard.length * 4,
+    model: model.paramBytes(),
+    inFlightPeak: 0,
+    full: 16 * N,
+    ...(cfg.offload === undefined ? {} : { hostShard: true })
+  }
+  const acct = new ParamAccounting(memory, rs.sent, () => deps.clock.monotonic())
   rs.st.memory = acct.memory
   return Object.assign(parts, {
     env,

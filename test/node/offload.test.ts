@@ -2,6 +2,7 @@ import test from 'ava'
 import { AbortError, InvalidArgumentError } from '../../core/index.ts'
 import { ADAM8_BLOCK, adam8Blocks, CpuBackend, createHostOptimizer, gptLayout, type AdamWParams, type Tensor } from '../../gpu/index.ts'
 import { TrainingError, type TrainConfig } from '../../node/index.ts'
+import { formatParamMemory } from '../../node/train/config.ts'
 import { base, ok, trainMesh } from '../helpers/train-mesh.ts'
 import { seededRng } from '../helpers/seed.ts'
 
@@ -93,6 +94,9 @@ test.serial(
     const a = ok(await trainMesh(1, one))
     const b = ok(await trainMesh(1, off(one)))
     t.true(same(a.params, b.params), 'one rank: offloaded = on the device')
+  // What `up` prints says where the shard is.
+  t.regex(formatParamMemory(b.statuses[0]!.memory!), /owned shard [\d.]+ in host memory/)
+  t.notRegex(formatParamMemory(a.statuses[0]!.memory!), /host memory/)
     // Four ranks and a spare, snapshots 2+1: rank 2 dies at step 5 and the spare takes its place.
     const four: TrainConfig = { ...base, worldSize: 4, steps: 10, snapshot: { k: 2, m: 1 } }
     const c = ok(await trainMesh(5, four))
