@@ -94,9 +94,9 @@ test.serial(
     const a = ok(await trainMesh(1, one))
     const b = ok(await trainMesh(1, off(one)))
     t.true(same(a.params, b.params), 'one rank: offloaded = on the device')
-  // What `up` prints says where the shard is.
-  t.regex(formatParamMemory(b.statuses[0]!.memory!), /owned shard [\d.]+ in host memory/)
-  t.notRegex(formatParamMemory(a.statuses[0]!.memory!), /host memory/)
+    // What `up` prints says where the shard is.
+    t.regex(formatParamMemory(b.statuses[0]!.memory!), /owned shard [\d.]+ in host memory/)
+    t.notRegex(formatParamMemory(a.statuses[0]!.memory!), /host memory/)
     // Four ranks and a spare, snapshots 2+1: rank 2 dies at step 5 and the spare takes its place.
     const four: TrainConfig = { ...base, worldSize: 4, steps: 10, snapshot: { k: 2, m: 1 } }
     const c = ok(await trainMesh(5, four))
